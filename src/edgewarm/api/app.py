@@ -1,0 +1,38 @@
+"""The HTTP application: legacy JD routes, native routes, health, and the body-size limit around them."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import __version__
+from ..service import Service
+from .legacy import legacy_router
+from .middleware import BodySizeLimit
+from .native import native_router
+from .responses import JSONResponse
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="edgewarm",
+        version=__version__,
+        description="CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN's OpenAPI.",
+    )
+    app.include_router(legacy_router(service))
+    app.include_router(native_router(service))
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> Response:
+        return JSONResponse({"ok": True})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"code": 2, "error": f"{where}: {first.get('msg')}"}, status_code=400)
+
+    app.add_middleware(BodySizeLimit, max_bytes=service.config.api.max_body_bytes)
+    return app

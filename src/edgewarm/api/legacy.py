@@ -1,0 +1,81 @@
+"""The JD Cloud CDN wire format: /api/prefetch and /api/prefetchQuery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import JdCode, RequestRefused
+from ..models import TaskKind
+from ..service import Credentials, Service
+from ..urls import split_list
+from .body import read_params, text_field
+from .responses import JSONResponse, jd_error, jd_ok
+from .schemas import URL_LIST, QueryAnswer, SubmitAnswer, jd_body
+
+
+def credentials_of(params: dict[str, Any]) -> Credentials:
+    return Credentials(
+        text_field(params, "username", JdCode.USERNAME_EMPTY),
+        text_field(params, "signature", JdCode.SIGNATURE_EMPTY),
+    )
+
+
+def require(credentials: Credentials, present: bool, code: JdCode, message: str) -> None:
+    """JD reports a missing list or task id only once username and signature are there."""
+    if credentials.username and credentials.signature and not present:
+        raise RequestRefused(code, message)
+
+
+def legacy_router(service: Service) -> APIRouter:
+    router = APIRouter(tags=["JD Cloud CDN (legacy)"])
+
+    @router.post(
+        "/api/prefetch",
+        response_model=SubmitAnswer,
+        summary="Prefetch (warm) URLs on every cache node",
+        openapi_extra=jd_body({"publish_urls": URL_LIST}, ["publish_urls"]),
+    )
+    async def prefetch(request: Request) -> Response:
+        try:
+            params = await read_params(request)
+            credentials = credentials_of(params)
+            raw_urls = params.get("publish_urls")
+            require(
+                credentials,
+                raw_urls not in (None, "", []),
+                JdCode.LIST_EMPTY,
+                "publish_urls must not be empty",
+            )
+            user = service.authenticate(credentials)
+            task = await service.submit_prefetch(user, split_list(raw_urls))
+            return jd_ok(taskid=task.id)
+        except Exception as exc:
+            return jd_error(exc)
+
+    @router.post(
+        "/api/prefetchQuery",
+        response_model=QueryAnswer,
+        summary="Status of a prefetch task",
+        openapi_extra=jd_body({"taskid": {"type": "string"}}, ["taskid"]),
+    )
+    async def prefetch_query(request: Request) -> Response:
+        return await query(request, TaskKind.PREFETCH)
+
+    async def query(request: Request, kind: TaskKind) -> Response:
+        try:
+            params = await read_params(request)
+            credentials = credentials_of(params)
+            raw_id = text_field(params, "taskid", JdCode.TASKID_EMPTY)
+            require(credentials, bool(raw_id), JdCode.TASKID_EMPTY, "taskid must not be empty")
+            user = service.authenticate(credentials)
+            task = await service.get_task(user, raw_id, kind)
+            data = {"taskid": task.id, "status": int(task.status), "msg": service.status_text(task.status)}
+            return JSONResponse({"status": 0, "data": data})
+        except Exception as exc:
+            return jd_error(exc)
+
+    return router

@@ -1,0 +1,70 @@
+"""JSON answers, and the one table from errors to answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from ..errors import JdCode, RequestRefused, StoreError, TaskNotFound
+from .body import UnsupportedMediaType
+
+log = logging.getLogger("edgewarm.api")
+
+SUCCESS_MSG = "成功"  # JD's top-level msg on success, in every language setting, as legacy clients compare it
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def jd_ok(**fields: Any) -> JSONResponse:
+    return JSONResponse({"status": 0, "msg": SUCCESS_MSG, **fields})
+
+
+def jd_error(exc: BaseException) -> JSONResponse:
+    """A JD answer for an error: HTTP 200 with the JD code in `status`, as legacy clients expect."""
+    if isinstance(exc, UnsupportedMediaType):
+        return unsupported_media(exc)
+    if isinstance(exc, RequestRefused):
+        return JSONResponse({"status": int(exc.code), "msg": exc.message})
+    if isinstance(exc, StoreError):
+        log.error("store error: %s", exc)
+        return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error: the store is unavailable"})
+    log.error("internal error", exc_info=exc)
+    return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error"})
+
+
+_NATIVE_HTTP_STATUS = {
+    JdCode.SIGNATURE_INCORRECT: 401,
+    JdCode.USER_UNKNOWN: 401,
+    JdCode.USERNAME_EMPTY: 401,
+    JdCode.SIGNATURE_EMPTY: 401,
+    JdCode.FAILURE: 429,  # the daily quota
+}
+
+
+def native_error(exc: BaseException) -> JSONResponse:
+    """Native routes: a real HTTP status, with the JD code beside it."""
+    if isinstance(exc, UnsupportedMediaType):
+        return unsupported_media(exc)
+    if isinstance(exc, RequestRefused):
+        http = 404 if isinstance(exc, TaskNotFound) else _NATIVE_HTTP_STATUS.get(exc.code, 400)
+        return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=http)
+    if isinstance(exc, StoreError):
+        log.error("store error: %s", exc)
+        return JSONResponse({"code": int(JdCode.INTERNAL), "error": "the store is unavailable"}, status_code=503)
+    log.error("internal error", exc_info=exc)
+    return JSONResponse({"code": int(JdCode.INTERNAL), "error": "internal error"}, status_code=500)
+
+
+def unsupported_media(exc: UnsupportedMediaType) -> JSONResponse:
+    """Not a JD call at all: a real HTTP 415."""
+    return JSONResponse(
+        {"error": f"unsupported content type {str(exc)!r}: send application/json or a form"}, status_code=415
+    )

@@ -1,0 +1,100 @@
+"""Shapes of requests and answers, for the OpenAPI document at /docs (the handlers build answers directly)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+URL_LIST = {
+    "oneOf": [
+        {"type": "array", "items": {"type": "string", "format": "uri"}},
+        {"type": "string", "description": "URLs separated by ','"},
+    ]
+}
+
+
+def jd_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """openapi_extra for a JD call: the same fields as JSON or as a form."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "example": "jcloud_00"},
+            "signature": {
+                "type": "string",
+                "description": "md5(yyyymmdd + username + secret), lower-case hex",
+            },
+            **properties,
+        },
+        "required": ["username", "signature", *required],
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": schema},
+            },
+        }
+    }
+
+
+class SubmitAnswer(BaseModel):
+    status: int = Field(description="0 on success, else a JD error code")
+    msg: str
+    taskid: str | None = Field(None, description="UUIDv4, 36 characters")
+
+
+class QueryData(BaseModel):
+    taskid: str
+    status: int = Field(description="0 succeeded, 1 in progress, 2 failed")
+    msg: str
+
+
+class QueryAnswer(BaseModel):
+    status: int = Field(description="0 on success, else a JD error code")
+    msg: str | None = None
+    data: QueryData | None = None
+
+
+class ItemView(BaseModel):
+    url: str
+    node: str
+    action: str = Field(description="warm | purge | purge_dir")
+    state: str = Field(description="waiting | pending | running | succeeded | failed")
+    http_status: int | None
+    cache_state: str | None = Field(description="HIT, MISS, EXPIRED, BYPASS… as the node reported it")
+    bytes: int | None
+    attempts: int
+    error: str | None
+    updated_at: str | None
+
+
+class Counts(BaseModel):
+    waiting: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+
+
+class TaskView(BaseModel):
+    taskid: str
+    kind: str
+    status: int = Field(description="0 succeeded, 1 in progress, 2 failed")
+    msg: str
+    reason: str | None
+    created_at: str
+    finished_at: str | None
+    duration_seconds: float | None
+    total: int
+    counts: Counts
+    progress: float = Field(description="finished items / all items, 0..1")
+    items: list[ItemView]
+    offset: int
+    limit: int
+
+
+class NativeError(BaseModel):
+    code: int = Field(description="the JD error code")
+    error: str

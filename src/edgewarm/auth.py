@@ -1,0 +1,47 @@
+"""JD's daily signature: md5(yyyymmdd + username + secret), lower-case hex. Pure functions, no I/O.
+
+Written once; the server verifies with it and the client signs with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+
+def sign(username: str, secret: str, day: date) -> str:
+    """The signature a caller sends on `day` (the caller's local date)."""
+    material = f"{day:%Y%m%d}{username}{secret}".encode()
+    return hashlib.md5(material, usedforsecurity=False).hexdigest()
+
+
+def today(now: datetime, timezone: str = DEFAULT_TIMEZONE) -> date:
+    """The calendar date at `now` (an aware datetime) in `timezone`."""
+    return now.astimezone(ZoneInfo(timezone)).date()
+
+
+def accepted_days(now: datetime, timezone: str = DEFAULT_TIMEZONE, window_days: int = 1) -> list[date]:
+    """Yesterday, today and tomorrow (for window_days=1): JD names no time zone, so callers drift."""
+    center = today(now, timezone)
+    return [center + timedelta(days=offset) for offset in range(-window_days, window_days + 1)]
+
+
+def verify(
+    username: str,
+    secret: str,
+    signature: str,
+    now: datetime,
+    timezone: str = DEFAULT_TIMEZONE,
+    window_days: int = 1,
+) -> bool:
+    """True when `signature` is valid for a day in the window. Every candidate is compared in constant time."""
+    given = signature.strip().lower().encode()
+    matched = False
+    for day in accepted_days(now, timezone, window_days):
+        # No short-circuit: the time taken does not tell which day (if any) matched.
+        matched |= hmac.compare_digest(given, sign(username, secret, day).encode())
+    return matched

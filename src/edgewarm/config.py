@@ -1,0 +1,272 @@
+"""Load the TOML config contract (PRODUCT.md) into frozen, validated models.
+
+Nothing here reads the environment at import time; `config_path_from(environ)` takes it as an argument.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .auth import DEFAULT_TIMEZONE
+from .errors import ConfigError
+from .models import Tier
+
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Limits(_Model):
+    """JD's limits; each may be overridden per user."""
+
+    urls_per_call: PositiveInt = 100
+    dirs_per_call: PositiveInt = 5
+    urls_per_day: PositiveInt = 2000
+    dirs_per_day: PositiveInt = 50
+
+
+def _check_domain(pattern: str) -> str:
+    pattern = pattern.strip().lower().rstrip(".")
+    bare = pattern[2:] if pattern.startswith("*.") else pattern
+    labels = bare.split(".")
+    if "*" in bare or len(labels) < 1 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+        raise ValueError(f"{pattern!r} is not a domain name or a '*.domain' wildcard")
+    return pattern
+
+
+class User(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    secret: Annotated[str, Field(min_length=1, repr=False)]
+    domains: tuple[str, ...] = ()
+    urls_per_call: PositiveInt | None = None
+    dirs_per_call: PositiveInt | None = None
+    urls_per_day: PositiveInt | None = None
+    dirs_per_day: PositiveInt | None = None
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(_check_domain(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    def limits(self, defaults: Limits) -> Limits:
+        """The defaults with this user's own overrides applied."""
+        own = {
+            key: getattr(self, key)
+            for key in ("urls_per_call", "dirs_per_call", "urls_per_day", "dirs_per_day")
+            if getattr(self, key) is not None
+        }
+        return defaults.model_copy(update=own)
+
+    def owns(self, host: str) -> bool:
+        """True when `host` (lower-case, no port) is one of the user's domains or under a `*.` wildcard."""
+        for pattern in self.domains:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return True
+            elif host == pattern:
+                return True
+        return False
+
+
+class NodeKind(enum.StrEnum):
+    NGINX = "nginx"
+    VARNISH = "varnish"
+    ATS = "ats"
+    SQUID = "squid"
+    GENERIC = "generic"
+
+
+class Node(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    url: str
+    tier: Tier = Tier.EDGE
+    kind: NodeKind = NodeKind.NGINX
+    concurrency: PositiveInt | None = None  # per-node cap; [engine].per_node_concurrency when unset
+    tls_verify: bool = True  # https nodes: check the certificate against the URL's host (sent as SNI)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{value!r}: the scheme must be http or https")
+        if not parts.hostname:
+            raise ValueError(f"{value!r}: no host")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: bad port") from exc
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{value!r}: give only scheme, host and port (no path, query or user)")
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+class Engine(_Model):
+    """How the warming engine works; the defaults suit a small fleet."""
+
+    concurrency: PositiveInt = 256  # fetches in flight in one process, all nodes together
+    per_node_concurrency: PositiveInt = 64
+    max_attempts: PositiveInt = 4
+    backoff_base: PositiveFloat = 0.5  # seconds; attempt n waits base * 2**(n-1), with full jitter
+    backoff_max: PositiveFloat = 30.0
+    connect_timeout: PositiveFloat = 5.0
+    read_timeout: PositiveFloat = 30.0  # longest silence while reading a response
+    lease_seconds: PositiveFloat = 60.0
+    batch_size: PositiveInt = 500  # outcomes written per transaction at most
+    flush_interval: PositiveFloat = 0.05  # seconds an outcome may wait for its batch
+    poll_interval: PositiveFloat = 0.5  # idle workers look for due items at least this often
+    grace_seconds: Annotated[float, Field(ge=0)] = 10.0  # on shutdown, in-flight fetches get this long
+    verify: bool = False  # after a MISS, fetch again and require a HIT
+    user_agent: str = "edgewarm/0.1"
+    # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
+    accept_encoding: str = "gzip, deflate, br"
+
+
+class Api(_Model):
+    language: Literal["en", "zh"] = "en"
+    timezone: str = DEFAULT_TIMEZONE
+    signature_window_days: Annotated[int, Field(ge=0, le=7)] = 1
+    max_body_bytes: PositiveInt = 1_048_576
+    max_url_length: PositiveInt = 4096
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.-]+$", host):
+            raise ValueError(f"{value!r}: bad host") from None
+    return value
+
+
+class Config(_Model):
+    listen: str = "127.0.0.1:8080"
+    store: str = "sqlite:///var/lib/edgewarm/edgewarm.db"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    limits: Limits = Limits()
+    engine: Engine = Engine()
+    api: Api = Api()
+    users: tuple[User, ...] = ()
+    nodes: tuple[Node, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres", "memory"):
+            raise ValueError(f"{value!r}: use sqlite:///PATH, postgresql://… or memory://")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        for what, names in (("users", [u.name for u in self.users]), ("nodes", [n.name for n in self.nodes])):
+            seen: set[str] = set()
+            for index, name in enumerate(names):
+                if name in seen:
+                    raise ConfigError(f"{what}[{index}].name", f"duplicate name {name!r}")
+                seen.add(name)
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def user(self, name: str) -> User | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+    def shields(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.tier is Tier.SHIELD)
+
+    def node(self, name: str) -> Node | None:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        return None
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate a decoded TOML document; raise ConfigError naming the first wrong key."""
+    try:
+        return Config.model_validate(dict(data), strict=False)
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        message = message.removeprefix("Value error, ")
+        if len(exc.errors()) > 1:
+            message += f" (and {len(exc.errors()) - 1} more problem(s))"
+        raise ConfigError(_key_path(loc), message) from None
+    except ValueError as exc:  # a ConfigError raised inside a validator arrives wrapped
+        raise ConfigError("", str(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the TOML file at `path`."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:
+    return environ.get("EDGEWARM_CONFIG")

@@ -1,0 +1,67 @@
+"""From one fetch to one item outcome: success, retry (with backoff) or failure. Pure functions."""
+
+from __future__ import annotations
+
+import random
+
+from ..config import Engine
+from ..models import ItemOutcome
+from .fetcher import FetchResult
+
+RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def backoff_delay(attempt: int, settings: Engine, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: uniform in [c/2, c] where c = min(max, base * 2**(attempt-1))."""
+    ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** max(0, attempt - 1))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def is_retryable(result: FetchResult) -> bool:
+    if result.network_error:
+        return True
+    assert result.status is not None
+    return result.status >= 500 or result.status in RETRYABLE_STATUS
+
+
+def warm_outcome(
+    item_id: int,
+    attempt: int,
+    result: FetchResult,
+    settings: Engine,
+    now: float,
+    *,
+    verified: FetchResult | None = None,
+    rng: random.Random | None = None,
+) -> ItemOutcome:
+    """Judge a warm. `verified` is the second fetch made when verification is on and the first was not a HIT."""
+    final = verified or result
+    state = final.cache_state.value if final.cache_state else None
+
+    def done(ok: bool, error: str | None = None) -> ItemOutcome:
+        return ItemOutcome(item_id, ok, attempt, result.status, state, result.bytes, error)
+
+    if result.status is not None and not result.network_error and 200 <= result.status < 300:
+        if final.cache_state is not None and final.cache_state.value == "BYPASS":
+            return done(False, "the node bypassed its cache for this URL: it cannot be warmed")
+        if verified is not None and (
+            verified.network_error or not (verified.cache_state and verified.cache_state.cached)
+        ):
+            why = verified.error or f"{verified.cache_state or 'no cache state'} again"
+            return done(False, f"not cached after the warm: {why}")
+        return done(True)
+    error = result.error or f"HTTP {result.status}"
+    if result.status is not None and not result.network_error and not is_retryable(result):
+        return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
+    if attempt >= settings.max_attempts:
+        return done(False, f"{error}; gave up after {attempt} attempts")
+    return ItemOutcome(
+        item_id,
+        False,
+        attempt,
+        result.status,
+        state,
+        result.bytes,
+        error,
+        retry_at=now + backoff_delay(attempt, settings, rng),
+    )

@@ -1,0 +1,217 @@
+"""The warming engine: claim due items, fetch them through their nodes, write outcomes back in batches.
+
+Flow: `claim_due_items` leases a batch → one tracked asyncio task per item, each under the per-node and total
+caps → outcomes queue → the writer commits them in batches (`record_outcomes`), which releases later stages
+(edges after shields) → the dispatcher is woken to claim them. Leases of items in hand are renewed; on
+shutdown, in-flight fetches get a grace period, the rest are handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from ..config import Config, Node
+from ..errors import StoreError
+from ..models import Claim, ItemAction, ItemOutcome
+from ..store import TaskStore
+from ..urls import parse_url
+from .fetcher import Fetcher
+from .outcome import warm_outcome
+
+log = logging.getLogger("edgewarm.engine")
+
+Clock = Callable[[], float]
+
+
+class Engine:
+    """Runs until `stop()`; use `await engine.run()` inside an open Fetcher and store."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        fetcher: Fetcher,
+        *,
+        worker_id: str | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.settings = config.engine
+        self.store = store
+        self.fetcher = fetcher
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._node_slots = {
+            n.name: asyncio.Semaphore(n.concurrency or self.settings.per_node_concurrency) for n in config.nodes
+        }
+        self._fetches: dict[int, asyncio.Task[None]] = {}
+        self._leased: set[int] = set()  # claimed and not yet written back
+        self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
+        self.fetched = 0  # fetches made by this engine, for tests and metrics
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be due (a task was submitted, a stage finished)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight fetches get `grace_seconds` to finish."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write_outcomes(), name=f"edgewarm-writer-{self.worker_id}")
+        renewer = asyncio.create_task(self._renew_leases(), name=f"edgewarm-lease-renewer-{self.worker_id}")
+        try:
+            await self._dispatch()
+            await self._drain()
+        finally:
+            renewer.cancel()
+            await self._outcomes.join()
+            writer.cancel()
+            await asyncio.gather(writer, renewer, return_exceptions=True)
+            if self._leased:
+                await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
+                log.info("released %d unfinished items", len(self._leased))
+                self._leased.clear()
+
+    # -- the loops --------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = s.concurrency - len(self._fetches)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = await self.store.claim_due_items(
+                        self.worker_id, min(free, s.batch_size), self._clock(), s.lease_seconds
+                    )
+                except StoreError as exc:
+                    log.error("claiming items failed: %s", exc)
+            for claim in claims:
+                self._leased.add(claim.item_id)
+                task = asyncio.create_task(self._work(claim), name=f"edgewarm-item-{claim.item_id}")
+                self._fetches[claim.item_id] = task
+                task.add_done_callback(self._fetch_done)
+            if claims and len(claims) == min(free, s.batch_size):
+                continue  # there may be more due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        item_id = int(task.get_name().rsplit("-", 1)[1])
+        self._fetches.pop(item_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("item %d crashed: %r", item_id, task.exception())
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        if not self._fetches:
+            return
+        pending = set(self._fetches.values())
+        log.info("waiting up to %.1fs for %d in-flight fetches", self.settings.grace_seconds, len(pending))
+        _done, late = await asyncio.wait(pending, timeout=self.settings.grace_seconds)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def _work(self, claim: Claim) -> None:
+        s = self.settings
+        attempt = claim.attempts + 1
+        node = self.config.node(claim.node)
+        now = self._clock()
+        if node is None:
+            outcome = ItemOutcome(
+                claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is no longer configured"
+            )
+        elif claim.attempts >= s.max_attempts:
+            outcome = ItemOutcome(
+                claim.item_id,
+                False,
+                claim.attempts,
+                error=f"gave up after {claim.attempts} attempts (a worker died holding it)",
+            )
+        elif claim.action is not ItemAction.WARM:
+            outcome = ItemOutcome(claim.item_id, False, attempt, error=f"{claim.action} is not supported yet")
+        else:
+            async with self._slots, self._node_slots[node.name]:
+                try:
+                    outcome = await self._warm(claim, node, attempt)
+                except Exception as exc:  # a bug must not strand the item: record it and retry later
+                    log.exception("item %d: unexpected error", claim.item_id)
+                    outcome = ItemOutcome(
+                        claim.item_id,
+                        False,
+                        attempt,
+                        error=f"internal error: {type(exc).__name__}",
+                        retry_at=None if attempt >= s.max_attempts else now + s.backoff_max,
+                    )
+        self._outcomes.put_nowait(outcome)
+
+    async def _warm(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
+        target = parse_url(claim.url)
+        result = await self.fetcher.request("GET", node, target)
+        self.fetched += 1
+        verified = None
+        if (
+            self.settings.verify
+            and result.status is not None
+            and 200 <= result.status < 300
+            and not (result.cache_state and result.cache_state.cached)
+        ):
+            verified = await self.fetcher.request("GET", node, target)
+        return warm_outcome(claim.item_id, attempt, result, self.settings, self._clock(), verified=verified)
+
+    async def _write_outcomes(self) -> None:
+        s = self.settings
+        while True:
+            batch = [await self._outcomes.get()]
+            deadline = time.monotonic() + s.flush_interval
+            while len(batch) < s.batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._outcomes.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._flush(batch)
+            for _ in batch:
+                self._outcomes.task_done()
+
+    async def _flush(self, batch: list[ItemOutcome]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.store.record_outcomes(self.worker_id, batch, self._clock())
+                break
+            except StoreError as exc:
+                # Keep the outcomes and try again: if this process dies meanwhile, the leases expire and the
+                # items run again, so nothing is lost either way.
+                log.error("writing %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for outcome in batch:
+            self._leased.discard(outcome.item_id)
+        self._wake.set()
+
+    async def _renew_leases(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.lease_seconds / 3)
+            if self._leased:
+                try:
+                    await self.store.renew_leases(self.worker_id, sorted(self._leased), self._clock() + s.lease_seconds)
+                except StoreError as exc:
+                    log.error("renewing leases failed: %s", exc)

@@ -1,0 +1,78 @@
+"""One exception tree for edgewarm. Driver and HTTP-library errors are translated at the boundary.
+
+EdgewarmError
+├── ConfigError            a config file that cannot be used; names the key
+├── StoreError             the store failed (driver errors are wrapped here)
+│   └── SchemaVersionError the schema is older or newer than this code: run `edgewarm db upgrade`
+└── RequestRefused         a JD call refused with a JD error code (answered as HTTP 200)
+    ├── QuotaExceeded
+    └── TaskNotFound
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JdCode(enum.IntEnum):
+    """JD Cloud CDN's error codes (the subset that applies)."""
+
+    OK = 0
+    INTERNAL = -1
+    FAILURE = 1
+    PARAMS_EMPTY = 2
+    USERNAME_EMPTY = 3
+    SIGNATURE_EMPTY = 4
+    TYPE_EMPTY = 5
+    LIST_EMPTY = 6
+    SIGNATURE_INCORRECT = 7
+    TOO_MANY_REFRESH_URLS = 9
+    TOO_MANY_PREFETCH_URLS = 10
+    TASKID_EMPTY = 11
+    REFRESH_DOMAIN_NOT_YOURS = 15
+    BAD_TYPE = 16
+    ILLEGAL_URL = 17
+    DOMAIN_NOT_YOURS = 18
+    USER_UNKNOWN = 20
+    TOO_MANY_DIRS = 46
+    DUPLICATE_URLS = 47
+
+
+class EdgewarmError(Exception):
+    """Root of every error edgewarm raises on purpose."""
+
+
+class ConfigError(EdgewarmError):
+    """The configuration is invalid; `key` names the offending key (e.g. `nodes[1].url`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class StoreError(EdgewarmError):
+    """The store could not do what was asked."""
+
+
+class SchemaVersionError(StoreError):
+    """The database schema does not match this version of edgewarm."""
+
+
+class RequestRefused(EdgewarmError):
+    """A legacy JD call was refused; `code` is the JD error code put in the answer's `status`."""
+
+    def __init__(self, code: JdCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class QuotaExceeded(RequestRefused):
+    def __init__(self, message: str) -> None:
+        super().__init__(JdCode.FAILURE, message)
+
+
+class TaskNotFound(RequestRefused):
+    def __init__(self, message: str = "task not found") -> None:
+        super().__init__(JdCode.FAILURE, message)

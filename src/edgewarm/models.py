@@ -1,0 +1,165 @@
+"""The domain: tasks, items, their states. Frozen dataclasses and enums, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class TaskKind(enum.StrEnum):
+    PREFETCH = "prefetch"
+    REFRESH = "refresh"
+
+
+class TaskStatus(enum.IntEnum):
+    """JD's `data.status`: 0 succeeded, 1 in progress, 2 failed."""
+
+    SUCCEEDED = 0
+    IN_PROGRESS = 1
+    FAILED = 2
+
+
+class ItemState(enum.StrEnum):
+    """Life of one (URL, node) pair.
+
+    WAITING: an edge item whose URL has not yet succeeded on every shield.
+    PENDING: due for work at `due_at`. RUNNING: leased by a worker until `lease_until`.
+    """
+
+    WAITING = "waiting"
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (ItemState.SUCCEEDED, ItemState.FAILED)
+
+
+class ItemAction(enum.StrEnum):
+    """What an item does to its node."""
+
+    WARM = "warm"
+    PURGE = "purge"
+    PURGE_DIR = "purge_dir"
+
+
+class Tier(enum.StrEnum):
+    SHIELD = "shield"
+    EDGE = "edge"
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item as submitted, before the store gives it an id."""
+
+    seq: int  # the URL's position in its task; items of one URL share it
+    url: str
+    node: str
+    action: ItemAction = ItemAction.WARM
+    # An item runs only after every item of the same task and URL with a lower stage succeeded:
+    # shields (stage 0) before edges (1); a purge before the warm that follows it. Stages start at 0.
+    stage: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: int
+    task_id: str
+    url: str
+    node: str
+    action: ItemAction
+    stage: int
+    state: ItemState
+    attempts: int = 0
+    http_status: int | None = None
+    cache_state: str | None = None
+    bytes: int | None = None
+    error: str | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    username: str
+    kind: TaskKind
+    created_at: float
+    status: TaskStatus
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    finished_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounts:
+    waiting: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.pending + self.running + self.succeeded + self.failed
+
+    @property
+    def open(self) -> int:
+        return self.waiting + self.pending + self.running
+
+    def status(self) -> TaskStatus:
+        """The task status rule of PRODUCT.md: 1 while anything is open, then 0 if all succeeded, else 2."""
+        if self.open:
+            return TaskStatus.IN_PROGRESS
+        return TaskStatus.SUCCEEDED if self.failed == 0 else TaskStatus.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What a worker reports for one leased item."""
+
+    item_id: int
+    succeeded: bool
+    attempts: int
+    http_status: int | None = None
+    cache_state: str | None = None
+    bytes: int | None = None
+    error: str | None = None
+    # Set when the failure is worth another try: the item goes back to PENDING, due at this time.
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An item leased to a worker."""
+
+    item_id: int
+    task_id: str
+    url: str
+    node: str
+    action: ItemAction
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCharge:
+    """What a submission adds to its user's daily usage, and the limits it must stay within."""
+
+    day: str  # yyyymmdd in the service's time zone
+    urls: int
+    dirs: int
+    urls_limit: int
+    dirs_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    id: str
+    username: str
+    kind: TaskKind
+    created_at: float
+    items: tuple[NewItem, ...]
+    quota: QuotaCharge

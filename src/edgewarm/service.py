@@ -1,0 +1,138 @@
+"""What the API does, apart from HTTP: authenticate, check a submission, make a durable task, answer queries.
+
+The order of the checks follows JD: missing fields, then the user and the signature, then the list itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import auth
+from .config import Config, User
+from .errors import JdCode, RequestRefused, TaskNotFound
+from .models import ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
+from .store import TaskStore
+from .urls import TargetUrl, find_duplicate, parse_url
+
+STATUS_TEXT = {
+    "en": {
+        TaskStatus.SUCCEEDED: "Succeeded",
+        TaskStatus.IN_PROGRESS: "In Progress",
+        TaskStatus.FAILED: "Failed",
+    },
+    "zh": {TaskStatus.SUCCEEDED: "成功", TaskStatus.IN_PROGRESS: "进行中", TaskStatus.FAILED: "失败"},
+}
+
+
+def normalize_task_id(raw: str) -> str | None:
+    """The 36-character form of a task id given in 36- or 32-character form; None when it is not one."""
+    text = raw.strip()
+    if len(text) not in (32, 36):
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    signature: str
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_submit: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._clock = clock
+        self._on_submit = on_submit
+
+    def status_text(self, status: TaskStatus) -> str:
+        return STATUS_TEXT[self.config.api.language][status]
+
+    def today(self) -> str:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        return f"{auth.today(now, self.config.api.timezone):%Y%m%d}"
+
+    def authenticate(self, credentials: Credentials) -> User:
+        """The user whose signature this is (codes 3, 4, 20, 7)."""
+        if not credentials.username:
+            raise RequestRefused(JdCode.USERNAME_EMPTY, "username must not be empty")
+        if not credentials.signature:
+            raise RequestRefused(JdCode.SIGNATURE_EMPTY, "signature must not be empty")
+        user = self.config.user(credentials.username)
+        if user is None:
+            raise RequestRefused(JdCode.USER_UNKNOWN, "username does not exist")
+        api = self.config.api
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if not auth.verify(user.name, user.secret, credentials.signature, now, api.timezone, api.signature_window_days):
+            raise RequestRefused(JdCode.SIGNATURE_INCORRECT, "signature incorrect")
+        return user
+
+    def check_urls(self, user: User, urls: list[str], *, too_many: JdCode, not_yours: JdCode) -> list[TargetUrl]:
+        """The JD checks on a URL list: count, duplicates, legality, ownership."""
+        if not urls:
+            raise RequestRefused(JdCode.LIST_EMPTY, "the URL list must not be empty")
+        limit = user.limits(self.config.limits).urls_per_call
+        if len(urls) > limit:
+            raise RequestRefused(too_many, f"{len(urls)} URLs in one call; the limit is {limit}")
+        duplicate = find_duplicate(urls)
+        if duplicate is not None:
+            raise RequestRefused(JdCode.DUPLICATE_URLS, f"duplicate URL in the request: {duplicate}")
+        targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
+        for target in targets:
+            if not user.owns(target.host):
+                raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
+        return targets
+
+    async def submit_prefetch(self, user: User, urls: list[str]) -> Task:
+        targets = self.check_urls(user, urls, too_many=JdCode.TOO_MANY_PREFETCH_URLS, not_yours=JdCode.DOMAIN_NOT_YOURS)
+        return await self._create(user, TaskKind.PREFETCH, self._warm_items(targets), urls=len(targets), dirs=0)
+
+    def _warm_items(self, targets: list[TargetUrl]) -> tuple[NewItem, ...]:
+        nodes = self.config.nodes
+        if not nodes:
+            raise RequestRefused(JdCode.INTERNAL, "no cache nodes are configured")
+        has_shield = any(n.tier is Tier.SHIELD for n in nodes)
+        return tuple(
+            NewItem(
+                seq=seq,
+                url=target.url,
+                node=node.name,
+                action=ItemAction.WARM,
+                stage=1 if has_shield and node.tier is Tier.EDGE else 0,
+            )
+            for seq, target in enumerate(targets)
+            for node in nodes
+        )
+
+    async def _create(self, user: User, kind: TaskKind, items: tuple[NewItem, ...], *, urls: int, dirs: int) -> Task:
+        limits = user.limits(self.config.limits)
+        quota = QuotaCharge(self.today(), urls, dirs, limits.urls_per_day, limits.dirs_per_day)
+        task = NewTask(str(uuid.uuid4()), user.name, kind, self._clock(), items, quota)
+        created = await self.store.create_task(task)
+        if self._on_submit is not None:
+            self._on_submit()
+        return created
+
+    async def get_task(self, user: User, raw_task_id: str, kind: TaskKind | None = None) -> Task:
+        """The user's task; anything else (malformed, unknown, another user's, other kind) is 'not found'."""
+        if not raw_task_id:
+            raise RequestRefused(JdCode.TASKID_EMPTY, "taskid must not be empty")
+        task_id = normalize_task_id(raw_task_id)
+        task = None if task_id is None else await self.store.get_task(task_id, user.name)
+        if task is None or (kind is not None and task.kind is not kind):
+            raise TaskNotFound()
+        return task

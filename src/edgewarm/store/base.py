@@ -1,0 +1,69 @@
+"""The one interface every store back-end implements. The engine and the API see nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, Self
+
+from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts
+
+SCHEMA_VERSION = 1
+
+
+class TaskStore(Protocol):
+    """Durable tasks and items.
+
+    Rules every back-end keeps (the contract suite in tests/ checks them):
+    - `create_task` is atomic: quota charged, task and all items written, or nothing at all.
+    - An item leased to a worker is recorded only by that worker while its lease holds, so it is never
+      counted twice; an expired lease makes the item claimable again.
+    - An item runs only after every lower stage of its URL succeeded; a failed stage fails the later ones.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def upgrade(self) -> int:
+        """Create or migrate the schema; return the version now in place."""
+        ...
+
+    async def create_task(self, task: NewTask) -> Task:
+        """Charge the quota and write the task with its items in one transaction (QuotaExceeded if over)."""
+        ...
+
+    async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
+        """The task, or None when unknown or (with `username`) owned by someone else."""
+        ...
+
+    async def task_counts(self, task_id: str) -> TaskCounts: ...
+
+    async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]: ...
+
+    async def usage(self, username: str, day: str) -> tuple[int, int]:
+        """(URLs, directories) charged to `username` on `day`."""
+        ...
+
+    async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
+        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`."""
+        ...
+
+    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
+
+    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
+        """Give leased items back untouched (graceful shutdown)."""
+        ...
+
+    async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
+        """Apply outcomes of items still leased to `worker`; release next stages; finish tasks.
+
+        Returns how many outcomes were applied (the others had lost their lease).
+        """
+        ...
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest pending or leased item falls due, if any."""
+        ...

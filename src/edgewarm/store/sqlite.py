@@ -1,0 +1,435 @@
+"""The embedded default back-end: SQLite in WAL mode, one connection served by one thread.
+
+SQLite has a single writer anyway; funnelling every call through one thread keeps transactions simple and
+lets the event loop go on while SQLite works. `memory://` is the same store on an in-memory database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+from ..errors import QuotaExceeded, SchemaVersionError, StoreError
+from ..models import (
+    Claim,
+    Item,
+    ItemAction,
+    ItemOutcome,
+    ItemState,
+    NewTask,
+    Task,
+    TaskCounts,
+    TaskKind,
+    TaskStatus,
+)
+from .base import SCHEMA_VERSION
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # version 1
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        total INTEGER NOT NULL,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        status INTEGER NOT NULL DEFAULT 1,
+        finished_at REAL,
+        reason TEXT
+    );
+    CREATE INDEX tasks_user_created ON tasks (username, created_at);
+    CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        stage INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        node TEXT NOT NULL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        lease_owner TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        http_status INTEGER,
+        cache_state TEXT,
+        bytes INTEGER,
+        error TEXT,
+        updated_at REAL
+    );
+    CREATE INDEX items_task ON items (task_id, seq, stage);
+    CREATE INDEX items_due ON items (due_at) WHERE state IN ('pending', 'running');
+    CREATE TABLE usage (
+        username TEXT NOT NULL,
+        day TEXT NOT NULL,
+        urls INTEGER NOT NULL DEFAULT 0,
+        dirs INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (username, day)
+    );
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_TASK_COLUMNS = "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason"
+_ITEM_COLUMNS = (
+    "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
+)
+
+
+def _task(row: sqlite3.Row) -> Task:
+    return Task(
+        id=row[0],
+        username=row[1],
+        kind=TaskKind(row[2]),
+        created_at=row[3],
+        status=TaskStatus(row[4]),
+        total=row[5],
+        succeeded=row[6],
+        failed=row[7],
+        finished_at=row[8],
+        reason=row[9],
+    )
+
+
+def _item(row: sqlite3.Row) -> Item:
+    return Item(
+        id=row[0],
+        task_id=row[1],
+        url=row[2],
+        node=row[3],
+        action=ItemAction(row[4]),
+        stage=row[5],
+        state=ItemState(row[6]),
+        attempts=row[7],
+        http_status=row[8],
+        cache_state=row[9],
+        bytes=row[10],
+        error=row[11],
+        updated_at=row[12],
+    )
+
+
+class SQLiteStore:
+    """TaskStore on SQLite. `path` is a file path, or ":memory:"."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", auto_upgrade: bool = True) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._auto_upgrade = auto_upgrade
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._run(self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        self._db = db
+        version = self._version()
+        if version == 0 and self._auto_upgrade:
+            self._upgrade()
+        elif version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database {self.path} has schema version {version}, this edgewarm needs {SCHEMA_VERSION}: "
+                "run `edgewarm db upgrade --config FILE`"
+            )
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    def _version(self) -> int:
+        has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            return 0
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _upgrade(self) -> int:
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
+        for number in range(version, SCHEMA_VERSION):
+            self.db.executescript(
+                "BEGIN IMMEDIATE;"
+                + MIGRATIONS[number]
+                + f"; INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{number + 1}'); COMMIT;"
+            )
+        return SCHEMA_VERSION
+
+    async def upgrade(self) -> int:
+        return await self._run(self._upgrade)
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    async def create_task(self, task: NewTask) -> Task:
+        def create() -> Task:
+            db = self.db
+            q = task.quota
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                charged = db.execute(
+                    "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, "
+                    "dirs = dirs + excluded.dirs "
+                    "WHERE usage.urls + excluded.urls <= ? AND usage.dirs + excluded.dirs <= ? "
+                    "RETURNING urls",
+                    (task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit),
+                ).fetchone()
+                if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
+                    raise QuotaExceeded(_quota_message(db, task))
+                db.execute(
+                    "INSERT INTO tasks (id, username, kind, created_at, total) VALUES (?, ?, ?, ?, ?)",
+                    (task.id, task.username, task.kind.value, task.created_at, len(task.items)),
+                )
+                db.executemany(
+                    "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            task.id,
+                            it.seq,
+                            it.stage,
+                            it.url,
+                            it.node,
+                            it.action.value,
+                            "pending" if it.stage == 0 else "waiting",
+                            task.created_at,
+                        )
+                        for it in task.items
+                    ],
+                )
+                if not task.items:
+                    db.execute("UPDATE tasks SET status = 0, finished_at = created_at WHERE id = ?", (task.id,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            row = db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task.id,)).fetchone()
+            return _task(row)
+
+        return await self._run(create)
+
+    async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
+        def get() -> Task | None:
+            row = self.db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None or (username is not None and row[1] != username):
+                return None
+            return _task(row)
+
+        return await self._run(get)
+
+    async def task_counts(self, task_id: str) -> TaskCounts:
+        def counts() -> TaskCounts:
+            rows = self.db.execute(
+                "SELECT state, COUNT(*) FROM items WHERE task_id = ? GROUP BY state", (task_id,)
+            ).fetchall()
+            return TaskCounts(**{state: count for state, count in rows})
+
+        return await self._run(counts)
+
+    async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
+        def items() -> list[Item]:
+            rows = self.db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?",
+                (task_id, limit, offset),
+            ).fetchall()
+            return [_item(r) for r in rows]
+
+        return await self._run(items)
+
+    async def usage(self, username: str, day: str) -> tuple[int, int]:
+        def usage() -> tuple[int, int]:
+            row = self.db.execute(
+                "SELECT urls, dirs FROM usage WHERE username = ? AND day = ?", (username, day)
+            ).fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+        return await self._run(usage)
+
+    # -- the engine's side ------------------------------------------------------------------------
+
+    async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
+        def claim() -> list[Claim]:
+            # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
+            # its worker every time still ends after max_attempts.
+            rows = self.db.execute(
+                "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', "
+                "lease_owner = ?, due_at = ? "
+                "WHERE id IN (SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= ? "
+                "ORDER BY due_at LIMIT ?) "
+                "RETURNING id, task_id, url, node, action, attempts",
+                (worker, now + lease_seconds, now, limit),
+            ).fetchall()
+            return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
+
+        return await self._run(claim)
+
+    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
+        def renew() -> int:
+            cur = self.db.executemany(
+                "UPDATE items SET due_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                [(until, item_id, worker) for item_id in item_ids],
+            )
+            return cur.rowcount
+
+        return await self._run(renew)
+
+    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
+        def release() -> int:
+            cur = self.db.executemany(
+                "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
+                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                [(now, item_id, worker) for item_id in item_ids],
+            )
+            return cur.rowcount
+
+        return await self._run(release)
+
+    async def release_all_leases(self, now: float) -> int:
+        """Make every leased item due now: only for a process that knows it is the sole engine."""
+
+        def release() -> int:
+            return self.db.execute(
+                "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
+                "WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL",
+                (now,),
+            ).rowcount
+
+        return await self._run(release)
+
+    async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
+        def record() -> int:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                applied = _apply_outcomes(db, worker, outcomes, now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return applied
+
+        return await self._run(record)
+
+    async def next_due_at(self) -> float | None:
+        def due() -> float | None:
+            row = self.db.execute("SELECT MIN(due_at) FROM items WHERE state IN ('pending', 'running')").fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._run(due)
+
+
+def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
+    q = task.quota
+    row = db.execute("SELECT urls, dirs FROM usage WHERE username = ? AND day = ?", (task.username, q.day)).fetchone()
+    used_urls, used_dirs = (row[0], row[1]) if row else (0, 0)
+    if q.dirs and used_dirs + q.dirs > q.dirs_limit:
+        return f"daily quota exceeded: {used_dirs} of {q.dirs_limit} directories used today, {q.dirs} asked"
+    return f"daily quota exceeded: {used_urls} of {q.urls_limit} URLs used today, {q.urls} asked"
+
+
+def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
+    applied = 0
+    finals: dict[str, list[int]] = {}  # task -> [succeeded, failed] added
+    advanced: set[tuple[str, int]] = set()  # (task, seq) whose stage finished or failed
+    for o in outcomes:
+        if o.retry_at is not None and not o.succeeded:
+            state, due = "pending", o.retry_at
+        else:
+            state, due = ("succeeded" if o.succeeded else "failed"), now
+        row = db.execute(
+            "UPDATE items SET state = ?, due_at = ?, lease_owner = NULL, attempts = ?, http_status = ?, "
+            "cache_state = ?, bytes = ?, error = ?, updated_at = ? "
+            "WHERE id = ? AND lease_owner = ? AND state = 'running' RETURNING task_id, seq",
+            (state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error, now, o.item_id, worker),
+        ).fetchone()
+        if row is None:
+            continue
+        applied += 1
+        if state == "pending":
+            continue
+        counts = finals.setdefault(row[0], [0, 0])
+        counts[0 if state == "succeeded" else 1] += 1
+        advanced.add((row[0], row[1]))
+    for task_id, seq in advanced:
+        skipped = _advance_stage(db, task_id, seq, now)
+        if skipped:
+            finals[task_id][1] += skipped
+    for task_id, (succeeded, failed) in finals.items():
+        db.execute(
+            "UPDATE tasks SET succeeded = succeeded + ?, failed = failed + ? WHERE id = ?",
+            (succeeded, failed, task_id),
+        )
+        db.execute(
+            "UPDATE tasks SET status = CASE WHEN failed = 0 THEN 0 ELSE 2 END, finished_at = ? "
+            "WHERE id = ? AND status = 1 AND succeeded + failed >= total",
+            (now, task_id),
+        )
+    return applied
+
+
+def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -> int:
+    """Release the next stage of one URL, or fail it when an earlier stage failed. Returns items failed."""
+    row = db.execute(
+        "SELECT MIN(stage) FROM items WHERE task_id = ? AND seq = ? AND state = 'waiting'", (task_id, seq)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    next_stage = int(row[0])
+    blockers = db.execute(
+        "SELECT node, state FROM items WHERE task_id = ? AND seq = ? AND stage < ? AND state != 'succeeded'",
+        (task_id, seq, next_stage),
+    ).fetchall()
+    failed = [node for node, state in blockers if state == "failed"]
+    if failed:
+        return db.execute(
+            "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
+            "WHERE task_id = ? AND seq = ? AND state = 'waiting'",
+            (f"not attempted: this URL failed first on {', '.join(sorted(failed))}", now, task_id, seq),
+        ).rowcount
+    if not blockers:
+        db.execute(
+            "UPDATE items SET state = 'pending', due_at = ? WHERE task_id = ? AND seq = ? AND stage = ? "
+            "AND state = 'waiting'",
+            (now, task_id, seq, next_stage),
+        )
+    return 0

@@ -1,0 +1,764 @@
+"""A real caching fleet on loopback, for tests, demos and benchmarks.
+
+``Lab`` starts an origin (nginx serving a folder for any ``Host``), an optional shield and some edges (nginx
+``proxy_cache``) and optional Varnish nodes, each in the foreground in its own folder on a free
+``127.0.0.1`` port, and stops every process it started by PID::
+
+    with Lab(tmp_path, edges=2, shield=True, varnish=1, purge_module=True) as lab:
+        lab.write_file("/a/b.bin", b"x" * 1024)
+        first = lab.fetch(lab.edges[0], "/a/b.bin")       # Host: www.example.test
+        assert first.cache_status == "MISS"
+        assert lab.fetch(lab.edges[0], "/a/b.bin").cache_status == "HIT"
+
+Topology: edges -> shield -> origin (edges -> origin when ``shield=False``); Varnish nodes use the shield when
+there is one, else the origin. Every cache keys on ``$scheme$host$request_uri`` (Varnish: URL + Host), sends
+the client's ``Host`` upstream, caches 200/301/302 for an hour and nothing else, and tells its cache state:
+nginx in ``X-Cache-Status`` (``MISS``, ``HIT``, ``EXPIRED``, ...), Varnish in ``X-Cache`` (``HIT``/``MISS``).
+
+Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot``; a missing one is a 404):
+
+- ``/status/CODE/...`` answers CODE, for CODE in :data:`STATUS_CODES` (301 and 302 redirect to ``/``).
+- ``/nocache/...`` serves the file with ``Cache-Control: no-store``: caches answer ``MISS`` every time.
+- ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
+
+Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
+Varnish 7.1):
+
+- nginx with ``purge_module=True``: ``PURGE /path`` with the object's ``Host`` removes that one key and
+  answers 200, or 404 when the key is not cached; only 127.0.0.1 may purge (others get 403). Debian ships
+  FRiCKLE's ngx_cache_purge 2.3, which knows neither the trailing ``*`` wildcard nor ``purge_all`` (those
+  are in the nginx-modules fork, 2.4+): ``PURGE /dir/*`` looks up the literal key ``.../dir/*`` and answers
+  404, and ``proxy_cache_purge PURGE purge_all ...`` is a configuration error. A prefix purge on nginx has
+  to enumerate the URLs (or wipe the cache folder).
+- Varnish: ``PURGE /path`` removes every variant of URL + Host (200 ``Purged``); ``BAN /`` with
+  ``X-Ban-Prefix: /dir/`` bans every object of that Host whose URL starts with the prefix, taken literally
+  (200 ``Banned``), using the lurker-friendly ``obj.http.x-url``/``obj.http.x-host`` pattern. Only
+  loopback clients may purge or ban (others get 405).
+
+Access logs: :meth:`Lab.requests` parses a node's log (nginx ``access_log``; for Varnish a ``varnishncsa``
+process the lab runs beside ``varnishd``). A log line is written just after the response is sent, so a
+test that reads the log right after a response should use :meth:`Lab.wait_for_requests`.
+
+Processes run with ``daemon off;`` / ``varnishd -F`` in their own session (process group), so ``stop()``
+sends SIGTERM to each PID, waits up to ``stop_timeout`` and then SIGKILLs the whole group (nginx workers,
+Varnish's child). Nothing is written outside ``root`` (and ``cache_root``), nothing under ``/var``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+__all__ = [
+    "DEFAULT_HOST",
+    "SLOW_RATE",
+    "STATUS_CODES",
+    "Lab",
+    "LabError",
+    "LabNode",
+    "LabRequest",
+    "LabResponse",
+    "process_group_members",
+]
+
+DEFAULT_HOST = "www.example.test"
+"""The ``Host`` that :meth:`Lab.fetch` sends unless told otherwise (the origin answers for any host)."""
+
+STATUS_CODES = (301, 302, 400, 403, 404, 408, 410, 429, 500, 502, 503, 504)
+"""Codes the origin answers under ``/status/CODE/``."""
+
+SLOW_RATE = 8192
+"""Bytes per second the origin sends under ``/slow/``."""
+
+READY_PATH = "/.lab/ready"
+"""Answered by every node itself (never proxied, never logged), naming the node in ``X-Lab-Node``."""
+
+NGINX = "/usr/sbin/nginx"
+VARNISHD = "/usr/sbin/varnishd"
+VARNISHNCSA = "/usr/bin/varnishncsa"
+_PURGE_MODULE = "ngx_http_cache_purge_module.so"
+_PURGE_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"))
+_PURGE_MODULE_CONF = Path("/usr/share/nginx/modules-available/mod-http-cache-purge.conf")
+
+Tier = Literal["origin", "shield", "edge"]
+Kind = Literal["nginx", "varnish"]
+
+
+class LabError(RuntimeError):
+    """A lab process could not be started or stopped; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class LabNode:
+    """One server of the lab. ``url`` is where to connect; the ``Host`` header picks the site."""
+
+    name: str
+    port: int
+    url: str
+    tier: Tier
+    kind: Kind
+    access_log: Path
+    folder: Path
+
+
+@dataclass(frozen=True)
+class LabRequest:
+    """One line of a node's access log. ``cache_status`` is None where the node did not use a cache."""
+
+    time: float
+    method: str
+    host: str
+    uri: str
+    status: int
+    cache_status: str | None
+    bytes: int
+
+
+@dataclass(frozen=True)
+class LabResponse:
+    """What :meth:`Lab.fetch` read: status, headers (lower-case names) and the whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def cache_status(self) -> str | None:
+        """The node's own word on its cache: nginx ``X-Cache-Status`` or Varnish ``X-Cache``."""
+        return self.headers.get("x-cache-status") or self.headers.get("x-cache")
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class _Plan:
+    """The ports of one start attempt, fixed before any config is written (configs point at each other)."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+class Lab:
+    """An origin, a shield, edges and Varnish nodes on loopback; a context manager that stops them all.
+
+    ``root`` holds one folder per node (config, logs, pid file, temp files) and the origin's ``docroot``;
+    caches go under ``cache_root`` when given (benchmarks pass a folder in ``/dev/shm``; the lab removes its
+    own cache folders there on stop), else under ``root``. ``workers`` is nginx's ``worker_processes``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        edges: int = 2,
+        shield: bool = True,
+        varnish: int = 0,
+        purge_module: bool = False,
+        cache_root: Path | None = None,
+        workers: int = 1,
+        varnish_storage: str = "malloc,64m",
+        start_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if edges < 0 or varnish < 0 or workers < 1:
+            raise ValueError("edges and varnish must be >= 0 and workers >= 1")
+        self._edge_count = edges
+        self._with_shield = shield
+        self._varnish_count = varnish
+        self._purge_module = purge_module
+        self._workers = workers
+        self._varnish_storage = varnish_storage
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._cache_root = cache_root
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="lab-", dir=root))
+        self.docroot = self.root / "docroot"
+        self.docroot.mkdir()
+        self._procs: list[_Proc] = []
+        self._cache_dirs: list[Path] = []
+        self._started = False
+        self.origin: LabNode
+        self.shield: LabNode | None = None
+        self.edges: list[LabNode] = []
+        self.varnishes: list[LabNode] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every node and wait until each answers; retries on a port taken meanwhile (3 tries)."""
+        if self._started:
+            raise LabError("lab already started")
+        if self._purge_module:
+            _purge_module_path()  # fail before starting anything
+        atexit.register(self.stop)
+        self._started = True
+        for attempt in range(3):
+            try:
+                self._start_once(attempt)
+                return
+            except _PortTaken:
+                self._stop_processes()
+            except BaseException:
+                self.stop()
+                raise
+        self.stop()
+        raise LabError("could not find free loopback ports in 3 tries")
+
+    def stop(self) -> None:
+        """Stop each process by PID: SIGTERM, then SIGKILL to its group after ``stop_timeout``. Idempotent."""
+        atexit.unregister(self.stop)
+        self._stop_processes()
+        if self._cache_root is not None:  # under root they stay for inspection, like the logs
+            for folder in self._cache_dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._cache_dirs.clear()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """PID of every running process by name (``varnish-1`` and its log reader ``varnish-1-ncsa``)."""
+        return {proc.name: proc.popen.pid for proc in self._procs}
+
+    # -- nodes -----------------------------------------------------------------------------------------
+
+    def cache_nodes(self) -> list[LabNode]:
+        """The cache nodes in warming order: the shield first, then the edges, then the Varnish nodes."""
+        shields = [self.shield] if self.shield is not None else []
+        return [*shields, *self.edges, *self.varnishes]
+
+    def nodes(self) -> list[LabNode]:
+        """The origin, then :meth:`cache_nodes`."""
+        return [self.origin, *self.cache_nodes()]
+
+    def node(self, name: str) -> LabNode:
+        """The node called ``name`` (``origin``, ``shield-1``, ``edge-2``, ``varnish-1``...)."""
+        for node in self.nodes():
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def nodes_toml(self) -> str:
+        """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`."""
+        return "\n".join(
+            f'[[nodes]]\nname = "{n.name}"\nurl = "{n.url}"\ntier = "{n.tier}"\n' for n in self.cache_nodes()
+        )
+
+    # -- content ---------------------------------------------------------------------------------------
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Make the origin serve ``data`` at ``path`` (e.g. ``/a/b.bin``), replacing the file atomically."""
+        target = self._docroot_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
+        partial.write_bytes(data)
+        os.replace(partial, target)
+
+    def delete_file(self, path: str) -> None:
+        """Remove ``path`` from the origin (it answers 404 from then on)."""
+        self._docroot_path(path).unlink()
+
+    def make_files(self, count: int, size: int, prefix: str = "/f/") -> list[str]:
+        """Write ``count`` files of ``size`` bytes under ``prefix`` and return their paths.
+
+        Each body starts with its own path so that a mixed-up response shows; 20,000 files take well under
+        a second.
+        """
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ValueError("prefix must start and end with '/'")
+        folder = self._docroot_path(prefix + "x").parent
+        folder.mkdir(parents=True, exist_ok=True)
+        filler = os.urandom(min(size, 1 << 16))
+        filler = (filler * (size // len(filler) + 1))[:size] if filler else b""
+        paths = []
+        for i in range(count):
+            name = f"{i:06d}.bin"
+            path = prefix + name
+            head = path.encode() + b"\n"
+            (folder / name).write_bytes((head + filler[len(head) :])[:size])
+            paths.append(path)
+        return paths
+
+    def _docroot_path(self, path: str) -> Path:
+        if not path.startswith("/") or any(part in {"..", "."} for part in path.split("/")):
+            raise ValueError(f"not an absolute, normalized URL path: {path!r}")
+        return self.docroot / path.lstrip("/")
+
+    # -- HTTP and logs ---------------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        node: LabNode,
+        path: str,
+        *,
+        host: str = DEFAULT_HOST,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> LabResponse:
+        """Send one request to ``node`` with ``Host: host`` and read the whole answer (stdlib, blocking)."""
+        conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
+        try:
+            conn.request(method, path, headers={"Host": host, **(headers or {})})
+            resp = conn.getresponse()
+            body = resp.read()
+            return LabResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+        finally:
+            conn.close()
+
+    def requests(self, node: LabNode) -> list[LabRequest]:
+        """Every request ``node`` logged so far, oldest first."""
+        try:
+            text = node.access_log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        parsed = (_parse_log_line(line) for line in text.splitlines())
+        return [r for r in parsed if r is not None and r.uri != READY_PATH]
+
+    def wait_for_requests(self, node: LabNode, count: int, timeout: float = 5.0) -> list[LabRequest]:
+        """:meth:`requests` once ``node`` logged at least ``count``; :class:`LabError` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.requests(node)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.name} logged {len(found)} requests, not {count}, in {timeout}s")
+            time.sleep(0.01)
+
+    # -- starting --------------------------------------------------------------------------------------
+
+    def _start_once(self, attempt: int) -> None:
+        names = ["origin"]
+        names += ["shield-1"] if self._with_shield else []
+        names += [f"edge-{i}" for i in range(1, self._edge_count + 1)]
+        names += [f"varnish-{i}" for i in range(1, self._varnish_count + 1)]
+        plan = _Plan(dict(zip(names, _free_ports(len(names)), strict=True)))
+
+        self.origin = self._node(plan, "origin", "origin", "nginx", attempt)
+        self.shield = self._node(plan, "shield-1", "shield", "nginx", attempt) if self._with_shield else None
+        self.edges = [self._node(plan, n, "edge", "nginx", attempt) for n in names if n.startswith("edge-")]
+        self.varnishes = [self._node(plan, n, "edge", "varnish", attempt) for n in names if n.startswith("varnish-")]
+        parent = self.shield or self.origin
+
+        self._spawn_nginx(self.origin, self._origin_conf(self.origin))
+        if self.shield is not None:
+            self._spawn_nginx(self.shield, self._cache_conf(self.shield, self.origin))
+        for edge in self.edges:
+            self._spawn_nginx(edge, self._cache_conf(edge, parent))
+        for node in self.varnishes:
+            self._spawn_varnish(node, parent)
+
+        deadline = time.monotonic() + self._start_timeout
+        for node in self.nodes():
+            self._wait_ready(node, deadline)
+        for node in self.varnishes:
+            self._spawn_varnishncsa(node, deadline)
+
+    def _node(self, plan: _Plan, name: str, tier: Tier, kind: Kind, attempt: int) -> LabNode:
+        folder = self.root / (name if attempt == 0 else f"{name}.{attempt}")
+        folder.mkdir()
+        port = plan.ports[name]
+        return LabNode(name, port, f"http://127.0.0.1:{port}", tier, kind, folder / "access.log", folder)
+
+    def _cache_dir(self, node: LabNode) -> Path:
+        if self._cache_root is None:
+            folder = node.folder / "cache"
+            folder.mkdir()
+        else:
+            self._cache_root.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f"{node.name}-", dir=self._cache_root))
+        self._cache_dirs.append(folder)
+        return folder
+
+    def _spawn(self, name: str, argv: list[str], folder: Path) -> _Proc:
+        log = folder / "stderr.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=folder,
+                start_new_session=True,  # own process group: stop() can reach workers and children
+            )
+        proc = _Proc(name, popen, log)
+        self._procs.append(proc)
+        return proc
+
+    def _spawn_nginx(self, node: LabNode, conf: str) -> None:
+        path = node.folder / "nginx.conf"
+        path.write_text(conf)
+        self._spawn(
+            node.name,
+            [NGINX, "-p", f"{node.folder}/", "-c", str(path), "-e", str(node.folder / "error.log")],
+            node.folder,
+        )
+
+    def _spawn_varnish(self, node: LabNode, backend: LabNode) -> None:
+        vcl = node.folder / "lab.vcl"
+        vcl.write_text(_VCL.replace("@BACKEND_PORT@", str(backend.port)).replace("@NAME@", node.name))
+        workdir = node.folder / "varnishd"
+        argv = [VARNISHD, "-F", "-n", str(workdir), "-a", f"127.0.0.1:{node.port}", "-f", str(vcl)]
+        # -j none: no jail, so the unprivileged Varnish users need no access to our private temp folder.
+        argv += ["-s", self._varnish_storage, "-j", "none", "-T", "127.0.0.1:0"]
+        self._spawn(node.name, argv, node.folder)
+
+    def _spawn_varnishncsa(self, node: LabNode, deadline: float) -> None:
+        fmt = r"%{%s}t.%{usec_frac}t\t%m\t%{Host}i\t%U%q\t%s\t%{Varnish:handling}x\t%b"
+        argv = [VARNISHNCSA, "-n", str(node.folder / "varnishd"), "-F", fmt, "-w", str(node.access_log)]
+        proc = self._spawn(f"{node.name}-ncsa", argv, node.folder)
+        # varnishncsa only reports requests it saw once attached: a ready probe that shows up in the log
+        # proves it is attached (requests() hides the probe lines).
+        while True:
+            _probe(node)
+            if _log_mentions(node.access_log, READY_PATH):
+                return
+            if proc.popen.poll() is not None:
+                raise LabError(f"varnishncsa for {node.name} exited: {_tail(proc.log)}")
+            if time.monotonic() > deadline:
+                raise LabError(f"varnishncsa for {node.name} logged nothing in time: {_tail(proc.log)}")
+            time.sleep(0.05)
+
+    def _wait_ready(self, node: LabNode, deadline: float) -> None:
+        proc = next(p for p in self._procs if p.name == node.name)
+        while True:
+            if proc.popen.poll() is not None:
+                logs = _tail(proc.log) + _tail(node.folder / "error.log")
+                if "Address already in use" in logs or "already in use" in logs:
+                    raise _PortTaken(node.name)
+                raise LabError(f"{node.name} exited with {proc.popen.returncode}: {logs}")
+            answer = _probe(node)
+            if answer == node.name:
+                return
+            if answer is not None:  # somebody else answers on our port
+                raise _PortTaken(node.name)
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.name} not ready in {self._start_timeout}s: {_tail(proc.log)}")
+            time.sleep(0.02)
+
+    # -- stopping --------------------------------------------------------------------------------------
+
+    def _stop_processes(self) -> None:
+        procs = list(reversed(self._procs))
+        for proc in procs:
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_timeout
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL follows
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            # The leader's own group (start_new_session): also catches workers left by a killed master.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            try:
+                proc.popen.wait(timeout=self._stop_timeout)
+            except subprocess.TimeoutExpired as exc:
+                raise LabError(f"{proc.name} (pid {proc.popen.pid}) survived SIGKILL") from exc
+        self._procs.clear()
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    def _main_conf(self, node: LabNode, http_block: str) -> str:
+        folder = node.folder
+        user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must write our 0700 temp folders
+        purge = self._purge_module and node.tier != "origin"
+        module = f"load_module {_purge_module_path()};\n" if purge else ""
+        mime = "include /etc/nginx/mime.types;" if Path("/etc/nginx/mime.types").exists() else ""
+        return f"""{module}daemon off;
+master_process on;
+{user}worker_processes {self._workers};
+pid {folder}/nginx.pid;
+lock_file {folder}/nginx.lock;
+error_log {folder}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    {mime}
+    default_type application/octet-stream;
+    log_format lab escape=default
+        '$msec\t$request_method\t$host\t$request_uri\t$status\t$upstream_cache_status\t$body_bytes_sent';
+    access_log {node.access_log} lab;
+    client_body_temp_path {folder}/client_body_temp;
+    proxy_temp_path {folder}/proxy_temp;
+    fastcgi_temp_path {folder}/fastcgi_temp;
+    uwsgi_temp_path {folder}/uwsgi_temp;
+    scgi_temp_path {folder}/scgi_temp;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+{http_block}
+}}
+"""
+
+    def _ready_location(self, node: LabNode) -> str:
+        return f"""        location = {READY_PATH} {{
+            access_log off;
+            add_header X-Lab-Node {node.name} always;
+            return 204;
+        }}"""
+
+    def _origin_conf(self, node: LabNode) -> str:
+        statuses = "\n".join(_status_location(code) for code in STATUS_CODES)
+        block = f"""    server {{
+        listen 127.0.0.1:{node.port} default_server;
+        server_name _;
+        root {self.docroot};
+        open_file_cache off;  # a changed file shows at once
+        absolute_redirect off;
+{self._ready_location(node)}
+{statuses}
+        location @lab_408 {{ return 200 "Request Timeout\\n"; }}
+        location ^~ /nocache/ {{ add_header Cache-Control "no-store" always; }}
+        location ^~ /slow/ {{ limit_rate {SLOW_RATE}; }}
+        location / {{ }}
+    }}"""
+        return self._main_conf(node, block)
+
+    def _cache_conf(self, node: LabNode, upstream: LabNode) -> str:
+        cache = self._cache_dir(node)
+        purge = _NGINX_PURGE if self._purge_module else ""
+        block = f"""    proxy_cache_path {cache} levels=1:2 keys_zone=lab:32m inactive=1d use_temp_path=off;
+    upstream parent {{
+        server 127.0.0.1:{upstream.port};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{node.port} default_server;
+        server_name _;
+{self._ready_location(node)}
+{purge}
+        location / {{
+            proxy_pass http://parent;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_cache lab;
+            proxy_cache_key $scheme$host$request_uri;
+            proxy_cache_valid 200 301 302 1h;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 60s;
+            proxy_hide_header X-Cache-Status;  # each node reports its own cache, not its parent's
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+    }}"""
+        return self._main_conf(node, block)
+
+
+# The cache-purge module's "same location" form (proxy_cache_purge PURGE from ...; beside proxy_cache) makes
+# Debian 12's 2.3 build segfault the worker on every PURGE (FRiCKLE/ngx_cache_purge#68: nginx >= 1.11.6
+# changed a struct the module copies). Its separate-location form works, so PURGE is routed to one, keyed
+# on the original $request_uri exactly as proxy_cache_key is.
+_NGINX_PURGE = """        if ($request_method = PURGE) {
+            rewrite ^ /.lab/purge last;
+        }
+        location = /.lab/purge {
+            internal;
+            allow 127.0.0.1;
+            deny all;
+            proxy_cache_purge lab $scheme$host$request_uri;
+        }"""
+
+
+class _PortTaken(Exception):
+    """A port picked as free was taken before our server bound it."""
+
+
+_VCL = r"""vcl 4.1;
+
+# Lab node @NAME@: caches 200/301/302 for 1h, keys on URL + Host (the built-in vcl_hash), PURGE and BAN
+# (X-Ban-Prefix) from loopback, X-Cache: HIT|MISS.
+
+backend parent {
+    .host = "127.0.0.1";
+    .port = "@BACKEND_PORT@";
+}
+
+acl purgers {
+    "127.0.0.1";
+    "::1";
+}
+
+sub vcl_recv {
+    if (req.url == "/.lab/ready") {
+        return (synth(204, "Ready"));
+    }
+    if (req.method == "PURGE") {
+        if (client.ip !~ purgers) {
+            return (synth(405, "Not allowed"));
+        }
+        return (purge);
+    }
+    if (req.method == "BAN") {
+        if (client.ip !~ purgers) {
+            return (synth(405, "Not allowed"));
+        }
+        if (!req.http.X-Ban-Prefix) {
+            return (synth(400, "X-Ban-Prefix required"));
+        }
+        # The prefix is literal: escape regex metacharacters before it becomes a regex.
+        ban("obj.http.x-host == " + req.http.host + " && obj.http.x-url ~ ^" +
+            regsuball(req.http.X-Ban-Prefix, {"([\\^$.|?*+()\[\]{}])"}, {"\\\1"}));
+        return (synth(200, "Banned"));
+    }
+}
+
+sub vcl_backend_response {
+    # For bans by the ban lurker, which sees only the object.
+    set beresp.http.x-url = bereq.url;
+    set beresp.http.x-host = bereq.http.host;
+    # Each node reports its own cache, not its parent's.
+    unset beresp.http.X-Cache-Status;
+    if (beresp.status == 200 || beresp.status == 301 || beresp.status == 302) {
+        set beresp.ttl = 1h;
+    } else {
+        set beresp.ttl = 0s;
+        set beresp.uncacheable = true;
+        return (deliver);
+    }
+    # Falls through to the built-in rules: Cache-Control no-store/private still makes it uncacheable.
+}
+
+sub vcl_deliver {
+    if (obj.hits > 0) {
+        set resp.http.X-Cache = "HIT";
+    } else {
+        set resp.http.X-Cache = "MISS";
+    }
+    unset resp.http.x-url;
+    unset resp.http.x-host;
+}
+
+sub vcl_synth {
+    if (req.url == "/.lab/ready") {
+        set resp.http.X-Lab-Node = "@NAME@";
+    }
+}
+"""
+
+
+def _status_location(code: int) -> str:
+    if code in (301, 302):
+        return f"        location ^~ /status/{code}/ {{ return {code} /; }}"
+    if code == 408:
+        # `return 408` makes nginx drop the connection without an answer; error_page can send the code.
+        return "        location ^~ /status/408/ { error_page 418 =408 @lab_408; return 418; }"
+    return f"        location ^~ /status/{code}/ {{ return {code}; }}"
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all sockets are held open at once so the kernel cannot repeat one."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _probe(node: LabNode) -> str | None:
+    """The ``X-Lab-Node`` of whoever answers on ``node.port``: "" if it sends none, None if nobody answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=1.0)
+    try:
+        conn.request("GET", READY_PATH, headers={"Host": "lab.invalid"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("X-Lab-Node") or ""
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _purge_module_path() -> Path:
+    """Where Debian's libnginx-mod-http-cache-purge put its module (absolute: nginx runs with our prefix)."""
+    candidates = [d / _PURGE_MODULE for d in _PURGE_MODULE_DIRS]
+    if _PURGE_MODULE_CONF.exists():
+        match = re.search(r"load_module\s+(\S+?);", _PURGE_MODULE_CONF.read_text())
+        if match:
+            named = Path(match.group(1))
+            candidates.insert(0, named if named.is_absolute() else Path("/usr/share/nginx") / named)
+    for path in candidates:
+        if path.exists():
+            return path.resolve()
+    raise LabError(f"{_PURGE_MODULE} not found (apt-get install libnginx-mod-http-cache-purge)")
+
+
+def _parse_log_line(line: str) -> LabRequest | None:
+    parts = line.split("\t")
+    if len(parts) != 7:
+        return None
+    stamp, method, host, uri, status, cache, size = parts
+    try:
+        return LabRequest(
+            time=float(stamp),
+            method=method,
+            host=host,
+            uri=uri,
+            status=int(status),
+            cache_status=None if cache in {"-", ""} else cache.upper(),
+            bytes=0 if size == "-" else int(size),
+        )
+    except ValueError:
+        return None
+
+
+def _log_mentions(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except FileNotFoundError:
+        return ""
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` (Linux ``/proc``): what is left of a lab process and its children."""
+    return sorted(_iter_group(pgid))
+
+
+def _iter_group(pgid: int) -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the ")" that closes the command name: state, ppid, pgrp, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            yield int(entry.name)

@@ -1,0 +1,88 @@
+"""Parse and check the URLs a caller submits. Pure functions; refusals carry JD codes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import JdCode, RequestRefused
+
+# Printable ASCII without space; CR, LF, other controls and non-ASCII never reach a node.
+_SAFE = re.compile(r"^[\x21-\x7e]+$")
+_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetUrl:
+    """A submitted URL, split the way a warm needs it."""
+
+    url: str  # as submitted (trimmed)
+    scheme: str
+    host: str  # lower case, no port: what domain ownership is checked against and what SNI carries
+    authority: str  # host[:port] as sent in `Host`
+    path_query: str  # exactly as submitted, "/" when empty
+
+    @property
+    def is_dir(self) -> bool:
+        return self.path_query.endswith("/") and "?" not in self.path_query
+
+
+def split_list(value: Any) -> list[str]:
+    """JD lists: a JSON array of strings, or one string separated by commas. Blank entries are dropped."""
+    if isinstance(value, str):
+        pieces = value.split(",")
+    elif isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise RequestRefused(JdCode.ILLEGAL_URL, "every URL must be a string")
+        pieces = value
+    else:
+        raise RequestRefused(JdCode.ILLEGAL_URL, "the URL list must be an array of strings or a string")
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
+    """Check one URL; raise RequestRefused(ILLEGAL_URL) with the reason."""
+
+    def illegal(reason: str) -> RequestRefused:
+        shown = raw if len(raw) <= 200 else raw[:200] + "…"
+        return RequestRefused(JdCode.ILLEGAL_URL, f"illegal URL {shown!r}: {reason}")
+
+    if len(raw) > max_length:
+        raise illegal(f"longer than {max_length} characters")
+    if not _SAFE.match(raw):
+        raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise illegal(str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise illegal("the scheme must be http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise illegal("user information is not allowed")
+    if parts.fragment or "#" in raw:
+        raise illegal("a fragment (#…) never reaches a cache")
+    host = (parts.hostname or "").rstrip(".")
+    if not _HOST.match(host):
+        raise illegal("the host must be a domain name")
+    if host.replace(".", "").isdigit():
+        raise illegal("the host must be a domain name, not an IP address")
+    authority = host if port is None else f"{host}:{port}"
+    path = parts.path or "/"
+    if not path.startswith("/"):
+        raise illegal("the path must start with '/'")
+    path_query = path + (f"?{parts.query}" if parts.query or raw.endswith("?") else "")
+    return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
+
+
+def find_duplicate(urls: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            return url
+        seen.add(url)
+    return None
