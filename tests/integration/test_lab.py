@@ -66,14 +66,15 @@ def test_edge_misses_then_hits_and_the_origin_is_asked_once(lab: Lab) -> None:
     assert _get(edge, "/hit/one.bin") == (200, "MISS", b"a" * 5000)
     assert _get(edge, "/hit/one.bin") == (200, "HIT", b"a" * 5000)
 
-    edge_log = [r for r in lab.wait_for_requests(edge, 2) if r.uri == "/hit/one.bin"]
+    edge_log = lab.wait_for_requests(edge, 2, uri="/hit/one.bin")
     assert [(r.method, r.host, r.status, r.cache_status, r.bytes) for r in edge_log] == [
         ("GET", DEFAULT_HOST, 200, "MISS", 5000),
         ("GET", DEFAULT_HOST, 200, "HIT", 5000),
     ]
-    shield_log = [r for r in lab.requests(lab.shield or edge) if r.uri == "/hit/one.bin"]
+    assert lab.shield is not None
+    shield_log = lab.wait_for_requests(lab.shield, 1, uri="/hit/one.bin")
     assert [(r.cache_status, r.host) for r in shield_log] == [("MISS", DEFAULT_HOST)]
-    origin_log = [r for r in lab.requests(lab.origin) if r.uri == "/hit/one.bin"]
+    origin_log = lab.wait_for_requests(lab.origin, 1, uri="/hit/one.bin")
     assert [(r.status, r.host, r.cache_status) for r in origin_log] == [(200, DEFAULT_HOST, None)]
 
 
@@ -83,7 +84,7 @@ def test_second_edge_fills_from_the_shield_not_the_origin(lab: Lab) -> None:
     _get(lab.edges[0], "/hit/two.bin")
     assert _get(lab.edges[1], "/hit/two.bin") == (200, "MISS", b"b" * 100)
 
-    assert len([r for r in lab.requests(lab.origin) if r.uri == "/hit/two.bin"]) == 1
+    assert len(lab.wait_for_requests(lab.origin, 1, uri="/hit/two.bin")) == 1
 
 
 def test_cache_key_includes_the_host(lab: Lab) -> None:
@@ -103,7 +104,7 @@ def test_varnish_misses_then_hits_and_logs_both(lab: Lab) -> None:
     assert _get(varnish, "/v/one.bin?q=1") == (200, "MISS", b"v" * 300)
     assert _get(varnish, "/v/one.bin?q=1") == (200, "HIT", b"v" * 300)
 
-    log = [r for r in lab.wait_for_requests(varnish, 2) if r.uri == "/v/one.bin?q=1"]
+    log = lab.wait_for_requests(varnish, 2, uri="/v/one.bin?q=1")
     assert [(r.host, r.status, r.cache_status, r.bytes) for r in log] == [
         (DEFAULT_HOST, 200, "MISS", 300),
         (DEFAULT_HOST, 200, "HIT", 300),

@@ -7,10 +7,21 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from ..errors import StoreError
 from .base import SCHEMA_VERSION, TaskStore
 
-__all__ = ["SCHEMA_VERSION", "TaskStore", "open_store", "sqlite_path"]
+__all__ = ["SCHEMA_VERSION", "TaskStore", "open_store", "redacted", "sqlite_path"]
+
+
+def redacted(url: str) -> str:
+    """The store URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def sqlite_path(url: str) -> str | None:

@@ -57,6 +57,10 @@ class TaskStore(Protocol):
         """Give leased items back untouched (graceful shutdown)."""
         ...
 
+    async def release_all_leases(self, now: float) -> int:
+        """Make every leased item due now. Only for a process that knows it is the sole engine."""
+        ...
+
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
         """Apply outcomes of items still leased to `worker`; release next stages; finish tasks.
 

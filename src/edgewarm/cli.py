@@ -1,0 +1,129 @@
+"""The `edgewarm` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+
+from .config import Config, load_config
+from .errors import EdgewarmError
+
+CONFIG_HELP = "the TOML config file"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except EdgewarmError as exc:
+        raise click.ClickException(f"config {path}: {exc}") from None
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()  # measured faster for the engine's many small fetches (docs/benchmarks.md)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    try:
+        asyncio.run(coro)
+    except EdgewarmError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="EDGEWARM_CONFIG",
+    show_envvar=True,
+    required=True,
+    type=click.Path(),
+    help=CONFIG_HELP,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEWARM"})
+@click.version_option(package_name="edgewarm")
+def main() -> None:
+    """edgewarm: CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN."""
+
+
+@main.command()
+@config_option
+def serve(config_path: str) -> None:
+    """Run the HTTP API and the warming engine in one process."""
+    from .runtime import run
+
+    config = _load(config_path)
+    _setup_logging(config.log_level)
+    _run(run(config, api=True, engine=True))
+
+
+@main.command()
+@config_option
+def api(config_path: str) -> None:
+    """Run the HTTP API only (several may share one PostgreSQL store)."""
+    from .runtime import run
+
+    config = _load(config_path)
+    _setup_logging(config.log_level)
+    _run(run(config, api=True, engine=False))
+
+
+@main.command()
+@config_option
+def worker(config_path: str) -> None:
+    """Run the warming engine only (several may share one PostgreSQL store)."""
+    from .runtime import run
+
+    config = _load(config_path)
+    _setup_logging(config.log_level)
+    _run(run(config, api=False, engine=True))
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path())
+def check_config(path: str) -> None:
+    """Validate a config file; say exactly which key is wrong."""
+    config = _load(path)
+    click.echo(
+        f"{path}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
+        f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
+    )
+    if not config.nodes:
+        click.echo("warning: no [[nodes]]: submissions will be refused until nodes are configured", err=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@config_option
+def upgrade(config_path: str) -> None:
+    """Create or migrate the store's schema."""
+    from .store import open_store
+
+    config = _load(config_path)
+
+    async def go() -> int:
+        async with open_store(config.store, auto_upgrade=False) as store:
+            return await store.upgrade()
+
+    try:
+        version = asyncio.run(go())
+    except EdgewarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"schema at version {version}")

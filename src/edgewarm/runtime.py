@@ -1,0 +1,144 @@
+"""Run edgewarm: the API, the engine, or both in one process, with a graceful shutdown.
+
+The first SIGINT/SIGTERM stops taking work: the API closes its socket and finishes open requests, the engine
+stops claiming and gives in-flight fetches `grace_seconds`. A second signal exits at once; unfinished leases
+then expire and the items run again, so nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from .api import create_app
+from .config import Config
+from .engine import Engine, Fetcher
+from .errors import StoreError
+from .service import Service
+from .store import TaskStore, open_store, sqlite_path
+
+log = logging.getLogger("edgewarm")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run` owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@contextlib.contextmanager
+def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
+    """For a SQLite file: hold an exclusive lock so that only one engine works on it.
+
+    Yields True when this process is known to be the only engine, so leases left by a dead one can be
+    taken back at once instead of waiting for them to expire.
+    """
+    path = sqlite_path(store_url)
+    if path is None:
+        yield False
+        return
+    if path == ":memory:":
+        yield True
+        return
+    lock_path = Path(path + ".engine.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another edgewarm engine is already working on {path}") from None
+        yield True
+    finally:
+        os.close(fd)
+
+
+async def run(config: Config, *, api: bool = True, engine: bool = True) -> None:
+    """Run until a signal; `api` and `engine` choose the parts (`serve` runs both)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info(
+                "received %s: finishing in-flight work (send it again to exit at once)", signal.Signals(signum).name
+            )
+            stopping.set()
+        else:
+            log.warning("second signal: exiting now; unfinished items run again after restart")
+            os._exit(1)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        with sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole:
+            async with open_store(config.store) as store:
+                await _run_parts(config, store, api=api, engine=engine, sole=bool(sole), stopping=stopping)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _run_parts(
+    config: Config, store: TaskStore, *, api: bool, engine: bool, sole: bool, stopping: asyncio.Event
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        worker: Engine | None = None
+        tasks: list[asyncio.Task[None]] = []
+        if engine:
+            fetcher = await stack.enter_async_context(Fetcher(config.engine))
+            worker = Engine(config, store, fetcher)
+            if sole:
+                released = await store.release_all_leases(time.time())
+                if released:
+                    log.info("took back %d items left running by a previous process", released)
+            tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
+        server: _Server | None = None
+        if api:
+            service = Service(config, store, on_submit=worker.wake if worker else None)
+            server = _Server(
+                uvicorn.Config(
+                    create_app(service),
+                    host=config.listen_host,
+                    port=config.listen_port,
+                    log_level="warning",
+                    access_log=False,
+                    lifespan="off",
+                    timeout_graceful_shutdown=int(config.engine.grace_seconds) or None,
+                )
+            )
+            tasks.append(asyncio.create_task(server.serve(), name="edgewarm-api"))
+        log.info(
+            "edgewarm running: %s on %s",
+            " + ".join(p for p, on in (("api", api), ("engine", engine)) if on),
+            config.store,
+        )
+        stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
+        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if server is not None:
+            server.should_exit = True
+        if worker is not None:
+            worker.stop()
+        stop_wait.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("%s failed: %r", task.get_name(), result)
+                raise result
+        if server is not None and not server.started and stop_wait not in done:
+            raise StoreError(f"the API could not listen on {config.listen}")
+        log.info("edgewarm stopped cleanly")
