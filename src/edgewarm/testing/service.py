@@ -1,0 +1,112 @@
+"""Run `edgewarm serve` (or `api` / `worker`) as a real process, for tests, demos and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+DEMO_USER = "jcloud_00"
+DEMO_SECRET = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    path: Path,
+    *,
+    store: str,
+    nodes_toml: str,
+    port: int,
+    domains: tuple[str, ...] = ("www.example.test", "*.example.test"),
+    extra: str = "",
+) -> Path:
+    """A config file for one demo user (PRODUCT.md's example credentials) and the given nodes."""
+    quoted = ", ".join(f'"{d}"' for d in domains)
+    path.write_text(
+        f'listen = "127.0.0.1:{port}"\nstore = "{store}"\n{extra}\n'
+        f'[[users]]\nname = "{DEMO_USER}"\nsecret = "{DEMO_SECRET}"\ndomains = [{quoted}]\n'
+        f"urls_per_day = 100000000\n\n{nodes_toml}\n"
+    )
+    return path
+
+
+class ServiceProcess:
+    """`edgewarm <command> --config FILE` in a child process; stopped by PID on exit."""
+
+    def __init__(self, config: Path, *, command: str = "serve", port: int | None = None, log: Path | None = None):
+        self.config = config
+        self.command = command
+        self.port = port
+        self.log = log or config.with_suffix(f".{command}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Self:
+        exe = Path(sys.executable).with_name("edgewarm")
+        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgewarm"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, self.command, "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        if self.port is not None:
+            self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"edgewarm {self.command} not healthy after {timeout}s: {self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait for a clean exit; SIGKILL after `timeout`. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the store can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,151 @@
+"""Issue 2: `edgewarm serve` warms a real nginx fleet (shield + 2 edges) through the JD API."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgewarm.client import Client
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path / "lab", edges=2, shield=True) as lab:
+        yield lab
+
+
+def start_service(tmp_path: Path, nodes_toml: str, extra: str = "") -> ServiceProcess:
+    port = free_port()
+    config = write_config(
+        tmp_path / "edgewarm.toml",
+        store=f"sqlite:///{tmp_path}/edgewarm.db",
+        nodes_toml=nodes_toml,
+        port=port,
+        extra=extra,
+    )
+    return ServiceProcess(config, port=port).start()
+
+
+def client_for(service: ServiceProcess) -> Client:
+    return Client(service.url, DEMO_USER, DEMO_SECRET)
+
+
+def url_of(path: str) -> str:
+    return f"http://{DEFAULT_HOST}{path}"
+
+
+def test_prefetch_of_50_urls_makes_every_edge_hit_and_asks_the_origin_once(tmp_path: Path, lab: Lab) -> None:
+    """50 URLs end with status 0, every URL is then a HIT on every edge, and the origin saw each URL once."""
+    paths = lab.make_files(50, 4096)
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of(p) for p in paths])
+        view = client.wait(taskid, timeout=60)
+        assert client.query(taskid) == {"taskid": taskid, "status": 0, "msg": "Succeeded"}
+    assert view["counts"]["succeeded"] == 150 and view["counts"]["failed"] == 0
+    for edge in lab.edges:
+        for path in paths:
+            assert lab.fetch(edge, path).cache_status == "HIT", (edge.name, path)
+    origin = Counter(r.uri for r in lab.requests(lab.origin) if r.uri.startswith("/f/"))
+    assert origin == Counter({p: 1 for p in paths})
+
+
+def test_a_url_the_origin_answers_404_fails_with_that_status(tmp_path: Path, lab: Lab) -> None:
+    """A 404 from the origin fails the URL's items (shield: HTTP 404, edges: not attempted); task status 2."""
+    (path,) = lab.make_files(1, 100)
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of(path), url_of("/no/such/file.bin")])
+        view = client.wait(taskid, timeout=60)
+        items = client.task(taskid)["items"]
+    assert view["status"] == 2 and client_query_status(items) == (3, 3)
+    missing = {i["node"]: i for i in items if i["url"].endswith("/no/such/file.bin")}
+    assert missing["shield-1"]["http_status"] == 404
+    assert missing["shield-1"]["attempts"] == 1
+    assert "404" in missing["shield-1"]["error"]
+    for edge in ("edge-1", "edge-2"):
+        assert missing[edge]["state"] == "failed"
+        assert "shield-1" in missing[edge]["error"]
+
+
+def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
+    """(succeeded, failed) among `items`."""
+    states = Counter(i["state"] for i in items)
+    return states["succeeded"], states["failed"]
+
+
+def test_an_edge_that_is_down_is_retried_then_fails_while_the_others_succeed(tmp_path: Path, lab: Lab) -> None:
+    """Items of a down edge are retried up to max_attempts, then fail with a clear reason; the rest succeed."""
+    paths = lab.make_files(5, 1000)
+    down = f'[[nodes]]\nname = "edge-down"\nurl = "http://127.0.0.1:{free_port()}"\n'
+    extra = "[engine]\nmax_attempts = 3\nbackoff_base = 0.05\nbackoff_max = 0.2\n"
+    with start_service(tmp_path, lab.nodes_toml() + down, extra) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of(p) for p in paths])
+        view = client.wait(taskid, timeout=60)
+        items = client.task(taskid)["items"]
+    assert view["status"] == 2
+    for item in items:
+        if item["node"] == "edge-down":
+            assert item["state"] == "failed" and item["attempts"] == 3
+            assert "cannot connect to edge-down" in item["error"] and "gave up after 3 attempts" in item["error"]
+        else:
+            assert item["state"] == "succeeded", item
+    assert view["counts"] == {"waiting": 0, "pending": 0, "running": 0, "succeeded": 15, "failed": 5}
+
+
+def test_sigkill_in_the_middle_of_2000_urls_then_restart_finishes_without_double_counting(
+    tmp_path: Path, lab: Lab
+) -> None:
+    """SIGKILL mid-task; started again on the same store the task ends with status 0, each item counted once."""
+    paths = lab.make_files(2000, 512)
+    # A narrow pipe so that the kill lands in the middle of the task.
+    extra = "[engine]\nper_node_concurrency = 4\nconcurrency = 8\n"
+    service = start_service(tmp_path, lab.nodes_toml(), extra)
+    try:
+        with client_for(service) as client:
+            taskids = [client.prefetch([url_of(p) for p in paths[i : i + 100]]) for i in range(0, 2000, 100)]
+            done_before = wait_for_progress(client, taskids, at_least=600)
+            service.kill()
+    finally:
+        service.kill()
+    assert done_before < 6000, "the kill came too late to test anything"
+    with ServiceProcess(service.config, port=service.port).start() as again, client_for(again) as client:
+        views = [client.wait(t, timeout=120) for t in taskids]
+    assert all(v["status"] == 0 for v in views)
+    for view in views:
+        # Counters are bumped once per applied outcome: a double count would push succeeded past total.
+        assert view["counts"]["succeeded"] == view["total"] == 300
+        assert view["progress"] == 1.0
+    edge_log = Counter(r.uri for r in lab.requests(lab.edges[0]) if r.uri.startswith("/f/"))
+    assert set(edge_log) == set(paths)
+
+
+def wait_for_progress(client: Client, taskids: list[str], *, at_least: int, timeout: float = 60) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sum(client.task(t, limit=0)["counts"]["succeeded"] for t in taskids)
+        if done >= at_least:
+            return done
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} items done after {timeout}s")
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, lab: Lab) -> None:
+    """SIGTERM mid-task exits 0; started again, the task completes."""
+    paths = lab.make_files(500, 512)
+    extra = "[engine]\nper_node_concurrency = 2\nconcurrency = 4\n"
+    service = start_service(tmp_path, lab.nodes_toml(), extra)
+    with client_for(service) as client:
+        taskids = [client.prefetch([url_of(p) for p in paths[i : i + 100]]) for i in range(0, 500, 100)]
+        wait_for_progress(client, taskids, at_least=50)
+    assert service.stop() == 0
+    assert "stopped cleanly" in service.log_text()
+    with ServiceProcess(service.config, port=service.port).start() as again, client_for(again) as client:
+        assert all(client.wait(t, timeout=120)["status"] == 0 for t in taskids)
