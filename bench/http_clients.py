@@ -289,9 +289,7 @@ async def run_pass(fetch: Fetch, urls: list[str], size: int, concurrency: int, d
     return PassResult(totals["requests"], totals["bytes"], seconds, totals["failures"], totals["not_hit"])
 
 
-def measure(
-    client: Client, urls: list[str], size: int, concurrency: int, deadline: float, warmup: int
-) -> PassResult:
+def measure(client: Client, urls: list[str], size: int, concurrency: int, deadline: float, warmup: int) -> PassResult:
     """One timed pass in a fresh event loop, after an untimed warm-up that opens the connections."""
 
     async def main() -> PassResult:

@@ -127,3 +127,14 @@ def upgrade(config_path: str) -> None:
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"schema at version {version}")
+
+
+@main.command()
+@click.option("--urls", default=200, show_default=True, help="how many URLs to warm")
+@click.option("--keep", is_flag=True, help="keep the fleet and the service running until Ctrl-C")
+def demo(urls: int, keep: bool) -> None:
+    """Start local nginx caches and edgewarm on SQLite, warm a task and show it."""
+    from .demo import run_demo
+
+    if not run_demo(urls=urls, keep=keep):
+        raise SystemExit(1)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what edgewarm needs on a fresh Debian machine: system packages and a virtualenv in .venv.
+#   scripts/setup.sh            runtime + nginx (enough for the demo)
+#   scripts/setup.sh --test     also Varnish, PostgreSQL, the load tools and the test/lint dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(nginx libnginx-mod-http-cache-purge python3-venv curl)
+extras=""
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(varnish postgresql-15 wrk nghttp2-client)
+  extras="[test]"
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The packaged services are not used: the lab and the tests start their own processes on loopback.
+for svc in nginx varnish postgresql; do
+  (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+done
+
+python=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import edgewarm" # fail here, not later, if the install did not work

@@ -1,0 +1,199 @@
+"""Submitted URL lists and URLs: parsing, refusals with JD code 17, duplicates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgewarm.errors import JdCode, RequestRefused
+from edgewarm.urls import TargetUrl, find_duplicate, parse_url, split_list
+
+# --- split_list -----------------------------------------------------------------------------------
+
+
+def test_split_list_accepts_an_array() -> None:
+    """A JSON array of strings comes back in order, each trimmed."""
+    assert split_list(["http://a.test/1", " http://a.test/2 "]) == ["http://a.test/1", "http://a.test/2"]
+
+
+def test_split_list_splits_a_comma_string() -> None:
+    """One string is split on commas, each piece trimmed."""
+    assert split_list("http://a.test/1, http://a.test/2") == ["http://a.test/1", "http://a.test/2"]
+
+
+@pytest.mark.parametrize("value", [",,", " , ", "", [], ["", "  "]])
+def test_split_list_drops_blanks(value: Any) -> None:
+    """Blank entries are dropped, so a list of blanks is empty."""
+    assert split_list(value) == []
+
+
+def test_split_list_drops_blanks_between_urls() -> None:
+    """Blank pieces between real URLs are dropped too."""
+    assert split_list("http://a.test/1,,http://a.test/2,") == ["http://a.test/1", "http://a.test/2"]
+    assert split_list(["http://a.test/1", "", "http://a.test/2"]) == ["http://a.test/1", "http://a.test/2"]
+
+
+@pytest.mark.parametrize("value", [None, 5, 1.5, True, {"u": "http://a.test/"}, ["http://a.test/", 3], [None]])
+def test_split_list_refuses_wrong_types(value: Any) -> None:
+    """Anything but a string or an array of strings is refused with code 17."""
+    with pytest.raises(RequestRefused) as info:
+        split_list(value)
+    assert info.value.code == JdCode.ILLEGAL_URL
+
+
+# --- parse_url: accepted -----------------------------------------------------------------------------
+
+
+def test_parse_url_splits_a_plain_url() -> None:
+    """Scheme, host, authority and path+query are taken apart."""
+    target = parse_url("http://www.example.test/a/b.mp4?x=1&y=2")
+    assert target == TargetUrl(
+        url="http://www.example.test/a/b.mp4?x=1&y=2",
+        scheme="http",
+        host="www.example.test",
+        authority="www.example.test",
+        path_query="/a/b.mp4?x=1&y=2",
+    )
+
+
+def test_parse_url_keeps_the_port_in_the_authority() -> None:
+    """The Host authority carries the port; the host used for ownership does not."""
+    target = parse_url("https://www.example.test:8443/x")
+    assert target.scheme == "https"
+    assert target.host == "www.example.test"
+    assert target.authority == "www.example.test:8443"
+    assert target.path_query == "/x"
+
+
+def test_parse_url_lowercases_scheme_and_host_only() -> None:
+    """Scheme and host are lower-cased; the path keeps its case."""
+    target = parse_url("HTTP://WWW.Example.TEST/Path/File.JPG")
+    assert target.scheme == "http"
+    assert target.host == "www.example.test"
+    assert target.path_query == "/Path/File.JPG"
+
+
+@pytest.mark.parametrize(
+    ("raw", "path_query"),
+    [
+        ("http://www.example.test", "/"),
+        ("http://www.example.test/", "/"),
+        ("http://www.example.test?a=1", "/?a=1"),
+        ("http://www.example.test/p?", "/p?"),
+        ("http://www.example.test/a%20b/%E4%B8%AD?q=%2F&q=2", "/a%20b/%E4%B8%AD?q=%2F&q=2"),
+        ("http://www.example.test//double//slash/./..", "//double//slash/./.."),
+        ("http://www.example.test/a;b=c?z=1&a=2", "/a;b=c?z=1&a=2"),
+    ],
+)
+def test_parse_url_keeps_path_and_query_exactly(raw: str, path_query: str) -> None:
+    """Path and query go to the node byte for byte as submitted (no normalisation, no re-encoding)."""
+    assert parse_url(raw).path_query == path_query
+
+
+def test_parse_url_drops_a_trailing_dot_of_the_host() -> None:
+    """A fully qualified host 'a.test.' is the same domain as 'a.test'."""
+    assert parse_url("http://www.example.test./x").host == "www.example.test"
+
+
+# --- parse_url: refused ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "http://www.example.test/a\r\nX-Injected: 1",
+        "http://www.example.test/a\nb",
+        "http://www.example.test/a\rb",
+        "http://www.example.test/a b",
+        "http://www.example.test/a\tb",
+        "http://www.example.test/\x00",
+        "http://www.example.test/中文",
+        "http://user@www.example.test/",
+        "http://user:pass@www.example.test/",
+        "http://:pass@www.example.test/",
+        "http://www.example.test/a#frag",
+        "http://www.example.test/a#",
+        "http://127.0.0.1/",
+        "http://10.0.0.1:8080/x",
+        "http://127.0.0.1./",
+        "http://[::1]/",
+        "http://[2001:db8::1]:8080/",
+        "http://[::1/",
+        "ftp://www.example.test/",
+        "file:///etc/passwd",
+        "gopher://www.example.test/",
+        "javascript:alert(1)",
+        "www.example.test/a",
+        "//www.example.test/a",
+        "/a/b",
+        "",
+        "http://",
+        "http:///path",
+        "http://www.example.test:99999/",
+        "http://www.example.test:port/",
+        "http://-bad-.example.test/",
+        "http://under_score.example.test/",
+        "http://www..example.test/",
+    ],
+)
+def test_parse_url_refuses_illegal_urls(raw: str) -> None:
+    """Anything that is not a plain http(s) URL on a domain name is refused with code 17."""
+    with pytest.raises(RequestRefused) as info:
+        parse_url(raw)
+    assert info.value.code == JdCode.ILLEGAL_URL
+
+
+def test_parse_url_refuses_a_too_long_url() -> None:
+    """A URL longer than max_length is refused with code 17, and the message is shortened."""
+    base = "http://www.example.test/"
+    assert parse_url(base + "a" * (4096 - len(base))).path_query.startswith("/a")
+    with pytest.raises(RequestRefused) as info:
+        parse_url(base + "a" * (4097 - len(base)))
+    assert info.value.code == JdCode.ILLEGAL_URL
+    assert len(info.value.message) < 400
+    with pytest.raises(RequestRefused):
+        parse_url(base + "abc", max_length=10)
+
+
+# --- find_duplicate ----------------------------------------------------------------------------------
+
+
+def test_find_duplicate_returns_the_first_repeated_url() -> None:
+    """The first URL seen twice is returned."""
+    urls = ["http://a.test/1", "http://a.test/2", "http://a.test/2", "http://a.test/1"]
+    assert find_duplicate(urls) == "http://a.test/2"
+
+
+def test_find_duplicate_returns_none_for_distinct_urls() -> None:
+    """Distinct URLs (including ones differing only in the query) have no duplicate."""
+    assert find_duplicate(["http://a.test/1", "http://a.test/1?x", "http://a.test/2"]) is None
+    assert find_duplicate([]) is None
+
+
+# --- property ------------------------------------------------------------------------------------------
+
+_PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+_URL_LIKE = st.builds(
+    lambda prefix, host, rest: prefix + host + rest,
+    st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:", "//", ""]),
+    st.text(alphabet="abcxyz09-._:[]@", max_size=20),
+    st.text(alphabet=_PRINTABLE, max_size=40),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(), _URL_LIKE))
+def test_parse_url_accepts_safely_or_refuses_with_code_17(raw: str) -> None:
+    """For any text parse_url returns a URL with a printable-ASCII path, or refuses with code 17 only."""
+    try:
+        target = parse_url(raw)
+    except RequestRefused as exc:
+        assert exc.code == JdCode.ILLEGAL_URL
+        return
+    assert target.path_query.startswith("/")
+    assert all(0x21 <= ord(ch) <= 0x7E for ch in target.path_query)
+    assert all(0x21 <= ord(ch) <= 0x7E for ch in target.authority)
+    assert target.scheme in ("http", "https")
