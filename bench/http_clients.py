@@ -9,7 +9,7 @@ body, or the row is marked.
 
 Clients: aiohttp (shared ClientSession, TCPConnector limit, yarl.URL(encoded=True)), the same on uvloop,
 httpx.AsyncClient, and where installed niquests.AsyncSession and pycurl (CurlMulti driven by the asyncio
-loop through socket callbacks). wrk, where installed, is a C baseline for what the edge itself can serve.
+loop through socket callbacks). wrk, where installed, is a C baseline run on the same URLs (1 thread).
 
     .venv/bin/python bench/http_clients.py                 # 5,000 x 4 KiB and 100 x 4 MiB, 64 in flight
     .venv/bin/python bench/http_clients.py --rounds 5 --concurrency 32 --max-seconds 300
@@ -417,7 +417,7 @@ def report(
         ratio = baseline.rps / fastest
         print(
             f"  {'wrk (C, 1 thread)':16} {baseline.rps:9.0f} {baseline.mbps:8.1f} {ratio:10.2f}"
-            f"  edge ceiling; MB/s counts headers too; {baseline.failures} errors"
+            f"  C baseline, 5 s run; MB/s counts headers too; {baseline.failures} errors"
         )
 
 

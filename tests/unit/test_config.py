@@ -1,0 +1,295 @@
+"""The TOML config contract: the PRODUCT.md example parses; each bad key is named in ConfigError."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgewarm.config import Config, config_path_from, load_config, parse_config
+from edgewarm.errors import ConfigError
+from edgewarm.models import Tier
+
+# Verbatim from PRODUCT.md, "Configuration contract".
+PRODUCT_EXAMPLE = """\
+listen = "127.0.0.1:8080"
+store = "sqlite:///var/lib/edgewarm/edgewarm.db"   # or "postgresql://user@host:5432/db"
+
+[limits]                  # JD's defaults; each may also be set on one user to override it
+urls_per_call = 100
+dirs_per_call = 5
+urls_per_day = 2000       # prefetch and refresh URLs together
+dirs_per_day = 50
+
+[[users]]
+name = "jcloud_00"
+secret = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
+domains = ["www.example.test", "*.img.example.test"]
+urls_per_day = 1000000    # this user's own quota
+
+[[nodes]]
+name = "shield-1"
+url = "http://127.0.0.1:18090"
+tier = "shield"          # default "edge"
+
+[[nodes]]
+name = "edge-1"
+url = "http://127.0.0.1:18081"
+"""
+
+
+def example() -> dict[str, Any]:
+    return tomllib.loads(PRODUCT_EXAMPLE)
+
+
+def refused_key(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return info.value.key
+
+
+def test_product_example_parses() -> None:
+    """PRODUCT.md's config example parses into the values it states."""
+    config = parse_config(example())
+    assert config.listen == "127.0.0.1:8080"
+    assert config.listen_host == "127.0.0.1"
+    assert config.listen_port == 8080
+    assert config.store == "sqlite:///var/lib/edgewarm/edgewarm.db"
+    assert (config.limits.urls_per_call, config.limits.dirs_per_call) == (100, 5)
+    assert (config.limits.urls_per_day, config.limits.dirs_per_day) == (2000, 50)
+    user = config.user("jcloud_00")
+    assert user is not None
+    assert user.secret == "e7a31b1c5ea0efa9aa2f29c6559f7d61"
+    assert user.domains == ("www.example.test", "*.img.example.test")
+    assert [(n.name, n.url, n.tier) for n in config.nodes] == [
+        ("shield-1", "http://127.0.0.1:18090", Tier.SHIELD),
+        ("edge-1", "http://127.0.0.1:18081", Tier.EDGE),
+    ]
+    assert [n.name for n in config.shields()] == ["shield-1"]
+    assert config.node("edge-1") is config.nodes[1]
+    assert config.user("nobody") is None
+
+
+def test_an_empty_document_gives_the_defaults() -> None:
+    """Every key is optional; the defaults are JD's limits and Asia/Shanghai."""
+    config = parse_config({})
+    assert config.limits.urls_per_call == 100
+    assert config.limits.urls_per_day == 2000
+    assert config.api.timezone == "Asia/Shanghai"
+    assert config.api.language == "en"
+    assert config.users == ()
+    assert config.nodes == ()
+
+
+def test_secret_is_not_shown_in_repr() -> None:
+    """A user's secret never appears in its repr (and so not in logs)."""
+    config = parse_config(example())
+    assert "e7a31b1c5ea0efa9aa2f29c6559f7d61" not in repr(config)
+
+
+def test_node_url_is_normalised_without_trailing_slash() -> None:
+    """A node URL given with a trailing slash is stored as scheme://host:port."""
+    data = example()
+    data["nodes"][1]["url"] = "http://127.0.0.1:18081/"
+    assert parse_config(data).nodes[1].url == "http://127.0.0.1:18081"
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    """A misspelt top-level key is refused and named."""
+    data = example()
+    data["listne"] = "127.0.0.1:1"
+    assert refused_key(data) == "listne"
+
+
+def test_unknown_key_in_a_node_is_named_with_its_index() -> None:
+    """A misspelt key in the second node is named nodes[1].tierr."""
+    data = example()
+    data["nodes"][1]["tierr"] = "shield"
+    assert refused_key(data) == "nodes[1].tierr"
+
+
+def test_unknown_key_in_limits_is_named() -> None:
+    """A misspelt limit is named limits.<key>."""
+    data = example()
+    data["limits"]["url_per_call"] = 5
+    assert refused_key(data) == "limits.url_per_call"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1:18081",
+        "127.0.0.1:18081",
+        "http://127.0.0.1:18081/cache",
+        "http://127.0.0.1:18081/?x=1",
+        "http://user@127.0.0.1:18081",
+        "http://127.0.0.1:99999",
+        "http://",
+    ],
+)
+def test_bad_node_url_is_named(url: str) -> None:
+    """A node URL with another scheme, a path, a query, user info, a bad port or no host is refused."""
+    data = example()
+    data["nodes"][1]["url"] = url
+    assert refused_key(data) == "nodes[1].url"
+
+
+def test_bad_tier_is_named() -> None:
+    """A tier other than shield or edge is refused."""
+    data = example()
+    data["nodes"][0]["tier"] = "origin"
+    assert refused_key(data) == "nodes[0].tier"
+
+
+def test_duplicate_node_names_are_refused() -> None:
+    """Two nodes with one name are refused, naming the second."""
+    data = example()
+    data["nodes"][1]["name"] = "shield-1"
+    assert refused_key(data) == "nodes[1].name"
+
+
+def test_duplicate_user_names_are_refused() -> None:
+    """Two users with one name are refused, naming the second."""
+    data = example()
+    data["users"].append({"name": "jcloud_00", "secret": "other"})
+    assert refused_key(data) == "users[1].name"
+
+
+def test_user_without_secret_is_refused() -> None:
+    """A user must have a secret."""
+    data = example()
+    del data["users"][0]["secret"]
+    assert refused_key(data) == "users[0].secret"
+
+
+def test_user_with_empty_secret_is_refused() -> None:
+    """An empty secret is as bad as none."""
+    data = example()
+    data["users"][0]["secret"] = ""
+    assert refused_key(data) == "users[0].secret"
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["exa mple.test", "-bad.example.test", "a..example.test", "*.*.example.test", "www.*.example.test", "", "*."],
+)
+def test_bad_domain_is_refused(domain: str) -> None:
+    """A domain that is not a name or a leading '*.' wildcard is refused."""
+    data = example()
+    data["users"][0]["domains"] = ["www.example.test", domain]
+    assert refused_key(data) == "users[0].domains"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":8080", "bad host:80", "h:x"])
+def test_bad_listen_is_refused(listen: str) -> None:
+    """listen must be HOST:PORT with a port in 1..65535."""
+    data = example()
+    data["listen"] = listen
+    assert refused_key(data) == "listen"
+
+
+def test_ipv6_listen_is_accepted() -> None:
+    """A bracketed IPv6 listen address is accepted and its host unbracketed."""
+    config = parse_config({"listen": "[::1]:9000"})
+    assert (config.listen_host, config.listen_port) == ("::1", 9000)
+
+
+@pytest.mark.parametrize("store", ["mysql://db", "redis://localhost", "/var/lib/x.db"])
+def test_bad_store_scheme_is_refused(store: str) -> None:
+    """Only sqlite:, postgresql:, postgres: and memory: stores exist."""
+    assert refused_key({"store": store}) == "store"
+
+
+def test_bad_timezone_is_refused() -> None:
+    """An unknown time zone for the signature day is refused."""
+    assert refused_key({"api": {"timezone": "Mars/Olympus"}}) == "api.timezone"
+
+
+def test_non_positive_limit_is_refused() -> None:
+    """A zero limit is refused rather than blocking every call."""
+    assert refused_key({"limits": {"urls_per_call": 0}}) == "limits.urls_per_call"
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    """load_config reads and validates a TOML file."""
+    path = tmp_path / "edgewarm.toml"
+    path.write_text(PRODUCT_EXAMPLE, encoding="utf-8")
+    assert isinstance(load_config(path), Config)
+    assert load_config(str(path)).nodes[0].name == "shield-1"
+
+
+def test_load_config_on_a_missing_file(tmp_path: Path) -> None:
+    """A missing file is a ConfigError naming the path, not an OSError."""
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_config_on_invalid_toml(tmp_path: Path) -> None:
+    """A file that is not TOML is a ConfigError, not a TOMLDecodeError."""
+    path = tmp_path / "bad.toml"
+    path.write_text('listen = "127.0.0.1:8080\n[[users]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid TOML" in str(info.value)
+
+
+def test_load_config_names_the_key_from_a_file(tmp_path: Path) -> None:
+    """A wrong key in a file is named just as with parse_config."""
+    path = tmp_path / "edgewarm.toml"
+    path.write_text(PRODUCT_EXAMPLE.replace('tier = "shield"', 'tierr = "shield"'), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "nodes[0].tierr"
+
+
+def test_config_path_comes_from_the_given_environ() -> None:
+    """EDGEWARM_CONFIG is read from the mapping passed in."""
+    assert config_path_from({"EDGEWARM_CONFIG": "/etc/edgewarm.toml"}) == "/etc/edgewarm.toml"
+    assert config_path_from({}) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "owned"),
+    [
+        ("www.example.test", True),
+        ("a.img.example.test", True),
+        ("b.a.img.example.test", True),
+        ("img.example.test", False),
+        ("ximg.example.test", False),
+        ("example.test", False),
+        ("wwww.example.test", False),
+        ("www.example.test.evil.test", False),
+        ("a.img.example.test.evil.test", False),
+    ],
+)
+def test_domain_ownership_with_wildcards(host: str, owned: bool) -> None:
+    """'*.img.example.test' owns its subdomains at any depth but not itself nor look-alikes."""
+    user = parse_config(example()).users[0]
+    assert user.owns(host) is owned
+
+
+def test_domains_are_lower_cased() -> None:
+    """Configured domains are compared in lower case."""
+    data = example()
+    data["users"][0]["domains"] = ["WWW.Example.TEST", "*.IMG.example.test"]
+    user = parse_config(data).users[0]
+    assert user.owns("www.example.test")
+    assert user.owns("a.img.example.test")
+
+
+def test_per_user_limit_overrides_apply_over_defaults() -> None:
+    """A user's own limit replaces the default; the others stay."""
+    data = example()
+    data["users"].append({"name": "small", "secret": "s", "urls_per_call": 3})
+    config = parse_config(data)
+    big = config.users[0].limits(config.limits)
+    assert big.urls_per_day == 1_000_000
+    assert big.urls_per_call == 100
+    small = config.users[1].limits(config.limits)
+    assert small.urls_per_call == 3
+    assert small.urls_per_day == 2000
+    assert config.limits.urls_per_day == 2000  # the defaults are not changed

@@ -1,0 +1,126 @@
+"""Reading a node's cache state from its response headers."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from edgewarm.nodes import CacheState, cache_state
+
+
+def state(**headers: str) -> CacheState | None:
+    return cache_state(CIMultiDict({name.replace("_", "-"): value for name, value in headers.items()}))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ExampleCache; hit", CacheState.HIT),
+        ("ExampleCache; hit; ttl=376", CacheState.HIT),
+        ("ExampleCache; fwd=uri-miss", CacheState.MISS),
+        ("ExampleCache; fwd=uri-miss; stored", CacheState.MISS),
+        ("ExampleCache; fwd=miss; stored", CacheState.MISS),
+        ("ExampleCache; fwd=vary-miss", CacheState.MISS),
+        ('ExampleCache; fwd="miss"', CacheState.MISS),
+        ("ExampleCache; fwd=stale; fwd-status=304", CacheState.EXPIRED),
+        ("ExampleCache; fwd=bypass", CacheState.BYPASS),
+        ("ExampleCache; HIT", CacheState.HIT),
+    ],
+)
+def test_cache_status_rfc9211(value: str, expected: CacheState) -> None:
+    """Cache-Status (RFC 9211): 'hit' is a HIT, fwd=stale EXPIRED, fwd=bypass BYPASS, other fwd a MISS."""
+    assert state(Cache_Status=value) is expected
+
+
+def test_cache_status_takes_the_last_member() -> None:
+    """With several caches listed, the last one (the node we talked to) decides."""
+    assert state(Cache_Status="a; hit, b; fwd=miss") is CacheState.MISS
+    assert state(Cache_Status="OriginCache; fwd=uri-miss, CDN; hit") is CacheState.HIT
+
+
+def test_cache_status_without_a_verdict_falls_back() -> None:
+    """A Cache-Status member with no hit/fwd does not decide; the next header does."""
+    assert state(Cache_Status="ExampleCache; ttl=10") is None
+    assert state(Cache_Status="ExampleCache", X_Cache_Status="HIT") is CacheState.HIT
+
+
+def test_cache_status_wins_over_other_headers() -> None:
+    """Cache-Status is read first."""
+    assert state(Cache_Status="n; fwd=miss", X_Cache_Status="HIT", Age="100") is CacheState.MISS
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("HIT", CacheState.HIT),
+        ("MISS", CacheState.MISS),
+        ("EXPIRED", CacheState.EXPIRED),
+        ("STALE", CacheState.STALE),
+        ("UPDATING", CacheState.UPDATING),
+        ("REVALIDATED", CacheState.REVALIDATED),
+        ("BYPASS", CacheState.BYPASS),
+        ("hit", CacheState.HIT),
+    ],
+)
+def test_nginx_x_cache_status(value: str, expected: CacheState) -> None:
+    """nginx's $upstream_cache_status words map one to one."""
+    assert state(X_Cache_Status=value) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("HIT from squid", CacheState.HIT),
+        ("MISS from squid.example.test", CacheState.MISS),
+        ("TCP_MISS", CacheState.MISS),
+        ("TCP_HIT", CacheState.HIT),
+        ("TCP_MEM_HIT", CacheState.HIT),
+        ("TCP_REFRESH_HIT", CacheState.HIT),
+        ("TCP_REFRESH_MISS", CacheState.MISS),
+    ],
+)
+def test_x_cache(value: str, expected: CacheState) -> None:
+    """X-Cache as Squid, ATS and CDNs write it."""
+    assert state(X_Cache=value) is expected
+
+
+def test_x_cache_without_a_known_word_is_no_answer() -> None:
+    """An X-Cache value naming no state tells nothing."""
+    assert state(X_Cache="cache-node-7") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("32770", CacheState.MISS), ("32773 32771", CacheState.HIT)],
+)
+def test_x_varnish(value: str, expected: CacheState) -> None:
+    """Varnish's X-Varnish: one transaction id is a MISS, two (request and stored object) a HIT."""
+    assert state(X_Varnish=value) is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", None), ("120", CacheState.HIT), ("junk", None)])
+def test_age(value: str, expected: CacheState | None) -> None:
+    """A positive Age means the answer was stored; Age 0 or garbage tells nothing."""
+    assert state(Age=value) is expected
+
+
+def test_no_headers_no_state() -> None:
+    """Without any cache header the state is unknown."""
+    assert state() is None
+    assert state(Content_Type="text/plain", Server="nginx") is None
+
+
+def test_header_names_are_case_insensitive() -> None:
+    """Header names are matched whatever their case (given a case-insensitive mapping)."""
+    assert cache_state(CIMultiDict({"x-cache-status": "HIT"})) is CacheState.HIT
+    assert cache_state(CIMultiDict({"CACHE-STATUS": "n; fwd=miss"})) is CacheState.MISS
+
+
+def test_cached_property() -> None:
+    """HIT, STALE, UPDATING and REVALIDATED came from the cache; MISS, EXPIRED and BYPASS did not."""
+    assert {s for s in CacheState if s.cached} == {
+        CacheState.HIT,
+        CacheState.STALE,
+        CacheState.UPDATING,
+        CacheState.REVALIDATED,
+    }
