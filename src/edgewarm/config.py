@@ -99,6 +99,20 @@ class Node(_Model):
     kind: NodeKind = NodeKind.NGINX
     concurrency: PositiveInt | None = None  # per-node cap; [engine].per_node_concurrency when unset
     tls_verify: bool = True  # https nodes: check the certificate against the URL's host (sent as SNI)
+    # Refresh. `purge_method = ""` declares that the node cannot purge. nginx needs the cache-purge module for
+    # PURGE, or `purge_method = "GET"` with a bypass header its config honours (`proxy_cache_bypass`).
+    purge_method: Annotated[str, Field(pattern=r"^[A-Z]*$")] = "PURGE"
+    purge_headers: dict[str, str] = {}
+    # A directory: "ban" sends `BAN /` with `ban_header: <path prefix>` (Varnish); "urls" purges each URL
+    # under the prefix that edgewarm has warmed or refreshed; "none" refuses. Default: by kind.
+    dir_purge: Literal["ban", "urls", "none"] | None = None
+    ban_header: str = "X-Ban-Prefix"
+
+    @property
+    def dir_purge_mode(self) -> str:
+        if self.dir_purge is not None:
+            return self.dir_purge
+        return "ban" if self.kind is NodeKind.VARNISH else "urls"
 
     @field_validator("url")
     @classmethod

@@ -97,25 +97,51 @@ class Service:
                 raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
         return targets
 
-    async def submit_prefetch(self, user: User, urls: list[str]) -> Task:
+    async def submit_prefetch(self, user: User, urls: list[str], *, refresh_first: bool = False) -> Task:
+        """Warm `urls` on every node; with `refresh_first`, purge each URL on a node before warming it there."""
         targets = self.check_urls(user, urls, too_many=JdCode.TOO_MANY_PREFETCH_URLS, not_yours=JdCode.DOMAIN_NOT_YOURS)
-        return await self._create(user, TaskKind.PREFETCH, self._warm_items(targets), urls=len(targets), dirs=0)
+        steps = (ItemAction.PURGE, ItemAction.WARM) if refresh_first else (ItemAction.WARM,)
+        return await self._create(user, TaskKind.PREFETCH, self._items(targets, steps), urls=len(targets), dirs=0)
 
-    def _warm_items(self, targets: list[TargetUrl]) -> tuple[NewItem, ...]:
+    async def submit_refresh(self, user: User, entries: list[str], kind: str) -> Task:
+        """Purge files (`kind` "file") or directories ("dir": each entry ends with '/') on every node."""
+        if kind == "dir":
+            limit = user.limits(self.config.limits).dirs_per_call
+            if len(entries) > limit:
+                raise RequestRefused(
+                    JdCode.TOO_MANY_DIRS, f"{len(entries)} directories in one call; the limit is {limit}"
+                )
+        targets = self.check_urls(
+            user, entries, too_many=JdCode.TOO_MANY_REFRESH_URLS, not_yours=JdCode.REFRESH_DOMAIN_NOT_YOURS
+        )
+        if kind != "dir":
+            items = self._items(targets, (ItemAction.PURGE,))
+            return await self._create(user, TaskKind.REFRESH, items, urls=len(targets), dirs=0)
+        for target in targets:
+            if not target.is_dir:
+                raise RequestRefused(
+                    JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {target.url}"
+                )
+        items = self._items(targets, (ItemAction.PURGE_DIR,))
+        return await self._create(user, TaskKind.REFRESH, items, urls=0, dirs=len(targets))
+
+    def _items(self, targets: list[TargetUrl], steps: tuple[ItemAction, ...]) -> tuple[NewItem, ...]:
+        """Every (URL, node) item of each step, staged: tier by tier (shields, then edges), the steps in turn.
+
+        So a shield is purged and warmed before an edge is purged, and an edge never refills from a shield
+        that still holds the old object.
+        """
         nodes = self.config.nodes
         if not nodes:
             raise RequestRefused(JdCode.INTERNAL, "no cache nodes are configured")
-        has_shield = any(n.tier is Tier.SHIELD for n in nodes)
+        tiers = [t for t in (Tier.SHIELD, Tier.EDGE) if any(n.tier is t for n in nodes)]
         return tuple(
             NewItem(
-                seq=seq,
-                url=target.url,
-                node=node.name,
-                action=ItemAction.WARM,
-                stage=1 if has_shield and node.tier is Tier.EDGE else 0,
+                seq=seq, url=target.url, node=node.name, action=action, stage=tiers.index(node.tier) * len(steps) + step
             )
             for seq, target in enumerate(targets)
             for node in nodes
+            for step, action in enumerate(steps)
         )
 
     async def _create(self, user: User, kind: TaskKind, items: tuple[NewItem, ...], *, urls: int, dirs: int) -> Task:

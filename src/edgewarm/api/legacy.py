@@ -1,4 +1,4 @@
-"""The JD Cloud CDN wire format: /api/prefetch and /api/prefetchQuery."""
+"""The JD Cloud CDN wire format: /api/prefetch, /api/prefetchQuery, /api/refresh, /api/refreshQuery."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def require(credentials: Credentials, present: bool, code: JdCode, message: str)
         raise RequestRefused(code, message)
 
 
+def flag(value: Any) -> bool:
+    """A boolean extension field, from JSON (true) or a form ("true", "1")."""
+    if isinstance(value, bool):
+        return value
+    if value in (None, "", "0", "false", "False", 0):
+        return False
+    if value in ("1", "true", "True", 1):
+        return True
+    raise RequestRefused(JdCode.PARAMS_EMPTY, f"a boolean was expected, not {value!r}")
+
+
 def legacy_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["JD Cloud CDN (legacy)"])
 
@@ -37,24 +48,63 @@ def legacy_router(service: Service) -> APIRouter:
         "/api/prefetch",
         response_model=SubmitAnswer,
         summary="Prefetch (warm) URLs on every cache node",
-        openapi_extra=jd_body({"publish_urls": URL_LIST}, ["publish_urls"]),
+        openapi_extra=jd_body(
+            {
+                "publish_urls": URL_LIST,
+                "refresh": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "edgewarm extension: purge each URL on a node before warming it there",
+                },
+            },
+            ["publish_urls"],
+        ),
     )
     async def prefetch(request: Request) -> Response:
         try:
             params = await read_params(request)
             credentials = credentials_of(params)
             raw_urls = params.get("publish_urls")
-            require(
-                credentials,
-                raw_urls not in (None, "", []),
-                JdCode.LIST_EMPTY,
-                "publish_urls must not be empty",
-            )
+            require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
+            refresh_first = flag(params.get("refresh"))
             user = service.authenticate(credentials)
-            task = await service.submit_prefetch(user, split_list(raw_urls))
+            task = await service.submit_prefetch(user, split_list(raw_urls), refresh_first=refresh_first)
             return jd_ok(taskid=task.id)
         except Exception as exc:
             return jd_error(exc)
+
+    @router.post(
+        "/api/refresh",
+        response_model=SubmitAnswer,
+        summary="Refresh (purge) files or directories on every cache node",
+        openapi_extra=jd_body(
+            {"instances": URL_LIST, "type": {"type": "string", "enum": ["file", "dir"]}}, ["instances", "type"]
+        ),
+    )
+    async def refresh(request: Request) -> Response:
+        try:
+            params = await read_params(request)
+            credentials = credentials_of(params)
+            kind = text_field(params, "type", JdCode.BAD_TYPE)
+            require(credentials, bool(kind), JdCode.TYPE_EMPTY, "type must not be empty")
+            if kind and kind not in ("file", "dir"):
+                raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
+            raw = params.get("instances")
+            require(credentials, raw not in (None, "", []), JdCode.LIST_EMPTY, "instances must not be empty")
+            user = service.authenticate(credentials)
+            task = await service.submit_refresh(user, split_list(raw), kind)
+            return jd_ok(taskid=task.id)
+        except Exception as exc:
+            return jd_error(exc)
+
+    @router.post(
+        "/api/refreshQuery",
+        response_model=QueryAnswer,
+        summary="Status of a refresh task",
+        openapi_extra=jd_body({"taskid": {"type": "string"}}, ["taskid"]),
+    )
+    async def refresh_query(request: Request) -> Response:
+        return await query(request, TaskKind.REFRESH)
 
     @router.post(
         "/api/prefetchQuery",

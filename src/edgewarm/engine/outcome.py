@@ -6,6 +6,7 @@ import random
 
 from ..config import Engine
 from ..models import ItemOutcome
+from ..nodes.purge import Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
@@ -61,6 +62,47 @@ def warm_outcome(
         attempt,
         result.status,
         state,
+        result.bytes,
+        error,
+        retry_at=now + backoff_delay(attempt, settings, rng),
+    )
+
+
+def purge_outcome(
+    item_id: int,
+    attempt: int,
+    verdict: Verdict,
+    result: FetchResult,
+    settings: Engine,
+    now: float,
+    *,
+    detail: str | None = None,
+    rng: random.Random | None = None,
+) -> ItemOutcome:
+    """Judge a purge (or a directory purge made of several, summed up in `result` and `detail`)."""
+    if verdict in (Verdict.PURGED, Verdict.NOT_CACHED):
+        return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes)
+    error = detail or result.error or f"HTTP {result.status}"
+    if verdict is Verdict.REFUSED:
+        return ItemOutcome(
+            item_id,
+            False,
+            attempt,
+            result.status,
+            None,
+            result.bytes,
+            f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
+        )
+    if attempt >= settings.max_attempts:
+        return ItemOutcome(
+            item_id, False, attempt, result.status, None, result.bytes, f"{error}; gave up after {attempt} attempts"
+        )
+    return ItemOutcome(
+        item_id,
+        False,
+        attempt,
+        result.status,
+        None,
         result.bytes,
         error,
         retry_at=now + backoff_delay(attempt, settings, rng),

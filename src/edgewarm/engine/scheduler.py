@@ -14,14 +14,19 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
 from ..models import Claim, ItemAction, ItemOutcome
+from ..nodes import purge
 from ..store import TaskStore
-from ..urls import parse_url
-from .fetcher import Fetcher
-from .outcome import warm_outcome
+from ..urls import TargetUrl, parse_url
+from .fetcher import Fetcher, FetchResult
+from .outcome import purge_outcome, warm_outcome
+
+# A directory purge on a node without prefix purge covers at most this many known URLs.
+KNOWN_URLS_LIMIT = 100_000
 
 log = logging.getLogger("edgewarm.engine")
 
@@ -142,12 +147,10 @@ class Engine:
                 claim.attempts,
                 error=f"gave up after {claim.attempts} attempts (a worker died holding it)",
             )
-        elif claim.action is not ItemAction.WARM:
-            outcome = ItemOutcome(claim.item_id, False, attempt, error=f"{claim.action} is not supported yet")
         else:
             async with self._slots, self._node_slots[node.name]:
                 try:
-                    outcome = await self._warm(claim, node, attempt)
+                    outcome = await self._act(claim, node, attempt)
                 except Exception as exc:  # a bug must not strand the item: record it and retry later
                     log.exception("item %d: unexpected error", claim.item_id)
                     outcome = ItemOutcome(
@@ -159,8 +162,46 @@ class Engine:
                     )
         self._outcomes.put_nowait(outcome)
 
-    async def _warm(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
+    async def _act(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
         target = parse_url(claim.url)
+        if claim.action is ItemAction.WARM:
+            return await self._warm(claim, node, target, attempt)
+        try:
+            if claim.action is ItemAction.PURGE:
+                request = purge.url_purge(node)
+                result = await self.fetcher.request(request.method, node, target, request.headers)
+                verdict, detail = purge.verdict(request, result.status, result.network_error), None
+            else:
+                verdict, result, detail = await self._purge_dir(node, target)
+        except purge.Unsupported as exc:
+            return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
+        return purge_outcome(claim.item_id, attempt, verdict, result, self.settings, self._clock(), detail=detail)
+
+    async def _purge_dir(self, node: Node, target: TargetUrl) -> tuple[purge.Verdict, FetchResult, str | None]:
+        request = purge.prefix_purge(node, target.path_query)
+        if request is not None:
+            result = await self.fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
+            return purge.verdict(request, result.status, result.network_error), result, None
+        # No prefix purge on this node: purge every URL under the prefix that edgewarm has seen.
+        request = purge.url_purge(node)
+        known = [u for u in await self.store.known_urls(target.url, KNOWN_URLS_LIMIT) if u != target.url]
+        failures: list[tuple[purge.Verdict, FetchResult]] = []
+        for start in range(0, len(known), 16):
+            chunk = [parse_url(u) for u in known[start : start + 16]]
+            results = await asyncio.gather(
+                *(self.fetcher.request(request.method, node, t, request.headers) for t in chunk)
+            )
+            for result in results:
+                verdict = purge.verdict(request, result.status, result.network_error)
+                if verdict not in (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED):
+                    failures.append((verdict, result))
+        summary = f"purged {len(known) - len(failures)} of {len(known)} known URLs under the prefix one by one"
+        if not failures:
+            return purge.Verdict.PURGED, FetchResult(200), summary
+        retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
+        return (retry or failures)[0][0], (retry or failures)[0][1], summary
+
+    async def _warm(self, claim: Claim, node: Node, target: TargetUrl, attempt: int) -> ItemOutcome:
         result = await self.fetcher.request("GET", node, target)
         self.fetched += 1
         verified = None

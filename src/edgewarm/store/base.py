@@ -68,6 +68,11 @@ class TaskStore(Protocol):
         """
         ...
 
+    async def known_urls(self, prefix: str, limit: int) -> list[str]:
+        """Distinct URLs of any task that start with `prefix` (a directory refresh on a node without prefix
+        purge purges each of them)."""
+        ...
+
     async def next_due_at(self) -> float | None:
         """When the earliest pending or leased item falls due, if any."""
         ...

@@ -350,6 +350,17 @@ class SQLiteStore:
 
         return await self._run(record)
 
+    async def known_urls(self, prefix: str, limit: int) -> list[str]:
+        def known() -> list[str]:
+            # A range on the text rather than LIKE: no escaping of % and _ in the prefix to get wrong.
+            rows = self.db.execute(
+                "SELECT DISTINCT url FROM items WHERE url >= ? AND url < ? LIMIT ?",
+                (prefix, prefix + "\U0010ffff", limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(known)
+
     async def next_due_at(self) -> float | None:
         def due() -> float | None:
             row = self.db.execute("SELECT MIN(due_at) FROM items WHERE state IN ('pending', 'running')").fetchone()

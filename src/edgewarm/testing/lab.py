@@ -260,7 +260,8 @@ class Lab:
     def nodes_toml(self) -> str:
         """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`."""
         return "\n".join(
-            f'[[nodes]]\nname = "{n.name}"\nurl = "{n.url}"\ntier = "{n.tier}"\n' for n in self.cache_nodes()
+            f'[[nodes]]\nname = "{n.name}"\nurl = "{n.url}"\ntier = "{n.tier}"\nkind = "{n.kind}"\n'
+            for n in self.cache_nodes()
         )
 
     # -- content ---------------------------------------------------------------------------------------

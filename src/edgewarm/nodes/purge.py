@@ -1,0 +1,53 @@
+"""How each node purges: the request to send for a URL or a directory, and how to read the answer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..config import Node
+
+
+class Verdict(enum.Enum):
+    PURGED = "PURGED"
+    NOT_CACHED = "NOT_CACHED"  # nothing to purge: as good as purged
+    RETRY = "RETRY"
+    REFUSED = "REFUSED"
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequest:
+    method: str
+    headers: dict[str, str] = field(default_factory=dict)
+    path: str | None = None  # None: the URL's own path and query
+
+
+class Unsupported(Exception):
+    """The node cannot do this kind of purge; the message says why and what to configure."""
+
+
+def url_purge(node: Node) -> PurgeRequest:
+    if not node.purge_method:
+        raise Unsupported(f"node {node.name} has no purge method (purge_method is empty in its config)")
+    return PurgeRequest(node.purge_method, dict(node.purge_headers))
+
+
+def prefix_purge(node: Node, prefix: str) -> PurgeRequest | None:
+    """The one request that purges everything under `prefix`, or None: purge each known URL instead."""
+    mode = node.dir_purge_mode
+    if mode == "none":
+        raise Unsupported(f'node {node.name} cannot purge a directory (dir_purge = "none")')
+    if mode == "ban":
+        return PurgeRequest("BAN", {**node.purge_headers, node.ban_header: prefix}, path="/")
+    url_purge(node)  # "urls" needs the URL purge to work
+    return None
+
+
+def verdict(request: PurgeRequest, status: int | None, network_error: bool) -> Verdict:
+    if network_error or status is None or status >= 500 or status in (408, 429):
+        return Verdict.RETRY
+    if 200 <= status < 300:
+        return Verdict.PURGED
+    if status == 404 and request.method == "PURGE":
+        return Verdict.NOT_CACHED  # the cache-purge module's answer for a key it does not hold
+    return Verdict.REFUSED

@@ -1,0 +1,137 @@
+"""Issue 4: /api/refresh and refresh-then-warm across real nginx (cache-purge module) and Varnish."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgewarm.client import Client
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def url_of(path: str) -> str:
+    return f"http://{DEFAULT_HOST}{path}"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path / "lab", edges=2, shield=True, varnish=1, purge_module=True) as lab:
+        yield lab
+
+
+@pytest.fixture
+def service(tmp_path: Path, lab: Lab) -> Iterator[ServiceProcess]:
+    port = free_port()
+    config = write_config(
+        tmp_path / "edgewarm.toml", store=f"sqlite:///{tmp_path}/edgewarm.db", nodes_toml=lab.nodes_toml(), port=port
+    )
+    with ServiceProcess(config, port=port) as service:
+        yield service
+
+
+def refresh(service: ServiceProcess, entries: list[str], kind: str) -> str:
+    """Submit /api/refresh through the raw wire format and return the task id."""
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        response = client._http.post(
+            "/api/refresh",
+            json={"username": DEMO_USER, "signature": client.signature(), "instances": entries, "type": kind},
+        )
+        body = response.json()
+        assert body["status"] == 0, body
+        return str(body["taskid"])
+
+
+def finish(service: ServiceProcess, taskid: str, kind: str = "refresh") -> dict[str, object]:
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        view = client.wait(taskid, timeout=60)
+        answer = client._http.post(
+            f"/api/{kind}Query", json={"username": DEMO_USER, "signature": client.signature(), "taskid": taskid}
+        ).json()
+        assert answer["data"]["status"] == view["status"]
+        return client.task(taskid)
+
+
+def warm(service: ServiceProcess, paths: list[str]) -> None:
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        assert client.wait(client.prefetch([url_of(p) for p in paths]), timeout=60)["status"] == 0
+
+
+def states(lab: Lab, path: str) -> dict[str, str | None]:
+    """Each cache node's own cache state for one GET of `path`, shield first (so edges do not refill it)."""
+    return {node.name: lab.fetch(node, path).cache_status for node in lab.cache_nodes()}
+
+
+def test_file_refresh_makes_the_next_request_a_miss_on_nginx_and_varnish(service: ServiceProcess, lab: Lab) -> None:
+    """Warm, see HIT everywhere, refresh one file: it is a MISS on every node, the other file stays a HIT."""
+    paths = lab.make_files(2, 1000)
+    warm(service, paths)
+    assert set(states(lab, paths[0]).values()) == {"HIT"}
+    view = finish(service, refresh(service, [url_of(paths[0])], "file"))
+    assert view["status"] == 0 and view["kind"] == "refresh"
+    assert {i["cache_state"] for i in view["items"]} <= {"PURGED", "NOT_CACHED"}
+    assert set(states(lab, paths[0]).values()) == {"MISS"}
+    assert set(states(lab, paths[1]).values()) == {"HIT"}
+
+
+def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceProcess, lab: Lab) -> None:
+    """A dir refresh of /d/ purges /d/a, /d/sub/b on every node (Varnish ban, nginx one by one); /other stays."""
+    inside = ["/d/a.bin", "/d/sub/b.bin"]
+    outside = ["/other/c.bin", "/dd/e.bin"]
+    for path in inside + outside:
+        lab.write_file(path, path.encode() * 10)
+    warm(service, inside + outside)
+    view = finish(service, refresh(service, [url_of("/d/")], "dir"))
+    assert view["status"] == 0, view["items"]
+    assert {i["action"] for i in view["items"]} == {"purge_dir"}
+    for path in inside:
+        assert set(states(lab, path).values()) == {"MISS"}, path
+    for path in outside:
+        assert set(states(lab, path).values()) == {"HIT"}, path
+
+
+def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:
+    """prefetch with refresh=true after the origin changed: every node then serves the new body, from cache."""
+    lab.write_file("/app.js", b"version 1")
+    warm(service, ["/app.js"])
+    lab.write_file("/app.js", b"version 2, longer")
+    assert {lab.fetch(n, "/app.js").body for n in lab.cache_nodes()} == {b"version 1"}
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        response = client._http.post(
+            "/api/prefetch",
+            json={
+                "username": DEMO_USER,
+                "signature": client.signature(),
+                "publish_urls": [url_of("/app.js")],
+                "refresh": True,
+            },
+        ).json()
+        assert response["status"] == 0, response
+        view = client.wait(response["taskid"], timeout=60)
+        items = client.task(response["taskid"])["items"]
+    assert view["status"] == 0
+    assert sorted(i["action"] for i in items) == ["purge"] * 4 + ["warm"] * 4
+    for node in lab.cache_nodes():
+        answer = lab.fetch(node, "/app.js")
+        assert (answer.body, answer.cache_status) == (b"version 2, longer", "HIT"), node.name
+
+
+def test_a_node_without_purge_support_fails_the_refresh_clearly(tmp_path: Path) -> None:
+    """nginx without the purge module refuses PURGE (405): a failed item saying so; purge_method="" likewise."""
+    with Lab(tmp_path / "lab", edges=1, shield=False) as lab:
+        (path,) = lab.make_files(1, 100)
+        nodes = lab.nodes_toml() + f'[[nodes]]\nname = "no-purge"\nurl = "{lab.edges[0].url}"\npurge_method = ""\n'
+        port = free_port()
+        config = write_config(tmp_path / "e.toml", store=f"sqlite:///{tmp_path}/e.db", nodes_toml=nodes, port=port)
+        with ServiceProcess(config, port=port) as service:
+            view = finish(service, refresh(service, [url_of(path)], "file"))
+    assert view["status"] == 2
+    by_node = {i["node"]: i for i in view["items"]}
+    assert by_node["edge-1"]["state"] == "failed" and by_node["edge-1"]["http_status"] == 405
+    assert "refused the purge" in by_node["edge-1"]["error"]
+    assert by_node["edge-1"]["attempts"] == 1
+    assert "no purge method" in by_node["no-purge"]["error"]
