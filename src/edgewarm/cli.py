@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -12,14 +10,13 @@ import click
 
 from .config import Config, load_config
 from .errors import EdgewarmError
+from .logs import setup_logging
 
 CONFIG_HELP = "the TOML config file"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _setup_logging(config: Config) -> None:
+    setup_logging(config.log_level, config.log_format)
 
 
 def _load(path: str) -> Config:
@@ -66,8 +63,8 @@ def serve(config_path: str) -> None:
     from .runtime import run
 
     config = _load(config_path)
-    _setup_logging(config.log_level)
-    _run(run(config, api=True, engine=True))
+    _setup_logging(config)
+    _run(run(config, api=True, engine=True, config_path=config_path))
 
 
 @main.command()
@@ -77,8 +74,8 @@ def api(config_path: str) -> None:
     from .runtime import run
 
     config = _load(config_path)
-    _setup_logging(config.log_level)
-    _run(run(config, api=True, engine=False))
+    _setup_logging(config)
+    _run(run(config, api=True, engine=False, config_path=config_path))
 
 
 @main.command()
@@ -88,8 +85,8 @@ def worker(config_path: str) -> None:
     from .runtime import run
 
     config = _load(config_path)
-    _setup_logging(config.log_level)
-    _run(run(config, api=False, engine=True))
+    _setup_logging(config)
+    _run(run(config, api=False, engine=True, config_path=config_path))
 
 
 @main.command("check-config")

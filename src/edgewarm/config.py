@@ -187,16 +187,18 @@ class Config(_Model):
     listen: str = "127.0.0.1:8080"
     store: str = "sqlite:///var/lib/edgewarm/edgewarm.db"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    metrics_listen: str | None = None  # HOST:PORT for /metrics of an `edgewarm worker` (the API serves its own)
     limits: Limits = Limits()
     engine: Engine = Engine()
     api: Api = Api()
     users: tuple[User, ...] = ()
     nodes: tuple[Node, ...] = ()
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        return _check_listen(value)
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_listen(value)
 
     @field_validator("store")
     @classmethod

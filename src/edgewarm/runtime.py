@@ -18,13 +18,15 @@ from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from .api import create_app
-from .config import Config
+from .config import Config, load_config
 from .engine import Engine, Fetcher
-from .errors import StoreError
+from .errors import ConfigError, StoreError
+from .metrics import Metrics
 from .service import Service
-from .store import TaskStore, open_store, sqlite_path
+from .store import TaskStore, open_store, redacted, sqlite_path
 
 log = logging.getLogger("edgewarm")
 
@@ -64,11 +66,29 @@ def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
         os.close(fd)
 
 
-async def run(config: Config, *, api: bool = True, engine: bool = True) -> None:
-    """Run until a signal; `api` and `engine` choose the parts (`serve` runs both)."""
+async def run(config: Config, *, api: bool = True, engine: bool = True, config_path: str | None = None) -> None:
+    """Run until a signal; `api` and `engine` choose the parts (`serve` runs both).
+
+    SIGHUP reloads `config_path`: users, limits, nodes and engine settings change without dropping work;
+    `listen` and `store` need a restart. A config that does not load is logged and the old one kept.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals = 0
+    live = _Live(config)
+
+    def on_hangup() -> None:
+        if config_path is None:
+            return
+        try:
+            fresh = load_config(config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the running config: %s", exc)
+            return
+        if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
+            log.warning("SIGHUP: `listen` and `store` change only on restart")
+        live.apply(fresh)
+        log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
 
     def on_signal(signum: int) -> None:
         nonlocal signals
@@ -84,24 +104,47 @@ async def run(config: Config, *, api: bool = True, engine: bool = True) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         with sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole:
             async with open_store(config.store) as store:
-                await _run_parts(config, store, api=api, engine=engine, sole=bool(sole), stopping=stopping)
+                await _run_parts(live, store, api=api, engine=engine, sole=bool(sole), stopping=stopping)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 
+class _Live:
+    """The parts that follow a config reload."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service: Service | None = None
+        self.engine: Engine | None = None
+
+    def apply(self, config: Config) -> None:
+        self.config = config
+        if self.service is not None:
+            self.service.config = config
+        if self.engine is not None:
+            self.engine.reconfigure(config)
+
+
 async def _run_parts(
-    config: Config, store: TaskStore, *, api: bool, engine: bool, sole: bool, stopping: asyncio.Event
+    live: _Live, store: TaskStore, *, api: bool, engine: bool, sole: bool, stopping: asyncio.Event
 ) -> None:
+    config = live.config
+    metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []
         if engine:
             fetcher = await stack.enter_async_context(Fetcher(config.engine))
-            worker = Engine(config, store, fetcher)
+            worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
+            if not api and config.metrics_listen:
+                host, _, port = config.metrics_listen.rpartition(":")
+                server_thread, _ = start_http_server(int(port), addr=host, registry=metrics.registry)
+                stack.callback(server_thread.shutdown)
             if sole:
                 released = await store.release_all_leases(time.time())
                 if released:
@@ -109,7 +152,7 @@ async def _run_parts(
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         server: _Server | None = None
         if api:
-            service = Service(config, store, on_submit=worker.wake if worker else None)
+            service = live.service = Service(config, store, on_submit=worker.wake if worker else None, metrics=metrics)
             server = _Server(
                 uvicorn.Config(
                     create_app(service),
@@ -122,11 +165,8 @@ async def _run_parts(
                 )
             )
             tasks.append(asyncio.create_task(server.serve(), name="edgewarm-api"))
-        log.info(
-            "edgewarm running: %s on %s",
-            " + ".join(p for p, on in (("api", api), ("engine", engine)) if on),
-            config.store,
-        )
+        parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
+        log.info("edgewarm running: %s on %s", parts, redacted(config.store))
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if server is not None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from . import auth
 from .config import Config, User
 from .errors import JdCode, RequestRefused, TaskNotFound
+from .metrics import Metrics
 from .models import ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, parse_url
@@ -53,9 +54,11 @@ class Service:
         *,
         clock: Callable[[], float] = time.time,
         on_submit: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self._on_submit = on_submit
 
@@ -149,6 +152,7 @@ class Service:
         quota = QuotaCharge(self.today(), urls, dirs, limits.urls_per_day, limits.dirs_per_day)
         task = NewTask(str(uuid.uuid4()), user.name, kind, self._clock(), items, quota)
         created = await self.store.create_task(task)
+        self.metrics.tasks_submitted.labels(kind.value).inc()
         if self._on_submit is not None:
             self._on_submit()
         return created

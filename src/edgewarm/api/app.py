@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
+from ..errors import EdgewarmError
 from ..service import Service
 from .legacy import legacy_router
 from .middleware import BodySizeLimit
@@ -27,6 +31,21 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> Response:
         return JSONResponse({"ok": True})
+
+    @app.get("/readyz", tags=["operations"], summary="The store answers: this process can take work")
+    async def readyz() -> Response:
+        try:
+            depth = await service.store.queue_depth()
+        except EdgewarmError as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
+        return JSONResponse({"ok": True, "queue_depth": depth})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process")
+    async def metrics() -> Response:
+        # The other metrics are still worth scraping when the store is down; /readyz tells that.
+        with contextlib.suppress(EdgewarmError):
+            service.metrics.queue_depth.set(await service.store.queue_depth())
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
+from ..metrics import Metrics
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import purge
 from ..store import TaskStore
@@ -44,6 +45,7 @@ class Engine:
         *,
         worker_id: str | None = None,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.engine
@@ -60,9 +62,19 @@ class Engine:
         self._fetches: dict[int, asyncio.Task[None]] = {}
         self._leased: set[int] = set()  # claimed and not yet written back
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
-        self.fetched = 0  # fetches made by this engine, for tests and metrics
+        self.fetched = 0  # fetches made by this engine, for tests
+        self.metrics = metrics or Metrics()
 
     # -- control ----------------------------------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: nodes, caps and settings apply to the next claims."""
+        self.config = config
+        self.settings = config.engine
+        for node in config.nodes:
+            if node.name not in self._node_slots:
+                self._node_slots[node.name] = asyncio.Semaphore(node.concurrency or self.settings.per_node_concurrency)
+        self.wake()
 
     def wake(self) -> None:
         """New work may be due (a task was submitted, a stage finished)."""
@@ -74,6 +86,11 @@ class Engine:
         self._wake.set()
 
     async def run(self) -> None:
+        # Other processes on a shared store (PostgreSQL) announce new work: claim at once, not at the next poll.
+        async with self.store.listen_for_work(self.wake):
+            await self._run()
+
+    async def _run(self) -> None:
         writer = asyncio.create_task(self._write_outcomes(), name=f"edgewarm-writer-{self.worker_id}")
         renewer = asyncio.create_task(self._renew_leases(), name=f"edgewarm-lease-renewer-{self.worker_id}")
         try:
@@ -149,6 +166,8 @@ class Engine:
             )
         else:
             async with self._slots, self._node_slots[node.name]:
+                self.metrics.in_flight.inc()
+                started = time.monotonic()
                 try:
                     outcome = await self._act(claim, node, attempt)
                 except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -160,7 +179,22 @@ class Engine:
                         error=f"internal error: {type(exc).__name__}",
                         retry_at=None if attempt >= s.max_attempts else now + s.backoff_max,
                     )
+                finally:
+                    self.metrics.in_flight.dec()
+                self._observe(claim, node, outcome, time.monotonic() - started)
         self._outcomes.put_nowait(outcome)
+
+    def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
+        m = self.metrics
+        verdict = "succeeded" if outcome.succeeded else ("retried" if outcome.retry_at is not None else "failed")
+        m.fetches.labels(node.name, claim.action.value, verdict).inc()
+        m.fetch_seconds.labels(node.name).observe(seconds)
+        if outcome.bytes:
+            m.fetched_bytes.labels(node.name).inc(outcome.bytes)
+        if outcome.retry_at is not None:
+            m.retries.labels(node.name).inc()
+        else:
+            m.items_finished.labels("succeeded" if outcome.succeeded else "failed").inc()
 
     async def _act(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
         target = parse_url(claim.url)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -73,6 +74,19 @@ class TaskStore(Protocol):
         purge purges each of them)."""
         ...
 
+    async def queue_depth(self) -> int:
+        """Items pending or running (due or not)."""
+        ...
+
     async def next_due_at(self) -> float | None:
         """When the earliest pending or leased item falls due, if any."""
+        ...
+
+    def listen_for_work(self, callback: Callable[[], None]) -> AbstractAsyncContextManager[None]:
+        """While the returned context is open, call `callback` soon after another process made work due.
+
+        Another process: a task submitted, a stage released, a retry scheduled or leases handed back there.
+        Best effort and optional: a back-end without a notification channel calls nothing, and the engine's
+        polling stays the safety net. `callback` runs on the event loop and must not block.
+        """
         ...

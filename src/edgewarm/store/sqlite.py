@@ -7,8 +7,9 @@ lets the event loop go on while SQLite works. `memory://` is the same store on a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -149,8 +150,10 @@ class SQLiteStore:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
         self._db = db
+        if not self._auto_upgrade:
+            return  # opened as it is, for `upgrade()` (`edgewarm db upgrade`)
         version = self._version()
-        if version == 0 and self._auto_upgrade:
+        if version == 0:
             self._upgrade()
         elif version != SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -215,6 +218,7 @@ class SQLiteStore:
                     (task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit),
                 ).fetchone()
                 if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
+                    db.execute("ROLLBACK")  # first, so that the message tells the usage before this call
                     raise QuotaExceeded(_quota_message(db, task))
                 db.execute(
                     "INSERT INTO tasks (id, username, kind, created_at, total) VALUES (?, ?, ?, ?, ?)",
@@ -241,7 +245,8 @@ class SQLiteStore:
                     db.execute("UPDATE tasks SET status = 0, finished_at = created_at WHERE id = ?", (task.id,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             row = db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task.id,)).fetchone()
             return _task(row)
@@ -361,12 +366,24 @@ class SQLiteStore:
 
         return await self._run(known)
 
+    async def queue_depth(self) -> int:
+        def depth() -> int:
+            row = self.db.execute("SELECT COUNT(*) FROM items WHERE state IN ('pending', 'running')").fetchone()
+            return int(row[0])
+
+        return await self._run(depth)
+
     async def next_due_at(self) -> float | None:
         def due() -> float | None:
             row = self.db.execute("SELECT MIN(due_at) FROM items WHERE state IN ('pending', 'running')").fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
         return await self._run(due)
+
+    @contextlib.asynccontextmanager
+    async def listen_for_work(self, callback: Callable[[], None]) -> AsyncIterator[None]:
+        """Calls nothing: one process works on a SQLite file, and its API wakes its engine directly."""
+        yield
 
 
 def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
