@@ -1,18 +1,22 @@
-"""Python client for edgewarm (and for JD Cloud CDN's prefetch API): sync and async.
+"""Python client for edgewarm (and for JD Cloud CDN's prefetch API): sync and async, the same methods.
 
     with Client("http://127.0.0.1:8080", "jcloud_00", "e7a31b…") as client:
         taskid = client.prefetch(["http://www.example.test/a.js"])
-        client.wait(taskid)            # returns the final TaskView dict
+        view = client.wait(taskid)          # the native view once the task has ended
 
-Signing is `edgewarm.auth.sign`, the very function the server verifies with. JD refusals raise
-`ClientError` carrying the JD code; transport failures raise `ClientError` with code -1.
+    async with AsyncClient(...) as client:
+        taskid = await client.prefetch([...])
+
+Signing is `edgewarm.auth.sign`, the very function the server verifies with. A refusal raises `ClientError`
+carrying the JD code (`.code`); a transport failure raises `ClientError` with code -1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -33,38 +37,17 @@ class ClientError(EdgewarmError):
         self.http_status = http_status
 
 
-class _Base:
-    def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.username = username
-        self._secret = secret
-        self._timezone = timezone
+@dataclass(frozen=True)
+class _Call:
+    """One HTTP call, described once and sent by either client."""
 
-    def signature(self, now: datetime | None = None) -> str:
-        day = auth.today(now or datetime.now(UTC), self._timezone)
-        return auth.sign(self.username, self._secret, day)
-
-    def _body(self, **fields: Any) -> dict[str, Any]:
-        return {"username": self.username, "signature": self.signature(), **fields}
-
-    def _headers(self) -> dict[str, str]:
-        return {"X-Edgewarm-Username": self.username, "X-Edgewarm-Signature": self.signature()}
-
-    @staticmethod
-    def _jd(response: httpx.Response) -> dict[str, Any]:
-        data = _json(response)
-        if response.status_code != 200:
-            raise ClientError(JdCode.INTERNAL, str(data.get("error") or response.text), response.status_code)
-        if data.get("status") != 0:
-            raise ClientError(int(data.get("status", -1)), str(data.get("msg", "")), response.status_code)
-        return data
-
-    @staticmethod
-    def _native(response: httpx.Response) -> dict[str, Any]:
-        data = _json(response)
-        if response.status_code != 200:
-            raise ClientError(int(data.get("code", -1)), str(data.get("error") or response.text), response.status_code)
-        return data
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], Any]
+    json: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -77,7 +60,101 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data
 
 
-class Client(_Base):
+def _jd(response: httpx.Response) -> dict[str, Any]:
+    data = _json(response)
+    if response.status_code != 200:
+        raise ClientError(JdCode.INTERNAL, str(data.get("error") or response.text), response.status_code)
+    if data.get("status") != 0:
+        raise ClientError(int(data.get("status", -1)), str(data.get("msg", "")), response.status_code)
+    return data
+
+
+def _native(response: httpx.Response) -> dict[str, Any]:
+    data = _json(response)
+    if response.status_code != 200:
+        raise ClientError(int(data.get("code", -1)), str(data.get("error") or response.text), response.status_code)
+    return data
+
+
+class _Calls:
+    """What each method sends; the sync and async clients only differ in how they send it."""
+
+    def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._secret = secret
+        self._timezone = timezone
+
+    def signature(self, now: datetime | None = None) -> str:
+        """Today's signature (in the service's time zone)."""
+        return auth.sign(self.username, self._secret, auth.today(now or datetime.now(UTC), self._timezone))
+
+    def _body(self, **fields: Any) -> dict[str, Any]:
+        return {"username": self.username, "signature": self.signature(), **fields}
+
+    def _auth(self) -> dict[str, str]:
+        return {"X-Edgewarm-Username": self.username, "X-Edgewarm-Signature": self.signature()}
+
+    @staticmethod
+    def _extensions(refresh: bool, callback_url: str | None, idempotency_key: str | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if refresh:
+            fields["refresh"] = True
+        if callback_url:
+            fields["callback_url"] = callback_url
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+        return fields
+
+    def _prefetch(
+        self, urls: Sequence[str], refresh: bool, callback_url: str | None, idempotency_key: str | None
+    ) -> _Call:
+        body = self._body(publish_urls=list(urls), **self._extensions(refresh, callback_url, idempotency_key))
+        return _Call("POST", "/api/prefetch", lambda r: str(_jd(r)["taskid"]), json=body)
+
+    def _refresh(
+        self, entries: Sequence[str], directories: bool, callback_url: str | None, idempotency_key: str | None
+    ) -> _Call:
+        body = self._body(
+            instances=list(entries),
+            type="dir" if directories else "file",
+            **self._extensions(False, callback_url, idempotency_key),
+        )
+        return _Call("POST", "/api/refresh", lambda r: str(_jd(r)["taskid"]), json=body)
+
+    def _query(self, taskid: str, refresh: bool) -> _Call:
+        path = "/api/refreshQuery" if refresh else "/api/prefetchQuery"
+        return _Call("POST", path, lambda r: dict(_jd(r)["data"]), json=self._body(taskid=taskid))
+
+    def _task(self, taskid: str, offset: int, limit: int) -> _Call:
+        params = {"offset": offset, "limit": limit}
+        return _Call("GET", f"/v1/tasks/{taskid}", _native, params=params, headers=self._auth())
+
+    def _tasks(self, filters: dict[str, Any]) -> _Call:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return _Call("GET", "/v1/tasks", _native, params=params, headers=self._auth())
+
+    def _lookup(self, taskids: Sequence[str]) -> _Call:
+        return _Call("POST", "/v1/tasks/lookup", _native, json={"taskids": list(taskids)}, headers=self._auth())
+
+    def _cancel(self, taskid: str) -> _Call:
+        return _Call("POST", f"/v1/tasks/{taskid}/cancel", _native, headers=self._auth())
+
+    def _quota(self) -> _Call:
+        return _Call("GET", "/v1/quota", _native, headers=self._auth())
+
+    def _wait_once(self, taskid: str, seconds: float) -> _Call:
+        params = {"timeout": seconds}
+        return _Call(
+            "GET", f"/v1/tasks/{taskid}/wait", _native, params=params, headers=self._auth(), timeout=seconds + 10
+        )
+
+
+def _transport_error(exc: httpx.HTTPError) -> ClientError:
+    return ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class Client(_Calls):
     """Synchronous client."""
 
     def __init__(self, base_url: str, username: str, secret: str, *, timeout: float = 30.0, **kw: Any) -> None:
@@ -93,44 +170,76 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _send(self, call: _Call) -> Any:
         try:
-            return self._http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
-
-    def prefetch(self, urls: Sequence[str]) -> str:
-        """Submit one call (at most the per-call limit of URLs); return the task id."""
-        return str(self._jd(self._post("/api/prefetch", self._body(publish_urls=list(urls))))["taskid"])
-
-    def query(self, taskid: str) -> dict[str, Any]:
-        """JD's answer `data`: {"taskid", "status", "msg"}."""
-        return dict(self._jd(self._post("/api/prefetchQuery", self._body(taskid=taskid)))["data"])
-
-    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """The native view: counts, progress and items."""
-        try:
-            response = self._http.get(
-                f"/v1/tasks/{taskid}", params={"offset": offset, "limit": limit}, headers=self._headers()
+            response = self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=call.headers,
+                timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
-            raise ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
-        return self._native(response)
+            raise _transport_error(exc) from None
+        return call.parse(response)
 
-    def wait(self, taskid: str, *, timeout: float = 600.0, interval: float = 0.2) -> dict[str, Any]:
-        """Poll until the task is no longer in progress; return its native view (without items)."""
+    def prefetch(
+        self,
+        urls: Sequence[str],
+        *,
+        refresh: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Submit one call (at most the per-call limit of URLs); return the task id."""
+        return str(self._send(self._prefetch(urls, refresh, callback_url, idempotency_key)))
+
+    def refresh(
+        self,
+        entries: Sequence[str],
+        *,
+        directories: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Purge files (or directories ending with '/'); return the task id."""
+        return str(self._send(self._refresh(entries, directories, callback_url, idempotency_key)))
+
+    def query(self, taskid: str, *, refresh: bool = False) -> dict[str, Any]:
+        """JD's answer `data`: {"taskid", "status", "msg"}."""
+        return dict(self._send(self._query(taskid, refresh)))
+
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The native view: counts (also per node), progress, timestamps and items."""
+        return dict(self._send(self._task(taskid, offset, limit)))
+
+    def tasks(self, **filters: Any) -> dict[str, Any]:
+        """List tasks: status, kind, since, until (ISO 8601 or epoch), url (keyword), offset, limit."""
+        return dict(self._send(self._tasks(filters)))
+
+    def lookup(self, taskids: Sequence[str]) -> dict[str, Any]:
+        return dict(self._send(self._lookup(taskids)))
+
+    def cancel(self, taskid: str) -> dict[str, Any]:
+        return dict(self._send(self._cancel(taskid)))
+
+    def quota(self) -> dict[str, Any]:
+        return dict(self._send(self._quota()))
+
+    def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
+        """Long-poll until the task has ended; return its native view (without items)."""
         deadline = time.monotonic() + timeout
         while True:
-            view = self.task(taskid, limit=0)
+            view = dict(self._send(self._wait_once(taskid, max(0.0, min(30.0, deadline - time.monotonic())))))
             if view["status"] != 1:
                 return view
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise ClientError(JdCode.FAILURE, f"task {taskid} still in progress after {timeout}s")
-            time.sleep(interval)
 
 
-class AsyncClient(_Base):
-    """Asynchronous client, same methods as `Client`."""
+class AsyncClient(_Calls):
+    """Asynchronous client, the same methods as `Client`, awaited."""
 
     def __init__(self, base_url: str, username: str, secret: str, *, timeout: float = 30.0, **kw: Any) -> None:
         super().__init__(base_url, username, secret, **kw)
@@ -145,33 +254,64 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _send(self, call: _Call) -> Any:
         try:
-            return await self._http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
-
-    async def prefetch(self, urls: Sequence[str]) -> str:
-        return str(self._jd(await self._post("/api/prefetch", self._body(publish_urls=list(urls))))["taskid"])
-
-    async def query(self, taskid: str) -> dict[str, Any]:
-        return dict(self._jd(await self._post("/api/prefetchQuery", self._body(taskid=taskid)))["data"])
-
-    async def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
-        try:
-            response = await self._http.get(
-                f"/v1/tasks/{taskid}", params={"offset": offset, "limit": limit}, headers=self._headers()
+            response = await self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=call.headers,
+                timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
-            raise ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
-        return self._native(response)
+            raise _transport_error(exc) from None
+        return call.parse(response)
 
-    async def wait(self, taskid: str, *, timeout: float = 600.0, interval: float = 0.2) -> dict[str, Any]:
+    async def prefetch(
+        self,
+        urls: Sequence[str],
+        *,
+        refresh: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        return str(await self._send(self._prefetch(urls, refresh, callback_url, idempotency_key)))
+
+    async def refresh(
+        self,
+        entries: Sequence[str],
+        *,
+        directories: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        return str(await self._send(self._refresh(entries, directories, callback_url, idempotency_key)))
+
+    async def query(self, taskid: str, *, refresh: bool = False) -> dict[str, Any]:
+        return dict(await self._send(self._query(taskid, refresh)))
+
+    async def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        return dict(await self._send(self._task(taskid, offset, limit)))
+
+    async def tasks(self, **filters: Any) -> dict[str, Any]:
+        return dict(await self._send(self._tasks(filters)))
+
+    async def lookup(self, taskids: Sequence[str]) -> dict[str, Any]:
+        return dict(await self._send(self._lookup(taskids)))
+
+    async def cancel(self, taskid: str) -> dict[str, Any]:
+        return dict(await self._send(self._cancel(taskid)))
+
+    async def quota(self) -> dict[str, Any]:
+        return dict(await self._send(self._quota()))
+
+    async def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            view = await self.task(taskid, limit=0)
+            view = dict(await self._send(self._wait_once(taskid, max(0.0, min(30.0, deadline - time.monotonic())))))
             if view["status"] != 1:
                 return view
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise ClientError(JdCode.FAILURE, f"task {taskid} still in progress after {timeout}s")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(0)

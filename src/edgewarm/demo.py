@@ -8,9 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from .cli.watch import follow
 from .client import Client
 from .testing import DEFAULT_HOST, Lab
 from .testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
@@ -39,11 +38,10 @@ def run_demo(urls: int = 200, size: int = 64 * 1024, keep: bool = False, console
                 taskids = [client.prefetch(full[i : i + 100]) for i in range(0, len(full), 100)]
                 for taskid in taskids:
                     out.print(f"POST /api/prefetch → taskid {taskid}  prefetchQuery → {client.query(taskid)}")
-                ok = _follow(out, client, taskids)
+                ok = follow(client, taskids, interval=0.1, console=out) == 0
                 elapsed = time.monotonic() - started
                 for taskid in taskids:
                     out.print(f"prefetchQuery → {client.query(taskid)}")
-                _summary(out, client, taskids)
                 hits = sum(lab.fetch(edge, p).cache_status == "HIT" for edge in lab.edges for p in paths)
                 origin = Counter(r.uri for r in lab.requests(lab.origin) if r.uri.startswith("/assets/"))
                 out.print(
@@ -62,35 +60,3 @@ def run_demo(urls: int = 200, size: int = 64 * 1024, keep: bool = False, console
                     except KeyboardInterrupt:
                         pass
             return ok and hits == len(paths) * len(lab.edges)
-
-
-def _follow(out: Console, client: Client, taskids: list[str]) -> bool:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out) as progress:
-        bars = {t: progress.add_task(f"task {t[:8]}", total=None) for t in taskids}
-        deadline = time.monotonic() + 300
-        views: dict[str, dict[str, object]] = {}
-        while time.monotonic() < deadline:
-            for taskid, bar in bars.items():
-                view = client.task(taskid, limit=0)
-                views[taskid] = view
-                counts = view["counts"]
-                assert isinstance(counts, dict)
-                progress.update(bar, total=view["total"], completed=counts["succeeded"] + counts["failed"])
-            if all(v["status"] != 1 for v in views.values()):
-                break
-            time.sleep(0.1)
-    return all(v["status"] == 0 for v in views.values())
-
-
-def _summary(out: Console, client: Client, taskids: list[str]) -> None:
-    per_node: dict[str, Counter[str]] = {}
-    for taskid in taskids:
-        for item in client.task(taskid, limit=10_000)["items"]:
-            per_node.setdefault(item["node"], Counter())[f"{item['state']} {item['cache_state'] or ''}".strip()] += 1
-    table = Table(title="outcomes by node (state and the cache state the node reported)")
-    table.add_column("node")
-    table.add_column("outcomes")
-    for node, counts in per_node.items():
-        table.add_row(node, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    out.print(table)

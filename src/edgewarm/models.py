@@ -110,11 +110,14 @@ class TaskCounts:
     def open(self) -> int:
         return self.waiting + self.pending + self.running
 
-    def status(self) -> TaskStatus:
-        """The task status rule of PRODUCT.md: 1 while anything is open, then 0 if all succeeded, else 2."""
-        if self.open:
-            return TaskStatus.IN_PROGRESS
-        return TaskStatus.SUCCEEDED if self.failed == 0 else TaskStatus.FAILED
+    def add(self, other: TaskCounts) -> TaskCounts:
+        return TaskCounts(
+            self.waiting + other.waiting,
+            self.pending + other.pending,
+            self.running + other.running,
+            self.succeeded + other.succeeded,
+            self.failed + other.failed,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +166,19 @@ class NewTask:
     created_at: float
     items: tuple[NewItem, ...]
     quota: QuotaCharge
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """What `list_tasks` selects; every field narrows, None means any."""
+
+    status: TaskStatus | None = None
+    kind: TaskKind | None = None
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    url_contains: str | None = None
+    offset: int = 0
+    limit: int = 100
+
+
+CANCELLED = "cancelled"

@@ -5,6 +5,7 @@ The order of the checks follows JD: missing fields, then the user and the signat
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -91,10 +92,11 @@ class Service:
         limit = user.limits(self.config.limits).urls_per_call
         if len(urls) > limit:
             raise RequestRefused(too_many, f"{len(urls)} URLs in one call; the limit is {limit}")
-        duplicate = find_duplicate(urls)
+        targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
+        # Two spellings of one object (host case, an empty path) are one URL to a cache.
+        duplicate = find_duplicate([t.cache_key for t in targets])
         if duplicate is not None:
             raise RequestRefused(JdCode.DUPLICATE_URLS, f"duplicate URL in the request: {duplicate}")
-        targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
         for target in targets:
             if not user.owns(target.host):
                 raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
@@ -166,3 +168,36 @@ class Service:
         if task is None or (kind is not None and task.kind is not kind):
             raise TaskNotFound()
         return task
+
+    async def cancel(self, user: User, raw_task_id: str) -> Task:
+        task = await self.get_task(user, raw_task_id)
+        if task.status is not TaskStatus.IN_PROGRESS:
+            raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
+        cancelled = await self.store.cancel_task(task.id, user.name, self._clock())
+        if cancelled is None:
+            raise TaskNotFound()
+        return cancelled
+
+    async def wait(self, user: User, raw_task_id: str, timeout: float) -> Task:
+        """The task once it has ended, or as it is after `timeout` seconds (long-poll)."""
+        deadline = time.monotonic() + timeout
+        task = await self.get_task(user, raw_task_id)
+        delay = 0.02
+        while task.status is TaskStatus.IN_PROGRESS and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+            task = await self.get_task(user, task.id)
+        return task
+
+    async def quota(self, user: User) -> dict[str, object]:
+        limits = user.limits(self.config.limits)
+        day = self.today()
+        urls, dirs = await self.store.usage(user.name, day)
+        return {
+            "day": day,
+            "timezone": self.config.api.timezone,
+            "urls": {"used": urls, "limit": limits.urls_per_day, "left": max(0, limits.urls_per_day - urls)},
+            "dirs": {"used": dirs, "limit": limits.dirs_per_day, "left": max(0, limits.dirs_per_day - dirs)},
+            "urls_per_call": limits.urls_per_call,
+            "dirs_per_call": limits.dirs_per_call,
+        }

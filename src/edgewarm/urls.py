@@ -26,6 +26,11 @@ class TargetUrl:
     path_query: str  # exactly as submitted, "/" when empty
 
     @property
+    def cache_key(self) -> str:
+        """The URL as a cache keys it: scheme, lower-case authority, path and query."""
+        return f"{self.scheme}://{self.authority}{self.path_query}"
+
+    @property
     def is_dir(self) -> bool:
         return self.path_query.endswith("/") and "?" not in self.path_query
 
@@ -59,6 +64,8 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
         port = parts.port
     except ValueError as exc:
         raise illegal(str(exc)) from None
+    if port == 0:
+        raise illegal("port 0 is not a port")
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise illegal("the scheme must be http or https")

@@ -260,6 +260,7 @@ def test_config_path_comes_from_the_given_environ() -> None:
         ("b.a.img.example.test", True),
         ("img.example.test", False),
         ("ximg.example.test", False),
+        ("evilimg.example.test", False),
         ("example.test", False),
         ("wwww.example.test", False),
         ("www.example.test.evil.test", False),

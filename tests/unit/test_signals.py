@@ -124,3 +124,36 @@ def test_cached_property() -> None:
         CacheState.UPDATING,
         CacheState.REVALIDATED,
     }
+
+
+def test_several_cache_status_lines_take_the_last() -> None:
+    """Cache-Status sent as one field line per cache: the last line (the node we talked to) decides."""
+    headers = CIMultiDict([("Cache-Status", "shield; hit"), ("Cache-Status", "edge; fwd=uri-miss")])
+    assert cache_state(headers) is CacheState.MISS
+    headers = CIMultiDict([("Cache-Status", "shield; fwd=miss"), ("Cache-Status", "edge; hit")])
+    assert cache_state(headers) is CacheState.HIT
+
+
+@pytest.mark.parametrize("name", ["X-Cache", "X-Cache-Status"])
+def test_several_x_cache_lines_take_the_last(name: str) -> None:
+    """A shield's X-Cache line passed through before the edge's own: the edge's (last) line decides."""
+    assert cache_state(CIMultiDict([(name, "HIT from shield"), (name, "MISS from edge")])) is CacheState.MISS
+    assert cache_state(CIMultiDict([(name, "MISS"), (name, "HIT")])) is CacheState.HIT
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("HIT, MISS", CacheState.MISS),
+        ("MISS, HIT", CacheState.HIT),
+        ("MISS from shield, HIT from edge", CacheState.HIT),
+    ],
+)
+def test_x_cache_list_takes_the_last_member(value: str, expected: CacheState) -> None:
+    """X-Cache as one comma list (Fastly-style 'shield, edge'): the last member decides."""
+    assert state(X_Cache=value) is expected
+
+
+def test_a_plain_mapping_is_read_too() -> None:
+    """A plain dict (one value per name) is accepted as headers."""
+    assert cache_state({"X-Cache": "HIT from squid"}) is CacheState.HIT

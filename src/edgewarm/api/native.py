@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from ..models import Item, Task, TaskCounts
-from ..service import Credentials, Service
+from ..config import User
+from ..errors import JdCode, RequestRefused
+from ..models import Item, Task, TaskCounts, TaskFilter, TaskKind, TaskStatus
+from ..service import Credentials, Service, normalize_task_id
 from .responses import JSONResponse, native_error
-from .schemas import NativeError, TaskView
+from .schemas import NativeError, QuotaView, TaskList, TaskView
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -33,10 +36,18 @@ def item_view(item: Item) -> dict[str, object]:
     }
 
 
-def task_view(
-    service: Service, task: Task, counts: TaskCounts, items: list[Item], offset: int, limit: int
-) -> dict[str, object]:
-    done = counts.succeeded + counts.failed
+def counts_view(counts: TaskCounts) -> dict[str, int]:
+    return {
+        "waiting": counts.waiting,
+        "pending": counts.pending,
+        "running": counts.running,
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+    }
+
+
+def task_summary(service: Service, task: Task) -> dict[str, object]:
+    """A task without its items; its counters come from the task row (finished items only)."""
     return {
         "taskid": task.id,
         "kind": task.kind.value,
@@ -47,14 +58,25 @@ def task_view(
         "finished_at": iso(task.finished_at),
         "duration_seconds": None if task.finished_at is None else round(task.finished_at - task.created_at, 3),
         "total": task.total,
-        "counts": {
-            "waiting": counts.waiting,
-            "pending": counts.pending,
-            "running": counts.running,
-            "succeeded": counts.succeeded,
-            "failed": counts.failed,
-        },
-        "progress": 1.0 if task.total == 0 else round(done / task.total, 4),
+        "succeeded": task.succeeded,
+        "failed": task.failed,
+        "progress": 1.0 if task.total == 0 else round((task.succeeded + task.failed) / task.total, 4),
+    }
+
+
+def task_view(
+    service: Service,
+    task: Task,
+    counts: TaskCounts,
+    nodes: dict[str, TaskCounts],
+    items: list[Item],
+    offset: int,
+    limit: int,
+) -> dict[str, object]:
+    return {
+        **task_summary(service, task),
+        "counts": counts_view(counts),
+        "nodes": {name: counts_view(c) for name, c in nodes.items()},
         "items": [item_view(i) for i in items],
         "offset": offset,
         "limit": limit,
@@ -63,17 +85,45 @@ def task_view(
 
 Username = Annotated[str, Header(alias="X-Edgewarm-Username", description="the JD username")]
 Signature = Annotated[str, Header(alias="X-Edgewarm-Signature", description="md5(yyyymmdd + username + secret)")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": NativeError},
+    401: {"model": NativeError},
+    404: {"model": NativeError},
+}
+
+
+def epoch(value: str | None, name: str) -> float | None:
+    """A time given as epoch seconds or ISO 8601 (UTC when it names no zone)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+class Lookup(BaseModel):
+    taskids: list[str] = Field(max_length=1000)
 
 
 def native_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["native"])
 
-    @router.get(
-        "/tasks/{taskid}",
-        response_model=TaskView,
-        responses={401: {"model": NativeError}, 404: {"model": NativeError}},
-        summary="A task in full: counts, progress, timestamps and each item's outcome",
-    )
+    def user_of(username: str, signature: str) -> User:
+        return service.authenticate(Credentials(username.strip(), signature.strip()))
+
+    async def full_view(task: Task, offset: int, limit: int) -> dict[str, object]:
+        counts = await service.store.task_counts(task.id)
+        nodes = await service.store.node_counts(task.id)
+        items = await service.store.list_items(task.id, offset=offset, limit=limit) if limit else []
+        return task_view(service, task, counts, nodes, items, offset, limit)
+
+    @router.get("/tasks/{taskid}", response_model=TaskView, responses=ERRORS, summary="A task in full")
     async def get_task(
         taskid: str,
         username: Username = "",
@@ -81,12 +131,81 @@ def native_router(service: Service) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=0, le=10_000)] = 1000,
     ) -> Response:
+        """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
         try:
-            user = service.authenticate(Credentials(username.strip(), signature.strip()))
-            task = await service.get_task(user, taskid)
-            counts = await service.store.task_counts(task.id)
-            items = await service.store.list_items(task.id, offset=offset, limit=limit) if limit else []
-            return JSONResponse(task_view(service, task, counts, items, offset, limit))
+            task = await service.get_task(user_of(username, signature), taskid)
+            return JSONResponse(await full_view(task, offset, limit))
+        except Exception as exc:
+            return native_error(exc)
+
+    @router.get("/tasks/{taskid}/wait", response_model=TaskView, responses=ERRORS, summary="Wait for a task to end")
+    async def wait_task(
+        taskid: str,
+        username: Username = "",
+        signature: Signature = "",
+        timeout: Annotated[float, Query(ge=0, le=60)] = 30,
+    ) -> Response:
+        """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
+        try:
+            task = await service.wait(user_of(username, signature), taskid, timeout)
+            return JSONResponse(await full_view(task, 0, 0))
+        except Exception as exc:
+            return native_error(exc)
+
+    @router.post("/tasks/{taskid}/cancel", response_model=TaskView, responses=ERRORS, summary="Cancel a task")
+    async def cancel_task(taskid: str, username: Username = "", signature: Signature = "") -> Response:
+        """Pending items stop (failed, "cancelled"); running ones finish; the task ends as failed, reason
+        "cancelled"."""
+        try:
+            task = await service.cancel(user_of(username, signature), taskid)
+            return JSONResponse(await full_view(task, 0, 0))
+        except Exception as exc:
+            return native_error(exc)
+
+    @router.get("/tasks", response_model=TaskList, responses=ERRORS, summary="List tasks")
+    async def list_tasks(
+        username: Username = "",
+        signature: Signature = "",
+        status: Annotated[int | None, Query(ge=0, le=2, description="0 succeeded, 1 in progress, 2 failed")] = None,
+        kind: Annotated[TaskKind | None, Query()] = None,
+        since: Annotated[str | None, Query(description="created at or after (epoch or ISO 8601)")] = None,
+        until: Annotated[str | None, Query(description="created before (epoch or ISO 8601)")] = None,
+        url: Annotated[str | None, Query(max_length=2048, description="a URL of the task contains this")] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Response:
+        """The user's tasks, newest first, with their totals (no items)."""
+        try:
+            user = user_of(username, signature)
+            where = TaskFilter(
+                status=None if status is None else TaskStatus(status),
+                kind=kind,
+                since=epoch(since, "since"),
+                until=epoch(until, "until"),
+                url_contains=url or None,
+                offset=offset,
+                limit=limit,
+            )
+            tasks = await service.store.list_tasks(user.name, where)
+            return JSONResponse({"tasks": [task_summary(service, t) for t in tasks], "offset": offset, "limit": limit})
+        except Exception as exc:
+            return native_error(exc)
+
+    @router.post("/tasks/lookup", response_model=TaskList, responses=ERRORS, summary="Several tasks in one call")
+    async def lookup(body: Lookup, username: Username = "", signature: Signature = "") -> Response:
+        """The given tasks that exist and are the user's (others are left out), in the order asked."""
+        try:
+            user = user_of(username, signature)
+            ids = [i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None]
+            tasks = await service.store.get_tasks(user.name, ids)
+            return JSONResponse({"tasks": [task_summary(service, t) for t in tasks], "offset": 0, "limit": len(ids)})
+        except Exception as exc:
+            return native_error(exc)
+
+    @router.get("/quota", response_model=QuotaView, responses=ERRORS, summary="Today's quota: used and left")
+    async def quota(username: Username = "", signature: Signature = "") -> Response:
+        try:
+            return JSONResponse(await service.quota(user_of(username, signature)))
         except Exception as exc:
             return native_error(exc)
 

@@ -78,21 +78,48 @@ class Counts(BaseModel):
     failed: int
 
 
-class TaskView(BaseModel):
+class TaskSummary(BaseModel):
     taskid: str
-    kind: str
+    kind: str = Field(description="prefetch | refresh")
     status: int = Field(description="0 succeeded, 1 in progress, 2 failed")
     msg: str
-    reason: str | None
+    reason: str | None = Field(description='why it ended early: "cancelled"')
     created_at: str
     finished_at: str | None
     duration_seconds: float | None
-    total: int
-    counts: Counts
+    total: int = Field(description="items: URLs × nodes (× steps)")
+    succeeded: int
+    failed: int
     progress: float = Field(description="finished items / all items, 0..1")
+
+
+class TaskView(TaskSummary):
+    counts: Counts
+    nodes: dict[str, Counts] = Field(description="counts per node")
     items: list[ItemView]
     offset: int
     limit: int
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskSummary]
+    offset: int
+    limit: int
+
+
+class Usage(BaseModel):
+    used: int
+    limit: int
+    left: int
+
+
+class QuotaView(BaseModel):
+    day: str = Field(description="yyyymmdd in the service's time zone")
+    timezone: str
+    urls: Usage
+    dirs: Usage
+    urls_per_call: int
+    dirs_per_call: int
 
 
 class NativeError(BaseModel):

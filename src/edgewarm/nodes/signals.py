@@ -2,12 +2,18 @@
 
 Understood, in this order: `Cache-Status` (RFC 9211), nginx `X-Cache-Status`, `X-Cache` (Squid, ATS, many
 CDNs: "HIT from host", "TCP_MISS"), Varnish `X-Varnish` (two transaction ids mean a hit) and finally `Age`.
+
+Behind a shield, a header may name several caches, as one comma-separated list or as several field lines
+(each cache appends its own): the first is the cache nearest the origin, the last one is the node we talked to,
+and only that one is read.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+
+from multidict import MultiMapping
 
 
 class CacheState(enum.StrEnum):
@@ -46,7 +52,9 @@ def _from_rfc9211(value: str) -> CacheState | None:
 
 
 def _from_word(value: str) -> CacheState | None:
-    for token in value.replace(",", " ").split():
+    # "HIT from shield, MISS from edge": only the last member is the node we talked to.
+    members = [m for m in value.split(",") if m.strip()]
+    for token in members[-1].split() if members else ():
         word = token.upper().removeprefix("TCP_").removeprefix("REFRESH_")
         if word in _WORDS:
             return _WORDS[word]
@@ -57,16 +65,24 @@ def _from_word(value: str) -> CacheState | None:
     return None
 
 
+def _field(headers: Mapping[str, str], name: str) -> str | None:
+    """Every field line of `name` joined with ", " (RFC 9110); a multidict's `get` alone gives only the first."""
+    if isinstance(headers, MultiMapping):  # aiohttp's response headers: one value per field line
+        lines: list[str] = headers.getall(name, [])
+        return ", ".join(lines) if lines else None
+    return headers.get(name)
+
+
 def cache_state(headers: Mapping[str, str]) -> CacheState | None:
     """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say."""
-    value = headers.get("Cache-Status")
+    value = _field(headers, "Cache-Status")
     if value and (state := _from_rfc9211(value)):
         return state
     for name in ("X-Cache-Status", "X-Cache"):
-        value = headers.get(name)
+        value = _field(headers, name)
         if value and (state := _from_word(value)):
             return state
-    varnish = headers.get("X-Varnish")
+    varnish = (_field(headers, "X-Varnish") or "").split(",")[-1]
     if varnish:
         return CacheState.HIT if len(varnish.split()) >= 2 else CacheState.MISS
     age = headers.get("Age")

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
-from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts
+from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskFilter
 
 SCHEMA_VERSION = 1
 
@@ -41,6 +41,23 @@ class TaskStore(Protocol):
         ...
 
     async def task_counts(self, task_id: str) -> TaskCounts: ...
+
+    async def node_counts(self, task_id: str) -> dict[str, TaskCounts]:
+        """The task's item counts per node."""
+        ...
+
+    async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
+        """The user's tasks, newest first."""
+        ...
+
+    async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
+        """Those of `task_ids` that exist and belong to `username`."""
+        ...
+
+    async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
+        """Fail the task's waiting and pending items with "cancelled"; running ones finish. The task ends as
+        failed with reason "cancelled" (at once when nothing runs). None when not found or not the user's."""
+        ...
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]: ...
 

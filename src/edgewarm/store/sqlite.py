@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Self, TypeVar
 
 from ..errors import QuotaExceeded, SchemaVersionError, StoreError
 from ..models import (
+    CANCELLED,
     Claim,
     Item,
     ItemAction,
@@ -25,6 +27,7 @@ from ..models import (
     NewTask,
     Task,
     TaskCounts,
+    TaskFilter,
     TaskKind,
     TaskStatus,
 )
@@ -146,7 +149,7 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(db)
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
         self._db = db
@@ -187,15 +190,23 @@ class SQLiteStore:
         return int(row[0]) if row else 0
 
     def _upgrade(self) -> int:
-        version = self._version()
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
-        for number in range(version, SCHEMA_VERSION):
-            self.db.executescript(
-                "BEGIN IMMEDIATE;"
-                + MIGRATIONS[number]
-                + f"; INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{number + 1}'); COMMIT;"
-            )
+        db = self.db
+        # The version is read under the write lock: two processes opening a new file at once must not both
+        # run the first migration. (executescript would COMMIT first, so the statements run one by one.)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version()
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _statements(MIGRATIONS[number]):
+                    db.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(number + 1),))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         return SCHEMA_VERSION
 
     async def upgrade(self) -> int:
@@ -270,6 +281,84 @@ class SQLiteStore:
             return TaskCounts(**{state: count for state, count in rows})
 
         return await self._run(counts)
+
+    async def node_counts(self, task_id: str) -> dict[str, TaskCounts]:
+        def counts() -> dict[str, TaskCounts]:
+            rows = self.db.execute(
+                "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)",
+                (task_id,),
+            ).fetchall()
+            out: dict[str, TaskCounts] = {}
+            for node, state, count in rows:
+                out[node] = out.get(node, TaskCounts()).add(TaskCounts(**{state: count}))
+            return out
+
+        return await self._run(counts)
+
+    async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
+        def tasks() -> list[Task]:
+            sql = [f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = ?"]
+            args: list[object] = [username]
+            if where.status is not None:
+                sql.append("AND status = ?")
+                args.append(int(where.status))
+            if where.kind is not None:
+                sql.append("AND kind = ?")
+                args.append(where.kind.value)
+            if where.since is not None:
+                sql.append("AND created_at >= ?")
+                args.append(where.since)
+            if where.until is not None:
+                sql.append("AND created_at < ?")
+                args.append(where.until)
+            if where.url_contains:
+                sql.append("AND EXISTS (SELECT 1 FROM items WHERE items.task_id = tasks.id AND instr(url, ?) > 0)")
+                args.append(where.url_contains)
+            sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
+            args += [where.limit, where.offset]
+            return [_task(r) for r in self.db.execute(" ".join(sql), args).fetchall()]
+
+        return await self._run(tasks)
+
+    async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
+        def tasks() -> list[Task]:
+            found = []
+            for task_id in task_ids:
+                row = self.db.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND username = ?", (task_id, username)
+                ).fetchone()
+                if row is not None:
+                    found.append(_task(row))
+            return found
+
+        return await self._run(tasks)
+
+    async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
+        def cancel() -> Task | None:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                owner = db.execute("SELECT username FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if owner is None or owner[0] != username:
+                    db.execute("ROLLBACK")
+                    return None
+                failed = db.execute(
+                    "UPDATE items SET state = 'failed', error = ?, lease_owner = NULL, updated_at = ? "
+                    "WHERE task_id = ? AND state IN ('waiting', 'pending')",
+                    (CANCELLED, now, task_id),
+                ).rowcount
+                db.execute(
+                    "UPDATE tasks SET failed = failed + ?, reason = ? WHERE id = ? AND status = 1",
+                    (failed, CANCELLED, task_id),
+                )
+                _finish_tasks(db, [task_id], now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return _task(db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+        return await self._run(cancel)
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         def items() -> list[Item]:
@@ -386,6 +475,33 @@ class SQLiteStore:
         yield
 
 
+def _enable_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch to WAL. While another connection switches a new file too, SQLite answers "locked" at once
+    instead of waiting (its busy timeout does not cover this): try again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script, split where sqlite3 sees a complete one end."""
+    statements: list[str] = []
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            statements.append(script[start : end + 1].strip())
+            start = end + 1
+    if script[start:].strip():
+        statements.append(script[start:].strip())
+    return statements
+
+
 def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
     q = task.quota
     row = db.execute("SELECT urls, dirs FROM usage WHERE username = ? AND day = ?", (task.username, q.day)).fetchone()
@@ -427,12 +543,18 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
             "UPDATE tasks SET succeeded = succeeded + ?, failed = failed + ? WHERE id = ?",
             (succeeded, failed, task_id),
         )
+    _finish_tasks(db, list(finals), now)
+    return applied
+
+
+def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
+    """End the tasks whose items are all final: 0 when all succeeded and none was cancelled, else 2."""
+    for task_id in task_ids:
         db.execute(
-            "UPDATE tasks SET status = CASE WHEN failed = 0 THEN 0 ELSE 2 END, finished_at = ? "
+            "UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = ? "
             "WHERE id = ? AND status = 1 AND succeeded + failed >= total",
             (now, task_id),
         )
-    return applied
 
 
 def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -> int:

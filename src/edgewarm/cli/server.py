@@ -1,4 +1,4 @@
-"""The `edgewarm` command."""
+"""Server commands: serve, api, worker, db upgrade, check-config, demo."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from .config import Config, load_config
-from .errors import EdgewarmError
-from .logs import setup_logging
+from ..config import Config, load_config
+from ..errors import EdgewarmError
+from ..logs import setup_logging
+from .main import main
 
 CONFIG_HELP = "the TOML config file"
 
@@ -50,17 +51,11 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEWARM"})
-@click.version_option(package_name="edgewarm")
-def main() -> None:
-    """edgewarm: CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN."""
-
-
 @main.command()
 @config_option
 def serve(config_path: str) -> None:
     """Run the HTTP API and the warming engine in one process."""
-    from .runtime import run
+    from ..runtime import run
 
     config = _load(config_path)
     _setup_logging(config)
@@ -71,7 +66,7 @@ def serve(config_path: str) -> None:
 @config_option
 def api(config_path: str) -> None:
     """Run the HTTP API only (several may share one PostgreSQL store)."""
-    from .runtime import run
+    from ..runtime import run
 
     config = _load(config_path)
     _setup_logging(config)
@@ -82,7 +77,7 @@ def api(config_path: str) -> None:
 @config_option
 def worker(config_path: str) -> None:
     """Run the warming engine only (several may share one PostgreSQL store)."""
-    from .runtime import run
+    from ..runtime import run
 
     config = _load(config_path)
     _setup_logging(config)
@@ -111,7 +106,7 @@ def db() -> None:
 @config_option
 def upgrade(config_path: str) -> None:
     """Create or migrate the store's schema."""
-    from .store import open_store
+    from ..store import open_store
 
     config = _load(config_path)
 
@@ -131,7 +126,7 @@ def upgrade(config_path: str) -> None:
 @click.option("--keep", is_flag=True, help="keep the fleet and the service running until Ctrl-C")
 def demo(urls: int, keep: bool) -> None:
     """Start local nginx caches and edgewarm on SQLite, warm a task and show it."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     if not run_demo(urls=urls, keep=keep):
         raise SystemExit(1)

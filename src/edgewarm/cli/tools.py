@@ -1,0 +1,305 @@
+"""User tools: submit, refresh, watch, query, tasks, cancel, quota, sign.
+
+The server address and credentials come from flags, else environment variables (EDGEWARM_SERVER,
+EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_CONFIG, default
+~/.config/edgewarm/client.toml, with keys `server`, `username`, `secret`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .. import auth
+from ..client import Client, ClientError
+from .main import main
+from .watch import follow
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+DEFAULT_CLIENT_CONFIG = "~/.config/edgewarm/client.toml"
+
+
+def connection_options(fn: F) -> F:
+    for option in reversed(
+        (
+            click.option("--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]"),
+            click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, help="JD username"),
+            click.option(
+                "--secret",
+                envvar="EDGEWARM_SECRET",
+                show_envvar=True,
+                help="the user's secret key (prefer the variable or the client config: flags show in `ps`)",
+            ),
+            click.option(
+                "--client-config",
+                envvar="EDGEWARM_CLIENT_CONFIG",
+                show_envvar=True,
+                default=DEFAULT_CLIENT_CONFIG,
+                show_default=True,
+                type=click.Path(dir_okay=False),
+                help="TOML file with server, username, secret",
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def make_client(server: str | None, username: str | None, secret: str | None, client_config: str) -> Client:
+    path = Path(client_config).expanduser()
+    stored: dict[str, Any] = {}
+    if path.exists():
+        try:
+            stored = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"client config {path}: {exc}") from None
+        unknown = set(stored) - {"server", "username", "secret", "timezone"}
+        if unknown:
+            raise click.ClickException(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
+    server = server or stored.get("server") or DEFAULT_SERVER
+    username = username or stored.get("username")
+    secret = secret or stored.get("secret")
+    if not username or not secret:
+        raise click.UsageError(
+            "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
+        )
+    return Client(str(server), str(username), str(secret), timezone=str(stored.get("timezone", auth.DEFAULT_TIMEZONE)))
+
+
+def read_entries(args: Iterable[str], file: str | None) -> list[str]:
+    """URLs from the arguments, then from --file (- for stdin), or from stdin when neither is given."""
+    entries = [a.strip() for a in args if a.strip()]
+    stream = None
+    if file == "-" or (file is None and not entries and not sys.stdin.isatty()):
+        stream = sys.stdin
+    if file not in (None, "-"):
+        try:
+            stream = open(str(file), encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    if stream is not None:
+        with stream:
+            entries += [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise click.UsageError("no URLs: give them as arguments, with --file, or on stdin")
+    return entries
+
+
+def chunks(entries: list[str], size: int) -> list[list[str]]:
+    return [entries[i : i + size] for i in range(0, len(entries), size)]
+
+
+def fail(exc: ClientError) -> click.ClickException:
+    return click.ClickException(f"JD code {exc.code}: {exc.message}")
+
+
+@main.command()
+@click.argument("urls", nargs=-1)
+@click.option("--file", "-f", type=str, help="read URLs from this file, one per line (- for stdin)")
+@click.option("--per-call", default=100, show_default=True, help="URLs per API call (the server's limit)")
+@click.option("--refresh-first", is_flag=True, help="purge each URL on a node before warming it there")
+@click.option("--callback-url", help="POST the task summary here when it ends (host must be allowed)")
+@click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
+@connection_options
+def submit(
+    urls: tuple[str, ...],
+    file: str | None,
+    per_call: int,
+    refresh_first: bool,
+    callback_url: str | None,
+    wait_: bool,
+    server: str | None,
+    username: str | None,
+    secret: str | None,
+    client_config: str,
+) -> None:
+    """Prefetch (warm) URLs: split into calls of --per-call, print one task id per line."""
+    entries = read_entries(urls, file)
+    with make_client(server, username, secret, client_config) as client:
+        taskids = []
+        for chunk in chunks(entries, per_call):
+            try:
+                taskids.append(client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url))
+            except ClientError as exc:
+                for taskid in taskids:
+                    click.echo(taskid)
+                raise fail(exc) from None
+        for taskid in taskids:
+            click.echo(taskid)
+        if wait_:
+            raise SystemExit(follow(client, taskids))
+
+
+@main.command()
+@click.argument("entries", nargs=-1)
+@click.option("--file", "-f", type=str, help="read URLs or directories from this file (- for stdin)")
+@click.option("--dir", "directories", is_flag=True, help="entries are directories (ending with '/')")
+@click.option("--per-call", default=None, type=int, help="entries per call [default: 100 files, 5 directories]")
+@click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
+@connection_options
+def refresh(
+    entries: tuple[str, ...],
+    file: str | None,
+    directories: bool,
+    per_call: int | None,
+    wait_: bool,
+    server: str | None,
+    username: str | None,
+    secret: str | None,
+    client_config: str,
+) -> None:
+    """Refresh (purge) files or directories on every node; print one task id per line."""
+    items = read_entries(entries, file)
+    size = per_call or (5 if directories else 100)
+    with make_client(server, username, secret, client_config) as client:
+        taskids = []
+        try:
+            for chunk in chunks(items, size):
+                taskids.append(client.refresh(chunk, directories=directories))
+        except ClientError as exc:
+            raise fail(exc) from None
+        finally:
+            for taskid in taskids:
+                click.echo(taskid)
+        if wait_:
+            raise SystemExit(follow(client, taskids))
+
+
+@main.command()
+@click.argument("taskids", nargs=-1, required=True)
+@click.option("--interval", default=0.5, show_default=True, help="seconds between updates")
+@connection_options
+def watch(
+    taskids: tuple[str, ...],
+    interval: float,
+    server: str | None,
+    username: str | None,
+    secret: str | None,
+    client_config: str,
+) -> None:
+    """Live progress per task and per node, then a summary; exit 0 if all succeeded, 1 if not."""
+    with make_client(server, username, secret, client_config) as client:
+        try:
+            raise SystemExit(follow(client, list(taskids), interval=interval))
+        except ClientError as exc:
+            raise fail(exc) from None
+
+
+@main.command()
+@click.argument("taskid")
+@connection_options
+def query(taskid: str, server: str | None, username: str | None, secret: str | None, client_config: str) -> None:
+    """Print JD's answer for a task (prefetchQuery, or refreshQuery for a refresh task)."""
+    with make_client(server, username, secret, client_config) as client:
+        try:
+            data = client.query(taskid)
+        except ClientError as exc:
+            if exc.code != 1:
+                raise fail(exc) from None
+            try:
+                data = client.query(taskid, refresh=True)
+            except ClientError as again:
+                raise fail(again) from None
+        click.echo(json.dumps({"status": 0, "data": data}, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["0", "1", "2"]), help="0 succeeded, 1 in progress, 2 failed")
+@click.option("--kind", type=click.Choice(["prefetch", "refresh"]))
+@click.option("--since", help="created at or after (ISO 8601 or epoch seconds)")
+@click.option("--until", help="created before (ISO 8601 or epoch seconds)")
+@click.option("--url", help="only tasks with a URL containing this")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@connection_options
+def tasks(
+    status: str | None,
+    kind: str | None,
+    since: str | None,
+    until: str | None,
+    url: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+    server: str | None,
+    username: str | None,
+    secret: str | None,
+    client_config: str,
+) -> None:
+    """List your tasks, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with make_client(server, username, secret, client_config) as client:
+        try:
+            found = client.tasks(
+                status=status, kind=kind, since=since, until=until, url=url, limit=limit, offset=offset
+            )
+        except ClientError as exc:
+            raise fail(exc) from None
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False))
+        return
+    table = Table("taskid", "kind", "status", "created", "total", "succeeded", "failed", "duration")
+    for t in found["tasks"]:
+        table.add_row(
+            t["taskid"],
+            t["kind"],
+            f"{t['status']} {t['msg']}",
+            t["created_at"],
+            str(t["total"]),
+            str(t["succeeded"]),
+            str(t["failed"]),
+            "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
+        )
+    Console().print(table)
+
+
+@main.command()
+@click.argument("taskid")
+@connection_options
+def cancel(taskid: str, server: str | None, username: str | None, secret: str | None, client_config: str) -> None:
+    """Cancel a task: its pending items stop and it ends as failed ("cancelled")."""
+    with make_client(server, username, secret, client_config) as client:
+        try:
+            view = client.cancel(taskid)
+        except ClientError as exc:
+            raise fail(exc) from None
+    click.echo(f"{view['taskid']}: {view['msg']} ({view['reason']})")
+
+
+@main.command()
+@connection_options
+def quota(server: str | None, username: str | None, secret: str | None, client_config: str) -> None:
+    """Today's quota: used and left."""
+    with make_client(server, username, secret, client_config) as client:
+        try:
+            click.echo(json.dumps(client.quota()))
+        except ClientError as exc:
+            raise fail(exc) from None
+
+
+@main.command()
+@click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, required=True)
+@click.option("--secret", envvar="EDGEWARM_SECRET", show_envvar=True, required=True)
+@click.option("--date", "day", help="yyyymmdd [default: today in --timezone]")
+@click.option("--timezone", default=auth.DEFAULT_TIMEZONE, show_default=True)
+def sign(username: str, secret: str, day: str | None, timezone: str) -> None:
+    """Print the JD signature md5(yyyymmdd + username + secret), for curl users."""
+    if day is None:
+        on = auth.today(datetime.now().astimezone(), timezone)
+    else:
+        try:
+            on = datetime.strptime(day, "%Y%m%d").date()
+        except ValueError:
+            raise click.BadParameter("use yyyymmdd", param_hint="--date") from None
+    click.echo(auth.sign(username, secret, on))

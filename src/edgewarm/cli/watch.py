@@ -1,0 +1,111 @@
+"""`edgewarm watch`: live progress per task and per node, a summary table, an exit status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..client import Client
+
+FAILURES_SHOWN = 5
+
+
+def _done(counts: dict[str, int]) -> int:
+    return counts["succeeded"] + counts["failed"]
+
+
+def _total(counts: dict[str, int]) -> int:
+    return sum(counts.values())
+
+
+def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console: Console | None = None) -> int:
+    """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1."""
+    out = console or Console(stderr=False)
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]}/s"),
+        TimeRemainingColumn(),
+    )
+    views: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    with Progress(*columns, console=out, transient=False) as progress:
+        task_bars: dict[str, TaskID] = {
+            t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids
+        }
+        node_bars: dict[str, TaskID] = {}
+        while True:
+            for taskid in taskids:
+                if taskid not in views or views[taskid]["status"] == 1:
+                    views[taskid] = client.task(taskid, limit=0)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            per_node: dict[str, dict[str, int]] = {}
+            for taskid, view in views.items():
+                counts = view["counts"]
+                progress.update(
+                    task_bars[taskid],
+                    total=view["total"],
+                    completed=_done(counts),
+                    failed=counts["failed"],
+                    rate=f"{_done(counts) / elapsed:.0f}",
+                )
+                for node, c in view["nodes"].items():
+                    into = per_node.setdefault(node, dict.fromkeys(c, 0))
+                    for key, value in c.items():
+                        into[key] += value
+            for node, c in per_node.items():
+                if node not in node_bars:
+                    node_bars[node] = progress.add_task(f"  node {node}", total=None, failed=0, rate="-")
+                progress.update(
+                    node_bars[node],
+                    total=_total(c),
+                    completed=_done(c),
+                    failed=c["failed"],
+                    rate=f"{_done(c) / elapsed:.0f}",
+                )
+            if all(v["status"] != 1 for v in views.values()):
+                break
+            time.sleep(interval)
+    return summarize(client, views, out)
+
+
+def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) -> int:
+    table = Table("taskid", "kind", "status", "items", "succeeded", "failed", "duration", title="tasks")
+    for taskid, view in views.items():
+        counts = view["counts"]
+        table.add_row(
+            taskid,
+            view["kind"],
+            f"{view['status']} {view['msg']}" + (f" ({view['reason']})" if view["reason"] else ""),
+            str(view["total"]),
+            str(counts["succeeded"]),
+            str(counts["failed"]),
+            f"{view['duration_seconds']}s",
+        )
+    out.print(table)
+    failures: list[tuple[str, dict[str, Any]]] = []
+    for taskid, view in views.items():
+        if view["counts"]["failed"] and len(failures) < FAILURES_SHOWN:
+            items = client.task(taskid, limit=10_000)["items"]
+            failures += [(taskid, i) for i in items if i["state"] == "failed"][: FAILURES_SHOWN - len(failures)]
+    if failures:
+        shown = Table("taskid", "node", "url", "http", "attempts", "error", title="first failures")
+        for taskid, item in failures:
+            shown.add_row(
+                taskid[:8],
+                item["node"],
+                item["url"],
+                str(item["http_status"] or "-"),
+                str(item["attempts"]),
+                item["error"] or "",
+            )
+        out.print(shown)
+    ok = all(v["status"] == 0 for v in views.values())
+    out.print("[green]all succeeded[/]" if ok else "[red]some items failed[/]")
+    return 0 if ok else 1

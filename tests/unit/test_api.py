@@ -1,0 +1,640 @@
+"""The HTTP API end to end in process: JD routes, native routes, HTTP-level refusals, the OpenAPI document."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+import pytest
+
+from edgewarm.api import create_app
+from edgewarm.auth import sign
+from edgewarm.config import Config, parse_config
+from edgewarm.models import ItemOutcome, ItemState, TaskKind, TaskStatus
+from edgewarm.service import Service
+from edgewarm.store import TaskStore, open_store
+
+pytestmark = pytest.mark.anyio
+
+# 04:00 UTC is noon in Shanghai: the signature day is unambiguous.
+NOW = datetime(2024, 3, 10, 4, 0, tzinfo=UTC).timestamp()
+DAY = date(2024, 3, 10)
+USER = "jcloud_00"
+SECRET = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
+OTHER = "other"
+OTHER_SECRET = "0123456789abcdef"
+SMALL = "small"
+SMALL_SECRET = "small-secret"
+MAX_BODY = 4096
+
+BASE_CONFIG: dict[str, Any] = {
+    "store": "memory://",
+    "api": {"max_body_bytes": MAX_BODY},
+    "users": [
+        {"name": USER, "secret": SECRET, "domains": ["www.example.test", "*.img.example.test"]},
+        {"name": OTHER, "secret": OTHER_SECRET, "domains": ["www.other.test"]},
+        {"name": SMALL, "secret": SMALL_SECRET, "domains": ["www.example.test"], "urls_per_call": 3, "urls_per_day": 5},
+    ],
+    "nodes": [
+        {"name": "shield-1", "url": "http://127.0.0.1:18090", "tier": "shield"},
+        {"name": "edge-1", "url": "http://127.0.0.1:18081"},
+        {"name": "edge-2", "url": "http://127.0.0.1:18082"},
+    ],
+}
+NODES = 3
+
+
+def make_config(**api: Any) -> Config:
+    data = dict(BASE_CONFIG)
+    data["api"] = {**BASE_CONFIG["api"], **api}
+    return parse_config(data)
+
+
+def signature(user: str = USER, secret: str = SECRET, day: date = DAY) -> str:
+    return sign(user, secret, day)
+
+
+def creds(user: str = USER, secret: str = SECRET) -> dict[str, str]:
+    return {"username": user, "signature": signature(user, secret)}
+
+
+def urls(count: int, host: str = "www.example.test") -> list[str]:
+    return [f"http://{host}/file/{n}.bin" for n in range(count)]
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    store: TaskStore
+    service: Service
+
+    async def call(self, path: str, body: Any) -> dict[str, Any]:
+        """POST a JSON body to a JD route; JD answers are always HTTP 200."""
+        response = await self.client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def raw(self, path: str, content: bytes, content_type: str | None) -> dict[str, Any]:
+        headers = {} if content_type is None else {"content-type": content_type}
+        response = await self.client.post(path, content=content, headers=headers)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def prefetch(self, publish_urls: Any, user: str = USER, secret: str = SECRET) -> dict[str, Any]:
+        return await self.call("/api/prefetch", {**creds(user, secret), "publish_urls": publish_urls})
+
+    async def submitted(self, count: int = 2, user: str = USER, secret: str = SECRET) -> str:
+        answer = await self.prefetch(urls(count), user, secret)
+        assert answer["status"] == 0, answer
+        taskid: str = answer["taskid"]
+        return taskid
+
+    async def query(self, taskid: Any, user: str = USER, secret: str = SECRET) -> httpx.Response:
+        return await self.client.post("/api/prefetchQuery", json={**creds(user, secret), "taskid": taskid})
+
+    async def native(self, taskid: str, user: str = USER, sig: str | None = None, **params: Any) -> httpx.Response:
+        headers = {"X-Edgewarm-Username": user, "X-Edgewarm-Signature": sig or signature()}
+        return await self.client.get(f"/v1/tasks/{taskid}", headers=headers, params=params)
+
+
+@asynccontextmanager
+async def running(config: Config, clock: Callable[[], float] = lambda: NOW) -> AsyncIterator[Api]:
+    async with open_store("memory://") as store:
+        service = Service(config, store, clock=clock)
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://edgewarm.test") as client:
+            yield Api(client, store, service)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    async with running(make_config()) as running_api:
+        yield running_api
+
+
+def assert_code(answer: dict[str, Any], code: int) -> None:
+    assert answer["status"] == code, answer
+    assert isinstance(answer["msg"], str) and answer["msg"]
+    assert "taskid" not in answer
+    assert "data" not in answer
+
+
+# --- code 2: parameters empty ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/prefetch", "/api/prefetchQuery"])
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"", "application/json"),
+        (b"", None),
+        (b"", "application/x-www-form-urlencoded"),
+        (b"   ", "application/json"),
+        (b"{}", "application/json"),
+        (b"{}", None),
+        (b'{"username": "jcloud_00", ', "application/json"),
+        (b"not json at all", "application/json"),
+        (b'[{"username": "jcloud_00"}]', "application/json"),
+        (b"[]", None),
+        (b'"a string"', "application/json"),
+        (b"null", "application/json"),
+    ],
+)
+async def test_code_2_for_empty_or_unusable_bodies(
+    api: Api, path: str, content: bytes, content_type: str | None
+) -> None:
+    """An empty body, {}, invalid JSON or a JSON non-object is code 2 (HTTP 200)."""
+    assert_code(await api.raw(path, content, content_type), 2)
+
+
+# --- codes 3, 4, 20, 7: who is calling ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("username", [None, "", "   "])
+async def test_code_3_for_an_empty_username(api: Api, username: str | None) -> None:
+    """A missing or blank username is code 3, on both routes."""
+    body: dict[str, Any] = {"signature": signature(), "publish_urls": urls(1)}
+    if username is not None:
+        body["username"] = username
+    assert_code(await api.call("/api/prefetch", body), 3)
+    query = {k: v for k, v in body.items() if k != "publish_urls"} | {"taskid": str(uuid.uuid4())}
+    assert_code(await api.call("/api/prefetchQuery", query), 3)
+
+
+@pytest.mark.parametrize("sig", [None, "", "  "])
+async def test_code_4_for_an_empty_signature(api: Api, sig: str | None) -> None:
+    """A missing or blank signature is code 4, on both routes."""
+    body: dict[str, Any] = {"username": USER, "publish_urls": urls(1)}
+    if sig is not None:
+        body["signature"] = sig
+    assert_code(await api.call("/api/prefetch", body), 4)
+    query = {k: v for k, v in body.items() if k != "publish_urls"} | {"taskid": str(uuid.uuid4())}
+    assert_code(await api.call("/api/prefetchQuery", query), 4)
+
+
+async def test_code_3_comes_before_code_6(api: Api) -> None:
+    """With neither username nor URLs, the username is reported first."""
+    assert_code(await api.call("/api/prefetch", {"signature": signature()}), 3)
+
+
+async def test_missing_fields_are_reported_before_the_signature_is_checked(api: Api) -> None:
+    """An empty URL list or task id is reported (6, 11) even when the signature is wrong."""
+    bad = {"username": USER, "signature": "0" * 32}
+    assert_code(await api.call("/api/prefetch", {**bad, "publish_urls": []}), 6)
+    assert_code(await api.call("/api/prefetchQuery", {**bad, "taskid": ""}), 11)
+    assert_code(await api.call("/api/prefetch", {**bad, "publish_urls": urls(1)}), 7)
+
+
+async def test_code_20_for_an_unknown_user(api: Api) -> None:
+    """A username not in the config is code 20, on both routes."""
+    body = {"username": "nobody", "signature": sign("nobody", SECRET, DAY)}
+    assert_code(await api.call("/api/prefetch", {**body, "publish_urls": urls(1)}), 20)
+    assert_code(await api.call("/api/prefetchQuery", {**body, "taskid": str(uuid.uuid4())}), 20)
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [
+        "0" * 32,
+        sign(USER, "wrong-secret", DAY),
+        sign(USER, SECRET, DAY - timedelta(days=3)),
+        sign(USER, SECRET, DAY + timedelta(days=2)),
+        sign(OTHER, OTHER_SECRET, DAY),
+        "not-hex",
+    ],
+)
+async def test_code_7_for_a_wrong_signature(api: Api, sig: str) -> None:
+    """A wrong signature, or one outside the day window, is code 7 on both routes."""
+    assert_code(await api.call("/api/prefetch", {"username": USER, "signature": sig, "publish_urls": urls(1)}), 7)
+    query = {"username": USER, "signature": sig, "taskid": str(uuid.uuid4())}
+    assert_code(await api.call("/api/prefetchQuery", query), 7)
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+async def test_signatures_of_yesterday_today_tomorrow_are_accepted(api: Api, offset: int) -> None:
+    """The Shanghai yesterday, today and tomorrow all sign a call."""
+    sig = sign(USER, SECRET, DAY + timedelta(days=offset))
+    answer = await api.call("/api/prefetch", {"username": USER, "signature": sig, "publish_urls": urls(1)})
+    assert answer["status"] == 0, answer
+
+
+async def test_upper_case_signature_is_accepted(api: Api) -> None:
+    """An upper-case hex signature is accepted."""
+    answer = await api.call(
+        "/api/prefetch", {"username": USER, "signature": signature().upper(), "publish_urls": urls(1)}
+    )
+    assert answer["status"] == 0, answer
+
+
+# --- code 6, 10, 17, 18, 47: the URL list ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("publish_urls", [None, [], "", ",,,", " , ,", ["", " "]])
+async def test_code_6_for_an_empty_url_list(api: Api, publish_urls: Any) -> None:
+    """A missing, empty, blank or comma-only URL list is code 6."""
+    body: dict[str, Any] = creds()
+    if publish_urls is not None:
+        body["publish_urls"] = publish_urls
+    assert_code(await api.call("/api/prefetch", body), 6)
+
+
+async def test_code_10_for_more_than_100_urls(api: Api) -> None:
+    """101 URLs in one prefetch is code 10; 100 is accepted."""
+    assert_code(await api.prefetch(urls(101)), 10)
+    assert (await api.prefetch(urls(100)))["status"] == 0
+
+
+async def test_code_10_follows_a_users_own_limit(api: Api) -> None:
+    """A user whose urls_per_call is 3 gets code 10 for 4 URLs, and success for 3."""
+    assert_code(await api.prefetch(urls(4), SMALL, SMALL_SECRET), 10)
+    assert (await api.prefetch(urls(3), SMALL, SMALL_SECRET))["status"] == 0
+
+
+async def test_code_10_for_a_comma_string_too(api: Api) -> None:
+    """The limit counts URLs in a comma string as in an array."""
+    assert_code(await api.prefetch(",".join(urls(101))), 10)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ftp://www.example.test/a",
+        "http://www.example.test/a b",
+        "http://www.example.test/a\r\nX: y",
+        "http://127.0.0.1/a",
+        "http://user@www.example.test/a",
+        "www.example.test/a",
+        "http://www.example.test/a#top",
+    ],
+)
+async def test_code_17_for_an_illegal_url(api: Api, bad: str) -> None:
+    """An illegal URL anywhere in the list is code 17, and nothing is created."""
+    assert_code(await api.prefetch([urls(1)[0], bad]), 17)
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+
+
+@pytest.mark.parametrize("publish_urls", [[1, 2], {"a": "http://www.example.test/"}, 5, True])
+async def test_code_17_for_a_url_list_of_the_wrong_type(api: Api, publish_urls: Any) -> None:
+    """A URL list that is not strings is code 17."""
+    assert_code(await api.prefetch(publish_urls), 17)
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["http://www.other.test/a", "http://img.example.test/a", "http://example.test/a", "http://xwww.example.test/"],
+)
+async def test_code_18_for_a_domain_that_is_not_the_users(api: Api, foreign: str) -> None:
+    """A URL on a domain the user does not own is code 18, and nothing is charged."""
+    assert_code(await api.prefetch([urls(1)[0], foreign]), 18)
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+
+
+async def test_wildcard_domains_are_owned(api: Api) -> None:
+    """URLs under the user's '*.img.example.test' are accepted."""
+    answer = await api.prefetch(["http://a.img.example.test/x.jpg", "http://b.a.img.example.test/y.jpg"])
+    assert answer["status"] == 0, answer
+
+
+async def test_code_47_for_duplicate_urls(api: Api) -> None:
+    """The same URL twice in one call is code 47, whether array or comma string."""
+    one = urls(1)[0]
+    assert_code(await api.prefetch([one, urls(2)[1], one]), 47)
+    assert_code(await api.prefetch(f"{one}, {one}"), 47)
+
+
+# --- code 1: daily quota -------------------------------------------------------------------------------
+
+
+async def test_code_1_when_the_daily_quota_is_exceeded(api: Api) -> None:
+    """With urls_per_day 5, 3 + 3 URLs is refused with code 1 (nothing charged), 3 + 2 fits, then 1 more fails."""
+    day = f"{DAY:%Y%m%d}"
+    assert (await api.prefetch(urls(3), SMALL, SMALL_SECRET))["status"] == 0
+    refused = await api.prefetch(urls(3), SMALL, SMALL_SECRET)
+    assert_code(refused, 1)
+    assert "quota" in refused["msg"]
+    assert await api.store.usage(SMALL, day) == (3, 0)
+    assert (await api.prefetch(urls(2), SMALL, SMALL_SECRET))["status"] == 0
+    assert await api.store.usage(SMALL, day) == (5, 0)
+    assert_code(await api.prefetch(urls(1), SMALL, SMALL_SECRET), 1)
+
+
+async def test_quota_is_per_user(api: Api) -> None:
+    """One user's spent quota does not refuse another user."""
+    assert (await api.prefetch(urls(3), SMALL, SMALL_SECRET))["status"] == 0
+    assert (await api.prefetch(urls(3), SMALL, SMALL_SECRET))["status"] == 1
+    assert (await api.prefetch(urls(3)))["status"] == 0
+
+
+# --- code 11 and 1: task ids ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("taskid", [None, "", "   "])
+async def test_code_11_for_an_empty_taskid(api: Api, taskid: str | None) -> None:
+    """A missing or blank taskid is code 11."""
+    body: dict[str, Any] = creds()
+    if taskid is not None:
+        body["taskid"] = taskid
+    assert_code(await api.call("/api/prefetchQuery", body), 11)
+
+
+async def test_code_1_for_an_unknown_task(api: Api) -> None:
+    """An unknown task id is code 1 'task not found'."""
+    response = await api.query(str(uuid.uuid4()))
+    assert response.status_code == 200
+    assert_code(response.json(), 1)
+
+
+async def test_another_users_task_answers_exactly_like_an_unknown_one(api: Api) -> None:
+    """Another user's task id, an unknown id and a malformed id get byte-for-byte the same answer."""
+    answer = await api.call(
+        "/api/prefetch", {**creds(OTHER, OTHER_SECRET), "publish_urls": ["http://www.other.test/a"]}
+    )
+    assert answer["status"] == 0, answer
+    other_task = answer["taskid"]
+    assert (await api.query(other_task, OTHER, OTHER_SECRET)).json()["status"] == 0
+
+    foreign = await api.query(other_task)
+    unknown = await api.query(str(uuid.uuid4()))
+    malformed = await api.query("not-a-task-id")
+    foreign_hex = await api.query(uuid.UUID(other_task).hex)
+    assert foreign.status_code == unknown.status_code == malformed.status_code == foreign_hex.status_code == 200
+    assert foreign.content == unknown.content == malformed.content == foreign_hex.content
+    assert foreign.json()["status"] == 1
+
+
+@pytest.mark.parametrize("taskid", [5, ["x"], {"id": "x"}])
+async def test_a_taskid_that_is_not_a_string_is_refused(api: Api, taskid: Any) -> None:
+    """A taskid of another JSON type never reaches the store: code 11."""
+    assert_code((await api.query(taskid)).json(), 11)
+
+
+# --- success -------------------------------------------------------------------------------------------------
+
+
+def assert_submitted(answer: dict[str, Any]) -> str:
+    assert answer["status"] == 0, answer
+    assert answer["msg"] == "成功"
+    taskid = answer["taskid"]
+    assert isinstance(taskid, str) and len(taskid) == 36
+    assert uuid.UUID(taskid).version == 4
+    assert str(uuid.UUID(taskid)) == taskid
+    return taskid
+
+
+async def test_prefetch_with_a_json_array_creates_the_task_and_its_items(api: Api) -> None:
+    """A JSON array of 3 URLs on 3 nodes gives a UUIDv4 task with 9 items, durable before the answer."""
+    submitted = urls(3)
+    taskid = assert_submitted(await api.prefetch(submitted))
+    task = await api.store.get_task(taskid, USER)
+    assert task is not None
+    assert (task.kind, task.status, task.total, task.username) == (TaskKind.PREFETCH, TaskStatus.IN_PROGRESS, 9, USER)
+    assert task.created_at == NOW
+    counts = await api.store.task_counts(taskid)
+    # The shield tier goes first: its items are pending, the edges wait for it.
+    assert (counts.pending, counts.waiting, counts.total) == (3, 6, 9)
+    items = await api.store.list_items(taskid)
+    assert {(i.url, i.node) for i in items} == {(u, n) for u in submitted for n in ("shield-1", "edge-1", "edge-2")}
+    assert {i.state for i in items if i.node == "shield-1"} == {ItemState.PENDING}
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (3, 0)
+
+
+async def test_prefetch_with_a_comma_string(api: Api) -> None:
+    """publish_urls as one comma-separated string works like the array."""
+    taskid = assert_submitted(await api.prefetch(" , ".join(urls(2)) + ","))
+    task = await api.store.get_task(taskid)
+    assert task is not None and task.total == 2 * NODES
+
+
+async def test_prefetch_with_a_form_body(api: Api) -> None:
+    """An application/x-www-form-urlencoded body is read like JSON, with a comma string of URLs."""
+    body = urlencode({**creds(), "publish_urls": ",".join(urls(2))}).encode()
+    taskid = assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded"))
+    task = await api.store.get_task(taskid)
+    assert task is not None and task.total == 2 * NODES
+
+
+async def test_prefetch_with_a_form_body_of_repeated_fields(api: Api) -> None:
+    """A form with publish_urls repeated gives one URL per field."""
+    fields = [*creds().items(), *(("publish_urls", u) for u in urls(3))]
+    body = urlencode(fields).encode()
+    taskid = assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded; charset=utf-8"))
+    task = await api.store.get_task(taskid)
+    assert task is not None and task.total == 3 * NODES
+
+
+async def test_prefetch_with_json_and_no_content_type(api: Api) -> None:
+    """A JSON body sent without a Content-Type is still read as JSON."""
+    body = orjson.dumps({**creds(), "publish_urls": urls(1)})
+    assert_submitted(await api.raw("/api/prefetch", body, None))
+    assert_submitted(
+        await api.raw("/api/prefetch", b"  " + orjson.dumps({**creds(), "publish_urls": urls(1)[0]}), "text/plain")
+    )
+
+
+async def test_prefetch_query_answers_in_progress(api: Api) -> None:
+    """A fresh task is status 1 'In Progress', found by its 36- or 32-character id."""
+    taskid = await api.submitted()
+    for given in (taskid, uuid.UUID(taskid).hex, taskid.upper(), f" {taskid} "):
+        response = await api.query(given)
+        assert response.status_code == 200
+        assert response.json() == {"status": 0, "data": {"taskid": taskid, "status": 1, "msg": "In Progress"}}
+
+
+async def test_prefetch_query_with_a_form_body(api: Api) -> None:
+    """prefetchQuery also takes a form body."""
+    taskid = await api.submitted()
+    body = urlencode({**creds(), "taskid": taskid}).encode()
+    answer = await api.raw("/api/prefetchQuery", body, "application/x-www-form-urlencoded")
+    assert answer["data"]["status"] == 1
+
+
+async def test_language_zh_answers_in_chinese() -> None:
+    """With language = "zh", a fresh task is 进行中; the submit answer stays 成功."""
+    async with running(make_config(language="zh")) as zh:
+        answer = await zh.prefetch(urls(1))
+        taskid = assert_submitted(answer)
+        data = (await zh.query(taskid)).json()["data"]
+        assert data == {"taskid": taskid, "status": 1, "msg": "进行中"}
+
+
+async def test_the_signature_day_follows_the_clock() -> None:
+    """The service's clock decides the signature day: at 17:30 UTC the Shanghai date is already the next day."""
+    late = datetime(2024, 3, 9, 17, 30, tzinfo=UTC).timestamp()  # 2024-03-10 01:30 in Shanghai
+    async with running(make_config(signature_window_days=0), clock=lambda: late) as strict:
+        assert (await strict.prefetch(urls(1)))["status"] == 0
+        day_before = sign(USER, SECRET, DAY - timedelta(days=1))
+        answer = await strict.call(
+            "/api/prefetch", {"username": USER, "signature": day_before, "publish_urls": urls(1)}
+        )
+        assert_code(answer, 7)
+
+
+# --- HTTP-level refusals ----------------------------------------------------------------------------------
+
+
+async def test_413_for_a_body_over_the_limit_by_content_length(api: Api) -> None:
+    """A body larger than max_body_bytes (announced by Content-Length) is HTTP 413."""
+    body = orjson.dumps({**creds(), "publish_urls": "x" * MAX_BODY})
+    response = await api.client.post("/api/prefetch", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+
+
+async def test_413_for_a_chunked_body_over_the_limit(api: Api) -> None:
+    """A chunked body (no Content-Length) that grows past max_body_bytes is HTTP 413."""
+    sent: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            sent.append(1)
+            yield b"a" * 1024
+
+    response = await api.client.post("/api/prefetch", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert len(sent) < 10  # refused once over the limit, not after reading everything
+
+
+async def test_chunked_body_under_the_limit_is_served(api: Api) -> None:
+    """A chunked body within the limit reaches the route whole."""
+    body = orjson.dumps({**creds(), "publish_urls": urls(2)})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16):
+            yield body[start : start + 16]
+
+    response = await api.client.post("/api/prefetch", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert_submitted(response.json())
+
+
+@pytest.mark.parametrize("path", ["/api/prefetch", "/api/prefetchQuery"])
+async def test_405_for_get(api: Api, path: str) -> None:
+    """GET on a JD route is HTTP 405, not a JD answer."""
+    response = await api.client.get(path, params=creds())
+    assert response.status_code == 405
+
+
+@pytest.mark.parametrize("content_type", ["application/xml", "text/xml", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("path", ["/api/prefetch", "/api/prefetchQuery"])
+async def test_415_for_an_unsupported_content_type(api: Api, path: str, content_type: str) -> None:
+    """An XML (or multipart) body is HTTP 415."""
+    response = await api.client.post(path, content=b"<a/>", headers={"content-type": content_type})
+    assert response.status_code == 415
+
+
+# --- native route ----------------------------------------------------------------------------------------------
+
+
+async def test_native_task_view(api: Api) -> None:
+    """GET /v1/tasks/{id} shows counts, progress and every item of a fresh task."""
+    taskid = await api.submitted(2)
+    response = await api.native(taskid)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["taskid"] == taskid
+    assert (view["kind"], view["status"], view["msg"]) == ("prefetch", 1, "In Progress")
+    assert view["total"] == 2 * NODES
+    assert view["counts"] == {"waiting": 4, "pending": 2, "running": 0, "succeeded": 0, "failed": 0}
+    assert view["progress"] == 0.0
+    assert view["finished_at"] is None and view["duration_seconds"] is None
+    assert view["created_at"] == "2024-03-10T04:00:00.000+00:00"
+    assert len(view["items"]) == 2 * NODES
+    first = view["items"][0]
+    assert first["url"] == urls(2)[0]
+    assert first["node"] == "shield-1"
+    assert (first["action"], first["state"], first["attempts"]) == ("warm", "pending", 0)
+
+
+async def test_native_task_view_shows_progress(api: Api) -> None:
+    """Once the shield items succeed, the view counts them and progress is 2/6."""
+    taskid = await api.submitted(2)
+    claims = await api.store.claim_due_items("w1", 100, NOW + 1, 60)
+    assert {c.node for c in claims} == {"shield-1"}
+    outcomes = [ItemOutcome(c.item_id, True, 1, 200, "MISS", 10) for c in claims]
+    assert await api.store.record_outcomes("w1", outcomes, NOW + 2) == 2
+    view = (await api.native(taskid)).json()
+    assert view["counts"] == {"waiting": 0, "pending": 4, "running": 0, "succeeded": 2, "failed": 0}
+    assert view["progress"] == pytest.approx(2 / 6, abs=1e-4)
+    shield = [i for i in view["items"] if i["node"] == "shield-1"]
+    assert {(i["state"], i["http_status"], i["cache_state"], i["bytes"]) for i in shield} == {
+        ("succeeded", 200, "MISS", 10)
+    }
+
+
+async def test_native_task_view_pages_items(api: Api) -> None:
+    """offset and limit page the items."""
+    taskid = await api.submitted(2)
+    view = (await api.native(taskid, offset=2, limit=3)).json()
+    assert (view["offset"], view["limit"], len(view["items"])) == (2, 3, 3)
+    assert (await api.native(taskid, limit=0)).json()["items"] == []
+
+
+async def test_native_accepts_the_32_hex_id(api: Api) -> None:
+    """The native route finds a task by its 32-hex form too."""
+    taskid = await api.submitted()
+    response = await api.native(uuid.UUID(taskid).hex)
+    assert response.status_code == 200
+    assert response.json()["taskid"] == taskid
+
+
+@pytest.mark.parametrize("sig", ["0" * 32, sign(USER, SECRET, DAY - timedelta(days=3))])
+async def test_native_401_on_a_bad_signature(api: Api, sig: str) -> None:
+    """A wrong signature is HTTP 401 with JD code 7."""
+    taskid = await api.submitted()
+    response = await api.native(taskid, sig=sig)
+    assert response.status_code == 401
+    assert response.json()["code"] == 7
+
+
+async def test_native_401_without_credentials(api: Api) -> None:
+    """No credential headers, or an unknown user, is HTTP 401."""
+    taskid = await api.submitted()
+    assert (await api.client.get(f"/v1/tasks/{taskid}")).status_code == 401
+    assert (await api.native(taskid, user="nobody", sig=sign("nobody", SECRET, DAY))).status_code == 401
+
+
+async def test_native_404_for_another_users_task(api: Api) -> None:
+    """Another user's task is HTTP 404, exactly like an unknown or malformed id."""
+    taskid = await api.submitted()
+    other_sig = signature(OTHER, OTHER_SECRET)
+    foreign = await api.native(taskid, user=OTHER, sig=other_sig)
+    unknown = await api.native(str(uuid.uuid4()), user=OTHER, sig=other_sig)
+    malformed = await api.native("nope", user=OTHER, sig=other_sig)
+    assert foreign.status_code == unknown.status_code == malformed.status_code == 404
+    assert foreign.content == unknown.content == malformed.content
+
+
+async def test_native_400_for_a_bad_page(api: Api) -> None:
+    """A negative offset is refused before any lookup."""
+    taskid = await api.submitted()
+    assert (await api.native(taskid, offset=-1)).status_code == 400
+
+
+# --- operations ---------------------------------------------------------------------------------------------------
+
+
+async def test_openapi_lists_the_routes(api: Api) -> None:
+    """/openapi.json documents the JD routes and the native task route."""
+    response = await api.client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/api/prefetch", "/api/prefetchQuery", "/v1/tasks/{taskid}"} <= set(paths)
+    assert "post" in paths["/api/prefetch"]
+    assert "get" in paths["/v1/tasks/{taskid}"]
+    body = paths["/api/prefetch"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-www-form-urlencoded"} <= set(body)
+
+
+async def test_healthz(api: Api) -> None:
+    """/healthz answers ok."""
+    response = await api.client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"ok": True})

@@ -1,0 +1,162 @@
+"""From one fetch to one item outcome: success, retry with backoff, or final failure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edgewarm.config import Engine
+from edgewarm.engine.fetcher import FetchResult
+from edgewarm.engine.outcome import backoff_delay, is_retryable, warm_outcome
+from edgewarm.nodes import CacheState
+
+NOW = 1_000_000.0
+SETTINGS = Engine(max_attempts=3, backoff_base=0.5, backoff_max=4.0)
+
+
+@pytest.mark.parametrize("status", [200, 204, 206, 299])
+def test_2xx_is_a_success(status: int) -> None:
+    """A 2xx answer read to the end is a success, with status, bytes and no retry."""
+    outcome = warm_outcome(7, 1, FetchResult(status, bytes=1234), SETTINGS, NOW)
+    assert outcome.succeeded
+    assert (outcome.item_id, outcome.attempts, outcome.http_status, outcome.bytes) == (7, 1, status, 1234)
+    assert outcome.error is None
+    assert outcome.retry_at is None
+
+
+def test_cache_state_is_recorded() -> None:
+    """The node's cache state goes into the outcome."""
+    outcome = warm_outcome(7, 1, FetchResult(200, 10, CacheState.MISS), SETTINGS, NOW)
+    assert outcome.succeeded
+    assert outcome.cache_state == "MISS"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 451])
+def test_other_4xx_fails_at_once(status: int) -> None:
+    """A 4xx other than 408/429 fails on the first attempt, with no retry."""
+    outcome = warm_outcome(7, 1, FetchResult(status), SETTINGS, NOW)
+    assert not outcome.succeeded
+    assert outcome.retry_at is None
+    assert outcome.http_status == status
+    assert outcome.error is not None and f"HTTP {status}" in outcome.error
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        FetchResult(500),
+        FetchResult(502),
+        FetchResult(503),
+        FetchResult(408),
+        FetchResult(429),
+        FetchResult(None, error="connection refused"),
+        FetchResult(200, bytes=10, error="short body: 10 of 100 bytes"),
+    ],
+)
+def test_retryable_failures_get_a_future_retry(result: FetchResult) -> None:
+    """5xx, 408, 429, network errors and short bodies are retried later, before max_attempts."""
+    assert is_retryable(result)
+    for attempt in range(1, SETTINGS.max_attempts):
+        outcome = warm_outcome(7, attempt, result, SETTINGS, NOW, rng=random.Random(attempt))
+        assert not outcome.succeeded
+        assert outcome.retry_at is not None and outcome.retry_at > NOW
+        assert outcome.attempts == attempt
+        assert outcome.error
+
+
+@pytest.mark.parametrize("result", [FetchResult(503), FetchResult(None, error="timeout")])
+def test_retryable_failure_gives_up_at_max_attempts(result: FetchResult) -> None:
+    """At max_attempts a retryable failure is final and says how many attempts were made."""
+    outcome = warm_outcome(7, SETTINGS.max_attempts, result, SETTINGS, NOW)
+    assert not outcome.succeeded
+    assert outcome.retry_at is None
+    assert outcome.error is not None and f"after {SETTINGS.max_attempts} attempts" in outcome.error
+
+
+def test_network_error_message_is_kept() -> None:
+    """A network error's own text is what the outcome reports."""
+    outcome = warm_outcome(7, 1, FetchResult(None, error="connection refused"), SETTINGS, NOW)
+    assert outcome.error == "connection refused"
+    assert outcome.http_status is None
+
+
+def test_bypass_is_a_failure() -> None:
+    """A 200 the cache bypassed did not warm anything: failure, not retried."""
+    outcome = warm_outcome(7, 1, FetchResult(200, 10, CacheState.BYPASS), SETTINGS, NOW)
+    assert not outcome.succeeded
+    assert outcome.retry_at is None
+    assert outcome.cache_state == "BYPASS"
+    assert outcome.error is not None and "bypass" in outcome.error
+
+
+def test_verify_miss_then_hit_is_a_success() -> None:
+    """With verification, a MISS followed by a HIT is a success recorded as HIT."""
+    first = FetchResult(200, 10, CacheState.MISS)
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=FetchResult(200, 10, CacheState.HIT))
+    assert outcome.succeeded
+    assert outcome.cache_state == "HIT"
+
+
+def test_verify_miss_then_miss_is_a_failure() -> None:
+    """With verification, a second MISS means the node does not keep the object: failure."""
+    first = FetchResult(200, 10, CacheState.MISS)
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=FetchResult(200, 10, CacheState.MISS))
+    assert not outcome.succeeded
+    assert outcome.cache_state == "MISS"
+    assert outcome.error is not None and "MISS again" in outcome.error
+
+
+def test_verify_without_cache_state_is_a_failure() -> None:
+    """A verification fetch that reports no cache state cannot confirm the warm."""
+    first = FetchResult(200, 10, CacheState.MISS)
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=FetchResult(200, 10))
+    assert not outcome.succeeded
+
+
+def test_verify_network_error_is_a_failure() -> None:
+    """A verification fetch that failed on the network cannot confirm the warm."""
+    first = FetchResult(200, 10, CacheState.MISS)
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=FetchResult(None, error="reset"))
+    assert not outcome.succeeded
+    assert outcome.error is not None and "reset" in outcome.error
+
+
+def test_verify_broken_off_is_a_failure_even_if_it_said_hit() -> None:
+    """A verification fetch cut short does not confirm the warm, whatever cache state it announced."""
+    first = FetchResult(200, 10, CacheState.MISS)
+    broken = FetchResult(200, 5, CacheState.HIT, error="short body: 5 of 10 bytes")
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=broken)
+    assert not outcome.succeeded
+    assert outcome.error is not None and "short body" in outcome.error
+
+
+def test_backoff_grows_and_stays_within_bounds() -> None:
+    """Delay for attempt n is in [c/2, c], c = min(max, base*2**(n-1)); the ceiling doubles up to max."""
+    settings = Engine(backoff_base=0.5, backoff_max=10.0)
+    rng = random.Random(42)
+    ceilings = [min(10.0, 0.5 * 2 ** (n - 1)) for n in range(1, 10)]
+    assert ceilings[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    for attempt, ceiling in enumerate(ceilings, start=1):
+        for _ in range(50):
+            delay = backoff_delay(attempt, settings, rng)
+            assert ceiling / 2 <= delay <= ceiling
+            assert delay <= settings.backoff_max
+
+
+def test_backoff_is_jittered_and_seeded() -> None:
+    """Delays vary (jitter), and the same seed gives the same delays."""
+    settings = Engine(backoff_base=1.0, backoff_max=100.0)
+    first = [backoff_delay(4, settings, random.Random(5)) for _ in range(3)]
+    assert len(set(first)) == 1
+    rng = random.Random(5)
+    varied = {backoff_delay(4, settings, rng) for _ in range(20)}
+    assert len(varied) > 1
+
+
+def test_retry_at_uses_the_backoff() -> None:
+    """retry_at is now plus the backoff of that attempt, drawn from the given rng."""
+    outcome = warm_outcome(7, 2, FetchResult(503), SETTINGS, NOW, rng=random.Random(9))
+    expected = NOW + backoff_delay(2, SETTINGS, random.Random(9))
+    assert outcome.retry_at == pytest.approx(expected)
+    assert NOW + 0.5 <= (outcome.retry_at or 0) <= NOW + 1.0
