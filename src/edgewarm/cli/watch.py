@@ -76,7 +76,9 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
 
 
 def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) -> int:
-    table = Table("taskid", "kind", "status", "items", "succeeded", "failed", "duration", title="tasks")
+    table = Table(title="tasks")
+    for name in ("taskid", "kind", "status", "items", "succeeded", "failed", "duration"):
+        table.add_column(name, overflow="fold")
     for taskid, view in views.items():
         counts = view["counts"]
         table.add_row(
@@ -95,7 +97,9 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) ->
             items = client.task(taskid, limit=10_000)["items"]
             failures += [(taskid, i) for i in items if i["state"] == "failed"][: FAILURES_SHOWN - len(failures)]
     if failures:
-        shown = Table("taskid", "node", "url", "http", "attempts", "error", title="first failures")
+        shown = Table(title="first failures")
+        for name in ("taskid", "node", "url", "http", "attempts", "error"):
+            shown.add_column(name, overflow="fold")
         for taskid, item in failures:
             shown.add_row(
                 taskid[:8],

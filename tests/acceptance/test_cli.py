@@ -1,0 +1,99 @@
+"""The `edgewarm` CLI as a user drives it, against a running service and real nginx caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgewarm import auth
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+
+from .conftest import credentials_env
+
+pytestmark = pytest.mark.integration
+EDGEWARM = str(Path(sys.executable).with_name("edgewarm"))
+
+
+def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EDGEWARM, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250", **env},
+    )
+
+
+def test_submit_250_urls_from_a_file_makes_3_calls_and_waits_to_the_end(
+    service: ServiceProcess, lab: Lab, tmp_path: Path
+) -> None:
+    """`submit --file F --wait` with 250 URLs prints 3 task ids, follows them, exits 0."""
+    paths = lab.make_files(250, 256, prefix="/cli/")
+    listing = tmp_path / "urls.txt"
+    listing.write_text("".join(f"http://{DEFAULT_HOST}{p}\n" for p in paths))
+    result = run(["submit", "--file", str(listing), "--wait"], credentials_env(service, tmp_path))
+    assert result.returncode == 0, result.stderr + result.stdout
+    taskids = [line for line in result.stdout.splitlines() if len(line) == 36 and line.count("-") == 4]
+    assert len(taskids) == 3
+    assert "all succeeded" in result.stdout
+    query = run(["query", taskids[0]], credentials_env(service, tmp_path))
+    assert json.loads(query.stdout)["data"] == {"taskid": taskids[0], "status": 0, "msg": "Succeeded"}
+
+
+def test_watch_exits_1_when_a_url_failed(service: ServiceProcess, lab: Lab, tmp_path: Path) -> None:
+    """A 404 URL: `submit` from stdin then `watch` ends with exit status 1 and shows the failure."""
+    (good,) = lab.make_files(1, 100, prefix="/cli-bad/")
+    stdin = f"http://{DEFAULT_HOST}{good}\nhttp://{DEFAULT_HOST}/cli-bad/missing.bin\n"
+    submitted = run(["submit"], credentials_env(service, tmp_path), stdin=stdin)
+    assert submitted.returncode == 0, submitted.stderr
+    (taskid,) = submitted.stdout.split()
+    watched = run(["watch", taskid], credentials_env(service, tmp_path))
+    assert watched.returncode == 1
+    assert "missing.bin" in watched.stdout and "404" in watched.stdout
+
+
+def test_credentials_from_a_client_config_file(service: ServiceProcess, tmp_path: Path) -> None:
+    """`quota` works with only a client config file giving server, username and secret."""
+    config = tmp_path / "client.toml"
+    config.write_text(f'server = "{service.url}"\nusername = "{DEMO_USER}"\nsecret = "{DEMO_SECRET}"\n')
+    result = run(["quota"], {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_SECRET": "", "EDGEWARM_USERNAME": ""})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["urls"]["limit"] == 100_000_000
+
+
+def test_a_wrong_secret_is_a_clear_error(service: ServiceProcess, tmp_path: Path) -> None:
+    """A wrong secret: exit status 1 and JD code 7 in the message."""
+    env = {**credentials_env(service, tmp_path), "EDGEWARM_SECRET": "wrong"}
+    result = run(["submit", f"http://{DEFAULT_HOST}/x"], env)
+    assert result.returncode == 1
+    assert "JD code 7" in result.stderr
+
+
+def test_sign_prints_the_jd_signature() -> None:
+    """`sign` prints md5(yyyymmdd + username + secret): PRODUCT.md's example."""
+    result = run(["sign", "-u", "jcloud_00", "--secret", "e7a31b1c5ea0efa9aa2f29c6559f7d61", "--date", "20161023"], {})
+    assert result.stdout.strip() == "a35685491fd80a80b40a718c3a5c5c56"
+    assert auth.sign  # the CLI uses the same function; see tests/unit/test_auth.py
+
+
+def test_help_shows_each_options_environment_variable() -> None:
+    """`submit --help` names EDGEWARM_SERVER and the per-option variables."""
+    result = run(["submit", "--help"], {})
+    assert "EDGEWARM_SERVER" in result.stdout and "EDGEWARM_SUBMIT_PER_CALL" in result.stdout
+
+
+def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Path) -> None:
+    """`tasks --json --url KEYWORD` lists the task that has a matching URL, and no other."""
+    (path,) = lab.make_files(1, 10, prefix="/listme-unique/")
+    env = credentials_env(service, tmp_path)
+    submitted = run(["submit", "--wait", f"http://{DEFAULT_HOST}{path}"], env)
+    taskid = submitted.stdout.split()[0]
+    listed = json.loads(run(["tasks", "--json", "--url", "listme-unique"], env).stdout)
+    assert [t["taskid"] for t in listed["tasks"]] == [taskid]

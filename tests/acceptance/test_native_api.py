@@ -1,0 +1,128 @@
+"""Native endpoints, the Python client (sync and async) and /metrics against a running service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgewarm.client import AsyncClient, Client, ClientError
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+
+def urls(lab: Lab, count: int, prefix: str) -> list[str]:
+    return [f"http://{DEFAULT_HOST}{p}" for p in lab.make_files(count, 64, prefix=prefix)]
+
+
+def test_list_filters_and_lookup(client: Client, lab: Lab) -> None:
+    """/v1/tasks filters by kind, status and URL keyword; /v1/tasks/lookup returns only the user's known ids."""
+    ok = client.prefetch(urls(lab, 2, "/native-list/"))
+    bad = client.prefetch([f"http://{DEFAULT_HOST}/native-list/none.bin"])
+    client.wait(ok, timeout=30)
+    client.wait(bad, timeout=30)
+    failed = client.tasks(status=2, url="native-list")["tasks"]
+    assert [t["taskid"] for t in failed] == [bad]
+    assert {t["taskid"] for t in client.tasks(url="native-list")["tasks"]} == {ok, bad}
+    assert client.tasks(kind="refresh", url="native-list")["tasks"] == []
+    found = client.lookup([ok, "00000000-0000-4000-8000-000000000000", bad.replace("-", ""), "junk"])["tasks"]
+    assert [t["taskid"] for t in found] == [ok, bad]
+
+
+def test_cancel_stops_pending_items_and_ends_the_task_as_failed(service: ServiceProcess, lab: Lab) -> None:
+    """Cancelling a task whose URLs are slow: it ends failed with reason "cancelled", pending items say so."""
+    slow = [f"http://{DEFAULT_HOST}/slow/c{i}.bin" for i in range(40)]
+    for u in slow:
+        lab.write_file(u.split(DEFAULT_HOST)[1].replace("/slow", "", 1), b"x" * 4096)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        taskid = client.prefetch(slow)
+        view = client.cancel(taskid)
+        assert view["reason"] == "cancelled"
+        final = client.wait(taskid, timeout=60)
+        items = client.task(taskid)["items"]
+        with pytest.raises(ClientError) as again:
+            client.cancel(taskid)
+    assert final["status"] == 2 and final["reason"] == "cancelled"
+    assert any(i["error"] == "cancelled" for i in items)
+    assert final["counts"]["succeeded"] + final["counts"]["failed"] == final["total"]
+    assert again.value.code == 1
+
+
+def test_quota_counts_todays_urls(client: Client, lab: Lab) -> None:
+    """/v1/quota: used grows by the URLs of a submission, left shrinks by as many."""
+    before = client.quota()
+    client.prefetch(urls(lab, 3, "/native-quota/"))
+    after = client.quota()
+    assert after["urls"]["used"] == before["urls"]["used"] + 3
+    assert after["urls"]["left"] == before["urls"]["left"] - 3
+
+
+def test_wait_endpoint_answers_when_the_task_ends(client: Client, lab: Lab) -> None:
+    """The long-poll answers with the final state; a short timeout answers 'in progress' without waiting long."""
+    taskid = client.prefetch(urls(lab, 5, "/native-wait/"))
+    view = client.wait(taskid, timeout=30)
+    assert view["status"] == 0 and view["counts"]["succeeded"] == 15
+    assert set(view["nodes"]) == {"shield-1", "edge-1", "edge-2"}
+
+
+def test_native_errors_have_http_status_and_jd_code(service: ServiceProcess) -> None:
+    """A bad signature is 401 with code 7; an unknown task is 404 with code 1."""
+    with Client(service.url, DEMO_USER, "wrong") as bad, pytest.raises(ClientError) as refused:
+        bad.quota()
+    assert (refused.value.http_status, refused.value.code) == (401, 7)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client, pytest.raises(ClientError) as missing:
+        client.task("00000000-0000-4000-8000-000000000000")
+    assert (missing.value.http_status, missing.value.code) == (404, 1)
+
+
+def test_async_client_does_what_the_sync_one_does(service: ServiceProcess, lab: Lab) -> None:
+    """AsyncClient: prefetch, query, wait, and a typed error carrying the JD code."""
+    targets = urls(lab, 2, "/native-async/")
+
+    async def go() -> tuple[dict[str, object], dict[str, object], int]:
+        async with AsyncClient(service.url, DEMO_USER, DEMO_SECRET) as client:
+            taskid = await client.prefetch(targets)
+            view = await client.wait(taskid, timeout=30)
+            answer = await client.query(taskid)
+            try:
+                await client.prefetch(["http://not-mine.test/x"])
+            except ClientError as exc:
+                return view, answer, exc.code
+            raise AssertionError("a foreign domain was accepted")
+
+    view, answer, code = asyncio.run(go())
+    assert view["status"] == 0 and answer["status"] == 0 and code == 18
+
+
+def test_metrics_count_a_finished_task(service: ServiceProcess, client: Client, lab: Lab) -> None:
+    """/metrics parses with prometheus_client; fetch and item counters grow by exactly the task's items."""
+
+    def sample() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{service.url}/metrics", timeout=10).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    before = sample()
+    taskid = client.prefetch(urls(lab, 4, "/native-metrics/"))
+    assert client.wait(taskid, timeout=30)["status"] == 0
+    after = sample()
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    for node in ("shield-1", "edge-1", "edge-2"):
+        assert grew("edgewarm_fetches_total", node=node, action="warm", outcome="succeeded") == 4
+        assert grew("edgewarm_fetch_seconds_count", node=node) == 4
+        assert grew("edgewarm_fetched_bytes_total", node=node) == 4 * 64
+    assert grew("edgewarm_items_finished_total", state="succeeded") == 12
+    assert grew("edgewarm_tasks_submitted_total", kind="prefetch") == 1
+    assert after[("edgewarm_queue_depth", ())] >= 0
+    assert httpx.get(f"{service.url}/readyz", timeout=10).json()["ok"] is True
