@@ -15,6 +15,8 @@ edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | re
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -40,6 +42,27 @@ class Metrics:
         self.queue_depth = Gauge("edgewarm_queue_depth", "Items pending or running in the store", registry=r)
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+    def observe_item(self, node: str, action: str, verdict: str, seconds: float, size: int) -> None:
+        """One worked item. The labelled children are looked up once per label set: this is the hot path."""
+        key = (node, action, verdict)
+        children = self._children.get(key)
+        if children is None:
+            finished = None if verdict == "retried" else self.items_finished.labels(verdict)
+            children = self._children[key] = (
+                self.fetches.labels(node, action, verdict),
+                self.fetch_seconds.labels(node),
+                self.fetched_bytes.labels(node),
+                self.retries.labels(node) if verdict == "retried" else finished,
+            )
+        fetches, latency, fetched, counted = children
+        fetches.inc()
+        latency.observe(seconds)
+        if size:
+            fetched.inc(size)
+        if counted is not None:
+            counted.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,15 +49,25 @@ def split_list(value: Any) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def _illegal(raw: str, reason: str) -> RequestRefused:
+    shown = raw if len(raw) <= 200 else raw[:200] + "…"
+    return RequestRefused(JdCode.ILLEGAL_URL, f"illegal URL {shown!r}: {reason}")
+
+
 def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     """Check one URL; raise RequestRefused(ILLEGAL_URL) with the reason."""
+    if len(raw) > max_length:
+        raise _illegal(raw, f"longer than {max_length} characters")
+    return _split(raw)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _split(raw: str) -> TargetUrl:
+    """Cached: the engine splits each URL again on every node it warms it on (refusals are not cached)."""
 
     def illegal(reason: str) -> RequestRefused:
-        shown = raw if len(raw) <= 200 else raw[:200] + "…"
-        return RequestRefused(JdCode.ILLEGAL_URL, f"illegal URL {shown!r}: {reason}")
+        return _illegal(raw, reason)
 
-    if len(raw) > max_length:
-        raise illegal(f"longer than {max_length} characters")
     if not _SAFE.match(raw):
         raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
     try:

@@ -1,9 +1,10 @@
-"""The warming engine: claim due items, fetch them through their nodes, write outcomes back in batches.
+"""The warming engine: claim due items, work them through their nodes, write outcomes back in batches.
 
-Flow: `claim_due_items` leases a batch → one tracked asyncio task per item, each under the per-node and total
-caps → outcomes queue → the writer commits them in batches (`record_outcomes`), which releases later stages
-(edges after shields) → the dispatcher is woken to claim them. Leases of items in hand are renewed; on
-shutdown, in-flight fetches get a grace period, the rest are handed back.
+Flow: `claim_due_items` leases a batch (at most `concurrency` items in hand) → each claim goes to its
+node's queue → that node's workers (`per_node_concurrency` coroutines) perform it (actions.py) → outcomes
+queue → the writer commits them in batches (`record_outcomes`), which releases later stages (edges after
+shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed; on shutdown,
+in-flight work gets `grace_seconds`, and what was not done is handed back.
 """
 
 from __future__ import annotations
@@ -14,24 +15,28 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
 from ..metrics import Metrics
-from ..models import Claim, ItemAction, ItemOutcome
-from ..nodes import purge
+from ..models import Claim, ItemOutcome
 from ..store import TaskStore
-from ..urls import TargetUrl, parse_url
-from .fetcher import Fetcher, FetchResult
-from .outcome import purge_outcome, warm_outcome
-
-# A directory purge on a node without prefix purge covers at most this many known URLs.
-KNOWN_URLS_LIMIT = 100_000
+from .actions import perform
+from .fetcher import Fetcher
 
 log = logging.getLogger("edgewarm.engine")
 
 Clock = Callable[[], float]
+
+
+class _NodeLane:
+    """One node's queue and its workers: the per-node concurrency cap."""
+
+    def __init__(self, node: Node, width: int) -> None:
+        self.node = node
+        self.queue: asyncio.Queue[Claim] = asyncio.Queue()
+        self.width = width
+        self.workers: list[asyncio.Task[None]] = []
 
 
 class Engine:
@@ -52,28 +57,24 @@ class Engine:
         self.store = store
         self.fetcher = fetcher
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.settings.concurrency)
-        self._node_slots = {
-            n.name: asyncio.Semaphore(n.concurrency or self.settings.per_node_concurrency) for n in config.nodes
-        }
-        self._fetches: dict[int, asyncio.Task[None]] = {}
+        self._lanes: dict[str, _NodeLane] = {}
+        self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._leased: set[int] = set()  # claimed and not yet written back
+        self._idle = asyncio.Event()  # set when nothing is in hand
+        self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
-        self.fetched = 0  # fetches made by this engine, for tests
-        self.metrics = metrics or Metrics()
+        self.fetched = 0  # items worked by this engine, for tests
 
     # -- control ----------------------------------------------------------------------------------
 
     def reconfigure(self, config: Config) -> None:
-        """Take a reloaded config: nodes, caps and settings apply to the next claims."""
+        """Take a reloaded config: settings and new nodes apply from the next claim."""
         self.config = config
         self.settings = config.engine
-        for node in config.nodes:
-            if node.name not in self._node_slots:
-                self._node_slots[node.name] = asyncio.Semaphore(node.concurrency or self.settings.per_node_concurrency)
         self.wake()
 
     def wake(self) -> None:
@@ -81,7 +82,7 @@ class Engine:
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop claiming; in-flight fetches get `grace_seconds` to finish."""
+        """Stop claiming; work in hand gets `grace_seconds` to finish."""
         self._stopping.set()
         self._wake.set()
 
@@ -97,6 +98,10 @@ class Engine:
             await self._dispatch()
             await self._drain()
         finally:
+            workers = [w for lane in self._lanes.values() for w in lane.workers]
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             renewer.cancel()
             await self._outcomes.join()
             writer.cancel()
@@ -105,14 +110,17 @@ class Engine:
                 await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
                 log.info("released %d unfinished items", len(self._leased))
                 self._leased.clear()
+            for outcome in (writer, renewer):
+                if not outcome.cancelled() and outcome.exception() is not None:
+                    raise outcome.exception()  # type: ignore[misc]
 
-    # -- the loops --------------------------------------------------------------------------------
+    # -- claiming ---------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        s = self.settings
         while not self._stopping.is_set():
+            s = self.settings
             self._wake.clear()
-            free = s.concurrency - len(self._fetches)
+            free = s.concurrency - len(self._in_hand)
             claims: list[Claim] = []
             if free > 0:
                 try:
@@ -122,138 +130,97 @@ class Engine:
                 except StoreError as exc:
                     log.error("claiming items failed: %s", exc)
             for claim in claims:
-                self._leased.add(claim.item_id)
-                task = asyncio.create_task(self._work(claim), name=f"edgewarm-item-{claim.item_id}")
-                self._fetches[claim.item_id] = task
-                task.add_done_callback(self._fetch_done)
+                self._hand_out(claim)
             if claims and len(claims) == min(free, s.batch_size):
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
 
-    def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        item_id = int(task.get_name().rsplit("-", 1)[1])
-        self._fetches.pop(item_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("item %d crashed: %r", item_id, task.exception())
-        self._wake.set()
-
-    async def _drain(self) -> None:
-        if not self._fetches:
-            return
-        pending = set(self._fetches.values())
-        log.info("waiting up to %.1fs for %d in-flight fetches", self.settings.grace_seconds, len(pending))
-        _done, late = await asyncio.wait(pending, timeout=self.settings.grace_seconds)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-
-    async def _work(self, claim: Claim) -> None:
-        s = self.settings
-        attempt = claim.attempts + 1
+    def _hand_out(self, claim: Claim) -> None:
+        self._leased.add(claim.item_id)
         node = self.config.node(claim.node)
-        now = self._clock()
         if node is None:
-            outcome = ItemOutcome(
-                claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is no longer configured"
-            )
-        elif claim.attempts >= s.max_attempts:
-            outcome = ItemOutcome(
-                claim.item_id,
-                False,
-                claim.attempts,
-                error=f"gave up after {claim.attempts} attempts (a worker died holding it)",
-            )
-        else:
-            async with self._slots, self._node_slots[node.name]:
-                self.metrics.in_flight.inc()
-                started = time.monotonic()
-                try:
-                    outcome = await self._act(claim, node, attempt)
-                except Exception as exc:  # a bug must not strand the item: record it and retry later
-                    log.exception("item %d: unexpected error", claim.item_id)
-                    outcome = ItemOutcome(
-                        claim.item_id,
-                        False,
-                        attempt,
-                        error=f"internal error: {type(exc).__name__}",
-                        retry_at=None if attempt >= s.max_attempts else now + s.backoff_max,
-                    )
-                finally:
-                    self.metrics.in_flight.dec()
-                self._observe(claim, node, outcome, time.monotonic() - started)
-        self._outcomes.put_nowait(outcome)
+            outcome = ItemOutcome(claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is not configured")
+            self._outcomes.put_nowait(outcome)
+            return
+        if claim.attempts >= self.settings.max_attempts:
+            reason = f"gave up after {claim.attempts} attempts (a worker died holding it)"
+            self._outcomes.put_nowait(ItemOutcome(claim.item_id, False, claim.attempts, error=reason))
+            return
+        self._in_hand[claim.item_id] = claim
+        self._idle.clear()
+        self._lane(node).queue.put_nowait(claim)
+
+    def _lane(self, node: Node) -> _NodeLane:
+        lane = self._lanes.get(node.name)
+        if lane is None:
+            lane = _NodeLane(node, node.concurrency or self.settings.per_node_concurrency)
+            lane.workers = [
+                asyncio.create_task(self._node_worker(lane), name=f"edgewarm-{node.name}-{i}")
+                for i in range(lane.width)
+            ]
+            self._lanes[node.name] = lane
+        lane.node = node  # a reload may have changed its settings (its width applies on restart)
+        return lane
+
+    # -- working ----------------------------------------------------------------------------------
+
+    async def _node_worker(self, lane: _NodeLane) -> None:
+        while True:
+            claim = await lane.queue.get()
+            node = lane.node
+            if self._stopping.is_set():
+                self._done_with(claim)  # not started: it stays leased and is handed back at the end
+                continue
+            attempt = claim.attempts + 1
+            self.metrics.in_flight.inc()
+            started = time.monotonic()
+            try:
+                outcome = await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not strand the item: record it and retry later
+                log.exception("item %d: unexpected error", claim.item_id, extra={"node": node.name})
+                retry = None if attempt >= self.settings.max_attempts else self._clock() + self.settings.backoff_max
+                outcome = ItemOutcome(
+                    claim.item_id, False, attempt, error=f"internal error: {type(exc).__name__}", retry_at=retry
+                )
+            finally:
+                self.metrics.in_flight.dec()
+            self.fetched += 1
+            self._observe(claim, node, outcome, time.monotonic() - started)
+            self._outcomes.put_nowait(outcome)
+            self._done_with(claim)
+
+    def _done_with(self, claim: Claim) -> None:
+        self._in_hand.pop(claim.item_id, None)
+        if not self._in_hand:
+            self._idle.set()
+        if len(self._in_hand) <= self.settings.concurrency // 2:
+            self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
-        m = self.metrics
         verdict = "succeeded" if outcome.succeeded else ("retried" if outcome.retry_at is not None else "failed")
-        m.fetches.labels(node.name, claim.action.value, verdict).inc()
-        m.fetch_seconds.labels(node.name).observe(seconds)
-        if outcome.bytes:
-            m.fetched_bytes.labels(node.name).inc(outcome.bytes)
-        if outcome.retry_at is not None:
-            m.retries.labels(node.name).inc()
-        else:
-            m.items_finished.labels("succeeded" if outcome.succeeded else "failed").inc()
+        self.metrics.observe_item(node.name, claim.action.value, verdict, seconds, outcome.bytes or 0)
 
-    async def _act(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
-        target = parse_url(claim.url)
-        if claim.action is ItemAction.WARM:
-            return await self._warm(claim, node, target, attempt)
-        try:
-            if claim.action is ItemAction.PURGE:
-                request = purge.url_purge(node)
-                result = await self.fetcher.request(request.method, node, target, request.headers)
-                verdict, detail = purge.verdict(request, result.status, result.network_error), None
-            else:
-                verdict, result, detail = await self._purge_dir(node, target)
-        except purge.Unsupported as exc:
-            return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
-        return purge_outcome(claim.item_id, attempt, verdict, result, self.settings, self._clock(), detail=detail)
+    async def _drain(self) -> None:
+        if not self._in_hand:
+            return
+        log.info("waiting up to %.1fs for %d items in hand", self.settings.grace_seconds, len(self._in_hand))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.grace_seconds)
 
-    async def _purge_dir(self, node: Node, target: TargetUrl) -> tuple[purge.Verdict, FetchResult, str | None]:
-        request = purge.prefix_purge(node, target.path_query)
-        if request is not None:
-            result = await self.fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
-            return purge.verdict(request, result.status, result.network_error), result, None
-        # No prefix purge on this node: purge every URL under the prefix that edgewarm has seen.
-        request = purge.url_purge(node)
-        known = [u for u in await self.store.known_urls(target.url, KNOWN_URLS_LIMIT) if u != target.url]
-        failures: list[tuple[purge.Verdict, FetchResult]] = []
-        for start in range(0, len(known), 16):
-            chunk = [parse_url(u) for u in known[start : start + 16]]
-            results = await asyncio.gather(
-                *(self.fetcher.request(request.method, node, t, request.headers) for t in chunk)
-            )
-            for result in results:
-                verdict = purge.verdict(request, result.status, result.network_error)
-                if verdict not in (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED):
-                    failures.append((verdict, result))
-        summary = f"purged {len(known) - len(failures)} of {len(known)} known URLs under the prefix one by one"
-        if not failures:
-            return purge.Verdict.PURGED, FetchResult(200), summary
-        retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
-        return (retry or failures)[0][0], (retry or failures)[0][1], summary
-
-    async def _warm(self, claim: Claim, node: Node, target: TargetUrl, attempt: int) -> ItemOutcome:
-        result = await self.fetcher.request("GET", node, target)
-        self.fetched += 1
-        verified = None
-        if (
-            self.settings.verify
-            and result.status is not None
-            and 200 <= result.status < 300
-            and not (result.cache_state and result.cache_state.cached)
-        ):
-            verified = await self.fetcher.request("GET", node, target)
-        return warm_outcome(claim.item_id, attempt, result, self.settings, self._clock(), verified=verified)
+    # -- writing ----------------------------------------------------------------------------------
 
     async def _write_outcomes(self) -> None:
-        s = self.settings
         while True:
+            s = self.settings
             batch = [await self._outcomes.get()]
             deadline = time.monotonic() + s.flush_interval
             while len(batch) < s.batch_size:
+                if not self._outcomes.empty():
+                    batch.append(self._outcomes.get_nowait())
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -282,8 +249,8 @@ class Engine:
         self._wake.set()
 
     async def _renew_leases(self) -> None:
-        s = self.settings
         while True:
+            s = self.settings
             await asyncio.sleep(s.lease_seconds / 3)
             if self._leased:
                 try:

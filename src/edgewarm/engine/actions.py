@@ -1,0 +1,79 @@
+"""What one item does on its node: warm (GET), purge a URL, purge a directory. Returns the item's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from ..config import Engine as Settings
+from ..config import Node
+from ..models import Claim, ItemAction, ItemOutcome
+from ..nodes import purge
+from ..store import TaskStore
+from ..urls import TargetUrl, parse_url
+from .fetcher import Fetcher, FetchResult
+from .outcome import purge_outcome, warm_outcome
+
+# A directory purge on a node without prefix purge covers at most this many known URLs.
+KNOWN_URLS_LIMIT = 100_000
+_DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
+
+
+async def perform(
+    claim: Claim, node: Node, attempt: int, fetcher: Fetcher, store: TaskStore, settings: Settings, now: float
+) -> ItemOutcome:
+    """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time)."""
+    target = parse_url(claim.url)
+    if claim.action is ItemAction.WARM:
+        return await _warm(claim, node, target, attempt, fetcher, settings, now)
+    try:
+        if claim.action is ItemAction.PURGE:
+            request = purge.url_purge(node)
+            result = await fetcher.request(request.method, node, target, request.headers)
+            verdict, detail = purge.verdict(request, result.status, result.network_error), None
+        else:
+            verdict, result, detail = await _purge_dir(node, target, fetcher, store)
+    except purge.Unsupported as exc:
+        return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
+    return purge_outcome(claim.item_id, attempt, verdict, result, settings, now, detail=detail)
+
+
+async def _warm(
+    claim: Claim, node: Node, target: TargetUrl, attempt: int, fetcher: Fetcher, settings: Settings, now: float
+) -> ItemOutcome:
+    result = await fetcher.request("GET", node, target)
+    verified = None
+    if (
+        settings.verify
+        and result.status is not None
+        and 200 <= result.status < 300
+        and not (result.cache_state and result.cache_state.cached)
+    ):
+        verified = await fetcher.request("GET", node, target)
+    return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified)
+
+
+async def _purge_dir(
+    node: Node, target: TargetUrl, fetcher: Fetcher, store: TaskStore
+) -> tuple[purge.Verdict, FetchResult, str | None]:
+    request = purge.prefix_purge(node, target.path_query)
+    if request is not None:
+        result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
+        return purge.verdict(request, result.status, result.network_error), result, None
+    # No prefix purge on this node: purge every URL under the prefix that edgewarm has seen.
+    request = purge.url_purge(node)
+    known = [u for u in await store.known_urls(target.url, KNOWN_URLS_LIMIT) if u != target.url]
+    failures: list[tuple[purge.Verdict, FetchResult]] = []
+    for start in range(0, len(known), 16):
+        chunk = [parse_url(u) for u in known[start : start + 16]]
+        results = await asyncio.gather(*(fetcher.request(request.method, node, t, request.headers) for t in chunk))
+        for result in results:
+            verdict = purge.verdict(request, result.status, result.network_error)
+            if verdict not in _DONE:
+                failures.append((verdict, result))
+    summary = f"purged {len(known) - len(failures)} of {len(known)} known URLs under the prefix one by one"
+    if not failures:
+        return purge.Verdict.PURGED, FetchResult(200), summary
+    retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
+    verdict, result = (retry or failures)[0]
+    return verdict, result, summary
