@@ -1,0 +1,782 @@
+"""The TaskStore contract, run against every back-end: memory://, a SQLite file and a real PostgreSQL.
+
+Each back-end must keep the same rules (store/base.py): atomic submissions within the quota, owner checks,
+stage gating, retries, leases that expire and are never counted twice, and schema versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import asyncpg
+import pytest
+
+import edgewarm.store.postgres
+import edgewarm.store.sqlite
+from edgewarm.config import parse_config
+from edgewarm.engine import Engine, Fetcher
+from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError
+from edgewarm.models import (
+    Item,
+    ItemAction,
+    ItemOutcome,
+    ItemState,
+    NewItem,
+    NewTask,
+    QuotaCharge,
+    TaskCounts,
+    TaskFilter,
+    TaskKind,
+    TaskStatus,
+)
+from edgewarm.store import SCHEMA_VERSION, TaskStore, open_store
+from edgewarm.store.postgres import PostgresStore
+from edgewarm.testing.postgres import PostgresCluster
+from edgewarm.testing.service import free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+NOW = 1_000_000.0
+LEASE = 30.0
+DAY = "20240101"
+ONE_NODE = (("edge-1", 0),)
+SHIELD_THEN_EDGES = (("shield-1", 0), ("edge-1", 1), ("edge-2", 1))
+TWO_SHIELDS_THEN_EDGE = (("shield-1", 0), ("shield-2", 0), ("edge-1", 1))
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty store of each back-end (PostgreSQL: a fresh database per test)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/x.db"
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[TaskStore]:
+    async with open_store(store_url) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def stores(store: TaskStore, store_url: str, count: int) -> AsyncIterator[list[TaskStore]]:
+    """`count` stores on one database, as `count` processes would have (memory://: the one store)."""
+    if store_url.startswith("memory:"):
+        yield [store] * count
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        others = [await stack.enter_async_context(open_store(store_url)) for _ in range(count - 1)]
+        yield [store, *others]
+
+
+def needs_shared_database(store_url: str) -> None:
+    if store_url.startswith("memory:"):
+        pytest.skip("memory:// keeps nothing between two opens")
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def url_of(seq: int) -> str:
+    return f"http://www.example.test/f/{seq}.bin"
+
+
+def make_task(
+    urls: int = 1,
+    nodes: Sequence[tuple[str, int]] = ONE_NODE,
+    *,
+    user: str = "alice",
+    urls_limit: int = 2000,
+    dirs: int = 0,
+    dirs_limit: int = 50,
+    day: str = DAY,
+    created_at: float = NOW,
+    items: tuple[NewItem, ...] | None = None,
+    kind: TaskKind = TaskKind.PREFETCH,
+) -> NewTask:
+    if items is None:
+        items = tuple(
+            NewItem(seq, url_of(seq), node, ItemAction.WARM, stage) for seq in range(urls) for node, stage in nodes
+        )
+    quota = QuotaCharge(day, urls, dirs, urls_limit, dirs_limit)
+    return NewTask(str(uuid.uuid4()), user, kind, created_at, items, quota)
+
+
+def ok(item_id: int, attempts: int = 1) -> ItemOutcome:
+    return ItemOutcome(item_id, True, attempts, http_status=200, cache_state="HIT", bytes=1024)
+
+
+def failed(item_id: int, attempts: int = 1, retry_at: float | None = None) -> ItemOutcome:
+    return ItemOutcome(item_id, False, attempts, http_status=404, error="HTTP 404", retry_at=retry_at)
+
+
+async def items_of(store: TaskStore, task_id: str) -> dict[tuple[int, str], Item]:
+    """The task's items by (URL position, node)."""
+    return {(int(i.url.rsplit("/", 1)[1].split(".")[0]), i.node): i for i in await store.list_items(task_id)}
+
+
+async def claim_all(store: TaskStore, worker: str = "w1", now: float = NOW) -> list[int]:
+    return sorted(c.item_id for c in await store.claim_due_items(worker, 10_000, now, LEASE))
+
+
+def backend_module(store_url: str) -> ModuleType:
+    return edgewarm.store.postgres if store_url.startswith("postgresql") else edgewarm.store.sqlite
+
+
+def pretend_newer_code(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
+    """Make the back-end behave as the next edgewarm version would: one more migration."""
+    module = backend_module(store_url)
+    monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE contract_probe (x integer);"))
+
+
+# -- the contract -----------------------------------------------------------------------------------
+
+
+class TestSubmissions:
+    async def test_create_task_writes_the_task_and_its_items(self, store: TaskStore) -> None:
+        """A new task is in progress; stage-0 items are pending, later stages waiting; the quota is charged."""
+        task = make_task(2, SHIELD_THEN_EDGES)
+        created = await store.create_task(task)
+        assert (created.id, created.username, created.kind, created.status) == (
+            task.id,
+            "alice",
+            TaskKind.PREFETCH,
+            TaskStatus.IN_PROGRESS,
+        )
+        assert (created.total, created.succeeded, created.failed, created.finished_at) == (6, 0, 0, None)
+        assert created.created_at == NOW
+        assert await store.get_task(task.id) == created
+        states = {key: item.state for key, item in (await items_of(store, task.id)).items()}
+        assert states == {
+            (0, "shield-1"): ItemState.PENDING,
+            (0, "edge-1"): ItemState.WAITING,
+            (0, "edge-2"): ItemState.WAITING,
+            (1, "shield-1"): ItemState.PENDING,
+            (1, "edge-1"): ItemState.WAITING,
+            (1, "edge-2"): ItemState.WAITING,
+        }
+        assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=2)
+        assert await store.usage("alice", DAY) == (2, 0)
+
+    async def test_a_task_without_items_is_finished_at_once(self, store: TaskStore) -> None:
+        """A task with no items is created succeeded, finished at its creation time."""
+        created = await store.create_task(make_task(0))
+        assert (created.status, created.total, created.finished_at) == (TaskStatus.SUCCEEDED, 0, NOW)
+
+    async def test_over_quota_raises_and_writes_nothing(self, store: TaskStore) -> None:
+        """A submission past the daily URL quota raises QuotaExceeded; no task, items or usage are written."""
+        await store.create_task(make_task(3, urls_limit=4))
+        refused = make_task(2, urls_limit=4)
+        with pytest.raises(QuotaExceeded, match="3 of 4 URLs used today, 2 asked"):
+            await store.create_task(refused)
+        assert await store.get_task(refused.id) is None
+        assert await store.list_items(refused.id) == []
+        assert await store.usage("alice", DAY) == (3, 0)
+
+    async def test_a_first_call_larger_than_the_quota_is_refused(self, store: TaskStore) -> None:
+        """With nothing used yet, a call asking more than the whole quota is refused and charges nothing."""
+        with pytest.raises(QuotaExceeded, match="0 of 2 URLs used today, 3 asked"):
+            await store.create_task(make_task(3, urls_limit=2))
+        assert await store.usage("alice", DAY) == (0, 0)
+
+    async def test_the_directory_quota_is_kept_apart(self, store: TaskStore) -> None:
+        """Directories have their own daily limit, named in the refusal."""
+        await store.create_task(make_task(1, dirs=4, dirs_limit=5))
+        with pytest.raises(QuotaExceeded, match="4 of 5 directories used today, 2 asked"):
+            await store.create_task(make_task(1, dirs=2, dirs_limit=5))
+        assert await store.usage("alice", DAY) == (1, 4)
+
+    async def test_the_quota_is_per_user_and_per_day(self, store: TaskStore) -> None:
+        """Usage is counted per (user, day): another user or another day starts from zero."""
+        await store.create_task(make_task(2, urls_limit=2))
+        await store.create_task(make_task(2, urls_limit=2, user="bob"))
+        await store.create_task(make_task(2, urls_limit=2, day="20240102"))
+        assert await store.usage("alice", DAY) == (2, 0)
+        assert await store.usage("bob", DAY) == (2, 0)
+        assert await store.usage("alice", "20240102") == (2, 0)
+        assert await store.usage("carol", DAY) == (0, 0)
+
+    async def test_concurrent_submits_cannot_both_pass_a_limit_only_one_fits(
+        self, store: TaskStore, store_url: str
+    ) -> None:
+        """Of two submissions racing for room that only one fits (from two processes), exactly one passes."""
+        async with stores(store, store_url, 2) as (first, second):
+            for day in ("20240101", "20240102", "20240103"):  # the second day: racing on an existing usage row
+                if day == "20240102":
+                    await first.create_task(make_task(1, urls_limit=4, day=day))
+                results = await asyncio.gather(
+                    first.create_task(make_task(2, urls_limit=3 if day != "20240102" else 4, day=day)),
+                    second.create_task(make_task(2, urls_limit=3 if day != "20240102" else 4, day=day)),
+                    return_exceptions=True,
+                )
+                refused = [r for r in results if isinstance(r, QuotaExceeded)]
+                assert len(refused) == 1, results
+                assert await store.usage("alice", day) == ((2, 0) if day != "20240102" else (3, 0))
+
+    async def test_get_task_checks_the_owner(self, store: TaskStore) -> None:
+        """get_task answers another user's task exactly as an unknown one: None."""
+        task = make_task(1)
+        await store.create_task(task)
+        found = await store.get_task(task.id, "alice")
+        assert found is not None and found.id == task.id
+        assert await store.get_task(task.id, "bob") is None
+        assert await store.get_task(str(uuid.uuid4()), "alice") is None
+        assert await store.get_task(str(uuid.uuid4())) is None
+
+
+class TestWork:
+    async def test_claim_then_success_finishes_the_task(self, store: TaskStore) -> None:
+        """Every item claimed and recorded as succeeded: task status 0, counters and finish time set."""
+        task = make_task(3, (("edge-1", 0), ("edge-2", 0)))
+        await store.create_task(task)
+        claims = await store.claim_due_items("w1", 100, NOW, LEASE)
+        assert len(claims) == 6
+        assert {c.task_id for c in claims} == {task.id}
+        assert {(c.url, c.node) for c in claims} == {(url_of(s), n) for s in range(3) for n in ("edge-1", "edge-2")}
+        assert all(c.action is ItemAction.WARM and c.attempts == 0 for c in claims)
+        assert await store.task_counts(task.id) == TaskCounts(running=6)
+        assert await store.record_outcomes("w1", [ok(c.item_id) for c in claims], NOW + 1) == 6
+        done = await store.get_task(task.id)
+        assert done is not None
+        assert (done.status, done.succeeded, done.failed, done.finished_at) == (TaskStatus.SUCCEEDED, 6, 0, NOW + 1)
+        assert await store.task_counts(task.id) == TaskCounts(succeeded=6)
+        assert await store.next_due_at() is None
+
+    async def test_claims_respect_the_limit_the_due_time_and_other_leases(self, store: TaskStore) -> None:
+        """A claim takes at most `limit` due items; leased and future items are not claimed again."""
+        await store.create_task(make_task(5))
+        later = make_task(1, user="bob", created_at=NOW + 10)
+        await store.create_task(later)
+        first = await store.claim_due_items("w1", 3, NOW, LEASE)
+        second = await store.claim_due_items("w2", 10, NOW, LEASE)
+        assert len(first) == 3 and len(second) == 2
+        assert not {c.item_id for c in first} & {c.item_id for c in second}
+        assert await store.claim_due_items("w3", 10, NOW + 1, LEASE) == []
+        (future,) = await store.claim_due_items("w3", 10, NOW + 10, LEASE)
+        assert future.task_id == later.id
+
+    async def test_a_later_stage_waits_until_every_earlier_one_succeeded(self, store: TaskStore) -> None:
+        """Edges stay WAITING until both shields of the same URL succeeded, then become due."""
+        task = make_task(2, TWO_SHIELDS_THEN_EDGE)
+        await store.create_task(task)
+        claims = {(c.url, c.node): c.item_id for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert set(claims) == {(url_of(s), n) for s in range(2) for n in ("shield-1", "shield-2")}
+        await store.record_outcomes("w1", [ok(claims[url_of(0), "shield-1"])], NOW + 1)
+        items = await items_of(store, task.id)
+        assert items[0, "edge-1"].state is ItemState.WAITING
+        assert await store.claim_due_items("w1", 100, NOW + 1, LEASE) == []
+        await store.record_outcomes("w1", [ok(claims[url_of(0), "shield-2"])], NOW + 2)
+        items = await items_of(store, task.id)
+        assert items[0, "edge-1"].state is ItemState.PENDING
+        assert items[1, "edge-1"].state is ItemState.WAITING  # the other URL's shields are still running
+        (edge,) = await store.claim_due_items("w1", 100, NOW + 2, LEASE)
+        assert (edge.url, edge.node) == (url_of(0), "edge-1")
+        assert await store.next_due_at() == NOW + LEASE  # only leases are left
+
+    async def test_a_failed_stage_fails_the_waiting_items_with_a_reason(self, store: TaskStore) -> None:
+        """A shield that fails fails its URL's edges at once, naming it; the task ends with status 2."""
+        task = make_task(2, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        claims = {c.url: c.item_id for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert await store.record_outcomes("w1", [failed(claims[url_of(0)])], NOW + 1) == 1
+        items = await items_of(store, task.id)
+        assert items[0, "shield-1"].state is ItemState.FAILED
+        for edge in ("edge-1", "edge-2"):
+            assert items[0, edge].state is ItemState.FAILED
+            assert items[0, edge].error == "not attempted: this URL failed first on shield-1"
+            assert items[0, edge].updated_at == NOW + 1
+            assert items[1, edge].state is ItemState.WAITING
+        mid = await store.get_task(task.id)
+        assert mid is not None and (mid.status, mid.succeeded, mid.failed) == (TaskStatus.IN_PROGRESS, 0, 3)
+        await store.record_outcomes("w1", [ok(claims[url_of(1)])], NOW + 2)
+        edges = await store.claim_due_items("w1", 100, NOW + 2, LEASE)
+        await store.record_outcomes("w1", [ok(c.item_id) for c in edges], NOW + 3)
+        done = await store.get_task(task.id)
+        assert done is not None
+        assert (done.status, done.succeeded, done.failed, done.finished_at) == (TaskStatus.FAILED, 3, 3, NOW + 3)
+        assert await store.task_counts(task.id) == TaskCounts(succeeded=3, failed=3)
+
+    async def test_the_reason_names_every_failed_shield_while_others_still_run(self, store: TaskStore) -> None:
+        """Waiting items fail as soon as one earlier item failed; the task ends only when all are final."""
+        task = make_task(1, (("shield-2", 0), ("shield-1", 0), ("shield-3", 0), ("edge-1", 1)))
+        await store.create_task(task)
+        claims = {c.node: c.item_id for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        await store.record_outcomes("w1", [failed(claims["shield-2"]), failed(claims["shield-1"])], NOW + 1)
+        items = await items_of(store, task.id)
+        assert items[0, "edge-1"].error == "not attempted: this URL failed first on shield-1, shield-2"
+        running = await store.get_task(task.id)
+        assert running is not None and running.status is TaskStatus.IN_PROGRESS
+        await store.record_outcomes("w1", [ok(claims["shield-3"])], NOW + 2)
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.FAILED, 1, 3)
+
+    async def test_a_retry_puts_the_item_back_pending_until_retry_at(self, store: TaskStore) -> None:
+        """A failure with retry_at makes the item pending again, due only then; counters do not move."""
+        task = make_task(1, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        (claim,) = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert await store.record_outcomes("w1", [failed(claim.item_id, 1, retry_at=NOW + 60)], NOW + 1) == 1
+        shield = (await items_of(store, task.id))[0, "shield-1"]
+        assert (shield.state, shield.attempts, shield.http_status, shield.error) == (
+            ItemState.PENDING,
+            1,
+            404,
+            "HTTP 404",
+        )
+        assert await store.next_due_at() == NOW + 60
+        assert await store.claim_due_items("w2", 10, NOW + 59, LEASE) == []
+        (again,) = await store.claim_due_items("w2", 10, NOW + 60, LEASE)
+        assert (again.item_id, again.attempts) == (claim.item_id, 1)
+        same = await store.get_task(task.id)
+        assert same is not None and (same.status, same.succeeded, same.failed) == (TaskStatus.IN_PROGRESS, 0, 0)
+        assert (await items_of(store, task.id))[0, "edge-1"].state is ItemState.WAITING
+
+    async def test_an_expired_lease_passes_the_item_on_and_the_late_outcome_is_ignored(self, store: TaskStore) -> None:
+        """After its lease expired and another worker took the item, the first worker's outcome is not applied."""
+        task = make_task(1)
+        await store.create_task(task)
+        (first,) = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert await store.claim_due_items("w2", 10, NOW + LEASE - 1, LEASE) == []
+        (second,) = await store.claim_due_items("w2", 10, NOW + LEASE, LEASE)
+        assert second.item_id == first.item_id
+        assert second.attempts == 1  # the attempt lost with the first lease counts
+        assert await store.record_outcomes("w1", [ok(first.item_id)], NOW + LEASE + 1) == 0
+        assert (await store.list_items(task.id))[0].state is ItemState.RUNNING
+        assert await store.record_outcomes("w2", [ok(second.item_id, 2)], NOW + LEASE + 2) == 1
+        assert await store.record_outcomes("w2", [ok(second.item_id, 2)], NOW + LEASE + 3) == 0
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.SUCCEEDED, 1, 0)
+        assert (await store.list_items(task.id))[0].attempts == 2
+
+    async def test_an_expired_lease_nobody_took_still_accepts_its_owner(self, store: TaskStore) -> None:
+        """Past its lease but not yet reclaimed, an item still takes its owner's outcome (counted once)."""
+        task = make_task(1)
+        await store.create_task(task)
+        (claim,) = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert await store.record_outcomes("w1", [ok(claim.item_id)], NOW + 10 * LEASE) == 1
+        assert await store.claim_due_items("w2", 10, NOW + 10 * LEASE, LEASE) == []
+        done = await store.get_task(task.id)
+        assert done is not None and done.succeeded == 1
+
+    async def test_only_the_lease_owner_records_and_a_batch_counts_an_item_once(self, store: TaskStore) -> None:
+        """Outcomes from a worker that does not hold the lease, or repeated in one batch, are not applied."""
+        task = make_task(2)
+        await store.create_task(task)
+        a, b = await claim_all(store)
+        assert await store.record_outcomes("w2", [ok(a)], NOW + 1) == 0
+        assert await store.record_outcomes("w1", [ok(a), failed(a), ok(b), ok(b)], NOW + 1) == 2
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.SUCCEEDED, 2, 0)
+
+    async def test_renew_leases_extends_them(self, store: TaskStore) -> None:
+        """A renewed lease holds until the new time; only the owner's running items are renewed."""
+        await store.create_task(make_task(2))
+        a, b = await claim_all(store)
+        assert await store.renew_leases("w2", [a, b], NOW + 100) == 0
+        assert await store.renew_leases("w1", [a], NOW + 100) == 1
+        assert await store.renew_leases("w1", [], NOW + 100) == 0
+        assert await store.next_due_at() == NOW + LEASE
+        (taken,) = await store.claim_due_items("w2", 10, NOW + LEASE, LEASE)
+        assert taken.item_id == b
+        assert await store.claim_due_items("w3", 10, NOW + 59, LEASE) == []  # a: renewed; b: w2's now
+        await store.record_outcomes("w1", [ok(a)], NOW + 50)
+        assert await store.renew_leases("w1", [a], NOW + 200) == 0
+
+    async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
+        """Released items are due at once for any worker, without an attempt counted."""
+        await store.create_task(make_task(2))
+        a, b = await claim_all(store)
+        assert await store.release_leases("w2", [a], NOW + 1) == 0
+        assert await store.release_leases("w1", [a], NOW + 1) == 1
+        assert await store.release_leases("w1", [], NOW + 1) == 0
+        (again,) = await store.claim_due_items("w2", 10, NOW + 1, LEASE)
+        assert (again.item_id, again.attempts) == (a, 0)
+        assert await store.record_outcomes("w1", [ok(a)], NOW + 2) == 0  # released: no longer w1's
+        assert await store.record_outcomes("w1", [ok(b)], NOW + 2) == 1
+
+    async def test_release_all_leases_makes_every_leased_item_due_now(self, store: TaskStore) -> None:
+        """release_all_leases hands back every worker's items; waiting and finished items are left alone."""
+        task = make_task(3, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        a, b, c = await claim_all(store)
+        await store.record_outcomes("w1", [ok(c)], NOW + 1)
+        await store.renew_leases("w1", [b], NOW + 500)
+        assert await store.release_all_leases(NOW + 2) == 2
+        # c's success released its URL's two edges; a and b are handed back
+        assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=4, succeeded=1)
+        again = {x.item_id: x.attempts for x in await store.claim_due_items("w9", 10, NOW + 2, LEASE)}
+        assert len(again) == 4 and again[a] == again[b] == 0
+
+    async def test_list_items_is_ordered_by_url_stage_and_id_and_pages(self, store: TaskStore) -> None:
+        """list_items orders by URL position, stage, id; offset and limit page through; outcomes show."""
+        items = (
+            NewItem(1, url_of(1), "edge-2", ItemAction.WARM, 1),
+            NewItem(0, url_of(0), "edge-1", ItemAction.WARM, 1),
+            NewItem(1, url_of(1), "shield-1", ItemAction.WARM, 0),
+            NewItem(0, url_of(0), "shield-1", ItemAction.PURGE, 0),
+            NewItem(1, url_of(1), "edge-1", ItemAction.WARM, 1),
+        )
+        task = make_task(2, items=items)
+        await store.create_task(task)
+        listed = await store.list_items(task.id)
+        assert [(i.url, i.node, i.stage) for i in listed] == [
+            (url_of(0), "shield-1", 0),
+            (url_of(0), "edge-1", 1),
+            (url_of(1), "shield-1", 0),
+            (url_of(1), "edge-2", 1),
+            (url_of(1), "edge-1", 1),
+        ]
+        assert listed[0].action is ItemAction.PURGE and listed[0].task_id == task.id
+        assert [i.id for i in await store.list_items(task.id, offset=1, limit=2)] == [listed[1].id, listed[2].id]
+        assert await store.list_items(task.id, offset=5) == []
+        claim = next(c for c in await store.claim_due_items("w1", 10, NOW, LEASE) if c.item_id == listed[2].id)
+        await store.record_outcomes("w1", [ok(claim.item_id, 2)], NOW + 5)
+        (recorded,) = await store.list_items(task.id, offset=2, limit=1)
+        assert (recorded.state, recorded.attempts, recorded.http_status, recorded.cache_state) == (
+            ItemState.SUCCEEDED,
+            2,
+            200,
+            "HIT",
+        )
+        assert (recorded.bytes, recorded.error, recorded.updated_at) == (1024, None, NOW + 5)
+
+    async def test_task_counts_tell_every_state(self, store: TaskStore) -> None:
+        """task_counts counts items per state; an unknown task has none."""
+        task = make_task(4, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        a, b, c, _d = await claim_all(store)
+        await store.record_outcomes("w1", [ok(a), failed(b), failed(c, retry_at=NOW + 9)], NOW + 1)
+        assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=3, running=1, succeeded=1, failed=3)
+        assert await store.task_counts(str(uuid.uuid4())) == TaskCounts()
+
+    async def test_next_due_at_and_queue_depth_follow_pending_and_leased_items(self, store: TaskStore) -> None:
+        """next_due_at is the earliest pending or leased due time; queue_depth counts pending and running."""
+        assert await store.next_due_at() is None
+        assert await store.queue_depth() == 0
+        await store.create_task(make_task(1, SHIELD_THEN_EDGES, created_at=NOW + 20))
+        await store.create_task(make_task(1, created_at=NOW + 10))
+        assert await store.next_due_at() == NOW + 10
+        assert await store.queue_depth() == 2  # the waiting edges are not in the queue yet
+        await store.claim_due_items("w1", 10, NOW + 10, LEASE)
+        assert await store.next_due_at() == NOW + 20
+        await store.claim_due_items("w1", 10, NOW + 20, LEASE)
+        assert await store.next_due_at() == NOW + 10 + LEASE
+        assert await store.queue_depth() == 2
+
+    async def test_known_urls_lists_distinct_urls_under_a_prefix(self, store: TaskStore) -> None:
+        """known_urls matches the prefix literally (% and _ too), once per URL, up to `limit`."""
+        urls = ["http://h.test/a/1", "http://h.test/a/2", "http://h.test/a%_x", "http://h.test/b/1"]
+        items = tuple(NewItem(s, u, n, ItemAction.WARM, 0) for s, u in enumerate(urls) for n in ("e1", "e2"))
+        await store.create_task(make_task(4, items=items))
+        assert sorted(await store.known_urls("http://h.test/a/", 10)) == urls[:2]
+        assert await store.known_urls("http://h.test/a%", 10) == ["http://h.test/a%_x"]
+        assert len(await store.known_urls("http://h.test/", 3)) == 3
+        assert await store.known_urls("http://other.test/", 10) == []
+
+
+class TestTaskViews:
+    async def test_node_counts_count_each_node_in_submission_order(self, store: TaskStore) -> None:
+        """node_counts gives every node's counts per state, nodes in the order their items were submitted."""
+        task = make_task(2, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        first, second = await claim_all(store)
+        await store.record_outcomes("w1", [ok(first), failed(second)], NOW + 1)
+        counts = await store.node_counts(task.id)
+        assert list(counts) == ["shield-1", "edge-1", "edge-2"]
+        assert counts["shield-1"] == TaskCounts(succeeded=1, failed=1)
+        assert counts["edge-1"] == counts["edge-2"] == TaskCounts(pending=1, failed=1)
+        assert await store.node_counts(str(uuid.uuid4())) == {}
+
+    async def test_list_tasks_filters_pages_and_puts_the_newest_first(self, store: TaskStore) -> None:
+        """list_tasks selects the user's tasks by status, kind, time and URL, newest first, then by id."""
+        old = make_task(1, created_at=NOW)
+        refresh = make_task(1, created_at=NOW + 1, kind=TaskKind.REFRESH)
+        items = (NewItem(0, "http://h.test/needle%_/x", "edge-1", ItemAction.WARM, 0),)
+        needle = make_task(1, created_at=NOW + 2, items=items)
+        twins = sorted([make_task(1, created_at=NOW + 3), make_task(1, created_at=NOW + 3)], key=lambda t: t.id)
+        for task in (old, refresh, needle, *twins, make_task(1, user="bob", created_at=NOW + 9)):
+            await store.create_task(task)
+        (claim,) = [c for c in await store.claim_due_items("w1", 100, NOW + 10, LEASE) if c.task_id == old.id]
+        await store.record_outcomes("w1", [ok(claim.item_id)], NOW + 11)
+
+        async def ids(where: TaskFilter) -> list[str]:
+            return [t.id for t in await store.list_tasks("alice", where)]
+
+        assert await ids(TaskFilter()) == [twins[0].id, twins[1].id, needle.id, refresh.id, old.id]
+        assert await ids(TaskFilter(status=TaskStatus.SUCCEEDED)) == [old.id]
+        assert await ids(TaskFilter(kind=TaskKind.REFRESH)) == [refresh.id]
+        assert await ids(TaskFilter(since=NOW + 1, until=NOW + 3)) == [needle.id, refresh.id]
+        assert await ids(TaskFilter(url_contains="needle%_")) == [needle.id]
+        assert await ids(TaskFilter(url_contains="")) == await ids(TaskFilter())
+        assert await ids(TaskFilter(offset=1, limit=2)) == [twins[1].id, needle.id]
+        assert await store.list_tasks("carol", TaskFilter()) == []
+
+    async def test_get_tasks_answers_the_users_tasks_in_the_order_asked(self, store: TaskStore) -> None:
+        """get_tasks keeps the order of the ids asked and leaves out unknown ids and other users' tasks."""
+        first, second, bobs = make_task(1), make_task(1), make_task(1, user="bob")
+        for task in (first, second, bobs):
+            await store.create_task(task)
+        found = await store.get_tasks("alice", [second.id, str(uuid.uuid4()), bobs.id, first.id])
+        assert [t.id for t in found] == [second.id, first.id]
+        assert await store.get_tasks("alice", []) == []
+
+    async def test_cancel_fails_what_has_not_started_and_lets_running_items_finish(self, store: TaskStore) -> None:
+        """Cancel fails waiting and pending items; the task ends failed ("cancelled") once running ones end."""
+        task = make_task(2, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        (running,) = await store.claim_due_items("w1", 1, NOW, LEASE)
+        cancelled = await store.cancel_task(task.id, "alice", NOW + 1)
+        assert cancelled is not None
+        assert (cancelled.status, cancelled.failed, cancelled.reason) == (TaskStatus.IN_PROGRESS, 5, "cancelled")
+        assert await store.task_counts(task.id) == TaskCounts(running=1, failed=5)
+        assert {i.error for i in await store.list_items(task.id) if i.state is ItemState.FAILED} == {"cancelled"}
+        assert await store.claim_due_items("w2", 10, NOW + 1, LEASE) == []
+        assert await store.record_outcomes("w1", [ok(running.item_id)], NOW + 2) == 1
+        done = await store.get_task(task.id)
+        assert done is not None
+        assert (done.status, done.succeeded, done.failed, done.finished_at) == (TaskStatus.FAILED, 1, 5, NOW + 2)
+        assert done.reason == "cancelled"
+
+    async def test_cancel_with_nothing_running_ends_the_task_at_once(self, store: TaskStore) -> None:
+        """A cancelled task with no item running is failed and finished at the time of the cancel."""
+        task = make_task(2)
+        await store.create_task(task)
+        cancelled = await store.cancel_task(task.id, "alice", NOW + 1)
+        assert cancelled is not None
+        assert (cancelled.status, cancelled.failed, cancelled.finished_at) == (TaskStatus.FAILED, 2, NOW + 1)
+
+    async def test_cancel_answers_none_for_another_users_or_an_unknown_task(self, store: TaskStore) -> None:
+        """cancel_task of another user's or an unknown task returns None and changes nothing."""
+        task = make_task(1)
+        await store.create_task(task)
+        assert await store.cancel_task(task.id, "bob", NOW + 1) is None
+        assert await store.cancel_task(str(uuid.uuid4()), "alice", NOW + 1) is None
+        assert await store.task_counts(task.id) == TaskCounts(pending=1)
+
+    async def test_cancelling_a_finished_task_changes_nothing(self, store: TaskStore) -> None:
+        """A task that already ended keeps its status and has no reason added."""
+        task = make_task(1)
+        await store.create_task(task)
+        (item_id,) = await claim_all(store)
+        await store.record_outcomes("w1", [ok(item_id)], NOW + 1)
+        cancelled = await store.cancel_task(task.id, "alice", NOW + 2)
+        assert cancelled is not None
+        assert (cancelled.status, cancelled.reason, cancelled.finished_at) == (TaskStatus.SUCCEEDED, None, NOW + 1)
+
+
+class TestConcurrency:
+    async def test_concurrent_claimers_take_disjoint_items(self, store: TaskStore, store_url: str) -> None:
+        """4 workers claiming 2,000 items at once each get their own: no item is claimed twice, none is lost."""
+        await store.create_task(make_task(2000))
+        async with stores(store, store_url, 4) as workers:
+
+            async def drain(worker: TaskStore, name: str) -> list[int]:
+                taken: list[int] = []
+                while claims := await worker.claim_due_items(name, 50, NOW, LEASE):
+                    taken += [c.item_id for c in claims]
+                return taken
+
+            taken = await asyncio.gather(*(drain(w, f"w{n}") for n, w in enumerate(workers)))
+        every = [item_id for part in taken for item_id in part]
+        assert len(every) == 2000 and len(set(every)) == 2000
+        assert await store.queue_depth() == 2000 and await store.claim_due_items("w9", 10, NOW, LEASE) == []
+
+    async def test_two_workers_finishing_the_shields_of_a_url_at_once_release_its_edge(
+        self, store: TaskStore, store_url: str
+    ) -> None:
+        """Shields of one URL recorded at the same moment by two processes still release the edge."""
+        async with stores(store, store_url, 2) as (first, second):
+            for _ in range(3):  # the first round also prepares statements, which can keep the two apart
+                task = make_task(100, TWO_SHIELDS_THEN_EDGE)
+                await store.create_task(task)
+                claims = await store.claim_due_items("w1", 1000, NOW, LEASE)
+                by_node = {n: [ok(c.item_id) for c in claims if c.node == n] for n in ("shield-1", "shield-2")}
+                applied = await asyncio.gather(
+                    first.record_outcomes("w1", by_node["shield-1"], NOW + 1),
+                    second.record_outcomes("w1", by_node["shield-2"], NOW + 1),
+                )
+                assert applied == [100, 100]
+                assert await store.task_counts(task.id) == TaskCounts(pending=100, succeeded=200)
+
+
+class TestListening:
+    async def test_listen_for_work_can_be_entered_and_left_on_every_back_end(self, store: TaskStore) -> None:
+        """listen_for_work is a context every back-end provides; work submitted meanwhile is stored as usual."""
+        calls: list[None] = []
+        async with store.listen_for_work(lambda: calls.append(None)):
+            await store.create_task(make_task(1))
+        assert await store.queue_depth() == 1
+
+
+class TestSchema:
+    async def test_db_upgrade_creates_the_schema_of_an_empty_database(self, store_url: str) -> None:
+        """Opened without auto-upgrade (`edgewarm db upgrade`), an empty database gets the schema from upgrade()."""
+        async with open_store(store_url, auto_upgrade=False) as store:
+            assert await store.upgrade() == SCHEMA_VERSION
+            assert await store.upgrade() == SCHEMA_VERSION  # idempotent
+            await store.create_task(make_task(1))
+            assert await store.queue_depth() == 1
+
+    async def test_an_older_schema_is_refused_until_upgraded(
+        self, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A database at an older schema version refuses with SchemaVersionError; upgrade() brings it up to date."""
+        needs_shared_database(store_url)
+        task = make_task(1)
+        async with open_store(store_url) as store:
+            await store.create_task(task)
+        pretend_newer_code(monkeypatch, store_url)
+        with pytest.raises(SchemaVersionError, match=r"edgewarm db upgrade --config FILE"):
+            async with open_store(store_url):
+                pass
+        async with open_store(store_url, auto_upgrade=False) as store:
+            assert await store.upgrade() == SCHEMA_VERSION + 1
+        async with open_store(store_url) as store:
+            assert await store.get_task(task.id) is not None
+
+    async def test_a_newer_schema_is_refused_even_by_upgrade(
+        self, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A database written by a newer edgewarm is refused on open, and upgrade() will not touch it."""
+        needs_shared_database(store_url)
+        with monkeypatch.context() as newer:
+            pretend_newer_code(newer, store_url)
+            async with open_store(store_url):
+                pass
+        with pytest.raises(SchemaVersionError):
+            async with open_store(store_url):
+                pass
+        async with open_store(store_url, auto_upgrade=False) as store:
+            with pytest.raises(SchemaVersionError, match="newer than this edgewarm"):
+                await store.upgrade()
+
+    async def test_processes_opening_a_new_database_at_once_create_the_schema_once(self, store_url: str) -> None:
+        """Several processes starting together on an empty database all open it (one creates the schema)."""
+        needs_shared_database(store_url)
+
+        async def open_and_count() -> int:
+            async with open_store(store_url) as store:
+                return await store.queue_depth()
+
+        assert await asyncio.gather(*(open_and_count() for _ in range(4))) == [0, 0, 0, 0]
+
+
+# -- PostgreSQL only --------------------------------------------------------------------------------
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
+    """Until a store LISTENs on the database of `url`."""
+    admin = await asyncpg.connect(url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'edgewarm-listen' AND datname = $1"
+        while not await admin.fetchval(query, url.rsplit("/", 1)[1]):
+            assert asyncio.get_running_loop().time() < deadline, "nobody listens"
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.close()
+
+
+class TestPostgres:
+    async def test_work_from_another_process_is_announced_to_listeners(self, postgres_db_url: str) -> None:
+        """A listening store is called back when another store submits, releases a stage or schedules a retry."""
+        calls: list[None] = []
+        async with (
+            PostgresStore(postgres_db_url) as listener,
+            PostgresStore(postgres_db_url) as other,
+            listener.listen_for_work(lambda: calls.append(None)),
+        ):
+            await wait_for(lambda: len(calls) == 1)  # one look on connecting
+            calls.clear()
+            await other.create_task(make_task(2, SHIELD_THEN_EDGES))
+            await wait_for(lambda: len(calls) >= 1)
+            a, b = await claim_all(other)
+            calls.clear()
+            await other.record_outcomes("w1", [ok(a)], NOW + 1)  # releases the edges of URL 0
+            await wait_for(lambda: len(calls) >= 1)
+            calls.clear()
+            await other.record_outcomes("w1", [failed(b, retry_at=NOW + 5)], NOW + 1)
+            await wait_for(lambda: len(calls) >= 1)
+
+    async def test_the_listener_comes_back_after_its_connection_is_lost(self, postgres_db_url: str) -> None:
+        """When the LISTEN connection is killed, the store reconnects, looks once, and hears announcements again."""
+        calls: list[None] = []
+        async with PostgresStore(postgres_db_url) as store, store.listen_for_work(lambda: calls.append(None)):
+            admin = await asyncpg.connect(postgres_db_url)
+            try:
+                killed = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'edgewarm-listen' AND datname = current_database()"
+                )
+                assert killed == 1
+                calls.clear()
+                await wait_for(lambda: len(calls) >= 1)  # reconnected: one look
+                calls.clear()
+                await admin.execute("NOTIFY edgewarm_work")
+                await wait_for(lambda: len(calls) >= 1)
+            finally:
+                await admin.close()
+
+    async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
+        """An unreachable server raises StoreError whose message shows the URL with its password masked."""
+        url = f"postgresql://edgewarm:s3cret@127.0.0.1:{free_port()}/edgewarm"
+        with pytest.raises(StoreError) as caught:
+            async with PostgresStore(url, connect_timeout=5):
+                pass
+        assert "s3cret" not in str(caught.value) and "edgewarm:***@" in str(caught.value)
+
+    async def test_a_lost_database_surfaces_as_store_error(
+        self, postgres_cluster: PostgresCluster, postgres_db_url: str
+    ) -> None:
+        """A query on a database dropped under the store raises StoreError, not a driver exception."""
+        async with PostgresStore(postgres_db_url) as store:
+            await postgres_cluster.drop_database(postgres_db_url.rsplit("/", 1)[1])
+            with pytest.raises(StoreError, match="postgresql"):
+                await store.get_task("x")
+
+    async def test_an_idle_engine_wakes_up_for_work_submitted_by_another_process(self, postgres_db_url: str) -> None:
+        """An engine that polls only every 60 s claims a task submitted through another store within seconds."""
+        config = parse_config(
+            {
+                "store": postgres_db_url,
+                "engine": {"poll_interval": 60, "max_attempts": 1},
+                "nodes": [{"name": "edge-1", "url": f"http://127.0.0.1:{free_port()}"}],  # refuses connections
+            }
+        )
+        async with (
+            PostgresStore(postgres_db_url) as worker_store,
+            PostgresStore(postgres_db_url) as api_store,
+            Fetcher(config.engine) as fetcher,
+        ):
+            engine = Engine(config, worker_store, fetcher)
+            running = asyncio.create_task(engine.run(), name="test-engine")
+            try:
+                await wait_for_listener(postgres_db_url)
+                await asyncio.sleep(0.5)  # let its first, empty claim pass: from now on it sleeps for 60 s
+                task = make_task(1, created_at=time.time())
+                await api_store.create_task(task)
+                await wait_for(lambda: engine.fetched == 1 or running.done())
+                assert not running.done()
+            finally:
+                engine.stop()
+                await running
