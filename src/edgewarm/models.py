@@ -92,6 +92,11 @@ class Task:
     failed: int = 0
     finished_at: float | None = None
     reason: str | None = None
+    callback_url: str | None = None
+    webhook_state: str | None = None  # pending | delivered | failed; None without a callback URL
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,9 @@ class NewTask:
     created_at: float
     items: tuple[NewItem, ...]
     quota: QuotaCharge
+    # A second submission with the same key from the same user returns the first task, charging nothing.
+    idempotency_key: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

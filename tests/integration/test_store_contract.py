@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -575,6 +576,102 @@ class TestTaskViews:
         cancelled = await store.cancel_task(task.id, "alice", NOW + 2)
         assert cancelled is not None
         assert (cancelled.status, cancelled.reason, cancelled.finished_at) == (TaskStatus.SUCCEEDED, None, NOW + 1)
+
+    async def test_a_running_item_of_a_cancelled_task_is_not_retried(self, store: TaskStore) -> None:
+        """A retry reported for an item whose task was cancelled meanwhile fails it ("cancelled"); the task ends."""
+        task = make_task(2)
+        await store.create_task(task)
+        (running, _) = await store.claim_due_items("w1", 2, NOW, LEASE)
+        await store.cancel_task(task.id, "alice", NOW + 1)
+        retry = failed(running.item_id, 1, retry_at=NOW + 5)
+        assert await store.record_outcomes("w1", [retry], NOW + 2) == 1
+        assert await store.claim_due_items("w2", 10, NOW + 10, LEASE) == []
+        item = (await items_of(store, task.id))[0, "edge-1"]
+        assert (item.state, item.error) == (ItemState.FAILED, "cancelled")
+
+
+class TestIdempotencyAndWebhooks:
+    async def test_a_second_submit_with_the_same_key_returns_the_first_task_and_charges_nothing(
+        self, store: TaskStore
+    ) -> None:
+        """Same user, same idempotency key: the first task comes back, no new items, the quota charged once."""
+        first = replace(make_task(3), idempotency_key="k-1")
+        again = replace(make_task(3), idempotency_key="k-1")
+        other_user = replace(make_task(3, user="bob"), idempotency_key="k-1")
+        created = await store.create_task(first)
+        assert (await store.create_task(again)).id == first.id == created.id
+        assert created.idempotency_key == "k-1"
+        assert (await store.create_task(other_user)).id == other_user.id
+        assert await store.usage("alice", DAY) == (3, 0)
+        assert await store.queue_depth() == 6
+
+    async def test_an_ended_task_with_a_callback_has_a_pending_webhook(self, store: TaskStore) -> None:
+        """The webhook falls due when the task ends; claimed, it is leased; recorded, it is delivered."""
+        task = replace(make_task(1), callback_url="http://hooks.test/done")
+        plain = make_task(1)
+        await store.create_task(task)
+        await store.create_task(plain)
+        assert await store.claim_due_webhooks(NOW, 10, LEASE) == []
+        ids = await claim_all(store)
+        await store.record_outcomes("w1", [ok(i) for i in ids], NOW + 1)
+        (due,) = await store.claim_due_webhooks(NOW + 1, 10, LEASE)
+        assert (due.id, due.callback_url, due.webhook_state, due.status) == (
+            task.id,
+            "http://hooks.test/done",
+            "pending",
+            TaskStatus.SUCCEEDED,
+        )
+        assert await store.claim_due_webhooks(NOW + 2, 10, LEASE) == []  # leased
+        await store.record_webhook(task.id, delivered=False, error="HTTP 500", retry_at=NOW + 5, now=NOW + 2)
+        assert await store.claim_due_webhooks(NOW + 4, 10, LEASE) == []
+        (again,) = await store.claim_due_webhooks(NOW + 5, 10, LEASE)
+        assert (again.webhook_attempts, again.webhook_error) == (1, "HTTP 500")
+        await store.record_webhook(task.id, delivered=True, error=None, retry_at=None, now=NOW + 6)
+        done = await store.get_task(task.id)
+        assert done is not None and (done.webhook_state, done.webhook_attempts) == ("delivered", 2)
+        assert await store.claim_due_webhooks(NOW + 100, 10, LEASE) == []
+
+    async def test_a_webhook_that_keeps_failing_ends_failed(self, store: TaskStore) -> None:
+        """record_webhook without retry_at ends the delivery as failed, with its error kept."""
+        task = replace(make_task(1), callback_url="http://hooks.test/x")
+        await store.create_task(task)
+        (item_id,) = await claim_all(store)
+        await store.record_outcomes("w1", [failed(item_id)], NOW + 1)
+        (due,) = await store.claim_due_webhooks(NOW + 1, 10, LEASE)
+        await store.record_webhook(due.id, delivered=False, error="refused", retry_at=None, now=NOW + 2)
+        done = await store.get_task(task.id)
+        assert done is not None and (done.webhook_state, done.webhook_error) == ("failed", "refused")
+        assert await store.claim_due_webhooks(NOW + 100, 10, LEASE) == []
+
+
+class TestRetention:
+    async def test_delete_finished_before_removes_old_ended_tasks_and_their_items_only(self, store: TaskStore) -> None:
+        """Tasks that ended before the cutoff go with their items; newer and unfinished tasks stay."""
+        old, new, running = make_task(2), make_task(2), make_task(2)
+        for task in (old, new, running):
+            await store.create_task(task)
+        ids = {i.url: i.id for i in await store.list_items(old.id)}
+        claims = await store.claim_due_items("w1", 10, NOW, LEASE)
+        by_task: dict[str, list[int]] = {}
+        for c in claims:
+            by_task.setdefault(c.task_id, []).append(c.item_id)
+        await store.record_outcomes("w1", [ok(i) for i in by_task[old.id]], NOW + 1)
+        await store.record_outcomes("w1", [ok(i) for i in by_task[new.id]], NOW + 100)
+        assert await store.delete_finished_before(NOW + 50, 10) == 1
+        assert await store.get_task(old.id) is None
+        assert await store.list_items(old.id) == [] and ids
+        assert await store.get_task(new.id) is not None
+        assert await store.get_task(running.id) is not None
+        assert await store.delete_finished_before(NOW + 50, 10) == 0
+
+    async def test_delete_finished_before_is_bounded(self, store: TaskStore) -> None:
+        """At most `limit` tasks go per call."""
+        tasks = [make_task(1) for _ in range(3)]
+        for task in tasks:
+            await store.create_task(task)
+        await store.record_outcomes("w1", [ok(i) for i in await claim_all(store)], NOW + 1)
+        assert await store.delete_finished_before(NOW + 2, 2) == 2
+        assert await store.delete_finished_before(NOW + 2, 2) == 1
 
 
 class TestConcurrency:

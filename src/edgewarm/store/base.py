@@ -9,7 +9,7 @@ from typing import Protocol, Self
 
 from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskFilter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class TaskStore(Protocol):
@@ -84,6 +84,20 @@ class TaskStore(Protocol):
 
         Returns how many outcomes were applied (the others had lost their lease).
         """
+        ...
+
+    async def claim_due_webhooks(self, now: float, limit: int, lease_seconds: float) -> list[Task]:
+        """Lease up to `limit` ended tasks whose webhook is due (a lease keeps other deliverers off)."""
+        ...
+
+    async def record_webhook(
+        self, task_id: str, *, delivered: bool, error: str | None, retry_at: float | None, now: float
+    ) -> None:
+        """One delivery attempt: delivered, to be retried at `retry_at`, or failed for good (retry_at None)."""
+        ...
+
+    async def delete_finished_before(self, cutoff: float, limit: int) -> int:
+        """Remove up to `limit` tasks that ended before `cutoff`, with their items; return how many."""
         ...
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:

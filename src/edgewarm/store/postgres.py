@@ -97,6 +97,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (username, day)
     );
     """,
+    # version 2: idempotency keys, webhooks
+    """
+    ALTER TABLE tasks ADD COLUMN idempotency_key text;
+    ALTER TABLE tasks ADD COLUMN callback_url text;
+    ALTER TABLE tasks ADD COLUMN webhook_state text;
+    ALTER TABLE tasks ADD COLUMN webhook_attempts integer NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN webhook_error text;
+    ALTER TABLE tasks ADD COLUMN webhook_due_at double precision;
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (username, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_webhook_due ON tasks (webhook_due_at) WHERE webhook_state = 'pending';
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -110,7 +121,10 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_DRIVER_ERRORS, ValueError)  # ValueError: a malformed URL
 
-_TASK_COLUMNS = "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason"
+_TASK_COLUMNS = (
+    "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
+    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key"
+)
 _ITEM_COLUMNS = (
     "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
 )
@@ -123,9 +137,12 @@ RETURNING urls
 """
 
 _INSERT_TASK = f"""
-INSERT INTO tasks (id, username, kind, created_at, total, status, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO tasks (id, username, kind, created_at, total, idempotency_key, callback_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING {_TASK_COLUMNS}
 """
+
+_BY_IDEMPOTENCY_KEY = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = $1 AND idempotency_key = $2"
 
 # One statement for every item; WITH ORDINALITY keeps the ids in submission order, as SQLite gives them.
 _INSERT_ITEMS = """
@@ -179,10 +196,14 @@ o AS (
         $8::text[], $9::bigint[], $10::text[])
         AS o (id, state, due_at, attempts, http_status, cache_state, bytes, error)
 )
-UPDATE items SET state = o.state, due_at = o.due_at, lease_owner = NULL, attempts = o.attempts,
-    http_status = o.http_status, cache_state = o.cache_state, bytes = o.bytes, error = o.error, updated_at = $3
-FROM o JOIN mine ON mine.id = o.id
-WHERE items.id = o.id
+UPDATE items SET
+    -- a retry of an item whose task was cancelled meanwhile fails instead: the task is ending
+    state = CASE WHEN o.state = 'pending' AND t.reason = $11 THEN 'failed' ELSE o.state END,
+    error = CASE WHEN o.state = 'pending' AND t.reason = $11 THEN $11 ELSE o.error END,
+    due_at = o.due_at, lease_owner = NULL, attempts = o.attempts,
+    http_status = o.http_status, cache_state = o.cache_state, bytes = o.bytes, updated_at = $3
+FROM o JOIN mine ON mine.id = o.id, tasks t
+WHERE items.id = o.id AND t.id = items.task_id
 RETURNING items.task_id, items.seq, items.state
 """
 
@@ -228,8 +249,32 @@ WHERE tasks.id = d.id
 
 # End the tasks whose items are all final: 0 when all succeeded and none was cancelled, else 2.
 _FINISH = """
-UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = $2
+UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = $2,
+    webhook_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,
+    webhook_due_at = CASE WHEN callback_url IS NOT NULL THEN $2::double precision END
 WHERE id = ANY($1::text[]) AND status = 1 AND succeeded + failed >= total
+"""
+
+_CLAIM_WEBHOOKS = f"""
+WITH due AS (
+    SELECT id FROM tasks WHERE webhook_state = 'pending' AND webhook_due_at <= $1
+    ORDER BY webhook_due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET webhook_due_at = $3 FROM due WHERE tasks.id = due.id
+RETURNING {", ".join(f"tasks.{c.strip()}" for c in _TASK_COLUMNS.split(","))}
+"""
+
+_RECORD_WEBHOOK = """
+UPDATE tasks SET webhook_state = $2, webhook_attempts = webhook_attempts + 1, webhook_error = $3, webhook_due_at = $4
+WHERE id = $1 AND webhook_state = 'pending'
+"""
+
+# Items go with their task (ON DELETE CASCADE); SKIP LOCKED keeps the job off rows a writer holds.
+_DELETE_FINISHED = """
+WITH old AS (
+    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tasks USING old WHERE tasks.id = old.id
 """
 
 _CANCEL_ITEMS = """
@@ -268,6 +313,11 @@ def _task(row: asyncpg.Record) -> Task:
         failed=row[7],
         finished_at=row[8],
         reason=row[9],
+        callback_url=row[10],
+        webhook_state=row[11],
+        webhook_attempts=row[12],
+        webhook_error=row[13],
+        idempotency_key=row[14],
     )
 
 
@@ -404,6 +454,10 @@ class PostgresStore:
         q = task.quota
         items = task.items
         async with self._connection() as conn:
+            if task.idempotency_key is not None:
+                earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
+                if earlier is not None:
+                    return _task(earlier)
             try:
                 async with conn.transaction():
                     charged = await conn.fetchval(
@@ -411,15 +465,15 @@ class PostgresStore:
                     )
                     if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
                         raise _OverQuota
-                    row = await conn.fetchrow(
+                    await conn.execute(
                         _INSERT_TASK,
                         task.id,
                         task.username,
                         task.kind.value,
                         task.created_at,
                         len(items),
-                        int(TaskStatus.IN_PROGRESS if items else TaskStatus.SUCCEEDED),
-                        None if items else task.created_at,
+                        task.idempotency_key,
+                        task.callback_url,
                     )
                     if items:
                         await conn.execute(
@@ -433,11 +487,17 @@ class PostgresStore:
                             [it.action.value for it in items],
                         )
                         await conn.execute(_NOTIFY)
+                    else:
+                        await conn.execute(_FINISH, [task.id], task.created_at)
+                    row = await conn.fetchrow(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
             except _OverQuota:
                 used = await conn.fetchrow(
                     "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
                 )
                 raise QuotaExceeded(_quota_message(task, (used[0], used[1]) if used else (0, 0))) from None
+            except asyncpg.UniqueViolationError:
+                # The same idempotency key, submitted at the same moment by another request: that one won.
+                row = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
         assert row is not None
         return _task(row)
 
@@ -588,6 +648,7 @@ class PostgresStore:
                 [o.cache_state for o in batch],
                 [o.bytes for o in batch],
                 [o.error for o in batch],
+                CANCELLED,
             )
             finals: dict[str, list[int]] = {}  # task -> [succeeded, failed] added
             advanced: set[tuple[str, int]] = set()  # (task, seq) whose stage finished or failed
@@ -614,6 +675,22 @@ class PostgresStore:
             if due_now:
                 await conn.execute(_NOTIFY)
         return len(rows)
+
+    async def claim_due_webhooks(self, now: float, limit: int, lease_seconds: float) -> list[Task]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CLAIM_WEBHOOKS, now, limit, now + lease_seconds)
+        return [_task(r) for r in rows]
+
+    async def record_webhook(
+        self, task_id: str, *, delivered: bool, error: str | None, retry_at: float | None, now: float
+    ) -> None:
+        state = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
+        async with self._connection() as conn:
+            await conn.execute(_RECORD_WEBHOOK, task_id, state, error, retry_at)
+
+    async def delete_finished_before(self, cutoff: float, limit: int) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_DELETE_FINISHED, cutoff, limit))
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:

@@ -81,10 +81,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (username, day)
     );
     """,
+    # version 2: idempotency keys, webhooks
+    """
+    ALTER TABLE tasks ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE tasks ADD COLUMN callback_url TEXT;
+    ALTER TABLE tasks ADD COLUMN webhook_state TEXT;
+    ALTER TABLE tasks ADD COLUMN webhook_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN webhook_error TEXT;
+    ALTER TABLE tasks ADD COLUMN webhook_due_at REAL;
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (username, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_webhook_due ON tasks (webhook_due_at) WHERE webhook_state = 'pending';
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-_TASK_COLUMNS = "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason"
+_TASK_COLUMNS = (
+    "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
+    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key"
+)
 _ITEM_COLUMNS = (
     "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
 )
@@ -102,6 +116,11 @@ def _task(row: sqlite3.Row) -> Task:
         failed=row[7],
         finished_at=row[8],
         reason=row[9],
+        callback_url=row[10],
+        webhook_state=row[11],
+        webhook_attempts=row[12],
+        webhook_error=row[13],
+        idempotency_key=row[14],
     )
 
 
@@ -220,6 +239,14 @@ class SQLiteStore:
             q = task.quota
             db.execute("BEGIN IMMEDIATE")
             try:
+                if task.idempotency_key is not None:
+                    earlier = db.execute(
+                        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = ? AND idempotency_key = ?",
+                        (task.username, task.idempotency_key),
+                    ).fetchone()
+                    if earlier is not None:
+                        db.execute("ROLLBACK")
+                        return _task(earlier)
                 charged = db.execute(
                     "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, "
@@ -232,8 +259,17 @@ class SQLiteStore:
                     db.execute("ROLLBACK")  # first, so that the message tells the usage before this call
                     raise QuotaExceeded(_quota_message(db, task))
                 db.execute(
-                    "INSERT INTO tasks (id, username, kind, created_at, total) VALUES (?, ?, ?, ?, ?)",
-                    (task.id, task.username, task.kind.value, task.created_at, len(task.items)),
+                    "INSERT INTO tasks (id, username, kind, created_at, total, idempotency_key, callback_url) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task.id,
+                        task.username,
+                        task.kind.value,
+                        task.created_at,
+                        len(task.items),
+                        task.idempotency_key,
+                        task.callback_url,
+                    ),
                 )
                 db.executemany(
                     "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
@@ -253,7 +289,7 @@ class SQLiteStore:
                     ],
                 )
                 if not task.items:
-                    db.execute("UPDATE tasks SET status = 0, finished_at = created_at WHERE id = ?", (task.id,))
+                    _finish_tasks(db, [task.id], task.created_at)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -444,6 +480,53 @@ class SQLiteStore:
 
         return await self._run(record)
 
+    async def claim_due_webhooks(self, now: float, limit: int, lease_seconds: float) -> list[Task]:
+        def claim() -> list[Task]:
+            rows = self.db.execute(
+                f"UPDATE tasks SET webhook_due_at = ? WHERE id IN (SELECT id FROM tasks WHERE webhook_state = "
+                f"'pending' AND webhook_due_at <= ? ORDER BY webhook_due_at LIMIT ?) RETURNING {_TASK_COLUMNS}",
+                (now + lease_seconds, now, limit),
+            ).fetchall()
+            return [_task(r) for r in rows]
+
+        return await self._run(claim)
+
+    async def record_webhook(
+        self, task_id: str, *, delivered: bool, error: str | None, retry_at: float | None, now: float
+    ) -> None:
+        state = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
+
+        def record() -> None:
+            self.db.execute(
+                "UPDATE tasks SET webhook_state = ?, webhook_attempts = webhook_attempts + 1, webhook_error = ?, "
+                "webhook_due_at = ? WHERE id = ? AND webhook_state = 'pending'",
+                (state, error, retry_at, task_id),
+            )
+
+        await self._run(record)
+
+    async def delete_finished_before(self, cutoff: float, limit: int) -> int:
+        def delete() -> int:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                        (cutoff, limit),
+                    ).fetchall()
+                ]
+                db.executemany("DELETE FROM items WHERE task_id = ?", [(i,) for i in ids])
+                db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return len(ids)
+
+        return await self._run(delete)
+
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         def known() -> list[str]:
             # A range on the text rather than LIKE: no escaping of % and _ in the prefix to get wrong.
@@ -520,15 +603,21 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
             state, due = "pending", o.retry_at
         else:
             state, due = ("succeeded" if o.succeeded else "failed"), now
+        # A retry of an item whose task was cancelled meanwhile fails instead: the task is ending.
         row = db.execute(
-            "UPDATE items SET state = ?, due_at = ?, lease_owner = NULL, attempts = ?, http_status = ?, "
-            "cache_state = ?, bytes = ?, error = ?, updated_at = ? "
-            "WHERE id = ? AND lease_owner = ? AND state = 'running' RETURNING task_id, seq",
-            (state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error, now, o.item_id, worker),
+            "UPDATE items SET "
+            "state = CASE WHEN ?1 = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?11 "
+            "THEN 'failed' ELSE ?1 END, "
+            "error = CASE WHEN ?1 = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?11 "
+            "THEN ?11 ELSE ?7 END, "
+            "due_at = ?2, lease_owner = NULL, attempts = ?3, http_status = ?4, cache_state = ?5, bytes = ?6, "
+            "updated_at = ?8 WHERE id = ?9 AND lease_owner = ?10 AND state = 'running' RETURNING task_id, seq, state",
+            (state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error, now, o.item_id, worker, CANCELLED),
         ).fetchone()
         if row is None:
             continue
         applied += 1
+        state = row[2]
         if state == "pending":
             continue
         counts = finals.setdefault(row[0], [0, 0])
@@ -551,8 +640,10 @@ def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> No
     """End the tasks whose items are all final: 0 when all succeeded and none was cancelled, else 2."""
     for task_id in task_ids:
         db.execute(
-            "UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = ? "
-            "WHERE id = ? AND status = 1 AND succeeded + failed >= total",
+            "UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = ?1, "
+            "webhook_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END, "
+            "webhook_due_at = CASE WHEN callback_url IS NOT NULL THEN ?1 END "
+            "WHERE id = ?2 AND status = 1 AND succeeded + failed >= total",
             (now, task_id),
         )
 
