@@ -171,6 +171,28 @@ class Api(_Model):
         return value
 
 
+class Webhooks(_Model):
+    """Callbacks when a task ends: only to these hosts, retried with backoff."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    max_attempts: PositiveInt = 5
+    backoff_base: PositiveFloat = 2.0
+    timeout: PositiveFloat = 10.0
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        return tuple(v.lower() for v in value) if isinstance(value, list) else value
+
+
+class Retention(_Model):
+    """Finished tasks older than `days` are removed, `batch` tasks at a time, every `interval_seconds`."""
+
+    days: Annotated[float, Field(gt=0)] = 7.0
+    interval_seconds: PositiveFloat = 3600.0
+    batch: PositiveInt = 200
+
+
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
@@ -192,6 +214,8 @@ class Config(_Model):
     limits: Limits = Limits()
     engine: Engine = Engine()
     api: Api = Api()
+    webhooks: Webhooks = Webhooks()
+    retention: Retention = Retention()
     users: tuple[User, ...] = ()
     nodes: tuple[Node, ...] = ()
 

@@ -25,8 +25,10 @@ from .config import Config, load_config
 from .engine import Engine, Fetcher
 from .errors import ConfigError, StoreError
 from .metrics import Metrics
+from .retention import run_retention
 from .service import Service
 from .store import TaskStore, open_store, redacted, sqlite_path
+from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("edgewarm")
 
@@ -121,6 +123,7 @@ class _Live:
         self.config = config
         self.service: Service | None = None
         self.engine: Engine | None = None
+        self.deliverer: WebhookDeliverer | None = None
 
     def apply(self, config: Config) -> None:
         self.config = config
@@ -128,6 +131,8 @@ class _Live:
             self.service.config = config
         if self.engine is not None:
             self.engine.reconfigure(config)
+        if self.deliverer is not None:
+            self.deliverer.config = config
 
 
 async def _run_parts(
@@ -141,6 +146,15 @@ async def _run_parts(
         if engine:
             fetcher = await stack.enter_async_context(Fetcher(config.engine))
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
+            deliverer = WebhookDeliverer(config, store, metrics)
+            worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None
+            live.deliverer = deliverer
+            tasks.append(asyncio.create_task(deliverer.run(stopping), name="edgewarm-webhooks"))
+            tasks.append(
+                asyncio.create_task(
+                    run_retention(store, lambda: live.config.retention, stopping), name="edgewarm-retention"
+                )
+            )
             if not api and config.metrics_listen:
                 host, _, port = config.metrics_listen.rpartition(":")
                 server_thread, _ = start_http_server(int(port), addr=host, registry=metrics.registry)
@@ -169,6 +183,7 @@ async def _run_parts(
         log.info("edgewarm running: %s on %s", parts, redacted(config.store))
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopping.set()  # whatever ended first, everything stops
         if server is not None:
             server.should_exit = True
         if worker is not None:

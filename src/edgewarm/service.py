@@ -19,15 +19,8 @@ from .metrics import Metrics
 from .models import ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, parse_url
-
-STATUS_TEXT = {
-    "en": {
-        TaskStatus.SUCCEEDED: "Succeeded",
-        TaskStatus.IN_PROGRESS: "In Progress",
-        TaskStatus.FAILED: "Failed",
-    },
-    "zh": {TaskStatus.SUCCEEDED: "成功", TaskStatus.IN_PROGRESS: "进行中", TaskStatus.FAILED: "失败"},
-}
+from .views import STATUS_TEXT, task_summary
+from .webhooks import check_callback_url
 
 
 def normalize_task_id(raw: str) -> str | None:
@@ -39,6 +32,14 @@ def normalize_task_id(raw: str) -> str | None:
         return str(uuid.UUID(text))
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    """edgewarm's extensions to a JD submission."""
+
+    idempotency_key: str | None = None  # a retried submission with the same key returns the first task
+    callback_url: str | None = None  # POSTed the task summary when it ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ class Service:
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
+
+    def summary(self, task: Task) -> dict[str, object]:
+        return task_summary(task, self.config.api.language)
 
     def today(self) -> str:
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -102,13 +106,18 @@ class Service:
                 raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
         return targets
 
-    async def submit_prefetch(self, user: User, urls: list[str], *, refresh_first: bool = False) -> Task:
+    async def submit_prefetch(
+        self, user: User, urls: list[str], *, refresh_first: bool = False, options: SubmitOptions | None = None
+    ) -> Task:
         """Warm `urls` on every node; with `refresh_first`, purge each URL on a node before warming it there."""
         targets = self.check_urls(user, urls, too_many=JdCode.TOO_MANY_PREFETCH_URLS, not_yours=JdCode.DOMAIN_NOT_YOURS)
         steps = (ItemAction.PURGE, ItemAction.WARM) if refresh_first else (ItemAction.WARM,)
-        return await self._create(user, TaskKind.PREFETCH, self._items(targets, steps), urls=len(targets), dirs=0)
+        items = self._items(targets, steps)
+        return await self._create(user, TaskKind.PREFETCH, items, urls=len(targets), dirs=0, options=options)
 
-    async def submit_refresh(self, user: User, entries: list[str], kind: str) -> Task:
+    async def submit_refresh(
+        self, user: User, entries: list[str], kind: str, *, options: SubmitOptions | None = None
+    ) -> Task:
         """Purge files (`kind` "file") or directories ("dir": each entry ends with '/') on every node."""
         if kind == "dir":
             limit = user.limits(self.config.limits).dirs_per_call
@@ -121,14 +130,14 @@ class Service:
         )
         if kind != "dir":
             items = self._items(targets, (ItemAction.PURGE,))
-            return await self._create(user, TaskKind.REFRESH, items, urls=len(targets), dirs=0)
+            return await self._create(user, TaskKind.REFRESH, items, urls=len(targets), dirs=0, options=options)
         for target in targets:
             if not target.is_dir:
                 raise RequestRefused(
                     JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {target.url}"
                 )
         items = self._items(targets, (ItemAction.PURGE_DIR,))
-        return await self._create(user, TaskKind.REFRESH, items, urls=0, dirs=len(targets))
+        return await self._create(user, TaskKind.REFRESH, items, urls=0, dirs=len(targets), options=options)
 
     def _items(self, targets: list[TargetUrl], steps: tuple[ItemAction, ...]) -> tuple[NewItem, ...]:
         """Every (URL, node) item of each step, staged: tier by tier (shields, then edges), the steps in turn.
@@ -149,14 +158,32 @@ class Service:
             for step, action in enumerate(steps)
         )
 
-    async def _create(self, user: User, kind: TaskKind, items: tuple[NewItem, ...], *, urls: int, dirs: int) -> Task:
+    async def _create(
+        self,
+        user: User,
+        kind: TaskKind,
+        items: tuple[NewItem, ...],
+        *,
+        urls: int,
+        dirs: int,
+        options: SubmitOptions | None,
+    ) -> Task:
+        options = options or SubmitOptions()
+        callback = None
+        if options.callback_url:
+            callback = check_callback_url(options.callback_url, self.config.webhooks.allowed_hosts)
         limits = user.limits(self.config.limits)
         quota = QuotaCharge(self.today(), urls, dirs, limits.urls_per_day, limits.dirs_per_day)
-        task = NewTask(str(uuid.uuid4()), user.name, kind, self._clock(), items, quota)
+        task = NewTask(
+            str(uuid.uuid4()), user.name, kind, self._clock(), items, quota, options.idempotency_key, callback
+        )
         created = await self.store.create_task(task)
-        self.metrics.tasks_submitted.labels(kind.value).inc()
-        if self._on_submit is not None:
-            self._on_submit()
+        if created.id == task.id:
+            self.metrics.tasks_submitted.labels(kind.value).inc()
+            if self._on_submit is not None:
+                self._on_submit()
+        elif created.kind is not kind:
+            raise RequestRefused(JdCode.FAILURE, "this idempotency key was used for a task of another kind")
         return created
 
     async def get_task(self, user: User, raw_task_id: str, kind: TaskKind | None = None) -> Task:

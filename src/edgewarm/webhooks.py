@@ -7,11 +7,30 @@ called back, checked when the task is submitted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .errors import JdCode, RequestRefused
+import aiohttp
+import orjson
+
+from .errors import JdCode, RequestRefused, StoreError
+from .models import Task
+from .views import task_summary
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .metrics import Metrics
+    from .store import TaskStore
+
+log = logging.getLogger("edgewarm.webhooks")
 
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
 
@@ -40,3 +59,68 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"
         )
     return url
+
+
+class WebhookDeliverer:
+    """Delivers the webhooks of ended tasks: claims due ones from the store, POSTs, records each attempt.
+
+    Runs in every engine process; the store's lease on a claimed delivery keeps other processes off it.
+    """
+
+    def __init__(self, config: Config, store: TaskStore, metrics: Metrics, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.config.webhooks
+        timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as session:
+            while not stopping.is_set():
+                self._wake.clear()
+                try:
+                    due = await self.store.claim_due_webhooks(self._clock(), 20, settings.timeout * 3)
+                except StoreError as exc:
+                    log.error("claiming webhooks failed: %s", exc)
+                    due = []
+                if due:
+                    await asyncio.gather(*(self._deliver(session, task) for task in due))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _deliver(self, session: aiohttp.ClientSession, task: Task) -> None:
+        settings = self.config.webhooks
+        user = self.config.user(task.username)
+        error: str | None = None
+        if user is None or task.callback_url is None:
+            error = "the task's user is no longer configured"
+        else:
+            body = orjson.dumps({**task_summary(task, self.config.api.language), "username": task.username})
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_webhook(body, user.secret)}
+            try:
+                async with session.post(task.callback_url, data=body, headers=headers, allow_redirects=False) as answer:
+                    await answer.read()
+                    if not 200 <= answer.status < 300:
+                        error = f"HTTP {answer.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}".strip()
+        attempts = task.webhook_attempts + 1
+        retry_at = None
+        if error is not None and user is not None and attempts < settings.max_attempts:
+            delay = settings.backoff_base * 2 ** (attempts - 1)
+            retry_at = self._clock() + random.uniform(delay / 2, delay)
+        outcome = "delivered" if error is None else ("retried" if retry_at else "failed")
+        self.metrics.webhooks.labels(outcome).inc()
+        log.info("webhook %s: %s", outcome, error or "ok", extra={"task_id": task.id})
+        try:
+            await self.store.record_webhook(
+                task.id, delivered=error is None, error=error, retry_at=retry_at, now=self._clock()
+            )
+        except StoreError as exc:  # the lease runs out and the delivery is tried again
+            log.error("recording a webhook failed: %s", exc, extra={"task_id": task.id})

@@ -10,11 +10,11 @@ from starlette.responses import Response
 
 from ..errors import JdCode, RequestRefused
 from ..models import TaskKind
-from ..service import Credentials, Service
+from ..service import Credentials, Service, SubmitOptions
 from ..urls import split_list
 from .body import read_params, text_field
 from .responses import JSONResponse, jd_error, jd_ok
-from .schemas import URL_LIST, QueryAnswer, SubmitAnswer, jd_body
+from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
 
 def credentials_of(params: dict[str, Any]) -> Credentials:
@@ -41,6 +41,15 @@ def flag(value: Any) -> bool:
     raise RequestRefused(JdCode.PARAMS_EMPTY, f"a boolean was expected, not {value!r}")
 
 
+def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:
+    """The extension fields: `idempotency_key` (or the `Idempotency-Key` header) and `callback_url`."""
+    key = text_field(params, "idempotency_key", JdCode.PARAMS_EMPTY) or request.headers.get("idempotency-key", "")
+    if len(key) > 200:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key is longer than 200 characters")
+    callback = text_field(params, "callback_url", JdCode.ILLEGAL_URL)
+    return SubmitOptions(idempotency_key=key.strip() or None, callback_url=callback or None)
+
+
 def legacy_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["JD Cloud CDN (legacy)"])
 
@@ -56,6 +65,7 @@ def legacy_router(service: Service) -> APIRouter:
                     "default": False,
                     "description": "edgewarm extension: purge each URL on a node before warming it there",
                 },
+                **EXTENSIONS,
             },
             ["publish_urls"],
         ),
@@ -67,8 +77,11 @@ def legacy_router(service: Service) -> APIRouter:
             raw_urls = params.get("publish_urls")
             require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
             refresh_first = flag(params.get("refresh"))
+            options = submit_options(params, request)
             user = service.authenticate(credentials)
-            task = await service.submit_prefetch(user, split_list(raw_urls), refresh_first=refresh_first)
+            task = await service.submit_prefetch(
+                user, split_list(raw_urls), refresh_first=refresh_first, options=options
+            )
             return jd_ok(taskid=task.id)
         except Exception as exc:
             return jd_error(exc)
@@ -78,7 +91,8 @@ def legacy_router(service: Service) -> APIRouter:
         response_model=SubmitAnswer,
         summary="Refresh (purge) files or directories on every cache node",
         openapi_extra=jd_body(
-            {"instances": URL_LIST, "type": {"type": "string", "enum": ["file", "dir"]}}, ["instances", "type"]
+            {"instances": URL_LIST, "type": {"type": "string", "enum": ["file", "dir"]}, **EXTENSIONS},
+            ["instances", "type"],
         ),
     )
     async def refresh(request: Request) -> Response:
@@ -91,8 +105,9 @@ def legacy_router(service: Service) -> APIRouter:
                 raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
             raw = params.get("instances")
             require(credentials, raw not in (None, "", []), JdCode.LIST_EMPTY, "instances must not be empty")
+            options = submit_options(params, request)
             user = service.authenticate(credentials)
-            task = await service.submit_refresh(user, split_list(raw), kind)
+            task = await service.submit_refresh(user, split_list(raw), kind, options=options)
             return jd_ok(taskid=task.id)
         except Exception as exc:
             return jd_error(exc)

@@ -13,12 +13,9 @@ from ..config import User
 from ..errors import JdCode, RequestRefused
 from ..models import Item, Task, TaskCounts, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
+from ..views import iso
 from .responses import JSONResponse, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
-
-
-def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def item_view(item: Item) -> dict[str, object]:
@@ -46,24 +43,6 @@ def counts_view(counts: TaskCounts) -> dict[str, int]:
     }
 
 
-def task_summary(service: Service, task: Task) -> dict[str, object]:
-    """A task without its items; its counters come from the task row (finished items only)."""
-    return {
-        "taskid": task.id,
-        "kind": task.kind.value,
-        "status": int(task.status),
-        "msg": service.status_text(task.status),
-        "reason": task.reason,
-        "created_at": iso(task.created_at),
-        "finished_at": iso(task.finished_at),
-        "duration_seconds": None if task.finished_at is None else round(task.finished_at - task.created_at, 3),
-        "total": task.total,
-        "succeeded": task.succeeded,
-        "failed": task.failed,
-        "progress": 1.0 if task.total == 0 else round((task.succeeded + task.failed) / task.total, 4),
-    }
-
-
 def task_view(
     service: Service,
     task: Task,
@@ -74,7 +53,7 @@ def task_view(
     limit: int,
 ) -> dict[str, object]:
     return {
-        **task_summary(service, task),
+        **service.summary(task),
         "counts": counts_view(counts),
         "nodes": {name: counts_view(c) for name, c in nodes.items()},
         "items": [item_view(i) for i in items],
@@ -128,7 +107,7 @@ def native_router(service: Service) -> APIRouter:
         taskid: str,
         username: Username = "",
         signature: Signature = "",
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, Query(ge=0, le=10_000)] = 1000,
     ) -> Response:
         """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
@@ -171,7 +150,7 @@ def native_router(service: Service) -> APIRouter:
         since: Annotated[str | None, Query(description="created at or after (epoch or ISO 8601)")] = None,
         until: Annotated[str | None, Query(description="created before (epoch or ISO 8601)")] = None,
         url: Annotated[str | None, Query(max_length=2048, description="a URL of the task contains this")] = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         """The user's tasks, newest first, with their totals (no items)."""
@@ -187,7 +166,7 @@ def native_router(service: Service) -> APIRouter:
                 limit=limit,
             )
             tasks = await service.store.list_tasks(user.name, where)
-            return JSONResponse({"tasks": [task_summary(service, t) for t in tasks], "offset": offset, "limit": limit})
+            return JSONResponse({"tasks": [service.summary(t) for t in tasks], "offset": offset, "limit": limit})
         except Exception as exc:
             return native_error(exc)
 
@@ -198,7 +177,7 @@ def native_router(service: Service) -> APIRouter:
             user = user_of(username, signature)
             ids = [i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None]
             tasks = await service.store.get_tasks(user.name, ids)
-            return JSONResponse({"tasks": [task_summary(service, t) for t in tasks], "offset": 0, "limit": len(ids)})
+            return JSONResponse({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
         except Exception as exc:
             return native_error(exc)
 

@@ -14,6 +14,21 @@ URL_LIST = {
 }
 
 
+EXTENSIONS = {
+    "idempotency_key": {
+        "type": "string",
+        "maxLength": 200,
+        "description": "edgewarm extension (or the Idempotency-Key header): a retried submission with the same key "
+        "returns the first task instead of making a second",
+    },
+    "callback_url": {
+        "type": "string",
+        "description": "edgewarm extension: POST the task summary here when it ends (host in [webhooks] "
+        "allowed_hosts), signed X-Edgewarm-Signature: sha256=HMAC(body, secret)",
+    },
+}
+
+
 def jd_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     """openapi_extra for a JD call: the same fields as JSON or as a form."""
     schema = {

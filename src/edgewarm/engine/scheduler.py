@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ..config import Config, Node
 from ..errors import StoreError
 from ..metrics import Metrics
-from ..models import Claim, ItemOutcome
+from ..models import Claim, ItemOutcome, Task
 from ..store import TaskStore
 from .actions import perform
 from .fetcher import Fetcher
@@ -63,7 +63,8 @@ class Engine:
         self._stopping = asyncio.Event()
         self._lanes: dict[str, _NodeLane] = {}
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
-        self._leased: set[int] = set()  # claimed and not yet written back
+        self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
+        self.on_task_finished: Callable[[Task], None] | None = None
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -137,7 +138,7 @@ class Engine:
                 await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
 
     def _hand_out(self, claim: Claim) -> None:
-        self._leased.add(claim.item_id)
+        self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
             outcome = ItemOutcome(claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is not configured")
@@ -235,8 +236,9 @@ class Engine:
     async def _flush(self, batch: list[ItemOutcome]) -> None:
         delay = 0.1
         while True:
+            now = self._clock()
             try:
-                await self.store.record_outcomes(self.worker_id, batch, self._clock())
+                await self.store.record_outcomes(self.worker_id, batch, now)
                 break
             except StoreError as exc:
                 # Keep the outcomes and try again: if this process dies meanwhile, the leases expire and the
@@ -244,9 +246,23 @@ class Engine:
                 log.error("writing %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for outcome in batch:
-            self._leased.discard(outcome.item_id)
+        touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
         self._wake.set()
+        await self._note_finished(touched, now)
+
+    async def _note_finished(self, task_ids: set[str], now: float) -> None:
+        """Tasks this batch ended (their finished_at is this batch's time): metrics, and their webhooks."""
+        for task_id in task_ids:
+            try:
+                task = await self.store.get_task(task_id)
+            except StoreError:
+                continue  # only bookkeeping: the outcomes are written
+            if task is None or task.finished_at != now:
+                continue
+            self.metrics.tasks_finished.labels(str(int(task.status))).inc()
+            self.metrics.task_seconds.observe(task.finished_at - task.created_at)
+            if self.on_task_finished is not None:
+                self.on_task_finished(task)
 
     async def _renew_leases(self) -> None:
         while True:

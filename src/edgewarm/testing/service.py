@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -82,6 +83,20 @@ class ServiceProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"edgewarm {self.command} not healthy after {timeout}s: {self.log_text()}")
 
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        """Wait until the log contains `text` (a worker has no port: it says "edgewarm running" when ready)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            with contextlib.suppress(OSError):
+                if text in self.log.read_text(errors="replace"):
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"edgewarm {self.command}: no {text!r} in its log after {timeout}s")
+            time.sleep(0.05)
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")[-4000:]
@@ -106,7 +121,7 @@ class ServiceProcess:
             self.proc.wait(10)
 
     def __enter__(self) -> Self:
-        return self.start()
+        return self if self.proc is not None and self.proc.poll() is None else self.start()  # started already
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

@@ -1,0 +1,45 @@
+"""Retention: remove finished tasks older than `[retention] days`, a bounded batch at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from .config import Retention
+from .errors import StoreError
+from .store import TaskStore
+
+log = logging.getLogger("edgewarm.retention")
+
+MAX_BATCHES_A_ROUND = 100  # then wait for the next round, so that writers always get their turn
+
+
+async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> int:
+    """One round: delete up to MAX_BATCHES_A_ROUND batches of tasks that ended before the cutoff."""
+    cutoff = now - settings.days * 86_400
+    removed = 0
+    for _ in range(MAX_BATCHES_A_ROUND):
+        deleted = await store.delete_finished_before(cutoff, settings.batch)
+        removed += deleted
+        if deleted < settings.batch:
+            break
+        await asyncio.sleep(0)  # one transaction per batch: let others in between
+    return removed
+
+
+async def run_retention(
+    store: TaskStore, settings: Callable[[], Retention], stopping: asyncio.Event, clock: Callable[[], float] = time.time
+) -> None:
+    """Every `interval_seconds` until `stopping` is set."""
+    while not stopping.is_set():
+        try:
+            removed = await purge_old_tasks(store, settings(), clock())
+            if removed:
+                log.info("retention: removed %d finished tasks older than %s days", removed, settings().days)
+        except StoreError as exc:
+            log.error("retention round failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=settings().interval_seconds)
