@@ -22,7 +22,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def service(tmp_path_factory: pytest.TempPathFactory, lab: Lab) -> Iterator[ServiceProcess]:
     folder = tmp_path_factory.mktemp("service")
     port = free_port()
-    extra = "[engine]\nmax_attempts = 2\nbackoff_base = 0.05\nbackoff_max = 0.1\n"
+    extra = (
+        "[engine]\nmax_attempts = 2\nbackoff_base = 0.05\nbackoff_max = 0.1\n"
+        '[webhooks]\nallowed_hosts = ["127.0.0.1"]\nmax_attempts = 3\nbackoff_base = 0.1\n'
+    )
     config = write_config(
         folder / "edgewarm.toml",
         store=f"sqlite:///{folder}/edgewarm.db",

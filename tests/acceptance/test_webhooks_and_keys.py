@@ -1,0 +1,134 @@
+"""Webhooks, idempotency keys and the config reload, against a running service."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from edgewarm.client import Client, ClientError
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port
+from edgewarm.webhooks import SIGNATURE_HEADER, verify_webhook
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers 500 to the first `fail_first` calls, then 200."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.calls: list[tuple[bytes, dict[str, str]]] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.calls.append((body, dict(self.headers.items())))
+                self.send_response(500 if len(receiver.calls) <= receiver.fail_first else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.calls) >= count, f"{len(self.calls)} webhook calls after {timeout}s"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(fail_first=1) as receiver:
+        yield receiver
+
+
+def test_a_webhook_arrives_signed_after_a_retry(client: Client, lab: Lab, receiver: Receiver) -> None:
+    """The task's summary is POSTed when it ends, signed with HMAC-SHA256 of the body; a 500 is retried."""
+    (path,) = lab.make_files(1, 32, prefix="/hook/")
+    taskid = client.prefetch([f"http://{DEFAULT_HOST}{path}"], callback_url=receiver.url)
+    receiver.wait_for(2)
+    for body, headers in receiver.calls[:2]:
+        assert verify_webhook(body, DEMO_SECRET, headers[SIGNATURE_HEADER])
+        assert not verify_webhook(body, "another secret", headers[SIGNATURE_HEADER])
+    summary = json.loads(receiver.calls[1][0])
+    assert (summary["taskid"], summary["status"], summary["succeeded"], summary["total"]) == (taskid, 0, 3, 3)
+    assert summary["username"] == DEMO_USER
+
+
+def test_a_callback_to_a_host_not_allowed_is_refused(client: Client, lab: Lab) -> None:
+    """callback_url on a host not listed in [webhooks] allowed_hosts: code 17, and no task."""
+    with pytest.raises(ClientError) as refused:
+        client.prefetch([f"http://{DEFAULT_HOST}/x"], callback_url="http://evil.test/hook")
+    assert refused.value.code == 17 and "allowed_hosts" in refused.value.message
+
+
+def test_an_idempotency_key_makes_a_retried_submit_return_the_first_task(client: Client, lab: Lab) -> None:
+    """The same key twice: one task id, the quota charged once; the header form works as well."""
+    (path,) = lab.make_files(1, 32, prefix="/idem/")
+    before = client.quota()["urls"]["used"]
+    first = client.prefetch([f"http://{DEFAULT_HOST}{path}"], idempotency_key="launch-42")
+    again = client.prefetch([f"http://{DEFAULT_HOST}{path}"], idempotency_key="launch-42")
+    assert first == again
+    body = {"username": DEMO_USER, "signature": client.signature(), "publish_urls": [f"http://{DEFAULT_HOST}{path}"]}
+    by_header = httpx.post(f"{client.base_url}/api/prefetch", json=body, headers={"Idempotency-Key": "launch-42"})
+    assert by_header.json()["taskid"] == first
+    assert client.quota()["urls"]["used"] == before + 1
+
+
+def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab: Lab) -> None:
+    """A user added to the config file is accepted after SIGHUP; a broken file is refused and the old one kept."""
+    original = service.config.read_text()
+    try:
+        with Client(service.url, "newcomer", "s3cret") as newcomer:
+            with pytest.raises(ClientError) as unknown:
+                newcomer.quota()
+            assert unknown.value.code == 20
+            service.config.write_text(
+                original.replace(
+                    "[[users]]",
+                    '[[users]]\nname = "newcomer"\nsecret = "s3cret"\ndomains = ["www.example.test"]\n\n[[users]]',
+                    1,
+                )
+            )
+            assert service.proc is not None
+            os.kill(service.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    newcomer.quota()
+                    break
+                except ClientError:
+                    time.sleep(0.1)
+            assert newcomer.quota()["urls"]["limit"] == 2000
+            service.config.write_text("this is = not [valid toml")
+            os.kill(service.proc.pid, signal.SIGHUP)
+            time.sleep(0.5)
+            assert newcomer.quota()["urls"]["limit"] == 2000
+            assert "keeping the running config" in service.log_text()
+    finally:
+        service.config.write_text(original)
+        if service.proc is not None:
+            os.kill(service.proc.pid, signal.SIGHUP)
