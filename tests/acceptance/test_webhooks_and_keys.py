@@ -125,9 +125,11 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
             assert newcomer.quota()["urls"]["limit"] == 2000
             service.config.write_text("this is = not [valid toml")
             os.kill(service.proc.pid, signal.SIGHUP)
-            time.sleep(0.5)
-            assert newcomer.quota()["urls"]["limit"] == 2000
+            deadline = time.monotonic() + 10
+            while "keeping the running config" not in service.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert "keeping the running config" in service.log_text()
+            assert newcomer.quota()["urls"]["limit"] == 2000
     finally:
         service.config.write_text(original)
         if service.proc is not None:
