@@ -147,6 +147,8 @@ class Engine(_Model):
     poll_interval: PositiveFloat = 0.5  # idle workers look for due items at least this often
     grace_seconds: Annotated[float, Field(ge=0)] = 10.0  # on shutdown, in-flight fetches get this long
     verify: bool = False  # after a MISS, fetch again and require a HIT
+    # A (URL, node) warmed by this process less than this long ago is not fetched again; 0 turns it off.
+    dedupe_seconds: Annotated[float, Field(ge=0)] = 60.0
     user_agent: str = "edgewarm/0.1"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br"

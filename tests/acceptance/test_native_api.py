@@ -37,7 +37,7 @@ def test_cancel_stops_pending_items_and_ends_the_task_as_failed(service: Service
     """Cancelling a task whose URLs are slow: it ends failed with reason "cancelled", pending items say so."""
     slow = [f"http://{DEFAULT_HOST}/slow/c{i}.bin" for i in range(40)]
     for u in slow:
-        lab.write_file(u.split(DEFAULT_HOST)[1].replace("/slow", "", 1), b"x" * 4096)
+        lab.write_file(u.split(DEFAULT_HOST)[1], b"x" * 4096)  # half a second each at the /slow/ rate
     with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
         taskid = client.prefetch(slow)
         view = client.cancel(taskid)
@@ -126,3 +126,23 @@ def test_metrics_count_a_finished_task(service: ServiceProcess, client: Client, 
     assert grew("edgewarm_tasks_submitted_total", kind="prefetch") == 1
     assert after[("edgewarm_queue_depth", ())] >= 0
     assert httpx.get(f"{service.url}/readyz", timeout=10).json()["ok"] is True
+
+
+def test_a_url_resubmitted_while_pending_is_fetched_once_per_node(client: Client, lab: Lab) -> None:
+    """Two tasks with the same slow URL at once: both succeed, edgewarm fetched it once per node."""
+    lab.write_file("/slow/dedupe/big.bin", b"z" * 16_384)  # served at 8 KiB/s: about 2 s a fetch
+    url = f"http://{DEFAULT_HOST}/slow/dedupe/big.bin"
+    first = client.prefetch([url])
+    second = client.prefetch([url])
+    assert first != second
+    assert client.wait(first, timeout=60)["status"] == 0
+    assert client.wait(second, timeout=60)["status"] == 0
+    def fetches(node_name: str) -> int:
+        return [r.uri for r in lab.requests(lab.node(node_name))].count("/slow/dedupe/big.bin")
+
+    for edge in lab.edges:
+        lab.wait_for_requests(edge, 1, uri="/slow/dedupe/big.bin")
+        assert fetches(edge.name) == 1, edge.name
+    # The shield: edgewarm's one warm, then each edge filling itself from it.
+    assert fetches("shield-1") == 1 + len(lab.edges)
+    assert fetches("origin") == 1

@@ -15,13 +15,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
 from ..metrics import Metrics
-from ..models import Claim, ItemOutcome, Task
+from ..models import Claim, ItemAction, ItemOutcome, Task
 from ..store import TaskStore
 from .actions import perform
+from .coalesce import Coalescer
 from .fetcher import Fetcher
 
 log = logging.getLogger("edgewarm.engine")
@@ -65,6 +67,7 @@ class Engine:
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self.on_task_finished: Callable[[Task], None] | None = None
+        self._coalescer = Coalescer(config.engine.dedupe_seconds)
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -177,7 +180,7 @@ class Engine:
             self.metrics.in_flight.inc()
             started = time.monotonic()
             try:
-                outcome = await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+                outcome = await self._perform(claim, node, attempt)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -192,6 +195,20 @@ class Engine:
             self._observe(claim, node, outcome, time.monotonic() - started)
             self._outcomes.put_nowait(outcome)
             self._done_with(claim)
+
+    async def _perform(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
+        key = (claim.url, node.name)
+
+        async def fetch() -> ItemOutcome:
+            return await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+
+        if claim.action is not ItemAction.WARM:
+            self._coalescer.forget(key)
+            return await fetch()
+        outcome, shared = await self._coalescer.warm(key, fetch)
+        if shared:
+            return replace(outcome, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
+        return outcome
 
     def _done_with(self, claim: Claim) -> None:
         self._in_hand.pop(claim.item_id, None)
