@@ -34,16 +34,14 @@ from ..models import (
     Item,
     ItemAction,
     ItemOutcome,
-    ItemState,
     NewTask,
     Task,
     TaskCounts,
     TaskFilter,
-    TaskKind,
-    TaskStatus,
 )
 from . import redacted
 from .base import SCHEMA_VERSION
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 log = logging.getLogger("edgewarm.store")
 
@@ -121,13 +119,6 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_DRIVER_ERRORS, ValueError)  # ValueError: a malformed URL
 
-_TASK_COLUMNS = (
-    "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
-    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key"
-)
-_ITEM_COLUMNS = (
-    "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
-)
 
 _CHARGE = """
 INSERT INTO usage (username, day, urls, dirs) VALUES ($1, $2, $3, $4)
@@ -139,10 +130,10 @@ RETURNING urls
 _INSERT_TASK = f"""
 INSERT INTO tasks (id, username, kind, created_at, total, idempotency_key, callback_url)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING {_TASK_COLUMNS}
+RETURNING {TASK_COLUMNS}
 """
 
-_BY_IDEMPOTENCY_KEY = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = $1 AND idempotency_key = $2"
+_BY_IDEMPOTENCY_KEY = f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = $1 AND idempotency_key = $2"
 
 # One statement for every item; WITH ORDINALITY keeps the ids in submission order, as SQLite gives them.
 _INSERT_ITEMS = """
@@ -261,7 +252,7 @@ WITH due AS (
     ORDER BY webhook_due_at LIMIT $2 FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks SET webhook_due_at = $3 FROM due WHERE tasks.id = due.id
-RETURNING {", ".join(f"tasks.{c.strip()}" for c in _TASK_COLUMNS.split(","))}
+RETURNING {", ".join(f"tasks.{c.strip()}" for c in TASK_COLUMNS.split(","))}
 """
 
 _RECORD_WEBHOOK = """
@@ -299,44 +290,6 @@ if TYPE_CHECKING:  # the driver's classes are generic in its stubs only
 
 class _OverQuota(Exception):
     """Raised inside create_task's transaction to roll it back; becomes QuotaExceeded outside."""
-
-
-def _task(row: asyncpg.Record) -> Task:
-    return Task(
-        id=row[0],
-        username=row[1],
-        kind=TaskKind(row[2]),
-        created_at=row[3],
-        status=TaskStatus(row[4]),
-        total=row[5],
-        succeeded=row[6],
-        failed=row[7],
-        finished_at=row[8],
-        reason=row[9],
-        callback_url=row[10],
-        webhook_state=row[11],
-        webhook_attempts=row[12],
-        webhook_error=row[13],
-        idempotency_key=row[14],
-    )
-
-
-def _item(row: asyncpg.Record) -> Item:
-    return Item(
-        id=row[0],
-        task_id=row[1],
-        url=row[2],
-        node=row[3],
-        action=ItemAction(row[4]),
-        stage=row[5],
-        state=ItemState(row[6]),
-        attempts=row[7],
-        http_status=row[8],
-        cache_state=row[9],
-        bytes=row[10],
-        error=row[11],
-        updated_at=row[12],
-    )
 
 
 def _rowcount(status: str) -> int:
@@ -457,7 +410,7 @@ class PostgresStore:
             if task.idempotency_key is not None:
                 earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
                 if earlier is not None:
-                    return _task(earlier)
+                    return task_from_row(earlier)
             try:
                 async with conn.transaction():
                     charged = await conn.fetchval(
@@ -489,7 +442,7 @@ class PostgresStore:
                         await conn.execute(_NOTIFY)
                     else:
                         await conn.execute(_FINISH, [task.id], task.created_at)
-                    row = await conn.fetchrow(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
+                    row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
             except _OverQuota:
                 used = await conn.fetchrow(
                     "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
@@ -499,14 +452,14 @@ class PostgresStore:
                 # The same idempotency key, submitted at the same moment by another request: that one won.
                 row = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
         assert row is not None
-        return _task(row)
+        return task_from_row(row)
 
     async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
         async with self._connection() as conn:
-            row = await conn.fetchrow(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
+            row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         if row is None or (username is not None and row[1] != username):
             return None
-        return _task(row)
+        return task_from_row(row)
 
     async def task_counts(self, task_id: str) -> TaskCounts:
         async with self._connection() as conn:
@@ -532,7 +485,7 @@ class PostgresStore:
             "until": where.until,
             "url_contains": where.url_contains or None,
         }
-        sql = [f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = $1"]
+        sql = [f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = $1"]
         args: list[object] = [username]
         for field, condition in _LIST_TASK_FILTERS:
             if values[field] is not None:
@@ -542,10 +495,10 @@ class PostgresStore:
         sql.append(f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}')
         async with self._connection() as conn:
             rows = await conn.fetch(" ".join(sql), *args, where.limit, where.offset)
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
-        columns = ", ".join(f"tasks.{c.strip()}" for c in _TASK_COLUMNS.split(","))
+        columns = ", ".join(f"tasks.{c.strip()}" for c in TASK_COLUMNS.split(","))
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {columns} FROM unnest($2::text[]) WITH ORDINALITY AS asked (id, n) "
@@ -553,7 +506,7 @@ class PostgresStore:
                 username,
                 list(task_ids),
             )
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
         async with self._connection() as conn, conn.transaction():
@@ -569,19 +522,19 @@ class PostgresStore:
                 task_id,
             )
             await conn.execute(_FINISH, [task_id], now)
-            row = await conn.fetchrow(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
+            row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         assert row is not None
-        return _task(row)
+        return task_from_row(row)
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3",
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3",
                 task_id,
                 limit,
                 offset,
             )
-        return [_item(r) for r in rows]
+        return [item_from_row(r) for r in rows]
 
     async def usage(self, username: str, day: str) -> tuple[int, int]:
         async with self._connection() as conn:
@@ -679,7 +632,7 @@ class PostgresStore:
     async def claim_due_webhooks(self, now: float, limit: int, lease_seconds: float) -> list[Task]:
         async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM_WEBHOOKS, now, limit, now + lease_seconds)
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     async def record_webhook(
         self, task_id: str, *, delivered: bool, error: str | None, retry_at: float | None, now: float

@@ -23,15 +23,13 @@ from ..models import (
     Item,
     ItemAction,
     ItemOutcome,
-    ItemState,
     NewTask,
     Task,
     TaskCounts,
     TaskFilter,
-    TaskKind,
-    TaskStatus,
 )
 from .base import SCHEMA_VERSION
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 T = TypeVar("T")
 
@@ -94,52 +92,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
-
-_TASK_COLUMNS = (
-    "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
-    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key"
-)
-_ITEM_COLUMNS = (
-    "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
-)
-
-
-def _task(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row[0],
-        username=row[1],
-        kind=TaskKind(row[2]),
-        created_at=row[3],
-        status=TaskStatus(row[4]),
-        total=row[5],
-        succeeded=row[6],
-        failed=row[7],
-        finished_at=row[8],
-        reason=row[9],
-        callback_url=row[10],
-        webhook_state=row[11],
-        webhook_attempts=row[12],
-        webhook_error=row[13],
-        idempotency_key=row[14],
-    )
-
-
-def _item(row: sqlite3.Row) -> Item:
-    return Item(
-        id=row[0],
-        task_id=row[1],
-        url=row[2],
-        node=row[3],
-        action=ItemAction(row[4]),
-        stage=row[5],
-        state=ItemState(row[6]),
-        attempts=row[7],
-        http_status=row[8],
-        cache_state=row[9],
-        bytes=row[10],
-        error=row[11],
-        updated_at=row[12],
-    )
 
 
 class SQLiteStore:
@@ -241,12 +193,12 @@ class SQLiteStore:
             try:
                 if task.idempotency_key is not None:
                     earlier = db.execute(
-                        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = ? AND idempotency_key = ?",
+                        f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ? AND idempotency_key = ?",
                         (task.username, task.idempotency_key),
                     ).fetchone()
                     if earlier is not None:
                         db.execute("ROLLBACK")
-                        return _task(earlier)
+                        return task_from_row(earlier)
                 charged = db.execute(
                     "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, "
@@ -295,17 +247,17 @@ class SQLiteStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            row = db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task.id,)).fetchone()
-            return _task(row)
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task.id,)).fetchone()
+            return task_from_row(row)
 
         return await self._run(create)
 
     async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
         def get() -> Task | None:
-            row = self.db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = self.db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None or (username is not None and row[1] != username):
                 return None
-            return _task(row)
+            return task_from_row(row)
 
         return await self._run(get)
 
@@ -333,7 +285,7 @@ class SQLiteStore:
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
         def tasks() -> list[Task]:
-            sql = [f"SELECT {_TASK_COLUMNS} FROM tasks WHERE username = ?"]
+            sql = [f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ?"]
             args: list[object] = [username]
             if where.status is not None:
                 sql.append("AND status = ?")
@@ -352,7 +304,7 @@ class SQLiteStore:
                 args.append(where.url_contains)
             sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
             args += [where.limit, where.offset]
-            return [_task(r) for r in self.db.execute(" ".join(sql), args).fetchall()]
+            return [task_from_row(r) for r in self.db.execute(" ".join(sql), args).fetchall()]
 
         return await self._run(tasks)
 
@@ -361,10 +313,10 @@ class SQLiteStore:
             found = []
             for task_id in task_ids:
                 row = self.db.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND username = ?", (task_id, username)
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND username = ?", (task_id, username)
                 ).fetchone()
                 if row is not None:
-                    found.append(_task(row))
+                    found.append(task_from_row(row))
             return found
 
         return await self._run(tasks)
@@ -392,17 +344,17 @@ class SQLiteStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return _task(db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
+            return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
         return await self._run(cancel)
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         def items() -> list[Item]:
             rows = self.db.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?",
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?",
                 (task_id, limit, offset),
             ).fetchall()
-            return [_item(r) for r in rows]
+            return [item_from_row(r) for r in rows]
 
         return await self._run(items)
 
@@ -484,10 +436,10 @@ class SQLiteStore:
         def claim() -> list[Task]:
             rows = self.db.execute(
                 f"UPDATE tasks SET webhook_due_at = ? WHERE id IN (SELECT id FROM tasks WHERE webhook_state = "
-                f"'pending' AND webhook_due_at <= ? ORDER BY webhook_due_at LIMIT ?) RETURNING {_TASK_COLUMNS}",
+                f"'pending' AND webhook_due_at <= ? ORDER BY webhook_due_at LIMIT ?) RETURNING {TASK_COLUMNS}",
                 (now + lease_seconds, now, limit),
             ).fetchall()
-            return [_task(r) for r in rows]
+            return [task_from_row(r) for r in rows]
 
         return await self._run(claim)
 
