@@ -51,37 +51,33 @@ config_option = click.option(
 )
 
 
-@main.command()
-@config_option
-def serve(config_path: str) -> None:
-    """Run the HTTP API and the warming engine in one process."""
+def _serve(config_path: str, *, api: bool, engine: bool) -> None:
     from ..runtime import run
 
     config = _load(config_path)
     _setup_logging(config)
-    _run(run(config, api=True, engine=True, config_path=config_path))
+    _run(run(config, api=api, engine=engine, config_path=config_path))
+
+
+@main.command()
+@config_option
+def serve(config_path: str) -> None:
+    """Run the HTTP API and the warming engine in one process."""
+    _serve(config_path, api=True, engine=True)
 
 
 @main.command()
 @config_option
 def api(config_path: str) -> None:
     """Run the HTTP API only (several may share one PostgreSQL store)."""
-    from ..runtime import run
-
-    config = _load(config_path)
-    _setup_logging(config)
-    _run(run(config, api=True, engine=False, config_path=config_path))
+    _serve(config_path, api=True, engine=False)
 
 
 @main.command()
 @config_option
 def worker(config_path: str) -> None:
     """Run the warming engine only (several may share one PostgreSQL store)."""
-    from ..runtime import run
-
-    config = _load(config_path)
-    _setup_logging(config)
-    _run(run(config, api=False, engine=True, config_path=config_path))
+    _serve(config_path, api=False, engine=True)
 
 
 @main.command("check-config")
