@@ -38,7 +38,10 @@ async def read_params(request: Request) -> dict[str, Any]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the form body is not valid UTF-8") from None
-        form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000)
+        try:
+            form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000)
+        except ValueError:
+            raise RequestRefused(JdCode.PARAMS_EMPTY, "the form has more than 10000 fields") from None
         if not form:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
         # A repeated field (publish_urls=a&publish_urls=b) is a list; a single one a string.

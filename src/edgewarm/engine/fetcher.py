@@ -86,9 +86,15 @@ class Fetcher:
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                while chunk := await response.content.read(_CHUNK):
-                    received += len(chunk)
                 state = cache_state(response.headers)
+                try:
+                    while chunk := await response.content.read(_CHUNK):
+                        received += len(chunk)
+                except aiohttp.ClientPayloadError:
+                    # The node closed before the body was whole: its status stands, the body is short.
+                    expected = response.content_length
+                    of = f" of {expected}" if expected is not None else ""
+                    return FetchResult(response.status, received, state, f"short body: {received}{of} bytes")
                 expected = response.content_length
                 if expected is not None and method != "HEAD" and received != expected:
                     return FetchResult(response.status, received, state, f"short body: {received} of {expected} bytes")

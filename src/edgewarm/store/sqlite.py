@@ -342,7 +342,8 @@ class SQLiteStore:
                 _finish_tasks(db, [task_id], now)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    db.execute("ROLLBACK")
                 raise
             return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
@@ -426,7 +427,8 @@ class SQLiteStore:
                 applied = _apply_outcomes(db, worker, outcomes, now)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    db.execute("ROLLBACK")
                 raise
             return applied
 
@@ -473,7 +475,8 @@ class SQLiteStore:
                 db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    db.execute("ROLLBACK")
                 raise
             return len(ids)
 

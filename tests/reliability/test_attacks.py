@@ -1,0 +1,560 @@
+"""Issue #7, part 2: attacks. Forged and replayed signatures, other people's task ids, header injection through
+a URL, attempts to make edgewarm connect elsewhere than a configured node, oversized bodies, and secrets or
+signatures leaking into logs or answers.
+
+The signature and task-id tests run the app in process on a fixed clock; the others run `edgewarm serve` as a
+process against `FaultServer` nodes that record every byte they receive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from edgewarm.auth import sign
+from edgewarm.config import parse_config
+from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.testing.faults import FaultServer, Respond
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER
+
+from .support import (
+    DAY,
+    NOW,
+    OTHER,
+    OTHER_SECRET,
+    SECRET,
+    USER,
+    AsyncApi,
+    base_config,
+    engine_rig,
+    node_toml,
+    real_signature,
+    running_api,
+    signature,
+    sqlite_db,
+    start_service,
+    wait_until,
+)
+
+JD_ROUTES = ("/api/prefetch", "/api/refresh", "/api/prefetchQuery", "/api/refreshQuery")
+URL = "http://www.example.test/a"
+
+
+def jd_fields(path: str, taskid: str | None = None) -> dict[str, Any]:
+    """What a JD route needs beside the credentials (a real-looking task id for the queries)."""
+    if path == "/api/prefetch":
+        return {"publish_urls": [URL]}
+    if path == "/api/refresh":
+        return {"instances": [URL], "type": "file"}
+    return {"taskid": taskid or str(uuid.uuid4())}
+
+
+async def native_calls(api: AsyncApi, user: str, sig: str, taskid: str) -> list[httpx.Response]:
+    """One call of every native route with these credentials."""
+    headers = {"X-Edgewarm-Username": user, "X-Edgewarm-Signature": sig}
+    client = api.client
+    return [
+        await client.get(f"/v1/tasks/{taskid}", headers=headers),
+        await client.get(f"/v1/tasks/{taskid}/wait", params={"timeout": 0}, headers=headers),
+        await client.post(f"/v1/tasks/{taskid}/cancel", headers=headers),
+        await client.get("/v1/tasks", headers=headers),
+        await client.post("/v1/tasks/lookup", json={"taskids": [taskid]}, headers=headers),
+        await client.get("/v1/quota", headers=headers),
+    ]
+
+
+async def submitted(api: AsyncApi, user: str = USER, secret: str = SECRET, path: str = "/api/prefetch") -> str:
+    fields = jd_fields(path)
+    if user == OTHER:
+        fields = {
+            k: [u.replace("www.example.test", "www.other.test") for u in v] if isinstance(v, list) else v
+            for k, v in fields.items()
+        }
+    answer = await api.jd(path, {"username": user, "signature": signature(user, secret), **fields})
+    assert answer["status"] == 0, answer
+    taskid: str = answer["taskid"]
+    return taskid
+
+
+# -- signatures ----------------------------------------------------------------------------------------------------
+
+FORGED = {
+    "two days ago": sign(USER, SECRET, DAY - timedelta(days=2)),
+    "three days ago": sign(USER, SECRET, DAY - timedelta(days=3)),
+    "in two days": sign(USER, SECRET, DAY + timedelta(days=2)),
+    "a year ago": sign(USER, SECRET, DAY - timedelta(days=365)),
+    "another user's (valid for them)": sign(OTHER, OTHER_SECRET, DAY),
+    "another secret": sign(USER, OTHER_SECRET, DAY),
+    "the secret itself": SECRET,
+    "md5 of the secret alone": hashlib.md5(SECRET.encode()).hexdigest(),
+    "date in another format": hashlib.md5(f"2024-03-10{USER}{SECRET}".encode()).hexdigest(),
+    "truncated": signature()[:31],
+    "one char longer": signature() + "0",
+    "with a 0x prefix": "0x" + signature(),
+    "with spaces inside": signature()[:16] + " " + signature()[16:],
+    "all zeros": "0" * 32,
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("forged", list(FORGED.values()), ids=list(FORGED))
+async def test_forged_signatures_are_refused_on_every_route(forged: str) -> None:
+    """Signatures of another day (2+ off), user or secret, or mangled: code 7 on JD routes, 401 on native ones."""
+    async with running_api(parse_config(base_config())) as api:
+        taskid = await submitted(api)
+        before = api.census()
+        for path in JD_ROUTES:
+            answer = await api.jd(path, {"username": USER, "signature": forged, **jd_fields(path, taskid)})
+            assert answer == {"status": 7, "msg": "signature incorrect"}, (path, answer)
+        for response in await native_calls(api, USER, forged, taskid):
+            assert response.status_code == 401, (response.request.url, response.text)
+            assert response.json()["code"] == 7
+        assert api.census() == before
+        task = await api.store.get_task(taskid)
+        assert task is not None and task.reason is None  # the cancel did not go through
+
+
+@pytest.mark.anyio
+async def test_a_users_valid_signature_does_not_work_under_another_name() -> None:
+    """USER's good signature sent as OTHER (and the reverse) is code 7; a name in another case is unknown (20)."""
+    async with running_api(parse_config(base_config())) as api:
+        for user, sig in ((OTHER, signature()), (USER, signature(OTHER, OTHER_SECRET))):
+            answer = await api.jd("/api/prefetch", {"username": user, "signature": sig, **jd_fields("/api/prefetch")})
+            assert answer["status"] == 7
+        answer = await api.jd(
+            "/api/prefetch",
+            {"username": USER.upper(), "signature": sign(USER.upper(), SECRET, DAY), **jd_fields("/api/prefetch")},
+        )
+        assert answer["status"] == 20
+
+
+@pytest.mark.anyio
+async def test_yesterdays_signature_replayed_after_the_window_is_refused() -> None:
+    """A signature made yesterday works today (the window), and is refused from tomorrow on, on every route."""
+    clock = {"now": NOW}
+    yesterdays = sign(USER, SECRET, DAY - timedelta(days=1))
+    async with running_api(parse_config(base_config()), clock=lambda: clock["now"]) as api:
+        body = {"username": USER, "signature": yesterdays, **jd_fields("/api/prefetch")}
+        first = await api.jd("/api/prefetch", body)
+        assert first["status"] == 0
+        taskid = first["taskid"]
+        clock["now"] = NOW + 86_400  # the next day: the captured signature is now two days old
+        before = api.census()
+        for path in JD_ROUTES:
+            answer = await api.jd(path, {"username": USER, "signature": yesterdays, **jd_fields(path, taskid)})
+            assert answer["status"] == 7, (path, answer)
+        for response in await native_calls(api, USER, yesterdays, taskid):
+            assert response.status_code == 401
+        assert api.census() == before
+
+
+@pytest.mark.anyio
+async def test_the_window_turns_at_midnight_in_shanghai() -> None:
+    """With window 0, the signature of the 9th works at 23:59:59 Shanghai and is refused one second later."""
+    before_midnight = datetime(2024, 3, 9, 15, 59, 59, tzinfo=UTC).timestamp()  # 23:59:59 in Shanghai
+    clock = {"now": before_midnight}
+    ninth = sign(USER, SECRET, DAY - timedelta(days=1))
+    config = parse_config(base_config(api={"signature_window_days": 0}))
+    async with running_api(config, clock=lambda: clock["now"]) as api:
+        body = {"username": USER, "signature": ninth, **jd_fields("/api/prefetch")}
+        assert (await api.jd("/api/prefetch", body))["status"] == 0
+        clock["now"] = before_midnight + 1
+        assert (await api.jd("/api/prefetch", body))["status"] == 7
+
+
+# -- task ids -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_foreign_unknown_expired_and_wrong_kind_task_ids_answer_alike() -> None:
+    """Another user's id, an unknown one, one whose task was deleted, one of the other kind: the same answer."""
+    async with running_api(parse_config(base_config())) as api:
+        foreign = await submitted(api, OTHER, OTHER_SECRET)
+        refresh = await submitted(api, path="/api/refresh")
+        expired = await submitted(api)
+        sqlite_db(api.store).execute("DELETE FROM tasks WHERE id = ?", (expired,))  # as a retention job would
+        candidates = {
+            "foreign": foreign,
+            "foreign, 32 hex": uuid.UUID(foreign).hex,
+            "foreign, upper case": foreign.upper(),
+            "unknown": str(uuid.uuid4()),
+            "expired": expired,
+            "refresh id on prefetchQuery": refresh,
+            "malformed": "not-a-task-id",
+            "path traversal": "../../etc/passwd",
+            "SQL": "' OR '1'='1",
+        }
+        answers = {}
+        for name, taskid in candidates.items():
+            response = await api.client.post(
+                "/api/prefetchQuery", json={"username": USER, "signature": signature(), "taskid": taskid}
+            )
+            answers[name] = (response.status_code, response.content)
+        assert len(set(answers.values())) == 1, answers
+        assert orjson.loads(next(iter(answers.values()))[1]) == {"status": 1, "msg": "task not found"}
+
+        native = {}
+        for name, taskid in candidates.items():
+            if name in ("refresh id on prefetchQuery", "path traversal"):
+                continue  # the native routes show every kind; a '/' in the path is another route
+            for response in (await native_calls(api, USER, signature(), taskid))[:3]:
+                native.setdefault(response.request.url.path.rsplit("/", 1)[-1], set()).add(
+                    (response.status_code, response.content)
+                )
+        for route, seen in native.items():
+            assert len(seen) == 1 and next(iter(seen))[0] == 404, (route, seen)
+        headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+        found = await api.client.post("/v1/tasks/lookup", json={"taskids": list(candidates.values())}, headers=headers)
+        assert [t["taskid"] for t in found.json()["tasks"]] == [refresh]
+        listed = await api.client.get("/v1/tasks", headers=headers)
+        assert foreign not in {t["taskid"] for t in listed.json()["tasks"]}
+        other = await api.store.get_task(foreign)
+        assert other is not None and other.reason is None  # the cancel attempts did nothing
+
+
+# -- header injection: raw bytes at a node ------------------------------------------------------------------------
+
+ALLOWED_HEADERS = {"host", "user-agent", "accept-encoding", "accept", "content-length", "connection"}
+
+
+def assert_clean_head(head: bytes) -> list[tuple[str, str]]:
+    """A request head with no CR or LF out of place; returns its header fields."""
+    assert head.endswith(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    for line in lines:
+        assert b"\r" not in line and b"\n" not in line, head
+        assert all(0x20 <= byte < 0x7F for byte in line), head
+    assert re.fullmatch(rb"(GET|PURGE|BAN) /\S* HTTP/1\.1", lines[0]), head
+    fields = []
+    for line in lines[1:]:
+        name, sep, value = line.decode().partition(": ")
+        assert sep and re.fullmatch(r"[A-Za-z-]+", name), head
+        fields.append((name.lower(), value))
+    names = [n for n, _ in fields]
+    assert set(names) <= ALLOWED_HEADERS, head
+    assert names.count("host") == 1, head
+    return fields
+
+
+INJECTIONS_REFUSED = [
+    "http://www.example.test/a\r\nX-Injected: yes",
+    "http://www.example.test/a\nX-Injected: yes",
+    "http://www.example.test/a\rX-Injected: yes",
+    "http://www.example.test/a HTTP/1.1\r\nHost: evil.test\r\n\r\nGET /b",
+    "http://www.example.test\r\nX-Injected: yes/a",
+    "http://www.example.test/a\u0085X-Injected: yes",
+    "http://www.example.test/a\u2028X-Injected: yes",
+    "http://www.example.test/a\x00",
+]
+INJECTIONS_ENCODED = [
+    "http://www.example.test/enc/%0d%0aX-Injected:%20yes",
+    "http://www.example.test/enc/%0D%0A%0D%0AGET%20/smuggled%20HTTP/1.1",
+    "http://www.example.test/enc/q?x=%0d%0aX-Injected:%20yes",
+    "http://www.example.test/enc/%E2%80%A8",
+    "http://www.example.test/enc/a/../../b",
+]
+
+
+@pytest.fixture
+def node() -> Iterator[FaultServer]:
+    with FaultServer(Respond(200, body=b"cached body\n")) as server:
+        yield server
+
+
+@pytest.mark.integration
+def test_no_cr_or_lf_from_a_url_ever_reaches_a_node(tmp_path: Path, node: FaultServer) -> None:
+    """URLs with raw CR/LF are refused (17); encoded ones reach the node byte for byte, one clean head each."""
+    with start_service(tmp_path, node_toml("rec", node.url)) as service:
+        sig = real_signature(DEMO_USER, DEMO_SECRET)
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            for bad in INJECTIONS_REFUSED:
+                for body in (
+                    {"username": DEMO_USER, "signature": sig, "publish_urls": [bad]},
+                    {"username": DEMO_USER, "signature": sig, "instances": [bad], "type": "file"},
+                ):
+                    path = "/api/prefetch" if "publish_urls" in body else "/api/refresh"
+                    answer = http.post(path, json=body).json()
+                    assert answer["status"] == 17, (bad, answer)
+                form = f"username={DEMO_USER}&signature={sig}&publish_urls=" + bad.replace("\r", "%0D").replace(
+                    "\n", "%0A"
+                ).replace(" ", "%20")
+                answer = http.post(
+                    "/api/prefetch", content=form, headers={"content-type": "application/x-www-form-urlencoded"}
+                ).json()
+                assert answer["status"] == 17, (bad, answer)
+            answer = http.post(
+                "/api/prefetch",
+                json={"username": DEMO_USER, "signature": sig, "publish_urls": INJECTIONS_ENCODED, "refresh": True},
+            ).json()
+            assert answer["status"] == 0, answer
+            taskid = answer["taskid"]
+            headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+            view = http.get(f"/v1/tasks/{taskid}/wait", params={"timeout": 30}, headers=headers).json()
+    assert view["status"] == 0, view
+    requests = node.requests
+    assert len(requests) == 2 * len(INJECTIONS_ENCODED)  # a PURGE and a GET each: nothing else ever arrived
+    targets = set()
+    for request in requests:
+        fields = assert_clean_head(request.head)
+        assert dict(fields)["host"] == "www.example.test"
+        targets.add(request.target)
+        assert b"X-Injected" not in request.head.split(b"\r\n", 1)[1], request.head
+    assert targets == {u.removeprefix("http://www.example.test") for u in INJECTIONS_ENCODED}
+
+
+@pytest.mark.anyio
+async def test_a_crlf_url_planted_in_the_store_never_reaches_a_node(node: FaultServer) -> None:
+    """Defence in depth: a CRLF URL written straight into the store (past the API) fails without a request."""
+    planted = ["http://www.example.test/a\r\nX-Injected: yes", "http://www.example.test/b c", "http://127.0.0.1/x"]
+    nodes = [{"name": "rec", "url": node.url}]
+    async with engine_rig(nodes, {"max_attempts": 2}) as rig:
+        items = tuple(NewItem(seq, url, "rec", ItemAction.WARM, 0) for seq, url in enumerate(planted))
+        quota = QuotaCharge("20240310", len(planted), 0, 10**9, 10**9)
+        task = await rig.store.create_task(NewTask(str(uuid.uuid4()), USER, TaskKind.PREFETCH, NOW, items, quota))
+        rig.engine.wake()
+        ended, outcomes = await rig.wait(task.id)
+    assert ended.status == 2
+    assert all(i.state.value == "failed" and i.error for i in outcomes), outcomes
+    assert node.connections == 0 and node.requests == []
+
+
+# -- connecting anywhere but a configured node ------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_edgewarm_connects_only_to_configured_nodes(tmp_path: Path) -> None:
+    """URLs naming a listening loopback port go only to the configured node: the listener sees no connection."""
+    with FaultServer() as node, FaultServer() as trap:
+        domains = ("www.example.test", "localhost", "*.localhost")
+        port = trap.port
+        with start_service(tmp_path, node_toml("node-1", node.url), domains=domains) as service:
+            sig = real_signature(DEMO_USER, DEMO_SECRET)
+            with httpx.Client(base_url=service.url, timeout=30) as http:
+
+                def call(path: str, **fields: Any) -> dict[str, Any]:
+                    answer: dict[str, Any] = http.post(
+                        path, json={"username": DEMO_USER, "signature": sig, **fields}
+                    ).json()
+                    return answer
+
+                for refused, code in [
+                    (f"http://127.0.0.1:{port}/x", 17),
+                    (f"http://[::1]:{port}/x", 17),
+                    (f"http://[::ffff:127.0.0.1]:{port}/x", 17),
+                    (f"http://2130706433:{port}/x", 17),
+                    (f"http://localhost@127.0.0.1:{port}/x", 17),
+                    (f"http://www.example.test@localhost:{port}/x", 17),
+                    (f"http://evil.test:{port}/x", 18),
+                    (f"http://localhost.evil.test:{port}/x", 18),
+                ]:
+                    assert call("/api/prefetch", publish_urls=[refused])["status"] == code, refused
+                owned = [
+                    f"http://localhost:{port}/a",
+                    f"http://www.example.test:{port}/b",
+                    f"http://x.localhost:{port}/c",
+                ]
+                taskids = [
+                    call("/api/prefetch", publish_urls=owned)["taskid"],
+                    call("/api/prefetch", publish_urls=[f"http://localhost:{port}/r"], refresh=True)["taskid"],
+                    call("/api/refresh", instances=[f"http://localhost:{port}/f"], type="file")["taskid"],
+                    call("/api/refresh", instances=[f"http://localhost:{port}/"], type="dir")["taskid"],
+                ]
+                headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+                for taskid in taskids:
+                    view = http.get(f"/v1/tasks/{taskid}/wait", params={"timeout": 30}, headers=headers).json()
+                    assert view["status"] == 0, view
+        hosts = {r.header("Host") for r in node.requests}
+    assert trap.connections == 0 and trap.requests == []
+    assert {f"localhost:{port}", f"www.example.test:{port}", f"x.localhost:{port}"} <= hosts
+    assert {r.method for r in node.requests} == {"GET", "PURGE"}
+
+
+# -- bodies over the limit ----------------------------------------------------------------------------------------
+
+LIMIT = 64 * 1024
+
+
+@pytest.mark.integration
+def test_oversized_bodies_get_413_and_leave_nothing(tmp_path: Path, node: FaultServer) -> None:
+    """Bodies over max_body_bytes (announced, chunked, or lying about their length) get 413; the service goes on."""
+    extra = f"[api]\nmax_body_bytes = {LIMIT}\n"
+    with start_service(tmp_path, node_toml("n", node.url), extra=extra) as service:
+        sig = real_signature(DEMO_USER, DEMO_SECRET)
+        big = orjson.dumps({"username": DEMO_USER, "signature": sig, "publish_urls": "x" * LIMIT})
+        headers = {"content-type": "application/json"}
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            for path in (*JD_ROUTES, "/v1/tasks/lookup"):
+                assert http.post(path, content=big, headers=headers).status_code == 413, path
+
+                def chunks() -> Iterator[bytes]:
+                    for start in range(0, len(big), 4096):
+                        yield big[start : start + 4096]
+
+                assert http.post(path, content=chunks(), headers=headers).status_code == 413, path
+            # Content-Length that is not a number, or says more than the limit while little is sent.
+            for length in ("abc", "-1", str(LIMIT + 1), "99999999999999999999"):
+                status = raw_post(service.port, "/api/prefetch", b"{}", length)
+                assert status in (400, 413), (length, status)
+            exactly = orjson.dumps({"username": DEMO_USER, "signature": sig, "publish_urls": [URL]})
+            exactly += b" " * (LIMIT - len(exactly))
+            assert http.post("/api/prefetch", content=exactly, headers=headers).json()["status"] == 0
+            assert http.get("/healthz").status_code == 200
+        db = sqlite3.connect(tmp_path / "edgewarm.db")
+        try:
+            assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 1
+        finally:
+            db.close()
+
+
+def raw_post(port: int, path: str, body: bytes, content_length: str) -> int:
+    """POST with a hand-written Content-Length; the HTTP status answered (0 when the server just closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: edgewarm\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        answer = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+    match = re.match(rb"HTTP/1\.1 (\d{3})", answer)
+    return int(match.group(1)) if match else 0
+
+
+# -- secrets and signatures never shown ---------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_secrets_and_signatures_never_appear_in_logs_or_answers(tmp_path: Path, node: FaultServer) -> None:
+    """Debug logs, good and bad calls, SIGHUPs: no log line and no answer carries a secret or a signature."""
+    other_secret = "5ecret-of-the-second-user-0123456"
+    second_user = f'[[users]]\nname = "second"\nsecret = "{other_secret}"\ndomains = ["www.second.test"]\n'
+    extra = 'log_level = "debug"\n'
+    token = "purge-token-of-the-node-4242"
+    nodes = node_toml("n", node.url) + f'purge_headers = {{ "X-Purge-Token" = "{token}" }}\n'
+    service = start_service(tmp_path, second_user + nodes, extra=extra)
+    secrets = [DEMO_SECRET, other_secret, token]
+    signatures = [real_signature(DEMO_USER, DEMO_SECRET, d) for d in range(-3, 4)]
+    signatures += [real_signature("second", other_secret, d) for d in range(-3, 4)]
+    signatures += [real_signature(DEMO_USER, other_secret), real_signature("second", DEMO_SECRET)]
+    good, wrong = signatures[3], real_signature(DEMO_USER, other_secret)
+    answers: list[bytes] = []
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+
+            def keep(response: httpx.Response) -> httpx.Response:
+                answers.append(str(response.headers).encode() + response.content)
+                return response
+
+            def jd(path: str, **fields: Any) -> dict[str, Any]:
+                answer: dict[str, Any] = keep(http.post(path, json=fields)).json()
+                return answer
+
+            url = [URL]
+            calls: list[dict[str, Any]] = [
+                {"username": DEMO_USER, "signature": wrong, "publish_urls": url},
+                {"username": DEMO_USER, "signature": DEMO_SECRET, "publish_urls": url},  # the secret as signature
+                {"username": DEMO_SECRET, "signature": good, "publish_urls": url},  # the secret as username
+                {"username": good, "signature": good, "publish_urls": url},
+                {"username": "second", "signature": good, "publish_urls": url},
+                {"username": DEMO_USER, "signature": signatures[0], "publish_urls": url},  # 3 days ago
+                {"username": DEMO_USER, "signature": good, "publish_urls": ["http://www.second.test/x"]},
+                {"username": DEMO_USER, "signature": good, "publish_urls": ["ftp://x/"]},
+                {"username": DEMO_USER, "signature": good, "taskid": str(uuid.uuid4())},
+            ]
+            for body in calls:
+                for path in ("/api/prefetch", "/api/prefetchQuery"):
+                    assert jd(path, **body)["status"] != 0
+            keep(http.post("/api/prefetch", content=b'{"username": "x", "signature": "' + good.encode() + b'"'))
+            keep(
+                http.post(
+                    "/api/prefetch",
+                    content=f"username={DEMO_USER}&signature={good}&publish_urls=%ZZ\xff".encode("latin-1"),
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                )
+            )
+            many = "&".join(["publish_urls=x"] * 10_001)  # refused with code 2, the signature beside it
+            keep(
+                http.post(
+                    "/api/prefetch",
+                    content=f"username={DEMO_USER}&signature={good}&{many}",
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                )
+            )
+            refreshed = jd("/api/refresh", username=DEMO_USER, signature=good, instances=url, type="file")
+            assert refreshed["status"] == 0
+            for sig in (wrong, DEMO_SECRET, good):
+                headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+                for path in ("/v1/tasks", "/v1/quota", f"/v1/tasks/{uuid.uuid4()}"):
+                    keep(http.get(path, headers=headers))
+            good_answer = jd("/api/prefetch", username=DEMO_USER, signature=good, publish_urls=url)
+            assert good_answer["status"] == 0
+            taskid = good_answer["taskid"]
+            headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": good}
+            keep(http.get(f"/v1/tasks/{taskid}/wait", params={"timeout": 30}, headers=headers))
+            jd("/api/prefetchQuery", username=DEMO_USER, signature=good, taskid=taskid)
+            for path in ("/metrics", "/readyz", "/healthz", "/openapi.json"):
+                keep(http.get(path))
+            # A reload that fails (bad TOML next to the secrets), then one that works.
+            config = service.config.read_text()
+            service.config.write_text(config.replace("[[users]]", f'broken = "{DEMO_SECRET}\n[[users]]', 1))
+            os.kill(service.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+            wait_until(lambda: "SIGHUP" in service.log.read_text(), 10, "the failed reload is logged")
+            service.config.write_text(config)
+            os.kill(service.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+            wait_until(lambda: "config reloaded" in service.log.read_text(), 10, "the reload is logged")
+            assert jd("/api/prefetch", username=DEMO_USER, signature=good, publish_urls=url)["status"] == 0
+    finally:
+        assert service.stop() == 0
+    log = service.log.read_bytes()
+    assert b"received SIGTERM" in log and b"keeping the running config" in log
+    assert any(r.header("X-Purge-Token") == token for r in node.requests)  # the token was in use
+    for secret in secrets:
+        assert secret.encode() not in log, f"the secret {secret[:4]}... is in the log"
+    for sig in signatures:
+        assert sig.encode() not in log, f"a signature {sig[:6]}... is in the log"
+        assert sig.upper().encode() not in log
+    for answer in answers:
+        for secret in secrets:
+            assert secret.encode() not in answer, answer[:300]
+        for sig in signatures:
+            assert sig.encode() not in answer, answer[:300]
+        assert b"Traceback" not in answer
+    assert len(answers) > 30
+
+
+@pytest.mark.integration
+def test_the_service_process_serves_with_every_node_down_without_leaking(tmp_path: Path) -> None:
+    """Nodes that refuse connections: items fail with the node's name, never its config secret or a signature."""
+    with start_service(tmp_path, node_toml("down-1", "http://127.0.0.1:9"), extra="[engine]\nmax_attempts = 1\n") as s:
+        sig = real_signature(DEMO_USER, DEMO_SECRET)
+        with httpx.Client(base_url=s.url, timeout=30) as http:
+            answer = http.post("/api/prefetch", json={"username": DEMO_USER, "signature": sig, "publish_urls": [URL]})
+            taskid = answer.json()["taskid"]
+            headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+            view = http.get(f"/v1/tasks/{taskid}/wait", params={"timeout": 30}, headers=headers).json()
+            items = http.get(f"/v1/tasks/{taskid}", headers=headers).json()["items"]
+    assert view["status"] == 2
+    assert "cannot connect to down-1" in items[0]["error"]
+    assert DEMO_SECRET not in str(items) and sig not in str(items)

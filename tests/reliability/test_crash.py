@@ -1,0 +1,259 @@
+"""Issue #7, part 3b: crashes and a full disk, with `edgewarm serve` as a process on SQLite.
+
+- SIGKILL of the service again and again during one big task, restarting it each time on the same store: the
+  task ends with status 0, its counters equal its total, and each item is counted once (the task's counters
+  equal the number of items in each final state, read straight from the database file).
+- The store's disk fills up (a 2 MB tmpfs): submissions are refused with JD status -1 and a message, the
+  process keeps serving, outcomes wait in memory; once space is freed everything goes on, and
+  `PRAGMA integrity_check` says ok.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgewarm.client import Client
+from edgewarm.testing import Lab
+from edgewarm.testing.faults import FaultServer, Respond
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+
+from .support import (
+    consistency,
+    integrity,
+    long_only,
+    node_toml,
+    real_signature,
+    start_service,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def progress(client: Client, taskid: str) -> int:
+    """Items finished, as the task's own counters say."""
+    view = client.task(taskid, limit=0)
+    return int(view["succeeded"]) + int(view["failed"])
+
+
+@pytest.mark.parametrize(
+    ("urls", "kills"),
+    [
+        pytest.param(2_000, 2, id="2000-urls-2-kills"),
+        pytest.param(20_000, 10, id="20000-urls-10-kills", marks=long_only),
+    ],
+)
+def test_sigkill_again_and_again_then_each_item_is_counted_once(
+    tmp_path: Path, urls: int, kills: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILLed and restarted on one SQLite file mid-task: status 0, counters equal the items, each counted once."""
+    with Lab(tmp_path / "lab", edges=1, shield=True) as lab:
+        paths = lab.make_files(urls, 256)
+        total = urls * 2
+        extra = (
+            f"[limits]\nurls_per_call = {urls}\n[api]\nmax_body_bytes = {16 << 20}\n"
+            "[engine]\nconcurrency = 16\nper_node_concurrency = 8\n"
+        )
+        service = start_service(tmp_path / "svc", lab.nodes_toml(), extra=extra)
+        db = tmp_path / "svc" / "edgewarm.db"
+        # Evenly spaced, the last one well before the end.
+        targets = [total * (k + 1) // (kills + 2) for k in range(kills)]
+        at_kill: list[int] = []
+        restarts: list[float] = []
+        started = time.monotonic()
+        try:
+            with Client(service.url, DEMO_USER, DEMO_SECRET, timeout=120) as client:
+                taskid = client.prefetch([f"http://www.example.test{p}" for p in paths])
+            for target in targets:
+                with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                    deadline = time.monotonic() + 120
+                    while (done := progress(client, taskid)) < target:
+                        assert time.monotonic() < deadline, f"stuck at {done} of {total}"
+                        time.sleep(0.02)
+                service.kill()
+                at_kill.append(done)
+                restart = time.monotonic()
+                service = ServiceProcess(service.config, port=service.port).start(30)
+                restarts.append(time.monotonic() - restart)
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                view = client.wait(taskid, timeout=300)
+            took = time.monotonic() - started
+        finally:
+            stopped = service.stop()
+        assert stopped == 0, service.log_text()
+        assert all(done < total for done in at_kill), f"a kill came after the end: {at_kill}"
+        assert len(set(at_kill)) == kills
+        assert view["status"] == 0, view
+        assert view["total"] == total and view["succeeded"] == total and view["failed"] == 0
+        assert view["counts"] == {"waiting": 0, "pending": 0, "running": 0, "succeeded": total, "failed": 0}
+        found = consistency(db)
+        assert found.problems() == []
+        assert found.tasks[taskid]["states"] == {"succeeded": total}
+        assert integrity(db) == "ok"
+        edge = {r.uri for r in lab.requests(lab.edges[0])}
+        assert set(paths) <= edge
+    with capsys.disabled():
+        print(
+            f"\n[reliability] SIGKILL x{kills} during {urls} URLs ({total} items): done at kills {at_kill}; "
+            f"restart to healthy max {max(restarts):.2f}s; task ended after {took:.1f}s "
+            f"({total / took:.0f} items/s overall)"
+        )
+
+
+# -- a full disk --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(folder: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `folder` (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, timeout=30
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        for _ in range(50):
+            if subprocess.run(["umount", str(folder)], capture_output=True, timeout=30).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+            raise AssertionError(f"{folder} stayed busy: unmounted lazily")
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the file system is full; the file."""
+    filler = folder / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    with open(filler, "ab", buffering=0) as out, contextlib.suppress(OSError):  # the last few bytes too
+        while True:
+            out.write(b"\0")
+    return filler
+
+
+def test_a_full_disk_refuses_submissions_clearly_and_recovers(tmp_path: Path) -> None:
+    """A full disk: submissions get -1 with a message, the service goes on after space is freed, integrity ok."""
+    with tiny_tmpfs(tmp_path / "disk") as disk, FaultServer(Respond(200, body=b"x" * 100)) as node:
+        store = f"sqlite:///{disk}/edgewarm.db"
+        extra = "[engine]\nbackoff_base = 0.05\nbackoff_max = 0.2\n"
+        service = start_service(tmp_path / "svc", node_toml("n", node.url), extra=extra, store=store)
+        try:
+            sig = real_signature(DEMO_USER, DEMO_SECRET)
+            headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+            with httpx.Client(base_url=service.url, timeout=60) as http:
+
+                def submit(n: int, prefix: str) -> dict[str, object]:
+                    urls = [f"http://www.example.test/{prefix}/{i}" for i in range(n)]
+                    body = {"username": DEMO_USER, "signature": sig, "publish_urls": urls}
+                    response = http.post("/api/prefetch", json=body)
+                    assert response.status_code == 200, response.text
+                    answer: dict[str, object] = response.json()
+                    return answer
+
+                def wait(taskid: object, timeout: float = 30) -> dict[str, object]:
+                    view: dict[str, object] = http.get(
+                        f"/v1/tasks/{taskid}/wait", params={"timeout": timeout}, headers=headers
+                    ).json()
+                    return view
+
+                before = submit(50, "before")
+                assert wait(before["taskid"])["status"] == 0
+
+                # Outcomes in flight when the disk fills: the node holds its answers for a second.
+                node.set_behaviour(Respond(200, body=b"x" * 100, delay=1.0))
+                held = submit(20, "held")
+                assert held["status"] == 0
+                wait_until(lambda: len(node.requests) >= 50 + 20, 10, "the held requests arrived")
+                filler = fill(disk)
+
+                refused = [submit(100, f"full-{k}") for k in range(10)]
+                for answer in refused:
+                    assert answer["status"] == -1, answer
+                    assert isinstance(answer["msg"], str) and "store" in answer["msg"], answer
+                query = {"username": DEMO_USER, "signature": sig, "taskid": before["taskid"]}
+                assert http.post("/api/prefetchQuery", json=query).json()["data"]["status"] == 0
+                assert http.get("/healthz").status_code == 200
+                time.sleep(1.5)  # the held answers come back and cannot be written
+                stuck = wait(held["taskid"], timeout=0)
+                assert stuck["status"] == 1 and stuck["succeeded"] == 0, stuck
+                wait_until(lambda: "outcomes failed" in service.log.read_text(), 10, "the failed write is logged")
+
+                filler.unlink()
+                node.set_behaviour(Respond(200, body=b"x" * 100))
+                assert wait(held["taskid"])["status"] == 0
+                after = submit(50, "after")
+                assert after["status"] == 0, after
+                view = wait(after["taskid"])
+                assert view["status"] == 0 and view["succeeded"] == 50
+        finally:
+            stopped = service.stop()
+        log = service.log.read_text()
+        assert stopped == 0, log[-3000:]
+        assert "database or disk is full" in log
+        assert integrity(disk / "edgewarm.db") == "ok"
+        found = consistency(disk / "edgewarm.db")
+        assert found.problems() == []
+        assert sorted(t["total"] for t in found.tasks.values()) == [20, 50, 50]
+        assert all(t["status"] == 0 for t in found.tasks.values())
+
+
+def test_writing_outcomes_on_a_full_disk_reports_the_full_disk(tmp_path: Path) -> None:
+    """record_outcomes on a full disk raises StoreError saying the disk is full, not a masking rollback error."""
+    import asyncio
+    import uuid
+
+    from edgewarm.errors import StoreError
+    from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
+    from edgewarm.store import open_store
+
+    async def scenario(disk: Path) -> str:
+        async with open_store(f"sqlite:///{disk}/edgewarm.db") as store:
+            items = tuple(NewItem(i, f"http://www.example.test/{i}", "n", ItemAction.WARM, 0) for i in range(200))
+            quota = QuotaCharge("20240310", 200, 0, 10**9, 10**9)
+            await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota))
+            claims = await store.claim_due_items("w", 200, 2.0, 60)
+            filler = fill(disk)
+            try:
+                outcomes = [ItemOutcome(c.item_id, True, 1, 200, "MISS", 10, "e" * 2000) for c in claims]
+                await store.record_outcomes("w", outcomes, 3.0)
+            except StoreError as exc:
+                return str(exc)
+            finally:
+                filler.unlink()
+            return "no error"
+
+    with tiny_tmpfs(tmp_path / "disk") as disk:
+        message = asyncio.run(scenario(disk))
+    assert "full" in message, message
+
+
+def test_a_started_service_used_as_a_context_manager_leaves_no_process(tmp_path: Path) -> None:
+    """ServiceProcess.start() and then `with service:` runs one process, and none is left running after."""
+    with FaultServer() as node:
+        service = start_service(tmp_path, node_toml("n", node.url))
+        assert service.proc is not None
+        first = service.proc.pid
+        with service as same:
+            assert same.proc is not None and same.proc.pid == first, "a second process was started"
+        assert service.proc.poll() is not None
+    assert not Path(f"/proc/{first}").exists()

@@ -1,0 +1,267 @@
+"""Issue #7, part 3a: nodes that misbehave (edgewarm.testing.faults). The engine runs in process on a
+memory:// store; every node is a FaultServer on loopback; every wait is bounded.
+
+What must hold: what is worth retrying is retried (5xx, 408, 429, resets, timeouts), what is not fails at once;
+each failure says what happened; a stalled node is given up after `read_timeout`; nothing ever hangs, and a
+stopping engine hands unfinished items back instead of counting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from edgewarm.models import Item, ItemState, Task, TaskStatus
+from edgewarm.testing import Lab
+from edgewarm.testing.faults import Close, FaultServer, Forward, Reset, Respond, ShortBody, Stall, sequence
+
+from .support import engine_rig
+
+pytestmark = pytest.mark.anyio
+
+URL = "http://www.example.test/a.bin"
+BODY = b"x" * 4096
+
+
+def one_node(server: FaultServer, **extra: object) -> list[dict[str, object]]:
+    return [{"name": "node-1", "url": server.url, **extra}]
+
+
+async def warm_one(
+    server: FaultServer, engine: dict[str, object] | None = None, timeout: float = 20.0
+) -> tuple[Task, Item, float]:
+    """Warm URL on `server` alone; the ended task, its one item, and the seconds it took."""
+    async with engine_rig(one_node(server), engine) as rig:
+        started = time.monotonic()
+        taskid = await rig.submit([URL])
+        task, items = await rig.wait(taskid, timeout)
+        return task, items[0], time.monotonic() - started
+
+
+# -- retried, then succeeded -------------------------------------------------------------------------------------
+
+
+async def test_500_then_200_succeeds_on_the_second_attempt() -> None:
+    """A node answering 500 and then 200 ends succeeded, attempts 2, having seen exactly two GETs."""
+    with FaultServer(sequence(Respond(500), Respond(200, body=BODY))) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.SUCCEEDED
+    assert (item.state, item.attempts, item.http_status, item.bytes, item.error) == (
+        ItemState.SUCCEEDED,
+        2,
+        200,
+        len(BODY),
+        None,
+    )
+    assert [r.method for r in node.requests] == ["GET", "GET"]
+
+
+async def test_503_429_408_are_each_retried() -> None:
+    """503, 429 and 408 are retried in turn; the fourth attempt's 200 succeeds."""
+    with FaultServer(sequence(Respond(503), Respond(429), Respond(408), Respond(200, body=BODY))) as node:
+        task, item, _ = await warm_one(node, {"max_attempts": 4})
+    assert task.status is TaskStatus.SUCCEEDED
+    assert (item.state, item.attempts) == (ItemState.SUCCEEDED, 4)
+    assert len(node.requests) == 4
+
+
+async def test_a_reset_then_an_answer_succeeds() -> None:
+    """A connection reset on the first try is retried; the item then succeeds within max_attempts."""
+    with FaultServer(sequence(Reset(), Respond(200, body=BODY))) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.SUCCEEDED
+    assert item.state is ItemState.SUCCEEDED and 1 <= item.attempts <= 2
+
+
+async def test_a_slow_body_is_fine_while_it_keeps_moving() -> None:
+    """A body trickled over 1.2 s, never silent for read_timeout (0.5 s), succeeds on the first attempt."""
+    slow = Respond(200, body=BODY, trickle=0.1, trickle_chunk=len(BODY) // 12)
+    with FaultServer(slow) as node:
+        task, item, took = await warm_one(node, {"read_timeout": 0.5})
+    assert task.status is TaskStatus.SUCCEEDED
+    assert (item.attempts, item.bytes) == (1, len(BODY))
+    assert took >= 1.0
+
+
+async def test_a_slow_first_byte_within_read_timeout_succeeds() -> None:
+    """Headers after 0.3 s with read_timeout 1 s: succeeded, one attempt."""
+    with FaultServer(Respond(200, body=BODY, delay=0.3)) as node:
+        task, item, _ = await warm_one(node, {"read_timeout": 1.0})
+    assert task.status is TaskStatus.SUCCEEDED and item.attempts == 1
+
+
+# -- failed, with a clear reason --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 410])
+async def test_a_4xx_fails_at_once(status: int) -> None:
+    """A 4xx other than 408/429 is not retried: one request, failed, 'not retried' in the error."""
+    with FaultServer(Respond(status)) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert (item.state, item.attempts, item.http_status) == (ItemState.FAILED, 1, status)
+    assert item.error == f"HTTP {status} (not retried: the origin refused it)"
+    assert len(node.requests) == 1
+
+
+async def test_a_node_that_always_answers_500_gives_up_after_max_attempts() -> None:
+    """Always 500: exactly max_attempts (3) GETs, then failed with 'HTTP 500; gave up after 3 attempts'."""
+    with FaultServer(Respond(500)) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert (item.attempts, item.http_status) == (3, 500)
+    assert item.error == "HTTP 500; gave up after 3 attempts"
+    assert len(node.requests) == 3
+
+
+async def test_a_node_that_resets_every_connection_fails_clearly() -> None:
+    """Every connection reset: failed after 3 attempts, the error naming the node and the reset."""
+    with FaultServer(Reset()) as node:
+        task, item, took = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert item.attempts == 3 and item.http_status is None
+    assert item.error is not None and "node-1" in item.error and "reset by peer" in item.error
+    assert "gave up after 3 attempts" in item.error
+    assert took < 5
+
+
+async def test_a_node_that_closes_without_answering_fails_clearly() -> None:
+    """A close before any answer: failed after 3 attempts, 'disconnected' in the error."""
+    with FaultServer(Close()) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert item.error is not None and "disconnected" in item.error.lower() and "node-1" in item.error
+
+
+async def test_a_stall_mid_body_times_out_after_read_timeout() -> None:
+    """Headers, 1 kB, then 30 s of silence: each attempt times out after read_timeout (0.3 s); the item fails."""
+    with FaultServer(Stall(declared=100_000, sent=1000, hold=30.0)) as node:
+        task, item, took = await warm_one(node, {"read_timeout": 0.3, "max_attempts": 2})
+    assert task.status is TaskStatus.FAILED
+    assert item.attempts == 2
+    assert item.error == "timeout talking to node-1; gave up after 2 attempts"
+    assert 0.6 <= took < 5.0
+    assert len(node.requests) == 2
+
+
+async def test_a_slow_first_byte_beyond_read_timeout_times_out() -> None:
+    """No header for 5 s with read_timeout 0.3 s: a timeout, retried, then failed, in well under 5 s."""
+    with FaultServer(Respond(200, delay=5.0)) as node:
+        task, item, took = await warm_one(node, {"read_timeout": 0.3, "max_attempts": 2})
+    assert task.status is TaskStatus.FAILED
+    assert item.error is not None and item.error.startswith("timeout talking to node-1")
+    assert took < 4.0
+
+
+async def test_a_body_shorter_than_its_content_length_fails_naming_the_shortfall() -> None:
+    """Content-Length 1000 but 10 bytes and a close: never a success; the error tells 10 of 1000 bytes."""
+    with FaultServer(ShortBody(declared=1000, sent=10)) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert item.state is ItemState.FAILED and item.attempts == 3
+    assert item.error is not None and "10 of 1000 bytes" in item.error
+
+
+async def test_a_short_body_is_reported_as_short_body_with_the_nodes_status() -> None:
+    """The error of a short body is 'short body: 10 of 1000 bytes' and keeps the node's HTTP status (200)."""
+    with FaultServer(ShortBody(declared=1000, sent=10)) as node:
+        _, item, _ = await warm_one(node)
+    assert item.http_status == 200
+    assert item.error is not None and item.error.startswith("short body: 10 of 1000 bytes")
+
+
+async def test_a_body_longer_than_its_content_length_is_not_a_success() -> None:
+    """Content-Length 5 but 10 bytes sent: the extra bytes are refused as a broken answer, never a success."""
+    with FaultServer(Respond(200, body=b"x" * 10, content_length=5)) as node:
+        task, item, _ = await warm_one(node)
+    assert task.status is TaskStatus.FAILED
+    assert item.error is not None and "node-1" in item.error
+
+
+# -- never hangs --------------------------------------------------------------------------------------------------
+
+
+async def test_stopping_during_a_stall_hands_the_item_back_uncounted() -> None:
+    """Stopped during a 30 s stall, the engine ends within its grace and the item is pending again, uncounted."""
+    with FaultServer(Stall(hold=30.0)) as node:
+        async with engine_rig(one_node(node), {"read_timeout": 30.0, "grace_seconds": 0.3}) as rig:
+            taskid = await rig.submit([URL])
+            started = time.monotonic()
+            while not node.requests:
+                assert time.monotonic() - started < 5, "the node got no request"
+                await asyncio.sleep(0.01)
+            stopping = time.monotonic()
+            await rig.stop(within=3.0)
+            took = time.monotonic() - stopping
+            task = await rig.store.get_task(taskid)
+            items = await rig.store.list_items(taskid)
+    assert 0.3 <= took < 3.0
+    assert task is not None and task.status is TaskStatus.IN_PROGRESS
+    assert (task.succeeded, task.failed) == (0, 0)
+    assert [(i.state, i.attempts) for i in items] == [(ItemState.PENDING, 0)]
+
+
+async def test_a_fleet_of_broken_nodes_ends_every_item_in_bounded_time() -> None:
+    """A flaky shield and five broken edges: 240 items end in bounded time, each failing the way its node broke."""
+    faults = {
+        "edge-reset": Reset(),
+        "edge-stall": Stall(hold=30.0),
+        "edge-short": ShortBody(),
+        "edge-slow": Respond(200, body=BODY, delay=5.0),
+        "edge-good": Respond(200, body=BODY),
+    }
+    servers = {name: FaultServer(action).start() for name, action in faults.items()}
+    shield = FaultServer(sequence(Respond(502), Respond(200, body=BODY))).start()
+    try:
+        nodes = [{"name": "shield-1", "url": shield.url, "tier": "shield"}]
+        nodes += [{"name": name, "url": server.url} for name, server in servers.items()]
+        urls = [f"http://www.example.test/fleet/{i}.bin" for i in range(40)]
+        engine = {"read_timeout": 0.3, "max_attempts": 2, "per_node_concurrency": 16}
+        async with engine_rig(nodes, engine) as rig:
+            started = time.monotonic()
+            taskid = await rig.submit(urls)
+            task, items = await rig.wait(taskid, timeout=30)
+            took = time.monotonic() - started
+    finally:
+        for server in [shield, *servers.values()]:
+            server.stop()
+    assert took < 15, took
+    assert task.status is TaskStatus.FAILED
+    assert task.total == len(items) == 240
+    assert (task.succeeded, task.failed) == (
+        sum(i.state is ItemState.SUCCEEDED for i in items),
+        sum(i.state is ItemState.FAILED for i in items),
+    )
+    by_node: dict[str, set[str]] = {}
+    for item in items:
+        by_node.setdefault(item.node, set()).add(item.state.value)
+    assert by_node["shield-1"] == {"succeeded"} and by_node["edge-good"] == {"succeeded"}
+    for name in ("edge-reset", "edge-stall", "edge-short", "edge-slow"):
+        assert by_node[name] == {"failed"}, name
+    errors = {i.node: i.error or "" for i in items if i.state is ItemState.FAILED}
+    assert "reset by peer" in errors["edge-reset"]
+    assert errors["edge-stall"].startswith("timeout") and errors["edge-slow"].startswith("timeout")
+    assert "1000 bytes" in errors["edge-short"]
+
+
+# -- the proxy in front of a real cache ---------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_a_flaky_proxy_in_front_of_real_nginx_ends_with_a_hit(tmp_path: Path) -> None:
+    """A proxy resetting each URL's first request before a real nginx edge: all succeed on retry, then HIT."""
+    with Lab(tmp_path / "lab", edges=1, shield=False) as lab:
+        paths = lab.make_files(10, 2048)
+        edge = lab.edges[0]
+        with FaultServer(sequence(Reset(), Forward(edge.port))) as proxy:
+            async with engine_rig(one_node(proxy)) as rig:
+                taskid = await rig.submit([f"http://www.example.test{p}" for p in paths])
+                task, items = await rig.wait(taskid, timeout=30)
+        assert task.status is TaskStatus.SUCCEEDED, [i.error for i in items]
+        assert all(i.attempts >= 1 and i.cache_state == "MISS" and i.bytes == 2048 for i in items)
+        for path in paths:
+            assert lab.fetch(edge, path).cache_status == "HIT"
+        assert {r.target for r in proxy.requests} == set(paths)
