@@ -137,6 +137,7 @@ def test_a_url_resubmitted_while_pending_is_fetched_once_per_node(client: Client
     assert first != second
     assert client.wait(first, timeout=60)["status"] == 0
     assert client.wait(second, timeout=60)["status"] == 0
+
     def fetches(node_name: str) -> int:
         return [r.uri for r in lab.requests(lab.node(node_name))].count("/slow/dedupe/big.bin")
 
