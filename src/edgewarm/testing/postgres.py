@@ -11,7 +11,7 @@ connections, and stops it by PID::
 PostgreSQL refuses to run as root: under root the server runs as the system user ``postgres`` when there is
 one, else ``nobody`` (through ``Popen(user=...)``, so the PID we signal is the server's own, with no
 ``runuser`` in between). ``stop()`` sends SIGINT (fast shutdown), waits ``stop_timeout``, then SIGKILLs the
-server's process group (its backends too), and removes the folder.
+server and its backends (found by parent PID: each backend has a session of its own), and removes the folder.
 """
 
 from __future__ import annotations
@@ -278,8 +278,13 @@ class PostgresCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL follows
                 proc.wait(timeout=self._stop_timeout)
                 return
+        # Backends call setsid, so they are not in the postmaster's group: find them by parent PID.
+        backends = _children(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: backends may outlive their postmaster
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in backends:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         try:
             proc.wait(timeout=self._stop_timeout)
         except subprocess.TimeoutExpired as exc:
@@ -290,6 +295,23 @@ class PostgresCluster:
             return self._log.read_text(errors="replace")[-limit:]
         except OSError:
             return "(no log)"
+
+
+def _children(parent: int) -> list[int]:
+    """PIDs whose parent is `parent` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(parent):
+            found.append(int(entry.name))
+    return found
 
 
 def _checked(name: str) -> str:
