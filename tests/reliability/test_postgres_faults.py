@@ -82,7 +82,7 @@ def test_sigkill_of_workers_on_postgresql_counts_every_item_once(
     tmp_path: Path, lab: Lab, postgres_cluster: PostgresCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two workers on PostgreSQL, SIGKILLed in turn during one task and restarted: status 0, counted once."""
-    urls, kills = (10_000, 10) if LONG else (1_000, 2)
+    urls, kills = (20_000, 10) if LONG else (1_000, 2)
     total = urls * 2
     url = asyncio.run(postgres_cluster.create_database())
     paths = lab.make_files(urls, 256)

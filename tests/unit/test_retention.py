@@ -1,0 +1,70 @@
+"""Retention: a round removes the tasks that ended before the cutoff, in bounded batches, and stops with them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from edgewarm.config import Retention
+from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.retention import purge_old_tasks, run_retention
+from edgewarm.store import open_store
+
+DAY = 86_400.0
+
+
+def task(n: int, created_at: float) -> NewTask:
+    item = NewItem(0, f"http://www.example.test/{n}", "edge-1", ItemAction.WARM, 0)
+    return NewTask(
+        f"00000000-0000-4000-8000-{n:012d}",
+        "u",
+        TaskKind.PREFETCH,
+        created_at,
+        (item,),
+        QuotaCharge("20260101", 1, 0, 10**9, 50),
+    )
+
+
+def test_a_round_removes_old_finished_tasks_in_batches_and_keeps_the_rest() -> None:
+    """7 days: 5 tasks ended 8 days ago go (batches of 2), one ended yesterday and one still open stay."""
+
+    async def go() -> tuple[int, list[bool]]:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            for n in range(7):
+                await store.create_task(task(n, now - 9 * DAY))
+            claims = await store.claim_due_items("w", 100, now, 60)
+            by_id = {c.task_id: c.item_id for c in claims}
+            ids = sorted(by_id)
+            for task_id in ids[:5]:
+                await store.record_outcomes("w", [ItemOutcome(by_id[task_id], True, 1)], now - 8 * DAY)
+            await store.record_outcomes("w", [ItemOutcome(by_id[ids[5]], True, 1)], now - 1 * DAY)
+            removed = await purge_old_tasks(store, Retention(days=7, batch=2), now)
+            left = [await store.get_task(t) is not None for t in ids]
+            return removed, left
+
+    removed, left = asyncio.run(go())
+    assert removed == 5
+    assert left == [False] * 5 + [True, True]
+
+
+def test_the_job_runs_a_round_at_once_and_ends_when_told() -> None:
+    """run_retention purges on start and returns promptly once `stopping` is set."""
+
+    async def go() -> bool:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            await store.create_task(task(1, now - 9 * DAY))
+            (claim,) = await store.claim_due_items("w", 10, now, 60)
+            await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
+            stopping = asyncio.Event()
+            job = asyncio.create_task(run_retention(store, lambda: Retention(days=7), stopping, clock=lambda: now))
+            for _ in range(100):
+                if await store.get_task(claim.task_id) is None:
+                    break
+                await asyncio.sleep(0.01)
+            gone = await store.get_task(claim.task_id) is None
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return gone
+
+    assert asyncio.run(go()) is True
