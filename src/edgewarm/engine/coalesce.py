@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from ..models import ItemOutcome
 
 Key = tuple[str, str]  # (url, node)
+MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
 
 
 class Coalescer:
@@ -49,6 +50,8 @@ class Coalescer:
         future.set_result(outcome)
         if outcome.succeeded:
             self._recent[key] = (self._clock(), outcome)
+            if len(self._recent) > MAX_RECENT:
+                self._recent.popitem(last=False)
         return outcome, False
 
     @staticmethod
