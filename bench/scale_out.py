@@ -1,5 +1,5 @@
 """Scale-out benchmark: items/s with 1, 2 and 4 `edgewarm worker` processes on PostgreSQL, beside `edgewarm serve`
-on SQLite in one process, in one run (docs/scale_out_figures.md has the figures).
+on SQLite in one process, in one run (docs/benchmarks.md, "Scale-out", has the figures).
 
     .venv/bin/python bench/scale_out.py                    # 10,000 URLs x 4 KiB x 2 edges; about 1-3 minutes
     .venv/bin/python bench/scale_out.py --urls 2000 --workers 1,2
