@@ -234,18 +234,11 @@ class Engine:
         while True:
             s = self.settings
             batch = [await self._outcomes.get()]
-            deadline = time.monotonic() + s.flush_interval
-            while len(batch) < s.batch_size:
-                if not self._outcomes.empty():
-                    batch.append(self._outcomes.get_nowait())
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._outcomes.get(), remaining))
-                except TimeoutError:
-                    break
+            # One wait per batch, not one per outcome: let the batch fill for flush_interval, then take it.
+            if self._outcomes.qsize() + 1 < s.batch_size:
+                await asyncio.sleep(s.flush_interval)
+            while len(batch) < s.batch_size and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
             await self._flush(batch)
             for _ in batch:
                 self._outcomes.task_done()
