@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from ..config import Engine
 from ..models import ItemOutcome
@@ -51,21 +52,16 @@ def warm_outcome(
             why = verified.error or f"{verified.cache_state or 'no cache state'} again"
             return done(False, f"not cached after the warm: {why}")
         return done(True)
-    error = result.error or f"HTTP {result.status}"
     if result.status is not None and not result.network_error and not is_retryable(result):
         return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
-    if attempt >= settings.max_attempts:
-        return done(False, f"{error}; gave up after {attempt} attempts")
-    return ItemOutcome(
-        item_id,
-        False,
-        attempt,
-        result.status,
-        state,
-        result.bytes,
-        error,
-        retry_at=now + backoff_delay(attempt, settings, rng),
-    )
+    return retry_or_give_up(done(False, result.error or f"HTTP {result.status}"), settings, now, rng)
+
+
+def retry_or_give_up(failed: ItemOutcome, settings: Engine, now: float, rng: random.Random | None) -> ItemOutcome:
+    """A failure worth another try: due again after a backoff, or final once max_attempts are spent."""
+    if failed.attempts >= settings.max_attempts:
+        return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
+    return replace(failed, retry_at=now + backoff_delay(failed.attempts, settings, rng))
 
 
 def purge_outcome(
@@ -93,17 +89,6 @@ def purge_outcome(
             result.bytes,
             f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
         )
-    if attempt >= settings.max_attempts:
-        return ItemOutcome(
-            item_id, False, attempt, result.status, None, result.bytes, f"{error}; gave up after {attempt} attempts"
-        )
-    return ItemOutcome(
-        item_id,
-        False,
-        attempt,
-        result.status,
-        None,
-        result.bytes,
-        error,
-        retry_at=now + backoff_delay(attempt, settings, rng),
+    return retry_or_give_up(
+        ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error), settings, now, rng
     )
