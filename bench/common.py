@@ -33,7 +33,8 @@ import aiohttp
 from edgewarm import auth
 from edgewarm.client import AsyncClient
 from edgewarm.testing import DEFAULT_HOST, Lab, LabNode
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+from edgewarm.testing.service import start_service as _start_service
 
 BENCH_DIR = Path(__file__).resolve().parent
 SHM = Path("/dev/shm")
@@ -312,26 +313,10 @@ def signature(day: date | None = None) -> str:
     return auth.sign(DEMO_USER, DEMO_SECRET, day or auth.today(datetime.now(UTC)))
 
 
-def start_service(
-    folder: Path,
-    nodes_toml: str,
-    *,
-    store: str | None = None,
-    extra: str = "",
-    command: str = "serve",
-    timeout: float = 60.0,
-) -> ServiceProcess:
-    """`edgewarm serve|api` on a free port; the store defaults to a new SQLite file in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = write_config(
-        folder / "edgewarm.toml",
-        store=store or f"sqlite:///{folder}/edgewarm.db",
-        nodes_toml=nodes_toml,
-        port=port,
-        extra=extra,
-    )
-    return ServiceProcess(config, command=command, port=port).start(timeout=timeout)
+def start_service(folder: Path, nodes_toml: str, **options: Any) -> ServiceProcess:
+    """The testing helper, with a longer start-up deadline: the bench machine may be busy."""
+    options.setdefault("timeout", 60.0)
+    return _start_service(folder, nodes_toml, **options)
 
 
 def client(service: ServiceProcess, timeout: float = 120.0) -> AsyncClient:

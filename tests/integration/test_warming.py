@@ -10,7 +10,7 @@ import pytest
 
 from edgewarm.client import Client
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -19,18 +19,6 @@ pytestmark = pytest.mark.integration
 def lab(tmp_path: Path) -> Iterator[Lab]:
     with Lab(tmp_path / "lab", edges=2, shield=True) as lab:
         yield lab
-
-
-def start_service(tmp_path: Path, nodes_toml: str, extra: str = "") -> ServiceProcess:
-    port = free_port()
-    config = write_config(
-        tmp_path / "edgewarm.toml",
-        store=f"sqlite:///{tmp_path}/edgewarm.db",
-        nodes_toml=nodes_toml,
-        port=port,
-        extra=extra,
-    )
-    return ServiceProcess(config, port=port).start()
 
 
 def client_for(service: ServiceProcess) -> Client:
@@ -84,7 +72,7 @@ def test_an_edge_that_is_down_is_retried_then_fails_while_the_others_succeed(tmp
     paths = lab.make_files(5, 1000)
     down = f'[[nodes]]\nname = "edge-down"\nurl = "http://127.0.0.1:{free_port()}"\n'
     extra = "[engine]\nmax_attempts = 3\nbackoff_base = 0.05\nbackoff_max = 0.2\n"
-    with start_service(tmp_path, lab.nodes_toml() + down, extra) as service, client_for(service) as client:
+    with start_service(tmp_path, lab.nodes_toml() + down, extra=extra) as service, client_for(service) as client:
         taskid = client.prefetch([url_of(p) for p in paths])
         view = client.wait(taskid, timeout=60)
         items = client.task(taskid)["items"]
@@ -105,7 +93,7 @@ def test_sigkill_in_the_middle_of_2000_urls_then_restart_finishes_without_double
     paths = lab.make_files(2000, 512)
     # A narrow pipe so that the kill lands in the middle of the task.
     extra = "[engine]\nper_node_concurrency = 4\nconcurrency = 8\n"
-    service = start_service(tmp_path, lab.nodes_toml(), extra)
+    service = start_service(tmp_path, lab.nodes_toml(), extra=extra)
     try:
         with client_for(service) as client:
             taskids = [client.prefetch([url_of(p) for p in paths[i : i + 100]]) for i in range(0, 2000, 100)]
@@ -141,7 +129,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, lab: 
     """SIGTERM mid-task exits 0; started again, the task completes."""
     paths = lab.make_files(500, 512)
     extra = "[engine]\nper_node_concurrency = 2\nconcurrency = 4\n"
-    service = start_service(tmp_path, lab.nodes_toml(), extra)
+    service = start_service(tmp_path, lab.nodes_toml(), extra=extra)
     with client_for(service) as client:
         taskids = [client.prefetch([url_of(p) for p in paths[i : i + 100]]) for i in range(0, 500, 100)]
         wait_for_progress(client, taskids, at_least=50)

@@ -29,7 +29,7 @@ from edgewarm.engine import Engine, Fetcher
 from edgewarm.models import Item, Task, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
-from edgewarm.testing.service import ServiceProcess, free_port, write_config
+from edgewarm.testing.service import start_service as start_service  # re-exported for the tests
 
 T = TypeVar("T")
 
@@ -332,30 +332,6 @@ def real_signature(user: str, secret: str, offset_days: int = 0) -> str:
     from edgewarm.auth import today
 
     return sign(user, secret, today(datetime.now(UTC)) + timedelta(days=offset_days))
-
-
-def start_service(
-    folder: Path,
-    nodes_toml: str,
-    *,
-    extra: str = "",
-    domains: tuple[str, ...] = ("www.example.test", "*.example.test"),
-    store: str | None = None,
-    command: str = "serve",
-    timeout: float = 30.0,
-) -> ServiceProcess:
-    """`edgewarm serve` on a SQLite file in `folder` (or `store`), for DEMO_USER on `domains`, started."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = write_config(
-        folder / "edgewarm.toml",
-        store=store or f"sqlite:///{folder}/edgewarm.db",
-        nodes_toml=nodes_toml,
-        port=port,
-        domains=domains,
-        extra=extra,
-    )
-    return ServiceProcess(config, command=command, port=port).start(timeout)
 
 
 def node_toml(name: str, url: str, tier: str = "edge", kind: str = "nginx") -> str:

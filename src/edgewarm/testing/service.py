@@ -125,3 +125,27 @@ class ServiceProcess:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def start_service(
+    folder: Path,
+    nodes_toml: str,
+    *,
+    extra: str = "",
+    domains: tuple[str, ...] = ("www.example.test", "*.example.test"),
+    store: str | None = None,
+    command: str = "serve",
+    timeout: float = 30.0,
+) -> ServiceProcess:
+    """`edgewarm serve` (or `api`) on a free port for DEMO_USER, on a SQLite file in `folder` unless `store`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(
+        folder / "edgewarm.toml",
+        store=store or f"sqlite:///{folder}/edgewarm.db",
+        nodes_toml=nodes_toml,
+        port=port,
+        domains=domains,
+        extra=extra,
+    )
+    return ServiceProcess(config, command=command, port=port).start(timeout)
