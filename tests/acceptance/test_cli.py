@@ -97,3 +97,15 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     taskid = submitted.stdout.split()[0]
     listed = json.loads(run(["tasks", "--json", "--url", "listme-unique"], env).stdout)
     assert [t["taskid"] for t in listed["tasks"]] == [taskid]
+
+
+def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) -> None:
+    """With `urls_per_call = 40` on the server and no --per-call, 100 URLs go in 3 calls."""
+    from edgewarm.testing.service import start_service
+
+    paths = lab.make_files(100, 16, prefix="/cli-limit/")
+    with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 40\n") as service:
+        stdin = "".join(f"http://{DEFAULT_HOST}{p}\n" for p in paths)
+        result = run(["submit"], credentials_env(service, tmp_path), stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 3

@@ -97,6 +97,14 @@ def chunks(entries: list[str], size: int) -> list[list[str]]:
     return [entries[i : i + size] for i in range(0, len(entries), size)]
 
 
+def server_limit(client: Client, name: str, fallback: int) -> int:
+    """The user's per-call limit as the server states it (JD's default when the server cannot say)."""
+    try:
+        return int(client.quota()[name])
+    except (ClientError, KeyError, TypeError, ValueError):
+        return fallback
+
+
 def fail(exc: ClientError) -> click.ClickException:
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
 
@@ -104,7 +112,7 @@ def fail(exc: ClientError) -> click.ClickException:
 @main.command()
 @click.argument("urls", nargs=-1)
 @click.option("--file", "-f", type=str, help="read URLs from this file, one per line (- for stdin)")
-@click.option("--per-call", default=100, show_default=True, help="URLs per API call (the server's limit)")
+@click.option("--per-call", default=None, type=int, help="URLs per API call [default: your limit, from /v1/quota]")
 @click.option("--refresh-first", is_flag=True, help="purge each URL on a node before warming it there")
 @click.option("--callback-url", help="POST the task summary here when it ends (host must be allowed)")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
@@ -112,7 +120,7 @@ def fail(exc: ClientError) -> click.ClickException:
 def submit(
     urls: tuple[str, ...],
     file: str | None,
-    per_call: int,
+    per_call: int | None,
     refresh_first: bool,
     callback_url: str | None,
     wait_: bool,
@@ -125,7 +133,7 @@ def submit(
     entries = read_entries(urls, file)
     with make_client(server, username, secret, client_config) as client:
         taskids = []
-        for chunk in chunks(entries, per_call):
+        for chunk in chunks(entries, per_call or server_limit(client, "urls_per_call", 100)):
             try:
                 taskids.append(client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url))
             except ClientError as exc:
@@ -142,7 +150,7 @@ def submit(
 @click.argument("entries", nargs=-1)
 @click.option("--file", "-f", type=str, help="read URLs or directories from this file (- for stdin)")
 @click.option("--dir", "directories", is_flag=True, help="entries are directories (ending with '/')")
-@click.option("--per-call", default=None, type=int, help="entries per call [default: 100 files, 5 directories]")
+@click.option("--per-call", default=None, type=int, help="entries per call [default: your limit, from /v1/quota]")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
 @connection_options
 def refresh(
@@ -158,8 +166,10 @@ def refresh(
 ) -> None:
     """Refresh (purge) files or directories on every node; print one task id per line."""
     items = read_entries(entries, file)
-    size = per_call or (5 if directories else 100)
     with make_client(server, username, secret, client_config) as client:
+        size = per_call or server_limit(
+            client, "dirs_per_call" if directories else "urls_per_call", 5 if directories else 100
+        )
         taskids = []
         try:
             for chunk in chunks(items, size):
