@@ -32,10 +32,6 @@ class ItemState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
-    @property
-    def is_final(self) -> bool:
-        return self in (ItemState.SUCCEEDED, ItemState.FAILED)
-
 
 class ItemAction(enum.StrEnum):
     """What an item does to its node."""
@@ -110,10 +106,6 @@ class TaskCounts:
     @property
     def total(self) -> int:
         return self.waiting + self.pending + self.running + self.succeeded + self.failed
-
-    @property
-    def open(self) -> int:
-        return self.waiting + self.pending + self.running
 
     def add(self, other: TaskCounts) -> TaskCounts:
         return TaskCounts(

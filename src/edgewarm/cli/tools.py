@@ -133,15 +133,14 @@ def submit(
     entries = read_entries(urls, file)
     with make_client(server, username, secret, client_config) as client:
         taskids = []
-        for chunk in chunks(entries, per_call or server_limit(client, "urls_per_call", 100)):
-            try:
+        try:
+            for chunk in chunks(entries, per_call or server_limit(client, "urls_per_call", 100)):
                 taskids.append(client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url))
-            except ClientError as exc:
-                for taskid in taskids:
-                    click.echo(taskid)
-                raise fail(exc) from None
-        for taskid in taskids:
-            click.echo(taskid)
+        except ClientError as exc:
+            raise fail(exc) from None
+        finally:
+            for taskid in taskids:  # the calls that went through, also when a later one was refused
+                click.echo(taskid)
         if wait_:
             raise SystemExit(follow(client, taskids))
 

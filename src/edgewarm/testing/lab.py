@@ -57,11 +57,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
+
+from .procs import group_members
 
 __all__ = [
     "DEFAULT_HOST",
@@ -758,18 +760,4 @@ def _tail(path: Path, limit: int = 2000) -> str:
 
 def process_group_members(pgid: int) -> list[int]:
     """PIDs in process group ``pgid`` (Linux ``/proc``): what is left of a lab process and its children."""
-    return sorted(_iter_group(pgid))
-
-
-def _iter_group(pgid: int) -> Iterator[int]:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the ")" that closes the command name: state, ppid, pgrp, ...
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            yield int(entry.name)
+    return group_members(pgid)

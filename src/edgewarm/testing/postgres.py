@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .procs import children
 from .service import free_port
 
 __all__ = ["PostgresCluster", "PostgresClusterError", "PostgresUnavailable", "find_bin_dir"]
@@ -279,7 +280,7 @@ class PostgresCluster:
                 proc.wait(timeout=self._stop_timeout)
                 return
         # Backends call setsid, so they are not in the postmaster's group: find them by parent PID.
-        backends = _children(proc.pid)
+        backends = children(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in backends:
@@ -295,23 +296,6 @@ class PostgresCluster:
             return self._log.read_text(errors="replace")[-limit:]
         except OSError:
             return "(no log)"
-
-
-def _children(parent: int) -> list[int]:
-    """PIDs whose parent is `parent` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(parent):
-            found.append(int(entry.name))
-    return found
 
 
 def _checked(name: str) -> str:
