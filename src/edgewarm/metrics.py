@@ -15,11 +15,15 @@ edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | re
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes `le`
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -27,13 +31,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.fetches = Counter("edgewarm_fetches", "Requests sent to nodes", ["node", "action", "outcome"], registry=r)
-        self.fetch_seconds = Histogram(
-            "edgewarm_fetch_seconds", "Latency of one request to a node", ["node"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.fetched_bytes = Counter("edgewarm_fetched_bytes", "Body bytes read from nodes", ["node"], registry=r)
-        self.retries = Counter("edgewarm_retries", "Outcomes that scheduled another attempt", ["node"], registry=r)
-        self.items_finished = Counter("edgewarm_items_finished", "Items finished", ["state"], registry=r)
+        self.items = ItemTally()
+        r.register(self.items)
         self.tasks_submitted = Counter("edgewarm_tasks_submitted", "Tasks accepted", ["kind"], registry=r)
         self.tasks_finished = Counter("edgewarm_tasks_finished", "Tasks that ended", ["status"], registry=r)
         self.task_seconds = Histogram(
@@ -42,27 +41,66 @@ class Metrics:
         self.queue_depth = Gauge("edgewarm_queue_depth", "Items pending or running in the store", registry=r)
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
-
-    def observe_item(self, node: str, action: str, verdict: str, seconds: float, size: int) -> None:
-        """One worked item. The labelled children are looked up once per label set: this is the hot path."""
-        key = (node, action, verdict)
-        children = self._children.get(key)
-        if children is None:
-            finished = None if verdict == "retried" else self.items_finished.labels(verdict)
-            children = self._children[key] = (
-                self.fetches.labels(node, action, verdict),
-                self.fetch_seconds.labels(node),
-                self.fetched_bytes.labels(node),
-                self.retries.labels(node) if verdict == "retried" else finished,
-            )
-        fetches, latency, fetched, counted = children
-        fetches.inc()
-        latency.observe(seconds)
-        if size:
-            fetched.inc(size)
-        if counted is not None:
-            counted.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ItemTally(Collector):
+    """The per-item metrics, counted in plain numbers and turned into Prometheus families when scraped.
+
+    `observe` is on the path of every fetch: a labelled prometheus_client child takes a lock for every
+    increment, and an item touches five of them. Here it is a dict lookup and a few additions on the event
+    loop's thread; a scrape from another thread reads a copy (at worst one item behind).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str, str], list[int]] = {}  # (node, action, verdict) -> [count, bytes]
+        self._latency: dict[str, list[float]] = {}  # node -> per-bucket counts (+Inf last), then the sum
+
+    def observe(self, node: str, action: str, verdict: str, seconds: float, size: int) -> None:
+        """One worked item: `verdict` is succeeded, retried or failed; `size` the body bytes read."""
+        counts = self._items.get((node, action, verdict))
+        if counts is None:
+            counts = self._items[(node, action, verdict)] = [0, 0]
+        counts[0] += 1
+        counts[1] += size
+        latency = self._latency.get(node)
+        if latency is None:
+            latency = self._latency[node] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        items = [(key, list(counts)) for key, counts in list(self._items.items())]
+        latency = [(node, list(values)) for node, values in list(self._latency.items())]
+        fetches = CounterMetricFamily(
+            "edgewarm_fetches", "Requests sent to nodes", labels=["node", "action", "outcome"]
+        )
+        fetched = CounterMetricFamily("edgewarm_fetched_bytes", "Body bytes read from nodes", labels=["node"])
+        retries = CounterMetricFamily("edgewarm_retries", "Outcomes that scheduled another attempt", labels=["node"])
+        finished = CounterMetricFamily("edgewarm_items_finished", "Items finished", labels=["state"])
+        by_node: dict[str, int] = {}
+        retried: dict[str, int] = {}
+        by_state: dict[str, int] = {}
+        for (node, action, verdict), (count, size) in items:
+            fetches.add_metric([node, action, verdict], count)
+            by_node[node] = by_node.get(node, 0) + size
+            if verdict == "retried":
+                retried[node] = retried.get(node, 0) + count
+            else:
+                by_state[verdict] = by_state.get(verdict, 0) + count
+        for node, size in by_node.items():
+            fetched.add_metric([node], size)
+        for node, count in retried.items():
+            retries.add_metric([node], count)
+        for state, count in by_state.items():
+            finished.add_metric([state], count)
+        seconds = HistogramMetricFamily("edgewarm_fetch_seconds", "Latency of one request to a node", labels=["node"])
+        for node, values in latency:
+            cumulative, buckets = 0.0, []
+            for le, share in zip(_BUCKET_LABELS, values, strict=False):
+                cumulative += share
+                buckets.append((le, cumulative))
+            seconds.add_metric([node], buckets, values[-1])
+        yield from (fetches, seconds, fetched, retries, finished)

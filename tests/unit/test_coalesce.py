@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from edgewarm.engine.coalesce import Coalescer
 from edgewarm.models import ItemOutcome
@@ -16,8 +17,20 @@ class Clock:
         return self.now
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+async def warm(
+    coalescer: Coalescer, key: tuple[str, str], fetch: Callable[[], Awaitable[ItemOutcome]]
+) -> tuple[ItemOutcome, bool]:
+    """What the engine does around a warm: the outcome, and True when it was shared."""
+    while (found := coalescer.begin(key)) is not None:
+        shared = found if isinstance(found, ItemOutcome) else await coalescer.follow(found)
+        if shared is not None and shared.succeeded:
+            return shared, True
+    outcome = None
+    try:
+        outcome = await fetch()
+    finally:
+        coalescer.end(key, outcome)
+    return outcome, False
 
 
 def test_concurrent_claims_of_one_key_share_a_single_fetch() -> None:
@@ -34,14 +47,14 @@ def test_concurrent_claims_of_one_key_share_a_single_fetch() -> None:
             await gate.wait()
             return ItemOutcome(1, True, 1, 200, "MISS", 10)
 
-        tasks = [asyncio.create_task(coalescer.warm(("u", "n"), fetch)) for _ in range(3)]
+        tasks = [asyncio.create_task(warm(coalescer, ("u", "n"), fetch)) for _ in range(3)]
         await asyncio.sleep(0.01)
         gate.set()
         return await asyncio.gather(*tasks)
 
-    results = run(go())
+    results = asyncio.run(go())
     assert calls == 1
-    assert sorted(shared for _, shared in results) == [False, True, True]  # type: ignore[union-attr]
+    assert sorted(shared for _, shared in results) == [False, True, True]
 
 
 def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None:
@@ -56,16 +69,16 @@ def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None
         return ItemOutcome(1, True, 1, 200, "MISS", 10)
 
     async def go() -> None:
-        await coalescer.warm(("u", "n"), fetch)
+        await warm(coalescer, ("u", "n"), fetch)
         clock.now += 30
-        assert (await coalescer.warm(("u", "n"), fetch))[1] is True
-        assert (await coalescer.warm(("u", "other"), fetch))[1] is False
+        assert (await warm(coalescer, ("u", "n"), fetch))[1] is True
+        assert (await warm(coalescer, ("u", "other"), fetch))[1] is False
         clock.now += 31
-        assert (await coalescer.warm(("u", "n"), fetch))[1] is False
+        assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
         coalescer.forget(("u", "n"))
-        assert (await coalescer.warm(("u", "n"), fetch))[1] is False
+        assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
 
-    run(go())
+    asyncio.run(go())
     assert calls == 4
 
 
@@ -80,10 +93,40 @@ def test_a_failure_is_not_shared_and_the_follower_fetches_itself() -> None:
             await asyncio.sleep(0.01)
             return outcomes.pop(0)
 
-        return await asyncio.gather(coalescer.warm(("u", "n"), fetch), coalescer.warm(("u", "n"), fetch))
+        return await asyncio.gather(warm(coalescer, ("u", "n"), fetch), warm(coalescer, ("u", "n"), fetch))
 
-    first, second = run(go())  # type: ignore[misc]
+    first, second = asyncio.run(go())
     assert first[0].succeeded is False and second == (ItemOutcome(2, True, 1, 200), False)
+
+
+def test_a_leader_that_raises_lets_its_follower_fetch() -> None:
+    """A fetch that raised (say it was cancelled) shares nothing: the claim that followed it fetches."""
+    calls = 0
+
+    async def go() -> tuple[ItemOutcome, bool]:
+        coalescer = Coalescer(60)
+
+        async def broken() -> ItemOutcome:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            raise RuntimeError("boom")
+
+        async def fine() -> ItemOutcome:
+            nonlocal calls
+            calls += 1
+            return ItemOutcome(2, True, 1, 200)
+
+        leader = asyncio.create_task(warm(coalescer, ("u", "n"), broken))
+        await asyncio.sleep(0)
+        follower = asyncio.create_task(warm(coalescer, ("u", "n"), fine))
+        results = await asyncio.gather(leader, follower, return_exceptions=True)
+        assert isinstance(results[0], RuntimeError)
+        assert coalescer.begin(("u", "n")) == ItemOutcome(2, True, 1, 200)  # the follower's success is kept
+        return results[1]  # type: ignore[return-value]
+
+    assert asyncio.run(go()) == (ItemOutcome(2, True, 1, 200), False)
+    assert calls == 2
 
 
 def test_window_zero_turns_it_off() -> None:
@@ -98,7 +141,7 @@ def test_window_zero_turns_it_off() -> None:
     async def go() -> None:
         coalescer = Coalescer(0)
         for _ in range(3):
-            await coalescer.warm(("u", "n"), fetch)
+            await warm(coalescer, ("u", "n"), fetch)
 
-    run(go())
+    asyncio.run(go())
     assert calls == 3

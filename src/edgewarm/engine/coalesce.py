@@ -3,6 +3,10 @@
 Claims of the same (URL, node) that meet in one engine share the first one's fetch; a success is reused for
 `window` seconds after it (a later task asking for the same object gets it at once). A purge of the URL on
 that node forgets it. Within one process: workers on a shared store do not see each other's fetches.
+
+The engine asks `begin(key)` before a warm. It answers a success to reuse, a running fetch to follow, or
+None: then the caller fetches and reports with `end(key, outcome)`. Nothing is allocated for a key nobody
+else asks for (this is on the path of every warm).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..models import ItemOutcome
 
@@ -22,41 +26,45 @@ class Coalescer:
     def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
-        self._running: dict[Key, asyncio.Future[ItemOutcome]] = {}
+        # Keys being fetched; the future is made only when a second claim of the key comes to follow.
+        self._running: dict[Key, asyncio.Future[ItemOutcome] | None] = {}
         self._recent: OrderedDict[Key, tuple[float, ItemOutcome]] = OrderedDict()
 
-    async def warm(self, key: Key, fetch: Callable[[], Awaitable[ItemOutcome]]) -> tuple[ItemOutcome, bool]:
-        """The outcome of `fetch`, or a success shared by another claim of the same key; True when shared."""
+    def begin(self, key: Key) -> ItemOutcome | asyncio.Future[ItemOutcome] | None:
+        """A recent success of `key`, a running fetch of it to `follow`, or None: fetch it, then `end` it."""
         if self.window <= 0:
-            return await fetch(), False
-        self._expire()
-        recent = self._recent.get(key)
-        if recent is not None:
-            return recent[1], True
-        running = self._running.get(key)
-        if running is not None:
-            shared = await self._follow(running)
-            if shared is not None and shared.succeeded:
-                return shared, True
-        future: asyncio.Future[ItemOutcome] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            outcome = await fetch()
-        except BaseException:
-            future.cancel()  # followers do their own fetch
-            raise
-        finally:
-            self._running.pop(key, None)
-        future.set_result(outcome)
-        if outcome.succeeded:
+            return None
+        if self._recent:
+            self._expire()
+            recent = self._recent.get(key)
+            if recent is not None:
+                return recent[1]
+        if key not in self._running:
+            self._running[key] = None
+            return None
+        running = self._running[key]
+        if running is None:
+            running = self._running[key] = asyncio.get_running_loop().create_future()
+        return running
+
+    def end(self, key: Key, outcome: ItemOutcome | None) -> None:
+        """The fetch `begin` asked for is over: its outcome, or None when it raised (followers fetch again)."""
+        if self.window <= 0:
+            return
+        followers = self._running.pop(key, None)
+        if outcome is not None and outcome.succeeded:
             self._recent[key] = (self._clock(), outcome)
             if len(self._recent) > MAX_RECENT:
                 self._recent.popitem(last=False)
-        return outcome, False
+        if followers is not None:
+            if outcome is None:
+                followers.cancel()
+            else:
+                followers.set_result(outcome)
 
     @staticmethod
-    async def _follow(running: asyncio.Future[ItemOutcome]) -> ItemOutcome | None:
-        """The leader's outcome, or None when the leader was cancelled."""
+    async def follow(running: asyncio.Future[ItemOutcome]) -> ItemOutcome | None:
+        """The leader's outcome, or None when the leader gave up without one."""
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -70,8 +78,9 @@ class Coalescer:
 
     def _expire(self) -> None:
         horizon = self._clock() - self.window
-        while self._recent:
-            key, (at, _) = next(iter(self._recent.items()))
+        recent = self._recent
+        while recent:
+            key, (at, _) = next(iter(recent.items()))
             if at >= horizon:
                 break
-            del self._recent[key]
+            del recent[key]

@@ -72,6 +72,8 @@ class Engine:
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
         self.fetched = 0  # items worked by this engine, for tests
+        self._running = 0  # items being worked now
+        self.metrics.in_flight.set_function(lambda: self._running)
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -177,7 +179,7 @@ class Engine:
                 self._done_with(claim)  # not started: it stays leased and is handed back at the end
                 continue
             attempt = claim.attempts + 1
-            self.metrics.in_flight.inc()
+            self._running += 1
             started = time.monotonic()
             try:
                 outcome = await self._perform(claim, node, attempt)
@@ -190,7 +192,7 @@ class Engine:
                     claim.item_id, False, attempt, error=f"internal error: {type(exc).__name__}", retry_at=retry
                 )
             finally:
-                self.metrics.in_flight.dec()
+                self._running -= 1
             self.fetched += 1
             self._observe(claim, node, outcome, time.monotonic() - started)
             self._outcomes.put_nowait(outcome)
@@ -198,16 +200,20 @@ class Engine:
 
     async def _perform(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
         key = (claim.url, node.name)
-
-        async def fetch() -> ItemOutcome:
-            return await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
-
+        coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
-            self._coalescer.forget(key)
-            return await fetch()
-        outcome, shared = await self._coalescer.warm(key, fetch)
-        if shared:
-            return replace(outcome, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
+            coalescer.forget(key)
+            return await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+        # Bounded: each round waits for another claim's fetch of this key to end.
+        while (found := coalescer.begin(key)) is not None:
+            shared = found if isinstance(found, ItemOutcome) else await coalescer.follow(found)
+            if shared is not None and shared.succeeded:
+                return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
+        outcome = None
+        try:
+            outcome = await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+        finally:
+            coalescer.end(key, outcome)
         return outcome
 
     def _done_with(self, claim: Claim) -> None:
@@ -219,7 +225,7 @@ class Engine:
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
         verdict = "succeeded" if outcome.succeeded else ("retried" if outcome.retry_at is not None else "failed")
-        self.metrics.observe_item(node.name, claim.action.value, verdict, seconds, outcome.bytes or 0)
+        self.metrics.items.observe(node.name, claim.action, verdict, seconds, outcome.bytes or 0)
 
     async def _drain(self) -> None:
         if not self._in_hand:
