@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .config import Config, load_config
-from .engine import Engine, Fetcher
+from .engine import Engine, NodeClient, open_fetcher
 from .errors import ConfigError, StoreError
 from .metrics import Metrics
 from .retention import run_retention
@@ -144,7 +144,7 @@ async def _run_parts(
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []
         if engine:
-            fetcher = await stack.enter_async_context(Fetcher(config.engine))
+            fetcher: NodeClient = await stack.enter_async_context(open_fetcher(config.engine))
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None

@@ -31,6 +31,7 @@ from edgewarm.models import (
     NewItem,
     NewTask,
     QuotaCharge,
+    Task,
     TaskCounts,
     TaskFilter,
     TaskKind,
@@ -226,6 +227,28 @@ class TestSubmissions:
                 refused = [r for r in results if isinstance(r, QuotaExceeded)]
                 assert len(refused) == 1, results
                 assert await store.usage("alice", day) == ((2, 0) if day != "20240102" else (3, 0))
+
+    async def test_many_submissions_at_once_are_each_answered_on_their_own(self, store: TaskStore) -> None:
+        """Submissions made together (SQLite commits them as a group): the ones past the quota are refused
+        with their own message, the others are all created with their items, and the usage adds up."""
+        tasks = [make_task(1, ONE_NODE, urls_limit=6) for _ in range(10)] + [make_task(2, user="bob")]
+        repeated = replace(make_task(1, urls_limit=6, user="carol"), idempotency_key="same")
+        again = replace(make_task(1, urls_limit=6, user="carol"), idempotency_key="same")
+        results = await asyncio.gather(
+            *(store.create_task(t) for t in [*tasks, repeated, again]), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, QuotaExceeded)]
+        created = [r for r in results if isinstance(r, Task)]
+        assert len(refused) == 4 and len(created) == 9, results
+        assert all("6 of 6 URLs used today, 1 asked" in str(r) for r in refused)
+        assert await store.usage("alice", DAY) == (6, 0)
+        assert await store.usage("bob", DAY) == (2, 0)
+        assert await store.usage("carol", DAY) == (1, 0)
+        carols = {t.id for t in created if t.username == "carol"}
+        assert len(carols) == 1  # the repeated key answered the first task
+        for task in created:
+            assert (await store.get_task(task.id)) == task
+            assert len(await store.list_items(task.id)) == task.total
 
     async def test_get_task_checks_the_owner(self, store: TaskStore) -> None:
         """get_task answers another user's task exactly as an unknown one: None."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Coroutine
 from typing import Any
 
@@ -12,6 +11,7 @@ import click
 from ..config import Config, load_config
 from ..errors import EdgewarmError
 from ..logs import setup_logging
+from ..tuning import tune_runtime
 from .main import main
 
 CONFIG_HELP = "the TOML config file"
@@ -29,18 +29,7 @@ def _load(path: str) -> Config:
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
-    # The engine allocates a little for every fetch; with the default thresholds full collections took a
-    # quarter of its CPU on S1. Start-up objects are frozen out of the collector, and collections are rarer
-    # (docs/benchmarks.md: 280 -> 241 us of CPU per warm).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    try:
-        import uvloop
-
-        uvloop.install()  # measured faster for the engine's many small fetches (docs/benchmarks.md)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        pass
+    tune_runtime()
     try:
         asyncio.run(coro)
     except EdgewarmError as exc:

@@ -1,6 +1,7 @@
 """The warming engine: the scheduler (claims, tiers, retries, leases) and the fetcher (HTTP to nodes)."""
 
-from .fetcher import Fetcher, FetchResult
+from .fetch_process import ProcessFetcher, open_fetcher
+from .fetcher import Fetcher, FetchResult, NodeClient
 from .scheduler import Engine
 
-__all__ = ["Engine", "FetchResult", "Fetcher"]
+__all__ = ["Engine", "FetchResult", "Fetcher", "NodeClient", "ProcessFetcher", "open_fetcher"]

@@ -11,7 +11,7 @@ from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import purge
 from ..store import TaskStore
 from ..urls import TargetUrl, parse_url
-from .fetcher import Fetcher, FetchResult
+from .fetcher import FetchResult, NodeClient
 from .outcome import purge_outcome, warm_outcome
 
 # A directory purge on a node without prefix purge covers at most this many known URLs.
@@ -20,7 +20,7 @@ _DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
 
 
 async def perform(
-    claim: Claim, node: Node, attempt: int, fetcher: Fetcher, store: TaskStore, settings: Settings, now: float
+    claim: Claim, node: Node, attempt: int, fetcher: NodeClient, store: TaskStore, settings: Settings, now: float
 ) -> ItemOutcome:
     """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time)."""
     target = parse_url(claim.url)
@@ -39,7 +39,7 @@ async def perform(
 
 
 async def _warm(
-    claim: Claim, node: Node, target: TargetUrl, attempt: int, fetcher: Fetcher, settings: Settings, now: float
+    claim: Claim, node: Node, target: TargetUrl, attempt: int, fetcher: NodeClient, settings: Settings, now: float
 ) -> ItemOutcome:
     result = await fetcher.request("GET", node, target)
     verified = None
@@ -54,7 +54,7 @@ async def _warm(
 
 
 async def _purge_dir(
-    node: Node, target: TargetUrl, fetcher: Fetcher, store: TaskStore
+    node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore
 ) -> tuple[purge.Verdict, FetchResult, str | None]:
     request = purge.prefix_purge(node, target.path_query)
     if request is not None:

@@ -10,7 +10,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import aiohttp
 from yarl import URL
@@ -32,6 +32,14 @@ class FetchResult:
     @property
     def network_error(self) -> bool:
         return self.status is None or self.error is not None
+
+
+class NodeClient(Protocol):
+    """What the engine fetches with: `Fetcher` in its own process, or `ProcessFetcher` from a child."""
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult: ...
 
 
 class Fetcher:

@@ -24,7 +24,7 @@ from ..models import Claim, ItemAction, ItemOutcome, Task
 from ..store import TaskStore
 from .actions import perform
 from .coalesce import Coalescer
-from .fetcher import Fetcher
+from .fetcher import NodeClient
 
 log = logging.getLogger("edgewarm.engine")
 
@@ -48,7 +48,7 @@ class Engine:
         self,
         config: Config,
         store: TaskStore,
-        fetcher: Fetcher,
+        fetcher: NodeClient,
         *,
         worker_id: str | None = None,
         clock: Clock = time.time,
@@ -220,7 +220,9 @@ class Engine:
         self._in_hand.pop(claim.item_id, None)
         if not self._in_hand:
             self._idle.set()
-        if len(self._in_hand) <= self.settings.concurrency // 2:
+        # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
+        # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
+        if len(self._in_hand) <= self.settings.concurrency * 3 // 4:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:

@@ -11,8 +11,9 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -104,6 +105,7 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite")
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class SQLiteStore:
         # be gone, which only makes those items run again, never twice counted.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA cache_size=-65536")
         self._db = db
         if not self._auto_upgrade:
             return  # opened as it is, for `upgrade()` (`edgewarm db upgrade`)
@@ -200,63 +203,48 @@ class SQLiteStore:
     # -- tasks ------------------------------------------------------------------------------------
 
     async def create_task(self, task: NewTask) -> Task:
-        def durably() -> Task:
-            self.db.execute("PRAGMA synchronous=FULL")
-            try:
-                return create()
-            finally:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+        # Group commit: submissions that arrive while the writer is busy are created together, in one
+        # transaction with one fsync, each under its own savepoint (a refused one does not undo the others).
+        created: Future[Task] = Future()
+        self._to_create.append((task, created))
+        await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
+        return created.result(timeout=0)
 
-        def create() -> Task:
-            db = self.db
-            q = task.quota
+    def _create_queued(self) -> None:
+        group: list[tuple[NewTask, Future[Task]]] = []
+        while self._to_create:
+            group.append(self._to_create.popleft())
+        if not group:
+            return
+        db = self.db
+        made: list[tuple[str, Future[Task]]] = []
+        try:
+            db.execute("PRAGMA synchronous=FULL")  # durable before any of these task ids is returned
             db.execute("BEGIN IMMEDIATE")
-            try:
-                if task.idempotency_key is not None:
-                    earlier = db.execute(
-                        f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ? AND idempotency_key = ?",
-                        (task.username, task.idempotency_key),
-                    ).fetchone()
-                    if earlier is not None:
-                        db.execute("ROLLBACK")
-                        return task_from_row(earlier)
-                charged = db.execute(
-                    "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, "
-                    "dirs = dirs + excluded.dirs "
-                    "WHERE usage.urls + excluded.urls <= ? AND usage.dirs + excluded.dirs <= ? "
-                    "RETURNING urls",
-                    (task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit),
-                ).fetchone()
-                if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
-                    db.execute("ROLLBACK")  # first, so that the message tells the usage before this call
-                    raise QuotaExceeded(_quota_message(db, task))
-                db.execute(
-                    "INSERT INTO tasks (id, username, kind, created_at, total, idempotency_key, callback_url) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        task.id,
-                        task.username,
-                        task.kind.value,
-                        task.created_at,
-                        len(task.items),
-                        task.idempotency_key,
-                        task.callback_url,
-                    ),
-                )
-                rows = [(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items]
-                db.execute(_INSERT_ITEMS, (task.id, task.created_at, _json(rows)))
-                if not task.items:
-                    _finish_tasks(db, [task.id], task.created_at)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task.id,)).fetchone()
-            return task_from_row(row)
-
-        return await self._run(durably)
+            for task, created in group:
+                db.execute("SAVEPOINT submission")
+                result = _create(db, task)
+                if result is None:
+                    db.execute("ROLLBACK TO submission")  # first: the message tells the usage before this call
+                    created.set_exception(QuotaExceeded(_quota_message(db, task)))
+                elif isinstance(result, Task):
+                    created.set_result(result)
+                else:
+                    made.append((result, created))
+                db.execute("RELEASE submission")
+            db.execute("COMMIT")
+            for task_id, created in made:  # read back as committed
+                row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                created.set_result(task_from_row(row))
+        except BaseException as exc:
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                db.execute("ROLLBACK")
+            failure = StoreError(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            for _, created in group:  # the ones not answered yet were not committed
+                if not created.done():
+                    created.set_exception(failure)
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
 
     async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
         def get(db: sqlite3.Connection) -> Task | None:
@@ -576,6 +564,42 @@ def _statements(script: str) -> list[str]:
     if script[start:].strip():
         statements.append(script[start:].strip())
     return statements
+
+
+def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
+    """Charge the quota and insert one task with its items, inside the caller's transaction.
+
+    Returns the id of the task made, the earlier task with the same idempotency key, or None when the quota
+    does not allow it (the caller rolls its charge back).
+    """
+    q = task.quota
+    if task.idempotency_key is not None:
+        earlier = db.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ? AND idempotency_key = ?",
+            (task.username, task.idempotency_key),
+        ).fetchone()
+        if earlier is not None:
+            return task_from_row(earlier)
+    charged = db.execute(
+        "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, dirs = dirs + excluded.dirs "
+        "WHERE usage.urls + excluded.urls <= ? AND usage.dirs + excluded.dirs <= ? "
+        "RETURNING urls",
+        (task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit),
+    ).fetchone()
+    if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
+        return None
+    db.execute(
+        "INSERT INTO tasks (id, username, kind, created_at, total, idempotency_key, callback_url) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (task.id, task.username, task.kind.value, task.created_at, len(task.items), task.idempotency_key,
+         task.callback_url),
+    )  # fmt: skip
+    rows = [(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items]
+    db.execute(_INSERT_ITEMS, (task.id, task.created_at, _json(rows)))
+    if not task.items:
+        _finish_tasks(db, [task.id], task.created_at)
+    return task.id
 
 
 def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:

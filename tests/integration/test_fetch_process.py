@@ -1,0 +1,151 @@
+"""ProcessFetcher: the engine's requests made by a child process, against real nginx and Varnish nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgewarm.config import Engine as Settings
+from edgewarm.config import Node, NodeKind
+from edgewarm.engine import Fetcher, ProcessFetcher, fetch_process, open_fetcher
+from edgewarm.nodes import CacheState
+from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.service import free_port
+from edgewarm.urls import parse_url
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab(tmp_path_factory.mktemp("lab"), edges=1, shield=False, varnish=1, purge_module=True) as lab:
+        yield lab
+
+
+def nodes_of(lab: Lab) -> list[Node]:
+    return [Node(name=n.name, url=n.url, kind=NodeKind(n.kind)) for n in lab.cache_nodes()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def test_the_child_answers_as_the_fetcher_does(lab: Lab) -> None:
+    """Same requests through Fetcher and ProcessFetcher: same status, bytes and cache state (MISS, then HIT),
+    headers passed through (a PURGE), and a node nobody listens on answers a network error."""
+    lab.write_file("/fp/a.bin", b"a" * 5000)
+    target = parse_url(f"http://{DEFAULT_HOST}/fp/a.bin")
+    dead = Node(name="dead", url=f"http://127.0.0.1:{free_port()}")
+
+    async def go() -> None:
+        async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
+            assert remote.pid is not None and remote.pid != os.getpid()
+            for node in nodes_of(lab):
+                first = await remote.request("GET", node, target)
+                assert (first.status, first.bytes, first.cache_state) == (200, 5000, CacheState.MISS), node
+                again = await remote.request("GET", node, target)
+                same = await local.request("GET", node, target)
+                assert again == same and again.cache_state is CacheState.HIT
+            failed = await remote.request("GET", dead, target)
+            assert failed.status is None and failed.network_error and "cannot connect to dead" in (failed.error or "")
+            nginx = nodes_of(lab)[0]
+            purged = await remote.request("PURGE", nginx, target, {"X-Reason": "test"})
+            assert purged.status == 200
+            after = await remote.request("GET", nginx, target)
+            assert after.cache_state is CacheState.MISS
+
+    asyncio.run(go())
+
+
+def test_many_requests_at_once_each_get_their_own_answer(lab: Lab) -> None:
+    """500 different URLs in flight together (batched both ways): every answer belongs to its request."""
+    for i in range(500):
+        lab.write_file(f"/fp/many/{i}.bin", b"m" * (100 + i))
+    node = nodes_of(lab)[0]
+
+    async def go() -> list[int]:
+        async with ProcessFetcher(Settings()) as remote:
+            targets = [parse_url(f"http://{DEFAULT_HOST}/fp/many/{i}.bin") for i in range(500)]
+            results = await asyncio.gather(*(remote.request("GET", node, t) for t in targets))
+            assert all(r.status == 200 for r in results)
+            return [r.bytes for r in results]
+
+    assert asyncio.run(go()) == [100 + i for i in range(500)]
+
+
+def test_a_killed_child_fails_its_requests_and_the_next_request_starts_another(lab: Lab) -> None:
+    """SIGKILL of the child while requests wait on a slow node: they answer a network error at once (the
+    engine retries those items); a later request is served by a new child; closing stops it."""
+    lab.write_file("/slow/fp/big.bin", b"s" * 16_384)  # served slowly by the lab's origin
+    slow = parse_url(f"http://{DEFAULT_HOST}/slow/fp/big.bin")
+    quick = parse_url(f"http://{DEFAULT_HOST}/fp/a.bin")
+    lab.write_file("/fp/a.bin", b"a" * 10)
+    node = nodes_of(lab)[0]
+
+    async def go() -> tuple[int, int]:
+        async with ProcessFetcher(Settings()) as remote:
+            first = remote.pid
+            assert first is not None
+            waiting = [asyncio.create_task(remote.request("GET", node, slow)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            os.kill(first, signal.SIGKILL)
+            results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+            assert all(r.status is None and "fetch process exited" in (r.error or "") for r in results), results
+            await asyncio.sleep(fetch_process.RESTART_INTERVAL)
+            result = await remote.request("GET", node, quick)
+            assert result.status == 200
+            second = remote.pid
+            assert second is not None and second != first
+        return first, second
+
+    first, second = asyncio.run(go())
+    assert not alive(first) and not alive(second)
+
+
+def test_the_child_exits_when_its_engine_dies(lab: Lab, tmp_path: Path) -> None:
+    """A parent killed with SIGKILL cannot close the child: the child sees its stdin end and exits."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from edgewarm.config import Engine\n"
+        "from edgewarm.engine import ProcessFetcher\n"
+        "async def main():\n"
+        "    async with ProcessFetcher(Engine()) as f:\n"
+        "        print(f.pid, flush=True)\n"
+        "        await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def go() -> int:
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        child = int((await asyncio.wait_for(proc.stdout.readline(), 30)).decode())
+        assert alive(child)
+        proc.kill()
+        await proc.wait()
+        for _ in range(100):  # bounded: 10 s
+            if not alive(child):
+                break
+            await asyncio.sleep(0.1)
+        return child
+
+    assert not alive(asyncio.run(go()))
+
+
+def test_the_setting_chooses_the_fetcher() -> None:
+    """fetch_process "on" and "off" are obeyed; "auto" takes the child with two or more CPUs."""
+    assert isinstance(open_fetcher(Settings(fetch_process="on")), ProcessFetcher)
+    assert isinstance(open_fetcher(Settings(fetch_process="off")), Fetcher)
+    expected = ProcessFetcher if len(os.sched_getaffinity(0)) >= 2 else Fetcher
+    assert isinstance(open_fetcher(Settings(fetch_process="auto")), expected)
