@@ -232,12 +232,12 @@ class _Child:
         self.out.write(_HEADER.pack(len(frame)) + frame)
 
 
-async def _child_main() -> None:
+async def _child_main(requests: int, results: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(requests, "rb", buffering=0))
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0)
+        asyncio.streams.FlowControlMixin, os.fdopen(results, "wb", buffering=0)
     )
     out = asyncio.StreamWriter(transport, protocol, None, loop)
     try:
@@ -261,5 +261,12 @@ async def _child_main() -> None:
 def main() -> None:
     # Ctrl-C reaches the whole process group: the engine decides when this child stops (it closes stdin).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pipes get descriptors of their own; stdout then points at stderr, so that nothing printed by any
+    # library can fall into the results stream.
+    requests, results = os.dup(0), os.dup(1)
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     tune_runtime()
-    asyncio.run(_child_main())
+    asyncio.run(_child_main(requests, results))

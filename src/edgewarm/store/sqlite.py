@@ -380,7 +380,7 @@ class SQLiteStore:
                 "RETURNING id, task_id, url, node, action, attempts",
                 (worker, now + lease_seconds, now, limit),
             ).fetchall()
-            return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
+            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
 
         return await self._run(claim)
 
@@ -510,6 +510,8 @@ class SQLiteStore:
         """Calls nothing: one process works on a SQLite file, and its API wakes its engine directly."""
         yield
 
+
+_ACTIONS = {a.value: a for a in ItemAction}
 
 _INSERT_ITEMS = (
     "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
