@@ -21,8 +21,10 @@ import marshal
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -53,13 +55,68 @@ def open_fetcher(settings: Settings) -> Fetcher | ProcessFetcher:
     return Fetcher(settings)
 
 
+class _Frames:
+    """Cuts a byte stream into frames; each is handed on as soon as it is whole (no coroutine in between)."""
+
+    def __init__(self, on_frame: Callable[[Any], None]) -> None:
+        self._buffer = bytearray()
+        self._on_frame = on_frame
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            size = _HEADER.unpack_from(buffer)[0]
+            end = _HEADER.size + size
+            if len(buffer) < end:
+                break
+            frame = marshal.loads(bytes(memoryview(buffer)[_HEADER.size : end]))
+            del buffer[:end]
+            self._on_frame(frame)
+
+
+def _frame(value: Any) -> bytes:
+    data = marshal.dumps(value)
+    return _HEADER.pack(len(data)) + data
+
+
+class _ChildLink(asyncio.SubprocessProtocol):
+    """The engine's end of one child: results are matched to their requests as their bytes arrive."""
+
+    def __init__(self, pending: dict[int, asyncio.Future[FetchResult]]) -> None:
+        self.pending = pending
+        self.frames = _Frames(self._results)
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            self.frames.feed(data)
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        if not self.exited.done():
+            self.exited.set_result(self.transport.get_returncode() or 0)
+
+    def _results(self, results: list[Result]) -> None:
+        pending = self.pending
+        for request_id, status, size_read, state, error in results:
+            future = pending.get(request_id)
+            if future is not None and not future.done():
+                cache = CacheState(state) if state is not None else None
+                future.set_result(FetchResult(status, size_read, cache, error))
+
+
 class ProcessFetcher:
     """The `Fetcher` interface, served by a child process; use as `async with ProcessFetcher(settings):`."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._link: _ChildLink | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[FetchResult]] = {}
         self._outbox: list[Request] = []
         self._next_id = 0
@@ -81,17 +138,18 @@ class ProcessFetcher:
     @property
     def pid(self) -> int | None:
         """The child's PID while it runs (for tests and diagnostics)."""
-        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+        link = self._link
+        if link is None or link.transport is None or link.exited.done():
+            return None
+        return link.transport.get_pid()
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
         """As `Fetcher.request`: send `method` for `target` to `node` (from the child), body read and dropped."""
-        running = self._proc is not None and self._proc.returncode is None
-        if not running and not await self._restart():
+        link = self._link
+        if (link is None or link.exited.done()) and not await self._restart():
             return FetchResult(None, error="the fetch process is not running (restarting)")
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None
         self._next_id += 1
         request_id = self._next_id
         future: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
@@ -110,36 +168,47 @@ class ProcessFetcher:
 
     def _flush(self) -> None:
         batch, self._outbox = self._outbox, []
-        proc = self._proc
-        if not batch or proc is None or proc.stdin is None or proc.stdin.is_closing():
+        stdin = self._stdin()
+        if stdin is None:
             self._fail([r[0] for r in batch], "the fetch process is gone")
             return
-        frame = marshal.dumps(batch)
-        proc.stdin.write(_HEADER.pack(len(frame)) + frame)
+        stdin.write(_frame(batch))
+
+    def _stdin(self) -> asyncio.WriteTransport | None:
+        link = self._link
+        if link is None or link.transport is None or link.exited.done():
+            return None
+        stdin = link.transport.get_pipe_transport(0)
+        if stdin is None or stdin.is_closing():
+            return None
+        return stdin  # type: ignore[return-value]
 
     # -- the child's life -------------------------------------------------------------------------
 
     async def _start(self) -> None:
         self._started_at = time.monotonic()
-        self._proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, link = await loop.subprocess_exec(
+            lambda: _ChildLink(self._pending),
             sys.executable,
             "-c",
             "from edgewarm.engine.fetch_process import main; main()",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             # Its own log lines (rare: it has nothing to say unless something breaks) go where ours go.
             stderr=None,
         )
-        assert self._proc.stdin is not None
-        settings = marshal.dumps(self._settings.model_dump(mode="json"))
-        self._proc.stdin.write(_HEADER.pack(len(settings)) + settings)
-        self._reader = asyncio.create_task(self._read(self._proc), name="edgewarm-fetch-process-reader")
-        log.info("fetching from a child process (pid %d)", self._proc.pid)
+        self._link = link
+        stdin = self._stdin()
+        assert stdin is not None
+        stdin.write(_frame(self._settings.model_dump(mode="json")))
+        self._watcher = asyncio.create_task(self._watch(link), name="edgewarm-fetch-process-watcher")
+        log.info("fetching from a child process (pid %d)", transport.get_pid())
 
     async def _restart(self) -> bool:
         assert self._starting is not None
         async with self._starting:
-            if self._proc is not None and self._proc.returncode is None:
+            if self._link is not None and not self._link.exited.done():
                 return True  # another request started it meanwhile
             if self._closed or time.monotonic() - self._started_at < RESTART_INTERVAL:
                 return False
@@ -147,23 +216,12 @@ class ProcessFetcher:
             await self._start()
             return True
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        try:
-            while True:
-                size = _HEADER.unpack(await proc.stdout.readexactly(_HEADER.size))[0]
-                results: list[Result] = marshal.loads(await proc.stdout.readexactly(size))
-                pending = self._pending
-                for request_id, status, size_read, state, error in results:
-                    future = pending.get(request_id)
-                    if future is not None and not future.done():
-                        cache = CacheState(state) if state is not None else None
-                        future.set_result(FetchResult(status, size_read, cache, error))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        code = await proc.wait()
+    async def _watch(self, link: _ChildLink) -> None:
+        code = await link.exited
         if not self._closed:
-            log.error("the fetch process (pid %d) exited with code %s; its requests are retried", proc.pid, code)
+            assert link.transport is not None
+            pid = link.transport.get_pid()
+            log.error("the fetch process (pid %d) exited with code %s; its requests are retried", pid, code)
         self._fail(list(self._pending), f"the fetch process exited (code {code})")
 
     def _fail(self, request_ids: list[int], why: str) -> None:
@@ -173,26 +231,28 @@ class ProcessFetcher:
                 future.set_result(FetchResult(None, error=why))
 
     async def _stop(self) -> None:
-        proc, reader = self._proc, self._reader
-        if proc is None:
+        link, watcher = self._link, self._watcher
+        if link is None or link.transport is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()  # the child's signal to stop
+        stdin = self._stdin()
+        if stdin is not None:
+            stdin.close()  # the child's signal to stop
         try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(link.exited), STOP_TIMEOUT)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        if reader is not None:
-            await asyncio.gather(reader, return_exceptions=True)
+                link.transport.kill()
+            await link.exited
+        link.transport.close()
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
 # -- the child --------------------------------------------------------------------------------------------
 
 
 class _Child:
-    def __init__(self, fetcher: Fetcher, out: asyncio.StreamWriter | Any) -> None:
+    def __init__(self, fetcher: Fetcher, out: asyncio.WriteTransport) -> None:
         self.fetcher = fetcher
         self.out = out
         self.outbox: list[Result] = []
@@ -228,31 +288,54 @@ class _Child:
 
     def flush(self) -> None:
         batch, self.outbox = self.outbox, []
-        frame = marshal.dumps(batch)
-        self.out.write(_HEADER.pack(len(frame)) + frame)
+        if not self.out.is_closing():
+            self.out.write(_frame(batch))
+
+
+class _EngineLink(asyncio.Protocol):
+    """The child's end: the first frame is the settings, then batches of requests, started as they arrive."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.frames = _Frames(self._frame)
+        self.settings: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.closed = loop.create_future()
+        self.child: _Child | None = None
+        self.early: list[list[Request]] = []  # requests that came before the fetcher was open
+
+    def data_received(self, data: bytes) -> None:
+        self.frames.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _frame(self, frame: Any) -> None:
+        if not self.settings.done():
+            self.settings.set_result(frame)
+        elif self.child is None:
+            self.early.append(frame)
+        else:
+            self.child.take(frame)
+
+    def attach(self, child: _Child) -> None:
+        for batch in self.early:
+            child.take(batch)
+        self.early.clear()
+        self.child = child
 
 
 async def _child_main(requests: int, results: int) -> None:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(requests, "rb", buffering=0))
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(results, "wb", buffering=0)
-    )
-    out = asyncio.StreamWriter(transport, protocol, None, loop)
-    try:
-        size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
-        settings = Settings(**marshal.loads(await reader.readexactly(size)))
-    except asyncio.IncompleteReadError:
-        return
-    async with Fetcher(settings) as fetcher:
+    _, link = await loop.connect_read_pipe(_EngineLink, os.fdopen(requests, "rb", buffering=0))
+    out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(results, "wb", buffering=0))
+    done, _ = await asyncio.wait([link.settings, link.closed], return_when=asyncio.FIRST_COMPLETED)
+    if link.settings not in done:
+        return  # closed before it began
+    async with Fetcher(Settings(**link.settings.result())) as fetcher:
         child = _Child(fetcher, out)
-        try:
-            while True:
-                size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
-                child.take(marshal.loads(await reader.readexactly(size)))
-        except asyncio.IncompleteReadError:
-            pass  # stdin closed: the engine is done with us
+        link.attach(child)
+        await link.closed  # stdin closed: the engine is done with us
         for task in list(child.running):
             task.cancel()
         await asyncio.gather(*child.running, return_exceptions=True)

@@ -1,0 +1,51 @@
+"""Metrics: the per-item tally comes out as the Prometheus families it stands for."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgewarm.metrics import Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.render().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_items_are_counted_by_node_action_and_outcome() -> None:
+    """Fetches by outcome, bytes by node, retries apart, finished items by state, latency buckets cumulative."""
+    m = Metrics()
+    m.items.observe("e1", "warm", "succeeded", 0.003, 4096)
+    m.items.observe("e1", "warm", "succeeded", 0.001, 10)
+    m.items.observe("e1", "warm", "retried", 0.7, 0)
+    m.items.observe("e2", "purge", "failed", 100.0, 0)
+    got = samples(m)
+    assert got[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "succeeded")))] == 2
+    assert got[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "retried")))] == 1
+    assert got[("edgewarm_fetches_total", (("action", "purge"), ("node", "e2"), ("outcome", "failed")))] == 1
+    assert got[("edgewarm_fetched_bytes_total", (("node", "e1"),))] == 4106
+    assert got[("edgewarm_retries_total", (("node", "e1"),))] == 1
+    assert got[("edgewarm_items_finished_total", (("state", "succeeded"),))] == 2
+    assert got[("edgewarm_items_finished_total", (("state", "failed"),))] == 1
+    bucket = "edgewarm_fetch_seconds_bucket"
+    assert got[(bucket, (("le", "0.001"), ("node", "e1")))] == 1  # a bound counts into its own bucket
+    assert got[(bucket, (("le", "0.005"), ("node", "e1")))] == 2
+    assert got[(bucket, (("le", "0.5"), ("node", "e1")))] == 2
+    assert got[(bucket, (("le", "1.0"), ("node", "e1")))] == 3
+    assert got[(bucket, (("le", "60.0"), ("node", "e2")))] == 0
+    assert got[(bucket, (("le", "+Inf"), ("node", "e2")))] == 1
+    assert got[("edgewarm_fetch_seconds_count", (("node", "e1"),))] == 3
+    assert abs(got[("edgewarm_fetch_seconds_sum", (("node", "e1"),))] - 0.704) < 1e-9
+
+
+def test_in_flight_is_read_when_scraped() -> None:
+    """The gauge of items in flight asks its source at scrape time."""
+    m = Metrics()
+    running = [0]
+    m.in_flight.set_function(lambda: running[0])
+    running[0] = 7
+    assert samples(m)[("edgewarm_items_in_flight", ())] == 7
