@@ -1,0 +1,71 @@
+"""S1's workload for edgewarm configured several ways, beside the bare aiohttp loop, in turns (rotating order).
+
+    .venv/bin/python bench/ab.py --rounds 3 'child=[engine]\\nfetch_process = "on"' \\
+        'inproc=[engine]\\nfetch_process = "off"'
+
+Each argument is NAME=TOML (added to edgewarm's config; `\\n` for a new line). Every run: 20,000 x 4 KiB on 2 nginx
+edges, a fresh lab (cold caches), submitted through /api/prefetch in calls of 100 and timed to the last task's
+end, as S1 does (bench/warm.py); every URL is checked to be a HIT on every node afterwards. Prints warms/s and
+CPU per warm of each run, then medians and the median of the per-round ratios to the bare loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import warm
+from bench.common import Deadline, bare_loop, check_run, fresh_lab, url_of
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("variants", nargs="+", help="NAME=TOML")
+    args = parser.parse_args(argv)
+    variants = dict(v.split("=", 1) for v in args.variants)
+    deadline = Deadline(3000, "ab")
+    rates: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
+    names = list(rates)
+    items = args.urls * 2
+    for round_no in range(args.rounds):
+        for who in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            with fresh_lab(edges=2, shield=False) as lab:
+                paths = lab.make_files(args.urls, 4096, prefix="/f/")
+                folder = Path(tempfile.mkdtemp(prefix="ab-"))
+                try:
+                    if who == "bare":
+                        result = bare_loop(lab.edges, paths, folder, deadline)
+                        rate, cpu = result.rps, result.cpu_seconds
+                    else:
+                        warm.EDGEWARM_ENGINE = variants[who].replace("\\n", "\n")
+                        run = warm.run_edgewarm(lab, lab.nodes_toml(), [url_of(p) for p in paths], folder, deadline)
+                        rate, cpu = items / run.seconds, run.cpu_seconds
+                    checked = check_run(lab, lab.edges, paths, deadline)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+            if not checked.all_hit:
+                print(f"round {round_no + 1} {who}: {checked.text()}")
+                return 1
+            rates[who].append(rate)
+            print(
+                f"round {round_no + 1} {who:10} {rate:7.0f} warms/s  CPU {cpu / items * 1e6:4.0f} us/warm", flush=True
+            )
+    for name, values in rates.items():
+        ratios = [a / b for a, b in zip(values, rates["bare"], strict=True)]
+        print(
+            f"{name:10} median {statistics.median(values):7.0f} warms/s  ratio to bare {statistics.median(ratios):.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
