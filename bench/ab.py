@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608 with --urls 200)")
     parser.add_argument("variants", nargs="+", help="NAME=TOML")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in args.variants)
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(args.rounds):
         for who in names[round_no % len(names) :] + names[: round_no % len(names)]:
             with fresh_lab(edges=2, shield=False) as lab:
-                paths = lab.make_files(args.urls, 4096, prefix="/f/")
+                paths = lab.make_files(args.urls, args.size, prefix="/f/")
                 folder = Path(tempfile.mkdtemp(prefix="ab-"))
                 try:
                     if who == "bare":
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_no + 1} {who}: {checked.text()}")
                 return 1
             rates[who].append(rate)
-            print(
-                f"round {round_no + 1} {who:10} {rate:7.0f} warms/s  CPU {cpu / items * 1e6:4.0f} us/warm", flush=True
-            )
+            mbps = rate * args.size / 1e6
+            per_warm = cpu / items * 1e6
+            print(f"round {round_no + 1} {who:10} {rate:7.0f} warms/s {mbps:7.1f} MB/s  CPU {per_warm:4.0f} us/warm")
     for name, values in rates.items():
         ratios = [a / b for a, b in zip(values, rates["bare"], strict=True)]
         print(

@@ -150,22 +150,46 @@ class RssSampler:
         return (self.samples[0] if self.samples else 0) / 1024
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (edgewarm's fetch process is a child of the service), from /proc."""
+    tree: list[int] = []
+    queue = [pid]
+    while queue and len(tree) < 1000:  # bounded
+        current = queue.pop()
+        tree.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    queue += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return tree
+
+
 def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+    """Resident memory of `pid` and its descendants, in kB; None once `pid` is gone."""
+    total = None
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total = (total or 0) + int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if member == pid and total is None:
+            return None
+    return total
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the whole process, of its main thread): utime + stime from /proc, load-independent."""
+    """(CPU seconds of the process and its descendants, of its main thread): utime + stime from /proc.
+
+    Descendants count: edgewarm's fetches run in a child process (`[engine] fetch_process`). Read both ends of
+    a run while the processes live (a child that ended in between is not counted)."""
 
     def read(path: str) -> float:
         try:
@@ -175,7 +199,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
 
-    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+    own = read(f"/proc/{pid}/stat")
+    descendants = (read(f"/proc/{member}/stat") for member in process_tree(pid)[1:])
+    return own + sum(s for s in descendants if s == s), read(f"/proc/{pid}/task/{pid}/stat")  # s != s: gone
 
 
 def stop_pid(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:

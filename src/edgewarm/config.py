@@ -152,9 +152,9 @@ class Engine(_Model):
     user_agent: str = "edgewarm/0.1"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br"
-    # Make the HTTP requests in a child process, so that they run on a second core beside the scheduling:
-    # "auto" does when this machine has 2 or more CPUs.
-    fetch_process: Literal["auto", "on", "off"] = "auto"
+    # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on
+    # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Fetch process").
+    fetch_process: bool = False
 
 
 class Api(_Model):

@@ -144,8 +144,6 @@ def test_the_child_exits_when_its_engine_dies(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_the_setting_chooses_the_fetcher() -> None:
-    """fetch_process "on" and "off" are obeyed; "auto" takes the child with two or more CPUs."""
-    assert isinstance(open_fetcher(Settings(fetch_process="on")), ProcessFetcher)
-    assert isinstance(open_fetcher(Settings(fetch_process="off")), Fetcher)
-    expected = ProcessFetcher if len(os.sched_getaffinity(0)) >= 2 else Fetcher
-    assert isinstance(open_fetcher(Settings(fetch_process="auto")), expected)
+    """[engine] fetch_process: off by default, the child when on."""
+    assert isinstance(open_fetcher(Settings(fetch_process=True)), ProcessFetcher)
+    assert isinstance(open_fetcher(Settings()), Fetcher)

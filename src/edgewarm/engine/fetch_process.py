@@ -48,11 +48,8 @@ Result = tuple[int, int | None, int, str | None, str | None]
 
 
 def open_fetcher(settings: Settings) -> Fetcher | ProcessFetcher:
-    """The engine's fetcher as `[engine] fetch_process` asks: "on", "off", or "auto" (on with 2+ CPUs)."""
-    wanted = settings.fetch_process
-    if wanted == "on" or (wanted == "auto" and len(os.sched_getaffinity(0)) >= 2):
-        return ProcessFetcher(settings)
-    return Fetcher(settings)
+    """The engine's fetcher as `[engine] fetch_process` asks."""
+    return ProcessFetcher(settings) if settings.fetch_process else Fetcher(settings)
 
 
 class _Frames:
