@@ -513,12 +513,6 @@ class SQLiteStore:
 
 _ACTIONS = {a.value: a for a in ItemAction}
 
-_INSERT_ITEMS = (
-    "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
-    "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
-    "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2 FROM json_each(?3)"
-)
-
 # A retry of an item whose task was cancelled meanwhile fails instead: the task is ending.
 _RECORD_OUTCOMES = (
     "UPDATE items SET "
@@ -597,8 +591,15 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
         (task.id, task.username, task.kind.value, task.created_at, len(task.items), task.idempotency_key,
          task.callback_url),
     )  # fmt: skip
-    rows = [(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items]
-    db.execute(_INSERT_ITEMS, (task.id, task.created_at, _json(rows)))
+    # executemany measured a little faster here than one INSERT … SELECT FROM json_each (5.0 vs 5.4 µs an item).
+    db.executemany(
+        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (task.id, it.seq, it.stage, it.url, it.node, it.action.value, "pending" if it.stage == 0 else "waiting",
+             task.created_at)
+            for it in task.items
+        ],
+    )  # fmt: skip
     if not task.items:
         _finish_tasks(db, [task.id], task.created_at)
     return task.id
