@@ -135,17 +135,14 @@ class ProcessFetcher:
     @property
     def pid(self) -> int | None:
         """The child's PID while it runs (for tests and diagnostics)."""
-        link = self._link
-        if link is None or link.transport is None or link.exited.done():
-            return None
-        return link.transport.get_pid()
+        link = self._running_link()
+        return link.transport.get_pid() if link is not None and link.transport is not None else None
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
         """As `Fetcher.request`: send `method` for `target` to `node` (from the child), body read and dropped."""
-        link = self._link
-        if (link is None or link.exited.done()) and not await self._restart():
+        if self._running_link() is None and not await self._restart():
             return FetchResult(None, error="the fetch process is not running (restarting)")
         self._next_id += 1
         request_id = self._next_id
@@ -171,9 +168,16 @@ class ProcessFetcher:
             return
         stdin.write(_frame(batch))
 
-    def _stdin(self) -> asyncio.WriteTransport | None:
+    def _running_link(self) -> _ChildLink | None:
+        """The link to the child, while the child runs."""
         link = self._link
         if link is None or link.transport is None or link.exited.done():
+            return None
+        return link
+
+    def _stdin(self) -> asyncio.WriteTransport | None:
+        link = self._running_link()
+        if link is None or link.transport is None:
             return None
         stdin = link.transport.get_pipe_transport(0)
         if stdin is None or stdin.is_closing():
@@ -205,7 +209,7 @@ class ProcessFetcher:
     async def _restart(self) -> bool:
         assert self._starting is not None
         async with self._starting:
-            if self._link is not None and not self._link.exited.done():
+            if self._running_link() is not None:
                 return True  # another request started it meanwhile
             if self._closed or time.monotonic() - self._started_at < RESTART_INTERVAL:
                 return False

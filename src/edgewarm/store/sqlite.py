@@ -615,19 +615,8 @@ def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
 
 
 def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
-    rows = [
-        (
-            o.item_id,
-            "pending" if o.retry_at is not None and not o.succeeded else ("succeeded" if o.succeeded else "failed"),
-            o.retry_at if o.retry_at is not None and not o.succeeded else now,
-            o.attempts,
-            o.http_status,
-            o.cache_state,
-            o.bytes,
-            o.error,
-        )
-        for o in {o.item_id: o for o in reversed(outcomes)}.values()  # an item's first outcome in the batch
-    ]
+    first = {o.item_id: o for o in reversed(outcomes)}.values()  # an item's first outcome in the batch
+    rows = [_outcome_row(o, now) for o in first]
     # One statement for the batch (the outcomes travel as one JSON array): far fewer calls from Python.
     written = db.execute(_RECORD_OUTCOMES, (_json(rows), now, worker, CANCELLED)).fetchall()
     applied = len(written)
@@ -658,6 +647,15 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
         )
     _finish_tasks(db, list(finals), now)
     return applied
+
+
+def _outcome_row(o: ItemOutcome, now: float) -> tuple[object, ...]:
+    """An outcome as a row of _RECORD_OUTCOMES: a failure with a retry time goes back to pending, due then."""
+    if o.retry_at is not None and not o.succeeded:
+        state, due = "pending", o.retry_at
+    else:
+        state, due = ("succeeded" if o.succeeded else "failed"), now
+    return (o.item_id, state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error)
 
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
