@@ -2,9 +2,9 @@
 
 Run by `bench/common.py:bare_loop` in its own process (as edgewarm runs in its own). Reads a JSON spec
 (nodes, paths, host, per_node, total, uvloop), GETs every path through every node with at most `per_node`
-requests in flight per node and `total` overall (edgewarm's defaults: 64 and 256), streams each body to the end
-and discards it, and prints one JSON line: seconds (first request to last body), cpu (process CPU seconds meanwhile),
-requests, bytes, failures.
+requests in flight per node and `total` overall (edgewarm's defaults, passed by bench/common.py), streams
+each body to the end and discards it, and prints one JSON line: seconds (first request to last body), cpu
+(process CPU seconds meanwhile), requests, bytes, failures.
 No store, no retries, no per-item records: what is left is aiohttp and the event loop.
 """
 

@@ -32,6 +32,7 @@ import aiohttp
 
 from edgewarm import auth
 from edgewarm.client import AsyncClient
+from edgewarm.config import Engine as EngineSettings
 from edgewarm.testing import DEFAULT_HOST, Lab, LabNode
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
 from edgewarm.testing.service import start_service as _start_service
@@ -183,6 +184,7 @@ def rss_kb(pid: int) -> int | None:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+EDGEWARM_DEFAULTS = EngineSettings()  # what `edgewarm serve` runs with when its config has no [engine]
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -422,11 +424,12 @@ def bare_loop(
     folder: Path,
     deadline: Deadline,
     *,
-    per_node: int = 64,
-    total: int = 256,
+    per_node: int = EDGEWARM_DEFAULTS.per_node_concurrency,
+    total: int = EDGEWARM_DEFAULTS.concurrency,
     uvloop: bool = True,
 ) -> LoadResult:
-    """`bench/bare_loop.py` in a child process: the same GETs with aiohttp, no bookkeeping."""
+    """`bench/bare_loop.py` in a child process: the same GETs with aiohttp, no bookkeeping; the concurrency
+    of edgewarm's defaults unless told."""
     spec = folder / "bare.json"
     spec.write_text(
         json.dumps(

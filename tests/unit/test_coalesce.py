@@ -21,10 +21,9 @@ async def warm(
     coalescer: Coalescer, key: tuple[str, str], fetch: Callable[[], Awaitable[ItemOutcome]]
 ) -> tuple[ItemOutcome, bool]:
     """What the engine does around a warm: the outcome, and True when it was shared."""
-    while (found := coalescer.begin(key)) is not None:
-        shared = found if isinstance(found, ItemOutcome) else await coalescer.follow(found)
-        if shared is not None and shared.succeeded:
-            return shared, True
+    shared = await coalescer.share(key)
+    if shared is not None:
+        return shared, True
     outcome = None
     try:
         outcome = await fetch()
@@ -122,7 +121,7 @@ def test_a_leader_that_raises_lets_its_follower_fetch() -> None:
         follower = asyncio.create_task(warm(coalescer, ("u", "n"), fine))
         results = await asyncio.gather(leader, follower, return_exceptions=True)
         assert isinstance(results[0], RuntimeError)
-        assert coalescer.begin(("u", "n")) == ItemOutcome(2, True, 1, 200)  # the follower's success is kept
+        assert await coalescer.share(("u", "n")) == ItemOutcome(2, True, 1, 200)  # the follower's success is kept
         return results[1]  # type: ignore[return-value]
 
     assert asyncio.run(go()) == (ItemOutcome(2, True, 1, 200), False)

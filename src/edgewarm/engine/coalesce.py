@@ -4,9 +4,9 @@ Claims of the same (URL, node) that meet in one engine share the first one's fet
 `window` seconds after it (a later task asking for the same object gets it at once). A purge of the URL on
 that node forgets it. Within one process: workers on a shared store do not see each other's fetches.
 
-The engine asks `begin(key)` before a warm. It answers a success to reuse, a running fetch to follow, or
-None: then the caller fetches and reports with `end(key, outcome)`. Nothing is allocated for a key nobody
-else asks for (this is on the path of every warm).
+The engine asks `share(key)` before a warm. It answers a success to reuse (recent, or of a fetch of the
+same key that was running), or None: then the caller fetches and reports with `end(key, outcome)`. Nothing
+is allocated for a key nobody else asks for (this is on the path of every warm).
 """
 
 from __future__ import annotations
@@ -30,8 +30,17 @@ class Coalescer:
         self._running: dict[Key, asyncio.Future[ItemOutcome] | None] = {}
         self._recent: OrderedDict[Key, tuple[float, ItemOutcome]] = OrderedDict()
 
-    def begin(self, key: Key) -> ItemOutcome | asyncio.Future[ItemOutcome] | None:
-        """A recent success of `key`, a running fetch of it to `follow`, or None: fetch it, then `end` it."""
+    async def share(self, key: Key) -> ItemOutcome | None:
+        """A success of `key` to reuse, or None: then the caller fetches it and must call `end`."""
+        # Bounded: each round waits for another claim's fetch of this key to end.
+        while (found := self._begin(key)) is not None:
+            shared = found if isinstance(found, ItemOutcome) else await self._follow(found)
+            if shared is not None and shared.succeeded:
+                return shared
+        return None
+
+    def _begin(self, key: Key) -> ItemOutcome | asyncio.Future[ItemOutcome] | None:
+        """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it."""
         if self.window <= 0:
             return None
         if self._recent:
@@ -48,7 +57,7 @@ class Coalescer:
         return running
 
     def end(self, key: Key, outcome: ItemOutcome | None) -> None:
-        """The fetch `begin` asked for is over: its outcome, or None when it raised (followers fetch again)."""
+        """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again)."""
         if self.window <= 0:
             return
         followers = self._running.pop(key, None)
@@ -63,7 +72,7 @@ class Coalescer:
                 followers.set_result(outcome)
 
     @staticmethod
-    async def follow(running: asyncio.Future[ItemOutcome]) -> ItemOutcome | None:
+    async def _follow(running: asyncio.Future[ItemOutcome]) -> ItemOutcome | None:
         """The leader's outcome, or None when the leader gave up without one."""
         try:
             return await asyncio.shield(running)

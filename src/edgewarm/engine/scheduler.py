@@ -204,11 +204,9 @@ class Engine:
         if claim.action is not ItemAction.WARM:
             coalescer.forget(key)
             return await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
-        # Bounded: each round waits for another claim's fetch of this key to end.
-        while (found := coalescer.begin(key)) is not None:
-            shared = found if isinstance(found, ItemOutcome) else await coalescer.follow(found)
-            if shared is not None and shared.succeeded:
-                return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
+        shared = await coalescer.share(key)
+        if shared is not None:
+            return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
         outcome = None
         try:
             outcome = await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
