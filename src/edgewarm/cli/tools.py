@@ -105,6 +105,22 @@ def server_limit(client: Client, name: str, fallback: int) -> int:
         return fallback
 
 
+def send_in_calls(client: Client, calls: list[list[str]], send: Callable[[list[str]], str], wait: bool) -> None:
+    """One task per call; print the task ids, also those that went through before a call was refused; with
+    `wait`, follow them and exit 1 if any failed."""
+    taskids = []
+    try:
+        for chunk in calls:
+            taskids.append(send(chunk))
+    except ClientError as exc:
+        raise fail(exc) from None
+    finally:
+        for taskid in taskids:
+            click.echo(taskid)
+    if wait:
+        raise SystemExit(follow(client, taskids))
+
+
 def fail(exc: ClientError) -> click.ClickException:
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
 
@@ -132,17 +148,13 @@ def submit(
     """Prefetch (warm) URLs: split into calls of --per-call, print one task id per line."""
     entries = read_entries(urls, file)
     with make_client(server, username, secret, client_config) as client:
-        taskids = []
-        try:
-            for chunk in chunks(entries, per_call or server_limit(client, "urls_per_call", 100)):
-                taskids.append(client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url))
-        except ClientError as exc:
-            raise fail(exc) from None
-        finally:
-            for taskid in taskids:  # the calls that went through, also when a later one was refused
-                click.echo(taskid)
-        if wait_:
-            raise SystemExit(follow(client, taskids))
+        size = per_call or server_limit(client, "urls_per_call", 100)
+        send_in_calls(
+            client,
+            chunks(entries, size),
+            lambda chunk: client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url),
+            wait_,
+        )
 
 
 @main.command()
@@ -169,17 +181,7 @@ def refresh(
         size = per_call or server_limit(
             client, "dirs_per_call" if directories else "urls_per_call", 5 if directories else 100
         )
-        taskids = []
-        try:
-            for chunk in chunks(items, size):
-                taskids.append(client.refresh(chunk, directories=directories))
-        except ClientError as exc:
-            raise fail(exc) from None
-        finally:
-            for taskid in taskids:
-                click.echo(taskid)
-        if wait_:
-            raise SystemExit(follow(client, taskids))
+        send_in_calls(client, chunks(items, size), lambda chunk: client.refresh(chunk, directories=directories), wait_)
 
 
 @main.command()
