@@ -153,7 +153,7 @@ class Engine(_Model):
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br"
     # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on
-    # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Fetch process").
+    # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Session 2").
     fetch_process: bool = False
 
 

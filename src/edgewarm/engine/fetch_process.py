@@ -3,7 +3,8 @@
 The engine's event loop does two jobs per item: the bookkeeping (claims, lanes, outcomes, the API beside it)
 and the HTTP exchange with the node, which costs most (aiohttp, measured in docs/benchmarks.md). One event
 loop holds the GIL, so on a machine with a core to spare `ProcessFetcher` moves the HTTP exchange to a
-child process running the same `Fetcher`; the engine keeps the scheduling, limits and records.
+child process running the same `Fetcher`; the engine keeps the scheduling, limits and records. Off by
+default (`[engine] fetch_process`): on the 2-core machine it was measured on, it did not pay.
 
 The child (`main()` below, in a new interpreter) speaks over its stdin/stdout: frames of a 4-byte length
 and a `marshal`-ed list (requests one way, results the other; many per frame, one frame per loop turn).
