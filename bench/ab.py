@@ -3,15 +3,18 @@
     .venv/bin/python bench/ab.py --rounds 3 'child=[engine]\\nfetch_process = "on"' \\
         'inproc=[engine]\\nfetch_process = "off"'
 
-Each argument is NAME=TOML (added to edgewarm's config; `\\n` for a new line). Every run: 20,000 x 4 KiB on 2 nginx
-edges, a fresh lab (cold caches), submitted through /api/prefetch in calls of 100 and timed to the last task's
-end, as S1 does (bench/warm.py); every URL is checked to be a HIT on every node afterwards. Prints warms/s and
-CPU per warm of each run, then medians and the median of the per-round ratios to the bare loop.
+Each argument is NAME=TOML (added to edgewarm's config; `\\n` for a new line); `--src NAME=DIR` runs that
+variant's service from another source folder (another commit: `git archive REV src | tar -x -C DIR`).
+Every run: 20,000 x 4 KiB on 2 nginx edges, a fresh lab (cold caches), submitted through /api/prefetch in calls
+of 100 and timed to the last task's end, as S1 does (bench/warm.py); every URL is checked to be a HIT on every
+node afterwards. Prints warms/s and CPU per warm of each run, then medians and the median of the per-round ratios
+to the bare loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -30,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608 with --urls 200)")
+    parser.add_argument("--src", action="append", default=[], help="NAME=DIR: PYTHONPATH of that variant's service")
     parser.add_argument("variants", nargs="+", help="NAME=TOML")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in args.variants)
+    sources = dict(s.split("=", 1) for s in args.src)
+    own_path = os.environ.get("PYTHONPATH")
     deadline = Deadline(3000, "ab")
     rates: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
     names = list(rates)
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         result = bare_loop(lab.edges, paths, folder, deadline)
                         rate, cpu = result.rps, result.cpu_seconds
                     else:
+                        _set_pythonpath(sources.get(who, own_path))
                         warm.EDGEWARM_ENGINE = variants[who].replace("\\n", "\n")
                         run = warm.run_edgewarm(lab, lab.nodes_toml(), [url_of(p) for p in paths], folder, deadline)
                         rate, cpu = items / run.seconds, run.cpu_seconds
@@ -66,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:10} median {statistics.median(values):7.0f} warms/s  ratio to bare {statistics.median(ratios):.2f}"
         )
     return 0
+
+
+def _set_pythonpath(path: str | None) -> None:
+    """The service runs as a child process: it imports edgewarm from PYTHONPATH when set."""
+    if path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = path
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from .errors import JdCode, RequestRefused
 # Printable ASCII without space; CR, LF, other controls and non-ASCII never reach a node.
 _SAFE = re.compile(r"^[\x21-\x7e]+$")
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+# The usual shape, split by one match: scheme://host[:port]/path?query with nothing _split would refuse or
+# rewrite in the scheme, host or port (a port without leading zeros, at most 5 digits, checked <= 65535 after).
+_PLAIN = re.compile(r"(?i:(https?))://([a-zA-Z0-9.-]+)(?::([1-9][0-9]{0,4}))?(/[\x21-\x22\x24-\x7e]*)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,17 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
 @functools.lru_cache(maxsize=65_536)
 def _split(raw: str) -> TargetUrl:
     """Cached: the engine splits each URL again on every node it warms it on (refusals are not cached)."""
+    plain = _PLAIN.match(raw)
+    if plain is not None:
+        scheme, host, port, path_query = plain.groups()
+        host = host.lower().rstrip(".")
+        if _HOST.match(host) and not host.replace(".", "").isdigit() and (port is None or int(port) <= 65535):
+            authority = host if port is None else f"{host}:{port}"
+            return TargetUrl(url=raw, scheme=scheme.lower(), host=host, authority=authority, path_query=path_query)
+    return _split_any(raw)  # anything else, or a refusal with its reason
 
+
+def _split_any(raw: str) -> TargetUrl:
     def illegal(reason: str) -> RequestRefused:
         return _illegal(raw, reason)
 

@@ -197,3 +197,28 @@ def test_parse_url_accepts_safely_or_refuses_with_code_17(raw: str) -> None:
     assert all(0x21 <= ord(ch) <= 0x7E for ch in target.path_query)
     assert all(0x21 <= ord(ch) <= 0x7E for ch in target.authority)
     assert target.scheme in ("http", "https")
+
+
+_PLAIN_LIKE = st.builds(
+    lambda scheme, host, port, slash, rest: scheme + "://" + host + port + slash + rest,
+    st.sampled_from(["http", "https", "HTTP", "Https", "ftp"]),
+    st.text(alphabet="abAB09-.", min_size=0, max_size=12),
+    st.sampled_from(["", ":", ":0", ":080", ":80", ":8080", ":65535", ":65536", ":99999", ":123456"]),
+    st.sampled_from(["/", "/", ""]),
+    st.text(alphabet=_PRINTABLE, max_size=30),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_PLAIN_LIKE, _URL_LIKE))
+def test_the_one_match_split_agrees_with_the_full_split(raw: str) -> None:
+    """URLs of the usual shape are split by one regex match; for any text the answer is the full split's."""
+    from edgewarm.urls import _split, _split_any
+
+    def outcome(split: Any) -> object:
+        try:
+            return split(raw)
+        except RequestRefused as exc:
+            return (exc.code, exc.message)
+
+    assert outcome(_split.__wrapped__) == outcome(_split_any)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections import deque
@@ -16,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
+
+import orjson
 
 from ..errors import QuotaExceeded, SchemaVersionError, StoreError
 from ..models import (
@@ -370,38 +371,41 @@ class SQLiteStore:
 
     async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
         def claim() -> list[Claim]:
-            # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
-            # its worker every time still ends after max_attempts.
-            rows = self.db.execute(
-                "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', "
-                "lease_owner = ?, due_at = ? "
-                "WHERE id IN (SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= ? "
-                "ORDER BY due_at LIMIT ?) "
-                "RETURNING id, task_id, url, node, action, attempts",
-                (worker, now + lease_seconds, now, limit),
-            ).fetchall()
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
+                # its worker every time still ends after max_attempts.
+                (found,) = db.execute(_DUE_ITEMS, (now, limit)).fetchone()
+                rows = _from_json(found)
+                if rows:
+                    db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    db.execute("ROLLBACK")
+                raise
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
 
         return await self._run(claim)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
-            cur = self.db.executemany(
-                "UPDATE items SET due_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                [(until, item_id, worker) for item_id in item_ids],
-            )
-            return cur.rowcount
+            return self.db.execute(
+                "UPDATE items SET due_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? "
+                "AND state = 'running'",
+                (until, _json(list(item_ids)), worker),
+            ).rowcount
 
         return await self._run(renew)
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         def release() -> int:
-            cur = self.db.executemany(
+            return self.db.execute(
                 "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
-                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                [(now, item_id, worker) for item_id in item_ids],
-            )
-            return cur.rowcount
+                "WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'",
+                (now, _json(list(item_ids)), worker),
+            ).rowcount
 
         return await self._run(release)
 
@@ -513,26 +517,48 @@ class SQLiteStore:
 
 _ACTIONS = {a.value: a for a in ItemAction}
 
-# A retry of an item whose task was cancelled meanwhile fails instead: the task is ending.
-_RECORD_OUTCOMES = (
-    "UPDATE items SET "
-    "state = CASE WHEN o.state = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?4 "
-    "THEN 'failed' ELSE o.state END, "
-    "error = CASE WHEN o.state = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?4 "
-    "THEN ?4 ELSE o.error END, "
-    "due_at = o.due, lease_owner = NULL, attempts = o.attempts, http_status = o.http_status, "
-    "cache_state = o.cache_state, bytes = o.bytes, updated_at = ?2 "
-    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS state, value ->> 2 AS due, value ->> 3 AS attempts, "
+# Claims: the due items as one JSON array (one step), then their leases. No REAL columns travel as JSON (it
+# would round them).
+_DUE_ITEMS = (
+    "SELECT json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running'))) "
+    "FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
+    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
+)
+_LEASE_ITEMS = (
+    "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
+    "WHERE id IN (SELECT value FROM json_each(?1))"
+)
+
+# Outcomes (?1: rows of _outcome_row as JSON, ?2: now, ?3: the worker, ?4: CANCELLED) apply to the items still
+# leased to the worker. A retry of an item whose task was cancelled meanwhile fails instead: the task is ending.
+_OUTCOMES = (
+    "(SELECT value ->> 0 AS id, value ->> 1 AS state, value ->> 2 AS due, value ->> 3 AS attempts, "
     "value ->> 4 AS http_status, value ->> 5 AS cache_state, value ->> 6 AS bytes, value ->> 7 AS error "
-    "FROM json_each(?1)) AS o "
-    "WHERE items.id = o.id AND items.lease_owner = ?3 AND items.state = 'running' "
-    "RETURNING items.task_id, items.seq, items.state"
+    "FROM json_each(?1)) AS o"
+)
+_LEASED = "items.id = o.id AND items.lease_owner = ?3 AND items.state = 'running'"
+_CANCELLED_RETRY = "o.state = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?4"
+_NEW_STATE = f"CASE WHEN {_CANCELLED_RETRY} THEN 'failed' ELSE o.state END"
+_APPLICABLE_OUTCOMES = (  # what _RECORD_OUTCOMES will write, as one JSON array of [task, seq, new state]
+    f"SELECT json_group_array(json_array(items.task_id, items.seq, {_NEW_STATE})) "
+    f"FROM items JOIN {_OUTCOMES} ON {_LEASED}"
+)
+_RECORD_OUTCOMES = (
+    f"UPDATE items SET state = {_NEW_STATE}, error = CASE WHEN {_CANCELLED_RETRY} THEN ?4 ELSE o.error END, "
+    "due_at = o.due, lease_owner = NULL, attempts = o.attempts, http_status = o.http_status, "
+    f"cache_state = o.cache_state, bytes = o.bytes, updated_at = ?2 FROM {_OUTCOMES} WHERE {_LEASED}"
 )
 
 
 def _json(rows: object) -> str:
     """Many rows as one statement parameter, read back with json_each."""
-    return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return orjson.dumps(rows).decode()
+
+
+def _from_json(text: str) -> list[Any]:
+    """Rows (or values) that SQLite's json_group_array gathered into one value: one step instead of one per row."""
+    rows: list[Any] = orjson.loads(text)
+    return rows
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -591,15 +617,13 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
         (task.id, task.username, task.kind.value, task.created_at, len(task.items), task.idempotency_key,
          task.callback_url),
     )  # fmt: skip
-    # executemany measured a little faster here than one INSERT … SELECT FROM json_each (5.0 vs 5.4 µs an item).
-    db.executemany(
-        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (task.id, it.seq, it.stage, it.url, it.node, it.action.value, "pending" if it.stage == 0 else "waiting",
-             task.created_at)
-            for it in task.items
-        ],
-    )  # fmt: skip
+    # One statement for the items (executemany is a step per row, and each step hands the GIL over).
+    db.execute(
+        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
+        "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
+        "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2 FROM json_each(?3)",
+        (task.id, task.created_at, _json([(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items])),
+    )
     if not task.items:
         _finish_tasks(db, [task.id], task.created_at)
     return task.id
@@ -616,10 +640,11 @@ def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
 
 def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
     first = {o.item_id: o for o in reversed(outcomes)}.values()  # an item's first outcome in the batch
-    rows = [_outcome_row(o, now) for o in first]
-    # One statement for the batch (the outcomes travel as one JSON array): far fewer calls from Python.
-    written = db.execute(_RECORD_OUTCOMES, (_json(rows), now, worker, CANCELLED)).fetchall()
-    applied = len(written)
+    params = (_json([_outcome_row(o, now) for o in first]), now, worker, CANCELLED)
+    # The batch travels as one JSON array and each statement answers in one row: a few steps per batch, not
+    # one per item (each step hands the GIL to the event loop and waits to get it back: docs/benchmarks.md).
+    written = _from_json(db.execute(_APPLICABLE_OUTCOMES, params).fetchone()[0])
+    db.execute(_RECORD_OUTCOMES, params)
     finals: dict[str, list[int]] = {}  # task -> [succeeded, failed] added
     advanced: set[tuple[str, int]] = set()  # (task, seq) whose stage finished or failed
     for task_id, seq, state in written:
@@ -628,25 +653,25 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
         counts = finals.setdefault(task_id, [0, 0])
         counts[0 if state == "succeeded" else 1] += 1
         advanced.add((task_id, seq))
-    staged: dict[str, bool] = {}  # task -> has waiting items (a task without stages skips the gate)
-    for task_id, seq in advanced:
-        if task_id not in staged:
-            staged[task_id] = (
-                db.execute("SELECT 1 FROM items WHERE task_id = ? AND state = 'waiting' LIMIT 1", (task_id,)).fetchone()
-                is not None
-            )
-        if not staged[task_id]:
-            continue
-        skipped = _advance_stage(db, task_id, seq, now)
-        if skipped:
-            finals[task_id][1] += skipped
-    for task_id, (succeeded, failed) in finals.items():
+    if advanced:
+        # Tasks with waiting items (stages) release or fail their next stage; the others skip the gate.
+        (staged,) = db.execute(
+            "SELECT json_group_array(t.value) FROM json_each(?) AS t "
+            "WHERE EXISTS (SELECT 1 FROM items WHERE task_id = t.value AND state = 'waiting')",
+            (_json(list(finals)),),
+        ).fetchone()
+        gated = set(_from_json(staged))
+        for task_id, seq in advanced:
+            if task_id in gated and (skipped := _advance_stage(db, task_id, seq, now)):
+                finals[task_id][1] += skipped
+    if finals:
         db.execute(
-            "UPDATE tasks SET succeeded = succeeded + ?, failed = failed + ? WHERE id = ?",
-            (succeeded, failed, task_id),
+            "UPDATE tasks SET succeeded = succeeded + c.value ->> 1, failed = failed + c.value ->> 2 "
+            "FROM json_each(?) AS c WHERE tasks.id = c.value ->> 0",
+            (_json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),),
         )
     _finish_tasks(db, list(finals), now)
-    return applied
+    return len(written)
 
 
 def _outcome_row(o: ItemOutcome, now: float) -> tuple[object, ...]:
@@ -660,13 +685,13 @@ def _outcome_row(o: ItemOutcome, now: float) -> tuple[object, ...]:
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
     """End the tasks whose items are all final: 0 when all succeeded and none was cancelled, else 2."""
-    for task_id in task_ids:
+    if task_ids:
         db.execute(
             "UPDATE tasks SET status = CASE WHEN failed = 0 AND reason IS NULL THEN 0 ELSE 2 END, finished_at = ?1, "
             "webhook_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END, "
             "webhook_due_at = CASE WHEN callback_url IS NOT NULL THEN ?1 END "
-            "WHERE id = ?2 AND status = 1 AND succeeded + failed >= total",
-            (now, task_id),
+            "WHERE id IN (SELECT value FROM json_each(?2)) AND status = 1 AND succeeded + failed >= total",
+            (now, _json(task_ids)),
         )
 
 
