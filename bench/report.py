@@ -95,6 +95,13 @@ def main() -> int:
             f"(main {r.get('cpu_main_seconds', 0):.1f} s); "
             f"stored {r['stored_tasks']:,} tasks / {r['stored_items']:,} items"
         )
+        if "bulk" in r:
+            b = r["bulk"]
+            print(
+                f"- bulk, calls of {b['call_size']:,} from {b['clients']} clients: {b['accepted']:,} URLs in "
+                f"{b['seconds']:.1f} s = {b['urls_per_s']:,.0f} URLs/s; RSS peak {b['rss_peak_mb']:.0f} MB; "
+                f"CPU {b['cpu_seconds']:.1f} s (main {b['cpu_main_seconds']:.1f} s)"
+            )
         for q in r["query_latency"].values():
             print(f"- query, {q['items']:,} items: p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms")
         print(f"- ratio {r['latency_ratio']:.2f}; {r['met_detail']}")

@@ -194,8 +194,10 @@ def summary_line(r: dict[str, Any]) -> str:
             f"{name}: peak edgewarm / const app = {r['ratio']:.2f} (at -c64: {r['ratio_at_c64']:.2f}); "
             f"half peak (-c{h['connections']}) p50 {h['p50_ms']:.2f} ms p99 {h['p99_ms']:.2f} ms: {met}; {checks}"
         )
+    b = r["bulk"]
     return (
-        f"{name}: {r['urls_per_s']:,.0f} URLs/s, RSS peak {r['rss_peak_mb']:.0f} MB, latency ratio "
+        f"{name}: {r['urls_per_s']:,.0f} URLs/s in calls of 100, {b['urls_per_s']:,.0f} in calls of "
+        f"{b['call_size']:,}, RSS peak {max(r['rss_peak_mb'], b['rss_peak_mb']):.0f} MB, latency ratio "
         f"{r['latency_ratio']:.2f}: {met} {r['met_detail']}; {checks}"
     )
 
