@@ -1,9 +1,9 @@
 """The warming engine: claim due items, work them through their nodes, write outcomes back in batches.
 
-Flow: `claim_due_items` leases a batch (at most `concurrency` items in hand) → each claim goes to its
-node's queue → that node's workers (`per_node_concurrency` coroutines) perform it (actions.py) → outcomes
-queue → the writer commits them in batches (`record_outcomes`), which releases later stages (edges after
-shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed; on shutdown,
+Flow: `claim_due_items` leases a batch (at most `CLAIM_AHEAD` times `concurrency` items in hand) → each
+claim goes to its node's queue → that node's workers (`per_node_concurrency` coroutines) perform it
+(actions.py) → outcomes queue → the writer commits them in batches (`record_outcomes`), which releases later
+stages (edges after shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed; on shutdown,
 in-flight work gets `grace_seconds`, and what was not done is handed back.
 """
 
@@ -29,6 +29,11 @@ from .fetcher import NodeClient
 log = logging.getLogger("edgewarm.engine")
 
 Clock = Callable[[], float]
+
+# Items held per fetch slot: the ones beyond `concurrency` wait in their node's queue, so that workers go on
+# while the store answers the next claim (which may queue behind submissions). Measured: with 1x, about 40 %
+# of the worker slots waited for claims on S1 and 2x halved that (docs/benchmarks.md, session 3).
+CLAIM_AHEAD = 2
 
 
 class _NodeLane:
@@ -126,7 +131,7 @@ class Engine:
         while not self._stopping.is_set():
             s = self.settings
             self._wake.clear()
-            free = s.concurrency - len(self._in_hand)
+            free = s.concurrency * CLAIM_AHEAD - len(self._in_hand)
             claims: list[Claim] = []
             if free > 0:
                 try:
@@ -220,7 +225,7 @@ class Engine:
             self._idle.set()
         # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
         # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
-        if len(self._in_hand) <= self.settings.concurrency * 3 // 4:
+        if len(self._in_hand) <= self.settings.concurrency * CLAIM_AHEAD * 3 // 4:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
