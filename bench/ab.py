@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import warm
-from bench.common import Deadline, bare_loop, check_run, fresh_lab, url_of
+from bench.common import Deadline, bare_loop, check_run, fresh_lab, url_of, use_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         result = bare_loop(lab.edges, paths, folder, deadline)
                         rate, cpu = result.rps, result.cpu_seconds
                     else:
-                        _set_pythonpath(sources.get(who, own_path))
+                        use_source(sources.get(who, own_path))
                         warm.EDGEWARM_ENGINE = variants[who].replace("\\n", "\n")
                         run = warm.run_edgewarm(lab, lab.nodes_toml(), [url_of(p) for p in paths], folder, deadline)
                         rate, cpu = items / run.seconds, run.cpu_seconds
@@ -73,14 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:10} median {statistics.median(values):7.0f} warms/s  ratio to bare {statistics.median(ratios):.2f}"
         )
     return 0
-
-
-def _set_pythonpath(path: str | None) -> None:
-    """The service runs as a child process: it imports edgewarm from PYTHONPATH when set."""
-    if path is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = path
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api import _accept
+from bench.common import use_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(sources)
     for round_no in range(args.rounds):
         for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
-            if sources[name]:
-                os.environ["PYTHONPATH"] = sources[name]
-            else:
-                os.environ.pop("PYTHONPATH", None)
+            use_source(sources[name] or None)
             folder = Path(tempfile.mkdtemp(prefix="accept-"))
             try:
                 run = _accept(folder, args.urls, args.call_size, args.clients, budget=300.0)

@@ -341,6 +341,15 @@ def signature(day: date | None = None) -> str:
     return auth.sign(DEMO_USER, DEMO_SECRET, day or auth.today(datetime.now(UTC)))
 
 
+def use_source(path: str | None) -> None:
+    """Services started from now on import edgewarm from `path`, a src folder (None: no PYTHONPATH, so the
+    installed one). They are child processes and take PYTHONPATH from the environment."""
+    if path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = path
+
+
 def start_service(folder: Path, nodes_toml: str, **options: Any) -> ServiceProcess:
     """The testing helper, with a longer start-up deadline: the bench machine may be busy."""
     options.setdefault("timeout", 60.0)
