@@ -42,3 +42,30 @@ def test_quick_bench_runs_and_every_url_is_a_hit_with_the_origin_asked_once_per_
     assert scenarios["S3"]["checks"] == ["all HIT; origin 1.00/URL (min 1, max 1)"]
     assert scenarios["S4"]["checks"] == ["all HIT; origin 1.00/URL (min 1, max 1)"]
     assert len(scenarios["S4"]["client_seconds"]) == 2
+
+
+@pytest.mark.timeout(600)
+def test_quick_api_bench_runs_and_every_accepted_url_is_stored(tmp_path: Path) -> None:
+    """S5 (queries) and S6 (acceptance in calls of 100 and on the bulk path) at smoke size: no errors, and every
+    URL the API accepted is in the store, on both paths."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--rounds", "1", "--scenario", "S5,S6"]
+    run = subprocess.run(
+        [*argv, "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert set(scenarios) == {"S5", "S6"}
+    for result in scenarios.values():
+        assert "error" not in result, result
+        assert result["checks_pass"], result
+    assert scenarios["S5"]["errors"] == 0
+    s6 = scenarios["S6"]
+    bulk = s6["bulk"]
+    assert bulk["call_size"] > 100
+    for path in (s6, bulk):
+        assert path["accepted"] == path["stored_items"] == 2_000, path
+        assert path["refused"] == 0, path
