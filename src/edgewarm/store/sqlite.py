@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -182,8 +182,7 @@ class SQLiteStore:
         db = self.db
         # The version is read under the write lock: two processes opening a new file at once must not both
         # run the first migration. (executescript would COMMIT first, so the statements run one by one.)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(db):
             version = self._version()
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
@@ -191,11 +190,6 @@ class SQLiteStore:
                 for statement in _statements(MIGRATIONS[number]):
                     db.execute(statement)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(number + 1),))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return SCHEMA_VERSION
 
     async def upgrade(self) -> int:
@@ -323,12 +317,10 @@ class SQLiteStore:
     async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
         def cancel() -> Task | None:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 owner = db.execute("SELECT username FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if owner is None or owner[0] != username:
-                    db.execute("ROLLBACK")
-                    return None
+                    return None  # nothing written: the commit ends an empty transaction
                 failed = db.execute(
                     "UPDATE items SET state = 'failed', error = ?, lease_owner = NULL, updated_at = ? "
                     "WHERE task_id = ? AND state IN ('waiting', 'pending')",
@@ -339,11 +331,6 @@ class SQLiteStore:
                     (failed, CANCELLED, task_id),
                 )
                 _finish_tasks(db, [task_id], now)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    db.execute("ROLLBACK")
-                raise
             return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
         return await self._run(cancel)
@@ -372,19 +359,13 @@ class SQLiteStore:
     async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
         def claim() -> list[Claim]:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
                 # its worker every time still ends after max_attempts.
                 (found,) = db.execute(_DUE_ITEMS, (now, limit)).fetchone()
                 rows = _from_json(found)
                 if rows:
                     db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    db.execute("ROLLBACK")
-                raise
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
 
         return await self._run(claim)
@@ -423,16 +404,8 @@ class SQLiteStore:
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
         def record() -> int:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                applied = _apply_outcomes(db, worker, outcomes, now)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    db.execute("ROLLBACK")
-                raise
-            return applied
+            with _write_transaction(self.db):
+                return _apply_outcomes(self.db, worker, outcomes, now)
 
         return await self._run(record)
 
@@ -464,8 +437,7 @@ class SQLiteStore:
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         def delete() -> int:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 ids = [
                     r[0]
                     for r in db.execute(
@@ -475,11 +447,6 @@ class SQLiteStore:
                 ]
                 db.executemany("DELETE FROM items WHERE task_id = ?", [(i,) for i in ids])
                 db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    db.execute("ROLLBACK")
-                raise
             return len(ids)
 
         return await self._run(delete)
@@ -559,6 +526,20 @@ def _from_json(text: str) -> list[Any]:
     """Rows (or values) that SQLite's json_group_array gathered into one value: one step instead of one per row."""
     rows: list[Any] = orjson.loads(text)
     return rows
+
+
+@contextlib.contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock at once) … COMMIT; on any error, ROLLBACK unless SQLite has rolled back
+    already (a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
