@@ -343,8 +343,6 @@ def scenario_s6(opts: Options, deadline: Deadline) -> dict[str, Any]:
             f"{bulk.call_size:,} by {bulk.clients} (a user's urls_per_call), `edgewarm api`"
         ),
         **{key: value for key, value in asdict(calls).items() if key not in ("call_size", "clients")},
-        "accepted_urls": calls.accepted,
-        "refused_calls": calls.refused,
         "urls_per_s": calls.rate,
         "bulk": {**asdict(bulk), "urls_per_s": bulk.rate},
         "query_latency": latency,

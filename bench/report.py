@@ -89,8 +89,9 @@ def main() -> int:
     if "S6" in s and "error" not in s["S6"]:
         r = s["S6"]
         print(f"\n#### S6: {r['workload']}\n")
+        accepted = r.get("accepted", r.get("accepted_urls", 0))  # results files before session 3 say accepted_urls
         print(
-            f"accepted {r['accepted_urls']:,} URLs in {r['seconds']:.1f} s = {r['urls_per_s']:,.0f} URLs/s; "
+            f"accepted {accepted:,} URLs in {r['seconds']:.1f} s = {r['urls_per_s']:,.0f} URLs/s; "
             f"RSS {r['rss_start_mb']:.0f} → peak {r['rss_peak_mb']:.0f} MB; CPU {r.get('cpu_seconds', 0):.1f} s "
             f"(main {r.get('cpu_main_seconds', 0):.1f} s); "
             f"stored {r['stored_tasks']:,} tasks / {r['stored_items']:,} items"

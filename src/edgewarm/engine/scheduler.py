@@ -3,8 +3,8 @@
 Flow: `claim_due_items` leases a batch (at most `CLAIM_AHEAD` times `concurrency` items in hand) → each
 claim goes to its node's queue → that node's workers (`per_node_concurrency` coroutines) perform it
 (actions.py) → outcomes queue → the writer commits them in batches (`record_outcomes`), which releases later
-stages (edges after shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed; on shutdown,
-in-flight work gets `grace_seconds`, and what was not done is handed back.
+stages (edges after shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed;
+on shutdown, in-flight work gets `grace_seconds`, and what was not done is handed back.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class Engine:
         while not self._stopping.is_set():
             s = self.settings
             self._wake.clear()
-            free = s.concurrency * CLAIM_AHEAD - len(self._in_hand)
+            free = self._room() - len(self._in_hand)
             claims: list[Claim] = []
             if free > 0:
                 try:
@@ -146,6 +146,10 @@ class Engine:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
+
+    def _room(self) -> int:
+        """How many claimed items this engine may hold (a reload may change `concurrency`)."""
+        return self.settings.concurrency * CLAIM_AHEAD
 
     def _hand_out(self, claim: Claim) -> None:
         self._leased[claim.item_id] = claim.task_id
@@ -225,7 +229,7 @@ class Engine:
             self._idle.set()
         # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
         # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
-        if len(self._in_hand) <= self.settings.concurrency * CLAIM_AHEAD * 3 // 4:
+        if len(self._in_hand) <= self._room() * 3 // 4:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
