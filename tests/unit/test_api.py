@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from edgewarm.api import create_app
+from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.config import Config, parse_config
 from edgewarm.models import ItemOutcome, ItemState, TaskKind, TaskStatus
@@ -529,6 +530,25 @@ async def test_415_for_an_unsupported_content_type(api: Api, path: str, content_
     """An XML (or multipart) body is HTTP 415."""
     response = await api.client.post(path, content=b"<a/>", headers={"content-type": content_type})
     assert response.status_code == 415
+
+
+async def test_the_jd_calls_are_served_directly_and_nothing_else_is() -> None:
+    """The JD calls (POST, the Request alone) skip FastAPI's per-request machinery; routes with parameters don't."""
+    async with running(make_config()) as api:
+        direct = direct_endpoints(create_app(api.service).router.routes)
+    assert set(direct) == {"/api/prefetch", "/api/refresh", "/api/prefetchQuery", "/api/refreshQuery"}
+
+
+async def test_the_direct_table_answers_without_the_fastapi_route(api: Api) -> None:
+    """With the JD routes taken out of FastAPI's router after start, a POST is still answered (by the table) while
+    a GET, which the table does not take, finds no route."""
+    taskid = await api.submitted()
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith("/api/")]
+    response = await api.query(taskid)
+    assert response.status_code == 200
+    assert response.json()["data"]["taskid"] == taskid
+    assert (await api.client.get("/api/prefetchQuery")).status_code == 404
 
 
 # --- native route ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import EdgewarmError
 from ..service import Service
 from .legacy import legacy_router
-from .middleware import BodySizeLimit
+from .middleware import BodySizeLimit, DirectRoutes
 from .native import native_router
 from .responses import JSONResponse
 
@@ -53,5 +53,6 @@ def create_app(service: Service) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"code": 2, "error": f"{where}: {first.get('msg')}"}, status_code=400)
 
+    app.add_middleware(DirectRoutes, routes=app.router.routes)  # inside the body limit (added last: outermost)
     app.add_middleware(BodySizeLimit, max_bytes=service.config.api.max_body_bytes)
     return app

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -62,3 +69,43 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class DirectRoutes:
+    """Serve the POST routes whose endpoint takes the Request alone (the JD calls) straight from the endpoint.
+
+    FastAPI's per-request machinery (route walk, dependency solving, telemetry checks) cost more than the rest of
+    a `prefetchQuery` (docs/benchmarks.md, S5); these endpoints need none of it: they read the body themselves
+    and answer every error as JD does. The routes stay registered with FastAPI, for the OpenAPI document and for
+    any request this table does not take (another method, a `root_path`).
+    """
+
+    def __init__(self, app: ASGIApp, routes: Iterable[BaseRoute]) -> None:
+        self.app = app
+        self.endpoints = direct_endpoints(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def direct_endpoints(routes: Iterable[BaseRoute]) -> dict[str, Endpoint]:
+    """Path → endpoint of the POST routes with a fixed path whose endpoint's one parameter is a `Request`."""
+    found: dict[str, Endpoint] = {}
+    for route in routes:
+        if not isinstance(route, APIRoute) or route.methods != {"POST"} or route.dependencies:
+            continue
+        if "{" in route.path or route.path in found:
+            continue
+        parameters = list(inspect.signature(route.endpoint, eval_str=True).parameters.values())
+        if len(parameters) == 1 and parameters[0].annotation is Request:
+            found[route.path] = route.endpoint
+    return found
