@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
 # Install what edgewarm needs on a fresh Debian machine: system packages and a virtualenv in .venv.
 #   scripts/setup.sh            runtime + nginx (enough for the demo)
-#   scripts/setup.sh --test     also Varnish, PostgreSQL, the load tools and the test/lint dependencies
+#   scripts/setup.sh --test     also Varnish, Squid, Traffic Server, PostgreSQL, the load tools and the
+#                               test/lint dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nginx libnginx-mod-http-cache-purge python3-venv curl)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(varnish postgresql-15 wrk nghttp2-client)
+  packages+=(varnish squid trafficserver postgresql-15 wrk nghttp2-client)
   extras="[test]"
 fi
 
+sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The packaged services are not used: the lab and the tests start their own processes on loopback.
-for svc in nginx varnish postgresql; do
+for svc in nginx varnish postgresql squid trafficserver; do
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+done
+# Without an init system, a packaged daemon may outlive its service stop: end it through its own pid file
+# and only if the PID is still that daemon (never by name alone: a test lab's squid may be running).
+for entry in /usr/sbin/squid:/run/squid.pid /usr/bin/traffic_manager:/run/trafficserver/manager.lock \
+  /usr/bin/traffic_server:/run/trafficserver/server.lock; do
+  pid=$(cat "${entry#*:}" 2>/dev/null || true)
+  if [[ $pid =~ ^[0-9]+$ && $($sudo readlink "/proc/$pid/exe" 2>/dev/null || true) == "${entry%%:*}" ]]; then
+    $sudo kill "$pid" || true
+  fi
 done
 
 python=${PYTHON:-python3}

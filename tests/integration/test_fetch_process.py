@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -147,3 +148,33 @@ def test_the_setting_chooses_the_fetcher() -> None:
     """[engine] fetch_process: off by default, the child when on."""
     assert isinstance(open_fetcher(Settings(fetch_process=True)), ProcessFetcher)
     assert isinstance(open_fetcher(Settings()), Fetcher)
+
+
+def test_the_child_reads_the_cache_header_the_nodes_kind_trusts() -> None:
+    """The node's kind crosses to the child: a Squid answer carrying its parent's X-Cache-Status is read from its
+    own X-Cache (MISS), an nginx answer from X-Cache-Status (HIT), as the in-process Fetcher reads them."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache-Status: HIT\r\nX-Cache: MISS from squid-1\r\n\r\nok"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readuntil(b"\r\n\r\n")) and not writer.is_closing():
+            writer.write(answer)
+            await writer.drain()
+
+    async def go() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = parse_url(f"http://{DEFAULT_HOST}/kind.bin")
+        squid = Node(name="squid-1", url=f"http://127.0.0.1:{port}", kind=NodeKind.SQUID)
+        nginx = Node(name="edge-1", url=f"http://127.0.0.1:{port}", kind=NodeKind.NGINX)
+        try:
+            async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
+                for node, expected in ((squid, CacheState.MISS), (nginx, CacheState.HIT)):
+                    got = await remote.request("GET", node, target)
+                    assert (got.status, got.cache_state) == (200, expected), node.kind
+                    assert got == await local.request("GET", node, target)
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    asyncio.run(go())

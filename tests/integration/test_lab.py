@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
+import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import edgewarm.testing.lab as lab_module
 from edgewarm.testing import DEFAULT_HOST, Lab, LabError, LabNode, process_group_members
+from edgewarm.testing.lab import READY_PATH
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +259,147 @@ def test_start_failure_names_the_node_and_leaves_nothing_running(tmp_path: Path)
         lab.start()
     assert "nonsense" in str(info.value)
     assert lab.pids == {}
+
+
+# -- Squid and Apache Traffic Server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def others_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab(tmp_path_factory.mktemp("others"), edges=0, shield=True, squid=1, trafficserver=1) as lab:
+        yield lab
+
+
+OTHER_NODES = pytest.mark.parametrize("name", ["squid-1", "ats-1"])
+
+
+def test_squid_and_ats_nodes_follow_the_shield(others_lab: Lab) -> None:
+    """squid-1 and ats-1 come after the shield, as edges of their own kinds, and nodes_toml() says so."""
+    assert [(n.name, n.tier, n.kind) for n in others_lab.cache_nodes()] == [
+        ("shield-1", "shield", "nginx"),
+        ("squid-1", "edge", "squid"),
+        ("ats-1", "edge", "ats"),
+    ]
+    text = others_lab.nodes_toml()
+    assert f'name = "squid-1"\nurl = "{others_lab.squids[0].url}"\ntier = "edge"\nkind = "squid"\n' in text
+    assert f'name = "ats-1"\nurl = "{others_lab.trafficservers[0].url}"\ntier = "edge"\nkind = "ats"\n' in text
+
+
+@OTHER_NODES
+def test_ready_probe_is_answered_by_the_node_itself(others_lab: Lab, name: str) -> None:
+    """The ready path names the node in X-Lab-Node, never reaches the shield, and stays out of requests()."""
+    node = others_lab.node(name)
+    answer = others_lab.fetch(node, READY_PATH, host="lab.invalid")
+    assert answer.headers.get("x-lab-node") == name
+    marker = f"/ready-marker/{name}.bin"
+    others_lab.fetch(node, marker)  # a 404 logged after the probe: then the log has caught up
+    assert others_lab.shield is not None
+    for logged in (node, others_lab.shield):
+        others_lab.wait_for_requests(logged, 1, uri=marker, timeout=10)
+        assert READY_PATH not in logged.access_log.read_text(), logged.name
+
+
+@OTHER_NODES
+def test_squid_and_ats_miss_then_hit_per_host_and_log_both(others_lab: Lab, name: str) -> None:
+    """A MISS then a HIT (cache_status "MISS"/"HIT"), another Host is its own entry; the log shows both GETs
+    with Host, status, cache status and body size; the shield is asked once per Host."""
+    node, path = others_lab.node(name), f"/{name}/one.bin?q=1"
+    others_lab.write_file(f"/{name}/one.bin", b"s" * 4000)
+
+    first, second = others_lab.fetch(node, path), others_lab.fetch(node, path)
+    assert (first.status, first.cache_status, first.body) == (200, "MISS", b"s" * 4000)
+    assert (second.status, second.cache_status, second.body) == (200, "HIT", b"s" * 4000)
+    assert others_lab.fetch(node, path, host="b.example.test").cache_status == "MISS"
+
+    log = others_lab.wait_for_requests(node, 3, uri=path, timeout=10)
+    assert [(r.method, r.host, r.status, r.cache_status, r.bytes) for r in log] == [
+        ("GET", DEFAULT_HOST, 200, "MISS", 4000),
+        ("GET", DEFAULT_HOST, 200, "HIT", 4000),
+        ("GET", "b.example.test", 200, "MISS", 4000),
+    ]
+    assert others_lab.shield is not None
+    shield_log = others_lab.wait_for_requests(others_lab.shield, 2, uri=path)
+    assert sorted(r.host for r in shield_log) == ["b.example.test", DEFAULT_HOST]
+
+
+@OTHER_NODES
+def test_squid_and_ats_never_cache_errors_or_no_store(others_lab: Lab, name: str) -> None:
+    """A 500, a 404, a 410 and a Cache-Control: no-store answer stay MISS; a 200 of the same node is a HIT."""
+    node = others_lab.node(name)
+    others_lab.write_file(f"/nocache/{name}.bin", b"n")
+    for path in ("/status/500/e", "/status/410/e", "/missing.bin", f"/nocache/{name}.bin"):
+        assert [others_lab.fetch(node, path).cache_status for _ in range(2)] == ["MISS", "MISS"], path
+    others_lab.write_file(f"/cached/{name}.bin", b"c")
+    assert [others_lab.fetch(node, f"/cached/{name}.bin").cache_status for _ in range(2)] == ["MISS", "HIT"]
+
+
+@OTHER_NODES
+def test_squid_and_ats_purge_one_url_of_one_host_from_loopback_only(others_lab: Lab, name: str) -> None:
+    """PURGE from 127.0.0.1 removes that URL for that Host (200, then 404); from 127.0.0.2 it is a 403."""
+    node = others_lab.node(name)
+    paths = [f"/purge/{name}/a.bin", f"/purge/{name}/b.bin"]
+    for path in paths:
+        others_lab.write_file(path, b"p")
+        others_lab.fetch(node, path)
+        assert others_lab.fetch(node, path).cache_status == "HIT"
+
+    assert _request_from(node, "PURGE", paths[0], "127.0.0.2") == 403
+    assert others_lab.fetch(node, paths[0]).cache_status == "HIT"
+    assert others_lab.fetch(node, paths[0], host="other.example.test", method="PURGE").status == 404
+    assert others_lab.fetch(node, paths[0], method="PURGE").status == 200
+    assert others_lab.fetch(node, paths[0], method="PURGE").status == 404
+
+    assert [others_lab.fetch(node, p).cache_status for p in paths] == ["MISS", "HIT"]
+    log = others_lab.wait_for_requests(node, 2, uri=paths[1], timeout=10)
+    assert log[-1].cache_status == "HIT"
+    assert [r.status for r in others_lab.requests(node) if r.method == "PURGE"] == [403, 404, 200, 404]
+
+
+@pytest.mark.parametrize("kind", ["squid", "ats"])
+def test_a_port_taken_meanwhile_is_detected_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """When the port picked for Squid or ATS is taken by a silent listener, start() retries on other ports."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real_free_ports = lab_module._free_ports
+    picks: list[list[int]] = []
+
+    def first_pick_taken(count: int) -> list[int]:
+        ports = real_free_ports(count)
+        if not picks:
+            ports[-1] = taken.getsockname()[1]  # the Squid or ATS node comes last
+        picks.append(ports)
+        return ports
+
+    monkeypatch.setattr(lab_module, "_free_ports", first_pick_taken)
+    lab = Lab(
+        tmp_path, edges=0, shield=False, squid=int(kind == "squid"), trafficserver=int(kind == "ats"), start_timeout=20
+    )
+    with taken, lab:
+        (node,) = lab.cache_nodes()
+        assert len(picks) == 2 and node.port == picks[1][-1] != taken.getsockname()[1]
+        assert lab.fetch(node, READY_PATH, host="lab.invalid").headers.get("x-lab-node") == node.name
+
+
+def test_stop_ends_squid_and_ats_and_removes_what_a_killed_squid_left(tmp_path: Path) -> None:
+    """After stop() no Squid or ATS process is left; the segments a SIGKILLed Squid left in /dev/shm are
+    removed, and so is ATS's cache under cache_root."""
+    lab = Lab(tmp_path, edges=0, shield=False, squid=1, trafficserver=1, cache_root=tmp_path / "shm")
+    with lab:
+        pids = lab.pids
+        assert set(pids) == {"origin", "squid-1", "ats-1"}
+        assert [p.name.startswith("ats-1-") for p in (tmp_path / "shm").iterdir()] == [True]
+        segments = list(Path("/dev/shm").glob(re.sub(r"[^A-Za-z0-9]", "", f"{lab.root.name}squid-1") + "-*"))
+        assert segments
+        os.kill(pids["squid-1"], signal.SIGKILL)  # no clean exit: Squid cannot remove its segments itself
+        assert all(p.exists() for p in segments)
+
+    for pid in pids.values():
+        assert process_group_members(pid) == []
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert [p for p in segments if p.exists()] == []
+    assert list((tmp_path / "shm").iterdir()) == []
+    lab.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from edgewarm.config import NodeKind
 from edgewarm.nodes import CacheState, cache_state
 
 
@@ -82,6 +83,21 @@ def test_nginx_x_cache_status(value: str, expected: CacheState) -> None:
 def test_x_cache(value: str, expected: CacheState) -> None:
     """X-Cache as Squid, ATS and CDNs write it."""
     assert state(X_Cache=value) is expected
+
+
+@pytest.mark.parametrize("kind", [NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH])
+def test_squid_ats_and_varnish_are_read_in_x_cache_before_a_parents_x_cache_status(kind: NodeKind) -> None:
+    """Behind an nginx shield, such a node passes the shield's X-Cache-Status on: its own X-Cache decides."""
+    headers = CIMultiDict({"X-Cache-Status": "HIT", "X-Cache": "MISS from squid-1"})
+    assert cache_state(headers, kind) is CacheState.MISS
+    assert cache_state(CIMultiDict({"X-Cache-Status": "HIT"}), kind) is CacheState.HIT  # no X-Cache: as before
+
+
+@pytest.mark.parametrize("kind", [NodeKind.NGINX, NodeKind.GENERIC, None])
+def test_nginx_and_others_read_x_cache_status_first(kind: NodeKind | None) -> None:
+    """An nginx node (or an unknown kind) keeps X-Cache-Status ahead of an X-Cache its parent sent."""
+    headers = CIMultiDict({"X-Cache-Status": "MISS", "X-Cache": "HIT"})
+    assert cache_state(headers, kind) is CacheState.MISS
 
 
 def test_x_cache_without_a_known_word_is_no_answer() -> None:

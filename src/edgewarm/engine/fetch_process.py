@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..config import Engine as Settings
-from ..config import Node
+from ..config import Node, NodeKind
 from ..nodes import CacheState
 from ..tuning import tune_runtime
 from ..urls import TargetUrl
@@ -42,8 +42,8 @@ _HEADER = struct.Struct(">I")
 RESTART_INTERVAL = 1.0  # seconds between starts of a child that keeps dying
 STOP_TIMEOUT = 5.0
 
-# A request: (id, method, node name, node url, tls_verify, path+query, authority, host, headers or None)
-Request = tuple[int, str, str, str, bool, str, str, str, tuple[tuple[str, str], ...] | None]
+# A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
+Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
 # A result: (id, status or None, bytes, cache state or None, error or None)
 Result = tuple[int, int | None, int, str | None, str | None]
 
@@ -153,8 +153,8 @@ class ProcessFetcher:
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(
-            (request_id, method, node.name, node.url, node.tls_verify, target.path_query, target.authority,
-             target.host, sent)
+            (request_id, method, node.name, node.url, node.tls_verify, node.kind.value, target.path_query,
+             target.authority, target.host, sent)
         )  # fmt: skip
         try:
             return await future
@@ -258,7 +258,7 @@ class _Child:
         self.fetcher = fetcher
         self.out = out
         self.outbox: list[Result] = []
-        self.nodes: dict[tuple[str, str, bool], Node] = {}
+        self.nodes: dict[tuple[str, str, bool, str], Node] = {}
         self.running: set[asyncio.Task[None]] = set()
 
     def take(self, batch: list[Request]) -> None:
@@ -268,10 +268,14 @@ class _Child:
             task.add_done_callback(self.running.discard)
 
     async def one(self, request: Request) -> None:
-        request_id, method, name, url, tls_verify, path_query, authority, host, headers = request
-        node = self.nodes.get((name, url, tls_verify))
+        request_id, method, name, url, tls_verify, kind, path_query, authority, host, headers = request
+        key = (name, url, tls_verify, kind)
+        node = self.nodes.get(key)
         if node is None:
-            node = self.nodes[(name, url, tls_verify)] = Node.model_construct(name=name, url=url, tls_verify=tls_verify)
+            # The fields the fetcher reads (the kind picks the cache header to trust: nodes/signals.py).
+            node = self.nodes[key] = Node.model_construct(
+                name=name, url=url, tls_verify=tls_verify, kind=NodeKind(kind)
+            )
         target = TargetUrl(url="", scheme="", host=host, authority=authority, path_query=path_query)
         try:
             result = await self.fetcher.request(method, node, target, dict(headers) if headers else None)

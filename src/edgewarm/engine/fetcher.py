@@ -94,7 +94,7 @@ class Fetcher:
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                state = cache_state(response.headers)
+                state = cache_state(response.headers, node.kind)
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)

@@ -5,7 +5,9 @@ CDNs: "HIT from host", "TCP_MISS"), Varnish `X-Varnish` (two transaction ids mea
 
 Behind a shield, a header may name several caches, as one comma-separated list or as several field lines
 (each cache appends its own): the first is the cache nearest the origin, the last one is the node we talked to,
-and only that one is read.
+and only that one is read. A header a cache does not write itself is passed on as its parent sent it: a Squid,
+ATS or Varnish node behind an nginx shield hands on the shield's `X-Cache-Status`, so for those kinds their own
+`X-Cache` is read before `X-Cache-Status`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import enum
 from collections.abc import Mapping
 
 from multidict import MultiMapping
+
+from ..config import NodeKind
 
 
 class CacheState(enum.StrEnum):
@@ -73,12 +77,19 @@ def _field(headers: Mapping[str, str], name: str) -> str | None:
     return headers.get(name)
 
 
-def cache_state(headers: Mapping[str, str]) -> CacheState | None:
-    """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say."""
+_X_CACHE_FIRST = frozenset({NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH})
+
+
+def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> CacheState | None:
+    """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say.
+
+    `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first.
+    """
     value = _field(headers, "Cache-Status")
     if value and (state := _from_rfc9211(value)):
         return state
-    for name in ("X-Cache-Status", "X-Cache"):
+    names = ("X-Cache", "X-Cache-Status") if kind in _X_CACHE_FIRST else ("X-Cache-Status", "X-Cache")
+    for name in names:
         value = _field(headers, name)
         if value and (state := _from_word(value)):
             return state

@@ -1,8 +1,8 @@
 """A real caching fleet on loopback, for tests, demos and benchmarks.
 
 ``Lab`` starts an origin (nginx serving a folder for any ``Host``), an optional shield and some edges (nginx
-``proxy_cache``) and optional Varnish nodes, each in the foreground in its own folder on a free
-``127.0.0.1`` port, and stops every process it started by PID::
+``proxy_cache``) and optional Varnish, Squid and Apache Traffic Server (ATS) nodes, each in the foreground in
+its own folder on a free ``127.0.0.1`` port, and stops every process it started by PID::
 
     with Lab(tmp_path, edges=2, shield=True, varnish=1, purge_module=True) as lab:
         lab.write_file("/a/b.bin", b"x" * 1024)
@@ -10,10 +10,22 @@
         assert first.cache_status == "MISS"
         assert lab.fetch(lab.edges[0], "/a/b.bin").cache_status == "HIT"
 
-Topology: edges -> shield -> origin (edges -> origin when ``shield=False``); Varnish nodes use the shield when
-there is one, else the origin. Every cache keys on ``$scheme$host$request_uri`` (Varnish: URL + Host), sends
-the client's ``Host`` upstream, caches 200/301/302 for an hour and nothing else, and tells its cache state:
-nginx in ``X-Cache-Status`` (``MISS``, ``HIT``, ``EXPIRED``, ...), Varnish in ``X-Cache`` (``HIT``/``MISS``).
+Topology: edges -> shield -> origin (edges -> origin when ``shield=False``); Varnish, Squid and ATS nodes
+(tier "edge", named ``varnish-1``, ``squid-1``, ``ats-1``...) use the shield when there is one, else the
+origin. Every cache keys on ``$scheme$host$request_uri`` (Varnish, Squid, ATS: URL + Host), sends the client's
+``Host`` upstream, caches 200/301/302 for an hour and nothing else (Squid and ATS keep no 302: it has no
+explicit lifetime), drops its parent's ``X-Cache-Status`` and tells its own cache state: nginx in
+``X-Cache-Status`` (``MISS``, ``HIT``, ``EXPIRED``, ...), Varnish and ATS in ``X-Cache`` (``HIT``/``MISS``),
+Squid in ``X-Cache`` (``MISS from squid-1``, ``HIT from squid-1``; :attr:`LabResponse.cache_status` gives the
+first word).
+
+Squid and ATS cache although the origin sends no cache headers: Squid by ``refresh_pattern . 60 100% 60
+override-lastmod`` and ``store_miss deny`` for other statuses; ATS by ``proxy.config.http.cache.
+required_headers 0``, a heuristic lifetime of exactly 3600 s, and a ``Cache-Control: no-store`` that
+``header_rewrite`` adds to other statuses (ATS would keep a 410 by heuristic). Squid caches in memory only
+(32 MB); ATS in a 64 MB file in the node's cache folder, with a 16 MB RAM cache. Squid forwards to its parent
+as an accelerator (``http_port ... accel vhost``, ``cache_peer ... originserver``); ATS has no remap rule and
+sends everything to its parent through ``parent.config``, so that its cache key keeps the client's Host.
 
 Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot``; a missing one is a 404):
 
@@ -22,7 +34,7 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
 - ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
 
 Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
-Varnish 7.1):
+Varnish 7.1, Squid 5.7, Traffic Server 9.2):
 
 - nginx with ``purge_module=True``: ``PURGE /path`` with the object's ``Host`` removes that one key and
   answers 200, or 404 when the key is not cached; only 127.0.0.1 may purge (others get 403). Debian ships
@@ -34,14 +46,27 @@ Varnish 7.1):
   ``X-Ban-Prefix: /dir/`` bans every object of that Host whose URL starts with the prefix, taken literally
   (200 ``Banned``), using the lurker-friendly ``obj.http.x-url``/``obj.http.x-host`` pattern. Only
   loopback clients may purge or ban (others get 405).
+- Squid: ``PURGE /path`` with the object's ``Host`` removes URL + Host (200), 404 when not cached; enabled by
+  ``acl purge method PURGE`` with ``http_access allow purge localhost`` then ``http_access deny purge``
+  (others get 403). No prefix purge.
+- ATS: ``PURGE /path`` with the object's ``Host`` removes URL + Host (200), 404 when not cached; allowed by an
+  ``ip_allow.yaml`` rule with ``methods: ALL`` for 127.0.0.1 and one denying ``PURGE`` to ``0/0`` (others get
+  403 ``Access Denied``), as Debian's own ``ip_allow.yaml`` has it. No prefix purge.
 
 Access logs: :meth:`Lab.requests` parses a node's log (nginx ``access_log``; for Varnish a ``varnishncsa``
-process the lab runs beside ``varnishd``). A log line is written just after the response is sent, so a
-test that reads the log right after a response should use :meth:`Lab.wait_for_requests`.
+process the lab runs beside ``varnishd``; Squid's ``logformat``; ATS's ``logging.yaml``). A log line is
+written just after the response is sent, so a test that reads the log right after a response should use
+:meth:`Lab.wait_for_requests`; ATS writes its log in batches, about a second or two late.
 
-Processes run with ``daemon off;`` / ``varnishd -F`` in their own session (process group), so ``stop()``
-sends SIGTERM to each PID, waits up to ``stop_timeout`` and then SIGKILLs the whole group (nginx workers,
-Varnish's child). Nothing is written outside ``root`` (and ``cache_root``), nothing under ``/var``.
+Processes run with ``daemon off;`` / ``varnishd -F`` / ``squid -N`` / ``traffic_server`` (which has no daemon
+mode of its own; the lab runs it without ``traffic_manager`` and its crash-log helper) in their own session
+(process group), so ``stop()`` sends SIGTERM to each PID, waits up to ``stop_timeout`` and then SIGKILLs the
+whole group (nginx workers, Varnish's child). Squid refuses to run as root: as root, the lab starts it in a
+user namespace (``unshare --map-user``) where it runs as an ordinary user mapped to root outside, so it can use
+the lab's private folders. ATS runs from a ``runroot.yaml`` whose every folder is inside the node's folder.
+Nothing is written outside ``root`` (and ``cache_root``), nothing under ``/var``, except Squid's shared memory
+segments, named after the lab folder and the node in ``/dev/shm``: Squid removes them when it exits, and
+``stop()`` removes what a killed Squid left.
 """
 
 from __future__ import annotations
@@ -92,12 +117,19 @@ READY_PATH = "/.lab/ready"
 NGINX = "/usr/sbin/nginx"
 VARNISHD = "/usr/sbin/varnishd"
 VARNISHNCSA = "/usr/bin/varnishncsa"
+SQUID = "/usr/sbin/squid"
+TRAFFIC_SERVER = "/usr/bin/traffic_server"
+UNSHARE = "/usr/bin/unshare"
+_ATS_PLUGINS = Path("/usr/lib/trafficserver/modules")
+_ATS_BODY_FACTORY = Path("/etc/trafficserver/body_factory")
+_SHM = Path("/dev/shm")
+_NOBODY = 65534  # who Squid is inside its user namespace: any uid but 0 will do
 _PURGE_MODULE = "ngx_http_cache_purge_module.so"
 _PURGE_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"))
 _PURGE_MODULE_CONF = Path("/usr/share/nginx/modules-available/mod-http-cache-purge.conf")
 
 Tier = Literal["origin", "shield", "edge"]
-Kind = Literal["nginx", "varnish"]
+Kind = Literal["nginx", "varnish", "squid", "ats"]
 
 
 class LabError(RuntimeError):
@@ -119,7 +151,11 @@ class LabNode:
 
 @dataclass(frozen=True)
 class LabRequest:
-    """One line of a node's access log. ``cache_status`` is None where the node did not use a cache."""
+    """One line of a node's access log. ``cache_status`` is None where the node did not use a cache.
+
+    Squid's and ATS's result codes are shortened: ``TCP_MISS`` is ``MISS``, ``TCP_HIT`` and ``TCP_MEM_HIT`` are
+    ``HIT``, other ``TCP_`` codes lose the prefix (``TCP_DENIED`` is ``DENIED``).
+    """
 
     time: float
     method: str
@@ -140,8 +176,12 @@ class LabResponse:
 
     @property
     def cache_status(self) -> str | None:
-        """The node's own word on its cache: nginx ``X-Cache-Status`` or Varnish ``X-Cache``."""
-        return self.headers.get("x-cache-status") or self.headers.get("x-cache")
+        """The node's own word on its cache: nginx ``X-Cache-Status``, else ``X-Cache`` (Varnish, ATS, Squid).
+
+        Squid's ``HIT from squid-1`` gives ``HIT``: the word before `` from ``.
+        """
+        value = self.headers.get("x-cache-status") or self.headers.get("x-cache")
+        return None if value is None else value.split(" from ", 1)[0].strip()
 
 
 @dataclass
@@ -152,7 +192,7 @@ class _Proc:
 
 
 class Lab:
-    """An origin, a shield, edges and Varnish nodes on loopback; a context manager that stops them all.
+    """An origin, a shield, edges and Varnish, Squid and ATS nodes on loopback; a context manager that stops them.
 
     ``root`` holds one folder per node (config, logs, pid file, temp files) and the origin's ``docroot``;
     caches go under ``cache_root`` when given (benchmarks pass a folder in ``/dev/shm``; the lab removes its
@@ -166,6 +206,8 @@ class Lab:
         edges: int = 2,
         shield: bool = True,
         varnish: int = 0,
+        squid: int = 0,
+        trafficserver: int = 0,
         purge_module: bool = False,
         cache_root: Path | None = None,
         workers: int = 1,
@@ -173,11 +215,13 @@ class Lab:
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        if edges < 0 or varnish < 0 or workers < 1:
-            raise ValueError("edges and varnish must be >= 0 and workers >= 1")
+        if min(edges, varnish, squid, trafficserver) < 0 or workers < 1:
+            raise ValueError("edges, varnish, squid and trafficserver must be >= 0 and workers >= 1")
         self._edge_count = edges
         self._with_shield = shield
         self._varnish_count = varnish
+        self._squid_count = squid
+        self._ats_count = trafficserver
         self._purge_module = purge_module
         self._workers = workers
         self._varnish_storage = varnish_storage
@@ -189,12 +233,15 @@ class Lab:
         self.docroot = self.root / "docroot"
         self.docroot.mkdir()
         self._procs: list[_Proc] = []
+        self._squid_services: list[str] = []
         self._cache_dirs: list[Path] = []
         self._started = False
         self.origin: LabNode
         self.shield: LabNode | None = None
         self.edges: list[LabNode] = []
         self.varnishes: list[LabNode] = []
+        self.squids: list[LabNode] = []
+        self.trafficservers: list[LabNode] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -231,6 +278,7 @@ class Lab:
         """Stop each process by PID: SIGTERM, then SIGKILL to its group after ``stop_timeout``. Idempotent."""
         atexit.unregister(self.stop)
         self._stop_processes()
+        self._remove_squid_segments()
         if self._cache_root is not None:  # under root they stay for inspection, like the logs
             for folder in self._cache_dirs:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -244,16 +292,16 @@ class Lab:
     # -- nodes -----------------------------------------------------------------------------------------
 
     def cache_nodes(self) -> list[LabNode]:
-        """The cache nodes in warming order: the shield first, then the edges, then the Varnish nodes."""
+        """The cache nodes in warming order: the shield first, then the edges, Varnish, Squid and ATS nodes."""
         shields = [self.shield] if self.shield is not None else []
-        return [*shields, *self.edges, *self.varnishes]
+        return [*shields, *self.edges, *self.varnishes, *self.squids, *self.trafficservers]
 
     def nodes(self) -> list[LabNode]:
         """The origin, then :meth:`cache_nodes`."""
         return [self.origin, *self.cache_nodes()]
 
     def node(self, name: str) -> LabNode:
-        """The node called ``name`` (``origin``, ``shield-1``, ``edge-2``, ``varnish-1``...)."""
+        """The node called ``name`` (``origin``, ``shield-1``, ``edge-2``, ``varnish-1``, ``ats-1``...)."""
         for node in self.nodes():
             if node.name == name:
                 return node
@@ -361,6 +409,8 @@ class Lab:
         names += ["shield-1"] if self._with_shield else []
         names += [f"edge-{i}" for i in range(1, self._edge_count + 1)]
         names += [f"varnish-{i}" for i in range(1, self._varnish_count + 1)]
+        names += [f"squid-{i}" for i in range(1, self._squid_count + 1)]
+        names += [f"ats-{i}" for i in range(1, self._ats_count + 1)]
         # Every port is fixed before any config is written: the configs point at each other.
         ports = dict(zip(names, _free_ports(len(names)), strict=True))
 
@@ -368,6 +418,8 @@ class Lab:
         self.shield = self._node(ports, "shield-1", "shield", "nginx", attempt) if self._with_shield else None
         self.edges = [self._node(ports, n, "edge", "nginx", attempt) for n in names if n.startswith("edge-")]
         self.varnishes = [self._node(ports, n, "edge", "varnish", attempt) for n in names if n.startswith("varnish-")]
+        self.squids = [self._node(ports, n, "edge", "squid", attempt) for n in names if n.startswith("squid-")]
+        self.trafficservers = [self._node(ports, n, "edge", "ats", attempt) for n in names if n.startswith("ats-")]
         parent = self.shield or self.origin
 
         self._spawn_nginx(self.origin, self._origin_conf(self.origin))
@@ -377,6 +429,10 @@ class Lab:
             self._spawn_nginx(edge, self._cache_conf(edge, parent))
         for node in self.varnishes:
             self._spawn_varnish(node, parent)
+        for node in self.squids:
+            self._spawn_squid(node, parent)
+        for node in self.trafficservers:
+            self._spawn_trafficserver(node, parent)
 
         deadline = time.monotonic() + self._start_timeout
         for node in self.nodes():
@@ -433,6 +489,35 @@ class Lab:
         argv += ["-s", self._varnish_storage, "-j", "none", "-T", "127.0.0.1:0"]
         self._spawn(node.name, argv, node.folder)
 
+    def _spawn_squid(self, node: LabNode, parent: LabNode) -> None:
+        conf = node.folder / "squid.conf"
+        conf.write_text(_squid_conf(node, parent))
+        service = _squid_service(node)
+        self._squid_services.append(service)
+        argv = [SQUID, "-N", "-n", service, "-f", str(conf)]
+        if os.geteuid() == 0:
+            # Squid will not run as root and would switch to its own user, who cannot enter our 0700 folders.
+            # In a user namespace it is an ordinary user inside and still root outside, the folders' owner.
+            argv = [UNSHARE, f"--map-user={_NOBODY}", f"--map-group={_NOBODY}", *argv]
+        self._spawn(node.name, argv, node.folder)
+
+    def _spawn_trafficserver(self, node: LabNode, parent: LabNode) -> None:
+        cache = self._cache_dir(node)
+        etc = node.folder / "etc"
+        etc.mkdir()
+        for name, text in _ats_files(node, parent, cache).items():
+            (etc / name).write_text(text)
+        runroot = node.folder / "runroot.yaml"
+        runroot.write_text(_ats_runroot(node, cache))
+        self._spawn(node.name, [TRAFFIC_SERVER, f"--run-root={runroot}"], node.folder)
+
+    def _remove_squid_segments(self) -> None:
+        """Squid's shared memory in /dev/shm, which it removes itself unless it was killed."""
+        for service in self._squid_services:
+            for segment in _SHM.glob(f"{service}-*.shm"):
+                segment.unlink(missing_ok=True)
+        self._squid_services.clear()
+
     def _spawn_varnishncsa(self, node: LabNode, deadline: float) -> None:
         fmt = r"%{%s}t.%{usec_frac}t\t%m\t%{Host}i\t%U%q\t%s\t%{Varnish:handling}x\t%b"
         argv = [VARNISHNCSA, "-n", str(node.folder / "varnishd"), "-F", fmt, "-w", str(node.access_log)]
@@ -451,16 +536,20 @@ class Lab:
 
     def _wait_ready(self, node: LabNode, deadline: float) -> None:
         proc = next(p for p in self._procs if p.name == node.name)
+        # ATS writes to diags.log, and keeps running when it cannot listen: its log tells.
+        logs = (proc.log, node.folder / "error.log", node.folder / "diags.log")
         while True:
             if proc.popen.poll() is not None:
-                logs = _tail(proc.log) + _tail(node.folder / "error.log")
-                if "Address already in use" in logs or "already in use" in logs:
+                text = "".join(_tail(log) for log in logs)
+                if "already in use" in text:
                     raise _PortTaken(node.name)
-                raise LabError(f"{node.name} exited with {proc.popen.returncode}: {logs}")
+                raise LabError(f"{node.name} exited with {proc.popen.returncode}: {text}")
             answer = _probe(node)
             if answer == node.name:
                 return
             if answer is not None:  # somebody else answers on our port
+                raise _PortTaken(node.name)
+            if node.kind == "ats" and _log_mentions(logs[2], "Address already in use"):
                 raise _PortTaken(node.name)
             if time.monotonic() > deadline:
                 raise LabError(f"{node.name} not ready in {self._start_timeout}s: {_tail(proc.log)}")
@@ -669,6 +758,170 @@ sub vcl_synth {
 """
 
 
+def _squid_service(node: LabNode) -> str:
+    """Squid's ``-n`` name, alphanumeric: it names the shared memory segments, so it must be unique."""
+    return re.sub(r"[^A-Za-z0-9]", "", f"{node.folder.parent.name}{node.folder.name}")
+
+
+def _squid_conf(node: LabNode, parent: LabNode) -> str:
+    folder = node.folder
+    # The log format's separators are tabs (Squid copies text between %codes as it is); %<sH is the body
+    # bytes sent, like nginx's $body_bytes_sent (%<st would count the headers too).
+    return f"""# Lab node {node.name}: an accelerator for 127.0.0.1:{parent.port}, keyed on URL + Host (vhost).
+http_port 127.0.0.1:{node.port} accel vhost
+cache_peer 127.0.0.1 parent {parent.port} 0 no-query no-digest originserver name=parent
+never_direct allow all
+visible_hostname {node.name}
+pid_filename {folder}/squid.pid
+cache_log {folder}/error.log
+coredump_dir {folder}
+netdb_filename none
+pinger_enable off
+shutdown_lifetime 0 seconds
+dns_nameservers 127.0.0.1
+udp_incoming_address 127.0.0.1
+cache_mem 32 MB
+maximum_object_size 8 MB
+maximum_object_size_in_memory 8 MB
+memory_cache_shared off
+
+acl lab_ready urlpath_regex ^/\\.lab/ready$
+acl purge method PURGE
+acl lab_cacheable http_status 200 301 302
+http_access deny lab_ready
+http_access allow purge localhost
+http_access deny purge
+http_access allow all
+
+# The origin sends no cache headers: an hour for whatever Squid may store, and it stores only these statuses.
+refresh_pattern . 60 100% 60 override-lastmod
+store_miss deny !lab_cacheable
+
+# Each node reports its own cache, not its parent's; the ready probe is denied (403) naming the node.
+reply_header_access X-Cache-Status deny all
+reply_header_add X-Lab-Node "{node.name}" lab_ready
+logformat lab %ts.%03tu\t%rm\t%{{Host}}>h\t%>rp\t%>Hs\t%Ss\t%<sH
+access_log stdio:{node.access_log} logformat=lab !lab_ready
+"""
+
+
+def _ats_runroot(node: LabNode, cache: Path) -> str:
+    folder = node.folder
+    return f"""prefix: {folder}
+exec_prefix: /usr
+bindir: /usr/bin
+sbindir: /usr/bin
+sysconfdir: {folder}/etc
+datadir: {folder}
+includedir: /usr/include
+libdir: /usr/lib/trafficserver
+libexecdir: {_ATS_PLUGINS}
+localstatedir: {folder}
+runtimedir: {folder}
+logdir: {folder}
+cachedir: {cache}
+"""
+
+
+def _ats_files(node: LabNode, parent: LabNode, cache: Path) -> dict[str, str]:
+    """Traffic Server's configuration files, by name; the empty ones only stop it from looking elsewhere."""
+    records = f"""CONFIG proxy.config.admin.user_id STRING #-1
+CONFIG proxy.config.crash_log_helper STRING NULL
+CONFIG proxy.config.http.server_ports STRING {node.port}:ipv4:ip-in=127.0.0.1
+CONFIG proxy.config.http.wait_for_cache INT 2
+CONFIG proxy.config.exec_thread.autoconfig INT 0
+CONFIG proxy.config.exec_thread.limit INT 1
+CONFIG proxy.config.task_threads INT 1
+CONFIG proxy.config.accept_threads INT 1
+CONFIG proxy.config.cache.threads_per_disk INT 2
+CONFIG proxy.config.cache.ram_cache.size INT 16777216
+CONFIG proxy.config.net.connections_throttle INT 1000
+CONFIG proxy.config.http.cache.required_headers INT 0
+CONFIG proxy.config.http.cache.heuristic_min_lifetime INT 3600
+CONFIG proxy.config.http.cache.heuristic_max_lifetime INT 3600
+CONFIG proxy.config.http.cache.when_to_revalidate INT 0
+CONFIG proxy.config.http.negative_caching_enabled INT 0
+CONFIG proxy.config.http.insert_response_via_str INT 0
+CONFIG proxy.config.url_remap.remap_required INT 0
+CONFIG proxy.config.http.no_dns_just_forward_to_parent INT 1
+CONFIG proxy.config.http.parent_proxy.self_detect INT 0
+CONFIG proxy.config.dns.nameservers STRING 127.0.0.1
+CONFIG proxy.config.dns.resolv_conf STRING NULL
+CONFIG proxy.config.body_factory.template_sets_dir STRING {_ATS_BODY_FACTORY}
+CONFIG proxy.config.log.logging_enabled INT 3
+CONFIG proxy.config.log.rolling_enabled INT 0
+CONFIG proxy.config.log.max_secs_per_buffer INT 1
+CONFIG proxy.config.log.periodic_tasks_interval INT 1
+"""
+    # No remap rule: ATS then keys its cache on the URL the client's Host makes, and parent.config sends
+    # every request to the parent as an origin server, Host unchanged. self_detect 0: the parent lives on
+    # 127.0.0.1 like ATS itself, which ATS would otherwise take for a loop and mark down.
+    parents = f'dest_domain=. parent="127.0.0.1:{parent.port}" go_direct=false parent_is_proxy=false\n'
+    # PURGE from loopback only, as Debian's own ip_allow.yaml has it.
+    ip_allow = """ip_allow:
+  - apply: in
+    ip_addrs: 127.0.0.1
+    action: allow
+    methods: ALL
+  - apply: in
+    ip_addrs: 0/0
+    action: deny
+    methods: [PURGE, PUSH, DELETE, TRACE]
+"""
+    # Separated by tabs (YAML's "\t"); cquup is the path and query the client sent.
+    logging = """logging:
+  formats:
+    - name: lab
+      format: "%<cqtq>\\t%<cqhm>\\t%<{Host}cqh>\\t%<cquup>\\t%<pssc>\\t%<crc>\\t%<pscl>"
+  filters:
+    - name: lab_ready
+      action: reject
+      condition: cquup MATCH /.lab/ready
+  logs:
+    - filename: access
+      format: lab
+      filters: [lab_ready]
+      mode: ascii
+"""
+    # header_rewrite: the ready probe answered by ATS itself (204, naming the node); other statuses than
+    # 200/301/302 made uncacheable before ATS decides (it would keep a 410 by heuristic); X-Cache for every
+    # answer (hit-fresh is a HIT; a miss, a stale hit being revalidated or a skipped lookup is a MISS).
+    rules = f"""cond %{{READ_REQUEST_HDR_HOOK}} [AND]
+cond %{{CLIENT-URL:PATH}} =".lab/ready"
+set-status 204
+
+cond %{{SEND_RESPONSE_HDR_HOOK}} [AND]
+cond %{{CLIENT-URL:PATH}} =".lab/ready"
+set-header X-Lab-Node "{node.name}"
+
+cond %{{READ_RESPONSE_HDR_HOOK}} [AND]
+cond %{{STATUS}} =200 [NOT,AND]
+cond %{{STATUS}} =301 [NOT,AND]
+cond %{{STATUS}} =302 [NOT]
+set-header Cache-Control "no-store"
+
+cond %{{SEND_RESPONSE_HDR_HOOK}}
+rm-header X-Cache-Status
+set-header X-Cache "MISS"
+
+cond %{{SEND_RESPONSE_HDR_HOOK}} [AND]
+cond %{{CACHE}} ="hit-fresh"
+set-header X-Cache "HIT"
+"""
+    empty = "remap.config cache.config hosting.config volume.config ssl_multicert.config sni.yaml splitdns.config"
+    empty += " socks.config strategies.yaml"
+    return {
+        "records.config": records,
+        "storage.config": f"{cache} 64M\n",
+        "parent.config": parents,
+        "ip_allow.yaml": ip_allow,
+        "logging.yaml": logging,
+        "lab.hrw": rules,
+        "plugin.config": f"header_rewrite.so {node.folder / 'etc' / 'lab.hrw'}\n",
+        **dict.fromkeys(empty.split(), ""),
+    }
+
+
 def _status_location(code: int) -> str:
     if code in (301, 302):
         return f"        location ^~ /status/{code}/ {{ return {code} /; }}"
@@ -727,11 +980,23 @@ def _parse_log_line(line: str) -> LabRequest | None:
             host=host,
             uri=uri,
             status=int(status),
-            cache_status=None if cache in {"-", ""} else cache.upper(),
+            cache_status=_cache_word(cache),
             bytes=0 if size == "-" else int(size),
         )
     except ValueError:
         return None
+
+
+def _cache_word(logged: str) -> str | None:
+    if logged in {"-", ""}:
+        return None
+    word = logged.upper()
+    if not word.startswith("TCP_"):  # nginx's $upstream_cache_status, Varnish's handling
+        return word
+    word = word.removeprefix("TCP_")  # Squid's and ATS's result codes
+    if word.endswith("HIT"):
+        return "HIT"
+    return "MISS" if word.endswith("MISS") else word
 
 
 def _write_all(path: str, data: bytes) -> None:
