@@ -157,6 +157,11 @@ class Engine(_Model):
     fetch_process: bool = False
 
 
+# [engine] keys the fetcher takes when it opens (its connection limit, timeouts, headers, process): a reload
+# (SIGHUP) changes the rest of [engine] at once, these on restart.
+FETCHER_KEYS = ("concurrency", "connect_timeout", "read_timeout", "user_agent", "accept_encoding", "fetch_process")
+
+
 class Api(_Model):
     language: Literal["en", "zh"] = "en"
     timezone: str = DEFAULT_TIMEZONE

@@ -21,7 +21,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from .api import create_app
-from .config import Config, load_config
+from .config import FETCHER_KEYS, Config, load_config
 from .engine import Engine, NodeClient, open_fetcher
 from .errors import ConfigError, StoreError
 from .metrics import Metrics
@@ -72,7 +72,8 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     """Run until a signal; `api` and `engine` choose the parts (`serve` runs both).
 
     SIGHUP reloads `config_path`: users, limits, nodes and engine settings change without dropping work;
-    `listen` and `store` need a restart. A config that does not load is logged and the old one kept.
+    `listen`, `store` and the fetcher's settings (config.FETCHER_KEYS) need a restart. A config that does not
+    load is logged and the old one kept.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -89,6 +90,9 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             return
         if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
             log.warning("SIGHUP: `listen` and `store` change only on restart")
+        fetcher = [k for k in FETCHER_KEYS if getattr(fresh.engine, k) != getattr(live.config.engine, k)]
+        if fetcher:
+            log.warning("SIGHUP: [engine] %s change for the fetcher only on restart", ", ".join(fetcher))
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
 

@@ -130,6 +130,15 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                 time.sleep(0.05)
             assert "keeping the running config" in service.log_text()
             assert newcomer.quota()["urls"]["limit"] == 2000
+            # A fetcher setting applies on restart only: the reload says so (and still takes the rest).
+            assert "[engine]\n" in original
+            service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
+            os.kill(service.proc.pid, signal.SIGHUP)
+            warning = "[engine] user_agent change for the fetcher only on restart"
+            deadline = time.monotonic() + 10
+            while warning not in service.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert warning in service.log_text()
     finally:
         service.config.write_text(original)
         if service.proc is not None:

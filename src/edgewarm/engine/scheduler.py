@@ -37,12 +37,13 @@ CLAIM_AHEAD = 2
 
 
 class _NodeLane:
-    """One node's queue and its workers: the per-node concurrency cap."""
+    """One node's queue and its workers: the per-node concurrency cap. A reload may change `width`: workers are
+    started up to it at once; surplus ones leave when they next take a claim (handing it back to the queue)."""
 
-    def __init__(self, node: Node, width: int) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
-        self.width = width
+        self.width = 0
         self.workers: list[asyncio.Task[None]] = []
 
 
@@ -83,9 +84,11 @@ class Engine:
     # -- control ----------------------------------------------------------------------------------
 
     def reconfigure(self, config: Config) -> None:
-        """Take a reloaded config: settings and new nodes apply from the next claim."""
+        """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim."""
         self.config = config
         self.settings = config.engine
+        for lane in self._lanes.values():
+            self._staff(lane, config.node(lane.node.name) or lane.node)
         self.wake()
 
     def wake(self) -> None:
@@ -169,20 +172,29 @@ class Engine:
     def _lane(self, node: Node) -> _NodeLane:
         lane = self._lanes.get(node.name)
         if lane is None:
-            lane = _NodeLane(node, node.concurrency or self.settings.per_node_concurrency)
-            lane.workers = [
-                asyncio.create_task(self._node_worker(lane), name=f"edgewarm-{node.name}-{i}")
-                for i in range(lane.width)
-            ]
-            self._lanes[node.name] = lane
-        lane.node = node  # a reload may have changed its settings (its width applies on restart)
+            lane = self._lanes[node.name] = _NodeLane(node)
+            self._staff(lane, node)
+        lane.node = node  # a reload may have changed its settings
         return lane
+
+    def _staff(self, lane: _NodeLane, node: Node) -> None:
+        """Give `lane` the width `node`'s settings ask for: start workers up to it (see _NodeLane for fewer)."""
+        lane.node = node
+        lane.width = node.concurrency or self.settings.per_node_concurrency
+        for _ in range(lane.width - len(lane.workers)):
+            name = f"edgewarm-{node.name}-{len(lane.workers)}"
+            lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
 
     # -- working ----------------------------------------------------------------------------------
 
     async def _node_worker(self, lane: _NodeLane) -> None:
         while True:
             claim = await lane.queue.get()
+            if len(lane.workers) > lane.width:  # a reload narrowed the lane: this worker leaves
+                lane.queue.put_nowait(claim)
+                me = asyncio.current_task()
+                lane.workers = [w for w in lane.workers if w is not me]
+                return
             node = lane.node
             if self._stopping.is_set():
                 self._done_with(claim)  # not started: it stays leased and is handed back at the end

@@ -1,0 +1,131 @@
+"""The engine's per-node lanes follow a reloaded config: a node's width changes without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from edgewarm.config import Config, Node, parse_config
+from edgewarm.engine import Engine, FetchResult
+from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
+from edgewarm.nodes import CacheState
+from edgewarm.store import TaskStore, open_store
+from edgewarm.urls import TargetUrl
+
+pytestmark = pytest.mark.anyio
+
+LATENCY = 0.01  # seconds each fake request takes: long enough for the lane's workers to overlap
+DEADLINE = 30.0
+
+
+class CountingFetcher:
+    """Answers every request after LATENCY, counting the requests in flight per node (now and at most)."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.requests = 0
+
+    def reset_peaks(self) -> None:
+        self.peak = {}
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        now = self.in_flight[node.name] = self.in_flight.get(node.name, 0) + 1
+        self.peak[node.name] = max(self.peak.get(node.name, 0), now)
+        try:
+            await asyncio.sleep(LATENCY)
+        finally:
+            self.in_flight[node.name] -= 1
+            self.requests += 1
+        return FetchResult(200, 100, CacheState.MISS)
+
+
+def config(per_node: int, *, node_width: int | None = None) -> Config:
+    node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
+    if node_width is not None:
+        node["concurrency"] = node_width
+    return parse_config(
+        {
+            "store": "memory://",
+            "engine": {"per_node_concurrency": per_node, "concurrency": 64, "dedupe_seconds": 0},
+            "nodes": [node],
+            "users": [{"name": "u", "secret": "s" * 16, "domains": ["example.test"]}],
+        }
+    )
+
+
+async def submit(store: TaskStore, count: int) -> str:
+    task_id = str(uuid.uuid4())
+    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node="e1") for i in range(count))
+    quota = QuotaCharge("20261128", count, 0, 10**9, 10)
+    await store.create_task(NewTask(task_id, "u", TaskKind.PREFETCH, time.time(), items, quota))
+    return task_id
+
+
+async def until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+async def test_a_reload_widens_and_narrows_a_nodes_lane() -> None:
+    """Width 4, then 1 and 3 by [engine] per_node_concurrency, then 2 by the node's own `concurrency`: the
+    requests in flight to the node peak at exactly that width in each phase, with the engine never restarted."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            done = 0
+            for new_config, count, width in (
+                (None, 40, 4),
+                (config(1), 20, 1),
+                (config(3), 30, 3),
+                (config(3, node_width=2), 20, 2),
+            ):
+                if new_config is not None:
+                    engine.reconfigure(new_config)
+                fetcher.reset_peaks()
+                await submit(store, count)
+                engine.wake()
+                done += count
+                await until(lambda d=done: fetcher.requests >= d, f"{count} requests at width {width}")
+                assert fetcher.peak == {"e1": width}
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == done  # nothing fetched twice, nothing left out
+
+
+async def test_narrowing_in_the_middle_of_a_task_lets_running_requests_end_and_starts_no_more() -> None:
+    """Width 8 → 1 while 8 requests run: they finish, and from then on one request at a time; every item ends."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(8), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            task_id = await submit(store, 60)
+            engine.wake()
+            await until(lambda: fetcher.in_flight.get("e1", 0) == 8, "8 requests in flight")
+            engine.reconfigure(config(1))
+            await until(lambda: fetcher.in_flight["e1"] <= 1, "the lane narrowed")
+            fetcher.reset_peaks()
+            await until(lambda: fetcher.requests >= 60, "every item fetched")
+            assert fetcher.peak == {"e1": 1}
+            for _ in range(int(DEADLINE / 0.01)):  # the last outcomes are written in a batch
+                task = await store.get_task(task_id)
+                if task is not None and task.status is TaskStatus.SUCCEEDED:
+                    break
+                await asyncio.sleep(0.01)
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == 60
