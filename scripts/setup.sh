@@ -24,11 +24,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The packaged services are not used: the lab and the tests start their own processes on loopback.
-for svc in nginx varnish postgresql squid trafficserver; do
+# (Not `service trafficserver stop`: Debian's script stops every traffic_server, a running lab's too.)
+for svc in nginx varnish postgresql squid; do
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
 done
-# Without an init system, a packaged daemon may outlive its service stop: end it through its own pid file
-# and only if the PID is still that daemon (never by name alone: a test lab's squid may be running).
+# Without an init system, a packaged daemon may outlive its service stop (and ATS has none here): end it
+# through its own pid file, only if the PID is still that daemon (never by name: a test lab's may be running).
 for entry in /usr/sbin/squid:/run/squid.pid /usr/bin/traffic_manager:/run/trafficserver/manager.lock \
   /usr/bin/traffic_server:/run/trafficserver/server.lock; do
   pid=$(cat "${entry#*:}" 2>/dev/null || true)
