@@ -75,13 +75,16 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
     return summarize(client, views, out)
 
 
+TABLE_WIDTH = 110  # narrower consoles get one line per task: a table would fold the task ids
+
+
 def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) -> int:
     table = Table(title="tasks")
     for name in ("taskid", "kind", "status", "items", "succeeded", "failed", "duration"):
         table.add_column(name, overflow="fold")
     for taskid, view in views.items():
         counts = view["counts"]
-        table.add_row(
+        row = (
             taskid,
             view["kind"],
             f"{view['status']} {view['msg']}" + (f" ({view['reason']})" if view["reason"] else ""),
@@ -90,7 +93,12 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) ->
             str(counts["failed"]),
             f"{view['duration_seconds']}s",
         )
-    out.print(table)
+        if out.width < TABLE_WIDTH:
+            out.print(f"{row[0]}  {row[1]}  {row[2]}", markup=False, highlight=False)
+            out.print(f"  {row[3]} items: {row[4]} succeeded, {row[5]} failed, {row[6]}", markup=False, highlight=False)
+        table.add_row(*row)
+    if out.width >= TABLE_WIDTH:
+        out.print(table)
     failures: list[tuple[str, dict[str, Any]]] = []
     for taskid, view in views.items():
         if view["counts"]["failed"] and len(failures) < FAILURES_SHOWN:

@@ -1,0 +1,41 @@
+"""The end-of-watch summary: a table on a wide console, two plain lines per task on a narrow one."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+
+from edgewarm.cli.watch import TABLE_WIDTH, summarize
+
+TASK = "148555aa-eee7-48cb-97bd-42fd052e3c84"
+VIEW: dict[str, Any] = {
+    "counts": {"succeeded": 300, "failed": 0},
+    "kind": "prefetch",
+    "status": 0,
+    "msg": "Succeeded",
+    "reason": None,
+    "total": 300,
+    "duration_seconds": 0.196,
+}
+
+
+def shown(width: int) -> str:
+    out = Console(width=width, file=io.StringIO())
+    assert summarize(None, {TASK: VIEW}, out) == 0  # type: ignore[arg-type]  # no failures: no client call
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(text, str)
+    return text
+
+
+def test_a_narrow_console_gets_the_whole_task_id_on_one_line() -> None:
+    lines = shown(80).splitlines()
+    assert lines[0] == f"{TASK}  prefetch  0 Succeeded"
+    assert lines[1] == "  300 items: 300 succeeded, 0 failed, 0.196s"
+    assert "┃" not in "".join(lines)
+
+
+def test_a_wide_console_gets_the_table() -> None:
+    text = shown(TABLE_WIDTH)
+    assert "┃ taskid" in text and TASK in text and "0 Succeeded" in text
