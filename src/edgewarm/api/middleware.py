@@ -77,9 +77,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class DirectRoutes:
     """Serve the POST routes whose endpoint takes the Request alone (the JD calls) straight from the endpoint.
 
-    FastAPI's per-request machinery (route walk, dependency solving, telemetry checks) cost more than the rest of
-    a `prefetchQuery` (docs/benchmarks.md, S5); these endpoints need none of it: they read the body themselves
-    and answer every error as JD does. The routes stay registered with FastAPI, for the OpenAPI document and for
+    FastAPI's per-request machinery (route walk, dependency solving, telemetry checks) cost about as much as the
+    rest of a `prefetchQuery` (docs/benchmarks.md, session 4); these endpoints need none of it: they read the
+    body themselves and answer every error as JD does. The routes stay registered with FastAPI, for the OpenAPI document and for
     any request this table does not take (another method, a `root_path`).
     """
 
