@@ -79,8 +79,8 @@ class DirectRoutes:
 
     FastAPI's per-request machinery (route walk, dependency solving, telemetry checks) cost about as much as the
     rest of a `prefetchQuery` (docs/benchmarks.md, session 4); these endpoints need none of it: they read the
-    body themselves and answer every error as JD does. The routes stay registered with FastAPI, for the OpenAPI document and for
-    any request this table does not take (another method, a `root_path`).
+    body themselves and answer every error as JD does. The routes stay registered with FastAPI, for the OpenAPI
+    document and for any request this table does not take (another method, a `root_path`).
     """
 
     def __init__(self, app: ASGIApp, routes: Iterable[BaseRoute]) -> None:
