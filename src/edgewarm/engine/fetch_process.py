@@ -136,14 +136,14 @@ class ProcessFetcher:
     @property
     def pid(self) -> int | None:
         """The child's PID while it runs (for tests and diagnostics)."""
-        link = self._running_link()
-        return link.transport.get_pid() if link is not None and link.transport is not None else None
+        transport = self._running_transport()
+        return transport.get_pid() if transport is not None else None
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
         """As `Fetcher.request`: send `method` for `target` to `node` (from the child), body read and dropped."""
-        if self._running_link() is None and not await self._restart():
+        if self._running_transport() is None and not await self._restart():
             return FetchResult(None, error="the fetch process is not running (restarting)")
         self._next_id += 1
         request_id = self._next_id
@@ -169,18 +169,18 @@ class ProcessFetcher:
             return
         stdin.write(_frame(batch))
 
-    def _running_link(self) -> _ChildLink | None:
-        """The link to the child, while the child runs."""
+    def _running_transport(self) -> asyncio.SubprocessTransport | None:
+        """The transport to the child, while the child runs."""
         link = self._link
-        if link is None or link.transport is None or link.exited.done():
+        if link is None or link.exited.done():
             return None
-        return link
+        return link.transport
 
     def _stdin(self) -> asyncio.WriteTransport | None:
-        link = self._running_link()
-        if link is None or link.transport is None:
+        transport = self._running_transport()
+        if transport is None:
             return None
-        stdin = link.transport.get_pipe_transport(0)
+        stdin = transport.get_pipe_transport(0)
         if stdin is None or stdin.is_closing():
             return None
         return stdin  # type: ignore[return-value]
@@ -210,7 +210,7 @@ class ProcessFetcher:
     async def _restart(self) -> bool:
         assert self._starting is not None
         async with self._starting:
-            if self._running_link() is not None:
+            if self._running_transport() is not None:
                 return True  # another request started it meanwhile
             if self._closed or time.monotonic() - self._started_at < RESTART_INTERVAL:
                 return False
