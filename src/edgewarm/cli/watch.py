@@ -79,9 +79,11 @@ TABLE_WIDTH = 110  # narrower consoles get one line per task: a table would fold
 
 
 def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) -> int:
-    table = Table(title="tasks")
-    for name in ("taskid", "kind", "status", "items", "succeeded", "failed", "duration"):
-        table.add_column(name, overflow="fold")
+    table: Table | None = None
+    if out.width >= TABLE_WIDTH:
+        table = Table(title="tasks")
+        for name in ("taskid", "kind", "status", "items", "succeeded", "failed", "duration"):
+            table.add_column(name, overflow="fold")
     for taskid, view in views.items():
         counts = view["counts"]
         row = (
@@ -93,11 +95,12 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) ->
             str(counts["failed"]),
             f"{view['duration_seconds']}s",
         )
-        if out.width < TABLE_WIDTH:
+        if table is not None:
+            table.add_row(*row)
+        else:
             out.print(f"{row[0]}  {row[1]}  {row[2]}", markup=False, highlight=False)
             out.print(f"  {row[3]} items: {row[4]} succeeded, {row[5]} failed, {row[6]}", markup=False, highlight=False)
-        table.add_row(*row)
-    if out.width >= TABLE_WIDTH:
+    if table is not None:
         out.print(table)
     failures: list[tuple[str, dict[str, Any]]] = []
     for taskid, view in views.items():
