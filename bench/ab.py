@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import warm
-from bench.common import Deadline, bare_loop, check_run, fresh_lab, url_of, use_source
+from bench.common import Deadline, bare_loop, check_run, fresh_lab, in_turns, url_of, use_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(rates)
     items = args.urls * 2
     for round_no in range(args.rounds):
-        for who in names[round_no % len(names) :] + names[: round_no % len(names)]:
+        for who in in_turns(names, round_no):
             with fresh_lab(edges=2, shield=False) as lab:
                 paths = lab.make_files(args.urls, args.size, prefix="/f/")
                 folder = Path(tempfile.mkdtemp(prefix="ab-"))

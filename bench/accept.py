@@ -21,7 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api import _accept
-from bench.common import use_source
+from bench.common import in_turns, use_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = dict(s.split("=", 1) for s in args.src) or {"this": os.environ.get("PYTHONPATH", "")}
     names = list(sources)
     for round_no in range(args.rounds):
-        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+        for name in in_turns(names, round_no):
             use_source(sources[name] or None)
             folder = Path(tempfile.mkdtemp(prefix="accept-"))
             try:

@@ -102,6 +102,12 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def in_turns(names: Sequence[str], round_no: int) -> list[str]:
+    """The contenders' order in round `round_no`: rotated by one each round, so that none always goes first."""
+    shift = round_no % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
 # -- processes -----------------------------------------------------------------------------------------------
 
 

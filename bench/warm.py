@@ -34,6 +34,7 @@ from .common import (
     cpu_seconds,
     epoch_of,
     fresh_lab,
+    in_turns,
     ratio,
     start_service,
     submit_all,
@@ -142,8 +143,7 @@ def compare(
     contenders = {n: Contender(n) for n in names}
     order = list(contenders)
     for round_no in range(opts.rounds):
-        turn = order[round_no % len(order) :] + order[: round_no % len(order)]
-        for who in turn:
+        for who in in_turns(order, round_no):
             deadline.check()
             c = contenders[who]
             with fresh_lab(edges=edges, shield=False) as lab:
