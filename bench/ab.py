@@ -1,4 +1,4 @@
-"""S1's workload for edgewarm configured several ways, beside the bare aiohttp loop, in turns (rotating order).
+"""S1's workload for edgewarm configured several ways, beside the bare loop, in turns (rotating order).
 
     .venv/bin/python bench/ab.py --rounds 3 'child=[engine]\\nfetch_process = "on"' \\
         'inproc=[engine]\\nfetch_process = "off"'

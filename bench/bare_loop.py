@@ -1,11 +1,13 @@
-"""The Python ceiling for warming: a bare asyncio loop with aiohttp, the same GETs as edgewarm, no bookkeeping.
+"""The Python ceiling for warming: a bare asyncio loop with pyreqwest, the same GETs as edgewarm, no bookkeeping.
 
 Run by `bench/common.py:bare_loop` in its own process (as edgewarm runs in its own). Reads a JSON spec
 (nodes, paths, host, per_node, total, uvloop), GETs every path through every node with at most `per_node`
 requests in flight per node and `total` overall (edgewarm's defaults, passed by bench/common.py), streams
 each body to the end and discards it, and prints one JSON line: seconds (first request to last body), cpu
 (process CPU seconds meanwhile), requests, bytes, failures.
-No store, no retries, no per-item records: what is left is aiohttp and the event loop.
+No store, no retries, no per-item records: what is left is the HTTP client and the event loop. The client is
+the one edgewarm sends nearly all warms with (pyreqwest, built and read as `edgewarm.engine.fetcher` does:
+no body read ahead, raw chunks); edgewarm's other client (aiohttp) only sends URLs pyreqwest would rewrite.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ import asyncio
 import json
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
-CHUNK = 1 << 16
+import pyreqwest.client
 
 
 async def warm(spec: dict[str, Any]) -> dict[str, Any]:
@@ -28,25 +28,33 @@ async def warm(spec: dict[str, Any]) -> dict[str, Any]:
     headers = {"Host": spec["host"], "User-Agent": "bare/1", "Accept-Encoding": "gzip, deflate, br"}
     per_node = min(spec["per_node"], max(1, spec["total"] // len(nodes)))
     totals = {"requests": 0, "bytes": 0, "failures": 0}
-    connector = aiohttp.TCPConnector(limit=spec["total"], limit_per_host=0)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
+    client = (
+        pyreqwest.client.ClientBuilder()
+        .max_connections(spec["total"])
+        .connect_timeout(timedelta(seconds=5))
+        .read_timeout(timedelta(seconds=30))
+        .follow_redirects(False)
+        .gzip(False)
+        .brotli(False)
+        .deflate(False)
+        .zstd(False)
+        .http1_only()
+        .build()
     )
-    async with session:
+    async with client:
 
         async def worker(node: str, jobs: Any) -> None:
             for path in jobs:
-                async with session.get(URL(node + path, encoded=True), headers=headers, allow_redirects=False) as r:
+                request = client.get(node + path).headers(headers).streamed_read_buffer_limit(0)
+                async with request.build_streamed() as r:
                     got = 0
-                    while chunk := await r.content.read(CHUNK):
+                    reader = r.body_reader
+                    while (chunk := await reader.read_chunk()) is not None:
                         got += len(chunk)
+                    length = r.headers.get("Content-Length")
                     totals["requests"] += 1
                     totals["bytes"] += got
-                    totals["failures"] += r.status != 200 or (r.content_length is not None and got != r.content_length)
+                    totals["failures"] += r.status != 200 or (length is not None and got != int(length))
 
         started = time.perf_counter()
         cpu = time.process_time()

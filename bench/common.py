@@ -2,7 +2,7 @@
 
 Everything runs on loopback: a `Lab` (origin + nginx caches, files and caches in /dev/shm), `edgewarm serve`
 (or `edgewarm api`) as a child process, and the baselines as child processes (`xargs -P curl`, wrk, a bare
-aiohttp loop in `bench/bare_loop.py`). Every process is started here or by the Lab/ServiceProcess helpers and
+pyreqwest loop in `bench/bare_loop.py`). Every process is started here or by the Lab/ServiceProcess helpers and
 stopped by its PID; every wait is bounded by the scenario's `Deadline`.
 """
 
@@ -210,6 +210,24 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     own = read(f"/proc/{pid}/stat")
     descendants = (read(f"/proc/{member}/stat") for member in process_tree(pid)[1:])
     return own + sum(s for s in descendants if s == s), read(f"/proc/{pid}/task/{pid}/stat")  # s != s: gone
+
+
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of the threads of `pid`, summed by thread name (`comm`, the main thread as
+    "main"): where a process's CPU goes."""
+    totals: dict[str, tuple[float, float]] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = "main" if task == str(pid) else name.rstrip("0123456789_-")
+        user, system = totals.get(name, (0.0, 0.0))
+        totals[name] = (user + int(fields[11]) / _TICK, system + int(fields[12]) / _TICK)
+    return totals
 
 
 def stop_pid(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:

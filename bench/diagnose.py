@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         start_service,
         stop_pid,
         submit_all,
+        thread_cpu,
         url_of,
         wait_healthy,
         wait_tasks,
@@ -143,10 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, proc, 30)
             before = cpu_seconds(proc.pid)
+            threads_before = thread_cpu(proc.pid)
             started = time.time()
             service = ServiceProcess(config, port=port)  # only its url is used
             views = asyncio.run(wait_tasks(service, taskids, deadline))
             after = cpu_seconds(proc.pid)
+            threads = {
+                n: (u - threads_before.get(n, (0.0, 0.0))[0], s - threads_before.get(n, (0.0, 0.0))[1])
+                for n, (u, s) in thread_cpu(proc.pid).items()
+            }
         finally:
             stop_pid(proc, 30)
             log.close()
@@ -160,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             f"GC {gc_seconds:.2f}s in {[g['collections'] for g in gc_stats.values()]} collections (gen 0/1/2), "
             f"threshold {args.gc_threshold or 'default'}"
         )
+        per_thread = ", ".join(
+            f"{n} {(u + s) / warms * 1e6:.0f} ({s / warms * 1e6:.0f} system)"
+            for n, (u, s) in sorted(threads.items(), key=lambda t: -sum(t[1]))
+        )
+        print(f"  CPU by thread, us/warm: {per_thread}")
         print(f"  {check_run(lab, lab.edges, paths, deadline).text()}")
         shutil.rmtree(folder, ignore_errors=True)
     return 0

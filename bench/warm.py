@@ -1,6 +1,6 @@
 """Warming scenarios S1-S4: edgewarm against a real nginx fleet, beside its baselines in the same run.
 
-S1 small objects and S2 large objects (2 edges, no shield): edgewarm, the bare aiohttp loop, `xargs -P 64 curl`
+S1 small objects and S2 large objects (2 edges, no shield): edgewarm, the bare loop, `xargs -P 64 curl`
 and wrk, each round on a fresh lab (cold caches), the contenders in a rotating order.
 S3 shield (1 shield + 4 edges): edgewarm only; the origin must see each URL exactly once.
 S4 latency (100 URLs on shield + 2 edges): submit → `client.wait` returns, several tasks per round.
@@ -139,7 +139,7 @@ def compare(
     name: str, count: int, size: int, opts: Options, deadline: Deadline, *, edges: int = 2, wrk: bool = True
 ) -> dict[str, Contender]:
     """S1/S2: every contender warms `count` files of `size` bytes through `edges` edges, each round cold."""
-    names = ["edgewarm", "bare aiohttp loop", "xargs -P 64 curl"] + (["wrk"] if wrk else [])
+    names = ["edgewarm", "bare loop", "xargs -P 64 curl"] + (["wrk"] if wrk else [])
     contenders = {n: Contender(n) for n in names}
     order = list(contenders)
     for round_no in range(opts.rounds):
@@ -164,7 +164,7 @@ def compare(
                     c.rss_start.add(run.rss_start_mb)
                     quarters = "/".join(f"{q:.0f}" for q in run.rss_quarters_mb)
                     c.notes.append(f"submit {run.submit_seconds:.2f}s; RSS MB by quarter {quarters}")
-                elif who == "bare aiohttp loop":
+                elif who == "bare loop":
                     result = bare_loop(nodes, paths, folder, deadline)
                 elif who == "xargs -P 64 curl":
                     result = xargs_curl(nodes, paths, folder, deadline, per_call=opts.curl_per_call)
@@ -209,7 +209,7 @@ def _compare_report(
     name: str, count: int, size: int, contenders: dict[str, Contender], target: float
 ) -> dict[str, Any]:
     ew = contenders["edgewarm"]
-    bare = contenders["bare aiohttp loop"]
+    bare = contenders["bare loop"]
     rows = []
     for c in contenders.values():
         rows.append(

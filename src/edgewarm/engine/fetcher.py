@@ -1,18 +1,26 @@
 """HTTP to cache nodes. Every request goes to a configured node's address, never to the URL's own host.
 
-aiohttp was chosen by measurement (bench/http_clients.py, docs/benchmarks.md). Its exceptions stop here:
-callers get a `FetchResult` whatever happened.
+Two clients, chosen by measurement (bench/http_clients.py, docs/benchmarks.md): pyreqwest (Rust's hyper,
+working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: plain-HTTP
+nodes and URLs that its WHATWG URL parser leaves as they are, i.e. nearly all. aiohttp sends the rest byte
+for byte: URLs with dot segments or characters that parser would percent-encode, and https nodes, which get
+the URL's host as SNI while the connection goes to the node's address. Their exceptions stop here: callers
+get a `FetchResult` whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
 import aiohttp
+import pyreqwest.client
+import pyreqwest.exceptions
 from yarl import URL
 
 from ..config import Engine, Node
@@ -20,6 +28,16 @@ from ..nodes import CacheState, cache_state
 from ..urls import TargetUrl
 
 _CHUNK = 1 << 16
+# What pyreqwest's URL parser (WHATWG) would rewrite: dot segments, and characters it percent-encodes in the
+# path (or turns into "/") and in the query. Such URLs go through aiohttp, which sends them as they are.
+_REWRITTEN_PATH = re.compile(r'["<>`{}\\]|(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)')
+_REWRITTEN_QUERY = re.compile(r"[\"'<>]")
+
+
+def sent_unchanged(path_query: str) -> bool:
+    """Whether pyreqwest sends `path_query` exactly as it is (the test suite checks this against a server)."""
+    path, _, query = path_query.partition("?")
+    return _REWRITTEN_PATH.search(path) is None and _REWRITTEN_QUERY.search(query) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +61,12 @@ class NodeClient(Protocol):
 
 
 class Fetcher:
-    """One aiohttp session for all nodes; use as `async with Fetcher(settings) as fetcher:`."""
+    """Both clients, for all nodes; use as `async with Fetcher(settings) as fetcher:`."""
 
     def __init__(self, settings: Engine) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._client: pyreqwest.client.Client | None = None
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -62,11 +81,27 @@ class Fetcher:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._client = (
+            pyreqwest.client.ClientBuilder()
+            .max_connections(s.concurrency)
+            .connect_timeout(timedelta(seconds=s.connect_timeout))
+            .read_timeout(timedelta(seconds=s.read_timeout))
+            .follow_redirects(False)
+            .gzip(False)
+            .brotli(False)
+            .deflate(False)
+            .zstd(False)
+            .http1_only()
+            .build()
+        )
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -75,17 +110,61 @@ class Fetcher:
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
         """Send `method` for `target` to `node`, read the body to the end and discard it."""
-        if self._session is None:
+        if self._session is None or self._client is None:
             raise RuntimeError("Fetcher is not open")
-        url = URL(node.url + target.path_query, encoded=True)
         sent = {"Host": target.authority, "User-Agent": self._settings.user_agent}
         if self._settings.accept_encoding:
             sent["Accept-Encoding"] = self._settings.accept_encoding
         if headers:
             sent.update(headers)
+        if node.url.startswith("http://") and sent_unchanged(target.path_query):
+            return await self._with_pyreqwest(self._client, method, node, target, sent)
+        return await self._with_aiohttp(self._session, method, node, target, sent)
+
+    async def _with_pyreqwest(
+        self, client: pyreqwest.client.Client, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
+    ) -> FetchResult:
+        errors = pyreqwest.exceptions
+        # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
+        # from the body loop below, where the node's status is known, not from opening the response.
+        request = client.request(method, node.url + target.path_query).headers(sent).streamed_read_buffer_limit(0)
+        try:
+            async with request.build_streamed() as response:
+                state = cache_state(response.headers, node.kind)
+                length = response.headers.get("Content-Length")
+                expected = int(length) if length is not None and length.isdigit() else None
+                received = 0
+                reader = response.body_reader
+                try:
+                    while (chunk := await reader.read_chunk()) is not None:
+                        received += len(chunk)
+                except errors.RequestTimeoutError:
+                    raise  # silence mid-body: a timeout, like silence before the head
+                except errors.RequestError:
+                    # The node closed (or went silent) before the body was whole: its status stands.
+                    of = f" of {expected}" if expected is not None else ""
+                    return FetchResult(response.status, received, state, f"short body: {received}{of} bytes")
+                if expected is not None and method != "HEAD" and received != expected:
+                    return FetchResult(response.status, received, state, f"short body: {received} of {expected} bytes")
+                return FetchResult(response.status, received, state)
+        except errors.RequestTimeoutError:
+            return FetchResult(None, error=f"timeout talking to {node.name}")
+        except errors.PyreqwestError as exc:
+            causes = _causes(exc)
+            reason = causes[-1] if causes else _reason(exc)
+            if "client error (Connect)" in causes:
+                return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
+            if isinstance(exc, errors.NetworkError):
+                return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
+            return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
+
+    async def _with_aiohttp(
+        self, session: aiohttp.ClientSession, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
+    ) -> FetchResult:
+        url = URL(node.url + target.path_query, encoded=True)
         tls: ssl.SSLContext | bool = True if node.tls_verify else self._insecure
         try:
-            async with self._session.request(
+            async with session.request(
                 method,
                 url,
                 headers=sent,
@@ -115,6 +194,13 @@ class Fetcher:
             return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
+
+
+def _causes(exc: pyreqwest.exceptions.PyreqwestError) -> list[str]:
+    """pyreqwest's chain of causes, outermost first: the last one is the OS's or hyper's own words."""
+    details = getattr(exc, "details", None)
+    causes = details.get("causes") if isinstance(details, dict) else None
+    return [c["message"] for c in causes or () if isinstance(c, dict) and isinstance(c.get("message"), str)]
 
 
 def _reason(exc: BaseException) -> str:

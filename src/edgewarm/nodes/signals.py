@@ -15,8 +15,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-from multidict import MultiMapping
-
 from ..config import NodeKind
 
 
@@ -70,11 +68,19 @@ def _from_word(value: str) -> CacheState | None:
 
 
 def _field(headers: Mapping[str, str], name: str) -> str | None:
-    """Every field line of `name` joined with ", " (RFC 9110); a multidict's `get` alone gives only the first."""
-    if isinstance(headers, MultiMapping):  # aiohttp's response headers: one value per field line
-        lines: list[str] = headers.getall(name, [])
-        return ", ".join(lines) if lines else None
-    return headers.get(name)
+    """Every field line of `name` joined with ", " (RFC 9110); a multi-valued map's `get` gives only the first.
+
+    The clients' response headers (aiohttp's multidict, pyreqwest's HeaderMap) keep one value per field line
+    and have `getall`: aiohttp's raises KeyError for an absent field, pyreqwest's answers [].
+    """
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get(name)
+    try:
+        lines: list[str] = getall(name)
+    except KeyError:
+        return None
+    return ", ".join(lines) if lines else None
 
 
 _X_CACHE_FIRST = frozenset({NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH})
