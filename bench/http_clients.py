@@ -8,6 +8,7 @@ order each round, and the median pass is reported. Every measured response must 
 body, or the row is marked.
 
 Clients: aiohttp (shared ClientSession, TCPConnector limit, yarl.URL(encoded=True)), the same on uvloop,
+pyreqwest (Rust's reqwest/hyper on its own thread; streamed as edgewarm's Fetcher does), the same on uvloop,
 httpx.AsyncClient, and where installed niquests.AsyncSession and pycurl (CurlMulti driven by the asyncio
 loop through socket callbacks). wrk, where installed, is a C baseline run on the same URLs (1 thread).
 
@@ -91,6 +92,27 @@ async def aiohttp_client(concurrency: int) -> AsyncIterator[Fetch]:
             async with session.get(yarl.URL(url, encoded=True), headers=headers) as resp:
                 size = 0
                 async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                return resp.status, size, resp.headers.get("X-Cache-Status")
+
+        yield fetch
+
+
+@contextlib.asynccontextmanager
+async def pyreqwest_client(concurrency: int) -> AsyncIterator[Fetch]:
+    """Built and read as edgewarm's Fetcher does (no body read ahead, raw chunks)."""
+    import pyreqwest.client
+
+    builder = pyreqwest.client.ClientBuilder().max_connections(concurrency).follow_redirects(False)
+    client = builder.gzip(False).brotli(False).deflate(False).zstd(False).http1_only().build()
+    async with client:
+        headers = {"Host": DEFAULT_HOST}
+
+        async def fetch(url: str) -> tuple[int, int, str | None]:
+            async with client.get(url).headers(headers).streamed_read_buffer_limit(0).build_streamed() as resp:
+                size = 0
+                reader = resp.body_reader
+                while (chunk := await reader.read_chunk()) is not None:
                     size += len(chunk)
                 return resp.status, size, resp.headers.get("X-Cache-Status")
 
@@ -249,6 +271,8 @@ def available_clients() -> list[Client]:
     clients = [Client("aiohttp", aiohttp_client)]
     if _importable("uvloop"):
         clients.append(Client("aiohttp+uvloop", aiohttp_client, uvloop=True))
+        clients.append(Client("pyreqwest+uvloop", pyreqwest_client, uvloop=True))
+    clients.append(Client("pyreqwest", pyreqwest_client))
     clients.append(Client("httpx", httpx_client))
     if _importable("niquests"):
         clients.append(Client("niquests", niquests_client))

@@ -1,7 +1,7 @@
 """Fetching on a second core: the engine's HTTP requests made by a child process.
 
 The engine's event loop does two jobs per item: the bookkeeping (claims, lanes, outcomes, the API beside it)
-and the HTTP exchange with the node, which costs most (aiohttp, measured in docs/benchmarks.md). One event
+and the HTTP exchange with the node, which cost most with aiohttp (measured in docs/benchmarks.md). One event
 loop holds the GIL, so on a machine with a core to spare `ProcessFetcher` moves the HTTP exchange to a
 child process running the same `Fetcher`; the engine keeps the scheduling, limits and records. Off by
 default (`[engine] fetch_process`): on the 2-core machine it was measured on, it did not pay.
