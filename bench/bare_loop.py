@@ -34,6 +34,7 @@ async def warm(spec: dict[str, Any]) -> dict[str, Any]:
         .connect_timeout(timedelta(seconds=5))
         .read_timeout(timedelta(seconds=30))
         .follow_redirects(False)
+        .no_proxy()
         .gzip(False)
         .brotli(False)
         .deflate(False)

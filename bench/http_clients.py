@@ -103,7 +103,7 @@ async def pyreqwest_client(concurrency: int) -> AsyncIterator[Fetch]:
     """Built and read as edgewarm's Fetcher does (no body read ahead, raw chunks)."""
     import pyreqwest.client
 
-    builder = pyreqwest.client.ClientBuilder().max_connections(concurrency).follow_redirects(False)
+    builder = pyreqwest.client.ClientBuilder().max_connections(concurrency).follow_redirects(False).no_proxy()
     client = builder.gzip(False).brotli(False).deflate(False).zstd(False).http1_only().build()
     async with client:
         headers = {"Host": DEFAULT_HOST}

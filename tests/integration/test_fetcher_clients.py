@@ -3,6 +3,8 @@ every URL reaches the node byte for byte (a recording server on loopback sees ea
 
 from __future__ import annotations
 
+import os
+
 import pyreqwest.client
 import pytest
 
@@ -50,3 +52,19 @@ async def test_every_url_reaches_the_node_byte_for_byte_whichever_client_sends_i
                 assert (result.status, result.bytes, result.error) == (200, 100, None), path_query
         received = [(r.target, r.header("Host")) for r in node.requests]
     assert received == [(pq, "www.example.test") for pq in CASES]
+
+
+async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY and ALL_PROXY point at a recording server: the warm still goes to the node, and the proxy
+    sees no connection (reqwest, unlike aiohttp, would follow them unless told not to)."""
+    with FaultServer(always(Respond(200))) as proxy, FaultServer(always(Respond(200))) as node:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert os.environ["HTTP_PROXY"] == proxy.url
+        async with Fetcher(Settings()) as fetcher:
+            result = await fetcher.request("GET", Node(name="n", url=node.url), parse_url("http://www.example.test/a"))
+        assert result.status == 200
+        assert [r.target for r in node.requests] == ["/a"]
+        assert proxy.connections == 0

@@ -87,6 +87,7 @@ class Fetcher:
             .connect_timeout(timedelta(seconds=s.connect_timeout))
             .read_timeout(timedelta(seconds=s.read_timeout))
             .follow_redirects(False)
+            .no_proxy()  # never the environment's HTTP_PROXY: a warm goes to its node and nowhere else
             .gzip(False)
             .brotli(False)
             .deflate(False)
