@@ -86,6 +86,7 @@ class Fetcher:
             .max_connections(s.concurrency)
             .connect_timeout(timedelta(seconds=s.connect_timeout))
             .read_timeout(timedelta(seconds=s.read_timeout))
+            .pool_idle_timeout(timedelta(seconds=15))  # aiohttp's keep-alive: nodes close idle connections too
             .follow_redirects(False)
             .no_proxy()  # never the environment's HTTP_PROXY: a warm goes to its node and nowhere else
             .gzip(False)
