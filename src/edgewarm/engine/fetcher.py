@@ -143,12 +143,8 @@ class Fetcher:
                 except errors.RequestTimeoutError:
                     raise  # silence mid-body: a timeout, like silence before the head
                 except errors.RequestError:
-                    # The node closed (or went silent) before the body was whole: its status stands.
-                    of = f" of {expected}" if expected is not None else ""
-                    return FetchResult(response.status, received, state, f"short body: {received}{of} bytes")
-                if expected is not None and method != "HEAD" and received != expected:
-                    return FetchResult(response.status, received, state, f"short body: {received} of {expected} bytes")
-                return FetchResult(response.status, received, state)
+                    return _read(method, response.status, state, received, expected, cut=True)
+                return _read(method, response.status, state, received, expected, cut=False)
         except errors.RequestTimeoutError:
             return FetchResult(None, error=f"timeout talking to {node.name}")
         except errors.PyreqwestError as exc:
@@ -180,14 +176,8 @@ class Fetcher:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
                 except aiohttp.ClientPayloadError:
-                    # The node closed before the body was whole: its status stands, the body is short.
-                    expected = response.content_length
-                    of = f" of {expected}" if expected is not None else ""
-                    return FetchResult(response.status, received, state, f"short body: {received}{of} bytes")
-                expected = response.content_length
-                if expected is not None and method != "HEAD" and received != expected:
-                    return FetchResult(response.status, received, state, f"short body: {received} of {expected} bytes")
-                return FetchResult(response.status, received, state)
+                    return _read(method, response.status, state, received, response.content_length, cut=True)
+                return _read(method, response.status, state, received, response.content_length, cut=False)
         except TimeoutError:
             return FetchResult(None, error=f"timeout talking to {node.name}")
         except aiohttp.ClientPayloadError as exc:
@@ -196,6 +186,17 @@ class Fetcher:
             return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
+
+
+def _read(
+    method: str, status: int, state: CacheState | None, received: int, expected: int | None, *, cut: bool
+) -> FetchResult:
+    """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
+    body was whole: its status stands) or when it does not match its Content-Length."""
+    if cut or (expected is not None and method != "HEAD" and received != expected):
+        of = f" of {expected}" if expected is not None else ""
+        return FetchResult(status, received, state, f"short body: {received}{of} bytes")
+    return FetchResult(status, received, state)
 
 
 def _causes(exc: pyreqwest.exceptions.PyreqwestError) -> list[str]:
