@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(nginx libnginx-mod-http-cache-purge python3-venv curl)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(varnish squid trafficserver postgresql-15 wrk nghttp2-client)
+  packages+=(varnish squid trafficserver postgresql-15 wrk nghttp2-client openssl)
   extras="[test]"
 fi
 

@@ -3,7 +3,13 @@ every URL reaches the node byte for byte (a recording server on loopback sees ea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pyreqwest.client
 import pytest
@@ -68,3 +74,75 @@ async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.Monk
         assert result.status == 200
         assert [r.target for r in node.requests] == ["/a"]
         assert proxy.connections == 0
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for www.example.test (openssl, installed by scripts/setup.sh --test)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    names = ["-subj", "/CN=www.example.test", "-addext", "subjectAltName=DNS:www.example.test"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *names, *files],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def tls_node(certificate: tuple[Path, Path]) -> AsyncIterator[tuple[str, list[tuple[str | None, bytes]]]]:
+    """An https node on loopback that answers 200 and records (SNI, request head) of every request."""
+    seen: list[tuple[str | None, bytes]] = []
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            seen.append((names[-1] if names else None, head))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache-Status: MISS\r\n\r\nok")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # a client that refused the certificate
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_https_node_gets_the_urls_host_as_sni_and_the_path_byte_for_byte(
+    certificate: tuple[Path, Path],
+) -> None:
+    """An https node (tls_verify = false for the self-signed certificate): connected at its address, the URL's
+    host as SNI and in Host, the target exactly as submitted."""
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+        node = Node(name="tls", url=url, tls_verify=False)
+        for path_query in ("/a/b.mp4?x=1", "/a/../b"):
+            result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
+            assert (result.status, result.bytes, result.error) == (200, 2, None)
+    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [
+        ("www.example.test", b"GET /a/b.mp4?x=1 HTTP/1.1"),
+        ("www.example.test", b"GET /a/../b HTTP/1.1"),
+    ]
+    assert all(b"\r\nHost: www.example.test\r\n" in head for _, head in seen)
+
+
+async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_node(
+    certificate: tuple[Path, Path],
+) -> None:
+    """With tls_verify (the default) a self-signed certificate is refused: a network error naming the node."""
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+        result = await fetcher.request("GET", Node(name="tls", url=url), parse_url("https://www.example.test/a"))
+    assert result.status is None and result.network_error
+    assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
+    assert seen == []
