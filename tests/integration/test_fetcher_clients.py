@@ -146,3 +146,19 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
     assert result.status is None and result.network_error
     assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
     assert seen == []
+
+
+async def test_a_folded_header_line_is_accepted_and_a_malformed_head_is_named() -> None:
+    """A header folded over two lines (obs-fold: RFC 9112 says a client accepts it in a response) warms as
+    usual, with either client; a space before a header's colon is a malformed head, named as such."""
+    folded = Respond(200, body=b"ok", headers=(("X-Cache-Status", "MISS"), ("X-Note", "first\r\n second")))
+    with FaultServer(always(folded)) as node, FaultServer(always(Respond(headers=(("X-Bad ", "v"),)))) as bad:
+        async with Fetcher(Settings()) as fetcher:
+            results = [
+                await fetcher.request("GET", Node(name="n", url=node.url), parse_url(f"http://www.example.test{pq}"))
+                for pq in ("/a", "/a/../b")  # pyreqwest, then aiohttp
+            ]
+            broken = await fetcher.request("GET", Node(name="bad", url=bad.url), parse_url("http://www.example.test/a"))
+    assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 2
+    assert broken.status is None
+    assert broken.error == "bad answered with a malformed HTTP head: invalid HTTP header parsed"

@@ -94,6 +94,7 @@ class Fetcher:
             .deflate(False)
             .zstd(False)
             .http1_only()
+            .http1_allow_obsolete_multiline_headers_in_responses(True)  # RFC 9112 5.2: a client accepts obs-fold
             .build()
         )
         return self
@@ -154,6 +155,8 @@ class Fetcher:
                 return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
+            if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
+                return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {reason}")
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
 
     async def _with_aiohttp(
