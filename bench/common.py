@@ -23,7 +23,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -212,21 +212,40 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return own + sum(s for s in descendants if s == s), read(f"/proc/{pid}/task/{pid}/stat")  # s != s: gone
 
 
-def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
-    """(user, system) CPU seconds of the threads of `pid`, summed by thread name (`comm`, the main thread as
-    "main"): where a process's CPU goes."""
-    totals: dict[str, tuple[float, float]] = {}
+@dataclass
+class ThreadTimes:
+    """Seconds a group of threads spent: CPU (user, system) from /proc/PID/task/TID/stat, and from schedstat
+    the time on a CPU and the time runnable but waiting for one (a busy machine shows in `waiting`)."""
+
+    user: float = 0.0
+    system: float = 0.0
+    running: float = 0.0
+    waiting: float = 0.0
+
+    def __sub__(self, other: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+def thread_times(pid: int) -> dict[str, ThreadTimes]:
+    """The threads of `pid` summed by name: "main" for the main thread, else the thread's `comm` without its
+    number ("python" for Python's own threads, which keep the process's name: the store's, in edgewarm)."""
+    totals: dict[str, ThreadTimes] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/comm") as f:
                 name = f.read().strip()
             with open(f"/proc/{pid}/task/{task}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                running, waiting, _ = (int(x) for x in f.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
         name = "main" if task == str(pid) else name.rstrip("0123456789_-")
-        user, system = totals.get(name, (0.0, 0.0))
-        totals[name] = (user + int(fields[11]) / _TICK, system + int(fields[12]) / _TICK)
+        t = totals.setdefault(name, ThreadTimes())
+        t.user += int(fields[11]) / _TICK
+        t.system += int(fields[12]) / _TICK
+        t.running += running / 1e9
+        t.waiting += waiting / 1e9
     return totals
 
 

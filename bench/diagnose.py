@@ -8,6 +8,8 @@
 - engine: `edgewarm serve` started on the store the submit left, so it only warms; CPU of the process and
   of its main thread, and the cyclic GC's collections and time (a `gc.callbacks` hook in the child, which
   runs `edgewarm serve` through this file with `--child`). `--gc-threshold` sets gc.set_threshold there.
+  Then each thread of it: its CPU per warm, and (schedstat) the share of the run it spent on a CPU and
+  runnable but waiting for one.
 
 Each part runs on a fresh lab (cold caches) and is checked (all HIT, origin counts). CPU comes from /proc,
 so the figures mean something on a loaded machine too. Everything is stopped by PID.
@@ -70,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.common import (
         Deadline,
+        ThreadTimes,
         check_run,
         cpu_seconds,
         fresh_lab,
         start_service,
         stop_pid,
         submit_all,
-        thread_cpu,
+        thread_times,
         url_of,
         wait_healthy,
         wait_tasks,
@@ -144,15 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, proc, 30)
             before = cpu_seconds(proc.pid)
-            threads_before = thread_cpu(proc.pid)
+            threads_before = thread_times(proc.pid)
             started = time.time()
             service = ServiceProcess(config, port=port)  # only its url is used
             views = asyncio.run(wait_tasks(service, taskids, deadline))
             after = cpu_seconds(proc.pid)
-            threads = {
-                n: (u - threads_before.get(n, (0.0, 0.0))[0], s - threads_before.get(n, (0.0, 0.0))[1])
-                for n, (u, s) in thread_cpu(proc.pid).items()
-            }
+            threads = {n: t - threads_before.get(n, ThreadTimes()) for n, t in thread_times(proc.pid).items()}
         finally:
             stop_pid(proc, 30)
             log.close()
@@ -166,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             f"GC {gc_seconds:.2f}s in {[g['collections'] for g in gc_stats.values()]} collections (gen 0/1/2), "
             f"threshold {args.gc_threshold or 'default'}"
         )
-        per_thread = ", ".join(
-            f"{n} {(u + s) / warms * 1e6:.0f} ({s / warms * 1e6:.0f} system)"
-            for n, (u, s) in sorted(threads.items(), key=lambda t: -sum(t[1]))
-        )
-        print(f"  CPU by thread, us/warm: {per_thread}")
+        took = finished - started
+        for name, t in sorted(threads.items(), key=lambda item: -item[1].running):
+            if t.running > 0.01:
+                cpu_us, system_us = (t.user + t.system) / warms * 1e6, t.system / warms * 1e6
+                print(
+                    f"  thread {name}: CPU {cpu_us:.0f} us/warm ({system_us:.0f} system); on a CPU "
+                    f"{t.running / took:.0%} of the time, runnable but waiting for one {t.waiting / took:.0%}"
+                )
         print(f"  {check_run(lab, lab.edges, paths, deadline).text()}")
         shutil.rmtree(folder, ignore_errors=True)
     return 0
