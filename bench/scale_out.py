@@ -257,7 +257,10 @@ _ENTRY_POINTS = ("edgewarm/cli/", "edgewarm/runtime", "edgewarm/__main__")  # in
 PHASES: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("store (edgewarm.store, asyncpg, sqlite3)", _under("edgewarm/store/", "asyncpg/", "sqlite3/")),
     ("metrics (prometheus_client)", _under("prometheus_client/")),
-    ("HTTP to the nodes (engine.fetcher, aiohttp, yarl)", _under("edgewarm/engine/fetcher", "aiohttp/", "yarl/")),
+    (
+        "HTTP to the nodes (engine.fetcher, pyreqwest, aiohttp, yarl)",
+        _under("edgewarm/engine/fetcher", "pyreqwest/", "aiohttp/", "yarl/"),
+    ),
     ("API (fastapi, starlette, uvicorn)", _under("fastapi/", "starlette/", "uvicorn/", "edgewarm/api/")),
     ("the rest of edgewarm", lambda path: path.startswith("edgewarm/") and not path.startswith(_ENTRY_POINTS)),
 )
