@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -135,6 +136,26 @@ async def claim_all(store: TaskStore, worker: str = "w1", now: float = NOW) -> l
 
 def backend_module(store_url: str) -> ModuleType:
     return edgewarm.store.postgres if store_url.startswith("postgresql") else edgewarm.store.sqlite
+
+
+async def raw_sql(store_url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run `statements` on the database behind `store_url` as another application would; the last one's rows."""
+    rows: list[tuple[object, ...]] = []
+    if store_url.startswith("sqlite:"):
+        db = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            for statement in statements:
+                rows = [tuple(r) for r in db.execute(statement).fetchall()]
+        finally:
+            db.close()
+        return rows
+    conn = await asyncpg.connect(store_url)
+    try:
+        for statement in statements:
+            rows = [tuple(r) for r in await conn.fetch(statement)]
+    finally:
+        await conn.close()
+    return rows
 
 
 def pretend_newer_code(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
@@ -782,6 +803,24 @@ class TestSchema:
         async with open_store(store_url, auto_upgrade=False) as store:
             with pytest.raises(SchemaVersionError, match="newer than this edgewarm"):
                 await store.upgrade()
+
+    async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(
+        self, store_url: str
+    ) -> None:
+        """A database without edgewarm's schema but with a `tasks` table (another application's) is refused on
+        open and by upgrade(), naming the table; that table keeps its rows and no edgewarm table appears."""
+        needs_shared_database(store_url)
+        await raw_sql(store_url, "CREATE TABLE tasks (id integer, title text)", "INSERT INTO tasks VALUES (1, 'x')")
+        with pytest.raises(SchemaVersionError, match="already has tables named tasks: give edgewarm a database"):
+            async with open_store(store_url):
+                pass
+        async with open_store(store_url, auto_upgrade=False) as store:
+            with pytest.raises(SchemaVersionError, match="tables named tasks"):
+                await store.upgrade()
+        assert await raw_sql(store_url, "SELECT id, title FROM tasks") == [(1, "x")]
+        for table in ("meta", "items", "usage"):
+            with pytest.raises((sqlite3.OperationalError, asyncpg.UndefinedTableError)):
+                await raw_sql(store_url, f"SELECT * FROM {table}")
 
     async def test_processes_opening_a_new_database_at_once_create_the_schema_once(self, store_url: str) -> None:
         """Several processes starting together on an empty database all open it (one creates the schema)."""

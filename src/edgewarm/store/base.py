@@ -7,9 +7,22 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
+from ..errors import SchemaVersionError
 from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskFilter
 
 SCHEMA_VERSION = 2
+# The tables the first migration creates. Found in a database without edgewarm's schema version, they are
+# another application's: creating the schema there would fail half-way or mix the two.
+SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
+
+
+def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
+    """The refusal to create edgewarm's schema in `database`, which already has tables of those names."""
+    names = ", ".join(sorted(found))
+    return SchemaVersionError(
+        f"database {database} has no edgewarm schema but already has tables named {names}: give edgewarm a "
+        "database of its own (or, on PostgreSQL, a schema of its own through search_path)"
+    )
 
 
 class TaskStore(Protocol):

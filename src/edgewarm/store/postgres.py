@@ -40,7 +40,7 @@ from ..models import (
     TaskFilter,
 )
 from . import redacted
-from .base import SCHEMA_VERSION
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 log = logging.getLogger("edgewarm.store")
@@ -390,6 +390,14 @@ class PostgresStore:
                         raise SchemaVersionError(
                             f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})"
                         )
+                    if version == 0:
+                        found = await conn.fetchval(
+                            "SELECT array_agg(tablename::text) FROM pg_tables "
+                            "WHERE schemaname = current_schema() AND tablename = ANY($1::text[])",
+                            list(SCHEMA_TABLES),
+                        )
+                        if found:
+                            raise tables_in_the_way(self.safe_url, found)
                     for number in range(version, SCHEMA_VERSION):
                         await conn.execute(MIGRATIONS[number])
                         await conn.execute(

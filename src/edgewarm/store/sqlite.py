@@ -31,7 +31,7 @@ from ..models import (
     TaskCounts,
     TaskFilter,
 )
-from .base import SCHEMA_VERSION
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 T = TypeVar("T")
@@ -186,6 +186,14 @@ class SQLiteStore:
             version = self._version()
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
+            if version == 0:
+                found = [
+                    name
+                    for name in SCHEMA_TABLES
+                    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+                ]
+                if found:
+                    raise tables_in_the_way(self.path, found)
             for number in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[number]):
                     db.execute(statement)
