@@ -158,7 +158,7 @@ class Engine(_Model):
 
 
 # [engine] keys the fetcher takes when it opens (its connection limit, timeouts, headers, process): a reload
-# (SIGHUP) changes the rest of [engine] at once, these on restart.
+# (SIGHUP) that changes one of them opens a new fetcher for the next requests (runtime.py).
 FETCHER_KEYS = ("concurrency", "connect_timeout", "read_timeout", "user_agent", "accept_encoding", "fetch_process")
 
 

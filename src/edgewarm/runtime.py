@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .config import FETCHER_KEYS, Config, load_config
-from .engine import Engine, NodeClient, open_fetcher
+from .engine import Engine, Fetcher, ProcessFetcher, open_fetcher
 from .errors import ConfigError, StoreError
 from .metrics import Metrics
 from .retention import run_retention
@@ -71,9 +71,10 @@ def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
 async def run(config: Config, *, api: bool = True, engine: bool = True, config_path: str | None = None) -> None:
     """Run until a signal; `api` and `engine` choose the parts (`serve` runs both).
 
-    SIGHUP reloads `config_path`: users, limits, nodes and engine settings change without dropping work;
-    `listen`, `store` and the fetcher's settings (config.FETCHER_KEYS) need a restart. A config that does not
-    load is logged and the old one kept.
+    SIGHUP reloads `config_path`: users, limits, nodes and engine settings change without dropping work
+    (the fetcher's own settings, config.FETCHER_KEYS, through a new fetcher: the old one finishes the requests
+    it has and is closed); `listen` and `store` need a restart. A config that does not load is logged and the
+    old one kept.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -90,9 +91,6 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             return
         if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
             log.warning("SIGHUP: `listen` and `store` change only on restart")
-        fetcher = [k for k in FETCHER_KEYS if getattr(fresh.engine, k) != getattr(live.config.engine, k)]
-        if fetcher:
-            log.warning("SIGHUP: [engine] %s change for the fetcher only on restart", ", ".join(fetcher))
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
 
@@ -127,7 +125,11 @@ class _Live:
         self.config = config
         self.service: Service | None = None
         self.engine: Engine | None = None
+        self.fetcher: Fetcher | ProcessFetcher | None = None  # the engine's, open
+        self.fetcher_settings = config.engine  # what `fetcher` was opened with
         self.deliverer: WebhookDeliverer | None = None
+        self.swaps: set[asyncio.Task[None]] = set()
+        self._swapping = asyncio.Lock()
 
     def apply(self, config: Config) -> None:
         self.config = config
@@ -135,8 +137,35 @@ class _Live:
             self.service.config = config
         if self.engine is not None:
             self.engine.reconfigure(config)
+            if self._fetcher_changes():
+                swap = asyncio.create_task(self._swap_fetcher(), name="edgewarm-fetcher-swap")
+                self.swaps.add(swap)
+                swap.add_done_callback(self.swaps.discard)
         if self.deliverer is not None:
             self.deliverer.config = config
+
+    def _fetcher_changes(self) -> list[str]:
+        return [k for k in FETCHER_KEYS if getattr(self.config.engine, k) != getattr(self.fetcher_settings, k)]
+
+    async def _swap_fetcher(self) -> None:
+        """A fetcher with the latest settings takes the next requests; the old one closes once it has none."""
+        assert self.engine is not None
+        async with self._swapping:  # one at a time, each to the latest config
+            changed, settings = self._fetcher_changes(), self.config.engine
+            if not changed:
+                return
+            fresh = open_fetcher(settings)
+            try:
+                await fresh.__aenter__()
+            except Exception as exc:
+                log.error("SIGHUP: the fetcher for [engine] %s did not start; the old one stays: %s", changed, exc)
+                return
+            old, self.fetcher, self.fetcher_settings = self.fetcher, fresh, settings
+            released = self.engine.replace_fetcher(fresh)
+        log.info("SIGHUP: [engine] %s apply to new requests; the old fetcher finishes its own", ", ".join(changed))
+        await released
+        if old is not None:
+            await old.__aexit__(None, None, None)
 
 
 async def _run_parts(
@@ -148,7 +177,9 @@ async def _run_parts(
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []
         if engine:
-            fetcher: NodeClient = await stack.enter_async_context(open_fetcher(config.engine))
+            fetcher = live.fetcher = open_fetcher(config.engine)
+            await fetcher.__aenter__()
+            stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None
@@ -201,3 +232,14 @@ async def _run_parts(
         if server is not None and not server.started and stop_wait not in done:
             raise StoreError(f"the API could not listen on {config.listen}")
         log.info("edgewarm stopped cleanly")
+
+
+async def _close_fetchers(live: _Live) -> None:
+    """At the end: the fetchers being replaced close once the stopped engine has left them, then the current
+    one. (Bounded: should a replaced one still be held, it is left to the process's exit.)"""
+    if live.swaps:
+        _, late = await asyncio.wait(live.swaps, timeout=10.0)
+        for swap in late:
+            swap.cancel()
+    if live.fetcher is not None:
+        await live.fetcher.__aexit__(None, None, None)

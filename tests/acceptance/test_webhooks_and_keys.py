@@ -9,13 +9,15 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from edgewarm.client import Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port
+from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
 from edgewarm.webhooks import SIGNATURE_HEADER, verify_webhook
 
 pytestmark = pytest.mark.integration
@@ -130,16 +132,34 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                 time.sleep(0.05)
             assert "keeping the running config" in service.log_text()
             assert newcomer.quota()["urls"]["limit"] == 2000
-            # A fetcher setting applies on restart only: the reload says so (and still takes the rest).
-            assert "[engine]\n" in original
-            service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
-            os.kill(service.proc.pid, signal.SIGHUP)
-            warning = "[engine] user_agent change for the fetcher only on restart"
-            deadline = time.monotonic() + 10
-            while warning not in service.log_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert warning in service.log_text()
     finally:
         service.config.write_text(original)
         if service.proc is not None:
             os.kill(service.proc.pid, signal.SIGHUP)
+
+
+@pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
+def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: Path, fetch_process: bool) -> None:
+    """`user_agent` changed and SIGHUP: the next warms carry the new one (from a new fetcher, or a new fetch
+    process), the service's PID unchanged; the warms before it carried the old one."""
+    with FaultServer(always(Respond(200, body=b"x" * 100))) as node:
+        extra = f"[engine]\nfetch_process = {str(fetch_process).lower()}\n"
+        nodes = f'[[nodes]]\nname = "rec"\nurl = "{node.url}"\n'
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            assert service.proc is not None
+            pid = service.proc.pid
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                first = client.prefetch(["http://www.example.test/before"])
+                assert client.wait(first, timeout=30)["status"] == 0
+                original = service.config.read_text()
+                service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
+                os.kill(pid, signal.SIGHUP)
+                deadline = time.monotonic() + 15
+                while "apply to new requests" not in service.log_text() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert "[engine] user_agent apply to new requests" in service.log_text()
+                second = client.prefetch(["http://www.example.test/after"])
+                assert client.wait(second, timeout=30)["status"] == 0
+            assert service.proc.pid == pid and service.proc.poll() is None
+        agents = {r.target: r.header("User-Agent") for r in node.requests}
+    assert agents == {"/before": "edgewarm/0.1", "/after": "reloaded/1"}

@@ -129,3 +129,28 @@ async def test_narrowing_in_the_middle_of_a_task_lets_running_requests_end_and_s
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert fetcher.requests == 60
+
+
+async def test_a_replaced_fetcher_finishes_its_requests_and_is_released_only_then() -> None:
+    """The fetcher replaced while 4 requests run on it gets no new request; the future says it is free only
+    once those 4 ended; the new fetcher takes every later item; every item is fetched exactly once."""
+    old, new = CountingFetcher(), CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4), store, old)
+        runner = asyncio.create_task(engine.run())
+        try:
+            await submit(store, 40)
+            engine.wake()
+            await until(lambda: old.in_flight.get("e1", 0) == 4, "4 requests in flight on the old fetcher")
+            released = engine.replace_fetcher(new)
+            assert not released.done()
+            started_on_old = old.requests + old.in_flight["e1"]
+            await asyncio.wait_for(released, DEADLINE)
+            assert old.in_flight["e1"] == 0 and old.requests == started_on_old  # none started after the swap
+            await until(lambda: old.requests + new.requests >= 40, "every item fetched")
+            assert new.requests == 40 - started_on_old > 0
+            assert engine.replace_fetcher(old).done()  # `new` is idle now: free at once
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert old.requests + new.requests == 40

@@ -77,6 +77,8 @@ class Engine:
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
+        self._using: dict[NodeClient, int] = {}  # fetcher -> items working through it now
+        self._retiring: dict[NodeClient, asyncio.Future[None]] = {}  # replaced fetchers still in use
         self.fetched = 0  # items worked by this engine, for tests
         self._running = 0  # items being worked now
         self.metrics.in_flight.set_function(lambda: self._running)
@@ -90,6 +92,17 @@ class Engine:
         for lane in self._lanes.values():
             self._staff(lane, config.node(lane.node.name) or lane.node)
         self.wake()
+
+    def replace_fetcher(self, fetcher: NodeClient) -> asyncio.Future[None]:
+        """Work the next items through `fetcher` (a reload changed the fetcher's settings). The future is done
+        once no item works through the one replaced: then it may be closed."""
+        old, self.fetcher = self.fetcher, fetcher
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if old in self._using:
+            self._retiring[old] = released
+        else:
+            released.set_result(None)
+        return released
 
     def wake(self) -> None:
         """New work may be due (a task was submitted, a stage finished)."""
@@ -201,9 +214,11 @@ class Engine:
                 continue
             attempt = claim.attempts + 1
             self._running += 1
+            fetcher = self.fetcher
+            self._using[fetcher] = self._using.get(fetcher, 0) + 1
             started = time.monotonic()
             try:
-                outcome = await self._perform(claim, node, attempt)
+                outcome = await self._perform(claim, node, attempt, fetcher)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -214,23 +229,34 @@ class Engine:
                 )
             finally:
                 self._running -= 1
+                self._release(fetcher)
             self.fetched += 1
             self._observe(claim, node, outcome, time.monotonic() - started)
             self._outcomes.put_nowait(outcome)
             self._done_with(claim)
 
-    async def _perform(self, claim: Claim, node: Node, attempt: int) -> ItemOutcome:
+    def _release(self, fetcher: NodeClient) -> None:
+        left = self._using[fetcher] - 1
+        if left:
+            self._using[fetcher] = left
+            return
+        del self._using[fetcher]
+        released = self._retiring.pop(fetcher, None)
+        if released is not None and not released.done():
+            released.set_result(None)
+
+    async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> ItemOutcome:
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
             coalescer.forget(key)
-            return await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+            return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
         shared = await coalescer.share(key)
         if shared is not None:
             return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
         outcome = None
         try:
-            outcome = await perform(claim, node, attempt, self.fetcher, self.store, self.settings, self._clock())
+            outcome = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
         finally:
             coalescer.end(key, outcome)
         return outcome
