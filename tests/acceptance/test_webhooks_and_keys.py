@@ -163,3 +163,28 @@ def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: P
             assert service.proc.pid == pid and service.proc.poll() is None
         agents = {r.target: r.header("User-Agent") for r in node.requests}
     assert agents == {"/before": "edgewarm/0.1", "/after": "reloaded/1"}
+
+
+def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """SIGHUP with a new user_agent while 200 slow warms (50 ms each, 8 at a time) run: both tasks succeed,
+    every URL reached the node exactly once, the first ones with the old user agent and the rest with the new."""
+    with FaultServer(always(Respond(200, body=b"x" * 100, delay=0.05))) as node:
+        nodes = f'[[nodes]]\nname = "rec"\nurl = "{node.url}"\nconcurrency = 8\n'
+        with start_service(tmp_path, nodes, extra="[engine]\n") as service:
+            assert service.proc is not None
+            urls = [f"http://www.example.test/n/{i}" for i in range(200)]
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                taskids = [client.prefetch(urls[:100]), client.prefetch(urls[100:])]
+                deadline = time.monotonic() + 15
+                while len(node.requests) < 20 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                original = service.config.read_text()
+                service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "swapped/1"\n', 1))
+                os.kill(service.proc.pid, signal.SIGHUP)
+                views = [client.wait(taskid, timeout=60) for taskid in taskids]
+            assert [(v["status"], v["succeeded"], v["failed"]) for v in views] == [(0, 100, 0)] * 2
+        targets = [r.target for r in node.requests]
+        agents = [r.header("User-Agent") for r in node.requests]
+    assert sorted(targets) == sorted(u.removeprefix("http://www.example.test") for u in urls)
+    assert agents[:20] == ["edgewarm/0.1"] * 20 and agents[-1] == "swapped/1"
+    assert set(agents) == {"edgewarm/0.1", "swapped/1"}
