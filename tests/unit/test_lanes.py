@@ -142,6 +142,7 @@ async def test_a_replaced_fetcher_finishes_its_requests_and_is_released_only_the
             await submit(store, 40)
             engine.wake()
             await until(lambda: old.in_flight.get("e1", 0) == 4, "4 requests in flight on the old fetcher")
+            assert engine.metrics.registry.get_sample_value("edgewarm_items_in_flight") == 4
             released = engine.replace_fetcher(new)
             assert not released.done()
             started_on_old = old.requests + old.in_flight["e1"]

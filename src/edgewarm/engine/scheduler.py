@@ -80,8 +80,7 @@ class Engine:
         self._using: dict[NodeClient, int] = {}  # fetcher -> items working through it now
         self._retiring: dict[NodeClient, asyncio.Future[None]] = {}  # replaced fetchers still in use
         self.fetched = 0  # items worked by this engine, for tests
-        self._running = 0  # items being worked now
-        self.metrics.in_flight.set_function(lambda: self._running)
+        self.metrics.in_flight.set_function(lambda: sum(self._using.values()))  # items being worked now
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -213,7 +212,6 @@ class Engine:
                 self._done_with(claim)  # not started: it stays leased and is handed back at the end
                 continue
             attempt = claim.attempts + 1
-            self._running += 1
             fetcher = self.fetcher
             self._using[fetcher] = self._using.get(fetcher, 0) + 1
             started = time.monotonic()
@@ -228,7 +226,6 @@ class Engine:
                     claim.item_id, False, attempt, error=f"internal error: {type(exc).__name__}", retry_at=retry
                 )
             finally:
-                self._running -= 1
                 self._release(fetcher)
             self.fetched += 1
             self._observe(claim, node, outcome, time.monotonic() - started)
