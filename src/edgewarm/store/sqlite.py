@@ -187,11 +187,9 @@ class SQLiteStore:
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
             if version == 0:
-                found = [
-                    name
-                    for name in SCHEMA_TABLES
-                    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
-                ]
+                marks = ", ".join("?" * len(SCHEMA_TABLES))
+                sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
+                found = [name for (name,) in db.execute(sql, SCHEMA_TABLES)]
                 if found:
                     raise tables_in_the_way(self.path, found)
             for number in range(version, SCHEMA_VERSION):
