@@ -1,0 +1,114 @@
+"""The SQLite store's engine statements alone: CPU per item of each step of a claim and of an outcome batch.
+
+    .venv/bin/python bench/store_statements.py                  # 20,000 URLs x 2 nodes, batches of 200
+
+Fills a SQLite store in /dev/shm through `create_task` (tasks of 100 URLs), then claims and records every
+item in batches, running the store's own statements (`store/sqlite.py`: `_DUE_ITEMS`, `_LEASE_ITEMS`,
+`_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, the task counters and finishing) in this thread, each timed
+with `time.thread_time()`. What the database does per item, without the engine, the event loop or a second
+thread: the floor under the store's share of a warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgewarm.models import CANCELLED, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.store import open_store
+from edgewarm.store import sqlite as s
+from edgewarm.store.sqlite import SQLiteStore
+
+
+async def measure(urls: int, batch: int) -> dict[str, float]:
+    folder = tempfile.mkdtemp(dir="/dev/shm", prefix="edgewarm-statements-")
+    try:
+        async with open_store(f"sqlite:///{folder}/edgewarm.db") as store:
+            assert isinstance(store, SQLiteStore)
+            now = time.time()
+            for t in range(urls // 100):
+                items = tuple(
+                    NewItem(seq=i, url=f"http://example.test/f/{t}/{i}", node=n)
+                    for i in range(100)
+                    for n in ("e1", "e2")
+                )
+                quota = QuotaCharge("20261128", 100, 0, 10**9, 10)
+                await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, now, items, quota))
+            return _work_through(store, batch)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _work_through(store: SQLiteStore, batch: int) -> dict[str, float]:
+    db = store.db
+    spent: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        started = time.thread_time()
+        yield
+        spent[name] = spent.get(name, 0.0) + time.thread_time() - started
+
+    done = 0
+    for _ in range(1_000_000):  # bounded: every item is claimed once
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        with step("claim: select due items"):
+            rows = s._from_json(db.execute(s._DUE_ITEMS, (now, batch)).fetchone()[0])
+        if not rows:
+            db.execute("COMMIT")
+            break
+        with step("claim: lease them"):
+            db.execute(s._LEASE_ITEMS, (s._json([r[0] for r in rows]), "w", now + 60))
+        with step("claim: commit"):
+            db.execute("COMMIT")
+        outcomes = [ItemOutcome(r[0], True, 1, 200, "MISS", 4096) for r in rows]
+        db.execute("BEGIN IMMEDIATE")
+        with step("outcomes: to JSON"):
+            params = (s._json([s._outcome_row(o, now) for o in outcomes]), now, "w", CANCELLED)
+        with step("outcomes: select"):
+            written = s._from_json(db.execute(s._APPLICABLE_OUTCOMES, params).fetchone()[0])
+        with step("outcomes: update"):
+            db.execute(s._RECORD_OUTCOMES, params)
+        finals: dict[str, list[int]] = {}
+        for task_id, _seq, _state in written:
+            finals.setdefault(task_id, [0, 0])[0] += 1
+        with step("outcomes: task counters"):
+            db.execute(
+                "UPDATE tasks SET succeeded = succeeded + c.value ->> 1, failed = failed + c.value ->> 2 "
+                "FROM json_each(?) AS c WHERE tasks.id = c.value ->> 0",
+                (s._json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),),
+            )
+        with step("outcomes: finish tasks"):
+            s._finish_tasks(db, list(finals), now)
+        with step("outcomes: commit"):
+            db.execute("COMMIT")
+        done += len(rows)
+    return {name: seconds / done * 1e6 for name, seconds in spent.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=200)
+    args = parser.parse_args(argv)
+    per_item = asyncio.run(measure(args.urls, args.batch))
+    for step, us in per_item.items():
+        print(f"{step:26} {us:5.2f} us/item")
+    print(f"{'all':26} {sum(per_item.values()):5.2f} us/item")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
