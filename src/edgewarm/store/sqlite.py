@@ -187,7 +187,7 @@ class SQLiteStore:
         try:
             return fn()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or db.in_transaction:  # any kind of busy
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or db.in_transaction:
                 raise StoreError(f"sqlite: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
