@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sqlite3
 import time
 import uuid
@@ -855,60 +854,6 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
     finally:
         await admin.close()
-
-
-class TestSQLiteWriter:
-    """The engine's claims and outcomes run on the event loop's thread when the store's thread is idle."""
-
-    async def test_engine_writes_work_without_the_stores_thread_when_it_is_idle(self, tmp_path: Path) -> None:
-        async with open_store(f"sqlite:///{tmp_path}/x.db") as store:
-            assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
-            task = make_task(3)
-            await store.create_task(task)
-
-            async def no_thread(fn: Callable[[], object]) -> object:
-                raise AssertionError("handed to the store's thread")
-
-            handed_over = store._run
-            store._run = no_thread  # type: ignore[method-assign]
-            try:
-                claims = await store.claim_due_items("w1", 100, NOW, LEASE)
-                assert await store.record_outcomes("w1", [ok(c.item_id) for c in claims], NOW + 1) == 3
-            finally:
-                store._run = handed_over  # type: ignore[method-assign]
-
-    async def test_while_another_process_holds_the_write_lock_engine_writes_wait_off_the_event_loop(
-        self, tmp_path: Path
-    ) -> None:
-        """They neither fail nor stop the event loop (waiting for a lock there would stop it for up to the
-        30 s busy timeout): they wait for the lock on the store's thread, then run."""
-        path = tmp_path / "x.db"
-        async with open_store(f"sqlite:///{path}") as store:
-            task = make_task(3)
-            await store.create_task(task)
-            other = sqlite3.connect(path, isolation_level=None)
-            try:
-                for write in (
-                    lambda: store.claim_due_items("w1", 100, NOW, LEASE),
-                    lambda: store.record_outcomes("w1", [ok(item) for item in range(1, 4)], NOW + 1),
-                ):
-                    other.execute("BEGIN IMMEDIATE")
-                    waiting = asyncio.ensure_future(write())
-                    loop = asyncio.get_running_loop()
-                    ticks = [loop.time()]
-                    for _ in range(20):  # 0.2 s in which the event loop must go on
-                        await asyncio.sleep(0.01)
-                        ticks.append(loop.time())
-                    longest_gap = max(b - a for a, b in itertools.pairwise(ticks))
-                    assert longest_gap < 5, f"the event loop stopped for {longest_gap:.1f} s"
-                    assert not waiting.done()
-                    other.execute("COMMIT")
-                    result = await asyncio.wait_for(waiting, 10)
-                    assert result == 3 or len(result) == 3  # type: ignore[arg-type]
-            finally:
-                other.close()
-            done = await store.get_task(task.id)
-            assert done is not None and (done.status, done.succeeded) == (TaskStatus.SUCCEEDED, 3)
 
 
 class TestPostgres:

@@ -1,10 +1,7 @@
 """The embedded default back-end: SQLite in WAL mode, one connection served by one thread.
 
 SQLite has a single writer anyway; funnelling every call through one thread keeps transactions simple and
-lets the event loop go on while SQLite works (submissions wait there for their fsync). Two exceptions, each
-measured cheaper than the hop to that thread and back: point reads go through a second, read-only
-connection on the caller's thread; the engine's claims and outcomes (short, no fsync) run on the caller's
-thread while the store's thread is idle (`_run_here`). `memory://` is the same store on an in-memory database.
+lets the event loop go on while SQLite works. `memory://` is the same store on an in-memory database.
 """
 
 from __future__ import annotations
@@ -38,8 +35,6 @@ from .base import SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 T = TypeVar("T")
-
-BUSY_TIMEOUT_MS = 30_000  # how long the store's thread waits for another process's write lock
 
 MIGRATIONS: tuple[str, ...] = (
     # version 1
@@ -112,7 +107,6 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
-        self._queued = 0  # calls handed to the store's thread and not yet answered (counted on the event loop)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -139,7 +133,7 @@ class SQLiteStore:
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
         # engine's own writes (claims, outcomes, leases) with NORMAL: after a power cut the last of them may
@@ -166,34 +160,10 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
-        self._queued += 1
         try:
             return await loop.run_in_executor(self._executor, fn)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
-        finally:
-            self._queued -= 1
-
-    async def _run_here(self, fn: Callable[[], T]) -> T:
-        """Run `fn`, a short write transaction without fsync, on the caller's thread when the store's thread has
-        nothing queued (then the connection is free); otherwise, or when another process holds the write lock,
-        on the store's thread, in turn. The caller's thread never waits for a lock: `fn` must start with
-        BEGIN IMMEDIATE, so that a lock it cannot get leaves nothing done and `fn` can run again there.
-        """
-        db = self._db
-        if self._queued or db is None:
-            return await self._run(fn)
-        db.execute("PRAGMA busy_timeout = 0")
-        try:
-            return fn()
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or db.in_transaction:
-                raise StoreError(f"sqlite: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
-        finally:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return await self._run(fn)  # another process writes: wait for it on the store's thread
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -404,7 +374,7 @@ class SQLiteStore:
                     db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
 
-        return await self._run_here(claim)
+        return await self._run(claim)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
@@ -443,7 +413,7 @@ class SQLiteStore:
             with _write_transaction(self.db):
                 return _apply_outcomes(self.db, worker, outcomes, now)
 
-        return await self._run_here(record)
+        return await self._run(record)
 
     async def claim_due_webhooks(self, now: float, limit: int, lease_seconds: float) -> list[Task]:
         def claim() -> list[Task]:
