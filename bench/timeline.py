@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/timeline.py                 # 20,000 x 4 KiB on 2 edges, `edgewarm serve`
     .venv/bin/python bench/timeline.py --split         # `edgewarm api` + `edgewarm worker` on one SQLite file
+    .venv/bin/python bench/timeline.py --urls 200 --size 8388608   # S2's workload
 
 Submits through /api/prefetch in calls of 100 and waits for every task, as S1 does; meanwhile samples
 /proc/stat every 0.1 s. Then reads the store: each item's `updated_at` (its outcome's batch) and each
@@ -62,11 +63,12 @@ class CpuSampler(threading.Thread):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608 with --urls 200)")
     parser.add_argument("--split", action="store_true", help="the API and the engine in two processes")
     args = parser.parse_args(argv)
     deadline = Deadline(600, "timeline")
     with fresh_lab(edges=2, shield=False) as lab:
-        paths = lab.make_files(args.urls, 4096)
+        paths = lab.make_files(args.urls, args.size)
         folder = Path(tempfile.mkdtemp(prefix="edgewarm-timeline-"))
         extra = "[engine]\npoll_interval = 0.05\n" if args.split else ""  # the worker learns of work by polling
         service = start_service(folder, lab.nodes_toml(), command="api" if args.split else "serve", extra=extra)
