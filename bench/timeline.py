@@ -91,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             started = asyncio.run(run())
             cpu = sum(cpu_seconds(pid)[0] for pid in pids) - cpu_before
         finally:
-            sampler.stop()
-            if worker is not None:
-                worker.stop()
-            service.stop()
+            try:
+                if worker is not None:
+                    worker.stop()
+            finally:
+                service.stop()  # by PID, whatever happened before
+                sampler.stop()
         checked = check_run(lab, lab.edges, paths, deadline)
         db = sqlite3.connect(folder / "edgewarm.db")
         try:
