@@ -4,7 +4,8 @@
 
 Fills a SQLite store in /dev/shm through `create_task` (tasks of 100 URLs), then claims and records every
 item in batches, running the store's own statements (`store/sqlite.py`: `_DUE_ITEMS`, `_LEASE_ITEMS`,
-`_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, the task counters and finishing) in this thread, each timed
+`_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, `_STAGED_TASKS`, `_ADD_COUNTS`, `_finish_tasks`: what
+`claim_due_items` and `record_outcomes` run for single-stage tasks) in this thread, each timed
 with `time.thread_time()`. What the database does per item, without the engine, the event loop or a second
 thread: the floor under the store's share of a warm.
 """
@@ -84,12 +85,10 @@ def _work_through(store: SQLiteStore, batch: int) -> dict[str, float]:
         finals: dict[str, list[int]] = {}
         for task_id, _seq, _state in written:
             finals.setdefault(task_id, [0, 0])[0] += 1
+        with step("outcomes: staged tasks"):  # every batch that ends items asks (the tasks here have one stage)
+            db.execute(s._STAGED_TASKS, (s._json(list(finals)),)).fetchone()
         with step("outcomes: task counters"):
-            db.execute(
-                "UPDATE tasks SET succeeded = succeeded + c.value ->> 1, failed = failed + c.value ->> 2 "
-                "FROM json_each(?) AS c WHERE tasks.id = c.value ->> 0",
-                (s._json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),),
-            )
+            db.execute(s._ADD_COUNTS, (s._json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),))
         with step("outcomes: finish tasks"):
             s._finish_tasks(db, list(finals), now)
         with step("outcomes: commit"):

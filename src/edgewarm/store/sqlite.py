@@ -516,6 +516,16 @@ _APPLICABLE_OUTCOMES = (  # what _RECORD_OUTCOMES will write, as one JSON array 
     f"SELECT json_group_array(json_array(items.task_id, items.seq, {_NEW_STATE})) "
     f"FROM items JOIN {_OUTCOMES} ON {_LEASED}"
 )
+# Of the tasks in ?1 (a JSON array of ids), the ones with items waiting for an earlier stage, as a JSON array.
+_STAGED_TASKS = (
+    "SELECT json_group_array(t.value) FROM json_each(?) AS t "
+    "WHERE EXISTS (SELECT 1 FROM items WHERE task_id = t.value AND state = 'waiting')"
+)
+# ?1: rows of [task, succeeded added, failed added].
+_ADD_COUNTS = (
+    "UPDATE tasks SET succeeded = succeeded + c.value ->> 1, failed = failed + c.value ->> 2 "
+    "FROM json_each(?) AS c WHERE tasks.id = c.value ->> 0"
+)
 _RECORD_OUTCOMES = (
     f"UPDATE items SET state = {_NEW_STATE}, error = CASE WHEN {_CANCELLED_RETRY} THEN ?4 ELSE o.error END, "
     "due_at = o.due, lease_owner = NULL, attempts = o.attempts, http_status = o.http_status, "
@@ -642,21 +652,13 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
         advanced.add((task_id, seq))
     if advanced:
         # Tasks with waiting items (stages) release or fail their next stage; the others skip the gate.
-        (staged,) = db.execute(
-            "SELECT json_group_array(t.value) FROM json_each(?) AS t "
-            "WHERE EXISTS (SELECT 1 FROM items WHERE task_id = t.value AND state = 'waiting')",
-            (_json(list(finals)),),
-        ).fetchone()
+        (staged,) = db.execute(_STAGED_TASKS, (_json(list(finals)),)).fetchone()
         gated = set(_from_json(staged))
         for task_id, seq in advanced:
             if task_id in gated and (skipped := _advance_stage(db, task_id, seq, now)):
                 finals[task_id][1] += skipped
     if finals:
-        db.execute(
-            "UPDATE tasks SET succeeded = succeeded + c.value ->> 1, failed = failed + c.value ->> 2 "
-            "FROM json_each(?) AS c WHERE tasks.id = c.value ->> 0",
-            (_json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),),
-        )
+        db.execute(_ADD_COUNTS, (_json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),))
     _finish_tasks(db, list(finals), now)
     return len(written)
 
