@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field
@@ -33,6 +34,8 @@ import aiohttp
 from edgewarm import auth
 from edgewarm.client import AsyncClient
 from edgewarm.config import Engine as EngineSettings
+from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.store import TaskStore
 from edgewarm.testing import DEFAULT_HOST, Lab, LabNode
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
 from edgewarm.testing.service import start_service as _start_service
@@ -777,3 +780,12 @@ def sleep_until(predicate: Callable[[], bool], deadline: Deadline, step: float =
     while not predicate():
         deadline.check()
         time.sleep(step)
+
+
+async def fill_tasks(store: TaskStore, urls: int, nodes: Sequence[str] = ("e1", "e2")) -> None:
+    """`urls` URLs in tasks of 100, an item per node each, written through `create_task` (user "u")."""
+    now = time.time()
+    for t in range(urls // 100):
+        items = tuple(NewItem(seq=i, url=f"http://example.test/f/{t}/{i}", node=n) for i in range(100) for n in nodes)
+        quota = QuotaCharge("20261128", 100, 0, 10**9, 10)
+        await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, now, items, quota))

@@ -17,15 +17,14 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import fill_tasks
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
-from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.nodes import CacheState
 from edgewarm.store import open_store
 from edgewarm.tuning import tune_runtime
@@ -60,13 +59,7 @@ async def measure(urls: int, latency: float) -> None:
 
 async def _run(config: Config, urls: int, latency: float) -> None:
     async with open_store(config.store) as store:
-        now = time.time()
-        for t in range(urls // 100):
-            items = tuple(
-                NewItem(seq=i, url=f"http://example.test/f/{t}/{i}", node=n) for i in range(100) for n in ("e1", "e2")
-            )
-            quota = QuotaCharge("20261128", 100, 0, 10**9, 10)
-            await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, now, items, quota))
+        await fill_tasks(store, urls)
         engine = Engine(config, store, InstantFetcher(latency))
         total = urls * 2
         wall, cpu, main = time.perf_counter(), time.process_time(), time.thread_time()

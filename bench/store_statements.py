@@ -19,14 +19,14 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgewarm.models import CANCELLED, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
+from bench.common import fill_tasks
+from edgewarm.models import CANCELLED, ItemOutcome
 from edgewarm.store import open_store
 from edgewarm.store import sqlite as s
 from edgewarm.store.sqlite import SQLiteStore
@@ -37,15 +37,7 @@ async def measure(urls: int, batch: int) -> dict[str, float]:
     try:
         async with open_store(f"sqlite:///{folder}/edgewarm.db") as store:
             assert isinstance(store, SQLiteStore)
-            now = time.time()
-            for t in range(urls // 100):
-                items = tuple(
-                    NewItem(seq=i, url=f"http://example.test/f/{t}/{i}", node=n)
-                    for i in range(100)
-                    for n in ("e1", "e2")
-                )
-                quota = QuotaCharge("20261128", 100, 0, 10**9, 10)
-                await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, now, items, quota))
+            await fill_tasks(store, urls)
             return _work_through(store, batch)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
