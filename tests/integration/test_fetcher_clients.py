@@ -17,7 +17,8 @@ import pytest
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node
 from edgewarm.engine import Fetcher
-from edgewarm.engine.fetcher import sent_unchanged
+from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
+from edgewarm.nodes import CacheState
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.urls import parse_url
 
@@ -162,3 +163,46 @@ async def test_a_folded_header_line_is_accepted_and_a_malformed_head_is_named() 
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 2
     assert broken.status is None
     assert broken.error == "bad answered with a malformed HTTP head: invalid HTTP header parsed"
+
+
+async def test_an_answer_head_larger_than_hyper_reads_warms_through_aiohttp() -> None:
+    """hyper reads at most 100 header lines: such an answer is asked for again through aiohttp and warms, with
+    the node's cache state, whichever client sends the URL (the node sees pyreqwest's URL twice). A header line
+    of 20,000 bytes (over aiohttp's default 8,190) warms through both clients too."""
+    many = (*((f"X-Debug-{i}", "v") for i in range(150)), ("X-Cache-Status", "MISS"))
+    long = (("X-Cache-Status", "HIT"), ("X-Long", "v" * 20_000))
+    with (
+        FaultServer(always(Respond(200, body=b"ok", headers=many))) as wide,
+        FaultServer(always(Respond(200, body=b"ok", headers=long))) as tall,
+    ):
+        async with Fetcher(Settings()) as fetcher:
+            results = {
+                (server.url, pq): await fetcher.request(
+                    "GET", Node(name="n", url=server.url), parse_url(f"http://www.example.test{pq}")
+                )
+                for server in (wide, tall)
+                for pq in ("/a", "/a/../b")  # pyreqwest first, then aiohttp
+            }
+        seen = {server.url: [r.target for r in server.requests] for server in (wide, tall)}
+    assert {key: (r.status, r.bytes, r.cache_state, r.error) for key, r in results.items()} == {
+        (wide.url, "/a"): (200, 2, CacheState.MISS, None),
+        (wide.url, "/a/../b"): (200, 2, CacheState.MISS, None),
+        (tall.url, "/a"): (200, 2, CacheState.HIT, None),
+        (tall.url, "/a/../b"): (200, 2, CacheState.HIT, None),
+    }
+    assert seen == {wide.url: ["/a", "/a", "/a/../b"], tall.url: ["/a", "/a/../b"]}
+
+
+async def test_an_answer_head_beyond_every_limit_is_named_malformed_without_a_status() -> None:
+    """More header lines than HEAD_LINES: a network error naming the head, not the 400 aiohttp makes up."""
+    lines = tuple((f"X-H{i}", "v") for i in range(HEAD_LINES + 1))
+    with FaultServer(always(Respond(200, body=b"ok", headers=lines))) as node:
+        async with Fetcher(Settings()) as fetcher:
+            results = [
+                await fetcher.request("GET", Node(name="n", url=node.url), parse_url(f"http://www.example.test{pq}"))
+                for pq in ("/a", "/a/../b")
+            ]
+    assert [(r.status, r.error) for r in results] == [
+        (None, "n answered with a malformed HTTP head: Too many headers received")
+    ] * 2
+    assert all(r.network_error for r in results)

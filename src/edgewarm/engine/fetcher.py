@@ -4,8 +4,9 @@ Two clients, chosen by measurement (bench/http_clients.py, docs/benchmarks.md): 
 working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: plain-HTTP
 nodes and URLs that its WHATWG URL parser leaves as they are, i.e. nearly all. aiohttp sends the rest byte
 for byte: URLs with dot segments or characters that parser would percent-encode, and https nodes, which get
-the URL's host as SNI while the connection goes to the node's address. Their exceptions stop here: callers
-get a `FetchResult` whatever happened.
+the URL's host as SNI while the connection goes to the node's address. hyper reads at most 100 header lines
+in an answer: an answer with more is asked for again through aiohttp, which takes what curl takes (see
+HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever happened.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ _CHUNK = 1 << 16
 # path (or turns into "/") and in the query. Such URLs go through aiohttp, which sends them as they are.
 _REWRITTEN_PATH = re.compile(r'["<>`{}\\]|(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)')
 _REWRITTEN_QUERY = re.compile(r"[\"'<>]")
+# The largest answer head aiohttp reads (its own defaults: 128 lines of 8,190 bytes): curl's limit for one
+# header line, and many lines. hyper's are fixed in pyreqwest 0.15 (100 lines), hence the fallback below.
+HEAD_LINE_BYTES = 102_400
+HEAD_LINES = 1_000
+# hyper's words for an answer head it will not read (more than 100 header lines, or over its buffer).
+_HEAD_TOO_LARGE = "message head is too large"
 
 
 def sent_unchanged(path_query: str) -> bool:
@@ -80,6 +87,9 @@ class Fetcher:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            max_line_size=HEAD_LINE_BYTES,
+            max_field_size=HEAD_LINE_BYTES,
+            max_headers=HEAD_LINES,
         )
         self._client = (
             pyreqwest.client.ClientBuilder()
@@ -121,12 +131,16 @@ class Fetcher:
         if headers:
             sent.update(headers)
         if node.url.startswith("http://") and sent_unchanged(target.path_query):
-            return await self._with_pyreqwest(self._client, method, node, target, sent)
+            result = await self._with_pyreqwest(self._client, method, node, target, sent)
+            if result is not None:
+                return result
+            # hyper would not read the answer's head (over 100 header lines): ask again through aiohttp
         return await self._with_aiohttp(self._session, method, node, target, sent)
 
     async def _with_pyreqwest(
         self, client: pyreqwest.client.Client, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
-    ) -> FetchResult:
+    ) -> FetchResult | None:
+        """The node's answer, or None when its head is more than hyper reads (`_HEAD_TOO_LARGE`)."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
@@ -156,6 +170,8 @@ class Fetcher:
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
             if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
+                if _HEAD_TOO_LARGE in causes:
+                    return None
                 return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {reason}")
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
 
@@ -185,6 +201,9 @@ class Fetcher:
             return FetchResult(None, error=f"timeout talking to {node.name}")
         except aiohttp.ClientPayloadError as exc:
             return FetchResult(None, error=f"broken body from {node.name}: {_reason(exc)}")
+        except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
+            # aiohttp's own, not the node's)
+            return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {exc.message}")
         except aiohttp.ClientConnectorError as exc:
             return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
