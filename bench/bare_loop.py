@@ -6,8 +6,10 @@ requests in flight per node and `total` overall (edgewarm's defaults, passed by 
 each body to the end and discards it, and prints one JSON line: seconds (first request to last body), cpu
 (process CPU seconds meanwhile), requests, bytes, failures.
 No store, no retries, no per-item records: what is left is the HTTP client and the event loop. The client is
-the one edgewarm sends nearly all warms with (pyreqwest, built and read as `edgewarm.engine.fetcher` does:
-no body read ahead, raw chunks); edgewarm's other client (aiohttp) only sends URLs pyreqwest would rewrite.
+the one edgewarm sends nearly all warms with (pyreqwest, built by `edgewarm.engine.fetcher.pyreqwest_client`
+and read as the Fetcher reads: no body read ahead, raw chunks); edgewarm's other client (aiohttp) only sends
+URLs pyreqwest would rewrite. edgewarm is imported before the clock starts (bench runs put a snapshot's
+source first on PYTHONPATH, which this process inherits).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import asyncio
 import json
 import sys
 import time
-from datetime import timedelta
 from typing import Any
 
-import pyreqwest.client
+from edgewarm.config import Engine
+from edgewarm.engine.fetcher import pyreqwest_client
 
 
 async def warm(spec: dict[str, Any]) -> dict[str, Any]:
@@ -28,20 +30,7 @@ async def warm(spec: dict[str, Any]) -> dict[str, Any]:
     headers = {"Host": spec["host"], "User-Agent": "bare/1", "Accept-Encoding": "gzip, deflate, br"}
     per_node = min(spec["per_node"], max(1, spec["total"] // len(nodes)))
     totals = {"requests": 0, "bytes": 0, "failures": 0}
-    client = (
-        pyreqwest.client.ClientBuilder()
-        .max_connections(spec["total"])
-        .connect_timeout(timedelta(seconds=5))
-        .read_timeout(timedelta(seconds=30))
-        .follow_redirects(False)
-        .no_proxy()
-        .gzip(False)
-        .brotli(False)
-        .deflate(False)
-        .zstd(False)
-        .http1_only()
-        .build()
-    )
+    client = pyreqwest_client(Engine(concurrency=spec["total"]))
     async with client:
 
         async def worker(node: str, jobs: Any) -> None:

@@ -483,8 +483,8 @@ def bare_loop(
     total: int = EDGEWARM_DEFAULTS.concurrency,
     uvloop: bool = True,
 ) -> LoadResult:
-    """`bench/bare_loop.py` in a child process: the same GETs with aiohttp, no bookkeeping; the concurrency
-    of edgewarm's defaults unless told."""
+    """`bench/bare_loop.py` in a child process: the same GETs with edgewarm's pyreqwest client, no
+    bookkeeping; the concurrency of edgewarm's defaults unless told."""
     spec = folder / "bare.json"
     spec.write_text(
         json.dumps(

@@ -100,12 +100,11 @@ async def aiohttp_client(concurrency: int) -> AsyncIterator[Fetch]:
 
 @contextlib.asynccontextmanager
 async def pyreqwest_client(concurrency: int) -> AsyncIterator[Fetch]:
-    """Built and read as edgewarm's Fetcher does (no body read ahead, raw chunks)."""
-    import pyreqwest.client
+    """Built and read as edgewarm's Fetcher does (its own client; no body read ahead, raw chunks)."""
+    from edgewarm.config import Engine
+    from edgewarm.engine import fetcher
 
-    builder = pyreqwest.client.ClientBuilder().max_connections(concurrency).follow_redirects(False).no_proxy()
-    client = builder.gzip(False).brotli(False).deflate(False).zstd(False).http1_only().build()
-    async with client:
+    async with fetcher.pyreqwest_client(Engine(concurrency=concurrency)) as client:
         headers = {"Host": DEFAULT_HOST}
 
         async def fetch(url: str) -> tuple[int, int, str | None]:

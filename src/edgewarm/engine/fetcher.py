@@ -59,6 +59,26 @@ class FetchResult:
         return self.status is None or self.error is not None
 
 
+def pyreqwest_client(settings: Engine) -> pyreqwest.client.Client:
+    """The pyreqwest client the Fetcher warms with (bench/bare_loop.py builds its own with this too)."""
+    return (
+        pyreqwest.client.ClientBuilder()
+        .max_connections(settings.concurrency)
+        .connect_timeout(timedelta(seconds=settings.connect_timeout))
+        .read_timeout(timedelta(seconds=settings.read_timeout))
+        .pool_idle_timeout(timedelta(seconds=15))  # aiohttp's keep-alive: nodes close idle connections too
+        .follow_redirects(False)
+        .no_proxy()  # never the environment's HTTP_PROXY: a warm goes to its node and nowhere else
+        .gzip(False)
+        .brotli(False)
+        .deflate(False)
+        .zstd(False)
+        .http1_only()
+        .http1_allow_obsolete_multiline_headers_in_responses(True)  # RFC 9112 5.2: a client accepts obs-fold
+        .build()
+    )
+
+
 class NodeClient(Protocol):
     """What the engine fetches with: `Fetcher` in its own process, or `ProcessFetcher` from a child."""
 
@@ -91,22 +111,7 @@ class Fetcher:
             max_field_size=HEAD_LINE_BYTES,
             max_headers=HEAD_LINES,
         )
-        self._client = (
-            pyreqwest.client.ClientBuilder()
-            .max_connections(s.concurrency)
-            .connect_timeout(timedelta(seconds=s.connect_timeout))
-            .read_timeout(timedelta(seconds=s.read_timeout))
-            .pool_idle_timeout(timedelta(seconds=15))  # aiohttp's keep-alive: nodes close idle connections too
-            .follow_redirects(False)
-            .no_proxy()  # never the environment's HTTP_PROXY: a warm goes to its node and nowhere else
-            .gzip(False)
-            .brotli(False)
-            .deflate(False)
-            .zstd(False)
-            .http1_only()
-            .http1_allow_obsolete_multiline_headers_in_responses(True)  # RFC 9112 5.2: a client accepts obs-fold
-            .build()
-        )
+        self._client = pyreqwest_client(s)
         return self
 
     async def __aexit__(
