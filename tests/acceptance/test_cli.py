@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +111,24 @@ def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) 
         result = run(["submit"], credentials_env(service, tmp_path), stdin=stdin)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 3
+
+
+def test_demo_warms_every_url_and_stops_all_it_started() -> None:
+    """The README's first command ends in `edgewarm demo`: a fleet, a service, a task warmed and checked
+    (every edge HIT, the origin asked once per URL), exit 0; then nothing it started is left running."""
+    env = {**os.environ, "COLUMNS": "400"}  # rich wraps at 80 columns when not on a terminal
+    run = subprocess.run(
+        [sys.executable, "-m", "edgewarm", "demo", "--urls", "30"], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all succeeded" in run.stdout
+    assert "HIT on the edges for 60 of 60 requests; the origin was asked 30 times for 30 URLs." in run.stdout
+    listening = re.search(r"listening on \S+ \(PID (\d+)\)", run.stdout)
+    assert listening is not None
+    service_pid = int(listening.group(1))
+    ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", run.stdout.split("config")[0])]
+    assert len(ports) == 4  # origin, shield, two edges
+    assert not Path(f"/proc/{service_pid}").exists()
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
