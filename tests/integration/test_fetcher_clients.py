@@ -18,7 +18,8 @@ import pytest
 
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node
-from edgewarm.engine import Fetcher
+from edgewarm.engine import Fetcher, FetchResult
+from edgewarm.engine import fetcher as fetcher_module
 from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab
@@ -144,12 +145,42 @@ async def test_an_https_node_gets_the_urls_host_as_sni_and_the_path_byte_for_byt
 async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_node(
     certificate: tuple[Path, Path],
 ) -> None:
-    """With tls_verify (the default) a self-signed certificate is refused: a network error naming the node."""
+    """With tls_verify (the default) a self-signed certificate is refused, by either client (pyreqwest for
+    "/a", aiohttp for a dot segment): a network error naming the node and the certificate."""
     async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
-        result = await fetcher.request("GET", Node(name="tls", url=url), parse_url("https://www.example.test/a"))
-    assert result.status is None and result.network_error
-    assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
+        for path_query in ("/a", "/x/../a"):
+            target = parse_url("https://www.example.test" + path_query)
+            result = await fetcher.request("GET", Node(name="tls", url=url), target)
+            assert result.status is None and result.network_error
+            assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
     assert seen == []
+
+
+async def test_an_https_node_given_by_address_is_warmed_through_pyreqwest(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With aiohttp switched off: plain URLs to an https node given by IP address still warm (pyreqwest, a
+    client per site resolving its name to the node), each with its own host as SNI and in Host; at most
+    TLS_CLIENTS such clients are kept (the least recently used dropped); a node given by name needs aiohttp."""
+
+    async def no_aiohttp(*args: object) -> FetchResult:
+        raise AssertionError("aiohttp was used")
+
+    monkeypatch.setattr(Fetcher, "_with_aiohttp", no_aiohttp)
+    monkeypatch.setattr(fetcher_module, "TLS_CLIENTS", 2)
+    hosts = ["www.example.test", "img.example.test", "cdn.example.test", "www.example.test"]
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+        node = Node(name="tls", url=url, tls_verify=False)
+        results = [await fetcher.request("GET", node, parse_url(f"https://{host}/a?x=1")) for host in hosts]
+        kept = [key[2] for key in fetcher._tls_clients]
+        by_name = Node(name="named", url=url.replace("127.0.0.1", "localhost"), tls_verify=False)
+        with pytest.raises(AssertionError, match="aiohttp was used"):
+            await fetcher.request("GET", by_name, parse_url("https://www.example.test/a"))
+    assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 4
+    assert [(sni, head.split(b"\r\n")[:2]) for sni, head in seen] == [
+        (host, [b"GET /a?x=1 HTTP/1.1", f"Host: {host}".encode()]) for host in hosts
+    ]
+    assert kept == ["cdn.example.test", "www.example.test"]
 
 
 async def test_a_folded_header_line_is_accepted_and_a_malformed_head_is_named() -> None:

@@ -1,10 +1,13 @@
 """HTTP to cache nodes. Every request goes to a configured node's address, never to the URL's own host.
 
 Two clients, chosen by measurement (bench/http_clients.py, docs/benchmarks.md): pyreqwest (Rust's hyper,
-working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: plain-HTTP
-nodes and URLs that its WHATWG URL parser leaves as they are, i.e. nearly all. aiohttp sends the rest byte
-for byte: URLs with dot segments or characters that parser would percent-encode, and https nodes, which get
-the URL's host as SNI while the connection goes to the node's address. hyper reads at most 100 header lines
+working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: URLs
+that its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP nodes and to https nodes given
+by IP address. An https node gets the URL's host as SNI (and its certificate is checked against it) while
+the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
+the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
+dropped first. aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
+percent-encode, and https nodes given by name. hyper reads at most 100 header lines
 in an answer: an answer with more is asked for again through aiohttp, which takes what curl takes (see
 HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever happened.
 """
@@ -12,12 +15,15 @@ HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever ha
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import ssl
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 import pyreqwest.client
@@ -39,6 +45,8 @@ HEAD_LINE_BYTES = 102_400
 HEAD_LINES = 1_000
 # hyper's words for an answer head it will not read (more than 100 header lines, or over its buffer).
 _HEAD_TOO_LARGE = "message head is too large"
+# pyreqwest clients kept for https nodes, one per (node, site): each holds its own idle connections.
+TLS_CLIENTS = 256
 
 
 def sent_unchanged(path_query: str) -> bool:
@@ -61,6 +69,10 @@ class FetchResult:
 
 def pyreqwest_client(settings: Engine) -> pyreqwest.client.Client:
     """The pyreqwest client the Fetcher warms with (bench/bare_loop.py builds its own with this too)."""
+    return _pyreqwest_builder(settings).build()
+
+
+def _pyreqwest_builder(settings: Engine) -> pyreqwest.client.ClientBuilder:
     return (
         pyreqwest.client.ClientBuilder()
         .max_connections(settings.concurrency)
@@ -75,8 +87,15 @@ def pyreqwest_client(settings: Engine) -> pyreqwest.client.Client:
         .zstd(False)
         .http1_only()
         .http1_allow_obsolete_multiline_headers_in_responses(True)  # RFC 9112 5.2: a client accepts obs-fold
-        .build()
     )
+
+
+def _ip_address(host: str) -> str | None:
+    """`host` (as a URL writes it: an IPv6 address in brackets) as an IP address, or None for a name."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
 
 
 class NodeClient(Protocol):
@@ -94,6 +113,7 @@ class Fetcher:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
+        self._tls_clients: OrderedDict[tuple[str, bool, str], pyreqwest.client.Client] = OrderedDict()
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -120,6 +140,9 @@ class Fetcher:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        clients, self._tls_clients = list(self._tls_clients.values()), OrderedDict()
+        for client in clients:
+            await client.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -135,21 +158,46 @@ class Fetcher:
             sent["Accept-Encoding"] = self._settings.accept_encoding
         if headers:
             sent.update(headers)
-        if node.url.startswith("http://") and sent_unchanged(target.path_query):
-            result = await self._with_pyreqwest(self._client, method, node, target, sent)
-            if result is not None:
-                return result
-            # hyper would not read the answer's head (over 100 header lines): ask again through aiohttp
+        if sent_unchanged(target.path_query):
+            sending = self._pyreqwest_for(node, target)
+            if sending is not None:
+                client, url = sending
+                result = await self._with_pyreqwest(client, method, url, node, sent)
+                if result is not None:
+                    return result
+                # hyper would not read the answer's head (over 100 header lines): ask again through aiohttp
         return await self._with_aiohttp(self._session, method, node, target, sent)
 
+    def _pyreqwest_for(self, node: Node, target: TargetUrl) -> tuple[pyreqwest.client.Client, str] | None:
+        """The pyreqwest client and URL that send `target` to `node`, or None when aiohttp must send it."""
+        if node.url.startswith("http://"):
+            assert self._client is not None
+            return self._client, node.url + target.path_query
+        address = urlsplit(node.url)
+        ip = _ip_address(address.hostname or "")
+        if address.scheme != "https" or ip is None or _ip_address(target.host) is not None:
+            return None  # a node given by name (pyreqwest would resolve it), or a URL without a name for SNI
+        port = address.port or 443
+        key = (node.url, node.tls_verify, target.host)
+        client = self._tls_clients.get(key)
+        if client is None:
+            builder = _pyreqwest_builder(self._settings).resolve(target.host, ip, port)
+            client = self._tls_clients[key] = builder.danger_accept_invalid_certs(not node.tls_verify).build()
+            if len(self._tls_clients) > TLS_CLIENTS:
+                self._tls_clients.popitem(last=False)  # requests still using it keep it until they end
+        else:
+            self._tls_clients.move_to_end(key)
+        # The node's port in the URL (pyreqwest connects to the URL's port); Host is sent as the URL has it.
+        return client, f"https://{target.host}:{port}{target.path_query}"
+
     async def _with_pyreqwest(
-        self, client: pyreqwest.client.Client, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
+        self, client: pyreqwest.client.Client, method: str, url: str, node: Node, sent: dict[str, str]
     ) -> FetchResult | None:
         """The node's answer, or None when its head is more than hyper reads (`_HEAD_TOO_LARGE`)."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
-        request = client.request(method, node.url + target.path_query).headers(sent).streamed_read_buffer_limit(0)
+        request = client.request(method, url).headers(sent).streamed_read_buffer_limit(0)
         try:
             async with request.build_streamed() as response:
                 state = cache_state(response.headers, node.kind)
