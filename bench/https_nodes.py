@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     sources: dict[str, str | None] = dict(s.split("=", 1) for s in args.src) or {"this": None}
     deadline = Deadline(60 + 60 * args.rounds * len(sources), "https_nodes")
     root = Path(tempfile.mkdtemp(prefix="edgewarm-https-", dir="/dev/shm"))
+    root.chmod(0o755)  # nginx's workers run as another user
     nginx = None
     try:
         names = ["-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"]
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 if run.returncode != 0:
                     raise RuntimeError(f"{name} failed: {run.stderr[-2000:]}")
                 r = json.loads(run.stdout)
+                if r["failures"]:
+                    raise RuntimeError(f"{name}: {r['failures']} requests did not get a 200 with the whole file")
                 print(
                     f"round {round_no + 1} {name:8s} {r['per_s']:8,.0f} requests/s  CPU {r['cpu_us']:6.1f} us/request "
                     f"(event loop {r['loop_us']:5.1f})  failures {r['failures']}",
