@@ -7,9 +7,9 @@ by IP address. An https node gets the URL's host as SNI (and its certificate is 
 the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
 the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
 dropped first. aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
-percent-encode, and https nodes given by name. hyper reads at most 100 header lines
-in an answer: an answer with more is asked for again through aiohttp, which takes what curl takes (see
-HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever happened.
+percent-encode, and https nodes given by name. hyper reads at most 100 header lines in an answer: an answer
+with more is asked for again through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions
+stop here: callers get a `FetchResult` whatever happened.
 """
 
 from __future__ import annotations
