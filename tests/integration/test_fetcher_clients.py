@@ -98,12 +98,18 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def tls_node(certificate: tuple[Path, Path]) -> AsyncIterator[tuple[str, list[tuple[str | None, bytes]]]]:
-    """An https node on loopback that answers 200 and records (SNI, request head) of every request."""
+async def tls_node(
+    certificate: tuple[Path, Path], *, legacy: bool = False
+) -> AsyncIterator[tuple[str, list[tuple[str | None, bytes]]]]:
+    """An https node on loopback that answers 200 and records (SNI, request head) of every request; `legacy`:
+    it speaks TLS 1.2 with CBC ciphers only, as old appliances do (rustls has none of them)."""
     seen: list[tuple[str | None, bytes]] = []
     names: list[str | None] = []
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*certificate)
+    if legacy:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES128-SHA")
     context.sni_callback = lambda _sock, name, _ctx: names.append(name)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -154,6 +160,18 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
             assert result.status is None and result.network_error
             assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
     assert seen == []
+
+
+async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_through_aiohttp(
+    certificate: tuple[Path, Path],
+) -> None:
+    """TLS 1.2 with CBC ciphers only: pyreqwest (rustls) cannot connect, so the request is sent again through
+    aiohttp (OpenSSL), which can; the node answers it, with the URL's host as SNI."""
+    async with tls_node(certificate, legacy=True) as (url, seen), Fetcher(Settings()) as fetcher:
+        node = Node(name="old", url=url, tls_verify=False)
+        result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
+    assert (result.status, result.bytes, result.error) == (200, 2, None)
+    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [("www.example.test", b"GET /a HTTP/1.1")]
 
 
 async def test_an_https_node_given_by_address_is_warmed_through_pyreqwest(

@@ -6,10 +6,12 @@ that its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP no
 by IP address. An https node gets the URL's host as SNI (and its certificate is checked against it) while
 the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
 the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
-dropped first. aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
-percent-encode, and https nodes given by name. hyper reads at most 100 header lines in an answer: an answer
-with more is asked for again through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions
-stop here: callers get a `FetchResult` whatever happened.
+dropped first; an https node it cannot connect to, other than for its certificate, is tried again through
+aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say). aiohttp sends the rest byte for
+byte: URLs with dot segments or characters that parser would percent-encode, and https nodes given by name.
+hyper reads at most 100 header lines in an answer: an answer with more is asked for again through aiohttp,
+which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a `FetchResult`
+whatever happened.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class Fetcher:
                 result = await self._with_pyreqwest(client, method, url, node, sent)
                 if result is not None:
                     return result
-                # hyper would not read the answer's head (over 100 header lines): ask again through aiohttp
+                # hyper would not read the answer's head, or rustls not speak the node's TLS: ask aiohttp
         return await self._with_aiohttp(self._session, method, node, target, sent)
 
     def _pyreqwest_for(self, node: Node, target: TargetUrl) -> tuple[pyreqwest.client.Client, str] | None:
@@ -193,7 +195,8 @@ class Fetcher:
     async def _with_pyreqwest(
         self, client: pyreqwest.client.Client, method: str, url: str, node: Node, sent: dict[str, str]
     ) -> FetchResult | None:
-        """The node's answer, or None when its head is more than hyper reads (`_HEAD_TOO_LARGE`)."""
+        """The node's answer, or None when aiohttp must ask again: the head is more than hyper reads
+        (`_HEAD_TOO_LARGE`), or an https node could not be reached for another reason than its certificate."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
@@ -219,6 +222,8 @@ class Fetcher:
             causes = _causes(exc)
             reason = causes[-1] if causes else _reason(exc)
             if "client error (Connect)" in causes:
+                if url.startswith("https://") and "certificate" not in reason:
+                    return None  # maybe TLS that rustls does not speak (CBC ciphers, say): aiohttp's OpenSSL may
                 return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
