@@ -19,6 +19,11 @@ explicit lifetime), drops its parent's ``X-Cache-Status`` and tells its own cach
 Squid in ``X-Cache`` (``MISS from squid-1``, ``HIT from squid-1``; :attr:`LabResponse.cache_status` gives the
 first word).
 
+With ``tls=True`` the nginx caches (shield and edges) also listen for https on a port of their own
+(:attr:`LabNode.tls_url`) with a self-signed certificate for ``DEFAULT_HOST`` that openssl makes in the lab's
+folder, and an edge passes an https request on to the shield over https (so the shield's https key is the
+one filled); ``nodes_toml(https=True)`` and ``fetch(..., https=True)`` use those ports.
+
 Squid and ATS cache although the origin sends no cache headers: Squid by ``refresh_pattern . 60 100% 60
 override-lastmod`` and ``store_miss deny`` for other statuses; ATS by ``proxy.config.http.cache.
 required_headers 0``, a heuristic lifetime of exactly 3600 s, and a ``Cache-Control: no-store`` that
@@ -79,6 +84,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -138,7 +144,8 @@ class LabError(RuntimeError):
 
 @dataclass(frozen=True)
 class LabNode:
-    """One server of the lab. ``url`` is where to connect; the ``Host`` header picks the site."""
+    """One server of the lab. ``url`` is where to connect; the ``Host`` header picks the site. ``tls_url``:
+    the same server over https (nginx caches of a lab started with ``tls=True``), else None."""
 
     name: str
     port: int
@@ -147,6 +154,7 @@ class LabNode:
     kind: Kind
     access_log: Path
     folder: Path
+    tls_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,8 @@ class Lab:
     ``root`` holds one folder per node (config, logs, pid file, temp files) and the origin's ``docroot``;
     caches go under ``cache_root`` when given (benchmarks pass a folder in ``/dev/shm``; the lab removes its
     own cache folders there on stop), else under ``root``. ``workers`` is nginx's ``worker_processes``.
+    ``tls``: the nginx caches (shield and edges) listen for https too, on a port of their own, with a
+    self-signed certificate for ``DEFAULT_HOST`` (openssl makes it); the cache key holds the scheme.
     """
 
     def __init__(
@@ -214,6 +224,7 @@ class Lab:
         varnish_storage: str = "malloc,64m",
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
+        tls: bool = False,
     ) -> None:
         if min(edges, varnish, squid, trafficserver) < 0 or workers < 1:
             raise ValueError("edges, varnish, squid and trafficserver must be >= 0 and workers >= 1")
@@ -228,6 +239,7 @@ class Lab:
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._cache_root = cache_root
+        self._tls = tls
         root.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="lab-", dir=root))
         self.docroot = self.root / "docroot"
@@ -307,12 +319,14 @@ class Lab:
                 return node
         raise KeyError(name)
 
-    def nodes_toml(self) -> str:
-        """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`."""
-        return "\n".join(
-            f'[[nodes]]\nname = "{n.name}"\nurl = "{n.url}"\ntier = "{n.tier}"\nkind = "{n.kind}"\n'
-            for n in self.cache_nodes()
-        )
+    def nodes_toml(self, *, https: bool = False) -> str:
+        """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`; with ``https``, each node
+        that has a ``tls_url`` is given by it (``tls_verify = false``: the lab's certificate is self-signed)."""
+        tables = []
+        for n in self.cache_nodes():
+            url, extra = (n.tls_url, "tls_verify = false\n") if https and n.tls_url else (n.url, "")
+            tables.append(f'[[nodes]]\nname = "{n.name}"\nurl = "{url}"\ntier = "{n.tier}"\nkind = "{n.kind}"\n{extra}')
+        return "\n".join(tables)
 
     # -- content ---------------------------------------------------------------------------------------
 
@@ -366,9 +380,22 @@ class Lab:
         method: str = "GET",
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
+        https: bool = False,
     ) -> LabResponse:
-        """Send one request to ``node`` with ``Host: host`` and read the whole answer (stdlib, blocking)."""
-        conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
+        """Send one request to ``node`` with ``Host: host`` and read the whole answer (stdlib, blocking); with
+        ``https``, to its ``tls_url`` (the certificate is not checked)."""
+        conn: http.client.HTTPConnection
+        if https:
+            if node.tls_url is None:
+                raise LabError(f"{node.name} has no https port (start the lab with tls=True)")
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", int(node.tls_url.rsplit(":", 1)[1]), timeout=timeout, context=insecure
+            )
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
         try:
             conn.request(method, path, headers={"Host": host, **(headers or {})})
             resp = conn.getresponse()
@@ -412,7 +439,10 @@ class Lab:
         names += [f"squid-{i}" for i in range(1, self._squid_count + 1)]
         names += [f"ats-{i}" for i in range(1, self._ats_count + 1)]
         # Every port is fixed before any config is written: the configs point at each other.
-        ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        tls_names = [f"{n}-tls" for n in names if self._tls and n.startswith(("shield-", "edge-"))]
+        ports = dict(zip(names + tls_names, _free_ports(len(names) + len(tls_names)), strict=True))
+        if tls_names and not (self.root / "tls" / "cert.pem").exists():
+            _self_signed(self.root / "tls", DEFAULT_HOST)
 
         self.origin = self._node(ports, "origin", "origin", "nginx", attempt)
         self.shield = self._node(ports, "shield-1", "shield", "nginx", attempt) if self._with_shield else None
@@ -444,7 +474,9 @@ class Lab:
         folder = self.root / (name if attempt == 0 else f"{name}.{attempt}")
         folder.mkdir()
         port = ports[name]
-        return LabNode(name, port, f"http://127.0.0.1:{port}", tier, kind, folder / "access.log", folder)
+        tls_port = ports.get(f"{name}-tls")
+        tls_url = None if tls_port is None else f"https://127.0.0.1:{tls_port}"
+        return LabNode(name, port, f"http://127.0.0.1:{port}", tier, kind, folder / "access.log", folder, tls_url)
 
     def _cache_dir(self, node: LabNode) -> Path:
         if self._cache_root is None:
@@ -611,6 +643,14 @@ http {{
 }}
 """
 
+    def _tls_listen(self, node: LabNode) -> str:
+        if node.tls_url is None:
+            return ""
+        folder = self.root / "tls"
+        return f"""        listen 127.0.0.1:{node.tls_url.rsplit(":", 1)[1]} ssl default_server;
+        ssl_certificate {folder}/cert.pem;
+        ssl_certificate_key {folder}/key.pem;"""
+
     def _ready_location(self, node: LabNode) -> str:
         return f"""        location = {READY_PATH} {{
             access_log off;
@@ -638,19 +678,23 @@ http {{
     def _cache_conf(self, node: LabNode, upstream: LabNode) -> str:
         cache = self._cache_dir(node)
         purge = _NGINX_PURGE if self._purge_module else ""
+        if upstream.tls_url is None:
+            parents, proxy_pass = _upstream("parent", upstream.port), "proxy_pass http://parent;"
+        else:  # an https request goes on to the parent over https: the parent's cache key holds the scheme too
+            tls_port = int(upstream.tls_url.rsplit(":", 1)[1])
+            parents = _upstream("parent_http", upstream.port) + _upstream("parent_https", tls_port)
+            proxy_pass = "proxy_pass $scheme://parent_$scheme;\n            proxy_ssl_server_name on;"
+            proxy_pass += "\n            proxy_ssl_name $host;"
         block = f"""    proxy_cache_path {cache} levels=1:2 keys_zone=lab:32m inactive=1d use_temp_path=off;
-    upstream parent {{
-        server 127.0.0.1:{upstream.port};
-        keepalive 64;
-        keepalive_requests 100000;
-    }}
+{parents}
     server {{
         listen 127.0.0.1:{node.port} default_server;
         server_name _;
+{self._tls_listen(node)}
 {self._ready_location(node)}
 {purge}
         location / {{
-            proxy_pass http://parent;
+            {proxy_pass}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
@@ -938,6 +982,27 @@ def _free_ports(count: int) -> list[int]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _upstream(name: str, port: int) -> str:
+    return f"""    upstream {name} {{
+        server 127.0.0.1:{port};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+"""
+
+
+def _self_signed(folder: Path, host: str) -> None:
+    """A key and a self-signed certificate for ``host`` in ``folder`` (cert.pem, key.pem), by openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}"]
+    files = ["-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")]
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", *names, *files]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LabError(f"openssl could not make the lab's certificate: {exc}") from exc
 
 
 def _probe(node: LabNode) -> str | None:
