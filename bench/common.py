@@ -297,30 +297,34 @@ def run_bounded(argv: Sequence[str], deadline: Deadline, **kw: Any) -> subproces
 
 
 @contextlib.contextmanager
-def fresh_lab(*, edges: int, shield: bool, workers: int = 1, shm: Path = SHM) -> Iterator[Lab]:
-    """A new lab with docroot and caches in RAM (cold caches); removed on exit."""
+def fresh_lab(*, edges: int, shield: bool, workers: int = 1, shm: Path = SHM, tls: bool = False) -> Iterator[Lab]:
+    """A new lab with docroot and caches in RAM (cold caches); removed on exit. `tls`: see `Lab`."""
     root = Path(tempfile.mkdtemp(prefix="edgewarm-bench-lab-", dir=shm))
     try:
-        with Lab(root, edges=edges, shield=shield, cache_root=root / "cache", workers=workers) as lab:
+        with Lab(root, edges=edges, shield=shield, cache_root=root / "cache", workers=workers, tls=tls) as lab:
             yield lab
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def url_of(path: str) -> str:
-    return f"http://{DEFAULT_HOST}{path}"
+def url_of(path: str, *, https: bool = False) -> str:
+    return f"{'https' if https else 'http'}://{DEFAULT_HOST}{path}"
 
 
-async def _check_hits(nodes: Sequence[LabNode], paths: Sequence[str], concurrency: int) -> dict[str, int]:
-    """HEAD every path on every node: nginx answers HEAD from the cache (HIT) without a body."""
+async def _check_hits(
+    nodes: Sequence[LabNode], paths: Sequence[str], concurrency: int, *, https: bool = False
+) -> dict[str, int]:
+    """HEAD every path on every node (over https at its `tls_url`, certificate unchecked): nginx answers HEAD
+    from the cache (HIT) without a body."""
     bad: Counter[str] = Counter()
     jobs = iter([(n, p) for n in nodes for p in paths])
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=False)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
             for node, path in jobs:
-                async with session.head(node.url + path, headers={"Host": DEFAULT_HOST}) as r:
+                base = node.tls_url if https and node.tls_url else node.url
+                async with session.head(base + path, headers={"Host": DEFAULT_HOST}) as r:
                     if r.status != 200 or r.headers.get("X-Cache-Status") != "HIT":
                         bad[node.name] += 1
 
@@ -328,12 +332,14 @@ async def _check_hits(nodes: Sequence[LabNode], paths: Sequence[str], concurrenc
     return {n.name: bad[n.name] for n in nodes}
 
 
-def check_all_hit(nodes: Sequence[LabNode], paths: Sequence[str], deadline: Deadline) -> dict[str, int]:
-    """Per node, how many of `paths` are NOT a HIT now (0 everywhere is a pass)."""
+def check_all_hit(
+    nodes: Sequence[LabNode], paths: Sequence[str], deadline: Deadline, *, https: bool = False
+) -> dict[str, int]:
+    """Per node, how many of `paths` are NOT a HIT now (0 everywhere is a pass); `https`: asked over https."""
 
     async def bounded() -> dict[str, int]:
         async with asyncio.timeout(deadline.left()):
-            return await _check_hits(nodes, paths, 32)
+            return await _check_hits(nodes, paths, 32, https=https)
 
     try:
         return asyncio.run(bounded())
@@ -365,7 +371,9 @@ class Checked:
         return f"{hit}; origin {self.origin_per_url:.2f}/URL (min {self.origin_min}, max {self.origin_max})"
 
 
-def check_run(lab: Lab, nodes: Sequence[LabNode], paths: Sequence[str], deadline: Deadline) -> Checked:
+def check_run(
+    lab: Lab, nodes: Sequence[LabNode], paths: Sequence[str], deadline: Deadline, *, https: bool = False
+) -> Checked:
     # nginx writes a log line just after each response: read the origin's log until it stops growing.
     counts = origin_requests(lab, paths)
     end = time.monotonic() + 5
@@ -376,7 +384,7 @@ def check_run(lab: Lab, nodes: Sequence[LabNode], paths: Sequence[str], deadline
             break
         counts = again
     per_url = [counts.get(p, 0) for p in paths]
-    not_hit = check_all_hit(nodes, paths, deadline)
+    not_hit = check_all_hit(nodes, paths, deadline, https=https)
     return Checked(not_hit, sum(per_url) / len(paths), min(per_url), max(per_url))
 
 
