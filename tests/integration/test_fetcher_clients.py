@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -163,15 +164,41 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
 
 
 async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_through_aiohttp(
-    certificate: tuple[Path, Path],
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TLS 1.2 with CBC ciphers only: pyreqwest (rustls) cannot connect, so the request is sent again through
-    aiohttp (OpenSSL), which can; the node answers it, with the URL's host as SNI."""
+    aiohttp (OpenSSL), which can; the node answers it, with the URL's host as SNI. From then on that node's
+    requests go to aiohttp at once: pyreqwest was tried for the first only."""
+    tried: list[str] = []
+    with_pyreqwest = Fetcher._with_pyreqwest
+
+    async def counting(self: Fetcher, client: object, method: str, url: str, *rest: object) -> object:
+        tried.append(url)
+        return await with_pyreqwest(self, client, method, url, *rest)
+
+    monkeypatch.setattr(Fetcher, "_with_pyreqwest", counting)
     async with tls_node(certificate, legacy=True) as (url, seen), Fetcher(Settings()) as fetcher:
         node = Node(name="old", url=url, tls_verify=False)
-        result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
-    assert (result.status, result.bytes, result.error) == (200, 2, None)
-    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [("www.example.test", b"GET /a HTTP/1.1")]
+        results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
+    assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
+    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [
+        ("www.example.test", f"GET /{p} HTTP/1.1".encode()) for p in "abc"
+    ]
+    assert len(tried) == 1 and tried[0].endswith("/a")
+
+
+async def test_an_https_node_that_is_down_is_not_left_to_aiohttp() -> None:
+    """Nothing listens: both clients fail to connect, the error names the node, and the next request tries
+    pyreqwest again (only a node that aiohttp did reach is left to it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = Node(name="down", url=f"https://127.0.0.1:{port}", tls_verify=False)
+    async with Fetcher(Settings()) as fetcher:
+        for _ in range(2):
+            result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
+            assert result.status is None and result.error is not None and "down" in result.error
+        assert fetcher._openssl_nodes == set()
 
 
 async def test_an_https_node_given_by_address_is_warmed_through_pyreqwest(

@@ -7,7 +7,8 @@ by IP address. An https node gets the URL's host as SNI (and its certificate is 
 the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
 the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
 dropped first; an https node it cannot connect to, other than for its certificate, is tried again through
-aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say). aiohttp sends the rest byte for
+aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once aiohttp got an answer
+there, that node is left to aiohttp. aiohttp sends the rest byte for
 byte: URLs with dot segments or characters that parser would percent-encode, and https nodes given by name.
 hyper reads at most 100 header lines in an answer: an answer with more is asked for again through aiohttp,
 which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a `FetchResult`
@@ -17,6 +18,7 @@ whatever happened.
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
 import re
 import ssl
@@ -49,6 +51,14 @@ HEAD_LINES = 1_000
 _HEAD_TOO_LARGE = "message head is too large"
 # pyreqwest clients kept for https nodes, one per (node, site): each holds its own idle connections.
 TLS_CLIENTS = 256
+
+
+class _Unread(enum.Enum):
+    """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads, or the
+    https node could not be reached other than for its certificate (TLS that rustls does not speak, say)."""
+
+    HEAD_TOO_LARGE = "head"
+    NOT_CONNECTED = "tls"
 
 
 def sent_unchanged(path_query: str) -> bool:
@@ -116,6 +126,7 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
         self._tls_clients: OrderedDict[tuple[str, bool, str], pyreqwest.client.Client] = OrderedDict()
+        self._openssl_nodes: set[str] = set()  # https nodes that aiohttp reached when pyreqwest could not
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -160,15 +171,18 @@ class Fetcher:
             sent["Accept-Encoding"] = self._settings.accept_encoding
         if headers:
             sent.update(headers)
-        if sent_unchanged(target.path_query):
-            sending = self._pyreqwest_for(node, target)
-            if sending is not None:
-                client, url = sending
-                result = await self._with_pyreqwest(client, method, url, node, sent)
-                if result is not None:
-                    return result
-                # hyper would not read the answer's head, or rustls not speak the node's TLS: ask aiohttp
-        return await self._with_aiohttp(self._session, method, node, target, sent)
+        unread = None
+        sending = self._pyreqwest_for(node, target) if sent_unchanged(target.path_query) else None
+        if sending is not None:
+            client, url = sending
+            answer = await self._with_pyreqwest(client, method, url, node, sent)
+            if isinstance(answer, FetchResult):
+                return answer
+            unread = answer  # ask aiohttp
+        result = await self._with_aiohttp(self._session, method, node, target, sent)
+        if unread is _Unread.NOT_CONNECTED and result.status is not None:
+            self._openssl_nodes.add(node.url)  # its TLS needs OpenSSL: aiohttp alone from now on
+        return result
 
     def _pyreqwest_for(self, node: Node, target: TargetUrl) -> tuple[pyreqwest.client.Client, str] | None:
         """The pyreqwest client and URL that send `target` to `node`, or None when aiohttp must send it."""
@@ -179,6 +193,8 @@ class Fetcher:
         ip = _ip_address(address.hostname or "")
         if address.scheme != "https" or ip is None or _ip_address(target.host) is not None:
             return None  # a node given by name (pyreqwest would resolve it), or a URL without a name for SNI
+        if node.url in self._openssl_nodes:
+            return None
         port = address.port or 443
         key = (node.url, node.tls_verify, target.host)
         client = self._tls_clients.get(key)
@@ -194,9 +210,8 @@ class Fetcher:
 
     async def _with_pyreqwest(
         self, client: pyreqwest.client.Client, method: str, url: str, node: Node, sent: dict[str, str]
-    ) -> FetchResult | None:
-        """The node's answer, or None when aiohttp must ask again: the head is more than hyper reads
-        (`_HEAD_TOO_LARGE`), or an https node could not be reached for another reason than its certificate."""
+    ) -> FetchResult | _Unread:
+        """The node's answer, or why aiohttp should ask again."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
@@ -223,13 +238,13 @@ class Fetcher:
             reason = causes[-1] if causes else _reason(exc)
             if "client error (Connect)" in causes:
                 if url.startswith("https://") and "certificate" not in reason:
-                    return None  # maybe TLS that rustls does not speak (CBC ciphers, say): aiohttp's OpenSSL may
+                    return _Unread.NOT_CONNECTED  # maybe TLS that rustls does not speak (CBC ciphers, say)
                 return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
             if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
                 if _HEAD_TOO_LARGE in causes:
-                    return None
+                    return _Unread.HEAD_TOO_LARGE
                 return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {reason}")
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
 
