@@ -7,12 +7,11 @@ by IP address. An https node gets the URL's host as SNI (and its certificate is 
 the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
 the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
 dropped first; an https node it cannot connect to, other than for its certificate, is tried again through
-aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once aiohttp got an answer
-there, that node is left to aiohttp. aiohttp sends the rest byte for
-byte: URLs with dot segments or characters that parser would percent-encode, and https nodes given by name.
-hyper reads at most 100 header lines in an answer: an answer with more is asked for again through aiohttp,
-which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a `FetchResult`
-whatever happened.
+aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once aiohttp got an answer there,
+that node is left to aiohttp. aiohttp sends the rest byte for byte: URLs with dot segments or characters
+that parser would percent-encode, and https nodes given by name. hyper reads at most 100 header lines in an
+answer: an answer with more is asked for again through aiohttp, which takes what curl takes (see
+HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever happened.
 """
 
 from __future__ import annotations
