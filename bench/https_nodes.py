@@ -26,8 +26,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Deadline, in_turns, use_source
+from edgewarm.testing import DEFAULT_HOST, self_signed
 
-HOST = "www.example.test"
 SIZE = 4096
 
 # The contender: run with `python -c`, in a process of its own.
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     root.chmod(0o755)  # nginx's workers run as another user
     nginx = None
     try:
-        names = ["-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"]
-        files = ["-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")]
-        openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *names, *files]
-        subprocess.run(openssl, check=True, capture_output=True, timeout=60)
+        self_signed(root, DEFAULT_HOST)
         (root / "docroot" / "f").mkdir(parents=True)
         for i in range(args.requests):
             (root / "docroot" / "f" / f"{i:06d}.bin").write_bytes(b"x" * SIZE)
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             port = probe.getsockname()[1]
         (root / "nginx.conf").write_text(_nginx_conf(root, port))
         nginx = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf")])
-        argv_tail = [f"https://127.0.0.1:{port}", HOST, str(args.requests), str(args.concurrency), str(SIZE)]
+        argv_tail = [f"https://127.0.0.1:{port}", DEFAULT_HOST, str(args.requests), str(args.concurrency), str(SIZE)]
         for round_no in range(args.rounds):
             for name in in_turns(list(sources), round_no):
                 use_source(sources[name])

@@ -23,7 +23,7 @@ from edgewarm.engine import Fetcher, FetchResult
 from edgewarm.engine import fetcher as fetcher_module
 from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
-from edgewarm.testing import Lab
+from edgewarm.testing import Lab, self_signed
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.urls import parse_url
 
@@ -85,17 +85,7 @@ async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.Monk
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for www.example.test (openssl, installed by scripts/setup.sh --test)."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    names = ["-subj", "/CN=www.example.test", "-addext", "subjectAltName=DNS:www.example.test"]
-    files = ["-keyout", str(key), "-out", str(cert)]
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *names, *files],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"), "www.example.test")
 
 
 @contextlib.asynccontextmanager

@@ -56,8 +56,8 @@ class _Unread(enum.Enum):
     """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads, or the
     https node could not be reached other than for its certificate (TLS that rustls does not speak, say)."""
 
-    HEAD_TOO_LARGE = "head"
-    NOT_CONNECTED = "tls"
+    HEAD_TOO_LARGE = "head too large"
+    NOT_CONNECTED = "not connected"
 
 
 def sent_unchanged(path_query: str) -> bool:

@@ -8,6 +8,7 @@ from edgewarm.testing.lab import (
     LabRequest,
     LabResponse,
     process_group_members,
+    self_signed,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "LabRequest",
     "LabResponse",
     "process_group_members",
+    "self_signed",
 ]

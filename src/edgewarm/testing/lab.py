@@ -442,7 +442,7 @@ class Lab:
         tls_names = [f"{n}-tls" for n in names if self._tls and n.startswith(("shield-", "edge-"))]
         ports = dict(zip(names + tls_names, _free_ports(len(names) + len(tls_names)), strict=True))
         if tls_names and not (self.root / "tls" / "cert.pem").exists():
-            _self_signed(self.root / "tls", DEFAULT_HOST)
+            self_signed(self.root / "tls", DEFAULT_HOST)
 
         self.origin = self._node(ports, "origin", "origin", "nginx", attempt)
         self.shield = self._node(ports, "shield-1", "shield", "nginx", attempt) if self._with_shield else None
@@ -993,8 +993,8 @@ def _upstream(name: str, port: int) -> str:
 """
 
 
-def _self_signed(folder: Path, host: str) -> None:
-    """A key and a self-signed certificate for ``host`` in ``folder`` (cert.pem, key.pem), by openssl."""
+def self_signed(folder: Path, host: str) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for ``host`` in ``folder``, by openssl: (cert.pem, key.pem)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = ["-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}"]
     files = ["-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")]
@@ -1002,7 +1002,8 @@ def _self_signed(folder: Path, host: str) -> None:
     try:
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise LabError(f"openssl could not make the lab's certificate: {exc}") from exc
+        raise LabError(f"openssl could not make a certificate for {host}: {exc}") from exc
+    return folder / "cert.pem", folder / "key.pem"
 
 
 def _probe(node: LabNode) -> str | None:
