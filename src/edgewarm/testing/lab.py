@@ -20,9 +20,10 @@ Squid in ``X-Cache`` (``MISS from squid-1``, ``HIT from squid-1``; :attr:`LabRes
 first word).
 
 With ``tls=True`` the nginx caches (shield and edges) also listen for https on a port of their own
-(:attr:`LabNode.tls_url`) with a self-signed certificate for ``DEFAULT_HOST`` that openssl makes in the lab's
-folder, and an edge passes an https request on to the shield over https (so the shield's https key is the
-one filled); ``nodes_toml(https=True)`` and ``fetch(..., https=True)`` use those ports.
+(:attr:`LabNode.tls_port`, :attr:`LabNode.tls_url`) with a self-signed certificate for ``DEFAULT_HOST``
+that openssl makes in the lab's folder, and an edge passes an https request on to the shield over https (so
+the shield's https key is the one filled); ``nodes_toml(https=True)`` and ``fetch(..., https=True)`` use
+those ports.
 
 Squid and ATS cache although the origin sends no cache headers: Squid by ``refresh_pattern . 60 100% 60
 override-lastmod`` and ``store_miss deny`` for other statuses; ATS by ``proxy.config.http.cache.
@@ -144,8 +145,8 @@ class LabError(RuntimeError):
 
 @dataclass(frozen=True)
 class LabNode:
-    """One server of the lab. ``url`` is where to connect; the ``Host`` header picks the site. ``tls_url``:
-    the same server over https (nginx caches of a lab started with ``tls=True``), else None."""
+    """One server of the lab. ``url`` is where to connect; the ``Host`` header picks the site. ``tls_port``:
+    where the same server speaks https (nginx caches of a lab started with ``tls=True``), else None."""
 
     name: str
     port: int
@@ -154,7 +155,11 @@ class LabNode:
     kind: Kind
     access_log: Path
     folder: Path
-    tls_url: str | None = None
+    tls_port: int | None = None
+
+    @property
+    def tls_url(self) -> str | None:
+        return None if self.tls_port is None else f"https://127.0.0.1:{self.tls_port}"
 
 
 @dataclass(frozen=True)
@@ -386,14 +391,12 @@ class Lab:
         ``https``, to its ``tls_url`` (the certificate is not checked)."""
         conn: http.client.HTTPConnection
         if https:
-            if node.tls_url is None:
+            if node.tls_port is None:
                 raise LabError(f"{node.name} has no https port (start the lab with tls=True)")
             insecure = ssl.create_default_context()
             insecure.check_hostname = False
             insecure.verify_mode = ssl.CERT_NONE
-            conn = http.client.HTTPSConnection(
-                "127.0.0.1", int(node.tls_url.rsplit(":", 1)[1]), timeout=timeout, context=insecure
-            )
+            conn = http.client.HTTPSConnection("127.0.0.1", node.tls_port, timeout=timeout, context=insecure)
         else:
             conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
         try:
@@ -475,8 +478,7 @@ class Lab:
         folder.mkdir()
         port = ports[name]
         tls_port = ports.get(f"{name}-tls")
-        tls_url = None if tls_port is None else f"https://127.0.0.1:{tls_port}"
-        return LabNode(name, port, f"http://127.0.0.1:{port}", tier, kind, folder / "access.log", folder, tls_url)
+        return LabNode(name, port, f"http://127.0.0.1:{port}", tier, kind, folder / "access.log", folder, tls_port)
 
     def _cache_dir(self, node: LabNode) -> Path:
         if self._cache_root is None:
@@ -644,10 +646,10 @@ http {{
 """
 
     def _tls_listen(self, node: LabNode) -> str:
-        if node.tls_url is None:
+        if node.tls_port is None:
             return ""
         folder = self.root / "tls"
-        return f"""        listen 127.0.0.1:{node.tls_url.rsplit(":", 1)[1]} ssl default_server;
+        return f"""        listen 127.0.0.1:{node.tls_port} ssl default_server;
         ssl_certificate {folder}/cert.pem;
         ssl_certificate_key {folder}/key.pem;"""
 
@@ -678,11 +680,10 @@ http {{
     def _cache_conf(self, node: LabNode, upstream: LabNode) -> str:
         cache = self._cache_dir(node)
         purge = _NGINX_PURGE if self._purge_module else ""
-        if upstream.tls_url is None:
+        if upstream.tls_port is None:
             parents, proxy_pass = _upstream("parent", upstream.port), "proxy_pass http://parent;"
         else:  # an https request goes on to the parent over https: the parent's cache key holds the scheme too
-            tls_port = int(upstream.tls_url.rsplit(":", 1)[1])
-            parents = _upstream("parent_http", upstream.port) + _upstream("parent_https", tls_port)
+            parents = _upstream("parent_http", upstream.port) + _upstream("parent_https", upstream.tls_port)
             proxy_pass = "proxy_pass $scheme://parent_$scheme;\n            proxy_ssl_server_name on;"
             proxy_pass += "\n            proxy_ssl_name $host;"
         block = f"""    proxy_cache_path {cache} levels=1:2 keys_zone=lab:32m inactive=1d use_temp_path=off;
