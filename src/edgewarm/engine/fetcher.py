@@ -124,7 +124,10 @@ class Fetcher:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
-        self._tls_clients: OrderedDict[tuple[str, bool, str], pyreqwest.client.Client] = OrderedDict()
+        # (node url, tls_verify, site) -> pyreqwest client and the node's port, or None: aiohttp sends those
+        self._tls_clients: OrderedDict[tuple[str, bool, str], tuple[pyreqwest.client.Client, int] | None] = (
+            OrderedDict()
+        )
         self._openssl_nodes: set[str] = set()  # https nodes that aiohttp reached when pyreqwest could not
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
@@ -153,8 +156,9 @@ class Fetcher:
             await self._client.close()
             self._client = None
         clients, self._tls_clients = list(self._tls_clients.values()), OrderedDict()
-        for client in clients:
-            await client.close()
+        for found in clients:
+            if found is not None:
+                await found[0].close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -188,24 +192,31 @@ class Fetcher:
         if node.url.startswith("http://"):
             assert self._client is not None
             return self._client, node.url + target.path_query
-        address = urlsplit(node.url)
-        ip = _ip_address(address.hostname or "")
-        if address.scheme != "https" or ip is None or _ip_address(target.host) is not None:
-            return None  # a node given by name (pyreqwest would resolve it), or a URL without a name for SNI
         if node.url in self._openssl_nodes:
             return None
-        port = address.port or 443
         key = (node.url, node.tls_verify, target.host)
-        client = self._tls_clients.get(key)
-        if client is None:
-            builder = _pyreqwest_builder(self._settings).resolve(target.host, ip, port)
-            client = self._tls_clients[key] = builder.danger_accept_invalid_certs(not node.tls_verify).build()
+        if key in self._tls_clients:
+            self._tls_clients.move_to_end(key)
+            found = self._tls_clients[key]
+        else:  # the node's URL and the site are looked at once, not on every request
+            found = self._tls_clients[key] = self._tls_client(node, target.host)
             if len(self._tls_clients) > TLS_CLIENTS:
                 self._tls_clients.popitem(last=False)  # requests still using it keep it until they end
-        else:
-            self._tls_clients.move_to_end(key)
+        if found is None:
+            return None
+        client, port = found
         # The node's port in the URL (pyreqwest connects to the URL's port); Host is sent as the URL has it.
         return client, f"https://{target.host}:{port}{target.path_query}"
+
+    def _tls_client(self, node: Node, host: str) -> tuple[pyreqwest.client.Client, int] | None:
+        """A client that sends `host`'s https URLs to `node`, and the node's port; None when aiohttp must."""
+        address = urlsplit(node.url)
+        ip = _ip_address(address.hostname or "")
+        if address.scheme != "https" or ip is None or _ip_address(host) is not None:
+            return None  # a node given by name (pyreqwest would resolve it), or a URL without a name for SNI
+        port = address.port or 443
+        builder = _pyreqwest_builder(self._settings).resolve(host, ip, port)
+        return builder.danger_accept_invalid_certs(not node.tls_verify).build(), port
 
     async def _with_pyreqwest(
         self, client: pyreqwest.client.Client, method: str, url: str, node: Node, sent: dict[str, str]
