@@ -16,7 +16,6 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ if __package__ in (None, ""):
 
 from bench.common import Deadline, in_turns, use_source
 from edgewarm.testing import DEFAULT_HOST, self_signed
+from edgewarm.testing.service import free_port
 
 SIZE = 4096
 
@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "docroot" / "f").mkdir(parents=True)
         for i in range(args.requests):
             (root / "docroot" / "f" / f"{i:06d}.bin").write_bytes(b"x" * SIZE)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         (root / "nginx.conf").write_text(_nginx_conf(root, port))
         nginx = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf")])
         argv_tail = [f"https://127.0.0.1:{port}", DEFAULT_HOST, str(args.requests), str(args.concurrency), str(SIZE)]

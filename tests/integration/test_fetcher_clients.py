@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab, self_signed
 from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.service import free_port
 from edgewarm.urls import parse_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -180,10 +180,7 @@ async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_throu
 async def test_an_https_node_that_is_down_is_not_left_to_aiohttp() -> None:
     """Nothing listens: both clients fail to connect, the error names the node, and the next request tries
     pyreqwest again (only a node that aiohttp did reach is left to it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    node = Node(name="down", url=f"https://127.0.0.1:{port}", tls_verify=False)
+    node = Node(name="down", url=f"https://127.0.0.1:{free_port()}", tls_verify=False)
     async with Fetcher(Settings()) as fetcher:
         for _ in range(2):
             result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
