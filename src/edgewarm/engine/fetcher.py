@@ -289,6 +289,8 @@ class Fetcher:
             return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {exc.message}")
         except aiohttp.ClientConnectorError as exc:
             return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
+        except aiohttp.ServerDisconnectedError as exc:  # in pyreqwest's words (below the head it is a cut body)
+            return FetchResult(None, error=f"{node.name} disconnected before answering: {_reason(exc)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
 

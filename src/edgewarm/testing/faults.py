@@ -19,6 +19,10 @@ Actions:
 - :class:`Forward` relay the request to an upstream (e.g. a lab nginx) and its answer back: a proxy whose
   faults can be mixed with real answers (``sequence(Reset(), Forward(port))``).
 
+``FaultServer(..., tls=(cert, key))`` speaks https (``edgewarm.testing.self_signed`` makes the pair): the same
+actions over TLS, ``url`` is ``https://``, and each request records the SNI its connection asked for. A close or
+reset is abrupt there too (no TLS close_notify), as when a node dies.
+
 Every wait is bounded and ends early on :meth:`FaultServer.stop`, which closes every socket and joins every
 thread: a test can never hang on this server. Threads, not asyncio, so that it serves an event loop under test
 without sharing it. Loopback only.
@@ -28,12 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -70,6 +76,7 @@ class RawRequest:
     peer: tuple[str, int]
     time: float
     connection: int  # the number of the TCP connection it came on (1, 2, ...)
+    sni: str | None = None  # over TLS: the server name the client asked for in its handshake
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -179,12 +186,24 @@ class FaultServer:
     """An HTTP/1.1 server on ``127.0.0.1`` that answers each request with ``behaviour``'s action.
 
     ``behaviour`` is an :data:`Action` (used for every request) or a :data:`Behaviour`. ``idle_timeout``
-    closes a keep-alive connection that sends nothing for that long. Use as a context manager.
+    closes a keep-alive connection that sends nothing for that long (or takes that long over its TLS
+    handshake). ``tls``: a certificate and its key (PEM files): https. Use as a context manager.
     """
 
-    def __init__(self, behaviour: Action | Behaviour = Respond(), *, idle_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        behaviour: Action | Behaviour = Respond(),
+        *,
+        idle_timeout: float = 60.0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self._behaviour = self._as_behaviour(behaviour)
         self._idle_timeout = idle_timeout
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
+            self._tls.sni_callback = _note_sni
         self._stopping = threading.Event()
         self._shared = _Shared()
         self._listener: socket.socket | None = None
@@ -237,7 +256,7 @@ class FaultServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def requests(self) -> list[RawRequest]:
@@ -297,6 +316,11 @@ class FaultServer:
         conn.settimeout(_TICK)
         buffer = b""
         try:
+            if self._tls is not None:
+                tls = self._handshake(conn)
+                if tls is None:
+                    return  # _handshake closed it
+                conn = tls
             while not self._stopping.is_set():
                 head, buffer = self._read_head(conn, buffer)
                 if head is None:
@@ -318,6 +342,28 @@ class FaultServer:
                 self._shared.open_sockets.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def _handshake(self, conn: socket.socket) -> ssl.SSLSocket | None:
+        """`conn` over TLS once its handshake is done; None when it fails, stalls or the server stops."""
+        assert self._tls is not None
+        with self._shared.lock:  # wrapping detaches `conn`: stop() must shut the TLS socket down instead
+            self._shared.open_sockets.discard(conn)
+            tls = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            self._shared.open_sockets.add(tls)
+        given_up = time.monotonic() + self._idle_timeout
+        while not self._stopping.is_set() and time.monotonic() < given_up:
+            try:
+                tls.do_handshake()
+                return tls
+            except TimeoutError:
+                continue
+            except (ssl.SSLError, OSError):
+                break
+        with self._shared.lock:
+            self._shared.open_sockets.discard(tls)
+        with contextlib.suppress(OSError):
+            tls.close()
+        return None
 
     def _read_head(self, conn: socket.socket, buffer: bytes) -> tuple[bytes | None, bytes]:
         """The next request head (through the blank line) and what follows it; None when the peer is gone."""
@@ -364,7 +410,8 @@ class FaultServer:
                 break
             buffer += chunk
         body, rest = buffer[:length], buffer[length:]
-        request = RawRequest(head, body, method, target, version, tuple(headers), peer, time.time(), number)
+        sni = getattr(conn, "sni", None)
+        request = RawRequest(head, body, method, target, version, tuple(headers), peer, time.time(), number, sni)
         return request, rest, ok
 
     def _act(self, conn: socket.socket, request: RawRequest, action: Action) -> bool:
@@ -430,6 +477,11 @@ class FaultServer:
             except TimeoutError:
                 continue
             view = view[sent:]
+
+
+def _note_sni(tls: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _context: ssl.SSLContext) -> None:
+    """The TLS handshake's SNI, kept on the connection for the requests that come over it."""
+    tls.sni = server_name  # type: ignore[union-attr]
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
