@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder = Path(tempfile.mkdtemp(prefix="ab-"))
                 try:
                     if who == "bare":
+                        use_source(own_path)  # not the source of the variant that ran before it
                         result = bare_loop(lab.edges, paths, folder, deadline)
                         rate, cpu = result.rps, result.cpu_seconds
                     else:

@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/https_nodes.py                                      # this checkout
     .venv/bin/python bench/https_nodes.py --src old=/tmp/old/src --src new=/tmp/new/src
+    .venv/bin/python bench/https_nodes.py --by-name     # the node given as https://localhost:PORT
 
-The node is given by IP address with `tls_verify = false` (a self-signed certificate for the site's name,
-made with openssl), the files (4 KiB each) are in /dev/shm, and nginx serves them itself (no cache: what is
-measured is the client). Each contender runs in its own process (uvloop, as the service), `--concurrency`
-requests in flight, and prints requests/s and CPU per request: the process's and its event loop thread's.
-`--src NAME=DIR` runs that contender from another source folder (`git archive REV src | tar -x -C DIR`).
+The node is given by IP address (`--by-name`: as localhost) with `tls_verify = false` (a self-signed
+certificate for the site's name, made with openssl), the files (4 KiB each) are in /dev/shm, and nginx serves
+them itself (no cache: what is measured is the client). Each contender runs in its own process (uvloop, as the
+service), `--concurrency` requests in flight, and prints requests/s and CPU per request: the process's and its
+event loop thread's. `--src NAME=DIR` runs that contender from another source folder (`git archive REV src |
+tar -x -C DIR`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--src", action="append", default=[], help="NAME=DIR: PYTHONPATH of that contender")
+    parser.add_argument("--by-name", action="store_true", help="the node's URL names localhost, not 127.0.0.1")
     args = parser.parse_args(argv)
     sources: dict[str, str | None] = dict(s.split("=", 1) for s in args.src) or {"this": None}
     deadline = Deadline(60 + 60 * args.rounds * len(sources), "https_nodes")
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         (root / "nginx.conf").write_text(_nginx_conf(root, port))
         nginx = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf")])
-        argv_tail = [f"https://127.0.0.1:{port}", DEFAULT_HOST, str(args.requests), str(args.concurrency), str(SIZE)]
+        node_url = f"https://{'localhost' if args.by_name else '127.0.0.1'}:{port}"
+        argv_tail = [node_url, DEFAULT_HOST, str(args.requests), str(args.concurrency), str(SIZE)]
         for round_no in range(args.rounds):
             for name in in_turns(list(sources), round_no):
                 use_source(sources[name])

@@ -7,19 +7,20 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyreqwest.client
 import pytest
 
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node
-from edgewarm.engine import Fetcher, FetchResult
-from edgewarm.engine import fetcher as fetcher_module
+from edgewarm.engine import Fetcher, FetchResult, tls_routes
 from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab, self_signed
@@ -162,9 +163,9 @@ async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_throu
     tried: list[str] = []
     with_pyreqwest = Fetcher._with_pyreqwest
 
-    async def counting(self: Fetcher, client: object, method: str, url: str, *rest: object) -> object:
+    async def counting(self: Fetcher, client: Any, method: str, url: str, *rest: Any, **kw: Any) -> object:
         tried.append(url)
-        return await with_pyreqwest(self, client, method, url, *rest)
+        return await with_pyreqwest(self, client, method, url, *rest, **kw)
 
     monkeypatch.setattr(Fetcher, "_with_pyreqwest", counting)
     async with tls_node(certificate, legacy=True) as (url, seen), Fetcher(Settings()) as fetcher:
@@ -177,42 +178,115 @@ async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_throu
     assert len(tried) == 1 and tried[0].endswith("/a")
 
 
-async def test_an_https_node_that_is_down_is_not_left_to_aiohttp() -> None:
-    """Nothing listens: both clients fail to connect, the error names the node, and the next request tries
-    pyreqwest again (only a node that aiohttp did reach is left to it)."""
-    node = Node(name="down", url=f"https://127.0.0.1:{free_port()}", tls_verify=False)
+async def test_an_https_node_that_is_down_is_asked_once_and_not_left_to_aiohttp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing listens at the node's address: pyreqwest's TCP connection is refused, the error names the node,
+    and aiohttp is not asked again (the same address would refuse it too); the node is not left to aiohttp."""
+    monkeypatch.setattr(Fetcher, "_with_aiohttp", _no_aiohttp)
+    url = f"https://127.0.0.1:{free_port()}"
+    node = Node(name="down", url=url, tls_verify=False)
     async with Fetcher(Settings()) as fetcher:
         for _ in range(2):
             result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
-            assert result.status is None and result.error is not None and "down" in result.error
-        assert fetcher._openssl_nodes == set()
+            assert result.status is None and result.error is not None
+            assert result.error.startswith(f"cannot connect to down ({url}): Connection refused")
+        assert not fetcher._routes.uses_openssl(node)
 
 
-async def test_an_https_node_given_by_address_is_warmed_through_pyreqwest(
-    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+async def _no_aiohttp(*args: object) -> FetchResult:
+    raise AssertionError("aiohttp was used")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost"], ids=["by-ip", "by-name"])
+async def test_an_https_node_is_warmed_through_pyreqwest_whether_given_by_address_or_by_name(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, address: str
 ) -> None:
-    """With aiohttp switched off: plain URLs to an https node given by IP address still warm (pyreqwest, a
-    client per site resolving its name to the node), each with its own host as SNI and in Host; at most
-    TLS_CLIENTS such clients are kept (the least recently used dropped); a node given by name needs aiohttp."""
-
-    async def no_aiohttp(*args: object) -> FetchResult:
-        raise AssertionError("aiohttp was used")
-
-    monkeypatch.setattr(Fetcher, "_with_aiohttp", no_aiohttp)
-    monkeypatch.setattr(fetcher_module, "TLS_CLIENTS", 2)
+    """With aiohttp switched off: plain URLs to an https node given by IP address or by name still warm
+    (pyreqwest, a client per site resolving its name to the node's address), each with its own host as SNI
+    and in Host; at most TLS_CLIENTS such clients are kept (the least recently used dropped)."""
+    monkeypatch.setattr(Fetcher, "_with_aiohttp", _no_aiohttp)
+    monkeypatch.setattr(tls_routes, "TLS_CLIENTS", 2)
     hosts = ["www.example.test", "img.example.test", "cdn.example.test", "www.example.test"]
     async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
-        node = Node(name="tls", url=url, tls_verify=False)
+        node = Node(name="tls", url=url.replace("127.0.0.1", address), tls_verify=False)
         results = [await fetcher.request("GET", node, parse_url(f"https://{host}/a?x=1")) for host in hosts]
-        kept = [key[2] for key in fetcher._tls_clients]
-        by_name = Node(name="named", url=url.replace("127.0.0.1", "localhost"), tls_verify=False)
-        with pytest.raises(AssertionError, match="aiohttp was used"):
-            await fetcher.request("GET", by_name, parse_url("https://www.example.test/a"))
+        kept = [(key[2], key[3]) for key in fetcher._routes._routes]
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 4
     assert [(sni, head.split(b"\r\n")[:2]) for sni, head in seen] == [
         (host, [b"GET /a?x=1 HTTP/1.1", f"Host: {host}".encode()]) for host in hosts
     ]
-    assert kept == ["cdn.example.test", "www.example.test"]
+    assert kept == [("cdn.example.test", "127.0.0.1"), ("www.example.test", "127.0.0.1")]
+
+
+@contextlib.contextmanager
+def resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, list[str]]) -> Iterator[dict[str, list[str]]]:
+    """The running loop resolves each of `names` to its list of addresses (both clients ask the loop); the
+    dict may be changed meanwhile. Other names resolve as usual."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: object, port: object, *args: Any, **kw: Any) -> list[Any]:
+        if isinstance(host, str) and host in names:
+            if not names[host]:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            tcp = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+            return [(socket.AF_INET, *tcp, (ip, int(str(port)))) for ip in names[host]]
+        return await real(host, port, *args, **kw)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    yield names
+
+
+async def test_a_named_https_node_whose_first_address_refuses_is_warmed_at_its_next_one(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node name with two addresses, the first refusing connections (127.0.0.2: nothing listens there):
+    the first request is answered through aiohttp (which tries every address), and pyreqwest goes on with the
+    second address, so the next requests are pyreqwest's alone; the node is not left to aiohttp."""
+    asked = []
+    with_aiohttp = Fetcher._with_aiohttp
+
+    async def counting(self: Fetcher, *args: Any) -> FetchResult:
+        asked.append(args[3].path_query)
+        return await with_aiohttp(self, *args)
+
+    monkeypatch.setattr(Fetcher, "_with_aiohttp", counting)
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+        with resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}):
+            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
+            assert not fetcher._routes.uses_openssl(node)
+    assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
+    assert asked == ["/a"]
+    assert [sni for sni, _ in seen] == ["www.example.test"] * 3
+
+
+async def test_a_named_https_node_is_asked_for_again_after_name_ttl(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With NAME_TTL at 0, every request has the node's name asked again in the background: when the name
+    moves to an address where nothing listens, the requests after that fail to connect; when it moves back,
+    they warm again. aiohttp is never needed for the node's own address."""
+    monkeypatch.setattr(tls_routes, "NAME_TTL", 0.0)
+    async with tls_node(certificate) as (url, _), Fetcher(Settings()) as fetcher:
+        with resolving(monkeypatch, {"edge.test": ["127.0.0.1"]}) as names:
+            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            target = parse_url("https://www.example.test/a")
+
+            async def warm_until(ok: bool) -> int:
+                """Requests until one's success is `ok` (at most 20; the new address is taken in the background)."""
+                for count in range(1, 21):
+                    if ((await fetcher.request("GET", node, target)).status == 200) is ok:
+                        return count
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"no request with success {ok} in 20")
+
+            assert await warm_until(True) == 1
+            names["edge.test"] = ["127.0.0.3"]
+            await warm_until(False)
+            names["edge.test"] = ["127.0.0.1"]
+            await warm_until(True)
 
 
 async def test_a_folded_header_line_is_accepted_and_a_malformed_head_is_named() -> None:

@@ -2,31 +2,29 @@
 
 Two clients, chosen by measurement (bench/http_clients.py, docs/benchmarks.md): pyreqwest (Rust's hyper,
 working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: URLs
-that its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP nodes and to https nodes given
-by IP address. An https node gets the URL's host as SNI (and its certificate is checked against it) while
-the connection goes to the node's address: pyreqwest does that with a client per (node, site) that resolves
-the site's name to the node's address (`resolve`), at most TLS_CLIENTS of them, the least recently used
-dropped first; an https node it cannot connect to, other than for its certificate, is tried again through
-aiohttp, whose OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once aiohttp got an answer there,
-that node is left to aiohttp. aiohttp sends the rest byte for byte: URLs with dot segments or characters
-that parser would percent-encode, and https nodes given by name. hyper reads at most 100 header lines in an
-answer: an answer with more is asked for again through aiohttp, which takes what curl takes (see
-HEAD_LINES). Their exceptions stop here: callers get a `FetchResult` whatever happened.
+that its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP nodes and to https nodes. An
+https node gets the URL's host as SNI (and its certificate is checked against it) while the connection goes
+to the node's address: tls_routes.py keeps a pyreqwest client per (node, site, address) for that, and
+resolves nodes given by name itself. When pyreqwest cannot set up TLS with an https node other than for its
+certificate, aiohttp asks again: its OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once
+aiohttp got an answer there, that node is left to aiohttp; when a named node's address refuses the TCP
+connection, aiohttp asks again too (it tries every address) and pyreqwest goes on with the next address.
+aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
+percent-encode. hyper reads at most 100 header lines in an answer: an answer with more is asked for again
+through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a
+`FetchResult` whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import re
 import ssl
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self
-from urllib.parse import urlsplit
 
 import aiohttp
 import pyreqwest.client
@@ -36,6 +34,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..nodes import CacheState, cache_state
 from ..urls import TargetUrl
+from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
 _CHUNK = 1 << 16
 # What pyreqwest's URL parser (WHATWG) would rewrite: dot segments, and characters it percent-encodes in the
@@ -48,16 +47,16 @@ HEAD_LINE_BYTES = 102_400
 HEAD_LINES = 1_000
 # hyper's words for an answer head it will not read (more than 100 header lines, or over its buffer).
 _HEAD_TOO_LARGE = "message head is too large"
-# pyreqwest clients kept for https nodes, one per (node, site): each holds its own idle connections.
-TLS_CLIENTS = 256
 
 
 class _Unread(enum.Enum):
-    """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads, or the
-    https node could not be reached other than for its certificate (TLS that rustls does not speak, say)."""
+    """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads; TLS
+    with the https node failed other than for its certificate (TLS that rustls does not speak, say); or the
+    address of a node given by name refused the TCP connection (aiohttp tries every address)."""
 
     HEAD_TOO_LARGE = "head too large"
-    NOT_CONNECTED = "not connected"
+    NO_TLS = "no tls"
+    UNREACHABLE = "unreachable"
 
 
 def sent_unchanged(path_query: str) -> bool:
@@ -101,14 +100,6 @@ def _pyreqwest_builder(settings: Engine) -> pyreqwest.client.ClientBuilder:
     )
 
 
-def _ip_address(host: str) -> str | None:
-    """`host` (as a URL writes it: an IPv6 address in brackets) as an IP address, or None for a name."""
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return None
-
-
 class NodeClient(Protocol):
     """What the engine fetches with: `Fetcher` in its own process, or `ProcessFetcher` from a child."""
 
@@ -124,11 +115,7 @@ class Fetcher:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
-        # (node url, tls_verify, site) -> pyreqwest client and the node's port, or None: aiohttp sends those
-        self._tls_clients: OrderedDict[tuple[str, bool, str], tuple[pyreqwest.client.Client, int] | None] = (
-            OrderedDict()
-        )
-        self._openssl_nodes: set[str] = set()  # https nodes that aiohttp reached when pyreqwest could not
+        self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -155,10 +142,7 @@ class Fetcher:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        clients, self._tls_clients = list(self._tls_clients.values()), OrderedDict()
-        for found in clients:
-            if found is not None:
-                await found[0].close()
+        await self._routes.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -175,53 +159,41 @@ class Fetcher:
         if headers:
             sent.update(headers)
         unread = None
-        sending = self._pyreqwest_for(node, target) if sent_unchanged(target.path_query) else None
-        if sending is not None:
-            client, url = sending
-            answer = await self._with_pyreqwest(client, method, url, node, sent)
+        if sent_unchanged(target.path_query):
+            route = None
+            if node.url.startswith("http://"):
+                answer = await self._with_pyreqwest(self._client, method, node.url + target.path_query, node, sent)
+            else:
+                route = self._routes.route(node, target.host)
+                if route is UNRESOLVED:  # the node's name, the first time: its first requests wait for it
+                    await self._routes.resolve(node)
+                    route = self._routes.route(node, target.host)
+                answer = None  # None: a route only aiohttp has
+                if isinstance(route, Route):
+                    path = route.prefix + target.path_query
+                    answer = await self._with_pyreqwest(route.client, method, path, node, sent, named=route.named)
             if isinstance(answer, FetchResult):
                 return answer
             unread = answer  # ask aiohttp
+            if unread is _Unread.UNREACHABLE and isinstance(route, Route):
+                self._routes.unreachable(node, route)
         result = await self._with_aiohttp(self._session, method, node, target, sent)
-        if unread is _Unread.NOT_CONNECTED and result.status is not None:
-            self._openssl_nodes.add(node.url)  # its TLS needs OpenSSL: aiohttp alone from now on
+        if unread is _Unread.NO_TLS and result.status is not None:
+            self._routes.use_openssl(node)  # its TLS needs OpenSSL: aiohttp alone from now on
         return result
 
-    def _pyreqwest_for(self, node: Node, target: TargetUrl) -> tuple[pyreqwest.client.Client, str] | None:
-        """The pyreqwest client and URL that send `target` to `node`, or None when aiohttp must send it."""
-        if node.url.startswith("http://"):
-            assert self._client is not None
-            return self._client, node.url + target.path_query
-        if node.url in self._openssl_nodes:
-            return None
-        key = (node.url, node.tls_verify, target.host)
-        if key in self._tls_clients:
-            self._tls_clients.move_to_end(key)
-            found = self._tls_clients[key]
-        else:  # the node's URL and the site are looked at once, not on every request
-            found = self._tls_clients[key] = self._tls_client(node, target.host)
-            if len(self._tls_clients) > TLS_CLIENTS:
-                self._tls_clients.popitem(last=False)  # requests still using it keep it until they end
-        if found is None:
-            return None
-        client, port = found
-        # The node's port in the URL (pyreqwest connects to the URL's port); Host is sent as the URL has it.
-        return client, f"https://{target.host}:{port}{target.path_query}"
-
-    def _tls_client(self, node: Node, host: str) -> tuple[pyreqwest.client.Client, int] | None:
-        """A client that sends `host`'s https URLs to `node`, and the node's port; None when aiohttp must."""
-        address = urlsplit(node.url)
-        ip = _ip_address(address.hostname or "")
-        if address.scheme != "https" or ip is None or _ip_address(host) is not None:
-            return None  # a node given by name (pyreqwest would resolve it), or a URL without a name for SNI
-        port = address.port or 443
-        builder = _pyreqwest_builder(self._settings).resolve(host, ip, port)
-        return builder.danger_accept_invalid_certs(not node.tls_verify).build(), port
-
     async def _with_pyreqwest(
-        self, client: pyreqwest.client.Client, method: str, url: str, node: Node, sent: dict[str, str]
+        self,
+        client: pyreqwest.client.Client,
+        method: str,
+        url: str,
+        node: Node,
+        sent: dict[str, str],
+        *,
+        named: bool = False,
     ) -> FetchResult | _Unread:
-        """The node's answer, or why aiohttp should ask again."""
+        """The node's answer, or why aiohttp should ask again. `named`: the node is given by name, and this
+        request goes to one of its addresses."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
@@ -245,10 +217,14 @@ class Fetcher:
             return FetchResult(None, error=f"timeout talking to {node.name}")
         except errors.PyreqwestError as exc:
             causes = _causes(exc)
-            reason = causes[-1] if causes else _reason(exc)
+            # The last cause is the OS's or hyper's own words; rustls appends a link to its manual to some.
+            reason = causes[-1].split(": https://docs.rs/", 1)[0] if causes else _reason(exc)
             if "client error (Connect)" in causes:
-                if url.startswith("https://") and "certificate" not in reason:
-                    return _Unread.NOT_CONNECTED  # maybe TLS that rustls does not speak (CBC ciphers, say)
+                if "tcp connect error" in causes:
+                    if named:
+                        return _Unread.UNREACHABLE  # another address of the node's name may answer
+                elif url.startswith("https://") and "certificate" not in reason:
+                    return _Unread.NO_TLS  # maybe TLS that rustls does not speak (CBC ciphers, say)
                 return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
