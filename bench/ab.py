@@ -9,7 +9,8 @@ Every run: 20,000 x 4 KiB on 2 nginx edges, a fresh lab (cold caches), submitted
 of 100 and timed to the last task's end, as S1 does (bench/warm.py); every URL is checked to be a HIT on every
 node afterwards. Prints warms/s and CPU per warm of each run, then medians and the median of the per-round ratios
 to the bare loop. `--https`: the nodes are given by their https ports (`Lab(tls=True)`), the URLs are https,
-the HIT check asks over https, and the bare loop (plain HTTP) sits out.
+the HIT check asks over https, and the bare loop (plain HTTP) sits out; with `--by-name` the nodes' URLs name
+localhost instead of 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608 with --urls 200)")
     parser.add_argument("--src", action="append", default=[], help="NAME=DIR: PYTHONPATH of that variant's service")
     parser.add_argument("--https", action="store_true", help="warm through the nodes' https ports")
+    parser.add_argument("--by-name", action="store_true", help="with --https: the nodes given as localhost")
     parser.add_argument("variants", nargs="+", help="NAME=TOML")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in args.variants)
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                         use_source(sources.get(who, own_path))
                         warm.EDGEWARM_ENGINE = variants[who].replace("\\n", "\n")
                         urls = [url_of(p, https=args.https) for p in paths]
-                        run = warm.run_edgewarm(lab, lab.nodes_toml(https=args.https), urls, folder, deadline)
+                        nodes = lab.nodes_toml(https=args.https)
+                        if args.by_name:
+                            nodes = nodes.replace("://127.0.0.1:", "://localhost:")
+                        run = warm.run_edgewarm(lab, nodes, urls, folder, deadline)
                         rate, cpu = items / run.seconds, run.cpu_seconds
                     checked = check_run(lab, lab.edges, paths, deadline, https=args.https)
                 finally:
