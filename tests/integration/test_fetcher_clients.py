@@ -262,6 +262,34 @@ async def test_a_named_https_node_whose_first_address_refuses_is_warmed_at_its_n
     assert [sni for sni, _ in seen] == ["www.example.test"] * 3
 
 
+async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at_its_next_one(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node name whose first address takes no connection (a listening socket on 127.0.0.2 whose one-place
+    queue is full: the kernel drops further SYNs, as a firewall that drops packets does): the first request
+    waits connect_timeout there, is answered through aiohttp, and pyreqwest goes on with the second address;
+    the next requests take no such wait. Before, every request timed out on the first address."""
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings(connect_timeout=0.5)) as fetcher:
+        port = int(url.rsplit(":", 1)[1])
+        with (
+            socket.socket() as silent,
+            socket.socket() as filler,
+            resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}),
+        ):
+            silent.bind(("127.0.0.2", port))
+            silent.listen(0)
+            filler.connect(("127.0.0.2", port))  # the queue is full from now on
+            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            took = []
+            for p in "abc":
+                started = asyncio.get_running_loop().time()
+                result = await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}"))
+                took.append(asyncio.get_running_loop().time() - started)
+                assert (result.status, result.bytes, result.error) == (200, 2, None)
+    assert took[0] >= 0.5 and max(took[1:]) < 0.5
+    assert [sni for sni, _ in seen] == ["www.example.test"] * 3
+
+
 async def test_a_named_https_node_is_asked_for_again_after_name_ttl(
     certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,9 @@ https node gets the URL's host as SNI (and its certificate is checked against it
 to the node's address: tls_routes.py keeps a pyreqwest client per (node, site, address) for that, and
 resolves nodes given by name itself. When pyreqwest cannot set up TLS with an https node other than for its
 certificate, aiohttp asks again: its OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once
-aiohttp got an answer there, that node is left to aiohttp; when a named node's address refuses the TCP
-connection, aiohttp asks again too (it tries every address) and pyreqwest goes on with the next address.
+aiohttp got an answer there, that node is left to aiohttp; when a named node's address refuses the
+connection or does not answer within connect_timeout, aiohttp asks again too (it tries every address) and
+pyreqwest goes on with the next address.
 aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
 percent-encode. hyper reads at most 100 header lines in an answer: an answer with more is asked for again
 through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a
@@ -52,7 +53,8 @@ _HEAD_TOO_LARGE = "message head is too large"
 class _Unread(enum.Enum):
     """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads; TLS
     with the https node failed other than for its certificate (TLS that rustls does not speak, say); or the
-    address of a node given by name refused the TCP connection (aiohttp tries every address)."""
+    address of a node given by name refused the connection or did not answer in time (aiohttp tries every
+    address)."""
 
     HEAD_TOO_LARGE = "head too large"
     NO_TLS = "no tls"
@@ -213,7 +215,9 @@ class Fetcher:
                 except errors.RequestError:
                     return _read(method, response.status, state, received, expected, cut=True)
                 return _read(method, response.status, state, received, expected, cut=False)
-        except errors.RequestTimeoutError:
+        except errors.RequestTimeoutError as exc:
+            if named and isinstance(exc, errors.ConnectTimeoutError):
+                return _Unread.UNREACHABLE  # this address of the node's name does not answer; another may
             return FetchResult(None, error=f"timeout talking to {node.name}")
         except errors.PyreqwestError as exc:
             causes = _causes(exc)

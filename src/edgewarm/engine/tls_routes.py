@@ -1,14 +1,14 @@
 """Which pyreqwest client sends a site's https URLs to a node, if any (the Fetcher asks aiohttp otherwise).
 
-The connection goes to the node while the URL's host is the SNI and what the certificate is checked against:
-a pyreqwest client per (node, site, node address) resolves the site's name to the node's address
-(`ClientBuilder.resolve`), at most TLS_CLIENTS of them, the least recently used dropped first. A node given
-by IP address has that address. A node given by name is resolved here (pyreqwest's `resolve` takes one
-address, so its own resolver cannot be used for the node): every address the name has, in the order the
-system gives them, the first one used, the next one when a TCP connection to it fails, and the name asked
-again after NAME_TTL seconds (in the background: requests go on to the address known meanwhile). aiohttp
-sends what no route covers: a URL whose host is an IP address (no name for SNI), a node whose name does not
-resolve, and a node whose TLS only OpenSSL speaks (`use_openssl`: CBC ciphers, say).
+The connection goes to the node while the URL's host is the SNI and what the certificate is checked against: a
+pyreqwest client per (node, site, node address) resolves the site's name to the node's address
+(`ClientBuilder.resolve`), at most TLS_CLIENTS of them, the least recently used dropped first. A node given by
+IP address has that address. A node given by name is resolved here (pyreqwest's `resolve` takes one address,
+so its own resolver cannot be used for the node): every address the name has, in the order the system gives
+them, the first one used, the next one when it refuses a connection or does not answer within connect_timeout,
+and the name asked again after NAME_TTL seconds (in the background: requests go on to the address known
+meanwhile). aiohttp sends what no route covers: a URL whose host is an IP address (no name for SNI), a node
+whose name does not resolve, and a node whose TLS only OpenSSL speaks (`use_openssl`: CBC ciphers, say).
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class TlsRoutes:
             await asyncio.shield(state.asking)
 
     def unreachable(self, node: Node, route: Route) -> None:
-        """pyreqwest could not open a TCP connection to `route.ip`: a named node's next address is used next
-        (after the last one, the name is asked again)."""
+        """pyreqwest could not connect to `route.ip` (refused, or no answer in time): a named node's next
+        address is used next (after the last one, the name is asked again)."""
         state = self._names.get(node.url)
         if not route.named or state is None or not state.addresses:
             return
