@@ -123,6 +123,11 @@ class Node(_Model):
         if not parts.hostname:
             raise ValueError(f"{value!r}: no host")
         try:
+            parts.hostname.encode("idna")  # what resolving the name asks of it
+        except UnicodeError as exc:
+            reason = str(exc).rsplit("UnicodeError: ", 1)[-1].rstrip(")")
+            raise ValueError(f"{value!r}: the host is not a valid name ({reason})") from None
+        try:
             _ = parts.port
         except ValueError as exc:
             raise ValueError(f"{value!r}: bad port") from exc

@@ -407,3 +407,17 @@ def test_bodies_are_streamed_and_never_held_by_either_client(tmp_path: Path) -> 
     report = json.loads(run.stdout)
     assert report["results"] == [[200, size, None], [200, size, None]]
     assert report["peak_kib"] * 1024 < 160 << 20  # about 75 MiB measured; one body held would be 256 MiB more
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_node_name_that_cannot_be_looked_up_is_a_network_error_not_an_exception(scheme: str) -> None:
+    """A node whose name has a label over 63 characters (the config refuses it; a node made without the
+    config's checks reaches the Fetcher anyway) fails with a network error through either client, and no
+    exception leaves the Fetcher."""
+    url = f"{scheme}://{'a' * 64}.example.net:8443"
+    node = Node.model_construct(name="long", url=url, tls_verify=False, kind=Node.model_fields["kind"].default)
+    async with Fetcher(Settings(connect_timeout=1.0)) as fetcher:
+        for path_query in ("/a", "/x/../a"):  # pyreqwest, then aiohttp
+            result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
+            assert result.status is None and result.network_error
+            assert result.error is not None and result.error.startswith(f"cannot connect to long ({url}): ")

@@ -127,10 +127,13 @@ def test_unknown_key_in_limits_is_named() -> None:
         "http://user@127.0.0.1:18081",
         "http://127.0.0.1:99999",
         "http://",
+        "https://" + "a" * 64 + ".example.net",
+        "http://edge..example.net",
     ],
 )
 def test_bad_node_url_is_named(url: str) -> None:
-    """A node URL with another scheme, a path, a query, user info, a bad port or no host is refused."""
+    """A node URL with another scheme, a path, a query, user info, a bad port, no host or a host that is not
+    a name (a label over 63 characters, or empty) is refused."""
     data = example()
     data["nodes"][1]["url"] = url
     assert refused_key(data) == "nodes[1].url"

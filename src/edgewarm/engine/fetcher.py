@@ -273,6 +273,8 @@ class Fetcher:
             return FetchResult(None, error=f"{node.name} disconnected before answering: {_reason(exc)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
+        except UnicodeError as exc:  # a name that cannot be looked up (the config refuses such nodes)
+            return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc)}")
 
 
 def _read(

@@ -156,7 +156,7 @@ class TlsRoutes:
     async def _resolve(self, state: _Name, name: str, port: int) -> None:
         try:
             found = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
-        except OSError as exc:  # keep what was known; without it aiohttp sends, and reports the failure
+        except (OSError, UnicodeError) as exc:  # keep what was known; else aiohttp sends, and says what failed
             log.warning("cannot resolve node name %s: %s", name, exc)
             found = []
         finally:
