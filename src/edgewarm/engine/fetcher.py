@@ -1,16 +1,15 @@
 """HTTP to cache nodes. Every request goes to a configured node's address, never to the URL's own host.
 
 Two clients, chosen by measurement (bench/http_clients.py, docs/benchmarks.md): pyreqwest (Rust's hyper,
-working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: URLs
-that its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP nodes and to https nodes. An
-https node gets the URL's host as SNI (and its certificate is checked against it) while the connection goes
-to the node's address: tls_routes.py keeps a pyreqwest client per (node, site, address) for that, and
-resolves nodes given by name itself. When pyreqwest cannot set up TLS with an https node other than for its
-certificate, aiohttp asks again: its OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once
-aiohttp got an answer there, that node is left to aiohttp; when a named node's address refuses the
-connection or does not answer within connect_timeout, aiohttp asks again too (it tries every address) and
-pyreqwest goes on with the next address.
-aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
+working on its own thread; 2-3x aiohttp's requests per CPU second) sends what it can send unchanged: URLs that
+its WHATWG URL parser leaves as they are, i.e. nearly all, to plain-HTTP nodes and to https nodes. An https
+node gets the URL's host as SNI (and its certificate is checked against it) while the connection goes to the
+node's address: tls_routes.py keeps a pyreqwest client per (node, site, address) for that, and resolves nodes
+given by name itself. When pyreqwest cannot set up TLS with an https node other than for its certificate,
+aiohttp asks again: its OpenSSL speaks older TLS than rustls (CBC ciphers, say), and once aiohttp got an
+answer there, that node is left to aiohttp; when a named node's address refuses the connection or does not
+answer within connect_timeout, aiohttp asks again too (it tries every address) and pyreqwest goes on with the
+next address. aiohttp sends the rest byte for byte: URLs with dot segments or characters that parser would
 percent-encode. hyper reads at most 100 header lines in an answer: an answer with more is asked for again
 through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions stop here: callers get a
 `FetchResult` whatever happened.
