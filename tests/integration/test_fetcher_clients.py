@@ -269,7 +269,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
     queue is full: the kernel drops further SYNs, as a firewall that drops packets does): the first request
     waits connect_timeout there, is answered through aiohttp, and pyreqwest goes on with the second address;
     the next requests take no such wait. Before, every request timed out on the first address."""
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings(connect_timeout=0.5)) as fetcher:
+    async with tls_node(certificate) as (url, seen), Fetcher(Settings(connect_timeout=1.0)) as fetcher:
         port = int(url.rsplit(":", 1)[1])
         with (
             socket.socket() as silent,
@@ -286,7 +286,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
                 result = await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}"))
                 took.append(asyncio.get_running_loop().time() - started)
                 assert (result.status, result.bytes, result.error) == (200, 2, None)
-    assert took[0] >= 0.5 and max(took[1:]) < 0.5
+    assert took[0] >= 1.0 and max(took[1:]) < 1.0
     assert [sni for sni, _ in seen] == ["www.example.test"] * 3
 
 
