@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -90,37 +89,12 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def tls_node(
-    certificate: tuple[Path, Path], *, legacy: bool = False
-) -> AsyncIterator[tuple[str, list[tuple[str | None, bytes]]]]:
-    """An https node on loopback that answers 200 and records (SNI, request head) of every request; `legacy`:
-    it speaks TLS 1.2 with CBC ciphers only, as old appliances do (rustls has none of them)."""
-    seen: list[tuple[str | None, bytes]] = []
-    names: list[str | None] = []
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
-    if legacy:
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES128-SHA")
-    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            seen.append((names[-1] if names else None, head))
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache-Status: MISS\r\n\r\nok")
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # a client that refused the certificate
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-    try:
-        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
-    finally:
-        server.close()
-        await server.wait_closed()
+async def tls_node(certificate: tuple[Path, Path], *, legacy: bool = False) -> AsyncIterator[FaultServer]:
+    """An https node on loopback that answers 200 "ok" and records each request with its connection's SNI
+    (a FaultServer; async only to share an `async with` with the Fetcher); `legacy`: it speaks TLS 1.2 with
+    CBC ciphers only, as old appliances do (rustls has none of them)."""
+    with FaultServer(Respond(200, body=b"ok"), tls=certificate, cbc_only=legacy) as server:
+        yield server
 
 
 async def test_an_https_node_gets_the_urls_host_as_sni_and_the_path_byte_for_byte(
@@ -128,16 +102,16 @@ async def test_an_https_node_gets_the_urls_host_as_sni_and_the_path_byte_for_byt
 ) -> None:
     """An https node (tls_verify = false for the self-signed certificate): connected at its address, the URL's
     host as SNI and in Host, the target exactly as submitted."""
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
-        node = Node(name="tls", url=url, tls_verify=False)
+    async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
+        node = Node(name="tls", url=server.url, tls_verify=False)
         for path_query in ("/a/b.mp4?x=1", "/a/../b"):
             result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
             assert (result.status, result.bytes, result.error) == (200, 2, None)
-    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [
+    assert [(r.sni, r.head.split(b"\r\n")[0]) for r in server.requests] == [
         ("www.example.test", b"GET /a/b.mp4?x=1 HTTP/1.1"),
         ("www.example.test", b"GET /a/../b HTTP/1.1"),
     ]
-    assert all(b"\r\nHost: www.example.test\r\n" in head for _, head in seen)
+    assert all(b"\r\nHost: www.example.test\r\n" in r.head for r in server.requests)
 
 
 async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_node(
@@ -145,13 +119,13 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
 ) -> None:
     """With tls_verify (the default) a self-signed certificate is refused, by either client (pyreqwest for
     "/a", aiohttp for a dot segment): a network error naming the node and the certificate."""
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+    async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         for path_query in ("/a", "/x/../a"):
             target = parse_url("https://www.example.test" + path_query)
-            result = await fetcher.request("GET", Node(name="tls", url=url), target)
+            result = await fetcher.request("GET", Node(name="tls", url=server.url), target)
             assert result.status is None and result.network_error
             assert result.error is not None and "tls" in result.error and "certificate" in result.error.lower()
-    assert seen == []
+    assert server.requests == []
 
 
 async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_through_aiohttp(
@@ -168,11 +142,11 @@ async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_throu
         return await with_pyreqwest(self, client, method, url, *rest, **kw)
 
     monkeypatch.setattr(Fetcher, "_with_pyreqwest", counting)
-    async with tls_node(certificate, legacy=True) as (url, seen), Fetcher(Settings()) as fetcher:
-        node = Node(name="old", url=url, tls_verify=False)
+    async with tls_node(certificate, legacy=True) as server, Fetcher(Settings()) as fetcher:
+        node = Node(name="old", url=server.url, tls_verify=False)
         results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
-    assert [(sni, head.split(b"\r\n")[0]) for sni, head in seen] == [
+    assert [(r.sni, r.head.split(b"\r\n")[0]) for r in server.requests] == [
         ("www.example.test", f"GET /{p} HTTP/1.1".encode()) for p in "abc"
     ]
     assert len(tried) == 1 and tried[0].endswith("/a")
@@ -208,12 +182,12 @@ async def test_an_https_node_is_warmed_through_pyreqwest_whether_given_by_addres
     monkeypatch.setattr(Fetcher, "_with_aiohttp", _no_aiohttp)
     monkeypatch.setattr(tls_routes, "TLS_CLIENTS", 2)
     hosts = ["www.example.test", "img.example.test", "cdn.example.test", "www.example.test"]
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
-        node = Node(name="tls", url=url.replace("127.0.0.1", address), tls_verify=False)
+    async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
+        node = Node(name="tls", url=server.url.replace("127.0.0.1", address), tls_verify=False)
         results = [await fetcher.request("GET", node, parse_url(f"https://{host}/a?x=1")) for host in hosts]
         kept = [(key[2], key[3]) for key in fetcher._routes._routes]
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 4
-    assert [(sni, head.split(b"\r\n")[:2]) for sni, head in seen] == [
+    assert [(r.sni, r.head.split(b"\r\n")[:2]) for r in server.requests] == [
         (host, [b"GET /a?x=1 HTTP/1.1", f"Host: {host}".encode()]) for host in hosts
     ]
     assert kept == [("cdn.example.test", "127.0.0.1"), ("www.example.test", "127.0.0.1")]
@@ -252,14 +226,14 @@ async def test_a_named_https_node_whose_first_address_refuses_is_warmed_at_its_n
         return await with_aiohttp(self, *args)
 
     monkeypatch.setattr(Fetcher, "_with_aiohttp", counting)
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings()) as fetcher:
+    async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         with resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}):
-            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
             results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
             assert not fetcher._routes.uses_openssl(node)
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
     assert asked == ["/a"]
-    assert [sni for sni, _ in seen] == ["www.example.test"] * 3
+    assert [r.sni for r in server.requests] == ["www.example.test"] * 3
 
 
 async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at_its_next_one(
@@ -269,8 +243,8 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
     queue is full: the kernel drops further SYNs, as a firewall that drops packets does): the first request
     waits connect_timeout there, is answered through aiohttp, and pyreqwest goes on with the second address;
     the next requests take no such wait. Before, every request timed out on the first address."""
-    async with tls_node(certificate) as (url, seen), Fetcher(Settings(connect_timeout=1.0)) as fetcher:
-        port = int(url.rsplit(":", 1)[1])
+    async with tls_node(certificate) as server, Fetcher(Settings(connect_timeout=1.0)) as fetcher:
+        port = int(server.url.rsplit(":", 1)[1])
         with (
             socket.socket() as silent,
             socket.socket() as filler,
@@ -279,7 +253,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
             silent.bind(("127.0.0.2", port))
             silent.listen(0)
             filler.connect(("127.0.0.2", port))  # the queue is full from now on
-            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
             took = []
             for p in "abc":
                 started = asyncio.get_running_loop().time()
@@ -287,7 +261,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
                 took.append(asyncio.get_running_loop().time() - started)
                 assert (result.status, result.bytes, result.error) == (200, 2, None)
     assert took[0] >= 1.0 and max(took[1:]) < 1.0
-    assert [sni for sni, _ in seen] == ["www.example.test"] * 3
+    assert [r.sni for r in server.requests] == ["www.example.test"] * 3
 
 
 async def test_a_named_https_node_is_asked_for_again_after_name_ttl(
@@ -297,9 +271,9 @@ async def test_a_named_https_node_is_asked_for_again_after_name_ttl(
     moves to an address where nothing listens, the requests after that fail to connect; when it moves back,
     they warm again. aiohttp is never needed for the node's own address."""
     monkeypatch.setattr(tls_routes, "NAME_TTL", 0.0)
-    async with tls_node(certificate) as (url, _), Fetcher(Settings()) as fetcher:
+    async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         with resolving(monkeypatch, {"edge.test": ["127.0.0.1"]}) as names:
-            node = Node(name="named", url=url.replace("127.0.0.1", "edge.test"), tls_verify=False)
+            node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
             target = parse_url("https://www.example.test/a")
 
             async def warm_until(ok: bool) -> int:

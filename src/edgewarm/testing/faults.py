@@ -21,7 +21,8 @@ Actions:
 
 ``FaultServer(..., tls=(cert, key))`` speaks https (``edgewarm.testing.self_signed`` makes the pair): the same
 actions over TLS, ``url`` is ``https://``, and each request records the SNI its connection asked for. A close or
-reset is abrupt there too (no TLS close_notify), as when a node dies.
+reset is abrupt there too (no TLS close_notify), as when a node dies. ``cbc_only=True``: it speaks TLS 1.2 with
+CBC ciphers only, as old appliances do.
 
 Every wait is bounded and ends early on :meth:`FaultServer.stop`, which closes every socket and joins every
 thread: a test can never hang on this server. Threads, not asyncio, so that it serves an event loop under test
@@ -187,7 +188,8 @@ class FaultServer:
 
     ``behaviour`` is an :data:`Action` (used for every request) or a :data:`Behaviour`. ``idle_timeout``
     closes a keep-alive connection that sends nothing for that long (or takes that long over its TLS
-    handshake). ``tls``: a certificate and its key (PEM files): https. Use as a context manager.
+    handshake). ``tls``: a certificate and its key (PEM files): https; ``cbc_only``: TLS 1.2 with CBC ciphers
+    only. Use as a context manager.
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class FaultServer:
         *,
         idle_timeout: float = 60.0,
         tls: tuple[Path, Path] | None = None,
+        cbc_only: bool = False,
     ) -> None:
         self._behaviour = self._as_behaviour(behaviour)
         self._idle_timeout = idle_timeout
@@ -204,6 +207,9 @@ class FaultServer:
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._tls.load_cert_chain(*tls)
             self._tls.sni_callback = _note_sni
+            if cbc_only:
+                self._tls.maximum_version = ssl.TLSVersion.TLSv1_2
+                self._tls.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES128-SHA")
         self._stopping = threading.Event()
         self._shared = _Shared()
         self._listener: socket.socket | None = None
