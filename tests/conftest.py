@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from edgewarm.testing import DEFAULT_HOST, self_signed
 from edgewarm.testing.postgres import PostgresCluster, PostgresUnavailable
 
 
@@ -14,6 +16,12 @@ from edgewarm.testing.postgres import PostgresCluster, PostgresUnavailable
 def anyio_backend() -> str:
     """Async tests run on asyncio only (asyncpg and the store target it)."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for DEFAULT_HOST (www.example.test) and its key, by openssl: (cert, key)."""
+    return self_signed(tmp_path_factory.mktemp("tls"), DEFAULT_HOST)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from edgewarm.config import Node
 from edgewarm.engine import Fetcher, FetchResult, tls_routes
 from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
-from edgewarm.testing import Lab, self_signed
+from edgewarm.testing import Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import free_port
 from edgewarm.urls import parse_url
@@ -80,12 +80,6 @@ async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.Monk
         assert result.status == 200
         assert [r.target for r in node.requests] == ["/a"]
         assert proxy.connections == 0
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for www.example.test (openssl, installed by scripts/setup.sh --test)."""
-    return self_signed(tmp_path_factory.mktemp("tls"), "www.example.test")
 
 
 @contextlib.asynccontextmanager

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from edgewarm.models import Item, ItemState, Task, TaskStatus
-from edgewarm.testing import Lab, self_signed
+from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import Action, Behaviour, Close, FaultServer, Reset, Respond, ShortBody, Stall, sequence
 
 from .support import engine_rig
 
 pytestmark = pytest.mark.anyio
 
-SITE = "www.example.test"
+SITE = DEFAULT_HOST  # the name the session's certificate is for (tests/conftest.py)
 BODY = b"x" * 4096
 # How the node is written in the config, and the URL's path: who sends it.
 WAYS = pytest.mark.parametrize(
@@ -35,11 +35,6 @@ WAYS = pytest.mark.parametrize(
     ids=["pyreqwest-by-ip", "pyreqwest-by-name", "aiohttp"],
 )
 TlsNode = Callable[[Action | Behaviour], FaultServer]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed(tmp_path_factory.mktemp("tls"), SITE)
 
 
 @pytest.fixture
