@@ -125,10 +125,9 @@ class TlsRoutes:
         return node.url in self._openssl
 
     async def close(self) -> None:
-        for state in self._names.values():
-            if state.asking is not None:
-                state.asking.cancel()
         asking = [s.asking for s in self._names.values() if s.asking is not None]
+        for task in asking:
+            task.cancel()
         await asyncio.gather(*asking, return_exceptions=True)
         routes, self._routes = [r for r in self._routes.values() if r is not None], OrderedDict()
         for route in routes:
