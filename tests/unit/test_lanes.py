@@ -1,4 +1,5 @@
-"""The engine's per-node lanes follow a reloaded config: a node's width changes without a restart."""
+"""The engine's per-node lanes follow a reloaded config (a node's width changes without a restart); its
+outcome writer does not hold a task's last outcomes back."""
 
 from __future__ import annotations
 
@@ -46,14 +47,16 @@ class CountingFetcher:
         return FetchResult(200, 100, CacheState.MISS)
 
 
-def config(per_node: int, *, node_width: int | None = None) -> Config:
+def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05) -> Config:
     node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
     if node_width is not None:
         node["concurrency"] = node_width
+    engine = {"per_node_concurrency": per_node, "concurrency": 64, "dedupe_seconds": 0}
+    engine["flush_interval"] = flush_interval
     return parse_config(
         {
             "store": "memory://",
-            "engine": {"per_node_concurrency": per_node, "concurrency": 64, "dedupe_seconds": 0},
+            "engine": engine,
             "nodes": [node],
             "users": [{"name": "u", "secret": "s" * 16, "domains": ["example.test"]}],
         }
@@ -155,3 +158,24 @@ async def test_a_replaced_fetcher_finishes_its_requests_and_is_released_only_the
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert old.requests + new.requests == 40
+
+
+async def test_the_last_outcomes_are_written_at_once_not_after_the_flush_interval() -> None:
+    """With `flush_interval` at 60 s, a batch waits to fill only while items are still being worked: a task's
+    last outcome, with nothing else in hand, is written at once (the task ends long before 60 s), twice over."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4, flush_interval=60.0), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            for count in (1, 10):
+                task_id = await submit(store, count)
+                engine.wake()
+                deadline = time.monotonic() + 10.0
+                while (task := await store.get_task(task_id)) is None or task.finished_at is None:
+                    assert time.monotonic() < deadline, f"the task of {count} was not finished after 10 s"
+                    await asyncio.sleep(0.01)
+                assert task.status is TaskStatus.SUCCEEDED and fetcher.requests >= count
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)

@@ -284,9 +284,11 @@ class Engine:
         while True:
             s = self.settings
             batch = [await self._outcomes.get()]
-            # One wait per batch, not one per outcome: let the batch fill for flush_interval, then take it.
-            if self._outcomes.qsize() + 1 < s.batch_size:
-                await asyncio.sleep(s.flush_interval)
+            # One wait per batch, not one per outcome: let the batch fill for flush_interval, then take it. Not
+            # when nothing is left in hand: no outcome is coming, and a task's last one would wait for nothing.
+            if self._outcomes.qsize() + 1 < s.batch_size and not self._idle.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), timeout=s.flush_interval)
             while len(batch) < s.batch_size and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             await self._flush(batch)
