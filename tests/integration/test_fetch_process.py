@@ -17,6 +17,7 @@ from edgewarm.config import Node, NodeKind
 from edgewarm.engine import Fetcher, ProcessFetcher, fetch_process, open_fetcher
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.faults import FaultServer, Respond
 from edgewarm.testing.service import free_port
 from edgewarm.urls import parse_url
 
@@ -176,5 +177,21 @@ def test_the_child_reads_the_cache_header_the_nodes_kind_trusts() -> None:
             server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
+
+    asyncio.run(go())
+
+
+def test_a_certificate_refusal_crosses_from_the_child_as_final(certificate: tuple[Path, Path]) -> None:
+    """An https node whose certificate does not verify: the child's answer is the in-process Fetcher's, its
+    `final` mark included (the engine then does not retry the item)."""
+    target = parse_url(f"https://{DEFAULT_HOST}/cert.bin")
+
+    async def go() -> None:
+        with FaultServer(Respond(200, body=b"ok"), tls=certificate) as server:
+            node = Node(name="tls", url=server.url)
+            async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
+                got = await remote.request("GET", node, target)
+                assert got.final and got.status is None and "certificate verify failed" in (got.error or "")
+                assert got == await local.request("GET", node, target)
 
     asyncio.run(go())

@@ -148,12 +148,13 @@ async def test_a_plain_http_port_given_as_https_fails_clearly(tmp_path: Path, ad
 
 @WAYS
 async def test_a_certificate_the_node_cannot_prove_is_refused(tls_node: TlsNode, address: str, path: str) -> None:
-    """`tls_verify` on (the default) and a self-signed certificate: the node never gets a request, and the
-    error says it was the certificate."""
+    """`tls_verify` on (the default) and a self-signed certificate: the node never gets a request, the error
+    says it was the certificate, and the item fails on its first attempt (the next would fail the same way)."""
     with tls_node(Respond(200, body=BODY)) as node:
         task, item, _ = await warm_one(node.url, address, path, tls_verify=True)
     assert task.status is TaskStatus.FAILED
-    assert item.http_status is None
+    assert item.http_status is None and item.attempts == 1
     assert item.error is not None and item.error.startswith("cannot connect to node-1")
-    assert "certificate" in item.error.lower()
+    assert "certificate verify failed: " in item.error and "self-signed certificate" in item.error
+    assert item.error.endswith(" (not retried: it would fail the same way)")
     assert node.requests == []

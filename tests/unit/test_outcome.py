@@ -7,9 +7,10 @@ import random
 import pytest
 
 from edgewarm.config import Engine
-from edgewarm.engine.fetcher import FetchResult
-from edgewarm.engine.outcome import backoff_delay, is_retryable, warm_outcome
+from edgewarm.engine.fetcher import FetchResult, certificate_refusal
+from edgewarm.engine.outcome import backoff_delay, is_retryable, purge_outcome, warm_outcome
 from edgewarm.nodes import CacheState
+from edgewarm.nodes.purge import Verdict
 
 NOW = 1_000_000.0
 SETTINGS = Engine(max_attempts=3, backoff_base=0.5, backoff_max=4.0)
@@ -79,6 +80,44 @@ def test_network_error_message_is_kept() -> None:
     outcome = warm_outcome(7, 1, FetchResult(None, error="connection refused"), SETTINGS, NOW)
     assert outcome.error == "connection refused"
     assert outcome.http_status is None
+
+
+def test_a_final_network_error_fails_at_once_for_a_warm_and_a_purge() -> None:
+    """A network error marked final (the node's certificate did not verify) is not retried, on the first
+    attempt as on any: the item fails with the error and says why it was not tried again."""
+    refused = FetchResult(None, error="cannot connect to n: certificate verify failed: x", final=True)
+    for outcome in (
+        warm_outcome(7, 1, refused, SETTINGS, NOW),
+        purge_outcome(7, 1, Verdict.RETRY, refused, SETTINGS, NOW),
+    ):
+        assert not outcome.succeeded and outcome.retry_at is None and outcome.attempts == 1
+        assert outcome.error == f"{refused.error} (not retried: it would fail the same way)"
+    retried = purge_outcome(7, 1, Verdict.RETRY, FetchResult(None, error="reset"), SETTINGS, NOW)
+    assert retried.retry_at is not None  # the same failure, not final: tried again
+
+
+@pytest.mark.parametrize(
+    ("reason", "told"),
+    [
+        ("invalid peer certificate: UnknownIssuer", "unable to get local issuer certificate"),
+        (
+            "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+            "a CA certificate served as the node's own (self-signed certificate?)",
+        ),
+        (
+            'invalid peer certificate: NotValidForNameContext { expected: DnsName("a.test"), presented: [] }',
+            "certificate is not valid for the site's name",
+        ),
+        ("invalid peer certificate: ExpiredContext { time: 1, not_after: 0 }", "certificate has expired"),
+        ("invalid peer certificate: SomethingNew", "invalid peer certificate: SomethingNew"),
+        ("tls handshake eof", None),
+        ("received fatal alert: HandshakeFailure", None),
+    ],
+)
+def test_rustls_certificate_refusals_are_told_in_openssls_words(reason: str, told: str | None) -> None:
+    """rustls' reasons (some in Rust's debug form) read as OpenSSL's for the common ones, as they are; other
+    TLS failures are no certificate refusal."""
+    assert certificate_refusal(reason) == told
 
 
 def test_bypass_is_a_failure() -> None:

@@ -47,6 +47,22 @@ HEAD_LINE_BYTES = 102_400
 HEAD_LINES = 1_000
 # hyper's words for an answer head it will not read (more than 100 header lines, or over its buffer).
 _HEAD_TOO_LARGE = "message head is too large"
+# rustls' refusal of a certificate, in its words: "invalid peer certificate: UnknownIssuer", some reasons wrapped
+# in Rust's debug form ("Other(OtherError(CaUsedAsEndEntity))") or followed by their context. The common ones
+# are told in OpenSSL's words, as aiohttp tells them.
+_RUSTLS_CERTIFICATE = re.compile(r"invalid peer certificate: (?:Other\(OtherError\()?(\w+)")
+_CERTIFICATE_REASONS = {
+    "UnknownIssuer": "unable to get local issuer certificate",
+    "CaUsedAsEndEntity": "a CA certificate served as the node's own (self-signed certificate?)",
+    "Expired": "certificate has expired",
+    "ExpiredContext": "certificate has expired",
+    "NotValidYet": "certificate is not yet valid",
+    "NotValidYetContext": "certificate is not yet valid",
+    "NotValidForName": "certificate is not valid for the site's name",
+    "NotValidForNameContext": "certificate is not valid for the site's name",
+    "Revoked": "certificate revoked",
+    "BadSignature": "certificate signature failure",
+}
 
 
 class _Unread(enum.Enum):
@@ -72,6 +88,7 @@ class FetchResult:
     bytes: int = 0
     cache_state: CacheState | None = None
     error: str | None = None  # set on a network error, timeout or short body
+    final: bool = False  # asking again would fail the same way (the node's certificate does not verify)
 
     @property
     def network_error(self) -> bool:
@@ -226,7 +243,9 @@ class Fetcher:
                 if "tcp connect error" in causes:
                     if named:
                         return _Unread.UNREACHABLE  # another address of the node's name may answer
-                elif url.startswith("https://") and "certificate" not in reason:
+                elif (why := certificate_refusal(reason)) is not None:
+                    return _certificate_refused(node, why)
+                elif url.startswith("https://"):
                     return _Unread.NO_TLS  # maybe TLS that rustls does not speak (CBC ciphers, say)
                 return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
             if isinstance(exc, errors.NetworkError):
@@ -266,6 +285,9 @@ class Fetcher:
         except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
             # aiohttp's own, not the node's)
             return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {exc.message}")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            refusal = exc.certificate_error
+            return _certificate_refused(node, getattr(refusal, "verify_message", None) or _reason(refusal))
         except aiohttp.ClientConnectorError as exc:
             return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
         except aiohttp.ServerDisconnectedError as exc:  # in pyreqwest's words (below the head it is a cut body)
@@ -285,6 +307,18 @@ def _read(
         of = f" of {expected}" if expected is not None else ""
         return FetchResult(status, received, state, f"short body: {received}{of} bytes")
     return FetchResult(status, received, state)
+
+
+def certificate_refusal(reason: str) -> str | None:
+    """Why rustls refused the node's certificate, from its words for a failed connection (None: it did not)."""
+    refused = _RUSTLS_CERTIFICATE.match(reason)
+    return None if refused is None else _CERTIFICATE_REASONS.get(refused.group(1), reason)
+
+
+def _certificate_refused(node: Node, why: str) -> FetchResult:
+    """The node's certificate did not verify: final, as it will not verify on the next try either."""
+    error = f"cannot connect to {node.name} ({node.url}): certificate verify failed: {why}"
+    return FetchResult(None, error=error, final=True)
 
 
 def _causes(exc: pyreqwest.exceptions.PyreqwestError) -> list[str]:

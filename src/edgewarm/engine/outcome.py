@@ -54,11 +54,17 @@ def warm_outcome(
         return done(True)
     if result.status is not None and not result.network_error and not is_retryable(result):
         return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
-    return retry_or_give_up(done(False, result.error or f"HTTP {result.status}"), settings, now, rng)
+    failed = done(False, result.error or f"HTTP {result.status}")
+    return retry_or_give_up(failed, settings, now, rng, final=result.final)
 
 
-def retry_or_give_up(failed: ItemOutcome, settings: Engine, now: float, rng: random.Random | None) -> ItemOutcome:
-    """A failure worth another try: due again after a backoff, or final once max_attempts are spent."""
+def retry_or_give_up(
+    failed: ItemOutcome, settings: Engine, now: float, rng: random.Random | None, *, final: bool = False
+) -> ItemOutcome:
+    """A failure worth another try: due again after a backoff, or final once max_attempts are spent. `final`
+    (FetchResult.final): the next try would fail the same way, so there is none."""
+    if final:
+        return replace(failed, error=f"{failed.error} (not retried: it would fail the same way)")
     if failed.attempts >= settings.max_attempts:
         return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
     return replace(failed, retry_at=now + backoff_delay(failed.attempts, settings, rng))
@@ -89,6 +95,5 @@ def purge_outcome(
             result.bytes,
             f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
         )
-    return retry_or_give_up(
-        ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error), settings, now, rng
-    )
+    failed = ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error)
+    return retry_or_give_up(failed, settings, now, rng, final=result.final)
