@@ -313,6 +313,16 @@ class TestWork:
         (future,) = await store.claim_due_items("w3", 10, NOW + 10, LEASE)
         assert future.task_id == later.id
 
+    async def test_a_claim_leaves_out_the_nodes_it_is_asked_to_skip(self, store: TaskStore) -> None:
+        """`skip_nodes`: none of their items is claimed (the others are, in due order), and they stay due for the
+        next claim that does not skip them."""
+        await store.create_task(make_task(3, (("edge-1", 0), ("edge-2", 0), ("edge-3", 0))))
+        first = await store.claim_due_items("w1", 100, NOW, LEASE, ["edge-1", "edge-3"])
+        assert sorted(c.node for c in first) == ["edge-2"] * 3
+        assert await store.claim_due_items("w1", 100, NOW, LEASE, ["edge-1", "edge-2", "edge-3"]) == []
+        rest = await store.claim_due_items("w1", 100, NOW, LEASE)
+        assert sorted(c.node for c in rest) == ["edge-1"] * 3 + ["edge-3"] * 3
+
     async def test_a_later_stage_waits_until_every_earlier_one_succeeded(self, store: TaskStore) -> None:
         """Edges stay WAITING until both shields of the same URL succeeded, then become due."""
         task = make_task(2, TWO_SHIELDS_THEN_EDGE)

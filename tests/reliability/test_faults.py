@@ -9,6 +9,7 @@ stopping engine hands unfinished items back instead of counting them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -252,6 +253,38 @@ async def test_a_fleet_of_broken_nodes_ends_every_item_in_bounded_time() -> None
     assert "reset by peer" in errors["edge-reset"]
     assert errors["edge-stall"].startswith("timeout") and errors["edge-slow"].startswith("timeout")
     assert "1000 bytes" in errors["edge-short"]
+
+
+async def test_a_node_that_never_answers_does_not_hold_the_others_back() -> None:
+    """One node answers at once, the other drops every connection attempt (a listening socket whose queue is
+    full: each attempt waits for `connect_timeout`, 3 s). The good node's 100 warms all end while the dead
+    node's first attempts are still waiting: its claims queue in its own lane, not in the room the good node
+    needs (before, the good node got a claim only as the dead node's items ended: 21 s for the 100)."""
+    with FaultServer(Respond(200, body=BODY)) as good, socket.socket() as silent, socket.socket() as filler:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler.connect(silent.getsockname())  # the queue is full from now on
+        nodes = [
+            {"name": "good", "url": good.url},
+            {"name": "dead", "url": "http://{}:{}".format(*silent.getsockname())},
+        ]
+        engine = {"connect_timeout": 3.0, "concurrency": 8, "per_node_concurrency": 4, "max_attempts": 1}
+        async with engine_rig(nodes, engine, stop_within=15.0) as rig:
+            started = time.monotonic()
+            taskid = await rig.submit([f"http://www.example.test/hol/{i}.bin" for i in range(100)])
+            for _ in range(3000):  # 30 s at most
+                if len(good.requests) >= 100:
+                    break
+                await asyncio.sleep(0.01)
+            took = time.monotonic() - started
+            assert len(good.requests) == 100 and took < 3.0, took
+            for _ in range(200):  # their outcomes are written within flush_interval
+                items = await rig.store.list_items(taskid)
+                if sum(i.state is ItemState.SUCCEEDED for i in items) == 100:
+                    break
+                await asyncio.sleep(0.01)
+            assert {i.node for i in items if i.state is ItemState.SUCCEEDED} == {"good"}
+            assert sum(i.state is ItemState.SUCCEEDED for i in items) == 100
 
 
 # -- the proxy in front of a real cache ---------------------------------------------------------------------------

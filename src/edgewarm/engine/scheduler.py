@@ -1,10 +1,12 @@
 """The warming engine: claim due items, work them through their nodes, write outcomes back in batches.
 
-Flow: `claim_due_items` leases a batch (at most `CLAIM_AHEAD` times `concurrency` items in hand) → each
-claim goes to its node's queue → that node's workers (`per_node_concurrency` coroutines) perform it
-(actions.py) → outcomes queue → the writer commits them in batches (`record_outcomes`), which releases later
-stages (edges after shields) → the dispatcher is woken to claim those. Leases of items in hand are renewed;
-on shutdown, in-flight work gets `grace_seconds`, and what was not done is handed back.
+Flow: `claim_due_items` leases a batch (at most `CLAIM_AHEAD` times `concurrency` items in hand, and none for
+a node whose lane holds its share already: a slow or dead node's claims do not fill the room while the other
+nodes' items wait behind them) → each claim goes to its node's queue → that node's workers
+(`per_node_concurrency` coroutines) perform it (actions.py) → outcomes queue → the writer commits them in
+batches (`record_outcomes`), which releases later stages (edges after shields) → the dispatcher is woken to
+claim those. Leases of items in hand are renewed; on shutdown, in-flight work gets `grace_seconds`, and what
+was not done is handed back.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class _NodeLane:
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.width = 0
         self.workers: list[asyncio.Task[None]] = []
+        self.held = 0  # claims of this node in hand (queued or being worked)
+        # Its share: enough to keep its workers busy, or its part of the engine's room if that is more (set by
+        # the dispatcher). A lane holding that many gets no more claims until it has worked some off.
+        self.share = 0
 
 
 class Engine:
@@ -71,6 +77,8 @@ class Engine:
         self._stopping = asyncio.Event()
         self._lanes: dict[str, _NodeLane] = {}
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
+        self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
+        self._dry: tuple[frozenset[str], float] | None = None  # see _is_dry
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(config.engine.dedupe_seconds)
@@ -105,6 +113,7 @@ class Engine:
 
     def wake(self) -> None:
         """New work may be due (a task was submitted, a stage finished)."""
+        self._fresh = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -147,14 +156,19 @@ class Engine:
             s = self.settings
             self._wake.clear()
             free = self._room() - len(self._in_hand)
+            skip = self._full_nodes()
             claims: list[Claim] = []
-            if free > 0:
+            if free > 0 and not self._is_dry(skip):
+                self._fresh = False
+                limit = min(free, s.batch_size)
                 try:
                     claims = await self.store.claim_due_items(
-                        self.worker_id, min(free, s.batch_size), self._clock(), s.lease_seconds
+                        self.worker_id, limit, self._clock(), s.lease_seconds, skip
                     )
                 except StoreError as exc:
                     log.error("claiming items failed: %s", exc)
+                dry = bool(skip) and len(claims) < limit
+                self._dry = (frozenset(skip), time.monotonic() + s.poll_interval) if dry else None
             for claim in claims:
                 self._hand_out(claim)
             if claims and len(claims) == min(free, s.batch_size):
@@ -165,6 +179,25 @@ class Engine:
     def _room(self) -> int:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
         return self.settings.concurrency * CLAIM_AHEAD
+
+    def _full_nodes(self) -> list[str]:
+        """The nodes whose lanes hold their share: left out of the next claim, so that a slow or dead node's
+        claims do not fill the room while the other nodes' items wait behind them."""
+        part = self._room() // max(1, len(self._lanes))
+        full = []
+        for lane in self._lanes.values():
+            lane.share = max(lane.width * CLAIM_AHEAD, part)
+            if lane.held >= lane.share:
+                full.append(lane.node.name)
+        return full
+
+    def _is_dry(self, skip: list[str]) -> bool:
+        """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out
+        some of these nodes, came back short, and since then no new work came and no poll interval passed."""
+        if self._dry is None or self._fresh:
+            return False
+        skipped, until = self._dry
+        return time.monotonic() < until and skipped.issubset(skip)
 
     def _hand_out(self, claim: Claim) -> None:
         self._leased[claim.item_id] = claim.task_id
@@ -179,7 +212,9 @@ class Engine:
             return
         self._in_hand[claim.item_id] = claim
         self._idle.clear()
-        self._lane(node).queue.put_nowait(claim)
+        lane = self._lane(node)
+        lane.held += 1
+        lane.queue.put_nowait(claim)
 
     def _lane(self, node: Node) -> _NodeLane:
         lane = self._lanes.get(node.name)
@@ -209,7 +244,7 @@ class Engine:
                 return
             node = lane.node
             if self._stopping.is_set():
-                self._done_with(claim)  # not started: it stays leased and is handed back at the end
+                self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
             attempt = claim.attempts + 1
             fetcher = self.fetcher
@@ -230,7 +265,7 @@ class Engine:
             self.fetched += 1
             self._observe(claim, node, outcome, time.monotonic() - started)
             self._outcomes.put_nowait(outcome)
-            self._done_with(claim)
+            self._done_with(claim, lane)
 
     def _release(self, fetcher: NodeClient) -> None:
         left = self._using[fetcher] - 1
@@ -258,10 +293,11 @@ class Engine:
             coalescer.end(key, outcome)
         return outcome
 
-    def _done_with(self, claim: Claim) -> None:
+    def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
         if not self._in_hand:
             self._idle.set()
+        lane.held -= 1
         # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
         # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
         if len(self._in_hand) <= self._room() * 3 // 4:
@@ -309,7 +345,7 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
-        self._wake.set()
+        self.wake()  # later stages may be due now
         await self._note_finished(touched, now)
 
     async def _note_finished(self, task_ids: set[str], now: float) -> None:

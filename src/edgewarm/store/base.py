@@ -78,8 +78,11 @@ class TaskStore(Protocol):
         """(URLs, directories) charged to `username` on `day`."""
         ...
 
-    async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
-        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`."""
+    async def claim_due_items(
+        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+    ) -> list[Claim]:
+        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, none of
+        `skip_nodes` (nodes the worker has enough of in hand)."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...

@@ -149,7 +149,7 @@ ORDER BY s.n
 # claimers take disjoint rows without waiting for each other.
 _CLAIM = """
 WITH due AS (
-    SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
+    SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= $3 AND node <> ALL($5::text[])
     ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 UPDATE items SET attempts = items.attempts + CASE WHEN items.state = 'running' THEN 1 ELSE 0 END,
@@ -551,9 +551,11 @@ class PostgresStore:
 
     # -- the engine's side ------------------------------------------------------------------------
 
-    async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
+    async def claim_due_items(
+        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+    ) -> list[Claim]:
         async with self._connection() as conn:
-            rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit)
+            rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit, list(skip_nodes))
         return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:

@@ -362,13 +362,17 @@ class SQLiteStore:
 
     # -- the engine's side ------------------------------------------------------------------------
 
-    async def claim_due_items(self, worker: str, limit: int, now: float, lease_seconds: float) -> list[Claim]:
+    async def claim_due_items(
+        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+    ) -> list[Claim]:
+        skip = _json(list(skip_nodes))
+
         def claim() -> list[Claim]:
             db = self.db
             with _write_transaction(db):
                 # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
                 # its worker every time still ends after max_attempts.
-                (found,) = db.execute(_DUE_ITEMS, (now, limit)).fetchone()
+                (found,) = db.execute(_DUE_ITEMS, (now, limit, skip)).fetchone()
                 rows = _from_json(found)
                 if rows:
                     db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
@@ -490,12 +494,13 @@ class SQLiteStore:
 
 _ACTIONS = {a.value: a for a in ItemAction}
 
-# Claims: the due items as one JSON array (one step), then their leases. No REAL columns travel as JSON (it
-# would round them).
+# Claims: the due items (but those of the nodes in ?3, a JSON array) as one JSON array (one step), then their
+# leases. No REAL columns travel as JSON (it would round them).
 _DUE_ITEMS = (
     "SELECT json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running'))) "
     "FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
+    "WHERE state IN ('pending', 'running') AND due_at <= ?1 AND node NOT IN (SELECT value FROM json_each(?3)) "
+    "ORDER BY due_at LIMIT ?2)"
 )
 _LEASE_ITEMS = (
     "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
