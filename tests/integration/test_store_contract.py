@@ -323,6 +323,19 @@ class TestWork:
         rest = await store.claim_due_items("w1", 100, NOW, LEASE)
         assert sorted(c.node for c in rest) == ["edge-1"] * 3 + ["edge-3"] * 3
 
+    async def test_a_claim_that_skips_looks_only_among_the_first_due_items(
+        self, store: TaskStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With CLAIM_SCAN at 4 and a limit of 2: behind 6 due items of a skipped node, a later task's items are
+        not found (the scan is bounded); without skipping, the claim takes items in due order as always."""
+        monkeypatch.setattr(backend_module(store_url), "CLAIM_SCAN", 4)
+        await store.create_task(make_task(6, (("dead", 0),)))
+        later = make_task(2, (("edge-1", 0),), created_at=NOW + 1)
+        await store.create_task(later)
+        assert await store.claim_due_items("w1", 2, NOW + 1, LEASE, ["dead"]) == []
+        first = await store.claim_due_items("w1", 7, NOW + 1, LEASE)
+        assert [c.node for c in first] == ["dead"] * 6 + ["edge-1"]
+
     async def test_a_later_stage_waits_until_every_earlier_one_succeeded(self, store: TaskStore) -> None:
         """Edges stay WAITING until both shields of the same URL succeeded, then become due."""
         task = make_task(2, TWO_SHIELDS_THEN_EDGE)

@@ -49,7 +49,7 @@ class _NodeLane:
         self.workers: list[asyncio.Task[None]] = []
         self.held = 0  # claims of this node in hand (queued or being worked)
         # Its share: enough to keep its workers busy, or its part of the engine's room if that is more (set by
-        # the dispatcher). A lane holding that many gets no more claims until it has worked some off.
+        # the dispatcher: _full_nodes). A lane holding that many gets no more claims until it has worked some off.
         self.share = 0
 
 
@@ -182,8 +182,9 @@ class Engine:
 
     def _full_nodes(self) -> list[str]:
         """The nodes whose lanes hold their share: left out of the next claim, so that a slow or dead node's
-        claims do not fill the room while the other nodes' items wait behind them."""
-        part = self._room() // max(1, len(self._lanes))
+        claims do not fill the room while the other nodes' items wait behind them. The room is parted among the
+        configured nodes (every task has items on each): when all their lanes are full, so is the room."""
+        part = self._room() // max(1, len(self.config.nodes))
         full = []
         for lane in self._lanes.values():
             lane.share = max(lane.width * CLAIM_AHEAD, part)

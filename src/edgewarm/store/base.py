@@ -14,6 +14,9 @@ SCHEMA_VERSION = 2
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
 # another application's: creating the schema there would fail half-way or mix the two.
 SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
+# A claim that skips nodes looks among this many of the first due items (at least): beyond, it would walk the
+# skipped nodes' whole backlog on every claim (a dead node's, say) to find nothing.
+CLAIM_SCAN = 10_000
 
 
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
@@ -82,7 +85,8 @@ class TaskStore(Protocol):
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
         """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, none of
-        `skip_nodes` (nodes the worker has enough of in hand)."""
+        `skip_nodes` (nodes the worker has enough of in hand): those are looked for among the first
+        `max(limit, CLAIM_SCAN)` due items only, so that skipping a long backlog stays cheap."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...

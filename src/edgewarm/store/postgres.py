@@ -40,7 +40,7 @@ from ..models import (
     TaskFilter,
 )
 from . import redacted
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
+from .base import CLAIM_SCAN, SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 log = logging.getLogger("edgewarm.store")
@@ -146,11 +146,14 @@ ORDER BY s.n
 
 # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills its worker every
 # time still ends after max_attempts. The CTE with a locking clause runs once; SKIP LOCKED makes concurrent
-# claimers take disjoint rows without waiting for each other.
+# claimers take disjoint rows without waiting for each other. Of the $6 scanned (= $4 unless nodes are skipped),
+# $4 are taken; the others' locks end with the statement's transaction.
 _CLAIM = """
-WITH due AS (
-    SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= $3 AND node <> ALL($5::text[])
-    ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
+WITH scanned AS (
+    SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
+    ORDER BY due_at LIMIT $6 FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM scanned WHERE node <> ALL($5::text[]) ORDER BY due_at LIMIT $4
 )
 UPDATE items SET attempts = items.attempts + CASE WHEN items.state = 'running' THEN 1 ELSE 0 END,
     state = 'running', lease_owner = $1, due_at = $2
@@ -555,7 +558,8 @@ class PostgresStore:
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
         async with self._connection() as conn:
-            rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit, list(skip_nodes))
+            scan = max(limit, CLAIM_SCAN) if skip_nodes else limit
+            rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit, list(skip_nodes), scan)
         return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:

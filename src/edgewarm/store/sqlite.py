@@ -31,7 +31,7 @@ from ..models import (
     TaskCounts,
     TaskFilter,
 )
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
+from .base import CLAIM_SCAN, SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 T = TypeVar("T")
@@ -365,14 +365,14 @@ class SQLiteStore:
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        skip = _json(list(skip_nodes))
+        skip, scan = _json(list(skip_nodes)), max(limit, CLAIM_SCAN) if skip_nodes else limit
 
         def claim() -> list[Claim]:
             db = self.db
             with _write_transaction(db):
                 # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
                 # its worker every time still ends after max_attempts.
-                (found,) = db.execute(_DUE_ITEMS, (now, limit, skip)).fetchone()
+                (found,) = db.execute(_DUE_ITEMS, (now, limit, skip, scan)).fetchone()
                 rows = _from_json(found)
                 if rows:
                     db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
@@ -494,13 +494,13 @@ class SQLiteStore:
 
 _ACTIONS = {a.value: a for a in ItemAction}
 
-# Claims: the due items (but those of the nodes in ?3, a JSON array) as one JSON array (one step), then their
-# leases. No REAL columns travel as JSON (it would round them).
+# Claims: among the first ?4 due items, ?2 but those of the nodes in ?3 (a JSON array), as one JSON array (one
+# step); then their leases. No REAL columns travel as JSON (it would round them).
 _DUE_ITEMS = (
     "SELECT json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running'))) "
-    "FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at <= ?1 AND node NOT IN (SELECT value FROM json_each(?3)) "
-    "ORDER BY due_at LIMIT ?2)"
+    "FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
+    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?4) "
+    "WHERE node NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2)"
 )
 _LEASE_ITEMS = (
     "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
