@@ -194,7 +194,8 @@ class Engine:
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out
-        some of these nodes, came back short, and since then no new work came and no poll interval passed."""
+        some of these nodes, came back short, and since then no work may have come (`wake`: a submission,
+        outcomes written) and no poll interval passed."""
         if self._dry is None or self._fresh:
             return False
         skipped, until = self._dry
