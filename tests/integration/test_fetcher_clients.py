@@ -390,3 +390,32 @@ async def test_a_node_name_that_cannot_be_looked_up_is_a_network_error_not_an_ex
             result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
             assert result.status is None and result.network_error
             assert result.error is not None and result.error.startswith(f"cannot connect to long ({url}): ")
+
+
+@pytest.mark.parametrize("path", ["/a", "/x/../a"], ids=["pyreqwest", "aiohttp"])
+async def test_only_a_connection_never_made_counts_as_unreachable(path: str) -> None:
+    """`unreachable` (what holds a node down: engine/node_health.py) through either client: set for a refused
+    connection and for one not answered within connect_timeout; not for a node that connects and then keeps
+    silent past read_timeout (pyreqwest calls that a "connection timeout" too), nor for one that answers."""
+    settings = Settings(connect_timeout=0.5, read_timeout=1.0)
+    target = parse_url(f"http://www.example.test{path}")
+    with (
+        socket.socket() as silent,
+        socket.socket() as filler,
+        FaultServer(Respond(200, body=b"ok", delay=5.0)) as slow,
+        FaultServer(Respond(200, body=b"ok")) as good,
+    ):
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler.connect(silent.getsockname())  # the queue is full: connection attempts go unanswered
+        cases = {
+            "refused": (f"http://127.0.0.1:{free_port()}", True),
+            "unanswered": ("http://{}:{}".format(*silent.getsockname()), True),
+            "silent": (slow.url, False),
+            "good": (good.url, False),
+        }
+        async with Fetcher(settings) as fetcher:
+            for name, (url, unreachable) in cases.items():
+                result = await fetcher.request("GET", Node(name=name, url=url), target)
+                assert result.unreachable is unreachable, (name, result)
+                assert (result.status == 200) is (name == "good"), (name, result)

@@ -9,6 +9,7 @@ stopping engine hands unfinished items back instead of counting them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -285,6 +286,58 @@ async def test_a_node_that_never_answers_does_not_hold_the_others_back() -> None
                 await asyncio.sleep(0.01)
             assert {i.node for i in items if i.state is ItemState.SUCCEEDED} == {"good"}
             assert sum(i.state is ItemState.SUCCEEDED for i in items) == 100
+
+
+async def test_a_node_that_never_answers_is_held_down_and_its_items_end_soon() -> None:
+    """A node that drops every connection attempt (`connect_timeout` 1 s, 4 at a time, 3 attempts): after 5
+    connections in a row failed it is held down, and its 100 items fail their attempts at once, saying so,
+    instead of each waiting 3 x 1 s in turn (75 s before)."""
+    with socket.socket() as silent, socket.socket() as filler:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler.connect(silent.getsockname())  # the queue is full from now on
+        nodes = [{"name": "dead", "url": "http://{}:{}".format(*silent.getsockname())}]
+        # read_timeout above connect_timeout: a timeout before it ran out can only be the connection's
+        engine = {"concurrency": 8, "per_node_concurrency": 4, "read_timeout": 5.0}
+        async with engine_rig(nodes, engine) as rig:
+            started = time.monotonic()
+            task, items = await rig.wait(await rig.submit([f"http://www.example.test/d/{i}" for i in range(100)]), 60)
+            took = time.monotonic() - started
+    assert task.status is TaskStatus.FAILED and task.failed == 100 and took < 20, took
+    held = [i for i in items if (i.error or "").startswith("not tried: dead is held down after ")]
+    assert len(held) >= 90 and all("the last: timeout talking to dead" in (i.error or "") for i in held)
+
+
+async def test_a_held_down_node_that_comes_back_is_warmed() -> None:
+    """A node that refuses connections is held down; once it listens again, the probe after the cooldown
+    finds it and every item succeeds within its attempts."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Cache-Status: MISS\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = [{"name": "back", "url": "http://{}:{}".format(*sock.getsockname())}]
+        engine = {"max_attempts": 10, "backoff_base": 0.5, "backoff_max": 1.0}
+        async with engine_rig(nodes, engine) as rig:
+            taskid = await rig.submit([f"http://www.example.test/b/{i}" for i in range(20)])
+            for _ in range(500):  # 10 s at most
+                items = await rig.store.list_items(taskid)
+                if any("held down" in (i.error or "") for i in items):
+                    break
+                await asyncio.sleep(0.02)
+            assert any("held down" in (i.error or "") for i in items)
+            server = await asyncio.start_server(answer, sock=sock)
+            try:
+                task, items = await rig.wait(taskid, 30)
+            finally:
+                server.close()
+    assert task.status is TaskStatus.SUCCEEDED and task.succeeded == 20
+    assert max(i.attempts for i in items) > 1
 
 
 # -- the proxy in front of a real cache ---------------------------------------------------------------------------

@@ -44,8 +44,8 @@ STOP_TIMEOUT = 5.0
 
 # A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
 Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
-# A result: (id, status or None, bytes, cache state or None, error or None, final)
-Result = tuple[int, int | None, int, str | None, str | None, bool]
+# A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable)
+Result = tuple[int, int | None, int, str | None, str | None, bool, bool]
 
 
 def open_fetcher(settings: Settings) -> Fetcher | ProcessFetcher:
@@ -101,11 +101,11 @@ class _ChildLink(asyncio.SubprocessProtocol):
 
     def _results(self, results: list[Result]) -> None:
         pending = self.pending
-        for request_id, status, size_read, state, error, final in results:
+        for request_id, status, size_read, state, error, final, unreachable in results:
             future = pending.get(request_id)
             if future is not None and not future.done():
                 cache = CacheState(state) if state is not None else None
-                future.set_result(FetchResult(status, size_read, cache, error, final))
+                future.set_result(FetchResult(status, size_read, cache, error, final, unreachable))
 
 
 class ProcessFetcher:
@@ -286,9 +286,18 @@ class _Child:
                 result.cache_state.value if result.cache_state is not None else None,
                 result.error,
                 result.final,
+                result.unreachable,
             )
         except Exception as exc:  # Fetcher.request answers every network failure itself: this is a bug
-            answer = (request_id, None, 0, None, f"internal error in the fetch process: {type(exc).__name__}", False)
+            answer = (
+                request_id,
+                None,
+                0,
+                None,
+                f"internal error in the fetch process: {type(exc).__name__}",
+                False,
+                False,
+            )
         if not self.outbox:
             asyncio.get_running_loop().call_soon(self.flush)
         self.outbox.append(answer)

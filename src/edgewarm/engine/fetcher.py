@@ -21,6 +21,7 @@ import asyncio
 import enum
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -34,6 +35,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..nodes import CacheState, cache_state
 from ..urls import TargetUrl
+from .node_health import NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
 _CHUNK = 1 << 16
@@ -89,6 +91,7 @@ class FetchResult:
     cache_state: CacheState | None = None
     error: str | None = None  # set on a network error, timeout or short body
     final: bool = False  # asking again would fail the same way (the node's certificate does not verify)
+    unreachable: bool = False  # no connection was made: refused, no answer within connect_timeout, no address
 
     @property
     def network_error(self) -> bool:
@@ -134,6 +137,7 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
         self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
+        self._health = NodeHealth()
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -168,7 +172,16 @@ class Fetcher:
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
-        """Send `method` for `target` to `node`, read the body to the end and discard it."""
+        """Send `method` for `target` to `node`, read the body to the end and discard it; not sent to a node
+        held down (node_health.py): the answer is then at once a network error saying so."""
+        held = self._health.held_down(node)
+        if held is not None:
+            return FetchResult(None, error=held, unreachable=True)
+        result = await self._request(method, node, target, headers)
+        self._health.observe(node, not result.unreachable, result.error)
+        return result
+
+    async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._session is None or self._client is None:
             raise RuntimeError("Fetcher is not open")
         sent = {"Host": target.authority, "User-Agent": self._settings.user_agent}
@@ -216,6 +229,7 @@ class Fetcher:
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
         request = client.request(method, url).headers(sent).streamed_read_buffer_limit(0)
+        started = time.monotonic()
         try:
             async with request.build_streamed() as response:
                 state = cache_state(response.headers, node.kind)
@@ -232,9 +246,14 @@ class Fetcher:
                     return _read(method, response.status, state, received, expected, cut=True)
                 return _read(method, response.status, state, received, expected, cut=False)
         except errors.RequestTimeoutError as exc:
-            if named and isinstance(exc, errors.ConnectTimeoutError):
+            # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
+            # before read_timeout could have run out was the connection's (connect_timeout).
+            connecting = (
+                isinstance(exc, errors.ConnectTimeoutError) and time.monotonic() - started < self._settings.read_timeout
+            )
+            if named and connecting:
                 return _Unread.UNREACHABLE  # this address of the node's name does not answer; another may
-            return FetchResult(None, error=f"timeout talking to {node.name}")
+            return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
         except errors.PyreqwestError as exc:
             causes = _causes(exc)
             # The last cause is the OS's or hyper's own words; rustls appends a link to its manual to some.
@@ -247,7 +266,10 @@ class Fetcher:
                     return _certificate_refused(node, why)
                 elif url.startswith("https://"):
                     return _Unread.NO_TLS  # maybe TLS that rustls does not speak (CBC ciphers, say)
-                return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {reason}")
+                # TCP's refusal, or (plain HTTP) a name without an address
+                return FetchResult(
+                    None, error=f"cannot connect to {node.name} ({node.url}): {reason}", unreachable=True
+                )
             if isinstance(exc, errors.NetworkError):
                 return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
             if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
@@ -278,8 +300,9 @@ class Fetcher:
                 except aiohttp.ClientPayloadError:
                     return _read(method, response.status, state, received, response.content_length, cut=True)
                 return _read(method, response.status, state, received, response.content_length, cut=False)
-        except TimeoutError:
-            return FetchResult(None, error=f"timeout talking to {node.name}")
+        except TimeoutError as exc:
+            connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+            return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
         except aiohttp.ClientPayloadError as exc:
             return FetchResult(None, error=f"broken body from {node.name}: {_reason(exc)}")
         except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
@@ -289,13 +312,15 @@ class Fetcher:
             refusal = exc.certificate_error
             return _certificate_refused(node, getattr(refusal, "verify_message", None) or _reason(refusal))
         except aiohttp.ClientConnectorError as exc:
-            return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}")
+            error = f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}"
+            return FetchResult(None, error=error, unreachable=not isinstance(exc, aiohttp.ClientSSLError))
         except aiohttp.ServerDisconnectedError as exc:  # in pyreqwest's words (below the head it is a cut body)
             return FetchResult(None, error=f"{node.name} disconnected before answering: {_reason(exc)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
         except UnicodeError as exc:  # a name that cannot be looked up (the config refuses such nodes)
-            return FetchResult(None, error=f"cannot connect to {node.name} ({node.url}): {_reason(exc)}")
+            error = f"cannot connect to {node.name} ({node.url}): {_reason(exc)}"
+            return FetchResult(None, error=error, unreachable=True)
 
 
 def _read(

@@ -1,0 +1,89 @@
+"""Nodes that cannot be reached: held down for a while instead of being asked by every item in turn.
+
+A node that drops connection attempts costs each item `connect_timeout` per attempt: thousands of items on a
+dead node would keep the task open for an hour while each one found out again. After `FAILURES_IN_A_ROW`
+requests in a row could not connect (refused, no answer within `connect_timeout`, name not found), the node is
+held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`): its items are not sent,
+they fail their attempt at once with the reason, and are retried with backoff like any network error (as
+they would be, as quickly, by a node that refuses). When the cooldown ends, one request is let through: if it
+connects, the node is up again; if not, it is held down again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Node
+
+log = logging.getLogger("edgewarm.engine")
+
+FAILURES_IN_A_ROW = 5
+COOLDOWN = 2.0  # seconds
+COOLDOWN_MAX = 60.0
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0  # connection failures in a row
+    last_error: str = ""
+    down_until: float = 0.0  # monotonic; 0: up
+    cooldown: float = COOLDOWN
+    probing: float = 0.0  # monotonic start of the one request let through after a cooldown; 0: none
+
+
+class NodeHealth:
+    """Per node address (its URL: a reload may point a name elsewhere): connection failures in a row, and
+    whether it is held down now."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._nodes: dict[str, _State] = {}
+
+    def held_down(self, node: Node) -> str | None:
+        """Why `node` is not to be asked now, or None: ask it (the first request after a cooldown is the probe,
+        and the others wait for its answer)."""
+        state = self._nodes.get(node.url)
+        if state is None or not state.down_until:
+            return None
+        now = self._clock()
+        left = state.down_until - now
+        # A probe that never reported (its item was dropped: the engine stopping, say) is replaced in time.
+        if left <= 0 and (not state.probing or now - state.probing > COOLDOWN_MAX):
+            state.probing = now
+            return None
+        wait = f"asked again in {left:.0f} s" if left > 0 else "being asked again now"
+        return (
+            f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
+            f"({wait}); the last: {state.last_error}"
+        )
+
+    def observe(self, node: Node, connected: bool, error: str | None) -> None:
+        """One request's fate: `connected` when the node answered (whatever it said), else the failure."""
+        state = self._nodes.get(node.url)
+        if connected:
+            if state is not None:
+                del self._nodes[node.url]
+                if state.down_until:
+                    log.info("node %s answers again: no longer held down", node.name, extra={"node": node.name})
+            return
+        if state is None:
+            state = self._nodes[node.url] = _State()
+        state.failures += 1
+        state.last_error = error or "cannot connect"
+        if state.probing:  # the probe failed: down again, for longer
+            state.probing = 0.0
+            state.cooldown = min(state.cooldown * 2, COOLDOWN_MAX)
+        elif state.down_until or state.failures < FAILURES_IN_A_ROW:
+            return
+        state.down_until = self._clock() + state.cooldown
+        log.warning(
+            "node %s held down for %.0f s: %d connections in a row failed, the last: %s",
+            node.name,
+            state.cooldown,
+            state.failures,
+            state.last_error,
+            extra={"node": node.name},
+        )

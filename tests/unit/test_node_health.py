@@ -1,0 +1,85 @@
+"""NodeHealth: a node whose connections keep failing is held down for a cooldown, then probed once."""
+
+from __future__ import annotations
+
+from edgewarm.config import Node
+from edgewarm.engine.node_health import COOLDOWN, COOLDOWN_MAX, FAILURES_IN_A_ROW, NodeHealth
+
+NODE = Node(name="edge-1", url="http://127.0.0.1:1")
+OTHER = Node(name="edge-2", url="http://127.0.0.1:2")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail(health: NodeHealth, node: Node, times: int) -> None:
+    for _ in range(times):
+        health.observe(node, False, "cannot connect to edge-1 (http://127.0.0.1:1): Connection refused")
+
+
+def test_a_node_is_held_down_after_failures_in_a_row_only() -> None:
+    """Fewer failures than the threshold, or failures broken by an answer, hold nothing down; the threshold in a
+    row does, for that node alone, with a reason naming the count, the wait and the last error."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW - 1)
+    health.observe(NODE, True, None)
+    fail(health, NODE, FAILURES_IN_A_ROW - 1)
+    assert health.held_down(NODE) is None
+    fail(health, NODE, 1)
+    why = health.held_down(NODE)
+    assert why == (
+        f"not tried: edge-1 is held down after {FAILURES_IN_A_ROW} connections in a row failed "
+        f"(asked again in {COOLDOWN:.0f} s); the last: cannot connect to edge-1 (http://127.0.0.1:1): "
+        "Connection refused"
+    )
+    assert health.held_down(OTHER) is None
+
+
+def test_after_the_cooldown_one_probe_goes_and_its_answer_decides() -> None:
+    """When the cooldown ends one request is let through and the others still wait; a failed probe holds the
+    node down for twice as long (up to COOLDOWN_MAX); a probe that connects makes it up again at once."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    cooldown = COOLDOWN
+    for _ in range(8):
+        clock.now += cooldown - 0.01
+        assert health.held_down(NODE) is not None
+        clock.now += 0.01
+        assert health.held_down(NODE) is None  # the probe
+        assert "being asked again now" in (health.held_down(NODE) or "")
+        fail(health, NODE, 1)
+        cooldown = min(cooldown * 2, COOLDOWN_MAX)
+    assert cooldown == COOLDOWN_MAX
+    clock.now += cooldown
+    assert health.held_down(NODE) is None
+    health.observe(NODE, True, None)
+    assert health.held_down(NODE) is None and health.held_down(NODE) is None
+
+
+def test_a_probe_that_never_reports_is_replaced() -> None:
+    """A probe whose request was dropped without a result does not hold the node down for ever."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe, never reported
+    assert health.held_down(NODE) is not None
+    clock.now += COOLDOWN_MAX + 1
+    assert health.held_down(NODE) is None  # another probe
+
+
+def test_an_answer_from_a_request_in_flight_ends_the_hold() -> None:
+    """Requests sent before the node was held down may still connect: the first that does makes it up again."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW + 3)
+    assert health.held_down(NODE) is not None
+    health.observe(NODE, True, None)
+    assert health.held_down(NODE) is None
