@@ -161,6 +161,18 @@ class Engine(_Model):
     # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Session 2").
     fetch_process: bool = False
 
+    def cautions(self) -> list[str]:
+        """Settings that are valid but keep a feature from working, each in a sentence (logged when the engine
+        starts and on a reload)."""
+        found = []
+        if self.connect_timeout >= self.read_timeout:
+            found.append(
+                f"[engine] connect_timeout ({self.connect_timeout:g} s) is not below read_timeout "
+                f"({self.read_timeout:g} s): a node that drops connection attempts cannot be told from one that "
+                "connects and keeps silent, so it is not held down (README, How a warm works)"
+            )
+        return found
+
 
 # [engine] keys the fetcher takes when it opens (its connection limit, timeouts, headers, process): a reload
 # (SIGHUP) that changes one of them opens a new fetcher for the next requests (runtime.py).

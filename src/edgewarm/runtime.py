@@ -93,6 +93,8 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             log.warning("SIGHUP: `listen` and `store` change only on restart")
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
+        for caution in fresh.engine.cautions() if engine else ():
+            log.warning("%s", caution)
 
     def on_signal(signum: int) -> None:
         nonlocal signals
@@ -216,6 +218,8 @@ async def _run_parts(
             tasks.append(asyncio.create_task(server.serve(), name="edgewarm-api"))
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         log.info("edgewarm running: %s on %s", parts, redacted(config.store))
+        for caution in config.engine.cautions() if engine else ():
+            log.warning("%s", caution)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops

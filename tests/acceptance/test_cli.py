@@ -14,7 +14,7 @@ import pytest
 
 from edgewarm import auth
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, start_service
 
 from .conftest import credentials_env
 
@@ -132,3 +132,12 @@ def test_demo_warms_every_url_and_stops_all_it_started() -> None:
     for port in ports:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_serve_logs_a_caution_for_settings_that_keep_a_feature_from_working(tmp_path: Path) -> None:
+    """`connect_timeout` not below `read_timeout` starts (it is valid) and the log says what it costs."""
+    extra = "[engine]\nconnect_timeout = 10.0\nread_timeout = 10.0\n"
+    nodes = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
+    with start_service(tmp_path, nodes, extra=extra) as service:
+        log = service.log_text()
+    assert "connect_timeout (10 s) is not below read_timeout (10 s)" in log

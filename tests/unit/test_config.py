@@ -83,6 +83,16 @@ def test_an_empty_document_gives_the_defaults() -> None:
     assert config.nodes == ()
 
 
+def test_a_connect_timeout_not_below_read_timeout_is_accepted_with_a_caution() -> None:
+    """The defaults raise no caution; connect_timeout at or above read_timeout is valid, but a node that drops
+    connection attempts could not be held down: one caution names both values and why."""
+    assert parse_config({}).engine.cautions() == []
+    assert parse_config({"engine": {"connect_timeout": 29.9}}).engine.cautions() == []
+    (caution,) = parse_config({"engine": {"connect_timeout": 30, "read_timeout": 30}}).engine.cautions()
+    assert caution.startswith("[engine] connect_timeout (30 s) is not below read_timeout (30 s): ")
+    assert "not held down" in caution
+
+
 def test_secret_is_not_shown_in_repr() -> None:
     """A user's secret never appears in its repr (and so not in logs)."""
     config = parse_config(example())
