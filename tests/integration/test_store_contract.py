@@ -742,18 +742,27 @@ class TestRetention:
 
 
 class TestConcurrency:
-    async def test_concurrent_claimers_take_disjoint_items(self, store: TaskStore, store_url: str) -> None:
-        """4 workers claiming 2,000 items at once each get their own: no item is claimed twice, none is lost."""
-        await store.create_task(make_task(2000))
+    @pytest.mark.parametrize("skipping", [False, True], ids=["all-nodes", "skipping-a-node"])
+    async def test_concurrent_claimers_take_disjoint_items(
+        self, store: TaskStore, store_url: str, skipping: bool
+    ) -> None:
+        """4 workers claiming 2,000 items at once each get their own: no item is claimed twice, none is lost;
+        also when they leave out a node (then its 1,000 items are left, until claimed without skipping)."""
+        await store.create_task(make_task(1000, (("edge-1", 0), ("edge-2", 0))))
+        skip = ["edge-2"] if skipping else []
         async with stores(store, store_url, 4) as workers:
 
             async def drain(worker: TaskStore, name: str) -> list[int]:
                 taken: list[int] = []
-                while claims := await worker.claim_due_items(name, 50, NOW, LEASE):
+                while claims := await worker.claim_due_items(name, 50, NOW, LEASE, skip):
                     taken += [c.item_id for c in claims]
                 return taken
 
             taken = await asyncio.gather(*(drain(w, f"w{n}") for n, w in enumerate(workers)))
+            if skipping:
+                assert len({i for part in taken for i in part}) == 1000
+                skip = []  # now without skipping: edge-2's
+                taken.append(await drain(workers[0], "w0"))
         every = [item_id for part in taken for item_id in part]
         assert len(every) == 2000 and len(set(every)) == 2000
         assert await store.queue_depth() == 2000 and await store.claim_due_items("w9", 10, NOW, LEASE) == []

@@ -146,20 +146,32 @@ ORDER BY s.n
 
 # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills its worker every
 # time still ends after max_attempts. The CTE with a locking clause runs once; SKIP LOCKED makes concurrent
-# claimers take disjoint rows without waiting for each other. Of the $6 scanned (= $4 unless nodes are skipped),
-# $4 are taken; the others' locks end with the statement's transaction.
-_CLAIM = """
-WITH scanned AS (
-    SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
-    ORDER BY due_at LIMIT $6 FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT id FROM scanned WHERE node <> ALL($5::text[]) ORDER BY due_at LIMIT $4
-)
+# claimers take disjoint rows without waiting for each other.
+_TAKE = """
 UPDATE items SET attempts = items.attempts + CASE WHEN items.state = 'running' THEN 1 ELSE 0 END,
     state = 'running', lease_owner = $1, due_at = $2
 FROM due WHERE items.id = due.id
 RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts
 """
+_CLAIM = f"""
+WITH due AS (
+    SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
+    ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
+)
+{_TAKE}"""
+# Skipping the nodes in $5: the candidates among the first $6 due items are found without locking (locking
+# the scanned rows of the skipped nodes would keep other claimers off them), then locked if still due.
+_CLAIM_SKIPPING = f"""
+WITH candidate AS (
+    SELECT id FROM (
+        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
+        ORDER BY due_at LIMIT $6
+    ) AS scanned WHERE node <> ALL($5::text[]) ORDER BY due_at LIMIT $4
+), due AS (
+    SELECT id FROM items WHERE id IN (SELECT id FROM candidate) AND state IN ('pending', 'running')
+    AND due_at <= $3 FOR UPDATE SKIP LOCKED
+)
+{_TAKE}"""
 
 # Rows of `worker`'s leases among $1, locked in id order (see the module docstring).
 _MINE = """
@@ -558,8 +570,13 @@ class PostgresStore:
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
         async with self._connection() as conn:
-            scan = max(limit, CLAIM_SCAN) if skip_nodes else limit
-            rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit, list(skip_nodes), scan)
+            if skip_nodes:
+                scan = max(limit, CLAIM_SCAN)
+                rows = await conn.fetch(
+                    _CLAIM_SKIPPING, worker, now + lease_seconds, now, limit, list(skip_nodes), scan
+                )
+            else:
+                rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit)
         return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
