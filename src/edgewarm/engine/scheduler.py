@@ -48,9 +48,6 @@ class _NodeLane:
         self.width = 0
         self.workers: list[asyncio.Task[None]] = []
         self.held = 0  # claims of this node in hand (queued or being worked)
-        # Its share: enough to keep its workers busy, or its part of the engine's room if that is more (set by
-        # the dispatcher: _full_nodes). A lane holding that many gets no more claims until it has worked some off.
-        self.share = 0
 
 
 class Engine:
@@ -155,12 +152,11 @@ class Engine:
         while not self._stopping.is_set():
             s = self.settings
             self._wake.clear()
-            free = self._room() - len(self._in_hand)
+            limit = min(self._room() - len(self._in_hand), s.batch_size)
             skip = self._full_nodes()
             claims: list[Claim] = []
-            if free > 0 and not self._is_dry(skip):
+            if limit > 0 and not self._is_dry(skip):
                 self._fresh = False
-                limit = min(free, s.batch_size)
                 try:
                     claims = await self.store.claim_due_items(
                         self.worker_id, limit, self._clock(), s.lease_seconds, skip
@@ -171,7 +167,7 @@ class Engine:
                 self._dry = (frozenset(skip), time.monotonic() + s.poll_interval) if dry else None
             for claim in claims:
                 self._hand_out(claim)
-            if claims and len(claims) == min(free, s.batch_size):
+            if claims and len(claims) == limit:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
@@ -182,15 +178,11 @@ class Engine:
 
     def _full_nodes(self) -> list[str]:
         """The nodes whose lanes hold their share: left out of the next claim, so that a slow or dead node's
-        claims do not fill the room while the other nodes' items wait behind them. The room is parted among the
-        configured nodes (every task has items on each): when all their lanes are full, so is the room."""
+        claims do not fill the room while the other nodes' items wait behind them. A lane's share is enough to
+        keep its workers busy, or its part of the room among the configured nodes (every task has items on
+        each) if that is more: when all their lanes are full, so is the room."""
         part = self._room() // max(1, len(self.config.nodes))
-        full = []
-        for lane in self._lanes.values():
-            lane.share = max(lane.width * CLAIM_AHEAD, part)
-            if lane.held >= lane.share:
-                full.append(lane.node.name)
-        return full
+        return [lane.node.name for lane in self._lanes.values() if lane.held >= max(lane.width * CLAIM_AHEAD, part)]
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out
