@@ -19,6 +19,7 @@ from types import ModuleType
 import asyncpg
 import pytest
 
+import edgewarm.store.base
 import edgewarm.store.postgres
 import edgewarm.store.sqlite
 from edgewarm.config import parse_config
@@ -324,11 +325,11 @@ class TestWork:
         assert sorted(c.node for c in rest) == ["edge-1"] * 3 + ["edge-3"] * 3
 
     async def test_a_claim_that_skips_looks_only_among_the_first_due_items(
-        self, store: TaskStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With CLAIM_SCAN at 4 and a limit of 2: behind 6 due items of a skipped node, a later task's items are
         not found (the scan is bounded); without skipping, the claim takes items in due order as always."""
-        monkeypatch.setattr(backend_module(store_url), "CLAIM_SCAN", 4)
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 4)
         await store.create_task(make_task(6, (("dead", 0),)))
         later = make_task(2, (("edge-1", 0),), created_at=NOW + 1)
         await store.create_task(later)

@@ -19,6 +19,11 @@ SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
 CLAIM_SCAN = 10_000
 
 
+def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:
+    """How many of the first due items a claim of `limit` looks among (claim_due_items)."""
+    return max(limit, CLAIM_SCAN) if skip_nodes else limit
+
+
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
     """The refusal to create edgewarm's schema in `database`, which already has tables of those names."""
     names = ", ".join(sorted(found))

@@ -40,7 +40,7 @@ from ..models import (
     TaskFilter,
 )
 from . import redacted
-from .base import CLAIM_SCAN, SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 log = logging.getLogger("edgewarm.store")
@@ -571,7 +571,7 @@ class PostgresStore:
     ) -> list[Claim]:
         async with self._connection() as conn:
             if skip_nodes:
-                scan = max(limit, CLAIM_SCAN)
+                scan = claim_scan(limit, skip_nodes)
                 rows = await conn.fetch(
                     _CLAIM_SKIPPING, worker, now + lease_seconds, now, limit, list(skip_nodes), scan
                 )

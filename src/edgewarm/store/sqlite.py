@@ -31,7 +31,7 @@ from ..models import (
     TaskCounts,
     TaskFilter,
 )
-from .base import CLAIM_SCAN, SCHEMA_TABLES, SCHEMA_VERSION, tables_in_the_way
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
 
 T = TypeVar("T")
@@ -365,7 +365,7 @@ class SQLiteStore:
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        skip, scan = _json(list(skip_nodes)), max(limit, CLAIM_SCAN) if skip_nodes else limit
+        skip, scan = _json(list(skip_nodes)), claim_scan(limit, skip_nodes)
 
         def claim() -> list[Claim]:
             db = self.db
