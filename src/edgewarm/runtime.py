@@ -93,8 +93,8 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             log.warning("SIGHUP: `listen` and `store` change only on restart")
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
-        for caution in fresh.engine.cautions() if engine else ():
-            log.warning("%s", caution)
+        if engine:
+            _log_cautions(fresh)
 
     def on_signal(signum: int) -> None:
         nonlocal signals
@@ -170,6 +170,12 @@ class _Live:
             await old.__aexit__(None, None, None)
 
 
+def _log_cautions(config: Config) -> None:
+    """The engine's settings that are valid but keep a feature from working (at start and on a reload)."""
+    for caution in config.engine.cautions():
+        log.warning("%s", caution)
+
+
 async def _run_parts(
     live: _Live, store: TaskStore, *, api: bool, engine: bool, sole: bool, stopping: asyncio.Event
 ) -> None:
@@ -218,8 +224,8 @@ async def _run_parts(
             tasks.append(asyncio.create_task(server.serve(), name="edgewarm-api"))
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         log.info("edgewarm running: %s on %s", parts, redacted(config.store))
-        for caution in config.engine.cautions() if engine else ():
-            log.warning("%s", caution)
+        if engine:
+            _log_cautions(config)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops
