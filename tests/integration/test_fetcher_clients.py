@@ -23,7 +23,7 @@ from edgewarm.engine import Fetcher, FetchResult, tls_routes
 from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab
-from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.faults import FaultServer, Respond, always, unanswered
 from edgewarm.testing.service import free_port
 from edgewarm.urls import parse_url
 
@@ -240,14 +240,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
     the next requests take no such wait. Before, every request timed out on the first address."""
     async with tls_node(certificate) as server, Fetcher(Settings(connect_timeout=1.0)) as fetcher:
         port = int(server.url.rsplit(":", 1)[1])
-        with (
-            socket.socket() as silent,
-            socket.socket() as filler,
-            resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}),
-        ):
-            silent.bind(("127.0.0.2", port))
-            silent.listen(0)
-            filler.connect(("127.0.0.2", port))  # the queue is full from now on
+        with unanswered("127.0.0.2", port), resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}):
             node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
             took = []
             for p in "abc":
@@ -400,17 +393,13 @@ async def test_only_a_connection_never_made_counts_as_unreachable(path: str) -> 
     settings = Settings(connect_timeout=0.5, read_timeout=1.0)
     target = parse_url(f"http://www.example.test{path}")
     with (
-        socket.socket() as silent,
-        socket.socket() as filler,
+        unanswered() as silent,
         FaultServer(Respond(200, body=b"ok", delay=5.0)) as slow,
         FaultServer(Respond(200, body=b"ok")) as good,
     ):
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        filler.connect(silent.getsockname())  # the queue is full: connection attempts go unanswered
         cases = {
             "refused": (f"http://127.0.0.1:{free_port()}", True),
-            "unanswered": ("http://{}:{}".format(*silent.getsockname()), True),
+            "unanswered": ("http://{}:{}".format(*silent), True),
             "silent": (slow.url, False),
             "good": (good.url, False),
         }

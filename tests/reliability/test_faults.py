@@ -18,7 +18,17 @@ import pytest
 
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.testing import Lab
-from edgewarm.testing.faults import Close, FaultServer, Forward, Reset, Respond, ShortBody, Stall, sequence
+from edgewarm.testing.faults import (
+    Close,
+    FaultServer,
+    Forward,
+    Reset,
+    Respond,
+    ShortBody,
+    Stall,
+    sequence,
+    unanswered,
+)
 
 from .support import engine_rig
 
@@ -261,13 +271,10 @@ async def test_a_node_that_never_answers_does_not_hold_the_others_back() -> None
     full: each attempt waits for `connect_timeout`, 3 s). The good node's 100 warms all end while the dead
     node's first attempts are still waiting: its claims queue in its own lane, not in the room the good node
     needs (before, the good node got a claim only as the dead node's items ended: 21 s for the 100)."""
-    with FaultServer(Respond(200, body=BODY)) as good, socket.socket() as silent, socket.socket() as filler:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        filler.connect(silent.getsockname())  # the queue is full from now on
+    with FaultServer(Respond(200, body=BODY)) as good, unanswered() as silent:
         nodes = [
             {"name": "good", "url": good.url},
-            {"name": "dead", "url": "http://{}:{}".format(*silent.getsockname())},
+            {"name": "dead", "url": "http://{}:{}".format(*silent)},
         ]
         engine = {"connect_timeout": 3.0, "concurrency": 8, "per_node_concurrency": 4, "max_attempts": 1}
         async with engine_rig(nodes, engine, stop_within=15.0) as rig:
@@ -292,11 +299,8 @@ async def test_a_node_that_never_answers_is_held_down_and_its_items_end_soon() -
     """A node that drops every connection attempt (`connect_timeout` 1 s, 4 at a time, 3 attempts): after 5
     connections in a row failed it is held down, and its 100 items fail their attempts at once, saying so,
     instead of each waiting 3 x 1 s in turn (75 s before)."""
-    with socket.socket() as silent, socket.socket() as filler:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        filler.connect(silent.getsockname())  # the queue is full from now on
-        nodes = [{"name": "dead", "url": "http://{}:{}".format(*silent.getsockname())}]
+    with unanswered() as silent:
+        nodes = [{"name": "dead", "url": "http://{}:{}".format(*silent)}]
         # read_timeout above connect_timeout: a timeout before it ran out can only be the connection's
         engine = {"concurrency": 8, "per_node_concurrency": 4, "read_timeout": 5.0}
         async with engine_rig(nodes, engine) as rig:

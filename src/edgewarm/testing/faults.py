@@ -24,6 +24,8 @@ actions over TLS, ``url`` is ``https://``, and each request records the SNI its 
 reset is abrupt there too (no TLS close_notify), as when a node dies. ``cbc_only=True``: it speaks TLS 1.2 with
 CBC ciphers only, as old appliances do.
 
+``unanswered()`` is an address where connection attempts go unanswered, as to a host that is down.
+
 Every wait is bounded and ends early on :meth:`FaultServer.stop`, which closes every socket and joins every
 thread: a test can never hang on this server. Threads, not asyncio, so that it serves an event loop under test
 without sharing it. Loopback only.
@@ -38,7 +40,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -168,6 +170,18 @@ def sequence(*actions: Action) -> Behaviour:
     if not actions:
         raise ValueError("sequence() needs at least one action")
     return lambda _request, count: actions[min(count, len(actions)) - 1]
+
+
+@contextlib.contextmanager
+def unanswered(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[str, int]]:
+    """An address, (host, port), where connection attempts go unanswered: a listening socket whose queue is full,
+    so each attempt waits for the client's connect timeout, as with a host that is down."""
+    with socket.socket() as silent, socket.socket() as filler:
+        silent.bind((host, port))
+        silent.listen(0)
+        filler.connect(silent.getsockname())  # the queue is full from now on
+        bound_host, bound_port = silent.getsockname()[:2]
+        yield bound_host, bound_port
 
 
 # -- the server -----------------------------------------------------------------------------------------
