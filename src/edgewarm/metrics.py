@@ -10,16 +10,17 @@ edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
 edgewarm_queue_depth                          items pending or running in the store (at scrape)
 edgewarm_items_in_flight                      fetches running in this process
+edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -42,8 +43,26 @@ class Metrics:
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
 
+    def watch_nodes(self, held_down: Callable[[], dict[str, bool]]) -> None:
+        """Report `edgewarm_node_held_down` from `held_down()`: each configured node's name, and whether the
+        engine holds it down now (engine/node_health.py). Read at each scrape."""
+        self.registry.register(_NodesHeldDown(held_down))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _NodesHeldDown(Collector):
+    def __init__(self, held_down: Callable[[], dict[str, bool]]) -> None:
+        self._held_down = held_down
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "edgewarm_node_held_down", "1 while the node is held down: its connections failed in a row", labels=["node"]
+        )
+        for name, down in self._held_down().items():
+            gauge.add_metric([name], 1.0 if down else 0.0)
+        yield gauge
 
 
 class ItemTally(Collector):

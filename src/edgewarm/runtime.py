@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .config import FETCHER_KEYS, Config, load_config
-from .engine import Engine, Fetcher, ProcessFetcher, open_fetcher
+from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, StoreError
 from .metrics import Metrics
 from .retention import run_retention
@@ -129,6 +129,7 @@ class _Live:
         self.engine: Engine | None = None
         self.fetcher: Fetcher | ProcessFetcher | None = None  # the engine's, open
         self.fetcher_settings = config.engine  # what `fetcher` was opened with
+        self.health = NodeHealth()  # the nodes held down, whichever fetcher asks them
         self.deliverer: WebhookDeliverer | None = None
         self.swaps: set[asyncio.Task[None]] = set()
         self._swapping = asyncio.Lock()
@@ -156,7 +157,7 @@ class _Live:
             changed, settings = self._fetcher_changes(), self.config.engine
             if not changed:
                 return
-            fresh = open_fetcher(settings)
+            fresh = open_fetcher(settings, self.health)
             try:
                 await fresh.__aenter__()
             except Exception as exc:
@@ -185,10 +186,11 @@ async def _run_parts(
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []
         if engine:
-            fetcher = live.fetcher = open_fetcher(config.engine)
+            fetcher = live.fetcher = open_fetcher(config.engine, live.health)
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
+            metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None
             live.deliverer = deliverer

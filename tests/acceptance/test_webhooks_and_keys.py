@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewarm.client import Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
@@ -163,6 +165,47 @@ def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: P
             assert service.proc.pid == pid and service.proc.poll() is None
         agents = {r.target: r.header("User-Agent") for r in node.requests}
     assert agents == {"/before": "edgewarm/0.1", "/after": "reloaded/1"}
+
+
+@pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
+def test_a_node_held_down_is_in_metrics_and_stays_held_across_a_fetcher_swap(
+    tmp_path: Path, fetch_process: bool
+) -> None:
+    """A node that refuses connections is held down: /metrics says so (the live node beside it is not). A
+    reload that replaces the fetcher (or the fetch process) keeps what was learnt: the next item for the dead
+    node is not sent but answered "held down" at once (a fresh record would try it twice, refused each time)."""
+    with FaultServer(always(Respond(200, body=b"ok"))) as live, socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n\n'.format(*dead.getsockname())
+        nodes += f'[[nodes]]\nname = "live"\nurl = "{live.url}"\n'
+        extra = f"[engine]\nfetch_process = {str(fetch_process).lower()}\nmax_attempts = 2\nbackoff_base = 0.01\n"
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            assert service.proc is not None
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                first = client.prefetch([f"http://www.example.test/held/{i}" for i in range(10)])
+                assert client.wait(first, timeout=30)["status"] == 2
+                held = held_down_gauge(service.url)
+                assert held == {"dead": 1.0, "live": 0.0}, held
+                original = service.config.read_text()
+                service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
+                os.kill(service.proc.pid, signal.SIGHUP)
+                service.wait_for_log("[engine] user_agent apply to new requests", 15)
+                second = client.prefetch(["http://www.example.test/held/after"])
+                assert client.wait(second, timeout=30)["status"] == 2
+                items = {i["node"]: i for i in client.task(second)["items"]}
+            assert held_down_gauge(service.url)["dead"] == 1.0
+    assert items["live"]["state"] == "succeeded"
+    assert items["dead"]["error"].startswith("not tried: dead is held down after "), items["dead"]
+
+
+def held_down_gauge(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        s.labels["node"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "edgewarm_node_held_down"
+    }
 
 
 def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node, NodeKind
-from edgewarm.engine import Fetcher, ProcessFetcher, fetch_process, open_fetcher
+from edgewarm.engine import Fetcher, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond
@@ -147,8 +147,8 @@ def test_the_child_exits_when_its_engine_dies(lab: Lab, tmp_path: Path) -> None:
 
 def test_the_setting_chooses_the_fetcher() -> None:
     """[engine] fetch_process: off by default, the child when on."""
-    assert isinstance(open_fetcher(Settings(fetch_process=True)), ProcessFetcher)
-    assert isinstance(open_fetcher(Settings()), Fetcher)
+    assert isinstance(open_fetcher(Settings(fetch_process=True), NodeHealth()), ProcessFetcher)
+    assert isinstance(open_fetcher(Settings(), NodeHealth()), Fetcher)
 
 
 def test_the_child_reads_the_cache_header_the_nodes_kind_trusts() -> None:
@@ -195,3 +195,22 @@ def test_a_certificate_refusal_crosses_from_the_child_as_final(certificate: tupl
                 assert got == await local.request("GET", node, target)
 
     asyncio.run(go())
+
+
+def test_nodes_are_held_down_by_the_parent_and_never_by_the_child() -> None:
+    """With `[engine] fetch_process` the engine's side holds a dead node down (the runtime's NodeHealth, which
+    /metrics reads and a reload keeps): after 5 refused connections the next request is not sent. The child
+    sends whatever it is given: without a NodeHealth, every request is tried (a child holding down too would
+    stretch the parent's probe into another cooldown)."""
+    target = parse_url(f"http://{DEFAULT_HOST}/down.bin")
+    node = Node(name="dead", url=f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+
+    async def go(health: NodeHealth | None) -> list[str]:
+        async with ProcessFetcher(Settings(), health) as remote:
+            return [(await remote.request("GET", node, target)).error or "" for _ in range(7)]
+
+    held = asyncio.run(go(NodeHealth()))
+    assert all(e.startswith("cannot connect to dead") for e in held[:5]), held
+    assert all(e.startswith("not tried: dead is held down after 5 connections") for e in held[5:]), held
+    sent = asyncio.run(go(None))
+    assert all(e.startswith("cannot connect to dead") for e in sent), sent

@@ -25,7 +25,7 @@ import pytest
 from edgewarm.api import create_app
 from edgewarm.auth import sign
 from edgewarm.config import Config, parse_config
-from edgewarm.engine import Engine, Fetcher
+from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.models import Item, Task, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
@@ -284,7 +284,7 @@ async def engine_rig(
 ) -> AsyncIterator[Rig]:
     """Run an Engine on `nodes`; on exit stop it and require it to end within `stop_within` seconds."""
     config = parse_config(base_config(nodes, engine={**FAST_ENGINE, **(engine or {})}))
-    async with open_store("memory://") as store, Fetcher(config.engine) as fetcher:
+    async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
         worker = Engine(config, store, fetcher)
         runner = asyncio.create_task(worker.run())
         rig = Rig(config, store, Service(config, store, on_submit=worker.wake), worker, runner)

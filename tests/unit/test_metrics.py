@@ -49,3 +49,15 @@ def test_in_flight_is_read_when_scraped() -> None:
     m.in_flight.set_function(lambda: running[0])
     running[0] = 7
     assert samples(m)[("edgewarm_items_in_flight", ())] == 7
+
+
+def test_nodes_held_down_are_read_when_scraped() -> None:
+    """edgewarm_node_held_down: one sample per node its source names, 1 for those held down."""
+    m = Metrics()
+    down = {"edge-1": False, "edge-2": False}
+    m.watch_nodes(lambda: dict(down))
+    assert samples(m)[("edgewarm_node_held_down", (("node", "edge-2"),))] == 0
+    down["edge-2"] = True
+    got = samples(m)
+    assert got[("edgewarm_node_held_down", (("node", "edge-2"),))] == 1
+    assert got[("edgewarm_node_held_down", (("node", "edge-1"),))] == 0

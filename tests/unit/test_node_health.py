@@ -83,3 +83,20 @@ def test_an_answer_from_a_request_in_flight_ends_the_hold() -> None:
     assert health.held_down(NODE) is not None
     health.observe(NODE, True, None)
     assert health.held_down(NODE) is None
+
+
+def test_is_down_tells_the_hold_without_starting_a_probe() -> None:
+    """`is_down` (read by /metrics) is true from the hold until the node connects again, during the probe too,
+    and asking it never lets a probe through in `held_down`'s place."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW - 1)
+    assert not health.is_down(NODE)
+    fail(health, NODE, 1)
+    assert health.is_down(NODE) and not health.is_down(OTHER)
+    clock.now += COOLDOWN
+    assert health.is_down(NODE) and health.is_down(NODE)
+    assert health.held_down(NODE) is None  # the probe is still there to take
+    assert health.is_down(NODE)
+    health.observe(NODE, True, None)
+    assert not health.is_down(NODE)

@@ -2,6 +2,7 @@
 
 from .fetch_process import ProcessFetcher, open_fetcher
 from .fetcher import Fetcher, FetchResult, NodeClient
+from .node_health import NodeHealth
 from .scheduler import Engine
 
-__all__ = ["Engine", "FetchResult", "Fetcher", "NodeClient", "ProcessFetcher", "open_fetcher"]
+__all__ = ["Engine", "FetchResult", "Fetcher", "NodeClient", "NodeHealth", "ProcessFetcher", "open_fetcher"]

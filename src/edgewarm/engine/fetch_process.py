@@ -34,7 +34,8 @@ from ..config import Node, NodeKind
 from ..nodes import CacheState
 from ..tuning import tune_runtime
 from ..urls import TargetUrl
-from .fetcher import Fetcher, FetchResult
+from .fetcher import Fetcher, FetchResult, GuardedClient
+from .node_health import NodeHealth
 
 log = logging.getLogger("edgewarm.engine")
 
@@ -48,9 +49,9 @@ Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, s
 Result = tuple[int, int | None, int, str | None, str | None, bool, bool]
 
 
-def open_fetcher(settings: Settings) -> Fetcher | ProcessFetcher:
-    """The engine's fetcher as `[engine] fetch_process` asks."""
-    return ProcessFetcher(settings) if settings.fetch_process else Fetcher(settings)
+def open_fetcher(settings: Settings, health: NodeHealth) -> Fetcher | ProcessFetcher:
+    """The engine's fetcher as `[engine] fetch_process` asks, holding down the nodes `health` finds dead."""
+    return ProcessFetcher(settings, health) if settings.fetch_process else Fetcher(settings, health)
 
 
 class _Frames:
@@ -108,10 +109,12 @@ class _ChildLink(asyncio.SubprocessProtocol):
                 future.set_result(FetchResult(status, size_read, cache, error, final, unreachable))
 
 
-class ProcessFetcher:
-    """The `Fetcher` interface, served by a child process; use as `async with ProcessFetcher(settings):`."""
+class ProcessFetcher(GuardedClient):
+    """The `Fetcher` interface, served by a child process; use as `async with ProcessFetcher(settings):`. Nodes
+    are held down here, by `health` (the child sends every request it is given)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, health: NodeHealth | None = None) -> None:
+        super().__init__(health)
         self._settings = settings
         self._link: _ChildLink | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -139,10 +142,7 @@ class ProcessFetcher:
         transport = self._running_transport()
         return transport.get_pid() if transport is not None else None
 
-    async def request(
-        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
-    ) -> FetchResult:
-        """As `Fetcher.request`: send `method` for `target` to `node` (from the child), body read and dropped."""
+    async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._running_transport() is None and not await self._restart():
             return FetchResult(None, error="the fetch process is not running (restarting)")
         self._next_id += 1

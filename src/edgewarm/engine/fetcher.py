@@ -129,15 +129,41 @@ class NodeClient(Protocol):
     ) -> FetchResult: ...
 
 
-class Fetcher:
-    """Both clients, for all nodes; use as `async with Fetcher(settings) as fetcher:`."""
+class GuardedClient:
+    """What both node clients share: `health`, the process's record of unreachable nodes (node_health.py),
+    holds those down; without it every request is sent. Subclasses send in `_request`."""
 
-    def __init__(self, settings: Engine) -> None:
+    def __init__(self, health: NodeHealth | None) -> None:
+        self._health = health
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        """Send `method` for `target` to `node`, read the body to the end and discard it; not sent to a node
+        held down: the answer is then at once a network error saying so."""
+        health = self._health
+        if health is None:
+            return await self._request(method, node, target, headers)
+        held = health.held_down(node)
+        if held is not None:
+            return FetchResult(None, error=held, unreachable=True)
+        result = await self._request(method, node, target, headers)
+        health.observe(node, not result.unreachable, result.error)
+        return result
+
+    async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
+        raise NotImplementedError
+
+
+class Fetcher(GuardedClient):
+    """Both clients, for all nodes, in this process; use as `async with Fetcher(settings) as fetcher:`."""
+
+    def __init__(self, settings: Engine, health: NodeHealth | None = None) -> None:
+        super().__init__(health)
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
         self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
-        self._health = NodeHealth()
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -168,18 +194,6 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def request(
-        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
-    ) -> FetchResult:
-        """Send `method` for `target` to `node`, read the body to the end and discard it; not sent to a node
-        held down (node_health.py): the answer is then at once a network error saying so."""
-        held = self._health.held_down(node)
-        if held is not None:
-            return FetchResult(None, error=held, unreachable=True)
-        result = await self._request(method, node, target, headers)
-        self._health.observe(node, not result.unreachable, result.error)
-        return result
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._session is None or self._client is None:

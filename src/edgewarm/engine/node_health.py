@@ -7,6 +7,10 @@ held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_
 they fail their attempt at once with the reason, and are retried with backoff like any network error (as
 they would be, as quickly, by a node that refuses). When the cooldown ends, one request is let through: if it
 connects, the node is up again; if not, it is held down again.
+
+One `NodeHealth` per process (the runtime's), kept across reloads that replace the fetcher; whichever fetcher
+sends the requests consults it (with `[engine] fetch_process`, the parent: its child sends everything it is
+given). `/metrics` shows it as `edgewarm_node_held_down{node}`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ class NodeHealth:
             f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
             f"({wait}); the last: {state.last_error}"
         )
+
+    def is_down(self, node: Node) -> bool:
+        """Whether `node` is held down now (or being probed after its cooldown), without starting a probe."""
+        state = self._nodes.get(node.url)
+        return state is not None and bool(state.down_until)
 
     def observe(self, node: Node, connected: bool, error: str | None) -> None:
         """One request's fate: `connected` when the node answered (whatever it said), else the failure."""
