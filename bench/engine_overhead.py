@@ -34,6 +34,7 @@ from edgewarm.urls import TargetUrl
 class InstantFetcher:
     def __init__(self, latency: float) -> None:
         self.latency = latency
+        self.health = None
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None

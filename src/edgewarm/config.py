@@ -144,6 +144,9 @@ class Engine(_Model):
     max_attempts: PositiveInt = 4
     backoff_base: PositiveFloat = 0.5  # seconds; attempt n waits base * 2**(n-1), with full jitter
     backoff_max: PositiveFloat = 30.0
+    # Items of a node held down (its connections failed in a row) wait this long for it without spending
+    # attempts; 0: each answer "held down" counts as a failed attempt (README, How a warm works).
+    node_down_wait: Annotated[float, Field(ge=0)] = 120.0
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 30.0  # longest silence while reading a response
     lease_seconds: PositiveFloat = 60.0

@@ -179,6 +179,7 @@ def test_a_node_held_down_is_in_metrics_and_stays_held_across_a_fetcher_swap(
         nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n\n'.format(*dead.getsockname())
         nodes += f'[[nodes]]\nname = "live"\nurl = "{live.url}"\n'
         extra = f"[engine]\nfetch_process = {str(fetch_process).lower()}\nmax_attempts = 2\nbackoff_base = 0.01\n"
+        extra += "node_down_wait = 0\n"  # its items fail at once, not waiting for it
         with start_service(tmp_path, nodes, extra=extra) as service:
             assert service.proc is not None
             with Client(service.url, DEMO_USER, DEMO_SECRET) as client:

@@ -68,10 +68,11 @@ def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
 
 
 def test_an_edge_that_is_down_is_retried_then_fails_while_the_others_succeed(tmp_path: Path, lab: Lab) -> None:
-    """Items of a down edge are retried up to max_attempts, then fail with a clear reason; the rest succeed."""
+    """Items of a down edge are retried up to max_attempts, then fail with a clear reason; the rest succeed.
+    (`node_down_wait` 0: once the node is held down its items do not wait for it.)"""
     paths = lab.make_files(5, 1000)
     down = f'[[nodes]]\nname = "edge-down"\nurl = "http://127.0.0.1:{free_port()}"\n'
-    extra = "[engine]\nmax_attempts = 3\nbackoff_base = 0.05\nbackoff_max = 0.2\n"
+    extra = "[engine]\nmax_attempts = 3\nbackoff_base = 0.05\nbackoff_max = 0.2\nnode_down_wait = 0\n"
     with start_service(tmp_path, lab.nodes_toml() + down, extra=extra) as service, client_for(service) as client:
         taskid = client.prefetch([url_of(p) for p in paths])
         view = client.wait(taskid, timeout=60)

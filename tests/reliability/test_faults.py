@@ -30,7 +30,7 @@ from edgewarm.testing.faults import (
     unanswered,
 )
 
-from .support import engine_rig
+from .support import FAST_ENGINE, engine_rig
 
 pytestmark = pytest.mark.anyio
 
@@ -298,11 +298,11 @@ async def test_a_node_that_never_answers_does_not_hold_the_others_back() -> None
 async def test_a_node_that_never_answers_is_held_down_and_its_items_end_soon() -> None:
     """A node that drops every connection attempt (`connect_timeout` 1 s, 4 at a time, 3 attempts): after 5
     connections in a row failed it is held down, and its 100 items fail their attempts at once, saying so,
-    instead of each waiting 3 x 1 s in turn (75 s before)."""
+    instead of each waiting 3 x 1 s in turn (75 s before). (`node_down_wait` 0: they do not wait for it.)"""
     with unanswered() as silent:
         nodes = [{"name": "dead", "url": "http://{}:{}".format(*silent)}]
         # read_timeout above connect_timeout: a timeout before it ran out can only be the connection's
-        engine = {"concurrency": 8, "per_node_concurrency": 4, "read_timeout": 5.0}
+        engine = {"concurrency": 8, "per_node_concurrency": 4, "read_timeout": 5.0, "node_down_wait": 0}
         async with engine_rig(nodes, engine) as rig:
             started = time.monotonic()
             task, items = await rig.wait(await rig.submit([f"http://www.example.test/d/{i}" for i in range(100)]), 60)
@@ -312,9 +312,51 @@ async def test_a_node_that_never_answers_is_held_down_and_its_items_end_soon() -
     assert len(held) >= 90 and all("the last: timeout talking to dead" in (i.error or "") for i in held)
 
 
+async def test_items_wait_for_a_node_held_down_up_to_node_down_wait_then_fail() -> None:
+    """A node that refuses connections for good: held down, its items wait for it without spending attempts,
+    and once it has been down for longer than `node_down_wait` (1.5 s here) they spend them and fail, saying
+    why; none before that time."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = [{"name": "gone", "url": "http://{}:{}".format(*sock.getsockname())}]
+        async with engine_rig(nodes, {"node_down_wait": 1.5}) as rig:
+            started = time.monotonic()
+            task, items = await rig.wait(await rig.submit([f"http://www.example.test/g/{i}" for i in range(20)]), 30)
+            took = time.monotonic() - started
+    assert task.status is TaskStatus.FAILED and task.failed == 20 and 1.5 < took < 20, took
+    assert all(item.attempts <= FAST_ENGINE["max_attempts"] for item in items), items
+    held = [i.error for i in items if (i.error or "").startswith("not tried: gone is held down after ")]
+    assert held and all(
+        e.endswith("down for longer than node_down_wait (1.5 s); gave up after 3 attempts") for e in held
+    )
+
+
+async def test_the_items_of_a_node_held_down_are_not_claimed_while_it_rests() -> None:
+    """While a node is held down the engine claims none of its items (they would only come back unsent): over
+    3 s of a 100-URL task on a refusing node, the items worked are the few let out when the cooldown ends (at
+    most the lane's share, 16 here), not every waiting item again and again; the task stays open meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = [{"name": "down", "url": "http://{}:{}".format(*sock.getsockname())}]
+        async with engine_rig(nodes, {"concurrency": 8, "per_node_concurrency": 4}) as rig:
+            taskid = await rig.submit([f"http://www.example.test/r/{i}" for i in range(100)])
+            for _ in range(500):  # 10 s at most
+                items = await rig.store.list_items(taskid)
+                if any("held down" in (i.error or "") for i in items):
+                    break
+                await asyncio.sleep(0.02)
+            before = rig.engine.fetched
+            await asyncio.sleep(3.0)
+            worked = rig.engine.fetched - before
+            task = await rig.store.get_task(taskid)
+    assert worked <= 40, worked
+    assert task is not None and task.status is TaskStatus.IN_PROGRESS
+
+
 async def test_a_held_down_node_that_comes_back_is_warmed() -> None:
-    """A node that refuses connections is held down; once it listens again, the probe after the cooldown
-    finds it and every item succeeds within its attempts."""
+    """A node that refuses connections is held down; its items wait for it without spending attempts (2 here,
+    gone in a tenth of a second), and once it listens again (3 s later) the probe after the cooldown finds it
+    and every item succeeds."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -326,7 +368,7 @@ async def test_a_held_down_node_that_comes_back_is_warmed() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         nodes = [{"name": "back", "url": "http://{}:{}".format(*sock.getsockname())}]
-        engine = {"max_attempts": 10, "backoff_base": 0.5, "backoff_max": 1.0}
+        engine = {"max_attempts": 2, "backoff_base": 0.05, "backoff_max": 0.1}
         async with engine_rig(nodes, engine) as rig:
             taskid = await rig.submit([f"http://www.example.test/b/{i}" for i in range(20)])
             for _ in range(500):  # 10 s at most
@@ -335,13 +377,21 @@ async def test_a_held_down_node_that_comes_back_is_warmed() -> None:
                     break
                 await asyncio.sleep(0.02)
             assert any("held down" in (i.error or "") for i in items)
+            await asyncio.sleep(3.0)
+            waiting = await rig.store.list_items(taskid)
+            bad = [
+                (i.state.value, i.attempts, i.error)
+                for i in waiting
+                if i.state not in (ItemState.PENDING, ItemState.RUNNING) or i.attempts >= 2
+            ]
+            assert not bad, bad
             server = await asyncio.start_server(answer, sock=sock)
             try:
                 task, items = await rig.wait(taskid, 30)
             finally:
                 server.close()
     assert task.status is TaskStatus.SUCCEEDED and task.succeeded == 20
-    assert max(i.attempts for i in items) > 1
+    assert all(i.attempts <= 2 for i in items)
 
 
 # -- the proxy in front of a real cache ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class CountingFetcher:
         self.in_flight: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.requests = 0
+        self.health = None
 
     def reset_peaks(self) -> None:
         self.peak = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgewarm.config import Node
-from edgewarm.engine.node_health import COOLDOWN, COOLDOWN_MAX, FAILURES_IN_A_ROW, NodeHealth
+from edgewarm.engine.node_health import COOLDOWN, COOLDOWN_MAX, FAILURES_IN_A_ROW, PROBE_WAIT, NodeHealth
 
 NODE = Node(name="edge-1", url="http://127.0.0.1:1")
 OTHER = Node(name="edge-2", url="http://127.0.0.1:2")
@@ -32,8 +32,8 @@ def test_a_node_is_held_down_after_failures_in_a_row_only() -> None:
     fail(health, NODE, FAILURES_IN_A_ROW - 1)
     assert health.held_down(NODE) is None
     fail(health, NODE, 1)
-    why = health.held_down(NODE)
-    assert why == (
+    hold = health.held_down(NODE)
+    assert hold is not None and hold.reason == (
         f"not tried: edge-1 is held down after {FAILURES_IN_A_ROW} connections in a row failed "
         f"(asked again in {COOLDOWN:.0f} s); the last: cannot connect to edge-1 (http://127.0.0.1:1): "
         "Connection refused"
@@ -53,7 +53,8 @@ def test_after_the_cooldown_one_probe_goes_and_its_answer_decides() -> None:
         assert health.held_down(NODE) is not None
         clock.now += 0.01
         assert health.held_down(NODE) is None  # the probe
-        assert "being asked again now" in (health.held_down(NODE) or "")
+        hold = health.held_down(NODE)
+        assert hold is not None and "being asked again now" in hold.reason
         fail(health, NODE, 1)
         cooldown = min(cooldown * 2, COOLDOWN_MAX)
     assert cooldown == COOLDOWN_MAX
@@ -83,6 +84,69 @@ def test_an_answer_from_a_request_in_flight_ends_the_hold() -> None:
     assert health.held_down(NODE) is not None
     health.observe(NODE, True, None)
     assert health.held_down(NODE) is None
+
+
+def test_a_hold_tells_how_long_the_node_is_down_and_when_to_come_back() -> None:
+    """`down_for` runs from the first hold of a spell through the cooldowns that follow (an answer starts a new
+    spell); `retry_in` is the cooldown left, or PROBE_WAIT while the probe is out."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += 0.5
+    hold = health.held_down(NODE)
+    assert hold is not None and (hold.down_for, hold.retry_in) == (0.5, COOLDOWN - 0.5)
+    clock.now += COOLDOWN - 0.5
+    assert health.held_down(NODE) is None  # the probe
+    hold = health.held_down(NODE)
+    assert hold is not None and (hold.down_for, hold.retry_in) == (COOLDOWN, PROBE_WAIT)
+    fail(health, NODE, 1)  # the probe failed: held down again, the spell goes on
+    clock.now += 1.0
+    hold = health.held_down(NODE)
+    assert hold is not None and (hold.down_for, hold.retry_in) == (COOLDOWN + 1.0, 2 * COOLDOWN - 1.0)
+    health.observe(NODE, True, None)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    hold = health.held_down(NODE)
+    assert hold is not None and hold.down_for == 0.0
+
+
+def test_a_failure_that_finds_the_node_held_down_returns_its_hold() -> None:
+    """`observe` returns the hold for the failure that starts it, for those of requests in flight meanwhile and
+    for a failed probe (their items wait for the node too), and nothing for the failures before the threshold."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    for _ in range(FAILURES_IN_A_ROW - 1):
+        assert health.observe(NODE, False, "refused") is None
+    assert health.observe(NODE, False, "refused") is not None
+    hold = health.observe(NODE, False, "refused")
+    assert (
+        hold is not None
+        and hold.retry_in == COOLDOWN
+        and hold.reason.startswith(
+            f"not tried: edge-1 is held down after {FAILURES_IN_A_ROW + 1} connections in a row failed"
+        )
+    )
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe
+    hold = health.observe(NODE, False, "refused")
+    assert hold is not None and (hold.down_for, hold.retry_in) == (COOLDOWN, 2 * COOLDOWN)
+    assert health.observe(NODE, True, None) is None
+
+
+def test_a_node_rests_through_its_cooldown_and_its_probe() -> None:
+    """`resting` (the engine claims none of the node's items meanwhile) gives how long the node has been down
+    while its cooldown runs and while the probe is out; None once the probe may go, and once it is up."""
+    clock = Clock()
+    health = NodeHealth(clock)
+    assert health.resting(NODE) is None
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += 1.0
+    assert health.resting(NODE) == 1.0
+    clock.now += COOLDOWN - 1.0
+    assert health.resting(NODE) is None  # the probe may go: claim
+    assert health.held_down(NODE) is None  # it goes
+    assert health.resting(NODE) == COOLDOWN
+    health.observe(NODE, True, None)
+    assert health.resting(NODE) is None
 
 
 def test_is_down_tells_the_hold_without_starting_a_probe() -> None:

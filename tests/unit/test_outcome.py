@@ -8,7 +8,8 @@ import pytest
 
 from edgewarm.config import Engine
 from edgewarm.engine.fetcher import FetchResult, certificate_refusal
-from edgewarm.engine.outcome import backoff_delay, is_retryable, purge_outcome, warm_outcome
+from edgewarm.engine.node_health import Hold
+from edgewarm.engine.outcome import HOLD_JITTER, backoff_delay, is_retryable, purge_outcome, warm_outcome
 from edgewarm.nodes import CacheState
 from edgewarm.nodes.purge import Verdict
 
@@ -94,6 +95,31 @@ def test_a_final_network_error_fails_at_once_for_a_warm_and_a_purge() -> None:
         assert outcome.error == f"{refused.error} (not retried: it would fail the same way)"
     retried = purge_outcome(7, 1, Verdict.RETRY, FetchResult(None, error="reset"), SETTINGS, NOW)
     assert retried.retry_at is not None  # the same failure, not final: tried again
+
+
+def test_an_item_waits_for_a_node_held_down_without_spending_an_attempt() -> None:
+    """A request not sent (the node held down for less than node_down_wait) is no attempt: the item keeps
+    its count, comes back when the node is asked again (plus up to HOLD_JITTER), and says why it waits; on
+    its last attempt too. Held down for longer, the answer counts as a failed attempt (and the last one gives up)."""
+    settings = Engine(max_attempts=3, node_down_wait=120.0)
+    reason = "not tried: e1 is held down after 5 connections in a row failed (asked again in 4 s); the last: x"
+    waiting = FetchResult(None, error=reason, unreachable=True, hold=Hold(reason, down_for=119.0, retry_in=4.0))
+    for attempt in (1, 3):
+        for outcome in (
+            warm_outcome(7, attempt, waiting, settings, NOW, rng=random.Random(attempt)),
+            purge_outcome(7, attempt, Verdict.RETRY, waiting, settings, NOW, rng=random.Random(attempt)),
+        ):
+            assert outcome.attempts == attempt - 1 and not outcome.succeeded
+            assert outcome.retry_at is not None and NOW + 4.0 <= outcome.retry_at <= NOW + 4.0 + HOLD_JITTER
+            assert outcome.error == f"{reason}; its items wait for it (node_down_wait: 120 s)"
+    too_long = FetchResult(None, error=reason, unreachable=True, hold=Hold(reason, down_for=120.0, retry_in=4.0))
+    counted = warm_outcome(7, 1, too_long, settings, NOW)
+    assert counted.attempts == 1 and counted.retry_at is not None and NOW < counted.retry_at <= NOW + 0.5
+    assert counted.error == f"{reason}; down for longer than node_down_wait (120 s)"
+    last = warm_outcome(7, 3, too_long, settings, NOW)
+    assert last.retry_at is None and last.error is not None and last.error.endswith("; gave up after 3 attempts")
+    impatient = warm_outcome(7, 3, waiting, Engine(max_attempts=3, node_down_wait=0), NOW)
+    assert impatient.retry_at is None and impatient.error == f"{reason}; gave up after 3 attempts"
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import enum
 import re
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -35,7 +35,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..nodes import CacheState, cache_state
 from ..urls import TargetUrl
-from .node_health import NodeHealth
+from .node_health import Hold, NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
 _CHUNK = 1 << 16
@@ -92,6 +92,7 @@ class FetchResult:
     error: str | None = None  # set on a network error, timeout or short body
     final: bool = False  # asking again would fail the same way (the node's certificate does not verify)
     unreachable: bool = False  # no connection was made: refused, no answer within connect_timeout, no address
+    hold: Hold | None = None  # the node is held down (node_health.py): not sent, or it failed to connect meanwhile
 
     @property
     def network_error(self) -> bool:
@@ -122,7 +123,10 @@ def _pyreqwest_builder(settings: Engine) -> pyreqwest.client.ClientBuilder:
 
 
 class NodeClient(Protocol):
-    """What the engine fetches with: `Fetcher` in its own process, or `ProcessFetcher` from a child."""
+    """What the engine fetches with: `Fetcher` in its own process, or `ProcessFetcher` from a child. `health`:
+    the nodes it holds down (the engine claims no items for them meanwhile), or None."""
+
+    health: NodeHealth | None
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
@@ -134,22 +138,22 @@ class GuardedClient:
     holds those down; without it every request is sent. Subclasses send in `_request`."""
 
     def __init__(self, health: NodeHealth | None) -> None:
-        self._health = health
+        self.health = health
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult:
         """Send `method` for `target` to `node`, read the body to the end and discard it; not sent to a node
         held down: the answer is then at once a network error saying so."""
-        health = self._health
+        health = self.health
         if health is None:
             return await self._request(method, node, target, headers)
         held = health.held_down(node)
         if held is not None:
-            return FetchResult(None, error=held, unreachable=True)
+            return FetchResult(None, error=held.reason, unreachable=True, hold=held)
         result = await self._request(method, node, target, headers)
-        health.observe(node, not result.unreachable, result.error)
-        return result
+        hold = health.observe(node, not result.unreachable, result.error)
+        return result if hold is None else replace(result, hold=hold)
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         raise NotImplementedError

@@ -3,10 +3,12 @@
 A node that drops connection attempts costs each item `connect_timeout` per attempt: thousands of items on a
 dead node would keep the task open for an hour while each one found out again. After `FAILURES_IN_A_ROW`
 requests in a row could not connect (refused, no answer within `connect_timeout`, name not found), the node is
-held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`): its items are not sent,
-they fail their attempt at once with the reason, and are retried with backoff like any network error (as
-they would be, as quickly, by a node that refuses). When the cooldown ends, one request is let through: if it
-connects, the node is up again; if not, it is held down again.
+held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`): its items are not sent
+but answered at once with the reason (a `Hold`). When the cooldown ends, one request is let through: if it
+connects, the node is up again; if not, it is held down again. What the items do meanwhile is the outcome's
+rule (outcome.py): they wait for the node, without spending attempts (nor do those whose request failed to
+connect while it was held down: the probe, those in flight), while it has been down for less than
+`[engine] node_down_wait`; after that each such answer counts as a failed attempt.
 
 One `NodeHealth` per process (the runtime's), kept across reloads that replace the fetcher; whichever fetcher
 sends the requests consults it (with `[engine] fetch_process`, the parent: its child sends everything it is
@@ -27,6 +29,16 @@ log = logging.getLogger("edgewarm.engine")
 FAILURES_IN_A_ROW = 5
 COOLDOWN = 2.0  # seconds
 COOLDOWN_MAX = 60.0
+PROBE_WAIT = 1.0  # seconds: while the probe is out, the others come back after this long
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a node is not asked now."""
+
+    reason: str
+    down_for: float  # seconds since it was held down (this time: an answer ends it)
+    retry_in: float  # seconds until it is asked again (PROBE_WAIT while the probe is out)
 
 
 @dataclass(slots=True)
@@ -34,6 +46,7 @@ class _State:
     failures: int = 0  # connection failures in a row
     last_error: str = ""
     down_until: float = 0.0  # monotonic; 0: up
+    since: float = 0.0  # monotonic: when it was held down (the first cooldown of this spell)
     cooldown: float = COOLDOWN
     probing: float = 0.0  # monotonic start of the one request let through after a cooldown; 0: none
 
@@ -46,7 +59,7 @@ class NodeHealth:
         self._clock = clock
         self._nodes: dict[str, _State] = {}
 
-    def held_down(self, node: Node) -> str | None:
+    def held_down(self, node: Node) -> Hold | None:
         """Why `node` is not to be asked now, or None: ask it (the first request after a cooldown is the probe,
         and the others wait for its answer)."""
         state = self._nodes.get(node.url)
@@ -58,36 +71,50 @@ class NodeHealth:
         if left <= 0 and (not state.probing or now - state.probing > COOLDOWN_MAX):
             state.probing = now
             return None
-        wait = f"asked again in {left:.0f} s" if left > 0 else "being asked again now"
-        return (
-            f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
-            f"({wait}); the last: {state.last_error}"
-        )
+        return _hold(node, state, now)
+
+    def resting(self, node: Node) -> float | None:
+        """How long `node` has been down, if no request may go to it now (held down and its cooldown not over,
+        or the probe after it still out); else None. While its items wait for it, the engine claims none of
+        them (they would only come back unsent)."""
+        state = self._nodes.get(node.url)
+        if state is None or not state.down_until:
+            return None
+        now = self._clock()
+        if now < state.down_until or (state.probing and now - state.probing <= COOLDOWN_MAX):
+            return now - state.since
+        return None
 
     def is_down(self, node: Node) -> bool:
         """Whether `node` is held down now (or being probed after its cooldown), without starting a probe."""
         state = self._nodes.get(node.url)
         return state is not None and bool(state.down_until)
 
-    def observe(self, node: Node, connected: bool, error: str | None) -> None:
-        """One request's fate: `connected` when the node answered (whatever it said), else the failure."""
+    def observe(self, node: Node, connected: bool, error: str | None) -> Hold | None:
+        """One request's fate: `connected` when the node answered (whatever it said), else the failure. Returns
+        the node's hold when this failure finds it held down (or holds it down, or was the probe): the item
+        then waits for the node as those not sent do, rather than spend an attempt on a node known down."""
         state = self._nodes.get(node.url)
         if connected:
             if state is not None:
                 del self._nodes[node.url]
                 if state.down_until:
                     log.info("node %s answers again: no longer held down", node.name, extra={"node": node.name})
-            return
+            return None
         if state is None:
             state = self._nodes[node.url] = _State()
         state.failures += 1
         state.last_error = error or "cannot connect"
+        now = self._clock()
         if state.probing:  # the probe failed: down again, for longer
             state.probing = 0.0
             state.cooldown = min(state.cooldown * 2, COOLDOWN_MAX)
-        elif state.down_until or state.failures < FAILURES_IN_A_ROW:
-            return
-        state.down_until = self._clock() + state.cooldown
+        elif state.down_until:
+            return _hold(node, state, now)
+        elif state.failures < FAILURES_IN_A_ROW:
+            return None
+        state.down_until = now + state.cooldown
+        state.since = state.since or now
         log.warning(
             "node %s held down for %.0f s: %d connections in a row failed, the last: %s",
             node.name,
@@ -96,3 +123,14 @@ class NodeHealth:
             state.last_error,
             extra={"node": node.name},
         )
+        return _hold(node, state, now)
+
+
+def _hold(node: Node, state: _State, now: float) -> Hold:
+    left = state.down_until - now
+    wait = f"asked again in {left:.0f} s" if left > 0 else "being asked again now"
+    reason = (
+        f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
+        f"({wait}); the last: {state.last_error}"
+    )
+    return Hold(reason, now - state.since, max(left, PROBE_WAIT))

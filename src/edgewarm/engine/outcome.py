@@ -11,6 +11,7 @@ from ..nodes.purge import Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
+HOLD_JITTER = 1.0  # seconds spread over the items that wait for a node held down, so they do not come back at once
 
 
 def backoff_delay(attempt: int, settings: Engine, rng: random.Random | None = None) -> float:
@@ -55,16 +56,27 @@ def warm_outcome(
     if result.status is not None and not result.network_error and not is_retryable(result):
         return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
     failed = done(False, result.error or f"HTTP {result.status}")
-    return retry_or_give_up(failed, settings, now, rng, final=result.final)
+    return retry_or_give_up(failed, result, settings, now, rng)
 
 
 def retry_or_give_up(
-    failed: ItemOutcome, settings: Engine, now: float, rng: random.Random | None, *, final: bool = False
+    failed: ItemOutcome, result: FetchResult, settings: Engine, now: float, rng: random.Random | None
 ) -> ItemOutcome:
-    """A failure worth another try: due again after a backoff, or final once max_attempts are spent. `final`
-    (FetchResult.final): the next try would fail the same way, so there is none."""
-    if final:
+    """A failure worth another try: due again after a backoff, or final once max_attempts are spent, or at
+    once when `result` is final (the next try would fail the same way). A request to a node held down (not sent,
+    or failed to connect meanwhile) spends no attempt: the item waits for the node, while it has been down for
+    less than `node_down_wait`."""
+    if result.final:
         return replace(failed, error=f"{failed.error} (not retried: it would fail the same way)")
+    hold = result.hold
+    if hold is not None:
+        patience = settings.node_down_wait
+        if hold.down_for < patience:
+            wait = hold.retry_in + (rng or random).uniform(0, HOLD_JITTER)
+            error = f"{failed.error}; its items wait for it (node_down_wait: {patience:g} s)"
+            return replace(failed, attempts=failed.attempts - 1, error=error, retry_at=now + wait)
+        if patience:
+            failed = replace(failed, error=f"{failed.error}; down for longer than node_down_wait ({patience:g} s)")
     if failed.attempts >= settings.max_attempts:
         return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
     return replace(failed, retry_at=now + backoff_delay(failed.attempts, settings, rng))
@@ -96,4 +108,4 @@ def purge_outcome(
             f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
         )
     failed = ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error)
-    return retry_or_give_up(failed, settings, now, rng, final=result.final)
+    return retry_or_give_up(failed, result, settings, now, rng)

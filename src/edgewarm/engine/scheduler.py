@@ -153,7 +153,7 @@ class Engine:
             s = self.settings
             self._wake.clear()
             limit = min(self._room() - len(self._in_hand), s.batch_size)
-            skip = self._full_nodes()
+            skip = self._nodes_to_skip()
             claims: list[Claim] = []
             if limit > 0 and not self._is_dry(skip):
                 self._fresh = False
@@ -176,13 +176,21 @@ class Engine:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
         return self.settings.concurrency * CLAIM_AHEAD
 
-    def _full_nodes(self) -> list[str]:
-        """The nodes whose lanes hold their share: left out of the next claim, so that a slow or dead node's
-        claims do not fill the room while the other nodes' items wait behind them. A lane's share is enough to
+    def _nodes_to_skip(self) -> list[str]:
+        """The nodes left out of the next claim. Those whose lanes hold their share, so that a slow node's
+        claims do not fill the room while the other nodes' items wait behind them: a lane's share is enough to
         keep its workers busy, or its part of the room among the configured nodes (every task has items on
-        each) if that is more: when all their lanes are full, so is the room."""
+        each) if that is more; when all their lanes are full, so is the room. And those held down whose items
+        wait for them (node_health.py, `node_down_wait`): those would only come back unsent."""
         part = self._room() // max(1, len(self.config.nodes))
-        return [lane.node.name for lane in self._lanes.values() if lane.held >= max(lane.width * CLAIM_AHEAD, part)]
+        skip = [lane.node.name for lane in self._lanes.values() if lane.held >= max(lane.width * CLAIM_AHEAD, part)]
+        health, patience = self.fetcher.health, self.settings.node_down_wait
+        if health is not None and patience:
+            for node in self.config.nodes:
+                down_for = health.resting(node)
+                if down_for is not None and down_for < patience and node.name not in skip:
+                    skip.append(node.name)
+        return skip
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out
