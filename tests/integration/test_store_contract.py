@@ -337,6 +337,31 @@ class TestWork:
         first = await store.claim_due_items("w1", 7, NOW + 1, LEASE)
         assert [c.node for c in first] == ["dead"] * 6 + ["edge-1"]
 
+    async def test_a_nodes_items_are_put_off_until_a_time_with_a_note(self, store: TaskStore) -> None:
+        """`put_off_node`: that node's pending items due before `until` become due then, noting why; its leased
+        items, its items due later and the other nodes' items are left alone."""
+        task = make_task(3, (("dead", 0), ("edge-1", 0)))
+        await store.create_task(task)
+        (leased,) = await store.claim_due_items("w1", 1, NOW, LEASE)
+        assert leased.node == "dead"
+        later = make_task(1, (("dead", 0),), created_at=NOW + 100)
+        await store.create_task(later)
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 2
+        due = await store.claim_due_items("w2", 100, NOW + 20, LEASE)  # the lease runs to NOW + 30
+        assert sorted(c.node for c in due) == ["edge-1"] * 3
+        items = {i.id: i for i in await store.list_items(task.id)}
+        assert items[leased.item_id].state is ItemState.RUNNING and items[leased.item_id].error is None
+        assert sorted(i.error or "" for i in items.values() if i.node == "dead") == [
+            "",
+            "waits for dead",
+            "waits for dead",
+        ]
+        assert (await store.list_items(later.id))[0].error is None
+        again = await store.claim_due_items("w3", 100, NOW + 50, LEASE)  # and the lease run out
+        assert sorted(c.item_id for c in again if c.node == "dead") == sorted(
+            i.id for i in items.values() if i.node == "dead"
+        )
+
     async def test_a_later_stage_waits_until_every_earlier_one_succeeded(self, store: TaskStore) -> None:
         """Edges stay WAITING until both shields of the same URL succeeded, then become due."""
         task = make_task(2, TWO_SHIELDS_THEN_EDGE)

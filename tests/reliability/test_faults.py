@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import edgewarm.store.base
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
@@ -26,6 +27,7 @@ from edgewarm.testing.faults import (
     Respond,
     ShortBody,
     Stall,
+    always,
     sequence,
     unanswered,
 )
@@ -351,6 +353,39 @@ async def test_the_items_of_a_node_held_down_are_not_claimed_while_it_rests() ->
             task = await rig.store.get_task(taskid)
     assert worked <= 40, worked
     assert task is not None and task.status is TaskStatus.IN_PROGRESS
+
+
+async def test_a_later_task_is_not_kept_behind_the_waiting_items_of_a_node_held_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node held down whose items wait for it: they are put off to the cooldown's end (each saying why), so a
+    claim that skips the node does not scan past them. With the claim's scan at 20 items, a later task's items
+    for the live node are warmed at once, behind 100 waiting ones, while the dead node's cooldown still runs."""
+    monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 20)
+    with FaultServer(always(Respond(200, body=b"ok"))) as live, socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = [{"name": "dead", "url": "http://{}:{}".format(*dead.getsockname())}, {"name": "live", "url": live.url}]
+        async with engine_rig(nodes, {"concurrency": 8, "per_node_concurrency": 4}) as rig:
+            first = await rig.submit([f"http://www.example.test/w/{i}" for i in range(100)])
+            for _ in range(500):  # 10 s at most
+                waiting = [
+                    i for i in await rig.store.list_items(first) if i.node == "dead" and i.state is ItemState.PENDING
+                ]
+                if len(waiting) >= 95 and all("its items wait for it" in (i.error or "") for i in waiting):
+                    break
+                await asyncio.sleep(0.02)
+            assert len(waiting) >= 95 and all("its items wait for it" in (i.error or "") for i in waiting), waiting
+            started = time.monotonic()
+            second = await rig.submit([f"http://www.example.test/later/{i}" for i in range(10)])
+            for _ in range(500):  # 10 s at most
+                items = await rig.store.list_items(second)
+                if sum(i.state is ItemState.SUCCEEDED for i in items) == 10:
+                    break
+                await asyncio.sleep(0.01)
+            took = time.monotonic() - started
+            resting = rig.engine.fetcher.health.resting(rig.config.nodes[0]) if rig.engine.fetcher.health else None
+    assert {i.node for i in items if i.state is ItemState.SUCCEEDED} == {"live"} and took < 10, took
+    assert resting is not None, "the dead node's first cooldown was over before the later task's warms"
 
 
 async def test_a_held_down_node_that_comes_back_is_warmed() -> None:

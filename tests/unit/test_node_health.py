@@ -140,11 +140,14 @@ def test_a_node_rests_through_its_cooldown_and_its_probe() -> None:
     assert health.resting(NODE) is None
     fail(health, NODE, FAILURES_IN_A_ROW)
     clock.now += 1.0
-    assert health.resting(NODE) == 1.0
+    hold = health.resting(NODE)
+    assert hold is not None and (hold.down_for, hold.retry_in, hold.probe_out) == (1.0, COOLDOWN - 1.0, False)
+    assert hold.asked_at == clock.now + COOLDOWN - 1.0
     clock.now += COOLDOWN - 1.0
     assert health.resting(NODE) is None  # the probe may go: claim
     assert health.held_down(NODE) is None  # it goes
-    assert health.resting(NODE) == COOLDOWN
+    hold = health.resting(NODE)
+    assert hold is not None and (hold.down_for, hold.retry_in, hold.probe_out) == (COOLDOWN, PROBE_WAIT, True)
     health.observe(NODE, True, None)
     assert health.resting(NODE) is None
 

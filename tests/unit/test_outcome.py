@@ -103,7 +103,9 @@ def test_an_item_waits_for_a_node_held_down_without_spending_an_attempt() -> Non
     its last attempt too. Held down for longer, the answer counts as a failed attempt (and the last one gives up)."""
     settings = Engine(max_attempts=3, node_down_wait=120.0)
     reason = "not tried: e1 is held down after 5 connections in a row failed (asked again in 4 s); the last: x"
-    waiting = FetchResult(None, error=reason, unreachable=True, hold=Hold(reason, down_for=119.0, retry_in=4.0))
+    waiting = FetchResult(
+        None, error=reason, unreachable=True, hold=Hold(reason, 119.0, 4.0, asked_at=5.0, probe_out=False)
+    )
     for attempt in (1, 3):
         for outcome in (
             warm_outcome(7, attempt, waiting, settings, NOW, rng=random.Random(attempt)),
@@ -112,7 +114,9 @@ def test_an_item_waits_for_a_node_held_down_without_spending_an_attempt() -> Non
             assert outcome.attempts == attempt - 1 and not outcome.succeeded
             assert outcome.retry_at is not None and NOW + 4.0 <= outcome.retry_at <= NOW + 4.0 + HOLD_JITTER
             assert outcome.error == f"{reason}; its items wait for it (node_down_wait: 120 s)"
-    too_long = FetchResult(None, error=reason, unreachable=True, hold=Hold(reason, down_for=120.0, retry_in=4.0))
+    too_long = FetchResult(
+        None, error=reason, unreachable=True, hold=Hold(reason, 120.0, 4.0, asked_at=5.0, probe_out=False)
+    )
     counted = warm_outcome(7, 1, too_long, settings, NOW)
     assert counted.attempts == 1 and counted.retry_at is not None and NOW < counted.retry_at <= NOW + 0.5
     assert counted.error == f"{reason}; down for longer than node_down_wait (120 s)"

@@ -39,6 +39,8 @@ class Hold:
     reason: str
     down_for: float  # seconds since it was held down (this time: an answer ends it)
     retry_in: float  # seconds until it is asked again (PROBE_WAIT while the probe is out)
+    asked_at: float  # monotonic: when this cooldown ends (the same for every Hold of one cooldown)
+    probe_out: bool  # the cooldown is over and the one request let through has not answered yet
 
 
 @dataclass(slots=True)
@@ -73,16 +75,16 @@ class NodeHealth:
             return None
         return _hold(node, state, now)
 
-    def resting(self, node: Node) -> float | None:
-        """How long `node` has been down, if no request may go to it now (held down and its cooldown not over,
-        or the probe after it still out); else None. While its items wait for it, the engine claims none of
-        them (they would only come back unsent)."""
+    def resting(self, node: Node) -> Hold | None:
+        """The hold of `node` if no request may go to it now (held down and its cooldown not over, or the probe
+        after it still out); else None. While its items wait for it, the engine claims none of them (they
+        would only come back unsent), and puts off those due during the cooldown to its end."""
         state = self._nodes.get(node.url)
         if state is None or not state.down_until:
             return None
         now = self._clock()
         if now < state.down_until or (state.probing and now - state.probing <= COOLDOWN_MAX):
-            return now - state.since
+            return _hold(node, state, now)
         return None
 
     def is_down(self, node: Node) -> bool:
@@ -133,4 +135,4 @@ def _hold(node: Node, state: _State, now: float) -> Hold:
         f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
         f"({wait}); the last: {state.last_error}"
     )
-    return Hold(reason, now - state.since, max(left, PROBE_WAIT))
+    return Hold(reason, now - state.since, max(left, PROBE_WAIT), state.down_until, left <= 0)

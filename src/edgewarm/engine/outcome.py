@@ -73,13 +73,18 @@ def retry_or_give_up(
         patience = settings.node_down_wait
         if hold.down_for < patience:
             wait = hold.retry_in + (rng or random).uniform(0, HOLD_JITTER)
-            error = f"{failed.error}; its items wait for it (node_down_wait: {patience:g} s)"
+            error = waiting_for_node(failed.error or "", settings)
             return replace(failed, attempts=failed.attempts - 1, error=error, retry_at=now + wait)
         if patience:
             failed = replace(failed, error=f"{failed.error}; down for longer than node_down_wait ({patience:g} s)")
     if failed.attempts >= settings.max_attempts:
         return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
     return replace(failed, retry_at=now + backoff_delay(failed.attempts, settings, rng))
+
+
+def waiting_for_node(error: str, settings: Engine) -> str:
+    """The error of an item that waits for its node, held down (`error` says why)."""
+    return f"{error}; its items wait for it (node_down_wait: {settings.node_down_wait:g} s)"
 
 
 def purge_outcome(

@@ -27,6 +27,8 @@ from ..store import TaskStore
 from .actions import perform
 from .coalesce import Coalescer
 from .fetcher import NodeClient
+from .node_health import Hold
+from .outcome import waiting_for_node
 
 log = logging.getLogger("edgewarm.engine")
 
@@ -76,6 +78,7 @@ class Engine:
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
         self._dry: tuple[frozenset[str], float] | None = None  # see _is_dry
+        self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(config.engine.dedupe_seconds)
@@ -153,7 +156,9 @@ class Engine:
             s = self.settings
             self._wake.clear()
             limit = min(self._room() - len(self._in_hand), s.batch_size)
-            skip = self._nodes_to_skip()
+            resting = self._resting_nodes()
+            await self._put_off(resting)
+            skip = self._nodes_to_skip(resting)
             claims: list[Claim] = []
             if limit > 0 and not self._is_dry(skip):
                 self._fresh = False
@@ -176,21 +181,41 @@ class Engine:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
         return self.settings.concurrency * CLAIM_AHEAD
 
-    def _nodes_to_skip(self) -> list[str]:
+    def _nodes_to_skip(self, resting: dict[str, Hold]) -> list[str]:
         """The nodes left out of the next claim. Those whose lanes hold their share, so that a slow node's
         claims do not fill the room while the other nodes' items wait behind them: a lane's share is enough to
         keep its workers busy, or its part of the room among the configured nodes (every task has items on
-        each) if that is more; when all their lanes are full, so is the room. And those held down whose items
-        wait for them (node_health.py, `node_down_wait`): those would only come back unsent."""
+        each) if that is more; when all their lanes are full, so is the room. And the `resting` ones."""
         part = self._room() // max(1, len(self.config.nodes))
         skip = [lane.node.name for lane in self._lanes.values() if lane.held >= max(lane.width * CLAIM_AHEAD, part)]
-        health, patience = self.fetcher.health, self.settings.node_down_wait
-        if health is not None and patience:
-            for node in self.config.nodes:
-                down_for = health.resting(node)
-                if down_for is not None and down_for < patience and node.name not in skip:
-                    skip.append(node.name)
+        skip.extend(name for name in resting if name not in skip)
         return skip
+
+    def _resting_nodes(self) -> dict[str, Hold]:
+        """The nodes held down whose items wait for them now (node_health.py, `node_down_wait`): no request
+        may go to them, so their items would only come back unsent."""
+        health, patience = self.fetcher.health, self.settings.node_down_wait
+        if health is None or not patience:
+            return {}
+        holds = ((node.name, health.resting(node)) for node in self.config.nodes)
+        return {name: hold for name, hold in holds if hold is not None and hold.down_for < patience}
+
+    async def _put_off(self, resting: dict[str, Hold]) -> None:
+        """Put off the items of each node that a new cooldown holds down to its end, so that they are not due
+        meanwhile: a claim that skips the node would otherwise scan past them (a large task's items for a dead
+        node would keep a later task's items beyond the claim's scan)."""
+        for name, hold in resting.items():
+            if hold.probe_out or self._put_off_until.get(name) == hold.asked_at:
+                continue
+            self._put_off_until[name] = hold.asked_at
+            until = self._clock() + hold.retry_in
+            try:
+                count = await self.store.put_off_node(name, until, waiting_for_node(hold.reason, self.settings))
+            except StoreError as exc:
+                log.error("putting off the items of node %s failed: %s", name, exc, extra={"node": name})
+                continue
+            if count:
+                log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out

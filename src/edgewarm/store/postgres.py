@@ -181,6 +181,11 @@ ORDER BY id FOR UPDATE
 
 _RENEW = f"WITH mine AS ({_MINE}) UPDATE items SET due_at = $3 FROM mine WHERE items.id = mine.id"
 
+_PUT_OFF = (
+    "UPDATE items SET due_at = $2, error = $3 WHERE state IN ('pending', 'running') AND due_at < $2 "
+    "AND state = 'pending' AND node = $1"
+)
+
 _RELEASE = (
     f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL "
     "FROM mine WHERE items.id = mine.id"
@@ -584,6 +589,10 @@ class PostgresStore:
             return 0
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
+
+    async def put_off_node(self, node: str, until: float, note: str) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_PUT_OFF, node, until, note))
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         if not item_ids:

@@ -390,6 +390,17 @@ class SQLiteStore:
 
         return await self._run(renew)
 
+    async def put_off_node(self, node: str, until: float, note: str) -> int:
+        def put_off() -> int:
+            # `state IN (…)` as the partial index items_due says it, so that the index finds the due items
+            return self.db.execute(
+                "UPDATE items SET due_at = ?2, error = ?3 WHERE state IN ('pending', 'running') AND due_at < ?2 "
+                "AND state = 'pending' AND node = ?1",
+                (node, until, note),
+            ).rowcount
+
+        return await self._run(put_off)
+
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         def release() -> int:
             return self.db.execute(
