@@ -338,15 +338,16 @@ class TestWork:
         assert [c.node for c in first] == ["dead"] * 6 + ["edge-1"]
 
     async def test_a_nodes_items_are_put_off_until_a_time_with_a_note(self, store: TaskStore) -> None:
-        """`put_off_node`: that node's pending items due before `until` become due then, noting why; its leased
-        items, its items due later and the other nodes' items are left alone."""
+        """`put_off_node`: that node's pending items due before `until` become due then, noting why, at most
+        `limit` a call; its leased items, its items due later and the other nodes' items are left alone."""
         task = make_task(3, (("dead", 0), ("edge-1", 0)))
         await store.create_task(task)
         (leased,) = await store.claim_due_items("w1", 1, NOW, LEASE)
         assert leased.node == "dead"
         later = make_task(1, (("dead", 0),), created_at=NOW + 100)
         await store.create_task(later)
-        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 2
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead", 1) == 1  # at most `limit` a call
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead", 100) == 1
         due = await store.claim_due_items("w2", 100, NOW + 20, LEASE)  # the lease runs to NOW + 30
         assert sorted(c.node for c in due) == ["edge-1"] * 3
         items = {i.id: i for i in await store.list_items(task.id)}

@@ -38,6 +38,7 @@ Clock = Callable[[], float]
 # while the store answers the next claim (which may queue behind submissions). Measured: with 1x, about 40 %
 # of the worker slots waited for claims on S1 and 2x halved that (docs/benchmarks.md, session 3).
 CLAIM_AHEAD = 2
+PUT_OFF_CHUNK = 5_000  # items put off per store call (a few milliseconds of the store's time each)
 
 
 class _NodeLane:
@@ -79,6 +80,7 @@ class Engine:
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
         self._dry: tuple[frozenset[str], float] | None = None  # see _is_dry
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
+        self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(config.engine.dedupe_seconds)
@@ -134,6 +136,7 @@ class Engine:
             await self._drain()
         finally:
             workers = [w for lane in self._lanes.values() for w in lane.workers]
+            workers.extend(self._putting_off.values())
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -157,7 +160,7 @@ class Engine:
             self._wake.clear()
             limit = min(self._room() - len(self._in_hand), s.batch_size)
             resting = self._resting_nodes()
-            await self._put_off(resting)
+            self._put_off(resting)
             skip = self._nodes_to_skip(resting)
             claims: list[Claim] = []
             if limit > 0 and not self._is_dry(skip):
@@ -200,22 +203,32 @@ class Engine:
         holds = ((node.name, health.resting(node)) for node in self.config.nodes)
         return {name: hold for name, hold in holds if hold is not None and hold.down_for < patience}
 
-    async def _put_off(self, resting: dict[str, Hold]) -> None:
+    def _put_off(self, resting: dict[str, Hold]) -> None:
         """Put off the items of each node that a new cooldown holds down to its end, so that they are not due
         meanwhile: a claim that skips the node would otherwise scan past them (a large task's items for a dead
-        node would keep a later task's items beyond the claim's scan)."""
+        node would keep a later task's items beyond the claim's scan). In the background, in chunks: claims
+        for the other nodes go on meanwhile."""
         for name, hold in resting.items():
             if hold.probe_out or self._put_off_until.get(name) == hold.asked_at:
                 continue
+            running = self._putting_off.get(name)
+            if running is not None and not running.done():
+                continue  # this cooldown's turn comes at a claim after it
             self._put_off_until[name] = hold.asked_at
-            until = self._clock() + hold.retry_in
-            try:
-                count = await self.store.put_off_node(name, until, waiting_for_node(hold.reason, self.settings))
-            except StoreError as exc:
-                log.error("putting off the items of node %s failed: %s", name, exc, extra={"node": name})
-                continue
-            if count:
-                log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
+            task = asyncio.create_task(self._put_off_node(name, hold), name=f"edgewarm-put-off-{name}")
+            self._putting_off[name] = task
+
+    async def _put_off_node(self, name: str, hold: Hold) -> None:
+        until, note = self._clock() + hold.retry_in, waiting_for_node(hold.reason, self.settings)
+        total = 0
+        try:
+            while (count := await self.store.put_off_node(name, until, note, PUT_OFF_CHUNK)) == PUT_OFF_CHUNK:
+                total += count
+            total += count
+        except StoreError as exc:
+            log.error("putting off the items of node %s failed: %s", name, exc, extra={"node": name})
+        if total:
+            log.info("put off %d items of node %s for %.0f s", total, name, hold.retry_in, extra={"node": name})
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out

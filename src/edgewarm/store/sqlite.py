@@ -390,13 +390,13 @@ class SQLiteStore:
 
         return await self._run(renew)
 
-    async def put_off_node(self, node: str, until: float, note: str) -> int:
+    async def put_off_node(self, node: str, until: float, note: str, limit: int) -> int:
         def put_off() -> int:
             # `state IN (…)` as the partial index items_due says it, so that the index finds the due items
             return self.db.execute(
-                "UPDATE items SET due_at = ?2, error = ?3 WHERE state IN ('pending', 'running') AND due_at < ?2 "
-                "AND state = 'pending' AND node = ?1",
-                (node, until, note),
+                "UPDATE items SET due_at = ?2, error = ?3 WHERE id IN (SELECT id FROM items "
+                "WHERE state IN ('pending', 'running') AND due_at < ?2 AND state = 'pending' AND node = ?1 LIMIT ?4)",
+                (node, until, note, limit),
             ).rowcount
 
         return await self._run(put_off)
