@@ -338,16 +338,15 @@ class TestWork:
         assert [c.node for c in first] == ["dead"] * 6 + ["edge-1"]
 
     async def test_a_nodes_items_are_put_off_until_a_time_with_a_note(self, store: TaskStore) -> None:
-        """`put_off_node`: that node's pending items due before `until` become due then, noting why, at most
-        `limit` a call; its leased items, its items due later and the other nodes' items are left alone."""
+        """`put_off_node`: that node's pending items due before `until` become due then, noting why; its leased
+        items, its items due later and the other nodes' items are left alone."""
         task = make_task(3, (("dead", 0), ("edge-1", 0)))
         await store.create_task(task)
         (leased,) = await store.claim_due_items("w1", 1, NOW, LEASE)
         assert leased.node == "dead"
         later = make_task(1, (("dead", 0),), created_at=NOW + 100)
         await store.create_task(later)
-        assert await store.put_off_node("dead", NOW + 50, "waits for dead", 1) == 1  # at most `limit` a call
-        assert await store.put_off_node("dead", NOW + 50, "waits for dead", 100) == 1
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 2
         due = await store.claim_due_items("w2", 100, NOW + 20, LEASE)  # the lease runs to NOW + 30
         assert sorted(c.node for c in due) == ["edge-1"] * 3
         items = {i.id: i for i in await store.list_items(task.id)}
@@ -362,6 +361,17 @@ class TestWork:
         assert sorted(c.item_id for c in again if c.node == "dead") == sorted(
             i.id for i in items.values() if i.node == "dead"
         )
+
+    async def test_a_backlog_is_put_off_whole_in_steps(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        """In steps of 3 (SQLite's: PostgreSQL has none) over tasks whose items share their due time, between
+        another node's items: every one of the node's pending items is put off, none twice."""
+        monkeypatch.setattr(edgewarm.store.sqlite, "PUT_OFF_STEP", 3)
+        for t in range(3):
+            await store.create_task(make_task(5, (("live", 0), ("dead", 0)), created_at=NOW + t))
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 15
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 0
+        due = await store.claim_due_items("w1", 100, NOW + 10, LEASE)
+        assert sorted(c.node for c in due) == ["live"] * 15
 
     async def test_a_later_stage_waits_until_every_earlier_one_succeeded(self, store: TaskStore) -> None:
         """Edges stay WAITING until both shields of the same URL succeeded, then become due."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import edgewarm.engine.scheduler
 import edgewarm.store.base
+import edgewarm.store.sqlite
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
@@ -360,11 +360,11 @@ async def test_a_later_task_is_not_kept_behind_the_waiting_items_of_a_node_held_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A node held down whose items wait for it: they are put off to the cooldown's end (each saying why; in
-    chunks of 7 here), so a
+    steps of 7 here), so a
     claim that skips the node does not scan past them. With the claim's scan at 20 items, a later task's items
     for the live node are warmed at once, behind 100 waiting ones, while the dead node's cooldown still runs."""
     monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 20)
-    monkeypatch.setattr(edgewarm.engine.scheduler, "PUT_OFF_CHUNK", 7)  # many chunks
+    monkeypatch.setattr(edgewarm.store.sqlite, "PUT_OFF_STEP", 7)  # many steps
     with FaultServer(always(Respond(200, body=b"ok"))) as live, socket.socket() as dead:
         dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         nodes = [{"name": "dead", "url": "http://{}:{}".format(*dead.getsockname())}, {"name": "live", "url": live.url}]

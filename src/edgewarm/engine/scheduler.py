@@ -38,7 +38,6 @@ Clock = Callable[[], float]
 # while the store answers the next claim (which may queue behind submissions). Measured: with 1x, about 40 %
 # of the worker slots waited for claims on S1 and 2x halved that (docs/benchmarks.md, session 3).
 CLAIM_AHEAD = 2
-PUT_OFF_CHUNK = 5_000  # items put off per store call (a few milliseconds of the store's time each)
 
 
 class _NodeLane:
@@ -206,8 +205,8 @@ class Engine:
     def _put_off(self, resting: dict[str, Hold]) -> None:
         """Put off the items of each node that a new cooldown holds down to its end, so that they are not due
         meanwhile: a claim that skips the node would otherwise scan past them (a large task's items for a dead
-        node would keep a later task's items beyond the claim's scan). In the background, in chunks: claims
-        for the other nodes go on meanwhile."""
+        node would keep a later task's items beyond the claim's scan). In the background: claims for the
+        other nodes go on meanwhile."""
         for name, hold in resting.items():
             if hold.probe_out or self._put_off_until.get(name) == hold.asked_at:
                 continue
@@ -220,15 +219,13 @@ class Engine:
 
     async def _put_off_node(self, name: str, hold: Hold) -> None:
         until, note = self._clock() + hold.retry_in, waiting_for_node(hold.reason, self.settings)
-        total = 0
         try:
-            while (count := await self.store.put_off_node(name, until, note, PUT_OFF_CHUNK)) == PUT_OFF_CHUNK:
-                total += count
-            total += count
+            count = await self.store.put_off_node(name, until, note)
         except StoreError as exc:
             log.error("putting off the items of node %s failed: %s", name, exc, extra={"node": name})
-        if total:
-            log.info("put off %d items of node %s for %.0f s", total, name, hold.retry_in, extra={"node": name})
+            return
+        if count:
+            log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out

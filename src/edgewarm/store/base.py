@@ -94,10 +94,10 @@ class TaskStore(Protocol):
         `max(limit, CLAIM_SCAN)` due items only, so that skipping a long backlog stays cheap."""
         ...
 
-    async def put_off_node(self, node: str, until: float, note: str, limit: int) -> int:
-        """Make up to `limit` pending items of `node` due before `until` due at `until`, with `note` as their
-        error (why they wait: the node is held down). Leased items are left alone. Returns how many were put
-        off (fewer than `limit`: none is left)."""
+    async def put_off_node(self, node: str, until: float, note: str) -> int:
+        """Make the pending items of `node` due before `until` due at `until`, with `note` as their error (why
+        they wait: the node is held down). Leased items are left alone. A large backlog is put off in steps
+        between which the store answers other calls. Returns how many were put off."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...

@@ -181,9 +181,10 @@ ORDER BY id FOR UPDATE
 
 _RENEW = f"WITH mine AS ({_MINE}) UPDATE items SET due_at = $3 FROM mine WHERE items.id = mine.id"
 
+# Rows a claim holds are left alone (SKIP LOCKED): it leases them.
 _PUT_OFF = (
     "UPDATE items SET due_at = $2, error = $3 WHERE id IN (SELECT id FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at < $2 AND state = 'pending' AND node = $1 LIMIT $4 "
+    "WHERE state IN ('pending', 'running') AND due_at < $2 AND state = 'pending' AND node = $1 "
     "FOR UPDATE SKIP LOCKED)"
 )
 
@@ -591,9 +592,9 @@ class PostgresStore:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
 
-    async def put_off_node(self, node: str, until: float, note: str, limit: int) -> int:
-        async with self._connection() as conn:
-            return _rowcount(await conn.execute(_PUT_OFF, node, until, note, limit))
+    async def put_off_node(self, node: str, until: float, note: str) -> int:
+        async with self._connection() as conn:  # one statement: PostgreSQL answers the others meanwhile
+            return _rowcount(await conn.execute(_PUT_OFF, node, until, note))
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         if not item_ids:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections import deque
@@ -390,16 +391,20 @@ class SQLiteStore:
 
         return await self._run(renew)
 
-    async def put_off_node(self, node: str, until: float, note: str, limit: int) -> int:
-        def put_off() -> int:
-            # `state IN (…)` as the partial index items_due says it, so that the index finds the due items
-            return self.db.execute(
-                "UPDATE items SET due_at = ?2, error = ?3 WHERE id IN (SELECT id FROM items "
-                "WHERE state IN ('pending', 'running') AND due_at < ?2 AND state = 'pending' AND node = ?1 LIMIT ?4)",
-                (node, until, note, limit),
-            ).rowcount
+    async def put_off_node(self, node: str, until: float, note: str) -> int:
+        def put_off(since: float) -> tuple[int, float]:
+            ids, last, count = self.db.execute(_NEXT_TO_PUT_OFF, (node, until, since, PUT_OFF_STEP)).fetchone()
+            if count:
+                self.db.execute(_PUT_OFF, (until, note, ids))
+            return count, last
 
-        return await self._run(put_off)
+        total, since = 0, 0.0
+        while True:  # each step its own call: the store's other calls are answered in between
+            count, last = await self._run(functools.partial(put_off, since))
+            total += count
+            if count < PUT_OFF_STEP:
+                return total
+            since = last  # the next step scans on from there, not past the other nodes' items again
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         def release() -> int:
@@ -516,6 +521,18 @@ _DUE_ITEMS = (
 _LEASE_ITEMS = (
     "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
     "WHERE id IN (SELECT value FROM json_each(?1))"
+)
+
+# Putting off a node's items (put_off_node), a step at a time in due order, from the due time ?3 the last step
+# reached; `state IN (…)` as the partial index items_due says it, so that the index finds the due items.
+PUT_OFF_STEP = 2_000
+_NEXT_TO_PUT_OFF = (
+    "SELECT json_group_array(id), max(due_at), count(*) FROM (SELECT id, due_at FROM items "
+    "WHERE state IN ('pending', 'running') AND due_at < ?2 AND due_at >= ?3 AND state = 'pending' AND node = ?1 "
+    "ORDER BY due_at LIMIT ?4)"
+)
+_PUT_OFF = (
+    "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
 
 # Outcomes (?1: rows of _outcome_row as JSON, ?2: now, ?3: the worker, ?4: CANCELLED) apply to the items still
