@@ -266,6 +266,15 @@ class Rig:
                 raise AssertionError(f"task {task_id} still in progress after {timeout}s")
             await asyncio.sleep(0.02)
 
+    async def items_when(self, task_id: str, ready: Callable[[list[Item]], bool], timeout: float = 10.0) -> list[Item]:
+        """The task's items once `ready(items)` holds, or as they are after `timeout` (the caller asserts)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            items = await self.store.list_items(task_id, limit=100_000)
+            if ready(items) or time.monotonic() > deadline:
+                return items
+            await asyncio.sleep(0.01)
+
 
 FAST_ENGINE = {
     "max_attempts": 3,

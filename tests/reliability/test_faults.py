@@ -334,6 +334,10 @@ async def test_items_wait_for_a_node_held_down_up_to_node_down_wait_then_fail() 
     )
 
 
+def held_down_seen(items: list[Item]) -> bool:
+    return any("held down" in (i.error or "") for i in items)
+
+
 async def test_the_items_of_a_node_held_down_are_not_claimed_while_it_rests() -> None:
     """While a node is held down the engine claims none of its items (they would only come back unsent): over
     3 s of a 100-URL task on a refusing node, the items worked are the few let out when the cooldown ends (at
@@ -343,11 +347,8 @@ async def test_the_items_of_a_node_held_down_are_not_claimed_while_it_rests() ->
         nodes = [{"name": "down", "url": "http://{}:{}".format(*sock.getsockname())}]
         async with engine_rig(nodes, {"concurrency": 8, "per_node_concurrency": 4}) as rig:
             taskid = await rig.submit([f"http://www.example.test/r/{i}" for i in range(100)])
-            for _ in range(500):  # 10 s at most
-                items = await rig.store.list_items(taskid)
-                if any("held down" in (i.error or "") for i in items):
-                    break
-                await asyncio.sleep(0.02)
+            items = await rig.items_when(taskid, held_down_seen)
+            assert held_down_seen(items)
             before = rig.engine.fetched
             await asyncio.sleep(3.0)
             worked = rig.engine.fetched - before
@@ -370,21 +371,16 @@ async def test_a_later_task_is_not_kept_behind_the_waiting_items_of_a_node_held_
         nodes = [{"name": "dead", "url": "http://{}:{}".format(*dead.getsockname())}, {"name": "live", "url": live.url}]
         async with engine_rig(nodes, {"concurrency": 8, "per_node_concurrency": 4}) as rig:
             first = await rig.submit([f"http://www.example.test/w/{i}" for i in range(100)])
-            for _ in range(500):  # 10 s at most
-                waiting = [
-                    i for i in await rig.store.list_items(first) if i.node == "dead" and i.state is ItemState.PENDING
-                ]
-                if len(waiting) >= 95 and all("its items wait for it" in (i.error or "") for i in waiting):
-                    break
-                await asyncio.sleep(0.02)
-            assert len(waiting) >= 95 and all("its items wait for it" in (i.error or "") for i in waiting), waiting
+
+            def put_off(items: list[Item]) -> bool:
+                waiting = [i for i in items if i.node == "dead" and i.state is ItemState.PENDING]
+                return len(waiting) >= 95 and all("its items wait for it" in (i.error or "") for i in waiting)
+
+            items = await rig.items_when(first, put_off)
+            assert put_off(items), items
             started = time.monotonic()
             second = await rig.submit([f"http://www.example.test/later/{i}" for i in range(10)])
-            for _ in range(500):  # 10 s at most
-                items = await rig.store.list_items(second)
-                if sum(i.state is ItemState.SUCCEEDED for i in items) == 10:
-                    break
-                await asyncio.sleep(0.01)
+            items = await rig.items_when(second, lambda items: sum(i.state is ItemState.SUCCEEDED for i in items) == 10)
             took = time.monotonic() - started
             resting = rig.engine.fetcher.health.resting(rig.config.nodes[0]) if rig.engine.fetcher.health else None
     assert {i.node for i in items if i.state is ItemState.SUCCEEDED} == {"live"} and took < 10, took
@@ -409,12 +405,7 @@ async def test_a_held_down_node_that_comes_back_is_warmed() -> None:
         engine = {"max_attempts": 2, "backoff_base": 0.05, "backoff_max": 0.1}
         async with engine_rig(nodes, engine) as rig:
             taskid = await rig.submit([f"http://www.example.test/b/{i}" for i in range(20)])
-            for _ in range(500):  # 10 s at most
-                items = await rig.store.list_items(taskid)
-                if any("held down" in (i.error or "") for i in items):
-                    break
-                await asyncio.sleep(0.02)
-            assert any("held down" in (i.error or "") for i in items)
+            assert held_down_seen(await rig.items_when(taskid, held_down_seen))
             await asyncio.sleep(3.0)
             waiting = await rig.store.list_items(taskid)
             bad = [
