@@ -1,6 +1,6 @@
 """Prometheus metrics of one process, in a registry of its own (no global state).
 
-edgewarm_fetches_total{node,action,outcome}   requests sent to nodes: succeeded | retried | failed
+edgewarm_fetches_total{node,action,outcome}   items worked: succeeded | retried | failed | waiting (node held down)
 edgewarm_fetch_seconds{node}                  latency of one request to a node, body included
 edgewarm_fetched_bytes_total{node}            body bytes read from nodes
 edgewarm_retries_total{node}                  outcomes that scheduled another attempt
@@ -78,7 +78,8 @@ class ItemTally(Collector):
         self._latency: dict[str, list[float]] = {}  # node -> per-bucket counts (+Inf last), then the sum
 
     def observe(self, node: str, action: str, verdict: str, seconds: float, size: int) -> None:
-        """One worked item: `verdict` is succeeded, retried or failed; `size` the body bytes read."""
+        """One worked item: `verdict` is succeeded, retried, failed or waiting (its node held down: no attempt
+        spent); `size` the body bytes read."""
         counts = self._items.get((node, action, verdict))
         if counts is None:
             counts = self._items[(node, action, verdict)] = [0, 0]
@@ -94,7 +95,7 @@ class ItemTally(Collector):
         items = [(key, list(counts)) for key, counts in list(self._items.items())]
         latency = [(node, list(values)) for node, values in list(self._latency.items())]
         fetches = CounterMetricFamily(
-            "edgewarm_fetches", "Requests sent to nodes", labels=["node", "action", "outcome"]
+            "edgewarm_fetches", "Items worked on nodes, by outcome", labels=["node", "action", "outcome"]
         )
         fetched = CounterMetricFamily("edgewarm_fetched_bytes", "Body bytes read from nodes", labels=["node"])
         retries = CounterMetricFamily("edgewarm_retries", "Outcomes that scheduled another attempt", labels=["node"])
@@ -107,7 +108,7 @@ class ItemTally(Collector):
             by_node[node] = by_node.get(node, 0) + size
             if verdict == "retried":
                 retried[node] = retried.get(node, 0) + count
-            else:
+            elif verdict != "waiting":
                 by_state[verdict] = by_state.get(verdict, 0) + count
         for node, size in by_node.items():
             fetched.add_metric([node], size)

@@ -353,7 +353,14 @@ async def test_the_items_of_a_node_held_down_are_not_claimed_while_it_rests() ->
             await asyncio.sleep(3.0)
             worked = rig.engine.fetched - before
             task = await rig.store.get_task(taskid)
+            waited = rig.engine.metrics.registry.get_sample_value(
+                "edgewarm_fetches_total", {"node": "down", "action": "warm", "outcome": "waiting"}
+            )
+            finished = rig.engine.metrics.registry.get_sample_value(
+                "edgewarm_items_finished_total", {"state": "waiting"}
+            )
     assert worked <= 40, worked
+    assert waited and finished is None, (waited, finished)
     assert task is not None and task.status is TaskStatus.IN_PROGRESS
 
 

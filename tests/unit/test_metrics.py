@@ -42,6 +42,15 @@ def test_items_are_counted_by_node_action_and_outcome() -> None:
     assert abs(got[("edgewarm_fetch_seconds_sum", (("node", "e1"),))] - 0.704) < 1e-9
 
 
+def test_an_item_waiting_for_its_node_is_neither_retried_nor_finished() -> None:
+    """`waiting` (its node held down, no attempt spent) has its own outcome label and no other count."""
+    m = Metrics()
+    m.items.observe("e1", "warm", "waiting", 0.0, 0)
+    got = samples(m)
+    assert got[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "waiting")))] == 1
+    assert not any(name in ("edgewarm_retries_total", "edgewarm_items_finished_total") for name, _ in got)
+
+
 def test_in_flight_is_read_when_scraped() -> None:
     """The gauge of items in flight asks its source at scrape time."""
     m = Metrics()

@@ -341,7 +341,12 @@ class Engine:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
-        verdict = "succeeded" if outcome.succeeded else ("retried" if outcome.retry_at is not None else "failed")
+        if outcome.succeeded:
+            verdict = "succeeded"
+        elif outcome.retry_at is None:
+            verdict = "failed"
+        else:  # an item that waits for its node (held down) spent no attempt
+            verdict = "retried" if outcome.attempts > claim.attempts else "waiting"
         self.metrics.items.observe(node.name, claim.action, verdict, seconds, outcome.bytes or 0)
 
     async def _drain(self) -> None:
