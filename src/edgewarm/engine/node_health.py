@@ -69,8 +69,7 @@ class NodeHealth:
             return None
         now = self._clock()
         left = state.down_until - now
-        # A probe that never reported (its item was dropped: the engine stopping, say) is replaced in time.
-        if left <= 0 and (not state.probing or now - state.probing > COOLDOWN_MAX):
+        if left <= 0 and not _probe_out(state, now):
             state.probing = now
             return None
         return _hold(node, state, now)
@@ -83,7 +82,7 @@ class NodeHealth:
         if state is None or not state.down_until:
             return None
         now = self._clock()
-        if now < state.down_until or (state.probing and now - state.probing <= COOLDOWN_MAX):
+        if now < state.down_until or _probe_out(state, now):
             return _hold(node, state, now)
         return None
 
@@ -126,6 +125,12 @@ class NodeHealth:
             extra={"node": node.name},
         )
         return _hold(node, state, now)
+
+
+def _probe_out(state: _State, now: float) -> bool:
+    """Whether the request let through after the cooldown has not answered yet. One that never reports (its item
+    was dropped: the engine stopping, say) counts as out for COOLDOWN_MAX only, then another is let through."""
+    return bool(state.probing) and now - state.probing <= COOLDOWN_MAX
 
 
 def _hold(node: Node, state: _State, now: float) -> Hold:
