@@ -52,8 +52,12 @@ def config(per_node: int, *, node_width: int | None = None, flush_interval: floa
     node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
     if node_width is not None:
         node["concurrency"] = node_width
-    engine = {"per_node_concurrency": per_node, "concurrency": 64, "dedupe_seconds": 0}
-    engine["flush_interval"] = flush_interval
+    engine = {
+        "per_node_concurrency": per_node,
+        "concurrency": 64,
+        "dedupe_seconds": 0,
+        "flush_interval": flush_interval,
+    }
     return parse_config(
         {
             "store": "memory://",
