@@ -11,8 +11,8 @@
   Then each thread of it: its CPU per warm, and (schedstat) the share of the run it spent on a CPU and
   runnable but waiting for one.
 
-Each part runs on a fresh lab (cold caches) and is checked (all HIT, origin counts). CPU comes from /proc,
-so the figures mean something on a loaded machine too. Everything is stopped by PID.
+Each part runs on a fresh lab (cold caches) and is checked (all HIT, origin counts; exit status 1 when a URL
+is not a HIT). CPU comes from /proc, so the figures mean something on a loaded machine too. Everything is stopped by PID.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             wall, cpu = runner.run(fetch_all(nodes, paths))
         print(f"fetcher: {wall:.2f}s, {warms / wall:,.0f} warms/s, CPU {cpu / warms * 1e6:.0f} us/warm")
-        print(f"  {check_run(lab, lab.edges, paths, deadline).text()}")
+        checks = [check_run(lab, lab.edges, paths, deadline)]
+        print(f"  {checks[-1].text()}")
 
     # submit, then engine
     with fresh_lab(edges=2, shield=False) as lab:
@@ -174,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"  thread {name}: CPU {cpu_us:.0f} us/warm ({system_us:.0f} system); on a CPU "
                     f"{t.running / took:.0%} of the time, runnable but waiting for one {t.waiting / took:.0%}"
                 )
-        print(f"  {check_run(lab, lab.edges, paths, deadline).text()}")
+        checks.append(check_run(lab, lab.edges, paths, deadline))
+        print(f"  {checks[-1].text()}")
         shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    return 0 if all(c.all_hit for c in checks) else 1
 
 
 def _epoch(iso: str) -> float:

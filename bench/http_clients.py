@@ -14,6 +14,7 @@ loop through socket callbacks). wrk, where installed, is a C baseline run on the
 
     .venv/bin/python bench/http_clients.py                 # 5,000 x 4 KiB and 100 x 4 MiB, 64 in flight
     .venv/bin/python bench/http_clients.py --rounds 5 --concurrency 32 --max-seconds 300
+    .venv/bin/python bench/http_clients.py --rounds 1 --small 200x4096 --large 10x262144 --wrk-seconds 1   # smoke
 
 niquests and pycurl are optional (`pip install niquests pycurl`); they are not edgewarm dependencies.
 """
@@ -371,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", default="100x4194304", help="COUNTxSIZE of the large-object workload")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop measuring after this long")
     parser.add_argument("--shm", type=Path, default=Path("/dev/shm"), help="where files and cache go")
+    parser.add_argument("--wrk-seconds", type=int, default=5, help="how long the wrk baseline runs per workload")
     args = parser.parse_args(argv)
     workloads = [_workload("small", args.small), _workload("large", args.large)]
     clients = available_clients()
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"cold fill {load.name}: {cold.requests} URLs, {cold.seconds:.2f}s, {cold.failures} failed")
                 if cold.failures:
                     raise SystemExit(f"cold fill of {load.name} failed {cold.failures} times")
-                baseline[load.name] = measure_wrk(edge.url, paths, args.concurrency, 5, root)
+                baseline[load.name] = measure_wrk(edge.url, paths, args.concurrency, args.wrk_seconds, root)
 
             for round_no in range(args.rounds):
                 order = clients[round_no % len(clients) :] + clients[: round_no % len(clients)]
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"concurrency {args.concurrency}, {args.rounds} rounds, median pass; MB = 10^6 bytes of body")
     for load in workloads:
-        report(load, clients, results, baseline[load.name])
+        report(load, clients, results, baseline[load.name], args.wrk_seconds)
     return 0
 
 
@@ -417,6 +419,7 @@ def report(
     clients: list[Client],
     results: dict[tuple[str, str], list[PassResult]],
     baseline: PassResult | None,
+    wrk_seconds: int,
 ) -> None:
     rows: list[tuple[str, float, float, str]] = []
     for client in clients:
@@ -440,7 +443,7 @@ def report(
         ratio = baseline.rps / fastest
         print(
             f"  {'wrk (C, 1 thread)':16} {baseline.rps:9.0f} {baseline.mbps:8.1f} {ratio:10.2f}"
-            f"  C baseline, 5 s run; MB/s counts headers too; {baseline.failures} errors"
+            f"  C baseline, {wrk_seconds} s run; MB/s counts headers too; {baseline.failures} errors"
         )
 
 
