@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .auth import DEFAULT_TIMEZONE
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .models import Tier
+from .store import sqlite_path
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -260,6 +261,10 @@ class Config(_Model):
         scheme = value.split(":", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres", "memory"):
             raise ValueError(f"{value!r}: use sqlite:///PATH, postgresql://… or memory://")
+        try:
+            sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

@@ -215,6 +215,16 @@ def test_bad_store_scheme_is_refused(store: str) -> None:
     assert refused_key({"store": store}) == "store"
 
 
+@pytest.mark.parametrize("store", ["sqlite://relative.db", "sqlite:", "sqlite:///", "sqlite://host/x.db"])
+def test_a_sqlite_url_without_a_file_is_refused_as_serve_would_refuse_it(store: str) -> None:
+    """check-config passed `sqlite://relative.db`, which `serve` then refused: both refuse it now, saying how
+    to write a path."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"store": store})
+    assert refused.value.key == "store"
+    assert "sqlite:///absolute/path.db, or sqlite:relative/path.db" in str(refused.value)
+
+
 def test_bad_timezone_is_refused() -> None:
     """An unknown time zone for the signature day is refused."""
     assert refused_key({"api": {"timezone": "Mars/Olympus"}}) == "api.timezone"

@@ -1,12 +1,14 @@
 """Stores: one interface (`TaskStore`), picked by URL scheme; drivers are imported lazily.
 
-- `sqlite:///PATH` (embedded default; `sqlite:///relative.db` or `sqlite:////abs/path.db`)
+- `sqlite:///ABSOLUTE/PATH` (embedded default, as a file URL reads: `sqlite:///var/lib/edgewarm/edgewarm.db` is
+  /var/lib/edgewarm/edgewarm.db), or `sqlite:RELATIVE/PATH` (to the working directory)
 - `postgresql://user@host:5432/db`
 - `memory://` (SQLite in memory: the same rules, nothing on disk; for tests)
 """
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreError
@@ -25,14 +27,37 @@ def redacted(url: str) -> str:
 
 
 def sqlite_path(url: str) -> str | None:
-    """The database path of a `sqlite:` or `memory:` URL, else None."""
+    """The database path of a `sqlite:` or `memory:` URL, else None (StoreError: a sqlite URL without a path, or
+    with a host)."""
     if url.startswith("memory:"):
         return ":memory:"
-    if url.startswith("sqlite:///"):
-        return url.removeprefix("sqlite:///").replace("%20", " ") or None
-    if url.startswith("sqlite://"):
-        raise StoreError(f"{url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    return None
+    if not url.startswith("sqlite:"):
+        return None
+    rest = url.removeprefix("sqlite:").replace("%20", " ")
+    if rest.startswith("///"):
+        path = "/" + rest.lstrip("/")  # an absolute path; sqlite:////abs/path.db (four slashes) is the same path
+    elif rest.startswith("//") or not rest:
+        path = ""
+    else:
+        path = rest
+    if path in ("", "/"):
+        raise StoreError(f"{url!r}: write sqlite:///absolute/path.db, or sqlite:relative/path.db")
+    return path
+
+
+def _moved_database(url: str, path: str) -> StoreError | None:
+    """The refusal to start on a new, empty database where an older edgewarm read `sqlite:///PATH` as a path
+    relative to the working directory and left its database there: its tasks would look lost."""
+    if not url.startswith("sqlite:///") or os.path.exists(path):
+        return None
+    old = os.path.abspath(path.lstrip("/"))
+    if old == path or not os.path.exists(old):
+        return None
+    return StoreError(
+        f"{url!r} is {path}, which does not exist, but {old} does: an older edgewarm read this URL relative to "
+        f"the working directory. Move {old} (and its -wal, -shm files) to {path}, or write store = "
+        f'"sqlite:{os.path.relpath(old)}" to keep using it where it is'
+    )
 
 
 def open_store(url: str, *, auto_upgrade: bool = True) -> TaskStore:
@@ -41,6 +66,8 @@ def open_store(url: str, *, auto_upgrade: bool = True) -> TaskStore:
     if path is not None:
         from .sqlite import SQLiteStore
 
+        if (moved := _moved_database(url, path)) is not None:
+            raise moved
         return SQLiteStore(path, auto_upgrade=auto_upgrade)
     if url.startswith(("postgresql:", "postgres:")):
         try:

@@ -1,0 +1,71 @@
+"""Store URLs: what file a `sqlite:` URL names (PRODUCT.md's `sqlite:///var/lib/edgewarm/edgewarm.db` is that
+absolute path, whatever the working directory), and the refusal to start on a new database where an older
+edgewarm, which read it relative to the working directory, left one."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgewarm.errors import StoreError
+from edgewarm.store import open_store, sqlite_path
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///var/lib/edgewarm/edgewarm.db", "/var/lib/edgewarm/edgewarm.db"),
+        ("sqlite:////var/lib/edgewarm/edgewarm.db", "/var/lib/edgewarm/edgewarm.db"),  # four slashes: the same
+        ("sqlite:/srv/edgewarm.db", "/srv/edgewarm.db"),
+        ("sqlite:data/edgewarm.db", "data/edgewarm.db"),
+        ("sqlite:edgewarm.db", "edgewarm.db"),
+        ("sqlite:///srv/my%20data/e.db", "/srv/my data/e.db"),
+        ("memory://", ":memory:"),
+        ("postgresql://edgewarm@db/edgewarm", None),
+    ],
+)
+def test_a_store_url_names_its_file(url: str, path: str | None) -> None:
+    assert sqlite_path(url) == path
+
+
+def test_the_default_store_does_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from two folders, a `sqlite:///ABS` store opens the same file (before, each folder got its own
+    `var/lib/…` database, and the tasks of the other looked lost)."""
+    url = f"sqlite://{tmp_path}/state/edgewarm.db"  # sqlite:///tmp/…: three slashes
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        assert sqlite_path(url) == f"{tmp_path}/state/edgewarm.db"
+    assert not any((tmp_path / "a").iterdir())
+
+
+async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite:///srv/x.db` with /srv/x.db missing but ./srv/x.db present (the old relative reading): the store
+    refuses to start on a new empty database, naming both files and both ways out; nothing is created."""
+    wanted = tmp_path / "abs" / "x.db"
+    url = f"sqlite://{wanted}"
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / str(wanted).lstrip("/")
+    old.parent.mkdir(parents=True)
+    sqlite3.connect(old).close()
+    with pytest.raises(StoreError) as refused:
+        open_store(url)
+    message = str(refused.value)
+    assert f"{wanted}, which does not exist, but {old} does" in message
+    assert f"Move {old}" in message and f'"sqlite:{old.relative_to(tmp_path)}"' in message
+    assert not wanted.exists()
+    # The relative URL it suggests opens the old database; once moved, the absolute one opens.
+    async with open_store(f"sqlite:{old.relative_to(tmp_path)}") as store:
+        assert await store.upgrade() >= 1
+    wanted.parent.mkdir()
+    old.rename(wanted)
+    async with open_store(url) as store:
+        assert await store.upgrade() >= 1
