@@ -94,6 +94,25 @@ def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceP
         assert set(states(lab, path).values()) == {"HIT"}, path
 
 
+def test_a_warm_right_after_a_refresh_fetches_again_on_every_node(service: ServiceProcess, lab: Lab) -> None:
+    """Warm, refresh (a directory; a file spelled another way), warm again at once: the second warm fetches
+    through every node, which then holds the object (before, it was answered "succeeded" from the warm made
+    before the refresh, within `dedupe_seconds`, and every cache stayed empty)."""
+    for path in ("/dd/y.txt", "/cs/e.txt"):
+        lab.write_file(path, path.encode() * 10)
+    warm(service, ["/dd/y.txt"])
+    assert finish(service, refresh(service, [url_of("/dd/")], "dir"))["status"] == 0
+    warm(service, ["/dd/y.txt"])
+    assert set(states(lab, "/dd/y.txt").values()) == {"HIT"}
+
+    upper = url_of("/cs/e.txt").replace(DEFAULT_HOST, DEFAULT_HOST.upper())
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        assert client.wait(client.prefetch([upper]), timeout=60)["status"] == 0
+        assert finish(service, refresh(service, [url_of("/cs/e.txt")], "file"))["status"] == 0
+        assert client.wait(client.prefetch([upper]), timeout=60)["status"] == 0
+    assert set(states(lab, "/cs/e.txt").values()) == {"HIT"}
+
+
 def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:
     """prefetch with refresh=true after the origin changed: every node then serves the new body, from cache."""
     lab.write_file("/app.js", b"version 1")

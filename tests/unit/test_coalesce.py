@@ -1,4 +1,5 @@
-"""Coalescer: one fetch per (URL, node) at a time, successes reused for a window, purges forget."""
+"""Coalescer: one fetch per (URL, node) at a time, successes reused for a window, a purge on a node ends the
+sharing of that node's earlier fetches."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_concurrent_claims_of_one_key_share_a_single_fetch() -> None:
 
 
 def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None:
-    """Within `window` seconds a success is shared; after it, or after forget(), the key is fetched again."""
+    """Within `window` seconds a success is shared; after it, or after a purge on its node, the key is fetched
+    again."""
     clock = Clock()
     coalescer = Coalescer(60, clock=clock)
     calls = 0
@@ -74,11 +76,71 @@ def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None
         assert (await warm(coalescer, ("u", "other"), fetch))[1] is False
         clock.now += 31
         assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
-        coalescer.forget(("u", "n"))
+        coalescer.purging("n")
         assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
 
     asyncio.run(go())
     assert calls == 4
+
+
+def test_a_purge_of_any_url_on_a_node_ends_the_sharing_of_that_nodes_earlier_warms_only() -> None:
+    """A directory purge covers URLs of any spelling: after a purge on node n (of whatever URL), no success of n
+    from before it is shared, while node m's still are (before, only the purged URL's own key was forgotten, so
+    a warm right after a directory refresh was answered "succeeded" from memory and never fetched)."""
+    coalescer = Coalescer(60)
+    calls = 0
+
+    async def fetch() -> ItemOutcome:
+        nonlocal calls
+        calls += 1
+        return ItemOutcome(1, True, 1, 200, "MISS", 10)
+
+    async def go() -> list[bool]:
+        for key in (("http://www.example.test/d/a", "n"), ("http://WWW.EXAMPLE.TEST/d/b", "n"), ("x", "m")):
+            await warm(coalescer, key, fetch)
+        coalescer.purging("n")  # the purge of http://www.example.test/d/ begins …
+        coalescer.purging("n")  # … and ends
+        shared = []
+        for key in (("http://www.example.test/d/a", "n"), ("http://WWW.EXAMPLE.TEST/d/b", "n"), ("x", "m")):
+            shared.append((await warm(coalescer, key, fetch))[1])
+        shared.append((await warm(coalescer, ("http://www.example.test/d/a", "n"), fetch))[1])  # the new fetch
+        return shared
+
+    assert asyncio.run(go()) == [False, False, True, True]
+    assert calls == 5
+
+
+def test_a_warm_that_overlapped_a_purge_is_not_shared_and_its_followers_fetch_again() -> None:
+    """A fetch that began before a purge on its node and ended after the purge began may have filled the cache
+    before the purge emptied it: neither the claims waiting on it nor later ones get its success."""
+    calls = 0
+
+    async def go() -> list[tuple[ItemOutcome, bool]]:
+        coalescer = Coalescer(60)
+        gate = asyncio.Event()
+
+        async def fetch() -> ItemOutcome:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await gate.wait()
+            return ItemOutcome(calls, True, 1, 200, "MISS", 10)
+
+        leader = asyncio.create_task(warm(coalescer, ("u", "n"), fetch))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(warm(coalescer, ("u", "n"), fetch))
+        await asyncio.sleep(0.01)
+        coalescer.purging("n")
+        gate.set()
+        results = list(await asyncio.gather(leader, follower))
+        results.append(await warm(coalescer, ("u", "n"), fetch))
+        return results
+
+    (lead, lead_shared), (follow, follow_shared), (later, later_shared) = asyncio.run(go())
+    assert (lead.item_id, lead_shared) == (1, False)
+    assert (follow.item_id, follow_shared) == (2, False)  # fetched itself after the purge
+    assert (later.item_id, later_shared) == (2, True)  # the follower's fetch, begun after the purge, is shared
+    assert calls == 2
 
 
 def test_a_failure_is_not_shared_and_the_follower_fetches_itself() -> None:

@@ -1,8 +1,10 @@
 """One warm per (URL, node) at a time: a URL submitted again while it is pending is not fetched twice.
 
 Claims of the same (URL, node) that meet in one engine share the first one's fetch; a success is reused for
-`window` seconds after it (a later task asking for the same object gets it at once). A purge of the URL on
-that node forgets it. Within one process: workers on a shared store do not see each other's fetches.
+`window` seconds after it (a later task asking for the same object gets it at once). A purge on a node, of any
+URL or directory, makes every fetch of that node that began before it end unshared (`purging`, before and after
+the purge: a directory covers URLs of any spelling, and a fetch that overlapped the purge may have filled the
+cache before it). Within one process: workers on a shared store do not see each other's fetches.
 
 The engine asks `share(key)` before a warm. It answers a success to reuse (recent, or of a fetch of the
 same key that was running), or None: then the caller fetches and reports with `end(key, outcome)`. Nothing
@@ -22,13 +24,28 @@ Key = tuple[str, str]  # (url, node)
 MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
 
 
+class _Running:
+    """A fetch of a key: the node's purge count when it began, and (once a second claim follows) its future."""
+
+    __slots__ = ("future", "purges")
+
+    def __init__(self, purges: int) -> None:
+        self.purges = purges
+        self.future: asyncio.Future[ItemOutcome] | None = None
+
+
 class Coalescer:
     def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
-        # Keys being fetched; the future is made only when a second claim of the key comes to follow.
-        self._running: dict[Key, asyncio.Future[ItemOutcome] | None] = {}
-        self._recent: OrderedDict[Key, tuple[float, ItemOutcome]] = OrderedDict()
+        self._running: dict[Key, _Running] = {}  # keys being fetched
+        # Successes: when, the outcome, and the node's purge count when their fetch began.
+        self._recent: OrderedDict[Key, tuple[float, ItemOutcome, int]] = OrderedDict()
+        self._purges: dict[str, int] = {}  # node -> purges begun or ended there
+
+    def purging(self, node: str) -> None:
+        """A purge on `node` begins or ends: no fetch of that node that began before it is shared from now on."""
+        self._purges[node] = self._purges.get(node, 0) + 1
 
     async def share(self, key: Key) -> ItemOutcome | None:
         """A success of `key` to reuse, or None: then the caller fetches it and must call `end`."""
@@ -43,31 +60,35 @@ class Coalescer:
         """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it."""
         if self.window <= 0:
             return None
+        purges = self._purges.get(key[1], 0)
         if self._recent:
             self._expire()
             recent = self._recent.get(key)
-            if recent is not None:
+            if recent is not None and recent[2] == purges:
                 return recent[1]
-        if key not in self._running:
-            self._running[key] = None
-            return None
-        running = self._running[key]
+        running = self._running.get(key)
         if running is None:
-            running = self._running[key] = asyncio.get_running_loop().create_future()
-        return running
+            self._running[key] = _Running(purges)
+            return None
+        if running.future is None:
+            running.future = asyncio.get_running_loop().create_future()
+        return running.future  # if a purge came meanwhile, its success is not shared: the next round fetches
 
     def end(self, key: Key, outcome: ItemOutcome | None) -> None:
         """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again)."""
         if self.window <= 0:
             return
-        followers = self._running.pop(key, None)
-        if outcome is not None and outcome.succeeded:
-            self._recent[key] = (self._clock(), outcome)
+        running = self._running.pop(key, None)
+        fresh = running is not None and running.purges == self._purges.get(key[1], 0)
+        if outcome is not None and outcome.succeeded and running is not None and fresh:
+            self._recent[key] = (self._clock(), outcome, running.purges)
+            self._recent.move_to_end(key)
             if len(self._recent) > MAX_RECENT:
                 self._recent.popitem(last=False)
+        followers = None if running is None else running.future
         if followers is not None:
-            if outcome is None:
-                followers.cancel()
+            if outcome is None or not fresh:
+                followers.cancel()  # each follower asks again: a purge since the fetch began, or it raised
             else:
                 followers.set_result(outcome)
 
@@ -81,15 +102,11 @@ class Coalescer:
                 return None
             raise  # this follower itself is being cancelled
 
-    def forget(self, key: Key) -> None:
-        """The object changed on that node (a purge): the next warm fetches it."""
-        self._recent.pop(key, None)
-
     def _expire(self) -> None:
         horizon = self._clock() - self.window
         recent = self._recent
         while recent:
-            key, (at, _) = next(iter(recent.items()))
+            key, (at, _, _) = next(iter(recent.items()))
             if at >= horizon:
                 break
             del recent[key]

@@ -318,8 +318,11 @@ class Engine:
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
-            coalescer.forget(key)
-            return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+            coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
+            try:  # nor those that overlapped it
+                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+            finally:
+                coalescer.purging(node.name)
         shared = await coalescer.share(key)
         if shared is not None:
             return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
