@@ -582,11 +582,18 @@ class TestWork:
         assert await store.queue_depth() == 2
 
     async def test_known_urls_lists_distinct_urls_under_a_prefix(self, store: TaskStore) -> None:
-        """known_urls matches the prefix literally (% and _ too), once per URL, up to `limit`."""
-        urls = ["http://h.test/a/1", "http://h.test/a/2", "http://h.test/a%_x", "http://h.test/b/1"]
+        """known_urls matches the prefix literally (% and _ too) but in any case, once per URL, up to `limit`."""
+        urls = [
+            "http://h.test/a/1",
+            "http://h.test/a/2",
+            "http://h.test/a%_x",
+            "http://h.test/b/1",
+            "HTTP://H.Test/a/3",
+        ]
         items = tuple(NewItem(s, u, n, ItemAction.WARM, 0) for s, u in enumerate(urls) for n in ("e1", "e2"))
-        await store.create_task(make_task(4, items=items))
-        assert sorted(await store.known_urls("http://h.test/a/", 10)) == urls[:2]
+        await store.create_task(make_task(5, items=items))
+        assert sorted(await store.known_urls("http://h.test/a/", 10)) == sorted([*urls[:2], urls[4]])
+        assert sorted(await store.known_urls("http://H.TEST/A/", 10)) == sorted([*urls[:2], urls[4]])
         assert await store.known_urls("http://h.test/a%", 10) == ["http://h.test/a%_x"]
         assert len(await store.known_urls("http://h.test/", 3)) == 3
         assert await store.known_urls("http://other.test/", 10) == []

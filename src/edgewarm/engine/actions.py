@@ -62,10 +62,10 @@ async def _purge_dir(
         return purge.verdict(request, result.status, result.network_error), result, None
     # No prefix purge on this node: purge every URL under the prefix that edgewarm has seen.
     request = purge.url_purge(node)
-    known = [u for u in await store.known_urls(target.url, KNOWN_URLS_LIMIT) if u != target.url]
+    known = _under(target, await store.known_urls(target.url, KNOWN_URLS_LIMIT))
     failures: list[tuple[purge.Verdict, FetchResult]] = []
     for start in range(0, len(known), 16):
-        chunk = [parse_url(u) for u in known[start : start + 16]]
+        chunk = known[start : start + 16]
         results = await asyncio.gather(*(fetcher.request(request.method, node, t, request.headers) for t in chunk))
         for result in results:
             verdict = purge.verdict(request, result.status, result.network_error)
@@ -77,3 +77,16 @@ async def _purge_dir(
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
     verdict, result = (retry or failures)[0]
     return verdict, result, summary
+
+
+def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
+    """Of `urls`, one per cache key under `directory`'s (a cache keys the host in any case as one): the
+    objects a purge of the directory must reach, the directory itself left out."""
+    prefix = directory.cache_key
+    found: dict[str, TargetUrl] = {}
+    for url in urls:
+        target = parse_url(url)
+        key = target.cache_key
+        if key.startswith(prefix) and key != prefix:
+            found.setdefault(key, target)
+    return list(found.values())

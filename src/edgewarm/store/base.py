@@ -132,8 +132,9 @@ class TaskStore(Protocol):
         ...
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
-        """Distinct URLs of any task that start with `prefix` (a directory refresh on a node without prefix
-        purge purges each of them)."""
+        """Distinct URLs of any task that start with `prefix`, ignoring case (a directory refresh on a node
+        without prefix purge purges each of them; it keeps those whose cache key is under the directory's: the
+        host in any case, the path as it is)."""
         ...
 
     async def queue_depth(self) -> int:

@@ -690,7 +690,9 @@ class PostgresStore:
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:
             # starts_with, not LIKE (no escaping of % and _ to get wrong) nor a text range (collation-dependent).
-            rows = await conn.fetch("SELECT DISTINCT url FROM items WHERE starts_with(url, $1) LIMIT $2", prefix, limit)
+            rows = await conn.fetch(
+                "SELECT DISTINCT url FROM items WHERE starts_with(lower(url), $1) LIMIT $2", prefix.lower(), limit
+            )
         return [r[0] for r in rows]
 
     async def queue_depth(self) -> int:

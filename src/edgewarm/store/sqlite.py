@@ -479,10 +479,11 @@ class SQLiteStore:
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         def known() -> list[str]:
-            # A range on the text rather than LIKE: no escaping of % and _ in the prefix to get wrong.
+            # A comparison rather than LIKE: no escaping of % and _ in the prefix to get wrong. URLs are ASCII
+            # (urls.py), which SQLite's lower() covers.
             rows = self.db.execute(
-                "SELECT DISTINCT url FROM items WHERE url >= ? AND url < ? LIMIT ?",
-                (prefix, prefix + "\U0010ffff", limit),
+                "SELECT DISTINCT url FROM items WHERE substr(lower(url), 1, ?) = ? LIMIT ?",
+                (len(prefix), prefix.lower(), limit),
             ).fetchall()
             return [r[0] for r in rows]
 
