@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,7 +16,7 @@ from . import auth
 from .config import Config, User
 from .errors import JdCode, RequestRefused, TaskNotFound
 from .metrics import Metrics
-from .models import ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
+from .models import Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, parse_url
 from .views import STATUS_TEXT, task_summary
@@ -89,13 +89,17 @@ class Service:
             raise RequestRefused(JdCode.SIGNATURE_INCORRECT, "signature incorrect")
         return user
 
-    def check_urls(self, user: User, urls: list[str], *, too_many: JdCode, not_yours: JdCode) -> list[TargetUrl]:
-        """The JD checks on a URL list: count, duplicates, legality, ownership."""
+    def check_urls(
+        self, user: User, urls: list[str], *, too_many: JdCode, not_yours: JdCode, dirs: bool = False
+    ) -> list[TargetUrl]:
+        """The JD checks on a URL list: count (`dirs`: directories, by `dirs_per_call`), duplicates, legality,
+        ownership."""
         if not urls:
             raise RequestRefused(JdCode.LIST_EMPTY, "the URL list must not be empty")
-        limit = user.limits(self.config.limits).urls_per_call
+        limits = user.limits(self.config.limits)
+        limit, what = (limits.dirs_per_call, "directories") if dirs else (limits.urls_per_call, "URLs")
         if len(urls) > limit:
-            raise RequestRefused(too_many, f"{len(urls)} URLs in one call; the limit is {limit}")
+            raise RequestRefused(too_many, f"{len(urls)} {what} in one call; the limit is {limit}")
         targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
         # Two spellings of one object (host case, an empty path) are one URL to a cache.
         duplicate = find_duplicate([t.cache_key for t in targets])
@@ -119,14 +123,10 @@ class Service:
         self, user: User, entries: list[str], kind: str, *, options: SubmitOptions | None = None
     ) -> Task:
         """Purge files (`kind` "file") or directories ("dir": each entry ends with '/') on every node."""
-        if kind == "dir":
-            limit = user.limits(self.config.limits).dirs_per_call
-            if len(entries) > limit:
-                raise RequestRefused(
-                    JdCode.TOO_MANY_DIRS, f"{len(entries)} directories in one call; the limit is {limit}"
-                )
+        dirs = kind == "dir"
+        too_many = JdCode.TOO_MANY_DIRS if dirs else JdCode.TOO_MANY_REFRESH_URLS
         targets = self.check_urls(
-            user, entries, too_many=JdCode.TOO_MANY_REFRESH_URLS, not_yours=JdCode.REFRESH_DOMAIN_NOT_YOURS
+            user, entries, too_many=too_many, not_yours=JdCode.REFRESH_DOMAIN_NOT_YOURS, dirs=dirs
         )
         if kind != "dir":
             items = self._items(targets, (ItemAction.PURGE,))
@@ -184,7 +184,26 @@ class Service:
                 self._on_submit()
         elif created.kind is not kind:
             raise RequestRefused(JdCode.FAILURE, "this idempotency key was used for a task of another kind")
+        elif not await self._same_request(created, items):
+            raise RequestRefused(
+                JdCode.FAILURE,
+                f"this idempotency key was used for task {created.id} with other URLs: use a new key for these",
+            )
         return created
+
+    async def _same_request(self, task: Task, items: tuple[NewItem, ...]) -> bool:
+        """Whether `task` (found by its idempotency key) was made for the same URLs, in the same order, and the
+        same steps as `items` (its nodes may differ: the fleet may have changed since)."""
+        stored = await self.store.list_items(task.id, limit=task.total)
+
+        def request(of: Sequence[Item | NewItem]) -> tuple[list[str], set[ItemAction]]:
+            urls: list[str] = []
+            for item in of:
+                if not urls or urls[-1] != item.url:
+                    urls.append(item.url)
+            return urls, {item.action for item in of}
+
+        return request(stored) == request(items)
 
     async def get_task(self, user: User, raw_task_id: str, kind: TaskKind | None = None) -> Task:
         """The user's task; anything else (malformed, unknown, another user's, other kind) is 'not found'."""

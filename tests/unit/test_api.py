@@ -18,7 +18,7 @@ from edgewarm.api import create_app
 from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.config import Config, parse_config
-from edgewarm.models import ItemOutcome, ItemState, TaskKind, TaskStatus
+from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
 
@@ -658,3 +658,41 @@ async def test_healthz(api: Api) -> None:
     """/healthz answers ok."""
     response = await api.client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"ok": True})
+
+
+async def test_a_dir_refresh_is_counted_against_dirs_per_call_not_urls_per_call(api: Api) -> None:
+    """A user allowed 3 URLs a call (dirs_per_call left at 5) refreshes 4 directories in one call; 6 are refused
+    with code 46, naming directories; 4 files are refused with code 9 (before, the directories were counted
+    against urls_per_call: "4 URLs in one call; the limit is 3")."""
+    dirs = [f"http://www.example.test/d{n}/" for n in range(6)]
+    body = {**creds(SMALL, SMALL_SECRET), "type": "dir"}
+    accepted = await api.call("/api/refresh", {**body, "instances": dirs[:4]})
+    assert accepted["status"] == 0, accepted
+    refused = await api.call("/api/refresh", {**body, "instances": dirs})
+    assert_code(refused, 46)
+    assert refused["msg"] == "6 directories in one call; the limit is 5"
+    files = await api.call("/api/refresh", {**body, "type": "file", "instances": urls(4)})
+    assert_code(files, 9)
+    assert files["msg"] == "4 URLs in one call; the limit is 3"
+
+
+async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_the_first_task(api: Api) -> None:
+    """The same key with the same URLs returns the first task; with other URLs, or the same URLs refreshed
+    first, the call is refused naming the first task (before, the first task came back and the other URLs were
+    never warmed, silently)."""
+    body = {**creds(), "idempotency_key": "launch-7"}
+    first = await api.call("/api/prefetch", {**body, "publish_urls": urls(2)})
+    assert first["status"] == 0, first
+    again = await api.call("/api/prefetch", {**body, "publish_urls": urls(2)})
+    assert again["taskid"] == first["taskid"]
+    for other in (
+        {"publish_urls": urls(3)},
+        {"publish_urls": urls(2)[::-1]},
+        {"publish_urls": urls(2), "refresh": True},
+    ):
+        refused = await api.call("/api/prefetch", {**body, **other})
+        assert_code(refused, 1)
+        assert refused["msg"] == (
+            f"this idempotency key was used for task {first['taskid']} with other URLs: use a new key for these"
+        ), other
+    assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
