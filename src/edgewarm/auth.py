@@ -9,9 +9,18 @@ import functools
 import hashlib
 import hmac
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+
+def known_timezone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones, such as "America"
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)  # three days per user verify every call: the same few values all day

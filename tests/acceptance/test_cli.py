@@ -14,7 +14,7 @@ import pytest
 
 from edgewarm import auth
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, start_service
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
 from .conftest import credentials_env
 
@@ -141,3 +141,123 @@ def test_serve_logs_a_caution_for_settings_that_keep_a_feature_from_working(tmp_
     with start_service(tmp_path, nodes, extra=extra) as service:
         log = service.log_text()
     assert "connect_timeout (10 s) is not below read_timeout (10 s)" in log
+
+
+NOWHERE_NODES = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
+SHARED_ENVVARS = {
+    "EDGEWARM_SERVER",
+    "EDGEWARM_USERNAME",
+    "EDGEWARM_SECRET",
+    "EDGEWARM_CLIENT_CONFIG",
+    "EDGEWARM_CONFIG",
+}
+COMMANDS = (
+    "serve",
+    "api",
+    "worker",
+    "check-config",
+    "db upgrade",
+    "demo",
+    "submit",
+    "refresh",
+    "watch",
+    "query",
+    "tasks",
+    "cancel",
+    "quota",
+    "sign",
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "--per-call", "-1", f"http://{DEFAULT_HOST}/a", f"http://{DEFAULT_HOST}/b"],
+        ["submit", "--per-call", "0", f"http://{DEFAULT_HOST}/a"],
+        ["refresh", "--per-call", "0", f"http://{DEFAULT_HOST}/a"],
+        ["watch", "--interval", "0", "148555aa-eee7-48cb-97bd-42fd052e3c84"],
+        ["tasks", "--limit", "0"],
+        ["tasks", "--offset", "-1"],
+        ["demo", "--urls", "0"],
+    ],
+)
+def test_a_count_size_or_interval_out_of_range_is_a_usage_error(
+    service: ServiceProcess, tmp_path: Path, args: list[str]
+) -> None:
+    """`submit --per-call -1` and the like: exit status 2 naming the option, before anything is sent."""
+    result = run(args, credentials_env(service, tmp_path))
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert f"'{args[1]}'" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("date", [[], ["--date", "20161023"]])
+def test_sign_with_an_unknown_time_zone_is_a_usage_error(date: list[str]) -> None:
+    """`sign --timezone Bad/Zone`: exit status 2 naming the option and the value, no traceback."""
+    result = run(["sign", "-u", "a", "--secret", "b", "--timezone", "Bad/Zone", *date], {})
+    assert result.returncode == 2, result.stderr
+    assert "'--timezone'" in result.stderr and "Bad/Zone" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_time_zone_in_the_client_config_is_a_clear_error(tmp_path: Path) -> None:
+    """`timezone = "Bad/Zone"` in the client config: exit status 1 naming the file and the value, no traceback."""
+    config = tmp_path / "client.toml"
+    config.write_text('server = "http://127.0.0.1:9"\nusername = "a"\nsecret = "b"\ntimezone = "Bad/Zone"\n')
+    result = run(["quota"], {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_SECRET": "", "EDGEWARM_USERNAME": ""})
+    assert result.returncode == 1, result.stderr
+    assert f"client config {config}" in result.stderr and "Bad/Zone" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_options_environment_variable_is_named_after_the_option(command: str) -> None:
+    """--help names EDGEWARM_<COMMAND>_<OPTION> from the option's flag (`--wait`: EDGEWARM_SUBMIT_WAIT, not
+    the Python name's EDGEWARM_SUBMIT_WAIT_), or one of the shared variables."""
+    result = run([*command.split(), "--help"], {})
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # click wraps at 80 columns, even inside "[env var: …]"
+    prefix = "EDGEWARM_" + command.upper().replace("-", "_").replace(" ", "_")
+    named = {f"{prefix}_{flag.upper().replace('-', '_')}" for flag in re.findall(r"--([a-z][a-z-]*)", text)}
+    for envvar in re.findall(r"env var: ([A-Za-z0-9_]+)", text):
+        assert envvar in SHARED_ENVVARS or envvar in named, envvar
+
+
+@pytest.mark.parametrize("command", ["submit", "refresh"])
+def test_the_wait_option_is_taken_from_its_environment_variable(
+    service: ServiceProcess, lab: Lab, tmp_path: Path, command: str
+) -> None:
+    """EDGEWARM_SUBMIT_WAIT=1 (EDGEWARM_REFRESH_WAIT=1) follows the task to its end, as --wait does."""
+    (path,) = lab.make_files(1, 10, prefix=f"/cli-wait-env-{command}/")
+    envvar = f"EDGEWARM_{command.upper()}_WAIT"
+    assert f"[env var: {envvar}]" in " ".join(run([command, "--help"], {}).stdout.split())
+    result = run([command, f"http://{DEFAULT_HOST}{path}"], {**credentials_env(service, tmp_path), envvar: "1"})
+    last = result.stdout.rstrip().rsplit("\n", 1)[-1]
+    # the summary only --wait prints (the lab's nginx refuses purges: a refresh ends failed, and exits 1)
+    assert last in ("all succeeded", "some items failed"), result.stderr + result.stdout
+    assert result.returncode == (0 if last == "all succeeded" else 1)
+
+
+@pytest.mark.parametrize("command", ["serve", "api", "worker"])
+def test_a_listen_port_in_use_is_one_clear_error_line(tmp_path: Path, command: str) -> None:
+    """The port (for a worker, `metrics_listen`'s) is taken: a non-zero exit within seconds, one line saying
+    so, no traceback, and no "edgewarm running" before it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        extra = f'metrics_listen = "127.0.0.1:{port}"\n' if command == "worker" else ""
+        config = write_config(
+            tmp_path / "edgewarm.toml",
+            store=f"sqlite:///{tmp_path}/edgewarm.db",
+            nodes_toml=NOWHERE_NODES,
+            port=port if command != "worker" else free_port(),
+            extra=extra,
+        )
+        result = subprocess.run(
+            [EDGEWARM, command, "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, None), output
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in output.lower(), output
+    assert "Traceback" not in output and "edgewarm running" not in output

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+PREFIX = "EDGEWARM"  # of every option's environment variable
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEWARM"})
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": PREFIX})
 @click.version_option(package_name="edgewarm")
 def main() -> None:
     """edgewarm: CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN."""
@@ -14,14 +16,25 @@ def main() -> None:
 from . import server, tools  # noqa: E402,F401  (register the commands)
 
 
-def _show_envvars(group: click.Group) -> None:
+def _envvar_name(prefix: str, option: click.Option) -> str:
+    """PREFIX_<OPTION> from the option's long flag (`--wait` gives ..._WAIT, `--date` ..._DATE), not from its
+    Python name (`wait_`, `day`), which is what click's auto_envvar_prefix would use."""
+    flags = [opt for opt in option.opts if opt.startswith("--")]
+    name = flags[0][2:] if flags else str(option.name)
+    return f"{prefix}_{name.replace('-', '_').upper()}"
+
+
+def _show_envvars(group: click.Group, prefix: str = PREFIX) -> None:
     """Every option's --help names its environment variable (EDGEWARM_<COMMAND>_<OPTION> unless set)."""
-    for command in group.commands.values():
+    for name, command in group.commands.items():
+        command_prefix = f"{prefix}_{name.replace('-', '_').upper()}"
         for param in command.params:
             if isinstance(param, click.Option):
                 param.show_envvar = True
+                if param.envvar is None:
+                    param.envvar = _envvar_name(command_prefix, param)
         if isinstance(command, click.Group):
-            _show_envvars(command)
+            _show_envvars(command, command_prefix)
 
 
 _show_envvars(main)

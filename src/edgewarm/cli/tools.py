@@ -25,6 +25,7 @@ from .watch import follow
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_CLIENT_CONFIG = "~/.config/edgewarm/client.toml"
+POSITIVE = click.IntRange(min=1)
 
 
 def connection_options(fn: F) -> F:
@@ -53,6 +54,13 @@ def connection_options(fn: F) -> F:
     return fn
 
 
+def check_timezone(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--timezone: a usage error naming the value when it is not a known IANA time zone."""
+    if not auth.known_timezone(value):
+        raise click.BadParameter(f"unknown time zone {value!r}", ctx, param)
+    return value
+
+
 def make_client(server: str | None, username: str | None, secret: str | None, client_config: str) -> Client:
     path = Path(client_config).expanduser()
     stored: dict[str, Any] = {}
@@ -67,11 +75,14 @@ def make_client(server: str | None, username: str | None, secret: str | None, cl
     server = server or stored.get("server") or DEFAULT_SERVER
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
+    timezone = str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
+    if not auth.known_timezone(timezone):
+        raise click.ClickException(f"client config {path}: unknown time zone {timezone!r}")
     if not username or not secret:
         raise click.UsageError(
             "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
         )
-    return Client(str(server), str(username), str(secret), timezone=str(stored.get("timezone", auth.DEFAULT_TIMEZONE)))
+    return Client(str(server), str(username), str(secret), timezone=timezone)
 
 
 def read_entries(args: Iterable[str], file: str | None) -> list[str]:
@@ -128,7 +139,7 @@ def fail(exc: ClientError) -> click.ClickException:
 @main.command()
 @click.argument("urls", nargs=-1)
 @click.option("--file", "-f", type=str, help="read URLs from this file, one per line (- for stdin)")
-@click.option("--per-call", default=None, type=int, help="URLs per API call [default: your limit, from /v1/quota]")
+@click.option("--per-call", default=None, type=POSITIVE, help="URLs per API call [default: your limit, from /v1/quota]")
 @click.option("--refresh-first", is_flag=True, help="purge each URL on a node before warming it there")
 @click.option("--callback-url", help="POST the task summary here when it ends (host must be allowed)")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
@@ -161,7 +172,7 @@ def submit(
 @click.argument("entries", nargs=-1)
 @click.option("--file", "-f", type=str, help="read URLs or directories from this file (- for stdin)")
 @click.option("--dir", "directories", is_flag=True, help="entries are directories (ending with '/')")
-@click.option("--per-call", default=None, type=int, help="entries per call [default: your limit, from /v1/quota]")
+@click.option("--per-call", default=None, type=POSITIVE, help="entries per call [default: your limit, from /v1/quota]")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
 @connection_options
 def refresh(
@@ -186,7 +197,13 @@ def refresh(
 
 @main.command()
 @click.argument("taskids", nargs=-1, required=True)
-@click.option("--interval", default=0.5, show_default=True, help="seconds between updates")
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="seconds between updates",
+)
 @connection_options
 def watch(
     taskids: tuple[str, ...],
@@ -228,8 +245,8 @@ def query(taskid: str, server: str | None, username: str | None, secret: str | N
 @click.option("--since", help="created at or after (ISO 8601 or epoch seconds)")
 @click.option("--until", help="created before (ISO 8601 or epoch seconds)")
 @click.option("--url", help="only tasks with a URL containing this")
-@click.option("--limit", default=50, show_default=True)
-@click.option("--offset", default=0, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="at most this many tasks")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="skip this many tasks")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @connection_options
 def tasks(
@@ -303,7 +320,7 @@ def quota(server: str | None, username: str | None, secret: str | None, client_c
 @click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, required=True)
 @click.option("--secret", envvar="EDGEWARM_SECRET", show_envvar=True, required=True)
 @click.option("--date", "day", help="yyyymmdd [default: today in --timezone]")
-@click.option("--timezone", default=auth.DEFAULT_TIMEZONE, show_default=True)
+@click.option("--timezone", default=auth.DEFAULT_TIMEZONE, show_default=True, callback=check_timezone)
 def sign(username: str, secret: str, day: str | None, timezone: str) -> None:
     """Print the JD signature md5(yyyymmdd + username + secret), for curl users."""
     if day is None:
