@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .auth import DEFAULT_TIMEZONE
+from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import sqlite_path
@@ -193,12 +194,8 @@ class Api(_Model):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+        if not known_timezone(value):
+            raise ValueError(f"unknown time zone {value!r}")
         return value
 
 
@@ -309,9 +306,12 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
-    """Validate a decoded TOML document; raise ConfigError naming the first wrong key."""
+    """Validate a decoded TOML document; raise ConfigError naming the first wrong key.
+
+    Strictly, as JSON: a number or a boolean written as a string ("100", "yes") is refused, not converted,
+    while arrays and the names of enumerations read as they do in TOML."""
     try:
-        return Config.model_validate(dict(data), strict=False)
+        return Config.model_validate_json(json.dumps(dict(data)), strict=True)
     except ConfigError:
         raise
     except ValidationError as exc:
@@ -322,6 +322,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             message = "unknown key"
         elif first["type"] == "missing":
             message = "required key is missing"
+        elif first["type"] in ("list_type", "tuple_type") and isinstance(first.get("input"), dict):
+            name = _key_path(loc)
+            message = f"must be an array of tables: write each entry as [[{name}]], not [{name}]"
         message = message.removeprefix("Value error, ")
         if len(exc.errors()) > 1:
             message += f" (and {len(exc.errors()) - 1} more problem(s))"

@@ -317,3 +317,44 @@ def test_per_user_limit_overrides_apply_over_defaults() -> None:
     assert small.urls_per_call == 3
     assert small.urls_per_day == 2000
     assert config.limits.urls_per_day == 2000  # the defaults are not changed
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "message"),
+    [
+        ({"limits": {"urls_per_call": "100"}}, "limits.urls_per_call", "Input should be a valid integer"),
+        ({"engine": {"verify": "yes"}}, "engine.verify", "Input should be a valid boolean"),
+        ({"engine": {"read_timeout": "10"}}, "engine.read_timeout", "Input should be a valid number"),
+    ],
+)
+def test_a_number_or_boolean_written_as_a_string_is_refused_not_converted(
+    data: dict[str, Any], key: str, message: str
+) -> None:
+    """TOML has numbers and booleans: "100" or "yes" is a mistake to name, not a value to guess (both were
+    accepted, "yes" as true)."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**example(), **data})
+    assert (refused.value.key, refused.value.message) == (key, message)
+
+
+def test_whole_numbers_for_seconds_and_tier_names_still_read_as_written() -> None:
+    config = parse_config({**example(), "engine": {"read_timeout": 10, "verify": True}})
+    assert config.engine.read_timeout == 10.0 and config.engine.verify is True
+    assert config.nodes[0].tier is Tier.SHIELD
+
+
+@pytest.mark.parametrize("section", ["nodes", "users"])
+def test_a_table_written_where_an_array_of_tables_belongs_is_named(section: str) -> None:
+    """`[nodes]` instead of `[[nodes]]`: the message says how to write it (it said "Input should be a valid
+    tuple")."""
+    data = example()
+    data[section] = data[section][0]
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert refused.value.key == section
+    assert refused.value.message == (f"must be an array of tables: write each entry as [[{section}]], not [{section}]")
+
+
+def test_a_folder_of_time_zones_is_not_a_time_zone() -> None:
+    """`timezone = "America"` (a folder of zones) is refused like any unknown zone (it raised IsADirectoryError)."""
+    assert refused_key({"api": {"timezone": "America"}}) == "api.timezone"
