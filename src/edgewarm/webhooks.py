@@ -52,7 +52,8 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         _ = parts.port
     except ValueError:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
-    if parts.scheme not in ("http", "https") or not host or parts.username or any(c in url for c in "\r\n \t"):
+    userinfo = parts.username is not None or parts.password is not None or "@" in parts.netloc
+    if parts.scheme not in ("http", "https") or not host or userinfo or any(c in url for c in "\r\n \t"):
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} must be a plain http(s) URL")
     if host not in allowed_hosts:
         raise RequestRefused(

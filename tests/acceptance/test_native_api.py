@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -10,13 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgewarm.client import AsyncClient, Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
 
 pytestmark = pytest.mark.integration
 
 
 def urls(lab: Lab, count: int, prefix: str) -> list[str]:
     return [f"http://{DEFAULT_HOST}{p}" for p in lab.make_files(count, 64, prefix=prefix)]
+
+
+def native_headers(client: Client) -> dict[str, str]:
+    return {"X-Edgewarm-Username": client.username, "X-Edgewarm-Signature": client.signature()}
 
 
 def test_list_filters_and_lookup(client: Client, lab: Lab) -> None:
@@ -77,6 +88,21 @@ def test_native_errors_have_http_status_and_jd_code(service: ServiceProcess) -> 
     with Client(service.url, DEMO_USER, DEMO_SECRET) as client, pytest.raises(ClientError) as missing:
         client.task("00000000-0000-4000-8000-000000000000")
     assert (missing.value.http_status, missing.value.code) == (404, 1)
+
+
+def test_cancelling_an_ended_task_is_a_conflict_not_a_retry_later(client: Client, lab: Lab) -> None:
+    """Cancel on a task that has already ended: 409 with code 1 and the reason (not 429, which clients retry)."""
+    taskid = client.prefetch(urls(lab, 1, "/native-cancel-ended/"))
+    assert client.wait(taskid, timeout=30)["status"] == 0
+    answer = httpx.post(f"{client.base_url}/v1/tasks/{taskid}/cancel", headers=native_headers(client), timeout=10)
+    assert answer.status_code == 409, answer.text
+    assert answer.json() == {"code": 1, "error": f"task {taskid} has already ended"}
+    assert "retry-after" not in answer.headers
+    with pytest.raises(ClientError) as refused:
+        client.cancel(taskid)
+    assert (refused.value.http_status, refused.value.code) == (409, 1)
+    cancel = httpx.get(f"{client.base_url}/openapi.json", timeout=10).json()["paths"]["/v1/tasks/{taskid}/cancel"]
+    assert "409" in cancel["post"]["responses"]
 
 
 def test_async_client_does_what_the_sync_one_does(service: ServiceProcess, lab: Lab) -> None:
@@ -147,3 +173,77 @@ def test_a_url_resubmitted_while_pending_is_fetched_once_per_node(client: Client
     # The shield: edgewarm's one warm, then each edge filling itself from it.
     assert fetches("shield-1") == 1 + len(lab.edges)
     assert fetches("origin") == 1
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers every call with `status` (after test_webhooks_and_keys)."""
+
+    def __init__(self, status: int) -> None:
+        self.calls: list[bytes] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.calls.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def webhook_when(client: Client, taskid: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
+    """The task's `webhook` object, polled until `done` holds for it (or the last one seen after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        webhook = client.task(taskid, limit=0)["webhook"]
+        if done(webhook) or time.monotonic() > deadline:
+            return webhook
+        time.sleep(0.02)
+
+
+def test_the_task_view_shows_its_webhook_delivery(tmp_path: Path) -> None:
+    """GET /v1/tasks/{id} has `webhook` when the task has a callback URL: pending with the attempts and the last
+    error while retried, then failed after max_attempts; delivered on a 2xx. The query (a token, maybe) is
+    redacted. No callback URL: no `webhook`. The JD query answer and the webhook body do not change."""
+    extra = '[webhooks]\nallowed_hosts = ["127.0.0.1"]\nmax_attempts = 3\nbackoff_base = 1.0\n'
+    with FaultServer(always(Respond(200, body=b"ok"))) as node, Receiver(500) as failing, Receiver(200) as accepting:
+        nodes = f'[[nodes]]\nname = "rec"\nurl = "{node.url}"\n'
+        with (
+            start_service(tmp_path, nodes, extra=extra) as service,
+            Client(service.url, DEMO_USER, DEMO_SECRET) as client,
+        ):
+            failed = client.prefetch(["http://www.example.test/hook/a"], callback_url=f"{failing.url}?token=s3cret")
+            delivered = client.prefetch(["http://www.example.test/hook/b"], callback_url=accepting.url)
+            plain = client.prefetch(["http://www.example.test/hook/c"])
+            for taskid in (failed, delivered, plain):
+                assert client.wait(taskid, timeout=30)["status"] == 0
+            retried = webhook_when(client, failed, lambda w: w["attempts"] >= 1)
+            final = webhook_when(client, failed, lambda w: w["state"] != "pending")
+            ok = webhook_when(client, delivered, lambda w: w["state"] != "pending")
+            ended = client.task(failed)
+            raw = httpx.get(f"{service.url}/v1/tasks/{failed}", headers=native_headers(client), timeout=10).text
+            without = client.task(plain)
+            jd_answer = client.query(failed)
+    hook = {"url": f"{failing.url}?token=***", "error": "HTTP 500"}
+    assert retried == {**hook, "state": "pending", "attempts": retried["attempts"]} and retried["attempts"] >= 1
+    assert final == {**hook, "state": "failed", "attempts": 3}
+    assert len(failing.calls) == 3
+    assert ended["webhook"] == final and "s3cret" not in raw
+    assert ok == {"url": accepting.url, "state": "delivered", "attempts": 1, "error": None}
+    assert "webhook" not in without
+    assert set(jd_answer) == {"taskid", "status", "msg"}
+    assert b"webhook" not in accepting.calls[0] and b"s3cret" not in accepting.calls[0]

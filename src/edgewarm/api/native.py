@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
@@ -13,6 +14,7 @@ from ..config import User
 from ..errors import JdCode, RequestRefused
 from ..models import Item, Task, TaskCounts, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
+from ..store import redacted
 from ..views import iso
 from .responses import JSONResponse, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
@@ -43,6 +45,31 @@ def counts_view(counts: TaskCounts) -> dict[str, int]:
     }
 
 
+def masked_query(query: str) -> str:
+    """A query string with each value as `***` (a bare word too: it may be a token itself); names stay."""
+    pairs = (pair.partition("=") for pair in query.split("&"))
+    return "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pairs) if query else ""
+
+
+def shown_callback_url(url: str) -> str:
+    """A callback URL fit to show: its password (as `store.redacted` hides it), query values and fragment as
+    `***`, since a receiver may take its token there."""
+    parts = urlsplit(redacted(url))
+    return urlunsplit(parts._replace(query=masked_query(parts.query), fragment="***" if parts.fragment else ""))
+
+
+def webhook_view(task: Task) -> dict[str, object] | None:
+    """The callback of a task that has one: state null while the task runs, then pending, delivered or failed."""
+    if not task.callback_url:
+        return None
+    return {
+        "url": shown_callback_url(task.callback_url),
+        "state": task.webhook_state,
+        "attempts": task.webhook_attempts,
+        "error": task.webhook_error,
+    }
+
+
 def task_view(
     service: Service,
     task: Task,
@@ -52,8 +79,10 @@ def task_view(
     offset: int,
     limit: int,
 ) -> dict[str, object]:
+    webhook = webhook_view(task)
     return {
         **service.summary(task),
+        **({} if webhook is None else {"webhook": webhook}),
         "counts": counts_view(counts),
         "nodes": {name: counts_view(c) for name, c in nodes.items()},
         "items": [item_view(i) for i in items],
@@ -68,6 +97,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": NativeError},
     401: {"model": NativeError},
     404: {"model": NativeError},
+}
+CANCEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    409: {"model": NativeError, "description": "The task has already ended"},
 }
 
 
@@ -131,7 +164,7 @@ def native_router(service: Service) -> APIRouter:
         except Exception as exc:
             return native_error(exc)
 
-    @router.post("/tasks/{taskid}/cancel", response_model=TaskView, responses=ERRORS, summary="Cancel a task")
+    @router.post("/tasks/{taskid}/cancel", response_model=TaskView, responses=CANCEL_ERRORS, summary="Cancel a task")
     async def cancel_task(taskid: str, username: Username = "", signature: Signature = "") -> Response:
         """Pending items stop (failed, "cancelled"); running ones finish; the task ends as failed, reason
         "cancelled"."""

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import JdCode, RequestRefused, StoreError, TaskNotFound
+from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, TaskNotFound
 from .body import UnsupportedMediaType
 
 log = logging.getLogger("edgewarm.api")
@@ -45,8 +45,19 @@ _NATIVE_HTTP_STATUS = {
     JdCode.USER_UNKNOWN: 401,
     JdCode.USERNAME_EMPTY: 401,
     JdCode.SIGNATURE_EMPTY: 401,
-    JdCode.FAILURE: 429,  # the daily quota
+    # Code 1 is also "not found" and the daily quota (told apart by their class, below); what is left is a
+    # refusal by the task's state, e.g. cancelling a task that has already ended: retrying cannot help.
+    JdCode.FAILURE: 409,
 }
+
+
+def native_status(exc: RequestRefused) -> int:
+    """The HTTP status of a refusal on a native route."""
+    if isinstance(exc, TaskNotFound):
+        return 404
+    if isinstance(exc, QuotaExceeded):
+        return 429  # the daily quota: comes back with the next day
+    return _NATIVE_HTTP_STATUS.get(exc.code, 400)
 
 
 def native_error(exc: BaseException) -> JSONResponse:
@@ -54,8 +65,7 @@ def native_error(exc: BaseException) -> JSONResponse:
     if isinstance(exc, UnsupportedMediaType):
         return unsupported_media(exc)
     if isinstance(exc, RequestRefused):
-        http = 404 if isinstance(exc, TaskNotFound) else _NATIVE_HTTP_STATUS.get(exc.code, 400)
-        return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=http)
+        return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=native_status(exc))
     if isinstance(exc, StoreError):
         log.error("store error: %s", exc)
         return JSONResponse({"code": int(JdCode.INTERNAL), "error": "the store is unavailable"}, status_code=503)

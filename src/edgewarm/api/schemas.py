@@ -108,7 +108,15 @@ class TaskSummary(BaseModel):
     progress: float = Field(description="finished items / all items, 0..1")
 
 
+class WebhookView(BaseModel):
+    url: str = Field(description="the callback URL, its password, query values and fragment shown as ***")
+    state: str | None = Field(description="null while the task runs, then pending, delivered or failed")
+    attempts: int
+    error: str | None = Field(description="the last attempt's error")
+
+
 class TaskView(TaskSummary):
+    webhook: WebhookView | None = Field(None, description="only for a task submitted with a callback_url")
     counts: Counts
     nodes: dict[str, Counts] = Field(description="counts per node")
     items: list[ItemView]
