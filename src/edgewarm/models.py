@@ -93,6 +93,7 @@ class Task:
     webhook_attempts: int = 0
     webhook_error: str | None = None
     idempotency_key: str | None = None
+    webhook_due_at: float | None = None  # the next delivery attempt, while pending
 
 
 @dataclass(frozen=True, slots=True)

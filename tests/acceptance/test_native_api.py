@@ -7,6 +7,7 @@ import http.server
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +239,15 @@ def test_the_task_view_shows_its_webhook_delivery(tmp_path: Path) -> None:
             raw = httpx.get(f"{service.url}/v1/tasks/{failed}", headers=native_headers(client), timeout=10).text
             without = client.task(plain)
             jd_answer = client.query(failed)
-    hook = {"url": f"{failing.url}?token=***", "error": "HTTP 500"}
-    assert retried == {**hook, "state": "pending", "attempts": retried["attempts"]} and retried["attempts"] >= 1
+    hook = {"url": f"{failing.url}?token=***", "error": "HTTP 500", "next_attempt_at": None}
+    due = retried["next_attempt_at"]
+    assert retried == {**hook, "state": "pending", "attempts": retried["attempts"], "next_attempt_at": due}
+    assert retried["attempts"] >= 1
+    assert datetime.fromisoformat(due) > datetime.fromisoformat(ended["finished_at"])  # the backoff's end
     assert final == {**hook, "state": "failed", "attempts": 3}
     assert len(failing.calls) == 3
     assert ended["webhook"] == final and "s3cret" not in raw
-    assert ok == {"url": accepting.url, "state": "delivered", "attempts": 1, "error": None}
+    assert ok == {"url": accepting.url, "state": "delivered", "attempts": 1, "error": None, "next_attempt_at": None}
     assert "webhook" not in without
     assert set(jd_answer) == {"taskid", "status", "msg"}
     assert b"webhook" not in accepting.calls[0] and b"s3cret" not in accepting.calls[0]

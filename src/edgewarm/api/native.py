@@ -67,6 +67,7 @@ def webhook_view(task: Task) -> dict[str, object] | None:
         "state": task.webhook_state,
         "attempts": task.webhook_attempts,
         "error": task.webhook_error,
+        "next_attempt_at": iso(task.webhook_due_at) if task.webhook_state == "pending" else None,
     }
 
 

@@ -113,6 +113,7 @@ class WebhookView(BaseModel):
     state: str | None = Field(description="null while the task runs, then pending, delivered or failed")
     attempts: int
     error: str | None = Field(description="the last attempt's error")
+    next_attempt_at: str | None = Field(description="while pending: when it is due (or its attempt in flight ends)")
 
 
 class TaskView(TaskSummary):

@@ -8,7 +8,7 @@ from ..models import Item, ItemAction, ItemState, Task, TaskKind, TaskStatus
 
 TASK_COLUMNS = (
     "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
-    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key"
+    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key, webhook_due_at"
 )
 ITEM_COLUMNS = (
     "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
@@ -39,6 +39,7 @@ def task_from_row(row: Row) -> Task:
         webhook_attempts=row[12],
         webhook_error=row[13],
         idempotency_key=row[14],
+        webhook_due_at=row[15],
     )
 
 
