@@ -16,7 +16,7 @@ from . import auth
 from .config import Config, User
 from .errors import JdCode, RequestRefused, TaskNotFound
 from .metrics import Metrics
-from .models import Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
+from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, parse_url
 from .views import STATUS_TEXT, task_summary
@@ -222,6 +222,8 @@ class Service:
         cancelled = await self.store.cancel_task(task.id, user.name, self._clock())
         if cancelled is None:
             raise TaskNotFound()
+        if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
+            raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         return cancelled
 
     async def wait(self, user: User, raw_task_id: str, timeout: float) -> Task:

@@ -696,3 +696,27 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
             f"this idempotency key was used for task {first['taskid']} with other URLs: use a new key for these"
         ), other
     assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
+
+
+async def test_a_task_that_ends_while_it_is_being_cancelled_is_refused_as_ended(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task was in progress when the cancel looked, and ended (every item succeeded) before the store
+    cancelled it: 409 "has already ended", not 200 with a task that was not cancelled."""
+    taskid = await api.submitted(1)
+    seen = await api.store.get_task(taskid)
+    for step in (1, 3):  # the shield, then the edges
+        claims = await api.store.claim_due_items("w1", 100, NOW + step, 60)
+        outcomes = [ItemOutcome(c.item_id, True, 1, 200, "MISS", 10) for c in claims]
+        await api.store.record_outcomes("w1", outcomes, NOW + step + 1)
+    assert (await api.store.get_task(taskid)).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+
+    async def stale(*_: object, **__: object) -> object:
+        return seen
+
+    monkeypatch.setattr(api.service, "get_task", stale)
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    answer = await api.client.post(f"/v1/tasks/{taskid}/cancel", headers=headers)
+    assert answer.status_code == 409, answer.text
+    assert answer.json() == {"code": 1, "error": f"task {taskid} has already ended"}
+    assert (await api.store.get_task(taskid)).reason is None  # type: ignore[union-attr]
