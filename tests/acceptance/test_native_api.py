@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgewarm.client import AsyncClient, Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, start_service
+
+from .support import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -176,36 +176,6 @@ def test_a_url_resubmitted_while_pending_is_fetched_once_per_node(client: Client
     assert fetches("origin") == 1
 
 
-class Receiver:
-    """A webhook receiver on loopback that answers every call with `status` (after test_webhooks_and_keys)."""
-
-    def __init__(self, status: int) -> None:
-        self.calls: list[bytes] = []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                receiver.calls.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def webhook_when(client: Client, taskid: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
     """The task's `webhook` object, polled until `done` holds for it (or the last one seen after `timeout`)."""
     deadline = time.monotonic() + timeout
@@ -221,7 +191,8 @@ def test_the_task_view_shows_its_webhook_delivery(tmp_path: Path) -> None:
     error while retried, then failed after max_attempts; delivered on a 2xx. The query (a token, maybe) is
     redacted. No callback URL: no `webhook`. The JD query answer and the webhook body do not change."""
     extra = '[webhooks]\nallowed_hosts = ["127.0.0.1"]\nmax_attempts = 3\nbackoff_base = 1.0\n'
-    with FaultServer(always(Respond(200, body=b"ok"))) as node, Receiver(500) as failing, Receiver(200) as accepting:
+    always_500, always_200 = Receiver(fail_first=1_000), Receiver()
+    with FaultServer(always(Respond(200, body=b"ok"))) as node, always_500 as failing, always_200 as accepting:
         nodes = f'[[nodes]]\nname = "rec"\nurl = "{node.url}"\n'
         with (
             start_service(tmp_path, nodes, extra=extra) as service,
@@ -250,4 +221,4 @@ def test_the_task_view_shows_its_webhook_delivery(tmp_path: Path) -> None:
     assert ok == {"url": accepting.url, "state": "delivered", "attempts": 1, "error": None, "next_attempt_at": None}
     assert "webhook" not in without
     assert set(jd_answer) == {"taskid", "status", "msg"}
-    assert b"webhook" not in accepting.calls[0] and b"s3cret" not in accepting.calls[0]
+    assert b"webhook" not in accepting.calls[0][0] and b"s3cret" not in accepting.calls[0][0]
