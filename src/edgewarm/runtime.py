@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -23,7 +24,7 @@ from prometheus_client import start_http_server
 from .api import create_app
 from .config import FETCHER_KEYS, Config, load_config
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, EdgewarmError, StoreError
 from .metrics import Metrics
 from .retention import run_retention
 from .service import Service
@@ -31,6 +32,23 @@ from .store import TaskStore, open_store, redacted, sqlite_path
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("edgewarm")
+
+LISTEN_BACKLOG = 2048  # uvicorn's own
+
+
+class ListenError(EdgewarmError):
+    """The API's address, or a worker's metrics address, cannot be listened on (in use, not this machine's)."""
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (SO_REUSEADDR, as uvicorn binds), or ListenError saying why not."""
+    try:
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
+        )
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
 
 
 class _Server(uvicorn.Server):
@@ -112,9 +130,16 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        with sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole:
+        # Bound first: an address in use is one error before anything starts, and before "running" is logged.
+        listening = listen_on(config.listen_host, config.listen_port) if api else None
+        with (
+            contextlib.closing(listening) if listening else contextlib.nullcontext(),
+            sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole,
+        ):
             async with open_store(config.store) as store:
-                await _run_parts(live, store, api=api, engine=engine, sole=bool(sole), stopping=stopping)
+                await _run_parts(
+                    live, store, api=api, engine=engine, sole=bool(sole), stopping=stopping, listening=listening
+                )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -178,7 +203,14 @@ def _log_cautions(config: Config) -> None:
 
 
 async def _run_parts(
-    live: _Live, store: TaskStore, *, api: bool, engine: bool, sole: bool, stopping: asyncio.Event
+    live: _Live,
+    store: TaskStore,
+    *,
+    api: bool,
+    engine: bool,
+    sole: bool,
+    stopping: asyncio.Event,
+    listening: socket.socket | None,
 ) -> None:
     config = live.config
     metrics = Metrics()
@@ -202,7 +234,10 @@ async def _run_parts(
             )
             if not api and config.metrics_listen:
                 host, _, port = config.metrics_listen.rpartition(":")
-                server_thread, _ = start_http_server(int(port), addr=host, registry=metrics.registry)
+                try:
+                    server_thread, _ = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
+                except OSError as exc:
+                    raise ListenError(f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}") from None
                 stack.callback(server_thread.shutdown)
             if sole:
                 released = await store.release_all_leases(time.time())
@@ -223,7 +258,9 @@ async def _run_parts(
                     timeout_graceful_shutdown=int(config.engine.grace_seconds) or None,
                 )
             )
-            tasks.append(asyncio.create_task(server.serve(), name="edgewarm-api"))
+            tasks.append(
+                asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
+            )
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         log.info("edgewarm running: %s on %s", parts, redacted(config.store))
         if engine:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -48,37 +47,10 @@ config_option = click.option(
 )
 
 
-def _addresses(config: Config, *, api: bool) -> list[str]:
-    """The HOST:PORT the process listens on: the API's `listen`, else a worker's `metrics_listen` if set."""
-    if api:
-        return [config.listen]
-    return [config.metrics_listen] if config.metrics_listen else []
-
-
-def _check_free(address: str) -> None:
-    """Bind and listen on `address` as the server will (SO_REUSEADDR), then let go: a port in use is one error
-    line here, before anything starts, instead of a traceback after "edgewarm running"."""
-    host, _, port = address.rpartition(":")
-    try:
-        for family, kind, proto, _, where in socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(where)
-                sock.listen()
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {address}: {exc.strerror or exc}") from None
-
-
 def _serve(config_path: str, *, api: bool, engine: bool) -> None:
     from ..runtime import run
 
     config = _load(config_path)
-    for address in _addresses(config, api=api):
-        _check_free(address)
     _setup_logging(config)
     _run(run(config, api=api, engine=engine, config_path=config_path))
 
