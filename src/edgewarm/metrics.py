@@ -1,14 +1,18 @@
 """Prometheus metrics of one process, in a registry of its own (no global state).
 
 edgewarm_fetches_total{node,action,outcome}   items worked: succeeded | retried | failed | waiting (node held down)
-edgewarm_fetch_seconds{node}                  latency of one request to a node, body included
-edgewarm_fetched_bytes_total{node}            body bytes read from nodes
+edgewarm_fetch_seconds{node}                  time an item's requests to a node took (its warm, and the verify GET
+                                              if any), body included; none for an item shared from another's warm
+edgewarm_fetched_bytes_total{node}            body bytes read from nodes (a verify GET's not counted)
 edgewarm_retries_total{node}                  outcomes that scheduled another attempt
-edgewarm_items_finished_total{state}          items this process finished: succeeded | failed
+edgewarm_items_finished_total{state}          items this process worked to their end: succeeded | failed (items the
+                                              store ends unsent, a failed earlier stage or a cancel, are counted in
+                                              their tasks only)
 edgewarm_tasks_submitted_total{kind}          tasks accepted by this process's API
 edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed)
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
-edgewarm_queue_depth                          items pending or running in the store (at scrape)
+edgewarm_queue_depth                          items pending or running in the store (at scrape; those waiting for
+                                              their shields not included)
 edgewarm_items_in_flight                      fetches running in this process
 edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
@@ -77,14 +81,17 @@ class ItemTally(Collector):
         self._items: dict[tuple[str, str, str], list[int]] = {}  # (node, action, verdict) -> [count, bytes]
         self._latency: dict[str, list[float]] = {}  # node -> per-bucket counts (+Inf last), then the sum
 
-    def observe(self, node: str, action: str, verdict: str, seconds: float, size: int) -> None:
+    def observe(self, node: str, action: str, verdict: str, seconds: float | None, size: int) -> None:
         """One worked item: `verdict` is succeeded, retried, failed or waiting (its node held down: no attempt
-        spent); `size` the body bytes read."""
+        spent); `seconds` its requests took, None when it made none (its outcome was shared from another
+        item's warm of the same URL); `size` the body bytes read."""
         counts = self._items.get((node, action, verdict))
         if counts is None:
             counts = self._items[(node, action, verdict)] = [0, 0]
         counts[0] += 1
         counts[1] += size
+        if seconds is None:
+            return
         latency = self._latency.get(node)
         if latency is None:
             latency = self._latency[node] = [0.0] * (len(LATENCY_BUCKETS) + 2)
@@ -116,7 +123,9 @@ class ItemTally(Collector):
             retries.add_metric([node], count)
         for state, count in by_state.items():
             finished.add_metric([state], count)
-        seconds = HistogramMetricFamily("edgewarm_fetch_seconds", "Latency of one request to a node", labels=["node"])
+        seconds = HistogramMetricFamily(
+            "edgewarm_fetch_seconds", "Time an item's requests to a node took, body included", labels=["node"]
+        )
         for node, values in latency:
             cumulative, buckets = 0.0, []
             for le, share in zip(_BUCKET_LABELS, values, strict=False):

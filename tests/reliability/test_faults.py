@@ -18,6 +18,7 @@ import pytest
 
 import edgewarm.store.base
 import edgewarm.store.sqlite
+from edgewarm.config import parse_config
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
@@ -33,7 +34,7 @@ from edgewarm.testing.faults import (
     unanswered,
 )
 
-from .support import FAST_ENGINE, engine_rig
+from .support import FAST_ENGINE, base_config, engine_rig
 
 pytestmark = pytest.mark.anyio
 
@@ -392,6 +393,46 @@ async def test_a_later_task_is_not_kept_behind_the_waiting_items_of_a_node_held_
             resting = rig.engine.fetcher.health.resting(rig.config.nodes[0]) if rig.engine.fetcher.health else None
     assert {i.node for i in items if i.state is ItemState.SUCCEEDED} == {"live"} and took < 2.0, took
     assert resting is not None, "the dead node was no longer held down when the later task's warms ended"
+
+
+async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:
+    """Two tasks warm one URL within dedupe_seconds: the node gets one request; /metrics counts two items
+    worked but one request's latency and one body (before, the shared item was counted as a second request)."""
+    with FaultServer(always(Respond(200, body=BODY))) as server:
+        async with engine_rig(one_node(server)) as rig:
+            for _ in range(2):
+                task, _items = await rig.wait(await rig.submit([URL]), 20)
+                assert task.status is TaskStatus.SUCCEEDED
+            sample = rig.engine.metrics.registry.get_sample_value
+            worked = sample("edgewarm_fetches_total", {"node": "node-1", "action": "warm", "outcome": "succeeded"})
+            timed_requests = sample("edgewarm_fetch_seconds_count", {"node": "node-1"})
+            read = sample("edgewarm_fetched_bytes_total", {"node": "node-1"})
+    assert len(server.requests) == 1
+    assert (worked, timed_requests, read) == (2, 1, len(BODY))
+
+
+async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:
+    """A reload removes a slow node while its lane holds claims: those fail at once, unsent, saying the node is
+    not configured (before, they went on being sent to it, for as long as its backlog lasted)."""
+    with (
+        FaultServer(always(Respond(200, body=b"ok"))) as fast,
+        FaultServer(always(Respond(200, body=b"ok", delay=0.3))) as slow,
+    ):
+        nodes = [{"name": "fast", "url": fast.url}, {"name": "slow", "url": slow.url}]
+        engine = {"concurrency": 8, "per_node_concurrency": 1}
+        async with engine_rig(nodes, engine) as rig:
+            taskid = await rig.submit([f"http://www.example.test/gone/{i}" for i in range(20)])
+            await rig.items_when(taskid, lambda _: len(slow.requests) >= 1)
+            rig.engine.reconfigure(parse_config(base_config(nodes[:1], engine={**FAST_ENGINE, **engine})))
+            sent = len(slow.requests)
+            started = time.monotonic()
+            task, items = await rig.wait(taskid, 10)
+            took = time.monotonic() - started
+    gone = [i for i in items if i.node == "slow" and i.state is ItemState.FAILED]
+    assert len(slow.requests) <= sent + 1  # at most the one in flight at the reload
+    assert gone and all(i.error == "node 'slow' is not configured" for i in gone), gone
+    assert {i.state for i in items if i.node == "fast"} == {ItemState.SUCCEEDED}
+    assert took < 2.0 and task.status is TaskStatus.FAILED
 
 
 async def test_a_held_down_node_that_comes_back_is_warmed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -720,3 +722,27 @@ async def test_a_task_that_ends_while_it_is_being_cancelled_is_refused_as_ended(
     assert answer.status_code == 409, answer.text
     assert answer.json() == {"code": 1, "error": f"task {taskid} has already ended"}
     assert (await api.store.get_task(taskid)).reason is None  # type: ignore[union-attr]
+
+
+async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that does not answer (a stopped database server) makes /readyz 503 within READY_SECONDS, and
+    /metrics still answers (before, both waited as long as the store did)."""
+    import edgewarm.api.app
+
+    monkeypatch.setattr(edgewarm.api.app, "READY_SECONDS", 0.2)
+    release = asyncio.Event()
+
+    async def hang() -> int:
+        await release.wait()
+        return 0
+
+    monkeypatch.setattr(api.store, "queue_depth", hang)
+    started = time.monotonic()
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json() == {
+        "ok": False,
+        "error": "the store did not answer within 0.2 s",
+    }
+    assert (await api.client.get("/metrics")).status_code == 200
+    assert time.monotonic() - started < 5
+    release.set()

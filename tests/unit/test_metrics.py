@@ -51,6 +51,18 @@ def test_an_item_waiting_for_its_node_is_neither_retried_nor_finished() -> None:
     assert not any(name in ("edgewarm_retries_total", "edgewarm_items_finished_total") for name, _ in got)
 
 
+def test_an_item_that_made_no_request_counts_as_worked_without_latency() -> None:
+    """An item shared from another's warm (seconds None) is worked and finished, with no latency sample."""
+    m = Metrics()
+    m.items.observe("e1", "warm", "succeeded", 0.003, 4096)
+    m.items.observe("e1", "warm", "succeeded", None, 0)
+    got = samples(m)
+    assert got[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "succeeded")))] == 2
+    assert got[("edgewarm_items_finished_total", (("state", "succeeded"),))] == 2
+    assert got[("edgewarm_fetch_seconds_count", (("node", "e1"),))] == 1
+    assert got[("edgewarm_fetched_bytes_total", (("node", "e1"),))] == 4096
+
+
 def test_in_flight_is_read_when_scraped() -> None:
     """The gauge of items in flight asks its source at scrape time."""
     m = Metrics()

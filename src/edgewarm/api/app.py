@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from fastapi import FastAPI
@@ -11,12 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..errors import EdgewarmError
+from ..errors import EdgewarmError, StoreError
 from ..service import Service
 from .legacy import legacy_router
 from .middleware import BodySizeLimit, DirectRoutes
 from .native import native_router
 from .responses import JSONResponse
+
+READY_SECONDS = 2.0  # /readyz and /metrics wait this long for the store's queue depth
 
 
 def create_app(service: Service) -> FastAPI:
@@ -32,10 +35,18 @@ def create_app(service: Service) -> FastAPI:
     async def healthz() -> Response:
         return JSONResponse({"ok": True})
 
+    async def queue_depth() -> int:
+        """The store's queue depth, or StoreError when it does not answer within READY_SECONDS (a store that
+        hangs, say a stopped database server, must not hang the probes)."""
+        try:
+            return await asyncio.wait_for(service.store.queue_depth(), READY_SECONDS)
+        except TimeoutError:
+            raise StoreError(f"the store did not answer within {READY_SECONDS:g} s") from None
+
     @app.get("/readyz", tags=["operations"], summary="The store answers: this process can take work")
     async def readyz() -> Response:
         try:
-            depth = await service.store.queue_depth()
+            depth = await queue_depth()
         except EdgewarmError as exc:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": True, "queue_depth": depth})
@@ -44,7 +55,7 @@ def create_app(service: Service) -> FastAPI:
     async def metrics() -> Response:
         # The other metrics are still worth scraping when the store is down; /readyz tells that.
         with contextlib.suppress(EdgewarmError):
-            service.metrics.queue_depth.set(await service.store.queue_depth())
+            service.metrics.queue_depth.set(await queue_depth())
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)

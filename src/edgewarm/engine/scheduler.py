@@ -50,6 +50,7 @@ class _NodeLane:
         self.width = 0
         self.workers: list[asyncio.Task[None]] = []
         self.held = 0  # claims of this node in hand (queued or being worked)
+        self.removed = False  # a reload took the node out of the config: its claims in hand fail, unsent
 
 
 class Engine:
@@ -98,7 +99,9 @@ class Engine:
         self.config = config
         self.settings = config.engine
         for lane in self._lanes.values():
-            self._staff(lane, config.node(lane.node.name) or lane.node)
+            node = config.node(lane.node.name)
+            lane.removed = node is None
+            self._staff(lane, node or lane.node)
         self.wake()
 
     def replace_fetcher(self, fetcher: NodeClient) -> asyncio.Future[None]:
@@ -240,8 +243,7 @@ class Engine:
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
-            outcome = ItemOutcome(claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is not configured")
-            self._outcomes.put_nowait(outcome)
+            self._outcomes.put_nowait(_not_configured(claim))
             return
         if claim.attempts >= self.settings.max_attempts:
             reason = f"gave up after {claim.attempts} attempts (a worker died holding it)"
@@ -283,12 +285,17 @@ class Engine:
             if self._stopping.is_set():
                 self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
+            if lane.removed:
+                self._outcomes.put_nowait(_not_configured(claim))
+                self._done_with(claim, lane)
+                continue
             attempt = claim.attempts + 1
             fetcher = self.fetcher
             self._using[fetcher] = self._using.get(fetcher, 0) + 1
             started = time.monotonic()
+            shared = False
             try:
-                outcome = await self._perform(claim, node, attempt, fetcher)
+                outcome, shared = await self._perform(claim, node, attempt, fetcher)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -300,7 +307,7 @@ class Engine:
             finally:
                 self._release(fetcher)
             self.fetched += 1
-            self._observe(claim, node, outcome, time.monotonic() - started)
+            self._observe(claim, node, outcome, None if shared else time.monotonic() - started)
             self._outcomes.put_nowait(outcome)
             self._done_with(claim, lane)
 
@@ -314,24 +321,25 @@ class Engine:
         if released is not None and not released.done():
             released.set_result(None)
 
-    async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> ItemOutcome:
+    async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> tuple[ItemOutcome, bool]:
+        """The claim's outcome, and whether it was shared from another claim's warm (no request was made)."""
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
             coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock()), False
             finally:
                 coalescer.purging(node.name)
         shared = await coalescer.share(key)
         if shared is not None:
-            return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None)
+            return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None), True
         outcome = None
         try:
             outcome = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
         finally:
             coalescer.end(key, outcome)
-        return outcome
+        return outcome, False
 
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
@@ -343,14 +351,16 @@ class Engine:
         if len(self._in_hand) <= self._room() * 3 // 4:
             self._wake.set()
 
-    def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float) -> None:
+    def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
+        """The item in the metrics; `seconds` its requests took, None when it made none (shared)."""
         if outcome.succeeded:
             verdict = "succeeded"
         elif outcome.retry_at is None:
             verdict = "failed"
         else:  # an item that waits for its node (held down) spent no attempt
             verdict = "retried" if outcome.attempts > claim.attempts else "waiting"
-        self.metrics.items.observe(node.name, claim.action, verdict, seconds, outcome.bytes or 0)
+        size = 0 if seconds is None else outcome.bytes or 0
+        self.metrics.items.observe(node.name, claim.action, verdict, seconds, size)
 
     async def _drain(self) -> None:
         if not self._in_hand:
@@ -416,3 +426,8 @@ class Engine:
                     await self.store.renew_leases(self.worker_id, sorted(self._leased), self._clock() + s.lease_seconds)
                 except StoreError as exc:
                     log.error("renewing leases failed: %s", exc)
+
+
+def _not_configured(claim: Claim) -> ItemOutcome:
+    """The outcome of a claim whose node the config no longer has: failed, unsent."""
+    return ItemOutcome(claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is not configured")
