@@ -44,6 +44,15 @@ def test_other_4xx_fails_at_once(status: int) -> None:
     assert outcome.error is not None and f"HTTP {status}" in outcome.error
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_fails_at_once_saying_so(status: int) -> None:
+    """A 3xx is not the object (success is a 2xx): it fails at once, saying it is a redirect to warm the target
+    of, not that the origin refused it."""
+    outcome = warm_outcome(7, 1, FetchResult(status), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.retry_at, outcome.http_status) == (False, None, status)
+    assert outcome.error == f"HTTP {status}: a redirect, not the object (not followed: warm its target)"
+
+
 @pytest.mark.parametrize(
     "result",
     [

@@ -54,6 +54,8 @@ def warm_outcome(
             return done(False, f"not cached after the warm: {why}")
         return done(True)
     if result.status is not None and not result.network_error and not is_retryable(result):
+        if 300 <= result.status < 400:
+            return done(False, f"HTTP {result.status}: a redirect, not the object (not followed: warm its target)")
         return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
     failed = done(False, result.error or f"HTTP {result.status}")
     return retry_or_give_up(failed, result, settings, now, rng)
