@@ -119,6 +119,22 @@ class TaskCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskDetail:
+    """A task with its counts (overall and per node) and a page of its items, as of one moment."""
+
+    task: Task
+    nodes: dict[str, TaskCounts]
+    items: list[Item]
+
+    @property
+    def counts(self) -> TaskCounts:
+        total = TaskCounts()
+        for counts in self.nodes.values():
+            total = total.add(counts)
+        return total
+
+
+@dataclass(frozen=True, slots=True)
 class ItemOutcome:
     """What a worker reports for one leased item."""
 

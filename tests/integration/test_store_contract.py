@@ -612,6 +612,23 @@ class TestTaskViews:
         assert counts["edge-1"] == counts["edge-2"] == TaskCounts(pending=1, failed=1)
         assert await store.node_counts(str(uuid.uuid4())) == {}
 
+    async def test_task_detail_is_the_task_its_counts_and_a_page_of_items_at_one_moment(self, store: TaskStore) -> None:
+        """task_detail: the task row, counts per node (and overall, their sum) and a page of items, as
+        node_counts, task_counts and list_items give them; the row's counters agree with the counts."""
+        task = make_task(2, SHIELD_THEN_EDGES)
+        await store.create_task(task)
+        first, second = await claim_all(store)
+        await store.record_outcomes("w1", [ok(first), failed(second)], NOW + 1)
+        detail = await store.task_detail(task.id, offset=1, limit=2)
+        assert detail is not None
+        assert detail.task == await store.get_task(task.id)
+        assert detail.nodes == await store.node_counts(task.id)
+        assert detail.counts == await store.task_counts(task.id)
+        assert detail.items == await store.list_items(task.id, offset=1, limit=2) and len(detail.items) == 2
+        assert (detail.task.succeeded, detail.task.failed) == (detail.counts.succeeded, detail.counts.failed)
+        assert (await store.task_detail(task.id, limit=0)).items == []  # type: ignore[union-attr]
+        assert await store.task_detail(str(uuid.uuid4())) is None
+
     async def test_list_tasks_filters_pages_and_puts_the_newest_first(self, store: TaskStore) -> None:
         """list_tasks selects the user's tasks by status, kind, time and URL, newest first, then by id."""
         old = make_task(1, created_at=NOW)

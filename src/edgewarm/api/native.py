@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from ..config import User
-from ..errors import JdCode, RequestRefused
-from ..models import Item, Task, TaskCounts, TaskFilter, TaskKind, TaskStatus
+from ..errors import JdCode, RequestRefused, TaskNotFound
+from ..models import Item, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
 from ..store import redacted
 from ..views import iso
@@ -71,22 +71,14 @@ def webhook_view(task: Task) -> dict[str, object] | None:
     }
 
 
-def task_view(
-    service: Service,
-    task: Task,
-    counts: TaskCounts,
-    nodes: dict[str, TaskCounts],
-    items: list[Item],
-    offset: int,
-    limit: int,
-) -> dict[str, object]:
-    webhook = webhook_view(task)
+def task_view(service: Service, detail: TaskDetail, offset: int, limit: int) -> dict[str, object]:
+    webhook = webhook_view(detail.task)
     return {
-        **service.summary(task),
+        **service.summary(detail.task),
         **({} if webhook is None else {"webhook": webhook}),
-        "counts": counts_view(counts),
-        "nodes": {name: counts_view(c) for name, c in nodes.items()},
-        "items": [item_view(i) for i in items],
+        "counts": counts_view(detail.counts),
+        "nodes": {name: counts_view(c) for name, c in detail.nodes.items()},
+        "items": [item_view(i) for i in detail.items],
         "offset": offset,
         "limit": limit,
     }
@@ -131,10 +123,11 @@ def native_router(service: Service) -> APIRouter:
         return service.authenticate(Credentials(username.strip(), signature.strip()))
 
     async def full_view(task: Task, offset: int, limit: int) -> dict[str, object]:
-        counts = await service.store.task_counts(task.id)
-        nodes = await service.store.node_counts(task.id)
-        items = await service.store.list_items(task.id, offset=offset, limit=limit) if limit else []
-        return task_view(service, task, counts, nodes, items, offset, limit)
+        """The task as of one moment: its row (counters, progress) read with its items' counts and page."""
+        detail = await service.store.task_detail(task.id, offset=offset, limit=limit)
+        if detail is None:
+            raise TaskNotFound()  # removed meanwhile (retention)
+        return task_view(service, detail, offset, limit)
 
     @router.get("/tasks/{taskid}", response_model=TaskView, responses=ERRORS, summary="A task in full")
     async def get_task(

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from ..errors import SchemaVersionError
-from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskFilter
+from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
 
 SCHEMA_VERSION = 2
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
@@ -81,6 +81,10 @@ class TaskStore(Protocol):
         ...
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]: ...
+
+    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
+        """The task, its counts per node and a page of its items, read at one moment (None: unknown)."""
+        ...
 
     async def usage(self, username: str, day: str) -> tuple[int, int]:
         """(URLs, directories) charged to `username` on `day`."""

@@ -37,11 +37,12 @@ from ..models import (
     NewTask,
     Task,
     TaskCounts,
+    TaskDetail,
     TaskFilter,
 )
 from . import redacted
 from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
-from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 log = logging.getLogger("edgewarm.store")
 
@@ -172,6 +173,9 @@ WITH candidate AS (
     AND due_at <= $3 FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
+
+_NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
+_ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3"
 
 # Rows of `worker`'s leases among $1, locked in id order (see the module docstring).
 _MINE = """
@@ -498,14 +502,17 @@ class PostgresStore:
 
     async def node_counts(self, task_id: str) -> dict[str, TaskCounts]:
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)",
-                task_id,
-            )
-        out: dict[str, TaskCounts] = {}
-        for node, state, count in rows:
-            out[node] = out.get(node, TaskCounts()).add(TaskCounts(**{state: count}))
-        return out
+            return node_counts_from_rows(await conn.fetch(_NODE_COUNTS, task_id))
+
+    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
+        # One snapshot for the three reads: the counters in the task row agree with the items' states.
+        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
+            if row is None:
+                return None
+            nodes = node_counts_from_rows(await conn.fetch(_NODE_COUNTS, task_id))
+            items = [item_from_row(r) for r in await conn.fetch(_ITEMS_PAGE, task_id, limit, offset)] if limit else []
+        return TaskDetail(task_from_row(row), nodes, items)
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
         values = {
@@ -558,12 +565,7 @@ class PostgresStore:
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3",
-                task_id,
-                limit,
-                offset,
-            )
+            rows = await conn.fetch(_ITEMS_PAGE, task_id, limit, offset)
         return [item_from_row(r) for r in rows]
 
     async def usage(self, username: str, day: str) -> tuple[int, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ..models import Item, ItemAction, ItemState, Task, TaskKind, TaskStatus
+from ..models import Item, ItemAction, ItemState, Task, TaskCounts, TaskKind, TaskStatus
 
 TASK_COLUMNS = (
     "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
@@ -60,3 +61,12 @@ def item_from_row(row: Row) -> Item:
         error=row[11],
         updated_at=row[12],
     )
+
+
+def node_counts_from_rows(rows: Iterable[Row]) -> dict[str, TaskCounts]:
+    """Rows of (node, state, count), nodes in their first item's order: the counts per node."""
+    out: dict[str, TaskCounts] = {}
+    for row in rows:
+        node, state, count = str(row[0]), str(row[1]), int(row[2])
+        out[node] = out.get(node, TaskCounts()).add(TaskCounts(**{state: count}))
+    return out

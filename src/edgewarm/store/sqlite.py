@@ -30,10 +30,11 @@ from ..models import (
     NewTask,
     Task,
     TaskCounts,
+    TaskDetail,
     TaskFilter,
 )
 from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
-from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, task_from_row
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 T = TypeVar("T")
 
@@ -273,17 +274,20 @@ class SQLiteStore:
         return await self._run(counts)
 
     async def node_counts(self, task_id: str) -> dict[str, TaskCounts]:
-        def counts() -> dict[str, TaskCounts]:
-            rows = self.db.execute(
-                "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)",
-                (task_id,),
-            ).fetchall()
-            out: dict[str, TaskCounts] = {}
-            for node, state, count in rows:
-                out[node] = out.get(node, TaskCounts()).add(TaskCounts(**{state: count}))
-            return out
+        return await self._run(lambda: node_counts_from_rows(self.db.execute(_NODE_COUNTS, (task_id,))))
 
-        return await self._run(counts)
+    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
+        def detail() -> TaskDetail | None:
+            # One call on the writer's thread: no write comes between these reads.
+            db = self.db
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            nodes = node_counts_from_rows(db.execute(_NODE_COUNTS, (task_id,)))
+            items = [item_from_row(r) for r in db.execute(_ITEMS_PAGE, (task_id, limit, offset))] if limit else []
+            return TaskDetail(task_from_row(row), nodes, items)
+
+        return await self._run(detail)
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
         def tasks() -> list[Task]:
@@ -344,11 +348,7 @@ class SQLiteStore:
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         def items() -> list[Item]:
-            rows = self.db.execute(
-                f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?",
-                (task_id, limit, offset),
-            ).fetchall()
-            return [item_from_row(r) for r in rows]
+            return [item_from_row(r) for r in self.db.execute(_ITEMS_PAGE, (task_id, limit, offset))]
 
         return await self._run(items)
 
@@ -510,6 +510,8 @@ class SQLiteStore:
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
+_NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
+_ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
 
 # Claims: among the first ?4 due items, ?2 but those of the nodes in ?3 (a JSON array), as one JSON array (one
 # step); then their leases. No REAL columns travel as JSON (it would round them).
