@@ -12,7 +12,8 @@
   runnable but waiting for one.
 
 Each part runs on a fresh lab (cold caches) and is checked (all HIT, origin counts; exit status 1 when a URL
-is not a HIT). CPU comes from /proc, so the figures mean something on a loaded machine too. Everything is stopped by PID.
+is not a HIT). CPU comes from /proc, so the figures mean something on a loaded machine too. Everything is
+stopped by PID.
 """
 
 from __future__ import annotations
