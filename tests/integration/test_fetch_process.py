@@ -70,6 +70,24 @@ def test_the_child_answers_as_the_fetcher_does(lab: Lab) -> None:
     asyncio.run(go())
 
 
+def test_an_answer_that_asks_not_to_be_stored_says_so_through_either_client(lab: Lab) -> None:
+    """A MISS with `Cache-Control: no-store` (the lab's /nocache/) carries why it will not be stored, from the
+    child as from the Fetcher; a cacheable MISS carries nothing."""
+    lab.write_file("/nocache/fp.bin", b"n" * 100)
+    lab.write_file("/fp/ok.bin", b"o" * 100)
+    node = nodes_of(lab)[0]
+
+    async def go() -> None:
+        async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
+            for client in (remote, local):
+                refused = await client.request("GET", node, parse_url(f"http://{DEFAULT_HOST}/nocache/fp.bin"))
+                assert (refused.cache_state, refused.not_stored) == (CacheState.MISS, "Cache-Control: no-store")
+            fine = await remote.request("GET", node, parse_url(f"http://{DEFAULT_HOST}/fp/ok.bin"))
+            assert (fine.cache_state, fine.not_stored) == (CacheState.MISS, None)
+
+    asyncio.run(go())
+
+
 def test_many_requests_at_once_each_get_their_own_answer(lab: Lab) -> None:
     """500 different URLs in flight together (batched both ways): every answer belongs to its request."""
     for i in range(500):

@@ -61,6 +61,26 @@ def test_a_url_the_origin_answers_404_fails_with_that_status(tmp_path: Path, lab
         assert "shield-1" in missing[edge]["error"]
 
 
+def test_an_object_the_caches_will_not_store_is_not_reported_warmed(tmp_path: Path, lab: Lab) -> None:
+    """`verify` off (the default): an answer that says `Cache-Control: no-store` and MISS is asked for once more;
+    still a MISS, the item fails saying why (before, it succeeded on the one MISS while the cache stayed empty,
+    at every later task too). A cacheable file beside it takes one GET and succeeds."""
+    lab.write_file("/nocache/n.bin", b"n" * 100)
+    (path,) = lab.make_files(1, 100, prefix="/ok/")
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of("/nocache/n.bin"), url_of(path)])
+        assert client.wait(taskid, timeout=60)["status"] == 2
+        items = client.task(taskid)["items"]
+    shield = {i["url"]: i for i in items if i["node"] == "shield-1"}
+    refused = shield[url_of("/nocache/n.bin")]
+    assert (refused["state"], refused["cache_state"]) == ("failed", "MISS")
+    assert refused["error"] == "not cached after the warm: MISS again (its answer said Cache-Control: no-store)"
+    assert shield[url_of(path)]["state"] == "succeeded"
+    gets = Counter(r.uri for r in lab.requests(lab.shield) if r.method == "GET")
+    assert gets["/nocache/n.bin"] == 2  # the warm and the second look; its edges were never asked
+    assert gets[path] == 1 + len(lab.edges)  # the warm, then each edge filling itself from the shield
+
+
 def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
     """(succeeded, failed) among `items`."""
     states = Counter(i["state"] for i in items)

@@ -185,6 +185,14 @@ def test_verify_miss_then_miss_is_a_failure() -> None:
     assert outcome.error is not None and "MISS again" in outcome.error
 
 
+def test_a_second_miss_of_an_answer_that_asked_not_to_be_stored_says_what_it_asked() -> None:
+    """The warm's answer said `Cache-Control: no-store` (so it was looked at again): the failure says so."""
+    first = FetchResult(200, 10, CacheState.MISS, not_stored="Cache-Control: no-store")
+    outcome = warm_outcome(7, 1, first, SETTINGS, NOW, verified=FetchResult(200, 10, CacheState.MISS))
+    assert not outcome.succeeded and outcome.retry_at is None
+    assert outcome.error == "not cached after the warm: MISS again (its answer said Cache-Control: no-store)"
+
+
 def test_verify_without_cache_state_is_a_failure() -> None:
     """A verification fetch that reports no cache state cannot confirm the warm."""
     first = FetchResult(200, 10, CacheState.MISS)

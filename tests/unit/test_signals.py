@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from edgewarm.config import NodeKind
-from edgewarm.nodes import CacheState, cache_state
+from edgewarm.nodes import CacheState, asks_not_to_store, cache_state
 
 
 def state(**headers: str) -> CacheState | None:
@@ -173,3 +173,21 @@ def test_x_cache_list_takes_the_last_member(value: str, expected: CacheState) ->
 def test_a_plain_mapping_is_read_too() -> None:
     """A plain dict (one value per name) is accepted as headers."""
     assert cache_state({"X-Cache": "HIT from squid"}) is CacheState.HIT
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"Cache-Control": "no-store"}, "Cache-Control: no-store"),
+        ({"Cache-Control": "max-age=0, Private"}, "Cache-Control: private"),
+        ({"Cache-Control": 'private="Set-Cookie", max-age=60'}, "Cache-Control: private"),
+        ({"Set-Cookie": "session=1"}, "Set-Cookie"),
+        ({"Vary": "*"}, "Vary: *"),
+        ({"Cache-Control": "public, max-age=60"}, None),
+        ({"Cache-Control": "no-cache"}, None),  # stored, revalidated before use
+        ({"Vary": "Accept-Encoding"}, None),
+        ({}, None),
+    ],
+)
+def test_an_answer_that_asks_caches_not_to_store_it_says_why(headers: dict[str, str], why: str | None) -> None:
+    assert asks_not_to_store(CIMultiDict(headers)) == why

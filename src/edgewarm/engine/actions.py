@@ -43,8 +43,9 @@ async def _warm(
 ) -> ItemOutcome:
     result = await fetcher.request("GET", node, target)
     verified = None
+    # Verified when asked to, and when the answer asks caches not to store it: a MISS then is likely for good.
     if (
-        settings.verify
+        (settings.verify or result.not_stored)
         and result.status is not None
         and 200 <= result.status < 300
         and not (result.cache_state and result.cache_state.cached)

@@ -45,8 +45,8 @@ STOP_TIMEOUT = 5.0
 
 # A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
 Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
-# A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable)
-Result = tuple[int, int | None, int, str | None, str | None, bool, bool]
+# A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable, not_stored or None)
+Result = tuple[int, int | None, int, str | None, str | None, bool, bool, str | None]
 
 
 def open_fetcher(settings: Settings, health: NodeHealth) -> Fetcher | ProcessFetcher:
@@ -102,11 +102,12 @@ class _ChildLink(asyncio.SubprocessProtocol):
 
     def _results(self, results: list[Result]) -> None:
         pending = self.pending
-        for request_id, status, size_read, state, error, final, unreachable in results:
+        for request_id, status, size_read, state, error, final, unreachable, not_stored in results:
             future = pending.get(request_id)
             if future is not None and not future.done():
                 cache = CacheState(state) if state is not None else None
-                future.set_result(FetchResult(status, size_read, cache, error, final, unreachable))
+                result = FetchResult(status, size_read, cache, error, final, unreachable, not_stored=not_stored)
+                future.set_result(result)
 
 
 class ProcessFetcher(GuardedClient):
@@ -287,6 +288,7 @@ class _Child:
                 result.error,
                 result.final,
                 result.unreachable,
+                result.not_stored,
             )
         except Exception as exc:  # Fetcher.request answers every network failure itself: this is a bug
             answer = (
@@ -297,6 +299,7 @@ class _Child:
                 f"internal error in the fetch process: {type(exc).__name__}",
                 False,
                 False,
+                None,
             )
         if not self.outbox:
             asyncio.get_running_loop().call_soon(self.flush)

@@ -33,7 +33,7 @@ import pyreqwest.exceptions
 from yarl import URL
 
 from ..config import Engine, Node
-from ..nodes import CacheState, cache_state
+from ..nodes import CacheState, asks_not_to_store, cache_state
 from ..urls import TargetUrl
 from .node_health import Hold, NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
@@ -93,6 +93,9 @@ class FetchResult:
     final: bool = False  # asking again would fail the same way (the node's certificate does not verify)
     unreachable: bool = False  # no connection was made: refused, no answer within connect_timeout, no address
     hold: Hold | None = None  # the node is held down (node_health.py): not sent, or it failed to connect meanwhile
+    # Why a MISS (a state other than cached) asks caches not to store it (signals.asks_not_to_store); None when
+    # the node tells no cache state, or it does not ask.
+    not_stored: str | None = None
 
     @property
     def network_error(self) -> bool:
@@ -251,6 +254,7 @@ class Fetcher(GuardedClient):
         try:
             async with request.build_streamed() as response:
                 state = cache_state(response.headers, node.kind)
+                not_stored = asks_not_to_store(response.headers) if state is not None and not state.cached else None
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
                 received = 0
@@ -262,7 +266,7 @@ class Fetcher(GuardedClient):
                     raise  # silence mid-body: a timeout, like silence before the head
                 except errors.RequestError:
                     return _read(method, response.status, state, received, expected, cut=True)
-                return _read(method, response.status, state, received, expected, cut=False)
+                return _read(method, response.status, state, received, expected, cut=False, not_stored=not_stored)
         except errors.RequestTimeoutError as exc:
             # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
             # before read_timeout could have run out was the connection's (connect_timeout).
@@ -312,12 +316,14 @@ class Fetcher(GuardedClient):
             ) as response:
                 received = 0
                 state = cache_state(response.headers, node.kind)
+                not_stored = asks_not_to_store(response.headers) if state is not None and not state.cached else None
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
                 except aiohttp.ClientPayloadError:
                     return _read(method, response.status, state, received, response.content_length, cut=True)
-                return _read(method, response.status, state, received, response.content_length, cut=False)
+                length = response.content_length
+                return _read(method, response.status, state, received, length, cut=False, not_stored=not_stored)
         except TimeoutError as exc:
             connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
             return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
@@ -342,14 +348,21 @@ class Fetcher(GuardedClient):
 
 
 def _read(
-    method: str, status: int, state: CacheState | None, received: int, expected: int | None, *, cut: bool
+    method: str,
+    status: int,
+    state: CacheState | None,
+    received: int,
+    expected: int | None,
+    *,
+    cut: bool,
+    not_stored: str | None = None,
 ) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
     body was whole: its status stands) or when it does not match its Content-Length."""
     if cut or (expected is not None and method != "HEAD" and received != expected):
         of = f" of {expected}" if expected is not None else ""
         return FetchResult(status, received, state, f"short body: {received}{of} bytes")
-    return FetchResult(status, received, state)
+    return FetchResult(status, received, state, not_stored=not_stored)
 
 
 def certificate_refusal(reason: str) -> str | None:

@@ -51,7 +51,8 @@ def warm_outcome(
             verified.network_error or not (verified.cache_state and verified.cache_state.cached)
         ):
             why = verified.error or f"{verified.cache_state or 'no cache state'} again"
-            return done(False, f"not cached after the warm: {why}")
+            told = f" (its answer said {result.not_stored})" if result.not_stored else ""
+            return done(False, f"not cached after the warm: {why}{told}")
         return done(True)
     if result.status is not None and not result.network_error and not is_retryable(result):
         if 300 <= result.status < 400:

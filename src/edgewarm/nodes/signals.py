@@ -106,3 +106,22 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
     if age and age.strip().isdigit():
         return CacheState.HIT if int(age) > 0 else None
     return None
+
+
+_NOT_STORED = frozenset({"no-store", "private"})
+
+
+def asks_not_to_store(headers: Mapping[str, str]) -> str | None:
+    """Why the answer asks caches not to store it, as its header says (`Cache-Control: no-store` or `private`,
+    `Set-Cookie`, `Vary: *`: caches such as nginx and Varnish then do not, unless told to ignore it), or None."""
+    control = _field(headers, "Cache-Control")
+    if control:
+        for directive in control.split(","):
+            name = directive.split("=", 1)[0].strip().lower()
+            if name in _NOT_STORED:
+                return f"Cache-Control: {name}"
+    if headers.get("Set-Cookie") is not None:
+        return "Set-Cookie"
+    if (headers.get("Vary") or "").strip() == "*":
+        return "Vary: *"
+    return None
