@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -305,11 +306,24 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _first_date_or_time(value: Any, loc: tuple[int | str, ...] = ()) -> tuple[int | str, ...] | None:
+    """Where the document holds a TOML date or time (no key takes one; JSON has none), or None."""
+    if isinstance(value, date | time):  # a datetime is a date
+        return loc
+    children = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if (found := _first_date_or_time(child, (*loc, key))) is not None:
+            return found
+    return None
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Validate a decoded TOML document; raise ConfigError naming the first wrong key.
 
     Strictly, as JSON: a number or a boolean written as a string ("100", "yes") is refused, not converted,
     while arrays and the names of enumerations read as they do in TOML."""
+    if (where := _first_date_or_time(data)) is not None:
+        raise ConfigError(_key_path(where), "a date or time is not a value any key takes")
     try:
         return Config.model_validate_json(json.dumps(dict(data)), strict=True)
     except ConfigError:

@@ -358,3 +358,18 @@ def test_a_table_written_where_an_array_of_tables_belongs_is_named(section: str)
 def test_a_folder_of_time_zones_is_not_a_time_zone() -> None:
     """`timezone = "America"` (a folder of zones) is refused like any unknown zone (it raised IsADirectoryError)."""
     assert refused_key({"api": {"timezone": "America"}}) == "api.timezone"
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ("listen = 1979-05-27\n", "listen"),
+        ("[engine]\nread_timeout = 07:32:00\n", "engine.read_timeout"),
+        ('[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\nsince = 1979-05-27T07:32:00Z\n', "nodes[0].since"),
+    ],
+)
+def test_a_toml_date_or_time_is_refused_naming_its_key(document: str, key: str) -> None:
+    """No key takes a date or time: refused naming the key (reading the document as JSON raised TypeError)."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(tomllib.loads(document))
+    assert (refused.value.key, refused.value.message) == (key, "a date or time is not a value any key takes")
