@@ -40,15 +40,22 @@ class ListenError(EdgewarmError):
     """The API's address, or a worker's metrics address, cannot be listened on (in use, not this machine's)."""
 
 
-def listen_on(host: str, port: int) -> socket.socket:
-    """A socket listening on host:port (SO_REUSEADDR, as uvicorn binds), or ListenError saying why not."""
+def _cannot_listen(address: str, exc: OSError) -> ListenError:
+    """The one wording for an address that cannot be listened on, the API's or a worker's metrics'."""
+    return ListenError(f"cannot listen on {address}: {exc.strerror or exc}")
+
+
+def listen_on(config: Config) -> socket.socket:
+    """A socket listening on the API's address (SO_REUSEADDR, as uvicorn binds), or ListenError saying why not."""
+    host = config.listen_host
     try:
         return socket.create_server(
-            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
+            (host, config.listen_port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=LISTEN_BACKLOG,
         )
     except OSError as exc:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
+        raise _cannot_listen(config.listen, exc) from None
 
 
 class _Server(uvicorn.Server):
@@ -131,7 +138,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         # Bound first: an address in use is one error before anything starts, and before "running" is logged.
-        listening = listen_on(config.listen_host, config.listen_port) if api else None
+        listening = listen_on(config) if api else None
         with (
             contextlib.closing(listening) if listening else contextlib.nullcontext(),
             sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole,
@@ -237,7 +244,7 @@ async def _run_parts(
                 try:
                     server_thread, _ = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
                 except OSError as exc:
-                    raise ListenError(f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}") from None
+                    raise _cannot_listen(config.metrics_listen, exc) from None
                 stack.callback(server_thread.shutdown)
             if sole:
                 released = await store.release_all_leases(time.time())

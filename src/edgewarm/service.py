@@ -128,7 +128,7 @@ class Service:
         targets = self.check_urls(
             user, entries, too_many=too_many, not_yours=JdCode.REFRESH_DOMAIN_NOT_YOURS, dirs=dirs
         )
-        if kind != "dir":
+        if not dirs:
             items = self._items(targets, (ItemAction.PURGE,))
             return await self._create(user, TaskKind.REFRESH, items, urls=len(targets), dirs=0, options=options)
         for target in targets:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import JdCode, RequestRefused
 
@@ -77,6 +77,11 @@ def _split(raw: str) -> TargetUrl:
     return _split_any(raw)  # anything else, or a refusal with its reason
 
 
+def has_user_info(parts: SplitResult) -> bool:
+    """Whether a split URL carries user information (`user:password@`, `:password@`, a bare `@`)."""
+    return parts.username is not None or parts.password is not None or "@" in parts.netloc
+
+
 def _split_any(raw: str) -> TargetUrl:
     def illegal(reason: str) -> RequestRefused:
         return _illegal(raw, reason)
@@ -93,7 +98,7 @@ def _split_any(raw: str) -> TargetUrl:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise illegal("the scheme must be http or https")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+    if has_user_info(parts):
         raise illegal("user information is not allowed")
     if parts.fragment or "#" in raw:
         raise illegal("a fragment (#…) never reaches a cache")

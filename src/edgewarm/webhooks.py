@@ -23,6 +23,7 @@ import orjson
 
 from .errors import JdCode, RequestRefused, StoreError
 from .models import Task
+from .urls import has_user_info
 from .views import task_summary
 
 if TYPE_CHECKING:
@@ -52,8 +53,7 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         _ = parts.port
     except ValueError:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
-    userinfo = parts.username is not None or parts.password is not None or "@" in parts.netloc
-    if parts.scheme not in ("http", "https") or not host or userinfo or any(c in url for c in "\r\n \t"):
+    if parts.scheme not in ("http", "https") or not host or has_user_info(parts) or any(c in url for c in "\r\n \t"):
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} must be a plain http(s) URL")
     if host not in allowed_hosts:
         raise RequestRefused(

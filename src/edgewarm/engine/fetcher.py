@@ -22,6 +22,7 @@ import enum
 import re
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
@@ -253,8 +254,7 @@ class Fetcher(GuardedClient):
         started = time.monotonic()
         try:
             async with request.build_streamed() as response:
-                state = cache_state(response.headers, node.kind)
-                not_stored = asks_not_to_store(response.headers) if state is not None and not state.cached else None
+                state, not_stored = _signals(response.headers, node)
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
                 received = 0
@@ -315,8 +315,7 @@ class Fetcher(GuardedClient):
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                state = cache_state(response.headers, node.kind)
-                not_stored = asks_not_to_store(response.headers) if state is not None and not state.cached else None
+                state, not_stored = _signals(response.headers, node)
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
@@ -345,6 +344,13 @@ class Fetcher(GuardedClient):
         except UnicodeError as exc:  # a name that cannot be looked up (the config refuses such nodes)
             error = f"cannot connect to {node.name} ({node.url}): {_reason(exc)}"
             return FetchResult(None, error=error, unreachable=True)
+
+
+def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None]:
+    """What an answer's head tells of its cache: the node's cache state, and for a state other than cached,
+    why the answer asks caches not to store it (FetchResult.not_stored)."""
+    state = cache_state(headers, node.kind)
+    return state, asks_not_to_store(headers) if state is not None and not state.cached else None
 
 
 def _read(
