@@ -26,7 +26,7 @@ class TargetUrl:
     url: str  # as submitted (trimmed)
     scheme: str
     host: str  # lower case, no port: what domain ownership is checked against and what SNI carries
-    authority: str  # host[:port] as sent in `Host`
+    authority: str  # host[:port] as sent in `Host`; no port when it is the scheme's default (as browsers send it)
     path_query: str  # exactly as submitted, "/" when empty
 
     @property
@@ -72,9 +72,18 @@ def _split(raw: str) -> TargetUrl:
         scheme, host, port, path_query = plain.groups()
         host = host.lower().rstrip(".")
         if _HOST.match(host) and not host.replace(".", "").isdigit() and (port is None or int(port) <= 65535):
-            authority = host if port is None else f"{host}:{port}"
-            return TargetUrl(url=raw, scheme=scheme.lower(), host=host, authority=authority, path_query=path_query)
+            scheme = scheme.lower()
+            authority = _authority(scheme, host, None if port is None else int(port))
+            return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
     return _split_any(raw)  # anything else, or a refusal with its reason
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _authority(scheme: str, host: str, port: int | None) -> str:
+    """`Host` as a browser sends it: `http://a.test:80/` and `http://a.test/` are one object to a cache."""
+    return host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
 def has_user_info(parts: SplitResult) -> bool:
@@ -107,7 +116,7 @@ def _split_any(raw: str) -> TargetUrl:
         raise illegal("the host must be a domain name")
     if host.replace(".", "").isdigit():
         raise illegal("the host must be a domain name, not an IP address")
-    authority = host if port is None else f"{host}:{port}"
+    authority = _authority(scheme, host, port)
     path = parts.path or "/"
     if not path.startswith("/"):
         raise illegal("the path must start with '/'")

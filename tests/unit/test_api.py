@@ -312,6 +312,8 @@ async def test_code_47_for_duplicate_urls(api: Api) -> None:
     one = urls(1)[0]
     assert_code(await api.prefetch([one, urls(2)[1], one]), 47)
     assert_code(await api.prefetch(f"{one}, {one}"), 47)
+    # One object in two spellings: the scheme's default port is no port.
+    assert_code(await api.prefetch([one, one.replace(".test/", ".test:80/")]), 47)
 
 
 # --- code 1: daily quota -------------------------------------------------------------------------------

@@ -68,6 +68,24 @@ def test_parse_url_keeps_the_port_in_the_authority() -> None:
     assert target.path_query == "/x"
 
 
+@pytest.mark.parametrize(
+    ("raw", "authority"),
+    [
+        ("http://a.test:80/x", "a.test"),
+        ("HTTP://A.test:080/x", "a.test"),
+        ("https://a.test:443/x", "a.test"),
+        ("https://a.test:80/x", "a.test:80"),
+        ("http://a.test:443/x", "a.test:443"),
+    ],
+)
+def test_parse_url_drops_only_the_schemes_default_port(raw: str, authority: str) -> None:
+    """`Host` as a browser sends it, so the warm fills the object visitors ask for; the URL stays as given."""
+    target = parse_url(raw)
+    assert target.authority == authority
+    assert target.url == raw
+    assert target.cache_key == f"{target.scheme}://{authority}/x"
+
+
 def test_parse_url_lowercases_scheme_and_host_only() -> None:
     """Scheme and host are lower-cased; the path keeps its case."""
     target = parse_url("HTTP://WWW.Example.TEST/Path/File.JPG")
