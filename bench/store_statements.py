@@ -29,7 +29,6 @@ from bench.common import fill_tasks
 from edgewarm.models import CANCELLED, ItemOutcome
 from edgewarm.store import open_store
 from edgewarm.store import sqlite as s
-from edgewarm.store.base import claim_scan
 from edgewarm.store.sqlite import SQLiteStore
 
 
@@ -54,15 +53,13 @@ def _work_through(store: SQLiteStore, batch: int) -> tuple[int, dict[str, float]
         yield
         spent[name] = spent.get(name, 0.0) + time.thread_time() - started
 
-    # As claim_due_items binds _DUE_ITEMS: (now, limit, nodes to skip as JSON, how many due items to look among).
-    # The engine skips no node here (none is held down), so the scan is the batch itself.
-    skip, scan = s._json([]), claim_scan(batch, ())
+    # As claim_due_items binds _DUE_ITEMS when it skips no node (none is held down or full here): (now, limit).
     done = 0
     for _ in range(1_000_000):  # bounded: every item is claimed once
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         with step("claim: select due items"):
-            rows = s._from_json(db.execute(s._DUE_ITEMS, (now, batch, skip, scan)).fetchone()[0])
+            rows = s._from_json(db.execute(s._DUE_ITEMS, (now, batch)).fetchone()[0])
         if not rows:
             db.execute("COMMIT")
             break

@@ -324,18 +324,53 @@ class TestWork:
         rest = await store.claim_due_items("w1", 100, NOW, LEASE)
         assert sorted(c.node for c in rest) == ["edge-1"] * 3 + ["edge-3"] * 3
 
-    async def test_a_claim_that_skips_looks_only_among_the_first_due_items(
+    async def test_a_claim_that_skips_finds_the_items_behind_a_skipped_nodes_backlog(
         self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """With CLAIM_SCAN at 4 and a limit of 2: behind 6 due items of a skipped node, a later task's items are
-        not found (the scan is bounded); without skipping, the claim takes items in due order as always."""
+        """Windows of 4 due items: behind 10 due items of a skipped node (one task: one due time), the other
+        node's items are found, window after window; without skipping, claims take items in due order."""
         monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 4)
-        await store.create_task(make_task(6, (("dead", 0),)))
-        later = make_task(2, (("edge-1", 0),), created_at=NOW + 1)
-        await store.create_task(later)
-        assert await store.claim_due_items("w1", 2, NOW + 1, LEASE, ["dead"]) == []
-        first = await store.claim_due_items("w1", 7, NOW + 1, LEASE)
-        assert [c.node for c in first] == ["dead"] * 6 + ["edge-1"]
+        await store.create_task(make_task(10, (("slow", 0),)))
+        await store.create_task(make_task(2, (("edge-1", 0),), created_at=NOW + 1))
+        found = await store.claim_due_items("w1", 2, NOW + 1, LEASE, ["slow"])
+        assert [c.node for c in found] == ["edge-1"] * 2
+        first = await store.claim_due_items("w2", 3, NOW + 1, LEASE)
+        assert [c.url for c in first] == [url_of(n) for n in range(3)]
+
+    async def test_a_skipping_claim_goes_on_where_the_last_stopped(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One window of 4 per claim: the backlog is passed over claims, each scanning on from where the last
+        stopped; an item made due meanwhile (a lease handed back) is found; a claim skipping fewer nodes
+        starts from the first due item."""
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 4)
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_WINDOWS", 1)
+        await store.create_task(make_task(10, (("slow", 0), ("edge-2", 0))))
+        taken = await store.claim_due_items("w0", 100, NOW, LEASE, ["slow"])
+        assert [c.node for c in taken] == ["edge-2"] * 10
+        await store.create_task(make_task(2, (("edge-1", 0),), created_at=NOW + 1))
+        claims = [await store.claim_due_items("w1", 2, NOW + 1, LEASE, ["slow", "edge-2"]) for _ in range(3)]
+        assert [[c.node for c in claim] for claim in claims] == [[], [], ["edge-1"] * 2]  # slow's 10, 4 at a time
+        handed_back = claims[2][0].item_id
+        assert await store.release_leases("w1", [handed_back], NOW + 2) == 1
+        (back,) = await store.claim_due_items("w1", 2, NOW + 2, LEASE, ["slow", "edge-2"])
+        assert back.item_id == handed_back
+        assert await store.claim_due_items("w1", 2, NOW + 2, LEASE, ["slow"]) == []  # from the first: 4 of slow's
+        assert [c.node for c in await store.claim_due_items("w1", 2, NOW + 2, LEASE)] == ["slow"] * 2
+
+    async def test_a_skipping_claim_scans_from_the_first_due_item_again_in_a_while(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An item due before where the scans go on (made due by a process whose clock is behind) is found
+        when the scans start from the first due item again (RESCAN_SECONDS; 0 here: on every claim)."""
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 4)
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_WINDOWS", 1)
+        await store.create_task(make_task(2, (("slow", 0),)))
+        assert await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"]) == []
+        await store.create_task(make_task(1, (("edge-1", 0),), created_at=NOW - 5))  # behind the passed window
+        assert await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"]) == []
+        monkeypatch.setattr(edgewarm.store.base, "RESCAN_SECONDS", 0.0)
+        assert [c.node for c in await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"])] == ["edge-1"]
 
     async def test_a_nodes_items_are_put_off_until_a_time_with_a_note(self, store: TaskStore) -> None:
         """`put_off_node`: that node's pending items due before `until` become due then, noting why; its leased
@@ -880,6 +915,24 @@ class TestSchema:
             assert await store.upgrade() == SCHEMA_VERSION + 1
         async with open_store(store_url) as store:
             assert await store.get_task(task.id) is not None
+
+    async def test_a_version_2_database_upgrades_with_its_items_claimable(
+        self, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Version 3 changed the claims' index (PostgreSQL): a database made by version 2 keeps its items
+        through the upgrade, and a claim that skips a node finds the others' items behind that node's."""
+        needs_shared_database(store_url)
+        module = backend_module(store_url)
+        with monkeypatch.context() as older:
+            older.setattr(module, "SCHEMA_VERSION", 2)
+            older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:2])
+            async with open_store(store_url) as store:
+                await store.create_task(make_task(3, (("slow", 0), ("edge-1", 0))))
+        async with open_store(store_url, auto_upgrade=False) as store:
+            assert await store.upgrade() == SCHEMA_VERSION == 3
+        async with open_store(store_url) as store:
+            claims = await store.claim_due_items("w1", 10, NOW, LEASE, ["slow"])
+            assert [c.node for c in claims] == ["edge-1"] * 3
 
     async def test_a_newer_schema_is_refused_even_by_upgrade(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch

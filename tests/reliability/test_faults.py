@@ -395,6 +395,33 @@ async def test_a_later_task_is_not_kept_behind_the_waiting_items_of_a_node_held_
     assert resting is not None, "the dead node was no longer held down when the later task's warms ended"
 
 
+async def test_a_later_task_is_not_kept_behind_a_slow_nodes_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live but slow node (0.2 s an answer, 4 at a time) with a backlog far beyond a claim's window (20
+    items here): the fast node's 300 warms, and a later task's 10, end while the slow node still has most of
+    its 300 to do (before, claims that skipped it scanned only its first 20 due items and found nothing: the
+    fast node's items waited behind that backlog until all but 16 of the slow node's were done)."""
+    monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 20)
+    with (
+        FaultServer(always(Respond(200, body=b"ok"))) as fast,
+        FaultServer(always(Respond(200, body=b"ok", delay=0.2))) as slow,
+    ):
+        nodes = [{"name": "slow", "url": slow.url}, {"name": "fast", "url": fast.url}]
+        async with engine_rig(nodes, {"concurrency": 8, "per_node_concurrency": 4}) as rig:
+            fast_done = lambda items: sum(i.node == "fast" and i.state is ItemState.SUCCEEDED for i in items)  # noqa: E731
+            firsts = [await rig.submit([f"http://www.example.test/w{k}/{i}" for i in range(100)]) for k in range(3)]
+            for first in firsts:
+                items = await rig.items_when(first, lambda items: fast_done(items) == 100)
+                assert fast_done(items) == 100
+            started = time.monotonic()
+            second = await rig.submit([f"http://www.example.test/later/{i}" for i in range(10)])
+            items = await rig.items_when(second, lambda items: fast_done(items) == 10)
+            took = time.monotonic() - started
+            first_items = [i for first in firsts for i in await rig.store.list_items(first, limit=1000)]
+            slow_left = sum(i.node == "slow" and i.state is not ItemState.SUCCEEDED for i in first_items)
+    assert fast_done(items) == 10 and took < 2.5, took
+    assert slow_left >= 40, slow_left  # the slow node's backlog was still there
+
+
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:
     """Two tasks warm one URL within dedupe_seconds: the node gets one request; /metrics counts two items
     worked but one request's latency and one body (before, the shared item was counted as a second request)."""

@@ -2,26 +2,86 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
 from ..errors import SchemaVersionError
 from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
 # another application's: creating the schema there would fail half-way or mix the two.
 SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
-# A claim that skips nodes looks among this many of the first due items (at least): beyond, it would walk the
-# skipped nodes' whole backlog on every claim (a dead node's, say) to find nothing.
+# A claim that skips nodes scans the due items in windows of this many (at least its limit), at most
+# CLAIM_WINDOWS of them, and the worker's next such claim goes on from where it stopped (ClaimScans): a
+# skipped node's backlog is scanned once, not on every claim, and never in one long step.
 CLAIM_SCAN = 10_000
+CLAIM_WINDOWS = 8
+# A worker's scans start from the first due item again after this long: an item another process made due
+# with a clock behind this one's (before where the scan goes on) waits no longer than that.
+RESCAN_SECONDS = 5.0
+
+ScanPoint = tuple[float, int]  # (due_at, item id): the order in which claims scan due items
+FIRST: ScanPoint = (float("-inf"), 0)
 
 
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:
-    """How many of the first due items a claim of `limit` looks among (claim_due_items)."""
+    """How many due items one window of a claim of `limit` scans (claim_due_items)."""
     return max(limit, CLAIM_SCAN) if skip_nodes else limit
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window of a claim: the items leased, how many due items it scanned, the last of them."""
+
+    claims: list[Claim]
+    scanned: int
+    last: ScanPoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Passed:
+    skipped: frozenset[str]
+    after: ScanPoint
+    since: float
+
+
+class ClaimScans:
+    """Where each worker's claims that skip nodes go on scanning.
+
+    A window whose claimable items were all leased is passed: the due items up to its last were then the
+    skipped nodes' own or leased, and an item made due later (a submission, a retry, a handed-back lease) is
+    due after it. A later claim that skips those nodes, or more, starts after it; one that skips fewer starts
+    from the first due item (the nodes no longer skipped have items there)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._passed: dict[str, _Passed] = {}
+
+    async def claim(
+        self, worker: str, limit: int, skip_nodes: Sequence[str], window: Callable[[int, ScanPoint], Awaitable[Window]]
+    ) -> list[Claim]:
+        """Claim up to `limit` with `window(want, after)`, window after window (CLAIM_WINDOWS at most)."""
+        skipped = frozenset(skip_nodes)
+        passed = self._passed.get(worker)
+        if passed is not None and (not passed.skipped <= skipped or self._clock() - passed.since > RESCAN_SECONDS):
+            passed = None
+        since, after = (passed.since, passed.after) if passed is not None else (self._clock(), FIRST)
+        claims: list[Claim] = []
+        for _ in range(CLAIM_WINDOWS):
+            want = limit - len(claims)
+            found = await window(want, after)
+            claims.extend(found.claims)
+            if len(found.claims) < want and found.last is not None:
+                after = found.last
+                self._passed[worker] = _Passed(skipped, after, since)
+            if len(claims) >= limit or found.scanned < claim_scan(want, skip_nodes):
+                break
+        return claims
 
 
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
@@ -93,9 +153,10 @@ class TaskStore(Protocol):
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, none of
-        `skip_nodes` (nodes the worker has enough of in hand): those are looked for among the first
-        `max(limit, CLAIM_SCAN)` due items only, so that skipping a long backlog stays cheap."""
+        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, in due
+        order, none of `skip_nodes` (nodes the worker has enough of in hand). Skipping, the due items are
+        scanned a window at a time (`ClaimScans`): a long backlog of the skipped nodes is passed in steps,
+        once, and the other nodes' items behind it are found."""
         ...
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:

@@ -41,7 +41,7 @@ from ..models import (
     TaskFilter,
 )
 from . import redacted
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, ClaimScans, ScanPoint, Window, claim_scan, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 log = logging.getLogger("edgewarm.store")
@@ -107,6 +107,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX tasks_idempotency ON tasks (username, idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE INDEX tasks_webhook_due ON tasks (webhook_due_at) WHERE webhook_state = 'pending';
     """,
+    # version 3: claims that skip nodes scan the due items in (due_at, id) order, a window at a time
+    """
+    CREATE INDEX items_due_order ON items (due_at, id) WHERE state IN ('pending', 'running');
+    DROP INDEX items_due;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -160,17 +165,25 @@ WITH due AS (
     ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
-# Skipping the nodes in $5: the candidates among the first $6 due items are found without locking (locking
-# the scanned rows of the skipped nodes would keep other claimers off them), then locked if still due.
-_CLAIM_SKIPPING = f"""
-WITH candidate AS (
-    SELECT id FROM (
-        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
-        ORDER BY due_at LIMIT $6
-    ) AS scanned WHERE node <> ALL($5::text[]) ORDER BY due_at LIMIT $4
-), due AS (
-    SELECT id FROM items WHERE id IN (SELECT id FROM candidate) AND state IN ('pending', 'running')
-    AND due_at <= $3 FOR UPDATE SKIP LOCKED
+# A window of a claim that skips the nodes in $2: of the $3 due items after (due_at, id) ($4, $5), the first
+# $6 but those of the skipped nodes (found without locking: locking the scanned rows of the skipped nodes would
+# keep other claimers off them); how many were scanned and the last of them. Then the candidates are locked if
+# still due, and leased.
+_WINDOW = """
+WITH scanned AS MATERIALIZED (
+    SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
+    AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
+)
+SELECT (SELECT array_agg(id) FROM (SELECT id FROM scanned WHERE node <> ALL($2::text[]) ORDER BY due_at, id
+        LIMIT $6) AS candidate),
+    (SELECT count(*) FROM scanned), last.due_at, last.id
+FROM (SELECT 1) AS one LEFT JOIN (SELECT due_at, id FROM scanned ORDER BY due_at DESC, id DESC LIMIT 1) AS last
+ON true
+"""
+_CLAIM_CANDIDATES = f"""
+WITH due AS (
+    SELECT id FROM items WHERE id = ANY($3::bigint[]) AND state IN ('pending', 'running') AND due_at <= $4
+    FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
 
@@ -318,6 +331,10 @@ class _OverQuota(Exception):
     """Raised inside create_task's transaction to roll it back; becomes QuotaExceeded outside."""
 
 
+def _claims(rows: Sequence[asyncpg.Record]) -> list[Claim]:
+    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
+
+
 def _rowcount(status: str) -> int:
     """The row count of a command status such as `UPDATE 3`."""
     return int(status.rsplit(" ", 1)[-1])
@@ -338,6 +355,7 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.safe_url = redacted(url)
+        self._scans = ClaimScans()
         self._auto_upgrade = auto_upgrade
         self._min_connections = min_connections
         self._max_connections = max_connections
@@ -578,15 +596,23 @@ class PostgresStore:
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        async with self._connection() as conn:
-            if skip_nodes:
-                scan = claim_scan(limit, skip_nodes)
-                rows = await conn.fetch(
-                    _CLAIM_SKIPPING, worker, now + lease_seconds, now, limit, list(skip_nodes), scan
-                )
-            else:
-                rows = await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit)
-        return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
+        if not skip_nodes:
+            async with self._connection() as conn:
+                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit))
+        skip = list(skip_nodes)
+
+        async def window(want: int, after: ScanPoint) -> Window:
+            async with self._connection() as conn:
+                scan = claim_scan(want, skip_nodes)
+                row = await conn.fetchrow(_WINDOW, now, skip, scan, *after, want)
+                assert row is not None  # one row, always
+                candidates, scanned, due, item = row
+                claims = []
+                if candidates:
+                    claims = _claims(await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now))
+            return Window(claims, scanned, None if item is None else (due, item))
+
+        return await self._scans.claim(worker, limit, skip_nodes, window)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:

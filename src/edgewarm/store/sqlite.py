@@ -33,7 +33,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, claim_scan, tables_in_the_way
+from .base import SCHEMA_TABLES, SCHEMA_VERSION, ClaimScans, ScanPoint, Window, claim_scan, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 T = TypeVar("T")
@@ -95,6 +95,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX tasks_idempotency ON tasks (username, idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE INDEX tasks_webhook_due ON tasks (webhook_due_at) WHERE webhook_state = 'pending';
     """,
+    # version 3: PostgreSQL's claims scan by (due_at, id); here the index on due_at holds the rowid (= id)
+    "SELECT 1;",
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -109,6 +111,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
+        self._scans = ClaimScans()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -366,20 +369,32 @@ class SQLiteStore:
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        skip, scan = _json(list(skip_nodes)), claim_scan(limit, skip_nodes)
-
-        def claim() -> list[Claim]:
-            db = self.db
-            with _write_transaction(db):
-                # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills
-                # its worker every time still ends after max_attempts.
-                (found,) = db.execute(_DUE_ITEMS, (now, limit, skip, scan)).fetchone()
-                rows = _from_json(found)
-                if rows:
-                    db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
+        def lease(rows: list[Any]) -> list[Claim]:
+            # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills its
+            # worker every time still ends after max_attempts.
+            if rows:
+                self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
 
-        return await self._run(claim)
+        def claim() -> list[Claim]:
+            with _write_transaction(self.db):
+                (found,) = self.db.execute(_DUE_ITEMS, (now, limit)).fetchone()
+                return lease(_from_json(found))
+
+        if not skip_nodes:
+            return await self._run(claim)
+        skip = _json(list(skip_nodes))
+
+        def claim_window(want: int, after: ScanPoint) -> Window:
+            scan = claim_scan(want, skip_nodes)
+            with _write_transaction(self.db):
+                found, scanned, due, item = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after)).fetchone()
+                return Window(lease(_from_json(found)), scanned, None if item is None else (due, item))
+
+        async def window(want: int, after: ScanPoint) -> Window:  # each its own step: others are answered between
+            return await self._run(functools.partial(claim_window, want, after))
+
+        return await self._scans.claim(worker, limit, skip_nodes, window)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
@@ -513,13 +528,22 @@ _ACTIONS = {a.value: a for a in ItemAction}
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
 
-# Claims: among the first ?4 due items, ?2 but those of the nodes in ?3 (a JSON array), as one JSON array (one
-# step); then their leases. No REAL columns travel as JSON (it would round them).
+# Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
+# JSON (it would round them).
+_CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running')))"
 _DUE_ITEMS = (
-    "SELECT json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running'))) "
-    "FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?4) "
-    "WHERE node NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2)"
+    f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
+    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
+)
+# A window of a claim that skips nodes: of the ?4 due items after (due_at, id) (?5, ?6), the first ?2 but
+# those of the nodes in ?3 (a JSON array); how many were scanned and the last of them.
+_DUE_WINDOW = (
+    "WITH w AS MATERIALIZED (SELECT id, task_id, url, node, action, attempts, state, due_at FROM items "
+    "WHERE state IN ('pending', 'running') AND due_at <= ?1 AND (due_at, id) > (?5, ?6) "
+    "ORDER BY due_at, id LIMIT ?4) "
+    f"SELECT (SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM w WHERE node NOT IN (SELECT value FROM json_each(?3)) "
+    "LIMIT ?2)), (SELECT count(*) FROM w), last.due_at, last.id "
+    "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
 )
 _LEASE_ITEMS = (
     "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
