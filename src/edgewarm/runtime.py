@@ -228,7 +228,9 @@ async def _run_parts(
             fetcher = live.fetcher = open_fetcher(config.engine, live.health)
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
-            worker = live.engine = Engine(config, store, fetcher, metrics=metrics)
+            worker = live.engine = Engine(config, store, fetcher, metrics=metrics, sole=sole)
+            if not sole and config.engine.dedupe_seconds:
+                log.info("dedupe_seconds is not applied: other engines on this store may purge what this one warmed")
             metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None

@@ -136,6 +136,29 @@ async def test_two_apis_and_three_workers_warm_5000_urls_once_per_node(
     assert Counter(r.uri for r in shield if r.cache_status == "MISS") == once
 
 
+async def test_a_warm_after_a_refresh_by_another_worker_fetches_again(tmp_path: Path, postgres_db_url: str) -> None:
+    """Two workers on PostgreSQL: warm, refresh, warm again, 4 rounds. Each warm reaches every node and the
+    object is cached everywhere at the end of each round (before, a worker reported the second warm from its
+    own memory of the first, within `dedupe_seconds`, though the other worker had purged it since: the nodes
+    were left cold with the warm reported succeeded)."""
+    with (
+        Lab(tmp_path / "lab", edges=2, shield=True, purge_module=True) as lab,
+        Fleet(tmp_path, postgres_db_url, lab.nodes_toml(), workers=2) as fleet,
+    ):
+        lab.write_file("/rw/a.txt", b"a" * 100)
+        url = url_of("/rw/a.txt")
+        async with client_of(fleet.apis[0]) as client:
+            for _ in range(4):
+                for submit_one in (client.prefetch, client.refresh, client.prefetch):  # each once the last ended
+                    (task,) = await wait_all(client, [await submit_one([url])], timeout=60)
+                    assert task["status"] == 0, task
+                states = {n.name: lab.fetch(n, "/rw/a.txt", method="HEAD").cache_status for n in lab.cache_nodes()}
+                assert set(states.values()) == {"HIT"}, states
+        for node in lab.cache_nodes():
+            gets = [r for r in lab.requests(node) if r.uri == "/rw/a.txt" and r.method == "GET"]
+            assert len(gets) >= 8, (node.name, len(gets))
+
+
 async def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(
     tmp_path: Path, lab: Lab, postgres_db_url: str
 ) -> None:

@@ -289,12 +289,13 @@ FAST_ENGINE = {
 
 @contextlib.asynccontextmanager
 async def engine_rig(
-    nodes: list[dict[str, Any]], engine: dict[str, Any] | None = None, stop_within: float = 10.0
+    nodes: list[dict[str, Any]], engine: dict[str, Any] | None = None, stop_within: float = 10.0, sole: bool = True
 ) -> AsyncIterator[Rig]:
-    """Run an Engine on `nodes`; on exit stop it and require it to end within `stop_within` seconds."""
+    """Run an Engine on `nodes` (`sole`: as the store's only engine); on exit stop it and require it to end
+    within `stop_within` seconds."""
     config = parse_config(base_config(nodes, engine={**FAST_ENGINE, **(engine or {})}))
     async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
-        worker = Engine(config, store, fetcher)
+        worker = Engine(config, store, fetcher, sole=sole)
         runner = asyncio.create_task(worker.run())
         rig = Rig(config, store, Service(config, store, on_submit=worker.wake), worker, runner)
         try:

@@ -422,6 +422,22 @@ async def test_a_later_task_is_not_kept_behind_a_slow_nodes_backlog(monkeypatch:
     assert slow_left >= 40, slow_left  # the slow node's backlog was still there
 
 
+@pytest.mark.parametrize("why", ["another engine may share the store", "a reload set dedupe_seconds to 0"])
+async def test_an_engine_that_may_not_see_every_purge_or_is_told_so_shares_no_warm(why: str) -> None:
+    """Two tasks warm one URL within dedupe_seconds: each is sent to the node when the engine is not the
+    store's only one (PostgreSQL workers: another may have purged the node since), or after a reload turned
+    dedupe off (before, the reload's dedupe_seconds was not applied)."""
+    with FaultServer(always(Respond(200, body=BODY))) as server:
+        sole = why != "another engine may share the store"
+        async with engine_rig(one_node(server), sole=sole) as rig:
+            if sole:
+                rig.engine.reconfigure(parse_config(base_config(one_node(server), engine={"dedupe_seconds": 0})))
+            for _ in range(2):
+                task, _items = await rig.wait(await rig.submit([URL]), 20)
+                assert task.status is TaskStatus.SUCCEEDED
+    assert len(server.requests) == 2
+
+
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:
     """Two tasks warm one URL within dedupe_seconds: the node gets one request; /metrics counts two items
     worked but one request's latency and one body (before, the shared item was counted as a second request)."""

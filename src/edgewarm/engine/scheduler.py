@@ -65,8 +65,12 @@ class Engine:
         worker_id: str | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
+        sole: bool = True,
     ) -> None:
         self.config = config
+        # Another engine on the store (PostgreSQL workers) may purge a node without this one knowing: then no
+        # warm is shared, since one from before that purge would be reported for a warm asked after it.
+        self._sole = sole
         self.settings = config.engine
         self.store = store
         self.fetcher = fetcher
@@ -83,7 +87,7 @@ class Engine:
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self.on_task_finished: Callable[[Task], None] | None = None
-        self._coalescer = Coalescer(config.engine.dedupe_seconds)
+        self._coalescer = Coalescer(self._dedupe_seconds())
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -98,11 +102,15 @@ class Engine:
         """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim."""
         self.config = config
         self.settings = config.engine
+        self._coalescer.window = self._dedupe_seconds()
         for lane in self._lanes.values():
             node = config.node(lane.node.name)
             lane.removed = node is None
             self._staff(lane, node or lane.node)
         self.wake()
+
+    def _dedupe_seconds(self) -> float:
+        return self.settings.dedupe_seconds if self._sole else 0.0
 
     def replace_fetcher(self, fetcher: NodeClient) -> asyncio.Future[None]:
         """Work the next items through `fetcher` (a reload changed the fetcher's settings). The future is done
