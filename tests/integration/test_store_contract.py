@@ -768,6 +768,21 @@ class TestIdempotencyAndWebhooks:
         assert await store.usage("alice", DAY) == (3, 0)
         assert await store.queue_depth() == 6
 
+    async def test_the_same_key_sent_at_once_that_fills_the_quota_answers_the_one_task(
+        self, store: TaskStore, store_url: str
+    ) -> None:
+        """30 submissions of one key at once, from 3 stores on one database, each taking the whole day's quota:
+        every one answers the one task (before, on PostgreSQL, those that waited on the quota's row lock were
+        told the quota was spent, by the submission of their own key)."""
+        tasks = [replace(make_task(10, urls_limit=10), idempotency_key="retry") for _ in range(30)]
+        async with stores(store, store_url, 3) as three:
+            results = await asyncio.gather(
+                *(three[n % 3].create_task(t) for n, t in enumerate(tasks)), return_exceptions=True
+            )
+        answered = {r.id if isinstance(r, Task) else repr(r) for r in results}
+        assert len(answered) == 1 and answered <= {t.id for t in tasks}, answered
+        assert await store.usage("alice", DAY) == (10, 0)
+
     async def test_an_ended_task_with_a_callback_has_a_pending_webhook(self, store: TaskStore) -> None:
         """The webhook falls due when the task ends; claimed, it is leased; recorded, it is delivered."""
         task = replace(make_task(1), callback_url="http://hooks.test/done")

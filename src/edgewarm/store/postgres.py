@@ -496,6 +496,10 @@ class PostgresStore:
                         await conn.execute(_FINISH, [task.id], task.created_at)
                     row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
             except _OverQuota:
+                if task.idempotency_key is not None:  # another request of the same key may have used the quota
+                    earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
+                    if earlier is not None:
+                        return task_from_row(earlier)
                 used = await conn.fetchrow(
                     "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
                 )
