@@ -18,9 +18,11 @@ from .errors import JdCode, RequestRefused, TaskNotFound
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
-from .urls import TargetUrl, find_duplicate, parse_url
+from .urls import TargetUrl, find_duplicate, has_controls, parse_url
 from .views import STATUS_TEXT, task_summary
 from .webhooks import check_callback_url
+
+MAX_IDEMPOTENCY_KEY = 200
 
 
 def normalize_task_id(raw: str) -> str | None:
@@ -169,6 +171,12 @@ class Service:
         options: SubmitOptions | None,
     ) -> Task:
         options = options or SubmitOptions()
+        key = options.idempotency_key
+        if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY or has_controls(key)):
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY,
+                f"idempotency_key must be at most {MAX_IDEMPOTENCY_KEY} characters, none of them a control character",
+            )
         callback = None
         if options.callback_url:
             callback = check_callback_url(options.callback_url, self.config.webhooks.allowed_hosts)

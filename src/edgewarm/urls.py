@@ -86,6 +86,19 @@ def _authority(scheme: str, host: str, port: int | None) -> str:
     return host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_controls(text: str) -> bool:
+    """Whether `text` holds a control character (NUL, CR, LF, …): refused in any text a caller gives."""
+    return _CONTROLS.search(text) is not None
+
+
+def is_plain(text: str) -> bool:
+    """Printable ASCII without space: what a URL sent on the wire may hold as it is."""
+    return _SAFE.match(text) is not None
+
+
 def has_user_info(parts: SplitResult) -> bool:
     """Whether a split URL carries user information (`user:password@`, `:password@`, a bare `@`)."""
     return parts.username is not None or parts.password is not None or "@" in parts.netloc
@@ -95,7 +108,7 @@ def _split_any(raw: str) -> TargetUrl:
     def illegal(reason: str) -> RequestRefused:
         return _illegal(raw, reason)
 
-    if not _SAFE.match(raw):
+    if not is_plain(raw):
         raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
     try:
         parts = urlsplit(raw)

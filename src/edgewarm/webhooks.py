@@ -23,7 +23,7 @@ import orjson
 
 from .errors import JdCode, RequestRefused, StoreError
 from .models import Task
-from .urls import has_user_info
+from .urls import has_user_info, is_plain
 from .views import task_summary
 
 if TYPE_CHECKING:
@@ -45,15 +45,25 @@ def verify_webhook(body: bytes, secret: str, header: str) -> bool:
     return hmac.compare_digest(sign_webhook(body, secret), header.strip())
 
 
+MAX_CALLBACK_URL = 2048
+
+
 def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     """The callback URL if its host is allowed, else a refusal (JD code 17, an illegal URL)."""
+    if len(url) > MAX_CALLBACK_URL:
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url is longer than {MAX_CALLBACK_URL} characters")
+    if not is_plain(url):
+        raise RequestRefused(
+            JdCode.ILLEGAL_URL,
+            f"callback_url {url!r}: spaces, control and non-ASCII characters must be percent-encoded",
+        )
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        _ = parts.port
+        port = parts.port
     except ValueError:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
-    if parts.scheme not in ("http", "https") or not host or has_user_info(parts) or any(c in url for c in "\r\n \t"):
+    if parts.scheme not in ("http", "https") or not host or has_user_info(parts) or port == 0:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} must be a plain http(s) URL")
     if host not in allowed_hosts:
         raise RequestRefused(

@@ -702,6 +702,50 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("idempotency_key", "a\x00b", 2),
+        ("idempotency_key", "a\nb", 2),
+        ("idempotency_key", "k" * 201, 2),
+        ("callback_url", "http://hooks.test/a\x00b", 17),
+        ("callback_url", "http://hooks.test/a b", 17),
+        ("callback_url", "http://hooks.test:0/x", 17),
+        ("callback_url", "http://hooks.test/" + "x" * 2048, 17),
+    ],
+)
+async def test_extension_fields_with_control_characters_or_out_of_bounds_are_refused(
+    api: Api, field: str, value: str, code: int
+) -> None:
+    """A NUL (or another control character) in an idempotency key or a callback URL, a callback URL on port
+    0 or longer than 2048 characters: refused with a clear message and nothing made (before, PostgreSQL
+    refused the NUL: "the store is unavailable")."""
+    answer = await api.call("/api/prefetch", {**creds(), "publish_urls": urls(1), field: value})
+    assert_code(answer, code)
+    assert field in answer["msg"]
+    assert await api.store.list_tasks(USER, TaskFilter()) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"url": "a\x00b"}, "url"),
+        ({"since": "nan"}, "since"),
+        ({"until": "inf"}, "until"),
+        ({"since": "1e400"}, "since"),
+    ],
+)
+async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
+    api: Api, params: dict[str, str], name: str
+) -> None:
+    """`url` with a control character, `since`/`until` not finite: 400 code 2 naming the parameter (before: a
+    list as if no filter or every filter matched, or on PostgreSQL "the store is unavailable")."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    response = await api.client.get("/v1/tasks", headers=headers, params=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == 2 and response.json()["error"].startswith(f"{name}:"), response.json()
+
+
 async def test_a_task_that_ends_while_it_is_being_cancelled_is_refused_as_ended(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,7 @@ from ..errors import JdCode, RequestRefused, TaskNotFound
 from ..models import Item, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
 from ..store import redacted
+from ..urls import has_controls
 from ..views import iso
 from .responses import JSONResponse, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
@@ -97,14 +99,25 @@ CANCEL_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def plain_filter(url: str | None) -> str | None:
+    """The `url` filter of a task list, refused when it holds a control character (no URL of a task does)."""
+    if url and has_controls(url):
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "url: a control character is in no URL")
+    return url or None
+
+
 def epoch(value: str | None, name: str) -> float | None:
     """A time given as epoch seconds or ISO 8601 (UTC when it names no zone)."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)")
+        return seconds
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -188,7 +201,7 @@ def native_router(service: Service) -> APIRouter:
                 kind=kind,
                 since=epoch(since, "since"),
                 until=epoch(until, "until"),
-                url_contains=url or None,
+                url_contains=plain_filter(url),
                 offset=offset,
                 limit=limit,
             )
