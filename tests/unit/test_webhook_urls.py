@@ -17,13 +17,22 @@ ALLOWED = ("hooks.example.test",)
         "http://:pw@hooks.example.test/done",  # an empty user name with a password got through
         "http://@hooks.example.test/done",
         "ftp://hooks.example.test/done",
-        "http://hooks.example.test/a b",
+        "http://hooks.example.test:0/done",
     ],
 )
 def test_a_callback_url_with_user_information_or_not_plain_http_is_refused(url: str) -> None:
     with pytest.raises(RequestRefused) as refused:
         check_callback_url(url, ALLOWED)
     assert refused.value.code is JdCode.ILLEGAL_URL and "plain http(s) URL" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example.test/a b", "http://hooks.example.test/\x00", "http://hooks.example.test/é"]
+)
+def test_a_callback_url_with_spaces_controls_or_non_ascii_is_refused(url: str) -> None:
+    with pytest.raises(RequestRefused) as refused:
+        check_callback_url(url, ALLOWED)
+    assert refused.value.code is JdCode.ILLEGAL_URL and "must be percent-encoded" in refused.value.message
 
 
 def test_a_plain_callback_url_to_an_allowed_host_is_kept_as_given() -> None:
