@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
-from .store import sqlite_path
+from .store import redacted, sqlite_path
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -258,7 +258,7 @@ class Config(_Model):
     def _store(cls, value: str) -> str:
         scheme = value.split(":", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres", "memory"):
-            raise ValueError(f"{value!r}: use sqlite:///PATH, postgresql://… or memory://")
+            raise ValueError(f"{redacted(value)!r}: use sqlite:///PATH, postgresql://… or memory://")
         try:
             sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
         except StoreError as exc:

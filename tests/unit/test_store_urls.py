@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgewarm.errors import StoreError
-from edgewarm.store import open_store, sqlite_path
+from edgewarm.config import parse_config
+from edgewarm.errors import ConfigError, StoreError
+from edgewarm.store import open_store, redacted, sqlite_path
 
 pytestmark = pytest.mark.anyio
 
@@ -69,3 +70,30 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
     old.rename(wanted)
     async with open_store(url) as store:
         assert await store.upgrade() >= 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://ew:S3cret@db:5432/ew", "postgresql://ew:***@db:5432/ew"),
+        ("postgresql://ew@db/ew?password=S3cret&sslmode=require", "postgresql://ew@db/ew?password=***&sslmode=require"),
+        ("postgres://db/ew?sslpassword=S3cret", "postgres://db/ew?sslpassword=***"),
+        ("postgresql://ew@db/ew", "postgresql://ew@db/ew"),
+        ("postgresql://ew:S3cret@[db/ew", "(a store URL that is not a URL)"),
+    ],
+)
+def test_a_store_urls_passwords_are_never_shown(url: str, shown: str) -> None:
+    """In the user information or as a query parameter (libpq reads `?password=`): hidden in logs and errors."""
+    assert redacted(url) == shown
+
+
+@pytest.mark.parametrize("url", ["mysql://admin:S3cret@db/x", "postgresql+asyncpg://ew:S3cret@db/ew"])
+def test_a_refused_store_url_is_named_without_its_password(url: str) -> None:
+    """check-config and a SIGHUP's refusal name the store URL they refuse, without its password."""
+    data = {"store": url, "users": [], "nodes": [{"name": "n", "url": "http://127.0.0.1:1"}]}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert "S3cret" not in str(refused.value) and "***" in str(refused.value)
+    with pytest.raises(StoreError) as unknown:
+        open_store(url)
+    assert "S3cret" not in str(unknown.value)

@@ -18,12 +18,18 @@ __all__ = ["SCHEMA_VERSION", "TaskStore", "open_store", "redacted", "sqlite_path
 
 
 def redacted(url: str) -> str:
-    """The store URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The store URL without its password (`user:PASSWORD@`, or a query parameter such as `?password=`), for
+    logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a store URL that is not a URL)"
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
+    query = "&".join(f"{name}{sep}{'***' if 'pass' in name.lower() else value}" for name, sep, value in pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def sqlite_path(url: str) -> str | None:
@@ -41,7 +47,7 @@ def sqlite_path(url: str) -> str | None:
     else:
         path = rest
     if path in ("", "/"):
-        raise StoreError(f"{url!r}: write sqlite:///absolute/path.db, or sqlite:relative/path.db")
+        raise StoreError(f"{redacted(url)!r}: write sqlite:///absolute/path.db, or sqlite:relative/path.db")
     return path
 
 
@@ -76,4 +82,4 @@ def open_store(url: str, *, auto_upgrade: bool = True) -> TaskStore:
             raise StoreError(f"the PostgreSQL back-end is unavailable: {exc}") from exc
         store: TaskStore = PostgresStore(url, auto_upgrade=auto_upgrade)
         return store
-    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH, postgresql://… or memory://")
+    raise StoreError(f"unknown store URL {redacted(url)!r}: use sqlite:///PATH, postgresql://… or memory://")
