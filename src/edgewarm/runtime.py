@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Generator
-from pathlib import Path
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -28,7 +27,7 @@ from .errors import ConfigError, EdgewarmError, StoreError
 from .metrics import Metrics
 from .retention import run_retention
 from .service import Service
-from .store import TaskStore, open_store, redacted, sqlite_path
+from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("edgewarm")
@@ -80,9 +79,12 @@ def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
     if path == ":memory:":
         yield True
         return
-    lock_path = Path(path + ".engine.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = path + ".engine.lock"
+    make_folder_of(lock_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot open the engine's lock {lock_path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -261,3 +261,21 @@ def test_a_listen_port_in_use_is_one_clear_error_line(tmp_path: Path, command: s
     assert result.returncode not in (0, None), output
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in output.lower(), output
     assert "Traceback" not in output and "edgewarm running" not in output
+
+
+@pytest.mark.parametrize("command", [["serve"], ["api"], ["db", "upgrade"]])
+def test_a_sqlite_folder_that_cannot_be_made_is_one_clear_error_line(tmp_path: Path, command: list[str]) -> None:
+    """The store's folder would be under a file: a non-zero exit, one line naming the folder, no traceback
+    (before: a FileExistsError traceback)."""
+    (tmp_path / "afile").write_text("not a folder")
+    config = write_config(
+        tmp_path / "edgewarm.toml",
+        store=f"sqlite:///{tmp_path}/afile/sub/edgewarm.db",
+        nodes_toml=NOWHERE_NODES,
+        port=free_port(),
+    )
+    result = subprocess.run([EDGEWARM, *command, "--config", str(config)], capture_output=True, text=True, timeout=30)
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, None), output
+    assert f"cannot make the folder {tmp_path}/afile/sub" in output, output
+    assert "Traceback" not in output and "edgewarm running" not in output

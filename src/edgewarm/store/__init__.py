@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import StoreError
 from .base import SCHEMA_VERSION, TaskStore
 
-__all__ = ["SCHEMA_VERSION", "TaskStore", "open_store", "redacted", "sqlite_path"]
+__all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path"]
 
 
 def redacted(url: str) -> str:
@@ -49,6 +49,17 @@ def sqlite_path(url: str) -> str | None:
     if path in ("", "/"):
         raise StoreError(f"{redacted(url)!r}: write sqlite:///absolute/path.db, or sqlite:relative/path.db")
     return path
+
+
+def make_folder_of(path: str) -> None:
+    """Create the folder a database file (or its lock) goes in; StoreError saying why it cannot be."""
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot make the folder {folder} for {path}: {exc.strerror or exc}") from None
+    if not os.path.isdir(folder):
+        raise StoreError(f"cannot use {folder} for {path}: not a folder")
 
 
 def _moved_database(url: str, path: str) -> StoreError | None:

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,6 +32,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
+from . import make_folder_of
 from .base import SCHEMA_TABLES, SCHEMA_VERSION, ClaimScans, ScanPoint, Window, claim_scan, tables_in_the_way
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
@@ -137,7 +137,7 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            make_folder_of(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
