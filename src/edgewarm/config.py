@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
@@ -26,7 +26,12 @@ from .store import redacted, sqlite_path
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+WEEK = 7 * 86_400.0
+# Durations in seconds: finite and at most a week (a larger one overflowed the timers that take it).
+Seconds = Annotated[float, Field(gt=0, le=WEEK, allow_inf_nan=False)]
+SecondsOrOff = Annotated[float, Field(ge=0, le=WEEK, allow_inf_nan=False)]
+# Widths: beyond this, a node's lane would start that many workers.
+Width = Annotated[int, Field(gt=0, le=65_536)]
 
 
 class _Model(BaseModel):
@@ -100,7 +105,7 @@ class Node(_Model):
     url: str
     tier: Tier = Tier.EDGE
     kind: NodeKind = NodeKind.NGINX
-    concurrency: PositiveInt | None = None  # per-node cap; [engine].per_node_concurrency when unset
+    concurrency: Width | None = None  # per-node cap; [engine].per_node_concurrency when unset
     tls_verify: bool = True  # https nodes: check the certificate against the URL's host (sent as SNI)
     # Refresh. `purge_method = ""` declares that the node cannot purge. nginx needs the cache-purge module for
     # PURGE, or `purge_method = "GET"` with a bypass header its config honours (`proxy_cache_bypass`).
@@ -117,9 +122,23 @@ class Node(_Model):
             return self.dir_purge
         return "ban" if self.kind is NodeKind.VARNISH else "urls"
 
+    @field_validator("purge_headers")
+    @classmethod
+    def _purge_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            _check_header(name, text)
+        return value
+
+    @field_validator("ban_header")
+    @classmethod
+    def _ban_header(cls, value: str) -> str:
+        return _check_header(value, "")
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(f"{value!r}: spaces and control characters are not allowed")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"{value!r}: the scheme must be http or https")
@@ -142,30 +161,36 @@ class Node(_Model):
 class Engine(_Model):
     """How the warming engine works; the defaults suit a small fleet."""
 
-    concurrency: PositiveInt = 256  # fetches in flight in one process, all nodes together
-    per_node_concurrency: PositiveInt = 64
-    max_attempts: PositiveInt = 4
-    backoff_base: PositiveFloat = 0.5  # seconds; attempt n waits base * 2**(n-1), with full jitter
-    backoff_max: PositiveFloat = 30.0
+    concurrency: Width = 256  # fetches in flight in one process, all nodes together
+    per_node_concurrency: Width = 64
+    max_attempts: Annotated[int, Field(gt=0, le=100)] = 4
+    backoff_base: Seconds = 0.5  # seconds; attempt n waits base * 2**(n-1), with full jitter
+    backoff_max: Seconds = 30.0
     # Items of a node held down (its connections failed in a row) wait this long for it without spending
     # attempts; 0: each answer "held down" counts as a failed attempt (README, How a warm works).
-    node_down_wait: Annotated[float, Field(ge=0)] = 120.0
-    connect_timeout: PositiveFloat = 5.0
-    read_timeout: PositiveFloat = 30.0  # longest silence while reading a response
-    lease_seconds: PositiveFloat = 60.0
+    node_down_wait: SecondsOrOff = 120.0
+    connect_timeout: Seconds = 5.0
+    read_timeout: Seconds = 30.0  # longest silence while reading a response
+    lease_seconds: Seconds = 60.0
     batch_size: PositiveInt = 500  # outcomes written per transaction at most
-    flush_interval: PositiveFloat = 0.05  # seconds an outcome may wait for its batch
-    poll_interval: PositiveFloat = 0.5  # idle workers look for due items at least this often
-    grace_seconds: Annotated[float, Field(ge=0)] = 10.0  # on shutdown, in-flight fetches get this long
+    flush_interval: Seconds = 0.05  # seconds an outcome may wait for its batch
+    poll_interval: Seconds = 0.5  # idle workers look for due items at least this often
+    grace_seconds: SecondsOrOff = 10.0  # on shutdown, in-flight fetches get this long
     verify: bool = False  # after a MISS, fetch again and require a HIT
     # A (URL, node) warmed by this process less than this long ago is not fetched again; 0 turns it off.
-    dedupe_seconds: Annotated[float, Field(ge=0)] = 60.0
+    dedupe_seconds: SecondsOrOff = 60.0
     user_agent: str = "edgewarm/0.1"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br"
     # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on
     # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Session 2").
     fetch_process: bool = False
+
+    @field_validator("user_agent", "accept_encoding")
+    @classmethod
+    def _header_values(cls, value: str, info: ValidationInfo) -> str:
+        _check_header({"user_agent": "User-Agent"}.get(info.field_name or "", "Accept-Encoding"), value)
+        return value
 
     def cautions(self) -> list[str]:
         """Settings that are valid but keep a feature from working, each in a sentence (logged when the engine
@@ -204,22 +229,50 @@ class Webhooks(_Model):
     """Callbacks when a task ends: only to these hosts, retried with backoff."""
 
     allowed_hosts: tuple[str, ...] = ()
-    max_attempts: PositiveInt = 5
-    backoff_base: PositiveFloat = 2.0
-    timeout: PositiveFloat = 10.0
+    max_attempts: Annotated[int, Field(gt=0, le=20)] = 5  # attempt n waits backoff_base * 2**(n-1)
+    backoff_base: Seconds = 2.0
+    timeout: Seconds = 10.0
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> Any:
-        return tuple(v.lower() for v in value) if isinstance(value, list) else value
+        if not isinstance(value, list):
+            return value
+        for host in value:
+            if isinstance(host, str) and not _is_host(host.lower()):
+                raise ValueError(f"{host!r} is not a host name or an IP address (no scheme, port or path)")
+        return tuple(v.lower() if isinstance(v, str) else v for v in value)
 
 
 class Retention(_Model):
     """Finished tasks older than `days` are removed, `batch` tasks at a time, every `interval_seconds`."""
 
-    days: Annotated[float, Field(gt=0)] = 7.0
-    interval_seconds: PositiveFloat = 3600.0
+    days: Annotated[float, Field(gt=0, le=36_500, allow_inf_nan=False)] = 7.0
+    interval_seconds: Seconds = 3600.0
     batch: PositiveInt = 200
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110 5.1)
+
+
+def _check_header(name: str, value: str) -> str:
+    """A header edgewarm sends as configured: a field name, and a value without control characters (CR or LF
+    would end the header there). Returns the name."""
+    if not _TOKEN.match(name):
+        raise ValueError(f"{name!r} is not an HTTP header name")
+    if any((not c.isprintable() and c != "\t") or c in "\r\n" for c in value):
+        raise ValueError(f"the value of header {name} holds a control character (CR, LF, NUL, …)")
+    return name
+
+
+def _is_host(text: str) -> bool:
+    """A host name (its labels) or an IP address, as a URL's host reads without brackets."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        labels = text.rstrip(".").split(".")
+        return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
 def _check_listen(value: str) -> str:

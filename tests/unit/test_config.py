@@ -373,3 +373,52 @@ def test_a_toml_date_or_time_is_refused_naming_its_key(document: str, key: str) 
     with pytest.raises(ConfigError) as refused:
         parse_config(tomllib.loads(document))
     assert (refused.value.key, refused.value.message) == (key, "a date or time is not a value any key takes")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "where"),
+    [
+        ("engine", "read_timeout", float("inf"), "engine.read_timeout"),
+        ("engine", "connect_timeout", float("inf"), "engine.connect_timeout"),
+        ("engine", "grace_seconds", float("inf"), "engine.grace_seconds"),
+        ("engine", "read_timeout", 1e15, "engine.read_timeout"),
+        ("engine", "dedupe_seconds", 1e9, "engine.dedupe_seconds"),
+        ("engine", "per_node_concurrency", 10**9, "engine.per_node_concurrency"),
+        ("engine", "max_attempts", 5000, "engine.max_attempts"),
+        ("engine", "user_agent", "edgewarm\r\nX-Injected: 1", "engine.user_agent"),
+        ("webhooks", "max_attempts", 100, "webhooks.max_attempts"),
+        ("webhooks", "allowed_hosts", ["hooks.test:8080"], "webhooks.allowed_hosts"),
+        ("webhooks", "allowed_hosts", ["https://hooks.test/"], "webhooks.allowed_hosts"),
+        ("retention", "days", float("inf"), "retention.days"),
+    ],
+)
+def test_values_that_would_overflow_or_never_apply_are_refused(section: str, key: str, value: Any, where: str) -> None:
+    """Durations that are infinite or beyond a week, widths and attempts beyond their bounds, a header value
+    with CR LF, allowed hosts with a port or a scheme (they never matched a callback's host): refused by
+    check-config, naming the key (before: accepted, then a traceback at start, or every callback refused)."""
+    data = example()
+    data.setdefault(section, {})[key] = value
+    assert refused_key(data) == where
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("url", "http://exa mple.test:8080"),
+        ("purge_headers", {"X-Token": "a\r\nb"}),
+        ("purge_headers", {"X Token": "a"}),
+        ("ban_header", "X-Ban:"),
+    ],
+)
+def test_a_node_that_could_send_no_request_is_refused(key: str, value: Any) -> None:
+    """A space in the node's host, CR LF in a purge header's value, a header name that is no HTTP field name:
+    refused by check-config (before: accepted, then every item failed as "internal error: ValueError")."""
+    data = example()
+    data["nodes"][0][key] = value
+    assert refused_key(data) == "nodes[0]." + key
+
+
+def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
+    data = example()
+    data["webhooks"] = {"allowed_hosts": ["Hooks.Example.test", "127.0.0.1", "::1"]}
+    assert parse_config(data).webhooks.allowed_hosts == ("hooks.example.test", "127.0.0.1", "::1")
