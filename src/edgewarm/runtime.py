@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket
@@ -266,7 +267,8 @@ async def _run_parts(
                     log_level="warning",
                     access_log=False,
                     lifespan="off",
-                    timeout_graceful_shutdown=int(config.engine.grace_seconds) or None,
+                    # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).
+                    timeout_graceful_shutdown=math.ceil(config.engine.grace_seconds),
                 )
             )
             tasks.append(

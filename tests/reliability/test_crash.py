@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ import pytest
 
 from edgewarm.client import Client
 from edgewarm.testing import Lab
-from edgewarm.testing.faults import FaultServer, Respond
+from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
 
 from .support import (
@@ -257,3 +258,22 @@ def test_a_started_service_used_as_a_context_manager_leaves_no_process(tmp_path:
             assert same.proc is not None and same.proc.pid == first, "a second process was started"
         assert service.proc.poll() is not None
     assert not Path(f"/proc/{first}").exists()
+
+
+def test_a_grace_below_a_second_bounds_the_stop_with_a_long_poll_open(tmp_path: Path) -> None:
+    """`grace_seconds = 0.5`, a node that answers in 30 s and a client long-polling the task: SIGTERM ends the
+    service within seconds, cleanly (before, any grace below 1 s let the API wait for every open request: the
+    long poll's 30 s)."""
+    with FaultServer(always(Respond(200, delay=30))) as node:
+        service = start_service(tmp_path, node_toml("n", node.url), extra="[engine]\ngrace_seconds = 0.5\n")
+        with service, Client(service.url, DEMO_USER, DEMO_SECRET, timeout=60) as client:
+            taskid = client.prefetch(["http://www.example.test/slow"])
+            with ThreadPoolExecutor(1) as pool:
+                polling = pool.submit(client.wait, taskid, timeout=30)
+                wait_until(lambda: len(node.requests) == 1, 10, "the warm reached the node")
+                started = time.monotonic()
+                code = service.stop(timeout=25)
+                took = time.monotonic() - started
+                with contextlib.suppress(Exception):
+                    polling.result(timeout=35)
+    assert code == 0 and took < 10, (code, took)
