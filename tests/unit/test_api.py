@@ -494,6 +494,19 @@ async def test_413_for_a_body_over_the_limit_by_content_length(api: Api) -> None
     assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
 
 
+async def test_a_reloaded_body_limit_applies_to_the_next_request(api: Api) -> None:
+    """A reload (the service given a new config) that raises max_body_bytes lets the next larger body in,
+    and one that lowers it refuses a body the old limit took (before: the limit of the start, always)."""
+    body = orjson.dumps({**creds(), "publish_urls": "x" * MAX_BODY})
+    api.service.config = make_config(max_body_bytes=4 * MAX_BODY)
+    response = await api.client.post("/api/prefetch", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200 and response.json()["status"] == 17  # read, then refused as a URL
+    api.service.config = make_config(max_body_bytes=64)
+    small = orjson.dumps({**creds(), "publish_urls": urls(1)})
+    response = await api.client.post("/api/prefetch", content=small, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
 async def test_413_for_a_chunked_body_over_the_limit(api: Api) -> None:
     """A chunked body (no Content-Length) that grows past max_body_bytes is HTTP 413."""
     sent: list[int] = []

@@ -65,5 +65,5 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"code": 2, "error": f"{where}: {first.get('msg')}"}, status_code=400)
 
     app.add_middleware(DirectRoutes, routes=app.router.routes)  # inside the body limit (added last: outermost)
-    app.add_middleware(BodySizeLimit, max_bytes=service.config.api.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=lambda: service.config.api.max_body_bytes)
     return app

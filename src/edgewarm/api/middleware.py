@@ -13,13 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Answer 413 to a body larger than `max_bytes`, whether Content-Length says so or the stream shows it.
+    """Answer 413 to a body larger than `max_bytes()` (read at each request: a reload may change it), whether
+    Content-Length says so or the stream shows it.
 
     The body is read here, bounded, and handed on whole: API bodies are small, and the app never sees a
     half-read oversized one.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
@@ -27,8 +28,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes()
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 await self._reject(send)
                 return
         chunks: list[bytes] = []
@@ -39,7 +41,7 @@ class BodySizeLimit:
                 return  # the client went away
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await self._reject(send)
                 return
             chunks.append(chunk)
