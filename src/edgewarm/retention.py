@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,15 +30,30 @@ async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> 
 
 
 async def run_retention(
-    store: TaskStore, settings: Callable[[], Retention], stopping: asyncio.Event, clock: Callable[[], float] = time.time
+    store: TaskStore,
+    settings: Callable[[], Retention],
+    stopping: asyncio.Event,
+    clock: Callable[[], float] = time.time,
+    reloaded: asyncio.Event | None = None,
 ) -> None:
-    """Every `interval_seconds` until `stopping` is set."""
+    """Every `interval_seconds` until `stopping` is set; at once when `reloaded` is set (new settings)."""
+    reloaded = reloaded or asyncio.Event()
     while not stopping.is_set():
+        reloaded.clear()
         try:
             removed = await purge_old_tasks(store, settings(), clock())
             if removed:
                 log.info("retention: removed %d finished tasks older than %s days", removed, settings().days)
         except StoreError as exc:
             log.error("retention round failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=settings().interval_seconds)
+        await first_of(settings().interval_seconds, stopping, reloaded)
+
+
+async def first_of(timeout: float, *events: asyncio.Event) -> None:
+    """Wait until one of `events` is set, or `timeout` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -26,7 +26,7 @@ from .config import FETCHER_KEYS, Config, load_config
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError
 from .metrics import Metrics
-from .retention import run_retention
+from .retention import first_of, run_retention
 from .service import Service
 from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
 from .webhooks import WebhookDeliverer
@@ -166,6 +166,7 @@ class _Live:
         self.fetcher_settings = config.engine  # what `fetcher` was opened with
         self.health = NodeHealth()  # the nodes held down, whichever fetcher asks them
         self.deliverer: WebhookDeliverer | None = None
+        self.reloaded = asyncio.Event()  # retention takes its new settings at once
         self.swaps: set[asyncio.Task[None]] = set()
         self._swapping = asyncio.Lock()
 
@@ -181,6 +182,7 @@ class _Live:
                 swap.add_done_callback(self.swaps.discard)
         if self.deliverer is not None:
             self.deliverer.config = config
+        self.reloaded.set()
 
     def _fetcher_changes(self) -> list[str]:
         return [k for k in FETCHER_KEYS if getattr(self.config.engine, k) != getattr(self.fetcher_settings, k)]
@@ -212,6 +214,19 @@ def _log_cautions(config: Config) -> None:
         log.warning("%s", caution)
 
 
+QUEUE_DEPTH_EVERY = 5.0  # a worker's /metrics (no API to ask the store at each scrape) counts this often
+
+
+async def _count_the_queue(store: TaskStore, metrics: Metrics, stopping: asyncio.Event) -> None:
+    """Keep `edgewarm_queue_depth` of a process without the API up to date, until `stopping`."""
+    while not stopping.is_set():
+        try:
+            metrics.queue_depth.set(await asyncio.wait_for(store.queue_depth(), QUEUE_DEPTH_EVERY))
+        except (TimeoutError, StoreError) as exc:
+            log.warning("counting the queue for /metrics failed: %s", exc or "no answer")
+        await first_of(QUEUE_DEPTH_EVERY, stopping)
+
+
 async def _run_parts(
     live: _Live,
     store: TaskStore,
@@ -241,7 +256,8 @@ async def _run_parts(
             tasks.append(asyncio.create_task(deliverer.run(stopping), name="edgewarm-webhooks"))
             tasks.append(
                 asyncio.create_task(
-                    run_retention(store, lambda: live.config.retention, stopping), name="edgewarm-retention"
+                    run_retention(store, lambda: live.config.retention, stopping, reloaded=live.reloaded),
+                    name="edgewarm-retention",
                 )
             )
             if not api and config.metrics_listen:
@@ -251,6 +267,9 @@ async def _run_parts(
                 except OSError as exc:
                     raise _cannot_listen(config.metrics_listen, exc) from None
                 stack.callback(server_thread.shutdown)
+                tasks.append(
+                    asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")
+                )
             if sole:
                 released = await store.release_all_leases(time.time())
                 if released:

@@ -25,7 +25,7 @@ import pytest
 from edgewarm.client import Client
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port
 
 from .support import (
     consistency,
@@ -277,3 +277,30 @@ def test_a_grace_below_a_second_bounds_the_stop_with_a_long_poll_open(tmp_path: 
                 with contextlib.suppress(Exception):
                     polling.result(timeout=35)
     assert code == 0 and took < 10, (code, took)
+
+
+def test_a_workers_metrics_count_the_queue(tmp_path: Path) -> None:
+    """`edgewarm worker` (no API of its own) serves /metrics on `metrics_listen`: its queue depth is the store's
+    (before, always 0: only the API's /metrics asked the store)."""
+    metrics_port = free_port()
+    with FaultServer(always(Respond(200, delay=30))) as node:
+        api = start_service(
+            tmp_path,
+            node_toml("n", node.url),
+            command="api",
+            extra=f'metrics_listen = "127.0.0.1:{metrics_port}"\n[engine]\ngrace_seconds = 0.5\n',
+        )
+        worker = ServiceProcess(api.config, command="worker", log=tmp_path / "worker.log")
+        with api, worker.start(), Client(api.url, DEMO_USER, DEMO_SECRET) as client:
+            worker.wait_for_log("edgewarm running")
+            client.prefetch([f"http://www.example.test/q/{i}" for i in range(50)])
+
+            def depth() -> float | None:
+                with contextlib.suppress(httpx.HTTPError):
+                    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+                    for line in text.splitlines():
+                        if line.startswith("edgewarm_queue_depth "):
+                            return float(line.split()[1])
+                return None
+
+            wait_until(lambda: depth() == 50, 15, "the worker's /metrics counted the 50 queued items")

@@ -68,3 +68,34 @@ def test_the_job_runs_a_round_at_once_and_ends_when_told() -> None:
             return gone
 
     assert asyncio.run(go()) is True
+
+
+def test_a_reload_runs_a_round_with_the_new_settings_at_once() -> None:
+    """A task ended 3 days ago stays under `days = 7`; a reload to `days = 1` removes it at once, not after the
+    hour-long interval of the old settings."""
+
+    async def go() -> tuple[bool, bool]:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            await store.create_task(task(1, now - 4 * DAY))
+            (claim,) = await store.claim_due_items("w", 10, now, 60)
+            await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 3 * DAY)
+            settings = Retention(days=7, interval_seconds=3600)
+            stopping, reloaded = asyncio.Event(), asyncio.Event()
+            job = asyncio.create_task(
+                run_retention(store, lambda: settings, stopping, clock=lambda: now, reloaded=reloaded)
+            )
+            await asyncio.sleep(0.2)
+            kept = await store.get_task(claim.task_id) is not None
+            settings = Retention(days=1, interval_seconds=3600)
+            reloaded.set()
+            for _ in range(100):
+                if await store.get_task(claim.task_id) is None:
+                    break
+                await asyncio.sleep(0.01)
+            gone = await store.get_task(claim.task_id) is None
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return kept, gone
+
+    assert asyncio.run(go()) == (True, True)
