@@ -11,8 +11,8 @@ edgewarm_items_finished_total{state}          items this process worked to their
 edgewarm_tasks_submitted_total{kind}          tasks accepted by this process's API
 edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed)
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
-edgewarm_queue_depth                          items pending or running in the store (at scrape; a worker: every 5 s; those waiting for
-                                              their shields not included)
+edgewarm_queue_depth                          items pending or running in the store (at scrape, a worker's every
+                                              5 s; those waiting for their shields not included)
 edgewarm_items_in_flight                      fetches running in this process
 edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed

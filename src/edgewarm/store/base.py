@@ -84,6 +84,19 @@ class ClaimScans:
         return claims
 
 
+def wrong_version(database: str, version: int) -> SchemaVersionError:
+    """The refusal to work on a database of another schema version, with what to do about it."""
+    if version > SCHEMA_VERSION:
+        return SchemaVersionError(
+            f"database {database} has schema version {version}, newer than this edgewarm's ({SCHEMA_VERSION}): "
+            "it was upgraded by a newer edgewarm; run that version (or a later one)"
+        )
+    return SchemaVersionError(
+        f"database {database} has schema version {version}, this edgewarm needs {SCHEMA_VERSION}: "
+        "run `edgewarm db upgrade --config FILE`"
+    )
+
+
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
     """The refusal to create edgewarm's schema in `database`, which already has tables of those names."""
     names = ", ".join(sorted(found))

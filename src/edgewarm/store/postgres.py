@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, SchemaVersionError, StoreError
+from ..errors import QuotaExceeded, StoreError
 from ..models import (
     CANCELLED,
     Claim,
@@ -41,7 +41,16 @@ from ..models import (
     TaskFilter,
 )
 from . import redacted
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, ClaimScans, ScanPoint, Window, claim_scan, tables_in_the_way
+from .base import (
+    SCHEMA_TABLES,
+    SCHEMA_VERSION,
+    ClaimScans,
+    ScanPoint,
+    Window,
+    claim_scan,
+    tables_in_the_way,
+    wrong_version,
+)
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 log = logging.getLogger("edgewarm.store")
@@ -383,10 +392,7 @@ class PostgresStore:
                 if version == 0:
                     await self.upgrade()
                 elif version != SCHEMA_VERSION:
-                    raise SchemaVersionError(
-                        f"database {self.safe_url} has schema version {version}, this edgewarm needs "
-                        f"{SCHEMA_VERSION}: run `edgewarm db upgrade --config FILE`"
-                    )
+                    raise wrong_version(self.safe_url, version)
         except BaseException:
             await self._close()
             raise
@@ -431,9 +437,7 @@ class PostgresStore:
                 async with conn.transaction():
                     version = await _schema_version(conn)
                     if version > SCHEMA_VERSION:
-                        raise SchemaVersionError(
-                            f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})"
-                        )
+                        raise wrong_version(self.safe_url, version)
                     if version == 0:
                         found = await conn.fetchval(
                             "SELECT array_agg(tablename::text) FROM pg_tables "

@@ -19,7 +19,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from ..errors import QuotaExceeded, SchemaVersionError, StoreError
+from ..errors import QuotaExceeded, StoreError
 from ..models import (
     CANCELLED,
     Claim,
@@ -33,7 +33,16 @@ from ..models import (
     TaskFilter,
 )
 from . import make_folder_of
-from .base import SCHEMA_TABLES, SCHEMA_VERSION, ClaimScans, ScanPoint, Window, claim_scan, tables_in_the_way
+from .base import (
+    SCHEMA_TABLES,
+    SCHEMA_VERSION,
+    ClaimScans,
+    ScanPoint,
+    Window,
+    claim_scan,
+    tables_in_the_way,
+    wrong_version,
+)
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
 
 T = TypeVar("T")
@@ -153,10 +162,7 @@ class SQLiteStore:
         if version == 0:
             self._upgrade()
         elif version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"database {self.path} has schema version {version}, this edgewarm needs {SCHEMA_VERSION}: "
-                "run `edgewarm db upgrade --config FILE`"
-            )
+            raise wrong_version(self.path, version)
 
     def _close(self) -> None:
         if self._db is not None:
@@ -190,7 +196,7 @@ class SQLiteStore:
         with _write_transaction(db):
             version = self._version()
             if version > SCHEMA_VERSION:
-                raise SchemaVersionError(f"schema version {version} is newer than this edgewarm ({SCHEMA_VERSION})")
+                raise wrong_version(self.path, version)
             if version == 0:
                 marks = ", ".join("?" * len(SCHEMA_TABLES))
                 sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
