@@ -8,12 +8,14 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from edgewarm import auth
 from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
 from .conftest import credentials_env
@@ -279,3 +281,31 @@ def test_a_sqlite_folder_that_cannot_be_made_is_one_clear_error_line(tmp_path: P
     assert result.returncode not in (0, None), output
     assert f"cannot make the folder {tmp_path}/afile/sub" in output, output
     assert "Traceback" not in output and "edgewarm running" not in output
+
+
+@pytest.mark.parametrize("command", ["submit", "refresh"])
+def test_waiting_on_a_service_that_goes_away_is_one_clear_error_line(tmp_path: Path, command: str) -> None:
+    """`submit --wait` (or `refresh --wait`) follows a task; the service stops meanwhile: a non-zero exit
+    and one line saying the server cannot be reached, no traceback (before: a ClientError traceback)."""
+    with FaultServer(always(Respond(200, delay=30))) as node:
+        nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
+        service = start_service(tmp_path, nodes, extra="[engine]\ngrace_seconds = 0.5\n")
+        with service:
+            follower = subprocess.Popen(
+                [EDGEWARM, command, "--wait", f"http://{DEFAULT_HOST}/gone.txt"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **credentials_env(service, tmp_path)},
+            )
+            try:
+                deadline = time.monotonic() + 15
+                while not node.requests and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert node.requests, "the task's request never reached the node"
+                service.stop()
+                out, err = follower.communicate(timeout=30)
+            finally:
+                follower.kill()
+    assert follower.returncode not in (0, None), out + err
+    assert "Traceback" not in err and err.strip().startswith("Error:") and len(err.strip().splitlines()) == 1, err

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -129,7 +129,15 @@ def send_in_calls(client: Client, calls: list[list[str]], send: Callable[[list[s
         for taskid in taskids:
             click.echo(taskid)
     if wait:
-        raise SystemExit(follow(client, taskids))
+        follow_to_the_end(client, taskids)
+
+
+def follow_to_the_end(client: Client, taskids: list[str], interval: float = 0.5) -> NoReturn:
+    """Follow the tasks until they end; exit 0 if all succeeded, 1 if not; a failed call is one error line."""
+    try:
+        raise SystemExit(follow(client, taskids, interval=interval))
+    except ClientError as exc:
+        raise fail(exc) from None
 
 
 def fail(exc: ClientError) -> click.ClickException:
@@ -215,10 +223,7 @@ def watch(
 ) -> None:
     """Live progress per task and per node, then a summary; exit 0 if all succeeded, 1 if not."""
     with make_client(server, username, secret, client_config) as client:
-        try:
-            raise SystemExit(follow(client, list(taskids), interval=interval))
-        except ClientError as exc:
-            raise fail(exc) from None
+        follow_to_the_end(client, list(taskids), interval)
 
 
 @main.command()
