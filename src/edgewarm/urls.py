@@ -89,6 +89,19 @@ def _authority(scheme: str, host: str, port: int | None) -> str:
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def spellings(target: TargetUrl) -> list[str]:
+    """The ways `target` may have been written that are one object to a cache (besides letter case): the host
+    with or without its final dot, the scheme's default port given or not."""
+    port = _DEFAULT_PORTS[target.scheme]
+    hosts = [target.host, target.host + "."]
+    authorities = (
+        [a for h in hosts for a in (h, f"{h}:{port}")]
+        if target.authority == target.host
+        else [target.authority, target.host + "." + target.authority[len(target.host) :]]
+    )
+    return [f"{target.scheme}://{a}{target.path_query}" for a in authorities]
+
+
 def has_controls(text: str) -> bool:
     """Whether `text` holds a control character (NUL, CR, LF, …): refused in any text a caller gives."""
     return _CONTROLS.search(text) is not None

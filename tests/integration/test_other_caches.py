@@ -143,10 +143,12 @@ def test_file_refresh_purges_on_squid_and_ats(service: ServiceProcess, lab: Lab)
 
 
 def test_dir_refresh_purges_each_known_url_under_the_prefix(service: ServiceProcess, lab: Lab) -> None:
-    """A dir refresh of /d/ (dir_purge "urls" for Squid and ATS) purges /d/a, /d/sub/b and nothing outside."""
-    inside = ["/d/a.bin", "/d/sub/b.bin"]
+    """A dir refresh of /d/ (dir_purge "urls" for Squid and ATS) purges /d/ itself (its index page; before,
+    it stayed cached), /d/a, /d/sub/b and nothing outside."""
+    inside = ["/d/", "/d/a.bin", "/d/sub/b.bin"]
     outside = ["/other/c.bin", "/dd/e.bin"]
-    for path in inside + outside:
+    lab.write_file("/d/index.html", b"the index of /d/")
+    for path in inside[1:] + outside:
         lab.write_file(path, path.encode() * 10)
     assert prefetch(service, inside + outside)["status"] == 0
 

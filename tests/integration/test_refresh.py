@@ -129,6 +129,26 @@ def test_a_warm_right_after_a_refresh_fetches_again_on_every_node(service: Servi
     assert set(states(lab, "/cs/e.txt").values()) == {"HIT"}
 
 
+def test_a_dir_refresh_reaches_urls_warmed_in_another_spelling_of_the_host(service: ServiceProcess, lab: Lab) -> None:
+    """Warmed as www.example.test./sp/a.txt (a final dot) and www.example.test:80/sp/b.txt (the default port):
+    one object each with www.example.test/sp/…, so a refresh of the directory www.example.test/sp/ purges
+    both on every node (before, the known URLs were looked up as typed: both stayed HIT while the task said
+    PURGED). A directory purge made of many requests reports no HTTP status of its own (it said 200)."""
+    for path in ("/sp/a.txt", "/sp/b.txt"):
+        lab.write_file(path, path.encode() * 10)
+    typed = [f"http://{DEFAULT_HOST}./sp/a.txt", f"http://{DEFAULT_HOST}:80/sp/b.txt"]
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        assert client.wait(client.prefetch(typed), timeout=60)["status"] == 0
+    for path in ("/sp/a.txt", "/sp/b.txt"):
+        assert set(states(lab, path).values()) == {"HIT"}, path
+    view = finish(service, refresh(service, [url_of("/sp/")], "dir"))
+    assert view["status"] == 0
+    for path in ("/sp/a.txt", "/sp/b.txt"):
+        assert set(states(lab, path).values()) == {"MISS"}, path
+    by_urls = [i for i in view["items"] if i["node"] != "varnish-1"]  # type: ignore[attr-defined]
+    assert by_urls and {(i["http_status"], i["cache_state"]) for i in by_urls} == {(None, "PURGED")}, by_urls
+
+
 def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:
     """prefetch with refresh=true after the origin changed: every node then serves the new body, from cache."""
     lab.write_file("/app.js", b"version 1")

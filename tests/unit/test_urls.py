@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.urls import TargetUrl, find_duplicate, parse_url, split_list
+from edgewarm.urls import TargetUrl, find_duplicate, parse_url, spellings, split_list
 
 # --- split_list -----------------------------------------------------------------------------------
 
@@ -240,3 +240,14 @@ def test_the_one_match_split_agrees_with_the_full_split(raw: str) -> None:
             return (exc.code, exc.message)
 
     assert outcome(_split.__wrapped__) == outcome(_split_any)
+
+
+def test_the_spellings_of_a_directory_are_those_a_cache_keys_as_one() -> None:
+    """A final dot on the host and the scheme's default port given or not; another port is kept."""
+    assert spellings(parse_url("http://A.test/d/")) == [
+        "http://a.test/d/",
+        "http://a.test:80/d/",
+        "http://a.test./d/",
+        "http://a.test.:80/d/",
+    ]
+    assert spellings(parse_url("https://a.test:8443/d/")) == ["https://a.test:8443/d/", "https://a.test.:8443/d/"]

@@ -10,7 +10,7 @@ from ..config import Node
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import purge
 from ..store import TaskStore
-from ..urls import TargetUrl, parse_url
+from ..urls import TargetUrl, parse_url, spellings
 from .fetcher import FetchResult, NodeClient
 from .outcome import purge_outcome, warm_outcome
 
@@ -61,10 +61,13 @@ async def _purge_dir(
     if request is not None:
         result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
         return purge.verdict(request, result.status, result.network_error), result, None
-    # No prefix purge on this node: purge every URL under the prefix that edgewarm has seen.
+    # No prefix purge on this node: purge the directory's own URL and every URL under it that edgewarm has
+    # seen, in any spelling of the directory.
     request = purge.url_purge(node)
-    known = _under(target, await store.known_urls(target.url, KNOWN_URLS_LIMIT))
+    seen = [url for prefix in spellings(target) for url in await store.known_urls(prefix, KNOWN_URLS_LIMIT)]
+    known = _under(target, [target.url, *seen])
     failures: list[tuple[purge.Verdict, FetchResult]] = []
+    purged = 0
     for start in range(0, len(known), 16):
         chunk = known[start : start + 16]
         results = await asyncio.gather(*(fetcher.request(request.method, node, t, request.headers) for t in chunk))
@@ -72,22 +75,23 @@ async def _purge_dir(
             verdict = purge.verdict(request, result.status, result.network_error)
             if verdict not in _DONE:
                 failures.append((verdict, result))
-    summary = f"purged {len(known) - len(failures)} of {len(known)} known URLs under the prefix one by one"
-    if not failures:
-        return purge.Verdict.PURGED, FetchResult(200), summary
+            purged += verdict is purge.Verdict.PURGED
+    summary = f"purged {len(known) - len(failures)} of {len(known)} URLs (the directory's and those known under it)"
+    if not failures:  # no single answer stands for them all: no HTTP status
+        return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
     verdict, result = (retry or failures)[0]
     return verdict, result, summary
 
 
 def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
-    """Of `urls`, one per cache key under `directory`'s (a cache keys the host in any case as one): the
-    objects a purge of the directory must reach, the directory itself left out."""
+    """Of `urls`, one per cache key at or under `directory`'s (a cache keys the host in any case as one): the
+    objects a purge of the directory must reach."""
     prefix = directory.cache_key
     found: dict[str, TargetUrl] = {}
     for url in urls:
         target = parse_url(url)
         key = target.cache_key
-        if key.startswith(prefix) and key != prefix:
+        if key.startswith(prefix):
             found.setdefault(key, target)
     return list(found.values())
