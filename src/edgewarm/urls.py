@@ -58,15 +58,21 @@ def _illegal(raw: str, reason: str) -> RequestRefused:
 
 
 def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
-    """Check one URL; raise RequestRefused(ILLEGAL_URL) with the reason."""
+    """Check one URL a caller gives; raise RequestRefused(ILLEGAL_URL) with the reason. Not cached: a call
+    refused for another reason (a domain not the caller's, say) leaves nothing behind."""
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
     return _split(raw)
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)
+def stored_target(url: str) -> TargetUrl:
+    """A URL of a stored task (checked when it was submitted), split for a warm: cached, since the engine
+    splits each URL again on every node it warms it on."""
+    return _split(url)
+
+
 def _split(raw: str) -> TargetUrl:
-    """Cached: the engine splits each URL again on every node it warms it on (refusals are not cached)."""
     plain = _PLAIN.match(raw)
     if plain is not None:
         scheme, host, port, path_query = plain.groups()

@@ -10,7 +10,7 @@ from ..config import Node
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import purge
 from ..store import TaskStore
-from ..urls import TargetUrl, parse_url, spellings
+from ..urls import TargetUrl, parse_url, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
 from .outcome import purge_outcome, warm_outcome
 
@@ -23,7 +23,7 @@ async def perform(
     claim: Claim, node: Node, attempt: int, fetcher: NodeClient, store: TaskStore, settings: Settings, now: float
 ) -> ItemOutcome:
     """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time)."""
-    target = parse_url(claim.url)
+    target = stored_target(claim.url)
     if claim.action is ItemAction.WARM:
         return await _warm(claim, node, target, attempt, fetcher, settings, now)
     try:
