@@ -277,7 +277,13 @@ async def _run_parts(
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         server: _Server | None = None
         if api:
-            service = live.service = Service(config, store, on_submit=worker.wake if worker else None, metrics=metrics)
+            service = live.service = Service(
+                config,
+                store,
+                on_submit=worker.wake if worker else None,
+                on_cancel=worker.cancelled if worker else None,
+                metrics=metrics,
+            )
             server = _Server(
                 uvicorn.Config(
                     create_app(service),

@@ -58,6 +58,7 @@ class Service:
         *,
         clock: Callable[[], float] = time.time,
         on_submit: Callable[[], None] | None = None,
+        on_cancel: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
@@ -65,6 +66,7 @@ class Service:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._on_submit = on_submit
+        self._on_cancel = on_cancel  # this process's engine, told at once (others learn it from the store)
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
@@ -232,6 +234,8 @@ class Service:
             raise TaskNotFound()
         if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
+        if self._on_cancel is not None:
+            self._on_cancel(task.id)
         return cancelled
 
     async def wait(self, user: User, raw_task_id: str, timeout: float) -> Task:

@@ -714,6 +714,16 @@ class TestTaskViews:
         assert (done.status, done.succeeded, done.failed, done.finished_at) == (TaskStatus.FAILED, 1, 5, NOW + 2)
         assert done.reason == "cancelled"
 
+    async def test_the_cancelled_among_some_tasks_are_named(self, store: TaskStore) -> None:
+        """`cancelled_tasks`: of the ids given, those cancelled; unknown ids and other tasks are not."""
+        tasks = [make_task(1) for _ in range(3)]
+        for task in tasks:
+            await store.create_task(task)
+        await store.cancel_task(tasks[1].id, "alice", NOW + 1)
+        asked = [t.id for t in tasks] + [str(uuid.uuid4())]
+        assert await store.cancelled_tasks(asked) == {tasks[1].id}
+        assert await store.cancelled_tasks([]) == set()
+
     async def test_cancel_with_nothing_running_ends_the_task_at_once(self, store: TaskStore) -> None:
         """A cancelled task with no item running is failed and finished at the time of the cancel."""
         task = make_task(2)

@@ -297,7 +297,8 @@ async def engine_rig(
     async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
         worker = Engine(config, store, fetcher, sole=sole)
         runner = asyncio.create_task(worker.run())
-        rig = Rig(config, store, Service(config, store, on_submit=worker.wake), worker, runner)
+        service = Service(config, store, on_submit=worker.wake, on_cancel=worker.cancelled)
+        rig = Rig(config, store, service, worker, runner)
         try:
             yield rig
         finally:

@@ -34,7 +34,7 @@ from edgewarm.testing.faults import (
     unanswered,
 )
 
-from .support import FAST_ENGINE, base_config, engine_rig
+from .support import FAST_ENGINE, USER, base_config, engine_rig
 
 pytestmark = pytest.mark.anyio
 
@@ -436,6 +436,30 @@ async def test_an_engine_that_may_not_see_every_purge_or_is_told_so_shares_no_wa
                 task, _items = await rig.wait(await rig.submit([URL]), 20)
                 assert task.status is TaskStatus.SUCCEEDED
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["by-this-process", "by-another-process"])
+async def test_a_cancelled_tasks_items_in_hand_are_not_sent(told: bool) -> None:
+    """A slow node (0.3 s an answer, 2 at a time) and 100 URLs: the engine holds 16 claimed items. Cancelled
+    through this process's API, or in the store by another process (learnt within CANCEL_CHECK_SECONDS), the
+    items in hand not yet started are not sent: the node gets the 2 in flight and at most the few started
+    before the engine learnt it (before, every item in hand was sent: 14 more)."""
+    with FaultServer(always(Respond(200, body=b"ok", delay=0.3))) as node:
+        async with engine_rig(one_node(node), {"concurrency": 8, "per_node_concurrency": 2}) as rig:
+            taskid = await rig.submit([f"http://www.example.test/c/{i}" for i in range(100)])
+            await rig.items_when(taskid, lambda items: sum(i.state is ItemState.RUNNING for i in items) >= 16)
+            if told:
+                user = rig.config.user(USER)
+                assert user is not None
+                await rig.service.cancel(user, taskid)
+            else:
+                await rig.store.cancel_task(taskid, USER, time.time())
+            sent = len(node.requests)
+            task, items = await rig.wait(taskid, 20)
+    after = len(node.requests) - sent
+    assert task.status is TaskStatus.FAILED and task.reason == "cancelled"
+    assert after <= (2 if told else 8), after
+    assert sum(i.error == "cancelled" for i in items) >= 100 - sent - after
 
 
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:

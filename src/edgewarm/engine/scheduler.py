@@ -22,7 +22,7 @@ from dataclasses import replace
 from ..config import Config, Node
 from ..errors import StoreError
 from ..metrics import Metrics
-from ..models import Claim, ItemAction, ItemOutcome, Task
+from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task
 from ..store import TaskStore
 from .actions import perform
 from .coalesce import Coalescer
@@ -38,6 +38,7 @@ Clock = Callable[[], float]
 # while the store answers the next claim (which may queue behind submissions). Measured: with 1x, about 40 %
 # of the worker slots waited for claims on S1 and 2x halved that (docs/benchmarks.md, session 3).
 CLAIM_AHEAD = 2
+CANCEL_CHECK_SECONDS = 1.0  # how often the engine asks the store which of its tasks in hand were cancelled
 
 
 class _NodeLane:
@@ -86,6 +87,7 @@ class Engine:
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
+        self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._idle = asyncio.Event()  # set when nothing is in hand
@@ -141,6 +143,7 @@ class Engine:
     async def _run(self) -> None:
         writer = asyncio.create_task(self._write_outcomes(), name=f"edgewarm-writer-{self.worker_id}")
         renewer = asyncio.create_task(self._renew_leases(), name=f"edgewarm-lease-renewer-{self.worker_id}")
+        cancels = asyncio.create_task(self._watch_cancels(), name=f"edgewarm-cancels-{self.worker_id}")
         try:
             await self._dispatch()
             await self._drain()
@@ -151,9 +154,10 @@ class Engine:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             renewer.cancel()
+            cancels.cancel()
             await self._outcomes.join()
             writer.cancel()
-            await asyncio.gather(writer, renewer, return_exceptions=True)
+            await asyncio.gather(writer, renewer, cancels, return_exceptions=True)
             if self._leased:
                 await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
                 log.info("released %d unfinished items", len(self._leased))
@@ -251,7 +255,7 @@ class Engine:
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
-            self._outcomes.put_nowait(_not_configured(claim))
+            self._outcomes.put_nowait(_unsent(claim))
             return
         if claim.attempts >= self.settings.max_attempts:
             reason = f"gave up after {claim.attempts} attempts (a worker died holding it)"
@@ -293,8 +297,8 @@ class Engine:
             if self._stopping.is_set():
                 self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
-            if lane.removed:
-                self._outcomes.put_nowait(_not_configured(claim))
+            if lane.removed or claim.task_id in self._cancelled:
+                self._outcomes.put_nowait(_unsent(claim, CANCELLED if not lane.removed else None))
                 self._done_with(claim, lane)
                 continue
             attempt = claim.attempts + 1
@@ -425,6 +429,24 @@ class Engine:
             if self.on_task_finished is not None:
                 self.on_task_finished(task)
 
+    def cancelled(self, task_id: str) -> None:
+        """`task_id` was cancelled (by this process's API): its items in hand are not sent."""
+        if any(claim.task_id == task_id for claim in self._in_hand.values()):
+            self._cancelled.add(task_id)
+
+    async def _watch_cancels(self) -> None:
+        """Learn, every CANCEL_CHECK_SECONDS, which tasks of the items in hand were cancelled (by any process):
+        their items not yet started are not sent (a cancel stops only the items that wait in the store)."""
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            in_hand = {claim.task_id for claim in self._in_hand.values()}
+            self._cancelled &= in_hand
+            if unknown := in_hand - self._cancelled:
+                try:
+                    self._cancelled |= await self.store.cancelled_tasks(sorted(unknown))
+                except StoreError as exc:
+                    log.error("looking for cancelled tasks failed: %s", exc)
+
     async def _renew_leases(self) -> None:
         while True:
             s = self.settings
@@ -436,6 +458,6 @@ class Engine:
                     log.error("renewing leases failed: %s", exc)
 
 
-def _not_configured(claim: Claim) -> ItemOutcome:
-    """The outcome of a claim whose node the config no longer has: failed, unsent."""
-    return ItemOutcome(claim.item_id, False, claim.attempts, error=f"node {claim.node!r} is not configured")
+def _unsent(claim: Claim, why: str | None = None) -> ItemOutcome:
+    """The outcome of a claim not sent: its task was cancelled (`why`), or its node is no longer configured."""
+    return ItemOutcome(claim.item_id, False, claim.attempts, error=why or f"node {claim.node!r} is not configured")

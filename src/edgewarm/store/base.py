@@ -153,6 +153,10 @@ class TaskStore(Protocol):
         failed with reason "cancelled" (at once when nothing runs). None when not found or not the user's."""
         ...
 
+    async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of `task_ids` that were cancelled (the engine sends none of their items it still holds)."""
+        ...
+
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]: ...
 
     async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:

@@ -731,6 +731,13 @@ class PostgresStore:
             )
         return [r[0] for r in rows]
 
+    async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM tasks WHERE id = ANY($1::text[]) AND reason = $2", list(task_ids), CANCELLED
+            )
+        return {row[0] for row in rows}
+
     async def queue_depth(self) -> int:
         async with self._connection() as conn:
             depth = await conn.fetchval("SELECT count(*) FROM items WHERE state IN ('pending', 'running')")

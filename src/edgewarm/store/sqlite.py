@@ -355,6 +355,13 @@ class SQLiteStore:
 
         return await self._run(cancel)
 
+    async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:
+        def cancelled() -> set[str]:
+            sql = "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ?"
+            return {row[0] for row in self.db.execute(sql, (_json(list(task_ids)), CANCELLED))}
+
+        return await self._run(cancelled)
+
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         def items() -> list[Item]:
             return [item_from_row(r) for r in self.db.execute(_ITEMS_PAGE, (task_id, limit, offset))]
