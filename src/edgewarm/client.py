@@ -46,7 +46,7 @@ class _Call:
     parse: Callable[[httpx.Response], Any]
     json: dict[str, Any] | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[bytes, bytes] = field(default_factory=dict)
     timeout: float | None = None
 
 
@@ -92,8 +92,9 @@ class _Calls:
     def _body(self, **fields: Any) -> dict[str, Any]:
         return {"username": self.username, "signature": self.signature(), **fields}
 
-    def _auth(self) -> dict[str, str]:
-        return {"X-Edgewarm-Username": self.username, "X-Edgewarm-Signature": self.signature()}
+    def _auth(self) -> dict[bytes, bytes]:
+        # In UTF-8: a non-ASCII username (a JD username may be one) is no str header httpx can send.
+        return {b"X-Edgewarm-Username": self.username.encode(), b"X-Edgewarm-Signature": self.signature().encode()}
 
     @staticmethod
     def _extensions(refresh: bool, callback_url: str | None, idempotency_key: str | None) -> dict[str, Any]:

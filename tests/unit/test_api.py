@@ -21,6 +21,7 @@ import pytest
 from edgewarm.api import create_app
 from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
+from edgewarm.client import AsyncClient
 from edgewarm.config import Config, parse_config
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -825,3 +826,16 @@ async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: py
     assert (await api.client.get("/metrics")).status_code == 200
     assert time.monotonic() - started < 5
     release.set()
+
+
+async def test_a_non_ascii_username_uses_the_native_api_through_the_client() -> None:
+    """A JD username may be non-ASCII (用户): the client sends it in UTF-8 and the native API reads it so
+    (before: 401 for the UTF-8 bytes, and the client raised UnicodeEncodeError before sending)."""
+    data = dict(BASE_CONFIG)
+    data["users"] = [*BASE_CONFIG["users"], {"name": "用户", "secret": "s3", "domains": ["www.example.test"]}]
+    async with running(parse_config(data), clock=time.time) as api:
+        client = AsyncClient("http://edgewarm.test", "用户", "s3")
+        client._http = api.client
+        taskid = await client.prefetch(["http://www.example.test/u.txt"])
+        assert (await client.task(taskid))["total"] == NODES
+        assert (await client.quota())["urls"] == {"used": 1, "limit": 2000, "left": 1999}

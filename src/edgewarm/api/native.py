@@ -99,6 +99,15 @@ CANCEL_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def header_text(value: str) -> str:
+    """A header's text as sent in UTF-8 (a non-ASCII JD username, say): the server reads header bytes as
+    Latin-1, so they are read again; a value that is not UTF-8 stays as read."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def plain_filter(url: str | None) -> str | None:
     """The `url` filter of a task list, refused when it holds a control character (no URL of a task does)."""
     if url and has_controls(url):
@@ -133,7 +142,7 @@ def native_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["native"])
 
     def user_of(username: str, signature: str) -> User:
-        return service.authenticate(Credentials(username.strip(), signature.strip()))
+        return service.authenticate(Credentials(header_text(username).strip(), signature.strip()))
 
     async def full_view(task: Task, offset: int, limit: int) -> dict[str, object]:
         """The task as of one moment: its row (counters, progress) read with its items' counts and page."""
