@@ -175,17 +175,24 @@ WITH due AS (
 )
 {_TAKE}"""
 # A window of a claim that skips the nodes in $2: of the $3 due items after (due_at, id) ($4, $5), the first
-# $6 but those of the skipped nodes (found without locking: locking the scanned rows of the skipped nodes would
-# keep other claimers off them); how many were scanned and the last of them. Then the candidates are locked if
+# $6 but those of the skipped nodes, read lazily (it stops once $6 are found) and without locking (locking the
+# scanned rows of the skipped nodes would keep other claimers off them). Then the candidates are locked if
 # still due, and leased.
 _WINDOW = """
+SELECT array_agg(id) FROM (
+    SELECT id FROM (
+        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
+        AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
+    ) AS scanned WHERE node <> ALL($2::text[]) LIMIT $6
+) AS candidate
+"""
+# Of that window ($1 now, after ($2, $3), $4 items): how many items it holds and the last of them.
+_WINDOW_END = """
 WITH scanned AS MATERIALIZED (
-    SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
-    AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
+    SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
+    AND (due_at, id) > ($2, $3) ORDER BY due_at, id LIMIT $4
 )
-SELECT (SELECT array_agg(id) FROM (SELECT id FROM scanned WHERE node <> ALL($2::text[]) ORDER BY due_at, id
-        LIMIT $6) AS candidate),
-    (SELECT count(*) FROM scanned), last.due_at, last.id
+SELECT (SELECT count(*) FROM scanned), last.due_at, last.id
 FROM (SELECT 1) AS one LEFT JOIN (SELECT due_at, id FROM scanned ORDER BY due_at DESC, id DESC LIMIT 1) AS last
 ON true
 """
@@ -612,13 +619,16 @@ class PostgresStore:
         async def window(want: int, after: ScanPoint) -> Window:
             async with self._connection() as conn:
                 scan = claim_scan(want, skip_nodes)
-                row = await conn.fetchrow(_WINDOW, now, skip, scan, *after, want)
-                assert row is not None  # one row, always
-                candidates, scanned, due, item = row
+                candidates = await conn.fetchval(_WINDOW, now, skip, scan, *after, want) or []
+                scanned, last = scan, None  # found before the window's end (its rest unread: the usual case)
+                if len(candidates) < want:  # short: where the whole window ended
+                    row = await conn.fetchrow(_WINDOW_END, now, *after, scan)
+                    assert row is not None  # one row, always
+                    scanned, last = row[0], None if row[2] is None else (row[1], row[2])
                 claims = []
                 if candidates:
                     claims = _claims(await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now))
-            return Window(claims, scanned, None if item is None else (due, item))
+            return Window(claims, scanned, last)
 
         return await self._scans.claim(worker, limit, skip_nodes, window)
 

@@ -401,8 +401,13 @@ class SQLiteStore:
         def claim_window(want: int, after: ScanPoint) -> Window:
             scan = claim_scan(want, skip_nodes)
             with _write_transaction(self.db):
-                found, scanned, due, item = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after)).fetchone()
-                return Window(lease(_from_json(found)), scanned, None if item is None else (due, item))
+                (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after)).fetchone()
+                rows = _from_json(found)
+                if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
+                    return Window(lease(rows), scan, None)
+                # Short: the whole window was read; where it ended, read before the leases move the items.
+                scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan)).fetchone()
+                return Window(lease(rows), scanned, None if item is None else (due, item))
 
         async def window(want: int, after: ScanPoint) -> Window:  # each its own step: others are answered between
             return await self._run(functools.partial(claim_window, want, after))
@@ -549,13 +554,17 @@ _DUE_ITEMS = (
     "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
 )
 # A window of a claim that skips nodes: of the ?4 due items after (due_at, id) (?5, ?6), the first ?2 but
-# those of the nodes in ?3 (a JSON array); how many were scanned and the last of them.
+# those of the nodes in ?3 (a JSON array). Read lazily: it stops once ?2 are found.
 _DUE_WINDOW = (
-    "WITH w AS MATERIALIZED (SELECT id, task_id, url, node, action, attempts, state, due_at FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at <= ?1 AND (due_at, id) > (?5, ?6) "
-    "ORDER BY due_at, id LIMIT ?4) "
-    f"SELECT (SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM w WHERE node NOT IN (SELECT value FROM json_each(?3)) "
-    "LIMIT ?2)), (SELECT count(*) FROM w), last.due_at, last.id "
+    f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state "
+    "FROM items WHERE state IN ('pending', 'running') AND due_at <= ?1 AND (due_at, id) > (?5, ?6) "
+    "ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2)"
+)
+# Of that window (?1 now, after (?2, ?3), ?4 items): how many items it holds and the last of them.
+_WINDOW_END = (
+    "WITH w AS MATERIALIZED (SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND due_at <= ?1 "
+    "AND (due_at, id) > (?2, ?3) ORDER BY due_at, id LIMIT ?4) "
+    "SELECT (SELECT count(*) FROM w), last.due_at, last.id "
     "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
 )
 _LEASE_ITEMS = (
