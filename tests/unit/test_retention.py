@@ -7,7 +7,7 @@ import asyncio
 from edgewarm.config import Retention
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.retention import purge_old_tasks, run_retention
-from edgewarm.store import open_store
+from edgewarm.store import TaskStore, open_store
 
 DAY = 86_400.0
 
@@ -22,6 +22,15 @@ def task(n: int, created_at: float) -> NewTask:
         (item,),
         QuotaCharge("20260101", 1, 0, 10**9, 50),
     )
+
+
+async def removed_soon(store: TaskStore, task_id: str) -> bool:
+    """Whether the task is removed within a second."""
+    for _ in range(100):
+        if await store.get_task(task_id) is None:
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def test_a_round_removes_old_finished_tasks_in_batches_and_keeps_the_rest() -> None:
@@ -58,11 +67,7 @@ def test_the_job_runs_a_round_at_once_and_ends_when_told() -> None:
             await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
             stopping = asyncio.Event()
             job = asyncio.create_task(run_retention(store, lambda: Retention(days=7), stopping, clock=lambda: now))
-            for _ in range(100):
-                if await store.get_task(claim.task_id) is None:
-                    break
-                await asyncio.sleep(0.01)
-            gone = await store.get_task(claim.task_id) is None
+            gone = await removed_soon(store, claim.task_id)
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return gone
@@ -89,11 +94,7 @@ def test_a_reload_runs_a_round_with_the_new_settings_at_once() -> None:
             kept = await store.get_task(claim.task_id) is not None
             settings = Retention(days=1, interval_seconds=3600)
             reloaded.set()
-            for _ in range(100):
-                if await store.get_task(claim.task_id) is None:
-                    break
-                await asyncio.sleep(0.01)
-            gone = await store.get_task(claim.task_id) is None
+            gone = await removed_soon(store, claim.task_id)
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return kept, gone
