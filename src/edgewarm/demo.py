@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -16,8 +17,21 @@ from .testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, 
 
 
 def run_demo(urls: int = 200, size: int = 64 * 1024, keep: bool = False, console: Console | None = None) -> bool:
-    """Run the demonstration; True when every URL ended warm on every node."""
-    out = console or Console()
+    """Run the demonstration; True when every URL ended warm on every node. SIGTERM and SIGHUP stop it as
+    Ctrl-C does: everything it started is stopped and its folder removed."""
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run_demo(urls, size, keep, console or Console())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_demo(urls: int, size: int, keep: bool, out: Console) -> bool:
     with tempfile.TemporaryDirectory(prefix="edgewarm-demo-") as folder:
         root = Path(folder)
         with Lab(root / "lab", edges=2, shield=True) as lab:

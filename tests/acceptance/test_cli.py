@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -309,3 +310,39 @@ def test_waiting_on_a_service_that_goes_away_is_one_clear_error_line(tmp_path: P
                 follower.kill()
     assert follower.returncode not in (0, None), out + err
     assert "Traceback" not in err and err.strip().startswith("Error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
+    """`edgewarm demo --keep` ended by SIGTERM (a plain kill, a supervisor) as by Ctrl-C: its service and
+    fleet stop and its folder goes (before, only Ctrl-C did that: SIGTERM left all of it running)."""
+    env = {**os.environ, "COLUMNS": "400"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgewarm", "demo", "--urls", "10", "--keep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # bounded: the demo prints a few dozen lines before it waits
+            lines.append(line)
+            if "Still serving" in line or len(lines) > 500:
+                break
+        out = "".join(lines)
+        assert "Still serving" in out, out
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    listening = re.search(r"listening on \S+ \(PID (\d+)\)", out)
+    folder = re.search(r"config\S*: (\S+)/edgewarm\.toml", out)
+    assert listening is not None and folder is not None, out
+    assert not Path(f"/proc/{listening.group(1)}").exists()
+    assert not Path(folder.group(1)).exists()
+    ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", out.split("config")[0])]
+    assert len(ports) == 4
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
