@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -110,14 +111,14 @@ class _Calls:
     def _prefetch(
         self, urls: Sequence[str], refresh: bool, callback_url: str | None, idempotency_key: str | None
     ) -> _Call:
-        body = self._body(publish_urls=list(urls), **self._extensions(refresh, callback_url, idempotency_key))
+        body = self._body(publish_urls=_listed(urls), **self._extensions(refresh, callback_url, idempotency_key))
         return _Call("POST", "/api/prefetch", lambda r: str(_jd(r)["taskid"]), json=body)
 
     def _refresh(
         self, entries: Sequence[str], directories: bool, callback_url: str | None, idempotency_key: str | None
     ) -> _Call:
         body = self._body(
-            instances=list(entries),
+            instances=_listed(entries),
             type="dir" if directories else "file",
             **self._extensions(False, callback_url, idempotency_key),
         )
@@ -129,17 +130,17 @@ class _Calls:
 
     def _task(self, taskid: str, offset: int, limit: int) -> _Call:
         params = {"offset": offset, "limit": limit}
-        return _Call("GET", f"/v1/tasks/{taskid}", _native, params=params, headers=self._auth())
+        return _Call("GET", _task_path(taskid), _native, params=params, headers=self._auth())
 
     def _tasks(self, filters: dict[str, Any]) -> _Call:
         params = {k: v for k, v in filters.items() if v is not None}
         return _Call("GET", "/v1/tasks", _native, params=params, headers=self._auth())
 
     def _lookup(self, taskids: Sequence[str]) -> _Call:
-        return _Call("POST", "/v1/tasks/lookup", _native, json={"taskids": list(taskids)}, headers=self._auth())
+        return _Call("POST", "/v1/tasks/lookup", _native, json={"taskids": _listed(taskids)}, headers=self._auth())
 
     def _cancel(self, taskid: str) -> _Call:
-        return _Call("POST", f"/v1/tasks/{taskid}/cancel", _native, headers=self._auth())
+        return _Call("POST", _task_path(taskid, "/cancel"), _native, headers=self._auth())
 
     def _quota(self) -> _Call:
         return _Call("GET", "/v1/quota", _native, headers=self._auth())
@@ -147,12 +148,28 @@ class _Calls:
     def _wait_once(self, taskid: str, seconds: float) -> _Call:
         params = {"timeout": seconds}
         return _Call(
-            "GET", f"/v1/tasks/{taskid}/wait", _native, params=params, headers=self._auth(), timeout=seconds + 10
+            "GET", _task_path(taskid, "/wait"), _native, params=params, headers=self._auth(), timeout=seconds + 10
         )
 
 
-def _transport_error(exc: httpx.HTTPError) -> ClientError:
-    return ClientError(JdCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+def _listed(values: Sequence[str]) -> list[str]:
+    """A list of URLs or task ids; one string is one of them (not its characters)."""
+    return [values] if isinstance(values, str) else list(values)
+
+
+def _task_path(taskid: str, then: str = "") -> str:
+    """The native path of a task: the id stripped (a line read from a file may end in CR) and escaped (an id
+    such as `../quota` names no other route); an empty one is refused here."""
+    text = taskid.strip()
+    if not text:
+        raise ClientError(JdCode.TASKID_EMPTY, "the task id is empty")
+    return f"/v1/tasks/{quote(text, safe='')}{then}"
+
+
+def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> ClientError:
+    """No answer (the server not reached, the connection broken, a URL httpx cannot send): code -1, naming the
+    server."""
+    return ClientError(JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}")
 
 
 class Client(_Calls):
@@ -181,8 +198,8 @@ class Client(_Calls):
                 headers=call.headers,
                 timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
             )
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(exc, self.base_url) from None
         return call.parse(response)
 
     def prefetch(
@@ -265,8 +282,8 @@ class AsyncClient(_Calls):
                 headers=call.headers,
                 timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
             )
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(exc, self.base_url) from None
         return call.parse(response)
 
     async def prefetch(

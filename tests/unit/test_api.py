@@ -21,7 +21,7 @@ import pytest
 from edgewarm.api import create_app
 from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
-from edgewarm.client import AsyncClient
+from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -839,3 +839,26 @@ async def test_a_non_ascii_username_uses_the_native_api_through_the_client() -> 
         taskid = await client.prefetch(["http://www.example.test/u.txt"])
         assert (await client.task(taskid))["total"] == NODES
         assert (await client.quota())["urls"] == {"used": 1, "limit": 2000, "left": 1999}
+
+
+async def test_the_client_sends_task_ids_and_url_lists_as_given_and_names_a_server_it_cannot_reach() -> None:
+    """A task id read from a CRLF file works; `../quota` names no other route (before: the quota came back
+    as a task); an empty one is refused before sending; one URL given as a string is one URL (before: its
+    characters); a server that is not there is named, with no JD code (before: "httpx.InvalidURL" raised for a
+    CR, and the address left out)."""
+    async with running(make_config(), clock=time.time) as api:
+        client = AsyncClient("http://edgewarm.test", USER, SECRET)
+        client._http = api.client
+        taskid = await client.prefetch("http://www.example.test/one.txt")  # type: ignore[arg-type]
+        assert (await client.task(taskid + "\r"))["total"] == NODES
+        assert (await client.lookup(taskid))["tasks"][0]["taskid"] == taskid  # type: ignore[arg-type]
+        with pytest.raises(ClientError) as other_route:
+            await client.task("../quota")
+        assert other_route.value.http_status == 404
+        with pytest.raises(ClientError) as empty:
+            await client.cancel(" ")
+        assert empty.value.code == 11
+    async with AsyncClient("http://127.0.0.1:9", USER, SECRET, timeout=2) as nowhere:
+        with pytest.raises(ClientError) as unreachable:
+            await nowhere.quota()
+    assert unreachable.value.message.startswith("no answer from http://127.0.0.1:9: ConnectError")

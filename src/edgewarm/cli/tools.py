@@ -19,6 +19,7 @@ import click
 
 from .. import auth
 from ..client import Client, ClientError
+from ..errors import JdCode
 from .main import main
 from .watch import follow
 
@@ -141,6 +142,8 @@ def follow_to_the_end(client: Client, taskids: list[str], interval: float = 0.5)
 
 
 def fail(exc: ClientError) -> click.ClickException:
+    if exc.http_status is None and exc.code == JdCode.INTERNAL:  # no answer: no JD code to name
+        return click.ClickException(exc.message)
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
 
 
