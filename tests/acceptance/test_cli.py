@@ -102,6 +102,9 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     taskid = submitted.stdout.split()[0]
     listed = json.loads(run(["tasks", "--json", "--url", "listme-unique"], env).stdout)
     assert [t["taskid"] for t in listed["tasks"]] == [taskid]
+    # The table, 80 columns wide into a pipe: the id whole, to copy for `watch` (it was cut to "e481a9…").
+    table = run(["tasks", "--url", "listme-unique"], {**env, "COLUMNS": "80"}).stdout
+    assert taskid in table and max(len(line) for line in table.splitlines()) <= 80, table
 
 
 def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) -> None:

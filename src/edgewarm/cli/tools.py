@@ -273,7 +273,7 @@ def tasks(
 ) -> None:
     """List your tasks, newest first."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     with make_client(server, username, secret, client_config) as client:
         try:
@@ -285,7 +285,10 @@ def tasks(
     if as_json:
         click.echo(json.dumps(found, ensure_ascii=False))
         return
-    table = Table("taskid", "kind", "status", "created", "total", "succeeded", "failed", "duration")
+    # The id whole on any width (it is what `watch` and `cancel` take); the other columns fold.
+    table = Table(Column("taskid", min_width=36, no_wrap=True))
+    for name in ("kind", "status", "created", "total", "succeeded", "failed", "duration"):
+        table.add_column(name, overflow="fold")
     for t in found["tasks"]:
         table.add_row(
             t["taskid"],
