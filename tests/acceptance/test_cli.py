@@ -349,3 +349,26 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
     for port in ports:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_path: Path) -> None:
+    """check-config PATH, --config PATH and EDGEWARM_CONFIG name the same file (before, only PATH); settings
+    that keep a feature from working are warned of, as `serve` logs them."""
+    config = write_config(
+        tmp_path / "edgewarm.toml",
+        store=f"sqlite:///{tmp_path}/e.db",
+        nodes_toml=NOWHERE_NODES,
+        port=free_port(),
+        extra="[engine]\nconnect_timeout = 5.0\nread_timeout = 5.0\n",
+    )
+    answers = [
+        run(["check-config", str(config)], {}),
+        run(["check-config", "--config", str(config)], {}),
+        run(["check-config"], {"EDGEWARM_CONFIG": str(config)}),
+    ]
+    for answer in answers:
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.startswith(f"{config}: OK (1 users, 1 nodes"), answer.stdout
+        assert "warning: [engine] connect_timeout (5 s) is not below read_timeout" in answer.stderr
+    missing = run(["check-config"], {"EDGEWARM_CONFIG": ""})
+    assert missing.returncode == 2 and "give the config file" in missing.stderr

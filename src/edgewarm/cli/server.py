@@ -77,16 +77,29 @@ def worker(config_path: str) -> None:
 
 
 @main.command("check-config")
-@click.argument("path", type=click.Path())
-def check_config(path: str) -> None:
-    """Validate a config file; say exactly which key is wrong."""
-    config = _load(path)
+@click.argument("path", type=click.Path(), required=False)
+@click.option(
+    "--config", "config_path", envvar="EDGEWARM_CONFIG", show_envvar=True, type=click.Path(), help=CONFIG_HELP
+)
+def check_config(path: str | None, config_path: str | None) -> None:
+    """Validate a config file (PATH, or --config); say exactly which key is wrong, and warn of settings that
+    keep a feature from working."""
+    chosen = path or config_path
+    if not chosen:
+        raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
+    config = _load(chosen)
     click.echo(
-        f"{path}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
+        f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
         f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
     )
+    warnings = list(config.engine.cautions())
     if not config.nodes:
-        click.echo("warning: no [[nodes]]: submissions will be refused until nodes are configured", err=True)
+        warnings.append("no [[nodes]]: submissions will be refused until nodes are configured")
+    warnings.extend(
+        f"user {u.name!r} has no domains: every URL it submits is refused" for u in config.users if not u.domains
+    )
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.group()
