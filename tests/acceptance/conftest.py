@@ -44,10 +44,12 @@ def client(service: ServiceProcess) -> Iterator[Client]:
 
 
 def credentials_env(service: ServiceProcess, tmp: Path) -> dict[str, str]:
-    """The environment a CLI user would set."""
+    """The environment a CLI user would set (and an empty client config, so that the user's own is not read)."""
+    empty = tmp / "empty-client.toml"
+    empty.touch()
     return {
         "EDGEWARM_SERVER": service.url,
         "EDGEWARM_USERNAME": DEMO_USER,
         "EDGEWARM_SECRET": DEMO_SECRET,
-        "EDGEWARM_CLIENT_CONFIG": str(tmp / "none.toml"),
+        "EDGEWARM_CLIENT_CONFIG": str(empty),
     }

@@ -73,6 +73,21 @@ def test_credentials_from_a_client_config_file(service: ServiceProcess, tmp_path
     assert json.loads(result.stdout)["urls"]["limit"] == 100_000_000
 
 
+@pytest.mark.parametrize(
+    ("content", "error"), [(None, "no such file"), ('username = ["a"]\n', "username must be a string")]
+)
+def test_a_client_config_that_is_named_but_missing_or_wrong_is_a_clear_error(
+    tmp_path: Path, content: str | None, error: str
+) -> None:
+    """A client config named by --client-config or EDGEWARM_CLIENT_CONFIG that does not exist, or holds a
+    value that is not a string: one error line naming the file (before: ignored, or sent as "['a']")."""
+    config = tmp_path / "client.toml"
+    if content is not None:
+        config.write_text(content)
+    result = run(["quota"], {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_SECRET": "", "EDGEWARM_USERNAME": ""})
+    assert result.returncode == 1 and f"client config {config}: {error}" in result.stderr, result.stderr
+
+
 def test_a_wrong_secret_is_a_clear_error(service: ServiceProcess, tmp_path: Path) -> None:
     """A wrong secret: exit status 1 and JD code 7 in the message."""
     env = {**credentials_env(service, tmp_path), "EDGEWARM_SECRET": "wrong"}

@@ -65,6 +65,8 @@ def check_timezone(ctx: click.Context, param: click.Parameter, value: str) -> st
 def make_client(server: str | None, username: str | None, secret: str | None, client_config: str) -> Client:
     path = Path(client_config).expanduser()
     stored: dict[str, Any] = {}
+    if client_config != DEFAULT_CLIENT_CONFIG and not path.exists():  # named, so meant: say it is not there
+        raise click.ClickException(f"client config {path}: no such file")
     if path.exists():
         try:
             stored = tomllib.loads(path.read_text())
@@ -73,6 +75,9 @@ def make_client(server: str | None, username: str | None, secret: str | None, cl
         unknown = set(stored) - {"server", "username", "secret", "timezone"}
         if unknown:
             raise click.ClickException(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
+        for key, value in stored.items():
+            if not isinstance(value, str):
+                raise click.ClickException(f"client config {path}: {key} must be a string")
     server = server or stored.get("server") or DEFAULT_SERVER
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
