@@ -13,6 +13,7 @@ import contextlib
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -460,6 +461,62 @@ async def test_a_cancelled_tasks_items_in_hand_are_not_sent(told: bool) -> None:
     assert task.status is TaskStatus.FAILED and task.reason == "cancelled"
     assert after <= (2 if told else 8), after
     assert sum(i.error == "cancelled" for i in items) >= 100 - sent - after
+
+
+async def test_a_store_slow_to_write_slows_the_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that takes 0.2 s to write each batch of 10 outcomes, a fast node, 200 URLs: the items claimed
+    and not yet written stay within the room (16) and two batches (before, every item was claimed, warmed
+    and left unwritten: a process that died then had all of them sent again, and the counts lagged)."""
+    with FaultServer(always(Respond(200, body=b"ok"))) as node:
+        async with engine_rig(one_node(node), {"concurrency": 8, "per_node_concurrency": 8, "batch_size": 10}) as rig:
+            write = rig.store.record_outcomes
+
+            async def slow_write(worker: str, outcomes: Any, now: float) -> int:
+                await asyncio.sleep(0.2)
+                return await write(worker, outcomes, now)
+
+            monkeypatch.setattr(rig.store, "record_outcomes", slow_write)
+            taskids = [await rig.submit([f"http://www.example.test/s{k}/{i}" for i in range(100)]) for k in range(2)]
+            most = 0
+            for _ in range(3000):  # bounded: 30 s
+                most = max(most, len(rig.engine._leased))
+                tasks = [await rig.store.get_task(t) for t in taskids]
+                if all(t is not None and t.status is not TaskStatus.IN_PROGRESS for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+    assert most <= 16 + 2 * 10, most
+    assert len(node.requests) == 200
+
+
+async def test_leases_are_renewed_while_the_last_outcomes_are_written_at_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop with outcomes still to write to a slow store (0.4 s a batch of 5) and leases of 0.6 s: the leases
+    are renewed until they are written (before, the renewing stopped first: the leases ran out meanwhile and
+    other workers took those items and sent them again, each a lost attempt)."""
+    with FaultServer(always(Respond(200, body=b"ok"))) as node:
+        engine = {"concurrency": 8, "per_node_concurrency": 8, "batch_size": 5, "lease_seconds": 0.6}
+        async with engine_rig(one_node(node), engine) as rig:
+            write, renew = rig.store.record_outcomes, rig.store.renew_leases
+            renewed_at_stop = 0
+
+            async def slow_write(worker: str, outcomes: Any, now: float) -> int:
+                await asyncio.sleep(0.4)
+                return await write(worker, outcomes, now)
+
+            async def counted_renew(worker: str, item_ids: Any, until: float) -> int:
+                nonlocal renewed_at_stop
+                renewed_at_stop += rig.engine._stopping.is_set()
+                return await renew(worker, item_ids, until)
+
+            monkeypatch.setattr(rig.store, "record_outcomes", slow_write)
+            monkeypatch.setattr(rig.store, "renew_leases", counted_renew)
+            await rig.submit([f"http://www.example.test/r/{i}" for i in range(50)])
+            await rig.items_when(rig.created[0], lambda items: len(node.requests) >= 10)
+            await rig.stop(20)
+            items = await rig.store.list_items(rig.created[0], limit=100)
+    assert renewed_at_stop >= 1
+    assert all(i.state is not ItemState.RUNNING or i.attempts <= 1 for i in items)
 
 
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:

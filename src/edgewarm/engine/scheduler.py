@@ -39,6 +39,7 @@ Clock = Callable[[], float]
 # of the worker slots waited for claims on S1 and 2x halved that (docs/benchmarks.md, session 3).
 CLAIM_AHEAD = 2
 CANCEL_CHECK_SECONDS = 1.0  # how often the engine asks the store which of its tasks in hand were cancelled
+OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the claims stop (_unwritten_room)
 
 
 class _NodeLane:
@@ -153,9 +154,9 @@ class Engine:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            renewer.cancel()
             cancels.cancel()
-            await self._outcomes.join()
+            await self._outcomes.join()  # the leases are renewed meanwhile: these items are not lost to others
+            renewer.cancel()
             writer.cancel()
             await asyncio.gather(writer, renewer, cancels, return_exceptions=True)
             if self._leased:
@@ -172,7 +173,7 @@ class Engine:
         while not self._stopping.is_set():
             s = self.settings
             self._wake.clear()
-            limit = min(self._room() - len(self._in_hand), s.batch_size)
+            limit = min(self._room() - len(self._in_hand), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             self._put_off(resting)
             skip = self._nodes_to_skip(resting)
@@ -197,6 +198,13 @@ class Engine:
     def _room(self) -> int:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
         return self.settings.concurrency * CLAIM_AHEAD
+
+    def _unwritten_room(self) -> int:
+        """How many more items may be claimed before their outcomes are written: the items worked but not yet
+        written are at most OUTCOMES_AHEAD batches. A store slow to write (PostgreSQL writers waiting for each
+        other's task rows) slows the claims, not only the writes: else thousands of items would be warmed and
+        not recorded, sent again when this process dies and their leases expire, and counted late."""
+        return self._room() + OUTCOMES_AHEAD * self.settings.batch_size - len(self._leased)
 
     def _nodes_to_skip(self, resting: dict[str, Hold]) -> list[str]:
         """The nodes left out of the next claim. Those whose lanes hold their share, so that a slow node's
