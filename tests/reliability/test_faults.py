@@ -519,6 +519,19 @@ async def test_leases_are_renewed_while_the_last_outcomes_are_written_at_a_stop(
     assert all(i.state is not ItemState.RUNNING or i.attempts <= 1 for i in items)
 
 
+async def test_a_node_given_another_address_by_a_reload_is_warmed_again() -> None:
+    """A reload points node-1 at another server: the same URL warmed again within dedupe_seconds reaches that
+    server (before, the first server's success was shared: the new one got no request)."""
+    with FaultServer(always(Respond(200, body=BODY))) as first, FaultServer(always(Respond(200, body=BODY))) as second:
+        async with engine_rig(one_node(first)) as rig:
+            task, _items = await rig.wait(await rig.submit([URL]), 20)
+            assert task.status is TaskStatus.SUCCEEDED
+            rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=FAST_ENGINE)))
+            task, _items = await rig.wait(await rig.submit([URL]), 20)
+            assert task.status is TaskStatus.SUCCEEDED
+    assert (len(first.requests), len(second.requests)) == (1, 1)
+
+
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:
     """Two tasks warm one URL within dedupe_seconds: the node gets one request; /metrics counts two items
     worked but one request's latency and one body (before, the shared item was counted as a second request)."""

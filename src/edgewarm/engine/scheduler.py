@@ -103,6 +103,9 @@ class Engine:
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim."""
+        for old in self.config.nodes:  # a node now at another address (or gone) holds none of what it warmed
+            if config.node(old.name) != old:
+                self._coalescer.purging(old.name)
         self.config = config
         self.settings = config.engine
         self._coalescer.window = self._dedupe_seconds()
