@@ -133,6 +133,33 @@ def test_a_killed_child_fails_its_requests_and_the_next_request_starts_another(l
     assert not alive(first) and not alive(second)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_or_hang_up_sent_to_the_process_group_leaves_the_child_to_its_engine(lab: Lab, signum: int) -> None:
+    """A service manager's stop (SIGTERM) or a terminal's hang-up (SIGHUP) reaches the child too: it goes on,
+    and its requests in flight end with their answers (before, it died at once: "the fetch process exited
+    (code -15)"), until the engine stops it."""
+    lab.write_file("/slow/fp/sig.bin", b"s" * 8_192)  # served slowly by the lab's origin: about a second
+    lab.write_file("/fp/ready.bin", b"r")
+    slow = parse_url(f"http://{DEFAULT_HOST}/slow/fp/sig.bin")
+    node = nodes_of(lab)[0]
+
+    async def go() -> int:
+        async with ProcessFetcher(Settings()) as remote:
+            ready = await remote.request("GET", node, parse_url(f"http://{DEFAULT_HOST}/fp/ready.bin"))
+            assert ready.status == 200  # the child is up (it ignores the signals once it runs)
+            pid = remote.pid
+            assert pid is not None
+            waiting = asyncio.create_task(remote.request("GET", node, slow))
+            await asyncio.sleep(0.3)
+            os.kill(pid, signum)
+            result = await asyncio.wait_for(waiting, 20)
+            assert (result.status, result.bytes, result.error) == (200, 8_192, None), result
+            assert remote.pid == pid and alive(pid)  # the same child answered: none was started again
+        return pid
+
+    assert not alive(asyncio.run(go()))
+
+
 def test_the_child_exits_when_its_engine_dies(lab: Lab, tmp_path: Path) -> None:
     """A parent killed with SIGKILL cannot close the child: the child sees its stdin end and exits."""
     script = tmp_path / "parent.py"

@@ -361,8 +361,10 @@ async def _child_main(requests: int, results: int) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the engine decides when this child stops (it closes stdin).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, a terminal's hang-up and a service manager's stop reach the whole process group: the engine
+    # decides when this child stops (it closes stdin, and the child's stdin also ends when the engine dies).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     # The pipes get descriptors of their own; stdout then points at stderr, so that nothing printed by any
     # library can fall into the results stream.
     requests, results = os.dup(0), os.dup(1)
