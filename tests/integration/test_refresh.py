@@ -175,6 +175,32 @@ def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServicePro
         assert (answer.body, answer.cache_status) == (b"version 2, longer", "HIT"), node.name
 
 
+def test_refresh_then_warm_goes_on_on_the_nodes_that_purged_when_one_cannot(
+    tmp_path: Path, lab: Lab, service: ServiceProcess
+) -> None:
+    """prefetch with refresh=true where edge-2 declares it cannot purge (`purge_method = ""`): every other node
+    is purged and warmed again, serving the new body from cache; edge-2's purge fails and its warm is not
+    attempted, naming it (before, every edge's warm failed so: the other edges were left purged and cold)."""
+    service.stop()
+    port = free_port()
+    nodes = lab.nodes_toml().replace('name = "edge-2"\n', 'name = "edge-2"\npurge_method = ""\n')
+    config = write_config(tmp_path / "one-cannot.toml", store=f"sqlite:///{tmp_path}/b.db", nodes_toml=nodes, port=port)
+    lab.write_file("/rf/app.js", b"version 1")
+    with ServiceProcess(config, port=port) as other, Client(other.url, DEMO_USER, DEMO_SECRET) as client:
+        assert client.wait(client.prefetch([url_of("/rf/app.js")]), timeout=60)["status"] == 0
+        lab.write_file("/rf/app.js", b"version 2, longer")
+        view = client.wait(client.prefetch([url_of("/rf/app.js")], refresh=True), timeout=60)
+        items = client.task(view["taskid"])["items"]
+    assert view["status"] == 2
+    failed = {(i["node"], i["action"]): i["error"] for i in items if i["state"] == "failed"}
+    assert set(failed) == {("edge-2", "purge"), ("edge-2", "warm")}, failed
+    assert failed["edge-2", "warm"] == "not attempted: this URL failed first on edge-2"
+    for node in lab.cache_nodes():
+        answer = lab.fetch(node, "/rf/app.js")
+        expected = b"version 1" if node.name == "edge-2" else b"version 2, longer"
+        assert (answer.body, answer.cache_status) == (expected, "HIT"), node.name
+
+
 def test_a_node_without_purge_support_fails_the_refresh_clearly(tmp_path: Path) -> None:
     """nginx without the purge module refuses PURGE (405): a failed item saying so; purge_method="" likewise."""
     with Lab(tmp_path / "lab", edges=1, shield=False) as lab:

@@ -26,6 +26,7 @@ from edgewarm.config import parse_config
 from edgewarm.engine import Engine, Fetcher
 from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError
 from edgewarm.models import (
+    Claim,
     Item,
     ItemAction,
     ItemOutcome,
@@ -448,6 +449,55 @@ class TestWork:
         assert done is not None
         assert (done.status, done.succeeded, done.failed, done.finished_at) == (TaskStatus.FAILED, 3, 3, NOW + 3)
         assert await store.task_counts(task.id) == TaskCounts(succeeded=3, failed=3)
+
+    async def test_an_edge_that_cannot_purge_stops_only_its_own_warm(self, store: TaskStore) -> None:
+        """Refresh then warm (shield purge, shield warm, edge purges, edge warms): edge-2's purge fails. Its warm
+        fails at once naming it; edge-1's warm is released once edge-1's purge ended, and runs (before, every
+        edge's warm failed "not attempted": the edges were left purged and cold)."""
+        steps = ((ItemAction.PURGE, 0), (ItemAction.WARM, 1))
+        layout = [("shield-1", 0), ("edge-1", 2), ("edge-2", 2)]
+        items = tuple(NewItem(0, url_of(0), n, a, base + s) for n, base in layout for a, s in steps)
+        task = make_task(1, items=items)
+        await store.create_task(task)
+
+        clock = [NOW]
+
+        async def step(outcomes: Callable[[Claim], ItemOutcome]) -> list[Claim]:
+            claims = await store.claim_due_items("w1", 100, clock[0], LEASE)
+            clock[0] += 1
+            await store.record_outcomes("w1", [outcomes(c) for c in claims], clock[0])
+            return claims
+
+        assert [c.node for c in await step(lambda c: ok(c.item_id))] == ["shield-1"]  # its purge
+        assert [c.node for c in await step(lambda c: ok(c.item_id))] == ["shield-1"]  # its warm
+        purges = await step(lambda c: failed(c.item_id) if c.node == "edge-2" else ok(c.item_id))
+        assert sorted(c.node for c in purges) == ["edge-1", "edge-2"]
+        now = {(i.node, i.action): i for i in await store.list_items(task.id)}
+        assert now["edge-2", ItemAction.WARM].state is ItemState.FAILED
+        assert now["edge-2", ItemAction.WARM].error == "not attempted: this URL failed first on edge-2"
+        assert [(c.node, c.action) for c in await step(lambda c: ok(c.item_id))] == [("edge-1", ItemAction.WARM)]
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.FAILED, 4, 2)
+
+    async def test_a_stage_failed_whole_by_its_own_nodes_passes_the_failure_on(self, store: TaskStore) -> None:
+        """Both shields' purges fail: each shield's warm fails naming itself, and the edges' items, with no
+        shield warmed to fill from, fail naming both; nothing is left waiting and the task ends."""
+        steps = ((ItemAction.PURGE, 0), (ItemAction.WARM, 1))
+        layout = [("shield-1", 0), ("shield-2", 0), ("edge-1", 2)]
+        task = make_task(1, items=tuple(NewItem(0, url_of(0), n, a, b + s) for n, b in layout for a, s in steps))
+        await store.create_task(task)
+        claims = await store.claim_due_items("w1", 100, NOW, LEASE)
+        assert sorted(c.node for c in claims) == ["shield-1", "shield-2"]
+        await store.record_outcomes("w1", [failed(c.item_id) for c in claims], NOW + 1)
+        errors = {(i.node, i.action): (i.state, i.error) for i in await store.list_items(task.id)}
+        assert errors["shield-1", ItemAction.WARM] == (
+            ItemState.FAILED,
+            "not attempted: this URL failed first on shield-1",
+        )
+        edge = (ItemState.FAILED, "not attempted: this URL failed first on shield-1, shield-2")
+        assert errors["edge-1", ItemAction.PURGE] == errors["edge-1", ItemAction.WARM] == edge
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.failed, done.finished_at) == (TaskStatus.FAILED, 6, NOW + 1)
 
     async def test_the_reason_names_every_failed_shield_while_others_still_run(self, store: TaskStore) -> None:
         """Waiting items fail as soon as one earlier item failed; the task ends only when all are final."""

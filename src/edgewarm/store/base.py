@@ -29,6 +29,16 @@ ScanPoint = tuple[float, int]  # (due_at, item id): the order in which claims sc
 FIRST: ScanPoint = (float("-inf"), 0)
 
 
+# STAGE_GATE, the rule both stores keep for a URL's stages (tiers, then steps: a shield's purge and warm, then
+# the edges'): a stage is released once every earlier item of its URL has ended. A waiting item fails, unsent,
+# when an earlier item failed on its own node (its purge, say), at once; or on a node that has no item at its
+# stage, i.e. of an earlier tier (a shield: the edges would fill from it), and then every waiting item of the
+# URL fails. Another node's failure in its own tier stops nothing else (one edge that cannot purge leaves the
+# other edges purged and warmed again).
+NOT_ATTEMPTED = "not attempted: this URL failed first on "
+MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
+
+
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:
     """How many due items one window of a claim of `limit` scans (claim_due_items)."""
     return max(limit, CLAIM_SCAN) if skip_nodes else limit
@@ -113,7 +123,7 @@ class TaskStore(Protocol):
     - `create_task` is atomic: quota charged, task and all items written, or nothing at all.
     - An item leased to a worker is recorded only by that worker while its lease holds, so it is never
       counted twice; an expired lease makes the item claimable again.
-    - An item runs only after every lower stage of its URL succeeded; a failed stage fails the later ones.
+    - An item runs only after every lower stage of its URL ended; what a failure stops is STAGE_GATE's rule.
     """
 
     async def __aenter__(self) -> Self: ...

@@ -42,6 +42,8 @@ from ..models import (
 )
 from . import redacted
 from .base import (
+    MAX_STAGES,
+    NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     ClaimScans,
@@ -253,9 +255,10 @@ WHERE items.id = o.id AND t.id = items.task_id
 RETURNING items.task_id, items.seq, items.state
 """
 
-# The stage gate of SQLiteStore's _advance_stage, for many (task, seq) pairs in one statement: per URL, find the
-# lowest waiting stage; if an earlier stage failed, fail every waiting item with the failed nodes named; if
-# every earlier stage succeeded, make that stage pending. The nodes sort by code point, as Python's sorted().
+# The stage gate (store.base STAGE_GATE, as SQLiteStore's _advance_stage keeps it), one pass for many (task, seq)
+# pairs in one statement: per URL, the lowest waiting stage; a failure on a node without an item there fails
+# every waiting item, naming those nodes; one on a node with an item there fails that item; once no earlier
+# item is pending or running the rest of the stage is released. The nodes sort by code point, as sorted().
 _ADVANCE = """
 WITH pairs AS (
     SELECT DISTINCT p.task_id, p.seq FROM unnest($1::text[], $2::integer[]) AS p (task_id, seq)
@@ -268,22 +271,36 @@ lowest AS MATERIALIZED (  -- per pair, through the (task_id, seq, stage) index w
         FROM pairs p
     ) AS l WHERE l.stage IS NOT NULL
 ),
-gate AS (
-    SELECT n.task_id, n.seq, n.stage, count(b.id) AS blockers,
-        string_agg(b.node, ', ' ORDER BY b.node COLLATE "C") FILTER (WHERE b.state = 'failed') AS failed_on
-    FROM lowest n LEFT JOIN items b
-        ON b.task_id = n.task_id AND b.seq = n.seq AND b.stage < n.stage AND b.state <> 'succeeded'
+earlier AS (
+    SELECT n.task_id, n.seq, n.stage, count(b.id) FILTER (WHERE b.state IN ('pending', 'running')) AS open,
+        coalesce(array_agg(DISTINCT b.node) FILTER (WHERE b.state = 'failed'), '{}') AS failed_on
+    FROM lowest n LEFT JOIN items b ON b.task_id = n.task_id AND b.seq = n.seq AND b.stage < n.stage
     GROUP BY n.task_id, n.seq, n.stage
+),
+gate AS (  -- below: the failed nodes with no item at this stage (an earlier tier's)
+    SELECT e.*, (
+        SELECT string_agg(f, ', ' ORDER BY f COLLATE "C") FROM unnest(e.failed_on) AS f WHERE NOT EXISTS (
+            SELECT 1 FROM items h WHERE h.task_id = e.task_id AND h.seq = e.seq AND h.stage = e.stage AND h.node = f
+        )
+    ) AS below
+    FROM earlier e
+),
+verdict AS (
+    SELECT items.id, CASE
+        WHEN g.below IS NOT NULL THEN g.below
+        WHEN items.node = ANY(g.failed_on) THEN items.node
+    END AS failed_first_on
+    FROM items JOIN gate g ON items.task_id = g.task_id AND items.seq = g.seq
+    WHERE items.state = 'waiting'
+        AND (g.below IS NOT NULL OR (items.stage = g.stage AND (items.node = ANY(g.failed_on) OR g.open = 0)))
 )
 UPDATE items SET
-    state = CASE WHEN g.failed_on IS NULL THEN 'pending' ELSE 'failed' END,
-    due_at = CASE WHEN g.failed_on IS NULL THEN $3 ELSE items.due_at END,
-    error = CASE WHEN g.failed_on IS NULL THEN items.error
-        ELSE 'not attempted: this URL failed first on ' || g.failed_on END,
-    updated_at = CASE WHEN g.failed_on IS NULL THEN items.updated_at ELSE $3 END
-FROM gate g
-WHERE items.task_id = g.task_id AND items.seq = g.seq AND items.state = 'waiting'
-    AND (g.failed_on IS NOT NULL OR (g.blockers = 0 AND items.stage = g.stage))
+    state = CASE WHEN v.failed_first_on IS NULL THEN 'pending' ELSE 'failed' END,
+    due_at = CASE WHEN v.failed_first_on IS NULL THEN $3 ELSE items.due_at END,
+    error = CASE WHEN v.failed_first_on IS NULL THEN items.error ELSE $4 || v.failed_first_on END,
+    updated_at = CASE WHEN v.failed_first_on IS NULL THEN items.updated_at ELSE $3 END
+FROM verdict v
+WHERE items.id = v.id
 RETURNING items.task_id, items.state
 """
 
@@ -700,9 +717,12 @@ class PostgresStore:
                     continue
                 finals.setdefault(task_id, [0, 0])[0 if state == "succeeded" else 1] += 1
                 advanced.add((task_id, seq))
-            if advanced:
-                pairs = sorted(advanced)
-                for task_id, state in await conn.fetch(_ADVANCE, [t for t, _ in pairs], [s for _, s in pairs], now):
+            pairs = sorted(advanced)
+            for _ in range(MAX_STAGES if pairs else 0):  # a pass may fail a whole stage: the next gets its turn
+                gated = await conn.fetch(_ADVANCE, [t for t, _ in pairs], [s for _, s in pairs], now, NOT_ATTEMPTED)
+                if not gated:
+                    break
+                for task_id, state in gated:
                     if state == "failed":
                         finals[task_id][1] += 1
                     else:

@@ -34,6 +34,8 @@ from ..models import (
 )
 from . import make_folder_of
 from .base import (
+    MAX_STAGES,
+    NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     ClaimScans,
@@ -543,6 +545,7 @@ class SQLiteStore:
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
+_AT_STAGE = "SELECT DISTINCT node FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
 
@@ -767,28 +770,42 @@ def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> No
 
 
 def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -> int:
-    """Release the next stage of one URL, or fail it when an earlier stage failed. Returns items failed."""
-    row = db.execute(
-        "SELECT MIN(stage) FROM items WHERE task_id = ? AND seq = ? AND state = 'waiting'", (task_id, seq)
-    ).fetchone()
-    if row is None or row[0] is None:
-        return 0
-    next_stage = int(row[0])
-    blockers = db.execute(
-        "SELECT node, state FROM items WHERE task_id = ? AND seq = ? AND stage < ? AND state != 'succeeded'",
-        (task_id, seq, next_stage),
-    ).fetchall()
-    failed = [node for node, state in blockers if state == "failed"]
-    if failed:
-        return db.execute(
-            "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
-            "WHERE task_id = ? AND seq = ? AND state = 'waiting'",
-            (f"not attempted: this URL failed first on {', '.join(sorted(failed))}", now, task_id, seq),
-        ).rowcount
-    if not blockers:
-        db.execute(
+    """Release the next stage of one URL once every earlier item has ended, or fail what an earlier failure
+    stops (STAGE_GATE). Returns the items failed."""
+    failed_count = 0
+    for _ in range(MAX_STAGES):
+        (stage,) = db.execute(
+            "SELECT MIN(stage) FROM items WHERE task_id = ? AND seq = ? AND state = 'waiting'", (task_id, seq)
+        ).fetchone()
+        if stage is None:
+            break
+        earlier = db.execute(
+            "SELECT node, state FROM items WHERE task_id = ? AND seq = ? AND stage < ?", (task_id, seq, stage)
+        ).fetchall()
+        here = {node for (node,) in db.execute(_AT_STAGE, (task_id, seq, stage))}
+        failed_on = {node for node, state in earlier if state == "failed"}
+        if below := sorted(failed_on - here):
+            return (
+                failed_count
+                + db.execute(
+                    "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
+                    "WHERE task_id = ? AND seq = ? AND state = 'waiting'",
+                    (f"{NOT_ATTEMPTED}{', '.join(below)}", now, task_id, seq),
+                ).rowcount
+            )
+        for node in sorted(failed_on & here):
+            failed_count += db.execute(
+                "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
+                "WHERE task_id = ? AND seq = ? AND stage = ? AND node = ? AND state = 'waiting'",
+                (f"{NOT_ATTEMPTED}{node}", now, task_id, seq, stage, node),
+            ).rowcount
+        if any(state in ("pending", "running") for _, state in earlier):
+            break
+        released = db.execute(
             "UPDATE items SET state = 'pending', due_at = ? WHERE task_id = ? AND seq = ? AND stage = ? "
             "AND state = 'waiting'",
-            (now, task_id, seq, next_stage),
-        )
-    return 0
+            (now, task_id, seq, stage),
+        ).rowcount
+        if released:
+            break  # else every item of this stage failed: on to the next
+    return failed_count
