@@ -164,7 +164,8 @@ class _Live:
         self.engine: Engine | None = None
         self.fetcher: Fetcher | ProcessFetcher | None = None  # the engine's, open
         self.fetcher_settings = config.engine  # what `fetcher` was opened with
-        self.health = NodeHealth()  # the nodes held down, whichever fetcher asks them
+        # The nodes held down, whichever fetcher asks them; a cooldown ends by node_down_wait's end.
+        self.health = NodeHealth(patience=lambda: self.config.engine.node_down_wait)
         self.deliverer: WebhookDeliverer | None = None
         self.reloaded = asyncio.Event()  # retention takes its new settings at once
         self.swaps: set[asyncio.Task[None]] = set()

@@ -167,3 +167,20 @@ def test_is_down_tells_the_hold_without_starting_a_probe() -> None:
     assert health.is_down(NODE)
     health.observe(NODE, True, None)
     assert not health.is_down(NODE)
+
+
+def test_a_cooldown_ends_by_node_down_wait_so_a_node_back_in_time_is_asked_in_time() -> None:
+    """node_down_wait 5 s: the cooldowns (2 s, then 4 s) are cut so that the node is asked again at 5 s, when
+    its items' patience ends (before, at 6 s: items tried meanwhile were failed though the node was back)."""
+    clock = Clock()
+    health = NodeHealth(clock, patience=lambda: 5.0)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe at 2 s
+    fail(health, NODE, 1)  # down again: 4 s more would be 6 s
+    clock.now += 5.0 - COOLDOWN - 0.01
+    assert health.held_down(NODE) is not None
+    clock.now += 0.01
+    assert health.held_down(NODE) is None  # asked at 5 s
+    hold = health.held_down(NODE)
+    assert hold is not None and hold.probe_out and hold.down_for == 5.0

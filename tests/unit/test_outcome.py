@@ -9,7 +9,15 @@ import pytest
 from edgewarm.config import Engine
 from edgewarm.engine.fetcher import FetchResult, certificate_refusal
 from edgewarm.engine.node_health import Hold
-from edgewarm.engine.outcome import HOLD_JITTER, backoff_delay, is_retryable, purge_outcome, warm_outcome
+from edgewarm.engine.outcome import (
+    HOLD_JITTER,
+    backoff_delay,
+    is_retryable,
+    purge_outcome,
+    retry_or_give_up,
+    warm_outcome,
+)
+from edgewarm.models import ItemOutcome
 from edgewarm.nodes import CacheState
 from edgewarm.nodes.purge import Verdict
 
@@ -246,3 +254,18 @@ def test_retry_at_uses_the_backoff() -> None:
     expected = NOW + backoff_delay(2, SETTINGS, random.Random(9))
     assert outcome.retry_at == pytest.approx(expected)
     assert NOW + 0.5 <= (outcome.retry_at or 0) <= NOW + 1.0
+
+
+def test_an_item_not_sent_while_the_probe_is_out_waits_for_its_answer_past_node_down_wait() -> None:
+    """Past node_down_wait an item not sent to a node held down spends an attempt, but not while the one
+    request let through is out: its answer decides (the node may be back); with node_down_wait 0 it does."""
+    settings = Engine(max_attempts=2, node_down_wait=5.0)
+    probing = Hold("not tried: p is held down (being asked again now)", 6.0, 0.5, 0.0, True)
+    resting = Hold("not tried: p is held down (asked again in 4 s)", 6.0, 4.0, 0.0, False)
+    failed = ItemOutcome(1, False, 2, error="not tried")
+    waits = retry_or_give_up(failed, FetchResult(None, hold=probing), settings, 100.0, random.Random(1))
+    assert waits.attempts == 1 and waits.retry_at is not None
+    spent = retry_or_give_up(failed, FetchResult(None, hold=resting), settings, 100.0, random.Random(1))
+    assert spent.retry_at is None and "gave up after 2 attempts" in (spent.error or "")
+    off = Engine(max_attempts=2, node_down_wait=0.0)
+    assert retry_or_give_up(failed, FetchResult(None, hold=probing), off, 100.0, random.Random(1)).retry_at is None

@@ -57,8 +57,11 @@ class NodeHealth:
     """Per node address (its URL: a reload may point a name elsewhere): connection failures in a row, and
     whether it is held down now."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, patience: Callable[[], float] = float) -> None:
+        """`patience`: `[engine] node_down_wait` (read at each hold: a reload may change it); a cooldown ends by
+        then, so that a node back in time is asked before its items' patience runs out. 0: no such bound."""
         self._clock = clock
+        self._patience = patience
         self._nodes: dict[str, _State] = {}
 
     def held_down(self, node: Node) -> Hold | None:
@@ -114,12 +117,14 @@ class NodeHealth:
             return _hold(node, state, now)
         elif state.failures < FAILURES_IN_A_ROW:
             return None
-        state.down_until = now + state.cooldown
         state.since = state.since or now
+        state.down_until = now + state.cooldown
+        if (patience := self._patience()) and now < state.since + patience:
+            state.down_until = min(state.down_until, state.since + patience)  # asked when the patience ends
         log.warning(
             "node %s held down for %.0f s: %d connections in a row failed, the last: %s",
             node.name,
-            state.cooldown,
+            state.down_until - now,
             state.failures,
             state.last_error,
             extra={"node": node.name},

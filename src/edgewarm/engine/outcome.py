@@ -74,7 +74,9 @@ def retry_or_give_up(
     hold = result.hold
     if hold is not None:
         patience = settings.node_down_wait
-        if hold.down_for < patience:
+        # While the request let through is out, its answer decides: the node may be back (asked at the end of
+        # node_down_wait at the latest, see NodeHealth), and no request was made for this item.
+        if hold.down_for < patience or (patience and hold.probe_out):
             wait = hold.retry_in + (rng or random).uniform(0, HOLD_JITTER)
             error = waiting_for_node(failed.error or "", settings)
             return replace(failed, attempts=failed.attempts - 1, error=error, retry_at=now + wait)
