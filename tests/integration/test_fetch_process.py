@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node, NodeKind
 from edgewarm.engine import Fetcher, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
+from edgewarm.engine.node_health import COOLDOWN, FAILURES_IN_A_ROW
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond
@@ -259,3 +261,32 @@ def test_nodes_are_held_down_by_the_parent_and_never_by_the_child() -> None:
     assert all(e.startswith("not tried: dead is held down after 5 connections") for e in held[5:]), held
     sent = asyncio.run(go(None))
     assert all(e.startswith("cannot connect to dead") for e in sent), sent
+
+
+def test_a_child_that_dies_with_the_probe_out_tells_nothing_of_the_node() -> None:
+    """A node held down; after its cooldown the request let through goes to a node that hangs, and the child
+    is killed meanwhile: the node stays held down (before, the child's death counted as an answer: "node …
+    answers again", its failures forgotten), and the next request is let through as the probe."""
+    target = parse_url(f"http://{DEFAULT_HOST}/hang.bin")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # accepts connections and never answers: requests hang until read_timeout
+        node = Node(name="hangs", url="http://{}:{}".format(*silent.getsockname()))
+        clock = [1000.0]
+        health = NodeHealth(lambda: clock[0])
+        for _ in range(FAILURES_IN_A_ROW):
+            health.observe(node, False, "cannot connect")
+        clock[0] += COOLDOWN
+
+        async def go() -> bool:
+            async with ProcessFetcher(Settings(read_timeout=30), health) as remote:
+                probe = asyncio.create_task(remote.request("GET", node, target))
+                await asyncio.sleep(0.5)
+                assert remote.pid is not None
+                os.kill(remote.pid, signal.SIGKILL)
+                result = await asyncio.wait_for(probe, 10)
+                assert result.untold and "fetch process exited" in (result.error or ""), result
+            return health.is_down(node)
+
+        assert asyncio.run(go()) is True
+        assert health.held_down(node) is None  # the next request is the probe

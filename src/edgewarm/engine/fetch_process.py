@@ -231,7 +231,7 @@ class ProcessFetcher(GuardedClient):
         for request_id in request_ids:
             future = self._pending.get(request_id)
             if future is not None and not future.done():
-                future.set_result(FetchResult(None, error=why))
+                future.set_result(FetchResult(None, error=why, untold=True))
 
     async def _stop(self) -> None:
         link, watcher = self._link, self._watcher

@@ -97,6 +97,7 @@ class FetchResult:
     # Why a MISS (a state other than cached) asks caches not to store it (signals.asks_not_to_store); None when
     # the node tells no cache state, or it does not ask.
     not_stored: str | None = None
+    untold: bool = False  # no word from the node either way: the process that sent the request died
 
     @property
     def network_error(self) -> bool:
@@ -156,6 +157,9 @@ class GuardedClient:
         if held is not None:
             return FetchResult(None, error=held.reason, unreachable=True, hold=held)
         result = await self._request(method, node, target, headers)
+        if result.untold:
+            health.lost(node)  # if it was the request let through after a cooldown, the next one is
+            return result
         hold = health.observe(node, not result.unreachable, result.error)
         return result if hold is None else replace(result, hold=hold)
 

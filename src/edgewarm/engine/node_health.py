@@ -94,6 +94,13 @@ class NodeHealth:
         state = self._nodes.get(node.url)
         return state is not None and bool(state.down_until)
 
+    def lost(self, node: Node) -> None:
+        """A request to `node` ended with no word from it (its sender died): nothing is learnt, but if it was
+        the one let through after a cooldown, the next request is."""
+        state = self._nodes.get(node.url)
+        if state is not None:
+            state.probing = 0.0
+
     def observe(self, node: Node, connected: bool, error: str | None) -> Hold | None:
         """One request's fate: `connected` when the node answered (whatever it said), else the failure. Returns
         the node's hold when this failure finds it held down (or holds it down, or was the probe): the item
