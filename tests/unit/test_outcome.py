@@ -156,6 +156,16 @@ def test_an_item_waits_for_a_node_held_down_without_spending_an_attempt() -> Non
             "certificate is not valid for the site's name",
         ),
         ("invalid peer certificate: ExpiredContext { time: 1, not_after: 0 }", "certificate has expired"),
+        (  # the Display form some rustls versions give
+            'invalid peer certificate: certificate not valid for name "b.test"; certificate is only valid for '
+            'DnsName("a.test")',
+            "certificate is not valid for the site's name",
+        ),
+        (
+            "invalid peer certificate: certificate expired: verification time 2 (UNIX), but certificate is not "
+            "valid after 1 (1 seconds ago)",
+            "certificate has expired",
+        ),
         ("invalid peer certificate: SomethingNew", "invalid peer certificate: SomethingNew"),
         ("tls handshake eof", None),
         ("received fatal alert: HandshakeFailure", None),

@@ -53,7 +53,13 @@ _HEAD_TOO_LARGE = "message head is too large"
 # rustls' refusal of a certificate, in its words: "invalid peer certificate: UnknownIssuer", some reasons wrapped
 # in Rust's debug form ("Other(OtherError(CaUsedAsEndEntity))") or followed by their context. The common ones
 # are told in OpenSSL's words, as aiohttp tells them.
-_RUSTLS_CERTIFICATE = re.compile(r"invalid peer certificate: (?:Other\(OtherError\()?(\w+)")
+_RUSTLS_CERTIFICATE = re.compile(r"invalid peer certificate: (?:Other\(OtherError\()?(\w+)(.*)")
+# The same reasons as rustls displays those with context (its versions differ in which form they give).
+_CERTIFICATE_SENTENCES = {
+    "certificate expired": "certificate has expired",
+    "certificate not valid yet": "certificate is not yet valid",
+    "certificate not valid for name": "certificate is not valid for the site's name",
+}
 _CERTIFICATE_REASONS = {
     "UnknownIssuer": "unable to get local issuer certificate",
     "CaUsedAsEndEntity": "a CA certificate served as the node's own (self-signed certificate?)",
@@ -378,7 +384,11 @@ def _read(
 def certificate_refusal(reason: str) -> str | None:
     """Why rustls refused the node's certificate, from its words for a failed connection (None: it did not)."""
     refused = _RUSTLS_CERTIFICATE.match(reason)
-    return None if refused is None else _CERTIFICATE_REASONS.get(refused.group(1), reason)
+    if refused is None:
+        return None
+    sentence = refused.group(1) + refused.group(2)
+    told = (told for start, told in _CERTIFICATE_SENTENCES.items() if sentence.startswith(start))
+    return _CERTIFICATE_REASONS.get(refused.group(1)) or next(told, reason)
 
 
 def _certificate_refused(node: Node, why: str) -> FetchResult:
