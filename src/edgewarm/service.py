@@ -193,11 +193,15 @@ class Service:
             if self._on_submit is not None:
                 self._on_submit()
         elif created.kind is not kind:
-            raise RequestRefused(JdCode.FAILURE, "this idempotency key was used for a task of another kind")
+            raise RequestRefused(
+                JdCode.FAILURE,
+                f"this idempotency key was used for task {created.id}, a {created.kind.value} task: use a new key",
+            )
         elif not await self._same_request(created, items):
             raise RequestRefused(
                 JdCode.FAILURE,
-                f"this idempotency key was used for task {created.id} with other URLs: use a new key for these",
+                f"this idempotency key was used for task {created.id} with other URLs or steps (refresh): use a "
+                "new key for these",
             )
         return created
 

@@ -731,9 +731,15 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
         refused = await api.call("/api/prefetch", {**body, **other})
         assert_code(refused, 1)
         assert refused["msg"] == (
-            f"this idempotency key was used for task {first['taskid']} with other URLs: use a new key for these"
+            f"this idempotency key was used for task {first['taskid']} with other URLs or steps (refresh): use a new "
+            "key for these"
         ), other
     assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
+    # The same key for a refresh: refused naming the first task and its kind.
+    body = {**creds(), "idempotency_key": "launch-7", "instances": urls(2), "type": "file"}
+    refused = await api.call("/api/refresh", body)
+    assert_code(refused, 1)
+    assert refused["msg"] == f"this idempotency key was used for task {first['taskid']}, a prefetch task: use a new key"
 
 
 @pytest.mark.parametrize(
@@ -862,3 +868,16 @@ async def test_the_client_sends_task_ids_and_url_lists_as_given_and_names_a_serv
         with pytest.raises(ClientError) as unreachable:
             await nowhere.quota()
     assert unreachable.value.message.startswith("no answer from http://127.0.0.1:9: ConnectError")
+
+
+async def test_lookup_answers_a_task_once_whatever_its_spellings_and_wait_takes_only_finite_seconds(api: Api) -> None:
+    """A task asked by its 36- and 32-character ids is listed once (it was twice); `wait?timeout=nan` is a 400
+    saying a finite number is wanted (it said "less than or equal to 60")."""
+    taskid = await api.submitted(1)
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    listed = await api.client.post(
+        "/v1/tasks/lookup", headers=headers, json={"taskids": [taskid, taskid.replace("-", ""), taskid.upper()]}
+    )
+    assert [t["taskid"] for t in listed.json()["tasks"]] == [taskid]
+    waited = await api.client.get(f"/v1/tasks/{taskid}/wait", headers=headers, params={"timeout": "nan"})
+    assert waited.status_code == 400 and "finite" in waited.json()["error"], waited.json()

@@ -171,7 +171,7 @@ def native_router(service: Service) -> APIRouter:
         taskid: str,
         username: Username = "",
         signature: Signature = "",
-        timeout: Annotated[float, Query(ge=0, le=60)] = 30,
+        timeout: Annotated[float, Query(ge=0, le=60, allow_inf_nan=False, description="seconds, at most 60")] = 30,
     ) -> Response:
         """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
         try:
@@ -224,7 +224,8 @@ def native_router(service: Service) -> APIRouter:
         """The given tasks that exist and are the user's (others are left out), in the order asked."""
         try:
             user = user_of(username, signature)
-            ids = [i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None]
+            # Each task once, whichever of its spellings (36 or 32 characters) came, in the order first asked.
+            ids = list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None))
             tasks = await service.store.get_tasks(user.name, ids)
             return JSONResponse({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
         except Exception as exc:
