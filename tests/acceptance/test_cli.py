@@ -103,6 +103,16 @@ def test_sign_prints_the_jd_signature() -> None:
     assert auth.sign  # the CLI uses the same function; see tests/unit/test_auth.py
 
 
+def test_sign_takes_the_user_from_the_client_config(tmp_path: Path) -> None:
+    """With only a client config (username, secret), `sign` signs for that user, as the other tools take it
+    (before: "Missing option '--username'")."""
+    config = tmp_path / "client.toml"
+    config.write_text('username = "jcloud_00"\nsecret = "e7a31b1c5ea0efa9aa2f29c6559f7d61"\n')
+    env = {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_USERNAME": "", "EDGEWARM_SECRET": ""}
+    result = run(["sign", "--date", "20161023"], env)
+    assert result.stdout.strip() == "a35685491fd80a80b40a718c3a5c5c56", result.stderr
+
+
 def test_help_shows_each_options_environment_variable() -> None:
     """`submit --help` names EDGEWARM_SERVER and the per-option variables."""
     result = run(["submit", "--help"], {})

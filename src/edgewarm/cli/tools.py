@@ -11,6 +11,7 @@ import json
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -55,14 +56,28 @@ def connection_options(fn: F) -> F:
     return fn
 
 
-def check_timezone(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def check_timezone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--timezone: a usage error naming the value when it is not a known IANA time zone."""
-    if not auth.known_timezone(value):
+    if value is not None and not auth.known_timezone(value):
         raise click.BadParameter(f"unknown time zone {value!r}", ctx, param)
     return value
 
 
 def make_client(server: str | None, username: str | None, secret: str | None, client_config: str) -> Client:
+    found = read_credentials(server, username, secret, client_config)
+    return Client(found.server, found.username, found.secret, timezone=found.timezone)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    username: str
+    secret: str
+    timezone: str
+
+
+def read_credentials(server: str | None, username: str | None, secret: str | None, client_config: str) -> Credentials:
+    """The flags (or their variables) first, then the client config file; a usage error without a user."""
     path = Path(client_config).expanduser()
     stored: dict[str, Any] = {}
     if client_config != DEFAULT_CLIENT_CONFIG and not path.exists():  # named, so meant: say it is not there
@@ -88,7 +103,7 @@ def make_client(server: str | None, username: str | None, secret: str | None, cl
         raise click.UsageError(
             "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
         )
-    return Client(str(server), str(username), str(secret), timezone=timezone)
+    return Credentials(str(server), str(username), str(secret), timezone)
 
 
 def read_entries(args: Iterable[str], file: str | None) -> list[str]:
@@ -333,12 +348,27 @@ def quota(server: str | None, username: str | None, secret: str | None, client_c
 
 
 @main.command()
-@click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, required=True)
-@click.option("--secret", envvar="EDGEWARM_SECRET", show_envvar=True, required=True)
+@click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True)
+@click.option("--secret", envvar="EDGEWARM_SECRET", show_envvar=True)
+@click.option(
+    "--client-config",
+    envvar="EDGEWARM_CLIENT_CONFIG",
+    show_envvar=True,
+    default=DEFAULT_CLIENT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="TOML file with username, secret (and timezone)",
+)
 @click.option("--date", "day", help="yyyymmdd [default: today in --timezone]")
-@click.option("--timezone", default=auth.DEFAULT_TIMEZONE, show_default=True, callback=check_timezone)
-def sign(username: str, secret: str, day: str | None, timezone: str) -> None:
+@click.option(
+    "--timezone",
+    callback=check_timezone,
+    help=f"the signature's day [default: the client config's, or {auth.DEFAULT_TIMEZONE}]",
+)
+def sign(username: str | None, secret: str | None, client_config: str, day: str | None, timezone: str | None) -> None:
     """Print the JD signature md5(yyyymmdd + username + secret), for curl users."""
+    found = read_credentials(None, username, secret, client_config)
+    username, secret, timezone = found.username, found.secret, timezone or found.timezone
     if day is None:
         on = auth.today(datetime.now().astimezone(), timezone)
     else:
