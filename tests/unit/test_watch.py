@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 
-from edgewarm.cli.watch import TABLE_WIDTH, summarize
+from edgewarm.cli.watch import TABLE_WIDTH, _elapsed, summarize
 
 TASK = "148555aa-eee7-48cb-97bd-42fd052e3c84"
 VIEW: dict[str, Any] = {
@@ -39,3 +40,12 @@ def test_a_narrow_console_gets_the_whole_task_id_on_one_line() -> None:
 def test_a_wide_console_gets_the_table() -> None:
     text = shown(TABLE_WIDTH)
     assert "┃ taskid" in text and TASK in text and "0 Succeeded" in text
+
+
+def test_a_tasks_rate_is_per_its_own_time() -> None:
+    """An ended task's rate is its items per its own duration (300 in 0.196 s: about 1,531/s), not per the
+    time since `watch` began (it showed 862/s for a task that had ended before); a running one's, per the time
+    since it was created."""
+    assert round(300 / _elapsed(VIEW)) == 1531
+    created = datetime.fromtimestamp(datetime.now(UTC).timestamp() - 10, UTC).isoformat()
+    assert 9.5 < _elapsed({"duration_seconds": None, "created_at": created}) < 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -34,7 +35,6 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
         TimeRemainingColumn(),
     )
     views: dict[str, dict[str, Any]] = {}
-    started = time.monotonic()
     with Progress(*columns, console=out, transient=False) as progress:
         task_bars: dict[str, TaskID] = {
             t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids
@@ -44,7 +44,6 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
             for taskid in taskids:
                 if taskid not in views or views[taskid]["status"] == 1:
                     views[taskid] = client.task(taskid, limit=0)
-            elapsed = max(time.monotonic() - started, 1e-6)
             per_node: dict[str, dict[str, int]] = {}
             for taskid, view in views.items():
                 counts = view["counts"]
@@ -53,7 +52,7 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
                     total=view["total"],
                     completed=_done(counts),
                     failed=counts["failed"],
-                    rate=f"{_done(counts) / elapsed:.0f}",
+                    rate=f"{_done(counts) / _elapsed(view):.0f}",
                 )
                 for node, c in view["nodes"].items():
                     into = per_node.setdefault(node, dict.fromkeys(c, 0))
@@ -67,12 +66,19 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
                     total=_total(c),
                     completed=_done(c),
                     failed=c["failed"],
-                    rate=f"{_done(c) / elapsed:.0f}",
+                    rate=f"{_done(c) / max(_elapsed(v) for v in views.values()):.0f}",
                 )
             if all(v["status"] != 1 for v in views.values()):
                 break
             time.sleep(interval)
     return summarize(client, views, out)
+
+
+def _elapsed(view: dict[str, Any]) -> float:
+    """How long the task has been working: from its creation to its end, or to now (a rate is per that)."""
+    if view["duration_seconds"] is not None:
+        return max(float(view["duration_seconds"]), 1e-3)
+    return max(time.time() - datetime.fromisoformat(view["created_at"]).timestamp(), 1e-3)
 
 
 TABLE_WIDTH = 110  # narrower consoles get one line per task: a table would fold the task ids
