@@ -301,7 +301,8 @@ async def _run_parts(
                 asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
             )
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
-        log.info("edgewarm running: %s on %s", parts, redacted(config.store))
+        where = f", listening on {config.listen}" if api else ""
+        log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
         if engine:
             _log_cautions(config)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")

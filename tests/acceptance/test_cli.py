@@ -144,6 +144,19 @@ def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) 
     assert len(result.stdout.split()) == 3
 
 
+def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:
+    """100 URLs in calls of 40, the 70th a foreign domain: the first call's task id is printed, and the error
+    says call 2 of 3 was refused and the 60 entries from #41 on were not sent (before: only the refusal)."""
+    from edgewarm.testing.service import start_service
+
+    urls = [f"http://{DEFAULT_HOST}/cli-mid/{n}" for n in range(100)]
+    urls[69] = "http://www.not-yours.test/x"
+    with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 40\n") as service:
+        result = run(["submit"], credentials_env(service, tmp_path), stdin="\n".join(urls) + "\n")
+    assert result.returncode == 1 and len(result.stdout.split()) == 1, result.stdout
+    assert "(call 2 of 3 was refused: the 60 entries from #41 on were not sent)" in result.stderr, result.stderr
+
+
 def test_demo_warms_every_url_and_stops_all_it_started() -> None:
     """The README's first command ends in `edgewarm demo`: a fleet, a service, a task warmed and checked
     (every edge HIT, the origin asked once per URL), exit 0; then nothing it started is left running."""

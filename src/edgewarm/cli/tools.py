@@ -145,7 +145,12 @@ def send_in_calls(client: Client, calls: list[list[str]], send: Callable[[list[s
         for chunk in calls:
             taskids.append(send(chunk))
     except ClientError as exc:
-        raise fail(exc) from None
+        if len(calls) == 1:
+            raise fail(exc) from None
+        sent = sum(len(chunk) for chunk in calls[: len(taskids)])
+        unsent = sum(len(chunk) for chunk in calls) - sent
+        left = f"call {len(taskids) + 1} of {len(calls)} was refused: the {unsent} entries from #{sent + 1} on"
+        raise click.ClickException(f"{fail(exc).message} ({left} were not sent)") from None
     finally:
         for taskid in taskids:
             click.echo(taskid)
