@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+import orjson
+
 from .errors import JdCode, RequestRefused
 
 # Printable ASCII without space; CR, LF, other controls and non-ASCII never reach a node.
@@ -40,7 +42,13 @@ class TargetUrl:
 
 
 def split_list(value: Any) -> list[str]:
-    """JD lists: a JSON array of strings, or one string separated by commas. Blank entries are dropped."""
+    """JD lists: a JSON array of strings, or one string separated by commas (in a form body, the array comes as
+    its JSON text: `["http://…","http://…"]`, read as the array). Blank entries are dropped."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise RequestRefused(JdCode.ILLEGAL_URL, "the URL list starts with '[' but is no JSON array") from None
     if isinstance(value, str):
         pieces = value.split(",")
     elif isinstance(value, list):

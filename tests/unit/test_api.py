@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 import tracemalloc
 import uuid
@@ -446,6 +447,17 @@ async def test_prefetch_with_a_form_body(api: Api) -> None:
     taskid = assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded"))
     task = await api.store.get_task(taskid)
     assert task is not None and task.total == 2 * NODES
+
+
+async def test_prefetch_with_a_form_body_holding_the_json_array(api: Api) -> None:
+    """A form whose publish_urls is the JSON array's text (as PHP's json_encode gives it) is read as the array
+    (before: split at its commas, refused as the illegal URL '["http://…"'); broken JSON text is refused."""
+    body = urlencode({**creds(), "publish_urls": json.dumps(urls(2))}).encode()
+    taskid = assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded"))
+    task = await api.store.get_task(taskid)
+    assert task is not None and task.total == 2 * NODES
+    broken = urlencode({**creds(), "publish_urls": '["http://www.example.test/a",'}).encode()
+    assert_code(await api.raw("/api/prefetch", broken, "application/x-www-form-urlencoded"), 17)
 
 
 async def test_prefetch_with_a_form_body_of_repeated_fields(api: Api) -> None:
