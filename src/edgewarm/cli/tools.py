@@ -30,28 +30,36 @@ DEFAULT_CLIENT_CONFIG = "~/.config/edgewarm/client.toml"
 POSITIVE = click.IntRange(min=1)
 
 
+USER_OPTIONS = (
+    click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, help="JD username"),
+    click.option(
+        "--secret",
+        envvar="EDGEWARM_SECRET",
+        show_envvar=True,
+        help="the user's secret key (prefer the variable or the client config: flags show in `ps`)",
+    ),
+    click.option(
+        "--client-config",
+        envvar="EDGEWARM_CLIENT_CONFIG",
+        show_envvar=True,
+        default=DEFAULT_CLIENT_CONFIG,
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="TOML file with server, username, secret (and timezone)",
+    ),
+)
+
+
 def connection_options(fn: F) -> F:
-    for option in reversed(
-        (
-            click.option("--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]"),
-            click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True, help="JD username"),
-            click.option(
-                "--secret",
-                envvar="EDGEWARM_SECRET",
-                show_envvar=True,
-                help="the user's secret key (prefer the variable or the client config: flags show in `ps`)",
-            ),
-            click.option(
-                "--client-config",
-                envvar="EDGEWARM_CLIENT_CONFIG",
-                show_envvar=True,
-                default=DEFAULT_CLIENT_CONFIG,
-                show_default=True,
-                type=click.Path(dir_okay=False),
-                help="TOML file with server, username, secret",
-            ),
-        )
-    ):
+    """--server and USER_OPTIONS."""
+    server = click.option("--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]")
+    for option in reversed((server, *USER_OPTIONS)):
+        fn = option(fn)
+    return fn
+
+
+def user_options(fn: F) -> F:
+    for option in reversed(USER_OPTIONS):
         fn = option(fn)
     return fn
 
@@ -353,17 +361,7 @@ def quota(server: str | None, username: str | None, secret: str | None, client_c
 
 
 @main.command()
-@click.option("--username", "-u", envvar="EDGEWARM_USERNAME", show_envvar=True)
-@click.option("--secret", envvar="EDGEWARM_SECRET", show_envvar=True)
-@click.option(
-    "--client-config",
-    envvar="EDGEWARM_CLIENT_CONFIG",
-    show_envvar=True,
-    default=DEFAULT_CLIENT_CONFIG,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="TOML file with username, secret (and timezone)",
-)
+@user_options
 @click.option("--date", "day", help="yyyymmdd [default: today in --timezone]")
 @click.option(
     "--timezone",
