@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from .models import Task, TaskStatus
@@ -30,5 +31,10 @@ def task_summary(task: Task, language: str) -> dict[str, object]:
         "total": task.total,
         "succeeded": task.succeeded,
         "failed": task.failed,
-        "progress": 1.0 if task.total == 0 else round((task.succeeded + task.failed) / task.total, 4),
+        "progress": 1.0 if task.total == 0 else progress(task.succeeded + task.failed, task.total),
     }
+
+
+def progress(done: int, total: int) -> float:
+    """The share done, to 4 decimals, rounded down: 1.0 only when all is done (19,999 of 20,000 is 0.9999)."""
+    return math.floor(done * 10_000 / total) / 10_000

@@ -16,13 +16,15 @@ import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+import yarl
 
 from .errors import JdCode, RequestRefused, StoreError
 from .models import Task
+from .store import redacted
 from .urls import has_user_info, is_plain
 from .views import task_summary
 
@@ -34,6 +36,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgewarm.webhooks")
 
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
+MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
+
+
+def masked_query(query: str) -> str:
+    """A query string with each value as `***` (a bare word too: it may be a token itself); names stay."""
+    pairs = (pair.partition("=") for pair in query.split("&"))
+    return "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pairs) if query else ""
+
+
+def shown_callback_url(url: str) -> str:
+    """A callback URL fit to show (the native view, logs, a delivery's error): its password (as
+    `store.redacted` hides it), query values and fragment as `***`, since a receiver may take its token there."""
+    parts = urlsplit(redacted(url))
+    return urlunsplit(parts._replace(query=masked_query(parts.query), fragment="***" if parts.fragment else ""))
 
 
 def sign_webhook(body: bytes, secret: str) -> str:
@@ -72,6 +88,14 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     return url
 
 
+def _without_the_url(text: str, url: str) -> str:
+    """An error's text with the callback URL (as given, or as aiohttp writes it) in its shown form."""
+    shown = shown_callback_url(url)
+    for written in {url, str(yarl.URL(url))}:
+        text = text.replace(written, shown)
+    return text
+
+
 class WebhookDeliverer:
     """Delivers the webhooks of ended tasks: claims due ones from the store, POSTs, records each attempt.
 
@@ -89,21 +113,32 @@ class WebhookDeliverer:
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        settings = self.config.webhooks
-        timeout = aiohttp.ClientTimeout(total=settings.timeout)
-        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as session:
-            while not stopping.is_set():
-                self._wake.clear()
-                try:
-                    due = await self.store.claim_due_webhooks(self._clock(), 20, settings.timeout * 3)
-                except StoreError as exc:
-                    log.error("claiming webhooks failed: %s", exc)
-                    due = []
-                if due:
-                    await asyncio.gather(*(self._deliver(session, task) for task in due))
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+        """Until `stopping`: each delivery on its own (a receiver that hangs holds up no other), at most
+        MAX_DELIVERIES at once, with the settings of the latest reload."""
+        running: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            try:
+                while not stopping.is_set():
+                    self._wake.clear()
+                    room, due = MAX_DELIVERIES - len(running), []
+                    if room > 0:
+                        try:
+                            due = await self.store.claim_due_webhooks(
+                                self._clock(), room, self.config.webhooks.timeout * 3
+                            )
+                        except StoreError as exc:
+                            log.error("claiming webhooks failed: %s", exc)
+                    for task in due:
+                        delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
+                        running.add(delivery)
+                        delivery.add_done_callback(running.discard)
+                        delivery.add_done_callback(lambda _: self._wake.set())  # room again
+                    if len(due) == room > 0:
+                        continue  # there may be more due now
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            finally:
+                await asyncio.gather(*running, return_exceptions=True)  # each within its timeout
 
     async def _deliver(self, session: aiohttp.ClientSession, task: Task) -> None:
         settings = self.config.webhooks
@@ -114,13 +149,18 @@ class WebhookDeliverer:
         else:
             body = orjson.dumps({**task_summary(task, self.config.api.language), "username": task.username})
             headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_webhook(body, user.secret)}
+            timeout = aiohttp.ClientTimeout(total=settings.timeout)
             try:
-                async with session.post(task.callback_url, data=body, headers=headers, allow_redirects=False) as answer:
+                async with session.post(
+                    task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                ) as answer:
                     await answer.read()
                     if not 200 <= answer.status < 300:
                         error = f"HTTP {answer.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}".strip()
+            except TimeoutError:
+                error = f"no answer within {settings.timeout:g} s ([webhooks] timeout)"
+            except (aiohttp.ClientError, OSError) as exc:
+                error = _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url)
         attempts = task.webhook_attempts + 1
         retry_at = None
         if error is not None and user is not None and attempts < settings.max_attempts:

@@ -869,6 +869,18 @@ class TestIdempotencyAndWebhooks:
         assert done is not None and (done.webhook_state, done.webhook_attempts) == ("delivered", 2)
         assert await store.claim_due_webhooks(NOW + 100, 10, LEASE) == []
 
+    async def test_retention_keeps_an_ended_task_until_its_webhook_is_done(self, store: TaskStore) -> None:
+        """A task whose webhook is still to be delivered is not removed by retention (it was: the delivery was
+        lost, unsaid); once delivered it is."""
+        task = replace(make_task(1), callback_url="http://hooks.test/done")
+        await store.create_task(task)
+        ids = await claim_all(store)
+        await store.record_outcomes("w1", [ok(i) for i in ids], NOW + 1)
+        assert await store.delete_finished_before(NOW + 100, 10) == 0
+        assert await store.get_task(task.id) is not None
+        await store.record_webhook(task.id, delivered=True, error=None, retry_at=None, now=NOW + 2)
+        assert await store.delete_finished_before(NOW + 100, 10) == 1
+
     async def test_a_webhook_that_keeps_failing_ends_failed(self, store: TaskStore) -> None:
         """record_webhook without retry_at ends the delivery as failed, with its error kept."""
         task = replace(make_task(1), callback_url="http://hooks.test/x")

@@ -532,6 +532,17 @@ async def test_a_node_given_another_address_by_a_reload_is_warmed_again() -> Non
     assert (len(first.requests), len(second.requests)) == (1, 1)
 
 
+async def test_verify_on_a_node_that_tells_no_cache_state_warms_once_and_succeeds() -> None:
+    """`verify = true` and a generic node whose cache-state header edgewarm does not know: the warm succeeds on
+    one request, as without verify (before: a second GET, then "not cached after the warm: no cache state
+    again", on every URL)."""
+    with FaultServer(always(Respond(200, body=BODY, headers=(("X-Proxy-State", "HIT"),)))) as server:
+        async with engine_rig(one_node(server, kind="generic"), {"verify": True}) as rig:
+            task, items = await rig.wait(await rig.submit([URL]), 20)
+    assert task.status is TaskStatus.SUCCEEDED, items
+    assert len(server.requests) == 1
+
+
 async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -> None:
     """Two tasks warm one URL within dedupe_seconds: the node gets one request; /metrics counts two items
     worked but one request's latency and one body (before, the shared item was counted as a second request)."""

@@ -19,7 +19,7 @@ from edgewarm.engine.outcome import (
 )
 from edgewarm.models import ItemOutcome
 from edgewarm.nodes import CacheState
-from edgewarm.nodes.purge import Verdict
+from edgewarm.nodes.purge import PurgeRequest, Verdict, verdict
 
 NOW = 1_000_000.0
 SETTINGS = Engine(max_attempts=3, backoff_base=0.5, backoff_max=4.0)
@@ -279,3 +279,18 @@ def test_an_item_not_sent_while_the_probe_is_out_waits_for_its_answer_past_node_
     assert spent.retry_at is None and "gave up after 2 attempts" in (spent.error or "")
     off = Engine(max_attempts=2, node_down_wait=0.0)
     assert retry_or_give_up(failed, FetchResult(None, hold=probing), off, 100.0, random.Random(1)).retry_at is None
+
+
+def test_a_bypass_refetch_refused_by_the_origin_says_so() -> None:
+    """purge_method GET (a bypass refetch) answered 404: a failure saying the refetch was refused and the copy
+    stays (before: "the node refused the purge (is purging enabled there…?)", which sent operators to the node's
+    purge permissions); a 405 to a method is still the node's refusal."""
+    settings = Engine()
+    get = PurgeRequest("GET", {"X-Refresh": "1"})
+    refetch = purge_outcome(1, 1, verdict(get, 404, False), FetchResult(404), settings, NOW)
+    assert not refetch.succeeded and refetch.retry_at is None
+    assert refetch.error == (
+        "HTTP 404: the refetch that replaces the node's copy was refused (the origin's answer, passed on?): it stays"
+    )
+    assert verdict(get, 405, False) is Verdict.REFUSED
+    assert verdict(PurgeRequest("PURGE", {}), 404, False) is Verdict.NOT_CACHED

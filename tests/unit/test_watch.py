@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from edgewarm.cli.watch import TABLE_WIDTH, _elapsed, summarize
+from edgewarm.views import progress
 
 TASK = "148555aa-eee7-48cb-97bd-42fd052e3c84"
 VIEW: dict[str, Any] = {
@@ -49,3 +50,9 @@ def test_a_tasks_rate_is_per_its_own_time() -> None:
     assert round(300 / _elapsed(VIEW)) == 1531
     created = datetime.fromtimestamp(datetime.now(UTC).timestamp() - 10, UTC).isoformat()
     assert 9.5 < _elapsed({"duration_seconds": None, "created_at": created}) < 12
+
+
+def test_progress_is_1_only_when_every_item_is_done() -> None:
+    """19,999 of 20,000 items is 0.9999, not 1.0 (rounding made a task in progress show 1.0)."""
+    assert (progress(19_999, 20_000), progress(20_000, 20_000), progress(1, 3)) == (0.9999, 1.0, 0.3333)
+    assert progress(209_999, 210_000) < 1.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
@@ -15,9 +14,9 @@ from ..config import User
 from ..errors import JdCode, RequestRefused, TaskNotFound
 from ..models import Item, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
-from ..store import redacted
 from ..urls import has_controls
 from ..views import iso
+from ..webhooks import shown_callback_url
 from .responses import JSONResponse, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
 
@@ -45,19 +44,6 @@ def counts_view(counts: TaskCounts) -> dict[str, int]:
         "succeeded": counts.succeeded,
         "failed": counts.failed,
     }
-
-
-def masked_query(query: str) -> str:
-    """A query string with each value as `***` (a bare word too: it may be a token itself); names stay."""
-    pairs = (pair.partition("=") for pair in query.split("&"))
-    return "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pairs) if query else ""
-
-
-def shown_callback_url(url: str) -> str:
-    """A callback URL fit to show: its password (as `store.redacted` hides it), query values and fragment as
-    `***`, since a receiver may take its token there."""
-    parts = urlsplit(redacted(url))
-    return urlunsplit(parts._replace(query=masked_query(parts.query), fragment="***" if parts.fragment else ""))
 
 
 def webhook_view(task: Task) -> dict[str, object] | None:

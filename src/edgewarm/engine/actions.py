@@ -7,10 +7,11 @@ from dataclasses import replace
 
 from ..config import Engine as Settings
 from ..config import Node
+from ..errors import RequestRefused
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import purge
 from ..store import TaskStore
-from ..urls import TargetUrl, parse_url, spellings, stored_target
+from ..urls import TargetUrl, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
 from .outcome import purge_outcome, warm_outcome
 
@@ -44,8 +45,10 @@ async def _warm(
     result = await fetcher.request("GET", node, target)
     verified = None
     # Verified when asked to, and when the answer asks caches not to store it: a MISS then is likely for good.
+    # Not on a node that tells no cache state: a second answer could not tell either.
     if (
         (settings.verify or result.not_stored)
+        and result.cache_state is not None
         and result.status is not None
         and 200 <= result.status < 300
         and not (result.cache_state and result.cache_state.cached)
@@ -61,11 +64,11 @@ async def _purge_dir(
     if request is not None:
         result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
         return purge.verdict(request, result.status, result.network_error), result, None
-    # No prefix purge on this node: purge the directory's own URL and every URL under it that edgewarm has
-    # seen, in any spelling of the directory.
+    # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
+    # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node)
     seen = [url for prefix in spellings(target) for url in await store.known_urls(prefix, KNOWN_URLS_LIMIT)]
-    known = _under(target, [target.url, *seen])
+    known = _under(target, seen)
     failures: list[tuple[purge.Verdict, FetchResult]] = []
     purged = 0
     for start in range(0, len(known), 16):
@@ -76,7 +79,7 @@ async def _purge_dir(
             if verdict not in _DONE:
                 failures.append((verdict, result))
             purged += verdict is purge.Verdict.PURGED
-    summary = f"purged {len(known) - len(failures)} of {len(known)} URLs (the directory's and those known under it)"
+    summary = f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
     if not failures:  # no single answer stands for them all: no HTTP status
         return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
@@ -90,7 +93,10 @@ def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
     prefix = directory.cache_key
     found: dict[str, TargetUrl] = {}
     for url in urls:
-        target = parse_url(url)
+        try:
+            target = stored_target(url)  # accepted once, under the [api] max_url_length of that time
+        except RequestRefused:
+            continue
         key = target.cache_key
         if key.startswith(prefix):
             found.setdefault(key, target)

@@ -117,5 +117,8 @@ def purge_outcome(
             result.bytes,
             f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
         )
+    if verdict is Verdict.NOT_REFETCHED:
+        why = "the refetch that replaces the node's copy was refused (the origin's answer, passed on?): it stays"
+        return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")
     failed = ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error)
     return retry_or_give_up(failed, result, settings, now, rng)

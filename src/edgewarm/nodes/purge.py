@@ -13,6 +13,7 @@ class Verdict(enum.Enum):
     NOT_CACHED = "NOT_CACHED"  # nothing to purge: as good as purged
     RETRY = "RETRY"
     REFUSED = "REFUSED"
+    NOT_REFETCHED = "NOT_REFETCHED"  # a bypass refetch (purge_method GET/HEAD) answered 4xx: the copy stays
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +51,6 @@ def verdict(request: PurgeRequest, status: int | None, network_error: bool) -> V
         return Verdict.PURGED
     if status == 404 and request.method == "PURGE":
         return Verdict.NOT_CACHED  # the cache-purge module's answer for a key it does not hold
+    if request.method in ("GET", "HEAD") and status != 405:
+        return Verdict.NOT_REFETCHED  # the node passed on the origin's refusal (405: the node's own, for a method)
     return Verdict.REFUSED

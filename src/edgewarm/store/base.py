@@ -36,6 +36,8 @@ FIRST: ScanPoint = (float("-inf"), 0)
 # URL fails. Another node's failure in its own tier stops nothing else (one edge that cannot purge leaves the
 # other edges purged and warmed again).
 NOT_ATTEMPTED = "not attempted: this URL failed first on "
+# Retention removes an ended task only once its webhook, if any, has been delivered or has failed for good.
+NO_WEBHOOK_DUE = "(webhook_state IS NULL OR webhook_state <> 'pending')"
 MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
 
 
@@ -220,7 +222,8 @@ class TaskStore(Protocol):
         ...
 
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
-        """Remove up to `limit` tasks that ended before `cutoff`, with their items; return how many."""
+        """Remove up to `limit` tasks that ended before `cutoff`, with their items, but those whose webhook is
+        still to be delivered (NO_WEBHOOK_DUE); return how many."""
         ...
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:

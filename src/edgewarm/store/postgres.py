@@ -43,6 +43,7 @@ from ..models import (
 from . import redacted
 from .base import (
     MAX_STAGES,
+    NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
@@ -333,9 +334,10 @@ WHERE id = $1 AND webhook_state = 'pending'
 """
 
 # Items go with their task (ON DELETE CASCADE); SKIP LOCKED keeps the job off rows a writer holds.
-_DELETE_FINISHED = """
+_DELETE_FINISHED = f"""
 WITH old AS (
-    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 AND {NO_WEBHOOK_DUE}
+    LIMIT $2 FOR UPDATE SKIP LOCKED
 )
 DELETE FROM tasks USING old WHERE tasks.id = old.id
 """

@@ -35,6 +35,7 @@ from ..models import (
 from . import make_folder_of
 from .base import (
     MAX_STAGES,
+    NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
@@ -502,7 +503,8 @@ class SQLiteStore:
                 ids = [
                     r[0]
                     for r in db.execute(
-                        "SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                        f"SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? AND {NO_WEBHOOK_DUE} "
+                        "LIMIT ?",
                         (cutoff, limit),
                     ).fetchall()
                 ]

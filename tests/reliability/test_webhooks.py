@@ -1,0 +1,108 @@
+"""Webhook delivery against real receivers on loopback: no receiver holds up another, the settings of the
+latest reload apply, an error never shows the receiver's token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from edgewarm.config import parse_config
+from edgewarm.metrics import Metrics
+from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.store import TaskStore, open_store
+from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.webhooks import WebhookDeliverer, _without_the_url
+
+from .support import USER, base_config
+
+pytestmark = pytest.mark.anyio
+
+
+def webhook_config(**webhooks: Any) -> Any:
+    return parse_config(base_config(webhooks={"allowed_hosts": ["127.0.0.1"], "backoff_base": 30.0, **webhooks}))
+
+
+async def ended_task(store: TaskStore, callback_url: str) -> str:
+    """A task of one item that succeeded: its webhook is due."""
+    task_id = str(uuid.uuid4())
+    item = NewItem(0, "http://www.example.test/w", "edge-1", ItemAction.WARM, 0)
+    quota = QuotaCharge("20260101", 1, 0, 10**9, 50)
+    await store.create_task(NewTask(task_id, USER, TaskKind.PREFETCH, time.time(), (item,), quota, None, callback_url))
+    (claim,) = [c for c in await store.claim_due_items("w", 10, time.time(), 60) if c.task_id == task_id]
+    await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], time.time())
+    return task_id
+
+
+@asynccontextmanager
+async def delivering(deliverer: WebhookDeliverer) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    runner = asyncio.create_task(deliverer.run(stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        deliverer.wake()
+        await asyncio.wait_for(runner, 30)
+
+
+async def test_a_receiver_that_hangs_holds_up_no_other() -> None:
+    """30 webhooks to a receiver that never answers in time (timeout 2 s), then one to a healthy receiver: the
+    healthy one is delivered at once (before, deliveries went in batches of 20, each waiting for its slowest:
+    the healthy one came after the first batch's 2 s)."""
+    with FaultServer(always(Respond(200, delay=10))) as hanging, FaultServer(always(Respond(200))) as healthy:
+        config = webhook_config(timeout=2.0)
+        async with open_store("memory://") as store:
+            for _ in range(30):
+                await ended_task(store, f"{hanging.url}/hook")
+            await ended_task(store, f"{healthy.url}/hook")
+            deliverer = WebhookDeliverer(config, store, Metrics())
+            started = time.monotonic()
+            async with delivering(deliverer):
+                for _ in range(150):  # bounded: 3 s
+                    if healthy.requests:
+                        break
+                    await asyncio.sleep(0.02)
+                took = time.monotonic() - started
+    assert healthy.requests and took < 1.5, took
+
+
+async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:
+    """The deliverer given a config whose [webhooks] timeout is 5 s (it started with 0.5 s): a receiver that
+    answers in 1 s gets its webhook delivered (before, the start's timeout held until a restart)."""
+    with FaultServer(always(Respond(200, delay=1.0))) as slow:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{slow.url}/hook")
+            deliverer = WebhookDeliverer(webhook_config(timeout=0.5), store, Metrics())
+            deliverer.config = webhook_config(timeout=5.0)
+            async with delivering(deliverer):
+                for _ in range(200):  # bounded: 4 s
+                    task = await store.get_task(task_id)
+                    if task is not None and task.webhook_attempts:
+                        break
+                    await asyncio.sleep(0.02)
+    assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
+
+
+async def test_a_timeout_is_told_as_one_and_an_error_never_shows_the_receivers_token() -> None:
+    """A receiver too slow: "no answer within 0.5 s ([webhooks] timeout)" (it was "TimeoutError:"); an error
+    text naming the callback URL, as aiohttp writes it or as given, shows it masked (its token was kept in the
+    task's view and logged on every attempt)."""
+    with FaultServer(always(Respond(200, delay=3.0))) as slow:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{slow.url}/hook?token=SECRET42")
+            async with delivering(WebhookDeliverer(webhook_config(timeout=0.5), store, Metrics())):
+                for _ in range(150):  # bounded: 3 s
+                    task = await store.get_task(task_id)
+                    if task is not None and task.webhook_attempts:
+                        break
+                    await asyncio.sleep(0.02)
+    assert task is not None and task.webhook_error == "no answer within 0.5 s ([webhooks] timeout)"
+    url = "http://127.0.0.1:9/hook?token=SECRET42&x=1"
+    told = _without_the_url(f"ClientResponseError: 400, message='Bad status line', url='{url}'", url)
+    assert "SECRET42" not in told and "http://127.0.0.1:9/hook?token=***&x=***" in told
