@@ -360,10 +360,13 @@ def acceptable(url: str, user: str) -> bool:
 
 
 def cache_key(url: str) -> tuple[str, ...]:
+    """One object to a cache: the scheme's default port is no port (as a browser sends Host)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").rstrip(".")
     query = f"?{parts.query}" if parts.query or url.endswith("?") else ""
-    return (parts.scheme.lower(), host, str(parts.port), parts.path or "/", query)
+    scheme = parts.scheme.lower()
+    port = None if parts.port == {"http": 80, "https": 443}.get(scheme) else parts.port
+    return (scheme, host, str(port), parts.path or "/", query)
 
 
 def plainly_valid(params: dict[str, Any], path: str, urls: list[str] | None, encoding: str) -> bool:
