@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 import time
@@ -64,9 +65,17 @@ def _run_demo(urls: int, size: int, keep: bool, out: Console) -> bool:
                     f"the origin was asked {sum(origin.values())} times for {len(paths)} URLs."
                 )
                 if keep:
+                    body = json.dumps(
+                        {"username": DEMO_USER, "signature": client.signature(), "publish_urls": [full[0]]}
+                    )
                     out.print(
                         f"\nStill serving on {service.url} with the fleet above; signature for today: "
-                        f"{client.signature()} (user {DEMO_USER}). Ctrl-C to stop."
+                        f"{client.signature()} (user {DEMO_USER}). Try:\n"
+                        f"curl -s {service.url}/api/prefetch -H 'content-type: application/json' -d '{body}'\n"
+                        "Ctrl-C to stop.",
+                        markup=False,
+                        highlight=False,
+                        soft_wrap=True,
                     )
                     try:
                         while service.proc is not None and service.proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -369,10 +370,14 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
         lines = []
         for line in demo.stdout:  # bounded: the demo prints a few dozen lines before it waits
             lines.append(line)
-            if "Still serving" in line or len(lines) > 500:
+            if "Ctrl-C to stop" in line or len(lines) > 500:
                 break
         out = "".join(lines)
         assert "Still serving" in out, out
+        # The curl it prints works as given: a task id back.
+        curl = next(line for line in lines if line.startswith("curl -s "))
+        answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
+        assert json.loads(answer.stdout)["status"] == 0, answer.stdout + answer.stderr
         demo.send_signal(signal.SIGTERM)
         demo.wait(timeout=60)
     finally:
