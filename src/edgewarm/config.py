@@ -405,11 +405,11 @@ def load_config(path: str | Path) -> Config:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError("", f"cannot read it: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"not valid TOML: {exc}") from None
+        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
     return parse_config(data)
 
 

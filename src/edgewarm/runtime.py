@@ -115,7 +115,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         try:
             fresh = load_config(config_path)
         except ConfigError as exc:
-            log.error("SIGHUP: keeping the running config: %s: %s", config_path, exc)
+            log.error("SIGHUP: keeping the running config: %s", exc)
             return
         if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
             log.warning("SIGHUP: `listen` and `store` change only on restart")

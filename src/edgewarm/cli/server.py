@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..config import Config, load_config
-from ..errors import EdgewarmError
+from ..errors import ConfigError, EdgewarmError
 from ..logs import setup_logging
 from ..tuning import tune_runtime
 from .main import main
@@ -24,6 +24,8 @@ def _setup_logging(config: Config) -> None:
 def _load(path: str) -> Config:
     try:
         return load_config(path)
+    except ConfigError as exc:  # a wrong key's error names the key; reading errors name the file themselves
+        raise click.ClickException(f"config {path}: {exc}" if exc.key else str(exc)) from None
     except EdgewarmError as exc:
         raise click.ClickException(f"config {path}: {exc}") from None
 

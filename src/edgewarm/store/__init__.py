@@ -29,6 +29,8 @@ def redacted(url: str) -> str:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
     pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
     query = "&".join(f"{name}{sep}{'***' if 'pass' in name.lower() else value}" for name, sep, value in pairs)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide: as written
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
