@@ -50,18 +50,20 @@ USER_OPTIONS = (
 )
 
 
-def connection_options(fn: F) -> F:
-    """--server and USER_OPTIONS."""
-    server = click.option("--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]")
-    for option in reversed((server, *USER_OPTIONS)):
-        fn = option(fn)
-    return fn
+SERVER_OPTION = click.option(
+    "--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]"
+)
 
 
 def user_options(fn: F) -> F:
     for option in reversed(USER_OPTIONS):
         fn = option(fn)
     return fn
+
+
+def connection_options(fn: F) -> F:
+    """--server, then USER_OPTIONS."""
+    return SERVER_OPTION(user_options(fn))
 
 
 def check_timezone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -54,12 +54,6 @@ _HEAD_TOO_LARGE = "message head is too large"
 # in Rust's debug form ("Other(OtherError(CaUsedAsEndEntity))") or followed by their context. The common ones
 # are told in OpenSSL's words, as aiohttp tells them.
 _RUSTLS_CERTIFICATE = re.compile(r"invalid peer certificate: (?:Other\(OtherError\()?(\w+)(.*)")
-# The same reasons as rustls displays those with context (its versions differ in which form they give).
-_CERTIFICATE_SENTENCES = {
-    "certificate expired": "certificate has expired",
-    "certificate not valid yet": "certificate is not yet valid",
-    "certificate not valid for name": "certificate is not valid for the site's name",
-}
 _CERTIFICATE_REASONS = {
     "UnknownIssuer": "unable to get local issuer certificate",
     "CaUsedAsEndEntity": "a CA certificate served as the node's own (self-signed certificate?)",
@@ -71,6 +65,12 @@ _CERTIFICATE_REASONS = {
     "NotValidForNameContext": "certificate is not valid for the site's name",
     "Revoked": "certificate revoked",
     "BadSignature": "certificate signature failure",
+}
+# The same reasons as rustls displays those with context (its versions differ in which form they give).
+_CERTIFICATE_SENTENCES = {
+    "certificate expired": "Expired",
+    "certificate not valid yet": "NotValidYet",
+    "certificate not valid for name": "NotValidForName",
 }
 
 
@@ -387,8 +387,8 @@ def certificate_refusal(reason: str) -> str | None:
     if refused is None:
         return None
     sentence = refused.group(1) + refused.group(2)
-    told = (told for start, told in _CERTIFICATE_SENTENCES.items() if sentence.startswith(start))
-    return _CERTIFICATE_REASONS.get(refused.group(1)) or next(told, reason)
+    named = (name for start, name in _CERTIFICATE_SENTENCES.items() if sentence.startswith(start))
+    return _CERTIFICATE_REASONS.get(refused.group(1)) or _CERTIFICATE_REASONS.get(next(named, ""), reason)
 
 
 def _certificate_refused(node: Node, why: str) -> FetchResult:

@@ -36,9 +36,10 @@ FIRST: ScanPoint = (float("-inf"), 0)
 # URL fails. Another node's failure in its own tier stops nothing else (one edge that cannot purge leaves the
 # other edges purged and warmed again).
 NOT_ATTEMPTED = "not attempted: this URL failed first on "
+MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
+
 # Retention removes an ended task only once its webhook, if any, has been delivered or has failed for good.
 NO_WEBHOOK_DUE = "(webhook_state IS NULL OR webhook_state <> 'pending')"
-MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
 
 
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:

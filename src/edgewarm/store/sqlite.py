@@ -786,15 +786,13 @@ def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -
         ).fetchall()
         here = {node for (node,) in db.execute(_AT_STAGE, (task_id, seq, stage))}
         failed_on = {node for node, state in earlier if state == "failed"}
-        if below := sorted(failed_on - here):
-            return (
-                failed_count
-                + db.execute(
-                    "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
-                    "WHERE task_id = ? AND seq = ? AND state = 'waiting'",
-                    (f"{NOT_ATTEMPTED}{', '.join(below)}", now, task_id, seq),
-                ).rowcount
-            )
+        if below := sorted(failed_on - here):  # an earlier tier failed: every waiting item of the URL fails
+            failed_count += db.execute(
+                "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
+                "WHERE task_id = ? AND seq = ? AND state = 'waiting'",
+                (f"{NOT_ATTEMPTED}{', '.join(below)}", now, task_id, seq),
+            ).rowcount
+            break
         for node in sorted(failed_on & here):
             failed_count += db.execute(
                 "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
