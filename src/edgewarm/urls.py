@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -171,3 +171,16 @@ def find_duplicate(urls: Sequence[str]) -> str | None:
             return url
         seen.add(url)
     return None
+
+
+def masked_query(query: str, secret: Callable[[str], bool] = lambda name: True) -> str:
+    """A query string with the value of each parameter whose name is `secret` as `***` (a bare word whose
+    name is `secret` too: it may be a token itself); names and the other values stay as written."""
+
+    def shown(pair: str) -> str:
+        name, sep, _ = pair.partition("=")
+        if not secret(name) or not pair:
+            return pair
+        return f"{name}=***" if sep else "***"
+
+    return "&".join(shown(pair) for pair in query.split("&")) if query else ""

@@ -25,7 +25,7 @@ import yarl
 from .errors import JdCode, RequestRefused, StoreError
 from .models import Task
 from .store import redacted
-from .urls import has_user_info, is_plain
+from .urls import has_user_info, is_plain, masked_query
 from .views import task_summary
 
 if TYPE_CHECKING:
@@ -37,12 +37,6 @@ log = logging.getLogger("edgewarm.webhooks")
 
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
 MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
-
-
-def masked_query(query: str) -> str:
-    """A query string with each value as `***` (a bare word too: it may be a token itself); names stay."""
-    pairs = (pair.partition("=") for pair in query.split("&"))
-    return "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pairs) if query else ""
 
 
 def shown_callback_url(url: str) -> str:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.urls import TargetUrl, find_duplicate, parse_url, spellings, split_list
+from edgewarm.urls import TargetUrl, find_duplicate, masked_query, parse_url, spellings, split_list
 
 # --- split_list -----------------------------------------------------------------------------------
 
@@ -251,3 +251,21 @@ def test_the_spellings_of_a_directory_are_those_a_cache_keys_as_one() -> None:
         "http://a.test.:80/d/",
     ]
     assert spellings(parse_url("https://a.test:8443/d/")) == ["https://a.test:8443/d/", "https://a.test.:8443/d/"]
+
+
+@pytest.mark.parametrize(
+    ("query", "every", "passwords"),
+    [
+        ("", "", ""),
+        ("token=abc&x=1", "token=***&x=***", "token=abc&x=1"),
+        ("password=s3&sslmode=require", "password=***&sslmode=***", "password=***&sslmode=require"),
+        ("s3cr3t", "***", "s3cr3t"),
+        ("passphrase&a=1", "***&a=***", "***&a=1"),
+        ("a=1&&b=", "a=***&&b=***", "a=1&&b="),
+        ("SSLPASSWORD=x=y", "SSLPASSWORD=***", "SSLPASSWORD=***"),
+    ],
+)
+def test_masked_query_hides_the_values_of_the_names_it_is_given(query: str, every: str, passwords: str) -> None:
+    """One masker for both uses: every value of a callback URL, the `pass…` parameters of a store URL."""
+    assert masked_query(query) == every
+    assert masked_query(query, lambda name: "pass" in name.lower()) == passwords

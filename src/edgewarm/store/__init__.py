@@ -12,6 +12,7 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreError
+from ..urls import masked_query
 from .base import SCHEMA_VERSION, TaskStore
 
 __all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path"]
@@ -27,8 +28,7 @@ def redacted(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
-    query = "&".join(f"{name}{sep}{'***' if 'pass' in name.lower() else value}" for name, sep, value in pairs)
+    query = masked_query(parts.query, lambda name: "pass" in name.lower())
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # nothing to hide: as written
     return urlunsplit(parts._replace(netloc=netloc, query=query))
