@@ -106,9 +106,11 @@ class Service:
             raise RequestRefused(too_many, f"{len(urls)} {what} in one call; the limit is {limit}")
         targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
         # Two spellings of one object (host case, an empty path) are one URL to a cache.
-        duplicate = find_duplicate([t.cache_key for t in targets])
+        duplicate = find_duplicate(targets)
         if duplicate is not None:
-            raise RequestRefused(JdCode.DUPLICATE_URLS, f"duplicate URL in the request: {duplicate}")
+            first, again = duplicate
+            same = "" if first.url == again.url else f" (the same object as {first.url})"
+            raise RequestRefused(JdCode.DUPLICATE_URLS, f"duplicate URL in the request: {again.url}{same}")
         for target in targets:
             if not user.owns(target.host):
                 raise RequestRefused(not_yours, f"the domain {target.host} is not yours")

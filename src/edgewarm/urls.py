@@ -70,7 +70,13 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     refused for another reason (a domain not the caller's, say) leaves nothing behind."""
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
-    return _split(raw)
+    target = _split(raw)
+    if "%" in target.path_query:
+        if _BAD_ESCAPE.search(target.path_query):
+            raise _illegal(raw, "a '%' must begin an escape of two hex digits (write '%25' for '%' itself)")
+        if "%00" in target.path_query.partition("?")[0]:
+            raise _illegal(raw, "an escaped NUL (%00) in the path: caches refuse such a request (nginx answers 400)")
+    return target
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -101,6 +107,7 @@ def _authority(scheme: str, host: str, port: int | None) -> str:
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def spellings(target: TargetUrl) -> list[str]:
@@ -136,6 +143,8 @@ def _split_any(raw: str) -> TargetUrl:
         return _illegal(raw, reason)
 
     if not is_plain(raw):
+        if not raw.isascii() and not urlsplit(raw).netloc.isascii():
+            raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
         raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
     try:
         parts = urlsplit(raw)
@@ -164,12 +173,14 @@ def _split_any(raw: str) -> TargetUrl:
     return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
 
 
-def find_duplicate(urls: Sequence[str]) -> str | None:
-    seen: set[str] = set()
-    for url in urls:
-        if url in seen:
-            return url
-        seen.add(url)
+def find_duplicate(targets: Sequence[TargetUrl]) -> tuple[TargetUrl, TargetUrl] | None:
+    """The first URL that is one object to a cache with an earlier one (two spellings of a host, say), and
+    that earlier one, as the caller wrote them; None when every URL is its own object."""
+    seen: dict[str, TargetUrl] = {}
+    for target in targets:
+        first = seen.setdefault(target.cache_key, target)
+        if first is not target:
+            return first, target
     return None
 
 

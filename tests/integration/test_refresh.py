@@ -216,3 +216,27 @@ def test_a_node_without_purge_support_fails_the_refresh_clearly(tmp_path: Path) 
     assert "refused the purge" in by_node["edge-1"]["error"]
     assert by_node["edge-1"]["attempts"] == 1
     assert "no purge method" in by_node["no-purge"]["error"]
+
+
+def test_a_known_url_a_node_cannot_read_does_not_hold_a_dir_refresh_back(tmp_path: Path, lab: Lab) -> None:
+    """A URL of 9,000 characters (the service takes it: max_url_length 20000) is known under /un/, and nginx
+    answers it 414 (its request line is over 8 KiB): never cached there. A refresh of /un/ purges the other
+    URL and succeeds (before, every refresh of the directory failed on that one URL, and the edges behind
+    the shield were not purged at all: "not attempted")."""
+    lab.write_file("/un/a.txt", b"version 1")
+    port = free_port()
+    config = write_config(
+        tmp_path / "long.toml",
+        store=f"sqlite:///{tmp_path}/long.db",
+        nodes_toml=lab.nodes_toml(),
+        port=port,
+        extra="[api]\nmax_url_length = 20000\n",
+    )
+    long_url = url_of("/un/" + "x" * 9000)
+    with ServiceProcess(config, port=port) as service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        warm(service, ["/un/a.txt"])
+        assert client.wait(client.prefetch([long_url]), timeout=60)["status"] == 2  # 414 from the nginx nodes
+        assert set(states(lab, "/un/a.txt").values()) == {"HIT"}
+        view = finish(service, refresh(service, [url_of("/un/")], "dir"))
+    assert view["status"] == 0, view["items"]
+    assert set(states(lab, "/un/a.txt").values()) == {"MISS"}

@@ -81,6 +81,25 @@ def test_an_object_the_caches_will_not_store_is_not_reported_warmed(tmp_path: Pa
     assert gets[path] == 1 + len(lab.edges)  # the warm, then each edge filling itself from the shield
 
 
+def test_an_object_of_no_lifetime_is_not_reported_warmed(tmp_path: Path, lab: Lab) -> None:
+    """`Cache-Control: max-age=0` or an `Expires` passed: nginx does not store it, and the answer's MISS is
+    looked at once more as for no-store (before, each succeeded on the one MISS while the caches stayed empty)."""
+    for folder in ("max-age-0", "expired"):
+        lab.write_file(f"/{folder}/n.bin", b"n" * 100)
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of("/max-age-0/n.bin"), url_of("/expired/n.bin")])
+        assert client.wait(taskid, timeout=60)["status"] == 2
+        items = client.task(taskid)["items"]
+    shield = {i["url"]: i["error"] for i in items if i["node"] == "shield-1"}
+    assert shield == {
+        url_of("/max-age-0/n.bin"): "not cached after the warm: MISS again (its answer said Cache-Control: max-age=0)",
+        url_of("/expired/n.bin"): "not cached after the warm: MISS again (its answer said "
+        "Expires: Thu, 01 Jan 1970 00:00:00 GMT)",
+    }
+    for path in ("/max-age-0/n.bin", "/expired/n.bin"):
+        assert lab.fetch(lab.shield, path).cache_status == "MISS"  # not stored indeed
+
+
 def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
     """(succeeded, failed) among `items`."""
     states = Counter(i["state"] for i in items)

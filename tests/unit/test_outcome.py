@@ -52,6 +52,15 @@ def test_other_4xx_fails_at_once(status: int) -> None:
     assert outcome.error is not None and f"HTTP {status}" in outcome.error
 
 
+@pytest.mark.parametrize(("state", "who"), [(CacheState.MISS, "the origin"), (None, "the node or the origin")])
+def test_a_refusal_is_told_as_the_origins_only_when_it_came_through_the_cache(
+    state: CacheState | None, who: str
+) -> None:
+    """nginx answers 400 or 414 itself to a URL it cannot take, telling no cache state: not blamed on the origin."""
+    outcome = warm_outcome(7, 1, FetchResult(400, cache_state=state), SETTINGS, NOW)
+    assert outcome.error == f"HTTP 400 (not retried: {who} refused it)"
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_fails_at_once_saying_so(status: int) -> None:
     """A 3xx is not the object (success is a 2xx): it fails at once, saying it is a redirect to warm the target
@@ -294,3 +303,18 @@ def test_a_bypass_refetch_refused_by_the_origin_says_so() -> None:
     )
     assert verdict(get, 405, False) is Verdict.REFUSED
     assert verdict(PurgeRequest("PURGE", {}), 404, False) is Verdict.NOT_CACHED
+
+
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [
+        (403, "the node refused the purge (is purging enabled there, and allowed from this host?)"),
+        (400, "the node cannot read a request for this URL (nor could it cache it)"),
+        (414, "the node cannot read a request for this URL (nor could it cache it)"),
+    ],
+)
+def test_a_refused_purge_says_whether_the_node_could_not_read_the_url(status: int, why: str) -> None:
+    """nginx answers 400 to a malformed escape and 414 to a URL too long: not a purge set up wrong."""
+    purge = PurgeRequest("PURGE")
+    outcome = purge_outcome(7, 1, verdict(purge, status, False), FetchResult(status), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.error) == (False, f"HTTP {status}: {why}")

@@ -175,6 +175,9 @@ def test_a_plain_mapping_is_read_too() -> None:
     assert cache_state({"X-Cache": "HIT from squid"}) is CacheState.HIT
 
 
+NOW = 1_795_900_000.0  # 2026-11-28 21:06 UTC: before the Expires of 29 Nov 2026 below
+
+
 @pytest.mark.parametrize(
     ("headers", "why"),
     [
@@ -184,10 +187,20 @@ def test_a_plain_mapping_is_read_too() -> None:
         ({"Set-Cookie": "session=1"}, "Set-Cookie"),
         ({"Vary": "*"}, "Vary: *"),
         ({"Cache-Control": "public, max-age=60"}, None),
-        ({"Cache-Control": "no-cache"}, None),  # stored, revalidated before use
+        # RFC 9111 lets a cache store it and revalidate; nginx and Varnish do not store it (a verify GET tells)
+        ({"Cache-Control": "no-cache"}, "Cache-Control: no-cache"),
+        ({"Cache-Control": "public, max-age=0"}, "Cache-Control: max-age=0"),
+        ({"Cache-Control": "max-age=60, s-maxage=0"}, "Cache-Control: s-maxage=0"),
+        ({"Cache-Control": "max-age=0, s-maxage=60"}, None),  # a shared cache reads s-maxage first
+        ({"Expires": "Thu, 01 Jan 1970 00:00:00 GMT"}, "Expires: Thu, 01 Jan 1970 00:00:00 GMT"),
+        ({"Expires": "0"}, "Expires: 0"),  # an Expires that does not parse has passed
+        ({"Expires": "Sun, 29 Nov 2026 18:00:00 GMT"}, None),  # after NOW
+        ({"Expires": "Thu, 01 Jan 1970 00:00:00 GMT", "Cache-Control": "max-age=60"}, None),  # max-age first
+        ({"X-Accel-Expires": "0", "Cache-Control": "max-age=60"}, "X-Accel-Expires: 0"),
+        ({"X-Accel-Expires": "60", "Cache-Control": "no-store"}, None),  # nginx reads it before the others
         ({"Vary": "Accept-Encoding"}, None),
         ({}, None),
     ],
 )
 def test_an_answer_that_asks_caches_not_to_store_it_says_why(headers: dict[str, str], why: str | None) -> None:
-    assert asks_not_to_store(CIMultiDict(headers)) == why
+    assert asks_not_to_store(CIMultiDict(headers), now=NOW) == why

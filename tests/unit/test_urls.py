@@ -179,16 +179,50 @@ def test_parse_url_refuses_a_too_long_url() -> None:
 # --- find_duplicate ----------------------------------------------------------------------------------
 
 
-def test_find_duplicate_returns_the_first_repeated_url() -> None:
-    """The first URL seen twice is returned."""
-    urls = ["http://a.test/1", "http://a.test/2", "http://a.test/2", "http://a.test/1"]
-    assert find_duplicate(urls) == "http://a.test/2"
+def test_find_duplicate_returns_the_first_repeated_object_as_written() -> None:
+    """The first URL that is one object with an earlier one, and that one, as the caller spelled them."""
+    urls = ["http://a.test/1", "http://a.test/2", "http://A.test:80/2", "http://a.test/1"]
+    first, again = find_duplicate([parse_url(u) for u in urls]) or (None, None)
+    assert first is not None and again is not None
+    assert (first.url, again.url) == ("http://a.test/2", "http://A.test:80/2")
 
 
 def test_find_duplicate_returns_none_for_distinct_urls() -> None:
     """Distinct URLs (including ones differing only in the query) have no duplicate."""
-    assert find_duplicate(["http://a.test/1", "http://a.test/1?x", "http://a.test/2"]) is None
+    assert find_duplicate([parse_url(u) for u in ["http://a.test/1", "http://a.test/1?x", "http://a.test/2"]]) is None
     assert find_duplicate([]) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a.test/100%.jpg",
+        "http://a.test/a%zz",
+        "http://a.test/a%",
+        "http://a.test/a?q=%G1",
+        "http://a.test/x%00y",
+    ],
+)
+def test_a_malformed_escape_or_an_escaped_nul_in_the_path_is_refused(url: str) -> None:
+    """Caches answer such a request 400 (nginx): refused at the API, where the caller learns why."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(url)
+    assert refused.value.code == JdCode.ILLEGAL_URL
+    assert "%" in refused.value.message
+
+
+@pytest.mark.parametrize("url", ["http://a.test/a%20b%2Fc%7e", "http://a.test/a?q=%00", "http://a.test/%25"])
+def test_well_formed_escapes_are_taken_as_written(url: str) -> None:
+    assert parse_url(url).path_query == url.removeprefix("http://a.test")
+
+
+def test_a_non_ascii_host_is_told_to_use_its_ascii_form() -> None:
+    with pytest.raises(RequestRefused) as refused:
+        parse_url("http://bücher.example/a")
+    assert "xn--" in refused.value.message
+    with pytest.raises(RequestRefused) as refused:
+        parse_url("http://a.example/bücher")
+    assert "percent-encoded" in refused.value.message
 
 
 # --- property ------------------------------------------------------------------------------------------

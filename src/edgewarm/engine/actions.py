@@ -79,6 +79,11 @@ async def _purge_dir(
             if verdict not in _DONE:
                 failures.append((verdict, result))
             purged += verdict is purge.Verdict.PURGED
+    # A URL the node cannot read (nginx: 400 for a malformed escape accepted before, 414 for one too long) it
+    # cannot have cached either, once other purges on it worked: it does not hold the directory's purge back.
+    unreadable = [f for f in failures if f[1].status in purge.UNREADABLE]
+    if unreadable and len(unreadable) < len(known):
+        failures = [f for f in failures if f[1].status not in purge.UNREADABLE]
     summary = f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
     if not failures:  # no single answer stands for them all: no HTTP status
         return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..config import Engine
 from ..models import ItemOutcome
-from ..nodes.purge import Verdict
+from ..nodes.purge import UNREADABLE, Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
@@ -57,7 +57,10 @@ def warm_outcome(
     if result.status is not None and not result.network_error and not is_retryable(result):
         if 300 <= result.status < 400:
             return done(False, f"HTTP {result.status}: a redirect, not the object (not followed: warm its target)")
-        return done(False, f"HTTP {result.status} (not retried: the origin refused it)")
+        # An answer that tells a cache state came through the cache; one that tells none may be the node's own
+        # (nginx answers 400 or 414 itself to a request line it cannot take).
+        who = "the origin" if result.cache_state is not None else "the node or the origin"
+        return done(False, f"HTTP {result.status} (not retried: {who} refused it)")
     failed = done(False, result.error or f"HTTP {result.status}")
     return retry_or_give_up(failed, result, settings, now, rng)
 
@@ -108,15 +111,12 @@ def purge_outcome(
         return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes)
     error = detail or result.error or f"HTTP {result.status}"
     if verdict is Verdict.REFUSED:
-        return ItemOutcome(
-            item_id,
-            False,
-            attempt,
-            result.status,
-            None,
-            result.bytes,
-            f"{error}: the node refused the purge (is purging enabled there, and allowed from this host?)",
+        why = (
+            "the node cannot read a request for this URL (nor could it cache it)"
+            if result.status in UNREADABLE
+            else "the node refused the purge (is purging enabled there, and allowed from this host?)"
         )
+        return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")
     if verdict is Verdict.NOT_REFETCHED:
         why = "the refetch that replaces the node's copy was refused (the origin's answer, passed on?): it stays"
         return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")

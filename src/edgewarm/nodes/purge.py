@@ -44,6 +44,10 @@ def prefix_purge(node: Node, prefix: str) -> PurgeRequest | None:
     return None
 
 
+# The statuses of a node that cannot read a request for the URL (nginx: a malformed escape, a URL too long).
+UNREADABLE = frozenset({400, 414})
+
+
 def verdict(request: PurgeRequest, status: int | None, network_error: bool) -> Verdict:
     if network_error or status is None or status >= 500 or status in (408, 429):
         return Verdict.RETRY

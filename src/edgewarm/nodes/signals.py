@@ -12,7 +12,9 @@ ATS or Varnish node behind an nginx shield hands on the shield's `X-Cache-Status
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import time
 from collections.abc import Mapping
 
 from ..config import NodeKind
@@ -108,20 +110,45 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
     return None
 
 
-_NOT_STORED = frozenset({"no-store", "private"})
+_NOT_STORED = frozenset({"no-store", "private", "no-cache"})
 
 
-def asks_not_to_store(headers: Mapping[str, str]) -> str | None:
-    """Why the answer asks caches not to store it, as its header says (`Cache-Control: no-store` or `private`,
-    `Set-Cookie`, `Vary: *`: caches such as nginx and Varnish then do not, unless told to ignore it), or None."""
+def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> str | None:
+    """Why the answer asks caches not to store it, as its headers say, or None. What nginx and Varnish then
+    do not store (unless told to ignore it): `X-Accel-Expires: 0` (nginx's, before the others);
+    `Cache-Control: no-store`, `private` or `no-cache`; a lifetime of 0 (`s-maxage`, else `max-age`); without
+    either, an `Expires` that has passed (or does not parse, as RFC 9111 reads it) by `now` (the time of
+    the clock); `Set-Cookie`; `Vary: *`."""
+    accel = headers.get("X-Accel-Expires")
+    if accel is not None and accel.strip():
+        return "X-Accel-Expires: 0" if accel.strip() == "0" else None
     control = _field(headers, "Cache-Control")
-    if control:
-        for directive in control.split(","):
-            name = directive.split("=", 1)[0].strip().lower()
-            if name in _NOT_STORED:
-                return f"Cache-Control: {name}"
+    lifetimes: dict[str, str] = {}
+    for directive in (control or "").split(","):
+        name, _, value = directive.partition("=")
+        name = name.strip().lower()
+        if name in _NOT_STORED:
+            return f"Cache-Control: {name}"
+        if name in ("s-maxage", "max-age"):
+            lifetimes.setdefault(name, value.strip().strip('"'))
+    lifetime = lifetimes.get("s-maxage", lifetimes.get("max-age"))
+    if lifetime is not None:
+        if lifetime.isdigit() and int(lifetime) == 0:
+            return f"Cache-Control: {'s-maxage' if 's-maxage' in lifetimes else 'max-age'}=0"
+    elif (expires := headers.get("Expires")) is not None:
+        when = _http_date(expires)
+        if when is None or when <= (time.time() if now is None else now):
+            return f"Expires: {expires.strip()[:40]}"
     if headers.get("Set-Cookie") is not None:
         return "Set-Cookie"
     if (headers.get("Vary") or "").strip() == "*":
         return "Vary: *"
     return None
+
+
+def _http_date(text: str) -> float | None:
+    """An HTTP date as epoch seconds, or None when it does not parse."""
+    try:
+        return email.utils.parsedate_to_datetime(text.strip()).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

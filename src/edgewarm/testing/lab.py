@@ -37,6 +37,8 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
 
 - ``/status/CODE/...`` answers CODE, for CODE in :data:`STATUS_CODES` (301 and 302 redirect to ``/``).
 - ``/nocache/...`` serves the file with ``Cache-Control: no-store``: caches answer ``MISS`` every time.
+- ``/max-age-0/...`` with ``Cache-Control: public, max-age=0`` and ``/expired/...`` with an ``Expires`` of 1970:
+  nginx and Varnish do not store them either.
 - ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
 
 Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
@@ -672,6 +674,8 @@ http {{
 {statuses}
         location @lab_408 {{ return 200 "Request Timeout\\n"; }}
         location ^~ /nocache/ {{ add_header Cache-Control "no-store" always; }}
+        location ^~ /max-age-0/ {{ add_header Cache-Control "public, max-age=0" always; }}
+        location ^~ /expired/ {{ add_header Expires "Thu, 01 Jan 1970 00:00:00 GMT" always; }}
         location ^~ /slow/ {{ limit_rate {SLOW_RATE}; }}
         location / {{ }}
     }}"""
