@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgewarm.client import Client
+from edgewarm.engine.outcome import NO_STATE_TOLD
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
 
@@ -198,3 +199,22 @@ def test_https_nodes_are_warmed_over_tls_shield_first(tmp_path: Path) -> None:
         plain = [lab.fetch(edge, paths[1]).cache_status for edge in lab.edges]
     assert origin == Counter({p: 1 for p in paths})
     assert plain == ["MISS", "MISS"]
+
+
+def test_with_verify_a_url_the_node_does_not_cache_and_tells_no_state_of_fails(tmp_path: Path, lab: Lab) -> None:
+    """nginx does not use its cache for a URL whose cache key is longer than its proxy_buffer_size (4 KiB
+    here: a query of 4,000 characters) and then sends no X-Cache-Status. With `verify = true`, a node that
+    told a MISS before is asked again; telling no state again, the item fails saying why (before, it
+    succeeded unverified while every request went to the origin)."""
+    lab.write_file("/ok/a.txt", b"a" * 100)
+    long_path = "/ok/a.txt?" + "x" * 4000  # the file's name would be too long: a query the origin ignores
+    extra = "[engine]\nverify = true\n"
+    with start_service(tmp_path, lab.nodes_toml(), extra=extra) as service, client_for(service) as client:
+        assert client.wait(client.prefetch([url_of("/ok/a.txt")]), timeout=60)["status"] == 0  # MISS, then HIT
+        taskid = client.prefetch([url_of(long_path)])
+        assert client.wait(taskid, timeout=60)["status"] == 2
+        items = client.task(taskid)["items"]
+    shield = next(i for i in items if i["node"] == "shield-1")
+    assert (shield["state"], shield["cache_state"]) == ("failed", None)
+    assert shield["error"] == f"not cached after the warm: no cache state again ({NO_STATE_TOLD})"
+    assert lab.fetch(lab.shield, long_path).cache_status is None  # nginx tells nothing: not from its cache

@@ -47,6 +47,9 @@ class CountingFetcher:
             self.requests += 1
         return FetchResult(200, 100, CacheState.MISS)
 
+    def tells_misses(self, node: Node) -> bool:
+        return True
+
 
 def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05) -> Config:
     node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}

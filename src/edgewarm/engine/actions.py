@@ -45,13 +45,18 @@ async def _warm(
     result = await fetcher.request("GET", node, target)
     verified = None
     # Verified when asked to, and when the answer asks caches not to store it: a MISS then is likely for good.
-    # Not on a node that tells no cache state: a second answer could not tell either.
+    # Not on a node that tells no cache state: a second answer could not tell either; but one that tells a
+    # MISS in other answers and none in this one did not use its cache (nginx, for a cache key longer than
+    # its proxy_buffer_size): asked to verify, it is asked again.
+    state = result.cache_state
     if (
-        (settings.verify or result.not_stored)
-        and result.cache_state is not None
-        and result.status is not None
+        result.status is not None
         and 200 <= result.status < 300
-        and not (result.cache_state and result.cache_state.cached)
+        and not result.network_error
+        and (
+            (state is not None and not state.cached and (settings.verify or result.not_stored))
+            or (state is None and settings.verify and fetcher.tells_misses(node))
+        )
     ):
         verified = await fetcher.request("GET", node, target)
     return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified)

@@ -143,6 +143,11 @@ class NodeClient(Protocol):
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
     ) -> FetchResult: ...
 
+    def tells_misses(self, node: Node) -> bool:
+        """Whether `node` has told a state other than cached (MISS, say) in an answer: then it tells a state
+        in every answer it gives from its cache, and one that tells none did not come through it."""
+        ...
+
 
 class GuardedClient:
     """What both node clients share: `health`, the process's record of unreachable nodes (node_health.py),
@@ -150,6 +155,16 @@ class GuardedClient:
 
     def __init__(self, health: NodeHealth | None) -> None:
         self.health = health
+        self._telling: set[tuple[str, str]] = set()  # (name, url) of the nodes that told a MISS (or the like)
+
+    def tells_misses(self, node: Node) -> bool:
+        return (node.name, node.url) in self._telling
+
+    def _heard(self, node: Node, result: FetchResult) -> FetchResult:
+        state = result.cache_state
+        if state is not None and not state.cached and state is not CacheState.BYPASS:
+            self._telling.add((node.name, node.url))
+        return result
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
@@ -158,11 +173,11 @@ class GuardedClient:
         held down: the answer is then at once a network error saying so."""
         health = self.health
         if health is None:
-            return await self._request(method, node, target, headers)
+            return self._heard(node, await self._request(method, node, target, headers))
         held = health.held_down(node)
         if held is not None:
             return FetchResult(None, error=held.reason, unreachable=True, hold=held)
-        result = await self._request(method, node, target, headers)
+        result = self._heard(node, await self._request(method, node, target, headers))
         if result.untold:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is
             return result

@@ -11,6 +11,10 @@ from ..nodes.purge import UNREADABLE, Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
+NO_STATE_TOLD = (
+    "the node tells one for other URLs: it did not use its cache for this one"
+    " (nginx does not for a cache key longer than its proxy_buffer_size)"
+)
 HOLD_JITTER = 1.0  # seconds spread over the items that wait for a node held down, so they do not come back at once
 
 
@@ -52,6 +56,8 @@ def warm_outcome(
         ):
             why = verified.error or f"{verified.cache_state or 'no cache state'} again"
             told = f" (its answer said {result.not_stored})" if result.not_stored else ""
+            if verified.cache_state is None and not verified.network_error:
+                told = f" ({NO_STATE_TOLD})"
             return done(False, f"not cached after the warm: {why}{told}")
         return done(True)
     if result.status is not None and not result.network_error and not is_retryable(result):
