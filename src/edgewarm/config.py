@@ -53,6 +53,8 @@ def _check_domain(pattern: str) -> str:
     labels = bare.split(".")
     if "*" in bare or len(labels) < 1 or not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise ValueError(f"{pattern!r} is not a domain name or a '*.domain' wildcard")
+    if bare.replace(".", "").isdigit():
+        raise ValueError(f"{pattern!r} is an IP address: URLs must name a domain (the API refuses IP hosts)")
     return pattern
 
 

@@ -186,7 +186,17 @@ def test_user_with_empty_secret_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "domain",
-    ["exa mple.test", "-bad.example.test", "a..example.test", "*.*.example.test", "www.*.example.test", "", "*."],
+    [
+        "exa mple.test",
+        "-bad.example.test",
+        "a..example.test",
+        "*.*.example.test",
+        "www.*.example.test",
+        "",
+        "*.",
+        "1.2.3.4",  # the API refuses every URL of an IP host: such an entry could never be used
+        "*.0.10",
+    ],
 )
 def test_bad_domain_is_refused(domain: str) -> None:
     """A domain that is not a name or a leading '*.' wildcard is refused."""
