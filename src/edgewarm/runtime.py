@@ -291,6 +291,7 @@ async def _run_parts(
                     host=config.listen_host,
                     port=config.listen_port,
                     log_level="warning",
+                    log_config=None,  # its records go to the root logger: one JSON object per line, as ours
                     access_log=False,
                     lifespan="off",
                     # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).

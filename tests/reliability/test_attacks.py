@@ -8,6 +8,7 @@ process against `FaultServer` nodes that record every byte they receive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -558,3 +559,47 @@ def test_the_service_process_serves_with_every_node_down_without_leaking(tmp_pat
     assert view["status"] == 2
     assert "cannot connect to down-1" in items[0]["error"]
     assert DEMO_SECRET not in str(items) and sig not in str(items)
+
+
+def _raw_exchange(port: int, request: bytes, then: bytes = b"") -> tuple[bytes, bytes]:
+    """Send `request`, read its answer (up to 1 s of quiet), send `then` and read what comes (up to 1 s)."""
+
+    def read(sock: socket.socket) -> bytes:
+        data = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        sock.sendall(request)
+        first = read(sock)
+        with contextlib.suppress(OSError):
+            sock.sendall(then)
+        return first, read(sock) if then else b""
+
+
+@pytest.mark.integration
+def test_malformed_and_oversized_requests_leave_clean_connections_and_json_logs(
+    tmp_path: Path, node: FaultServer
+) -> None:
+    """A Content-Length with a trailing space is a length (before: 413); a 413 to a client that waits with
+    `Expect: 100-continue` closes the connection (before: kept open, the client's next request on it was never
+    answered); uvicorn's word on a request it cannot parse is a JSON line like every other (before: a plain
+    "WARNING:  Invalid HTTP request received." in the JSON log)."""
+    with start_service(tmp_path, node_toml("rec", node.url)) as service:
+        assert service.port is not None
+        body = b'{"username":"x","signature":"y","taskid":"z"}'
+        head = b"POST /api/prefetchQuery HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        answer, _ = _raw_exchange(service.port, head + b"Content-Length: %d \r\n\r\n" % len(body) + body)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        big = head + b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+        answer, after = _raw_exchange(service.port, big, then=head + b"Content-Length: 2\r\n\r\n{}")
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer.lower(), answer
+        assert after == b""  # closed: the client knows at once to open another connection
+        answer, _ = _raw_exchange(service.port, head + b"Content-Length: -1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        time.sleep(0.2)
+        log = service.log.read_text()
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert any("Invalid HTTP request" in orjson.loads(line)["message"] for line in lines), log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import json
 import time
 import tracemalloc
@@ -478,6 +479,78 @@ async def test_prefetch_with_json_and_no_content_type(api: Api) -> None:
     )
 
 
+async def test_a_json_body_labelled_a_form_is_read_as_json(api: Api) -> None:
+    """What `curl -d '{"username": …}'` sends: a form type on a JSON body (before: code 3, "username must not
+    be empty", though it was there). A form cannot start with '{'."""
+    body = orjson.dumps({**creds(), "publish_urls": urls(1)})
+    assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded"))
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None, "application/x-www-form-urlencoded"])
+async def test_a_byte_order_mark_before_the_body_is_skipped(api: Api, content_type: str | None) -> None:
+    """Some Windows clients start UTF-8 with a BOM (before: "not valid JSON", or code 3 for a form, its first
+    field named '\ufeffusername')."""
+    if content_type == "application/x-www-form-urlencoded":
+        body = urlencode({**creds(), "publish_urls": urls(1)[0]}).encode()
+    else:
+        body = orjson.dumps({**creds(), "publish_urls": urls(1)})
+    assert_submitted(await api.raw("/api/prefetch", b"\xef\xbb\xbf" + body, content_type))
+
+
+async def test_a_form_is_read_in_its_charset() -> None:
+    """A form in GBK, as its Content-Type says (before: read as UTF-8, the username unknown); a charset that
+    is no text encoding is refused with HTTP 415, a body not in its charset with code 2."""
+    config = dict(BASE_CONFIG)
+    config["users"] = [*BASE_CONFIG["users"], {"name": "京东用户", "secret": "s", "domains": ["www.example.test"]}]
+    async with running(parse_config(config)) as api:
+        fields = {**creds("京东用户", "s"), "publish_urls": urls(1)[0]}
+        body = urlencode(fields, encoding="gbk").encode()
+        assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded; charset=GBK"))
+        refused = await api.client.post(
+            "/api/prefetch", content=body, headers={"content-type": "application/x-www-form-urlencoded; charset=zlib"}
+        )
+        assert (refused.status_code, refused.json()) == (
+            415,
+            {"error": "unknown charset 'zlib': send the form in UTF-8"},
+        )
+        bad = await api.raw("/api/prefetch", b"username=\xff\xfe", "application/x-www-form-urlencoded; charset=utf-8")
+        assert_code(bad, 2)
+
+
+async def test_a_compressed_body_is_refused_with_415(api: Api) -> None:
+    """Content-Encoding on a call is not read (before: "not valid JSON: str is not valid UTF-8")."""
+    body = gzip.compress(orjson.dumps({**creds(), "publish_urls": urls(1)}))
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = await api.client.post("/api/prefetch", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (
+        415,
+        {"error": "unsupported content coding 'gzip': send the body uncompressed"},
+    )
+
+
+async def test_a_form_field_given_twice_is_named(api: Api) -> None:
+    """Before: "username must be a string" (form fields are strings)."""
+    body = urlencode([*creds().items(), ("username", USER), ("publish_urls", urls(1)[0])]).encode()
+    answer = await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded")
+    assert (answer["status"], answer["msg"]) == (3, "username is given 2 times: give it once")
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/refresh", {"type": "bogus", "instances": ["http://www.example.test/a"]}),
+        ("/api/prefetch", {"refresh": "yes", "publish_urls": ["http://www.example.test/a"]}),
+        ("/api/prefetch", {"callback_url": 5, "publish_urls": ["http://www.example.test/a"]}),
+    ],
+)
+async def test_the_caller_is_checked_before_the_values_of_the_fields(api: Api, path: str, fields: Any) -> None:
+    """Missing fields, then the username and the signature, then the values (before: codes 16, 2 and 17 to a
+    caller without credentials, or with a wrong signature)."""
+    assert_code(await api.call(path, fields), 3)
+    assert_code(await api.call(path, {**fields, "username": USER, "signature": "0" * 32}), 7)
+    assert (await api.call(path, {**fields, **creds()}))["status"] in (2, 16, 17)
+
+
 async def test_prefetch_query_answers_in_progress(api: Api) -> None:
     """A fresh task is status 1 'In Progress', found by its 36- or 32-character id."""
     taskid = await api.submitted()
@@ -572,6 +645,12 @@ async def test_405_for_get(api: Api, path: str) -> None:
     """GET on a JD route is HTTP 405, not a JD answer."""
     response = await api.client.get(path, params=creds())
     assert response.status_code == 405
+    assert (response.json(), response.headers["allow"]) == ({"error": "Method Not Allowed"}, "POST")
+
+
+async def test_an_unknown_route_answers_404_in_the_errors_shape(api: Api) -> None:
+    response = await api.client.get("/api/nothing")
+    assert (response.status_code, response.json()) == (404, {"error": "Not Found"})
 
 
 @pytest.mark.parametrize("content_type", ["application/xml", "text/xml", "multipart/form-data; boundary=x"])

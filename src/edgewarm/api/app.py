@@ -8,6 +8,7 @@ import contextlib
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -57,6 +58,11 @@ def create_app(service: Service) -> FastAPI:
         with contextlib.suppress(EdgewarmError):
             service.metrics.queue_depth.set(await queue_depth())
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """404, 405 and the like in the shape of every other error of this API: {"error": …}."""
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

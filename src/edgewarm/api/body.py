@@ -12,15 +12,25 @@ from ..errors import JdCode, RequestRefused
 
 
 class UnsupportedMediaType(Exception):
-    """Not a JD call at all: answered with HTTP 415."""
+    """Not a JD call at all: answered with HTTP 415; the message says what to send instead."""
+
+
+_FORM = "application/x-www-form-urlencoded"
+_BOM = b"\xef\xbb\xbf"
 
 
 async def read_params(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in ("", "text/plain"):
-        # Old scripts post JSON without saying so.
-        media = "application/json" if raw.lstrip()[:1] in (b"{", b"[") else "application/x-www-form-urlencoded"
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaType(f"unsupported content coding {coding!r}: send the body uncompressed")
+    raw = (await request.body()).removeprefix(_BOM)  # some clients start UTF-8 with its byte order mark
+    media, *options = (part.strip() for part in request.headers.get("content-type", "").split(";"))
+    media = media.lower()
+    if media in ("", "text/plain", _FORM) and raw.lstrip()[:1] == b"{":
+        # Old scripts post JSON without saying so, or as curl -d does, labelled a form (which cannot start so).
+        media = "application/json"
+    elif media in ("", "text/plain"):
+        media = "application/json" if raw.lstrip()[:1] == b"[" else _FORM
     if media == "application/json" or media.endswith("+json"):
         if not raw.strip():
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
@@ -33,20 +43,25 @@ async def read_params(request: Request) -> dict[str, Any]:
         if not data:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
         return data
-    if media == "application/x-www-form-urlencoded":
+    if media == _FORM:
+        charset = next(
+            (o.partition("=")[2].strip().strip('"') for o in options if o.lower().startswith("charset=")), ""
+        )
+        encoding = charset or "utf-8"
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode(encoding)  # the bytes as they are, then the %-escapes of the fields: both in it
+            form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000, encoding=encoding, errors="strict")
+        except LookupError:
+            raise UnsupportedMediaType(f"unknown charset {charset!r}: send the form in UTF-8") from None
         except UnicodeDecodeError:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "the form body is not valid UTF-8") from None
-        try:
-            form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000)
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}") from None
         except ValueError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the form has more than 10000 fields") from None
         if not form:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
         # A repeated field (publish_urls=a&publish_urls=b) is a list; a single one a string.
         return {key: values[0] if len(values) == 1 else values for key, values in form.items()}
-    raise UnsupportedMediaType(media)
+    raise UnsupportedMediaType(f"unsupported content type {media!r}: send application/json or a form")
 
 
 def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
@@ -54,6 +69,8 @@ def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
     value = params.get(name)
     if value is None:
         return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # a form's field given again
+        raise RequestRefused(code, f"{name} is given {len(value)} times: give it once")
     if not isinstance(value, str):
         raise RequestRefused(code, f"{name} must be a string")
     return value.strip()

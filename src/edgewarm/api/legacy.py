@@ -74,9 +74,9 @@ def legacy_router(service: Service) -> APIRouter:
             credentials = credentials_of(params)
             raw_urls = params.get("publish_urls")
             require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
+            user = service.authenticate(credentials)
             refresh_first = flag(params.get("refresh"))
             options = submit_options(params, request)
-            user = service.authenticate(credentials)
             task = await service.submit_prefetch(
                 user, split_list(raw_urls), refresh_first=refresh_first, options=options
             )
@@ -97,14 +97,17 @@ def legacy_router(service: Service) -> APIRouter:
         try:
             params = await read_params(request)
             credentials = credentials_of(params)
-            kind = text_field(params, "type", JdCode.BAD_TYPE)
-            require(credentials, bool(kind), JdCode.TYPE_EMPTY, "type must not be empty")
-            if kind and kind not in ("file", "dir"):
-                raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
+            given = params.get("type")
+            require(credentials, given not in (None, ""), JdCode.TYPE_EMPTY, "type must not be empty")
             raw = params.get("instances")
             require(credentials, raw not in (None, "", []), JdCode.LIST_EMPTY, "instances must not be empty")
+            user = service.authenticate(credentials)  # missing fields first, then the caller, then the values
+            kind = text_field(params, "type", JdCode.BAD_TYPE)
+            if not kind:
+                raise RequestRefused(JdCode.TYPE_EMPTY, "type must not be empty")
+            if kind not in ("file", "dir"):
+                raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
             options = submit_options(params, request)
-            user = service.authenticate(credentials)
             task = await service.submit_refresh(user, split_list(raw), kind, options=options)
             return jd_ok(taskid=task.id)
         except Exception as exc:

@@ -30,7 +30,7 @@ class BodySizeLimit:
             return
         limit = self.max_bytes()
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+            if name == b"content-length" and (not value.strip().isdigit() or int(value) > limit):
                 await self._reject(send)
                 return
         chunks: list[bytes] = []
@@ -67,6 +67,9 @@ class BodySizeLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    # The body is not read: a client that sent `Expect: 100-continue` may still send it, and
+                    # must not wait on this connection for the answer to a next request.
+                    (b"connection", b"close"),
                 ],
             }
         )

@@ -75,6 +75,4 @@ def native_error(exc: BaseException) -> JSONResponse:
 
 def unsupported_media(exc: UnsupportedMediaType) -> JSONResponse:
     """Not a JD call at all: a real HTTP 415."""
-    return JSONResponse(
-        {"error": f"unsupported content type {str(exc)!r}: send application/json or a form"}, status_code=415
-    )
+    return JSONResponse({"error": str(exc)}, status_code=415)
