@@ -9,7 +9,7 @@ edgewarm_items_finished_total{state}          items this process worked to their
                                               store ends unsent, a failed earlier stage or a cancel, are counted in
                                               their tasks only)
 edgewarm_tasks_submitted_total{kind}          tasks accepted by this process's API
-edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed)
+edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed, cancelled too)
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
 edgewarm_queue_depth                          items pending or running in the store (at scrape, a worker's every
                                               5 s; those waiting for their shields not included)
@@ -46,6 +46,11 @@ class Metrics:
         self.queue_depth = Gauge("edgewarm_queue_depth", "Items pending or running in the store", registry=r)
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
+
+    def task_ended(self, status: int, seconds: float) -> None:
+        """A task ended, `seconds` after it was submitted: by its last outcome, or cancelled."""
+        self.tasks_finished.labels(str(status)).inc()
+        self.task_seconds.observe(seconds)
 
     def watch_nodes(self, held_down: Callable[[], dict[str, bool]]) -> None:
         """Report `edgewarm_node_held_down` from `held_down()`: each configured node's name, and whether the

@@ -240,6 +240,8 @@ class Service:
             raise TaskNotFound()
         if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
+        if cancelled.finished_at is not None:
+            self.metrics.task_ended(int(cancelled.status), cancelled.finished_at - cancelled.created_at)
         if self._on_cancel is not None:
             self._on_cancel(task.id)
         return cancelled

@@ -901,6 +901,17 @@ async def test_a_task_that_ends_while_it_is_being_cancelled_is_refused_as_ended(
     assert (await api.store.get_task(taskid)).reason is None  # type: ignore[union-attr]
 
 
+async def test_a_cancelled_task_counts_as_ended_in_the_metrics(api: Api) -> None:
+    """Before: a cancelled task was never in edgewarm_tasks_finished_total nor the duration histogram, so
+    "submitted - finished" (tasks in progress) crept up with every cancel."""
+    taskid = await api.submitted(1)
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    assert (await api.client.post(f"/v1/tasks/{taskid}/cancel", headers=headers)).status_code == 200
+    text = (await api.client.get("/metrics")).text
+    assert 'edgewarm_tasks_finished_total{status="2"} 1.0' in text
+    assert "edgewarm_task_duration_seconds_count 1.0" in text
+
+
 async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store that does not answer (a stopped database server) makes /readyz 503 within READY_SECONDS, and
     /metrics still answers (before, both waited as long as the store did)."""

@@ -435,8 +435,7 @@ class Engine:
                 continue  # only bookkeeping: the outcomes are written
             if task is None or task.finished_at != now:
                 continue
-            self.metrics.tasks_finished.labels(str(int(task.status))).inc()
-            self.metrics.task_seconds.observe(task.finished_at - task.created_at)
+            self.metrics.task_ended(int(task.status), task.finished_at - task.created_at)
             if self.on_task_finished is not None:
                 self.on_task_finished(task)
 
