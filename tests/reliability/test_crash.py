@@ -304,3 +304,25 @@ def test_a_workers_metrics_count_the_queue(tmp_path: Path) -> None:
                 return None
 
             wait_until(lambda: depth() == 50, 15, "the worker's /metrics counted the 50 queued items")
+
+
+def test_a_database_removed_under_the_service_refuses_submissions_and_readiness(tmp_path: Path) -> None:
+    """The store's folder deleted while `serve` runs (an operator's mistake, a cleanup job): submissions
+    are refused (JD -1), /readyz answers 503 naming the file, and the log says so (before: task ids were
+    returned and their tasks "succeeded" in the removed file, all lost at the next start, nothing logged)."""
+    data = tmp_path / "data"
+    with FaultServer(Respond(200)) as node:
+        service = start_service(tmp_path, node_toml("n", node.url), store=f"sqlite:///{data}/edgewarm.db")
+        with service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+            assert client.wait(client.prefetch(["http://www.example.test/before"]), timeout=30)["status"] == 0
+            for path in sorted(data.iterdir()):
+                path.unlink()
+            data.rmdir()
+            sig = real_signature(DEMO_USER, DEMO_SECRET)
+            body = {"username": DEMO_USER, "signature": sig, "publish_urls": ["http://www.example.test/after"]}
+            answer = httpx.post(f"{service.url}/api/prefetch", json=body, timeout=10).json()
+            assert answer["status"] == -1, answer
+            ready = httpx.get(f"{service.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and "was removed or replaced" in ready.json()["error"], ready.text
+            log = service.log.read_text()
+    assert f"the SQLite database {data}/edgewarm.db was removed or replaced" in log

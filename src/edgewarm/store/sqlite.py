@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 import time
 from collections import deque
@@ -124,6 +125,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
         self._scans = ClaimScans()
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class SQLiteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        await self._run(self._close)
+        await self._run(self._close, check=False)
         self._executor.shutdown(wait=True)
 
     def _open(self) -> None:
@@ -159,6 +161,9 @@ class SQLiteStore:
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")
         self._db = db
+        if self.path != ":memory:":
+            found = os.stat(self.path)
+            self._identity = (found.st_dev, found.st_ino)
         if not self._auto_upgrade:
             return  # opened as it is, for `upgrade()` (`edgewarm db upgrade`)
         version = self._version()
@@ -172,12 +177,35 @@ class SQLiteStore:
             self._db.close()
             self._db = None
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
+        """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            return await loop.run_in_executor(self._executor, self._checked(fn) if check else fn)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
+
+    def _checked(self, fn: Callable[[], T]) -> Callable[[], T]:
+        def checked() -> T:
+            self._still_there()
+            return fn()
+
+        return checked
+
+    def _still_there(self) -> None:
+        """StoreError when the database file was removed or replaced since it was opened (its folder deleted,
+        say): what is written then goes to the removed file only, lost at the next start."""
+        if self._identity is None:
+            return
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            found = None
+        if found is None or (found.st_dev, found.st_ino) != self._identity:
+            raise StoreError(
+                f"the SQLite database {self.path} was removed or replaced while edgewarm ran: nothing more is "
+                "taken or written; restore it and restart edgewarm"
+            )
 
     @property
     def db(self) -> sqlite3.Connection:
