@@ -269,7 +269,8 @@ class Engine:
             self._outcomes.put_nowait(_unsent(claim))
             return
         if claim.attempts >= self.settings.max_attempts:
-            reason = f"gave up after {claim.attempts} attempts (a worker died holding it)"
+            # A lease that ran out counts an attempt, sent or not: an item that kills its worker must end.
+            reason = f"gave up after {claim.attempts} attempts (workers died holding it: sent or not, each counts)"
             self._outcomes.put_nowait(ItemOutcome(claim.item_id, False, claim.attempts, error=reason))
             return
         self._in_hand[claim.item_id] = claim
