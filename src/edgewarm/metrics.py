@@ -2,7 +2,8 @@
 
 edgewarm_fetches_total{node,action,outcome}   items worked: succeeded | retried | failed | waiting (node held down)
 edgewarm_fetch_seconds{node}                  time an item's requests to a node took (its warm, and the verify GET
-                                              if any), body included; none for an item shared from another's warm
+                                              if any), body included; none for an item that sent no request
+                                              (shared from another's warm, or its node held down)
 edgewarm_fetched_bytes_total{node}            body bytes read from nodes (a verify GET's not counted)
 edgewarm_retries_total{node}                  outcomes that scheduled another attempt
 edgewarm_items_finished_total{state}          items this process worked to their end: succeeded | failed (items the

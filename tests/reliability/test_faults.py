@@ -34,6 +34,7 @@ from edgewarm.testing.faults import (
     sequence,
     unanswered,
 )
+from edgewarm.testing.service import free_port
 
 from .support import FAST_ENGINE, USER, base_config, engine_rig
 
@@ -557,6 +558,22 @@ async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -
             read = sample("edgewarm_fetched_bytes_total", {"node": "node-1"})
     assert len(server.requests) == 1
     assert (worked, timed_requests, read) == (2, 1, len(BODY))
+
+
+async def test_items_of_a_node_held_down_are_no_requests_in_the_latency_histogram() -> None:
+    """A node that refuses connections: once held down, its items fail unsent ("not tried"), and only the
+    items that did try a connection are in edgewarm_fetch_seconds (before, every item was, most at under
+    1 ms: the dead node looked the fastest on a latency dashboard)."""
+    dead = [{"name": "dead-1", "url": f"http://127.0.0.1:{free_port()}"}]
+    async with engine_rig(dead, {"max_attempts": 1, "node_down_wait": 0, "concurrency": 4}) as rig:
+        urls = [f"http://www.example.test/dead/{i}" for i in range(100)]
+        task, items = await rig.wait(await rig.submit(urls), 30)
+        sample = rig.engine.metrics.registry.get_sample_value
+        timed = sample("edgewarm_fetch_seconds_count", {"node": "dead-1"})
+    assert task.status is TaskStatus.FAILED
+    unsent = sum(1 for i in items if (i.error or "").startswith("not tried:"))
+    assert 0 < unsent < len(items), [i.error for i in items][:5]
+    assert timed == len(items) - unsent
 
 
 async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:

@@ -18,6 +18,7 @@ through aiohttp, which takes what curl takes (see HEAD_LINES). Their exceptions 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import re
 import ssl
@@ -149,6 +150,11 @@ class NodeClient(Protocol):
         ...
 
 
+# The requests sent for the item being worked in this context: a worker sets a fresh count before each item
+# (a list, so that the tasks a directory purge spreads its requests over add to the same one).
+SENT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("edgewarm_sent")
+
+
 class GuardedClient:
     """What both node clients share: `health`, the process's record of unreachable nodes (node_health.py),
     holds those down; without it every request is sent. Subclasses send in `_request`."""
@@ -172,11 +178,13 @@ class GuardedClient:
         """Send `method` for `target` to `node`, read the body to the end and discard it; not sent to a node
         held down: the answer is then at once a network error saying so."""
         health = self.health
-        if health is None:
-            return self._heard(node, await self._request(method, node, target, headers))
-        held = health.held_down(node)
+        held = None if health is None else health.held_down(node)
         if held is not None:
             return FetchResult(None, error=held.reason, unreachable=True, hold=held)
+        if (sent := SENT.get(None)) is not None:
+            sent[0] += 1
+        if health is None:
+            return self._heard(node, await self._request(method, node, target, headers))
         result = self._heard(node, await self._request(method, node, target, headers))
         if result.untold:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is

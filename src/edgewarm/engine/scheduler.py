@@ -26,7 +26,7 @@ from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task
 from ..store import TaskStore
 from .actions import perform
 from .coalesce import Coalescer
-from .fetcher import NodeClient
+from .fetcher import SENT, NodeClient
 from .node_health import Hold
 from .outcome import waiting_for_node
 
@@ -318,6 +318,8 @@ class Engine:
             self._using[fetcher] = self._using.get(fetcher, 0) + 1
             started = time.monotonic()
             shared = False
+            sent = [0]
+            SENT.set(sent)
             try:
                 outcome, shared = await self._perform(claim, node, attempt, fetcher)
             except asyncio.CancelledError:
@@ -331,7 +333,8 @@ class Engine:
             finally:
                 self._release(fetcher)
             self.fetched += 1
-            self._observe(claim, node, outcome, None if shared else time.monotonic() - started)
+            # No latency for an item that sent no request: shared, or its node held down.
+            self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
             self._outcomes.put_nowait(outcome)
             self._done_with(claim, lane)
 
@@ -376,7 +379,7 @@ class Engine:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
-        """The item in the metrics; `seconds` its requests took, None when it made none (shared)."""
+        """The item in the metrics; `seconds` its requests took, None when it made none (shared, node held down)."""
         if outcome.succeeded:
             verdict = "succeeded"
         elif outcome.retry_at is None:
