@@ -76,3 +76,17 @@ class QuotaExceeded(RequestRefused):
 class TaskNotFound(RequestRefused):
     def __init__(self, message: str = "task not found") -> None:
         super().__init__(JdCode.FAILURE, message)
+
+
+def reason_of(exc: BaseException) -> str:
+    """An exception's words for a message, or its type's name when it has none (a bare TimeoutError)."""
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def described(exc: BaseException) -> str:
+    """`Type: words`, or the type alone (a bare TimeoutError: "no answer in time") when it has no words."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__} (no answer in time)" if isinstance(exc, TimeoutError) else type(exc).__name__

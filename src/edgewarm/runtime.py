@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 from .api import create_app
 from .config import FETCHER_KEYS, Config, load_config
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
-from .errors import ConfigError, EdgewarmError, StoreError
+from .errors import ConfigError, EdgewarmError, StoreError, described
 from .metrics import Metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -224,7 +224,9 @@ async def _count_the_queue(store: TaskStore, metrics: Metrics, stopping: asyncio
         try:
             metrics.queue_depth.set(await asyncio.wait_for(store.queue_depth(), QUEUE_DEPTH_EVERY))
         except (TimeoutError, StoreError) as exc:
-            log.warning("counting the queue for /metrics failed: %s", exc or "no answer")
+            log.warning(
+                "counting the queue for /metrics failed: %s", exc if isinstance(exc, StoreError) else described(exc)
+            )
         await first_of(QUEUE_DEPTH_EVERY, stopping)
 
 

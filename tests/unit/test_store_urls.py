@@ -4,13 +4,14 @@ edgewarm, which read it relative to the working directory, left one."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from edgewarm.config import parse_config
-from edgewarm.errors import ConfigError, StoreError
+from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.store import open_store, redacted, sqlite_path
 
 pytestmark = pytest.mark.anyio
@@ -97,3 +98,57 @@ def test_a_refused_store_url_is_named_without_its_password(url: str) -> None:
     with pytest.raises(StoreError) as unknown:
         open_store(url)
     assert "S3cret" not in str(unknown.value)
+
+
+@pytest.mark.parametrize(
+    ("exc", "shown"),
+    [
+        (TimeoutError(), "TimeoutError (no answer in time)"),
+        (ConnectionResetError("reset by peer"), "ConnectionResetError: reset by peer"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_an_error_without_words_is_still_named(exc: BaseException, shown: str) -> None:
+    """Store errors and warnings read "postgresql: TimeoutError (no answer in time)", not "TimeoutError: "."""
+    assert described(exc) == shown
+    assert reason_of(exc) == (str(exc) or type(exc).__name__)
+
+
+async def test_a_sqlite_file_that_is_not_a_database_is_named(tmp_path: Path) -> None:
+    """Before: "sqlite: file is not a database", without the file."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(StoreError) as refused:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    assert str(refused.value) == f"the SQLite database {path}: file is not a database"
+
+
+async def test_a_schema_version_that_is_not_a_number_is_named(tmp_path: Path) -> None:
+    """Before: a ValueError traceback out of `serve` and `db upgrade`."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(StoreError) as refused:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    assert str(refused.value).startswith(f"the SQLite database {path}: its schema_version is 'abc', not a number")
+
+
+async def test_a_sqlite_file_this_user_cannot_write_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the first words were "claiming webhooks failed: … readonly database" (the service runs as a
+    user the file is not writable by: tested as root, so the permission check itself is stood in for)."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(path) else real(p, mode))
+    with pytest.raises(StoreError) as refused:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    assert (
+        str(refused.value) == f"the SQLite database {path}: its file is not writable by this user (uid {os.getuid()})"
+    )

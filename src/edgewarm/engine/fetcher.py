@@ -35,6 +35,7 @@ import pyreqwest.exceptions
 from yarl import URL
 
 from ..config import Engine, Node
+from ..errors import reason_of
 from ..nodes import CacheState, asks_not_to_store, cache_state
 from ..urls import TargetUrl
 from .node_health import Hold, NodeHealth
@@ -312,7 +313,7 @@ class Fetcher(GuardedClient):
         except errors.PyreqwestError as exc:
             causes = _causes(exc)
             # The last cause is the OS's or hyper's own words; rustls appends a link to its manual to some.
-            reason = causes[-1].split(": https://docs.rs/", 1)[0] if causes else _reason(exc)
+            reason = causes[-1].split(": https://docs.rs/", 1)[0] if causes else reason_of(exc)
             if "client error (Connect)" in causes:
                 if "tcp connect error" in causes:
                     if named:
@@ -360,22 +361,22 @@ class Fetcher(GuardedClient):
             connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
             return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
         except aiohttp.ClientPayloadError as exc:
-            return FetchResult(None, error=f"broken body from {node.name}: {_reason(exc)}")
+            return FetchResult(None, error=f"broken body from {node.name}: {reason_of(exc)}")
         except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
             # aiohttp's own, not the node's)
             return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {exc.message}")
         except aiohttp.ClientConnectorCertificateError as exc:
             refusal = exc.certificate_error
-            return _certificate_refused(node, getattr(refusal, "verify_message", None) or _reason(refusal))
+            return _certificate_refused(node, getattr(refusal, "verify_message", None) or reason_of(refusal))
         except aiohttp.ClientConnectorError as exc:
-            error = f"cannot connect to {node.name} ({node.url}): {_reason(exc.os_error)}"
+            error = f"cannot connect to {node.name} ({node.url}): {reason_of(exc.os_error)}"
             return FetchResult(None, error=error, unreachable=not isinstance(exc, aiohttp.ClientSSLError))
         except aiohttp.ServerDisconnectedError as exc:  # in pyreqwest's words (below the head it is a cut body)
-            return FetchResult(None, error=f"{node.name} disconnected before answering: {_reason(exc)}")
+            return FetchResult(None, error=f"{node.name} disconnected before answering: {reason_of(exc)}")
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {_reason(exc)}")
+            return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason_of(exc)}")
         except UnicodeError as exc:  # a name that cannot be looked up (the config refuses such nodes)
-            error = f"cannot connect to {node.name} ({node.url}): {_reason(exc)}"
+            error = f"cannot connect to {node.name} ({node.url}): {reason_of(exc)}"
             return FetchResult(None, error=error, unreachable=True)
 
 
@@ -425,8 +426,3 @@ def _causes(exc: pyreqwest.exceptions.PyreqwestError) -> list[str]:
     details = getattr(exc, "details", None)
     causes = details.get("causes") if isinstance(details, dict) else None
     return [c["message"] for c in causes or () if isinstance(c, dict) and isinstance(c.get("message"), str)]
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__

@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, StoreError
+from ..errors import QuotaExceeded, StoreError, described
 from ..models import (
     CANCELLED,
     Claim,
@@ -411,7 +411,7 @@ class PostgresStore:
                 server_settings={"application_name": "edgewarm"},
             )
         except _OPEN_ERRORS as exc:
-            raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {exc}") from exc
+            raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}") from exc
         try:
             version = await self._version()
             if self._auto_upgrade:
@@ -447,7 +447,7 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 yield conn
         except _DRIVER_ERRORS as exc:
-            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(f"postgresql: {described(exc)}") from exc
 
     async def _version(self) -> int:
         async with self._connection() as conn:
@@ -811,7 +811,9 @@ class PostgresStore:
                 log.warning("the LISTEN connection to %s was lost; reconnecting", self.safe_url)
             except _DRIVER_ERRORS as exc:
                 failures += 1
-                log.warning("listening for work on %s failed (%d in a row): %s", self.safe_url, failures, exc)
+                log.warning(
+                    "listening for work on %s failed (%d in a row): %s", self.safe_url, failures, described(exc)
+                )
                 listening.set()  # do not hold the engine back: it polls meanwhile
             await asyncio.sleep(min(0.5 * 2**failures, 30.0))
 

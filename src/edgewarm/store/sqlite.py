@@ -130,7 +130,12 @@ class SQLiteStore:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except StoreError as exc:
+            if not str(exc).startswith("sqlite: "):
+                raise  # edgewarm's own words, which name the file
+            raise StoreError(f"the SQLite database {self.path}: {str(exc).removeprefix('sqlite: ')}") from exc
         if self.path != ":memory:":
             # Point reads (a task by id: prefetchQuery) go through a read-only connection on the caller's
             # thread. WAL lets it read beside the writer; it skips the hop to the writer's thread, which
@@ -152,6 +157,12 @@ class SQLiteStore:
     def _open(self) -> None:
         if self.path != ":memory:":
             make_folder_of(self.path)
+            folder = os.path.dirname(os.path.abspath(self.path))
+            for what, path in (("file", self.path), ("folder", folder)):
+                if os.path.exists(path) and not os.access(path, os.W_OK):
+                    raise StoreError(
+                        f"the SQLite database {self.path}: its {what} is not writable by this user (uid {os.getuid()})"
+                    )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
@@ -218,7 +229,15 @@ class SQLiteStore:
         if not has_meta:
             return 0
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return 0
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"the SQLite database {self.path}: its schema_version is {row[0]!r}, not a number (damaged, or not "
+                "edgewarm's)"
+            ) from None
 
     def _upgrade(self) -> int:
         db = self.db
