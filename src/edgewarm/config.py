@@ -279,8 +279,10 @@ def _is_host(text: str) -> bool:
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not host:
         raise ValueError(f"{value!r} is not HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: port {int(port)} is out of range (1-65535)")
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -372,6 +374,20 @@ def _first_date_or_time(value: Any, loc: tuple[int | str, ...] = ()) -> tuple[in
     return None
 
 
+def _problem(error: Any) -> tuple[str, str]:
+    """One validation error as (key path, message in the config's words)."""
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif error["type"] in ("list_type", "tuple_type") and isinstance(error.get("input"), dict):
+        name = _key_path(loc)
+        message = f"must be an array of tables: write each entry as [[{name}]], not [{name}]"
+    return _key_path(loc), message.removeprefix("Value error, ")
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Validate a decoded TOML document; raise ConfigError naming the first wrong key.
 
@@ -384,20 +400,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     except ConfigError:
         raise
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        elif first["type"] in ("list_type", "tuple_type") and isinstance(first.get("input"), dict):
-            name = _key_path(loc)
-            message = f"must be an array of tables: write each entry as [[{name}]], not [{name}]"
-        message = message.removeprefix("Value error, ")
-        if len(exc.errors()) > 1:
-            message += f" (and {len(exc.errors()) - 1} more problem(s))"
-        raise ConfigError(_key_path(loc), message) from None
+        (key, message), *more = (_problem(error) for error in exc.errors())
+        # Every problem at once, the first in `key`: fixing one to find the next is a slow loop.
+        message += "".join(f"\n{k}: {m}" if k else f"\n{m}" for k, m in more)
+        raise ConfigError(key, message) from None
     except ValueError as exc:  # a ConfigError raised inside a validator arrives wrapped
         raise ConfigError("", str(exc)) from None
 

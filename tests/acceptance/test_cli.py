@@ -415,3 +415,19 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
         assert "warning: [engine] connect_timeout (5 s) is not below read_timeout" in answer.stderr
     missing = run(["check-config"], {"EDGEWARM_CONFIG": ""})
     assert missing.returncode == 2 and "give the config file" in missing.stderr
+
+
+def test_check_config_names_every_problem_at_once_and_warns_of_no_users(tmp_path: Path) -> None:
+    """Before: the first problem and "(and 1 more problem(s))", a port out of range called "not HOST:PORT",
+    and a config without users "OK" with no word (every call would be refused)."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text('listen = "127.0.0.1:99999"\nstore = 5\n[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\n')
+    answer = run(["check-config", str(broken)], {})
+    assert answer.returncode == 1
+    assert "listen: '127.0.0.1:99999': port 99999 is out of range (1-65535)" in answer.stderr, answer.stderr
+    assert "\nstore: " in answer.stderr, answer.stderr
+    lonely = tmp_path / "lonely.toml"
+    lonely.write_text('[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\n')
+    answer = run(["check-config", str(lonely)], {})
+    assert answer.returncode == 0, answer.stderr
+    assert "warning: no [[users]]: every call will be refused" in answer.stderr

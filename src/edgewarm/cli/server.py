@@ -97,6 +97,8 @@ def check_config(path: str | None, config_path: str | None) -> None:
     warnings = list(config.engine.cautions())
     if not config.nodes:
         warnings.append("no [[nodes]]: submissions will be refused until nodes are configured")
+    if not config.users:
+        warnings.append("no [[users]]: every call will be refused (JD code 20) until users are configured")
     warnings.extend(
         f"user {u.name!r} has no domains: every URL it submits is refused" for u in config.users if not u.domains
     )
