@@ -65,6 +65,22 @@ def test_watch_exits_1_when_a_url_failed(service: ServiceProcess, lab: Lab, tmp_
     assert "missing.bin" in watched.stdout and "404" in watched.stdout
 
 
+def test_watch_names_a_task_it_cannot_find_and_follows_the_others(
+    service: ServiceProcess, lab: Lab, tmp_path: Path
+) -> None:
+    """Before: `0/?` bars for both, then "JD code 1: task not found" without saying which id."""
+    (good,) = lab.make_files(1, 100, prefix="/cli-unknown/")
+    submitted = run(["submit"], credentials_env(service, tmp_path), stdin=f"http://{DEFAULT_HOST}{good}\n")
+    (taskid,) = submitted.stdout.split()
+    unknown = "00000000-0000-4000-8000-000000000000"
+    watched = run(["watch", taskid, unknown], credentials_env(service, tmp_path))
+    assert watched.returncode == 1
+    assert f"task {unknown}: not found" in watched.stderr, watched.stderr
+    assert taskid in watched.stdout and "Succeeded" in watched.stdout, watched.stdout
+    alone = run(["watch", unknown], credentials_env(service, tmp_path))
+    assert alone.returncode == 1 and f"task not found: {unknown}" in alone.stderr, alone.stderr
+
+
 def test_credentials_from_a_client_config_file(service: ServiceProcess, tmp_path: Path) -> None:
     """`quota` works with only a client config file giving server, username and secret."""
     config = tmp_path / "client.toml"

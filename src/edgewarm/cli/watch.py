@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..client import Client
+from ..client import Client, ClientError
 
 FAILURES_SHOWN = 5
 
@@ -24,8 +24,22 @@ def _total(counts: dict[str, int]) -> int:
 
 
 def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console: Console | None = None) -> int:
-    """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1."""
+    """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1 (also when
+    one of them is not found: it is named, and the others are followed)."""
     out = console or Console(stderr=False)
+    views: dict[str, dict[str, Any]] = {}
+    unknown = []
+    for taskid in taskids:
+        try:
+            views[taskid] = client.task(taskid, limit=0)
+        except ClientError as exc:
+            if exc.http_status != 404:
+                raise
+            unknown.append(taskid)
+            Console(stderr=True).print(f"task {taskid}: not found", markup=False, highlight=False)
+    taskids = [t for t in taskids if t in views]
+    if not taskids:
+        raise ClientError(1, f"task not found: {', '.join(unknown)}", 404)
     columns = (
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -34,7 +48,6 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
         TextColumn("{task.fields[rate]}/s"),
         TimeRemainingColumn(),
     )
-    views: dict[str, dict[str, Any]] = {}
     with Progress(*columns, console=out, transient=False) as progress:
         task_bars: dict[str, TaskID] = {
             t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids
@@ -71,7 +84,7 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
             if all(v["status"] != 1 for v in views.values()):
                 break
             time.sleep(interval)
-    return summarize(client, views, out)
+    return max(summarize(client, views, out), 1 if unknown else 0)
 
 
 def _elapsed(view: dict[str, Any]) -> float:
