@@ -147,6 +147,14 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     # The table, 80 columns wide into a pipe: the id whole, to copy for `watch` (it was cut to "e481a9…").
     table = run(["tasks", "--url", "listme-unique"], {**env, "COLUMNS": "80"}).stdout
     assert taskid in table and max(len(line) for line in table.splitlines()) <= 80, table
+    # Into a pipe with no COLUMNS (`tasks | grep Failed`): each task on one line (before: folded at 80
+    # columns, "Succ" / "eeded", so grep found nothing).
+    env = {k: v for k, v in {**os.environ, **env}.items() if k != "COLUMNS"}
+    piped = subprocess.run(
+        [EDGEWARM, "tasks", "--url", "listme-unique"], env=env, capture_output=True, text=True, timeout=60
+    )
+    (row,) = [line for line in piped.stdout.splitlines() if taskid in line]
+    assert "0 Succeeded" in row, piped.stdout
 
 
 def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) -> None:

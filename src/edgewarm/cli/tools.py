@@ -8,6 +8,7 @@ EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_CLIENT_CONFIG = "~/.config/edgewarm/client.toml"
 POSITIVE = click.IntRange(min=1)
+PIPED_WIDTH = 200  # the `tasks` table into a pipe: wide enough for every row on one line
 
 
 USER_OPTIONS = (
@@ -335,7 +337,10 @@ def tasks(
             str(t["failed"]),
             "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
         )
-    Console().print(table)
+    # Into a pipe, rich would fold the table at 80 columns ("Fai" / "led"): one row per line there, unless
+    # COLUMNS says how wide.
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    Console(width=PIPED_WIDTH if piped else None).print(table)
 
 
 @main.command()
