@@ -6,6 +6,7 @@ The order of the checks follows JD: missing fields, then the user and the signat
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, has_controls, parse_url
 from .views import STATUS_TEXT, task_summary
 from .webhooks import check_callback_url
+
+log = logging.getLogger("edgewarm.service")
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -192,6 +195,14 @@ class Service:
         created = await self.store.create_task(task)
         if created.id == task.id:
             self.metrics.tasks_submitted.labels(kind.value).inc()
+            log.info(
+                "task submitted: %s by %s, %d URLs, %d items",
+                kind.value,
+                user.name,
+                urls + dirs,
+                len(items),
+                extra={"task_id": task.id},
+            )
             if self._on_submit is not None:
                 self._on_submit()
         elif created.kind is not kind:
@@ -242,6 +253,7 @@ class Service:
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
             self.metrics.task_ended(int(cancelled.status), cancelled.finished_at - cancelled.created_at)
+            log.info("task cancelled by %s", user.name, extra={"task_id": task.id})
         if self._on_cancel is not None:
             self._on_cancel(task.id)
         return cancelled

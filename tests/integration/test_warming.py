@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +220,16 @@ def test_with_verify_a_url_the_node_does_not_cache_and_tells_no_state_of_fails(t
     assert (shield["state"], shield["cache_state"]) == ("failed", None)
     assert shield["error"] == f"not cached after the warm: no cache state again ({NO_STATE_TOLD})"
     assert lab.fetch(lab.shield, long_path).cache_status is None  # nginx tells nothing: not from its cache
+
+
+def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: Lab) -> None:
+    """An operator can follow tasks from the log alone (before: nothing at info between start and stop)."""
+    (path,) = lab.make_files(1, 100, prefix="/logged/")
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of(path)])
+        assert client.wait(taskid, timeout=60)["status"] == 0
+        time.sleep(0.2)  # the engine logs the end as it writes the last outcome: give it the moment
+        lines = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
+    about = [line["message"] for line in lines if line.get("task_id") == taskid]
+    assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URLs, 3 items", about
+    assert any(m.startswith("task ended: status 0 (3 succeeded, 0 failed) in ") for m in about), about

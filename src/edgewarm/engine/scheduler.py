@@ -439,7 +439,16 @@ class Engine:
                 continue  # only bookkeeping: the outcomes are written
             if task is None or task.finished_at != now:
                 continue
-            self.metrics.task_ended(int(task.status), task.finished_at - task.created_at)
+            seconds = task.finished_at - task.created_at
+            self.metrics.task_ended(int(task.status), seconds)
+            log.info(
+                "task ended: status %d (%d succeeded, %d failed) in %.3f s",
+                task.status,
+                task.succeeded,
+                task.failed,
+                seconds,
+                extra={"task_id": task.id},
+            )
             if self.on_task_finished is not None:
                 self.on_task_finished(task)
 
