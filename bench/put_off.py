@@ -43,7 +43,7 @@ async def measure(urls: int, step: int) -> None:
             steps: list[float] = []
             run = store._run
 
-            async def timed(fn: Callable[[], T]) -> T:  # each step, timed in the store's thread
+            async def timed(fn: Callable[[], T], *, check: bool = True) -> T:  # each step, timed in its thread
                 def step_timed() -> T:
                     started = time.thread_time()
                     try:
@@ -51,7 +51,7 @@ async def measure(urls: int, step: int) -> None:
                     finally:
                         steps.append(time.thread_time() - started)
 
-                return await run(step_timed)
+                return await run(step_timed, check=check)
 
             store._run = timed  # type: ignore[method-assign]
             until = time.time() + 3600

@@ -158,7 +158,10 @@ class Claim:
     url: str
     node: str
     action: ItemAction
-    attempts: int
+    attempts: int  # attempts recorded so far (outcomes, and attempts begun after a retake)
+    # Taken over from a worker whose lease ran out (it died, say): it may or may not have sent the item, so
+    # the attempt this claim makes is recorded before it is sent (`TaskStore.begin_attempt`).
+    retaken: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -529,7 +529,7 @@ class TestWork:
         assert await store.next_due_at() == NOW + 60
         assert await store.claim_due_items("w2", 10, NOW + 59, LEASE) == []
         (again,) = await store.claim_due_items("w2", 10, NOW + 60, LEASE)
-        assert (again.item_id, again.attempts) == (claim.item_id, 1)
+        assert (again.item_id, again.attempts, again.retaken) == (claim.item_id, 1, False)
         same = await store.get_task(task.id)
         assert same is not None and (same.status, same.succeeded, same.failed) == (TaskStatus.IN_PROGRESS, 0, 0)
         assert (await items_of(store, task.id))[0, "edge-1"].state is ItemState.WAITING
@@ -541,8 +541,12 @@ class TestWork:
         (first,) = await store.claim_due_items("w1", 10, NOW, LEASE)
         assert await store.claim_due_items("w2", 10, NOW + LEASE - 1, LEASE) == []
         (second,) = await store.claim_due_items("w2", 10, NOW + LEASE, LEASE)
-        assert second.item_id == first.item_id
-        assert second.attempts == 1  # the attempt lost with the first lease counts
+        assert (second.item_id, first.retaken) == (first.item_id, False)
+        # Retaken: w1 may have sent it or not; w2 records the attempt it makes before it sends it.
+        assert (second.attempts, second.retaken) == (0, True)
+        assert await store.begin_attempt("w1", second.item_id, 1) is False  # not w1's any more
+        assert await store.begin_attempt("w2", second.item_id, 1) is True
+        assert (await store.list_items(task.id))[0].attempts == 1
         assert await store.record_outcomes("w1", [ok(first.item_id)], NOW + LEASE + 1) == 0
         assert (await store.list_items(task.id))[0].state is ItemState.RUNNING
         assert await store.record_outcomes("w2", [ok(second.item_id, 2)], NOW + LEASE + 2) == 1
@@ -550,6 +554,21 @@ class TestWork:
         done = await store.get_task(task.id)
         assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.SUCCEEDED, 1, 0)
         assert (await store.list_items(task.id))[0].attempts == 2
+
+    async def test_an_attempt_begun_by_a_worker_that_died_counts_when_the_item_is_retaken_again(
+        self, store: TaskStore
+    ) -> None:
+        """An item that kills its workers: each retake sees the attempts begun before (the engine gives up at
+        max_attempts); an item a dead worker only held claimed is retaken with nothing counted."""
+        task = make_task(2)
+        await store.create_task(task)
+        first, held = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert await store.begin_attempt("w1", first.item_id, 1)  # what the engine would do for a retaken one
+        retaken = {c.item_id: c for c in await store.claim_due_items("w2", 10, NOW + LEASE, LEASE)}
+        assert {i: (c.attempts, c.retaken) for i, c in retaken.items()} == {
+            first.item_id: (1, True),
+            held.item_id: (0, True),
+        }
 
     async def test_an_expired_lease_nobody_took_still_accepts_its_owner(self, store: TaskStore) -> None:
         """Past its lease but not yet reclaimed, an item still takes its owner's outcome (counted once)."""

@@ -20,7 +20,10 @@ import pytest
 import edgewarm.store.base
 import edgewarm.store.sqlite
 from edgewarm.config import parse_config
+from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.models import Item, ItemState, Task, TaskStatus
+from edgewarm.service import Service
+from edgewarm.store import open_store
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
     Close,
@@ -36,7 +39,7 @@ from edgewarm.testing.faults import (
 )
 from edgewarm.testing.service import free_port
 
-from .support import FAST_ENGINE, USER, base_config, engine_rig
+from .support import FAST_ENGINE, USER, Rig, base_config, engine_rig
 
 pytestmark = pytest.mark.anyio
 
@@ -574,6 +577,40 @@ async def test_items_of_a_node_held_down_are_no_requests_in_the_latency_histogra
     unsent = sum(1 for i in items if (i.error or "").startswith("not tried:"))
     assert 0 < unsent < len(items), [i.error for i in items][:5]
     assert timed == len(items) - unsent
+
+
+async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its_lease() -> None:
+    """A worker died holding 10 items (SIGKILL, say): it had begun the third attempt of one, and only held the
+    others claimed ahead. When their lease ran out, the engine that takes them over sends each of the 9 once,
+    as their first attempt (before: every one was charged the dead worker's attempt, sent or not, so that
+    workers killed a few times failed items never sent, "gave up after N attempts"), and gives the one up
+    unsent: its max_attempts (3) were begun."""
+    with FaultServer(always(Respond(200, body=BODY))) as server:
+        nodes = one_node(server)
+        config = parse_config(base_config(nodes, engine=FAST_ENGINE))
+        async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
+            service = Service(config, store)
+            user = config.user(USER)
+            assert user is not None
+            task = await service.submit_prefetch(user, [f"http://www.example.test/dead/{i}" for i in range(10)])
+            held = await store.claim_due_items("dead", 100, time.time(), 0.3)
+            assert len(held) == 10
+            assert await store.begin_attempt("dead", held[0].item_id, 3)
+            engine = Engine(config, store, fetcher, sole=False)
+            rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
+            try:
+                ended, items = await rig.wait(task.id, 20)
+            finally:
+                await rig.stop()
+    by_id = {i.id: i for i in items}
+    given_up = by_id.pop(held[0].item_id)
+    assert (given_up.state, given_up.attempts, given_up.error) == (
+        ItemState.FAILED,
+        3,
+        "gave up after 3 attempts (the worker died during the last)",
+    )
+    assert {(i.state, i.attempts) for i in by_id.values()} == {(ItemState.SUCCEEDED, 1)}
+    assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
 
 
 async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:

@@ -269,8 +269,8 @@ class Engine:
             self._outcomes.put_nowait(_unsent(claim))
             return
         if claim.attempts >= self.settings.max_attempts:
-            # A lease that ran out counts an attempt, sent or not: an item that kills its worker must end.
-            reason = f"gave up after {claim.attempts} attempts (workers died holding it: sent or not, each counts)"
+            # Only a retaken item gets here: its last attempts were begun by workers that died during them.
+            reason = f"gave up after {claim.attempts} attempts (the worker died during the last)"
             self._outcomes.put_nowait(ItemOutcome(claim.item_id, False, claim.attempts, error=reason))
             return
         self._in_hand[claim.item_id] = claim
@@ -314,6 +314,10 @@ class Engine:
                 self._done_with(claim, lane)
                 continue
             attempt = claim.attempts + 1
+            if claim.retaken and not await self._begin_attempt(claim, attempt):
+                self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
+                self._done_with(claim, lane)
+                continue
             fetcher = self.fetcher
             self._using[fetcher] = self._using.get(fetcher, 0) + 1
             started = time.monotonic()
@@ -347,6 +351,16 @@ class Engine:
         released = self._retiring.pop(fetcher, None)
         if released is not None and not released.done():
             released.set_result(None)
+
+    async def _begin_attempt(self, claim: Claim, attempt: int) -> bool:
+        """Record the attempt a retaken item is about to make (a worker that died holding it may have sent it or
+        not: only attempts begun are counted, so that one that kills its worker still ends). False when the
+        item is no longer this worker's."""
+        try:
+            return await self.store.begin_attempt(self.worker_id, claim.item_id, attempt)
+        except StoreError as exc:  # sent anyway: at worst, an attempt is not counted if this worker dies too
+            log.error("recording attempt %d of item %d failed: %s", attempt, claim.item_id, exc)
+            return True
 
     async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> tuple[ItemOutcome, bool]:
         """The claim's outcome, and whether it was shared from another claim's warm (no request was made)."""

@@ -197,6 +197,11 @@ class TaskStore(Protocol):
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
+    async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
+        """Record that `worker` begins attempt number `attempts` of an item it holds (a retaken one: if this
+        worker dies too, the attempt is counted). False when the worker no longer holds the item."""
+        ...
+
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         """Give leased items back untouched (graceful shutdown)."""
         ...

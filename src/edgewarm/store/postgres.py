@@ -162,18 +162,19 @@ FROM unnest($3::integer[], $4::integer[], $5::text[], $6::text[], $7::text[])
 ORDER BY s.n
 """
 
-# A running item past its lease is reclaimed; that lost attempt counts, so an item that kills its worker every
-# time still ends after max_attempts. The CTE with a locking clause runs once; SKIP LOCKED makes concurrent
-# claimers take disjoint rows without waiting for each other.
+# A running item past its lease is reclaimed, said retaken (due.state is the state before this claim): the dead
+# worker may have sent it or only held it, so its attempt is not counted here; the new holder records the
+# attempt it makes before sending it (begin_attempt), so that an item that kills its worker every time still
+# ends after max_attempts. The CTE with a locking clause runs once; SKIP LOCKED makes concurrent claimers take
+# disjoint rows without waiting for each other.
 _TAKE = """
-UPDATE items SET attempts = items.attempts + CASE WHEN items.state = 'running' THEN 1 ELSE 0 END,
-    state = 'running', lease_owner = $1, due_at = $2
+UPDATE items SET state = 'running', lease_owner = $1, due_at = $2
 FROM due WHERE items.id = due.id
-RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts
+RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts, due.state = 'running'
 """
 _CLAIM = f"""
 WITH due AS (
-    SELECT id FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
+    SELECT id, state FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
     ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
@@ -201,10 +202,12 @@ ON true
 """
 _CLAIM_CANDIDATES = f"""
 WITH due AS (
-    SELECT id FROM items WHERE id = ANY($3::bigint[]) AND state IN ('pending', 'running') AND due_at <= $4
+    SELECT id, state FROM items WHERE id = ANY($3::bigint[]) AND state IN ('pending', 'running') AND due_at <= $4
     FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
+
+_BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
 
 _NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3"
@@ -367,7 +370,7 @@ class _OverQuota(Exception):
 
 
 def _claims(rows: Sequence[asyncpg.Record]) -> list[Claim]:
-    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
+    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6]) for r in rows]
 
 
 def _rowcount(status: str) -> int:
@@ -656,6 +659,10 @@ class PostgresStore:
             return 0
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
+
+    async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_BEGIN_ATTEMPT, item_id, worker, attempts)) == 1
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:
         async with self._connection() as conn:  # one statement: PostgreSQL answers the others meanwhile

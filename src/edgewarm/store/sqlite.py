@@ -433,11 +433,11 @@ class SQLiteStore:
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
         def lease(rows: list[Any]) -> list[Claim]:
-            # A running item past its lease is reclaimed; that lost attempt counts, so an item that kills its
-            # worker every time still ends after max_attempts.
+            # A running item past its lease is reclaimed, said retaken: its attempt is recorded by the new
+            # holder before it sends it (begin_attempt), not here (the dead holder may never have sent it).
             if rows:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
-            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows]
+            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6])) for r in rows]
 
         def claim() -> list[Claim]:
             with _write_transaction(self.db):
@@ -473,6 +473,18 @@ class SQLiteStore:
             ).rowcount
 
         return await self._run(renew)
+
+    async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
+        def begin() -> bool:
+            return (
+                self.db.execute(
+                    "UPDATE items SET attempts = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                    (attempts, item_id, worker),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(begin)
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:
         def put_off(since: float) -> tuple[int, float]:
@@ -600,7 +612,7 @@ _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq,
 
 # Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
 # JSON (it would round them).
-_CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts + (state = 'running')))"
+_CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running'))"
 _DUE_ITEMS = (
     f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
     "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
@@ -620,8 +632,7 @@ _WINDOW_END = (
     "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
 )
 _LEASE_ITEMS = (
-    "UPDATE items SET attempts = attempts + (state = 'running'), state = 'running', lease_owner = ?2, due_at = ?3 "
-    "WHERE id IN (SELECT value FROM json_each(?1))"
+    "UPDATE items SET state = 'running', lease_owner = ?2, due_at = ?3 WHERE id IN (SELECT value FROM json_each(?1))"
 )
 
 # Putting off a node's items (put_off_node), a step at a time in due order, from the due time ?3 the last step
