@@ -21,6 +21,7 @@ import edgewarm.store.base
 import edgewarm.store.sqlite
 from edgewarm.config import parse_config
 from edgewarm.engine import Engine, Fetcher, NodeHealth
+from edgewarm.errors import StoreError
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import open_store
@@ -611,6 +612,63 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
     )
     assert {(i.state, i.attempts) for i in by_id.values()} == {(ItemState.SUCCEEDED, 1)}
     assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
+
+
+async def test_a_stop_while_the_store_is_down_ends_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store refuses every write (PostgreSQL down) and the engine is stopped: it waits for the last
+    outcomes at most max(grace_seconds, 5 s), says how many it leaves unwritten, and ends (before: it retried
+    every 5 s for as long as the store was down, the SIGTERM seemingly ignored)."""
+    with FaultServer(always(Respond(200, body=b"ok"))) as node:
+        async with engine_rig(one_node(node), {"grace_seconds": 0.5}, stop_within=15) as rig:
+
+            async def down(*_: object) -> int:
+                raise StoreError("postgresql: ConnectionRefusedError: the store is down")
+
+            monkeypatch.setattr(rig.store, "record_outcomes", down)
+            await rig.submit([f"http://www.example.test/down/{i}" for i in range(20)])
+            await rig.items_when(rig.created[0], lambda _: len(node.requests) >= 20)
+            started = time.monotonic()
+            await rig.stop(15)
+            took = time.monotonic() - started
+    assert 5.0 <= took < 12.0, took
+    assert "stopping with 20 outcomes unwritten" in caplog.text
+
+
+async def test_after_a_failed_lease_renewal_the_engine_renews_before_it_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store outage longer than the leases: this engine renews its own before it claims again, so that it
+    does not take other workers' expired leases first (before: claims went on whatever the renewals did, and
+    after an outage workers took each other's items and sent them again)."""
+    calls: list[str] = []
+    with FaultServer(always(Respond(200, body=b"ok", delay=0.3))) as node:
+        # Renewals every 0.5 s; the items in hand end every 0.3 s, and then the engine claims more.
+        engine = {"lease_seconds": 1.5, "concurrency": 4, "per_node_concurrency": 2}
+        async with engine_rig(one_node(node), engine) as rig:
+            renew, claim = rig.store.renew_leases, rig.store.claim_due_items
+            failures = 1
+
+            async def flaky_renew(*args: Any) -> int:
+                nonlocal failures
+                calls.append("renew")
+                if failures:
+                    failures -= 1
+                    calls.append("renew failed")
+                    raise StoreError("postgresql: the store is down")
+                return await renew(*args)
+
+            async def logged_claim(*args: Any, **kwargs: Any) -> Any:
+                calls.append("claim")
+                return await claim(*args, **kwargs)
+
+            monkeypatch.setattr(rig.store, "renew_leases", flaky_renew)
+            monkeypatch.setattr(rig.store, "claim_due_items", logged_claim)
+            task, _items = await rig.wait(await rig.submit([f"http://www.example.test/r/{i}" for i in range(20)]), 30)
+    assert task.status is TaskStatus.SUCCEEDED
+    assert "renew failed" in calls, calls
+    last_failure = len(calls) - 1 - calls[::-1].index("renew failed")
+    after = [c for c in calls[last_failure + 1 :] if c in ("renew", "claim")]
+    assert after and after[0] == "renew", calls
 
 
 async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:

@@ -40,6 +40,8 @@ Clock = Callable[[], float]
 CLAIM_AHEAD = 2
 CANCEL_CHECK_SECONDS = 1.0  # how often the engine asks the store which of its tasks in hand were cancelled
 OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the claims stop (_unwritten_room)
+RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
+LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 
 
 class _NodeLane:
@@ -89,6 +91,7 @@ class Engine:
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
+        self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._idle = asyncio.Event()  # set when nothing is in hand
@@ -158,13 +161,18 @@ class Engine:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             cancels.cancel()
-            await self._outcomes.join()  # the leases are renewed meanwhile: these items are not lost to others
+            await self._write_the_last_outcomes()  # the leases are renewed meanwhile: not lost to others
             renewer.cancel()
             writer.cancel()
             await asyncio.gather(writer, renewer, cancels, return_exceptions=True)
             if self._leased:
-                await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
-                log.info("released %d unfinished items", len(self._leased))
+                try:
+                    await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
+                    log.info("released %d unfinished items", len(self._leased))
+                except StoreError as exc:
+                    log.error(
+                        "releasing %d items failed (they run again when their leases end): %s", len(self._leased), exc
+                    )
                 self._leased.clear()
             for outcome in (writer, renewer):
                 if not outcome.cancelled() and outcome.exception() is not None:
@@ -181,7 +189,9 @@ class Engine:
             self._put_off(resting)
             skip = self._nodes_to_skip(resting)
             claims: list[Claim] = []
-            if limit > 0 and not self._is_dry(skip):
+            # After a store outage this engine's leases may have run out: it renews them before it claims, so
+            # that it does not take other workers' expired leases before they could renew theirs.
+            if limit > 0 and not self._is_dry(skip) and (not self._unrenewed or await self._renew()):
                 self._fresh = False
                 try:
                     claims = await self.store.claim_due_items(
@@ -403,6 +413,21 @@ class Engine:
         size = 0 if seconds is None else outcome.bytes or 0
         self.metrics.items.observe(node.name, claim.action, verdict, seconds, size)
 
+    async def _write_the_last_outcomes(self) -> None:
+        """At a stop: wait for the outcomes still to be written, up to grace_seconds (at least a few seconds)
+        when the store does not take them: then this process ends without them, and their items run again
+        when their leases end (sent twice, counted once)."""
+        limit = max(self.settings.grace_seconds, LAST_WRITES_SECONDS)
+        try:
+            await asyncio.wait_for(self._outcomes.join(), timeout=limit)
+        except TimeoutError:
+            log.error(
+                "stopping with %d outcomes unwritten: the store did not take them within %g s; their items run "
+                "again when their leases end",
+                len(self._leased),
+                limit,
+            )
+
     async def _drain(self) -> None:
         if not self._in_hand:
             return
@@ -487,12 +512,24 @@ class Engine:
     async def _renew_leases(self) -> None:
         while True:
             s = self.settings
-            await asyncio.sleep(s.lease_seconds / 3)
-            if self._leased:
-                try:
-                    await self.store.renew_leases(self.worker_id, sorted(self._leased), self._clock() + s.lease_seconds)
-                except StoreError as exc:
-                    log.error("renewing leases failed: %s", exc)
+            # Every third of a lease; again within a second after a failure (the store may be back).
+            await asyncio.sleep(
+                min(s.lease_seconds / 3, RENEW_RETRY_SECONDS) if self._unrenewed else s.lease_seconds / 3
+            )
+            await self._renew()
+
+    async def _renew(self) -> bool:
+        """Renew the leases of the items in hand; False (and logged) when the store did not take it."""
+        if self._leased:
+            until = self._clock() + self.settings.lease_seconds
+            try:
+                await self.store.renew_leases(self.worker_id, sorted(self._leased), until)
+            except StoreError as exc:
+                log.error("renewing leases failed: %s", exc)
+                self._unrenewed = True
+                return False
+        self._unrenewed = False
+        return True
 
 
 def _unsent(claim: Claim, why: str | None = None) -> ItemOutcome:
