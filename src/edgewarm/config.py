@@ -218,6 +218,7 @@ class Api(_Model):
     signature_window_days: Annotated[int, Field(ge=0, le=7)] = 1
     max_body_bytes: PositiveInt = 1_048_576
     max_url_length: PositiveInt = 4096
+    request_timeout: Seconds = 60.0  # a request's head and body must arrive within it (taken at start)
 
     @field_validator("timezone")
     @classmethod

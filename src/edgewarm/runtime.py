@@ -22,6 +22,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from .api import create_app
+from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, load_config
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
@@ -294,6 +295,7 @@ async def _run_parts(
                     port=config.listen_port,
                     log_level="warning",
                     log_config=None,  # its records go to the root logger: one JSON object per line, as ours
+                    http=bounded_protocol(config.api.request_timeout),  # a head's size and a request's time bounded
                     access_log=False,
                     lifespan="off",
                     # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).

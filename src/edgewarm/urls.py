@@ -106,7 +106,7 @@ def _authority(scheme: str, host: str, port: int | None) -> str:
     return host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (\x85 is a line break to some, \x9b an escape)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 

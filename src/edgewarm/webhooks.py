@@ -56,6 +56,7 @@ def verify_webhook(body: bytes, secret: str, header: str) -> bool:
 
 
 MAX_CALLBACK_URL = 2048
+ANSWER_READ_BYTES = 64 * 1024  # of a receiver's answer body: read so far at most, the rest left unread
 
 
 def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
@@ -148,11 +149,14 @@ class WebhookDeliverer:
                 async with session.post(
                     task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
                 ) as answer:
-                    await answer.read()
+                    await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
                     if not 200 <= answer.status < 300:
                         error = f"HTTP {answer.status}"
             except TimeoutError:
                 error = f"no answer within {settings.timeout:g} s ([webhooks] timeout)"
+            except aiohttp.ClientResponseError as exc:  # raised before an answer: its head did not parse (the
+                # status is aiohttp's own, not the receiver's)
+                error = _without_the_url(f"malformed answer from the receiver: {exc.message}", task.callback_url)
             except (aiohttp.ClientError, OSError) as exc:
                 error = _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url)
         attempts = task.webhook_attempts + 1

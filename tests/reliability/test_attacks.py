@@ -603,3 +603,61 @@ def test_malformed_and_oversized_requests_leave_clean_connections_and_json_logs(
         log = service.log.read_text()
     lines = [line for line in log.splitlines() if line.strip()]
     assert any("Invalid HTTP request" in orjson.loads(line)["message"] for line in lines), log
+
+
+@pytest.mark.integration
+def test_oversized_heads_and_slow_or_silent_clients_are_cut_off(tmp_path: Path) -> None:
+    """A head over 64 KiB is answered 431 at once (before: a 100 MB header was read whole, every other client
+    waited seconds, and it was answered 200); a connection silent for `request_timeout`, or sending its head a
+    byte at a time, is closed, with 408 (before: held open for ever, until the process ran out of file
+    descriptors); a long poll longer than the timeout is answered whole (the timeout is for the request to
+    arrive, not for the answer)."""
+    extra = "[api]\nrequest_timeout = 1.0\n"
+    with (
+        FaultServer(Respond(200, body=b"slow\n", delay=3.0)) as slow,
+        start_service(tmp_path, node_toml("slow", slow.url), extra=extra) as service,
+    ):
+        assert service.port is not None
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: ")
+            with contextlib.suppress(OSError):  # the server may close while this is still sending
+                for _ in range(20):
+                    sock.sendall(b"a" * 8192)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+        assert time.monotonic() - started < 3
+        silent, _ = _raw_exchange_after(service.port, b"", wait=3.0)
+        assert silent.startswith(b"HTTP/1.1 408 "), silent
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+            started = time.monotonic()
+            trickled = b""
+            with contextlib.suppress(OSError):
+                for byte in b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n":
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.1)
+                    if time.monotonic() - started > 1.5:
+                        break
+            trickled = sock.recv(65536)
+        assert trickled.startswith(b"HTTP/1.1 408 "), trickled
+        sig = real_signature(DEMO_USER, DEMO_SECRET)
+        body = {"username": DEMO_USER, "signature": sig, "publish_urls": ["http://www.example.test/slow-poll"]}
+        taskid = httpx.post(f"{service.url}/api/prefetch", json=body, timeout=10).json()["taskid"]
+        headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
+        started = time.monotonic()
+        polled = httpx.get(f"{service.url}/v1/tasks/{taskid}/wait", params={"timeout": 2}, headers=headers, timeout=10)
+        assert polled.status_code == 200 and polled.json()["status"] == 1, polled.text
+        assert time.monotonic() - started >= 1.9  # answered at the poll's end, past request_timeout
+
+
+def _raw_exchange_after(port: int, request: bytes, wait: float) -> tuple[bytes, float]:
+    """Send `request` (maybe nothing) and read until the server closes, at most `wait` s: (bytes, seconds)."""
+    started = time.monotonic()
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        if request:
+            sock.sendall(request)
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    return data, time.monotonic() - started

@@ -106,3 +106,54 @@ async def test_a_timeout_is_told_as_one_and_an_error_never_shows_the_receivers_t
     url = "http://127.0.0.1:9/hook?token=SECRET42&x=1"
     told = _without_the_url(f"ClientResponseError: 400, message='Bad status line', url='{url}'", url)
     assert "SECRET42" not in told and "http://127.0.0.1:9/hook?token=***&x=***" in told
+
+
+@asynccontextmanager
+async def raw_receiver(answer: bytes) -> AsyncIterator[str]:
+    """A receiver that reads a request's head and writes `answer`, then holds the connection open."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(10)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.close()
+
+
+async def delivered(store: TaskStore, task_id: str, seconds: float) -> Any:
+    """The task once its webhook has been tried once (or after `seconds`)."""
+    for _ in range(int(seconds / 0.02)):
+        task = await store.get_task(task_id)
+        if task is not None and task.webhook_attempts:
+            return task
+        await asyncio.sleep(0.02)
+    return await store.get_task(task_id)
+
+
+async def test_a_receivers_answer_body_is_not_read_whole() -> None:
+    """A receiver answers 200 with a body of 1 GB (it sends 256 KiB, then nothing): delivered at once (before:
+    read whole into memory, here until the timeout; an 800 MB answer took the process to 1.8 GB)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n"
+    async with raw_receiver(head + b"x" * 262_144) as url, open_store("memory://") as store:
+        task_id = await ended_task(store, url)
+        async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+            task = await delivered(store, task_id, 2.0)
+    assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
+
+
+async def test_a_malformed_answer_is_not_told_as_a_status_the_receiver_never_sent() -> None:
+    """Before: "ClientResponseError: 400, message='Bad status line …'", a 400 that aiohttp made up."""
+    async with raw_receiver(b"HTTP/1.1 2OO OK\r\n\r\n") as url, open_store("memory://") as store:
+        task_id = await ended_task(store, url)
+        async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+            task = await delivered(store, task_id, 2.0)
+    assert task is not None and task.webhook_error is not None
+    assert task.webhook_error.startswith("malformed answer from the receiver: "), task.webhook_error
+    assert "400" not in task.webhook_error

@@ -648,6 +648,21 @@ async def test_405_for_get(api: Api, path: str) -> None:
     assert (response.json(), response.headers["allow"]) == ({"error": "Method Not Allowed"}, "POST")
 
 
+@pytest.mark.parametrize("key", ["k\u0085INJ", "k\u009b31m", "k\x1bx"])
+async def test_an_idempotency_key_with_a_c1_control_character_is_refused(api: Api, key: str) -> None:
+    """The refusal says "none of them a control character": C1 (\x80-\x9f) too (before: only C0 and DEL)."""
+    answer = await api.call("/api/prefetch", {**creds(), "publish_urls": urls(1), "idempotency_key": key})
+    assert answer["status"] == 2 and "control character" in answer["msg"], answer
+
+
+async def test_a_native_body_too_deep_to_parse_has_its_code(api: Api) -> None:
+    """Before: 400 {"error": "There was an error parsing the body"}, without the JD code the README promises."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature(), "content-type": "application/json"}
+    body = b'{"taskids":' + b"[" * 1100 + b"]" * 1100 + b"}"
+    response = await api.client.post("/v1/tasks/lookup", content=body, headers=headers)
+    assert response.status_code == 400 and response.json()["code"] == 2, response.text
+
+
 async def test_an_unknown_route_answers_404_in_the_errors_shape(api: Api) -> None:
     response = await api.client.get("/api/nothing")
     assert (response.status_code, response.json()) == (404, {"error": "Not Found"})

@@ -61,8 +61,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """404, 405 and the like in the shape of every other error of this API: {"error": …}."""
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        """404, 405 and the like in the shape of every other error of this API: {"error": …}; a body that
+        does not parse (400) with its JD code, as a parameter refused is."""
+        answer = {"code": 2, "error": exc.detail} if exc.status_code == 400 else {"error": exc.detail}
+        return JSONResponse(answer, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
