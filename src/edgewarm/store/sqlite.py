@@ -661,10 +661,13 @@ _APPLICABLE_OUTCOMES = (  # what _RECORD_OUTCOMES will write, as one JSON array 
     f"SELECT json_group_array(json_array(items.task_id, items.seq, {_NEW_STATE})) "
     f"FROM items JOIN {_OUTCOMES} ON {_LEASED}"
 )
-# Of the tasks in ?1 (a JSON array of ids), the ones with items waiting for an earlier stage, as a JSON array.
+# Of the tasks in ?1 (a JSON array of ids), the ones with stages, as a JSON array. Every URL of a task has its
+# items at the same stages, so its first URL's items tell, found by the index on (task_id, seq, stage) in a
+# few steps whatever the task's size (asking for a waiting item read every item of a task that had none left
+# near its start: a batch of outcomes of a task of 150,000 items took 30-50 ms more).
 _STAGED_TASKS = (
-    "SELECT json_group_array(t.value) FROM json_each(?) AS t "
-    "WHERE EXISTS (SELECT 1 FROM items WHERE task_id = t.value AND state = 'waiting')"
+    "SELECT json_group_array(t.value) FROM json_each(?) AS t WHERE EXISTS (SELECT 1 FROM items "
+    "WHERE task_id = t.value AND seq = (SELECT min(seq) FROM items WHERE task_id = t.value) AND stage > 0)"
 )
 # ?1: rows of [task, succeeded added, failed added].
 _ADD_COUNTS = (
@@ -796,7 +799,7 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
         counts[0 if state == "succeeded" else 1] += 1
         advanced.add((task_id, seq))
     if advanced:
-        # Tasks with waiting items (stages) release or fail their next stage; the others skip the gate.
+        # Tasks with stages release or fail their next stage; the others skip the gate.
         (staged,) = db.execute(_STAGED_TASKS, (_json(list(finals)),)).fetchone()
         gated = set(_from_json(staged))
         for task_id, seq in advanced:
