@@ -121,6 +121,10 @@ class SQLiteStore:
         self.path = path
         self._auto_upgrade = auto_upgrade
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite")
+        # Long reads (a big task's view, a task list searched by URL, a directory's known URLs) on a thread and
+        # connection of their own: on the writer's they held up every outcome and claim meanwhile.
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite-read")
+        self._long_reader: sqlite3.Connection | None = None
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
@@ -151,6 +155,10 @@ class SQLiteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._read_executor.shutdown(wait=True)
+        if self._long_reader is not None:
+            self._long_reader.close()
+            self._long_reader = None
         await self._run(self._close, check=False)
         self._executor.shutdown(wait=True)
 
@@ -193,6 +201,30 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._checked(fn) if check else fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
+        with a read-only connection of its own (WAL: beside the writer); in memory, on the writer's thread."""
+        if self.path == ":memory:":
+            return await self._run(lambda: fn(self.db))
+
+        def read() -> T:
+            self._still_there()
+            if self._long_reader is None:
+                uri = f"file:{self.path}?mode=ro"
+                self._long_reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db = self._long_reader
+            db.execute("BEGIN")
+            try:
+                return fn(db)
+            finally:
+                db.execute("COMMIT")
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_executor, read)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
@@ -336,9 +368,7 @@ class SQLiteStore:
         return await self._run(lambda: node_counts_from_rows(self.db.execute(_NODE_COUNTS, (task_id,))))
 
     async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
-        def detail() -> TaskDetail | None:
-            # One call on the writer's thread: no write comes between these reads.
-            db = self.db
+        def detail(db: sqlite3.Connection) -> TaskDetail | None:  # one read transaction: one moment
             row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
@@ -346,10 +376,10 @@ class SQLiteStore:
             items = [item_from_row(r) for r in db.execute(_ITEMS_PAGE, (task_id, limit, offset))] if limit else []
             return TaskDetail(task_from_row(row), nodes, items)
 
-        return await self._run(detail)
+        return await self._read(detail)
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
-        def tasks() -> list[Task]:
+        def tasks(db: sqlite3.Connection) -> list[Task]:
             sql = [f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ?"]
             args: list[object] = [username]
             if where.status is not None:
@@ -369,9 +399,9 @@ class SQLiteStore:
                 args.append(where.url_contains)
             sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
             args += [where.limit, where.offset]
-            return [task_from_row(r) for r in self.db.execute(" ".join(sql), args).fetchall()]
+            return [task_from_row(r) for r in db.execute(" ".join(sql), args).fetchall()]
 
-        return await self._run(tasks)
+        return await self._read(tasks)
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
         def tasks() -> list[Task]:
@@ -574,16 +604,16 @@ class SQLiteStore:
         return await self._run(delete)
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
-        def known() -> list[str]:
+        def known(db: sqlite3.Connection) -> list[str]:
             # A comparison rather than LIKE: no escaping of % and _ in the prefix to get wrong. URLs are ASCII
             # (urls.py), which SQLite's lower() covers.
-            rows = self.db.execute(
+            rows = db.execute(
                 "SELECT DISTINCT url FROM items WHERE substr(lower(url), 1, ?) = ? LIMIT ?",
                 (len(prefix), prefix.lower(), limit),
             ).fetchall()
             return [r[0] for r in rows]
 
-        return await self._run(known)
+        return await self._read(known)
 
     async def queue_depth(self) -> int:
         def depth() -> int:
