@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import edgewarm.engine.actions
 import edgewarm.store.base
 import edgewarm.store.sqlite
 from edgewarm.config import parse_config
@@ -669,6 +670,29 @@ async def test_after_a_failed_lease_renewal_the_engine_renews_before_it_claims(m
     last_failure = len(calls) - 1 - calls[::-1].index("renew failed")
     after = [c for c in calls[last_failure + 1 :] if c in ("renew", "claim")]
     assert after and after[0] == "renew", calls
+
+
+async def test_a_directory_with_more_known_urls_than_purged_one_by_one_fails_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More URLs known under a directory than a node without prefix purge takes one by one (the limit set to
+    3 here; 100,000 in use): the first are purged, and the item fails saying more may be cached (before: it
+    succeeded, PURGED, with most of the directory still cached)."""
+    monkeypatch.setattr(edgewarm.engine.actions, "KNOWN_URLS_LIMIT", 3)
+    with FaultServer(always(Respond(200, body=b"ok"))) as node:
+        async with engine_rig(one_node(node)) as rig:
+            warmed, _ = await rig.wait(await rig.submit([f"http://www.example.test/d/{i}" for i in range(5)]), 20)
+            assert warmed.status is TaskStatus.SUCCEEDED
+            user = rig.config.user(USER)
+            assert user is not None
+            task = await rig.service.submit_refresh(user, ["http://www.example.test/d/"], "dir")
+            rig.engine.wake()
+            ended, (item,) = await rig.wait(task.id, 20)
+    assert ended.status is TaskStatus.FAILED
+    assert item.error is not None and item.error.startswith(
+        "purged 3 of the 3 URLs known at or under the directory, the first 3 in one spelling: more may be cached"
+    ), item.error
+    assert sum(r.method == "PURGE" for r in node.requests) == 3
 
 
 async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:

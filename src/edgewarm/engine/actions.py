@@ -72,8 +72,8 @@ async def _purge_dir(
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node)
-    seen = [url for prefix in spellings(target) for url in await store.known_urls(prefix, KNOWN_URLS_LIMIT)]
-    known = _under(target, seen)
+    found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in spellings(target)]
+    known = _under(target, [url for urls in found for url in urls])
     failures: list[tuple[purge.Verdict, FetchResult]] = []
     purged = 0
     for start in range(0, len(known), 16):
@@ -90,6 +90,11 @@ async def _purge_dir(
     if unreadable and len(unreadable) < len(known):
         failures = [f for f in failures if f[1].status not in purge.UNREADABLE]
     summary = f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
+    if any(len(urls) >= KNOWN_URLS_LIMIT for urls in found):  # there may be more: not all purged, not a success
+        raise purge.Unsupported(
+            f"{summary}, the first {KNOWN_URLS_LIMIT:,} in one spelling: more may be cached under it; refresh its "
+            'subdirectories (or give this node a prefix purge: dir_purge = "ban" on Varnish)'
+        )
     if not failures:  # no single answer stands for them all: no HTTP status
         return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
