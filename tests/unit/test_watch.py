@@ -56,3 +56,46 @@ def test_progress_is_1_only_when_every_item_is_done() -> None:
     """19,999 of 20,000 items is 0.9999, not 1.0 (rounding made a task in progress show 1.0)."""
     assert (progress(19_999, 20_000), progress(20_000, 20_000), progress(1, 3)) == (0.9999, 1.0, 0.3333)
     assert progress(209_999, 210_000) < 1.0
+
+
+class PagedClient:
+    """The native view's item pages of one task of `total` items, failed from `failed_from` on."""
+
+    def __init__(self, total: int, failed_from: int) -> None:
+        self.total, self.failed_from = total, failed_from
+        self.calls: list[tuple[int, int]] = []
+
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        self.calls.append((offset, limit))
+        seqs = range(offset, min(offset + limit, self.total))
+        return {"items": [item(n, "failed" if n >= self.failed_from else "succeeded") for n in seqs]}
+
+
+def item(n: int, state: str) -> dict[str, Any]:
+    return {
+        "node": "edge-1",
+        "url": f"http://a.test/{n}",
+        "state": state,
+        "http_status": 404,
+        "attempts": 1,
+        "error": "HTTP 404 (not retried: the origin refused it)",
+    }
+
+
+def test_failures_after_the_first_page_are_shown() -> None:
+    """30,000 items, the last 3 failed: the summary pages on to them (before: only the first 10,000 items were
+    looked at, and no failure was shown)."""
+    view = {**VIEW, "status": 2, "msg": "Failed", "total": 30_000, "counts": {"succeeded": 29_997, "failed": 3}}
+    client = PagedClient(30_000, 29_997)
+    out = Console(width=200, file=io.StringIO())
+    assert summarize(client, {TASK: view}, out) == 1  # type: ignore[arg-type]
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "http://a.test/29999" in text and "first failures" in text, text
+    assert client.calls == [(0, 10_000), (10_000, 10_000), (20_000, 10_000)]
+
+
+def test_an_unknown_task_is_not_summed_up_as_all_succeeded() -> None:
+    out = Console(width=200, file=io.StringIO())
+    assert summarize(None, {TASK: VIEW}, out, unknown=["0" * 32]) == 1  # type: ignore[arg-type]
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert text.splitlines()[-1] == "1 of the tasks not found; the others all succeeded", text

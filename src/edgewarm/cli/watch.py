@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from ..client import Client, ClientError
 
 FAILURES_SHOWN = 5
+PAGE = 10_000  # items per call when looking for a task's failures (the API's largest page)
 
 
 def _done(counts: dict[str, int]) -> int:
@@ -84,7 +86,7 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
             if all(v["status"] != 1 for v in views.values()):
                 break
             time.sleep(interval)
-    return max(summarize(client, views, out), 1 if unknown else 0)
+    return summarize(client, views, out, unknown)
 
 
 def _elapsed(view: dict[str, Any]) -> float:
@@ -97,7 +99,8 @@ def _elapsed(view: dict[str, Any]) -> float:
 TABLE_WIDTH = 110  # narrower consoles get one line per task: a table would fold the task ids
 
 
-def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) -> int:
+def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, unknown: Sequence[str] = ()) -> int:
+    """The table of the tasks and their first failures; 0 when every task succeeded (and none was unknown)."""
     table: Table | None = None
     if out.width >= TABLE_WIDTH:
         table = Table(title="tasks")
@@ -123,8 +126,11 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) ->
         out.print(table)
     failures: list[tuple[str, dict[str, Any]]] = []
     for taskid, view in views.items():
-        if view["counts"]["failed"] and len(failures) < FAILURES_SHOWN:
-            items = client.task(taskid, limit=10_000)["items"]
+        # Page by page until enough failures are found (a task's failures may come after its first pages).
+        for offset in range(0, view["total"] if view["counts"]["failed"] else 0, PAGE):
+            if len(failures) >= FAILURES_SHOWN:
+                break
+            items = client.task(taskid, offset=offset, limit=PAGE)["items"]
             failures += [(taskid, i) for i in items if i["state"] == "failed"][: FAILURES_SHOWN - len(failures)]
     if failures:
         shown = Table(title="first failures")
@@ -141,5 +147,8 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console) ->
             )
         out.print(shown)
     ok = all(v["status"] == 0 for v in views.values())
+    if unknown:
+        out.print(f"[red]{len(unknown)} of the tasks not found[/]" + ("; the others all succeeded" if ok else ""))
+        return 1
     out.print("[green]all succeeded[/]" if ok else "[red]some items failed[/]")
     return 0 if ok else 1
