@@ -25,7 +25,7 @@ from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import FaultServer, Respond, always, unanswered
 from edgewarm.testing.service import free_port
-from edgewarm.urls import parse_url
+from edgewarm.urls import stored_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -60,7 +60,9 @@ async def test_every_url_reaches_the_node_byte_for_byte_whichever_client_sends_i
         target_node = Node(name="rec", url=node.url)
         async with Fetcher(Settings()) as fetcher:
             for path_query in CASES:
-                result = await fetcher.request("GET", target_node, parse_url("http://www.example.test" + path_query))
+                result = await fetcher.request(
+                    "GET", target_node, stored_target("http://www.example.test" + path_query)
+                )
                 assert (result.status, result.bytes, result.error) == (200, 100, None), path_query
         received = [(r.target, r.header("Host")) for r in node.requests]
     assert received == [(pq, "www.example.test") for pq in CASES]
@@ -76,7 +78,9 @@ async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.Monk
         monkeypatch.delenv("no_proxy", raising=False)
         assert os.environ["HTTP_PROXY"] == proxy.url
         async with Fetcher(Settings()) as fetcher:
-            result = await fetcher.request("GET", Node(name="n", url=node.url), parse_url("http://www.example.test/a"))
+            result = await fetcher.request(
+                "GET", Node(name="n", url=node.url), stored_target("http://www.example.test/a")
+            )
         assert result.status == 200
         assert [r.target for r in node.requests] == ["/a"]
         assert proxy.connections == 0
@@ -99,7 +103,7 @@ async def test_an_https_node_gets_the_urls_host_as_sni_and_the_path_byte_for_byt
     async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         node = Node(name="tls", url=server.url, tls_verify=False)
         for path_query in ("/a/b.mp4?x=1", "/a/../b"):
-            result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
+            result = await fetcher.request("GET", node, stored_target("https://www.example.test" + path_query))
             assert (result.status, result.bytes, result.error) == (200, 2, None)
     assert [(r.sni, r.head.split(b"\r\n")[0]) for r in server.requests] == [
         ("www.example.test", b"GET /a/b.mp4?x=1 HTTP/1.1"),
@@ -115,7 +119,7 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
     "/a", aiohttp for a dot segment): a final network error naming the node and the certificate."""
     async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         for path_query in ("/a", "/x/../a"):
-            target = parse_url("https://www.example.test" + path_query)
+            target = stored_target("https://www.example.test" + path_query)
             result = await fetcher.request("GET", Node(name="tls", url=server.url), target)
             assert result.status is None and result.network_error and result.final
             assert result.error is not None and result.error.startswith(f"cannot connect to tls ({server.url}): ")
@@ -139,7 +143,7 @@ async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_throu
     monkeypatch.setattr(Fetcher, "_with_pyreqwest", counting)
     async with tls_node(certificate, legacy=True) as server, Fetcher(Settings()) as fetcher:
         node = Node(name="old", url=server.url, tls_verify=False)
-        results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
+        results = [await fetcher.request("GET", node, stored_target(f"https://www.example.test/{p}")) for p in "abc"]
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
     assert [(r.sni, r.head.split(b"\r\n")[0]) for r in server.requests] == [
         ("www.example.test", f"GET /{p} HTTP/1.1".encode()) for p in "abc"
@@ -157,7 +161,7 @@ async def test_an_https_node_that_is_down_is_asked_once_and_not_left_to_aiohttp(
     node = Node(name="down", url=url, tls_verify=False)
     async with Fetcher(Settings()) as fetcher:
         for _ in range(2):
-            result = await fetcher.request("GET", node, parse_url("https://www.example.test/a"))
+            result = await fetcher.request("GET", node, stored_target("https://www.example.test/a"))
             assert result.status is None and result.error is not None
             assert result.error.startswith(f"cannot connect to down ({url}): Connection refused")
         assert not fetcher._routes.uses_openssl(node)
@@ -179,7 +183,7 @@ async def test_an_https_node_is_warmed_through_pyreqwest_whether_given_by_addres
     hosts = ["www.example.test", "img.example.test", "cdn.example.test", "www.example.test"]
     async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         node = Node(name="tls", url=server.url.replace("127.0.0.1", address), tls_verify=False)
-        results = [await fetcher.request("GET", node, parse_url(f"https://{host}/a?x=1")) for host in hosts]
+        results = [await fetcher.request("GET", node, stored_target(f"https://{host}/a?x=1")) for host in hosts]
         kept = [(key[2], key[3]) for key in fetcher._routes._routes]
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 4
     assert [(r.sni, r.head.split(b"\r\n")[:2]) for r in server.requests] == [
@@ -224,7 +228,9 @@ async def test_a_named_https_node_whose_first_address_refuses_is_warmed_at_its_n
     async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         with resolving(monkeypatch, {"edge.test": ["127.0.0.2", "127.0.0.1"]}):
             node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
-            results = [await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}")) for p in "abc"]
+            results = [
+                await fetcher.request("GET", node, stored_target(f"https://www.example.test/{p}")) for p in "abc"
+            ]
             assert not fetcher._routes.uses_openssl(node)
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 3
     assert asked == ["/a"]
@@ -245,7 +251,7 @@ async def test_a_named_https_node_whose_first_address_never_answers_is_warmed_at
             took = []
             for p in "abc":
                 started = asyncio.get_running_loop().time()
-                result = await fetcher.request("GET", node, parse_url(f"https://www.example.test/{p}"))
+                result = await fetcher.request("GET", node, stored_target(f"https://www.example.test/{p}"))
                 took.append(asyncio.get_running_loop().time() - started)
                 assert (result.status, result.bytes, result.error) == (200, 2, None)
     assert took[0] >= 1.0 and max(took[1:]) < 1.0
@@ -262,7 +268,7 @@ async def test_a_named_https_node_is_asked_for_again_after_name_ttl(
     async with tls_node(certificate) as server, Fetcher(Settings()) as fetcher:
         with resolving(monkeypatch, {"edge.test": ["127.0.0.1"]}) as names:
             node = Node(name="named", url=server.url.replace("127.0.0.1", "edge.test"), tls_verify=False)
-            target = parse_url("https://www.example.test/a")
+            target = stored_target("https://www.example.test/a")
 
             async def warm_until(ok: bool) -> int:
                 """Requests until one's success is `ok` (at most 20; the new address is taken in the background)."""
@@ -286,10 +292,14 @@ async def test_a_folded_header_line_is_accepted_and_a_malformed_head_is_named() 
     with FaultServer(always(folded)) as node, FaultServer(always(Respond(headers=(("X-Bad ", "v"),)))) as bad:
         async with Fetcher(Settings()) as fetcher:
             results = [
-                await fetcher.request("GET", Node(name="n", url=node.url), parse_url(f"http://www.example.test{pq}"))
+                await fetcher.request(
+                    "GET", Node(name="n", url=node.url), stored_target(f"http://www.example.test{pq}")
+                )
                 for pq in ("/a", "/a/../b")  # pyreqwest, then aiohttp
             ]
-            broken = await fetcher.request("GET", Node(name="bad", url=bad.url), parse_url("http://www.example.test/a"))
+            broken = await fetcher.request(
+                "GET", Node(name="bad", url=bad.url), stored_target("http://www.example.test/a")
+            )
     assert [(r.status, r.bytes, r.error) for r in results] == [(200, 2, None)] * 2
     assert broken.status is None
     assert broken.error == "bad answered with a malformed HTTP head: invalid HTTP header parsed"
@@ -308,7 +318,7 @@ async def test_an_answer_head_larger_than_hyper_reads_warms_through_aiohttp() ->
         async with Fetcher(Settings()) as fetcher:
             results = {
                 (server.url, pq): await fetcher.request(
-                    "GET", Node(name="n", url=server.url), parse_url(f"http://www.example.test{pq}")
+                    "GET", Node(name="n", url=server.url), stored_target(f"http://www.example.test{pq}")
                 )
                 for server in (wide, tall)
                 for pq in ("/a", "/a/../b")  # pyreqwest first, then aiohttp
@@ -329,7 +339,9 @@ async def test_an_answer_head_beyond_every_limit_is_named_malformed_without_a_st
     with FaultServer(always(Respond(200, body=b"ok", headers=lines))) as node:
         async with Fetcher(Settings()) as fetcher:
             results = [
-                await fetcher.request("GET", Node(name="n", url=node.url), parse_url(f"http://www.example.test{pq}"))
+                await fetcher.request(
+                    "GET", Node(name="n", url=node.url), stored_target(f"http://www.example.test{pq}")
+                )
                 for pq in ("/a", "/a/../b")
             ]
     assert [(r.status, r.error) for r in results] == [
@@ -343,13 +355,13 @@ _WARM_AND_REPORT_PEAK = """
 import asyncio, json, sys
 from edgewarm.config import Engine, Node
 from edgewarm.engine import Fetcher
-from edgewarm.urls import parse_url
+from edgewarm.urls import stored_target
 
 async def main(node_url, paths):
     async with Fetcher(Engine()) as fetcher:
         node = Node(name="n", url=node_url)
         return [(r.status, r.bytes, r.error) for p in paths
-                for r in [await fetcher.request("GET", node, parse_url("http://www.example.test" + p))]]
+                for r in [await fetcher.request("GET", node, stored_target("http://www.example.test" + p))]]
 
 results = asyncio.run(main(sys.argv[1], sys.argv[2:]))
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -380,7 +392,7 @@ async def test_a_node_name_that_cannot_be_looked_up_is_a_network_error_not_an_ex
     node = Node.model_construct(name="long", url=url, tls_verify=False, kind=Node.model_fields["kind"].default)
     async with Fetcher(Settings(connect_timeout=1.0)) as fetcher:
         for path_query in ("/a", "/x/../a"):  # pyreqwest, then aiohttp
-            result = await fetcher.request("GET", node, parse_url("https://www.example.test" + path_query))
+            result = await fetcher.request("GET", node, stored_target("https://www.example.test" + path_query))
             assert result.status is None and result.network_error
             assert result.error is not None and result.error.startswith(f"cannot connect to long ({url}): ")
 
@@ -391,7 +403,7 @@ async def test_only_a_connection_never_made_counts_as_unreachable(path: str) -> 
     connection and for one not answered within connect_timeout; not for a node that connects and then keeps
     silent past read_timeout (pyreqwest calls that a "connection timeout" too), nor for one that answers."""
     settings = Settings(connect_timeout=0.5, read_timeout=1.0)
-    target = parse_url(f"http://www.example.test{path}")
+    target = stored_target(f"http://www.example.test{path}")
     with (
         unanswered() as silent,
         FaultServer(Respond(200, body=b"ok", delay=5.0)) as slow,

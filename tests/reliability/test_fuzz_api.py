@@ -172,10 +172,12 @@ NASTY = [
     "`",
     "http://",
 ]
-# Everything RFC 3986 allows in a path or query, except ',' (it splits JD's comma strings) and '#'.
-PATH_CHARS = "abcxyzABCXYZ0189-._~!$&'()*+;=:@/%"
+# Everything RFC 3986 allows in a path or query, except ',' (it splits JD's comma strings) and '#': its
+# characters, and '%' as it allows it, beginning an escape of two hex digits.
+PATH_CHARS = "abcxyzABCXYZ0189-._~!$&'()*+;=:@/"
+ESCAPES = ["%20", "%2F", "%2f", "%41", "%7e", "%7E", "%25", "%C3%A9"]
 
-segment = st.text(alphabet=PATH_CHARS, max_size=12)
+segment = st.lists(st.one_of(st.sampled_from(list(PATH_CHARS)), st.sampled_from(ESCAPES)), max_size=12).map("".join)
 valid_url = st.builds(
     lambda scheme, host, port, path, query: f"{scheme}://{host}{port}{path}{query}",
     st.sampled_from(["http", "https", "HTTP", "hTtPs"]),
