@@ -9,7 +9,7 @@ import pytest
 
 from edgewarm.client import Client
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -224,16 +224,12 @@ def test_a_known_url_a_node_cannot_read_does_not_hold_a_dir_refresh_back(tmp_pat
     URL and succeeds (before, every refresh of the directory failed on that one URL, and the edges behind
     the shield were not purged at all: "not attempted")."""
     lab.write_file("/un/a.txt", b"version 1")
-    port = free_port()
-    config = write_config(
-        tmp_path / "long.toml",
-        store=f"sqlite:///{tmp_path}/long.db",
-        nodes_toml=lab.nodes_toml(),
-        port=port,
-        extra="[api]\nmax_url_length = 20000\n",
-    )
+    extra = "[api]\nmax_url_length = 20000\n"
     long_url = url_of("/un/" + "x" * 9000)
-    with ServiceProcess(config, port=port) as service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+    with (
+        start_service(tmp_path / "long", lab.nodes_toml(), extra=extra) as service,
+        Client(service.url, DEMO_USER, DEMO_SECRET) as client,
+    ):
         warm(service, ["/un/a.txt"])
         assert client.wait(client.prefetch([long_url]), timeout=60)["status"] == 2  # 414 from the nginx nodes
         assert set(states(lab, "/un/a.txt").values()) == {"HIT"}

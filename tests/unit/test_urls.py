@@ -155,10 +155,17 @@ def test_parse_url_drops_a_trailing_dot_of_the_host() -> None:
         "http://-bad-.example.test/",
         "http://under_score.example.test/",
         "http://www..example.test/",
+        # caches answer these 400 (nginx): refused at the API, where the caller learns why
+        "http://a.test/100%.jpg",
+        "http://a.test/a%zz",
+        "http://a.test/a%",
+        "http://a.test/a?q=%G1",
+        "http://a.test/x%00y",
     ],
 )
 def test_parse_url_refuses_illegal_urls(raw: str) -> None:
-    """Anything that is not a plain http(s) URL on a domain name is refused with code 17."""
+    """Anything that is not a plain http(s) URL on a domain name is refused with code 17; so is a '%' that
+    begins no escape of two hex digits, and an escaped NUL in the path."""
     with pytest.raises(RequestRefused) as info:
         parse_url(raw)
     assert info.value.code == JdCode.ILLEGAL_URL
@@ -191,24 +198,6 @@ def test_find_duplicate_returns_none_for_distinct_urls() -> None:
     """Distinct URLs (including ones differing only in the query) have no duplicate."""
     assert find_duplicate([parse_url(u) for u in ["http://a.test/1", "http://a.test/1?x", "http://a.test/2"]]) is None
     assert find_duplicate([]) is None
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://a.test/100%.jpg",
-        "http://a.test/a%zz",
-        "http://a.test/a%",
-        "http://a.test/a?q=%G1",
-        "http://a.test/x%00y",
-    ],
-)
-def test_a_malformed_escape_or_an_escaped_nul_in_the_path_is_refused(url: str) -> None:
-    """Caches answer such a request 400 (nginx): refused at the API, where the caller learns why."""
-    with pytest.raises(RequestRefused) as refused:
-        parse_url(url)
-    assert refused.value.code == JdCode.ILLEGAL_URL
-    assert "%" in refused.value.message
 
 
 @pytest.mark.parametrize("url", ["http://a.test/a%20b%2Fc%7e", "http://a.test/a?q=%00", "http://a.test/%25"])
