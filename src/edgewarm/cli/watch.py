@@ -56,9 +56,6 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
         }
         node_bars: dict[str, TaskID] = {}
         while True:
-            for taskid in taskids:
-                if taskid not in views or views[taskid]["status"] == 1:
-                    views[taskid] = client.task(taskid, limit=0)
             per_node: dict[str, dict[str, int]] = {}
             for taskid, view in views.items():
                 counts = view["counts"]
@@ -86,6 +83,9 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
             if all(v["status"] != 1 for v in views.values()):
                 break
             time.sleep(interval)
+            for taskid in taskids:  # the views read above are the first pass's
+                if views[taskid]["status"] == 1:
+                    views[taskid] = client.task(taskid, limit=0)
     return summarize(client, views, out, unknown)
 
 
