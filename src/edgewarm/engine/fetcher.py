@@ -184,9 +184,9 @@ class GuardedClient:
             return FetchResult(None, error=held.reason, unreachable=True, hold=held)
         if (sent := SENT.get(None)) is not None:
             sent[0] += 1
-        if health is None:
-            return self._heard(node, await self._request(method, node, target, headers))
         result = self._heard(node, await self._request(method, node, target, headers))
+        if health is None:
+            return result
         if result.untold:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is
             return result
