@@ -198,11 +198,7 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
         """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self._checked(fn) if check else fn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+        return await _off_the_loop(self._executor, self._checked(fn) if check else fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
@@ -222,11 +218,7 @@ class SQLiteStore:
             finally:
                 db.execute("COMMIT")
 
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._read_executor, read)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+        return await _off_the_loop(self._read_executor, read)
 
     def _checked(self, fn: Callable[[], T]) -> Callable[[], T]:
         def checked() -> T:
@@ -633,6 +625,14 @@ class SQLiteStore:
     async def listen_for_work(self, callback: Callable[[], None]) -> AsyncIterator[None]:
         """Calls nothing: one process works on a SQLite file, and its API wakes its engine directly."""
         yield
+
+
+async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    """`fn` on `executor`'s thread; SQLite's errors come out as StoreError."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite: {exc}") from exc
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
