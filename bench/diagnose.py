@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/diagnose.py                   # 20,000 x 4 KiB on 2 edges, each part once
     .venv/bin/python bench/diagnose.py --urls 5000 --gc-threshold 100000,50,1000
+    .venv/bin/python bench/diagnose.py --urls 200 --size 8388608   # S2's workload
 
 - fetcher: edgewarm's own `Fetcher.request` in a bare loop (64 per node), no store, no engine.
 - submit: `edgewarm api` (no engine) accepts the URLs in calls of 100; CPU of the service process.
@@ -66,6 +67,7 @@ def child(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608)")
     parser.add_argument("--gc-threshold", default="", help="e.g. 100000,50,1000 (default: Python's)")
     args = parser.parse_args(argv)
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - wall, time.process_time() - cpu
 
     with fresh_lab(edges=2, shield=False) as lab:
-        paths = lab.make_files(args.urls, 4096)
+        paths = lab.make_files(args.urls, args.size)
         nodes = [Node(name=e.name, url=e.url) for e in lab.edges]
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             wall, cpu = runner.run(fetch_all(nodes, paths))
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # submit, then engine
     with fresh_lab(edges=2, shield=False) as lab:
-        paths = lab.make_files(args.urls, 4096)
+        paths = lab.make_files(args.urls, args.size)
         folder = Path(tempfile.mkdtemp(prefix="edgewarm-diagnose-"))
         api = start_service(folder, lab.nodes_toml(), command="api")
         try:
