@@ -143,6 +143,17 @@ TOOLS = [
         },
     ),
     tool(
+        "fetcher_overhead",
+        "--urls 200 --rounds 1",
+        expect={
+            r"^200 x 4096 bytes on 2 edges, all HIT, 1 rounds in turns$": 1,
+            **{
+                rf"^{n}\s+[\d,]+/s\s+[\d.]+us  median [\d.]+ us/request$": 1
+                for n in ("bare", "direct", "request", "fetcher")
+            },
+        },
+    ),
+    tool(
         "ab",
         "--rounds 1 --urls 200",
         *("--src", f"a={SRC}", "a=", r"b=[engine]\nconcurrency = 128"),
