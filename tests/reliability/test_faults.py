@@ -773,3 +773,58 @@ async def test_a_flaky_proxy_in_front_of_real_nginx_ends_with_a_hit(tmp_path: Pa
         for path in paths:
             assert lab.fetch(edge, path).cache_status == "HIT"
         assert {r.target for r in proxy.requests} == set(paths)
+
+
+@pytest.mark.integration
+async def test_edges_wait_for_their_shield_while_it_restarts_and_are_warmed_once_it_is_back(tmp_path: Path) -> None:
+    """The shield (real nginx) is killed once it holds every URL, while its edges still warm theirs: each edge
+    answers 502 for what it has not cached yet. Those items wait for the shield, as its own items would, instead
+    of spending their 3 attempts in a tenth of a second on the edges (the task failed); once the shield is
+    back, every item succeeds and every URL is a HIT on every node."""
+    with Lab(tmp_path / "lab", edges=2, shield=True) as lab:
+        paths = lab.make_files(300, 1024)
+        assert lab.shield is not None
+        nodes = [
+            {"name": "shield-1", "url": lab.shield.url, "tier": "shield", "concurrency": 16},
+            *({"name": edge.name, "url": edge.url, "concurrency": 1} for edge in lab.edges),
+        ]
+        engine = {"node_down_wait": 60, "concurrency": 32}
+        async with engine_rig(nodes, engine) as rig:
+            urls = [f"http://www.example.test{p}" for p in paths]
+            taskids = [await rig.submit(urls[i : i + 100]) for i in range(0, len(urls), 100)]
+
+            async def all_items() -> list[Item]:
+                return [i for t in taskids for i in await rig.store.list_items(t, limit=1000)]
+
+            def shield_done(items: list[Item]) -> bool:
+                return all(i.state is ItemState.SUCCEEDED for i in items if i.node == "shield-1")
+
+            for _ in range(500):
+                if shield_done(await all_items()):
+                    break
+                await asyncio.sleep(0.01)
+            lab.kill("shield-1")
+            left = [i for i in await all_items() if i.state is not ItemState.SUCCEEDED]
+            assert len(left) > 100, "the edges were done before the shield went away"
+
+            def waiting(items: list[Item]) -> bool:
+                return any(
+                    "which fetches through shield-1: not tried: shield-1 is held down" in (i.error or "") for i in items
+                )
+
+            for _ in range(500):
+                if waiting(await all_items()):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)
+            items = await all_items()
+            assert waiting(items)
+            assert not [i for i in items if i.state is ItemState.FAILED], [i.error for i in items if i.error][:3]
+            lab.restart("shield-1")
+            ended = [await rig.wait(t, timeout=90) for t in taskids]
+        for task, items in ended:
+            assert task.status is TaskStatus.SUCCEEDED, [i.error for i in items if i.state is ItemState.FAILED][:3]
+            assert all(i.attempts <= FAST_ENGINE["max_attempts"] for i in items)
+        for path in paths[::10]:
+            for node in lab.cache_nodes():
+                assert lab.fetch(node, path).cache_status == "HIT", (node.name, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 
 from ..config import Engine as Settings
@@ -17,16 +18,28 @@ from .outcome import purge_outcome, warm_outcome
 
 # A directory purge on a node without prefix purge covers at most this many known URLs.
 KNOWN_URLS_LIMIT = 100_000
+# What a cache answers when it cannot get the object from upstream: nginx 502 (refused) and 504 (no answer in
+# time), Varnish 503 ("Backend fetch failed"), Squid 502/503, ATS 502.
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 _DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
 
 
 async def perform(
-    claim: Claim, node: Node, attempt: int, fetcher: NodeClient, store: TaskStore, settings: Settings, now: float
+    claim: Claim,
+    node: Node,
+    attempt: int,
+    fetcher: NodeClient,
+    store: TaskStore,
+    settings: Settings,
+    now: float,
+    *,
+    upstream: Sequence[Node] = (),
 ) -> ItemOutcome:
-    """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time)."""
+    """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time). `upstream`: the
+    nodes `node` fetches through (an edge's shields), asked after when it cannot get an object from them."""
     target = stored_target(claim.url)
     if claim.action is ItemAction.WARM:
-        return await _warm(claim, node, target, attempt, fetcher, settings, now)
+        return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream)
     try:
         if claim.action is ItemAction.PURGE:
             request = purge.url_purge(node)
@@ -40,9 +53,18 @@ async def perform(
 
 
 async def _warm(
-    claim: Claim, node: Node, target: TargetUrl, attempt: int, fetcher: NodeClient, settings: Settings, now: float
+    claim: Claim,
+    node: Node,
+    target: TargetUrl,
+    attempt: int,
+    fetcher: NodeClient,
+    settings: Settings,
+    now: float,
+    upstream: Sequence[Node],
 ) -> ItemOutcome:
     result = await fetcher.request("GET", node, target)
+    if result.status in GATEWAY_ERRORS and upstream:
+        result = await _upstream_held(node, target, result, upstream, fetcher)
     verified = None
     # Verified when asked to, and when the answer asks caches not to store it: a MISS then is likely for good.
     # Not on a node that tells no cache state: a second answer could not tell either; but one that tells a
@@ -60,6 +82,22 @@ async def _warm(
     ):
         verified = await fetcher.request("GET", node, target)
     return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified)
+
+
+async def _upstream_held(
+    node: Node, target: TargetUrl, result: FetchResult, upstream: Sequence[Node], fetcher: NodeClient
+) -> FetchResult:
+    """`result`, a gateway error of `node`, with the hold of an upstream node that cannot be reached: the item
+    then waits for that node as its own items do (outcome.retry_or_give_up), instead of spending its attempts
+    while a shield restarts. Each upstream node is asked the URL with HEAD (a HIT there when it is up), so its
+    health is known though its own items are done: one held down is not asked (NodeHealth), and after
+    FAILURES_IN_A_ROW such questions that cannot connect it is held down."""
+    for shield in upstream:
+        asked = await fetcher.request("HEAD", shield, target)
+        if asked.hold is not None:
+            why = f"HTTP {result.status} from {node.name}, which fetches through {shield.name}: {asked.hold.reason}"
+            return replace(result, error=why, hold=asked.hold)
+    return result
 
 
 async def _purge_dir(

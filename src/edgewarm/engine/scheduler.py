@@ -22,7 +22,7 @@ from dataclasses import replace
 from ..config import Config, Node
 from ..errors import StoreError
 from ..metrics import Metrics
-from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task
+from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
 from .actions import perform
 from .coalesce import Coalescer
@@ -72,6 +72,7 @@ class Engine:
         sole: bool = True,
     ) -> None:
         self.config = config
+        self._shields = config.shields()
         # Another engine on the store (PostgreSQL workers) may purge a node without this one knowing: then no
         # warm is shared, since one from before that purge would be reported for a warm asked after it.
         self._sole = sole
@@ -110,6 +111,7 @@ class Engine:
             if config.node(old.name) != old:
                 self._coalescer.purging(old.name)
         self.config = config
+        self._shields = config.shields()
         self.settings = config.engine
         self._coalescer.window = self._dedupe_seconds()
         for lane in self._lanes.values():
@@ -379,7 +381,7 @@ class Engine:
         if claim.action is not ItemAction.WARM:
             coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock()), False
+                return await self._do(claim, node, attempt, fetcher), False
             finally:
                 coalescer.purging(node.name)
         shared = await coalescer.share(key)
@@ -387,10 +389,14 @@ class Engine:
             return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None), True
         outcome = None
         try:
-            outcome = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+            outcome = await self._do(claim, node, attempt, fetcher)
         finally:
             coalescer.end(key, outcome)
         return outcome, False
+
+    async def _do(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> ItemOutcome:
+        upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
+        return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream)
 
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)

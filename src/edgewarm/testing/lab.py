@@ -326,6 +326,24 @@ class Lab:
                 return node
         raise KeyError(name)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL node ``name`` (its process group), as a crash would, and wait for it: connections to it are
+        refused until :meth:`restart`."""
+        for proc in [p for p in self._procs if p.name == name]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=self._stop_timeout)
+            self._procs.remove(proc)
+
+    def restart(self, name: str) -> None:
+        """Start nginx node ``name`` again (after :meth:`kill`) on its port, with its config and its cache as they
+        were; wait until it answers."""
+        node = self.node(name)
+        if node.kind != "nginx" or any(p.name == name for p in self._procs):
+            raise LabError(f"{name}: only an nginx node that was killed can be restarted")
+        self._spawn_nginx(node)
+        self._wait_ready(node, time.monotonic() + self._start_timeout)
+
     def nodes_toml(self, *, https: bool = False) -> str:
         """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`; with ``https``, each node
         that has a ``tls_url`` is given by it (``tls_verify = false``: the lab's certificate is self-signed)."""
@@ -507,9 +525,11 @@ class Lab:
         self._procs.append(proc)
         return proc
 
-    def _spawn_nginx(self, node: LabNode, conf: str) -> None:
+    def _spawn_nginx(self, node: LabNode, conf: str | None = None) -> None:
+        """Start nginx `node` with `conf` written first, or with the config it was given before."""
         path = node.folder / "nginx.conf"
-        path.write_text(conf)
+        if conf is not None:
+            path.write_text(conf)
         self._spawn(
             node.name,
             [NGINX, "-p", f"{node.folder}/", "-c", str(path), "-e", str(node.folder / "error.log")],
