@@ -419,7 +419,22 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    if not data:  # every key has a default, but no one means to run on them all: an editor's half-written file?
+        raise ConfigError("", f"{path} has no settings at all (empty, or comments only): is it being written?")
     return parse_config(data)
+
+
+def reload_refusal(running: Config, fresh: Config) -> str | None:
+    """Why a reload to `fresh` is refused, or None. One that would drop every user or every node is refused: a
+    file cut off or being written looks like that, and taking it would lock every caller out and fail every
+    waiting item of the nodes it lacks (a service meant to run without them is stopped instead)."""
+    parts = (("users", running.users, fresh.users), ("nodes", running.nodes, fresh.nodes))
+    gone = [(what, len(old)) for what, old, new in parts if old and not new]
+    if not gone:
+        return None
+    lacks = " and no ".join(what for what, _ in gone)
+    has = " and ".join(f"{count} {what}" for what, count in gone)
+    return f"the new config has no {lacks} (the running one has {has}): a file cut off or being written?"
 
 
 def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:

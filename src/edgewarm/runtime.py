@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .api.protocol import bounded_protocol
-from .config import FETCHER_KEYS, Config, load_config
+from .config import FETCHER_KEYS, Config, load_config, reload_refusal
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .metrics import Metrics
@@ -117,6 +117,9 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             fresh = load_config(config_path)
         except ConfigError as exc:
             log.error("SIGHUP: keeping the running config: %s", exc)
+            return
+        if (refusal := reload_refusal(live.config, fresh)) is not None:
+            log.error("SIGHUP: keeping the running config: %s", refusal)
             return
         if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
             log.warning("SIGHUP: `listen` and `store` change only on restart")

@@ -96,6 +96,19 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                 time.sleep(0.05)
             assert "keeping the running config" in service.log_text()
             assert newcomer.quota()["urls"]["limit"] == 2000
+            # What an editor or a config tool leaves for a moment: empty, or cut off before the nodes.
+            cut = original[: original.index("[[nodes]]")]
+            for text, said in (
+                ("", "has no settings at all"),
+                (cut, "the new config has no nodes (the running one has"),
+            ):
+                service.config.write_text(text)
+                os.kill(service.proc.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 10
+                while said not in service.log_text() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert said in service.log_text()
+                assert newcomer.quota()["urls"]["limit"] == 2000
     finally:
         service.config.write_text(original)
         if service.proc is not None:

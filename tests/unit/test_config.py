@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgewarm.config import Config, config_path_from, load_config, parse_config
+from edgewarm.config import Config, config_path_from, load_config, parse_config, reload_refusal
 from edgewarm.errors import ConfigError
 from edgewarm.models import Tier
 
@@ -268,6 +268,36 @@ def test_load_config_on_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "not valid TOML" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# edgewarm\n# nothing yet\n"], ids=["empty", "blank", "comments"])
+def test_load_config_refuses_a_file_without_any_setting(tmp_path: Path, text: str) -> None:
+    """A file with no settings (what an editor or a config tool leaves for a moment) is not taken as "every
+    default": serve would start on the default address and store, a reload would drop every user and node."""
+    path = tmp_path / "edgewarm.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path} has no settings at all (empty, or comments only): is it being written?"
+
+
+def test_a_reload_that_drops_every_user_or_every_node_is_refused_saying_why() -> None:
+    """A config cut off before its nodes (or its users) is refused as a reload; one that keeps some of each,
+    or changes them, is not."""
+    running = parse_config(tomllib.loads(PRODUCT_EXAMPLE))
+    no_nodes = parse_config({"users": [{"name": "u", "secret": "s", "domains": ["a.test"]}]})
+    assert reload_refusal(running, no_nodes) == (
+        f"the new config has no nodes (the running one has {len(running.nodes)} nodes): "
+        "a file cut off or being written?"
+    )
+    nothing = parse_config({"listen": "127.0.0.1:9999"})
+    assert reload_refusal(running, nothing) == (
+        f"the new config has no users and no nodes (the running one has {len(running.users)} users and "
+        f"{len(running.nodes)} nodes): a file cut off or being written?"
+    )
+    fewer = parse_config({**tomllib.loads(PRODUCT_EXAMPLE), "nodes": [{"name": "other", "url": "http://127.0.0.1:9"}]})
+    assert reload_refusal(running, fewer) is None
+    assert reload_refusal(nothing, nothing) is None  # nothing to lose
 
 
 def test_load_config_names_the_key_from_a_file(tmp_path: Path) -> None:
