@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .retention import first_of, run_retention
 from .service import Service
 from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
+from .tuning import open_files_room
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("edgewarm")
@@ -217,6 +218,8 @@ def _log_cautions(config: Config) -> None:
     """The engine's settings that are valid but keep a feature from working (at start and on a reload)."""
     for caution in config.engine.cautions():
         log.warning("%s", caution)
+    if (room := open_files_room(config.engine.concurrency)) is not None:
+        log.warning("%s", room)
 
 
 QUEUE_DEPTH_EVERY = 5.0  # a worker's /metrics (no API to ask the store at each scrape) counts this often

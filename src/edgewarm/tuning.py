@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import resource
+
+# Open files a process needs besides one socket per request in flight: the API's connections, the store's files,
+# webhook deliveries, the fetch process's pipes, the runtime's own.
+FILES_BESIDE_REQUESTS = 256
 
 
 def tune_runtime() -> None:
@@ -22,3 +27,25 @@ def tune_runtime() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+
+
+def open_files_room(concurrency: int) -> str | None:
+    """Raise this process's soft limit of open files to its hard limit; a caution when even that is below what
+    `concurrency` requests at once need (each holds a socket), else None. Past the limit, connections fail with
+    "Too many open files" and so do the store's files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # the kernel's own ceiling (fs.nr_open) may be lower: keep what there is
+            pass
+    needed = concurrency + FILES_BESIDE_REQUESTS
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    return (
+        f"the open-files limit of this process ({soft}) is below what [engine] concurrency = {concurrency} needs "
+        f"(about {needed}): requests and the store will fail with 'Too many open files'; raise it (ulimit -n, "
+        "systemd's LimitNOFILE) or lower concurrency"
+    )

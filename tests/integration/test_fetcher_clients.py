@@ -420,3 +420,41 @@ async def test_only_a_connection_never_made_counts_as_unreachable(path: str) -> 
                 result = await fetcher.request("GET", Node(name=name, url=url), target)
                 assert result.unreachable is unreachable, (name, result)
                 assert (result.status == 200) is (name == "good"), (name, result)
+
+
+_OUT_OF_FILES = """
+import asyncio, json, resource, sys
+from edgewarm.config import Engine, Node
+from edgewarm.engine import Fetcher, NodeHealth
+from edgewarm.tuning import open_files_room
+from edgewarm.urls import stored_target
+
+async def main() -> None:
+    node = Node(name="n", url=sys.argv[1])
+    health = NodeHealth()
+    async with Fetcher(Engine(concurrency=200), health) as fetcher:
+        target = stored_target("http://www.example.test/a")
+        results = await asyncio.gather(*(fetcher.request("GET", node, target) for _ in range(120)))
+    errors = [r.error for r in results if r.error]
+    print(json.dumps({"ok": sum(r.status == 200 for r in results), "errors": errors, "down": health.is_down(node),
+                      "caution": open_files_room(200)}))
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+asyncio.run(main())
+"""
+
+
+def test_a_process_out_of_open_files_does_not_hold_its_node_down_and_says_so() -> None:
+    """With 64 open files for 120 requests at once, connections fail with EMFILE: those failures are this
+    process's, so the node is not held down for them (its items would wait for a node that is up), and each
+    says so; the limit is named as too low for the concurrency."""
+    with FaultServer(Respond(delay=0.3, keep_alive=False)) as server:
+        run = subprocess.run(
+            [sys.executable, "-c", _OUT_OF_FILES, server.url], capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout)
+    assert seen["errors"] and seen["ok"], seen
+    assert all("this process has run out of open files" in e for e in seen["errors"]), seen["errors"][:3]
+    assert seen["down"] is False
+    assert seen["caution"].startswith("the open-files limit of this process (64) is below what [engine] concurrency")

@@ -50,6 +50,9 @@ _REWRITTEN_QUERY = re.compile(r"[\"'<>]")
 # header line, and many lines. hyper's are fixed in pyreqwest 0.15 (100 lines), hence the fallback below.
 HEAD_LINE_BYTES = 102_400
 HEAD_LINES = 1_000
+# The words of EMFILE and ENFILE (errno 24, 23) as both clients pass them on: a connection that failed for this
+# process's limit of open files, not for its node.
+OUT_OF_FILES = "Too many open files"
 # hyper's words for an answer head it will not read (more than 100 header lines, or over its buffer).
 _HEAD_TOO_LARGE = "message head is too large"
 # rustls' refusal of a certificate, in its words: "invalid peer certificate: UnknownIssuer", some reasons wrapped
@@ -190,6 +193,9 @@ class GuardedClient:
         if result.untold:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is
             return result
+        if result.error is not None and OUT_OF_FILES in result.error:
+            # This process's own limit (EMFILE, ENFILE), not the node's fault: it is not held down for it.
+            return replace(result, error=f"{result.error}: this process has run out of open files (see its log)")
         hold = health.observe(node, not result.unreachable, result.error)
         return result if hold is None else replace(result, hold=hold)
 
