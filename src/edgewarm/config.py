@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -139,25 +139,38 @@ class Node(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        shown = _shown_node_url(value)  # messages reach logs: a credential given in the URL by mistake is masked
         if any(c.isspace() or not c.isprintable() for c in value):
-            raise ValueError(f"{value!r}: spaces and control characters are not allowed")
+            raise ValueError(f"{shown}: spaces and control characters are not allowed")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{value!r}: the scheme must be http or https")
+            raise ValueError(f"{shown}: the scheme must be http or https")
         if not parts.hostname:
-            raise ValueError(f"{value!r}: no host")
+            raise ValueError(f"{shown}: no host")
         try:
             parts.hostname.encode("idna")  # what resolving the name asks of it
         except UnicodeError as exc:
             reason = str(exc).rsplit("UnicodeError: ", 1)[-1].rstrip(")")
-            raise ValueError(f"{value!r}: the host is not a valid name ({reason})") from None
+            raise ValueError(f"{shown}: the host is not a valid name ({reason})") from None
         try:
             _ = parts.port
         except ValueError as exc:
-            raise ValueError(f"{value!r}: bad port") from exc
+            raise ValueError(f"{shown}: bad port") from exc
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"{value!r}: give only scheme, host and port (no path, query or user)")
+            raise ValueError(f"{shown}: give only scheme, host and port (no path, query or user)")
         return f"{parts.scheme}://{parts.netloc}"
+
+
+def _shown_node_url(value: str) -> str:
+    """A node URL for a message, quoted, its password and its query masked."""
+    try:
+        parts = urlsplit(value)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        return repr(urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else "")))
+    except ValueError:
+        return "(a URL that does not parse)"
 
 
 class Engine(_Model):

@@ -149,6 +149,25 @@ def test_bad_node_url_is_named(url: str) -> None:
     assert refused_key(data) == "nodes[1].url"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://admin:NODEPASSWORD@127.0.0.1:8081", "'http://admin:***@127.0.0.1:8081'"),
+        ("http://127.0.0.1:8081/?token=NODEPASSWORD", "'http://127.0.0.1:8081/?***'"),
+        ("ftp://admin:NODEPASSWORD@127.0.0.1", "'ftp://admin:***@127.0.0.1'"),
+    ],
+)
+def test_a_refused_node_url_is_shown_without_its_credential(url: str, shown: str) -> None:
+    """The refusal of a node URL reaches the log (a reload) and the terminal: a password or a query in it is
+    masked, the rest shown so that the operator finds it."""
+    data = example()
+    data["nodes"][1]["url"] = url
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert "NODEPASSWORD" not in str(info.value)
+    assert str(info.value).startswith(f"nodes[1].url: {shown}: ")
+
+
 def test_bad_tier_is_named() -> None:
     """A tier other than shield or edge is refused."""
     data = example()
