@@ -17,13 +17,15 @@ import signal
 import socket
 import time
 from collections.abc import Generator
+from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import start_http_server
 
 from .api import create_app
 from .api.protocol import bounded_protocol
-from .config import FETCHER_KEYS, Config, load_config, reload_refusal
+from .config import FETCHER_KEYS, Config, Node, load_config, reload_refusal
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .metrics import Metrics
@@ -31,6 +33,7 @@ from .retention import first_of, run_retention
 from .service import Service
 from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
 from .tuning import open_files_room
+from .urls import TargetUrl
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("edgewarm")
@@ -222,6 +225,35 @@ def _log_cautions(config: Config) -> None:
         log.warning("%s", room)
 
 
+ASK_RESTED_EVERY = 1.0  # how often nodes held down are looked at for a cooldown that ended
+
+
+async def _ask_rested_nodes(live: _Live, stopping: asyncio.Event) -> None:
+    """Ask each node held down whose cooldown is over (`HEAD /`), though no item of it is due: the answer, or
+    the failure, tells whether it is up again (NodeHealth), so that `edgewarm_node_held_down` and the next task's
+    items do not go on taking it for down until traffic for it happens to come, until `stopping`."""
+    while not stopping.is_set():
+        fetcher, health = live.fetcher, live.health
+        rested = [n for n in live.config.nodes if health.is_down(n) and health.resting(n) is None]
+        if fetcher is not None and rested:
+            asking: asyncio.Future[Any] = asyncio.gather(*(fetcher.request("HEAD", n, _node_root(n)) for n in rested))
+            stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait([asking, stop], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not asking.done():  # stopping: what the answers would tell no longer matters
+                asking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asking
+        await first_of(ASK_RESTED_EVERY, stopping)
+
+
+def _node_root(node: Node) -> TargetUrl:
+    """`/` of the node itself (not a submitted URL: its host may be an address): what a node held down is asked."""
+    parts = urlsplit(node.url)
+    host = parts.hostname or ""
+    return TargetUrl(f"{node.url}/", parts.scheme, host, parts.netloc, "/")
+
+
 QUEUE_DEPTH_EVERY = 5.0  # a worker's /metrics (no API to ask the store at each scrape) counts this often
 
 
@@ -260,6 +292,7 @@ async def _run_parts(
             if not sole and config.engine.dedupe_seconds:
                 log.info("dedupe_seconds is not applied: other engines on this store may purge what this one warmed")
             metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
+            tasks.append(asyncio.create_task(_ask_rested_nodes(live, stopping), name="edgewarm-node-probes"))
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None
             live.deliverer = deliverer

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +175,48 @@ def test_a_node_held_down_is_in_metrics_and_stays_held_across_a_fetcher_swap(
             assert held_down_gauge(service.url)["dead"] == 1.0
     assert items["live"]["state"] == "succeeded"
     assert items["dead"]["error"].startswith("not tried: dead is held down after "), items["dead"]
+
+
+def test_a_node_held_down_that_comes_back_is_shown_up_again_without_new_work(tmp_path: Path) -> None:
+    """The node refused connections and was held down; its task ended. Once it listens again, the engine asks
+    it after the cooldown by itself (HEAD /), and /metrics says it is up within seconds, with no item of it
+    due (the gauge stayed 1 until the next task's traffic came)."""
+
+    async def serve(sock: socket.socket, ready: threading.Event, done: threading.Event) -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, sock=sock)
+        ready.set()
+        async with server:
+            await asyncio.to_thread(done.wait, 60)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = '[[nodes]]\nname = "back"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
+        extra = "[engine]\nmax_attempts = 1\nnode_down_wait = 0\n"
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                taskid = client.prefetch([f"http://www.example.test/back/{i}" for i in range(10)])
+                assert client.wait(taskid, timeout=30)["status"] == 2
+            assert held_down_gauge(service.url) == {"back": 1.0}
+            ready, done = threading.Event(), threading.Event()
+            thread = threading.Thread(target=asyncio.run, args=(serve(sock, ready, done),), daemon=True)
+            thread.start()
+            try:
+                assert ready.wait(10)
+                deadline = time.monotonic() + 20
+                while held_down_gauge(service.url) != {"back": 0.0} and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert held_down_gauge(service.url) == {"back": 0.0}
+                assert "node back answers again: no longer held down" in service.log_text()
+            finally:
+                done.set()
+                thread.join(10)
 
 
 def held_down_gauge(url: str) -> dict[str, float]:
