@@ -712,9 +712,13 @@ async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:
             started = time.monotonic()
             task, items = await rig.wait(taskid, 10)
             took = time.monotonic() - started
+            sample = rig.engine.metrics.registry.get_sample_value
+            failed = sample("edgewarm_fetches_total", {"node": "slow", "action": "warm", "outcome": "failed"})
+            finished = sample("edgewarm_items_finished_total", {"state": "failed"})
     gone = [i for i in items if i.node == "slow" and i.state is ItemState.FAILED]
     assert len(slow.requests) <= sent + 1  # at most the one in flight at the reload
     assert gone and all(i.error == "node 'slow' is not configured" for i in gone), gone
+    assert failed == finished == len(gone)  # in the metrics as the failures they are (they were left out)
     assert {i.state for i in items if i.node == "fast"} == {ItemState.SUCCEEDED}
     assert took < 2.0 and task.status is TaskStatus.FAILED
 

@@ -278,7 +278,7 @@ class Engine:
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
-            self._outcomes.put_nowait(_unsent(claim))
+            self._end_unsent(claim)
             return
         if claim.attempts >= self.settings.max_attempts:
             # Only a retaken item gets here: its last attempts were begun by workers that died during them.
@@ -322,7 +322,7 @@ class Engine:
                 self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
             if lane.removed or claim.task_id in self._cancelled:
-                self._outcomes.put_nowait(_unsent(claim, CANCELLED if not lane.removed else None))
+                self._end_unsent(claim, None if lane.removed else CANCELLED)
                 self._done_with(claim, lane)
                 continue
             attempt = claim.attempts + 1
@@ -353,6 +353,13 @@ class Engine:
             self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
             self._outcomes.put_nowait(outcome)
             self._done_with(claim, lane)
+
+    def _end_unsent(self, claim: Claim, why: str | None = None) -> None:
+        """End a claim without sending it: its task was cancelled (`why`), or its node is no longer configured
+        (a failure of this engine's, in the metrics as such; a cancelled item counts in its task only)."""
+        self._outcomes.put_nowait(_unsent(claim, why))
+        if why is None:
+            self.metrics.items.observe(claim.node, claim.action, "failed", None, 0)
 
     def _release(self, fetcher: NodeClient) -> None:
         left = self._using[fetcher] - 1
