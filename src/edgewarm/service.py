@@ -253,7 +253,15 @@ class Service:
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
             self.metrics.task_ended(int(cancelled.status), cancelled.finished_at - cancelled.created_at)
-            log.info("task cancelled by %s", user.name, extra={"task_id": task.id})
+            log.info(
+                "task ended: status %d (%d succeeded, %d failed) in %.3f s, cancelled by %s",
+                cancelled.status,
+                cancelled.succeeded,
+                cancelled.failed,
+                cancelled.finished_at - cancelled.created_at,
+                user.name,
+                extra={"task_id": task.id},
+            )
         if self._on_cancel is not None:
             self._on_cancel(task.id)
         return cancelled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -233,3 +234,20 @@ def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: La
     about = [line["message"] for line in lines if line.get("task_id") == taskid]
     assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URLs, 3 items", about
     assert any(m.startswith("task ended: status 0 (3 succeeded, 0 failed) in ") for m in about), about
+
+
+def test_a_cancelled_task_ends_with_a_log_line_too(tmp_path: Path) -> None:
+    """A cancel is a task's end: its line has the status and the duration, as every other end's (before, only
+    "task cancelled by …": counting ends in the log missed every cancelled task)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # connections refused: the items wait for their node, the task stays open
+        nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
+        with start_service(tmp_path, nodes) as service, client_for(service) as client:
+            taskid = client.prefetch([url_of(f"/cancelled/{i}") for i in range(5)])
+            client.cancel(taskid)
+            assert client.wait(taskid, timeout=30)["status"] == 2
+            service.wait_for_log("task ended: status 2", 10)  # the engine's, when items in hand ended the task
+            lines = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
+    about = [line["message"] for line in lines if line.get("task_id") == taskid]
+    ended = [m for m in about if m.startswith("task ended: status 2 (0 succeeded, 5 failed) in ")]
+    assert len(ended) == 1, about
