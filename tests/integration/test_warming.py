@@ -244,6 +244,8 @@ def test_a_cancelled_task_ends_with_a_log_line_too(tmp_path: Path) -> None:
         nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
         with start_service(tmp_path, nodes) as service, client_for(service) as client:
             taskid = client.prefetch([url_of(f"/cancelled/{i}") for i in range(5)])
+            service.wait_for_log("node dead held down", 20)
+            time.sleep(0.5)  # its items back in the store, waiting: the cancel ends them there, not the engine
             client.cancel(taskid)
             assert client.wait(taskid, timeout=30)["status"] == 2
             service.wait_for_log("task ended: status 2", 10)  # the engine's, when items in hand ended the task
