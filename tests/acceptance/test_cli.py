@@ -157,6 +157,22 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     assert "0 Succeeded" in row, piped.stdout
 
 
+def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:
+    """`tasks` shows why a task failed when it was cancelled, as `watch` does ("2 Failed (cancelled)")."""
+    from edgewarm.testing.service import start_service
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # connections refused: the task stays open until cancelled
+        nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
+        with start_service(tmp_path, nodes) as service:
+            env = credentials_env(service, tmp_path)
+            taskid = run(["submit", f"http://{DEFAULT_HOST}/cancel-me"], env).stdout.split()[0]
+            assert run(["cancel", taskid], env).returncode == 0
+            table = run(["tasks"], {**env, "COLUMNS": "200"}).stdout
+    (row,) = [line for line in table.splitlines() if taskid in line]
+    assert "2 Failed (cancelled)" in row, table
+
+
 def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) -> None:
     """With `urls_per_call = 40` on the server and no --per-call, 100 URLs go in 3 calls."""
     from edgewarm.testing.service import start_service

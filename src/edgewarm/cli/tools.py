@@ -23,7 +23,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..errors import JdCode
 from .main import main
-from .watch import follow
+from .watch import follow, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -330,7 +330,7 @@ def tasks(
         table.add_row(
             t["taskid"],
             t["kind"],
-            f"{t['status']} {t['msg']}",
+            status_text(t),
             t["created_at"],
             str(t["total"]),
             str(t["succeeded"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -111,7 +111,7 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
         row = (
             taskid,
             view["kind"],
-            f"{view['status']} {view['msg']}" + (f" ({view['reason']})" if view["reason"] else ""),
+            status_text(view),
             str(view["total"]),
             str(counts["succeeded"]),
             str(counts["failed"]),
@@ -152,3 +152,8 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
         return 1
     out.print("[green]all succeeded[/]" if ok else "[red]some items failed[/]")
     return 0 if ok else 1
+
+
+def status_text(view: Mapping[str, Any]) -> str:
+    """A task's status for a table: its code and word, and why it ended so when it says (`cancelled`)."""
+    return f"{view['status']} {view['msg']}" + (f" ({view['reason']})" if view.get("reason") else "")

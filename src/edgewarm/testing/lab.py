@@ -38,7 +38,8 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
 - ``/status/CODE/...`` answers CODE, for CODE in :data:`STATUS_CODES` (301 and 302 redirect to ``/``).
 - ``/nocache/...`` serves the file with ``Cache-Control: no-store``: caches answer ``MISS`` every time.
 - ``/max-age-0/...`` with ``Cache-Control: public, max-age=0`` and ``/expired/...`` with an ``Expires`` of 1970:
-  nginx and Varnish do not store them either.
+  nginx does not store them either (the lab's Varnish does: its VCL gives every 200 an hour; ATS does not,
+  Squid revalidates them and says HIT).
 - ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
 
 Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
