@@ -1,9 +1,17 @@
-"""What a directory purge made of single URLs covers (engine/actions.py `_under`)."""
+"""engine/actions.py: what a directory purge made of single URLs covers (`_under`); an edge's gateway error
+while its shield is held down (`_upstream_held`)."""
 
 from __future__ import annotations
 
-from edgewarm.engine.actions import _under
-from edgewarm.urls import parse_url
+import asyncio
+
+from edgewarm.config import Engine, Node
+from edgewarm.engine.actions import _under, perform
+from edgewarm.engine.fetcher import FetchResult
+from edgewarm.engine.node_health import Hold
+from edgewarm.models import Claim, ItemAction, ItemOutcome, Tier
+from edgewarm.nodes import CacheState
+from edgewarm.urls import TargetUrl, parse_url
 
 
 def test_the_urls_at_or_under_a_directory_one_per_object_whatever_their_length() -> None:
@@ -25,3 +33,56 @@ def test_the_urls_at_or_under_a_directory_one_per_object_whatever_their_length()
         "http://WWW.example.test/d/b.bin",
         long_url,
     ]
+
+
+class _Fleet:
+    """A NodeClient: the edge answers 502; the shield answers 200, or is held down."""
+
+    def __init__(self, shield_held: bool) -> None:
+        self.health = None
+        self.asked: list[tuple[str, str]] = []
+        self._held = Hold("not tried: shield-1 is held down after 5 connections in a row failed", 3.0, 2.0, 0.0, False)
+        self._shield_held = shield_held
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        self.asked.append((method, node.name))
+        if node.name == "edge-1":
+            return FetchResult(502)
+        if self._shield_held:
+            return FetchResult(None, error=self._held.reason, unreachable=True, hold=self._held)
+        return FetchResult(200, cache_state=CacheState.HIT)
+
+    def tells_misses(self, node: Node) -> bool:
+        return False
+
+
+def _warm_on_the_edge(fleet: _Fleet, upstream: tuple[Node, ...]) -> ItemOutcome:
+    claim = Claim(1, "t", "http://www.example.test/a", "edge-1", ItemAction.WARM, 0)
+    edge = Node(name="edge-1", url="http://127.0.0.1:1")
+    return asyncio.run(perform(claim, edge, 1, fleet, None, Engine(), 100.0, upstream=upstream))  # type: ignore[arg-type]
+
+
+SHIELD = Node(name="shield-1", url="http://127.0.0.1:2", tier=Tier.SHIELD)
+
+
+def test_an_edges_gateway_error_waits_for_a_shield_held_down_and_spends_no_attempt() -> None:
+    """The edge's 502 while the shield it fetches through is held down: the item waits, saying why."""
+    fleet = _Fleet(shield_held=True)
+    outcome = _warm_on_the_edge(fleet, (SHIELD,))
+    assert fleet.asked == [("GET", "edge-1"), ("HEAD", "shield-1")]
+    assert outcome.attempts == 0 and outcome.retry_at is not None  # waits, its attempt not spent
+    assert outcome.error is not None and outcome.error.startswith(
+        "HTTP 502 from edge-1, which fetches through shield-1: not tried: shield-1 is held down"
+    )
+
+
+def test_an_edges_gateway_error_with_its_shield_up_is_the_edges_own_and_spends_an_attempt() -> None:
+    """The shield answers: the 502 is the edge's own, retried as before; without shields nothing is asked."""
+    fleet = _Fleet(shield_held=False)
+    outcome = _warm_on_the_edge(fleet, (SHIELD,))
+    assert fleet.asked == [("GET", "edge-1"), ("HEAD", "shield-1")]
+    assert (outcome.attempts, outcome.error) == (1, "HTTP 502")
+    without = _Fleet(shield_held=True)
+    assert _warm_on_the_edge(without, ()).attempts == 1 and without.asked == [("GET", "edge-1")]  # no shields
