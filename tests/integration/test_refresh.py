@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +237,24 @@ def test_a_known_url_a_node_cannot_read_does_not_hold_a_dir_refresh_back(tmp_pat
         view = finish(service, refresh(service, [url_of("/un/")], "dir"))
     assert view["status"] == 0, view["items"]
     assert set(states(lab, "/un/a.txt").values()) == {"MISS"}
+
+
+def test_a_refresh_while_a_warm_of_the_url_is_in_flight_leaves_no_node_with_the_old_object(
+    service: ServiceProcess, lab: Lab
+) -> None:
+    """A prefetch of an object the origin sends slowly (3 s) is in flight on the shield when the object changes
+    and a refresh of it comes. nginx answers a purge of a key it is still fetching "not cached", then stores
+    what that fetch brings: the old object, from which the edges filled too (every node held it, both tasks
+    succeeded). A purge now waits for the engine's warms of what it purges on its node: no node ends with the
+    old object."""
+    path = "/slow/race.bin"
+    lab.write_file(path, b"O" * 24_000)  # 3 s at the origin's /slow/ rate
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        first = client.prefetch([url_of(path)])
+        time.sleep(1.0)  # the shield's GET of the old object is under way
+        lab.write_file(path, b"N" * 24_000)
+        refreshed = refresh(service, [url_of(path)], "file")
+        assert client.wait(refreshed, timeout=60)["status"] == 0
+        assert client.wait(first, timeout=60)["status"] == 0
+    bodies = {node.name: lab.fetch(node, path, timeout=30).body[:1] for node in lab.cache_nodes()}
+    assert b"O" not in bodies.values(), bodies

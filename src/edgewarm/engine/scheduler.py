@@ -24,6 +24,7 @@ from ..errors import StoreError
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
+from ..urls import spellings, stored_target
 from .actions import perform
 from .coalesce import Coalescer
 from .fetcher import SENT, NodeClient
@@ -42,6 +43,7 @@ CANCEL_CHECK_SECONDS = 1.0  # how often the engine asks the store which of its t
 OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the claims stop (_unwritten_room)
 RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
+WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
 
 
 class _NodeLane:
@@ -95,6 +97,8 @@ class Engine:
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(self._dedupe_seconds())
+        self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
+        self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -386,6 +390,7 @@ class Engine:
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
+            await self._after_warms(claim, node)
             coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
                 return await self._do(claim, node, attempt, fetcher), False
@@ -395,11 +400,38 @@ class Engine:
         if shared is not None:
             return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None), True
         outcome = None
+        warming = self._warming.setdefault(node.name, {})
+        warming[claim.item_id] = claim.url
         try:
             outcome = await self._do(claim, node, attempt, fetcher)
         finally:
+            del warming[claim.item_id]
+            if (ended := self._warm_ended.pop(node.name, None)) is not None:
+                ended.set()
             coalescer.end(key, outcome)
         return outcome, False
+
+    async def _after_warms(self, claim: Claim, node: Node) -> None:
+        """A purge waits for this engine's warms of what it purges on `node` that are sending now: a warm that
+        began before the purge may store the old object after it (nginx answers a purge of a key it is still
+        fetching "not cached", then stores what the fetch brings). Bounded by WARMS_WAIT_SECONDS."""
+        warming = self._warming.get(node.name)
+        if not warming:
+            return
+        target = stored_target(claim.url)
+        prefixes = [s.lower() for s in spellings(target)]
+        whole = claim.action is ItemAction.PURGE_DIR
+
+        def covered(url: str) -> bool:
+            key = stored_target(url).cache_key.lower()
+            return any(key.startswith(p) if whole else key == p for p in prefixes)
+
+        waiting = {item for item, url in warming.items() if covered(url)}
+        deadline = time.monotonic() + WARMS_WAIT_SECONDS
+        while waiting.intersection(warming) and (left := deadline - time.monotonic()) > 0:
+            ended = self._warm_ended.setdefault(node.name, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), left)
 
     async def _do(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> ItemOutcome:
         upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
