@@ -258,3 +258,24 @@ def test_a_refresh_while_a_warm_of_the_url_is_in_flight_leaves_no_node_with_the_
         assert client.wait(first, timeout=60)["status"] == 0
     bodies = {node.name: lab.fetch(node, path, timeout=30).body[:1] for node in lab.cache_nodes()}
     assert b"O" not in bodies.values(), bodies
+
+
+def test_refresh_then_warm_of_an_object_gone_at_the_origin_purges_every_node(service: ServiceProcess, lab: Lab) -> None:
+    """Every node holds the object; it is deleted at the origin; "refresh": true purges the shield, whose warm
+    then fails (404). The edges are purged all the same (before, their purges failed "not attempted" and each
+    edge went on serving the deleted object); their warms are not attempted, and the task says it failed."""
+    path = "/gone/app.js"
+    lab.write_file(path, b"old")
+    warm(service, [path])
+    assert set(states(lab, path).values()) == {"HIT"}
+    lab.delete_file(path)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        taskid = client.prefetch([url_of(path)], refresh=True)
+        assert client.wait(taskid, timeout=60)["status"] == 2
+        items = {(i["node"], i["action"]): i for i in client.task(taskid)["items"]}
+    for node in lab.cache_nodes()[1:]:
+        assert items[node.name, "purge"]["state"] == "succeeded", items[node.name, "purge"]
+        assert items[node.name, "warm"]["error"] == "not attempted: this URL failed first on shield-1"
+    assert {node.name: lab.fetch(node, path).status for node in lab.cache_nodes()} == dict.fromkeys(
+        (n.name for n in lab.cache_nodes()), 404
+    )

@@ -479,6 +479,37 @@ class TestWork:
         done = await store.get_task(task.id)
         assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.FAILED, 4, 2)
 
+    async def test_a_shield_purged_but_not_warmed_again_still_has_the_edges_purged(self, store: TaskStore) -> None:
+        """Refresh then warm: the shield's purge succeeds, its warm fails (the origin answers 404 now). The
+        edges' purges still run (the purged shield holds nothing they could refill from: before, they failed
+        "not attempted" and every edge kept the old object); their warms are not attempted."""
+        steps = ((ItemAction.PURGE, 0), (ItemAction.WARM, 1))
+        layout = [("shield-1", 0), ("edge-1", 2), ("edge-2", 2)]
+        items = tuple(NewItem(0, url_of(0), n, a, base + s) for n, base in layout for a, s in steps)
+        task = make_task(1, items=items)
+        await store.create_task(task)
+        (purge,) = await store.claim_due_items("w1", 100, NOW, LEASE)
+        await store.record_outcomes("w1", [ok(purge.item_id)], NOW + 1)
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 1, LEASE)
+        assert (warm.node, warm.action) == ("shield-1", ItemAction.WARM)
+        await store.record_outcomes("w1", [failed(warm.item_id)], NOW + 2)
+        purges = await store.claim_due_items("w1", 100, NOW + 2, LEASE)
+        assert sorted((c.node, c.action) for c in purges) == [
+            ("edge-1", ItemAction.PURGE),
+            ("edge-2", ItemAction.PURGE),
+        ]
+        await store.record_outcomes("w1", [ok(c.item_id) for c in purges], NOW + 3)
+        assert await store.claim_due_items("w1", 100, NOW + 3, LEASE) == []
+        now = {(i.node, i.action): i for i in await store.list_items(task.id)}
+        for edge in ("edge-1", "edge-2"):
+            assert now[edge, ItemAction.PURGE].state is ItemState.SUCCEEDED
+            assert (now[edge, ItemAction.WARM].state, now[edge, ItemAction.WARM].error) == (
+                ItemState.FAILED,
+                "not attempted: this URL failed first on shield-1",
+            )
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.FAILED, 3, 3)
+
     async def test_a_stage_failed_whole_by_its_own_nodes_passes_the_failure_on(self, store: TaskStore) -> None:
         """Both shields' purges fail: each shield's warm fails naming itself, and the edges' items, with no
         shield warmed to fill from, fail naming both; nothing is left waiting and the task ends."""

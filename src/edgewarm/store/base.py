@@ -34,7 +34,9 @@ FIRST: ScanPoint = (float("-inf"), 0)
 # when an earlier item failed on its own node (its purge, say), at once; or on a node that has no item at its
 # stage, i.e. of an earlier tier (a shield: the edges would fill from it), and then every waiting item of the
 # URL fails. Another node's failure in its own tier stops nothing else (one edge that cannot purge leaves the
-# other edges purged and warmed again).
+# other edges purged and warmed again). A failed warm stops no later purge: a shield purged and not warmed again
+# (its origin answered 404, say) holds nothing the edges could refill from, so they are purged (their warms are
+# not attempted).
 NOT_ATTEMPTED = "not attempted: this URL failed first on "
 MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
 

@@ -268,7 +268,9 @@ WITH pairs AS (
     SELECT DISTINCT p.task_id, p.seq FROM unnest($1::text[], $2::integer[]) AS p (task_id, seq)
 ),
 lowest AS MATERIALIZED (  -- per pair, through the (task_id, seq, stage) index whatever the statistics say
-    SELECT * FROM (
+    SELECT l.*, NOT EXISTS (  -- a stage of purges: earlier failed warms do not stop it
+        SELECT 1 FROM items a WHERE a.task_id = l.task_id AND a.seq = l.seq AND a.stage = l.stage AND a.action = 'warm'
+    ) AS purges FROM (
         SELECT p.task_id, p.seq, (
             SELECT min(i.stage) FROM items i WHERE i.task_id = p.task_id AND i.seq = p.seq AND i.state = 'waiting'
         ) AS stage
@@ -277,7 +279,9 @@ lowest AS MATERIALIZED (  -- per pair, through the (task_id, seq, stage) index w
 ),
 earlier AS (
     SELECT n.task_id, n.seq, n.stage, count(b.id) FILTER (WHERE b.state IN ('pending', 'running')) AS open,
-        coalesce(array_agg(DISTINCT b.node) FILTER (WHERE b.state = 'failed'), '{}') AS failed_on
+        coalesce(
+            array_agg(DISTINCT b.node) FILTER (WHERE b.state = 'failed' AND NOT (n.purges AND b.action = 'warm')), '{}'
+        ) AS failed_on
     FROM lowest n LEFT JOIN items b ON b.task_id = n.task_id AND b.seq = n.seq AND b.stage < n.stage
     GROUP BY n.task_id, n.seq, n.stage
 ),

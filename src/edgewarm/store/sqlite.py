@@ -636,7 +636,7 @@ async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
-_AT_STAGE = "SELECT DISTINCT node FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
+_AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
 
@@ -873,10 +873,13 @@ def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -
         if stage is None:
             break
         earlier = db.execute(
-            "SELECT node, state FROM items WHERE task_id = ? AND seq = ? AND stage < ?", (task_id, seq, stage)
+            "SELECT node, state, action FROM items WHERE task_id = ? AND seq = ? AND stage < ?", (task_id, seq, stage)
         ).fetchall()
-        here = {node for (node,) in db.execute(_AT_STAGE, (task_id, seq, stage))}
-        failed_on = {node for node, state in earlier if state == "failed"}
+        at_stage = db.execute(_AT_STAGE, (task_id, seq, stage)).fetchall()
+        here = {node for node, _ in at_stage}
+        purges = all(action != "warm" for _, action in at_stage)
+        # A failed warm does not stop a later purge (STAGE_GATE).
+        failed_on = {node for node, state, action in earlier if state == "failed" and not (purges and action == "warm")}
         if below := sorted(failed_on - here):  # an earlier tier failed: every waiting item of the URL fails
             failed_count += db.execute(
                 "UPDATE items SET state = 'failed', error = ?, updated_at = ? "
@@ -890,7 +893,7 @@ def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -
                 "WHERE task_id = ? AND seq = ? AND stage = ? AND node = ? AND state = 'waiting'",
                 (f"{NOT_ATTEMPTED}{node}", now, task_id, seq, stage, node),
             ).rowcount
-        if any(state in ("pending", "running") for _, state in earlier):
+        if any(state in ("pending", "running") for _, state, _ in earlier):
             break
         released = db.execute(
             "UPDATE items SET state = 'pending', due_at = ? WHERE task_id = ? AND seq = ? AND stage = ? "
