@@ -85,7 +85,9 @@ def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
     if path == ":memory:":
         yield True
         return
-    lock_path = path + ".engine.lock"
+    # Named after the file itself: a second name for it (a symbolic link left where it was moved from, a folder
+    # linked elsewhere) must meet the same lock.
+    lock_path = os.path.realpath(path) + ".engine.lock"
     make_folder_of(lock_path)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

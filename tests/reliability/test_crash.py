@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -326,3 +329,53 @@ def test_a_database_removed_under_the_service_refuses_submissions_and_readiness(
             assert ready.status_code == 503 and "was removed or replaced" in ready.json()["error"], ready.text
             log = service.log.read_text()
     assert f"the SQLite database {data}/edgewarm.db was removed or replaced" in log
+
+
+_KILLED_AFTER_A_TASK = """
+import asyncio, os, sys, uuid
+from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.store import open_store
+
+async def main() -> None:
+    store = open_store("sqlite:///" + sys.argv[1])
+    await store.__aenter__()
+    items = (NewItem(0, "http://www.example.test/a", "edge-1"),)
+    quota = QuotaCharge("20261129", 1, 0, 1000, 1000)
+    task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
+    print((await store.create_task(task)).id, flush=True)
+    os._exit(0)  # no close, no checkpoint: what the store wrote is in its -wal only
+
+asyncio.run(main())
+"""
+
+
+def test_a_database_file_moved_or_copied_without_its_wal_is_refused_not_taken_as_new(tmp_path: Path) -> None:
+    """A store killed before SQLite's first checkpoint has its content in `-wal`; its file alone, copied or
+    moved elsewhere, was opened as a new database (every task "not found", quotas reset, waiting items never
+    run). It is refused, saying where the content is, and nothing is written beside it; with its -wal it opens
+    with the task there."""
+    from edgewarm.errors import StoreError
+    from edgewarm.store import open_store
+
+    first = tmp_path / "first"
+    first.mkdir()
+    made = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_A_TASK, str(first / "e.db")], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    taskid = made.stdout.strip()
+    assert (first / "e.db-wal").stat().st_size > 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(first / "e.db", moved / "e.db")
+
+    async def find() -> bool:
+        async with open_store(f"sqlite:///{moved}/e.db") as store:
+            return await store.get_task(taskid) is not None
+
+    with pytest.raises(StoreError) as refused:
+        asyncio.run(find())
+    assert str(refused.value).startswith(f"the SQLite database {moved}/e.db is in WAL mode but holds no table")
+    assert sorted(p.name for p in moved.iterdir()) == ["e.db"]
+    shutil.copy(first / "e.db-wal", moved / "e.db-wal")
+    assert asyncio.run(find())
