@@ -393,7 +393,7 @@ class Engine:
             await self._after_warms(claim, node)
             coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                return await self._do(claim, node, attempt, fetcher), False
+                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock()), False
             finally:
                 coalescer.purging(node.name)
         shared = await coalescer.share(key)
@@ -403,7 +403,10 @@ class Engine:
         warming = self._warming.setdefault(node.name, {})
         warming[claim.item_id] = claim.url
         try:
-            outcome = await self._do(claim, node, attempt, fetcher)
+            upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
+            outcome = await perform(
+                claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream
+            )
         finally:
             del warming[claim.item_id]
             if (ended := self._warm_ended.pop(node.name, None)) is not None:
@@ -432,10 +435,6 @@ class Engine:
             ended = self._warm_ended.setdefault(node.name, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), left)
-
-    async def _do(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> ItemOutcome:
-        upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
-        return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream)
 
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
