@@ -379,3 +379,40 @@ def test_a_database_file_moved_or_copied_without_its_wal_is_refused_not_taken_as
     assert sorted(p.name for p in moved.iterdir()) == ["e.db"]
     shutil.copy(first / "e.db-wal", moved / "e.db-wal")
     assert asyncio.run(find())
+
+
+def test_a_damaged_database_file_is_named_and_said_to_be_damaged(tmp_path: Path) -> None:
+    """Pages of the file overwritten (a disk fault): reading them fails with the file named and what to do, not
+    SQLite's bare "database disk image is malformed" (told to clients as "unavailable", to be retried)."""
+    import uuid
+
+    from edgewarm.errors import StoreError
+    from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
+    from edgewarm.store import open_store
+
+    path = tmp_path / "e.db"
+
+    async def make() -> list[str]:
+        async with open_store(f"sqlite:///{path}") as store:
+            ids = []
+            for t in range(30):
+                items = tuple(NewItem(i, f"http://www.example.test/{t}/{i}", "edge-1") for i in range(100))
+                quota = QuotaCharge("20261129", 100, 0, 10**9, 10**9)
+                task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
+                ids.append((await store.create_task(task)).id)
+            return ids
+
+    async def read(ids: list[str]) -> None:
+        async with open_store(f"sqlite:///{path}") as store:
+            for taskid in ids:
+                await store.list_items(taskid)
+
+    ids = asyncio.run(make())
+    pages = path.stat().st_size // 4096
+    with path.open("r+b") as f:
+        for page in range(pages // 2, pages):  # the second half: items, not the schema on page 1
+            f.seek(page * 4096)
+            f.write(b"\xa5" * 4096)
+    with pytest.raises(StoreError) as damaged:
+        asyncio.run(read(ids))
+    assert str(damaged.value).startswith(f"sqlite: the database {path} is damaged (database disk image is malformed)")

@@ -199,7 +199,7 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
         """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
-        return await _off_the_loop(self._executor, self._checked(fn) if check else fn)
+        return await _off_the_loop(self._executor, self._checked(fn) if check else fn, self.path)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
@@ -219,7 +219,7 @@ class SQLiteStore:
             finally:
                 db.execute("COMMIT")
 
-        return await _off_the_loop(self._read_executor, read)
+        return await _off_the_loop(self._read_executor, read, self.path)
 
     def _checked(self, fn: Callable[[], T]) -> Callable[[], T]:
         def checked() -> T:
@@ -326,7 +326,7 @@ class SQLiteStore:
         except BaseException as exc:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk)
                 db.execute("ROLLBACK")
-            failure = StoreError(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            failure = _store_error(exc, self.path) if isinstance(exc, sqlite3.Error) else exc
             for _, created in group:  # the ones not answered yet were not committed
                 if not created.done():
                     created.set_exception(failure)
@@ -654,12 +654,22 @@ def _not_without_its_wal(path: str) -> None:
         )
 
 
-async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-    """`fn` on `executor`'s thread; SQLite's errors come out as StoreError."""
+async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T], path: str) -> T:
+    """`fn` on `executor`'s thread; SQLite's errors come out as StoreError (`_store_error`)."""
     try:
         return await asyncio.get_running_loop().run_in_executor(executor, fn)
     except sqlite3.Error as exc:
-        raise StoreError(f"sqlite: {exc}") from exc
+        raise _store_error(exc, path) from exc
+
+
+def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
+    """A SQLite error as the store's: a damaged file is named, with what to do (else retried as unavailable)."""
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+        return StoreError(
+            f"sqlite: the database {path} is damaged ({exc}): check it with sqlite3 {path} "
+            "'PRAGMA integrity_check', and restore it from a backup (or try sqlite3's .recover)"
+        )
+    return StoreError(f"sqlite: {exc}")
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
