@@ -166,7 +166,9 @@ class WebhookDeliverer:
             retry_at = self._clock() + random.uniform(delay / 2, delay)
         outcome = "delivered" if error is None else ("retried" if retry_at else "failed")
         self.metrics.webhooks.labels(outcome).inc()
-        log.info("webhook %s: %s", outcome, error or "ok", extra={"task_id": task.id})
+        # A delivery given up is the receiver's to look at: a warning; one retried or delivered, information.
+        level = logging.WARNING if outcome == "failed" else logging.INFO
+        log.log(level, "webhook %s: %s", outcome, error or "ok", extra={"task_id": task.id})
         try:
             await self.store.record_webhook(
                 task.id, delivered=error is None, error=error, retry_at=retry_at, now=self._clock()

@@ -157,3 +157,21 @@ async def test_a_malformed_answer_is_not_told_as_a_status_the_receiver_never_sen
     assert task is not None and task.webhook_error is not None
     assert task.webhook_error.startswith("malformed answer from the receiver: "), task.webhook_error
     assert "400" not in task.webhook_error
+
+
+async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The receiver answers 500: with attempts left, "webhook retried" at info; at the last, "webhook failed" at
+    warning (an operator watching warnings learns a receiver gave up; it was at info like every try)."""
+    with FaultServer(always(Respond(500))) as broken:
+        for max_attempts, verdict, level in ((3, "retried", "INFO"), (1, "failed", "WARNING")):
+            caplog.clear()
+            async with open_store("memory://") as store:
+                task_id = await ended_task(store, f"{broken.url}/hook")
+                deliverer = WebhookDeliverer(webhook_config(max_attempts=max_attempts), store, Metrics())
+                with caplog.at_level("INFO", logger="edgewarm"):
+                    async with delivering(deliverer):
+                        assert (await delivered(store, task_id, 5)).webhook_attempts == 1
+            told = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("webhook ")]
+            assert told == [(level, f"webhook {verdict}: HTTP 500")], told
