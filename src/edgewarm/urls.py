@@ -40,6 +40,11 @@ class TargetUrl:
     def is_dir(self) -> bool:
         return self.path_query.endswith("/") and "?" not in self.path_query
 
+    def reaches(self, other: TargetUrl, *, whole: bool) -> bool:
+        """Whether a purge of this URL reaches `other`'s object in a cache: the same cache key, or with `whole`
+        (a directory's purge) one at or under this one's."""
+        return other.cache_key.startswith(self.cache_key) if whole else other.cache_key == self.cache_key
+
 
 def split_list(value: Any) -> list[str]:
     """JD lists: a JSON array of strings, or one string separated by commas (in a form body, the array comes as

@@ -143,14 +143,12 @@ async def _purge_dir(
 def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
     """Of `urls`, one per cache key at or under `directory`'s (a cache keys the host in any case as one): the
     objects a purge of the directory must reach."""
-    prefix = directory.cache_key
     found: dict[str, TargetUrl] = {}
     for url in urls:
         try:
             target = stored_target(url)  # accepted once, under the [api] max_url_length of that time
         except RequestRefused:
             continue
-        key = target.cache_key
-        if key.startswith(prefix):
-            found.setdefault(key, target)
+        if directory.reaches(target, whole=True):
+            found.setdefault(target.cache_key, target)
     return list(found.values())

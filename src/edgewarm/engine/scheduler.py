@@ -24,7 +24,7 @@ from ..errors import StoreError
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
-from ..urls import spellings, stored_target
+from ..urls import stored_target
 from .actions import perform
 from .coalesce import Coalescer
 from .fetcher import SENT, NodeClient
@@ -421,15 +421,9 @@ class Engine:
         warming = self._warming.get(node.name)
         if not warming:
             return
-        target = stored_target(claim.url)
-        prefixes = [s.lower() for s in spellings(target)]
+        purged = stored_target(claim.url)
         whole = claim.action is ItemAction.PURGE_DIR
-
-        def covered(url: str) -> bool:
-            key = stored_target(url).cache_key.lower()
-            return any(key.startswith(p) if whole else key == p for p in prefixes)
-
-        waiting = {item for item, url in warming.items() if covered(url)}
+        waiting = {item for item, url in warming.items() if purged.reaches(stored_target(url), whole=whole)}
         deadline = time.monotonic() + WARMS_WAIT_SECONDS
         while waiting.intersection(warming) and (left := deadline - time.monotonic()) > 0:
             ended = self._warm_ended.setdefault(node.name, asyncio.Event())
