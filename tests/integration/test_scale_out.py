@@ -15,7 +15,8 @@ import asyncpg
 import pytest
 
 from edgewarm.client import AsyncClient
-from edgewarm.store import SCHEMA_VERSION
+from edgewarm.models import ItemOutcome
+from edgewarm.store import SCHEMA_VERSION, open_store
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
 
@@ -157,6 +158,48 @@ async def test_a_warm_after_a_refresh_by_another_worker_fetches_again(tmp_path: 
         for node in lab.cache_nodes():
             gets = [r for r in lab.requests(node) if r.uri == "/rw/a.txt" and r.method == "GET"]
             assert len(gets) >= 8, (node.name, len(gets))
+
+
+async def test_a_purge_waits_for_the_warms_another_worker_holds_of_its_object(
+    tmp_path: Path, postgres_db_url: str
+) -> None:
+    """A refresh's purge on a node is sent only once the warms of the same object another worker holds leased
+    there have ended: written back, or their lease ran out (a dead worker's). Before, only the purging worker's
+    own warms were waited for: nginx answers a purge of a key it is still fetching "not cached" and then stores
+    the old object the fetch brings (QA: 1 URL in 14 left stale with 3 workers). The other worker is this test,
+    holding the warms through the store as a worker does, so that which worker takes what is certain."""
+    with (
+        Lab(tmp_path / "lab", edges=1, shield=False, purge_module=True) as lab,
+        Fleet(tmp_path, postgres_db_url, lab.nodes_toml(), workers=0) as fleet,
+    ):
+        (edge,) = lab.cache_nodes()
+        for name in ("a", "b"):
+            lab.write_file(f"/rw/{name}.txt", name.encode() * 100)
+        a, b = url_of("/rw/a.txt"), url_of("/rw/b.txt")
+        async with client_of(fleet.apis[0]) as client, open_store(postgres_db_url) as other:
+            warms = [await client.prefetch([a]), await client.prefetch([b])]
+            (held,) = await other.claim_due_items("other-worker", 1, time.time(), 60.0)  # sent until it says
+            (dying,) = await other.claim_due_items("other-worker", 1, time.time(), 3.0)  # lease never renewed
+            dying_until = time.time() + 3.0
+            assert (held.url, dying.url) == (a, b)
+            refreshes = [await client.refresh([a]), await client.refresh([b])]
+            with ServiceProcess(fleet.configs[0], command="worker", log=tmp_path / "worker.log") as worker:
+                worker.wait_for_log("edgewarm running", timeout=30)
+                (after_lease,) = await wait_all(client, refreshes[1:], timeout=60)
+                await asyncio.sleep(1.0)  # the worker's claims and polls go on meanwhile
+                (while_held,) = (await client.lookup(refreshes[:1]))["tasks"]
+                purges_while_held = [r for r in lab.requests(edge) if r.method == "PURGE" and r.uri == "/rw/a.txt"]
+                outcome = ItemOutcome(held.item_id, True, 1, http_status=200, cache_state="MISS", bytes=100)
+                assert await other.record_outcomes("other-worker", [outcome], time.time()) == 1
+                (after_written,) = await wait_all(client, refreshes[:1], timeout=30)
+                await wait_all(client, warms, timeout=30)  # the dying lease's warm is the worker's now
+    assert after_lease["status"] == 0, after_lease
+    assert while_held["status"] == 1, "the purge of a was sent while another worker's warm of it was under way"
+    assert purges_while_held == []
+    assert after_written["status"] == 0, after_written
+    purges = {r.uri: r.time for r in lab.requests(edge) if r.method == "PURGE"}
+    assert set(purges) == {"/rw/a.txt", "/rw/b.txt"}
+    assert purges["/rw/b.txt"] >= dying_until - 0.5, "b was purged before the other worker's lease of its warm ended"
 
 
 async def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(

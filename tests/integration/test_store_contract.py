@@ -635,6 +635,30 @@ class TestWork:
         await store.record_outcomes("w1", [ok(a)], NOW + 50)
         assert await store.renew_leases("w1", [a], NOW + 200) == 0
 
+    async def test_others_warms_are_the_warms_of_a_node_other_workers_hold_leased(self, store: TaskStore) -> None:
+        """What a purge must wait for: warms (not purges) of its node, leased to other workers, leases holding."""
+        two_nodes = (("edge-1", 0), ("edge-2", 0))
+        await store.create_task(make_task(3, two_nodes))
+        purge = make_task(items=(NewItem(0, url_of(9), "edge-1", ItemAction.PURGE, 0),), kind=TaskKind.REFRESH)
+        await store.create_task(purge)
+        assert await store.others_warms("w1", "edge-1", NOW) == {}  # pending: nobody holds them
+        held = await store.claim_due_items("w2", 3, NOW, LEASE)  # in due order: url 0 on both nodes, url 1 on one
+        mine = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert {(c.url, c.node) for c in held} == {(url_of(0), "edge-1"), (url_of(0), "edge-2"), (url_of(1), "edge-1")}
+        w2_edge1 = {c.item_id: c.url for c in held if c.node == "edge-1"}
+        assert await store.others_warms("w1", "edge-1", NOW + 1) == w2_edge1
+        assert await store.others_warms("w3", "edge-1", NOW + 1) == {  # every other worker's, the purge not
+            **w2_edge1,
+            **{c.item_id: c.url for c in mine if c.node == "edge-1" and c.action is ItemAction.WARM},
+        }
+        assert await store.others_warms("w2", "edge-1", NOW + 1) == {
+            c.item_id: c.url for c in mine if c.node == "edge-1" and c.action is ItemAction.WARM
+        }
+        first = min(w2_edge1)
+        assert await store.record_outcomes("w2", [ok(first)], NOW + 2) == 1  # written back: no longer under way
+        assert set(await store.others_warms("w1", "edge-1", NOW + 2)) == set(w2_edge1) - {first}
+        assert await store.others_warms("w1", "edge-1", NOW + LEASE) == {}  # leases ended: a dead worker's
+
     async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
         """Released items are due at once for any worker, without an attempt counted."""
         await store.create_task(make_task(2))

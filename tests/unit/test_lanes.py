@@ -12,7 +12,7 @@ import pytest
 
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
-from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
+from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
 from edgewarm.nodes import CacheState
 from edgewarm.store import TaskStore, open_store
 from edgewarm.urls import TargetUrl
@@ -187,3 +187,59 @@ async def test_the_last_outcomes_are_written_at_once_not_after_the_flush_interva
         finally:
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
+
+
+class RecordingFetcher(CountingFetcher):
+    """Also notes when each request begins and ends: (event, method, path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str, str]] = []
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        self.events.append(("begin", method, target.path_query))
+        try:
+            return await super().request(method, node, target, headers)
+        finally:
+            self.events.append(("end", method, target.path_query))
+
+
+async def test_purges_of_two_engines_waiting_for_each_others_warms_leave_the_lanes_to_them() -> None:
+    """Engines A and B on one store, lanes one wide. A holds a purge of /x and then a warm of /y, B a purge of
+    /y and then a warm of /x. Each purge must follow the other engine's warm of its object, and waits for it
+    out of its lane: each lane sends its warm meanwhile, then the purges go. (Waiting in the lane, each purge
+    kept the warm the other waits for from being sent, for WARMS_WAIT_SECONDS.)"""
+    fetcher = RecordingFetcher()
+    async with open_store("memory://") as store:
+
+        async def task_of(kind: TaskKind, path: str) -> None:
+            action = ItemAction.PURGE if kind is TaskKind.REFRESH else ItemAction.WARM
+            items = (NewItem(seq=0, url=f"http://example.test{path}", node="e1", action=action),)
+            quota = QuotaCharge("20261128", 1, 0, 10**9, 10)
+            await store.create_task(NewTask(str(uuid.uuid4()), "u", kind, time.time(), items, quota))
+
+        engines = {name: Engine(config(1), store, fetcher, worker_id=name, sole=False) for name in "AB"}
+        held = {}
+        for name, purged, warmed in (("A", "/x", "/y"), ("B", "/y", "/x")):
+            await task_of(TaskKind.REFRESH, purged)
+            await task_of(TaskKind.PREFETCH, warmed)
+            held[name] = await store.claim_due_items(name, 10, time.time(), 60.0)
+            assert [(c.action, c.url[-2:]) for c in held[name]] == [
+                (ItemAction.PURGE, purged),
+                (ItemAction.WARM, warmed),
+            ]
+        for name, engine in engines.items():
+            for claim in held[name]:
+                engine._hand_out(claim)
+        runners = [asyncio.create_task(engine.run()) for engine in engines.values()]
+        try:
+            await until(lambda: fetcher.requests >= 4, "both warms and both purges sent")
+        finally:
+            for engine in engines.values():
+                engine.stop()
+            await asyncio.wait_for(asyncio.gather(*runners), DEADLINE)
+    for path in ("/x", "/y"):
+        order = [(event, method) for event, method, p in fetcher.events if p == path]
+        assert order == [("begin", "GET"), ("end", "GET"), ("begin", "PURGE"), ("end", "PURGE")], (path, order)

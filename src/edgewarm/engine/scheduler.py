@@ -44,6 +44,7 @@ OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the
 RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
+OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 
 
 class _NodeLane:
@@ -99,6 +100,8 @@ class Engine:
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
+        self._waiting_for_others: dict[int, asyncio.Task[None]] = {}  # purges out of their lanes meanwhile
+        self._waited_for_others: set[int] = set()  # purges back in their lanes from that wait
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -163,6 +166,7 @@ class Engine:
         finally:
             workers = [w for lane in self._lanes.values() for w in lane.workers]
             workers.extend(self._putting_off.values())
+            workers.extend(self._waiting_for_others.values())
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -329,6 +333,8 @@ class Engine:
                 self._end_unsent(claim, None if lane.removed else CANCELLED)
                 self._done_with(claim, lane)
                 continue
+            if claim.action is not ItemAction.WARM and not self._sole and await self._wait_for_others(claim, lane):
+                continue  # back in the queue once other engines' warms it must follow are done
             attempt = claim.attempts + 1
             if claim.retaken and not await self._begin_attempt(claim, attempt):
                 self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
@@ -417,7 +423,8 @@ class Engine:
     async def _after_warms(self, claim: Claim, node: Node) -> None:
         """A purge waits for this engine's warms of what it purges on `node` that are sending now: a warm that
         began before the purge may store the old object after it (nginx answers a purge of a key it is still
-        fetching "not cached", then stores what the fetch brings). Bounded by WARMS_WAIT_SECONDS."""
+        fetching "not cached", then stores what the fetch brings). Bounded by WARMS_WAIT_SECONDS. (Other
+        engines' warms: _after_others_warms.)"""
         warming = self._warming.get(node.name)
         if not warming:
             return
@@ -430,8 +437,57 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), left)
 
+    async def _wait_for_others(self, claim: Claim, lane: _NodeLane) -> bool:
+        """Whether the purge `claim` must first wait for other engines' warms (then it is out of the lane until
+        they end: _after_others_warms)."""
+        if claim.item_id in self._waited_for_others:
+            return False
+        waiting = await self._others_warms_reached(claim, lane.node)
+        if not waiting:
+            return False
+        name = f"edgewarm-purge-waits-{claim.item_id}"
+        self._waiting_for_others[claim.item_id] = asyncio.create_task(
+            self._after_others_warms(claim, lane, waiting), name=name
+        )
+        return True
+
+    async def _others_warms_reached(self, claim: Claim, node: Node) -> set[int]:
+        """The warms other engines on the store hold leased on `node` (sending, or about to) that the purge of
+        `claim` reaches; none when the store does not answer (the purge goes as if there were no other engine)."""
+        try:
+            leased = await self.store.others_warms(self.worker_id, node.name, self._clock())
+        except StoreError as exc:
+            log.warning("purge of %s on %s not waiting for other workers' warms: %s", claim.url, node.name, exc)
+            return set()
+        purged = stored_target(claim.url)
+        whole = claim.action is ItemAction.PURGE_DIR
+        return {item for item, url in leased.items() if purged.reaches(stored_target(url), whole=whole)}
+
+    async def _after_others_warms(self, claim: Claim, lane: _NodeLane, waiting: set[int]) -> None:
+        """Queue `claim` (a purge) in its lane again once other engines' warms it must follow (`waiting`) are
+        written back or their leases end (a dead worker's), up to WARMS_WAIT_SECONDS, or at a stop. It waits
+        outside the lane: purges of two workers waiting for each other's warms must not fill both lanes and keep
+        those warms from being sent. Warms leased since are not waited for: they began after this purge was
+        due (after the refresh), and fetch the new object."""
+        deadline = time.monotonic() + WARMS_WAIT_SECONDS
+        pause, most = OTHERS_WARMS_POLL_SECONDS
+        try:
+            while waiting and time.monotonic() + pause < deadline and not self._given_up(claim, lane):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, most)
+                waiting &= await self._others_warms_reached(claim, lane.node)
+        finally:
+            del self._waiting_for_others[claim.item_id]
+            self._waited_for_others.add(claim.item_id)
+            lane.queue.put_nowait(claim)
+
+    def _given_up(self, claim: Claim, lane: _NodeLane) -> bool:
+        """Whether `claim` will not be sent whatever it waits for: a stop, its task cancelled, its node removed."""
+        return self._stopping.is_set() or claim.task_id in self._cancelled or lane.removed
+
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
+        self._waited_for_others.discard(claim.item_id)
         if not self._in_hand:
             self._idle.set()
         lane.held -= 1

@@ -199,6 +199,11 @@ class TaskStore(Protocol):
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
+    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
+        """The warms of `node` leased to workers other than `worker` whose leases hold at `now` (being sent, or
+        claimed to be): item id -> URL. A purge of what they fetch waits for them (Engine._after_warms)."""
+        ...
+
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
         """Record that `worker` begins attempt number `attempts` of an item it holds (a retaken one: if this
         worker dies too, the attempt is counted). False when the worker no longer holds the item."""

@@ -207,6 +207,12 @@ WITH due AS (
 )
 {_TAKE}"""
 
+# `state IN (…)` as the partial index items_due_order says it, so that the index finds the leases by their end.
+_OTHERS_WARMS = """
+SELECT id, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > $3
+AND node = $2 AND action = 'warm' AND lease_owner <> $1
+"""
+
 _BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
 
 _NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
@@ -663,6 +669,10 @@ class PostgresStore:
             return 0
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
+
+    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
+        async with self._connection() as conn:
+            return {row[0]: row[1] for row in await conn.fetch(_OTHERS_WARMS, worker, node, now)}
 
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
         async with self._connection() as conn:

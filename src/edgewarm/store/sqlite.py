@@ -509,6 +509,12 @@ class SQLiteStore:
 
         return await self._run(begin)
 
+    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
+        def warms() -> dict[int, str]:
+            return dict(self.db.execute(_OTHERS_WARMS, (worker, node, now)).fetchall())
+
+        return await self._run(warms)
+
     async def put_off_node(self, node: str, until: float, note: str) -> int:
         def put_off(since: float) -> tuple[int, float]:
             ids, last, count = self.db.execute(_NEXT_TO_PUT_OFF, (node, until, since, PUT_OFF_STEP)).fetchone()
@@ -698,6 +704,12 @@ _WINDOW_END = (
     "SELECT (SELECT count(*) FROM w), last.due_at, last.id "
     "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
 )
+# `state IN (…)` as the partial index items_due says it, so that the index finds the leases by their end.
+_OTHERS_WARMS = (
+    "SELECT id, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > ?3 "
+    "AND node = ?2 AND action = 'warm' AND lease_owner <> ?1"
+)
+
 _LEASE_ITEMS = (
     "UPDATE items SET state = 'running', lease_owner = ?2, due_at = ?3 WHERE id IN (SELECT value FROM json_each(?1))"
 )
