@@ -12,7 +12,25 @@ from datetime import UTC, datetime
 
 import orjson
 
-_FIELDS = ("task_id", "item_id", "node", "url", "worker")
+from .models import Task
+
+# Fields a record may carry (`extra=`) that are written as JSON fields of their own.
+_FIELDS = (
+    "task_id",
+    "item_id",
+    "node",
+    "url",
+    "worker",
+    "user",
+    "kind",
+    "urls",
+    "items",
+    "status",
+    "succeeded",
+    "failed",
+    "seconds",
+    "cancelled_by",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +48,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = None) -> None:
+    """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields."""
+    assert task.finished_at is not None
+    seconds = round(task.finished_at - task.created_at, 3)
+    fields = {
+        "task_id": task.id,
+        "user": task.username,
+        "kind": task.kind.value,
+        "status": int(task.status),
+        "succeeded": task.succeeded,
+        "failed": task.failed,
+        "seconds": seconds,
+    }
+    message = "task ended: status %d (%d succeeded, %d failed) in %.3f s"
+    if cancelled_by is None:
+        log.info(message, task.status, task.succeeded, task.failed, seconds, extra=fields)
+    else:
+        fields["cancelled_by"] = cancelled_by
+        log.info(
+            message + ", cancelled by %s", task.status, task.succeeded, task.failed, seconds, cancelled_by, extra=fields
+        )
 
 
 def setup_logging(level: str, fmt: str = "json") -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from . import auth
 from .config import Config, User
 from .errors import JdCode, RequestRefused, TaskNotFound
+from .logs import log_task_ended
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
@@ -201,7 +202,13 @@ class Service:
                 user.name,
                 urls + dirs,
                 len(items),
-                extra={"task_id": task.id},
+                extra={
+                    "task_id": task.id,
+                    "user": user.name,
+                    "kind": kind.value,
+                    "urls": urls + dirs,
+                    "items": len(items),
+                },
             )
             if self._on_submit is not None:
                 self._on_submit()
@@ -253,15 +260,7 @@ class Service:
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
             self.metrics.task_ended(int(cancelled.status), cancelled.finished_at - cancelled.created_at)
-            log.info(
-                "task ended: status %d (%d succeeded, %d failed) in %.3f s, cancelled by %s",
-                cancelled.status,
-                cancelled.succeeded,
-                cancelled.failed,
-                cancelled.finished_at - cancelled.created_at,
-                user.name,
-                extra={"task_id": task.id},
-            )
+            log_task_ended(log, cancelled, cancelled_by=user.name)
         if self._on_cancel is not None:
             self._on_cancel(task.id)
         return cancelled

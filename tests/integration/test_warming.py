@@ -234,6 +234,24 @@ def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: La
     about = [line["message"] for line in lines if line.get("task_id") == taskid]
     assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URLs, 3 items", about
     assert any(m.startswith("task ended: status 0 (3 succeeded, 0 failed) in ") for m in about), about
+    # The figures are fields of their own too, for a log pipeline to count by.
+    submitted, ended = (next(line for line in lines if line["message"].startswith(s)) for s in ("task s", "task e"))
+    assert {k: submitted.get(k) for k in ("task_id", "user", "kind", "urls", "items")} == {
+        "task_id": taskid,
+        "user": DEMO_USER,
+        "kind": "prefetch",
+        "urls": 1,
+        "items": 3,
+    }
+    assert {k: ended.get(k) for k in ("task_id", "user", "kind", "status", "succeeded", "failed")} == {
+        "task_id": taskid,
+        "user": DEMO_USER,
+        "kind": "prefetch",
+        "status": 0,
+        "succeeded": 3,
+        "failed": 0,
+    }
+    assert 0 < ended["seconds"] < 60
 
 
 def test_a_cancelled_task_ends_with_a_log_line_too(tmp_path: Path) -> None:

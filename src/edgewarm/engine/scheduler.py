@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
+from ..logs import log_task_ended
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
@@ -574,14 +575,7 @@ class Engine:
                 continue
             seconds = task.finished_at - task.created_at
             self.metrics.task_ended(int(task.status), seconds)
-            log.info(
-                "task ended: status %d (%d succeeded, %d failed) in %.3f s",
-                task.status,
-                task.succeeded,
-                task.failed,
-                seconds,
-                extra={"task_id": task.id},
-            )
+            log_task_ended(log, task)
             if self.on_task_finished is not None:
                 self.on_task_finished(task)
 
