@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -48,6 +50,44 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+REPEAT_LOG_SECONDS = 60.0  # a step failing the same way again and again is logged this often (RepeatedFailure)
+
+
+class RepeatedFailure:
+    """The log of a step done over and over (a claim at every poll): a failure is logged at once, then while
+    the step goes on failing the same way, once every `every` seconds with how many failures went unlogged
+    meanwhile; a failure of another kind at once; and a line when the step works again."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        every: float = REPEAT_LOG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._what, self._every, self._clock = log, what, every, clock
+        self._since: float | None = None  # when the step began failing
+        self._logged: tuple[float, str] | None = None  # when the last failure was logged, and what it said
+        self._unlogged = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now, said = self._clock(), str(exc)
+        if self._since is None:
+            self._since = now
+        elif self._logged is not None and self._logged[1] == said and now - self._logged[0] < self._every:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
+        self._log.error("%s failed: %s%s", self._what, said, more)
+        self._logged, self._unlogged = (now, said), 0
+
+    def worked(self) -> None:
+        if self._since is None:
+            return
+        self._log.info("%s works again, after %.1f s of failures", self._what, self._clock() - self._since)
+        self._since, self._logged, self._unlogged = None, None, 0
 
 
 def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = None) -> None:

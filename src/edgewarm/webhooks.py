@@ -23,6 +23,7 @@ import orjson
 import yarl
 
 from .errors import JdCode, RequestRefused, StoreError
+from .logs import RepeatedFailure
 from .models import Task
 from .store import redacted
 from .urls import has_user_info, is_plain, masked_query
@@ -111,6 +112,7 @@ class WebhookDeliverer:
         """Until `stopping`: each delivery on its own (a receiver that hangs holds up no other), at most
         MAX_DELIVERIES at once, with the settings of the latest reload."""
         running: set[asyncio.Task[None]] = set()
+        claims_log = RepeatedFailure(log, "claiming webhooks")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             try:
                 while not stopping.is_set():
@@ -121,8 +123,9 @@ class WebhookDeliverer:
                             due = await self.store.claim_due_webhooks(
                                 self._clock(), room, self.config.webhooks.timeout * 3
                             )
+                            claims_log.worked()
                         except StoreError as exc:
-                            log.error("claiming webhooks failed: %s", exc)
+                            claims_log.failed(exc)
                     for task in due:
                         delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
                         running.add(delivery)

@@ -327,8 +327,11 @@ def test_a_database_removed_under_the_service_refuses_submissions_and_readiness(
             assert answer["status"] == -1, answer
             ready = httpx.get(f"{service.url}/readyz", timeout=10)
             assert ready.status_code == 503 and "was removed or replaced" in ready.json()["error"], ready.text
+            time.sleep(3)  # the engine claims every poll_interval (0.5 s): 6 failed claims
             log = service.log.read_text()
     assert f"the SQLite database {data}/edgewarm.db was removed or replaced" in log
+    # Said once, not at every poll (before: about 3 lines a second, for as long as the file stays gone).
+    assert log.count('"message":"claiming items failed: ') == 1, log
 
 
 _KILLED_AFTER_A_TASK = """

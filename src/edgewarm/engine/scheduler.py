@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from ..config import Config, Node
 from ..errors import StoreError
-from ..logs import log_task_ended
+from ..logs import RepeatedFailure, log_task_ended
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
@@ -97,6 +97,9 @@ class Engine:
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
+        self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
+        self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
+        self._renewals_log = RepeatedFailure(log, "renewing leases")
         self.on_task_finished: Callable[[Task], None] | None = None
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
@@ -208,8 +211,9 @@ class Engine:
                     claims = await self.store.claim_due_items(
                         self.worker_id, limit, self._clock(), s.lease_seconds, skip
                     )
+                    self._claims_log.worked()
                 except StoreError as exc:
-                    log.error("claiming items failed: %s", exc)
+                    self._claims_log.failed(exc)
                 dry = bool(skip) and len(claims) < limit
                 self._dry = (frozenset(skip), time.monotonic() + s.poll_interval) if dry else None
             for claim in claims:
@@ -594,8 +598,9 @@ class Engine:
             if unknown := in_hand - self._cancelled:
                 try:
                     self._cancelled |= await self.store.cancelled_tasks(sorted(unknown))
+                    self._cancels_log.worked()
                 except StoreError as exc:
-                    log.error("looking for cancelled tasks failed: %s", exc)
+                    self._cancels_log.failed(exc)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -612,8 +617,9 @@ class Engine:
             until = self._clock() + self.settings.lease_seconds
             try:
                 await self.store.renew_leases(self.worker_id, sorted(self._leased), until)
+                self._renewals_log.worked()
             except StoreError as exc:
-                log.error("renewing leases failed: %s", exc)
+                self._renewals_log.failed(exc)
                 self._unrenewed = True
                 return False
         self._unrenewed = False

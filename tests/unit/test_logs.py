@@ -1,0 +1,48 @@
+"""The log's shape: a step failing over and over is logged as it starts, then once a minute, and as it ends."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from edgewarm.errors import StoreError
+from edgewarm.logs import RepeatedFailure
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records]
+
+
+def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    step = RepeatedFailure(logging.getLogger("test.repeated"), "claiming items", every=60.0, clock=clock)
+    down = StoreError("the store is down")
+    with caplog.at_level(logging.INFO, logger="test.repeated"):
+        step.worked()  # nothing to say while it works
+        for _ in range(120):  # a failure every 0.5 s for a minute
+            step.failed(down)
+            clock.now += 0.5
+        step.failed(down)  # 60 s after the first: logged, with the count of those not logged
+        step.failed(StoreError("the store is damaged"))  # another kind: at once
+        clock.now += 1.5
+        step.worked()
+        step.worked()
+        step.failed(down)  # a new run of failures: at once again
+    assert messages(caplog) == [
+        ("ERROR", "claiming items failed: the store is down"),
+        ("ERROR", "claiming items failed: the store is down (119 more failures alike not logged)"),
+        ("ERROR", "claiming items failed: the store is damaged"),
+        ("INFO", "claiming items works again, after 61.5 s of failures"),
+        ("ERROR", "claiming items failed: the store is down"),
+    ]
