@@ -72,8 +72,8 @@ class RepeatedFailure:
         self._logged: tuple[float, str] | None = None  # when the last failure was logged, and what it said
         self._unlogged = 0
 
-    def failed(self, exc: BaseException) -> None:
-        now, said = self._clock(), str(exc)
+    def failed(self, reason: BaseException | str) -> None:
+        now, said = self._clock(), str(reason)
         if self._since is None:
             self._since = now
         elif self._logged is not None and self._logged[1] == said and now - self._logged[0] < self._every:

@@ -13,7 +13,9 @@ edgewarm_tasks_submitted_total{kind}          tasks accepted by this process's A
 edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed, cancelled too)
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
 edgewarm_queue_depth                          items pending or running in the store (at scrape, a worker's every
-                                              5 s; those waiting for their shields not included)
+                                              5 s; those waiting for their shields not included); NaN when the
+                                              store did not answer the count
+edgewarm_store_up                             1 when the store answered the last count of the queue, else 0
 edgewarm_items_in_flight                      fetches running in this process
 edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
@@ -45,8 +47,15 @@ class Metrics:
             "edgewarm_task_duration_seconds", "Submit to end", buckets=TASK_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("edgewarm_queue_depth", "Items pending or running in the store", registry=r)
+        self.store_up = Gauge("edgewarm_store_up", "1 when the store answered the last count of the queue", registry=r)
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
+
+    def queue_counted(self, depth: int | None) -> None:
+        """The store's queue depth, or None when the store did not answer: then the depth is unknown (NaN),
+        not the last one counted, and `edgewarm_store_up` says why."""
+        self.queue_depth.set(float("nan") if depth is None else depth)
+        self.store_up.set(0 if depth is None else 1)
 
     def task_ended(self, status: int, seconds: float) -> None:
         """A task ended, `seconds` after it was submitted: by its last outcome, or cancelled."""

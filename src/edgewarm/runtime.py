@@ -28,6 +28,7 @@ from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, load_config, reload_refusal
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
+from .logs import RepeatedFailure
 from .metrics import Metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -261,13 +262,14 @@ QUEUE_DEPTH_EVERY = 5.0  # a worker's /metrics (no API to ask the store at each 
 
 async def _count_the_queue(store: TaskStore, metrics: Metrics, stopping: asyncio.Event) -> None:
     """Keep `edgewarm_queue_depth` of a process without the API up to date, until `stopping`."""
+    counting = RepeatedFailure(log, "counting the queue for /metrics")
     while not stopping.is_set():
         try:
-            metrics.queue_depth.set(await asyncio.wait_for(store.queue_depth(), QUEUE_DEPTH_EVERY))
+            metrics.queue_counted(await asyncio.wait_for(store.queue_depth(), QUEUE_DEPTH_EVERY))
+            counting.worked()
         except (TimeoutError, StoreError) as exc:
-            log.warning(
-                "counting the queue for /metrics failed: %s", exc if isinstance(exc, StoreError) else described(exc)
-            )
+            metrics.queue_counted(None)
+            counting.failed(exc if isinstance(exc, StoreError) else described(exc))
         await first_of(QUEUE_DEPTH_EVERY, stopping)
 
 

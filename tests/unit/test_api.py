@@ -939,6 +939,8 @@ async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: py
         await release.wait()
         return 0
 
+    before = (await api.client.get("/metrics")).text  # the store answers: its depth, and up
+    assert "edgewarm_queue_depth 0.0" in before and "edgewarm_store_up 1.0" in before
     monkeypatch.setattr(api.store, "queue_depth", hang)
     started = time.monotonic()
     ready = await api.client.get("/readyz")
@@ -946,8 +948,11 @@ async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: py
         "ok": False,
         "error": "the store did not answer within 0.2 s",
     }
-    assert (await api.client.get("/metrics")).status_code == 200
+    metrics = await api.client.get("/metrics")
+    assert metrics.status_code == 200
     assert time.monotonic() - started < 5
+    # The depth is unknown, not the last one counted (before: 0.0, as if the queue were empty), and said so.
+    assert "edgewarm_queue_depth NaN" in metrics.text and "edgewarm_store_up 0.0" in metrics.text
     release.set()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -55,8 +54,10 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process")
     async def metrics() -> Response:
         # The other metrics are still worth scraping when the store is down; /readyz tells that.
-        with contextlib.suppress(EdgewarmError):
-            service.metrics.queue_depth.set(await queue_depth())
+        try:
+            service.metrics.queue_counted(await queue_depth())
+        except EdgewarmError:
+            service.metrics.queue_counted(None)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(StarletteHTTPException)
