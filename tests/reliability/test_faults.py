@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ from edgewarm.service import Service
 from edgewarm.store import open_store
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
+    Action,
     Close,
     FaultServer,
     Forward,
+    RawRequest,
     Reset,
     Respond,
     ShortBody,
@@ -563,6 +566,26 @@ async def test_an_item_shared_from_another_warm_is_no_request_in_the_metrics() -
             read = sample("edgewarm_fetched_bytes_total", {"node": "node-1"})
     assert len(server.requests) == 1
     assert (worked, timed_requests, read) == (2, 1, len(BODY))
+
+
+async def test_a_node_that_failed_to_answer_shares_no_warm_from_before_and_a_shared_item_made_no_attempt() -> None:
+    """A node that did not answer (a reset: it may have restarted, its cache empty) holds none of the warms
+    from before as far as sharing goes: the URL warmed before is fetched again for a later task, within
+    dedupe_seconds (before, the earlier success was shared and the node left cold after a cache restart, the
+    item saying 200 in 1 attempt). A warm shared from another says it made no attempt (attempts 0)."""
+    crash = "http://www.example.test/crash"
+
+    def behaviour(request: RawRequest, count: int) -> Action:
+        return Reset() if request.path == "/crash" and count == 1 else Respond(200, body=BODY)
+
+    with FaultServer(behaviour) as server:
+        async with engine_rig(one_node(server)) as rig:
+            for urls in ([URL], [crash], [URL], [URL]):  # the reset comes between the first two warms of URL
+                task, items = await rig.wait(await rig.submit(urls), 20)
+                assert task.status is TaskStatus.SUCCEEDED, items
+    asked = Counter(r.path for r in server.requests)
+    assert asked == {"/a.bin": 2, "/crash": 2}, asked
+    assert [(i.http_status, i.attempts) for i in items] == [(200, 0)]  # the last: shared from the third
 
 
 async def test_items_of_a_node_held_down_are_no_requests_in_the_latency_histogram() -> None:

@@ -76,7 +76,7 @@ def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None
         assert (await warm(coalescer, ("u", "other"), fetch))[1] is False
         clock.now += 31
         assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
-        coalescer.purging("n")
+        coalescer.changed("n")
         assert (await warm(coalescer, ("u", "n"), fetch))[1] is False
 
     asyncio.run(go())
@@ -98,8 +98,8 @@ def test_a_purge_of_any_url_on_a_node_ends_the_sharing_of_that_nodes_earlier_war
     async def go() -> list[bool]:
         for key in (("http://www.example.test/d/a", "n"), ("http://WWW.EXAMPLE.TEST/d/b", "n"), ("x", "m")):
             await warm(coalescer, key, fetch)
-        coalescer.purging("n")  # the purge of http://www.example.test/d/ begins …
-        coalescer.purging("n")  # … and ends
+        coalescer.changed("n")  # the purge of http://www.example.test/d/ begins …
+        coalescer.changed("n")  # … and ends
         shared = []
         for key in (("http://www.example.test/d/a", "n"), ("http://WWW.EXAMPLE.TEST/d/b", "n"), ("x", "m")):
             shared.append((await warm(coalescer, key, fetch))[1])
@@ -130,7 +130,7 @@ def test_a_warm_that_overlapped_a_purge_is_not_shared_and_its_followers_fetch_ag
         await asyncio.sleep(0.01)
         follower = asyncio.create_task(warm(coalescer, ("u", "n"), fetch))
         await asyncio.sleep(0.01)
-        coalescer.purging("n")
+        coalescer.changed("n")
         gate.set()
         results = list(await asyncio.gather(leader, follower))
         results.append(await warm(coalescer, ("u", "n"), fetch))

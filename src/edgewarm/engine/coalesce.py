@@ -1,10 +1,11 @@
 """One warm per (URL, node) at a time: a URL submitted again while it is pending is not fetched twice.
 
 Claims of the same (URL, node) that meet in one engine share the first one's fetch; a success is reused for
-`window` seconds after it (a later task asking for the same object gets it at once). A purge on a node, of any
-URL or directory, makes every fetch of that node that began before it end unshared (`purging`, before and after
-the purge: a directory covers URLs of any spelling, and a fetch that overlapped the purge may have filled the
-cache before it). Within one process: workers on a shared store do not see each other's fetches.
+`window` seconds after it (a later task asking for the same object gets it at once). A change of a node's cache
+makes every fetch of that node that began before it end unshared (`changed`): a purge, of any URL or directory
+(before and after it: a directory covers URLs of any spelling, and a fetch that overlapped the purge may have
+filled the cache before it), or the node not answering (it may come back with an empty cache). Within one
+process: workers on a shared store do not see each other's fetches.
 
 The engine asks `share(key)` before a warm. It answers a success to reuse (recent, or of a fetch of the
 same key that was running), or None: then the caller fetches and reports with `end(key, outcome)`. Nothing
@@ -43,8 +44,9 @@ class Coalescer:
         self._recent: OrderedDict[Key, tuple[float, ItemOutcome, int]] = OrderedDict()
         self._purges: dict[str, int] = {}  # node -> purges begun or ended there
 
-    def purging(self, node: str) -> None:
-        """A purge on `node` begins or ends: no fetch of that node that began before it is shared from now on."""
+    def changed(self, node: str) -> None:
+        """`node`'s cache may have changed (a purge begins or ends there, it did not answer, a reload moved it): no
+        fetch of that node that began before is shared from now on."""
         self._purges[node] = self._purges.get(node, 0) + 1
 
     async def share(self, key: Key) -> ItemOutcome | None:

@@ -120,7 +120,7 @@ class Engine:
         """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim."""
         for old in self.config.nodes:  # a node now at another address (or gone) holds none of what it warmed
             if config.node(old.name) != old:
-                self._coalescer.purging(old.name)
+                self._coalescer.changed(old.name)
         self.config = config
         self._shields = config.shields()
         self.settings = config.engine
@@ -200,6 +200,8 @@ class Engine:
             self._wake.clear()
             limit = min(self._room() - len(self._in_hand), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
+            for name in resting:
+                self._coalescer.changed(name)  # held down: it may come back empty (a restart), its warms with it
             self._put_off(resting)
             skip = self._nodes_to_skip(resting)
             claims: list[Claim] = []
@@ -402,14 +404,15 @@ class Engine:
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
             await self._after_warms(claim, node)
-            coalescer.purging(node.name)  # warms of this node from before the purge are not shared from now on,
+            coalescer.changed(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
                 return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock()), False
             finally:
-                coalescer.purging(node.name)
+                coalescer.changed(node.name)
         shared = await coalescer.share(key)
         if shared is not None:
-            return replace(shared, item_id=claim.item_id, attempts=attempt, error=None, retry_at=None), True
+            # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
+            return replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=None, retry_at=None), True
         outcome = None
         warming = self._warming.setdefault(node.name, {})
         warming[claim.item_id] = claim.url
@@ -423,6 +426,8 @@ class Engine:
             if (ended := self._warm_ended.pop(node.name, None)) is not None:
                 ended.set()
             coalescer.end(key, outcome)
+            if outcome is not None and outcome.http_status is None and not outcome.succeeded:
+                coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
 
     async def _after_warms(self, claim: Claim, node: Node) -> None:
