@@ -330,6 +330,7 @@ async def _run_parts(
                 on_submit=worker.wake if worker else None,
                 on_cancel=worker.cancelled if worker else None,
                 metrics=metrics,
+                stopping=stopping,
             )
             server = _Server(
                 uvicorn.Config(

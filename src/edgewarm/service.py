@@ -6,6 +6,7 @@ The order of the checks follows JD: missing fields, then the user and the signat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -64,6 +65,7 @@ class Service:
         on_submit: Callable[[], None] | None = None,
         on_cancel: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -71,6 +73,7 @@ class Service:
         self._clock = clock
         self._on_submit = on_submit
         self._on_cancel = on_cancel  # this process's engine, told at once (others learn it from the store)
+        self._stopping = stopping or asyncio.Event()  # set when the process stops: long polls answer at once
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
@@ -266,12 +269,18 @@ class Service:
         return cancelled
 
     async def wait(self, user: User, raw_task_id: str, timeout: float) -> Task:
-        """The task once it has ended, or as it is after `timeout` seconds (long-poll)."""
+        """The task once it has ended, or as it is after `timeout` seconds (long-poll), or when the process
+        stops (the caller asks again, of this process once restarted or of another)."""
         deadline = time.monotonic() + timeout
         task = await self.get_task(user, raw_task_id)
         delay = 0.02
-        while task.status is TaskStatus.IN_PROGRESS and time.monotonic() < deadline:
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        while (
+            task.status is TaskStatus.IN_PROGRESS
+            and (left := deadline - time.monotonic()) > 0
+            and not self._stopping.is_set()
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(delay, left))
             delay = min(delay * 1.5, 0.5)
             task = await self.get_task(user, task.id)
         return task

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -280,6 +281,29 @@ def test_a_grace_below_a_second_bounds_the_stop_with_a_long_poll_open(tmp_path: 
                 with contextlib.suppress(Exception):
                     polling.result(timeout=35)
     assert code == 0 and took < 10, (code, took)
+
+
+def test_a_long_poll_open_at_a_stop_is_answered_at_once_with_the_task_as_it_is(tmp_path: Path) -> None:
+    """SIGTERM while a client long-polls a task whose node is down (nothing in flight): the poll is answered at
+    once with the task as it is (status 1) and the stop does not wait for it (before: after the whole grace,
+    10 s, the poll got HTTP 500 "Internal Server Error" as plain text, and the log a traceback at error)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # connections refused: the item waits for its node, the task stays open
+        nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
+        service = start_service(tmp_path, nodes)
+        with service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+            taskid = client.prefetch(["http://www.example.test/polled"])
+            with ThreadPoolExecutor(1) as pool:
+                polling = pool.submit(client._send, client._wait_once(taskid, 30))
+                time.sleep(1.0)  # the poll is in
+                started = time.monotonic()
+                code = service.stop(timeout=25)
+                took = time.monotonic() - started
+                view = polling.result(timeout=35)
+            errors = [line for line in service.log.read_text().splitlines() if '"level":"error"' in line]
+    assert code == 0 and took < 5, (code, took)
+    assert (view["taskid"], view["status"]) == (taskid, 1), view
+    assert errors == []
 
 
 def test_a_workers_metrics_count_the_queue(tmp_path: Path) -> None:
