@@ -641,23 +641,25 @@ class TestWork:
         await store.create_task(make_task(3, two_nodes))
         purge = make_task(items=(NewItem(0, url_of(9), "edge-1", ItemAction.PURGE, 0),), kind=TaskKind.REFRESH)
         await store.create_task(purge)
-        assert await store.others_warms("w1", "edge-1", NOW) == {}  # pending: nobody holds them
+        edge1 = ["edge-1"]
+        assert await store.others_warms("w1", edge1, NOW) == {}  # pending: nobody holds them
         held = await store.claim_due_items("w2", 3, NOW, LEASE)  # in due order: url 0 on both nodes, url 1 on one
         mine = await store.claim_due_items("w1", 10, NOW, LEASE)
         assert {(c.url, c.node) for c in held} == {(url_of(0), "edge-1"), (url_of(0), "edge-2"), (url_of(1), "edge-1")}
-        w2_edge1 = {c.item_id: c.url for c in held if c.node == "edge-1"}
-        assert await store.others_warms("w1", "edge-1", NOW + 1) == w2_edge1
-        assert await store.others_warms("w3", "edge-1", NOW + 1) == {  # every other worker's, the purge not
-            **w2_edge1,
-            **{c.item_id: c.url for c in mine if c.node == "edge-1" and c.action is ItemAction.WARM},
-        }
-        assert await store.others_warms("w2", "edge-1", NOW + 1) == {
-            c.item_id: c.url for c in mine if c.node == "edge-1" and c.action is ItemAction.WARM
-        }
-        first = min(w2_edge1)
+
+        def warms(claims: list[Claim], nodes: list[str]) -> dict[int, tuple[str, str]]:
+            return {c.item_id: (c.node, c.url) for c in claims if c.node in nodes and c.action is ItemAction.WARM}
+
+        assert await store.others_warms("w1", edge1, NOW + 1) == warms(held, edge1)
+        assert await store.others_warms("w3", edge1, NOW + 1) == warms(held + mine, edge1)  # the purge not
+        assert await store.others_warms("w2", edge1, NOW + 1) == warms(mine, edge1)
+        both = ["edge-1", "edge-2"]
+        assert await store.others_warms("w1", both, NOW + 1) == warms(held, both)
+        assert await store.others_warms("w1", [], NOW + 1) == {}
+        first = min(warms(held, edge1))
         assert await store.record_outcomes("w2", [ok(first)], NOW + 2) == 1  # written back: no longer under way
-        assert set(await store.others_warms("w1", "edge-1", NOW + 2)) == set(w2_edge1) - {first}
-        assert await store.others_warms("w1", "edge-1", NOW + LEASE) == {}  # leases ended: a dead worker's
+        assert set(await store.others_warms("w1", edge1, NOW + 2)) == set(warms(held, edge1)) - {first}
+        assert await store.others_warms("w1", both, NOW + LEASE) == {}  # leases ended: a dead worker's
 
     async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
         """Released items are due at once for any worker, without an attempt counted."""

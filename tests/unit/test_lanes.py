@@ -230,7 +230,7 @@ async def test_purges_of_two_engines_waiting_for_each_others_warms_leave_the_lan
                 (ItemAction.PURGE, purged),
                 (ItemAction.WARM, warmed),
             ]
-        for name, engine in engines.items():
+        for name, engine in engines.items():  # as the engine's claim loop hands out what it claimed
             for claim in held[name]:
                 engine._hand_out(claim)
         runners = [asyncio.create_task(engine.run()) for engine in engines.values()]

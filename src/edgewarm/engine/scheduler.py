@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..config import Config, Node
 from ..errors import StoreError
@@ -59,6 +59,26 @@ class _NodeLane:
         self.workers: list[asyncio.Task[None]] = []
         self.held = 0  # claims of this node in hand (queued or being worked)
         self.removed = False  # a reload took the node out of the config: its claims in hand fail, unsent
+
+
+@dataclass(slots=True)
+class _Following:
+    """A purge out of its lane until the warms of its object other engines hold leased end (_follow_others)."""
+
+    claim: Claim
+    lane: _NodeLane
+    warms: set[int] | None  # item ids; None until the store was asked after the purge's claim
+    until: float  # time.monotonic() at which it goes anyway
+
+
+def _reached(purge: Claim, warms: dict[int, tuple[str, str]]) -> set[int]:
+    """Of `warms` (item id -> node, URL), those on the purge's node whose object the purge reaches."""
+    purged, whole = stored_target(purge.url), purge.action is ItemAction.PURGE_DIR
+    return {
+        item
+        for item, (node, url) in warms.items()
+        if node == purge.node and purged.reaches(stored_target(url), whole=whole)
+    }
 
 
 class Engine:
@@ -104,8 +124,8 @@ class Engine:
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
-        self._waiting_for_others: dict[int, asyncio.Task[None]] = {}  # purges out of their lanes meanwhile
-        self._waited_for_others: set[int] = set()  # purges back in their lanes from that wait
+        self._following: dict[int, _Following] = {}  # purges waiting for other engines' warms, out of their lanes
+        self._follower: asyncio.Task[None] | None = None  # asks the store until they may go (_follow_others)
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
@@ -170,7 +190,8 @@ class Engine:
         finally:
             workers = [w for lane in self._lanes.values() for w in lane.workers]
             workers.extend(self._putting_off.values())
-            workers.extend(self._waiting_for_others.values())
+            if self._follower is not None:
+                workers.append(self._follower)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -290,6 +311,8 @@ class Engine:
         return time.monotonic() < until and skipped.issubset(skip)
 
     def _hand_out(self, claim: Claim) -> None:
+        """Give `claim` to its node's lane; with other engines on the store, a purge first waits for their warms
+        of what it purges, out of the lane (_follow_others)."""
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
@@ -304,6 +327,11 @@ class Engine:
         self._idle.clear()
         lane = self._lane(node)
         lane.held += 1
+        if claim.action is not ItemAction.WARM and not self._sole:
+            self._following[claim.item_id] = _Following(claim, lane, None, time.monotonic() + WARMS_WAIT_SECONDS)
+            if self._follower is None or self._follower.done():
+                self._follower = asyncio.create_task(self._follow_others(), name=f"edgewarm-follower-{self.worker_id}")
+            return
         lane.queue.put_nowait(claim)
 
     def _lane(self, node: Node) -> _NodeLane:
@@ -340,8 +368,6 @@ class Engine:
                 self._end_unsent(claim, None if lane.removed else CANCELLED)
                 self._done_with(claim, lane)
                 continue
-            if claim.action is not ItemAction.WARM and not self._sole and await self._wait_for_others(claim, lane):
-                continue  # back in the queue once other engines' warms it must follow are done
             attempt = claim.attempts + 1
             if claim.retaken and not await self._begin_attempt(claim, attempt):
                 self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
@@ -434,7 +460,7 @@ class Engine:
         """A purge waits for this engine's warms of what it purges on `node` that are sending now: a warm that
         began before the purge may store the old object after it (nginx answers a purge of a key it is still
         fetching "not cached", then stores what the fetch brings). Bounded by WARMS_WAIT_SECONDS. (Other
-        engines' warms: _after_others_warms.)"""
+        engines' warms: _follow_others.)"""
         warming = self._warming.get(node.name)
         if not warming:
             return
@@ -447,49 +473,42 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), left)
 
-    async def _wait_for_others(self, claim: Claim, lane: _NodeLane) -> bool:
-        """Whether the purge `claim` must first wait for other engines' warms (then it is out of the lane until
-        they end: _after_others_warms)."""
-        if claim.item_id in self._waited_for_others:
-            return False
-        waiting = await self._others_warms_reached(claim, lane.node)
-        if not waiting:
-            return False
-        name = f"edgewarm-purge-waits-{claim.item_id}"
-        self._waiting_for_others[claim.item_id] = asyncio.create_task(
-            self._after_others_warms(claim, lane, waiting), name=name
-        )
-        return True
-
-    async def _others_warms_reached(self, claim: Claim, node: Node) -> set[int]:
-        """The warms other engines on the store hold leased on `node` (sending, or about to) that the purge of
-        `claim` reaches; none when the store does not answer (the purge goes as if there were no other engine)."""
-        try:
-            leased = await self.store.others_warms(self.worker_id, node.name, self._clock())
-        except StoreError as exc:
-            log.warning("purge of %s on %s not waiting for other workers' warms: %s", claim.url, node.name, exc)
-            return set()
-        purged = stored_target(claim.url)
-        whole = claim.action is ItemAction.PURGE_DIR
-        return {item for item, url in leased.items() if purged.reaches(stored_target(url), whole=whole)}
-
-    async def _after_others_warms(self, claim: Claim, lane: _NodeLane, waiting: set[int]) -> None:
-        """Queue `claim` (a purge) in its lane again once other engines' warms it must follow (`waiting`) are
-        written back or their leases end (a dead worker's), up to WARMS_WAIT_SECONDS, or at a stop. It waits
-        outside the lane: purges of two workers waiting for each other's warms must not fill both lanes and keep
-        those warms from being sent. Warms leased since are not waited for: they began after this purge was
-        due (after the refresh), and fetch the new object."""
-        deadline = time.monotonic() + WARMS_WAIT_SECONDS
+    async def _follow_others(self) -> None:
+        """Until no purge waits out of its lane: ask the store for the warms other engines on it hold leased on
+        the purges' nodes (sending, or about to; one question for all the purges). A purge new since the last
+        question begins to follow those it reaches, as the first answer asked after its claim has them: a warm
+        leased later began after the purge was due (after its refresh, and after the earlier tiers' purges), so
+        it fetches the new object. Each purge is queued in its lane once the warms it follows were written back
+        or their leases ended (a dead worker's), or after WARMS_WAIT_SECONDS, or when it will not be sent (a
+        stop, a cancel). Out of the lanes, since two workers' purges waiting for each other's warms would fill
+        both lanes and keep those very warms from being sent. A store that does not answer: the new purges go
+        as if there were no other engine, the others keep waiting within their bound."""
         pause, most = OTHERS_WARMS_POLL_SECONDS
-        try:
-            while waiting and time.monotonic() + pause < deadline and not self._given_up(claim, lane):
+        while self._following:
+            asked = [item for item, following in self._following.items() if following.warms is None]
+            if not asked:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, most)
-                waiting &= await self._others_warms_reached(claim, lane.node)
-        finally:
-            del self._waiting_for_others[claim.item_id]
-            self._waited_for_others.add(claim.item_id)
-            lane.queue.put_nowait(claim)
+            nodes = sorted({following.claim.node for following in self._following.values()})
+            try:
+                leased: dict[int, tuple[str, str]] | None = await self.store.others_warms(
+                    self.worker_id, nodes, self._clock()
+                )
+            except StoreError as exc:
+                log.warning("asking for other workers' warms failed: %s", exc)
+                leased = None
+            now = time.monotonic()
+            for item in asked:
+                if (following := self._following.get(item)) is not None:
+                    following.warms = set() if leased is None else _reached(following.claim, leased)
+            for item, following in list(self._following.items()):
+                if following.warms is None:
+                    continue  # claimed while the store was being asked: the next answer is its first
+                if leased is not None:
+                    following.warms.intersection_update(leased)
+                if not following.warms or now > following.until or self._given_up(following.claim, following.lane):
+                    del self._following[item]
+                    following.lane.queue.put_nowait(following.claim)
 
     def _given_up(self, claim: Claim, lane: _NodeLane) -> bool:
         """Whether `claim` will not be sent whatever it waits for: a stop, its task cancelled, its node removed."""
@@ -497,7 +516,6 @@ class Engine:
 
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
-        self._waited_for_others.discard(claim.item_id)
         if not self._in_hand:
             self._idle.set()
         lane.held -= 1

@@ -199,9 +199,9 @@ class TaskStore(Protocol):
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
-    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
-        """The warms of `node` leased to workers other than `worker` whose leases hold at `now` (being sent, or
-        claimed to be): item id -> URL. A purge of what they fetch waits for them (Engine._after_warms)."""
+    async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
+        """The warms of `nodes` leased to workers other than `worker` whose leases hold at `now` (being sent, or
+        claimed to be): item id -> (node, URL). A purge of what they fetch waits for them (Engine._follow_others)."""
         ...
 
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:

@@ -209,8 +209,8 @@ WITH due AS (
 
 # `state IN (…)` as the partial index items_due_order says it, so that the index finds the leases by their end.
 _OTHERS_WARMS = """
-SELECT id, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > $3
-AND node = $2 AND action = 'warm' AND lease_owner <> $1
+SELECT id, node, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > $3
+AND node = ANY($2::text[]) AND action = 'warm' AND lease_owner <> $1
 """
 
 _BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
@@ -670,9 +670,9 @@ class PostgresStore:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
 
-    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
+    async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         async with self._connection() as conn:
-            return {row[0]: row[1] for row in await conn.fetch(_OTHERS_WARMS, worker, node, now)}
+            return {row[0]: (row[1], row[2]) for row in await conn.fetch(_OTHERS_WARMS, worker, list(nodes), now)}
 
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
         async with self._connection() as conn:

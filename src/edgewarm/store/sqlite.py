@@ -509,9 +509,10 @@ class SQLiteStore:
 
         return await self._run(begin)
 
-    async def others_warms(self, worker: str, node: str, now: float) -> dict[int, str]:
-        def warms() -> dict[int, str]:
-            return dict(self.db.execute(_OTHERS_WARMS, (worker, node, now)).fetchall())
+    async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
+        def warms() -> dict[int, tuple[str, str]]:
+            rows = self.db.execute(_OTHERS_WARMS, (worker, _json(list(nodes)), now)).fetchall()
+            return {item: (node, url) for item, node, url in rows}
 
         return await self._run(warms)
 
@@ -706,8 +707,8 @@ _WINDOW_END = (
 )
 # `state IN (…)` as the partial index items_due says it, so that the index finds the leases by their end.
 _OTHERS_WARMS = (
-    "SELECT id, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > ?3 "
-    "AND node = ?2 AND action = 'warm' AND lease_owner <> ?1"
+    "SELECT id, node, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > ?3 "
+    "AND node IN (SELECT value FROM json_each(?2)) AND action = 'warm' AND lease_owner <> ?1"
 )
 
 _LEASE_ITEMS = (
