@@ -297,11 +297,21 @@ def run_bounded(argv: Sequence[str], deadline: Deadline, **kw: Any) -> subproces
 
 
 @contextlib.contextmanager
-def fresh_lab(*, edges: int, shield: bool, workers: int = 1, shm: Path = SHM, tls: bool = False) -> Iterator[Lab]:
-    """A new lab with docroot and caches in RAM (cold caches); removed on exit. `tls`: see `Lab`."""
+def fresh_lab(
+    *, edges: int, shield: bool, workers: int = 1, shm: Path = SHM, tls: bool = False, purge_module: bool = False
+) -> Iterator[Lab]:
+    """A new lab with docroot and caches in RAM (cold caches); removed on exit. `tls`, `purge_module`: see `Lab`."""
     root = Path(tempfile.mkdtemp(prefix="edgewarm-bench-lab-", dir=shm))
     try:
-        with Lab(root, edges=edges, shield=shield, cache_root=root / "cache", workers=workers, tls=tls) as lab:
+        with Lab(
+            root,
+            edges=edges,
+            shield=shield,
+            cache_root=root / "cache",
+            workers=workers,
+            tls=tls,
+            purge_module=purge_module,
+        ) as lab:
             yield lab
     finally:
         shutil.rmtree(root, ignore_errors=True)
