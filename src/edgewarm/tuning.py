@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import resource
 
 # Open files a process needs besides one socket per request in flight: the API's connections, the store's files,
@@ -48,4 +50,22 @@ def open_files_room(concurrency: int) -> str | None:
         f"the open-files limit of this process ({soft}) is below what [engine] concurrency = {concurrency} needs "
         f"(about {needed}): requests and the store will fail with 'Too many open files'; raise it (ulimit -n, "
         "systemd's LimitNOFILE) or lower concurrency"
+    )
+
+
+def out_of_open_files() -> str | None:
+    """What to say when this process has run out of open files (at its limit, or unable to open one more): the
+    cause behind an "unable to open database file" or a failed connection; else None."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        count = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            return None
+        count = soft
+    if soft == resource.RLIM_INFINITY or count < soft - 8:  # a few short of it: others may hold the rest
+        return None
+    return (
+        f"this process has run out of open files ({count} of its limit {soft}): raise the limit (ulimit -n, "
+        "systemd's LimitNOFILE) or lower [engine] concurrency"
     )

@@ -252,6 +252,45 @@ def test_writing_outcomes_on_a_full_disk_reports_the_full_disk(tmp_path: Path) -
     assert "full" in message, message
 
 
+_STORE_OUT_OF_FILES = """
+import asyncio, os, sys
+from edgewarm.errors import StoreError
+from edgewarm.models import TaskFilter
+from edgewarm.store import open_store
+
+async def main() -> None:
+    async with open_store(f"sqlite:///{sys.argv[1]}/edgewarm.db") as store:
+        held = []
+        try:
+            while True:  # every file this process may open, taken
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            await store.list_tasks("u", TaskFilter())  # a long read: it opens a connection of its own
+            print("no error")
+        except StoreError as exc:
+            print(exc)
+        finally:
+            for fd in held:
+                os.close(fd)
+
+asyncio.run(main())
+"""
+
+
+def test_a_store_out_of_open_files_says_so(tmp_path: Path) -> None:
+    """SQLite cannot open a file because the process has none left: the store's error names that cause and what
+    to do (before: "sqlite: unable to open database file", told to callers as the store being unavailable)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _STORE_OUT_OF_FILES, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    message = run.stdout.strip()
+    assert message.startswith("sqlite: unable to open database file: this process has run out of open files ("), message
+    assert "ulimit -n" in message
+
+
 def test_a_started_service_used_as_a_context_manager_leaves_no_process(tmp_path: Path) -> None:
     """ServiceProcess.start() and then `with service:` runs one process, and none is left running after."""
     with FaultServer() as node:

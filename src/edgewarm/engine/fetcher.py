@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import logging
 import re
 import ssl
 import time
@@ -36,12 +37,16 @@ from yarl import URL
 
 from ..config import Engine, Node
 from ..errors import reason_of
+from ..logs import RepeatedFailure
 from ..nodes import CacheState, asks_not_to_store, cache_state
+from ..tuning import out_of_open_files
 from ..urls import TargetUrl
 from .node_health import Hold, NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
 _CHUNK = 1 << 16
+log = logging.getLogger("edgewarm.engine")
+
 # What pyreqwest's URL parser (WHATWG) would rewrite: dot segments, and characters it percent-encodes in the
 # path (or turns into "/") and in the query. Such URLs go through aiohttp, which sends them as they are.
 _REWRITTEN_PATH = re.compile(r'["<>`{}\\]|(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)')
@@ -49,6 +54,7 @@ _REWRITTEN_QUERY = re.compile(r"[\"'<>]")
 # The largest answer head aiohttp reads (its own defaults: 128 lines of 8,190 bytes): curl's limit for one
 # header line, and many lines. hyper's are fixed in pyreqwest 0.15 (100 lines), hence the fallback below.
 HEAD_LINE_BYTES = 102_400
+
 HEAD_LINES = 1_000
 # The words of EMFILE and ENFILE (errno 24, 23) as both clients pass them on: a connection that failed for this
 # process's limit of open files, not for its node.
@@ -166,6 +172,7 @@ class GuardedClient:
     def __init__(self, health: NodeHealth | None) -> None:
         self.health = health
         self._telling: set[tuple[str, str]] = set()  # (name, url) of the nodes that told a MISS (or the like)
+        self._out_of_files = RepeatedFailure(log, "connecting to nodes")  # the process's own limit: said in its log
 
     def tells_misses(self, node: Node) -> bool:
         return (node.name, node.url) in self._telling
@@ -195,6 +202,7 @@ class GuardedClient:
             return result
         if result.error is not None and OUT_OF_FILES in result.error:
             # This process's own limit (EMFILE, ENFILE), not the node's fault: it is not held down for it.
+            self._out_of_files.failed(out_of_open_files() or "this process has run out of open files")
             return replace(result, error=f"{result.error}: this process has run out of open files (see its log)")
         hold = health.observe(node, not result.unreachable, result.error)
         return result if hold is None else replace(result, hold=hold)

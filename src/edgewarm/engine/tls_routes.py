@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pyreqwest.client
@@ -30,8 +31,11 @@ from ..config import Node
 
 log = logging.getLogger("edgewarm.engine")
 
-# pyreqwest clients kept for https nodes, one per (node, site, address): each holds its own idle connections.
-TLS_CLIENTS = 256
+# pyreqwest clients kept for https nodes, one per (node, site, address), each with its own idle connections: kept
+# ROUTE_IDLE_SECONDS after their last request, so that URLs of many sites do not hold thousands of idle sockets
+# (each site's pool its own); a client dropped closes its idle ones. A busy site's connections stay in use.
+TLS_CLIENTS = 64
+ROUTE_IDLE_SECONDS = 2.0
 # Seconds a node name's addresses are used before the name is asked again (aiohttp's own DNS cache: 10 s).
 NAME_TTL = 10.0
 
@@ -139,6 +143,7 @@ class TlsRoutes:
         if _ip_address(host) is not None:
             return None  # a URL without a name for SNI
         builder = self._builder().resolve(host, ip, port).danger_accept_invalid_certs(not tls_verify)
+        builder = builder.pool_idle_timeout(timedelta(seconds=ROUTE_IDLE_SECONDS))
         return Route(builder.build(), f"https://{host}:{port}", ip, named)
 
     def _address(self, url: str, name: str, port: int) -> str | Unresolved | None:

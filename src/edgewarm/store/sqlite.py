@@ -33,6 +33,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
+from ..tuning import out_of_open_files
 from . import make_folder_of
 from .base import (
     MAX_STAGES,
@@ -676,6 +677,8 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
             f"sqlite: the database {path} is damaged ({exc}): check it with sqlite3 {path} "
             "'PRAGMA integrity_check', and restore it from a backup (or try sqlite3's .recover)"
         )
+    if "unable to open" in str(exc) and (why := out_of_open_files()) is not None:
+        return StoreError(f"sqlite: {exc}: {why}")
     return StoreError(f"sqlite: {exc}")
 
 
