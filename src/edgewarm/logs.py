@@ -92,8 +92,8 @@ class RepeatedFailure:
 
 def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = None) -> None:
     """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields."""
-    assert task.finished_at is not None
-    seconds = round(task.finished_at - task.created_at, 3)
+    assert task.seconds is not None
+    seconds = round(task.seconds, 3)
     fields = {
         "task_id": task.id,
         "user": task.username,

@@ -95,6 +95,12 @@ class Task:
     idempotency_key: str | None = None
     webhook_due_at: float | None = None  # the next delivery attempt, while pending
 
+    @property
+    def seconds(self) -> float | None:
+        """Submit to end, None while it runs; never below 0 (a wall clock stepped back between the two, or two
+        processes whose clocks differ, would make it so)."""
+        return None if self.finished_at is None else max(0.0, self.finished_at - self.created_at)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskCounts:

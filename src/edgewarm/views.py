@@ -27,7 +27,7 @@ def task_summary(task: Task, language: str) -> dict[str, object]:
         "reason": task.reason,
         "created_at": iso(task.created_at),
         "finished_at": iso(task.finished_at),
-        "duration_seconds": None if task.finished_at is None else round(task.finished_at - task.created_at, 3),
+        "duration_seconds": None if task.seconds is None else round(task.seconds, 3),
         "total": task.total,
         "succeeded": task.succeeded,
         "failed": task.failed,

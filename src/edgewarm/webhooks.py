@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -84,6 +85,10 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     return url
 
 
+def _forget(running: dict[str, asyncio.Task[None]], task_id: str, _delivery: asyncio.Task[None]) -> None:
+    running.pop(task_id, None)
+
+
 def _without_the_url(text: str, url: str) -> str:
     """An error's text with the callback URL (as given, or as aiohttp writes it) in its shown form."""
     shown = shown_callback_url(url)
@@ -111,7 +116,7 @@ class WebhookDeliverer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Until `stopping`: each delivery on its own (a receiver that hangs holds up no other), at most
         MAX_DELIVERIES at once, with the settings of the latest reload."""
-        running: set[asyncio.Task[None]] = set()
+        running: dict[str, asyncio.Task[None]] = {}  # task id -> its delivery
         claims_log = RepeatedFailure(log, "claiming webhooks")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             try:
@@ -127,16 +132,18 @@ class WebhookDeliverer:
                         except StoreError as exc:
                             claims_log.failed(exc)
                     for task in due:
+                        if task.id in running:  # its lease ran out under way (a clock stepped forward): one POST
+                            continue
                         delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
-                        running.add(delivery)
-                        delivery.add_done_callback(running.discard)
+                        running[task.id] = delivery
+                        delivery.add_done_callback(functools.partial(_forget, running, task.id))
                         delivery.add_done_callback(lambda _: self._wake.set())  # room again
                     if len(due) == room > 0:
                         continue  # there may be more due now
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             finally:
-                await asyncio.gather(*running, return_exceptions=True)  # each within its timeout
+                await asyncio.gather(*running.values(), return_exceptions=True)  # each within its timeout
 
     async def _deliver(self, session: aiohttp.ClientSession, task: Task) -> None:
         settings = self.config.webhooks

@@ -661,6 +661,21 @@ class TestWork:
         assert set(await store.others_warms("w1", edge1, NOW + 2)) == set(warms(held, edge1)) - {first}
         assert await store.others_warms("w1", both, NOW + LEASE) == {}  # leases ended: a dead worker's
 
+    async def test_bring_forward_makes_items_due_far_ahead_due_now(self, store: TaskStore) -> None:
+        """Pending and leased items due after `beyond` (a clock stepped back left them there) are due now; those
+        due before it, and ended ones, are left as they are."""
+        ahead = make_task(3, created_at=NOW + 3600)  # submitted while the clock was an hour ahead
+        await store.create_task(ahead)
+        soon = make_task(1, created_at=NOW + 10)
+        await store.create_task(soon)
+        assert await store.claim_due_items("w1", 10, NOW, LEASE) == []
+        assert await store.bring_forward(NOW, NOW + 300) == 3
+        claimed = await store.claim_due_items("w1", 10, NOW, LEASE)
+        assert sorted(c.task_id for c in claimed) == [ahead.id] * 3
+        assert await store.bring_forward(NOW, NOW + 300) == 0  # leased to NOW + LEASE: within the bound
+        (late,) = await store.claim_due_items("w1", 10, NOW + 10, LEASE)
+        assert late.task_id == soon.id
+
     async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
         """Released items are due at once for any worker, without an attempt counted."""
         await store.create_task(make_task(2))

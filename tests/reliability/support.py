@@ -289,15 +289,19 @@ FAST_ENGINE = {
 
 @contextlib.asynccontextmanager
 async def engine_rig(
-    nodes: list[dict[str, Any]], engine: dict[str, Any] | None = None, stop_within: float = 10.0, sole: bool = True
+    nodes: list[dict[str, Any]],
+    engine: dict[str, Any] | None = None,
+    stop_within: float = 10.0,
+    sole: bool = True,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Rig]:
-    """Run an Engine on `nodes` (`sole`: as the store's only engine); on exit stop it and require it to end
-    within `stop_within` seconds."""
+    """Run an Engine on `nodes` (`sole`: as the store's only engine; `clock`: its wall clock and the API's); on
+    exit stop it and require it to end within `stop_within` seconds."""
     config = parse_config(base_config(nodes, engine={**FAST_ENGINE, **(engine or {})}))
     async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
-        worker = Engine(config, store, fetcher, sole=sole)
+        worker = Engine(config, store, fetcher, sole=sole, clock=clock)
         runner = asyncio.create_task(worker.run())
-        service = Service(config, store, on_submit=worker.wake, on_cancel=worker.cancelled)
+        service = Service(config, store, on_submit=worker.wake, on_cancel=worker.cancelled, clock=clock)
         rig = Rig(config, store, service, worker, runner)
         try:
             yield rig

@@ -588,6 +588,51 @@ async def test_a_node_that_failed_to_answer_shares_no_warm_from_before_and_a_sha
     assert [(i.http_status, i.attempts) for i in items] == [(200, 0)]  # the last: shared from the third
 
 
+class SteppingClock:
+    """The wall clock plus `offset`, which a test changes: an NTP step, a VM resumed."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_work_due_before_the_wall_clock_stepped_back_does_not_wait_for_it_to_catch_up() -> None:
+    """The clock was an hour ahead when 40 URLs were submitted; NTP sets it right mid-task. The items left run
+    on at once (before: they were due an hour ahead, and waited that long, silently; a restart did not help)."""
+    clock = SteppingClock(offset=3600.0)
+    with FaultServer(always(Respond(200, body=BODY, delay=0.05))) as server:
+        # 2 at a time: most items stay in the store (the engine claims 2 x concurrency ahead), due an hour ahead.
+        async with engine_rig(one_node(server), {"concurrency": 2, "per_node_concurrency": 2}, clock=clock) as rig:
+            taskid = await rig.submit([f"http://www.example.test/back/{i}" for i in range(40)])
+            await rig.items_when(taskid, lambda items: sum(i.state is ItemState.SUCCEEDED for i in items) >= 4)
+            clock.offset = 0.0
+            task, items = await rig.wait(taskid, 20)
+    assert task.status is TaskStatus.SUCCEEDED, Counter(i.state for i in items)
+    assert len(server.requests) == 40
+
+
+async def test_a_wall_clock_stepped_forward_does_not_send_the_items_in_hand_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The clock jumps an hour ahead while 8 slow requests are out: the engine's leases look expired by it, and
+    its next claim took its own items in hand again (each sent twice, with "unexpected error" tracebacks; with
+    dedupe_seconds on, warms were shared from the running fetch, but purges were sent twice). Each item is sent
+    once."""
+    clock = SteppingClock()
+    with FaultServer(always(Respond(200, body=BODY, delay=1.0))) as server:
+        engine = {"per_node_concurrency": 8, "read_timeout": 5.0, "dedupe_seconds": 0}  # no sharing to hide it
+        async with engine_rig(one_node(server), engine, clock=clock) as rig:
+            taskid = await rig.submit([f"http://www.example.test/ahead/{i}" for i in range(8)])
+            await rig.items_when(taskid, lambda items: len(server.requests) >= 8)
+            clock.offset = 3600.0
+            task, items = await rig.wait(taskid, 20)
+    assert task.status is TaskStatus.SUCCEEDED, items
+    assert Counter(r.path for r in server.requests) == {f"/ahead/{i}": 1 for i in range(8)}
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+
+
 async def test_items_of_a_node_held_down_are_no_requests_in_the_latency_histogram() -> None:
     """A node that refuses connections: once held down, its items fail unsent ("not tried"), and only the
     items that did try a connection are in edgewarm_fetch_seconds (before, every item was, most at under

@@ -175,3 +175,22 @@ async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
                         assert (await delivered(store, task_id, 5)).webhook_attempts == 1
             told = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("webhook ")]
             assert told == [(level, f"webhook {verdict}: HTTP 500")], told
+
+
+async def test_a_delivery_under_way_when_the_clock_steps_forward_is_posted_once() -> None:
+    """The receiver takes 3 s; 0.5 s in, the wall clock jumps an hour ahead: the delivery's lease looks expired
+    and the next claim took the webhook again (before: posted twice, 3 s apart). It is posted once."""
+    offset = [0.0]
+    with FaultServer(always(Respond(200, delay=3.0))) as receiver:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, receiver.url + "/hook")
+            deliverer = WebhookDeliverer(
+                webhook_config(timeout=5.0), store, Metrics(), clock=lambda: time.time() + offset[0]
+            )
+            async with delivering(deliverer):
+                await asyncio.sleep(0.5)
+                offset[0] = 3600.0
+                task = await delivered(store, task_id, 6.0)
+                await asyncio.sleep(1.5)  # a second POST would have come by now
+    assert task is not None and task.webhook_state == "delivered"
+    assert len(receiver.requests) == 1

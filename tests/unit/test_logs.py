@@ -1,4 +1,5 @@
-"""The log's shape: a step failing over and over is logged as it starts, then once a minute, and as it ends."""
+"""The log's shape: a step failing over and over is logged as it starts, then once a minute, and as it ends; a
+task's end line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import logging
 import pytest
 
 from edgewarm.errors import StoreError
-from edgewarm.logs import RepeatedFailure
+from edgewarm.logs import RepeatedFailure, log_task_ended
+from edgewarm.metrics import Metrics
+from edgewarm.models import Task, TaskKind, TaskStatus
+from edgewarm.views import task_summary
 
 
 class Clock:
@@ -46,3 +50,17 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
         ("INFO", "claiming items works again, after 61.5 s of failures"),
         ("ERROR", "claiming items failed: the store is down"),
     ]
+
+
+def test_a_task_that_ended_before_it_began_by_the_clock_lasted_0_s_not_less(caplog: pytest.LogCaptureFixture) -> None:
+    """The wall clock stepped back an hour during the task (or the API's clock is ahead of the worker's): its
+    duration is 0 in its view, its log line and /metrics (before: -3585.8 s in all three; the histogram's sum
+    went down)."""
+    task = Task("t1", "u", TaskKind.PREFETCH, 10_000.0, TaskStatus.SUCCEEDED, 3, 3, 0, finished_at=6_414.2)
+    metrics = Metrics()
+    with caplog.at_level(logging.INFO, logger="test.ended"):
+        log_task_ended(logging.getLogger("test.ended"), task)
+    metrics.task_ended(int(task.status), task.seconds or 0.0)
+    assert task_summary(task, "en")["duration_seconds"] == 0.0
+    assert caplog.records[0].getMessage() == "task ended: status 0 (3 succeeded, 0 failed) in 0.000 s"
+    assert metrics.registry.get_sample_value("edgewarm_task_duration_seconds_sum") == 0.0

@@ -45,6 +45,8 @@ OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the
 RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
+CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
+DUE_SLACK_SECONDS = 60.0  # beyond the longest retry, hold or lease: only a clock stepped back puts items there
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 
 
@@ -117,6 +119,7 @@ class Engine:
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
+        self._skew: float | None = None  # wall clock minus monotonic clock at the last look (_clock_stepped)
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
         self._renewals_log = RepeatedFailure(log, "renewing leases")
@@ -181,6 +184,7 @@ class Engine:
             await self._run()
 
     async def _run(self) -> None:
+        await self._bring_forward()  # a clock stepped back before this start (or during a stop) left work ahead
         writer = asyncio.create_task(self._write_outcomes(), name=f"edgewarm-writer-{self.worker_id}")
         renewer = asyncio.create_task(self._renew_leases(), name=f"edgewarm-lease-renewer-{self.worker_id}")
         cancels = asyncio.create_task(self._watch_cancels(), name=f"edgewarm-cancels-{self.worker_id}")
@@ -219,6 +223,7 @@ class Engine:
         while not self._stopping.is_set():
             s = self.settings
             self._wake.clear()
+            await self._clock_stepped()
             limit = min(self._room() - len(self._in_hand), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             for name in resting:
@@ -245,6 +250,36 @@ class Engine:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
+
+    async def _clock_stepped(self) -> None:
+        """Act on a step of the wall clock (an NTP correction, a VM resumed), told by its distance to the
+        monotonic clock: stepped back, what was due before the step is due again at once (it would wait for the
+        clock to catch up: an hour's step, an hour); forward, the leases are renewed at once (they ran out by
+        the step: the next claim would take this engine's own items in hand again)."""
+        skew = self._clock() - time.monotonic()
+        last, self._skew = self._skew, skew
+        if last is None or abs(skew - last) < CLOCK_STEP_SECONDS:
+            return
+        log.warning("the wall clock stepped %s by %.1f s", "back" if skew < last else "forward", abs(skew - last))
+        if skew < last:
+            await self._bring_forward()
+        else:
+            await self._renew()
+
+    async def _bring_forward(self) -> None:
+        """Items due later than any retry, hold or lease reaches are due now (a clock stepped back put them so)."""
+        s = self.settings
+        now = self._clock()
+        beyond = now + max(s.backoff_max, s.lease_seconds, s.node_down_wait) + DUE_SLACK_SECONDS
+        try:
+            brought = await self.store.bring_forward(now, beyond)
+        except StoreError as exc:
+            log.error("bringing forward items left due in the future: %s", exc)
+            return
+        if brought:
+            log.warning(
+                "%d items were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
+            )
 
     def _room(self) -> int:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
@@ -312,7 +347,10 @@ class Engine:
 
     def _hand_out(self, claim: Claim) -> None:
         """Give `claim` to its node's lane; with other engines on the store, a purge first waits for their warms
-        of what it purges, out of the lane (_follow_others)."""
+        of what it purges, out of the lane (_follow_others). An item this engine holds already (its lease ran out
+        by a clock stepped forward, and the claim took it again, renewed) is not worked twice."""
+        if claim.item_id in self._leased:
+            return
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
@@ -600,7 +638,7 @@ class Engine:
                 continue  # only bookkeeping: the outcomes are written
             if task is None or task.finished_at != now:
                 continue
-            seconds = task.finished_at - task.created_at
+            seconds = task.seconds or 0.0
             self.metrics.task_ended(int(task.status), seconds)
             log_task_ended(log, task)
             if self.on_task_finished is not None:

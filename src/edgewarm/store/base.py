@@ -199,6 +199,11 @@ class TaskStore(Protocol):
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
+    async def bring_forward(self, now: float, beyond: float) -> int:
+        """Make due at `now` the pending or leased items due later than `beyond` (a time no retry, hold or lease
+        reaches: what a wall clock stepped back left far in the future). Returns how many."""
+        ...
+
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         """The warms of `nodes` leased to workers other than `worker` whose leases hold at `now` (being sent, or
         claimed to be): item id -> (node, URL). A purge of what they fetch waits for them (Engine._follow_others)."""

@@ -213,6 +213,8 @@ SELECT id, node, url FROM items WHERE state IN ('pending', 'running') AND state 
 AND node = ANY($2::text[]) AND action = 'warm' AND lease_owner <> $1
 """
 
+_BRING_FORWARD = "UPDATE items SET due_at = $1 WHERE state IN ('pending', 'running') AND due_at > $2"
+
 _BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
 
 _NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
@@ -673,6 +675,10 @@ class PostgresStore:
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         async with self._connection() as conn:
             return {row[0]: (row[1], row[2]) for row in await conn.fetch(_OTHERS_WARMS, worker, list(nodes), now)}
+
+    async def bring_forward(self, now: float, beyond: float) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_BRING_FORWARD, now, beyond))
 
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
         async with self._connection() as conn:

@@ -510,6 +510,14 @@ class SQLiteStore:
 
         return await self._run(begin)
 
+    async def bring_forward(self, now: float, beyond: float) -> int:
+        def bring() -> int:
+            with _write_transaction(self.db):
+                query = "UPDATE items SET due_at = ? WHERE state IN ('pending', 'running') AND due_at > ?"
+                return self.db.execute(query, (now, beyond)).rowcount
+
+        return await self._run(bring)
+
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         def warms() -> dict[int, tuple[str, str]]:
             rows = self.db.execute(_OTHERS_WARMS, (worker, _json(list(nodes)), now)).fetchall()
