@@ -176,7 +176,9 @@ class _Live:
         self.fetcher: Fetcher | ProcessFetcher | None = None  # the engine's, open
         self.fetcher_settings = config.engine  # what `fetcher` was opened with
         # The nodes held down, whichever fetcher asks them; a cooldown ends by node_down_wait's end.
-        self.health = NodeHealth(patience=lambda: self.config.engine.node_down_wait)
+        self.health = NodeHealth(
+            patience=lambda: self.config.engine.node_down_wait, attempts=lambda: self.config.engine.max_attempts
+        )
         self.deliverer: WebhookDeliverer | None = None
         self.reloaded = asyncio.Event()  # retention takes its new settings at once
         self.swaps: set[asyncio.Task[None]] = set()

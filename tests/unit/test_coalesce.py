@@ -206,3 +206,31 @@ def test_window_zero_turns_it_off() -> None:
 
     asyncio.run(go())
     assert calls == 3
+
+
+def test_a_follower_cancelled_with_its_leader_at_a_stop_does_not_fetch() -> None:
+    """A stop cancels every warm at once: the leader (its fetch cancelled, it ends unshared) and a claim following
+    it. The follower ends cancelled (before: it took its leader's cancel for a failure to share, became the
+    leader and sent the whole request, holding the stop past grace_seconds for a slow object)."""
+    fetches: list[str] = []
+
+    async def fetch(who: str) -> ItemOutcome:
+        fetches.append(who)
+        await asyncio.sleep(30)
+        return ItemOutcome(1, True, 1, 200)
+
+    async def go() -> tuple[bool, list[str]]:
+        coalescer = Coalescer(window=60.0)
+        key = ("http://www.example.test/slow", "n")
+        leader = asyncio.create_task(warm(coalescer, key, lambda: fetch("leader")))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(warm(coalescer, key, lambda: fetch("follower")))
+        await asyncio.sleep(0.01)
+        leader.cancel()  # in the order a stop cancels the lanes' workers: the leader's `end` runs first
+        follower.cancel()
+        await asyncio.wait({leader, follower}, timeout=5)
+        return follower.cancelled(), fetches
+
+    follower_cancelled, fetched = asyncio.run(go())
+    assert follower_cancelled
+    assert fetched == ["leader"]

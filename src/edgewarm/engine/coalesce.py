@@ -100,9 +100,10 @@ class Coalescer:
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
-            if running.cancelled():
+            me = asyncio.current_task()
+            if running.cancelled() and (me is None or not me.cancelling()):
                 return None
-            raise  # this follower itself is being cancelled
+            raise  # this follower itself is being cancelled (a stop), whether or not its leader was too
 
     def _expire(self) -> None:
         horizon = self._clock() - self.window

@@ -57,11 +57,20 @@ class NodeHealth:
     """Per node address (its URL: a reload may point a name elsewhere): connection failures in a row, and
     whether it is held down now."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, patience: Callable[[], float] = float) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        patience: Callable[[], float] = float,
+        attempts: Callable[[], int] = lambda: FAILURES_IN_A_ROW,
+    ) -> None:
         """`patience`: `[engine] node_down_wait` (read at each hold: a reload may change it); a cooldown ends by
-        then, so that a node back in time is asked before its items' patience runs out. 0: no such bound."""
+        then, so that a node back in time is asked before its items' patience runs out. 0: no such bound.
+        `attempts`: `[engine] max_attempts`: a node is held down after FAILURES_IN_A_ROW failures in a row, or
+        that many if fewer, so that one item's attempts are enough to find a node down (a task of one URL on a
+        node restarting would otherwise spend them all in seconds, and fail)."""
         self._clock = clock
         self._patience = patience
+        self._attempts = attempts
         self._nodes: dict[str, _State] = {}
 
     def held_down(self, node: Node) -> Hold | None:
@@ -122,7 +131,7 @@ class NodeHealth:
             state.cooldown = min(state.cooldown * 2, COOLDOWN_MAX)
         elif state.down_until:
             return _hold(node, state, now)
-        elif state.failures < FAILURES_IN_A_ROW:
+        elif state.failures < min(FAILURES_IN_A_ROW, self._attempts()):
             return None
         state.since = state.since or now
         state.down_until = now + state.cooldown
