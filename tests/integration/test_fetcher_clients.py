@@ -450,7 +450,7 @@ async def test_only_a_connection_never_made_counts_as_unreachable(path: str) -> 
 
 
 _OUT_OF_FILES = """
-import asyncio, json, logging, resource, sys
+import asyncio, json, logging, os, resource, sys
 from edgewarm.config import Engine, Node
 from edgewarm.engine import Fetcher, NodeHealth
 from edgewarm.tuning import open_files_room
@@ -469,6 +469,9 @@ async def main() -> None:
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 asyncio.run(main())
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # not the interpreter's finalization: pyreqwest's threads once aborted it here (out of files)
 """
 
 

@@ -548,7 +548,8 @@ def test_secrets_and_signatures_never_appear_in_logs_or_answers(tmp_path: Path, 
 @pytest.mark.integration
 def test_the_service_process_serves_with_every_node_down_without_leaking(tmp_path: Path) -> None:
     """Nodes that refuse connections: items fail with the node's name, never its config secret or a signature."""
-    with start_service(tmp_path, node_toml("down-1", "http://127.0.0.1:9"), extra="[engine]\nmax_attempts = 1\n") as s:
+    extra = "[engine]\nmax_attempts = 1\nnode_down_wait = 0\n"  # fail at once, not wait for the node
+    with start_service(tmp_path, node_toml("down-1", "http://127.0.0.1:9"), extra=extra) as s:
         sig = real_signature(DEMO_USER, DEMO_SECRET)
         with httpx.Client(base_url=s.url, timeout=30) as http:
             answer = http.post("/api/prefetch", json={"username": DEMO_USER, "signature": sig, "publish_urls": [URL]})
