@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .models import Task
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes `le`
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -57,10 +59,10 @@ class Metrics:
         self.queue_depth.set(float("nan") if depth is None else depth)
         self.store_up.set(0 if depth is None else 1)
 
-    def task_ended(self, status: int, seconds: float) -> None:
-        """A task ended, `seconds` after it was submitted: by its last outcome, or cancelled."""
-        self.tasks_finished.labels(str(status)).inc()
-        self.task_seconds.observe(seconds)
+    def task_ended(self, task: Task) -> None:
+        """`task` ended: by its last outcome, or cancelled."""
+        self.tasks_finished.labels(str(int(task.status))).inc()
+        self.task_seconds.observe(task.seconds or 0.0)
 
     def watch_nodes(self, held_down: Callable[[], dict[str, bool]]) -> None:
         """Report `edgewarm_node_held_down` from `held_down()`: each configured node's name, and whether the

@@ -262,7 +262,7 @@ class Service:
         if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
-            self.metrics.task_ended(int(cancelled.status), cancelled.seconds or 0.0)
+            self.metrics.task_ended(cancelled)
             log_task_ended(log, cancelled, cancelled_by=user.name)
         if self._on_cancel is not None:
             self._on_cancel(task.id)

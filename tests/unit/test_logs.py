@@ -60,7 +60,7 @@ def test_a_task_that_ended_before_it_began_by_the_clock_lasted_0_s_not_less(capl
     metrics = Metrics()
     with caplog.at_level(logging.INFO, logger="test.ended"):
         log_task_ended(logging.getLogger("test.ended"), task)
-    metrics.task_ended(int(task.status), task.seconds or 0.0)
+    metrics.task_ended(task)
     assert task_summary(task, "en")["duration_seconds"] == 0.0
     assert caplog.records[0].getMessage() == "task ended: status 0 (3 succeeded, 0 failed) in 0.000 s"
     assert metrics.registry.get_sample_value("edgewarm_task_duration_seconds_sum") == 0.0

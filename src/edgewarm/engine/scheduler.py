@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ..config import Config, Node
@@ -73,14 +73,10 @@ class _Following:
     until: float  # time.monotonic() at which it goes anyway
 
 
-def _reached(purge: Claim, warms: dict[int, tuple[str, str]]) -> set[int]:
-    """Of `warms` (item id -> node, URL), those on the purge's node whose object the purge reaches."""
+def _reached(purge: Claim, warms: Iterable[tuple[int, str]]) -> set[int]:
+    """Of `warms` (item id, URL) on the purge's node, those whose object the purge reaches."""
     purged, whole = stored_target(purge.url), purge.action is ItemAction.PURGE_DIR
-    return {
-        item
-        for item, (node, url) in warms.items()
-        if node == purge.node and purged.reaches(stored_target(url), whole=whole)
-    }
+    return {item for item, url in warms if purged.reaches(stored_target(url), whole=whole)}
 
 
 class Engine:
@@ -502,9 +498,7 @@ class Engine:
         warming = self._warming.get(node.name)
         if not warming:
             return
-        purged = stored_target(claim.url)
-        whole = claim.action is ItemAction.PURGE_DIR
-        waiting = {item for item, url in warming.items() if purged.reaches(stored_target(url), whole=whole)}
+        waiting = _reached(claim, warming.items())
         deadline = time.monotonic() + WARMS_WAIT_SECONDS
         while waiting.intersection(warming) and (left := deadline - time.monotonic()) > 0:
             ended = self._warm_ended.setdefault(node.name, asyncio.Event())
@@ -538,7 +532,9 @@ class Engine:
             now = time.monotonic()
             for item in asked:
                 if (following := self._following.get(item)) is not None:
-                    following.warms = set() if leased is None else _reached(following.claim, leased)
+                    node = following.claim.node
+                    on_node = ((i, url) for i, (n, url) in (leased or {}).items() if n == node)
+                    following.warms = _reached(following.claim, on_node)
             for item, following in list(self._following.items()):
                 if following.warms is None:
                     continue  # claimed while the store was being asked: the next answer is its first
@@ -638,8 +634,7 @@ class Engine:
                 continue  # only bookkeeping: the outcomes are written
             if task is None or task.finished_at != now:
                 continue
-            seconds = task.seconds or 0.0
-            self.metrics.task_ended(int(task.status), seconds)
+            self.metrics.task_ended(task)
             log_task_ended(log, task)
             if self.on_task_finished is not None:
                 self.on_task_finished(task)
