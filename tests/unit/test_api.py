@@ -6,6 +6,7 @@ import asyncio
 import gc
 import gzip
 import json
+import logging
 import time
 import tracemalloc
 import uuid
@@ -20,11 +21,13 @@ import httpx
 import orjson
 import pytest
 
-from edgewarm.api import create_app
+from edgewarm.api import create_app, responses
 from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
+from edgewarm.errors import StoreError
+from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
@@ -1003,3 +1006,33 @@ async def test_lookup_answers_a_task_once_whatever_its_spellings_and_wait_takes_
     assert [t["taskid"] for t in listed.json()["tasks"]] == [taskid]
     waited = await api.client.get(f"/v1/tasks/{taskid}/wait", headers=headers, params={"timeout": "nan"})
     assert waited.status_code == 400 and "finite" in waited.json()["error"], waited.json()
+
+
+async def test_a_store_that_fails_every_call_is_logged_once_then_when_it_works_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store down fails every API call: its log said so once per call (hundreds of lines a second under
+    load); now once, then once a minute with a count, then "works again" at the first call answered."""
+    taskid = await api.submitted(1)
+    working = api.store.get_task
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(api.store, "get_task", down)
+    monkeypatch.setattr(
+        responses,
+        "STORE_FAILURES",
+        RepeatedFailure(logging.getLogger("edgewarm.api"), "answering calls from the store"),
+    )
+    caplog.set_level(logging.INFO, logger="edgewarm.api")
+    for _ in range(10):
+        assert (await api.query(taskid)).json()["status"] == -1
+        assert (await api.native(taskid)).status_code == 503
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failures] == ["answering calls from the store failed: database is locked"]
+    monkeypatch.setattr(api.store, "get_task", working)
+    for _ in range(3):
+        assert (await api.query(taskid)).json()["status"] == 0
+    again = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert len(again) == 1 and again[0].startswith("answering calls from the store works again"), again

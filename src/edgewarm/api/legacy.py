@@ -13,7 +13,7 @@ from ..models import TaskKind
 from ..service import Credentials, Service, SubmitOptions
 from ..urls import split_list
 from .body import read_params, text_field
-from .responses import JSONResponse, jd_error, jd_ok
+from .responses import answered, jd_error, jd_ok
 from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
 
@@ -140,7 +140,7 @@ def legacy_router(service: Service) -> APIRouter:
             user = service.authenticate(credentials)
             task = await service.get_task(user, raw_id, kind)
             data = {"taskid": task.id, "status": int(task.status), "msg": service.status_text(task.status)}
-            return JSONResponse({"status": 0, "data": data})
+            return answered({"status": 0, "data": data})
         except Exception as exc:
             return jd_error(exc)
 

@@ -17,7 +17,7 @@ from ..service import Credentials, Service, normalize_task_id
 from ..urls import has_controls
 from ..views import iso
 from ..webhooks import shown_callback_url
-from .responses import JSONResponse, native_error
+from .responses import answered, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
 
 
@@ -148,7 +148,7 @@ def native_router(service: Service) -> APIRouter:
         """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
         try:
             task = await service.get_task(user_of(username, signature), taskid)
-            return JSONResponse(await full_view(task, offset, limit))
+            return answered(await full_view(task, offset, limit))
         except Exception as exc:
             return native_error(exc)
 
@@ -162,7 +162,7 @@ def native_router(service: Service) -> APIRouter:
         """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
         try:
             task = await service.wait(user_of(username, signature), taskid, timeout)
-            return JSONResponse(await full_view(task, 0, 0))
+            return answered(await full_view(task, 0, 0))
         except Exception as exc:
             return native_error(exc)
 
@@ -172,7 +172,7 @@ def native_router(service: Service) -> APIRouter:
         "cancelled"."""
         try:
             task = await service.cancel(user_of(username, signature), taskid)
-            return JSONResponse(await full_view(task, 0, 0))
+            return answered(await full_view(task, 0, 0))
         except Exception as exc:
             return native_error(exc)
 
@@ -201,7 +201,7 @@ def native_router(service: Service) -> APIRouter:
                 limit=limit,
             )
             tasks = await service.store.list_tasks(user.name, where)
-            return JSONResponse({"tasks": [service.summary(t) for t in tasks], "offset": offset, "limit": limit})
+            return answered({"tasks": [service.summary(t) for t in tasks], "offset": offset, "limit": limit})
         except Exception as exc:
             return native_error(exc)
 
@@ -213,14 +213,14 @@ def native_router(service: Service) -> APIRouter:
             # Each task once, whichever of its spellings (36 or 32 characters) came, in the order first asked.
             ids = list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None))
             tasks = await service.store.get_tasks(user.name, ids)
-            return JSONResponse({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
+            return answered({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
         except Exception as exc:
             return native_error(exc)
 
     @router.get("/quota", response_model=QuotaView, responses=ERRORS, summary="Today's quota: used and left")
     async def quota(username: Username = "", signature: Signature = "") -> Response:
         try:
-            return JSONResponse(await service.quota(user_of(username, signature)))
+            return answered(await service.quota(user_of(username, signature)))
         except Exception as exc:
             return native_error(exc)
 

@@ -9,9 +9,13 @@ import orjson
 from starlette.responses import Response
 
 from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, TaskNotFound
+from ..logs import RepeatedFailure
 from .body import UnsupportedMediaType
 
 log = logging.getLogger("edgewarm.api")
+
+# A store down fails every call: its log says so once, then once a minute with a count, then "works again".
+STORE_FAILURES = RepeatedFailure(log, "answering calls from the store")
 
 SUCCESS_MSG = "成功"  # JD's top-level msg on success, in every language setting, as legacy clients compare it
 
@@ -23,8 +27,14 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+def answered(content: Any) -> JSONResponse:
+    """A call answered from the store (after failures, the log says the store works again)."""
+    STORE_FAILURES.worked()
+    return JSONResponse(content)
+
+
 def jd_ok(**fields: Any) -> JSONResponse:
-    return JSONResponse({"status": 0, "msg": SUCCESS_MSG, **fields})
+    return answered({"status": 0, "msg": SUCCESS_MSG, **fields})
 
 
 def jd_error(exc: BaseException) -> JSONResponse:
@@ -34,7 +44,7 @@ def jd_error(exc: BaseException) -> JSONResponse:
     if isinstance(exc, RequestRefused):
         return JSONResponse({"status": int(exc.code), "msg": exc.message})
     if isinstance(exc, StoreError):
-        log.error("store error: %s", exc)
+        STORE_FAILURES.failed(exc)
         return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error: the store is unavailable"})
     log.error("internal error", exc_info=exc)
     return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error"})
@@ -67,7 +77,7 @@ def native_error(exc: BaseException) -> JSONResponse:
     if isinstance(exc, RequestRefused):
         return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=native_status(exc))
     if isinstance(exc, StoreError):
-        log.error("store error: %s", exc)
+        STORE_FAILURES.failed(exc)
         return JSONResponse({"code": int(JdCode.INTERNAL), "error": "the store is unavailable"}, status_code=503)
     log.error("internal error", exc_info=exc)
     return JSONResponse({"code": int(JdCode.INTERNAL), "error": "internal error"}, status_code=500)
