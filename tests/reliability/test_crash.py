@@ -397,6 +397,25 @@ def test_a_database_removed_under_the_service_refuses_submissions_and_readiness(
     assert log.count('"message":"claiming items failed: ') == 1, log
 
 
+def test_a_database_moved_away_and_back_under_the_service_goes_on_by_itself(tmp_path: Path) -> None:
+    """The store's folder renamed while `serve` runs, then renamed back: refused meanwhile (the message says
+    the file moved back needs no restart), then submissions are taken and warmed again, no restart."""
+    data, aside = tmp_path / "data", tmp_path / "aside"
+    with FaultServer(Respond(200)) as node:
+        service = start_service(tmp_path, node_toml("n", node.url), store=f"sqlite:///{data}/edgewarm.db")
+        with service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+            assert client.wait(client.prefetch(["http://www.example.test/before"]), timeout=30)["status"] == 0
+            data.rename(aside)
+            ready = httpx.get(f"{service.url}/readyz", timeout=10)
+            assert ready.status_code == 503, ready.text
+            assert "the same file moved back: edgewarm goes on by itself" in ready.json()["error"], ready.text
+            wait_until(lambda: "claiming items failed" in service.log.read_text(), 10, "a failed claim logged")
+            aside.rename(data)
+            wait_until(lambda: httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200, 10, "ready again")
+            assert client.wait(client.prefetch(["http://www.example.test/after"]), timeout=30)["status"] == 0
+            wait_until(lambda: "claiming items works again" in service.log.read_text(), 10, "claims work again")
+
+
 _KILLED_AFTER_A_TASK = """
 import asyncio, os, sys, uuid
 from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind

@@ -240,8 +240,9 @@ class SQLiteStore:
             found = None
         if found is None or (found.st_dev, found.st_ino) != self._identity:
             raise StoreError(
-                f"the SQLite database {self.path} was removed or replaced while edgewarm ran: nothing more is "
-                "taken or written; restore it and restart edgewarm"
+                f"the SQLite database {self.path} was removed or replaced while edgewarm ran: nothing is taken "
+                "or written until it is back (the same file moved back: edgewarm goes on by itself; a copy of "
+                "it restored: restart edgewarm)"
             )
 
     @property
