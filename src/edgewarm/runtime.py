@@ -301,6 +301,7 @@ async def _run_parts(
             tasks.append(asyncio.create_task(_ask_rested_nodes(live, stopping), name="edgewarm-node-probes"))
             deliverer = WebhookDeliverer(config, store, metrics)
             worker.on_task_finished = lambda task: deliverer.wake() if task.callback_url else None
+            worker.on_bring_forward = deliverer.bring_forward
             live.deliverer = deliverer
             tasks.append(asyncio.create_task(deliverer.run(stopping), name="edgewarm-webhooks"))
             tasks.append(

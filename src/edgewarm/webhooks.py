@@ -27,11 +27,13 @@ from .errors import JdCode, RequestRefused, StoreError
 from .logs import RepeatedFailure
 from .models import Task
 from .store import redacted
+from .store.base import DUE_SLACK_SECONDS
 from .urls import has_user_info, is_plain, masked_query
 from .views import task_summary
 
 if TYPE_CHECKING:
     from .config import Config
+    from .config import Webhooks as WebhookSettings
     from .metrics import Metrics
     from .store import TaskStore
 
@@ -97,6 +99,16 @@ def _without_the_url(text: str, url: str) -> str:
     return text
 
 
+def _retry_delay(settings: WebhookSettings, attempts: int) -> float:
+    """The longest wait before the next delivery after `attempts` failed ones (each waits from half of it)."""
+    return float(settings.backoff_base * 2 ** (attempts - 1))
+
+
+def _lease_seconds(settings: WebhookSettings) -> float:
+    """How long a claimed delivery is kept off other deliverers: its timeout, with room to record it."""
+    return settings.timeout * 3
+
+
 class WebhookDeliverer:
     """Delivers the webhooks of ended tasks: claims due ones from the store, POSTs, records each attempt.
 
@@ -113,6 +125,23 @@ class WebhookDeliverer:
     def wake(self) -> None:
         self._wake.set()
 
+    async def bring_forward(self) -> None:
+        """Deliveries due later than any retry or lease of theirs reaches are due now (a wall clock stepped back
+        put them so: they would wait for it to catch up)."""
+        s = self.config.webhooks
+        now = self._clock()
+        beyond = now + max(_retry_delay(s, s.max_attempts), _lease_seconds(s)) + DUE_SLACK_SECONDS
+        try:
+            brought = await self.store.bring_webhooks_forward(now, beyond)
+        except StoreError as exc:
+            log.error("bringing forward webhooks left due in the future: %s", exc)
+            return
+        if brought:
+            log.warning(
+                "%d webhooks were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
+            )
+            self.wake()
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Until `stopping`: each delivery on its own (a receiver that hangs holds up no other), at most
         MAX_DELIVERIES at once, with the settings of the latest reload."""
@@ -126,7 +155,7 @@ class WebhookDeliverer:
                     if room > 0:
                         try:
                             due = await self.store.claim_due_webhooks(
-                                self._clock(), room, self.config.webhooks.timeout * 3
+                                self._clock(), room, _lease_seconds(self.config.webhooks)
                             )
                             claims_log.worked()
                         except StoreError as exc:
@@ -172,7 +201,7 @@ class WebhookDeliverer:
         attempts = task.webhook_attempts + 1
         retry_at = None
         if error is not None and user is not None and attempts < settings.max_attempts:
-            delay = settings.backoff_base * 2 ** (attempts - 1)
+            delay = _retry_delay(settings, attempts)
             retry_at = self._clock() + random.uniform(delay / 2, delay)
         outcome = "delivered" if error is None else ("retried" if retry_at else "failed")
         self.metrics.webhooks.labels(outcome).inc()

@@ -676,6 +676,24 @@ class TestWork:
         (late,) = await store.claim_due_items("w1", 10, NOW + 10, LEASE)
         assert late.task_id == soon.id
 
+    async def test_bring_webhooks_forward_makes_deliveries_due_far_ahead_due_now(self, store: TaskStore) -> None:
+        """A pending webhook due after `beyond` is due now; one due before it, or delivered, is left as it is."""
+        tasks = [replace(make_task(1), callback_url=f"http://hooks.test/{n}") for n in range(3)]
+        for task in tasks:
+            await store.create_task(task)
+        await store.record_outcomes("w1", [ok(i) for i in await claim_all(store)], NOW + 1)
+        assert len(await store.claim_due_webhooks(NOW + 1, 10, LEASE)) == 3
+        ahead, soon, done = (t.id for t in tasks)
+        await store.record_webhook(ahead, delivered=False, error="HTTP 500", retry_at=NOW + 3600, now=NOW + 1)
+        await store.record_webhook(soon, delivered=False, error="HTTP 500", retry_at=NOW + 30, now=NOW + 1)
+        await store.record_webhook(done, delivered=True, error=None, retry_at=None, now=NOW + 1)
+        assert await store.bring_webhooks_forward(NOW + 2, NOW + 300) == 1
+        (due,) = await store.claim_due_webhooks(NOW + 2, 10, LEASE)
+        assert due.id == ahead
+        assert await store.bring_webhooks_forward(NOW + 2, NOW + 300) == 0  # leased within the bound
+        (late,) = await store.claim_due_webhooks(NOW + 30, 10, LEASE)
+        assert late.id == soon
+
     async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
         """Released items are due at once for any worker, without an attempt counted."""
         await store.create_task(make_task(2))

@@ -600,17 +600,26 @@ class SteppingClock:
 
 async def test_work_due_before_the_wall_clock_stepped_back_does_not_wait_for_it_to_catch_up() -> None:
     """The clock was an hour ahead when 40 URLs were submitted; NTP sets it right mid-task. The items left run
-    on at once (before: they were due an hour ahead, and waited that long, silently; a restart did not help)."""
+    on at once (before: they were due an hour ahead, and waited that long, silently; a restart did not help).
+    The webhooks' deliverer is told too (its retries were left an hour ahead)."""
     clock = SteppingClock(offset=3600.0)
+    told: list[float] = []
+
+    async def stepped_back() -> None:
+        told.append(clock())
+
     with FaultServer(always(Respond(200, body=BODY, delay=0.05))) as server:
         # 2 at a time: most items stay in the store (the engine claims 2 x concurrency ahead), due an hour ahead.
         async with engine_rig(one_node(server), {"concurrency": 2, "per_node_concurrency": 2}, clock=clock) as rig:
+            rig.engine.on_bring_forward = stepped_back
             taskid = await rig.submit([f"http://www.example.test/back/{i}" for i in range(40)])
             await rig.items_when(taskid, lambda items: sum(i.state is ItemState.SUCCEEDED for i in items) >= 4)
+            assert len(told) == 1 and told[0] > time.time() + 3000, told  # at the start, by the clock ahead
             clock.offset = 0.0
             task, items = await rig.wait(taskid, 20)
     assert task.status is TaskStatus.SUCCEEDED, Counter(i.state for i in items)
     assert len(server.requests) == 40
+    assert len(told) == 2 and abs(told[1] - time.time()) < 30, told  # and at the step
 
 
 async def test_a_wall_clock_stepped_forward_does_not_send_the_items_in_hand_again(

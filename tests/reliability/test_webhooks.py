@@ -194,3 +194,31 @@ async def test_a_delivery_under_way_when_the_clock_steps_forward_is_posted_once(
                 await asyncio.sleep(1.5)  # a second POST would have come by now
     assert task is not None and task.webhook_state == "delivered"
     assert len(receiver.requests) == 1
+
+
+async def test_a_retry_set_while_the_clock_was_ahead_is_due_at_once_when_it_steps_back() -> None:
+    """A delivery failed while the wall clock was an hour ahead; its retry is due 30-60 s after that. NTP sets
+    the clock right: the engine's step check brings it forward and it is posted at once (before: it waited
+    an hour for the clock to catch up). A retry due within its backoff is left as it is."""
+    with FaultServer(always(Respond(200))) as receiver:
+        async with open_store("memory://") as store:
+            ahead = await ended_task(store, receiver.url + "/ahead")
+            soon = await ended_task(store, receiver.url + "/soon")
+            now = time.time()
+            claimed = await store.claim_due_webhooks(now, 10, 30)  # as a deliverer would before it posts
+            assert {t.id for t in claimed} == {ahead, soon}
+            retry = {ahead: now + 3600 + 45, soon: now + 45}
+            for task_id, retry_at in retry.items():
+                await store.record_webhook(task_id, delivered=False, error="HTTP 500", retry_at=retry_at, now=now)
+            deliverer = WebhookDeliverer(webhook_config(timeout=2.0), store, Metrics())
+            async with delivering(deliverer):
+                await deliverer.bring_forward()
+                for _ in range(250):  # bounded: 5 s
+                    task = await store.get_task(ahead)
+                    if task is None or task.webhook_state != "pending":
+                        break
+                    await asyncio.sleep(0.02)
+                late = await store.get_task(soon)
+    assert task is not None and task.webhook_state == "delivered", task
+    assert late is not None and (late.webhook_state, late.webhook_due_at) == ("pending", retry[soon])
+    assert [r.path for r in receiver.requests] == ["/ahead"]

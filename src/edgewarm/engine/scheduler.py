@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ..config import Config, Node
@@ -25,6 +25,7 @@ from ..logs import RepeatedFailure, log_task_ended
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
+from ..store.base import DUE_SLACK_SECONDS
 from ..urls import stored_target
 from .actions import perform
 from .coalesce import Coalescer
@@ -46,7 +47,6 @@ RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soo
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
 CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
-DUE_SLACK_SECONDS = 60.0  # beyond the longest retry, hold or lease: only a clock stepped back puts items there
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 
 
@@ -120,6 +120,8 @@ class Engine:
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
         self._renewals_log = RepeatedFailure(log, "renewing leases")
         self.on_task_finished: Callable[[Task], None] | None = None
+        # Called after the items are brought forward (at the start, and when the wall clock stepped back).
+        self.on_bring_forward: Callable[[], Awaitable[None]] | None = None
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
@@ -271,11 +273,13 @@ class Engine:
             brought = await self.store.bring_forward(now, beyond)
         except StoreError as exc:
             log.error("bringing forward items left due in the future: %s", exc)
-            return
-        if brought:
-            log.warning(
-                "%d items were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
-            )
+        else:
+            if brought:
+                log.warning(
+                    "%d items were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
+                )
+        if self.on_bring_forward is not None:
+            await self.on_bring_forward()
 
     def _room(self) -> int:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""

@@ -13,6 +13,8 @@ from ..errors import SchemaVersionError
 from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
 
 SCHEMA_VERSION = 3
+# Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
+DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
 # another application's: creating the schema there would fail half-way or mix the two.
 SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
@@ -202,6 +204,11 @@ class TaskStore(Protocol):
     async def bring_forward(self, now: float, beyond: float) -> int:
         """Make due at `now` the pending or leased items due later than `beyond` (a time no retry, hold or lease
         reaches: what a wall clock stepped back left far in the future). Returns how many."""
+        ...
+
+    async def bring_webhooks_forward(self, now: float, beyond: float) -> int:
+        """Make due at `now` the pending webhooks due later than `beyond` (a time no retry or lease of a delivery
+        reaches: a wall clock stepped back left them there). Returns how many."""
         ...
 
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:

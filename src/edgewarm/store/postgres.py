@@ -215,6 +215,8 @@ AND node = ANY($2::text[]) AND action = 'warm' AND lease_owner <> $1
 
 _BRING_FORWARD = "UPDATE items SET due_at = $1 WHERE state IN ('pending', 'running') AND due_at > $2"
 
+_BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = $1 WHERE webhook_state = 'pending' AND webhook_due_at > $2"
+
 _BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
 
 _NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
@@ -679,6 +681,10 @@ class PostgresStore:
     async def bring_forward(self, now: float, beyond: float) -> int:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_BRING_FORWARD, now, beyond))
+
+    async def bring_webhooks_forward(self, now: float, beyond: float) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_BRING_WEBHOOKS_FORWARD, now, beyond))
 
     async def begin_attempt(self, worker: str, item_id: int, attempts: int) -> bool:
         async with self._connection() as conn:

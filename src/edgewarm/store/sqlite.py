@@ -519,6 +519,13 @@ class SQLiteStore:
 
         return await self._run(bring)
 
+    async def bring_webhooks_forward(self, now: float, beyond: float) -> int:
+        def bring() -> int:
+            with _write_transaction(self.db):
+                return self.db.execute(_BRING_WEBHOOKS_FORWARD, (now, beyond)).rowcount
+
+        return await self._run(bring)
+
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         def warms() -> dict[int, tuple[str, str]]:
             rows = self.db.execute(_OTHERS_WARMS, (worker, _json(list(nodes)), now)).fetchall()
@@ -692,6 +699,7 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
 
 
 _ACTIONS = {a.value: a for a in ItemAction}
+_BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
