@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from .errors import described
 from .models import Task
 
 # Fields a record may carry (`extra=`) that are written as JSON fields of their own.
@@ -113,7 +114,26 @@ def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = N
         )
 
 
+class WithoutTraceback(logging.Filter):
+    """A library's warning of a failure it retries by itself (asyncpg's pool restoring its connections while
+    the database is down, every 1 to 60 s): one line naming the error, not a traceback at each retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and record.levelno < logging.ERROR:
+            record.msg, record.args = f"{record.getMessage()}: {described(record.exc_info[1])}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+# Libraries whose warnings come with a traceback of a failure they retry themselves.
+RETRYING_LOGGERS = ("asyncpg.pool",)
+
+
 def setup_logging(level: str, fmt: str = "json") -> None:
+    for name in RETRYING_LOGGERS:
+        retrying = logging.getLogger(name)
+        if not any(isinstance(f, WithoutTraceback) for f in retrying.filters):
+            retrying.addFilter(WithoutTraceback())
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

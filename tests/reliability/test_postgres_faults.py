@@ -10,6 +10,7 @@ database and warm a real nginx fleet.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,11 @@ def test_postgresql_restarted_during_a_task(tmp_path: Path, lab: Lab, capsys: py
         finally:
             stopped = service.stop()
         assert stopped == 0, service.log_text()
+        log = service.log.read_text(errors="replace")
+        assert re.search(r'"message":"listening for work on [^"]* again"', log), log  # its recovery is told
+        # asyncpg's pool warns at each retry of its connections: one line each, without a traceback.
+        pool_lines = [line for line in log.splitlines() if '"logger":"asyncpg.pool"' in line]
+        assert not [line for line in pool_lines if '"exception"' in line], pool_lines
         assert before_stop < total
         assert view["status"] == 0, view
         assert_counted_once(url, taskid, total)

@@ -836,10 +836,10 @@ class PostgresStore:
             await asyncio.gather(task, started, return_exceptions=True)
 
     async def _listen(self, callback: Callable[[], None], listening: asyncio.Event) -> None:
-        failures = 0
+        failures, again = 0, False
         while True:
             try:
-                await self._listen_once(callback, listening)
+                await self._listen_once(callback, listening, again)
                 failures = 0
                 log.warning("the LISTEN connection to %s was lost; reconnecting", self.safe_url)
             except _DRIVER_ERRORS as exc:
@@ -848,10 +848,12 @@ class PostgresStore:
                     "listening for work on %s failed (%d in a row): %s", self.safe_url, failures, described(exc)
                 )
                 listening.set()  # do not hold the engine back: it polls meanwhile
+            again = True
             await asyncio.sleep(min(0.5 * 2**failures, 30.0))
 
-    async def _listen_once(self, callback: Callable[[], None], listening: asyncio.Event) -> None:
-        """LISTEN on one connection until it is lost (checked every 30 s, against half-open connections)."""
+    async def _listen_once(self, callback: Callable[[], None], listening: asyncio.Event, again: bool) -> None:
+        """LISTEN on one connection until it is lost (checked every 30 s, against half-open connections);
+        `again`: a LISTEN before this one was lost or failed (its recovery is logged)."""
         conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
             self.url, timeout=self._connect_timeout, server_settings={"application_name": "edgewarm-listen"}
         )
@@ -863,6 +865,8 @@ class PostgresStore:
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
             await conn.add_listener(WORK_CHANNEL, on_notify)
+            if again:
+                log.info("listening for work on %s again", self.safe_url)
             listening.set()
             callback()  # announcements made while nobody listened are lost: look once
             while not lost.is_set():
