@@ -198,9 +198,24 @@ NOW = 1_795_900_000.0  # 2026-11-28 21:06 UTC: before the Expires of 29 Nov 2026
         ({"Expires": "Thu, 01 Jan 1970 00:00:00 GMT", "Cache-Control": "max-age=60"}, None),  # max-age first
         ({"X-Accel-Expires": "0", "Cache-Control": "max-age=60"}, "X-Accel-Expires: 0"),
         ({"X-Accel-Expires": "60", "Cache-Control": "no-store"}, None),  # nginx reads it before the others
+        ({"X-Accel-Expires": "60", "Set-Cookie": "a=1"}, "Set-Cookie"),  # but not before these
+        ({"X-Accel-Expires": "abc", "Cache-Control": "no-store"}, "Cache-Control: no-store"),  # no number: ignored
+        ({"X-Accel-Expires": "@1"}, "X-Accel-Expires: @1"),  # a time passed
+        ({"X-Accel-Expires": "@4102444800", "Cache-Control": "max-age=0"}, None),  # a time to come (2100)
+        # nginx reads a lifetime that is no number of seconds as "do not store"
+        ({"Cache-Control": 'max-age="3600"'}, 'Cache-Control: max-age="3600" (not a number of seconds)'),
+        ({"Cache-Control": "max-age=-1"}, "Cache-Control: max-age=-1 (not a number of seconds)"),
+        ({"Cache-Control": "s-maxage=1.5, max-age=60"}, "Cache-Control: s-maxage=1.5 (not a number of seconds)"),
+        ({"Vary": "X-" + "a" * 127}, "Vary longer than 128 bytes (129)"),
         ({"Vary": "Accept-Encoding"}, None),
         ({}, None),
     ],
 )
 def test_an_answer_that_asks_caches_not_to_store_it_says_why(headers: dict[str, str], why: str | None) -> None:
     assert asks_not_to_store(CIMultiDict(headers), now=NOW) == why
+
+
+def test_several_vary_lines_are_read_as_one() -> None:
+    """`Vary: *` on a second field line (only the first was read: reported warmed, never cached)."""
+    headers = CIMultiDict([("Vary", "Accept-Encoding"), ("Vary", "*")])
+    assert asks_not_to_store(headers, now=NOW) == "Vary: *"

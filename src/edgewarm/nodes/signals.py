@@ -73,16 +73,23 @@ def _field(headers: Mapping[str, str], name: str) -> str | None:
     """Every field line of `name` joined with ", " (RFC 9110); a multi-valued map's `get` gives only the first.
 
     The clients' response headers (aiohttp's multidict, pyreqwest's HeaderMap) keep one value per field line
-    and have `getall`: aiohttp's raises KeyError for an absent field, pyreqwest's answers [].
+    and have `getall`: aiohttp's raises KeyError for an absent field, pyreqwest's answers []. pyreqwest gives
+    no text for a field with a byte outside ASCII (ValueError): such a field is not read, as if absent
+    (`_present` still sees it).
     """
     getall = getattr(headers, "getall", None)
-    if getall is None:
-        return headers.get(name)
     try:
+        if getall is None:
+            return headers.get(name)
         lines: list[str] = getall(name)
-    except KeyError:
+    except (KeyError, ValueError):
         return None
     return ", ".join(lines) if lines else None
+
+
+def _present(headers: Mapping[str, str], name: str) -> bool:
+    """Whether the answer has a field `name`, readable or not."""
+    return name in headers
 
 
 _X_CACHE_FIRST = frozenset({NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH})
@@ -104,45 +111,63 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
     varnish = (_field(headers, "X-Varnish") or "").split(",")[-1]
     if varnish:
         return CacheState.HIT if len(varnish.split()) >= 2 else CacheState.MISS
-    age = headers.get("Age")
-    if age and age.strip().isdigit():
+    age = (_field(headers, "Age") or "").split(",")[-1].strip()
+    if age.isdigit():
         return CacheState.HIT if int(age) > 0 else None
     return None
 
 
 _NOT_STORED = frozenset({"no-store", "private", "no-cache"})
+VARY_MAX_BYTES = 128  # nginx does not store an answer whose Vary is longer (NGX_HTTP_CACHE_VARY_LEN)
 
 
 def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> str | None:
     """Why the answer asks caches not to store it, as its headers say, or None. What nginx and Varnish then
-    do not store (unless told to ignore it): `X-Accel-Expires: 0` (nginx's, before the others);
-    `Cache-Control: no-store`, `private` or `no-cache`; a lifetime of 0 (`s-maxage`, else `max-age`); without
-    either, an `Expires` that has passed (or does not parse, as RFC 9111 reads it) by `now` (the time of
-    the clock); `Set-Cookie`; `Vary: *`."""
-    accel = headers.get("X-Accel-Expires")
-    if accel is not None and accel.strip():
-        return "X-Accel-Expires: 0" if accel.strip() == "0" else None
-    control = _field(headers, "Cache-Control")
+    do not store (unless told to ignore it): `X-Accel-Expires: 0` or a time passed (`@epoch`) (nginx's; any
+    other number it reads before `Cache-Control` and `Expires`, which it then ignores; a value that is no
+    number is ignored); `Cache-Control: no-store`, `private` or `no-cache`; a lifetime (`s-maxage`, else
+    `max-age`) of 0 or that is no number of seconds (nginx reads `"60"`, `-1` and `1.5` so); without either,
+    an `Expires` that has passed (or does not parse, as RFC 9111 reads it) by `now` (the time of the clock);
+    `Set-Cookie`; `Vary: *`, or a `Vary` longer than nginx stores. Several field lines of a name are read as
+    one; a field that is not ASCII is not read (`Set-Cookie` counts all the same)."""
+    now = time.time() if now is None else now
+    accel = (_field(headers, "X-Accel-Expires") or "").strip()
+    at = accel.removeprefix("@")
+    if accel == "0" or (accel.startswith("@") and at.isdigit() and int(at) <= now):
+        return f"X-Accel-Expires: {accel[:40]}"
+    if not at.isdigit() and (why := _lifetime_refused(headers, now)) is not None:
+        return why
+    if _present(headers, "Set-Cookie"):
+        return "Set-Cookie"
+    vary = _field(headers, "Vary") or ""
+    if any(member.strip() == "*" for member in vary.split(",")):
+        return "Vary: *"
+    if len(vary) > VARY_MAX_BYTES:
+        return f"Vary longer than {VARY_MAX_BYTES} bytes ({len(vary)})"
+    return None
+
+
+def _lifetime_refused(headers: Mapping[str, str], now: float) -> str | None:
+    """What of `Cache-Control` or `Expires` asks caches not to store the answer (see asks_not_to_store)."""
     lifetimes: dict[str, str] = {}
-    for directive in (control or "").split(","):
+    for directive in (_field(headers, "Cache-Control") or "").split(","):
         name, _, value = directive.partition("=")
         name = name.strip().lower()
         if name in _NOT_STORED:
             return f"Cache-Control: {name}"
         if name in ("s-maxage", "max-age"):
-            lifetimes.setdefault(name, value.strip().strip('"'))
-    lifetime = lifetimes.get("s-maxage", lifetimes.get("max-age"))
+            lifetimes.setdefault(name, value.strip())
+    which = "s-maxage" if "s-maxage" in lifetimes else "max-age"
+    lifetime = lifetimes.get(which)
     if lifetime is not None:
-        if lifetime.isdigit() and int(lifetime) == 0:
-            return f"Cache-Control: {'s-maxage' if 's-maxage' in lifetimes else 'max-age'}=0"
-    elif (expires := headers.get("Expires")) is not None:
+        if not lifetime.isdigit():
+            return f"Cache-Control: {which}={lifetime[:40]} (not a number of seconds)"
+        if int(lifetime) == 0:
+            return f"Cache-Control: {which}=0"
+    elif (expires := _field(headers, "Expires")) is not None:
         when = _http_date(expires)
-        if when is None or when <= (time.time() if now is None else now):
+        if when is None or when <= now:
             return f"Expires: {expires.strip()[:40]}"
-    if headers.get("Set-Cookie") is not None:
-        return "Set-Cookie"
-    if (headers.get("Vary") or "").strip() == "*":
-        return "Vary: *"
     return None
 
 
