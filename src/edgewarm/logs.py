@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import orjson
 
 from .errors import described
-from .models import Task
+from .models import CANCELLED, Task
 
 # Fields a record may carry (`extra=`) that are written as JSON fields of their own.
 _FIELDS = (
@@ -91,8 +91,10 @@ class RepeatedFailure:
         self._since, self._logged, self._unlogged = None, None, 0
 
 
-def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = None) -> None:
-    """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields."""
+def log_task_ended(log: logging.Logger, task: Task) -> None:
+    """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields; a task
+    cancelled (by its user: only they may) says so, whether it ended at the cancel or when its items under way
+    came back."""
     assert task.seconds is not None
     seconds = round(task.seconds, 3)
     fields = {
@@ -105,12 +107,18 @@ def log_task_ended(log: logging.Logger, task: Task, cancelled_by: str | None = N
         "seconds": seconds,
     }
     message = "task ended: status %d (%d succeeded, %d failed) in %.3f s"
-    if cancelled_by is None:
+    if task.reason != CANCELLED:
         log.info(message, task.status, task.succeeded, task.failed, seconds, extra=fields)
     else:
-        fields["cancelled_by"] = cancelled_by
+        fields["cancelled_by"] = task.username
         log.info(
-            message + ", cancelled by %s", task.status, task.succeeded, task.failed, seconds, cancelled_by, extra=fields
+            message + ", cancelled by %s",
+            task.status,
+            task.succeeded,
+            task.failed,
+            seconds,
+            task.username,
+            extra=fields,
         )
 
 

@@ -263,7 +263,15 @@ class Service:
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
             self.metrics.task_ended(cancelled)
-            log_task_ended(log, cancelled, cancelled_by=user.name)
+            log_task_ended(log, cancelled)
+        else:
+            under_way = cancelled.total - cancelled.succeeded - cancelled.failed
+            log.info(
+                "task cancelled by %s: it ends when its %d items under way come back",
+                user.name,
+                under_way,
+                extra={"task_id": task.id, "user": user.name, "items": under_way},
+            )
         if self._on_cancel is not None:
             self._on_cancel(task.id)
         return cancelled

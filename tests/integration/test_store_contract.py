@@ -921,6 +921,30 @@ class TestTaskViews:
         item = (await items_of(store, task.id))[0, "edge-1"]
         assert (item.state, item.error) == (ItemState.FAILED, "cancelled")
 
+    @pytest.mark.parametrize("how", ["release", "release_all"])
+    async def test_an_item_handed_back_after_its_task_was_cancelled_is_not_sent_again(
+        self, store: TaskStore, how: str
+    ) -> None:
+        """An item under way at the cancel, handed back by a stopping engine (or by the next start after a crash):
+        it was due again and sent after the restart. Now it fails ("cancelled") and the task ends; another
+        task's items handed back are due as before."""
+        task, other = make_task(1), make_task(1)
+        await store.create_task(task)
+        await store.create_task(other)
+        mine, others = await claim_all(store)
+        await store.cancel_task(task.id, "alice", NOW + 1)
+        if how == "release":
+            assert await store.release_leases("w1", [mine, others], NOW + 2) == 2
+        else:
+            assert await store.release_all_leases(NOW + 2) == 2
+        (again,) = await store.claim_due_items("w2", 10, NOW + 2, LEASE)
+        assert again.item_id == others
+        item = (await items_of(store, task.id))[0, "edge-1"]
+        assert (item.state, item.error) == (ItemState.FAILED, "cancelled")
+        ended = await store.get_task(task.id)
+        assert ended is not None
+        assert (ended.status, ended.failed, ended.finished_at) == (TaskStatus.FAILED, 1, NOW + 2)
+
 
 class TestIdempotencyAndWebhooks:
     async def test_a_second_submit_with_the_same_key_returns_the_first_task_and_charges_nothing(

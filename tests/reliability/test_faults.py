@@ -692,6 +692,52 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
     assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
 
 
+async def test_a_cancel_while_an_item_is_under_way_is_logged_at_the_cancel_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cancel of a task whose item is being fetched: a line at the cancel, and the task's end line says it
+    was cancelled, by whom (before: nothing at the cancel, and the end line read like any failed task's)."""
+    with FaultServer(always(Respond(200, body=BODY, delay=1.0))) as server:
+        async with engine_rig(one_node(server), {"read_timeout": 5.0}) as rig:
+            with caplog.at_level("INFO", logger="edgewarm"):
+                taskid = await rig.submit(["http://www.example.test/slow/c.bin"])
+                await rig.items_when(taskid, lambda items: len(server.requests) == 1)
+                user = rig.config.user(USER)
+                assert user is not None
+                await rig.service.cancel(user, taskid)
+                ended, _ = await rig.wait(taskid, 10)
+    lines = [(r.getMessage(), getattr(r, "task_id", None)) for r in caplog.records if "task " in r.getMessage()]
+    assert (f"task cancelled by {USER}: it ends when its 1 items under way come back", taskid) in lines, lines
+    (end,) = [r for r in caplog.records if r.getMessage().startswith("task ended")]
+    assert end.getMessage().endswith(f"cancelled by {USER}") and getattr(end, "cancelled_by", None) == USER
+    assert ended.status is TaskStatus.FAILED and ended.succeeded == 1
+
+
+async def test_a_dead_workers_items_of_a_task_cancelled_meanwhile_are_not_sent() -> None:
+    """A worker died holding 5 items of a task; the task was cancelled while they were under way. When their
+    leases run out, the engine that takes them over fails them "cancelled" unsent (before: it sent each, as
+    it learnt of the cancel only a few seconds later)."""
+    with FaultServer(always(Respond(200, body=BODY))) as server:
+        config = parse_config(base_config(one_node(server), engine=FAST_ENGINE))
+        async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
+            service = Service(config, store)
+            user = config.user(USER)
+            assert user is not None
+            task = await service.submit_prefetch(user, [f"http://www.example.test/gone/{i}" for i in range(5)])
+            assert len(await store.claim_due_items("dead", 100, time.time(), 0.3)) == 5
+            await service.cancel(user, task.id)
+            await asyncio.sleep(0.4)  # the dead worker's leases run out
+            engine = Engine(config, store, fetcher, sole=False)
+            rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
+            try:
+                ended, items = await rig.wait(task.id, 20)
+            finally:
+                await rig.stop()
+    assert {(i.state, i.error) for i in items} == {(ItemState.FAILED, "cancelled")}
+    assert ended.status is TaskStatus.FAILED and ended.reason == "cancelled"
+    assert server.requests == []
+
+
 async def test_a_stop_while_the_store_is_down_ends_within_its_bound(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -402,6 +402,8 @@ class Engine:
             if self._stopping.is_set():
                 self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
+            if claim.retaken and claim.task_id not in self._cancelled:
+                await self._look_for_cancel(claim.task_id)  # its holder died: the task may be long cancelled
             if lane.removed or claim.task_id in self._cancelled:
                 self._end_unsent(claim, None if lane.removed else CANCELLED)
                 self._done_with(claim, lane)
@@ -661,6 +663,13 @@ class Engine:
                     self._cancels_log.worked()
                 except StoreError as exc:
                     self._cancels_log.failed(exc)
+
+    async def _look_for_cancel(self, task_id: str) -> None:
+        try:
+            self._cancelled |= await self.store.cancelled_tasks([task_id])
+            self._cancels_log.worked()
+        except StoreError as exc:  # sent anyway: _watch_cancels stops the task's other items
+            self._cancels_log.failed(exc)
 
     async def _renew_leases(self) -> None:
         while True:

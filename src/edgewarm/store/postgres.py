@@ -247,6 +247,17 @@ UPDATE items SET state = 'pending', due_at = $1, lease_owner = NULL
 WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL
 """
 
+# The tasks cancelled and not ended of the items $1 (of every leased item), locked as _LOCK_TASKS locks.
+_CANCELLED_OF_ITEMS = """
+SELECT id FROM tasks WHERE reason = $2 AND status = 1
+AND id IN (SELECT task_id FROM items WHERE id = ANY($1::bigint[])) ORDER BY id FOR UPDATE
+"""
+_CANCELLED_OF_LEASED = """
+SELECT id FROM tasks WHERE reason = $1 AND status = 1
+AND id IN (SELECT task_id FROM items WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL)
+ORDER BY id FOR UPDATE
+"""
+
 _LOCK_TASKS = """
 SELECT id FROM tasks WHERE id IN (SELECT task_id FROM items WHERE id = ANY($1::bigint[])) ORDER BY id FOR UPDATE
 """
@@ -620,14 +631,7 @@ class PostgresStore:
             owner = await conn.fetchval("SELECT username FROM tasks WHERE id = $1 FOR UPDATE", task_id)
             if owner is None or owner != username:
                 return None
-            failed = _rowcount(await conn.execute(_CANCEL_ITEMS, task_id, CANCELLED, now))
-            await conn.execute(
-                "UPDATE tasks SET failed = failed + $1, reason = $2 WHERE id = $3 AND status = 1",
-                failed,
-                CANCELLED,
-                task_id,
-            )
-            await conn.execute(_FINISH, [task_id], now)
+            await _cancel_waiting(conn, [task_id], now)
             row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         assert row is not None
         return task_from_row(row)
@@ -698,7 +702,11 @@ class PostgresStore:
         if not item_ids:
             return 0
         async with self._connection() as conn, conn.transaction():
+            # Tasks cancelled while these items were under way, locked before the items (as outcomes lock
+            # them): their items handed back are not sent again, they fail as the cancel failed the others.
+            cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_ITEMS, list(item_ids), CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE, list(item_ids), worker, now))
+            await _cancel_waiting(conn, cancelled, now)
             if released:
                 await conn.execute(_NOTIFY)  # another worker can take them at once
         return released
@@ -706,7 +714,9 @@ class PostgresStore:
     async def release_all_leases(self, now: float) -> int:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
         async with self._connection() as conn, conn.transaction():
+            cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE_ALL, now))
+            await _cancel_waiting(conn, cancelled, now)
             if released:
                 await conn.execute(_NOTIFY)
         return released
@@ -877,6 +887,21 @@ class PostgresStore:
         finally:
             with contextlib.suppress(*_DRIVER_ERRORS):
                 await asyncio.wait_for(conn.close(), timeout=5.0)
+
+
+async def _cancel_waiting(conn: _Connection, task_ids: list[str], now: float) -> None:
+    """Cancel tasks (their rows locked): their items that wait in the store fail, said cancelled; each task ends
+    once all its items have (those under way end as they come back)."""
+    for task_id in task_ids:
+        failed = _rowcount(await conn.execute(_CANCEL_ITEMS, task_id, CANCELLED, now))
+        await conn.execute(
+            "UPDATE tasks SET failed = failed + $1, reason = $2 WHERE id = $3 AND status = 1",
+            failed,
+            CANCELLED,
+            task_id,
+        )
+    if task_ids:
+        await conn.execute(_FINISH, task_ids, now)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

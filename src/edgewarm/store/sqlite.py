@@ -416,16 +416,7 @@ class SQLiteStore:
                 owner = db.execute("SELECT username FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if owner is None or owner[0] != username:
                     return None  # nothing written: the commit ends an empty transaction
-                failed = db.execute(
-                    "UPDATE items SET state = 'failed', error = ?, lease_owner = NULL, updated_at = ? "
-                    "WHERE task_id = ? AND state IN ('waiting', 'pending')",
-                    (CANCELLED, now, task_id),
-                ).rowcount
-                db.execute(
-                    "UPDATE tasks SET failed = failed + ?, reason = ? WHERE id = ? AND status = 1",
-                    (failed, CANCELLED, task_id),
-                )
-                _finish_tasks(db, [task_id], now)
+                _cancel_waiting(db, [task_id], now)
             return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
         return await self._run(cancel)
@@ -550,11 +541,15 @@ class SQLiteStore:
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
         def release() -> int:
-            return self.db.execute(
-                "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
-                "WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'",
-                (now, _json(list(item_ids)), worker),
-            ).rowcount
+            with _write_transaction(self.db):
+                tasks = self.db.execute(
+                    "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
+                    "WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running' "
+                    "RETURNING task_id",
+                    (now, _json(list(item_ids)), worker),
+                ).fetchall()
+                _cancel_released(self.db, {t for (t,) in tasks}, now)
+            return len(tasks)
 
         return await self._run(release)
 
@@ -562,11 +557,14 @@ class SQLiteStore:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
 
         def release() -> int:
-            return self.db.execute(
-                "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
-                "WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL",
-                (now,),
-            ).rowcount
+            with _write_transaction(self.db):
+                tasks = self.db.execute(
+                    "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
+                    "WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL RETURNING task_id",
+                    (now,),
+                ).fetchall()
+                _cancel_released(self.db, {t for (t,) in tasks}, now)
+            return len(tasks)
 
         return await self._run(release)
 
@@ -918,6 +916,32 @@ def _outcome_row(o: ItemOutcome, now: float) -> tuple[object, ...]:
     else:
         state, due = ("succeeded" if o.succeeded else "failed"), now
     return (o.item_id, state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error)
+
+
+def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
+    """Cancel tasks: their items that wait in the store fail, said cancelled; each task ends once all its
+    items have (those under way end as they come back)."""
+    for task_id in task_ids:
+        failed = db.execute(
+            "UPDATE items SET state = 'failed', error = ?, lease_owner = NULL, updated_at = ? "
+            "WHERE task_id = ? AND state IN ('waiting', 'pending')",
+            (CANCELLED, now, task_id),
+        ).rowcount
+        db.execute(
+            "UPDATE tasks SET failed = failed + ?, reason = ? WHERE id = ? AND status = 1", (failed, CANCELLED, task_id)
+        )
+    _finish_tasks(db, task_ids, now)
+
+
+def _cancel_released(db: sqlite3.Connection, task_ids: set[str], now: float) -> None:
+    """Items handed back whose task was cancelled while they were under way are not sent again: they fail as
+    the cancel would have failed them then."""
+    if task_ids:
+        cancelled = db.execute(
+            "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
+            (_json(sorted(task_ids)), CANCELLED),
+        ).fetchall()
+        _cancel_waiting(db, [t for (t,) in cancelled], now)
 
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
