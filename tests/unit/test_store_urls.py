@@ -12,6 +12,7 @@ import pytest
 
 from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
+from edgewarm.models import TaskFilter
 from edgewarm.store import open_store, redacted, sqlite_path
 
 pytestmark = pytest.mark.anyio
@@ -152,3 +153,25 @@ async def test_a_sqlite_file_this_user_cannot_write_is_named(tmp_path: Path, mon
     assert (
         str(refused.value) == f"the SQLite database {path}: its file is not writable by this user (uid {os.getuid()})"
     )
+
+
+@pytest.mark.parametrize("name", ["p%41.db", "100%.db", "a b%20c.db"])
+async def test_a_sqlite_file_whose_name_holds_a_percent_sign_is_the_one_every_connection_opens(
+    tmp_path: Path, name: str
+) -> None:
+    """The read-only connections open the file by a URI, which read `%41` as "A" (an empty database beside
+    the real one: "unable to open database file", or every list answered "no such table")."""
+    url = f"sqlite:///{tmp_path}/{name}".replace(" ", "%20")
+    async with open_store(url) as store:
+        assert await store.get_task("unknown") is None  # a point read (its own read-only connection)
+        assert await store.list_tasks("alice", TaskFilter()) == []  # a long read (another)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == [name.replace("%20", " ")]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///srv/e.db?mode=ro", "sqlite:///srv/e.db#main", "sqlite:e.db?cache=shared"])
+def test_a_sqlite_url_with_a_query_or_a_fragment_is_refused_by_the_config(url: str) -> None:
+    """Before: `check-config` said OK; `serve` made a file named `e.db?mode=ro` and crashed with a traceback
+    ("no such access mode: ro?mode=ro"), or wrote to `e.db#main` while its reads opened an empty `e.db`."""
+    data = {"store": url, "users": [], "nodes": []}
+    with pytest.raises(ConfigError, match="takes no query"):
+        parse_config(data)

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import StoreError
 from ..urls import masked_query
 from .base import SCHEMA_VERSION, TaskStore
 
-__all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path"]
+__all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path", "sqlite_uri"]
 
 
 def redacted(url: str) -> str:
@@ -50,7 +50,18 @@ def sqlite_path(url: str) -> str | None:
         path = rest
     if path in ("", "/"):
         raise StoreError(f"{redacted(url)!r}: write sqlite:///absolute/path.db, or sqlite:relative/path.db")
+    if "?" in path or "#" in path:
+        raise StoreError(
+            f"{redacted(url)!r}: a sqlite URL names a file and takes no query (?) or fragment (#): edgewarm sets "
+            "SQLite's options itself; a file whose name holds ? or # cannot be named here"
+        )
     return path
+
+
+def sqlite_uri(path: str, query: str) -> str:
+    """A `file:` URI for SQLite's URI filenames (to pass options such as `mode=ro`) naming exactly `path`:
+    its characters that such a URI reads otherwise (%, ?, #) are percent-encoded."""
+    return f"file:{quote(path)}?{query}"
 
 
 def make_folder_of(path: str) -> None:

@@ -34,7 +34,7 @@ from ..models import (
     TaskFilter,
 )
 from ..tuning import out_of_open_files
-from . import make_folder_of
+from . import make_folder_of, sqlite_uri
 from .base import (
     MAX_STAGES,
     NO_WEBHOOK_DUE,
@@ -146,7 +146,7 @@ class SQLiteStore:
             # thread. WAL lets it read beside the writer; it skips the hop to the writer's thread, which
             # cost more than the read itself (docs/benchmarks.md, S5).
             self._reader = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=0.2
+                sqlite_uri(self.path, "mode=ro"), uri=True, isolation_level=None, check_same_thread=False, timeout=0.2
             )
         return self
 
@@ -211,7 +211,7 @@ class SQLiteStore:
         def read() -> T:
             self._still_there()
             if self._long_reader is None:
-                uri = f"file:{self.path}?mode=ro"
+                uri = sqlite_uri(self.path, "mode=ro")
                 self._long_reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             db = self._long_reader
             db.execute("BEGIN")
@@ -666,7 +666,7 @@ def _not_without_its_wal(path: str) -> None:
         if os.path.getsize(path + "-wal") > 0:
             return
     # immutable: the file alone, no -wal or -shm looked for (nor made: a read-only open would leave them).
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)) as db:
+    with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)) as db:
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     if not tables:
         raise StoreError(
