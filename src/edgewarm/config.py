@@ -186,6 +186,9 @@ class Engine(_Model):
     node_down_wait: SecondsOrOff = 120.0
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 30.0  # longest silence while reading a response
+    # Longest one request may take, connection to the body's last byte: a body that never ends (a live stream,
+    # an origin trickling just under read_timeout) is cut there, and its task does end.
+    fetch_timeout: Seconds = 1800.0
     lease_seconds: Seconds = 60.0
     batch_size: PositiveInt = 500  # outcomes written per transaction at most
     flush_interval: Seconds = 0.05  # seconds an outcome may wait for its batch
@@ -222,7 +225,15 @@ class Engine(_Model):
 
 # [engine] keys the fetcher takes when it opens (its connection limit, timeouts, headers, process): a reload
 # (SIGHUP) that changes one of them opens a new fetcher for the next requests (runtime.py).
-FETCHER_KEYS = ("concurrency", "connect_timeout", "read_timeout", "user_agent", "accept_encoding", "fetch_process")
+FETCHER_KEYS = (
+    "concurrency",
+    "connect_timeout",
+    "read_timeout",
+    "fetch_timeout",
+    "user_agent",
+    "accept_encoding",
+    "fetch_process",
+)
 
 
 class Api(_Model):

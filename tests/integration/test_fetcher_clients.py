@@ -362,6 +362,26 @@ async def test_header_values_with_bytes_outside_ascii_are_read_as_far_as_they_ca
         assert told["state", via] == (200, None, CacheState.HIT, None), told
 
 
+async def test_a_body_that_never_ends_is_cut_at_fetch_timeout_by_either_client() -> None:
+    """A body trickling 100 bytes every 0.1 s (never silent for read_timeout): before, the request went on as
+    long as the node sent (a live stream: for ever, its task in progress and a cancel no help). Now it ends
+    at fetch_timeout, and says so; a silent node says which limit it reached too."""
+    endless = Respond(200, body=b"x" * 1_000_000, trickle=0.1, trickle_chunk=100)
+    with FaultServer(always(endless)) as node, FaultServer(always(Respond(200, delay=5.0))) as silent:
+        settings = Settings(read_timeout=0.5, connect_timeout=0.2, fetch_timeout=1.5)
+        async with Fetcher(settings) as fetcher:
+            results = []
+            for pq in ("/a", "/x/../a"):  # pyreqwest, then aiohttp
+                started = asyncio.get_running_loop().time()
+                result = await fetcher.request("GET", Node(name="n", url=node.url), stored_target(f"http://w.test{pq}"))
+                results.append((result.status, result.error, asyncio.get_running_loop().time() - started))
+            quiet = await fetcher.request("GET", Node(name="q", url=silent.url), stored_target("http://w.test/a"))
+    for status, error, took in results:
+        assert (status, error) == (None, "timeout talking to n: not done within fetch_timeout (1.5 s)"), results
+        assert 1.4 <= took < 3.0, results
+    assert quiet.error == "timeout talking to q: silent for read_timeout (0.5 s)"
+
+
 async def test_an_answer_head_larger_than_hyper_reads_warms_through_aiohttp() -> None:
     """hyper reads at most 100 header lines: such an answer is asked for again through aiohttp and warms, with
     the node's cache state, whichever client sends the URL (the node sees pyreqwest's URL twice). A header line

@@ -168,7 +168,7 @@ async def test_a_stall_mid_body_times_out_after_read_timeout() -> None:
         task, item, took = await warm_one(node, {"read_timeout": 0.3, "max_attempts": 2})
     assert task.status is TaskStatus.FAILED
     assert item.attempts == 2
-    assert item.error == "timeout talking to node-1; gave up after 2 attempts"
+    assert item.error == "timeout talking to node-1: silent for read_timeout (0.3 s); gave up after 2 attempts"
     assert 0.6 <= took < 5.0
     assert len(node.requests) == 2
 

@@ -110,7 +110,7 @@ async def test_a_stall_mid_body_times_out_after_read_timeout(tls_node: TlsNode, 
     with tls_node(Stall(declared=100_000, sent=1000, hold=30.0)) as node:
         task, item, took = await warm_one(node.url, address, path, {"read_timeout": 0.3, "max_attempts": 2})
     assert task.status is TaskStatus.FAILED
-    assert item.error == "timeout talking to node-1; gave up after 2 attempts"
+    assert item.error == "timeout talking to node-1: silent for read_timeout (0.3 s); gave up after 2 attempts"
     assert 0.6 <= took < 5.0
     assert len(node.requests) == 2
 
@@ -126,7 +126,10 @@ async def test_a_handshake_that_never_ends_times_out_at_connect_timeout(address:
         task, item, took = await warm_one(url, address, path, {"connect_timeout": 0.5, "read_timeout": 5.0})
     assert task.status is TaskStatus.FAILED
     assert item.attempts == 3 and item.http_status is None
-    assert item.error == "timeout talking to node-1; gave up after 3 attempts"
+    assert (
+        item.error
+        == "timeout talking to node-1: no connection within connect_timeout (0.5 s); gave up after 3 attempts"
+    )
     assert 1.5 <= took < 10
 
 

@@ -132,6 +132,7 @@ def _pyreqwest_builder(settings: Engine) -> pyreqwest.client.ClientBuilder:
         .max_connections(settings.concurrency)
         .connect_timeout(timedelta(seconds=settings.connect_timeout))
         .read_timeout(timedelta(seconds=settings.read_timeout))
+        .timeout(timedelta(seconds=settings.fetch_timeout))
         .pool_idle_timeout(timedelta(seconds=15))  # aiohttp's keep-alive: nodes close idle connections too
         .follow_redirects(False)
         .no_proxy()  # never the environment's HTTP_PROXY: a warm goes to its node and nowhere else
@@ -229,7 +230,9 @@ class Fetcher(GuardedClient):
         connector = aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=0, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=s.fetch_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+            ),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -323,7 +326,7 @@ class Fetcher(GuardedClient):
             )
             if named and connecting:
                 return _Unread.UNREACHABLE  # this address of the node's name does not answer; another may
-            return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
+            return self._timed_out(node, started, connecting)
         except errors.PyreqwestError as exc:
             causes = _causes(exc)
             # The last cause is the OS's or hyper's own words; rustls appends a link to its manual to some.
@@ -348,11 +351,23 @@ class Fetcher(GuardedClient):
                 return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {reason}")
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
 
+    def _timed_out(self, node: Node, started: float, connecting: bool) -> FetchResult:
+        """A request that ran out of time, saying which limit it reached."""
+        s = self._settings
+        if connecting:
+            why = f"no connection within connect_timeout ({s.connect_timeout:g} s)"
+        elif time.monotonic() - started >= s.fetch_timeout * 0.99:
+            why = f"not done within fetch_timeout ({s.fetch_timeout:g} s)"
+        else:
+            why = f"silent for read_timeout ({s.read_timeout:g} s)"
+        return FetchResult(None, error=f"timeout talking to {node.name}: {why}", unreachable=connecting)
+
     async def _with_aiohttp(
         self, session: aiohttp.ClientSession, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
     ) -> FetchResult:
         url = URL(node.url + target.path_query, encoded=True)
         tls: ssl.SSLContext | bool = True if node.tls_verify else self._insecure
+        started = time.monotonic()
         try:
             async with session.request(
                 method,
@@ -372,8 +387,7 @@ class Fetcher(GuardedClient):
                 length = response.content_length
                 return _read(method, response.status, state, received, length, cut=False, not_stored=not_stored)
         except TimeoutError as exc:
-            connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
-            return FetchResult(None, error=f"timeout talking to {node.name}", unreachable=connecting)
+            return self._timed_out(node, started, isinstance(exc, aiohttp.ConnectionTimeoutError))
         except aiohttp.ClientPayloadError as exc:
             return FetchResult(None, error=f"broken body from {node.name}: {reason_of(exc)}")
         except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
