@@ -318,3 +318,29 @@ def test_a_refused_purge_says_whether_the_node_could_not_read_the_url(status: in
     purge = PurgeRequest("PURGE")
     outcome = purge_outcome(7, 1, verdict(purge, status, False), FetchResult(status), SETTINGS, NOW)
     assert (outcome.succeeded, outcome.error) == (False, f"HTTP {status}: {why}")
+
+
+@pytest.mark.parametrize("status", [404, 500, 503, 429])
+@pytest.mark.parametrize("state", [CacheState.HIT, CacheState.STALE])
+def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status: int, state: CacheState) -> None:
+    """A 404 or 5xx the node serves from its cache: before, "the origin refused it" (the origin was not asked)
+    or retried to get the same cached answer each time. Now it fails at once, saying where it came from and
+    what clears it."""
+    outcome = warm_outcome(7, 1, FetchResult(status, cache_state=state), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.retry_at) == (False, None)
+    assert outcome.error == (
+        f"HTTP {status} from the node's cache ({state}): it keeps this answer of the origin's "
+        '(not retried; "refresh": true purges it first)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (304, "HTTP 304 (not modified) to a plain GET: not the object"),
+        (999, "HTTP 999: not an HTTP status (not retried)"),
+    ],
+)
+def test_a_304_or_a_status_out_of_range_is_named_for_what_it_is(status: int, error: str) -> None:
+    outcome = warm_outcome(7, 1, FetchResult(status), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.retry_at, outcome.error) == (False, None, error)

@@ -28,7 +28,9 @@ def is_retryable(result: FetchResult) -> bool:
     if result.network_error:
         return True
     assert result.status is not None
-    return result.status >= 500 or result.status in RETRYABLE_STATUS
+    if result.cache_state is not None and result.cache_state.cached:
+        return False  # an error the node keeps in its cache: it answers the same until it expires or is purged
+    return 500 <= result.status < 600 or result.status in RETRYABLE_STATUS
 
 
 def warm_outcome(
@@ -61,8 +63,18 @@ def warm_outcome(
             return done(False, f"not cached after the warm: {why}{told}")
         return done(True)
     if result.status is not None and not result.network_error and not is_retryable(result):
+        if result.cache_state is not None and result.cache_state.cached:
+            return done(
+                False,
+                f"HTTP {result.status} from the node's cache ({result.cache_state}): it keeps this answer of the "
+                'origin\'s (not retried; "refresh": true purges it first)',
+            )
+        if result.status == 304:
+            return done(False, "HTTP 304 (not modified) to a plain GET: not the object")
         if 300 <= result.status < 400:
             return done(False, f"HTTP {result.status}: a redirect, not the object (not followed: warm its target)")
+        if not 100 <= result.status < 600:
+            return done(False, f"HTTP {result.status}: not an HTTP status (not retried)")
         # An answer that tells a cache state came through the cache; one that tells none may be the node's own
         # (nginx answers 400 or 414 itself to a request line it cannot take).
         who = "the origin" if result.cache_state is not None else "the node or the origin"
