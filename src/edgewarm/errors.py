@@ -78,10 +78,19 @@ class TaskNotFound(RequestRefused):
         super().__init__(JdCode.FAILURE, message)
 
 
+REASON_CHARS = 300  # an exception's words in a message: at most this long (a parser's may quote a whole head)
+
+
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """`text` on one line (its line breaks and runs of spaces made one space), cut to `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def reason_of(exc: BaseException) -> str:
-    """An exception's words for a message, or its type's name when it has none (a bare TimeoutError)."""
-    text = str(exc).strip()
-    return text or type(exc).__name__
+    """An exception's words for a message, on one line and bounded, or its type's name when it has none (a bare
+    TimeoutError)."""
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def described(exc: BaseException) -> str:

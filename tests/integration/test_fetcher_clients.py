@@ -382,6 +382,29 @@ async def test_a_body_that_never_ends_is_cut_at_fetch_timeout_by_either_client()
     assert quiet.error == "timeout talking to q: silent for read_timeout (0.5 s)"
 
 
+async def test_a_body_that_does_not_match_its_framing_is_named_for_what_it_is() -> None:
+    """Chunked with a Content-Length of 5, its 1,000 bytes of chunks whole: "short body: 1000 of 5 bytes"
+    (RFC 9112: the chunks decide, the warm succeeds); a chunked body broken off read "short body: 0 of 5
+    bytes". aiohttp's words for a malformed head quoted the node's raw bytes over several lines: one line
+    now, bounded."""
+    chunked = b"3e8\r\n" + b"x" * 1000 + b"\r\n0\r\n\r\n"
+    long = Respond(200, body=chunked, headers=(("Transfer-Encoding", "chunked"),), content_length=5)
+    broken = Respond(200, body=b"zz\r\nabc", headers=(("Transfer-Encoding", "chunked"),), content_length=5)
+    twice = Respond(200, body=b"0123456789", headers=(("Content-Length", "10"),))
+    answers = {"long": long, "broken": broken, "twice": twice}
+    with FaultServer(lambda request, _count: answers[request.target.rsplit("/", 1)[-1]]) as node:
+        async with Fetcher(Settings()) as fetcher:
+
+            async def fetch(pq: str) -> FetchResult:
+                return await fetcher.request("GET", Node(name="n", url=node.url), stored_target(f"http://w.test{pq}"))
+
+            too_long, broken_off, quoted = await fetch("/long"), await fetch("/broken"), await fetch("/x/../twice")
+    assert (too_long.status, too_long.bytes, too_long.error) == (200, 1000, None)
+    assert broken_off.error == "short body: broken off after 0 bytes"
+    assert quoted.error is not None and quoted.error.startswith("n answered with a malformed HTTP head: ")
+    assert "\n" not in quoted.error and len(quoted.error) <= 400, quoted.error
+
+
 async def test_an_answer_head_larger_than_hyper_reads_warms_through_aiohttp() -> None:
     """hyper reads at most 100 header lines: such an answer is asked for again through aiohttp and warms, with
     the node's cache state, whichever client sends the URL (the node sees pyreqwest's URL twice). A header line

@@ -818,6 +818,29 @@ async def test_a_directory_with_more_known_urls_than_purged_one_by_one_fails_say
     assert sum(r.method == "PURGE" for r in node.requests) == 3
 
 
+async def test_a_directory_purge_that_fails_names_the_cause_of_its_first_failure() -> None:
+    """The node answers every PURGE 503: the item said "purged 0 of the 3 URLs known at or under the directory;
+    gave up after 3 attempts", without the cause a single URL's refresh gives."""
+
+    def answer(request: Any, _count: int) -> Respond:
+        return Respond(503, body=b"down") if request.method == "PURGE" else Respond(200, body=b"ok")
+
+    with FaultServer(answer) as node:
+        async with engine_rig(one_node(node)) as rig:
+            warmed, _ = await rig.wait(await rig.submit([f"http://www.example.test/e/{i}" for i in range(3)]), 20)
+            assert warmed.status is TaskStatus.SUCCEEDED
+            user = rig.config.user(USER)
+            assert user is not None
+            task = await rig.service.submit_refresh(user, ["http://www.example.test/e/"], "dir")
+            rig.engine.wake()
+            ended, (item,) = await rig.wait(task.id, 20)
+    assert ended.status is TaskStatus.FAILED
+    # 4 known: the 3 warmed and the directory's own URL
+    assert item.error == (
+        "purged 0 of the 4 URLs known at or under the directory; the first failure: HTTP 503; gave up after 3 attempts"
+    ), item.error
+
+
 async def test_a_node_taken_out_by_a_reload_gets_no_more_requests() -> None:
     """A reload removes a slow node while its lane holds claims: those fail at once, unsent, saying the node is
     not configured (before, they went on being sent to it, for as long as its backlog lasted)."""

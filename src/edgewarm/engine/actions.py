@@ -137,7 +137,7 @@ async def _purge_dir(
         return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
     verdict, result = (retry or failures)[0]
-    return verdict, result, summary
+    return verdict, result, f"{summary}; the first failure: {result.error or f'HTTP {result.status}'}"
 
 
 def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:

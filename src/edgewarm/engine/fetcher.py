@@ -36,7 +36,7 @@ import pyreqwest.exceptions
 from yarl import URL
 
 from ..config import Engine, Node
-from ..errors import reason_of
+from ..errors import one_line, reason_of
 from ..logs import RepeatedFailure
 from ..nodes import CacheState, asks_not_to_store, cache_state
 from ..tuning import out_of_open_files
@@ -306,7 +306,8 @@ class Fetcher(GuardedClient):
         try:
             async with request.build_streamed() as response:
                 state, not_stored = _signals(response.headers, node)
-                length = response.headers.get("Content-Length")
+                # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
+                length = None if "Transfer-Encoding" in response.headers else response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
                 received = 0
                 reader = response.body_reader
@@ -392,7 +393,7 @@ class Fetcher(GuardedClient):
             return FetchResult(None, error=f"broken body from {node.name}: {reason_of(exc)}")
         except aiohttp.ClientResponseError as exc:  # raised before any answer: its head did not parse (the 400 is
             # aiohttp's own, not the node's)
-            return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {exc.message}")
+            return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {one_line(exc.message)}")
         except aiohttp.ClientConnectorCertificateError as exc:
             refusal = exc.certificate_error
             return _certificate_refused(node, getattr(refusal, "verify_message", None) or reason_of(refusal))
@@ -427,9 +428,10 @@ def _read(
 ) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
     body was whole: its status stands) or when it does not match its Content-Length."""
+    if cut and expected is None:
+        return FetchResult(status, received, state, f"short body: broken off after {received} bytes")
     if cut or (expected is not None and method != "HEAD" and received != expected):
-        of = f" of {expected}" if expected is not None else ""
-        return FetchResult(status, received, state, f"short body: {received}{of} bytes")
+        return FetchResult(status, received, state, f"short body: {received} of {expected} bytes")
     return FetchResult(status, received, state, not_stored=not_stored)
 
 
