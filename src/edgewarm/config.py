@@ -461,5 +461,19 @@ def reload_refusal(running: Config, fresh: Config) -> str | None:
     return f"the new config has no {lacks} (the running one has {has}): a file cut off or being written?"
 
 
+def restart_only_changes(started: Config, fresh: Config) -> list[str]:
+    """The settings that differ between the config a process started with and `fresh` but are taken at start
+    only (a reload leaves the started ones in use)."""
+    values = {
+        "listen": (started.listen, fresh.listen),
+        "store": (started.store, fresh.store),
+        "metrics_listen": (started.metrics_listen, fresh.metrics_listen),
+        "log_level": (started.log_level, fresh.log_level),
+        "log_format": (started.log_format, fresh.log_format),
+        "[api] request_timeout": (started.api.request_timeout, fresh.api.request_timeout),
+    }
+    return [name for name, (old, new) in values.items() if old != new]
+
+
 def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get("EDGEWARM_CONFIG")

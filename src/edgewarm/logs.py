@@ -137,6 +137,21 @@ class WithoutTraceback(logging.Filter):
 RETRYING_LOGGERS = ("asyncpg.pool",)
 
 
+class TextFormatter(logging.Formatter):
+    """For humans: time, level, logger, message, then the record's fields (`task_id=…`) the JSON lines carry."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = [f"{name}={record.__dict__[name]}" for name in _FIELDS if record.__dict__.get(name) is not None]
+        line = super().format(record)
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")  # a traceback stays below the line that has the fields
+        return f"{head} [{' '.join(fields)}]{newline}{rest}"
+
+
 def setup_logging(level: str, fmt: str = "json") -> None:
     for name in RETRYING_LOGGERS:
         retrying = logging.getLogger(name)
@@ -146,7 +161,7 @@ def setup_logging(level: str, fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .api.protocol import bounded_protocol
-from .config import FETCHER_KEYS, Config, Node, load_config, reload_refusal
+from .config import FETCHER_KEYS, Config, Node, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .logs import RepeatedFailure
@@ -128,8 +128,8 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         if (refusal := reload_refusal(live.config, fresh)) is not None:
             log.error("SIGHUP: keeping the running config: %s", refusal)
             return
-        if (fresh.listen, fresh.store) != (live.config.listen, live.config.store):
-            log.warning("SIGHUP: `listen` and `store` change only on restart")
+        if changed := restart_only_changes(config, fresh):  # against the start's: those are still in use
+            log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
         if engine:

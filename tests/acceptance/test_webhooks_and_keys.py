@@ -112,6 +112,21 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                     time.sleep(0.05)
                 assert said in service.log_text()
                 assert newcomer.quota()["urls"]["limit"] == 2000
+            # Settings taken at start: said when they differ from the start's, and no longer once put back
+            # (before: compared with the last reload's, so the warning came for the file put back, not twice).
+            moved = original.replace(f'listen = "127.0.0.1:{service.port}"', 'listen = "127.0.0.1:1"', 1)
+            assert moved != original
+            warned = "SIGHUP: listen change only on restart (the values at start stay in use)"
+            counts = []
+            for text in (moved, moved, original):
+                reloads = service.log.read_text().count("config reloaded")
+                service.config.write_text(text)
+                os.kill(service.proc.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 10
+                while service.log.read_text().count("config reloaded") == reloads and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                counts.append(service.log.read_text().count(warned))
+            assert counts == [1, 2, 2], service.log_text()
     finally:
         service.config.write_text(original)
         if service.proc is not None:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from edgewarm.errors import StoreError
-from edgewarm.logs import RepeatedFailure, log_task_ended
+from edgewarm.logs import RepeatedFailure, TextFormatter, log_task_ended
 from edgewarm.metrics import Metrics
 from edgewarm.models import Task, TaskKind, TaskStatus
 from edgewarm.views import task_summary
@@ -64,3 +64,11 @@ def test_a_task_that_ended_before_it_began_by_the_clock_lasted_0_s_not_less(capl
     assert task_summary(task, "en")["duration_seconds"] == 0.0
     assert caplog.records[0].getMessage() == "task ended: status 0 (3 succeeded, 0 failed) in 0.000 s"
     assert metrics.registry.get_sample_value("edgewarm_task_duration_seconds_sum") == 0.0
+
+
+def test_a_text_line_carries_the_fields_a_json_line_does() -> None:
+    """`log_format = "text"` dropped every field: no task id on "task submitted" or "task ended" lines."""
+    record = logging.LogRecord("edgewarm.engine", logging.INFO, __file__, 1, "task ended: status %d", (0,), None)
+    record.task_id, record.user, record.status = "t-1", "alice", 0
+    line = TextFormatter().format(record)
+    assert line.endswith("INFO edgewarm.engine: task ended: status 0 [task_id=t-1 user=alice status=0]"), line
