@@ -345,6 +345,11 @@ class Config(_Model):
             sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
         except StoreError as exc:
             raise ValueError(str(exc)) from None
+        if scheme.startswith("postgres") and "," not in urlsplit(value).netloc:  # (h1:5432,h2:5432: several hosts)
+            try:
+                urlsplit(value).port  # noqa: B018 (read for its check: a port that is no number raises)
+            except ValueError as exc:
+                raise ValueError(f"{redacted(value)!r}: {exc}") from None
         return value
 
     @model_validator(mode="after")

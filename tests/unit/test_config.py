@@ -481,3 +481,21 @@ def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
     data = example()
     data["webhooks"] = {"allowed_hosts": ["Hooks.Example.test", "127.0.0.1", "::1"]}
     assert parse_config(data).webhooks.allowed_hosts == ("hooks.example.test", "127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize(
+    ("store", "said"),
+    [
+        ("postgresql://edgewarm:hunter2pw@127.0.0.1:notaport/edgewarm", "Port could not be cast to integer"),
+        ("postgresql://edgewarm@127.0.0.1:99999/edgewarm", "Port out of range"),
+    ],
+)
+def test_a_postgresql_url_whose_port_is_no_port_is_refused_without_its_password(store: str, said: str) -> None:
+    """`check-config` said OK; `serve` then failed: "invalid literal for int() with base 10: 'notaport'"."""
+    with pytest.raises(ConfigError, match=said) as refused:
+        parse_config({"store": store})
+    assert "hunter2pw" not in str(refused.value) and "store" in str(refused.value)
+
+
+def test_a_postgresql_url_of_several_hosts_is_taken() -> None:
+    assert parse_config({"store": "postgresql://e@h1:5432,h2:5433/e"}).store == "postgresql://e@h1:5432,h2:5433/e"
