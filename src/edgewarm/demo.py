@@ -72,7 +72,7 @@ def _run_demo(urls: int, size: int, keep: bool, out: Console) -> bool:
                         f"\nStill serving on {service.url} with the fleet above; signature for today: "
                         f"{client.signature()} (user {DEMO_USER}). Try:\n"
                         f"curl -s {service.url}/api/prefetch -H 'content-type: application/json' -d '{body}'\n"
-                        "Ctrl-C to stop.",
+                        f"Its log: {service.log}\nCtrl-C to stop.",
                         markup=False,
                         highlight=False,
                         soft_wrap=True,
@@ -82,4 +82,9 @@ def _run_demo(urls: int, size: int, keep: bool, out: Console) -> bool:
                             time.sleep(0.5)
                     except KeyboardInterrupt:
                         pass
+                    else:  # the service ended on its own: say so (and fail), not end as if asked to
+                        code = service.proc.returncode if service.proc is not None else None
+                        out.print(f"edgewarm serve ended by itself (exit status {code}); its log said:", style="red")
+                        out.print(service.log_text()[-2000:], markup=False, highlight=False)
+                        ok = False
             return ok and hits == len(paths) * len(lab.edges)

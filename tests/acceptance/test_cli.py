@@ -434,6 +434,34 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+def test_demo_keep_whose_service_dies_says_so_and_fails() -> None:
+    """Its `edgewarm serve` killed: the demo ended with status 0 and nothing said, "Ctrl-C to stop." its last
+    line. Now it says the service ended, shows its log's end, and exits 1 (its fleet stopped all the same)."""
+    env = {**os.environ, "COLUMNS": "400"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgewarm", "demo", "--urls", "5", "--keep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # bounded: the demo prints a few dozen lines before it waits
+            lines.append(line)
+            if "Ctrl-C to stop" in line or len(lines) > 500:
+                break
+        listening = re.search(r"listening on \S+ \(PID (\d+)\)", "".join(lines))
+        assert listening is not None and any(line.startswith("Its log: ") for line in lines), lines
+        os.kill(int(listening.group(1)), signal.SIGKILL)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 1, rest
+    assert "edgewarm serve ended by itself (exit status -9)" in rest, rest
+
+
 def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_path: Path) -> None:
     """check-config PATH, --config PATH and EDGEWARM_CONFIG name the same file (before, only PATH); settings
     that keep a feature from working are warned of, as `serve` logs them."""
