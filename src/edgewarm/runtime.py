@@ -310,13 +310,16 @@ async def _run_parts(
                     name="edgewarm-retention",
                 )
             )
-            if not api and config.metrics_listen:
+            if api and config.metrics_listen:
+                log.warning("metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`")
+            elif config.metrics_listen:
                 host, _, port = config.metrics_listen.rpartition(":")
                 try:
                     server_thread, _ = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
                 except OSError as exc:
                     raise _cannot_listen(config.metrics_listen, exc) from None
                 stack.callback(server_thread.shutdown)
+                log.info("metrics on http://%s/metrics", config.metrics_listen)
                 tasks.append(
                     asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")
                 )

@@ -434,6 +434,15 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+def test_metrics_listen_given_to_serve_is_said_to_be_unused(tmp_path: Path) -> None:
+    """`serve` serves /metrics on `listen`; a `metrics_listen` given to it was ignored without a word."""
+    nodes = '[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:9"\n'
+    unused = f'metrics_listen = "127.0.0.1:{free_port()}"'
+    with start_service(tmp_path, nodes, extra=unused) as service:
+        log = service.log.read_text()
+    assert "metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`" in log, log
+
+
 def test_demo_keep_whose_service_dies_says_so_and_fails() -> None:
     """Its `edgewarm serve` killed: the demo ended with status 0 and nothing said, "Ctrl-C to stop." its last
     line. Now it says the service ended, shows its log's end, and exits 1 (its fleet stopped all the same)."""
