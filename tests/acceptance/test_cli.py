@@ -185,6 +185,19 @@ def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) 
     assert len(result.stdout.split()) == 3
 
 
+def test_a_call_larger_than_the_server_takes_says_what_to_do(lab: Lab, tmp_path: Path) -> None:
+    """`urls_per_call = 5000` with the default body limit: a call of 5,000 long URLs is over 1 MB. Before:
+    "JD code -1: request body too large" (a 413 told as JD's internal error, nothing to do about it)."""
+    from edgewarm.testing.service import start_service
+
+    urls = "".join(f"http://{DEFAULT_HOST}/{'x' * 200}/{n}\n" for n in range(5000))
+    with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 5000\n") as service:
+        result = run(["submit"], credentials_env(service, tmp_path), stdin=urls)
+    assert result.returncode == 1, result.stdout
+    said = "request body too large: over [api] max_body_bytes (1048576 bytes) (HTTP 413): send fewer URLs per call"
+    assert said in result.stderr and "JD code" not in result.stderr, result.stderr
+
+
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:
     """100 URLs in calls of 40, the 70th a foreign domain: the first call's task id is printed, and the error
     says call 2 of 3 was refused and the 60 entries from #41 on were not sent (before: only the refusal)."""

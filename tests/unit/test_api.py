@@ -600,6 +600,7 @@ async def test_413_for_a_body_over_the_limit_by_content_length(api: Api) -> None
     body = orjson.dumps({**creds(), "publish_urls": "x" * MAX_BODY})
     response = await api.client.post("/api/prefetch", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 413
+    assert response.json() == {"error": f"request body too large: over [api] max_body_bytes ({MAX_BODY} bytes)"}
     assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
 
 

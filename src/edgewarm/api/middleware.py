@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 
+import orjson
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +32,7 @@ class BodySizeLimit:
         limit = self.max_bytes()
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.strip().isdigit() or int(value) > limit):
-                await self._reject(send)
+                await self._reject(send, limit)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -42,7 +43,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._reject(send)
+                await self._reject(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -58,8 +59,8 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = b'{"error":"request body too large"}'
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = orjson.dumps({"error": f"request body too large: over [api] max_body_bytes ({limit} bytes)"})
         await send(
             {
                 "type": "http.response.start",
