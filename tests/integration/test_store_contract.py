@@ -843,6 +843,12 @@ class TestTaskViews:
         assert (detail.task.succeeded, detail.task.failed) == (detail.counts.succeeded, detail.counts.failed)
         assert (await store.task_detail(task.id, limit=0)).items == []  # type: ignore[union-attr]
         assert await store.task_detail(str(uuid.uuid4())) is None
+        # Only the items in a state: the failed shield and the two edges it failed, then a page of them.
+        failures = await store.task_detail(task.id, state=ItemState.FAILED)
+        assert failures is not None and [i.state for i in failures.items] == [ItemState.FAILED] * 3
+        assert failures.items == [i for i in await store.list_items(task.id) if i.state is ItemState.FAILED]
+        paged = await store.task_detail(task.id, state=ItemState.FAILED, offset=1, limit=1)
+        assert paged is not None and paged.items == failures.items[1:2] and paged.counts == detail.counts
 
     async def test_list_tasks_filters_pages_and_puts_the_newest_first(self, store: TaskStore) -> None:
         """list_tasks selects the user's tasks by status, kind, time and URL, newest first, then by id."""

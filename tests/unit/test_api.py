@@ -746,6 +746,23 @@ async def test_native_task_view_pages_items(api: Api) -> None:
     assert (await api.native(taskid, limit=0)).json()["items"] == []
 
 
+async def test_native_task_view_gives_the_items_in_a_state(api: Api) -> None:
+    """`state=failed` finds a big task's few failures in one page (before: every page read, 26 MB for
+    120,000 items); a state that is none is a 400."""
+    taskid = await api.submitted(2)
+    claims = await api.store.claim_due_items("w1", 100, NOW + 1, 60)
+    failure = ItemOutcome(claims[0].item_id, False, 1, 404, "MISS", 0, "HTTP 404")
+    await api.store.record_outcomes("w1", [failure], NOW + 2)
+    view = (await api.native(taskid, state="failed")).json()
+    assert [(i["state"], i["node"]) for i in view["items"]] == [  # the shield, then the edges it failed
+        ("failed", "shield-1"),
+        ("failed", "edge-1"),
+        ("failed", "edge-2"),
+    ]
+    assert (await api.native(taskid, state="running")).json()["items"][0]["state"] == "running"
+    assert (await api.native(taskid, state="gone")).status_code == 400
+
+
 async def test_native_accepts_the_32_hex_id(api: Api) -> None:
     """The native route finds a task by its 32-hex form too."""
     taskid = await api.submitted()

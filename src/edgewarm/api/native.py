@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ..config import User
 from ..errors import JdCode, RequestRefused, TaskNotFound
-from ..models import Item, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
+from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
 from ..urls import has_controls
 from ..views import iso
@@ -130,9 +130,9 @@ def native_router(service: Service) -> APIRouter:
     def user_of(username: str, signature: str) -> User:
         return service.authenticate(Credentials(header_text(username).strip(), signature.strip()))
 
-    async def full_view(task: Task, offset: int, limit: int) -> dict[str, object]:
+    async def full_view(task: Task, offset: int, limit: int, state: ItemState | None = None) -> dict[str, object]:
         """The task as of one moment: its row (counters, progress) read with its items' counts and page."""
-        detail = await service.store.task_detail(task.id, offset=offset, limit=limit)
+        detail = await service.store.task_detail(task.id, offset=offset, limit=limit, state=state)
         if detail is None:
             raise TaskNotFound()  # removed meanwhile (retention)
         return task_view(service, detail, offset, limit)
@@ -144,11 +144,12 @@ def native_router(service: Service) -> APIRouter:
         signature: Signature = "",
         offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, Query(ge=0, le=10_000)] = 1000,
+        state: Annotated[ItemState | None, Query(description="only the items in this state (failed, say)")] = None,
     ) -> Response:
         """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
         try:
             task = await service.get_task(user_of(username, signature), taskid)
-            return answered(await full_view(task, offset, limit))
+            return answered(await full_view(task, offset, limit, state))
         except Exception as exc:
             return native_error(exc)
 

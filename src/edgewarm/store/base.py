@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from ..errors import SchemaVersionError
-from ..models import Claim, Item, ItemOutcome, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
+from ..models import Claim, Item, ItemOutcome, ItemState, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
 
 SCHEMA_VERSION = 3
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
@@ -176,8 +176,11 @@ class TaskStore(Protocol):
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]: ...
 
-    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
-        """The task, its counts per node and a page of its items, read at one moment (None: unknown)."""
+    async def task_detail(
+        self, task_id: str, *, offset: int = 0, limit: int = 1000, state: ItemState | None = None
+    ) -> TaskDetail | None:
+        """The task, its counts per node and a page of its items (those in `state`, if given), read at one
+        moment (None: unknown)."""
         ...
 
     async def usage(self, username: str, day: str) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from ..models import (
     Item,
     ItemAction,
     ItemOutcome,
+    ItemState,
     NewTask,
     Task,
     TaskCounts,
@@ -221,6 +222,9 @@ _BEGIN_ATTEMPT = "UPDATE items SET attempts = $3 WHERE id = $1 AND lease_owner =
 
 _NODE_COUNTS = "SELECT node, state, count(*) FROM items WHERE task_id = $1 GROUP BY node, state ORDER BY min(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 ORDER BY seq, stage, id LIMIT $2 OFFSET $3"
+_ITEMS_PAGE_IN_STATE = (
+    f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = $1 AND state = $4 ORDER BY seq, stage, id LIMIT $2 OFFSET $3"
+)
 
 # Rows of `worker`'s leases among $1, locked in id order (see the module docstring).
 _MINE = """
@@ -586,14 +590,18 @@ class PostgresStore:
         async with self._connection() as conn:
             return node_counts_from_rows(await conn.fetch(_NODE_COUNTS, task_id))
 
-    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
+    async def task_detail(
+        self, task_id: str, *, offset: int = 0, limit: int = 1000, state: ItemState | None = None
+    ) -> TaskDetail | None:
         # One snapshot for the three reads: the counters in the task row agree with the items' states.
         async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
             if row is None:
                 return None
             nodes = node_counts_from_rows(await conn.fetch(_NODE_COUNTS, task_id))
-            items = [item_from_row(r) for r in await conn.fetch(_ITEMS_PAGE, task_id, limit, offset)] if limit else []
+            page = _ITEMS_PAGE if state is None else _ITEMS_PAGE_IN_STATE
+            args = (task_id, limit, offset) if state is None else (task_id, limit, offset, state.value)
+            items = [item_from_row(r) for r in await conn.fetch(page, *args)] if limit else []
         return TaskDetail(task_from_row(row), nodes, items)
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:

@@ -27,6 +27,7 @@ from ..models import (
     Item,
     ItemAction,
     ItemOutcome,
+    ItemState,
     NewTask,
     Task,
     TaskCounts,
@@ -362,13 +363,17 @@ class SQLiteStore:
     async def node_counts(self, task_id: str) -> dict[str, TaskCounts]:
         return await self._run(lambda: node_counts_from_rows(self.db.execute(_NODE_COUNTS, (task_id,))))
 
-    async def task_detail(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> TaskDetail | None:
+    async def task_detail(
+        self, task_id: str, *, offset: int = 0, limit: int = 1000, state: ItemState | None = None
+    ) -> TaskDetail | None:
         def detail(db: sqlite3.Connection) -> TaskDetail | None:  # one read transaction: one moment
             row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
             nodes = node_counts_from_rows(db.execute(_NODE_COUNTS, (task_id,)))
-            items = [item_from_row(r) for r in db.execute(_ITEMS_PAGE, (task_id, limit, offset))] if limit else []
+            page = _ITEMS_PAGE if state is None else _ITEMS_PAGE_IN_STATE
+            args = (task_id, limit, offset) if state is None else (task_id, limit, offset, state.value)
+            items = [item_from_row(r) for r in db.execute(page, args)] if limit else []
             return TaskDetail(task_from_row(row), nodes, items)
 
         return await self._read(detail)
@@ -701,6 +706,9 @@ _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_sta
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
+_ITEMS_PAGE_IN_STATE = (
+    f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ?1 AND state = ?4 ORDER BY seq, stage, id LIMIT ?2 OFFSET ?3"
+)
 
 # Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
 # JSON (it would round them).
