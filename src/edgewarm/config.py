@@ -220,6 +220,11 @@ class Engine(_Model):
                 f"({self.read_timeout:g} s): a node that drops connection attempts cannot be told from one that "
                 "connects and keeps silent, so it is not held down (README, How a warm works)"
             )
+        if self.fetch_timeout <= self.read_timeout:
+            found.append(
+                f"[engine] fetch_timeout ({self.fetch_timeout:g} s) is not above read_timeout ({self.read_timeout:g} "
+                "s): a request is cut before a silence of read_timeout could end it"
+            )
         return found
 
 
@@ -375,6 +380,32 @@ class Config(_Model):
             if user.name == name:
                 return user
         return None
+
+    def cautions(self) -> list[str]:
+        """Settings that are valid but keep a feature from working, each in a sentence (`check-config` prints
+        them; a service logs them at start and on a reload)."""
+        found = self.engine.cautions()
+        if not self.nodes:
+            found.append("no [[nodes]]: submissions will be refused until nodes are configured")
+        if not self.users:
+            found.append("no [[users]]: every call will be refused (JD code 20) until users are configured")
+        found += [
+            f"user {u.name!r} has no domains: every URL it submits is refused" for u in self.users if not u.domains
+        ]
+        by_url: dict[str, list[str]] = {}
+        for node in self.nodes:
+            by_url.setdefault(node.url.rstrip("/").lower(), []).append(node.name)
+        found += [
+            f"nodes {' and '.join(names)} have one URL: each warm and purge goes to it {len(names)} times"
+            for names in by_url.values()
+            if len(names) > 1
+        ]
+        found += [
+            f'node {n.name!r}: dir_purge = "ban" sends BAN, which only Varnish takes (its kind is {n.kind.value})'
+            for n in self.nodes
+            if n.dir_purge == "ban" and n.kind is not NodeKind.VARNISH
+        ]
+        return found
 
     def shields(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.tier is Tier.SHIELD)

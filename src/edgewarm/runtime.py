@@ -132,8 +132,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
-        if engine:
-            _log_cautions(fresh)
+        _log_cautions(fresh, engine)
 
     def on_signal(signum: int) -> None:
         nonlocal signals
@@ -222,11 +221,11 @@ class _Live:
             await old.__aexit__(None, None, None)
 
 
-def _log_cautions(config: Config) -> None:
-    """The engine's settings that are valid but keep a feature from working (at start and on a reload)."""
-    for caution in config.engine.cautions():
+def _log_cautions(config: Config, engine: bool) -> None:
+    """The settings that are valid but keep a feature from working (at start and on a reload)."""
+    for caution in config.cautions():
         log.warning("%s", caution)
-    if (room := open_files_room(config.engine.concurrency)) is not None:
+    if engine and (room := open_files_room(config.engine.concurrency)) is not None:
         log.warning("%s", room)
 
 
@@ -358,8 +357,7 @@ async def _run_parts(
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         where = f", listening on {config.listen}" if api else ""
         log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
-        if engine:
-            _log_cautions(config)
+        _log_cautions(config, engine)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops

@@ -499,3 +499,30 @@ def test_a_postgresql_url_whose_port_is_no_port_is_refused_without_its_password(
 
 def test_a_postgresql_url_of_several_hosts_is_taken() -> None:
     assert parse_config({"store": "postgresql://e@h1:5432,h2:5433/e"}).store == "postgresql://e@h1:5432,h2:5433/e"
+
+
+def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
+    """check-config said OK to two nodes of one URL, to BAN on an nginx node, to a fetch_timeout that cuts
+    requests before read_timeout could: each is one caution now (serve logs them too)."""
+    config = parse_config(
+        {
+            "users": [{"name": "u", "secret": "s" * 16, "domains": ["example.test"]}],
+            "nodes": [
+                {"name": "a", "url": "http://127.0.0.1:8080"},
+                {"name": "b", "url": "http://127.0.0.1:8080/"},
+                {"name": "c", "url": "http://127.0.0.1:8081", "dir_purge": "ban"},
+                {"name": "v", "url": "http://127.0.0.1:8082", "kind": "varnish", "dir_purge": "ban"},
+            ],
+            "engine": {"fetch_timeout": 30.0},
+        }
+    )
+    assert config.cautions() == [
+        "[engine] fetch_timeout (30 s) is not above read_timeout (30 s): a request is cut before a silence of "
+        "read_timeout could end it",
+        "nodes a and b have one URL: each warm and purge goes to it 2 times",
+        "node 'c': dir_purge = \"ban\" sends BAN, which only Varnish takes (its kind is nginx)",
+    ]
+    assert parse_config({"users": [], "nodes": []}).cautions()[-2:] == [
+        "no [[nodes]]: submissions will be refused until nodes are configured",
+        "no [[users]]: every call will be refused (JD code 20) until users are configured",
+    ]

@@ -94,15 +94,7 @@ def check_config(path: str | None, config_path: str | None) -> None:
         f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
         f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
     )
-    warnings = list(config.engine.cautions())
-    if not config.nodes:
-        warnings.append("no [[nodes]]: submissions will be refused until nodes are configured")
-    if not config.users:
-        warnings.append("no [[users]]: every call will be refused (JD code 20) until users are configured")
-    warnings.extend(
-        f"user {u.name!r} has no domains: every URL it submits is refused" for u in config.users if not u.domains
-    )
-    for warning in warnings:
+    for warning in config.cautions():
         click.echo(f"warning: {warning}", err=True)
 
 
