@@ -9,6 +9,7 @@ from edgewarm.config import Engine, Node
 from edgewarm.engine.actions import _under, perform
 from edgewarm.engine.fetcher import FetchResult
 from edgewarm.engine.node_health import Hold
+from edgewarm.engine.outcome import GATEWAY_ERRORS
 from edgewarm.models import Claim, ItemAction, ItemOutcome, Tier
 from edgewarm.nodes import CacheState
 from edgewarm.urls import TargetUrl, parse_url
@@ -83,6 +84,6 @@ def test_an_edges_gateway_error_with_its_shield_up_is_the_edges_own_and_spends_a
     fleet = _Fleet(shield_held=False)
     outcome = _warm_on_the_edge(fleet, (SHIELD,))
     assert fleet.asked == [("GET", "edge-1"), ("HEAD", "shield-1")]
-    assert (outcome.attempts, outcome.error) == (1, "HTTP 502")
+    assert (outcome.attempts, outcome.error) == (1, "HTTP 502" + GATEWAY_ERRORS[502])
     without = _Fleet(shield_held=True)
     assert _warm_on_the_edge(without, ()).attempts == 1 and without.asked == [("GET", "edge-1")]  # no shields

@@ -344,3 +344,11 @@ def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status:
 def test_a_304_or_a_status_out_of_range_is_named_for_what_it_is(status: int, error: str) -> None:
     outcome = warm_outcome(7, 1, FetchResult(status), SETTINGS, NOW)
     assert (outcome.succeeded, outcome.retry_at, outcome.error) == (False, None, error)
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_says_it_is_the_nodes_own_answer(status: int) -> None:
+    """A 502 read as a plain "HTTP 502": the node is up, its upstream failed it."""
+    outcome = warm_outcome(7, SETTINGS.max_attempts, FetchResult(status, cache_state=CacheState.MISS), SETTINGS, NOW)
+    assert outcome.error is not None and outcome.error.startswith(f"HTTP {status} (the node's own answer: its upstream")
+    assert outcome.error.endswith(f"; gave up after {SETTINGS.max_attempts} attempts")

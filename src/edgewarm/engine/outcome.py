@@ -11,6 +11,11 @@ from ..nodes.purge import UNREADABLE, Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
+# A node answers these itself when its upstream (the origin, or its shield) failed it: said so, as the node is up.
+GATEWAY_ERRORS = {
+    502: " (the node's own answer: its upstream, the origin or a shield, gave no valid answer)",
+    504: " (the node's own answer: its upstream, the origin or a shield, did not answer in time)",
+}
 NO_STATE_TOLD = (
     "the node tells one for other URLs: it did not use its cache for this one"
     " (nginx does not for a cache key longer than its proxy_buffer_size)"
@@ -79,7 +84,7 @@ def warm_outcome(
         # (nginx answers 400 or 414 itself to a request line it cannot take).
         who = "the origin" if result.cache_state is not None else "the node or the origin"
         return done(False, f"HTTP {result.status} (not retried: {who} refused it)")
-    failed = done(False, result.error or f"HTTP {result.status}")
+    failed = done(False, result.error or f"HTTP {result.status}{GATEWAY_ERRORS.get(result.status or 0, '')}")
     return retry_or_give_up(failed, result, settings, now, rng)
 
 
