@@ -932,7 +932,9 @@ async def test_edges_wait_for_their_shield_while_it_restarts_and_are_warmed_once
     of spending their 3 attempts in a tenth of a second on the edges (the task failed); once the shield is
     back, every item succeeds and every URL is a HIT on every node."""
     with Lab(tmp_path / "lab", edges=2, shield=True) as lab:
-        paths = lab.make_files(300, 1024)
+        # Enough that the edges (one request at a time each) are far behind when the shield is done: a URL's
+        # edges are due as soon as its shield's warm ends, in its task's place.
+        paths = lab.make_files(1000, 1024)
         assert lab.shield is not None
         nodes = [
             {"name": "shield-1", "url": lab.shield.url, "tier": "shield", "concurrency": 16},
