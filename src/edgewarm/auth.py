@@ -56,3 +56,18 @@ def verify(
         # No short-circuit: the time taken does not tell which day (if any) matched.
         matched |= hmac.compare_digest(given, sign(username, secret, day).encode())
     return matched
+
+
+SIGNED_DAY_SEARCH = 7  # days beyond the accepted ones a refused signature is looked up in (signed_day)
+
+
+def signed_day(
+    username: str, secret: str, signature: str, now: datetime, timezone: str = DEFAULT_TIMEZONE, window_days: int = 1
+) -> date | None:
+    """The day, outside the accepted ones but within SIGNED_DAY_SEARCH of them, whose signature `signature` is
+    (a caller whose clock or time zone is off by days), or None: the refusal can then say which day it was."""
+    given = signature.strip().lower().encode()
+    for day in accepted_days(now, timezone, window_days + SIGNED_DAY_SEARCH):
+        if hmac.compare_digest(given, sign(username, secret, day).encode()):
+            return day
+    return None

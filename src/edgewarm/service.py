@@ -96,8 +96,18 @@ class Service:
             raise RequestRefused(JdCode.USER_UNKNOWN, "username does not exist")
         api = self.config.api
         now = datetime.fromtimestamp(self._clock(), UTC)
-        if not auth.verify(user.name, user.secret, credentials.signature, now, api.timezone, api.signature_window_days):
-            raise RequestRefused(JdCode.SIGNATURE_INCORRECT, "signature incorrect")
+        window = api.signature_window_days
+        if not auth.verify(user.name, user.secret, credentials.signature, now, api.timezone, window):
+            day = auth.signed_day(user.name, user.secret, credentials.signature, now, api.timezone, window)
+            if day is None:
+                raise RequestRefused(JdCode.SIGNATURE_INCORRECT, "signature incorrect")
+            days = auth.accepted_days(now, api.timezone, window)
+            taken = f"{days[0]:%Y%m%d}" if len(days) == 1 else f"{days[0]:%Y%m%d} to {days[-1]:%Y%m%d}"
+            raise RequestRefused(
+                JdCode.SIGNATURE_INCORRECT,
+                f"signature incorrect: it is the signature of {day:%Y%m%d}; this server takes those of {taken} "
+                f"(days in {api.timezone})",
+            )
         return user
 
     def check_urls(

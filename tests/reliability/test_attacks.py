@@ -93,6 +93,28 @@ async def submitted(api: AsyncApi, user: str = USER, secret: str = SECRET, path:
 
 # -- signatures ----------------------------------------------------------------------------------------------------
 
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("days", "said"), [(-2, "20240308"), (3, "20240313"), (-8, "20240302"), (-9, None), (-365, None)]
+)
+async def test_a_signature_of_a_day_near_the_window_says_which_day_it_is(days: int, said: str | None) -> None:
+    """A caller whose clock or time zone is off by days got a bare "signature incorrect": now the refusal
+    names the day its signature is for, and the days this server takes (in its time zone); a signature of
+    no day near them (or of no day at all) is refused as before, saying nothing more."""
+    async with running_api(parse_config(base_config())) as api:
+        off = sign(USER, SECRET, DAY + timedelta(days=days))
+        answer = await api.jd("/api/prefetch", {"username": USER, "signature": off, "publish_urls": ["http://x.test/"]})
+    if said is None:
+        assert answer == {"status": 7, "msg": "signature incorrect"}
+    else:
+        assert answer == {
+            "status": 7,
+            "msg": f"signature incorrect: it is the signature of {said}; this server takes those of 20240309 to "
+            "20240311 (days in Asia/Shanghai)",
+        }
+
+
 FORGED = {
     "two days ago": sign(USER, SECRET, DAY - timedelta(days=2)),
     "three days ago": sign(USER, SECRET, DAY - timedelta(days=3)),
@@ -120,7 +142,7 @@ async def test_forged_signatures_are_refused_on_every_route(forged: str) -> None
         before = api.census()
         for path in JD_ROUTES:
             answer = await api.jd(path, {"username": USER, "signature": forged, **jd_fields(path, taskid)})
-            assert answer == {"status": 7, "msg": "signature incorrect"}, (path, answer)
+            assert answer["status"] == 7 and answer["msg"].startswith("signature incorrect"), (path, answer)
         for response in await native_calls(api, USER, forged, taskid):
             assert response.status_code == 401, (response.request.url, response.text)
             assert response.json()["code"] == 7
