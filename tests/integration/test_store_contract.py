@@ -694,27 +694,6 @@ class TestWork:
         (late,) = await store.claim_due_webhooks(NOW + 30, 10, LEASE)
         assert late.id == soon
 
-    async def test_a_stage_released_keeps_its_tasks_place_among_the_due_items(self, store: TaskStore) -> None:
-        """A URL's next stage (the edges after its shield, a refresh's warm after its purge) is due from its
-        task's submission: it comes before a task submitted later (it came after every such task: a refresh's
-        objects stayed purged meanwhile), and never after now."""
-        first = make_task(2, SHIELD_THEN_EDGES)
-        later = make_task(1, created_at=NOW + 10)
-        await store.create_task(first)
-        await store.create_task(later)
-        shields = await store.claim_due_items("w1", 10, NOW + 1, LEASE)
-        assert sorted(c.node for c in shields) == ["shield-1", "shield-1"]
-        await store.record_outcomes("w1", [ok(min(c.item_id for c in shields))], NOW + 20)
-        edges = await store.claim_due_items("w1", 2, NOW + 20, LEASE)
-        assert {(c.task_id, c.node) for c in edges} == {(first.id, "edge-1"), (first.id, "edge-2")}
-        assert later.id in {c.task_id for c in await store.claim_due_items("w1", 10, NOW + 20, LEASE)}
-        ahead = make_task(1, SHIELD_THEN_EDGES, created_at=NOW + 3600)  # submitted by a clock an hour ahead
-        await store.create_task(ahead)
-        (shield,) = [c for c in await store.claim_due_items("w1", 10, NOW + 3600, LEASE) if c.task_id == ahead.id]
-        await store.record_outcomes("w1", [ok(shield.item_id)], NOW + 30)  # the clock set right meanwhile
-        due = await store.claim_due_items("w1", 10, NOW + 30, LEASE)  # due now, not in an hour
-        assert sorted(c.node for c in due if c.task_id == ahead.id) == ["edge-1", "edge-2"]
-
     async def test_release_leases_hands_items_back_untouched(self, store: TaskStore) -> None:
         """Released items are due at once for any worker, without an attempt counted."""
         await store.create_task(make_task(2))

@@ -329,9 +329,7 @@ verdict AS (
 )
 UPDATE items SET
     state = CASE WHEN v.failed_first_on IS NULL THEN 'pending' ELSE 'failed' END,
-    -- released: due from the task's submission (SQLiteStore's _RELEASE_STAGE tells why)
-    due_at = CASE WHEN v.failed_first_on IS NULL
-        THEN least($3, (SELECT t.created_at FROM tasks t WHERE t.id = items.task_id)) ELSE items.due_at END,
+    due_at = CASE WHEN v.failed_first_on IS NULL THEN $3 ELSE items.due_at END,
     error = CASE WHEN v.failed_first_on IS NULL THEN items.error ELSE $4 || v.failed_first_on END,
     updated_at = CASE WHEN v.failed_first_on IS NULL THEN items.updated_at ELSE $3 END
 FROM verdict v

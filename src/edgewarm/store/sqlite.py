@@ -964,15 +964,6 @@ def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> No
         )
 
 
-# A stage released is due from its task's submission (not later than now): it keeps the task's place among
-# the due items, before tasks submitted since (a refresh's warms came after all of them, its objects purged
-# meanwhile; an edge's warm after every later task's, its shield's object cold again by then).
-_RELEASE_STAGE = (
-    "UPDATE items SET state = 'pending', due_at = min(?1, (SELECT created_at FROM tasks WHERE id = ?2)) "
-    "WHERE task_id = ?2 AND seq = ?3 AND stage = ?4 AND state = 'waiting'"
-)
-
-
 def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -> int:
     """Release the next stage of one URL once every earlier item has ended, or fail what an earlier failure
     stops (STAGE_GATE). Returns the items failed."""
@@ -1006,7 +997,11 @@ def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -
             ).rowcount
         if any(state in ("pending", "running") for _, state, _ in earlier):
             break
-        released = db.execute(_RELEASE_STAGE, (now, task_id, seq, stage)).rowcount
+        released = db.execute(
+            "UPDATE items SET state = 'pending', due_at = ? WHERE task_id = ? AND seq = ? AND stage = ? "
+            "AND state = 'waiting'",
+            (now, task_id, seq, stage),
+        ).rowcount
         if released:
             break  # else every item of this stage failed: on to the next
     return failed_count
