@@ -655,30 +655,44 @@ class SQLiteStore:
         yield
 
 
+WAL_LOOKS = 0.5  # seconds a WAL-mode file without tables or -wal is looked at again (_not_without_its_wal)
+
+
 def _not_without_its_wal(path: str) -> None:
     """Refuse a database file in WAL mode that holds no table while no `-wal` is beside it: what edgewarm wrote
     is in a `-wal` left behind (the file was copied or moved without it; until SQLite's first checkpoint, some
     4 MB of writes, the file itself is a bare header). Opened, it would look new and get an empty schema: every
-    task, quota and waiting item gone from sight, with no error."""
+    task, quota and waiting item gone from sight, with no error. Another process creating the database at this
+    moment shows the same for an instant (WAL mode set, its -wal not made yet): looked at again a few times
+    over WAL_LOOKS seconds before refusing."""
+    deadline = time.monotonic() + WAL_LOOKS
+    while (why := _without_its_wal(path)) is not None:
+        if time.monotonic() > deadline:
+            raise why
+        time.sleep(0.05)
+
+
+def _without_its_wal(path: str) -> StoreError | None:
     try:
         with open(path, "rb") as f:
             header = f.read(100)
     except OSError:
-        return  # absent (a new store), or unreadable: the open says so
+        return None  # absent (a new store), or unreadable: the open says so
     if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[18:20] != b"\x02\x02":
-        return  # not a database in WAL mode
+        return None  # not a database in WAL mode
     with contextlib.suppress(OSError):
         if os.path.getsize(path + "-wal") > 0:
-            return
+            return None
     # immutable: the file alone, no -wal or -shm looked for (nor made: a read-only open would leave them).
     with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)) as db:
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if not tables:
-        raise StoreError(
-            f"the SQLite database {path} is in WAL mode but holds no table, and {path}-wal is not beside it: its "
-            "content is in that -wal, left where the file was copied or moved from. Put it back beside the file "
-            '(or copy a running store with: sqlite3 FILE ".backup COPY")'
-        )
+    if tables:
+        return None
+    return StoreError(
+        f"the SQLite database {path} is in WAL mode but holds no table, and {path}-wal is not beside it: its "
+        "content is in that -wal, left where the file was copied or moved from. Put it back beside the file "
+        '(or copy a running store with: sqlite3 FILE ".backup COPY")'
+    )
 
 
 async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T], path: str) -> T:
