@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edgewarm.errors import StoreError
 from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskFilter, TaskKind
 from edgewarm.store import open_store
 from edgewarm.store.sqlite import _STAGED_TASKS, MIGRATIONS, SQLiteStore, _json
@@ -109,3 +110,28 @@ async def test_long_reads_do_not_wait_for_the_writers_thread(tmp_path: Path) -> 
             await busy
     assert detail is not None and len(detail.items) == 5
     assert [t.id for t in listed] == [task.id] and len(known) == 10
+
+
+async def test_a_submission_refused_before_its_group_ran_is_never_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database file was away (moved, then put back): the submission was refused ("the store is
+    unavailable") but stayed queued for the group commit, and the next submission's group made it: a task the
+    caller was told failed ran, and a retry made it twice."""
+    async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
+        assert isinstance(store, SQLiteStore)
+
+        def task(name: str) -> NewTask:
+            items = (NewItem(0, f"http://a.test/{name}", "n1"),)
+            return NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, QUOTA)
+
+        def away() -> None:
+            raise StoreError("the SQLite database was removed or replaced")
+
+        monkeypatch.setattr(store, "_still_there", away)
+        with pytest.raises(StoreError):
+            await store.create_task(task("refused"))
+        monkeypatch.undo()
+        made = await store.create_task(task("later"))
+        listed = await store.list_tasks("u", TaskFilter())
+    assert [t.id for t in listed] == [made.id]

@@ -297,7 +297,14 @@ class SQLiteStore:
         # transaction with one fsync, each under its own savepoint (a refused one does not undo the others).
         created: Future[Task] = Future()
         self._to_create.append((task, created))
-        await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
+        try:
+            await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
+        except BaseException:
+            try:  # refused before a group took it (the file gone, say): it must not be made by a later group
+                self._to_create.remove((task, created))
+            except ValueError:  # another call's group took it meanwhile: that group's answer is this call's
+                return await asyncio.wrap_future(created)
+            raise
         return created.result(timeout=0)
 
     def _create_queued(self) -> None:
