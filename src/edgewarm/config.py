@@ -403,7 +403,7 @@ class Config(_Model):
         found += [
             f'node {n.name!r}: dir_purge = "ban" sends BAN, which only Varnish takes (its kind is {n.kind.value})'
             for n in self.nodes
-            if n.dir_purge == "ban" and n.kind is not NodeKind.VARNISH
+            if n.dir_purge == "ban" and n.kind not in (NodeKind.VARNISH, NodeKind.GENERIC)
         ]
         return found
 

@@ -84,7 +84,8 @@ def _run_demo(urls: int, size: int, keep: bool, out: Console) -> bool:
                         pass
                     else:  # the service ended on its own: say so (and fail), not end as if asked to
                         code = service.proc.returncode if service.proc is not None else None
-                        out.print(f"edgewarm serve ended by itself (exit status {code}); its log said:", style="red")
-                        out.print(service.log_text()[-2000:], markup=False, highlight=False)
+                        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                        out.print(f"edgewarm serve ended by itself ({how}); the end of its log:", style="red")
+                        out.print(service.log_text()[-2000:], markup=False, highlight=False, soft_wrap=True)
                         ok = False
             return ok and hits == len(paths) * len(lab.edges)

@@ -289,6 +289,8 @@ async def _run_parts(
     async with contextlib.AsyncExitStack() as stack:
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []
+        if api and config.metrics_listen:
+            log.warning("metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`")
         if engine:
             fetcher = live.fetcher = open_fetcher(config.engine, live.health)
             await fetcher.__aenter__()
@@ -309,9 +311,7 @@ async def _run_parts(
                     name="edgewarm-retention",
                 )
             )
-            if api and config.metrics_listen:
-                log.warning("metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`")
-            elif config.metrics_listen:
+            if config.metrics_listen and not api:
                 host, _, port = config.metrics_listen.rpartition(":")
                 try:
                     server_thread, _ = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)

@@ -447,11 +447,12 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
-def test_metrics_listen_given_to_serve_is_said_to_be_unused(tmp_path: Path) -> None:
-    """`serve` serves /metrics on `listen`; a `metrics_listen` given to it was ignored without a word."""
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_metrics_listen_given_to_serve_or_api_is_said_to_be_unused(tmp_path: Path, command: str) -> None:
+    """`serve` and `api` serve /metrics on `listen`; a `metrics_listen` given to them was ignored without a word."""
     nodes = '[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:9"\n'
     unused = f'metrics_listen = "127.0.0.1:{free_port()}"'
-    with start_service(tmp_path, nodes, extra=unused) as service:
+    with start_service(tmp_path, nodes, extra=unused, command=command) as service:
         log = service.log.read_text()
     assert "metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`" in log, log
 
@@ -481,7 +482,7 @@ def test_demo_keep_whose_service_dies_says_so_and_fails() -> None:
     finally:
         demo.kill()
     assert demo.returncode == 1, rest
-    assert "edgewarm serve ended by itself (exit status -9)" in rest, rest
+    assert "edgewarm serve ended by itself (killed by signal 9)" in rest, rest
 
 
 def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status:
     assert (outcome.succeeded, outcome.retry_at) == (False, None)
     assert outcome.error == (
         f"HTTP {status} from the node's cache ({state}): it keeps this answer of the origin's "
-        '(not retried; "refresh": true purges it first)'
+        '(not retried; "refresh": true, the CLI\'s --refresh-first, purges it first)'
     )
 
 
@@ -347,8 +347,9 @@ def test_a_304_or_a_status_out_of_range_is_named_for_what_it_is(status: int, err
 
 
 @pytest.mark.parametrize("status", [502, 504])
-def test_a_gateway_error_says_it_is_the_nodes_own_answer(status: int) -> None:
-    """A 502 read as a plain "HTTP 502": the node is up, its upstream failed it."""
+def test_a_gateway_error_says_it_is_one(status: int) -> None:
+    """A 502 read as a plain "HTTP 502": a gateway error, the node itself up (it may pass on its shield's or an
+    origin-side proxy's)."""
     outcome = warm_outcome(7, SETTINGS.max_attempts, FetchResult(status, cache_state=CacheState.MISS), SETTINGS, NOW)
-    assert outcome.error is not None and outcome.error.startswith(f"HTTP {status} (the node's own answer: its upstream")
+    assert outcome.error is not None and outcome.error.startswith(f"HTTP {status} (a gateway error: the node, a shield")
     assert outcome.error.endswith(f"; gave up after {SETTINGS.max_attempts} attempts")

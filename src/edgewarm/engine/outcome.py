@@ -11,10 +11,11 @@ from ..nodes.purge import UNREADABLE, Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
-# A node answers these itself when its upstream (the origin, or its shield) failed it: said so, as the node is up.
+# Gateway errors: a proxy (the node, its shield, or one before the origin) got no valid or timely answer from
+# its upstream. Said so: the node itself is up.
 GATEWAY_ERRORS = {
-    502: " (the node's own answer: its upstream, the origin or a shield, gave no valid answer)",
-    504: " (the node's own answer: its upstream, the origin or a shield, did not answer in time)",
+    502: " (a gateway error: the node, a shield or a proxy before the origin got no valid answer from upstream)",
+    504: " (a gateway error: the node, a shield or a proxy before the origin got no answer from upstream in time)",
 }
 NO_STATE_TOLD = (
     "the node tells one for other URLs: it did not use its cache for this one"
@@ -72,7 +73,7 @@ def warm_outcome(
             return done(
                 False,
                 f"HTTP {result.status} from the node's cache ({result.cache_state}): it keeps this answer of the "
-                'origin\'s (not retried; "refresh": true purges it first)',
+                "origin's (not retried; \"refresh\": true, the CLI's --refresh-first, purges it first)",
             )
         if result.status == 304:
             return done(False, "HTTP 304 (not modified) to a plain GET: not the object")
