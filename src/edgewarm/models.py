@@ -125,6 +125,15 @@ class TaskCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """Items handed back by a worker (or every worker's, at a sole engine's start), and the tasks that ended
+    by it: cancelled ones whose last items under way were among them (they fail "cancelled", unsent)."""
+
+    items: int
+    ended: tuple[Task, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDetail:
     """A task with its counts (overall and per node) and a page of its items, as of one moment."""
 

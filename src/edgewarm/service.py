@@ -277,7 +277,7 @@ class Service:
         else:
             under_way = cancelled.total - cancelled.succeeded - cancelled.failed
             log.info(
-                "task cancelled by %s: it ends when its %d items under way come back",
+                "task cancelled by %s: it ends when its items under way come back (%d not ended yet)",
                 user.name,
                 under_way,
                 extra={"task_id": task.id, "user": user.name, "items": under_way},

@@ -353,7 +353,7 @@ class TestWork:
         claims = [await store.claim_due_items("w1", 2, NOW + 1, LEASE, ["slow", "edge-2"]) for _ in range(3)]
         assert [[c.node for c in claim] for claim in claims] == [[], [], ["edge-1"] * 2]  # slow's 10, 4 at a time
         handed_back = claims[2][0].item_id
-        assert await store.release_leases("w1", [handed_back], NOW + 2) == 1
+        assert (await store.release_leases("w1", [handed_back], NOW + 2)).items == 1
         (back,) = await store.claim_due_items("w1", 2, NOW + 2, LEASE, ["slow", "edge-2"])
         assert back.item_id == handed_back
         assert await store.claim_due_items("w1", 2, NOW + 2, LEASE, ["slow"]) == []  # from the first: 4 of slow's
@@ -698,9 +698,9 @@ class TestWork:
         """Released items are due at once for any worker, without an attempt counted."""
         await store.create_task(make_task(2))
         a, b = await claim_all(store)
-        assert await store.release_leases("w2", [a], NOW + 1) == 0
-        assert await store.release_leases("w1", [a], NOW + 1) == 1
-        assert await store.release_leases("w1", [], NOW + 1) == 0
+        assert (await store.release_leases("w2", [a], NOW + 1)).items == 0
+        assert (await store.release_leases("w1", [a], NOW + 1)).items == 1
+        assert (await store.release_leases("w1", [], NOW + 1)).items == 0
         (again,) = await store.claim_due_items("w2", 10, NOW + 1, LEASE)
         assert (again.item_id, again.attempts) == (a, 0)
         assert await store.record_outcomes("w1", [ok(a)], NOW + 2) == 0  # released: no longer w1's
@@ -713,7 +713,7 @@ class TestWork:
         a, b, c = await claim_all(store)
         await store.record_outcomes("w1", [ok(c)], NOW + 1)
         await store.renew_leases("w1", [b], NOW + 500)
-        assert await store.release_all_leases(NOW + 2) == 2
+        assert (await store.release_all_leases(NOW + 2)).items == 2
         # c's success released its URL's two edges; a and b are handed back
         assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=4, succeeded=1)
         again = {x.item_id: x.attempts for x in await store.claim_due_items("w9", 10, NOW + 2, LEASE)}
@@ -940,9 +940,9 @@ class TestTaskViews:
         mine, others = await claim_all(store)
         await store.cancel_task(task.id, "alice", NOW + 1)
         if how == "release":
-            assert await store.release_leases("w1", [mine, others], NOW + 2) == 2
+            released = await store.release_leases("w1", [mine, others], NOW + 2)
         else:
-            assert await store.release_all_leases(NOW + 2) == 2
+            released = await store.release_all_leases(NOW + 2)
         (again,) = await store.claim_due_items("w2", 10, NOW + 2, LEASE)
         assert again.item_id == others
         item = (await items_of(store, task.id))[0, "edge-1"]
@@ -950,6 +950,8 @@ class TestTaskViews:
         ended = await store.get_task(task.id)
         assert ended is not None
         assert (ended.status, ended.failed, ended.finished_at) == (TaskStatus.FAILED, 1, NOW + 2)
+        # The task that ended by it is in the answer (its end is logged and counted by the caller).
+        assert (released.items, released.ended) == (2, (ended,))
 
 
 class TestIdempotencyAndWebhooks:

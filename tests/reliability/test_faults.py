@@ -707,10 +707,52 @@ async def test_a_cancel_while_an_item_is_under_way_is_logged_at_the_cancel_and_a
                 await rig.service.cancel(user, taskid)
                 ended, _ = await rig.wait(taskid, 10)
     lines = [(r.getMessage(), getattr(r, "task_id", None)) for r in caplog.records if "task " in r.getMessage()]
-    assert (f"task cancelled by {USER}: it ends when its 1 items under way come back", taskid) in lines, lines
+    assert (f"task cancelled by {USER}: it ends when its items under way come back (1 not ended yet)", taskid) in lines
     (end,) = [r for r in caplog.records if r.getMessage().startswith("task ended")]
     assert end.getMessage().endswith(f"cancelled by {USER}") and getattr(end, "cancelled_by", None) == USER
     assert ended.status is TaskStatus.FAILED and ended.succeeded == 1
+
+
+async def test_a_cancel_ends_the_claims_waiting_in_the_lanes_at_once() -> None:
+    """One request at a time to a node that answers in 5 s: at the cancel, one item is under way and the
+    others wait claimed in the node's lane. They showed "running" until the slow answer came back (a lane
+    worker ended them only when free); now they fail "cancelled" at once, unsent."""
+    with FaultServer(always(Respond(200, body=BODY, delay=5.0))) as server:
+        node = one_node(server, concurrency=1)
+        async with engine_rig(node, {"read_timeout": 10.0}) as rig:
+            taskid = await rig.submit([f"http://www.example.test/q/{i}" for i in range(5)])
+            await rig.items_when(taskid, lambda items: len(server.requests) == 1)
+            user = rig.config.user(USER)
+            assert user is not None
+            await rig.service.cancel(user, taskid)
+            items = await rig.items_when(taskid, lambda items: sum(i.state is ItemState.FAILED for i in items) == 4)
+            answered = len(server.requests), [r for r in server.requests if r.time + 5.0 <= time.time()]
+    assert sorted((i.state, i.error) for i in items) == [(ItemState.FAILED, "cancelled")] * 4 + [
+        (ItemState.RUNNING, None)
+    ]
+    assert answered == (1, []), answered  # ended while the one under way was still out
+
+
+async def test_a_cancelled_task_that_ends_when_a_stop_hands_its_items_back_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelled with its item under way, then the engine stopped before the item came back: the store ends
+    the task as it takes the item back, and nothing said so (no end line, no metric)."""
+    with FaultServer(always(Respond(200, body=BODY, delay=5.0))) as server:
+        async with engine_rig(one_node(server), {"read_timeout": 10.0}) as rig:
+            with caplog.at_level("INFO", logger="edgewarm"):
+                taskid = await rig.submit(["http://www.example.test/slow/s.bin"])
+                await rig.items_when(taskid, lambda items: len(server.requests) == 1)
+                user = rig.config.user(USER)
+                assert user is not None
+                await rig.service.cancel(user, taskid)
+                await rig.stop()
+                task = await rig.store.get_task(taskid)
+    assert task is not None and task.status is TaskStatus.FAILED
+    (end,) = [r for r in caplog.records if r.getMessage().startswith("task ended")]
+    assert getattr(end, "task_id", None) == taskid and getattr(end, "cancelled_by", None) == USER
+    ended = rig.engine.metrics.registry.get_sample_value("edgewarm_tasks_finished_total", {"status": "2"})
+    assert ended == 1.0
 
 
 async def test_a_dead_workers_items_of_a_task_cancelled_meanwhile_are_not_sent() -> None:

@@ -204,8 +204,10 @@ class Engine:
             await asyncio.gather(writer, renewer, cancels, return_exceptions=True)
             if self._leased:
                 try:
-                    await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
+                    released = await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
                     log.info("released %d unfinished items", len(self._leased))
+                    for task in released.ended:  # cancelled, its last items under way among those handed back
+                        self._task_ended(task)
                 except StoreError as exc:
                     log.error(
                         "releasing %d items failed (they run again when their leases end): %s", len(self._leased), exc
@@ -640,15 +642,34 @@ class Engine:
                 continue  # only bookkeeping: the outcomes are written
             if task is None or task.finished_at != now:
                 continue
-            self.metrics.task_ended(task)
-            log_task_ended(log, task)
-            if self.on_task_finished is not None:
-                self.on_task_finished(task)
+            self._task_ended(task)
+
+    def _task_ended(self, task: Task) -> None:
+        """A task this engine's writes ended: its metrics, its log line, its webhook."""
+        self.metrics.task_ended(task)
+        log_task_ended(log, task)
+        if self.on_task_finished is not None:
+            self.on_task_finished(task)
 
     def cancelled(self, task_id: str) -> None:
         """`task_id` was cancelled (by this process's API): its items in hand are not sent."""
         if any(claim.task_id == task_id for claim in self._in_hand.values()):
             self._cancelled.add(task_id)
+            self._end_queued({task_id})
+
+    def _end_queued(self, task_ids: set[str]) -> None:
+        """End at once, unsent ("cancelled"), the claims of `task_ids` that wait in their lanes' queues (they
+        would end so only once a worker of their lane is free: after the slowest request under way)."""
+        for lane in self._lanes.values():
+            waiting: list[Claim] = []
+            while not lane.queue.empty():
+                waiting.append(lane.queue.get_nowait())
+            for claim in waiting:
+                if claim.task_id in task_ids:
+                    self._end_unsent(claim, CANCELLED)
+                    self._done_with(claim, lane)
+                else:
+                    lane.queue.put_nowait(claim)
 
     async def _watch_cancels(self) -> None:
         """Learn, every CANCEL_CHECK_SECONDS, which tasks of the items in hand were cancelled (by any process):
@@ -659,7 +680,9 @@ class Engine:
             self._cancelled &= in_hand
             if unknown := in_hand - self._cancelled:
                 try:
-                    self._cancelled |= await self.store.cancelled_tasks(sorted(unknown))
+                    found = await self.store.cancelled_tasks(sorted(unknown))
+                    self._cancelled |= found
+                    self._end_queued(found)
                     self._cancels_log.worked()
                 except StoreError as exc:
                     self._cancels_log.failed(exc)

@@ -10,7 +10,18 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from ..errors import SchemaVersionError
-from ..models import Claim, Item, ItemOutcome, ItemState, NewTask, Task, TaskCounts, TaskDetail, TaskFilter
+from ..models import (
+    Claim,
+    Item,
+    ItemOutcome,
+    ItemState,
+    NewTask,
+    Released,
+    Task,
+    TaskCounts,
+    TaskDetail,
+    TaskFilter,
+)
 
 SCHEMA_VERSION = 3
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
@@ -224,12 +235,14 @@ class TaskStore(Protocol):
         worker dies too, the attempt is counted). False when the worker no longer holds the item."""
         ...
 
-    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
-        """Give leased items back untouched (graceful shutdown)."""
+    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
+        """Give leased items back untouched (graceful shutdown); those of a task cancelled meanwhile fail,
+        "cancelled", unsent (the tasks that ends are in the answer)."""
         ...
 
-    async def release_all_leases(self, now: float) -> int:
-        """Make every leased item due now. Only for a process that knows it is the sole engine."""
+    async def release_all_leases(self, now: float) -> Released:
+        """Make every leased item due now (those of tasks cancelled meanwhile fail, as release_leases). Only for
+        a process that knows it is the sole engine."""
         ...
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:

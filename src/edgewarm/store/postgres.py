@@ -36,6 +36,7 @@ from ..models import (
     ItemOutcome,
     ItemState,
     NewTask,
+    Released,
     Task,
     TaskCounts,
     TaskDetail,
@@ -706,28 +707,28 @@ class PostgresStore:
         async with self._connection() as conn:  # one statement: PostgreSQL answers the others meanwhile
             return _rowcount(await conn.execute(_PUT_OFF, node, until, note))
 
-    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
+    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:
-            return 0
+            return Released(0)
         async with self._connection() as conn, conn.transaction():
             # Tasks cancelled while these items were under way, locked before the items (as outcomes lock
             # them): their items handed back are not sent again, they fail as the cancel failed the others.
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_ITEMS, list(item_ids), CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE, list(item_ids), worker, now))
-            await _cancel_waiting(conn, cancelled, now)
+            ended = await _cancel_waiting(conn, cancelled, now)
             if released:
                 await conn.execute(_NOTIFY)  # another worker can take them at once
-        return released
+        return Released(released, ended)
 
-    async def release_all_leases(self, now: float) -> int:
+    async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
         async with self._connection() as conn, conn.transaction():
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE_ALL, now))
-            await _cancel_waiting(conn, cancelled, now)
+            ended = await _cancel_waiting(conn, cancelled, now)
             if released:
                 await conn.execute(_NOTIFY)
-        return released
+        return Released(released, ended)
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
         first: dict[int, ItemOutcome] = {}
@@ -897,9 +898,9 @@ class PostgresStore:
                 await asyncio.wait_for(conn.close(), timeout=5.0)
 
 
-async def _cancel_waiting(conn: _Connection, task_ids: list[str], now: float) -> None:
+async def _cancel_waiting(conn: _Connection, task_ids: list[str], now: float) -> tuple[Task, ...]:
     """Cancel tasks (their rows locked): their items that wait in the store fail, said cancelled; each task ends
-    once all its items have (those under way end as they come back)."""
+    once all its items have (those under way end as they come back). Returns the tasks that ended by it."""
     for task_id in task_ids:
         failed = _rowcount(await conn.execute(_CANCEL_ITEMS, task_id, CANCELLED, now))
         await conn.execute(
@@ -908,8 +909,10 @@ async def _cancel_waiting(conn: _Connection, task_ids: list[str], now: float) ->
             CANCELLED,
             task_id,
         )
-    if task_ids:
-        await conn.execute(_FINISH, task_ids, now)
+    if not task_ids:
+        return ()
+    ended = await conn.fetch(_FINISH + f" RETURNING {TASK_COLUMNS}", task_ids, now)
+    return tuple(task_from_row(row) for row in ended)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -29,6 +29,7 @@ from ..models import (
     ItemOutcome,
     ItemState,
     NewTask,
+    Released,
     Task,
     TaskCounts,
     TaskDetail,
@@ -551,8 +552,8 @@ class SQLiteStore:
                 return total
             since = last  # the next step scans on from there, not past the other nodes' items again
 
-    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> int:
-        def release() -> int:
+    async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
+        def release() -> Released:
             with _write_transaction(self.db):
                 tasks = self.db.execute(
                     "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
@@ -560,23 +561,21 @@ class SQLiteStore:
                     "RETURNING task_id",
                     (now, _json(list(item_ids)), worker),
                 ).fetchall()
-                _cancel_released(self.db, {t for (t,) in tasks}, now)
-            return len(tasks)
+                return Released(len(tasks), _cancel_released(self.db, {t for (t,) in tasks}, now))
 
         return await self._run(release)
 
-    async def release_all_leases(self, now: float) -> int:
+    async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
 
-        def release() -> int:
+        def release() -> Released:
             with _write_transaction(self.db):
                 tasks = self.db.execute(
                     "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
                     "WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL RETURNING task_id",
                     (now,),
                 ).fetchall()
-                _cancel_released(self.db, {t for (t,) in tasks}, now)
-            return len(tasks)
+                return Released(len(tasks), _cancel_released(self.db, {t for (t,) in tasks}, now))
 
         return await self._run(release)
 
@@ -962,15 +961,21 @@ def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> 
     _finish_tasks(db, task_ids, now)
 
 
-def _cancel_released(db: sqlite3.Connection, task_ids: set[str], now: float) -> None:
+def _cancel_released(db: sqlite3.Connection, task_ids: set[str], now: float) -> tuple[Task, ...]:
     """Items handed back whose task was cancelled while they were under way are not sent again: they fail as
-    the cancel would have failed them then."""
-    if task_ids:
-        cancelled = db.execute(
-            "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
-            (_json(sorted(task_ids)), CANCELLED),
-        ).fetchall()
-        _cancel_waiting(db, [t for (t,) in cancelled], now)
+    the cancel would have failed them then. Returns the tasks that ended by it."""
+    if not task_ids:
+        return ()
+    cancelled = db.execute(
+        "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
+        (_json(sorted(task_ids)), CANCELLED),
+    ).fetchall()
+    if not cancelled:
+        return ()
+    ids = [t for (t,) in cancelled]
+    _cancel_waiting(db, ids, now)
+    ended = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND status <> 1"
+    return tuple(task_from_row(row) for row in db.execute(ended, (_json(ids),)))
 
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
