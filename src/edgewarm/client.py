@@ -128,8 +128,10 @@ class _Calls:
         path = "/api/refreshQuery" if refresh else "/api/prefetchQuery"
         return _Call("POST", path, lambda r: dict(_jd(r)["data"]), json=self._body(taskid=taskid))
 
-    def _task(self, taskid: str, offset: int, limit: int) -> _Call:
-        params = {"offset": offset, "limit": limit}
+    def _task(self, taskid: str, offset: int, limit: int, state: str | None = None) -> _Call:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if state is not None:
+            params["state"] = state
         return _Call("GET", _task_path(taskid), _native, params=params, headers=self._auth())
 
     def _tasks(self, filters: dict[str, Any]) -> _Call:
@@ -228,9 +230,10 @@ class Client(_Calls):
         """JD's answer `data`: {"taskid", "status", "msg"}."""
         return dict(self._send(self._query(taskid, refresh)))
 
-    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """The native view: counts (also per node), progress, timestamps and items."""
-        return dict(self._send(self._task(taskid, offset, limit)))
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000, state: str | None = None) -> dict[str, Any]:
+        """The native view: counts (also per node), progress, timestamps and items (those in `state`, if given:
+        "failed", say)."""
+        return dict(self._send(self._task(taskid, offset, limit, state)))
 
     def tasks(self, **filters: Any) -> dict[str, Any]:
         """List tasks: status, kind, since, until (ISO 8601 or epoch), url (keyword), offset, limit."""
@@ -309,8 +312,10 @@ class AsyncClient(_Calls):
     async def query(self, taskid: str, *, refresh: bool = False) -> dict[str, Any]:
         return dict(await self._send(self._query(taskid, refresh)))
 
-    async def task(self, taskid: str, *, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
-        return dict(await self._send(self._task(taskid, offset, limit)))
+    async def task(
+        self, taskid: str, *, offset: int = 0, limit: int = 1000, state: str | None = None
+    ) -> dict[str, Any]:
+        return dict(await self._send(self._task(taskid, offset, limit, state)))
 
     async def tasks(self, **filters: Any) -> dict[str, Any]:
         return dict(await self._send(self._tasks(filters)))

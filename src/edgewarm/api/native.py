@@ -59,7 +59,9 @@ def webhook_view(task: Task) -> dict[str, object] | None:
     }
 
 
-def task_view(service: Service, detail: TaskDetail, offset: int, limit: int) -> dict[str, object]:
+def task_view(
+    service: Service, detail: TaskDetail, offset: int, limit: int, state: ItemState | None = None
+) -> dict[str, object]:
     webhook = webhook_view(detail.task)
     return {
         **service.summary(detail.task),
@@ -69,6 +71,7 @@ def task_view(service: Service, detail: TaskDetail, offset: int, limit: int) -> 
         "items": [item_view(i) for i in detail.items],
         "offset": offset,
         "limit": limit,
+        **({} if state is None else {"state": state.value}),  # the items' filter: page to counts[state]
     }
 
 
@@ -135,7 +138,7 @@ def native_router(service: Service) -> APIRouter:
         detail = await service.store.task_detail(task.id, offset=offset, limit=limit, state=state)
         if detail is None:
             raise TaskNotFound()  # removed meanwhile (retention)
-        return task_view(service, detail, offset, limit)
+        return task_view(service, detail, offset, limit, state)
 
     @router.get("/tasks/{taskid}", response_model=TaskView, responses=ERRORS, summary="A task in full")
     async def get_task(

@@ -123,6 +123,7 @@ class TaskView(TaskSummary):
     items: list[ItemView]
     offset: int
     limit: int
+    state: str | None = Field(None, description="when asked with state=: the items' state (page to counts[state])")
 
 
 class TaskList(BaseModel):

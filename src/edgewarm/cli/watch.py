@@ -14,7 +14,6 @@ from rich.table import Table
 from ..client import Client, ClientError
 
 FAILURES_SHOWN = 5
-PAGE = 10_000  # items per call when looking for a task's failures (the API's largest page)
 
 
 def _done(counts: dict[str, int]) -> int:
@@ -126,12 +125,9 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
         out.print(table)
     failures: list[tuple[str, dict[str, Any]]] = []
     for taskid, view in views.items():
-        # Page by page until enough failures are found (a task's failures may come after its first pages).
-        for offset in range(0, view["total"] if view["counts"]["failed"] else 0, PAGE):
-            if len(failures) >= FAILURES_SHOWN:
-                break
-            items = client.task(taskid, offset=offset, limit=PAGE)["items"]
-            failures += [(taskid, i) for i in items if i["state"] == "failed"][: FAILURES_SHOWN - len(failures)]
+        if view["counts"]["failed"] and len(failures) < FAILURES_SHOWN:
+            items = client.task(taskid, limit=FAILURES_SHOWN - len(failures), state="failed")["items"]
+            failures += [(taskid, i) for i in items]
     if failures:
         shown = Table(title="first failures")
         for name in ("taskid", "node", "url", "http", "attempts", "error"):
