@@ -87,7 +87,8 @@ class RepeatedFailure:
     def worked(self) -> None:
         if self._since is None:
             return
-        self._log.info("%s works again, after %.1f s of failures", self._what, self._clock() - self._since)
+        more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
+        self._log.info("%s works again, after %.1f s of failures%s", self._what, self._clock() - self._since, more)
         self._since, self._logged, self._unlogged = None, None, 0
 
 

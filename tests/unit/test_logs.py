@@ -43,12 +43,15 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
         step.worked()
         step.worked()
         step.failed(down)  # a new run of failures: at once again
+        step.failed(down)
+        step.worked()  # the failure since the last line is counted
     assert messages(caplog) == [
         ("ERROR", "claiming items failed: the store is down"),
         ("ERROR", "claiming items failed: the store is down (119 more failures alike not logged)"),
         ("ERROR", "claiming items failed: the store is damaged"),
         ("INFO", "claiming items works again, after 61.5 s of failures"),
         ("ERROR", "claiming items failed: the store is down"),
+        ("INFO", "claiming items works again, after 0.0 s of failures (1 more failures alike not logged)"),
     ]
 
 
