@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -407,16 +409,15 @@ def test_waiting_on_a_service_that_goes_away_is_one_clear_error_line(tmp_path: P
     assert "Traceback" not in err and err.strip().startswith("Error:") and len(err.strip().splitlines()) == 1, err
 
 
-def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
-    """`edgewarm demo --keep` ended by SIGTERM (a plain kill, a supervisor) as by Ctrl-C: its service and
-    fleet stop and its folder goes (before, only Ctrl-C did that: SIGTERM left all of it running)."""
-    env = {**os.environ, "COLUMNS": "400"}
+@contextlib.contextmanager
+def kept_demo(urls: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`edgewarm demo --keep` started, with the lines it printed until it waits; killed at the end."""
     demo = subprocess.Popen(
-        [sys.executable, "-m", "edgewarm", "demo", "--urls", "10", "--keep"],
+        [sys.executable, "-m", "edgewarm", "demo", "--urls", str(urls), "--keep"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env={**os.environ, "COLUMNS": "400"},
     )
     try:
         assert demo.stdout is not None
@@ -425,6 +426,15 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
             lines.append(line)
             if "Ctrl-C to stop" in line or len(lines) > 500:
                 break
+        yield demo, lines
+    finally:
+        demo.kill()
+
+
+def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
+    """`edgewarm demo --keep` ended by SIGTERM (a plain kill, a supervisor) as by Ctrl-C: its service and
+    fleet stop and its folder goes (before, only Ctrl-C did that: SIGTERM left all of it running)."""
+    with kept_demo(10) as (demo, lines):
         out = "".join(lines)
         assert "Still serving" in out, out
         # The curl it prints works as given: a task id back.
@@ -433,8 +443,6 @@ def test_demo_keep_stopped_by_sigterm_stops_all_it_started() -> None:
         assert json.loads(answer.stdout)["status"] == 0, answer.stdout + answer.stderr
         demo.send_signal(signal.SIGTERM)
         demo.wait(timeout=60)
-    finally:
-        demo.kill()
     listening = re.search(r"listening on \S+ \(PID (\d+)\)", out)
     folder = re.search(r"config\S*: (\S+)/edgewarm\.toml", out)
     assert listening is not None and folder is not None, out
@@ -460,27 +468,11 @@ def test_metrics_listen_given_to_serve_or_api_is_said_to_be_unused(tmp_path: Pat
 def test_demo_keep_whose_service_dies_says_so_and_fails() -> None:
     """Its `edgewarm serve` killed: the demo ended with status 0 and nothing said, "Ctrl-C to stop." its last
     line. Now it says the service ended, shows its log's end, and exits 1 (its fleet stopped all the same)."""
-    env = {**os.environ, "COLUMNS": "400"}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "edgewarm", "demo", "--urls", "5", "--keep"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        assert demo.stdout is not None
-        lines = []
-        for line in demo.stdout:  # bounded: the demo prints a few dozen lines before it waits
-            lines.append(line)
-            if "Ctrl-C to stop" in line or len(lines) > 500:
-                break
+    with kept_demo(5) as (demo, lines):
         listening = re.search(r"listening on \S+ \(PID (\d+)\)", "".join(lines))
         assert listening is not None and any(line.startswith("Its log: ") for line in lines), lines
         os.kill(int(listening.group(1)), signal.SIGKILL)
         rest, _ = demo.communicate(timeout=60)
-    finally:
-        demo.kill()
     assert demo.returncode == 1, rest
     assert "edgewarm serve ended by itself (killed by signal 9)" in rest, rest
 

@@ -24,7 +24,7 @@ import pytest
 
 from edgewarm.api import create_app
 from edgewarm.auth import sign
-from edgewarm.config import Config, parse_config
+from edgewarm.config import Config, User, parse_config
 from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.models import Item, Task, TaskStatus
 from edgewarm.service import Service
@@ -234,13 +234,26 @@ class Rig:
     runner: asyncio.Task[None]
     created: list[str] = field(default_factory=list)
 
-    async def submit(self, urls: list[str], *, refresh_first: bool = False) -> str:
+    @property
+    def user(self) -> User:
         user = self.config.user(USER)
         assert user is not None
-        task = await self.service.submit_prefetch(user, urls, refresh_first=refresh_first)
+        return user
+
+    async def submit(self, urls: list[str], *, refresh_first: bool = False) -> str:
+        task = await self.service.submit_prefetch(self.user, urls, refresh_first=refresh_first)
         self.engine.wake()
         self.created.append(task.id)
         return task.id
+
+    async def refresh_dir(self, directory: str) -> str:
+        task = await self.service.submit_refresh(self.user, [directory], "dir")
+        self.engine.wake()
+        self.created.append(task.id)
+        return task.id
+
+    async def cancel(self, task_id: str) -> None:
+        await self.service.cancel(self.user, task_id)
 
     async def stop(self, within: float = 10.0) -> None:
         """Stop the engine; AssertionError when it has not ended within `within` seconds."""

@@ -459,9 +459,7 @@ async def test_a_cancelled_tasks_items_in_hand_are_not_sent(told: bool) -> None:
             taskid = await rig.submit([f"http://www.example.test/c/{i}" for i in range(100)])
             await rig.items_when(taskid, lambda items: sum(i.state is ItemState.RUNNING for i in items) >= 16)
             if told:
-                user = rig.config.user(USER)
-                assert user is not None
-                await rig.service.cancel(user, taskid)
+                await rig.cancel(taskid)
             else:
                 await rig.store.cancel_task(taskid, USER, time.time())
             sent = len(node.requests)
@@ -702,9 +700,7 @@ async def test_a_cancel_while_an_item_is_under_way_is_logged_at_the_cancel_and_a
             with caplog.at_level("INFO", logger="edgewarm"):
                 taskid = await rig.submit(["http://www.example.test/slow/c.bin"])
                 await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-                user = rig.config.user(USER)
-                assert user is not None
-                await rig.service.cancel(user, taskid)
+                await rig.cancel(taskid)
                 ended, _ = await rig.wait(taskid, 10)
     lines = [(r.getMessage(), getattr(r, "task_id", None)) for r in caplog.records if "task " in r.getMessage()]
     assert (f"task cancelled by {USER}: it ends when its items under way come back (1 not ended yet)", taskid) in lines
@@ -722,9 +718,7 @@ async def test_a_cancel_ends_the_claims_waiting_in_the_lanes_at_once() -> None:
         async with engine_rig(node, {"read_timeout": 10.0}) as rig:
             taskid = await rig.submit([f"http://www.example.test/q/{i}" for i in range(5)])
             await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-            user = rig.config.user(USER)
-            assert user is not None
-            await rig.service.cancel(user, taskid)
+            await rig.cancel(taskid)
             items = await rig.items_when(taskid, lambda items: sum(i.state is ItemState.FAILED for i in items) == 4)
             answered = len(server.requests), [r for r in server.requests if r.time + 5.0 <= time.time()]
     assert sorted((i.state, i.error) for i in items) == [(ItemState.FAILED, "cancelled")] * 4 + [
@@ -743,9 +737,7 @@ async def test_a_cancelled_task_that_ends_when_a_stop_hands_its_items_back_is_lo
             with caplog.at_level("INFO", logger="edgewarm"):
                 taskid = await rig.submit(["http://www.example.test/slow/s.bin"])
                 await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-                user = rig.config.user(USER)
-                assert user is not None
-                await rig.service.cancel(user, taskid)
+                await rig.cancel(taskid)
                 await rig.stop()
                 task = await rig.store.get_task(taskid)
     assert task is not None and task.status is TaskStatus.FAILED
@@ -848,11 +840,7 @@ async def test_a_directory_with_more_known_urls_than_purged_one_by_one_fails_say
         async with engine_rig(one_node(node)) as rig:
             warmed, _ = await rig.wait(await rig.submit([f"http://www.example.test/d/{i}" for i in range(5)]), 20)
             assert warmed.status is TaskStatus.SUCCEEDED
-            user = rig.config.user(USER)
-            assert user is not None
-            task = await rig.service.submit_refresh(user, ["http://www.example.test/d/"], "dir")
-            rig.engine.wake()
-            ended, (item,) = await rig.wait(task.id, 20)
+            ended, (item,) = await rig.wait(await rig.refresh_dir("http://www.example.test/d/"), 20)
     assert ended.status is TaskStatus.FAILED
     assert item.error is not None and item.error.startswith(
         "purged 3 of the 3 URLs known at or under the directory, the first 3 in one spelling: more may be cached"
@@ -871,11 +859,7 @@ async def test_a_directory_purge_that_fails_names_the_cause_of_its_first_failure
         async with engine_rig(one_node(node)) as rig:
             warmed, _ = await rig.wait(await rig.submit([f"http://www.example.test/e/{i}" for i in range(3)]), 20)
             assert warmed.status is TaskStatus.SUCCEEDED
-            user = rig.config.user(USER)
-            assert user is not None
-            task = await rig.service.submit_refresh(user, ["http://www.example.test/e/"], "dir")
-            rig.engine.wake()
-            ended, (item,) = await rig.wait(task.id, 20)
+            ended, (item,) = await rig.wait(await rig.refresh_dir("http://www.example.test/e/"), 20)
     assert ended.status is TaskStatus.FAILED
     # 4 known: the 3 warmed and the directory's own URL
     assert item.error == (
