@@ -21,12 +21,12 @@ import pytest
 import edgewarm.engine.actions
 import edgewarm.store.base
 import edgewarm.store.sqlite
-from edgewarm.config import parse_config
+from edgewarm.config import Config, parse_config
 from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.errors import StoreError
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.service import Service
-from edgewarm.store import open_store
+from edgewarm.store import TaskStore, open_store
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
     Action,
@@ -656,6 +656,18 @@ async def test_items_of_a_node_held_down_are_no_requests_in_the_latency_histogra
     assert timed == len(items) - unsent
 
 
+async def taken_over(
+    config: Config, store: TaskStore, service: Service, fetcher: Fetcher, task_id: str
+) -> tuple[Task, list[Item]]:
+    """The task once an engine (not the store's only one) has taken over the items a dead worker held."""
+    engine = Engine(config, store, fetcher, sole=False)
+    rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
+    try:
+        return await rig.wait(task_id, 20)
+    finally:
+        await rig.stop()
+
+
 async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its_lease() -> None:
     """A worker died holding 10 items (SIGKILL, say): it had begun the third attempt of one, and only held the
     others claimed ahead. When their lease ran out, the engine that takes them over sends each of the 9 once,
@@ -673,12 +685,7 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
             held = await store.claim_due_items("dead", 100, time.time(), 0.3)
             assert len(held) == 10
             assert await store.begin_attempt("dead", held[0].item_id, 3)
-            engine = Engine(config, store, fetcher, sole=False)
-            rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
-            try:
-                ended, items = await rig.wait(task.id, 20)
-            finally:
-                await rig.stop()
+            ended, items = await taken_over(config, store, service, fetcher, task.id)
     by_id = {i.id: i for i in items}
     given_up = by_id.pop(held[0].item_id)
     assert (given_up.state, given_up.attempts, given_up.error) == (
@@ -690,6 +697,14 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
     assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
 
 
+async def cancelled_under_way(rig: Rig, server: FaultServer, urls: list[str]) -> str:
+    """A task of `urls` submitted, then cancelled once its first request reached `server`."""
+    taskid = await rig.submit(urls)
+    await rig.items_when(taskid, lambda items: len(server.requests) >= 1)
+    await rig.cancel(taskid)
+    return taskid
+
+
 async def test_a_cancel_while_an_item_is_under_way_is_logged_at_the_cancel_and_at_the_end(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -698,9 +713,7 @@ async def test_a_cancel_while_an_item_is_under_way_is_logged_at_the_cancel_and_a
     with FaultServer(always(Respond(200, body=BODY, delay=1.0))) as server:
         async with engine_rig(one_node(server), {"read_timeout": 5.0}) as rig:
             with caplog.at_level("INFO", logger="edgewarm"):
-                taskid = await rig.submit(["http://www.example.test/slow/c.bin"])
-                await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-                await rig.cancel(taskid)
+                taskid = await cancelled_under_way(rig, server, ["http://www.example.test/slow/c.bin"])
                 ended, _ = await rig.wait(taskid, 10)
     lines = [(r.getMessage(), getattr(r, "task_id", None)) for r in caplog.records if "task " in r.getMessage()]
     assert (f"task cancelled by {USER}: it ends when its items under way come back (1 not ended yet)", taskid) in lines
@@ -716,9 +729,7 @@ async def test_a_cancel_ends_the_claims_waiting_in_the_lanes_at_once() -> None:
     with FaultServer(always(Respond(200, body=BODY, delay=5.0))) as server:
         node = one_node(server, concurrency=1)
         async with engine_rig(node, {"read_timeout": 10.0}) as rig:
-            taskid = await rig.submit([f"http://www.example.test/q/{i}" for i in range(5)])
-            await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-            await rig.cancel(taskid)
+            taskid = await cancelled_under_way(rig, server, [f"http://www.example.test/q/{i}" for i in range(5)])
             items = await rig.items_when(taskid, lambda items: sum(i.state is ItemState.FAILED for i in items) == 4)
             answered = len(server.requests), [r for r in server.requests if r.time + 5.0 <= time.time()]
     assert sorted((i.state, i.error) for i in items) == [(ItemState.FAILED, "cancelled")] * 4 + [
@@ -735,9 +746,7 @@ async def test_a_cancelled_task_that_ends_when_a_stop_hands_its_items_back_is_lo
     with FaultServer(always(Respond(200, body=BODY, delay=5.0))) as server:
         async with engine_rig(one_node(server), {"read_timeout": 10.0}) as rig:
             with caplog.at_level("INFO", logger="edgewarm"):
-                taskid = await rig.submit(["http://www.example.test/slow/s.bin"])
-                await rig.items_when(taskid, lambda items: len(server.requests) == 1)
-                await rig.cancel(taskid)
+                taskid = await cancelled_under_way(rig, server, ["http://www.example.test/slow/s.bin"])
                 await rig.stop()
                 task = await rig.store.get_task(taskid)
     assert task is not None and task.status is TaskStatus.FAILED
@@ -761,12 +770,7 @@ async def test_a_dead_workers_items_of_a_task_cancelled_meanwhile_are_not_sent()
             assert len(await store.claim_due_items("dead", 100, time.time(), 0.3)) == 5
             await service.cancel(user, task.id)
             await asyncio.sleep(0.4)  # the dead worker's leases run out
-            engine = Engine(config, store, fetcher, sole=False)
-            rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
-            try:
-                ended, items = await rig.wait(task.id, 20)
-            finally:
-                await rig.stop()
+            ended, items = await taken_over(config, store, service, fetcher, task.id)
     assert {(i.state, i.error) for i in items} == {(ItemState.FAILED, "cancelled")}
     assert ended.status is TaskStatus.FAILED and ended.reason == "cancelled"
     assert server.requests == []
