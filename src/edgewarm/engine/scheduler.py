@@ -405,7 +405,7 @@ class Engine:
                 self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                 continue
             if claim.retaken and claim.task_id not in self._cancelled:
-                await self._look_for_cancel(claim.task_id)  # its holder died: the task may be long cancelled
+                await self._look_for_cancels({claim.task_id})  # its holder died: the task may be long cancelled
             if lane.removed or claim.task_id in self._cancelled:
                 self._end_unsent(claim, None if lane.removed else CANCELLED)
                 self._done_with(claim, lane)
@@ -679,20 +679,19 @@ class Engine:
             in_hand = {claim.task_id for claim in self._in_hand.values()}
             self._cancelled &= in_hand
             if unknown := in_hand - self._cancelled:
-                try:
-                    found = await self.store.cancelled_tasks(sorted(unknown))
-                    self._cancelled |= found
-                    self._end_queued(found)
-                    self._cancels_log.worked()
-                except StoreError as exc:
-                    self._cancels_log.failed(exc)
+                await self._look_for_cancels(unknown)
 
-    async def _look_for_cancel(self, task_id: str) -> None:
+    async def _look_for_cancels(self, task_ids: set[str]) -> None:
+        """Ask the store which of `task_ids` were cancelled: their items not yet started are not sent, those
+        waiting in the lanes end at once. The store not answering, they go on (asked again at the next look)."""
         try:
-            self._cancelled |= await self.store.cancelled_tasks([task_id])
-            self._cancels_log.worked()
-        except StoreError as exc:  # sent anyway: _watch_cancels stops the task's other items
+            found = await self.store.cancelled_tasks(sorted(task_ids))
+        except StoreError as exc:
             self._cancels_log.failed(exc)
+            return
+        self._cancels_log.worked()
+        self._cancelled |= found
+        self._end_queued(found)
 
     async def _renew_leases(self) -> None:
         while True:

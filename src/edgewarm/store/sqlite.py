@@ -553,31 +553,30 @@ class SQLiteStore:
             since = last  # the next step scans on from there, not past the other nodes' items again
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
-        def release() -> Released:
-            with _write_transaction(self.db):
-                tasks = self.db.execute(
-                    "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
-                    "WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running' "
-                    "RETURNING task_id",
-                    (now, _json(list(item_ids)), worker),
-                ).fetchall()
-                return Released(len(tasks), _cancel_released(self.db, {t for (t,) in tasks}, now))
-
-        return await self._run(release)
+        where = "id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'"
+        return await self._run(functools.partial(self._hand_back, where, (_json(list(item_ids)), worker), now))
 
     async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
+        return await self._run(
+            functools.partial(self._hand_back, "state IN ('pending', 'running') AND lease_owner IS NOT NULL", (), now)
+        )
 
-        def release() -> Released:
-            with _write_transaction(self.db):
-                tasks = self.db.execute(
-                    "UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL "
-                    "WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL RETURNING task_id",
-                    (now,),
-                ).fetchall()
-                return Released(len(tasks), _cancel_released(self.db, {t for (t,) in tasks}, now))
-
-        return await self._run(release)
+    def _hand_back(self, where: str, args: tuple[object, ...], now: float) -> Released:
+        """The leased items `where` says due at `now` again; those of tasks cancelled while they were under way
+        fail instead, as the cancel would have failed them then (not sent again)."""
+        with _write_transaction(self.db):
+            handed = self.db.execute(
+                f"UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL WHERE {where} RETURNING task_id",
+                (now, *args),
+            ).fetchall()
+            if not handed:
+                return Released(0)
+            cancelled = self.db.execute(
+                "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
+                (_json(sorted({t for (t,) in handed})), CANCELLED),
+            ).fetchall()
+            return Released(len(handed), _cancel_waiting(self.db, [t for (t,) in cancelled], now))
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
         def record() -> int:
@@ -946,9 +945,11 @@ def _outcome_row(o: ItemOutcome, now: float) -> tuple[object, ...]:
     return (o.item_id, state, due, o.attempts, o.http_status, o.cache_state, o.bytes, o.error)
 
 
-def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
+def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> tuple[Task, ...]:
     """Cancel tasks: their items that wait in the store fail, said cancelled; each task ends once all its
-    items have (those under way end as they come back)."""
+    items have (those under way end as they come back). Returns the tasks that ended by it."""
+    if not task_ids:
+        return ()
     for task_id in task_ids:
         failed = db.execute(
             "UPDATE items SET state = 'failed', error = ?, lease_owner = NULL, updated_at = ? "
@@ -959,23 +960,8 @@ def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> 
             "UPDATE tasks SET failed = failed + ?, reason = ? WHERE id = ? AND status = 1", (failed, CANCELLED, task_id)
         )
     _finish_tasks(db, task_ids, now)
-
-
-def _cancel_released(db: sqlite3.Connection, task_ids: set[str], now: float) -> tuple[Task, ...]:
-    """Items handed back whose task was cancelled while they were under way are not sent again: they fail as
-    the cancel would have failed them then. Returns the tasks that ended by it."""
-    if not task_ids:
-        return ()
-    cancelled = db.execute(
-        "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
-        (_json(sorted(task_ids)), CANCELLED),
-    ).fetchall()
-    if not cancelled:
-        return ()
-    ids = [t for (t,) in cancelled]
-    _cancel_waiting(db, ids, now)
-    ended = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND status <> 1"
-    return tuple(task_from_row(row) for row in db.execute(ended, (_json(ids),)))
+    ended = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND finished_at = ?"
+    return tuple(task_from_row(row) for row in db.execute(ended, (_json(task_ids), now)))
 
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
