@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -307,6 +307,21 @@ def _is_host(text: str) -> bool:
         return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
+def _bad_postgresql_port(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL's ports (each host's in `h1:5432,h2:5433`, and `?port=5432,5433`),
+    or None: the driver would fail on them at the first connection, after check-config said OK."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    ports = [host.rpartition("]")[2].partition(":")[2] for host in hosts.split(",")]
+    ports += [p for value in parse_qs(parts.query).get("port", []) for p in value.split(",")]
+    for port in ports:
+        if port and not port.isdigit():
+            return f"port {port!r} is not a number"
+        if port and not 0 < int(port) < 65536:
+            return f"port {int(port)} is out of range (1-65535)"
+    return None
+
+
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -350,11 +365,8 @@ class Config(_Model):
             sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
         except StoreError as exc:
             raise ValueError(str(exc)) from None
-        if scheme.startswith("postgres") and "," not in urlsplit(value).netloc:  # (h1:5432,h2:5432: several hosts)
-            try:
-                urlsplit(value).port  # noqa: B018 (read for its check: a port that is no number raises)
-            except ValueError as exc:
-                raise ValueError(f"{redacted(value)!r}: {exc}") from None
+        if scheme.startswith("postgres") and (bad := _bad_postgresql_port(value)) is not None:
+            raise ValueError(f"{redacted(value)!r}: {bad}")
         return value
 
     @model_validator(mode="after")

@@ -486,8 +486,12 @@ def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
 @pytest.mark.parametrize(
     ("store", "said"),
     [
-        ("postgresql://edgewarm:hunter2pw@127.0.0.1:notaport/edgewarm", "Port could not be cast to integer"),
-        ("postgresql://edgewarm@127.0.0.1:99999/edgewarm", "Port out of range"),
+        ("postgresql://edgewarm:hunter2pw@127.0.0.1:notaport/edgewarm", "port 'notaport' is not a number"),
+        ("postgresql://edgewarm@127.0.0.1:99999/edgewarm", "port 99999 is out of range"),
+        ("postgresql://edgewarm:hunter2pw@h1:5432,h2:x/edgewarm", "port 'x' is not a number"),
+        ("postgresql://edgewarm:hunter2pw@[::1]:5432,h2:70000/edgewarm", "port 70000 is out of range"),
+        ("postgresql://edgewarm:hunter2pw@h1,h2/edgewarm?port=5432,abc", "port 'abc' is not a number"),
+        ("postgresql://edgewarm:hunter2pw@h1/edgewarm?port=0", "port 0 is out of range"),
     ],
 )
 def test_a_postgresql_url_whose_port_is_no_port_is_refused_without_its_password(store: str, said: str) -> None:
@@ -497,8 +501,17 @@ def test_a_postgresql_url_whose_port_is_no_port_is_refused_without_its_password(
     assert "hunter2pw" not in str(refused.value) and "store" in str(refused.value)
 
 
-def test_a_postgresql_url_of_several_hosts_is_taken() -> None:
-    assert parse_config({"store": "postgresql://e@h1:5432,h2:5433/e"}).store == "postgresql://e@h1:5432,h2:5433/e"
+@pytest.mark.parametrize(
+    "store",
+    [
+        "postgresql://e@h1:5432,h2:5433/e",
+        "postgresql://e@[::1]:5432,h2/e",
+        "postgresql://e@h1,h2/e?port=5432,5433",
+        "postgres://e:p@db.internal/e?sslmode=require",
+    ],
+)
+def test_postgresql_urls_of_one_or_several_hosts_are_taken(store: str) -> None:
+    assert parse_config({"store": store}).store == store
 
 
 def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
