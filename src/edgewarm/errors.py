@@ -55,6 +55,10 @@ class StoreError(EdgewarmError):
     """The store could not do what was asked."""
 
 
+class StoreDamaged(StoreError):
+    """The database file is damaged: nothing that reads the damaged part works until it is restored."""
+
+
 class SchemaVersionError(StoreError):
     """The database schema does not match this version of edgewarm."""
 

@@ -501,3 +501,56 @@ def test_a_damaged_database_file_is_named_and_said_to_be_damaged(tmp_path: Path)
     with pytest.raises(StoreError) as damaged:
         asyncio.run(read(ids))
     assert str(damaged.value).startswith(f"sqlite: the database {path} is damaged (database disk image is malformed)")
+
+
+@pytest.mark.parametrize("table", ["items", "tasks"])
+def test_a_damaged_database_file_makes_the_store_not_ready_and_every_read_says_so(tmp_path: Path, table: str) -> None:
+    """Once a statement found the file damaged, queue_depth (what /readyz asks) says so: the count it makes
+    may still work (it reads an index), and /readyz said ready while submissions and queries failed. The
+    point reads of a task (prefetchQuery's) raised SQLite's own DatabaseError, not the store's error."""
+    import sqlite3
+    import uuid
+
+    from edgewarm.errors import StoreDamaged, StoreError
+    from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
+    from edgewarm.store import open_store
+
+    path = tmp_path / "e.db"
+
+    async def make() -> list[str]:
+        async with open_store(f"sqlite:///{path}") as store:
+            ids = []
+            for t in range(30):
+                items = tuple(NewItem(i, f"http://www.example.test/{t}/{i}", "edge-1") for i in range(100))
+                quota = QuotaCharge("20261129", 100, 0, 10**9, 10**9)
+                task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
+                ids.append((await store.create_task(task)).id)
+            return ids
+
+    async def use(ids: list[str]) -> tuple[int, list[str], str]:
+        async with open_store(f"sqlite:///{path}") as store:
+            before = await store.queue_depth()  # an index: not damaged
+            failures = []
+            for taskid in ids:
+                for read in (store.get_task, store.list_items):
+                    try:
+                        await read(taskid)
+                    except StoreError as exc:
+                        failures.append(str(exc))
+                    except sqlite3.Error as exc:  # what the point read of a task did
+                        failures.append(f"raw {exc!r}")
+            with pytest.raises(StoreDamaged) as not_ready:
+                await store.queue_depth()
+            return before, failures, str(not_ready.value)
+
+    ids = asyncio.run(make())
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the table's pages, not its indexes'
+        pages = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = ? ORDER BY pageno", (table,))]
+    with path.open("r+b") as f:
+        for page in pages[len(pages) // 2 :]:
+            f.seek((page - 1) * 4096)
+            f.write(b"\xa5" * 4096)
+    before, failures, not_ready = asyncio.run(use(ids))
+    assert before == 3000
+    assert failures and all(f.startswith(f"sqlite: the database {path} is damaged") for f in failures), failures
+    assert not_ready.startswith(f"sqlite: the database {path} is damaged")

@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from ..errors import QuotaExceeded, StoreError
+from ..errors import QuotaExceeded, StoreDamaged, StoreError
 from ..models import (
     CANCELLED,
     Claim,
@@ -133,6 +133,7 @@ class SQLiteStore:
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
         self._scans = ClaimScans()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
+        self._damaged: StoreDamaged | None = None  # once a statement found the file damaged: /readyz says so
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class SQLiteStore:
         try:
             await self._run(self._open)
         except StoreError as exc:
-            if not str(exc).startswith("sqlite: "):
+            if not str(exc).startswith("sqlite: ") or isinstance(exc, StoreDamaged):
                 raise  # edgewarm's own words, which name the file
             raise StoreError(f"the SQLite database {self.path}: {str(exc).removeprefix('sqlite: ')}") from exc
         if self.path != ":memory:":
@@ -202,7 +203,7 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
         """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
-        return await _off_the_loop(self._executor, self._checked(fn) if check else fn, self.path)
+        return await self._off_the_loop(self._executor, self._checked(fn) if check else fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
@@ -222,7 +223,21 @@ class SQLiteStore:
             finally:
                 db.execute("COMMIT")
 
-        return await _off_the_loop(self._read_executor, read, self.path)
+        return await self._off_the_loop(self._read_executor, read)
+
+    async def _off_the_loop(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        """`fn` on `executor`'s thread; SQLite's errors come out as StoreError (`_error`)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """A SQLite error as the store's; a damaged file is remembered, for queue_depth (/readyz) to tell."""
+        error = _store_error(exc, self.path)
+        if isinstance(error, StoreDamaged):
+            self._damaged = error
+        return error
 
     def _checked(self, fn: Callable[[], T]) -> Callable[[], T]:
         def checked() -> T:
@@ -337,7 +352,7 @@ class SQLiteStore:
         except BaseException as exc:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk)
                 db.execute("ROLLBACK")
-            failure = _store_error(exc, self.path) if isinstance(exc, sqlite3.Error) else exc
+            failure = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
             for _, created in group:  # the ones not answered yet were not committed
                 if not created.done():
                     created.set_exception(failure)
@@ -355,8 +370,8 @@ class SQLiteStore:
         if reader is not None:
             try:
                 return get(reader)
-            except sqlite3.OperationalError:
-                pass  # busy for a moment (a checkpoint): ask the writer's thread instead
+            except sqlite3.Error:
+                pass  # busy for a moment (a checkpoint), or worse: the writer's thread asks again, and says what
         return await self._run(lambda: get(self.db))
 
     async def task_counts(self, task_id: str) -> TaskCounts:
@@ -641,6 +656,9 @@ class SQLiteStore:
         return await self._read(known)
 
     async def queue_depth(self) -> int:
+        if self._damaged is not None:  # the count may still work (an index): the file is damaged all the same
+            raise StoreDamaged(str(self._damaged))
+
         def depth() -> int:
             row = self.db.execute("SELECT COUNT(*) FROM items WHERE state IN ('pending', 'running')").fetchone()
             return int(row[0])
@@ -700,18 +718,10 @@ def _without_its_wal(path: str) -> StoreError | None:
     )
 
 
-async def _off_the_loop(executor: ThreadPoolExecutor, fn: Callable[[], T], path: str) -> T:
-    """`fn` on `executor`'s thread; SQLite's errors come out as StoreError (`_store_error`)."""
-    try:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn)
-    except sqlite3.Error as exc:
-        raise _store_error(exc, path) from exc
-
-
 def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
     """A SQLite error as the store's: a damaged file is named, with what to do (else retried as unavailable)."""
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
-        return StoreError(
+        return StoreDamaged(
             f"sqlite: the database {path} is damaged ({exc}): check it with sqlite3 {path} "
             "'PRAGMA integrity_check', and restore it from a backup (or try sqlite3's .recover)"
         )
