@@ -52,6 +52,7 @@ class Metrics:
         self.store_up = Gauge("edgewarm_store_up", "1 when the store answered the last count of the queue", registry=r)
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
+        self.waits_open = Gauge("edgewarm_api_waits_open", "Long-polls (/v1/tasks/{id}/wait) open", registry=r)
 
     def queue_counted(self, depth: int | None) -> None:
         """The store's queue depth, or None when the store did not answer: then the depth is unknown (NaN),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -222,3 +223,59 @@ def test_the_task_view_shows_its_webhook_delivery(tmp_path: Path) -> None:
     assert "webhook" not in without
     assert set(jd_answer) == {"taskid", "status", "msg"}
     assert b"webhook" not in accepting.calls[0][0] and b"s3cret" not in accepting.calls[0][0]
+
+
+def test_a_wait_whose_caller_hung_up_stops_and_a_user_has_at_most_50_open(
+    service: ServiceProcess, client: Client, lab: Lab
+) -> None:
+    """Long-polls went on asking the store for their whole timeout after their callers had gone: a user could
+    open thousands (each socket closed at once) and slow every other user's warms. A wait now ends when its
+    caller hangs up, and a user has at most WAITS_PER_USER open: more answer at once, the task as it is."""
+    import socket
+
+    from edgewarm.service import WAITS_PER_USER
+
+    def waits_open() -> float:
+        text = httpx.get(f"{service.url}/metrics", timeout=10).text
+        found = [s.value for f in text_string_to_metric_families(text) for s in f.samples]
+        names = [s.name for f in text_string_to_metric_families(text) for s in f.samples]
+        return found[names.index("edgewarm_api_waits_open")]
+
+    def until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    path = lab.make_files(1, 20 * 8192, prefix="/slow/hung-up/")[0]  # 20 s on the shield at the /slow/ rate
+    taskid = client.prefetch([f"http://{DEFAULT_HOST}{path}"])
+    host, port = service.url.removeprefix("http://").split(":")
+    head = (
+        f"GET /v1/tasks/{taskid}/wait?timeout=30 HTTP/1.1\r\nHost: {host}\r\n"
+        f"X-Edgewarm-Username: {client.username}\r\nX-Edgewarm-Signature: {client.signature()}\r\n\r\n"
+    ).encode()
+    extra = 5
+    sockets = [socket.create_connection((host, int(port)), timeout=10) for _ in range(WAITS_PER_USER + extra)]
+    try:
+        for s in sockets:
+            s.sendall(head)
+        until(lambda: waits_open() == WAITS_PER_USER, 10, "the user's waits open")
+        answered = []
+        for s in sockets:
+            s.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                answered.append(s.recv(65536))
+        assert len(answered) == extra, answered
+        assert all(a.startswith(b"HTTP/1.1 200 ") and b'"status":1' in a for a in answered), answered
+        assert waits_open() == WAITS_PER_USER  # still open: their callers wait
+    finally:
+        for s in sockets:
+            s.close()
+    until(lambda: waits_open() == 0, 5, "the waits of callers that hung up ended")
+    # Hung up the moment it was sent: the wait ends as soon as it looks.
+    for _ in range(20):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+    until(lambda: waits_open() == 0, 5, "the waits of callers that hung up at once ended")
+    assert client.task(taskid)["status"] == 1  # it ran all along: the waits saw it as it was
+    client.cancel(taskid)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import User
@@ -158,6 +159,7 @@ def native_router(service: Service) -> APIRouter:
 
     @router.get("/tasks/{taskid}/wait", response_model=TaskView, responses=ERRORS, summary="Wait for a task to end")
     async def wait_task(
+        request: Request,
         taskid: str,
         username: Username = "",
         signature: Signature = "",
@@ -165,7 +167,9 @@ def native_router(service: Service) -> APIRouter:
     ) -> Response:
         """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
         try:
-            task = await service.wait(user_of(username, signature), taskid, timeout)
+            task = await service.wait(user_of(username, signature), taskid, timeout, request.is_disconnected)
+            if await request.is_disconnected():
+                return Response(status_code=499)  # nobody to read it (499: nginx's word for it, in the access log)
             return answered(await full_view(task, 0, 0))
         except Exception as exc:
             return native_error(exc)
