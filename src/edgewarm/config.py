@@ -314,11 +314,13 @@ def _bad_postgresql_port(url: str) -> str | None:
     hosts = parts.netloc.rpartition("@")[2]
     ports = [host.rpartition("]")[2].partition(":")[2] for host in hosts.split(",")]
     ports += [p for value in parse_qs(parts.query).get("port", []) for p in value.split(",")]
-    for port in ports:
-        if port and not port.isdigit():
-            return f"port {port!r} is not a number"
-        if port and not 0 < int(port) < 65536:
-            return f"port {int(port)} is out of range (1-65535)"
+    if any(port and not (port.isdigit() and 0 < int(port) < 65536) for port in ports):
+        # Not the port shown: a password with an unencoded / ends the user information early, and what follows
+        # its first : reads as the port.
+        return (
+            "a port is not a number from 1 to 65535 (a password with /, ?, # or @ in it must be percent-encoded: "
+            "%2F, %3F, %23, %40)"
+        )
     return None
 
 

@@ -81,7 +81,15 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
         ("postgresql://ew@db/ew?password=S3cret&sslmode=require", "postgresql://ew@db/ew?password=***&sslmode=require"),
         ("postgres://db/ew?sslpassword=S3cret", "postgres://db/ew?sslpassword=***"),
         ("postgresql://ew@db/ew", "postgresql://ew@db/ew"),
-        ("postgresql://ew:S3cret@[db/ew", "(a store URL that is not a URL)"),
+        ("postgresql://ew:S3cret@[db/ew", "postgresql://ew:***@[db/ew"),
+        # Unencoded / ? # in the password: URL parsing ends the user information there, and showed it all.
+        ("postgresql://ew:S3cr/etPW@127.0.0.1:22004/db", "postgresql://ew:***@127.0.0.1:22004/db"),
+        ("postgresql://ew:a?b#c@db/ew", "postgresql://ew:***@db/ew"),
+        ("postgresql://ew:S3cret@db/ew?application_name=a@b", "postgresql://ew:***@b"),  # more hidden, not less
+        # libpq's keyword form, which edgewarm refuses (naming what it refuses).
+        ("host=127.0.0.1 port=22004 user=ew password=S3cretPW", "host=127.0.0.1 port=22004 user=ew password=***"),
+        ("host=db password='S3 cret' sslmode=require", "host=db password=*** sslmode=require"),
+        ("sqlite:////var/lib/a:b@c.db", "sqlite:////var/lib/a:b@c.db"),
     ],
 )
 def test_a_store_urls_passwords_are_never_shown(url: str, shown: str) -> None:

@@ -9,29 +9,29 @@
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import StoreError
-from ..urls import masked_query
 from .base import SCHEMA_VERSION, TaskStore
 
 __all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path", "sqlite_uri"]
 
 
 def redacted(url: str) -> str:
-    """The store URL without its password (`user:PASSWORD@`, or a query parameter such as `?password=`), for
-    logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(a store URL that is not a URL)"
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = masked_query(parts.query, lambda name: "pass" in name.lower())
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # nothing to hide: as written
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    """The store URL (or whatever was given as one: a libpq `host=… password=…` string, say) without its
+    passwords, for logs and messages: the user information's (`user:PASSWORD@`, read up to the last `@`, so
+    that a password with an unencoded `/`, `?` or `#` is hidden too; more is hidden when a later `@` follows,
+    never less) and the value of any setting whose name holds "pass" (`?password=`, `sslpassword=`)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and not rest.startswith("/") and (at := rest.rfind("@")) > 0 and ":" in rest[:at]:
+        url = f"{scheme}://{rest[:at].partition(':')[0]}:***{rest[at:]}"
+    return _PASSWORD_SETTING.sub(r"\1***", url)
+
+
+# A setting named like a password, in a URL's query (up to `&` or `#`) or a keyword string (up to a space, or
+# quoted).
+_PASSWORD_SETTING = re.compile(r"(?i)(\b[\w.]*pass[\w.]*\s*=\s*)('[^']*'?|[^&#\s]*)")
 
 
 def sqlite_path(url: str) -> str | None:
