@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from ..errors import StoreError
 from .base import SCHEMA_VERSION, TaskStore
