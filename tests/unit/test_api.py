@@ -538,6 +538,12 @@ async def test_a_form_field_given_twice_is_named(api: Api) -> None:
     assert (answer["status"], answer["msg"]) == (3, "username is given 2 times: give it once")
 
 
+async def test_a_list_of_one_for_a_text_field_is_said_not_to_be_a_string(api: Api) -> None:
+    """Before: "username is given 1 times: give it once" (a JSON list of one is no repeated form field)."""
+    answer = await api.call("/api/prefetch", {**creds(), "username": [USER], "publish_urls": urls(1)})
+    assert (answer["status"], answer["msg"]) == (3, "username must be a string")
+
+
 @pytest.mark.parametrize(
     ("path", "fields"),
     [

@@ -69,7 +69,7 @@ def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
     value = params.get(name)
     if value is None:
         return ""
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # a form's field given again
+    if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) for v in value):  # a form's, again
         raise RequestRefused(code, f"{name} is given {len(value)} times: give it once")
     if not isinstance(value, str):
         raise RequestRefused(code, f"{name} must be a string")
