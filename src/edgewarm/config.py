@@ -419,6 +419,20 @@ class Config(_Model):
             for n in self.nodes
             if n.dir_purge == "ban" and n.kind not in (NodeKind.VARNISH, NodeKind.GENERIC)
         ]
+        found += [
+            f"user {u.name!r} has a secret of {len(u.secret)} characters: one that short can be guessed; use "
+            f"{SECRET_LENGTH} or more (openssl rand -hex 16)"
+            for u in self.users
+            if len(u.secret) < SECRET_LENGTH
+        ]
+        by_secret: dict[str, list[str]] = {}
+        for user in self.users:
+            by_secret.setdefault(user.secret, []).append(repr(user.name))
+        found += [
+            f"users {' and '.join(names)} have one secret: each can act as the other"
+            for names in by_secret.values()
+            if len(names) > 1
+        ]
         return found
 
     def shields(self) -> tuple[Node, ...]:
@@ -481,6 +495,26 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         raise ConfigError(key, message) from None
     except ValueError as exc:  # a ConfigError raised inside a validator arrives wrapped
         raise ConfigError("", str(exc)) from None
+
+
+SECRET_LENGTH = 16  # characters of a user's secret below which it is cautioned
+
+
+def file_cautions(path: str | Path) -> list[str]:
+    """What is unsafe about how the config file at `path` may be read or changed (it holds the users' secrets):
+    each in a sentence, as Config.cautions."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return []
+    found = []
+    if mode & 0o022:
+        found.append(f"{path} can be changed by other users of this machine (mode {mode & 0o777:o}): chmod go-w")
+    if mode & 0o004:
+        found.append(
+            f"{path} can be read by every user of this machine (mode {mode & 0o777:o}), secrets and all: chmod o-r"
+        )
+    return found
 
 
 def load_config(path: str | Path) -> Config:

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from .api import create_app
 from .api.protocol import bounded_protocol
-from .config import FETCHER_KEYS, Config, Node, load_config, reload_refusal, restart_only_changes
+from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .logs import RepeatedFailure, log_task_ended
@@ -132,7 +132,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
-        _log_cautions(fresh, engine)
+        _log_cautions(fresh, engine, config_path)
 
     def on_signal(signum: int) -> None:
         nonlocal signals
@@ -158,7 +158,14 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         ):
             async with open_store(config.store) as store:
                 await _run_parts(
-                    live, store, api=api, engine=engine, sole=bool(sole), stopping=stopping, listening=listening
+                    live,
+                    store,
+                    api=api,
+                    engine=engine,
+                    sole=bool(sole),
+                    stopping=stopping,
+                    listening=listening,
+                    config_path=config_path,
                 )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -221,9 +228,9 @@ class _Live:
             await old.__aexit__(None, None, None)
 
 
-def _log_cautions(config: Config, engine: bool) -> None:
-    """The settings that are valid but keep a feature from working (at start and on a reload)."""
-    for caution in config.cautions():
+def _log_cautions(config: Config, engine: bool, config_path: str | None) -> None:
+    """The settings that are valid but keep a feature from working or are unsafe (at start and on a reload)."""
+    for caution in [*(file_cautions(config_path) if config_path else []), *config.cautions()]:
         log.warning("%s", caution)
     if engine and (room := open_files_room(config.engine.concurrency)) is not None:
         log.warning("%s", room)
@@ -283,6 +290,7 @@ async def _run_parts(
     sole: bool,
     stopping: asyncio.Event,
     listening: socket.socket | None,
+    config_path: str | None,
 ) -> None:
     config = live.config
     metrics = Metrics()
@@ -360,7 +368,7 @@ async def _run_parts(
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         where = f", listening on {config.listen}" if api else ""
         log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
-        _log_cautions(config, engine)
+        _log_cautions(config, engine, config_path)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops

@@ -498,6 +498,11 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
         assert "warning: [engine] connect_timeout (5 s) is not below read_timeout" in answer.stderr
     missing = run(["check-config"], {"EDGEWARM_CONFIG": ""})
     assert missing.returncode == 2 and "give the config file" in missing.stderr
+    assert "can be changed" not in answers[0].stderr and "can be read" not in answers[0].stderr
+    config.chmod(0o666)  # it holds the users' secrets
+    answer = run(["check-config", str(config)], {})
+    assert answer.returncode == 0, answer.stderr
+    assert f"warning: {config} can be changed by other users of this machine (mode 666): chmod go-w" in answer.stderr
 
 
 def test_check_config_names_every_problem_at_once_and_warns_of_no_users(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgewarm.config import Config, config_path_from, load_config, parse_config, reload_refusal
+from edgewarm.config import Config, config_path_from, file_cautions, load_config, parse_config, reload_refusal
 from edgewarm.errors import ConfigError
 from edgewarm.models import Tier
 
@@ -542,3 +542,43 @@ def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
         "no [[nodes]]: submissions will be refused until nodes are configured",
         "no [[users]]: every call will be refused (JD code 20) until users are configured",
     ]
+
+
+def test_short_and_shared_secrets_are_cautioned() -> None:
+    """check-config said OK to `secret = "x"` and to two users with one secret (a tester, session 17)."""
+    domains = ["example.test"]
+    config = parse_config(
+        {
+            "users": [
+                {"name": "a", "secret": "x", "domains": domains},
+                {"name": "b", "secret": "0123456789abcdef", "domains": domains},
+                {"name": "c", "secret": "0123456789abcdef", "domains": domains},
+                {"name": "d", "secret": "fedcba9876543210", "domains": domains},
+            ],
+            "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}],
+        }
+    )
+    assert config.cautions() == [
+        "user 'a' has a secret of 1 characters: one that short can be guessed; use 16 or more (openssl rand -hex 16)",
+        "users 'b' and 'c' have one secret: each can act as the other",
+    ]
+
+
+def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) -> None:
+    """It holds the users' secrets: check-config said OK to one of mode 666."""
+    path = tmp_path / "edgewarm.toml"
+    path.write_text("")
+    path.chmod(0o600)
+    assert file_cautions(path) == []
+    path.chmod(0o640)
+    assert file_cautions(path) == []
+    path.chmod(0o644)
+    assert file_cautions(path) == [
+        f"{path} can be read by every user of this machine (mode 644), secrets and all: chmod o-r"
+    ]
+    path.chmod(0o666)
+    assert file_cautions(path) == [
+        f"{path} can be changed by other users of this machine (mode 666): chmod go-w",
+        f"{path} can be read by every user of this machine (mode 666), secrets and all: chmod o-r",
+    ]
+    assert file_cautions(tmp_path / "missing.toml") == []

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..config import Config, load_config
+from ..config import Config, file_cautions, load_config
 from ..errors import ConfigError, EdgewarmError
 from ..logs import setup_logging
 from ..tuning import tune_runtime
@@ -94,7 +94,7 @@ def check_config(path: str | None, config_path: str | None) -> None:
         f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
         f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
     )
-    for warning in config.cautions():
+    for warning in [*file_cautions(chosen), *config.cautions()]:
         click.echo(f"warning: {warning}", err=True)
 
 

@@ -41,6 +41,7 @@ def write_config(
         f'[[users]]\nname = "{DEMO_USER}"\nsecret = "{DEMO_SECRET}"\ndomains = [{quoted}]\n'
         f"urls_per_day = 100000000\n\n{nodes_toml}\n"
     )
+    path.chmod(0o600)  # it holds a secret: for its owner only, as check-config asks
     return path
 
 
