@@ -154,6 +154,18 @@ class _Calls:
         )
 
 
+def _pause_after(view: dict[str, Any], asked: float, took: float, left: float) -> float:
+    """Seconds to pause before asking again after a wait that answered `view` in `took` of the `asked` seconds:
+    one that came back early with the task still running (the service stopping, or this user's waits at their
+    limit there) is asked again after a second, not at once (a loop of calls). `left`: to the caller's deadline."""
+    if view["status"] != 1 or took >= asked - 0.1:
+        return 0.0
+    return max(0.0, min(WAIT_PAUSE, left))
+
+
+WAIT_PAUSE = 1.0
+
+
 def _listed(values: Sequence[str]) -> list[str]:
     """A list of URLs or task ids; one string is one of them (not its characters)."""
     return [values] if isinstance(values, str) else list(values)
@@ -252,11 +264,13 @@ class Client(_Calls):
         """Long-poll until the task has ended; return its native view (without items)."""
         deadline = time.monotonic() + timeout
         while True:
-            view = dict(self._send(self._wait_once(taskid, max(0.0, min(30.0, deadline - time.monotonic())))))
+            asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
+            view = dict(self._send(self._wait_once(taskid, asked)))
             if view["status"] != 1:
                 return view
             if time.monotonic() >= deadline:
                 raise ClientError(JdCode.FAILURE, f"task {taskid} still in progress after {timeout}s")
+            time.sleep(_pause_after(view, asked, time.monotonic() - began, deadline - time.monotonic()))
 
 
 class AsyncClient(_Calls):
@@ -332,9 +346,10 @@ class AsyncClient(_Calls):
     async def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            view = dict(await self._send(self._wait_once(taskid, max(0.0, min(30.0, deadline - time.monotonic())))))
+            asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
+            view = dict(await self._send(self._wait_once(taskid, asked)))
             if view["status"] != 1:
                 return view
             if time.monotonic() >= deadline:
                 raise ClientError(JdCode.FAILURE, f"task {taskid} still in progress after {timeout}s")
-            await asyncio.sleep(0)
+            await asyncio.sleep(_pause_after(view, asked, time.monotonic() - began, deadline - time.monotonic()))

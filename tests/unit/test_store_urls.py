@@ -163,6 +163,43 @@ async def test_a_sqlite_file_this_user_cannot_write_is_named(tmp_path: Path, mon
     )
 
 
+@pytest.mark.parametrize("part", ["-wal", "-shm"])
+async def test_a_wal_or_shm_this_user_cannot_write_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str
+) -> None:
+    """Left by a process of another user (root's, killed): every write failed with "attempt to write a readonly
+    database", `api` said it was ready, and its log said the store "works again" after each read."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    (tmp_path / f"e.db{part}").touch()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == f"{path}{part}" else real(p, mode))
+    with pytest.raises(StoreError) as refused:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    said = f"the SQLite database {path}: its {part} file is not writable by this user (uid {os.getuid()})"
+    assert str(refused.value) == said
+
+
+async def test_a_sqlite_file_of_two_names_is_refused_by_either(tmp_path: Path) -> None:
+    """A hard link: SQLite keeps a -wal beside each name, and two services opened by the two names each took
+    its own (a tester: the tasks one service had answered were gone after both stopped). The engine's lock,
+    named after the file's real path, did not see it either."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    os.link(path, tmp_path / "other.db")
+    for name in (path, tmp_path / "other.db"):
+        with pytest.raises(StoreError) as refused:
+            async with open_store(f"sqlite:///{name}"):
+                pass
+        assert str(refused.value).startswith(f"the SQLite database {name} has 2 names (hard links): "), refused.value
+    os.unlink(tmp_path / "other.db")
+    async with open_store(f"sqlite:///{path}"):
+        pass
+
+
 @pytest.mark.parametrize("name", ["p%41.db", "100%.db", "a b%20c.db"])
 async def test_a_sqlite_file_whose_name_holds_a_percent_sign_is_the_one_every_connection_opens(
     tmp_path: Path, name: str

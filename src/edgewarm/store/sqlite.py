@@ -171,11 +171,24 @@ class SQLiteStore:
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
-            for what, path in (("file", self.path), ("folder", folder)):
+            # Its -wal and -shm too: left by a process of another user (root's, killed), they made every write
+            # fail with "attempt to write a readonly database", naming neither the file nor the cause.
+            for what, path in (
+                ("file", self.path),
+                ("folder", folder),
+                ("-wal file", self.path + "-wal"),
+                ("-shm file", self.path + "-shm"),
+            ):
                 if os.path.exists(path) and not os.access(path, os.W_OK):
                     raise StoreError(
                         f"the SQLite database {self.path}: its {what} is not writable by this user (uid {os.getuid()})"
                     )
+            if os.path.exists(self.path) and (links := os.stat(self.path).st_nlink) > 1:
+                raise StoreError(
+                    f"the SQLite database {self.path} has {links} names (hard links): SQLite keeps a -wal beside "
+                    f"each name, so processes that open it by different names lose each other's writes; keep one "
+                    f"(find / -xdev -samefile {self.path})"
+                )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
