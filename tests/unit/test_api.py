@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
 from edgewarm.api.middleware import direct_endpoints
 from edgewarm.auth import sign
@@ -1060,3 +1061,26 @@ async def test_a_store_that_fails_every_call_is_logged_once_then_when_it_works_a
         assert (await api.query(taskid)).json()["status"] == 0
     again = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
     assert len(again) == 1 and again[0].startswith("answering calls from the store works again"), again
+
+
+async def test_a_wait_answered_early_is_asked_again_after_a_pause_not_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user at the service's limit of open waits (or a service stopping) gets the task at once, still running:
+    the client asked again at once, a loop of calls; it now pauses a second first. The service's own limit:
+    at WAITS_PER_USER, the next wait answers at once; below it, it waits."""
+    monkeypatch.setattr(service_module, "WAITS_PER_USER", 1)
+    async with running(make_config(), clock=time.time) as api:
+        client = AsyncClient("http://edgewarm.test", USER, SECRET)
+        client._http = api.client
+        taskid = await client.prefetch(urls(1))  # no engine here: it stays in progress
+        calls = []
+        api.client.event_hooks["request"].append(lambda request: calls.append(request.url.path) or asyncio.sleep(0))
+        first = asyncio.create_task(client.wait(taskid, timeout=2.5))  # holds the one wait allowed
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        with pytest.raises(ClientError):
+            await client.wait(taskid, timeout=2.0)
+        assert time.monotonic() - began >= 1.9
+        with pytest.raises(ClientError):
+            await first
+    waits = [c for c in calls if c.endswith("/wait")]
+    assert 3 <= len(waits) <= 6, waits  # the held one (once), the early ones about once a second
