@@ -74,7 +74,7 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         )
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        host = callback_host(url)
         port = parts.port
     except ValueError:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
@@ -85,6 +85,11 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"
         )
     return url
+
+
+def callback_host(url: str) -> str:
+    """The host of a callback URL, as [webhooks] allowed_hosts lists it (lower case, no port)."""
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _forget(running: dict[str, asyncio.Task[None]], task_id: str, _delivery: asyncio.Task[None]) -> None:
@@ -178,8 +183,14 @@ class WebhookDeliverer:
         settings = self.config.webhooks
         user = self.config.user(task.username)
         error: str | None = None
+        given_up = user is None  # not retried either
         if user is None or task.callback_url is None:
             error = "the task's user is no longer configured"
+        elif (host := callback_host(task.callback_url)) not in settings.allowed_hosts:
+            # Taken off the list (a reload) after the task was submitted: it is the guard against posting
+            # where the operator does not want, so it holds for what was queued before too.
+            error = f"callback_url host {host!r} is no longer allowed ([webhooks] allowed_hosts in the config)"
+            given_up = True
         else:
             body = orjson.dumps({**task_summary(task, self.config.api.language), "username": task.username})
             headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_webhook(body, user.secret)}
@@ -200,7 +211,7 @@ class WebhookDeliverer:
                 error = _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url)
         attempts = task.webhook_attempts + 1
         retry_at = None
-        if error is not None and user is not None and attempts < settings.max_attempts:
+        if error is not None and not given_up and attempts < settings.max_attempts:
             delay = _retry_delay(settings, attempts)
             retry_at = self._clock() + random.uniform(delay / 2, delay)
         outcome = "delivered" if error is None else ("retried" if retry_at else "failed")

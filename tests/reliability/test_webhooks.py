@@ -89,6 +89,28 @@ async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:
     assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
 
 
+async def test_a_host_taken_off_allowed_hosts_gets_no_more_webhooks_queued_before() -> None:
+    """A reload that takes a host off [webhooks] allowed_hosts (the guard against posting where the operator
+    does not want): a task submitted before still had its webhook posted there, and retried. Now it fails at
+    once, saying why, and nothing is sent."""
+    with FaultServer(always(Respond(200))) as receiver:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{receiver.url}/hook")
+            deliverer = WebhookDeliverer(webhook_config(), store, Metrics())
+            deliverer.config = webhook_config(allowed_hosts=["hooks.example.test"])  # a SIGHUP
+            async with delivering(deliverer):
+                for _ in range(150):  # bounded: 3 s
+                    task = await store.get_task(task_id)
+                    if task is not None and task.webhook_attempts:
+                        break
+                    await asyncio.sleep(0.02)
+    assert task is not None and task.webhook_state == "failed", task
+    assert task.webhook_error == (
+        "callback_url host '127.0.0.1' is no longer allowed ([webhooks] allowed_hosts in the config)"
+    )
+    assert receiver.requests == []
+
+
 async def test_a_timeout_is_told_as_one_and_an_error_never_shows_the_receivers_token() -> None:
     """A receiver too slow: "no answer within 0.5 s ([webhooks] timeout)" (it was "TimeoutError:"); an error
     text naming the callback URL, as aiohttp writes it or as given, shows it masked (its token was kept in the
