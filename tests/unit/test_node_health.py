@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from edgewarm.config import Node
 from edgewarm.engine.node_health import COOLDOWN, COOLDOWN_MAX, FAILURES_IN_A_ROW, PROBE_WAIT, NodeHealth
 
 NODE = Node(name="edge-1", url="http://127.0.0.1:1")
+LONG = lambda: 10_000.0  # noqa: E731 (node_down_wait: its items wait for it through every cooldown here)
 OTHER = Node(name="edge-2", url="http://127.0.0.1:2")
 
 
@@ -45,7 +50,7 @@ def test_after_the_cooldown_one_probe_goes_and_its_answer_decides() -> None:
     """When the cooldown ends one request is let through and the others still wait; a failed probe holds the
     node down for twice as long (up to COOLDOWN_MAX); a probe that connects makes it up again at once."""
     clock = Clock()
-    health = NodeHealth(clock)
+    health = NodeHealth(clock, patience=LONG)
     fail(health, NODE, FAILURES_IN_A_ROW)
     cooldown = COOLDOWN
     for _ in range(8):
@@ -90,7 +95,7 @@ def test_a_hold_tells_how_long_the_node_is_down_and_when_to_come_back() -> None:
     """`down_for` runs from the first hold of a spell through the cooldowns that follow (an answer starts a new
     spell); `retry_in` is the cooldown left, or PROBE_WAIT while the probe is out."""
     clock = Clock()
-    health = NodeHealth(clock)
+    health = NodeHealth(clock, patience=LONG)
     fail(health, NODE, FAILURES_IN_A_ROW)
     clock.now += 0.5
     hold = health.held_down(NODE)
@@ -113,7 +118,7 @@ def test_a_failure_that_finds_the_node_held_down_returns_its_hold() -> None:
     """`observe` returns the hold for the failure that starts it, for those of requests in flight meanwhile and
     for a failed probe (their items wait for the node too), and nothing for the failures before the threshold."""
     clock = Clock()
-    health = NodeHealth(clock)
+    health = NodeHealth(clock, patience=LONG)
     for _ in range(FAILURES_IN_A_ROW - 1):
         assert health.observe(NODE, False, "refused") is None
     assert health.observe(NODE, False, "refused") is not None
@@ -184,3 +189,25 @@ def test_a_cooldown_ends_by_node_down_wait_so_a_node_back_in_time_is_asked_in_ti
     assert health.held_down(NODE) is None  # asked at 5 s
     hold = health.held_down(NODE)
     assert hold is not None and hold.probe_out and hold.down_for == 5.0
+
+
+def test_past_node_down_wait_a_node_is_asked_every_cooldown_and_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its items spend attempts then: the cooldown grown to COOLDOWN_MAX kept a node that was back held down for
+    up to a minute, and the items submitted meanwhile failed unsent (a tester: 249 items of 43 tasks, "gave up
+    after 4 attempts" with no request made). Past node_down_wait (and without one) it is asked every COOLDOWN;
+    its "held down" warning, once a minute."""
+    for patience in (lambda: 5.0, float):
+        clock = Clock()
+        health = NodeHealth(clock, patience=patience)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgewarm.engine"):
+            fail(health, NODE, FAILURES_IN_A_ROW)
+            for _ in range(40):  # 80 s and more of failed probes
+                clock.now += 6.0
+                assert health.held_down(NODE) is None  # asked: within COOLDOWN past its patience
+                hold = health.observe(NODE, False, "refused")
+                assert hold is not None and hold.retry_in == COOLDOWN
+        held = [r for r in caplog.records if "held down for" in r.getMessage()]
+        assert 4 <= len(held) <= 6, [r.getMessage() for r in held]  # 240 s of it: at 0 s and once a minute

@@ -3,8 +3,10 @@
 A node that drops connection attempts costs each item `connect_timeout` per attempt: thousands of items on a
 dead node would keep the task open for an hour while each one found out again. After `FAILURES_IN_A_ROW`
 requests in a row could not connect (refused, no answer within `connect_timeout`, name not found), the node is
-held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`): its items are not sent
-but answered at once with the reason (a `Hold`). When the cooldown ends, one request is let through: if it
+held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`, and cut to end when
+`[engine] node_down_wait` does; past it, or without one, `COOLDOWN` again: its items then spend attempts, and
+one back must be found before they are spent): its items are not sent but answered at once with the reason (a
+`Hold`). When the cooldown ends, one request is let through: if it
 connects, the node is up again; if not, it is held down again. What the items do meanwhile is the outcome's
 rule (outcome.py): they wait for the node, without spending attempts (nor do those whose request failed to
 connect while it was held down: the probe, those in flight), while it has been down for less than
@@ -30,6 +32,7 @@ FAILURES_IN_A_ROW = 5
 COOLDOWN = 2.0  # seconds
 COOLDOWN_MAX = 60.0
 PROBE_WAIT = 1.0  # seconds: while the probe is out, the others come back after this long
+LOG_EVERY = 60.0  # seconds: a node held down again and again is logged once in this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class _State:
     since: float = 0.0  # monotonic: when it was held down (the first cooldown of this spell)
     cooldown: float = COOLDOWN
     probing: float = 0.0  # monotonic start of the one request let through after a cooldown; 0: none
+    logged: float = 0.0  # monotonic: when its hold was last logged
 
 
 class NodeHealth:
@@ -134,17 +138,24 @@ class NodeHealth:
         elif state.failures < min(FAILURES_IN_A_ROW, self._attempts()):
             return None
         state.since = state.since or now
-        state.down_until = now + state.cooldown
         if (patience := self._patience()) and now < state.since + patience:
-            state.down_until = min(state.down_until, state.since + patience)  # asked when the patience ends
-        log.warning(
-            "node %s held down for %.0f s: %d connections in a row failed, the last: %s",
-            node.name,
-            state.down_until - now,
-            state.failures,
-            state.last_error,
-            extra={"node": node.name},
-        )
+            # Its items wait for it: asked again after the cooldown, or when their patience ends.
+            state.down_until = min(now + state.cooldown, state.since + patience)
+        else:
+            # Its items spend attempts meanwhile (outcome.py), each no faster than it is asked: a node back is
+            # found within COOLDOWN, not after a cooldown grown to COOLDOWN_MAX (items submitted after it came
+            # back failed unsent for up to a minute).
+            state.down_until = now + COOLDOWN
+        if now - state.logged >= LOG_EVERY or not state.logged:
+            state.logged = now
+            log.warning(
+                "node %s held down for %.0f s: %d connections in a row failed, the last: %s",
+                node.name,
+                state.down_until - now,
+                state.failures,
+                state.last_error,
+                extra={"node": node.name},
+            )
         return _hold(node, state, now)
 
 

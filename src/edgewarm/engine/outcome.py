@@ -111,7 +111,10 @@ def retry_or_give_up(
             failed = replace(failed, error=f"{failed.error}; down for longer than node_down_wait ({patience:g} s)")
     if failed.attempts >= settings.max_attempts:
         return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
-    return replace(failed, retry_at=now + backoff_delay(failed.attempts, settings, rng))
+    delay = backoff_delay(failed.attempts, settings, rng)
+    if hold is not None:  # not before the node is asked again: an attempt each time it is, not several unsent
+        delay = max(delay, hold.retry_in + (rng or random).uniform(0, HOLD_JITTER))
+    return replace(failed, retry_at=now + delay)
 
 
 def waiting_for_node(error: str, settings: Engine) -> str:
