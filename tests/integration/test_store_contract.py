@@ -479,6 +479,42 @@ class TestWork:
         done = await store.get_task(task.id)
         assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.FAILED, 4, 2)
 
+    async def test_an_edges_warm_follows_its_own_purge_not_another_edges(self, store: TaskStore) -> None:
+        """Refresh then warm: edge-2's purge is still under way (its node down, say) when edge-1's ended: edge-1's
+        warm is released at once (before, it waited for edge-2's purge: edge-1 stayed purged and cold for as long
+        as edge-2 was down); edge-2's warm follows edge-2's purge. So with two shields: each one's warm follows
+        its own purge, and the edges wait for every shield item."""
+        steps = ((ItemAction.PURGE, 0), (ItemAction.WARM, 1))
+        layout = [("shield-1", 0), ("shield-2", 0), ("edge-1", 2), ("edge-2", 2)]
+        items = tuple(NewItem(0, url_of(0), n, a, base + s) for n, base in layout for a, s in steps)
+        task = make_task(1, items=items)
+        await store.create_task(task)
+        shield_purges = {c.node: c for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert sorted(shield_purges) == ["shield-1", "shield-2"]
+        await store.record_outcomes("w1", [ok(shield_purges["shield-1"].item_id)], NOW + 1)
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 1, LEASE)  # shield-2's purge still under way
+        assert (warm.node, warm.action) == ("shield-1", ItemAction.WARM)
+        await store.record_outcomes("w1", [ok(warm.item_id)], NOW + 2)
+        assert await store.claim_due_items("w1", 100, NOW + 2, LEASE) == []  # the edges wait for shield-2
+        await store.record_outcomes("w1", [ok(shield_purges["shield-2"].item_id)], NOW + 3)
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 3, LEASE)
+        assert (warm.node, warm.action) == ("shield-2", ItemAction.WARM)
+        await store.record_outcomes("w1", [ok(warm.item_id)], NOW + 4)
+        edge_purges = {c.node: c for c in await store.claim_due_items("w1", 100, NOW + 4, LEASE)}
+        assert sorted(edge_purges) == ["edge-1", "edge-2"]
+        await store.record_outcomes("w1", [ok(edge_purges["edge-1"].item_id)], NOW + 5)
+        now = {(i.node, i.action): i for i in await store.list_items(task.id)}
+        assert now["edge-1", ItemAction.WARM].state is ItemState.PENDING
+        assert now["edge-2", ItemAction.WARM].state is ItemState.WAITING
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 5, LEASE)
+        assert (warm.node, warm.action) == ("edge-1", ItemAction.WARM)
+        await store.record_outcomes("w1", [ok(warm.item_id), ok(edge_purges["edge-2"].item_id)], NOW + 6)
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 6, LEASE)
+        assert (warm.node, warm.action) == ("edge-2", ItemAction.WARM)
+        await store.record_outcomes("w1", [ok(warm.item_id)], NOW + 7)
+        done = await store.get_task(task.id)
+        assert done is not None and (done.status, done.succeeded, done.failed) == (TaskStatus.SUCCEEDED, 8, 0)
+
     async def test_a_shield_purged_but_not_warmed_again_still_has_the_edges_purged(self, store: TaskStore) -> None:
         """Refresh then warm: the shield's purge succeeds, its warm fails (the origin answers 404 now). The
         edges' purges still run (the purged shield holds nothing they could refill from: before, they failed

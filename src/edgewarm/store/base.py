@@ -43,7 +43,9 @@ FIRST: ScanPoint = (float("-inf"), 0)
 
 
 # STAGE_GATE, the rule both stores keep for a URL's stages (tiers, then steps: a shield's purge and warm, then
-# the edges'): a stage is released once every earlier item of its URL has ended. A waiting item fails, unsent,
+# the edges'): an item is released once every earlier item of its URL on an earlier tier (a node with no item
+# at its stage) and on its own node has ended; another node of its tier holds it back in nothing (an edge that
+# is down, its purge waiting for it, kept the other edges purged and cold). A waiting item fails, unsent,
 # when an earlier item failed on its own node (its purge, say), at once; or on a node that has no item at its
 # stage, i.e. of an earlier tier (a shield: the edges would fill from it), and then every waiting item of the
 # URL fails. Another node's failure in its own tier stops nothing else (one edge that cannot purge leaves the

@@ -288,7 +288,8 @@ RETURNING items.task_id, items.seq, items.state
 # The stage gate (store.base STAGE_GATE, as SQLiteStore's _advance_stage keeps it), one pass for many (task, seq)
 # pairs in one statement: per URL, the lowest waiting stage; a failure on a node without an item there fails
 # every waiting item, naming those nodes; one on a node with an item there fails that item; once no earlier
-# item is pending or running the rest of the stage is released. The nodes sort by code point, as sorted().
+# item of a node without an item there is pending or running, the stage's items are released but those of the
+# nodes with an earlier item of their own still pending or running. The nodes sort by code point, as sorted().
 _ADVANCE = """
 WITH pairs AS (
     SELECT DISTINCT p.task_id, p.seq FROM unnest($1::text[], $2::integer[]) AS p (task_id, seq)
@@ -304,19 +305,24 @@ lowest AS MATERIALIZED (  -- per pair, through the (task_id, seq, stage) index w
     ) AS l WHERE l.stage IS NOT NULL
 ),
 earlier AS (
-    SELECT n.task_id, n.seq, n.stage, count(b.id) FILTER (WHERE b.state IN ('pending', 'running')) AS open,
+    SELECT n.task_id, n.seq, n.stage,
+        coalesce(array_agg(DISTINCT b.node) FILTER (WHERE b.state IN ('pending', 'running')), '{}') AS open_on,
         coalesce(
             array_agg(DISTINCT b.node) FILTER (WHERE b.state = 'failed' AND NOT (n.purges AND b.action = 'warm')), '{}'
         ) AS failed_on
     FROM lowest n LEFT JOIN items b ON b.task_id = n.task_id AND b.seq = n.seq AND b.stage < n.stage
     GROUP BY n.task_id, n.seq, n.stage
 ),
-gate AS (  -- below: the failed nodes with no item at this stage (an earlier tier's)
+gate AS (  -- below: the failed nodes with no item at this stage (an earlier tier's); open_below: one under way
     SELECT e.*, (
         SELECT string_agg(f, ', ' ORDER BY f COLLATE "C") FROM unnest(e.failed_on) AS f WHERE NOT EXISTS (
             SELECT 1 FROM items h WHERE h.task_id = e.task_id AND h.seq = e.seq AND h.stage = e.stage AND h.node = f
         )
-    ) AS below
+    ) AS below, EXISTS (
+        SELECT 1 FROM unnest(e.open_on) AS f WHERE NOT EXISTS (
+            SELECT 1 FROM items h WHERE h.task_id = e.task_id AND h.seq = e.seq AND h.stage = e.stage AND h.node = f
+        )
+    ) AS open_below
     FROM earlier e
 ),
 verdict AS (
@@ -326,7 +332,13 @@ verdict AS (
     END AS failed_first_on
     FROM items JOIN gate g ON items.task_id = g.task_id AND items.seq = g.seq
     WHERE items.state = 'waiting'
-        AND (g.below IS NOT NULL OR (items.stage = g.stage AND (items.node = ANY(g.failed_on) OR g.open = 0)))
+        AND (
+            g.below IS NOT NULL OR (
+                items.stage = g.stage AND (
+                    items.node = ANY(g.failed_on) OR (NOT g.open_below AND NOT items.node = ANY(g.open_on))
+                )
+            )
+        )
 )
 UPDATE items SET
     state = CASE WHEN v.failed_first_on IS NULL THEN 'pending' ELSE 'failed' END,

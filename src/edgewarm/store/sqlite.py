@@ -1030,13 +1030,15 @@ def _advance_stage(db: sqlite3.Connection, task_id: str, seq: int, now: float) -
                 "WHERE task_id = ? AND seq = ? AND stage = ? AND node = ? AND state = 'waiting'",
                 (f"{NOT_ATTEMPTED}{node}", now, task_id, seq, stage, node),
             ).rowcount
-        if any(state in ("pending", "running") for _, state, _ in earlier):
+        open_on = {node for node, state, _ in earlier if state in ("pending", "running")}
+        if open_on - here:  # an earlier tier's item under way: the whole stage waits
             break
+        # Another node of its tier holds none of it (STAGE_GATE): each node's own earlier items only.
         released = db.execute(
             "UPDATE items SET state = 'pending', due_at = ? WHERE task_id = ? AND seq = ? AND stage = ? "
-            "AND state = 'waiting'",
-            (now, task_id, seq, stage),
+            "AND state = 'waiting' AND node NOT IN (SELECT value FROM json_each(?))",
+            (now, task_id, seq, stage, _json(sorted(open_on))),
         ).rowcount
-        if released:
+        if released or open_on:
             break  # else every item of this stage failed: on to the next
     return failed_count
