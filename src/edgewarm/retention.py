@@ -13,7 +13,8 @@ from .store import TaskStore
 
 log = logging.getLogger("edgewarm.retention")
 
-MAX_BATCHES_A_ROUND = 100  # then wait for the next round, so that writers always get their turn
+MAX_BATCHES_A_ROUND = 100  # then a pause, so that writers always get their turn
+BACKLOG_PAUSE = 1.0  # seconds between rounds while a round ends with tasks left to remove (else interval_seconds)
 
 
 async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> int:
@@ -36,17 +37,21 @@ async def run_retention(
     clock: Callable[[], float] = time.time,
     reloaded: asyncio.Event | None = None,
 ) -> None:
-    """Every `interval_seconds` until `stopping` is set; at once when `reloaded` is set (new settings)."""
+    """Every `interval_seconds` until `stopping` is set; at once when `reloaded` is set (new settings); after
+    BACKLOG_PAUSE while a round left tasks to remove (a round removes at most MAX_BATCHES_A_ROUND batches: a
+    service that ends more tasks than that in an interval never caught up, and its store grew without bound)."""
     reloaded = reloaded or asyncio.Event()
     while not stopping.is_set():
         reloaded.clear()
+        left = False
         try:
             removed = await purge_old_tasks(store, settings(), clock())
+            left = removed >= MAX_BATCHES_A_ROUND * settings().batch
             if removed:
                 log.info("retention: removed %d finished tasks older than %s days", removed, settings().days)
         except StoreError as exc:
             log.error("retention round failed: %s", exc)
-        await first_of(settings().interval_seconds, stopping, reloaded)
+        await first_of(BACKLOG_PAUSE if left else settings().interval_seconds, stopping, reloaded)
 
 
 async def first_of(timeout: float, *events: asyncio.Event) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from edgewarm import retention
 from edgewarm.config import Retention
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.retention import purge_old_tasks, run_retention
@@ -100,3 +103,30 @@ def test_a_reload_runs_a_round_with_the_new_settings_at_once() -> None:
             return kept, gone
 
     assert asyncio.run(go()) == (True, True)
+
+
+def test_a_backlog_larger_than_a_round_is_removed_round_after_round_not_an_interval_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round removes at most MAX_BATCHES_A_ROUND batches; the next came interval_seconds (an hour) later, so a
+    service ending more tasks than that an hour never caught up. Rounds now follow each other after
+    BACKLOG_PAUSE while one ends with tasks left."""
+    monkeypatch.setattr(retention, "MAX_BATCHES_A_ROUND", 2)
+    monkeypatch.setattr(retention, "BACKLOG_PAUSE", 0.05)
+
+    async def go() -> list[bool]:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            for n in range(9):
+                await store.create_task(task(n, now - 9 * DAY))
+            claims = await store.claim_due_items("w", 100, now, 60)
+            await store.record_outcomes("w", [ItemOutcome(c.item_id, True, 1) for c in claims], now - 8 * DAY)
+            stopping = asyncio.Event()
+            settings = Retention(days=7, batch=2, interval_seconds=3600)
+            job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
+            gone = [await removed_soon(store, c.task_id) for c in claims]  # 9 tasks: 3 rounds of 4 at most
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return gone
+
+    assert asyncio.run(go()) == [True] * 9
