@@ -8,7 +8,6 @@ called back, checked when the task is submitted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -26,6 +25,7 @@ import yarl
 from .errors import JdCode, RequestRefused, StoreError
 from .logs import RepeatedFailure
 from .models import Task
+from .retention import first_of
 from .store import redacted
 from .store.base import DUE_SLACK_SECONDS
 from .urls import has_user_info, is_plain, masked_query
@@ -174,8 +174,7 @@ class WebhookDeliverer:
                         delivery.add_done_callback(lambda _: self._wake.set())  # room again
                     if len(due) == room > 0:
                         continue  # there may be more due now
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    await first_of(1.0, self._wake, stopping)  # a stop ends the loop at once, not after the second
             finally:
                 await asyncio.gather(*running.values(), return_exceptions=True)  # each within its timeout
 

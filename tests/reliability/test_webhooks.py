@@ -89,6 +89,17 @@ async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:
     assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
 
 
+async def test_the_deliverer_ends_when_told_not_at_its_next_look() -> None:
+    """A stop ended the deliverer's loop only when its once-a-second look came (a stopped service exited up to
+    a second after "edgewarm stopped cleanly"); now at once."""
+    async with open_store("memory://") as store:
+        stopping = asyncio.Event()
+        runner = asyncio.create_task(WebhookDeliverer(webhook_config(), store, Metrics()).run(stopping))
+        await asyncio.sleep(0.1)  # in its wait
+        stopping.set()
+        await asyncio.wait_for(runner, 0.6)
+
+
 async def test_a_host_taken_off_allowed_hosts_gets_no_more_webhooks_queued_before() -> None:
     """A reload that takes a host off [webhooks] allowed_hosts (the guard against posting where the operator
     does not want): a task submitted before still had its webhook posted there, and retried. Now it fails at
