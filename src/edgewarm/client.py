@@ -154,6 +154,9 @@ class _Calls:
         )
 
 
+WAIT_PAUSE = 1.0  # seconds before asking again after a wait that came back early, the task still running
+
+
 def _pause_after(view: dict[str, Any], asked: float, took: float, left: float) -> float:
     """Seconds to pause before asking again after a wait that answered `view` in `took` of the `asked` seconds:
     one that came back early with the task still running (the service stopping, or this user's waits at their
@@ -161,9 +164,6 @@ def _pause_after(view: dict[str, Any], asked: float, took: float, left: float) -
     if view["status"] != 1 or took >= asked - 0.1:
         return 0.0
     return max(0.0, min(WAIT_PAUSE, left))
-
-
-WAIT_PAUSE = 1.0
 
 
 def _listed(values: Sequence[str]) -> list[str]:
