@@ -40,10 +40,16 @@ class TargetUrl:
     def is_dir(self) -> bool:
         return self.path_query.endswith("/") and "?" not in self.path_query
 
+    @property
+    def node_key(self) -> str:
+        """What a node holds this URL's object under: its authority, path and query, whatever its scheme (a node
+        is asked by its own scheme: http://a/x and https://a/x are one object to it)."""
+        return f"{self.authority}{self.path_query}"
+
     def reaches(self, other: TargetUrl, *, whole: bool) -> bool:
-        """Whether a purge of this URL reaches `other`'s object in a cache: the same cache key, or with `whole`
+        """Whether a purge of this URL on a node reaches `other`'s object there: the same object, or with `whole`
         (a directory's purge) one at or under this one's."""
-        return other.cache_key.startswith(self.cache_key) if whole else other.cache_key == self.cache_key
+        return other.node_key.startswith(self.node_key) if whole else other.node_key == self.node_key
 
 
 def split_list(value: Any) -> list[str]:
@@ -116,16 +122,19 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def spellings(target: TargetUrl) -> list[str]:
-    """The ways `target` may have been written that are one object to a cache (besides letter case): the host
-    with or without its final dot, the scheme's default port given or not."""
-    port = _DEFAULT_PORTS[target.scheme]
-    hosts = [target.host, target.host + "."]
-    authorities = (
-        [a for h in hosts for a in (h, f"{h}:{port}")]
-        if target.authority == target.host
-        else [target.authority, target.host + "." + target.authority[len(target.host) :]]
-    )
-    return [f"{target.scheme}://{a}{target.path_query}" for a in authorities]
+    """The ways `target` may have been written that are one object to a node (besides letter case): either
+    scheme (a node is asked by its own), the host with or without its final dot, the scheme's default port
+    given or not."""
+    found = []
+    for scheme, port in _DEFAULT_PORTS.items():
+        hosts = [target.host, target.host + "."]
+        authorities = (
+            [a for h in hosts for a in (h, f"{h}:{port}")]
+            if target.authority == target.host
+            else [target.authority, target.host + "." + target.authority[len(target.host) :]]
+        )
+        found += [f"{scheme}://{a}{target.path_query}" for a in authorities]
+    return found
 
 
 def has_controls(text: str) -> bool:

@@ -150,6 +150,23 @@ def test_a_dir_refresh_reaches_urls_warmed_in_another_spelling_of_the_host(servi
     assert by_urls and {(i["http_status"], i["cache_state"]) for i in by_urls} == {(None, "PURGED")}, by_urls
 
 
+def test_a_dir_refresh_reaches_urls_warmed_under_the_other_scheme(service: ServiceProcess, lab: Lab) -> None:
+    """A node is asked by its own scheme: https://…/sc/a.txt warmed through these http nodes is the object a
+    refresh of http://…/sc/ must purge, and the other way round (before, the known URLs were looked up in the
+    directory's scheme only: they stayed HIT while the task said NOT_CACHED)."""
+    for path in ("/sc/a.txt", "/sc2/b.txt"):
+        lab.write_file(path, path.encode() * 10)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        typed = [f"https://{DEFAULT_HOST}/sc/a.txt", url_of("/sc2/b.txt")]
+        assert client.wait(client.prefetch(typed), timeout=60)["status"] == 0
+    for path in ("/sc/a.txt", "/sc2/b.txt"):
+        assert set(states(lab, path).values()) == {"HIT"}, path
+    assert finish(service, refresh(service, [url_of("/sc/")], "dir"))["status"] == 0
+    assert finish(service, refresh(service, [f"https://{DEFAULT_HOST}/sc2/"], "dir"))["status"] == 0
+    for path in ("/sc/a.txt", "/sc2/b.txt"):
+        assert set(states(lab, path).values()) == {"MISS"}, path
+
+
 def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:
     """prefetch with refresh=true after the origin changed: every node then serves the new body, from cache."""
     lab.write_file("/app.js", b"version 1")

@@ -27,12 +27,15 @@ def test_the_urls_at_or_under_a_directory_one_per_object_whatever_their_length()
         "http://www.example.test/d/b.bin",
         long_url,
         "http://www.example.test/dd/c.bin",
+        "https://www.example.test/d/e.bin",  # through the same (http) node: the same object as http://…
+        "http://www.example.test/d/e.bin",
         "not a url",
     ]
     assert [t.url for t in _under(directory, known)] == [
         "http://www.example.test/d/",
         "http://WWW.example.test/d/b.bin",
         long_url,
+        "https://www.example.test/d/e.bin",
     ]
 
 

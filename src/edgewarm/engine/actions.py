@@ -150,5 +150,5 @@ def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
         except RequestRefused:
             continue
         if directory.reaches(target, whole=True):
-            found.setdefault(target.cache_key, target)
+            found.setdefault(target.node_key, target)
     return list(found.values())
