@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,26 @@ def test_a_dir_refresh_reaches_urls_warmed_under_the_other_scheme(service: Servi
     assert finish(service, refresh(service, [f"https://{DEFAULT_HOST}/sc2/"], "dir"))["status"] == 0
     for path in ("/sc/a.txt", "/sc2/b.txt"):
         assert set(states(lab, path).values()) == {"MISS"}, path
+
+
+def test_a_refresh_leaves_no_old_copy_on_the_shield_for_a_varnish_edge_when_answers_vary(
+    service: ServiceProcess, lab: Lab
+) -> None:
+    """The origin answers with `Vary: Accept-Encoding`: the nginx shield keeps one copy per value asked with,
+    and Varnish asks it with "gzip" where edgewarm's purge carried its own header. The refresh removed only
+    that one copy: the Varnish edge, purged, refilled the old object from the shield, and every item said it
+    succeeded. The shield's purge now asks with "gzip" too."""
+    lab.write_file("/vary/app.txt", b"version 1 " * 20)
+    warm(service, ["/vary/app.txt"])
+    lab.write_file("/vary/app.txt", b"version 2 " * 20)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        taskid = client.prefetch([url_of("/vary/app.txt")], refresh=True)
+        assert client.wait(taskid, timeout=60)["status"] == 0
+    varnish = [n for n in lab.cache_nodes() if n.name.startswith("varnish")]
+    assert varnish and lab.fetch(varnish[0], "/vary/app.txt").body == b"version 2 " * 20
+    shield = lab.cache_nodes()[0]
+    gzipped = lab.fetch(shield, "/vary/app.txt", headers={"Accept-Encoding": "gzip"})
+    assert gzip.decompress(gzipped.body) == b"version 2 " * 20
 
 
 def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:

@@ -90,3 +90,21 @@ def test_an_edges_gateway_error_with_its_shield_up_is_the_edges_own_and_spends_a
     assert (outcome.attempts, outcome.error) == (1, "HTTP 502" + GATEWAY_ERRORS[502])
     without = _Fleet(shield_held=True)
     assert _warm_on_the_edge(without, ()).attempts == 1 and without.asked == [("GET", "edge-1")]  # no shields
+
+
+def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with() -> None:
+    """nginx keeps a copy per Accept-Encoding when answers vary on it, and a Varnish edge asks its shield with
+    "gzip": an nginx shield's purge is sent with "gzip" too (first), unless that is edgewarm's own header or the
+    node's purge headers set one. Edges, and other kinds of node, purge once."""
+    from edgewarm.config import NodeKind
+    from edgewarm.nodes import purge
+
+    def node(tier: Tier, kind: NodeKind, **more: object) -> Node:
+        return Node.model_validate({"name": "n", "url": "http://127.0.0.1:1", "tier": tier, "kind": kind, **more})
+
+    assert purge.url_purge(node(Tier.SHIELD, NodeKind.NGINX), "gzip, deflate, br").encodings == ("gzip",)
+    assert purge.url_purge(node(Tier.SHIELD, NodeKind.NGINX), "gzip").encodings == ()
+    assert purge.url_purge(node(Tier.EDGE, NodeKind.NGINX), "gzip, deflate, br").encodings == ()
+    assert purge.url_purge(node(Tier.SHIELD, NodeKind.VARNISH), "gzip, deflate, br").encodings == ()
+    chosen = node(Tier.SHIELD, NodeKind.NGINX, purge_headers={"accept-encoding": "br"})
+    assert purge.url_purge(chosen, "gzip, deflate, br").encodings == ()

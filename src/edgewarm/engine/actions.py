@@ -42,11 +42,10 @@ async def perform(
         return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream)
     try:
         if claim.action is ItemAction.PURGE:
-            request = purge.url_purge(node)
-            result = await fetcher.request(request.method, node, target, request.headers)
-            verdict, detail = purge.verdict(request, result.status, result.network_error), None
+            verdict, result = await _purge_url(node, target, purge.url_purge(node, settings.accept_encoding), fetcher)
+            detail = None
         else:
-            verdict, result, detail = await _purge_dir(node, target, fetcher, store)
+            verdict, result, detail = await _purge_dir(node, target, fetcher, store, settings)
     except purge.Unsupported as exc:
         return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
     return purge_outcome(claim.item_id, attempt, verdict, result, settings, now, detail=detail)
@@ -100,8 +99,30 @@ async def _upstream_held(
     return result
 
 
+async def _purge_url(
+    node: Node, target: TargetUrl, request: purge.PurgeRequest, fetcher: NodeClient
+) -> tuple[purge.Verdict, FetchResult]:
+    """Send `request` for `target` with each of its other encodings, then as it is, while the purges work:
+    PURGED when one of them removed a copy, else the first that did not work, else NOT_CACHED.
+
+    The other encodings first: nginx's purge module finds a copy of another `Accept-Encoding` through the copy
+    stored first (under the URL's own key, whose `Vary` it reads), which is edgewarm's own when edgewarm warmed
+    the node first (shields are warmed before their edges). Purged first, that one would leave the others
+    unreachable by a purge and served again once the key is stored anew."""
+    verdict, result = purge.Verdict.NOT_CACHED, FetchResult(None)
+    for encoding in (*request.encodings, None):
+        headers = request.headers if encoding is None else {**request.headers, "Accept-Encoding": encoding}
+        answer = await fetcher.request(request.method, node, target, headers)
+        found = purge.verdict(request, answer.status, answer.network_error)
+        if found not in _DONE:
+            return found, answer
+        if found is purge.Verdict.PURGED or (encoding is None and verdict is purge.Verdict.NOT_CACHED):
+            verdict, result = found, answer
+    return verdict, result
+
+
 async def _purge_dir(
-    node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore
+    node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore, settings: Settings
 ) -> tuple[purge.Verdict, FetchResult, str | None]:
     request = purge.prefix_purge(node, target.path_query)
     if request is not None:
@@ -109,16 +130,15 @@ async def _purge_dir(
         return purge.verdict(request, result.status, result.network_error), result, None
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
-    request = purge.url_purge(node)
+    request = purge.url_purge(node, settings.accept_encoding)
     found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in spellings(target)]
     known = _under(target, [url for urls in found for url in urls])
     failures: list[tuple[purge.Verdict, FetchResult]] = []
     purged = 0
     for start in range(0, len(known), 16):
         chunk = known[start : start + 16]
-        results = await asyncio.gather(*(fetcher.request(request.method, node, t, request.headers) for t in chunk))
-        for result in results:
-            verdict = purge.verdict(request, result.status, result.network_error)
+        results = await asyncio.gather(*(_purge_url(node, t, request, fetcher) for t in chunk))
+        for verdict, result in results:
             if verdict not in _DONE:
                 failures.append((verdict, result))
             purged += verdict is purge.Verdict.PURGED

@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ..config import Node
+from ..config import Node, NodeKind
+from ..models import Tier
 
 
 class Verdict(enum.Enum):
@@ -21,16 +22,30 @@ class PurgeRequest:
     method: str
     headers: dict[str, str] = field(default_factory=dict)
     path: str | None = None  # None: the URL's own path and query
+    encodings: tuple[str, ...] = ()  # the same purge again with each of these as Accept-Encoding
+
+
+# What edgewarm's own edges ask their shield with, besides [engine] accept_encoding (which nginx edges pass on):
+# Varnish asks its backend with "gzip". An nginx shield keeps one copy per value when the origin's answer varies on
+# it (Vary: Accept-Encoding), and its purge module removes the copy of the purge's own header only: a Varnish
+# edge refilled the old object from the copy its own warm had left there, every item "purged".
+EDGES_ASK_WITH = ("gzip",)
 
 
 class Unsupported(Exception):
     """The node cannot do this kind of purge; the message says why and what to configure."""
 
 
-def url_purge(node: Node) -> PurgeRequest:
+def url_purge(node: Node, accept_encoding: str = "") -> PurgeRequest:
+    """The purge of a URL on `node`; on an nginx shield, also of the copies edgewarm's edges' requests made
+    (EDGES_ASK_WITH), besides the one of `accept_encoding` (the Fetcher's header, [engine] accept_encoding)."""
     if not node.purge_method:
         raise Unsupported(f"node {node.name} has no purge method (purge_method is empty in its config)")
-    return PurgeRequest(node.purge_method, dict(node.purge_headers))
+    encodings: tuple[str, ...] = ()
+    chosen = any(name.lower() == "accept-encoding" for name in node.purge_headers)  # the operator's, kept
+    if node.kind is NodeKind.NGINX and node.tier is Tier.SHIELD and node.purge_method == "PURGE" and not chosen:
+        encodings = tuple(e for e in EDGES_ASK_WITH if e != accept_encoding)
+    return PurgeRequest(node.purge_method, dict(node.purge_headers), encodings=encodings)
 
 
 def prefix_purge(node: Node, prefix: str) -> PurgeRequest | None:

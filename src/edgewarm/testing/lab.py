@@ -41,6 +41,8 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
   nginx does not store them either (the lab's Varnish does: its VCL gives every 200 an hour; ATS does not,
   Squid revalidates them and says HIT).
 - ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
+- ``/vary/...`` serves the file gzipped to a request that accepts gzip, with ``Vary: Accept-Encoding`` (as
+  most origins do): nginx caches keep one copy per ``Accept-Encoding`` value asked with.
 
 Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
 Varnish 7.1, Squid 5.7, Traffic Server 9.2):
@@ -698,6 +700,7 @@ http {{
         location ^~ /max-age-0/ {{ add_header Cache-Control "public, max-age=0" always; }}
         location ^~ /expired/ {{ add_header Expires "Thu, 01 Jan 1970 00:00:00 GMT" always; }}
         location ^~ /slow/ {{ limit_rate {SLOW_RATE}; }}
+        location ^~ /vary/ {{ gzip on; gzip_vary on; gzip_types *; gzip_min_length 1; gzip_proxied any; }}
         location / {{ }}
     }}"""
         return self._main_conf(node, block)
