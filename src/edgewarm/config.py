@@ -504,12 +504,20 @@ def file_cautions(path: str | Path) -> list[str]:
     """What is unsafe about how the config file at `path` may be read or changed (it holds the users' secrets):
     each in a sentence, as Config.cautions."""
     try:
-        mode = Path(path).stat().st_mode
+        found_stat = Path(path).stat()
+        folder = Path(path).absolute().parent.stat()
     except OSError:
         return []
-    found = []
+    mode, found = found_stat.st_mode, []
     if mode & 0o022:
         found.append(f"{path} can be changed by other users of this machine (mode {mode & 0o777:o}): chmod go-w")
+    if found_stat.st_uid not in (0, os.getuid()):
+        found.append(f"{path} is owned by another user (uid {found_stat.st_uid}), who can change it")
+    if folder.st_mode & 0o002 and not folder.st_mode & 0o1000:
+        found.append(
+            f"{path} is in a folder every user of this machine can write to (mode {folder.st_mode & 0o777:o}), "
+            "where the file can be replaced: move it, or chmod o-w the folder"
+        )
     if mode & 0o004:
         found.append(
             f"{path} can be read by every user of this machine (mode {mode & 0o777:o}), secrets and all: chmod o-r"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -582,3 +583,15 @@ def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) ->
         f"{path} can be read by every user of this machine (mode 666), secrets and all: chmod o-r",
     ]
     assert file_cautions(tmp_path / "missing.toml") == []
+    path.chmod(0o600)
+    tmp_path.chmod(0o777)  # anyone may replace it: a tester's finding
+    assert file_cautions(path) == [
+        f"{path} is in a folder every user of this machine can write to (mode 777), where the file can be "
+        "replaced: move it, or chmod o-w the folder"
+    ]
+    tmp_path.chmod(0o1777)  # sticky, as /tmp: only its owner may replace it
+    assert file_cautions(path) == []
+    tmp_path.chmod(0o700)
+    if os.getuid() == 0:  # root may give it away
+        os.chown(path, 65534, -1)  # another user's (nobody)
+        assert file_cautions(path) == [f"{path} is owned by another user (uid 65534), who can change it"]

@@ -90,6 +90,15 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
         ("host=127.0.0.1 port=22004 user=ew password=S3cretPW", "host=127.0.0.1 port=22004 user=ew password=***"),
         ("host=db password='S3 cret' sslmode=require", "host=db password=*** sslmode=require"),
         ("sqlite:////var/lib/a:b@c.db", "sqlite:////var/lib/a:b@c.db"),
+        # An unencoded # or & in a password given as a parameter, and a quoted one with a quote in it.
+        ("postgresql://ew@db/ew?password=SEC#RETi", "postgresql://ew@db/ew?password=***"),
+        (
+            "postgresql://ew@db/ew?password=SEC&RET&sslmode=require",
+            "postgresql://ew@db/ew?password=***&sslmode=require",
+        ),
+        ("host=db password=SEC&RETf dbname=ew", "host=db password=*** dbname=ew"),
+        ("host=db password=SEC#RETg", "host=db password=***"),
+        ("host=db password='SEC\\'RETe part' dbname=ew", "host=db password=*** dbname=ew"),
     ],
 )
 def test_a_store_urls_passwords_are_never_shown(url: str, shown: str) -> None:

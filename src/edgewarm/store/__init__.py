@@ -24,14 +24,18 @@ def redacted(url: str) -> str:
     that a password with an unencoded `/`, `?` or `#` is hidden too; more is hidden when a later `@` follows,
     never less) and the value of any setting whose name holds "pass" (`?password=`, `sslpassword=`)."""
     scheme, sep, rest = url.partition("://")
-    if sep and not rest.startswith("/") and (at := rest.rfind("@")) > 0 and ":" in rest[:at]:
+    if not sep:
+        return _PASSWORD_KEYWORD.sub(r"\1***", url)
+    if not rest.startswith("/") and (at := rest.rfind("@")) > 0 and ":" in rest[:at]:
         url = f"{scheme}://{rest[:at].partition(':')[0]}:***{rest[at:]}"
-    return _PASSWORD_SETTING.sub(r"\1***", url)
+    return _PASSWORD_PARAMETER.sub(r"\1***", url)
 
 
-# A setting named like a password, in a URL's query (up to `&` or `#`) or a keyword string (up to a space, or
-# quoted).
-_PASSWORD_SETTING = re.compile(r"(?i)(\b[\w.]*pass[\w.]*\s*=\s*)('[^']*'?|[^&#\s]*)")
+# A setting named like a password: in a URL's query, its value up to the next `&` that starts another parameter
+# (an unencoded `#` or `&` in a password is hidden with it); in a libpq keyword string, up to a space, or quoted
+# (with \' inside).
+_PASSWORD_PARAMETER = re.compile(r"(?i)(\b[\w.]*pass[\w.]*=)((?:[^&]|&(?![\w.]+=))*)")
+_PASSWORD_KEYWORD = re.compile(r"(?i)(\b[\w.]*pass[\w.]*\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
 
 
 def sqlite_path(url: str) -> str | None:

@@ -187,7 +187,7 @@ class SQLiteStore:
                 raise StoreError(
                     f"the SQLite database {self.path} has {links} names (hard links): SQLite keeps a -wal beside "
                     f"each name, so processes that open it by different names lose each other's writes; keep one "
-                    f"(find / -xdev -samefile {self.path})"
+                    f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(db)
