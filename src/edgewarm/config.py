@@ -307,10 +307,12 @@ def _is_host(text: str) -> bool:
         return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
-def _bad_postgresql_port(url: str) -> str | None:
-    """What is wrong with a PostgreSQL URL's ports (each host's in `h1:5432,h2:5433`, and `?port=5432,5433`),
-    or None: the driver would fail on them at the first connection, after check-config said OK."""
+def _bad_postgresql_url(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL's user information or ports (each host's in `h1:5432,h2:5433`, and
+    `?port=5432,5433`), or None: the driver would fail at the first connection, after check-config said OK."""
     parts = urlsplit(url)
+    if parts.netloc.count("@") > 1:  # the driver takes what follows the first for the host
+        return "an @ in the user name or password must be percent-encoded: %40"
     hosts = parts.netloc.rpartition("@")[2]
     ports = [host.rpartition("]")[2].partition(":")[2] for host in hosts.split(",")]
     ports += [p for value in parse_qs(parts.query).get("port", []) for p in value.split(",")]
@@ -367,7 +369,7 @@ class Config(_Model):
             sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
         except StoreError as exc:
             raise ValueError(str(exc)) from None
-        if scheme.startswith("postgres") and (bad := _bad_postgresql_port(value)) is not None:
+        if scheme.startswith("postgres") and (bad := _bad_postgresql_url(value)) is not None:
             raise ValueError(f"{redacted(value)!r}: {bad}")
         return value
 

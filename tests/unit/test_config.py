@@ -494,6 +494,7 @@ def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
         ("postgresql://edgewarm:hunter2pw@h1,h2/edgewarm?port=5432,abc", "a port is not a number from 1 to 65535"),
         ("postgresql://edgewarm:hunter2pw@h1/edgewarm?port=0", "a port is not a number from 1 to 65535"),
         ("postgresql://edgewarm:hunter2/pw@h1/edgewarm", "must be percent-encoded"),
+        ("postgresql://edgewarm:hunter2@pw@127.0.0.1:5432/edgewarm", "an @ in the user name or password must be"),
         ("postgresql://edgewarm:123456789/pw@h1/edgewarm", "must be percent-encoded"),
     ],
 )
