@@ -466,33 +466,38 @@ def test_a_database_file_moved_or_copied_without_its_wal_is_refused_not_taken_as
     assert asyncio.run(find())
 
 
-def test_a_damaged_database_file_is_named_and_said_to_be_damaged(tmp_path: Path) -> None:
-    """Pages of the file overwritten (a disk fault): reading them fails with the file named and what to do, not
-    SQLite's bare "database disk image is malformed" (told to clients as "unavailable", to be retried)."""
+async def tasks_of_100_urls(path: Path, count: int) -> list[str]:
+    """`count` tasks of 100 URLs each in the SQLite file at `path` (made if need be): their ids."""
     import uuid
 
-    from edgewarm.errors import StoreError
     from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
     from edgewarm.store import open_store
 
-    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        ids = []
+        for t in range(count):
+            items = tuple(NewItem(i, f"http://www.example.test/{t}/{i}", "edge-1") for i in range(100))
+            quota = QuotaCharge("20261129", 100, 0, 10**9, 10**9)
+            task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
+            ids.append((await store.create_task(task)).id)
+        return ids
 
-    async def make() -> list[str]:
-        async with open_store(f"sqlite:///{path}") as store:
-            ids = []
-            for t in range(30):
-                items = tuple(NewItem(i, f"http://www.example.test/{t}/{i}", "edge-1") for i in range(100))
-                quota = QuotaCharge("20261129", 100, 0, 10**9, 10**9)
-                task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
-                ids.append((await store.create_task(task)).id)
-            return ids
+
+def test_a_damaged_database_file_is_named_and_said_to_be_damaged(tmp_path: Path) -> None:
+    """Pages of the file overwritten (a disk fault): reading them fails with the file named and what to do, not
+    SQLite's bare "database disk image is malformed" (told to clients as "unavailable", to be retried)."""
+
+    from edgewarm.errors import StoreError
+    from edgewarm.store import open_store
+
+    path = tmp_path / "e.db"
 
     async def read(ids: list[str]) -> None:
         async with open_store(f"sqlite:///{path}") as store:
             for taskid in ids:
                 await store.list_items(taskid)
 
-    ids = asyncio.run(make())
+    ids = asyncio.run(tasks_of_100_urls(path, 30))
     pages = path.stat().st_size // 4096
     with path.open("r+b") as f:
         for page in range(pages // 2, pages):  # the second half: items, not the schema on page 1
@@ -509,23 +514,11 @@ def test_a_damaged_database_file_makes_the_store_not_ready_and_every_read_says_s
     may still work (it reads an index), and /readyz said ready while submissions and queries failed. The
     point reads of a task (prefetchQuery's) raised SQLite's own DatabaseError, not the store's error."""
     import sqlite3
-    import uuid
 
     from edgewarm.errors import StoreDamaged, StoreError
-    from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
     from edgewarm.store import open_store
 
     path = tmp_path / "e.db"
-
-    async def make() -> list[str]:
-        async with open_store(f"sqlite:///{path}") as store:
-            ids = []
-            for t in range(30):
-                items = tuple(NewItem(i, f"http://www.example.test/{t}/{i}", "edge-1") for i in range(100))
-                quota = QuotaCharge("20261129", 100, 0, 10**9, 10**9)
-                task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, quota)
-                ids.append((await store.create_task(task)).id)
-            return ids
 
     async def use(ids: list[str]) -> tuple[int, list[str], str]:
         async with open_store(f"sqlite:///{path}") as store:
@@ -543,7 +536,7 @@ def test_a_damaged_database_file_makes_the_store_not_ready_and_every_read_says_s
                 await store.queue_depth()
             return before, failures, str(not_ready.value)
 
-    ids = asyncio.run(make())
+    ids = asyncio.run(tasks_of_100_urls(path, 30))
     with contextlib.closing(sqlite3.connect(path)) as db:  # the table's pages, not its indexes'
         pages = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = ? ORDER BY pageno", (table,))]
     with path.open("r+b") as f:

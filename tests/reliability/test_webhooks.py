@@ -81,11 +81,7 @@ async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:
             deliverer = WebhookDeliverer(webhook_config(timeout=0.5), store, Metrics())
             deliverer.config = webhook_config(timeout=5.0)
             async with delivering(deliverer):
-                for _ in range(200):  # bounded: 4 s
-                    task = await store.get_task(task_id)
-                    if task is not None and task.webhook_attempts:
-                        break
-                    await asyncio.sleep(0.02)
+                task = await delivered(store, task_id, 4)
     assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
 
 
@@ -110,11 +106,7 @@ async def test_a_host_taken_off_allowed_hosts_gets_no_more_webhooks_queued_befor
             deliverer = WebhookDeliverer(webhook_config(), store, Metrics())
             deliverer.config = webhook_config(allowed_hosts=["hooks.example.test"])  # a SIGHUP
             async with delivering(deliverer):
-                for _ in range(150):  # bounded: 3 s
-                    task = await store.get_task(task_id)
-                    if task is not None and task.webhook_attempts:
-                        break
-                    await asyncio.sleep(0.02)
+                task = await delivered(store, task_id, 3)
     assert task is not None and task.webhook_state == "failed", task
     assert task.webhook_error == (
         "callback_url host '127.0.0.1' is no longer allowed ([webhooks] allowed_hosts in the config)"
@@ -130,11 +122,7 @@ async def test_a_timeout_is_told_as_one_and_an_error_never_shows_the_receivers_t
         async with open_store("memory://") as store:
             task_id = await ended_task(store, f"{slow.url}/hook?token=SECRET42")
             async with delivering(WebhookDeliverer(webhook_config(timeout=0.5), store, Metrics())):
-                for _ in range(150):  # bounded: 3 s
-                    task = await store.get_task(task_id)
-                    if task is not None and task.webhook_attempts:
-                        break
-                    await asyncio.sleep(0.02)
+                task = await delivered(store, task_id, 3)
     assert task is not None and task.webhook_error == "no answer within 0.5 s ([webhooks] timeout)"
     url = "http://127.0.0.1:9/hook?token=SECRET42&x=1"
     told = _without_the_url(f"ClientResponseError: 400, message='Bad status line', url='{url}'", url)
