@@ -356,6 +356,9 @@ async def _run_parts(
                     log_level="warning",
                     log_config=None,  # its records go to the root logger: one JSON object per line, as ours
                     http=bounded_protocol(config.api.request_timeout),  # a head's size and a request's time bounded
+                    # An idle connection kept as long as a silent one may wait (uvicorn's 5 s made pooled clients
+                    # post on connections it had just closed).
+                    timeout_keep_alive=math.ceil(config.api.request_timeout),
                     access_log=False,
                     lifespan="off",
                     # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).

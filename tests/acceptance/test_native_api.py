@@ -279,3 +279,28 @@ def test_a_wait_whose_caller_hung_up_stops_and_a_user_has_at_most_50_open(
     until(lambda: waits_open() == 0, 5, "the waits of callers that hung up at once ended")
     assert client.task(taskid)["status"] == 1  # it ran all along: the waits saw it as it was
     client.cancel(taskid)
+
+
+def test_an_idle_connection_is_kept_as_long_as_a_silent_one_may_wait(service: ServiceProcess) -> None:
+    """uvicorn closed a connection idle for 5 s: a pooled client posting on it then got EOF (README: a
+    connection is closed once silent for `[api] request_timeout`, 60 s). Idle 6 s, it still answers."""
+    import socket
+
+    host, port = service.url.removeprefix("http://").split(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    def answer(s: socket.socket) -> bytes:
+        got = b""
+        while b'{"ok":true}' not in got:  # bounded by the socket's timeout
+            chunk = s.recv(65536)
+            if not chunk:
+                break  # closed
+            got += chunk
+        return got
+
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        assert answer(s).startswith(b"HTTP/1.1 200 ")
+        time.sleep(6.0)
+        s.sendall(request)
+        assert answer(s).startswith(b"HTTP/1.1 200 ")

@@ -1084,3 +1084,54 @@ async def test_a_wait_answered_early_is_asked_again_after_a_pause_not_at_once(mo
             await first
     waits = [c for c in calls if c.endswith("/wait")]
     assert 3 <= len(waits) <= 6, waits  # the held one (once), the early ones about once a second
+
+
+@pytest.mark.parametrize("content_type", ["text/json", "application/x-json", "application/octet-stream", "text/html"])
+async def test_a_json_body_is_read_whatever_its_type_says(api: Api, content_type: str) -> None:
+    """README: a body that starts with `{` is read as JSON whatever its type says; under these labels (older .NET
+    and Java clients send text/json) it was HTTP 415."""
+    body = orjson.dumps({**creds(), "publish_urls": urls(1)})
+    answer = await api.raw("/api/prefetch", body, content_type)
+    assert answer["status"] == 0, answer
+
+
+@pytest.mark.parametrize("charset", ["undefined", "unicode_escape", "punycode"])
+async def test_a_form_in_a_charset_that_is_none_is_refused_as_unknown(api: Api, charset: str) -> None:
+    """`charset=undefined` (JavaScript's word for a variable never set) was "the form has more than 10000
+    fields"; Python's own codecs were taken as charsets."""
+    body = urlencode({**creds(), "publish_urls": urls(1)[0]}).encode()
+    response = await api.client.post(
+        "/api/prefetch", content=body, headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}"}
+    )
+    assert (response.status_code, response.json()) == (
+        415,
+        {"error": f"unknown charset {charset!r}: send the form in UTF-8"},
+    )
+
+
+async def test_json_in_another_charset_is_refused_saying_json_is_read_as_utf8(api: Api) -> None:
+    """It said "str is not valid UTF-8: surrogates not allowed: line 1 column 1" (orjson's words)."""
+    body = orjson.dumps({**creds(), "publish_urls": urls(1)}).replace(b"jcloud_00", "用户".encode("gbk"))
+    answer = await api.raw("/api/prefetch", body, "application/json; charset=GBK")
+    said = "the body is not valid JSON in UTF-8 (JSON is read as UTF-8, not GBK)"
+    assert (answer["status"], answer["msg"]) == (2, said)
+
+
+@pytest.mark.parametrize("name", ["publish_urls[]", "publish_urls[{n}]"])
+async def test_a_url_list_in_php_and_jquery_form_fields_is_read(api: Api, name: str) -> None:
+    """PHP's http_build_query and jQuery write a list's entries as publish_urls[0]=… or publish_urls[]=…: it was
+    "publish_urls must not be empty" (the URLs were sent)."""
+    fields = [*creds().items(), *((name.format(n=n), url) for n, url in enumerate(urls(3)))]
+    answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+    assert answer["status"] == 0, answer
+    task = await api.store.get_task(answer["taskid"])
+    assert task is not None and task.total == 3 * NODES
+
+
+@pytest.mark.parametrize("path", ["/api/prefetch/", "//api/prefetch", "/api//prefetch"])
+async def test_a_jd_call_to_its_path_with_slashes_doubled_or_added_is_answered(api: Api, path: str) -> None:
+    """A base URL written with a final "/" posts to //api/prefetch (it was 404), and /api/prefetch/ was
+    redirected (307), which JD clients (PHP's curl, Java's HttpURLConnection) do not follow for a POST."""
+    response = await api.client.post(f"http://edgewarm.test{path}", json={**creds(), "publish_urls": urls(1)})
+    assert response.status_code == 200 and response.json()["status"] == 0, response.text
+    assert response.headers["content-type"] == "application/json; charset=utf-8"  # said: older clients guess

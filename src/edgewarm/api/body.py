@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,6 +19,11 @@ class UnsupportedMediaType(Exception):
 
 _FORM = "application/x-www-form-urlencoded"
 _BOM = b"\xef\xbb\xbf"
+# Python's own codecs, which no HTTP client means by a charset ("undefined" is what JavaScript writes for a
+# variable never set).
+_NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
+# A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
+_LISTED = re.compile(r"(.+)\[(\d*)\]\Z")
 
 
 async def read_params(request: Request) -> dict[str, Any]:
@@ -26,8 +33,10 @@ async def read_params(request: Request) -> dict[str, Any]:
     raw = (await request.body()).removeprefix(_BOM)  # some clients start UTF-8 with its byte order mark
     media, *options = (part.strip() for part in request.headers.get("content-type", "").split(";"))
     media = media.lower()
-    if media in ("", "text/plain", _FORM) and raw.lstrip()[:1] == b"{":
-        # Old scripts post JSON without saying so, or as curl -d does, labelled a form (which cannot start so).
+    charset = next((o.partition("=")[2].strip().strip('"') for o in options if o.lower().startswith("charset=")), "")
+    if raw.lstrip()[:1] == b"{":
+        # JSON whatever its type says: old scripts post it unlabelled, as curl -d does labelled a form (which
+        # cannot start so), or as text/json, application/x-json, application/octet-stream.
         media = "application/json"
     elif media in ("", "text/plain"):
         media = "application/json" if raw.lstrip()[:1] == b"[" else _FORM
@@ -37,6 +46,10 @@ async def read_params(request: Request) -> dict[str, Any]:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+                raise RequestRefused(
+                    JdCode.PARAMS_EMPTY, f"the body is not valid JSON in UTF-8 (JSON is read as UTF-8, not {charset})"
+                ) from None
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the body must be a JSON object of parameters")
@@ -44,24 +57,39 @@ async def read_params(request: Request) -> dict[str, Any]:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
         return data
     if media == _FORM:
-        charset = next(
-            (o.partition("=")[2].strip().strip('"') for o in options if o.lower().startswith("charset=")), ""
-        )
         encoding = charset or "utf-8"
         try:
+            if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
+                raise LookupError(encoding)
             text = raw.decode(encoding)  # the bytes as they are, then the %-escapes of the fields: both in it
             form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000, encoding=encoding, errors="strict")
         except LookupError:
             raise UnsupportedMediaType(f"unknown charset {charset!r}: send the form in UTF-8") from None
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}") from None
         except ValueError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the form has more than 10000 fields") from None
         if not form:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
-        # A repeated field (publish_urls=a&publish_urls=b) is a list; a single one a string.
-        return {key: values[0] if len(values) == 1 else values for key, values in form.items()}
+        return _fields(form)
     raise UnsupportedMediaType(f"unsupported content type {media!r}: send application/json or a form")
+
+
+def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
+    """A form's fields: a repeated one (publish_urls=a&publish_urls=b) is a list, a single one a string; entries
+    named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order."""
+    fields: dict[str, Any] = {}
+    listed: dict[str, list[tuple[int, str]]] = {}
+    for key, values in form.items():
+        if (entry := _LISTED.match(key)) is not None:
+            position = int(entry[2]) if entry[2] else len(listed.get(entry[1], ()))
+            listed.setdefault(entry[1], []).extend((position, value) for value in values)
+        else:
+            fields[key] = values[0] if len(values) == 1 else values
+    for name, entries in listed.items():
+        values = [value for _, value in sorted(entries, key=lambda e: e[0])]
+        fields.setdefault(name, values[0] if len(values) == 1 else values)
+    return fields
 
 
 def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:

@@ -95,12 +95,18 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            endpoint = self.endpoints.get(scope["path"])
+            # As written, or with a slash doubled or added (a base URL ending in "/"): a JD client does not follow
+            # the redirect a POST would get.
+            endpoint = self.endpoints.get(scope["path"]) or self.endpoints.get(_without_extra_slashes(scope["path"]))
             if endpoint is not None:
                 response = await endpoint(Request(scope, receive, send))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _without_extra_slashes(path: str) -> str:
+    return "/" + "/".join(part for part in path.split("/") if part)
 
 
 def direct_endpoints(routes: Iterable[BaseRoute]) -> dict[str, Endpoint]:

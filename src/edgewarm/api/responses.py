@@ -21,7 +21,7 @@ SUCCESS_MSG = "成功"  # JD's top-level msg on success, in every language setti
 
 
 class JSONResponse(Response):
-    media_type = "application/json"
+    media_type = "application/json; charset=utf-8"  # said: older clients read a body without it as ISO-8859-1
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
