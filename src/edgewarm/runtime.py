@@ -222,7 +222,8 @@ class _Live:
                 return
             old, self.fetcher, self.fetcher_settings = self.fetcher, fresh, settings
             released = self.engine.replace_fetcher(fresh)
-        log.info("SIGHUP: [engine] %s apply to new requests; the old fetcher finishes its own", ", ".join(changed))
+        verb = "apply" if len(changed) > 1 else "applies"
+        log.info("SIGHUP: [engine] %s %s to new requests; the old fetcher finishes its own", ", ".join(changed), verb)
         await released
         if old is not None:
             await old.__aexit__(None, None, None)

@@ -150,9 +150,9 @@ def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: P
                 service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
                 os.kill(pid, signal.SIGHUP)
                 deadline = time.monotonic() + 15
-                while "apply to new requests" not in service.log_text() and time.monotonic() < deadline:
+                while "to new requests" not in service.log_text() and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert "[engine] user_agent apply to new requests" in service.log_text()
+                assert "[engine] user_agent applies to new requests" in service.log_text()
                 second = client.prefetch(["http://www.example.test/after"])
                 assert client.wait(second, timeout=30)["status"] == 0
             assert service.proc.pid == pid and service.proc.poll() is None
@@ -183,7 +183,7 @@ def test_a_node_held_down_is_in_metrics_and_stays_held_across_a_fetcher_swap(
                 original = service.config.read_text()
                 service.config.write_text(original.replace("[engine]\n", '[engine]\nuser_agent = "reloaded/1"\n', 1))
                 os.kill(service.proc.pid, signal.SIGHUP)
-                service.wait_for_log("[engine] user_agent apply to new requests", 15)
+                service.wait_for_log("[engine] user_agent applies to new requests", 15)
                 second = client.prefetch(["http://www.example.test/held/after"])
                 assert client.wait(second, timeout=30)["status"] == 2
                 items = {i["node"]: i for i in client.task(second)["items"]}

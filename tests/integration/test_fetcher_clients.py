@@ -154,6 +154,38 @@ async def test_an_https_node_whose_certificate_is_not_trusted_fails_naming_the_n
     assert server.requests == []
 
 
+async def test_a_trusted_self_signed_ca_certificate_is_taken_whatever_the_urls_spelling(
+    certificate: tuple[Path, Path],
+) -> None:
+    """openssl req -x509 makes a certificate marked a CA; trusted (SSL_CERT_FILE), OpenSSL takes it as the node's
+    own and rustls never does: a URL with a dot segment (aiohttp) warmed, a plain one (pyreqwest) failed "a CA
+    certificate served as the node's own". Both warm now (the node's requests go through aiohttp)."""
+    script = (
+        "import asyncio, sys\n"
+        "from edgewarm.config import Engine, Node\n"
+        "from edgewarm.engine.fetcher import Fetcher\n"
+        "from edgewarm.urls import stored_target\n"
+        "async def main():\n"
+        "    async with Fetcher(Engine()) as fetcher:\n"
+        "        for path in ('/a', '/x/../a', '/b'):\n"
+        "            target = stored_target('https://www.example.test' + path)\n"
+        "            result = await fetcher.request('GET', Node(name='tls', url=sys.argv[1]), target)\n"
+        "            print(result.status, result.error)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "SSL_CERT_FILE": str(certificate[0])}  # read by aiohttp when it is imported
+    async with tls_node(certificate) as server:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", script, server.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.stdout.splitlines() == ["200 None"] * 3, done.stdout + done.stderr
+
+
 async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_through_aiohttp(
     certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -336,6 +336,10 @@ class Fetcher(GuardedClient):
                 if "tcp connect error" in causes:
                     if named:
                         return _Unread.UNREACHABLE  # another address of the node's name may answer
+                elif "CaUsedAsEndEntity" in reason:
+                    # A self-signed certificate marked a CA (openssl req -x509 makes one): rustls never takes it
+                    # as a node's own, OpenSSL does when it is trusted (SSL_CERT_FILE): aiohttp's verdict decides.
+                    return _Unread.NO_TLS
                 elif (why := certificate_refusal(reason)) is not None:
                     return _certificate_refused(node, why)
                 elif url.startswith("https://"):
