@@ -4,8 +4,8 @@ A node that drops connection attempts costs each item `connect_timeout` per atte
 dead node would keep the task open for an hour while each one found out again. After `FAILURES_IN_A_ROW`
 requests in a row could not connect (refused, no answer within `connect_timeout`, name not found), the node is
 held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`, and cut to end when
-`[engine] node_down_wait` does; past it, or without one, `COOLDOWN` again: its items then spend attempts, and
-one back must be found before they are spent): its items are not sent but answered at once with the reason (a
+`[engine] node_down_wait` does; past it, `COOLDOWN` again: its items then spend attempts, and one back must be
+found before they are spent): its items are not sent but answered at once with the reason (a
 `Hold`). When the cooldown ends, one request is let through: if it
 connects, the node is up again; if not, it is held down again. What the items do meanwhile is the outcome's
 rule (outcome.py): they wait for the node, without spending attempts (nor do those whose request failed to
@@ -138,14 +138,17 @@ class NodeHealth:
         elif state.failures < min(FAILURES_IN_A_ROW, self._attempts()):
             return None
         state.since = state.since or now
-        if (patience := self._patience()) and now < state.since + patience:
+        patience = self._patience()
+        if patience and now < state.since + patience:
             # Its items wait for it: asked again after the cooldown, or when their patience ends.
             state.down_until = min(now + state.cooldown, state.since + patience)
-        else:
-            # Its items spend attempts meanwhile (outcome.py), each no faster than it is asked: a node back is
+        elif patience:
+            # Past it, its items spend attempts (outcome.py), each no faster than it is asked: a node back is
             # found within COOLDOWN, not after a cooldown grown to COOLDOWN_MAX (items submitted after it came
-            # back failed unsent for up to a minute).
+            # back failed unsent for up to a minute). Without patience (0), its items are to end at once.
             state.down_until = now + COOLDOWN
+        else:
+            state.down_until = now + state.cooldown
         if now - state.logged >= LOG_EVERY or not state.logged:
             state.logged = now
             log.warning(

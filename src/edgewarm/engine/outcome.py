@@ -112,7 +112,8 @@ def retry_or_give_up(
     if failed.attempts >= settings.max_attempts:
         return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
     delay = backoff_delay(failed.attempts, settings, rng)
-    if hold is not None:  # not before the node is asked again: an attempt each time it is, not several unsent
+    if hold is not None and settings.node_down_wait:  # past it: not before the node is asked again (an attempt
+        # each time it is, not several unsent); without it (0), the items are to end at once
         delay = max(delay, hold.retry_in + (rng or random).uniform(0, HOLD_JITTER))
     return replace(failed, retry_at=now + delay)
 
