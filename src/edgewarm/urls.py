@@ -126,8 +126,8 @@ def spellings(target: TargetUrl) -> list[str]:
     scheme (a node is asked by its own), the host with or without its final dot, the scheme's default port
     given or not."""
     found = []
+    hosts = [target.host, target.host + "."]
     for scheme, port in _DEFAULT_PORTS.items():
-        hosts = [target.host, target.host + "."]
         authorities = (
             [a for h in hosts for a in (h, f"{h}:{port}")]
             if target.authority == target.host

@@ -5,12 +5,12 @@ dead node would keep the task open for an hour while each one found out again. A
 requests in a row could not connect (refused, no answer within `connect_timeout`, name not found), the node is
 held down for `COOLDOWN` seconds (doubling while it stays down, up to `COOLDOWN_MAX`, and cut to end when
 `[engine] node_down_wait` does; past it, `COOLDOWN` again: its items then spend attempts, and one back must be
-found before they are spent): its items are not sent but answered at once with the reason (a
-`Hold`). When the cooldown ends, one request is let through: if it
-connects, the node is up again; if not, it is held down again. What the items do meanwhile is the outcome's
-rule (outcome.py): they wait for the node, without spending attempts (nor do those whose request failed to
-connect while it was held down: the probe, those in flight), while it has been down for less than
-`[engine] node_down_wait`; after that each such answer counts as a failed attempt.
+found before they are spent): its items are not sent but answered at once with the reason (a `Hold`). When the
+cooldown ends, one request is let through: if it connects, the node is up again; if not, it is held down
+again. What the items do meanwhile is the outcome's rule (outcome.py): they wait for the node, without spending
+attempts (nor do those whose request failed to connect while it was held down: the probe, those in flight),
+while it has been down for less than `[engine] node_down_wait`; after that each such answer counts as a failed
+attempt.
 
 One `NodeHealth` per process (the runtime's), kept across reloads that replace the fetcher; whichever fetcher
 sends the requests consults it (with `[engine] fetch_process`, the parent: its child sends everything it is
