@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgewarm import auth
+from edgewarm.store import SCHEMA_VERSION, open_store, sqlite
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
@@ -519,3 +521,32 @@ def test_check_config_names_every_problem_at_once_and_warns_of_no_users(tmp_path
     answer = run(["check-config", str(lonely)], {})
     assert answer.returncode == 0, answer.stderr
     assert "warning: no [[users]]: every call will be refused" in answer.stderr
+
+
+def test_db_upgrade_says_what_it_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db upgrade` says whether it created the schema, upgraded it from an older version or found nothing to
+    do (before: "schema at version 3" whatever it did)."""
+
+    def upgrade(config: Path) -> str:
+        result = subprocess.run([EDGEWARM, "db", "upgrade", "--config", str(config)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    new = write_config(
+        tmp_path / "new.toml", store=f"sqlite:///{tmp_path}/new.db", nodes_toml=NOWHERE_NODES, port=free_port()
+    )
+    assert upgrade(new) == f"created the schema (version {SCHEMA_VERSION})"
+    assert upgrade(new) == f"the schema is at version {SCHEMA_VERSION} already: nothing to do"
+
+    async def make_older(url: str) -> None:
+        async with open_store(url):
+            pass
+
+    with monkeypatch.context() as older:  # a database made by the edgewarm before the last migration
+        older.setattr(sqlite, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+        older.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[: SCHEMA_VERSION - 1])
+        asyncio.run(make_older(f"sqlite:///{tmp_path}/old.db"))
+    old = write_config(
+        tmp_path / "old.toml", store=f"sqlite:///{tmp_path}/old.db", nodes_toml=NOWHERE_NODES, port=free_port()
+    )
+    assert upgrade(old) == f"upgraded the schema from version {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}"

@@ -292,12 +292,15 @@ def exit_code_and_log(service: ServiceProcess, timeout: float = 30) -> tuple[int
 async def test_db_upgrade_creates_the_schema_and_an_outdated_one_stops_the_service(
     tmp_path: Path, postgres_db_url: str
 ) -> None:
-    """`edgewarm db upgrade` creates the schema; api and worker refuse a lower version, naming the command."""
+    """`edgewarm db upgrade` creates the schema, then says it has nothing to do; api and worker refuse a lower
+    version, naming the command."""
     node = f'[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:{free_port()}"\n'
     config = write_config(tmp_path / "edgewarm.toml", store=postgres_db_url, nodes_toml=node, port=free_port())
     done = edgewarm_cli("db", "upgrade", "--config", str(config))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"schema at version {SCHEMA_VERSION}"
+    assert done.stdout.strip() == f"created the schema (version {SCHEMA_VERSION})"
+    again = edgewarm_cli("db", "upgrade", "--config", str(config))
+    assert again.stdout.strip() == f"the schema is at version {SCHEMA_VERSION} already: nothing to do", again
     conn = await asyncpg.connect(postgres_db_url)
     try:
         tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -1158,7 +1158,7 @@ class TestSchema:
     async def test_db_upgrade_creates_the_schema_of_an_empty_database(self, store_url: str) -> None:
         """Opened without auto-upgrade (`edgewarm db upgrade`), an empty database gets the schema from upgrade()."""
         async with open_store(store_url, auto_upgrade=False) as store:
-            assert await store.upgrade() == SCHEMA_VERSION
+            assert await store.upgrade() == 0  # the version found: none
             assert await store.upgrade() == SCHEMA_VERSION  # idempotent
             await store.create_task(make_task(1))
             assert await store.queue_depth() == 1
@@ -1176,7 +1176,7 @@ class TestSchema:
             async with open_store(store_url):
                 pass
         async with open_store(store_url, auto_upgrade=False) as store:
-            assert await store.upgrade() == SCHEMA_VERSION + 1
+            assert await store.upgrade() == SCHEMA_VERSION  # found, then migrated to SCHEMA_VERSION + 1
         async with open_store(store_url) as store:
             assert await store.get_task(task.id) is not None
 
@@ -1193,7 +1193,7 @@ class TestSchema:
             async with open_store(store_url) as store:
                 await store.create_task(make_task(3, (("slow", 0), ("edge-1", 0))))
         async with open_store(store_url, auto_upgrade=False) as store:
-            assert await store.upgrade() == SCHEMA_VERSION == 3
+            assert await store.upgrade() == 2 and SCHEMA_VERSION == 3
         async with open_store(store_url) as store:
             claims = await store.claim_due_items("w1", 10, NOW, LEASE, ["slow"])
             assert [c.node for c in claims] == ["edge-1"] * 3

@@ -107,7 +107,7 @@ def db() -> None:
 @config_option
 def upgrade(config_path: str) -> None:
     """Create or migrate the store's schema."""
-    from ..store import open_store
+    from ..store import SCHEMA_VERSION, open_store
 
     config = _load(config_path)
 
@@ -116,10 +116,19 @@ def upgrade(config_path: str) -> None:
             return await store.upgrade()
 
     try:
-        version = asyncio.run(go())
+        found = asyncio.run(go())
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"schema at version {version}")
+    click.echo(upgrade_done(found, SCHEMA_VERSION))
+
+
+def upgrade_done(found: int, now: int) -> str:
+    """What `db upgrade` did, from the schema version it found."""
+    if found == 0:
+        return f"created the schema (version {now})"
+    if found < now:
+        return f"upgraded the schema from version {found} to {now}"
+    return f"the schema is at version {now} already: nothing to do"
 
 
 @main.command()

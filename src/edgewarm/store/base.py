@@ -153,7 +153,7 @@ class TaskStore(Protocol):
     ) -> None: ...
 
     async def upgrade(self) -> int:
-        """Create or migrate the schema; return the version now in place."""
+        """Create or migrate the schema to SCHEMA_VERSION; return the version found before (0: no schema)."""
         ...
 
     async def create_task(self, task: NewTask) -> Task:

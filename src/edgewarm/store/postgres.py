@@ -526,7 +526,7 @@ class PostgresStore:
                         )
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _UPGRADE_LOCK)
-        return SCHEMA_VERSION
+        return version
 
     # -- tasks ------------------------------------------------------------------------------------
 

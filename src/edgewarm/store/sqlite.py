@@ -314,7 +314,7 @@ class SQLiteStore:
                 for statement in _statements(MIGRATIONS[number]):
                     db.execute(statement)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(number + 1),))
-        return SCHEMA_VERSION
+        return version
 
     async def upgrade(self) -> int:
         return await self._run(self._upgrade)
