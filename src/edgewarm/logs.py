@@ -27,6 +27,7 @@ _FIELDS = (
     "user",
     "kind",
     "urls",
+    "dirs",
     "items",
     "status",
     "succeeded",

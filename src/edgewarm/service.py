@@ -215,16 +215,17 @@ class Service:
         if created.id == task.id:
             self.metrics.tasks_submitted.labels(kind.value).inc()
             log.info(
-                "task submitted: %s by %s, %d URLs, %d items",
+                "task submitted: %s by %s, %s, %d items",
                 kind.value,
                 user.name,
-                urls + dirs,
+                f"{dirs} {'directory' if dirs == 1 else 'directories'}" if dirs else f"{urls} URL{'s' * (urls != 1)}",
                 len(items),
                 extra={
                     "task_id": task.id,
                     "user": user.name,
                     "kind": kind.value,
-                    "urls": urls + dirs,
+                    "urls": urls,
+                    "dirs": dirs,
                     "items": len(items),
                 },
             )

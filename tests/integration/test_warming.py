@@ -224,15 +224,20 @@ def test_with_verify_a_url_the_node_does_not_cache_and_tells_no_state_of_fails(t
 
 
 def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: Lab) -> None:
-    """An operator can follow tasks from the log alone (before: nothing at info between start and stop)."""
+    """An operator can follow tasks from the log alone (before: nothing at info between start and stop). A
+    directory refresh's line counts directories (before: "1 URLs")."""
     (path,) = lab.make_files(1, 100, prefix="/logged/")
     with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
         taskid = client.prefetch([url_of(path)])
         assert client.wait(taskid, timeout=60)["status"] == 0
+        dirs = client.refresh([url_of("/logged/"), url_of("/other/")], directories=True)
         time.sleep(0.2)  # the engine logs the end as it writes the last outcome: give it the moment
         lines = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
     about = [line["message"] for line in lines if line.get("task_id") == taskid]
-    assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URLs, 3 items", about
+    assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URL, 3 items", about
+    (refresh,) = [line for line in lines if line.get("task_id") == dirs and line["message"].startswith("task s")]
+    assert refresh["message"] == f"task submitted: refresh by {DEMO_USER}, 2 directories, 6 items", refresh
+    assert (refresh["urls"], refresh["dirs"]) == (0, 2)
     assert any(m.startswith("task ended: status 0 (3 succeeded, 0 failed) in ") for m in about), about
     # The figures are fields of their own too, for a log pipeline to count by.
     submitted, ended = (next(line for line in lines if line["message"].startswith(s)) for s in ("task s", "task e"))
