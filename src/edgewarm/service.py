@@ -236,6 +236,12 @@ class Service:
                 JdCode.FAILURE,
                 f"this idempotency key was used for task {created.id}, a {created.kind.value} task: use a new key",
             )
+        elif created.callback_url != callback:
+            raise RequestRefused(
+                JdCode.FAILURE,
+                f"this idempotency key was used for task {created.id} with another callback_url (or none): use a "
+                "new key for this one",
+            )
         elif not await self._same_request(created, items):
             raise RequestRefused(
                 JdCode.FAILURE,

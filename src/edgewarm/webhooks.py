@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 import yarl
 
+from . import __version__
 from .errors import JdCode, RequestRefused, StoreError
 from .logs import RepeatedFailure
 from .models import Task
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgewarm.webhooks")
 
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
+USER_AGENT = f"edgewarm/{__version__} (webhook)"
 MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
 
 
@@ -192,14 +194,20 @@ class WebhookDeliverer:
             given_up = True
         else:
             body = orjson.dumps({**task_summary(task, self.config.api.language), "username": task.username})
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_webhook(body, user.secret)}
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                SIGNATURE_HEADER: sign_webhook(body, user.secret),
+            }
             timeout = aiohttp.ClientTimeout(total=settings.timeout)
             try:
                 async with session.post(
                     task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
                 ) as answer:
                     await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
-                    if not 200 <= answer.status < 300:
+                    if 300 <= answer.status < 400:
+                        error = f"HTTP {answer.status} (redirects are not followed: give the receiver's own URL)"
+                    elif not 200 <= answer.status < 300:
                         error = f"HTTP {answer.status}"
             except TimeoutError:
                 error = f"no answer within {settings.timeout:g} s ([webhooks] timeout)"

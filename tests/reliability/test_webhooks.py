@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from edgewarm import __version__
 from edgewarm.config import parse_config
 from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
@@ -167,6 +168,21 @@ async def test_a_receivers_answer_body_is_not_read_whole() -> None:
         async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
             task = await delivered(store, task_id, 2.0)
     assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None)
+
+
+async def test_a_redirect_is_told_as_not_followed_and_the_post_names_edgewarm() -> None:
+    """A receiver answering 302: the error says redirects are not followed (it was "HTTP 302"); the POST's
+    User-Agent names edgewarm (it was aiohttp's own)."""
+    moved = Respond(302, headers=(("Location", "http://127.0.0.1:9/elsewhere"),))
+    with FaultServer(always(moved)) as receiver:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{receiver.url}/hook")
+            async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+                task = await delivered(store, task_id, 3.0)
+        agents = {r.header("User-Agent") for r in receiver.requests}
+    assert task is not None
+    assert task.webhook_error == "HTTP 302 (redirects are not followed: give the receiver's own URL)"
+    assert agents == {f"edgewarm/{__version__} (webhook)"}
 
 
 async def test_a_malformed_answer_is_not_told_as_a_status_the_receiver_never_sent() -> None:

@@ -876,6 +876,40 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     assert refused["msg"] == f"this idempotency key was used for task {first['taskid']}, a prefetch task: use a new key"
 
 
+async def test_an_idempotency_key_used_again_with_another_callback_url_is_refused() -> None:
+    """The same key and URLs with another callback URL (or none) is another request: refused naming the first
+    task (before, the first task came back and the new callback was never called, silently). A key in both the
+    field and the header must be the same key (before, the field won, silently)."""
+    config = parse_config({**BASE_CONFIG, "webhooks": {"allowed_hosts": ["hooks.test"]}})
+    async with running(config) as api:
+        body = {**creds(), "publish_urls": urls(2), "idempotency_key": "launch-8"}
+        first = await api.call("/api/prefetch", {**body, "callback_url": "http://hooks.test/a?token=s3"})
+        assert first["status"] == 0, first
+        again = await api.call("/api/prefetch", {**body, "callback_url": "http://hooks.test/a?token=s3"})
+        assert again["taskid"] == first["taskid"]
+        for other in ({"callback_url": "http://hooks.test/b?token=s3"}, {}):
+            refused = await api.call("/api/prefetch", {**body, **other})
+            assert_code(refused, 1)
+            assert refused["msg"] == (
+                f"this idempotency key was used for task {first['taskid']} with another callback_url (or none): use "
+                "a new key for this one"
+            ), other
+        response = await api.client.post(
+            "/api/prefetch",
+            json={**creds(), "publish_urls": urls(1), "idempotency_key": "k1"},
+            headers={"Idempotency-Key": "k2"},
+        )
+        assert_code(response.json(), 2)
+        assert response.json()["msg"] == "idempotency_key and the Idempotency-Key header differ: send one"
+        same = await api.client.post(
+            "/api/prefetch",
+            json={**creds(), "publish_urls": urls(1), "idempotency_key": "k1"},
+            headers={"Idempotency-Key": "k1"},
+        )
+        assert same.json()["status"] == 0, same.json()
+        assert len(await api.store.list_tasks(USER, TaskFilter())) == 2
+
+
 @pytest.mark.parametrize(
     ("field", "value", "code"),
     [
@@ -1031,6 +1065,50 @@ async def test_lookup_answers_a_task_once_whatever_its_spellings_and_wait_takes_
     assert [t["taskid"] for t in listed.json()["tasks"]] == [taskid]
     waited = await api.client.get(f"/v1/tasks/{taskid}/wait", headers=headers, params={"timeout": "nan"})
     assert waited.status_code == 400 and "finite" in waited.json()["error"], waited.json()
+
+
+async def test_lookup_reads_its_body_as_the_jd_routes_do_after_the_credentials(api: Api) -> None:
+    """/v1/tasks/lookup read only JSON labelled JSON: `curl -d` (labelled a form) and text/plain JSON were 400
+    "Input should be a valid dictionary", XML and a gzip body 400, a body labelled br read as plain. Now: JSON
+    whatever its label, a form (taskids repeated or one string separated by ','), 415 for another type or a
+    compressed body (as README says), and the credentials are checked before the body (401 before 400)."""
+    first, second = await api.submitted(1), await api.submitted(1)
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    as_json = orjson.dumps({"taskids": [first, second]})
+
+    async def lookup(content: bytes, content_type: str, **more: str) -> httpx.Response:
+        return await api.client.post(
+            "/v1/tasks/lookup", content=content, headers={**headers, "content-type": content_type, **more}
+        )
+
+    for content, content_type in [
+        (as_json, "application/x-www-form-urlencoded"),
+        (as_json, "text/plain"),
+        (f"taskids={first}&taskids={second}".encode(), "application/x-www-form-urlencoded"),
+        (f"taskids={first},{second}".encode(), "application/x-www-form-urlencoded"),
+        (orjson.dumps({"taskids": f"{first}, {second}"}), "application/json"),
+    ]:
+        found = await lookup(content, content_type)
+        assert [t["taskid"] for t in found.json()["tasks"]] == [first, second], (content, found.text)
+    refused = {
+        "xml": await lookup(b"<a/>", "application/xml"),
+        "gzip": await lookup(gzip.compress(as_json), "application/json", **{"content-encoding": "gzip"}),
+        "br": await lookup(as_json, "application/json", **{"content-encoding": "br"}),
+    }
+    for why, response in refused.items():
+        assert response.status_code == 415, (why, response.text)
+    for body, error in [
+        (b"{}", "parameters must not be empty"),
+        (b'{"ids": []}', "taskids: a list of task ids is required"),
+        (b'{"taskids": [1]}', "taskids: must be an array of task ids (strings)"),
+        (orjson.dumps({"taskids": ["x"] * 1001}), "taskids: 1001 ids; at most 1000 in one call"),
+    ]:
+        response = await lookup(body, "application/json")
+        assert (response.status_code, response.json()) == (400, {"code": 2, "error": error}), body
+    unsigned = await api.client.post(
+        "/v1/tasks/lookup", content=b"<a/>", headers={**headers, "X-Edgewarm-Signature": "0" * 32}
+    )
+    assert unsigned.status_code == 401, unsigned.text
 
 
 async def test_a_store_that_fails_every_call_is_logged_once_then_when_it_works_again(

@@ -43,7 +43,11 @@ def flag(value: Any) -> bool:
 
 def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:
     """The extension fields: `idempotency_key` (or the `Idempotency-Key` header) and `callback_url`."""
-    key = text_field(params, "idempotency_key", JdCode.PARAMS_EMPTY) or request.headers.get("idempotency-key", "")
+    key = text_field(params, "idempotency_key", JdCode.PARAMS_EMPTY)
+    header = request.headers.get("idempotency-key", "")
+    if key and header and key.strip() != header.strip():
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key and the Idempotency-Key header differ: send one")
+    key = key or header
     callback = text_field(params, "callback_url", JdCode.ILLEGAL_URL)
     return SubmitOptions(idempotency_key=key.strip() or None, callback_url=callback or None)
 

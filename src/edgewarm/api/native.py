@@ -18,6 +18,7 @@ from ..service import Credentials, Service, normalize_task_id
 from ..urls import has_controls
 from ..views import iso
 from ..webhooks import shown_callback_url
+from .body import read_params
 from .responses import answered, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
 
@@ -124,8 +125,29 @@ def epoch(value: str | None, name: str) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+MAX_LOOKUP = 1000
+
+
 class Lookup(BaseModel):
-    taskids: list[str] = Field(max_length=1000)
+    """The body of /v1/tasks/lookup (its OpenAPI schema: the route reads the body as the JD routes do)."""
+
+    taskids: list[str] = Field(max_length=MAX_LOOKUP)
+
+
+def lookup_ids(params: dict[str, Any]) -> list[str]:
+    """The task ids of a lookup's body: a JSON array or a form's repeated field, or one string of ids separated by
+    ',' (as JD's URL lists may be); each once, whichever of its spellings (36 or 32 characters) came, in the order
+    first asked; what is no task id is left out, as an unknown id is."""
+    value = params.get("taskids")
+    if value is None:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: a list of task ids is required")
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: must be an array of task ids (strings)")
+    if len(value) > MAX_LOOKUP:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"taskids: {len(value)} ids; at most {MAX_LOOKUP} in one call")
+    return list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in value) if i is not None))
 
 
 def native_router(service: Service) -> APIRouter:
@@ -213,13 +235,21 @@ def native_router(service: Service) -> APIRouter:
         except Exception as exc:
             return native_error(exc)
 
-    @router.post("/tasks/lookup", response_model=TaskList, responses=ERRORS, summary="Several tasks in one call")
-    async def lookup(body: Lookup, username: Username = "", signature: Signature = "") -> Response:
-        """The given tasks that exist and are the user's (others are left out), in the order asked."""
+    @router.post(
+        "/tasks/lookup",
+        response_model=TaskList,
+        responses={**ERRORS, 415: {"description": "A body neither JSON nor a form, or compressed"}},
+        summary="Several tasks in one call",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": Lookup.model_json_schema()}}}
+        },
+    )
+    async def lookup(request: Request, username: Username = "", signature: Signature = "") -> Response:
+        """The given tasks that exist and are the user's (others are left out), in the order asked. The body is
+        read as a JD call's is (JSON whatever its label, or a form); credentials are checked first."""
         try:
             user = user_of(username, signature)
-            # Each task once, whichever of its spellings (36 or 32 characters) came, in the order first asked.
-            ids = list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in body.taskids) if i is not None))
+            ids = lookup_ids(await read_params(request))
             tasks = await service.store.get_tasks(user.name, ids)
             return answered({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
         except Exception as exc:
