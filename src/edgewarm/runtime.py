@@ -130,8 +130,11 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             return
         if changed := restart_only_changes(config, fresh):  # against the start's: those are still in use
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
+        gone = [node.name for node in live.config.nodes if fresh.node(node.name) is None]
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
+        if gone:  # a node renamed is one removed and one added
+            log.warning("SIGHUP: nodes no longer configured, their open items fail: %s", ", ".join(gone))
         _log_cautions(fresh, engine, config_path)
 
     def on_signal(signum: int) -> None:
@@ -192,6 +195,7 @@ class _Live:
 
     def apply(self, config: Config) -> None:
         self.config = config
+        self.health.keep_only(config.nodes)
         if self.service is not None:
             self.service.config = config
         if self.engine is not None:

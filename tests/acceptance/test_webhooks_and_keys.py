@@ -267,3 +267,19 @@ def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_pa
     assert sorted(targets) == sorted(u.removeprefix("http://www.example.test") for u in urls)
     assert agents[:20] == ["edgewarm/0.1"] * 20 and agents[-1] == "swapped/1"
     assert set(agents) == {"edgewarm/0.1", "swapped/1"}
+
+
+def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:
+    """A node removed (or renamed) by a reload fails its open items: the log's warning names it (before, only
+    "config reloaded (1 users, 1 nodes)")."""
+    with FaultServer(always(Respond(200, body=b"ok"))) as one, FaultServer(always(Respond(200, body=b"ok"))) as two:
+        kept = f'[[nodes]]\nname = "kept"\nurl = "{one.url}"\n'
+        with start_service(tmp_path, kept + f'\n[[nodes]]\nname = "gone"\nurl = "{two.url}"\n') as service:
+            assert service.proc is not None
+            service.config.write_text(service.config.read_text().replace('name = "gone"', 'name = "renamed"'))
+            os.kill(service.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "no longer configured" not in service.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            log = service.log_text()
+    assert "SIGHUP: nodes no longer configured, their open items fail: gone" in log, log

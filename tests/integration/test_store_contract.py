@@ -398,6 +398,21 @@ class TestWork:
             i.id for i in items.values() if i.node == "dead"
         )
 
+    async def test_a_nodes_items_put_off_are_brought_forward(self, store: TaskStore) -> None:
+        """`bring_node_forward`: that node's pending items due after `now` are due at `now`; its leased ones and
+        the other nodes' are left alone (a reload moved the node held down)."""
+        task = make_task(3, (("dead", 0), ("edge-1", 0)))
+        await store.create_task(task)
+        (leased,) = await store.claim_due_items("w1", 1, NOW, LEASE)
+        later = make_task(1, (("dead", 0),), created_at=NOW + 100)
+        await store.create_task(later)
+        assert await store.put_off_node("dead", NOW + 50, "waits for dead") == 2
+        assert await store.bring_node_forward("dead", NOW + 1) == 3
+        assert await store.bring_node_forward("dead", NOW + 1) == 0
+        due = await store.claim_due_items("w2", 100, NOW + 1, LEASE)
+        assert sorted(c.node for c in due) == ["dead"] * 3 + ["edge-1"] * 3
+        assert leased.item_id not in {c.item_id for c in due}
+
     async def test_a_backlog_is_put_off_whole_in_steps(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
         """In steps of 3 (SQLite's: PostgreSQL has none) over tasks whose items share their due time, between
         another node's items: every one of the node's pending items is put off, none twice."""

@@ -539,6 +539,38 @@ async def test_a_node_given_another_address_by_a_reload_is_warmed_again() -> Non
     assert (len(first.requests), len(second.requests)) == (1, 1)
 
 
+@pytest.mark.parametrize("change", ["address", "node_down_wait"])
+async def test_items_put_off_for_a_node_held_down_are_due_at_once_after_a_reload_that_moves_it_or_cuts_the_wait(
+    change: str,
+) -> None:
+    """A node held down has its items put off to its cooldown's end (up to 60 s after a long outage: put off
+    by hand here). A reload points it at a live address (its port was mistyped), or cuts node_down_wait to 0:
+    its items were kept until then all the same (the QA pass: 60 s for a live node; items meant to end at once
+    ended 47 s later). Now they are due at once: warmed there, or failed saying the node is held down."""
+    with FaultServer(always(Respond(200, body=BODY))) as live, socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        nodes = [{"name": "edge-x", "url": "http://{}:{}".format(*dead.getsockname())}]
+        async with engine_rig(nodes, {"node_down_wait": 300}) as rig:
+            task_id = await rig.submit([f"http://www.example.test/m/{i}" for i in range(5)])
+
+            def waiting(items: list[Item]) -> bool:
+                return all(i.state is ItemState.PENDING and "wait for it" in (i.error or "") for i in items)
+
+            assert waiting(await rig.items_when(task_id, waiting))
+            assert await rig.store.put_off_node("edge-x", time.time() + 60, "its items wait for it (by hand)") > 0
+            if change == "address":
+                nodes = [{"name": "edge-x", "url": live.url}]
+                rig.engine.reconfigure(parse_config(base_config(nodes, engine={**FAST_ENGINE, "node_down_wait": 300})))
+            else:
+                rig.engine.reconfigure(parse_config(base_config(nodes, engine={**FAST_ENGINE, "node_down_wait": 0})))
+            task, items = await rig.wait(task_id, 15)
+    if change == "address":
+        assert (task.status, len(live.requests)) == (TaskStatus.SUCCEEDED, 5), items
+    else:
+        assert task.status is TaskStatus.FAILED
+        assert all("held down" in (i.error or "") for i in items), items
+
+
 async def test_verify_on_a_node_that_tells_no_cache_state_warms_once_and_succeeds() -> None:
     """`verify = true` and a generic node whose cache-state header edgewarm does not know: the warm succeeds on
     one request, as without verify (before: a second GET, then "not cached after the warm: no cache state

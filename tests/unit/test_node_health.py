@@ -211,3 +211,24 @@ def test_past_node_down_wait_a_node_is_asked_every_cooldown_and_logged_once_a_mi
                 assert hold is not None and hold.retry_in == COOLDOWN
         held = [r for r in caplog.records if "held down for" in r.getMessage()]
         assert 4 <= len(held) <= 6, [r.getMessage() for r in held]  # 240 s of it: at 0 s and once a minute
+
+
+def test_an_address_no_node_has_after_a_reload_is_forgotten() -> None:
+    """A reload pointed a node held down at another address, then back: it started from the failures in a row
+    counted there before, held down for 60 s at the first failure (the QA pass: "42 connections in a row",
+    though the node had answered at its other address meanwhile). Now an address left is forgotten."""
+    clock = Clock()
+    health = NodeHealth(clock, patience=LONG)
+    moved = Node(name=NODE.name, url="http://127.0.0.1:3")
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    fail(health, OTHER, FAILURES_IN_A_ROW)
+    health.keep_only([moved, OTHER])
+    assert health.held_down(moved) is None and health.is_down(OTHER)
+    health.keep_only([NODE, OTHER])  # back at the old address
+    assert not health.is_down(NODE)
+    fail(health, NODE, FAILURES_IN_A_ROW - 1)
+    assert health.held_down(NODE) is None
+    fail(health, NODE, 1)
+    hold = health.held_down(NODE)
+    assert hold is not None and f"after {FAILURES_IN_A_ROW} connections in a row" in hold.reason, hold
+    assert hold.retry_in == COOLDOWN

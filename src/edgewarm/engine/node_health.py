@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import Node
@@ -106,6 +106,13 @@ class NodeHealth:
         """Whether `node` is held down now (or being probed after its cooldown), without starting a probe."""
         state = self._nodes.get(node.url)
         return state is not None and bool(state.down_until)
+
+    def keep_only(self, nodes: Sequence[Node]) -> None:
+        """Forget the addresses no node of `nodes` has now (a reload moved a node or removed it): a node pointed
+        back at one later starts afresh, not from the failures in a row counted there before."""
+        kept = {node.url for node in nodes}
+        for url in [url for url in self._nodes if url not in kept]:
+            del self._nodes[url]
 
     def lost(self, node: Node) -> None:
         """A request to `node` ended with no word from it (its sender died): nothing is learnt, but if it was

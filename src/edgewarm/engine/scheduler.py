@@ -111,7 +111,7 @@ class Engine:
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
         self._dry: tuple[frozenset[str], float] | None = None  # see _is_dry
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
-        self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off
+        self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off (or brought back)
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
@@ -138,10 +138,15 @@ class Engine:
     # -- control ----------------------------------------------------------------------------------
 
     def reconfigure(self, config: Config) -> None:
-        """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim."""
+        """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim.
+        A node's items due later (put off while it was held down, or waiting to be retried) are due at once when
+        the node is now at another address or gone (what kept them was the old address's), every node's when
+        node_down_wait was cut (they would wait past the new one)."""
         for old in self.config.nodes:  # a node now at another address (or gone) holds none of what it warmed
             if config.node(old.name) != old:
                 self._coalescer.changed(old.name)
+        moved = {old.name for old in self.config.nodes if (new := config.node(old.name)) is None or new.url != old.url}
+        waits_less = config.engine.node_down_wait < self.settings.node_down_wait
         self.config = config
         self._shields = config.shields()
         self.settings = config.engine
@@ -150,6 +155,7 @@ class Engine:
             node = config.node(lane.node.name)
             lane.removed = node is None
             self._staff(lane, node or lane.node)
+        self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
         self.wake()
 
     def _dedupe_seconds(self) -> float:
@@ -337,6 +343,26 @@ class Engine:
             return
         if count:
             log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
+
+    def _bring_back(self, names: set[str]) -> None:
+        """Make the items of these nodes due later due now (after any putting off under way), in the background."""
+        for name in sorted(names):
+            self._put_off_until.pop(name, None)  # a hold of the node from now on puts its items off again
+            before = self._putting_off.get(name)
+            task = asyncio.create_task(self._bring_back_node(name, before), name=f"edgewarm-bring-back-{name}")
+            self._putting_off[name] = task
+
+    async def _bring_back_node(self, name: str, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        try:
+            count = await self.store.bring_node_forward(name, self._clock())
+        except StoreError as exc:
+            log.error("bringing back the items of node %s failed: %s", name, exc, extra={"node": name})
+            return
+        if count:
+            log.info("%d items of node %s due later are due now (a reload)", count, name, extra={"node": name})
+            self.wake()
 
     def _is_dry(self, skip: list[str]) -> bool:
         """Whether a claim now would only scan past the skipped nodes' items again: the last one, leaving out

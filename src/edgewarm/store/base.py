@@ -215,6 +215,11 @@ class TaskStore(Protocol):
         between which the store answers other calls. Returns how many were put off."""
         ...
 
+    async def bring_node_forward(self, node: str, now: float) -> int:
+        """Make the pending items of `node` due after `now` (put off while it was held down, or waiting for a
+        retry) due at `now`: a reload moved or removed the node, or cut node_down_wait. Returns how many."""
+        ...
+
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
     async def bring_forward(self, now: float, beyond: float) -> int:

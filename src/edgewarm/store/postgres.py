@@ -242,6 +242,11 @@ _PUT_OFF = (
     "FOR UPDATE SKIP LOCKED)"
 )
 
+_BRING_NODE_FORWARD = (
+    "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
+    "AND node = $1"
+)
+
 _RELEASE = (
     f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL "
     "FROM mine WHERE items.id = mine.id"
@@ -718,6 +723,10 @@ class PostgresStore:
     async def put_off_node(self, node: str, until: float, note: str) -> int:
         async with self._connection() as conn:  # one statement: PostgreSQL answers the others meanwhile
             return _rowcount(await conn.execute(_PUT_OFF, node, until, note))
+
+    async def bring_node_forward(self, node: str, now: float) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_BRING_NODE_FORWARD, node, now))
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:

@@ -580,6 +580,13 @@ class SQLiteStore:
                 return total
             since = last  # the next step scans on from there, not past the other nodes' items again
 
+    async def bring_node_forward(self, node: str, now: float) -> int:
+        def bring() -> int:
+            with _write_transaction(self.db):
+                return self.db.execute(_BRING_NODE_FORWARD, (node, now)).rowcount
+
+        return await self._run(bring)
+
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         where = "id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'"
         return await self._run(functools.partial(self._hand_back, where, (_json(list(item_ids)), worker), now))
@@ -793,6 +800,10 @@ _NEXT_TO_PUT_OFF = (
 )
 _PUT_OFF = (
     "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
+)
+_BRING_NODE_FORWARD = (
+    "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
+    "AND node = ?1"
 )
 
 # Outcomes (?1: rows of _outcome_row as JSON, ?2: now, ?3: the worker, ?4: CANCELLED) apply to the items still
