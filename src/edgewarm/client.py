@@ -29,13 +29,16 @@ from .errors import EdgewarmError, JdCode
 
 
 class ClientError(EdgewarmError):
-    """A call that did not succeed; `code` is the JD error code (-1 for transport errors)."""
+    """A call that did not succeed; `code` is the JD error code (-1 for transport errors). `maybe_done`: no
+    answer came, but the request may have reached the server (it was sent, then the connection broke or the
+    answer was late): a submission may have made its task."""
 
-    def __init__(self, code: int, message: str, http_status: int | None = None) -> None:
+    def __init__(self, code: int, message: str, http_status: int | None = None, *, maybe_done: bool = False) -> None:
         super().__init__(f"[{code}] {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
+        self.maybe_done = maybe_done
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,11 @@ def _task_path(taskid: str, then: str = "") -> str:
 
 def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> ClientError:
     """No answer (the server not reached, the connection broken, a URL httpx cannot send): code -1, naming the
-    server."""
-    return ClientError(JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}")
+    server; `maybe_done` unless the request cannot have reached it (no connection was made)."""
+    unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
+    return ClientError(
+        JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}", maybe_done=not isinstance(exc, unsent)
+    )
 
 
 class Client(_Calls):

@@ -534,7 +534,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # a byte order mark, as Windows editors write, is no error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
     if not data:  # every key has a default, but no one means to run on them all: an editor's half-written file?

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from rich.console import Console
 
-from edgewarm.cli.watch import FAILURES_SHOWN, TABLE_WIDTH, _elapsed, summarize
+from edgewarm.cli.watch import FAILURES_SHOWN, TABLE_WIDTH, TASK_BARS, _elapsed, follow, summarize
+from edgewarm.client import ClientError
 from edgewarm.views import progress
 
 TASK = "148555aa-eee7-48cb-97bd-42fd052e3c84"
@@ -99,3 +102,48 @@ def test_an_unknown_task_is_not_summed_up_as_all_succeeded() -> None:
     assert summarize(None, {TASK: VIEW}, out, unknown=["0" * 32]) == 1  # type: ignore[arg-type]
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert text.splitlines()[-1] == "1 of the tasks not found; the others all succeeded", text
+
+
+def running_view(taskid: str, done: int) -> dict[str, Any]:
+    counts = {"waiting": 0, "pending": 10 - done, "running": 0, "succeeded": done, "failed": 0}
+    return {
+        **VIEW,
+        "taskid": taskid,
+        "status": 0 if done == 10 else 1,
+        "msg": "Succeeded" if done == 10 else "In Progress",
+        "total": 10,
+        "counts": counts,
+        "nodes": {"edge-1": {k: v // 2 for k, v in counts.items()}, "edge-2": {k: v // 2 for k, v in counts.items()}},
+        "duration_seconds": 0.5 if done == 10 else None,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+class RestartingClient:
+    """Tasks that end at their second look; the server does not answer `gone` looks in between (a restart)."""
+
+    def __init__(self, taskids: list[str], gone: int) -> None:
+        self.looks = dict.fromkeys(taskids, 0)
+        self.gone = gone
+
+    def task(self, taskid: str, *, limit: int = 1000, **_: Any) -> dict[str, Any]:
+        self.looks[taskid] += 1
+        if self.looks[taskid] > 1 and self.gone:
+            self.gone -= 1
+            raise ClientError(-1, "no answer from http://127.0.0.1:1: ConnectError: refused")
+        return running_view(taskid, 10 if self.looks[taskid] > 1 else 5)
+
+
+def test_many_tasks_share_one_bar_and_a_restart_of_the_server_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 tasks had 20 bars: the nodes' bars, below them, were out of view all along (the QA pass: none of 65
+    frames showed them). More than TASK_BARS tasks share one bar now. A server that did not answer a look (a
+    restart) ended `watch` (and `submit --wait`) at once; it is asked again now, for `patience` at most."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    taskids = [f"{n:08d}-eee7-48cb-97bd-42fd052e3c84" for n in range(TASK_BARS + 12)]
+    out = Console(width=200, file=io.StringIO())
+    assert follow(RestartingClient(taskids, gone=3), taskids, interval=0.01, console=out) == 0  # type: ignore[arg-type]
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert f"{len(taskids)} tasks" in text and "node edge-1" in text and "node edge-2" in text, text
+    assert "task 00000000" not in text, text
+    with pytest.raises(ClientError):  # and not for ever
+        follow(RestartingClient(taskids[:1], gone=1), taskids[:1], interval=0.01, patience=0, console=out)  # type: ignore[arg-type]

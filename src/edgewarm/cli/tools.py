@@ -8,10 +8,9 @@ EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_
 from __future__ import annotations
 
 import json
-import os
-import sys
+import signal
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,15 +20,16 @@ import click
 
 from .. import auth
 from ..client import Client, ClientError
+from ..config import file_cautions
 from ..errors import JdCode
+from .entries import check_entries, distinct, read_entries
 from .main import main
-from .watch import follow, status_text
+from .watch import PATIENCE, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_CLIENT_CONFIG = "~/.config/edgewarm/client.toml"
 POSITIVE = click.IntRange(min=1)
-PIPED_WIDTH = 200  # the `tasks` table into a pipe: wide enough for every row on one line
 
 
 USER_OPTIONS = (
@@ -52,6 +52,13 @@ USER_OPTIONS = (
 )
 
 
+PATIENCE_OPTION = click.option(
+    "--patience",
+    default=PATIENCE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="seconds to keep asking a server that stops answering while following (a restart)",
+)
 SERVER_OPTION = click.option(
     "--server", envvar="EDGEWARM_SERVER", show_envvar=True, help=f"[default: {DEFAULT_SERVER}]"
 )
@@ -96,7 +103,7 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
         raise click.ClickException(f"client config {path}: no such file")
     if path.exists():
         try:
-            stored = tomllib.loads(path.read_text())
+            stored = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark is no error
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise click.ClickException(f"client config {path}: {exc}") from None
         unknown = set(stored) - {"server", "username", "secret", "timezone"}
@@ -105,6 +112,9 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
         for key, value in stored.items():
             if not isinstance(value, str):
                 raise click.ClickException(f"client config {path}: {key} must be a string")
+        if "secret" in stored:
+            for caution in file_cautions(path):
+                click.echo(f"warning: client config {caution}", err=True)
     server = server or stored.get("server") or DEFAULT_SERVER
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
@@ -118,62 +128,89 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     return Credentials(str(server), str(username), str(secret), timezone)
 
 
-def read_entries(args: Iterable[str], file: str | None) -> list[str]:
-    """URLs from the arguments, then from --file (- for stdin), or from stdin when neither is given."""
-    entries = [a.strip() for a in args if a.strip()]
-    stream = None
-    if file == "-" or (file is None and not entries and not sys.stdin.isatty()):
-        stream = sys.stdin
-    if file not in (None, "-"):
-        try:
-            stream = open(str(file), encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
-    if stream is not None:
-        with stream:
-            entries += [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
-    if not entries:
-        raise click.UsageError("no URLs: give them as arguments, with --file, or on stdin")
-    return entries
-
-
-def chunks(entries: list[str], size: int) -> list[list[str]]:
+def plan_calls(client: Client, entries: list[str], per_call: int | None, directories: bool = False) -> list[list[str]]:
+    """The calls that send `entries` (checked and made distinct first: entries.py), in the user's per-call limit
+    as the server states it (JD's default when it cannot say); a --per-call over that limit, or more entries
+    than the day's quota has left, is refused before any call."""
+    entries = distinct(entries)
+    check_entries(entries)
+    kind, what = ("dirs", "directories") if directories else ("urls", "URLs")
+    try:
+        quota: dict[str, Any] | None = client.quota()
+    except ClientError:
+        quota = None  # the submission's own call says why, if it fails too
+    limit = int(quota[f"{kind}_per_call"]) if quota else (5 if directories else 100)
+    if per_call is not None and quota and per_call > limit:
+        raise click.UsageError(f"--per-call {per_call} is over your limit of {limit} {what} per call")
+    if quota and len(entries) > quota[kind]["left"]:
+        raise click.ClickException(
+            f"{len(entries)} {what}, but {quota[kind]['left']} of today's {quota[kind]['limit']} are left (the day "
+            f"{quota['day']} in {quota['timezone']}): nothing was sent"
+        )
+    size = per_call or limit
     return [entries[i : i + size] for i in range(0, len(entries), size)]
 
 
-def server_limit(client: Client, name: str, fallback: int) -> int:
-    """The user's per-call limit as the server states it (JD's default when the server cannot say)."""
-    try:
-        return int(client.quota()[name])
-    except (ClientError, KeyError, TypeError, ValueError):
-        return fallback
+class _Terminated(BaseException):
+    """SIGTERM while sending: stopped as Ctrl-C stops it."""
 
 
-def send_in_calls(client: Client, calls: list[list[str]], send: Callable[[list[str]], str], wait: bool) -> None:
-    """One task per call; print the task ids, also those that went through before a call was refused; with
-    `wait`, follow them and exit 1 if any failed."""
-    taskids = []
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def send_in_calls(
+    client: Client, calls: list[list[str]], send: Callable[[list[str]], str], wait: bool, patience: float
+) -> None:
+    """One task per call, each id printed as soon as its call made it (a pipe, or a process killed later,
+    has it). A call refused, one without an answer, Ctrl-C or SIGTERM stops the sending, saying which entries
+    made tasks, which may have (the call under way), and from which on none was sent. With `wait`, follow the
+    tasks and exit 1 if any failed."""
+    taskids: list[str] = []
+    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         for chunk in calls:
             taskids.append(send(chunk))
+            click.echo(taskids[-1])
     except ClientError as exc:
-        if len(calls) == 1:
+        if len(calls) == 1 and not exc.maybe_done:
             raise fail(exc) from None
-        sent = sum(len(chunk) for chunk in calls[: len(taskids)])
-        unsent = sum(len(chunk) for chunk in calls) - sent
-        left = f"call {len(taskids) + 1} of {len(calls)} was refused: the {unsent} entries from #{sent + 1} on"
-        raise click.ClickException(f"{fail(exc).message} ({left} were not sent)") from None
+        raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), exc.maybe_done)})") from None
+    except (KeyboardInterrupt, _Terminated) as stop:
+        click.echo(f"interrupted: {_where(calls, len(taskids), True)}", err=True)
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
     finally:
-        for taskid in taskids:
-            click.echo(taskid)
+        signal.signal(signal.SIGTERM, before)
     if wait:
-        follow_to_the_end(client, taskids)
+        follow_to_the_end(client, taskids, patience=patience)
 
 
-def follow_to_the_end(client: Client, taskids: list[str], interval: float = 0.5) -> NoReturn:
+def _where(calls: list[list[str]], made: int, under_way: bool) -> str:
+    """Where a sending stopped: the calls that made tasks, the one that may have (`under_way`: no answer came)
+    or was refused, and the first entry that made none (by its place in the list, and itself)."""
+    flat = [entry for chunk in calls for entry in chunk]
+    done = sum(len(chunk) for chunk in calls[:made])
+    told = [
+        f"{made} of {len(calls)} calls made tasks (ids above): entries #1-#{done}" if made else "no call made a task"
+    ]
+    if made == len(calls):
+        return told[0]
+    if under_way:
+        end = done + len(calls[made])
+        told.append(f"call {made + 1} (#{done + 1}-#{end}) may have made one: `edgewarm tasks` lists it")
+        done = end
+    else:
+        told.append(f"call {made + 1} was refused")
+    if done < len(flat):
+        fate = "not sent" if under_way else "no task made"
+        told.append(f"{fate}: #{done + 1}-#{len(flat)}, from {flat[done]} on")
+    return "; ".join(told)
+
+
+def follow_to_the_end(client: Client, taskids: list[str], *, interval: float = 0.5, patience: float) -> NoReturn:
     """Follow the tasks until they end; exit 0 if all succeeded, 1 if not; a failed call is one error line."""
     try:
-        raise SystemExit(follow(client, taskids, interval=interval))
+        raise SystemExit(follow(client, taskids, interval=interval, patience=patience))
     except ClientError as exc:
         raise fail(exc) from None
 
@@ -193,6 +230,7 @@ def fail(exc: ClientError) -> click.ClickException:
 @click.option("--refresh-first", is_flag=True, help="purge each URL on a node before warming it there")
 @click.option("--callback-url", help="POST the task summary here when it ends (host must be allowed)")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
+@PATIENCE_OPTION
 @connection_options
 def submit(
     urls: tuple[str, ...],
@@ -201,6 +239,7 @@ def submit(
     refresh_first: bool,
     callback_url: str | None,
     wait_: bool,
+    patience: float,
     server: str | None,
     username: str | None,
     secret: str | None,
@@ -209,12 +248,12 @@ def submit(
     """Prefetch (warm) URLs: split into calls of --per-call, print one task id per line."""
     entries = read_entries(urls, file)
     with make_client(server, username, secret, client_config) as client:
-        size = per_call or server_limit(client, "urls_per_call", 100)
         send_in_calls(
             client,
-            chunks(entries, size),
+            plan_calls(client, entries, per_call),
             lambda chunk: client.prefetch(chunk, refresh=refresh_first, callback_url=callback_url),
             wait_,
+            patience,
         )
 
 
@@ -224,6 +263,7 @@ def submit(
 @click.option("--dir", "directories", is_flag=True, help="entries are directories (ending with '/')")
 @click.option("--per-call", default=None, type=POSITIVE, help="entries per call [default: your limit, from /v1/quota]")
 @click.option("--wait", "wait_", is_flag=True, help="follow the tasks until they end; exit 1 if any failed")
+@PATIENCE_OPTION
 @connection_options
 def refresh(
     entries: tuple[str, ...],
@@ -231,6 +271,7 @@ def refresh(
     directories: bool,
     per_call: int | None,
     wait_: bool,
+    patience: float,
     server: str | None,
     username: str | None,
     secret: str | None,
@@ -239,10 +280,8 @@ def refresh(
     """Refresh (purge) files or directories on every node; print one task id per line."""
     items = read_entries(entries, file)
     with make_client(server, username, secret, client_config) as client:
-        size = per_call or server_limit(
-            client, "dirs_per_call" if directories else "urls_per_call", 5 if directories else 100
-        )
-        send_in_calls(client, chunks(items, size), lambda chunk: client.refresh(chunk, directories=directories), wait_)
+        calls = plan_calls(client, items, per_call, directories)
+        send_in_calls(client, calls, lambda chunk: client.refresh(chunk, directories=directories), wait_, patience)
 
 
 @main.command()
@@ -254,10 +293,12 @@ def refresh(
     type=click.FloatRange(min=0, min_open=True),
     help="seconds between updates",
 )
+@PATIENCE_OPTION
 @connection_options
 def watch(
     taskids: tuple[str, ...],
     interval: float,
+    patience: float,
     server: str | None,
     username: str | None,
     secret: str | None,
@@ -265,7 +306,7 @@ def watch(
 ) -> None:
     """Live progress per task and per node, then a summary; exit 0 if all succeeded, 1 if not."""
     with make_client(server, username, secret, client_config) as client:
-        follow_to_the_end(client, list(taskids), interval)
+        follow_to_the_end(client, list(taskids), interval=interval, patience=patience)
 
 
 @main.command()
@@ -311,7 +352,6 @@ def tasks(
     client_config: str,
 ) -> None:
     """List your tasks, newest first."""
-    from rich.console import Console
     from rich.table import Column, Table
 
     with make_client(server, username, secret, client_config) as client:
@@ -339,10 +379,7 @@ def tasks(
             str(t["failed"]),
             "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
         )
-    # Into a pipe, rich would fold the table at 80 columns ("Fai" / "led"): one row per line there, unless
-    # COLUMNS says how wide.
-    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    Console(width=PIPED_WIDTH if piped else None).print(table)
+    output_console().print(table)
 
 
 @main.command()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -14,6 +18,33 @@ from rich.table import Table
 from ..client import Client, ClientError
 
 FAILURES_SHOWN = 5
+TASK_BARS = 8  # more tasks than this are followed in one bar: the nodes' bars stay in view below it
+PATIENCE = 60.0  # seconds a server that does not answer (a restart) is waited for, by default (--patience)
+PIPED_WIDTH = 200  # tables into a pipe: wide enough for a row (a URL, say) on one line
+
+
+def output_console() -> Console:
+    """The console for tables on stdout: into a pipe, rich would fold them at 80 columns ("Fai" / "led", a
+    URL over three lines that grep then misses): one row per line there, unless COLUMNS says how wide."""
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=PIPED_WIDTH if piped else None)
+
+
+def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: float) -> dict[str, Any]:
+    """`ask()`, asked again while the server does not answer (a restart loses no task), for `patience` seconds
+    at most; said once on stderr."""
+    deadline = time.monotonic() + patience
+    told = False
+    while True:
+        try:
+            return ask()
+        except ClientError as exc:
+            if exc.http_status is not None or time.monotonic() > deadline:
+                raise
+            if not told:
+                click.echo(f"{exc.message}: asking again for up to {patience:g} s", err=True)  # one line, unfolded
+                told = True
+            time.sleep(max(interval, 0.5))
 
 
 def _done(counts: dict[str, int]) -> int:
@@ -24,10 +55,17 @@ def _total(counts: dict[str, int]) -> int:
     return sum(counts.values())
 
 
-def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console: Console | None = None) -> int:
+def follow(
+    client: Client,
+    taskids: list[str],
+    *,
+    interval: float = 0.5,
+    patience: float = PATIENCE,
+    console: Console | None = None,
+) -> int:
     """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1 (also when
     one of them is not found: it is named, and the others are followed)."""
-    out = console or Console(stderr=False)
+    out = console or output_console()
     views: dict[str, dict[str, Any]] = {}
     unknown = []
     for taskid in taskids:
@@ -50,21 +88,34 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=out, transient=False) as progress:
-        task_bars: dict[str, TaskID] = {
-            t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids
-        }
+        one_bar = len(taskids) > TASK_BARS
+        task_bars: dict[str, TaskID] = (
+            {"all": progress.add_task(f"{len(taskids)} tasks", total=None, failed=0, rate="-")}
+            if one_bar
+            else {t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids}
+        )
         node_bars: dict[str, TaskID] = {}
         while True:
             per_node: dict[str, dict[str, int]] = {}
+            if one_bar:
+                summed = {key: sum(v["counts"][key] for v in views.values()) for key in ("succeeded", "failed")}
+                progress.update(
+                    task_bars["all"],
+                    total=sum(v["total"] for v in views.values()),
+                    completed=_done(summed),
+                    failed=summed["failed"],
+                    rate=f"{_done(summed) / max(_elapsed(v) for v in views.values()):.0f}",
+                )
             for taskid, view in views.items():
                 counts = view["counts"]
-                progress.update(
-                    task_bars[taskid],
-                    total=view["total"],
-                    completed=_done(counts),
-                    failed=counts["failed"],
-                    rate=f"{_done(counts) / _elapsed(view):.0f}",
-                )
+                if not one_bar:
+                    progress.update(
+                        task_bars[taskid],
+                        total=view["total"],
+                        completed=_done(counts),
+                        failed=counts["failed"],
+                        rate=f"{_done(counts) / _elapsed(view):.0f}",
+                    )
                 for node, c in view["nodes"].items():
                     into = per_node.setdefault(node, dict.fromkeys(c, 0))
                     for key, value in c.items():
@@ -84,7 +135,7 @@ def follow(client: Client, taskids: list[str], *, interval: float = 0.5, console
             time.sleep(interval)
             for taskid in taskids:  # the views read above are the first pass's
                 if views[taskid]["status"] == 1:
-                    views[taskid] = client.task(taskid, limit=0)
+                    views[taskid] = riding_out(functools.partial(client.task, taskid, limit=0), interval, patience)
     return summarize(client, views, out, unknown)
 
 
