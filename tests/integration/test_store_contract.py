@@ -1208,7 +1208,7 @@ class TestSchema:
             async with open_store(store_url) as store:
                 await store.create_task(make_task(3, (("slow", 0), ("edge-1", 0))))
         async with open_store(store_url, auto_upgrade=False) as store:
-            assert await store.upgrade() == 2 and SCHEMA_VERSION == 3
+            assert await store.upgrade() == 2
         async with open_store(store_url) as store:
             claims = await store.claim_due_items("w1", 10, NOW, LEASE, ["slow"])
             assert [c.node for c in claims] == ["edge-1"] * 3
@@ -1231,6 +1231,26 @@ class TestSchema:
         async with open_store(store_url, auto_upgrade=False) as store:
             with pytest.raises(SchemaVersionError, match=advice):
                 await store.upgrade()
+
+    async def test_the_known_urls_under_a_directory_are_read_by_an_index(self, store_url: str) -> None:
+        """A directory refresh read every item for each spelling of the directory on each node (2.1 s for an
+        unknown directory with 150,000 items in the store): the query now reads a range of the index items_url
+        (PostgreSQL told not to scan the table, which it prefers while it is small)."""
+        needs_shared_database(store_url)
+        async with open_store(store_url):
+            pass
+        query = backend_module(store_url).KNOWN_URLS
+        if store_url.startswith("sqlite:"):
+            plan = await raw_sql(
+                store_url, "EXPLAIN QUERY PLAN " + query.replace("?1", "'a'").replace("?2", "'b'").replace("?3", "9")
+            )
+        else:
+            plan = await raw_sql(
+                store_url,
+                "SET enable_seqscan = off",
+                "EXPLAIN " + query.replace("$1", "'a'").replace("$2", "'b'").replace("$3", "9"),
+            )
+        assert "items_url" in str(plan), plan
 
     async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(
         self, store_url: str

@@ -23,7 +23,7 @@ from ..models import (
     TaskFilter,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
@@ -57,6 +57,11 @@ MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at m
 
 # Retention removes an ended task only once its webhook, if any, has been delivered or has failed for good.
 NO_WEBHOOK_DUE = "(webhook_state IS NULL OR webhook_state <> 'pending')"
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """The range of strings that start with `prefix` (not empty), in code point (byte) order: [prefix, next)."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:

@@ -53,6 +53,7 @@ from .base import (
     ScanPoint,
     Window,
     claim_scan,
+    prefix_range,
     tables_in_the_way,
     wrong_version,
 )
@@ -125,6 +126,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX items_due_order ON items (due_at, id) WHERE state IN ('pending', 'running');
     DROP INDEX items_due;
+    """,
+    # version 4: a directory refresh finds the URLs known under it by a range of this index (known_urls), not by
+    # reading every item; byte order ("C"), whatever the database's collation
+    """
+    CREATE INDEX items_url ON items ((lower(url) COLLATE "C"));
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -242,6 +248,9 @@ _PUT_OFF = (
     "FOR UPDATE SKIP LOCKED)"
 )
 
+KNOWN_URLS = (
+    'SELECT DISTINCT url FROM items WHERE lower(url) COLLATE "C" >= $1 AND lower(url) COLLATE "C" < $2 LIMIT $3'
+)
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
     "AND node = $1"
@@ -830,10 +839,8 @@ class PostgresStore:
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:
-            # starts_with, not LIKE (no escaping of % and _ to get wrong) nor a text range (collation-dependent).
-            rows = await conn.fetch(
-                "SELECT DISTINCT url FROM items WHERE starts_with(lower(url), $1) LIMIT $2", prefix.lower(), limit
-            )
+            # A range of the index items_url in byte order, not LIKE (no escaping of % and _ to get wrong).
+            rows = await conn.fetch(KNOWN_URLS, *prefix_range(prefix.lower()), limit)
         return [r[0] for r in rows]
 
     async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:

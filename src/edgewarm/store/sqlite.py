@@ -47,6 +47,7 @@ from .base import (
     ScanPoint,
     Window,
     claim_scan,
+    prefix_range,
     tables_in_the_way,
     wrong_version,
 )
@@ -113,6 +114,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # version 3: PostgreSQL's claims scan by (due_at, id); here the index on due_at holds the rowid (= id)
     "SELECT 1;",
+    # version 4: a directory refresh finds the URLs known under it by a range of this index (known_urls), not by
+    # reading every item
+    "CREATE INDEX items_url ON items (lower(url));",
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -665,12 +669,9 @@ class SQLiteStore:
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         def known(db: sqlite3.Connection) -> list[str]:
-            # A comparison rather than LIKE: no escaping of % and _ in the prefix to get wrong. URLs are ASCII
-            # (urls.py), which SQLite's lower() covers.
-            rows = db.execute(
-                "SELECT DISTINCT url FROM items WHERE substr(lower(url), 1, ?) = ? LIMIT ?",
-                (len(prefix), prefix.lower(), limit),
-            ).fetchall()
+            # A range of the index items_url rather than LIKE: no escaping of % and _ in the prefix to get wrong.
+            # URLs are ASCII (urls.py), which SQLite's lower() covers.
+            rows = db.execute(KNOWN_URLS, (*prefix_range(prefix.lower()), limit)).fetchall()
             return [r[0] for r in rows]
 
         return await self._read(known)
@@ -801,6 +802,7 @@ _NEXT_TO_PUT_OFF = (
 _PUT_OFF = (
     "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
+KNOWN_URLS = "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 LIMIT ?3"
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
