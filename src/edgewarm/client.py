@@ -54,13 +54,24 @@ class _Call:
     timeout: float | None = None
 
 
+NOT_THE_SERVICE = "is the server address the service's own, without a path?"
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; an answer that is none, or a 404 for the route itself (not for a task: that
+    one has a JD code), is no edgewarm answer to this call: the server address is likely wrong."""
+    path = response.request.url.path
     try:
         data = response.json()
     except ValueError:
-        raise ClientError(JdCode.INTERNAL, f"HTTP {response.status_code}: not JSON", response.status_code) from None
+        data = None
     if not isinstance(data, dict):
-        raise ClientError(JdCode.INTERNAL, "unexpected answer", response.status_code)
+        raise ClientError(
+            JdCode.INTERNAL, f"HTTP {response.status_code} for {path}, not edgewarm's answer: {NOT_THE_SERVICE}",
+            response.status_code,
+        )  # fmt: skip
+    if response.status_code == 404 and "code" not in data:
+        raise ClientError(JdCode.INTERNAL, f"HTTP 404 for {path}: no such route here: {NOT_THE_SERVICE}", 404)
     return data
 
 

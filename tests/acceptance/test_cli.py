@@ -656,3 +656,19 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
     assert "--per-call 11 is over your limit of 10 URLs per call" in refusals["per-call"].stderr
     assert taken.returncode == 0 and "3 duplicate entries left out" in taken.stderr, taken.stderr
     assert sorted(t["total"] for t in made) == [2 * 3, 10 * 3], made  # 12 URLs in calls of 10, on 3 nodes
+
+
+def test_a_server_address_that_is_not_the_services_says_so(service: ServiceProcess, tmp_path: Path) -> None:
+    """A server address with a path, or another server's: "JD code -1: Not Found" and "JD code -1: HTTP 404:
+    not JSON" read as errors inside edgewarm. Now they name the route asked and say the address is likely
+    wrong."""
+    env = credentials_env(service, tmp_path)
+    with_path = run(["quota"], {**env, "EDGEWARM_SERVER": service.url + "/api"})
+    with FaultServer(always(Respond(200, body=b"<html>hello</html>"))) as other:
+        elsewhere = run(["submit", "http://www.example.test/a"], {**env, "EDGEWARM_SERVER": other.url})
+    assert with_path.returncode == 1 and "JD code" not in with_path.stderr, with_path.stderr
+    assert "HTTP 404 for /api/v1/quota: no such route here: is the server address the service's own" in (
+        with_path.stderr
+    )
+    assert elsewhere.returncode == 1 and "JD code" not in elsewhere.stderr, elsewhere.stderr
+    assert "HTTP 200 for /api/prefetch, not edgewarm's answer: is the server address" in elsewhere.stderr

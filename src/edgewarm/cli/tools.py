@@ -216,10 +216,10 @@ def follow_to_the_end(client: Client, taskids: list[str], *, interval: float = 0
 
 
 def fail(exc: ClientError) -> click.ClickException:
-    if exc.http_status is None and exc.code == JdCode.INTERNAL:  # no answer: no JD code to name
-        return click.ClickException(exc.message)
     if exc.http_status == 413:  # not a JD refusal: the call was larger than the server takes
         return click.ClickException(f"{exc.message} (HTTP 413): send fewer URLs per call (--per-call)")
+    if exc.code == JdCode.INTERNAL:  # no answer, none of edgewarm's, or its internal error: said as it is
+        return click.ClickException(exc.message)
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
 
 
