@@ -160,6 +160,9 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     )
     (row,) = [line for line in piped.stdout.splitlines() if taskid in line]
     assert "0 Succeeded" in row, piped.stdout
+    # None found: said (it printed an empty table), on stderr, stdout left empty.
+    none = run(["tasks", "--url", "listme-none-such"], credentials_env(service, tmp_path))
+    assert (none.returncode, none.stdout, none.stderr) == (0, "", "no tasks match (edgewarm tasks --help)\n")
 
 
 def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:

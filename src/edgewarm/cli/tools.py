@@ -364,6 +364,9 @@ def tasks(
     if as_json:
         click.echo(json.dumps(found, ensure_ascii=False))
         return
+    if not found["tasks"]:
+        click.echo("no tasks" + (" from this offset" if offset else " match") + " (edgewarm tasks --help)", err=True)
+        return
     # The id whole on any width (it is what `watch` and `cancel` take); the other columns fold.
     table = Table(Column("taskid", min_width=36, no_wrap=True))
     for name in ("kind", "status", "created", "total", "succeeded", "failed", "duration"):
