@@ -131,10 +131,16 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         if changed := restart_only_changes(config, fresh):  # against the start's: those are still in use
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
         gone = [node.name for node in live.config.nodes if fresh.node(node.name) is None]
+        left = [user.name for user in live.config.users if fresh.user(user.name) is None]
         live.apply(fresh)
         log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
         if gone:  # a node renamed is one removed and one added
             log.warning("SIGHUP: nodes no longer configured, their open items fail: %s", ", ".join(gone))
+        if left:
+            log.warning(
+                "SIGHUP: users no longer configured (their open tasks keep running, their webhooks are not sent): %s",
+                ", ".join(left),
+            )
         _log_cautions(fresh, engine, config_path)
 
     def on_signal(signum: int) -> None:

@@ -271,15 +271,20 @@ def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_pa
 
 def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:
     """A node removed (or renamed) by a reload fails its open items: the log's warning names it (before, only
-    "config reloaded (1 users, 1 nodes)")."""
+    "config reloaded (1 users, 1 nodes)"); so is a user removed, whose open tasks keep running."""
     with FaultServer(always(Respond(200, body=b"ok"))) as one, FaultServer(always(Respond(200, body=b"ok"))) as two:
         kept = f'[[nodes]]\nname = "kept"\nurl = "{one.url}"\n'
         with start_service(tmp_path, kept + f'\n[[nodes]]\nname = "gone"\nurl = "{two.url}"\n') as service:
             assert service.proc is not None
-            service.config.write_text(service.config.read_text().replace('name = "gone"', 'name = "renamed"'))
+            text = service.config.read_text().replace('name = "gone"', 'name = "renamed"')
+            service.config.write_text(text.replace(f'name = "{DEMO_USER}"', 'name = "renamed-user"', 1))
             os.kill(service.proc.pid, signal.SIGHUP)
             deadline = time.monotonic() + 10
-            while "no longer configured" not in service.log_text() and time.monotonic() < deadline:
+            while "users no longer configured" not in service.log_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
             log = service.log_text()
     assert "SIGHUP: nodes no longer configured, their open items fail: gone" in log, log
+    assert (
+        f"SIGHUP: users no longer configured (their open tasks keep running, their webhooks are not sent): {DEMO_USER}"
+        in log
+    )
