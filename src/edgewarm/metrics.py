@@ -24,12 +24,14 @@ edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | re
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .logs import log_task_ended
 from .models import Task
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -60,10 +62,11 @@ class Metrics:
         self.queue_depth.set(float("nan") if depth is None else depth)
         self.store_up.set(0 if depth is None else 1)
 
-    def task_ended(self, task: Task) -> None:
-        """`task` ended: by its last outcome, or cancelled."""
+    def task_ended(self, task: Task, log: logging.Logger) -> None:
+        """`task` ended (by its last outcome, or cancelled): counted, and its one line written to `log`."""
         self.tasks_finished.labels(str(int(task.status))).inc()
         self.task_seconds.observe(task.seconds or 0.0)
+        log_task_ended(log, task)
 
     def watch_nodes(self, held_down: Callable[[], dict[str, bool]]) -> None:
         """Report `edgewarm_node_held_down` from `held_down()`: each configured node's name, and whether the

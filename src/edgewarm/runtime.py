@@ -28,7 +28,7 @@ from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
-from .logs import RepeatedFailure, log_task_ended
+from .logs import RepeatedFailure
 from .metrics import Metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -346,8 +346,7 @@ async def _run_parts(
                 if released.items:
                     log.info("took back %d items left running by a previous process", released.items)
                 for ended in released.ended:  # cancelled, its last items under way among those taken back
-                    metrics.task_ended(ended)
-                    log_task_ended(log, ended)
+                    metrics.task_ended(ended, log)
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         server: _Server | None = None
         if api:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from . import auth
 from .config import Config, User
 from .errors import JdCode, RequestRefused, TaskNotFound
-from .logs import log_task_ended
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
@@ -284,8 +283,7 @@ class Service:
         if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
         if cancelled.finished_at is not None:
-            self.metrics.task_ended(cancelled)
-            log_task_ended(log, cancelled)
+            self.metrics.task_ended(cancelled, log)
         else:
             under_way = cancelled.total - cancelled.succeeded - cancelled.failed
             log.info(

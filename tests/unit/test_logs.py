@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from edgewarm.errors import StoreError
-from edgewarm.logs import RepeatedFailure, TextFormatter, log_task_ended
+from edgewarm.logs import RepeatedFailure, TextFormatter
 from edgewarm.metrics import Metrics
 from edgewarm.models import Task, TaskKind, TaskStatus
 from edgewarm.views import task_summary
@@ -62,8 +62,7 @@ def test_a_task_that_ended_before_it_began_by_the_clock_lasted_0_s_not_less(capl
     task = Task("t1", "u", TaskKind.PREFETCH, 10_000.0, TaskStatus.SUCCEEDED, 3, 3, 0, finished_at=6_414.2)
     metrics = Metrics()
     with caplog.at_level(logging.INFO, logger="test.ended"):
-        log_task_ended(logging.getLogger("test.ended"), task)
-    metrics.task_ended(task)
+        metrics.task_ended(task, logging.getLogger("test.ended"))
     assert task_summary(task, "en")["duration_seconds"] == 0.0
     assert caplog.records[0].getMessage() == "task ended: status 0 (3 succeeded, 0 failed) in 0.000 s"
     assert metrics.registry.get_sample_value("edgewarm_task_duration_seconds_sum") == 0.0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from ..config import Config, Node
 from ..errors import StoreError
-from ..logs import RepeatedFailure, log_task_ended
+from ..logs import RepeatedFailure
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
@@ -672,8 +672,7 @@ class Engine:
 
     def _task_ended(self, task: Task) -> None:
         """A task this engine's writes ended: its metrics, its log line, its webhook."""
-        self.metrics.task_ended(task)
-        log_task_ended(log, task)
+        self.metrics.task_ended(task, log)
         if self.on_task_finished is not None:
             self.on_task_finished(task)
 
