@@ -201,7 +201,7 @@ class _Live:
 
     def apply(self, config: Config) -> None:
         self.config = config
-        self.health.keep_only(config.nodes)
+        self.health.reconfigured(config.nodes)
         if self.service is not None:
             self.service.config = config
         if self.engine is not None:

@@ -42,6 +42,7 @@ log = logging.getLogger("edgewarm.webhooks")
 
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
 USER_AGENT = f"edgewarm/{__version__} (webhook)"
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
 
 
@@ -205,7 +206,7 @@ class WebhookDeliverer:
                     task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
                 ) as answer:
                     await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
-                    if 300 <= answer.status < 400:
+                    if answer.status in REDIRECTS:
                         error = f"HTTP {answer.status} (redirects are not followed: give the receiver's own URL)"
                     elif not 200 <= answer.status < 300:
                         error = f"HTTP {answer.status}"

@@ -623,7 +623,8 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
     the server cannot take (it was refused at its call, the calls before it made), more URLs than the day's
     quota has left (its call was refused half way), --per-call over the user's limit (sent, then refused).
     Taken: a file in UTF-8 with a byte order mark and CRLF lines (its first URL was refused), the same URL
-    twice (its calls were refused, or it was warmed and charged twice)."""
+    twice, in one spelling or two (its calls were refused, or it was warmed and charged twice). Refused whole
+    too: a directory to refresh that does not end with '/' (its call was refused, those before it made)."""
     good = [f"http://{DEFAULT_HOST}/cli-whole/{n}" for n in range(30)]
     with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 10\n") as service:
         assert service.proc is not None  # the day's quota cut to 40 (the demo user's own is unbounded)
@@ -640,11 +641,13 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
             "illegal": run(["submit"], env, stdin="\n".join([*good[:20], "http://www.example.test/%zz", *good[20:]])),
             "quota": run(["submit"], env, stdin="\n".join(good + [u + "?more" for u in good[:11]])),
             "per-call": run(["submit", "--per-call", "11", *good[:3]], env),
+            "not a dir": run(["refresh", "--dir", f"http://{DEFAULT_HOST}/d1/", f"http://{DEFAULT_HOST}/d2"], env),
         }
         with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
             assert client.tasks()["tasks"] == [], {k: v.stderr for k, v in refusals.items()}
             windows = tmp_path / "windows.txt"
-            windows.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(good[:12] + good[:3]).encode() + b"\r\n")
+            again = [*good[:3], good[3].replace(DEFAULT_HOST, DEFAULT_HOST.upper() + ":80")]  # the same objects
+            windows.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(good[:12] + again).encode() + b"\r\n")
             taken = run(["submit", "-f", str(windows)], env)
             made = client.tasks()["tasks"]
     assert refusals["latin1"].returncode == 1
@@ -655,9 +658,12 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
     )
     assert refusals["quota"].returncode == 1
     assert "41 URLs, but 40 of today's 40 are left" in refusals["quota"].stderr, refusals["quota"].stderr
+    assert refusals["not a dir"].returncode == 1
+    said = f"#2: a directory must end with '/' (and have no query): http://{DEFAULT_HOST}/d2"
+    assert said in refusals["not a dir"].stderr, refusals["not a dir"].stderr
     assert refusals["per-call"].returncode == 2
     assert "--per-call 11 is over your limit of 10 URLs per call" in refusals["per-call"].stderr
-    assert taken.returncode == 0 and "3 duplicate entries left out" in taken.stderr, taken.stderr
+    assert taken.returncode == 0 and "4 duplicate entries left out" in taken.stderr, taken.stderr
     assert sorted(t["total"] for t in made) == [2 * 3, 10 * 3], made  # 12 URLs in calls of 10, on 3 nodes
 
 
@@ -675,3 +681,26 @@ def test_a_server_address_that_is_not_the_services_says_so(service: ServiceProce
     )
     assert elsewhere.returncode == 1 and "JD code" not in elsewhere.stderr, elsewhere.stderr
     assert "HTTP 200 for /api/prefetch, not edgewarm's answer: is the server address" in elsewhere.stderr
+
+
+def test_ctrl_c_while_following_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C in `watch` (or `submit --wait` following its tasks) said "Aborted!" and exited 1, which a script
+    reads as a task that failed; now "interrupted" and 130, as shells expect."""
+    with FaultServer(always(Respond(200, delay=30))) as node:
+        nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
+        with start_service(tmp_path, nodes) as service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+            taskid = client.prefetch([f"http://{DEFAULT_HOST}/slow.txt"])
+            env = {**os.environ, **credentials_env(service, tmp_path)}
+            watcher = subprocess.Popen(
+                [EDGEWARM, "watch", taskid], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            try:
+                deadline = time.monotonic() + 15
+                while not node.requests and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1.0)  # following
+                watcher.send_signal(signal.SIGINT)
+                _out, err = watcher.communicate(timeout=30)
+            finally:
+                watcher.kill()
+    assert watcher.returncode == 130 and err.strip().endswith("interrupted"), (watcher.returncode, err)

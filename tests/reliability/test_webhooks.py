@@ -183,6 +183,12 @@ async def test_a_redirect_is_told_as_not_followed_and_the_post_names_edgewarm() 
     assert task is not None
     assert task.webhook_error == "HTTP 302 (redirects are not followed: give the receiver's own URL)"
     assert agents == {f"edgewarm/{__version__} (webhook)"}
+    with FaultServer(always(Respond(304, body=b""))) as receiver:  # no redirect: said as it is
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{receiver.url}/hook")
+            async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+                task = await delivered(store, task_id, 3.0)
+    assert task is not None and task.webhook_error == "HTTP 304", task
 
 
 async def test_a_malformed_answer_is_not_told_as_a_status_the_receiver_never_sent() -> None:

@@ -1086,6 +1086,7 @@ async def test_lookup_reads_its_body_as_the_jd_routes_do_after_the_credentials(a
         (as_json, "text/plain"),
         (f"taskids={first}&taskids={second}".encode(), "application/x-www-form-urlencoded"),
         (f"taskids={first},{second}".encode(), "application/x-www-form-urlencoded"),
+        (urlencode({"taskids": orjson.dumps([first, second]).decode()}).encode(), "application/x-www-form-urlencoded"),
         (orjson.dumps({"taskids": f"{first}, {second}"}), "application/json"),
     ]:
         found = await lookup(content, content_type)

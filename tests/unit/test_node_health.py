@@ -222,9 +222,9 @@ def test_an_address_no_node_has_after_a_reload_is_forgotten() -> None:
     moved = Node(name=NODE.name, url="http://127.0.0.1:3")
     fail(health, NODE, FAILURES_IN_A_ROW)
     fail(health, OTHER, FAILURES_IN_A_ROW)
-    health.keep_only([moved, OTHER])
+    health.reconfigured([moved, OTHER])
     assert health.held_down(moved) is None and health.is_down(OTHER)
-    health.keep_only([NODE, OTHER])  # back at the old address
+    health.reconfigured([NODE, OTHER])  # back at the old address
     assert not health.is_down(NODE)
     fail(health, NODE, FAILURES_IN_A_ROW - 1)
     assert health.held_down(NODE) is None
@@ -232,3 +232,25 @@ def test_an_address_no_node_has_after_a_reload_is_forgotten() -> None:
     hold = health.held_down(NODE)
     assert hold is not None and f"after {FAILURES_IN_A_ROW} connections in a row" in hold.reason, hold
     assert hold.retry_in == COOLDOWN
+
+
+def test_a_hold_ends_by_the_end_of_a_node_down_wait_cut_by_a_reload() -> None:
+    """A node down for 30 s, held for 32 s more (node_down_wait 300): a reload cuts node_down_wait to 10 s,
+    past already. The hold kept its end (its items, brought forward, were held again until then: 39 s after
+    the reload); it ends now. One cut to 40 s ends the hold at 40 s; a longer one changes nothing."""
+    clock, patience = Clock(), [300.0]
+    health = NodeHealth(clock, patience=lambda: patience[0])
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    for _ in range(4):  # cooldowns of 2, 4, 8, 16 s, each probe failing: down for 30 s, then 32 s more
+        hold = health.held_down(NODE)
+        assert hold is not None
+        clock.now = hold.asked_at
+        assert health.held_down(NODE) is None  # the probe
+        fail(health, NODE, 1)
+    hold = health.resting(NODE)
+    assert hold is not None and hold.down_for == 30 and hold.retry_in == 32, hold
+    for cut, ends_in in ((1000.0, 32), (40.0, 10), (10.0, 0)):
+        patience[0] = cut
+        health.reconfigured([NODE])
+        rest = health.resting(NODE)
+        assert (rest is None) if ends_in == 0 else (rest is not None and rest.asked_at == clock.now + ends_in), rest

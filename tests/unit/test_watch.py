@@ -95,6 +95,10 @@ def test_failures_after_the_first_page_are_shown() -> None:
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert "http://a.test/29999" in text and "first failures" in text, text
     assert client.calls == [(0, FAILURES_SHOWN, "failed")]
+    # Not a terminal (a pipe): a line per failure, whole (in a table, the error was folded over 3 lines, and
+    # grep did not find it).
+    (line,) = [line for line in text.splitlines() if "29999" in line]
+    assert line == "148555aa  edge-1  http://a.test/29999  404  1  HTTP 404 (not retried: the origin refused it)"
 
 
 def test_an_unknown_task_is_not_summed_up_as_all_succeeded() -> None:
@@ -130,6 +134,8 @@ class RestartingClient:
         self.looks[taskid] += 1
         if self.looks[taskid] > 1 and self.gone:
             self.gone -= 1
+            if self.gone % 2:  # a proxy's answer while the service behind it restarts, or none at all
+                raise ClientError(-1, "HTTP 502 for /v1/tasks/…, not edgewarm's answer", 502)
             raise ClientError(-1, "no answer from http://127.0.0.1:1: ConnectError: refused")
         return running_view(taskid, 10 if self.looks[taskid] > 1 else 5)
 

@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -141,7 +142,12 @@ def lookup_ids(params: dict[str, Any]) -> list[str]:
     value = params.get("taskids")
     if value is None:
         raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: a list of task ids is required")
-    if isinstance(value, str):
+    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON array in a form's field
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: starts with '[' but is no JSON array") from None
+    elif isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: must be an array of task ids (strings)")

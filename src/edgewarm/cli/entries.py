@@ -54,27 +54,30 @@ def _lines(stream: BinaryIO, name: str) -> list[str]:
     return found
 
 
-def distinct(entries: list[str]) -> list[str]:
-    """Each entry once, in its first place (a list given twice over would be warmed and charged twice, or
-    refused whole when both copies fell in one call); says how many were left out."""
-    unique = list(dict.fromkeys(entries))
-    if len(unique) < len(entries):
-        left = len(entries) - len(unique)
-        click.echo(f"{left} duplicate entr{'y' if left == 1 else 'ies'} left out", err=True)
-    return unique
-
-
-def check_entries(entries: list[str]) -> None:
-    """Refuse the whole list when an entry is no URL the server could take (its own check, done here first):
-    nothing is sent; the first few are named with their place in the list."""
-    bad = []
+def checked(entries: list[str], directories: bool = False) -> list[str]:
+    """`entries`, each object once, in its first place; the whole list refused when an entry is not a URL (its
+    syntax: the server's own check, done here first) or, with `directories`, not a directory: nothing is sent.
+    The first few refused are named with their place in the list; the domains and the length are the server's
+    to check, at its call. An object given twice, in any spelling the server takes for one (a host's case, a
+    default port), is left out (said, with a count): it would be warmed and charged twice, or, in one call,
+    refuse it."""
+    bad: list[str] = []
+    seen: dict[str, str] = {}
     for place, entry in enumerate(entries, 1):
         try:
-            parse_url(entry, _ANY_LENGTH)
+            target = parse_url(entry, _ANY_LENGTH)
         except RequestRefused as exc:
             bad.append(f"#{place}: {exc.message}")
+            continue
+        if directories and not target.is_dir:
+            bad.append(f"#{place}: a directory must end with '/' (and have no query): {entry}")
+        seen.setdefault(target.cache_key, entry)
     if bad:
         more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
         raise click.ClickException(
             f"{len(bad)} of the entries cannot be sent{more}, nothing was: " + "; ".join(bad[:SHOWN])
         )
+    if len(seen) < len(entries):
+        left = len(entries) - len(seen)
+        click.echo(f"{left} duplicate entr{'y' if left == 1 else 'ies'} left out", err=True)
+    return list(seen.values())

@@ -7,7 +7,19 @@ import click
 PREFIX = "EDGEWARM"  # of every option's environment variable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": PREFIX})
+class _Commands(click.Group):
+    """Ctrl-C ends any command with status 130, as shells expect (click said "Aborted!" and exited 1, which a
+    script reads as a task that failed)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": PREFIX})
 @click.version_option(package_name="edgewarm")
 def main() -> None:
     """edgewarm: CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN."""

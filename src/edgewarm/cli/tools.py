@@ -22,7 +22,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
-from .entries import check_entries, distinct, read_entries
+from .entries import checked, read_entries
 from .main import main
 from .watch import PATIENCE, follow, output_console, status_text
 
@@ -132,8 +132,7 @@ def plan_calls(client: Client, entries: list[str], per_call: int | None, directo
     """The calls that send `entries` (checked and made distinct first: entries.py), in the user's per-call limit
     as the server states it (JD's default when it cannot say); a --per-call over that limit, or more entries
     than the day's quota has left, is refused before any call."""
-    entries = distinct(entries)
-    check_entries(entries)
+    entries = checked(entries, directories)
     kind, what = ("dirs", "directories") if directories else ("urls", "URLs")
     try:
         quota: dict[str, Any] | None = client.quota()
@@ -143,8 +142,9 @@ def plan_calls(client: Client, entries: list[str], per_call: int | None, directo
     if per_call is not None and quota and per_call > limit:
         raise click.UsageError(f"--per-call {per_call} is over your limit of {limit} {what} per call")
     if quota and len(entries) > quota[kind]["left"]:
+        asked = f"{len(entries)} {what}" if len(entries) > 1 else f"1 {'directory' if directories else 'URL'}"
         raise click.ClickException(
-            f"{len(entries)} {what}, but {quota[kind]['left']} of today's {quota[kind]['limit']} are left (the day "
+            f"{asked}, but {quota[kind]['left']} of today's {quota[kind]['limit']} are left (the day "
             f"{quota['day']} in {quota['timezone']}): nothing was sent"
         )
     size = per_call or limit
@@ -197,13 +197,15 @@ def _where(calls: list[list[str]], made: int, under_way: bool) -> str:
         return told[0]
     if under_way:
         end = done + len(calls[made])
-        told.append(f"call {made + 1} (#{done + 1}-#{end}) may have made one: `edgewarm tasks` lists it")
+        span = f"#{end}" if end == done + 1 else f"#{done + 1}-#{end}"
+        told.append(f"call {made + 1} ({span}) may have made one: `edgewarm tasks` lists it")
         done = end
     else:
         told.append(f"call {made + 1} was refused")
     if done < len(flat):
         fate = "not sent" if under_way else "no task made"
-        told.append(f"{fate}: #{done + 1}-#{len(flat)}, from {flat[done]} on")
+        span = f"#{len(flat)}" if len(flat) == done + 1 else f"#{done + 1}-#{len(flat)}"
+        told.append(f"{fate}: {span}, from {flat[done]} on")
     return "; ".join(told)
 
 

@@ -20,6 +20,7 @@ from ..client import Client, ClientError
 FAILURES_SHOWN = 5
 TASK_BARS = 8  # more tasks than this are followed in one bar: the nodes' bars stay in view below it
 PATIENCE = 60.0  # seconds a server that does not answer (a restart) is waited for, by default (--patience)
+GONE = (None, 502, 503, 504)  # no answer, or a proxy's (or the store's) while the service restarts
 PIPED_WIDTH = 200  # tables into a pipe: wide enough for a row (a URL, say) on one line
 
 
@@ -39,7 +40,7 @@ def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: flo
         try:
             return ask()
         except ClientError as exc:
-            if exc.http_status is not None or time.monotonic() > deadline:
+            if exc.http_status not in GONE or time.monotonic() > deadline:
                 raise
             if not told:
                 click.echo(f"{exc.message}: asking again for up to {patience:g} s", err=True)  # one line, unfolded
@@ -179,7 +180,12 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
         if view["counts"]["failed"] and len(failures) < FAILURES_SHOWN:
             items = client.task(taskid, limit=FAILURES_SHOWN - len(failures), state="failed")["items"]
             failures += [(taskid, i) for i in items]
-    if failures:
+    if failures and not out.is_terminal:  # a pipe or a file: a line per failure, whole (a table folds its cells)
+        out.print("first failures:", markup=False, highlight=False)
+        for taskid, item in failures:
+            fields = (taskid[:8], item["node"], item["url"], str(item["http_status"] or "-"), str(item["attempts"]))
+            out.print("  ".join((*fields, item["error"] or "")), markup=False, highlight=False, soft_wrap=True)
+    elif failures:
         shown = Table(title="first failures")
         for name in ("taskid", "node", "url", "http", "attempts", "error"):
             shown.add_column(name, overflow="fold")

@@ -107,12 +107,18 @@ class NodeHealth:
         state = self._nodes.get(node.url)
         return state is not None and bool(state.down_until)
 
-    def keep_only(self, nodes: Sequence[Node]) -> None:
-        """Forget the addresses no node of `nodes` has now (a reload moved a node or removed it): a node pointed
-        back at one later starts afresh, not from the failures in a row counted there before."""
+    def reconfigured(self, nodes: Sequence[Node]) -> None:
+        """A reload: forget the addresses no node of `nodes` has now (a node moved or removed; one pointed back
+        at such an address later starts afresh, not from the failures in a row counted there before), and end
+        each hold by node_down_wait's end if the reload cut it (now, if that has passed): a hold is set when it
+        begins, and would otherwise keep its node's items waiting past the new patience."""
         kept = {node.url for node in nodes}
         for url in [url for url in self._nodes if url not in kept]:
             del self._nodes[url]
+        patience, now = self._patience(), self._clock()
+        for state in self._nodes.values():
+            if patience and state.down_until > state.since + patience:
+                state.down_until = max(state.since + patience, min(now, state.down_until))
 
     def lost(self, node: Node) -> None:
         """A request to `node` ended with no word from it (its sender died): nothing is learnt, but if it was
