@@ -82,12 +82,28 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
     target = _split(raw)
+    odd = _odd_authority(raw)
+    if odd is not None:  # one object with a plainer spelling, which a directory refresh looks for (spellings)
+        raise _illegal(raw, odd)
     if "%" in target.path_query:
         if _BAD_ESCAPE.search(target.path_query):
             raise _illegal(raw, "a '%' must begin an escape of two hex digits (write '%25' for '%' itself)")
         if "%00" in target.path_query.partition("?")[0]:
             raise _illegal(raw, "an escaped NUL (%00) in the path: caches refuse such a request (nginx answers 400)")
     return target
+
+
+def _odd_authority(raw: str) -> str | None:
+    """Why the host and port are spelled as no one spells them (`a.test..`, `a.test:080`, `a.test:`), or None."""
+    authority = raw.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    host, colon, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+    if host.endswith(".."):
+        return "the host ends in more than one '.'"
+    if colon and (not port or port.startswith("0")):
+        return "write the port without leading zeros, or leave out an empty one and its ':'"
+    return None
 
 
 @functools.lru_cache(maxsize=16_384)

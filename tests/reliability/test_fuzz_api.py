@@ -362,8 +362,10 @@ def acceptable(url: str, user: str) -> bool:
     authority = match.group(2)
     if "@" in authority or "[" in authority:
         return False
-    host, _, port = authority.partition(":")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
+    host, colon, port = authority.partition(":")
+    if colon and not (port.isdigit() and not port.startswith("0") and int(port) < 65536):
+        return False  # an empty port or one with leading zeros is refused too: spelled as no one spells it
+    if host.endswith(".."):
         return False
     return owned_by(host.lower().rstrip("."), user)
 

@@ -72,7 +72,7 @@ def test_parse_url_keeps_the_port_in_the_authority() -> None:
     ("raw", "authority"),
     [
         ("http://a.test:80/x", "a.test"),
-        ("HTTP://A.test:080/x", "a.test"),
+        ("HTTP://A.test:80/x", "a.test"),
         ("https://a.test:443/x", "a.test"),
         ("https://a.test:80/x", "a.test:80"),
         ("http://a.test:443/x", "a.test:443"),
@@ -161,6 +161,11 @@ def test_parse_url_drops_a_trailing_dot_of_the_host() -> None:
         "http://a.test/a%",
         "http://a.test/a?q=%G1",
         "http://a.test/x%00y",
+        # one object with a plainer spelling, which a directory refresh would not find (it looks for those)
+        "http://a.test:080/x",
+        "http://a.test:/x",
+        "http://a.test../x",
+        "https://a.test..:443/x",
     ],
 )
 def test_parse_url_refuses_illegal_urls(raw: str) -> None:

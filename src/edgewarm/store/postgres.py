@@ -53,7 +53,7 @@ from .base import (
     ScanPoint,
     Window,
     claim_scan,
-    prefix_range,
+    known_search,
     tables_in_the_way,
     wrong_version,
 )
@@ -249,7 +249,8 @@ _PUT_OFF = (
 )
 
 KNOWN_URLS = (
-    'SELECT DISTINCT url FROM items WHERE lower(url) COLLATE "C" >= $1 AND lower(url) COLLATE "C" < $2 LIMIT $3'
+    'SELECT DISTINCT url FROM items WHERE lower(url) COLLATE "C" >= $1 AND lower(url) COLLATE "C" < $2 '
+    "AND substr(url, $3, length($4)) = $4 LIMIT $5"
 )
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
@@ -840,7 +841,7 @@ class PostgresStore:
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:
             # A range of the index items_url in byte order, not LIKE (no escaping of % and _ to get wrong).
-            rows = await conn.fetch(KNOWN_URLS, *prefix_range(prefix.lower()), limit)
+            rows = await conn.fetch(KNOWN_URLS, *known_search(prefix), limit)
         return [r[0] for r in rows]
 
     async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:

@@ -47,7 +47,7 @@ from .base import (
     ScanPoint,
     Window,
     claim_scan,
-    prefix_range,
+    known_search,
     tables_in_the_way,
     wrong_version,
 )
@@ -671,7 +671,7 @@ class SQLiteStore:
         def known(db: sqlite3.Connection) -> list[str]:
             # A range of the index items_url rather than LIKE: no escaping of % and _ in the prefix to get wrong.
             # URLs are ASCII (urls.py), which SQLite's lower() covers.
-            rows = db.execute(KNOWN_URLS, (*prefix_range(prefix.lower()), limit)).fetchall()
+            rows = db.execute(KNOWN_URLS, (*known_search(prefix), limit)).fetchall()
             return [r[0] for r in rows]
 
         return await self._read(known)
@@ -802,7 +802,10 @@ _NEXT_TO_PUT_OFF = (
 _PUT_OFF = (
     "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
-KNOWN_URLS = "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 LIMIT ?3"
+KNOWN_URLS = (
+    "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 AND substr(url, ?3, length(?4)) = ?4 "
+    "LIMIT ?5"
+)
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
