@@ -21,10 +21,10 @@ def test_a_call_without_an_answer_may_have_made_its_task_and_the_rest_were_not_s
     """Before: "call 2 was refused: the entries from #3 on were not sent", though the server had made its task."""
     assert _where(CALLS, 1, under_way=True) == (
         "1 of 3 calls made tasks (ids above): entries #1-#2; call 2 (#3-#4) may have made one: `edgewarm tasks` "
-        "lists it; not sent: #5-#5, from c1 on"
+        "lists it; not sent: #5, from c1 on"
     )
     assert _where(CALLS, 0, under_way=True).startswith("no call made a task; call 1 (#1-#2) may have made one")
-    assert _where(CALLS, 2, under_way=True).endswith("call 3 (#5-#5) may have made one: `edgewarm tasks` lists it")
+    assert _where(CALLS, 2, under_way=True).endswith("call 3 (#5) may have made one: `edgewarm tasks` lists it")
     assert _where(CALLS, 3, under_way=True) == "3 of 3 calls made tasks (ids above): entries #1-#5"
 
 

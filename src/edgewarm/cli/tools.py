@@ -190,23 +190,25 @@ def _where(calls: list[list[str]], made: int, under_way: bool) -> str:
     or was refused, and the first entry that made none (by its place in the list, and itself)."""
     flat = [entry for chunk in calls for entry in chunk]
     done = sum(len(chunk) for chunk in calls[:made])
-    told = [
-        f"{made} of {len(calls)} calls made tasks (ids above): entries #1-#{done}" if made else "no call made a task"
-    ]
+    entries = f"entr{'y' if done == 1 else 'ies'} {_span(1, done)}"
+    told = [f"{made} of {len(calls)} calls made tasks (ids above): {entries}" if made else "no call made a task"]
     if made == len(calls):
         return told[0]
     if under_way:
         end = done + len(calls[made])
-        span = f"#{end}" if end == done + 1 else f"#{done + 1}-#{end}"
-        told.append(f"call {made + 1} ({span}) may have made one: `edgewarm tasks` lists it")
+        told.append(f"call {made + 1} ({_span(done + 1, end)}) may have made one: `edgewarm tasks` lists it")
         done = end
     else:
         told.append(f"call {made + 1} was refused")
     if done < len(flat):
         fate = "not sent" if under_way else "no task made"
-        span = f"#{len(flat)}" if len(flat) == done + 1 else f"#{done + 1}-#{len(flat)}"
-        told.append(f"{fate}: {span}, from {flat[done]} on")
+        told.append(f"{fate}: {_span(done + 1, len(flat))}, from {flat[done]} on")
     return "; ".join(told)
+
+
+def _span(first: int, last: int) -> str:
+    """Entries by their places in the list: `#3`, `#3-#5`."""
+    return f"#{first}" if first == last else f"#{first}-#{last}"
 
 
 def follow_to_the_end(client: Client, taskids: list[str], *, interval: float = 0.5, patience: float) -> NoReturn:
