@@ -397,23 +397,9 @@ def test_waiting_on_a_service_that_goes_away_is_one_clear_error_line(tmp_path: P
     with FaultServer(always(Respond(200, delay=30))) as node:
         nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
         service = start_service(tmp_path, nodes, extra="[engine]\ngrace_seconds = 0.5\n")
-        with service:
-            follower = subprocess.Popen(
-                [EDGEWARM, command, "--wait", "--patience", "1", f"http://{DEFAULT_HOST}/gone.txt"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, **credentials_env(service, tmp_path)},
-            )
-            try:
-                deadline = time.monotonic() + 15
-                while not node.requests and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert node.requests, "the task's request never reached the node"
-                service.stop()
-                out, err = follower.communicate(timeout=30)
-            finally:
-                follower.kill()
+        with service, following(service, tmp_path, [command, "--wait", "--patience", "1"], node) as follower:
+            service.stop()
+            out, err = follower.communicate(timeout=30)
     assert follower.returncode not in (0, None), out + err
     lines = err.strip().splitlines()
     assert "Traceback" not in err and len(lines) == 2 and lines[1].startswith("Error: no answer from"), err
@@ -426,27 +412,38 @@ def test_waiting_rides_out_a_restart_of_the_service(tmp_path: Path) -> None:
     with FaultServer(always(Respond(200, body=b"ok", delay=1.0))) as node:
         nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
         service = start_service(tmp_path, nodes, extra="[engine]\ngrace_seconds = 0.2\n")
-        with service:
-            follower = subprocess.Popen(
-                [EDGEWARM, "submit", "--wait", f"http://{DEFAULT_HOST}/back.txt"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, **credentials_env(service, tmp_path)},
-            )
-            try:
-                deadline = time.monotonic() + 15
-                while not node.requests and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert node.requests, "the task's request never reached the node"
-                service.stop()
-                time.sleep(1.0)  # the follower looks and finds no one
-                service.start()
-                out, err = follower.communicate(timeout=60)
-            finally:
-                follower.kill()
-    assert follower.returncode == 0, out + err
-    assert "asking again for up to 60 s" in err and "all succeeded" in out, out + err
+        with service, following(service, tmp_path, ["submit", "--wait"], node) as follower:
+            service.stop()
+            assert follower.stderr is not None
+            said = follower.stderr.readline()  # the follower looked and found no one
+            service.start()
+            out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, said + out + err
+    assert said.endswith("asking again for up to 60 s\n") and "all succeeded" in out, said + out + err
+
+
+@contextlib.contextmanager
+def following(
+    service: ServiceProcess, tmp_path: Path, command: list[str], node: FaultServer
+) -> Iterator[subprocess.Popen[str]]:
+    """`edgewarm COMMAND URL` in the background (a --wait that follows its task), once its request has reached
+    `node`; killed at the end."""
+    follower = subprocess.Popen(
+        [EDGEWARM, *command, f"http://{DEFAULT_HOST}/followed.txt"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **credentials_env(service, tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not node.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.requests, "the task's request never reached the node"
+        yield follower
+    finally:
+        follower.kill()
+        follower.wait(10)
 
 
 @contextlib.contextmanager
