@@ -135,17 +135,17 @@ def plan_calls(client: Client, entries: list[str], per_call: int | None, directo
     entries = checked(entries, directories)
     kind, what = ("dirs", "directories") if directories else ("urls", "URLs")
     try:
-        quota: dict[str, Any] | None = client.quota()
-    except ClientError:
-        quota = None  # the submission's own call says why, if it fails too
-    limit = int(quota[f"{kind}_per_call"]) if quota else (5 if directories else 100)
+        quota = client.quota()
+        limit, left, day = int(quota[f"{kind}_per_call"]), int(quota[kind]["left"]), int(quota[kind]["limit"])
+    except (ClientError, KeyError, TypeError, ValueError):  # the submission's own call says why, if it fails too
+        quota, limit, left, day = None, (5 if directories else 100), len(entries), 0
     if per_call is not None and quota and per_call > limit:
         raise click.UsageError(f"--per-call {per_call} is over your limit of {limit} {what} per call")
-    if quota and len(entries) > quota[kind]["left"]:
+    if quota and len(entries) > left:
         asked = f"{len(entries)} {what}" if len(entries) > 1 else f"1 {'directory' if directories else 'URL'}"
         raise click.ClickException(
-            f"{asked}, but {quota[kind]['left']} of today's {quota[kind]['limit']} are left (the day "
-            f"{quota['day']} in {quota['timezone']}): nothing was sent"
+            f"{asked}, but {left} of today's {day} are left (the day {quota.get('day')} in "
+            f"{quota.get('timezone')}): nothing was sent"
         )
     size = per_call or limit
     return [entries[i : i + size] for i in range(0, len(entries), size)]
