@@ -26,11 +26,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import fill_tasks
+from edgewarm.engine.actions import KNOWN_URLS_LIMIT as LIMIT
 from edgewarm.store import open_store
 from edgewarm.store.sqlite import SQLiteStore
 from edgewarm.urls import parse_url, spellings
 
-LIMIT = 10_000  # engine/actions.py's KNOWN_URLS_LIMIT
 FULL_READ = "SELECT DISTINCT url FROM items WHERE substr(lower(url), 1, ?) = ? LIMIT ?"  # before schema version 4
 
 
