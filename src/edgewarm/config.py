@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from . import __version__
 from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
@@ -197,7 +198,7 @@ class Engine(_Model):
     verify: bool = False  # after a MISS, fetch again and require a HIT
     # A (URL, node) warmed by this process less than this long ago is not fetched again; 0 turns it off.
     dedupe_seconds: SecondsOrOff = 60.0
-    user_agent: str = "edgewarm/0.1"
+    user_agent: str = f"edgewarm/{__version__}"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br"
     # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on

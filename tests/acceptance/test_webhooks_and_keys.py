@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgewarm import __version__
 from edgewarm.client import Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
@@ -157,7 +158,7 @@ def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: P
                 assert client.wait(second, timeout=30)["status"] == 0
             assert service.proc.pid == pid and service.proc.poll() is None
         agents = {r.target: r.header("User-Agent") for r in node.requests}
-    assert agents == {"/before": "edgewarm/0.1", "/after": "reloaded/1"}
+    assert agents == {"/before": f"edgewarm/{__version__}", "/after": "reloaded/1"}
 
 
 @pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
@@ -265,8 +266,8 @@ def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_pa
         targets = [r.target for r in node.requests]
         agents = [r.header("User-Agent") for r in node.requests]
     assert sorted(targets) == sorted(u.removeprefix("http://www.example.test") for u in urls)
-    assert agents[:20] == ["edgewarm/0.1"] * 20 and agents[-1] == "swapped/1"
-    assert set(agents) == {"edgewarm/0.1", "swapped/1"}
+    assert agents[:20] == [f"edgewarm/{__version__}"] * 20 and agents[-1] == "swapped/1"
+    assert set(agents) == {f"edgewarm/{__version__}", "swapped/1"}
 
 
 def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:

@@ -631,10 +631,10 @@ def test_malformed_and_oversized_requests_leave_clean_connections_and_json_logs(
 @pytest.mark.integration
 def test_oversized_heads_and_slow_or_silent_clients_are_cut_off(tmp_path: Path) -> None:
     """A head over 64 KiB is answered 431 at once (before: a 100 MB header was read whole, every other client
-    waited seconds, and it was answered 200); a connection silent for `request_timeout`, or sending its head a
-    byte at a time, is closed, with 408 (before: held open for ever, until the process ran out of file
-    descriptors); a long poll longer than the timeout is answered whole (the timeout is for the request to
-    arrive, not for the answer)."""
+    waited seconds, and it was answered 200), also when it ends in the read that takes it over; a connection
+    silent for `request_timeout`, sending its head a byte at a time, or not sending all of its body, is closed,
+    with 408 (before: held open for ever, until the process ran out of file descriptors); a long poll longer
+    than the timeout is answered whole (the timeout is for the request to arrive, not for the answer)."""
     extra = "[api]\nrequest_timeout = 1.0\n"
     with (
         FaultServer(Respond(200, body=b"slow\n", delay=3.0)) as slow,
@@ -650,6 +650,20 @@ def test_oversized_heads_and_slow_or_silent_clients_are_cut_off(tmp_path: Path) 
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 431 "), answer
         assert time.monotonic() - started < 3
+        # A head over the bound that ends in the bytes of one read: it was answered 200 (the count was kept
+        # only while a head was incomplete after a read). A body over it in the head's read is no head.
+        whole = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"x" * 100_000 + b"\r\nConnection: close\r\n\r\n"
+        answer, _ = _raw_exchange_after(service.port, whole, wait=3.0)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+        query = orjson.dumps({"username": DEMO_USER, "signature": "x" * 32, "taskid": "y" * 100_000})
+        head = b"POST /api/prefetchQuery HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        answer, _ = _raw_exchange_after(
+            service.port, head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(query) + query, wait=3.0
+        )
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        # A head whole, its body not within request_timeout: closed with no word (before), 408 now.
+        short, _ = _raw_exchange_after(service.port, head + b"Content-Length: 100\r\n\r\n{", wait=3.0)
+        assert short.startswith(b"HTTP/1.1 408 "), short
         silent, _ = _raw_exchange_after(service.port, b"", wait=3.0)
         assert silent.startswith(b"HTTP/1.1 408 "), silent
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:

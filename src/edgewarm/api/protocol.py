@@ -40,6 +40,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # of the head being received (0 between requests)
         self._in_head = True  # a request's head may be coming (and no request is being answered)
         self._heads_done = 0  # heads completed, so that data_received sees whether one was in its bytes
+        self._tail = b""  # the last bytes of a head being received: its end may span two reads
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -50,16 +51,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline is None:
             self._arm()  # bytes of a next request (or of none: a client sending blank lines) are on the clock
+        if self._in_head and self._head_bytes + _head_part(self._tail, data) > MAX_HEAD_BYTES:
+            self._too_large()  # checked before the parser takes it: a head ending in these bytes is one too
+            return
         heads_before, in_head = self._heads_done, self._in_head
         super().data_received(data)
         if self._heads_done != heads_before:
-            self._head_bytes = 0  # a head ended in these bytes: a next one, if begun, is counted from here
+            self._head_bytes, self._tail = 0, b""  # a head ended in these bytes: a next one is counted from here
         elif in_head and self._in_head:
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-                log.warning("a request head over %d bytes from %s: answered 431", MAX_HEAD_BYTES, _peer(self))
-                self.transport.write(_TOO_LARGE)
-                self.transport.close()
+            self._tail = (self._tail + data)[-3:]
+
+    def _too_large(self) -> None:
+        if not self.transport.is_closing():
+            log.warning("a request head over %d bytes from %s: answered 431", MAX_HEAD_BYTES, _peer(self))
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -92,8 +99,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:  # nothing being answered: 408 is ours to say
             self.transport.write(_TOO_SLOW)
+        elif not self.cycle.response_started:  # a head, and not all of its body: the app's answer is not sent
+            self.cycle.disconnected = True
+            self.transport.write(_TOO_SLOW)
         log.info("a request not whole within %g s from %s: connection closed", self.request_seconds, _peer(self))
         self.transport.close()
+
+
+def _head_part(tail: bytes, data: bytes) -> int:
+    """How many bytes of `data` belong to the head being received (`tail`: its last bytes so far): up to the
+    blank line that ends it (CRLF or LF line ends), or all of them."""
+    joined = tail + data
+    ends = [found + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (found := joined.find(blank)) >= 0]
+    return min(ends) - len(tail) if ends else len(data)
 
 
 def _peer(protocol: HttpToolsProtocol) -> str:

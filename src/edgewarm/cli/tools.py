@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from rich.console import Console
 
 from .. import auth
 from ..client import Client, ClientError
@@ -181,8 +182,8 @@ def send_in_calls(
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
     finally:
         signal.signal(signal.SIGTERM, before)
-    if wait:
-        follow_to_the_end(client, taskids, patience=patience)
+    if wait:  # the task ids alone on stdout (for `watch $(…)`, say): the progress and the summary on stderr
+        follow_to_the_end(client, taskids, patience=patience, console=output_console(stderr=True))
 
 
 def _where(calls: list[list[str]], made: int, under_way: bool) -> str:
@@ -211,10 +212,12 @@ def _span(first: int, last: int) -> str:
     return f"#{first}" if first == last else f"#{first}-#{last}"
 
 
-def follow_to_the_end(client: Client, taskids: list[str], *, interval: float = 0.5, patience: float) -> NoReturn:
+def follow_to_the_end(
+    client: Client, taskids: list[str], *, interval: float = 0.5, patience: float, console: Console | None = None
+) -> NoReturn:
     """Follow the tasks until they end; exit 0 if all succeeded, 1 if not; a failed call is one error line."""
     try:
-        raise SystemExit(follow(client, taskids, interval=interval, patience=patience))
+        raise SystemExit(follow(client, taskids, interval=interval, patience=patience, console=console))
     except ClientError as exc:
         raise fail(exc) from None
 

@@ -24,11 +24,12 @@ GONE = (None, 502, 503, 504)  # no answer, or a proxy's (or the store's) while t
 PIPED_WIDTH = 200  # tables into a pipe: wide enough for a row (a URL, say) on one line
 
 
-def output_console() -> Console:
-    """The console for tables on stdout: into a pipe, rich would fold them at 80 columns ("Fai" / "led", a
-    URL over three lines that grep then misses): one row per line there, unless COLUMNS says how wide."""
-    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(width=PIPED_WIDTH if piped else None)
+def output_console(stderr: bool = False) -> Console:
+    """The console for tables on stdout (or stderr): into a pipe, rich would fold them at 80 columns ("Fai" /
+    "led", a URL over three lines that grep then misses): one row per line there, unless COLUMNS says how
+    wide."""
+    piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
 
 
 def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: float) -> dict[str, Any]:
