@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -846,6 +848,24 @@ class TestWork:
         assert len(await store.known_urls("http://h.test/", 3)) == 3
         assert await store.known_urls("http://other.test/", 10) == []
 
+    async def test_urls_of_any_length_the_api_takes_are_stored_and_found(self, store: TaskStore) -> None:
+        """PostgreSQL's index of the URLs refused a URL over ~2,700 characters (its btree keys are at most 2,704
+        bytes): the whole call failed, "the store is unavailable". A URL of 4,096 characters is stored, and
+        found under its directory, also one deeper than the index's 1,024 characters."""
+        letters = random.Random(7)  # text that does not compress (PostgreSQL compresses an index key that does)
+
+        def text(count: int) -> str:
+            return "".join(letters.choice(string.ascii_letters + string.digits) for _ in range(count))
+
+        deep = "http://h.test/" + text(1500) + "/"
+        urls = [deep + text(4096 - len(deep)), deep + "y", "http://h.test/" + text(3000)]
+        items = tuple(NewItem(s, u, "e1", ItemAction.WARM, 0) for s, u in enumerate(urls))
+        await store.create_task(make_task(3, items=items))
+        assert len(urls[0]) == 4096
+        assert sorted(await store.known_urls(deep, 10)) == sorted(urls[:2])
+        assert sorted(await store.known_urls("http://h.test/", 10)) == sorted(urls)
+        assert await store.known_urls(deep + "z", 10) == []
+
 
 class TestTaskViews:
     async def test_node_counts_count_each_node_in_submission_order(self, store: TaskStore) -> None:
@@ -1243,9 +1263,10 @@ class TestSchema:
         async with open_store(store_url):
             pass
         query = backend_module(store_url).KNOWN_URLS
-        mark = "?" if store_url.startswith("sqlite:") else "$"
-        for n, value in enumerate(("'a'", "'b'", "9", "'/x/'", "9"), 1):
-            query = query.replace(f"{mark}{n}", value)
+        sqlite = store_url.startswith("sqlite:")
+        values = ("'a'", "'b'", "9", "'/x/'", "9") if sqlite else ("'a'", "'b'", "'a'", "'b'", "9", "'/x/'", "9")
+        for n, value in reversed(list(enumerate(values, 1))):
+            query = query.replace(f"{'?' if sqlite else '$'}{n}", value)
         if store_url.startswith("sqlite:"):
             plan = await raw_sql(store_url, "EXPLAIN QUERY PLAN " + query)
         else:
@@ -1391,3 +1412,28 @@ class TestPostgres:
             finally:
                 engine.stop()
                 await running
+
+
+async def test_a_directory_is_found_whatever_the_postgresql_databases_locale(postgres_cluster: PostgresCluster) -> None:
+    """In a database of a Turkish locale PostgreSQL's lower() turns I into a dotless i (U+0131): a directory refresh of
+    /Img/ found none of its URLs (NOT_CACHED on every node, the old copies served). URLs are lower-cased as the
+    "C" locale does (A-Z only) now, whatever the database's."""
+    name = f"t_tr_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres_cluster.url())
+    try:
+        try:
+            await admin.execute(
+                f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "
+                "ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'"
+            )
+        except asyncpg.PostgresError as exc:  # a server built without ICU
+            pytest.skip(f"no Turkish ICU locale here: {exc}")
+        async with open_store(postgres_cluster.url(name)) as store:
+            urls = ["http://h.test/Img/I.bin", "http://h.test/Img/a.bin", "http://h.test/img/a.bin"]
+            items = tuple(NewItem(s, u, "e1", ItemAction.WARM, 0) for s, u in enumerate(urls))
+            await store.create_task(make_task(3, items=items))
+            assert sorted(await store.known_urls("http://h.test/Img/", 10)) == sorted(urls[:2])
+            assert sorted(await store.known_urls("http://H.TEST/img/", 10)) == [urls[2]]
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -59,14 +59,19 @@ MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at m
 NO_WEBHOOK_DUE = "(webhook_state IS NULL OR webhook_state <> 'pending')"
 
 
+def starting_with(prefix: str) -> tuple[str, str]:
+    """The strings that start with `prefix` (not empty), in code point (byte) order: [prefix, the next one)."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def known_search(prefix: str) -> tuple[str, str, int, str]:
-    """known_urls' search for `prefix` (scheme://authority/path…, not empty): the range of lower-cased URLs that
-    start with it in any case, in code point (byte) order (a range of the index items_url), and its path, whose
-    case counts (a cache keys `/A/` and `/a/` apart), with the 1-based place where it starts in a URL."""
-    low = prefix.lower()
+    """known_urls' search for `prefix` (scheme://authority/path…, not empty): the range of URLs lower-cased
+    (A-Z only: URLs are ASCII) that start with it in any case, in code point (byte) order (a range of the index
+    items_url), and its path, whose case counts (a cache keys `/A/` and `/a/` apart), with the 1-based place
+    where it starts in a URL."""
     cut = prefix.find("/", prefix.find("://") + 3)
     cut = len(prefix) if cut < 0 else cut
-    return low, low[:-1] + chr(ord(low[-1]) + 1), cut + 1, prefix[cut:]
+    return *starting_with(prefix.lower()), cut + 1, prefix[cut:]
 
 
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:

@@ -54,6 +54,7 @@ from .base import (
     Window,
     claim_scan,
     known_search,
+    starting_with,
     tables_in_the_way,
     wrong_version,
 )
@@ -65,6 +66,7 @@ WORK_CHANNEL = "edgewarm_work"
 # The advisory lock held while the schema is created or migrated (an arbitrary constant).
 _UPGRADE_LOCK = 0x6564_6765_7761_726D  # "edgewarm"
 
+KEY_CHARS = 1024  # of a URL, in the index items_url (version 4)
 MIGRATIONS: tuple[str, ...] = (
     # version 1: the tables, columns and indexes of SQLiteStore's version 1
     """
@@ -128,9 +130,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX items_due;
     """,
     # version 4: a directory refresh finds the URLs known under it by a range of this index (known_urls), not by
-    # reading every item; byte order ("C"), whatever the database's collation
-    """
-    CREATE INDEX items_url ON items ((lower(url) COLLATE "C"));
+    # reading every item. Lower-cased and ordered as "C" does (A-Z only, byte order), whatever the database's
+    # locale (a Turkish one lower-cases I to a dotless i, U+0131); the first KEY_CHARS characters (a btree key holds at
+    # most 2,704 bytes: a longer URL could not be stored)
+    f"""
+    CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -248,9 +252,11 @@ _PUT_OFF = (
     "FOR UPDATE SKIP LOCKED)"
 )
 
+# The range of the index (the first KEY_CHARS characters), then of the whole URL and its path's case.
 KNOWN_URLS = (
-    'SELECT DISTINCT url FROM items WHERE lower(url) COLLATE "C" >= $1 AND lower(url) COLLATE "C" < $2 '
-    "AND substr(url, $3, length($4)) = $4 LIMIT $5"
+    f'SELECT DISTINCT url FROM items WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 '
+    f'AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 AND lower(url COLLATE "C") >= $3 '
+    'AND lower(url COLLATE "C") < $4 AND substr(url, $5, length($6)) = $6 LIMIT $7'
 )
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
@@ -841,7 +847,8 @@ class PostgresStore:
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:
             # A range of the index items_url in byte order, not LIKE (no escaping of % and _ to get wrong).
-            rows = await conn.fetch(KNOWN_URLS, *known_search(prefix), limit)
+            low, high, start, path = known_search(prefix)
+            rows = await conn.fetch(KNOWN_URLS, *starting_with(low[:KEY_CHARS]), low, high, start, path, limit)
         return [r[0] for r in rows]
 
     async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:
