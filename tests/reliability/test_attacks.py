@@ -661,6 +661,17 @@ def test_oversized_heads_and_slow_or_silent_clients_are_cut_off(tmp_path: Path) 
             service.port, head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(query) + query, wait=3.0
         )
         assert answer.startswith(b"HTTP/1.1 200 "), answer
+        # Blank lines before it, or a request before it in the same read: it was answered too.
+        for before in (b"\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"):
+            answer, _ = _raw_exchange_after(service.port, before + whole, wait=3.0)
+            # (the request before it may go unanswered: the 431 closes the connection at once)
+            assert answer.count(b"HTTP/1.1 ") <= before.count(b"GET") + 1, answer
+            assert answer.rsplit(b"HTTP/1.1 ", 1)[1].startswith(b"431 "), answer
+        # A body over the bound is no head, behind a request in the same read either (it was counted as one
+        # once that request was answered: 431).
+        listed = head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(query) + query
+        answer, _ = _raw_exchange_after(service.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + listed, wait=3.0)
+        assert answer.count(b"HTTP/1.1 200 ") == 2, answer
         # A head whole, its body not within request_timeout: closed with no word (before), 408 now.
         short, _ = _raw_exchange_after(service.port, head + b"Content-Length: 100\r\n\r\n{", wait=3.0)
         assert short.startswith(b"HTTP/1.1 408 "), short

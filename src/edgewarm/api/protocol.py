@@ -28,19 +28,27 @@ def bounded_protocol(request_seconds: float) -> type[BoundedHttpToolsProtocol]:
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"request_seconds": request_seconds})
 
 
+_IDLE, _HEAD, _BODY = range(3)  # where the parser is: between messages, in a head, in a body
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A head over MAX_HEAD_BYTES is answered 431, a request not whole within `request_seconds` (from the
     connection's start, or its first byte after the last answer) 408; a connection that sends nothing is
-    closed after as long; each closes the connection."""
+    closed after as long; each closes the connection.
+
+    The parser is fed a read's bytes in pieces: up to the end of a head (its blank line), and a body's bytes
+    by its Content-Length, so that every head is counted, however the reads cut the bytes (one read may end
+    a head, or hold a body's end and the next request's head) and whatever is answered meanwhile (an answer
+    given before the body arrives)."""
 
     request_seconds = 60.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0  # of the head being received (0 between requests)
-        self._in_head = True  # a request's head may be coming (and no request is being answered)
-        self._heads_done = 0  # heads completed, so that data_received sees whether one was in its bytes
-        self._tail = b""  # the last bytes of a head being received: its end may span two reads
+        self._state = _IDLE
+        self._head_bytes = 0  # of the head being received
+        self._tail = b""  # its last bytes: its end may span two reads
+        self._body_left: int | None = None  # of a body of a known length
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -51,39 +59,47 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline is None:
             self._arm()  # bytes of a next request (or of none: a client sending blank lines) are on the clock
-        if self._in_head and self._head_bytes + _head_part(self._tail, data) > MAX_HEAD_BYTES:
-            self._too_large()  # checked before the parser takes it: a head ending in these bytes is one too
-            return
-        heads_before, in_head = self._heads_done, self._in_head
-        super().data_received(data)
-        if self._heads_done != heads_before:
-            self._head_bytes, self._tail = 0, b""  # a head ended in these bytes: a next one is counted from here
-        elif in_head and self._in_head:
-            self._head_bytes += len(data)
-            self._tail = (self._tail + data)[-3:]
-
-    def _too_large(self) -> None:
-        if not self.transport.is_closing():
-            log.warning("a request head over %d bytes from %s: answered 431", MAX_HEAD_BYTES, _peer(self))
-            self.transport.write(_TOO_LARGE)
-            self.transport.close()
+        while data and not self.transport.is_closing():
+            if self._state == _BODY:
+                size = len(data) if not self._body_left else min(self._body_left, len(data))
+            else:
+                size = max(1, _head_part(self._tail if self._state == _HEAD else b"", data))
+                if self._head_bytes + size > MAX_HEAD_BYTES:
+                    self._too_large()
+                    return
+            piece, data = data[:size], data[size:]
+            super().data_received(piece)
+            if self._state == _HEAD:  # the head goes on in the next read
+                self._head_bytes += size
+                self._tail = (self._tail + piece)[-3:]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
+        self._state, self._head_bytes, self._tail, self._body_left = _HEAD, 0, b"", None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            self._body_left = int(value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._heads_done += 1
+        self._state = _BODY
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._body_left:
+            self._body_left -= len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        self._state = _IDLE
         self._disarm()  # the request is whole: answering it takes what it takes (a long poll, say)
         super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms uvicorn's keep-alive timeout for an idle connection
-        self._in_head = True
+    def _too_large(self) -> None:
+        log.warning("a request head over %d bytes from %s: answered 431", MAX_HEAD_BYTES, _peer(self))
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
 
     def _arm(self) -> None:
         self._deadline = self.loop.call_later(self.request_seconds, self._too_slow)
