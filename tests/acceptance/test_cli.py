@@ -696,9 +696,11 @@ def connected_to(pid: int, port: int | None) -> bool:
     return any(int(row[2].rpartition(":")[2], 16) == port and row[9] in sockets for row in rows)
 
 
-def test_ctrl_c_while_following_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_while_following_exits_130_or_143(tmp_path: Path, stop: int, code: int) -> None:
     """Ctrl-C in `watch` (or `submit --wait` following its tasks) said "Aborted!" and exited 1, which a script
-    reads as a task that failed; now "interrupted" and 130, as shells expect."""
+    reads as a task that failed, and SIGTERM said nothing; now "interrupted" and 130 or 143, as shells
+    expect."""
     with FaultServer(always(Respond(200, delay=30))) as node:
         nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
         with start_service(tmp_path, nodes) as service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
@@ -718,8 +720,8 @@ def test_ctrl_c_while_following_exits_130(tmp_path: Path) -> None:
                 deadline = time.monotonic() + 30
                 while not connected_to(watcher.pid, service.port) and time.monotonic() < deadline:
                     time.sleep(0.05)  # started, and following (it keeps its connection between looks)
-                watcher.send_signal(signal.SIGINT)
+                watcher.send_signal(stop)
                 _out, err = watcher.communicate(timeout=30)
             finally:
                 watcher.kill()
-    assert watcher.returncode == 130 and err.strip().endswith("interrupted"), (watcher.returncode, err)
+    assert watcher.returncode == code and err.strip().endswith("interrupted"), (watcher.returncode, err)

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 PREFIX = "EDGEWARM"  # of every option's environment variable
 
 
+class Terminated(BaseException):
+    """SIGTERM, taken as Ctrl-C is: the command's cleanup runs and it says so (commands that run a service
+    handle the signal themselves)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 class _Commands(click.Group):
-    """Ctrl-C ends any command with status 130, as shells expect (click said "Aborted!" and exited 1, which a
-    script reads as a task that failed)."""
+    """Ctrl-C ends any command with status 130 and SIGTERM with 143, as shells expect, saying "interrupted"
+    (click said "Aborted!" and exited 1, which a script reads as a task that failed; SIGTERM said nothing).
+    A command that can say more (where a sending stopped) catches them first."""
 
     def invoke(self, ctx: click.Context) -> object:
+        before = signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as stop:
             click.echo("interrupted", err=True)
-            raise SystemExit(130) from None
+            raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": PREFIX})

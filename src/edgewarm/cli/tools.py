@@ -8,7 +8,6 @@ EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_
 from __future__ import annotations
 
 import json
-import signal
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
 from .entries import checked, read_entries
-from .main import main
+from .main import Terminated, main
 from .watch import PATIENCE, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,14 +151,6 @@ def plan_calls(client: Client, entries: list[str], per_call: int | None, directo
     return [entries[i : i + size] for i in range(0, len(entries), size)]
 
 
-class _Terminated(BaseException):
-    """SIGTERM while sending: stopped as Ctrl-C stops it."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def send_in_calls(
     client: Client, calls: list[list[str]], send: Callable[[list[str]], str], wait: bool, patience: float
 ) -> None:
@@ -168,7 +159,6 @@ def send_in_calls(
     made tasks, which may have (the call under way), and from which on none was sent. With `wait`, follow the
     tasks and exit 1 if any failed."""
     taskids: list[str] = []
-    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         for chunk in calls:
             taskids.append(send(chunk))
@@ -177,11 +167,9 @@ def send_in_calls(
         if len(calls) == 1 and not exc.maybe_done:
             raise fail(exc) from None
         raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), exc.maybe_done)})") from None
-    except (KeyboardInterrupt, _Terminated) as stop:
+    except (KeyboardInterrupt, Terminated) as stop:  # SIGTERM is Terminated while a command runs (main.py)
         click.echo(f"interrupted: {_where(calls, len(taskids), True)}", err=True)
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
-    finally:
-        signal.signal(signal.SIGTERM, before)
     if wait:  # the task ids alone on stdout (for `watch $(…)`, say): the progress and the summary on stderr
         follow_to_the_end(client, taskids, patience=patience, console=output_console(stderr=True))
 
