@@ -52,22 +52,23 @@ class TargetUrl:
         return other.node_key.startswith(self.node_key) if whole else other.node_key == self.node_key
 
 
-def split_list(value: Any) -> list[str]:
-    """JD lists: a JSON array of strings, or one string separated by commas (in a form body, the array comes as
-    its JSON text: `["http://…","http://…"]`, read as the array). Blank entries are dropped."""
+def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL) -> list[str]:
+    """JD lists (of URLs, or of what `entry` names; refused with `code`): a JSON array of strings, or one string
+    separated by commas (in a form body, the array comes as its JSON text: `["http://…","http://…"]`, read as
+    the array). Blank entries are dropped."""
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise RequestRefused(JdCode.ILLEGAL_URL, "the URL list starts with '[' but is no JSON array") from None
+            raise RequestRefused(code, f"the {entry} list starts with '[' but is no JSON array") from None
     if isinstance(value, str):
         pieces = value.split(",")
     elif isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
-            raise RequestRefused(JdCode.ILLEGAL_URL, "every URL must be a string")
+            raise RequestRefused(code, f"every {entry} must be a string")
         pieces = value
     else:
-        raise RequestRefused(JdCode.ILLEGAL_URL, "the URL list must be an array of strings or a string")
+        raise RequestRefused(code, f"the {entry} list must be an array of strings or a string")
     return [p.strip() for p in pieces if p.strip()]
 
 

@@ -1101,7 +1101,7 @@ async def test_lookup_reads_its_body_as_the_jd_routes_do_after_the_credentials(a
     for body, error in [
         (b"{}", "parameters must not be empty"),
         (b'{"ids": []}', "taskids: a list of task ids is required"),
-        (b'{"taskids": [1]}', "taskids: must be an array of task ids (strings)"),
+        (b'{"taskids": [1]}', "every task id must be a string"),
         (orjson.dumps({"taskids": ["x"] * 1001}), "taskids: 1001 ids; at most 1000 in one call"),
     ]:
         response = await lookup(body, "application/json")

@@ -6,7 +6,6 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -16,7 +15,7 @@ from ..config import User
 from ..errors import JdCode, RequestRefused, TaskNotFound
 from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
-from ..urls import has_controls
+from ..urls import has_controls, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url
 from .body import read_params
@@ -136,24 +135,16 @@ class Lookup(BaseModel):
 
 
 def lookup_ids(params: dict[str, Any]) -> list[str]:
-    """The task ids of a lookup's body: a JSON array or a form's repeated field, or one string of ids separated by
-    ',' (as JD's URL lists may be); each once, whichever of its spellings (36 or 32 characters) came, in the order
-    first asked; what is no task id is left out, as an unknown id is."""
+    """The task ids of a lookup's body, read as a JD list is (urls.split_list: a JSON array, a form's repeated
+    field or its JSON text, or one string separated by ','); each once, whichever of its spellings (36 or 32
+    characters) came, in the order first asked; what is no task id is left out, as an unknown id is."""
     value = params.get("taskids")
     if value is None:
         raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: a list of task ids is required")
-    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON array in a form's field
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: starts with '[' but is no JSON array") from None
-    elif isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RequestRefused(JdCode.PARAMS_EMPTY, "taskids: must be an array of task ids (strings)")
-    if len(value) > MAX_LOOKUP:
-        raise RequestRefused(JdCode.PARAMS_EMPTY, f"taskids: {len(value)} ids; at most {MAX_LOOKUP} in one call")
-    return list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in value) if i is not None))
+    listed = split_list(value, "task id", JdCode.PARAMS_EMPTY)
+    if len(listed) > MAX_LOOKUP:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"taskids: {len(listed)} ids; at most {MAX_LOOKUP} in one call")
+    return list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in listed) if i is not None))
 
 
 def native_router(service: Service) -> APIRouter:
