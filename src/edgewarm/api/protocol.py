@@ -124,10 +124,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 def _head_part(tail: bytes, data: bytes) -> int:
     """How many bytes of `data` belong to the head being received (`tail`: its last bytes so far): up to the
-    blank line that ends it (CRLF or LF line ends), or all of them."""
+    blank line that ends it (CRLF or LF line ends), or all of them. A bare LF one is looked for before a CRLF
+    one only: not through the body behind it."""
     joined = tail + data
-    ends = [found + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (found := joined.find(blank)) >= 0]
-    return min(ends) - len(tail) if ends else len(data)
+    crlf = joined.find(b"\r\n\r\n")
+    lf = joined.find(b"\n\n", 0, len(joined) if crlf < 0 else crlf)
+    if lf >= 0:
+        return lf + 2 - len(tail)
+    return len(data) if crlf < 0 else crlf + 4 - len(tail)
 
 
 def _peer(protocol: HttpToolsProtocol) -> str:

@@ -131,8 +131,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # version 4: a directory refresh finds the URLs known under it by a range of this index (known_urls), not by
     # reading every item. Lower-cased and ordered as "C" does (A-Z only, byte order), whatever the database's
-    # locale (a Turkish one lower-cases I to a dotless i, U+0131); the first KEY_CHARS characters (a btree key holds at
-    # most 2,704 bytes: a longer URL could not be stored)
+    # locale (a Turkish one lower-cases I to a dotless i, U+0131); the first KEY_CHARS characters (a btree key
+    # holds at most 2,704 bytes: a longer URL could not be stored)
     f"""
     CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
     """,
