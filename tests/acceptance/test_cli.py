@@ -210,7 +210,7 @@ def test_a_call_larger_than_the_server_takes_says_what_to_do(lab: Lab, tmp_path:
 
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:
     """100 URLs in calls of 40, the 70th a foreign domain: the first call's task id is printed, and the error
-    says call 2 of 3 was refused and no task was made from #41 (named) on (before: only the refusal)."""
+    says call 2 of 3 was refused and no task was made from line 41 (named) on (before: only the refusal)."""
     from edgewarm.testing.service import start_service
 
     urls = [f"http://{DEFAULT_HOST}/cli-mid/{n}" for n in range(100)]
@@ -218,7 +218,9 @@ def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path:
     with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 40\n") as service:
         result = run(["submit"], credentials_env(service, tmp_path), stdin="\n".join(urls) + "\n")
     assert result.returncode == 1 and len(result.stdout.split()) == 1, result.stdout
-    said = "(1 of 3 calls made tasks (ids above): entries #1-#40; call 2 was refused; no task made: #41-#100, "
+    said = (
+        "(1 of 3 calls made tasks (ids above): stdin lines 1-40; call 2 was refused; no task made: stdin lines 41-100, "
+    )
     said += f"from {urls[40]} on)"
     assert said in result.stderr, result.stderr
 
@@ -613,9 +615,9 @@ def test_a_submit_stopped_by_sigterm_has_printed_every_task_it_made_and_says_whe
     assert code == 143 and len(printed[0]) == 36, (code, printed, err)
     assert set(printed) <= {t["taskid"] for t in made} and len(made) - len(printed) in (0, 1), (printed, made)
     n = len(printed)
-    made = "entry #1" if n == 1 else f"entries #1-#{n}"
-    said = f"interrupted: {n} of 300 calls made tasks (ids above): {made}; call {n + 1} (#{n + 1}) may have"
-    assert said in err and f"not sent: #{n + 2}-#300, from {urls[n + 1]} on" in err, err
+    made = "stdin line 1" if n == 1 else f"stdin lines 1-{n}"
+    said = f"interrupted: {n} of 300 calls made tasks (ids above): {made}; call {n + 1} (stdin line {n + 1}) may have"
+    assert said in err and f"not sent: stdin lines {n + 2}-300, from {urls[n + 1]} on" in err, err
 
 
 def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_path: Path) -> None:
@@ -638,7 +640,9 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
         latin1.write_bytes("\n".join(good[:5]).encode() + b"\nhttp://www.example.test/caf\xe9\n")
         refusals = {
             "latin1": run(["submit", "-f", str(latin1)], env),
-            "illegal": run(["submit"], env, stdin="\n".join([*good[:20], "http://www.example.test/%zz", *good[20:]])),
+            "illegal": run(
+                ["submit"], env, stdin="\n".join(["# a comment", *good[:20], "http://www.example.test/%zz", *good[20:]])
+            ),
             "quota": run(["submit"], env, stdin="\n".join(good + [u + "?more" for u in good[:11]])),
             "per-call": run(["submit", "--per-call", "11", *good[:3]], env),
             "not a dir": run(["refresh", "--dir", f"http://{DEFAULT_HOST}/d1/", f"http://{DEFAULT_HOST}/d2"], env),
@@ -653,13 +657,13 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
     assert refusals["latin1"].returncode == 1
     assert f"{latin1}, line 6: not UTF-8 text (nothing was sent)" in refusals["latin1"].stderr
     assert refusals["illegal"].returncode == 1
-    assert "1 of the entries cannot be sent, nothing was: #21: illegal URL 'http://www.example.test/%zz'" in (
+    assert "1 of the entries cannot be sent, nothing was: stdin line 22: illegal URL 'http://www.example.test/%zz'" in (
         refusals["illegal"].stderr
     )
     assert refusals["quota"].returncode == 1
     assert "41 URLs, but 40 of today's 40 are left" in refusals["quota"].stderr, refusals["quota"].stderr
     assert refusals["not a dir"].returncode == 1
-    said = f"#2: a directory must end with '/' (and have no query): http://{DEFAULT_HOST}/d2"
+    said = f"argument 2: a directory must end with '/' (and have no query): http://{DEFAULT_HOST}/d2"
     assert said in refusals["not a dir"].stderr, refusals["not a dir"].stderr
     assert refusals["per-call"].returncode == 2
     assert "--per-call 11 is over your limit of 10 URLs per call" in refusals["per-call"].stderr

@@ -2,30 +2,60 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import click
 import httpx
 import pytest
 
+from edgewarm.cli.entries import ARGUMENT, Entry, checked, read_entries
 from edgewarm.cli.tools import _where
 from edgewarm.client import _transport_error
 
-CALLS = [["a1", "a2"], ["b1", "b2"], ["c1"]]
+# Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
+CALLS = [
+    [Entry("a1", ARGUMENT, 1), Entry("a2", ARGUMENT, 2)],
+    [Entry("b1", "urls.txt", 1), Entry("b2", "urls.txt", 3)],
+    [Entry("c1", "urls.txt", 4)],
+]
 
 
 def test_a_refused_call_made_no_task_and_the_entries_from_it_on_are_named() -> None:
     assert _where(CALLS, 1, under_way=False) == (
-        "1 of 3 calls made tasks (ids above): entries #1-#2; call 2 was refused; no task made: #3-#5, from b1 on"
+        "1 of 3 calls made tasks (ids above): arguments 1-2; call 2 was refused; no task made: urls.txt lines 1-4, "
+        "from b1 on"
     )
 
 
 def test_a_call_without_an_answer_may_have_made_its_task_and_the_rest_were_not_sent() -> None:
     """Before: "call 2 was refused: the entries from #3 on were not sent", though the server had made its task."""
     assert _where(CALLS, 1, under_way=True) == (
-        "1 of 3 calls made tasks (ids above): entries #1-#2; call 2 (#3-#4) may have made one: `edgewarm tasks` "
-        "lists it; not sent: #5, from c1 on"
+        "1 of 3 calls made tasks (ids above): arguments 1-2; call 2 (urls.txt lines 1-3) may have made one: "
+        "`edgewarm tasks` lists it; not sent: urls.txt line 4, from c1 on"
     )
-    assert _where(CALLS, 0, under_way=True).startswith("no call made a task; call 1 (#1-#2) may have made one")
-    assert _where(CALLS, 2, under_way=True).endswith("call 3 (#5) may have made one: `edgewarm tasks` lists it")
-    assert _where(CALLS, 3, under_way=True) == "3 of 3 calls made tasks (ids above): entries #1-#5"
+    assert _where(CALLS, 0, under_way=True).startswith("no call made a task; call 1 (arguments 1-2) may have made")
+    assert _where(CALLS, 2, under_way=True).endswith(
+        "call 3 (urls.txt line 4) may have made one: `edgewarm tasks` lists it"
+    )
+    assert _where(CALLS, 3, under_way=True) == "3 of 3 calls made tasks (ids above): argument 1 to urls.txt line 4"
+
+
+def test_entries_are_named_by_the_line_they_were_given_on(tmp_path: Path) -> None:
+    """Before: `#N`, the N-th entry, which is not the file's line N once blank lines and comments are left out
+    (a user looking for "#3" in this file found a comment there)."""
+    listed = tmp_path / "urls.txt"
+    listed.write_text("# release 7\nhttp://a.test/1\n\nhttp://a.test/%zz\nhttp://a.test/3\n")
+    entries = read_entries(["http://a.test/0"], str(listed))
+    assert [(str(e), e.text) for e in entries] == [
+        ("argument 1", "http://a.test/0"),
+        (f"{listed} line 2", "http://a.test/1"),
+        (f"{listed} line 4", "http://a.test/%zz"),
+        (f"{listed} line 5", "http://a.test/3"),
+    ]
+    with pytest.raises(click.ClickException) as refused:
+        checked(entries)
+    said = f"1 of the entries cannot be sent, nothing was: {listed} line 4: illegal URL 'http://a.test/%zz'"
+    assert refused.value.message.startswith(said), refused.value.message
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """The entries (URLs or directories) `submit` and `refresh` send: read, checked and made distinct before any call,
-so that a list that cannot go whole is refused whole, not half sent."""
+so that a list that cannot go whole is refused whole, not half sent. Each entry keeps where it was given (an
+argument's number, a file's line), so that what is refused, and where a sending stopped, is said in the places
+the user can find."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import click
@@ -15,9 +18,34 @@ from ..urls import parse_url
 _BOM = b"\xef\xbb\xbf"  # what Windows editors put before UTF-8 text
 _ANY_LENGTH = 1 << 30  # the server checks the length against its own [api] max_url_length
 SHOWN = 3  # entries named in a refusal; the others are counted
+ARGUMENT = ""  # Entry.source of the command line's arguments
 
 
-def read_entries(args: Iterable[str], file: str | None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A URL or directory as given, and where: the command line's argument `number`, or line `number` of the
+    file `source` ("stdin" for standard input)."""
+
+    text: str
+    source: str
+    number: int
+
+    def __str__(self) -> str:
+        return f"argument {self.number}" if self.source == ARGUMENT else f"{self.source} line {self.number}"
+
+
+def span(first: Entry, last: Entry) -> str:
+    """Where a run of entries was given: `argument 3`, `urls.txt lines 3-250`, `argument 2 to urls.txt line 9`."""
+    if first == last:
+        return str(first)
+    if first.source != last.source:
+        return f"{first} to {last}"
+    if first.source == ARGUMENT:
+        return f"arguments {first.number}-{last.number}"
+    return f"{first.source} lines {first.number}-{last.number}"
+
+
+def read_entries(args: Iterable[str], file: str | None) -> list[Entry]:
     """URLs from the arguments, then from --file (- for stdin), or from stdin when neither is given: one per
     line, blank lines and lines starting with '#' left out, a UTF-8 byte order mark too. Text that is not
     UTF-8 is refused, naming its line."""
@@ -28,7 +56,7 @@ def read_entries(args: Iterable[str], file: str | None) -> list[str]:
         except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (the OS's surrogate escapes)
             raise click.UsageError(f"argument {number} is not UTF-8 text") from None
         if arg.strip():
-            entries.append(arg.strip())
+            entries.append(Entry(arg.strip(), ARGUMENT, number))
     if file == "-" or (file is None and not entries and not sys.stdin.isatty()):
         entries += _lines(sys.stdin.buffer, "stdin")
     elif file is not None:
@@ -42,7 +70,7 @@ def read_entries(args: Iterable[str], file: str | None) -> list[str]:
     return entries
 
 
-def _lines(stream: BinaryIO, name: str) -> list[str]:
+def _lines(stream: BinaryIO, name: str) -> list[Entry]:
     found = []
     for number, raw in enumerate(stream.read().removeprefix(_BOM).split(b"\n"), 1):
         try:
@@ -50,27 +78,27 @@ def _lines(stream: BinaryIO, name: str) -> list[str]:
         except UnicodeDecodeError:
             raise click.ClickException(f"{name}, line {number}: not UTF-8 text (nothing was sent)") from None
         if line and not line.startswith("#"):
-            found.append(line)
+            found.append(Entry(line, name, number))
     return found
 
 
-def checked(entries: list[str], directories: bool = False) -> list[str]:
+def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
     """`entries`, each object once, in its first place; the whole list refused when an entry is not a URL (its
     syntax: the server's own check, done here first) or, with `directories`, not a directory: nothing is sent.
-    The first few refused are named with their place in the list; the domains and the length are the server's
+    The first few refused are named with where they were given; the domains and the length are the server's
     to check, at its call. An object given twice, in any spelling the server takes for one (a host's case, a
     default port), is left out (said, with a count): it would be warmed and charged twice, or, in one call,
     refuse it."""
     bad: list[str] = []
-    seen: dict[str, str] = {}
-    for place, entry in enumerate(entries, 1):
+    seen: dict[str, Entry] = {}
+    for entry in entries:
         try:
-            target = parse_url(entry, _ANY_LENGTH)
+            target = parse_url(entry.text, _ANY_LENGTH)
         except RequestRefused as exc:
-            bad.append(f"#{place}: {exc.message}")
+            bad.append(f"{entry}: {exc.message}")
             continue
         if directories and not target.is_dir:
-            bad.append(f"#{place}: a directory must end with '/' (and have no query): {entry}")
+            bad.append(f"{entry}: a directory must end with '/' (and have no query): {entry.text}")
         seen.setdefault(target.cache_key, entry)
     if bad:
         more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""

@@ -22,7 +22,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
-from .entries import checked, read_entries
+from .entries import Entry, checked, read_entries, span
 from .main import Terminated, main
 from .watch import PATIENCE, follow, output_console, status_text
 
@@ -128,7 +128,9 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     return Credentials(str(server), str(username), str(secret), timezone)
 
 
-def plan_calls(client: Client, entries: list[str], per_call: int | None, directories: bool = False) -> list[list[str]]:
+def plan_calls(
+    client: Client, entries: list[Entry], per_call: int | None, directories: bool = False
+) -> list[list[Entry]]:
     """The calls that send `entries` (checked and made distinct first: entries.py), in the user's per-call limit
     as the server states it (JD's default when it cannot say); a --per-call over that limit, or more entries
     than the day's quota has left, is refused before any call."""
@@ -152,7 +154,7 @@ def plan_calls(client: Client, entries: list[str], per_call: int | None, directo
 
 
 def send_in_calls(
-    client: Client, calls: list[list[str]], send: Callable[[list[str]], str], wait: bool, patience: float
+    client: Client, calls: list[list[Entry]], send: Callable[[list[str]], str], wait: bool, patience: float
 ) -> None:
     """One task per call, each id printed as soon as its call made it (a pipe, or a process killed later,
     has it). A call refused, one without an answer, Ctrl-C or SIGTERM stops the sending, saying which entries
@@ -161,7 +163,7 @@ def send_in_calls(
     taskids: list[str] = []
     try:
         for chunk in calls:
-            taskids.append(send(chunk))
+            taskids.append(send([entry.text for entry in chunk]))
             click.echo(taskids[-1])
     except ClientError as exc:
         if len(calls) == 1 and not exc.maybe_done:
@@ -174,30 +176,26 @@ def send_in_calls(
         follow_to_the_end(client, taskids, patience=patience, console=output_console(stderr=True))
 
 
-def _where(calls: list[list[str]], made: int, under_way: bool) -> str:
+def _where(calls: list[list[Entry]], made: int, under_way: bool) -> str:
     """Where a sending stopped: the calls that made tasks, the one that may have (`under_way`: no answer came)
-    or was refused, and the first entry that made none (by its place in the list, and itself)."""
+    or was refused, and the first entry that made none (where it was given, and itself). Entries are named by
+    where they were given (entries.span): with duplicates left out, a call's span may hold lines it did not send."""
     flat = [entry for chunk in calls for entry in chunk]
     done = sum(len(chunk) for chunk in calls[:made])
-    entries = f"entr{'y' if done == 1 else 'ies'} {_span(1, done)}"
-    told = [f"{made} of {len(calls)} calls made tasks (ids above): {entries}" if made else "no call made a task"]
+    told = [f"{made} of {len(calls)} calls made tasks (ids above): {span(flat[0], flat[done - 1])}" if made
+            else "no call made a task"]  # fmt: skip
     if made == len(calls):
         return told[0]
     if under_way:
         end = done + len(calls[made])
-        told.append(f"call {made + 1} ({_span(done + 1, end)}) may have made one: `edgewarm tasks` lists it")
+        told.append(f"call {made + 1} ({span(flat[done], flat[end - 1])}) may have made one: `edgewarm tasks` lists it")
         done = end
     else:
         told.append(f"call {made + 1} was refused")
     if done < len(flat):
         fate = "not sent" if under_way else "no task made"
-        told.append(f"{fate}: {_span(done + 1, len(flat))}, from {flat[done]} on")
+        told.append(f"{fate}: {span(flat[done], flat[-1])}, from {flat[done].text} on")
     return "; ".join(told)
-
-
-def _span(first: int, last: int) -> str:
-    """Entries by their places in the list: `#3`, `#3-#5`."""
-    return f"#{first}" if first == last else f"#{first}-#{last}"
 
 
 def follow_to_the_end(
