@@ -1,7 +1,8 @@
 """Webhooks: when a task that carries a callback URL ends, POST its summary there, signed.
 
 The signature is `X-Edgewarm-Signature: sha256=<hex HMAC-SHA256 of the exact body, keyed with the user's
-secret>`; receivers check it with `verify_webhook`. Only hosts listed in `[webhooks] allowed_hosts` may be
+secret>`; receivers check it with `verify_webhook`. The body's `sent_at` (the POST's time, signed with the rest)
+lets them refuse an old one replayed (`max_age`). Only hosts listed in `[webhooks] allowed_hosts` may be
 called back, checked when the task is submitted.
 """
 
@@ -15,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +32,7 @@ from .retention import first_of
 from .store import redacted
 from .store.base import DUE_SLACK_SECONDS
 from .urls import has_user_info, is_plain, masked_query
-from .views import task_summary
+from .views import iso, task_summary
 
 if TYPE_CHECKING:
     from .config import Config
@@ -57,9 +59,21 @@ def sign_webhook(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def verify_webhook(body: bytes, secret: str, header: str) -> bool:
-    """For receivers: True when `header` is the signature of `body` with `secret`."""
-    return hmac.compare_digest(sign_webhook(body, secret), header.strip())
+def verify_webhook(
+    body: bytes, secret: str, header: str, *, max_age: float | None = None, now: float | None = None
+) -> bool:
+    """For receivers: True when `header` is the signature of `body` with `secret` and, with `max_age`, the body's
+    `sent_at` is at most `max_age` seconds from `now` (default: this machine's clock), either way: a POST
+    captured and sent again later is refused once it is that old."""
+    if not hmac.compare_digest(sign_webhook(body, secret), header.strip()):
+        return False
+    if max_age is None:
+        return True
+    try:
+        sent = datetime.fromisoformat(orjson.loads(body)["sent_at"]).timestamp()
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
+    return abs((time.time() if now is None else now) - sent) <= max_age
 
 
 MAX_CALLBACK_URL = 2048
@@ -194,7 +208,8 @@ class WebhookDeliverer:
             error = f"callback_url host {host!r} is no longer allowed ([webhooks] allowed_hosts in the config)"
             given_up = True
         else:
-            body = orjson.dumps({**task_summary(task, self.config.api.language), "username": task.username})
+            summary = task_summary(task, self.config.api.language)
+            body = orjson.dumps({**summary, "username": task.username, "sent_at": iso(self._clock())})
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,

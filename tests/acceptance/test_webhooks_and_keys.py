@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from edgewarm.client import Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, start_service
-from edgewarm.webhooks import SIGNATURE_HEADER, verify_webhook
+from edgewarm.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook
 
 from .support import Receiver
 
@@ -36,13 +37,25 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_a_webhook_arrives_signed_after_a_retry(client: Client, lab: Lab, receiver: Receiver) -> None:
-    """The task's summary is POSTed when it ends, signed with HMAC-SHA256 of the body; a 500 is retried."""
+    """The task's summary is POSTed when it ends, signed with HMAC-SHA256 of the body; a 500 is retried. Each POST
+    carries its time, signed with the rest: a receiver refuses one replayed later (before: no time in it, so a
+    captured POST verified for ever)."""
     (path,) = lab.make_files(1, 32, prefix="/hook/")
     taskid = client.prefetch([f"http://{DEFAULT_HOST}{path}"], callback_url=receiver.url)
     receiver.wait_for(2)
     for body, headers in receiver.calls[:2]:
         assert verify_webhook(body, DEMO_SECRET, headers[SIGNATURE_HEADER])
         assert not verify_webhook(body, "another secret", headers[SIGNATURE_HEADER])
+        sent = datetime.fromisoformat(json.loads(body)["sent_at"]).timestamp()
+        assert abs(sent - time.time()) < 60
+        assert verify_webhook(body, DEMO_SECRET, headers[SIGNATURE_HEADER], max_age=300)
+        assert not verify_webhook(body, DEMO_SECRET, headers[SIGNATURE_HEADER], max_age=300, now=sent + 301)
+        older = body.replace(json.loads(body)["sent_at"].encode(), b"2026-01-01T00:00:00.000+00:00")
+        assert not verify_webhook(older, DEMO_SECRET, headers[SIGNATURE_HEADER], max_age=300, now=sent)
+    assert receiver.calls[0][0] != receiver.calls[1][0]  # each attempt its own time
+    undated = b'{"taskid": "x"}'  # signed, but with no time to check: refused when one is asked for
+    assert verify_webhook(undated, DEMO_SECRET, sign_webhook(undated, DEMO_SECRET))
+    assert not verify_webhook(undated, DEMO_SECRET, sign_webhook(undated, DEMO_SECRET), max_age=300)
     summary = json.loads(receiver.calls[1][0])
     assert (summary["taskid"], summary["status"], summary["succeeded"], summary["total"]) == (taskid, 0, 3, 3)
     assert summary["username"] == DEMO_USER
