@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, checked, read_entries
-from edgewarm.cli.tools import _where
+from edgewarm.cli.tools import _where, plan_calls
 from edgewarm.client import _transport_error
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
@@ -70,3 +70,25 @@ def test_entries_are_named_by_the_line_they_were_given_on(tmp_path: Path) -> Non
 )
 def test_a_call_may_have_made_its_task_unless_no_connection_was_made(error: httpx.HTTPError, maybe: bool) -> None:
     assert _transport_error(error, "http://127.0.0.1:1").maybe_done is maybe
+
+
+class _Silent:
+    """A client whose server never answers: each call fails as httpx's read timeout does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def quota(self) -> dict[str, object]:
+        self.calls += 1
+        raise _transport_error(httpx.ReadTimeout("timed out"), "http://127.0.0.1:1")
+
+
+def test_a_server_that_does_not_answer_the_quota_ends_the_sending_before_any_call() -> None:
+    """Before: the quota's call waited out the client's timeout (30 s), then the first submission waited as long
+    again before saying the server did not answer."""
+    silent = _Silent()
+    with pytest.raises(click.ClickException) as refused:
+        plan_calls(silent, [Entry("http://a.test/1", ARGUMENT, 1)], None)  # type: ignore[arg-type]
+    assert silent.calls == 1
+    assert refused.value.message.startswith("no answer from http://127.0.0.1:1: ReadTimeout")
+    assert refused.value.message.endswith("(nothing was sent)")

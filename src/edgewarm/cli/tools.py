@@ -133,13 +133,17 @@ def plan_calls(
 ) -> list[list[Entry]]:
     """The calls that send `entries` (checked and made distinct first: entries.py), in the user's per-call limit
     as the server states it (JD's default when it cannot say); a --per-call over that limit, or more entries
-    than the day's quota has left, is refused before any call."""
+    than the day's quota has left, is refused before any call. A server that does not answer the quota's call
+    at all ends it there (the first call would wait as long again for nothing)."""
     entries = checked(entries, directories)
     kind, what = ("dirs", "directories") if directories else ("urls", "URLs")
     try:
         quota = client.quota()
         limit, left, day = int(quota[f"{kind}_per_call"]), int(quota[kind]["left"]), int(quota[kind]["limit"])
-    except (ClientError, KeyError, TypeError, ValueError):  # the submission's own call says why, if it fails too
+    except (ClientError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ClientError) and exc.http_status is None:  # no answer: not reached, or silent (frozen)
+            raise click.ClickException(f"{exc.message} (nothing was sent)") from None
+        # An answer without the quota (a proxy's, an older server's): JD's limits; the calls say why, if they fail.
         quota, limit, left, day = None, (5 if directories else 100), len(entries), 0
     if per_call is not None and quota and per_call > limit:
         raise click.UsageError(f"--per-call {per_call} is over your limit of {limit} {what} per call")
