@@ -159,7 +159,7 @@ class ItemOutcome:
     http_status: int | None = None
     cache_state: str | None = None
     bytes: int | None = None
-    error: str | None = None
+    error: str | None = None  # why it failed (or waits); for a success, what it did where no answer says it
     # Set when the failure is worth another try: the item goes back to PENDING, due at this time.
     retry_at: float | None = None
 

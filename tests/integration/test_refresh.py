@@ -81,15 +81,26 @@ def test_file_refresh_makes_the_next_request_a_miss_on_nginx_and_varnish(service
 
 
 def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceProcess, lab: Lab) -> None:
-    """A dir refresh of /d/ purges /d/a, /d/sub/b on every node (Varnish ban, nginx one by one); /other stays."""
+    """A dir refresh of /d/ purges /d/a, /d/sub/b on every node (Varnish ban, nginx one by one); /other stays.
+    Each nginx item notes how many URLs it purged (before: nothing, so a directory edgewarm knew no URL under,
+    purged of nothing, looked the same as one purged whole)."""
     inside = ["/d/a.bin", "/d/sub/b.bin"]
     outside = ["/other/c.bin", "/dd/e.bin"]
     for path in inside + outside:
         lab.write_file(path, path.encode() * 10)
     warm(service, inside + outside)
-    view = finish(service, refresh(service, [url_of("/d/")], "dir"))
+    view = finish(service, refresh(service, [url_of("/d/"), url_of("/never/")], "dir"))
     assert view["status"] == 0, view["items"]
     assert {i["action"] for i in view["items"]} == {"purge_dir"}
+    kinds = {node.name: node.kind for node in lab.cache_nodes()}
+    notes = {(i["url"].split("/")[-2], kinds[i["node"]], i["note"], i["error"]) for i in view["items"]}  # type: ignore[index]
+    assert notes == {
+        ("d", "nginx", "purged 2 of the 2 URLs known at or under the directory", None),
+        ("never", "nginx", "no URL at or under the directory is known to edgewarm (this node has no prefix purge: "
+         "the URLs edgewarm warmed or refreshed are purged one by one)", None),
+        ("d", "varnish", None, None),
+        ("never", "varnish", None, None),
+    }, view["items"]  # fmt: skip
     for path in inside:
         assert set(states(lab, path).values()) == {"MISS"}, path
     for path in outside:

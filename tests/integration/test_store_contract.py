@@ -847,6 +847,12 @@ class TestWork:
         assert await store.known_urls("http://h.test/a%", 10) == ["http://h.test/a%_x"]
         assert len(await store.known_urls("http://h.test/", 3)) == 3
         assert await store.known_urls("http://other.test/", 10) == []
+        # A directory refreshed is no object cached: its own item is not known (a refresh of a directory edgewarm
+        # knew nothing under found itself, "purged 1 of the 1 URLs known"); a file purge's URL is.
+        purges = (NewItem(0, "http://h.test/c/", "e1", ItemAction.PURGE_DIR, 0),
+                  NewItem(1, "http://h.test/c/f", "e1", ItemAction.PURGE, 0))  # fmt: skip
+        await store.create_task(make_task(2, items=purges))
+        assert await store.known_urls("http://h.test/c/", 10) == ["http://h.test/c/f"]
 
     async def test_urls_of_any_length_the_api_takes_are_stored_and_found(self, store: TaskStore) -> None:
         """PostgreSQL's index of the URLs refused a URL over ~2,700 characters (its btree keys are at most 2,704

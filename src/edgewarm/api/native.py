@@ -24,6 +24,8 @@ from .schemas import NativeError, QuotaView, TaskList, TaskView
 
 
 def item_view(item: Item) -> dict[str, object]:
+    # The store keeps one text per item: why it failed or waits, or what a succeeded one did (outcome.py).
+    done = item.state is ItemState.SUCCEEDED
     return {
         "url": item.url,
         "node": item.node,
@@ -33,7 +35,8 @@ def item_view(item: Item) -> dict[str, object]:
         "cache_state": item.cache_state,
         "bytes": item.bytes,
         "attempts": item.attempts,
-        "error": item.error,
+        "error": None if done else item.error,
+        "note": item.error if done else None,
         "updated_at": iso(item.updated_at),
     }
 

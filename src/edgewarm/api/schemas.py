@@ -81,7 +81,11 @@ class ItemView(BaseModel):
     cache_state: str | None = Field(description="HIT, MISS, EXPIRED, BYPASS… as the node reported it")
     bytes: int | None
     attempts: int
-    error: str | None
+    error: str | None = Field(description="why it failed, or why it waits (pending)")
+    note: str | None = Field(
+        description="what a succeeded item did, where one answer does not say it (a directory "
+        "purged URL by URL: how many URLs)"
+    )
     updated_at: str | None
 
 

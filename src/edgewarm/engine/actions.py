@@ -147,7 +147,12 @@ async def _purge_dir(
     unreadable = [f for f in failures if f[1].status in purge.UNREADABLE]
     if unreadable and len(unreadable) < len(known):
         failures = [f for f in failures if f[1].status not in purge.UNREADABLE]
-    summary = f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
+    summary = (
+        f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
+        if known
+        else "no URL at or under the directory is known to edgewarm (this node has no prefix purge: the URLs "
+        "edgewarm warmed or refreshed are purged one by one)"
+    )
     if any(len(urls) >= KNOWN_URLS_LIMIT for urls in found):  # there may be more: not all purged, not a success
         raise purge.Unsupported(
             f"{summary}, the first {KNOWN_URLS_LIMIT:,} in one spelling: more may be cached under it; refresh its "

@@ -134,9 +134,10 @@ def purge_outcome(
     detail: str | None = None,
     rng: random.Random | None = None,
 ) -> ItemOutcome:
-    """Judge a purge (or a directory purge made of several, summed up in `result` and `detail`)."""
+    """Judge a purge (or a directory purge made of several, summed up in `result` and `detail`: kept as the
+    item's note when it succeeded, the error's start when not)."""
     if verdict in (Verdict.PURGED, Verdict.NOT_CACHED):
-        return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes)
+        return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes, detail)
     error = detail or result.error or f"HTTP {result.status}"
     if verdict is Verdict.REFUSED:
         why = (

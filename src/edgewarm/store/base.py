@@ -290,7 +290,8 @@ class TaskStore(Protocol):
         ...
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
-        """Distinct URLs of any task that start with `prefix`, ignoring case (a directory refresh on a node
+        """Distinct URLs of any task's warms and file purges (a directory's purge is no sign of an object cached
+        there) that start with `prefix`, ignoring case (a directory refresh on a node
         without prefix purge purges each of them; it keeps those whose cache key is under the directory's: the
         host in any case, the path as it is)."""
         ...

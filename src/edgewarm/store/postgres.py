@@ -256,7 +256,7 @@ _PUT_OFF = (
 KNOWN_URLS = (
     f'SELECT DISTINCT url FROM items WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 '
     f'AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 AND lower(url COLLATE "C") >= $3 '
-    'AND lower(url COLLATE "C") < $4 AND substr(url, $5, length($6)) = $6 LIMIT $7'
+    "AND lower(url COLLATE \"C\") < $4 AND substr(url, $5, length($6)) = $6 AND action <> 'purge_dir' LIMIT $7"
 )
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "

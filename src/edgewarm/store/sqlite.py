@@ -804,7 +804,7 @@ _PUT_OFF = (
 )
 KNOWN_URLS = (
     "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 AND substr(url, ?3, length(?4)) = ?4 "
-    "LIMIT ?5"
+    "AND action <> 'purge_dir' LIMIT ?5"
 )
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
