@@ -80,6 +80,21 @@ def test_file_refresh_makes_the_next_request_a_miss_on_nginx_and_varnish(service
     assert set(states(lab, paths[1]).values()) == {"HIT"}
 
 
+def test_an_answer_varnish_will_not_store_is_not_reported_warmed_there(service: ServiceProcess, lab: Lab) -> None:
+    """`Surrogate-Control: no-store`: Varnish's built-in VCL does not store the answer (before: its warm
+    succeeded on the one MISS, and the node stayed cold); nginx ignores it and stores it. The MISS is looked at
+    once more on every node: nginx's second answer is a HIT, Varnish's a MISS again, said so."""
+    lab.write_file("/surrogate-no-store/s.bin", b"s" * 100)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        taskid = client.prefetch([url_of("/surrogate-no-store/s.bin")])
+        assert client.wait(taskid, timeout=60)["status"] == 2
+        items = client.task(taskid)["items"]
+    kinds = {node.name: node.kind for node in lab.cache_nodes()}
+    outcomes = {(kinds[i["node"]], i["state"], i["error"]) for i in items}
+    why = "not cached after the warm: MISS again (its answer said Surrogate-Control: no-store)"
+    assert outcomes == {("nginx", "succeeded", None), ("varnish", "failed", why)}, items
+
+
 def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceProcess, lab: Lab) -> None:
     """A dir refresh of /d/ purges /d/a, /d/sub/b on every node (Varnish ban, nginx one by one); /other stays.
     Each nginx item notes how many URLs it purged (before: nothing, so a directory edgewarm knew no URL under,

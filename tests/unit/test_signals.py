@@ -93,6 +93,15 @@ def test_squid_ats_and_varnish_are_read_in_x_cache_before_a_parents_x_cache_stat
     assert cache_state(CIMultiDict({"X-Cache-Status": "HIT"}), kind) is CacheState.HIT  # no X-Cache: as before
 
 
+def test_a_varnish_node_is_read_in_its_own_x_varnish_before_an_x_cache_it_passes_on() -> None:
+    """A Varnish edge whose VCL writes no X-Cache, behind a shield that does, passes the shield's `X-Cache: HIT`
+    on: its own X-Varnish (one id: a MISS) decides (before: recorded a HIT, and not verified)."""
+    headers = CIMultiDict([("X-Cache", "HIT"), ("X-Varnish", "32771 32769"), ("X-Varnish", "32770")])
+    assert cache_state(headers, NodeKind.VARNISH) is CacheState.MISS
+    assert cache_state(headers, NodeKind.NGINX) is CacheState.HIT  # others keep X-Cache first
+    assert cache_state(CIMultiDict({"X-Cache": "MISS"}), NodeKind.VARNISH) is CacheState.MISS  # no X-Varnish: as before
+
+
 @pytest.mark.parametrize("kind", [NodeKind.NGINX, NodeKind.GENERIC, None])
 def test_nginx_and_others_read_x_cache_status_first(kind: NodeKind | None) -> None:
     """An nginx node (or an unknown kind) keeps X-Cache-Status ahead of an X-Cache its parent sent."""
@@ -208,6 +217,9 @@ NOW = 1_795_900_000.0  # 2026-11-28 21:06 UTC: before the Expires of 29 Nov 2026
         ({"Cache-Control": "s-maxage=1.5, max-age=60"}, "Cache-Control: s-maxage=1.5 (not a number of seconds)"),
         ({"Vary": "X-" + "a" * 127}, "Vary longer than 128 bytes (129)"),
         ({"Vary": "Accept-Encoding"}, None),
+        # Varnish's built-in VCL does not store it (nginx does: a verify GET tells)
+        ({"Surrogate-Control": "max-age=60, No-Store"}, "Surrogate-Control: no-store"),
+        ({"Surrogate-Control": "max-age=60"}, None),
         ({}, None),
     ],
 )

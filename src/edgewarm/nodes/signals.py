@@ -7,7 +7,8 @@ Behind a shield, a header may name several caches, as one comma-separated list o
 (each cache appends its own): the first is the cache nearest the origin, the last one is the node we talked to,
 and only that one is read. A header a cache does not write itself is passed on as its parent sent it: a Squid,
 ATS or Varnish node behind an nginx shield hands on the shield's `X-Cache-Status`, so for those kinds their own
-`X-Cache` is read before `X-Cache-Status`.
+`X-Cache` is read before `X-Cache-Status`; and a Varnish node, which always writes `X-Varnish` itself (its last
+field line) but `X-Cache` only if its VCL does, hands on a shield's `X-Cache`: its `X-Varnish` is read first.
 """
 
 from __future__ import annotations
@@ -98,8 +99,12 @@ _X_CACHE_FIRST = frozenset({NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH})
 def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> CacheState | None:
     """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say.
 
-    `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first.
+    `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first, Varnish its
+    `X-Varnish` before all.
     """
+    varnish = (_field(headers, "X-Varnish") or "").split(",")[-1]
+    if varnish and kind is NodeKind.VARNISH:
+        return _from_x_varnish(varnish)
     value = _field(headers, "Cache-Status")
     if value and (state := _from_rfc9211(value)):
         return state
@@ -108,13 +113,17 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
         value = _field(headers, name)
         if value and (state := _from_word(value)):
             return state
-    varnish = (_field(headers, "X-Varnish") or "").split(",")[-1]
     if varnish:
-        return CacheState.HIT if len(varnish.split()) >= 2 else CacheState.MISS
+        return _from_x_varnish(varnish)
     age = (_field(headers, "Age") or "").split(",")[-1].strip()
     if age.isdigit():
         return CacheState.HIT if int(age) > 0 else None
     return None
+
+
+def _from_x_varnish(value: str) -> CacheState:
+    """Varnish's transaction ids: the request's alone is a MISS; with the stored object's, a HIT."""
+    return CacheState.HIT if len(value.split()) >= 2 else CacheState.MISS
 
 
 _NOT_STORED = frozenset({"no-store", "private", "no-cache"})
@@ -128,8 +137,9 @@ def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> s
     number is ignored); `Cache-Control: no-store`, `private` or `no-cache`; a lifetime (`s-maxage`, else
     `max-age`) of 0 or that is no number of seconds (nginx reads `"60"`, `-1` and `1.5` so); without either,
     an `Expires` that has passed (or does not parse, as RFC 9111 reads it) by `now` (the time of the clock);
-    `Set-Cookie`; `Vary: *`, or a `Vary` longer than nginx stores. Several field lines of a name are read as
-    one; a field that is not ASCII is not read (`Set-Cookie` counts all the same)."""
+    `Set-Cookie`; `Vary: *`, or a `Vary` longer than nginx stores; `Surrogate-Control: no-store` (Varnish's,
+    which reads it before `Cache-Control`; nginx stores such an answer: verified, it is a HIT). Several field
+    lines of a name are read as one; a field that is not ASCII is not read (`Set-Cookie` counts all the same)."""
     now = time.time() if now is None else now
     accel = (_field(headers, "X-Accel-Expires") or "").strip()
     at = accel.removeprefix("@")
@@ -139,6 +149,9 @@ def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> s
         return why
     if _present(headers, "Set-Cookie"):
         return "Set-Cookie"
+    surrogate = _field(headers, "Surrogate-Control") or ""
+    if any(d.strip().lower() == "no-store" for d in surrogate.split(",")):
+        return "Surrogate-Control: no-store"
     vary = _field(headers, "Vary") or ""
     if any(member.strip() == "*" for member in vary.split(",")):
         return "Vary: *"

@@ -697,6 +697,7 @@ http {{
 {statuses}
         location @lab_408 {{ return 200 "Request Timeout\\n"; }}
         location ^~ /nocache/ {{ add_header Cache-Control "no-store" always; }}
+        location ^~ /surrogate-no-store/ {{ add_header Surrogate-Control "no-store" always; }}
         location ^~ /max-age-0/ {{ add_header Cache-Control "public, max-age=0" always; }}
         location ^~ /expired/ {{ add_header Expires "Thu, 01 Jan 1970 00:00:00 GMT" always; }}
         location ^~ /slow/ {{ limit_rate {SLOW_RATE}; }}
