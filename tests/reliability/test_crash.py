@@ -201,7 +201,9 @@ def test_a_full_disk_refuses_submissions_clearly_and_recovers(tmp_path: Path) ->
                 time.sleep(1.5)  # the held answers come back and cannot be written
                 stuck = wait(held["taskid"], timeout=0)
                 assert stuck["status"] == 1 and stuck["succeeded"] == 0, stuck
-                wait_until(lambda: "outcomes failed" in service.log.read_text(), 10, "the failed write is logged")
+                wait_until(
+                    lambda: "writing outcomes (kept, and tried again) failed" in service.log.read_text(), 10, "logged"
+                )
 
                 filler.unlink()
                 node.set_behaviour(Respond(200, body=b"x" * 100))

@@ -12,7 +12,8 @@ import pytest
 
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
-from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
+from edgewarm.errors import StoreError
+from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
 from edgewarm.nodes import CacheState
 from edgewarm.store import TaskStore, open_store
 from edgewarm.urls import TargetUrl
@@ -243,3 +244,34 @@ async def test_purges_of_two_engines_waiting_for_each_others_warms_leave_the_lan
     for path in ("/x", "/y"):
         order = [(event, method) for event, method, p in fetcher.events if p == path]
         assert order == [("begin", "GET"), ("end", "GET"), ("begin", "PURGE"), ("end", "PURGE")], (path, order)
+
+
+async def test_outcome_writes_that_keep_failing_are_logged_once_then_once_when_they_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that refuses writes (a full disk): the outcomes are kept and written again; the failure is logged
+    as it begins and once more when the writes work, not at each try (before: a line every try, every 5 s
+    once the backoff reached its most, for as long as the disk stayed full)."""
+    async with open_store("memory://") as store:
+        engine = Engine(config(4), store, CountingFetcher())
+        real, tries = store.record_outcomes, [0]
+
+        async def refusing(*args: Any) -> int:
+            tries[0] += 1
+            if tries[0] <= 4:
+                raise StoreError("sqlite: database or disk is full")
+            return await real(*args)
+
+        store.record_outcomes = refusing  # type: ignore[method-assign]
+        task_id = await submit(store, 1)
+        (claim,) = await store.claim_due_items(engine.worker_id, 1, time.time(), 60.0)
+        engine._leased[claim.item_id] = claim.task_id
+        with caplog.at_level("INFO", logger="edgewarm.engine"):
+            await asyncio.wait_for(engine._flush([ItemOutcome(claim.item_id, True, 1)]), DEADLINE)
+        assert (await store.get_task(task_id)).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    said = [r.getMessage() for r in caplog.records if "writing outcomes" in r.getMessage()]
+    assert said == [
+        "writing outcomes (kept, and tried again) failed: sqlite: database or disk is full",
+        said[-1],
+    ] and said[-1].startswith("writing outcomes (kept, and tried again) works again, after "), said
+    assert "(3 more failures alike not logged)" in said[-1] and tries[0] == 5

@@ -119,6 +119,7 @@ class Engine:
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
         self._renewals_log = RepeatedFailure(log, "renewing leases")
+        self._writes_log = RepeatedFailure(log, "writing outcomes (kept, and tried again)")
         self.on_task_finished: Callable[[Task], None] | None = None
         # Called after the items are brought forward (at the start, and when the wall clock stepped back).
         self.on_bring_forward: Callable[[], Awaitable[None]] | None = None
@@ -648,11 +649,12 @@ class Engine:
             now = self._clock()
             try:
                 await self.store.record_outcomes(self.worker_id, batch, now)
+                self._writes_log.worked()
                 break
             except StoreError as exc:
                 # Keep the outcomes and try again: if this process dies meanwhile, the leases expire and the
                 # items run again, so nothing is lost either way.
-                log.error("writing %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                self._writes_log.failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
