@@ -19,6 +19,10 @@ edgewarm_store_up                             1 when the store answered the last
 edgewarm_items_in_flight                      fetches running in this process
 edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
+process_*                                     the process's CPU, memory, open files and start time
+
+Every series of a fixed label set (and, in an engine's process, every configured node's) is there from the start,
+at 0: a rate or increase() over the first failure after a start sees it.
 """
 
 from __future__ import annotations
@@ -27,15 +31,19 @@ import bisect
 import logging
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .logs import log_task_ended
-from .models import Task
+from .models import ItemAction, Task, TaskKind, TaskStatus
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes `le`
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+ITEM_VERDICTS = ("succeeded", "retried", "failed", "waiting")  # ItemTally.observe's
+ITEM_STATES = ("succeeded", "failed")  # edgewarm_items_finished_total's
+_NO_LATENCY = (0.0,) * (len(LATENCY_BUCKETS) + 2)
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -55,6 +63,14 @@ class Metrics:
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
         self.waits_open = Gauge("edgewarm_api_waits_open", "Long-polls (/v1/tasks/{id}/wait) open", registry=r)
+        ProcessCollector(registry=r)
+        for counter, values in (
+            (self.tasks_submitted, [kind.value for kind in TaskKind]),
+            (self.tasks_finished, [str(int(TaskStatus.SUCCEEDED)), str(int(TaskStatus.FAILED))]),
+            (self.webhooks, list(WEBHOOK_OUTCOMES)),
+        ):
+            for value in values:
+                counter.labels(value)
 
     def queue_counted(self, depth: int | None) -> None:
         """The store's queue depth, or None when the store did not answer: then the depth is unknown (NaN),
@@ -70,8 +86,10 @@ class Metrics:
 
     def watch_nodes(self, held_down: Callable[[], dict[str, bool]]) -> None:
         """Report `edgewarm_node_held_down` from `held_down()`: each configured node's name, and whether the
-        engine holds it down now (engine/node_health.py). Read at each scrape."""
+        engine holds it down now (engine/node_health.py). Read at each scrape; its nodes' item series are
+        reported from the start (at 0)."""
         self.registry.register(_NodesHeldDown(held_down))
+        self.items.nodes = lambda: list(held_down())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -101,6 +119,7 @@ class ItemTally(Collector):
     def __init__(self) -> None:
         self._items: dict[tuple[str, str, str], list[int]] = {}  # (node, action, verdict) -> [count, bytes]
         self._latency: dict[str, list[float]] = {}  # node -> per-bucket counts (+Inf last), then the sum
+        self.nodes: Callable[[], list[str]] = list  # the configured nodes, whose series start at 0 (watch_nodes)
 
     def observe(self, node: str, action: str, verdict: str, seconds: float | None, size: int) -> None:
         """One worked item: `verdict` is succeeded, retried, failed or waiting (its node held down: no attempt
@@ -120,8 +139,12 @@ class ItemTally(Collector):
         latency[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        items = [(key, list(counts)) for key, counts in list(self._items.items())]
-        latency = [(node, list(values)) for node, values in list(self._latency.items())]
+        seen = dict.fromkeys((node, action.value, verdict) for node in self.nodes() for action in ItemAction
+                             for verdict in ITEM_VERDICTS)  # fmt: skip
+        counted = dict(self._items)  # a copy: the event loop's thread may add a key meanwhile
+        items = [(key, list(counted.get(key, (0, 0)))) for key in {**seen, **counted}]
+        timed = dict(self._latency)
+        latency = [(node, list(timed.get(node, _NO_LATENCY))) for node in {**dict.fromkeys(self.nodes()), **timed}]
         fetches = CounterMetricFamily(
             "edgewarm_fetches", "Items worked on nodes, by outcome", labels=["node", "action", "outcome"]
         )
@@ -130,12 +153,13 @@ class ItemTally(Collector):
         finished = CounterMetricFamily("edgewarm_items_finished", "Items finished", labels=["state"])
         by_node: dict[str, int] = {}
         retried: dict[str, int] = {}
-        by_state: dict[str, int] = {}
+        by_state: dict[str, int] = dict.fromkeys(ITEM_STATES, 0)
         for (node, action, verdict), (count, size) in items:
             fetches.add_metric([node, action, verdict], count)
             by_node[node] = by_node.get(node, 0) + size
+            retried.setdefault(node, 0)
             if verdict == "retried":
-                retried[node] = retried.get(node, 0) + count
+                retried[node] += count
             elif verdict != "waiting":
                 by_state[verdict] = by_state.get(verdict, 0) + count
         for node, size in by_node.items():

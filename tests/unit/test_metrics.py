@@ -48,7 +48,8 @@ def test_an_item_waiting_for_its_node_is_neither_retried_nor_finished() -> None:
     m.items.observe("e1", "warm", "waiting", 0.0, 0)
     got = samples(m)
     assert got[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "waiting")))] == 1
-    assert not any(name in ("edgewarm_retries_total", "edgewarm_items_finished_total") for name, _ in got)
+    counted = ("edgewarm_retries_total", "edgewarm_items_finished_total")
+    assert not any(value for (name, _), value in got.items() if name in counted), got
 
 
 def test_an_item_that_made_no_request_counts_as_worked_without_latency() -> None:
@@ -82,3 +83,26 @@ def test_nodes_held_down_are_read_when_scraped() -> None:
     got = samples(m)
     assert got[("edgewarm_node_held_down", (("node", "edge-2"),))] == 1
     assert got[("edgewarm_node_held_down", (("node", "edge-1"),))] == 0
+
+
+def test_every_series_of_a_known_label_is_there_from_the_start_at_zero() -> None:
+    """Before: a labelled counter appeared at its first increment, so increase() or rate() over the first
+    failure after a start saw nothing (the series began at 1). And the process's own figures were missing."""
+    m = Metrics()
+    m.watch_nodes(lambda: {"e1": False, "e2": True})
+    got = samples(m)
+    zeros = [
+        ("edgewarm_tasks_submitted_total", (("kind", "refresh"),)),
+        ("edgewarm_tasks_finished_total", (("status", "2"),)),
+        ("edgewarm_items_finished_total", (("state", "failed"),)),
+        ("edgewarm_webhooks_total", (("outcome", "failed"),)),
+        ("edgewarm_fetches_total", (("action", "purge_dir"), ("node", "e2"), ("outcome", "failed"))),
+        ("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "waiting"))),
+        ("edgewarm_retries_total", (("node", "e1"),)),
+        ("edgewarm_fetched_bytes_total", (("node", "e2"),)),
+        ("edgewarm_fetch_seconds_count", (("node", "e2"),)),
+    ]
+    assert {key: got.get(key) for key in zeros} == dict.fromkeys(zeros, 0.0)
+    assert got[("process_start_time_seconds", ())] > 0
+    m.items.observe("e1", "warm", "failed", 0.01, 0)
+    assert samples(m)[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "failed")))] == 1
