@@ -95,8 +95,17 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         port = parts.port
     except ValueError:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
-    if parts.scheme not in ("http", "https") or not host or has_user_info(parts) or port == 0:
-        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} must be a plain http(s) URL")
+    shown = shown_callback_url(url)  # a password or a token in it is not said back (a proxy may log answers)
+    if parts.scheme not in ("http", "https"):
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown!r} must be an http or https URL")
+    if has_user_info(parts):
+        raise RequestRefused(
+            JdCode.ILLEGAL_URL,
+            f"callback_url {shown!r} must not carry a user name or password (give the receiver a token in the "
+            "query instead: the signature tells it the POST is edgewarm's)",
+        )
+    if not host or port == 0:
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown!r} has no host or port to call")
     if host not in allowed_hosts:
         raise RequestRefused(
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"
