@@ -38,6 +38,15 @@ class JdCode(enum.IntEnum):
     DUPLICATE_URLS = 47
 
 
+# The refusals of a call's credentials, by the reason counted (edgewarm_credentials_refused_total) and logged.
+CREDENTIAL_REFUSALS = {
+    JdCode.USERNAME_EMPTY: "no_username",
+    JdCode.SIGNATURE_EMPTY: "no_signature",
+    JdCode.USER_UNKNOWN: "unknown_user",
+    JdCode.SIGNATURE_INCORRECT: "wrong_signature",
+}
+
+
 class EdgewarmError(Exception):
     """Root of every error edgewarm raises on purpose."""
 

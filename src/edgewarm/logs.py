@@ -93,6 +93,29 @@ class RepeatedFailure:
         self._since, self._logged, self._unlogged = None, None, 0
 
 
+class RefusalDigest:
+    """Calls refused for their credentials, logged as a warning a minute at most: the first at once, then the
+    ones refused since, counted by reason, with the next refusal a minute or more later (a flood of bad
+    signatures is one line a minute, not one per call; the metric counts every one)."""
+
+    def __init__(
+        self, log: logging.Logger, every: float = REPEAT_LOG_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._log, self._every, self._clock = log, every, clock
+        self._last: float | None = None  # when a line was last written
+        self._counts: dict[str, int] = {}  # reason -> refusals not written yet
+
+    def refused(self, reason: str) -> None:
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self._every:
+            return
+        since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
+        told = "; ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
+        self._log.warning("calls refused for their credentials%s: %s", since, told)
+        self._last, self._counts = now, {}
+
+
 def log_task_ended(log: logging.Logger, task: Task) -> None:
     """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields; a task
     cancelled (by its user: only they may) says so, whether it ended at the cancel or when its items under way

@@ -19,6 +19,8 @@ edgewarm_store_up                             1 when the store answered the last
 edgewarm_items_in_flight                      fetches running in this process
 edgewarm_node_held_down{node}                 1 while the engine holds the node down (connections failed in a row)
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
+edgewarm_credentials_refused_total{reason}    API calls refused for their credentials: no_username | no_signature |
+                                              unknown_user | wrong_signature
 process_*                                     the process's CPU, memory, open files and start time
 
 Every series of a fixed label set (and, in an engine's process, every configured node's) is there from the start,
@@ -35,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .errors import CREDENTIAL_REFUSALS
 from .logs import log_task_ended
 from .models import ItemAction, Task, TaskKind, TaskStatus
 
@@ -63,11 +66,15 @@ class Metrics:
         self.in_flight = Gauge("edgewarm_items_in_flight", "Fetches running in this process", registry=r)
         self.webhooks = Counter("edgewarm_webhooks", "Webhook deliveries", ["outcome"], registry=r)
         self.waits_open = Gauge("edgewarm_api_waits_open", "Long-polls (/v1/tasks/{id}/wait) open", registry=r)
+        self.credentials_refused = Counter(
+            "edgewarm_credentials_refused", "API calls refused for their credentials", ["reason"], registry=r
+        )
         ProcessCollector(registry=r)
         for counter, values in (
             (self.tasks_submitted, [kind.value for kind in TaskKind]),
             (self.tasks_finished, [str(int(TaskStatus.SUCCEEDED)), str(int(TaskStatus.FAILED))]),
             (self.webhooks, list(WEBHOOK_OUTCOMES)),
+            (self.credentials_refused, list(CREDENTIAL_REFUSALS.values())),
         ):
             for value in values:
                 counter.labels(value)

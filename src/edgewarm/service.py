@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 from . import auth
 from .config import Config, User
-from .errors import JdCode, RequestRefused, TaskNotFound
+from .errors import CREDENTIAL_REFUSALS, JdCode, RequestRefused, TaskNotFound
+from .logs import RefusalDigest
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
@@ -78,6 +79,7 @@ class Service:
         self._on_cancel = on_cancel  # this process's engine, told at once (others learn it from the store)
         self._stopping = stopping or asyncio.Event()  # set when the process stops: long polls answer at once
         self.waits_open: dict[str, int] = {}  # long-polls open, by user
+        self._refusals = RefusalDigest(log)
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
@@ -90,7 +92,18 @@ class Service:
         return f"{auth.today(now, self.config.api.timezone):%Y%m%d}"
 
     def authenticate(self, credentials: Credentials) -> User:
-        """The user whose signature this is (codes 3, 4, 20, 7)."""
+        """The user whose signature this is (codes 3, 4, 20, 7); a refusal is counted (metrics) and told in the
+        log (a line a minute at most: RefusalDigest)."""
+        try:
+            return self._authenticate(credentials)
+        except RequestRefused as exc:
+            reason = CREDENTIAL_REFUSALS[exc.code]
+            self.metrics.credentials_refused.labels(reason).inc()
+            known = exc.code is JdCode.SIGNATURE_INCORRECT  # a configured user: named (an unknown name is anyone's)
+            self._refusals.refused(f"{reason} (user {credentials.username!r})" if known else reason)
+            raise
+
+    def _authenticate(self, credentials: Credentials) -> User:
         if not credentials.username:
             raise RequestRefused(JdCode.USERNAME_EMPTY, "username must not be empty")
         if not credentials.signature:

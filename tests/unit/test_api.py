@@ -1214,3 +1214,29 @@ async def test_a_jd_call_to_its_path_with_slashes_doubled_or_added_is_answered(a
     response = await api.client.post(f"http://edgewarm.test{path}", json={**creds(), "publish_urls": urls(1)})
     assert response.status_code == 200 and response.json()["status"] == 0, response.text
     assert response.headers["content-type"] == "application/json; charset=utf-8"  # said: older clients guess
+
+
+async def test_calls_refused_for_their_credentials_are_counted_and_told_a_line_a_minute(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a flood of bad signatures left no trace at any log level, and no metric: a credential-stuffing
+    attempt, or a client with a broken clock, went unseen. Every refusal is counted by reason; the log has a
+    line for the first and, a minute later at the next one, a count of those since (not a line per call)."""
+    with caplog.at_level("WARNING", logger="edgewarm.service"):
+        for _ in range(30):
+            assert_code(await api.prefetch(urls(1), USER, "not the secret"), 7)
+        assert_code(await api.call("/api/prefetch", {"username": "nobody", "signature": "x", "publish_urls": "a"}), 20)
+        assert_code(await api.call("/api/prefetch", {"username": USER, "publish_urls": "a"}), 4)
+        text = (await api.client.get("/metrics")).text
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == [f"calls refused for their credentials: 1 wrong_signature (user '{USER}')"], lines
+        assert 'edgewarm_credentials_refused_total{reason="wrong_signature"} 30.0' in text
+        assert 'edgewarm_credentials_refused_total{reason="unknown_user"} 1.0' in text
+        assert 'edgewarm_credentials_refused_total{reason="no_signature"} 1.0' in text
+        assert 'edgewarm_credentials_refused_total{reason="no_username"} 0.0' in text
+        api.service._refusals._last = time.monotonic() - 61  # a minute on
+        assert_code(await api.call("/api/prefetch", {"username": "", "signature": "x", "publish_urls": "a"}), 3)
+    said = caplog.records[-1].getMessage()
+    assert said.startswith("calls refused for their credentials in the last 6") and said.endswith(
+        f"s: 1 no_signature; 1 no_username; 1 unknown_user; 29 wrong_signature (user '{USER}')"
+    ), said
