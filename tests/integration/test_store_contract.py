@@ -1375,6 +1375,62 @@ class TestPostgres:
             finally:
                 await admin.close()
 
+    async def test_a_database_that_takes_no_writes_is_told_by_queue_depth(self, postgres_db_url: str) -> None:
+        """A database that answers reads and refuses writes (read-only here; a full disk alike): /readyz said 200
+        while every submission failed. After a refused write, queue_depth (/readyz) raises "takes no writes"
+        until a write works again, then counts, without a restart."""
+        async with PostgresStore(postgres_db_url):  # the schema
+            pass
+        admin = await asyncpg.connect(postgres_db_url)
+        database = postgres_db_url.rsplit("/", 1)[1]
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+            async with PostgresStore(postgres_db_url, min_connections=1, max_connections=1) as store:
+                assert await store.queue_depth() == 0  # reads work, and no write was refused yet
+                with pytest.raises(StoreError, match="read-only transaction"):
+                    await store.create_task(make_task(1))
+                with pytest.raises(StoreError, match=r"^the store takes no writes: postgresql: "):
+                    await store.queue_depth()
+                await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+                await admin.execute(  # its session began read-only: a new one does not
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> "
+                    "pg_backend_pid()",
+                    database,
+                )
+                for _ in range(3):  # the pool finds its connection gone, then makes a new one
+                    with contextlib.suppress(StoreError):
+                        assert await store.queue_depth() == 0
+                        break
+                else:
+                    pytest.fail("queue_depth did not come back")
+                await store.create_task(make_task(1))
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            await admin.close()
+
+    async def test_a_frozen_process_holding_a_transaction_holds_the_others_back_briefly(
+        self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A process frozen (SIGSTOP, a VM paused) in the middle of a submission holds its user's usage row
+        locked: every submission of that user, on every api process, waited behind it for as long as the
+        server kept the silent session (hours: TCP keepalive), and a worker frozen while writing outcomes held
+        the other workers' writes so. The server ends a session idle in a transaction after
+        IDLE_IN_TRANSACTION_SECONDS (1 s here): the other store's submission goes through."""
+        monkeypatch.setattr(edgewarm.store.postgres, "IDLE_IN_TRANSACTION_SECONDS", 1.0)
+        async with PostgresStore(postgres_db_url) as frozen, PostgresStore(postgres_db_url) as other:
+            await other.create_task(make_task(1, user="alice"))
+            with contextlib.suppress(StoreError):  # handing back a connection the server ended
+                async with frozen._connection() as conn:
+                    stalled = conn.transaction()
+                    await stalled.start()
+                    await conn.execute("UPDATE usage SET urls = urls WHERE username = 'alice'")  # as _CHARGE does
+                    started = time.monotonic()
+                    await asyncio.wait_for(other.create_task(make_task(1, user="alice")), 30)
+                    waited = time.monotonic() - started
+                    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):  # its session was ended
+                        await conn.execute("SELECT 1")
+        assert 0.5 < waited < 20, waited
+
     async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
         """An unreachable server raises StoreError whose message shows the URL with its password masked."""
         url = f"postgresql://edgewarm:s3cret@127.0.0.1:{free_port()}/edgewarm"

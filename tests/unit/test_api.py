@@ -32,6 +32,7 @@ from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
+from edgewarm.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -1016,6 +1017,32 @@ async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: py
     # The depth is unknown, not the last one counted (before: 0.0, as if the queue were empty), and said so.
     assert "edgewarm_queue_depth NaN" in metrics.text and "edgewarm_store_up 0.0" in metrics.text
     release.set()
+
+
+async def test_readyz_answers_503_while_the_store_takes_no_writes(api: Api) -> None:
+    """A SQLite store whose disk is full (here: the database held at its size with max_page_count) still answers
+    reads: /readyz said 200 and edgewarm_store_up 1 while every submission failed. Its refused write makes it
+    503 ("takes no writes"), and store_up 0, until a write works again (room given back), without a restart."""
+    store = api.store
+    assert isinstance(store, SQLiteStore)
+
+    async def room(pages: int | None) -> None:
+        def set_room() -> None:
+            (count,) = store.db.execute("PRAGMA page_count").fetchone()
+            store.db.execute(f"PRAGMA max_page_count = {count if pages is None else pages}")
+
+        await store._run(set_room)
+
+    await room(None)  # full: not one more page
+    answer = await api.prefetch(urls(100))
+    assert answer == {"status": -1, "msg": "internal error: the store is unavailable"}, answer
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["error"].startswith("the store takes no writes: sqlite: database or disk is full"), ready.text
+    assert "edgewarm_store_up 0.0" in (await api.client.get("/metrics")).text
+    await room(1_000_000)  # room again
+    assert (await api.client.get("/readyz")).json() == {"ok": True, "queue_depth": 0}
+    assert (await api.prefetch(urls(100)))["status"] == 0
 
 
 async def test_a_non_ascii_username_uses_the_native_api_through_the_client() -> None:

@@ -297,7 +297,9 @@ class TaskStore(Protocol):
         ...
 
     async def queue_depth(self) -> int:
-        """Items pending or running (due or not)."""
+        """Items pending or running (due or not). StoreError when the store does not answer, or takes no writes:
+        its last write was refused (a full disk, a read-only file or database) and a write of nothing tried now
+        is refused too (/readyz, edgewarm_store_up)."""
         ...
 
     async def next_due_at(self) -> float | None:

@@ -139,6 +139,22 @@ MIGRATIONS: tuple[str, ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+# A session that sits in a transaction this long without a statement is ended by the server, its locks released:
+# its process is frozen (SIGSTOP, a VM paused) or cut off, and its task and usage rows held every other worker's
+# writes and every submission of the same user back for as long (PostgreSQL keeps a silent session for the TCP
+# keepalive time, 2 hours by default). edgewarm's transactions send their statements back to back.
+IDLE_IN_TRANSACTION_SECONDS = 10.0
+# SQLSTATEs of a write the server refuses while it still answers: disk full, an I/O error, read only (a standby).
+_WRITES_REFUSED = frozenset({"53100", "58030", "25006"})
+
+# What a store that refused writes writes (and removes) to learn whether it takes them again: text that does not
+# compress (a TOASTed value would be a few bytes), $1 times 32 characters.
+WRITE_PROBE_BYTES = 256 * 1024
+_WRITE_PROBE = (
+    "INSERT INTO meta (key, value) SELECT 'write_probe', string_agg(md5(n::text), '') FROM generate_series(1, $1) n "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
 # Driver and OS errors: translated to StoreError at this module's boundary.
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -463,6 +479,7 @@ class PostgresStore:
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._refusing: StoreError | None = None  # a write refused (a full disk), none committed since
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -474,7 +491,10 @@ class PostgresStore:
                 max_size=self._max_connections,
                 command_timeout=self._command_timeout,
                 timeout=self._connect_timeout,
-                server_settings={"application_name": "edgewarm"},
+                server_settings={
+                    "application_name": "edgewarm",
+                    "idle_in_transaction_session_timeout": str(round(IDLE_IN_TRANSACTION_SECONDS * 1000)),
+                },
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}") from exc
@@ -513,7 +533,17 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 yield conn
         except _DRIVER_ERRORS as exc:
-            raise StoreError(f"postgresql: {described(exc)}") from exc
+            error = StoreError(f"postgresql: {described(exc)}")
+            if getattr(exc, "sqlstate", None) in _WRITES_REFUSED:
+                self._refusing = error
+            raise error from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Connection]:
+        """A pooled connection in a transaction; its commit ends a time of writes refused (`_refusing`)."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+        self._refusing = None
 
     async def _version(self) -> int:
         async with self._connection() as conn:
@@ -591,6 +621,7 @@ class PostgresStore:
                     else:
                         await conn.execute(_FINISH, [task.id], task.created_at)
                     row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
+                self._refusing = None  # committed: writes are taken
             except _OverQuota:
                 if task.idempotency_key is not None:  # another request of the same key may have used the quota
                     earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
@@ -668,7 +699,7 @@ class PostgresStore:
         return [task_from_row(r) for r in rows]
 
     async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
-        async with self._connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             # The task row first, as record_outcomes does: a stage released meanwhile would escape the cancel.
             owner = await conn.fetchval("SELECT username FROM tasks WHERE id = $1 FOR UPDATE", task_id)
             if owner is None or owner != username:
@@ -747,7 +778,7 @@ class PostgresStore:
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:
             return Released(0)
-        async with self._connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             # Tasks cancelled while these items were under way, locked before the items (as outcomes lock
             # them): their items handed back are not sent again, they fail as the cancel failed the others.
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_ITEMS, list(item_ids), CANCELLED)]
@@ -759,7 +790,7 @@ class PostgresStore:
 
     async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
-        async with self._connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE_ALL, now))
             ended = await _cancel_waiting(conn, cancelled, now)
@@ -783,7 +814,7 @@ class PostgresStore:
                 states.append("succeeded" if o.succeeded else "failed")
                 dues.append(now)
         ids = [o.item_id for o in batch]
-        async with self._connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(_LOCK_TASKS, ids)
             rows = await conn.fetch(
                 _APPLY_OUTCOMES,
@@ -859,6 +890,13 @@ class PostgresStore:
         return {row[0] for row in rows}
 
     async def queue_depth(self) -> int:
+        if self._refusing is not None:  # reads work, writes did not: is it over (space given back)?
+            try:
+                async with self._transaction() as conn:  # written, then removed (a write of nothing may fit)
+                    await conn.execute(_WRITE_PROBE, WRITE_PROBE_BYTES // 32)
+                    await conn.execute("DELETE FROM meta WHERE key = 'write_probe'")
+            except StoreError as exc:
+                raise StoreError(f"the store takes no writes: {exc}") from exc
         async with self._connection() as conn:
             depth = await conn.fetchval("SELECT count(*) FROM items WHERE state IN ('pending', 'running')")
         return int(depth)

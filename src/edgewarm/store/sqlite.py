@@ -138,6 +138,7 @@ class SQLiteStore:
         self._scans = ClaimScans()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
         self._damaged: StoreDamaged | None = None  # once a statement found the file damaged: /readyz says so
+        self._refusing: StoreError | None = None  # a write refused (a full disk, a read-only file), none worked since
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -219,8 +220,21 @@ class SQLiteStore:
             self._db = None
 
     async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
-        """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
-        return await self._off_the_loop(self._executor, self._checked(fn) if check else fn)
+        """`fn` on the store's thread; `check`: first make sure the database file is still the one opened. A
+        write that works ends a time of writes refused (`_refusing`)."""
+        checked = self._checked(fn) if check else fn
+
+        def run() -> T:
+            before, refused = (-1 if self._db is None else self._db.total_changes), self._refusing
+            result = checked()
+            # Rows changed, and no write refused meanwhile (a group of submissions that failed may have
+            # changed rows before its refused write, and rolled them back).
+            db = self._db
+            if refused is not None and self._refusing is refused and db is not None and db.total_changes != before:
+                self._refusing = None
+            return result
+
+        return await self._off_the_loop(self._executor, run)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
@@ -250,10 +264,13 @@ class SQLiteStore:
             raise self._error(exc) from exc
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
-        """A SQLite error as the store's; a damaged file is remembered, for queue_depth (/readyz) to tell."""
+        """A SQLite error as the store's; a damaged file, or a write refused, is remembered for queue_depth
+        (/readyz) to tell."""
         error = _store_error(exc, self.path)
         if isinstance(error, StoreDamaged):
             self._damaged = error
+        elif getattr(exc, "sqlite_errorcode", 0) & 0xFF in _WRITES_REFUSED:
+            self._refusing = error
         return error
 
     def _checked(self, fn: Callable[[], T]) -> Callable[[], T]:
@@ -679,12 +696,28 @@ class SQLiteStore:
     async def queue_depth(self) -> int:
         if self._damaged is not None:  # the count may still work (an index): the file is damaged all the same
             raise StoreDamaged(str(self._damaged))
+        if self._refusing is not None:  # reads work, writes did not: is it over (space given back)?
+            await self._write_probe()
 
         def depth() -> int:
             row = self.db.execute("SELECT COUNT(*) FROM items WHERE state IN ('pending', 'running')").fetchone()
             return int(row[0])
 
         return await self._run(depth)
+
+    async def _write_probe(self) -> None:
+        """A write to learn whether writes are taken again (WRITE_PROBE_BYTES written, then removed: a write of
+        nothing may fit where the engine's do not): it ends the time of writes refused, or raises."""
+
+        def probe() -> None:
+            with _write_transaction(self.db):
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('write_probe', zeroblob(?))", (WRITE_PROBE_BYTES,))
+                self.db.execute("DELETE FROM meta WHERE key = 'write_probe'")
+
+        try:
+            await self._run(probe)
+        except StoreError as exc:
+            raise StoreError(f"the store takes no writes: {exc}") from exc
 
     async def next_due_at(self) -> float | None:
         def due() -> float | None:
@@ -751,6 +784,9 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(f"sqlite: {exc}")
 
 
+WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
+# SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
+_WRITES_REFUSED = frozenset({8, 10, 13})
 _ACTIONS = {a.value: a for a in ItemAction}
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
