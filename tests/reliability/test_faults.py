@@ -1042,3 +1042,60 @@ async def test_edges_wait_for_their_shield_while_it_restarts_and_are_warmed_once
         for path in paths[::10]:
             for node in lab.cache_nodes():
                 assert lab.fetch(node, path).cache_status == "HIT", (node.name, path)
+
+
+def varnish_like(age: int, delay: float = 0.0) -> Any:
+    """A Varnish node whose VCL answers PURGE 200 and removes nothing (the built-in VCL pipes it to a backend
+    that answers 200): every GET is a HIT (two transaction ids) `age` seconds old, answered after `delay`."""
+
+    def answer(request: Any, _count: int) -> Respond:
+        if request.method == "PURGE":
+            return Respond(200, body=b"purged\n", headers=(("X-Varnish", "7"),))
+        return Respond(200, body=b"old\n", headers=(("X-Varnish", "9 3"), ("Age", str(age))), delay=delay)
+
+    return answer
+
+
+@pytest.mark.parametrize(("age", "took"), [(3600, False), (0, True)])
+async def test_a_warm_after_a_purge_that_gets_a_copy_older_than_the_purge_fails(age: int, took: bool) -> None:
+    """`"refresh": true` on a node whose purge answers 200 and removes nothing: the purge and the warm both
+    succeeded while the node kept serving its old copy (before). The warm's HIT tells its age: a copy an hour
+    old, seconds after the purge, fails the warm, saying why; one stored since (Age 0: a viewer refilled it,
+    from the origin) is a warm like any other."""
+    with FaultServer(varnish_like(age)) as node:
+        async with engine_rig(one_node(node, kind="varnish")) as rig:
+            task, items = await rig.wait(await rig.submit(["http://www.example.test/old.js"], refresh_first=True), 20)
+    purge, warm = sorted(items, key=lambda item: item.stage)
+    assert (purge.action.value, purge.state, purge.cache_state) == ("purge", ItemState.SUCCEEDED, "PURGED")
+    if took:
+        assert task.status is TaskStatus.SUCCEEDED and warm.state is ItemState.SUCCEEDED, warm
+        return
+    assert task.status is TaskStatus.FAILED and warm.state is ItemState.FAILED, warm
+    assert warm.error is not None and warm.error.startswith(
+        "served from the node's cache 3600 s old, 0 s after its purge: the purge did not remove it (does the node "
+        "itself handle PURGE?"
+    ), warm.error
+    assert warm.attempts == 1
+
+
+async def test_an_edge_refilled_from_its_shield_since_its_purge_may_carry_the_shields_age() -> None:
+    """Behind a shield, an edge refilled (by a viewer) between its purge and its warm serves the shield's copy
+    with the shield's age carried on: no older than the shield's own purge, which came first (shields first;
+    its warm takes 3 s here). edge-1's copy, 4 s old, is older than its own purge but not than the shield's: it
+    passes; edge-2's, older than every purge, fails."""
+    with (
+        FaultServer(varnish_like(0, delay=3.0)) as shield,
+        FaultServer(varnish_like(4)) as fresh_edge,
+        FaultServer(varnish_like(3600)) as stale_edge,
+    ):
+        nodes = [
+            {"name": "shield-1", "url": shield.url, "kind": "varnish", "tier": "shield"},
+            {"name": "edge-1", "url": fresh_edge.url, "kind": "varnish"},
+            {"name": "edge-2", "url": stale_edge.url, "kind": "varnish"},
+        ]
+        async with engine_rig(nodes, {"read_timeout": 10, "fetch_timeout": 20}) as rig:
+            _task, items = await rig.wait(await rig.submit(["http://www.example.test/e.js"], refresh_first=True), 30)
+    warms = {item.node: item for item in items if item.action.value == "warm"}
+    assert warms["shield-1"].state is ItemState.SUCCEEDED, warms
+    assert warms["edge-1"].state is ItemState.SUCCEEDED, warms
+    assert warms["edge-2"].state is ItemState.FAILED and "3600 s old" in (warms["edge-2"].error or ""), warms

@@ -22,6 +22,7 @@ KNOWN_URLS_LIMIT = 100_000
 # time), Varnish 503 ("Backend fetch failed"), Squid 502/503, ATS 502.
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 _DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
+AGE_SLACK_SECONDS = 2  # `Age` is whole seconds, and may be a shield's count carried on
 
 
 async def perform(
@@ -34,12 +35,14 @@ async def perform(
     now: float,
     *,
     upstream: Sequence[Node] = (),
+    purged: float | None = None,
 ) -> ItemOutcome:
     """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time). `upstream`: the
-    nodes `node` fetches through (an edge's shields), asked after when it cannot get an object from them."""
+    nodes `node` fetches through (an edge's shields), asked after when it cannot get an object from them.
+    `purged`: a warm's URL was purged on the node this many seconds ago (a refresh's purge, then its warm)."""
     target = stored_target(claim.url)
     if claim.action is ItemAction.WARM:
-        return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream)
+        return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream, purged)
     try:
         if claim.action is ItemAction.PURGE:
             verdict, result = await _purge_url(node, target, purge.url_purge(node, settings.accept_encoding), fetcher)
@@ -60,10 +63,20 @@ async def _warm(
     settings: Settings,
     now: float,
     upstream: Sequence[Node],
+    purged: float | None,
 ) -> ItemOutcome:
     result = await fetcher.request("GET", node, target)
     if result.status in GATEWAY_ERRORS and upstream:
         result = await _upstream_held(node, target, result, upstream, fetcher)
+    if purged is not None and result.age is not None and result.age > purged + AGE_SLACK_SECONDS:
+        # A copy older than the purge, served from the cache: the purge answered as done and removed nothing (a
+        # Varnish or nginx that passes PURGE on to its backend, whose answer was taken for the node's).
+        error = (
+            f"served from the node's cache {result.age} s old, {purged:.0f} s after its purge: the purge did not "
+            "remove it (does the node itself handle PURGE? README: How each cache purges)"
+        )
+        state = None if result.cache_state is None else result.cache_state.value
+        return ItemOutcome(claim.item_id, False, attempt, result.status, state, result.bytes, error)
     verified = None
     # Verified when asked to, and when the answer asks caches not to store it: a MISS then is likely for good.
     # Not on a node that tells no cache state: a second answer could not tell either; but one that tells a

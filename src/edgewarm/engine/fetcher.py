@@ -38,7 +38,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RepeatedFailure
-from ..nodes import CacheState, asks_not_to_store, cache_state
+from ..nodes import CacheState, age_of, asks_not_to_store, cache_state
 from ..tuning import out_of_open_files
 from ..urls import TargetUrl
 from .node_health import Hold, NodeHealth
@@ -114,6 +114,7 @@ class FetchResult:
     # Why a MISS (a state other than cached) asks caches not to store it (signals.asks_not_to_store); None when
     # the node tells no cache state, or it does not ask.
     not_stored: str | None = None
+    age: int | None = None  # a cached answer's `Age` (seconds in the cache), when the node tells it
     untold: bool = False  # no word from the node either way: the process that sent the request died
 
     @property
@@ -305,7 +306,7 @@ class Fetcher(GuardedClient):
         started = time.monotonic()
         try:
             async with request.build_streamed() as response:
-                state, not_stored = _signals(response.headers, node)
+                state, not_stored, age = _signals(response.headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
                 length = None if "Transfer-Encoding" in response.headers else response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
@@ -318,7 +319,9 @@ class Fetcher(GuardedClient):
                     raise  # silence mid-body: a timeout, like silence before the head
                 except errors.RequestError:
                     return _read(method, response.status, state, received, expected, cut=True)
-                return _read(method, response.status, state, received, expected, cut=False, not_stored=not_stored)
+                return _read(
+                    method, response.status, state, received, expected, cut=False, not_stored=not_stored, age=age
+                )
         except errors.RequestTimeoutError as exc:
             # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
             # before read_timeout could have run out was the connection's (connect_timeout).
@@ -383,14 +386,16 @@ class Fetcher(GuardedClient):
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                state, not_stored = _signals(response.headers, node)
+                state, not_stored, age = _signals(response.headers, node)
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
                 except aiohttp.ClientPayloadError:
                     return _read(method, response.status, state, received, response.content_length, cut=True)
                 length = response.content_length
-                return _read(method, response.status, state, received, length, cut=False, not_stored=not_stored)
+                return _read(
+                    method, response.status, state, received, length, cut=False, not_stored=not_stored, age=age
+                )
         except TimeoutError as exc:
             return self._timed_out(node, started, isinstance(exc, aiohttp.ConnectionTimeoutError))
         except aiohttp.ClientPayloadError as exc:
@@ -413,11 +418,15 @@ class Fetcher(GuardedClient):
             return FetchResult(None, error=error, unreachable=True)
 
 
-def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None]:
-    """What an answer's head tells of its cache: the node's cache state, and for a state other than cached,
-    why the answer asks caches not to store it (FetchResult.not_stored)."""
+def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None, int | None]:
+    """What an answer's head tells of its cache: the node's cache state; for a state other than cached, why the
+    answer asks caches not to store it (FetchResult.not_stored); for a cached one, its age, if told."""
     state = cache_state(headers, node.kind)
-    return state, asks_not_to_store(headers) if state is not None and not state.cached else None
+    if state is None:
+        return None, None, None
+    if state.cached:
+        return state, None, age_of(headers)
+    return state, asks_not_to_store(headers), None
 
 
 def _read(
@@ -429,6 +438,7 @@ def _read(
     *,
     cut: bool,
     not_stored: str | None = None,
+    age: int | None = None,
 ) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
     body was whole: its status stands) or when it does not match its Content-Length."""
@@ -436,7 +446,7 @@ def _read(
         return FetchResult(status, received, state, f"short body: broken off after {received} bytes")
     if cut or (expected is not None and method != "HEAD" and received != expected):
         return FetchResult(status, received, state, f"short body: {received} of {expected} bytes")
-    return FetchResult(status, received, state, not_stored=not_stored)
+    return FetchResult(status, received, state, not_stored=not_stored, age=age)
 
 
 def certificate_refusal(reason: str) -> str | None:

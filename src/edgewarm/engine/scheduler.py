@@ -48,6 +48,8 @@ LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
 CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
+PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), at most
+PURGES_KEPT_SECONDS = 600.0  # and for this long
 
 
 class _NodeLane:
@@ -126,6 +128,7 @@ class Engine:
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
+        self._purged: dict[tuple[str, str], float] = {}  # (URL, node) -> when this engine purged it (_note_purge)
         self._following: dict[int, _Following] = {}  # purges waiting for other engines' warms, out of their lanes
         self._follower: asyncio.Task[None] | None = None  # asks the store until they may go (_follow_others)
         self._idle = asyncio.Event()  # set when nothing is in hand
@@ -501,20 +504,24 @@ class Engine:
             await self._after_warms(claim, node)
             coalescer.changed(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                return await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock()), False
+                purged = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
             finally:
                 coalescer.changed(node.name)
+            if purged.succeeded and claim.action is ItemAction.PURGE:
+                self._note_purge(key)
+            return purged, False
         shared = await coalescer.share(key)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
             return replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=None, retry_at=None), True
+        since = self._since_purged(key, node) if self._purged else None
         outcome = None
         warming = self._warming.setdefault(node.name, {})
         warming[claim.item_id] = claim.url
         try:
             upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
             outcome = await perform(
-                claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream
+                claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream, purged=since
             )
         finally:
             del warming[claim.item_id]
@@ -524,6 +531,28 @@ class Engine:
             if outcome is not None and outcome.http_status is None and not outcome.succeeded:
                 coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
+
+    def _since_purged(self, key: tuple[str, str], node: Node) -> float | None:
+        """How old a copy of the URL a warm on `node` may get, at most, when this engine purged it there (and on
+        each of its shields, for an edge): since that purge, or since the shields' earliest (the edge may have
+        been refilled from one of them since its own purge, with their age carried on). None: not known."""
+        if (own := self._purged.get(key)) is None:
+            return None
+        if node.tier is Tier.EDGE and self._shields:
+            upstream = [self._purged.get((key[0], shield.name)) for shield in self._shields]
+            if None in upstream:
+                return None
+            own = min(own, *(t for t in upstream if t is not None))
+        return time.monotonic() - own
+
+    def _note_purge(self, key: tuple[str, str]) -> None:
+        """`key` (URL, node) was purged now: its warms by this engine check that the purge took (actions.py),
+        within PURGES_KEPT_SECONDS and among the last PURGES_KEPT purges."""
+        now, purged = time.monotonic(), self._purged
+        purged.pop(key, None)  # to the end: the dict's order is the purges' order
+        purged[key] = now
+        while len(purged) > PURGES_KEPT or now - next(iter(purged.values())) > PURGES_KEPT_SECONDS:
+            del purged[next(iter(purged))]
 
     async def _after_warms(self, claim: Claim, node: Node) -> None:
         """A purge waits for this engine's warms of what it purges on `node` that are sending now: a warm that

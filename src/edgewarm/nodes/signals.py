@@ -115,15 +115,19 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
             return state
     if varnish:
         return _from_x_varnish(varnish)
-    age = (_field(headers, "Age") or "").split(",")[-1].strip()
-    if age.isdigit():
-        return CacheState.HIT if int(age) > 0 else None
-    return None
+    age = age_of(headers)
+    return None if age is None or age == 0 else CacheState.HIT
 
 
 def _from_x_varnish(value: str) -> CacheState:
     """Varnish's transaction ids: the request's alone is a MISS; with the stored object's, a HIT."""
     return CacheState.HIT if len(value.split()) >= 2 else CacheState.MISS
+
+
+def age_of(headers: Mapping[str, str]) -> int | None:
+    """The answer's `Age` (seconds it spent in caches), the last field line's (the node we talked to), or None."""
+    age = (_field(headers, "Age") or "").split(",")[-1].strip()
+    return int(age) if age.isdigit() else None
 
 
 _NOT_STORED = frozenset({"no-store", "private", "no-cache"})
