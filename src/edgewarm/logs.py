@@ -71,11 +71,13 @@ class RepeatedFailure:
     ) -> None:
         self._log, self._what, self._every, self._clock = log, what, every, clock
         self._since: float | None = None  # when the step began failing
+        self._last = 0.0  # when it last failed
         self._logged: tuple[float, str] | None = None  # when the last failure was logged, and what it said
         self._unlogged = 0
 
     def failed(self, reason: BaseException | str) -> None:
         now, said = self._clock(), str(reason)
+        self._last = now
         if self._since is None:
             self._since = now
         elif self._logged is not None and self._logged[1] == said and now - self._logged[0] < self._every:
@@ -89,7 +91,12 @@ class RepeatedFailure:
         if self._since is None:
             return
         more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
-        self._log.info("%s works again, after %.1f s of failures%s", self._what, self._clock() - self._since, more)
+        # The failures' span, not the time to this call: a step asked again only when work comes (an API call)
+        # would count the quiet after an outage as part of it.
+        ago = self._clock() - self._last
+        last = f", the last {ago:.1f} s ago" if ago >= 0.1 else ""
+        span = self._last - self._since
+        self._log.info("%s works again, after %.1f s of failures%s%s", self._what, span, last, more)
         self._since, self._logged, self._unlogged = None, None, 0
 
 

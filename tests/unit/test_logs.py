@@ -49,7 +49,7 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
         ("ERROR", "claiming items failed: the store is down"),
         ("ERROR", "claiming items failed: the store is down (119 more failures alike not logged)"),
         ("ERROR", "claiming items failed: the store is damaged"),
-        ("INFO", "claiming items works again, after 61.5 s of failures"),
+        ("INFO", "claiming items works again, after 60.0 s of failures, the last 1.5 s ago"),
         ("ERROR", "claiming items failed: the store is down"),
         ("INFO", "claiming items works again, after 0.0 s of failures (1 more failures alike not logged)"),
     ]
