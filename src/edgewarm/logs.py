@@ -7,6 +7,7 @@ to a logger (store URLs go through `store.redacted`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# What may differ between failures alike: quoted names and numbers (PostgreSQL's full disk names the file it
+# could not extend, a different one each time).
+_ALIKE = re.compile(r"\"[^\"]*\"|'[^']*'|\d+")
 REPEAT_LOG_SECONDS = 60.0  # a step failing the same way again and again is logged this often (RepeatedFailure)
 
 
@@ -77,15 +81,16 @@ class RepeatedFailure:
 
     def failed(self, reason: BaseException | str) -> None:
         now, said = self._clock(), str(reason)
+        alike = _ALIKE.sub("…", said)
         self._last = now
         if self._since is None:
             self._since = now
-        elif self._logged is not None and self._logged[1] == said and now - self._logged[0] < self._every:
+        elif self._logged is not None and self._logged[1] == alike and now - self._logged[0] < self._every:
             self._unlogged += 1
             return
         more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
         self._log.error("%s failed: %s%s", self._what, said, more)
-        self._logged, self._unlogged = (now, said), 0
+        self._logged, self._unlogged = (now, alike), 0
 
     def worked(self) -> None:
         if self._since is None:

@@ -1022,7 +1022,8 @@ async def test_readyz_answers_503_when_the_store_hangs(api: Api, monkeypatch: py
 async def test_readyz_answers_503_while_the_store_takes_no_writes(api: Api) -> None:
     """A SQLite store whose disk is full (here: the database held at its size with max_page_count) still answers
     reads: /readyz said 200 and edgewarm_store_up 1 while every submission failed. Its refused write makes it
-    503 ("takes no writes"), and store_up 0, until a write works again (room given back), without a restart."""
+    503 ("takes no writes"), and store_up 0, until its probe write (256 KiB) works (room given back), without a
+    restart; not at a small write that fits where the others do not (it flapped so)."""
     store = api.store
     assert isinstance(store, SQLiteStore)
 
@@ -1040,8 +1041,15 @@ async def test_readyz_answers_503_while_the_store_takes_no_writes(api: Api) -> N
     assert ready.status_code == 503, ready.text
     assert ready.json()["error"].startswith("the store takes no writes: sqlite: database or disk is full"), ready.text
     assert "edgewarm_store_up 0.0" in (await api.client.get("/metrics")).text
+
+    def pages() -> int:
+        return int(store.db.execute("PRAGMA page_count").fetchone()[0])
+
+    await room((await store._run(pages)) + 8)  # a little room: a small submission fits, the probe does not
+    assert (await api.prefetch(urls(1)))["status"] == 0
+    assert (await api.client.get("/readyz")).status_code == 503
     await room(1_000_000)  # room again
-    assert (await api.client.get("/readyz")).json() == {"ok": True, "queue_depth": 0}
+    assert (await api.client.get("/readyz")).json() == {"ok": True, "queue_depth": 1}  # the small task's shield item
     assert (await api.prefetch(urls(100)))["status"] == 0
 
 

@@ -55,6 +55,23 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
     ]
 
 
+def test_failures_that_differ_only_in_a_name_or_a_number_are_alike(caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL's full disk names the file it could not extend, another one each time: 40 refused calls made
+    14 lines in 2 s (each message new to the comparison). Quoted names and numbers do not make a failure new."""
+    clock = Clock()
+    step = RepeatedFailure(logging.getLogger("test.alike"), "answering calls", every=60.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="test.alike"):
+        for file in ("16405", "16400", "16392", "16405"):
+            step.failed(f'postgresql: DiskFullError: could not extend file "base/16384/{file}": No space left')
+            clock.now += 0.1
+        step.failed("postgresql: ConnectionRefusedError: [Errno 111] Connection refused")  # another kind
+    assert [m for _, m in messages(caplog)] == [
+        'answering calls failed: postgresql: DiskFullError: could not extend file "base/16384/16405": No space left',
+        "answering calls failed: postgresql: ConnectionRefusedError: [Errno 111] Connection refused"
+        " (3 more failures alike not logged)",
+    ]
+
+
 def test_a_task_that_ended_before_it_began_by_the_clock_lasted_0_s_not_less(caplog: pytest.LogCaptureFixture) -> None:
     """The wall clock stepped back an hour during the task (or the API's clock is ahead of the worker's): its
     duration is 0 in its view, its log line and /metrics (before: -3585.8 s in all three; the histogram's sum

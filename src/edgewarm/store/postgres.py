@@ -479,7 +479,7 @@ class PostgresStore:
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._refusing: StoreError | None = None  # a write refused (a full disk), none committed since
+        self._refusing: StoreError | None = None  # a write refused (a full disk): until a probe write works
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -531,19 +531,17 @@ class PostgresStore:
             raise StoreError("the store is not open")
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.ReadOnlySQLTransactionError:
+                    # A session begun read-only (a standby, a database set so) stays so: the next is a new one.
+                    conn.terminate()
+                    raise
         except _DRIVER_ERRORS as exc:
             error = StoreError(f"postgresql: {described(exc)}")
             if getattr(exc, "sqlstate", None) in _WRITES_REFUSED:
                 self._refusing = error
             raise error from exc
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Connection]:
-        """A pooled connection in a transaction; its commit ends a time of writes refused (`_refusing`)."""
-        async with self._connection() as conn, conn.transaction():
-            yield conn
-        self._refusing = None
 
     async def _version(self) -> int:
         async with self._connection() as conn:
@@ -621,7 +619,6 @@ class PostgresStore:
                     else:
                         await conn.execute(_FINISH, [task.id], task.created_at)
                     row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
-                self._refusing = None  # committed: writes are taken
             except _OverQuota:
                 if task.idempotency_key is not None:  # another request of the same key may have used the quota
                     earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
@@ -699,7 +696,7 @@ class PostgresStore:
         return [task_from_row(r) for r in rows]
 
     async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn, conn.transaction():
             # The task row first, as record_outcomes does: a stage released meanwhile would escape the cancel.
             owner = await conn.fetchval("SELECT username FROM tasks WHERE id = $1 FOR UPDATE", task_id)
             if owner is None or owner != username:
@@ -778,7 +775,7 @@ class PostgresStore:
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:
             return Released(0)
-        async with self._transaction() as conn:
+        async with self._connection() as conn, conn.transaction():
             # Tasks cancelled while these items were under way, locked before the items (as outcomes lock
             # them): their items handed back are not sent again, they fail as the cancel failed the others.
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_ITEMS, list(item_ids), CANCELLED)]
@@ -790,7 +787,7 @@ class PostgresStore:
 
     async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
-        async with self._transaction() as conn:
+        async with self._connection() as conn, conn.transaction():
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
             released = _rowcount(await conn.execute(_RELEASE_ALL, now))
             ended = await _cancel_waiting(conn, cancelled, now)
@@ -814,7 +811,7 @@ class PostgresStore:
                 states.append("succeeded" if o.succeeded else "failed")
                 dues.append(now)
         ids = [o.item_id for o in batch]
-        async with self._transaction() as conn:
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(_LOCK_TASKS, ids)
             rows = await conn.fetch(
                 _APPLY_OUTCOMES,
@@ -892,11 +889,12 @@ class PostgresStore:
     async def queue_depth(self) -> int:
         if self._refusing is not None:  # reads work, writes did not: is it over (space given back)?
             try:
-                async with self._transaction() as conn:  # written, then removed (a write of nothing may fit)
-                    await conn.execute(_WRITE_PROBE, WRITE_PROBE_BYTES // 32)
+                async with self._connection() as conn, conn.transaction():  # written, then removed (a write of
+                    await conn.execute(_WRITE_PROBE, WRITE_PROBE_BYTES // 32)  # nothing may fit where others do not)
                     await conn.execute("DELETE FROM meta WHERE key = 'write_probe'")
             except StoreError as exc:
                 raise StoreError(f"the store takes no writes: {exc}") from exc
+            self._refusing = None
         async with self._connection() as conn:
             depth = await conn.fetchval("SELECT count(*) FROM items WHERE state IN ('pending', 'running')")
         return int(depth)

@@ -138,7 +138,9 @@ class SQLiteStore:
         self._scans = ClaimScans()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
         self._damaged: StoreDamaged | None = None  # once a statement found the file damaged: /readyz says so
-        self._refusing: StoreError | None = None  # a write refused (a full disk, a read-only file), none worked since
+        # A write refused (a full disk, a read-only file): until a probe write works (_write_probe). Not any write:
+        # a small one may fit where the engine's and the API's do not, and /readyz would flap.
+        self._refusing: StoreError | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -220,21 +222,8 @@ class SQLiteStore:
             self._db = None
 
     async def _run(self, fn: Callable[[], T], *, check: bool = True) -> T:
-        """`fn` on the store's thread; `check`: first make sure the database file is still the one opened. A
-        write that works ends a time of writes refused (`_refusing`)."""
-        checked = self._checked(fn) if check else fn
-
-        def run() -> T:
-            before, refused = (-1 if self._db is None else self._db.total_changes), self._refusing
-            result = checked()
-            # Rows changed, and no write refused meanwhile (a group of submissions that failed may have
-            # changed rows before its refused write, and rolled them back).
-            db = self._db
-            if refused is not None and self._refusing is refused and db is not None and db.total_changes != before:
-                self._refusing = None
-            return result
-
-        return await self._off_the_loop(self._executor, run)
+        """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
+        return await self._off_the_loop(self._executor, self._checked(fn) if check else fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
@@ -718,6 +707,7 @@ class SQLiteStore:
             await self._run(probe)
         except StoreError as exc:
             raise StoreError(f"the store takes no writes: {exc}") from exc
+        self._refusing = None
 
     async def next_due_at(self) -> float | None:
         def due() -> float | None:
