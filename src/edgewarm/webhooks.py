@@ -84,28 +84,32 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     """The callback URL if its host is allowed, else a refusal (JD code 17, an illegal URL)."""
     if len(url) > MAX_CALLBACK_URL:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url is longer than {MAX_CALLBACK_URL} characters")
+    # A password or a token in it is not said back (a proxy may log answers): shown masked, or not at all.
+    try:
+        shown = repr(shown_callback_url(url))
+    except ValueError:
+        shown = "(not shown)"
     if not is_plain(url):
         raise RequestRefused(
             JdCode.ILLEGAL_URL,
-            f"callback_url {url!r}: spaces, control and non-ASCII characters must be percent-encoded",
+            f"callback_url {shown}: spaces, control and non-ASCII characters must be percent-encoded",
         )
     try:
         parts = urlsplit(url)
         host = callback_host(url)
         port = parts.port
     except ValueError:
-        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {url!r} is not a URL") from None
-    shown = shown_callback_url(url)  # a password or a token in it is not said back (a proxy may log answers)
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown} is not a URL") from None
     if parts.scheme not in ("http", "https"):
-        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown!r} must be an http or https URL")
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown} must be an http or https URL")
     if has_user_info(parts):
         raise RequestRefused(
             JdCode.ILLEGAL_URL,
-            f"callback_url {shown!r} must not carry a user name or password (give the receiver a token in the "
+            f"callback_url {shown} must not carry a user name or password (give the receiver a token in the "
             "query instead: the signature tells it the POST is edgewarm's)",
         )
     if not host or port == 0:
-        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown!r} has no host or port to call")
+        raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown} has no host or port to call")
     if host not in allowed_hosts:
         raise RequestRefused(
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"

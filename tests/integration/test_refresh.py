@@ -36,6 +36,10 @@ def service(tmp_path: Path, lab: Lab) -> Iterator[ServiceProcess]:
         yield service
 
 
+def kinds_of(lab: Lab) -> dict[str, str]:
+    return {node.name: node.kind for node in lab.cache_nodes()}
+
+
 def refresh(service: ServiceProcess, entries: list[str], kind: str) -> str:
     """Submit /api/refresh through the raw wire format and return the task id."""
     with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
@@ -106,6 +110,10 @@ def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceP
     warm(service, inside + outside)
     view = finish(service, refresh(service, [url_of("/d/"), url_of("/never/")], "dir"))
     assert view["status"] == 0, view["items"]
+    # Again: nothing is left there, and the notes say so (they said "purged 2": purge requests, not copies).
+    again = finish(service, refresh(service, [url_of("/d/")], "dir"))
+    said = {i["note"] for i in again["items"] if kinds_of(lab)[i["node"]] == "nginx"}  # type: ignore[attr-defined]
+    assert said == {"purged 0 of the 2 URLs known at or under the directory (2 not cached there)"}, again["items"]
     assert {i["action"] for i in view["items"]} == {"purge_dir"}
     kinds = {node.name: node.kind for node in lab.cache_nodes()}
     notes = {(i["url"].split("/")[-2], kinds[i["node"]], i["note"], i["error"]) for i in view["items"]}  # type: ignore[index]

@@ -38,12 +38,34 @@ def test_a_callback_url_with_user_information_or_not_plain_http_is_refused(url: 
 
 
 @pytest.mark.parametrize(
-    "url", ["http://hooks.example.test/a b", "http://hooks.example.test/\x00", "http://hooks.example.test/é"]
+    "url",
+    [
+        "http://hooks.example.test/a b",
+        "http://hooks.example.test/\x00",
+        "http://hooks.example.test/é",
+        "http://bob:Hunter2 pw@hooks.example.test/x",  # the password was said back in the refusal
+        "http://hooks.example.test/x?token=Hunter2 pw",
+    ],
 )
 def test_a_callback_url_with_spaces_controls_or_non_ascii_is_refused(url: str) -> None:
     with pytest.raises(RequestRefused) as refused:
         check_callback_url(url, ALLOWED)
     assert refused.value.code is JdCode.ILLEGAL_URL and "must be percent-encoded" in refused.value.message
+    assert "Hunter2" not in refused.value.message, refused.value.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bob:Hunter2pw@hooks.example.test:99999/x",
+        "http://[bob:Hunter2pw@x/",
+        "http://h.test:abc/x?token=Hunter2",
+    ],
+)
+def test_a_callback_url_that_does_not_parse_is_refused_without_its_secrets(url: str) -> None:
+    with pytest.raises(RequestRefused) as refused:
+        check_callback_url(url, ALLOWED)
+    assert refused.value.message.endswith(" is not a URL") and "Hunter2" not in refused.value.message
 
 
 def test_a_plain_callback_url_to_an_allowed_host_is_kept_as_given() -> None:

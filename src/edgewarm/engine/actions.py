@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -22,7 +23,7 @@ KNOWN_URLS_LIMIT = 100_000
 # time), Varnish 503 ("Backend fetch failed"), Squid 502/503, ATS 502.
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 _DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
-AGE_SLACK_SECONDS = 2  # `Age` is whole seconds, and may be a shield's count carried on
+AGE_SLACK_SECONDS = 10  # `Age` is whole seconds, counted by the node when it answers
 
 
 async def perform(
@@ -39,7 +40,8 @@ async def perform(
 ) -> ItemOutcome:
     """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time). `upstream`: the
     nodes `node` fetches through (an edge's shields), asked after when it cannot get an object from them.
-    `purged`: a warm's URL was purged on the node this many seconds ago (a refresh's purge, then its warm)."""
+    `purged`: when (time.monotonic()) a warm's URL was purged on the Varnish node, its warm just after (a
+    refresh's); a copy the node had from before then is not a warm."""
     target = stored_target(claim.url)
     if claim.action is ItemAction.WARM:
         return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream, purged)
@@ -68,12 +70,15 @@ async def _warm(
     result = await fetcher.request("GET", node, target)
     if result.status in GATEWAY_ERRORS and upstream:
         result = await _upstream_held(node, target, result, upstream, fetcher)
-    if purged is not None and result.age is not None and result.age > purged + AGE_SLACK_SECONDS:
+    since = None if purged is None else time.monotonic() - purged  # at the answer: the node counts Age then
+    if since is not None and result.age is not None and result.age > since + AGE_SLACK_SECONDS:
         # A copy older than the purge, served from the cache: the purge answered as done and removed nothing (a
-        # Varnish or nginx that passes PURGE on to its backend, whose answer was taken for the node's).
+        # Varnish that passes PURGE on to its backend, whose answer was taken for its own), or the node refilled
+        # it from an upstream edgewarm did not purge.
         error = (
-            f"served from the node's cache {result.age} s old, {purged:.0f} s after its purge: the purge did not "
-            "remove it (does the node itself handle PURGE? README: How each cache purges)"
+            f"served from the node's cache {result.age} s old, {since:.0f} s after its purge: the purge did not "
+            "remove it, or the node refilled it from an upstream that still had it (does the node itself handle "
+            "PURGE? README: How each cache purges)"
         )
         state = None if result.cache_state is None else result.cache_state.value
         return ItemOutcome(claim.item_id, False, attempt, result.status, state, result.bytes, error)
@@ -160,8 +165,10 @@ async def _purge_dir(
     unreadable = [f for f in failures if f[1].status in purge.UNREADABLE]
     if unreadable and len(unreadable) < len(known):
         failures = [f for f in failures if f[1].status not in purge.UNREADABLE]
+    not_cached = len(known) - len(failures) - purged  # the node held no copy (or could not have: unreadable)
     summary = (
-        f"purged {len(known) - len(failures)} of the {len(known)} URLs known at or under the directory"
+        f"purged {purged} of the {len(known)} URLs known at or under the directory"
+        + (f" ({not_cached} not cached there)" if not_cached else "")
         if known
         else "no URL at or under the directory is known to edgewarm (this node has no prefix purge: the URLs "
         "edgewarm warmed or refreshed are purged one by one)"

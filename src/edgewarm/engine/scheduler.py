@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
-from ..config import Config, Node
+from ..config import Config, Node, NodeKind
 from ..errors import StoreError
 from ..logs import RepeatedFailure
 from ..metrics import Metrics
@@ -128,7 +128,8 @@ class Engine:
         self._coalescer = Coalescer(self._dedupe_seconds())
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
-        self._purged: dict[tuple[str, str], float] = {}  # (URL, node) -> when this engine purged it (_note_purge)
+        # (URL, node) -> when this engine purged it, and whether its next warm was checked (_note_purge)
+        self._purged: dict[tuple[str, str], tuple[float, bool]] = {}
         self._following: dict[int, _Following] = {}  # purges waiting for other engines' warms, out of their lanes
         self._follower: asyncio.Task[None] | None = None  # asks the store until they may go (_follow_others)
         self._idle = asyncio.Event()  # set when nothing is in hand
@@ -504,24 +505,25 @@ class Engine:
             await self._after_warms(claim, node)
             coalescer.changed(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                purged = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+                done = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
             finally:
                 coalescer.changed(node.name)
-            if purged.succeeded and claim.action is ItemAction.PURGE:
+            if done.succeeded and claim.action is ItemAction.PURGE:
                 self._note_purge(key)
-            return purged, False
+            return done, False
         shared = await coalescer.share(key)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
             return replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=None, retry_at=None), True
-        since = self._since_purged(key, node) if self._purged else None
+        purged_at = self._purged_at(key, node) if self._purged else None
         outcome = None
         warming = self._warming.setdefault(node.name, {})
         warming[claim.item_id] = claim.url
         try:
             upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
+            now = self._clock()
             outcome = await perform(
-                claim, node, attempt, fetcher, self.store, self.settings, self._clock(), upstream=upstream, purged=since
+                claim, node, attempt, fetcher, self.store, self.settings, now, upstream=upstream, purged=purged_at
             )
         finally:
             del warming[claim.item_id]
@@ -532,26 +534,34 @@ class Engine:
                 coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
 
-    def _since_purged(self, key: tuple[str, str], node: Node) -> float | None:
-        """How old a copy of the URL a warm on `node` may get, at most, when this engine purged it there (and on
-        each of its shields, for an edge): since that purge, or since the shields' earliest (the edge may have
-        been refilled from one of them since its own purge, with their age carried on). None: not known."""
-        if (own := self._purged.get(key)) is None:
+    def _purged_at(self, key: tuple[str, str], node: Node) -> float | None:
+        """For the first warm after this engine's purge of the URL on a Varnish `node` (a refresh's, its next
+        stage), within PURGES_KEPT_SECONDS: when the oldest copy the warm may rightly get was stored, at the
+        earliest (time.monotonic()): the purge's time, or the earliest of its shields' purges, for an edge (it
+        may have been refilled from one of them since its own, with their age carried on). None: no check (no
+        such purge; another engine purged a shield; a node whose Age is not its own: nginx sends none, Squid
+        and ATS count it from the origin's Date, whose clock may be behind)."""
+        found = self._purged.get(key)
+        if found is None or found[1]:  # one check per purge: a later warm may get an upstream's old copy
+            return None
+        own = found[0]
+        self._purged[key] = (own, True)  # kept: its edges' warms look at it
+        if node.kind is not NodeKind.VARNISH or time.monotonic() - own > PURGES_KEPT_SECONDS:
             return None
         if node.tier is Tier.EDGE and self._shields:
             upstream = [self._purged.get((key[0], shield.name)) for shield in self._shields]
             if None in upstream:
                 return None
-            own = min(own, *(t for t in upstream if t is not None))
-        return time.monotonic() - own
+            own = min(own, *(t[0] for t in upstream if t is not None))
+        return own
 
     def _note_purge(self, key: tuple[str, str]) -> None:
-        """`key` (URL, node) was purged now: its warms by this engine check that the purge took (actions.py),
-        within PURGES_KEPT_SECONDS and among the last PURGES_KEPT purges."""
+        """`key` (URL, node) was purged now: the next warm of it by this engine checks that the purge took
+        (_purged_at), within PURGES_KEPT_SECONDS and among the last PURGES_KEPT purges."""
         now, purged = time.monotonic(), self._purged
         purged.pop(key, None)  # to the end: the dict's order is the purges' order
-        purged[key] = now
-        while len(purged) > PURGES_KEPT or now - next(iter(purged.values())) > PURGES_KEPT_SECONDS:
+        purged[key] = (now, False)
+        while len(purged) > PURGES_KEPT or now - next(iter(purged.values()))[0] > PURGES_KEPT_SECONDS:
             del purged[next(iter(purged))]
 
     async def _after_warms(self, claim: Claim, node: Node) -> None:
