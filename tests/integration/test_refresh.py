@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,6 +221,23 @@ def test_a_refresh_leaves_no_old_copy_on_the_shield_for_a_varnish_edge_when_answ
     shield = lab.cache_nodes()[0]
     gzipped = lab.fetch(shield, "/vary/app.txt", headers={"Accept-Encoding": "gzip"})
     assert gzip.decompress(gzipped.body) == b"version 2 " * 20
+
+
+def test_with_accept_encoding_gzip_a_varnish_edge_finds_its_copy_on_the_shield(tmp_path: Path, lab: Lab) -> None:
+    """README's advice for Varnish edges behind an nginx shield: the origin answers with `Vary: Accept-Encoding`,
+    the shield keeps a copy per value, and Varnish asks it with "gzip". With `[engine] accept_encoding = "gzip"`
+    the shield's warm makes that copy: the origin is asked once per URL (with the default header, twice: the
+    Varnish edge's warm is a MISS on the shield), and the Varnish edge fills from the shield."""
+    paths = [f"/vary/w{n}.txt" for n in range(5)]
+    for path in paths:
+        lab.write_file(path, path.encode() * 40)
+    extra = '[engine]\naccept_encoding = "gzip"\n'
+    with start_service(tmp_path / "gz", lab.nodes_toml(), extra=extra) as service:
+        warm(service, paths)
+    origin = Counter(r.uri for r in lab.requests(lab.origin) if r.uri.startswith("/vary/w"))
+    assert origin == Counter(dict.fromkeys(paths, 1)), origin
+    varnish = next(n for n in lab.cache_nodes() if n.kind == "varnish")
+    assert all(lab.fetch(varnish, path).cache_status == "HIT" for path in paths)
 
 
 def test_refresh_then_warm_serves_the_new_content_everywhere(service: ServiceProcess, lab: Lab) -> None:
