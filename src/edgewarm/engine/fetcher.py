@@ -225,6 +225,18 @@ class Fetcher(GuardedClient):
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
+        self._certificate_logs: dict[str, RepeatedFailure] = {}  # node -> its certificate refusals' log lines
+
+    def _certificate_refused(self, node: Node, why: str) -> FetchResult:
+        """The node's certificate did not verify: final, as it will not verify on the next try either; logged
+        (an expired certificate fails every item of the node at once: the items alone would not tell the
+        operator), at once and then once a minute per node while it lasts."""
+        error = f"cannot connect to {node.name} ({node.url}): certificate verify failed: {why}"
+        logged = self._certificate_logs.get(node.name)
+        if logged is None:
+            logged = self._certificate_logs[node.name] = RepeatedFailure(log, f"verifying {node.name}'s certificate")
+        logged.failed(why)
+        return FetchResult(None, error=error, final=True)
 
     async def __aenter__(self) -> Self:
         s = self._settings
@@ -344,7 +356,7 @@ class Fetcher(GuardedClient):
                     # as a node's own, OpenSSL does when it is trusted (SSL_CERT_FILE): aiohttp's verdict decides.
                     return _Unread.NO_TLS
                 elif (why := certificate_refusal(reason)) is not None:
-                    return _certificate_refused(node, why)
+                    return self._certificate_refused(node, why)
                 elif url.startswith("https://"):
                     return _Unread.NO_TLS  # maybe TLS that rustls does not speak (CBC ciphers, say)
                 # TCP's refusal, or (plain HTTP) a name without an address
@@ -405,7 +417,7 @@ class Fetcher(GuardedClient):
             return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {one_line(exc.message)}")
         except aiohttp.ClientConnectorCertificateError as exc:
             refusal = exc.certificate_error
-            return _certificate_refused(node, getattr(refusal, "verify_message", None) or reason_of(refusal))
+            return self._certificate_refused(node, getattr(refusal, "verify_message", None) or reason_of(refusal))
         except aiohttp.ClientConnectorError as exc:
             error = f"cannot connect to {node.name} ({node.url}): {reason_of(exc.os_error)}"
             return FetchResult(None, error=error, unreachable=not isinstance(exc, aiohttp.ClientSSLError))
@@ -457,12 +469,6 @@ def certificate_refusal(reason: str) -> str | None:
     sentence = refused.group(1) + refused.group(2)
     named = (name for start, name in _CERTIFICATE_SENTENCES.items() if sentence.startswith(start))
     return _CERTIFICATE_REASONS.get(refused.group(1)) or _CERTIFICATE_REASONS.get(next(named, ""), reason)
-
-
-def _certificate_refused(node: Node, why: str) -> FetchResult:
-    """The node's certificate did not verify: final, as it will not verify on the next try either."""
-    error = f"cannot connect to {node.name} ({node.url}): certificate verify failed: {why}"
-    return FetchResult(None, error=error, final=True)
 
 
 def _causes(exc: pyreqwest.exceptions.PyreqwestError) -> list[str]:
