@@ -97,6 +97,7 @@ class Engine:
     ) -> None:
         self.config = config
         self._shields = config.shields()
+        self._varnish = _has_varnish(config)  # purges are noted for the check of the warms after them
         # Another engine on the store (PostgreSQL workers) may purge a node without this one knowing: then no
         # warm is shared, since one from before that purge would be reported for a warm asked after it.
         self._sole = sole
@@ -154,6 +155,7 @@ class Engine:
         waits_less = config.engine.node_down_wait < self.settings.node_down_wait
         self.config = config
         self._shields = config.shields()
+        self._varnish = _has_varnish(config)
         self.settings = config.engine
         self._coalescer.window = self._dedupe_seconds()
         for lane in self._lanes.values():
@@ -508,7 +510,7 @@ class Engine:
                 done = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
             finally:
                 coalescer.changed(node.name)
-            if done.succeeded and claim.action is ItemAction.PURGE:
+            if done.succeeded and claim.action is ItemAction.PURGE and self._varnish:
                 self._note_purge(key)
             return done, False
         shared = await coalescer.share(key)
@@ -781,6 +783,11 @@ class Engine:
                 return False
         self._unrenewed = False
         return True
+
+
+def _has_varnish(config: Config) -> bool:
+    """Whether the fleet has a Varnish node, whose warms after a purge are checked (Engine._purged_at)."""
+    return any(node.kind is NodeKind.VARNISH for node in config.nodes)
 
 
 def _unsent(claim: Claim, why: str | None = None) -> ItemOutcome:
