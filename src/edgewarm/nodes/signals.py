@@ -102,8 +102,7 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
     `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first, Varnish its
     `X-Varnish` before all.
     """
-    varnish = (_field(headers, "X-Varnish") or "").split(",")[-1]
-    if varnish and kind is NodeKind.VARNISH:
+    if kind is NodeKind.VARNISH and (varnish := _last_x_varnish(headers)):
         return _from_x_varnish(varnish)
     value = _field(headers, "Cache-Status")
     if value and (state := _from_rfc9211(value)):
@@ -113,10 +112,15 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
         value = _field(headers, name)
         if value and (state := _from_word(value)):
             return state
-    if varnish:
+    if varnish := _last_x_varnish(headers):
         return _from_x_varnish(varnish)
     age = age_of(headers)
     return None if age is None or age == 0 else CacheState.HIT
+
+
+def _last_x_varnish(headers: Mapping[str, str]) -> str:
+    """The last field line of `X-Varnish` (the node we talked to), or ""."""
+    return (_field(headers, "X-Varnish") or "").split(",")[-1]
 
 
 def _from_x_varnish(value: str) -> CacheState:
