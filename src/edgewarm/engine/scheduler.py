@@ -49,7 +49,7 @@ WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it m
 CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), at most
-PURGES_KEPT_SECONDS = 600.0  # and for this long
+PURGES_KEPT_SECONDS = 300.0  # and for this long
 
 
 class _NodeLane:

@@ -298,8 +298,8 @@ class TaskStore(Protocol):
 
     async def queue_depth(self) -> int:
         """Items pending or running (due or not). StoreError when the store does not answer, or takes no writes:
-        its last write was refused (a full disk, a read-only file or database) and a write of nothing tried now
-        is refused too (/readyz, edgewarm_store_up)."""
+        its last write was refused (a full disk, a read-only file or database) and a probe write tried now (of
+        256 KiB: a small one may fit where others do not) is refused too (/readyz, edgewarm_store_up)."""
         ...
 
     async def next_due_at(self) -> float | None:
