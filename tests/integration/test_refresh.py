@@ -94,7 +94,7 @@ def test_an_answer_varnish_will_not_store_is_not_reported_warmed_there(service: 
         taskid = client.prefetch([url_of("/surrogate-no-store/s.bin")])
         assert client.wait(taskid, timeout=60)["status"] == 2
         items = client.task(taskid)["items"]
-    kinds = {node.name: node.kind for node in lab.cache_nodes()}
+    kinds = kinds_of(lab)
     outcomes = {(kinds[i["node"]], i["state"], i["error"]) for i in items}
     why = "not cached after the warm: MISS again (its answer said Surrogate-Control: no-store)"
     assert outcomes == {("nginx", "succeeded", None), ("varnish", "failed", why)}, items
@@ -111,12 +111,12 @@ def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceP
     warm(service, inside + outside)
     view = finish(service, refresh(service, [url_of("/d/"), url_of("/never/")], "dir"))
     assert view["status"] == 0, view["items"]
+    kinds = kinds_of(lab)
     # Again: nothing is left there, and the notes say so (they said "purged 2": purge requests, not copies).
     again = finish(service, refresh(service, [url_of("/d/")], "dir"))
-    said = {i["note"] for i in again["items"] if kinds_of(lab)[i["node"]] == "nginx"}  # type: ignore[attr-defined]
+    said = {i["note"] for i in again["items"] if kinds[i["node"]] == "nginx"}  # type: ignore[attr-defined]
     assert said == {"purged 0 of the 2 URLs known at or under the directory (2 not cached there)"}, again["items"]
     assert {i["action"] for i in view["items"]} == {"purge_dir"}
-    kinds = {node.name: node.kind for node in lab.cache_nodes()}
     notes = {(i["url"].split("/")[-2], kinds[i["node"]], i["note"], i["error"]) for i in view["items"]}  # type: ignore[index]
     assert notes == {
         ("d", "nginx", "purged 2 of the 2 URLs known at or under the directory", None),
