@@ -13,6 +13,7 @@ import sqlite3
 import string
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -316,6 +317,47 @@ class TestWork:
         assert await store.claim_due_items("w3", 10, NOW + 1, LEASE) == []
         (future,) = await store.claim_due_items("w3", 10, NOW + 10, LEASE)
         assert future.task_id == later.id
+
+    async def test_claims_share_the_due_items_among_their_users(self, store: TaskStore) -> None:
+        """Each user with due items gets an even share of a claim, its own items in due order, whoever
+        submitted first; a user with fewer leaves the rest of its share to the others."""
+        alice = make_task(10)
+        bob = make_task(2, user="bob", created_at=NOW + 1)
+        carol = make_task(1, user="carol", created_at=NOW + 2)
+        for task in (alice, bob, carol):
+            await store.create_task(task)
+        first = await store.claim_due_items("w1", 6, NOW + 2, LEASE)
+        by_task = {t.id: name for t, name in ((alice, "alice"), (bob, "bob"), (carol, "carol"))}
+        assert Counter(by_task[c.task_id] for c in first) == {"alice": 3, "bob": 2, "carol": 1}
+        assert [c.url for c in first if c.task_id == alice.id] == [url_of(n) for n in range(3)]
+        assert [c.url for c in await store.claim_due_items("w1", 10, NOW + 2, LEASE)] == [
+            url_of(n) for n in range(3, 10)
+        ]
+
+    async def test_users_take_turns_at_a_claim_smaller_than_their_number(self, store: TaskStore) -> None:
+        """One item per claim and three users with due items: each claim serves the user after the last one
+        served, so none waits for another's backlog."""
+        owners = {}
+        for n, user in enumerate(("alice", "bob", "carol")):
+            task = make_task(3, user=user, created_at=NOW + n)
+            owners[task.id] = user
+            await store.create_task(task)
+        served = [owners[c.task_id] for _ in range(6) for c in await store.claim_due_items("w1", 1, NOW + 2, LEASE)]
+        assert served == ["alice", "bob", "carol"] * 2
+
+    async def test_a_skipping_claim_finds_each_users_items_behind_a_skipped_nodes_backlog(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Windows of 4: behind alice's 10 items of a skipped node, her item on another node is found, and bob's
+        item in the same claim; without skipping, her backlog comes next."""
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_SCAN", 4)
+        backlog, behind = make_task(10, (("slow", 0),)), make_task(1, (("edge-1", 0),), created_at=NOW + 1)
+        bobs = make_task(1, (("edge-1", 0),), user="bob", created_at=NOW + 2)
+        for task in (backlog, behind, bobs):
+            await store.create_task(task)
+        found = await store.claim_due_items("w1", 4, NOW + 2, LEASE, ["slow"])
+        assert sorted((c.task_id, c.node) for c in found) == sorted([(behind.id, "edge-1"), (bobs.id, "edge-1")])
+        assert [c.node for c in await store.claim_due_items("w1", 4, NOW + 2, LEASE)] == ["slow"] * 4
 
     async def test_a_claim_leaves_out_the_nodes_it_is_asked_to_skip(self, store: TaskStore) -> None:
         """`skip_nodes`: none of their items is claimed (the others are, in due order), and they stay due for the
@@ -1227,20 +1269,42 @@ class TestSchema:
     async def test_a_version_2_database_upgrades_with_its_items_claimable(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Version 3 changed the claims' index (PostgreSQL): a database made by version 2 keeps its items
-        through the upgrade, and a claim that skips a node finds the others' items behind that node's."""
+        """Version 3 changed the claims' index (PostgreSQL), version 5 gave each item its user (the claims share
+        the due items among the users): a database whose items were written by version 2 keeps them through the
+        upgrade, its open items (waiting ones too) are given their task's user, and a claim that skips a node
+        finds each user's items behind that node's."""
         needs_shared_database(store_url)
         module = backend_module(store_url)
         with monkeypatch.context() as older:
             older.setattr(module, "SCHEMA_VERSION", 2)
             older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:2])
-            async with open_store(store_url) as store:
-                await store.create_task(make_task(3, (("slow", 0), ("edge-1", 0))))
+            async with open_store(store_url):
+                pass
+        rows = [  # (task, user, seq, stage, node, state) as version 2 wrote them
+            ("t1", "alice", 0, 0, "slow", "pending"),
+            ("t1", "alice", 1, 0, "slow", "pending"),
+            ("t1", "alice", 0, 0, "edge-1", "pending"),
+            ("t1", "alice", 1, 0, "edge-1", "succeeded"),
+            ("t2", "bob", 0, 0, "edge-1", "pending"),
+            ("t2", "bob", 0, 1, "edge-2", "waiting"),
+        ]
+        values = ", ".join(
+            f"('{t}', {s}, {g}, '{url_of(s)}', '{n}', 'warm', '{st}', {NOW})" for t, _, s, g, n, st in rows
+        )
+        await raw_sql(
+            store_url,
+            "INSERT INTO tasks (id, username, kind, created_at, total) "
+            f"VALUES ('t1', 'alice', 'prefetch', {NOW}, 4), ('t2', 'bob', 'prefetch', {NOW}, 2)",
+            f"INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) VALUES {values}",
+        )
         async with open_store(store_url, auto_upgrade=False) as store:
             assert await store.upgrade() == 2
+        named = await raw_sql(store_url, "SELECT task_id, node, state, username FROM items ORDER BY id")
+        assert named == [(t, n, st, None if st == "succeeded" else u) for t, u, _, _, n, st in rows]
         async with open_store(store_url) as store:
             claims = await store.claim_due_items("w1", 10, NOW, LEASE, ["slow"])
-            assert [c.node for c in claims] == ["edge-1"] * 3
+            assert sorted((c.task_id, c.node) for c in claims) == [("t1", "edge-1"), ("t2", "edge-1")]
+            assert len(await store.claim_due_items("w1", 10, NOW, LEASE)) == 2  # alice's on slow
 
     async def test_a_newer_schema_is_refused_even_by_upgrade(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch

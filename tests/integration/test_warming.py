@@ -295,3 +295,29 @@ def test_a_task_of_one_url_waits_for_its_node_restarting_within_node_down_wait(t
     assert task["status"] == 0, item
     assert (item["state"], item["http_status"]) == ("succeeded", 200), item
     assert state == "HIT"
+
+
+def test_a_users_task_of_one_url_is_warmed_during_another_users_large_task(tmp_path: Path) -> None:
+    """Claims share the due items among their users: a task of one URL that a second user submits just after
+    the first user's 4,000 URLs (a shield and 2 edges) ends while most of those are still to do (before, oldest
+    first, it waited for all of them: README measured 4-15 s behind 30,000)."""
+    other = ("other", "o" * 32)
+    extra = (
+        "[limits]\nurls_per_call = 4000\n[engine]\nconcurrency = 16\n\n"
+        f'[[users]]\nname = "{other[0]}"\nsecret = "{other[1]}"\ndomains = ["{DEFAULT_HOST}"]\n\n'
+    )
+    with Lab(tmp_path / "lab", edges=2) as lab:
+        large = lab.make_files(4000, 1024)
+        (small,) = lab.make_files(1, 1024, prefix="/small/")
+        with (
+            start_service(tmp_path, lab.nodes_toml(), extra=extra) as service,
+            client_for(service) as client,
+            Client(service.url, *other) as second,
+        ):
+            first = client.prefetch([url_of(p) for p in large])
+            view = second.wait(second.prefetch([url_of(small)]), timeout=60)
+            progress = client.task(first, limit=1)["counts"]
+            assert view["status"] == 0 and view["counts"]["succeeded"] == 3
+            to_do = progress["waiting"] + progress["pending"] + progress["running"]
+            assert to_do > 6000, progress  # of 12,000 items (4,000 URLs on 3 nodes)
+            assert client.wait(first, timeout=120)["counts"]["succeeded"] == 12000

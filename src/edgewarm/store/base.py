@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -23,13 +24,13 @@ from ..models import (
     TaskFilter,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
 # another application's: creating the schema there would fail half-way or mix the two.
 SCHEMA_TABLES = ("meta", "tasks", "items", "usage")
-# A claim that skips nodes scans the due items in windows of this many (at least its limit), at most
+# A claim that skips nodes scans each user's due items in windows of this many (at least its limit), at most
 # CLAIM_WINDOWS of them, and the worker's next such claim goes on from where it stopped (ClaimScans): a
 # skipped node's backlog is scanned once, not on every claim, and never in one long step.
 CLAIM_SCAN = 10_000
@@ -40,6 +41,9 @@ RESCAN_SECONDS = 5.0
 
 ScanPoint = tuple[float, int]  # (due_at, item id): the order in which claims scan due items
 FIRST: ScanPoint = (float("-inf"), 0)
+# A claim asks the users with due items for their shares this many times at most (FairClaims): a user that
+# gave all it was asked may have more, which the next round takes if the others had less.
+FAIR_ROUNDS = 4
 
 
 # STAGE_GATE, the rule both stores keep for a URL's stages (tiers, then steps: a shield's purge and warm, then
@@ -96,7 +100,8 @@ class _Passed:
 
 
 class ClaimScans:
-    """Where each worker's claims that skip nodes go on scanning.
+    """Where each worker's claims that skip nodes go on scanning each user's due items (a scan: one worker's
+    of one user's items, named by the caller).
 
     A window whose claimable items were all leased is passed: the due items up to its last were then the
     skipped nodes' own or leased, and an item made due later (a submission, a retry, a handed-back lease) is
@@ -108,11 +113,11 @@ class ClaimScans:
         self._passed: dict[str, _Passed] = {}
 
     async def claim(
-        self, worker: str, limit: int, skip_nodes: Sequence[str], window: Callable[[int, ScanPoint], Awaitable[Window]]
+        self, scan: str, limit: int, skip_nodes: Sequence[str], window: Callable[[int, ScanPoint], Awaitable[Window]]
     ) -> list[Claim]:
         """Claim up to `limit` with `window(want, after)`, window after window (CLAIM_WINDOWS at most)."""
         skipped = frozenset(skip_nodes)
-        passed = self._passed.get(worker)
+        passed = self._passed.get(scan)
         if passed is not None and (not passed.skipped <= skipped or self._clock() - passed.since > RESCAN_SECONDS):
             passed = None
         since, after = (passed.since, passed.after) if passed is not None else (self._clock(), FIRST)
@@ -123,9 +128,48 @@ class ClaimScans:
             claims.extend(found.claims)
             if len(found.claims) < want and found.last is not None:
                 after = found.last
-                self._passed[worker] = _Passed(skipped, after, since)
+                self._passed[scan] = _Passed(skipped, after, since)
             if len(claims) >= limit or found.scanned < claim_scan(want, skip_nodes):
                 break
+        return claims
+
+
+class FairClaims:
+    """Claims shared evenly among the users with due items: each user's items in due order, and each user asked
+    for an even share of what is left of the claim, round after round, until the claim is full or every user
+    gave all it had (a user with fewer due items leaves its share to the others). So a user's large task, or
+    one whose nodes answer slowly, no longer holds back the tasks other users submit after it.
+
+    Users take turns at coming first: a claim begins with the user after the last one it served before (when
+    the users outnumber the claim's limit, the ones left out are first next time)."""
+
+    def __init__(self) -> None:
+        self._served = ""  # the last user served: the next claim begins with the one after (in name order)
+
+    async def claim(
+        self, users: Sequence[str], limit: int, take: Callable[[str, int], Awaitable[list[Claim]]]
+    ) -> list[Claim]:
+        """Up to `limit` claims from `users`; `take(user, want)` leases up to `want` of that user's due items."""
+        ordered = sorted(users)
+        start = bisect.bisect_right(ordered, self._served)
+        active = ordered[start:] + ordered[:start]
+        claims: list[Claim] = []
+        for _ in range(FAIR_ROUNDS):
+            if not active or len(claims) >= limit:
+                break
+            share = -(-(limit - len(claims)) // len(active))  # rounded up: the claim fills in one round
+            more = []  # the users that gave all they were asked: they may have more
+            for user in active:
+                want = min(share, limit - len(claims))
+                if want <= 0:
+                    break
+                found = await take(user, want)
+                claims.extend(found)
+                if found:
+                    self._served = user
+                if len(found) == want:
+                    more.append(user)
+            active = more
         return claims
 
 
@@ -218,10 +262,11 @@ class TaskStore(Protocol):
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, in due
-        order, none of `skip_nodes` (nodes the worker has enough of in hand). Skipping, the due items are
-        scanned a window at a time (`ClaimScans`): a long backlog of the skipped nodes is passed in steps,
-        once, and the other nodes' items behind it are found."""
+        """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, shared
+        evenly among the users whose items they are (`FairClaims`), each user's in due order, none of
+        `skip_nodes` (nodes the worker has enough of in hand). Skipping, each user's due items are scanned a
+        window at a time (`ClaimScans`): a long backlog of the skipped nodes is passed in steps, once, and the
+        other nodes' items behind it are found."""
         ...
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:

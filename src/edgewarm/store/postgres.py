@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -50,6 +51,7 @@ from .base import (
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     ClaimScans,
+    FairClaims,
     ScanPoint,
     Window,
     claim_scan,
@@ -136,6 +138,14 @@ MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
     """,
+    # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
+    # each user's due items are found in due order by this index. Items that had ended keep none.
+    """
+    ALTER TABLE items ADD COLUMN username text;
+    UPDATE items SET username = tasks.username FROM tasks
+        WHERE tasks.id = items.task_id AND items.state IN ('pending', 'running', 'waiting');
+    CREATE INDEX items_user_due ON items (username, due_at, id) WHERE state IN ('pending', 'running');
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -183,8 +193,8 @@ _BY_IDEMPOTENCY_KEY = f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = $1 AND
 
 # One statement for every item; WITH ORDINALITY keeps the ids in submission order, as SQLite gives them.
 _INSERT_ITEMS = """
-INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at)
-SELECT $1, s.seq, s.stage, s.url, s.node, s.action, CASE WHEN s.stage = 0 THEN 'pending' ELSE 'waiting' END, $2
+INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username)
+SELECT $1, s.seq, s.stage, s.url, s.node, s.action, CASE WHEN s.stage = 0 THEN 'pending' ELSE 'waiting' END, $2, $8
 FROM unnest($3::integer[], $4::integer[], $5::text[], $6::text[], $7::text[])
     WITH ORDINALITY AS s (seq, stage, url, node, action, n)
 ORDER BY s.n
@@ -200,28 +210,42 @@ UPDATE items SET state = 'running', lease_owner = $1, due_at = $2
 FROM due WHERE items.id = due.id
 RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts, due.state = 'running'
 """
+# The users with items pending or running (not all of them due): one step of the index items_user_due per
+# user (a loose index scan), not a read of their items.
+_OPEN_USERS = """
+WITH RECURSIVE open (name) AS (
+    SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') AND username IS NOT NULL
+            ORDER BY username LIMIT 1)
+    UNION ALL
+    SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') AND username > open.name
+            ORDER BY username LIMIT 1)
+    FROM open WHERE open.name IS NOT NULL
+)
+SELECT coalesce(array_agg(name), '{}') FROM open WHERE name IS NOT NULL
+"""
+# Of user $5's items, the first $4 due.
 _CLAIM = f"""
 WITH due AS (
-    SELECT id, state FROM items WHERE state IN ('pending', 'running') AND due_at <= $3
-    ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
+    SELECT id, state FROM items WHERE state IN ('pending', 'running') AND username = $5 AND due_at <= $3
+    ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
-# A window of a claim that skips the nodes in $2: of the $3 due items after (due_at, id) ($4, $5), the first
-# $6 but those of the skipped nodes, read lazily (it stops once $6 are found) and without locking (locking the
-# scanned rows of the skipped nodes would keep other claimers off them). Then the candidates are locked if
+# A window of a claim that skips the nodes in $2: of user $7's $3 due items after (due_at, id) ($4, $5), the
+# first $6 but those of the skipped nodes, read lazily (it stops once $6 are found) and without locking (locking
+# the scanned rows of the skipped nodes would keep other claimers off them). Then the candidates are locked if
 # still due, and leased.
 _WINDOW = """
 SELECT array_agg(id) FROM (
     SELECT id FROM (
-        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
+        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND username = $7 AND due_at <= $1
         AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
     ) AS scanned WHERE node <> ALL($2::text[]) LIMIT $6
 ) AS candidate
 """
-# Of that window ($1 now, after ($2, $3), $4 items): how many items it holds and the last of them.
+# Of that window ($1 now, user $5, after ($2, $3), $4 items): how many items it holds and the last of them.
 _WINDOW_END = """
 WITH scanned AS MATERIALIZED (
-    SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND due_at <= $1
+    SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND username = $5 AND due_at <= $1
     AND (due_at, id) > ($2, $3) ORDER BY due_at, id LIMIT $4
 )
 SELECT (SELECT count(*) FROM scanned), last.due_at, last.id
@@ -473,6 +497,7 @@ class PostgresStore:
         self.url = url
         self.safe_url = redacted(url)
         self._scans = ClaimScans()
+        self._fair = FairClaims()
         self._auto_upgrade = auto_upgrade
         self._min_connections = min_connections
         self._max_connections = max_connections
@@ -614,6 +639,7 @@ class PostgresStore:
                             [it.url for it in items],
                             [it.node for it in items],
                             [it.action.value for it in items],
+                            task.username,
                         )
                         await conn.execute(_NOTIFY)
                     else:
@@ -721,18 +747,15 @@ class PostgresStore:
     async def claim_due_items(
         self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
     ) -> list[Claim]:
-        if not skip_nodes:
-            async with self._connection() as conn:
-                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, limit))
         skip = list(skip_nodes)
 
-        async def window(want: int, after: ScanPoint) -> Window:
+        async def window(user: str, want: int, after: ScanPoint) -> Window:
             async with self._connection() as conn:
                 scan = claim_scan(want, skip_nodes)
-                candidates = await conn.fetchval(_WINDOW, now, skip, scan, *after, want) or []
+                candidates = await conn.fetchval(_WINDOW, now, skip, scan, *after, want, user) or []
                 scanned, last = scan, None  # found before the window's end (its rest unread: the usual case)
                 if len(candidates) < want:  # short: where the whole window ended
-                    row = await conn.fetchrow(_WINDOW_END, now, *after, scan)
+                    row = await conn.fetchrow(_WINDOW_END, now, *after, scan, user)
                     assert row is not None  # one row, always
                     scanned, last = row[0], None if row[2] is None else (row[1], row[2])
                 claims = []
@@ -740,7 +763,15 @@ class PostgresStore:
                     claims = _claims(await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now))
             return Window(claims, scanned, last)
 
-        return await self._scans.claim(worker, limit, skip_nodes, window)
+        async def take(user: str, want: int) -> list[Claim]:
+            if skip_nodes:
+                return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, functools.partial(window, user))
+            async with self._connection() as conn:
+                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user))
+
+        async with self._connection() as conn:
+            users = await conn.fetchval(_OPEN_USERS)
+        return await self._fair.claim(users, limit, take)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:

@@ -44,6 +44,7 @@ from .base import (
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     ClaimScans,
+    FairClaims,
     ScanPoint,
     Window,
     claim_scan,
@@ -117,6 +118,14 @@ MIGRATIONS: tuple[str, ...] = (
     # version 4: a directory refresh finds the URLs known under it by a range of this index (known_urls), not by
     # reading every item
     "CREATE INDEX items_url ON items (lower(url));",
+    # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
+    # each user's due items are found in due order by this index. Items that had ended keep none.
+    """
+    ALTER TABLE items ADD COLUMN username TEXT;
+    UPDATE items SET username = (SELECT username FROM tasks WHERE tasks.id = items.task_id)
+        WHERE state IN ('pending', 'running', 'waiting');
+    CREATE INDEX items_user_due ON items (username, due_at) WHERE state IN ('pending', 'running');
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -136,6 +145,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
         self._scans = ClaimScans()
+        self._fair = FairClaims()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
         self._damaged: StoreDamaged | None = None  # once a statement found the file damaged: /readyz says so
         # A write refused (a full disk, a read-only file): until a probe write works (_write_probe). Not any write:
@@ -506,30 +516,35 @@ class SQLiteStore:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6])) for r in rows]
 
-        def claim() -> list[Claim]:
+        def claim(user: str, want: int) -> list[Claim]:
             with _write_transaction(self.db):
-                (found,) = self.db.execute(_DUE_ITEMS, (now, limit)).fetchone()
+                (found,) = self.db.execute(_DUE_ITEMS, (now, want, user)).fetchone()
                 return lease(_from_json(found))
 
-        if not skip_nodes:
-            return await self._run(claim)
         skip = _json(list(skip_nodes))
 
-        def claim_window(want: int, after: ScanPoint) -> Window:
+        def claim_window(user: str, want: int, after: ScanPoint) -> Window:
             scan = claim_scan(want, skip_nodes)
             with _write_transaction(self.db):
-                (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after)).fetchone()
+                (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
                 rows = _from_json(found)
                 if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
                     return Window(lease(rows), scan, None)
                 # Short: the whole window was read; where it ended, read before the leases move the items.
-                scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan)).fetchone()
+                scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan, user)).fetchone()
                 return Window(lease(rows), scanned, None if item is None else (due, item))
 
-        async def window(want: int, after: ScanPoint) -> Window:  # each its own step: others are answered between
-            return await self._run(functools.partial(claim_window, want, after))
+        async def take(user: str, want: int) -> list[Claim]:  # each its own step: others are answered between
+            if not skip_nodes:
+                return await self._run(functools.partial(claim, user, want))
 
-        return await self._scans.claim(worker, limit, skip_nodes, window)
+            async def window(want: int, after: ScanPoint) -> Window:
+                return await self._run(functools.partial(claim_window, user, want, after))
+
+            return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, window)
+
+        (users,) = await self._run(lambda: self.db.execute(_OPEN_USERS).fetchone())
+        return await self._fair.claim(_from_json(users), limit, take)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
@@ -789,21 +804,31 @@ _ITEMS_PAGE_IN_STATE = (
 # Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
 # JSON (it would round them).
 _CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running'))"
+# The users with items pending or running (not all of them due), as a JSON array: one step of the index
+# items_user_due per user (a loose index scan), not a read of their items.
+_OPEN_USERS = (
+    "WITH RECURSIVE open (name) AS (SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') "
+    "AND username IS NOT NULL ORDER BY username LIMIT 1) UNION ALL SELECT (SELECT username FROM items "
+    "WHERE state IN ('pending', 'running') AND username > open.name ORDER BY username LIMIT 1) FROM open "
+    "WHERE open.name IS NOT NULL) SELECT json_group_array(name) FROM open WHERE name IS NOT NULL"
+)
+# Of user ?3's items, the first ?2 due.
 _DUE_ITEMS = (
     f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
-    "WHERE state IN ('pending', 'running') AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
+    "WHERE state IN ('pending', 'running') AND username = ?3 AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2)"
 )
-# A window of a claim that skips nodes: of the ?4 due items after (due_at, id) (?5, ?6), the first ?2 but
-# those of the nodes in ?3 (a JSON array). Read lazily: it stops once ?2 are found.
+# A window of a claim that skips nodes: of user ?7's ?4 due items after (due_at, id) (?5, ?6), the first ?2
+# but those of the nodes in ?3 (a JSON array). Read lazily: it stops once ?2 are found.
 _DUE_WINDOW = (
     f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state "
-    "FROM items WHERE state IN ('pending', 'running') AND due_at <= ?1 AND (due_at, id) > (?5, ?6) "
-    "ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2)"
+    "FROM items WHERE state IN ('pending', 'running') AND username = ?7 AND due_at <= ?1 "
+    "AND (due_at, id) > (?5, ?6) ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) "
+    "LIMIT ?2)"
 )
-# Of that window (?1 now, after (?2, ?3), ?4 items): how many items it holds and the last of them.
+# Of that window (?1 now, user ?5, after (?2, ?3), ?4 items): how many items it holds and the last of them.
 _WINDOW_END = (
-    "WITH w AS MATERIALIZED (SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND due_at <= ?1 "
-    "AND (due_at, id) > (?2, ?3) ORDER BY due_at, id LIMIT ?4) "
+    "WITH w AS MATERIALIZED (SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND username = ?5 "
+    "AND due_at <= ?1 AND (due_at, id) > (?2, ?3) ORDER BY due_at, id LIMIT ?4) "
     "SELECT (SELECT count(*) FROM w), last.due_at, last.id "
     "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
 )
@@ -954,10 +979,15 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
     )  # fmt: skip
     # One statement for the items (executemany is a step per row, and each step hands the GIL over).
     db.execute(
-        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
+        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username) "
         "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
-        "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2 FROM json_each(?3)",
-        (task.id, task.created_at, _json([(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items])),
+        "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2, ?4 FROM json_each(?3)",
+        (
+            task.id,
+            task.created_at,
+            _json([(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items]),
+            task.username,
+        ),
     )
     if not task.items:
         _finish_tasks(db, [task.id], task.created_at)
