@@ -8,6 +8,7 @@ stopped by its PID; every wait is bounded by the scenario's `Deadline`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -412,6 +413,14 @@ def use_source(path: str | None) -> None:
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = path
+
+
+def source_folder(text: str) -> tuple[str, str]:
+    """An argument NAME=DIR (a src folder to run), the folder made absolute (the services run elsewhere)."""
+    name, _, folder = text.partition("=")
+    if not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, str(Path(folder).resolve())
 
 
 def start_service(folder: Path, nodes_toml: str, **options: Any) -> ServiceProcess:

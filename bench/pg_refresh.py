@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHM, fresh_lab, in_turns, url_of, use_source
+from bench.common import SHM, fresh_lab, in_turns, source_folder, url_of, use_source
 from edgewarm.client import AsyncClient
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
@@ -90,18 +90,10 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def source(text: str) -> tuple[str, str]:
-    """NAME=DIR, the folder made absolute (the services run elsewhere)."""
-    name, _, folder = text.partition("=")
-    if not name or not folder:
-        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
-    return name, str(Path(folder).resolve())
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--src", action="append", required=True, type=source, help="NAME=DIR: a src folder to run (repeat)"
+        "--src", action="append", required=True, type=source_folder, help="NAME=DIR: a src folder to run (repeat)"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--urls", type=int, default=3000)
