@@ -1306,6 +1306,21 @@ class TestSchema:
             assert sorted((c.task_id, c.node) for c in claims) == [("t1", "edge-1"), ("t2", "edge-1")]
             assert len(await store.claim_due_items("w1", 10, NOW, LEASE)) == 2  # alice's on slow
 
+    async def test_an_item_written_without_its_user_is_given_its_tasks_user(self, store_url: str) -> None:
+        """A process of version 4 still running after `db upgrade` writes items without a user: the store gives
+        each its task's user, and the claims find it (else no claim would ever take it)."""
+        needs_shared_database(store_url)
+        async with open_store(store_url) as store:
+            task = make_task(1, user="bob")
+            await store.create_task(task)
+            await raw_sql(
+                store_url,
+                "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
+                f"VALUES ('{task.id}', 1, 0, '{url_of(1)}', 'edge-1', 'warm', 'pending', {NOW})",
+            )
+            assert await raw_sql(store_url, "SELECT username FROM items ORDER BY id") == [("bob",), ("bob",)]
+            assert sorted(c.url for c in await store.claim_due_items("w1", 10, NOW, LEASE)) == [url_of(0), url_of(1)]
+
     async def test_a_newer_schema_is_refused_even_by_upgrade(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:

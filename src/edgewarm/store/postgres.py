@@ -139,12 +139,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
     """,
     # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
-    # each user's due items are found in due order by this index. Items that had ended keep none.
+    # each user's due items are found in due order by this index. Items that had ended keep none. An item
+    # written without it (by a process of an older version still running after `db upgrade`) is given it.
     """
     ALTER TABLE items ADD COLUMN username text;
     UPDATE items SET username = tasks.username FROM tasks
         WHERE tasks.id = items.task_id AND items.state IN ('pending', 'running', 'waiting');
     CREATE INDEX items_user_due ON items (username, due_at, id) WHERE state IN ('pending', 'running');
+    CREATE FUNCTION edgewarm_item_user() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        SELECT username INTO NEW.username FROM tasks WHERE id = NEW.task_id;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER items_user BEFORE INSERT ON items FOR EACH ROW WHEN (NEW.username IS NULL)
+        EXECUTE FUNCTION edgewarm_item_user();
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -119,12 +119,16 @@ MIGRATIONS: tuple[str, ...] = (
     # reading every item
     "CREATE INDEX items_url ON items (lower(url));",
     # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
-    # each user's due items are found in due order by this index. Items that had ended keep none.
+    # each user's due items are found in due order by this index. Items that had ended keep none. An item
+    # written without it (by a process of an older version still running after `db upgrade`) is given it.
     """
     ALTER TABLE items ADD COLUMN username TEXT;
     UPDATE items SET username = (SELECT username FROM tasks WHERE tasks.id = items.task_id)
         WHERE state IN ('pending', 'running', 'waiting');
     CREATE INDEX items_user_due ON items (username, due_at) WHERE state IN ('pending', 'running');
+    CREATE TRIGGER items_user AFTER INSERT ON items WHEN NEW.username IS NULL BEGIN
+        UPDATE items SET username = (SELECT username FROM tasks WHERE tasks.id = NEW.task_id) WHERE id = NEW.id;
+    END;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
