@@ -1,10 +1,12 @@
 """What a second user waits behind a first user's large task, in turns between source folders (two commits, say).
 
     .venv/bin/python bench/fairness.py --rounds 3 --src before=/tmp/old/src --src after=src
+    .venv/bin/python bench/fairness.py --small 1000 --refresh --src before=/tmp/old/src --src after=src
 
 Each round and source: a fresh lab (2 nginx edges, RAM disk) and `edgewarm serve` on SQLite started from that
 source (PYTHONPATH); the first user submits `--urls` URLs (calls of 100 from 4 clients) and, once they are all
-accepted, a second user submits one task of `--small` URLs. Timed from the store's own clock (the tasks'
+accepted, a second user submits one task of `--small` URLs (with `--refresh`: `"refresh": true`, each URL
+purged then warmed, on a shield and 2 edges with the cache-purge module). Timed from the store's own clock (the tasks'
 `created_at` and `finished_at`): the second user's task from its submission to its end, and the first user's
 URLs from the first call to the last task's end. Every task must end with status 0.
 
@@ -41,16 +43,20 @@ from edgewarm.client import AsyncClient
 SECOND_USER = ("second", "s" * 32)
 
 
-async def one_run(folder: Path, urls: int, small: int, timeout: float) -> tuple[float, float]:
+async def one_run(folder: Path, urls: int, small: int, refresh: bool, timeout: float) -> tuple[float, float]:
     """(seconds the second user's task took, seconds the first user's URLs took)."""
-    extra = f'[[users]]\nname = "{SECOND_USER[0]}"\nsecret = "{SECOND_USER[1]}"\ndomains = ["www.example.test"]\n\n'
-    with fresh_lab(edges=2, shield=False) as lab:
+    name, secret = SECOND_USER
+    extra = (
+        f'[[users]]\nname = "{name}"\nsecret = "{secret}"\ndomains = ["www.example.test"]\n'
+        f"urls_per_call = {max(small, 100)}\n\n"
+    )
+    with fresh_lab(edges=2, shield=refresh, purge_module=refresh) as lab:
         paths = lab.make_files(urls + small, 4096)
         with start_service(folder, lab.nodes_toml(), extra=extra) as service:
             deadline = Deadline("fairness", timeout)
             first, started, _ = await submit_all(service, [url_of(p) for p in paths[:urls]])
             async with AsyncClient(service.url, *SECOND_USER, timeout=timeout) as second:
-                taskid = await second.prefetch([url_of(p) for p in paths[urls:]])
+                taskid = await second.prefetch([url_of(p) for p in paths[urls:]], refresh=refresh)
                 view = await second.wait(taskid, timeout=timeout)
             ended = await wait_tasks(service, first, deadline)
     assert view["status"] == 0, f"the second user's task ended with status {view['status']}"
@@ -67,7 +73,7 @@ async def main(args: argparse.Namespace) -> int:
         for name in in_turns(names, round_no):
             use_source(sources[name])
             with tempfile.TemporaryDirectory(prefix="edgewarm-bench-fair-", dir=SHM) as folder:
-                waited, large = await one_run(Path(folder), args.urls, args.small, args.timeout)
+                waited, large = await one_run(Path(folder), args.urls, args.small, args.refresh, args.timeout)
             waits[name].append(waited)
             print(
                 f"round {round_no + 1} {name}: the second user's {args.small} URLs {waited:.2f} s; "
@@ -89,5 +95,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--urls", type=int, default=30_000, help="the first user's URLs")
     parser.add_argument("--small", type=int, default=1, help="the second user's URLs")
+    parser.add_argument("--refresh", action="store_true", help="the second user's task purges, then warms")
     parser.add_argument("--timeout", type=float, default=300.0, help="the longest wait for tasks, seconds")
     sys.exit(asyncio.run(main(parser.parse_args())))

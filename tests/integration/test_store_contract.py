@@ -1269,10 +1269,10 @@ class TestSchema:
     async def test_a_version_2_database_upgrades_with_its_items_claimable(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Version 3 changed the claims' index (PostgreSQL), version 5 gave each item its user (the claims share
-        the due items among the users): a database whose items were written by version 2 keeps them through the
-        upgrade, its open items (waiting ones too) are given their task's user, and a claim that skips a node
-        finds each user's items behind that node's."""
+        """Version 3 changed the claims' index (PostgreSQL), version 5 gave each new item its user (the claims
+        share the due items among the users): a database whose items were written by version 2 keeps them
+        through the upgrade, unchanged (they name no user: they are claimed as one user's, UNNAMED), and a claim
+        that skips a node finds the items behind that node's."""
         needs_shared_database(store_url)
         module = backend_module(store_url)
         with monkeypatch.context() as older:
@@ -1300,26 +1300,29 @@ class TestSchema:
         async with open_store(store_url, auto_upgrade=False) as store:
             assert await store.upgrade() == 2
         named = await raw_sql(store_url, "SELECT task_id, node, state, username FROM items ORDER BY id")
-        assert named == [(t, n, st, None if st == "succeeded" else u) for t, u, _, _, n, st in rows]
+        assert named == [(t, n, st, None) for t, _, _, _, n, st in rows]
         async with open_store(store_url) as store:
             claims = await store.claim_due_items("w1", 10, NOW, LEASE, ["slow"])
             assert sorted((c.task_id, c.node) for c in claims) == [("t1", "edge-1"), ("t2", "edge-1")]
             assert len(await store.claim_due_items("w1", 10, NOW, LEASE)) == 2  # alice's on slow
 
-    async def test_an_item_written_without_its_user_is_given_its_tasks_user(self, store_url: str) -> None:
-        """A process of version 4 still running after `db upgrade` writes items without a user: the store gives
-        each its task's user, and the claims find it (else no claim would ever take it)."""
+    async def test_items_written_without_their_user_are_claimed_as_one_users(self, store_url: str) -> None:
+        """A process of version 4 still running after `db upgrade` writes items without a user: the claims take
+        them as one more user's (else no claim would ever take them), sharing with the others."""
         needs_shared_database(store_url)
         async with open_store(store_url) as store:
-            task = make_task(1, user="bob")
+            task = make_task(3, user="bob")
             await store.create_task(task)
-            await raw_sql(
-                store_url,
-                "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) "
-                f"VALUES ('{task.id}', 1, 0, '{url_of(1)}', 'edge-1', 'warm', 'pending', {NOW})",
+            values = ", ".join(
+                f"('{task.id}', {seq}, 0, '{url_of(seq)}', 'edge-2', 'warm', 'pending', {NOW})" for seq in (7, 8)
             )
-            assert await raw_sql(store_url, "SELECT username FROM items ORDER BY id") == [("bob",), ("bob",)]
-            assert sorted(c.url for c in await store.claim_due_items("w1", 10, NOW, LEASE)) == [url_of(0), url_of(1)]
+            await raw_sql(
+                store_url, f"INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) VALUES {values}"
+            )
+            first = await store.claim_due_items("w1", 2, NOW, LEASE)
+            assert sorted((c.url, c.node) for c in first) == [(url_of(0), "edge-1"), (url_of(7), "edge-2")]
+            rest = await store.claim_due_items("w1", 10, NOW, LEASE)
+            assert sorted(c.url for c in rest) == [url_of(1), url_of(2), url_of(8)]
 
     async def test_a_newer_schema_is_refused_even_by_upgrade(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch

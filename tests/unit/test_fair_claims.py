@@ -1,11 +1,12 @@
-"""FairClaims: how a claim is shared among the users with due items (the stores' SQL is in the store contract)."""
+"""FairClaims: how a claim is shared among the users with due items; ClaimScans: how its windows are (the
+stores' SQL is in the store contract)."""
 
 from __future__ import annotations
 
 import pytest
 
 from edgewarm.models import Claim, ItemAction
-from edgewarm.store.base import FairClaims
+from edgewarm.store.base import CLAIM_SCAN, CLAIM_WINDOWS, ClaimScans, FairClaims, ScanPoint, Window
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +59,20 @@ async def test_users_outnumbering_the_limit_take_turns_at_coming_first() -> None
 
 async def test_no_users_no_claims() -> None:
     assert await FairClaims().claim([], 10, Backlogs().take) == []
+
+
+async def test_a_claims_windows_are_shared_among_the_users_it_scans() -> None:
+    """A claim skipping a node scans CLAIM_WINDOWS windows in all, shared among its users' scans (one each at
+    least): 20 users with a skipped node's backlog do not make one claim read 20 x 8 windows."""
+    windows = 0
+
+    async def backlog(want: int, after: ScanPoint) -> Window:  # a whole window of the skipped node's items
+        nonlocal windows
+        windows += 1
+        return Window([], CLAIM_SCAN, (float(windows), windows))
+
+    scans = ClaimScans()
+    for users, expected in ((1, CLAIM_WINDOWS), (4, CLAIM_WINDOWS // 4), (20, 1)):
+        windows = 0
+        assert await scans.claim(f"w\nuser-{users}", 10, ["slow"], backlog, users) == []
+        assert windows == expected

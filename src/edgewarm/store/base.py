@@ -41,6 +41,9 @@ RESCAN_SECONDS = 5.0
 
 ScanPoint = tuple[float, int]  # (due_at, item id): the order in which claims scan due items
 FIRST: ScanPoint = (float("-inf"), 0)
+# The user of items written before schema version 5 (or by an older process since), which name none: they are
+# claimed as one more user's. No user's name is empty (config.User).
+UNNAMED = ""
 # A claim asks the users with due items for their shares this many times at most (FairClaims): a user that
 # gave all it was asked may have more, which the next round takes if the others had less.
 FAIR_ROUNDS = 4
@@ -113,16 +116,23 @@ class ClaimScans:
         self._passed: dict[str, _Passed] = {}
 
     async def claim(
-        self, scan: str, limit: int, skip_nodes: Sequence[str], window: Callable[[int, ScanPoint], Awaitable[Window]]
+        self,
+        scan: str,
+        limit: int,
+        skip_nodes: Sequence[str],
+        window: Callable[[int, ScanPoint], Awaitable[Window]],
+        scans: int = 1,
     ) -> list[Claim]:
-        """Claim up to `limit` with `window(want, after)`, window after window (CLAIM_WINDOWS at most)."""
+        """Claim up to `limit` with `window(want, after)`, window after window: CLAIM_WINDOWS at most, shared
+        among the `scans` (users) of one claim (one each at least), so that a claim scans about as much however
+        many users have a skipped node's backlog; each user's next claim goes on from where this one stopped."""
         skipped = frozenset(skip_nodes)
         passed = self._passed.get(scan)
         if passed is not None and (not passed.skipped <= skipped or self._clock() - passed.since > RESCAN_SECONDS):
             passed = None
         since, after = (passed.since, passed.after) if passed is not None else (self._clock(), FIRST)
         claims: list[Claim] = []
-        for _ in range(CLAIM_WINDOWS):
+        for _ in range(max(1, CLAIM_WINDOWS // scans)):
             want = limit - len(claims)
             found = await window(want, after)
             claims.extend(found.claims)

@@ -50,6 +50,7 @@ from .base import (
     NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
+    UNNAMED,
     ClaimScans,
     FairClaims,
     ScanPoint,
@@ -139,20 +140,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
     """,
     # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
-    # each user's due items are found in due order by this index. Items that had ended keep none. An item
-    # written without it (by a process of an older version still running after `db upgrade`) is given it.
+    # each user's due items are found in due order by this index. Items written before (or by an older process
+    # still running after `db upgrade`) name none: they are claimed as one more user's, UNNAMED (filling them in
+    # would rewrite every open item while the migration holds the table: 29 s for a million, measured).
     """
     ALTER TABLE items ADD COLUMN username text;
-    UPDATE items SET username = tasks.username FROM tasks
-        WHERE tasks.id = items.task_id AND items.state IN ('pending', 'running', 'waiting');
-    CREATE INDEX items_user_due ON items (username, due_at, id) WHERE state IN ('pending', 'running');
-    CREATE FUNCTION edgewarm_item_user() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        SELECT username INTO NEW.username FROM tasks WHERE id = NEW.task_id;
-        RETURN NEW;
-    END $$;
-    CREATE TRIGGER items_user BEFORE INSERT ON items FOR EACH ROW WHEN (NEW.username IS NULL)
-        EXECUTE FUNCTION edgewarm_item_user();
+    CREATE INDEX items_user_due ON items ((coalesce(username, '')), due_at, id) WHERE state IN ('pending', 'running');
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -218,23 +211,24 @@ UPDATE items SET state = 'running', lease_owner = $1, due_at = $2
 FROM due WHERE items.id = due.id
 RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts, due.state = 'running'
 """
+# An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
+_USER = f"coalesce(username, '{UNNAMED}')"
 # The users with items pending or running (not all of them due): one step of the index items_user_due per
 # user (a loose index scan), not a read of their items.
-_OPEN_USERS = """
+_OPEN_USERS = f"""
 WITH RECURSIVE open (name) AS (
-    SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') AND username IS NOT NULL
-            ORDER BY username LIMIT 1)
+    SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') ORDER BY {_USER} LIMIT 1)
     UNION ALL
-    SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') AND username > open.name
-            ORDER BY username LIMIT 1)
+    SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') AND {_USER} > open.name
+            ORDER BY {_USER} LIMIT 1)
     FROM open WHERE open.name IS NOT NULL
 )
-SELECT coalesce(array_agg(name), '{}') FROM open WHERE name IS NOT NULL
+SELECT coalesce(array_agg(name), '{{}}') FROM open WHERE name IS NOT NULL
 """
 # Of user $5's items, the first $4 due.
 _CLAIM = f"""
 WITH due AS (
-    SELECT id, state FROM items WHERE state IN ('pending', 'running') AND username = $5 AND due_at <= $3
+    SELECT id, state FROM items WHERE state IN ('pending', 'running') AND {_USER} = $5 AND due_at <= $3
     ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
@@ -242,18 +236,18 @@ WITH due AS (
 # first $6 but those of the skipped nodes, read lazily (it stops once $6 are found) and without locking (locking
 # the scanned rows of the skipped nodes would keep other claimers off them). Then the candidates are locked if
 # still due, and leased.
-_WINDOW = """
+_WINDOW = f"""
 SELECT array_agg(id) FROM (
     SELECT id FROM (
-        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND username = $7 AND due_at <= $1
+        SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND {_USER} = $7 AND due_at <= $1
         AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
     ) AS scanned WHERE node <> ALL($2::text[]) LIMIT $6
 ) AS candidate
 """
 # Of that window ($1 now, user $5, after ($2, $3), $4 items): how many items it holds and the last of them.
-_WINDOW_END = """
+_WINDOW_END = f"""
 WITH scanned AS MATERIALIZED (
-    SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND username = $5 AND due_at <= $1
+    SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND {_USER} = $5 AND due_at <= $1
     AND (due_at, id) > ($2, $3) ORDER BY due_at, id LIMIT $4
 )
 SELECT (SELECT count(*) FROM scanned), last.due_at, last.id
@@ -773,7 +767,8 @@ class PostgresStore:
 
         async def take(user: str, want: int) -> list[Claim]:
             if skip_nodes:
-                return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, functools.partial(window, user))
+                scan = f"{worker}\n{user}"
+                return await self._scans.claim(scan, want, skip_nodes, functools.partial(window, user), len(users))
             async with self._connection() as conn:
                 return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user))
 

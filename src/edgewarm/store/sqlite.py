@@ -43,6 +43,7 @@ from .base import (
     NOT_ATTEMPTED,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
+    UNNAMED,
     ClaimScans,
     FairClaims,
     ScanPoint,
@@ -119,16 +120,12 @@ MIGRATIONS: tuple[str, ...] = (
     # reading every item
     "CREATE INDEX items_url ON items (lower(url));",
     # version 5: claims share the due items among their users (FairClaims): each item names its task's user, and
-    # each user's due items are found in due order by this index. Items that had ended keep none. An item
-    # written without it (by a process of an older version still running after `db upgrade`) is given it.
+    # each user's due items are found in due order by this index. Items written before (or by an older process
+    # still running after `db upgrade`) name none: they are claimed as one more user's, UNNAMED (filling them in
+    # would rewrite every open item while the migration holds the table).
     """
     ALTER TABLE items ADD COLUMN username TEXT;
-    UPDATE items SET username = (SELECT username FROM tasks WHERE tasks.id = items.task_id)
-        WHERE state IN ('pending', 'running', 'waiting');
-    CREATE INDEX items_user_due ON items (username, due_at) WHERE state IN ('pending', 'running');
-    CREATE TRIGGER items_user AFTER INSERT ON items WHEN NEW.username IS NULL BEGIN
-        UPDATE items SET username = (SELECT username FROM tasks WHERE tasks.id = NEW.task_id) WHERE id = NEW.id;
-    END;
+    CREATE INDEX items_user_due ON items (coalesce(username, ''), due_at) WHERE state IN ('pending', 'running');
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -545,10 +542,10 @@ class SQLiteStore:
             async def window(want: int, after: ScanPoint) -> Window:
                 return await self._run(functools.partial(claim_window, user, want, after))
 
-            return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, window)
+            return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, window, len(users))
 
-        (users,) = await self._run(lambda: self.db.execute(_OPEN_USERS).fetchone())
-        return await self._fair.claim(_from_json(users), limit, take)
+        users = _from_json((await self._run(lambda: self.db.execute(_OPEN_USERS).fetchone()))[0])
+        return await self._fair.claim(users, limit, take)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
@@ -808,30 +805,32 @@ _ITEMS_PAGE_IN_STATE = (
 # Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
 # JSON (it would round them).
 _CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running'))"
+# An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
+_USER = f"coalesce(username, '{UNNAMED}')"
 # The users with items pending or running (not all of them due), as a JSON array: one step of the index
 # items_user_due per user (a loose index scan), not a read of their items.
 _OPEN_USERS = (
-    "WITH RECURSIVE open (name) AS (SELECT (SELECT username FROM items WHERE state IN ('pending', 'running') "
-    "AND username IS NOT NULL ORDER BY username LIMIT 1) UNION ALL SELECT (SELECT username FROM items "
-    "WHERE state IN ('pending', 'running') AND username > open.name ORDER BY username LIMIT 1) FROM open "
+    f"WITH RECURSIVE open (name) AS (SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') "
+    f"ORDER BY {_USER} LIMIT 1) UNION ALL SELECT (SELECT {_USER} FROM items "
+    f"WHERE state IN ('pending', 'running') AND {_USER} > open.name ORDER BY {_USER} LIMIT 1) FROM open "
     "WHERE open.name IS NOT NULL) SELECT json_group_array(name) FROM open WHERE name IS NOT NULL"
 )
 # Of user ?3's items, the first ?2 due.
 _DUE_ITEMS = (
     f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
-    "WHERE state IN ('pending', 'running') AND username = ?3 AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2)"
+    f"WHERE state IN ('pending', 'running') AND {_USER} = ?3 AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2)"
 )
 # A window of a claim that skips nodes: of user ?7's ?4 due items after (due_at, id) (?5, ?6), the first ?2
 # but those of the nodes in ?3 (a JSON array). Read lazily: it stops once ?2 are found.
 _DUE_WINDOW = (
     f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state "
-    "FROM items WHERE state IN ('pending', 'running') AND username = ?7 AND due_at <= ?1 "
+    f"FROM items WHERE state IN ('pending', 'running') AND {_USER} = ?7 AND due_at <= ?1 "
     "AND (due_at, id) > (?5, ?6) ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) "
     "LIMIT ?2)"
 )
 # Of that window (?1 now, user ?5, after (?2, ?3), ?4 items): how many items it holds and the last of them.
 _WINDOW_END = (
-    "WITH w AS MATERIALIZED (SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND username = ?5 "
+    f"WITH w AS MATERIALIZED (SELECT due_at, id FROM items WHERE state IN ('pending', 'running') AND {_USER} = ?5 "
     "AND due_at <= ?1 AND (due_at, id) > (?2, ?3) ORDER BY due_at, id LIMIT ?4) "
     "SELECT (SELECT count(*) FROM w), last.due_at, last.id "
     "FROM (SELECT 1) LEFT JOIN (SELECT due_at, id FROM w ORDER BY due_at DESC, id DESC LIMIT 1) AS last"
