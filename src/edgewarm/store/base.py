@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 from ..errors import SchemaVersionError
 from ..models import (
@@ -88,11 +88,47 @@ def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One window of a claim: the items leased, how many due items it scanned, the last of them."""
+    """One window of a claim: the items leased, how many due items it scanned, the last of them; and the first
+    item it found to lease, when it found all it wanted (the due items scanned before it were the skipped
+    nodes' own)."""
 
     claims: list[Claim]
     scanned: int
     last: ScanPoint | None
+    first: ScanPoint | None = None
+
+
+Asked = TypeVar("Asked")
+Answer = TypeVar("Answer")
+Result = TypeVar("Result")
+# A claim's steps as a generator: it yields what it asks the database for and is sent the answers, so that one
+# rule serves a store whose steps are calls on its own thread (SQLite: the whole claim in one) and one whose
+# steps are awaited (PostgreSQL).
+Plan = Generator[Asked, Answer, list[Claim]]
+WindowAsk = tuple[int, ScanPoint]  # (want, after): a window of a claim that skips nodes
+UserAsk = tuple[str, int]  # (user, want): a user's share of a claim
+
+
+def run_plan(plan: Generator[Asked, Answer, Result], step: Callable[[Asked], Answer]) -> Result:
+    """Run `plan`, answering each ask with `step`."""
+    try:
+        asked = next(plan)
+        while True:
+            asked = plan.send(step(asked))
+    except StopIteration as done:
+        result: Result = done.value
+        return result
+
+
+async def run_plan_async(plan: Generator[Asked, Answer, Result], step: Callable[[Asked], Awaitable[Answer]]) -> Result:
+    """Run `plan`, answering each ask with `await step(ask)`."""
+    try:
+        asked = next(plan)
+        while True:
+            asked = plan.send(await step(asked))
+    except StopIteration as done:
+        result: Result = done.value
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +144,20 @@ class ClaimScans:
 
     A window whose claimable items were all leased is passed: the due items up to its last were then the
     skipped nodes' own or leased, and an item made due later (a submission, a retry, a handed-back lease) is
-    due after it. A later claim that skips those nodes, or more, starts after it; one that skips fewer starts
-    from the first due item (the nodes no longer skipped have items there)."""
+    due after it. So are the due items before the first one a window found, when it found all it wanted (the
+    skipped nodes' backlog in front of a user's items: else every claim read it again, for every user). A later
+    claim that skips those nodes, or more, starts after them; one that skips fewer starts from the first due
+    item (the nodes no longer skipped have items there)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._passed: dict[str, _Passed] = {}
 
-    async def claim(
-        self,
-        scan: str,
-        limit: int,
-        skip_nodes: Sequence[str],
-        window: Callable[[int, ScanPoint], Awaitable[Window]],
-        scans: int = 1,
-    ) -> list[Claim]:
-        """Claim up to `limit` with `window(want, after)`, window after window: CLAIM_WINDOWS at most, shared
-        among the `scans` (users) of one claim (one each at least), so that a claim scans about as much however
-        many users have a skipped node's backlog; each user's next claim goes on from where this one stopped."""
+    def plan(self, scan: str, limit: int, skip_nodes: Sequence[str], scans: int = 1) -> Plan[WindowAsk, Window]:
+        """Claim up to `limit`, window after window (each asked as (want, after), answered with the Window
+        leased): CLAIM_WINDOWS at most, shared among the `scans` (users) of one claim (one each at least), so
+        that a claim scans about as much however many users have a skipped node's backlog; each user's next
+        claim goes on from where this one stopped. Run by `run_plan` or `run_plan_async`."""
         skipped = frozenset(skip_nodes)
         passed = self._passed.get(scan)
         if passed is not None and (not passed.skipped <= skipped or self._clock() - passed.since > RESCAN_SECONDS):
@@ -134,11 +166,13 @@ class ClaimScans:
         claims: list[Claim] = []
         for _ in range(max(1, CLAIM_WINDOWS // scans)):
             want = limit - len(claims)
-            found = await window(want, after)
+            found = yield want, after
             claims.extend(found.claims)
             if len(found.claims) < want and found.last is not None:
                 after = found.last
                 self._passed[scan] = _Passed(skipped, after, since)
+            elif found.first is not None and (before := (found.first[0], found.first[1] - 1)) > after:
+                self._passed[scan] = _Passed(skipped, before, since)
             if len(claims) >= limit or found.scanned < claim_scan(want, skip_nodes):
                 break
         return claims
@@ -156,10 +190,9 @@ class FairClaims:
     def __init__(self) -> None:
         self._served = ""  # the last user served: the next claim begins with the one after (in name order)
 
-    async def claim(
-        self, users: Sequence[str], limit: int, take: Callable[[str, int], Awaitable[list[Claim]]]
-    ) -> list[Claim]:
-        """Up to `limit` claims from `users`; `take(user, want)` leases up to `want` of that user's due items."""
+    def plan(self, users: Sequence[str], limit: int) -> Plan[UserAsk, list[Claim]]:
+        """Up to `limit` claims from `users`, each asked as (user, want), answered with up to `want` of that
+        user's due items, leased. Run by `run_plan` or `run_plan_async`."""
         ordered = sorted(users)
         start = bisect.bisect_right(ordered, self._served)
         active = ordered[start:] + ordered[:start]
@@ -173,7 +206,7 @@ class FairClaims:
                 want = min(share, limit - len(claims))
                 if want <= 0:
                     break
-                found = await take(user, want)
+                found = yield user, want
                 claims.extend(found)
                 if found:
                     self._served = user

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -54,9 +53,11 @@ from .base import (
     ClaimScans,
     FairClaims,
     ScanPoint,
+    UserAsk,
     Window,
     claim_scan,
     known_search,
+    run_plan_async,
     starting_with,
     tables_in_the_way,
     wrong_version,
@@ -237,8 +238,8 @@ WITH due AS (
 # the scanned rows of the skipped nodes would keep other claimers off them). Then the candidates are locked if
 # still due, and leased.
 _WINDOW = f"""
-SELECT array_agg(id) FROM (
-    SELECT id FROM (
+SELECT array_agg(id ORDER BY due_at, id), min(due_at) FROM (
+    SELECT id, due_at FROM (
         SELECT id, node, due_at FROM items WHERE state IN ('pending', 'running') AND {_USER} = $7 AND due_at <= $1
         AND (due_at, id) > ($4, $5) ORDER BY due_at, id LIMIT $3
     ) AS scanned WHERE node <> ALL($2::text[]) LIMIT $6
@@ -754,8 +755,11 @@ class PostgresStore:
         async def window(user: str, want: int, after: ScanPoint) -> Window:
             async with self._connection() as conn:
                 scan = claim_scan(want, skip_nodes)
-                candidates = await conn.fetchval(_WINDOW, now, skip, scan, *after, want, user) or []
+                found = await conn.fetchrow(_WINDOW, now, skip, scan, *after, want, user)
+                assert found is not None  # one row, always
+                candidates, first_due = found[0] or [], found[1]
                 scanned, last = scan, None  # found before the window's end (its rest unread: the usual case)
+                first = (first_due, candidates[0]) if len(candidates) == want else None
                 if len(candidates) < want:  # short: where the whole window ended
                     row = await conn.fetchrow(_WINDOW_END, now, *after, scan, user)
                     assert row is not None  # one row, always
@@ -763,18 +767,19 @@ class PostgresStore:
                 claims = []
                 if candidates:
                     claims = _claims(await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now))
-            return Window(claims, scanned, last)
+            return Window(claims, scanned, last, first)
 
-        async def take(user: str, want: int) -> list[Claim]:
+        async def take(ask: UserAsk) -> list[Claim]:
+            user, want = ask
             if skip_nodes:
-                scan = f"{worker}\n{user}"
-                return await self._scans.claim(scan, want, skip_nodes, functools.partial(window, user), len(users))
+                scans = self._scans.plan(f"{worker}\n{user}", want, skip_nodes, len(users))
+                return await run_plan_async(scans, lambda asked: window(user, *asked))
             async with self._connection() as conn:
                 return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user))
 
         async with self._connection() as conn:
             users = await conn.fetchval(_OPEN_USERS)
-        return await self._fair.claim(users, limit, take)
+        return await run_plan_async(self._fair.plan(users, limit), take)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:

@@ -47,9 +47,11 @@ from .base import (
     ClaimScans,
     FairClaims,
     ScanPoint,
+    UserAsk,
     Window,
     claim_scan,
     known_search,
+    run_plan,
     tables_in_the_way,
     wrong_version,
 )
@@ -517,35 +519,36 @@ class SQLiteStore:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6])) for r in rows]
 
-        def claim(user: str, want: int) -> list[Claim]:
-            with _write_transaction(self.db):
-                (found,) = self.db.execute(_DUE_ITEMS, (now, want, user)).fetchone()
-                return lease(_from_json(found))
-
         skip = _json(list(skip_nodes))
 
-        def claim_window(user: str, want: int, after: ScanPoint) -> Window:
+        def window(user: str, want: int, after: ScanPoint) -> Window:
             scan = claim_scan(want, skip_nodes)
-            with _write_transaction(self.db):
-                (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
-                rows = _from_json(found)
-                if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
-                    return Window(lease(rows), scan, None)
-                # Short: the whole window was read; where it ended, read before the leases move the items.
-                scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan, user)).fetchone()
-                return Window(lease(rows), scanned, None if item is None else (due, item))
+            (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
+            rows = _from_json(found)
+            if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
+                (due,) = self.db.execute("SELECT due_at FROM items WHERE id = ?", (rows[0][0],)).fetchone()
+                return Window(lease(rows), scan, None, (due, rows[0][0]))
+            # Short: the whole window was read; where it ended, read before the leases move the items.
+            scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan, user)).fetchone()
+            return Window(lease(rows), scanned, None if item is None else (due, item))
 
-        async def take(user: str, want: int) -> list[Claim]:  # each its own step: others are answered between
+        def take(ask: UserAsk, users: int) -> list[Claim]:
+            user, want = ask
             if not skip_nodes:
-                return await self._run(functools.partial(claim, user, want))
+                (found,) = self.db.execute(_DUE_ITEMS, (now, want, user)).fetchone()
+                return lease(_from_json(found))
+            scans = self._scans.plan(f"{worker}\n{user}", want, skip_nodes, users)
+            return run_plan(scans, lambda asked: window(user, *asked))
 
-            async def window(want: int, after: ScanPoint) -> Window:
-                return await self._run(functools.partial(claim_window, user, want, after))
+        def claim() -> list[Claim]:
+            # One step and one transaction for the whole claim, every user's share in it: a step per user made
+            # the claims wait for the event loop between them (a tester's 10 users beside a slow node: the live
+            # node's items took twice as long).
+            with _write_transaction(self.db):
+                users = _from_json(self.db.execute(_OPEN_USERS).fetchone()[0])
+                return run_plan(self._fair.plan(users, limit), lambda ask: take(ask, len(users)))
 
-            return await self._scans.claim(f"{worker}\n{user}", want, skip_nodes, window, len(users))
-
-        users = _from_json((await self._run(lambda: self.db.execute(_OPEN_USERS).fetchone()))[0])
-        return await self._fair.claim(users, limit, take)
+        return await self._run(claim)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         def renew() -> int:
