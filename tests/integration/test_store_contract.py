@@ -417,6 +417,21 @@ class TestWork:
         monkeypatch.setattr(edgewarm.store.base, "RESCAN_SECONDS", 0.0)
         assert [c.node for c in await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"])] == ["edge-1"]
 
+    async def test_a_skipping_claim_passes_the_backlog_in_front_of_what_it_found(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A window that found all it wanted behind a skipped node's backlog passes that backlog: the next claim
+        that skips it goes on from the first item found (an item made due before it, by a process whose clock
+        is behind, is found when the scans start from the first due item again)."""
+        monkeypatch.setattr(edgewarm.store.base, "CLAIM_WINDOWS", 1)
+        await store.create_task(make_task(10, (("slow", 0),)))
+        await store.create_task(make_task(3, (("edge-1", 0),), created_at=NOW + 1))
+        assert [c.url for c in await store.claim_due_items("w1", 1, NOW + 5, LEASE, ["slow"])] == [url_of(0)]
+        await store.create_task(make_task(1, (("edge-2", 0),), created_at=NOW - 5))  # in front of the backlog
+        assert [c.url for c in await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"])] == [url_of(1), url_of(2)]
+        monkeypatch.setattr(edgewarm.store.base, "RESCAN_SECONDS", 0.0)
+        assert [c.node for c in await store.claim_due_items("w1", 2, NOW + 5, LEASE, ["slow"])] == ["edge-2"]
+
     async def test_a_nodes_items_are_put_off_until_a_time_with_a_note(self, store: TaskStore) -> None:
         """`put_off_node`: that node's pending items due before `until` become due then, noting why; its leased
         items, its items due later and the other nodes' items are left alone."""
