@@ -53,7 +53,7 @@ async def one_run(folder: Path, urls: int, small: int, refresh: bool, timeout: f
     with fresh_lab(edges=2, shield=refresh, purge_module=refresh) as lab:
         paths = lab.make_files(urls + small, 4096)
         with start_service(folder, lab.nodes_toml(), extra=extra) as service:
-            deadline = Deadline("fairness", timeout)
+            deadline = Deadline(timeout, "fairness")
             first, started, _ = await submit_all(service, [url_of(p) for p in paths[:urls]])
             async with AsyncClient(service.url, *SECOND_USER, timeout=timeout) as second:
                 taskid = await second.prefetch([url_of(p) for p in paths[urls:]], refresh=refresh)

@@ -237,7 +237,7 @@ class Engine:
             s = self.settings
             self._wake.clear()
             await self._clock_stepped()
-            limit = min(self._room() - len(self._in_hand), self._unwritten_room(), s.batch_size)
+            limit = min(self._room() - self._counted(), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             for name in resting:
                 self._coalescer.changed(name)  # held down: it may come back empty (a restart), its warms with it
@@ -307,13 +307,25 @@ class Engine:
         not recorded, sent again when this process dies and their leases expire, and counted late."""
         return self._room() + OUTCOMES_AHEAD * self.settings.batch_size - len(self._leased)
 
+    def _share(self, lane: _NodeLane) -> int:
+        """How many claimed items a node's lane may hold: enough to keep its workers busy, or its part of the
+        room among the configured nodes (every task has items on each) if that is more."""
+        return max(lane.width * CLAIM_AHEAD, self._room() // max(1, len(self.config.nodes)))
+
+    def _counted(self) -> int:
+        """The items in hand that count against the room: not those of a lane beyond its share. A claim made
+        while a slow node's lane was just below its share may bring it a whole claim's worth of its backlog (the
+        due items in front of each user's are its own); counted, they left the other nodes a sliver of the room
+        until the slow node worked them off (a tester's 10 users beside a node answering 8 a second: it held
+        482 of the 512, and the live node's items took twice as long)."""
+        beyond = sum(max(0, lane.held - self._share(lane)) for lane in self._lanes.values())
+        return len(self._in_hand) - beyond
+
     def _nodes_to_skip(self, resting: dict[str, Hold]) -> list[str]:
-        """The nodes left out of the next claim. Those whose lanes hold their share, so that a slow node's
-        claims do not fill the room while the other nodes' items wait behind them: a lane's share is enough to
-        keep its workers busy, or its part of the room among the configured nodes (every task has items on
-        each) if that is more; when all their lanes are full, so is the room. And the `resting` ones."""
-        part = self._room() // max(1, len(self.config.nodes))
-        skip = [lane.node.name for lane in self._lanes.values() if lane.held >= max(lane.width * CLAIM_AHEAD, part)]
+        """The nodes left out of the next claim. Those whose lanes hold their share (`_share`), so that a slow
+        node's claims do not fill the room while the other nodes' items wait behind them; when all their lanes
+        are full, so is the room. And the `resting` ones."""
+        skip = [lane.node.name for lane in self._lanes.values() if lane.held >= self._share(lane)]
         skip.extend(name for name in resting if name not in skip)
         return skip
 
@@ -631,7 +643,7 @@ class Engine:
         lane.held -= 1
         # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
         # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
-        if len(self._in_hand) <= self._room() * 3 // 4:
+        if len(self._in_hand) <= self._room() * 3 // 4 or self._counted() <= self._room() * 3 // 4:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
