@@ -415,6 +415,18 @@ def use_source(path: str | None) -> None:
         os.environ["PYTHONPATH"] = path
 
 
+def sources_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a bench that runs source folders in turns: --src NAME=DIR (repeat), --rounds,
+    --timeout; the bench adds its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--src", action="append", required=True, type=source_folder, help="NAME=DIR: a src folder to run (repeat)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="the longest wait for tasks, seconds")
+    return parser
+
+
 def source_folder(text: str) -> tuple[str, str]:
     """An argument NAME=DIR (a src folder to run), the folder made absolute (the services run elsewhere)."""
     name, _, folder = text.partition("=")

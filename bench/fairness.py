@@ -31,7 +31,7 @@ from bench.common import (
     epoch_of,
     fresh_lab,
     in_turns,
-    source_folder,
+    sources_parser,
     start_service,
     submit_all,
     url_of,
@@ -88,13 +88,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--src", action="append", required=True, type=source_folder, help="NAME=DIR: a src folder to run (repeat)"
-    )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = sources_parser(__doc__)
     parser.add_argument("--urls", type=int, default=30_000, help="the first user's URLs")
     parser.add_argument("--small", type=int, default=1, help="the second user's URLs")
     parser.add_argument("--refresh", action="store_true", help="the second user's task purges, then warms")
-    parser.add_argument("--timeout", type=float, default=300.0, help="the longest wait for tasks, seconds")
     sys.exit(asyncio.run(main(parser.parse_args())))

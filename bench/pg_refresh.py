@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHM, fresh_lab, in_turns, source_folder, url_of, use_source
+from bench.common import SHM, fresh_lab, in_turns, sources_parser, url_of, use_source
 from edgewarm.client import AsyncClient
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
@@ -91,12 +91,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--src", action="append", required=True, type=source_folder, help="NAME=DIR: a src folder to run (repeat)"
-    )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = sources_parser(__doc__)
     parser.add_argument("--urls", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=300.0, help="the longest wait for tasks, seconds")
     sys.exit(asyncio.run(main(parser.parse_args())))

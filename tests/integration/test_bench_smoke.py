@@ -100,6 +100,7 @@ TOOLS = [
         "--urls 1000 --batch 200",
         expect={
             r"^2,000 items claimed and recorded in batches of 200$": 1,
+            r"^claim: the users\s+[\d.]+ us/item$": 1,
             r"^claim: select due items\s+[\d.]+ us/item$": 1,
             r"^outcomes: update\s+[\d.]+ us/item$": 1,
             r"^all\s+[\d.]+ us/item$": 1,
@@ -166,6 +167,21 @@ TOOLS = [
         "ab-https",
         "--https --by-name --rounds 1 --urls 200 a= b=",
         expect={**{ROUND.format(n): 1 for n in "ab"}, **{rf"^{n}\s+median\s+\d+ warms/s$": 1 for n in "ab"}},
+    ),
+    tool(
+        "fairness",
+        "--urls 300 --rounds 1",
+        *("--src", f"a={SRC}"),
+        expect={
+            r"^round 1 a: the second user's 1 URLs [\d.]+ s; the first user's 300 URLs [\d.]+ s$": 1,
+            r"^a: the second user's task, median [\d.]+ s \([\d.]+-[\d.]+\)$": 1,
+        },
+    ),
+    tool(
+        "fairness-refresh",
+        "--urls 300 --small 20 --refresh --rounds 1",
+        *("--src", f"a={SRC}"),
+        expect={r"^round 1 a: the second user's 20 URLs [\d.]+ s; the first user's 300 URLs [\d.]+ s$": 1},
     ),
     tool("timeline", "--urls 200", expect=TIMELINE),
     tool("timeline-split", "--urls 200 --split", expect=TIMELINE),
