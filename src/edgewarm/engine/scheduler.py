@@ -165,6 +165,20 @@ class Engine:
         self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
         self.wake()
 
+    def _widths(self) -> dict[str, int]:
+        """Each configured node's width: what its settings ask for (`concurrency`, or `per_node_concurrency`),
+        while the widths add up to `[engine] concurrency` at most (the fetcher's connections, all nodes
+        together); beyond that, `concurrency` shared max-min fairly (a node asking for less than an even split
+        gets it, the others share the rest evenly). Else slow nodes' requests could hold every connection and
+        the other nodes' wait for one (a tester's 4 slow nodes of the default 64 beside a live one, 256 in all:
+        the live node warmed at the slow nodes' pace)."""
+        asked = {n.name: n.concurrency or self.settings.per_node_concurrency for n in self.config.nodes}
+        left, widths = self.settings.concurrency, {}
+        for i, name in enumerate(sorted(asked, key=lambda name: asked[name])):
+            widths[name] = min(asked[name], max(1, left // (len(asked) - i)))
+            left -= widths[name]
+        return widths
+
     def _dedupe_seconds(self) -> float:
         return self.settings.dedupe_seconds if self._sole else 0.0
 
@@ -307,18 +321,24 @@ class Engine:
         not recorded, sent again when this process dies and their leases expire, and counted late."""
         return self._room() + OUTCOMES_AHEAD * self.settings.batch_size - len(self._leased)
 
+    def _part(self) -> int:
+        """A node's part of the room among the configured nodes (every task has items on each)."""
+        return self._room() // max(1, len(self.config.nodes))
+
     def _share(self, lane: _NodeLane) -> int:
         """How many claimed items a node's lane may hold: enough to keep its workers busy, or its part of the
-        room among the configured nodes (every task has items on each) if that is more."""
-        return max(lane.width * CLAIM_AHEAD, self._room() // max(1, len(self.config.nodes)))
+        room if that is more."""
+        return max(lane.width * CLAIM_AHEAD, self._part())
 
     def _counted(self) -> int:
-        """The items in hand that count against the room: not those of a lane beyond its share. A claim made
-        while a slow node's lane was just below its share may bring it a whole claim's worth of its backlog (the
-        due items in front of each user's are its own); counted, they left the other nodes a sliver of the room
-        until the slow node worked them off (a tester's 10 users beside a node answering 8 a second: it held
-        482 of the 512, and the live node's items took twice as long)."""
-        beyond = sum(max(0, lane.held - self._share(lane)) for lane in self._lanes.values())
+        """The items in hand that count against the room: each lane's up to its part of it. What a lane holds
+        beyond its part (up to its share, and a claim's worth more: a claim made while it was just below its
+        share may bring it a whole claim of its node's backlog, the due items in front of each user's being its
+        own) would otherwise leave the other nodes a sliver of the room until a slow node worked it off (a
+        tester's 10 users beside a node answering 8 a second: it held 482 of the 512 and the live node's items
+        took twice as long; 4 slow nodes of the default width held the whole room between them)."""
+        part = self._part()
+        beyond = sum(max(0, lane.held - part) for lane in self._lanes.values())
         return len(self._in_hand) - beyond
 
     def _nodes_to_skip(self, resting: dict[str, Hold]) -> list[str]:
@@ -428,9 +448,9 @@ class Engine:
         return lane
 
     def _staff(self, lane: _NodeLane, node: Node) -> None:
-        """Give `lane` the width `node`'s settings ask for: start workers up to it (see _NodeLane for fewer)."""
+        """Give `lane` its width (`_widths`): start workers up to it (see _NodeLane for fewer)."""
         lane.node = node
-        lane.width = node.concurrency or self.settings.per_node_concurrency
+        lane.width = self._widths().get(node.name) or node.concurrency or self.settings.per_node_concurrency
         for _ in range(lane.width - len(lane.workers)):
             name = f"edgewarm-{node.name}-{len(lane.workers)}"
             lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
@@ -641,9 +661,12 @@ class Engine:
         if not self._in_hand:
             self._idle.set()
         lane.held -= 1
-        # Claim again while a quarter of the room is free, not when the queues run dry: a claim takes a few
-        # milliseconds (it waits its turn with the store's other writes), and workers must not idle meanwhile.
-        if len(self._in_hand) <= self._room() * 3 // 4 or self._counted() <= self._room() * 3 // 4:
+        # Claim again while a quarter of the room is free (half of a node's part, with more than two nodes), not
+        # when the queues run dry: a claim takes a few milliseconds (it waits its turn with the store's other
+        # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts
+        # of the room would else let the others claim only at each poll (a tester's 4 slow nodes: the live
+        # node warmed ~70 items a second).
+        if self._room() - self._counted() >= min(self._room() // 4, self._part() // 2):
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
