@@ -326,3 +326,25 @@ async def test_a_lanes_items_beyond_its_part_leave_the_room_to_the_other_nodes(s
             fetcher.release.set()
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "asked", "widths"),
+    [
+        (256, [64, 64], [64, 64]),  # they fit: as asked
+        (256, [64] * 5, [51, 51, 51, 51, 52]),  # 320 asked: 256 shared evenly (the defaults with 5 nodes)
+        (64, [4, 64, 64], [4, 30, 30]),  # the one asking less than an even split gets it, the others the rest
+        (8, [64] * 11, [1] * 11),  # at least one each
+    ],
+)
+async def test_node_widths_share_the_engines_concurrency_once_they_add_up_to_more(
+    concurrency: int, asked: list[int], widths: list[int]
+) -> None:
+    """The fetcher has `[engine] concurrency` connections for all nodes: widths adding up to more would let slow
+    nodes' requests hold them all, and the other nodes' requests wait for one."""
+    nodes = [{"name": f"n{i}", "url": f"http://127.0.0.1:{i + 1}", "concurrency": w} for i, w in enumerate(asked)]
+    users = [{"name": "u", "secret": "s" * 16, "domains": ["example.test"]}]
+    conf = parse_config({"store": "memory://", "engine": {"concurrency": concurrency}, "nodes": nodes, "users": users})
+    async with open_store("memory://") as store:
+        engine = Engine(conf, store, CountingFetcher())
+        assert [engine._widths()[f"n{i}"] for i in range(len(asked))] == widths
