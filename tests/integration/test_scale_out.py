@@ -261,16 +261,19 @@ async def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(
 
 
 def sent_again(lab: Lab, count: int, since: float) -> list[float]:
-    """When each /f/ path an edge logged more than once (since `since`) was last sent there: the items a dead worker had
-    out (sent, their outcomes never written), sent again by another. (Their attempts do not show it: the dead
-    worker had not recorded the attempt it began, and an item it only held claimed costs none.)"""
+    """When each /f/ path a node logged more than once (since `since`) was last sent there: the items a dead
+    worker had out (sent, their outcomes never written), sent again by another. (Their attempts do not show it:
+    the dead worker had not recorded the attempt it began, and an item it only held claimed costs none.) The
+    shield logs each edge's fill besides the warm: a path is sent again there when it logged more than that
+    (the kill may come while the worker has only shield items out)."""
     again = []
-    for node in lab.edges:  # the shield logs the edges' fills besides the warms
+    for node in [*lab.edges, *([lab.shield] if lab.shield else [])]:
+        expected = 1 if node is not lab.shield else 1 + len(lab.edges)
         last: dict[str, list[float]] = {}
         for request in lab.wait_for_requests(node, count, timeout=10):
             if request.uri.startswith("/f/") and request.time >= since:
                 last.setdefault(request.uri, []).append(request.time)
-        again += [max(times) for times in last.values() if len(times) > 1]
+        again += [max(times) for times in last.values() if len(times) > expected]
     return again
 
 
