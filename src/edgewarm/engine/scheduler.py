@@ -172,12 +172,16 @@ class Engine:
         gets it, the others share the rest evenly). Else slow nodes' requests could hold every connection and
         the other nodes' wait for one (a tester's 4 slow nodes of the default 64 beside a live one, 256 in all:
         the live node warmed at the slow nodes' pace)."""
-        asked = {n.name: n.concurrency or self.settings.per_node_concurrency for n in self.config.nodes}
+        asked = {n.name: self._asked(n) for n in self.config.nodes}
         left, widths = self.settings.concurrency, {}
         for i, name in enumerate(sorted(asked, key=lambda name: asked[name])):
             widths[name] = min(asked[name], max(1, left // (len(asked) - i)))
             left -= widths[name]
         return widths
+
+    def _asked(self, node: Node) -> int:
+        """The width `node`'s settings ask for: its own `concurrency`, else `[engine] per_node_concurrency`."""
+        return node.concurrency or self.settings.per_node_concurrency
 
     def _dedupe_seconds(self) -> float:
         return self.settings.dedupe_seconds if self._sole else 0.0
@@ -251,7 +255,7 @@ class Engine:
             s = self.settings
             self._wake.clear()
             await self._clock_stepped()
-            limit = min(self._room() - self._counted(), self._unwritten_room(), s.batch_size)
+            limit = min(self._room() - self._counted(self._part()), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             for name in resting:
                 self._coalescer.changed(name)  # held down: it may come back empty (a restart), its warms with it
@@ -330,14 +334,13 @@ class Engine:
         room if that is more."""
         return max(lane.width * CLAIM_AHEAD, self._part())
 
-    def _counted(self) -> int:
-        """The items in hand that count against the room: each lane's up to its part of it. What a lane holds
-        beyond its part (up to its share, and a claim's worth more: a claim made while it was just below its
+    def _counted(self, part: int) -> int:
+        """The items in hand that count against the room: each lane's up to its `part` of it (`_part`). What a
+        lane holds beyond its part (up to its share, and a claim's worth more: a claim made while it was just below its
         share may bring it a whole claim of its node's backlog, the due items in front of each user's being its
         own) would otherwise leave the other nodes a sliver of the room until a slow node worked it off (a
         tester's 10 users beside a node answering 8 a second: it held 482 of the 512 and the live node's items
         took twice as long; 4 slow nodes of the default width held the whole room between them)."""
-        part = self._part()
         beyond = sum(max(0, lane.held - part) for lane in self._lanes.values())
         return len(self._in_hand) - beyond
 
@@ -450,7 +453,7 @@ class Engine:
     def _staff(self, lane: _NodeLane, node: Node) -> None:
         """Give `lane` its width (`_widths`): start workers up to it (see _NodeLane for fewer)."""
         lane.node = node
-        lane.width = self._widths().get(node.name) or node.concurrency or self.settings.per_node_concurrency
+        lane.width = self._widths().get(node.name) or self._asked(node)  # not configured: a reload removed it
         for _ in range(lane.width - len(lane.workers)):
             name = f"edgewarm-{node.name}-{len(lane.workers)}"
             lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
@@ -666,7 +669,8 @@ class Engine:
         # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts
         # of the room would else let the others claim only at each poll (a tester's 4 slow nodes: the live
         # node warmed ~70 items a second).
-        if self._room() - self._counted() >= min(self._room() // 4, self._part() // 2):
+        room, part = self._room(), self._part()
+        if room - self._counted(part) >= min(room // 4, part // 2):
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
