@@ -523,11 +523,10 @@ class SQLiteStore:
 
         def window(user: str, want: int, after: ScanPoint) -> Window:
             scan = claim_scan(want, skip_nodes)
-            (found,) = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
+            found, first_due = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
             rows = _from_json(found)
             if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
-                (due,) = self.db.execute("SELECT due_at FROM items WHERE id = ?", (rows[0][0],)).fetchone()
-                return Window(lease(rows), scan, None, (due, rows[0][0]))
+                return Window(lease(rows), scan, None, (first_due, rows[0][0]))
             # Short: the whole window was read; where it ended, read before the leases move the items.
             scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan, user)).fetchone()
             return Window(lease(rows), scanned, None if item is None else (due, item))
@@ -824,9 +823,11 @@ _DUE_ITEMS = (
     f"WHERE state IN ('pending', 'running') AND {_USER} = ?3 AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2)"
 )
 # A window of a claim that skips nodes: of user ?7's ?4 due items after (due_at, id) (?5, ?6), the first ?2
-# but those of the nodes in ?3 (a JSON array). Read lazily: it stops once ?2 are found.
+# but those of the nodes in ?3 (a JSON array), and the first one's due time (a column of its own: exact). Read
+# lazily: it stops once ?2 are found.
 _DUE_WINDOW = (
-    f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, state "
+    f"SELECT {_CLAIMED_COLUMNS}, min(due_at) FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, "
+    "state, due_at "
     f"FROM items WHERE state IN ('pending', 'running') AND {_USER} = ?7 AND due_at <= ?1 "
     "AND (due_at, id) > (?5, ?6) ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) "
     "LIMIT ?2)"
