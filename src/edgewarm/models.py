@@ -177,6 +177,9 @@ class Claim:
     # Taken over from a worker whose lease ran out (it died, say): it may or may not have sent the item, so
     # the attempt this claim makes is recorded before it is sent (`TaskStore.begin_attempt`).
     retaken: bool = False
+    # Its task's user ("" for items written before schema version 5: store.base.UNNAMED), whose turn it waits
+    # for in its node's lane (engine/turns.py).
+    user: str = ""
 
 
 @dataclass(frozen=True, slots=True)

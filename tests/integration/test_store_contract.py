@@ -44,6 +44,7 @@ from edgewarm.models import (
     TaskStatus,
 )
 from edgewarm.store import SCHEMA_VERSION, TaskStore, open_store
+from edgewarm.store.base import UNNAMED
 from edgewarm.store.postgres import PostgresStore
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import free_port
@@ -320,7 +321,8 @@ class TestWork:
 
     async def test_claims_share_the_due_items_among_their_users(self, store: TaskStore) -> None:
         """Each user with due items gets an even share of a claim, its own items in due order, whoever
-        submitted first; a user with fewer leaves the rest of its share to the others."""
+        submitted first; a user with fewer leaves the rest of its share to the others. Each claim names its
+        task's user (the engine's lanes serve their users by turns)."""
         alice = make_task(10)
         bob = make_task(2, user="bob", created_at=NOW + 1)
         carol = make_task(1, user="carol", created_at=NOW + 2)
@@ -329,6 +331,7 @@ class TestWork:
         first = await store.claim_due_items("w1", 6, NOW + 2, LEASE)
         by_task = {t.id: name for t, name in ((alice, "alice"), (bob, "bob"), (carol, "carol"))}
         assert Counter(by_task[c.task_id] for c in first) == {"alice": 3, "bob": 2, "carol": 1}
+        assert all(c.user == by_task[c.task_id] for c in first)
         assert [c.url for c in first if c.task_id == alice.id] == [url_of(n) for n in range(3)]
         assert [c.url for c in await store.claim_due_items("w1", 10, NOW + 2, LEASE)] == [
             url_of(n) for n in range(3, 10)
@@ -357,6 +360,7 @@ class TestWork:
             await store.create_task(task)
         found = await store.claim_due_items("w1", 4, NOW + 2, LEASE, ["slow"])
         assert sorted((c.task_id, c.node) for c in found) == sorted([(behind.id, "edge-1"), (bobs.id, "edge-1")])
+        assert sorted((c.task_id, c.user) for c in found) == sorted([(behind.id, "alice"), (bobs.id, "bob")])
         assert [c.node for c in await store.claim_due_items("w1", 4, NOW + 2, LEASE)] == ["slow"] * 4
 
     async def test_a_claim_leaves_out_the_nodes_it_is_asked_to_skip(self, store: TaskStore) -> None:
@@ -1336,6 +1340,7 @@ class TestSchema:
             )
             first = await store.claim_due_items("w1", 2, NOW, LEASE)
             assert sorted((c.url, c.node) for c in first) == [(url_of(0), "edge-1"), (url_of(7), "edge-2")]
+            assert sorted((c.url, c.user) for c in first) == [(url_of(0), "bob"), (url_of(7), UNNAMED)]
             rest = await store.claim_due_items("w1", 10, NOW, LEASE)
             assert sorted(c.url for c in rest) == [url_of(1), url_of(2), url_of(8)]
 

@@ -14,6 +14,7 @@ import pytest
 from edgewarm.client import Client
 from edgewarm.engine.outcome import NO_STATE_TOLD
 from edgewarm.testing import DEFAULT_HOST, Lab
+from edgewarm.testing.faults import FaultServer, Respond
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service
 
 pytestmark = pytest.mark.integration
@@ -321,3 +322,37 @@ def test_a_users_task_of_one_url_is_warmed_during_another_users_large_task(tmp_p
             to_do = progress["waiting"] + progress["pending"] + progress["running"]
             assert to_do > 6000, progress  # of 12,000 items (4,000 URLs on 3 nodes)
             assert client.wait(first, timeout=120)["counts"]["succeeded"] == 12000
+
+
+def test_a_users_item_on_a_slow_node_waits_for_one_of_another_users_items_there_not_all(tmp_path: Path) -> None:
+    """A node's lane gives out what it holds by turns among the users (engine/turns.py): a second user's item
+    on a slow node (0.2 s an answer, 2 at a time) that the lane holds behind 30 of the first user's goes at the
+    lane's next free worker; before, in the order claimed, after all of them (14 or more of the first user's
+    requests reached the node between the second user's submission and its own request). Beside a real nginx
+    edge; both tasks end with every item succeeded."""
+    other = ("other", "o" * 32)
+    extra = (
+        "[engine]\nconcurrency = 16\n\n"
+        f'[[users]]\nname = "{other[0]}"\nsecret = "{other[1]}"\ndomains = ["{DEFAULT_HOST}"]\n\n'
+    )
+    with (
+        Lab(tmp_path / "lab", edges=1, shield=False) as lab,
+        FaultServer(Respond(200, body=b"x" * 100, delay=0.2)) as slow,
+    ):
+        large = lab.make_files(60, 1024)
+        (small,) = lab.make_files(1, 1024, prefix="/small/")
+        nodes = lab.nodes_toml() + f'\n[[nodes]]\nname = "slow"\nurl = "{slow.url}"\nconcurrency = 2\n'
+        with (
+            start_service(tmp_path, nodes, extra=extra) as service,
+            client_for(service) as client,
+            Client(service.url, *other) as second,
+        ):
+            first = client.prefetch([url_of(p) for p in large])
+            slow.wait_for_requests(4, timeout=30)  # the slow node's lane holds its share of the first user's
+            before = len(slow.requests)
+            view = second.wait(second.prefetch([url_of(small)]), timeout=60)
+            assert view["status"] == 0 and view["counts"]["succeeded"] == 2
+            paths = [request.path for request in slow.requests]
+            ahead = paths[before : paths.index(small)]
+            assert len(ahead) < 8, ahead  # the 2 under way when it was submitted, then its turn
+            assert client.wait(first, timeout=60)["counts"]["succeeded"] == 120

@@ -328,6 +328,55 @@ async def test_a_lanes_items_beyond_its_part_leave_the_room_to_the_other_nodes(s
             await asyncio.wait_for(runner, DEADLINE)
 
 
+async def test_a_lane_holding_its_share_of_one_users_items_still_takes_another_users() -> None:
+    """Room 16 (concurrency 8), a node that does not answer and another: the first claim gives the first node's
+    lane 16 of alice's 40 items, beyond its share (8), and no claim takes more of hers; bob's 3 items of that
+    node, submitted then, are claimed all the same, and once the node answers they go before alice's 12
+    waiting (turns: engine/turns.py). Before, the lane was left out of every claim until it held fewer than its
+    share, and then gave out its claims in the order they came."""
+    fetcher = StuckNodeFetcher()
+    engine_config = {"per_node_concurrency": 4, "concurrency": 8, "dedupe_seconds": 0, "flush_interval": 0.05}
+    users = [{"name": name, "secret": name * 16, "domains": ["example.test"]} for name in ("alice", "bob")]
+    nodes = [{"name": "stuck", "url": "http://127.0.0.1:1"}, {"name": "e1", "url": "http://127.0.0.1:2"}]
+    conf = parse_config({"store": "memory://", "engine": engine_config, "nodes": nodes, "users": users})
+    async with open_store("memory://") as store:
+        engine = Engine(conf, store, fetcher)
+        sent: list[str] = []
+        request = fetcher.request
+
+        async def noting(method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None) -> Any:
+            sent.append(target.path_query)
+            return await request(method, node, target, headers)
+
+        fetcher.request = noting  # type: ignore[method-assign]
+
+        async def submit(user: str, count: int) -> None:
+            items = tuple(NewItem(seq=i, url=f"http://example.test/{user}/{i}", node="stuck") for i in range(count))
+            quota = QuotaCharge("20261128", count, 0, 10**9, 10)
+            await store.create_task(NewTask(str(uuid.uuid4()), user, TaskKind.PREFETCH, time.time(), items, quota))
+
+        await submit("alice", 40)
+        runner = asyncio.create_task(engine.run())
+        try:
+            await until(lambda: len(engine._in_hand) >= 16, "16 of alice's items in hand")
+            await submit("bob", 3)
+            engine.wake()
+
+            def in_hand(user: str) -> int:
+                return sum(f"/{user}/" in claim.url for claim in engine._in_hand.values())
+
+            await until(lambda: in_hand("bob") == 3, "bob's 3 items in hand")
+            assert in_hand("alice") == 16
+            fetcher.release.set()
+            await until(lambda: fetcher.requests == 43, "every item sent")
+            firsts = [path.split("/")[1] for path in sent[4:8]]  # after the 4 of alice's under way
+            assert firsts.count("bob") == 2 and sent.index("/bob/2") < 12, sent
+        finally:
+            fetcher.release.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+
+
 @pytest.mark.parametrize(
     ("concurrency", "asked", "widths"),
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -79,6 +79,15 @@ def known_search(prefix: str) -> tuple[str, str, int, str]:
     cut = prefix.find("/", prefix.find("://") + 3)
     cut = len(prefix) if cut < 0 else cut
     return *starting_with(prefix.lower()), cut + 1, prefix[cut:]
+
+
+SkipFor = Mapping[str, Sequence[str]]  # user -> nodes a claim leaves out for that user's items (claim_due_items)
+
+
+def skipped_for(user: str, skip_nodes: Sequence[str], skip_for: SkipFor | None) -> list[str]:
+    """The nodes a claim leaves out for `user`'s items: `skip_nodes`, and those `skip_for` names for the user."""
+    own = skip_for.get(user) if skip_for else None
+    return [*skip_nodes, *own] if own else list(skip_nodes)
 
 
 def claim_scan(limit: int, skip_nodes: Sequence[str]) -> int:
@@ -303,11 +312,19 @@ class TaskStore(Protocol):
         ...
 
     async def claim_due_items(
-        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+        self,
+        worker: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        skip_nodes: Sequence[str] = (),
+        skip_for: SkipFor | None = None,
     ) -> list[Claim]:
         """Lease up to `limit` due items (pending, or running with an expired lease) to `worker`, shared
         evenly among the users whose items they are (`FairClaims`), each user's in due order, none of
-        `skip_nodes` (nodes the worker has enough of in hand). Skipping, each user's due items are scanned a
+        `skip_nodes` (nodes the worker has enough of in hand), nor of the nodes `skip_for` names for a user
+        among that user's (nodes the worker holds enough of that user's items for). Each claim names its user.
+        Skipping, each user's due items are scanned a
         window at a time (`ClaimScans`): a long backlog of the skipped nodes is passed in steps, once, and the
         other nodes' items behind it are found."""
         ...

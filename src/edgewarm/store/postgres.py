@@ -53,11 +53,13 @@ from .base import (
     ClaimScans,
     FairClaims,
     ScanPoint,
+    SkipFor,
     UserAsk,
     Window,
     claim_scan,
     known_search,
     run_plan_async,
+    skipped_for,
     starting_with,
     tables_in_the_way,
     wrong_version,
@@ -475,8 +477,8 @@ class _OverQuota(Exception):
     """Raised inside create_task's transaction to roll it back; becomes QuotaExceeded outside."""
 
 
-def _claims(rows: Sequence[asyncpg.Record]) -> list[Claim]:
-    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6]) for r in rows]
+def _claims(rows: Sequence[asyncpg.Record], user: str) -> list[Claim]:
+    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6], user) for r in rows]
 
 
 def _rowcount(status: str) -> int:
@@ -748,13 +750,17 @@ class PostgresStore:
     # -- the engine's side ------------------------------------------------------------------------
 
     async def claim_due_items(
-        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+        self,
+        worker: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        skip_nodes: Sequence[str] = (),
+        skip_for: SkipFor | None = None,
     ) -> list[Claim]:
-        skip = list(skip_nodes)
-
-        async def window(user: str, want: int, after: ScanPoint) -> Window:
+        async def window(user: str, skip: list[str], want: int, after: ScanPoint) -> Window:
             async with self._connection() as conn:
-                scan = claim_scan(want, skip_nodes)
+                scan = claim_scan(want, skip)
                 found = await conn.fetchrow(_WINDOW, now, skip, scan, *after, want, user)
                 assert found is not None  # one row, always
                 candidates, first_due = found[0] or [], found[1]
@@ -766,16 +772,18 @@ class PostgresStore:
                     scanned, last = row[0], None if row[2] is None else (row[1], row[2])
                 claims = []
                 if candidates:
-                    claims = _claims(await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now))
+                    leased = await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now)
+                    claims = _claims(leased, user)
             return Window(claims, scanned, last, first)
 
         async def take(ask: UserAsk) -> list[Claim]:
             user, want = ask
-            if skip_nodes:
-                scans = self._scans.plan(f"{worker}\n{user}", want, skip_nodes, len(users))
-                return await run_plan_async(scans, lambda asked: window(user, *asked))
+            skip = skipped_for(user, skip_nodes, skip_for)
+            if skip:
+                scans = self._scans.plan(f"{worker}\n{user}", want, skip, len(users))
+                return await run_plan_async(scans, lambda asked: window(user, skip, *asked))
             async with self._connection() as conn:
-                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user))
+                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user), user)
 
         async with self._connection() as conn:
             users = await conn.fetchval(_OPEN_USERS)

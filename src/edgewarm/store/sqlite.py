@@ -47,11 +47,13 @@ from .base import (
     ClaimScans,
     FairClaims,
     ScanPoint,
+    SkipFor,
     UserAsk,
     Window,
     claim_scan,
     known_search,
     run_plan,
+    skipped_for,
     tables_in_the_way,
     wrong_version,
 )
@@ -510,34 +512,39 @@ class SQLiteStore:
     # -- the engine's side ------------------------------------------------------------------------
 
     async def claim_due_items(
-        self, worker: str, limit: int, now: float, lease_seconds: float, skip_nodes: Sequence[str] = ()
+        self,
+        worker: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        skip_nodes: Sequence[str] = (),
+        skip_for: SkipFor | None = None,
     ) -> list[Claim]:
-        def lease(rows: list[Any]) -> list[Claim]:
+        def lease(rows: list[Any], user: str) -> list[Claim]:
             # A running item past its lease is reclaimed, said retaken: its attempt is recorded by the new
             # holder before it sends it (begin_attempt), not here (the dead holder may never have sent it).
             if rows:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
-            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6])) for r in rows]
+            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6]), user) for r in rows]
 
-        skip = _json(list(skip_nodes))
-
-        def window(user: str, want: int, after: ScanPoint) -> Window:
-            scan = claim_scan(want, skip_nodes)
+        def window(user: str, skip_nodes: list[str], want: int, after: ScanPoint) -> Window:
+            scan, skip = claim_scan(want, skip_nodes), _json(skip_nodes)
             found, first_due = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
             rows = _from_json(found)
             if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
-                return Window(lease(rows), scan, None, (first_due, rows[0][0]))
+                return Window(lease(rows, user), scan, None, (first_due, rows[0][0]))
             # Short: the whole window was read; where it ended, read before the leases move the items.
             scanned, due, item = self.db.execute(_WINDOW_END, (now, *after, scan, user)).fetchone()
-            return Window(lease(rows), scanned, None if item is None else (due, item))
+            return Window(lease(rows, user), scanned, None if item is None else (due, item))
 
         def take(ask: UserAsk, users: int) -> list[Claim]:
             user, want = ask
-            if not skip_nodes:
+            skip = skipped_for(user, skip_nodes, skip_for)
+            if not skip:
                 (found,) = self.db.execute(_DUE_ITEMS, (now, want, user)).fetchone()
-                return lease(_from_json(found))
-            scans = self._scans.plan(f"{worker}\n{user}", want, skip_nodes, users)
-            return run_plan(scans, lambda asked: window(user, *asked))
+                return lease(_from_json(found), user)
+            scans = self._scans.plan(f"{worker}\n{user}", want, skip, users)
+            return run_plan(scans, lambda asked: window(user, skip, *asked))
 
         def claim() -> list[Claim]:
             # One step and one transaction for the whole claim, every user's share in it: a step per user made
