@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/fairness.py --rounds 3 --src before=/tmp/old/src --src after=src
     .venv/bin/python bench/fairness.py --small 1000 --refresh --src before=/tmp/old/src --src after=src
+    .venv/bin/python bench/fairness.py --urls 3000 --slow 0.2 --src before=/tmp/old/src --src after=src
 
 Each round and source: a fresh lab (2 nginx edges, RAM disk) and `edgewarm serve` on SQLite started from that
 source (PYTHONPATH); the first user submits `--urls` URLs (calls of 100 from 4 clients) and, once they are all
 accepted, a second user submits one task of `--small` URLs (with `--refresh`: `"refresh": true`, each URL
-purged then warmed, on a shield and 2 edges with the cache-purge module). Timed from the store's own clock (the tasks'
+purged then warmed, on a shield and 2 edges with the cache-purge module; with `--slow S`, one more node that
+answers every request after S seconds, a `FaultServer`). Timed from the store's own clock (the tasks'
 `created_at` and `finished_at`): the second user's task from its submission to its end, and the first user's
 URLs from the first call to the last task's end. Every task must end with status 0.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -39,20 +42,28 @@ from bench.common import (
     wait_tasks,
 )
 from edgewarm.client import AsyncClient
+from edgewarm.testing.faults import FaultServer, Respond
 
 SECOND_USER = ("second", "s" * 32)
 
 
-async def one_run(folder: Path, urls: int, small: int, refresh: bool, timeout: float) -> tuple[float, float]:
+async def one_run(
+    folder: Path, urls: int, small: int, refresh: bool, slow: float | None, timeout: float
+) -> tuple[float, float]:
     """(seconds the second user's task took, seconds the first user's URLs took)."""
     name, secret = SECOND_USER
     extra = (
         f'[[users]]\nname = "{name}"\nsecret = "{secret}"\ndomains = ["www.example.test"]\n'
         f"urls_per_call = {max(small, 100)}\n\n"
     )
-    with fresh_lab(edges=2, shield=refresh, purge_module=refresh) as lab:
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(fresh_lab(edges=2, shield=refresh, purge_module=refresh))
         paths = lab.make_files(urls + small, 4096)
-        with start_service(folder, lab.nodes_toml(), extra=extra) as service:
+        nodes = lab.nodes_toml()
+        if slow is not None:
+            node = stack.enter_context(FaultServer(Respond(200, body=b"x" * 4096, delay=slow)))
+            nodes += f'\n[[nodes]]\nname = "slow"\nurl = "{node.url}"\n'
+        with start_service(folder, nodes, extra=extra) as service:
             deadline = Deadline(timeout, "fairness")
             first, started, _ = await submit_all(service, [url_of(p) for p in paths[:urls]])
             async with AsyncClient(service.url, *SECOND_USER, timeout=timeout) as second:
@@ -73,7 +84,9 @@ async def main(args: argparse.Namespace) -> int:
         for name in in_turns(names, round_no):
             use_source(sources[name])
             with tempfile.TemporaryDirectory(prefix="edgewarm-bench-fair-", dir=SHM) as folder:
-                waited, large = await one_run(Path(folder), args.urls, args.small, args.refresh, args.timeout)
+                waited, large = await one_run(
+                    Path(folder), args.urls, args.small, args.refresh, args.slow, args.timeout
+                )
             waits[name].append(waited)
             print(
                 f"round {round_no + 1} {name}: the second user's {args.small} URLs {waited:.2f} s; "
@@ -92,4 +105,5 @@ if __name__ == "__main__":
     parser.add_argument("--urls", type=int, default=30_000, help="the first user's URLs")
     parser.add_argument("--small", type=int, default=1, help="the second user's URLs")
     parser.add_argument("--refresh", action="store_true", help="the second user's task purges, then warms")
+    parser.add_argument("--slow", type=float, default=None, help="one more node, answering after this many seconds")
     sys.exit(asyncio.run(main(parser.parse_args())))

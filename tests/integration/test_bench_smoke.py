@@ -183,6 +183,24 @@ TOOLS = [
         *("--src", f"a={SRC}"),
         expect={r"^round 1 a: the second user's 20 URLs [\d.]+ s; the first user's 300 URLs [\d.]+ s$": 1},
     ),
+    tool(
+        "fairness-slow",
+        "--urls 300 --slow 0.05 --rounds 1",
+        *("--src", f"a={SRC}"),
+        expect={r"^round 1 a: the second user's 1 URLs [\d.]+ s; the first user's 300 URLs [\d.]+ s$": 1},
+    ),
+    *(
+        tool(
+            f"claims-{store}",
+            f"--store {store} --users 5 --limit 50 --claims 3 --rounds 1",
+            *("--src", f"a={SRC}"),
+            expect={
+                r"^round 1 a: idle poll [\d.]+ ms, claim of 50 [\d.]+ ms$": 1,
+                rf"^a \({store}, 5 users\): idle poll median [\d.]+ ms \([\d.]+-[\d.]+\); claim of 50 [\d.]+ ms": 1,
+            },
+        )
+        for store in ("sqlite", "postgresql")
+    ),
     tool("timeline", "--urls 200", expect=TIMELINE),
     tool("timeline-split", "--urls 200 --split", expect=TIMELINE),
     tool(
@@ -217,9 +235,9 @@ def test_bench_tool_runs_at_smoke_size_and_prints_its_figures(
 ) -> None:
     """Each bench tool of docs/benchmarks.md besides run.py (above) runs once, exits 0 and prints its figures."""
     env = dict(os.environ)
-    if argv[0] != "scale_out.py":
-        # What a tool puts in the temp dir lands in this test's (each removes its own). Not for scale_out: its
-        # PostgreSQL runs as another user, who cannot enter pytest's folders (0700).
+    if argv[0] != "scale_out.py" and "postgresql" not in argv:
+        # What a tool puts in the temp dir lands in this test's (each removes its own). Not for a PostgreSQL
+        # (scale_out's, claims'): it runs as another user, who cannot enter pytest's folders (0700).
         env["TMPDIR"] = str(tmp_path)
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]],

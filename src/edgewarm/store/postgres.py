@@ -216,9 +216,12 @@ RETURNING items.id, items.task_id, items.url, items.node, items.action, items.at
 """
 # An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
 _USER = f"coalesce(username, '{UNNAMED}')"
-# The users with items pending or running (not all of them due): one step of the index items_user_due per
-# user (a loose index scan), not a read of their items.
-_OPEN_USERS = f"""
+# The users with items due at $1: the users with items pending or running found by one step of the index
+# items_user_due each (a loose index scan), not a read of their items, and each one's first open item by one
+# more (a scalar subquery: as EXISTS, PostgreSQL read every due item into a hash, 5 ms for 12,500). A claim
+# asks only these for their shares (asking every user with open items cost a statement each: a tester's 50
+# users with nothing due, 28-42 ms a poll).
+_DUE_USERS = f"""
 WITH RECURSIVE open (name) AS (
     SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') ORDER BY {_USER} LIMIT 1)
     UNION ALL
@@ -226,7 +229,9 @@ WITH RECURSIVE open (name) AS (
             ORDER BY {_USER} LIMIT 1)
     FROM open WHERE open.name IS NOT NULL
 )
-SELECT coalesce(array_agg(name), '{{}}') FROM open WHERE name IS NOT NULL
+SELECT coalesce(array_agg(name), '{{}}') FROM open WHERE name IS NOT NULL AND (
+    SELECT due_at FROM items WHERE state IN ('pending', 'running') AND {_USER} = open.name ORDER BY due_at LIMIT 1
+) <= $1
 """
 # Of user $5's items, the first $4 due.
 _CLAIM = f"""
@@ -786,7 +791,7 @@ class PostgresStore:
                 return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user), user)
 
         async with self._connection() as conn:
-            users = await conn.fetchval(_OPEN_USERS)
+            users = await conn.fetchval(_DUE_USERS, now)
         return await run_plan_async(self._fair.plan(users, limit), take)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:

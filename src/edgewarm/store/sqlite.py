@@ -551,7 +551,7 @@ class SQLiteStore:
             # the claims wait for the event loop between them (a tester's 10 users beside a slow node: the live
             # node's items took twice as long).
             with _write_transaction(self.db):
-                users = _from_json(self.db.execute(_OPEN_USERS).fetchone()[0])
+                users = _from_json(self.db.execute(_DUE_USERS, (now,)).fetchone()[0])
                 return run_plan(self._fair.plan(users, limit), lambda ask: take(ask, len(users)))
 
         return await self._run(claim)
@@ -816,13 +816,16 @@ _ITEMS_PAGE_IN_STATE = (
 _CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running'))"
 # An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
 _USER = f"coalesce(username, '{UNNAMED}')"
-# The users with items pending or running (not all of them due), as a JSON array: one step of the index
-# items_user_due per user (a loose index scan), not a read of their items.
-_OPEN_USERS = (
+# The users with items due at ?1, as a JSON array: the users with items pending or running found by one step of
+# the index items_user_due each (a loose index scan), not a read of their items, and each one's first open item
+# by one more. A claim asks only these for their shares.
+_DUE_USERS = (
     f"WITH RECURSIVE open (name) AS (SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') "
     f"ORDER BY {_USER} LIMIT 1) UNION ALL SELECT (SELECT {_USER} FROM items "
     f"WHERE state IN ('pending', 'running') AND {_USER} > open.name ORDER BY {_USER} LIMIT 1) FROM open "
-    "WHERE open.name IS NOT NULL) SELECT json_group_array(name) FROM open WHERE name IS NOT NULL"
+    "WHERE open.name IS NOT NULL) SELECT json_group_array(name) FROM open WHERE name IS NOT NULL AND "
+    f"(SELECT due_at FROM items WHERE state IN ('pending', 'running') AND {_USER} = open.name ORDER BY due_at "
+    "LIMIT 1) <= ?1"
 )
 # Of user ?3's items, the first ?2 due.
 _DUE_ITEMS = (
