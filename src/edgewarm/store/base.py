@@ -324,9 +324,9 @@ class TaskStore(Protocol):
         evenly among the users whose items they are (`FairClaims`), each user's in due order, none of
         `skip_nodes` (nodes the worker has enough of in hand), nor of the nodes `skip_for` names for a user
         among that user's (nodes the worker holds enough of that user's items for). Each claim names its user.
-        Skipping, each user's due items are scanned a
-        window at a time (`ClaimScans`): a long backlog of the skipped nodes is passed in steps, once, and the
-        other nodes' items behind it are found."""
+        Only the users with items due are asked. Skipping, each user's due items are scanned a window at a time
+        (`ClaimScans`): a long backlog of the skipped nodes is passed in steps, once, and the other nodes' items
+        behind it are found."""
         ...
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:
