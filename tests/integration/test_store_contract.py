@@ -363,6 +363,18 @@ class TestWork:
         assert sorted((c.task_id, c.user) for c in found) == sorted([(behind.id, "alice"), (bobs.id, "bob")])
         assert [c.node for c in await store.claim_due_items("w1", 4, NOW + 2, LEASE)] == ["slow"] * 4
 
+    async def test_a_claim_leaves_out_a_node_for_the_users_it_is_asked_to(self, store: TaskStore) -> None:
+        """`skip_for`: a node left out for alice's items only (the engine's lane of it holds enough of hers):
+        bob's items of that node are claimed, and hers of the other nodes; hers of that node stay due."""
+        alices = make_task(3, (("slow", 0), ("edge-1", 0)))
+        bobs = make_task(2, (("slow", 0),), user="bob", created_at=NOW + 1)
+        for task in (alices, bobs):
+            await store.create_task(task)
+        found = await store.claim_due_items("w1", 100, NOW + 1, LEASE, (), {"alice": ["slow"]})
+        assert sorted((c.user, c.node) for c in found) == [("alice", "edge-1")] * 3 + [("bob", "slow")] * 2
+        rest = await store.claim_due_items("w1", 100, NOW + 1, LEASE, ["edge-1"], {"bob": ["slow"]})
+        assert sorted((c.user, c.node) for c in rest) == [("alice", "slow")] * 3
+
     async def test_a_claim_leaves_out_the_nodes_it_is_asked_to_skip(self, store: TaskStore) -> None:
         """`skip_nodes`: none of their items is claimed (the others are, in due order), and they stay due for the
         next claim that does not skip them."""
