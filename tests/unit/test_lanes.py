@@ -377,6 +377,40 @@ async def test_a_lane_holding_its_share_of_one_users_items_still_takes_another_u
             await asyncio.wait_for(runner, DEADLINE)
 
 
+async def test_a_lane_at_its_share_takes_other_users_items_up_to_its_share_however_many_users() -> None:
+    """Room 16 (concurrency 8), a node that does not answer and another; 60 users with 3 items each on the
+    first: its lane (share 8) takes the items of users holding fewer than an even part of it while the users
+    but the one holding most hold less than its share (and a claim's worth more), however many users there
+    are. Before, each user not in the lane yet was claimed (the even part of a share among 60 users is 1): a
+    tester's worker held 453 items of a slow node's for 270 users, 10 times the lane's share, which other
+    workers could not take meanwhile."""
+    fetcher = StuckNodeFetcher()
+    engine_config = {"per_node_concurrency": 4, "concurrency": 8, "dedupe_seconds": 0, "flush_interval": 0.05}
+    names = [f"user{n:02d}" for n in range(60)]
+    users = [{"name": name, "secret": name * 4, "domains": ["example.test"]} for name in names]
+    nodes = [{"name": "stuck", "url": "http://127.0.0.1:1"}, {"name": "e1", "url": "http://127.0.0.1:2"}]
+    conf = parse_config({"store": "memory://", "engine": engine_config, "nodes": nodes, "users": users})
+    async with open_store("memory://") as store:
+        for name in names:
+            items = tuple(NewItem(seq=i, url=f"http://example.test/{name}/{i}", node="stuck") for i in range(3))
+            quota = QuotaCharge("20261128", 3, 0, 10**9, 10)
+            await store.create_task(NewTask(str(uuid.uuid4()), name, TaskKind.PREFETCH, time.time(), items, quota))
+        engine = Engine(conf, store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            await until(lambda: len(engine._in_hand) >= 16, "the lane at its share")
+            for _ in range(20):  # claims go on while the other node's part of the room is free
+                engine.wake()
+                await asyncio.sleep(0.02)
+            assert 16 <= engine._lanes["stuck"].held <= 2 * 8 + 16, engine._lanes["stuck"].held
+            fetcher.release.set()
+            await until(lambda: fetcher.requests == 180, "every item sent")
+        finally:
+            fetcher.release.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+
+
 @pytest.mark.parametrize(
     ("concurrency", "asked", "widths"),
     [

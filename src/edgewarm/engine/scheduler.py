@@ -357,12 +357,18 @@ class Engine:
         with items in the lane). So a slow node's claims do not fill the room while the other nodes' items wait
         behind them (when all their lanes are full, so is the room), and another user's items of such a node
         are still claimed: its turns in the lane come next (engine/turns.py), not after all that the lane
-        holds (a tester's 1-URL task waited 1.6-6.7 s behind another user's on a node of 0.5 s answers)."""
+        holds (a tester's 1-URL task waited 1.6-6.7 s behind another user's on a node of 0.5 s answers). While
+        the users but the one holding most hold less than its share: beyond, the lane is left out for everyone
+        (else, with more users than its share, each user not in it yet was claimed: a tester's worker held 453
+        of a slow node's items for 270 users, 10 times its share, which the other workers could not take)."""
         skip = list(resting)
         skip_for: dict[str, list[str]] = {}
         for lane in self._lanes.values():
             share = self._share(lane)
             if lane.held < share or lane.node.name in resting:
+                continue
+            if lane.held - max(lane.held_by.values()) >= share:
+                skip.append(lane.node.name)
                 continue
             even = max(1, share // len(lane.held_by))
             for user, held in lane.held_by.items():
