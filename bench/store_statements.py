@@ -3,7 +3,7 @@
     .venv/bin/python bench/store_statements.py                  # 20,000 URLs x 2 nodes, batches of 200
 
 Fills a SQLite store in /dev/shm through `create_task` (tasks of 100 URLs), then claims and records every
-item in batches, running the store's own statements (`store/sqlite.py`: `_OPEN_USERS`, `_DUE_ITEMS`, `_LEASE_ITEMS`,
+item in batches, running the store's own statements (`store/sqlite.py`: `_DUE_USERS`, `_DUE_ITEMS`, `_LEASE_ITEMS`,
 `_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, `_STAGED_TASKS`, `_ADD_COUNTS`, `_finish_tasks`: what
 `claim_due_items` and `record_outcomes` run for single-stage tasks) in this thread, each timed
 with `time.thread_time()`. What the database does per item, without the engine, the event loop or a second
@@ -54,12 +54,12 @@ def _work_through(store: SQLiteStore, batch: int) -> tuple[int, dict[str, float]
         spent[name] = spent.get(name, 0.0) + time.thread_time() - started
 
     # As claim_due_items runs them when it skips no node (none is held down or full here): the users with
-    # items open, then _DUE_ITEMS bound (now, limit, user) for the one user of fill_tasks.
+    # items due, then _DUE_ITEMS bound (now, limit, user) for the one user of fill_tasks.
     done = 0
     for _ in range(1_000_000):  # bounded: every item is claimed once
         now = time.time()
         with step("claim: the users"):
-            users = s._from_json(db.execute(s._OPEN_USERS).fetchone()[0])
+            users = s._from_json(db.execute(s._DUE_USERS, (now,)).fetchone()[0])
         if not users:
             break
         db.execute("BEGIN IMMEDIATE")
