@@ -818,10 +818,12 @@ _CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, 
 _USER = f"coalesce(username, '{UNNAMED}')"
 # The users with items due at ?1, as a JSON array: the users with items pending or running found by one step of
 # the index items_user_due each (a loose index scan), not a read of their items, and each one's first open item
-# by one more. A claim asks only these for their shares.
+# by one more; none of that when the first open item of all (the index items_due) is not due: an idle poll is
+# one index step however many users have open items. A claim asks only these for their shares.
 _DUE_USERS = (
     f"WITH RECURSIVE open (name) AS (SELECT (SELECT {_USER} FROM items WHERE state IN ('pending', 'running') "
-    f"ORDER BY {_USER} LIMIT 1) UNION ALL SELECT (SELECT {_USER} FROM items "
+    f"ORDER BY {_USER} LIMIT 1) WHERE (SELECT due_at FROM items WHERE state IN ('pending', 'running') "
+    f"ORDER BY due_at LIMIT 1) <= ?1 UNION ALL SELECT (SELECT {_USER} FROM items "
     f"WHERE state IN ('pending', 'running') AND {_USER} > open.name ORDER BY {_USER} LIMIT 1) FROM open "
     "WHERE open.name IS NOT NULL) SELECT json_group_array(name) FROM open WHERE name IS NOT NULL AND "
     f"(SELECT due_at FROM items WHERE state IN ('pending', 'running') AND {_USER} = open.name ORDER BY due_at "
