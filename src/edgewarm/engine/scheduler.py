@@ -66,6 +66,20 @@ class _NodeLane:
         self.held_by: dict[str, int] = {}  # of those, each user's (the users with some)
         self.removed = False  # a reload took the node out of the config: its claims in hand fail, unsent
 
+    def hold(self, claim: Claim) -> None:
+        """Count `claim` in hand (queued or being worked)."""
+        self.held += 1
+        self.held_by[claim.user] = self.held_by.get(claim.user, 0) + 1
+
+    def let_go(self, claim: Claim) -> None:
+        """Count `claim` out: done with, or handed back."""
+        self.held -= 1
+        left = self.held_by[claim.user] - 1
+        if left:
+            self.held_by[claim.user] = left
+        else:
+            del self.held_by[claim.user]
+
 
 # What a claim leaves out: nodes for every user's items (None) or for one user's, as (user, node) pairs.
 _Skipped = frozenset[tuple[str | None, str]]
@@ -458,8 +472,7 @@ class Engine:
         self._in_hand[claim.item_id] = claim
         self._idle.clear()
         lane = self._lane(node)
-        lane.held += 1
-        lane.held_by[claim.user] = lane.held_by.get(claim.user, 0) + 1
+        lane.hold(claim)
         if claim.action is not ItemAction.WARM and not self._sole:
             self._following[claim.item_id] = _Following(claim, lane, None, time.monotonic() + WARMS_WAIT_SECONDS)
             if self._follower is None or self._follower.done():
@@ -688,12 +701,7 @@ class Engine:
         self._in_hand.pop(claim.item_id, None)
         if not self._in_hand:
             self._idle.set()
-        lane.held -= 1
-        left = lane.held_by[claim.user] - 1
-        if left:
-            lane.held_by[claim.user] = left
-        else:
-            del lane.held_by[claim.user]
+        lane.let_go(claim)
         # Claim again while a quarter of the room is free (half of a node's part, with more than two nodes), not
         # when the queues run dry: a claim takes a few milliseconds (it waits its turn with the store's other
         # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts

@@ -527,9 +527,9 @@ class SQLiteStore:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
             return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6]), user) for r in rows]
 
-        def window(user: str, skip_nodes: list[str], want: int, after: ScanPoint) -> Window:
-            scan, skip = claim_scan(want, skip_nodes), _json(skip_nodes)
-            found, first_due = self.db.execute(_DUE_WINDOW, (now, want, skip, scan, *after, user)).fetchone()
+        def window(user: str, skip: list[str], want: int, after: ScanPoint) -> Window:
+            scan = claim_scan(want, skip)
+            found, first_due = self.db.execute(_DUE_WINDOW, (now, want, _json(skip), scan, *after, user)).fetchone()
             rows = _from_json(found)
             if len(rows) == want:  # found before the window's end (its rest unread: the usual case)
                 return Window(lease(rows, user), scan, None, (first_due, rows[0][0]))
