@@ -116,6 +116,30 @@ def test_varnish_misses_then_hits_and_logs_both(lab: Lab) -> None:
     ]
 
 
+def test_a_killed_node_restarts_nginx_with_its_cache_and_varnish_empty_with_a_fresh_log(tmp_path: Path) -> None:
+    """Lab.restart after Lab.kill: connections are refused meanwhile; nginx comes back with its cache (a HIT),
+    Varnish empty (a MISS) with a fresh access log, the killed instance's lines kept beside it. Only a killed
+    node restarts."""
+    with Lab(tmp_path, edges=1, varnish=1) as lab:
+        lab.write_file("/r/a.bin", b"r" * 100)
+        edge, varnish = lab.edges[0], lab.varnishes[0]
+        assert [_get(node, "/r/a.bin")[1] for node in (edge, varnish)] == ["MISS", "MISS"]
+        lab.wait_for_requests(varnish, 1, uri="/r/a.bin")
+        with pytest.raises(LabError, match="killed"):
+            lab.restart(varnish.name)
+        for node in (edge, varnish):
+            lab.kill(node.name)
+            with pytest.raises(ConnectionError):  # refused, or reset by a process going down
+                _get(node, "/r/a.bin")
+            lab.restart(node.name)
+
+        assert _get(edge, "/r/a.bin") == (200, "HIT", b"r" * 100)
+        assert _get(varnish, "/r/a.bin") == (200, "MISS", b"r" * 100)
+        assert [r.cache_status for r in lab.wait_for_requests(varnish, 1, uri="/r/a.bin")] == ["MISS"]
+        before = varnish.access_log.with_name(f"{varnish.access_log.name}.before").read_text()
+        assert "/r/a.bin" in before
+
+
 def test_origin_answers_status_paths_and_404_for_missing_files(lab: Lab) -> None:
     """/status/500/... is a 500 and /status/429/... a 429 through every node; a missing file is a 404."""
     for node in lab.nodes():

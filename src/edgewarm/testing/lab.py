@@ -339,13 +339,26 @@ class Lab:
             self._procs.remove(proc)
 
     def restart(self, name: str) -> None:
-        """Start nginx node ``name`` again (after :meth:`kill`) on its port, with its config and its cache as they
-        were; wait until it answers."""
+        """Start node ``name`` again (after :meth:`kill`) on its port, with its config; wait until it answers. An
+        nginx node keeps its cache and its access log; a Varnish node comes back empty (its storage is in
+        memory), with a fresh access log: what the killed instance logged is added to ``access_log`` with the
+        suffix ``.before`` (its log reader is stopped and started again with it)."""
         node = self.node(name)
-        if node.kind != "nginx" or any(p.name == name for p in self._procs):
-            raise LabError(f"{name}: only an nginx node that was killed can be restarted")
-        self._spawn_nginx(node)
-        self._wait_ready(node, time.monotonic() + self._start_timeout)
+        if node.kind not in ("nginx", "varnish") or any(p.name == name for p in self._procs):
+            raise LabError(f"{name}: only an nginx or Varnish node that was killed can be restarted")
+        deadline = time.monotonic() + self._start_timeout
+        if node.kind == "nginx":
+            self._spawn_nginx(node)
+            self._wait_ready(node, deadline)
+            return
+        self.kill(f"{name}-ncsa")
+        if node.access_log.exists():  # varnishncsa -w would write over it
+            with node.access_log.with_name(f"{node.access_log.name}.before").open("ab") as before:
+                before.write(node.access_log.read_bytes())
+            node.access_log.unlink()
+        self._spawn_varnish(node, self.shield or self.origin)
+        self._wait_ready(node, deadline)
+        self._spawn_varnishncsa(node, deadline)
 
     def nodes_toml(self, *, https: bool = False) -> str:
         """The ``[[nodes]]`` tables of an edgewarm config listing :meth:`cache_nodes`; with ``https``, each node
