@@ -1161,7 +1161,7 @@ async def test_a_store_that_fails_every_call_is_logged_once_then_when_it_works_a
     monkeypatch.setattr(api.store, "get_task", down)
     monkeypatch.setattr(
         responses,
-        "STORE_FAILURES",
+        "STORE_READS",
         RepeatedFailure(logging.getLogger("edgewarm.api"), "answering calls from the store"),
     )
     caplog.set_level(logging.INFO, logger="edgewarm.api")
@@ -1175,6 +1175,36 @@ async def test_a_store_that_fails_every_call_is_logged_once_then_when_it_works_a
         assert (await api.query(taskid)).json()["status"] == 0
     again = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
     assert len(again) == 1 and again[0].startswith("answering calls from the store works again"), again
+
+
+async def test_a_store_that_refuses_writes_and_answers_reads_is_logged_once_not_at_each_call(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk: submissions and cancels fail, queries are answered. The log said each submission's failure
+    and, at the next query, that the store "works again" (a tester's PostgreSQL on a full disk: two lines a
+    call, and an operator told the disk was fine). Writes and reads are logged each their own: one line for
+    the writes' failures, and "works again" once a write works."""
+    taskid = await api.submitted(1)
+    working = api.store.create_task
+
+    async def full(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(api.store, "create_task", full)
+    api_log = logging.getLogger("edgewarm.api")
+    monkeypatch.setattr(responses, "STORE_READS", RepeatedFailure(api_log, "answering calls from the store"))
+    monkeypatch.setattr(responses, "STORE_WRITES", RepeatedFailure(api_log, "writing calls' tasks to the store"))
+    caplog.set_level(logging.INFO, logger="edgewarm.api")
+    for _ in range(10):
+        assert (await api.prefetch(urls(1)))["status"] == -1
+        assert (await api.query(taskid)).json()["status"] == 0
+        assert (await api.native(taskid)).status_code == 200
+    said = [r.getMessage() for r in caplog.records if "the store" in r.getMessage()]
+    assert said == ["writing calls' tasks to the store failed: database or disk is full"], said
+    monkeypatch.setattr(api.store, "create_task", working)
+    await api.submitted(1)
+    said = [r.getMessage() for r in caplog.records if "the store" in r.getMessage()]
+    assert len(said) == 2 and said[1].startswith("writing calls' tasks to the store works again"), said
 
 
 async def test_a_wait_answered_early_is_asked_again_after_a_pause_not_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

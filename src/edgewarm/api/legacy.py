@@ -84,9 +84,9 @@ def legacy_router(service: Service) -> APIRouter:
             task = await service.submit_prefetch(
                 user, split_list(raw_urls), refresh_first=refresh_first, options=options
             )
-            return jd_ok(taskid=task.id)
+            return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
-            return jd_error(exc)
+            return jd_error(exc, writes=True)
 
     @router.post(
         "/api/refresh",
@@ -113,9 +113,9 @@ def legacy_router(service: Service) -> APIRouter:
                 raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
             options = submit_options(params, request)
             task = await service.submit_refresh(user, split_list(raw), kind, options=options)
-            return jd_ok(taskid=task.id)
+            return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
-            return jd_error(exc)
+            return jd_error(exc, writes=True)
 
     @router.post(
         "/api/refreshQuery",

@@ -202,9 +202,9 @@ def native_router(service: Service) -> APIRouter:
         "cancelled"."""
         try:
             task = await service.cancel(user_of(username, signature), taskid)
-            return answered(await full_view(task, 0, 0))
+            return answered(await full_view(task, 0, 0), writes=True)
         except Exception as exc:
-            return native_error(exc)
+            return native_error(exc, writes=True)
 
     @router.get("/tasks", response_model=TaskList, responses=ERRORS, summary="List tasks")
     async def list_tasks(

@@ -15,7 +15,15 @@ from .body import UnsupportedMediaType
 log = logging.getLogger("edgewarm.api")
 
 # A store down fails every call: its log says so once, then once a minute with a count, then "works again".
-STORE_FAILURES = RepeatedFailure(log, "answering calls from the store")
+# Reads and writes each their own: a store that answers reads and refuses writes (a full disk) logged each
+# submission's failure and the next query's "works again", two lines a call, while writes never worked.
+STORE_READS = RepeatedFailure(log, "answering calls from the store")
+STORE_WRITES = RepeatedFailure(log, "writing calls' tasks to the store (submissions, cancels)")
+
+
+def _store_log(writes: bool) -> RepeatedFailure:
+    return STORE_WRITES if writes else STORE_READS
+
 
 SUCCESS_MSG = "成功"  # JD's top-level msg on success, in every language setting, as legacy clients compare it
 
@@ -27,24 +35,26 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def answered(content: Any) -> JSONResponse:
-    """A call answered from the store (after failures, the log says the store works again)."""
-    STORE_FAILURES.worked()
+def answered(content: Any, *, writes: bool = False) -> JSONResponse:
+    """A call answered from the store (after failures, the log says the store works again); `writes`: a call
+    that writes (a submission, a cancel)."""
+    _store_log(writes).worked()
     return JSONResponse(content)
 
 
-def jd_ok(**fields: Any) -> JSONResponse:
-    return answered({"status": 0, "msg": SUCCESS_MSG, **fields})
+def jd_ok(*, writes: bool = False, **fields: Any) -> JSONResponse:
+    return answered({"status": 0, "msg": SUCCESS_MSG, **fields}, writes=writes)
 
 
-def jd_error(exc: BaseException) -> JSONResponse:
-    """A JD answer for an error: HTTP 200 with the JD code in `status`, as legacy clients expect."""
+def jd_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
+    """A JD answer for an error: HTTP 200 with the JD code in `status`, as legacy clients expect. `writes`: the
+    call writes (a submission, a cancel)."""
     if isinstance(exc, UnsupportedMediaType):
         return unsupported_media(exc)
     if isinstance(exc, RequestRefused):
         return JSONResponse({"status": int(exc.code), "msg": exc.message})
     if isinstance(exc, StoreError):
-        STORE_FAILURES.failed(exc)
+        _store_log(writes).failed(exc)
         return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error: the store is unavailable"})
     log.error("internal error", exc_info=exc)
     return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error"})
@@ -70,14 +80,14 @@ def native_status(exc: RequestRefused) -> int:
     return _NATIVE_HTTP_STATUS.get(exc.code, 400)
 
 
-def native_error(exc: BaseException) -> JSONResponse:
-    """Native routes: a real HTTP status, with the JD code beside it."""
+def native_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
+    """Native routes: a real HTTP status, with the JD code beside it. `writes`: the call writes (a cancel)."""
     if isinstance(exc, UnsupportedMediaType):
         return unsupported_media(exc)
     if isinstance(exc, RequestRefused):
         return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=native_status(exc))
     if isinstance(exc, StoreError):
-        STORE_FAILURES.failed(exc)
+        _store_log(writes).failed(exc)
         return JSONResponse({"code": int(JdCode.INTERNAL), "error": "the store is unavailable"}, status_code=503)
     log.error("internal error", exc_info=exc)
     return JSONResponse({"code": int(JdCode.INTERNAL), "error": "internal error"}, status_code=500)
