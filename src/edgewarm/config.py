@@ -118,12 +118,23 @@ class Node(_Model):
     # under the prefix that edgewarm has warmed or refreshed; "none" refuses. Default: by kind.
     dir_purge: Literal["ban", "urls", "none"] | None = None
     ban_header: str = "X-Ban-Prefix"
+    # Back after a hold (it could not be reached: a restart?), the node's warms of the tasks still running that
+    # ended before are done again: its cache may have restarted empty. Default: by kind (`rewarms_after_down`).
+    rewarm_after_down: bool | None = None
 
     @property
     def dir_purge_mode(self) -> str:
         if self.dir_purge is not None:
             return self.dir_purge
         return "ban" if self.kind is NodeKind.VARNISH else "urls"
+
+    @property
+    def rewarms_after_down(self) -> bool:
+        """Whether a restart of this node loses its cache: Varnish (its storage does not outlive the process)
+        and Squid (Debian's default keeps memory only), unless `rewarm_after_down` says otherwise."""
+        if self.rewarm_after_down is not None:
+            return self.rewarm_after_down
+        return self.kind in (NodeKind.VARNISH, NodeKind.SQUID)
 
     @field_validator("purge_headers")
     @classmethod

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from edgewarm.config import Node
+from edgewarm.config import Node, NodeKind
 from edgewarm.engine.node_health import COOLDOWN, COOLDOWN_MAX, FAILURES_IN_A_ROW, PROBE_WAIT, NodeHealth
 
 NODE = Node(name="edge-1", url="http://127.0.0.1:1")
@@ -254,3 +254,47 @@ def test_a_hold_ends_by_the_end_of_a_node_down_wait_cut_by_a_reload() -> None:
         health.reconfigured([NODE])
         rest = health.resting(NODE)
         assert (rest is None) if ends_in == 0 else (rest is not None and rest.asked_at == clock.now + ends_in), rest
+
+
+def test_a_node_back_after_a_hold_is_told_once_with_when_its_hold_began() -> None:
+    """`came_back`: a node whose probe connects after a hold is told once, with how long it was held down (since
+    the first of its cooldowns, not the last), for the engine to warm again what it had warmed before (it may
+    have restarted empty); an answer without a hold before it, or failures that held nothing down, tell
+    nothing."""
+    clock = Clock()
+    health = NodeHealth(clock, patience=LONG)
+    fail(health, NODE, FAILURES_IN_A_ROW - 1)
+    health.observe(NODE, True, None)
+    assert health.came_back() == []
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe
+    fail(health, NODE, 1)  # held down again, for longer
+    clock.now += 2 * COOLDOWN
+    assert health.held_down(NODE) is None
+    assert health.came_back() == []
+    health.observe(NODE, True, None)
+    health.observe(OTHER, True, None)
+    assert health.came_back() == [(NODE.url, 3 * COOLDOWN)]
+    assert health.came_back() == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "rewarms"),
+    [
+        ("varnish", None, True),
+        ("squid", None, True),
+        ("nginx", None, False),
+        ("ats", None, False),
+        ("generic", None, False),
+        ("nginx", True, True),
+        ("varnish", False, False),
+    ],
+)
+def test_whether_a_node_back_is_warmed_again_goes_by_its_kind_unless_it_says(
+    kind: str, setting: bool | None, rewarms: bool
+) -> None:
+    """By default the caches whose restart loses what they stored (Varnish; Squid with memory only, Debian's
+    default) are warmed again when back after a hold; `rewarm_after_down` says otherwise for any node."""
+    node = Node(name="n", url="http://127.0.0.1:1", kind=NodeKind(kind), rewarm_after_down=setting)
+    assert node.rewarms_after_down is rewarms

@@ -33,6 +33,7 @@ COOLDOWN = 2.0  # seconds
 COOLDOWN_MAX = 60.0
 PROBE_WAIT = 1.0  # seconds: while the probe is out, the others come back after this long
 LOG_EVERY = 60.0  # seconds: a node held down again and again is logged once in this long
+BACK_KEPT = 1_000  # nodes back after a hold not yet taken (came_back), at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,13 @@ class NodeHealth:
         self._patience = patience
         self._attempts = attempts
         self._nodes: dict[str, _State] = {}
+        self._back: list[tuple[str, float]] = []  # (node URL, seconds it was held down): came_back
+
+    def came_back(self) -> list[tuple[str, float]]:
+        """The nodes (by URL) that answered again after a hold since the last call, each with how long it had been
+        held down then (seconds since the first cooldown of that spell began); each told once."""
+        back, self._back = self._back, []
+        return back
 
     def held_down(self, node: Node) -> Hold | None:
         """Why `node` is not to be asked now, or None: ask it (the first request after a cooldown is the probe,
@@ -137,6 +145,8 @@ class NodeHealth:
                 del self._nodes[node.url]
                 if state.down_until:
                     log.info("node %s answers again: no longer held down", node.name, extra={"node": node.name})
+                    down_for = self._clock() - state.since
+                    self._back = [*self._back[-(BACK_KEPT - 1) :], (node.url, down_for)]
             return None
         if state is None:
             state = self._nodes[node.url] = _State()

@@ -51,6 +51,7 @@ CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monoton
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), at most
 PURGES_KEPT_SECONDS = 300.0  # and for this long
+REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
 
 class _NodeLane:
@@ -277,6 +278,7 @@ class Engine:
             await self._clock_stepped()
             limit = min(self._room() - self._counted(self._part()), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
+            self._rewarm_returned()
             for name in resting:
                 self._coalescer.changed(name)  # held down: it may come back empty (a restart), its warms with it
             self._put_off(resting)
@@ -423,6 +425,44 @@ class Engine:
             return
         if count:
             log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
+
+    def _rewarm_returned(self) -> None:
+        """For each node back after a hold whose cache may have restarted empty (`Node.rewarms_after_down`), make
+        its warms of the tasks still running that ended before the hold began (and a little after: an answer
+        is written a batch later) due again, in the background. Each engine learns of holds for itself: on a
+        shared store, the warms done again by another's note of the same hold ended after it, and stay."""
+        health = self.fetcher.health
+        if health is None:
+            return
+        for url, down_for in health.came_back():
+            ended_before = self._clock() - down_for + REWARM_SLACK_SECONDS
+            for node in self.config.nodes:
+                if node.url == url and node.rewarms_after_down:
+                    before = self._putting_off.get(node.name)
+                    task = self._rewarm_node(node.name, ended_before, before)
+                    self._putting_off[node.name] = asyncio.create_task(task, name=f"edgewarm-rewarm-{node.name}")
+
+    async def _rewarm_node(self, name: str, ended_before: float, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        note = (
+            f"warmed again: {name} could not be reached for a while and may have restarted with an empty cache "
+            "(rewarm_after_down)"
+        )
+        try:
+            count = await self.store.rewarm_node(name, min(ended_before, self._clock()), self._clock(), note)
+        except StoreError as exc:
+            log.error("warming again what node %s had warmed failed: %s", name, exc, extra={"node": name})
+            return
+        if count:
+            log.warning(
+                "node %s is back after a hold: %d warms of the tasks still running are done again (it may have "
+                "restarted empty)",
+                name,
+                count,
+                extra={"node": name},
+            )
+            self.wake()
 
     def _bring_back(self, names: set[str]) -> None:
         """Make the items of these nodes due later due now (after any putting off under way), in the background."""

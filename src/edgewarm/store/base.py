@@ -340,6 +340,12 @@ class TaskStore(Protocol):
         retry) due at `now`: a reload moved or removed the node, or cut node_down_wait. Returns how many."""
         ...
 
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
+        """Make the warms of `node` that succeeded before `ended_before`, in tasks still running, pending and due
+        at `now` again, with `note` as their error (why: the node came back after a hold, maybe empty), their
+        attempts counted afresh; their tasks' succeeded counters go down by as many. Returns how many."""
+        ...
+
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
 
     async def bring_forward(self, now: float, beyond: float) -> int:

@@ -316,6 +316,22 @@ _BRING_NODE_FORWARD = (
     "AND node = $1"
 )
 
+# rewarm_node ($1 node, $2 ended before, $3 now, $4 note, $5 CANCELLED): the tasks still running (found by their
+# open items) locked first, in id order, as outcomes lock them; then their node's warms; then their counters.
+_REWARM = """
+WITH running AS (
+    SELECT id FROM tasks WHERE id IN (SELECT task_id FROM items WHERE state IN ('pending', 'running'))
+    AND status = 1 AND coalesce(reason, '') <> $5 ORDER BY id FOR UPDATE
+), again AS (
+    UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL, attempts = 0, http_status = NULL,
+    cache_state = NULL, bytes = NULL, error = $4, updated_at = $3
+    WHERE task_id IN (SELECT id FROM running) AND node = $1 AND action = 'warm' AND state = 'succeeded'
+    AND updated_at < $2 RETURNING task_id
+), counted AS (SELECT task_id, count(*) AS n FROM again GROUP BY task_id)
+UPDATE tasks SET succeeded = tasks.succeeded - counted.n FROM counted WHERE tasks.id = counted.task_id
+RETURNING counted.n
+"""
+
 _RELEASE = (
     f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL "
     "FROM mine WHERE items.id = mine.id"
@@ -826,6 +842,14 @@ class PostgresStore:
     async def bring_node_forward(self, node: str, now: float) -> int:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_BRING_NODE_FORWARD, node, now))
+
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
+        async with self._connection() as conn, conn.transaction():
+            counts = await conn.fetch(_REWARM, node, ended_before, now, note, CANCELLED)
+            rewarmed = sum(int(n) for (n,) in counts)
+            if rewarmed:
+                await conn.execute(_NOTIFY)  # due now: any worker may take them
+            return rewarmed
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:

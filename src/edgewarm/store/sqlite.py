@@ -12,7 +12,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -622,6 +622,16 @@ class SQLiteStore:
 
         return await self._run(bring)
 
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
+        def rewarm() -> int:
+            with _write_transaction(self.db):
+                rows = self.db.execute(_REWARM, (node, ended_before, now, note, CANCELLED)).fetchall()
+                counts = Counter(task_id for (task_id,) in rows)
+                self.db.executemany(_UNCOUNT, [(n, task_id) for task_id, n in counts.items()])
+                return len(rows)
+
+        return await self._run(rewarm)
+
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         where = "id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'"
         return await self._run(functools.partial(self._hand_back, where, (_json(list(item_ids)), worker), now))
@@ -880,6 +890,16 @@ _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
 )
+# rewarm_node (?1 node, ?2 ended before, ?3 now, ?4 note, ?5 CANCELLED): the tasks still running are found by
+# their open items (the index of the open items), the node's warms among their items by the items' task index.
+_REWARM = (
+    "UPDATE items SET state = 'pending', due_at = ?3, lease_owner = NULL, attempts = 0, http_status = NULL, "
+    "cache_state = NULL, bytes = NULL, error = ?4, updated_at = ?3 "
+    "WHERE task_id IN (SELECT id FROM tasks WHERE id IN (SELECT task_id FROM items WHERE state IN ('pending', "
+    "'running')) AND status = 1 AND coalesce(reason, '') <> ?5) "
+    "AND node = ?1 AND action = 'warm' AND state = 'succeeded' AND updated_at < ?2 RETURNING task_id"
+)
+_UNCOUNT = "UPDATE tasks SET succeeded = succeeded - ? WHERE id = ?"
 
 # Outcomes (?1: rows of _outcome_row as JSON, ?2: now, ?3: the worker, ?4: CANCELLED) apply to the items still
 # leased to the worker. A retry of an item whose task was cancelled meanwhile fails instead: the task is ending.
