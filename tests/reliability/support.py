@@ -362,5 +362,31 @@ def real_signature(user: str, secret: str, offset_days: int = 0) -> str:
     return sign(user, secret, today(datetime.now(UTC)) + timedelta(days=offset_days))
 
 
+class PlainCalls:
+    """Prefetch calls and native waits over plain HTTP, signed for the real date, every answer read as it comes
+    (a full disk's -1 too): what the full-disk tests drive a service process with."""
+
+    def __init__(self, http: httpx.Client, user: str, secret: str) -> None:
+        self.http, self.user = http, user
+        self.signature = real_signature(user, secret)
+
+    def submit(self, n: int, prefix: str) -> dict[str, Any]:
+        """A prefetch of `n` URLs under /`prefix`/ of www.example.test: JD's answer."""
+        urls = [f"http://www.example.test/{prefix}/{i}" for i in range(n)]
+        body = {"username": self.user, "signature": self.signature, "publish_urls": urls}
+        response = self.http.post("/api/prefetch", json=body)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def wait(self, taskid: object, timeout: float = 30) -> dict[str, Any]:
+        """The task's native view once it has ended, or after `timeout` seconds as it is."""
+        headers = {"X-Edgewarm-Username": self.user, "X-Edgewarm-Signature": self.signature}
+        view: dict[str, Any] = self.http.get(
+            f"/v1/tasks/{taskid}/wait", params={"timeout": timeout}, headers=headers
+        ).json()
+        return view
+
+
 def node_toml(name: str, url: str, tier: str = "edge", kind: str = "nginx") -> str:
     return f'[[nodes]]\nname = "{name}"\nurl = "{url}"\ntier = "{tier}"\nkind = "{kind}"\n'

@@ -32,6 +32,7 @@ from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port
 
 from .support import (
+    PlainCalls,
     consistency,
     integrity,
     long_only,
@@ -163,24 +164,9 @@ def test_a_full_disk_refuses_submissions_clearly_and_recovers(tmp_path: Path) ->
         extra = "[engine]\nbackoff_base = 0.05\nbackoff_max = 0.2\n"
         service = start_service(tmp_path / "svc", node_toml("n", node.url), extra=extra, store=store)
         try:
-            sig = real_signature(DEMO_USER, DEMO_SECRET)
-            headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
             with httpx.Client(base_url=service.url, timeout=60) as http:
-
-                def submit(n: int, prefix: str) -> dict[str, object]:
-                    urls = [f"http://www.example.test/{prefix}/{i}" for i in range(n)]
-                    body = {"username": DEMO_USER, "signature": sig, "publish_urls": urls}
-                    response = http.post("/api/prefetch", json=body)
-                    assert response.status_code == 200, response.text
-                    answer: dict[str, object] = response.json()
-                    return answer
-
-                def wait(taskid: object, timeout: float = 30) -> dict[str, object]:
-                    view: dict[str, object] = http.get(
-                        f"/v1/tasks/{taskid}/wait", params={"timeout": timeout}, headers=headers
-                    ).json()
-                    return view
-
+                calls = PlainCalls(http, DEMO_USER, DEMO_SECRET)
+                submit, wait, sig = calls.submit, calls.wait, calls.signature
                 before = submit(50, "before")
                 assert wait(before["taskid"])["status"] == 0
 

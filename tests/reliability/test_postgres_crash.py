@@ -38,7 +38,7 @@ from edgewarm.testing.faults import FaultServer, Respond
 from edgewarm.testing.postgres import PostgresCluster, PostgresUnavailable
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
 
-from .support import node_toml, real_signature, wait_until
+from .support import PlainCalls, node_toml, real_signature, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -355,26 +355,10 @@ def test_postgresql_on_a_full_disk_refuses_submissions_clearly_and_recovers(
             tmp_path / "edgewarm.toml", store=url, nodes_toml=node_toml("n", node.url), port=port, extra=extra
         )
         service = ServiceProcess(config, port=port).start(timeout=30)
-        sig = real_signature(DEMO_USER, DEMO_SECRET)
-        headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": sig}
         try:
             with httpx.Client(base_url=service.url, timeout=60) as http:
-
-                def submit(n: int, prefix: str) -> dict[str, Any]:
-                    urls = [f"http://www.example.test/{prefix}/{i}" for i in range(n)]
-                    response = http.post(
-                        "/api/prefetch", json={"username": DEMO_USER, "signature": sig, "publish_urls": urls}
-                    )
-                    assert response.status_code == 200, response.text
-                    answer: dict[str, Any] = response.json()
-                    return answer
-
-                def wait(taskid: str, timeout: float = 30) -> dict[str, Any]:
-                    view: dict[str, Any] = http.get(
-                        f"/v1/tasks/{taskid}/wait", params={"timeout": timeout}, headers=headers
-                    ).json()
-                    return view
-
+                calls = PlainCalls(http, DEMO_USER, DEMO_SECRET)
+                submit, wait, sig = calls.submit, calls.wait, calls.signature
                 before = submit(200, "before")
                 assert before["status"] == 0, before
                 assert wait(before["taskid"])["status"] == 0
