@@ -488,36 +488,42 @@ class TestWork:
         assert sorted(c.node for c in due) == ["dead"] * 3 + ["edge-1"] * 3
         assert leased.item_id not in {c.item_id for c in due}
 
-    async def test_a_node_back_after_a_hold_has_its_warms_of_running_tasks_done_again(self, store: TaskStore) -> None:
-        """`rewarm_node`: the node's warms that succeeded before the time given, in tasks still running, are
-        pending and due again, saying why, their attempts counted afresh, their tasks' succeeded counters down
-        by as many (so the task does not end before they do); its warms that ended later, its failures, the
-        other nodes' items, a finished task's and a cancelled task's are left alone."""
-        running = make_task(4, (("varnish", 0), ("edge-1", 0)))  # its fourth URL's varnish item stays under way
+    @pytest.mark.parametrize("step", [1_000, 2])
+    async def test_a_node_back_after_a_hold_has_its_warms_of_running_tasks_done_again(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch, step: int
+    ) -> None:
+        """`rewarm_node`: the node's warms that succeeded before the time given with fewer attempts than the
+        bound, in tasks still running, are pending and due again, saying why, their tasks' succeeded counters
+        down by as many (so the task does not end before they do); its warms that ended later or reached the
+        bound, its failures, the other nodes' items, a finished task's and a cancelled task's are left alone.
+        In one step, and in steps of 2 URL positions."""
+        monkeypatch.setattr(edgewarm.store.base, "REWARM_STEP", step)
+        running = make_task(5, (("varnish", 0), ("edge-1", 0)))  # its fourth URL's varnish item stays under way
         finished = make_task(1, (("varnish", 0),), created_at=NOW + 1)
         cancelled = make_task(2, (("varnish", 0),), created_at=NOW + 2)
         for task in (running, finished, cancelled):
             await store.create_task(task)
         ids = {(c.task_id, c.url, c.node): c.item_id for c in await store.claim_due_items("w1", 100, NOW + 5, LEASE)}
-        assert len(ids) == 11
+        assert len(ids) == 13
 
         def item(task: NewTask, seq: int, node: str = "varnish") -> int:
             return ids[(task.id, url_of(seq), node)]
 
         early = [ok(item(running, 0)), failed(item(running, 1)), ok(item(finished, 0)), ok(item(cancelled, 0))]
-        early += [ok(item(running, seq, "edge-1")) for seq in range(4)]
+        early += [ok(item(running, 4), attempts=3)]  # at the bound: warmed again twice already
+        early += [ok(item(running, seq, "edge-1")) for seq in range(5)]
         await store.record_outcomes("w1", early, NOW + 5)
         await store.record_outcomes("w1", [ok(item(running, 2))], NOW + 20)  # after the node came back
         await store.cancel_task(cancelled.id, "alice", NOW + 6)  # its second item still under way
-        assert (await store.task_counts(running.id)).succeeded == 6
+        assert (await store.task_counts(running.id)).succeeded == 8
 
-        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, "warmed again") == 1
-        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, "warmed again") == 0
+        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, "warmed again", 3) == 1
+        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, "warmed again", 3) == 0
         again = (await items_of(store, running.id))[(0, "varnish")]
         assert (again.state, again.error, again.attempts, again.http_status) == (
             ItemState.PENDING,
             "warmed again",
-            0,
+            1,
             None,
         )
         states = {key: i.state for key, i in (await items_of(store, running.id)).items()}
@@ -526,19 +532,20 @@ class TestWork:
             (1, "varnish"): ItemState.FAILED,
             (2, "varnish"): ItemState.SUCCEEDED,
             (3, "varnish"): ItemState.RUNNING,
-            **{(seq, "edge-1"): ItemState.SUCCEEDED for seq in range(4)},
+            (4, "varnish"): ItemState.SUCCEEDED,
+            **{(seq, "edge-1"): ItemState.SUCCEEDED for seq in range(5)},
         }
         task = await store.get_task(running.id)
-        assert task is not None and (task.succeeded, task.failed, task.status) == (5, 1, TaskStatus.IN_PROGRESS)
-        assert (await store.task_counts(running.id)).succeeded == 5
+        assert task is not None and (task.succeeded, task.failed, task.status) == (7, 1, TaskStatus.IN_PROGRESS)
+        assert (await store.task_counts(running.id)).succeeded == 7
         assert [i.state for i in await store.list_items(finished.id)] == [ItemState.SUCCEEDED]
         assert ItemState.PENDING not in {i.state for i in await store.list_items(cancelled.id)}
         claims = await store.claim_due_items("w2", 100, NOW + 30, LEASE)  # the leases of NOW + 5 run on
-        assert [(c.item_id, c.attempts) for c in claims] == [(item(running, 0), 0)]
-        await store.record_outcomes("w2", [ok(item(running, 0))], NOW + 31)
+        assert [(c.item_id, c.attempts) for c in claims] == [(item(running, 0), 1)]
+        await store.record_outcomes("w2", [ok(item(running, 0), attempts=2)], NOW + 31)
         await store.record_outcomes("w1", [ok(item(running, 3))], NOW + 32)
         task = await store.get_task(running.id)
-        assert task is not None and (task.succeeded, task.failed, task.status) == (7, 1, TaskStatus.FAILED)
+        assert task is not None and (task.succeeded, task.failed, task.status) == (9, 1, TaskStatus.FAILED)
 
     async def test_a_backlog_is_put_off_whole_in_steps(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
         """In steps of 3 (SQLite's: PostgreSQL has none) over tasks whose items share their due time, between

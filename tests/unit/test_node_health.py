@@ -298,3 +298,25 @@ def test_whether_a_node_back_is_warmed_again_goes_by_its_kind_unless_it_says(
     default) are warmed again when back after a hold; `rewarm_after_down` says otherwise for any node."""
     node = Node(name="n", url="http://127.0.0.1:1", kind=NodeKind(kind), rewarm_after_down=setting)
     assert node.rewarms_after_down is rewarms
+
+
+def test_a_late_answer_to_a_request_sent_before_the_hold_does_not_end_it() -> None:
+    """An answer to a request sent before the node was held down came over a connection made before: it says
+    nothing of the node now (a tester: such an answer ended a hold in the millisecond it began, and the node,
+    dead for 8 s more, was said to be back and its warms done again). One sent after the hold began (the probe)
+    ends it; without `asked_at`, an answer ends it as before."""
+    clock = Clock()
+    health = NodeHealth(clock, patience=LONG)
+    asked_before = health.now()
+    clock.now += 0.5
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    health.observe(NODE, True, None, asked_before)
+    assert health.held_down(NODE) is not None and health.came_back() == []
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe, sent now
+    health.observe(NODE, True, None, health.now())
+    assert health.came_back() == [(NODE.url, COOLDOWN)]
+    assert not health.is_down(NODE)
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    health.observe(NODE, True, None)
+    assert not health.is_down(NODE)

@@ -196,6 +196,7 @@ class GuardedClient:
             return FetchResult(None, error=held.reason, unreachable=True, hold=held)
         if (sent := SENT.get(None)) is not None:
             sent[0] += 1
+        asked_at = None if health is None else health.now()
         result = self._heard(node, await self._request(method, node, target, headers))
         if health is None:
             return result
@@ -206,7 +207,7 @@ class GuardedClient:
             # This process's own limit (EMFILE, ENFILE), not the node's fault: it is not held down for it.
             self._out_of_files.failed(out_of_open_files() or "this process has run out of open files")
             return replace(result, error=f"{result.error}: this process has run out of open files (see its log)")
-        hold = health.observe(node, not result.unreachable, result.error)
+        hold = health.observe(node, not result.unreachable, result.error, asked_at)
         return result if hold is None else replace(result, hold=hold)
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:

@@ -79,6 +79,10 @@ class NodeHealth:
         self._nodes: dict[str, _State] = {}
         self._back: list[tuple[str, float]] = []  # (node URL, seconds it was held down): came_back
 
+    def now(self) -> float:
+        """This record's clock: a request's `asked_at` for `observe`."""
+        return self._clock()
+
     def came_back(self) -> list[tuple[str, float]]:
         """The nodes (by URL) that answered again after a hold since the last call, each with how long it had been
         held down then (seconds since the first cooldown of that spell began); each told once."""
@@ -135,12 +139,17 @@ class NodeHealth:
         if state is not None:
             state.probing = 0.0
 
-    def observe(self, node: Node, connected: bool, error: str | None) -> Hold | None:
+    def observe(self, node: Node, connected: bool, error: str | None, asked_at: float | None = None) -> Hold | None:
         """One request's fate: `connected` when the node answered (whatever it said), else the failure. Returns
         the node's hold when this failure finds it held down (or holds it down, or was the probe): the item
-        then waits for the node as those not sent do, rather than spend an attempt on a node known down."""
+        then waits for the node as those not sent do, rather than spend an attempt on a node known down.
+        `asked_at` (`now()` when it was sent): an answer to a request sent before the node's hold began came
+        over a connection made before, and says nothing of the node now: it does not end the hold (a tester saw
+        one end it in the millisecond it began, 8 s before the node was back)."""
         state = self._nodes.get(node.url)
         if connected:
+            if state is not None and state.down_until and asked_at is not None and asked_at < state.since:
+                return None
             if state is not None:
                 del self._nodes[node.url]
                 if state.down_until:

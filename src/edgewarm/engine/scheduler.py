@@ -450,7 +450,8 @@ class Engine:
             "(rewarm_after_down)"
         )
         try:
-            count = await self.store.rewarm_node(name, min(ended_before, self._clock()), self._clock(), note)
+            now, attempts = self._clock(), self.settings.max_attempts
+            count = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts)
         except StoreError as exc:
             log.error("warming again what node %s had warmed failed: %s", name, exc, extra={"node": name})
             return

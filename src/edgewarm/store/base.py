@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -82,6 +82,20 @@ def known_search(prefix: str) -> tuple[str, str, int, str]:
 
 
 SkipFor = Mapping[str, Sequence[str]]  # user -> nodes a claim leaves out for that user's items (claim_due_items)
+
+
+# rewarm_node works through each running task this many URL positions (seq) at a time, each step its own
+# transaction: a task of 300,000 URLs in one held SQLite's calls 2-5 s (a tester's submissions waited that long)
+# and PostgreSQL's task rows 12 s.
+REWARM_STEP = 1_000
+
+
+def rewarm_steps(running: Sequence[tuple[str, int | None]]) -> Iterator[tuple[str, int, int]]:
+    """The steps of `rewarm_node` over the running tasks (id, largest URL position): (task, first position,
+    position after the last)."""
+    for task_id, last in running:
+        for start in range(0, (last or 0) + 1, REWARM_STEP):
+            yield task_id, start, start + REWARM_STEP
 
 
 def skipped_for(user: str, skip_nodes: Sequence[str], skip_for: SkipFor | None) -> list[str]:
@@ -340,10 +354,13 @@ class TaskStore(Protocol):
         retry) due at `now`: a reload moved or removed the node, or cut node_down_wait. Returns how many."""
         ...
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
-        """Make the warms of `node` that succeeded before `ended_before`, in tasks still running, pending and due
-        at `now` again, with `note` as their error (why: the node came back after a hold, maybe empty), their
-        attempts counted afresh; their tasks' succeeded counters go down by as many. Returns how many."""
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+        """Make the warms of `node` that succeeded before `ended_before` with fewer than `attempts_below` attempts,
+        in tasks still running (not cancelled), pending and due at `now` again, with `note` as their error (why:
+        the node came back after a hold, maybe empty); their tasks' succeeded counters go down by as many. Each
+        warm again is one more attempt of the item's: a node that keeps restarting has each item warmed again
+        a bounded number of times. In steps (REWARM_STEP) between which the store answers other calls; a task
+        that ends meanwhile is left alone from then on. Returns how many."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...

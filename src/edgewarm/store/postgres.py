@@ -58,6 +58,7 @@ from .base import (
     Window,
     claim_scan,
     known_search,
+    rewarm_steps,
     run_plan_async,
     skipped_for,
     starting_with,
@@ -316,21 +317,20 @@ _BRING_NODE_FORWARD = (
     "AND node = $1"
 )
 
-# rewarm_node ($1 node, $2 ended before, $3 now, $4 note, $5 CANCELLED): the tasks still running (found by their
-# open items) locked first, in id order, as outcomes lock them; then their node's warms; then their counters.
-_REWARM = """
-WITH running AS (
-    SELECT id FROM tasks WHERE id IN (SELECT task_id FROM items WHERE state IN ('pending', 'running'))
-    AND status = 1 AND coalesce(reason, '') <> $5 ORDER BY id FOR UPDATE
-), again AS (
-    UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL, attempts = 0, http_status = NULL,
-    cache_state = NULL, bytes = NULL, error = $4, updated_at = $3
-    WHERE task_id IN (SELECT id FROM running) AND node = $1 AND action = 'warm' AND state = 'succeeded'
-    AND updated_at < $2 RETURNING task_id
-), counted AS (SELECT task_id, count(*) AS n FROM again GROUP BY task_id)
-UPDATE tasks SET succeeded = tasks.succeeded - counted.n FROM counted WHERE tasks.id = counted.task_id
-RETURNING counted.n
-"""
+# rewarm_node: the running tasks (not cancelled) and each one's largest URL position; then, a step at a time, the
+# task's row locked if it still runs, and ($1 node, $2 ended before, $3 now, $4 note, $5 attempts below, $6 task,
+# $7-$8 its URL positions) the node's warms there by the items' task index.
+_RUNNING_TASKS = (
+    "SELECT id, (SELECT max(seq) FROM items WHERE task_id = tasks.id) FROM tasks "
+    "WHERE status = 1 AND coalesce(reason, '') <> $1"
+)
+_LOCK_RUNNING_TASK = "SELECT 1 FROM tasks WHERE id = $1 AND status = 1 AND coalesce(reason, '') <> $2 FOR UPDATE"
+_REWARM = (
+    "UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
+    "bytes = NULL, error = $4, updated_at = $3 WHERE task_id = $6 AND seq >= $7 AND seq < $8 AND node = $1 "
+    "AND action = 'warm' AND state = 'succeeded' AND updated_at < $2 AND attempts < $5"
+)
+_UNCOUNT = "UPDATE tasks SET succeeded = succeeded - $1 WHERE id = $2"
 
 _RELEASE = (
     f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL "
@@ -843,13 +843,25 @@ class PostgresStore:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_BRING_NODE_FORWARD, node, now))
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
-        async with self._connection() as conn, conn.transaction():
-            counts = await conn.fetch(_REWARM, node, ended_before, now, note, CANCELLED)
-            rewarmed = sum(int(n) for (n,) in counts)
-            if rewarmed:
-                await conn.execute(_NOTIFY)  # due now: any worker may take them
-            return rewarmed
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+        async with self._connection() as conn:
+            running = [(r[0], r[1]) for r in await conn.fetch(_RUNNING_TASKS, CANCELLED)]
+        total, ended = 0, set()
+        for task_id, start, end in rewarm_steps(running):
+            if task_id in ended:
+                continue
+            # Each step its own transaction: the task's row locked first, as outcomes lock it, for a step only.
+            async with self._connection() as conn, conn.transaction():
+                if await conn.fetchval(_LOCK_RUNNING_TASK, task_id, CANCELLED) is None:
+                    ended.add(task_id)  # it ended (or was cancelled) meanwhile
+                    continue
+                args = (node, ended_before, now, note, attempts_below, task_id, start, end)
+                count = _rowcount(await conn.execute(_REWARM, *args))
+                if count:
+                    await conn.execute(_UNCOUNT, count, task_id)
+                    await conn.execute(_NOTIFY)  # due now: any worker may take them
+                total += count
+        return total
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:

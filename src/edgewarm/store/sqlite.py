@@ -12,7 +12,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -52,6 +52,7 @@ from .base import (
     Window,
     claim_scan,
     known_search,
+    rewarm_steps,
     run_plan,
     skipped_for,
     tables_in_the_way,
@@ -622,15 +623,28 @@ class SQLiteStore:
 
         return await self._run(bring)
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str) -> int:
-        def rewarm() -> int:
-            with _write_transaction(self.db):
-                rows = self.db.execute(_REWARM, (node, ended_before, now, note, CANCELLED)).fetchall()
-                counts = Counter(task_id for (task_id,) in rows)
-                self.db.executemany(_UNCOUNT, [(n, task_id) for task_id, n in counts.items()])
-                return len(rows)
+    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+        def running() -> list[tuple[str, int | None]]:
+            return self.db.execute(_RUNNING_TASKS, (CANCELLED,)).fetchall()
 
-        return await self._run(rewarm)
+        def step(task_id: str, start: int, end: int) -> int | None:
+            with _write_transaction(self.db):
+                if self.db.execute(_STILL_RUNNING, (task_id, CANCELLED)).fetchone() is None:
+                    return None  # it ended (or was cancelled) meanwhile
+                args = (node, ended_before, now, note, attempts_below, task_id, start, end)
+                count = self.db.execute(_REWARM, args).rowcount
+                if count:
+                    self.db.execute(_UNCOUNT, (count, task_id))
+                return count
+
+        total, ended = 0, set()
+        for task_id, start, end in rewarm_steps(await self._run(running)):
+            if task_id not in ended:  # each step its own call: the store's other calls are answered in between
+                count = await self._run(functools.partial(step, task_id, start, end))
+                if count is None:
+                    ended.add(task_id)
+                total += count or 0
+        return total
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         where = "id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'"
@@ -890,14 +904,18 @@ _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
 )
-# rewarm_node (?1 node, ?2 ended before, ?3 now, ?4 note, ?5 CANCELLED): the tasks still running are found by
-# their open items (the index of the open items), the node's warms among their items by the items' task index.
+# rewarm_node: the running tasks (not cancelled) and each one's largest URL position; then, a step at a time (?1
+# node, ?2 ended before, ?3 now, ?4 note, ?5 attempts below, ?6 task, ?7-?8 its URL positions), the node's warms
+# there by the items' task index.
+_RUNNING_TASKS = (
+    "SELECT id, (SELECT max(seq) FROM items WHERE task_id = tasks.id) FROM tasks "
+    "WHERE status = 1 AND coalesce(reason, '') <> ?"
+)
+_STILL_RUNNING = "SELECT 1 FROM tasks WHERE id = ? AND status = 1 AND coalesce(reason, '') <> ?"
 _REWARM = (
-    "UPDATE items SET state = 'pending', due_at = ?3, lease_owner = NULL, attempts = 0, http_status = NULL, "
-    "cache_state = NULL, bytes = NULL, error = ?4, updated_at = ?3 "
-    "WHERE task_id IN (SELECT id FROM tasks WHERE id IN (SELECT task_id FROM items WHERE state IN ('pending', "
-    "'running')) AND status = 1 AND coalesce(reason, '') <> ?5) "
-    "AND node = ?1 AND action = 'warm' AND state = 'succeeded' AND updated_at < ?2 RETURNING task_id"
+    "UPDATE items SET state = 'pending', due_at = ?3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
+    "bytes = NULL, error = ?4, updated_at = ?3 WHERE task_id = ?6 AND seq >= ?7 AND seq < ?8 AND node = ?1 "
+    "AND action = 'warm' AND state = 'succeeded' AND updated_at < ?2 AND attempts < ?5"
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - ? WHERE id = ?"
 
