@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ class NodeHealth:
         self._patience = patience
         self._attempts = attempts
         self._nodes: dict[str, _State] = {}
-        self._back: list[tuple[str, float]] = []  # (node URL, seconds it was held down): came_back
+        self._back: deque[tuple[str, float]] = deque(maxlen=BACK_KEPT)  # (node URL, seconds held down): came_back
 
     def now(self) -> float:
         """This record's clock: a request's `asked_at` for `observe`."""
@@ -86,7 +87,8 @@ class NodeHealth:
     def came_back(self) -> list[tuple[str, float]]:
         """The nodes (by URL) that answered again after a hold since the last call, each with how long it had been
         held down then (seconds since the first cooldown of that spell began); each told once."""
-        back, self._back = self._back, []
+        back = list(self._back)
+        self._back.clear()
         return back
 
     def held_down(self, node: Node) -> Hold | None:
@@ -154,8 +156,7 @@ class NodeHealth:
                 del self._nodes[node.url]
                 if state.down_until:
                     log.info("node %s answers again: no longer held down", node.name, extra={"node": node.name})
-                    down_for = self._clock() - state.since
-                    self._back = [*self._back[-(BACK_KEPT - 1) :], (node.url, down_for)]
+                    self._back.append((node.url, self._clock() - state.since))
             return None
         if state is None:
             state = self._nodes[node.url] = _State()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -438,13 +439,21 @@ class Engine:
             ended_before = self._clock() - down_for + REWARM_SLACK_SECONDS
             for node in self.config.nodes:
                 if node.url == url and node.rewarms_after_down:
-                    before = self._putting_off.get(node.name)
-                    task = self._rewarm_node(node.name, ended_before, before)
-                    self._putting_off[node.name] = asyncio.create_task(task, name=f"edgewarm-rewarm-{node.name}")
+                    self._after_node_work(node.name, functools.partial(self._rewarm_node, node.name, ended_before))
 
-    async def _rewarm_node(self, name: str, ended_before: float, before: asyncio.Task[None] | None) -> None:
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
+    def _after_node_work(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Do `work` on node `name`'s items in the background, once the node's work under way (its items put
+        off, brought back, warmed again) is over: in the order asked."""
+        before = self._putting_off.get(name)
+
+        async def after() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await work()
+
+        self._putting_off[name] = asyncio.create_task(after(), name=f"edgewarm-node-work-{name}")
+
+    async def _rewarm_node(self, name: str, ended_before: float) -> None:
         note = (
             f"warmed again: {name} could not be reached for a while and may have restarted with an empty cache "
             "(rewarm_after_down)"
@@ -469,13 +478,9 @@ class Engine:
         """Make the items of these nodes due later due now (after any putting off under way), in the background."""
         for name in sorted(names):
             self._put_off_until.pop(name, None)  # a hold of the node from now on puts its items off again
-            before = self._putting_off.get(name)
-            task = asyncio.create_task(self._bring_back_node(name, before), name=f"edgewarm-bring-back-{name}")
-            self._putting_off[name] = task
+            self._after_node_work(name, functools.partial(self._bring_back_node, name))
 
-    async def _bring_back_node(self, name: str, before: asyncio.Task[None] | None) -> None:
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
+    async def _bring_back_node(self, name: str) -> None:
         try:
             count = await self.store.bring_node_forward(name, self._clock())
         except StoreError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -90,12 +90,20 @@ SkipFor = Mapping[str, Sequence[str]]  # user -> nodes a claim leaves out for th
 REWARM_STEP = 1_000
 
 
-def rewarm_steps(running: Sequence[tuple[str, int | None]]) -> Iterator[tuple[str, int, int]]:
-    """The steps of `rewarm_node` over the running tasks (id, largest URL position): (task, first position,
-    position after the last)."""
+async def rewarm_in_steps(
+    running: Sequence[tuple[str, int | None]], step: Callable[[str, int, int], Awaitable[int | None]]
+) -> int:
+    """`rewarm_node` over the running tasks (id, largest URL position): `step(task, first position, position
+    after the last)` for each REWARM_STEP positions of each, its count added up; None, the task ended (or was
+    cancelled) meanwhile: its other steps are left out. Returns the total."""
+    total = 0
     for task_id, last in running:
         for start in range(0, (last or 0) + 1, REWARM_STEP):
-            yield task_id, start, start + REWARM_STEP
+            count = await step(task_id, start, start + REWARM_STEP)
+            if count is None:
+                break
+            total += count
+    return total
 
 
 def skipped_for(user: str, skip_nodes: Sequence[str], skip_for: SkipFor | None) -> list[str]:

@@ -58,7 +58,7 @@ from .base import (
     Window,
     claim_scan,
     known_search,
-    rewarm_steps,
+    rewarm_in_steps,
     run_plan_async,
     skipped_for,
     starting_with,
@@ -846,22 +846,20 @@ class PostgresStore:
     async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
         async with self._connection() as conn:
             running = [(r[0], r[1]) for r in await conn.fetch(_RUNNING_TASKS, CANCELLED)]
-        total, ended = 0, set()
-        for task_id, start, end in rewarm_steps(running):
-            if task_id in ended:
-                continue
+
+        async def step(task_id: str, start: int, end: int) -> int | None:
             # Each step its own transaction: the task's row locked first, as outcomes lock it, for a step only.
             async with self._connection() as conn, conn.transaction():
                 if await conn.fetchval(_LOCK_RUNNING_TASK, task_id, CANCELLED) is None:
-                    ended.add(task_id)  # it ended (or was cancelled) meanwhile
-                    continue
+                    return None  # it ended (or was cancelled) meanwhile
                 args = (node, ended_before, now, note, attempts_below, task_id, start, end)
                 count = _rowcount(await conn.execute(_REWARM, *args))
                 if count:
                     await conn.execute(_UNCOUNT, count, task_id)
                     await conn.execute(_NOTIFY)  # due now: any worker may take them
-                total += count
-        return total
+                return count
+
+        return await rewarm_in_steps(running, step)
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         if not item_ids:

@@ -52,7 +52,7 @@ from .base import (
     Window,
     claim_scan,
     known_search,
-    rewarm_steps,
+    rewarm_in_steps,
     run_plan,
     skipped_for,
     tables_in_the_way,
@@ -637,14 +637,11 @@ class SQLiteStore:
                     self.db.execute(_UNCOUNT, (count, task_id))
                 return count
 
-        total, ended = 0, set()
-        for task_id, start, end in rewarm_steps(await self._run(running)):
-            if task_id not in ended:  # each step its own call: the store's other calls are answered in between
-                count = await self._run(functools.partial(step, task_id, start, end))
-                if count is None:
-                    ended.add(task_id)
-                total += count or 0
-        return total
+        async def each(task_id: str, start: int, end: int) -> int | None:
+            # Each step its own call: the store's other calls are answered in between.
+            return await self._run(functools.partial(step, task_id, start, end))
+
+        return await rewarm_in_steps(await self._run(running), each)
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
         where = "id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'running'"
