@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import orjson
 
 from .errors import described
-from .models import CANCELLED, Task
+from .models import CANCELLED, Canceller, Task
 
 # Fields a record may carry (`extra=`) that are written as JSON fields of their own.
 _FIELDS = (
@@ -130,8 +130,8 @@ class RefusalDigest:
 
 def log_task_ended(log: logging.Logger, task: Task) -> None:
     """The one line of a task's end (by its last outcome, or a cancel), its figures also as fields; a task
-    cancelled (by its user: only they may) says so, whether it ended at the cancel or when its items under way
-    came back."""
+    cancelled says so and by whom (its user's name, or "operator"), whether it ended at the cancel or when its
+    items under way came back."""
     assert task.seconds is not None
     seconds = round(task.seconds, 3)
     fields = {
@@ -147,16 +147,13 @@ def log_task_ended(log: logging.Logger, task: Task) -> None:
     if task.reason != CANCELLED:
         log.info(message, task.status, task.succeeded, task.failed, seconds, extra=fields)
     else:
-        fields["cancelled_by"] = task.username
-        log.info(
-            message + ", cancelled by %s",
-            task.status,
-            task.succeeded,
-            task.failed,
-            seconds,
-            task.username,
-            extra=fields,
-        )
+        by = fields["cancelled_by"] = cancelled_by(task)
+        log.info(message + ", cancelled by %s", task.status, task.succeeded, task.failed, seconds, by, extra=fields)
+
+
+def cancelled_by(task: Task) -> str:
+    """Who cancelled `task`, for a log line: its user's name, or "operator"."""
+    return str(Canceller.OPERATOR) if task.cancelled_by is Canceller.OPERATOR else task.username
 
 
 class WithoutTraceback(logging.Filter):

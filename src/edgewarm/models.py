@@ -41,6 +41,13 @@ class ItemAction(enum.StrEnum):
     PURGE_DIR = "purge_dir"
 
 
+class Canceller(enum.StrEnum):
+    """Who cancelled a task: its user (the API) or the operator (`edgewarm admin cancel`, from the store)."""
+
+    USER = "user"
+    OPERATOR = "operator"
+
+
 class Tier(enum.StrEnum):
     SHIELD = "shield"
     EDGE = "edge"
@@ -94,6 +101,7 @@ class Task:
     webhook_error: str | None = None
     idempotency_key: str | None = None
     webhook_due_at: float | None = None  # the next delivery attempt, while pending
+    cancelled_by: Canceller | None = None  # with reason "cancelled"
 
     @property
     def seconds(self) -> float | None:

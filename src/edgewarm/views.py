@@ -25,6 +25,7 @@ def task_summary(task: Task, language: str) -> dict[str, object]:
         "status": int(task.status),
         "msg": STATUS_TEXT[language][task.status],
         "reason": task.reason,
+        "cancelled_by": None if task.cancelled_by is None else task.cancelled_by.value,
         "created_at": iso(task.created_at),
         "finished_at": iso(task.finished_at),
         "duration_seconds": None if task.seconds is None else round(task.seconds, 3),

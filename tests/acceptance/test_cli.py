@@ -23,6 +23,7 @@ from edgewarm.client import Client
 from edgewarm.store import SCHEMA_VERSION, open_store, sqlite
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.lab import SLOW_RATE
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
 from .conftest import credentials_env
@@ -729,3 +730,38 @@ def test_ctrl_c_or_sigterm_while_following_exits_130_or_143(tmp_path: Path, stop
             finally:
                 watcher.kill()
     assert watcher.returncode == code and err.strip().endswith("interrupted"), (watcher.returncode, err)
+
+
+def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: ServiceProcess, lab: Lab) -> None:
+    """`edgewarm admin cancel` (the service's config, no user's credentials) stops a user's task in the running
+    service: by its id, and with --user every running task of the user. Each ends failed, reason "cancelled",
+    cancelled_by "operator" in the API and "cancelled by operator" in the service's log, its items not started
+    unsent; an unknown id exits 1, something else than an id 2 (nothing cancelled)."""
+    paths = [f"/slow/admin-{i}.bin" for i in range(60)]  # 10 s each from the origin: the tasks run a while
+    for path in paths:
+        lab.write_file(path, b"x" * 10 * SLOW_RATE)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        first = client.prefetch([f"http://{DEFAULT_HOST}{p}" for p in paths[:30]])
+        second, third = (client.prefetch([f"http://{DEFAULT_HOST}{p}"]) for p in paths[30:32])
+        admin = [EDGEWARM, "admin", "cancel", "--config", str(service.config)]
+        wrong = subprocess.run([*admin, first, "junk"], capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 2 and "'junk' is not a task id" in wrong.stderr, wrong
+        assert client.task(first)["status"] == 1  # the wrong call cancelled nothing
+        by_id = subprocess.run([*admin, first], capture_output=True, text=True, timeout=60)
+        assert by_id.returncode == 0, by_id
+        assert by_id.stdout.startswith(f"{first} (user {DEMO_USER}): cancelled"), by_id.stdout
+        unknown = "00000000-0000-4000-8000-000000000000"
+        by_user = subprocess.run([*admin, unknown, "--user", DEMO_USER], capture_output=True, text=True, timeout=60)
+        assert by_user.returncode == 1, by_user
+        lines = by_user.stdout.splitlines()
+        assert lines[0] == f"{unknown}: not found", lines
+        assert {line.split()[0] for line in lines[1:]} >= {second, third}, lines
+        assert all(": cancelled" in line for line in lines[1:]), lines
+        views = [client.wait(taskid, timeout=60) for taskid in (first, second, third)]
+        items = client.task(first)["items"]
+    for view in views:
+        assert (view["status"], view["reason"], view["cancelled_by"]) == (2, "cancelled", "operator"), view
+    assert sum(1 for item in items if item["error"] == "cancelled") >= 30, "the first task's items went on"
+    service.wait_for_log("cancelled by operator", timeout=10)
+    ended = [line for line in service.log_text().splitlines() if "task ended" in line and first in line]
+    assert len(ended) == 1 and "cancelled by operator" in ended[0], ended

@@ -29,6 +29,7 @@ from edgewarm.config import parse_config
 from edgewarm.engine import Engine, Fetcher
 from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError
 from edgewarm.models import (
+    Canceller,
     Claim,
     Item,
     ItemAction,
@@ -1116,6 +1117,37 @@ class TestTaskViews:
         assert await store.cancel_task(task.id, "bob", NOW + 1) is None
         assert await store.cancel_task(str(uuid.uuid4()), "alice", NOW + 1) is None
         assert await store.task_counts(task.id) == TaskCounts(pending=1)
+
+    async def test_the_operator_cancels_any_users_task_and_the_first_cancel_says_who(self, store: TaskStore) -> None:
+        """cancel_task with no user (the operator's `edgewarm admin cancel`) cancels whoever's task it is, and the
+        task says "operator"; a user's cancel says "user"; a later cancel of a task cancelled already, or of one
+        that ended, does not change who; a task never cancelled says no one."""
+        bobs, alices, plain = make_task(2, user="bob"), make_task(2), make_task(1)
+        await store.create_task(bobs)
+        (running,) = await store.claim_due_items("w1", 1, NOW, LEASE)  # one of bob's: his task runs on
+        await store.create_task(alices)
+        await store.create_task(plain)
+        by_operator = await store.cancel_task(bobs.id, None, NOW + 1)
+        assert by_operator is not None
+        assert (by_operator.status, by_operator.reason) == (TaskStatus.IN_PROGRESS, "cancelled")
+        assert (by_operator.username, by_operator.cancelled_by) == ("bob", Canceller.OPERATOR)
+        by_user = await store.cancel_task(alices.id, "alice", NOW + 1)
+        assert by_user is not None and by_user.cancelled_by is Canceller.USER
+        assert by_user.status is TaskStatus.FAILED
+        again = await store.cancel_task(bobs.id, "bob", NOW + 2)  # bob's own cancel, after the operator's
+        assert again is not None and again.cancelled_by is Canceller.OPERATOR
+        assert await store.record_outcomes("w1", [ok(running.item_id)], NOW + 3) == 1
+        ended = await store.get_task(bobs.id)
+        assert ended is not None
+        assert (ended.status, ended.succeeded, ended.failed) == (TaskStatus.FAILED, 1, 1)
+        assert ended.cancelled_by is Canceller.OPERATOR
+        assert (await store.cancel_task(alices.id, None, NOW + 4)).cancelled_by is Canceller.USER  # type: ignore[union-attr]
+        untouched = await store.get_task(plain.id)
+        assert untouched is not None and (untouched.cancelled_by, untouched.reason) == (None, None)
+        (done,) = await claim_all(store)
+        await store.record_outcomes("w1", [ok(done)], NOW + 5)
+        finished = await store.cancel_task(plain.id, None, NOW + 6)  # ended: nothing changes
+        assert finished is not None and (finished.status, finished.cancelled_by) == (TaskStatus.SUCCEEDED, None)
 
     async def test_cancelling_a_finished_task_changes_nothing(self, store: TaskStore) -> None:
         """A task that already ended keeps its status and has no reason added."""

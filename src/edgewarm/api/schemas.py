@@ -103,6 +103,9 @@ class TaskSummary(BaseModel):
     status: int = Field(description="0 succeeded, 1 in progress, 2 failed")
     msg: str
     reason: str | None = Field(description='why it ended early: "cancelled"')
+    cancelled_by: str | None = Field(
+        None, description='with reason "cancelled": "user" (its user, by the API) or "operator" (edgewarm admin cancel)'
+    )
     created_at: str
     finished_at: str | None
     duration_seconds: float | None

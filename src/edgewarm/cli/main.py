@@ -1,4 +1,4 @@
-"""The command group; the commands register themselves from server.py and tools.py."""
+"""The command group; the commands register themselves from server.py, admin.py and tools.py."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main() -> None:
     """edgewarm: CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN."""
 
 
-from . import server, tools  # noqa: E402,F401  (register the commands)
+from . import admin, server, tools  # noqa: E402,F401  (register the commands)
 
 
 def _envvar_name(prefix: str, option: click.Option) -> str:

@@ -21,7 +21,7 @@ def _setup_logging(config: Config) -> None:
     setup_logging(config.log_level, config.log_format)
 
 
-def _load(path: str) -> Config:
+def load_or_fail(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:  # a wrong key's error names the key; reading errors name the file themselves
@@ -52,7 +52,7 @@ config_option = click.option(
 def _serve(config_path: str, *, api: bool, engine: bool) -> None:
     from ..runtime import run
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     _setup_logging(config)
     _run(run(config, api=api, engine=engine, config_path=config_path))
 
@@ -89,7 +89,7 @@ def check_config(path: str | None, config_path: str | None) -> None:
     chosen = path or config_path
     if not chosen:
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
-    config = _load(chosen)
+    config = load_or_fail(chosen)
     click.echo(
         f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
         f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
@@ -109,7 +109,7 @@ def upgrade(config_path: str) -> None:
     """Create or migrate the store's schema."""
     from ..store import SCHEMA_VERSION, open_store
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
 
     async def go() -> int:
         async with open_store(config.store, auto_upgrade=False) as store:

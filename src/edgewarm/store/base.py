@@ -24,7 +24,7 @@ from ..models import (
     TaskFilter,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
@@ -311,9 +311,11 @@ class TaskStore(Protocol):
         """Those of `task_ids` that exist and belong to `username`."""
         ...
 
-    async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
         """Fail the task's waiting and pending items with "cancelled"; running ones finish. The task ends as
-        failed with reason "cancelled" (at once when nothing runs). None when not found or not the user's."""
+        failed with reason "cancelled" (at once when nothing runs), cancelled by its user (`username`) or, with
+        None, the operator, whoever's it is (the first cancel of a task says who). None when not found or not
+        the user's."""
         ...
 
     async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:

@@ -65,7 +65,7 @@ from .base import (
     tables_in_the_way,
     wrong_version,
 )
-from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, canceller, item_from_row, node_counts_from_rows, task_from_row
 
 log = logging.getLogger("edgewarm.store")
 
@@ -151,6 +151,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE items ADD COLUMN username text;
     CREATE INDEX items_user_due ON items ((coalesce(username, '')), due_at, id) WHERE state IN ('pending', 'running');
     """,
+    # version 6: who cancelled a task (Canceller): its user, or the operator (`edgewarm admin cancel`)
+    "ALTER TABLE tasks ADD COLUMN cancelled_by text;",
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -477,6 +479,8 @@ WITH old AS (
 DELETE FROM tasks USING old WHERE tasks.id = old.id
 """
 
+# The first cancel of a running task says who.
+_CANCELLED_BY = "UPDATE tasks SET cancelled_by = $1 WHERE id = $2 AND status = 1 AND reason IS NULL"
 _CANCEL_ITEMS = """
 UPDATE items SET state = 'failed', error = $2, lease_owner = NULL, updated_at = $3
 WHERE task_id = $1 AND state IN ('waiting', 'pending')
@@ -750,12 +754,13 @@ class PostgresStore:
             )
         return [task_from_row(r) for r in rows]
 
-    async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
         async with self._connection() as conn, conn.transaction():
             # The task row first, as record_outcomes does: a stage released meanwhile would escape the cancel.
             owner = await conn.fetchval("SELECT username FROM tasks WHERE id = $1 FOR UPDATE", task_id)
-            if owner is None or owner != username:
+            if owner is None or (username is not None and owner != username):
                 return None
+            await conn.execute(_CANCELLED_BY, canceller(username), task_id)
             await _cancel_waiting(conn, [task_id], now)
             row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         assert row is not None

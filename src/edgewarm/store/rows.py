@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ..models import Item, ItemAction, ItemState, Task, TaskCounts, TaskKind, TaskStatus
+from ..models import CANCELLED, Canceller, Item, ItemAction, ItemState, Task, TaskCounts, TaskKind, TaskStatus
 
 TASK_COLUMNS = (
     "id, username, kind, created_at, status, total, succeeded, failed, finished_at, reason, "
-    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key, webhook_due_at"
+    "callback_url, webhook_state, webhook_attempts, webhook_error, idempotency_key, webhook_due_at, cancelled_by"
 )
 ITEM_COLUMNS = (
     "id, task_id, url, node, action, stage, state, attempts, http_status, cache_state, bytes, error, updated_at"
 )
+
+
+def canceller(username: str | None) -> str:
+    """The cancelled_by of a cancel by `username`, the task's user, or by the operator (None)."""
+    return Canceller.OPERATOR if username is None else Canceller.USER
 
 
 class Row(Protocol):
@@ -41,6 +46,8 @@ def task_from_row(row: Row) -> Task:
         webhook_error=row[13],
         idempotency_key=row[14],
         webhook_due_at=row[15],
+        # Cancelled before schema version 6, which records who: by its user, the only one who could.
+        cancelled_by=Canceller(row[16]) if row[16] else (Canceller.USER if row[9] == CANCELLED else None),
     )
 
 

@@ -58,7 +58,7 @@ from .base import (
     tables_in_the_way,
     wrong_version,
 )
-from .rows import ITEM_COLUMNS, TASK_COLUMNS, item_from_row, node_counts_from_rows, task_from_row
+from .rows import ITEM_COLUMNS, TASK_COLUMNS, canceller, item_from_row, node_counts_from_rows, task_from_row
 
 T = TypeVar("T")
 
@@ -132,6 +132,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE items ADD COLUMN username TEXT;
     CREATE INDEX items_user_due ON items (coalesce(username, ''), due_at) WHERE state IN ('pending', 'running');
     """,
+    # version 6: who cancelled a task (Canceller): its user, or the operator (`edgewarm admin cancel`)
+    "ALTER TABLE tasks ADD COLUMN cancelled_by TEXT;",
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -476,13 +478,14 @@ class SQLiteStore:
 
         return await self._run(tasks)
 
-    async def cancel_task(self, task_id: str, username: str, now: float) -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
         def cancel() -> Task | None:
             db = self.db
             with _write_transaction(db):
                 owner = db.execute("SELECT username FROM tasks WHERE id = ?", (task_id,)).fetchone()
-                if owner is None or owner[0] != username:
+                if owner is None or (username is not None and owner[0] != username):
                     return None  # nothing written: the commit ends an empty transaction
+                db.execute(_CANCELLED_BY, (canceller(username), task_id))
                 _cancel_waiting(db, [task_id], now)
             return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
@@ -827,6 +830,8 @@ _ACTIONS = {a.value: a for a in ItemAction}
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
+# The first cancel of a running task says who.
+_CANCELLED_BY = "UPDATE tasks SET cancelled_by = ? WHERE id = ? AND status = 1 AND reason IS NULL"
 _ITEMS_PAGE = f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ? ORDER BY seq, stage, id LIMIT ? OFFSET ?"
 _ITEMS_PAGE_IN_STATE = (
     f"SELECT {ITEM_COLUMNS} FROM items WHERE task_id = ?1 AND state = ?4 ORDER BY seq, stage, id LIMIT ?2 OFFSET ?3"

@@ -1,0 +1,127 @@
+"""Operator commands: they act on the store the config names, whoever's the task, without a user's credentials
+(whoever can read the config file can reach the store anyway)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import click
+
+from ..errors import EdgewarmError
+from ..models import CANCELLED, Canceller, Task, TaskFilter, TaskStatus
+from ..service import normalize_task_id
+from ..store import TaskStore, open_store
+from .main import main
+from .server import config_option, load_or_fail
+
+PAGE = 1000  # running tasks read at a time for --user
+MOST_TASKS = 10_000_000  # a bound on the pages read: no store holds more running tasks of one user
+
+
+@main.group()
+def admin() -> None:
+    """Operator commands on the store (the config's), for any user's tasks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What `admin cancel` did to one task: `before` and `after` are None when the task is not found."""
+
+    task_id: str
+    before: Task | None
+    after: Task | None
+
+    @property
+    def ours(self) -> bool:
+        """This cancel stopped it (not its end meanwhile, nor an earlier cancel)."""
+        before, after = self.before, self.after
+        return (
+            before is not None
+            and after is not None
+            and before.status is TaskStatus.IN_PROGRESS
+            and before.reason is None
+            and after.reason == CANCELLED
+        )
+
+    def __str__(self) -> str:
+        before, after = self.before, self.after
+        if before is None or after is None:
+            return f"{self.task_id}: not found"
+        of = f"{self.task_id} (user {after.username})"
+        if not self.ours:
+            if after.status is TaskStatus.IN_PROGRESS:  # cancelled before, its items under way not all back
+                by = "its user" if after.cancelled_by is Canceller.USER else "the operator"
+                return f"{of}: cancelled already, by {by}; {_under_way(after)}"
+            return f"{of}: ended already, status {int(after.status)}" + (f" ({after.reason})" if after.reason else "")
+        if after.status is TaskStatus.IN_PROGRESS:
+            return f"{of}: cancelled; {_under_way(after)}"
+        counts = f"{after.succeeded} succeeded, {after.failed} failed"
+        return f"{of}: cancelled; ended, status {int(after.status)} ({counts})"
+
+
+def _under_way(task: Task) -> str:
+    return f"it ends when its {task.total - task.succeeded - task.failed} items under way come back"
+
+
+@admin.command("cancel")
+@config_option
+@click.argument("taskids", nargs=-1)
+@click.option(
+    "--user",
+    "username",
+    help="also cancel every task of this user that is still running (a user removed from the config: their "
+    "tasks run on until then)",
+)
+def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> None:
+    """Cancel TASKIDS (and with --user, a user's running tasks), whoever's they are, as the user's own cancel
+    does: their items waiting in the store end failed ("cancelled"), those under way finish, and each task
+    ends failed, reason "cancelled", cancelled_by "operator". Services learn it within a second. Exits 1 when
+    a task id is not found."""
+    if not taskids and username is None:
+        raise click.UsageError("give the task ids to cancel, or --user NAME")
+    ids: list[str] = []
+    for raw in taskids:
+        task_id = normalize_task_id(raw)
+        if task_id is None:
+            raise click.BadParameter(f"{raw!r} is not a task id (36 or 32 characters)", param_hint="TASKIDS")
+        if task_id not in ids:
+            ids.append(task_id)
+    config = load_or_fail(config_path)
+
+    async def go() -> list[Cancelled]:
+        async with open_store(config.store, auto_upgrade=False) as store:
+            if username is not None:
+                ids.extend(task_id for task_id in await _running(store, username) if task_id not in ids)
+            return [await _cancel(store, task_id) for task_id in ids]
+
+    try:
+        done = asyncio.run(go())
+    except EdgewarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not done:
+        click.echo(f"user {username} has no task running")
+    for result in done:
+        click.echo(str(result))
+    if any(result.before is None for result in done):
+        raise SystemExit(1)
+
+
+async def _running(store: TaskStore, username: str) -> list[str]:
+    """The ids of the user's running tasks, oldest first (all read before any is cancelled: a cancelled task
+    leaves the running ones, which would move the pages)."""
+    found: list[str] = []
+    for offset in range(0, MOST_TASKS, PAGE):
+        page = await store.list_tasks(username, TaskFilter(status=TaskStatus.IN_PROGRESS, offset=offset, limit=PAGE))
+        found.extend(task.id for task in page)
+        if len(page) < PAGE:
+            break
+    return found[::-1]
+
+
+async def _cancel(store: TaskStore, task_id: str) -> Cancelled:
+    before = await store.get_task(task_id)
+    if before is None or before.status is not TaskStatus.IN_PROGRESS:
+        return Cancelled(task_id, before, before)
+    return Cancelled(task_id, before, await store.cancel_task(task_id, None, time.time()))
