@@ -86,12 +86,46 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     odd = _odd_authority(raw)
     if odd is not None:  # one object with a plainer spelling, which a directory refresh looks for (spellings)
         raise _illegal(raw, odd)
+    if (dots := _dot_segments(target.path_query)) is not None:
+        raise _illegal(raw, dots)
     if "%" in target.path_query:
         if _BAD_ESCAPE.search(target.path_query):
             raise _illegal(raw, "a '%' must begin an escape of two hex digits (write '%25' for '%' itself)")
         if "%00" in target.path_query.partition("?")[0]:
             raise _illegal(raw, "an escaped NUL (%00) in the path: caches refuse such a request (nginx answers 400)")
     return target
+
+
+_DOTS = re.compile(r"/(?:\.|%2e){1,2}(?=/|\Z)", re.IGNORECASE)  # a path's `.` or `..` segment, spelled or escaped
+
+
+def _dot_segments(path_query: str) -> str | None:
+    """Why a path with `.` or `..` segments is refused, or None. A viewer's browser or curl removes them before
+    asking (RFC 3986; browsers also those spelled `%2e`), so a warm of the path as written fills an object no
+    one asks for, and a refresh of it purges nothing a viewer gets (nginx keys the request as written)."""
+    path, mark, query = path_query.partition("?")
+    if _DOTS.search(path) is None:
+        return None
+    if "%" in path:
+        return "a '.' or '..' segment in the path (or '%2e'): write the path as a viewer's client asks it, without them"
+    asked = _without_dots(path) + mark + query
+    return f"a '.' or '..' segment in the path: viewers' clients ask {asked!r} instead: write that"
+
+
+def _without_dots(path: str) -> str:
+    """`path` (from its first "/") with its `.` and `..` segments removed as RFC 3986 (5.2.4) does."""
+    kept: list[str] = []
+    segments = path.split("/")[1:]
+    for number, segment in enumerate(segments, 1):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+            continue
+        if number == len(segments):  # a final `.` or `..` leaves the path ending in "/"
+            kept.append("")
+    return "/" + "/".join(kept)
 
 
 def _odd_authority(raw: str) -> str | None:

@@ -705,9 +705,9 @@ NAMED: list[tuple[str, str, set[int]]] = [
     ("not the user's", "http://www.other.test/a", {18, 15}),
     ("suffix trick", "http://www.example.test.evil.test/a", {18, 15}),
     ("wildcard apex", "http://img.example.test/a", {18, 15}),
+    ("dot segments: no viewer asks them", "http://www.example.test/a/../../b/./c", {17}),
 ]
 ACCEPTED = [
-    ("dot segments, sent as they are", "http://www.example.test/a/../../b/./c"),
     ("percent-encoded CRLF stays encoded", "http://www.example.test/a%0d%0aX-Injected:%20yes"),
     ("punycode under a wildcard", "http://xn--bcher-kva.img.example.test/a"),
     ("trailing dot", "http://www.example.test./a"),

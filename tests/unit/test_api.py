@@ -1272,6 +1272,18 @@ async def test_a_url_list_in_php_and_jquery_form_fields_is_read(api: Api, name: 
     assert task is not None and task.total == 3 * NODES
 
 
+@pytest.mark.parametrize("name", ["publish_urls[]", "publish_urls[0]"])
+async def test_one_php_list_entry_is_a_list_of_one_url_not_cut_at_its_commas(api: Api, name: str) -> None:
+    """A PHP or jQuery list of one URL whose query holds a comma (`?size=100,200`) was taken as one string and
+    cut at the comma as JD's `,` list: two other objects warmed (a QA tester's `…r.txt?next=1,http://…/s.txt`)."""
+    url = urls(1)[0] + "?size=100,200"
+    fields = [*creds().items(), (name, url)]
+    answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+    assert answer["status"] == 0, answer
+    items = await api.store.list_items(answer["taskid"])
+    assert {item.url for item in items} == {url} and len(items) == NODES
+
+
 @pytest.mark.parametrize("path", ["/api/prefetch/", "//api/prefetch", "/api//prefetch"])
 async def test_a_jd_call_to_its_path_with_slashes_doubled_or_added_is_answered(api: Api, path: str) -> None:
     """A base URL written with a final "/" posts to //api/prefetch (it was 404), and /api/prefetch/ was

@@ -77,7 +77,8 @@ async def read_params(request: Request) -> dict[str, Any]:
 
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     """A form's fields: a repeated one (publish_urls=a&publish_urls=b) is a list, a single one a string; entries
-    named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order."""
+    named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order,
+    also when there is one (a list of one URL, not a string that `split_list` would cut at its commas)."""
     fields: dict[str, Any] = {}
     listed: dict[str, list[tuple[int, str]]] = {}
     for key, values in form.items():
@@ -88,7 +89,7 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
             fields[key] = values[0] if len(values) == 1 else values
     for name, entries in listed.items():
         values = [value for _, value in sorted(entries, key=lambda e: e[0])]
-        fields.setdefault(name, values[0] if len(values) == 1 else values)
+        fields.setdefault(name, values)
     return fields
 
 
