@@ -110,7 +110,7 @@ def test_a_client_config_that_is_named_but_missing_or_wrong_is_a_clear_error(
     if content is not None:
         config.write_text(content)
     result = run(["quota"], {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_SECRET": "", "EDGEWARM_USERNAME": ""})
-    assert result.returncode == 1 and f"client config {config}: {error}" in result.stderr, result.stderr
+    assert result.returncode == 2 and f"client config {config}: {error}" in result.stderr, result.stderr
 
 
 def test_a_wrong_secret_is_a_clear_error(service: ServiceProcess, tmp_path: Path) -> None:
@@ -314,11 +314,12 @@ def test_sign_with_an_unknown_time_zone_is_a_usage_error(date: list[str]) -> Non
 
 
 def test_an_unknown_time_zone_in_the_client_config_is_a_clear_error(tmp_path: Path) -> None:
-    """`timezone = "Bad/Zone"` in the client config: exit status 1 naming the file and the value, no traceback."""
+    """`timezone = "Bad/Zone"` in the client config: exit status 2 (a usage error, as README says) naming the file
+    and the value, no traceback."""
     config = tmp_path / "client.toml"
     config.write_text('server = "http://127.0.0.1:9"\nusername = "a"\nsecret = "b"\ntimezone = "Bad/Zone"\n')
     result = run(["quota"], {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_SECRET": "", "EDGEWARM_USERNAME": ""})
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert f"client config {config}" in result.stderr and "Bad/Zone" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -1506,6 +1506,19 @@ class TestSchema:
             with pytest.raises((sqlite3.OperationalError, asyncpg.UndefinedTableError)):
                 await raw_sql(store_url, f"SELECT * FROM {table}")
 
+    async def test_another_applications_meta_table_is_refused_by_its_name(self, store_url: str) -> None:
+        """A `meta` table without edgewarm's columns (key, value) was read for the schema version: "no such
+        column: value" (SQLite), UndefinedColumnError (PostgreSQL). Refused as another application's table."""
+        needs_shared_database(store_url)
+        await raw_sql(store_url, "CREATE TABLE meta (k text)", "INSERT INTO meta VALUES ('mine')")
+        with pytest.raises(SchemaVersionError, match="already has tables named meta: give edgewarm a database"):
+            async with open_store(store_url):
+                pass
+        async with open_store(store_url, auto_upgrade=False) as store:
+            with pytest.raises(SchemaVersionError, match="tables named meta"):
+                await store.upgrade()
+        assert await raw_sql(store_url, "SELECT k FROM meta") == [("mine",)]
+
     async def test_processes_opening_a_new_database_at_once_create_the_schema_once(self, store_url: str) -> None:
         """Several processes starting together on an empty database all open it (one creates the schema)."""
         needs_shared_database(store_url)

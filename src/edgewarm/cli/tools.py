@@ -95,23 +95,29 @@ class Credentials:
     timezone: str
 
 
+class ClientConfigError(click.ClickException):
+    """A client config named but missing, or wrong: a usage error (exit status 2), as no credentials are."""
+
+    exit_code = 2
+
+
 def read_credentials(server: str | None, username: str | None, secret: str | None, client_config: str) -> Credentials:
     """The flags (or their variables) first, then the client config file; a usage error without a user."""
     path = Path(client_config).expanduser()
     stored: dict[str, Any] = {}
     if client_config != DEFAULT_CLIENT_CONFIG and not path.exists():  # named, so meant: say it is not there
-        raise click.ClickException(f"client config {path}: no such file")
+        raise ClientConfigError(f"client config {path}: no such file")
     if path.exists():
         try:
             stored = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark is no error
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise click.ClickException(f"client config {path}: {exc}") from None
+            raise ClientConfigError(f"client config {path}: {exc}") from None
         unknown = set(stored) - {"server", "username", "secret", "timezone"}
         if unknown:
-            raise click.ClickException(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
+            raise ClientConfigError(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
         for key, value in stored.items():
             if not isinstance(value, str):
-                raise click.ClickException(f"client config {path}: {key} must be a string")
+                raise ClientConfigError(f"client config {path}: {key} must be a string")
         if "secret" in stored:
             for caution in file_cautions(path):
                 click.echo(f"warning: client config {caution}", err=True)
@@ -120,7 +126,7 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     secret = secret or stored.get("secret")
     timezone = str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
     if not auth.known_timezone(timezone):
-        raise click.ClickException(f"client config {path}: unknown time zone {timezone!r}")
+        raise ClientConfigError(f"client config {path}: unknown time zone {timezone!r}")
     if not username or not secret:
         raise click.UsageError(
             "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"

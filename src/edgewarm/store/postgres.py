@@ -1087,8 +1087,12 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 
 async def _schema_version(conn: _Connection) -> int:
-    if await conn.fetchval("SELECT to_regclass('meta')") is None:
-        return 0
+    columns = await conn.fetchval(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('meta') AND attname IN ('key', 'value') "
+        "AND NOT attisdropped"
+    )
+    if columns != 2:
+        return 0  # no table meta, or another application's: refused by its name (upgrade)
     value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
     return int(value) if value is not None else 0
 

@@ -310,9 +310,9 @@ class SQLiteStore:
         return self._db
 
     def _version(self) -> int:
-        has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-        if not has_meta:
-            return 0
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(meta)")}
+        if not {"key", "value"} <= columns:
+            return 0  # no table meta, or another application's: refused by its name (_upgrade)
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             return 0
