@@ -251,6 +251,9 @@ FETCHER_KEYS = (
     "accept_encoding",
     "fetch_process",
 )
+# Of those, the keys that choose the variant of an object a warm fills (a cache that varies on them keeps one
+# per value): a warm of before a reload that changes one is not the warm asked for after it (no dedupe).
+VARIANT_KEYS = ("user_agent", "accept_encoding")
 
 
 class Api(_Model):

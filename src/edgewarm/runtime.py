@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from prometheus_client import start_http_server
 
+from . import hangups
 from .api import create_app
 from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
@@ -158,6 +159,8 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if hangups.take():  # asked before the handler was there: the file may have changed since it was read
+        on_hangup()
     try:
         # Bound first: an address in use is one error before anything starts, and before "running" is logged.
         listening = listen_on(config) if api else None
@@ -179,6 +182,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        hangups.ignore()  # removed, SIGHUP's default action would end the process (exit -1 after a clean stop)
 
 
 class _Live:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import pytest
 from edgewarm.client import Client
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
 
 from .support import (
     PlainCalls,
@@ -535,3 +536,38 @@ def test_a_damaged_database_file_makes_the_store_not_ready_and_every_read_says_s
     assert before == 3000
     assert failures and all(f.startswith(f"sqlite: the database {path} is damaged") for f in failures), failures
     assert not_ready.startswith(f"sqlite: the database {path} is damaged")
+
+
+def test_sighup_while_starting_or_stopping_is_no_crash(tmp_path: Path) -> None:
+    """A SIGHUP (`systemctl reload`) 0.1-0.6 s after `serve` starts killed it without a word (the default action,
+    before the reload handler was installed); SIGHUPs every 50 ms during a stop made a clean stop exit -1.
+    Now one during the start is a reload once the service runs, and those during the stop are ignored."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "edgewarm.toml",
+        store=f"sqlite:///{tmp_path}/edgewarm.db",
+        nodes_toml='[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n',
+        port=port,
+    )
+    service = ServiceProcess(config).start()  # no port: returns at once, not when healthy
+    started = time.monotonic()
+    assert service.proc is not None
+    try:
+        for at in (0.1, 0.3, 0.6):
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            service.proc.send_signal(signal.SIGHUP)
+        service.port = port
+        service._wait_healthy(30)
+        service.wait_for_log("SIGHUP: config reloaded", timeout=10)
+        service.proc.send_signal(signal.SIGTERM)
+        for _ in range(200):  # 10 s at most
+            if service.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                service.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        code = service.proc.wait(timeout=10)
+    finally:
+        service.stop()
+    assert code == 0, service.log_text()
+    assert "Traceback" not in service.log_text()

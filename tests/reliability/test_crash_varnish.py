@@ -324,7 +324,8 @@ def test_a_varnish_node_killed_and_started_again_during_a_prefetch_loses_no_item
         counted_once(serve.db, taskid, total)
         no_trouble_in(log)
         assert '"message":"node varnish-1 held down for' in log, "the engine never found varnish-1 down"
-        rewarmed = re.search(r'"message":"node varnish-1 is back after a hold: (\d+) warms of the tasks', log)
+        said = r'"message":"node varnish-1: (\d+) warms of the tasks still running are done again: it is back after'
+        rewarmed = re.search(said, log)
 
         first = answered(_read_log(lab, varnish, first_log))
         with contextlib.suppress(AssertionError):  # varnishncsa writes a line just after its answer

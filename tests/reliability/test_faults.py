@@ -539,6 +539,85 @@ async def test_a_node_given_another_address_by_a_reload_is_warmed_again() -> Non
     assert (len(first.requests), len(second.requests)) == (1, 1)
 
 
+async def test_a_node_moved_by_a_reload_mid_task_has_what_it_had_warmed_warmed_again_at_the_new_address() -> None:
+    """A reload points node-1 at another server while its task still runs (a slow node-2 keeps it running):
+    what node-1 had warmed is warmed again there (before, the task succeeded with the new server cold for every
+    URL warmed at the old address: a QA tester's 891 of 3,000); node-2, not moved, is not sent anything twice."""
+    urls = [f"http://www.example.test/moved/{i}" for i in range(10)]
+    with (
+        FaultServer(always(Respond(200, body=BODY))) as first,
+        FaultServer(always(Respond(200, body=BODY))) as second,
+        FaultServer(always(Respond(200, body=BODY, delay=5.0))) as slow,
+    ):
+        engine = {"read_timeout": 15.0}
+        nodes = [*one_node(first), {"name": "node-2", "url": slow.url}]
+        async with engine_rig(nodes, engine) as rig:
+            task_id = await rig.submit(urls)
+            done = await rig.items_when(
+                task_id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
+            )
+            assert len(first.requests) == 10, done
+            moved = [*one_node(second), {"name": "node-2", "url": slow.url}]
+            rig.engine.reconfigure(parse_config(base_config(moved, engine={**FAST_ENGINE, **engine})))
+            task, items = await rig.wait(task_id, 30)
+    assert task.status is TaskStatus.SUCCEEDED, items
+    assert sorted(r.path for r in second.requests) == sorted(u.removeprefix("http://www.example.test") for u in urls)
+    assert (len(first.requests), len(slow.requests)) == (10, 10)
+    assert all(i.attempts == 2 for i in items if i.node == "node-1"), items
+
+
+async def test_max_attempts_lowered_by_a_reload_gives_a_waiting_retry_its_last_attempt() -> None:
+    """Items waiting to retry an HTTP 500 after their first attempt; a reload lowers max_attempts to 1. They
+    make one more attempt and end failed with its outcome (before: failed at once with no request, "gave up
+    after 1 attempts (the worker died during the last)" though no worker died, their 500 erased)."""
+    with FaultServer(always(Respond(500, body=b"no"))) as node:
+        engine = {"max_attempts": 5, "backoff_base": 1.0, "backoff_max": 1.0}
+        async with engine_rig(one_node(node), engine) as rig:
+            task_id = await rig.submit([f"http://www.example.test/lowered/{i}" for i in range(3)])
+            waiting = await rig.items_when(
+                task_id, lambda items: all(i.attempts == 1 and i.state is ItemState.PENDING for i in items)
+            )
+            assert all(i.http_status == 500 for i in waiting), waiting
+            lowered = {**FAST_ENGINE, **engine, "max_attempts": 1}
+            rig.engine.reconfigure(parse_config(base_config(one_node(node), engine=lowered)))
+            task, items = await rig.wait(task_id, 20)
+    assert task.status is TaskStatus.FAILED
+    assert [(i.attempts, i.http_status) for i in items] == [(2, 500)] * 3, items
+    assert all((i.error or "").startswith("HTTP 500") for i in items), items
+    assert len(node.requests) == 6
+
+
+async def test_backoff_cut_by_a_reload_brings_waiting_retries_forward() -> None:
+    """Items waiting to retry after a 500 with a backoff of 200 s; a reload cuts backoff to 0.05 s: they are
+    retried at once (before: they waited out the old backoff, up to backoff_max, which may be a week)."""
+    with FaultServer(sequence(Respond(500, body=b"no"), Respond(200, body=BODY))) as node:
+        engine = {"backoff_base": 200.0, "backoff_max": 600.0}
+        async with engine_rig(one_node(node), engine) as rig:
+            task_id = await rig.submit([f"http://www.example.test/backoff/{i}" for i in range(3)])
+            await rig.items_when(
+                task_id, lambda items: all(i.attempts == 1 and i.state is ItemState.PENDING for i in items)
+            )
+            rig.engine.reconfigure(parse_config(base_config(one_node(node), engine=FAST_ENGINE)))
+            task, items = await rig.wait(task_id, 15)
+    assert task.status is TaskStatus.SUCCEEDED, items
+    assert len(node.requests) == 6
+
+
+@pytest.mark.parametrize(("key", "value"), [("accept_encoding", "gzip"), ("user_agent", "other-agent/1")])
+async def test_a_warm_is_not_shared_with_one_asked_after_a_reload_changed_the_variant(key: str, value: str) -> None:
+    """A reload changes accept_encoding (or user_agent): the variant a warm fills. The same URL warmed again
+    within dedupe_seconds is fetched (before: the old variant's success was shared, attempts 0, and the new
+    variant stayed cold on every node: a QA tester's 200 of 200)."""
+    with FaultServer(always(Respond(200, body=BODY))) as node:
+        async with engine_rig(one_node(node)) as rig:
+            task, _items = await rig.wait(await rig.submit([URL]), 20)
+            assert task.status is TaskStatus.SUCCEEDED
+            rig.engine.reconfigure(parse_config(base_config(one_node(node), engine={**FAST_ENGINE, key: value})))
+            task, items = await rig.wait(await rig.submit([URL]), 20)
+    assert task.status is TaskStatus.SUCCEEDED
+    assert len(node.requests) == 2 and items[0].attempts == 1, items
+
+
 @pytest.mark.parametrize("change", ["address", "node_down_wait"])
 async def test_items_put_off_for_a_node_held_down_are_due_at_once_after_a_reload_that_moves_it_or_cuts_the_wait(
     change: str,

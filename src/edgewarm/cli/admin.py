@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import EdgewarmError
 from ..models import CANCELLED, Canceller, Task, TaskFilter, TaskStatus
-from ..service import normalize_task_id
-from ..store import TaskStore, open_store
 from .main import main
 from .server import config_option, load_or_fail
+
+if TYPE_CHECKING:
+    from ..store import TaskStore
 
 PAGE = 1000  # running tasks read at a time for --user
 MOST_TASKS = 10_000_000  # a bound on the pages read: no store holds more running tasks of one user
@@ -79,6 +81,9 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
     does: their items waiting in the store end failed ("cancelled"), those under way finish, and each task
     ends failed, reason "cancelled", cancelled_by "operator". Services learn it within a second. Exits 1 when
     a task id is not found."""
+    from ..service import normalize_task_id  # here: the service's imports are not every command's
+    from ..store import open_store
+
     if not taskids and username is None:
         raise click.UsageError("give the task ids to cancel, or --user NAME")
     ids: list[str] = []

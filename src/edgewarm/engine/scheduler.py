@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
-from ..config import Config, Node, NodeKind
+from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
 from ..logs import RepeatedFailure
 from ..metrics import Metrics
@@ -169,12 +169,19 @@ class Engine:
         """Take a reloaded config: node widths apply at once, other settings and new nodes from the next claim.
         A node's items due later (put off while it was held down, or waiting to be retried) are due at once when
         the node is now at another address or gone (what kept them was the old address's), every node's when
-        node_down_wait was cut (they would wait past the new one)."""
+        node_down_wait or backoff_max was cut (they would wait past the new one). A node at another address
+        has its warms of the tasks still running done again there (`_rewarm_moved`). Warms are not shared with
+        those of before when the variant they ask for changed (`accept_encoding`, `user_agent`)."""
+        new_variant = any(getattr(config.engine, k) != getattr(self.settings, k) for k in VARIANT_KEYS)
         for old in self.config.nodes:  # a node now at another address (or gone) holds none of what it warmed
-            if config.node(old.name) != old:
+            if config.node(old.name) != old or new_variant:
                 self._coalescer.changed(old.name)
         moved = {old.name for old in self.config.nodes if (new := config.node(old.name)) is None or new.url != old.url}
-        waits_less = config.engine.node_down_wait < self.settings.node_down_wait
+        waits_less = (
+            config.engine.node_down_wait < self.settings.node_down_wait
+            or config.engine.backoff_max < self.settings.backoff_max
+        )
+        self._rewarm_moved({name for name in moved if config.node(name) is not None})
         self.config = config
         self._shields = config.shields()
         self._varnish = _has_varnish(config)
@@ -439,7 +446,27 @@ class Engine:
             ended_before = self._clock() - down_for + REWARM_SLACK_SECONDS
             for node in self.config.nodes:
                 if node.url == url and node.rewarms_after_down:
-                    self._after_node_work(node.name, functools.partial(self._rewarm_node, node.name, ended_before))
+                    note = (
+                        f"warmed again: {node.name} could not be reached for a while and may have restarted with an "
+                        "empty cache (rewarm_after_down)"
+                    )
+                    why = "it is back after a hold (it may have restarted empty)"
+                    work = functools.partial(self._rewarm_node, node.name, ended_before, note, why)
+                    self._after_node_work(node.name, work)
+
+    def _rewarm_moved(self, names: set[str]) -> None:
+        """These nodes are at another address now: another cache, which holds none of what the old one was
+        warmed with. Their warms of the tasks still running are done again there, those that ended up to
+        REWARM_SLACK_SECONDS after now (a request under way went to the old address), once that has passed."""
+        ended_before = self._clock() + REWARM_SLACK_SECONDS
+        for name in sorted(names):
+            note = f"warmed again: a reload moved {name} to another address, which holds none of what it warmed"
+
+            async def later(name: str = name, note: str = note) -> None:
+                await asyncio.sleep(REWARM_SLACK_SECONDS)
+                await self._rewarm_node(name, ended_before, note, why="it was moved to another address by a reload")
+
+            self._after_node_work(name, later)
 
     def _after_node_work(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Do `work` on node `name`'s items in the background, once the node's work under way (its items put
@@ -453,11 +480,9 @@ class Engine:
 
         self._putting_off[name] = asyncio.create_task(after(), name=f"edgewarm-node-work-{name}")
 
-    async def _rewarm_node(self, name: str, ended_before: float) -> None:
-        note = (
-            f"warmed again: {name} could not be reached for a while and may have restarted with an empty cache "
-            "(rewarm_after_down)"
-        )
+    async def _rewarm_node(self, name: str, ended_before: float, note: str, why: str) -> None:
+        """Warm again node `name`'s warms of the tasks still running that ended before `ended_before`, saying
+        `note` in their items and `why` in the log."""
         try:
             now, attempts = self._clock(), self.settings.max_attempts
             count = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts)
@@ -466,10 +491,10 @@ class Engine:
             return
         if count:
             log.warning(
-                "node %s is back after a hold: %d warms of the tasks still running are done again (it may have "
-                "restarted empty)",
+                "node %s: %d warms of the tasks still running are done again: %s",
                 name,
                 count,
+                why,
                 extra={"node": name},
             )
             self.wake()
@@ -510,8 +535,9 @@ class Engine:
         if node is None:
             self._end_unsent(claim)
             return
-        if claim.attempts >= self.settings.max_attempts:
-            # Only a retaken item gets here: its last attempts were begun by workers that died during them.
+        if claim.retaken and claim.attempts >= self.settings.max_attempts:
+            # Its last attempts were begun by workers that died during them. (An item not retaken gets here with
+            # its attempts spent when a reload lowered max_attempts: it makes one more, its last.)
             reason = f"gave up after {claim.attempts} attempts (the worker died during the last)"
             self._outcomes.put_nowait(ItemOutcome(claim.item_id, False, claim.attempts, error=reason))
             return
