@@ -181,7 +181,6 @@ class Engine:
             config.engine.node_down_wait < self.settings.node_down_wait
             or config.engine.backoff_max < self.settings.backoff_max
         )
-        self._rewarm_moved({name for name in moved if config.node(name) is not None})
         self.config = config
         self._shields = config.shields()
         self._varnish = _has_varnish(config)
@@ -192,6 +191,7 @@ class Engine:
             lane.removed = node is None
             self._staff(lane, node or lane.node)
         self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
+        self._rewarm_moved({name for name in moved if config.node(name) is not None})  # after: it waits 2 s
         self.wake()
 
     def _widths(self) -> dict[str, int]:
