@@ -92,7 +92,7 @@ def check_config(path: str | None, config_path: str | None) -> None:
     config = load_or_fail(chosen)
     click.echo(
         f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
-        f"{len(config.shields())} shields, store {config.store.split('://')[0]})"
+        f"{len(config.shields())} shields, store {config.store.split(':')[0]})"
     )
     for warning in [*file_cautions(chosen), *config.cautions()]:
         click.echo(f"warning: {warning}", err=True)
