@@ -1488,36 +1488,28 @@ class TestSchema:
             )
         assert "items_url" in str(plan), plan
 
+    @pytest.mark.parametrize("table", ["tasks", "meta"])
     async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(
-        self, store_url: str
+        self, store_url: str, table: str
     ) -> None:
         """A database without edgewarm's schema but with a `tasks` table (another application's) is refused on
-        open and by upgrade(), naming the table; that table keeps its rows and no edgewarm table appears."""
+        open and by upgrade(), naming the table; that table keeps its rows and no edgewarm table appears. So is
+        one with a `meta` table without edgewarm's columns (key, value): it was read for the schema version,
+        "no such column: value" (SQLite), UndefinedColumnError (PostgreSQL)."""
         needs_shared_database(store_url)
-        await raw_sql(store_url, "CREATE TABLE tasks (id integer, title text)", "INSERT INTO tasks VALUES (1, 'x')")
-        with pytest.raises(SchemaVersionError, match="already has tables named tasks: give edgewarm a database"):
+        await raw_sql(
+            store_url, f"CREATE TABLE {table} (id integer, title text)", f"INSERT INTO {table} VALUES (1, 'x')"
+        )
+        with pytest.raises(SchemaVersionError, match=f"already has tables named {table}: give edgewarm a database"):
             async with open_store(store_url):
                 pass
         async with open_store(store_url, auto_upgrade=False) as store:
-            with pytest.raises(SchemaVersionError, match="tables named tasks"):
+            with pytest.raises(SchemaVersionError, match=f"tables named {table}"):
                 await store.upgrade()
-        assert await raw_sql(store_url, "SELECT id, title FROM tasks") == [(1, "x")]
-        for table in ("meta", "items", "usage"):
+        assert await raw_sql(store_url, f"SELECT id, title FROM {table}") == [(1, "x")]
+        for other in sorted({"meta", "tasks", "items", "usage"} - {table}):
             with pytest.raises((sqlite3.OperationalError, asyncpg.UndefinedTableError)):
-                await raw_sql(store_url, f"SELECT * FROM {table}")
-
-    async def test_another_applications_meta_table_is_refused_by_its_name(self, store_url: str) -> None:
-        """A `meta` table without edgewarm's columns (key, value) was read for the schema version: "no such
-        column: value" (SQLite), UndefinedColumnError (PostgreSQL). Refused as another application's table."""
-        needs_shared_database(store_url)
-        await raw_sql(store_url, "CREATE TABLE meta (k text)", "INSERT INTO meta VALUES ('mine')")
-        with pytest.raises(SchemaVersionError, match="already has tables named meta: give edgewarm a database"):
-            async with open_store(store_url):
-                pass
-        async with open_store(store_url, auto_upgrade=False) as store:
-            with pytest.raises(SchemaVersionError, match="tables named meta"):
-                await store.upgrade()
-        assert await raw_sql(store_url, "SELECT k FROM meta") == [("mine",)]
+                await raw_sql(store_url, f"SELECT * FROM {other}")
 
     async def test_processes_opening_a_new_database_at_once_create_the_schema_once(self, store_url: str) -> None:
         """Several processes starting together on an empty database all open it (one creates the schema)."""
