@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -152,7 +153,9 @@ class Engine:
         self._warming: dict[str, dict[int, str]] = {}  # node -> its warms sending now: item -> URL (_after_warms)
         self._warm_ended: dict[str, asyncio.Event] = {}  # node -> set when one of its warms ends (purges wait)
         # (URL, node) -> when this engine purged it, and whether its next warm was checked (_note_purge)
-        self._purged: dict[tuple[str, str], tuple[float, bool]] = {}
+        # In the purges' order, oldest first: an OrderedDict, whose oldest is found at once (a dict's first item is
+        # found by stepping over the slots of those deleted before it: 30-130 µs a purge once full, a tester found).
+        self._purged: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
         self._following: dict[int, _Following] = {}  # purges waiting for other engines' warms, out of their lanes
         self._follower: asyncio.Task[None] | None = None  # asks the store until they may go (_follow_others)
         self._idle = asyncio.Event()  # set when nothing is in hand
@@ -709,7 +712,7 @@ class Engine:
         purged.pop(key, None)  # to the end: the dict's order is the purges' order
         purged[key] = (now, False)
         while len(purged) > PURGES_KEPT or now - next(iter(purged.values()))[0] > PURGES_KEPT_SECONDS:
-            del purged[next(iter(purged))]
+            purged.popitem(last=False)
 
     async def _after_warms(self, claim: Claim, node: Node) -> None:
         """A purge waits for this engine's warms of what it purges on `node` that are sending now: a warm that
