@@ -96,6 +96,11 @@ def tool(name: str, args: str, *more: str, expect: dict[str, int]) -> Any:
 
 TOOLS = [
     tool(
+        "purge_notes",
+        "--calls 2000 --rounds 1",
+        expect={r"^round 1: dict [\d.]+ µs a note, OrderedDict [\d.]+ µs: ratio [\d.]+$": 1},
+    ),
+    tool(
         "store_statements",
         "--urls 1000 --batch 200",
         expect={
