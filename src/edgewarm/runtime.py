@@ -316,6 +316,7 @@ async def _run_parts(
             log.warning("metrics_listen is for `edgewarm worker`: this process serves /metrics on `listen`")
         if engine:
             fetcher = live.fetcher = open_fetcher(config.engine, live.health)
+            live.fetcher_settings = config.engine  # a reload before this one may have changed them
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics, sole=sole)
@@ -382,6 +383,8 @@ async def _run_parts(
             tasks.append(
                 asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
             )
+        if live.config is not config:  # reloaded while the parts above were made: give them what they missed
+            live.apply(live.config)
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
         where = f", listening on {config.listen}" if api else ""
         log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import time
 from collections import Counter
@@ -564,6 +565,31 @@ async def test_a_node_moved_by_a_reload_mid_task_has_what_it_had_warmed_warmed_a
     assert sorted(r.path for r in second.requests) == sorted(u.removeprefix("http://www.example.test") for u in urls)
     assert (len(first.requests), len(slow.requests)) == (10, 10)
     assert all(i.attempts == 2 for i in items if i.node == "node-1"), items
+
+
+async def test_a_node_moved_then_removed_within_the_warms_again_delay_keeps_what_it_had_warmed() -> None:
+    """A reload moves node-1, another removes it 0.5 s later: the warms again of the move (2 s after it) ran
+    anyway, made its succeeded items pending, and they failed "not configured" (a re-tester's 54 succeeded
+    warms of 120 erased). Now a node removed (or moved again) before then is left alone: its succeeded stay."""
+    urls = [f"http://www.example.test/gone/{i}" for i in range(10)]
+    with (
+        FaultServer(always(Respond(200, body=BODY))) as first,
+        FaultServer(always(Respond(200, body=BODY))) as second,
+        FaultServer(always(Respond(200, body=BODY, delay=5.0))) as slow,
+    ):
+        engine = {**FAST_ENGINE, "read_timeout": 15.0}
+        others = [{"name": "node-2", "url": slow.url}]
+        async with engine_rig([*one_node(first), *others], engine) as rig:
+            task_id = await rig.submit(urls)
+            await rig.items_when(
+                task_id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
+            )
+            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
+            await asyncio.sleep(0.5)
+            rig.engine.reconfigure(parse_config(base_config(others, engine=engine)))
+            task, items = await rig.wait(task_id, 30)
+    assert [i.state for i in items if i.node == "node-1"] == [ItemState.SUCCEEDED] * 10, items
+    assert (task.succeeded, task.failed, len(second.requests)) == (20, 0, 0), task
 
 
 async def test_max_attempts_lowered_by_a_reload_gives_a_waiting_retry_its_last_attempt() -> None:
@@ -1193,3 +1219,49 @@ async def test_an_edge_refilled_from_its_shield_since_its_purge_may_carry_the_sh
     assert warms["shield-1"].state is ItemState.SUCCEEDED, warms
     assert warms["edge-1"].state is ItemState.SUCCEEDED, warms
     assert warms["edge-2"].state is ItemState.FAILED and "3600 s old" in (warms["edge-2"].error or ""), warms
+
+
+async def test_a_reload_while_the_service_starts_its_parts_reaches_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGHUP that adds a user while `serve` makes its parts (here: while it takes back the items of a
+    previous process, an await like the store's and the fetcher's opening) was logged "config reloaded" but
+    the API, made after it from the config of before, refused the user (code 20) until the next SIGHUP (a
+    re-tester's 2 starts of 13). The parts made meanwhile get the reloaded config once they all exist."""
+    from edgewarm.client import AsyncClient, ClientError
+    from edgewarm.config import load_config
+    from edgewarm.runtime import run
+    from edgewarm.testing.service import write_config
+
+    port = free_port()
+    nodes = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
+    path = write_config(tmp_path / "edgewarm.toml", store=f"sqlite:///{tmp_path}/e.db", nodes_toml=nodes, port=port)
+    carol = "carol-secret-0123456789"
+    taking_back = edgewarm.store.sqlite.SQLiteStore.release_all_leases
+    reloaded = asyncio.Event()
+
+    async def reload_meanwhile(self: Any, now: float) -> Any:
+        path.write_text(path.read_text() + f'\n[[users]]\nname = "carol"\nsecret = "{carol}"\ndomains = ["a.test"]\n')
+        signal.raise_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)  # the loop runs the reload meanwhile
+        reloaded.set()
+        return await taking_back(self, now)
+
+    monkeypatch.setattr(edgewarm.store.sqlite.SQLiteStore, "release_all_leases", reload_meanwhile)
+    service = asyncio.create_task(run(load_config(str(path)), config_path=str(path)))
+    try:
+        await asyncio.wait_for(reloaded.wait(), 20)
+        async with AsyncClient(f"http://127.0.0.1:{port}", "carol", carol) as client:
+            for _ in range(100):  # 10 s at most for the API to listen
+                try:
+                    quota = await client.quota()
+                    break
+                except ClientError as exc:
+                    assert exc.code != 20, "the reloaded user is unknown to the API"
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the API never answered")
+        assert quota["urls"]["used"] == 0
+    finally:
+        signal.raise_signal(signal.SIGTERM)  # the service's own handler: a graceful stop
+        await asyncio.wait_for(service, 30)

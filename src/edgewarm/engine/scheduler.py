@@ -464,9 +464,14 @@ class Engine:
         ended_before = self._clock() + REWARM_SLACK_SECONDS
         for name in sorted(names):
             note = f"warmed again: a reload moved {name} to another address, which holds none of what it warmed"
+            node = self.config.node(name)
+            address = None if node is None else node.url
 
-            async def later(name: str = name, note: str = note) -> None:
+            async def later(name: str = name, note: str = note, address: str | None = address) -> None:
                 await asyncio.sleep(REWARM_SLACK_SECONDS)
+                node = self.config.node(name)
+                if node is None or node.url != address:  # removed meanwhile (its succeeded warms stay), moved again
+                    return
                 await self._rewarm_node(name, ended_before, note, why="it was moved to another address by a reload")
 
             self._after_node_work(name, later)
