@@ -44,7 +44,7 @@ from edgewarm.models import (
     TaskKind,
     TaskStatus,
 )
-from edgewarm.store import SCHEMA_VERSION, TaskStore, open_store
+from edgewarm.store import SCHEMA_VERSION, TaskStore, existing_store, open_store, sqlite_path
 from edgewarm.store.base import UNNAMED
 from edgewarm.store.postgres import PostgresStore
 from edgewarm.testing.postgres import PostgresCluster
@@ -1487,6 +1487,32 @@ class TestSchema:
                 "EXPLAIN " + query,
             )
         assert "items_url" in str(plan), plan
+
+    async def test_an_operators_command_opens_only_a_store_a_service_made_of_this_schema(self, store_url: str) -> None:
+        """`existing_store` (`edgewarm admin cancel`) made an empty SQLite file where none was (which then
+        stopped `serve` and `db upgrade`: "in WAL mode but holds no table") and worked on any schema version
+        (a raw "no such column" on an older one, writes into a newer one). Now: a missing file is refused and not
+        made, a store without the schema or of another version is refused as a service refuses it."""
+        needs_shared_database(store_url)
+        path = sqlite_path(store_url)
+        if path is not None:
+            with pytest.raises(StoreError, match="does not exist"):
+                async with existing_store(store_url):
+                    pass
+            assert not Path(path).exists()  # noqa: ASYNC240  (a stat, once)
+            sqlite3.connect(path).close()  # an empty file, as another program may leave
+        with pytest.raises(SchemaVersionError, match="has no edgewarm schema: run `edgewarm db upgrade"):
+            async with existing_store(store_url):
+                pass
+        async with open_store(store_url):
+            pass  # a service made it
+        async with existing_store(store_url) as store:
+            assert await store.schema_version() == SCHEMA_VERSION
+        for version in (SCHEMA_VERSION - 1, SCHEMA_VERSION + 1):
+            await raw_sql(store_url, f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
+            with pytest.raises(SchemaVersionError, match=f"has schema version {version}"):
+                async with existing_store(store_url):
+                    pass
 
     @pytest.mark.parametrize("table", ["tasks", "meta"])
     async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(

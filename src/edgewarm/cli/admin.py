@@ -64,7 +64,7 @@ class Cancelled:
 
 
 def _under_way(task: Task) -> str:
-    return f"it ends when its {task.total - task.succeeded - task.failed} items under way come back"
+    return f"it ends when its {task.total - task.succeeded - task.failed} items claimed or under way come back"
 
 
 @admin.command("cancel")
@@ -82,7 +82,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
     ends failed, reason "cancelled", cancelled_by "operator". Services learn it within a second. Exits 1 when
     a task id is not found."""
     from ..service import normalize_task_id  # here: the service's imports are not every command's
-    from ..store import open_store
+    from ..store import existing_store
 
     if not taskids and username is None:
         raise click.UsageError("give the task ids to cancel, or --user NAME")
@@ -96,7 +96,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
     config = load_or_fail(config_path)
 
     async def go() -> list[Cancelled]:
-        async with open_store(config.store, auto_upgrade=False) as store:
+        async with existing_store(config.store) as store:
             if username is not None:
                 ids.extend(task_id for task_id in await _running(store, username) if task_id not in ids)
             return [await _cancel(store, task_id) for task_id in ids]

@@ -8,14 +8,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from ..errors import StoreError
-from .base import SCHEMA_VERSION, TaskStore
+from .base import SCHEMA_VERSION, TaskStore, no_schema, wrong_version
 
-__all__ = ["SCHEMA_VERSION", "TaskStore", "make_folder_of", "open_store", "redacted", "sqlite_path", "sqlite_uri"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TaskStore",
+    "existing_store",
+    "make_folder_of",
+    "open_store",
+    "redacted",
+    "sqlite_path",
+    "sqlite_uri",
+]
 
 
 def redacted(url: str) -> str:
@@ -92,6 +103,32 @@ def _moved_database(url: str, path: str) -> StoreError | None:
         f"the working directory. Move {old} (and its -wal, -shm files) to {path}, or write store = "
         f'"sqlite:{os.path.relpath(old)}" to keep using it where it is'
     )
+
+
+@contextlib.asynccontextmanager
+async def existing_store(url: str) -> AsyncIterator[TaskStore]:
+    """The store a service made at `url`, opened for an operator's command (`edgewarm admin`): not made here (a
+    SQLite file that is not there is refused, not created), and refused unless its schema is this edgewarm's, as
+    a service would refuse it, saying what to do."""
+    _made_already(url)
+    async with open_store(url, auto_upgrade=False) as store:
+        version = await store.schema_version()
+        if version == 0:
+            raise no_schema(redacted(url))
+        if version != SCHEMA_VERSION:
+            raise wrong_version(redacted(url), version)
+        yield store
+
+
+def _made_already(url: str) -> None:
+    """StoreError unless the store at `url` may have been made by a service: a SQLite file that is there."""
+    path = sqlite_path(url)
+    if path == ":memory:":
+        raise StoreError(f"{url!r} is the service's own memory: no other process can reach it")
+    if path is not None and not os.path.exists(path):
+        raise StoreError(f"the SQLite database {path} does not exist: no service has run on it (a typo?)")
+    if path is not None and os.path.getsize(path) == 0:  # opened, SQLite would make it a database
+        raise no_schema(path)
 
 
 def open_store(url: str, *, auto_upgrade: bool = True) -> TaskStore:

@@ -260,6 +260,11 @@ def wrong_version(database: str, version: int) -> SchemaVersionError:
     )
 
 
+def no_schema(database: str) -> SchemaVersionError:
+    """The refusal to work on a database without edgewarm's schema (where it is not to be made)."""
+    return SchemaVersionError(f"database {database} has no edgewarm schema: run `edgewarm db upgrade --config FILE`")
+
+
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
     """The refusal to create edgewarm's schema in `database`, which already has tables of those names."""
     names = ", ".join(sorted(found))
@@ -284,6 +289,10 @@ class TaskStore(Protocol):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+    async def schema_version(self) -> int:
+        """The schema's version (0: none)."""
+        ...
 
     async def upgrade(self) -> int:
         """Create or migrate the schema to SCHEMA_VERSION; return the version found before (0: no schema)."""

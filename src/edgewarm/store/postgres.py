@@ -557,7 +557,7 @@ class PostgresStore:
         except _OPEN_ERRORS as exc:
             raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}") from exc
         try:
-            version = await self._version()
+            version = await self.schema_version()
             if self._auto_upgrade:
                 if version == 0:
                     await self.upgrade()
@@ -601,7 +601,7 @@ class PostgresStore:
                 self._refusing = error
             raise error from exc
 
-    async def _version(self) -> int:
+    async def schema_version(self) -> int:
         async with self._connection() as conn:
             return await _schema_version(conn)
 

@@ -344,6 +344,9 @@ class SQLiteStore:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(number + 1),))
         return version
 
+    async def schema_version(self) -> int:
+        return await self._run(self._version)
+
     async def upgrade(self) -> int:
         return await self._run(self._upgrade)
 
