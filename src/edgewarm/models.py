@@ -133,6 +133,16 @@ class TaskCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """What a cancel found: the task after it, and whether this cancel was its first (it set the reason: the
+    task's end, if it ended at once, is this cancel's to tell; a cancel at the same time of another caller, or a
+    later one, is not)."""
+
+    task: Task
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Released:
     """Items handed back by a worker (or every worker's, at a sole engine's start), and the tasks that ended
     by it: cancelled ones whose last items under way were among them (they fail "cancelled", unsent)."""

@@ -290,14 +290,16 @@ class Service:
         task = await self.get_task(user, raw_task_id)
         if task.status is not TaskStatus.IN_PROGRESS:
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
-        cancelled = await self.store.cancel_task(task.id, user.name, self._clock())
-        if cancelled is None:
+        found = await self.store.cancel_task(task.id, user.name, self._clock())
+        if found is None:
             raise TaskNotFound()
-        if cancelled.reason != CANCELLED:  # it ended on its own between the look above and the cancel
+        cancelled = found.task
+        if cancelled.reason != CANCELLED or (not found.first and cancelled.finished_at is not None):
+            # It ended between the look above and the cancel: on its own, or by another cancel at the same time.
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
-        if cancelled.finished_at is not None:
+        if found.first and cancelled.finished_at is not None:  # a cancel after the first (items under way): told then
             self.metrics.task_ended(cancelled, log)
-        else:
+        elif found.first:
             under_way = cancelled.total - cancelled.succeeded - cancelled.failed
             log.info(
                 "task cancelled by %s: it ends when its items under way come back (%d not ended yet)",

@@ -1080,8 +1080,9 @@ class TestTaskViews:
         task = make_task(2, SHIELD_THEN_EDGES)
         await store.create_task(task)
         (running,) = await store.claim_due_items("w1", 1, NOW, LEASE)
-        cancelled = await store.cancel_task(task.id, "alice", NOW + 1)
-        assert cancelled is not None
+        found = await store.cancel_task(task.id, "alice", NOW + 1)
+        assert found is not None and found.first
+        cancelled = found.task
         assert (cancelled.status, cancelled.failed, cancelled.reason) == (TaskStatus.IN_PROGRESS, 5, "cancelled")
         assert await store.task_counts(task.id) == TaskCounts(running=1, failed=5)
         assert {i.error for i in await store.list_items(task.id) if i.state is ItemState.FAILED} == {"cancelled"}
@@ -1106,9 +1107,11 @@ class TestTaskViews:
         """A cancelled task with no item running is failed and finished at the time of the cancel."""
         task = make_task(2)
         await store.create_task(task)
-        cancelled = await store.cancel_task(task.id, "alice", NOW + 1)
-        assert cancelled is not None
-        assert (cancelled.status, cancelled.failed, cancelled.finished_at) == (TaskStatus.FAILED, 2, NOW + 1)
+        found = await store.cancel_task(task.id, "alice", NOW + 1)
+        assert found is not None and found.first
+        assert (found.task.status, found.task.failed, found.task.finished_at) == (TaskStatus.FAILED, 2, NOW + 1)
+        again = await store.cancel_task(task.id, "alice", NOW + 2)  # two at once: only one of them ended it
+        assert again is not None and not again.first and again.task.finished_at == NOW + 1
 
     async def test_cancel_answers_none_for_another_users_or_an_unknown_task(self, store: TaskStore) -> None:
         """cancel_task of another user's or an unknown task returns None and changes nothing."""
@@ -1127,27 +1130,30 @@ class TestTaskViews:
         (running,) = await store.claim_due_items("w1", 1, NOW, LEASE)  # one of bob's: his task runs on
         await store.create_task(alices)
         await store.create_task(plain)
-        by_operator = await store.cancel_task(bobs.id, None, NOW + 1)
-        assert by_operator is not None
+        found = await store.cancel_task(bobs.id, None, NOW + 1)
+        assert found is not None and found.first
+        by_operator = found.task
         assert (by_operator.status, by_operator.reason) == (TaskStatus.IN_PROGRESS, "cancelled")
         assert (by_operator.username, by_operator.cancelled_by) == ("bob", Canceller.OPERATOR)
-        by_user = await store.cancel_task(alices.id, "alice", NOW + 1)
-        assert by_user is not None and by_user.cancelled_by is Canceller.USER
-        assert by_user.status is TaskStatus.FAILED
+        found = await store.cancel_task(alices.id, "alice", NOW + 1)
+        assert found is not None and found.first and found.task.cancelled_by is Canceller.USER
+        assert found.task.status is TaskStatus.FAILED
         again = await store.cancel_task(bobs.id, "bob", NOW + 2)  # bob's own cancel, after the operator's
-        assert again is not None and again.cancelled_by is Canceller.OPERATOR
+        assert again is not None and not again.first and again.task.cancelled_by is Canceller.OPERATOR
         assert await store.record_outcomes("w1", [ok(running.item_id)], NOW + 3) == 1
         ended = await store.get_task(bobs.id)
         assert ended is not None
         assert (ended.status, ended.succeeded, ended.failed) == (TaskStatus.FAILED, 1, 1)
         assert ended.cancelled_by is Canceller.OPERATOR
-        assert (await store.cancel_task(alices.id, None, NOW + 4)).cancelled_by is Canceller.USER  # type: ignore[union-attr]
+        late = await store.cancel_task(alices.id, None, NOW + 4)
+        assert late is not None and not late.first and late.task.cancelled_by is Canceller.USER
         untouched = await store.get_task(plain.id)
         assert untouched is not None and (untouched.cancelled_by, untouched.reason) == (None, None)
         (done,) = await claim_all(store)
         await store.record_outcomes("w1", [ok(done)], NOW + 5)
         finished = await store.cancel_task(plain.id, None, NOW + 6)  # ended: nothing changes
-        assert finished is not None and (finished.status, finished.cancelled_by) == (TaskStatus.SUCCEEDED, None)
+        assert finished is not None and not finished.first
+        assert (finished.task.status, finished.task.cancelled_by) == (TaskStatus.SUCCEEDED, None)
 
     async def test_cancelling_a_finished_task_changes_nothing(self, store: TaskStore) -> None:
         """A task that already ended keeps its status and has no reason added."""
@@ -1155,9 +1161,9 @@ class TestTaskViews:
         await store.create_task(task)
         (item_id,) = await claim_all(store)
         await store.record_outcomes("w1", [ok(item_id)], NOW + 1)
-        cancelled = await store.cancel_task(task.id, "alice", NOW + 2)
-        assert cancelled is not None
-        assert (cancelled.status, cancelled.reason, cancelled.finished_at) == (TaskStatus.SUCCEEDED, None, NOW + 1)
+        found = await store.cancel_task(task.id, "alice", NOW + 2)
+        assert found is not None and not found.first
+        assert (found.task.status, found.task.reason, found.task.finished_at) == (TaskStatus.SUCCEEDED, None, NOW + 1)
 
     async def test_a_running_item_of_a_cancelled_task_is_not_retried(self, store: TaskStore) -> None:
         """A retry reported for an item whose task was cancelled meanwhile fails it ("cancelled"); the task ends."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import EdgewarmError
-from ..models import CANCELLED, Canceller, Task, TaskFilter, TaskStatus
+from ..models import Canceller, Task, TaskFilter, TaskStatus
 from .main import main
 from .server import config_option, load_or_fail
 
@@ -29,27 +29,16 @@ def admin() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Cancelled:
-    """What `admin cancel` did to one task: `before` and `after` are None when the task is not found."""
+    """What `admin cancel` did to one task: the task after it (None: not found), and whether this cancel was its
+    first (the store says so: not a cancel of another caller at the same time, nor the task's end meanwhile)."""
 
     task_id: str
-    before: Task | None
     after: Task | None
-
-    @property
-    def ours(self) -> bool:
-        """This cancel stopped it (not its end meanwhile, nor an earlier cancel)."""
-        before, after = self.before, self.after
-        return (
-            before is not None
-            and after is not None
-            and before.status is TaskStatus.IN_PROGRESS
-            and before.reason is None
-            and after.reason == CANCELLED
-        )
+    ours: bool = False
 
     def __str__(self) -> str:
-        before, after = self.before, self.after
-        if before is None or after is None:
+        after = self.after
+        if after is None:
             return f"{self.task_id}: not found"
         of = f"{self.task_id} (user {after.username})"
         if not self.ours:
@@ -109,7 +98,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
         click.echo(f"user {username} has no task running")
     for result in done:
         click.echo(str(result))
-    if any(result.before is None for result in done):
+    if any(result.after is None for result in done):
         raise SystemExit(1)
 
 
@@ -128,5 +117,6 @@ async def _running(store: TaskStore, username: str) -> list[str]:
 async def _cancel(store: TaskStore, task_id: str) -> Cancelled:
     before = await store.get_task(task_id)
     if before is None or before.status is not TaskStatus.IN_PROGRESS:
-        return Cancelled(task_id, before, before)
-    return Cancelled(task_id, before, await store.cancel_task(task_id, None, time.time()))
+        return Cancelled(task_id, before)
+    found = await store.cancel_task(task_id, None, time.time())
+    return Cancelled(task_id, None, False) if found is None else Cancelled(task_id, found.task, found.first)

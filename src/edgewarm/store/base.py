@@ -12,6 +12,7 @@ from typing import Protocol, Self, TypeVar
 
 from ..errors import SchemaVersionError
 from ..models import (
+    Cancel,
     Claim,
     Item,
     ItemOutcome,
@@ -320,11 +321,11 @@ class TaskStore(Protocol):
         """Those of `task_ids` that exist and belong to `username`."""
         ...
 
-    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Cancel | None:
         """Fail the task's waiting and pending items with "cancelled"; running ones finish. The task ends as
         failed with reason "cancelled" (at once when nothing runs), cancelled by its user (`username`) or, with
-        None, the operator, whoever's it is (the first cancel of a task says who). None when not found or not
-        the user's."""
+        None, the operator, whoever's it is. The first cancel of a running task says who, and is told it was the
+        first; a task ended already is left as it is. None when not found or not the user's."""
         ...
 
     async def cancelled_tasks(self, task_ids: Sequence[str]) -> set[str]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from ..errors import QuotaExceeded, StoreError, described
 from ..models import (
     CANCELLED,
+    Cancel,
     Claim,
     Item,
     ItemAction,
@@ -754,17 +755,17 @@ class PostgresStore:
             )
         return [task_from_row(r) for r in rows]
 
-    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Cancel | None:
         async with self._connection() as conn, conn.transaction():
             # The task row first, as record_outcomes does: a stage released meanwhile would escape the cancel.
             owner = await conn.fetchval("SELECT username FROM tasks WHERE id = $1 FOR UPDATE", task_id)
             if owner is None or (username is not None and owner != username):
                 return None
-            await conn.execute(_CANCELLED_BY, canceller(username), task_id)
+            first = _rowcount(await conn.execute(_CANCELLED_BY, canceller(username), task_id)) == 1
             await _cancel_waiting(conn, [task_id], now)
             row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         assert row is not None
-        return task_from_row(row)
+        return Cancel(task_from_row(row), first)
 
     async def list_items(self, task_id: str, *, offset: int = 0, limit: int = 1000) -> list[Item]:
         async with self._connection() as conn:

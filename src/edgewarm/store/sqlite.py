@@ -23,6 +23,7 @@ import orjson
 from ..errors import QuotaExceeded, StoreDamaged, StoreError
 from ..models import (
     CANCELLED,
+    Cancel,
     Claim,
     Item,
     ItemAction,
@@ -481,16 +482,17 @@ class SQLiteStore:
 
         return await self._run(tasks)
 
-    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Task | None:
-        def cancel() -> Task | None:
+    async def cancel_task(self, task_id: str, username: str | None, now: float) -> Cancel | None:
+        def cancel() -> Cancel | None:
             db = self.db
             with _write_transaction(db):
                 owner = db.execute("SELECT username FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if owner is None or (username is not None and owner[0] != username):
                     return None  # nothing written: the commit ends an empty transaction
-                db.execute(_CANCELLED_BY, (canceller(username), task_id))
+                first = db.execute(_CANCELLED_BY, (canceller(username), task_id)).rowcount == 1
                 _cancel_waiting(db, [task_id], now)
-            return task_from_row(db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone())
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return Cancel(task_from_row(row), first)
 
         return await self._run(cancel)
 
