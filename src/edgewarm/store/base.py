@@ -263,7 +263,10 @@ def wrong_version(database: str, version: int) -> SchemaVersionError:
 
 def no_schema(database: str) -> SchemaVersionError:
     """The refusal to work on a database without edgewarm's schema (where it is not to be made)."""
-    return SchemaVersionError(f"database {database} has no edgewarm schema: run `edgewarm db upgrade --config FILE`")
+    return SchemaVersionError(
+        f"database {database} has no edgewarm schema: run `edgewarm db upgrade --config FILE` (which says so if the "
+        "database is another application's)"
+    )
 
 
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:

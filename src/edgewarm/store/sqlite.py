@@ -216,6 +216,9 @@ class SQLiteStore:
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        if in_the_way := _in_the_way(db, self.path):  # read before WAL: another application's file is left as it is
+            db.close()
+            raise tables_in_the_way(self.path, in_the_way)
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
         # engine's own writes (claims, outcomes, leases) with NORMAL: after a power cut the last of them may
@@ -311,19 +314,7 @@ class SQLiteStore:
         return self._db
 
     def _version(self) -> int:
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(meta)")}
-        if not {"key", "value"} <= columns:
-            return 0  # no table meta, or another application's: refused by its name (_upgrade)
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            return 0
-        try:
-            return int(row[0])
-        except (TypeError, ValueError):
-            raise StoreError(
-                f"the SQLite database {self.path}: its schema_version is {row[0]!r}, not a number (damaged, or not "
-                "edgewarm's)"
-            ) from None
+        return _version_of(self.db, self.path)
 
     def _upgrade(self) -> int:
         db = self.db
@@ -333,12 +324,8 @@ class SQLiteStore:
             version = self._version()
             if version > SCHEMA_VERSION:
                 raise wrong_version(self.path, version)
-            if version == 0:
-                marks = ", ".join("?" * len(SCHEMA_TABLES))
-                sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
-                found = [name for (name,) in db.execute(sql, SCHEMA_TABLES)]
-                if found:
-                    raise tables_in_the_way(self.path, found)
+            if found := _in_the_way(db, self.path):
+                raise tables_in_the_way(self.path, found)
             for number in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[number]):
                     db.execute(statement)
@@ -983,6 +970,31 @@ def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _version_of(db: sqlite3.Connection, path: str) -> int:
+    """The schema version of the database `db` (at `path`, for the message); 0: none."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(meta)")}
+    if not {"key", "value"} <= columns:
+        return 0  # no table meta, or another application's: refused by its name (_in_the_way)
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"the SQLite database {path}: its schema_version is {row[0]!r}, not a number (damaged, or not edgewarm's)"
+        ) from None
+
+
+def _in_the_way(db: sqlite3.Connection, path: str) -> list[str]:
+    """The tables of edgewarm's names in a database without its schema (another application's), if any."""
+    if _version_of(db, path):
+        return []
+    marks = ", ".join("?" * len(SCHEMA_TABLES))
+    sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
+    return [name for (name,) in db.execute(sql, SCHEMA_TABLES)]
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
