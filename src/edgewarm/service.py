@@ -21,7 +21,7 @@ from .logs import RefusalDigest
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
-from .urls import TargetUrl, find_duplicate, has_controls, parse_url
+from .urls import TargetUrl, find_duplicate, has_controls, parse_url, stored_target
 from .views import STATUS_TEXT, task_summary
 from .webhooks import check_callback_url
 
@@ -263,15 +263,17 @@ class Service:
         return created
 
     async def _same_request(self, task: Task, items: tuple[NewItem, ...]) -> bool:
-        """Whether `task` (found by its idempotency key) was made for the same URLs, in the same order, and the
-        same steps as `items` (its nodes may differ: the fleet may have changed since)."""
+        """Whether `task` (found by its idempotency key) was made for the same URLs (one object to a cache: in
+        any spelling of the host and port), in the same order, and the same steps as `items` (its nodes may
+        differ: the fleet may have changed since)."""
         stored = await self.store.list_items(task.id, limit=task.total)
 
         def request(of: Sequence[Item | NewItem]) -> tuple[list[str], set[ItemAction]]:
             urls: list[str] = []
             for item in of:
-                if not urls or urls[-1] != item.url:
-                    urls.append(item.url)
+                key = stored_target(item.url).cache_key
+                if not urls or urls[-1] != key:
+                    urls.append(key)
             return urls, {item.action for item in of}
 
         return request(stored) == request(items)

@@ -858,6 +858,9 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     assert first["status"] == 0, first
     again = await api.call("/api/prefetch", {**body, "publish_urls": urls(2)})
     assert again["taskid"] == first["taskid"]
+    spelled = [u.replace("http://www.example.test/", "HTTP://WWW.Example.test:80/") for u in urls(2)]
+    again = await api.call("/api/prefetch", {**body, "publish_urls": spelled})  # one object each: the same URLs
+    assert again["taskid"] == first["taskid"], again
     for other in (
         {"publish_urls": urls(3)},
         {"publish_urls": urls(2)[::-1]},
