@@ -271,10 +271,10 @@ class Service:
         def request(of: Sequence[Item | NewItem]) -> tuple[list[str], set[ItemAction]]:
             urls: list[str] = []
             for item in of:
-                key = stored_target(item.url).cache_key
-                if not urls or urls[-1] != key:
-                    urls.append(key)
-            return urls, {item.action for item in of}
+                if not urls or urls[-1] != item.url:
+                    urls.append(item.url)
+            # One object to a cache each (a task holds no two spellings of one: code 47).
+            return [stored_target(url).cache_key for url in urls], {item.action for item in of}
 
         return request(stored) == request(items)
 

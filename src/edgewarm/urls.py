@@ -96,7 +96,8 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     return target
 
 
-_DOTS = re.compile(r"/(?:\.|%2e){1,2}(?=/|\Z)", re.IGNORECASE)  # a path's `.` or `..` segment, spelled or escaped
+DOT_SEGMENT = r"/(?:\.|%2[eE]){1,2}(?=/|\Z)"  # a path's `.` or `..` segment, spelled or escaped (`%2e`)
+_DOTS = re.compile(DOT_SEGMENT)
 
 
 def _dot_segments(path_query: str) -> str | None:

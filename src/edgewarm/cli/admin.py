@@ -115,8 +115,5 @@ async def _running(store: TaskStore, username: str) -> list[str]:
 
 
 async def _cancel(store: TaskStore, task_id: str) -> Cancelled:
-    before = await store.get_task(task_id)
-    if before is None or before.status is not TaskStatus.IN_PROGRESS:
-        return Cancelled(task_id, before)
-    found = await store.cancel_task(task_id, None, time.time())
-    return Cancelled(task_id, None, False) if found is None else Cancelled(task_id, found.task, found.first)
+    found = await store.cancel_task(task_id, None, time.time())  # a task ended already is left as it is
+    return Cancelled(task_id, None) if found is None else Cancelled(task_id, found.task, found.first)

@@ -40,7 +40,7 @@ from ..errors import one_line, reason_of
 from ..logs import RepeatedFailure
 from ..nodes import CacheState, age_of, asks_not_to_store, cache_state
 from ..tuning import out_of_open_files
-from ..urls import TargetUrl
+from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
@@ -49,7 +49,7 @@ log = logging.getLogger("edgewarm.engine")
 
 # What pyreqwest's URL parser (WHATWG) would rewrite: dot segments, and characters it percent-encodes in the
 # path (or turns into "/") and in the query. Such URLs go through aiohttp, which sends them as they are.
-_REWRITTEN_PATH = re.compile(r'["<>`{}\\]|(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)')
+_REWRITTEN_PATH = re.compile(r'["<>`{}\\]|' + DOT_SEGMENT)
 _REWRITTEN_QUERY = re.compile(r"[\"'<>]")
 # The largest answer head aiohttp reads (its own defaults: 128 lines of 8,190 bytes): curl's limit for one
 # header line, and many lines. hyper's are fixed in pyreqwest 0.15 (100 lines), hence the fallback below.

@@ -194,7 +194,8 @@ class Engine:
             lane.removed = node is None
             self._staff(lane, node or lane.node)
         self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
-        self._rewarm_moved({name for name in moved if config.node(name) is not None})  # after: it waits 2 s
+        # After the bringing back: the warms again wait 2 s first, and the node's work runs in the order asked.
+        self._rewarm_moved([node for name in sorted(moved) if (node := config.node(name)) is not None])
         self.wake()
 
     def _widths(self) -> dict[str, int]:
@@ -457,24 +458,23 @@ class Engine:
                     work = functools.partial(self._rewarm_node, node.name, ended_before, note, why)
                     self._after_node_work(node.name, work)
 
-    def _rewarm_moved(self, names: set[str]) -> None:
+    def _rewarm_moved(self, nodes: list[Node]) -> None:
         """These nodes are at another address now: another cache, which holds none of what the old one was
         warmed with. Their warms of the tasks still running are done again there, those that ended up to
         REWARM_SLACK_SECONDS after now (a request under way went to the old address), once that has passed."""
         ended_before = self._clock() + REWARM_SLACK_SECONDS
-        for name in sorted(names):
-            note = f"warmed again: a reload moved {name} to another address, which holds none of what it warmed"
-            node = self.config.node(name)
-            address = None if node is None else node.url
+        for moved in nodes:
+            note = f"warmed again: a reload moved {moved.name} to another address, which holds none of what it warmed"
 
-            async def later(name: str = name, note: str = note, address: str | None = address) -> None:
+            async def later(moved: Node = moved, note: str = note) -> None:
                 await asyncio.sleep(REWARM_SLACK_SECONDS)
-                node = self.config.node(name)
-                if node is None or node.url != address:  # removed meanwhile (its succeeded warms stay), moved again
+                now = self.config.node(moved.name)
+                if now is None or now.url != moved.url:  # removed meanwhile (its succeeded warms stay), moved again
                     return
-                await self._rewarm_node(name, ended_before, note, why="it was moved to another address by a reload")
+                why = "it was moved to another address by a reload"
+                await self._rewarm_node(moved.name, ended_before, note, why)
 
-            self._after_node_work(name, later)
+            self._after_node_work(moved.name, later)
 
     def _after_node_work(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Do `work` on node `name`'s items in the background, once the node's work under way (its items put

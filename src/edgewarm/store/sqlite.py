@@ -216,7 +216,7 @@ class SQLiteStore:
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        if in_the_way := _in_the_way(db, self.path):  # read before WAL: another application's file is left as it is
+        if in_the_way := _in_the_way(db, _version_of(db, self.path)):  # before WAL: another application's file stays
             db.close()
             raise tables_in_the_way(self.path, in_the_way)
         _enable_wal(db)
@@ -324,7 +324,7 @@ class SQLiteStore:
             version = self._version()
             if version > SCHEMA_VERSION:
                 raise wrong_version(self.path, version)
-            if found := _in_the_way(db, self.path):
+            if found := _in_the_way(db, version):
                 raise tables_in_the_way(self.path, found)
             for number in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[number]):
@@ -988,9 +988,9 @@ def _version_of(db: sqlite3.Connection, path: str) -> int:
         ) from None
 
 
-def _in_the_way(db: sqlite3.Connection, path: str) -> list[str]:
-    """The tables of edgewarm's names in a database without its schema (another application's), if any."""
-    if _version_of(db, path):
+def _in_the_way(db: sqlite3.Connection, version: int) -> list[str]:
+    """The tables of edgewarm's names in a database without its schema (`version` 0): another application's."""
+    if version:
         return []
     marks = ", ".join("?" * len(SCHEMA_TABLES))
     sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
