@@ -376,7 +376,10 @@ class Engine:
         own) would otherwise leave the other nodes a sliver of the room until a slow node worked it off (a
         tester's 10 users beside a node answering 8 a second: it held 482 of the 512 and the live node's items
         took twice as long; 4 slow nodes of the default width held the whole room between them)."""
-        beyond = sum(max(0, lane.held - part) for lane in self._lanes.values())
+        beyond = 0
+        for lane in self._lanes.values():  # a loop, not sum() of a generator: this runs for every item done
+            if lane.held > part:
+                beyond += lane.held - part
         return len(self._in_hand) - beyond
 
     def _nodes_to_skip(self, resting: dict[str, Hold]) -> tuple[list[str], dict[str, list[str]]]:
