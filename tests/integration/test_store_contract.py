@@ -44,7 +44,7 @@ from edgewarm.models import (
     TaskKind,
     TaskStatus,
 )
-from edgewarm.store import SCHEMA_VERSION, TaskStore, existing_store, open_store, sqlite_path
+from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
 from edgewarm.store.base import UNNAMED
 from edgewarm.store.postgres import PostgresStore
 from edgewarm.testing.postgres import PostgresCluster
@@ -169,6 +169,7 @@ def pretend_newer_code(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
     """Make the back-end behave as the next edgewarm version would: one more migration."""
     module = backend_module(store_url)
     monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(edgewarm.store.base, "SCHEMA_VERSION", SCHEMA_VERSION + 1)  # schema_to_make
     monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE contract_probe (x integer);"))
 
 
@@ -1371,7 +1372,7 @@ class TestListening:
 class TestSchema:
     async def test_db_upgrade_creates_the_schema_of_an_empty_database(self, store_url: str) -> None:
         """Opened without auto-upgrade (`edgewarm db upgrade`), an empty database gets the schema from upgrade()."""
-        async with open_store(store_url, auto_upgrade=False) as store:
+        async with open_store(store_url, opening=Opening.AS_IS) as store:
             assert await store.upgrade() == 0  # the version found: none
             assert await store.upgrade() == SCHEMA_VERSION  # idempotent
             await store.create_task(make_task(1))
@@ -1389,7 +1390,7 @@ class TestSchema:
         with pytest.raises(SchemaVersionError, match=r"edgewarm db upgrade --config FILE"):
             async with open_store(store_url):
                 pass
-        async with open_store(store_url, auto_upgrade=False) as store:
+        async with open_store(store_url, opening=Opening.AS_IS) as store:
             assert await store.upgrade() == SCHEMA_VERSION  # found, then migrated to SCHEMA_VERSION + 1
         async with open_store(store_url) as store:
             assert await store.get_task(task.id) is not None
@@ -1425,7 +1426,7 @@ class TestSchema:
             f"VALUES ('t1', 'alice', 'prefetch', {NOW}, 4), ('t2', 'bob', 'prefetch', {NOW}, 2)",
             f"INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at) VALUES {values}",
         )
-        async with open_store(store_url, auto_upgrade=False) as store:
+        async with open_store(store_url, opening=Opening.AS_IS) as store:
             assert await store.upgrade() == 2
         named = await raw_sql(store_url, "SELECT task_id, node, state, username FROM items ORDER BY id")
         assert named == [(t, n, st, None) for t, _, _, _, n, st in rows]
@@ -1456,8 +1457,8 @@ class TestSchema:
     async def test_a_newer_schema_is_refused_even_by_upgrade(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A database written by a newer edgewarm is refused on open, and upgrade() will not touch it; both say
-        to run the newer edgewarm (before, opening it said to run `db upgrade`, which then refused)."""
+        """A database written by a newer edgewarm is refused on open, for `db upgrade` too (which will not touch
+        it); both say to run the newer edgewarm (before, opening it said to run `db upgrade`, which then refused)."""
         needs_shared_database(store_url)
         with monkeypatch.context() as newer:
             pretend_newer_code(newer, store_url)
@@ -1468,9 +1469,9 @@ class TestSchema:
             async with open_store(store_url):
                 pass
         assert "db upgrade" not in str(refused.value)
-        async with open_store(store_url, auto_upgrade=False) as store:
-            with pytest.raises(SchemaVersionError, match=advice):
-                await store.upgrade()
+        with pytest.raises(SchemaVersionError, match=advice):
+            async with open_store(store_url, opening=Opening.AS_IS):
+                pass
 
     async def test_the_known_urls_under_a_directory_are_read_by_an_index(self, store_url: str) -> None:
         """A directory refresh read every item for each spelling of the directory on each node (2.1 s for an
@@ -1519,6 +1520,15 @@ class TestSchema:
             with pytest.raises(SchemaVersionError, match=f"has schema version {version}"):
                 async with existing_store(store_url):
                     pass
+        if path is not None:  # refused before it is switched to WAL: another version's file is left as it is
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.execute("PRAGMA journal_mode=DELETE")
+            for opening in Opening:
+                with pytest.raises(SchemaVersionError, match=f"has schema version {SCHEMA_VERSION + 1}"):
+                    async with open_store(store_url, opening=opening):
+                        pass
+                with contextlib.closing(sqlite3.connect(path)) as db:
+                    assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",), opening
 
     @pytest.mark.parametrize("table", ["tasks", "meta"])
     async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(
@@ -1536,7 +1546,7 @@ class TestSchema:
             async with open_store(store_url):
                 pass
         with pytest.raises(SchemaVersionError, match=f"tables named {table}"):  # on SQLite at the open already
-            async with open_store(store_url, auto_upgrade=False) as store:
+            async with open_store(store_url, opening=Opening.AS_IS) as store:
                 await store.upgrade()
         assert await raw_sql(store_url, f"SELECT id, title FROM {table}") == [(1, "x")]
         if (path := sqlite_path(store_url)) is not None:  # left as it is: not switched to WAL (a re-tester's)

@@ -107,12 +107,12 @@ def db() -> None:
 @config_option
 def upgrade(config_path: str) -> None:
     """Create or migrate the store's schema."""
-    from ..store import SCHEMA_VERSION, open_store
+    from ..store import SCHEMA_VERSION, Opening, open_store
 
     config = load_or_fail(config_path)
 
     async def go() -> int:
-        async with open_store(config.store, auto_upgrade=False) as store:
+        async with open_store(config.store, opening=Opening.AS_IS) as store:
             return await store.upgrade()
 
     try:

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from ..errors import StoreError
-from .base import SCHEMA_VERSION, TaskStore, no_schema, wrong_version
+from .base import SCHEMA_VERSION, Opening, TaskStore, no_schema
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Opening",
     "TaskStore",
     "existing_store",
     "make_folder_of",
@@ -111,12 +112,7 @@ async def existing_store(url: str) -> AsyncIterator[TaskStore]:
     SQLite file that is not there is refused, not created), and refused unless its schema is this edgewarm's, as
     a service would refuse it, saying what to do."""
     _made_already(url)
-    async with open_store(url, auto_upgrade=False) as store:
-        version = await store.schema_version()
-        if version == 0:
-            raise no_schema(redacted(url))
-        if version != SCHEMA_VERSION:
-            raise wrong_version(redacted(url), version)
+    async with open_store(url, opening=Opening.EXISTING) as store:
         yield store
 
 
@@ -131,20 +127,21 @@ def _made_already(url: str) -> None:
         raise no_schema(path)
 
 
-def open_store(url: str, *, auto_upgrade: bool = True) -> TaskStore:
-    """A store for `url`, not yet opened: use it as `async with open_store(url) as store:`."""
+def open_store(url: str, *, opening: Opening = Opening.SERVICE) -> TaskStore:
+    """A store for `url`, not yet opened: use it as `async with open_store(url) as store:`; `opening`: what for
+    (base.Opening: a service's, by default)."""
     path = sqlite_path(url)
     if path is not None:
         from .sqlite import SQLiteStore
 
         if (moved := _moved_database(url, path)) is not None:
             raise moved
-        return SQLiteStore(path, auto_upgrade=auto_upgrade)
+        return SQLiteStore(path, opening=opening)
     if url.startswith(("postgresql:", "postgres:")):
         try:
             from .postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:  # pragma: no cover - the driver is a dependency
             raise StoreError(f"the PostgreSQL back-end is unavailable: {exc}") from exc
-        store: TaskStore = PostgresStore(url, auto_upgrade=auto_upgrade)
+        store: TaskStore = PostgresStore(url, opening=opening)
         return store
     raise StoreError(f"unknown store URL {redacted(url)!r}: use sqlite:///PATH, postgresql://… or memory://")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import enum
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -246,6 +247,28 @@ class FairClaims:
                     more.append(user)
             active = more
         return claims
+
+
+class Opening(enum.Enum):
+    """What a store is opened for, which decides what its schema version must be (`schema_to_make`)."""
+
+    SERVICE = "service"  # a service's: an empty database is given the schema; another version is refused
+    AS_IS = "as is"  # `edgewarm db upgrade`'s: this version or an older one, upgraded by `upgrade()`
+    EXISTING = "existing"  # an operator's command (`edgewarm admin`): a service's store of this version only
+
+
+def schema_to_make(opening: Opening, version: int, database: str) -> bool:
+    """Whether a store opened for `opening`, whose schema is at `version` (0: none), is to be given the schema
+    now; raises the refusal, saying what to do, when the version will not do (a newer one never does)."""
+    if opening is Opening.AS_IS and version <= SCHEMA_VERSION:
+        return False
+    if version == 0 and opening is Opening.SERVICE:
+        return True
+    if version == 0:
+        raise no_schema(database)
+    if version != SCHEMA_VERSION:
+        raise wrong_version(database, version)
+    return False
 
 
 def wrong_version(database: str, version: int) -> SchemaVersionError:

@@ -53,6 +53,7 @@ from .base import (
     UNNAMED,
     ClaimScans,
     FairClaims,
+    Opening,
     ScanPoint,
     SkipFor,
     UserAsk,
@@ -61,6 +62,7 @@ from .base import (
     known_search,
     rewarm_in_steps,
     run_plan_async,
+    schema_to_make,
     skipped_for,
     starting_with,
     tables_in_the_way,
@@ -522,7 +524,7 @@ class PostgresStore:
         self,
         url: str,
         *,
-        auto_upgrade: bool = True,
+        opening: Opening = Opening.SERVICE,
         min_connections: int = 1,
         max_connections: int = 10,
         command_timeout: float | None = 60.0,
@@ -532,7 +534,7 @@ class PostgresStore:
         self.safe_url = redacted(url)
         self._scans = ClaimScans()
         self._fair = FairClaims()
-        self._auto_upgrade = auto_upgrade
+        self._opening = opening
         self._min_connections = min_connections
         self._max_connections = max_connections
         self._command_timeout = command_timeout
@@ -558,12 +560,8 @@ class PostgresStore:
         except _OPEN_ERRORS as exc:
             raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}") from exc
         try:
-            version = await self.schema_version()
-            if self._auto_upgrade:
-                if version == 0:
-                    await self.upgrade()
-                elif version != SCHEMA_VERSION:
-                    raise wrong_version(self.safe_url, version)
+            if schema_to_make(self._opening, await self.schema_version(), self.safe_url):
+                await self.upgrade()
         except BaseException:
             await self._close()
             raise

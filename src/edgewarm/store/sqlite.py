@@ -47,6 +47,7 @@ from .base import (
     UNNAMED,
     ClaimScans,
     FairClaims,
+    Opening,
     ScanPoint,
     SkipFor,
     UserAsk,
@@ -55,6 +56,7 @@ from .base import (
     known_search,
     rewarm_in_steps,
     run_plan,
+    schema_to_make,
     skipped_for,
     tables_in_the_way,
     wrong_version,
@@ -142,9 +144,9 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 class SQLiteStore:
     """TaskStore on SQLite. `path` is a file path, or ":memory:"."""
 
-    def __init__(self, path: str, *, auto_upgrade: bool = True) -> None:
+    def __init__(self, path: str, *, opening: Opening = Opening.SERVICE) -> None:
         self.path = path
-        self._auto_upgrade = auto_upgrade
+        self._opening = opening
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite")
         # Long reads (a big task's view, a task list searched by URL, a directory's known URLs) on a thread and
         # connection of their own: on the writer's they held up every outcome and claim meanwhile.
@@ -216,9 +218,14 @@ class SQLiteStore:
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        if in_the_way := _in_the_way(db, _version_of(db, self.path)):  # before WAL: another application's file stays
+        try:  # refused before WAL: another application's file, or another version's, stays as it is
+            version = _version_of(db, self.path)
+            if in_the_way := _in_the_way(db, version):
+                raise tables_in_the_way(self.path, in_the_way)
+            to_make = schema_to_make(self._opening, version, self.path)
+        except BaseException:
             db.close()
-            raise tables_in_the_way(self.path, in_the_way)
+            raise
         _enable_wal(db)
         # Submissions commit with FULL (fsync before the task id is returned: nothing submitted is lost); the
         # engine's own writes (claims, outcomes, leases) with NORMAL: after a power cut the last of them may
@@ -230,13 +237,8 @@ class SQLiteStore:
         if self.path != ":memory:":
             found = os.stat(self.path)
             self._identity = (found.st_dev, found.st_ino)
-        if not self._auto_upgrade:
-            return  # opened as it is, for `upgrade()` (`edgewarm db upgrade`)
-        version = self._version()
-        if version == 0:
+        if to_make:
             self._upgrade()
-        elif version != SCHEMA_VERSION:
-            raise wrong_version(self.path, version)
 
     def _close(self) -> None:
         if self._db is not None:
