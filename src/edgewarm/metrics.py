@@ -31,10 +31,23 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from .errors import CREDENTIAL_REFUSALS
@@ -185,3 +198,28 @@ class ItemTally(Collector):
                 buckets.append((le, cumulative))
             seconds.add_metric([node], buckets, values[-1])
         yield from (fetches, seconds, fetched, retries, finished)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line on stderr for each scrape."""
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """Serve `registry` at http://HOST:PORT/metrics on a thread of its own (a worker's `metrics_listen`): other
+    paths are 404 (prometheus_client's own server answers every path with the metrics). Stop it with
+    `shutdown()` and `server_close()`. OSError when the address cannot be listened on."""
+    app = make_wsgi_app(registry)
+
+    def metrics_only(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") not in ("/metrics", "/metrics/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: the metrics are at /metrics\n"]
+        return app(environ, start_response)  # type: ignore[no-any-return]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+
+    server: WSGIServer = make_server(host, port, metrics_only, Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="edgewarm-metrics", daemon=True).start()
+    return server

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from . import hangups
 from .api import create_app
@@ -30,7 +29,7 @@ from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, relo
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .logs import RepeatedFailure
-from .metrics import Metrics
+from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
 from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
@@ -338,10 +337,11 @@ async def _run_parts(
             if config.metrics_listen and not api:
                 host, _, port = config.metrics_listen.rpartition(":")
                 try:
-                    server_thread, _ = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
+                    metrics_server = serve_metrics(host.strip("[]"), int(port), metrics.registry)
                 except OSError as exc:
                     raise _cannot_listen(config.metrics_listen, exc) from None
-                stack.callback(server_thread.shutdown)
+                stack.callback(metrics_server.server_close)
+                stack.callback(metrics_server.shutdown)
                 log.info("metrics on http://%s/metrics", config.metrics_listen)
                 tasks.append(
                     asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")

@@ -359,6 +359,7 @@ def test_a_workers_metrics_count_the_queue(tmp_path: Path) -> None:
                 return None
 
             wait_until(lambda: depth() == 50, 15, "the worker's /metrics counted the 50 queued items")
+            assert httpx.get(f"http://127.0.0.1:{metrics_port}/", timeout=2).status_code == 404  # /metrics only
 
 
 def test_a_database_removed_under_the_service_refuses_submissions_and_readiness(tmp_path: Path) -> None:

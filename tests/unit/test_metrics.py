@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgewarm.metrics import Metrics
+from edgewarm.metrics import Metrics, serve_metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -106,3 +108,26 @@ def test_every_series_of_a_known_label_is_there_from_the_start_at_zero() -> None
     assert got[("process_start_time_seconds", ())] > 0
     m.items.observe("e1", "warm", "failed", 0.01, 0)
     assert samples(m)[("edgewarm_fetches_total", (("action", "warm"), ("node", "e1"), ("outcome", "failed")))] == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_workers_metrics_server_answers_metrics_only_at_its_path(host: str) -> None:
+    """`metrics_listen` (a worker's /metrics) answered every path with the metrics (prometheus_client's server):
+    now /metrics only (a query string aside), 404 elsewhere; IPv6 addresses too."""
+    metrics = Metrics()
+    try:
+        server = serve_metrics(host, 0, metrics.registry)
+    except OSError as exc:  # no IPv6 on this machine's loopback
+        pytest.skip(f"cannot listen on {host}: {exc}")
+    try:
+        base = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
+        for path in ("/metrics", "/metrics?name[]=edgewarm_queue_depth", "/metrics/"):
+            answer = httpx.get(base + path, timeout=5)
+            assert answer.status_code == 200, path
+            assert "edgewarm_queue_depth" in answer.text, path
+        for path in ("/", "/metricsx", "/other/metrics", "/favicon.ico"):
+            answer = httpx.get(base + path, timeout=5)
+            assert (answer.status_code, answer.text) == (404, "not found: the metrics are at /metrics\n"), path
+    finally:
+        server.shutdown()
+        server.server_close()
