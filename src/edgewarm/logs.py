@@ -76,6 +76,7 @@ class RepeatedFailure:
         self._log, self._what, self._every, self._clock = log, what, every, clock
         self._since: float | None = None  # when the step began failing
         self._last = 0.0  # when it last failed
+        self._failures = 0  # since it began failing
         self._logged: tuple[float, str] | None = None  # when the last failure was logged, and what it said
         self._unlogged = 0
 
@@ -83,6 +84,7 @@ class RepeatedFailure:
         now, said = self._clock(), str(reason)
         alike = _ALIKE.sub("…", said)
         self._last = now
+        self._failures += 1
         if self._since is None:
             self._since = now
         elif self._logged is not None and self._logged[1] == alike and now - self._logged[0] < self._every:
@@ -98,11 +100,16 @@ class RepeatedFailure:
         more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
         # The failures' span, not the time to this call: a step asked again only when work comes (an API call)
         # would count the quiet after an outage as part of it.
+        # So a single failure is not told as "0.0 s of failures" (a tester read that as no outage at all).
         ago = self._clock() - self._last
-        last = f", the last {ago:.1f} s ago" if ago >= 0.1 else ""
-        span = self._last - self._since
-        self._log.info("%s works again, after %.1f s of failures%s%s", self._what, span, last, more)
-        self._since, self._logged, self._unlogged = None, None, 0
+        when = f", {ago:.1f} s ago" if ago >= 0.1 else ""
+        if self._failures == 1:
+            said = f"1 failure{when}"
+        else:
+            span = self._last - self._since
+            said = f"{self._failures} failures over {span:.1f} s{when.replace(', ', ', the last ')}"
+        self._log.info("%s works again, after %s%s", self._what, said, more)
+        self._since, self._logged, self._unlogged, self._failures = None, None, 0, 0
 
 
 class RefusalDigest:

@@ -45,13 +45,18 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
         step.failed(down)  # a new run of failures: at once again
         step.failed(down)
         step.worked()  # the failure since the last line is counted
+        step.failed(down)
+        clock.now += 5.0
+        step.worked()  # one failure: not "0.0 s of failures" (read as no outage at all)
     assert messages(caplog) == [
         ("ERROR", "claiming items failed: the store is down"),
         ("ERROR", "claiming items failed: the store is down (119 more failures alike not logged)"),
         ("ERROR", "claiming items failed: the store is damaged"),
-        ("INFO", "claiming items works again, after 60.0 s of failures, the last 1.5 s ago"),
+        ("INFO", "claiming items works again, after 122 failures over 60.0 s, the last 1.5 s ago"),
         ("ERROR", "claiming items failed: the store is down"),
-        ("INFO", "claiming items works again, after 0.0 s of failures (1 more failures alike not logged)"),
+        ("INFO", "claiming items works again, after 2 failures over 0.0 s (1 more failures alike not logged)"),
+        ("ERROR", "claiming items failed: the store is down"),
+        ("INFO", "claiming items works again, after 1 failure, 5.0 s ago"),
     ]
 
 
