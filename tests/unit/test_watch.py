@@ -149,7 +149,8 @@ def test_many_tasks_share_one_bar_and_a_restart_of_the_server_is_waited_for(monk
     out = Console(width=200, file=io.StringIO())
     assert follow(RestartingClient(taskids, gone=3), taskids, interval=0.01, console=out) == 0  # type: ignore[arg-type]
     text = out.file.getvalue()  # type: ignore[attr-defined]
-    assert f"{len(taskids)} tasks" in text and "node edge-1" in text and "node edge-2" in text, text
+    assert f"{len(taskids)} tasks" in text, text
+    assert f"node edge-1 ({len(taskids)} tasks)" in text and f"node edge-2 ({len(taskids)} tasks)" in text, text
     assert "task 00000000" not in text, text
     with pytest.raises(ClientError):  # and not for ever
         follow(RestartingClient(taskids[:1], gone=1), taskids[:1], interval=0.01, patience=0, console=out)  # type: ignore[arg-type]

@@ -124,7 +124,9 @@ def follow(
                         into[key] += value
             for node, c in per_node.items():
                 if node not in node_bars:
-                    node_bars[node] = progress.add_task(f"  node {node}", total=None, failed=0, rate="-")
+                    # Several tasks: each node's bar is theirs together, not the last task bar's above it.
+                    of = "" if len(taskids) == 1 else f" ({len(taskids)} tasks)"
+                    node_bars[node] = progress.add_task(f"  node {node}{of}", total=None, failed=0, rate="-")
                 progress.update(
                     node_bars[node],
                     total=_total(c),
