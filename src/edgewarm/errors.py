@@ -47,6 +47,20 @@ CREDENTIAL_REFUSALS = {
 }
 
 
+# The refusals of a known user's submission, by the reason counted (edgewarm_submissions_refused_total) and
+# logged; every other code counts as "other" (QuotaExceeded as "quota": its code, 1, is not its own).
+SUBMISSION_REFUSALS = {
+    JdCode.ILLEGAL_URL: "bad_url",
+    JdCode.DOMAIN_NOT_YOURS: "domain_not_yours",
+    JdCode.REFRESH_DOMAIN_NOT_YOURS: "domain_not_yours",
+    JdCode.DUPLICATE_URLS: "duplicate_urls",
+    JdCode.TOO_MANY_PREFETCH_URLS: "too_many_urls",
+    JdCode.TOO_MANY_REFRESH_URLS: "too_many_urls",
+    JdCode.TOO_MANY_DIRS: "too_many_urls",
+}
+SUBMISSION_REFUSAL_REASONS = ("quota", *sorted(set(SUBMISSION_REFUSALS.values())), "other")
+
+
 class EdgewarmError(Exception):
     """Root of every error edgewarm raises on purpose."""
 
@@ -84,6 +98,13 @@ class RequestRefused(EdgewarmError):
 class QuotaExceeded(RequestRefused):
     def __init__(self, message: str) -> None:
         super().__init__(JdCode.FAILURE, message)
+
+
+def submission_refusal(exc: RequestRefused) -> str:
+    """The reason a submission's refusal is counted and logged under (SUBMISSION_REFUSAL_REASONS)."""
+    if isinstance(exc, QuotaExceeded):
+        return "quota"
+    return SUBMISSION_REFUSALS.get(exc.code, "other")
 
 
 class TaskNotFound(RequestRefused):

@@ -113,14 +113,18 @@ class RepeatedFailure:
 
 
 class RefusalDigest:
-    """Calls refused for their credentials, logged as a warning a minute at most: the first at once, then the
-    ones refused since, counted by reason, with the next refusal a minute or more later (a flood of bad
-    signatures is one line a minute, not one per call; the metric counts every one)."""
+    """Calls refused (`what`: for their credentials, say), logged as a warning a minute at most: the first at
+    once, then the ones refused since, counted by reason, with the next refusal a minute or more later (a flood
+    of bad signatures is one line a minute, not one per call; the metric counts every one)."""
 
     def __init__(
-        self, log: logging.Logger, every: float = REPEAT_LOG_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        log: logging.Logger,
+        what: str,
+        every: float = REPEAT_LOG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._log, self._every, self._clock = log, every, clock
+        self._log, self._what, self._every, self._clock = log, what, every, clock
         self._last: float | None = None  # when a line was last written
         self._counts: dict[str, int] = {}  # reason -> refusals not written yet
 
@@ -131,7 +135,7 @@ class RefusalDigest:
             return
         since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
         told = "; ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
-        self._log.warning("calls refused for their credentials%s: %s", since, told)
+        self._log.warning("%s%s: %s", self._what, since, told)
         self._last, self._counts = now, {}
 
 

@@ -21,6 +21,8 @@ edgewarm_node_held_down{node}                 1 while the engine holds the node 
 edgewarm_webhooks_total{outcome}              webhook deliveries: delivered | retried | failed
 edgewarm_credentials_refused_total{reason}    API calls refused for their credentials: no_username | no_signature |
                                               unknown_user | wrong_signature
+edgewarm_submissions_refused_total{reason}    a known user's prefetches and refreshes refused: quota | bad_url |
+                                              domain_not_yours | duplicate_urls | too_many_urls | other
 process_*                                     the process's CPU, memory, open files and start time
 
 Every series of a fixed label set (and, in an engine's process, every configured node's) is there from the start,
@@ -50,7 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from .errors import CREDENTIAL_REFUSALS
+from .errors import CREDENTIAL_REFUSALS, SUBMISSION_REFUSAL_REASONS
 from .logs import log_task_ended
 from .models import ItemAction, Task, TaskKind, TaskStatus
 
@@ -82,12 +84,16 @@ class Metrics:
         self.credentials_refused = Counter(
             "edgewarm_credentials_refused", "API calls refused for their credentials", ["reason"], registry=r
         )
+        self.submissions_refused = Counter(
+            "edgewarm_submissions_refused", "A known user's submissions refused", ["reason"], registry=r
+        )
         ProcessCollector(registry=r)
         for counter, values in (
             (self.tasks_submitted, [kind.value for kind in TaskKind]),
             (self.tasks_finished, [str(int(TaskStatus.SUCCEEDED)), str(int(TaskStatus.FAILED))]),
             (self.webhooks, list(WEBHOOK_OUTCOMES)),
             (self.credentials_refused, list(CREDENTIAL_REFUSALS.values())),
+            (self.submissions_refused, list(SUBMISSION_REFUSAL_REASONS)),
         ):
             for value in values:
                 counter.labels(value)

@@ -10,13 +10,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import auth
 from .config import Config, User
-from .errors import CREDENTIAL_REFUSALS, JdCode, RequestRefused, TaskNotFound
+from .errors import CREDENTIAL_REFUSALS, JdCode, RequestRefused, TaskNotFound, submission_refusal
 from .logs import RefusalDigest
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
@@ -79,7 +79,8 @@ class Service:
         self._on_cancel = on_cancel  # this process's engine, told at once (others learn it from the store)
         self._stopping = stopping or asyncio.Event()  # set when the process stops: long polls answer at once
         self.waits_open: dict[str, int] = {}  # long-polls open, by user
-        self._refusals = RefusalDigest(log)
+        self._refusals = RefusalDigest(log, "calls refused for their credentials")
+        self._submissions_refused = RefusalDigest(log, "submissions refused")
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
@@ -150,10 +151,26 @@ class Service:
                 raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
         return targets
 
+    @contextlib.contextmanager
+    def _told_refusals(self, user: User) -> Iterator[None]:
+        """A refusal of `user`'s submission is counted (metrics) and told in the log (a line a minute at most,
+        by reason and user: an operator sees who hits the daily quota, or sends URLs that are not theirs)."""
+        try:
+            yield
+        except RequestRefused as exc:
+            reason = submission_refusal(exc)
+            self.metrics.submissions_refused.labels(reason).inc()
+            self._submissions_refused.refused(f"{reason} (user {user.name!r})")
+            raise
+
     async def submit_prefetch(
         self, user: User, urls: list[str], *, refresh_first: bool = False, options: SubmitOptions | None = None
     ) -> Task:
         """Warm `urls` on every node; with `refresh_first`, purge each URL on a node before warming it there."""
+        with self._told_refusals(user):
+            return await self._prefetch(user, urls, refresh_first, options)
+
+    async def _prefetch(self, user: User, urls: list[str], refresh_first: bool, options: SubmitOptions | None) -> Task:
         targets = self.check_urls(user, urls, too_many=JdCode.TOO_MANY_PREFETCH_URLS, not_yours=JdCode.DOMAIN_NOT_YOURS)
         steps = (ItemAction.PURGE, ItemAction.WARM) if refresh_first else (ItemAction.WARM,)
         items = self._items(targets, steps)
@@ -163,6 +180,10 @@ class Service:
         self, user: User, entries: list[str], kind: str, *, options: SubmitOptions | None = None
     ) -> Task:
         """Purge files (`kind` "file") or directories ("dir": each entry ends with '/') on every node."""
+        with self._told_refusals(user):
+            return await self._refresh(user, entries, kind, options)
+
+    async def _refresh(self, user: User, entries: list[str], kind: str, options: SubmitOptions | None) -> Task:
         dirs = kind == "dir"
         too_many = JdCode.TOO_MANY_DIRS if dirs else JdCode.TOO_MANY_REFRESH_URLS
         targets = self.check_urls(

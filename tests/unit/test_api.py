@@ -1319,6 +1319,41 @@ async def test_a_jd_call_to_its_path_with_slashes_doubled_or_added_is_answered(a
     assert response.headers["content-type"] == "application/json; charset=utf-8"  # said: older clients guess
 
 
+async def test_a_known_users_submissions_refused_are_counted_and_told_by_reason_a_line_a_minute(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A QA tester's operator saw no trace of a user over its daily quota, or sending URLs not its own or not
+    URLs at all: only refusals for credentials were counted and logged. Now a known user's refused submission is
+    counted by reason (a fixed set: no user input in the label) and told in the log, a line a minute at most."""
+    with caplog.at_level("WARNING", logger="edgewarm.service"):
+        assert (await api.prefetch(urls(3), SMALL, SMALL_SECRET))["status"] == 0
+        assert_code(await api.prefetch(urls(3), SMALL, SMALL_SECRET), 1)  # over its 5 a day
+        assert_code(await api.prefetch(urls(4), SMALL, SMALL_SECRET), 10)  # over its 3 a call
+        assert_code(await api.prefetch(["ftp://www.example.test/a"]), 17)
+        assert_code(await api.prefetch(urls(1, host="www.not-mine.test")), 18)
+        assert_code(await api.prefetch(urls(1) * 2), 47)
+        assert_code(await api.prefetch(urls(1), USER, "not the secret"), 7)  # the credentials': not counted here
+        text = (await api.client.get("/metrics")).text
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("submissions refused")]
+        assert lines == [f"submissions refused: 1 quota (user '{SMALL}')"], lines
+        for reason, count in (
+            ("quota", 1),
+            ("too_many_urls", 1),
+            ("bad_url", 1),
+            ("domain_not_yours", 1),
+            ("duplicate_urls", 1),
+            ("other", 0),
+        ):
+            assert f'edgewarm_submissions_refused_total{{reason="{reason}"}} {count}.0' in text, (reason, text)
+        api.service._submissions_refused._last = time.monotonic() - 61  # a minute on
+        assert_code(await api.prefetch(urls(3), SMALL, SMALL_SECRET), 1)
+    said = caplog.records[-1].getMessage()
+    assert said.startswith("submissions refused in the last 6") and said.endswith(
+        f"s: 1 bad_url (user '{USER}'); 1 domain_not_yours (user '{USER}'); 1 duplicate_urls (user '{USER}'); "
+        f"1 quota (user '{SMALL}'); 1 too_many_urls (user '{SMALL}')"
+    ), said
+
+
 async def test_calls_refused_for_their_credentials_are_counted_and_told_a_line_a_minute(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
