@@ -17,8 +17,9 @@ from .errors import JdCode, RequestRefused
 _SAFE = re.compile(r"^[\x21-\x7e]+$")
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 # The usual shape, split by one match: scheme://host[:port]/path?query with nothing _split would refuse or
-# rewrite in the scheme, host or port (a port without leading zeros, at most 5 digits, checked <= 65535 after).
-_PLAIN = re.compile(r"(?i:(https?))://([a-zA-Z0-9.-]+)(?::([1-9][0-9]{0,4}))?(/[\x21-\x22\x24-\x7e]*)\Z")
+# rewrite in the scheme, host or port (a port without leading zeros, at most 5 digits, checked <= 65535 after),
+# nor anything _odd_authority refuses (a host ending in "..": left to the full split).
+_PLAIN = re.compile(r"(?i:(https?))://([a-zA-Z0-9.-]+)(?<!\.\.)(?::([1-9][0-9]{0,4}))?(/[\x21-\x22\x24-\x7e]*)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +83,12 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     refused for another reason (a domain not the caller's, say) leaves nothing behind."""
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
-    target = _split(raw)
-    odd = _odd_authority(raw)
-    if odd is not None:  # one object with a plainer spelling, which a directory refresh looks for (spellings)
-        raise _illegal(raw, odd)
+    target = _split_plain(raw)
+    if target is None:  # not the usual shape, whose host and port are spelled plainly (_PLAIN)
+        target = _split_any(raw)
+        odd = _odd_authority(raw)
+        if odd is not None:  # one object with a plainer spelling, which a directory refresh looks for (spellings)
+            raise _illegal(raw, odd)
     if (dots := _dot_segments(target.path_query)) is not None:
         raise _illegal(raw, dots)
     if "%" in target.path_query:
@@ -104,6 +107,8 @@ def _dot_segments(path_query: str) -> str | None:
     """Why a path with `.` or `..` segments is refused, or None. A viewer's browser or curl removes them before
     asking (RFC 3986; browsers also those spelled `%2e`), so a warm of the path as written fills an object no
     one asks for, and a refresh of it purges nothing a viewer gets (nginx keys the request as written)."""
+    if "/." not in path_query and "/%2" not in path_query:
+        return None  # where _DOTS could match none starts: the usual answer, without the search
     path, mark, query = path_query.partition("?")
     if _DOTS.search(path) is None:
         return None
@@ -150,15 +155,22 @@ def stored_target(url: str) -> TargetUrl:
 
 
 def _split(raw: str) -> TargetUrl:
+    return _split_plain(raw) or _split_any(raw)  # anything else, or a refusal with its reason
+
+
+def _split_plain(raw: str) -> TargetUrl | None:
+    """`raw` split by one match when it has the usual shape (_PLAIN) and a host and port _split_any takes; else
+    None."""
     plain = _PLAIN.match(raw)
-    if plain is not None:
-        scheme, host, port, path_query = plain.groups()
-        host = host.lower().rstrip(".")
-        if _HOST.match(host) and not host.replace(".", "").isdigit() and (port is None or int(port) <= 65535):
-            scheme = scheme.lower()
-            authority = _authority(scheme, host, None if port is None else int(port))
-            return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
-    return _split_any(raw)  # anything else, or a refusal with its reason
+    if plain is None:
+        return None
+    scheme, host, port, path_query = plain.groups()
+    host = host.lower().rstrip(".")
+    if _HOST.match(host) and not host.replace(".", "").isdigit() and (port is None or int(port) <= 65535):
+        scheme = scheme.lower()
+        authority = _authority(scheme, host, None if port is None else int(port))
+        return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
+    return None
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
