@@ -80,7 +80,8 @@ def _illegal(raw: str, reason: str) -> RequestRefused:
 
 def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     """Check one URL a caller gives; raise RequestRefused(ILLEGAL_URL) with the reason. Not cached: a call
-    refused for another reason (a domain not the caller's, say) leaves nothing behind."""
+    refused for another reason (a domain not the caller's, say) leaves nothing behind but its hosts, in the
+    bounded cache of _is_domain_name."""
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
     target = _split_plain(raw)
@@ -166,11 +167,18 @@ def _split_plain(raw: str) -> TargetUrl | None:
         return None
     scheme, host, port, path_query = plain.groups()
     host = host.lower().rstrip(".")
-    if _HOST.match(host) and not host.replace(".", "").isdigit() and (port is None or int(port) <= 65535):
+    if _is_domain_name(host) and (port is None or int(port) <= 65535):
         scheme = scheme.lower()
         authority = _authority(scheme, host, None if port is None else int(port))
         return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_domain_name(host: str) -> bool:
+    """Whether `host` (lower case, no final dot) is a domain name, not an IP address. Cached: the hosts of a
+    call are mostly one or a few, and the match cost more than the rest of a plain URL's split."""
+    return _HOST.match(host) is not None and not host.replace(".", "").isdigit()
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
