@@ -310,6 +310,17 @@ def test_the_one_match_split_agrees_with_the_full_split(raw: str) -> None:
     assert outcome(_split) == outcome(_split_any)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_PLAIN_LIKE, _URL_LIKE))
+def test_a_url_split_by_the_one_match_has_no_odd_authority(raw: str) -> None:
+    """parse_url skips _odd_authority for a URL the one match splits: for any text, that check would find
+    nothing to refuse in it."""
+    from edgewarm.urls import _odd_authority, _split_plain
+
+    if _split_plain(raw) is not None:
+        assert _odd_authority(raw) is None
+
+
 def test_the_spellings_of_a_directory_are_those_a_node_holds_as_one() -> None:
     """A final dot on the host and the scheme's default port given or not; another port is kept; either scheme
     (a node is asked by its own: an https URL warmed through an http node is the object a refresh of the http
