@@ -26,7 +26,7 @@ from ..models import (
     TaskFilter,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are

@@ -156,6 +156,20 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # version 6: who cancelled a task (Canceller): its user, or the operator (`edgewarm admin cancel`)
     "ALTER TABLE tasks ADD COLUMN cancelled_by text;",
+    # version 7: versions 4's and 5's indexes as they are now, and no trigger. Builds of version 4 made items_url
+    # on the whole URL (a URL longer than a btree key takes was refused, "the store is unavailable", and a
+    # directory refresh's search of its first KEY_CHARS characters could not use it), builds of version 5
+    # items_user_due on (username, due_at, id), which the claims' search by coalesce(username, '') cannot use (a
+    # tester's store upgraded from one: a 10-URL task waited 5 s, a claim's search of the users took 3.2 s), and
+    # one of them a trigger filling in an item's user.
+    f"""
+    DROP TRIGGER IF EXISTS items_user ON items;
+    DROP FUNCTION IF EXISTS edgewarm_item_user();
+    DROP INDEX items_url;
+    CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
+    DROP INDEX items_user_due;
+    CREATE INDEX items_user_due ON items ((coalesce(username, '')), due_at, id) WHERE state IN ('pending', 'running');
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
