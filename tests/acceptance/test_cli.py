@@ -10,6 +10,7 @@ import re
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -543,6 +544,17 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
     relative = write_config(tmp_path / "relative.toml", store="sqlite:data/e.db", nodes_toml=NOWHERE_NODES, port=1)
     said = run(["check-config", str(relative)], {}).stdout  # it named the whole URL
     assert said.rstrip().endswith("store sqlite)"), said
+    # A database an older edgewarm left where it read sqlite:///PATH as relative: `serve` refuses it; check-config
+    # said OK and nothing more (a tester's upgrade); it warns now, with the same words.
+    wanted = tmp_path / "srv" / "x.db"
+    old = tmp_path / "cwd" / str(wanted).lstrip("/")
+    old.parent.mkdir(parents=True)
+    sqlite3.connect(old).close()
+    moved = write_config(tmp_path / "moved.toml", store=f"sqlite://{wanted}", nodes_toml=NOWHERE_NODES, port=1)
+    checked = subprocess.run(
+        [EDGEWARM, "check-config", str(moved)], capture_output=True, text=True, timeout=120, cwd=tmp_path / "cwd"
+    )
+    assert checked.returncode == 0 and f"warning: the store: 'sqlite://{wanted}' is {wanted}" in checked.stderr, checked
     missing = run(["check-config"], {"EDGEWARM_CONFIG": ""})
     assert missing.returncode == 2 and "give the config file" in missing.stderr
     assert "can be changed" not in answers[0].stderr and "can be read" not in answers[0].stderr

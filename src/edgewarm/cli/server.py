@@ -94,7 +94,10 @@ def check_config(path: str | None, config_path: str | None) -> None:
         f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
         f"{len(config.shields())} shields, store {config.store.split(':')[0]})"
     )
-    for warning in [*file_cautions(chosen), *config.cautions()]:
+    from ..store import moved_database
+
+    moved = moved_database(config.store)
+    for warning in [*file_cautions(chosen), *config.cautions(), *([f"the store: {moved}"] if moved else [])]:
         click.echo(f"warning: {warning}", err=True)
 
 

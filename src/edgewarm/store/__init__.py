@@ -23,6 +23,7 @@ __all__ = [
     "TaskStore",
     "existing_store",
     "make_folder_of",
+    "moved_database",
     "open_store",
     "redacted",
     "sqlite_path",
@@ -89,6 +90,13 @@ def make_folder_of(path: str) -> None:
         raise StoreError(f"cannot make the folder {folder} for {path}: {exc.strerror or exc}") from None
     if not os.path.isdir(folder):
         raise StoreError(f"cannot use {folder} for {path}: not a folder")
+
+
+def moved_database(url: str) -> StoreError | None:
+    """The refusal a service's start on `url` meets when an older edgewarm left its SQLite database elsewhere
+    (see _moved_database), or None: `check-config` warns of it."""
+    path = sqlite_path(url)
+    return None if path is None else _moved_database(url, path)
 
 
 def _moved_database(url: str, path: str) -> StoreError | None:
