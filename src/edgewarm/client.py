@@ -54,23 +54,36 @@ class _Call:
     timeout: float | None = None
 
 
-NOT_THE_SERVICE = "is the server address the service's own, without a path?"
+NOT_THE_SERVICE = "is the server address edgewarm's own (with the path a proxy in front serves it under, if any)?"
+# What an answer that is not edgewarm's says, by its status: a proxy's in front of edgewarm, mostly.
+_PROXY_SAYS = {
+    413: "the body is larger than a proxy in front takes (nginx's client_max_body_size: make it at least "
+    "[api] max_body_bytes)",
+    502: "a proxy in front got no answer from edgewarm (restarting, or stopped?)",
+    503: "a proxy in front has no edgewarm to ask (restarting, or stopped?)",
+    504: "a proxy in front gave up waiting for edgewarm (its timeout, nginx's proxy_read_timeout, is shorter than "
+    "the call took)",
+}
+# Of those, the answers after which the call may have been done all the same (a submission may have made its task).
+_MAYBE_DONE = frozenset({502, 504})
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     """The answer's JSON object; an answer that is none, or a 404 for the route itself (not for a task: that
-    one has a JD code), is no edgewarm answer to this call: the server address is likely wrong."""
-    path = response.request.url.path
+    one has a JD code), is no edgewarm answer to this call: a proxy's in front (saying why), or the server
+    address is wrong."""
+    path, status = response.request.url.path, response.status_code
     try:
         data = response.json()
     except ValueError:
         data = None
     if not isinstance(data, dict):
+        why = _PROXY_SAYS.get(status, NOT_THE_SERVICE)
         raise ClientError(
-            JdCode.INTERNAL, f"HTTP {response.status_code} for {path}, not edgewarm's answer: {NOT_THE_SERVICE}",
-            response.status_code,
+            JdCode.INTERNAL, f"HTTP {status} for {path}, not edgewarm's answer: {why}", status,
+            maybe_done=status in _MAYBE_DONE,
         )  # fmt: skip
-    if response.status_code == 404 and "code" not in data:
+    if status == 404 and "code" not in data:
         raise ClientError(JdCode.INTERNAL, f"HTTP 404 for {path}: no such route here: {NOT_THE_SERVICE}", 404)
     return data
 
@@ -198,6 +211,12 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
     """No answer (the server not reached, the connection broken, a URL httpx cannot send): code -1, naming the
     server; `maybe_done` unless the request cannot have reached it (no connection was made)."""
     unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
+    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return ClientError(
+            JdCode.INTERNAL,
+            f"{server} refused: its certificate did not verify ({str(exc).rpartition('certificate verify failed: ')[2]}"
+            "): signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE",
+        )
     return ClientError(
         JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}", maybe_done=not isinstance(exc, unsent)
     )

@@ -152,9 +152,10 @@ class Service:
         return targets
 
     @contextlib.contextmanager
-    def _told_refusals(self, user: User) -> Iterator[None]:
-        """A refusal of `user`'s submission is counted (metrics) and told in the log (a line a minute at most,
-        by reason and user: an operator sees who hits the daily quota, or sends URLs that are not theirs)."""
+    def refusals_told(self, user: User) -> Iterator[None]:
+        """Around a submission of `user`'s, from its credentials accepted on (the API's reading of its fields
+        too): a refusal is counted (metrics) and told in the log (a line a minute at most, by reason and user: an
+        operator sees who hits the daily quota, or sends URLs that are not theirs)."""
         try:
             yield
         except RequestRefused as exc:
@@ -167,10 +168,6 @@ class Service:
         self, user: User, urls: list[str], *, refresh_first: bool = False, options: SubmitOptions | None = None
     ) -> Task:
         """Warm `urls` on every node; with `refresh_first`, purge each URL on a node before warming it there."""
-        with self._told_refusals(user):
-            return await self._prefetch(user, urls, refresh_first, options)
-
-    async def _prefetch(self, user: User, urls: list[str], refresh_first: bool, options: SubmitOptions | None) -> Task:
         targets = self.check_urls(user, urls, too_many=JdCode.TOO_MANY_PREFETCH_URLS, not_yours=JdCode.DOMAIN_NOT_YOURS)
         steps = (ItemAction.PURGE, ItemAction.WARM) if refresh_first else (ItemAction.WARM,)
         items = self._items(targets, steps)
@@ -180,10 +177,6 @@ class Service:
         self, user: User, entries: list[str], kind: str, *, options: SubmitOptions | None = None
     ) -> Task:
         """Purge files (`kind` "file") or directories ("dir": each entry ends with '/') on every node."""
-        with self._told_refusals(user):
-            return await self._refresh(user, entries, kind, options)
-
-    async def _refresh(self, user: User, entries: list[str], kind: str, options: SubmitOptions | None) -> Task:
         dirs = kind == "dir"
         too_many = JdCode.TOO_MANY_DIRS if dirs else JdCode.TOO_MANY_REFRESH_URLS
         targets = self.check_urls(

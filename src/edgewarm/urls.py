@@ -229,7 +229,11 @@ def _split_any(raw: str) -> TargetUrl:
         return _illegal(raw, reason)
 
     if not is_plain(raw):
-        if not raw.isascii() and not urlsplit(raw).netloc.isascii():
+        try:  # urlsplit refuses some hosts in brackets ("http://[]/é"): a refusal too, not an internal error
+            non_ascii_host = not raw.isascii() and not urlsplit(raw).netloc.isascii()
+        except ValueError as exc:
+            raise illegal(str(exc)) from None
+        if non_ascii_host:
             raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
         raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
     try:

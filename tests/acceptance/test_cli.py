@@ -698,9 +698,7 @@ def test_a_server_address_that_is_not_the_services_says_so(service: ServiceProce
     with FaultServer(always(Respond(200, body=b"<html>hello</html>"))) as other:
         elsewhere = run(["submit", "http://www.example.test/a"], {**env, "EDGEWARM_SERVER": other.url})
     assert with_path.returncode == 1 and "JD code" not in with_path.stderr, with_path.stderr
-    assert "HTTP 404 for /api/v1/quota: no such route here: is the server address the service's own" in (
-        with_path.stderr
-    )
+    assert "HTTP 404 for /api/v1/quota: no such route here: is the server address edgewarm's own" in (with_path.stderr)
     assert elsewhere.returncode == 1 and "JD code" not in elsewhere.stderr, elsewhere.stderr
     assert "HTTP 200 for /api/prefetch, not edgewarm's answer: is the server address" in elsewhere.stderr
 

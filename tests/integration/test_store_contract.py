@@ -1497,6 +1497,28 @@ class TestSchema:
             claims = await store.claim_due_items("w1", 100, NOW, LEASE)
             assert {c.task_id for c in claims} == {created.id} and {c.url for c in claims} == {long_url}
 
+    async def test_the_version_7_upgrade_makes_indexes_an_operator_dropped(
+        self, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An operator whose old index refused long URLs may have dropped it by hand: the upgrade to version 7
+        failed, "index items_url does not exist" (a re-tester's); it makes the index all the same."""
+        needs_shared_database(store_url)
+        module = backend_module(store_url)
+        with monkeypatch.context() as older:
+            older.setattr(module, "SCHEMA_VERSION", 6)
+            older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:6])
+            async with open_store(store_url):
+                pass
+        await raw_sql(store_url, "DROP INDEX items_url", "DROP INDEX items_user_due")
+        async with open_store(store_url, opening=Opening.AS_IS) as store:
+            assert await store.upgrade() == 6
+        if store_url.startswith("sqlite:"):
+            names = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'items_u%'"
+        else:
+            names = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'items_u%'"
+        made = {row[0] for row in await raw_sql(store_url, names)}
+        assert made >= {"items_url", "items_user_due"}, made
+
     async def test_items_written_without_their_user_are_claimed_as_one_users(self, store_url: str) -> None:
         """A process of version 4 still running after `db upgrade` writes items without a user: the claims take
         them as one more user's (else no claim would ever take them), sharing with the others."""

@@ -1333,24 +1333,29 @@ async def test_a_known_users_submissions_refused_are_counted_and_told_by_reason_
         assert_code(await api.prefetch(urls(1, host="www.not-mine.test")), 18)
         assert_code(await api.prefetch(urls(1) * 2), 47)
         assert_code(await api.prefetch(urls(1), USER, "not the secret"), 7)  # the credentials': not counted here
+        # The API's reading of the fields after the caller is known counts too (a re-tester's), not before it
+        # (JD's order: a missing field first, then the caller: an empty list is no known user's refusal).
+        assert_code(await api.call("/api/prefetch", {**creds(), "publish_urls": 5}), 17)
+        assert_code(await api.call("/api/refresh", {**creds(), "instances": urls(1), "type": "nonsense"}), 16)
+        assert_code(await api.call("/api/prefetch", {**creds(), "publish_urls": []}), 6)
         text = (await api.client.get("/metrics")).text
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("submissions refused")]
         assert lines == [f"submissions refused: 1 quota (user '{SMALL}')"], lines
         for reason, count in (
             ("quota", 1),
             ("too_many_urls", 1),
-            ("bad_url", 1),
+            ("bad_url", 2),
             ("domain_not_yours", 1),
             ("duplicate_urls", 1),
-            ("other", 0),
+            ("other", 1),
         ):
             assert f'edgewarm_submissions_refused_total{{reason="{reason}"}} {count}.0' in text, (reason, text)
         api.service._submissions_refused._last = time.monotonic() - 61  # a minute on
         assert_code(await api.prefetch(urls(3), SMALL, SMALL_SECRET), 1)
     said = caplog.records[-1].getMessage()
     assert said.startswith("submissions refused in the last 6") and said.endswith(
-        f"s: 1 bad_url (user '{USER}'); 1 domain_not_yours (user '{USER}'); 1 duplicate_urls (user '{USER}'); "
-        f"1 quota (user '{SMALL}'); 1 too_many_urls (user '{SMALL}')"
+        f"s: 2 bad_url (user '{USER}'); 1 domain_not_yours (user '{USER}'); 1 duplicate_urls (user '{USER}'); "
+        f"1 other (user '{USER}'); 1 quota (user '{SMALL}'); 1 too_many_urls (user '{SMALL}')"
     ), said
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, checked, read_entries
 from edgewarm.cli.tools import _where, plan_calls
-from edgewarm.client import _transport_error
+from edgewarm.client import ClientError, _json, _transport_error
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
 CALLS = [
@@ -92,3 +92,39 @@ def test_a_server_that_does_not_answer_the_quota_ends_the_sending_before_any_cal
     assert silent.calls == 1
     assert refused.value.message.startswith("no answer from http://127.0.0.1:1: ReadTimeout")
     assert refused.value.message.endswith("(nothing was sent)")
+
+
+@pytest.mark.parametrize(
+    ("status", "says", "maybe_done"),
+    [
+        (502, "a proxy in front got no answer from edgewarm", True),
+        (504, "a proxy in front gave up waiting for edgewarm (its timeout, nginx's proxy_read_timeout", True),
+        (503, "a proxy in front has no edgewarm to ask", False),
+        (413, "the body is larger than a proxy in front takes (nginx's client_max_body_size", False),
+        (404, "is the server address edgewarm's own (with the path a proxy in front serves it under", False),
+    ],
+)
+def test_a_proxys_answer_says_what_the_proxy_means(status: int, says: str, maybe_done: bool) -> None:
+    """Behind nginx, every answer not edgewarm's said "is the server address the service's own, without a
+    path?" (wrong behind a path prefix, and beside the point for a 502 of a restart, a 504 or a 413), and a
+    submission answered by a proxy's 504 was told "no task made" though edgewarm had made it (a tester's resend
+    made it twice). A 502 or 504 may have been done: the CLI says "may have made one"."""
+    request = httpx.Request("POST", "https://proxy.test/cdn/api/prefetch")
+    response = httpx.Response(status, html="<html><body>nginx</body></html>", request=request)
+    with pytest.raises(ClientError) as refused:
+        _json(response)
+    assert f"HTTP {status} for /cdn/api/prefetch, not edgewarm's answer: {says}" in refused.value.message
+    assert refused.value.maybe_done is maybe_done
+
+
+def test_a_certificate_refused_says_so_and_what_to_do() -> None:
+    """A proxy with a self-signed certificate: "no answer from …: ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED]"
+    (it answered; its certificate was refused) and nothing said what to do."""
+    exc = httpx.ConnectError(
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)"
+    )
+    said = _transport_error(exc, "https://proxy.test/cdn").message
+    assert said == (
+        "https://proxy.test/cdn refused: its certificate did not verify (self-signed certificate (_ssl.c:1006)): "
+        "signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE"
+    ), said

@@ -13,7 +13,7 @@ import pytest
 from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.models import TaskFilter
-from edgewarm.store import open_store, redacted, sqlite_path
+from edgewarm.store import existing_store, moved_database, open_store, redacted, sqlite_path
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,13 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
     assert f"{wanted}, which does not exist, but {old} does" in message
     assert f"Move {old}" in message and f'"sqlite:{old.relative_to(tmp_path)}"' in message
     assert not wanted.exists()
+    # check-config and an operator's command say it in the same words (`admin cancel` said "does not exist: no
+    # service has run on it", a re-tester's)
+    assert str(moved_database(url)) == message
+    with pytest.raises(StoreError) as refused:
+        async with existing_store(url):
+            pass
+    assert str(refused.value) == message
     # The relative URL it suggests opens the old database; once moved, the absolute one opens.
     async with open_store(f"sqlite:{old.relative_to(tmp_path)}") as store:
         assert await store.upgrade() >= 1

@@ -140,6 +140,40 @@ class RestartingClient:
         return running_view(taskid, 10 if self.looks[taskid] > 1 else 5)
 
 
+class RestartedClient:
+    """The server restarting when `watch` begins: its first `gone` looks get no answer (or a proxy's 502)."""
+
+    def __init__(self, gone: int) -> None:
+        self.gone = gone
+
+    def task(self, taskid: str, *, limit: int = 1000, **_: Any) -> dict[str, Any]:
+        if self.gone:
+            self.gone -= 1
+            raise ClientError(-1, "HTTP 502 for /v1/tasks/…, not edgewarm's answer", 502)
+        return running_view(taskid, 10)
+
+
+def test_watch_begun_while_the_server_restarts_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`watch` run just after a restart ended at once (exit 1, "HTTP 502 … not edgewarm's answer") though
+    README says it asks again for `--patience`: only the looks after its first did. Its first does too now."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    taskid = "00000000-eee7-48cb-97bd-42fd052e3c84"
+    out = Console(width=200, file=io.StringIO())
+    assert follow(RestartedClient(gone=3), [taskid], interval=0.01, console=out) == 0  # type: ignore[arg-type]
+    with pytest.raises(ClientError):  # and not for ever
+        follow(RestartedClient(gone=1), [taskid], interval=0.01, patience=0, console=out)  # type: ignore[arg-type]
+
+
+def test_a_task_named_twice_is_followed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`watch A A` had a second bar for A that stayed at 0/?, and the nodes' bars said "(2 tasks)"."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    taskid = "00000000-eee7-48cb-97bd-42fd052e3c84"
+    out = Console(width=200, file=io.StringIO())
+    assert follow(RestartedClient(gone=0), [taskid, taskid], interval=0.01, console=out) == 0  # type: ignore[arg-type]
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "(2 tasks)" not in text and "0/?" not in text and "node edge-1 " in text, text
+
+
 def test_many_tasks_share_one_bar_and_a_restart_of_the_server_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     """20 tasks had 20 bars: the nodes' bars, below them, were out of view all along (the QA pass: none of 65
     frames showed them). More than TASK_BARS tasks share one bar now. A server that did not answer a look (a

@@ -79,11 +79,12 @@ def legacy_router(service: Service) -> APIRouter:
             raw_urls = params.get("publish_urls")
             require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
             user = service.authenticate(credentials)
-            refresh_first = flag(params.get("refresh"))
-            options = submit_options(params, request)
-            task = await service.submit_prefetch(
-                user, split_list(raw_urls), refresh_first=refresh_first, options=options
-            )
+            with service.refusals_told(user):
+                refresh_first = flag(params.get("refresh"))
+                options = submit_options(params, request)
+                task = await service.submit_prefetch(
+                    user, split_list(raw_urls), refresh_first=refresh_first, options=options
+                )
             return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
             return jd_error(exc, writes=True)
@@ -106,13 +107,14 @@ def legacy_router(service: Service) -> APIRouter:
             raw = params.get("instances")
             require(credentials, raw not in (None, "", []), JdCode.LIST_EMPTY, "instances must not be empty")
             user = service.authenticate(credentials)  # missing fields first, then the caller, then the values
-            kind = text_field(params, "type", JdCode.BAD_TYPE)
-            if not kind:
-                raise RequestRefused(JdCode.TYPE_EMPTY, "type must not be empty")
-            if kind not in ("file", "dir"):
-                raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
-            options = submit_options(params, request)
-            task = await service.submit_refresh(user, split_list(raw), kind, options=options)
+            with service.refusals_told(user):
+                kind = text_field(params, "type", JdCode.BAD_TYPE)
+                if not kind:
+                    raise RequestRefused(JdCode.TYPE_EMPTY, "type must not be empty")
+                if kind not in ("file", "dir"):
+                    raise RequestRefused(JdCode.BAD_TYPE, f"type must be 'file' or 'dir', not {kind!r}")
+                options = submit_options(params, request)
+                task = await service.submit_refresh(user, split_list(raw), kind, options=options)
             return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
             return jd_error(exc, writes=True)

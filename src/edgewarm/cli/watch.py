@@ -68,11 +68,12 @@ def follow(
     """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1 (also when
     one of them is not found: it is named, and the others are followed)."""
     out = console or output_console()
+    taskids = list(dict.fromkeys(taskids))  # one bar a task, and its counts once in the nodes' (`watch A A`)
     views: dict[str, dict[str, Any]] = {}
     unknown = []
     for taskid in taskids:
-        try:
-            views[taskid] = client.task(taskid, limit=0)
+        try:  # the first look rides out a restart too (`watch` run just after one: it ended at once)
+            views[taskid] = riding_out(functools.partial(client.task, taskid, limit=0), interval, patience)
         except ClientError as exc:
             if exc.http_status != 404:
                 raise

@@ -129,6 +129,8 @@ def _made_already(url: str) -> None:
     path = sqlite_path(url)
     if path == ":memory:":
         raise StoreError(f"{url!r} is the service's own memory: no other process can reach it")
+    if (moved := moved_database(url)) is not None:
+        raise moved  # as the services say it
     if path is not None and not os.path.exists(path):
         raise StoreError(f"the SQLite database {path} does not exist: no service has run on it (a typo?)")
     if path is not None and os.path.getsize(path) == 0:  # opened, SQLite would make it a database

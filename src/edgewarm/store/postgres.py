@@ -161,13 +161,13 @@ MIGRATIONS: tuple[str, ...] = (
     # directory refresh's search of its first KEY_CHARS characters could not use it), builds of version 5
     # items_user_due on (username, due_at, id), which the claims' search by coalesce(username, '') cannot use (a
     # tester's store upgraded from one: a 10-URL task waited 5 s, a claim's search of the users took 3.2 s), and
-    # one of them a trigger filling in an item's user.
+    # one of them a trigger filling in an item's user. (IF EXISTS: an operator may have dropped one by hand.)
     f"""
     DROP TRIGGER IF EXISTS items_user ON items;
     DROP FUNCTION IF EXISTS edgewarm_item_user();
-    DROP INDEX items_url;
+    DROP INDEX IF EXISTS items_url;
     CREATE INDEX items_url ON items ((left(lower(url COLLATE "C"), {KEY_CHARS})));
-    DROP INDEX items_user_due;
+    DROP INDEX IF EXISTS items_user_due;
     CREATE INDEX items_user_due ON items ((coalesce(username, '')), due_at, id) WHERE state IN ('pending', 'running');
     """,
 )

@@ -140,9 +140,11 @@ MIGRATIONS: tuple[str, ...] = (
     # version 7: version 5's index as it is now, and no trigger. Builds of version 5 made it on (username,
     # due_at), which the claims' search by coalesce(username, '') cannot use (a tester's store upgraded from one:
     # 1,120 ms a claim's search of the users against 0.1), and one of them a trigger filling in an item's user.
+    # (IF EXISTS, and version 4's index IF NOT EXISTS: an operator may have dropped one by hand.)
     """
     DROP TRIGGER IF EXISTS items_user;
-    DROP INDEX items_user_due;
+    CREATE INDEX IF NOT EXISTS items_url ON items (lower(url));
+    DROP INDEX IF EXISTS items_user_due;
     CREATE INDEX items_user_due ON items (coalesce(username, ''), due_at) WHERE state IN ('pending', 'running');
     """,
 )
