@@ -1310,6 +1310,16 @@ async def test_one_php_list_entry_is_a_list_of_one_url_not_cut_at_its_commas(api
     assert {item.url for item in items} == {url} and len(items) == NODES
 
 
+@pytest.mark.parametrize("path", ["/v1/tasks/", "//v1/tasks", "/v1//quota", "/v1/quota/"])
+async def test_a_native_route_with_slashes_doubled_or_added_is_answered_not_redirected(api: Api, path: str) -> None:
+    """`/v1/tasks/` was redirected (307) to `/v1/tasks`: behind a proxy under a path prefix (`/cdn/`), the
+    redirect named the root, where nothing answers (a tester's nginx)."""
+    await api.submitted()
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    response = await api.client.get(f"http://edgewarm.test{path}", headers=headers)
+    assert response.status_code == 200, (response.status_code, response.headers.get("location"), response.text)
+
+
 @pytest.mark.parametrize("path", ["/api/prefetch/", "//api/prefetch", "/api//prefetch"])
 async def test_a_jd_call_to_its_path_with_slashes_doubled_or_added_is_answered(api: Api, path: str) -> None:
     """A base URL written with a final "/" posts to //api/prefetch (it was 404), and /api/prefetch/ was
