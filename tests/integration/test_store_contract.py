@@ -165,6 +165,16 @@ async def raw_sql(store_url: str, *statements: str) -> list[tuple[object, ...]]:
     return rows
 
 
+async def make_older_store(monkeypatch: pytest.MonkeyPatch, store_url: str, version: int) -> None:
+    """Make the store's schema as edgewarm of schema `version` made it (its first `version` migrations)."""
+    module = backend_module(store_url)
+    with monkeypatch.context() as older:
+        older.setattr(module, "SCHEMA_VERSION", version)
+        older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:version])
+        async with open_store(store_url):
+            pass
+
+
 def pretend_newer_code(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
     """Make the back-end behave as the next edgewarm version would: one more migration."""
     module = backend_module(store_url)
@@ -1403,12 +1413,7 @@ class TestSchema:
         through the upgrade, unchanged (they name no user: they are claimed as one user's, UNNAMED), and a claim
         that skips a node finds the items behind that node's."""
         needs_shared_database(store_url)
-        module = backend_module(store_url)
-        with monkeypatch.context() as older:
-            older.setattr(module, "SCHEMA_VERSION", 2)
-            older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:2])
-            async with open_store(store_url):
-                pass
+        await make_older_store(monkeypatch, store_url, 2)
         rows = [  # (task, user, seq, stage, node, state) as version 2 wrote them
             ("t1", "alice", 0, 0, "slow", "pending"),
             ("t1", "alice", 1, 0, "slow", "pending"),
@@ -1444,12 +1449,7 @@ class TestSchema:
         "the store is unavailable"; a claim's search of the users 1,120 ms on SQLite, 3.2 s on PostgreSQL, against
         0.1 ms). Version 7 makes them again as they are now."""
         needs_shared_database(store_url)
-        module = backend_module(store_url)
-        with monkeypatch.context() as older:
-            older.setattr(module, "SCHEMA_VERSION", 6)
-            older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:6])
-            async with open_store(store_url):
-                pass
+        await make_older_store(monkeypatch, store_url, 6)
         sqlite = store_url.startswith("sqlite:")
         open_items = "WHERE state IN ('pending', 'running')"
         if sqlite:
@@ -1503,12 +1503,7 @@ class TestSchema:
         """An operator whose old index refused long URLs may have dropped it by hand: the upgrade to version 7
         failed, "index items_url does not exist" (a re-tester's); it makes the index all the same."""
         needs_shared_database(store_url)
-        module = backend_module(store_url)
-        with monkeypatch.context() as older:
-            older.setattr(module, "SCHEMA_VERSION", 6)
-            older.setattr(module, "MIGRATIONS", module.MIGRATIONS[:6])
-            async with open_store(store_url):
-                pass
+        await make_older_store(monkeypatch, store_url, 6)
         await raw_sql(store_url, "DROP INDEX items_url", "DROP INDEX items_user_due")
         async with open_store(store_url, opening=Opening.AS_IS) as store:
             assert await store.upgrade() == 6
