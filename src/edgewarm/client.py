@@ -31,14 +31,24 @@ from .errors import EdgewarmError, JdCode
 class ClientError(EdgewarmError):
     """A call that did not succeed; `code` is the JD error code (-1 for transport errors). `maybe_done`: no
     answer came, but the request may have reached the server (it was sent, then the connection broke or the
-    answer was late): a submission may have made its task."""
+    answer was late): a submission may have made its task. `lasting`: asking again will not help (the server's
+    certificate was refused), though no answer came."""
 
-    def __init__(self, code: int, message: str, http_status: int | None = None, *, maybe_done: bool = False) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        http_status: int | None = None,
+        *,
+        maybe_done: bool = False,
+        lasting: bool = False,
+    ) -> None:
         super().__init__(f"[{code}] {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
         self.maybe_done = maybe_done
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,17 @@ _PROXY_SAYS = {
 _MAYBE_DONE = frozenset({502, 504})
 
 
+def _from_a_proxy(status: int, data: object) -> bool:
+    """Whether an answer of `status` with the body `data` (its JSON, or None) is a proxy's in front of edgewarm:
+    edgewarm never answers 502 or 504, and its 503 and 413 are JSON with `code` (the 413 of its body limit:
+    `error`). Some gateways answer in JSON of their own (`{"message": …}`)."""
+    if status in (502, 504):
+        return True
+    if status in (503, 413):
+        return not (isinstance(data, dict) and ("code" in data or (status == 413 and "error" in data)))
+    return False
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
     """The answer's JSON object; an answer that is none, or a 404 for the route itself (not for a task: that
     one has a JD code), is no edgewarm answer to this call: a proxy's in front (saying why), or the server
@@ -77,8 +98,8 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         data = response.json()
     except ValueError:
         data = None
-    if not isinstance(data, dict):
-        why = _PROXY_SAYS.get(status, NOT_THE_SERVICE)
+    if _from_a_proxy(status, data) or not isinstance(data, dict):
+        why = _PROXY_SAYS[status] if _from_a_proxy(status, data) else NOT_THE_SERVICE
         raise ClientError(
             JdCode.INTERNAL, f"HTTP {status} for {path}, not edgewarm's answer: {why}", status,
             maybe_done=status in _MAYBE_DONE,
@@ -216,6 +237,7 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
             JdCode.INTERNAL,
             f"{server} refused: its certificate did not verify ({str(exc).rpartition('certificate verify failed: ')[2]}"
             "): signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE",
+            lasting=True,
         )
     return ClientError(
         JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}", maybe_done=not isinstance(exc, unsent)

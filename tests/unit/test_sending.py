@@ -117,13 +117,40 @@ def test_a_proxys_answer_says_what_the_proxy_means(status: int, says: str, maybe
     assert refused.value.maybe_done is maybe_done
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "proxys"),
+    [
+        (504, {"message": "The upstream server is timing out"}, True),  # a gateway's JSON (a re-tester's)
+        (502, {"error": "Bad Gateway"}, True),  # edgewarm never answers 502 or 504
+        (503, {"message": "no healthy upstream"}, True),
+        (503, {"code": -1, "error": "the store is unavailable"}, False),  # edgewarm's own
+        (413, {"message": "Request Entity Too Large"}, True),
+        (413, {"error": "request body too large: over [api] max_body_bytes (65536 bytes)"}, False),  # edgewarm's
+    ],
+)
+def test_a_gateways_answer_in_json_is_a_proxys_too(status: int, body: dict[str, object], proxys: bool) -> None:
+    """A gateway answering 504 in JSON (`{"message": …}`) was taken for edgewarm's answer: the CLI printed the
+    body and "no task made" while the task existed (a re-tester's). Told by what edgewarm itself answers."""
+    request = httpx.Request("POST", "https://proxy.test/cdn/api/prefetch")
+    response = httpx.Response(status, json=body, request=request)
+    if not proxys:
+        assert _json(response) == body
+        return
+    with pytest.raises(ClientError) as refused:
+        _json(response)
+    assert "not edgewarm's answer:" in refused.value.message and "a proxy in front" in refused.value.message
+    assert refused.value.maybe_done is (status in (502, 504))
+
+
 def test_a_certificate_refused_says_so_and_what_to_do() -> None:
     """A proxy with a self-signed certificate: "no answer from …: ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED]"
     (it answered; its certificate was refused) and nothing said what to do."""
     exc = httpx.ConnectError(
         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)"
     )
-    said = _transport_error(exc, "https://proxy.test/cdn").message
+    refused = _transport_error(exc, "https://proxy.test/cdn")
+    assert refused.lasting and refused.http_status is None  # `watch` does not ask again for --patience
+    said = refused.message
     assert said == (
         "https://proxy.test/cdn refused: its certificate did not verify (self-signed certificate (_ssl.c:1006)): "
         "signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE"

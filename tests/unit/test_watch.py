@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edgewarm.cli.watch import FAILURES_SHOWN, TABLE_WIDTH, TASK_BARS, _elapsed, follow, summarize
+from edgewarm.cli.watch import FAILURES_SHOWN, TABLE_WIDTH, TASK_BARS, _elapsed, follow, riding_out, summarize
 from edgewarm.client import ClientError
 from edgewarm.views import progress
 
@@ -162,6 +162,20 @@ def test_watch_begun_while_the_server_restarts_waits_for_it(monkeypatch: pytest.
     assert follow(RestartedClient(gone=3), [taskid], interval=0.01, console=out) == 0  # type: ignore[arg-type]
     with pytest.raises(ClientError):  # and not for ever
         follow(RestartedClient(gone=1), [taskid], interval=0.01, patience=0, console=out)  # type: ignore[arg-type]
+
+
+def test_a_certificate_refused_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A certificate refused is no restart: `watch` asked again for the whole --patience (60 s), then failed."""
+    looks = []
+
+    def ask() -> dict[str, Any]:
+        looks.append(1)
+        raise ClientError(-1, "https://proxy.test refused: its certificate did not verify", lasting=True)
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    with pytest.raises(ClientError, match="certificate"):
+        riding_out(ask, 0.01, 60)
+    assert len(looks) == 1
 
 
 def test_a_task_named_twice_is_followed_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: flo
         try:
             return ask()
         except ClientError as exc:
-            if exc.http_status not in GONE or time.monotonic() > deadline:
+            if exc.lasting or exc.http_status not in GONE or time.monotonic() > deadline:
                 raise
             if not told:
                 click.echo(f"{exc.message}: asking again for up to {patience:g} s", err=True)  # one line, unfolded
