@@ -98,8 +98,9 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         data = response.json()
     except ValueError:
         data = None
-    if _from_a_proxy(status, data) or not isinstance(data, dict):
-        why = _PROXY_SAYS[status] if _from_a_proxy(status, data) else NOT_THE_SERVICE
+    proxys = _from_a_proxy(status, data)
+    if proxys or not isinstance(data, dict):
+        why = _PROXY_SAYS[status] if proxys else NOT_THE_SERVICE
         raise ClientError(
             JdCode.INTERNAL, f"HTTP {status} for {path}, not edgewarm's answer: {why}", status,
             maybe_done=status in _MAYBE_DONE,

@@ -100,14 +100,14 @@ class RepeatedFailure:
         more = f" ({self._unlogged} more failures alike not logged)" if self._unlogged else ""
         # The failures' span, not the time to this call: a step asked again only when work comes (an API call)
         # would count the quiet after an outage as part of it.
-        # So a single failure is not told as "0.0 s of failures" (a tester read that as no outage at all).
         ago = self._clock() - self._last
-        when = f", {ago:.1f} s ago" if ago >= 0.1 else ""
-        if self._failures == 1:
-            said = f"1 failure{when}"
+        if self._failures == 1:  # not "0.0 s of failures" (a tester read that as no outage at all)
+            said = "1 failure" + (f", {ago:.1f} s ago" if ago >= 0.1 else "")
         else:
             span = self._last - self._since
-            said = f"{self._failures} failures over {span:.1f} s{when.replace(', ', ', the last ')}"
+            said = f"{self._failures} failures over {span:.1f} s" + (
+                f", the last {ago:.1f} s ago" if ago >= 0.1 else ""
+            )
         self._log.info("%s works again, after %s%s", self._what, said, more)
         self._since, self._logged, self._unlogged, self._failures = None, None, 0, 0
 

@@ -98,9 +98,11 @@ class DirectRoutes:
             # As written, or with a slash doubled or added (a base URL ending in "/"): answered, not redirected. A
             # JD client does not follow the redirect a POST would get, and behind a proxy under a path prefix the
             # redirect named the root (a tester's `/cdn/v1/tasks/` → `/v1/tasks`, 404 there).
-            if (tidy := _without_extra_slashes(scope["path"])) != scope["path"]:
-                scope = {**scope, "path": tidy}
-            endpoint = self.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
+            post = scope["method"] == "POST"
+            endpoint = self.endpoints.get(scope["path"]) if post else None
+            if endpoint is None and (tidy := _without_extra_slashes(scope["path"])) != scope["path"]:
+                scope = {**scope, "path": tidy}  # (tidied only then: a JD call as written is the usual one)
+                endpoint = self.endpoints.get(tidy) if post else None
             if endpoint is not None:
                 response = await endpoint(Request(scope, receive, send))
                 await response(scope, receive, send)
