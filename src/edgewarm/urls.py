@@ -230,11 +230,12 @@ def _split_any(raw: str) -> TargetUrl:
 
     if not is_plain(raw):
         try:  # urlsplit refuses some hosts in brackets ("http://[]/é"): a refusal too, not an internal error
-            non_ascii_host = not raw.isascii() and not urlsplit(raw).netloc.isascii()
+            parts = urlsplit(raw)
+            if not (parts.hostname or "").isascii():
+                raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
+            parts.port  # noqa: B018 (a port of non-ASCII digits: what urlsplit says of it)
         except ValueError as exc:
             raise illegal(str(exc)) from None
-        if non_ascii_host:
-            raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
         raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
     try:
         parts = urlsplit(raw)

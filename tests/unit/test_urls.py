@@ -263,6 +263,14 @@ def test_a_non_ascii_host_is_told_to_use_its_ascii_form() -> None:
     assert "percent-encoded" in refused.value.message
 
 
+@pytest.mark.parametrize("url", ["http://[::1]:é/", "http://a.example:é/x", "http://a.example:١٢/x"])
+def test_a_port_of_non_ascii_characters_is_told_as_the_port(url: str) -> None:
+    # It was told to write its host in ASCII (the port is part of the netloc that was looked at).
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(url)
+    assert refused.value.code == JdCode.ILLEGAL_URL and "Port could not be cast to integer" in refused.value.message
+
+
 # --- property ------------------------------------------------------------------------------------------
 
 _PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
