@@ -161,13 +161,15 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     if hangups.take():  # asked before the handler was there: the file may have changed since it was read
         on_hangup()
     try:
+        # A database an older edgewarm left elsewhere is refused before the engine's lock file is made beside it.
+        unopened = open_store(config.store)
         # Bound first: an address in use is one error before anything starts, and before "running" is logged.
         listening = listen_on(config) if api else None
         with (
             contextlib.closing(listening) if listening else contextlib.nullcontext(),
             sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole,
         ):
-            async with open_store(config.store) as store:
+            async with unopened as store:
                 await _run_parts(
                     live,
                     store,

@@ -13,7 +13,9 @@ import pytest
 from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.models import TaskFilter
+from edgewarm.runtime import run
 from edgewarm.store import existing_store, moved_database, open_store, redacted, sqlite_path
+from edgewarm.testing.service import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +81,24 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
     old.rename(wanted)
     async with open_store(url) as store:
         assert await store.upgrade() >= 1
+
+
+@pytest.mark.parametrize("api", [True, False])
+async def test_a_service_refusing_a_database_left_elsewhere_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: bool
+) -> None:
+    """`serve` (and `worker`) refused such a database after making the engine's lock file (and its folder) beside
+    the path it was given: an empty `x.db.engine.lock` was left there (a re-tester's)."""
+    wanted = tmp_path / "abs" / "x.db"
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / str(wanted).lstrip("/")
+    old.parent.mkdir(parents=True)
+    sqlite3.connect(old).close()
+    config = parse_config({"store": f"sqlite://{wanted}", "listen": f"127.0.0.1:{free_port()}"})
+    with pytest.raises(StoreError) as refused:
+        await run(config, api=api, engine=True)
+    assert f"{wanted}, which does not exist, but {old} does" in str(refused.value)
+    assert not wanted.parent.exists()
 
 
 @pytest.mark.parametrize(

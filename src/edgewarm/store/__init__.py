@@ -119,8 +119,9 @@ async def existing_store(url: str) -> AsyncIterator[TaskStore]:
     """The store a service made at `url`, opened for an operator's command (`edgewarm admin`): not made here (a
     SQLite file that is not there is refused, not created), and refused unless its schema is this edgewarm's, as
     a service would refuse it, saying what to do."""
+    unopened = open_store(url, opening=Opening.EXISTING)  # refuses a database an older edgewarm left elsewhere
     _made_already(url)
-    async with open_store(url, opening=Opening.EXISTING) as store:
+    async with unopened as store:
         yield store
 
 
@@ -129,8 +130,6 @@ def _made_already(url: str) -> None:
     path = sqlite_path(url)
     if path == ":memory:":
         raise StoreError(f"{url!r} is the service's own memory: no other process can reach it")
-    if (moved := moved_database(url)) is not None:
-        raise moved  # as the services say it
     if path is not None and not os.path.exists(path):
         raise StoreError(f"the SQLite database {path} does not exist: no service has run on it (a typo?)")
     if path is not None and os.path.getsize(path) == 0:  # opened, SQLite would make it a database
