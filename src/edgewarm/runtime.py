@@ -24,6 +24,7 @@ import uvicorn
 
 from . import hangups
 from .api import create_app
+from .api.middleware import BodyReads
 from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
@@ -356,6 +357,7 @@ async def _run_parts(
                     metrics.task_ended(ended, log)
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         server: _Server | None = None
+        body_reads = BodyReads()  # the requests whose bodies are still arriving: answered 503 at a stop
         if api:
             service = live.service = Service(
                 config,
@@ -367,7 +369,7 @@ async def _run_parts(
             )
             server = _Server(
                 uvicorn.Config(
-                    create_app(service),
+                    create_app(service, body_reads),
                     host=config.listen_host,
                     port=config.listen_port,
                     log_level="warning",
@@ -396,6 +398,7 @@ async def _run_parts(
         stopping.set()  # whatever ended first, everything stops
         if server is not None:
             server.should_exit = True
+            body_reads.stop()
         if worker is not None:
             worker.stop()
         stop_wait.cancel()

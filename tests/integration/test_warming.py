@@ -184,6 +184,29 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, lab: 
         assert all(client.wait(t, timeout=120)["status"] == 0 for t in taskids)
 
 
+def test_a_stop_answers_a_body_still_arriving_503_at_once(tmp_path: Path) -> None:
+    """A stop while a request's body still trickles in (a proxy that does not buffer it): the request is answered
+    503 at once, saying nothing was done, and the process ends. It held the stop for all of `grace_seconds`,
+    then uvicorn cancelled it with a traceback in the log (a tester behind nginx)."""
+    nodes = '[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\n'
+    service = start_service(tmp_path, nodes, extra="[engine]\ngrace_seconds = 60\n")
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as conn:
+        conn.sendall(b"POST /api/prefetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        conn.sendall(b'Content-Length: 100\r\n\r\n{"username": ')
+        time.sleep(0.5)  # the head is read and the body awaited
+        assert service.stop(timeout=20) == 0, service.log_text()
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"connection: close" in head.lower(), answer
+    assert json.loads(body) == {
+        "code": -1,
+        "error": "edgewarm is stopping and the request's body had not all arrived: nothing was done",
+    }
+    assert "Traceback" not in service.log_text() and "stopped cleanly" in service.log_text()
+
+
 def test_https_nodes_are_warmed_over_tls_shield_first(tmp_path: Path) -> None:
     """A fleet reached over https (nginx with TLS, given by address; URLs of an https site): every URL ends a
     HIT on every edge when asked over https, the origin is asked once per URL (edges ask the shield over

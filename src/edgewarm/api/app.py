@@ -15,14 +15,16 @@ from .. import __version__
 from ..errors import EdgewarmError, StoreError
 from ..service import Service
 from .legacy import legacy_router
-from .middleware import BodySizeLimit, DirectRoutes
+from .middleware import BodyReads, BodySizeLimit, DirectRoutes
 from .native import native_router
 from .responses import JSONResponse
 
 READY_SECONDS = 2.0  # /readyz and /metrics wait this long for the store's queue depth
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI:
+    """The API of `service`; `body_reads`: what a stop of the process stops (the requests' bodies still arriving)."""
+    body_reads = body_reads or BodyReads()
     app = FastAPI(
         title="edgewarm",
         version=__version__,
@@ -74,5 +76,5 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"code": 2, "error": f"{where}: {first.get('msg')}"}, status_code=400)
 
     app.add_middleware(DirectRoutes, routes=app.router.routes)  # inside the body limit (added last: outermost)
-    app.add_middleware(BodySizeLimit, max_bytes=lambda: service.config.api.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=lambda: service.config.api.max_body_bytes, reads=body_reads)
     return app

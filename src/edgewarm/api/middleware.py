@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import orjson
 from fastapi.routing import APIRoute
@@ -12,18 +14,49 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import JdCode
+
+
+class BodyReads:
+    """The requests whose bodies are still arriving: a stop (`stop`) answers them 503 at once. They would hold the
+    stop for its grace and end in a traceback (a body trickling in through a proxy that does not buffer it)."""
+
+    def __init__(self) -> None:
+        self._open: set[asyncio.Timeout] = set()
+        self._stopped = False
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[None]:
+        """Read a body inside: TimeoutError when the process stops meanwhile."""
+        if self._stopped:  # the listener closes next: no new body is cut short
+            yield
+            return
+        async with asyncio.timeout(None) as cut:
+            self._open.add(cut)
+            try:
+                yield
+            finally:
+                self._open.discard(cut)
+
+    def stop(self) -> None:
+        self._stopped = True
+        now = asyncio.get_running_loop().time()
+        for cut in self._open:
+            cut.reschedule(now)
+
 
 class BodySizeLimit:
     """Answer 413 to a body larger than `max_bytes()` (read at each request: a reload may change it), whether
-    Content-Length says so or the stream shows it.
+    Content-Length says so or the stream shows it; 503 to one still arriving when the process stops (`reads`).
 
     The body is read here, bounded, and handed on whole: API bodies are small, and the app never sees a
     half-read oversized one.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int], reads: BodyReads) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.reads = reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,20 +67,19 @@ class BodySizeLimit:
             if name == b"content-length" and (not value.strip().isdigit() or int(value) > limit):
                 await self._reject(send, limit)
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._reject(send, limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with self.reads.reading():
+                chunks = await _body(receive, limit)
+        except TimeoutError:
+            await _answer(
+                send, 503, "edgewarm is stopping and the request's body had not all arrived: nothing was done"
+            )
+            return
+        except _TooLarge:
+            await self._reject(send, limit)
+            return
+        if chunks is None:
+            return  # the client went away
         replayed = False
 
         async def replay() -> Message:
@@ -60,21 +92,47 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        body = orjson.dumps({"error": f"request body too large: over [api] max_body_bytes ({limit} bytes)"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    # The body is not read: a client that sent `Expect: 100-continue` may still send it, and
-                    # must not wait on this connection for the answer to a next request.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"request body too large: over [api] max_body_bytes ({limit} bytes)")
+
+
+class _TooLarge(Exception):
+    """The body passed the limit."""
+
+
+async def _body(receive: Receive, limit: int) -> list[bytes] | None:
+    """The body's chunks (_TooLarge once they pass `limit` bytes), or None when the client went away."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks
+
+
+async def _answer(send: Send, status: int, error: str) -> None:
+    """Answer before the body was read whole: `{"error": …}` (a 503 with a JD code, as the service's others)."""
+    body = orjson.dumps({"code": int(JdCode.INTERNAL), "error": error} if status == 503 else {"error": error})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The body is not read: a client that sent `Expect: 100-continue` may still send it, and must not
+                # wait on this connection for the answer to a next request.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
