@@ -58,6 +58,8 @@ class JsonFormatter(logging.Formatter):
 # What may differ between failures alike: quoted names and numbers (PostgreSQL's full disk names the file it
 # could not extend, a different one each time).
 _ALIKE = re.compile(r"\"[^\"]*\"|'[^']*'|\d+")
+CALLERS_SHOWN = 3  # a RefusalDigest's line names this many addresses the calls came from
+CALLERS_KEPT = 1_000  # and counts this many at most between its lines
 REPEAT_LOG_SECONDS = 60.0  # a step failing the same way again and again is logged this often (RepeatedFailure)
 
 
@@ -115,7 +117,8 @@ class RepeatedFailure:
 class RefusalDigest:
     """Calls refused (`what`: for their credentials, say), logged as a warning a minute at most: the first at
     once, then the ones refused since, counted by reason, with the next refusal a minute or more later (a flood
-    of bad signatures is one line a minute, not one per call; the metric counts every one)."""
+    of bad signatures is one line a minute, not one per call; the metric counts every one), and the addresses
+    they came from (CALLERS_SHOWN of them, and how many more)."""
 
     def __init__(
         self,
@@ -127,16 +130,31 @@ class RefusalDigest:
         self._log, self._what, self._every, self._clock = log, what, every, clock
         self._last: float | None = None  # when a line was last written
         self._counts: dict[str, int] = {}  # reason -> refusals not written yet
+        self._callers: dict[str, None] = {}  # their addresses, in the order first seen (CALLERS_KEPT at most)
 
-    def refused(self, reason: str) -> None:
+    def refused(self, reason: str, caller: str | None = None) -> None:
+        """A refusal for `reason`, of a call from address `caller` (None: not known)."""
         self._counts[reason] = self._counts.get(reason, 0) + 1
+        if caller is not None and len(self._callers) < CALLERS_KEPT:
+            self._callers[caller] = None
         now = self._clock()
         if self._last is not None and now - self._last < self._every:
             return
         since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
         told = "; ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
+        if self._callers:
+            told += f"; from {_addresses(list(self._callers))}"
         self._log.warning("%s%s: %s", self._what, since, told)
-        self._last, self._counts = now, {}
+        self._last, self._counts, self._callers = now, {}, {}
+
+
+def _addresses(callers: list[str]) -> str:
+    """The first CALLERS_SHOWN of these addresses, and how many more (at least, when CALLERS_KEPT were kept)."""
+    shown = ", ".join(callers[:CALLERS_SHOWN])
+    more = len(callers) - CALLERS_SHOWN
+    if more <= 0:
+        return shown
+    return f"{shown} and {'at least ' if len(callers) == CALLERS_KEPT else ''}{more} more"
 
 
 def log_task_ended(log: logging.Logger, task: Task) -> None:

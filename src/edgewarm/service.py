@@ -57,6 +57,7 @@ class SubmitOptions:
 class Credentials:
     username: str
     signature: str
+    caller: str | None = None  # the address the call came from (a proxy's, unless it is trusted to say: README)
 
 
 class Service:
@@ -101,7 +102,7 @@ class Service:
             reason = CREDENTIAL_REFUSALS[exc.code]
             self.metrics.credentials_refused.labels(reason).inc()
             known = exc.code is JdCode.SIGNATURE_INCORRECT  # a configured user: named (an unknown name is anyone's)
-            self._refusals.refused(f"{reason} (user {credentials.username!r})" if known else reason)
+            self._refusals.refused(f"{reason} (user {credentials.username!r})" if known else reason, credentials.caller)
             raise
 
     def _authenticate(self, credentials: Credentials) -> User:
@@ -152,16 +153,16 @@ class Service:
         return targets
 
     @contextlib.contextmanager
-    def refusals_told(self, user: User) -> Iterator[None]:
+    def refusals_told(self, user: User, caller: str | None = None) -> Iterator[None]:
         """Around a submission of `user`'s, from its credentials accepted on (the API's reading of its fields
         too): a refusal is counted (metrics) and told in the log (a line a minute at most, by reason and user: an
-        operator sees who hits the daily quota, or sends URLs that are not theirs)."""
+        operator sees who hits the daily quota, or sends URLs that are not theirs; and from where: `caller`)."""
         try:
             yield
         except RequestRefused as exc:
             reason = submission_refusal(exc)
             self.metrics.submissions_refused.labels(reason).inc()
-            self._submissions_refused.refused(f"{reason} (user {user.name!r})")
+            self._submissions_refused.refused(f"{reason} (user {user.name!r})", caller)
             raise
 
     async def submit_prefetch(

@@ -1350,7 +1350,7 @@ async def test_a_known_users_submissions_refused_are_counted_and_told_by_reason_
         assert_code(await api.call("/api/prefetch", {**creds(), "publish_urls": []}), 6)
         text = (await api.client.get("/metrics")).text
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("submissions refused")]
-        assert lines == [f"submissions refused: 1 quota (user '{SMALL}')"], lines
+        assert lines == [f"submissions refused: 1 quota (user '{SMALL}'); from 127.0.0.1"], lines
         for reason, count in (
             ("quota", 1),
             ("too_many_urls", 1),
@@ -1365,7 +1365,7 @@ async def test_a_known_users_submissions_refused_are_counted_and_told_by_reason_
     said = caplog.records[-1].getMessage()
     assert said.startswith("submissions refused in the last 6") and said.endswith(
         f"s: 2 bad_url (user '{USER}'); 1 domain_not_yours (user '{USER}'); 1 duplicate_urls (user '{USER}'); "
-        f"1 other (user '{USER}'); 1 quota (user '{SMALL}'); 1 too_many_urls (user '{SMALL}')"
+        f"1 other (user '{USER}'); 1 quota (user '{SMALL}'); 1 too_many_urls (user '{SMALL}'); from 127.0.0.1"
     ), said
 
 
@@ -1382,14 +1382,22 @@ async def test_calls_refused_for_their_credentials_are_counted_and_told_a_line_a
         assert_code(await api.call("/api/prefetch", {"username": USER, "publish_urls": "a"}), 4)
         text = (await api.client.get("/metrics")).text
         lines = [r.getMessage() for r in caplog.records]
-        assert lines == [f"calls refused for their credentials: 1 wrong_signature (user '{USER}')"], lines
+        assert lines == [f"calls refused for their credentials: 1 wrong_signature (user '{USER}'); from 127.0.0.1"], (
+            lines
+        )
         assert 'edgewarm_credentials_refused_total{reason="wrong_signature"} 30.0' in text
         assert 'edgewarm_credentials_refused_total{reason="unknown_user"} 1.0' in text
         assert 'edgewarm_credentials_refused_total{reason="no_signature"} 1.0' in text
         assert 'edgewarm_credentials_refused_total{reason="no_username"} 0.0' in text
+        # A native call from another address (edgewarm's log named none: a tester behind a proxy)
+        elsewhere = httpx.ASGITransport(app=create_app(api.service), client=("192.0.2.7", 4321))
+        async with httpx.AsyncClient(transport=elsewhere, base_url="http://edgewarm.test") as other:
+            headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": "not the signature"}
+            assert (await other.get("/v1/quota", headers=headers)).status_code == 401
         api.service._refusals._last = time.monotonic() - 61  # a minute on
         assert_code(await api.call("/api/prefetch", {"username": "", "signature": "x", "publish_urls": "a"}), 3)
     said = caplog.records[-1].getMessage()
     assert said.startswith("calls refused for their credentials in the last 6") and said.endswith(
-        f"s: 1 no_signature; 1 no_username; 1 unknown_user; 29 wrong_signature (user '{USER}')"
+        f"s: 1 no_signature; 1 no_username; 1 unknown_user; 30 wrong_signature (user '{USER}'); from 127.0.0.1, "
+        "192.0.2.7"
     ), said

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from edgewarm.errors import StoreError
-from edgewarm.logs import RepeatedFailure, TextFormatter
+from edgewarm.logs import CALLERS_KEPT, RefusalDigest, RepeatedFailure, TextFormatter
 from edgewarm.metrics import Metrics
 from edgewarm.models import Task, TaskKind, TaskStatus
 from edgewarm.views import task_summary
@@ -57,6 +57,36 @@ def test_a_step_failing_alike_is_logged_at_once_then_once_a_minute_then_when_it_
         ("INFO", "claiming items works again, after 2 failures over 0.0 s (1 more failures alike not logged)"),
         ("ERROR", "claiming items failed: the store is down"),
         ("INFO", "claiming items works again, after 1 failure, 5.0 s ago"),
+    ]
+
+
+def test_refusals_are_told_with_the_addresses_they_came_from(caplog: pytest.LogCaptureFixture) -> None:
+    """Before, an operator could not tell from edgewarm's log where a flood of bad signatures came from (behind a
+    proxy, only the proxy's log had it). A line names three addresses and how many more (a bounded count)."""
+    clock = Clock()
+    digest = RefusalDigest(logging.getLogger("test.refusals"), "calls refused", every=60.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        digest.refused("wrong_signature", "10.0.0.1")
+        for i in range(5):
+            digest.refused("wrong_signature", f"10.0.1.{i}")
+        digest.refused("unknown_user", "10.0.1.0")  # seen already
+        digest.refused("unknown_user")  # not known
+        clock.now += 60
+        digest.refused("no_signature", "10.0.2.1")
+        clock.now += 60
+        digest.refused("no_signature")  # none known since the last line: no "from"
+        clock.now += 60
+        for i in range(CALLERS_KEPT + 5):
+            digest.refused("wrong_signature", f"10.1.{i // 256}.{i % 256}")
+        clock.now += 60
+        digest.refused("wrong_signature", "10.9.9.9")
+    assert [m for _, m in messages(caplog)] == [
+        "calls refused: 1 wrong_signature; from 10.0.0.1",
+        "calls refused in the last 60 s: 1 no_signature; 2 unknown_user; 5 wrong_signature; from 10.0.1.0, 10.0.1.1, "
+        "10.0.1.2 and 3 more",
+        "calls refused in the last 60 s: 1 no_signature",
+        "calls refused in the last 60 s: 1 wrong_signature; from 10.1.0.0",
+        "calls refused in the last 60 s: 1005 wrong_signature; from 10.1.0.1, 10.1.0.2, 10.1.0.3 and at least 997 more",
     ]
 
 

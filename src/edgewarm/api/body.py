@@ -1,4 +1,5 @@
-"""Read a legacy JD call's body: JSON or application/x-www-form-urlencoded, into a flat dict."""
+"""Read a call: a legacy JD call's body (JSON or application/x-www-form-urlencoded) into a flat dict; the
+address it came from."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ _BOM = b"\xef\xbb\xbf"
 _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
 _LISTED = re.compile(r"(.+)\[(\d*)\]\Z")
+
+
+def caller_address(request: Request) -> str | None:
+    """The address the call came from: the peer's, or what a trusted proxy said of it (uvicorn's proxy headers,
+    from 127.0.0.1 by default: FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client is not None else None
 
 
 async def read_params(request: Request) -> dict[str, Any]:

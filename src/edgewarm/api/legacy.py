@@ -12,15 +12,16 @@ from ..errors import JdCode, RequestRefused
 from ..models import TaskKind
 from ..service import Credentials, Service, SubmitOptions
 from ..urls import split_list
-from .body import read_params, text_field
+from .body import caller_address, read_params, text_field
 from .responses import answered, jd_error, jd_ok
 from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
 
-def credentials_of(params: dict[str, Any]) -> Credentials:
+def credentials_of(params: dict[str, Any], request: Request) -> Credentials:
     return Credentials(
         text_field(params, "username", JdCode.USERNAME_EMPTY),
         text_field(params, "signature", JdCode.SIGNATURE_EMPTY),
+        caller_address(request),
     )
 
 
@@ -75,11 +76,11 @@ def legacy_router(service: Service) -> APIRouter:
     async def prefetch(request: Request) -> Response:
         try:
             params = await read_params(request)
-            credentials = credentials_of(params)
+            credentials = credentials_of(params, request)
             raw_urls = params.get("publish_urls")
             require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
             user = service.authenticate(credentials)
-            with service.refusals_told(user):
+            with service.refusals_told(user, credentials.caller):
                 refresh_first = flag(params.get("refresh"))
                 options = submit_options(params, request)
                 task = await service.submit_prefetch(
@@ -101,13 +102,13 @@ def legacy_router(service: Service) -> APIRouter:
     async def refresh(request: Request) -> Response:
         try:
             params = await read_params(request)
-            credentials = credentials_of(params)
+            credentials = credentials_of(params, request)
             given = params.get("type")
             require(credentials, given not in (None, ""), JdCode.TYPE_EMPTY, "type must not be empty")
             raw = params.get("instances")
             require(credentials, raw not in (None, "", []), JdCode.LIST_EMPTY, "instances must not be empty")
             user = service.authenticate(credentials)  # missing fields first, then the caller, then the values
-            with service.refusals_told(user):
+            with service.refusals_told(user, credentials.caller):
                 kind = text_field(params, "type", JdCode.BAD_TYPE)
                 if not kind:
                     raise RequestRefused(JdCode.TYPE_EMPTY, "type must not be empty")
@@ -140,7 +141,7 @@ def legacy_router(service: Service) -> APIRouter:
     async def query(request: Request, kind: TaskKind) -> Response:
         try:
             params = await read_params(request)
-            credentials = credentials_of(params)
+            credentials = credentials_of(params, request)
             raw_id = text_field(params, "taskid", JdCode.TASKID_EMPTY)
             require(credentials, bool(raw_id), JdCode.TASKID_EMPTY, "taskid must not be empty")
             user = service.authenticate(credentials)

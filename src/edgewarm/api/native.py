@@ -6,19 +6,18 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..config import User
 from ..errors import JdCode, RequestRefused, TaskNotFound
 from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
 from ..urls import has_controls, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url
-from .body import read_params
+from .body import caller_address, read_params
 from .responses import answered, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
 
@@ -82,6 +81,14 @@ def task_view(
 
 Username = Annotated[str, Header(alias="X-Edgewarm-Username", description="the JD username")]
 Signature = Annotated[str, Header(alias="X-Edgewarm-Signature", description="md5(yyyymmdd + username + secret)")]
+
+
+def caller_credentials(request: Request, username: Username = "", signature: Signature = "") -> Credentials:
+    """A native call's credentials (its headers) and where it came from."""
+    return Credentials(header_text(username).strip(), signature.strip(), caller_address(request))
+
+
+Caller = Annotated[Credentials, Depends(caller_credentials)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": NativeError},
     401: {"model": NativeError},
@@ -153,9 +160,6 @@ def lookup_ids(params: dict[str, Any]) -> list[str]:
 def native_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["native"])
 
-    def user_of(username: str, signature: str) -> User:
-        return service.authenticate(Credentials(header_text(username).strip(), signature.strip()))
-
     async def full_view(task: Task, offset: int, limit: int, state: ItemState | None = None) -> dict[str, object]:
         """The task as of one moment: its row (counters, progress) read with its items' counts and page."""
         detail = await service.store.task_detail(task.id, offset=offset, limit=limit, state=state)
@@ -166,15 +170,14 @@ def native_router(service: Service) -> APIRouter:
     @router.get("/tasks/{taskid}", response_model=TaskView, responses=ERRORS, summary="A task in full")
     async def get_task(
         taskid: str,
-        username: Username = "",
-        signature: Signature = "",
+        caller: Caller,
         offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, Query(ge=0, le=10_000)] = 1000,
         state: Annotated[ItemState | None, Query(description="only the items in this state (failed, say)")] = None,
     ) -> Response:
         """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
         try:
-            task = await service.get_task(user_of(username, signature), taskid)
+            task = await service.get_task(service.authenticate(caller), taskid)
             return answered(await full_view(task, offset, limit, state))
         except Exception as exc:
             return native_error(exc)
@@ -183,13 +186,12 @@ def native_router(service: Service) -> APIRouter:
     async def wait_task(
         request: Request,
         taskid: str,
-        username: Username = "",
-        signature: Signature = "",
+        caller: Caller,
         timeout: Annotated[float, Query(ge=0, le=60, allow_inf_nan=False, description="seconds, at most 60")] = 30,
     ) -> Response:
         """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
         try:
-            task = await service.wait(user_of(username, signature), taskid, timeout, request.is_disconnected)
+            task = await service.wait(service.authenticate(caller), taskid, timeout, request.is_disconnected)
             if await request.is_disconnected():
                 return Response(status_code=499)  # nobody to read it (499: nginx's word for it, in the access log)
             return answered(await full_view(task, 0, 0))
@@ -197,19 +199,18 @@ def native_router(service: Service) -> APIRouter:
             return native_error(exc)
 
     @router.post("/tasks/{taskid}/cancel", response_model=TaskView, responses=CANCEL_ERRORS, summary="Cancel a task")
-    async def cancel_task(taskid: str, username: Username = "", signature: Signature = "") -> Response:
+    async def cancel_task(taskid: str, caller: Caller) -> Response:
         """Pending items stop (failed, "cancelled"); running ones finish; the task ends as failed, reason
         "cancelled"."""
         try:
-            task = await service.cancel(user_of(username, signature), taskid)
+            task = await service.cancel(service.authenticate(caller), taskid)
             return answered(await full_view(task, 0, 0), writes=True)
         except Exception as exc:
             return native_error(exc, writes=True)
 
     @router.get("/tasks", response_model=TaskList, responses=ERRORS, summary="List tasks")
     async def list_tasks(
-        username: Username = "",
-        signature: Signature = "",
+        caller: Caller,
         status: Annotated[int | None, Query(ge=0, le=2, description="0 succeeded, 1 in progress, 2 failed")] = None,
         kind: Annotated[TaskKind | None, Query()] = None,
         since: Annotated[str | None, Query(description="created at or after (epoch or ISO 8601)")] = None,
@@ -220,7 +221,7 @@ def native_router(service: Service) -> APIRouter:
     ) -> Response:
         """The user's tasks, newest first, with their totals (no items)."""
         try:
-            user = user_of(username, signature)
+            user = service.authenticate(caller)
             where = TaskFilter(
                 status=None if status is None else TaskStatus(status),
                 kind=kind,
@@ -244,11 +245,11 @@ def native_router(service: Service) -> APIRouter:
             "requestBody": {"required": True, "content": {"application/json": {"schema": Lookup.model_json_schema()}}}
         },
     )
-    async def lookup(request: Request, username: Username = "", signature: Signature = "") -> Response:
+    async def lookup(request: Request, caller: Caller) -> Response:
         """The given tasks that exist and are the user's (others are left out), in the order asked. The body is
         read as a JD call's is (JSON whatever its label, or a form); credentials are checked first."""
         try:
-            user = user_of(username, signature)
+            user = service.authenticate(caller)
             ids = lookup_ids(await read_params(request))
             tasks = await service.store.get_tasks(user.name, ids)
             return answered({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
@@ -256,9 +257,9 @@ def native_router(service: Service) -> APIRouter:
             return native_error(exc)
 
     @router.get("/quota", response_model=QuotaView, responses=ERRORS, summary="Today's quota: used and left")
-    async def quota(username: Username = "", signature: Signature = "") -> Response:
+    async def quota(caller: Caller) -> Response:
         try:
-            return answered(await service.quota(user_of(username, signature)))
+            return answered(await service.quota(service.authenticate(caller)))
         except Exception as exc:
             return native_error(exc)
 
