@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 from fastapi.routing import APIRoute
@@ -25,16 +24,14 @@ class BodyReads:
         self._open: set[asyncio.Timeout] = set()
         self._stopped = False
 
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[None]:
-        """Read a body inside: TimeoutError when the process stops meanwhile."""
+    async def read(self, receive: Receive, limit: int) -> list[bytes] | None:
+        """The body's chunks (_body); TimeoutError when the process stops meanwhile."""
         if self._stopped:  # the listener closes next: no new body is cut short
-            yield
-            return
+            return await _body(receive, limit)
         async with asyncio.timeout(None) as cut:
             self._open.add(cut)
             try:
-                yield
+                return await _body(receive, limit)
             finally:
                 self._open.discard(cut)
 
@@ -68,8 +65,7 @@ class BodySizeLimit:
                 await self._reject(send, limit)
                 return
         try:
-            async with self.reads.reading():
-                chunks = await _body(receive, limit)
+            chunks = await self.reads.read(receive, limit)
         except TimeoutError:
             await _answer(
                 send, 503, "edgewarm is stopping and the request's body had not all arrived: nothing was done"
