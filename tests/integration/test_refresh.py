@@ -309,6 +309,33 @@ def test_a_node_without_purge_support_fails_the_refresh_clearly(tmp_path: Path) 
     assert "no purge method" in by_node["no-purge"]["error"]
 
 
+def test_a_refetch_purge_answered_from_the_nodes_cache_fails_saying_so(tmp_path: Path) -> None:
+    """purge_method = "GET" with a header the node's proxy_cache_bypass takes refetches the object; with one it
+    does not take, the node answers from its cache (HIT) and its old copy stays. That was recorded as PURGED and
+    the task succeeded while viewers kept the old object (a tester's walk through README); it fails now, saying
+    why. Two node entries for one nginx: its own header, and another."""
+    with Lab(tmp_path / "lab", edges=1, shield=False) as lab:
+        lab.write_file("/gp/app.js", b"version 1")
+        edge = lab.edges[0]
+        nodes = "".join(
+            f'[[nodes]]\nname = "{name}"\nurl = "{edge.url}"\npurge_method = "GET"\n'
+            f'purge_headers = {{ "{header}" = "1" }}\n'
+            for name, header in (("bypassed", "X-Lab-Refetch"), ("ignored", "X-Refetch"))
+        )
+        with start_service(tmp_path / "svc", nodes) as service:
+            warm(service, ["/gp/app.js"])
+            lab.write_file("/gp/app.js", b"version 2, longer")
+            view = finish(service, refresh(service, [url_of("/gp/app.js")], "file"))
+        assert view["status"] == 2
+        by_node = {i["node"]: i for i in view["items"]}
+        assert by_node["bypassed"]["state"] == "succeeded", by_node
+        ignored = by_node["ignored"]
+        assert (ignored["state"], ignored["http_status"], ignored["cache_state"]) == ("failed", 200, "HIT"), ignored
+        assert "did not take the purge's headers as a bypass" in ignored["error"] and ignored["attempts"] == 1
+        answer = lab.fetch(edge, "/gp/app.js")
+        assert (answer.body, answer.cache_status) == (b"version 2, longer", "HIT")  # the bypassed refetch stored it
+
+
 def test_a_known_url_a_node_cannot_read_does_not_hold_a_dir_refresh_back(tmp_path: Path, lab: Lab) -> None:
     """A URL of 9,000 characters (the service takes it: max_url_length 20000) is known under /un/, and nginx
     answers it 414 (its request line is over 8 KiB): never cached there. A refresh of /un/ purges the other

@@ -307,6 +307,24 @@ def test_a_bypass_refetch_refused_by_the_origin_says_so() -> None:
     assert verdict(PurgeRequest("PURGE", {}), 404, False) is Verdict.NOT_CACHED
 
 
+@pytest.mark.parametrize("state", [CacheState.HIT, CacheState.STALE, CacheState.UPDATING])
+def test_a_bypass_refetch_answered_from_the_nodes_cache_fails(state: CacheState) -> None:
+    """purge_method GET answered 200 from the node's cache (its proxy_cache_bypass does not take the header): the
+    old copy stays. It was PURGED (a tester's refresh succeeded while viewers kept the old object)."""
+    get = PurgeRequest("GET", {"X-Refresh": "1"})
+    found = verdict(get, 200, False, state)
+    outcome = purge_outcome(1, 1, found, FetchResult(200, 10, state), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.retry_at, outcome.cache_state) == (False, None, state)
+    assert outcome.error == (
+        f"HTTP 200: the node answered the refetch from its cache ({state}): it did not take the purge's headers as a "
+        "bypass (nginx: proxy_cache_bypass on that header), so its old copy stays"
+    )
+    # A refetch that went upstream, one the origin confirmed, a node that tells no state, a PURGE: purged.
+    for other in (CacheState.BYPASS, CacheState.MISS, CacheState.EXPIRED, CacheState.REVALIDATED, None):
+        assert verdict(get, 200, False, other) is Verdict.PURGED
+    assert verdict(PurgeRequest("PURGE", {}), 200, False, state) is Verdict.PURGED
+
+
 @pytest.mark.parametrize(
     ("status", "why"),
     [

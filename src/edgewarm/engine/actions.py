@@ -131,7 +131,7 @@ async def _purge_url(
     for encoding in (*request.encodings, None):
         headers = request.headers if encoding is None else {**request.headers, "Accept-Encoding": encoding}
         answer = await fetcher.request(request.method, node, target, headers)
-        found = purge.verdict(request, answer.status, answer.network_error)
+        found = purge.verdict(request, answer.status, answer.network_error, answer.cache_state)
         if found not in _DONE:
             return found, answer
         if found is purge.Verdict.PURGED or (encoding is None and verdict is purge.Verdict.NOT_CACHED):
@@ -145,7 +145,7 @@ async def _purge_dir(
     request = purge.prefix_purge(node, target.path_query)
     if request is not None:
         result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
-        return purge.verdict(request, result.status, result.network_error), result, None
+        return purge.verdict(request, result.status, result.network_error, result.cache_state), result, None
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node, settings.accept_encoding)

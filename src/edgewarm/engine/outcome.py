@@ -149,5 +149,12 @@ def purge_outcome(
     if verdict is Verdict.NOT_REFETCHED:
         why = "the refetch that replaces the node's copy was refused (the origin's answer, passed on?): it stays"
         return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")
+    if verdict is Verdict.NOT_BYPASSED:
+        state = result.cache_state
+        why = (
+            f"the node answered the refetch from its cache ({state}): it did not take the purge's headers as a bypass "
+            "(nginx: proxy_cache_bypass on that header), so its old copy stays"
+        )
+        return ItemOutcome(item_id, False, attempt, result.status, state, result.bytes, f"{error}: {why}")
     failed = ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error)
     return retry_or_give_up(failed, result, settings, now, rng)

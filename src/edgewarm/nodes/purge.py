@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..config import Node, NodeKind
 from ..models import Tier
+from .signals import CacheState
 
 
 class Verdict(enum.Enum):
@@ -15,6 +16,7 @@ class Verdict(enum.Enum):
     RETRY = "RETRY"
     REFUSED = "REFUSED"
     NOT_REFETCHED = "NOT_REFETCHED"  # a bypass refetch (purge_method GET/HEAD) answered 4xx: the copy stays
+    NOT_BYPASSED = "NOT_BYPASSED"  # a bypass refetch answered from the node's cache: the header was not taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,22 @@ def prefix_purge(node: Node, prefix: str) -> PurgeRequest | None:
 UNREADABLE = frozenset({400, 414})
 
 
-def verdict(request: PurgeRequest, status: int | None, network_error: bool) -> Verdict:
+# What a bypass refetch may not be answered with: the node's copy, as it was (REVALIDATED: the origin said it is
+# current, which is what the refetch was for).
+_OLD_COPY = frozenset({CacheState.HIT, CacheState.STALE, CacheState.UPDATING})
+
+
+def verdict(
+    request: PurgeRequest, status: int | None, network_error: bool, cache_state: CacheState | None = None
+) -> Verdict:
+    """How the answer (`status`, and the `cache_state` the node told) to a purge `request` reads."""
     if network_error or status is None or status >= 500 or status in (408, 429):
         return Verdict.RETRY
     if 200 <= status < 300:
+        if request.method in ("GET", "HEAD") and cache_state in _OLD_COPY:
+            # A node whose proxy_cache_bypass does not take the header served its old copy: not a purge (a tester's
+            # refresh "succeeded" while viewers kept the old object).
+            return Verdict.NOT_BYPASSED
         return Verdict.PURGED
     if status == 404 and request.method == "PURGE":
         return Verdict.NOT_CACHED  # the cache-purge module's answer for a key it does not hold

@@ -47,6 +47,8 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
 Purge, as verified against the packages of Debian 12 (nginx 1.22.1, libnginx-mod-http-cache-purge 2.3,
 Varnish 7.1, Squid 5.7, Traffic Server 9.2):
 
+- nginx: a ``GET`` with ``X-Lab-Refetch: 1`` bypasses the cache (``proxy_cache_bypass``; ``X-Cache-Status:
+  BYPASS``) and stores the answer anew: a purge by refetch (``purge_method = "GET"``), with or without the module.
 - nginx with ``purge_module=True``: ``PURGE /path`` with the object's ``Host`` removes that one key and
   answers 200, or 404 when the key is not cached; only 127.0.0.1 may purge (others get 403). Debian ships
   FRiCKLE's ngx_cache_purge 2.3, which knows neither the trailing ``*`` wildcard nor ``purge_all`` (those
@@ -746,6 +748,7 @@ http {{
             proxy_cache_valid 200 301 302 1h;
             proxy_cache_lock on;
             proxy_cache_lock_timeout 60s;
+            proxy_cache_bypass $http_x_lab_refetch;  # purge_method = "GET" with this header: refetched, stored anew
             proxy_hide_header X-Cache-Status;  # each node reports its own cache, not its parent's
             add_header X-Cache-Status $upstream_cache_status always;
         }}
