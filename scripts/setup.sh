@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nginx libnginx-mod-http-cache-purge python3-venv curl)
+packages=(nginx libnginx-mod-http-cache-purge python3-venv curl sqlite3)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(varnish squid trafficserver postgresql-15 wrk nghttp2-client openssl)

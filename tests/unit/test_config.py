@@ -450,6 +450,9 @@ def test_a_toml_date_or_time_is_refused_naming_its_key(document: str, key: str) 
         ("webhooks", "allowed_hosts", ["hooks.test:8080"], "webhooks.allowed_hosts"),
         ("webhooks", "allowed_hosts", ["https://hooks.test/"], "webhooks.allowed_hosts"),
         ("retention", "days", float("inf"), "retention.days"),
+        # A busy loop (a quarter of a core while idle) and an unbounded transaction (a tester's)
+        ("retention", "interval_seconds", 0.001, "retention.interval_seconds"),
+        ("retention", "batch", 10**9, "retention.batch"),
     ],
 )
 def test_values_that_would_overflow_or_never_apply_are_refused(section: str, key: str, value: Any, where: str) -> None:
