@@ -9,9 +9,11 @@ called back, checked when the task is submitted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import random
 import time
@@ -110,6 +112,19 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         )
     if not host or port == 0:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url {shown} has no host or port to call")
+    # Tester's finding: `http://[::1]./x`, `http://\\[::1]/x` and `http://[::1]%2e/x` passed urlsplit but not
+    # the delivery client's parse (yarl): each stayed pending for ever. The host allowed is the one posted to.
+    try:
+        posted_to = delivery_host(url)
+    except ValueError:
+        raise RequestRefused(
+            JdCode.ILLEGAL_URL, f"callback_url {shown} is not a URL the webhook client can call"
+        ) from None
+    if host_key(posted_to) != host_key(host):
+        raise RequestRefused(
+            JdCode.ILLEGAL_URL,
+            f"callback_url {shown}: its host reads as {posted_to!r} to the webhook client, not {host!r}",
+        )
     if host not in allowed_hosts:
         raise RequestRefused(
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"
@@ -122,15 +137,37 @@ def callback_host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
-def _forget(running: dict[str, asyncio.Task[None]], task_id: str, _delivery: asyncio.Task[None]) -> None:
+def host_key(host: str) -> str:
+    """A host as compared: an IP address in its one written form (`::1` for `0:0:0:0:0:0:0:1`), a name in lower
+    case without the trailing dot of its fully qualified form."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def delivery_host(url: str) -> str:
+    """The host the delivery client (aiohttp, by yarl's parse) posts a callback URL to, as `callback_host`
+    writes hosts; ValueError when it cannot parse the URL."""
+    return (yarl.URL(url).host or "").lower()
+
+
+def _forget(running: dict[str, asyncio.Task[None]], task_id: str, delivery: asyncio.Task[None]) -> None:
+    """A delivery ended: off the running ones, and its failure, should one get out of `_deliver`, said in the
+    log (not "Task exception was never retrieved" when the task is collected)."""
     running.pop(task_id, None)
+    if not delivery.cancelled() and (exc := delivery.exception()) is not None:
+        log.error("a webhook delivery failed: %s", type(exc).__name__, extra={"task_id": task_id})
 
 
 def _without_the_url(text: str, url: str) -> str:
     """An error's text with the callback URL (as given, or as aiohttp writes it) in its shown form."""
     shown = shown_callback_url(url)
-    for written in {url, str(yarl.URL(url))}:
-        text = text.replace(written, shown)
+    written = {url}
+    with contextlib.suppress(ValueError):  # a URL yarl cannot parse (one queued before check_callback_url's rule)
+        written.add(str(yarl.URL(url)))
+    for spelling in written:
+        text = text.replace(spelling, shown)
     return text
 
 
@@ -209,42 +246,17 @@ class WebhookDeliverer:
                 await asyncio.gather(*running.values(), return_exceptions=True)  # each within its timeout
 
     async def _deliver(self, session: aiohttp.ClientSession, task: Task) -> None:
+        """One attempt, recorded whatever happens in it: an error unforeseen is a failed attempt too (retried
+        with backoff), never an exception that leaves the webhook pending, claimed again every lease, for ever
+        (tester's finding: a URL aiohttp could not parse did that, its token in "Task exception was never
+        retrieved")."""
         settings = self.config.webhooks
-        user = self.config.user(task.username)
-        error: str | None = None
-        given_up = user is None  # not retried either
-        if user is None or task.callback_url is None:
-            error = "the task's user is no longer configured"
-        elif (host := callback_host(task.callback_url)) not in settings.allowed_hosts:
-            # Taken off the list (a reload) after the task was submitted: it is the guard against posting
-            # where the operator does not want, so it holds for what was queued before too.
-            error = f"callback_url host {host!r} is no longer allowed ([webhooks] allowed_hosts in the config)"
-            given_up = True
-        else:
-            summary = task_summary(task, self.config.api.language)
-            body = orjson.dumps({**summary, "username": task.username, "sent_at": iso(self._clock())})
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                SIGNATURE_HEADER: sign_webhook(body, user.secret),
-            }
-            timeout = aiohttp.ClientTimeout(total=settings.timeout)
-            try:
-                async with session.post(
-                    task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
-                ) as answer:
-                    await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
-                    if answer.status in REDIRECTS:
-                        error = f"HTTP {answer.status} (redirects are not followed: give the receiver's own URL)"
-                    elif not 200 <= answer.status < 300:
-                        error = f"HTTP {answer.status}"
-            except TimeoutError:
-                error = f"no answer within {settings.timeout:g} s ([webhooks] timeout)"
-            except aiohttp.ClientResponseError as exc:  # raised before an answer: its head did not parse (the
-                # status is aiohttp's own, not the receiver's)
-                error = _without_the_url(f"malformed answer from the receiver: {exc.message}", task.callback_url)
-            except (aiohttp.ClientError, OSError) as exc:
-                error = _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url)
+        try:
+            error, given_up = await self._attempt(session, task)
+        except Exception as exc:  # any error is this attempt's outcome: recorded below
+            error, given_up = f"unexpected error: {type(exc).__name__}", False
+            if task.callback_url is not None:
+                error = _without_the_url(f"{error}: {exc}", task.callback_url)
         attempts = task.webhook_attempts + 1
         retry_at = None
         if error is not None and not given_up and attempts < settings.max_attempts:
@@ -261,3 +273,44 @@ class WebhookDeliverer:
             )
         except StoreError as exc:  # the lease runs out and the delivery is tried again
             log.error("recording a webhook failed: %s", exc, extra={"task_id": task.id})
+
+    async def _attempt(self, session: aiohttp.ClientSession, task: Task) -> tuple[str | None, bool]:
+        """POST the task's summary once: the error (None when delivered) and whether it is given up (not to
+        be retried)."""
+        settings = self.config.webhooks
+        user = self.config.user(task.username)
+        if user is None or task.callback_url is None:
+            return "the task's user is no longer configured", True
+        try:
+            host = delivery_host(task.callback_url)
+        except ValueError:  # queued before check_callback_url refused such URLs: no retry can post it
+            return "callback_url cannot be parsed by the webhook client", True
+        if host not in settings.allowed_hosts:
+            # Taken off the list (a reload) after the task was submitted: it is the guard against posting
+            # where the operator does not want, so it holds for what was queued before too.
+            return f"callback_url host {host!r} is no longer allowed ([webhooks] allowed_hosts in the config)", True
+        summary = task_summary(task, self.config.api.language)
+        body = orjson.dumps({**summary, "username": task.username, "sent_at": iso(self._clock())})
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            SIGNATURE_HEADER: sign_webhook(body, user.secret),
+        }
+        timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        try:
+            async with session.post(
+                task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            ) as answer:
+                await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
+                if answer.status in REDIRECTS:
+                    return f"HTTP {answer.status} (redirects are not followed: give the receiver's own URL)", False
+                if not 200 <= answer.status < 300:
+                    return f"HTTP {answer.status}", False
+        except TimeoutError:
+            return f"no answer within {settings.timeout:g} s ([webhooks] timeout)", False
+        except aiohttp.ClientResponseError as exc:  # raised before an answer: its head did not parse (the
+            # status is aiohttp's own, not the receiver's)
+            return _without_the_url(f"malformed answer from the receiver: {exc.message}", task.callback_url), False
+        except (aiohttp.ClientError, OSError) as exc:
+            return _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url), False
+        return None, False

@@ -265,3 +265,20 @@ async def test_a_retry_set_while_the_clock_was_ahead_is_due_at_once_when_it_step
     assert task is not None and task.webhook_state == "delivered", task
     assert late is not None and (late.webhook_state, late.webhook_due_at) == ("pending", retry[soon])
     assert [r.path for r in receiver.requests] == ["/ahead"]
+
+
+async def test_a_callback_url_the_client_cannot_parse_fails_instead_of_staying_pending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tester's finding: `http://[::1]./x?token=U1` (queued before submit refused it) made `_deliver` raise: the
+    webhook stayed pending with 0 attempts, claimed again every lease, and "Task exception was never retrieved"
+    logged its token. Now the attempt is recorded and given up (no retry can post it), its token not logged."""
+    async with open_store("memory://") as store:
+        task_id = await ended_task(store, "http://[::1]./x?token=U1")
+        deliverer = WebhookDeliverer(webhook_config(allowed_hosts=["::1"]), store, Metrics())
+        with caplog.at_level("INFO", logger="edgewarm"):
+            async with delivering(deliverer):
+                task = await delivered(store, task_id, 3)
+    assert task is not None and (task.webhook_state, task.webhook_attempts) == ("failed", 1), task
+    assert task.webhook_error == "callback_url cannot be parsed by the webhook client"
+    assert "U1" not in caplog.text

@@ -73,3 +73,13 @@ def test_a_plain_callback_url_to_an_allowed_host_is_kept_as_given() -> None:
     assert check_callback_url(url, ALLOWED) == url
     with pytest.raises(RequestRefused, match="is not allowed"):
         check_callback_url("http://evil.test/done", ALLOWED)
+
+
+@pytest.mark.parametrize("url", ["http://[::1]./x?token=U1", "http://\\[::1]/x?token=U1", "http://[::1]%2e/x?token=U1"])
+def test_a_callback_url_the_webhook_client_cannot_parse_is_refused(url: str) -> None:
+    """Tester's finding: accepted at submit (urlsplit read the host `::1`), but yarl, which the delivery uses,
+    cannot parse it: the webhook stayed pending for ever. Refused now, its token not said back."""
+    with pytest.raises(RequestRefused) as refused:
+        check_callback_url(url, ("::1",))
+    assert refused.value.code is JdCode.ILLEGAL_URL
+    assert "webhook client" in refused.value.message and "U1" not in refused.value.message, refused.value.message
