@@ -18,7 +18,7 @@ from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.store import TaskStore, open_store
 from edgewarm.testing.faults import FaultServer, Respond, always
-from edgewarm.webhooks import WebhookDeliverer, _without_the_url
+from edgewarm.webhooks import PER_RECEIVER, WebhookDeliverer, _without_the_url
 
 from .support import USER, base_config
 
@@ -71,6 +71,27 @@ async def test_a_receiver_that_hangs_holds_up_no_other() -> None:
                     await asyncio.sleep(0.02)
                 took = time.monotonic() - started
     assert healthy.requests and took < 1.5, took
+
+
+async def test_a_hundred_webhooks_to_a_hanging_receiver_hold_up_no_other_receiver() -> None:
+    """Tester's finding: 120 webhooks to one receiver that hangs (timeout 12 s), then one to a healthy receiver:
+    the 100 deliveries of a process all went to the hanging one and the healthy one waited a whole timeout.
+    Now at most PER_RECEIVER go to one receiver: the healthy one is posted long before the hanging ones end."""
+    with FaultServer(always(Respond(200, delay=30))) as hanging, FaultServer(always(Respond(200))) as healthy:
+        config = webhook_config(timeout=12.0)
+        async with open_store("memory://") as store:
+            for _ in range(120):
+                await ended_task(store, f"{hanging.url}/hook")
+            await ended_task(store, f"{healthy.url}/hook")
+            deliverer = WebhookDeliverer(config, store, Metrics())
+            async with delivering(deliverer):
+                for _ in range(300):  # bounded: 6 s, half the timeout the hanging deliveries hold
+                    if healthy.requests:
+                        break
+                    await asyncio.sleep(0.02)
+                at_the_hanging_one = len(hanging.requests)
+    assert healthy.requests, "the healthy receiver got nothing while the hanging one held its deliveries"
+    assert 0 < at_the_hanging_one <= PER_RECEIVER, at_the_hanging_one
 
 
 async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:
