@@ -8,19 +8,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgewarm import __version__
+from edgewarm.client import Client
 from edgewarm.config import parse_config
 from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.store import TaskStore, open_store
 from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER
 from edgewarm.webhooks import PER_RECEIVER, WebhookDeliverer, _without_the_url
 
-from .support import USER, base_config
+from .support import USER, base_config, node_toml, start_service, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -303,3 +306,20 @@ async def test_a_callback_url_the_client_cannot_parse_fails_instead_of_staying_p
     assert task is not None and (task.webhook_state, task.webhook_attempts) == ("failed", 1), task
     assert task.webhook_error == "callback_url cannot be parsed by the webhook client"
     assert "U1" not in caplog.text
+
+
+def test_a_stop_gives_a_delivery_to_a_hanging_receiver_grace_seconds_not_the_webhook_timeout(tmp_path: Path) -> None:
+    """Tester's finding: `[webhooks] timeout = 40`, `grace_seconds = 2`, a webhook under way to a receiver that
+    hangs: SIGTERM took 39 s, waiting for the delivery's timeout. Now the delivery is cut short after the grace,
+    the log says so, and the service exits cleanly within seconds."""
+    extra = '[engine]\ngrace_seconds = 2\n[webhooks]\nallowed_hosts = ["127.0.0.1"]\ntimeout = 40\n'
+    with FaultServer(always(Respond(200))) as node, FaultServer(always(Respond(200, delay=60))) as hanging:
+        service = start_service(tmp_path, node_toml("n", node.url), extra=extra)
+        with service, Client(service.url, DEMO_USER, DEMO_SECRET, timeout=30) as client:
+            client.prefetch(["http://www.example.test/w"], callback_url=f"{hanging.url}/hook?token=T")
+            wait_until(lambda: len(hanging.requests) == 1, 15, "the webhook reached the hanging receiver")
+            started = time.monotonic()
+            code = service.stop(timeout=60)
+            took = time.monotonic() - started
+    assert code == 0 and took < 20, (code, took)  # bounded well below the 40 s timeout the stop waited before
+    assert "1 webhook deliveries cut short" in service.log.read_text(), service.log_text()
