@@ -16,13 +16,14 @@ import hmac
 import ipaddress
 import logging
 import random
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -178,14 +179,59 @@ class _Held:
 
 
 def _without_the_url(text: str, url: str) -> str:
-    """An error's text with the callback URL (as given, or as aiohttp writes it) in its shown form."""
+    """An error's text with the callback URL (as given, or as aiohttp writes it) in its shown form, and its
+    query's values as `***` wherever else they appear (tester's finding: a server echoing the request line put
+    `token=LEAKME` into the error and the log)."""
     shown = shown_callback_url(url)
     written = {url}
     with contextlib.suppress(ValueError):  # a URL yarl cannot parse (one queued before check_callback_url's rule)
         written.add(str(yarl.URL(url)))
     for spelling in written:
         text = text.replace(spelling, shown)
+    for secret, masked in _query_values(url):
+        text = text.replace(secret, masked)
     return text
+
+
+MIN_MASKED = 3  # a query value shorter than this is masked in an error only after its `name=`: "1" is everywhere
+
+
+def _query_values(url: str) -> list[tuple[str, str]]:
+    """What to mask of a URL's query in a text, and with what: each value (or bare word) as written and
+    decoded, longest first; a short one only after its `name=`."""
+    query = urlsplit(url).query if "?" in url else ""
+    masks: dict[str, str] = {}
+    for pair in query.split("&") if query else ():
+        name, sep, value = pair.partition("=")
+        secret = value if sep else name
+        for form in {secret, unquote_plus(secret)}:
+            if len(form) >= MIN_MASKED:
+                masks[form] = "***"
+            elif form and sep:
+                masks[f"{name}={form}"] = f"{name}=***"
+    return sorted(masks.items(), key=lambda mask: len(mask[0]), reverse=True)
+
+
+MAX_ERROR = 200  # characters of a delivery's error kept on the task and logged
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]+")
+
+
+def _bounded(text: str) -> str:
+    """An error's text as kept and logged: printable ASCII on one line, at most MAX_ERROR characters (tester's
+    finding: a non-HTTP server's banner, 438 characters of it, was kept whole)."""
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+
+
+_CARET = " ^\n"  # under the excerpt of aiohttp's parse errors, pointing at the fault: nothing said without it
+
+
+def _malformed(message: str) -> str:
+    """What aiohttp said of an answer whose head did not parse: a server that is no HTTP one (an SSH banner,
+    an echo of the request) is told as such, without what it sent."""
+    if "Expected HTTP/" in message:
+        return "not an HTTP answer"
+    return "malformed answer from the receiver: " + message.rstrip(_CARET)
 
 
 def _retry_delay(settings: WebhookSettings, attempts: int) -> float:
@@ -329,9 +375,9 @@ class WebhookDeliverer:
         try:
             error, given_up = await self._attempt(session, task)
         except Exception as exc:  # any error is this attempt's outcome: recorded below
-            error, given_up = f"unexpected error: {type(exc).__name__}", False
-            if task.callback_url is not None:
-                error = _without_the_url(f"{error}: {exc}", task.callback_url)
+            error, given_up = f"unexpected error: {type(exc).__name__}: {exc}", False
+        if error is not None:
+            error = _bounded(_without_the_url(error, task.callback_url or ""))
         attempts = task.webhook_attempts + 1
         retry_at = None
         if error is not None and not given_up and attempts < settings.max_attempts:
@@ -385,7 +431,7 @@ class WebhookDeliverer:
             return f"no answer within {settings.timeout:g} s ([webhooks] timeout)", False
         except aiohttp.ClientResponseError as exc:  # raised before an answer: its head did not parse (the
             # status is aiohttp's own, not the receiver's)
-            return _without_the_url(f"malformed answer from the receiver: {exc.message}", task.callback_url), False
+            return _malformed(exc.message), False
         except (aiohttp.ClientError, OSError) as exc:
-            return _without_the_url(f"{type(exc).__name__}: {exc}", task.callback_url), False
+            return f"{type(exc).__name__}: {exc}", False
         return None, False

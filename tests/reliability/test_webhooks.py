@@ -323,3 +323,56 @@ def test_a_stop_gives_a_delivery_to_a_hanging_receiver_grace_seconds_not_the_web
             took = time.monotonic() - started
     assert code == 0 and took < 20, (code, took)  # bounded well below the 40 s timeout the stop waited before
     assert "1 webhook deliveries cut short" in service.log.read_text(), service.log_text()
+
+
+@asynccontextmanager
+async def echoing_receiver(banner: bytes = b"") -> AsyncIterator[str]:
+    """A server that is no HTTP one: it sends `banner`, then writes back each line it reads (as a line-based
+    service answering "unknown command" would)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(banner)
+        line = await reader.readline()
+        writer.write(b"ERROR: unknown command " + line)
+        await writer.drain()
+        await asyncio.sleep(10)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.close()
+
+
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n" + b"\x00\x00\x01\x14\x0a\x14curve25519-sha256," * 20
+
+
+@pytest.mark.parametrize("banner", [SSH_BANNER, b""], ids=["ssh-banner", "echo"])
+async def test_an_error_from_a_server_that_is_not_http_shows_neither_what_it_sent_nor_the_token(
+    banner: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tester's finding: a callback to an SSH port put its banner (438 characters) into the task's
+    webhook.error and the log; a server echoing the request line put `token=LEAKME` there, at info level."""
+    async with echoing_receiver(banner) as url, open_store("memory://") as store:
+        task_id = await ended_task(store, f"{url}?token=LEAKME&n=1")
+        with caplog.at_level("INFO", logger="edgewarm"):
+            async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+                task = await delivered(store, task_id, 2.0)
+    assert task is not None and task.webhook_error == "not an HTTP answer", task
+    assert "LEAKME" not in caplog.text and "SSH-2.0" not in caplog.text
+
+
+async def test_an_error_text_is_bounded_printable_and_masks_the_querys_values_wherever_they_are() -> None:
+    """A malformed answer that echoes the token inside what aiohttp quotes back: masked there too (the URL
+    itself was masked, its values elsewhere were not), on one line of at most 200 printable characters."""
+    answer = b"HTTP/1.1 2OO token=LEAKME%20x " + b"\x01z" * 300 + b"\r\n\r\n"
+    async with raw_receiver(answer) as url, open_store("memory://") as store:
+        task_id = await ended_task(store, f"{url}?token=LEAKME%20x&n=1")
+        async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+            task = await delivered(store, task_id, 2.0)
+    error = task.webhook_error if task is not None else None
+    assert error is not None and error.startswith("malformed answer from the receiver: "), error
+    assert "LEAKME" not in error and len(error) <= 200 and error.isprintable() and "\x01" not in error, error
+    assert "token=***" in error, error
