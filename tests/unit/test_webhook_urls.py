@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.webhooks import check_callback_url
+from edgewarm.webhooks import check_callback_url, verify_webhook
 
 ALLOWED = ("hooks.example.test",)
 
@@ -83,3 +83,10 @@ def test_a_callback_url_the_webhook_client_cannot_parse_is_refused(url: str) -> 
         check_callback_url(url, ("::1",))
     assert refused.value.code is JdCode.ILLEGAL_URL
     assert "webhook client" in refused.value.message and "U1" not in refused.value.message, refused.value.message
+
+
+@pytest.mark.parametrize("header", ["sha256=é", "sha256=\u00ff" + "0" * 63, "sha256=\udc80"])
+def test_a_signature_header_with_non_ascii_characters_is_refused_not_an_error(header: str) -> None:
+    """Tester's finding: verify_webhook raised TypeError (hmac.compare_digest on such a str): a receiver
+    answered a forgery 500. It is False."""
+    assert verify_webhook(b'{"taskid": "x"}', "secret", header) is False
