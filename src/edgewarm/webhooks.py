@@ -134,7 +134,7 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
             JdCode.ILLEGAL_URL,
             f"callback_url {shown}: its host reads as {posted_to!r} to the webhook client, not {host!r}",
         )
-    if host not in allowed_hosts:
+    if not is_allowed(host, allowed_hosts):
         raise RequestRefused(
             JdCode.ILLEGAL_URL, f"callback_url host {host!r} is not allowed ([webhooks] allowed_hosts in the config)"
         )
@@ -153,6 +153,13 @@ def host_key(host: str) -> str:
         return ipaddress.ip_address(host).compressed
     except ValueError:
         return host.lower().rstrip(".")
+
+
+def is_allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether [webhooks] allowed_hosts lists `host`, compared as `host_key` writes hosts (tester's finding:
+    `[0:0:0:0:0:0:0:1]` was refused with `::1` listed; a listed `hooks.example.test.` matched only callbacks
+    spelled with its dot)."""
+    return host_key(host) in {host_key(allowed) for allowed in allowed_hosts}
 
 
 def delivery_host(url: str) -> str:
@@ -408,7 +415,7 @@ class WebhookDeliverer:
             host = delivery_host(task.callback_url)
         except ValueError:  # queued before check_callback_url refused such URLs: no retry can post it
             return "callback_url cannot be parsed by the webhook client", True
-        if host not in settings.allowed_hosts:
+        if not is_allowed(host, settings.allowed_hosts):
             # Taken off the list (a reload) after the task was submitted: it is the guard against posting
             # where the operator does not want, so it holds for what was queued before too.
             return f"callback_url host {host!r} is no longer allowed ([webhooks] allowed_hosts in the config)", True

@@ -376,3 +376,15 @@ async def test_an_error_text_is_bounded_printable_and_masks_the_querys_values_wh
     assert error is not None and error.startswith("malformed answer from the receiver: "), error
     assert "LEAKME" not in error and len(error) <= 200 and error.isprintable() and "\x01" not in error, error
     assert "token=***" in error, error
+
+
+async def test_a_callback_spelled_otherwise_than_allowed_hosts_lists_its_host_is_delivered() -> None:
+    """allowed_hosts lists `localhost.` (the fully qualified spelling), the callback says `localhost`: the
+    deliverer compares hosts as check_callback_url does (before: by spelling, "no longer allowed")."""
+    with FaultServer(always(Respond(200))) as receiver:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{receiver.url.replace('127.0.0.1', 'localhost')}/hook")
+            config = webhook_config(allowed_hosts=["LOCALHOST."], timeout=3.0)
+            async with delivering(WebhookDeliverer(config, store, Metrics())):
+                task = await delivered(store, task_id, 3)
+    assert task is not None and (task.webhook_state, task.webhook_error) == ("delivered", None), task

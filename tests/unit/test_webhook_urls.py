@@ -90,3 +90,20 @@ def test_a_signature_header_with_non_ascii_characters_is_refused_not_an_error(he
     """Tester's finding: verify_webhook raised TypeError (hmac.compare_digest on such a str): a receiver
     answered a forgery 500. It is False."""
     assert verify_webhook(b'{"taskid": "x"}', "secret", header) is False
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://[0:0:0:0:0:0:0:1]:8080/hook", ("::1",)),
+        ("http://[::1]/hook", ("0:0:0:0:0:0:0:1",)),
+        ("http://hooks.example.test/hook", ("hooks.example.test.",)),
+        ("http://HOOKS.example.test./hook", ("hooks.example.test",)),
+    ],
+)
+def test_allowed_hosts_match_an_address_in_any_spelling_and_a_name_with_or_without_its_dot(
+    url: str, allowed: tuple[str, ...]
+) -> None:
+    """Tester's finding: allowed_hosts matched by spelling: `[0:0:0:0:0:0:0:1]` was refused with `::1` listed,
+    a listed `hooks.example.test.` matched only callbacks spelled with the dot."""
+    assert check_callback_url(url, allowed) == url
