@@ -52,7 +52,7 @@ class CountingFetcher:
         return True
 
 
-def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05) -> Config:
+def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05, **engine_keys: Any) -> Config:
     node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
     if node_width is not None:
         node["concurrency"] = node_width
@@ -61,6 +61,7 @@ def config(per_node: int, *, node_width: int | None = None, flush_interval: floa
         "concurrency": 64,
         "dedupe_seconds": 0,
         "flush_interval": flush_interval,
+        **engine_keys,
     }
     return parse_config(
         {
@@ -431,3 +432,44 @@ async def test_node_widths_share_the_engines_concurrency_once_they_add_up_to_mor
     async with open_store("memory://") as store:
         engine = Engine(conf, store, CountingFetcher())
         assert [engine._widths()[f"n{i}"] for i in range(len(asked))] == widths
+
+
+class FlakyFetcher(CountingFetcher):
+    """Answers 503 to each URL's first `failures` requests, then 200."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.asked: dict[str, list[float]] = {}
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        times = self.asked.setdefault(target.path_query, [])
+        times.append(time.monotonic())
+        await super().request(method, node, target, headers)
+        return FetchResult(503, 0, None) if len(times) <= self.failures else FetchResult(200, 100, CacheState.MISS)
+
+
+async def test_a_retry_is_claimed_when_its_backoff_ends_not_at_the_next_poll() -> None:
+    """An item answered 503 is due again after its backoff (here under 0.1 s); nothing else wakes the engine, and
+    it waited for its next poll: with poll_interval = 60, two retries took two minutes (a tester's 10 s poll: 20 s
+    for a task of 2 s)."""
+    fetcher = FlakyFetcher(failures=2)
+    slow_polls = config(4, poll_interval=60.0, backoff_base=0.05, backoff_max=0.1, max_attempts=3)
+    async with open_store("memory://") as store:
+        engine = Engine(slow_polls, store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            task_id = await submit(store, 3)
+            engine.wake()
+            for _ in range(int(DEADLINE / 0.01)):
+                task = await store.get_task(task_id)
+                if task is not None and task.status is not TaskStatus.IN_PROGRESS:
+                    break
+                await asyncio.sleep(0.01)
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == 9 and all(len(times) == 3 for times in fetcher.asked.values())

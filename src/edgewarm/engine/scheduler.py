@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import time
 import uuid
@@ -135,6 +136,9 @@ class Engine:
         self._lanes: dict[str, _NodeLane] = {}
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
+        # When the items this engine made due later (retries, a held node's items put off) fall due, soonest first:
+        # a claim then, not at the next poll (a tester's retries waited poll_interval, 10 s, not their backoff).
+        self._due_later: list[float] = []
         self._dry: tuple[_Skipped, float] | None = None  # see _is_dry
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off (or brought back)
@@ -288,6 +292,7 @@ class Engine:
             s = self.settings
             self._wake.clear()
             await self._clock_stepped()
+            self._fall_due()
             limit = min(self._room() - self._counted(self._part()), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             self._rewarm_returned()
@@ -315,7 +320,25 @@ class Engine:
             if claims and len(claims) == limit:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=s.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._until_next_look())
+
+    def _due_at(self, when: float) -> None:
+        """Items this engine put off fall due at `when` (wall clock): a claim then (_fall_due)."""
+        heapq.heappush(self._due_later, when)
+
+    def _fall_due(self) -> None:
+        """The items put off until now are due: new work, as a submission's is (_is_dry does not hold it back)."""
+        now, due = self._clock(), self._due_later
+        while due and due[0] <= now:
+            heapq.heappop(due)
+            self._fresh = True
+
+    def _until_next_look(self) -> float:
+        """Seconds until the next claim: the poll interval, or less when items put off fall due before."""
+        poll = self.settings.poll_interval
+        if not self._due_later:
+            return poll
+        return min(poll, max(0.0, self._due_later[0] - self._clock()))
 
     async def _clock_stepped(self) -> None:
         """Act on a step of the wall clock (an NTP correction, a VM resumed), told by its distance to the
@@ -438,6 +461,8 @@ class Engine:
         except StoreError as exc:
             log.error("putting off the items of node %s failed: %s", name, exc, extra={"node": name})
             return
+        if count:
+            self._due_at(until)
         if count:
             log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
 
@@ -859,6 +884,8 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
+        for when in {o.retry_at for o in batch if o.retry_at is not None}:
+            self._due_at(when)
         self.wake()  # later stages may be due now
         await self._note_finished(touched, now)
 
