@@ -340,6 +340,17 @@ def test_a_refused_purge_says_whether_the_node_could_not_read_the_url(status: in
     assert (outcome.succeeded, outcome.error) == (False, f"HTTP {status}: {why}")
 
 
+def test_a_ban_refused_400_is_the_nodes_refusal_not_an_unread_url() -> None:
+    """A Varnish VCL refusing a BAN (a ban_header it does not read) answers 400: that was told as "the node cannot
+    read a request for this URL", which sent a tester to the URL, not to the ban's header."""
+    ban = PurgeRequest("BAN", {"X-Other": "/dir/"}, path="/")
+    outcome = purge_outcome(7, 1, verdict(ban, 400, False), FetchResult(400), SETTINGS, NOW)
+    assert (outcome.succeeded, outcome.error) == (
+        False,
+        "HTTP 400: the node refused the purge (is purging enabled there, and allowed from this host?)",
+    )
+
+
 @pytest.mark.parametrize("status", [404, 500, 503, 429])
 @pytest.mark.parametrize("state", [CacheState.HIT, CacheState.STALE])
 def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status: int, state: CacheState) -> None:

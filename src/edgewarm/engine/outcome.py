@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..config import Engine
 from ..models import ItemOutcome
-from ..nodes.purge import UNREADABLE, Verdict
+from ..nodes.purge import Verdict
 from .fetcher import FetchResult
 
 RETRYABLE_STATUS = frozenset({408, 429})
@@ -139,10 +139,10 @@ def purge_outcome(
     if verdict in (Verdict.PURGED, Verdict.NOT_CACHED):
         return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes, detail)
     error = detail or result.error or f"HTTP {result.status}"
-    if verdict is Verdict.REFUSED:
+    if verdict in (Verdict.REFUSED, Verdict.UNREADABLE):
         why = (
             "the node cannot read a request for this URL (nor could it cache it)"
-            if result.status in UNREADABLE
+            if verdict is Verdict.UNREADABLE
             else "the node refused the purge (is purging enabled there, and allowed from this host?)"
         )
         return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")

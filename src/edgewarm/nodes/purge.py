@@ -15,6 +15,7 @@ class Verdict(enum.Enum):
     NOT_CACHED = "NOT_CACHED"  # nothing to purge: as good as purged
     RETRY = "RETRY"
     REFUSED = "REFUSED"
+    UNREADABLE = "UNREADABLE"  # the node cannot read a request for the URL (UNREADABLE): it cannot have cached it
     NOT_REFETCHED = "NOT_REFETCHED"  # a bypass refetch (purge_method GET/HEAD) answered 4xx: the copy stays
     NOT_BYPASSED = "NOT_BYPASSED"  # a bypass refetch answered from the node's cache: the header was not taken
 
@@ -86,4 +87,6 @@ def verdict(
         return Verdict.NOT_CACHED  # the cache-purge module's answer for a key it does not hold
     if request.method in ("GET", "HEAD") and status != 405:
         return Verdict.NOT_REFETCHED  # the node passed on the origin's refusal (405: the node's own, for a method)
+    if status in UNREADABLE and request.path is None:  # for the URL itself (a BAN's 400 is its VCL refusing it)
+        return Verdict.UNREADABLE
     return Verdict.REFUSED
