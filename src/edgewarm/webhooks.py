@@ -55,6 +55,7 @@ MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each on
 # finding: 100 webhooks to one hanging receiver held every user's back a whole [webhooks] timeout).
 PER_RECEIVER = 10
 MAX_HELD = 1000  # webhooks claimed and waiting in a process for room at their receiver
+RETRY_DELAY_MAX = 86_400.0  # seconds: the longest wait before a delivery is tried again
 
 
 def shown_callback_url(url: str) -> str:
@@ -244,8 +245,9 @@ def _malformed(message: str) -> str:
 
 
 def _retry_delay(settings: WebhookSettings, attempts: int) -> float:
-    """The longest wait before the next delivery after `attempts` failed ones (each waits from half of it)."""
-    return float(settings.backoff_base * 2 ** (attempts - 1))
+    """The longest wait before the next delivery after `attempts` failed ones (each waits from half of it), a day
+    at most (a tester's: 20 attempts of the default base waited 6 days before the last, the task kept meanwhile)."""
+    return min(float(settings.backoff_base * 2 ** (attempts - 1)), RETRY_DELAY_MAX)
 
 
 def _lease_seconds(settings: WebhookSettings) -> float:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from edgewarm.config import Webhooks as WebhookSettings
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.webhooks import check_callback_url, verify_webhook
+from edgewarm.webhooks import RETRY_DELAY_MAX, _retry_delay, check_callback_url, verify_webhook
 
 ALLOWED = ("hooks.example.test",)
 
@@ -107,3 +108,12 @@ def test_allowed_hosts_match_an_address_in_any_spelling_and_a_name_with_or_witho
     """Tester's finding: allowed_hosts matched by spelling: `[0:0:0:0:0:0:0:1]` was refused with `::1` listed,
     a listed `hooks.example.test.` matched only callbacks spelled with the dot."""
     assert check_callback_url(url, allowed) == url
+
+
+def test_a_deliverys_wait_before_it_is_tried_again_is_a_day_at_most() -> None:
+    """It doubled without end: with 20 attempts of the default base the last waited 6 days (a tester's), the
+    task kept by retention all the while."""
+    settings = WebhookSettings(max_attempts=20, backoff_base=2.0)
+    assert [_retry_delay(settings, n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert _retry_delay(settings, 16) == 65_536.0
+    assert _retry_delay(settings, 17) == _retry_delay(settings, 19) == RETRY_DELAY_MAX == 86_400.0
