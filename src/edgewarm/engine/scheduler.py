@@ -54,6 +54,7 @@ CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monoton
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), at most
 PURGES_KEPT_SECONDS = 300.0  # and for this long
+DUE_TOGETHER_SECONDS = 0.1  # items put off that fall due this close together are claimed together (_until_next_look)
 REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
 
@@ -334,11 +335,13 @@ class Engine:
             self._fresh = True
 
     def _until_next_look(self) -> float:
-        """Seconds until the next claim: the poll interval, or less when items put off fall due before."""
+        """Seconds until the next claim: the poll interval, or less when items put off fall due before (those due
+        within DUE_TOGETHER_SECONDS of each other in one claim: 10,000 retries jittered over a minute are not
+        10,000 claims)."""
         poll = self.settings.poll_interval
         if not self._due_later:
             return poll
-        return min(poll, max(0.0, self._due_later[0] - self._clock()))
+        return min(poll, max(DUE_TOGETHER_SECONDS, self._due_later[0] - self._clock()))
 
     async def _clock_stepped(self) -> None:
         """Act on a step of the wall clock (an NTP correction, a VM resumed), told by its distance to the
