@@ -268,6 +268,7 @@ class WebhookDeliverer:
         self._clock = clock
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}  # task id -> its delivery
+        self._claimed: dict[str, Task] = {}  # task id -> the task as claimed (its lease's end), while it runs
         self._per_receiver: Counter[str] = Counter()  # receiver -> its deliveries running
         self._held: dict[str, deque[_Held]] = {}  # receiver -> its webhooks claimed, waiting for room there
 
@@ -322,21 +323,29 @@ class WebhookDeliverer:
     async def _finish_or_cut_short(self) -> None:
         """At a stop, the deliveries under way get `[engine] grace_seconds`, as other work in flight, then are
         cancelled (tester's finding: a stop waited for `[webhooks] timeout`, 39 s with a hanging receiver).
-        Those cut short record nothing: posted again once their lease ends."""
-        self._held.clear()  # claimed, never started: their leases run out too
-        running = list(self._running.values())
-        if not running:
+        Those cut short record nothing; they and those held, never started, are handed back: due at once for the
+        next start or another process (else each waited for its lease to end: 3 x [webhooks] timeout)."""
+        unsent = [held.task for waiting in self._held.values() for held in waiting]
+        self._held.clear()
+        running, claimed = dict(self._running), dict(self._claimed)  # (a delivery that ends leaves both)
+        if running:
+            _, late = await asyncio.wait(running.values(), timeout=self.config.engine.grace_seconds)
+            for delivery in late:
+                delivery.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            cut = [claimed[task_id] for task_id, delivery in running.items() if delivery in late]
+            if cut:
+                log.warning("stopping: %d webhook deliveries cut short after grace_seconds", len(cut))
+            unsent.extend(cut)
+        leases = [(task.id, task.webhook_due_at) for task in unsent if task.webhook_due_at is not None]
+        if not leases:
             return
-        _, late = await asyncio.wait(running, timeout=self.config.engine.grace_seconds)
-        for delivery in late:
-            delivery.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        if late:
-            log.warning(
-                "stopping: %d webhook deliveries cut short after grace_seconds; posted again once their leases "
-                "end (3 x [webhooks] timeout)",
-                len(late),
-            )
+        try:
+            released = await self.store.release_webhooks(leases, self._clock())
+        except StoreError as exc:
+            log.error("handing back %d webhooks failed (sent once their leases end): %s", len(leases), exc)
+            return
+        log.info("handed back %d webhooks not sent: due at the next start", released)
 
     def _take(self, session: aiohttp.ClientSession, task: Task, start_by: float) -> None:
         """A webhook just claimed: started, or held while its receiver has PER_RECEIVER under way."""
@@ -363,6 +372,7 @@ class WebhookDeliverer:
     def _start(self, session: aiohttp.ClientSession, task: Task, receiver: str) -> None:
         delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
         self._running[task.id] = delivery
+        self._claimed[task.id] = task
         self._per_receiver[receiver] += 1
         delivery.add_done_callback(functools.partial(self._ended, task.id, receiver))
 
@@ -370,6 +380,7 @@ class WebhookDeliverer:
         """A delivery ended: room again (for its receiver's held ones first), and its failure, should one get
         out of `_deliver`, said in the log (not "Task exception was never retrieved" when it is collected)."""
         self._running.pop(task_id, None)
+        self._claimed.pop(task_id, None)
         self._per_receiver[receiver] -= 1
         if not self._per_receiver[receiver]:
             del self._per_receiver[receiver]

@@ -1271,6 +1271,31 @@ class TestIdempotencyAndWebhooks:
         assert done is not None and (done.webhook_state, done.webhook_attempts) == ("delivered", 2)
         assert await store.claim_due_webhooks(NOW + 100, 10, LEASE) == []
 
+    async def test_webhooks_handed_back_are_due_at_once_unless_claimed_again_or_recorded(
+        self, store: TaskStore
+    ) -> None:
+        """A stop hands back the webhooks it claimed and did not send (they waited for their leases to end): due
+        at once. One whose lease ended and was claimed again, or that was recorded, is left as it is."""
+        tasks = [replace(make_task(1), callback_url=f"http://hooks.test/{n}") for n in range(3)]
+        for task in tasks:
+            await store.create_task(task)
+        ids = await claim_all(store)
+        await store.record_outcomes("w1", [ok(i) for i in ids], NOW + 1)
+        claimed = {t.id: t for t in await store.claim_due_webhooks(NOW + 1, 10, LEASE)}
+        assert len(claimed) == 3 and all(t.webhook_due_at == NOW + 1 + LEASE for t in claimed.values())
+        leases = {t.id: (t.id, t.webhook_due_at) for t in claimed.values() if t.webhook_due_at is not None}
+        kept, recorded, retaken = tasks[0].id, tasks[1].id, tasks[2].id
+        await store.record_webhook(recorded, delivered=True, error=None, retry_at=None, now=NOW + 2)
+        assert await store.release_webhooks([leases[kept], leases[recorded]], NOW + 3) == 1
+        assert await store.release_webhooks([], NOW + 3) == 0
+        (due,) = await store.claim_due_webhooks(NOW + 3, 10, LEASE)
+        assert due.id == kept
+        (again,) = await store.claim_due_webhooks(NOW + 1 + LEASE, 10, LEASE)  # the third's lease ran out
+        assert again.id == retaken
+        assert await store.release_webhooks([leases[retaken]], NOW + 1 + LEASE) == 0  # another's claim now
+        retaken_now = await store.get_task(retaken)
+        assert retaken_now is not None and retaken_now.webhook_due_at == NOW + 1 + 2 * LEASE
+
     async def test_retention_keeps_an_ended_task_until_its_webhook_is_done(self, store: TaskStore) -> None:
         """A task whose webhook is still to be delivered is not removed by retention (it was: the delivery was
         lost, unsaid); once delivered it is."""

@@ -311,18 +311,28 @@ async def test_a_callback_url_the_client_cannot_parse_fails_instead_of_staying_p
 def test_a_stop_gives_a_delivery_to_a_hanging_receiver_grace_seconds_not_the_webhook_timeout(tmp_path: Path) -> None:
     """Tester's finding: `[webhooks] timeout = 40`, `grace_seconds = 2`, a webhook under way to a receiver that
     hangs: SIGTERM took 39 s, waiting for the delivery's timeout. Now the delivery is cut short after the grace,
-    the log says so, and the service exits cleanly within seconds."""
+    the log says so, and the service exits cleanly within seconds; the webhook is handed back, due at once for
+    the next start (it waited for its lease to end, 3 x the timeout: two minutes here)."""
     extra = '[engine]\ngrace_seconds = 2\n[webhooks]\nallowed_hosts = ["127.0.0.1"]\ntimeout = 40\n'
     with FaultServer(always(Respond(200))) as node, FaultServer(always(Respond(200, delay=60))) as hanging:
         service = start_service(tmp_path, node_toml("n", node.url), extra=extra)
         with service, Client(service.url, DEMO_USER, DEMO_SECRET, timeout=30) as client:
-            client.prefetch(["http://www.example.test/w"], callback_url=f"{hanging.url}/hook?token=T")
+            taskid = client.prefetch(["http://www.example.test/w"], callback_url=f"{hanging.url}/hook?token=T")
             wait_until(lambda: len(hanging.requests) == 1, 15, "the webhook reached the hanging receiver")
             started = time.monotonic()
             code = service.stop(timeout=60)
             took = time.monotonic() - started
     assert code == 0 and took < 20, (code, took)  # bounded well below the 40 s timeout the stop waited before
-    assert "1 webhook deliveries cut short" in service.log.read_text(), service.log_text()
+    said = service.log.read_text()
+    assert "1 webhook deliveries cut short" in said and "handed back 1 webhooks not sent" in said, said
+
+    async def handed_back() -> None:
+        async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:
+            task = await store.get_task(taskid)
+        assert task is not None and task.webhook_state == "pending" and task.webhook_attempts == 0, task
+        assert task.webhook_due_at is not None and task.webhook_due_at <= time.time(), task
+
+    asyncio.run(handed_back())
 
 
 @asynccontextmanager

@@ -458,6 +458,12 @@ class TaskStore(Protocol):
         """One delivery attempt: delivered, to be retried at `retry_at`, or failed for good (retry_at None)."""
         ...
 
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
+        """Make due at `now` the webhooks claimed and not delivered, given as (task id, the lease's end its claim
+        set): a stop hands them back, to be sent at the next start or by another process at once. A webhook whose
+        lease ended and was claimed again meanwhile, or recorded, is left alone. Returns how many."""
+        ...
+
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         """Remove up to `limit` tasks that ended before `cutoff`, with their items, but those whose webhook is
         still to be delivered (NO_WEBHOOK_DUE); return how many."""

@@ -482,6 +482,11 @@ UPDATE tasks SET webhook_due_at = $3 FROM due WHERE tasks.id = due.id
 RETURNING {", ".join(f"tasks.{c.strip()}" for c in TASK_COLUMNS.split(","))}
 """
 
+_RELEASE_WEBHOOKS = """
+UPDATE tasks SET webhook_due_at = $1 FROM unnest($2::text[], $3::float8[]) AS l(id, leased_until)
+WHERE tasks.id = l.id AND webhook_state = 'pending' AND webhook_due_at = l.leased_until
+"""
+
 _RECORD_WEBHOOK = """
 UPDATE tasks SET webhook_state = $2, webhook_attempts = webhook_attempts + 1, webhook_error = $3, webhook_due_at = $4
 WHERE id = $1 AND webhook_state = 'pending'
@@ -974,6 +979,13 @@ class PostgresStore:
         state = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
         async with self._connection() as conn:
             await conn.execute(_RECORD_WEBHOOK, task_id, state, error, retry_at)
+
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
+        if not leases:
+            return 0
+        ids, ends = [task_id for task_id, _ in leases], [end for _, end in leases]
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_RELEASE_WEBHOOKS, now, ids, ends))
 
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         async with self._connection() as conn:

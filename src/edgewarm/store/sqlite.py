@@ -708,6 +708,21 @@ class SQLiteStore:
 
         await self._run(record)
 
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
+        def release() -> int:
+            db = self.db
+            with _write_transaction(db):  # one statement a webhook: their leases' ends bound exactly, not as JSON
+                return sum(
+                    db.execute(
+                        "UPDATE tasks SET webhook_due_at = ? WHERE id = ? AND webhook_state = 'pending' "
+                        "AND webhook_due_at = ?",
+                        (now, task_id, leased_until),
+                    ).rowcount
+                    for task_id, leased_until in leases
+                )
+
+        return await self._run(release) if leases else 0
+
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         def delete() -> int:
             db = self.db
