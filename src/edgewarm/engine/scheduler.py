@@ -466,7 +466,6 @@ class Engine:
             return
         if count:
             self._due_at(until)
-        if count:
             log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
 
     def _rewarm_returned(self) -> None:

@@ -15,7 +15,7 @@ class Verdict(enum.Enum):
     NOT_CACHED = "NOT_CACHED"  # nothing to purge: as good as purged
     RETRY = "RETRY"
     REFUSED = "REFUSED"
-    UNREADABLE = "UNREADABLE"  # the node cannot read a request for the URL (UNREADABLE): it cannot have cached it
+    UNREADABLE = "UNREADABLE"  # the node cannot read a request for the URL (400, 414): it cannot have cached it
     NOT_REFETCHED = "NOT_REFETCHED"  # a bypass refetch (purge_method GET/HEAD) answered 4xx: the copy stays
     NOT_BYPASSED = "NOT_BYPASSED"  # a bypass refetch answered from the node's cache: the header was not taken
 
