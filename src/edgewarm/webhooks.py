@@ -51,10 +51,16 @@ SIGNATURE_HEADER = "X-Edgewarm-Signature"
 USER_AGENT = f"edgewarm/{__version__} (webhook)"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
-# Of those, to one receiver (host:port): one that hangs holds 10 and leaves the other 90 to the others (tester's
-# finding: 100 webhooks to one hanging receiver held every user's back a whole [webhooks] timeout).
+# Of those, to one receiver (host:port), and of one user's: one that hangs holds 10 and leaves the others to
+# the others (testers' findings: 100 webhooks to one hanging receiver held every user's back a whole [webhooks]
+# timeout; so did 10 receivers that hang on 10 ports of one host, one user's).
 PER_RECEIVER = 10
-MAX_HELD = 1000  # webhooks claimed and waiting in a process for room at their receiver
+PER_USER = 20
+# Claimed webhooks that wait in the process for room (their receiver's or their user's): at most this many of
+# one user to one receiver, and in all; the others are put off by a timeout (a slot frees by then), so that the
+# claims reach past them to the others' (a tester's 1,100 waiting held the claims back a timeout).
+HELD_PER_QUEUE = 100
+MAX_HELD = 1000
 RETRY_DELAY_MAX = 86_400.0  # seconds: the longest wait before a delivery is tried again
 
 
@@ -181,11 +187,19 @@ def receiver_of(url: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Held:
-    """A claimed webhook whose receiver has PER_RECEIVER deliveries under way: started when one ends, if that
-    is by `start_by` (monotonic; after it, the POST could outlast the lease: left for its lease to run out)."""
+    """A claimed webhook whose receiver (or user) has no room: started when it has, if that is by `start_by`
+    (monotonic; after it, the POST could outlast the lease: handed back, due at once)."""
 
     task: Task
     start_by: float
+
+
+_Queue = tuple[str, str]  # the held webhooks of one user to one receiver
+
+
+def _lease(task: Task) -> tuple[str, float] | None:
+    """A claimed webhook's lease as the store hands it back: (task id, the lease's end its claim set)."""
+    return None if task.webhook_due_at is None else (task.id, task.webhook_due_at)
 
 
 def _without_the_url(text: str, url: str) -> str:
@@ -270,7 +284,11 @@ class WebhookDeliverer:
         self._running: dict[str, asyncio.Task[None]] = {}  # task id -> its delivery
         self._claimed: dict[str, Task] = {}  # task id -> the task as claimed (its lease's end), while it runs
         self._per_receiver: Counter[str] = Counter()  # receiver -> its deliveries running
-        self._held: dict[str, deque[_Held]] = {}  # receiver -> its webhooks claimed, waiting for room there
+        self._per_user: Counter[str] = Counter()  # user -> its deliveries running
+        self._held: dict[_Queue, deque[_Held]] = {}  # (user, receiver) -> webhooks claimed, waiting for room
+        self._held_ids: set[str] = set()
+        self._due_now: list[tuple[str, float]] = []  # leases to hand back due at once (held too long)
+        self._put_off: list[tuple[str, float]] = []  # and due a timeout later (no room to hold them)
 
     def wake(self) -> None:
         self._wake.set()
@@ -301,8 +319,8 @@ class WebhookDeliverer:
                 while not stopping.is_set():
                     self._wake.clear()
                     self._start_held(session)
-                    held = sum(len(waiting) for waiting in self._held.values())
-                    room, due = min(MAX_DELIVERIES - len(self._running), MAX_HELD - held), []
+                    await self._hand_back()
+                    room, due = MAX_DELIVERIES - len(self._running), []
                     if room > 0:
                         try:
                             due = await self.store.claim_due_webhooks(
@@ -311,7 +329,8 @@ class WebhookDeliverer:
                             claims_log.worked()
                         except StoreError as exc:
                             claims_log.failed(exc)
-                    start_by = time.monotonic() + self.config.webhooks.timeout
+                    # A POST begun by then ends (its timeout) before its lease does (3 x the timeout).
+                    start_by = time.monotonic() + 1.5 * self.config.webhooks.timeout
                     for task in due:
                         self._take(session, task, start_by)
                     if len(due) == room > 0:
@@ -327,6 +346,7 @@ class WebhookDeliverer:
         next start or another process (else each waited for its lease to end: 3 x [webhooks] timeout)."""
         unsent = [held.task for waiting in self._held.values() for held in waiting]
         self._held.clear()
+        self._held_ids.clear()
         running, claimed = dict(self._running), dict(self._claimed)  # (a delivery that ends leaves both)
         if running:
             _, late = await asyncio.wait(running.values(), timeout=self.config.engine.grace_seconds)
@@ -337,53 +357,76 @@ class WebhookDeliverer:
             if cut:
                 log.warning("stopping: %d webhook deliveries cut short after grace_seconds", len(cut))
             unsent.extend(cut)
-        leases = [(task.id, task.webhook_due_at) for task in unsent if task.webhook_due_at is not None]
-        if not leases:
-            return
-        try:
-            released = await self.store.release_webhooks(leases, self._clock())
-        except StoreError as exc:
-            log.error("handing back %d webhooks failed (sent once their leases end): %s", len(leases), exc)
-            return
-        log.info("handed back %d webhooks not sent: due at the next start", released)
+        self._due_now.extend(lease for task in unsent if (lease := _lease(task)) is not None)
+        self._due_now.extend(self._put_off)  # for the next start: this process is not there a timeout later
+        self._put_off.clear()
+        await self._hand_back()
+
+    async def _hand_back(self) -> None:
+        """Hand back to the store the claimed webhooks this process will not send now: those held too long, due at
+        once, and those it had no room to hold, due a timeout later."""
+        for leases, later in ((self._due_now, 0.0), (self._put_off, self.config.webhooks.timeout)):
+            if not leases:
+                continue
+            try:
+                released = await self.store.release_webhooks(leases, self._clock() + later)
+            except StoreError as exc:
+                log.error("handing back %d webhooks failed (sent once their leases end): %s", len(leases), exc)
+            else:
+                if not later:
+                    log.info("handed back %d webhooks not sent: due at once", released)
+            leases.clear()
 
     def _take(self, session: aiohttp.ClientSession, task: Task, start_by: float) -> None:
-        """A webhook just claimed: started, or held while its receiver has PER_RECEIVER under way."""
-        receiver = receiver_of(task.callback_url)
-        if task.id in self._running or any(h.task.id == task.id for h in self._held.get(receiver, ())):
+        """A webhook just claimed: started; or held while its receiver or its user has no room; or put off when
+        the webhooks held are too many."""
+        queue = (task.username, receiver_of(task.callback_url))
+        if task.id in self._running or task.id in self._held_ids:
             return  # its lease ran out under way (a clock stepped forward): one POST
-        if self._per_receiver[receiver] < PER_RECEIVER:
-            self._start(session, task, receiver)
-        else:
-            self._held.setdefault(receiver, deque()).append(_Held(task, start_by))
+        if self._has_room(queue):
+            self._start(session, task, queue)
+        elif len(self._held_ids) < MAX_HELD and len(self._held.get(queue, ())) < HELD_PER_QUEUE:
+            self._held.setdefault(queue, deque()).append(_Held(task, start_by))
+            self._held_ids.add(task.id)
+        elif (lease := _lease(task)) is not None:
+            self._put_off.append(lease)
+
+    def _has_room(self, queue: _Queue) -> bool:
+        user, receiver = queue
+        return self._per_receiver[receiver] < PER_RECEIVER and self._per_user[user] < PER_USER
 
     def _start_held(self, session: aiohttp.ClientSession) -> None:
-        """Start the held webhooks whose receiver has room again; forget those held too long (their lease runs
-        out and they are claimed again)."""
+        """Start the held webhooks that have room again; hand back, due at once, those held too long."""
         now = time.monotonic()
-        for receiver, waiting in list(self._held.items()):
-            while waiting and (waiting[0].start_by < now or self._per_receiver[receiver] < PER_RECEIVER):
+        for queue, waiting in list(self._held.items()):
+            while waiting and (waiting[0].start_by < now or self._has_room(queue)):
                 held = waiting.popleft()
+                self._held_ids.discard(held.task.id)
                 if held.start_by >= now:
-                    self._start(session, held.task, receiver)
+                    self._start(session, held.task, queue)
+                elif (lease := _lease(held.task)) is not None:
+                    self._due_now.append(lease)
             if not waiting:
-                del self._held[receiver]
+                del self._held[queue]
 
-    def _start(self, session: aiohttp.ClientSession, task: Task, receiver: str) -> None:
+    def _start(self, session: aiohttp.ClientSession, task: Task, queue: _Queue) -> None:
         delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
         self._running[task.id] = delivery
         self._claimed[task.id] = task
+        user, receiver = queue
         self._per_receiver[receiver] += 1
-        delivery.add_done_callback(functools.partial(self._ended, task.id, receiver))
+        self._per_user[user] += 1
+        delivery.add_done_callback(functools.partial(self._ended, task.id, queue))
 
-    def _ended(self, task_id: str, receiver: str, delivery: asyncio.Task[None]) -> None:
-        """A delivery ended: room again (for its receiver's held ones first), and its failure, should one get
-        out of `_deliver`, said in the log (not "Task exception was never retrieved" when it is collected)."""
+    def _ended(self, task_id: str, queue: _Queue, delivery: asyncio.Task[None]) -> None:
+        """A delivery ended: room again (for the held ones first), and its failure, should one get out of
+        `_deliver`, said in the log (not "Task exception was never retrieved" when it is collected)."""
         self._running.pop(task_id, None)
         self._claimed.pop(task_id, None)
-        self._per_receiver[receiver] -= 1
-        if not self._per_receiver[receiver]:
-            del self._per_receiver[receiver]
+        for counts, key in ((self._per_receiver, queue[1]), (self._per_user, queue[0])):
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
         if not delivery.cancelled() and (exc := delivery.exception()) is not None:
             log.error("a webhook delivery failed: %s", type(exc).__name__, extra={"task_id": task_id})
         self._wake.set()

@@ -4,6 +4,7 @@ latest reload apply, an error never shows the receiver's token."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,9 +22,9 @@ from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaChar
 from edgewarm.store import TaskStore, open_store
 from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER
-from edgewarm.webhooks import PER_RECEIVER, WebhookDeliverer, _without_the_url
+from edgewarm.webhooks import PER_RECEIVER, PER_USER, WebhookDeliverer, _without_the_url
 
-from .support import USER, base_config, node_toml, start_service, wait_until
+from .support import OTHER, USER, base_config, node_toml, start_service, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +33,12 @@ def webhook_config(**webhooks: Any) -> Any:
     return parse_config(base_config(webhooks={"allowed_hosts": ["127.0.0.1"], "backoff_base": 30.0, **webhooks}))
 
 
-async def ended_task(store: TaskStore, callback_url: str) -> str:
+async def ended_task(store: TaskStore, callback_url: str, user: str = USER) -> str:
     """A task of one item that succeeded: its webhook is due."""
     task_id = str(uuid.uuid4())
     item = NewItem(0, "http://www.example.test/w", "edge-1", ItemAction.WARM, 0)
     quota = QuotaCharge("20260101", 1, 0, 10**9, 50)
-    await store.create_task(NewTask(task_id, USER, TaskKind.PREFETCH, time.time(), (item,), quota, None, callback_url))
+    await store.create_task(NewTask(task_id, user, TaskKind.PREFETCH, time.time(), (item,), quota, None, callback_url))
     (claim,) = [c for c in await store.claim_due_items("w", 10, time.time(), 60) if c.task_id == task_id]
     await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], time.time())
     return task_id
@@ -95,6 +96,33 @@ async def test_a_hundred_webhooks_to_a_hanging_receiver_hold_up_no_other_receive
                 at_the_hanging_one = len(hanging.requests)
     assert healthy.requests, "the healthy receiver got nothing while the hanging one held its deliveries"
     assert 0 < at_the_hanging_one <= PER_RECEIVER, at_the_hanging_one
+
+
+@pytest.mark.parametrize(("receivers", "each"), [(1, 1100), (10, 12)], ids=["1100-to-one", "10-receivers"])
+async def test_a_users_hanging_receivers_hold_up_no_other_users_webhook(receivers: int, each: int) -> None:
+    """A re-tester's findings beside the cap of 10 a receiver: 1,100 webhooks to one receiver that hangs filled
+    the 1,000 a process held, and the claims stopped a timeout (a healthy receiver's webhook came after 14 s);
+    one user's 10 receivers that hang (10 ports of one host) took all 100 deliveries (8 s). Now a user has 20
+    deliveries at most, and what a process cannot hold is put off a timeout: the other user's is posted at
+    once."""
+    servers = [FaultServer(always(Respond(200, delay=30))) for _ in range(receivers)]
+    with contextlib.ExitStack() as stack, FaultServer(always(Respond(200))) as healthy:
+        hanging = [stack.enter_context(server) for server in servers]
+        config = webhook_config(timeout=12.0)
+        async with open_store("memory://") as store:
+            for server in hanging:
+                for _ in range(each):
+                    await ended_task(store, f"{server.url}/hook")
+            await ended_task(store, f"{healthy.url}/hook", OTHER)
+            deliverer = WebhookDeliverer(config, store, Metrics())
+            async with delivering(deliverer):
+                for _ in range(300):  # bounded: 6 s, half the timeout the hanging deliveries hold
+                    if healthy.requests:
+                        break
+                    await asyncio.sleep(0.02)
+                posted = sum(len(server.requests) for server in hanging)
+    assert healthy.requests, "the other user's webhook waited for the hanging receivers"
+    assert 0 < posted <= PER_USER, posted
 
 
 async def test_a_reloaded_timeout_applies_to_the_next_delivery() -> None:

@@ -458,10 +458,11 @@ class TaskStore(Protocol):
         """One delivery attempt: delivered, to be retried at `retry_at`, or failed for good (retry_at None)."""
         ...
 
-    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
-        """Make due at `now` the webhooks claimed and not delivered, given as (task id, the lease's end its claim
-        set): a stop hands them back, to be sent at the next start or by another process at once. A webhook whose
-        lease ended and was claimed again meanwhile, or recorded, is left alone. Returns how many."""
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], due_at: float) -> int:
+        """Make due at `due_at` the webhooks claimed and not sent, given as (task id, the lease's end its claim
+        set): a stop hands them back, to be sent at the next start or by another process at once; so does a
+        process that has no room for them now. A webhook whose lease ended and was claimed again meanwhile, or
+        recorded, is left alone. Returns how many."""
         ...
 
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:

@@ -980,12 +980,12 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(_RECORD_WEBHOOK, task_id, state, error, retry_at)
 
-    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], due_at: float) -> int:
         if not leases:
             return 0
         ids, ends = [task_id for task_id, _ in leases], [end for _, end in leases]
         async with self._connection() as conn:
-            return _rowcount(await conn.execute(_RELEASE_WEBHOOKS, now, ids, ends))
+            return _rowcount(await conn.execute(_RELEASE_WEBHOOKS, due_at, ids, ends))
 
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         async with self._connection() as conn:

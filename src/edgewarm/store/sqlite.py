@@ -708,7 +708,7 @@ class SQLiteStore:
 
         await self._run(record)
 
-    async def release_webhooks(self, leases: Sequence[tuple[str, float]], now: float) -> int:
+    async def release_webhooks(self, leases: Sequence[tuple[str, float]], due_at: float) -> int:
         def release() -> int:
             db = self.db
             with _write_transaction(db):  # one statement a webhook: their leases' ends bound exactly, not as JSON
@@ -716,7 +716,7 @@ class SQLiteStore:
                     db.execute(
                         "UPDATE tasks SET webhook_due_at = ? WHERE id = ? AND webhook_state = 'pending' "
                         "AND webhook_due_at = ?",
-                        (now, task_id, leased_until),
+                        (due_at, task_id, leased_until),
                     ).rowcount
                     for task_id, leased_until in leases
                 )
