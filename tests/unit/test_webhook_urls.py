@@ -6,7 +6,7 @@ import pytest
 
 from edgewarm.config import Webhooks as WebhookSettings
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.webhooks import RETRY_DELAY_MAX, _retry_delay, check_callback_url, verify_webhook
+from edgewarm.webhooks import RETRY_DELAY_MAX, _retry_delay, _without_the_url, check_callback_url, verify_webhook
 
 ALLOWED = ("hooks.example.test",)
 
@@ -117,3 +117,35 @@ def test_a_deliverys_wait_before_it_is_tried_again_is_a_day_at_most() -> None:
     assert [_retry_delay(settings, n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
     assert _retry_delay(settings, 16) == 65_536.0
     assert _retry_delay(settings, 17) == _retry_delay(settings, 19) == RETRY_DELAY_MAX == 86_400.0
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1./hook", "http://127.0.0.1../hook", "http://localhost../hook"])
+def test_a_host_with_a_dot_the_webhook_client_cannot_call_is_refused(url: str) -> None:
+    """A re-tester's: stripping every final dot made `127.0.0.1.` (which the client refuses: not a canonical
+    address) and `localhost..` match allowed hosts; accepted, they failed at every delivery."""
+    with pytest.raises(RequestRefused) as refused:
+        check_callback_url(url, ("127.0.0.1", "localhost"))
+    assert refused.value.code == JdCode.ILLEGAL_URL
+
+
+def test_a_missing_signature_header_is_false_not_an_error() -> None:
+    """A receiver's `headers.get("X-Edgewarm-Signature")` of a POST without one is None: verify_webhook raised
+    AttributeError (a 500), a re-tester's."""
+    assert verify_webhook(b'{"taskid": "x"}', "secret", None) is False
+
+
+@pytest.mark.parametrize(
+    ("written", "echoed"),
+    [
+        ("token=SeCrEt%c3%a9xy", "token=SeCrEt%C3%A9xy"),  # the client writes escapes in upper case
+        ("token=SeCrEt%e9", "token=SeCrEt%E9"),
+        ("token=SeCrEt%ZZ", "token=SeCrEt%25ZZ"),  # and escapes a % that starts none
+        ("tok%65n=SeCrEt", "token=SeCrEt"),
+    ],
+)
+def test_a_query_the_receiver_echoes_in_another_spelling_is_masked(written: str, echoed: str) -> None:
+    """A re-tester's: values were masked only as written or decoded; a receiver echoing the request line as the
+    client sent it put the token into the error and the log."""
+    url = f"http://127.0.0.1:9/echo?{written}"
+    told = _without_the_url(f"Invalid header token: b'POST /echo?{echoed} HTTP/1.1'", url)
+    assert "SeCrEt" not in told and told.startswith("Invalid header token: b'POST /echo?"), told
