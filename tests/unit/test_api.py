@@ -23,7 +23,7 @@ import pytest
 
 from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
-from edgewarm.api.middleware import direct_endpoints
+from edgewarm.api.middleware import BodyReads, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
@@ -1401,3 +1401,28 @@ async def test_calls_refused_for_their_credentials_are_counted_and_told_a_line_a
         f"s: 1 no_signature; 1 no_username; 1 unknown_user; 30 wrong_signature (user '{USER}'); from 127.0.0.1, "
         "192.0.2.7"
     ), said
+
+
+async def test_after_a_stop_a_body_not_all_there_is_cut_and_one_there_is_read() -> None:
+    """A re-tester's: a call whose body began arriving in the moment the server still served after a stop was not
+    cut (the cut was for the reads open at the stop), and held the stop for grace_seconds again."""
+    reads = BodyReads()
+    reads.stop()
+    whole = {"type": "http.request", "body": b'{"a": 1}', "more_body": False}
+
+    async def there() -> dict[str, object]:
+        return whole
+
+    assert await reads.read(there, 100) == [b'{"a": 1}']
+    parts = [{"type": "http.request", "body": b'{"a"', "more_body": True}]
+
+    async def trickling() -> dict[str, object]:
+        if parts:
+            return parts.pop()
+        await asyncio.sleep(30)  # the rest never comes in time
+        return whole
+
+    reading = asyncio.create_task(reads.read(trickling, 100))
+    done, _ = await asyncio.wait({reading}, timeout=10)  # the cut is at once: not after the rest's 30 s
+    reading.cancel()
+    assert done and isinstance(reading.exception(), TimeoutError), done
