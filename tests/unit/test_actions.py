@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edgewarm.config import Engine, Node
+from edgewarm.config import Engine, Node, NodeKind
 from edgewarm.engine.actions import _under, perform
 from edgewarm.engine.fetcher import FetchResult
 from edgewarm.engine.node_health import Hold
@@ -96,7 +96,7 @@ def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with(
     """nginx keeps a copy per Accept-Encoding when answers vary on it, and a Varnish edge asks its shield with
     "gzip": an nginx shield's purge is sent with "gzip" too (first), unless that is edgewarm's own header or the
     node's purge headers set one. Edges, and other kinds of node, purge once."""
-    from edgewarm.config import NodeKind
+
     from edgewarm.nodes import purge
 
     def node(tier: Tier, kind: NodeKind, **more: object) -> Node:
@@ -108,3 +108,39 @@ def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with(
     assert purge.url_purge(node(Tier.SHIELD, NodeKind.VARNISH), "gzip, deflate, br").encodings == ()
     chosen = node(Tier.SHIELD, NodeKind.NGINX, purge_headers={"accept-encoding": "br"})
     assert purge.url_purge(chosen, "gzip, deflate, br").encodings == ()
+
+
+class _Answers:
+    """A NodeClient answering every request with one FetchResult."""
+
+    def __init__(self, answer: FetchResult) -> None:
+        self.health = None
+        self.answer = answer
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        return self.answer
+
+    def tells_misses(self, node: Node) -> bool:
+        return True
+
+
+def _refetch(kind: NodeKind, answer: FetchResult) -> ItemOutcome:
+    claim = Claim(1, "t", "http://www.example.test/a", "edge-1", ItemAction.PURGE, 0)
+    node = Node.model_validate(
+        {"name": "edge-1", "url": "http://127.0.0.1:1", "kind": kind, "purge_method": "GET",
+         "purge_headers": {"X-Refresh": "1"}}
+    )  # fmt: skip
+    return asyncio.run(perform(claim, node, 1, _Answers(answer), None, Engine(), 100.0))  # type: ignore[arg-type]
+
+
+def test_a_refetch_answered_with_an_age_is_judged_only_by_a_state_the_node_tells_as_its_own() -> None:
+    """A refetch answered HIT fails (its header was not taken), but a HIT told with an `Age` may be another
+    cache's: a node that tells only `Age`, or passes on its shield's just refetched (a re-tester's false failures
+    behind a shield), is not judged by it. Varnish's own X-Varnish is."""
+    assert not _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.HIT)).succeeded
+    assert _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
+    assert _refetch(NodeKind.GENERIC, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
+    assert not _refetch(NodeKind.VARNISH, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
+    assert _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.BYPASS)).succeeded

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..config import Engine as Settings
-from ..config import Node
+from ..config import Node, NodeKind
 from ..errors import RequestRefused
 from ..models import Claim, ItemAction, ItemOutcome
-from ..nodes import purge
+from ..nodes import CacheState, purge
 from ..store import TaskStore
 from ..urls import TargetUrl, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
@@ -117,6 +117,15 @@ async def _upstream_held(
     return result
 
 
+def _own_state(node: Node, answer: FetchResult) -> CacheState | None:
+    """The cache state a purge's answer is judged by: the node's own. One told with an `Age` may be another
+    cache's (an upstream's Age passed on, or read alone: a node that tells nothing else), but on Varnish, whose
+    X-Varnish is its own (a re-tester's refetches failed behind a shield that had just refetched)."""
+    if answer.age is None or node.kind is NodeKind.VARNISH:
+        return answer.cache_state
+    return None
+
+
 async def _purge_url(
     node: Node, target: TargetUrl, request: purge.PurgeRequest, fetcher: NodeClient
 ) -> tuple[purge.Verdict, FetchResult]:
@@ -131,7 +140,7 @@ async def _purge_url(
     for encoding in (*request.encodings, None):
         headers = request.headers if encoding is None else {**request.headers, "Accept-Encoding": encoding}
         answer = await fetcher.request(request.method, node, target, headers)
-        found = purge.verdict(request, answer.status, answer.network_error, answer.cache_state)
+        found = purge.verdict(request, answer.status, answer.network_error, _own_state(node, answer))
         if found not in _DONE:
             return found, answer
         if found is purge.Verdict.PURGED or (encoding is None and verdict is purge.Verdict.NOT_CACHED):
@@ -145,7 +154,7 @@ async def _purge_dir(
     request = purge.prefix_purge(node, target.path_query)
     if request is not None:
         result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
-        return purge.verdict(request, result.status, result.network_error, result.cache_state), result, None
+        return purge.verdict(request, result.status, result.network_error, _own_state(node, result)), result, None
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node, settings.accept_encoding)
