@@ -96,7 +96,6 @@ def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with(
     """nginx keeps a copy per Accept-Encoding when answers vary on it, and a Varnish edge asks its shield with
     "gzip": an nginx shield's purge is sent with "gzip" too (first), unless that is edgewarm's own header or the
     node's purge headers set one. Edges, and other kinds of node, purge once."""
-
     from edgewarm.nodes import purge
 
     def node(tier: Tier, kind: NodeKind, **more: object) -> Node:
