@@ -136,7 +136,7 @@ class RefusalDigest:
         """A refusal for `reason`, of a call from address `caller` (None: not known)."""
         self._counts[reason] = self._counts.get(reason, 0) + 1
         if caller is not None and len(self._callers) < CALLERS_KEPT:
-            self._callers[caller] = None
+            self._callers[_address(caller)] = None
         now = self._clock()
         if self._last is not None and now - self._last < self._every:
             return
@@ -146,6 +146,14 @@ class RefusalDigest:
             told += f"; from {_addresses(list(self._callers))}"
         self._log.warning("%s%s: %s", self._what, since, told)
         self._last, self._counts, self._callers = now, {}, {}
+
+
+def _address(caller: str) -> str:
+    """An address as a log line shows it: what a trusted proxy's X-Forwarded-For said may be anything (a
+    re-tester's 7,000 characters, tabs, Latin-1): printable ASCII, 64 characters at most (an IPv6 address has
+    45)."""
+    shown = "".join(c if c.isascii() and c.isprintable() and c != " " else "?" for c in caller[:65])
+    return shown if len(shown) <= 64 else shown[:63] + "…"
 
 
 def _addresses(callers: list[str]) -> str:

@@ -80,6 +80,10 @@ def test_refusals_are_told_with_the_addresses_they_came_from(caplog: pytest.LogC
             digest.refused("wrong_signature", f"10.1.{i // 256}.{i % 256}")
         clock.now += 60
         digest.refused("wrong_signature", "10.9.9.9")
+        clock.now += 60
+        digest.refused("wrong_signature", "A" * 7000)  # what a spoofed X-Forwarded-For may say (a re-tester's)
+        clock.now += 60
+        digest.refused("wrong_signature", "evil\tcafé")
     assert [m for _, m in messages(caplog)] == [
         "calls refused: 1 wrong_signature; from 10.0.0.1",
         "calls refused in the last 60 s: 1 no_signature; 2 unknown_user; 5 wrong_signature; from 10.0.1.0, 10.0.1.1, "
@@ -87,6 +91,8 @@ def test_refusals_are_told_with_the_addresses_they_came_from(caplog: pytest.LogC
         "calls refused in the last 60 s: 1 no_signature",
         "calls refused in the last 60 s: 1 wrong_signature; from 10.1.0.0",
         "calls refused in the last 60 s: 1005 wrong_signature; from 10.1.0.1, 10.1.0.2, 10.1.0.3 and at least 997 more",
+        "calls refused in the last 60 s: 1 wrong_signature; from " + "A" * 63 + "…",
+        "calls refused in the last 60 s: 1 wrong_signature; from evil?caf?",
     ]
 
 
