@@ -13,7 +13,7 @@ import pytest
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
 from edgewarm.errors import StoreError
-from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind, TaskStatus
+from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus
 from edgewarm.nodes import CacheState
 from edgewarm.store import TaskStore, open_store
 from edgewarm.urls import TargetUrl
@@ -81,6 +81,16 @@ async def submit(store: TaskStore, count: int) -> str:
     return task_id
 
 
+async def ended(store: TaskStore, task_id: str) -> Task | None:
+    """The task once it has ended, or as it is after DEADLINE."""
+    for _ in range(int(DEADLINE / 0.01)):
+        task = await store.get_task(task_id)
+        if task is not None and task.status is not TaskStatus.IN_PROGRESS:
+            break
+        await asyncio.sleep(0.01)
+    return task
+
+
 async def until(condition: Any, what: str) -> None:
     deadline = time.monotonic() + DEADLINE
     while not condition():
@@ -132,11 +142,7 @@ async def test_narrowing_in_the_middle_of_a_task_lets_running_requests_end_and_s
             fetcher.reset_peaks()
             await until(lambda: fetcher.requests >= 60, "every item fetched")
             assert fetcher.peak == {"e1": 1}
-            for _ in range(int(DEADLINE / 0.01)):  # the last outcomes are written in a batch
-                task = await store.get_task(task_id)
-                if task is not None and task.status is TaskStatus.SUCCEEDED:
-                    break
-                await asyncio.sleep(0.01)
+            task = await ended(store, task_id)  # the last outcomes are written in a batch
             assert task is not None and task.status is TaskStatus.SUCCEEDED, task
         finally:
             engine.stop()
@@ -463,11 +469,7 @@ async def test_a_retry_is_claimed_when_its_backoff_ends_not_at_the_next_poll() -
         try:
             task_id = await submit(store, 3)
             engine.wake()
-            for _ in range(int(DEADLINE / 0.01)):
-                task = await store.get_task(task_id)
-                if task is not None and task.status is not TaskStatus.IN_PROGRESS:
-                    break
-                await asyncio.sleep(0.01)
+            task = await ended(store, task_id)
             assert task is not None and task.status is TaskStatus.SUCCEEDED, task
         finally:
             engine.stop()
