@@ -308,8 +308,8 @@ class WebhookDeliverer:
         self.metrics = metrics
         self._clock = clock
         self._wake = asyncio.Event()
-        self._running: dict[str, asyncio.Task[None]] = {}  # task id -> its delivery
-        self._claimed: dict[str, Task] = {}  # task id -> the task as claimed (its lease's end), while it runs
+        # task id -> its delivery, and the task as claimed (its lease's end: a stop hands it back)
+        self._running: dict[str, tuple[asyncio.Task[None], Task]] = {}
         self._per_receiver: Counter[str] = Counter()  # receiver -> its deliveries running
         self._per_user: Counter[str] = Counter()  # user -> its deliveries running
         self._held: dict[_Queue, deque[_Held]] = {}  # (user, receiver) -> webhooks claimed, waiting for room
@@ -374,13 +374,14 @@ class WebhookDeliverer:
         unsent = [held.task for waiting in self._held.values() for held in waiting]
         self._held.clear()
         self._held_ids.clear()
-        running, claimed = dict(self._running), dict(self._claimed)  # (a delivery that ends leaves both)
+        running = list(self._running.values())  # (a delivery that ends leaves _running)
         if running:
-            _, late = await asyncio.wait(running.values(), timeout=self.config.engine.grace_seconds)
+            deliveries = [delivery for delivery, _ in running]
+            _, late = await asyncio.wait(deliveries, timeout=self.config.engine.grace_seconds)
             for delivery in late:
                 delivery.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
-            cut = [claimed[task_id] for task_id, delivery in running.items() if delivery in late]
+            await asyncio.gather(*deliveries, return_exceptions=True)
+            cut = [task for delivery, task in running if delivery in late]
             if cut:
                 log.warning("stopping: %d webhook deliveries cut short after grace_seconds", len(cut))
             unsent.extend(cut)
@@ -438,8 +439,7 @@ class WebhookDeliverer:
 
     def _start(self, session: aiohttp.ClientSession, task: Task, queue: _Queue) -> None:
         delivery = asyncio.create_task(self._deliver(session, task), name=f"edgewarm-webhook-{task.id}")
-        self._running[task.id] = delivery
-        self._claimed[task.id] = task
+        self._running[task.id] = (delivery, task)
         user, receiver = queue
         self._per_receiver[receiver] += 1
         self._per_user[user] += 1
@@ -449,7 +449,6 @@ class WebhookDeliverer:
         """A delivery ended: room again (for the held ones first), and its failure, should one get out of
         `_deliver`, said in the log (not "Task exception was never retrieved" when it is collected)."""
         self._running.pop(task_id, None)
-        self._claimed.pop(task_id, None)
         for counts, key in ((self._per_receiver, queue[1]), (self._per_user, queue[0])):
             counts[key] -= 1
             if not counts[key]:
