@@ -1827,6 +1827,39 @@ class TestPostgres:
                 engine.stop()
                 await running
 
+    async def test_an_idle_engine_claims_a_retry_another_worker_set_when_it_falls_due(
+        self, postgres_db_url: str
+    ) -> None:
+        """Another worker puts an item off for 2 s: an engine that polls only every 60 s, woken by that outcome's
+        announcement, asks when it falls due and claims it then (before: at its next poll, a minute later)."""
+        config = parse_config(
+            {
+                "store": postgres_db_url,
+                "engine": {"poll_interval": 60, "max_attempts": 2},
+                "nodes": [{"name": "edge-1", "url": f"http://127.0.0.1:{free_port()}"}],  # refuses connections
+            }
+        )
+        async with (
+            PostgresStore(postgres_db_url) as worker_store,
+            PostgresStore(postgres_db_url) as other_store,
+            Fetcher(config.engine) as fetcher,
+        ):
+            await other_store.create_task(make_task(1, created_at=time.time()))
+            (claim,) = await other_store.claim_due_items("other", 10, time.time(), LEASE)
+            engine = Engine(config, worker_store, fetcher)
+            running = asyncio.create_task(engine.run(), name="test-engine")
+            try:
+                await wait_for_listener(postgres_db_url)
+                await asyncio.sleep(0.5)  # its first claim found the item leased: from now on it sleeps for 60 s
+                due = time.time() + 2
+                outcome = ItemOutcome(claim.item_id, False, 1, http_status=503, error="503", retry_at=due)
+                assert await other_store.record_outcomes("other", [outcome], time.time()) == 1
+                await wait_for(lambda: engine.fetched == 1 or running.done(), timeout=20)
+                assert not running.done() and time.time() >= due
+            finally:
+                engine.stop()
+                await running
+
 
 async def test_a_directory_is_found_whatever_the_postgresql_databases_locale(postgres_cluster: PostgresCluster) -> None:
     """In a database of a Turkish locale PostgreSQL's lower() turns I into a dotless i (U+0131): a directory refresh of

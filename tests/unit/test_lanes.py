@@ -13,7 +13,17 @@ import pytest
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
 from edgewarm.errors import StoreError
-from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus
+from edgewarm.models import (
+    ItemAction,
+    ItemOutcome,
+    ItemState,
+    NewItem,
+    NewTask,
+    QuotaCharge,
+    Task,
+    TaskKind,
+    TaskStatus,
+)
 from edgewarm.nodes import CacheState
 from edgewarm.store import TaskStore, open_store
 from edgewarm.urls import TargetUrl
@@ -475,3 +485,32 @@ async def test_a_retry_is_claimed_when_its_backoff_ends_not_at_the_next_poll() -
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert fetcher.requests == 9 and all(len(times) == 3 for times in fetcher.asked.values())
+
+
+async def test_a_retry_set_before_a_restart_is_claimed_when_its_backoff_ends_not_at_the_next_poll() -> None:
+    """The first engine put the items off (503, a backoff of 1-2 s) and stopped; the next, with poll_interval =
+    60, claims them when they fall due: it asks the store when the earliest is due, as it knows only the due
+    times it set itself (before: at its next poll, a minute after its start)."""
+    fetcher = FlakyFetcher(failures=1)
+    backoff: dict[str, Any] = {"backoff_base": 2.0, "backoff_max": 2.0, "max_attempts": 3}
+    async with open_store("memory://") as store:
+        first = Engine(config(4, **backoff), store, fetcher)
+        runner = asyncio.create_task(first.run())
+        try:
+            task_id = await submit(store, 3)
+            first.wake()
+            await until(lambda: fetcher.requests == 3, "the first attempts")
+        finally:
+            first.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+        items = await store.list_items(task_id)
+        assert [(item.state, item.attempts) for item in items] == [(ItemState.PENDING, 1)] * 3
+        second = Engine(config(4, poll_interval=60.0, **backoff), store, fetcher)
+        runner = asyncio.create_task(second.run())
+        try:
+            task = await ended(store, task_id)
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            second.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == 6 and all(len(times) == 2 for times in fetcher.asked.values())

@@ -303,6 +303,7 @@ class Engine:
             skip, skip_for = self._nodes_to_skip(resting)
             skipped = frozenset([(None, n) for n in skip] + [(u, n) for u, nodes in skip_for.items() for n in nodes])
             claims: list[Claim] = []
+            claimed = False
             # After a store outage this engine's leases may have run out: it renews them before it claims, so
             # that it does not take other workers' expired leases before they could renew theirs.
             if limit > 0 and not self._is_dry(skipped) and (not self._unrenewed or await self._renew()):
@@ -312,6 +313,7 @@ class Engine:
                         self.worker_id, limit, self._clock(), s.lease_seconds, skip, skip_for
                     )
                     self._claims_log.worked()
+                    claimed = True
                 except StoreError as exc:
                     self._claims_log.failed(exc)
                 dry = bool(skipped) and len(claims) < limit
@@ -320,8 +322,21 @@ class Engine:
                 self._hand_out(claim)
             if claims and len(claims) == limit:
                 continue  # there may be more due right now
+            if claimed and not claims:
+                await self._look_ahead()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._until_next_look())
+
+    async def _look_ahead(self) -> None:
+        """Nothing was due: claim when the earliest item falls due, not at the next poll. The engine knows the due
+        times it set itself (_due_at); this finds the others: set before its start, by another worker (its
+        outcome's announcement woke this engine), or a lease's end. Kept only when earlier than any known."""
+        try:
+            when = await self.store.next_due_at()
+        except StoreError:
+            return  # the next poll claims as before
+        if when is not None and when > self._clock() and not (self._due_later and self._due_later[0] <= when):
+            self._due_at(when)
 
     def _due_at(self, when: float) -> None:
         """Items this engine put off fall due at `when` (wall clock): a claim then (_fall_due)."""
