@@ -180,6 +180,9 @@ class ItemOutcome:
     error: str | None = None  # why it failed (or waits); for a success, what it did where no answer says it
     # Set when the failure is worth another try: the item goes back to PENDING, due at this time.
     retry_at: float | None = None
+    # A warm's: seconds the node's copy stays fresh, as its answer told (None: not told). Not stored: the engine
+    # shares a success for no longer (coalesce.py).
+    fresh_for: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,29 @@ def test_an_object_of_no_lifetime_is_not_reported_warmed(tmp_path: Path, lab: La
         assert lab.fetch(lab.shield, path).cache_status == "MISS"  # not stored indeed
 
 
+def test_a_warm_is_not_shared_once_the_nodes_copy_has_expired(tmp_path: Path, lab: Lab) -> None:
+    """`Cache-Control: max-age=2`: a second task of the URL 3 s after the first warms again (before, within
+    dedupe_seconds it was reported from the first warm, attempts 0, while every node held an expired copy and
+    the next viewer went to the origin); one right after the first shares it, and says so."""
+    lab.write_file("/max-age-2/m.bin", b"m" * 100)
+    url = url_of("/max-age-2/m.bin")
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        first = client.prefetch([url])
+        assert client.wait(first, timeout=60)["status"] == 0
+        at_once = client.prefetch([url])
+        assert client.wait(at_once, timeout=60)["status"] == 0
+        shared = client.task(at_once)["items"]
+        time.sleep(3)
+        later = client.prefetch([url])
+        assert client.wait(later, timeout=60)["status"] == 0
+        states = {node.name: lab.fetch(node, "/max-age-2/m.bin").cache_status for node in lab.cache_nodes()}
+        items = client.task(later)["items"]
+    assert set(states.values()) == {"HIT"}, states  # what a viewer gets (within the copy's 2 s)
+    assert [(i["attempts"], i["note"]) for i in items] == [(1, None)] * 3, items
+    assert {i["cache_state"] for i in items} == {"EXPIRED"}, items  # each node's copy had expired: fetched anew
+    assert all(i["attempts"] == 0 and "not fetched again" in i["note"] for i in shared), shared
+
+
 def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
     """(succeeded, failed) among `items`."""
     states = Counter(i["state"] for i in items)

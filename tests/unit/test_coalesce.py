@@ -83,6 +83,41 @@ def test_a_success_is_reused_within_the_window_and_fetched_again_after() -> None
     assert calls == 4
 
 
+def test_a_success_is_shared_no_longer_than_the_nodes_copy_stays_fresh() -> None:
+    """A warm whose answer said the copy lasts 3 s is shared for 3 s of the 60 s window (a tester's max-age=3:
+    a second task 5 s later was reported warmed while every node's copy had expired); one that told no
+    lifetime, for the window."""
+    clock = Clock()
+    coalescer = Coalescer(60, clock=clock)
+    calls = 0
+
+    def fetch_lasting(fresh_for: float | None) -> Callable[[], Awaitable[ItemOutcome]]:
+        async def fetch() -> ItemOutcome:
+            nonlocal calls
+            calls += 1
+            return ItemOutcome(1, True, 1, 200, "MISS", 10, fresh_for=fresh_for)
+
+        return fetch
+
+    async def go() -> None:
+        await warm(coalescer, ("short", "n"), fetch_lasting(3.0))
+        await warm(coalescer, ("long", "n"), fetch_lasting(600.0))
+        await warm(coalescer, ("untold", "n"), fetch_lasting(None))
+        clock.now += 2.5
+        assert (await warm(coalescer, ("short", "n"), fetch_lasting(3.0)))[1] is True
+        clock.now += 1
+        assert (await warm(coalescer, ("short", "n"), fetch_lasting(3.0)))[1] is False  # expired: fetched
+        clock.now += 50
+        assert (await warm(coalescer, ("long", "n"), fetch_lasting(600.0)))[1] is True  # the window bounds it
+        assert (await warm(coalescer, ("untold", "n"), fetch_lasting(None)))[1] is True
+        clock.now += 10
+        assert (await warm(coalescer, ("long", "n"), fetch_lasting(600.0)))[1] is False
+        assert (await warm(coalescer, ("untold", "n"), fetch_lasting(None)))[1] is False
+
+    asyncio.run(go())
+    assert calls == 6
+
+
 def test_a_purge_of_any_url_on_a_node_ends_the_sharing_of_that_nodes_earlier_warms_only() -> None:
     """A directory purge covers URLs of any spelling: after a purge on node n (of whatever URL), no success of n
     from before it is shared, while node m's still are (before, only the purged URL's own key was forgotten, so

@@ -25,7 +25,7 @@ NOW = 1_000_000.0
 SETTINGS = Engine(max_attempts=3, backoff_base=0.5, backoff_max=4.0)
 
 
-@pytest.mark.parametrize("status", [200, 204, 206, 299])
+@pytest.mark.parametrize("status", [200, 204, 299])
 def test_2xx_is_a_success(status: int) -> None:
     """A 2xx answer read to the end is a success, with status, bytes and no retry."""
     outcome = warm_outcome(7, 1, FetchResult(status, bytes=1234), SETTINGS, NOW)
@@ -33,6 +33,23 @@ def test_2xx_is_a_success(status: int) -> None:
     assert (outcome.item_id, outcome.attempts, outcome.http_status, outcome.bytes) == (7, 1, status, 1234)
     assert outcome.error is None
     assert outcome.retry_at is None
+
+
+@pytest.mark.parametrize("state", [None, CacheState.MISS, CacheState.HIT])
+def test_a_206_to_a_request_for_the_whole_object_is_not_a_warm(state: CacheState | None) -> None:
+    """A node answering 206 (100 bytes of a million) to a GET that asked for no range did not get the object:
+    a tester's node was reported warmed so. It fails, not retried (the node would answer the same)."""
+    outcome = warm_outcome(7, 1, FetchResult(206, 100, state), SETTINGS, NOW)
+    assert not outcome.succeeded and outcome.retry_at is None
+    assert outcome.http_status == 206 and outcome.error is not None and "206 (a part of the object)" in outcome.error
+
+
+def test_a_warm_tells_how_long_the_nodes_copy_stays_fresh() -> None:
+    """The answer's lifetime goes into a success (the engine shares it no longer); not into a failure."""
+    fresh = FetchResult(200, 10, CacheState.MISS, fresh_for=3.0)
+    assert warm_outcome(7, 1, fresh, SETTINGS, NOW).fresh_for == 3.0
+    assert warm_outcome(7, 1, FetchResult(200, 10, CacheState.MISS), SETTINGS, NOW).fresh_for is None
+    assert warm_outcome(7, 1, FetchResult(503, 10, CacheState.MISS, fresh_for=3.0), SETTINGS, NOW).fresh_for is None
 
 
 def test_cache_state_is_recorded() -> None:

@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from edgewarm.config import NodeKind
-from edgewarm.nodes import CacheState, asks_not_to_store, cache_state
+from edgewarm.nodes import CacheState, asks_not_to_store, cache_state, fresh_for
 
 
 def state(**headers: str) -> CacheState | None:
@@ -231,3 +231,29 @@ def test_several_vary_lines_are_read_as_one() -> None:
     """`Vary: *` on a second field line (only the first was read: reported warmed, never cached)."""
     headers = CIMultiDict([("Vary", "Accept-Encoding"), ("Vary", "*")])
     assert asks_not_to_store(headers, now=NOW) == "Vary: *"
+
+
+@pytest.mark.parametrize(
+    ("headers", "age", "expected"),
+    [
+        ({}, None, None),  # the cache's own settings decide (proxy_cache_valid, default_ttl)
+        ({"Content-Type": "text/plain"}, None, None),
+        ({"Cache-Control": "public, max-age=3"}, None, 3.0),
+        ({"Cache-Control": "max-age=600, s-maxage=30"}, None, 30.0),  # s-maxage first, as caches read it
+        ({"Cache-Control": 'max-age="60"'}, None, 60.0),
+        ({"Cache-Control": "max-age=600"}, 590, 10.0),  # a cached copy has spent its Age
+        ({"Cache-Control": "max-age=600"}, 900, 0.0),
+        ({"Cache-Control": "max-age=soon"}, None, None),
+        ({"Cache-Control": "public"}, None, None),
+        ({"X-Accel-Expires": "5", "Cache-Control": "max-age=600"}, None, 5.0),  # nginx reads it first
+        ({"X-Accel-Expires": "@1000100"}, None, 100.0),
+        ({"Expires": "Mon, 12 Jan 1970 13:48:20 GMT"}, None, 100.0),  # 1,000,000 + 100
+        ({"Expires": "Mon, 12 Jan 1970 13:48:20 GMT", "Cache-Control": "max-age=7"}, None, 7.0),
+        ({"Expires": "whenever"}, None, None),
+    ],
+)
+def test_fresh_for_reads_the_lifetime_an_answer_gives_its_copy(
+    headers: dict[str, str], age: int | None, expected: float | None
+) -> None:
+    """How long the node's copy stays fresh, as the answer tells it (the engine shares a warm no longer)."""
+    assert fresh_for(CIMultiDict(headers), age, now=1_000_000.0) == expected

@@ -1,7 +1,9 @@
 """One warm per (URL, node) at a time: a URL submitted again while it is pending is not fetched twice.
 
 Claims of the same (URL, node) that meet in one engine share the first one's fetch; a success is reused for
-`window` seconds after it (a later task asking for the same object gets it at once). A change of a node's cache
+`window` seconds after it (a later task asking for the same object gets it at once), or while the node's copy
+stays fresh, as the answer told (`ItemOutcome.fresh_for`), when that is sooner: a copy that expired on the node
+is fetched again. A change of a node's cache
 makes every fetch of that node that began before it end unshared (`changed`): a purge, of any URL or directory
 (before and after it: a directory covers URLs of any spelling, and a fetch that overlapped the purge may have
 filled the cache before it), or the node not answering (it may come back with an empty cache). Within one
@@ -23,6 +25,11 @@ from ..models import ItemOutcome
 
 Key = tuple[str, str]  # (url, node)
 MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
+# The note of an item that shared another's warm.
+SHARED_NOTE = (
+    'not fetched again: another item warmed this URL on this node just before (dedupe_seconds; "refresh": true '
+    "fetches anew)"
+)
 
 
 class _Running:
@@ -40,8 +47,9 @@ class Coalescer:
         self.window = window
         self._clock = clock
         self._running: dict[Key, _Running] = {}  # keys being fetched
-        # Successes: when, the outcome, and the node's purge count when their fetch began.
-        self._recent: OrderedDict[Key, tuple[float, ItemOutcome, int]] = OrderedDict()
+        # Successes: when, the outcome, the node's purge count when their fetch began, and until when its copy is
+        # fresh (its answer's lifetime; the window's end when it told none).
+        self._recent: OrderedDict[Key, tuple[float, ItemOutcome, int, float]] = OrderedDict()
         self._purges: dict[str, int] = {}  # node -> purges begun or ended there
 
     def changed(self, node: str) -> None:
@@ -66,7 +74,7 @@ class Coalescer:
         if self._recent:
             self._expire()
             recent = self._recent.get(key)
-            if recent is not None and recent[2] == purges:
+            if recent is not None and recent[2] == purges and self._clock() < recent[3]:
                 return recent[1]
         running = self._running.get(key)
         if running is None:
@@ -83,7 +91,9 @@ class Coalescer:
         running = self._running.pop(key, None)
         fresh = running is not None and running.purges == self._purges.get(key[1], 0)
         if outcome is not None and outcome.succeeded and running is not None and fresh:
-            self._recent[key] = (self._clock(), outcome, running.purges)
+            now = self._clock()
+            lasts = self.window if outcome.fresh_for is None else min(self.window, outcome.fresh_for)
+            self._recent[key] = (now, outcome, running.purges, now + lasts)
             self._recent.move_to_end(key)
             if len(self._recent) > MAX_RECENT:
                 self._recent.popitem(last=False)
@@ -109,7 +119,7 @@ class Coalescer:
         horizon = self._clock() - self.window
         recent = self._recent
         while recent:
-            key, (at, _, _) = next(iter(recent.items()))
+            key, (at, _, _, _) = next(iter(recent.items()))
             if at >= horizon:
                 break
             del recent[key]

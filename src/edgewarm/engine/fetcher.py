@@ -38,7 +38,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RepeatedFailure
-from ..nodes import CacheState, age_of, asks_not_to_store, cache_state
+from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for
 from ..tuning import out_of_open_files
 from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
@@ -116,6 +116,8 @@ class FetchResult:
     not_stored: str | None = None
     age: int | None = None  # a cached answer's `Age` (seconds in the cache), when the node tells it
     untold: bool = False  # no word from the node either way: the process that sent the request died
+    # Seconds the node's copy stays fresh as the answer tells (signals.fresh_for); None: it does not tell.
+    fresh_for: float | None = None
 
     @property
     def network_error(self) -> bool:
@@ -319,7 +321,7 @@ class Fetcher(GuardedClient):
         started = time.monotonic()
         try:
             async with request.build_streamed() as response:
-                state, not_stored, age = _signals(response.headers, node)
+                state, not_stored, age, fresh = _signals(response.headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
                 length = None if "Transfer-Encoding" in response.headers else response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
@@ -333,7 +335,15 @@ class Fetcher(GuardedClient):
                 except errors.RequestError:
                     return _read(method, response.status, state, received, expected, cut=True)
                 return _read(
-                    method, response.status, state, received, expected, cut=False, not_stored=not_stored, age=age
+                    method,
+                    response.status,
+                    state,
+                    received,
+                    expected,
+                    cut=False,
+                    not_stored=not_stored,
+                    age=age,
+                    fresh_for=fresh,
                 )
         except errors.RequestTimeoutError as exc:
             # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
@@ -399,7 +409,7 @@ class Fetcher(GuardedClient):
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                state, not_stored, age = _signals(response.headers, node)
+                state, not_stored, age, fresh = _signals(response.headers, node)
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
@@ -407,7 +417,15 @@ class Fetcher(GuardedClient):
                     return _read(method, response.status, state, received, response.content_length, cut=True)
                 length = response.content_length
                 return _read(
-                    method, response.status, state, received, length, cut=False, not_stored=not_stored, age=age
+                    method,
+                    response.status,
+                    state,
+                    received,
+                    length,
+                    cut=False,
+                    not_stored=not_stored,
+                    age=age,
+                    fresh_for=fresh,
                 )
         except TimeoutError as exc:
             return self._timed_out(node, started, isinstance(exc, aiohttp.ConnectionTimeoutError))
@@ -431,15 +449,18 @@ class Fetcher(GuardedClient):
             return FetchResult(None, error=error, unreachable=True)
 
 
-def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None, int | None]:
+def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None, int | None, float | None]:
     """What an answer's head tells of its cache: the node's cache state; for a state other than cached, why the
-    answer asks caches not to store it (FetchResult.not_stored); for a cached one, its age, if told."""
+    answer asks caches not to store it (FetchResult.not_stored); for a cached one, its age, if told; how long
+    the copy stays fresh, if told (FetchResult.fresh_for)."""
     state = cache_state(headers, node.kind)
     if state is None:
-        return None, None, None
+        return None, None, None, fresh_for(headers)
     if state.cached:
-        return state, None, age_of(headers)
-    return state, asks_not_to_store(headers), None
+        age = age_of(headers)
+        return state, None, age, fresh_for(headers, age)
+    not_stored = asks_not_to_store(headers)
+    return state, not_stored, None, None if not_stored else fresh_for(headers)
 
 
 def _read(
@@ -452,6 +473,7 @@ def _read(
     cut: bool,
     not_stored: str | None = None,
     age: int | None = None,
+    fresh_for: float | None = None,
 ) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
     body was whole: its status stands) or when it does not match its Content-Length."""
@@ -459,7 +481,7 @@ def _read(
         return FetchResult(status, received, state, f"short body: broken off after {received} bytes")
     if cut or (expected is not None and method != "HEAD" and received != expected):
         return FetchResult(status, received, state, f"short body: {received} of {expected} bytes")
-    return FetchResult(status, received, state, not_stored=not_stored, age=age)
+    return FetchResult(status, received, state, not_stored=not_stored, age=age, fresh_for=fresh_for)
 
 
 def certificate_refusal(reason: str) -> str | None:

@@ -54,11 +54,16 @@ def warm_outcome(
     state = final.cache_state.value if final.cache_state else None
 
     def done(ok: bool, error: str | None = None) -> ItemOutcome:
-        return ItemOutcome(item_id, ok, attempt, result.status, state, result.bytes, error)
+        fresh = final.fresh_for if ok else None
+        return ItemOutcome(item_id, ok, attempt, result.status, state, result.bytes, error, fresh_for=fresh)
 
     if result.status is not None and not result.network_error and 200 <= result.status < 300:
         if final.cache_state is not None and final.cache_state.value == "BYPASS":
             return done(False, "the node bypassed its cache for this URL: it cannot be warmed")
+        if result.status == 206:  # to a GET that asked for no range: a part, which caches do not keep as the object
+            return done(
+                False, "HTTP 206 (a part of the object) to a request for the whole: not the object (not retried)"
+            )
         if verified is not None and (
             verified.network_error or not (verified.cache_state and verified.cache_state.cached)
         ):

@@ -31,7 +31,7 @@ from ..store import TaskStore
 from ..store.base import DUE_SLACK_SECONDS
 from ..urls import stored_target
 from .actions import perform
-from .coalesce import Coalescer
+from .coalesce import SHARED_NOTE, Coalescer
 from .fetcher import SENT, NodeClient
 from .node_health import Hold
 from .outcome import waiting_for_node
@@ -714,7 +714,8 @@ class Engine:
         shared = await coalescer.share(key)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
-            return replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=None, retry_at=None), True
+            shared = replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=SHARED_NOTE, retry_at=None)
+            return shared, True
         purged_at = self._purged_at(key, node) if self._purged else None
         outcome = None
         warming = self._warming.setdefault(node.name, {})

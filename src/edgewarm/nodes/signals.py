@@ -201,6 +201,44 @@ def _lifetime_refused(headers: Mapping[str, str], now: float) -> str | None:
     return None
 
 
+_LIFETIME_FIELDS = ("X-Accel-Expires", "Cache-Control", "Expires")
+
+
+def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | None = None) -> float | None:
+    """Seconds the node's copy stays fresh, as the answer tells its lifetime, or None when it does not (the
+    cache's own settings decide then: nginx's proxy_cache_valid, Varnish's default_ttl). The lifetime is read as
+    nginx reads it: `X-Accel-Expires` (seconds, or `@` a time) before `Cache-Control`'s `s-maxage`, then
+    `max-age`, then `Expires` (by `now`); less the answer's `Age` (a copy from the cache has spent some). An
+    answer that asks caches not to store it is not looked at here (asks_not_to_store)."""
+    for name in _LIFETIME_FIELDS:
+        if name in headers:
+            break
+    else:
+        return None  # the usual answer of a static file: its cache's settings decide
+    now = time.time() if now is None else now
+    accel = (_field(headers, "X-Accel-Expires") or "").strip()
+    lifetime: float | None = None
+    if accel.isdigit():
+        lifetime = int(accel)
+    elif accel.startswith("@") and accel[1:].isdigit():
+        lifetime = int(accel[1:]) - now
+    else:
+        found: dict[str, str] = {}
+        for directive in (_field(headers, "Cache-Control") or "").split(","):
+            name, _, value = directive.partition("=")
+            name = name.strip().lower()
+            if name in ("s-maxage", "max-age"):
+                found.setdefault(name, value.strip().strip('"'))
+        told = found.get("s-maxage", found.get("max-age"))
+        if told is not None:
+            lifetime = int(told) if told.isdigit() else None
+        elif (expires := _field(headers, "Expires")) is not None and (when := _http_date(expires)) is not None:
+            lifetime = when - now
+    if lifetime is None:
+        return None
+    return max(0.0, lifetime - (age or 0))
+
+
 def _http_date(text: str) -> float | None:
     """An HTTP date as epoch seconds, or None when it does not parse."""
     try:

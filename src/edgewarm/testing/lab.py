@@ -40,6 +40,7 @@ Origin paths with a fixed meaning (everything else is a file under ``Lab.docroot
 - ``/max-age-0/...`` with ``Cache-Control: public, max-age=0`` and ``/expired/...`` with an ``Expires`` of 1970:
   nginx does not store them either (the lab's Varnish does: its VCL gives every 200 an hour; ATS does not,
   Squid revalidates them and says HIT).
+- ``/max-age-2/...`` with ``Cache-Control: public, max-age=2``: stored, and expired 2 s later.
 - ``/slow/...`` serves the file at :data:`SLOW_RATE` bytes/s, for timeout tests.
 - ``/vary/...`` serves the file gzipped to a request that accepts gzip, with ``Vary: Accept-Encoding`` (as
   most origins do): nginx caches keep one copy per ``Accept-Encoding`` value asked with.
@@ -714,6 +715,7 @@ http {{
         location ^~ /nocache/ {{ add_header Cache-Control "no-store" always; }}
         location ^~ /surrogate-no-store/ {{ add_header Surrogate-Control "no-store" always; }}
         location ^~ /max-age-0/ {{ add_header Cache-Control "public, max-age=0" always; }}
+        location ^~ /max-age-2/ {{ add_header Cache-Control "public, max-age=2" always; }}
         location ^~ /expired/ {{ add_header Expires "Thu, 01 Jan 1970 00:00:00 GMT" always; }}
         location ^~ /slow/ {{ limit_rate {SLOW_RATE}; }}
         location ^~ /vary/ {{ gzip on; gzip_vary on; gzip_types *; gzip_min_length 1; gzip_proxied any; }}
