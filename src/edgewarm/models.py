@@ -213,6 +213,13 @@ class QuotaCharge:
     urls_limit: int
     dirs_limit: int
 
+    def refusal(self, used_urls: int, used_dirs: int) -> str:
+        """Why the charge does not fit beside today's usage. Each kind has its own limit, and only a kind the
+        charge adds to can refuse it (a reload may have lowered a limit below what is used)."""
+        if self.dirs and used_dirs + self.dirs > self.dirs_limit:
+            return f"daily quota exceeded: {used_dirs} of {self.dirs_limit} directories used today, {self.dirs} asked"
+        return f"daily quota exceeded: {used_urls} of {self.urls_limit} URLs used today, {self.urls} asked"
+
 
 @dataclass(frozen=True, slots=True)
 class NewTask:

@@ -240,6 +240,22 @@ class TestSubmissions:
             await store.create_task(make_task(1, dirs=2, dirs_limit=5))
         assert await store.usage("alice", DAY) == (1, 4)
 
+    async def test_a_kind_over_its_lowered_limit_refuses_only_calls_of_that_kind(self, store: TaskStore) -> None:
+        """A reload lowered one kind's limit below what was used today: calls of the other kind still fit (before,
+        both counters were checked whatever a call charged: a 1-URL prefetch was refused "0 of 2000 URLs used
+        today, 1 asked", a directory refresh "30 of 20 URLs used today, 0 asked")."""
+        directory = (NewItem(0, "http://www.example.com/d/", "edge-1", ItemAction.PURGE_DIR, 0),)
+        await store.create_task(make_task(30, urls_limit=100))
+        await store.create_task(make_task(0, dirs=3, items=directory, kind=TaskKind.REFRESH))
+        await store.create_task(make_task(1, urls_limit=100, dirs_limit=2))  # directories over their new limit
+        await store.create_task(make_task(0, dirs=1, urls_limit=20, items=directory, kind=TaskKind.REFRESH))
+        assert await store.usage("alice", DAY) == (31, 4)
+        with pytest.raises(QuotaExceeded, match="31 of 20 URLs used today, 1 asked"):
+            await store.create_task(make_task(1, urls_limit=20))
+        with pytest.raises(QuotaExceeded, match="4 of 3 directories used today, 1 asked"):
+            await store.create_task(make_task(0, dirs=1, dirs_limit=3, items=directory, kind=TaskKind.REFRESH))
+        assert await store.usage("alice", DAY) == (31, 4)
+
     async def test_the_quota_is_per_user_and_per_day(self, store: TaskStore) -> None:
         """Usage is counted per (user, day): another user or another day starts from zero."""
         await store.create_task(make_task(2, urls_limit=2))

@@ -203,7 +203,8 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_DRIVER_ERRORS, ValueError)  #
 _CHARGE = """
 INSERT INTO usage (username, day, urls, dirs) VALUES ($1, $2, $3, $4)
 ON CONFLICT (username, day) DO UPDATE SET urls = usage.urls + excluded.urls, dirs = usage.dirs + excluded.dirs
-WHERE usage.urls + excluded.urls <= $5 AND usage.dirs + excluded.dirs <= $6
+WHERE (excluded.urls = 0 OR usage.urls + excluded.urls <= $5)
+  AND (excluded.dirs = 0 OR usage.dirs + excluded.dirs <= $6)
 RETURNING urls
 """
 
@@ -704,7 +705,7 @@ class PostgresStore:
                 used = await conn.fetchrow(
                     "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
                 )
-                raise QuotaExceeded(_quota_message(task, (used[0], used[1]) if used else (0, 0))) from None
+                raise QuotaExceeded(q.refusal(used[0], used[1]) if used else q.refusal(0, 0)) from None
             except asyncpg.UniqueViolationError:
                 # The same idempotency key, submitted at the same moment by another request: that one won.
                 row = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
@@ -1120,11 +1121,3 @@ async def _schema_version(conn: _Connection) -> int:
         return 0  # no table meta, or another application's: refused by its name (upgrade)
     value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
     return int(value) if value is not None else 0
-
-
-def _quota_message(task: NewTask, used: tuple[int, int]) -> str:
-    q = task.quota
-    used_urls, used_dirs = used
-    if q.dirs and used_dirs + q.dirs > q.dirs_limit:
-        return f"daily quota exceeded: {used_dirs} of {q.dirs_limit} directories used today, {q.dirs} asked"
-    return f"daily quota exceeded: {used_urls} of {q.urls_limit} URLs used today, {q.urls} asked"

@@ -1068,7 +1068,8 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
     charged = db.execute(
         "INSERT INTO usage (username, day, urls, dirs) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (username, day) DO UPDATE SET urls = urls + excluded.urls, dirs = dirs + excluded.dirs "
-        "WHERE usage.urls + excluded.urls <= ? AND usage.dirs + excluded.dirs <= ? "
+        "WHERE (excluded.urls = 0 OR usage.urls + excluded.urls <= ?) "
+        "AND (excluded.dirs = 0 OR usage.dirs + excluded.dirs <= ?) "
         "RETURNING urls",
         (task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit),
     ).fetchone()
@@ -1100,10 +1101,7 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
 def _quota_message(db: sqlite3.Connection, task: NewTask) -> str:
     q = task.quota
     row = db.execute("SELECT urls, dirs FROM usage WHERE username = ? AND day = ?", (task.username, q.day)).fetchone()
-    used_urls, used_dirs = (row[0], row[1]) if row else (0, 0)
-    if q.dirs and used_dirs + q.dirs > q.dirs_limit:
-        return f"daily quota exceeded: {used_dirs} of {q.dirs_limit} directories used today, {q.dirs} asked"
-    return f"daily quota exceeded: {used_urls} of {q.urls_limit} URLs used today, {q.urls} asked"
+    return q.refusal(row[0], row[1]) if row else q.refusal(0, 0)
 
 
 def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
