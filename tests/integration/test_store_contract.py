@@ -1900,3 +1900,30 @@ async def test_a_directory_is_found_whatever_the_postgresql_databases_locale(pos
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(tmp_path: Path) -> None:
+    """Submissions made in one SQLite group: a call, its retry (the same idempotency key), and one the disk has no
+    room for. The group is rolled back; before, the retry had been answered at once with the first call's task,
+    which was never stored (and, through the API, told to use another key)."""
+    async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+
+        def fill_up() -> None:
+            (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+            store.db.execute(f"PRAGMA max_page_count = {pages + 8}")  # room for a small task, not a large one
+            time.sleep(0.3)  # the writer is busy: the three calls below queue up, and are made as one group
+
+        busy = asyncio.ensure_future(store._run(fill_up))
+        await asyncio.sleep(0.05)
+        call, retry = make_task(1), make_task(1)
+        call, retry = replace(call, idempotency_key="k"), replace(retry, idempotency_key="k")
+        answers = await asyncio.gather(
+            store.create_task(call),
+            store.create_task(retry),
+            store.create_task(make_task(3000, urls_limit=10**6)),
+            return_exceptions=True,
+        )
+        await busy
+        assert all(isinstance(a, StoreError) and "full" in str(a) for a in answers), answers
+        assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)

@@ -374,7 +374,9 @@ class SQLiteStore:
         if not group:
             return
         db = self.db
-        made: list[tuple[str, Future[Task]]] = []
+        # Every answer waits for the COMMIT: one may rest on another's rows (the same idempotency key twice in the
+        # group, or a quota another filled), and a failed COMMIT undoes them all.
+        answers: list[tuple[Future[Task], str | Task | QuotaExceeded]] = []
         try:
             db.execute("PRAGMA synchronous=FULL")  # durable before any of these task ids is returned
             db.execute("BEGIN IMMEDIATE")
@@ -383,16 +385,19 @@ class SQLiteStore:
                 result = _create(db, task)
                 if result is None:
                     db.execute("ROLLBACK TO submission")  # first: the message tells the usage before this call
-                    created.set_exception(QuotaExceeded(_quota_message(db, task)))
-                elif isinstance(result, Task):
-                    created.set_result(result)
+                    answers.append((created, QuotaExceeded(_quota_message(db, task))))
                 else:
-                    made.append((result, created))
+                    answers.append((created, result))  # a task id made, or the task of its idempotency key
                 db.execute("RELEASE submission")
             db.execute("COMMIT")
-            for task_id, created in made:  # read back as committed
-                row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-                created.set_result(task_from_row(row))
+            for created, answer in answers:
+                if isinstance(answer, QuotaExceeded):
+                    created.set_exception(answer)
+                elif isinstance(answer, Task):
+                    created.set_result(answer)
+                else:  # read back as committed
+                    row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (answer,)).fetchone()
+                    created.set_result(task_from_row(row))
         except BaseException as exc:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk)
                 db.execute("ROLLBACK")
