@@ -23,6 +23,7 @@ import pytest
 
 from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
+from edgewarm.api.body import _fields as form_fields
 from edgewarm.api.middleware import BodyReads, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
@@ -1308,6 +1309,35 @@ async def test_one_php_list_entry_is_a_list_of_one_url_not_cut_at_its_commas(api
     assert answer["status"] == 0, answer
     items = await api.store.list_items(answer["taskid"])
     assert {item.url for item in items} == {url} and len(items) == NODES
+
+
+async def test_list_entries_are_ordered_by_their_index_of_any_length(api: Api) -> None:
+    """Indexes are read as numbers whatever their length: one of 5,000 digits answered -1 "internal error" with
+    a traceback (int() refuses over 4,300 digits; a service whose max_body_bytes lets such a body in); 10 comes
+    after 9, and 007 is 7."""
+    url = urls(3)
+    fields = [
+        *creds().items(),
+        ("publish_urls[10]", url[2]),
+        ("publish_urls[9]", url[1]),
+        ("publish_urls[007]", url[0]),
+    ]
+    answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+    assert answer["status"] == 0, answer
+    items = await api.store.list_items(answer["taskid"])
+    assert [item.url for item in items if item.stage == 0] == url, items
+    huge = "9" * 5000
+    form = {f"publish_urls[{huge}]": ["last"], "publish_urls[12]": ["b"], "publish_urls[]": ["a"]}
+    assert form_fields(form) == {"publish_urls": ["a", "b", "last"]}
+
+
+async def test_a_list_given_both_plain_and_php_style_is_refused(api: Api) -> None:
+    """`publish_urls=b&publish_urls[]=a`: the `[]` entries were dropped without a word (a task of b alone)."""
+    url = urls(2)
+    fields = [*creds().items(), ("publish_urls", url[0]), ("publish_urls[]", url[1])]
+    answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+    said = "publish_urls is given both as publish_urls and as publish_urls[]: give it one way"
+    assert (answer["status"], answer["msg"]) == (2, said)
 
 
 @pytest.mark.parametrize("path", ["/v1/tasks/", "//v1/tasks", "/v1//quota", "/v1/quota/"])

@@ -87,16 +87,21 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order,
     also when there is one (a list of one URL, not a string that `split_list` would cut at its commas)."""
     fields: dict[str, Any] = {}
-    listed: dict[str, list[tuple[int, str]]] = {}
+    listed: dict[str, list[tuple[tuple[int, str], str]]] = {}
     for key, values in form.items():
         if (entry := _LISTED.match(key)) is not None:
-            position = int(entry[2]) if entry[2] else len(listed.get(entry[1], ()))
-            listed.setdefault(entry[1], []).extend((position, value) for value in values)
+            # In the index's order, read as a number of any length without making it one (int() refuses 4,300
+            # digits); an entry without one comes after those before it.
+            digits = entry[2].lstrip("0") or ("0" if entry[2] else str(len(listed.get(entry[1], ()))))
+            listed.setdefault(entry[1], []).extend(((len(digits), digits), value) for value in values)
         else:
             fields[key] = values[0] if len(values) == 1 else values
     for name, entries in listed.items():
-        values = [value for _, value in sorted(entries, key=lambda e: e[0])]
-        fields.setdefault(name, values)
+        if name in fields:
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY, f"{name} is given both as {name} and as {name}[]: give it one way"
+            )
+        fields[name] = [value for _, value in sorted(entries, key=lambda e: e[0])]
     return fields
 
 
