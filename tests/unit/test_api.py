@@ -24,7 +24,7 @@ import pytest
 from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
 from edgewarm.api.body import _fields as form_fields
-from edgewarm.api.middleware import BodyReads, direct_endpoints
+from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
@@ -611,6 +611,25 @@ async def test_413_for_a_body_over_the_limit_by_content_length(api: Api) -> None
     assert response.status_code == 413
     assert response.json() == {"error": f"request body too large: over [api] max_body_bytes ({MAX_BODY} bytes)"}
     assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+
+
+async def test_a_content_length_of_5000_digits_is_413_not_an_exception() -> None:
+    """int() refuses over 4,300 digits: the middleware raised ValueError out of the app (uvicorn refuses such a
+    head itself, another ASGI server may not)."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not for the app")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    limit = BodySizeLimit(app, lambda: MAX_BODY, BodyReads())
+    await limit({"type": "http", "headers": [(b"content-length", b"1" * 5000)]}, receive, send)
+    assert sent[0]["status"] == 413, sent
 
 
 async def test_a_reloaded_body_limit_applies_to_the_next_request(api: Api) -> None:

@@ -62,7 +62,9 @@ class BodySizeLimit:
             return
         limit = self.max_bytes()
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.strip().isdigit() or int(value) > limit):
+            # (Over 18 digits: too large whatever it says; int() refuses over 4,300.)
+            length = value.strip()
+            if name == b"content-length" and (not length.isdigit() or len(length) > 18 or int(length) > limit):
                 await self._reject(send, limit)
                 return
         try:
