@@ -68,6 +68,17 @@ class User(_Model):
     urls_per_day: PositiveInt | None = None
     dirs_per_day: PositiveInt | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # The API strips the name it is sent, and control characters cannot be stored on PostgreSQL (NUL) or
+        # sent in a form or header as written: such a user could never call.
+        if value != value.strip():
+            raise ValueError(f"{value!r} begins or ends with a space: callers' names are read without them")
+        if not value.isprintable():
+            raise ValueError(f"{value!r} holds a control character (or a space other than ' ')")
+        return value
+
     @field_validator("domains", mode="before")
     @classmethod
     def _domains(cls, value: Any) -> Any:

@@ -128,6 +128,22 @@ def test_unknown_key_in_limits_is_named() -> None:
     assert refused_key(data) == "limits.url_per_call"
 
 
+@pytest.mark.parametrize("name", [" carol", "carol ", "dan\x00x", "a\tb", "a\nb"])
+def test_a_user_name_no_call_could_give_is_refused(name: str) -> None:
+    """The API strips the name it is sent, and a NUL cannot be stored on PostgreSQL: such users passed
+    check-config and were refused every call (code 20), or answered -1 "the store is unavailable"."""
+    data = example()
+    data["users"][0]["name"] = name
+    assert refused_key(data) == "users[0].name"
+
+
+@pytest.mark.parametrize("name", ["a b", "用户", "+&=", "é x"])
+def test_a_user_name_with_inner_spaces_or_any_script_is_taken(name: str) -> None:
+    data = example()
+    data["users"][0]["name"] = name
+    assert parse_config(data).users[0].name == name
+
+
 @pytest.mark.parametrize(
     "url",
     [
