@@ -27,7 +27,7 @@ from edgewarm.engine.fetcher import pyreqwest_client
 async def warm(spec: dict[str, Any]) -> dict[str, Any]:
     nodes: list[str] = spec["nodes"]
     paths: list[str] = spec["paths"]
-    headers = {"Host": spec["host"], "User-Agent": "bare/1", "Accept-Encoding": "gzip, deflate, br"}
+    headers = {"Host": spec["host"], "User-Agent": "bare/1", "Accept-Encoding": Engine().accept_encoding}
     per_node = min(spec["per_node"], max(1, spec["total"] // len(nodes)))
     totals = {"requests": 0, "bytes": 0, "failures": 0}
     client = pyreqwest_client(Engine(concurrency=spec["total"]))

@@ -53,7 +53,7 @@ async def _through(
 
 async def measure(nodes: list[Node], targets: list[TargetUrl], rounds: int) -> dict[str, list[tuple[float, float]]]:
     client = pyreqwest_client(Settings())
-    headers = {"Host": targets[0].authority, "User-Agent": "bare/1", "Accept-Encoding": "gzip, deflate, br"}
+    headers = {"Host": targets[0].authority, "User-Agent": "bare/1", "Accept-Encoding": Settings().accept_encoding}
     async with client, Fetcher(Settings()) as fetcher:
 
         async def bare(node: Node, target: TargetUrl) -> None:  # bench/bare_loop.py's worker, one request

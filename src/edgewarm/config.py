@@ -222,7 +222,7 @@ class Engine(_Model):
     dedupe_seconds: SecondsOrOff = 60.0
     user_agent: str = f"edgewarm/{__version__}"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
-    accept_encoding: str = "gzip, deflate, br"
+    accept_encoding: str = "gzip, deflate, br, zstd"
     # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on
     # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Session 2").
     fetch_process: bool = False

@@ -223,6 +223,28 @@ def test_a_refresh_leaves_no_old_copy_on_the_shield_for_a_varnish_edge_when_answ
     assert gzip.decompress(gzipped.body) == b"version 2 " * 20
 
 
+def test_a_warm_of_an_answer_that_varies_says_which_copy_it_filled(service: ServiceProcess, lab: Lab) -> None:
+    """`Vary: Accept-Encoding`: nginx keeps a copy per value, and the warm filled the one of edgewarm's header,
+    now by default what Chrome, Edge and Firefox send (`gzip, deflate, br, zstd`: a tester's Chrome and Firefox
+    viewers missed after a warm with `gzip, deflate, br`, told nothing). The nginx items say which copy they
+    filled; Varnish, which keeps one copy for all, says nothing."""
+    lab.write_file("/vary/c.txt", b"compress me " * 40)
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        taskid = client.prefetch([url_of("/vary/c.txt")])
+        assert client.wait(taskid, timeout=60)["status"] == 0
+        notes = {item["node"]: item["note"] for item in client.task(taskid)["items"]}
+    nginx = [n.name for n in lab.cache_nodes() if n.kind == "nginx"]
+    said = (
+        "its answer varies on Accept-Encoding (Vary): warmed the copy for Accept-Encoding 'gzip, deflate, br, zstd'; "
+        "viewers who send other values miss until theirs is stored ([engine] accept_encoding and user_agent choose "
+        "the copy warmed)"
+    )
+    assert {notes[name] for name in nginx} == {said}, notes
+    assert [notes[n.name] for n in lab.cache_nodes() if n.kind == "varnish"] == [None], notes
+    chrome = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+    assert {lab.fetch(n, "/vary/c.txt", headers=chrome).cache_status for n in lab.cache_nodes()} == {"HIT"}
+
+
 def test_with_accept_encoding_gzip_a_varnish_edge_finds_its_copy_on_the_shield(tmp_path: Path, lab: Lab) -> None:
     """README's advice for Varnish edges behind an nginx shield: the origin answers with `Vary: Accept-Encoding`,
     the shield keeps a copy per value, and Varnish asks it with "gzip". With `[engine] accept_encoding = "gzip"`

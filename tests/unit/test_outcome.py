@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from edgewarm.config import Engine
+from edgewarm.config import Engine, NodeKind
 from edgewarm.engine.fetcher import FetchResult, certificate_refusal
 from edgewarm.engine.node_health import Hold
 from edgewarm.engine.outcome import (
@@ -15,6 +15,7 @@ from edgewarm.engine.outcome import (
     is_retryable,
     purge_outcome,
     retry_or_give_up,
+    variant_note,
     warm_outcome,
 )
 from edgewarm.models import ItemOutcome
@@ -401,3 +402,29 @@ def test_a_gateway_error_says_it_is_one(status: int) -> None:
     outcome = warm_outcome(7, SETTINGS.max_attempts, FetchResult(status, cache_state=CacheState.MISS), SETTINGS, NOW)
     assert outcome.error is not None and outcome.error.startswith(f"HTTP {status} (a gateway error: the node, a shield")
     assert outcome.error.endswith(f"; gave up after {SETTINGS.max_attempts} attempts")
+
+
+@pytest.mark.parametrize(
+    ("varies", "kind", "said"),
+    [
+        (None, NodeKind.NGINX, None),
+        ("*", NodeKind.NGINX, None),  # not stored at all: asks_not_to_store's
+        ("Accept-Encoding", NodeKind.VARNISH, None),  # one gzipped copy serves every viewer
+        ("Accept-Encoding", NodeKind.NGINX, "Accept-Encoding 'gzip'"),
+        ("accept-encoding, User-Agent", NodeKind.SQUID, "Accept-Encoding 'gzip', User-Agent 'ua/1'"),
+        ("Cookie, Accept-Encoding", NodeKind.VARNISH, "no Cookie"),
+    ],
+)
+def test_a_warm_of_an_answer_that_varies_tells_the_copy_it_filled(
+    varies: str | None, kind: NodeKind, said: str
+) -> None:
+    """The note names edgewarm's own values of what the answer varies on: viewers sending others do not share
+    that copy on nginx, Squid or ATS."""
+    settings = Engine(accept_encoding="gzip", user_agent="ua/1")
+    note = variant_note(varies, kind, settings)
+    if said is None:
+        assert note is None
+    else:
+        assert note is not None and f"warmed the copy for {said};" in note, note
+        outcome = warm_outcome(7, 1, FetchResult(200, 10, CacheState.MISS, varies=varies), settings, NOW, note=note)
+        assert outcome.succeeded and outcome.error == note

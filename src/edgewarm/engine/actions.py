@@ -15,7 +15,7 @@ from ..nodes import CacheState, purge
 from ..store import TaskStore
 from ..urls import TargetUrl, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
-from .outcome import purge_outcome, warm_outcome
+from .outcome import purge_outcome, variant_note, warm_outcome
 
 # A directory purge on a node without prefix purge covers at most this many known URLs.
 KNOWN_URLS_LIMIT = 100_000
@@ -98,7 +98,8 @@ async def _warm(
         )
     ):
         verified = await fetcher.request("GET", node, target)
-    return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified)
+    note = variant_note(result.varies, node.kind, settings)
+    return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified, note=note)
 
 
 async def _upstream_held(

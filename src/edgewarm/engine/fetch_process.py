@@ -46,8 +46,10 @@ STOP_TIMEOUT = 5.0
 # A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
 Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
 # A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable, not_stored or None,
-# age or None, fresh_for or None)
-Result = tuple[int, int | None, int, str | None, str | None, bool, bool, str | None, int | None, float | None]
+# age or None, fresh_for or None, varies or None)
+Result = tuple[
+    int, int | None, int, str | None, str | None, bool, bool, str | None, int | None, float | None, str | None
+]
 
 
 def open_fetcher(settings: Settings, health: NodeHealth) -> Fetcher | ProcessFetcher:
@@ -103,12 +105,21 @@ class _ChildLink(asyncio.SubprocessProtocol):
 
     def _results(self, results: list[Result]) -> None:
         pending = self.pending
-        for request_id, status, size_read, state, error, final, unreachable, not_stored, age, fresh in results:
+        for request_id, status, size_read, state, error, final, unreachable, not_stored, age, fresh, varies in results:
             future = pending.get(request_id)
             if future is not None and not future.done():
                 cache = CacheState(state) if state is not None else None
                 result = FetchResult(
-                    status, size_read, cache, error, final, unreachable, not_stored=not_stored, age=age, fresh_for=fresh
+                    status,
+                    size_read,
+                    cache,
+                    error,
+                    final,
+                    unreachable,
+                    not_stored=not_stored,
+                    age=age,
+                    fresh_for=fresh,
+                    varies=varies,
                 )
                 future.set_result(result)
 
@@ -294,6 +305,7 @@ class _Child:
                 result.not_stored,
                 result.age,
                 result.fresh_for,
+                result.varies,
             )
         except Exception as exc:  # Fetcher.request answers every network failure itself: this is a bug
             answer = (
@@ -304,6 +316,7 @@ class _Child:
                 f"internal error in the fetch process: {type(exc).__name__}",
                 False,
                 False,
+                None,
                 None,
                 None,
                 None,

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self
 
 import aiohttp
 import pyreqwest.client
@@ -38,7 +38,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RepeatedFailure
-from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for
+from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for, vary_of
 from ..tuning import out_of_open_files
 from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
@@ -118,6 +118,7 @@ class FetchResult:
     untold: bool = False  # no word from the node either way: the process that sent the request died
     # Seconds the node's copy stays fresh as the answer tells (signals.fresh_for); None: it does not tell.
     fresh_for: float | None = None
+    varies: str | None = None  # the answer's Vary (the request headers the node keeps a copy for each value of)
 
     @property
     def network_error(self) -> bool:
@@ -321,7 +322,7 @@ class Fetcher(GuardedClient):
         started = time.monotonic()
         try:
             async with request.build_streamed() as response:
-                state, not_stored, age, fresh = _signals(response.headers, node)
+                told = _signals(response.headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
                 length = None if "Transfer-Encoding" in response.headers else response.headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
@@ -333,18 +334,8 @@ class Fetcher(GuardedClient):
                 except errors.RequestTimeoutError:
                     raise  # silence mid-body: a timeout, like silence before the head
                 except errors.RequestError:
-                    return _read(method, response.status, state, received, expected, cut=True)
-                return _read(
-                    method,
-                    response.status,
-                    state,
-                    received,
-                    expected,
-                    cut=False,
-                    not_stored=not_stored,
-                    age=age,
-                    fresh_for=fresh,
-                )
+                    return _read(method, response.status, told, received, expected, cut=True)
+                return _read(method, response.status, told, received, expected, cut=False)
         except errors.RequestTimeoutError as exc:
             # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
             # before read_timeout could have run out was the connection's (connect_timeout).
@@ -409,24 +400,13 @@ class Fetcher(GuardedClient):
                 ssl=tls if url.scheme == "https" else True,
             ) as response:
                 received = 0
-                state, not_stored, age, fresh = _signals(response.headers, node)
+                told = _signals(response.headers, node)
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
                 except aiohttp.ClientPayloadError:
-                    return _read(method, response.status, state, received, response.content_length, cut=True)
-                length = response.content_length
-                return _read(
-                    method,
-                    response.status,
-                    state,
-                    received,
-                    length,
-                    cut=False,
-                    not_stored=not_stored,
-                    age=age,
-                    fresh_for=fresh,
-                )
+                    return _read(method, response.status, told, received, response.content_length, cut=True)
+                return _read(method, response.status, told, received, response.content_length, cut=False)
         except TimeoutError as exc:
             return self._timed_out(node, started, isinstance(exc, aiohttp.ConnectionTimeoutError))
         except aiohttp.ClientPayloadError as exc:
@@ -449,39 +429,44 @@ class Fetcher(GuardedClient):
             return FetchResult(None, error=error, unreachable=True)
 
 
-def _signals(headers: Mapping[str, str], node: Node) -> tuple[CacheState | None, str | None, int | None, float | None]:
-    """What an answer's head tells of its cache: the node's cache state; for a state other than cached, why the
-    answer asks caches not to store it (FetchResult.not_stored); for a cached one, its age, if told; how long
-    the copy stays fresh, if told (FetchResult.fresh_for)."""
+class _Told(NamedTuple):
+    """What an answer's head tells of its cache (FetchResult's fields of the same names)."""
+
+    state: CacheState | None
+    not_stored: str | None  # for a state other than cached: why the answer asks caches not to store it
+    age: int | None  # for a cached one: its age, if told
+    fresh_for: float | None  # how long the copy stays fresh, if told
+    varies: str | None  # the answer's Vary, for one the node may keep
+
+
+def _signals(headers: Mapping[str, str], node: Node) -> _Told:
     state = cache_state(headers, node.kind)
+    varies = vary_of(headers)
     if state is None:
-        return None, None, None, fresh_for(headers)
+        return _Told(None, None, None, fresh_for(headers), varies)
     if state.cached:
         age = age_of(headers)
-        return state, None, age, fresh_for(headers, age)
+        return _Told(state, None, age, fresh_for(headers, age), varies)
     not_stored = asks_not_to_store(headers)
-    return state, not_stored, None, None if not_stored else fresh_for(headers)
+    return _Told(state, not_stored, None, None if not_stored else fresh_for(headers), None if not_stored else varies)
 
 
-def _read(
-    method: str,
-    status: int,
-    state: CacheState | None,
-    received: int,
-    expected: int | None,
-    *,
-    cut: bool,
-    not_stored: str | None = None,
-    age: int | None = None,
-    fresh_for: float | None = None,
-) -> FetchResult:
+def _read(method: str, status: int, told: _Told, received: int, expected: int | None, *, cut: bool) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
     body was whole: its status stands) or when it does not match its Content-Length."""
     if cut and expected is None:
-        return FetchResult(status, received, state, f"short body: broken off after {received} bytes")
+        return FetchResult(status, received, told.state, f"short body: broken off after {received} bytes")
     if cut or (expected is not None and method != "HEAD" and received != expected):
-        return FetchResult(status, received, state, f"short body: {received} of {expected} bytes")
-    return FetchResult(status, received, state, not_stored=not_stored, age=age, fresh_for=fresh_for)
+        return FetchResult(status, received, told.state, f"short body: {received} of {expected} bytes")
+    return FetchResult(
+        status,
+        received,
+        told.state,
+        not_stored=told.not_stored,
+        age=told.age,
+        fresh_for=told.fresh_for,
+        varies=told.varies,
+    )
 
 
 def certificate_refusal(reason: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from ..config import Engine
+from ..config import Engine, NodeKind
 from ..models import ItemOutcome
 from ..nodes.purge import Verdict
 from .fetcher import FetchResult
@@ -22,6 +22,29 @@ NO_STATE_TOLD = (
     " (nginx does not for a cache key longer than its proxy_buffer_size)"
 )
 HOLD_JITTER = 1.0  # seconds spread over the items that wait for a node held down, so they do not come back at once
+
+
+def variant_note(varies: str | None, kind: NodeKind, settings: Engine) -> str | None:
+    """What a warm whose answer varies on request headers (`Vary`) filled: the copy for edgewarm's own values of
+    them, which other viewers may not share; None when nothing varies (or only what the node reads as one copy:
+    Varnish keeps one gzipped copy for every Accept-Encoding, and unzips it for those without gzip)."""
+    if not varies:
+        return None
+    names = []
+    for member in varies.split(","):
+        name = member.strip().lower()
+        if not name or name == "*" or (name == "accept-encoding" and kind is NodeKind.VARNISH) or name in names:
+            continue
+        names.append(name)
+    if not names:
+        return None
+    sent = {"accept-encoding": settings.accept_encoding, "user-agent": settings.user_agent}
+    shown = [f"{n.title()} {sent[n]!r}" if sent.get(n) else f"no {n.title()}" for n in names]
+    chosen = " ([engine] accept_encoding and user_agent choose the copy warmed)" if set(names) & set(sent) else ""
+    return (
+        f"its answer varies on {', '.join(n.title() for n in names)} (Vary): warmed the copy for {', '.join(shown)}; "
+        f"viewers who send other values miss until theirs is stored{chosen}"
+    )
 
 
 def backoff_delay(attempt: int, settings: Engine, rng: random.Random | None = None) -> float:
@@ -47,9 +70,11 @@ def warm_outcome(
     now: float,
     *,
     verified: FetchResult | None = None,
+    note: str | None = None,
     rng: random.Random | None = None,
 ) -> ItemOutcome:
-    """Judge a warm. `verified` is the second fetch made when verification is on and the first was not a HIT."""
+    """Judge a warm. `verified` is the second fetch made when verification is on and the first was not a HIT;
+    `note` is a success's (variant_note)."""
     final = verified or result
     state = final.cache_state.value if final.cache_state else None
 
@@ -72,7 +97,7 @@ def warm_outcome(
             if verified.cache_state is None and not verified.network_error:
                 told = f" ({NO_STATE_TOLD})"
             return done(False, f"not cached after the warm: {why}{told}")
-        return done(True)
+        return done(True, note)
     if result.status is not None and not result.network_error and not is_retryable(result):
         if result.cache_state is not None and result.cache_state.cached:
             return done(

@@ -136,6 +136,11 @@ def age_of(headers: Mapping[str, str]) -> int | None:
     return int(age) if age.isdigit() else None
 
 
+def vary_of(headers: Mapping[str, str]) -> str | None:
+    """The answer's `Vary` (every field line), or None: the request headers a cache keeps a copy for each value of."""
+    return _field(headers, "Vary") if "Vary" in headers else None  # a quick way out: most answers have none
+
+
 _NOT_STORED = frozenset({"no-store", "private", "no-cache"})
 # The fields asks_not_to_store reads: an answer with none of them does not ask.
 _STORE_FIELDS = ("X-Accel-Expires", "Cache-Control", "Expires", "Set-Cookie", "Surrogate-Control", "Vary")
