@@ -250,6 +250,12 @@ def test_several_vary_lines_are_read_as_one() -> None:
         ({"Expires": "Mon, 12 Jan 1970 13:48:20 GMT"}, None, 100.0),  # 1,000,000 + 100
         ({"Expires": "Mon, 12 Jan 1970 13:48:20 GMT", "Cache-Control": "max-age=7"}, None, 7.0),
         ({"Expires": "whenever"}, None, None),
+        # nginx sends no Age: a copy it stored 50 s ago is known by the origin's Date it kept (RFC 9111's age)
+        ({"Cache-Control": "max-age=60", "Date": "Mon, 12 Jan 1970 13:45:50 GMT"}, None, 10.0),
+        ({"Cache-Control": "max-age=60", "Date": "Mon, 12 Jan 1970 13:45:50 GMT"}, 30, 10.0),  # the larger age
+        ({"Cache-Control": "max-age=60", "Date": "Mon, 12 Jan 1970 13:45:50 GMT"}, 55, 5.0),
+        ({"Cache-Control": "max-age=60", "Date": "Mon, 12 Jan 1970 13:50:00 GMT"}, None, 60.0),  # ahead: none spent
+        ({"Cache-Control": "max-age=60", "Date": "yesterday"}, None, 60.0),
     ],
 )
 def test_fresh_for_reads_the_lifetime_an_answer_gives_its_copy(

@@ -213,8 +213,10 @@ def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | N
     """Seconds the node's copy stays fresh, as the answer tells its lifetime, or None when it does not (the
     cache's own settings decide then: nginx's proxy_cache_valid, Varnish's default_ttl). The lifetime is read as
     nginx reads it: `X-Accel-Expires` (seconds, or `@` a time) before `Cache-Control`'s `s-maxage`, then
-    `max-age`, then `Expires` (by `now`); less the answer's `Age` (a copy from the cache has spent some). An
-    answer that asks caches not to store it is not looked at here (asks_not_to_store)."""
+    `max-age`, then `Expires` (by `now`); less the copy's age, as RFC 9111 counts it: its `Age`, or the time
+    since its `Date` when that is more (nginx sends no `Age`: a copy it stored a while ago is known by the
+    origin's `Date` it kept). An answer that asks caches not to store it is not looked at here
+    (asks_not_to_store)."""
     for name in _LIFETIME_FIELDS:
         if name in headers:
             break
@@ -241,7 +243,9 @@ def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | N
             lifetime = when - now
     if lifetime is None:
         return None
-    return max(0.0, lifetime - (age or 0))
+    dated = _http_date(date) if (date := _field(headers, "Date")) is not None else None
+    spent = max(float(age or 0), 0.0 if dated is None else now - dated)
+    return max(0.0, lifetime - spent)
 
 
 def _http_date(text: str) -> float | None:
