@@ -514,3 +514,48 @@ async def test_a_retry_set_before_a_restart_is_claimed_when_its_backoff_ends_not
             second.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert fetcher.requests == 6 and all(len(times) == 2 for times in fetcher.asked.values())
+
+
+class GatedFetcher(CountingFetcher):
+    """Answers only once `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        self.in_flight[node.name] = self.in_flight.get(node.name, 0) + 1
+        await self.gate.wait()
+        return await super().request(method, node, target, headers)
+
+
+async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
+    """lease_seconds cut from 60 to 1 by a reload: the lease of an item claimed after it is renewed before its
+    second is over. Before, the renewer slept the old third of a lease (20 s): the 1 s lease ran out while the
+    item was still being sent, and another worker's claim took it and sent it again."""
+    fetcher = GatedFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4, lease_seconds=60.0), store, fetcher, sole=False)
+        real, renewed = store.renew_leases, []
+
+        async def renewing(worker: str, item_ids: Any, until: float) -> int:
+            renewed.extend(item_ids)
+            return await real(worker, item_ids, until)
+
+        store.renew_leases = renewing  # type: ignore[method-assign]
+        runner = asyncio.create_task(engine.run())
+        try:
+            await asyncio.sleep(0.1)  # the renewer sleeps its 20 s
+            engine.reconfigure(config(4, lease_seconds=1.0))
+            await submit(store, 1)
+            engine.wake()
+            await until(lambda: fetcher.in_flight.get("e1") == 1, "the item sent")
+            (item_id,) = engine._leased
+            await asyncio.sleep(0.8)  # the lease taken at the claim, just before, lasts 1 s
+            assert item_id in renewed
+        finally:
+            fetcher.gate.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)

@@ -146,6 +146,7 @@ class Engine:
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
+        self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
         self._skew: float | None = None  # wall clock minus monotonic clock at the last look (_clock_stepped)
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
@@ -185,6 +186,8 @@ class Engine:
             if config.node(old.name) != old or new_variant:
                 self._coalescer.changed(old.name)
         moved = {old.name for old in self.config.nodes if (new := config.node(old.name)) is None or new.url != old.url}
+        if config.engine.lease_seconds != self.settings.lease_seconds:
+            self._lease_changed.set()
         waits_less = (
             config.engine.node_down_wait < self.settings.node_down_wait
             or config.engine.backoff_max < self.settings.backoff_max
@@ -967,12 +970,16 @@ class Engine:
         self._end_queued(found)
 
     async def _renew_leases(self) -> None:
+        """Renew every third of a lease; again within a second after a failure (the store may be back); at once
+        when a reload changed lease_seconds: the claims from then on are leased for the new length, which the
+        pause begun under the old one may outlast (a tester's 60 cut to 2: the new leases ran out before the
+        renewal, 20 s on, and another worker sent their items again)."""
         while True:
+            self._lease_changed.clear()
             s = self.settings
-            # Every third of a lease; again within a second after a failure (the store may be back).
-            await asyncio.sleep(
-                min(s.lease_seconds / 3, RENEW_RETRY_SECONDS) if self._unrenewed else s.lease_seconds / 3
-            )
+            pause = min(s.lease_seconds / 3, RENEW_RETRY_SECONDS) if self._unrenewed else s.lease_seconds / 3
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_changed.wait(), pause)
             await self._renew()
 
     async def _renew(self) -> bool:
