@@ -294,6 +294,34 @@ async def test_outcome_writes_that_keep_failing_are_logged_once_then_once_when_t
     assert "(3 more failures alike not logged)" in said[-1] and tries[0] == 5
 
 
+async def test_a_task_ended_by_a_write_whose_answer_was_lost_is_noted_once() -> None:
+    """The store commits a batch that ends a task, but its answer is lost (PostgreSQL: the connection drops after
+    COMMIT) and the batch is written again: the task is noted as ended once (tasks_finished, its log line, its
+    webhook's wake). Before, only a task ended at the last try's time was noted: this one, ended at the first
+    try's, never was."""
+    async with open_store("memory://") as store:
+        engine = Engine(config(4), store, CountingFetcher())
+        noted: list[str] = []
+        engine.on_task_finished = lambda task: noted.append(task.id)
+        real, tries = store.record_outcomes, [0]
+
+        async def answer_lost_once(*args: Any) -> int:
+            written = await real(*args)
+            tries[0] += 1
+            if tries[0] == 1:
+                raise StoreError("postgresql: connection was closed in the middle of operation")
+            return written
+
+        store.record_outcomes = answer_lost_once  # type: ignore[method-assign]
+        task_id = await submit(store, 1)
+        (claim,) = await store.claim_due_items(engine.worker_id, 1, time.time(), 60.0)
+        engine._leased[claim.item_id] = claim.task_id
+        await asyncio.wait_for(engine._flush([ItemOutcome(claim.item_id, True, 1)]), DEADLINE)
+    assert tries[0] == 2 and noted == [task_id]
+    succeeded = {"status": str(int(TaskStatus.SUCCEEDED))}
+    assert engine.metrics.registry.get_sample_value("edgewarm_tasks_finished_total", succeeded) == 1
+
+
 class StuckNodeFetcher(CountingFetcher):
     """Nodes named "stuck…" answer only once `release` is set; the others as CountingFetcher."""
 

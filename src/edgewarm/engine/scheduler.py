@@ -892,8 +892,10 @@ class Engine:
 
     async def _flush(self, batch: list[ItemOutcome]) -> None:
         delay = 0.1
+        tries: set[float] = set()  # each try's time: a try whose answer was lost may have committed the batch
         while True:
             now = self._clock()
+            tries.add(now)
             try:
                 await self.store.record_outcomes(self.worker_id, batch, now)
                 self._writes_log.worked()
@@ -908,16 +910,17 @@ class Engine:
         for when in {o.retry_at for o in batch if o.retry_at is not None}:
             self._due_at(when)
         self.wake()  # later stages may be due now
-        await self._note_finished(touched, now)
+        await self._note_finished(touched, tries)
 
-    async def _note_finished(self, task_ids: set[str], now: float) -> None:
-        """Tasks this batch ended (their finished_at is this batch's time): metrics, and their webhooks."""
+    async def _note_finished(self, task_ids: set[str], tries: set[float]) -> None:
+        """Tasks this batch ended (their finished_at is the time of one of its tries: the one that committed
+        it, which is not the last when the store's answer to it was lost): metrics, and their webhooks."""
         for task_id in task_ids:
             try:
                 task = await self.store.get_task(task_id)
             except StoreError:
                 continue  # only bookkeeping: the outcomes are written
-            if task is None or task.finished_at != now:
+            if task is None or task.finished_at not in tries:
                 continue
             self._task_ended(task)
 
