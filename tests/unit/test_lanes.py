@@ -62,8 +62,15 @@ class CountingFetcher:
         return True
 
 
-def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05, **engine_keys: Any) -> Config:
-    node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
+def config(
+    per_node: int,
+    *,
+    node_width: int | None = None,
+    flush_interval: float = 0.05,
+    node_name: str = "e1",
+    **engine_keys: Any,
+) -> Config:
+    node: dict[str, Any] = {"name": node_name, "url": "http://127.0.0.1:1"}
     if node_width is not None:
         node["concurrency"] = node_width
     engine = {
@@ -83,9 +90,9 @@ def config(per_node: int, *, node_width: int | None = None, flush_interval: floa
     )
 
 
-async def submit(store: TaskStore, count: int) -> str:
+async def submit(store: TaskStore, count: int, node: str = "e1") -> str:
     task_id = str(uuid.uuid4())
-    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node="e1") for i in range(count))
+    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node=node) for i in range(count))
     quota = QuotaCharge("20261128", count, 0, 10**9, 10)
     await store.create_task(NewTask(task_id, "u", TaskKind.PREFETCH, time.time(), items, quota))
     return task_id
@@ -585,5 +592,30 @@ async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
             assert item_id in renewed
         finally:
             fetcher.gate.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+
+
+async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> None:
+    """The node replaced by reloads, one of another name each time, then the first one added back: only the
+    configured node has a lane and workers, and the node added back warms through a new lane. Before, each
+    removed node kept its lane and its per_node_concurrency workers for the life of the process."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(8, node_name="n0"), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            for name in ("n0", "n1", "n2", "n0"):
+                engine.reconfigure(config(8, node_name=name))
+                task = await ended(store, await submit(store, 3, node=name))
+                assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+                for _ in range(500):  # the removed lanes' workers end
+                    workers = [t for t in asyncio.all_tasks() if t.get_name().startswith("edgewarm-n")]
+                    if len(workers) == 8:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(workers) == 8, workers
+                assert list(engine._lanes) == [name] and len(engine._lanes[name].workers) == 8
+        finally:
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)

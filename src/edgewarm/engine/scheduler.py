@@ -135,6 +135,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lanes: dict[str, _NodeLane] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # workers of removed nodes' lanes, until they end (_retire)
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
         # When the items this engine made due later (retries, a held node's items put off) fall due, soonest first:
@@ -197,10 +198,11 @@ class Engine:
         self._varnish = _has_varnish(config)
         self.settings = config.engine
         self._coalescer.window = self._dedupe_seconds()
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             node = config.node(lane.node.name)
             lane.removed = node is None
             self._staff(lane, node or lane.node)
+            self._retire(lane)
         self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
         # After the bringing back: the warms again wait 2 s first, and the node's work runs in the order asked.
         self._rewarm_moved([node for name in sorted(moved) if (node := config.node(name)) is not None])
@@ -263,6 +265,7 @@ class Engine:
             await self._drain()
         finally:
             workers = [w for lane in self._lanes.values() for w in lane.workers]
+            workers.extend(self._retired)
             workers.extend(self._putting_off.values())
             if self._follower is not None:
                 workers.append(self._follower)
@@ -624,6 +627,21 @@ class Engine:
             name = f"edgewarm-{node.name}-{len(lane.workers)}"
             lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
 
+    def _retire(self, lane: _NodeLane) -> None:
+        """Drop `lane` once its node was removed by a reload and nothing of it is in hand: its workers leave (else
+        each node renamed or replaced kept its lane and workers for the life of the process). A node added
+        back later gets a new lane (_lane). Its workers wait for their queue's next claim: cancelled (one of
+        them may be the caller: it ends at its next wait), tracked until they end, as stop() awaits them."""
+        if not lane.removed or lane.held or self._lanes.get(lane.node.name) is not lane:
+            return
+        del self._lanes[lane.node.name]
+        self._warming.pop(lane.node.name, None)  # empty: none of its warms is in hand
+        for worker in lane.workers:
+            worker.cancel()
+            self._retired.add(worker)
+            worker.add_done_callback(self._retired.discard)
+        lane.workers = []
+
     # -- working ----------------------------------------------------------------------------------
 
     async def _node_worker(self, lane: _NodeLane) -> None:
@@ -831,6 +849,7 @@ class Engine:
         if not self._in_hand:
             self._idle.set()
         lane.let_go(claim)
+        self._retire(lane)
         # Claim again while a quarter of the room is free (half of a node's part, with more than two nodes), not
         # when the queues run dry: a claim takes a few milliseconds (it waits its turn with the store's other
         # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts
