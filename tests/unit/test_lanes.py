@@ -619,3 +619,31 @@ async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> 
         finally:
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
+
+
+async def test_a_retry_claimed_before_the_writer_took_the_stores_answer_is_sent_at_once() -> None:
+    """An item answered 503, due again at once: its outcome is committed, but the store's answer reaches the writer
+    late (a busy loop, a PostgreSQL answer read after the next claim's), and the claim meanwhile brings the item
+    back. It is sent once the answer is taken, not a lease later. Before, the claim was dropped as one of an
+    item still in hand: the item waited for its lease to end (here 4 s; by default 60)."""
+    fetcher = FlakyFetcher(failures=1)
+    quick = config(4, poll_interval=0.05, backoff_base=0.001, backoff_max=0.002, lease_seconds=4.0)
+    async with open_store("memory://") as store:
+        real = store.record_outcomes
+
+        async def answered_late(*args: Any) -> int:
+            written = await real(*args)
+            await asyncio.sleep(0.5)
+            return written
+
+        store.record_outcomes = answered_late  # type: ignore[method-assign]
+        engine = Engine(quick, store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            task = await ended(store, await submit(store, 1))
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    (times,) = fetcher.asked.values()
+    assert len(times) == 2 and times[1] - times[0] < 2.0, times

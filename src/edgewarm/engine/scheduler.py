@@ -145,6 +145,7 @@ class Engine:
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off (or brought back)
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
+        self._claimed_early: dict[int, Claim] = {}  # claimed again before their last write was taken (_hand_out)
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
         self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
@@ -586,8 +587,12 @@ class Engine:
     def _hand_out(self, claim: Claim) -> None:
         """Give `claim` to its node's lane; with other engines on the store, a purge first waits for their warms
         of what it purges, out of the lane (_follow_others). An item this engine holds already (its lease ran out
-        by a clock stepped forward, and the claim took it again, renewed) is not worked twice."""
+        by a clock stepped forward, and the claim took it again, renewed) is not worked twice. One that the store
+        had pending (not retaken) is no longer in hand: its outcome, a retry due at once, was committed before
+        the writer took the store's answer; it is handed out once the writer has (it waited a whole lease)."""
         if claim.item_id in self._leased:
+            if not claim.retaken and claim.item_id not in self._in_hand:
+                self._claimed_early[claim.item_id] = claim
             return
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
@@ -926,6 +931,12 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
+        for outcome in batch:
+            if (early := self._claimed_early.pop(outcome.item_id, None)) is not None:
+                if self._stopping.is_set():  # the lanes may be gone: handed back with the others at the end
+                    self._leased[early.item_id] = early.task_id
+                else:
+                    self._hand_out(early)
         for when in {o.retry_at for o in batch if o.retry_at is not None}:
             self._due_at(when)
         self.wake()  # later stages may be due now
