@@ -269,3 +269,72 @@ def test_a_follower_cancelled_with_its_leader_at_a_stop_does_not_fetch() -> None
     follower_cancelled, fetched = asyncio.run(go())
     assert follower_cancelled
     assert fetched == ["leader"]
+
+
+def test_a_reload_turning_the_window_to_zero_while_a_fetch_is_followed_strands_nothing() -> None:
+    """dedupe_seconds set to 0 by a reload while a claim follows another's fetch: the follower fetches for itself
+    (sharing is off now) and the key is left with no running fetch; set back to 60, a later warm of the key
+    fetches. Before, `end` returned at once with the window at 0: the leader's entry stayed, its follower waited
+    for ever (a task in progress for ever), and every later warm of the key followed a fetch long over."""
+    fetches: list[str] = []
+
+    async def go() -> list[tuple[ItemOutcome, bool]]:
+        coalescer = Coalescer(60)
+        key = ("u", "n")
+        gate = asyncio.Event()
+
+        async def fetch(who: str) -> ItemOutcome:
+            fetches.append(who)
+            await gate.wait()
+            return ItemOutcome(1, True, 1, 200)
+
+        leader = asyncio.create_task(warm(coalescer, key, lambda: fetch("leader")))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(warm(coalescer, key, lambda: fetch("follower")))
+        await asyncio.sleep(0.01)
+        coalescer.window = 0  # the reload
+        gate.set()
+        results = list(await asyncio.wait_for(asyncio.gather(leader, follower), 5))
+        assert not coalescer._running
+        coalescer.window = 60  # and another
+        results.append(await asyncio.wait_for(warm(coalescer, key, lambda: fetch("later")), 5))
+        return results
+
+    results = asyncio.run(go())
+    assert fetches == ["leader", "follower", "later"]
+    assert [shared for _, shared in results] == [False, False, False]
+
+
+def test_a_fetch_begun_with_the_window_at_zero_does_not_end_a_later_ones_sharing() -> None:
+    """A fetch begun while dedupe_seconds was 0 (it has no entry) that ends after a reload set it to 60 and
+    another claim began a fetch of the key: the later fetch stays the one its followers wait for."""
+
+    async def go() -> tuple[list[tuple[ItemOutcome, bool]], int]:
+        coalescer = Coalescer(0)
+        key = ("u", "n")
+        first_gate, second_gate = asyncio.Event(), asyncio.Event()
+        calls = 0
+
+        async def fetch(gate: asyncio.Event, status: int) -> ItemOutcome:
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return ItemOutcome(1, True, 1, status)
+
+        early = asyncio.create_task(warm(coalescer, key, lambda: fetch(first_gate, 201)))
+        await asyncio.sleep(0.01)
+        coalescer.window = 60
+        later = asyncio.create_task(warm(coalescer, key, lambda: fetch(second_gate, 202)))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(warm(coalescer, key, lambda: fetch(second_gate, 203)))
+        await asyncio.sleep(0.01)
+        first_gate.set()
+        await asyncio.wait_for(early, 5)
+        assert key in coalescer._running  # the later fetch's, untouched
+        second_gate.set()
+        results = await asyncio.wait_for(asyncio.gather(early, later, follower), 5)
+        return results, calls
+
+    results, calls = asyncio.run(go())
+    assert calls == 2
+    assert [(outcome.http_status, shared) for outcome, shared in results] == [(201, False), (202, False), (202, True)]

@@ -62,8 +62,15 @@ class CountingFetcher:
         return True
 
 
-def config(per_node: int, *, node_width: int | None = None, flush_interval: float = 0.05, **engine_keys: Any) -> Config:
-    node: dict[str, Any] = {"name": "e1", "url": "http://127.0.0.1:1"}
+def config(
+    per_node: int,
+    *,
+    node_width: int | None = None,
+    flush_interval: float = 0.05,
+    node_name: str = "e1",
+    **engine_keys: Any,
+) -> Config:
+    node: dict[str, Any] = {"name": node_name, "url": "http://127.0.0.1:1"}
     if node_width is not None:
         node["concurrency"] = node_width
     engine = {
@@ -83,9 +90,9 @@ def config(per_node: int, *, node_width: int | None = None, flush_interval: floa
     )
 
 
-async def submit(store: TaskStore, count: int) -> str:
+async def submit(store: TaskStore, count: int, node: str = "e1") -> str:
     task_id = str(uuid.uuid4())
-    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node="e1") for i in range(count))
+    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node=node) for i in range(count))
     quota = QuotaCharge("20261128", count, 0, 10**9, 10)
     await store.create_task(NewTask(task_id, "u", TaskKind.PREFETCH, time.time(), items, quota))
     return task_id
@@ -292,6 +299,34 @@ async def test_outcome_writes_that_keep_failing_are_logged_once_then_once_when_t
         said[-1],
     ] and said[-1].startswith("writing outcomes (kept, and tried again) works again, after "), said
     assert "(3 more failures alike not logged)" in said[-1] and tries[0] == 5
+
+
+async def test_a_task_ended_by_a_write_whose_answer_was_lost_is_noted_once() -> None:
+    """The store commits a batch that ends a task, but its answer is lost (PostgreSQL: the connection drops after
+    COMMIT) and the batch is written again: the task is noted as ended once (tasks_finished, its log line, its
+    webhook's wake). Before, only a task ended at the last try's time was noted: this one, ended at the first
+    try's, never was."""
+    async with open_store("memory://") as store:
+        engine = Engine(config(4), store, CountingFetcher())
+        noted: list[str] = []
+        engine.on_task_finished = lambda task: noted.append(task.id)
+        real, tries = store.record_outcomes, [0]
+
+        async def answer_lost_once(*args: Any) -> int:
+            written = await real(*args)
+            tries[0] += 1
+            if tries[0] == 1:
+                raise StoreError("postgresql: connection was closed in the middle of operation")
+            return written
+
+        store.record_outcomes = answer_lost_once  # type: ignore[method-assign]
+        task_id = await submit(store, 1)
+        (claim,) = await store.claim_due_items(engine.worker_id, 1, time.time(), 60.0)
+        engine._leased[claim.item_id] = claim.task_id
+        await asyncio.wait_for(engine._flush([ItemOutcome(claim.item_id, True, 1)]), DEADLINE)
+    assert tries[0] == 2 and noted == [task_id]
+    succeeded = {"status": str(int(TaskStatus.SUCCEEDED))}
+    assert engine.metrics.registry.get_sample_value("edgewarm_tasks_finished_total", succeeded) == 1
 
 
 class StuckNodeFetcher(CountingFetcher):
@@ -514,3 +549,101 @@ async def test_a_retry_set_before_a_restart_is_claimed_when_its_backoff_ends_not
             second.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert fetcher.requests == 6 and all(len(times) == 2 for times in fetcher.asked.values())
+
+
+class GatedFetcher(CountingFetcher):
+    """Answers only once `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        self.in_flight[node.name] = self.in_flight.get(node.name, 0) + 1
+        await self.gate.wait()
+        return await super().request(method, node, target, headers)
+
+
+async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
+    """lease_seconds cut from 60 to 1 by a reload: the lease of an item claimed after it is renewed before its
+    second is over. Before, the renewer slept the old third of a lease (20 s): the 1 s lease ran out while the
+    item was still being sent, and another worker's claim took it and sent it again."""
+    fetcher = GatedFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4, lease_seconds=60.0), store, fetcher, sole=False)
+        real, renewed = store.renew_leases, []
+
+        async def renewing(worker: str, item_ids: Any, until: float) -> int:
+            renewed.extend(item_ids)
+            return await real(worker, item_ids, until)
+
+        store.renew_leases = renewing  # type: ignore[method-assign]
+        runner = asyncio.create_task(engine.run())
+        try:
+            await asyncio.sleep(0.1)  # the renewer sleeps its 20 s
+            engine.reconfigure(config(4, lease_seconds=1.0))
+            await submit(store, 1)
+            engine.wake()
+            await until(lambda: fetcher.in_flight.get("e1") == 1, "the item sent")
+            (item_id,) = engine._leased
+            await asyncio.sleep(0.8)  # the lease taken at the claim, just before, lasts 1 s
+            assert item_id in renewed
+        finally:
+            fetcher.gate.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+
+
+async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> None:
+    """The node replaced by reloads, one of another name each time, then the first one added back: only the
+    configured node has a lane and workers, and the node added back warms through a new lane. Before, each
+    removed node kept its lane and its per_node_concurrency workers for the life of the process."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(8, node_name="n0"), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            for name in ("n0", "n1", "n2", "n0"):
+                engine.reconfigure(config(8, node_name=name))
+                task = await ended(store, await submit(store, 3, node=name))
+                assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+                for _ in range(500):  # the removed lanes' workers end
+                    workers = [t for t in asyncio.all_tasks() if t.get_name().startswith("edgewarm-n")]
+                    if len(workers) == 8:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(workers) == 8, workers
+                assert list(engine._lanes) == [name] and len(engine._lanes[name].workers) == 8
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+
+
+async def test_a_retry_claimed_before_the_writer_took_the_stores_answer_is_sent_at_once() -> None:
+    """An item answered 503, due again at once: its outcome is committed, but the store's answer reaches the writer
+    late (a busy loop, a PostgreSQL answer read after the next claim's), and the claim meanwhile brings the item
+    back. It is sent once the answer is taken, not a lease later. Before, the claim was dropped as one of an
+    item still in hand: the item waited for its lease to end (here 4 s; by default 60)."""
+    fetcher = FlakyFetcher(failures=1)
+    quick = config(4, poll_interval=0.05, backoff_base=0.001, backoff_max=0.002, lease_seconds=4.0)
+    async with open_store("memory://") as store:
+        real = store.record_outcomes
+
+        async def answered_late(*args: Any) -> int:
+            written = await real(*args)
+            await asyncio.sleep(0.5)
+            return written
+
+        store.record_outcomes = answered_late  # type: ignore[method-assign]
+        engine = Engine(quick, store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            task = await ended(store, await submit(store, 1))
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    (times,) = fetcher.asked.values()
+    assert len(times) == 2 and times[1] - times[0] < 2.0, times

@@ -33,12 +33,14 @@ SHARED_NOTE = (
 
 
 class _Running:
-    """A fetch of a key: the node's purge count when it began, and (once a second claim follows) its future."""
+    """A fetch of a key: the node's purge count when it began, the task fetching (only its `end` ends it), and
+    (once a second claim follows) its future."""
 
-    __slots__ = ("future", "purges")
+    __slots__ = ("future", "leader", "purges")
 
     def __init__(self, purges: int) -> None:
         self.purges = purges
+        self.leader = asyncio.current_task()
         self.future: asyncio.Future[ItemOutcome] | None = None
 
 
@@ -85,22 +87,29 @@ class Coalescer:
         return running.future  # if a purge came meanwhile, its success is not shared: the next round fetches
 
     def end(self, key: Key, outcome: ItemOutcome | None) -> None:
-        """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again)."""
-        if self.window <= 0:
+        """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again).
+
+        Whatever the window now: a reload may have set it to 0 while this fetch ran, and its entry left behind
+        would keep its followers waiting for ever, and every later warm of the key once the window is back. Only
+        the fetch's own entry: one begun with the window at 0 has none, and must not end another's."""
+        running = self._running.get(key)
+        if running is None or running.leader is not asyncio.current_task():
             return
-        running = self._running.pop(key, None)
-        fresh = running is not None and running.purges == self._purges.get(key[1], 0)
-        if outcome is not None and outcome.succeeded and running is not None and fresh:
+        del self._running[key]
+        fresh = running.purges == self._purges.get(key[1], 0)
+        if self.window > 0 and outcome is not None and outcome.succeeded and fresh:
             now = self._clock()
             lasts = self.window if outcome.fresh_for is None else min(self.window, outcome.fresh_for)
             self._recent[key] = (now, outcome, running.purges, now + lasts)
             self._recent.move_to_end(key)
             if len(self._recent) > MAX_RECENT:
                 self._recent.popitem(last=False)
-        followers = None if running is None else running.future
+        followers = running.future
         if followers is not None:
-            if outcome is None or not fresh:
-                followers.cancel()  # each follower asks again: a purge since the fetch began, or it raised
+            if outcome is None or not fresh or self.window <= 0:
+                # Each follower asks again: a purge since the fetch began, it raised, or sharing is off now (each
+                # fetches for itself).
+                followers.cancel()
             else:
                 followers.set_result(outcome)
 

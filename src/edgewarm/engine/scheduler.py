@@ -135,6 +135,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lanes: dict[str, _NodeLane] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # workers of removed nodes' lanes, until they end (_retire)
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
         self._fresh = False  # new work may be due (a submission, a stage released) since the last claim
         # When the items this engine made due later (retries, a held node's items put off) fall due, soonest first:
@@ -144,8 +145,10 @@ class Engine:
         self._put_off_until: dict[str, float] = {}  # node -> the cooldown end its items were put off to (_put_off)
         self._putting_off: dict[str, asyncio.Task[None]] = {}  # node -> its items being put off (or brought back)
         self._leased: dict[int, str] = {}  # claimed and not yet written back: item -> task
+        self._claimed_early: dict[int, Claim] = {}  # claimed again before their last write was taken (_hand_out)
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
+        self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
         self._skew: float | None = None  # wall clock minus monotonic clock at the last look (_clock_stepped)
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
@@ -185,6 +188,8 @@ class Engine:
             if config.node(old.name) != old or new_variant:
                 self._coalescer.changed(old.name)
         moved = {old.name for old in self.config.nodes if (new := config.node(old.name)) is None or new.url != old.url}
+        if config.engine.lease_seconds != self.settings.lease_seconds:
+            self._lease_changed.set()
         waits_less = (
             config.engine.node_down_wait < self.settings.node_down_wait
             or config.engine.backoff_max < self.settings.backoff_max
@@ -194,10 +199,11 @@ class Engine:
         self._varnish = _has_varnish(config)
         self.settings = config.engine
         self._coalescer.window = self._dedupe_seconds()
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             node = config.node(lane.node.name)
             lane.removed = node is None
             self._staff(lane, node or lane.node)
+            self._retire(lane)
         self._bring_back({node.name for node in config.nodes} | moved if waits_less else moved)
         # After the bringing back: the warms again wait 2 s first, and the node's work runs in the order asked.
         self._rewarm_moved([node for name in sorted(moved) if (node := config.node(name)) is not None])
@@ -260,6 +266,7 @@ class Engine:
             await self._drain()
         finally:
             workers = [w for lane in self._lanes.values() for w in lane.workers]
+            workers.extend(self._retired)
             workers.extend(self._putting_off.values())
             if self._follower is not None:
                 workers.append(self._follower)
@@ -580,8 +587,12 @@ class Engine:
     def _hand_out(self, claim: Claim) -> None:
         """Give `claim` to its node's lane; with other engines on the store, a purge first waits for their warms
         of what it purges, out of the lane (_follow_others). An item this engine holds already (its lease ran out
-        by a clock stepped forward, and the claim took it again, renewed) is not worked twice."""
+        by a clock stepped forward, and the claim took it again, renewed) is not worked twice. One that the store
+        had pending (not retaken) is no longer in hand: its outcome, a retry due at once, was committed before
+        the writer took the store's answer; it is handed out once the writer has (it waited a whole lease)."""
         if claim.item_id in self._leased:
+            if not claim.retaken and claim.item_id not in self._in_hand:
+                self._claimed_early[claim.item_id] = claim
             return
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
@@ -620,6 +631,21 @@ class Engine:
         for _ in range(lane.width - len(lane.workers)):
             name = f"edgewarm-{node.name}-{len(lane.workers)}"
             lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
+
+    def _retire(self, lane: _NodeLane) -> None:
+        """Drop `lane` once its node was removed by a reload and nothing of it is in hand: its workers leave (else
+        each node renamed or replaced kept its lane and workers for the life of the process). A node added
+        back later gets a new lane (_lane). Its workers wait for their queue's next claim: cancelled (one of
+        them may be the caller: it ends at its next wait), tracked until they end, as stop() awaits them."""
+        if not lane.removed or lane.held or self._lanes.get(lane.node.name) is not lane:
+            return
+        del self._lanes[lane.node.name]
+        self._warming.pop(lane.node.name, None)  # empty: none of its warms is in hand
+        for worker in lane.workers:
+            worker.cancel()
+            self._retired.add(worker)
+            worker.add_done_callback(self._retired.discard)
+        lane.workers = []
 
     # -- working ----------------------------------------------------------------------------------
 
@@ -828,6 +854,7 @@ class Engine:
         if not self._in_hand:
             self._idle.set()
         lane.let_go(claim)
+        self._retire(lane)
         # Claim again while a quarter of the room is free (half of a node's part, with more than two nodes), not
         # when the queues run dry: a claim takes a few milliseconds (it waits its turn with the store's other
         # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts
@@ -889,8 +916,10 @@ class Engine:
 
     async def _flush(self, batch: list[ItemOutcome]) -> None:
         delay = 0.1
+        tries: set[float] = set()  # each try's time: a try whose answer was lost may have committed the batch
         while True:
             now = self._clock()
+            tries.add(now)
             try:
                 await self.store.record_outcomes(self.worker_id, batch, now)
                 self._writes_log.worked()
@@ -902,19 +931,26 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
+        for outcome in batch:
+            if (early := self._claimed_early.pop(outcome.item_id, None)) is not None:
+                if self._stopping.is_set():  # the lanes may be gone: handed back with the others at the end
+                    self._leased[early.item_id] = early.task_id
+                else:
+                    self._hand_out(early)
         for when in {o.retry_at for o in batch if o.retry_at is not None}:
             self._due_at(when)
         self.wake()  # later stages may be due now
-        await self._note_finished(touched, now)
+        await self._note_finished(touched, tries)
 
-    async def _note_finished(self, task_ids: set[str], now: float) -> None:
-        """Tasks this batch ended (their finished_at is this batch's time): metrics, and their webhooks."""
+    async def _note_finished(self, task_ids: set[str], tries: set[float]) -> None:
+        """Tasks this batch ended (their finished_at is the time of one of its tries: the one that committed
+        it, which is not the last when the store's answer to it was lost): metrics, and their webhooks."""
         for task_id in task_ids:
             try:
                 task = await self.store.get_task(task_id)
             except StoreError:
                 continue  # only bookkeeping: the outcomes are written
-            if task is None or task.finished_at != now:
+            if task is None or task.finished_at not in tries:
                 continue
             self._task_ended(task)
 
@@ -967,12 +1003,16 @@ class Engine:
         self._end_queued(found)
 
     async def _renew_leases(self) -> None:
+        """Renew every third of a lease; again within a second after a failure (the store may be back); at once
+        when a reload changed lease_seconds: the claims from then on are leased for the new length, which the
+        pause begun under the old one may outlast (a tester's 60 cut to 2: the new leases ran out before the
+        renewal, 20 s on, and another worker sent their items again)."""
         while True:
+            self._lease_changed.clear()
             s = self.settings
-            # Every third of a lease; again within a second after a failure (the store may be back).
-            await asyncio.sleep(
-                min(s.lease_seconds / 3, RENEW_RETRY_SECONDS) if self._unrenewed else s.lease_seconds / 3
-            )
+            pause = min(s.lease_seconds / 3, RENEW_RETRY_SECONDS) if self._unrenewed else s.lease_seconds / 3
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_changed.wait(), pause)
             await self._renew()
 
     async def _renew(self) -> bool:
