@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgewarm.client import Client
+from edgewarm.engine.coalesce import SHARED_NOTE
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
@@ -243,6 +244,11 @@ def test_a_warm_of_an_answer_that_varies_says_which_copy_it_filled(service: Serv
     assert [notes[n.name] for n in lab.cache_nodes() if n.kind == "varnish"] == [None], notes
     chrome = {"Accept-Encoding": "gzip, deflate, br, zstd"}
     assert {lab.fetch(n, "/vary/c.txt", headers=chrome).cache_status for n in lab.cache_nodes()} == {"HIT"}
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:  # shared: it keeps the note of what was warmed
+        again = client.prefetch([url_of("/vary/c.txt")])
+        assert client.wait(again, timeout=60)["status"] == 0
+        shared = {item["node"]: item["note"] for item in client.task(again)["items"]}
+    assert {shared[name] for name in nginx} == {f"{SHARED_NOTE}; {said}"}, shared
 
 
 def test_with_accept_encoding_gzip_a_varnish_edge_finds_its_copy_on_the_shield(tmp_path: Path, lab: Lab) -> None:

@@ -128,6 +128,23 @@ def test_a_warm_is_not_shared_once_the_nodes_copy_has_expired(tmp_path: Path, la
     assert all(i["attempts"] == 0 and "not fetched again" in i["note"] for i in shared), shared
 
 
+def test_a_hit_on_nginx_of_a_copy_of_unknown_age_is_not_shared(tmp_path: Path, lab: Lab) -> None:
+    """A viewer stored the copy; the warm is a HIT, and nginx tells no Age (its Date is its own): how long the
+    copy has left cannot be known, so a task right after fetches again (before, it was shared for the whole
+    max-age from the HIT: a re-tester's viewer got EXPIRED after a task reported it warmed)."""
+    lab.write_file("/max-age-2/v.bin", b"v" * 100)
+    for node in lab.cache_nodes():  # shield first: the edges fill from it
+        assert lab.fetch(node, "/max-age-2/v.bin").cache_status == "MISS"
+    url = url_of("/max-age-2/v.bin")
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        first = client.prefetch([url])
+        assert client.wait(first, timeout=60)["status"] == 0
+        second = client.prefetch([url])
+        assert client.wait(second, timeout=60)["status"] == 0
+        items = client.task(second)["items"]
+    assert [i["attempts"] for i in items] == [1, 1, 1], items
+
+
 def client_query_status(items: list[dict[str, object]]) -> tuple[int, int]:
     """(succeeded, failed) among `items`."""
     states = Counter(i["state"] for i in items)

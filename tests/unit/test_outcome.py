@@ -413,6 +413,8 @@ def test_a_gateway_error_says_it_is_one(status: int) -> None:
         ("Accept-Encoding", NodeKind.NGINX, "Accept-Encoding 'gzip'"),
         ("accept-encoding, User-Agent", NodeKind.SQUID, "Accept-Encoding 'gzip', User-Agent 'ua/1'"),
         ("Cookie, Accept-Encoding", NodeKind.VARNISH, "no Cookie"),
+        ("Accept, Host", NodeKind.NGINX, "Accept '*/*'"),  # what the clients send; Host is the URL's own
+        ("Host", NodeKind.NGINX, None),
     ],
 )
 def test_a_warm_of_an_answer_that_varies_tells_the_copy_it_filled(

@@ -24,7 +24,7 @@ _BOM = b"\xef\xbb\xbf"
 # variable never set).
 _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
-_LISTED = re.compile(r"(.+)\[(\d*)\]\Z")
+_LISTED = re.compile(r"(.+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
 
 
 def caller_address(request: Request) -> str | None:
@@ -87,13 +87,19 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order,
     also when there is one (a list of one URL, not a string that `split_list` would cut at its commas)."""
     fields: dict[str, Any] = {}
-    listed: dict[str, list[tuple[tuple[int, str], str]]] = {}
+    # In the index's order, read as a number of any length without making it one (int() refuses 4,300 digits);
+    # an entry without one comes after the highest before it, as PHP puts it: (digits' length, digits, turn).
+    listed: dict[str, list[tuple[tuple[int, str, int], str]]] = {}
     for key, values in form.items():
         if (entry := _LISTED.match(key)) is not None:
-            # In the index's order, read as a number of any length without making it one (int() refuses 4,300
-            # digits); an entry without one comes after those before it.
-            digits = entry[2].lstrip("0") or ("0" if entry[2] else str(len(listed.get(entry[1], ()))))
-            listed.setdefault(entry[1], []).extend(((len(digits), digits), value) for value in values)
+            entries = listed.setdefault(entry[1], [])
+            if entry[2]:
+                digits = entry[2].lstrip("0") or "0"
+                position = (len(digits), digits, 0)
+            else:
+                highest = max((p for p, _ in entries), default=(0, "", 0))
+                position = (highest[0], highest[1], highest[2] + 1)
+            entries.extend((position, value) for value in values)
         else:
             fields[key] = values[0] if len(values) == 1 else values
     for name, entries in listed.items():

@@ -62,9 +62,11 @@ class BodySizeLimit:
             return
         limit = self.max_bytes()
         for name, value in scope["headers"]:
-            # (Over 18 digits: too large whatever it says; int() refuses over 4,300.)
+            # (Over 18 digits but leading zeros: too large whatever it says; int() refuses over 4,300.)
             length = value.strip()
-            if name == b"content-length" and (not length.isdigit() or len(length) > 18 or int(length) > limit):
+            if name == b"content-length" and (
+                not length.isdigit() or len(digits := length.lstrip(b"0")) > 18 or int(digits or b"0") > limit
+            ):
                 await self._reject(send, limit)
                 return
         try:

@@ -443,12 +443,14 @@ def _signals(headers: Mapping[str, str], node: Node) -> _Told:
     state = cache_state(headers, node.kind)
     varies = vary_of(headers)
     if state is None:
-        return _Told(None, None, None, fresh_for(headers), varies)
+        return _Told(None, None, None, fresh_for(headers, cached=True), varies)  # it may have come from the cache
     if state.cached:
         age = age_of(headers)
-        return _Told(state, None, age, fresh_for(headers, age), varies)
+        return _Told(state, None, age, fresh_for(headers, cached=True), varies)
     not_stored = asks_not_to_store(headers)
-    return _Told(state, not_stored, None, None if not_stored else fresh_for(headers), None if not_stored else varies)
+    if not_stored:
+        return _Told(state, not_stored, None, None, None)
+    return _Told(state, None, None, fresh_for(headers), varies)
 
 
 def _read(method: str, status: int, told: _Told, received: int, expected: int | None, *, cut: bool) -> FetchResult:

@@ -33,14 +33,23 @@ def variant_note(varies: str | None, kind: NodeKind, settings: Engine) -> str | 
     names = []
     for member in varies.split(","):
         name = member.strip().lower()
-        if not name or name == "*" or (name == "accept-encoding" and kind is NodeKind.VARNISH) or name in names:
-            continue
+        if (
+            not name
+            or name in ("*", "host")
+            or (name == "accept-encoding" and kind is NodeKind.VARNISH)
+            or name in names
+        ):
+            continue  # (Host: the URL's own, as its viewers send it)
         names.append(name)
     if not names:
         return None
-    sent = {"accept-encoding": settings.accept_encoding, "user-agent": settings.user_agent}
+    sent = {"accept-encoding": settings.accept_encoding, "user-agent": settings.user_agent, "accept": "*/*"}
     shown = [f"{n.title()} {sent[n]!r}" if sent.get(n) else f"no {n.title()}" for n in names]
-    chosen = " ([engine] accept_encoding and user_agent choose the copy warmed)" if set(names) & set(sent) else ""
+    chosen = (
+        " ([engine] accept_encoding and user_agent choose the copy warmed)"
+        if {"accept-encoding", "user-agent"} & set(names)
+        else ""
+    )
     return (
         f"its answer varies on {', '.join(n.title() for n in names)} (Vary): warmed the copy for {', '.join(shown)}; "
         f"viewers who send other values miss until theirs is stored{chosen}"

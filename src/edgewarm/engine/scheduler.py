@@ -740,7 +740,8 @@ class Engine:
         shared = await coalescer.share(key)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
-            shared = replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=SHARED_NOTE, retry_at=None)
+            note = SHARED_NOTE if shared.error is None else f"{SHARED_NOTE}; {shared.error}"  # what the warm's said
+            shared = replace(shared, item_id=claim.item_id, attempts=claim.attempts, error=note, retry_at=None)
             return shared, True
         purged_at = self._purged_at(key, node) if self._purged else None
         outcome = None

@@ -209,13 +209,14 @@ def _lifetime_refused(headers: Mapping[str, str], now: float) -> str | None:
 _LIFETIME_FIELDS = ("X-Accel-Expires", "Cache-Control", "Expires")
 
 
-def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | None = None) -> float | None:
+def fresh_for(headers: Mapping[str, str], cached: bool = False, now: float | None = None) -> float | None:
     """Seconds the node's copy stays fresh, as the answer tells its lifetime, or None when it does not (the
     cache's own settings decide then: nginx's proxy_cache_valid, Varnish's default_ttl). The lifetime is read as
     nginx reads it: `X-Accel-Expires` (seconds, or `@` a time) before `Cache-Control`'s `s-maxage`, then
-    `max-age`, then `Expires` (by `now`); less the copy's age, as RFC 9111 counts it: its `Age`, or the time
-    since its `Date` when that is more (nginx sends no `Age`: a copy it stored a while ago is known by the
-    origin's `Date` it kept). An answer that asks caches not to store it is not looked at here
+    `max-age`, then `Expires`. A time (`@`, `Expires`) is the copy's end as it is (by `now`); seconds are
+    counted from when the copy was stored: less its `Age`, and 0 for an answer from the cache (`cached`) that
+    tells none, whose age cannot be known (nginx sends no `Age`, and its own `Date`: a HIT of a copy near its
+    end looked fresh for its whole lifetime). An answer that asks caches not to store it is not looked at here
     (asks_not_to_store)."""
     for name in _LIFETIME_FIELDS:
         if name in headers:
@@ -224,11 +225,11 @@ def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | N
         return None  # the usual answer of a static file: its cache's settings decide
     now = time.time() if now is None else now
     accel = (_field(headers, "X-Accel-Expires") or "").strip()
-    lifetime: float | None = None
+    seconds: int | None = None  # a lifetime counted from the copy's storing
     if accel.isdigit():
-        lifetime = int(accel)
+        seconds = int(accel)
     elif accel.startswith("@") and accel[1:].isdigit():
-        lifetime = int(accel[1:]) - now
+        return max(0.0, int(accel[1:]) - now)
     else:
         found: dict[str, str] = {}
         for directive in (_field(headers, "Cache-Control") or "").split(","):
@@ -238,14 +239,17 @@ def fresh_for(headers: Mapping[str, str], age: int | None = None, now: float | N
                 found.setdefault(name, value.strip().strip('"'))
         told = found.get("s-maxage", found.get("max-age"))
         if told is not None:
-            lifetime = int(told) if told.isdigit() else None
+            if not told.isdigit():
+                return None
+            seconds = int(told)
         elif (expires := _field(headers, "Expires")) is not None and (when := _http_date(expires)) is not None:
-            lifetime = when - now
-    if lifetime is None:
+            return max(0.0, when - now)
+    if seconds is None:
         return None
-    dated = _http_date(date) if (date := _field(headers, "Date")) is not None else None
-    spent = max(float(age or 0), 0.0 if dated is None else now - dated)
-    return max(0.0, lifetime - spent)
+    age = age_of(headers)  # a MISS's too: an upstream cache's copy it was filled from, as Varnish and Squid count
+    if age is None:
+        return 0.0 if cached else float(seconds)
+    return max(0.0, float(seconds - age))
 
 
 def _http_date(text: str) -> float | None:
