@@ -1927,3 +1927,34 @@ async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(
         await busy
         assert all(isinstance(a, StoreError) and "full" in str(a) for a in answers), answers
         assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)
+
+
+async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time_and_is_not_made_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds SQLite's write lock (an operator's sqlite3 shell in a transaction, an `api` frozen
+    mid-write): a submission is refused within LOCK_WAIT_SECONDS (here 0.5 s), and one that waited longer than
+    that for the writer is not made once the lock is free (before: up to 30 s a statement, 69 s seen, then the
+    task was made after its client had given up: three tasks for three timed-out tries)."""
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.5, raising=False)
+    path = tmp_path / "edgewarm.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        locked = make_task(1)
+        with pytest.raises(StoreError, match="locked"):
+            await store.create_task(locked)
+        assert time.monotonic() - started < 3
+        busy = asyncio.ensure_future(store._run(lambda: time.sleep(0.7)))  # the writer busy past the bound
+        await asyncio.sleep(0.05)
+        other.execute("ROLLBACK")  # the lock is free before the writer takes the waiting call
+        late = make_task(1)
+        with pytest.raises(StoreError, match=r"waited over 0\.5 s"):
+            await store.create_task(late)
+        await busy
+        other.close()
+        made = await store.create_task(make_task(1))
+        assert await store.get_task(locked.id) is None and await store.get_task(late.id) is None
+        assert await store.get_task(made.id) is not None and await store.usage("alice", DAY) == (1, 0)

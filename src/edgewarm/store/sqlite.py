@@ -164,7 +164,8 @@ class SQLiteStore:
         self._long_reader: sqlite3.Connection | None = None
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._to_create: deque[tuple[NewTask, Future[Task]]] = deque()  # waiting for the writer (group commit)
+        # Waiting for the writer (group commit), and since when (time.monotonic()).
+        self._to_create: deque[tuple[NewTask, Future[Task], float]] = deque()
         self._scans = ClaimScans()
         self._fair = FairClaims()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file once open
@@ -227,7 +228,7 @@ class SQLiteStore:
                     f"each name, so processes that open it by different names lose each other's writes; keep one "
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_SECONDS)
         try:  # refused before WAL: another application's file, or another version's, stays as it is
             version = _version_of(db, self.path)
             if in_the_way := _in_the_way(db, version):
@@ -356,12 +357,13 @@ class SQLiteStore:
         # Group commit: submissions that arrive while the writer is busy are created together, in one
         # transaction with one fsync, each under its own savepoint (a refused one does not undo the others).
         created: Future[Task] = Future()
-        self._to_create.append((task, created))
+        queued = (task, created, time.monotonic())
+        self._to_create.append(queued)
         try:
             await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
         except BaseException:
             try:  # refused before a group took it (the file gone, say): it must not be made by a later group
-                self._to_create.remove((task, created))
+                self._to_create.remove(queued)
             except ValueError:  # another call's group took it meanwhile: that group's answer is this call's
                 return await asyncio.wrap_future(created)
             raise
@@ -369,11 +371,20 @@ class SQLiteStore:
 
     def _create_queued(self) -> None:
         group: list[tuple[NewTask, Future[Task]]] = []
+        waited_since = time.monotonic()
         while self._to_create:
-            group.append(self._to_create.popleft())
+            task, created, queued = self._to_create.popleft()
+            if time.monotonic() - queued >= LOCK_WAIT_SECONDS:  # its caller may be gone: not made after all
+                created.set_exception(StoreError(_LOCKED.format(LOCK_WAIT_SECONDS)))
+            else:
+                group.append((task, created))
+                waited_since = min(waited_since, queued)
         if not group:
             return
         db = self.db
+        # No longer than LOCK_WAIT_SECONDS from the first call's arrival for the lock another process holds.
+        left = LOCK_WAIT_SECONDS - (time.monotonic() - waited_since)
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
         # Every answer waits for the COMMIT: one may rest on another's rows (the same idempotency key twice in the
         # group, or a quota another filled), and a failed COMMIT undoes them all.
         answers: list[tuple[Future[Task], str | Task | QuotaExceeded]] = []
@@ -407,6 +418,7 @@ class SQLiteStore:
                     created.set_exception(failure)
         finally:
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_SECONDS * 1000)}")
 
     async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
         def get(db: sqlite3.Connection) -> Task | None:
@@ -795,6 +807,11 @@ class SQLiteStore:
         yield
 
 
+# Seconds a write waits for the lock another process holds (an operator's sqlite3 shell in a transaction, an `api`
+# on the same file frozen mid-write): a submission is then answered "the store is unavailable", nothing made (it
+# waited 69 s, and was made after its client had given up); the engine's writes are tried again.
+LOCK_WAIT_SECONDS = 10.0
+_LOCKED = "sqlite: the submission waited over {:g} s for the database (locked by another process?): nothing was made"
 WAL_LOOKS = 0.5  # seconds a WAL-mode file without tables or -wal is looked at again (_not_without_its_wal)
 
 
