@@ -1958,3 +1958,30 @@ async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time
         made = await store.create_task(make_task(1))
         assert await store.get_task(locked.id) is None and await store.get_task(late.id) is None
         assert await store.get_task(made.id) is not None and await store.usage("alice", DAY) == (1, 0)
+
+
+async def test_a_sqlite_submission_behind_the_engines_writes_held_by_a_lock_is_answered_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's own writes wait out their busy timeout on the writer's thread, one after another, while
+    another process holds the lock: a submission behind them was answered 15-31 s after it came (a re-tester's
+    serve; README says 10 s at most). It is answered within LOCK_WAIT_SECONDS (here 0.5 s), and not made."""
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.5, raising=False)
+    path = tmp_path / "edgewarm.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        engine_writes = [asyncio.ensure_future(store._run(lambda: time.sleep(0.4))) for _ in range(4)]  # 1.6 s
+        await asyncio.sleep(0.01)  # queued on the writer's thread ahead of the submission
+        started = time.monotonic()
+        task = make_task(1)
+        with pytest.raises(StoreError, match="waited over"):
+            await store.create_task(task)
+        answered = time.monotonic() - started
+        await asyncio.gather(*engine_writes)
+        other.execute("ROLLBACK")
+        other.close()
+        await asyncio.sleep(0.1)
+        assert answered < 1.2, answered
+        assert await store.get_task(task.id) is None and await store.usage("alice", DAY) == (0, 0)

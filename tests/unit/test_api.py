@@ -1355,6 +1355,17 @@ async def test_list_entries_are_ordered_by_their_index_of_any_length(api: Api) -
     assert form_fields({"publish_urls[3]": ["3"], "publish_urls[]": ["after"]}) == {"publish_urls": ["3", "after"]}
 
 
+@pytest.mark.parametrize("odd", ["publish_urls[x]", "publish_urls[-1]", "publish_urls[1][]", "publish_urls[３]"])
+async def test_a_list_entry_of_another_index_is_refused_not_dropped(api: Api, odd: str) -> None:
+    """`publish_urls[x]`, `[-1]`, `[1][]`, a digit of another script: the entry was dropped without a word
+    (a task of the other URLs, status 0; or "publish_urls must not be empty" when it was alone)."""
+    url = urls(2)
+    fields = [*creds().items(), ("publish_urls[]", url[0]), (odd, url[1])]
+    answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+    said = f"{odd!r}: a list's entries are named publish_urls[] or publish_urls[0], publish_urls[1], …"
+    assert (answer["status"], answer["msg"]) == (2, said)
+
+
 async def test_a_list_given_both_plain_and_php_style_is_refused(api: Api) -> None:
     """`publish_urls=b&publish_urls[]=a`: the `[]` entries were dropped without a word (a task of b alone)."""
     url = urls(2)

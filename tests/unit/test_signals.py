@@ -248,6 +248,8 @@ def test_several_vary_lines_are_read_as_one() -> None:
         ({"Cache-Control": "max-age=600", "Date": "Mon, 12 Jan 1970 13:46:40 GMT"}, True, 0.0),
         ({"Cache-Control": "max-age=600", "Date": "Mon, 12 Jan 1970 12:46:40 GMT"}, False, 600.0),  # Date: no age
         ({"Cache-Control": "max-age=soon"}, False, None),
+        # told twice (two field lines): nginx takes the last, Squid the first: the shorter is safe
+        ({"Cache-Control": "max-age=600, max-age=10"}, False, 10.0),
         ({"Cache-Control": "public"}, False, None),
         ({"X-Accel-Expires": "5", "Cache-Control": "max-age=600"}, False, 5.0),  # nginx reads it first
         ({"X-Accel-Expires": "5", "Age": "2"}, True, 3.0),

@@ -24,7 +24,8 @@ _BOM = b"\xef\xbb\xbf"
 # variable never set).
 _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
-_LISTED = re.compile(r"(.+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
+_LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
+_BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
 
 
 def caller_address(request: Request) -> str | None:
@@ -100,6 +101,11 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
                 highest = max((p for p, _ in entries), default=(0, "", 0))
                 position = (highest[0], highest[1], highest[2] + 1)
             entries.extend((position, value) for value in values)
+        elif (odd := _BRACKETED.match(key)) is not None:
+            name = odd[1]
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY, f"{key[:80]!r}: a list's entries are named {name}[] or {name}[0], {name}[1], …"
+            )
         else:
             fields[key] = values[0] if len(values) == 1 else values
     for name, entries in listed.items():

@@ -231,17 +231,17 @@ def fresh_for(headers: Mapping[str, str], cached: bool = False, now: float | Non
     elif accel.startswith("@") and accel[1:].isdigit():
         return max(0.0, int(accel[1:]) - now)
     else:
-        found: dict[str, str] = {}
+        found: dict[str, list[str]] = {}
         for directive in (_field(headers, "Cache-Control") or "").split(","):
             name, _, value = directive.partition("=")
             name = name.strip().lower()
             if name in ("s-maxage", "max-age"):
-                found.setdefault(name, value.strip().strip('"'))
+                found.setdefault(name, []).append(value.strip().strip('"'))
         told = found.get("s-maxage", found.get("max-age"))
-        if told is not None:
-            if not told.isdigit():
+        if told is not None:  # told twice (two field lines: nginx takes the last, Squid the first): the shorter
+            if not all(t.isdigit() for t in told):
                 return None
-            seconds = int(told)
+            seconds = min(int(t) for t in told)
         elif (expires := _field(headers, "Expires")) is not None and (when := _http_date(expires)) is not None:
             return max(0.0, when - now)
     if seconds is None:

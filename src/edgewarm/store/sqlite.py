@@ -360,7 +360,16 @@ class SQLiteStore:
         queued = (task, created, time.monotonic())
         self._to_create.append(queued)
         try:
-            await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
+            # The writer may be held by another process's lock (each of the engine's writes ahead of this one
+            # waits its busy timeout): the call is answered within LOCK_WAIT_SECONDS all the same.
+            async with asyncio.timeout(LOCK_WAIT_SECONDS):
+                await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
+        except TimeoutError:
+            try:  # not taken by a group yet: it never will be
+                self._to_create.remove(queued)
+            except ValueError:  # a group took it: its answer comes within its own wait for the lock
+                return await asyncio.wrap_future(created)
+            raise StoreError(_LOCKED.format(LOCK_WAIT_SECONDS)) from None
         except BaseException:
             try:  # refused before a group took it (the file gone, say): it must not be made by a later group
                 self._to_create.remove(queued)
