@@ -25,7 +25,7 @@ import pytest
 import edgewarm.store.base
 import edgewarm.store.postgres
 import edgewarm.store.sqlite
-from edgewarm.config import parse_config
+from edgewarm.config import Config, parse_config
 from edgewarm.engine import Engine, Fetcher
 from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError
 from edgewarm.models import (
@@ -1697,6 +1697,17 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
         await asyncio.sleep(0.01)
 
 
+def slow_polling(store: str, *, max_attempts: int) -> Config:
+    """An engine's config that polls only every 60 s, with one node that refuses connections."""
+    return parse_config(
+        {
+            "store": store,
+            "engine": {"poll_interval": 60, "max_attempts": max_attempts},
+            "nodes": [{"name": "edge-1", "url": f"http://127.0.0.1:{free_port()}"}],
+        }
+    )
+
+
 async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
     """Until a store LISTENs on the database of `url`."""
     admin = await asyncpg.connect(url)
@@ -1818,13 +1829,7 @@ class TestPostgres:
 
     async def test_an_idle_engine_wakes_up_for_work_submitted_by_another_process(self, postgres_db_url: str) -> None:
         """An engine that polls only every 60 s claims a task submitted through another store within seconds."""
-        config = parse_config(
-            {
-                "store": postgres_db_url,
-                "engine": {"poll_interval": 60, "max_attempts": 1},
-                "nodes": [{"name": "edge-1", "url": f"http://127.0.0.1:{free_port()}"}],  # refuses connections
-            }
-        )
+        config = slow_polling(postgres_db_url, max_attempts=1)
         async with (
             PostgresStore(postgres_db_url) as worker_store,
             PostgresStore(postgres_db_url) as api_store,
@@ -1848,13 +1853,7 @@ class TestPostgres:
     ) -> None:
         """Another worker puts an item off for 2 s: an engine that polls only every 60 s, woken by that outcome's
         announcement, asks when it falls due and claims it then (before: at its next poll, a minute later)."""
-        config = parse_config(
-            {
-                "store": postgres_db_url,
-                "engine": {"poll_interval": 60, "max_attempts": 2},
-                "nodes": [{"name": "edge-1", "url": f"http://127.0.0.1:{free_port()}"}],  # refuses connections
-            }
-        )
+        config = slow_polling(postgres_db_url, max_attempts=2)
         async with (
             PostgresStore(postgres_db_url) as worker_store,
             PostgresStore(postgres_db_url) as other_store,

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,14 @@ def test_an_object_of_no_lifetime_is_not_reported_warmed(tmp_path: Path, lab: La
         assert lab.fetch(lab.shield, path).cache_status == "MISS"  # not stored indeed
 
 
+def prefetched(client: Client, url: str) -> list[dict[str, Any]]:
+    """The items of a task of `url`, once it has ended succeeded."""
+    taskid = client.prefetch([url])
+    assert client.wait(taskid, timeout=60)["status"] == 0
+    items: list[dict[str, Any]] = client.task(taskid)["items"]
+    return items
+
+
 def test_a_warm_is_not_shared_once_the_nodes_copy_has_expired(tmp_path: Path, lab: Lab) -> None:
     """`Cache-Control: max-age=2`: a second task of the URL 3 s after the first warms again (before, within
     dedupe_seconds it was reported from the first warm, attempts 0, while every node held an expired copy and
@@ -112,16 +121,11 @@ def test_a_warm_is_not_shared_once_the_nodes_copy_has_expired(tmp_path: Path, la
     lab.write_file("/max-age-2/m.bin", b"m" * 100)
     url = url_of("/max-age-2/m.bin")
     with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
-        first = client.prefetch([url])
-        assert client.wait(first, timeout=60)["status"] == 0
-        at_once = client.prefetch([url])
-        assert client.wait(at_once, timeout=60)["status"] == 0
-        shared = client.task(at_once)["items"]
+        prefetched(client, url)
+        shared = prefetched(client, url)
         time.sleep(3)
-        later = client.prefetch([url])
-        assert client.wait(later, timeout=60)["status"] == 0
+        items = prefetched(client, url)
         states = {node.name: lab.fetch(node, "/max-age-2/m.bin").cache_status for node in lab.cache_nodes()}
-        items = client.task(later)["items"]
     assert set(states.values()) == {"HIT"}, states  # what a viewer gets (within the copy's 2 s)
     assert [(i["attempts"], i["note"]) for i in items] == [(1, None)] * 3, items
     assert {i["cache_state"] for i in items} == {"EXPIRED"}, items  # each node's copy had expired: fetched anew
@@ -137,11 +141,8 @@ def test_a_hit_on_nginx_of_a_copy_of_unknown_age_is_not_shared(tmp_path: Path, l
         assert lab.fetch(node, "/max-age-2/v.bin").cache_status == "MISS"
     url = url_of("/max-age-2/v.bin")
     with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
-        first = client.prefetch([url])
-        assert client.wait(first, timeout=60)["status"] == 0
-        second = client.prefetch([url])
-        assert client.wait(second, timeout=60)["status"] == 0
-        items = client.task(second)["items"]
+        prefetched(client, url)
+        items = prefetched(client, url)
     assert [i["attempts"] for i in items] == [1, 1, 1], items
 
 
