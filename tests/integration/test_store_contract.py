@@ -1818,6 +1818,59 @@ class TestPostgres:
                 pass
         assert "s3cret" not in str(caught.value) and "edgewarm:***@" in str(caught.value)
 
+    async def test_a_due_item_whose_row_another_session_locks_is_claimed_soon_after_it_is_free(
+        self, postgres_db_url: str
+    ) -> None:
+        """Claims skip locked rows: with the only due item's row held by a session frozen in a transaction, the
+        claim came back empty and the engine slept its whole poll_interval (a tester's 30 s: the item was sent
+        29 s after the lock ended). It looks again within LOCKED_PAUSE_SECONDS."""
+        config = slow_polling(postgres_db_url, max_attempts=1)
+        async with PostgresStore(postgres_db_url) as worker_store, Fetcher(config.engine) as fetcher:
+            task = make_task(1, created_at=time.time())
+            await worker_store.create_task(task)
+            holder = await asyncpg.connect(postgres_db_url)
+            try:
+                transaction = holder.transaction()
+                await transaction.start()
+                await holder.execute("SELECT id FROM items WHERE task_id = $1 FOR UPDATE", task.id)
+                engine = Engine(config, worker_store, fetcher)
+                running = asyncio.create_task(engine.run(), name="test-engine")
+                try:
+                    await asyncio.sleep(1.5)  # its claims found the row locked
+                    assert engine.fetched == 0
+                    await transaction.rollback()
+                    await wait_for(lambda: engine.fetched == 1 or running.done(), timeout=5)
+                    assert not running.done()
+                finally:
+                    engine.stop()
+                    await running
+            finally:
+                await holder.close()
+
+    async def test_a_submission_whose_commits_answer_was_lost_is_answered_with_its_task(
+        self, postgres_db_url: str
+    ) -> None:
+        """The session ended while the COMMIT's answer was on its way (a tester's pg_terminate_backend storm): the
+        task was made, and the call was told "the store is unavailable": the caller's retry, as the answer
+        invites, made a second task (its URLs warmed twice). The store asks whether the task is there first."""
+
+        class AnswerLost(PostgresStore):
+            async def _create(self, task: NewTask) -> Task:
+                await super()._create(task)
+                raise StoreError("postgresql: cannot call Transaction.__aexit__(): the underlying connection is closed")
+
+        class NothingMade(PostgresStore):
+            async def _create(self, task: NewTask) -> Task:
+                raise StoreError("postgresql: connection was closed in the middle of operation")
+
+        async with AnswerLost(postgres_db_url) as lost, NothingMade(postgres_db_url) as refused:
+            made = make_task(2)
+            assert (await lost.create_task(made)).id == made.id
+            assert await lost.usage("alice", DAY) == (2, 0)
+            with pytest.raises(StoreError, match="closed in the middle"):
+                await refused.create_task(make_task(1))
+            assert await lost.usage("alice", DAY) == (2, 0)
+
     async def test_a_lost_database_surfaces_as_store_error(
         self, postgres_cluster: PostgresCluster, postgres_db_url: str
     ) -> None:
@@ -1928,6 +1981,20 @@ async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(
         assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)
 
 
+@contextlib.asynccontextmanager
+async def sqlite_locked_by_another(tmp_path: Path) -> AsyncIterator[tuple[TaskStore, sqlite3.Connection]]:
+    """A SQLite store, and another connection to its file holding the write lock (BEGIN IMMEDIATE)."""
+    path = tmp_path / "edgewarm.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield store, other
+        finally:
+            other.close()
+
+
 async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time_and_is_not_made_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1936,11 +2003,7 @@ async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time
     that for the writer is not made once the lock is free (before: up to 30 s a statement, 69 s seen, then the
     task was made after its client had given up: three tasks for three timed-out tries)."""
     monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.5, raising=False)
-    path = tmp_path / "edgewarm.db"
-    async with open_store(f"sqlite:///{path}") as store:
-        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
+    async with sqlite_locked_by_another(tmp_path) as (store, other):
         started = time.monotonic()
         locked = make_task(1)
         with pytest.raises(StoreError, match="locked"):
@@ -1966,11 +2029,7 @@ async def test_a_sqlite_submission_behind_the_engines_writes_held_by_a_lock_is_a
     another process holds the lock: a submission behind them was answered 15-31 s after it came (a re-tester's
     serve; README says 10 s at most). It is answered within LOCK_WAIT_SECONDS (here 0.5 s), and not made."""
     monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.5, raising=False)
-    path = tmp_path / "edgewarm.db"
-    async with open_store(f"sqlite:///{path}") as store:
-        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
+    async with sqlite_locked_by_another(tmp_path) as (store, other):
         engine_writes = [asyncio.ensure_future(store._run(lambda: time.sleep(0.4))) for _ in range(4)]  # 1.6 s
         await asyncio.sleep(0.01)  # queued on the writer's thread ahead of the submission
         started = time.monotonic()

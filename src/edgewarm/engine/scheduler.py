@@ -54,6 +54,7 @@ CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monoton
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
 PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), at most
 PURGES_KEPT_SECONDS = 300.0  # and for this long
+LOCKED_PAUSE_SECONDS = 1.0  # until a due item left unclaimed (its row locked by another session) is sought again
 DUE_TOGETHER_SECONDS = 0.1  # items put off that fall due this close together are claimed together (_until_next_look)
 REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
@@ -330,19 +331,28 @@ class Engine:
             if claims and len(claims) == limit:
                 continue  # there may be more due right now
             if claimed and not claims:
-                await self._look_ahead()
+                await self._look_ahead(skipped=bool(skipped))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._until_next_look())
 
-    async def _look_ahead(self) -> None:
-        """Nothing was due: claim when the earliest item falls due, not at the next poll. The engine knows the due
-        times it set itself (_due_at); this finds the others: set before its start, by another worker (its
-        outcome's announcement woke this engine), or a lease's end. Kept only when earlier than any known."""
+    async def _look_ahead(self, *, skipped: bool) -> None:
+        """Nothing was claimed: claim when the earliest item falls due, not at the next poll. The engine knows the
+        due times it set itself (_due_at); this finds the others: set before its start, by another worker (its
+        outcome's announcement woke this engine), or a lease's end. Kept only when earlier than any known. One
+        due already and not claimed, with no node skipped, is a row another session holds locked (PostgreSQL's
+        claims skip those): looked for again after LOCKED_PAUSE_SECONDS (it waited the whole poll_interval)."""
         try:
             when = await self.store.next_due_at()
         except StoreError:
             return  # the next poll claims as before
-        if when is not None and when > self._clock() and not (self._due_later and self._due_later[0] <= when):
+        if when is None:
+            return
+        now = self._clock()
+        if when <= now:
+            if skipped:
+                return  # likely a skipped node's: its lane claims again as it frees (_done_with)
+            when = now + LOCKED_PAUSE_SECONDS
+        if not (self._due_later and self._due_later[0] <= when):
             self._due_at(when)
 
     def _due_at(self, when: float) -> None:

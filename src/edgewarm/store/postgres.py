@@ -657,6 +657,21 @@ class PostgresStore:
     # -- tasks ------------------------------------------------------------------------------------
 
     async def create_task(self, task: NewTask) -> Task:
+        try:
+            return await self._create(task)
+        except StoreError:
+            # The COMMIT may have gone through with its answer lost (the session ended during it: a tester's
+            # pg_terminate_backend): the task is made then, and "nothing was done" made the caller's retry a
+            # second task. Asked on another session; a store that does not answer leaves it unknown.
+            try:
+                made = await self.get_task(task.id)
+            except StoreError:
+                made = None
+            if made is not None:
+                return made
+            raise
+
+    async def _create(self, task: NewTask) -> Task:
         q = task.quota
         items = task.items
         async with self._connection() as conn:
