@@ -519,6 +519,7 @@ _LIST_TASK_FILTERS = (
 )
 
 _NOTIFY = f"NOTIFY {WORK_CHANNEL}"
+LOOKUP_PAUSES = (0.05, 0.2, 0.5)  # seconds after each failed look for a task whose commit's answer was lost
 
 if TYPE_CHECKING:  # the driver's classes are generic in its stubs only
     _Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
@@ -662,13 +663,16 @@ class PostgresStore:
         except StoreError:
             # The COMMIT may have gone through with its answer lost (the session ended during it: a tester's
             # pg_terminate_backend): the task is made then, and "nothing was done" made the caller's retry a
-            # second task. Asked on another session; a store that does not answer leaves it unknown.
-            try:
-                made = await self.get_task(task.id)
-            except StoreError:
-                made = None
-            if made is not None:
-                return made
+            # second task. Asked on another session, a few times; a store that does not answer leaves it unknown.
+            for pause in LOOKUP_PAUSES:
+                try:
+                    made = await self.get_task(task.id)
+                except StoreError:
+                    await asyncio.sleep(pause)
+                    continue
+                if made is not None:
+                    return made
+                break
             raise
 
     async def _create(self, task: NewTask) -> Task:
