@@ -78,6 +78,10 @@ class StoreError(EdgewarmError):
     """The store could not do what was asked."""
 
 
+class StoreOutcomeUnknown(StoreError):
+    """A write was sent whole and its answer lost, and the store has not answered since: it may have been made."""
+
+
 class StoreDamaged(StoreError):
     """The database file is damaged: nothing that reads the damaged part works until it is restored."""
 

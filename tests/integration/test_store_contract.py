@@ -27,7 +27,7 @@ import edgewarm.store.postgres
 import edgewarm.store.sqlite
 from edgewarm.config import Config, parse_config
 from edgewarm.engine import Engine, Fetcher
-from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError
+from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError, StoreOutcomeUnknown
 from edgewarm.models import (
     Canceller,
     Claim,
@@ -1848,28 +1848,40 @@ class TestPostgres:
                 await holder.close()
 
     async def test_a_submission_whose_commits_answer_was_lost_is_answered_with_its_task(
-        self, postgres_db_url: str
+        self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The session ended while the COMMIT's answer was on its way (a tester's pg_terminate_backend storm): the
         task was made, and the call was told "the store is unavailable": the caller's retry, as the answer
         invites, made a second task (its URLs warmed twice). The store asks whether the task is there first."""
 
         class AnswerLost(PostgresStore):
-            async def _create(self, task: NewTask) -> Task:
-                await super()._create(task)
+            async def _create(self, task: NewTask, committing: list[bool]) -> Task:
+                await super()._create(task, committing)
                 raise StoreError("postgresql: cannot call Transaction.__aexit__(): the underlying connection is closed")
 
         class NothingMade(PostgresStore):
-            async def _create(self, task: NewTask) -> Task:
+            async def _create(self, task: NewTask, committing: list[bool]) -> Task:
                 raise StoreError("postgresql: connection was closed in the middle of operation")
 
-        async with AnswerLost(postgres_db_url) as lost, NothingMade(postgres_db_url) as refused:
+        class AnswerLostAndGone(AnswerLost):  # the server does not answer since (restarting)
+            async def get_task(self, task_id: str, username: str | None = None) -> Task | None:
+                raise StoreError("postgresql: connection refused")
+
+        monkeypatch.setattr(edgewarm.store.postgres, "LOOKUP_PAUSES", (0.01, 0.01), raising=False)
+        async with (
+            AnswerLost(postgres_db_url) as lost,
+            NothingMade(postgres_db_url) as refused,
+            AnswerLostAndGone(postgres_db_url) as gone,
+        ):
             made = make_task(2)
             assert (await lost.create_task(made)).id == made.id
             assert await lost.usage("alice", DAY) == (2, 0)
             with pytest.raises(StoreError, match="closed in the middle"):
                 await refused.create_task(make_task(1))
             assert await lost.usage("alice", DAY) == (2, 0)
+            with pytest.raises(StoreOutcomeUnknown, match="may have been made"):  # told so, not "nothing done"
+                await gone.create_task(make_task(1))
+            assert await lost.usage("alice", DAY) == (3, 0)
 
     async def test_a_lost_database_surfaces_as_store_error(
         self, postgres_cluster: PostgresCluster, postgres_db_url: str

@@ -28,7 +28,7 @@ from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
-from edgewarm.errors import StoreError
+from edgewarm.errors import StoreError, StoreOutcomeUnknown
 from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -1491,3 +1491,19 @@ async def test_after_a_stop_a_body_not_all_there_is_cut_and_one_there_is_read() 
     done, _ = await asyncio.wait({reading}, timeout=10)  # the cut is at once: not after the rest's 30 s
     reading.cancel()
     assert done and isinstance(reading.exception(), TimeoutError), done
+
+
+def test_a_store_that_may_have_made_the_task_says_so_not_nothing_done() -> None:
+    """A submission's COMMIT answer lost and the store silent since: "the store is unavailable" (nothing was done)
+    would have a caller's retry with a new key make a second task."""
+    unknown = StoreOutcomeUnknown("postgresql: connection refused; the task may have been made")
+    jd = json.loads(responses.jd_error(unknown, writes=True).body)
+    native = responses.native_error(unknown, writes=True)
+    said = (
+        "the store did not confirm the task, which may have been made: send the call again with the same "
+        "idempotency key (a new one may make a second task)"
+    )
+    assert jd == {"status": -1, "msg": f"internal error: {said}"}
+    assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}
+    plain = json.loads(responses.jd_error(StoreError("postgresql: connection refused")).body)
+    assert plain == {"status": -1, "msg": "internal error: the store is unavailable"}

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, TaskNotFound
+from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, StoreOutcomeUnknown, TaskNotFound
 from ..logs import RepeatedFailure
 from .body import UnsupportedMediaType
 
@@ -55,9 +55,19 @@ def jd_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
         return JSONResponse({"status": int(exc.code), "msg": exc.message})
     if isinstance(exc, StoreError):
         _store_log(writes).failed(exc)
-        return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error: the store is unavailable"})
+        return JSONResponse({"status": int(JdCode.INTERNAL), "msg": f"internal error: {_unavailable(exc)}"})
     log.error("internal error", exc_info=exc)
     return JSONResponse({"status": int(JdCode.INTERNAL), "msg": "internal error"})
+
+
+def _unavailable(exc: StoreError) -> str:
+    """What a caller is told of a store that failed its call: nothing was done, or (its answer lost) maybe."""
+    if isinstance(exc, StoreOutcomeUnknown):
+        return (
+            "the store did not confirm the task, which may have been made: send the call again with the same "
+            "idempotency key (a new one may make a second task)"
+        )
+    return "the store is unavailable"
 
 
 _NATIVE_HTTP_STATUS = {
@@ -88,7 +98,7 @@ def native_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
         return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=native_status(exc))
     if isinstance(exc, StoreError):
         _store_log(writes).failed(exc)
-        return JSONResponse({"code": int(JdCode.INTERNAL), "error": "the store is unavailable"}, status_code=503)
+        return JSONResponse({"code": int(JdCode.INTERNAL), "error": _unavailable(exc)}, status_code=503)
     log.error("internal error", exc_info=exc)
     return JSONResponse({"code": int(JdCode.INTERNAL), "error": "internal error"}, status_code=500)
 

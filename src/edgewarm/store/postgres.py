@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, StoreError, described
+from ..errors import QuotaExceeded, StoreError, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
     Cancel,
@@ -519,7 +519,8 @@ _LIST_TASK_FILTERS = (
 )
 
 _NOTIFY = f"NOTIFY {WORK_CHANNEL}"
-LOOKUP_PAUSES = (0.05, 0.2, 0.5)  # seconds after each failed look for a task whose commit's answer was lost
+# Seconds after each failed look for a task whose commit's answer was lost (about 10 s in all).
+LOOKUP_PAUSES = (0.05, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)
 
 if TYPE_CHECKING:  # the driver's classes are generic in its stubs only
     _Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
@@ -658,12 +659,15 @@ class PostgresStore:
     # -- tasks ------------------------------------------------------------------------------------
 
     async def create_task(self, task: NewTask) -> Task:
+        committing = [False]  # set once the transaction's last statement is done: its COMMIT is then sent
         try:
-            return await self._create(task)
-        except StoreError:
+            return await self._create(task, committing)
+        except StoreError as exc:
+            if not committing[0]:
+                raise  # before its COMMIT: nothing was made
             # The COMMIT may have gone through with its answer lost (the session ended during it: a tester's
             # pg_terminate_backend): the task is made then, and "nothing was done" made the caller's retry a
-            # second task. Asked on another session, a few times; a store that does not answer leaves it unknown.
+            # second task. Asked on another session, for up to ~10 s (a server restarting).
             for pause in LOOKUP_PAUSES:
                 try:
                     made = await self.get_task(task.id)
@@ -672,10 +676,10 @@ class PostgresStore:
                     continue
                 if made is not None:
                     return made
-                break
-            raise
+                raise
+            raise StoreOutcomeUnknown(f"{exc}; the store has not answered since: the task may have been made") from exc
 
-    async def _create(self, task: NewTask) -> Task:
+    async def _create(self, task: NewTask, committing: list[bool]) -> Task:
         q = task.quota
         items = task.items
         async with self._connection() as conn:
@@ -716,6 +720,7 @@ class PostgresStore:
                     else:
                         await conn.execute(_FINISH, [task.id], task.created_at)
                     row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
+                    committing[0] = True
             except _OverQuota:
                 if task.idempotency_key is not None:  # another request of the same key may have used the quota
                     earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
