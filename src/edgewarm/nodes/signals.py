@@ -185,13 +185,11 @@ def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> s
 def _lifetime_refused(headers: Mapping[str, str], now: float) -> str | None:
     """What of `Cache-Control` or `Expires` asks caches not to store the answer (see asks_not_to_store)."""
     lifetimes: dict[str, str] = {}
-    for directive in (_field(headers, "Cache-Control") or "").split(","):
-        name, _, value = directive.partition("=")
-        name = name.strip().lower()
+    for name, value in _cache_control(headers):
         if name in _NOT_STORED:
             return f"Cache-Control: {name}"
         if name in ("s-maxage", "max-age"):
-            lifetimes.setdefault(name, value.strip())
+            lifetimes.setdefault(name, value)
     which = "s-maxage" if "s-maxage" in lifetimes else "max-age"
     lifetime = lifetimes.get(which)
     if lifetime is not None:
@@ -232,11 +230,9 @@ def fresh_for(headers: Mapping[str, str], cached: bool = False, now: float | Non
         return max(0.0, int(accel[1:]) - now)
     else:
         found: dict[str, list[str]] = {}
-        for directive in (_field(headers, "Cache-Control") or "").split(","):
-            name, _, value = directive.partition("=")
-            name = name.strip().lower()
+        for name, value in _cache_control(headers):
             if name in ("s-maxage", "max-age"):
-                found.setdefault(name, []).append(value.strip().strip('"'))
+                found.setdefault(name, []).append(value.strip('"'))
         told = found.get("s-maxage", found.get("max-age"))
         if told is not None:  # told twice (two field lines: nginx takes the last, Squid the first): the shorter
             if not all(t.isdigit() for t in told):
@@ -250,6 +246,15 @@ def fresh_for(headers: Mapping[str, str], cached: bool = False, now: float | Non
     if age is None:
         return 0.0 if cached else float(seconds)
     return max(0.0, float(seconds - age))
+
+
+def _cache_control(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`Cache-Control`'s directives (every field line), each as (lower-case name, value or "")."""
+    directives = []
+    for directive in (_field(headers, "Cache-Control") or "").split(","):
+        name, _, value = directive.partition("=")
+        directives.append((name.strip().lower(), value.strip()))
+    return directives
 
 
 def _http_date(text: str) -> float | None:

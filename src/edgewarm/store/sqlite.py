@@ -364,17 +364,13 @@ class SQLiteStore:
             # waits its busy timeout): the call is answered within LOCK_WAIT_SECONDS all the same.
             async with asyncio.timeout(LOCK_WAIT_SECONDS):
                 await self._run(self._create_queued)  # makes this task, or finds it made by an earlier call's group
-        except TimeoutError:
-            try:  # not taken by a group yet: it never will be
+        except BaseException as exc:
+            try:  # refused (the file gone, say) or out of time before a group took it: no later group makes it
                 self._to_create.remove(queued)
-            except ValueError:  # a group took it: its answer comes within its own wait for the lock
-                return await asyncio.wrap_future(created)
-            raise StoreError(_LOCKED.format(LOCK_WAIT_SECONDS)) from None
-        except BaseException:
-            try:  # refused before a group took it (the file gone, say): it must not be made by a later group
-                self._to_create.remove(queued)
-            except ValueError:  # another call's group took it meanwhile: that group's answer is this call's
-                return await asyncio.wrap_future(created)
+            except ValueError:  # another call's group took it meanwhile: that group's answer is this call's (its
+                return await asyncio.wrap_future(created)  # wait for the lock is bounded by this call's arrival)
+            if isinstance(exc, TimeoutError):
+                raise StoreError(_LOCKED.format(LOCK_WAIT_SECONDS)) from None
             raise
         return created.result(timeout=0)
 
