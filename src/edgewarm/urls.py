@@ -70,7 +70,14 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
         pieces = value
     else:
         raise RequestRefused(code, f"the {entry} list must be an array of strings or a string")
-    return [p.strip() for p in pieces if p.strip()]
+    listed = [p.strip() for p in pieces if p.strip()]
+    if code is JdCode.ILLEGAL_URL and (joined := next((p for p in listed if _JOINED.search(p)), None)) is not None:
+        # A URL may hold a comma, but one followed by a scheme is a list written into one entry.
+        raise _illegal(joined, "several URLs in one entry, joined by commas: give each URL as an entry of its own")
+    return listed
+
+
+_JOINED = re.compile(r",\s*https?://", re.IGNORECASE)
 
 
 def _illegal(raw: str, reason: str) -> RequestRefused:
@@ -92,6 +99,8 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
             raise _illegal(raw, odd)
     if (dots := _dot_segments(target.path_query)) is not None:
         raise _illegal(raw, dots)
+    if "\\" in target.path_query and "\\" in target.path_query.partition("?")[0]:
+        raise _illegal(raw, _backslash(target))
     if "%" in target.path_query:
         if _BAD_ESCAPE.search(target.path_query):
             raise _illegal(raw, "a '%' must begin an escape of two hex digits (write '%25' for '%' itself)")
@@ -117,6 +126,14 @@ def _dot_segments(path_query: str) -> str | None:
         return "a '.' or '..' segment in the path (or '%2e'): write the path as a viewer's client asks it, without them"
     asked = _without_dots(path) + mark + query
     return f"a '.' or '..' segment in the path: viewers' clients ask {asked!r} instead: write that"
+
+
+def _backslash(target: TargetUrl) -> str:
+    """Why a path with a backslash is refused: browsers ask for the path with '/' in its place (the WHATWG URL
+    standard, for http and https), so a warm as written (curl's way) fills an object no browser asks for."""
+    path, mark, query = target.path_query.partition("?")
+    asked = _without_dots(path.replace("\\", "/")) + mark + query
+    return f"a '\\' in the path: browsers ask {asked!r} instead (write that, or '%5C' for a backslash itself)"
 
 
 def _without_dots(path: str) -> str:
@@ -236,7 +253,10 @@ def _split_any(raw: str) -> TargetUrl:
             parts.port  # noqa: B018 (a port of non-ASCII digits: what urlsplit says of it)
         except ValueError as exc:
             raise illegal(str(exc)) from None
-        raise illegal("spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded")
+        raise illegal(
+            "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (a form body is "
+            "decoded once before: there, write '%' as '%25', as curl --data-urlencode does)"
+        )
     try:
         parts = urlsplit(raw)
         port = parts.port

@@ -254,6 +254,45 @@ def test_dots_that_are_not_whole_segments_are_taken_as_written(url: str) -> None
     assert parse_url(url).path_query == url.removeprefix("http://a.test")
 
 
+@pytest.mark.parametrize(
+    ("url", "asked"),
+    [
+        ("http://a.test/a\\b.txt", "/a/b.txt"),
+        ("http://a.test/a\\..\\c.txt?q=\\", "/c.txt?q=\\"),
+        ("https://a.test/\\", "//"),
+    ],
+)
+def test_a_backslash_in_the_path_is_refused_naming_what_browsers_ask(url: str, asked: str) -> None:
+    """Browsers take `\\` for `/` in an http(s) path (WHATWG URL), curl sends it as written, and nginx keys the
+    request as written (a tester's warm of `/a\\b.txt` reached the origin as `/a%5Cb.txt`): no one spelling is
+    what viewers ask, as with `%2e`. Refused with code 17, naming the path browsers ask."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(url)
+    assert refused.value.code == JdCode.ILLEGAL_URL
+    assert f"browsers ask {asked!r} instead" in refused.value.message
+
+
+@pytest.mark.parametrize("url", ["http://a.test/a%5Cb.txt", "http://a.test/q?path=a\\b"])
+def test_an_escaped_backslash_or_one_in_the_query_is_taken_as_written(url: str) -> None:
+    assert parse_url(url).path_query == url.removeprefix("http://a.test")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["http://a.test/1,http://a.test/2"], ["http://a.test/1, HTTPS://a.test/2"], '["http://a.test/1,http://a.test/2"]'],
+)
+def test_urls_joined_by_commas_in_one_entry_are_refused(value: Any) -> None:
+    """An array entry holding `,http://` is a list written into one string (a tester's migrated script): it
+    was warmed as one path and failed with the origin's 404. Refused with code 17, saying so."""
+    with pytest.raises(RequestRefused) as refused:
+        split_list(value)
+    assert refused.value.code == JdCode.ILLEGAL_URL and "joined by commas" in refused.value.message
+
+
+def test_a_comma_not_followed_by_a_scheme_stays_in_its_url() -> None:
+    assert split_list(["http://a.test/1,2", "http://a.test/x?l=a,b"]) == ["http://a.test/1,2", "http://a.test/x?l=a,b"]
+
+
 def test_a_non_ascii_host_is_told_to_use_its_ascii_form() -> None:
     with pytest.raises(RequestRefused) as refused:
         parse_url("http://bücher.example/a")

@@ -125,7 +125,7 @@ async def _answer(send: Send, status: int, error: str) -> None:
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", b"application/json; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
                 # The body is not read: a client that sent `Expect: 100-continue` may still send it, and must not
                 # wait on this connection for the answer to a next request.
