@@ -307,7 +307,8 @@ class Client(_Calls):
         return dict(self._send(self._task(taskid, offset, limit, state)))
 
     def tasks(self, **filters: Any) -> dict[str, Any]:
-        """List tasks: status, kind, since, until (ISO 8601 or epoch), url (keyword), offset, limit."""
+        """List tasks: status, kind, since, until (ISO 8601 or epoch), url (keyword), limit, and after (the
+        answer's `next`: the page after it, stable while tasks come and go) or offset."""
         return dict(self._send(self._tasks(filters)))
 
     def lookup(self, taskids: Sequence[str]) -> dict[str, Any]:

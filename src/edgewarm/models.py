@@ -235,6 +235,19 @@ class NewTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskPlace:
+    """A task's place in a task list (newest first, then by id): a page that ends with it goes on after it.
+    The place stays where it is when tasks are submitted or deleted, its own task too (unlike an offset)."""
+
+    created_at: float
+    task_id: str
+
+    @classmethod
+    def of(cls, task: Task) -> TaskPlace:
+        return cls(task.created_at, task.id)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     """What `list_tasks` selects; every field narrows, None means any."""
 
@@ -243,6 +256,7 @@ class TaskFilter:
     since: float | None = None  # created at or after
     until: float | None = None  # created before
     url_contains: str | None = None
+    after: TaskPlace | None = None  # only the tasks listed after this place (keyset paging)
     offset: int = 0
     limit: int = 100
 

@@ -169,6 +169,27 @@ def test_tasks_lists_and_filters(service: ServiceProcess, lab: Lab, tmp_path: Pa
     assert (none.returncode, none.stdout, none.stderr) == (0, "", "no tasks match (edgewarm tasks --help)\n")
 
 
+def test_tasks_says_how_to_list_the_next_page_and_lists_it_after_its_cursor(
+    service: ServiceProcess, lab: Lab, tmp_path: Path
+) -> None:
+    """A full page of `tasks` ends (on stderr) with `edgewarm tasks --after CURSOR`; that lists the tasks
+    after the page, each once, also with a task submitted between the two; a bad cursor is refused."""
+    paths = lab.make_files(4, 10, prefix="/pageme-unique/")
+    env = credentials_env(service, tmp_path)
+    made = [run(["submit", f"http://{DEFAULT_HOST}{p}"], env).stdout.split()[0] for p in paths[:3]][::-1]
+    first = run(["tasks", "--url", "pageme-unique", "--limit", "2"], env)
+    (hint,) = [line for line in first.stderr.splitlines() if line.startswith("more: ")]
+    cursor = hint.split("--after ", 1)[1].split()[0]
+    assert all(taskid in first.stdout for taskid in made[:2]) and made[2] not in first.stdout, first.stdout
+    run(["submit", f"http://{DEFAULT_HOST}{paths[3]}"], env)
+    rest = json.loads(run(["tasks", "--json", "--url", "pageme-unique", "--limit", "2", "--after", cursor], env).stdout)
+    assert ([t["taskid"] for t in rest["tasks"]], rest["next"]) == ([made[2]], None)
+    last = run(["tasks", "--url", "pageme-unique", "--limit", "2", "--after", cursor], env)
+    assert made[2] in last.stdout and "more: " not in last.stderr, last.stderr
+    bad = run(["tasks", "--after", "not-a-cursor"], env)
+    assert bad.returncode != 0 and "after: not a task list's cursor" in bad.stderr, bad.stderr
+
+
 def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:
     """`tasks` shows why a task failed when it was cancelled, as `watch` does ("2 Failed (cancelled)")."""
     from edgewarm.testing.service import start_service

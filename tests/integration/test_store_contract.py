@@ -42,6 +42,7 @@ from edgewarm.models import (
     TaskCounts,
     TaskFilter,
     TaskKind,
+    TaskPlace,
     TaskStatus,
 )
 from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
@@ -1092,6 +1093,65 @@ class TestTaskViews:
         assert await ids(TaskFilter(url_contains="")) == await ids(TaskFilter())
         assert await ids(TaskFilter(offset=1, limit=2)) == [twins[1].id, needle.id]
         assert await store.list_tasks("carol", TaskFilter()) == []
+
+    async def test_list_tasks_after_a_place_goes_on_from_there_with_the_same_filters(self, store: TaskStore) -> None:
+        """`after` lists the tasks that follow a place (a time and an id) in the list's order: those of its time
+        with a greater id, then the older ones; with the other filters and the limit as without it. A place
+        whose task is gone (or never was) is a place all the same."""
+        twins = sorted([make_task(1, created_at=NOW + 1) for _ in range(3)], key=lambda t: t.id)
+        old, new = make_task(1, created_at=NOW), make_task(1, created_at=NOW + 2, kind=TaskKind.REFRESH)
+        for task in (old, *twins, new, make_task(1, user="bob", created_at=NOW)):
+            await store.create_task(task)
+
+        async def ids(after: TaskPlace, **where: object) -> list[str]:
+            return [t.id for t in await store.list_tasks("alice", TaskFilter(after=after, **where))]  # type: ignore[arg-type]
+
+        assert await ids(TaskPlace(NOW + 2, new.id)) == [twins[0].id, twins[1].id, twins[2].id, old.id]
+        assert await ids(TaskPlace(NOW + 1, twins[1].id)) == [twins[2].id, old.id]
+        assert await ids(TaskPlace(NOW + 1, twins[1].id), limit=1) == [twins[2].id]
+        assert await ids(TaskPlace(NOW + 9, new.id), kind=TaskKind.PREFETCH, since=NOW + 1) == [t.id for t in twins]
+        assert await ids(TaskPlace(NOW, old.id)) == []
+        # Between the first twin and the second ("~" is after every character of an id).
+        assert await ids(TaskPlace(NOW + 1, twins[0].id + "~")) == [twins[1].id, twins[2].id, old.id]
+        assert await ids(TaskPlace(NOW + 1.5, "")) == [t.id for t in twins] + [old.id]
+
+    async def test_pages_after_each_ones_last_task_list_each_task_once_while_tasks_come_and_go(
+        self, store: TaskStore
+    ) -> None:
+        """Walking the pages by `after` (the last task of the page before) lists every task once, in order
+        (twins of one time across a page's end too), while a newer task is submitted, an older one is committed
+        late and listed ones are deleted (retention, the place's own task too) between the pages; the same walk
+        stepping `offset` lists a task twice and skips others (testers saw it)."""
+
+        async def walk(user: str, by_offset: bool) -> tuple[list[str], list[str]]:
+            """The ids listed by pages of 3, and those the walk should list, in the list's order."""
+            # The twins have no items: ended at once, retention takes them after the second page.
+            twins = sorted([make_task(0, user=user, created_at=NOW + 4) for _ in range(3)], key=lambda t: t.id)
+            newest = [make_task(1, user=user, created_at=NOW + n) for n in (6, 5)]
+            older = [make_task(1, user=user, created_at=NOW + n) for n in (3, 2, 1, 0)]
+            late = make_task(1, user=user, created_at=NOW + 3.5)  # stamped before the first page's end
+            for task in (*newest, *twins, *older):
+                await store.create_task(task)
+            listed: list[str] = []
+            after: TaskPlace | None = None
+            for page_number in range(10):
+                where = TaskFilter(offset=3 * page_number, limit=3) if by_offset else TaskFilter(after=after, limit=3)
+                page = await store.list_tasks(user, where)
+                listed += [t.id for t in page]
+                if len(page) < 3:
+                    break
+                after = TaskPlace.of(page[-1])
+                if page_number == 0:  # a new task, and one committed after the first page
+                    await store.create_task(make_task(1, user=user, created_at=NOW + 10))
+                    await store.create_task(late)
+                if page_number == 1:
+                    assert await store.delete_finished_before(NOW + 7, 10) == 3
+            return listed, [t.id for t in (*newest, *twins, late, *older)]
+
+        listed, expected = await walk("alice", by_offset=False)
+        assert listed == expected
+        listed, expected = await walk("bob", by_offset=True)
+        assert len(listed) > len(set(listed)) and set(expected) - set(listed)  # a task twice, others not at all
 
     async def test_get_tasks_answers_the_users_tasks_in_the_order_asked(self, store: TaskStore) -> None:
         """get_tasks keeps the order of the ids asked and leaves out unknown ids and other users' tasks."""

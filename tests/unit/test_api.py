@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import gzip
 import json
@@ -979,6 +980,100 @@ async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
     response = await api.client.get("/v1/tasks", headers=headers, params=params)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == 2 and response.json()["error"].startswith(f"{name}:"), response.json()
+
+
+async def list_pages(api: Api, step: str, between: Callable[[int], Any], **params: Any) -> list[str]:
+    """The task ids of a walk of /v1/tasks by pages of 3, each after the last (`step` "after": the answer's
+    `next`; "offset": 3 more), awaiting `between(page_number)` after each page but the last."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    listed: list[str] = []
+    page_params: dict[str, Any] = {}
+    for page_number in range(10):
+        response = await api.client.get("/v1/tasks", headers=headers, params={**params, **page_params, "limit": 3})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        listed += [t["taskid"] for t in answer["tasks"]]
+        more = answer["next"] if step == "after" else len(answer["tasks"]) == 3
+        if not more:
+            break
+        page_params = {"after": answer["next"]} if step == "after" else {"offset": 3 * (page_number + 1)}
+        await between(page_number)
+    return listed
+
+
+async def test_task_list_pages_walked_by_next_list_each_task_once_while_tasks_are_submitted() -> None:
+    """Each page of /v1/tasks says `next`; given back as `after`, the next page goes on after the last task
+    listed, so tasks submitted between the pages list none twice (stepping `offset`, the first page's last
+    task came again on the second: testers saw it); `next` is null on the last page."""
+    now = [NOW]
+
+    def clock() -> float:
+        now[0] += 1  # a second between calls to it: each task newer than the one before
+        return now[0]
+
+    async with running(make_config(), clock=clock) as api:
+        made = [await api.submitted(1) for _ in range(7)][::-1]
+
+        async def submit(_: int) -> None:
+            await api.submitted(1)
+
+        assert await list_pages(api, "after", submit) == made
+        walked = await list_pages(api, "offset", submit)
+        assert len(walked) > len(set(walked)) and set(made) <= set(walked)  # a task twice
+        # With the other filters: the same list, stepped by `after`.
+        until = (await api.store.get_task(made[2])).created_at  # type: ignore[union-attr]
+        assert await list_pages(api, "after", submit, until=until, status=1) == made[3:]
+        # A page that holds the last task says no next (an empty page does not follow).
+        other = {"X-Edgewarm-Username": OTHER, "X-Edgewarm-Signature": signature(OTHER, OTHER_SECRET)}
+        await api.prefetch(["http://www.other.test/x"], OTHER, OTHER_SECRET)
+        answer = (await api.client.get("/v1/tasks", headers=other, params={"limit": 1})).json()
+        assert (len(answer["tasks"]), answer["next"]) == (1, None)
+
+
+def cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("after", "name"),
+    [
+        ("not a cursor", "after"),
+        ("%%%", "after"),
+        ("QQ", "after"),  # "A": no time, no id
+        ("_w", "after"),  # not text
+        (cursor("1700000000.5"), "after"),
+        (cursor(f"nan {uuid.uuid4()}"), "after"),
+        (cursor(f"inf {uuid.uuid4()}"), "after"),
+        (cursor("1700000000.5 not-a-task-id"), "after"),
+        (cursor(f"1700000000.5 {str(uuid.uuid4()).upper()}"), "after"),
+        (cursor(f"1700000000.5  {uuid.uuid4()}"), "after"),
+        ("A" * 201, "query.after"),
+    ],
+)
+async def test_a_task_list_cursor_that_is_no_pages_next_is_refused(api: Api, after: str, name: str) -> None:
+    """`after` that is not a page's `next` as it came (not base64url, not a time and a task id, too long):
+    400 code 2 naming it, not a page from somewhere else."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    response = await api.client.get("/v1/tasks", headers=headers, params={"after": after})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == 2 and response.json()["error"].startswith(f"{name}:"), response.json()
+
+
+async def test_a_task_list_takes_a_cursor_or_an_offset_and_an_empty_cursor_is_the_first_page(api: Api) -> None:
+    """`after` with a non-zero `offset` is refused (400 code 2: the cursor is there not to count); `after=`
+    empty lists from the first task, as an empty `since` does; a lookup's answer has no next page."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    made = [await api.submitted(1) for _ in range(2)]
+    first = (await api.client.get("/v1/tasks", headers=headers, params={"limit": 1})).json()
+    assert first["next"] is not None and first["offset"] == 0
+    both = await api.client.get("/v1/tasks", headers=headers, params={"after": first["next"], "offset": 1})
+    assert both.status_code == 400 and both.json()["error"].startswith("offset:"), both.text
+    again = await api.client.get("/v1/tasks", headers=headers, params={"after": first["next"], "offset": 0})
+    assert [t["taskid"] for t in again.json()["tasks"]] == [t for t in sorted(made) if t != first["tasks"][0]["taskid"]]
+    empty = (await api.client.get("/v1/tasks", headers=headers, params={"after": ""})).json()
+    assert (len(empty["tasks"]), empty["next"]) == (2, None)
+    looked = await api.client.post("/v1/tasks/lookup", headers=headers, json={"taskids": made})
+    assert looked.json()["next"] is None
 
 
 async def test_a_task_that_ends_while_it_is_being_cancelled_is_refused_as_ended(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import JdCode, RequestRefused, TaskNotFound
-from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskStatus
+from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskPlace, TaskStatus
 from ..service import Credentials, Service, normalize_task_id
 from ..urls import has_controls, split_list
 from ..views import iso
@@ -135,6 +138,45 @@ def epoch(value: str | None, name: str) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url, without its padding
+
+
+def place_token(place: TaskPlace) -> str:
+    """A place in a task list as a page's `next`: opaque to clients (its layout may change), it holds the
+    task's time with every digit (a time shown to the millisecond would skip the tasks of that millisecond) and
+    its id, not an offset (tasks submitted or deleted between two pages would move it)."""
+    text = f"{place.created_at!r} {place.task_id}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def read_place(token: str) -> TaskPlace:
+    """The place of a page's `next` given back as `after`; RequestRefused (400) for anything else."""
+    refused = RequestRefused(JdCode.PARAMS_EMPTY, "after: not a task list's cursor (give a page's `next` as it came)")
+    if not TOKEN.fullmatch(token):
+        raise refused
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise refused from None
+    at, _, task_id = text.partition(" ")
+    try:
+        created_at = float(at)
+    except ValueError:
+        raise refused from None
+    if not math.isfinite(created_at) or normalize_task_id(task_id) != task_id:
+        raise refused
+    return TaskPlace(created_at, task_id)
+
+
+def cursor_filter(after: str | None, offset: int) -> TaskPlace | None:
+    """The place a task list goes on from, read from `after` (a page's `next`), which takes no offset."""
+    if not after:
+        return None  # as an empty since or until: the first page
+    if offset:
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "offset: give either after (a page's next) or offset, not both")
+    return read_place(after)
+
+
 MAX_LOOKUP = 1000
 
 
@@ -216,10 +258,18 @@ def native_router(service: Service) -> APIRouter:
         since: Annotated[str | None, Query(description="created at or after (epoch or ISO 8601)")] = None,
         until: Annotated[str | None, Query(description="created before (epoch or ISO 8601)")] = None,
         url: Annotated[str | None, Query(max_length=2048, description="a URL of the task contains this")] = None,
-        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        after: Annotated[
+            str | None,
+            Query(max_length=200, description="a page's `next`: the tasks after that page (with the same filters)"),
+        ] = None,
+        offset: Annotated[
+            int, Query(ge=0, le=2**63 - 1, description="skip this many tasks (not with after, which is stable)")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
-        """The user's tasks, newest first, with their totals (no items)."""
+        """The user's tasks, newest first, with their totals (no items). To walk the pages, give each page's
+        `next` as the following call's `after`: each task is listed once however many tasks are submitted or
+        deleted meanwhile (stepping `offset`, they move the pages: a task listed twice, another skipped)."""
         try:
             user = service.authenticate(caller)
             where = TaskFilter(
@@ -228,11 +278,20 @@ def native_router(service: Service) -> APIRouter:
                 since=epoch(since, "since"),
                 until=epoch(until, "until"),
                 url_contains=plain_filter(url),
+                after=cursor_filter(after, offset),
                 offset=offset,
-                limit=limit,
+                limit=limit + 1,  # one more: whether a next page has any
             )
             tasks = await service.store.list_tasks(user.name, where)
-            return answered({"tasks": [service.summary(t) for t in tasks], "offset": offset, "limit": limit})
+            page, more = tasks[:limit], len(tasks) > limit
+            return answered(
+                {
+                    "tasks": [service.summary(t) for t in page],
+                    "offset": offset,
+                    "limit": limit,
+                    "next": place_token(TaskPlace.of(page[-1])) if more else None,
+                }
+            )
         except Exception as exc:
             return native_error(exc)
 
@@ -252,7 +311,9 @@ def native_router(service: Service) -> APIRouter:
             user = service.authenticate(caller)
             ids = lookup_ids(await read_params(request))
             tasks = await service.store.get_tasks(user.name, ids)
-            return answered({"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids)})
+            return answered(
+                {"tasks": [service.summary(t) for t in tasks], "offset": 0, "limit": len(ids), "next": None}
+            )
         except Exception as exc:
             return native_error(exc)
 

@@ -137,6 +137,11 @@ class TaskList(BaseModel):
     tasks: list[TaskSummary]
     offset: int
     limit: int
+    next: str | None = Field(
+        None,
+        description="more tasks follow: give this as `after` for the next page (an opaque cursor, stable while "
+        "tasks are submitted or deleted); null on the last page",
+    )
 
 
 class Usage(BaseModel):

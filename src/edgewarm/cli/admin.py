@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import EdgewarmError
-from ..models import Canceller, Task, TaskFilter, TaskStatus
+from ..models import Canceller, Task, TaskFilter, TaskPlace, TaskStatus
 from .main import main
 from .server import config_option, load_or_fail
 
@@ -103,14 +103,18 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
 
 
 async def _running(store: TaskStore, username: str) -> list[str]:
-    """The ids of the user's running tasks, oldest first (all read before any is cancelled: a cancelled task
-    leaves the running ones, which would move the pages)."""
+    """The ids of the user's running tasks, oldest first (all read before any is cancelled). Each page goes on
+    after the last one's last task, not by an offset: tasks that end or are submitted meanwhile would move the
+    pages (a task read twice, another not at all)."""
     found: list[str] = []
-    for offset in range(0, MOST_TASKS, PAGE):
-        page = await store.list_tasks(username, TaskFilter(status=TaskStatus.IN_PROGRESS, offset=offset, limit=PAGE))
+    after: TaskPlace | None = None
+    for _ in range(0, MOST_TASKS, PAGE):
+        where = TaskFilter(status=TaskStatus.IN_PROGRESS, after=after, limit=PAGE)
+        page = await store.list_tasks(username, where)
         found.extend(task.id for task in page)
         if len(page) < PAGE:
             break
+        after = TaskPlace.of(page[-1])
     return found[::-1]
 
 

@@ -337,7 +337,10 @@ def query(taskid: str, server: str | None, username: str | None, secret: str | N
 @click.option("--until", help="created before (ISO 8601 or epoch seconds)")
 @click.option("--url", help="only tasks with a URL containing this")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="at most this many tasks")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="skip this many tasks")
+@click.option("--after", help="the tasks after a page: its cursor, as the last listing printed it (stable)")
+@click.option(
+    "--offset", default=0, show_default=True, type=click.IntRange(min=0), help="skip this many tasks (not with --after)"
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @connection_options
 def tasks(
@@ -347,6 +350,7 @@ def tasks(
     until: str | None,
     url: str | None,
     limit: int,
+    after: str | None,
     offset: int,
     as_json: bool,
     server: str | None,
@@ -354,13 +358,15 @@ def tasks(
     secret: str | None,
     client_config: str,
 ) -> None:
-    """List your tasks, newest first."""
+    """List your tasks, newest first. A page with more after it ends by saying how to list them (`--after CURSOR`:
+    each task once while tasks are submitted or deleted between the calls, where --offset would list one twice
+    or skip one)."""
     from rich.table import Column, Table
 
     with make_client(server, username, secret, client_config) as client:
         try:
             found = client.tasks(
-                status=status, kind=kind, since=since, until=until, url=url, limit=limit, offset=offset
+                status=status, kind=kind, since=since, until=until, url=url, limit=limit, after=after, offset=offset
             )
         except ClientError as exc:
             raise fail(exc) from None
@@ -368,7 +374,8 @@ def tasks(
         click.echo(json.dumps(found, ensure_ascii=False))
         return
     if not found["tasks"]:
-        click.echo("no tasks" + (" from this offset" if offset else " match") + " (edgewarm tasks --help)", err=True)
+        where = " after this cursor" if after else " from this offset" if offset else " match"
+        click.echo(f"no tasks{where} (edgewarm tasks --help)", err=True)
         return
     # The id whole on any width (it is what `watch` and `cancel` take); the other columns fold.
     table = Table(Column("taskid", min_width=36, no_wrap=True))
@@ -386,6 +393,8 @@ def tasks(
             "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
         )
     output_console().print(table)
+    if found.get("next"):  # an older server's answer has none
+        click.echo(f"more: edgewarm tasks --after {found['next']} (with the same filters)", err=True)
 
 
 @main.command()

@@ -340,7 +340,7 @@ class TaskStore(Protocol):
         ...
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
-        """The user's tasks, newest first."""
+        """The user's tasks, newest first, then by id (byte by byte); `where.after`: those listed after a place."""
         ...
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:

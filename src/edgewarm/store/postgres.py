@@ -780,6 +780,11 @@ class PostgresStore:
             if values[field] is not None:
                 args.append(values[field])
                 sql.append("AND " + condition.format(len(args)))
+        if where.after is not None:
+            # Said so that the index (username, created_at) finds the page's first task by a range.
+            args += [where.after.created_at, where.after.task_id]
+            at, task_id = len(args) - 1, len(args)
+            sql.append(f'AND created_at <= ${at} AND (created_at < ${at} OR id COLLATE "C" > ${task_id})')
         # Ids compare byte by byte, as in SQLite, whatever the database's collation.
         sql.append(f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}')
         async with self._connection() as conn:

@@ -486,6 +486,10 @@ class SQLiteStore:
             if where.url_contains:
                 sql.append("AND EXISTS (SELECT 1 FROM items WHERE items.task_id = tasks.id AND instr(url, ?) > 0)")
                 args.append(where.url_contains)
+            if where.after is not None:
+                # Said so that the index (username, created_at) finds the page's first task by a range.
+                sql.append("AND created_at <= ? AND (created_at < ? OR id > ?)")
+                args += [where.after.created_at, where.after.created_at, where.after.task_id]
             sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
             args += [where.limit, where.offset]
             return [task_from_row(r) for r in db.execute(" ".join(sql), args).fetchall()]
