@@ -6,6 +6,8 @@ to a logger (store URLs go through `store.redacted`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import sys
@@ -114,11 +116,17 @@ class RepeatedFailure:
         self._since, self._logged, self._unlogged, self._failures = None, None, 0, 0
 
 
+def item_count(count: int) -> str:
+    """`count` items, as a line says it: "1 item", "2 items"."""
+    return f"{count} item{'s' * (count != 1)}"
+
+
 class RefusalDigest:
     """Calls refused (`what`: for their credentials, say), logged as a warning a minute at most: the first at
-    once, then the ones refused since, counted by reason, with the next refusal a minute or more later (a flood
-    of bad signatures is one line a minute, not one per call; the metric counts every one), and the addresses
-    they came from (CALLERS_SHOWN of them, and how many more)."""
+    once, then the ones refused since, counted by reason, when the minute has passed (a flood of bad signatures
+    is one line a minute, not one per call; the metric counts every one), and the addresses they came from
+    (CALLERS_SHOWN of them, and how many more). Those not written yet are written at a stop (`flush`): else a
+    burst's refusals after its first were told nowhere (the metric restarts with the process)."""
 
     def __init__(
         self,
@@ -131,6 +139,7 @@ class RefusalDigest:
         self._last: float | None = None  # when a line was last written
         self._counts: dict[str, int] = {}  # reason -> refusals not written yet
         self._callers: dict[str, None] = {}  # their addresses, in the order first seen (CALLERS_KEPT at most)
+        self._due: asyncio.TimerHandle | None = None  # the line of those held, when their minute has passed
 
     def refused(self, reason: str, caller: str | None = None) -> None:
         """A refusal for `reason`, of a call from address `caller` (None: not known)."""
@@ -139,7 +148,21 @@ class RefusalDigest:
             self._callers[_address(caller)] = None
         now = self._clock()
         if self._last is not None and now - self._last < self._every:
+            if self._due is None:
+                with contextlib.suppress(RuntimeError):  # no event loop (a script): told with a later refusal
+                    self._due = asyncio.get_running_loop().call_later(self._last + self._every - now, self.flush)
             return
+        self._write(now)
+
+    def flush(self) -> None:
+        """Write the refusals held (none: nothing): when their minute has passed, and at a stop."""
+        if self._counts:
+            self._write(self._clock())
+
+    def _write(self, now: float) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
         since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
         told = "; ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
         if self._callers:

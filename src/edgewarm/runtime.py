@@ -29,7 +29,7 @@ from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
-from .logs import RepeatedFailure
+from .logs import RepeatedFailure, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -352,7 +352,7 @@ async def _run_parts(
             if sole:
                 released = await store.release_all_leases(time.time())
                 if released.items:
-                    log.info("took back %d items left running by a previous process", released.items)
+                    log.info("took back %s left running by a previous process", item_count(released.items))
                 for ended in released.ended:  # cancelled, its last items under way among those taken back
                     metrics.task_ended(ended, log)
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
@@ -407,6 +407,8 @@ async def _run_parts(
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s failed: %r", task.get_name(), result)
                 raise result
+        if live.service is not None:
+            live.service.flush_logs()
         if server is not None and not server.started and stop_wait not in done:
             raise StoreError(f"the API could not listen on {config.listen}")
         log.info("edgewarm stopped cleanly")

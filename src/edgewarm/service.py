@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from . import auth
 from .config import Config, User
 from .errors import CREDENTIAL_REFUSALS, JdCode, RequestRefused, TaskNotFound, submission_refusal
-from .logs import RefusalDigest
+from .logs import RefusalDigest, item_count
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
 from .store import TaskStore
@@ -82,6 +82,11 @@ class Service:
         self.waits_open: dict[str, int] = {}  # long-polls open, by user
         self._refusals = RefusalDigest(log, "calls refused for their credentials")
         self._submissions_refused = RefusalDigest(log, "submissions refused")
+
+    def flush_logs(self) -> None:
+        """Write the refusals counted and not logged yet (at a stop: RefusalDigest)."""
+        self._refusals.flush()
+        self._submissions_refused.flush()
 
     def status_text(self, status: TaskStatus) -> str:
         return STATUS_TEXT[self.config.api.language][status]
@@ -242,11 +247,11 @@ class Service:
         if created.id == task.id:
             self.metrics.tasks_submitted.labels(kind.value).inc()
             log.info(
-                "task submitted: %s by %s, %s, %d items",
+                "task submitted: %s by %s, %s, %s",
                 kind.value,
                 user.name,
                 f"{dirs} {'directory' if dirs == 1 else 'directories'}" if dirs else f"{urls} URL{'s' * (urls != 1)}",
-                len(items),
+                item_count(len(items)),
                 extra={
                     "task_id": task.id,
                     "user": user.name,

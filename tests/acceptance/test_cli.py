@@ -801,3 +801,7 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
     service.wait_for_log("cancelled by operator", timeout=10)
     ended = [line for line in service.log_text().splitlines() if "task ended" in line and first in line]
     assert len(ended) == 1 and "cancelled by operator" in ended[0], ended
+    # The service says so when it learns of it, its items under way named (before: nothing until the task's end,
+    # a tester's observation; a user's cancel through the API has its line).
+    seen = [line for line in service.log_text().splitlines() if "cancelled (seen in the store)" in line]
+    assert any(first in line for line in seen), seen

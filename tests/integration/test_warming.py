@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgewarm.client import Client
@@ -223,6 +224,22 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, lab: 
     assert "stopped cleanly" in service.log_text()
     with ServiceProcess(service.config, port=service.port).start() as again, client_for(again) as client:
         assert all(client.wait(t, timeout=120)["status"] == 0 for t in taskids)
+
+
+def test_refusals_not_logged_yet_are_logged_at_a_stop(tmp_path: Path) -> None:
+    """Three calls with wrong signatures, then a stop within the minute: the log told only the first (the other
+    two waited for a refusal a minute later, and the metric restarts with the process: told nowhere, a
+    tester's observation). The two are logged at the stop."""
+    nodes = '[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\n'
+    service = start_service(tmp_path, nodes)
+    form = {"username": DEMO_USER, "signature": "0" * 32, "taskid": "x"}
+    with httpx.Client(base_url=service.url, timeout=10) as http:
+        for _ in range(3):
+            assert http.post("/api/prefetchQuery", data=form).json()["status"] == 7
+    assert service.stop() == 0
+    refused = [line for line in service.log_text().splitlines() if "calls refused for their credentials" in line]
+    assert len(refused) == 2, refused
+    assert "1 wrong_signature" in refused[0] and "2 wrong_signature" in refused[1], refused
 
 
 def test_a_stop_answers_a_body_still_arriving_503_at_once(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_sigkill_of_the_service_during_an_https_prefetch_then_each_item_once_and
         origin = Counter(r.uri for r in lab.requests(lab.origin) if r.host == SITE)
         again = {uri: n for uri, n in origin.items() if n > 1}
         cut = {r.uri for r in lab.requests(lab.shield) if r.bytes < SIZE and r.time <= kill_times[-1] + 1}
-        took_back = sum(int(n) for n in re.findall(r"took back (\d+) items left running", log))
+        took_back = sum(int(n) for n in re.findall(r"took back (\d+) items? left running", log))
         assert set(origin) == set(sent), "the origin was asked for other URLs, or not for every one"
         assert all(n <= kills + 1 for n in again.values()) and set(again) <= cut, (again, cut)
         assert len(again) <= took_back, (len(again), took_back)

@@ -3,6 +3,7 @@ task's end line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -94,6 +95,25 @@ def test_refusals_are_told_with_the_addresses_they_came_from(caplog: pytest.LogC
         "calls refused in the last 60 s: 1 wrong_signature; from " + "A" * 63 + "…",
         "calls refused in the last 60 s: 1 wrong_signature; from evil?caf?",
     ]
+
+
+@pytest.mark.anyio
+async def test_refusals_held_are_logged_when_their_minute_has_passed(caplog: pytest.LogCaptureFixture) -> None:
+    """The refusals after a line were told only with a refusal a minute or more later: a burst's last ones
+    waited for the next burst (or a stop). Now a timer writes them when the minute has passed; a line written
+    meanwhile takes them and stops the timer."""
+    digest = RefusalDigest(logging.getLogger("test.refusals"), "calls refused", every=0.2)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        digest.refused("wrong_signature")
+        digest.refused("wrong_signature")
+        digest.refused("unknown_user")
+        assert len(messages(caplog)) == 1
+        await asyncio.sleep(0.5)
+        assert [m for _, m in messages(caplog)][1:] == [
+            "calls refused in the last 0 s: 1 unknown_user; 1 wrong_signature"
+        ]
+        digest.flush()  # nothing held: no line
+        assert len(messages(caplog)) == 2
 
 
 def test_failures_that_differ_only_in_a_name_or_a_number_are_alike(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import EdgewarmError
+from ..logs import item_count
 from ..models import Canceller, Task, TaskFilter, TaskPlace, TaskStatus
 from .main import main
 from .server import config_option, load_or_fail
@@ -53,7 +54,7 @@ class Cancelled:
 
 
 def _under_way(task: Task) -> str:
-    return f"it ends when its {task.total - task.succeeded - task.failed} items claimed or under way come back"
+    return f"it ends when its {item_count(task.total - task.succeeded - task.failed)} claimed or under way come back"
 
 
 @admin.command("cancel")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
-from ..logs import RepeatedFailure
+from ..logs import RepeatedFailure, item_count
 from ..metrics import Metrics
 from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
@@ -287,7 +287,9 @@ class Engine:
                         self._task_ended(task)
                 except StoreError as exc:
                     log.error(
-                        "releasing %d items failed (they run again when their leases end): %s", len(self._leased), exc
+                        "releasing %s failed (they run again when their leases end): %s",
+                        item_count(len(self._leased)),
+                        exc,
                     )
                 self._leased.clear()
             for outcome in (writer, renewer):
@@ -402,7 +404,9 @@ class Engine:
         else:
             if brought:
                 log.warning(
-                    "%d items were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
+                    "%s were due more than %.0f s ahead (a clock stepped back): due now",
+                    item_count(brought),
+                    beyond - now,
                 )
         if self.on_bring_forward is not None:
             await self.on_bring_forward()
@@ -498,7 +502,7 @@ class Engine:
             return
         if count:
             self._due_at(until)
-            log.info("put off %d items of node %s for %.0f s", count, name, hold.retry_in, extra={"node": name})
+            log.info("put off %s of node %s for %.0f s", item_count(count), name, hold.retry_in, extra={"node": name})
 
     def _rewarm_returned(self) -> None:
         """For each node back after a hold whose cache may have restarted empty (`Node.rewarms_after_down`), make
@@ -582,7 +586,7 @@ class Engine:
             log.error("bringing back the items of node %s failed: %s", name, exc, extra={"node": name})
             return
         if count:
-            log.info("%d items of node %s due later are due now (a reload)", count, name, extra={"node": name})
+            log.info("%s of node %s due later are due now (a reload)", item_count(count), name, extra={"node": name})
             self.wake()
 
     def _is_dry(self, skip: _Skipped) -> bool:
@@ -904,7 +908,7 @@ class Engine:
     async def _drain(self) -> None:
         if not self._in_hand:
             return
-        log.info("waiting up to %.1fs for %d items in hand", self.settings.grace_seconds, len(self._in_hand))
+        log.info("waiting up to %.1fs for %s in hand", self.settings.grace_seconds, item_count(len(self._in_hand)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self.settings.grace_seconds)
 
@@ -1010,8 +1014,17 @@ class Engine:
             self._cancels_log.failed(exc)
             return
         self._cancels_log.worked()
+        new = found - self._cancelled
         self._cancelled |= found
         self._end_queued(found)
+        for task_id in sorted(new):  # cancelled by the operator, or through another process's API (told there)
+            under_way = sum(1 for claim in self._in_hand.values() if claim.task_id == task_id)
+            if under_way:
+                log.info(
+                    "task cancelled (seen in the store): it ends when its items under way here come back (%d)",
+                    under_way,
+                    extra={"task_id": task_id, "items": under_way},
+                )
 
     async def _renew_leases(self) -> None:
         """Renew every third of a lease; again within a second after a failure (the store may be back); at once
