@@ -1366,6 +1366,17 @@ class TestRetention:
         assert await store.delete_finished_before(NOW + 2, 2) == 2
         assert await store.delete_finished_before(NOW + 2, 2) == 1
 
+    async def test_delete_usage_before_removes_the_quota_counters_of_earlier_days_only(self, store: TaskStore) -> None:
+        """The daily quota counters (usage) of days before the day given go, every user's, `limit` rows at most per
+        call; that day's and later ones stay (retention never removed any: one row per user per day, for ever)."""
+        for user, day in (("alice", "20240101"), ("bob", "20240101"), ("alice", "20240102"), ("alice", "20240103")):
+            await store.create_task(make_task(1, user=user, day=day))
+        assert await store.delete_usage_before("20240102", 1) == 1
+        assert await store.delete_usage_before("20240102", 5) == 1
+        assert await store.delete_usage_before("20240102", 5) == 0
+        assert await store.usage("alice", "20240101") == await store.usage("bob", "20240101") == (0, 0)
+        assert await store.usage("alice", "20240102") == await store.usage("alice", "20240103") == (1, 0)
+
 
 class TestConcurrency:
     @pytest.mark.parametrize("skipping", [False, True], ids=["all-nodes", "skipping-a-node"])

@@ -470,6 +470,11 @@ class TaskStore(Protocol):
         still to be delivered (NO_WEBHOOK_DUE); return how many."""
         ...
 
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        """Remove up to `limit` rows of the daily quota counters (`usage`) of days before `day` (YYYYMMDD, as
+        QuotaCharge.day); return how many."""
+        ...
+
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         """Distinct URLs of any task's warms and file purges (a directory's purge is no sign of an object cached
         there) that start with `prefix`, ignoring case (a directory refresh on a node

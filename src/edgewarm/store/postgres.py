@@ -332,6 +332,9 @@ KNOWN_URLS = (
     f'AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 AND lower(url COLLATE "C") >= $3 '
     "AND lower(url COLLATE \"C\") < $4 AND substr(url, $5, length($6)) = $6 AND action <> 'purge_dir' LIMIT $7"
 )
+# Retention's removal of old days' quota counters ($1 the first day kept, $2 rows at most): no submission
+# writes them (it charges today's).
+_DELETE_USAGE = "DELETE FROM usage WHERE (username, day) IN (SELECT username, day FROM usage WHERE day < $1 LIMIT $2)"
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
     "AND node = $1"
@@ -1015,6 +1018,10 @@ class PostgresStore:
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_DELETE_FINISHED, cutoff, limit))
+
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_DELETE_USAGE, day, limit))
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:

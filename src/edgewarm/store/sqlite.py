@@ -763,6 +763,13 @@ class SQLiteStore:
 
         return await self._run(delete)
 
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        def delete() -> int:
+            with _write_transaction(self.db):
+                return self.db.execute(_DELETE_USAGE, (day, limit)).rowcount
+
+        return await self._run(delete)
+
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         def known(db: sqlite3.Connection) -> list[str]:
             # A range of the index items_url rather than LIKE: no escaping of % and _ in the prefix to get wrong.
@@ -948,6 +955,8 @@ KNOWN_URLS = (
     "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 AND substr(url, ?3, length(?4)) = ?4 "
     "AND action <> 'purge_dir' LIMIT ?5"
 )
+# Retention's removal of old days' quota counters (?1 the first day kept, ?2 rows at most).
+_DELETE_USAGE = "DELETE FROM usage WHERE rowid IN (SELECT rowid FROM usage WHERE day < ? LIMIT ?)"
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
