@@ -27,7 +27,7 @@ import edgewarm.store.postgres
 import edgewarm.store.sqlite
 from edgewarm.config import Config, parse_config
 from edgewarm.engine import Engine, Fetcher
-from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError, StoreOutcomeUnknown
+from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError, StoreFull, StoreOutcomeUnknown
 from edgewarm.models import (
     Canceller,
     Claim,
@@ -1894,6 +1894,22 @@ class TestPostgres:
                 await gone.create_task(make_task(1))
             assert await lost.usage("alice", DAY) == (3, 0)
 
+    async def test_a_full_disk_is_told_as_such_not_as_an_unavailable_store(self, postgres_db_url: str) -> None:
+        """The server's disk full (asyncpg's DiskFullError, SQLSTATE 53100, raised here by a fake inside the
+        store's connection: a real one needs a small file system) comes out as StoreFull naming the server's
+        disk, not a StoreError told as "the store is unavailable"; nothing was made."""
+
+        class DiskFull(PostgresStore):
+            async def _create(self, task: NewTask, committing: list[bool]) -> Task:
+                async with self._connection():
+                    raise asyncpg.DiskFullError('could not extend file "base/16384/16390": No space left on device')
+
+        async with DiskFull(postgres_db_url) as full:
+            with pytest.raises(StoreFull, match="No space left on device: the database server's disk is full"):
+                await full.create_task(make_task(1))
+            assert await full.usage("alice", DAY) == (0, 0)
+            assert await full.queue_depth() == 0  # the probe write works here: writes are taken again
+
     async def test_a_lost_database_surfaces_as_store_error(
         self, postgres_cluster: PostgresCluster, postgres_db_url: str
     ) -> None:
@@ -2002,6 +2018,27 @@ async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(
         await busy
         assert all(isinstance(a, StoreError) and "full" in str(a) for a in answers), answers
         assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)
+
+
+async def test_a_sqlite_submission_on_a_full_disk_is_refused_as_a_full_disk_not_an_unavailable_store(
+    tmp_path: Path,
+) -> None:
+    """SQLITE_FULL (here the file's max_page_count reached, which SQLite answers as it does a full disk) on a
+    submission: StoreFull, naming the file and its disk, not a StoreError told as "the store is unavailable";
+    nothing charged; the store takes writes again once there is room."""
+    async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+        store.db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(
+            StoreFull, match=r"database or disk is full: the disk of the database .*edgewarm\.db is full"
+        ):
+            await store.create_task(make_task(500))
+        assert await store.usage("alice", DAY) == (0, 0)
+        store.db.execute(f"PRAGMA max_page_count = {pages * 1000}")
+        assert await store.queue_depth() == 0  # the probe write works: writes are taken again
+        await store.create_task(make_task(500))
+        assert await store.usage("alice", DAY) == (500, 0)
 
 
 @contextlib.asynccontextmanager

@@ -28,7 +28,7 @@ from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
-from edgewarm.errors import StoreError, StoreOutcomeUnknown
+from edgewarm.errors import StoreError, StoreFull, StoreOutcomeUnknown
 from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -1085,7 +1085,7 @@ async def test_readyz_answers_503_while_the_store_takes_no_writes(api: Api) -> N
 
     await room(None)  # full: not one more page
     answer = await api.prefetch(urls(100))
-    assert answer == {"status": -1, "msg": "internal error: the store is unavailable"}, answer
+    assert answer["status"] == -1 and answer["msg"].startswith("internal error: the store's disk is full"), answer
     ready = await api.client.get("/readyz")
     assert ready.status_code == 503, ready.text
     assert ready.json()["error"].startswith("the store takes no writes: sqlite: database or disk is full"), ready.text
@@ -1507,3 +1507,30 @@ def test_a_store_that_may_have_made_the_task_says_so_not_nothing_done() -> None:
     assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}
     plain = json.loads(responses.jd_error(StoreError("postgresql: connection refused")).body)
     assert plain == {"status": -1, "msg": "internal error: the store is unavailable"}
+
+
+async def test_a_submission_on_a_full_disk_is_told_the_stores_disk_is_full_and_logged_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite answering SQLITE_FULL (its max_page_count reached: the same error as a full disk) to submissions:
+    they were told "the store is unavailable", as if it were down; now that its disk is full (code -1 still,
+    nothing made), and the log says so once, naming the database."""
+    taskid = await api.submitted(1)
+    assert isinstance(api.store, SQLiteStore)
+    (pages,) = api.store.db.execute("PRAGMA page_count").fetchone()
+    api.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    api_log = logging.getLogger("edgewarm.api")
+    monkeypatch.setattr(responses, "STORE_READS", RepeatedFailure(api_log, "answering calls from the store"))
+    monkeypatch.setattr(responses, "STORE_WRITES", RepeatedFailure(api_log, "writing calls' tasks to the store"))
+    caplog.set_level(logging.INFO, logger="edgewarm.api")
+    said = "the store's disk is full: nothing was done; send the call again once space has been freed"
+    for _ in range(3):
+        assert await api.prefetch(urls(100)) == {"status": -1, "msg": f"internal error: {said}"}
+    assert (await api.query(taskid)).json()["status"] == 0  # reads are answered
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == [
+        "writing calls' tasks to the store failed: sqlite: database or disk is full: the disk of the database "
+        ":memory: is full: nothing is written until space is freed there"
+    ], logged
+    native = responses.native_error(StoreFull("sqlite: database or disk is full"), writes=True)
+    assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}

@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, StoreError, StoreOutcomeUnknown, described
+from ..errors import QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
     Cancel,
@@ -533,6 +533,16 @@ class _OverQuota(Exception):
     """Raised inside create_task's transaction to roll it back; becomes QuotaExceeded outside."""
 
 
+def _store_error(exc: BaseException) -> StoreError:
+    """A driver's error as the store's; the server's disk full (SQLSTATE 53100) is named as such."""
+    if isinstance(exc, asyncpg.DiskFullError):
+        return StoreFull(
+            f"postgresql: {described(exc)}: the database server's disk is full: nothing is written until space is "
+            "freed there"
+        )
+    return StoreError(f"postgresql: {described(exc)}")
+
+
 def _claims(rows: Sequence[asyncpg.Record], user: str) -> list[Claim]:
     return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6], user) for r in rows]
 
@@ -620,7 +630,7 @@ class PostgresStore:
                     conn.terminate()
                     raise
         except _DRIVER_ERRORS as exc:
-            error = StoreError(f"postgresql: {described(exc)}")
+            error = _store_error(exc)
             if getattr(exc, "sqlstate", None) in _WRITES_REFUSED:
                 self._refusing = error
             raise error from exc

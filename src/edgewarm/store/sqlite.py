@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from ..errors import QuotaExceeded, StoreDamaged, StoreError
+from ..errors import QuotaExceeded, StoreDamaged, StoreError, StoreFull
 from ..models import (
     CANCELLED,
     Cancel,
@@ -873,12 +873,17 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
         )
     if "unable to open" in str(exc) and (why := out_of_open_files()) is not None:
         return StoreError(f"sqlite: {exc}: {why}")
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+        return StoreFull(
+            f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed there"
+        )
     return StoreError(f"sqlite: {exc}")
 
 
 WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
 # SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
-_WRITES_REFUSED = frozenset({8, 10, 13})
+_SQLITE_FULL = 13
+_WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
