@@ -535,10 +535,61 @@ async def test_a_compressed_body_is_refused_with_415(api: Api) -> None:
 
 
 async def test_a_form_field_given_twice_is_named(api: Api) -> None:
-    """Before: "username must be a string" (form fields are strings)."""
+    """Before: "username must be a string" (form fields are strings); then code 3, username empty, which it is
+    not: code 2, the parameters are wrong."""
     body = urlencode([*creds().items(), ("username", USER), ("publish_urls", urls(1)[0])]).encode()
     answer = await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded")
-    assert (answer["status"], answer["msg"]) == (3, "username is given 2 times: give it once")
+    assert (answer["status"], answer["msg"]) == (2, "username is given 2 times: give it once")
+
+
+REFRESH_FIELDS = [("type", "file"), ("instances", "http://www.example.test/a")]
+PREFETCH_FIELDS = [("publish_urls", "http://www.example.test/a")]
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "name", "values"),
+    [
+        ("/api/prefetch", PREFETCH_FIELDS, "username", [USER, ""]),
+        ("/api/prefetch", PREFETCH_FIELDS, "signature", [signature(), signature()]),
+        ("/api/prefetchQuery", [("taskid", str(uuid.uuid4()))], "taskid", [""]),
+        ("/api/refresh", [("instances", "http://www.example.test/a")], "type", ["file", "dir"]),
+        ("/api/prefetch", PREFETCH_FIELDS, "refresh", ["1", "1"]),
+        ("/api/prefetch", PREFETCH_FIELDS, "idempotency_key", ["k1", "k2"]),
+        ("/api/refresh", REFRESH_FIELDS, "callback_url", ["http://hooks.test/a", "http://hooks.test/b"]),
+    ],
+)
+async def test_a_field_of_one_value_given_twice_is_refused_as_repeated_not_as_empty(
+    api: Api, path: str, fields: list[tuple[str, str]], name: str, values: list[str]
+) -> None:
+    """A field that takes one value, given twice in a form or as a JSON object's key twice: code 2 saying it was
+    repeated. Before: the field's code for empty (3 for username, 11 for taskid, 16 for type) or a boolean's
+    message ("not ['1', '1']"); in JSON the last one was taken silently ({"username": "a", "username": ""}:
+    "username must not be empty"; two keys of a field given once before it: a call made on the last's)."""
+    given = [(k, v) for k, v in [*creds().items(), *fields] if k != name]
+    form = urlencode([*given, *((name, v) for v in [*values[:1], *values])]).encode()
+    said = f"{name} is given {len(values) + 1} times: give it once"
+    answer = await api.raw(path, form, "application/x-www-form-urlencoded")
+    assert (answer["status"], answer["msg"]) == (2, said)
+    pairs = [*given, (name, values[0]), *((name, v) for v in values)]
+    body = b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in pairs) + b"}"
+    answer = await api.raw(path, body, "application/json")
+    assert (answer["status"], answer["msg"]) == (2, said)
+
+
+async def test_a_json_key_given_twice_is_found_however_it_is_spelled(api: Api) -> None:
+    """A key spelled with a \\u escape the second time is the same key; a key's name as another's value, or as a
+    nested object's key, is no repeat (PHP's escaped slashes in URLs too)."""
+    escaped = b'{"username": "%s", "user\\u006eame": "%s", "signature": "%s", "publish_urls": ["x"]}' % (
+        USER.encode(),
+        USER.encode(),
+        signature().encode(),
+    )
+    answer = await api.raw("/api/prefetch", escaped, "application/json")
+    assert (answer["status"], answer["msg"]) == (2, "username is given 2 times: give it once")
+    fine = orjson.dumps(
+        {**creds(), "idempotency_key": "username", "x": {"username": 1}, "publish_urls": ["http://www.example.test/a"]}
+    ).replace(b"/", b"\\/")
+    assert (await api.raw("/api/prefetch", fine, "application/json"))["status"] == 0
 
 
 async def test_a_list_of_one_for_a_text_field_is_said_not_to_be_a_string(api: Api) -> None:
