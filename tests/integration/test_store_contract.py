@@ -1014,6 +1014,24 @@ class TestWork:
         await store.create_task(make_task(2, items=purges))
         assert await store.known_urls("http://h.test/c/", 10) == ["http://h.test/c/f"]
 
+    async def test_known_urls_past_the_limit_are_the_same_ones_in_the_same_order_on_every_store(
+        self, store: TaskStore
+    ) -> None:
+        """known_urls in the order of the URLs lower-cased, then as they are (byte order): past its limit a directory
+        refresh purged the ones SQLite's index gave first and, on PostgreSQL, the ones its hash did (another set).
+        Submitted out of that order, over several tasks, with a URL in two spellings and warmed on two nodes."""
+        names = ["b", "A", "a", "_", "B2", "a/x", "Z", "b", "0", "a-", "~"]
+        urls = [f"http://h.test/d/{name}" for name in names] + ["HTTP://H.test/d/b", "http://H.TEST/d/a"]
+        for start in (0, 5, 9):
+            chunk = urls[start : start + 5] if start < 9 else urls[start:]
+            items = tuple(NewItem(s, u, n, ItemAction.WARM, 0) for s, u in enumerate(chunk) for n in ("e1", "e2"))
+            await store.create_task(make_task(len(chunk), items=items))
+        ordered = sorted(set(urls), key=lambda url: (url.lower(), url))
+        assert ordered[1:5] == ["http://h.test/d/_", "http://H.TEST/d/a", "http://h.test/d/A", "http://h.test/d/a"]
+        assert await store.known_urls("http://h.test/d/", 100) == ordered
+        assert await store.known_urls("http://h.test/d/", 6) == ordered[:6]
+        assert await store.known_urls("HTTP://H.TEST/d/", 9) == ordered[:9]
+
     async def test_urls_of_any_length_the_api_takes_are_stored_and_found(self, store: TaskStore) -> None:
         """PostgreSQL's index of the URLs refused a URL over ~2,700 characters (its btree keys are at most 2,704
         bytes): the whole call failed, "the store is unavailable". A URL of 4,096 characters is stored, and

@@ -479,7 +479,9 @@ class TaskStore(Protocol):
         """Distinct URLs of any task's warms and file purges (a directory's purge is no sign of an object cached
         there) that start with `prefix`, ignoring case (a directory refresh on a node
         without prefix purge purges each of them; it keeps those whose cache key is under the directory's: the
-        host in any case, the path as it is)."""
+        host in any case, the path as it is). In the order of the URLs lower-cased (A-Z only), then as they are,
+        each in code point (byte) order: past `limit`, every store gives the same ones (SQLite gave them in its
+        index's order, PostgreSQL in its hash's)."""
         ...
 
     async def queue_depth(self) -> int:

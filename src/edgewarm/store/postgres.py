@@ -326,11 +326,14 @@ _PUT_OFF = (
     "FOR UPDATE SKIP LOCKED)"
 )
 
-# The range of the index (the first KEY_CHARS characters), then of the whole URL and its path's case.
+# The range of the index (the first KEY_CHARS characters), then of the whole URL and its path's case; in
+# known_urls' order (TaskStore.known_urls), "C" (byte order, as SQLite's) whatever the database's locale: the
+# distinct URLs (hashed), then the first $7 of them (a top-N sort).
 KNOWN_URLS = (
-    f'SELECT DISTINCT url FROM items WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 '
-    f'AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 AND lower(url COLLATE "C") >= $3 '
-    "AND lower(url COLLATE \"C\") < $4 AND substr(url, $5, length($6)) = $6 AND action <> 'purge_dir' LIMIT $7"
+    'SELECT url FROM (SELECT DISTINCT url COLLATE "C" AS url FROM items '
+    f'WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 '
+    'AND lower(url COLLATE "C") >= $3 AND lower(url COLLATE "C") < $4 AND substr(url, $5, length($6)) = $6 '
+    "AND action <> 'purge_dir') known ORDER BY lower(url), url LIMIT $7"
 )
 # Retention's removal of old days' quota counters ($1 the first day kept, $2 rows at most): no submission
 # writes them (it charges today's).

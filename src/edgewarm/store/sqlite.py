@@ -956,9 +956,10 @@ _NEXT_TO_PUT_OFF = (
 _PUT_OFF = (
     "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
+# known_urls, in its order (TaskStore.known_urls), which the index items_url gives but among one URL's spellings.
 KNOWN_URLS = (
     "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 AND substr(url, ?3, length(?4)) = ?4 "
-    "AND action <> 'purge_dir' LIMIT ?5"
+    "AND action <> 'purge_dir' ORDER BY lower(url), url LIMIT ?5"
 )
 # Retention's removal of old days' quota counters (?1 the first day kept, ?2 rows at most).
 _DELETE_USAGE = "DELETE FROM usage WHERE rowid IN (SELECT rowid FROM usage WHERE day < ? LIMIT ?)"
