@@ -3,6 +3,9 @@
 EdgewarmError
 ├── ConfigError            a config file that cannot be used; names the key
 ├── StoreError             the store failed (driver errors are wrapped here)
+│   ├── StoreOutcomeUnknown a write's answer was lost: it may have been made
+│   ├── StoreDamaged       the database file is damaged
+│   ├── StoreFull          the store's disk is full: writes are refused, reads answered
 │   └── SchemaVersionError the schema is older or newer than this code: run `edgewarm db upgrade`
 └── RequestRefused         a JD call refused with a JD error code (answered as HTTP 200)
     ├── QuotaExceeded
@@ -84,6 +87,11 @@ class StoreOutcomeUnknown(StoreError):
 
 class StoreDamaged(StoreError):
     """The database file is damaged: nothing that reads the damaged part works until it is restored."""
+
+
+class StoreFull(StoreError):
+    """The store's disk is full (SQLITE_FULL; PostgreSQL's SQLSTATE 53100): the write was refused, nothing of it
+    made; the store takes no writes until space is freed."""
 
 
 class SchemaVersionError(StoreError):

@@ -1,12 +1,15 @@
-"""Retention: remove finished tasks older than `[retention] days`, a bounded batch at a time."""
+"""Retention: remove finished tasks older than `[retention] days`, a bounded batch at a time, and the daily quota
+counters (`usage`) of the days before the window."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
+from . import auth
 from .config import Retention
 from .errors import StoreError
 from .store import TaskStore
@@ -15,16 +18,38 @@ log = logging.getLogger("edgewarm.retention")
 
 MAX_BATCHES_A_ROUND = 100  # then a pause, so that writers always get their turn
 BACKLOG_PAUSE = 1.0  # seconds between rounds while a round ends with tasks left to remove (else interval_seconds)
+USAGE_BATCH = 10_000  # quota counters (one user's day each, a few dozen bytes) a transaction
 
 
 async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> int:
     """One round: delete up to MAX_BATCHES_A_ROUND batches of tasks that ended before the cutoff."""
     cutoff = now - settings.days * 86_400
+    return await _in_batches(lambda limit: store.delete_finished_before(cutoff, limit), settings.batch)
+
+
+def first_day_kept(now: float, days: float, timezone: str) -> str:
+    """The earliest day (YYYYMMDD, the quotas' day: the date in `[api] timezone`) whose quota counters retention
+    keeps: the day `days` before `now` (a part of it is within the window), and yesterday at the latest (a
+    submission is charged to today, but a process whose clock is a little behind may still charge yesterday)."""
+    window = auth.today(datetime.fromtimestamp(now - days * 86_400, UTC), timezone)
+    yesterday = auth.today(datetime.fromtimestamp(now, UTC), timezone) - timedelta(days=1)
+    return f"{min(window, yesterday):%Y%m%d}"
+
+
+async def purge_old_usage(store: TaskStore, settings: Retention, now: float, timezone: str) -> int:
+    """One round: delete up to MAX_BATCHES_A_ROUND batches of the daily quota counters of the days before
+    `first_day_kept` (days that can no longer be charged)."""
+    day = first_day_kept(now, settings.days, timezone)
+    return await _in_batches(lambda limit: store.delete_usage_before(day, limit), USAGE_BATCH)
+
+
+async def _in_batches(delete: Callable[[int], Awaitable[int]], batch: int) -> int:
+    """`delete(batch)` until it removes fewer than `batch` rows, MAX_BATCHES_A_ROUND times at most; the total."""
     removed = 0
     for _ in range(MAX_BATCHES_A_ROUND):
-        deleted = await store.delete_finished_before(cutoff, settings.batch)
+        deleted = await delete(batch)
         removed += deleted
-        if deleted < settings.batch:
+        if deleted < batch:
             break
         await asyncio.sleep(0)  # one transaction per batch: let others in between
     return removed
@@ -36,22 +61,31 @@ async def run_retention(
     stopping: asyncio.Event,
     clock: Callable[[], float] = time.time,
     reloaded: asyncio.Event | None = None,
+    timezone: Callable[[], str] = lambda: auth.DEFAULT_TIMEZONE,
 ) -> None:
     """Every `interval_seconds` until `stopping` is set; at once when `reloaded` is set (new settings); after
-    BACKLOG_PAUSE while a round left tasks to remove (a round removes at most MAX_BATCHES_A_ROUND batches: a
-    service that ends more tasks than that in an interval never caught up, and its store grew without bound)."""
+    BACKLOG_PAUSE while a round left tasks or quota counters to remove (a round removes at most
+    MAX_BATCHES_A_ROUND batches: a service that ends more tasks than that in an interval never caught up, and
+    its store grew without bound). `timezone`: the quotas' (`[api] timezone`), whose days the counters are."""
     reloaded = reloaded or asyncio.Event()
     while not stopping.is_set():
         reloaded.clear()
+        current = settings()
         left = False
         try:
-            removed = await purge_old_tasks(store, settings(), clock())
-            left = removed >= MAX_BATCHES_A_ROUND * settings().batch
+            now = clock()
+            removed = await purge_old_tasks(store, current, now)
             if removed:
-                log.info("retention: removed %d finished tasks older than %s days", removed, settings().days)
+                log.info("retention: removed %d finished tasks older than %s days", removed, current.days)
+            counters = await purge_old_usage(store, current, now, timezone())
+            if counters:
+                log.info(
+                    "retention: removed %d daily quota counters of days older than %s days", counters, current.days
+                )
+            left = removed >= MAX_BATCHES_A_ROUND * current.batch or counters >= MAX_BATCHES_A_ROUND * USAGE_BATCH
         except StoreError as exc:
             log.error("retention round failed: %s", exc)
-        await first_of(BACKLOG_PAUSE if left else settings().interval_seconds, stopping, reloaded)
+        await first_of(BACKLOG_PAUSE if left else current.interval_seconds, stopping, reloaded)
 
 
 async def first_of(timeout: float, *events: asyncio.Event) -> None:

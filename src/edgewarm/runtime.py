@@ -333,7 +333,13 @@ async def _run_parts(
             tasks.append(asyncio.create_task(deliverer.run(stopping), name="edgewarm-webhooks"))
             tasks.append(
                 asyncio.create_task(
-                    run_retention(store, lambda: live.config.retention, stopping, reloaded=live.reloaded),
+                    run_retention(
+                        store,
+                        lambda: live.config.retention,
+                        stopping,
+                        reloaded=live.reloaded,
+                        timezone=lambda: live.config.api.timezone,
+                    ),
                     name="edgewarm-retention",
                 )
             )

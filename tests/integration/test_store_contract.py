@@ -27,7 +27,7 @@ import edgewarm.store.postgres
 import edgewarm.store.sqlite
 from edgewarm.config import Config, parse_config
 from edgewarm.engine import Engine, Fetcher
-from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError, StoreOutcomeUnknown
+from edgewarm.errors import QuotaExceeded, SchemaVersionError, StoreError, StoreFull, StoreOutcomeUnknown
 from edgewarm.models import (
     Canceller,
     Claim,
@@ -1015,6 +1015,24 @@ class TestWork:
         await store.create_task(make_task(2, items=purges))
         assert await store.known_urls("http://h.test/c/", 10) == ["http://h.test/c/f"]
 
+    async def test_known_urls_past_the_limit_are_the_same_ones_in_the_same_order_on_every_store(
+        self, store: TaskStore
+    ) -> None:
+        """known_urls in the order of the URLs lower-cased, then as they are (byte order): past its limit a directory
+        refresh purged the ones SQLite's index gave first and, on PostgreSQL, the ones its hash did (another set).
+        Submitted out of that order, over several tasks, with a URL in two spellings and warmed on two nodes."""
+        names = ["b", "A", "a", "_", "B2", "a/x", "Z", "b", "0", "a-", "~"]
+        urls = [f"http://h.test/d/{name}" for name in names] + ["HTTP://H.test/d/b", "http://H.TEST/d/a"]
+        for start in (0, 5, 9):
+            chunk = urls[start : start + 5] if start < 9 else urls[start:]
+            items = tuple(NewItem(s, u, n, ItemAction.WARM, 0) for s, u in enumerate(chunk) for n in ("e1", "e2"))
+            await store.create_task(make_task(len(chunk), items=items))
+        ordered = sorted(set(urls), key=lambda url: (url.lower(), url))
+        assert ordered[1:5] == ["http://h.test/d/_", "http://H.TEST/d/a", "http://h.test/d/A", "http://h.test/d/a"]
+        assert await store.known_urls("http://h.test/d/", 100) == ordered
+        assert await store.known_urls("http://h.test/d/", 6) == ordered[:6]
+        assert await store.known_urls("HTTP://H.TEST/d/", 9) == ordered[:9]
+
     async def test_urls_of_any_length_the_api_takes_are_stored_and_found(self, store: TaskStore) -> None:
         """PostgreSQL's index of the URLs refused a URL over ~2,700 characters (its btree keys are at most 2,704
         bytes): the whole call failed, "the store is unavailable". A URL of 4,096 characters is stored, and
@@ -1425,6 +1443,17 @@ class TestRetention:
         await store.record_outcomes("w1", [ok(i) for i in await claim_all(store)], NOW + 1)
         assert await store.delete_finished_before(NOW + 2, 2) == 2
         assert await store.delete_finished_before(NOW + 2, 2) == 1
+
+    async def test_delete_usage_before_removes_the_quota_counters_of_earlier_days_only(self, store: TaskStore) -> None:
+        """The daily quota counters (usage) of days before the day given go, every user's, `limit` rows at most per
+        call; that day's and later ones stay (retention never removed any: one row per user per day, for ever)."""
+        for user, day in (("alice", "20240101"), ("bob", "20240101"), ("alice", "20240102"), ("alice", "20240103")):
+            await store.create_task(make_task(1, user=user, day=day))
+        assert await store.delete_usage_before("20240102", 1) == 1
+        assert await store.delete_usage_before("20240102", 5) == 1
+        assert await store.delete_usage_before("20240102", 5) == 0
+        assert await store.usage("alice", "20240101") == await store.usage("bob", "20240101") == (0, 0)
+        assert await store.usage("alice", "20240102") == await store.usage("alice", "20240103") == (1, 0)
 
 
 class TestConcurrency:
@@ -1943,6 +1972,22 @@ class TestPostgres:
                 await gone.create_task(make_task(1))
             assert await lost.usage("alice", DAY) == (3, 0)
 
+    async def test_a_full_disk_is_told_as_such_not_as_an_unavailable_store(self, postgres_db_url: str) -> None:
+        """The server's disk full (asyncpg's DiskFullError, SQLSTATE 53100, raised here by a fake inside the
+        store's connection: a real one needs a small file system) comes out as StoreFull naming the server's
+        disk, not a StoreError told as "the store is unavailable"; nothing was made."""
+
+        class DiskFull(PostgresStore):
+            async def _create(self, task: NewTask, committing: list[bool]) -> Task:
+                async with self._connection():
+                    raise asyncpg.DiskFullError('could not extend file "base/16384/16390": No space left on device')
+
+        async with DiskFull(postgres_db_url) as full:
+            with pytest.raises(StoreFull, match="No space left on device: the database server's disk is full"):
+                await full.create_task(make_task(1))
+            assert await full.usage("alice", DAY) == (0, 0)
+            assert await full.queue_depth() == 0  # the probe write works here: writes are taken again
+
     async def test_a_lost_database_surfaces_as_store_error(
         self, postgres_cluster: PostgresCluster, postgres_db_url: str
     ) -> None:
@@ -2051,6 +2096,27 @@ async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(
         await busy
         assert all(isinstance(a, StoreError) and "full" in str(a) for a in answers), answers
         assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)
+
+
+async def test_a_sqlite_submission_on_a_full_disk_is_refused_as_a_full_disk_not_an_unavailable_store(
+    tmp_path: Path,
+) -> None:
+    """SQLITE_FULL (here the file's max_page_count reached, which SQLite answers as it does a full disk) on a
+    submission: StoreFull, naming the file and its disk, not a StoreError told as "the store is unavailable";
+    nothing charged; the store takes writes again once there is room."""
+    async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+        store.db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(
+            StoreFull, match=r"database or disk is full: the disk of the database .*edgewarm\.db is full"
+        ):
+            await store.create_task(make_task(500))
+        assert await store.usage("alice", DAY) == (0, 0)
+        store.db.execute(f"PRAGMA max_page_count = {pages * 1000}")
+        assert await store.queue_depth() == 0  # the probe write works: writes are taken again
+        await store.create_task(make_task(500))
+        assert await store.usage("alice", DAY) == (500, 0)
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
-from edgewarm.errors import StoreError, StoreOutcomeUnknown
+from edgewarm.errors import StoreError, StoreFull, StoreOutcomeUnknown
 from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -536,10 +536,61 @@ async def test_a_compressed_body_is_refused_with_415(api: Api) -> None:
 
 
 async def test_a_form_field_given_twice_is_named(api: Api) -> None:
-    """Before: "username must be a string" (form fields are strings)."""
+    """Before: "username must be a string" (form fields are strings); then code 3, username empty, which it is
+    not: code 2, the parameters are wrong."""
     body = urlencode([*creds().items(), ("username", USER), ("publish_urls", urls(1)[0])]).encode()
     answer = await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded")
-    assert (answer["status"], answer["msg"]) == (3, "username is given 2 times: give it once")
+    assert (answer["status"], answer["msg"]) == (2, "username is given 2 times: give it once")
+
+
+REFRESH_FIELDS = [("type", "file"), ("instances", "http://www.example.test/a")]
+PREFETCH_FIELDS = [("publish_urls", "http://www.example.test/a")]
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "name", "values"),
+    [
+        ("/api/prefetch", PREFETCH_FIELDS, "username", [USER, ""]),
+        ("/api/prefetch", PREFETCH_FIELDS, "signature", [signature(), signature()]),
+        ("/api/prefetchQuery", [("taskid", str(uuid.uuid4()))], "taskid", [""]),
+        ("/api/refresh", [("instances", "http://www.example.test/a")], "type", ["file", "dir"]),
+        ("/api/prefetch", PREFETCH_FIELDS, "refresh", ["1", "1"]),
+        ("/api/prefetch", PREFETCH_FIELDS, "idempotency_key", ["k1", "k2"]),
+        ("/api/refresh", REFRESH_FIELDS, "callback_url", ["http://hooks.test/a", "http://hooks.test/b"]),
+    ],
+)
+async def test_a_field_of_one_value_given_twice_is_refused_as_repeated_not_as_empty(
+    api: Api, path: str, fields: list[tuple[str, str]], name: str, values: list[str]
+) -> None:
+    """A field that takes one value, given twice in a form or as a JSON object's key twice: code 2 saying it was
+    repeated. Before: the field's code for empty (3 for username, 11 for taskid, 16 for type) or a boolean's
+    message ("not ['1', '1']"); in JSON the last one was taken silently ({"username": "a", "username": ""}:
+    "username must not be empty"; two keys of a field given once before it: a call made on the last's)."""
+    given = [(k, v) for k, v in [*creds().items(), *fields] if k != name]
+    form = urlencode([*given, *((name, v) for v in [*values[:1], *values])]).encode()
+    said = f"{name} is given {len(values) + 1} times: give it once"
+    answer = await api.raw(path, form, "application/x-www-form-urlencoded")
+    assert (answer["status"], answer["msg"]) == (2, said)
+    pairs = [*given, (name, values[0]), *((name, v) for v in values)]
+    body = b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in pairs) + b"}"
+    answer = await api.raw(path, body, "application/json")
+    assert (answer["status"], answer["msg"]) == (2, said)
+
+
+async def test_a_json_key_given_twice_is_found_however_it_is_spelled(api: Api) -> None:
+    """A key spelled with a \\u escape the second time is the same key; a key's name as another's value, or as a
+    nested object's key, is no repeat (PHP's escaped slashes in URLs too)."""
+    escaped = b'{"username": "%s", "user\\u006eame": "%s", "signature": "%s", "publish_urls": ["x"]}' % (
+        USER.encode(),
+        USER.encode(),
+        signature().encode(),
+    )
+    answer = await api.raw("/api/prefetch", escaped, "application/json")
+    assert (answer["status"], answer["msg"]) == (2, "username is given 2 times: give it once")
+    fine = orjson.dumps(
+        {**creds(), "idempotency_key": "username", "x": {"username": 1}, "publish_urls": ["http://www.example.test/a"]}
+    ).replace(b"/", b"\\/")
+    assert (await api.raw("/api/prefetch", fine, "application/json"))["status"] == 0
 
 
 async def test_a_list_of_one_for_a_text_field_is_said_not_to_be_a_string(api: Api) -> None:
@@ -1180,7 +1231,7 @@ async def test_readyz_answers_503_while_the_store_takes_no_writes(api: Api) -> N
 
     await room(None)  # full: not one more page
     answer = await api.prefetch(urls(100))
-    assert answer == {"status": -1, "msg": "internal error: the store is unavailable"}, answer
+    assert answer["status"] == -1 and answer["msg"].startswith("internal error: the store's disk is full"), answer
     ready = await api.client.get("/readyz")
     assert ready.status_code == 503, ready.text
     assert ready.json()["error"].startswith("the store takes no writes: sqlite: database or disk is full"), ready.text
@@ -1602,3 +1653,30 @@ def test_a_store_that_may_have_made_the_task_says_so_not_nothing_done() -> None:
     assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}
     plain = json.loads(responses.jd_error(StoreError("postgresql: connection refused")).body)
     assert plain == {"status": -1, "msg": "internal error: the store is unavailable"}
+
+
+async def test_a_submission_on_a_full_disk_is_told_the_stores_disk_is_full_and_logged_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite answering SQLITE_FULL (its max_page_count reached: the same error as a full disk) to submissions:
+    they were told "the store is unavailable", as if it were down; now that its disk is full (code -1 still,
+    nothing made), and the log says so once, naming the database."""
+    taskid = await api.submitted(1)
+    assert isinstance(api.store, SQLiteStore)
+    (pages,) = api.store.db.execute("PRAGMA page_count").fetchone()
+    api.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    api_log = logging.getLogger("edgewarm.api")
+    monkeypatch.setattr(responses, "STORE_READS", RepeatedFailure(api_log, "answering calls from the store"))
+    monkeypatch.setattr(responses, "STORE_WRITES", RepeatedFailure(api_log, "writing calls' tasks to the store"))
+    caplog.set_level(logging.INFO, logger="edgewarm.api")
+    said = "the store's disk is full: nothing was done; send the call again once space has been freed"
+    for _ in range(3):
+        assert await api.prefetch(urls(100)) == {"status": -1, "msg": f"internal error: {said}"}
+    assert (await api.query(taskid)).json()["status"] == 0  # reads are answered
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == [
+        "writing calls' tasks to the store failed: sqlite: database or disk is full: the disk of the database "
+        ":memory: is full: nothing is written until space is freed there"
+    ], logged
+    native = responses.native_error(StoreFull("sqlite: database or disk is full"), writes=True)
+    assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}

@@ -1,4 +1,5 @@
-"""Retention: a round removes the tasks that ended before the cutoff, in bounded batches, and stops with them."""
+"""Retention: a round removes the tasks that ended before the cutoff, in bounded batches, and stops with them; and
+the daily quota counters of the days before the window."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ import pytest
 from edgewarm import retention
 from edgewarm.config import Retention
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
-from edgewarm.retention import purge_old_tasks, run_retention
+from edgewarm.retention import first_day_kept, purge_old_tasks, run_retention
 from edgewarm.store import TaskStore, open_store
 
 DAY = 86_400.0
 
 
-def task(n: int, created_at: float) -> NewTask:
+def task(n: int, created_at: float, day: str = "20260101", user: str = "u") -> NewTask:
     item = NewItem(0, f"http://www.example.test/{n}", "edge-1", ItemAction.WARM, 0)
     return NewTask(
         f"00000000-0000-4000-8000-{n:012d}",
-        "u",
+        user,
         TaskKind.PREFETCH,
         created_at,
         (item,),
-        QuotaCharge("20260101", 1, 0, 10**9, 50),
+        QuotaCharge(day, 1, 0, 10**9, 50),
     )
 
 
@@ -130,3 +131,47 @@ def test_a_backlog_larger_than_a_round_is_removed_round_after_round_not_an_inter
             return gone
 
     assert asyncio.run(go()) == [True] * 9
+
+
+# 2026-01-10 20:00 UTC: 2026-01-11 04:00 in Asia/Shanghai, the quotas' default zone
+JAN_10_8PM_UTC = 1_768_075_200.0
+
+
+def test_the_first_day_whose_quota_counters_are_kept_is_the_windows_in_the_quotas_zone() -> None:
+    """7 days before 2026-01-11 04:00 in Shanghai is 2026-01-04 there (2026-01-03 in UTC); a window shorter than a
+    day still keeps yesterday's counters (a process whose clock is a little behind may charge it)."""
+    assert first_day_kept(JAN_10_8PM_UTC, 7, "Asia/Shanghai") == "20260104"
+    assert first_day_kept(JAN_10_8PM_UTC, 7, "UTC") == "20260103"
+    assert first_day_kept(JAN_10_8PM_UTC, 0.01, "Asia/Shanghai") == "20260110"
+    assert first_day_kept(JAN_10_8PM_UTC, 1, "America/Los_Angeles") == "20260109"
+
+
+def test_a_round_removes_the_quota_counters_of_the_days_before_the_window_in_the_same_pass() -> None:
+    """Retention removed no row of `usage` (one per user per day): they piled up for ever. A round now removes the
+    counters of the days before the window's first, in the quotas' time zone, and keeps that day's and later
+    ones (today's: the quota being charged)."""
+    days = ("20251231", "20260103", "20260104", "20260111")
+
+    async def go() -> list[tuple[int, int]]:
+        async with open_store("memory://") as store:
+            for n, day in enumerate(days):
+                await store.create_task(task(n, JAN_10_8PM_UTC, day=day, user=f"user-{n % 2}"))
+            stopping = asyncio.Event()
+            job = asyncio.create_task(
+                run_retention(
+                    store,
+                    lambda: Retention(days=7),
+                    stopping,
+                    clock=lambda: JAN_10_8PM_UTC,
+                    timezone=lambda: "Asia/Shanghai",
+                )
+            )
+            for _ in range(100):
+                if await store.usage("user-1", "20260103") == (0, 0):
+                    break
+                await asyncio.sleep(0.01)
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return [await store.usage(f"user-{n % 2}", day) for n, day in enumerate(days)]
+
+    assert asyncio.run(go()) == [(0, 0), (0, 0), (1, 0), (1, 0)]

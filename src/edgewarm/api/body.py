@@ -4,6 +4,7 @@ address it came from."""
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,6 +17,17 @@ from ..errors import JdCode, RequestRefused
 
 class UnsupportedMediaType(Exception):
     """Not a JD call at all: answered with HTTP 415; the message says what to send instead."""
+
+
+class Repeated(list[str]):
+    """A form field given more than once, its values in order: a list to the fields that take one (publish_urls),
+    refused by those that take one value (`repeated`)."""
+
+
+def repeated(name: str, times: int) -> RequestRefused:
+    """The refusal of a field that takes one value, given `times` times: code 2 (the parameters are wrong), not
+    the field's own code for "empty" (3 for username), which it is not."""
+    return RequestRefused(JdCode.PARAMS_EMPTY, f"{name} is given {times} times: give it once")
 
 
 _FORM = "application/x-www-form-urlencoded"
@@ -63,6 +75,8 @@ async def read_params(request: Request) -> dict[str, Any]:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the body must be a JSON object of parameters")
         if not data:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
+        if (twice := _repeated_key(raw, data)) is not None:
+            raise repeated(*twice)
         return data
     if media == _FORM:
         encoding = charset or "utf-8"
@@ -83,10 +97,37 @@ async def read_params(request: Request) -> dict[str, Any]:
     raise UnsupportedMediaType(f"unsupported content type {media!r}: send application/json or a form")
 
 
+_KEYS_COUNTED = 16  # a JSON object with more keys is parsed again for its repeated ones rather than searched for each
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]*\Z")  # a key of these is spelled in JSON as it is, or with \u escapes
+
+
+def _repeated_key(raw: bytes, data: dict[str, Any]) -> tuple[str, int] | None:
+    """A key the JSON object `raw` (`data`, as orjson read it) gives more than once, and how many times: orjson
+    keeps the last one silently ({"type": "file", "type": ""} was refused as "type must not be empty", and
+    {"username": "a", "username": "b"} taken as b's call). A body in which each key's spelling is found once
+    (nearly every one; PHP's \\/ in its URLs included) is not parsed again."""
+    if (
+        len(data) <= _KEYS_COUNTED
+        and b"\\u" not in raw
+        and all(_PLAIN_KEY.match(key) and raw.count(orjson.dumps(key)) == 1 for key in data)
+    ):
+        return None
+    objects: list[list[tuple[str, Any]]] = []  # each object's pairs as it ends: the outermost last
+    try:
+        json.loads(raw, object_pairs_hook=objects.append)
+    except (ValueError, RecursionError):  # what orjson read and the standard library does not (a long number)
+        return None
+    seen: dict[str, int] = {}
+    for key, _ in objects[-1]:
+        seen[key] = seen.get(key, 0) + 1
+    return next(((key, times) for key, times in seen.items() if times > 1), None)
+
+
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
-    """A form's fields: a repeated one (publish_urls=a&publish_urls=b) is a list, a single one a string; entries
-    named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in their order,
-    also when there is one (a list of one URL, not a string that `split_list` would cut at its commas)."""
+    """A form's fields: a repeated one (publish_urls=a&publish_urls=b) is a list (Repeated), a single one a
+    string; entries named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in
+    their order, also when there is one (a list of one URL, not a string that `split_list` would cut at its
+    commas)."""
     fields: dict[str, Any] = {}
     # In the index's order, read as a number of any length without making it one (int() refuses 4,300 digits);
     # an entry without one comes after the highest before it, as PHP puts it: (digits' length, digits, turn).
@@ -107,7 +148,7 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
                 JdCode.PARAMS_EMPTY, f"{key[:80]!r}: a list's entries are named {name}[] or {name}[0], {name}[1], …"
             )
         else:
-            fields[key] = values[0] if len(values) == 1 else values
+            fields[key] = values[0] if len(values) == 1 else Repeated(values)
     for name, entries in listed.items():
         if name in fields:
             raise RequestRefused(
@@ -118,12 +159,13 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
-    """A string field; absent or empty gives "", any other type is refused with `code`."""
+    """A string field; absent or empty gives "", given more than once is refused (`repeated`), any other type is
+    refused with `code`."""
     value = params.get(name)
     if value is None:
         return ""
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) for v in value):  # a form's, again
-        raise RequestRefused(code, f"{name} is given {len(value)} times: give it once")
+    if isinstance(value, Repeated):
+        raise repeated(name, len(value))
     if not isinstance(value, str):
         raise RequestRefused(code, f"{name} must be a string")
     return value.strip()

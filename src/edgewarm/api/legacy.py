@@ -12,7 +12,7 @@ from ..errors import JdCode, RequestRefused
 from ..models import TaskKind
 from ..service import Credentials, Service, SubmitOptions
 from ..urls import split_list
-from .body import caller_address, read_params, text_field
+from .body import Repeated, caller_address, read_params, repeated, text_field
 from .responses import answered, jd_error, jd_ok
 from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
@@ -31,8 +31,11 @@ def require(credentials: Credentials, present: bool, code: JdCode, message: str)
         raise RequestRefused(code, message)
 
 
-def flag(value: Any) -> bool:
+def flag(params: dict[str, Any], name: str) -> bool:
     """A boolean extension field, from JSON (true) or a form ("true", "1")."""
+    value = params.get(name)
+    if isinstance(value, Repeated):
+        raise repeated(name, len(value))
     if isinstance(value, bool):
         return value
     if value in (None, "", "0", "false", "False", 0):
@@ -81,7 +84,7 @@ def legacy_router(service: Service) -> APIRouter:
             require(credentials, raw_urls not in (None, "", []), JdCode.LIST_EMPTY, "publish_urls must not be empty")
             user = service.authenticate(credentials)
             with service.refusals_told(user, credentials.caller):
-                refresh_first = flag(params.get("refresh"))
+                refresh_first = flag(params, "refresh")
                 options = submit_options(params, request)
                 task = await service.submit_prefetch(
                     user, split_list(raw_urls), refresh_first=refresh_first, options=options

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, StoreOutcomeUnknown, TaskNotFound
+from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, StoreFull, StoreOutcomeUnknown, TaskNotFound
 from ..logs import RepeatedFailure
 from .body import UnsupportedMediaType
 
@@ -61,12 +61,15 @@ def jd_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
 
 
 def _unavailable(exc: StoreError) -> str:
-    """What a caller is told of a store that failed its call: nothing was done, or (its answer lost) maybe."""
+    """What a caller is told of a store that failed its call: nothing was done (its disk full, or not answering), or
+    (its answer lost) maybe."""
     if isinstance(exc, StoreOutcomeUnknown):
         return (
             "the store did not confirm the task, which may have been made: send the call again with the same "
             "idempotency key (a new one may make a second task)"
         )
+    if isinstance(exc, StoreFull):
+        return "the store's disk is full: nothing was done; send the call again once space has been freed"
     return "the store is unavailable"
 
 

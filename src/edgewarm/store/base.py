@@ -470,11 +470,18 @@ class TaskStore(Protocol):
         still to be delivered (NO_WEBHOOK_DUE); return how many."""
         ...
 
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        """Remove up to `limit` rows of the daily quota counters (`usage`) of days before `day` (YYYYMMDD, as
+        QuotaCharge.day); return how many."""
+        ...
+
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         """Distinct URLs of any task's warms and file purges (a directory's purge is no sign of an object cached
         there) that start with `prefix`, ignoring case (a directory refresh on a node
         without prefix purge purges each of them; it keeps those whose cache key is under the directory's: the
-        host in any case, the path as it is)."""
+        host in any case, the path as it is). In the order of the URLs lower-cased (A-Z only), then as they are,
+        each in code point (byte) order: past `limit`, every store gives the same ones (SQLite gave them in its
+        index's order, PostgreSQL in its hash's)."""
         ...
 
     async def queue_depth(self) -> int:

@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, StoreError, StoreOutcomeUnknown, described
+from ..errors import QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
     Cancel,
@@ -326,12 +326,18 @@ _PUT_OFF = (
     "FOR UPDATE SKIP LOCKED)"
 )
 
-# The range of the index (the first KEY_CHARS characters), then of the whole URL and its path's case.
+# The range of the index (the first KEY_CHARS characters), then of the whole URL and its path's case; in
+# known_urls' order (TaskStore.known_urls), "C" (byte order, as SQLite's) whatever the database's locale: the
+# distinct URLs (hashed), then the first $7 of them (a top-N sort).
 KNOWN_URLS = (
-    f'SELECT DISTINCT url FROM items WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 '
-    f'AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 AND lower(url COLLATE "C") >= $3 '
-    "AND lower(url COLLATE \"C\") < $4 AND substr(url, $5, length($6)) = $6 AND action <> 'purge_dir' LIMIT $7"
+    'SELECT url FROM (SELECT DISTINCT url COLLATE "C" AS url FROM items '
+    f'WHERE left(lower(url COLLATE "C"), {KEY_CHARS}) >= $1 AND left(lower(url COLLATE "C"), {KEY_CHARS}) < $2 '
+    'AND lower(url COLLATE "C") >= $3 AND lower(url COLLATE "C") < $4 AND substr(url, $5, length($6)) = $6 '
+    "AND action <> 'purge_dir') known ORDER BY lower(url), url LIMIT $7"
 )
+# Retention's removal of old days' quota counters ($1 the first day kept, $2 rows at most): no submission
+# writes them (it charges today's).
+_DELETE_USAGE = "DELETE FROM usage WHERE (username, day) IN (SELECT username, day FROM usage WHERE day < $1 LIMIT $2)"
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = $2 WHERE state IN ('pending', 'running') AND due_at > $2 AND state = 'pending' "
     "AND node = $1"
@@ -530,6 +536,16 @@ class _OverQuota(Exception):
     """Raised inside create_task's transaction to roll it back; becomes QuotaExceeded outside."""
 
 
+def _store_error(exc: BaseException) -> StoreError:
+    """A driver's error as the store's; the server's disk full (SQLSTATE 53100) is named as such."""
+    if isinstance(exc, asyncpg.DiskFullError):
+        return StoreFull(
+            f"postgresql: {described(exc)}: the database server's disk is full: nothing is written until space is "
+            "freed there"
+        )
+    return StoreError(f"postgresql: {described(exc)}")
+
+
 def _claims(rows: Sequence[asyncpg.Record], user: str) -> list[Claim]:
     return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6], user) for r in rows]
 
@@ -617,7 +633,7 @@ class PostgresStore:
                     conn.terminate()
                     raise
         except _DRIVER_ERRORS as exc:
-            error = StoreError(f"postgresql: {described(exc)}")
+            error = _store_error(exc)
             if getattr(exc, "sqlstate", None) in _WRITES_REFUSED:
                 self._refusing = error
             raise error from exc
@@ -1020,6 +1036,10 @@ class PostgresStore:
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_DELETE_FINISHED, cutoff, limit))
+
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(_DELETE_USAGE, day, limit))
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         async with self._connection() as conn:

@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from ..errors import QuotaExceeded, StoreDamaged, StoreError
+from ..errors import QuotaExceeded, StoreDamaged, StoreError, StoreFull
 from ..models import (
     CANCELLED,
     Cancel,
@@ -767,6 +767,13 @@ class SQLiteStore:
 
         return await self._run(delete)
 
+    async def delete_usage_before(self, day: str, limit: int) -> int:
+        def delete() -> int:
+            with _write_transaction(self.db):
+                return self.db.execute(_DELETE_USAGE, (day, limit)).rowcount
+
+        return await self._run(delete)
+
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         def known(db: sqlite3.Connection) -> list[str]:
             # A range of the index items_url rather than LIKE: no escaping of % and _ in the prefix to get wrong.
@@ -870,12 +877,17 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
         )
     if "unable to open" in str(exc) and (why := out_of_open_files()) is not None:
         return StoreError(f"sqlite: {exc}: {why}")
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+        return StoreFull(
+            f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed there"
+        )
     return StoreError(f"sqlite: {exc}")
 
 
 WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
 # SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
-_WRITES_REFUSED = frozenset({8, 10, 13})
+_SQLITE_FULL = 13
+_WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
@@ -948,10 +960,13 @@ _NEXT_TO_PUT_OFF = (
 _PUT_OFF = (
     "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
+# known_urls, in its order (TaskStore.known_urls), which the index items_url gives but among one URL's spellings.
 KNOWN_URLS = (
     "SELECT DISTINCT url FROM items WHERE lower(url) >= ?1 AND lower(url) < ?2 AND substr(url, ?3, length(?4)) = ?4 "
-    "AND action <> 'purge_dir' LIMIT ?5"
+    "AND action <> 'purge_dir' ORDER BY lower(url), url LIMIT ?5"
 )
+# Retention's removal of old days' quota counters (?1 the first day kept, ?2 rows at most).
+_DELETE_USAGE = "DELETE FROM usage WHERE rowid IN (SELECT rowid FROM usage WHERE day < ? LIMIT ?)"
 _BRING_NODE_FORWARD = (
     "UPDATE items SET due_at = ?2 WHERE state IN ('pending', 'running') AND due_at > ?2 AND state = 'pending' "
     "AND node = ?1"
