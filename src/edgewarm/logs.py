@@ -231,6 +231,27 @@ class WithoutTraceback(logging.Filter):
 RETRYING_LOGGERS = ("asyncpg.pool",)
 
 
+class Digested(logging.Filter):
+    """A library's warning of each bad request it answers itself (uvicorn's "Invalid HTTP request received.",
+    a 400, before edgewarm sees the request: a scanner's junk made a line each), counted into `digest` instead:
+    a line a minute at most, as the refusals of edgewarm's own."""
+
+    def __init__(self, message: str, reason: str, digest: RefusalDigest) -> None:
+        super().__init__()
+        self.message, self.reason, self.digest = message, reason, digest
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.message:
+            return True
+        self.digest.refused(self.reason)
+        return False
+
+
+# Requests uvicorn refuses as not HTTP, before the app sees them: told by this digest (flushed at a stop).
+NOT_HTTP = RefusalDigest(logging.getLogger("edgewarm.api"), "requests answered 400 as not HTTP")
+_DIGESTED = (("uvicorn.error", Digested("Invalid HTTP request received.", "invalid_request", NOT_HTTP)),)
+
+
 class TextFormatter(logging.Formatter):
     """For humans: time, level, logger, message, then the record's fields (`task_id=…`) the JSON lines carry."""
 
@@ -251,6 +272,10 @@ def setup_logging(level: str, fmt: str = "json") -> None:
         retrying = logging.getLogger(name)
         if not any(isinstance(f, WithoutTraceback) for f in retrying.filters):
             retrying.addFilter(WithoutTraceback())
+    for name, digested in _DIGESTED:
+        library = logging.getLogger(name)
+        if digested not in library.filters:
+            library.addFilter(digested)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

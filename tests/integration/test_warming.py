@@ -242,6 +242,22 @@ def test_refusals_not_logged_yet_are_logged_at_a_stop(tmp_path: Path) -> None:
     assert "1 wrong_signature" in refused[0] and "2 wrong_signature" in refused[1], refused
 
 
+def test_requests_that_are_not_http_are_logged_a_line_a_minute(tmp_path: Path) -> None:
+    """uvicorn answers a request it cannot parse 400 and logged a warning for each (a scanner's junk, a line
+    a request, a tester's observation): counted into a line a minute at most, as edgewarm's own refusals."""
+    nodes = '[[nodes]]\nname = "n"\nurl = "http://127.0.0.1:1"\n'
+    service = start_service(tmp_path, nodes)
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+            conn.sendall(b"\x16\x03\x01 junk \r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert service.stop() == 0
+    text = service.log_text()
+    assert "Invalid HTTP request received" not in text, text
+    told = [line for line in text.splitlines() if "requests answered 400 as not HTTP" in line]
+    assert len(told) == 2 and "1 invalid_request" in told[0] and "3 invalid_request" in told[1], told
+
+
 def test_a_stop_answers_a_body_still_arriving_503_at_once(tmp_path: Path) -> None:
     """A stop while a request's body still trickles in (a proxy that does not buffer it): the request is answered
     503 at once, saying nothing was done, and the process ends. It held the stop for all of `grace_seconds`,
