@@ -627,7 +627,7 @@ def test_malformed_and_oversized_requests_leave_clean_connections_and_json_logs(
         time.sleep(0.2)
         log = service.log.read_text()
     lines = [line for line in log.splitlines() if line.strip()]
-    assert any("Invalid HTTP request" in orjson.loads(line)["message"] for line in lines), log
+    assert any("requests answered 400 as not HTTP" in orjson.loads(line)["message"] for line in lines), log
 
 
 @pytest.mark.integration
