@@ -112,6 +112,35 @@ async def test_long_reads_do_not_wait_for_the_writers_thread(tmp_path: Path) -> 
     assert [t.id for t in listed] == [task.id] and len(known) == 10
 
 
+async def test_the_wal_grown_behind_a_long_read_is_cut_back_when_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that holds a snapshot keeps the checkpoints from emptying the -wal, which grows with every write
+    meanwhile; SQLite kept that size for good (a tester's small volume was full of an idle store's -wal). Cut
+    back to WAL_KEPT_BYTES (here 64 KiB) once the -wal starts over."""
+    monkeypatch.setattr("edgewarm.store.sqlite.WAL_KEPT_BYTES", 64 * 1024)
+    wal = tmp_path / "e.db-wal"
+    async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
+
+        async def submit(count: int) -> None:
+            for _ in range(count):
+                items = tuple(NewItem(i, f"http://a.test/wal/{uuid.uuid4()}/{i}", "n1") for i in range(100))
+                await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, QUOTA))
+
+        reader = sqlite3.connect(tmp_path / "e.db")
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM items").fetchone()  # a snapshot: no checkpoint empties the -wal
+            await submit(40)
+            grown = wal.stat().st_size
+        finally:
+            reader.close()
+        await submit(2)  # the first's commit checkpoints the whole -wal (over 1,000 pages); the second starts it over
+        kept = wal.stat().st_size
+    assert grown > 4 * 1024 * 1024, grown  # past SQLite's own checkpoints (every 1,000 pages)
+    assert kept < 1024 * 1024, (grown, kept)  # 64 KiB, and the second submission's pages
+
+
 async def test_a_submission_refused_before_its_group_ran_is_never_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -244,6 +244,9 @@ class SQLiteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")
+        # The -wal grows past its checkpoints while a long read holds them back (a bulk submission beside a big
+        # task's view), and kept its largest size for good: cut back to this when it starts over.
+        db.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._db = db
         if self.path != ":memory:":
             found = os.stat(self.path)
@@ -827,6 +830,7 @@ class SQLiteStore:
 # on the same file frozen mid-write): a submission is then answered "the store is unavailable", nothing made (it
 # waited 69 s, and was made after its client had given up); the engine's writes are tried again.
 LOCK_WAIT_SECONDS = 10.0
+WAL_KEPT_BYTES = 16 * 1024 * 1024  # the -wal's size kept when it starts over after a checkpoint (journal_size_limit)
 _LOCKED = "sqlite: the submission waited over {:g} s for the database (locked by another process?): nothing was made"
 WAL_LOOKS = 0.5  # seconds a WAL-mode file without tables or -wal is looked at again (_not_without_its_wal)
 
