@@ -1811,6 +1811,35 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    async def test_a_claim_that_fails_after_some_users_items_were_leased_hands_those_out(
+        self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A claim leases each user's share in a statement of its own (committed at once): one that failed after
+        another had leased its items raised, and those items stayed leased to a worker that did not know it
+        held them until their lease ended (a tester's PostgreSQL restart: a task's first item 20 s late, its
+        lease_seconds). They are handed out; the failed user's items stay due."""
+        async with PostgresStore(postgres_db_url) as store:
+            await store.create_task(make_task(2, user="alice"))
+            await store.create_task(make_task(2, user="bob"))
+            opened = 0
+            real = store._connection
+
+            @contextlib.asynccontextmanager
+            async def failing_third() -> AsyncIterator[object]:
+                nonlocal opened
+                opened += 1
+                if opened == 3:  # the users, the first user's share, then the second's
+                    raise StoreError("postgresql: InternalClientError: cannot switch to state 12")
+                async with real() as conn:
+                    yield conn
+
+            monkeypatch.setattr(store, "_connection", failing_third)
+            claimed = await store.claim_due_items("w1", 100, NOW, LEASE)
+            monkeypatch.undo()
+            assert len(claimed) == 2 and len({c.user for c in claimed}) == 1, claimed
+            rest = await store.claim_due_items("w2", 100, NOW, LEASE)
+            assert len(rest) == 2 and {c.user for c in rest}.isdisjoint({c.user for c in claimed}), rest
+
     async def test_work_from_another_process_is_announced_to_listeners(self, postgres_db_url: str) -> None:
         """A listening store is called back when another store submits, releases a stage or schedules a retry."""
         calls: list[None] = []

@@ -10,6 +10,7 @@ from edgewarm.engine.actions import _under, perform
 from edgewarm.engine.fetcher import FetchResult
 from edgewarm.engine.node_health import Hold
 from edgewarm.engine.outcome import GATEWAY_ERRORS
+from edgewarm.errors import StoreError
 from edgewarm.models import Claim, ItemAction, ItemOutcome, Tier
 from edgewarm.nodes import CacheState
 from edgewarm.urls import TargetUrl, parse_url
@@ -143,3 +144,26 @@ def test_a_refetch_answered_with_an_age_is_judged_only_by_a_state_the_node_tells
     assert _refetch(NodeKind.GENERIC, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
     assert not _refetch(NodeKind.VARNISH, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
     assert _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.BYPASS)).succeeded
+
+
+class _StoreDown:
+    """A store whose read of a directory's known URLs fails (its session ended by the server, say)."""
+
+    async def known_urls(self, prefix: str, limit: int) -> list[str]:
+        raise StoreError("postgresql: InternalClientError: cannot switch to state 12")
+
+
+def test_a_directory_purge_whose_known_urls_the_store_did_not_answer_is_retried_as_a_failed_request() -> None:
+    """Before, the StoreError left `perform` as an unexpected error: a traceback in the log and the item due
+    again only after backoff_max (a tester's PostgreSQL soak: 52 of them, tasks of 3 items taking 30-65 s).
+    Now a failed attempt like a request's: retried after the usual backoff, or given up after max_attempts."""
+    claim = Claim(1, "t", "http://www.example.test/dir/", "edge-1", ItemAction.PURGE_DIR, 0)
+    node = Node(name="edge-1", url="http://127.0.0.1:1")  # nginx: the directory's URLs purged one by one
+    fleet = _Answers(FetchResult(200))
+    settings = Engine(max_attempts=3, backoff_base=0.5, backoff_max=30.0)
+    first = asyncio.run(perform(claim, node, 1, fleet, _StoreDown(), settings, 100.0))  # type: ignore[arg-type]
+    assert not first.succeeded and first.attempts == 1
+    assert first.error is not None and first.error.startswith("the URLs known under the directory: postgresql:")
+    assert first.retry_at is not None and 100.0 < first.retry_at <= 100.0 + 2.0
+    last = asyncio.run(perform(claim, node, 3, fleet, _StoreDown(), settings, 100.0))  # type: ignore[arg-type]
+    assert last.retry_at is None and last.error is not None and last.error.endswith("gave up after 3 attempts")

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 from ..config import Engine as Settings
 from ..config import Node, NodeKind
-from ..errors import RequestRefused
+from ..errors import RequestRefused, StoreError
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import CacheState, purge
 from ..store import TaskStore
 from ..urls import TargetUrl, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
-from .outcome import purge_outcome, variant_note, warm_outcome
+from .outcome import purge_outcome, retry_or_give_up, variant_note, warm_outcome
 
 # A directory purge on a node without prefix purge covers at most this many known URLs.
 KNOWN_URLS_LIMIT = 100_000
@@ -53,6 +53,9 @@ async def perform(
             verdict, result, detail = await _purge_dir(node, target, fetcher, store, settings)
     except purge.Unsupported as exc:
         return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
+    except StoreError as exc:  # the directory's known URLs not read: tried again as a request that failed is
+        failed = ItemOutcome(claim.item_id, False, attempt, error=f"the URLs known under the directory: {exc}")
+        return retry_or_give_up(failed, FetchResult(None), settings, now, None)
     return purge_outcome(claim.item_id, attempt, verdict, result, settings, now, detail=detail)
 
 

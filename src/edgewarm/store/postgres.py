@@ -851,6 +851,8 @@ class PostgresStore:
         skip_nodes: Sequence[str] = (),
         skip_for: SkipFor | None = None,
     ) -> list[Claim]:
+        leased: list[Claim] = []  # as each step leases them: a later step's failure does not strand them
+
         async def window(user: str, skip: list[str], want: int, after: ScanPoint) -> Window:
             async with self._connection() as conn:
                 scan = claim_scan(want, skip)
@@ -865,8 +867,9 @@ class PostgresStore:
                     scanned, last = row[0], None if row[2] is None else (row[1], row[2])
                 claims = []
                 if candidates:
-                    leased = await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now)
-                    claims = _claims(leased, user)
+                    rows = await conn.fetch(_CLAIM_CANDIDATES, worker, now + lease_seconds, candidates, now)
+                    claims = _claims(rows, user)
+                    leased.extend(claims)
             return Window(claims, scanned, last, first)
 
         async def take(ask: UserAsk) -> list[Claim]:
@@ -876,11 +879,20 @@ class PostgresStore:
                 scans = self._scans.plan(f"{worker}\n{user}", want, skip, len(users))
                 return await run_plan_async(scans, lambda asked: window(user, skip, *asked))
             async with self._connection() as conn:
-                return _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user), user)
+                claims = _claims(await conn.fetch(_CLAIM, worker, now + lease_seconds, now, want, user), user)
+            leased.extend(claims)
+            return claims
 
         async with self._connection() as conn:
             users = await conn.fetchval(_DUE_USERS, now)
-        return await run_plan_async(self._fair.plan(users, limit), take)
+        try:
+            return await run_plan_async(self._fair.plan(users, limit), take)
+        except StoreError:
+            # Each step commits on its own: those leased before the failure are this worker's now, and are
+            # worked (before, they waited for their leases to end: a minute after a store's restart).
+            if not leased:
+                raise
+            return leased
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:
