@@ -921,17 +921,21 @@ class TestWork:
         assert await store.record_outcomes("w1", [ok(b)], NOW + 2) == 1
 
     async def test_release_all_leases_makes_every_leased_item_due_now(self, store: TaskStore) -> None:
-        """release_all_leases hands back every worker's items; waiting and finished items are left alone."""
+        """release_all_leases makes every worker's items due now, claimed again as retaken: their next attempt
+        is recorded before it is sent, so that an item that kills its engine ends after max_attempts (a tester:
+        handed back as pending, one was sent after each of 6 crashes at no cost); waiting and finished items are
+        left alone."""
         task = make_task(3, SHIELD_THEN_EDGES)
         await store.create_task(task)
         a, b, c = await claim_all(store)
         await store.record_outcomes("w1", [ok(c)], NOW + 1)
         await store.renew_leases("w1", [b], NOW + 500)
         assert (await store.release_all_leases(NOW + 2)).items == 2
-        # c's success released its URL's two edges; a and b are handed back
-        assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=4, succeeded=1)
-        again = {x.item_id: x.attempts for x in await store.claim_due_items("w9", 10, NOW + 2, LEASE)}
-        assert len(again) == 4 and again[a] == again[b] == 0
+        # c's success released its URL's two edges; a and b are due again, still leased
+        assert await store.task_counts(task.id) == TaskCounts(waiting=4, pending=2, running=2, succeeded=1)
+        again = {x.item_id: x for x in await store.claim_due_items("w9", 10, NOW + 2, LEASE)}
+        assert len(again) == 4 and again[a].attempts == again[b].attempts == 0
+        assert again[a].retaken and again[b].retaken and not any(x.retaken for i, x in again.items() if i not in (a, b))
 
     async def test_list_items_is_ordered_by_url_stage_and_id_and_pages(self, store: TaskStore) -> None:
         """list_items orders by URL position, stage, id; offset and limit page through; outcomes show."""

@@ -438,7 +438,9 @@ class TaskStore(Protocol):
 
     async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now (those of tasks cancelled meanwhile fail, as release_leases). Only for
-        a process that knows it is the sole engine."""
+        a process that knows it is the sole engine, at its start: those that were under way stay leased, to be
+        claimed as retaken (their next attempt recorded before it is sent: an item that kills its engine ends
+        after max_attempts), as those of a worker whose lease ran out."""
         ...
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:

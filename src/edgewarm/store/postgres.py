@@ -363,9 +363,16 @@ _RELEASE = (
     "FROM mine WHERE items.id = mine.id"
 )
 
-_RELEASE_ALL = """
+# release_all_leases ($1 now, $2 the cancelled tasks'): the items under way when their engine died stay leased,
+# due now: taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine
+# ends after max_attempts); those of cancelled tasks, and those leased yet pending, are handed back.
+_RETAKE_RUNNING = """
+UPDATE items SET due_at = $1
+WHERE state IN ('pending', 'running') AND state = 'running' AND lease_owner IS NOT NULL AND task_id <> ALL($2::text[])
+"""
+_RELEASE_REST = """
 UPDATE items SET state = 'pending', due_at = $1, lease_owner = NULL
-WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL
+WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL AND (state = 'pending' OR task_id = ANY($2::text[]))
 """
 
 # The tasks cancelled and not ended of the items $1 (of every leased item), locked as _LOCK_TASKS locks.
@@ -959,7 +966,8 @@ class PostgresStore:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
         async with self._connection() as conn, conn.transaction():
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
-            released = _rowcount(await conn.execute(_RELEASE_ALL, now))
+            released = _rowcount(await conn.execute(_RETAKE_RUNNING, now, cancelled))
+            released += _rowcount(await conn.execute(_RELEASE_REST, now, cancelled))
             ended = await _cancel_waiting(conn, cancelled, now)
             if released:
                 await conn.execute(_NOTIFY)

@@ -685,25 +685,33 @@ class SQLiteStore:
 
     async def release_all_leases(self, now: float) -> Released:
         """Make every leased item due now: only for a process that knows it is the sole engine."""
-        return await self._run(
-            functools.partial(self._hand_back, "state IN ('pending', 'running') AND lease_owner IS NOT NULL", (), now)
-        )
+
+        def release_all() -> Released:
+            with _write_transaction(self.db):
+                retaken = self.db.execute(_RETAKE_RUNNING, (now, CANCELLED)).rowcount
+                rest = self._handed_back(_LEASED_REST, (CANCELLED,), now)
+            return Released(retaken + rest.items, rest.ended)
+
+        return await self._run(release_all)
 
     def _hand_back(self, where: str, args: tuple[object, ...], now: float) -> Released:
+        with _write_transaction(self.db):
+            return self._handed_back(where, args, now)
+
+    def _handed_back(self, where: str, args: tuple[object, ...], now: float) -> Released:
         """The leased items `where` says due at `now` again; those of tasks cancelled while they were under way
         fail instead, as the cancel would have failed them then (not sent again)."""
-        with _write_transaction(self.db):
-            handed = self.db.execute(
-                f"UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL WHERE {where} RETURNING task_id",
-                (now, *args),
-            ).fetchall()
-            if not handed:
-                return Released(0)
-            cancelled = self.db.execute(
-                "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
-                (_json(sorted({t for (t,) in handed})), CANCELLED),
-            ).fetchall()
-            return Released(len(handed), _cancel_waiting(self.db, [t for (t,) in cancelled], now))
+        handed = self.db.execute(
+            f"UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL WHERE {where} RETURNING task_id",
+            (now, *args),
+        ).fetchall()
+        if not handed:
+            return Released(0)
+        cancelled = self.db.execute(
+            "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND reason = ? AND status = 1",
+            (_json(sorted({t for (t,) in handed})), CANCELLED),
+        ).fetchall()
+        return Released(len(handed), _cancel_waiting(self.db, [t for (t,) in cancelled], now))
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
         def record() -> int:
@@ -947,6 +955,19 @@ _WINDOW_END = (
 _OTHERS_WARMS = (
     "SELECT id, node, url FROM items WHERE state IN ('pending', 'running') AND state = 'running' AND due_at > ?3 "
     "AND node IN (SELECT value FROM json_each(?2)) AND action = 'warm' AND lease_owner <> ?1"
+)
+
+# release_all_leases (?1 now, ?2 CANCELLED): the items under way when their engine died stay leased, due now:
+# taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine ends
+# after max_attempts; handed back as pending, it was sent for ever at no cost); but those of tasks cancelled,
+# and those leased yet pending, are handed back (_LEASED_REST).
+_RETAKE_RUNNING = (
+    "UPDATE items SET due_at = ?1 WHERE state IN ('pending', 'running') AND state = 'running' "
+    "AND lease_owner IS NOT NULL AND task_id NOT IN (SELECT id FROM tasks WHERE reason = ?2 AND status = 1)"
+)
+_LEASED_REST = (
+    "state IN ('pending', 'running') AND lease_owner IS NOT NULL "
+    "AND (state = 'pending' OR task_id IN (SELECT id FROM tasks WHERE reason = ? AND status = 1))"
 )
 
 _LEASE_ITEMS = (
