@@ -257,6 +257,9 @@ def _split_any(raw: str) -> TargetUrl:
             "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (a form body is "
             "decoded once before: there, write '%' as '%25', as curl --data-urlencode does)"
         )
+    if "\\" in raw.partition("://")[2].partition("/")[0].partition("?")[0]:
+        # In the authority (`http://a.test:80\\x`): browsers end it there, as at a '/'; urlsplit reads on.
+        raise illegal("a '\\' after the host: browsers read it as '/' (write that)")
     try:
         parts = urlsplit(raw)
         port = parts.port

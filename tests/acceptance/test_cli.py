@@ -180,6 +180,9 @@ def test_tasks_says_how_to_list_the_next_page_and_lists_it_after_its_cursor(
     first = run(["tasks", "--url", "pageme-unique", "--limit", "2"], env)
     (hint,) = [line for line in first.stderr.splitlines() if line.startswith("more: ")]
     cursor = hint.split("--after ", 1)[1].split()[0]
+    # The command as it is to be given: with the page's filters and size (it said "with the same filters",
+    # and a tester's copy of it as shown listed every task).
+    assert hint == f"more: edgewarm tasks --url pageme-unique --limit 2 --after {cursor}", hint
     assert all(taskid in first.stdout for taskid in made[:2]) and made[2] not in first.stdout, first.stdout
     run(["submit", f"http://{DEFAULT_HOST}{paths[3]}"], env)
     rest = json.loads(run(["tasks", "--json", "--url", "pageme-unique", "--limit", "2", "--after", cursor], env).stdout)

@@ -29,7 +29,7 @@ from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
-from edgewarm.errors import StoreError, StoreFull, StoreOutcomeUnknown
+from edgewarm.errors import JdCode, RequestRefused, StoreError, StoreFull, StoreOutcomeUnknown
 from edgewarm.logs import RepeatedFailure
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
@@ -1510,6 +1510,24 @@ async def test_a_list_entry_of_another_index_is_refused_not_dropped(api: Api, od
     answer = await api.raw("/api/prefetch", urlencode(fields).encode(), "application/x-www-form-urlencoded")
     said = f"{odd!r}: a list's entries are named publish_urls[] or publish_urls[0], publish_urls[1], …"
     assert (answer["status"], answer["msg"]) == (2, said)
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ([("publish_urls[0]", "a"), ("publish_urls[0]", "b")], "publish_urls[0] is given 2 times: give it once"),
+        ([("publish_urls[1]", "a"), ("publish_urls[01]", "b")], "publish_urls[1] is given 2 times: give it once"),
+    ],
+)
+def test_a_list_index_given_twice_is_refused(fields: list[tuple[str, str]], said: str) -> None:
+    """PHP keeps the last entry of an index given twice; both were warmed (a tester's): which one is meant is
+    not known: refused, code 2."""
+    form: dict[str, list[str]] = {}
+    for key, value in fields:
+        form.setdefault(key, []).append(value)
+    with pytest.raises(RequestRefused) as refused:
+        form_fields(form)
+    assert (refused.value.code, refused.value.message) == (JdCode.PARAMS_EMPTY, said)
 
 
 async def test_a_list_given_both_plain_and_php_style_is_refused(api: Api) -> None:

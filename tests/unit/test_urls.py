@@ -272,6 +272,17 @@ def test_a_backslash_in_the_path_is_refused_naming_what_browsers_ask(url: str, a
     assert f"browsers ask {asked!r} instead" in refused.value.message
 
 
+@pytest.mark.parametrize("url", ["http://a.test:80\\a.js", "http://a.test\\a.js", "https://a.test\\b/c\\d"])
+def test_a_backslash_after_the_host_is_refused_saying_browsers_read_a_slash(url: str) -> None:
+    """Browsers end the host (and port) at a `\\` as at a '/'; the refusal said urlsplit's "Port could not be cast
+    to integer value" (a tester's)."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(url)
+    assert refused.value.code == JdCode.ILLEGAL_URL and "a '\\' after the host: browsers read it as '/'" in str(
+        refused.value.message
+    )
+
+
 @pytest.mark.parametrize("url", ["http://a.test/a%5Cb.txt", "http://a.test/q?path=a\\b"])
 def test_an_escaped_backslash_or_one_in_the_query_is_taken_as_written(url: str) -> None:
     assert parse_url(url).path_query == url.removeprefix("http://a.test")

@@ -138,6 +138,8 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
             if entry[2]:
                 digits = entry[2].lstrip("0") or "0"
                 position = (len(digits), digits, 0)
+                if len(values) > 1 or any(p == position for p, _ in entries):  # PHP keeps the last: which is meant?
+                    raise repeated(f"{entry[1]}[{digits[:20]}]", len(values) + sum(p == position for p, _ in entries))
             else:
                 highest = max((p for p, _ in entries), default=(0, "", 0))
                 position = (highest[0], highest[1], highest[2] + 1)

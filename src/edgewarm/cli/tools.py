@@ -8,6 +8,7 @@ EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_
 from __future__ import annotations
 
 import json
+import shlex
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -394,7 +395,9 @@ def tasks(
         )
     output_console().print(table)
     if found.get("next"):  # an older server's answer has none
-        click.echo(f"more: edgewarm tasks --after {found['next']} (with the same filters)", err=True)
+        given = {"--status": status, "--kind": kind, "--since": since, "--until": until, "--url": url}
+        again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
+        click.echo(f"more: edgewarm tasks{again} --limit {limit} --after {found['next']}", err=True)
 
 
 @main.command()

@@ -1018,12 +1018,12 @@ class Engine:
         self._cancelled |= found
         self._end_queued(found)
         for task_id in sorted(new):  # cancelled by the operator, or through another process's API (told there)
-            under_way = sum(1 for claim in self._in_hand.values() if claim.task_id == task_id)
-            if under_way:
+            mine = [claim for claim in self._in_hand.values() if claim.task_id == task_id]
+            if mine:
                 log.info(
                     "task cancelled (seen in the store): it ends when its items under way here come back (%d)",
-                    under_way,
-                    extra={"task_id": task_id, "items": under_way},
+                    len(mine),
+                    extra={"task_id": task_id, "user": mine[0].user, "items": len(mine)},
                 )
 
     async def _renew_leases(self) -> None:
