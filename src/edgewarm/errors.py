@@ -119,6 +119,21 @@ def submission_refusal(exc: RequestRefused) -> str:
     return SUBMISSION_REFUSALS.get(exc.code, "other")
 
 
+class ListTooLong(RequestRefused):
+    """A task list read longer than LIST_SECONDS (a `url` keyword over a user's many tasks): refused, not
+    read on, so that the other users' views, which wait behind it, are not held for seconds."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            JdCode.PARAMS_EMPTY,
+            f"the list took over {seconds:g} s to read and was stopped: narrow it (since and until, kind, status), "
+            "the url keyword most: it is looked for in every URL of the tasks it reads",
+        )
+
+
+LIST_SECONDS = 2.0  # a task list is read for this long at most (ListTooLong)
+
+
 class TaskNotFound(RequestRefused):
     def __init__(self, message: str = "task not found") -> None:
         super().__init__(JdCode.FAILURE, message)

@@ -27,7 +27,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
+from ..errors import LIST_SECONDS, ListTooLong, QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
     Cancel,
@@ -811,7 +811,12 @@ class PostgresStore:
         # Ids compare byte by byte, as in SQLite, whatever the database's collation.
         sql.append(f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}')
         async with self._connection() as conn:
-            rows = await conn.fetch(" ".join(sql), *args, where.limit, where.offset)
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL statement_timeout = {int(LIST_SECONDS * 1000)}")
+                    rows = await conn.fetch(" ".join(sql), *args, where.limit, where.offset)
+            except asyncpg.QueryCanceledError:
+                raise ListTooLong(LIST_SECONDS) from None
         return [task_from_row(r) for r in rows]
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
