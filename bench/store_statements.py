@@ -4,8 +4,9 @@
 
 Fills a SQLite store in /dev/shm through `create_task` (tasks of 100 URLs), then claims and records every
 item in batches, running the store's own statements (`store/sqlite.py`: `_DUE_USERS`, `_DUE_ITEMS`, `_LEASE_ITEMS`,
-`_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, `_STAGED_TASKS`, `_ADD_COUNTS`, `_finish_tasks`: what
-`claim_due_items` and `record_outcomes` run for single-stage tasks) in this thread, each timed
+`_OPEN_PURGE_KINDS`, `_APPLICABLE_OUTCOMES`, `_RECORD_OUTCOMES`, `_ANY_WAITING`, `_STAGED_TASKS`, `_ADD_COUNTS`,
+`_finish_tasks`: what `claim_due_items` and `record_outcomes` run for single-stage tasks with no purge open) in
+this thread, each timed
 with `time.thread_time()`. What the database does per item, without the engine, the event loop or a second
 thread: the floor under the store's share of a warm.
 """
@@ -70,6 +71,8 @@ def _work_through(store: SQLiteStore, batch: int) -> tuple[int, dict[str, float]
             break
         with step("claim: lease them"):
             db.execute(s._LEASE_ITEMS, (s._json([r[0] for r in rows]), "w", now + 60))
+        with step("claim: any purge open"):  # PURGE_FIRST: none here, so nothing more is asked
+            db.execute(s._OPEN_PURGE_KINDS).fetchone()
         with step("claim: commit"):
             db.execute("COMMIT")
         outcomes = [ItemOutcome(r[0], True, 1, 200, "MISS", 4096) for r in rows]
@@ -81,8 +84,10 @@ def _work_through(store: SQLiteStore, batch: int) -> tuple[int, dict[str, float]
         with step("outcomes: update"):
             db.execute(s._RECORD_OUTCOMES, params)
         finals: dict[str, list[int]] = {}
-        for task_id, _seq, _state in written:
+        for task_id, _seq, _state, _item in written:
             finals.setdefault(task_id, [0, 0])[0] += 1
+        with step("outcomes: any warm waiting"):  # PURGE_FIRST: none here, so none is released
+            db.execute(s._ANY_WAITING).fetchone()
         with step("outcomes: staged tasks"):  # every batch that ends items asks (the tasks here have one stage)
             db.execute(s._STAGED_TASKS, (s._json(list(finals)),)).fetchone()
         with step("outcomes: task counters"):

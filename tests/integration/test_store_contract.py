@@ -1064,6 +1064,163 @@ class TestWork:
         assert await store.known_urls(deep + "z", 10) == []
 
 
+TIERS = (("shield-1", 0), ("edge-1", 1))
+
+
+def refresh_task(*items: tuple[str, str, ItemAction] | tuple[str, str, ItemAction, int]) -> NewTask:
+    """A refresh task of (URL, node, action[, stage]) items, each its own URL position."""
+    made = tuple(NewItem(seq, url, node, action, *rest) for seq, (url, node, action, *rest) in enumerate(items))
+    return make_task(0, items=made, kind=TaskKind.REFRESH)
+
+
+def warm_task(*pairs: tuple[str, str]) -> NewTask:
+    """A prefetch task of (URL, node) warms, each its own URL position."""
+    return make_task(len(pairs), items=tuple(NewItem(seq, url, node) for seq, (url, node) in enumerate(pairs)))
+
+
+async def claimed(store: TaskStore, now: float, limit: int = 100) -> list[tuple[str, str, ItemAction]]:
+    return sorted((c.url, c.node, c.action) for c in await store.claim_due_items("w1", limit, now, LEASE))
+
+
+class TestPurgeFirst:
+    """PURGE_FIRST (store/base.py): a later task's warm of a URL on a node waits for an earlier task's open purge
+    of it there (a refresh, then at once a prefetch of the same URLs: the warms had ended before the purges, which
+    then removed the copies warmed)."""
+
+    async def test_a_warm_waits_for_an_earlier_tasks_purge_of_its_url_on_its_node(self, store: TaskStore) -> None:
+        """The warm is handed back unsent (no attempt), due DEFER_SECONDS later, its error naming the refresh's
+        task; the other node's warm and another URL's are claimed; once the purge ends (a retry of it does not
+        end it), the warm is due at once."""
+        u, v = url_of(0), url_of(1)
+        refresh = refresh_task((u, "edge-1", ItemAction.PURGE), (u, "edge-2", ItemAction.PURGE))
+        await store.create_task(refresh)
+        warms = warm_task((u, "edge-1"), (v, "edge-1"))
+        await store.create_task(warms)
+        (purge,) = await store.claim_due_items("w1", 1, NOW, LEASE)  # edge-1's purge
+        assert (purge.node, purge.action) == ("edge-1", ItemAction.PURGE)
+        assert await claimed(store, NOW) == [(u, "edge-2", ItemAction.PURGE), (v, "edge-1", ItemAction.WARM)]
+        held = {i.url: i for i in await store.list_items(warms.id)}[u]
+        assert (held.state, held.attempts) == (ItemState.PENDING, 0)
+        assert held.error is not None and f"refresh of task {refresh.id} on edge-1" in held.error
+        assert await claimed(store, NOW + 1) == []  # not claimed again and again meanwhile
+        await store.record_outcomes("w1", [failed(purge.item_id, retry_at=NOW + 2)], NOW + 1)
+        assert await claimed(store, NOW + 1) == []  # a retry: the purge is still open
+        assert await claimed(store, NOW + 2) == [(u, "edge-1", ItemAction.PURGE)]
+
+    async def test_the_end_of_the_purge_makes_its_warms_due_at_once(self, store: TaskStore) -> None:
+        """Each node's warm is released by its own node's purge ending; the other stays handed back."""
+        u = url_of(0)
+        await store.create_task(refresh_task((u, "edge-1", ItemAction.PURGE), (u, "edge-2", ItemAction.PURGE)))
+        warms = warm_task((u, "edge-1"), (u, "edge-2"))
+        await store.create_task(warms)
+        purges = {c.node: c for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert sorted((c.node, c.action) for c in purges.values()) == [
+            ("edge-1", ItemAction.PURGE),
+            ("edge-2", ItemAction.PURGE),
+        ]
+        await store.record_outcomes("w1", [ok(purges["edge-1"].item_id)], NOW + 1)
+        (warm,) = await store.claim_due_items("w1", 100, NOW + 1, LEASE)
+        assert (warm.node, warm.action, warm.attempts, warm.retaken) == ("edge-1", ItemAction.WARM, 0, False)
+        await store.record_outcomes("w1", [ok(warm.item_id)], NOW + 2)
+        assert await claimed(store, NOW + 2) == []
+        await store.record_outcomes("w1", [failed(purges["edge-2"].item_id)], NOW + 3)  # failed: ended too
+        assert await claimed(store, NOW + 3) == [(u, "edge-2", ItemAction.WARM)]
+        by_node = {i.node: i for i in await store.list_items(warms.id)}
+        assert by_node["edge-1"].error is None and by_node["edge-1"].state is ItemState.SUCCEEDED
+
+    async def test_a_url_in_another_spelling_waits_too(self, store: TaskStore) -> None:
+        """One object to the node in any spelling: the host's case, a final dot, the default port, the scheme
+        (a node is asked by its own). A path in another case is another object."""
+        await store.create_task(refresh_task(("http://www.example.test/f/A.bin", "edge-1", ItemAction.PURGE)))
+        spelled = [
+            "http://WWW.Example.test/f/A.bin",
+            "https://www.example.test:443/f/A.bin",
+            "http://www.example.test.:80/f/A.bin",
+            "http://www.example.test/f/a.bin",
+        ]
+        await store.create_task(warm_task(*((url, "edge-1") for url in spelled)))
+        assert [c[0] for c in await claimed(store, NOW) if c[2] is ItemAction.WARM] == [spelled[3]]
+
+    async def test_a_directory_purge_holds_back_the_warms_at_or_under_it_on_its_node(self, store: TaskStore) -> None:
+        """A directory's purge (its URL a prefix, the host in any case, the path's case counting) holds back the
+        warms at or under it on its node only."""
+        await store.create_task(refresh_task(("http://www.example.test/f/", "edge-1", ItemAction.PURGE_DIR)))
+        pairs = [
+            ("http://WWW.example.test/f/0.bin", "edge-1"),
+            ("http://www.example.test/f/", "edge-1"),
+            ("http://www.example.test/f/sub/1.bin", "edge-1"),
+            ("http://www.example.test/f/0.bin", "edge-2"),
+            ("http://www.example.test/F/0.bin", "edge-1"),
+            ("http://www.example.test/g/0.bin", "edge-1"),
+            ("http://other.example.test/f/0.bin", "edge-1"),
+        ]
+        await store.create_task(warm_task(*pairs))
+        warms = [(c[0], c[1]) for c in await claimed(store, NOW) if c[2] is ItemAction.WARM]
+        assert warms == sorted(pairs[3:])
+
+    async def test_a_later_purge_holds_back_no_earlier_warm(self, store: TaskStore) -> None:
+        """Only an earlier task's purge holds a warm back: a prefetch, then a refresh, are claimed together (the
+        engine's purge waits for the warm under way, not the other way: neither waits for the other)."""
+        u = url_of(0)
+        await store.create_task(warm_task((u, "edge-1")))
+        await store.create_task(refresh_task(("http://www.example.test/f/", "edge-1", ItemAction.PURGE_DIR)))
+        assert await claimed(store, NOW) == [
+            ("http://www.example.test/f/", "edge-1", ItemAction.PURGE_DIR),
+            (u, "edge-1", ItemAction.WARM),
+        ]
+
+    async def test_a_refresh_and_warm_in_one_task_keep_their_stages(self, store: TaskStore) -> None:
+        """`"refresh": true` (a purge, then the warm, in one task) is ordered by its stages alone; its warm waits
+        for an earlier task's directory purge as any warm does, its own purge for nothing."""
+        u = url_of(0)
+        await store.create_task(refresh_task(("http://www.example.test/", "edge-1", ItemAction.PURGE_DIR)))
+        steps = make_task(1, items=(NewItem(0, u, "edge-1", ItemAction.PURGE, 0), NewItem(0, u, "edge-1", stage=1)))
+        await store.create_task(steps)
+        claims = {c.action: c for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert sorted(claims) == [ItemAction.PURGE, ItemAction.PURGE_DIR]
+        await store.record_outcomes("w1", [ok(claims[ItemAction.PURGE].item_id)], NOW + 1)
+        assert await claimed(store, NOW + 1) == []  # its warm: behind the directory's purge
+        await store.record_outcomes("w1", [ok(claims[ItemAction.PURGE_DIR].item_id)], NOW + 2)
+        assert await claimed(store, NOW + 2) == [(u, "edge-1", ItemAction.WARM)]
+
+    async def test_a_cancelled_or_failed_purge_releases_the_warms(self, store: TaskStore) -> None:
+        """A purge that ends unsent (its task cancelled; not attempted after its shield's purge failed) releases
+        the warms that waited for it at once."""
+        u, v = url_of(0), url_of(1)
+        root = "http://www.example.test/"
+        cancelled = refresh_task()
+        cancelled = replace(cancelled, items=tuple(NewItem(0, root, n, ItemAction.PURGE_DIR, g) for n, g in TIERS))
+        stopped = refresh_task()
+        stopped = replace(stopped, items=tuple(NewItem(0, v, n, ItemAction.PURGE, g) for n, g in TIERS))
+        await store.create_task(cancelled)
+        await store.create_task(stopped)
+        await store.create_task(warm_task((u, "edge-1")))
+        shields = {c.url: c for c in await store.claim_due_items("w1", 100, NOW, LEASE)}
+        assert sorted(shields) == ["http://www.example.test/", v]  # the warms of u and v wait for edge-1's purges
+        await store.create_task(warm_task((v, "edge-1")))
+        assert await claimed(store, NOW) == []
+        await store.cancel_task(cancelled.id, "alice", NOW + 1)
+        assert await claimed(store, NOW + 1) == [(u, "edge-1", ItemAction.WARM)]
+        await store.record_outcomes("w1", [failed(shields[v].item_id)], NOW + 2)  # edge-1's purge: not attempted
+        assert await claimed(store, NOW + 2) == [(v, "edge-1", ItemAction.WARM)]
+
+    async def test_a_claim_takes_other_items_in_place_of_the_warms_it_hands_back(self, store: TaskStore) -> None:
+        """A claim whose first due items are warms held back claims the next ones instead (a few rounds)."""
+        await store.create_task(refresh_task(("http://www.example.test/f/", "edge-1", ItemAction.PURGE_DIR)))
+        (purge,) = await store.claim_due_items("w1", 1, NOW, LEASE)
+        await store.create_task(warm_task(*((url_of(seq), "edge-1") for seq in range(3))))
+        await store.create_task(warm_task(("http://www.example.test/g/0.bin", "edge-1")))
+        assert await claimed(store, NOW, limit=1) == [("http://www.example.test/g/0.bin", "edge-1", ItemAction.WARM)]
+        assert await claimed(store, NOW + 1) == []
+        await store.record_outcomes("w1", [ok(purge.item_id)], NOW + 2)
+        assert len(await claimed(store, NOW + 2)) == 3
+
+    async def test_with_no_purge_open_claims_ask_only_whether_one_is(self, store: TaskStore) -> None:
+        """Thousands of warms with no purge anywhere: claimed as before (one step of a small index asks)."""
+        await store.create_task(make_task(2000))
+        assert len(await claim_all(store)) == 2000
+
+
 class TestTaskViews:
     async def test_a_list_read_longer_than_its_bound_is_refused(
         self, store: TaskStore, store_url: str, monkeypatch: pytest.MonkeyPatch
@@ -1604,6 +1761,28 @@ class TestSchema:
             assert sorted((c.task_id, c.node) for c in claims) == [("t1", "edge-1"), ("t2", "edge-1")]
             assert len(await store.claim_due_items("w1", 10, NOW, LEASE)) == 2  # alice's on slow
 
+    async def test_a_version_7_database_upgrades_with_its_open_purges_holding_back_later_warms(
+        self, store_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Version 8 indexes the open purges (PURGE_FIRST): a refresh written by version 7 and still open holds
+        back the warm of a prefetch submitted after it, once upgraded."""
+        needs_shared_database(store_url)
+        await make_older_store(monkeypatch, store_url, 7)
+        await raw_sql(
+            store_url,
+            "INSERT INTO tasks (id, username, kind, created_at, total) "
+            f"VALUES ('r', 'alice', 'refresh', {NOW}, 1), ('p', 'alice', 'prefetch', {NOW}, 2)",
+            "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username) VALUES "
+            f"('r', 0, 0, 'http://www.example.test/f/', 'edge-1', 'purge_dir', 'pending', {NOW + 5}, 'alice')",
+            "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username) VALUES "
+            f"('p', 0, 0, '{url_of(0)}', 'edge-1', 'warm', 'pending', {NOW}, 'alice'), "
+            f"('p', 1, 0, '{url_of(0)}', 'edge-2', 'warm', 'pending', {NOW}, 'alice')",
+        )
+        async with open_store(store_url, opening=Opening.AS_IS) as store:
+            assert await store.upgrade() == 7
+        async with open_store(store_url) as store:
+            assert await claimed(store, NOW) == [(url_of(0), "edge-2", ItemAction.WARM)]
+
     async def test_indexes_builds_made_otherwise_under_the_same_version_are_made_again(
         self, store_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -1638,10 +1817,15 @@ class TestSchema:
             )
         long_url = "http://www.example.test/" + "".join(random.choices(string.ascii_lowercase + string.digits, k=3000))
         task = make_task(1, items=(NewItem(0, long_url, "edge-1", ItemAction.WARM, 0),))
-        if not sqlite:  # the proof that the old index is there: its key cannot hold this URL
-            with pytest.raises(StoreError, match="index row size"):
-                async with open_store(store_url, opening=Opening.AS_IS) as store:
-                    await store.create_task(task)
+        if not sqlite:  # the proof that the old index is there: its key cannot hold this URL (written as version 6
+            with pytest.raises(asyncpg.PostgresError, match="index row size"):  # would: this one's has more columns)
+                await raw_sql(
+                    store_url,
+                    "WITH t AS (INSERT INTO tasks (id, username, kind, created_at, total) "
+                    f"VALUES ('proof', 'alice', 'prefetch', {NOW}, 1) RETURNING id) "
+                    "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username) "
+                    f"SELECT id, 0, 0, '{long_url}', 'edge-1', 'warm', 'pending', {NOW}, 'alice' FROM t",
+                )
         async with open_store(store_url, opening=Opening.AS_IS) as store:
             assert await store.upgrade() == 6
         if sqlite:

@@ -239,19 +239,23 @@ async def test_purges_of_two_engines_waiting_for_each_others_warms_leave_the_lan
     fetcher = RecordingFetcher()
     async with open_store("memory://") as store:
 
-        async def task_of(kind: TaskKind, path: str) -> None:
+        async def task_of(kind: TaskKind, path: str, due_in: float = 0.0) -> None:
             action = ItemAction.PURGE if kind is TaskKind.REFRESH else ItemAction.WARM
             items = (NewItem(seq=0, url=f"http://example.test{path}", node="e1", action=action),)
             quota = QuotaCharge("20261128", 1, 0, 10**9, 10)
-            await store.create_task(NewTask(str(uuid.uuid4()), "u", kind, time.time(), items, quota))
+            await store.create_task(NewTask(str(uuid.uuid4()), "u", kind, time.time() + due_in, items, quota))
 
         engines = {name: Engine(config(1), store, fetcher, worker_id=name, sole=False) for name in "AB"}
-        held = {}
+        # Each warm submitted before the purge of its object (a later task's warm waits in the store for an
+        # earlier task's purge, PURGE_FIRST): B's warm of /x is due just after A's claim.
+        await task_of(TaskKind.PREFETCH, "/y")
+        await task_of(TaskKind.PREFETCH, "/x", due_in=0.2)
+        await task_of(TaskKind.REFRESH, "/x")
+        held = {"A": await store.claim_due_items("A", 10, time.time(), 60.0)}
+        await task_of(TaskKind.REFRESH, "/y")
+        held["B"] = await store.claim_due_items("B", 10, time.time() + 0.2, 60.0)
         for name, purged, warmed in (("A", "/x", "/y"), ("B", "/y", "/x")):
-            await task_of(TaskKind.REFRESH, purged)
-            await task_of(TaskKind.PREFETCH, warmed)
-            held[name] = await store.claim_due_items(name, 10, time.time(), 60.0)
-            assert [(c.action, c.url[-2:]) for c in held[name]] == [
+            assert sorted((c.action, c.url[-2:]) for c in held[name]) == [
                 (ItemAction.PURGE, purged),
                 (ItemAction.WARM, warmed),
             ]

@@ -16,6 +16,7 @@ from ..models import (
     Cancel,
     Claim,
     Item,
+    ItemAction,
     ItemOutcome,
     ItemState,
     NewTask,
@@ -25,8 +26,9 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
+from ..urls import stored_target
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are
@@ -63,6 +65,83 @@ FAIR_ROUNDS = 4
 # not attempted).
 NOT_ATTEMPTED = "not attempted: this URL failed first on "
 MAX_STAGES = 16  # bounds the passes over a URL's stages (2 tiers x 2 steps at most today)
+
+# PURGE_FIRST, the rule both stores keep across tasks (stages order a URL's items only within its task): a warm
+# of (URL, node) is not worked while a purge of that object on that node (the URL in any spelling that is one
+# object to the node; a directory's purge at or over it, as the engine's purge reaches it) of an earlier task
+# (a smaller item id: ids grow with submissions) is open: waiting, pending or running. A claim hands such warms
+# back unsent, no attempt spent, due DEFER_SECONDS later (a cap: they are not claimed again and again while a
+# long directory purge runs), saying why in their error, and marks each with the purge it waits for
+# (`waits_for`): once that purge ends (its outcome, a cancel, a failed stage), they are due at once. Never the
+# other way: a purge waits only for warms under way (the engine's), and a later purge holds back no earlier
+# warm, so the two never wait for each other.
+DEFER_SECONDS = 60.0
+# A claim that handed warms back claims again in their place, this many times at most: a long run of blocked
+# warms costs a claim a bounded amount of work, and each is looked at once per DEFER_SECONDS.
+DEFER_ROUNDS = 4
+OPEN_STATES = "('waiting', 'pending', 'running')"
+PURGE_KEY_CHARS = 1024  # of a purge's key (purge_key): PostgreSQL's index holds at most 2,704 bytes a key
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPurge:
+    """An open purge item that may hold back later tasks' warms (PURGE_FIRST)."""
+
+    item_id: int
+    task_id: str
+    node: str
+    url: str
+    action: ItemAction
+
+
+def purge_key(url: str, action: ItemAction) -> str | None:
+    """What a purge item is found by (the stores keep it with a purge, None with a warm): the object it purges as
+    its node holds it, whatever its URL's spelling (`TargetUrl.node_key`: the host's case, a final dot, a default
+    port and the scheme do not count), its first PURGE_KEY_CHARS characters (an index key holds that much; the
+    purges found are checked whole, `blocking_purges`)."""
+    return None if action is ItemAction.WARM else stored_target(url).node_key[:PURGE_KEY_CHARS]
+
+
+def purge_keys(claims: Sequence[Claim]) -> list[tuple[str, str]]:
+    """(node, purge key) of the claimed warms: where the stores look for open file purges of them (their index
+    holds the open purges by action, node and purge key)."""
+    keys = {(c.node, purge_key(c.url, ItemAction.PURGE)) for c in claims if c.action is ItemAction.WARM}
+    return sorted((node, key) for node, key in keys if key is not None)
+
+
+def warm_nodes(claims: Sequence[Claim]) -> list[str]:
+    """The nodes of the claimed warms: where the stores look for open directory purges."""
+    return sorted({claim.node for claim in claims if claim.action is ItemAction.WARM})
+
+
+def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dict[int, OpenPurge]:
+    """Of `claims`, the warms an open purge among `purges` holds back (PURGE_FIRST): item id -> the earliest."""
+    by_node: dict[str, list[OpenPurge]] = {}
+    for purge in sorted(purges, key=lambda p: p.item_id):
+        by_node.setdefault(purge.node, []).append(purge)
+    blocked: dict[int, OpenPurge] = {}
+    for claim in claims:
+        if claim.action is not ItemAction.WARM or claim.node not in by_node:
+            continue
+        target = stored_target(claim.url)
+        for purge in by_node[claim.node]:
+            if purge.item_id >= claim.item_id:
+                break
+            whole = purge.action is ItemAction.PURGE_DIR
+            if purge.task_id != claim.task_id and stored_target(purge.url).reaches(target, whole=whole):
+                blocked[claim.item_id] = purge
+                break
+    return blocked
+
+
+def waits_note(purge: OpenPurge) -> str:
+    """A warm's error while it waits for an earlier task's purge (its item's `error` while pending)."""
+    what = "directory refresh" if purge.action is ItemAction.PURGE_DIR else "refresh"
+    return (
+        f"waits for the {what} of task {purge.task_id} on {purge.node}, submitted before: warmed once that purge "
+        "has ended (else the purge would remove the copy warmed)"
+    )
+
 
 # Retention removes an ended task only once its webhook, if any, has been delivered or has failed for good.
 NO_WEBHOOK_DUE = "(webhook_state IS NULL OR webhook_state <> 'pending')"
@@ -309,6 +388,7 @@ class TaskStore(Protocol):
     - An item leased to a worker is recorded only by that worker while its lease holds, so it is never
       counted twice; an expired lease makes the item claimable again.
     - An item runs only after every lower stage of its URL ended; what a failure stops is STAGE_GATE's rule.
+    - A warm runs only once no earlier task's purge of its object on its node is open (PURGE_FIRST).
     """
 
     async def __aenter__(self) -> Self: ...
@@ -386,7 +466,8 @@ class TaskStore(Protocol):
         among that user's (nodes the worker holds enough of that user's items for). Each claim names its user.
         Only the users with items due are asked. Skipping, each user's due items are scanned a window at a time
         (`ClaimScans`): a long backlog of the skipped nodes is passed in steps, once, and the other nodes' items
-        behind it are found."""
+        behind it are found. The warms an earlier task's open purge holds back are handed back, not returned
+        (PURGE_FIRST), and others claimed in their place (DEFER_ROUNDS)."""
         ...
 
     async def put_off_node(self, node: str, until: float, note: str) -> int:
@@ -444,7 +525,8 @@ class TaskStore(Protocol):
         ...
 
     async def record_outcomes(self, worker: str, outcomes: Sequence[ItemOutcome], now: float) -> int:
-        """Apply outcomes of items still leased to `worker`; release next stages; finish tasks.
+        """Apply outcomes of items still leased to `worker`; release next stages, and the warms that waited for a
+        purge that ended (PURGE_FIRST); finish tasks.
 
         Returns how many outcomes were applied (the others had lost their lease).
         """

@@ -45,27 +45,36 @@ from ..models import (
 )
 from . import redacted
 from .base import (
+    DEFER_ROUNDS,
+    DEFER_SECONDS,
     MAX_STAGES,
     NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
+    OPEN_STATES,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
     FairClaims,
     Opening,
+    OpenPurge,
     ScanPoint,
     SkipFor,
     UserAsk,
     Window,
+    blocking_purges,
     claim_scan,
     known_search,
+    purge_key,
+    purge_keys,
     rewarm_in_steps,
     run_plan_async,
     schema_to_make,
     skipped_for,
     starting_with,
     tables_in_the_way,
+    waits_note,
+    warm_nodes,
     wrong_version,
 )
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, canceller, item_from_row, node_counts_from_rows, task_from_row
@@ -170,6 +179,18 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS items_user_due;
     CREATE INDEX items_user_due ON items ((coalesce(username, '')), due_at, id) WHERE state IN ('pending', 'running');
     """,
+    # version 8: a later task's warm waits for an earlier task's open purge of its URL on its node (PURGE_FIRST):
+    # each purge's object as its node keys it (purge_key: any spelling of its URL), the open purges by action,
+    # node and that (a claim asks "is a purge open?" in one step of a small index, then for those of its warms'
+    # objects and nodes), and the purge a warm handed back waits for (its end makes the warm due at once). File
+    # purges open across the upgrade have no key: they hold no warm back (directory purges do)
+    """
+    ALTER TABLE items ADD COLUMN purge_key text;
+    ALTER TABLE items ADD COLUMN waits_for bigint;
+    CREATE INDEX items_open_purges ON items (action, node, purge_key)
+        WHERE action <> 'warm' AND state IN ('waiting', 'pending', 'running');
+    CREATE INDEX items_waits_for ON items (waits_for) WHERE state = 'pending' AND waits_for IS NOT NULL;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -218,10 +239,11 @@ _BY_IDEMPOTENCY_KEY = f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = $1 AND
 
 # One statement for every item; WITH ORDINALITY keeps the ids in submission order, as SQLite gives them.
 _INSERT_ITEMS = """
-INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username)
-SELECT $1, s.seq, s.stage, s.url, s.node, s.action, CASE WHEN s.stage = 0 THEN 'pending' ELSE 'waiting' END, $2, $8
-FROM unnest($3::integer[], $4::integer[], $5::text[], $6::text[], $7::text[])
-    WITH ORDINALITY AS s (seq, stage, url, node, action, n)
+INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username, purge_key)
+SELECT $1, s.seq, s.stage, s.url, s.node, s.action, CASE WHEN s.stage = 0 THEN 'pending' ELSE 'waiting' END, $2, $8,
+    s.purge_key
+FROM unnest($3::integer[], $4::integer[], $5::text[], $6::text[], $7::text[], $9::text[])
+    WITH ORDINALITY AS s (seq, stage, url, node, action, purge_key, n)
 ORDER BY s.n
 """
 
@@ -292,6 +314,48 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 {_TAKE}"""
+
+# PURGE_FIRST: whether a file purge, and a directory purge, is open; then the open file purges of the claimed
+# warms' objects ($1 nodes, $2 purge keys, pairwise), the open directory purges of their nodes ($1), by the index
+# items_open_purges. A probe of
+# the index per URL (OFFSET 0 keeps it one: joined, PostgreSQL hashed every open purge, 366 ms for 200,000).
+_OPEN_PURGE_KINDS = f"""
+SELECT EXISTS (SELECT 1 FROM items WHERE action = 'purge' AND action <> 'warm' AND state IN {OPEN_STATES}),
+    EXISTS (SELECT 1 FROM items WHERE action = 'purge_dir' AND action <> 'warm' AND state IN {OPEN_STATES})
+"""
+_OPEN_FILE_PURGES = f"""
+SELECT p.* FROM unnest($1::text[], $2::text[]) AS k (node, key), LATERAL (
+    SELECT id, task_id, node, url, action FROM items WHERE action = 'purge' AND node = k.node
+    AND purge_key = k.key
+    AND action <> 'warm' AND state IN {OPEN_STATES} OFFSET 0
+) AS p
+"""
+_OPEN_DIR_PURGES = f"""
+SELECT id, task_id, node, url, action FROM items
+WHERE action = 'purge_dir' AND node = ANY($1::text[]) AND action <> 'warm' AND state IN {OPEN_STATES}
+"""
+# Warms leased to $1 just now ($2 ids, $3 notes, $4 the purges they wait for), due at $5.
+_HAND_BACK_BLOCKED = """
+UPDATE items SET state = 'pending', lease_owner = NULL, due_at = $5, error = d.note, waits_for = d.purge
+FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS d (id, note, purge)
+WHERE items.id = d.id AND items.lease_owner = $1 AND items.state = 'running'
+"""
+_WAITING = "state = 'pending' AND waits_for IS NOT NULL"
+_ANY_WAITING = f"SELECT EXISTS (SELECT 1 FROM items WHERE {_WAITING})"
+# Rows a claim or another writer holds are left alone (SKIP LOCKED, in id order: two writers never wait for each
+# other): a claim takes them, due, or the other writer releases them.
+_RELEASE_WAITING = f"""
+UPDATE items SET due_at = $1, waits_for = NULL WHERE id IN (
+    SELECT id FROM items WHERE {_WAITING} AND waits_for = ANY($2::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED
+)
+"""
+_RELEASE_ORPHANS = f"""
+UPDATE items SET due_at = $1, waits_for = NULL WHERE id IN (
+    SELECT w.id FROM items w WHERE w.state = 'pending' AND w.waits_for IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM items p WHERE p.id = w.waits_for AND p.state IN {OPEN_STATES}
+    ) ORDER BY w.id FOR UPDATE SKIP LOCKED
+)
+"""
 
 # `state IN (…)` as the partial index items_due_order says it, so that the index finds the leases by their end.
 _OTHERS_WARMS = """
@@ -405,7 +469,7 @@ UPDATE items SET
     http_status = o.http_status, cache_state = o.cache_state, bytes = o.bytes, updated_at = $3
 FROM o JOIN mine ON mine.id = o.id, tasks t
 WHERE items.id = o.id AND t.id = items.task_id
-RETURNING items.task_id, items.seq, items.state
+RETURNING items.task_id, items.seq, items.state, items.id
 """
 
 # The stage gate (store.base STAGE_GATE, as SQLiteStore's _advance_stage keeps it), one pass for many (task, seq)
@@ -738,6 +802,7 @@ class PostgresStore:
                             [it.node for it in items],
                             [it.action.value for it in items],
                             task.username,
+                            [purge_key(it.url, it.action) for it in items],
                         )
                         await conn.execute(_NOTIFY)
                     else:
@@ -897,14 +962,57 @@ class PostgresStore:
 
         async with self._connection() as conn:
             users = await conn.fetchval(_DUE_USERS, now)
+        handed: set[int] = set()  # held back by a purge and handed back (PURGE_FIRST)
         try:
-            return await run_plan_async(self._fair.plan(users, limit), take)
+            claims = found = await run_plan_async(self._fair.plan(users, limit), take)
+            # Warms an earlier task's open purge holds back go back (PURGE_FIRST); others are claimed in their
+            # place, a few rounds at most.
+            for round_ in range(1, DEFER_ROUNDS + 1):
+                held = await self._hand_back_blocked(found, worker, now)
+                if not held:
+                    break
+                handed |= held
+                claims = [c for c in claims if c.item_id not in held]
+                if round_ == DEFER_ROUNDS or len(claims) >= limit:
+                    break
+                async with self._connection() as conn:
+                    users = await conn.fetchval(_DUE_USERS, now)
+                found = await run_plan_async(self._fair.plan(users, limit - len(claims)), take)
+                claims += found
+            return claims
         except StoreError:
             # Each step commits on its own: those leased before the failure are this worker's now, and are
-            # worked (before, they waited for their leases to end: a minute after a store's restart).
+            # worked (before, they waited for their leases to end: a minute after a store's restart). (A warm
+            # whose purge check the failure cut short is worked too: as before the rule, at worst.)
             if not leased:
                 raise
-            return leased
+            return [c for c in leased if c.item_id not in handed]
+
+    async def _hand_back_blocked(self, claims: list[Claim], worker: str, now: float) -> set[int]:
+        """Hand back, unsent and due DEFER_SECONDS later, the warms among `claims` (just leased to `worker`) that
+        an earlier task's open purge holds back (PURGE_FIRST); returns their ids. One step of a small index when
+        no purge is open."""
+        if not claims:
+            return set()
+        async with self._connection() as conn:
+            kinds = await conn.fetchrow(_OPEN_PURGE_KINDS)
+            assert kinds is not None  # one row, always
+            rows = []
+            if kinds[0]:
+                keys = purge_keys(claims)
+                rows += await conn.fetch(_OPEN_FILE_PURGES, [n for n, _ in keys], [u for _, u in keys])
+            if kinds[1]:
+                rows += await conn.fetch(_OPEN_DIR_PURGES, warm_nodes(claims))
+            if not rows:
+                return set()
+            purges = [OpenPurge(r[0], r[1], r[2], r[3], ItemAction(r[4])) for r in rows]
+            blocked = blocking_purges(claims, purges)
+            if blocked:
+                ids = list(blocked)
+                notes = [waits_note(blocked[i]) for i in ids]
+                waited = [blocked[i].item_id for i in ids]
+                await conn.execute(_HAND_BACK_BLOCKED, worker, ids, notes, waited, now + DEFER_SECONDS)
+        return set(blocked)
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:
@@ -1013,12 +1121,15 @@ class PostgresStore:
             finals: dict[str, list[int]] = {}  # task -> [succeeded, failed] added
             advanced: set[tuple[str, int]] = set()  # (task, seq) whose stage finished or failed
             due_now = False
-            for task_id, seq, state in rows:
+            ended: list[int] = []
+            for task_id, seq, state, item_id in rows:
                 if state == "pending":
                     due_now = True
                     continue
                 finals.setdefault(task_id, [0, 0])[0 if state == "succeeded" else 1] += 1
                 advanced.add((task_id, seq))
+                ended.append(item_id)
+            stage_failed = False
             pairs = sorted(advanced)
             for _ in range(MAX_STAGES if pairs else 0):  # a pass may fail a whole stage: the next gets its turn
                 gated = await conn.fetch(_ADVANCE, [t for t, _ in pairs], [s for _, s in pairs], now, NOT_ATTEMPTED)
@@ -1027,8 +1138,11 @@ class PostgresStore:
                 for task_id, state in gated:
                     if state == "failed":
                         finals[task_id][1] += 1
+                        stage_failed = True
                     else:
                         due_now = True
+            if await _release_waiting(conn, ended, now, orphans=stage_failed):
+                due_now = True
             if finals:
                 task_ids = sorted(finals)
                 await conn.execute(
@@ -1177,8 +1291,21 @@ async def _cancel_waiting(conn: _Connection, task_ids: list[str], now: float) ->
         )
     if not task_ids:
         return ()
+    await _release_waiting(conn, [], now, orphans=True)  # the warms that waited for the purges cancelled
     ended = await conn.fetch(_FINISH + f" RETURNING {TASK_COLUMNS}", task_ids, now)
     return tuple(task_from_row(row) for row in ended)
+
+
+async def _release_waiting(conn: _Connection, ended: list[int], now: float, *, orphans: bool = False) -> int:
+    """Make due at `now` the warms handed back for a purge among the items `ended` (PURGE_FIRST); with `orphans`,
+    those whose purge is no longer open whatever ended it (a cancel, a failed stage). One step of a small index
+    when none waits."""
+    if not await conn.fetchval(_ANY_WAITING):
+        return 0
+    count = _rowcount(await conn.execute(_RELEASE_WAITING, now, ended)) if ended else 0
+    if orphans:
+        count += _rowcount(await conn.execute(_RELEASE_ORPHANS, now))
+    return count
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

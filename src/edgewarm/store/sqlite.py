@@ -39,26 +39,35 @@ from ..models import (
 from ..tuning import out_of_open_files
 from . import make_folder_of, sqlite_uri
 from .base import (
+    DEFER_ROUNDS,
+    DEFER_SECONDS,
     MAX_STAGES,
     NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
+    OPEN_STATES,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
     FairClaims,
     Opening,
+    OpenPurge,
     ScanPoint,
     SkipFor,
     UserAsk,
     Window,
+    blocking_purges,
     claim_scan,
     known_search,
+    purge_key,
+    purge_keys,
     rewarm_in_steps,
     run_plan,
     schema_to_make,
     skipped_for,
     tables_in_the_way,
+    waits_note,
+    warm_nodes,
     wrong_version,
 )
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, canceller, item_from_row, node_counts_from_rows, task_from_row
@@ -146,6 +155,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS items_url ON items (lower(url));
     DROP INDEX IF EXISTS items_user_due;
     CREATE INDEX items_user_due ON items (coalesce(username, ''), due_at) WHERE state IN ('pending', 'running');
+    """,
+    # version 8: a later task's warm waits for an earlier task's open purge of its URL on its node (PURGE_FIRST):
+    # each purge's object as its node keys it (purge_key: any spelling of its URL), the open purges by action,
+    # node and that (a claim asks "is a purge open?" in one step of a small index, then for those of its warms'
+    # objects and nodes), and the purge a warm handed back waits for (its end makes the warm due at once). File
+    # purges open across the upgrade have no key: they hold no warm back (directory purges do)
+    """
+    ALTER TABLE items ADD COLUMN purge_key TEXT;
+    ALTER TABLE items ADD COLUMN waits_for INTEGER;
+    CREATE INDEX items_open_purges ON items (action, node, purge_key)
+        WHERE action <> 'warm' AND state IN ('waiting', 'pending', 'running');
+    CREATE INDEX items_waits_for ON items (waits_for) WHERE state = 'pending' AND waits_for IS NOT NULL;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -589,13 +610,28 @@ class SQLiteStore:
             scans = self._scans.plan(f"{worker}\n{user}", want, skip, users)
             return run_plan(scans, lambda asked: window(user, skip, *asked))
 
+        def shares(want: int) -> list[Claim]:
+            users = _from_json(self.db.execute(_DUE_USERS, (now,)).fetchone()[0])
+            return run_plan(self._fair.plan(users, want), lambda ask: take(ask, len(users)))
+
         def claim() -> list[Claim]:
             # One step and one transaction for the whole claim, every user's share in it: a step per user made
             # the claims wait for the event loop between them (a tester's 10 users beside a slow node: the live
             # node's items took twice as long).
             with _write_transaction(self.db):
-                users = _from_json(self.db.execute(_DUE_USERS, (now,)).fetchone()[0])
-                return run_plan(self._fair.plan(users, limit), lambda ask: take(ask, len(users)))
+                claims = found = shares(limit)
+                # Warms an earlier task's open purge holds back go back (PURGE_FIRST); others are claimed in
+                # their place, a few rounds at most.
+                for round_ in range(1, DEFER_ROUNDS + 1):
+                    held = _hand_back_blocked(self.db, found, worker, now)
+                    if not held:
+                        break
+                    claims = [c for c in claims if c.item_id not in held]
+                    if round_ == DEFER_ROUNDS or len(claims) >= limit:
+                        break
+                    found = shares(limit - len(claims))
+                    claims += found
+                return claims
 
         return await self._run(claim)
 
@@ -980,6 +1016,40 @@ _LEASED_REST = (
 # all of them: 0.2-0.3 s for one of 617,000 tasks, on the writer's thread, every submission waiting behind it).
 _TASKS_BY_ID = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND +username = ?"
 
+# PURGE_FIRST: whether a file purge, and a directory purge, is open; then the open file purges of the claimed
+# warms' objects (?1: [node, purge key] pairs), the open directory purges of their nodes (?1).
+# Each by the index items_open_purges (named: the planner must not read the table for a purge that is not there).
+_OPEN_PURGE_KINDS = (
+    "SELECT (SELECT 1 FROM items INDEXED BY items_open_purges WHERE action = 'purge' AND action <> 'warm' "
+    f"AND state IN {OPEN_STATES} LIMIT 1), (SELECT 1 FROM items INDEXED BY items_open_purges "
+    f"WHERE action = 'purge_dir' AND action <> 'warm' AND state IN {OPEN_STATES} LIMIT 1)"
+)
+_OPEN_FILE_PURGES = (
+    "SELECT p.id, p.task_id, p.node, p.url, p.action FROM json_each(?1) AS k CROSS JOIN items AS p INDEXED BY "
+    "items_open_purges ON p.action = 'purge' AND p.node = k.value ->> 0 AND p.purge_key = k.value ->> 1 "
+    f"WHERE p.action <> 'warm' AND p.state IN {OPEN_STATES}"
+)
+_OPEN_DIR_PURGES = (
+    "SELECT id, task_id, node, url, action FROM items INDEXED BY items_open_purges WHERE action = 'purge_dir' "
+    f"AND node IN (SELECT value FROM json_each(?1)) AND action <> 'warm' AND state IN {OPEN_STATES}"
+)
+# ?1: [item, note, the purge it waits for] rows of warms leased to ?2 just now, due at ?3.
+_HAND_BACK_BLOCKED = (
+    "UPDATE items SET state = 'pending', lease_owner = NULL, due_at = ?3, error = d.value ->> 1, "
+    "waits_for = d.value ->> 2 FROM json_each(?1) AS d "
+    "WHERE items.id = d.value ->> 0 AND items.lease_owner = ?2 AND items.state = 'running'"
+)
+_WAITING = "state = 'pending' AND waits_for IS NOT NULL"
+_ANY_WAITING = f"SELECT 1 FROM items INDEXED BY items_waits_for WHERE {_WAITING} LIMIT 1"
+_RELEASE_WAITING = (
+    f"UPDATE items INDEXED BY items_waits_for SET due_at = ?1, waits_for = NULL WHERE {_WAITING} "
+    "AND waits_for IN (SELECT value FROM json_each(?2))"
+)
+_RELEASE_ORPHANS = (
+    f"UPDATE items INDEXED BY items_waits_for SET due_at = ?1, waits_for = NULL WHERE {_WAITING} AND NOT EXISTS "
+    f"(SELECT 1 FROM items AS p WHERE p.id = items.waits_for AND p.state IN {OPEN_STATES})"
+)
+
 _LEASE_ITEMS = (
     "UPDATE items SET state = 'running', lease_owner = ?2, due_at = ?3 WHERE id IN (SELECT value FROM json_each(?1))"
 )
@@ -1031,8 +1101,8 @@ _OUTCOMES = (
 _LEASED = "items.id = o.id AND items.lease_owner = ?3 AND items.state = 'running'"
 _CANCELLED_RETRY = "o.state = 'pending' AND (SELECT reason FROM tasks WHERE tasks.id = items.task_id) = ?4"
 _NEW_STATE = f"CASE WHEN {_CANCELLED_RETRY} THEN 'failed' ELSE o.state END"
-_APPLICABLE_OUTCOMES = (  # what _RECORD_OUTCOMES will write, as one JSON array of [task, seq, new state]
-    f"SELECT json_group_array(json_array(items.task_id, items.seq, {_NEW_STATE})) "
+_APPLICABLE_OUTCOMES = (  # what _RECORD_OUTCOMES will write, as one JSON array of [task, seq, new state, id]
+    f"SELECT json_group_array(json_array(items.task_id, items.seq, {_NEW_STATE}, items.id)) "
     f"FROM items JOIN {_OUTCOMES} ON {_LEASED}"
 )
 # Of the tasks in ?1 (a JSON array of ids), the ones with stages, as a JSON array. Every URL of a task has its
@@ -1164,13 +1234,13 @@ def _create(db: sqlite3.Connection, task: NewTask) -> Task | str | None:
     )  # fmt: skip
     # One statement for the items (executemany is a step per row, and each step hands the GIL over).
     db.execute(
-        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username) "
+        "INSERT INTO items (task_id, seq, stage, url, node, action, state, due_at, username, purge_key) "
         "SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
-        "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2, ?4 FROM json_each(?3)",
+        "CASE WHEN value ->> 1 = 0 THEN 'pending' ELSE 'waiting' END, ?2, ?4, value ->> 5 FROM json_each(?3)",
         (
             task.id,
             task.created_at,
-            _json([(it.seq, it.stage, it.url, it.node, it.action.value) for it in task.items]),
+            _json([(i.seq, i.stage, i.url, i.node, i.action.value, purge_key(i.url, i.action)) for i in task.items]),
             task.username,
         ),
     )
@@ -1194,12 +1264,15 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
     db.execute(_RECORD_OUTCOMES, params)
     finals: dict[str, list[int]] = {}  # task -> [succeeded, failed] added
     advanced: set[tuple[str, int]] = set()  # (task, seq) whose stage finished or failed
-    for task_id, seq, state in written:
+    ended: list[int] = []
+    for task_id, seq, state, item_id in written:
         if state == "pending":
             continue
         counts = finals.setdefault(task_id, [0, 0])
         counts[0 if state == "succeeded" else 1] += 1
         advanced.add((task_id, seq))
+        ended.append(item_id)
+    stage_failed = False
     if advanced:
         # Tasks with stages release or fail their next stage; the others skip the gate.
         (staged,) = db.execute(_STAGED_TASKS, (_json(list(finals)),)).fetchone()
@@ -1207,6 +1280,8 @@ def _apply_outcomes(db: sqlite3.Connection, worker: str, outcomes: Sequence[Item
         for task_id, seq in advanced:
             if task_id in gated and (skipped := _advance_stage(db, task_id, seq, now)):
                 finals[task_id][1] += skipped
+                stage_failed = True
+    _release_waiting(db, ended, now, orphans=stage_failed)
     if finals:
         db.execute(_ADD_COUNTS, (_json([[task_id, ok, failed] for task_id, (ok, failed) in finals.items()]),))
     _finish_tasks(db, list(finals), now)
@@ -1236,9 +1311,39 @@ def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> 
         db.execute(
             "UPDATE tasks SET failed = failed + ?, reason = ? WHERE id = ? AND status = 1", (failed, CANCELLED, task_id)
         )
+    _release_waiting(db, [], now, orphans=True)  # the warms that waited for the purges cancelled
     _finish_tasks(db, task_ids, now)
     ended = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND finished_at = ?"
     return tuple(task_from_row(row) for row in db.execute(ended, (_json(task_ids), now)))
+
+
+def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str, now: float) -> set[int]:
+    """Hand back, unsent and due DEFER_SECONDS later, the warms among `claims` (just leased to `worker`) that an
+    earlier task's open purge holds back (PURGE_FIRST); returns their ids. One step of a small index when no
+    purge is open."""
+    if not claims:
+        return set()
+    files, dirs = db.execute(_OPEN_PURGE_KINDS).fetchone()
+    rows = db.execute(_OPEN_FILE_PURGES, (_json(purge_keys(claims)),)).fetchall() if files else []
+    if dirs:
+        rows += db.execute(_OPEN_DIR_PURGES, (_json(warm_nodes(claims)),)).fetchall()
+    blocked = blocking_purges(claims, [OpenPurge(r[0], r[1], r[2], r[3], _ACTIONS[r[4]]) for r in rows])
+    if blocked:
+        held = _json([[item, waits_note(purge), purge.item_id] for item, purge in blocked.items()])
+        db.execute(_HAND_BACK_BLOCKED, (held, worker, now + DEFER_SECONDS))
+    return set(blocked)
+
+
+def _release_waiting(db: sqlite3.Connection, ended: list[int], now: float, *, orphans: bool = False) -> int:
+    """Make due at `now` the warms handed back for a purge among the items `ended` (PURGE_FIRST); with `orphans`,
+    those whose purge is no longer open whatever ended it (a cancel, a failed stage). One step of a small index
+    when none waits."""
+    if db.execute(_ANY_WAITING).fetchone() is None:
+        return 0
+    count = db.execute(_RELEASE_WAITING, (now, _json(ended))).rowcount if ended else 0
+    if orphans:
+        count += db.execute(_RELEASE_ORPHANS, (now,)).rowcount
+    return count
 
 
 def _finish_tasks(db: sqlite3.Connection, task_ids: list[str], now: float) -> None:
