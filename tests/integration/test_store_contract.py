@@ -11,6 +11,7 @@ import contextlib
 import random
 import sqlite3
 import string
+import threading
 import time
 import uuid
 from collections import Counter
@@ -54,7 +55,7 @@ from edgewarm.models import (
     TaskStatus,
 )
 from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
-from edgewarm.store.base import UNNAMED
+from edgewarm.store.base import UNNAMED, OpenPurge
 from edgewarm.store.postgres import PostgresStore
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import free_port
@@ -190,6 +191,12 @@ def pretend_newer_code(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
     monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setattr(edgewarm.store.base, "SCHEMA_VERSION", SCHEMA_VERSION + 1)  # schema_to_make
     monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE contract_probe (x integer);"))
+
+
+async def ended_elsewhere(url: str, item_id: int) -> None:
+    """Item `item_id`, leased to "w2", succeeded: written by another process's store (its own event loop)."""
+    async with PostgresStore(url) as store:
+        assert await store.record_outcomes("w2", [ok(item_id)], NOW + 1) == 1
 
 
 # -- the contract -----------------------------------------------------------------------------------
@@ -2029,6 +2036,36 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    async def test_a_purge_that_ends_between_a_claims_look_and_its_hand_back_leaves_no_warm_waiting(
+        self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """PURGE_FIRST across processes: the claim saw the purge open, another worker ended it, then the claim
+        handed the warm back, waiting for a purge whose end had released nothing: it waited for the minute's
+        look (a re-tester's 3 rounds of 42 took 60 s). The hand-back reads the purge again once its task is
+        locked (a purge's end locks it first): the warm is claimed."""
+        u = url_of(0)
+        async with PostgresStore(postgres_db_url) as store, PostgresStore(postgres_db_url) as other:
+            await store.create_task(refresh_task((u, "edge-1", ItemAction.PURGE)))
+            warms = warm_task((u, "edge-1"))
+            await store.create_task(warms)
+            (purge,) = await other.claim_due_items("w2", 1, NOW, LEASE)
+            assert purge.action is ItemAction.PURGE
+            real = edgewarm.store.postgres.waits_note
+            ended: list[int] = []
+
+            def end_the_purge_meanwhile(found: OpenPurge) -> str:  # after the look, before the hand-back
+                if not ended:
+                    done = threading.Thread(target=asyncio.run, args=(ended_elsewhere(postgres_db_url, purge.item_id),))
+                    done.start()
+                    done.join(30)
+                    ended.append(purge.item_id)
+                return str(real(found))
+
+            monkeypatch.setattr(edgewarm.store.postgres, "waits_note", end_the_purge_meanwhile)
+            claims = await store.claim_due_items("w1", 10, NOW + 1, LEASE)
+            assert ended == [purge.item_id]
+            assert [(c.url, c.action) for c in claims] == [(u, ItemAction.WARM)], await store.list_items(warms.id)
+
     async def test_a_claim_that_fails_after_some_users_items_were_leased_hands_those_out(
         self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:

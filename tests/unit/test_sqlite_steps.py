@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgewarm.errors import StoreError
+from edgewarm.errors import ListTooLong, StoreError
 from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskFilter, TaskKind
 from edgewarm.store import open_store
 from edgewarm.store.sqlite import _STAGED_TASKS, _TASKS_BY_ID, MIGRATIONS, SQLiteStore, _json
@@ -102,6 +102,25 @@ def test_tasks_looked_up_by_id_are_read_by_their_ids_not_all_their_users(tmp_pat
     )
     assert steps_of(db, _TASKS_BY_ID, (_json(["t7", "t49999", "none"]), "u")) < 5  # thousands: 50,000 rows read
     db.close()
+
+
+async def test_a_list_that_waited_its_bound_for_the_reads_thread_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list's bound (LIST_SECONDS) counts from the call: lists waiting behind one another on the long reads'
+    thread each read their 2 s after the one before (five at once: answered after 2, 4, 6, 8 and 10 s, a task
+    view waiting behind them all). One whose bound passed while it waited is refused without reading."""
+    monkeypatch.setattr("edgewarm.store.sqlite.LIST_SECONDS", 0.2)
+    async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
+        assert isinstance(store, SQLiteStore)
+        items = tuple(NewItem(i, f"http://a.test/d/{i}", "n1") for i in range(3))
+        await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, QUOTA))
+        assert len(await store.list_tasks("u", TaskFilter())) == 1  # within its bound
+        busy = asyncio.ensure_future(store._off_the_loop(store._read_executor, lambda: threading.Event().wait(0.5)))
+        await asyncio.sleep(0.05)  # the reads' thread taken
+        with pytest.raises(ListTooLong):
+            await store.list_tasks("u", TaskFilter())
+        await busy
 
 
 async def test_long_reads_do_not_wait_for_the_writers_thread(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ def repeated(name: str, times: int) -> RequestRefused:
 
 
 _FORM = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 10_000  # parse_qs's bound: a bulk user's 10,000 URLs come as JSON, or as one field (a `,` string)
 _BOM = b"\xef\xbb\xbf"
 # Python's own codecs, which no HTTP client means by a charset ("undefined" is what JavaScript writes for a
 # variable never set).
@@ -84,13 +85,15 @@ async def read_params(request: Request) -> dict[str, Any]:
             if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
                 raise LookupError(encoding)
             text = raw.decode(encoding)  # the bytes as they are, then the %-escapes of the fields: both in it
-            form = parse_qs(text, keep_blank_values=True, max_num_fields=10_000, encoding=encoding, errors="strict")
+            form = parse_qs(
+                text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, encoding=encoding, errors="strict"
+            )
         except LookupError:
             raise UnsupportedMediaType(f"unknown charset {charset!r}: send the form in UTF-8") from None
         except UnicodeError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}") from None
         except ValueError:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "the form has more than 10000 fields") from None
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form has more than {MAX_FORM_FIELDS} fields") from None
         if not form:
             raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
         return _fields(form)
@@ -132,14 +135,16 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     # In the index's order, read as a number of any length without making it one (int() refuses 4,300 digits);
     # an entry without one comes after the highest before it, as PHP puts it: (digits' length, digits, turn).
     listed: dict[str, list[tuple[tuple[int, str, int], str]]] = {}
+    indexed: set[tuple[str, str]] = set()  # (list, index) given: PHP keeps an index's last entry: which is meant?
     for key, values in form.items():
         if (entry := _LISTED.match(key)) is not None:
             entries = listed.setdefault(entry[1], [])
             if entry[2]:
                 digits = entry[2].lstrip("0") or "0"
                 position = (len(digits), digits, 0)
-                if len(values) > 1 or any(p == position for p, _ in entries):  # PHP keeps the last: which is meant?
-                    raise repeated(f"{entry[1]}[{digits[:20]}]", len(values) + sum(p == position for p, _ in entries))
+                if len(values) > 1 or (entry[1], digits) in indexed:
+                    raise repeated(f"{entry[1]}[{digits[:20]}]", len(values) + ((entry[1], digits) in indexed))
+                indexed.add((entry[1], digits))
             else:
                 highest = max((p for p, _ in entries), default=(0, "", 0))
                 position = (highest[0], highest[1], highest[2] + 1)

@@ -54,7 +54,8 @@ class Cancelled:
 
 
 def _under_way(task: Task) -> str:
-    return f"it ends when its {item_count(task.total - task.succeeded - task.failed)} claimed or under way come back"
+    left = task.total - task.succeeded - task.failed
+    return f"it ends when its {item_count(left)} claimed or under way come{'s' * (left == 1)} back"
 
 
 @admin.command("cancel")

@@ -334,11 +334,17 @@ _OPEN_DIR_PURGES = f"""
 SELECT id, task_id, node, url, action FROM items
 WHERE action = 'purge_dir' AND node = ANY($1::text[]) AND action <> 'warm' AND state IN {OPEN_STATES}
 """
-# Warms leased to $1 just now ($2 ids, $3 notes, $4 the purges they wait for), due at $5.
-_HAND_BACK_BLOCKED = """
+# Warms leased to $1 just now ($2 ids, $3 notes, $4 the purges they wait for), due at $5, while their purge is
+# still open, read after _LOCK_PURGES_TASKS: a purge's end (record_outcomes, a cancel) locks its task first, so
+# that it either ended before (and the warm is not handed back) or releases the warm after (else a purge that
+# ended between the look and this write left its warm for the minute's look: a re-tester's 3 rounds of 42).
+_LOCK_PURGES_TASKS = "SELECT id FROM tasks WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE"
+_HAND_BACK_BLOCKED = f"""
 UPDATE items SET state = 'pending', lease_owner = NULL, due_at = $5, error = d.note, waits_for = d.purge
 FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS d (id, note, purge)
 WHERE items.id = d.id AND items.lease_owner = $1 AND items.state = 'running'
+AND EXISTS (SELECT 1 FROM items AS p WHERE p.id = d.purge AND p.state IN {OPEN_STATES})
+RETURNING items.id
 """
 _WAITING = "state = 'pending' AND waits_for IS NOT NULL"
 _ANY_WAITING = f"SELECT EXISTS (SELECT 1 FROM items WHERE {_WAITING})"
@@ -1007,12 +1013,15 @@ class PostgresStore:
                 return set()
             purges = [OpenPurge(r[0], r[1], r[2], r[3], ItemAction(r[4])) for r in rows]
             blocked = blocking_purges(claims, purges)
-            if blocked:
-                ids = list(blocked)
-                notes = [waits_note(blocked[i]) for i in ids]
-                waited = [blocked[i].item_id for i in ids]
-                await conn.execute(_HAND_BACK_BLOCKED, worker, ids, notes, waited, now + DEFER_SECONDS)
-        return set(blocked)
+            if not blocked:
+                return set()
+            ids = list(blocked)
+            notes = [waits_note(blocked[i]) for i in ids]
+            waited = [blocked[i].item_id for i in ids]
+            async with conn.transaction():
+                await conn.execute(_LOCK_PURGES_TASKS, sorted({purge.task_id for purge in blocked.values()}))
+                handed = await conn.fetch(_HAND_BACK_BLOCKED, worker, ids, notes, waited, now + DEFER_SECONDS)
+        return {row[0] for row in handed}
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:
