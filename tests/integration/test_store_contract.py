@@ -1114,6 +1114,19 @@ class TestPurgeFirst:
         assert await claimed(store, NOW + 1) == []  # a retry: the purge is still open
         assert await claimed(store, NOW + 2) == [(u, "edge-1", ItemAction.PURGE)]
 
+    async def test_a_warm_waiting_for_another_users_refresh_does_not_name_its_task(self, store: TaskStore) -> None:
+        """Another user's task id answers as an unknown one; the note named it (a re-tester: bob learned that
+        alice refreshed those URLs, and when)."""
+        u = url_of(0)
+        refresh = refresh_task((u, "edge-1", ItemAction.PURGE))
+        await store.create_task(refresh)
+        bobs = make_task(1, items=(NewItem(0, u, "edge-1"),), user="bob")
+        await store.create_task(bobs)
+        assert await claimed(store, NOW) == [(u, "edge-1", ItemAction.PURGE)]
+        (held,) = await store.list_items(bobs.id)
+        assert held.error is not None and held.error.startswith("waits for another user's refresh on edge-1")
+        assert refresh.id not in held.error
+
     async def test_the_end_of_the_purge_makes_its_warms_due_at_once(self, store: TaskStore) -> None:
         """Each node's warm is released by its own node's purge ending; the other stays handed back."""
         u = url_of(0)
@@ -2053,13 +2066,13 @@ class TestPostgres:
             real = edgewarm.store.postgres.waits_note
             ended: list[int] = []
 
-            def end_the_purge_meanwhile(found: OpenPurge) -> str:  # after the look, before the hand-back
+            def end_the_purge_meanwhile(found: OpenPurge, user: str) -> str:  # after the look, before the hand-back
                 if not ended:
                     done = threading.Thread(target=asyncio.run, args=(ended_elsewhere(postgres_db_url, purge.item_id),))
                     done.start()
                     done.join(30)
                     ended.append(purge.item_id)
-                return str(real(found))
+                return str(real(found, user))
 
             monkeypatch.setattr(edgewarm.store.postgres, "waits_note", end_the_purge_meanwhile)
             claims = await store.claim_due_items("w1", 10, NOW + 1, LEASE)

@@ -92,6 +92,7 @@ class OpenPurge:
     node: str
     url: str
     action: ItemAction
+    user: str | None = None  # its task's (None: written before schema version 5)
 
 
 def purge_key(url: str, action: ItemAction) -> str | None:
@@ -115,31 +116,45 @@ def warm_nodes(claims: Sequence[Claim]) -> list[str]:
 
 
 def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dict[int, OpenPurge]:
-    """Of `claims`, the warms an open purge among `purges` holds back (PURGE_FIRST): item id -> the earliest."""
-    by_node: dict[str, list[OpenPurge]] = {}
+    """Of `claims`, the warms an open purge among `purges` holds back (PURGE_FIRST): item id -> the earliest.
+    Each purge's object is read once, and a warm's purges are found by its object and the directories over it
+    (each cut of its key after a '/'): not by every open purge of its node for every warm (1,000 open directory
+    purges made a prefetch of 20,000 URLs 3 times slower: a re-tester's)."""
+    exact: dict[tuple[str, str], list[OpenPurge]] = {}  # (node, object): file purges, directories by their key
+    other_dirs: list[tuple[OpenPurge, str]] = []  # a directory's key not ending in '/' (not one the API takes)
     for purge in sorted(purges, key=lambda p: p.item_id):
-        by_node.setdefault(purge.node, []).append(purge)
+        key = stored_target(purge.url).node_key
+        if purge.action is ItemAction.PURGE_DIR and not key.endswith("/"):
+            other_dirs.append((purge, key))
+        else:
+            exact.setdefault((purge.node, key), []).append(purge)
+    dirs = any(purge.action is ItemAction.PURGE_DIR for purge in purges)
     blocked: dict[int, OpenPurge] = {}
     for claim in claims:
-        if claim.action is not ItemAction.WARM or claim.node not in by_node:
+        if claim.action is not ItemAction.WARM:
             continue
-        target = stored_target(claim.url)
-        for purge in by_node[claim.node]:
-            if purge.item_id >= claim.item_id:
-                break
-            whole = purge.action is ItemAction.PURGE_DIR
-            if purge.task_id != claim.task_id and stored_target(purge.url).reaches(target, whole=whole):
-                blocked[claim.item_id] = purge
-                break
+        key = stored_target(claim.url).node_key
+        found = [p for p in exact.get((claim.node, key), ()) if p.action is ItemAction.PURGE]
+        if dirs:
+            cut = key.find("/")
+            while cut >= 0:
+                found += [p for p in exact.get((claim.node, key[: cut + 1]), ()) if p.action is ItemAction.PURGE_DIR]
+                cut = key.find("/", cut + 1)
+            found += [p for p, dir_key in other_dirs if p.node == claim.node and key.startswith(dir_key)]
+        earlier = [p for p in found if p.item_id < claim.item_id and p.task_id != claim.task_id]
+        if earlier:
+            blocked[claim.item_id] = min(earlier, key=lambda p: p.item_id)
     return blocked
 
 
-def waits_note(purge: OpenPurge) -> str:
-    """A warm's error while it waits for an earlier task's purge (its item's `error` while pending)."""
+def waits_note(purge: OpenPurge, user: str) -> str:
+    """A warm's error while it waits for an earlier task's purge (its item's `error` while pending), seen by the
+    warm's `user`: another user's task is not named (its id answers as an unknown one would)."""
     what = "directory refresh" if purge.action is ItemAction.PURGE_DIR else "refresh"
+    whose = f"the {what} of task {purge.task_id}" if purge.user == user else f"another user's {what}"
     return (
-        f"waits for the {what} of task {purge.task_id} on {purge.node}, submitted before: warmed once that purge "
-        "has ended (else the purge would remove the copy warmed)"
+        f"waits for {whose} on {purge.node}, submitted before: warmed once that purge has ended (else the purge "
+        "would remove the copy warmed)"
     )
 
 

@@ -325,13 +325,13 @@ SELECT EXISTS (SELECT 1 FROM items WHERE action = 'purge' AND action <> 'warm' A
 """
 _OPEN_FILE_PURGES = f"""
 SELECT p.* FROM unnest($1::text[], $2::text[]) AS k (node, key), LATERAL (
-    SELECT id, task_id, node, url, action FROM items WHERE action = 'purge' AND node = k.node
+    SELECT id, task_id, node, url, action, username FROM items WHERE action = 'purge' AND node = k.node
     AND purge_key = k.key
     AND action <> 'warm' AND state IN {OPEN_STATES} OFFSET 0
 ) AS p
 """
 _OPEN_DIR_PURGES = f"""
-SELECT id, task_id, node, url, action FROM items
+SELECT id, task_id, node, url, action, username FROM items
 WHERE action = 'purge_dir' AND node = ANY($1::text[]) AND action <> 'warm' AND state IN {OPEN_STATES}
 """
 # Warms leased to $1 just now ($2 ids, $3 notes, $4 the purges they wait for), due at $5, while their purge is
@@ -1011,12 +1011,13 @@ class PostgresStore:
                 rows += await conn.fetch(_OPEN_DIR_PURGES, warm_nodes(claims))
             if not rows:
                 return set()
-            purges = [OpenPurge(r[0], r[1], r[2], r[3], ItemAction(r[4])) for r in rows]
+            purges = [OpenPurge(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
             blocked = blocking_purges(claims, purges)
             if not blocked:
                 return set()
             ids = list(blocked)
-            notes = [waits_note(blocked[i]) for i in ids]
+            users = {claim.item_id: claim.user for claim in claims}
+            notes = [waits_note(blocked[i], users[i]) for i in ids]
             waited = [blocked[i].item_id for i in ids]
             async with conn.transaction():
                 await conn.execute(_LOCK_PURGES_TASKS, sorted({purge.task_id for purge in blocked.values()}))

@@ -1031,13 +1031,15 @@ _OPEN_PURGE_KINDS = (
     f"WHERE action = 'purge_dir' AND action <> 'warm' AND state IN {OPEN_STATES} LIMIT 1)"
 )
 _OPEN_FILE_PURGES = (
-    "SELECT p.id, p.task_id, p.node, p.url, p.action FROM json_each(?1) AS k CROSS JOIN items AS p INDEXED BY "
-    "items_open_purges ON p.action = 'purge' AND p.node = k.value ->> 0 AND p.purge_key = k.value ->> 1 "
+    "SELECT p.id, p.task_id, p.node, p.url, p.action, p.username FROM json_each(?1) AS k "
+    "CROSS JOIN items AS p INDEXED BY items_open_purges ON p.action = 'purge' AND p.node = k.value ->> 0 "
+    "AND p.purge_key = k.value ->> 1 "
     f"WHERE p.action <> 'warm' AND p.state IN {OPEN_STATES}"
 )
 _OPEN_DIR_PURGES = (
-    "SELECT id, task_id, node, url, action FROM items INDEXED BY items_open_purges WHERE action = 'purge_dir' "
-    f"AND node IN (SELECT value FROM json_each(?1)) AND action <> 'warm' AND state IN {OPEN_STATES}"
+    "SELECT id, task_id, node, url, action, username FROM items INDEXED BY items_open_purges "
+    "WHERE action = 'purge_dir' AND node IN (SELECT value FROM json_each(?1)) "
+    f"AND action <> 'warm' AND state IN {OPEN_STATES}"
 )
 # ?1: [item, note, the purge it waits for] rows of warms leased to ?2 just now, due at ?3.
 _HAND_BACK_BLOCKED = (
@@ -1333,9 +1335,10 @@ def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str,
     rows = db.execute(_OPEN_FILE_PURGES, (_json(purge_keys(claims)),)).fetchall() if files else []
     if dirs:
         rows += db.execute(_OPEN_DIR_PURGES, (_json(warm_nodes(claims)),)).fetchall()
-    blocked = blocking_purges(claims, [OpenPurge(r[0], r[1], r[2], r[3], _ACTIONS[r[4]]) for r in rows])
+    blocked = blocking_purges(claims, [OpenPurge(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows])
+    users = {claim.item_id: claim.user for claim in claims}
     if blocked:
-        held = _json([[item, waits_note(purge), purge.item_id] for item, purge in blocked.items()])
+        held = _json([[item, waits_note(purge, users[item]), purge.item_id] for item, purge in blocked.items()])
         db.execute(_HAND_BACK_BLOCKED, (held, worker, now + DEFER_SECONDS))
     return set(blocked)
 
