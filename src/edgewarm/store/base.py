@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
-from ..errors import SchemaVersionError
+from ..errors import RequestRefused, SchemaVersionError
 from ..models import (
     Cancel,
     Claim,
@@ -106,8 +106,8 @@ def purge_key(url: str, action: ItemAction) -> str | None:
 def purge_keys(claims: Sequence[Claim]) -> list[tuple[str, str]]:
     """(node, purge key) of the claimed warms: where the stores look for open file purges of them (their index
     holds the open purges by action, node and purge key)."""
-    keys = {(c.node, purge_key(c.url, ItemAction.PURGE)) for c in claims if c.action is ItemAction.WARM}
-    return sorted((node, key) for node, key in keys if key is not None)
+    keys = {(c.node, _object_of(c.url)) for c in claims if c.action is ItemAction.WARM}
+    return sorted((node, key[:PURGE_KEY_CHARS]) for node, key in keys if key is not None)
 
 
 def warm_nodes(claims: Sequence[Claim]) -> list[str]:
@@ -123,17 +123,22 @@ def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dic
     exact: dict[tuple[str, str], list[OpenPurge]] = {}  # (node, object): file purges, directories by their key
     other_dirs: list[tuple[OpenPurge, str]] = []  # a directory's key not ending in '/' (not one the API takes)
     for purge in sorted(purges, key=lambda p: p.item_id):
-        key = stored_target(purge.url).node_key
+        key = _object_of(purge.url)
+        if key is None:
+            continue
         if purge.action is ItemAction.PURGE_DIR and not key.endswith("/"):
             other_dirs.append((purge, key))
         else:
             exact.setdefault((purge.node, key), []).append(purge)
     dirs = any(purge.action is ItemAction.PURGE_DIR for purge in purges)
+    nodes = {purge.node for purge in purges}
     blocked: dict[int, OpenPurge] = {}
     for claim in claims:
-        if claim.action is not ItemAction.WARM:
+        if claim.action is not ItemAction.WARM or claim.node not in nodes:  # the usual claim: no purge open
             continue
-        key = stored_target(claim.url).node_key
+        key = _object_of(claim.url)
+        if key is None:
+            continue
         found = [p for p in exact.get((claim.node, key), ()) if p.action is ItemAction.PURGE]
         if dirs:
             cut = key.find("/")
@@ -145,6 +150,16 @@ def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dic
         if earlier:
             blocked[claim.item_id] = min(earlier, key=lambda p: p.item_id)
     return blocked
+
+
+def _object_of(url: str) -> str | None:
+    """What a node holds `url`'s object under (TargetUrl.node_key); None for a URL the API would refuse, written
+    into the store past it: its item fails without a request (engine), and holds nothing back (a planted CRLF
+    URL stopped the engine's claims here)."""
+    try:
+        return stored_target(url).node_key
+    except RequestRefused:
+        return None
 
 
 def waits_note(purge: OpenPurge, user: str) -> str:

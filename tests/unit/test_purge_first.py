@@ -1,0 +1,46 @@
+"""store/base.py's matching of claimed warms to open purges (PURGE_FIRST), apart from any store."""
+
+from __future__ import annotations
+
+from edgewarm.models import Claim, ItemAction
+from edgewarm.store.base import OpenPurge, blocking_purges, purge_keys
+
+HOST = "http://www.example.test"
+
+
+def warm(item_id: int, url: str, node: str = "edge-1") -> Claim:
+    return Claim(item_id, "later", url, node, ItemAction.WARM, 0)
+
+
+def purge(item_id: int, url: str, action: ItemAction = ItemAction.PURGE_DIR, node: str = "edge-1") -> OpenPurge:
+    return OpenPurge(item_id, f"task-{item_id}", node, url, action, "alice")
+
+
+def test_a_warm_is_held_by_the_earliest_purge_of_its_object_or_a_directory_over_it() -> None:
+    purges = [
+        purge(5, f"{HOST}/a/b/"),
+        purge(3, f"{HOST}/a/"),
+        purge(4, f"{HOST}/a/b/c.bin", ItemAction.PURGE),
+        purge(6, f"{HOST}/b/"),
+        purge(7, f"{HOST}/a/", node="edge-2"),
+        purge(200, f"{HOST}/z/"),  # submitted after the warms
+    ]
+    claims = [
+        warm(100, f"{HOST}/a/b/c.bin"),  # under /a/ (3), /a/b/ (5), and the file (4): the earliest
+        warm(101, f"{HOST}/bb/x"),  # /b/ is not over /bb/
+        warm(102, "https://WWW.Example.test:443/b/y?q=/a/"),  # another spelling, under /b/
+        warm(103, f"{HOST}/z/late"),  # the purge of /z/ came later
+        warm(104, f"{HOST}/c/d", node="edge-3"),  # no purge open on its node
+        warm(105, f"{HOST}/a/"),  # the directory's own URL
+    ]
+    held = {item: found.item_id for item, found in blocking_purges(claims, purges).items()}
+    assert held == {100: 3, 102: 6, 105: 3}
+
+
+def test_a_url_written_into_the_store_past_the_api_holds_back_nothing_and_raises_nothing() -> None:
+    """A CRLF URL planted in the store (the engine fails its item without a request): the claim's look for the
+    purges that hold it back raised the API's refusal and stopped the engine (a CI run)."""
+    claims = [warm(100, f"{HOST}/a\r\nX-Injected: yes"), warm(101, f"{HOST}/a/x")]
+    purges = [purge(3, f"{HOST}/a/"), purge(4, f"{HOST}/a\r\nX: y", ItemAction.PURGE)]
+    assert {item: found.item_id for item, found in blocking_purges(claims, purges).items()} == {101: 3}
+    assert purge_keys(claims) == [("edge-1", "www.example.test/a/x")]
