@@ -2063,7 +2063,7 @@ class TestPostgres:
             await store.create_task(warms)
             (purge,) = await other.claim_due_items("w2", 1, NOW, LEASE)
             assert purge.action is ItemAction.PURGE
-            real = edgewarm.store.postgres.waits_note
+            real = edgewarm.store.base.waits_note
             ended: list[int] = []
 
             def end_the_purge_meanwhile(found: OpenPurge, user: str) -> str:  # after the look, before the hand-back
@@ -2074,7 +2074,7 @@ class TestPostgres:
                     ended.append(purge.item_id)
                 return str(real(found, user))
 
-            monkeypatch.setattr(edgewarm.store.postgres, "waits_note", end_the_purge_meanwhile)
+            monkeypatch.setattr(edgewarm.store.base, "waits_note", end_the_purge_meanwhile)
             claims = await store.claim_due_items("w1", 10, NOW + 1, LEASE)
             assert ended == [purge.item_id]
             assert [(c.url, c.action) for c in claims] == [(u, ItemAction.WARM)], await store.list_items(warms.id)

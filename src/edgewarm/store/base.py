@@ -100,14 +100,15 @@ def purge_key(url: str, action: ItemAction) -> str | None:
     its node holds it, whatever its URL's spelling (`TargetUrl.node_key`: the host's case, a final dot, a default
     port and the scheme do not count), its first PURGE_KEY_CHARS characters (an index key holds that much; the
     purges found are checked whole, `blocking_purges`)."""
-    return None if action is ItemAction.WARM else stored_target(url).node_key[:PURGE_KEY_CHARS]
+    key = None if action is ItemAction.WARM else _object_of(url)
+    return None if key is None else key[:PURGE_KEY_CHARS]
 
 
 def purge_keys(claims: Sequence[Claim]) -> list[tuple[str, str]]:
     """(node, purge key) of the claimed warms: where the stores look for open file purges of them (their index
     holds the open purges by action, node and purge key)."""
-    keys = {(c.node, _object_of(c.url)) for c in claims if c.action is ItemAction.WARM}
-    return sorted((node, key[:PURGE_KEY_CHARS]) for node, key in keys if key is not None)
+    keys = {(c.node, purge_key(c.url, ItemAction.PURGE)) for c in claims if c.action is ItemAction.WARM}
+    return sorted((node, key) for node, key in keys if key is not None)
 
 
 def warm_nodes(claims: Sequence[Claim]) -> list[str]:
@@ -120,17 +121,19 @@ def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dic
     Each purge's object is read once, and a warm's purges are found by its object and the directories over it
     (each cut of its key after a '/'): not by every open purge of its node for every warm (1,000 open directory
     purges made a prefetch of 20,000 URLs 3 times slower: a re-tester's)."""
-    exact: dict[tuple[str, str], list[OpenPurge]] = {}  # (node, object): file purges, directories by their key
-    other_dirs: list[tuple[OpenPurge, str]] = []  # a directory's key not ending in '/' (not one the API takes)
-    for purge in sorted(purges, key=lambda p: p.item_id):
+    files: dict[tuple[str, str], list[OpenPurge]] = {}  # by (node, object)
+    dirs: dict[tuple[str, str], list[OpenPurge]] = {}  # by (node, the directory's object, ending in '/')
+    other_dirs: list[tuple[OpenPurge, str]] = []  # a directory's object not ending in '/' (not one the API takes)
+    for purge in purges:
         key = _object_of(purge.url)
         if key is None:
             continue
-        if purge.action is ItemAction.PURGE_DIR and not key.endswith("/"):
-            other_dirs.append((purge, key))
+        if purge.action is ItemAction.PURGE:
+            files.setdefault((purge.node, key), []).append(purge)
+        elif key.endswith("/"):
+            dirs.setdefault((purge.node, key), []).append(purge)
         else:
-            exact.setdefault((purge.node, key), []).append(purge)
-    dirs = any(purge.action is ItemAction.PURGE_DIR for purge in purges)
+            other_dirs.append((purge, key))
     nodes = {purge.node for purge in purges}
     blocked: dict[int, OpenPurge] = {}
     for claim in claims:
@@ -139,11 +142,11 @@ def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dic
         key = _object_of(claim.url)
         if key is None:
             continue
-        found = [p for p in exact.get((claim.node, key), ()) if p.action is ItemAction.PURGE]
-        if dirs:
+        found = list(files.get((claim.node, key), ()))
+        if dirs or other_dirs:
             cut = key.find("/")
             while cut >= 0:
-                found += [p for p in exact.get((claim.node, key[: cut + 1]), ()) if p.action is ItemAction.PURGE_DIR]
+                found += dirs.get((claim.node, key[: cut + 1]), ())
                 cut = key.find("/", cut + 1)
             found += [p for p, dir_key in other_dirs if p.node == claim.node and key.startswith(dir_key)]
         earlier = [p for p in found if p.item_id < claim.item_id and p.task_id != claim.task_id]
@@ -160,6 +163,13 @@ def _object_of(url: str) -> str | None:
         return stored_target(url).node_key
     except RequestRefused:
         return None
+
+
+def hand_backs(claims: Sequence[Claim], blocked: dict[int, OpenPurge]) -> list[tuple[int, str, int]]:
+    """The warms `blocked` holds back (blocking_purges) as the stores hand them back: (warm, its note, the purge it
+    waits for)."""
+    users = {claim.item_id: claim.user for claim in claims}
+    return [(item, waits_note(purge, users[item]), purge.item_id) for item, purge in blocked.items()]
 
 
 def waits_note(purge: OpenPurge, user: str) -> str:

@@ -64,6 +64,7 @@ from .base import (
     Window,
     blocking_purges,
     claim_scan,
+    hand_backs,
     known_search,
     purge_key,
     purge_keys,
@@ -73,7 +74,6 @@ from .base import (
     skipped_for,
     starting_with,
     tables_in_the_way,
-    waits_note,
     warm_nodes,
     wrong_version,
 )
@@ -1015,10 +1015,7 @@ class PostgresStore:
             blocked = blocking_purges(claims, purges)
             if not blocked:
                 return set()
-            ids = list(blocked)
-            users = {claim.item_id: claim.user for claim in claims}
-            notes = [waits_note(blocked[i], users[i]) for i in ids]
-            waited = [blocked[i].item_id for i in ids]
+            ids, notes, waited = (list(column) for column in zip(*hand_backs(claims, blocked), strict=True))
             async with conn.transaction():
                 await conn.execute(_LOCK_PURGES_TASKS, sorted({purge.task_id for purge in blocked.values()}))
                 handed = await conn.fetch(_HAND_BACK_BLOCKED, worker, ids, notes, waited, now + DEFER_SECONDS)

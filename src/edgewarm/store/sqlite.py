@@ -58,6 +58,7 @@ from .base import (
     Window,
     blocking_purges,
     claim_scan,
+    hand_backs,
     known_search,
     purge_key,
     purge_keys,
@@ -66,7 +67,6 @@ from .base import (
     schema_to_make,
     skipped_for,
     tables_in_the_way,
-    waits_note,
     warm_nodes,
     wrong_version,
 )
@@ -1336,10 +1336,8 @@ def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str,
     if dirs:
         rows += db.execute(_OPEN_DIR_PURGES, (_json(warm_nodes(claims)),)).fetchall()
     blocked = blocking_purges(claims, [OpenPurge(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows])
-    users = {claim.item_id: claim.user for claim in claims}
     if blocked:
-        held = _json([[item, waits_note(purge, users[item]), purge.item_id] for item, purge in blocked.items()])
-        db.execute(_HAND_BACK_BLOCKED, (held, worker, now + DEFER_SECONDS))
+        db.execute(_HAND_BACK_BLOCKED, (_json(hand_backs(claims, blocked)), worker, now + DEFER_SECONDS))
     return set(blocked)
 
 
