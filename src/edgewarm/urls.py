@@ -71,7 +71,10 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
     else:
         raise RequestRefused(code, f"the {entry} list must be an array of strings or a string")
     listed = [p.strip() for p in pieces if p.strip()]
-    if code is JdCode.ILLEGAL_URL and (joined := next((p for p in listed if _JOINED.search(p)), None)) is not None:
+    if (
+        code is JdCode.ILLEGAL_URL
+        and (joined := next((p for p in listed if "," in p and _JOINED.search(p)), None)) is not None
+    ):
         # A URL may hold a comma, but one followed by a scheme is a list written into one entry.
         raise _illegal(joined, "several URLs in one entry, joined by commas: give each URL as an entry of its own")
     return listed
