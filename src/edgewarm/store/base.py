@@ -172,6 +172,38 @@ def hand_backs(claims: Sequence[Claim], blocked: dict[int, OpenPurge]) -> list[t
     return [(item, waits_note(purge, users[item]), purge.item_id) for item, purge in blocked.items()]
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimShares:
+    """A claim's ask: lease up to `want` due items, shared among the users with items due (answered with them)."""
+
+    want: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandBack:
+    """A claim's ask: hand back the warms among `claims` (just leased) that an earlier task's open purge holds
+    back (answered with those handed back)."""
+
+    claims: list[Claim]
+
+
+def purge_first_plan(limit: int) -> Generator[ClaimShares | HandBack, list[Claim], list[Claim]]:
+    """A claim of `limit` items as both stores make it (run by `run_plan` or `run_plan_async`): the users' shares,
+    less the warms an earlier task's open purge holds back (PURGE_FIRST), others claimed in their place,
+    DEFER_ROUNDS times at most."""
+    claims = found = yield ClaimShares(limit)
+    for round_ in range(1, DEFER_ROUNDS + 1):
+        held = {claim.item_id for claim in (yield HandBack(found))}
+        if not held:
+            break
+        claims = [claim for claim in claims if claim.item_id not in held]
+        if round_ == DEFER_ROUNDS or len(claims) >= limit:
+            break
+        found = yield ClaimShares(limit - len(claims))
+        claims += found
+    return claims
+
+
 def waits_note(purge: OpenPurge, user: str) -> str:
     """A warm's error while it waits for an earlier task's purge (its item's `error` while pending), seen by the
     warm's `user`: another user's task is not named (its id answers as an unknown one would)."""

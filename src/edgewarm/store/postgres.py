@@ -45,7 +45,6 @@ from ..models import (
 )
 from . import redacted
 from .base import (
-    DEFER_ROUNDS,
     DEFER_SECONDS,
     MAX_STAGES,
     NO_WEBHOOK_DUE,
@@ -55,7 +54,9 @@ from .base import (
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
+    ClaimShares,
     FairClaims,
+    HandBack,
     Opening,
     OpenPurge,
     ScanPoint,
@@ -66,6 +67,7 @@ from .base import (
     claim_scan,
     hand_backs,
     known_search,
+    purge_first_plan,
     purge_key,
     purge_keys,
     rewarm_in_steps,
@@ -966,26 +968,21 @@ class PostgresStore:
             leased.extend(claims)
             return claims
 
-        async with self._connection() as conn:
-            users = await conn.fetchval(_DUE_USERS, now)
+        users: list[str] = []
         handed: set[int] = set()  # held back by a purge and handed back (PURGE_FIRST)
+
+        async def step(ask: ClaimShares | HandBack) -> list[Claim]:
+            nonlocal users
+            if isinstance(ask, HandBack):
+                held = await self._hand_back_blocked(ask.claims, worker, now)
+                handed.update(claim.item_id for claim in held)
+                return held
+            async with self._connection() as conn:
+                users = await conn.fetchval(_DUE_USERS, now)
+            return await run_plan_async(self._fair.plan(users, ask.want), take)
+
         try:
-            claims = found = await run_plan_async(self._fair.plan(users, limit), take)
-            # Warms an earlier task's open purge holds back go back (PURGE_FIRST); others are claimed in their
-            # place, a few rounds at most.
-            for round_ in range(1, DEFER_ROUNDS + 1):
-                held = await self._hand_back_blocked(found, worker, now)
-                if not held:
-                    break
-                handed |= held
-                claims = [c for c in claims if c.item_id not in held]
-                if round_ == DEFER_ROUNDS or len(claims) >= limit:
-                    break
-                async with self._connection() as conn:
-                    users = await conn.fetchval(_DUE_USERS, now)
-                found = await run_plan_async(self._fair.plan(users, limit - len(claims)), take)
-                claims += found
-            return claims
+            return await run_plan_async(purge_first_plan(limit), step)
         except StoreError:
             # Each step commits on its own: those leased before the failure are this worker's now, and are
             # worked (before, they waited for their leases to end: a minute after a store's restart). (A warm
@@ -994,12 +991,12 @@ class PostgresStore:
                 raise
             return [c for c in leased if c.item_id not in handed]
 
-    async def _hand_back_blocked(self, claims: list[Claim], worker: str, now: float) -> set[int]:
+    async def _hand_back_blocked(self, claims: list[Claim], worker: str, now: float) -> list[Claim]:
         """Hand back, unsent and due DEFER_SECONDS later, the warms among `claims` (just leased to `worker`) that
-        an earlier task's open purge holds back (PURGE_FIRST); returns their ids. One step of a small index when
-        no purge is open."""
+        an earlier task's open purge holds back (PURGE_FIRST); returns those handed back. One step of a small
+        index when no purge is open."""
         if not claims:
-            return set()
+            return []
         async with self._connection() as conn:
             kinds = await conn.fetchrow(_OPEN_PURGE_KINDS)
             assert kinds is not None  # one row, always
@@ -1010,16 +1007,17 @@ class PostgresStore:
             if kinds[1]:
                 rows += await conn.fetch(_OPEN_DIR_PURGES, warm_nodes(claims))
             if not rows:
-                return set()
+                return []
             purges = [OpenPurge(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5]) for r in rows]
             blocked = blocking_purges(claims, purges)
             if not blocked:
-                return set()
+                return []
             ids, notes, waited = (list(column) for column in zip(*hand_backs(claims, blocked), strict=True))
             async with conn.transaction():
                 await conn.execute(_LOCK_PURGES_TASKS, sorted({purge.task_id for purge in blocked.values()}))
                 handed = await conn.fetch(_HAND_BACK_BLOCKED, worker, ids, notes, waited, now + DEFER_SECONDS)
-        return {row[0] for row in handed}
+        ids_handed = {row[0] for row in handed}
+        return [claim for claim in claims if claim.item_id in ids_handed]
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
         if not item_ids:

@@ -39,7 +39,6 @@ from ..models import (
 from ..tuning import out_of_open_files
 from . import make_folder_of, sqlite_uri
 from .base import (
-    DEFER_ROUNDS,
     DEFER_SECONDS,
     MAX_STAGES,
     NO_WEBHOOK_DUE,
@@ -49,7 +48,9 @@ from .base import (
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
+    ClaimShares,
     FairClaims,
+    HandBack,
     Opening,
     OpenPurge,
     ScanPoint,
@@ -60,6 +61,7 @@ from .base import (
     claim_scan,
     hand_backs,
     known_search,
+    purge_first_plan,
     purge_key,
     purge_keys,
     rewarm_in_steps,
@@ -625,19 +627,12 @@ class SQLiteStore:
             # the claims wait for the event loop between them (a tester's 10 users beside a slow node: the live
             # node's items took twice as long).
             with _write_transaction(self.db):
-                claims = found = shares(limit)
-                # Warms an earlier task's open purge holds back go back (PURGE_FIRST); others are claimed in
-                # their place, a few rounds at most.
-                for round_ in range(1, DEFER_ROUNDS + 1):
-                    held = _hand_back_blocked(self.db, found, worker, now)
-                    if not held:
-                        break
-                    claims = [c for c in claims if c.item_id not in held]
-                    if round_ == DEFER_ROUNDS or len(claims) >= limit:
-                        break
-                    found = shares(limit - len(claims))
-                    claims += found
-                return claims
+                return run_plan(purge_first_plan(limit), step)
+
+        def step(ask: ClaimShares | HandBack) -> list[Claim]:
+            if isinstance(ask, ClaimShares):
+                return shares(ask.want)
+            return _hand_back_blocked(self.db, ask.claims, worker, now)
 
         return await self._run(claim)
 
@@ -1325,12 +1320,12 @@ def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> 
     return tuple(task_from_row(row) for row in db.execute(ended, (_json(task_ids), now)))
 
 
-def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str, now: float) -> set[int]:
+def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str, now: float) -> list[Claim]:
     """Hand back, unsent and due DEFER_SECONDS later, the warms among `claims` (just leased to `worker`) that an
-    earlier task's open purge holds back (PURGE_FIRST); returns their ids. One step of a small index when no
-    purge is open."""
+    earlier task's open purge holds back (PURGE_FIRST); returns them. One step of a small index when no purge is
+    open."""
     if not claims:
-        return set()
+        return []
     files, dirs = db.execute(_OPEN_PURGE_KINDS).fetchone()
     rows = db.execute(_OPEN_FILE_PURGES, (_json(purge_keys(claims)),)).fetchall() if files else []
     if dirs:
@@ -1338,7 +1333,7 @@ def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str,
     blocked = blocking_purges(claims, [OpenPurge(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5]) for r in rows])
     if blocked:
         db.execute(_HAND_BACK_BLOCKED, (_json(hand_backs(claims, blocked)), worker, now + DEFER_SECONDS))
-    return set(blocked)
+    return [claim for claim in claims if claim.item_id in blocked]
 
 
 def _release_waiting(db: sqlite3.Connection, ended: list[int], now: float, *, orphans: bool = False) -> int:
