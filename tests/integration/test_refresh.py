@@ -237,8 +237,8 @@ def test_a_warm_of_an_answer_that_varies_says_which_copy_it_filled(service: Serv
     nginx = [n.name for n in lab.cache_nodes() if n.kind == "nginx"]
     said = (
         "its answer varies on Accept-Encoding (Vary): warmed the copy for Accept-Encoding 'gzip, deflate, br, zstd'; "
-        "viewers who send other values miss until theirs is stored ([engine] accept_encoding and user_agent choose "
-        "the copy warmed)"
+        "viewers who send other values get their own copy: none until one is stored, or one stored before, which a "
+        "refresh does not remove ([engine] accept_encoding and user_agent choose the copy warmed)"
     )
     assert {notes[name] for name in nginx} == {said}, notes
     assert [notes[n.name] for n in lab.cache_nodes() if n.kind == "varnish"] == [None], notes

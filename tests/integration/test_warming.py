@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from edgewarm.client import Client
+from edgewarm.engine.actions import NO_STATE_NOTE
 from edgewarm.engine.outcome import NO_STATE_TOLD
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond
@@ -320,6 +321,19 @@ def test_with_verify_a_url_the_node_does_not_cache_and_tells_no_state_of_fails(t
     assert (shield["state"], shield["cache_state"]) == ("failed", None)
     assert shield["error"] == f"not cached after the warm: no cache state again ({NO_STATE_TOLD})"
     assert lab.fetch(lab.shield, long_path).cache_status is None  # nginx tells nothing: not from its cache
+
+
+def test_without_verify_a_url_the_node_tells_no_state_of_succeeds_with_a_note(tmp_path: Path, lab: Lab) -> None:
+    """The same URL without verify counts as warmed (README), and its items say that the node told no state
+    where it tells one for other URLs (before: "Succeeded" and nothing more, a tester's JD client)."""
+    lab.write_file("/ok/b.txt", b"b" * 100)
+    long_path = "/ok/b.txt?" + "x" * 4000
+    with start_service(tmp_path, lab.nodes_toml()) as service, client_for(service) as client:
+        assert client.wait(client.prefetch([url_of("/ok/b.txt")]), timeout=60)["status"] == 0  # MISS: told
+        taskid = client.prefetch([url_of(long_path)])
+        assert client.wait(taskid, timeout=60)["status"] == 0
+        items = client.task(taskid)["items"]
+    assert {(i["state"], i["cache_state"], i["note"]) for i in items} == {("succeeded", None, NO_STATE_NOTE)}, items
 
 
 def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: Lab) -> None:

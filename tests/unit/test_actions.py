@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from edgewarm.config import Engine, Node, NodeKind
-from edgewarm.engine.actions import _under, perform
+from edgewarm.engine.actions import NO_STATE_NOTE, _under, perform
 from edgewarm.engine.fetcher import FetchResult
 from edgewarm.engine.node_health import Hold
 from edgewarm.engine.outcome import GATEWAY_ERRORS
@@ -91,6 +91,47 @@ def test_an_edges_gateway_error_with_its_shield_up_is_the_edges_own_and_spends_a
     assert (outcome.attempts, outcome.error) == (1, "HTTP 502" + GATEWAY_ERRORS[502])
     without = _Fleet(shield_held=True)
     assert _warm_on_the_edge(without, ()).attempts == 1 and without.asked == [("GET", "edge-1")]  # no shields
+
+
+def test_an_ats_edges_502_with_its_shield_up_says_ats_may_still_count_its_parent_down() -> None:
+    """ATS answers 502 for a while after its parent failed, though the parent is back (a tester's ATS edge
+    failed 66 items with a bare "HTTP 502 (a gateway error …)"): the error says why and what to set."""
+    fleet = _Fleet(shield_held=False)
+    claim = Claim(1, "t", "http://www.example.test/a", "edge-1", ItemAction.WARM, 0)
+    edge = Node(name="edge-1", url="http://127.0.0.1:1", kind=NodeKind.ATS)
+    outcome = asyncio.run(perform(claim, edge, 1, fleet, None, Engine(), 100.0, upstream=(SHIELD,)))  # type: ignore[arg-type]
+    assert outcome.attempts == 1 and outcome.retry_at is not None  # retried as before
+    assert outcome.error == (
+        "HTTP 502 from edge-1 though shield-1 answers: ATS may still count its parent down after failures "
+        "(proxy.config.http.parent_proxy.retry_time, 300 s by default; README: How each cache purges, ATS)"
+    )
+
+
+class _NoState:
+    """A NodeClient whose node answers 200 telling no cache state; `telling`: it told a MISS before."""
+
+    def __init__(self, telling: bool) -> None:
+        self.health = None
+        self.telling = telling
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        return FetchResult(200, 10)
+
+    def tells_misses(self, node: Node) -> bool:
+        return self.telling
+
+
+def test_a_warm_told_no_cache_state_by_a_node_that_tells_one_succeeds_with_a_note() -> None:
+    """Without verify such an answer counts as warmed (README), but nginx sends no state for a URL it does not
+    cache (a cache key longer than proxy_buffer_size: a tester's JD client was told "Succeeded" for a URL no
+    cache held): the item says so. A node that never tells a state gets no note."""
+    claim = Claim(1, "t", "http://www.example.test/a", "edge-1", ItemAction.WARM, 0)
+    edge = Node(name="edge-1", url="http://127.0.0.1:1")
+    for telling, note in ((True, NO_STATE_NOTE), (False, None)):
+        outcome = asyncio.run(perform(claim, edge, 1, _NoState(telling), None, Engine(), 100.0))  # type: ignore[arg-type]
+        assert (outcome.succeeded, outcome.error) == (True, note)
 
 
 def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with() -> None:

@@ -23,6 +23,12 @@ KNOWN_URLS_LIMIT = 100_000
 # time), Varnish 503 ("Backend fetch failed"), Squid 502/503, ATS 502.
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 _DONE = (purge.Verdict.PURGED, purge.Verdict.NOT_CACHED)
+# A warm's note (it succeeds: without verify, an answer that tells no state counts as warmed) when its node told
+# a state in other answers.
+NO_STATE_NOTE = (
+    "its answer told no cache state, though the node tells one in other answers: it may not have used its cache for "
+    "this URL (nginx does not for a cache key longer than its proxy_buffer_size; [engine] verify = true asks again)"
+)
 AGE_SLACK_SECONDS = 10  # `Age` is whole seconds, counted by the node when it answers
 
 
@@ -102,6 +108,9 @@ async def _warm(
     ):
         verified = await fetcher.request("GET", node, target)
     note = variant_note(result.varies, node.kind, settings)
+    if state is None and verified is None and result.status == 200 and fetcher.tells_misses(node):
+        told = NO_STATE_NOTE
+        note = told if note is None else f"{note}; {told}"
     return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified, note=note)
 
 
@@ -118,6 +127,15 @@ async def _upstream_held(
         if asked.hold is not None:
             why = f"HTTP {result.status} from {node.name}, which fetches through {shield.name}: {asked.hold.reason}"
             return replace(result, error=why, hold=asked.hold)
+    if node.kind is NodeKind.ATS and result.status == 502:
+        # The shields answer, and ATS still answers 502: it counts its parent down for a while after failures.
+        names = ", ".join(shield.name for shield in upstream)
+        why = (
+            f"HTTP 502 from {node.name} though {names} {'answers' if len(upstream) == 1 else 'answer'}: ATS "
+            "may still count its parent down after failures (proxy.config.http.parent_proxy.retry_time, 300 s by "
+            "default; README: How each cache purges, ATS)"
+        )
+        return replace(result, error=why)
     return result
 
 

@@ -52,7 +52,8 @@ def variant_note(varies: str | None, kind: NodeKind, settings: Engine) -> str | 
     )
     return (
         f"its answer varies on {', '.join(n.title() for n in names)} (Vary): warmed the copy for {', '.join(shown)}; "
-        f"viewers who send other values miss until theirs is stored{chosen}"
+        "viewers who send other values get their own copy: none until one is stored, or one stored before, which a "
+        f"refresh does not remove{chosen}"
     )
 
 
