@@ -48,12 +48,23 @@ class Limits(_Model):
     dirs_per_day: PositiveInt = 50
 
 
+def _ascii_form(pattern: str) -> str:
+    """For a name of non-ASCII letters, where to write its ASCII form (IDNA), as URLs give it; else ''."""
+    if pattern.isascii():
+        return ""
+    try:
+        ascii_form = pattern.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ": write a name of non-ASCII letters in its ASCII form (IDNA: xn--…)"
+    return f": write a name of non-ASCII letters in its ASCII form (IDNA), as URLs give it: {ascii_form!r}"
+
+
 def _check_domain(pattern: str) -> str:
     pattern = pattern.strip().lower().rstrip(".")
     bare = pattern[2:] if pattern.startswith("*.") else pattern
     labels = bare.split(".")
     if "*" in bare or len(labels) < 1 or not all(_DOMAIN_LABEL.match(label) for label in labels):
-        raise ValueError(f"{pattern!r} is not a domain name or a '*.domain' wildcard")
+        raise ValueError(f"{pattern!r} is not a domain name or a '*.domain' wildcard{_ascii_form(pattern)}")
     if bare.replace(".", "").isdigit():
         raise ValueError(f"{pattern!r} is an IP address: URLs must name a domain (the API refuses IP hosts)")
     return pattern

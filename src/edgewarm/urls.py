@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
             raise RequestRefused(code, f"the {entry} list starts with '[' but is no JSON array") from None
     if isinstance(value, str):
         pieces = value.split(",")
+        if code is JdCode.ILLEGAL_URL and len(pieces) > 1:
+            _no_query_cut(pieces)
     elif isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise RequestRefused(code, f"every {entry} must be a string")
@@ -81,6 +84,18 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
 
 
 _JOINED = re.compile(r",\s*https?://", re.IGNORECASE)
+
+
+def _no_query_cut(pieces: list[str]) -> None:
+    """Refuse a list of URLs separated by commas where a comma cut a URL's query (`…?a=1,2`): its piece after the
+    comma is no URL (it was refused as "illegal URL '2'", the URL not named)."""
+    for before, piece in itertools.pairwise(pieces):
+        if "?" in before and piece.strip() and "://" not in piece:
+            raise _illegal(
+                f"{before.strip()},{piece.rstrip()}",
+                "a comma in a URL's query, in a list separated by commas (the list is cut at every comma): give "
+                'the list as a JSON array (in a form field, its JSON text: ["http://…"])',
+            )
 
 
 def _illegal(raw: str, reason: str) -> RequestRefused:
@@ -251,11 +266,11 @@ def _split_any(raw: str) -> TargetUrl:
     if not is_plain(raw):
         try:  # urlsplit refuses some hosts in brackets ("http://[]/é"): a refusal too, not an internal error
             parts = urlsplit(raw)
-            if not (parts.hostname or "").isascii():
-                raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
-            parts.port  # noqa: B018 (a port of non-ASCII digits: what urlsplit says of it)
         except ValueError as exc:
             raise illegal(str(exc)) from None
+        if not (parts.hostname or "").isascii():
+            raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
+        _port(parts, illegal)  # a port of non-ASCII digits
         raise illegal(
             "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (a form body is "
             "decoded once before: there, write '%' as '%25', as curl --data-urlencode does)"
@@ -265,11 +280,9 @@ def _split_any(raw: str) -> TargetUrl:
         raise illegal("a '\\' after the host: browsers read it as '/' (write that)")
     try:
         parts = urlsplit(raw)
-        port = parts.port
     except ValueError as exc:
         raise illegal(str(exc)) from None
-    if port == 0:
-        raise illegal("port 0 is not a port")
+    port = _port(parts, illegal)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise illegal("the scheme must be http or https")
@@ -288,6 +301,18 @@ def _split_any(raw: str) -> TargetUrl:
         raise illegal("the path must start with '/'")
     path_query = path + (f"?{parts.query}" if parts.query or raw.endswith("?") else "")
     return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
+
+
+def _port(parts: SplitResult, illegal: Callable[[str], RequestRefused]) -> int | None:
+    """The port of `parts`, or None; refused unless it is a number from 1 to 65535 (urlsplit's own words were
+    "Port could not be cast to integer value as '+80'")."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise illegal("the port must be a number from 1 to 65535, in ASCII digits")
+    return port
 
 
 def find_duplicate(targets: Sequence[TargetUrl]) -> tuple[TargetUrl, TargetUrl] | None:

@@ -615,6 +615,30 @@ async def test_the_caller_is_checked_before_the_values_of_the_fields(api: Api, p
     assert (await api.call(path, {**fields, **creds()}))["status"] in (2, 16, 17)
 
 
+async def test_parameters_in_the_query_string_or_a_form_labelled_json_are_told_where_they_go(api: Api) -> None:
+    """Before: "parameters must not be empty" to a POST whose parameters were in its URL's query string (as
+    HTTP helpers' "params" put them), and a bare parse error to a form labelled application/json."""
+    query = urlencode({**creds(), "taskid": "x"})
+    response = await api.client.post(f"/api/prefetchQuery?{query}")
+    assert response.json() == {
+        "status": 2,
+        "msg": "parameters must not be empty (the URL's query string is not read: send them in the body, as JSON "
+        "or a form)",
+    }
+    assert (await api.raw("/api/prefetchQuery", b"", None))["msg"] == "parameters must not be empty"
+    answer = await api.raw("/api/prefetchQuery", query.encode(), "application/json")
+    assert answer["status"] == 2 and answer["msg"].startswith("the body is not valid JSON: "), answer
+    assert answer["msg"].endswith(" (it looks like a form: label it application/x-www-form-urlencoded)"), answer
+    answer = await api.raw("/api/prefetchQuery", b"[1,", "application/json")
+    assert answer["status"] == 2 and "looks like a form" not in answer["msg"], answer
+
+
+async def test_a_boolean_field_that_is_no_boolean_is_named(api: Api) -> None:
+    """Before: "a boolean was expected, not 'yes'", naming no field."""
+    answer = await api.call("/api/prefetch", {**creds(), "refresh": "yes", "publish_urls": urls(1)})
+    assert (answer["status"], answer["msg"]) == (2, "refresh: a boolean was expected (true or false), not 'yes'")
+
+
 async def test_prefetch_query_answers_in_progress(api: Api) -> None:
     """A fresh task is status 1 'In Progress', found by its 36- or 32-character id."""
     taskid = await api.submitted()
@@ -1020,6 +1044,8 @@ async def test_extension_fields_with_control_characters_or_out_of_bounds_are_ref
         ({"since": "nan"}, "since"),
         ({"until": "inf"}, "until"),
         ({"since": "1e400"}, "since"),
+        ({"since": "1796124067000"}, "since"),  # milliseconds: read as seconds, it matched nothing and said nothing
+        ({"until": "20261399"}, "until"),  # eight digits are a date: this one is none
     ],
 )
 async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
@@ -1031,6 +1057,20 @@ async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
     response = await api.client.get("/v1/tasks", headers=headers, params=params)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == 2 and response.json()["error"].startswith(f"{name}:"), response.json()
+
+
+async def test_a_task_list_filter_of_eight_digits_is_a_date(api: Api) -> None:
+    """`since=20261202` (ISO 8601's basic form, JD's signature date) is that day, not 23 August 1970 in epoch
+    seconds (a tester's filter let every task through); ten digits are still seconds."""
+    await api.submitted()
+    created = datetime.fromtimestamp(NOW, UTC)
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    for since, listed in ((created.date() + timedelta(days=1), 0), (created.date(), 1)):
+        response = await api.client.get("/v1/tasks", headers=headers, params={"since": since.strftime("%Y%m%d")})
+        assert response.status_code == 200 and len(response.json()["tasks"]) == listed, response.text
+    seconds = str(int(created.timestamp()) + 86_400)
+    response = await api.client.get("/v1/tasks", headers=headers, params={"since": seconds})
+    assert response.json()["tasks"] == []
 
 
 async def list_pages(api: Api, step: str, between: Callable[[int], Any], **params: Any) -> list[str]:

@@ -241,6 +241,16 @@ def test_bad_domain_is_refused(domain: str) -> None:
     assert refused_key(data) == "users[0].domains"
 
 
+def test_a_domain_of_non_ascii_letters_is_refused_giving_its_ascii_form() -> None:
+    """Before: "is not a domain name or a '*.domain' wildcard", where the API tells a URL's such host to use
+    its ASCII form (a tester's)."""
+    data = example()
+    data["users"][0]["domains"] = ["*.中国.example.test"]
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert "ASCII form (IDNA), as URLs give it: '*.xn--fiqs8s.example.test'" in str(refused.value)
+
+
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":8080", "bad host:80", "h:x"])
 def test_bad_listen_is_refused(listen: str) -> None:
     """listen must be HOST:PORT with a port in 1..65535."""

@@ -298,6 +298,20 @@ def test_urls_joined_by_commas_in_one_entry_are_refused(value: Any) -> None:
     assert refused.value.code == JdCode.ILLEGAL_URL and "joined by commas" in refused.value.message
 
 
+@pytest.mark.parametrize("value", ["http://a.test/d?a=1,2", "http://a.test/x, http://a.test/d?a=1, 2 ,http://a.test/y"])
+def test_a_comma_in_a_query_in_a_list_separated_by_commas_is_refused_naming_the_url(value: str) -> None:
+    """The list is cut at every comma: the URL's piece after it was refused as "illegal URL '2': the scheme
+    must be http or https" (a tester's), the URL not named. A string list of URLs without queries, or with
+    commas only between URLs, is read as before."""
+    with pytest.raises(RequestRefused) as refused:
+        split_list(value)
+    assert refused.value.code == JdCode.ILLEGAL_URL
+    assert refused.value.message.startswith("illegal URL 'http://a.test/d?a=1,")
+    assert "give the list as a JSON array" in refused.value.message
+    assert split_list("http://a.test/x?y=1, http://a.test/z,") == ["http://a.test/x?y=1", "http://a.test/z"]
+    assert split_list('["http://a.test/d?a=1,2"]') == ["http://a.test/d?a=1,2"]
+
+
 def test_a_comma_not_followed_by_a_scheme_stays_in_its_url() -> None:
     assert split_list(["http://a.test/1,2", "http://a.test/x?l=a,b"]) == ["http://a.test/1,2", "http://a.test/x?l=a,b"]
 
@@ -311,12 +325,27 @@ def test_a_non_ascii_host_is_told_to_use_its_ascii_form() -> None:
     assert "percent-encoded" in refused.value.message
 
 
-@pytest.mark.parametrize("url", ["http://[::1]:é/", "http://a.example:é/x", "http://a.example:١٢/x"])
-def test_a_port_of_non_ascii_characters_is_told_as_the_port(url: str) -> None:
-    # It was told to write its host in ASCII (the port is part of the netloc that was looked at).
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]:é/",
+        "http://a.example:é/x",
+        "http://a.example:١٢/x",
+        "http://a.example:８０/x",
+        "http://a.example:+80/x",
+        "http://a.example:-1/x",
+        "http://a.example:1_0/x",
+        "http://a.example:99999/x",
+        "http://a.example:0/x",
+    ],
+)
+def test_a_port_that_is_no_port_is_told_as_the_port(url: str) -> None:
+    """It was told to write its host in ASCII (the port is part of the netloc that was looked at), then in
+    urlsplit's words ("Port could not be cast to integer value as '+80'", "Port out of range 0-65535")."""
     with pytest.raises(RequestRefused) as refused:
         parse_url(url)
-    assert refused.value.code == JdCode.ILLEGAL_URL and "Port could not be cast to integer" in refused.value.message
+    assert refused.value.code == JdCode.ILLEGAL_URL
+    assert refused.value.message.endswith(": the port must be a number from 1 to 65535, in ASCII digits")
 
 
 # --- property ------------------------------------------------------------------------------------------

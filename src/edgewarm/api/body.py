@@ -41,6 +41,18 @@ _LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes 
 _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
 
 
+_FORMLIKE = re.compile(rb"[A-Za-z_][A-Za-z0-9_%\[\]]*=[^{}]*\Z")  # name=value&…, sent labelled JSON
+
+
+def _no_params(request: Request) -> RequestRefused:
+    """The refusal of a call whose body holds no parameters; one that gave them in the URL's query string (as
+    some HTTP helpers do with "params") is told where they go."""
+    where = (
+        " (the URL's query string is not read: send them in the body, as JSON or a form)" if request.url.query else ""
+    )
+    return RequestRefused(JdCode.PARAMS_EMPTY, f"parameters must not be empty{where}")
+
+
 def caller_address(request: Request) -> str | None:
     """The address the call came from: the peer's, or what a trusted proxy said of it (uvicorn's proxy headers,
     from 127.0.0.1 by default: FORWARDED_ALLOW_IPS)."""
@@ -63,7 +75,7 @@ async def read_params(request: Request) -> dict[str, Any]:
         media = "application/json" if raw.lstrip()[:1] == b"[" else _FORM
     if media == "application/json" or media.endswith("+json"):
         if not raw.strip():
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
+            raise _no_params(request)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -71,11 +83,14 @@ async def read_params(request: Request) -> dict[str, Any]:
                 raise RequestRefused(
                     JdCode.PARAMS_EMPTY, f"the body is not valid JSON in UTF-8 (JSON is read as UTF-8, not {charset})"
                 ) from None
-            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the body is not valid JSON: {exc}") from None
+            looks = (
+                " (it looks like a form: label it application/x-www-form-urlencoded)" if _FORMLIKE.match(raw) else ""
+            )
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the body is not valid JSON: {exc}{looks}") from None
         if not isinstance(data, dict):
             raise RequestRefused(JdCode.PARAMS_EMPTY, "the body must be a JSON object of parameters")
         if not data:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
+            raise _no_params(request)
         if (twice := _repeated_key(raw, data)) is not None:
             raise repeated(*twice)
         return data
@@ -95,7 +110,7 @@ async def read_params(request: Request) -> dict[str, Any]:
         except ValueError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form has more than {MAX_FORM_FIELDS} fields") from None
         if not form:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, "parameters must not be empty")
+            raise _no_params(request)
         return _fields(form)
     raise UnsupportedMediaType(f"unsupported content type {media!r}: send application/json or a form")
 

@@ -42,7 +42,7 @@ def flag(params: dict[str, Any], name: str) -> bool:
         return False
     if value in ("1", "true", "True", 1):
         return True
-    raise RequestRefused(JdCode.PARAMS_EMPTY, f"a boolean was expected, not {value!r}")
+    raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: a boolean was expected (true or false), not {value!r}")
 
 
 def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:

@@ -119,8 +119,13 @@ def plain_filter(url: str | None) -> str | None:
     return url or None
 
 
+LAST_EPOCH_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: a larger number is no time in seconds (milliseconds?)
+
+
 def epoch(value: str | None, name: str) -> float | None:
-    """A time given as epoch seconds or ISO 8601 (UTC when it names no zone)."""
+    """A time given as epoch seconds or ISO 8601 (UTC when it names no zone). Eight digits are a date (ISO 8601's
+    basic form, 20261202; as seconds, a day of 1970), a number past the year 9999 is refused (milliseconds, most
+    likely: read as seconds it matched no task, and said nothing)."""
     if value is None or value == "":
         return None
     try:
@@ -130,7 +135,13 @@ def epoch(value: str | None, name: str) -> float | None:
     else:
         if not math.isfinite(seconds):
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)")
-        return seconds
+        if abs(seconds) > LAST_EPOCH_SECOND:
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY,
+                f"{name}: {value} is past the year 9999 in seconds: give epoch seconds, not milliseconds",
+            )
+        if not (len(value) == 8 and value.isdigit()):
+            return seconds
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
