@@ -68,6 +68,7 @@ def config(
     node_width: int | None = None,
     flush_interval: float = 0.05,
     node_name: str = "e1",
+    users: tuple[str, ...] = ("u",),
     **engine_keys: Any,
 ) -> Config:
     node: dict[str, Any] = {"name": node_name, "url": "http://127.0.0.1:1"}
@@ -85,16 +86,16 @@ def config(
             "store": "memory://",
             "engine": engine,
             "nodes": [node],
-            "users": [{"name": "u", "secret": "s" * 16, "domains": ["example.test"]}],
+            "users": [{"name": name, "secret": "s" * 16, "domains": ["example.test"]} for name in users],
         }
     )
 
 
-async def submit(store: TaskStore, count: int, node: str = "e1") -> str:
+async def submit(store: TaskStore, count: int, node: str = "e1", user: str = "u", folder: str = "") -> str:
     task_id = str(uuid.uuid4())
-    items = tuple(NewItem(seq=i, url=f"http://example.test/{task_id}/{i}", node=node) for i in range(count))
+    items = tuple(NewItem(seq=i, url=f"http://example.test/{folder}{task_id}/{i}", node=node) for i in range(count))
     quota = QuotaCharge("20261128", count, 0, 10**9, 10)
-    await store.create_task(NewTask(task_id, "u", TaskKind.PREFETCH, time.time(), items, quota))
+    await store.create_task(NewTask(task_id, user, TaskKind.PREFETCH, time.time(), items, quota))
     return task_id
 
 
@@ -142,6 +143,67 @@ async def test_a_reload_widens_and_narrows_a_nodes_lane() -> None:
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
     assert fetcher.requests == done  # nothing fetched twice, nothing left out
+
+
+class HeldFetcher:
+    """Holds the requests of URLs under /slow/ until `release` is set (an origin that answers a byte at a time);
+    answers the others at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.slow = 0  # in flight
+        self.slow_peak = 0
+        self.fast = 0  # answered
+        self.health = None
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        if target.path_query.startswith("/slow/"):
+            self.slow += 1
+            self.slow_peak = max(self.slow_peak, self.slow)
+            try:
+                await self.release.wait()
+            finally:
+                self.slow -= 1
+        else:
+            self.fast += 1
+        return FetchResult(200, 100, CacheState.MISS)
+
+    def tells_misses(self, node: Node) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("users", [1, 2])
+async def test_one_users_slow_requests_leave_a_worker_of_the_lane_for_the_other_users(users: int) -> None:
+    """With other users configured, one user's claims take at most width - 1 of a lane's workers: another
+    user's items start at once beside a user's requests that take long (a tester's: 64 requests to a slow
+    origin of one user's held every worker of the node, and another user's one URL waited 17-37 s for one of
+    them to end). One user alone takes every worker."""
+    fetcher = HeldFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4, users=("u", "v")[:users]), store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            slow = await submit(store, 10, folder="slow/")
+            engine.wake()
+            await until(lambda: fetcher.slow == 4 - (users - 1), "the slow user's requests under way")
+            await asyncio.sleep(0.1)
+            assert fetcher.slow_peak == 4 - (users - 1)
+            if users == 2:
+                fast = await submit(store, 3, user="v")
+                engine.wake()
+                await until(lambda: fetcher.fast == 3, "the other user's items, beside the slow ones")
+                assert fetcher.slow == 3
+                task = await ended(store, fast)
+                assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+            fetcher.release.set()
+            task = await ended(store, slow)
+            assert task is not None and task.status is TaskStatus.SUCCEEDED, task
+        finally:
+            fetcher.release.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
 
 
 async def test_narrowing_in_the_middle_of_a_task_lets_running_requests_end_and_starts_no_more() -> None:

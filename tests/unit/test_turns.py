@@ -67,3 +67,28 @@ async def test_a_waiting_worker_gets_the_next_claim_put() -> None:
     queue.put_nowait(claim(7, "bob"))
     got = await asyncio.wait_for(waiting, 5)
     assert (got.user, got.item_id) == ("bob", 7)
+
+
+async def test_a_user_at_its_share_waits_and_a_finished_claim_lets_a_waiting_worker_take_its_next() -> None:
+    """With `per_user` 2: alice's third claim waits while two of hers are out, bob's does not; the queue is
+    empty to workers while only alice's wait; one of hers finished wakes a worker waiting, which takes it.
+    Drained claims are not counted as out."""
+    queue = TurnsQueue()
+    queue.per_user = 2
+    for item in (1, 2, 3):
+        queue.put_nowait(claim(item, "alice"))
+    queue.put_nowait(claim(10, "bob"))
+    first, second, third = queue.get_nowait(), queue.get_nowait(), queue.get_nowait()
+    assert [(c.user, c.item_id) for c in (first, second, third)] == [("alice", 1), ("bob", 10), ("alice", 2)]
+    assert queue.empty() and queue.qsize() == 1
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    queue.finished(second)  # bob's: alice is still at her share
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    queue.finished(first)
+    got = await asyncio.wait_for(waiting, 5)
+    assert (got.user, got.item_id) == ("alice", 3)
+    queue.put_nowait(claim(4, "alice"))
+    assert queue.empty() and [c.item_id for c in queue.drain()] == [4] and queue.qsize() == 0
