@@ -26,6 +26,7 @@ import httpx
 
 from . import auth
 from .errors import EdgewarmError, JdCode
+from .urls import password_masked
 
 
 class ClientError(EdgewarmError):
@@ -231,7 +232,8 @@ def _task_path(taskid: str, then: str = "") -> str:
 
 def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> ClientError:
     """No answer (the server not reached, the connection broken, a URL httpx cannot send): code -1, naming the
-    server; `maybe_done` unless the request cannot have reached it (no connection was made)."""
+    server (its password masked); `maybe_done` unless the request cannot have reached it (no connection was made)."""
+    server = password_masked(server)
     unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return ClientError(

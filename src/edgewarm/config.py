@@ -24,6 +24,7 @@ from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import redacted, sqlite_path
+from .urls import password_masked
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -198,11 +199,8 @@ class Node(_Model):
 def _shown_node_url(value: str) -> str:
     """A node URL for a message, quoted, its password and its query masked."""
     try:
-        parts = urlsplit(value)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-        return repr(urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else "")))
+        parts = urlsplit(password_masked(value))
+        return repr(urlunsplit(parts._replace(query="***" if parts.query else "")))
     except ValueError:
         return "(a URL that does not parse)"
 

@@ -250,6 +250,10 @@ class Digested(logging.Filter):
 # Requests uvicorn refuses as not HTTP, before the app sees them: told by this digest (flushed at a stop).
 NOT_HTTP = RefusalDigest(logging.getLogger("edgewarm.api"), "requests answered 400 as not HTTP")
 _DIGESTED = (("uvicorn.error", Digested("Invalid HTTP request received.", "invalid_request", NOT_HTTP)),)
+# Requests cut before the app read them (a head too large, one not whole in time: api/protocol.py): a line a
+# minute at most (before: a line each, 118 KB of log a second from one client's loop of large heads).
+UNREAD = RefusalDigest(logging.getLogger("edgewarm.api"), "requests refused unread")
+HTTP_DIGESTS = (NOT_HTTP, UNREAD)  # the server's own refusals: written at a stop
 
 
 class TextFormatter(logging.Formatter):

@@ -29,7 +29,7 @@ from .api.protocol import bounded_protocol
 from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
-from .logs import NOT_HTTP, RepeatedFailure, item_count
+from .logs import HTTP_DIGESTS, RepeatedFailure, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -415,7 +415,8 @@ async def _run_parts(
                 raise result
         if live.service is not None:
             live.service.flush_logs()
-            NOT_HTTP.flush()
+            for digest in HTTP_DIGESTS:
+                digest.flush()
         if server is not None and not server.started and stop_wait not in done:
             raise StoreError(f"the API could not listen on {config.listen}")
         log.info("edgewarm stopped cleanly")

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import orjson
 
@@ -337,3 +337,17 @@ def masked_query(query: str, secret: Callable[[str], bool] = lambda name: True) 
         return f"{name}=***" if sep else "***"
 
     return "&".join(shown(pair) for pair in query.split("&")) if query else ""
+
+
+def password_masked(url: str) -> str:
+    """`url` with the password of its user information as `***` (for a message or a log line); a URL that does
+    not parse is returned as it is."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))

@@ -122,6 +122,20 @@ def test_a_wrong_secret_is_a_clear_error(service: ServiceProcess, tmp_path: Path
     assert "JD code 7" in result.stderr
 
 
+def test_a_password_in_the_server_address_is_not_printed(tmp_path: Path) -> None:
+    """A proxy with basic auth in front: the address given with its password (before: printed whole in the
+    error, on stderr, which CI logs keep)."""
+    empty = tmp_path / "empty-client.toml"
+    empty.touch()
+    server = f"http://admin:hunter2pass@127.0.0.1:{free_port()}"
+    env = {"EDGEWARM_USERNAME": DEMO_USER, "EDGEWARM_SECRET": DEMO_SECRET, "EDGEWARM_CLIENT_CONFIG": str(empty)}
+    for args in (["quota"], ["tasks"], ["query", "x"]):
+        result = run(args, {**env, "EDGEWARM_SERVER": server})
+        assert result.returncode != 0, (args, result)
+        assert "hunter2pass" not in result.stdout + result.stderr, (args, result)
+        assert "http://admin:***@127.0.0.1:" in result.stderr, (args, result.stderr)
+
+
 def test_sign_prints_the_jd_signature() -> None:
     """`sign` prints md5(yyyymmdd + username + secret): PRODUCT.md's example."""
     result = run(["sign", "-u", "jcloud_00", "--secret", "e7a31b1c5ea0efa9aa2f29c6559f7d61", "--date", "20161023"], {})
@@ -586,6 +600,17 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
     answer = run(["check-config", str(config)], {})
     assert answer.returncode == 0, answer.stderr
     assert f"warning: {config} can be changed by other users of this machine (mode 666): chmod go-w" in answer.stderr
+    # For CI and deploy hooks: warnings fail with --strict (before: exit 0 and OK, whatever they said).
+    strict = run(["check-config", "--strict", str(config)], {})
+    assert strict.returncode == 1 and strict.stderr.rstrip().endswith("warnings (--strict)"), strict
+    config.chmod(0o600)
+    clean = write_config(tmp_path / "clean.toml", store=f"sqlite:///{tmp_path}/c.db", nodes_toml=NOWHERE_NODES, port=1)
+    clean.chmod(0o600)
+    assert run(["check-config", "--strict", str(clean)], {}).returncode == 0
+    # Two files: one was checked and the other ignored, saying nothing (a tester's); EDGEWARM_CONFIG's gives way.
+    both = run(["check-config", "--config", str(clean), str(config)], {})
+    assert both.returncode == 2 and "give the config file once" in both.stderr, both
+    assert run(["check-config", str(clean)], {"EDGEWARM_CONFIG": str(config)}).stdout.startswith(f"{clean}: OK")
 
 
 def test_check_config_names_every_problem_at_once_and_warns_of_no_users(tmp_path: Path) -> None:

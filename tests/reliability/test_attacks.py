@@ -698,6 +698,17 @@ def test_oversized_heads_and_slow_or_silent_clients_are_cut_off(tmp_path: Path) 
         polled = httpx.get(f"{service.url}/v1/tasks/{taskid}/wait", params={"timeout": 2}, headers=headers, timeout=10)
         assert polled.status_code == 200 and polled.json()["status"] == 1, polled.text
         assert time.monotonic() - started >= 1.9  # answered at the poll's end, past request_timeout
+    # The refusals are told as a digest: the first at once, the rest at the stop (a minute had not passed);
+    # before, a line each (a tester's loop of large heads: 2,186 lines, 118 KB of log a second).
+    told = [
+        orjson.loads(line)["message"]
+        for line in service.log.read_text().splitlines()
+        if line.strip() and "refused unread" in line
+    ]
+    assert told[0] == "requests refused unread: 1 head over 65536 bytes (431); from 127.0.0.1", told
+    assert len(told) == 2 and told[1].startswith("requests refused unread in the last "), told
+    assert " head over 65536 bytes (431); " in told[1] and " not whole within 1 s (408, closed); " in told[1], told
+    assert "answered 431" not in service.log.read_text()
 
 
 def _raw_exchange_after(port: int, request: bytes, wait: float) -> tuple[bytes, float]:

@@ -11,13 +11,13 @@ of file descriptors. nginx's own defaults are of this kind (`large_client_header
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..logs import UNREAD
+
 MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
 
-log = logging.getLogger("edgewarm.api")
 
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -97,7 +97,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _too_large(self) -> None:
-        log.warning("a request head over %d bytes from %s: answered 431", MAX_HEAD_BYTES, _peer(self))
+        UNREAD.refused(f"head over {MAX_HEAD_BYTES} bytes (431)", _peer(self))
         self.transport.write(_TOO_LARGE)
         self.transport.close()
 
@@ -118,7 +118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif not self.cycle.response_started:  # a head, and not all of its body: the app's answer is not sent
             self.cycle.disconnected = True
             self.transport.write(_TOO_SLOW)
-        log.info("a request not whole within %g s from %s: connection closed", self.request_seconds, _peer(self))
+        UNREAD.refused(f"not whole within {self.request_seconds:g} s (408, closed)", _peer(self))
         self.transport.close()
 
 
@@ -134,6 +134,7 @@ def _head_part(tail: bytes, data: bytes) -> int:
     return len(data) if crlf < 0 else crlf + 4 - len(tail)
 
 
-def _peer(protocol: HttpToolsProtocol) -> str:
+def _peer(protocol: HttpToolsProtocol) -> str | None:
+    """The client's address (its port left out: the digest counts addresses, and each connection has its own)."""
     client = protocol.client
-    return f"{client[0]}:{client[1]}" if client else "a client"
+    return client[0] if client else None

@@ -83,9 +83,14 @@ def worker(config_path: str) -> None:
 @click.option(
     "--config", "config_path", envvar="EDGEWARM_CONFIG", show_envvar=True, type=click.Path(), help=CONFIG_HELP
 )
-def check_config(path: str | None, config_path: str | None) -> None:
+@click.option("--strict", is_flag=True, help="exit 1 when there are warnings too (for CI and deploy hooks)")
+@click.pass_context
+def check_config(ctx: click.Context, path: str | None, config_path: str | None, strict: bool) -> None:
     """Validate a config file (PATH, or --config); say exactly which key is wrong, and warn of settings that
-    keep a feature from working."""
+    keep a feature from working (exit 0 with warnings, 1 with --strict)."""
+    given = ctx.get_parameter_source("config_path") is click.core.ParameterSource.COMMANDLINE
+    if path and config_path and given and path != config_path:  # (EDGEWARM_CONFIG's is overridden by PATH)
+        raise click.UsageError(f"give the config file once: {path} and --config {config_path} were both given")
     chosen = path or config_path
     if not chosen:
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
@@ -97,8 +102,11 @@ def check_config(path: str | None, config_path: str | None) -> None:
     from ..store import moved_database
 
     moved = moved_database(config.store)
-    for warning in [*file_cautions(chosen), *config.cautions(), *([f"the store: {moved}"] if moved else [])]:
+    warnings = [*file_cautions(chosen), *config.cautions(), *([f"the store: {moved}"] if moved else [])]
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+    if strict and warnings:
+        raise click.ClickException(f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''} (--strict)")
 
 
 @main.group()
