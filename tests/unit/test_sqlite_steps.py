@@ -12,12 +12,14 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgewarm.errors import ListTooLong, StoreError
 from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskFilter, TaskKind
 from edgewarm.store import open_store
+from edgewarm.store import sqlite as sqlite_module
 from edgewarm.store.sqlite import _STAGED_TASKS, _TASKS_BY_ID, MIGRATIONS, SQLiteStore, _json
 
 QUOTA = QuotaCharge("20261129", 10, 0, 10**9, 10)
@@ -116,11 +118,50 @@ async def test_a_list_that_waited_its_bound_for_the_reads_thread_is_refused_at_o
         items = tuple(NewItem(i, f"http://a.test/d/{i}", "n1") for i in range(3))
         await store.create_task(NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1.0, items, QUOTA))
         assert len(await store.list_tasks("u", TaskFilter())) == 1  # within its bound
-        busy = asyncio.ensure_future(store._off_the_loop(store._read_executor, lambda: threading.Event().wait(0.5)))
-        await asyncio.sleep(0.05)  # the reads' thread taken
+        busy = [
+            asyncio.ensure_future(store._off_the_loop(store._lists.executor, lambda: threading.Event().wait(0.5)))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.05)  # the lists' threads taken
         with pytest.raises(ListTooLong):
             await store.list_tasks("u", TaskFilter())
-        await busy
+        await asyncio.gather(*busy)
+
+
+async def test_one_users_long_lists_hold_neither_the_task_views_nor_the_other_users_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's lists take one of the lists' two threads at a time, and the task views read on a thread of their
+    own: before, one thread read all of them, and a user's six lists at once (a `url` keyword: 2 s each) held
+    another user's view of a task for 1.5-1.9 s (a tester's). Here user a's lists are held inside their read."""
+    armed, release, entered = threading.Event(), threading.Event(), []
+    real = sqlite_module.task_from_row
+
+    def held(row: Any) -> Any:
+        if armed.is_set() and row[1] == "a" and threading.current_thread() is not threading.main_thread():
+            entered.append(1)
+            release.wait(10)
+        return real(row)
+
+    monkeypatch.setattr(sqlite_module, "task_from_row", held)
+    async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
+        ids = {}
+        for user in ("a", "b"):
+            items = tuple(NewItem(i, f"http://a.test/{user}/{i}", "n1") for i in range(3))
+            task = await store.create_task(NewTask(str(uuid.uuid4()), user, TaskKind.PREFETCH, 1.0, items, QUOTA))
+            ids[user] = task.id
+        armed.set()
+        lists = [asyncio.ensure_future(store.list_tasks("a", TaskFilter())) for _ in range(3)]
+        try:
+            await asyncio.sleep(0.2)
+            assert len(entered) == 1  # one of a's lists reads; the others wait for it, not on a thread
+            async with asyncio.timeout(5):
+                detail = await store.task_detail(ids["b"])
+                listed = await store.list_tasks("b", TaskFilter())
+            assert detail is not None and [t.id for t in listed] == [ids["b"]]
+        finally:
+            release.set()
+        assert [[t.id for t in got] for got in await asyncio.gather(*lists)] == [[ids["a"]]] * 3
 
 
 async def test_long_reads_do_not_wait_for_the_writers_thread(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -183,8 +184,12 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite")
         # Long reads (a big task's view, a task list searched by URL, a directory's known URLs) on a thread and
         # connection of their own: on the writer's they held up every outcome and claim meanwhile.
-        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewarm-sqlite-read")
-        self._long_reader: sqlite3.Connection | None = None
+        self._long_reads = _ReadThreads("edgewarm-sqlite-read", 1)
+        # Task lists (a `url` keyword is searched in every URL of the tasks read: up to LIST_SECONDS) on two threads
+        # of their own, one user's one at a time: a user's lists held every task view of the others (a tester's six
+        # lists at once: another user's view of a task took 1.5-1.9 s, not 5 ms).
+        self._lists = _ReadThreads("edgewarm-sqlite-list", 2)
+        self._listing: dict[str, asyncio.Lock] = {}  # by user: one list of each at a time
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         # Waiting for the writer (group commit), and since when (time.monotonic()).
@@ -221,10 +226,8 @@ class SQLiteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        self._read_executor.shutdown(wait=True)
-        if self._long_reader is not None:
-            self._long_reader.close()
-            self._long_reader = None
+        self._long_reads.close()
+        self._lists.close()
         await self._run(self._close, check=False)
         self._executor.shutdown(wait=True)
 
@@ -286,25 +289,24 @@ class SQLiteStore:
         """`fn` on the store's thread; `check`: first make sure the database file is still the one opened."""
         return await self._off_the_loop(self._executor, self._checked(fn) if check else fn)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread
-        with a read-only connection of its own (WAL: beside the writer); in memory, on the writer's thread."""
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], threads: _ReadThreads | None = None) -> T:
+        """`fn(connection)` in one read transaction (one moment of the database), on the long reads' thread (or
+        `threads`) with a read-only connection of its own (WAL: beside the writer); in memory, on the writer's
+        thread."""
         if self.path == ":memory:":
             return await self._run(lambda: fn(self.db))
+        uri = sqlite_uri(self.path, "mode=ro")
 
         def read() -> T:
             self._still_there()
-            if self._long_reader is None:
-                uri = sqlite_uri(self.path, "mode=ro")
-                self._long_reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            db = self._long_reader
+            db = (threads or self._long_reads).connection(uri)
             db.execute("BEGIN")
             try:
                 return fn(db)
             finally:
                 db.execute("COMMIT")
 
-        return await self._off_the_loop(self._read_executor, read)
+        return await self._off_the_loop((threads or self._long_reads).executor, read)
 
     async def _off_the_loop(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         """`fn` on `executor`'s thread; SQLite's errors come out as StoreError (`_error`)."""
@@ -535,7 +537,9 @@ class SQLiteStore:
             finally:
                 db.set_progress_handler(None, 0)
 
-        return await self._read(tasks)
+        listing = self._listing.setdefault(username, asyncio.Lock())
+        async with listing:
+            return await self._read(tasks, self._lists)
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:
         def tasks() -> list[Task]:
@@ -1318,6 +1322,30 @@ def _cancel_waiting(db: sqlite3.Connection, task_ids: list[str], now: float) -> 
     _finish_tasks(db, task_ids, now)
     ended = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND finished_at = ?"
     return tuple(task_from_row(row) for row in db.execute(ended, (_json(task_ids), now)))
+
+
+class _ReadThreads:
+    """Threads for reads, each with a read-only connection of its own (made at its first read)."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+
+    def connection(self, uri: str) -> sqlite3.Connection:
+        """This thread's connection to the database at `uri`."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._connections.append(db)
+        return db
+
+    def close(self) -> None:
+        """Wait for the reads under way, then close the connections."""
+        self.executor.shutdown(wait=True)
+        for db in self._connections:
+            db.close()
+        self._connections.clear()
 
 
 def _hand_back_blocked(db: sqlite3.Connection, claims: list[Claim], worker: str, now: float) -> list[Claim]:
