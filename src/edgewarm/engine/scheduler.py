@@ -643,7 +643,7 @@ class Engine:
         lane.node = node
         lane.width = self._widths().get(node.name) or self._asked(node)  # not configured: a reload removed it
         # With other users, one worker is left for their claims (TurnsQueue); one user alone takes them all.
-        lane.queue.per_user = lane.width if len(self.config.users) < 2 else max(1, lane.width - 1)
+        lane.queue.per_user = None if len(self.config.users) < 2 else max(1, lane.width - 1)
         for _ in range(lane.width - len(lane.workers)):
             name = f"edgewarm-{node.name}-{len(lane.workers)}"
             lane.workers.append(asyncio.create_task(self._node_worker(lane), name=name))
@@ -669,57 +669,51 @@ class Engine:
         while True:
             claim = await lane.queue.get()
             try:
-                if not await self._work(lane, claim):
+                if len(lane.workers) > lane.width:  # a reload narrowed the lane: this worker leaves
+                    lane.queue.put_nowait(claim)
+                    me = asyncio.current_task()
+                    lane.workers = [w for w in lane.workers if w is not me]
                     return
+                node = lane.node
+                if self._stopping.is_set():
+                    self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
+                    continue
+                if claim.retaken and claim.task_id not in self._cancelled:
+                    await self._look_for_cancels({claim.task_id})  # its holder died: the task may be long cancelled
+                if lane.removed or claim.task_id in self._cancelled:
+                    self._end_unsent(claim, None if lane.removed else CANCELLED)
+                    self._done_with(claim, lane)
+                    continue
+                attempt = claim.attempts + 1
+                if claim.retaken and not await self._begin_attempt(claim, attempt):
+                    self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
+                    self._done_with(claim, lane)
+                    continue
+                fetcher = self.fetcher
+                self._using[fetcher] = self._using.get(fetcher, 0) + 1
+                started = time.monotonic()
+                shared = False
+                sent = [0]
+                SENT.set(sent)
+                try:
+                    outcome, shared = await self._perform(claim, node, attempt, fetcher)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug must not strand the item: record it and retry later
+                    log.exception("item %d: unexpected error", claim.item_id, extra={"node": node.name})
+                    retry = None if attempt >= self.settings.max_attempts else self._clock() + self.settings.backoff_max
+                    outcome = ItemOutcome(
+                        claim.item_id, False, attempt, error=f"internal error: {type(exc).__name__}", retry_at=retry
+                    )
+                finally:
+                    self._release(fetcher)
+                self.fetched += 1
+                # No latency for an item that sent no request: shared, or its node held down.
+                self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
+                self._outcomes.put_nowait(outcome)
+                self._done_with(claim, lane)
             finally:
                 lane.queue.finished(claim)
-
-    async def _work(self, lane: _NodeLane, claim: Claim) -> bool:
-        """Work `claim`, taken from `lane`'s queue; False when this worker leaves the lane (narrowed)."""
-        if len(lane.workers) > lane.width:  # a reload narrowed the lane: this worker leaves
-            lane.queue.put_nowait(claim)
-            me = asyncio.current_task()
-            lane.workers = [w for w in lane.workers if w is not me]
-            return False
-        node = lane.node
-        if self._stopping.is_set():
-            self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
-            return True
-        if claim.retaken and claim.task_id not in self._cancelled:
-            await self._look_for_cancels({claim.task_id})  # its holder died: the task may be long cancelled
-        if lane.removed or claim.task_id in self._cancelled:
-            self._end_unsent(claim, None if lane.removed else CANCELLED)
-            self._done_with(claim, lane)
-            return True
-        attempt = claim.attempts + 1
-        if claim.retaken and not await self._begin_attempt(claim, attempt):
-            self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
-            self._done_with(claim, lane)
-            return True
-        fetcher = self.fetcher
-        self._using[fetcher] = self._using.get(fetcher, 0) + 1
-        started = time.monotonic()
-        shared = False
-        sent = [0]
-        SENT.set(sent)
-        try:
-            outcome, shared = await self._perform(claim, node, attempt, fetcher)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug must not strand the item: record it and retry later
-            log.exception("item %d: unexpected error", claim.item_id, extra={"node": node.name})
-            retry = None if attempt >= self.settings.max_attempts else self._clock() + self.settings.backoff_max
-            outcome = ItemOutcome(
-                claim.item_id, False, attempt, error=f"internal error: {type(exc).__name__}", retry_at=retry
-            )
-        finally:
-            self._release(fetcher)
-        self.fetched += 1
-        # No latency for an item that sent no request: shared, or its node held down.
-        self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
-        self._outcomes.put_nowait(outcome)
-        self._done_with(claim, lane)
-        return True
 
     def _end_unsent(self, claim: Claim, why: str | None = None) -> None:
         """End a claim without sending it: its task was cancelled (`why`), or its node is no longer configured

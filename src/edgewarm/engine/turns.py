@@ -4,7 +4,6 @@ no user's more at once than its share of the workers."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
 from collections.abc import Iterator
 
@@ -67,25 +66,27 @@ class TurnsQueue(asyncio.Queue[Claim]):
     another user's many (a large task's items in hand, a slow node's backlog) would wait for all of those, not
     for one of each other user's.
 
-    A user has at most `per_user` claims out at once (taken and not yet `finished`): the lane sets it below its
-    width, so that a worker is left for the other users' claims. Else a user whose origin answers slowly (a
-    byte every 29 s, each request up to fetch_timeout) held every worker of the lane, and another user's claims
-    waited for one of those requests to end (a tester's: 17-37 s for one URL). The queue is `empty()` while
-    only users at their share have claims waiting."""
+    A user has at most `per_user` claims out at once (None: no bound), taken and not yet `finished`: the lane
+    sets it below its width when several users are configured, so that a worker is left for the other users'
+    claims. Else a user whose origin answers slowly (a byte every 29 s, each request up to fetch_timeout) held
+    every worker of the lane, and another user's claims waited for one of those requests to end (a tester's:
+    17-37 s for one URL). The queue is `empty()` while only users at their share have claims waiting."""
 
     def _init(self, maxsize: int) -> None:
         self._queue = _Turns()
-        self.per_user = sys.maxsize
+        self.per_user: int | None = None
         self._working: dict[str, int] = {}  # the claims out, by user (the users with some)
 
     def _put(self, item: Claim) -> None:
         self._queue.append(item)
 
     def empty(self) -> bool:
+        if self.per_user is None:
+            return not self._queue
         return not self._queue or self._queue.next_user(self._working, self.per_user) is None
 
     def _get(self) -> Claim:
-        place = self._queue.next_user(self._working, self.per_user)
+        place = 0 if self.per_user is None else self._queue.next_user(self._working, self.per_user)
         assert place is not None  # not empty()
         claim = self._queue.pop(place)
         self._working[claim.user] = self._working.get(claim.user, 0) + 1
@@ -98,7 +99,7 @@ class TurnsQueue(asyncio.Queue[Claim]):
             self._working[claim.user] = left
         else:
             del self._working[claim.user]
-        if left == self.per_user - 1 and self._queue.waits(claim.user):
+        if self.per_user is not None and left == self.per_user - 1 and self._queue.waits(claim.user):
             self._wakeup_next(self._getters)  # type: ignore[attr-defined]  # asyncio.Queue's own: as a put does
 
     def drain(self) -> list[Claim]:
