@@ -336,6 +336,40 @@ async def test_purges_of_two_engines_waiting_for_each_others_warms_leave_the_lan
         assert order == [("begin", "GET"), ("end", "GET"), ("begin", "PURGE"), ("end", "PURGE")], (path, order)
 
 
+async def test_questions_for_other_workers_warms_that_keep_failing_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that does not answer (a PostgreSQL without free connections): each purge goes as if there were no
+    other engine, and the failure is logged once, not at each question (a tester's: 2,800 lines in 3.5 min)."""
+    async with open_store("memory://") as store:
+        asked = [0]
+
+        async def refusing(*args: Any) -> dict[int, tuple[str, str]]:
+            asked[0] += 1
+            raise StoreError("postgresql: too many connections")
+
+        store.others_warms = refusing  # type: ignore[method-assign]
+        fetcher = CountingFetcher()
+        engine = Engine(config(4), store, fetcher, sole=False)
+        runner = asyncio.create_task(engine.run())
+        try:
+            with caplog.at_level("INFO", logger="edgewarm.engine"):
+                for number in range(6):
+                    items = (NewItem(0, f"http://example.test/p/{number}", "e1", action=ItemAction.PURGE),)
+                    quota = QuotaCharge("20261128", 1, 0, 10**9, 10)
+                    await store.create_task(
+                        NewTask(str(uuid.uuid4()), "u", TaskKind.REFRESH, time.time(), items, quota)
+                    )
+                    engine.wake()
+                    await until(lambda n=number: fetcher.requests > n, f"purge {number} sent")
+        finally:
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    told = [r.getMessage() for r in caplog.records if "other workers' warms" in r.getMessage()]
+    assert asked[0] >= 6 and len(told) == 1, (asked, told)
+    assert told[0] == "asking for other workers' warms failed: postgresql: too many connections"
+
+
 async def test_outcome_writes_that_keep_failing_are_logged_once_then_once_when_they_work(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -155,6 +155,8 @@ class Engine:
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
         self._renewals_log = RepeatedFailure(log, "renewing leases")
         self._writes_log = RepeatedFailure(log, "writing outcomes (kept, and tried again)")
+        # A line a minute, not each question (a tester's PostgreSQL without free connections: 2,800 lines in 3.5 min).
+        self._others_log = RepeatedFailure(log, "asking for other workers' warms")
         self.on_task_finished: Callable[[Task], None] | None = None
         # Called after the items are brought forward (at the start, and when the wall clock stepped back).
         self.on_bring_forward: Callable[[], Awaitable[None]] | None = None
@@ -847,8 +849,9 @@ class Engine:
                 leased: dict[int, tuple[str, str]] | None = await self.store.others_warms(
                     self.worker_id, nodes, self._clock()
                 )
+                self._others_log.worked()
             except StoreError as exc:
-                log.warning("asking for other workers' warms failed: %s", exc)
+                self._others_log.failed(exc)
                 leased = None
             now = time.monotonic()
             for item in asked:
