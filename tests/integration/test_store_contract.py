@@ -854,15 +854,15 @@ class TestWork:
         """A renewed lease holds until the new time; only the owner's running items are renewed."""
         await store.create_task(make_task(2))
         a, b = await claim_all(store)
-        assert await store.renew_leases("w2", [a, b], NOW + 100) == 0
-        assert await store.renew_leases("w1", [a], NOW + 100) == 1
-        assert await store.renew_leases("w1", [], NOW + 100) == 0
+        assert await store.renew_leases("w2", [a, b], NOW + 100) == set()
+        assert await store.renew_leases("w1", [a], NOW + 100) == {a}
+        assert await store.renew_leases("w1", [], NOW + 100) == set()
         assert await store.next_due_at() == NOW + LEASE
         (taken,) = await store.claim_due_items("w2", 10, NOW + LEASE, LEASE)
         assert taken.item_id == b
         assert await store.claim_due_items("w3", 10, NOW + 59, LEASE) == []  # a: renewed; b: w2's now
         await store.record_outcomes("w1", [ok(a)], NOW + 50)
-        assert await store.renew_leases("w1", [a], NOW + 200) == 0
+        assert await store.renew_leases("w1", [a], NOW + 200) == set()
 
     async def test_others_warms_are_the_warms_of_a_node_other_workers_hold_leased(self, store: TaskStore) -> None:
         """What a purge must wait for: warms (not purges) of its node, leased to other workers, leases holding."""

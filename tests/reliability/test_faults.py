@@ -512,7 +512,7 @@ async def test_leases_are_renewed_while_the_last_outcomes_are_written_at_a_stop(
                 await asyncio.sleep(0.4)
                 return await write(worker, outcomes, now)
 
-            async def counted_renew(worker: str, item_ids: Any, until: float) -> int:
+            async def counted_renew(worker: str, item_ids: Any, until: float) -> set[int]:
                 nonlocal renewed_at_stop
                 renewed_at_stop += rig.engine._stopping.is_set()
                 return await renew(worker, item_ids, until)
@@ -960,7 +960,7 @@ async def test_after_a_failed_lease_renewal_the_engine_renews_before_it_claims(m
             renew, claim = rig.store.renew_leases, rig.store.claim_due_items
             failures = 1
 
-            async def flaky_renew(*args: Any) -> int:
+            async def flaky_renew(*args: Any) -> set[int]:
                 nonlocal failures
                 calls.append("renew")
                 if failures:

@@ -675,7 +675,7 @@ async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
         engine = Engine(config(4, lease_seconds=60.0), store, fetcher, sole=False)
         real, renewed = store.renew_leases, []
 
-        async def renewing(worker: str, item_ids: Any, until: float) -> int:
+        async def renewing(worker: str, item_ids: Any, until: float) -> set[int]:
             renewed.extend(item_ids)
             return await real(worker, item_ids, until)
 
@@ -694,6 +694,38 @@ async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
             fetcher.gate.set()
             engine.stop()
             await asyncio.wait_for(runner, DEADLINE)
+
+
+async def test_after_a_freeze_past_its_leases_a_worker_sends_nothing_before_asking_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker frozen past its leases (SIGSTOP; here: its last renewal set back) while its task was cancelled:
+    as it resumes, its lanes send no queued claim before its leases were renewed and the cancels looked up (a
+    tester's worker sent a cancelled refresh's purges and warms on resuming, recorded as never sent). A claim
+    whose lease the store did not renew (taken over) is not sent either, without an outcome of this worker's."""
+    fetcher = GatedFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(1, lease_seconds=30.0), store, fetcher, sole=False)
+        runner = asyncio.create_task(engine.run())
+        try:
+            task_id = await submit(store, 4)
+            engine.wake()
+            await until(lambda: len(engine._leased) == 4 and fetcher.in_flight.get("e1") == 1, "one sent, 3 queued")
+            taken = max(engine._leased)  # the last queued: another worker's now (its lease ran out meanwhile)
+            await store.release_leases(engine.worker_id, [taken], time.time())
+            assert await store.claim_due_items("w2", 1, time.time(), 30.0) != []
+            assert await store.cancel_task(task_id, None, time.time()) is not None
+            engine._renewed -= 60.0  # frozen for 60 s, past the 30 s leases
+            with caplog.at_level("INFO", logger="edgewarm.engine"):
+                fetcher.gate.set()
+                await until(lambda: not engine._in_hand, "the claims in hand ended")
+        finally:
+            fetcher.gate.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == 1  # the one under way at the freeze
+    said = [r.getMessage() for r in caplog.records if "no longer leased" in r.getMessage()]
+    assert said and said[0].startswith("1 item no longer leased to this worker after 6"), said
 
 
 async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> None:

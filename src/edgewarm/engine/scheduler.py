@@ -16,6 +16,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -48,6 +49,10 @@ CLAIM_AHEAD = 2
 CANCEL_CHECK_SECONDS = 1.0  # how often the engine asks the store which of its tasks in hand were cancelled
 OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the claims stop (_unwritten_room)
 RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
+# No lease renewed for this share of lease_seconds (renewals come every third): the process was frozen (SIGSTOP, a
+# VM paused) or the store did not answer, and the leases in hand may have run out: a claim is sent only once its
+# lease was renewed and its task is known not cancelled (_still_held).
+LEASE_DOUBT = 2 / 3
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
 CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
@@ -149,6 +154,9 @@ class Engine:
         self._claimed_early: dict[int, Claim] = {}  # claimed again before their last write was taken (_hand_out)
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
+        self._renewed = time.monotonic()  # when the last renewal that worked began: the leases held until then
+        self._recheck: asyncio.Future[set[int] | None] | None = None  # a renewal after a doubt (_still_held)
+        self._recheck_failed = -math.inf  # when one last failed (time.monotonic()): not asked again at once
         self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
         self._skew: float | None = None  # wall clock minus monotonic clock at the last look (_clock_stepped)
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
@@ -260,6 +268,7 @@ class Engine:
             await self._run()
 
     async def _run(self) -> None:
+        self._renewed = time.monotonic()  # nothing leased yet
         await self._bring_forward()  # a clock stepped back before this start (or during a stop) left work ahead
         writer = asyncio.create_task(self._write_outcomes(), name=f"edgewarm-writer-{self.worker_id}")
         renewer = asyncio.create_task(self._renew_leases(), name=f"edgewarm-lease-renewer-{self.worker_id}")
@@ -680,6 +689,10 @@ class Engine:
                 if self._stopping.is_set():
                     self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                     continue
+                if self._in_doubt() and not await self._still_held(claim):
+                    self._leased.pop(claim.item_id, None)  # no longer this worker's: no outcome of ours
+                    self._done_with(claim, lane)
+                    continue
                 if claim.retaken and claim.task_id not in self._cancelled:
                     await self._look_for_cancels({claim.task_id})  # its holder died: the task may be long cancelled
                 if lane.removed or claim.task_id in self._cancelled:
@@ -1046,17 +1059,60 @@ class Engine:
 
     async def _renew(self) -> bool:
         """Renew the leases of the items in hand; False (and logged) when the store did not take it."""
+        return await self._renewed_leases() is not None
+
+    async def _renewed_leases(self) -> set[int] | None:
+        """Renew the leases of the items in hand; the ids renewed, or None (and logged) when the store did not
+        take it."""
+        started, held = time.monotonic(), set()
         if self._leased:
             until = self._clock() + self.settings.lease_seconds
             try:
-                await self.store.renew_leases(self.worker_id, sorted(self._leased), until)
+                held = await self.store.renew_leases(self.worker_id, sorted(self._leased), until)
                 self._renewals_log.worked()
             except StoreError as exc:
                 self._renewals_log.failed(exc)
                 self._unrenewed = True
-                return False
+                return None
         self._unrenewed = False
-        return True
+        self._renewed = max(self._renewed, started)
+        return held
+
+    def _in_doubt(self) -> bool:
+        """Whether the leases in hand may have run out (LEASE_DOUBT): no renewal for too long, and none failed
+        just now (the store down: the claims go on as before, their outcomes kept until it is back)."""
+        now = time.monotonic()
+        return (
+            now - self._renewed > self.settings.lease_seconds * LEASE_DOUBT
+            and now - self._recheck_failed > RENEW_RETRY_SECONDS
+        )
+
+    async def _still_held(self, claim: Claim) -> bool:
+        """After a doubt: whether `claim` is still this worker's to send. One renewal for all the workers asking:
+        a claim whose lease it did not renew was taken over (its lease ran out) or ended by a cancel, and a task
+        cancelled meanwhile is looked up before anything is sent (a tester's worker, frozen 12 s past its
+        6 s leases, sent a cancelled refresh's purges and warms as it resumed, recorded as never sent)."""
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._recheck_leases())
+        held = await asyncio.shield(self._recheck)
+        return held is None or claim.item_id in held
+
+    async def _recheck_leases(self) -> set[int] | None:
+        paused = time.monotonic() - self._renewed
+        asked = len(self._leased)
+        held = await self._renewed_leases()
+        if held is None:
+            self._recheck_failed = time.monotonic()
+            return None
+        await self._look_for_cancels({claim.task_id for claim in self._in_hand.values()})
+        if len(held) < asked:
+            log.warning(
+                "%s no longer leased to this worker after %.1f s without a lease renewed (the process frozen, or the "
+                "store silent): not sent here (another worker took them, or their task was cancelled)",
+                item_count(asked - len(held)),
+                paused,
+            )
+        return held
 
 
 def _has_varnish(config: Config) -> bool:

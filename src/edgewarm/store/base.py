@@ -562,7 +562,10 @@ class TaskStore(Protocol):
         that ends meanwhile is left alone from then on. Returns how many."""
         ...
 
-    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int: ...
+    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> set[int]:
+        """Lease to `until` those of `item_ids` that `worker` holds leased and running; returns their ids (the
+        others are no longer its: taken over after their leases ran out, or ended by a cancel)."""
+        ...
 
     async def bring_forward(self, now: float, beyond: float) -> int:
         """Make due at `now` the pending or leased items due later than `beyond` (a time no retry, hold or lease

@@ -389,7 +389,7 @@ SELECT id FROM items WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state
 ORDER BY id FOR UPDATE
 """
 
-_RENEW = f"WITH mine AS ({_MINE}) UPDATE items SET due_at = $3 FROM mine WHERE items.id = mine.id"
+_RENEW = f"WITH mine AS ({_MINE}) UPDATE items SET due_at = $3 FROM mine WHERE items.id = mine.id RETURNING items.id"
 
 # Rows a claim holds are left alone (SKIP LOCKED): it leases them.
 _PUT_OFF = (
@@ -1019,11 +1019,11 @@ class PostgresStore:
         ids_handed = {row[0] for row in handed}
         return [claim for claim in claims if claim.item_id in ids_handed]
 
-    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
+    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> set[int]:
         if not item_ids:
-            return 0
+            return set()
         async with self._connection() as conn:
-            return _rowcount(await conn.execute(_RENEW, list(item_ids), worker, until))
+            return {row[0] for row in await conn.fetch(_RENEW, list(item_ids), worker, until)}
 
     async def others_warms(self, worker: str, nodes: Sequence[str], now: float) -> dict[int, tuple[str, str]]:
         async with self._connection() as conn:

@@ -640,13 +640,14 @@ class SQLiteStore:
 
         return await self._run(claim)
 
-    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> int:
-        def renew() -> int:
-            return self.db.execute(
+    async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> set[int]:
+        def renew() -> set[int]:
+            rows = self.db.execute(
                 "UPDATE items SET due_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? "
-                "AND state = 'running'",
+                "AND state = 'running' RETURNING id",
                 (until, _json(list(item_ids)), worker),
-            ).rowcount
+            ).fetchall()
+            return {row[0] for row in rows}
 
         return await self._run(renew)
 
