@@ -224,7 +224,14 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServ
         if environ.get("PATH_INFO") not in ("/metrics", "/metrics/"):
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"not found: the metrics are at /metrics\n"]
-        return app(environ, start_response)  # type: ignore[no-any-return]
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        # A probe's HEAD (prometheus_client answers it 405): the GET's status and headers, no body.
+        said: list[Any] = []
+        body = b"".join(app({**environ, "REQUEST_METHOD": "GET"}, lambda *args: said.extend(args)))
+        status, headers = said[0], [(k, v) for k, v in said[1] if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return []
 
     class Server(ThreadingWSGIServer):
         address_family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
