@@ -116,9 +116,15 @@ class RepeatedFailure:
         self._since, self._logged, self._unlogged, self._failures = None, None, 0, 0
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count` of `noun`, as a line says it: "1 item", "2 items"; `plural` where "s" does not make it ("1 webhook
+    delivery", "2 webhook deliveries")."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def item_count(count: int) -> str:
     """`count` items, as a line says it: "1 item", "2 items"."""
-    return f"{count} item{'s' * (count != 1)}"
+    return counted(count, "item")
 
 
 class RefusalDigest:

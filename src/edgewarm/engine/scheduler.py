@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
-from ..logs import RepeatedFailure, item_count
+from ..logs import RepeatedFailure, counted, item_count
 from ..metrics import Metrics
 from ..models import CANCELLED, WARMED_AGAIN, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
@@ -282,7 +282,7 @@ class Engine:
             if self._leased:
                 try:
                     released = await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
-                    log.info("released %d unfinished items", len(self._leased))
+                    log.info("released %s unfinished", item_count(len(self._leased)))
                     for task in released.ended:  # cancelled, its last items under way among those handed back
                         self._task_ended(task)
                 except StoreError as exc:
@@ -565,9 +565,9 @@ class Engine:
             return
         if count:
             log.warning(
-                "node %s: %d warms of the tasks still running are done again: %s",
+                "node %s: %s done again: %s",
                 name,
-                count,
+                counted(count, "warm of the tasks still running is", "warms of the tasks still running are"),
                 why,
                 extra={"node": name},
             )
