@@ -116,9 +116,15 @@ class RepeatedFailure:
         self._since, self._logged, self._unlogged, self._failures = None, None, 0, 0
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count` of `noun`, as a line says it: "1 item", "2 items"; `plural` where "s" does not make it ("1 webhook
+    delivery", "2 webhook deliveries")."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def item_count(count: int) -> str:
     """`count` items, as a line says it: "1 item", "2 items"."""
-    return f"{count} item{'s' * (count != 1)}"
+    return counted(count, "item")
 
 
 class RefusalDigest:
@@ -126,7 +132,8 @@ class RefusalDigest:
     once, then the ones refused since, counted by reason, when the minute has passed (a flood of bad signatures
     is one line a minute, not one per call; the metric counts every one), and the addresses they came from
     (CALLERS_SHOWN of them, and how many more). Those not written yet are written at a stop (`flush`): else a
-    burst's refusals after its first were told nowhere (the metric restarts with the process)."""
+    burst's refusals after its first were told nowhere (the metric restarts with the process). `say` writes a
+    reason's count (default: "3 wrong_signature"); the node clients count a node's failed requests so too."""
 
     def __init__(
         self,
@@ -134,8 +141,9 @@ class RefusalDigest:
         what: str,
         every: float = REPEAT_LOG_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        say: Callable[[int, str], str] = lambda count, reason: f"{count} {reason}",
     ) -> None:
-        self._log, self._what, self._every, self._clock = log, what, every, clock
+        self._log, self._what, self._every, self._clock, self._say = log, what, every, clock, say
         self._last: float | None = None  # when a line was last written
         self._counts: dict[str, int] = {}  # reason -> refusals not written yet
         self._callers: dict[str, None] = {}  # their addresses, in the order first seen (CALLERS_KEPT at most)
@@ -164,7 +172,7 @@ class RefusalDigest:
             self._due.cancel()
             self._due = None
         since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
-        told = "; ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
+        told = "; ".join(self._say(count, reason) for reason, count in sorted(self._counts.items()))
         if self._callers:
             told += f"; from {_addresses(list(self._callers))}"
         self._log.warning("%s%s: %s", self._what, since, told)

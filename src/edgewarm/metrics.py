@@ -1,6 +1,8 @@
 """Prometheus metrics of one process, in a registry of its own (no global state).
 
-edgewarm_fetches_total{node,action,outcome}   items worked: succeeded | retried | failed | waiting (node held down)
+edgewarm_fetches_total{node,action,outcome}   items worked: succeeded | retried | failed | waiting (node held down);
+                                              rewarmed | rewarm_failed: a warm done again that ended (its node
+                                              back after a hold, or moved by a reload: its item had ended once)
 edgewarm_fetch_seconds{node}                  time an item's requests to a node took (its warm, and the verify GET
                                               if any), body included; none for an item that sent no request
                                               (shared from another's warm, or its node held down)
@@ -8,7 +10,7 @@ edgewarm_fetched_bytes_total{node}            body bytes read from nodes (a veri
 edgewarm_retries_total{node}                  outcomes that scheduled another attempt
 edgewarm_items_finished_total{state}          items this process worked to their end: succeeded | failed (items the
                                               store ends unsent, a failed earlier stage or a cancel, are counted in
-                                              their tasks only)
+                                              their tasks only; a warm done again is not another end)
 edgewarm_tasks_submitted_total{kind}          tasks accepted by this process's API
 edgewarm_tasks_finished_total{status}         tasks that ended, by JD status (0 succeeded, 2 failed, cancelled too)
 edgewarm_task_duration_seconds                submit to end, for tasks that ended
@@ -59,7 +61,7 @@ from .models import ItemAction, Task, TaskKind, TaskStatus
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes `le`
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
-ITEM_VERDICTS = ("succeeded", "retried", "failed", "waiting")  # ItemTally.observe's
+ITEM_VERDICTS = ("succeeded", "retried", "failed", "waiting", "rewarmed", "rewarm_failed")  # ItemTally.observe's
 ITEM_STATES = ("succeeded", "failed")  # edgewarm_items_finished_total's
 _NO_LATENCY = (0.0,) * (len(LATENCY_BUCKETS) + 2)
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -148,9 +150,10 @@ class ItemTally(Collector):
         self.nodes: Callable[[], list[str]] = list  # the configured nodes, whose series start at 0 (watch_nodes)
 
     def observe(self, node: str, action: str, verdict: str, seconds: float | None, size: int) -> None:
-        """One worked item: `verdict` is succeeded, retried, failed or waiting (its node held down: no attempt
-        spent); `seconds` its requests took, None when it made none (its outcome was shared from another
-        item's warm of the same URL); `size` the body bytes read."""
+        """One worked item: `verdict` is succeeded, retried, failed, waiting (its node held down: no attempt
+        spent), or rewarmed or rewarm_failed (a warm done again ended: not another item finished); `seconds`
+        its requests took, None when it made none (its outcome was shared from another item's warm of the same
+        URL); `size` the body bytes read."""
         counts = self._items.get((node, action, verdict))
         if counts is None:
             counts = self._items[(node, action, verdict)] = [0, 0]
@@ -186,8 +189,8 @@ class ItemTally(Collector):
             retried.setdefault(node, 0)
             if verdict == "retried":
                 retried[node] += count
-            elif verdict != "waiting":
-                by_state[verdict] = by_state.get(verdict, 0) + count
+            elif verdict in by_state:
+                by_state[verdict] += count
         for node, size in by_node.items():
             fetched.add_metric([node], size)
         for node, count in retried.items():
@@ -221,7 +224,14 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServ
         if environ.get("PATH_INFO") not in ("/metrics", "/metrics/"):
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"not found: the metrics are at /metrics\n"]
-        return app(environ, start_response)  # type: ignore[no-any-return]
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        # A probe's HEAD (prometheus_client answers it 405): the GET's status and headers, no body.
+        said: list[Any] = []
+        body = b"".join(app({**environ, "REQUEST_METHOD": "GET"}, lambda *args: said.extend(args)))
+        status, headers = said[0], [(k, v) for k, v in said[1] if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return []
 
     class Server(ThreadingWSGIServer):
         address_family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]

@@ -201,6 +201,9 @@ class Claim:
     # Its task's user ("" for items written before schema version 5: store.base.UNNAMED), whose turn it waits
     # for in its node's lane (engine/turns.py).
     user: str = ""
+    # A warm that had succeeded and is warmed again (its error starts with WARMED_AGAIN): its outcome is not
+    # another item's end (the metrics count it apart).
+    rewarm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +265,6 @@ class TaskFilter:
 
 
 CANCELLED = "cancelled"
+# How the error of a warm made pending again after it had succeeded begins (its node back after a hold, or moved
+# by a reload: engine/scheduler.py): its claim says `rewarm`.
+WARMED_AGAIN = "warmed again:"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from . import auth
 from .config import Retention
 from .errors import StoreError
+from .logs import counted
 from .store import TaskStore
 
 log = logging.getLogger("edgewarm.retention")
@@ -76,7 +77,7 @@ async def run_retention(
             now = clock()
             removed = await purge_old_tasks(store, current, now)
             if removed:
-                log.info("retention: removed %d finished tasks older than %s days", removed, current.days)
+                log.info("retention: removed %s older than %s days", counted(removed, "finished task"), current.days)
             counters = await purge_old_usage(store, current, now, timezone())
             if counters:
                 log.info(

@@ -31,7 +31,7 @@ import yarl
 
 from . import __version__
 from .errors import JdCode, RequestRefused, StoreError
-from .logs import RepeatedFailure
+from .logs import RepeatedFailure, counted
 from .models import Task
 from .retention import first_of
 from .store import redacted
@@ -333,7 +333,9 @@ class WebhookDeliverer:
             return
         if brought:
             log.warning(
-                "%d webhooks were due more than %.0f s ahead (a clock stepped back): due now", brought, beyond - now
+                "%s due more than %.0f s ahead (a clock stepped back): due now",
+                counted(brought, "webhook was", "webhooks were"),
+                beyond - now,
             )
             self.wake()
 
@@ -383,7 +385,10 @@ class WebhookDeliverer:
             await asyncio.gather(*deliveries, return_exceptions=True)
             cut = [task for delivery, task in running if delivery in late]
             if cut:
-                log.warning("stopping: %d webhook deliveries cut short after grace_seconds", len(cut))
+                log.warning(
+                    "stopping: %s cut short after grace_seconds",
+                    counted(len(cut), "webhook delivery", "webhook deliveries"),
+                )
             unsent.extend(cut)
         self._due_now.extend(lease for task in unsent if (lease := _lease(task)) is not None)
         self._due_now.extend(self._put_off)  # for the next start: this process is not there a timeout later
@@ -399,10 +404,12 @@ class WebhookDeliverer:
             try:
                 released = await self.store.release_webhooks(leases, self._clock() + later)
             except StoreError as exc:
-                log.error("handing back %d webhooks failed (sent once their leases end): %s", len(leases), exc)
+                log.error(
+                    "handing back %s failed (sent once their leases end): %s", counted(len(leases), "webhook"), exc
+                )
             else:
                 if not later:
-                    log.info("handed back %d webhooks not sent: due at once", released)
+                    log.info("handed back %s not sent: due at once", counted(released, "webhook"))
             leases.clear()
 
     def _take(self, session: aiohttp.ClientSession, task: Task, start_by: float) -> None:

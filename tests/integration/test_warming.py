@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections import Counter
@@ -468,3 +469,18 @@ def test_a_users_item_on_a_slow_node_waits_for_one_of_another_users_items_there_
             ahead = paths[before : paths.index(small)]
             assert len(ahead) < 8, ahead  # the 2 under way when it was submitted, then its turn
             assert client.wait(first, timeout=60)["counts"]["succeeded"] == 120
+
+
+def test_a_node_answering_503_to_every_request_is_told_in_the_log(tmp_path: Path, lab: Lab) -> None:
+    """A shield whose origin answers 503: each request fails, retried, and the log had only the task's lines.
+    Now a warning names the node and counts its 503s (the first at once, the rest at the stop here, before the
+    minute), without the URL; the edges, not asked, have none."""
+    extra = "[engine]\nbackoff_base = 0.01\nbackoff_max = 0.02\nmax_attempts = 3\n"
+    with start_service(tmp_path, lab.nodes_toml(), extra=extra) as service, client_for(service) as client:
+        taskid = client.prefetch([url_of("/status/503/told-a"), url_of("/status/503/told-b")])
+        assert client.wait(taskid, timeout=60)["status"] == 2
+    lines = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip().startswith("{")]
+    told = [line["message"] for line in lines if line["message"].startswith("node ") and line["level"] == "warning"]
+    assert told[0] == "node shield-1: 1 HTTP 503", told
+    assert re.fullmatch(r"node shield-1 in the last \d+ s: 5 HTTP 503", told[-1]), told
+    assert len(told) == 2 and not any("told-" in line for line in told), told

@@ -349,7 +349,7 @@ def test_a_stop_gives_a_delivery_to_a_hanging_receiver_grace_seconds_not_the_web
             took = time.monotonic() - started
     assert code == 0 and took < 20, (code, took)  # bounded well below the 40 s timeout the stop waited before
     said = service.log.read_text()
-    assert "1 webhook deliveries cut short" in said and "handed back 1 webhooks not sent" in said, said
+    assert "1 webhook delivery cut short" in said and "handed back 1 webhook not sent" in said, said
 
     async def handed_back() -> None:
         async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:

@@ -932,6 +932,18 @@ async def test_healthz(api: Api) -> None:
     assert (response.status_code, response.json()) == (200, {"ok": True})
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_probes_may_ask_with_head(api: Api, path: str) -> None:
+    """Load balancers and uptime checkers probe with HEAD (answered 405, allow: GET): the GET's status and
+    headers, no body."""
+    got = await api.client.get(path)
+    head = await api.client.head(path)
+    assert (head.status_code, head.content) == (got.status_code, b"")
+    assert head.headers["content-type"] == got.headers["content-type"]
+    if path != "/metrics":  # the metrics' figures may change between the two
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+
+
 async def test_a_dir_refresh_is_counted_against_dirs_per_call_not_urls_per_call(api: Api) -> None:
     """A user allowed 3 URLs a call (dirs_per_call left at 5) refreshes 4 directories in one call; 6 are refused
     with code 46, naming directories; 4 files are refused with code 9 (before, the directories were counted

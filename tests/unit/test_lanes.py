@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewarm.config import Config, Node, parse_config
 from edgewarm.engine import Engine, FetchResult
+from edgewarm.engine.node_health import FAILURES_IN_A_ROW, NodeHealth
 from edgewarm.errors import StoreError
 from edgewarm.models import (
     ItemAction,
@@ -68,10 +70,11 @@ def config(
     node_width: int | None = None,
     flush_interval: float = 0.05,
     node_name: str = "e1",
+    node_kind: str = "generic",
     users: tuple[str, ...] = ("u",),
     **engine_keys: Any,
 ) -> Config:
-    node: dict[str, Any] = {"name": node_name, "url": "http://127.0.0.1:1"}
+    node: dict[str, Any] = {"name": node_name, "url": "http://127.0.0.1:1", "kind": node_kind}
     if node_width is not None:
         node["concurrency"] = node_width
     engine = {
@@ -172,6 +175,73 @@ class HeldFetcher:
 
     def tells_misses(self, node: Node) -> bool:
         return True
+
+
+class RestartingFetcher(HeldFetcher):
+    """HeldFetcher, with a NodeHealth; the requests of the paths in `fail_once` are answered 503 once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.health = NodeHealth()  # type: ignore[assignment]
+        self.fail_once: set[str] = set()
+
+    async def request(
+        self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        answer = await super().request(method, node, target, headers)
+        if target.path_query in self.fail_once:
+            self.fail_once.discard(target.path_query)
+            return FetchResult(503, 0, None)
+        return answer
+
+
+async def test_warms_done_again_are_counted_apart_not_as_more_items_finished() -> None:
+    """A Varnish node held down and back while a task runs: its warms done already are done again, and counted
+    as `rewarmed` (after a 503 and a retry too), not as more items finished (a tester: items_finished_total said
+    170 succeeded of 140 items; edgewarm_fetches_total 210 succeeded of 110 on the node)."""
+    fetcher = RestartingFetcher()
+    quick = config(4, node_kind="varnish", backoff_base=0.001, backoff_max=0.002)
+    task_id = str(uuid.uuid4())
+    paths = [f"/{task_id}/0", f"/{task_id}/1", f"/slow/{task_id}"]  # the slow one keeps the task running
+    items = tuple(NewItem(seq=i, url=f"http://example.test{path}", node="e1") for i, path in enumerate(paths))
+    async with open_store("memory://") as store:
+        engine = Engine(quick, store, fetcher)
+        runner = asyncio.create_task(engine.run())
+        try:
+            quota = QuotaCharge("20261128", 3, 0, 10**9, 10)
+            await store.create_task(NewTask(task_id, "u", TaskKind.PREFETCH, time.time(), items, quota))
+            engine.wake()
+            for _ in range(int(DEADLINE / 0.01)):
+                if (await store.task_counts(task_id)).succeeded == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert fetcher.fast == 2 and fetcher.slow == 1
+            fetcher.fail_once = set(paths[:2])
+            node = quick.nodes[0]
+            for _ in range(FAILURES_IN_A_ROW):
+                fetcher.health.observe(node, False, "cannot connect")
+            fetcher.health.observe(node, True, None)  # back: came_back() tells the engine
+            engine.wake()
+            await until(lambda: fetcher.fast == 6, "the task's two warms done again, each after a 503")
+            fetcher.release.set()
+            task = await ended(store, task_id)
+            assert task is not None and (task.status, task.succeeded) == (TaskStatus.SUCCEEDED, 3), task
+        finally:
+            fetcher.release.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    got = {
+        (s.name, s.labels.get("outcome") or s.labels.get("state")): s.value
+        for family in text_string_to_metric_families(engine.metrics.render().decode())
+        for s in family.samples
+        if s.name in ("edgewarm_fetches_total", "edgewarm_items_finished_total") and s.value
+    }
+    assert got == {
+        ("edgewarm_fetches_total", "succeeded"): 3,
+        ("edgewarm_fetches_total", "retried"): 2,
+        ("edgewarm_fetches_total", "rewarmed"): 2,
+        ("edgewarm_items_finished_total", "succeeded"): 3,
+    }
 
 
 @pytest.mark.parametrize("users", [1, 2])

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from edgewarm.errors import StoreError
-from edgewarm.logs import CALLERS_KEPT, RefusalDigest, RepeatedFailure, TextFormatter
+from edgewarm.logs import CALLERS_KEPT, RefusalDigest, RepeatedFailure, TextFormatter, counted, item_count
 from edgewarm.metrics import Metrics
 from edgewarm.models import Task, TaskKind, TaskStatus
 from edgewarm.views import task_summary
@@ -152,3 +152,17 @@ def test_a_text_line_carries_the_fields_a_json_line_does() -> None:
     record.task_id, record.user, record.status = "t-1", "alice", 0
     line = TextFormatter().format(record)
     assert line.endswith("INFO edgewarm.engine: task ended: status 0 [task_id=t-1 user=alice status=0]"), line
+
+
+def test_counts_in_lines_are_singular_for_one() -> None:
+    """A stop said "1 webhook deliveries cut short": a count's noun follows it, with the plural given where "s"
+    does not make it."""
+    assert (
+        counted(1, "webhook delivery", "webhook deliveries"),
+        counted(2, "webhook delivery", "webhook deliveries"),
+    ) == (
+        "1 webhook delivery",
+        "2 webhook deliveries",
+    )
+    assert [counted(n, "webhook") for n in (0, 1, 3)] == ["0 webhooks", "1 webhook", "3 webhooks"]
+    assert (item_count(1), item_count(2)) == ("1 item", "2 items")

@@ -113,7 +113,7 @@ def test_every_series_of_a_known_label_is_there_from_the_start_at_zero() -> None
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_a_workers_metrics_server_answers_metrics_only_at_its_path(host: str) -> None:
     """`metrics_listen` (a worker's /metrics) answered every path with the metrics (prometheus_client's server):
-    now /metrics only (a query string aside), 404 elsewhere; IPv6 addresses too."""
+    now /metrics only (a query string aside), 404 elsewhere; IPv6 addresses too. HEAD as GET, without the body."""
     metrics = Metrics()
     try:
         server = serve_metrics(host, 0, metrics.registry)
@@ -125,6 +125,9 @@ def test_a_workers_metrics_server_answers_metrics_only_at_its_path(host: str) ->
             answer = httpx.get(base + path, timeout=5)
             assert answer.status_code == 200, path
             assert "edgewarm_queue_depth" in answer.text, path
+        head = httpx.head(base + "/metrics", timeout=5)  # a probe's (405 before)
+        assert (head.status_code, head.content) == (200, b"")
+        assert int(head.headers["content-length"]) > 0 and head.headers["content-type"].startswith("text/plain")
         for path in ("/", "/metricsx", "/other/metrics", "/favicon.ico"):
             answer = httpx.get(base + path, timeout=5)
             assert (answer.status_code, answer.text) == (404, "not found: the metrics are at /metrics\n"), path

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edgewarm.cli.watch import FAILURES_SHOWN, TABLE_WIDTH, TASK_BARS, _elapsed, follow, riding_out, summarize
+from edgewarm.cli.watch import (
+    FAILURES_SHOWN,
+    TABLE_WIDTH,
+    TASK_BARS,
+    NodePace,
+    _elapsed,
+    follow,
+    riding_out,
+    summarize,
+)
 from edgewarm.client import ClientError
 from edgewarm.views import progress
 
@@ -202,3 +211,19 @@ def test_many_tasks_share_one_bar_and_a_restart_of_the_server_is_waited_for(monk
     assert "task 00000000" not in text, text
     with pytest.raises(ClientError):  # and not for ever
         follow(RestartingClient(taskids[:1], gone=1), taskids[:1], interval=0.01, patience=0, console=out)  # type: ignore[arg-type]
+
+
+def test_a_nodes_rate_is_over_its_own_active_time() -> None:
+    """A shield that did 30 items in 0.1 s of a 26 s task showed 1/s (its items over the task's time): now its
+    items over the looks from before its first outcome to its last (to a look's precision), kept once it is done;
+    none ("-") while it has not moved, or when it was done before `watch` began."""
+    now = [0.0]
+    edge, done_before = NodePace(lambda: now[0]), NodePace(lambda: now[0])
+    looks = [(0.0, 0), (10.0, 0), (10.5, 30), (11.0, 40), (26.0, 40)]  # waits 10 s for its shield, then 40 in 1 s
+    rates = []
+    for now[0], done in looks:
+        rates.append(edge.seen(done))
+    assert rates == ["-", "-", "60", "40", "40"]
+    assert done_before.seen(30) == "-"
+    now[0] = 30.5
+    assert done_before.seen(30) == "-"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -62,6 +63,10 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
             service.metrics.queue_counted(None)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    # Load balancers and uptime checkers probe with HEAD: the GET's status and headers, without its body.
+    for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+        app.add_api_route(path, head_of(endpoint), methods=["HEAD"], include_in_schema=False)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         """404, 405 and the like in the shape of every other error of this API: {"error": …}; a body that
@@ -78,3 +83,15 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
     app.add_middleware(DirectRoutes, routes=app.router.routes)  # inside the body limit (added last: outermost)
     app.add_middleware(BodySizeLimit, max_bytes=lambda: service.config.api.max_body_bytes, reads=body_reads)
     return app
+
+
+def head_of(endpoint: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:
+    """A HEAD route's endpoint: `endpoint`'s answer (a GET's) with its headers, Content-Length included, and no
+    body, whatever server runs the app."""
+
+    async def head() -> Response:
+        answer = await endpoint()
+        return Response(status_code=answer.status_code, headers=dict(answer.headers))
+
+    head.__name__ = f"{endpoint.__name__}_head"
+    return head

@@ -49,6 +49,30 @@ def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: flo
             time.sleep(max(interval, 0.5))
 
 
+class NodePace:
+    """A node's rate as `watch` sees it: its items done over the time they took, from the last look before its
+    first outcome seen to the look at which its count last grew, to a look's precision (before, its items over
+    the whole task's time: a shield that did 30 items in 0.1 s of a 26 s task showed 1/s, and edges waiting for
+    it showed low rates too). A node whose count has not moved while watched (all its items done before, or none
+    yet) shows none: "-"."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: tuple[int, float] | None = None  # (done, when) at the last look before it moved
+        self._last: tuple[int, float] | None = None  # (done, when) at the look its count last grew
+
+    def seen(self, done: int) -> str:
+        """Its items done at this look; its rate as a bar shows it."""
+        now = self._clock()
+        if self._last is None and (self._since is None or done == self._since[0]):
+            self._since = (done, now)
+        elif self._since is not None and done > (self._last or self._since)[0]:
+            self._last = (done, now)
+        if self._since is None or self._last is None:
+            return "-"
+        return f"{(self._last[0] - self._since[0]) / max(self._last[1] - self._since[1], 1e-3):.0f}"
+
+
 def _done(counts: dict[str, int]) -> int:
     return counts["succeeded"] + counts["failed"]
 
@@ -98,6 +122,7 @@ def follow(
             else {t: progress.add_task(f"task {t[:8]}", total=None, failed=0, rate="-") for t in taskids}
         )
         node_bars: dict[str, TaskID] = {}
+        paces: dict[str, NodePace] = {}
         while True:
             per_node: dict[str, dict[str, int]] = {}
             if one_bar:
@@ -128,12 +153,13 @@ def follow(
                     # Several tasks: each node's bar is theirs together, not the last task bar's above it.
                     of = "" if len(taskids) == 1 else f" ({len(taskids)} tasks)"
                     node_bars[node] = progress.add_task(f"  node {node}{of}", total=None, failed=0, rate="-")
+                    paces[node] = NodePace()
                 progress.update(
                     node_bars[node],
                     total=_total(c),
                     completed=_done(c),
                     failed=c["failed"],
-                    rate=f"{_done(c) / max(_elapsed(v) for v in views.values()):.0f}",
+                    rate=paces[node].seen(_done(c)),
                 )
             if all(v["status"] != 1 for v in views.values()):
                 break

@@ -149,6 +149,7 @@ class ProcessFetcher(GuardedClient):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
+        self.flush_failures()
         await self._stop()
 
     @property

@@ -24,7 +24,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
@@ -37,7 +37,7 @@ from yarl import URL
 
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
-from ..logs import RepeatedFailure
+from ..logs import RefusalDigest, RepeatedFailure, counted
 from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for, vary_of
 from ..tuning import out_of_open_files
 from ..urls import DOT_SEGMENT, TargetUrl
@@ -170,14 +170,81 @@ class NodeClient(Protocol):
 SENT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("edgewarm_sent")
 
 
+# A node's failed requests as its warning counts them (FailureDigests), by what their error says: (words of the
+# error, the kind, its plural). Other network errors are "network errors"; an answer of 5xx "HTTP 503".
+_FAILURE_KINDS = (
+    ("silent for read_timeout", "timeout (silent for read_timeout)", "timeouts (silent for read_timeout)"),
+    (
+        "not done within fetch_timeout",
+        "timeout (not done within fetch_timeout)",
+        "timeouts (not done within fetch_timeout)",
+    ),
+    ("disconnected before answering", "disconnection before an answer", "disconnections before an answer"),
+    ("short body", "short body", "short bodies"),
+    ("broken body", "short body", "short bodies"),
+    ("malformed HTTP head", "malformed answer", "malformed answers"),
+)
+_PLURALS = {kind: plural for _, kind, plural in _FAILURE_KINDS} | {"network error": "network errors"}
+
+
+def failure_kind(result: FetchResult) -> str | None:
+    """What a node's failed request counts as in its warning (FailureDigests), or None: it did not fail, or
+    another line tells it (a connection that failed, toward the node's hold; a certificate refused; this
+    process's own trouble)."""
+    if result.unreachable or result.final or result.untold:
+        return None
+    if result.error is None:
+        return f"HTTP {result.status}" if result.status is not None and result.status >= 500 else None
+    if OUT_OF_FILES in result.error:
+        return None
+    return next((kind for words, kind, _ in _FAILURE_KINDS if words in result.error), "network error")
+
+
+class FailureDigests:
+    """Per node, a warning a minute at most while its requests fail other than by a connection refused or timed
+    out (the node's holds tell those): timeouts of a silent node, its 5xx answers, resets, counted by kind,
+    "node slow-1 in the last 60 s: 150 HTTP 503; 300 timeouts (silent for read_timeout)" (before, a node that
+    timed out or answered 503 to every request left no trace in the log but the tasks' ends). Kinds only: no
+    URL, no answer's words. Memory: a count per kind (a few, and the 100 statuses of 5xx) per node named."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._nodes: dict[str, RefusalDigest] = {}
+
+    def observe(self, node: Node, result: FetchResult) -> None:
+        kind = failure_kind(result)
+        if kind is None:
+            return
+        digest = self._nodes.get(node.name)
+        if digest is None:
+            digest = self._nodes[node.name] = RefusalDigest(
+                log,
+                f"node {node.name}",
+                clock=self._clock,
+                say=lambda n, kind: counted(n, kind, _PLURALS.get(kind, kind)),
+            )
+        digest.refused(kind)
+
+    def flush(self) -> None:
+        """Write the failures not told yet (at a stop, or when the client is replaced)."""
+        for digest in self._nodes.values():
+            digest.flush()
+
+
 class GuardedClient:
     """What both node clients share: `health`, the process's record of unreachable nodes (node_health.py),
-    holds those down; without it every request is sent. Subclasses send in `_request`."""
+    holds those down; without it every request is sent (a fetch process's child: its parent tells). Subclasses
+    send in `_request`. The engine's client (with `health`) warns of nodes whose requests keep failing
+    (FailureDigests); `flush_failures` at its end."""
 
     def __init__(self, health: NodeHealth | None) -> None:
         self.health = health
         self._telling: set[tuple[str, str]] = set()  # (name, url) of the nodes that told a MISS (or the like)
         self._out_of_files = RepeatedFailure(log, "connecting to nodes")  # the process's own limit: said in its log
+        self.failures = FailureDigests(time.monotonic if health is None else health.now)
+
+    def flush_failures(self) -> None:
+        self.failures.flush()
 
     def tells_misses(self, node: Node) -> bool:
         return (node.name, node.url) in self._telling
@@ -203,6 +270,7 @@ class GuardedClient:
         result = self._heard(node, await self._request(method, node, target, headers))
         if health is None:
             return result
+        self.failures.observe(node, result)
         if result.untold:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is
             return result
@@ -263,6 +331,7 @@ class Fetcher(GuardedClient):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.flush_failures()
         if self._client is not None:
             await self._client.close()
             self._client = None

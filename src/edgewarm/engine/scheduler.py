@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 
 from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
-from ..logs import RepeatedFailure, item_count
+from ..logs import RepeatedFailure, counted, item_count
 from ..metrics import Metrics
-from ..models import CANCELLED, Claim, ItemAction, ItemOutcome, Task, Tier
+from ..models import CANCELLED, WARMED_AGAIN, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
 from ..store.base import DUE_SLACK_SECONDS
 from ..urls import stored_target
@@ -293,7 +293,7 @@ class Engine:
             if self._leased:
                 try:
                     released = await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
-                    log.info("released %d unfinished items", len(self._leased))
+                    log.info("released %s unfinished", item_count(len(self._leased)))
                     for task in released.ended:  # cancelled, its last items under way among those handed back
                         self._task_ended(task)
                 except StoreError as exc:
@@ -528,7 +528,7 @@ class Engine:
             for node in self.config.nodes:
                 if node.url == url and node.rewarms_after_down:
                     note = (
-                        f"warmed again: {node.name} could not be reached for a while and may have restarted with an "
+                        f"{WARMED_AGAIN} {node.name} could not be reached for a while and may have restarted with an "
                         "empty cache (rewarm_after_down)"
                     )
                     why = "it is back after a hold (it may have restarted empty)"
@@ -541,7 +541,7 @@ class Engine:
         REWARM_SLACK_SECONDS after now (a request under way went to the old address), once that has passed."""
         ended_before = self._clock() + REWARM_SLACK_SECONDS
         for moved in nodes:
-            note = f"warmed again: a reload moved {moved.name} to another address, which holds none of what it warmed"
+            note = f"{WARMED_AGAIN} a reload moved {moved.name} to another address, which holds none of what it warmed"
 
             async def later(moved: Node = moved, note: str = note) -> None:
                 await asyncio.sleep(REWARM_SLACK_SECONDS)
@@ -576,9 +576,9 @@ class Engine:
             return
         if count:
             log.warning(
-                "node %s: %d warms of the tasks still running are done again: %s",
+                "node %s: %s done again: %s",
                 name,
-                count,
+                counted(count, "warm of the tasks still running is", "warms of the tasks still running are"),
                 why,
                 extra={"node": name},
             )
@@ -723,6 +723,8 @@ class Engine:
                 finally:
                     self._release(fetcher)
                 self.fetched += 1
+                if claim.rewarm and outcome.retry_at is not None:  # its next claim is a warm done again too
+                    outcome = replace(outcome, error=f"{WARMED_AGAIN} {outcome.error or 'to be retried'}")
                 # No latency for an item that sent no request: shared, or its node held down.
                 self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
                 self._outcomes.put_nowait(outcome)
@@ -735,7 +737,7 @@ class Engine:
         (a failure of this engine's, in the metrics as such; a cancelled item counts in its task only)."""
         self._outcomes.put_nowait(_unsent(claim, why))
         if why is None:
-            self.metrics.items.observe(claim.node, claim.action, "failed", None, 0)
+            self.metrics.items.observe(claim.node, claim.action, "rewarm_failed" if claim.rewarm else "failed", None, 0)
 
     def _release(self, fetcher: NodeClient) -> None:
         left = self._using[fetcher] - 1
@@ -901,11 +903,13 @@ class Engine:
             self._wake.set()
 
     def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
-        """The item in the metrics; `seconds` its requests took, None when it made none (shared, node held down)."""
+        """The item in the metrics; `seconds` its requests took, None when it made none (shared, node held down).
+        A warm done again ends as `rewarmed` or `rewarm_failed`: its item had ended once already (a tester's
+        items_finished_total counted 170 items succeeded of 140)."""
         if outcome.succeeded:
-            verdict = "succeeded"
+            verdict = "rewarmed" if claim.rewarm else "succeeded"
         elif outcome.retry_at is None:
-            verdict = "failed"
+            verdict = "rewarm_failed" if claim.rewarm else "failed"
         else:  # an item that waits for its node (held down) spent no attempt
             verdict = "retried" if outcome.attempts > claim.attempts else "waiting"
         size = 0 if seconds is None else outcome.bytes or 0

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from ..errors import LIST_SECONDS, ListTooLong, QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
+    WARMED_AGAIN,
     Cancel,
     Claim,
     Item,
@@ -254,10 +255,11 @@ ORDER BY s.n
 # attempt it makes before sending it (begin_attempt), so that an item that kills its worker every time still
 # ends after max_attempts. The CTE with a locking clause runs once; SKIP LOCKED makes concurrent claimers take
 # disjoint rows without waiting for each other.
-_TAKE = """
+_TAKE = f"""
 UPDATE items SET state = 'running', lease_owner = $1, due_at = $2
 FROM due WHERE items.id = due.id
-RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts, due.state = 'running'
+RETURNING items.id, items.task_id, items.url, items.node, items.action, items.attempts, due.state = 'running',
+    coalesce(left(items.error, {len(WARMED_AGAIN)}) = '{WARMED_AGAIN}', false)
 """
 # An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
 _USER = f"coalesce(username, '{UNNAMED}')"
@@ -626,7 +628,7 @@ def _store_error(exc: BaseException) -> StoreError:
 
 
 def _claims(rows: Sequence[asyncpg.Record], user: str) -> list[Claim]:
-    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6], user) for r in rows]
+    return [Claim(r[0], r[1], r[2], r[3], ItemAction(r[4]), r[5], r[6], user, r[7]) for r in rows]
 
 
 def _rowcount(status: str) -> int:

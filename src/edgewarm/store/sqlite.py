@@ -24,6 +24,7 @@ import orjson
 from ..errors import LIST_SECONDS, ListTooLong, QuotaExceeded, StoreDamaged, StoreError, StoreFull
 from ..models import (
     CANCELLED,
+    WARMED_AGAIN,
     Cancel,
     Claim,
     Item,
@@ -601,7 +602,7 @@ class SQLiteStore:
             # holder before it sends it (begin_attempt), not here (the dead holder may never have sent it).
             if rows:
                 self.db.execute(_LEASE_ITEMS, (_json([r[0] for r in rows]), worker, now + lease_seconds))
-            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6]), user) for r in rows]
+            return [Claim(r[0], r[1], r[2], r[3], _ACTIONS[r[4]], r[5], bool(r[6]), user, bool(r[7])) for r in rows]
 
         def window(user: str, skip: list[str], want: int, after: ScanPoint) -> Window:
             scan = claim_scan(want, skip)
@@ -961,7 +962,11 @@ _ITEMS_PAGE_IN_STATE = (
 
 # Claims: the first ?2 due items as one JSON array (one step); then their leases. No REAL columns travel as
 # JSON (it would round them).
-_CLAIMED_COLUMNS = "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running'))"
+# The last column: a warm done again (models.Claim.rewarm).
+_CLAIMED_COLUMNS = (
+    "json_group_array(json_array(id, task_id, url, node, action, attempts, state = 'running', "
+    f"coalesce(substr(error, 1, {len(WARMED_AGAIN)}) = '{WARMED_AGAIN}', 0)))"
+)
 # An item's user as the index items_user_due has it (UNNAMED: written before schema version 5).
 _USER = f"coalesce(username, '{UNNAMED}')"
 # The users with items due at ?1, as a JSON array: the users with items pending or running found by one step of
@@ -979,7 +984,7 @@ _DUE_USERS = (
 )
 # Of user ?3's items, the first ?2 due.
 _DUE_ITEMS = (
-    f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state FROM items "
+    f"SELECT {_CLAIMED_COLUMNS} FROM (SELECT id, task_id, url, node, action, attempts, state, error FROM items "
     f"WHERE state IN ('pending', 'running') AND {_USER} = ?3 AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2)"
 )
 # A window of a claim that skips nodes: of user ?7's ?4 due items after (due_at, id) (?5, ?6), the first ?2
@@ -987,7 +992,7 @@ _DUE_ITEMS = (
 # lazily: it stops once ?2 are found.
 _DUE_WINDOW = (
     f"SELECT {_CLAIMED_COLUMNS}, min(due_at) FROM (SELECT * FROM (SELECT id, task_id, url, node, action, attempts, "
-    "state, due_at "
+    "state, error, due_at "
     f"FROM items WHERE state IN ('pending', 'running') AND {_USER} = ?7 AND due_at <= ?1 "
     "AND (due_at, id) > (?5, ?6) ORDER BY due_at, id LIMIT ?4) WHERE node NOT IN (SELECT value FROM json_each(?3)) "
     "LIMIT ?2)"
