@@ -23,7 +23,7 @@ from . import __version__
 from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
-from .store import redacted, sqlite_path
+from .store import pool_size_of, redacted, sqlite_path
 from .urls import password_masked
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -346,6 +346,10 @@ def _is_host(text: str) -> bool:
 def _bad_postgresql_url(url: str) -> str | None:
     """What is wrong with a PostgreSQL URL's user information or ports (each host's in `h1:5432,h2:5433`, and
     `?port=5432,5433`), or None: the driver would fail at the first connection, after check-config said OK."""
+    try:
+        pool_size_of(url)
+    except StoreError as exc:
+        return str(exc)
     parts = urlsplit(url)
     if parts.netloc.count("@") > 1:  # the driver takes what follows the first for the host
         return "an @ in the user name or password must be percent-encoded: %40"

@@ -2053,6 +2053,18 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    async def test_the_urls_pool_size_bounds_the_connections_and_is_not_sent_to_the_server(
+        self, postgres_db_url: str
+    ) -> None:
+        """Each process opened 10 connections at most, and no setting changed it (a tester's 9 workers filled
+        PostgreSQL's 100 slots): `?pool_size=N` in the store URL. The driver would send an unknown parameter to
+        the server as a setting, which the server refuses."""
+        sep = "&" if "?" in postgres_db_url else "?"
+        async with PostgresStore(f"{postgres_db_url}{sep}pool_size=3") as store:
+            assert store._pool is not None and store._pool.get_max_size() == 3
+            await store.create_task(make_task(2))
+            assert len(await claim_all(store)) == 2
+
     async def test_a_purge_that_ends_between_a_claims_look_and_its_hand_back_leaves_no_warm_waiting(
         self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -154,3 +154,24 @@ def open_store(url: str, *, opening: Opening = Opening.SERVICE) -> TaskStore:
         store: TaskStore = PostgresStore(url, opening=opening)
         return store
     raise StoreError(f"unknown store URL {redacted(url)!r}: use sqlite:///PATH, postgresql://… or memory://")
+
+
+POOL_SIZE = "pool_size"  # the store URL's own parameter (not the server's): connections each process opens at most
+POOL_SIZES = range(2, 1001)
+
+
+def pool_size_of(url: str) -> tuple[str, int | None]:
+    """`url` without its `pool_size` parameter, and its value (None: not given); StoreError when it is not a
+    number in POOL_SIZES. The driver would send an unknown parameter to the server as a setting."""
+    base, mark, query = url.partition("?")
+    pairs = query.split("&") if mark else []
+    given = [pair.partition("=")[2] for pair in pairs if pair.partition("=")[0] == POOL_SIZE]
+    if not given:
+        return url, None
+    if len(given) > 1 or not given[0].isdigit() or int(given[0]) not in POOL_SIZES:
+        raise StoreError(
+            f"the store URL's {POOL_SIZE} must be given once, a number from {POOL_SIZES.start} to "
+            f"{POOL_SIZES.stop - 1} (the connections each edgewarm process opens at most)"
+        )
+    kept = [pair for pair in pairs if pair.partition("=")[0] != POOL_SIZE]
+    return base + ("?" + "&".join(kept) if kept else ""), int(given[0])

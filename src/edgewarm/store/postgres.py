@@ -44,7 +44,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
-from . import redacted
+from . import pool_size_of, redacted
 from .base import (
     DEFER_SECONDS,
     MAX_STAGES,
@@ -649,13 +649,14 @@ class PostgresStore:
         command_timeout: float | None = 60.0,
         connect_timeout: float = 10.0,
     ) -> None:
+        url, pool_size = pool_size_of(url)
         self.url = url
         self.safe_url = redacted(url)
         self._scans = ClaimScans()
         self._fair = FairClaims()
         self._opening = opening
         self._min_connections = min_connections
-        self._max_connections = max_connections
+        self._max_connections = pool_size or max_connections
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
