@@ -727,7 +727,7 @@ class SQLiteStore:
         return await self._run(functools.partial(self._hand_back, where, (_json(list(item_ids)), worker), now))
 
     async def release_all_leases(self, now: float) -> Released:
-        """Make every leased item due now: only for a process that knows it is the sole engine."""
+        """Make every leased item due again: only for a process that knows it is the sole engine."""
 
         def release_all() -> Released:
             with _write_transaction(self.db):
@@ -742,10 +742,12 @@ class SQLiteStore:
             return self._handed_back(where, args, now)
 
     def _handed_back(self, where: str, args: tuple[object, ...], now: float) -> Released:
-        """The leased items `where` says due at `now` again; those of tasks cancelled while they were under way
-        fail instead, as the cancel would have failed them then (not sent again)."""
+        """The leased items `where` says due again (at their task's creation, HANDED_BACK_DUE); those of tasks
+        cancelled while they were under way fail instead, as the cancel would have failed them then (not sent
+        again)."""
         handed = self.db.execute(
-            f"UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL WHERE {where} RETURNING task_id",
+            f"UPDATE items SET state = 'pending', due_at = {_HANDED_BACK_DUE}, lease_owner = NULL WHERE {where} "
+            "RETURNING task_id",
             (now, *args),
         ).fetchall()
         if not handed:
@@ -1000,12 +1002,17 @@ _OTHERS_WARMS = (
     "AND node IN (SELECT value FROM json_each(?2)) AND action = 'warm' AND lease_owner <> ?1"
 )
 
-# release_all_leases (?1 now, ?2 CANCELLED): the items under way when their engine died stay leased, due now:
+# Due again at their task's creation (no later than ?1, now: a clock stepped back), not now: due now, a user's
+# oldest task handed back at a restart went behind the tasks they submitted after it (a tester: the release
+# being warmed ended last), as claims take a user's items by (due_at, id). Stages keep their order (a later
+# stage's items wait for the earlier one's, whatever their due times).
+_HANDED_BACK_DUE = "min(?1, (SELECT created_at FROM tasks WHERE tasks.id = items.task_id))"
+# release_all_leases (?1 now, ?2 CANCELLED): the items under way when their engine died stay leased, due again:
 # taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine ends
 # after max_attempts; handed back as pending, it was sent for ever at no cost); but those of tasks cancelled,
 # and those leased yet pending, are handed back (_LEASED_REST).
 _RETAKE_RUNNING = (
-    "UPDATE items SET due_at = ?1 WHERE state IN ('pending', 'running') AND state = 'running' "
+    f"UPDATE items SET due_at = {_HANDED_BACK_DUE} WHERE state IN ('pending', 'running') AND state = 'running' "
     "AND lease_owner IS NOT NULL AND task_id NOT IN (SELECT id FROM tasks WHERE reason = ?2 AND status = 1)"
 )
 _LEASED_REST = (
