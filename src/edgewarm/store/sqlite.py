@@ -251,6 +251,7 @@ class SQLiteStore:
                     f"each name, so processes that open it by different names lose each other's writes; keep one "
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
+            _make_owner_only(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_SECONDS)
         try:  # refused before WAL: another application's file, or another version's, stays as it is
             version = _version_of(db, self.path)
@@ -886,6 +887,17 @@ LOCK_WAIT_SECONDS = 10.0
 WAL_KEPT_BYTES = 16 * 1024 * 1024  # the -wal's size kept when it starts over after a checkpoint (journal_size_limit)
 _LOCKED = "sqlite: the submission waited over {:g} s for the database (locked by another process?): nothing was made"
 WAL_LOOKS = 0.5  # seconds a WAL-mode file without tables or -wal is looked at again (_not_without_its_wal)
+
+
+def _make_owner_only(path: str) -> None:
+    """Make the database file, when there is none, readable and writable by this user only (0600, whatever the
+    umask: made by SQLite it was 0644), as its -wal and -shm, which SQLite makes with the file's own mode: it
+    holds every user's URLs, and callback URLs with their tokens. A file there already keeps its mode (the
+    operator's choice: `serve` warns when others can read it, store_cautions)."""
+    # Made meanwhile by another process (its mode is that one's), or not makeable here: sqlite3.connect then
+    # says why, in the words the store's errors are given.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _not_without_its_wal(path: str) -> None:
