@@ -950,11 +950,17 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
         return StoreFull(
             f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed there"
         )
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+        return StoreError(
+            f"sqlite: the database {path} is locked by another process (a sqlite3 shell in a transaction?): "
+            f"a write waited {LOCK_WAIT_SECONDS:g} s for it"
+        )
     return StoreError(f"sqlite: {exc}")
 
 
 WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
 # SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
+_SQLITE_BUSY = 5  # "database is locked": another connection's write lock, held past the busy timeout
 _SQLITE_FULL = 13
 _WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
