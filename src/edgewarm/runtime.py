@@ -377,6 +377,17 @@ async def _run_parts(
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics, sole=sole)
+            # Any part that fails to start stops those started before the store closes under them.
+            stack.push_async_callback(_stop_parts, worker, tasks, stopping)
+            if config.metrics_listen and not api:  # an address in use is an error before anything starts
+                host, _, port = config.metrics_listen.rpartition(":")
+                try:
+                    metrics_server = serve_metrics(host.strip("[]"), int(port), metrics.registry)
+                except OSError as exc:
+                    raise _cannot_listen(config.metrics_listen, exc) from None
+                stack.callback(metrics_server.server_close)
+                stack.callback(metrics_server.shutdown)
+                log.info("metrics on http://%s/metrics", config.metrics_listen)
             # Before the tasks that use the store start: a take-back that fails ends the start, and they would
             # go on with a store closing under them ("retention round failed: the store is not open").
             if sole and not await _take_back(store, metrics, config.store, stopping):
@@ -404,14 +415,6 @@ async def _run_parts(
                 )
             )
             if config.metrics_listen and not api:
-                host, _, port = config.metrics_listen.rpartition(":")
-                try:
-                    metrics_server = serve_metrics(host.strip("[]"), int(port), metrics.registry)
-                except OSError as exc:
-                    raise _cannot_listen(config.metrics_listen, exc) from None
-                stack.callback(metrics_server.server_close)
-                stack.callback(metrics_server.shutdown)
-                log.info("metrics on http://%s/metrics", config.metrics_listen)
                 tasks.append(
                     asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")
                 )
@@ -483,6 +486,14 @@ async def _run_parts(
             )
         else:
             log.info("edgewarm stopped cleanly")
+
+
+async def _stop_parts(worker: Engine, tasks: list[asyncio.Task[None]], stopping: asyncio.Event) -> None:
+    """At the end, the engine's parts stopped (at once when one failed to start: the others ended after the store
+    had closed, "retention round failed: the store is not open"); a stop's own end has stopped them already."""
+    stopping.set()
+    worker.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close_fetchers(live: _Live) -> None:
