@@ -609,5 +609,47 @@ def restart_only_changes(started: Config, fresh: Config) -> list[str]:
     return [name for name, (old, new) in values.items() if old != new]
 
 
+# A node's settings a reload's log shows with their values; the others (`url`, `purge_headers`: they may hold a
+# token) by name only, as every user setting (a secret, a customer's domains).
+_NODE_VALUES_SHOWN = ("tier", "kind", "tls_verify", "purge_method", "dir_purge", "ban_header", "rewarm_after_down")
+
+
+def reload_changes(running: Config, fresh: Config) -> str:
+    """What a reload from `running` to `fresh` adds and changes, in a line (nodes and users removed have lines
+    of their own): `nodes added: edge-2b; users added: robert; changed: user alice (secret), node edge-1
+    (concurrency 4 -> 2)`, or "" when neither. A user's changed settings are named, never shown."""
+    parts: list[str] = []
+    for what, old, new in (("nodes", running.nodes, fresh.nodes), ("users", running.users, fresh.users)):
+        before = {x.name for x in old}
+        if added := [x.name for x in new if x.name not in before]:
+            parts.append(f"{what} added: {', '.join(added)}")
+    changed: list[str] = []
+    for user in fresh.users:
+        if (was := running.user(user.name)) is not None and (
+            fields := [f for f in type(user).model_fields if getattr(user, f) != getattr(was, f)]
+        ):
+            changed.append(f"user {user.name} ({', '.join(fields)})")
+    for node in fresh.nodes:
+        if (old_node := running.node(node.name)) is None:
+            continue
+        notes = []
+        widths = (
+            old_node.concurrency or running.engine.per_node_concurrency,
+            node.concurrency or fresh.engine.per_node_concurrency,
+        )
+        if widths[0] != widths[1]:
+            notes.append(f"concurrency {widths[0]} -> {widths[1]}")
+        for field in type(node).model_fields:
+            old_value, new_value = getattr(old_node, field), getattr(node, field)
+            if field == "concurrency" or old_value == new_value:
+                continue
+            notes.append(f"{field} {old_value} -> {new_value}" if field in _NODE_VALUES_SHOWN else field)
+        if notes:
+            changed.append(f"node {node.name} ({', '.join(notes)})")
+    if changed:
+        parts.append(f"changed: {', '.join(changed)}")
+    return "; ".join(parts)
+
+
 def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get("EDGEWARM_CONFIG")

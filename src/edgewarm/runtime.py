@@ -26,14 +26,23 @@ from . import hangups
 from .api import create_app
 from .api.middleware import BodyReads
 from .api.protocol import bounded_protocol
-from .config import FETCHER_KEYS, Config, Node, file_cautions, load_config, reload_refusal, restart_only_changes
+from .config import (
+    FETCHER_KEYS,
+    Config,
+    Node,
+    file_cautions,
+    load_config,
+    reload_changes,
+    reload_refusal,
+    restart_only_changes,
+)
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
 from .logs import HTTP_DIGESTS, RepeatedFailure, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
-from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path
+from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path, store_cautions
 from .tuning import open_files_room
 from .urls import TargetUrl
 from .webhooks import WebhookDeliverer
@@ -121,6 +130,9 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
     def on_hangup() -> None:
         if config_path is None:
             return
+        if stopping.is_set():  # a reload would open a fetcher, or fail a removed node's items, during the stop
+            log.info("SIGHUP ignored: the service is stopping")
+            return
         try:
             fresh = load_config(config_path)
         except ConfigError as exc:
@@ -133,8 +145,14 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
         gone = [node.name for node in live.config.nodes if fresh.node(node.name) is None]
         left = [user.name for user in live.config.users if fresh.user(user.name) is None]
+        changes = reload_changes(live.config, fresh)
         live.apply(fresh)
-        log.info("SIGHUP: config reloaded (%d users, %d nodes)", len(fresh.users), len(fresh.nodes))
+        log.info(
+            "SIGHUP: config reloaded (%d users, %d nodes)%s",
+            len(fresh.users),
+            len(fresh.nodes),
+            f": {changes}" if changes else "",
+        )
         if gone:  # a node renamed is one removed and one added
             log.warning("SIGHUP: nodes no longer configured, their open items fail: %s", ", ".join(gone))
         if left:
@@ -298,6 +316,43 @@ async def _count_the_queue(store: TaskStore, metrics: Metrics, stopping: asyncio
         await first_of(QUEUE_DEPTH_EVERY, stopping)
 
 
+TAKE_BACK_SECONDS = 60.0  # a start tries this long to take back the items a previous process left leased
+
+
+async def _take_back(store: TaskStore, metrics: Metrics, store_url: str, stopping: asyncio.Event) -> bool:
+    """Take back the items a previous process left leased (release_all_leases), tried again as the engine tries
+    its writes again while the store does not take them (another process holding the SQLite file's write lock:
+    a start ended at once on "sqlite: database is locked"), for TAKE_BACK_SECONDS; then StoreError. False when
+    a stop came first."""
+    deadline, delay = time.monotonic() + TAKE_BACK_SECONDS, 0.5
+    while True:
+        try:
+            released = await store.release_all_leases(time.time())
+            break
+        except StoreError as exc:
+            if stopping.is_set():
+                return False
+            if time.monotonic() + delay > deadline:
+                raise StoreError(
+                    f"taking back the items left running by a previous process failed for {TAKE_BACK_SECONDS:g} s "
+                    f"on {redacted(store_url)}: {exc}"
+                ) from exc
+            log.warning(
+                "taking back the items left running by a previous process failed, tried again for up to %g s: %s",
+                TAKE_BACK_SECONDS,
+                exc,
+            )
+            await first_of(delay, stopping)
+            delay = min(delay * 2, 5.0)
+            if stopping.is_set():
+                return False
+    if released.items:
+        log.info("took back %s left running by a previous process", item_count(released.items))
+    for ended in released.ended:  # cancelled, its last items under way among those taken back
+        metrics.task_ended(ended, log)
+    return True
+
+
 async def _run_parts(
     live: _Live,
     store: TaskStore,
@@ -322,6 +377,22 @@ async def _run_parts(
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics, sole=sole)
+            # Any part that fails to start stops those started before the store closes under them.
+            stack.push_async_callback(_stop_parts, worker, tasks, stopping)
+            if config.metrics_listen and not api:  # an address in use is an error before anything starts
+                host, _, port = config.metrics_listen.rpartition(":")
+                try:
+                    metrics_server = serve_metrics(host.strip("[]"), int(port), metrics.registry)
+                except OSError as exc:
+                    raise _cannot_listen(config.metrics_listen, exc) from None
+                stack.callback(metrics_server.server_close)
+                stack.callback(metrics_server.shutdown)
+                log.info("metrics on http://%s/metrics", config.metrics_listen)
+            # Before the tasks that use the store start: a take-back that fails ends the start, and they would
+            # go on with a store closing under them ("retention round failed: the store is not open").
+            if sole and not await _take_back(store, metrics, config.store, stopping):
+                log.info("edgewarm stopped before its engine started: the store took no writes meanwhile")
+                return
             if not sole and config.engine.dedupe_seconds:
                 log.info("dedupe_seconds is not applied: other engines on this store may purge what this one warmed")
             metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
@@ -344,23 +415,9 @@ async def _run_parts(
                 )
             )
             if config.metrics_listen and not api:
-                host, _, port = config.metrics_listen.rpartition(":")
-                try:
-                    metrics_server = serve_metrics(host.strip("[]"), int(port), metrics.registry)
-                except OSError as exc:
-                    raise _cannot_listen(config.metrics_listen, exc) from None
-                stack.callback(metrics_server.server_close)
-                stack.callback(metrics_server.shutdown)
-                log.info("metrics on http://%s/metrics", config.metrics_listen)
                 tasks.append(
                     asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")
                 )
-            if sole:
-                released = await store.release_all_leases(time.time())
-                if released.items:
-                    log.info("took back %s left running by a previous process", item_count(released.items))
-                for ended in released.ended:  # cancelled, its last items under way among those taken back
-                    metrics.task_ended(ended, log)
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         server: _Server | None = None
         body_reads = BodyReads()  # the requests whose bodies are still arriving: answered 503 at a stop
@@ -399,6 +456,8 @@ async def _run_parts(
         where = f", listening on {config.listen}" if api else ""
         log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
         _log_cautions(config, engine, config_path)
+        for caution in store_cautions(config.store):  # at start only: the store changes only on a restart
+            log.warning("%s", caution)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops
@@ -419,7 +478,23 @@ async def _run_parts(
                 digest.flush()
         if server is not None and not server.started and stop_wait not in done:
             raise StoreError(f"the API could not listen on {config.listen}")
-        log.info("edgewarm stopped cleanly")
+        if worker is not None and (lost := worker.lost):
+            log.warning(
+                "edgewarm stopped; %d outcomes not written and %s not handed back: they run again when their "
+                "leases end, or at the next start",
+                lost.outcomes,
+                item_count(lost.items),
+            )
+        else:
+            log.info("edgewarm stopped cleanly")
+
+
+async def _stop_parts(worker: Engine, tasks: list[asyncio.Task[None]], stopping: asyncio.Event) -> None:
+    """At the end, the engine's parts stopped (at once when one failed to start: the others ended after the store
+    had closed, "retention round failed: the store is not open"); a stop's own end has stopped them already."""
+    stopping.set()
+    worker.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close_fetchers(live: _Live) -> None:

@@ -50,6 +50,7 @@ log = logging.getLogger("edgewarm.webhooks")
 SIGNATURE_HEADER = "X-Edgewarm-Signature"
 USER_AGENT = f"edgewarm/{__version__} (webhook)"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CLAIM_AT_STOP_SECONDS = 1.0  # a claim under way when a stop comes is waited for this much longer (_claim)
 MAX_DELIVERIES = 100  # webhooks being delivered at once by one process; each one's lease is 3 x the timeout
 # Of those, to one receiver (host:port), and of one user's: one that hangs holds 10 and leaves the others to
 # the others (testers' findings: 100 webhooks to one hanging receiver held every user's back a whole [webhooks]
@@ -350,11 +351,9 @@ class WebhookDeliverer:
                     self._start_held(session)
                     await self._hand_back()
                     room, due = MAX_DELIVERIES - len(self._running), []
-                    if room > 0:
+                    if room > 0 and not stopping.is_set():  # none once stopping: its wait made the stop longer
                         try:
-                            due = await self.store.claim_due_webhooks(
-                                self._clock(), room, _lease_seconds(self.config.webhooks)
-                            )
+                            due = await self._claim(room, stopping)
                             claims_log.worked()
                         except StoreError as exc:
                             claims_log.failed(exc)
@@ -367,6 +366,27 @@ class WebhookDeliverer:
                     await first_of(1.0, self._wake, stopping)  # a stop ends the loop at once, not after the second
             finally:
                 await self._finish_or_cut_short()
+
+    async def _claim(self, room: int, stopping: asyncio.Event) -> list[Task]:
+        """Claim up to `room` due webhooks. A stop meanwhile waits CLAIM_AT_STOP_SECONDS more for the claim, then
+        gives it up: not yet begun (queued behind a write that waits for a lock: a tester's stop waited 10 s
+        more for it), it is never made; begun, its webhooks are sent once their leases end."""
+        claim = asyncio.ensure_future(
+            self.store.claim_due_webhooks(self._clock(), room, _lease_seconds(self.config.webhooks))
+        )
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait([claim, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not claim.done():
+                await asyncio.wait([claim], timeout=CLAIM_AT_STOP_SECONDS)
+            if not claim.done():
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
+                return []
+            return claim.result()
+        finally:
+            stop.cancel()
 
     async def _finish_or_cut_short(self) -> None:
         """At a stop, the deliveries under way get `[engine] grace_seconds`, as other work in flight, then are

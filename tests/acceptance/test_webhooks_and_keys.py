@@ -285,7 +285,8 @@ def test_a_fetcher_swap_in_the_middle_of_a_task_loses_and_repeats_nothing(tmp_pa
 
 def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:
     """A node removed (or renamed) by a reload fails its open items: the log's warning names it (before, only
-    "config reloaded (1 users, 1 nodes)"); so is a user removed, whose open tasks keep running."""
+    "config reloaded (1 users, 1 nodes)"); so is a user removed, whose open tasks keep running; the reload's line
+    names the nodes and users added."""
     with FaultServer(always(Respond(200, body=b"ok"))) as one, FaultServer(always(Respond(200, body=b"ok"))) as two:
         kept = f'[[nodes]]\nname = "kept"\nurl = "{one.url}"\n'
         with start_service(tmp_path, kept + f'\n[[nodes]]\nname = "gone"\nurl = "{two.url}"\n') as service:
@@ -298,6 +299,8 @@ def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:
                 time.sleep(0.05)
             log = service.log_text()
     assert "SIGHUP: nodes no longer configured, their open items fail: gone" in log, log
+    # the added ones too, in the reload's own line (before, only the removals were named)
+    assert "SIGHUP: config reloaded (1 users, 2 nodes): nodes added: renamed; users added: renamed-user" in log, log
     assert (
         f"SIGHUP: users no longer configured (their open tasks keep running, their webhooks are not sent): {DEMO_USER}"
         in log

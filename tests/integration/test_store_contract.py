@@ -956,6 +956,29 @@ class TestWork:
         assert len(again) == 4 and again[a].attempts == again[b].attempts == 0
         assert again[a].retaken and again[b].retaken and not any(x.retaken for i, x in again.items() if i not in (a, b))
 
+    @pytest.mark.parametrize("how", ["release_leases", "release_all_leases"])
+    async def test_items_handed_back_keep_their_task_ahead_of_the_users_later_tasks(
+        self, store: TaskStore, how: str
+    ) -> None:
+        """Items handed back (a stop, or a start taking back a dead engine's) are due again at their task's
+        creation, not at the hand-back: a tester's restart put a user's oldest task (the release being warmed)
+        behind the 5 URLs they submitted 2 s after it, as claims take a user's items by (due_at, id)."""
+        older = make_task(3)
+        await store.create_task(older)
+        leased = await claim_all(store, now=NOW + 1)  # the older task's, under way or claimed ahead
+        await store.record_outcomes("w1", [failed(leased[0], retry_at=NOW + 1.5)], NOW + 1)  # retried: pending
+        (retry,) = await store.claim_due_items("w1", 10, NOW + 2, LEASE)
+        later = make_task(2, created_at=NOW + 2)
+        await store.create_task(later)
+        if how == "release_leases":
+            assert (await store.release_leases("w1", leased, NOW + 3)).items == 3
+        else:
+            assert (await store.release_all_leases(NOW + 3)).items == 3
+        first = await store.claim_due_items("w2", 3, NOW + 3, LEASE)
+        assert {c.item_id for c in first} == set(leased) and retry.item_id == leased[0]
+        rest = {c.item_id for c in await store.claim_due_items("w2", 10, NOW + 3, LEASE)}
+        assert rest == {i.id for i in await store.list_items(later.id)}
+
     async def test_list_items_is_ordered_by_url_stage_and_id_and_pages(self, store: TaskStore) -> None:
         """list_items orders by URL position, stage, id; offset and limit page through; outcomes show."""
         items = (

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 import pytest
 
 import edgewarm.engine.actions
+import edgewarm.engine.scheduler
+import edgewarm.runtime
 import edgewarm.store.base
 import edgewarm.store.sqlite
 from edgewarm.config import Config, parse_config
@@ -1278,3 +1282,161 @@ async def test_a_reload_while_the_service_starts_its_parts_reaches_them(
     finally:
         signal.raise_signal(signal.SIGTERM)  # the service's own handler: a graceful stop
         await asyncio.wait_for(service, 30)
+
+
+# -- `serve` beside another process's write lock on the SQLite file, and its stop ---------------------------
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("edgewarm")]
+
+
+async def _until_logged(
+    caplog: pytest.LogCaptureFixture, text: str, service: asyncio.Task[None], within: float
+) -> None:
+    deadline = time.monotonic() + within
+    while not any(text in m for m in _messages(caplog)):
+        assert not service.done(), f"the service ended: {service.exception()!r}; {_messages(caplog)}"
+        assert time.monotonic() < deadline, f"{text!r} not logged: {_messages(caplog)}"
+        await asyncio.sleep(0.05)
+
+
+def _locked(path: Path) -> sqlite3.Connection:
+    """Another process's write lock on the database file, as a sqlite3 shell's `BEGIN IMMEDIATE` holds it."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    return db
+
+
+async def _with_a_task(url: str, urls: int) -> None:
+    """A store at `url` holding one task of `urls` URLs on node-1, as a previous start left it."""
+    from edgewarm.models import NewItem, NewTask, QuotaCharge, TaskKind
+
+    items = tuple(NewItem(seq, f"http://www.example.test/{seq}.bin", "node-1") for seq in range(urls))
+    async with open_store(url) as store:
+        await store.create_task(
+            NewTask("t-1", USER, TaskKind.PREFETCH, time.time(), items, QuotaCharge("20240101", urls, 0, 10**9, 10**9))
+        )
+
+
+@pytest.mark.parametrize("released", [True, False])
+async def test_a_start_beside_another_process_s_write_lock_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, released: bool
+) -> None:
+    """`serve` beside a sqlite3 shell holding the file's write lock: a tester's start ended after one lock wait
+    with a bare "Error: sqlite: database is locked", and "retention round failed: the store is not open" logged
+    on the way. Its first write (taking back a previous process's leases) is tried again, saying the file is
+    locked by another process; the engine starts once the lock is let go; else the start fails naming the file,
+    with nothing started that would use the store as it closes."""
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(edgewarm.runtime, "TAKE_BACK_SECONDS", 30.0 if released else 1.5, raising=False)
+    path = tmp_path / "ew.db"
+    url = f"sqlite://{path}"
+    await _with_a_task(url, 1)
+    locker = _locked(path)
+    config = parse_config(base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE))
+    service = asyncio.create_task(run(config, api=False, engine=True))
+    try:
+        if released:
+            await _until_logged(caplog, f"the database {path} is locked by another process", service, 10)
+            locker.rollback()
+            await _until_logged(caplog, "edgewarm running", service, 10)
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)
+        else:
+            with pytest.raises(StoreError) as failed:
+                await asyncio.wait_for(service, 20)
+            assert f"the database {path} is locked by another process (a sqlite3 shell in a transaction?)" in str(
+                failed.value
+            )
+            assert str(failed.value).startswith("taking back the items left running by a previous process failed")
+    finally:
+        locker.close()
+        if not service.done():
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)
+    assert not [m for m in _messages(caplog) if "retention round failed" in m or "is not open" in m], _messages(caplog)
+
+
+def one_node_at(url: str) -> list[dict[str, object]]:
+    return [{"name": "node-1", "url": url}]
+
+
+async def test_a_stop_with_the_store_locked_is_bounded_and_says_what_it_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop while another process holds the SQLite file's write lock: a tester's took 30 s with grace_seconds
+    = 5 (a webhook claim and the items' release each waited for the lock after the outcomes were given up) and
+    its last line said "edgewarm stopped cleanly" with 6 outcomes unwritten and the items not handed back. It
+    ends within grace_seconds and the store's waits under way, and says what it left."""
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    lock_wait, grace = 1.0, 1.0
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", lock_wait)
+    monkeypatch.setattr(edgewarm.engine.scheduler, "LAST_WRITES_SECONDS", grace)
+    path = tmp_path / "ew.db"
+    url = f"sqlite://{path}"
+    await _with_a_task(url, 20)
+    engine = {**FAST_ENGINE, "grace_seconds": grace, "per_node_concurrency": 2, "read_timeout": 5.0}
+    with FaultServer(always(Respond(200, body=BODY, delay=0.3))) as server:
+        config = parse_config(base_config(one_node(server), store=url, engine=engine))
+        service = asyncio.create_task(run(config, api=False, engine=True))
+        locker: sqlite3.Connection | None = None
+        try:
+            deadline = time.monotonic() + 10
+            while len(server.requests) < 3:  # under way, and an outcome written
+                assert time.monotonic() < deadline and not service.done()
+                await asyncio.sleep(0.05)
+            locker = _locked(path)
+            await asyncio.sleep(0.2)  # the next outcomes wait for the lock
+            began = time.monotonic()
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 30)
+            took = time.monotonic() - began
+        finally:
+            if locker is not None:
+                locker.close()
+            if not service.done():
+                signal.raise_signal(signal.SIGTERM)
+                await asyncio.wait_for(service, 20)
+    messages = _messages(caplog)
+    assert "edgewarm stopped cleanly" not in messages, messages
+    last = messages[-1]
+    assert last.startswith("edgewarm stopped; ") and "outcomes not written and " in last, messages
+    assert last.endswith("not handed back: they run again when their leases end, or at the next start"), last
+    # grace_seconds, then the write under way (one lock wait), and the claim under way at the signal (one more)
+    assert took < grace + 2 * lock_wait + 1.5, (took, messages)
+
+
+async def test_a_sighup_during_a_stop_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGHUP just after SIGTERM: a tester's was reloaded during the stop ("SIGHUP: config reloaded"; it may
+    open a new fetcher, or fail a removed node's items); it is ignored, and says so."""
+    from edgewarm.config import load_config
+    from edgewarm.runtime import run
+    from edgewarm.testing.service import write_config
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    nodes = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
+    path = write_config(
+        tmp_path / "edgewarm.toml", store=f"sqlite:///{tmp_path}/e.db", nodes_toml=nodes, port=free_port()
+    )
+    service = asyncio.create_task(run(load_config(str(path)), api=False, config_path=str(path)))
+    try:
+        await _until_logged(caplog, "edgewarm running", service, 20)
+        path.write_text(path.read_text().replace('name = "edge-1"', 'name = "edge-2"'))
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGHUP)
+        await asyncio.wait_for(service, 20)
+    finally:
+        if not service.done():
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)
+    messages = _messages(caplog)
+    assert "SIGHUP ignored: the service is stopping" in messages, messages
+    assert not [m for m in messages if "config reloaded" in m or "no longer configured" in m], messages

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from edgewarm.config import Config, config_path_from, file_cautions, load_config, parse_config, reload_refusal
+from edgewarm.config import (
+    Config,
+    config_path_from,
+    file_cautions,
+    load_config,
+    parse_config,
+    reload_changes,
+    reload_refusal,
+)
 from edgewarm.errors import ConfigError
 from edgewarm.models import Tier
 
@@ -344,6 +352,29 @@ def test_a_reload_that_drops_every_user_or_every_node_is_refused_saying_why() ->
     fewer = parse_config({**tomllib.loads(PRODUCT_EXAMPLE), "nodes": [{"name": "other", "url": "http://127.0.0.1:9"}]})
     assert reload_refusal(running, fewer) is None
     assert reload_refusal(nothing, nothing) is None  # nothing to lose
+
+
+def test_a_reloads_line_names_what_it_adds_and_changes_but_no_secret() -> None:
+    """A reload names in one line the nodes and users added and what changed on those kept (a tester's renames
+    logged only the removals; a changed secret or width not at all); a user's settings by name only."""
+    running = parse_config(example())
+    data = example()
+    data["users"][0] |= {"secret": "a-new-secret-0123456789", "domains": ["other.example.test"]}
+    data["users"].append({"name": "robert", "secret": "robert-secret-0123456789", "domains": ["r.test"]})
+    data["nodes"][0] |= {"concurrency": 2, "purge_headers": {"X-Token": "t0ken"}}
+    data["nodes"][1]["name"] = "edge-2b"
+    fresh = parse_config(data)
+    line = reload_changes(running, fresh)
+    assert line == (
+        "nodes added: edge-2b; users added: robert; changed: user jcloud_00 (secret, domains), "
+        "node shield-1 (concurrency 64 -> 2, purge_headers)"
+    )
+    assert "a-new-secret" not in line and "t0ken" not in line and "other.example" not in line
+    assert reload_changes(running, parse_config(example())) == ""
+    wider = example() | {"engine": {"per_node_concurrency": 8}}
+    assert reload_changes(running, parse_config(wider)) == (
+        "changed: node shield-1 (concurrency 64 -> 8), node edge-1 (concurrency 64 -> 8)"
+    )
 
 
 def test_load_config_names_the_key_from_a_file(tmp_path: Path) -> None:

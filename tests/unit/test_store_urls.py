@@ -14,7 +14,7 @@ from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.models import TaskFilter
 from edgewarm.runtime import run
-from edgewarm.store import existing_store, moved_database, open_store, redacted, sqlite_path
+from edgewarm.store import existing_store, moved_database, open_store, redacted, sqlite_path, store_cautions
 from edgewarm.testing.service import free_port
 
 pytestmark = pytest.mark.anyio
@@ -256,3 +256,27 @@ def test_a_sqlite_url_with_a_query_or_a_fragment_is_refused_by_the_config(url: s
     data = {"store": url, "users": [], "nodes": []}
     with pytest.raises(ConfigError, match="takes no query"):
         parse_config(data)
+
+
+async def test_a_sqlite_store_edgewarm_makes_is_for_its_owner_only(tmp_path: Path) -> None:
+    """The database file edgewarm makes, and its -wal and -shm, are 0600 whatever the umask (a tester's were 0644
+    under the default umask: every user of the machine could read every user's URLs and callback tokens); one
+    an operator made keeps its mode, and store_cautions warns when every user can read it."""
+    made, theirs = tmp_path / "made.db", tmp_path / "theirs.db"
+    sqlite3.connect(theirs).close()
+    theirs.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        for path in (made, theirs):
+            async with open_store(f"sqlite://{path}") as store:
+                await store.queue_depth()
+                modes = {end: os.stat(f"{path}{end}").st_mode & 0o777 for end in ("", "-wal", "-shm")}
+                mode = 0o600 if path == made else 0o644
+                assert set(modes.values()) == {mode}, modes
+    finally:
+        os.umask(old_umask)
+    assert store_cautions(f"sqlite://{made}") == []
+    assert store_cautions(f"sqlite://{theirs}") == [
+        f"the SQLite database {theirs} can be read by every user of this machine (mode 644), every user's URLs "
+        "and callback URLs with their tokens: chmod o-r (and its -wal and -shm)"
+    ]

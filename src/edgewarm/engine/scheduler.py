@@ -64,6 +64,18 @@ DUE_TOGETHER_SECONDS = 0.1  # items put off that fall due this close together ar
 REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
 
+@dataclass(frozen=True)
+class StopLoss:
+    """What an engine's stop left undone: outcomes not written and items not handed back (their items run
+    again when their leases end, or at the next start)."""
+
+    outcomes: int = 0
+    items: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.items)
+
+
 class _NodeLane:
     """One node's queue and its workers: the per-node concurrency cap. A reload may change `width`: workers are
     started up to it at once; surplus ones leave when they next take a claim (handing it back to the queue)."""
@@ -140,6 +152,9 @@ class Engine:
         self._clock = clock
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # What a stop left undone, once run() has ended (StopLoss): said by the service's last line.
+        self.lost = StopLoss()
+        self._writing = 0  # outcomes of the batch being written
         self._lanes: dict[str, _NodeLane] = {}
         self._retired: set[asyncio.Task[None]] = set()  # workers of removed nodes' lanes, until they end (_retire)
         self._in_hand: dict[int, Claim] = {}  # claimed and not yet worked (queued or running)
@@ -286,23 +301,40 @@ class Engine:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             cancels.cancel()
-            await self._write_the_last_outcomes()  # the leases are renewed meanwhile: not lost to others
+            written = await self._write_the_last_outcomes()  # the leases are renewed meanwhile: not lost to others
+            unwritten = 0 if written else self._outcomes.qsize() + self._writing
             renewer.cancel()
             writer.cancel()
             await asyncio.gather(writer, renewer, cancels, return_exceptions=True)
-            if self._leased:
+            if self._leased and not written:
+                # The store took no write for the whole wait: a release would wait behind the one under way (a
+                # tester's stop with the SQLite file locked: 10 s more, 30 s in all with grace_seconds = 5).
+                log.error(
+                    "not handing back %s: the store takes no writes (they run again when their leases end, or "
+                    "at the next start)",
+                    item_count(len(self._leased)),
+                )
+                self.lost = StopLoss(unwritten, len(self._leased))
+                self._leased.clear()
+            elif self._leased:
                 try:
-                    released = await self.store.release_leases(self.worker_id, sorted(self._leased), self._clock())
+                    released = await asyncio.wait_for(
+                        self.store.release_leases(self.worker_id, sorted(self._leased), self._clock()),
+                        LAST_WRITES_SECONDS,
+                    )
                     log.info("released %s unfinished", item_count(len(self._leased)))
                     for task in released.ended:  # cancelled, its last items under way among those handed back
                         self._task_ended(task)
-                except StoreError as exc:
+                except (StoreError, TimeoutError) as exc:
                     log.error(
-                        "releasing %s failed (they run again when their leases end): %s",
+                        "releasing %s failed (they run again when their leases end, or at the next start): %s",
                         item_count(len(self._leased)),
-                        exc,
+                        exc if isinstance(exc, StoreError) else f"no answer within {LAST_WRITES_SECONDS:g} s",
                     )
+                    self.lost = StopLoss(unwritten, len(self._leased))
                 self._leased.clear()
+            elif unwritten:
+                self.lost = StopLoss(unwritten, 0)
             for outcome in (writer, renewer):
                 if not outcome.cancelled() and outcome.exception() is not None:
                     raise outcome.exception()  # type: ignore[misc]
@@ -915,10 +947,10 @@ class Engine:
         size = 0 if seconds is None else outcome.bytes or 0
         self.metrics.items.observe(node.name, claim.action, verdict, seconds, size)
 
-    async def _write_the_last_outcomes(self) -> None:
+    async def _write_the_last_outcomes(self) -> bool:
         """At a stop: wait for the outcomes still to be written, up to grace_seconds (at least a few seconds)
         when the store does not take them: then this process ends without them, and their items run again
-        when their leases end (sent twice, counted once)."""
+        when their leases end (sent twice, counted once). Whether they were written."""
         limit = max(self.settings.grace_seconds, LAST_WRITES_SECONDS)
         try:
             await asyncio.wait_for(self._outcomes.join(), timeout=limit)
@@ -926,9 +958,11 @@ class Engine:
             log.error(
                 "stopping with %d outcomes unwritten: the store did not take them within %g s; their items run "
                 "again when their leases end",
-                len(self._leased),
+                self._outcomes.qsize() + self._writing,
                 limit,
             )
+            return False
+        return True
 
     async def _drain(self) -> None:
         if not self._in_hand:
@@ -950,7 +984,9 @@ class Engine:
                     await asyncio.wait_for(self._idle.wait(), timeout=s.flush_interval)
             while len(batch) < s.batch_size and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
+            self._writing = len(batch)
             await self._flush(batch)
+            self._writing = 0
             for _ in batch:
                 self._outcomes.task_done()
 

@@ -28,6 +28,7 @@ __all__ = [
     "redacted",
     "sqlite_path",
     "sqlite_uri",
+    "store_cautions",
 ]
 
 
@@ -79,6 +80,25 @@ def sqlite_uri(path: str, query: str) -> str:
     """A `file:` URI for SQLite's URI filenames (to pass options such as `mode=ro`) naming exactly `path`:
     its characters that such a URI reads otherwise (%, ?, #) are percent-encoded."""
     return f"file:{quote(path)}?{query}"
+
+
+def store_cautions(url: str) -> list[str]:
+    """What is unsafe about who may read the SQLite database at `url` (it holds every user's URLs, and callback
+    URLs with their tokens): each in a sentence, as config.file_cautions. edgewarm makes the file 0600; one an
+    operator made keeps its mode, and is warned about."""
+    path = sqlite_path(url)
+    if path is None or path == ":memory:":
+        return []
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []
+    if not mode & 0o004:
+        return []
+    return [
+        f"the SQLite database {path} can be read by every user of this machine (mode {mode & 0o777:o}), every "
+        "user's URLs and callback URLs with their tokens: chmod o-r (and its -wal and -shm)"
+    ]
 
 
 def make_folder_of(path: str) -> None:

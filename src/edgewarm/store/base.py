@@ -326,12 +326,12 @@ class ClaimScans:
     """Where each worker's claims that skip nodes go on scanning each user's due items (a scan: one worker's
     of one user's items, named by the caller).
 
-    A window whose claimable items were all leased is passed: the due items up to its last were then the
-    skipped nodes' own or leased, and an item made due later (a submission, a retry, a handed-back lease) is
-    due after it. So are the due items before the first one a window found, when it found all it wanted (the
-    skipped nodes' backlog in front of a user's items: else every claim read it again, for every user). A later
-    claim that skips those nodes, or more, starts after them; one that skips fewer starts from the first due
-    item (the nodes no longer skipped have items there)."""
+    A window whose claimable items were all leased is passed: the due items up to its last were then the skipped
+    nodes' own or leased, and an item made due later (a submission, a retry) is due after it (a lease another worker
+    hands back is due at its task's creation: found at the next rescan, RESCAN_SECONDS). So are the due items before
+    the first one a window found, when it found all it wanted (the skipped nodes' backlog in front of a user's
+    items: else every claim read it again, for every user). A later claim that skips those nodes, or more, starts
+    after them; one that skips fewer starts from the first due item (the nodes no longer skipped have items there)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -588,12 +588,15 @@ class TaskStore(Protocol):
         ...
 
     async def release_leases(self, worker: str, item_ids: Sequence[int], now: float) -> Released:
-        """Give leased items back untouched (graceful shutdown); those of a task cancelled meanwhile fail,
-        "cancelled", unsent (the tasks that ends are in the answer)."""
+        """Give leased items back untouched (graceful shutdown), due again at their task's creation (no later
+        than `now`): claims take a user's items by (due_at, id), and due at `now` a user's oldest task went
+        behind the ones they submitted after it. Those of a task cancelled meanwhile fail, "cancelled", unsent
+        (the tasks that ends are in the answer)."""
         ...
 
     async def release_all_leases(self, now: float) -> Released:
-        """Make every leased item due now (those of tasks cancelled meanwhile fail, as release_leases). Only for
+        """Make every leased item due again, at its task's creation as release_leases (those of tasks cancelled
+        meanwhile fail, as release_leases). Only for
         a process that knows it is the sole engine, at its start: those that were under way stay leased, to be
         claimed as retaken (their next attempt recorded before it is sent: an item that kills its engine ends
         after max_attempts), as those of a worker whose lease ran out."""

@@ -432,20 +432,29 @@ _REWARM = (
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - $1 WHERE id = $2"
 
+
+# Items handed back are due again at their task's creation (no later than now, the parameter named: a clock
+# stepped back), not now: due now, a user's oldest task handed back at a restart went behind the tasks they
+# submitted after it (a tester: the release being warmed ended last), as claims take a user's items by
+# (due_at, id). Stages keep their order (a later stage's items wait for the earlier one's whatever their dues).
+def _handed_back_due(now: str) -> str:
+    return f"LEAST({now}, (SELECT created_at FROM tasks WHERE tasks.id = items.task_id))"
+
+
 _RELEASE = (
-    f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL "
-    "FROM mine WHERE items.id = mine.id"
+    f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = {_handed_back_due('$3')}, "
+    "lease_owner = NULL FROM mine WHERE items.id = mine.id"
 )
 
 # release_all_leases ($1 now, $2 the cancelled tasks'): the items under way when their engine died stay leased,
-# due now: taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine
+# due again: taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine
 # ends after max_attempts); those of cancelled tasks, and those leased yet pending, are handed back.
-_RETAKE_RUNNING = """
-UPDATE items SET due_at = $1
+_RETAKE_RUNNING = f"""
+UPDATE items SET due_at = {_handed_back_due("$1")}
 WHERE state IN ('pending', 'running') AND state = 'running' AND lease_owner IS NOT NULL AND task_id <> ALL($2::text[])
 """
-_RELEASE_REST = """
-UPDATE items SET state = 'pending', due_at = $1, lease_owner = NULL
+_RELEASE_REST = f"""
+UPDATE items SET state = 'pending', due_at = {_handed_back_due("$1")}, lease_owner = NULL
 WHERE state IN ('pending', 'running') AND lease_owner IS NOT NULL AND (state = 'pending' OR task_id = ANY($2::text[]))
 """
 
@@ -1084,7 +1093,7 @@ class PostgresStore:
         return Released(released, ended)
 
     async def release_all_leases(self, now: float) -> Released:
-        """Make every leased item due now: only for a process that knows it is the sole engine."""
+        """Make every leased item due again: only for a process that knows it is the sole engine."""
         async with self._connection() as conn, conn.transaction():
             cancelled = [r[0] for r in await conn.fetch(_CANCELLED_OF_LEASED, CANCELLED)]
             released = _rowcount(await conn.execute(_RETAKE_RUNNING, now, cancelled))

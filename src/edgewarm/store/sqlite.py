@@ -255,6 +255,7 @@ class SQLiteStore:
                     f"each name, so processes that open it by different names lose each other's writes; keep one "
                     f"(find / -xdev -samefile {os.path.realpath(self.path)})"
                 )
+            _make_owner_only(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_SECONDS)
         try:  # refused before WAL: another application's file, or another version's, stays as it is
             version = _version_of(db, self.path)
@@ -733,7 +734,7 @@ class SQLiteStore:
         return await self._run(functools.partial(self._hand_back, where, (_json(list(item_ids)), worker), now))
 
     async def release_all_leases(self, now: float) -> Released:
-        """Make every leased item due now: only for a process that knows it is the sole engine."""
+        """Make every leased item due again: only for a process that knows it is the sole engine."""
 
         def release_all() -> Released:
             with _write_transaction(self.db):
@@ -748,10 +749,12 @@ class SQLiteStore:
             return self._handed_back(where, args, now)
 
     def _handed_back(self, where: str, args: tuple[object, ...], now: float) -> Released:
-        """The leased items `where` says due at `now` again; those of tasks cancelled while they were under way
-        fail instead, as the cancel would have failed them then (not sent again)."""
+        """The leased items `where` says due again (at their task's creation, HANDED_BACK_DUE); those of tasks
+        cancelled while they were under way fail instead, as the cancel would have failed them then (not sent
+        again)."""
         handed = self.db.execute(
-            f"UPDATE items SET state = 'pending', due_at = ?, lease_owner = NULL WHERE {where} RETURNING task_id",
+            f"UPDATE items SET state = 'pending', due_at = {_HANDED_BACK_DUE}, lease_owner = NULL WHERE {where} "
+            "RETURNING task_id",
             (now, *args),
         ).fetchall()
         if not handed:
@@ -892,6 +895,17 @@ _LOCKED = "sqlite: the submission waited over {:g} s for the database (locked by
 WAL_LOOKS = 0.5  # seconds a WAL-mode file without tables or -wal is looked at again (_not_without_its_wal)
 
 
+def _make_owner_only(path: str) -> None:
+    """Make the database file, when there is none, readable and writable by this user only (0600, whatever the
+    umask: made by SQLite it was 0644), as its -wal and -shm, which SQLite makes with the file's own mode: it
+    holds every user's URLs, and callback URLs with their tokens. A file there already keeps its mode (the
+    operator's choice: `serve` warns when others can read it, store_cautions)."""
+    # Made meanwhile by another process (its mode is that one's), or not makeable here: sqlite3.connect then
+    # says why, in the words the store's errors are given.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _not_without_its_wal(path: str) -> None:
     """Refuse a database file in WAL mode that holds no table while no `-wal` is beside it: what edgewarm wrote
     is in a `-wal` left behind (the file was copied or moved without it; until SQLite's first checkpoint, some
@@ -942,11 +956,17 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
         return StoreFull(
             f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed there"
         )
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+        return StoreError(
+            f"sqlite: the database {path} is locked by another process (a sqlite3 shell in a transaction?): "
+            f"a write waited {LOCK_WAIT_SECONDS:g} s for it"
+        )
     return StoreError(f"sqlite: {exc}")
 
 
 WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
 # SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
+_SQLITE_BUSY = 5  # "database is locked": another connection's write lock, held past the busy timeout
 _SQLITE_FULL = 13
 _WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
@@ -1010,12 +1030,17 @@ _OTHERS_WARMS = (
     "AND node IN (SELECT value FROM json_each(?2)) AND action = 'warm' AND lease_owner <> ?1"
 )
 
-# release_all_leases (?1 now, ?2 CANCELLED): the items under way when their engine died stay leased, due now:
+# Due again at their task's creation (no later than ?1, now: a clock stepped back), not now: due now, a user's
+# oldest task handed back at a restart went behind the tasks they submitted after it (a tester: the release
+# being warmed ended last), as claims take a user's items by (due_at, id). Stages keep their order (a later
+# stage's items wait for the earlier one's, whatever their due times).
+_HANDED_BACK_DUE = "min(?1, (SELECT created_at FROM tasks WHERE tasks.id = items.task_id))"
+# release_all_leases (?1 now, ?2 CANCELLED): the items under way when their engine died stay leased, due again:
 # taken again as retaken, their next attempt recorded before it is sent (an item that kills its engine ends
 # after max_attempts; handed back as pending, it was sent for ever at no cost); but those of tasks cancelled,
 # and those leased yet pending, are handed back (_LEASED_REST).
 _RETAKE_RUNNING = (
-    "UPDATE items SET due_at = ?1 WHERE state IN ('pending', 'running') AND state = 'running' "
+    f"UPDATE items SET due_at = {_HANDED_BACK_DUE} WHERE state IN ('pending', 'running') AND state = 'running' "
     "AND lease_owner IS NOT NULL AND task_id NOT IN (SELECT id FROM tasks WHERE reason = ?2 AND status = 1)"
 )
 _LEASED_REST = (
