@@ -97,19 +97,29 @@ def sole_engine_lock(store_url: str) -> Generator[bool, None, None]:
         yield True
         return
     # Named after the file itself: a second name for it (a symbolic link left where it was moved from, a folder
-    # linked elsewhere) must meet the same lock.
-    lock_path = os.path.realpath(path) + ".engine.lock"
-    make_folder_of(lock_path)
+    # linked elsewhere) must meet the same lock. The database file is locked too (flock: apart from SQLite's own
+    # fcntl locks on Linux; closed after the store): the lock file can be removed under its holder (a tester
+    # tidying a "stale lock" started a second engine on the store), the database not while it is in use.
+    real = os.path.realpath(path)
+    make_folder_of(real)
+    with _flocked(real + ".engine.lock", "the engine's lock", path), _flocked(real, "the database", path):
+        yield True
+
+
+@contextlib.contextmanager
+def _flocked(path: str, what: str, store: str) -> Generator[None, None, None]:
+    """Hold an exclusive flock of the file at `path` (made if missing, for its owner only); StoreError saying
+    another engine works on `store` when another process holds it."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StoreError(f"cannot open the engine's lock {lock_path}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another edgewarm engine is already working on {path}") from None
-        yield True
+            raise StoreError(f"another edgewarm engine is already working on {store}") from None
+        yield
     finally:
         os.close(fd)
 
