@@ -4,8 +4,10 @@ edgewarm, which read it relative to the working directory, left one."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -280,3 +282,24 @@ async def test_a_sqlite_store_edgewarm_makes_is_for_its_owner_only(tmp_path: Pat
         f"the SQLite database {theirs} can be read by every user of this machine (mode 644), every user's URLs "
         "and callback URLs with their tokens: chmod o-r (and its -wal and -shm)"
     ]
+
+
+def test_a_store_on_a_read_only_file_system_is_told_so(tmp_path: Path) -> None:
+    """It was told "its file is not writable by this user (uid 0)", pointing at chmod, not at the mount (a
+    tester's remount,ro). A real read-only mount where the test may mount one (root)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a read-only file system here (not root)")
+
+    async def opening() -> None:
+        async with open_store(f"sqlite:///{folder}/e.db"):
+            pass
+
+    try:
+        with pytest.raises(StoreError) as refused:
+            asyncio.run(opening())
+        assert str(refused.value) == f"the SQLite database {folder}/e.db is on a read-only file system (mounted ro?)"
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

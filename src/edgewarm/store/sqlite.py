@@ -237,6 +237,8 @@ class SQLiteStore:
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
+            if os.statvfs(folder).f_flag & os.ST_RDONLY:  # not the user's rights: chmod would not help
+                raise StoreError(f"the SQLite database {self.path} is on a read-only file system (mounted ro?)")
             # Its -wal and -shm too: left by a process of another user (root's, killed), they made every write
             # fail with "attempt to write a readonly database", naming neither the file nor the cause.
             for what, path in (
