@@ -38,7 +38,7 @@ from .config import (
 )
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreError, described
-from .logs import HTTP_DIGESTS, RepeatedFailure, item_count
+from .logs import HTTP_DIGESTS, RepeatedFailure, counted, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
@@ -158,9 +158,9 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         changes = reload_changes(live.config, fresh)
         live.apply(fresh)
         log.info(
-            "SIGHUP: config reloaded (%d users, %d nodes)%s",
-            len(fresh.users),
-            len(fresh.nodes),
+            "SIGHUP: config reloaded (%s, %s)%s",
+            counted(len(fresh.users), "user"),
+            counted(len(fresh.nodes), "node"),
             f": {changes}" if changes else "",
         )
         if gone:  # a node renamed is one removed and one added
@@ -490,9 +490,9 @@ async def _run_parts(
             raise StoreError(f"the API could not listen on {config.listen}")
         if worker is not None and (lost := worker.lost):
             log.warning(
-                "edgewarm stopped; %d outcomes not written and %s not handed back: they run again when their "
+                "edgewarm stopped; %s not written and %s not handed back: they run again when their "
                 "leases end, or at the next start",
-                lost.outcomes,
+                counted(lost.outcomes, "outcome"),
                 item_count(lost.items),
             )
         else:

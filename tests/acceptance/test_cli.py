@@ -576,7 +576,7 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
     ]
     for answer in answers:
         assert answer.returncode == 0, answer.stderr
-        assert answer.stdout.startswith(f"{config}: OK (1 users, 1 nodes"), answer.stdout
+        assert answer.stdout.startswith(f"{config}: OK (1 user, 1 node, 0 shields"), answer.stdout
         assert answer.stdout.rstrip().endswith("store sqlite)"), answer.stdout
         assert "warning: [engine] connect_timeout (5 s) is not below read_timeout" in answer.stderr
     relative = write_config(tmp_path / "relative.toml", store="sqlite:data/e.db", nodes_toml=NOWHERE_NODES, port=1)

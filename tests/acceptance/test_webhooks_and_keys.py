@@ -300,7 +300,7 @@ def test_a_reload_that_removes_a_node_says_so(tmp_path: Path) -> None:
             log = service.log_text()
     assert "SIGHUP: nodes no longer configured, their open items fail: gone" in log, log
     # the added ones too, in the reload's own line (before, only the removals were named)
-    assert "SIGHUP: config reloaded (1 users, 2 nodes): nodes added: renamed; users added: renamed-user" in log, log
+    assert "SIGHUP: config reloaded (1 user, 2 nodes): nodes added: renamed; users added: renamed-user" in log, log
     assert (
         f"SIGHUP: users no longer configured (their open tasks keep running, their webhooks are not sent): {DEMO_USER}"
         in log

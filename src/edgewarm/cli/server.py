@@ -10,7 +10,7 @@ import click
 
 from ..config import Config, file_cautions, load_config
 from ..errors import ConfigError, EdgewarmError
-from ..logs import setup_logging
+from ..logs import counted, setup_logging
 from ..tuning import tune_runtime
 from .main import main
 
@@ -96,8 +96,8 @@ def check_config(ctx: click.Context, path: str | None, config_path: str | None, 
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
     config = load_or_fail(chosen)
     click.echo(
-        f"{chosen}: OK ({len(config.users)} users, {len(config.nodes)} nodes, "
-        f"{len(config.shields())} shields, store {config.store.split(':')[0]})"
+        f"{chosen}: OK ({counted(len(config.users), 'user')}, {counted(len(config.nodes), 'node')}, "
+        f"{counted(len(config.shields()), 'shield')}, store {config.store.split(':')[0]})"
     )
     from ..store import moved_database
 

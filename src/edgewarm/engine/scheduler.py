@@ -956,9 +956,9 @@ class Engine:
             await asyncio.wait_for(self._outcomes.join(), timeout=limit)
         except TimeoutError:
             log.error(
-                "stopping with %d outcomes unwritten: the store did not take them within %g s; their items run "
+                "stopping with %s unwritten: the store did not take them within %g s; their items run "
                 "again when their leases end",
-                self._outcomes.qsize() + self._writing,
+                counted(self._outcomes.qsize() + self._writing, "outcome"),
                 limit,
             )
             return False
