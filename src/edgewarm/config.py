@@ -646,9 +646,21 @@ def reload_changes(running: Config, fresh: Config) -> str:
             notes.append(f"{field} {old_value} -> {new_value}" if field in _NODE_VALUES_SHOWN else field)
         if notes:
             changed.append(f"node {node.name} ({', '.join(notes)})")
+    for section in _SECTIONS:  # no secret in them: their values are shown
+        old_section, new_section = getattr(running, section), getattr(fresh, section)
+        notes = [
+            f"{field} {getattr(old_section, field)} -> {getattr(new_section, field)}"
+            for field in type(new_section).model_fields
+            if getattr(old_section, field) != getattr(new_section, field)
+        ]
+        if notes:
+            changed.append(f"[{section}] ({', '.join(notes)})")
     if changed:
         parts.append(f"changed: {', '.join(changed)}")
     return "; ".join(parts)
+
+
+_SECTIONS = ("limits", "engine", "api", "webhooks", "retention")  # reload_changes names their changed settings
 
 
 def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:

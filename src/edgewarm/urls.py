@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
@@ -340,14 +340,13 @@ def masked_query(query: str, secret: Callable[[str], bool] = lambda name: True) 
 
 
 def password_masked(url: str) -> str:
-    """`url` with the password of its user information as `***` (for a message or a log line); a URL that does
-    not parse is returned as it is."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
+    """`url` with the password of its user information as `***` (for a message or a log line), with a scheme
+    or without one (`user:password@host:port`, as a server address may be mistyped), however it parses."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    if password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"

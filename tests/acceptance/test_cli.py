@@ -134,6 +134,20 @@ def test_a_password_in_the_server_address_is_not_printed(tmp_path: Path) -> None
         assert result.returncode != 0, (args, result)
         assert "hunter2pass" not in result.stdout + result.stderr, (args, result)
         assert "http://admin:***@127.0.0.1:" in result.stderr, (args, result.stderr)
+    # Without a scheme it was printed whole; a port that is no number gave a traceback (httpx.InvalidURL), one out
+    # of range "Connection refused" (re-testers').
+    for given, said in (
+        (server.removeprefix("http://"), "is not an http(s) URL"),
+        ("http://admin:hunter2pass@127.0.0.1:abc", "is not a URL"),
+        ("http://admin:hunter2pass@127.0.0.1:99999", "is not a URL"),
+        ("http://admin:hunter2pass@[::1", "is not a URL"),
+    ):
+        result = run(["quota"], {**env, "EDGEWARM_SERVER": given})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (given, result.stderr)
+        assert "hunter2pass" not in result.stderr and said in result.stderr and "admin:***@" in result.stderr, (
+            given,
+            result.stderr,
+        )
 
 
 def test_sign_prints_the_jd_signature() -> None:
@@ -602,14 +616,22 @@ def test_check_config_takes_the_file_as_the_server_commands_do_and_warns(tmp_pat
     assert f"warning: {config} can be changed by other users of this machine (mode 666): chmod go-w" in answer.stderr
     # For CI and deploy hooks: warnings fail with --strict (before: exit 0 and OK, whatever they said).
     strict = run(["check-config", "--strict", str(config)], {})
-    assert strict.returncode == 1 and strict.stderr.rstrip().endswith("warnings (--strict)"), strict
+    assert strict.returncode == 1 and strict.stderr.rstrip().endswith(" (--strict)"), strict
+    assert "OK" not in strict.stdout, strict  # a script reading the output saw "OK" (a re-tester's)
     config.chmod(0o600)
     clean = write_config(tmp_path / "clean.toml", store=f"sqlite:///{tmp_path}/c.db", nodes_toml=NOWHERE_NODES, port=1)
     clean.chmod(0o600)
     assert run(["check-config", "--strict", str(clean)], {}).returncode == 0
+    store = tmp_path / "c.db"
+    store.touch()
+    store.chmod(0o644)  # made by the operator, readable by everyone: `serve` warned of it, check-config not
+    readable = run(["check-config", str(clean)], {})
+    assert readable.returncode == 0 and "can be read by every user" in readable.stderr, readable
+    store.unlink()
     # Two files: one was checked and the other ignored, saying nothing (a tester's); EDGEWARM_CONFIG's gives way.
-    both = run(["check-config", "--config", str(clean), str(config)], {})
-    assert both.returncode == 2 and "give the config file once" in both.stderr, both
+    for twice in (["--config", str(clean), str(config)], ["--config", str(clean), "--config", str(config)]):
+        both = run(["check-config", *twice], {})
+        assert both.returncode == 2 and "give one config file" in both.stderr, both
     assert run(["check-config", str(clean)], {"EDGEWARM_CONFIG": str(config)}).stdout.startswith(f"{clean}: OK")
 
 

@@ -373,7 +373,13 @@ def test_a_reloads_line_names_what_it_adds_and_changes_but_no_secret() -> None:
     assert reload_changes(running, parse_config(example())) == ""
     wider = example() | {"engine": {"per_node_concurrency": 8}}
     assert reload_changes(running, parse_config(wider)) == (
-        "changed: node shield-1 (concurrency 64 -> 8), node edge-1 (concurrency 64 -> 8)"
+        "changed: node shield-1 (concurrency 64 -> 8), node edge-1 (concurrency 64 -> 8), "
+        "[engine] (per_node_concurrency 64 -> 8)"
+    )
+    # The other sections too (a re-tester's [limits] and [api] changes took effect, the line named none).
+    other = example() | {"limits": {"urls_per_call": 50}, "api": {"timezone": "UTC"}}
+    assert reload_changes(running, parse_config(other)) == (
+        "changed: [limits] (urls_per_call 100 -> 50), [api] (timezone Asia/Shanghai -> UTC)"
     )
 
 

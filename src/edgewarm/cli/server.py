@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -81,32 +82,51 @@ def worker(config_path: str) -> None:
 @main.command("check-config")
 @click.argument("path", type=click.Path(), required=False)
 @click.option(
-    "--config", "config_path", envvar="EDGEWARM_CONFIG", show_envvar=True, type=click.Path(), help=CONFIG_HELP
+    "--config",
+    "config_paths",
+    envvar="EDGEWARM_CONFIG",
+    show_envvar=True,
+    type=click.Path(),
+    multiple=True,
+    help=CONFIG_HELP,
 )
 @click.option("--strict", is_flag=True, help="exit 1 when there are warnings too (for CI and deploy hooks)")
 @click.pass_context
-def check_config(ctx: click.Context, path: str | None, config_path: str | None, strict: bool) -> None:
+def check_config(ctx: click.Context, path: str | None, config_paths: tuple[str, ...], strict: bool) -> None:
     """Validate a config file (PATH, or --config); say exactly which key is wrong, and warn of settings that
     keep a feature from working (exit 0 with warnings, 1 with --strict)."""
-    given = ctx.get_parameter_source("config_path") is click.core.ParameterSource.COMMANDLINE
-    if path and config_path and given and path != config_path:  # (EDGEWARM_CONFIG's is overridden by PATH)
-        raise click.UsageError(f"give the config file once: {path} and --config {config_path} were both given")
+    # Each file given once: of two, one was checked and the other ignored, saying nothing (a deploy hook passed).
+    # EDGEWARM_CONFIG's (split at ':' as a list) is one file, which PATH overrides.
+    if ctx.get_parameter_source("config_paths") is click.core.ParameterSource.COMMANDLINE:
+        given = [*config_paths, *([path] if path else [])]
+        if len(set(given)) > 1:
+            raise click.UsageError(f"give one config file: {', '.join(given)} were given")
+        config_path: str | None = config_paths[0]
+    else:
+        config_path = os.pathsep.join(config_paths) or None
     chosen = path or config_path
     if not chosen:
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
     config = load_or_fail(chosen)
-    click.echo(
-        f"{chosen}: OK ({counted(len(config.users), 'user')}, {counted(len(config.nodes), 'node')}, "
-        f"{counted(len(config.shields()), 'shield')}, store {config.store.split(':')[0]})"
-    )
-    from ..store import moved_database
+    from ..store import moved_database, store_cautions
 
     moved = moved_database(config.store)
-    warnings = [*file_cautions(chosen), *config.cautions(), *([f"the store: {moved}"] if moved else [])]
+    warnings = [
+        *file_cautions(chosen),
+        *config.cautions(),
+        *([f"the store: {moved}"] if moved else []),
+        *store_cautions(config.store),
+    ]
+    counts = (
+        f"{counted(len(config.users), 'user')}, {counted(len(config.nodes), 'node')}, "
+        f"{counted(len(config.shields()), 'shield')}, store {config.store.split(':')[0]}"
+    )
+    if not (strict and warnings):  # (with --strict, warnings fail it: no "OK" for a script reading the output)
+        click.echo(f"{chosen}: OK ({counts})")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     if strict and warnings:
-        raise click.ClickException(f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''} (--strict)")
+        raise click.ClickException(f"{chosen}: {counted(len(warnings), 'warning')} (--strict)")
 
 
 @main.group()

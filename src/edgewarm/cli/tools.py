@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -23,6 +24,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
+from ..urls import password_masked
 from .entries import Entry, checked, read_entries, span
 from .main import Terminated, main
 from .watch import PATIENCE, follow, output_console, status_text
@@ -85,6 +87,14 @@ def check_timezone(ctx: click.Context, param: click.Parameter, value: str | None
 
 def make_client(server: str | None, username: str | None, secret: str | None, client_config: str) -> Client:
     found = read_credentials(server, username, secret, client_config)
+    shown = password_masked(found.server)
+    try:
+        parts = urlsplit(found.server)
+        port = parts.port
+    except ValueError:  # httpx raised InvalidURL with a traceback (a port that is no number, a bracket left open)
+        raise ClientConfigError(f"the server address {shown} is not a URL: give http(s)://host[:port]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ClientConfigError(f"the server address {shown} is not an http(s) URL: give http(s)://host[:port]")
     return Client(found.server, found.username, found.secret, timezone=found.timezone)
 
 
