@@ -123,12 +123,18 @@ class ListTooLong(RequestRefused):
     """A task list read longer than LIST_SECONDS (a `url` keyword over a user's many tasks): refused, not
     read on, so that the other users' views, which wait behind it, are not held for seconds."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            JdCode.PARAMS_EMPTY,
-            f"the list took over {seconds:g} s to read and was stopped: narrow it (since and until, kind, status), "
-            "the url keyword most: it is looked for in every URL of the tasks it reads",
-        )
+    def __init__(self, seconds: float, *, waited: bool = False) -> None:
+        if waited:  # its time went waiting for its turn: the caller's own lists are read one at a time (SQLite)
+            said = (
+                f"the list waited {seconds:g} s for its turn (your lists are read one at a time) and was not read: "
+                "ask for fewer at once, or ask again"
+            )
+        else:
+            said = (
+                f"the list took over {seconds:g} s to read and was stopped: narrow it (since and until, kind, status), "
+                "the url keyword most: it is looked for in every URL of the tasks it reads"
+            )
+        super().__init__(JdCode.PARAMS_EMPTY, said)
 
 
 LIST_SECONDS = 2.0  # a task list is read for this long at most (ListTooLong)

@@ -798,6 +798,33 @@ async def test_after_a_freeze_past_its_leases_a_worker_sends_nothing_before_aski
     assert said and said[0].startswith("1 item no longer leased to this worker after 6"), said
 
 
+async def test_after_a_freeze_the_renewer_running_first_leaves_no_taken_over_claim_to_the_lanes() -> None:
+    """The same freeze without a cancel, the lease renewer running before any lane looks (its timer long past
+    at the resume): a claim another worker took over meanwhile was sent all the same (a re-tester's: 153 of
+    500 URLs warmed twice a node), the renewal having made the lanes trust their claims again. A renewal's
+    answer now ends the claims it did not renew, whoever asked it."""
+    fetcher = GatedFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(1, lease_seconds=30.0), store, fetcher, sole=False)
+        runner = asyncio.create_task(engine.run())
+        try:
+            await submit(store, 4)
+            engine.wake()
+            await until(lambda: len(engine._leased) == 4 and fetcher.in_flight.get("e1") == 1, "one sent, 3 queued")
+            taken = max(engine._leased)
+            await store.release_leases(engine.worker_id, [taken], time.time())
+            assert [c.item_id for c in await store.claim_due_items("w2", 1, time.time(), 30.0)] == [taken]
+            engine._renewed -= 60.0  # frozen for 60 s
+            assert await engine._renew()  # the renewer's turn comes first
+            fetcher.gate.set()
+            await until(lambda: not engine._in_hand, "the claims in hand ended")
+        finally:
+            fetcher.gate.set()
+            engine.stop()
+            await asyncio.wait_for(runner, DEADLINE)
+    assert fetcher.requests == 3  # the one under way and the two still this worker's; not the one taken over
+
+
 async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> None:
     """The node replaced by reloads, one of another name each time, then the first one added back: only the
     configured node has a lane and workers, and the node added back warms through a new lane. Before, each

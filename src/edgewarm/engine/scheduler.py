@@ -172,6 +172,7 @@ class Engine:
         self._renewed = time.monotonic()  # when the last renewal that worked began: the leases held until then
         self._recheck: asyncio.Future[set[int] | None] | None = None  # a renewal after a doubt (_still_held)
         self._recheck_failed = -math.inf  # when one last failed (time.monotonic()): not asked again at once
+        self._lost: set[int] = set()  # claims in hand whose leases the store no longer renews: not sent
         self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
         self._skew: float | None = None  # wall clock minus monotonic clock at the last look (_clock_stepped)
         self._claims_log = RepeatedFailure(log, "claiming items")  # a store down: a line a minute, not each poll
@@ -721,7 +722,7 @@ class Engine:
                 if self._stopping.is_set():
                     self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                     continue
-                if self._in_doubt() and not await self._still_held(claim):
+                if claim.item_id in self._lost or (self._in_doubt() and not await self._still_held(claim)):
                     self._leased.pop(claim.item_id, None)  # no longer this worker's: no outcome of ours
                     self._done_with(claim, lane)
                     continue
@@ -921,6 +922,7 @@ class Engine:
 
     def _done_with(self, claim: Claim, lane: _NodeLane) -> None:
         self._in_hand.pop(claim.item_id, None)
+        self._lost.discard(claim.item_id)
         if not self._in_hand:
             self._idle.set()
         lane.let_go(claim)
@@ -1098,24 +1100,40 @@ class Engine:
             await self._renew()
 
     async def _renew(self) -> bool:
-        """Renew the leases of the items in hand; False (and logged) when the store did not take it."""
+        """Renew the leases of the items in hand; False (and logged) when the store did not take it. After a doubt
+        (LEASE_DOUBT), the renewal the lanes wait for (_still_held), cancels looked up with it."""
+        if self._in_doubt():
+            return await self._shared_recheck() is not None
         return await self._renewed_leases() is not None
 
-    async def _renewed_leases(self) -> set[int] | None:
+    async def _renewed_leases(self, *, mark: bool = True) -> set[int] | None:
         """Renew the leases of the items in hand; the ids renewed, or None (and logged) when the store did not
-        take it."""
+        take it. A claim in hand whose lease the store did not renew is no longer this worker's (taken over after
+        its lease ran out): it is not sent (`_lost`). `mark`: the leases are known held from its start (else the
+        caller marks them so, _recheck_leases)."""
         started, held = time.monotonic(), set()
-        if self._leased:
+        asked = sorted(self._leased)
+        if asked:
             until = self._clock() + self.settings.lease_seconds
             try:
-                held = await self.store.renew_leases(self.worker_id, sorted(self._leased), until)
+                held = await self.store.renew_leases(self.worker_id, asked, until)
                 self._renewals_log.worked()
             except StoreError as exc:
                 self._renewals_log.failed(exc)
                 self._unrenewed = True
                 return None
+        lost = [item for item in asked if item not in held and item in self._in_hand]
+        if lost:
+            self._lost.update(lost)
+            log.warning(
+                "%s no longer leased to this worker after %.1f s without a lease renewed (the process frozen, or "
+                "the store silent): not sent here (another worker took them, or their task was cancelled)",
+                item_count(len(lost)),
+                started - self._renewed,
+            )
         self._unrenewed = False
-        self._renewed = max(self._renewed, started)
+        if mark:
+            self._renewed = max(self._renewed, started)
         return held
 
     def _in_doubt(self) -> bool:
@@ -1128,30 +1146,26 @@ class Engine:
         )
 
     async def _still_held(self, claim: Claim) -> bool:
-        """After a doubt: whether `claim` is still this worker's to send. One renewal for all the workers asking:
-        a claim whose lease it did not renew was taken over (its lease ran out) or ended by a cancel, and a task
-        cancelled meanwhile is looked up before anything is sent (a tester's worker, frozen 12 s past its
-        6 s leases, sent a cancelled refresh's purges and warms as it resumed, recorded as never sent)."""
+        """After a doubt: whether `claim` is still this worker's to send, once the leases were renewed and the
+        cancels looked up (a tester's worker, frozen 12 s past its 6 s leases, sent a cancelled refresh's purges
+        and warms as it resumed, recorded as never sent; and claims other workers had taken over)."""
+        await self._shared_recheck()
+        return claim.item_id not in self._lost
+
+    def _shared_recheck(self) -> asyncio.Future[set[int] | None]:
+        """The renewal after a doubt, one for the lanes and the renewer alike."""
         if self._recheck is None or self._recheck.done():
             self._recheck = asyncio.ensure_future(self._recheck_leases())
-        held = await asyncio.shield(self._recheck)
-        return held is None or claim.item_id in held
+        return asyncio.shield(self._recheck)
 
     async def _recheck_leases(self) -> set[int] | None:
-        paused = time.monotonic() - self._renewed
-        asked = len(self._leased)
-        held = await self._renewed_leases()
+        started = time.monotonic()
+        held = await self._renewed_leases(mark=False)
         if held is None:
             self._recheck_failed = time.monotonic()
             return None
         await self._look_for_cancels({claim.task_id for claim in self._in_hand.values()})
-        if len(held) < asked:
-            log.warning(
-                "%s no longer leased to this worker after %.1f s without a lease renewed (the process frozen, or the "
-                "store silent): not sent here (another worker took them, or their task was cancelled)",
-                item_count(asked - len(held)),
-                paused,
-            )
+        self._renewed = max(self._renewed, started)  # only now: a lane would send a cancelled task's claim
         return held
 
 

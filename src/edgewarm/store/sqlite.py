@@ -530,7 +530,7 @@ class SQLiteStore:
             sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
             args += [where.limit, where.offset]
             if time.monotonic() > deadline:
-                raise ListTooLong(LIST_SECONDS)
+                raise ListTooLong(LIST_SECONDS, waited=True)
             db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
             try:
                 return [task_from_row(r) for r in db.execute(" ".join(sql), args).fetchall()]
