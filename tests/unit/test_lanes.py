@@ -766,6 +766,18 @@ async def test_leases_cut_by_a_reload_are_renewed_before_they_run_out() -> None:
             await asyncio.wait_for(runner, DEADLINE)
 
 
+async def one_sent_and_one_taken_over(store: TaskStore, engine: Engine, fetcher: GatedFetcher) -> str:
+    """A task of 4 items on `engine`'s lane one wide: one sent (held by `fetcher`), three queued, the last of
+    them released and claimed by another worker (its lease ran out while this one was frozen). Its task's id."""
+    task_id = await submit(store, 4)
+    engine.wake()
+    await until(lambda: len(engine._leased) == 4 and fetcher.in_flight.get("e1") == 1, "one sent, 3 queued")
+    taken = max(engine._leased)
+    await store.release_leases(engine.worker_id, [taken], time.time())
+    assert [c.item_id for c in await store.claim_due_items("w2", 1, time.time(), 30.0)] == [taken]
+    return task_id
+
+
 async def test_after_a_freeze_past_its_leases_a_worker_sends_nothing_before_asking_the_store(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -778,12 +790,7 @@ async def test_after_a_freeze_past_its_leases_a_worker_sends_nothing_before_aski
         engine = Engine(config(1, lease_seconds=30.0), store, fetcher, sole=False)
         runner = asyncio.create_task(engine.run())
         try:
-            task_id = await submit(store, 4)
-            engine.wake()
-            await until(lambda: len(engine._leased) == 4 and fetcher.in_flight.get("e1") == 1, "one sent, 3 queued")
-            taken = max(engine._leased)  # the last queued: another worker's now (its lease ran out meanwhile)
-            await store.release_leases(engine.worker_id, [taken], time.time())
-            assert await store.claim_due_items("w2", 1, time.time(), 30.0) != []
+            task_id = await one_sent_and_one_taken_over(store, engine, fetcher)
             assert await store.cancel_task(task_id, None, time.time()) is not None
             engine._renewed -= 60.0  # frozen for 60 s, past the 30 s leases
             with caplog.at_level("INFO", logger="edgewarm.engine"):
@@ -808,12 +815,7 @@ async def test_after_a_freeze_the_renewer_running_first_leaves_no_taken_over_cla
         engine = Engine(config(1, lease_seconds=30.0), store, fetcher, sole=False)
         runner = asyncio.create_task(engine.run())
         try:
-            await submit(store, 4)
-            engine.wake()
-            await until(lambda: len(engine._leased) == 4 and fetcher.in_flight.get("e1") == 1, "one sent, 3 queued")
-            taken = max(engine._leased)
-            await store.release_leases(engine.worker_id, [taken], time.time())
-            assert [c.item_id for c in await store.claim_due_items("w2", 1, time.time(), 30.0)] == [taken]
+            await one_sent_and_one_taken_over(store, engine, fetcher)
             engine._renewed -= 60.0  # frozen for 60 s
             assert await engine._renew()  # the renewer's turn comes first
             fetcher.gate.set()
