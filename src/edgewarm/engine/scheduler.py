@@ -51,7 +51,7 @@ OUTCOMES_AHEAD = 2  # batches of outcomes that may wait to be written before the
 RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soon
 # No lease renewed for this share of lease_seconds (renewals come every third): the process was frozen (SIGSTOP, a
 # VM paused) or the store did not answer, and the leases in hand may have run out: a claim is sent only once its
-# lease was renewed and its task is known not cancelled (_still_held).
+# lease was renewed and its task is known not cancelled (_shared_recheck).
 LEASE_DOUBT = 2 / 3
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
@@ -170,7 +170,7 @@ class Engine:
         self._cancelled: set[str] = set()  # tasks of items in hand that were cancelled: not sent (_watch_cancels)
         self._unrenewed = False  # the last lease renewal failed: renew before the next claim (_renew)
         self._renewed = time.monotonic()  # when the last renewal that worked began: the leases held until then
-        self._recheck: asyncio.Future[set[int] | None] | None = None  # a renewal after a doubt (_still_held)
+        self._recheck: asyncio.Future[set[int] | None] | None = None  # a renewal after a doubt (_shared_recheck)
         self._recheck_failed = -math.inf  # when one last failed (time.monotonic()): not asked again at once
         self._lost: set[int] = set()  # claims in hand whose leases the store no longer renews: not sent
         self._lease_changed = asyncio.Event()  # a reload changed lease_seconds: the renewer wakes (_renew_leases)
@@ -722,7 +722,9 @@ class Engine:
                 if self._stopping.is_set():
                     self._done_with(claim, lane)  # not started: it stays leased and is handed back at the end
                     continue
-                if claim.item_id in self._lost or (self._in_doubt() and not await self._still_held(claim)):
+                if self._in_doubt():  # after a freeze: nothing sent before the leases were renewed, cancels looked up
+                    await self._shared_recheck()
+                if claim.item_id in self._lost:
                     self._leased.pop(claim.item_id, None)  # no longer this worker's: no outcome of ours
                     self._done_with(claim, lane)
                     continue
@@ -1101,7 +1103,7 @@ class Engine:
 
     async def _renew(self) -> bool:
         """Renew the leases of the items in hand; False (and logged) when the store did not take it. After a doubt
-        (LEASE_DOUBT), the renewal the lanes wait for (_still_held), cancels looked up with it."""
+        (LEASE_DOUBT), the renewal the lanes wait for (_shared_recheck), cancels looked up with it."""
         if self._in_doubt():
             return await self._shared_recheck() is not None
         return await self._renewed_leases() is not None
@@ -1145,15 +1147,10 @@ class Engine:
             and now - self._recheck_failed > RENEW_RETRY_SECONDS
         )
 
-    async def _still_held(self, claim: Claim) -> bool:
-        """After a doubt: whether `claim` is still this worker's to send, once the leases were renewed and the
-        cancels looked up (a tester's worker, frozen 12 s past its 6 s leases, sent a cancelled refresh's purges
-        and warms as it resumed, recorded as never sent; and claims other workers had taken over)."""
-        await self._shared_recheck()
-        return claim.item_id not in self._lost
-
     def _shared_recheck(self) -> asyncio.Future[set[int] | None]:
-        """The renewal after a doubt, one for the lanes and the renewer alike."""
+        """The renewal after a doubt, one for the lanes and the renewer alike: the lanes send nothing before it
+        (a tester's worker, frozen 12 s past its 6 s leases, sent a cancelled refresh's purges and warms as it
+        resumed, recorded as never sent; and claims other workers had taken over)."""
         if self._recheck is None or self._recheck.done():
             self._recheck = asyncio.ensure_future(self._recheck_leases())
         return asyncio.shield(self._recheck)
