@@ -625,9 +625,7 @@ def reload_changes(running: Config, fresh: Config) -> str:
             parts.append(f"{what} added: {', '.join(added)}")
     changed: list[str] = []
     for user in fresh.users:
-        if (was := running.user(user.name)) is not None and (
-            fields := [f for f in type(user).model_fields if getattr(user, f) != getattr(was, f)]
-        ):
+        if (was := running.user(user.name)) is not None and (fields := _changed_fields(was, user)):
             changed.append(f"user {user.name} ({', '.join(fields)})")
     for node in fresh.nodes:
         if (old_node := running.node(node.name)) is None:
@@ -639,19 +637,17 @@ def reload_changes(running: Config, fresh: Config) -> str:
         )
         if widths[0] != widths[1]:
             notes.append(f"concurrency {widths[0]} -> {widths[1]}")
-        for field in type(node).model_fields:
-            old_value, new_value = getattr(old_node, field), getattr(node, field)
-            if field == "concurrency" or old_value == new_value:
-                continue
-            notes.append(f"{field} {old_value} -> {new_value}" if field in _NODE_VALUES_SHOWN else field)
+        for field in _changed_fields(old_node, node):
+            if field != "concurrency":
+                shown = field in _NODE_VALUES_SHOWN
+                notes.append(f"{field} {getattr(old_node, field)} -> {getattr(node, field)}" if shown else field)
         if notes:
             changed.append(f"node {node.name} ({', '.join(notes)})")
     for section in _SECTIONS:  # no secret in them: their values are shown
         old_section, new_section = getattr(running, section), getattr(fresh, section)
         notes = [
             f"{field} {getattr(old_section, field)} -> {getattr(new_section, field)}"
-            for field in type(new_section).model_fields
-            if getattr(old_section, field) != getattr(new_section, field)
+            for field in _changed_fields(old_section, new_section)
         ]
         if notes:
             changed.append(f"[{section}] ({', '.join(notes)})")
@@ -661,6 +657,11 @@ def reload_changes(running: Config, fresh: Config) -> str:
 
 
 _SECTIONS = ("limits", "engine", "api", "webhooks", "retention")  # reload_changes names their changed settings
+
+
+def _changed_fields(old: _Model, new: _Model) -> list[str]:
+    """The fields of a model (a user, a node, a section) whose values differ between `old` and `new`."""
+    return [field for field in type(new).model_fields if getattr(old, field) != getattr(new, field)]
 
 
 def config_path_from(environ: Mapping[str, str] = os.environ) -> str | None:
