@@ -456,6 +456,31 @@ def test_a_database_file_moved_or_copied_without_its_wal_is_refused_not_taken_as
     assert asyncio.run(find())
 
 
+def test_a_database_file_cut_short_is_refused_at_the_open_not_found_damaged_mid_run(tmp_path: Path) -> None:
+    """A store file cut by less than its size (a copy that did not finish) opened, and worked until a statement
+    read a missing page. It is refused at the open, saying so; whole, the same file opens with its tasks."""
+    from edgewarm.errors import StoreDamaged
+    from edgewarm.store import open_store
+
+    whole = tmp_path / "whole.db"
+    ids = asyncio.run(tasks_of_100_urls(whole, 30))
+    assert not (tmp_path / "whole.db-wal").exists()  # closed: everything in the file, as a copy would take it
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(data[: len(data) - 4096 - 100])  # short of a page and some
+
+    async def find(path: Path) -> int:
+        async with open_store(f"sqlite:///{path}") as store:
+            return sum([await store.get_task(i) is not None for i in ids])
+
+    with pytest.raises(StoreDamaged) as refused:
+        asyncio.run(find(cut))
+    assert str(refused.value).startswith(f"the SQLite database {cut} is cut short: {len(data) - 4196} bytes where")
+    assert f"says {len(data)} (" in str(refused.value)
+    assert cut.stat().st_size == len(data) - 4196  # nothing written to it
+    assert asyncio.run(find(whole)) == 30
+
+
 async def tasks_of_100_urls(path: Path, count: int) -> list[str]:
     """`count` tasks of 100 URLs each in the SQLite file at `path` (made if need be): their ids."""
     import uuid

@@ -234,6 +234,7 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.path != ":memory:":
+            _not_cut_short(self.path)  # first: the next one reads the file's tables
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
@@ -943,6 +944,34 @@ def _without_its_wal(path: str) -> StoreError | None:
         "content is in that -wal, left where the file was copied or moved from. Put it back beside the file "
         '(or copy a running store with: sqlite3 FILE ".backup COPY")'
     )
+
+
+def _not_cut_short(path: str) -> None:
+    """Refuse a database file shorter than its header says it is (cut by a copy that did not finish, a full disk
+    during a copy, a bad restore): opened, it worked until a statement read a missing page, then failed as
+    "damaged" mid-run. Looked at only without a `-wal` holding writes (a checkpoint cut by a crash may leave the
+    file short; its -wal has the pages and SQLite finishes it) and when the header's size is valid (SQLite 3.7+
+    writes it; the version numbers at 92 and 24 agree)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return  # absent (a new store), or unreadable: the open says so
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[92:96] != header[24:28]:
+        return  # not a database, or a size SQLite itself would not trust
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path + "-wal") > 0:
+            return
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages and size < pages * page_size:
+        raise StoreDamaged(
+            f"the SQLite database {path} is cut short: {size} bytes where its header says {pages * page_size} "
+            f"({pages} pages of {page_size}): a copy that did not finish, or a disk that filled during one. "
+            "Restore it from a backup (or try sqlite3's .recover on a copy)"
+        )
 
 
 def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
