@@ -595,6 +595,22 @@ class TestWork:
         task = await store.get_task(running.id)
         assert task is not None and (task.succeeded, task.failed, task.status) == (9, 1, TaskStatus.FAILED)
 
+    async def test_a_warm_done_again_and_put_off_still_says_it_is_one(self, store: TaskStore) -> None:
+        """A warm made due again by `rewarm_node` and then put off (its node held down once more) keeps its
+        `warmed again:` note under the put-off's, and its claim is still a warm done again (it lost both)."""
+        task = make_task(2, (("varnish", 0),))  # its second item stays under way: the task runs on
+        await store.create_task(task)
+        claim, _ = await store.claim_due_items("w1", 100, NOW, LEASE)
+        await store.record_outcomes("w1", [ok(claim.item_id)], NOW + 1)
+        assert await store.rewarm_node("varnish", NOW + 2, NOW + 3, f"{WARMED_AGAIN} it is back", 3) == 1
+        assert await store.put_off_node("varnish", NOW + 40, "waits for varnish") == 1
+        item = (await items_of(store, task.id))[(0, "varnish")]
+        assert (item.state, item.error) == (ItemState.PENDING, f"{WARMED_AGAIN} waits for varnish")
+        assert await store.put_off_node("varnish", NOW + 50, "waits for varnish again") == 1
+        assert (await items_of(store, task.id))[(0, "varnish")].error == f"{WARMED_AGAIN} waits for varnish again"
+        again = {c.item_id: c.rewarm for c in await store.claim_due_items("w2", 100, NOW + 50, LEASE)}
+        assert again[claim.item_id] is True  # (the other, its lease run out, is retaken beside it)
+
     async def test_a_backlog_is_put_off_whole_in_steps(self, store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
         """In steps of 3 (SQLite's: PostgreSQL has none) over tasks whose items share their due time, between
         another node's items: every one of the node's pending items is put off, none twice."""

@@ -394,8 +394,10 @@ ORDER BY id FOR UPDATE
 _RENEW = f"WITH mine AS ({_MINE}) UPDATE items SET due_at = $3 FROM mine WHERE items.id = mine.id RETURNING items.id"
 
 # Rows a claim holds are left alone (SKIP LOCKED): it leases them.
+# A warm done again keeps saying so (its claim's `rewarm`) under the note.
 _PUT_OFF = (
-    "UPDATE items SET due_at = $2, error = $3 WHERE id IN (SELECT id FROM items "
+    f"UPDATE items SET due_at = $2, error = CASE WHEN left(error, {len(WARMED_AGAIN)}) = '{WARMED_AGAIN}' "
+    f"THEN '{WARMED_AGAIN} ' || $3 ELSE $3 END WHERE id IN (SELECT id FROM items "
     "WHERE state IN ('pending', 'running') AND due_at < $2 AND state = 'pending' AND node = $1 "
     "FOR UPDATE SKIP LOCKED)"
 )

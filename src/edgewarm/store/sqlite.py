@@ -1131,8 +1131,10 @@ _NEXT_TO_PUT_OFF = (
     "WHERE state IN ('pending', 'running') AND due_at < ?2 AND due_at >= ?3 AND state = 'pending' AND node = ?1 "
     "ORDER BY due_at LIMIT ?4)"
 )
+# A warm done again keeps saying so (its claim's `rewarm`) under the note.
 _PUT_OFF = (
-    "UPDATE items SET due_at = ?1, error = ?2 WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
+    f"UPDATE items SET due_at = ?1, error = CASE WHEN substr(error, 1, {len(WARMED_AGAIN)}) = '{WARMED_AGAIN}' "
+    f"THEN '{WARMED_AGAIN} ' || ?2 ELSE ?2 END WHERE id IN (SELECT value FROM json_each(?3)) AND state = 'pending'"
 )
 # known_urls, in its order (TaskStore.known_urls), which the index items_url gives but among one URL's spellings.
 KNOWN_URLS = (
