@@ -15,9 +15,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import JdCode
 
+JD_PREFIX = "/api/"  # the JD calls' paths (api/legacy.py): their errors are answered HTTP 200 with a JD code
+
 
 class BodyReads:
-    """The requests whose bodies are still arriving: a stop (`stop`) answers them 503 at once. They would hold the
+    """The requests whose bodies are still arriving: a stop (`stop`) answers them at once (503; a JD call with JD's
+    code -1). They would hold the
     stop for its grace and end in a traceback (a body trickling in through a proxy that does not buffer it)."""
 
     def __init__(self) -> None:
@@ -72,9 +75,11 @@ class BodySizeLimit:
         try:
             chunks = await self.reads.read(receive, limit)
         except TimeoutError:
-            await _answer(
-                send, 503, "edgewarm is stopping and the request's body had not all arrived: nothing was done"
-            )
+            why = "edgewarm is stopping and the request's body had not all arrived: nothing was done"
+            if scope["path"].startswith(JD_PREFIX):  # a JD call: answered as JD answers an error (HTTP 200)
+                await _send(send, 200, {"status": int(JdCode.INTERNAL), "msg": f"internal error: {why}"})
+            else:
+                await _answer(send, 503, why)
             return
         except _TooLarge:
             await self._reject(send, limit)
@@ -119,7 +124,12 @@ async def _body(receive: Receive, limit: int) -> list[bytes] | None:
 
 async def _answer(send: Send, status: int, error: str) -> None:
     """Answer before the body was read whole: `{"error": …}` (a 503 with a JD code, as the service's others)."""
-    body = orjson.dumps({"code": int(JdCode.INTERNAL), "error": error} if status == 503 else {"error": error})
+    await _send(send, status, {"code": int(JdCode.INTERNAL), "error": error} if status == 503 else {"error": error})
+
+
+async def _send(send: Send, status: int, content: dict[str, object]) -> None:
+    """Answer `content` before the body was read whole, closing the connection."""
+    body = orjson.dumps(content)
     await send(
         {
             "type": "http.response.start",
