@@ -24,10 +24,17 @@ def known_timezone(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)  # three days per user verify every call: the same few values all day
-def sign(username: str, secret: str, day: date) -> str:
-    """The signature a caller sends on `day` (the caller's local date)."""
-    material = f"{day:%Y%m%d}{username}{secret}".encode()
+def sign(username: str, secret: str, day: date, encoding: str = "utf-8") -> str:
+    """The signature a caller sends on `day` (the caller's local date), hashing the text in `encoding`."""
+    material = f"{day:%Y%m%d}{username}{secret}".encode(encoding)
     return hashlib.md5(material, usedforsecurity=False).hexdigest()
+
+
+def _encodings(username: str, secret: str) -> tuple[str, ...]:
+    """The encodings a caller may have hashed a name or secret of non-ASCII letters in: UTF-8, or GBK (GB18030,
+    which it is part of), the default of a Java or .NET client on a Chinese system and of GBK forms. The same
+    bytes either way when both are ASCII."""
+    return ("utf-8",) if username.isascii() and secret.isascii() else ("utf-8", "gb18030")
 
 
 def today(now: datetime, timezone: str = DEFAULT_TIMEZONE) -> date:
@@ -53,8 +60,9 @@ def verify(
     given = signature.strip().lower().encode()
     matched = False
     for day in accepted_days(now, timezone, window_days):
-        # No short-circuit: the time taken does not tell which day (if any) matched.
-        matched |= hmac.compare_digest(given, sign(username, secret, day).encode())
+        for encoding in _encodings(username, secret):
+            # No short-circuit: the time taken does not tell which day (if any) matched.
+            matched |= hmac.compare_digest(given, sign(username, secret, day, encoding).encode())
     return matched
 
 
@@ -68,6 +76,8 @@ def signed_day(
     (a caller whose clock or time zone is off by days), or None: the refusal can then say which day it was."""
     given = signature.strip().lower().encode()
     for day in accepted_days(now, timezone, window_days + SIGNED_DAY_SEARCH):
-        if hmac.compare_digest(given, sign(username, secret, day).encode()):
+        if any(
+            hmac.compare_digest(given, sign(username, secret, day, e).encode()) for e in _encodings(username, secret)
+        ):
             return day
     return None

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gc
 import gzip
+import hashlib
 import json
 import logging
 import time
@@ -511,6 +512,10 @@ async def test_a_form_is_read_in_its_charset() -> None:
     config["users"] = [*BASE_CONFIG["users"], {"name": "京东用户", "secret": "s", "domains": ["www.example.test"]}]
     async with running(parse_config(config)) as api:
         fields = {**creds("京东用户", "s"), "publish_urls": urls(1)[0]}
+        body = urlencode(fields, encoding="gbk").encode()
+        assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded; charset=GBK"))
+        # Its signature hashed over the name's GBK bytes, as such a client makes it (before: code 7).
+        fields["signature"] = hashlib.md5(f"{DAY:%Y%m%d}京东用户s".encode("gbk")).hexdigest()
         body = urlencode(fields, encoding="gbk").encode()
         assert_submitted(await api.raw("/api/prefetch", body, "application/x-www-form-urlencoded; charset=GBK"))
         refused = await api.client.post(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from edgewarm.auth import accepted_days, sign, today, verify
+from edgewarm.auth import accepted_days, sign, signed_day, today, verify
 
 USER = "jcloud_00"
 SECRET = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
@@ -78,6 +79,20 @@ def test_wrong_username_is_refused() -> None:
     """A signature is bound to its username."""
     signature = sign("jcloud_01", SECRET, date(2016, 10, 23))
     assert not verify(USER, SECRET, signature, NEAR_MIDNIGHT)
+
+
+def test_a_name_of_non_ascii_letters_may_be_signed_over_its_utf8_or_its_gbk_bytes() -> None:
+    """A Java or .NET client on a Chinese system (and a GBK form's sender) hashes the text in GBK: accepted as
+    UTF-8's is, on the accepted days only; an ASCII name has one signature a day."""
+    name = "京东用户"
+    gbk = hashlib.md5(f"20161023{name}{SECRET}".encode("gbk")).hexdigest()
+    utf8 = hashlib.md5(f"20161023{name}{SECRET}".encode()).hexdigest()
+    assert gbk != utf8 and gbk == sign(name, SECRET, date(2016, 10, 23), "gb18030")
+    assert verify(name, SECRET, gbk, NEAR_MIDNIGHT) and verify(name, SECRET, utf8, NEAR_MIDNIGHT)
+    assert not verify(name, "other", gbk, NEAR_MIDNIGHT)
+    late = hashlib.md5(f"20161015{name}{SECRET}".encode("gbk")).hexdigest()
+    assert not verify(name, SECRET, late, NEAR_MIDNIGHT)
+    assert signed_day(name, SECRET, late, NEAR_MIDNIGHT) == date(2016, 10, 15)
 
 
 def test_empty_and_garbage_signatures_are_refused() -> None:
