@@ -50,8 +50,9 @@ class TargetUrl:
 
     def reaches(self, other: TargetUrl, *, whole: bool) -> bool:
         """Whether a purge of this URL on a node reaches `other`'s object there: the same object, or with `whole`
-        (a directory's purge) one at or under this one's."""
-        return other.node_key.startswith(self.node_key) if whole else other.node_key == self.node_key
+        (a directory's purge) one at or under this one's, its escapes in either case (escape_cases)."""
+        mine, theirs = escapes_upper(self.node_key), escapes_upper(other.node_key)
+        return theirs.startswith(mine) if whole else theirs == mine
 
 
 def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL) -> list[str]:
@@ -228,10 +229,29 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (\x85 is a lin
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def escapes_upper(text: str) -> str:
+    """`text` with its escapes' hex digits in upper case."""
+    return _ESCAPE.sub(lambda m: m.group().upper(), text) if "%" in text else text
+
+
+def escape_cases(path_query: str) -> list[str]:
+    """`path_query` with its escapes' hex digits in upper case, in lower case, and as given (last), each once:
+    one resource to the origin (RFC 3986, 6.2.2.1), but another key to a cache, which keys the path as it was
+    asked. Browsers ask in upper case, some clients in lower (.NET's UrlEncode): a refresh purges each (a
+    tester's refresh of `%c3%bc` "succeeded" on every node and every cache kept its `%C3%BC` copy)."""
+    if "%" not in path_query or not any(c.isalpha() for m in _ESCAPE.finditer(path_query) for c in m.group()):
+        return [path_query]
+    folded = [escapes_upper(path_query), _ESCAPE.sub(lambda m: m.group().lower(), path_query)]
+    return [*(p for p in dict.fromkeys(folded) if p != path_query), path_query]
+
+
 def spellings(target: TargetUrl) -> list[str]:
     """The ways `target` may have been written that are one object to a node (besides letter case): either
     scheme (a node is asked by its own), the host with or without its final dot, the scheme's default port
-    given or not."""
+    given or not; and its escapes in either case (escape_cases), which a purge reaches too."""
     found = []
     hosts = [target.host, target.host + "."]
     for scheme, port in _DEFAULT_PORTS.items():
@@ -240,7 +260,7 @@ def spellings(target: TargetUrl) -> list[str]:
             if target.authority == target.host
             else [target.authority, target.host + "." + target.authority[len(target.host) :]]
         )
-        found += [f"{scheme}://{a}{target.path_query}" for a in authorities]
+        found += [f"{scheme}://{a}{path}" for a in authorities for path in escape_cases(target.path_query)]
     return found
 
 

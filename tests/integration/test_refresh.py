@@ -148,6 +148,31 @@ def test_dir_refresh_reaches_the_urls_warmed_with_the_host_in_another_case(servi
         assert set(states(lab, path).values()) == {"MISS"}, path
 
 
+def test_a_refresh_with_its_escapes_in_lower_case_purges_the_copies_asked_in_upper_case(
+    service: ServiceProcess, lab: Lab
+) -> None:
+    """Browsers ask `/esc/%C3%BC/…`; a client that writes `%c3%bc` (.NET's UrlEncode) refreshed it: every node
+    answered "not cached" (Varnish's ban matched nothing) and the task succeeded while every cache kept its copy
+    (a tester's). A file refresh and a directory refresh in lower case now leave each node a MISS, the other
+    files of the directory's parent a HIT."""
+    for name in ("a.txt", "b.txt"):
+        lab.write_file(f"/esc/ü/{name}", name.encode() * 10)
+    lab.write_file("/esc/other.txt", b"o" * 10)
+    warm(service, ["/esc/%C3%BC/a.txt", "/esc/%C3%BC/b.txt", "/esc/other.txt"])
+    assert set(states(lab, "/esc/%C3%BC/a.txt").values()) == {"HIT"}
+    view = finish(service, refresh(service, [url_of("/esc/%c3%bc/a.txt")], "file"))
+    assert view["status"] == 0 and {i["cache_state"] for i in view["items"]} == {"PURGED"}, view["items"]  # type: ignore[index]
+    assert set(states(lab, "/esc/%C3%BC/a.txt").values()) == {"MISS"}
+    assert set(states(lab, "/esc/%C3%BC/b.txt").values()) == {"HIT"}
+    view = finish(service, refresh(service, [url_of("/esc/%c3%bc/")], "dir"))
+    kinds = kinds_of(lab)
+    notes = {i["note"] for i in view["items"] if kinds[i["node"]] == "nginx"}  # type: ignore[attr-defined]
+    assert view["status"] == 0 and notes == {"purged 2 of the 2 URLs known at or under the directory"}, view
+    assert set(states(lab, "/esc/%C3%BC/a.txt").values()) == {"MISS"}
+    assert set(states(lab, "/esc/%C3%BC/b.txt").values()) == {"MISS"}
+    assert set(states(lab, "/esc/other.txt").values()) == {"HIT"}
+
+
 def test_a_warm_right_after_a_refresh_fetches_again_on_every_node(service: ServiceProcess, lab: Lab) -> None:
     """Warm, refresh (a directory; a file spelled another way), warm again at once: the second warm fetches
     through every node, which then holds the object (before, it was answered "succeeded" from the warm made

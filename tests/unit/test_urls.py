@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.urls import TargetUrl, find_duplicate, masked_query, parse_url, spellings, split_list
+from edgewarm.urls import TargetUrl, escape_cases, find_duplicate, masked_query, parse_url, spellings, split_list
 
 # --- split_list -----------------------------------------------------------------------------------
 
@@ -450,3 +450,24 @@ def test_masked_query_hides_the_values_of_the_names_it_is_given(query: str, ever
     """One masker for both uses: every value of a callback URL, the `pass…` parameters of a store URL."""
     assert masked_query(query) == every
     assert masked_query(query, lambda name: "pass" in name.lower()) == passwords
+
+
+def test_escape_cases_give_the_other_cases_of_the_escapes_first_and_the_url_as_given_last() -> None:
+    """A refresh purges each case of a URL's escapes: another key to a cache, one resource to the origin."""
+    assert escape_cases("/a/%c3%bc/x?q=%2f") == ["/a/%C3%BC/x?q=%2F", "/a/%c3%bc/x?q=%2f"]
+    assert escape_cases("/a/%C3%bc/") == ["/a/%C3%BC/", "/a/%c3%bc/", "/a/%C3%bc/"]
+    assert escape_cases("/a/%20/%7E") == ["/a/%20/%7e", "/a/%20/%7E"]
+    assert escape_cases("/a/%20/b") == ["/a/%20/b"]  # digits only: one spelling
+    assert escape_cases("/plain/ABC") == ["/plain/ABC"]  # letters outside escapes are the path's own
+
+
+def test_a_purge_reaches_its_object_with_the_escapes_in_either_case_and_nothing_else() -> None:
+    directory = parse_url("http://www.a.test/d/%c3%bc/")
+    assert directory.reaches(parse_url("http://WWW.a.test/d/%C3%BC/f.txt"), whole=True)
+    assert not directory.reaches(parse_url("http://www.a.test/d/%C3%BD/f.txt"), whole=True)
+    assert not directory.reaches(parse_url("http://www.a.test/D/%C3%BC/f.txt"), whole=True)  # the path's case is kept
+    assert parse_url("http://www.a.test/%e9?x=%2f").reaches(parse_url("http://www.a.test/%E9?x=%2F"), whole=False)
+    assert not parse_url("http://www.a.test/%e9").reaches(parse_url("http://www.a.test/%E9x"), whole=False)
+    assert "http://www.a.test/d/%C3%BC/" in spellings(directory) and "http://www.a.test/d/%c3%bc/" in spellings(
+        directory
+    )

@@ -13,7 +13,7 @@ from ..errors import RequestRefused, StoreError
 from ..models import Claim, ItemAction, ItemOutcome
 from ..nodes import CacheState, purge
 from ..store import TaskStore
-from ..urls import TargetUrl, spellings, stored_target
+from ..urls import TargetUrl, escape_cases, escapes_upper, spellings, stored_target
 from .fetcher import FetchResult, NodeClient
 from .outcome import purge_outcome, retry_or_give_up, variant_note, warm_outcome
 
@@ -152,16 +152,19 @@ async def _purge_url(
     node: Node, target: TargetUrl, request: purge.PurgeRequest, fetcher: NodeClient
 ) -> tuple[purge.Verdict, FetchResult]:
     """Send `request` for `target` with each of its other encodings, then as it is, while the purges work:
-    PURGED when one of them removed a copy, else the first that did not work, else NOT_CACHED.
+    PURGED when one of them removed a copy, else the first that did not work, else NOT_CACHED. The same for
+    each other case of its escapes first (escape_cases: another key to the node), the URL as given last.
 
     The other encodings first: nginx's purge module finds a copy of another `Accept-Encoding` through the copy
     stored first (under the URL's own key, whose `Vary` it reads), which is edgewarm's own when edgewarm warmed
     the node first (shields are warmed before their edges). Purged first, that one would leave the others
     unreachable by a purge and served again once the key is stored anew."""
     verdict, result = purge.Verdict.NOT_CACHED, FetchResult(None)
-    for encoding in (*request.encodings, None):
+    cases = escape_cases(target.path_query)
+    for spelled, encoding in ((p, e) for p in cases for e in (*request.encodings, None)):
         headers = request.headers if encoding is None else {**request.headers, "Accept-Encoding": encoding}
-        answer = await fetcher.request(request.method, node, target, headers)
+        asked = target if len(cases) == 1 else replace(target, path_query=spelled)
+        answer = await fetcher.request(request.method, node, asked, headers)
         found = purge.verdict(request, answer.status, answer.network_error, _own_state(node, answer))
         if found not in _DONE:
             return found, answer
@@ -173,10 +176,13 @@ async def _purge_url(
 async def _purge_dir(
     node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore, settings: Settings
 ) -> tuple[purge.Verdict, FetchResult, str | None]:
-    request = purge.prefix_purge(node, target.path_query)
-    if request is not None:
+    # A prefix purge of each case of the directory's escapes (escape_cases), as given last, while they work.
+    requests = [r for p in escape_cases(target.path_query) if (r := purge.prefix_purge(node, p)) is not None]
+    for request in requests:
         result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
-        return purge.verdict(request, result.status, result.network_error, _own_state(node, result)), result, None
+        verdict = purge.verdict(request, result.status, result.network_error, _own_state(node, result))
+        if verdict is not purge.Verdict.PURGED or request is requests[-1]:
+            return verdict, result, None
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node, settings.accept_encoding)
@@ -217,8 +223,9 @@ async def _purge_dir(
 
 
 def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
-    """Of `urls`, one per cache key at or under `directory`'s (a cache keys the host in any case as one): the
-    objects a purge of the directory must reach."""
+    """Of `urls`, one per cache key at or under `directory`'s (a cache keys the host in any case as one; the
+    purge of one reaches its escapes in either case too, _purge_url): the objects a purge of the directory must
+    reach."""
     found: dict[str, TargetUrl] = {}
     for url in urls:
         try:
@@ -226,5 +233,5 @@ def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
         except RequestRefused:
             continue
         if directory.reaches(target, whole=True):
-            found.setdefault(target.node_key, target)
+            found.setdefault(escapes_upper(target.node_key), target)
     return list(found.values())
