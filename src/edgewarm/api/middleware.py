@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi.routing import APIRoute
@@ -16,6 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import JdCode
 
 JD_PREFIX = "/api/"  # the JD calls' paths (api/legacy.py): their errors are answered HTTP 200 with a JD code
+# A body refused as too large is read on and dropped before the 413, up to this many bytes more, while each part
+# comes within DROP_IDLE_SECONDS (BodySizeLimit._reject).
+DROP_BYTES = 64 * 1024 * 1024
+DROP_IDLE_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
 class BodyReads:
@@ -31,11 +39,19 @@ class BodyReads:
         """The body's chunks (_body); TimeoutError when the process stops meanwhile, or has stopped and the body is
         not all there (a call begun in the moment the server still serves after a stop: a re-tester's, on a
         connection kept open, held the stop for grace_seconds again)."""
+        return await self._cut(_body(receive, limit))
+
+    async def drop(self, receive: Receive, budget: int) -> None:
+        """Read the rest of a body and drop it (_drop), but for a stop's cut, as `read`."""
+        with contextlib.suppress(TimeoutError, _TooLarge):
+            await self._cut(_drop(receive, budget))
+
+    async def _cut(self, reading: Coroutine[Any, Any, T]) -> T:
         # (A delay of 0 cuts the read at its first wait only: a body there already is read whole.)
         async with asyncio.timeout(0 if self._stopped else None) as cut:
             self._open.add(cut)
             try:
-                return await _body(receive, limit)
+                return await reading
             finally:
                 self._open.discard(cut)
 
@@ -65,12 +81,14 @@ class BodySizeLimit:
             return
         limit = self.max_bytes()
         for name, value in scope["headers"]:
+            if name != b"content-length":
+                continue
             # (Over 18 digits but leading zeros: too large whatever it says; int() refuses over 4,300.)
             length = value.strip()
-            if name == b"content-length" and (
-                not length.isdigit() or len(digits := length.lstrip(b"0")) > 18 or int(digits or b"0") > limit
-            ):
-                await self._reject(send, limit)
+            digits = length.lstrip(b"0")
+            declared = int(digits or b"0") if length.isdigit() and len(digits) <= 18 else None
+            if declared is None or declared > limit:
+                await self._reject(scope, receive, send, limit, drop=declared is not None and declared <= DROP_BYTES)
                 return
         try:
             chunks = await self.reads.read(receive, limit)
@@ -82,7 +100,7 @@ class BodySizeLimit:
                 await _answer(send, 503, why)
             return
         except _TooLarge:
-            await self._reject(send, limit)
+            await self._reject(scope, receive, send, limit, drop=True)
             return
         if chunks is None:
             return  # the client went away
@@ -97,7 +115,13 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, limit: int) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int, *, drop: bool) -> None:
+        """413. With `drop`, the rest of the body is read and dropped first (up to DROP_BYTES), unless the client
+        waits for `100 Continue` before sending it: a client that sends the whole body before it reads the answer
+        (Python's urllib and http.client) got a connection reset, not the 413 (the socket closed with its bytes
+        unread). A body that says it is larger is not read: it gets the reset."""
+        if drop and (b"expect", b"100-continue") not in ((n, v.strip().lower()) for n, v in scope["headers"]):
+            await self.reads.drop(receive, DROP_BYTES)
         await _answer(send, 413, f"request body too large: over [api] max_body_bytes ({limit} bytes)")
 
 
@@ -120,6 +144,22 @@ async def _body(receive: Receive, limit: int) -> list[bytes] | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks
+
+
+async def _drop(receive: Receive, budget: int) -> None:
+    """Read a body's rest and drop it: until its end, the client gone, `budget` bytes (_TooLarge), or a part not
+    come within DROP_IDLE_SECONDS (TimeoutError: a Content-Length larger than what is sent)."""
+    size = 0
+    while True:
+        async with asyncio.timeout(DROP_IDLE_SECONDS):
+            message = await receive()
+        if message["type"] != "http.request":
+            return
+        size += len(message.get("body", b""))
+        if size > budget:
+            raise _TooLarge
+        if not message.get("more_body", False):
+            return
 
 
 async def _answer(send: Send, status: int, error: str) -> None:
