@@ -23,6 +23,7 @@ import httpx
 import orjson
 import pytest
 
+import edgewarm.api.middleware
 from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
 from edgewarm.api.body import _fields as form_fields
@@ -729,8 +730,14 @@ async def test_a_reloaded_body_limit_applies_to_the_next_request(api: Api) -> No
     assert response.status_code == 413
 
 
-async def test_413_for_a_chunked_body_over_the_limit(api: Api) -> None:
-    """A chunked body (no Content-Length) that grows past max_body_bytes is HTTP 413."""
+@pytest.mark.parametrize("drop_bytes", [64 * 1024 * 1024, 2048])
+async def test_413_for_a_chunked_body_over_the_limit(
+    api: Api, monkeypatch: pytest.MonkeyPatch, drop_bytes: int
+) -> None:
+    """A chunked body (no Content-Length) that grows past max_body_bytes is HTTP 413, its rest read and dropped
+    up to DROP_BYTES (a client that sends it all before reading the answer gets the 413, not a reset); past
+    those, not read."""
+    monkeypatch.setattr(edgewarm.api.middleware, "DROP_BYTES", drop_bytes)
     sent: list[int] = []
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -740,7 +747,7 @@ async def test_413_for_a_chunked_body_over_the_limit(api: Api) -> None:
 
     response = await api.client.post("/api/prefetch", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
-    assert len(sent) < 10  # refused once over the limit, not after reading everything
+    assert len(sent) == 10 if drop_bytes > 10 * 1024 else len(sent) < 10
 
 
 async def test_chunked_body_under_the_limit_is_served(api: Api) -> None:
@@ -784,12 +791,43 @@ async def test_an_unknown_route_answers_404_in_the_errors_shape(api: Api) -> Non
     assert (response.status_code, response.json()) == (404, {"error": "Not Found"})
 
 
-@pytest.mark.parametrize("content_type", ["application/xml", "text/xml", "multipart/form-data; boundary=x"])
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize("content_type", ["application/xml", "text/xml", "image/png"])
 @pytest.mark.parametrize("path", ["/api/prefetch", "/api/prefetchQuery"])
 async def test_415_for_an_unsupported_content_type(api: Api, path: str, content_type: str) -> None:
-    """An XML (or multipart) body is HTTP 415."""
+    """An XML (or image) body is HTTP 415, naming what is read."""
     response = await api.client.post(path, content=b"<a/>", headers={"content-type": content_type})
-    assert response.status_code == 415
+    media = content_type.split(";")[0]
+    assert (response.status_code, response.json()) == (
+        415,
+        {"error": f"unsupported content type {media!r}: send application/json or a form ({FORM_TYPE})"},
+    )
+
+
+async def test_a_multipart_form_is_read_as_a_form(api: Api) -> None:
+    """PHP's curl given an array of fields (CURLOPT_POSTFIELDS) posts multipart/form-data: it was HTTP 415
+    ("send application/json or a form", which to a PHP user it is). Its fields are read as a form's, lists
+    repeated or as PHP names them; a file among them, or a body that is no multipart, is refused with code 2."""
+    fields = {**creds(), "publish_urls[0]": urls(2)[0], "publish_urls[1]": urls(2)[1]}
+    answer = await api.client.post("/api/prefetch", files={k: (None, v) for k, v in fields.items()})
+    assert answer.headers["content-type"].startswith("application/json")
+    taskid = assert_submitted(answer.json())
+    assert sorted({i.url for i in await api.store.list_items(taskid)}) == urls(2)
+    repeated = [*creds().items(), ("publish_urls", urls(3)[2]), ("publish_urls", urls(4)[3])]
+    assert_submitted(
+        (
+            await api.client.post(
+                "/api/prefetch", data=dict(repeated[:2]), files=[("publish_urls", (None, u)) for _, u in repeated[2:]]
+            )
+        ).json()
+    )
+    with_file = await api.client.post("/api/prefetch", data=creds(), files={"publish_urls": ("u.txt", b"http://x/")})
+    said = "the multipart body cannot be read: a part is a file: give the parameters as fields"
+    assert (with_file.json()["status"], with_file.json()["msg"]) == (2, said)
+    broken = await api.raw("/api/prefetch", b"--x\r\nnot a part", "multipart/form-data; boundary=x")
+    assert broken["status"] == 2, broken
 
 
 async def test_the_jd_calls_are_served_directly_and_nothing_else_is() -> None:

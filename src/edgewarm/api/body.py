@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from ..errors import JdCode, RequestRefused
@@ -112,7 +113,27 @@ async def read_params(request: Request) -> dict[str, Any]:
         if not form:
             raise _no_params(request)
         return _fields(form)
-    raise UnsupportedMediaType(f"unsupported content type {media!r}: send application/json or a form")
+    if media == "multipart/form-data":  # PHP's curl with an array of fields (CURLOPT_POSTFIELDS) sends this
+        return _fields(await _multipart(request))
+    raise UnsupportedMediaType(
+        f"unsupported content type {media!r}: send application/json or a form (application/x-www-form-urlencoded)"
+    )
+
+
+async def _multipart(request: Request) -> dict[str, list[str]]:
+    """A multipart/form-data body's fields, as a form's (`parse_qs`'s shape); a file among them is refused."""
+    try:
+        async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS) as parts:
+            fields: dict[str, list[str]] = {}
+            for name, value in parts.multi_items():
+                assert isinstance(value, str)  # max_files=0: a file is refused first
+                fields.setdefault(name, []).append(value)
+    except HTTPException as exc:  # Starlette's words for what python-multipart refused
+        why = "a part is a file: give the parameters as fields" if "files" in str(exc.detail) else str(exc.detail)
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"the multipart body cannot be read: {why}") from None
+    if not fields:
+        raise _no_params(request)
+    return fields
 
 
 _KEYS_COUNTED = 16  # a JSON object with more keys is parsed again for its repeated ones rather than searched for each
