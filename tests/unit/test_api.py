@@ -1549,6 +1549,13 @@ async def test_json_in_another_charset_is_refused_saying_json_is_read_as_utf8(ap
     answer = await api.raw("/api/prefetch", body, "application/json; charset=GBK")
     said = "the body is not valid JSON in UTF-8 (JSON is read as UTF-8, not GBK)"
     assert (answer["status"], answer["msg"]) == (2, said)
+    # Unlabelled, or labelled UTF-8 (a Java client's platform GBK): said so too, not orjson's "surrogates".
+    at = body.index("用户".encode("gbk"))
+    for content_type in ("application/json", "text/plain", None, "application/json; charset=utf-8"):
+        answer = await api.raw("/api/prefetch", body, content_type)
+        assert answer["status"] == 2 and answer["msg"].startswith(
+            f"the body is not valid JSON in UTF-8 (byte {at} is not UTF-8: JSON is read as UTF-8;"
+        ), (content_type, answer)
 
 
 @pytest.mark.parametrize("name", ["publish_urls[]", "publish_urls[{n}]"])

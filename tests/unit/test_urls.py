@@ -471,3 +471,26 @@ def test_a_purge_reaches_its_object_with_the_escapes_in_either_case_and_nothing_
     assert "http://www.a.test/d/%C3%BC/" in spellings(directory) and "http://www.a.test/d/%c3%bc/" in spellings(
         directory
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "separator"),
+    [
+        ("http://www.a.test/x.js;http://www.a.test/c.txt", "';'"),
+        ("http://www.a.test/x.js\nhttp://www.a.test/c.txt", "a line break"),
+        ("http://www.a.test/x.js\r\nhttps://www.a.test/c.txt", "a line break"),
+        ("http://www.a.test/x.js | http://www.a.test/c.txt", "'|'"),
+        ("http://www.a.test/x.js HTTP://www.a.test/c.txt", "a space"),
+    ],
+)
+def test_urls_joined_by_another_separator_than_a_comma_are_refused_saying_so(raw: str, separator: str) -> None:
+    """A list joined by ';' was one URL, warmed as a 404; by a line break, "control characters must be
+    percent-encoded"."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(raw)
+    assert refused.value.code is JdCode.ILLEGAL_URL
+    assert f"URLs joined by {separator}: separate a list's URLs by ','" in refused.value.message
+
+
+def test_a_url_in_a_query_value_is_no_list() -> None:
+    assert parse_url("http://www.a.test/go?to=http://www.b.test/x;y").path_query == "/go?to=http://www.b.test/x;y"

@@ -84,6 +84,14 @@ async def read_params(request: Request) -> dict[str, Any]:
                 raise RequestRefused(
                     JdCode.PARAMS_EMPTY, f"the body is not valid JSON in UTF-8 (JSON is read as UTF-8, not {charset})"
                 ) from None
+            try:
+                raw.decode()
+            except UnicodeDecodeError as bad:  # orjson said "str is not valid UTF-8: surrogates not allowed: line 1"
+                raise RequestRefused(
+                    JdCode.PARAMS_EMPTY,
+                    f"the body is not valid JSON in UTF-8 (byte {bad.start} is not UTF-8: JSON is read as UTF-8; a "
+                    "client on a Chinese system may send GBK: encode the body in UTF-8)",
+                ) from None
             looks = (
                 " (it looks like a form: label it application/x-www-form-urlencoded)" if _FORMLIKE.match(raw) else ""
             )
