@@ -765,10 +765,11 @@ async def test_chunked_body_under_the_limit_is_served(api: Api) -> None:
 
 @pytest.mark.parametrize("path", ["/api/prefetch", "/api/prefetchQuery"])
 async def test_405_for_get(api: Api, path: str) -> None:
-    """GET on a JD route is HTTP 405, not a JD answer."""
+    """GET on a JD route is HTTP 405, not a JD answer, saying what to use (it said "Method Not Allowed")."""
     response = await api.client.get(path, params=creds())
     assert response.status_code == 405
-    assert (response.json(), response.headers["allow"]) == ({"error": "Method Not Allowed"}, "POST")
+    said = {"error": "method GET not allowed here: use POST"}
+    assert (response.json(), response.headers["allow"]) == (said, "POST")
 
 
 @pytest.mark.parametrize("key", ["k\u0085INJ", "k\u009b31m", "k\x1bx"])
@@ -804,6 +805,15 @@ async def test_415_for_an_unsupported_content_type(api: Api, path: str, content_
         415,
         {"error": f"unsupported content type {media!r}: send application/json or a form ({FORM_TYPE})"},
     )
+
+
+async def test_a_form_of_too_many_fields_is_refused_saying_how_to_send_a_long_list() -> None:
+    """A bulk user's 15,000 repeated fields were "the form has more than 10000 fields", nothing more."""
+    async with running(make_config(max_body_bytes=10**7)) as api:
+        body = urlencode([*creds().items(), *(("publish_urls", u) for u in urls(15_000))]).encode()
+        answer = await api.raw("/api/prefetch", body, FORM_TYPE)
+    said = "the form has more than 10000 fields (a long URL list: send it as JSON, or as one field separated by ',')"
+    assert (answer["status"], answer["msg"]) == (2, said)
 
 
 async def test_a_multipart_form_is_read_as_a_form(api: Api) -> None:

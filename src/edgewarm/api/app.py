@@ -71,7 +71,10 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         """404, 405 and the like in the shape of every other error of this API: {"error": …}; a body that
         does not parse (400) with its JD code, as a parameter refused is."""
-        answer = {"code": 2, "error": exc.detail} if exc.status_code == 400 else {"error": exc.detail}
+        detail = exc.detail
+        if exc.status_code == 405 and (allowed := (exc.headers or {}).get("Allow")):  # what to use, as Allow says
+            detail = f"method {request.method} not allowed here: use {' or '.join(allowed.split(', '))}"
+        answer = {"code": 2, "error": detail} if exc.status_code == 400 else {"error": detail}
         return JSONResponse(answer, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

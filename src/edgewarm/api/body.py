@@ -117,7 +117,11 @@ async def read_params(request: Request) -> dict[str, Any]:
         except UnicodeError:
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}") from None
         except ValueError:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form has more than {MAX_FORM_FIELDS} fields") from None
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY,
+                f"the form has more than {MAX_FORM_FIELDS} fields (a long URL list: send it as JSON, or as one field "
+                "separated by ',')",
+            ) from None
         if not form:
             raise _no_params(request)
         return _fields(form)
