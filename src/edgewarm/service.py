@@ -274,18 +274,16 @@ class Service:
                 f"this idempotency key was used for task {created.id} with another callback_url (or none): use a "
                 "new key for this one",
             )
-        elif not await self._same_request(created, items):
+        elif (other := await self._other_request(created, items)) is not None:
             raise RequestRefused(
-                JdCode.FAILURE,
-                f"this idempotency key was used for task {created.id} with other URLs or steps (refresh): use a "
-                "new key for these",
+                JdCode.FAILURE, f"this idempotency key was used for task {created.id} {other}: use a new key for these"
             )
         return created
 
-    async def _same_request(self, task: Task, items: tuple[NewItem, ...]) -> bool:
-        """Whether `task` (found by its idempotency key) was made for the same URLs (one object to a cache: in
-        any spelling of the host and port), in the same order, and the same steps as `items` (its nodes may
-        differ: the fleet may have changed since)."""
+    async def _other_request(self, task: Task, items: tuple[NewItem, ...]) -> str | None:
+        """How `task` (found by its idempotency key) was made otherwise than for `items`, or None when for the same
+        URLs (one object to a cache: in any spelling of the host and port), in the same order, and the same steps
+        (its nodes may differ: the fleet may have changed since)."""
         stored = await self.store.list_items(task.id, limit=task.total)
 
         def request(of: Sequence[Item | NewItem]) -> tuple[list[str], set[ItemAction]]:
@@ -296,7 +294,10 @@ class Service:
             # One object to a cache each (a task holds no two spellings of one: code 47).
             return [stored_target(url).cache_key for url in urls], {item.action for item in of}
 
-        return request(stored) == request(items)
+        (had, steps), (given, asked) = request(stored), request(items)
+        if had != given:
+            return "with the same URLs in another order" if sorted(had) == sorted(given) else "with other URLs"
+        return None if steps == asked else "with other steps (refresh: the purges first, or not)"
 
     async def get_task(self, user: User, raw_task_id: str, kind: TaskKind | None = None) -> Task:
         """The user's task; anything else (malformed, unknown, another user's, other kind) is 'not found'."""

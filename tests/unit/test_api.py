@@ -1025,17 +1025,15 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     spelled = [u.replace("http://www.example.test/", "HTTP://WWW.Example.test:80/") for u in urls(2)]
     again = await api.call("/api/prefetch", {**body, "publish_urls": spelled})  # one object each: the same URLs
     assert again["taskid"] == first["taskid"], again
-    for other in (
-        {"publish_urls": urls(3)},
-        {"publish_urls": urls(2)[::-1]},
-        {"publish_urls": urls(2), "refresh": True},
+    for other, how in (
+        ({"publish_urls": urls(3)}, "with other URLs"),
+        ({"publish_urls": urls(2)[::-1]}, "with the same URLs in another order"),  # it said "or steps (refresh)"
+        ({"publish_urls": urls(2), "refresh": True}, "with other steps (refresh: the purges first, or not)"),
     ):
         refused = await api.call("/api/prefetch", {**body, **other})
         assert_code(refused, 1)
-        assert refused["msg"] == (
-            f"this idempotency key was used for task {first['taskid']} with other URLs or steps (refresh): use a new "
-            "key for these"
-        ), other
+        said = f"this idempotency key was used for task {first['taskid']} {how}: use a new key for these"
+        assert refused["msg"] == said, other
     assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
     # The same key for a refresh: refused naming the first task and its kind.
     body = {**creds(), "idempotency_key": "launch-7", "instances": urls(2), "type": "file"}
