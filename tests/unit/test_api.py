@@ -1136,6 +1136,20 @@ async def test_a_task_list_filter_of_eight_digits_is_a_date(api: Api) -> None:
     assert response.json()["tasks"] == []
 
 
+async def test_a_time_whose_plus_came_as_a_space_is_refused_saying_to_write_it_2b(api: Api) -> None:
+    """`until=2026-12-01T16:29:00+08:00` written in a URL by hand: its '+' is a space to a query string, and the
+    refusal said only "not a time"; written %2B, it is read."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    url = "/v1/tasks?until=2026-12-01T16:29:00+08:00"
+    refused = await api.client.get(url, headers=headers)
+    said = (
+        "until: not a time (epoch seconds or ISO 8601): a '+' in a query string is read as a space; write it %2B "
+        "(2026-12-01T16:29:00%2B08:00)"
+    )
+    assert (refused.status_code, refused.json()["error"]) == (400, said)
+    assert (await api.client.get(url.replace("+", "%2B"), headers=headers)).status_code == 200
+
+
 async def list_pages(api: Api, step: str, between: Callable[[int], Any], **params: Any) -> list[str]:
     """The task ids of a walk of /v1/tasks by pages of 3, each after the last (`step` "after": the answer's
     `next`; "offset": 3 more), awaiting `between(page_number)` after each page but the last."""

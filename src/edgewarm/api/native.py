@@ -145,8 +145,15 @@ def epoch(value: str | None, name: str) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)") from None
+        hint = ""
+        if _PLUS_AS_SPACE.search(value):  # the query string's '+' is a space: '+08:00' came as ' 08:00'
+            head, _, offset = value.rstrip().rpartition(" ")
+            hint = f": a '+' in a query string is read as a space; write it %2B ({head}%2B{offset})"
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601){hint}") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+_PLUS_AS_SPACE = re.compile(r"\d \d{2}:?\d{2}\s*\Z")
 
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url, without its padding
