@@ -322,7 +322,7 @@ def _split_any(raw: str) -> TargetUrl:
         raise illegal("a fragment (#…) never reaches a cache")
     host = (parts.hostname or "").rstrip(".")
     if not _HOST.match(host):
-        raise illegal("the host must be a domain name")
+        raise illegal(f"the host must be a domain name{_not_a_domain(host, parts.netloc)}")
     if host.replace(".", "").isdigit():
         raise illegal("the host must be a domain name, not an IP address")
     authority = _authority(scheme, host, port)
@@ -331,6 +331,25 @@ def _split_any(raw: str) -> TargetUrl:
         raise illegal("the path must start with '/'")
     path_query = path + (f"?{parts.query}" if parts.query or raw.endswith("?") else "")
     return TargetUrl(url=raw, scheme=scheme, host=host, authority=authority, path_query=path_query)
+
+
+def _not_a_domain(host: str, netloc: str) -> str:
+    """Why `host` is no domain name, for the refusal (after a ': '), or ''."""
+    if "[" in netloc:
+        return ", not an IP address"
+    if not host:
+        return ": the URL has none"
+    if len(host) > 253:
+        return f": {len(host)} characters, over 253"
+    for label in host.split("."):
+        if len(label) > 63:
+            return f": a label of {len(label)} characters ({label[:20]}…), over 63"
+        if not label:
+            return ": an empty label (two dots in a row)"
+        if label[0] == "-" or label[-1] == "-":
+            return f": {label!r} begins or ends with '-'"
+    odd = sorted({c for c in host if not (c.isascii() and (c.isalnum() or c in ".-"))})
+    return f": {', '.join(repr(c) for c in odd)} in it (letters, digits, '-' and '.' only)" if odd else ""
 
 
 def _port(parts: SplitResult, illegal: Callable[[str], RequestRefused]) -> int | None:

@@ -494,3 +494,20 @@ def test_urls_joined_by_another_separator_than_a_comma_are_refused_saying_so(raw
 
 def test_a_url_in_a_query_value_is_no_list() -> None:
     assert parse_url("http://www.a.test/go?to=http://www.b.test/x;y").path_query == "/go?to=http://www.b.test/x;y"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("http://a_b.www.a.test/x", "the host must be a domain name: '_' in it (letters, digits, '-' and '.' only)"),
+        (f"http://{'a' * 64}.a.test/x", f"a label of 64 characters ({'a' * 20}…), over 63"),
+        ("http://[::1]/x", "the host must be a domain name, not an IP address"),
+        ("http://-a.test/x", "the host must be a domain name: '-a' begins or ends with '-'"),
+        (f"http://{'ab.' * 90}test/x", "the host must be a domain name: 274 characters, over 253"),
+    ],
+)
+def test_a_host_that_is_no_domain_name_is_refused_saying_why(raw: str, why: str) -> None:
+    """It was "the host must be a domain name" for each, whatever was wrong (a wire tester's)."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(raw)
+    assert refused.value.message.endswith(why), refused.value.message
