@@ -976,7 +976,9 @@ async def test_openapi_lists_the_routes(api: Api) -> None:
     assert "post" in paths["/api/prefetch"]
     assert "get" in paths["/v1/tasks/{taskid}"]
     body = paths["/api/prefetch"]["post"]["requestBody"]["content"]
-    assert {"application/json", "application/x-www-form-urlencoded"} <= set(body)
+    assert {"application/json", "application/x-www-form-urlencoded", "multipart/form-data"} <= set(body)
+    for path in ("/api/prefetch", "/api/refresh", "/api/prefetchQuery", "/api/refreshQuery"):  # (they had the 200 only)
+        assert set(paths[path]["post"]["responses"]) == {"200", "405", "413", "415"}, path
 
 
 async def test_healthz(api: Api) -> None:

@@ -56,11 +56,28 @@ def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:
     return SubmitOptions(idempotency_key=key.strip() or None, callback_url=callback or None)
 
 
+def _not_a_call(description: str, error: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": {"error": error}}}}
+
+
+# What is no JD call at all keeps its HTTP status (every JD error is a 200 with its code): said in the OpenAPI
+# document, which listed the 200 alone.
+NOT_JD_CALLS: dict[int | str, dict[str, Any]] = {
+    405: _not_a_call("Not a POST (`Allow: POST`)", "method GET not allowed here: use POST"),
+    413: _not_a_call("A body over [api] max_body_bytes", "request body too large: over [api] max_body_bytes"),
+    415: _not_a_call(
+        "A body neither JSON, a form nor multipart, or compressed",
+        "unsupported content type 'application/xml': send application/json or a form",
+    ),
+}
+
+
 def legacy_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["JD Cloud CDN (legacy)"])
 
     @router.post(
         "/api/prefetch",
+        responses=NOT_JD_CALLS,
         response_model=SubmitAnswer,
         summary="Prefetch (warm) URLs on every cache node",
         openapi_extra=jd_body(
@@ -95,6 +112,7 @@ def legacy_router(service: Service) -> APIRouter:
 
     @router.post(
         "/api/refresh",
+        responses=NOT_JD_CALLS,
         response_model=SubmitAnswer,
         summary="Refresh (purge) files or directories on every cache node",
         openapi_extra=jd_body(
@@ -125,6 +143,7 @@ def legacy_router(service: Service) -> APIRouter:
 
     @router.post(
         "/api/refreshQuery",
+        responses=NOT_JD_CALLS,
         response_model=QueryAnswer,
         summary="Status of a refresh task",
         openapi_extra=jd_body({"taskid": {"type": "string"}}, ["taskid"]),
@@ -134,6 +153,7 @@ def legacy_router(service: Service) -> APIRouter:
 
     @router.post(
         "/api/prefetchQuery",
+        responses=NOT_JD_CALLS,
         response_model=QueryAnswer,
         summary="Status of a prefetch task",
         openapi_extra=jd_body({"taskid": {"type": "string"}}, ["taskid"]),

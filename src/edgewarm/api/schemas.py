@@ -30,7 +30,7 @@ EXTENSIONS = {
 
 
 def jd_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    """openapi_extra for a JD call: the same fields as JSON or as a form."""
+    """openapi_extra for a JD call: the same fields as JSON or as a form (urlencoded or multipart)."""
     schema = {
         "type": "object",
         "properties": {
@@ -49,6 +49,7 @@ def jd_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
             "content": {
                 "application/json": {"schema": schema},
                 "application/x-www-form-urlencoded": {"schema": schema},
+                "multipart/form-data": {"schema": schema},
             },
         }
     }
