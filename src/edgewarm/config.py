@@ -604,9 +604,18 @@ def restart_only_changes(started: Config, fresh: Config) -> list[str]:
         "metrics_listen": (started.metrics_listen, fresh.metrics_listen),
         "log_level": (started.log_level, fresh.log_level),
         "log_format": (started.log_format, fresh.log_format),
-        "[api] request_timeout": (started.api.request_timeout, fresh.api.request_timeout),
     }
+    for section, field in _RESTART_ONLY_FIELDS:
+        values[f"[{section}] {field}"] = (
+            getattr(getattr(started, section), field),
+            getattr(getattr(fresh, section), field),
+        )
     return [name for name, (old, new) in values.items() if old != new]
+
+
+# The sections' settings taken at start only: a reload's line names them apart (restart_only_changes), not as
+# changed (a tester read "changed: [api] (request_timeout 60.0 -> 30.0)" as in force).
+_RESTART_ONLY_FIELDS = (("api", "request_timeout"),)
 
 
 # A node's settings a reload's log shows with their values; the others (`url`, `purge_headers`: they may hold a
@@ -648,6 +657,7 @@ def reload_changes(running: Config, fresh: Config) -> str:
         notes = [
             f"{field} {getattr(old_section, field)} -> {getattr(new_section, field)}"
             for field in _changed_fields(old_section, new_section)
+            if (section, field) not in _RESTART_ONLY_FIELDS
         ]
         if notes:
             changed.append(f"[{section}] ({', '.join(notes)})")

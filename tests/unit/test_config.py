@@ -17,6 +17,7 @@ from edgewarm.config import (
     parse_config,
     reload_changes,
     reload_refusal,
+    restart_only_changes,
 )
 from edgewarm.errors import ConfigError
 from edgewarm.models import Tier
@@ -381,6 +382,10 @@ def test_a_reloads_line_names_what_it_adds_and_changes_but_no_secret() -> None:
     assert reload_changes(running, parse_config(other)) == (
         "changed: [limits] (urls_per_call 100 -> 50), [api] (timezone Asia/Shanghai -> UTC)"
     )
+    # One taken at start only is named by restart_only_changes, not as changed (an ops tester read it as in force).
+    timeout = example() | {"api": {"request_timeout": 30.0}, "log_level": "debug"}
+    assert reload_changes(running, parse_config(timeout)) == ""
+    assert restart_only_changes(running, parse_config(timeout)) == ["log_level", "[api] request_timeout"]
 
 
 def test_load_config_names_the_key_from_a_file(tmp_path: Path) -> None:
