@@ -481,6 +481,32 @@ def test_a_database_file_cut_short_is_refused_at_the_open_not_found_damaged_mid_
     assert asyncio.run(find(whole)) == 30
 
 
+def test_a_wal_left_without_its_database_file_is_refused_not_joined_by_a_new_store(tmp_path: Path) -> None:
+    """A store's file removed (or moved) with its -wal left behind: the next start made a new, empty store
+    beside that -wal without a word (a crash tester's). Refused, naming both; with the file back, it opens with
+    its task."""
+    from edgewarm.errors import StoreError
+    from edgewarm.store import open_store
+
+    made = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_A_TASK, str(tmp_path / "e.db")], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    taskid = made.stdout.strip()
+    (tmp_path / "e.db").rename(tmp_path / "aside.db")
+
+    async def find() -> bool:
+        async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
+            return await store.get_task(taskid) is not None
+
+    with pytest.raises(StoreError) as refused:
+        asyncio.run(find())
+    assert str(refused.value).startswith(f"the SQLite database {tmp_path}/e.db is missing (or empty) but its ")
+    assert not (tmp_path / "e.db").exists()
+    (tmp_path / "aside.db").rename(tmp_path / "e.db")
+    assert asyncio.run(find())
+
+
 async def tasks_of_100_urls(path: Path, count: int) -> list[str]:
     """`count` tasks of 100 URLs each in the SQLite file at `path` (made if need be): their ids."""
     import uuid

@@ -235,6 +235,7 @@ class SQLiteStore:
     def _open(self) -> None:
         if self.path != ":memory:":
             _not_cut_short(self.path)  # first: the next one reads the file's tables
+            _not_a_wal_alone(self.path)
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
@@ -944,6 +945,22 @@ def _without_its_wal(path: str) -> StoreError | None:
         "content is in that -wal, left where the file was copied or moved from. Put it back beside the file "
         '(or copy a running store with: sqlite3 FILE ".backup COPY")'
     )
+
+
+def _not_a_wal_alone(path: str) -> None:
+    """Refuse to make a new store where a `-wal` with writes is left without its database file (removed or moved
+    under a running service, or not copied back with it): it holds the last writes of that file, which a new
+    store beside it would never show (a tester's start made a new, empty store without a word)."""
+    try:
+        wal = os.path.getsize(path + "-wal")
+    except OSError:
+        return
+    if wal > 0 and (not os.path.exists(path) or os.path.getsize(path) == 0):
+        raise StoreError(
+            f"the SQLite database {path} is missing (or empty) but its {path}-wal of {wal} bytes is there: the last "
+            "writes of a store whose file was removed or moved. Put the file back beside it; or, to start a new "
+            "store, move the -wal away"
+        )
 
 
 def _not_cut_short(path: str) -> None:
