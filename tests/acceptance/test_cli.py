@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,21 @@ def test_sign_takes_the_user_from_the_client_config(tmp_path: Path) -> None:
     env = {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_USERNAME": "", "EDGEWARM_SECRET": ""}
     result = run(["sign", "--date", "20161023"], env)
     assert result.stdout.strip() == "a35685491fd80a80b40a718c3a5c5c56", result.stderr
+
+
+def test_another_username_than_the_client_configs_needs_its_own_secret(tmp_path: Path) -> None:
+    """`sign -u x` with jcloud_00's client config signed for x with jcloud_00's secret, exit 0 (and `submit -u
+    bob` was refused "signature incorrect", unexplained): a usage error naming whose secret it is."""
+    config = tmp_path / "client.toml"
+    config.write_text('username = "jcloud_00"\nsecret = "e7a31b1c5ea0efa9aa2f29c6559f7d61"\n')
+    env = {"EDGEWARM_CLIENT_CONFIG": str(config), "EDGEWARM_USERNAME": "", "EDGEWARM_SECRET": ""}
+    result = run(["sign", "-u", "bob", "--date", "20161023"], env)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert f"--username bob: the secret of client config {config} is jcloud_00's; give --secret" in result.stderr
+    same = run(["sign", "-u", "jcloud_00", "--date", "20161023"], env)
+    assert same.stdout.strip() == "a35685491fd80a80b40a718c3a5c5c56", same.stderr
+    own = run(["sign", "-u", "bob", "--secret", "s", "--date", "20161023"], env)
+    assert own.returncode == 0 and own.stdout.strip() == auth.sign("bob", "s", date(2016, 10, 23)), own.stderr
 
 
 def test_help_shows_each_options_environment_variable() -> None:

@@ -133,6 +133,12 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
             for caution in file_cautions(path):
                 click.echo(f"warning: client config {caution}", err=True)
     server = server or stored.get("server") or DEFAULT_SERVER
+    if username and not secret and "secret" in stored and stored.get("username", username) != username:
+        # Its secret is its user's: signed for another name, every call was "signature incorrect", unexplained.
+        raise click.UsageError(
+            f"--username {username}: the secret of client config {path} is {stored['username']}'s; give --secret "
+            "(or EDGEWARM_SECRET) for this user"
+        )
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
     timezone = str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
