@@ -861,6 +861,10 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
         assert all(": cancelled" in line for line in lines[1:]), lines
         views = [client.wait(taskid, timeout=60) for taskid in (first, second, third)]
         items = client.task(first)["items"]
+        # A name not in the config (a typo read as an idle user before), and a configured user without tasks.
+        for name, said in (("nobody", " (no such user in the config)"), (DEMO_USER, "")):
+            idle = subprocess.run([*admin, "--user", name], capture_output=True, text=True, timeout=60)
+            assert (idle.returncode, idle.stdout) == (0, f"user {name} has no task running{said}\n"), idle
     for view in views:
         assert (view["status"], view["reason"], view["cancelled_by"]) == (2, "cancelled", "operator"), view
     assert sum(1 for item in items if item["error"] == "cancelled") >= 30, "the first task's items went on"

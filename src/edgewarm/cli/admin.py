@@ -97,7 +97,9 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
     if not done:
-        click.echo(f"user {username} has no task running")
+        # A typo reads as an idle user otherwise (a user removed from the config is still theirs to cancel).
+        unknown = "" if config.user(str(username)) is not None else " (no such user in the config)"
+        click.echo(f"user {username} has no task running{unknown}")
     for result in done:
         click.echo(str(result))
     if any(result.after is None for result in done):
