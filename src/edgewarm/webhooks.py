@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import random
 import re
 import time
@@ -505,7 +506,15 @@ class WebhookDeliverer:
         self.metrics.webhooks.labels(outcome).inc()
         # A delivery given up is the receiver's to look at: a warning; one retried or delivered, information.
         level = logging.WARNING if outcome == "failed" else logging.INFO
-        log.log(level, "webhook %s: %s", outcome, error or "ok", extra={"task_id": task.id})
+        log.log(
+            level,
+            "webhook %s (attempt %d, to %s): %s",
+            outcome,
+            attempts,
+            shown_callback_url(task.callback_url or ""),
+            error or "ok",
+            extra={"task_id": task.id, "user": task.username, "attempt": attempts},
+        )
         try:
             await self.store.record_webhook(
                 task.id, delivered=error is None, error=error, retry_at=retry_at, now=self._clock()
@@ -550,6 +559,11 @@ class WebhookDeliverer:
         except aiohttp.ClientResponseError as exc:  # raised before an answer: its head did not parse (the
             # status is aiohttp's own, not the receiver's)
             return _malformed(exc.message), False
+        except aiohttp.ClientSSLError as exc:  # the certificate's or the handshake's own words
+            return f"{type(exc).__name__}: {exc}", False
+        except aiohttp.ClientConnectorError as exc:  # said "… ssl:default [Connect call failed …]" for http too
+            why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
+            return f"cannot connect to the receiver {exc.host}:{exc.port}: {why}", False
         except (aiohttp.ClientError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}", False
         return None, False

@@ -21,7 +21,7 @@ from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.store import TaskStore, open_store
 from edgewarm.testing.faults import FaultServer, Respond, always
-from edgewarm.testing.service import DEMO_SECRET, DEMO_USER
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, free_port
 from edgewarm.webhooks import PER_RECEIVER, PER_USER, WebhookDeliverer, _without_the_url
 
 from .support import OTHER, USER, base_config, node_toml, start_service, wait_until
@@ -266,7 +266,25 @@ async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
                     async with delivering(deliverer):
                         assert (await delivered(store, task_id, 5)).webhook_attempts == 1
             told = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("webhook ")]
-            assert told == [(level, f"webhook {verdict}: HTTP 500")], told
+            assert told == [(level, f"webhook {verdict} (attempt 1, to {broken.url}/hook): HTTP 500")], told
+
+
+async def test_a_receiver_that_refuses_connections_is_named_with_the_cause(caplog: pytest.LogCaptureFixture) -> None:
+    """A receiver down was "ClientConnectorError: Cannot connect to host 127.0.0.1:9 ssl:default [Connect call
+    failed …]" (ssl for an http URL), and the line named neither the receiver nor the user (an ops tester's):
+    said as a node's is, the receiver shown with its query masked, the user and attempt as fields."""
+    port = free_port()
+    async with open_store("memory://") as store:
+        task_id = await ended_task(store, f"http://127.0.0.1:{port}/hook?token=t0ken")
+        deliverer = WebhookDeliverer(webhook_config(max_attempts=3), store, Metrics())
+        with caplog.at_level("INFO", logger="edgewarm"):
+            async with delivering(deliverer):
+                task = await delivered(store, task_id, 5)
+    assert task.webhook_error == f"cannot connect to the receiver 127.0.0.1:{port}: Connection refused"
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("webhook ")]
+    shown = f"http://127.0.0.1:{port}/hook?token=***"
+    assert record.getMessage() == f"webhook retried (attempt 1, to {shown}): {task.webhook_error}"
+    assert (record.user, record.attempt) == (USER, 1), record.__dict__  # type: ignore[attr-defined]
 
 
 async def test_a_delivery_under_way_when_the_clock_steps_forward_is_posted_once() -> None:
