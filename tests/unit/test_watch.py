@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+import edgewarm.cli.watch
 from edgewarm.cli.watch import (
     FAILURES_SHOWN,
     TABLE_WIDTH,
@@ -227,3 +229,29 @@ def test_a_nodes_rate_is_over_its_own_active_time() -> None:
     assert done_before.seen(30) == "-"
     now[0] = 30.5
     assert done_before.seen(30) == "-"
+
+
+class SteppingClient:
+    """A task of 10 items, 2 more done at each look."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def task(self, taskid: str, *, limit: int = 1000, **_: Any) -> dict[str, Any]:
+        self.looks += 1
+        return running_view(taskid, min(10, 2 * self.looks))
+
+
+def test_into_a_pipe_or_a_file_progress_comes_as_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich draws no bars where the output is no terminal (cron, CI, `| tee`): nothing was written until the end
+    (an ops tester's 25 s of silence). A line every PIPED_LINE_SECONDS there, with each node's count."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(edgewarm.cli.watch, "PIPED_LINE_SECONDS", 0.0)
+    taskid = "00000000-eee7-48cb-97bd-42fd052e3c84"
+    out = Console(width=200, file=io.StringIO())
+    assert not out.is_terminal
+    assert follow(SteppingClient(), [taskid], interval=0.01, console=out) == 0  # type: ignore[arg-type]
+    lines = [line for line in out.file.getvalue().splitlines() if "items done" in line]  # type: ignore[attr-defined]
+    assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines] == [
+        f"task 00000000: {done} of 10 items done; edge-1 {done // 2}/5, edge-2 {done // 2}/5" for done in (2, 4, 6, 8)
+    ], lines

@@ -22,6 +22,7 @@ TASK_BARS = 8  # more tasks than this are followed in one bar: the nodes' bars s
 PATIENCE = 60.0  # seconds a server that does not answer (a restart) is waited for, by default (--patience)
 GONE = (None, 502, 503, 504)  # no answer, or a proxy's (or the store's) while the service restarts
 PIPED_WIDTH = 200  # tables into a pipe: wide enough for a row (a URL, say) on one line
+PIPED_LINE_SECONDS = 10.0  # into a pipe or a file (no live bars there): a line of progress this often
 
 
 def output_console(stderr: bool = False) -> Console:
@@ -73,11 +74,11 @@ class NodePace:
         return f"{(self._last[0] - self._since[0]) / max(self._last[1] - self._since[1], 1e-3):.0f}"
 
 
-def _done(counts: dict[str, int]) -> int:
+def _done(counts: Mapping[str, int]) -> int:
     return counts["succeeded"] + counts["failed"]
 
 
-def _total(counts: dict[str, int]) -> int:
+def _total(counts: Mapping[str, int]) -> int:
     return sum(counts.values())
 
 
@@ -123,6 +124,7 @@ def follow(
         )
         node_bars: dict[str, TaskID] = {}
         paces: dict[str, NodePace] = {}
+        said_at = time.monotonic()  # into a pipe: the first line after PIPED_LINE_SECONDS
         while True:
             per_node: dict[str, dict[str, int]] = {}
             if one_bar:
@@ -163,11 +165,30 @@ def follow(
                 )
             if all(v["status"] != 1 for v in views.values()):
                 break
+            if not out.is_terminal and time.monotonic() - said_at >= PIPED_LINE_SECONDS:
+                # rich draws no bars there: cron, CI and `| tee` saw nothing until the end (an ops tester's).
+                out.print(progress_line(views, per_node), markup=False, highlight=False, soft_wrap=True)
+                said_at = time.monotonic()
             time.sleep(interval)
             for taskid in taskids:  # the views read above are the first pass's
                 if views[taskid]["status"] == 1:
                     views[taskid] = riding_out(functools.partial(client.task, taskid, limit=0), interval, patience)
     return summarize(client, views, out, unknown)
+
+
+def progress_line(views: Mapping[str, Mapping[str, Any]], per_node: Mapping[str, Mapping[str, int]]) -> str:
+    """The tasks' progress in a line, for a pipe or a file: `12:00:05 2 tasks: 150 of 400 items done (3 failed);
+    shield-1 100/100, edge-1 30/150 (3 failed), edge-2 20/150`."""
+    done = sum(_done(v["counts"]) for v in views.values())
+    failed = sum(v["counts"]["failed"] for v in views.values())
+    what = f"task {next(iter(views))[:8]}" if len(views) == 1 else f"{len(views)} tasks"
+    nodes = ", ".join(
+        f"{node} {_done(c)}/{_total(c)}" + (f" ({c['failed']} failed)" if c["failed"] else "")
+        for node, c in per_node.items()
+    )
+    total = sum(v["total"] for v in views.values())
+    head = f"{datetime.now():%H:%M:%S} {what}: {done} of {total} items done" + (f" ({failed} failed)" if failed else "")
+    return f"{head}; {nodes}" if nodes else head
 
 
 def _elapsed(view: dict[str, Any]) -> float:
