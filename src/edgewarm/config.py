@@ -353,6 +353,11 @@ def _bad_postgresql_url(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.netloc.count("@") > 1:  # the driver takes what follows the first for the host
         return "an @ in the user name or password must be percent-encoded: %40"
+    if "@" in parts.path:  # `user:12345/pw@host/db`: the password's / ended the address (host "user", port 12345)
+        return (
+            "an @ after the first / (a password with / in it must be percent-encoded: %2F; and ?, # or @: %3F, "
+            "%23, %40)"
+        )
     hosts = parts.netloc.rpartition("@")[2]
     ports = [host.rpartition("]")[2].partition(":")[2] for host in hosts.split(",")]
     ports += [p for value in parse_qs(parts.query).get("port", []) for p in value.split(",")]

@@ -567,6 +567,9 @@ def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
         ("postgresql://edgewarm:hunter2/pw@h1/edgewarm", "must be percent-encoded"),
         ("postgresql://edgewarm:hunter2@pw@127.0.0.1:5432/edgewarm", "an @ in the user name or password must be"),
         ("postgresql://edgewarm:123456789/pw@h1/edgewarm", "must be percent-encoded"),
+        # The / ends the address at a password that reads as a port (12345): it was OK, then "Name or service not
+        # known" for 127.0.0.1:1 (an ops tester's).
+        ("postgresql://edgewarm:12345/hunter2@127.0.0.1:1/x", "an @ after the first / .a password with / in it must"),
         ("postgresql://edgewarm:hunter2@h1/edgewarm?pool_size=1", "pool_size must be given once, a number from 2"),
         ("postgresql://edgewarm@h1/edgewarm?sslmode=require&pool_size=x", "pool_size must be given once"),
         ("postgresql://edgewarm@h1/edgewarm?pool_size=4&pool_size=5", "pool_size must be given once"),
