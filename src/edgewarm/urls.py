@@ -261,7 +261,7 @@ def escape_cases(path_query: str) -> list[str]:
 def spellings(target: TargetUrl) -> list[str]:
     """The ways `target` may have been written that are one object to a node (besides letter case): either
     scheme (a node is asked by its own), the host with or without its final dot, the scheme's default port
-    given or not; and its escapes in either case (escape_cases), which a purge reaches too."""
+    given or not."""
     found = []
     hosts = [target.host, target.host + "."]
     for scheme, port in _DEFAULT_PORTS.items():
@@ -270,7 +270,7 @@ def spellings(target: TargetUrl) -> list[str]:
             if target.authority == target.host
             else [target.authority, target.host + "." + target.authority[len(target.host) :]]
         )
-        found += [f"{scheme}://{a}{path}" for a in authorities for path in escape_cases(target.path_query)]
+        found += [f"{scheme}://{a}{target.path_query}" for a in authorities]
     return found
 
 

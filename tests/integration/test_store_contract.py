@@ -1070,6 +1070,14 @@ class TestWork:
         assert await store.known_urls("http://h.test/a%", 10) == ["http://h.test/a%_x"]
         assert len(await store.known_urls("http://h.test/", 3)) == 3
         assert await store.known_urls("http://other.test/", 10) == []
+        # A path with a letter in an escape, in any case: `%C3%bc` cannot be guessed (the caller keeps those under
+        # it, escapes in any case, the rest of the path as it is).
+        escaped = ("http://h.test/e/%C3%BC/1", "http://h.test/e/%c3%BC/2", "http://h.test/E/%C3%BC/3")
+        await store.create_task(
+            make_task(3, items=tuple(NewItem(s, u, "e1", ItemAction.WARM, 0) for s, u in enumerate(escaped)))
+        )
+        assert sorted(await store.known_urls("http://h.test/e/%c3%bc/", 10)) == sorted(escaped)
+        assert await store.known_urls("http://h.test/E/", 10) == [escaped[2]]  # no letter in an escape: as it is
         # A directory refreshed is no object cached: its own item is not known (a refresh of a directory edgewarm
         # knew nothing under found itself, "purged 1 of the 1 URLs known"); a file purge's URL is.
         purges = (NewItem(0, "http://h.test/c/", "e1", ItemAction.PURGE_DIR, 0),

@@ -32,11 +32,17 @@ def test_the_urls_at_or_under_a_directory_one_per_object_whatever_their_length()
         "http://www.example.test/d/e.bin",
         "not a url",
     ]
-    assert [t.url for t in _under(directory, known)] == [
+    assert [t.url for t, _ in _under(directory, known)] == [
         "http://www.example.test/d/",
         "http://WWW.example.test/d/b.bin",
         long_url,
         "https://www.example.test/d/e.bin",
+    ]
+    # Spellings of an object's escapes are one object, purged by each spelling known and by their cases.
+    escaped = ["http://www.example.test/d/%C3%bc", "http://www.example.test/d/%c3%bc", "http://www.example.test/d/%20"]
+    assert [(t.url, paths) for t, paths in _under(directory, escaped)] == [
+        ("http://www.example.test/d/%C3%bc", ["/d/%C3%BC", "/d/%c3%bc", "/d/%C3%bc"]),
+        ("http://www.example.test/d/%20", ["/d/%20"]),
     ]
 
 
@@ -204,7 +210,7 @@ def test_a_directory_purge_whose_known_urls_the_store_did_not_answer_is_retried_
     settings = Engine(max_attempts=3, backoff_base=0.5, backoff_max=30.0)
     first = asyncio.run(perform(claim, node, 1, fleet, _StoreDown(), settings, 100.0))  # type: ignore[arg-type]
     assert not first.succeeded and first.attempts == 1
-    assert first.error is not None and first.error.startswith("the URLs known under the directory: postgresql:")
+    assert first.error is not None and first.error.startswith("the URLs known there: postgresql:")
     assert first.retry_at is not None and 100.0 < first.retry_at <= 100.0 + 2.0
     last = asyncio.run(perform(claim, node, 3, fleet, _StoreDown(), settings, 100.0))  # type: ignore[arg-type]
     assert last.retry_at is None and last.error is not None and last.error.endswith("gave up after 3 attempts")

@@ -19,6 +19,7 @@ from .outcome import purge_outcome, retry_or_give_up, variant_note, warm_outcome
 
 # A directory purge on a node without prefix purge covers at most this many known URLs.
 KNOWN_URLS_LIMIT = 100_000
+KNOWN_SPELLINGS_LIMIT = 1_000  # URLs starting with a file's, read for its other spellings (_spellings_known)
 # What a cache answers when it cannot get the object from upstream: nginx 502 (refused) and 504 (no answer in
 # time), Varnish 503 ("Backend fetch failed"), Squid 502/503, ATS 502.
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -53,14 +54,15 @@ async def perform(
         return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream, purged)
     try:
         if claim.action is ItemAction.PURGE:
-            verdict, result = await _purge_url(node, target, purge.url_purge(node, settings.accept_encoding), fetcher)
+            request = purge.url_purge(node, settings.accept_encoding)
+            verdict, result = await _purge_url(node, target, request, fetcher, await _spellings_known(target, store))
             detail = None
         else:
             verdict, result, detail = await _purge_dir(node, target, fetcher, store, settings)
     except purge.Unsupported as exc:
         return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
     except StoreError as exc:  # the directory's known URLs not read: tried again as a request that failed is
-        failed = ItemOutcome(claim.item_id, False, attempt, error=f"the URLs known under the directory: {exc}")
+        failed = ItemOutcome(claim.item_id, False, attempt, error=f"the URLs known there: {exc}")
         return retry_or_give_up(failed, FetchResult(None), settings, now, None)
     return purge_outcome(claim.item_id, attempt, verdict, result, settings, now, detail=detail)
 
@@ -148,22 +150,34 @@ def _own_state(node: Node, answer: FetchResult) -> CacheState | None:
     return None
 
 
+async def _spellings_known(target: TargetUrl, store: TaskStore) -> list[str]:
+    """The paths (and queries) to purge for a URL: each case of its escapes (escape_cases: the URL as given
+    last), and any other spelling of its escapes edgewarm knows (warmed or refreshed: `%C3%bc`, which cannot be
+    guessed)."""
+    cases = escape_cases(target.path_query)
+    if len(cases) == 1:  # no letter in an escape: one spelling
+        return cases
+    known = [stored_target(url) for url in await store.known_urls(target.url, KNOWN_SPELLINGS_LIMIT)]
+    others = [k.path_query for k in known if target.reaches(k, whole=False) and k.path_query not in cases]
+    return [*dict.fromkeys(others), *cases]
+
+
 async def _purge_url(
-    node: Node, target: TargetUrl, request: purge.PurgeRequest, fetcher: NodeClient
+    node: Node, target: TargetUrl, request: purge.PurgeRequest, fetcher: NodeClient, spelled: Sequence[str] = ()
 ) -> tuple[purge.Verdict, FetchResult]:
     """Send `request` for `target` with each of its other encodings, then as it is, while the purges work:
     PURGED when one of them removed a copy, else the first that did not work, else NOT_CACHED. The same for
-    each other case of its escapes first (escape_cases: another key to the node), the URL as given last.
+    each of its paths `spelled` (its escapes in other cases: other keys to the node; the URL as given last).
 
     The other encodings first: nginx's purge module finds a copy of another `Accept-Encoding` through the copy
     stored first (under the URL's own key, whose `Vary` it reads), which is edgewarm's own when edgewarm warmed
     the node first (shields are warmed before their edges). Purged first, that one would leave the others
     unreachable by a purge and served again once the key is stored anew."""
     verdict, result = purge.Verdict.NOT_CACHED, FetchResult(None)
-    cases = escape_cases(target.path_query)
-    for spelled, encoding in ((p, e) for p in cases for e in (*request.encodings, None)):
+    spelled = spelled or [target.path_query]
+    for path, encoding in ((p, e) for p in spelled for e in (*request.encodings, None)):
         headers = request.headers if encoding is None else {**request.headers, "Accept-Encoding": encoding}
-        asked = target if len(cases) == 1 else replace(target, path_query=spelled)
+        asked = target if path == target.path_query else replace(target, path_query=path)
         answer = await fetcher.request(request.method, node, asked, headers)
         found = purge.verdict(request, answer.status, answer.network_error, _own_state(node, answer))
         if found not in _DONE:
@@ -176,23 +190,31 @@ async def _purge_url(
 async def _purge_dir(
     node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore, settings: Settings
 ) -> tuple[purge.Verdict, FetchResult, str | None]:
-    # A prefix purge of each case of the directory's escapes (escape_cases), as given last, while they work.
-    requests = [r for p in escape_cases(target.path_query) if (r := purge.prefix_purge(node, p)) is not None]
-    for request in requests:
-        result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
-        verdict = purge.verdict(request, result.status, result.network_error, _own_state(node, result))
-        if verdict is not purge.Verdict.PURGED or request is requests[-1]:
-            return verdict, result, None
+    directory = target.path_query
+    if purge.prefix_purge(node, directory) is not None:
+        # A prefix purge of each case of the directory's escapes (escape_cases; as given last), and of each other
+        # spelling of them in the URLs edgewarm knows under it (`%C3%bc`, which cannot be guessed), while they work.
+        prefixes = escape_cases(directory)
+        if len(prefixes) > 1:
+            known, _ = await _known_under(target, store)
+            spelled = (path[: len(directory)] for _, paths in known for path in paths)  # an escape: 3 characters
+            prefixes = [*dict.fromkeys(p for p in spelled if p not in prefixes), *prefixes]
+        for place, prefix in enumerate(prefixes, 1):
+            request = purge.prefix_purge(node, prefix)
+            assert request is not None  # as for the directory's own spelling
+            result = await fetcher.request(request.method, node, replace(target, path_query="/"), request.headers)
+            verdict = purge.verdict(request, result.status, result.network_error, _own_state(node, result))
+            if verdict is not purge.Verdict.PURGED or place == len(prefixes):
+                return verdict, result, None
     # No prefix purge on this node: purge every URL at or under the directory that edgewarm has seen (its own
     # URL too, if it was warmed), in any spelling of the directory.
     request = purge.url_purge(node, settings.accept_encoding)
-    found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in spellings(target)]
-    known = _under(target, [url for urls in found for url in urls])
+    known, found = await _known_under(target, store)
     failures: list[tuple[purge.Verdict, FetchResult]] = []
     purged = 0
     for start in range(0, len(known), 16):
         chunk = known[start : start + 16]
-        results = await asyncio.gather(*(_purge_url(node, t, request, fetcher) for t in chunk))
+        results = await asyncio.gather(*(_purge_url(node, t, request, fetcher, paths) for t, paths in chunk))
         for verdict, result in results:
             if verdict not in _DONE:
                 failures.append((verdict, result))
@@ -222,16 +244,25 @@ async def _purge_dir(
     return verdict, result, f"{summary}; the first failure: {result.error or f'HTTP {result.status}'}"
 
 
-def _under(directory: TargetUrl, urls: list[str]) -> list[TargetUrl]:
-    """Of `urls`, one per cache key at or under `directory`'s (a cache keys the host in any case as one; the
-    purge of one reaches its escapes in either case too, _purge_url): the objects a purge of the directory must
-    reach."""
-    found: dict[str, TargetUrl] = {}
+async def _known_under(
+    directory: TargetUrl, store: TaskStore
+) -> tuple[list[tuple[TargetUrl, list[str]]], list[list[str]]]:
+    """The objects edgewarm knows at or under `directory` (_under), and the URLs found for each of its spellings."""
+    found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in spellings(directory)]
+    return _under(directory, [url for urls in found for url in urls]), found
+
+
+def _under(directory: TargetUrl, urls: list[str]) -> list[tuple[TargetUrl, list[str]]]:
+    """Of `urls`, the objects at or under `directory` a purge of it must reach, one per object (a cache keys the
+    host in any case as one; the origin its escapes in any case), each with the paths to purge it by: each
+    spelling of its escapes known, and their cases (escape_cases), each once."""
+    found: dict[str, tuple[TargetUrl, dict[str, None]]] = {}
     for url in urls:
         try:
             target = stored_target(url)  # accepted once, under the [api] max_url_length of that time
         except RequestRefused:
             continue
         if directory.reaches(target, whole=True):
-            found.setdefault(escapes_upper(target.node_key), target)
-    return list(found.values())
+            _, paths = found.setdefault(escapes_upper(target.node_key), (target, {}))
+            paths.update(dict.fromkeys(escape_cases(target.path_query)))
+    return [(target, list(paths)) for target, paths in found.values()]

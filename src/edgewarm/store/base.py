@@ -26,7 +26,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
-from ..urls import stored_target
+from ..urls import escape_cases, stored_target
 
 SCHEMA_VERSION = 8
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
@@ -228,10 +228,14 @@ def known_search(prefix: str) -> tuple[str, str, int, str]:
     """known_urls' search for `prefix` (scheme://authority/path…, not empty): the range of URLs lower-cased
     (A-Z only: URLs are ASCII) that start with it in any case, in code point (byte) order (a range of the index
     items_url), and its path, whose case counts (a cache keys `/A/` and `/a/` apart), with the 1-based place
-    where it starts in a URL."""
+    where it starts in a URL. A path with a letter in an escape is looked for in any case (an empty path from
+    place 1: `%c3` is `%C3` to the origin, and `%C3%bc` cannot be guessed; the caller keeps those under it)."""
     cut = prefix.find("/", prefix.find("://") + 3)
     cut = len(prefix) if cut < 0 else cut
-    return *starting_with(prefix.lower()), cut + 1, prefix[cut:]
+    path = prefix[cut:]
+    if len(escape_cases(path)) > 1:
+        return *starting_with(prefix.lower()), 1, ""
+    return *starting_with(prefix.lower()), cut + 1, path
 
 
 SkipFor = Mapping[str, Sequence[str]]  # user -> nodes a claim leaves out for that user's items (claim_due_items)
@@ -639,9 +643,9 @@ class TaskStore(Protocol):
 
     async def known_urls(self, prefix: str, limit: int) -> list[str]:
         """Distinct URLs of any task's warms and file purges (a directory's purge is no sign of an object cached
-        there) that start with `prefix`, ignoring case (a directory refresh on a node
-        without prefix purge purges each of them; it keeps those whose cache key is under the directory's: the
-        host in any case, the path as it is). In the order of the URLs lower-cased (A-Z only), then as they are,
+        there) that start with `prefix`, ignoring case (a directory refresh on a node without prefix purge
+        purges each of them; it keeps those whose cache key is under the directory's: the host in any case, the
+        path as it is but its escapes' case). In the order of the URLs lower-cased (A-Z only), then as they are,
         each in code point (byte) order: past `limit`, every store gives the same ones (SQLite gave them in its
         index's order, PostgreSQL in its hash's)."""
         ...
