@@ -297,7 +297,11 @@ class Service:
         (had, steps), (given, asked) = request(stored), request(items)
         if had != given:
             return "with the same URLs in another order" if sorted(had) == sorted(given) else "with other URLs"
-        return None if steps == asked else "with other steps (refresh: the purges first, or not)"
+        if steps == asked:
+            return None
+        if (ItemAction.PURGE_DIR in steps) != (ItemAction.PURGE_DIR in asked):
+            return "of another type (file or dir)"
+        return "with other steps (refresh: the purges first, or not)"
 
     async def get_task(self, user: User, raw_task_id: str, kind: TaskKind | None = None) -> Task:
         """The user's task; anything else (malformed, unknown, another user's, other kind) is 'not found'."""

@@ -86,7 +86,8 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
 
 _JOINED = re.compile(r",\s*https?://", re.IGNORECASE)
 # URLs joined by another separator than the list's ',' (a line break, ';', '|', a space): read as one URL.
-_JOINED_OTHERWISE = re.compile(r"[;|\s]\s*https?://", re.IGNORECASE)
+# (And the full-width ones of Chinese input methods: '，', '、', '；'.)
+_JOINED_OTHERWISE = re.compile(r"[;|\s，、；]\s*https?://", re.IGNORECASE)
 
 
 def _no_query_cut(pieces: list[str]) -> None:
@@ -114,7 +115,8 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
         raise _illegal(raw, f"longer than {max_length} characters")
     if "://" in raw[8:] and (joined := _JOINED_OTHERWISE.search(raw)) is not None:
         # (Else a line break was "control characters must be percent-encoded", and ';' one URL warmed as a 404.)
-        separator = {"\n": "a line break", "\r": "a line break", ";": "';'", "|": "'|'"}.get(joined[0][0], "a space")
+        mark = joined[0][0]
+        separator = {"\n": "a line break", "\r": "a line break"}.get(mark, "a space" if mark.isspace() else f"'{mark}'")
         raise _illegal(
             raw,
             f"URLs joined by {separator}: separate a list's URLs by ',' or give them as a JSON array (in a form "

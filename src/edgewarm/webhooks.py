@@ -564,6 +564,11 @@ class WebhookDeliverer:
         except aiohttp.ClientConnectorError as exc:  # said "… ssl:default [Connect call failed …]" for http too
             why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
             return f"cannot connect to the receiver {exc.host}:{exc.port}: {why}", False
+        except aiohttp.ServerDisconnectedError:
+            return "the receiver closed the connection without an answer", False
+        except aiohttp.ClientOSError as exc:  # "[Errno 104] Connection reset by peer", "[Errno None] Can not write…"
+            why = os.strerror(exc.errno) if exc.errno else "it failed while the request was sent"
+            return f"the connection to the receiver failed: {why}", False
         except (aiohttp.ClientError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}", False
         return None, False

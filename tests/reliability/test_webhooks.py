@@ -20,7 +20,7 @@ from edgewarm.config import parse_config
 from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.store import TaskStore, open_store
-from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.faults import Close, FaultServer, Reset, Respond, always
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, free_port
 from edgewarm.webhooks import PER_RECEIVER, PER_USER, WebhookDeliverer, _without_the_url
 
@@ -285,6 +285,25 @@ async def test_a_receiver_that_refuses_connections_is_named_with_the_cause(caplo
     shown = f"http://127.0.0.1:{port}/hook?token=***"
     assert record.getMessage() == f"webhook retried (attempt 1, to {shown}): {task.webhook_error}"
     assert (record.user, record.attempt) == (USER, 1), record.__dict__  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("action", "said"),
+    [
+        (Close(), "the receiver closed the connection without an answer"),
+        (Reset(), "the connection to the receiver failed: Connection reset by peer"),
+    ],
+)
+async def test_a_receiver_that_drops_the_connection_is_said_so(action: Any, said: str) -> None:
+    """aiohttp's own words reached the task and the log ("ServerDisconnectedError: Server disconnected",
+    "ClientOSError: [Errno 104] Connection reset by peer": a re-tester's)."""
+    with FaultServer(always(action)) as broken:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{broken.url}/hook")
+            deliverer = WebhookDeliverer(webhook_config(max_attempts=3), store, Metrics())
+            async with delivering(deliverer):
+                task = await delivered(store, task_id, 5)
+    assert task.webhook_error == said
 
 
 async def test_a_delivery_under_way_when_the_clock_steps_forward_is_posted_once() -> None:

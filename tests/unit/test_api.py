@@ -838,6 +838,15 @@ async def test_a_multipart_form_is_read_as_a_form(api: Api) -> None:
     assert (with_file.json()["status"], with_file.json()["msg"]) == (2, said)
     broken = await api.raw("/api/prefetch", b"--x\r\nnot a part", "multipart/form-data; boundary=x")
     assert broken["status"] == 2, broken
+    # Without its closing boundary: its last part was dropped (a re-tester's idempotency key: two tasks).
+    parts = [*creds().items(), ("publish_urls", urls(5)[4]), ("idempotency_key", "k-cut")]
+    cut = b"".join(f'--XX\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in parts)
+    for body, said in ((cut, "it does not end with its closing --XX--"), (cut + b"--XX--\r\n", None)):
+        answer = await api.raw("/api/prefetch", body, "multipart/form-data; boundary=XX")
+        if said is None:
+            assert_submitted(answer)
+        else:
+            assert (answer["status"], answer["msg"]) == (2, f"the multipart body cannot be read: {said}")
 
 
 async def test_the_jd_calls_are_served_directly_and_nothing_else_is() -> None:
@@ -1042,6 +1051,17 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     refused = await api.call("/api/refresh", body)
     assert_code(refused, 1)
     assert refused["msg"] == f"this idempotency key was used for task {first['taskid']}, a prefetch task: use a new key"
+
+
+async def test_an_idempotency_key_used_again_for_a_directory_after_a_file_says_so(api: Api) -> None:
+    """A file refresh then the same entry as a directory with the key: it said "with other steps (refresh: the
+    purges first, or not)", which `refresh` plays no part in (a re-tester's)."""
+    body = {**creds(), "idempotency_key": "ik-3", "instances": ["http://www.example.test/t/"]}
+    first = await api.call("/api/refresh", {**body, "type": "file"})
+    refused = await api.call("/api/refresh", {**body, "type": "dir"})
+    assert_code(refused, 1)
+    said = f"this idempotency key was used for task {first['taskid']} of another type (file or dir): use a new key"
+    assert refused["msg"] == f"{said} for these"
 
 
 async def test_an_idempotency_key_used_again_with_another_callback_url_is_refused() -> None:

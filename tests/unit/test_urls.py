@@ -478,6 +478,8 @@ def test_a_purge_reaches_its_object_with_the_escapes_in_either_case_and_nothing_
         ("http://www.a.test/x.js\r\nhttps://www.a.test/c.txt", "a line break"),
         ("http://www.a.test/x.js | http://www.a.test/c.txt", "'|'"),
         ("http://www.a.test/x.js HTTP://www.a.test/c.txt", "a space"),
+        ("http://www.a.test/x.js，http://www.a.test/c.txt", "'，'"),  # a Chinese input method's comma
+        ("http://www.a.test/x.js、http://www.a.test/c.txt", "'、'"),
     ],
 )
 def test_urls_joined_by_another_separator_than_a_comma_are_refused_saying_so(raw: str, separator: str) -> None:

@@ -115,7 +115,10 @@ async def read_params(request: Request) -> dict[str, Any]:
         except LookupError:
             raise UnsupportedMediaType(f"unknown charset {charset!r}: send the form in UTF-8") from None
         except UnicodeError:
-            raise RequestRefused(JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}") from None
+            label = "" if charset else " (a form in another charset says so: charset=gbk in its Content-Type)"
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY, f"the form body is not valid {charset or 'UTF-8'}{label}"
+            ) from None
         except ValueError:
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
@@ -133,7 +136,14 @@ async def read_params(request: Request) -> dict[str, Any]:
 
 
 async def _multipart(request: Request) -> dict[str, list[str]]:
-    """A multipart/form-data body's fields, as a form's (`parse_qs`'s shape); a file among them is refused."""
+    """A multipart/form-data body's fields, as a form's (`parse_qs`'s shape); a file among them is refused, and
+    a body without its closing boundary (cut short: python-multipart read it, its last part dropped, and a
+    re-tester's idempotency key with it: two tasks for one call)."""
+    boundary = request.headers.get("content-type", "").partition("boundary=")[2].partition(";")[0].strip().strip('"')
+    if boundary and not (await request.body()).rstrip().endswith(f"--{boundary}--".encode("latin-1", "replace")):
+        raise RequestRefused(
+            JdCode.PARAMS_EMPTY, f"the multipart body cannot be read: it does not end with its closing --{boundary}--"
+        )
     try:
         async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS) as parts:
             fields: dict[str, list[str]] = {}
@@ -141,7 +151,11 @@ async def _multipart(request: Request) -> dict[str, list[str]]:
                 assert isinstance(value, str)  # max_files=0: a file is refused first
                 fields.setdefault(name, []).append(value)
     except HTTPException as exc:  # Starlette's words for what python-multipart refused
-        why = "a part is a file: give the parameters as fields" if "files" in str(exc.detail) else str(exc.detail)
+        why = str(exc.detail)
+        if "files" in why:
+            why = "a part is a file: give the parameters as fields"
+        elif "fields" in why:
+            why += " (a long URL list: send it as JSON, or as one field separated by ',')"
         raise RequestRefused(JdCode.PARAMS_EMPTY, f"the multipart body cannot be read: {why}") from None
     if not fields:
         raise _no_params(request)

@@ -63,11 +63,12 @@ def _under_way(task: Task) -> str:
 @click.argument("taskids", nargs=-1)
 @click.option(
     "--user",
-    "username",
+    "usernames",
+    multiple=True,
     help="also cancel every task of this user that is still running (a user removed from the config: their "
-    "tasks run on until then)",
+    "tasks run on until then); may be given several times",
 )
-def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> None:
+def cancel(config_path: str, taskids: tuple[str, ...], usernames: tuple[str, ...]) -> None:
     """Cancel TASKIDS (and with --user, a user's running tasks), whoever's they are, as the user's own cancel
     does: their items waiting in the store end failed ("cancelled"), those under way finish, and each task
     ends failed, reason "cancelled", cancelled_by "operator". Services learn it within a second. Exits 1 when
@@ -75,7 +76,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
     from ..service import normalize_task_id  # here: the service's imports are not every command's
     from ..store import existing_store
 
-    if not taskids and username is None:
+    if not taskids and not usernames:
         raise click.UsageError("give the task ids to cancel, or --user NAME")
     ids: list[str] = []
     for raw in taskids:
@@ -86,19 +87,22 @@ def cancel(config_path: str, taskids: tuple[str, ...], username: str | None) -> 
             ids.append(task_id)
     config = load_or_fail(config_path)
 
-    async def go() -> list[Cancelled]:
+    async def go() -> tuple[list[str], list[Cancelled]]:
         async with existing_store(config.store) as store:
-            if username is not None:
-                ids.extend(task_id for task_id in await _running(store, username) if task_id not in ids)
-            return [await _cancel(store, task_id) for task_id in ids]
+            idle: list[str] = []
+            for username in usernames:
+                running = await _running(store, username)
+                ids.extend(task_id for task_id in running if task_id not in ids)
+                idle += [] if running else [username]
+            return idle, [await _cancel(store, task_id) for task_id in ids]
 
     try:
-        done = asyncio.run(go())
+        idle, done = asyncio.run(go())
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
-    if not done:
+    for username in idle:
         # A typo reads as an idle user otherwise (a user removed from the config is still theirs to cancel).
-        unknown = "" if config.user(str(username)) is not None else " (no such user in the config)"
+        unknown = "" if config.user(username) is not None else " (no such user in the config)"
         click.echo(f"user {username} has no task running{unknown}")
     for result in done:
         click.echo(str(result))

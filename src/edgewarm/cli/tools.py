@@ -136,8 +136,8 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     if username and not secret and "secret" in stored and stored.get("username", username) != username:
         # Its secret is its user's: signed for another name, every call was "signature incorrect", unexplained.
         raise click.UsageError(
-            f"--username {username}: the secret of client config {path} is {stored['username']}'s; give --secret "
-            "(or EDGEWARM_SECRET) for this user"
+            f"user {username} (--username or EDGEWARM_USERNAME): the secret of client config {path} is "
+            f"{stored['username']}'s; give --secret (or EDGEWARM_SECRET) for this user"
         )
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
