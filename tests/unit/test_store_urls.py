@@ -303,3 +303,18 @@ def test_a_store_on_a_read_only_file_system_is_told_so(tmp_path: Path) -> None:
         assert str(refused.value) == f"the SQLite database {folder}/e.db is on a read-only file system (mounted ro?)"
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+async def test_check_config_says_what_a_start_would_refuse_the_sqlite_file_for(tmp_path: Path) -> None:
+    """A store file cut short, or a -wal without its file: `serve` refuses them, and check-config said OK (a
+    re-tester's)."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        assert await store.schema_version() > 0
+    assert moved_database(f"sqlite:///{path}") is None
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    assert str(moved_database(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is cut short: ")
+    path.unlink()
+    (tmp_path / "e.db-wal").write_bytes(b"x" * 1000)
+    assert str(moved_database(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")

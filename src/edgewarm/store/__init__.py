@@ -113,10 +113,15 @@ def make_folder_of(path: str) -> None:
 
 
 def moved_database(url: str) -> StoreError | None:
-    """The refusal a service's start on `url` meets when an older edgewarm left its SQLite database elsewhere
-    (see _moved_database), or None: `check-config` warns of it."""
+    """The refusal a service's start on `url` meets for its SQLite file's state, read without opening it: an
+    older edgewarm left the database elsewhere (see _moved_database), the file is cut short, or its -wal is
+    there without it (sqlite.file_refusal); or None: `check-config` warns of it."""
     path = sqlite_path(url)
-    return None if path is None else _moved_database(url, path)
+    if path is None or path == ":memory:":
+        return None
+    from .sqlite import file_refusal  # here: sqlite's module imports this one
+
+    return _moved_database(url, path) or file_refusal(path)
 
 
 def _moved_database(url: str, path: str) -> StoreError | None:

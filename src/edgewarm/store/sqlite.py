@@ -947,6 +947,17 @@ def _without_its_wal(path: str) -> StoreError | None:
     )
 
 
+def file_refusal(path: str) -> StoreError | None:
+    """What a start would refuse the SQLite file at `path` for, read without opening it (check-config says it):
+    cut short, or its -wal there without it; or None."""
+    for check in (_not_cut_short, _not_a_wal_alone):
+        try:
+            check(path)
+        except StoreError as exc:
+            return exc
+    return None
+
+
 def _not_a_wal_alone(path: str) -> None:
     """Refuse to make a new store where a `-wal` with writes is left without its database file (removed or moved
     under a running service, or not copied back with it): it holds the last writes of that file, which a new
