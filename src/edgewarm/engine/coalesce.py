@@ -11,7 +11,8 @@ process: workers on a shared store do not see each other's fetches.
 
 The engine asks `share(key)` before a warm. It answers a success to reuse (recent, or of a fetch of the
 same key that was running), or None: then the caller fetches and reports with `end(key, outcome)`. Nothing
-is allocated for a key nobody else asks for (this is on the path of every warm).
+is allocated for a key nobody else asks for (this is on the path of every warm); the engine asks `begin(key)`
+first, and awaits `share(key, found)` only with what that found, so such a key needs no coroutine either.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from ..models import ItemOutcome
 
 Key = tuple[str, str]  # (url, node)
+Found = ItemOutcome | asyncio.Future[ItemOutcome] | None  # Coalescer.begin's answer
 MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
 # The note of an item that shared another's warm.
 SHARED_NOTE = (
@@ -59,16 +61,21 @@ class Coalescer:
         fetch of that node that began before is shared from now on."""
         self._purges[node] = self._purges.get(node, 0) + 1
 
-    async def share(self, key: Key) -> ItemOutcome | None:
-        """A success of `key` to reuse, or None: then the caller fetches it and must call `end`."""
+    async def share(self, key: Key, found: Found = None) -> ItemOutcome | None:
+        """A success of `key` to reuse, or None: then the caller fetches it and must call `end`. `found`: what
+        `begin(key)` has just answered, when it was not None (the engine asks it first: a key nobody else asks
+        for needs no coroutine)."""
+        if found is None:
+            found = self.begin(key)
         # Bounded: each round waits for another claim's fetch of this key to end.
-        while (found := self._begin(key)) is not None:
+        while found is not None:
             shared = found if isinstance(found, ItemOutcome) else await self._follow(found)
             if shared is not None and shared.succeeded:
                 return shared
+            found = self.begin(key)
         return None
 
-    def _begin(self, key: Key) -> ItemOutcome | asyncio.Future[ItemOutcome] | None:
+    def begin(self, key: Key) -> Found:
         """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it."""
         if self.window <= 0:
             return None
