@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from ..models import ItemOutcome
 
@@ -40,9 +41,9 @@ class _Running:
 
     __slots__ = ("future", "leader", "purges")
 
-    def __init__(self, purges: int) -> None:
+    def __init__(self, purges: int, leader: asyncio.Task[Any] | None) -> None:
         self.purges = purges
-        self.leader = asyncio.current_task()
+        self.leader = leader
         self.future: asyncio.Future[ItemOutcome] | None = None
 
 
@@ -75,8 +76,9 @@ class Coalescer:
             found = self.begin(key)
         return None
 
-    def begin(self, key: Key) -> Found:
-        """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it."""
+    def begin(self, key: Key, leader: asyncio.Task[Any] | None = None) -> Found:
+        """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it.
+        `leader`: the current task, when the caller knows it (an engine's worker: not asked again per warm)."""
         if self.window <= 0:
             return None
         purges = self._purges.get(key[1], 0)
@@ -87,20 +89,21 @@ class Coalescer:
                 return recent[1]
         running = self._running.get(key)
         if running is None:
-            self._running[key] = _Running(purges)
+            self._running[key] = _Running(purges, asyncio.current_task() if leader is None else leader)
             return None
         if running.future is None:
             running.future = asyncio.get_running_loop().create_future()
         return running.future  # if a purge came meanwhile, its success is not shared: the next round fetches
 
-    def end(self, key: Key, outcome: ItemOutcome | None) -> None:
+    def end(self, key: Key, outcome: ItemOutcome | None, leader: asyncio.Task[Any] | None = None) -> None:
         """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again).
 
         Whatever the window now: a reload may have set it to 0 while this fetch ran, and its entry left behind
         would keep its followers waiting for ever, and every later warm of the key once the window is back. Only
-        the fetch's own entry: one begun with the window at 0 has none, and must not end another's."""
+        the fetch's own entry: one begun with the window at 0 has none, and must not end another's. `leader`: the
+        current task, when the caller knows it (as `begin`)."""
         running = self._running.get(key)
-        if running is None or running.leader is not asyncio.current_task():
+        if running is None or running.leader is not (asyncio.current_task() if leader is None else leader):
             return
         del self._running[key]
         fresh = running.purges == self._purges.get(key[1], 0)

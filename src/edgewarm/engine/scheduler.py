@@ -22,6 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
@@ -710,14 +711,13 @@ class Engine:
     # -- working ----------------------------------------------------------------------------------
 
     async def _node_worker(self, lane: _NodeLane) -> None:
-        queue = lane.queue
+        queue, me = lane.queue, asyncio.current_task()  # me: the leader of its warms' fetches (Coalescer)
         while True:
             # A claim waiting is taken at once, as get() would (it awaits nothing then), without its coroutine.
             claim = await queue.get() if queue.empty() else queue.get_nowait()
             try:
                 if len(lane.workers) > lane.width:  # a reload narrowed the lane: this worker leaves
                     lane.queue.put_nowait(claim)
-                    me = asyncio.current_task()
                     lane.workers = [w for w in lane.workers if w is not me]
                     return
                 node = lane.node
@@ -748,7 +748,7 @@ class Engine:
                 sent = [0]
                 SENT.set(sent)
                 try:
-                    outcome, shared = await self._perform(claim, node, attempt, fetcher)
+                    outcome, shared = await self._perform(claim, node, attempt, fetcher, me)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -796,8 +796,11 @@ class Engine:
             log.error("recording attempt %d of item %d failed: %s", attempt, claim.item_id, exc)
             return True
 
-    async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> tuple[ItemOutcome, bool]:
-        """The claim's outcome, and whether it was shared from another claim's warm (no request was made)."""
+    async def _perform(
+        self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient, me: asyncio.Task[Any] | None
+    ) -> tuple[ItemOutcome, bool]:
+        """The claim's outcome, and whether it was shared from another claim's warm (no request was made). `me`:
+        the current task (the worker's)."""
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
@@ -811,7 +814,7 @@ class Engine:
                 self._note_purge(key)
             return done, False
         # share() only when the key is recent or being fetched: a warm of a key nobody else asks for awaits nothing.
-        found = coalescer.begin(key)
+        found = coalescer.begin(key, me)
         shared = None if found is None else await coalescer.share(key, found)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
@@ -834,7 +837,7 @@ class Engine:
             del warming[claim.item_id]
             if (ended := self._warm_ended.pop(node.name, None)) is not None:
                 ended.set()
-            coalescer.end(key, outcome)
+            coalescer.end(key, outcome, me)
             if outcome is not None and outcome.http_status is None and not outcome.succeeded:
                 coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
