@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 
 from ..config import Engine as Settings
 from ..config import Node, NodeKind
@@ -33,7 +34,7 @@ NO_STATE_NOTE = (
 AGE_SLACK_SECONDS = 10  # `Age` is whole seconds, counted by the node when it answers
 
 
-async def perform(
+def perform(
     claim: Claim,
     node: Node,
     attempt: int,
@@ -44,14 +45,28 @@ async def perform(
     *,
     upstream: Sequence[Node] = (),
     purged: float | None = None,
-) -> ItemOutcome:
-    """Do `claim` on `node` once; `now` is when the outcome is judged (for a retry's due time). `upstream`: the
-    nodes `node` fetches through (an edge's shields), asked after when it cannot get an object from them.
-    `purged`: when (time.monotonic()) a warm's URL was purged on the Varnish node, its warm just after (a
-    refresh's); a copy the node had from before then is not a warm."""
+) -> Coroutine[Any, Any, ItemOutcome]:
+    """Do `claim` on `node` once (await it); `now` is when the outcome is judged (for a retry's due time).
+    `upstream`: the nodes `node` fetches through (an edge's shields), asked after when it cannot get an object
+    from them. `purged`: when (time.monotonic()) a warm's URL was purged on the Varnish node, its warm just after
+    (a refresh's); a copy the node had from before then is not a warm. Not a coroutine itself: a warm is the
+    coroutine of `_warm`, with no frame of this one around it (this is on the path of every item)."""
     target = stored_target(claim.url)
     if claim.action is ItemAction.WARM:
-        return await _warm(claim, node, target, attempt, fetcher, settings, now, upstream, purged)
+        return _warm(claim, node, target, attempt, fetcher, settings, now, upstream, purged)
+    return _purge(claim, node, target, attempt, fetcher, store, settings, now)
+
+
+async def _purge(
+    claim: Claim,
+    node: Node,
+    target: TargetUrl,
+    attempt: int,
+    fetcher: NodeClient,
+    store: TaskStore,
+    settings: Settings,
+    now: float,
+) -> ItemOutcome:
     try:
         if claim.action is ItemAction.PURGE:
             request = purge.url_purge(node, settings.accept_encoding)

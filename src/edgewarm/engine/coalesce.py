@@ -11,7 +11,8 @@ process: workers on a shared store do not see each other's fetches.
 
 The engine asks `share(key)` before a warm. It answers a success to reuse (recent, or of a fetch of the
 same key that was running), or None: then the caller fetches and reports with `end(key, outcome)`. Nothing
-is allocated for a key nobody else asks for (this is on the path of every warm).
+is allocated for a key nobody else asks for (this is on the path of every warm); the engine asks `begin(key)`
+first, and awaits `share(key, found)` only with what that found, so such a key needs no coroutine either.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from ..models import ItemOutcome
 
 Key = tuple[str, str]  # (url, node)
+Found = ItemOutcome | asyncio.Future[ItemOutcome] | None  # Coalescer.begin's answer
 MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
 # The note of an item that shared another's warm.
 SHARED_NOTE = (
@@ -38,9 +41,9 @@ class _Running:
 
     __slots__ = ("future", "leader", "purges")
 
-    def __init__(self, purges: int) -> None:
+    def __init__(self, purges: int, leader: asyncio.Task[Any] | None) -> None:
         self.purges = purges
-        self.leader = asyncio.current_task()
+        self.leader = leader
         self.future: asyncio.Future[ItemOutcome] | None = None
 
 
@@ -59,17 +62,23 @@ class Coalescer:
         fetch of that node that began before is shared from now on."""
         self._purges[node] = self._purges.get(node, 0) + 1
 
-    async def share(self, key: Key) -> ItemOutcome | None:
-        """A success of `key` to reuse, or None: then the caller fetches it and must call `end`."""
+    async def share(self, key: Key, found: Found = None) -> ItemOutcome | None:
+        """A success of `key` to reuse, or None: then the caller fetches it and must call `end`. `found`: what
+        `begin(key)` has just answered, when it was not None (the engine asks it first: a key nobody else asks
+        for needs no coroutine)."""
+        if found is None:
+            found = self.begin(key)
         # Bounded: each round waits for another claim's fetch of this key to end.
-        while (found := self._begin(key)) is not None:
+        while found is not None:
             shared = found if isinstance(found, ItemOutcome) else await self._follow(found)
             if shared is not None and shared.succeeded:
                 return shared
+            found = self.begin(key)
         return None
 
-    def _begin(self, key: Key) -> ItemOutcome | asyncio.Future[ItemOutcome] | None:
-        """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it."""
+    def begin(self, key: Key, leader: asyncio.Task[Any] | None = None) -> Found:
+        """A recent success of `key`, a running fetch of it to follow, or None: fetch it, then `end` it.
+        `leader`: the current task, when the caller knows it (an engine's worker: not asked again per warm)."""
         if self.window <= 0:
             return None
         purges = self._purges.get(key[1], 0)
@@ -80,20 +89,21 @@ class Coalescer:
                 return recent[1]
         running = self._running.get(key)
         if running is None:
-            self._running[key] = _Running(purges)
+            self._running[key] = _Running(purges, asyncio.current_task() if leader is None else leader)
             return None
         if running.future is None:
             running.future = asyncio.get_running_loop().create_future()
         return running.future  # if a purge came meanwhile, its success is not shared: the next round fetches
 
-    def end(self, key: Key, outcome: ItemOutcome | None) -> None:
+    def end(self, key: Key, outcome: ItemOutcome | None, leader: asyncio.Task[Any] | None = None) -> None:
         """The fetch `share` asked for is over: its outcome, or None when it raised (followers fetch again).
 
         Whatever the window now: a reload may have set it to 0 while this fetch ran, and its entry left behind
         would keep its followers waiting for ever, and every later warm of the key once the window is back. Only
-        the fetch's own entry: one begun with the window at 0 has none, and must not end another's."""
+        the fetch's own entry: one begun with the window at 0 has none, and must not end another's. `leader`: the
+        current task, when the caller knows it (as `begin`)."""
         running = self._running.get(key)
-        if running is None or running.leader is not asyncio.current_task():
+        if running is None or running.leader is not (asyncio.current_task() if leader is None else leader):
             return
         del self._running[key]
         fresh = running.purges == self._purges.get(key[1], 0)

@@ -391,9 +391,10 @@ class Fetcher(GuardedClient):
         started = time.monotonic()
         try:
             async with request.build_streamed() as response:
-                told = _signals(response.headers, node)
+                headers = response.headers  # one object, each property read a call into pyreqwest
+                told = _signals(headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
-                length = None if "Transfer-Encoding" in response.headers else response.headers.get("Content-Length")
+                length = None if "Transfer-Encoding" in headers else headers.get("Content-Length")
                 expected = int(length) if length is not None and length.isdigit() else None
                 received = 0
                 reader = response.body_reader

@@ -86,14 +86,15 @@ def warm_outcome(
     """Judge a warm. `verified` is the second fetch made when verification is on and the first was not a HIT;
     `note` is a success's (variant_note)."""
     final = verified or result
-    state = final.cache_state.value if final.cache_state else None
+    # `_value_`: the member's value, as `.value` gives it without its descriptor (on the path of every warm).
+    state: str | None = final.cache_state._value_ if final.cache_state else None
 
     def done(ok: bool, error: str | None = None) -> ItemOutcome:
         fresh = final.fresh_for if ok else None
         return ItemOutcome(item_id, ok, attempt, result.status, state, result.bytes, error, fresh_for=fresh)
 
     if result.status is not None and not result.network_error and 200 <= result.status < 300:
-        if final.cache_state is not None and final.cache_state.value == "BYPASS":
+        if state == "BYPASS":  # final.cache_state is CacheState.BYPASS
             return done(False, "the node bypassed its cache for this URL: it cannot be warmed")
         if result.status == 206:  # to a GET that asked for no range: a part, which caches do not keep as the object
             return done(

@@ -22,6 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..config import VARIANT_KEYS, Config, Node, NodeKind
 from ..errors import StoreError
@@ -711,12 +712,13 @@ class Engine:
     # -- working ----------------------------------------------------------------------------------
 
     async def _node_worker(self, lane: _NodeLane) -> None:
+        queue, me = lane.queue, asyncio.current_task()  # me: the leader of its warms' fetches (Coalescer)
         while True:
-            claim = await lane.queue.get()
+            # A claim waiting is taken at once, as get() would (it awaits nothing then), without its coroutine.
+            claim = await queue.get() if queue.empty() else queue.get_nowait()
             try:
                 if len(lane.workers) > lane.width:  # a reload narrowed the lane: this worker leaves
                     lane.queue.put_nowait(claim)
-                    me = asyncio.current_task()
                     lane.workers = [w for w in lane.workers if w is not me]
                     return
                 node = lane.node
@@ -747,7 +749,7 @@ class Engine:
                 sent = [0]
                 SENT.set(sent)
                 try:
-                    outcome, shared = await self._perform(claim, node, attempt, fetcher)
+                    outcome, shared = await self._perform(claim, node, attempt, fetcher, me)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must not strand the item: record it and retry later
@@ -795,8 +797,11 @@ class Engine:
             log.error("recording attempt %d of item %d failed: %s", attempt, claim.item_id, exc)
             return True
 
-    async def _perform(self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient) -> tuple[ItemOutcome, bool]:
-        """The claim's outcome, and whether it was shared from another claim's warm (no request was made)."""
+    async def _perform(
+        self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient, me: asyncio.Task[Any] | None
+    ) -> tuple[ItemOutcome, bool]:
+        """The claim's outcome, and whether it was shared from another claim's warm (no request was made). `me`:
+        the current task (the worker's)."""
         key = (claim.url, node.name)
         coalescer = self._coalescer
         if claim.action is not ItemAction.WARM:
@@ -809,7 +814,9 @@ class Engine:
             if done.succeeded and claim.action is ItemAction.PURGE and self._varnish:
                 self._note_purge(key)
             return done, False
-        shared = await coalescer.share(key)
+        # share() only when the key is recent or being fetched: a warm of a key nobody else asks for awaits nothing.
+        found = coalescer.begin(key, me)
+        shared = None if found is None else await coalescer.share(key, found)
         if shared is not None:
             # No attempt of its own: the item says so (attempts as it was claimed) and shows what the shared warm got.
             note = SHARED_NOTE if shared.error is None else f"{SHARED_NOTE}; {shared.error}"  # what the warm's said
@@ -817,7 +824,9 @@ class Engine:
             return shared, True
         purged_at = self._purged_at(key, node) if self._purged else None
         outcome = None
-        warming = self._warming.setdefault(node.name, {})
+        warming = self._warming.get(node.name)
+        if warming is None:  # not setdefault(): its {} would be built for every warm
+            warming = self._warming[node.name] = {}
         warming[claim.item_id] = claim.url
         try:
             upstream = self._shields if node.tier is Tier.EDGE else ()  # what an edge fetches through
@@ -829,7 +838,7 @@ class Engine:
             del warming[claim.item_id]
             if (ended := self._warm_ended.pop(node.name, None)) is not None:
                 ended.set()
-            coalescer.end(key, outcome)
+            coalescer.end(key, outcome, me)
             if outcome is not None and outcome.http_status is None and not outcome.succeeded:
                 coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
@@ -929,13 +938,15 @@ class Engine:
         if not self._in_hand:
             self._idle.set()
         lane.let_go(claim)
-        self._retire(lane)
+        if lane.removed:
+            self._retire(lane)
         # Claim again while a quarter of the room is free (half of a node's part, with more than two nodes), not
         # when the queues run dry: a claim takes a few milliseconds (it waits its turn with the store's other
         # writes), and workers must not idle meanwhile. Free as `_counted` says: slow nodes holding their parts
         # of the room would else let the others claim only at each poll (a tester's 4 slow nodes: the live
         # node warmed ~70 items a second).
-        room, part = self._room(), self._part()
+        room = self._room()
+        part = room // max(1, len(self.config.nodes))  # _part()
         if room - self._counted(part) >= min(room // 4, part // 2):
             self._wake.set()
 
