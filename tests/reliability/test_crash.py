@@ -430,30 +430,41 @@ def test_a_database_file_moved_or_copied_without_its_wal_is_refused_not_taken_as
     run). It is refused, saying where the content is, and nothing is written beside it; with its -wal it opens
     with the task there."""
     from edgewarm.errors import StoreError
-    from edgewarm.store import open_store
 
     first = tmp_path / "first"
     first.mkdir()
-    made = subprocess.run(
-        [sys.executable, "-c", _KILLED_AFTER_A_TASK, str(first / "e.db")], capture_output=True, text=True, timeout=60
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
-    taskid = made.stdout.strip()
+    taskid = killed_after_a_task(first / "e.db")
     assert (first / "e.db-wal").stat().st_size > 0
     moved = tmp_path / "moved"
     moved.mkdir()
     shutil.copy(first / "e.db", moved / "e.db")
-
-    async def find() -> bool:
-        async with open_store(f"sqlite:///{moved}/e.db") as store:
-            return await store.get_task(taskid) is not None
-
     with pytest.raises(StoreError) as refused:
-        asyncio.run(find())
+        found_in(moved / "e.db", taskid)
     assert str(refused.value).startswith(f"the SQLite database {moved}/e.db is in WAL mode but holds no table")
     assert sorted(p.name for p in moved.iterdir()) == ["e.db"]
     shutil.copy(first / "e.db-wal", moved / "e.db-wal")
-    assert asyncio.run(find())
+    assert found_in(moved / "e.db", taskid)
+
+
+def killed_after_a_task(path: Path) -> str:
+    """The id of a task written to a new SQLite store at `path` by a process killed at once after (its content
+    in the -wal only)."""
+    made = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_A_TASK, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    return made.stdout.strip()
+
+
+def found_in(path: Path, taskid: str) -> bool:
+    """Whether the SQLite store at `path` holds the task `taskid` (StoreError when it is refused)."""
+    from edgewarm.store import open_store
+
+    async def find() -> bool:
+        async with open_store(f"sqlite:///{path}") as store:
+            return await store.get_task(taskid) is not None
+
+    return asyncio.run(find())
 
 
 def test_a_database_file_cut_short_is_refused_at_the_open_not_found_damaged_mid_run(tmp_path: Path) -> None:
@@ -486,25 +497,15 @@ def test_a_wal_left_without_its_database_file_is_refused_not_joined_by_a_new_sto
     beside that -wal without a word (a crash tester's). Refused, naming both; with the file back, it opens with
     its task."""
     from edgewarm.errors import StoreError
-    from edgewarm.store import open_store
 
-    made = subprocess.run(
-        [sys.executable, "-c", _KILLED_AFTER_A_TASK, str(tmp_path / "e.db")], capture_output=True, text=True, timeout=60
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
-    taskid = made.stdout.strip()
+    taskid = killed_after_a_task(tmp_path / "e.db")
     (tmp_path / "e.db").rename(tmp_path / "aside.db")
-
-    async def find() -> bool:
-        async with open_store(f"sqlite:///{tmp_path}/e.db") as store:
-            return await store.get_task(taskid) is not None
-
     with pytest.raises(StoreError) as refused:
-        asyncio.run(find())
+        found_in(tmp_path / "e.db", taskid)
     assert str(refused.value).startswith(f"the SQLite database {tmp_path}/e.db is missing (or empty) but its ")
     assert not (tmp_path / "e.db").exists()
     (tmp_path / "aside.db").rename(tmp_path / "e.db")
-    assert asyncio.run(find())
+    assert found_in(tmp_path / "e.db", taskid)
 
 
 async def tasks_of_100_urls(path: Path, count: int) -> list[str]:
