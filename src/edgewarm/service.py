@@ -268,16 +268,16 @@ class Service:
                 JdCode.FAILURE,
                 f"this idempotency key was used for task {created.id}, a {created.kind.value} task: use a new key",
             )
-        elif created.callback_url != callback:
-            raise RequestRefused(
-                JdCode.FAILURE,
-                f"this idempotency key was used for task {created.id} with another callback_url (or none): use a "
-                "new key for this one",
-            )
-        elif (other := await self._other_request(created, items)) is not None:
-            raise RequestRefused(
-                JdCode.FAILURE, f"this idempotency key was used for task {created.id} {other}: use a new key for these"
-            )
+        else:
+            # Each way it differs, named (the callback's alone was, when the URLs differed too: an upgrade tester's).
+            other = [await self._other_request(created, items)]
+            other.append("with another callback_url (or none)" if created.callback_url != callback else None)
+            if said := [o for o in other if o is not None]:
+                raise RequestRefused(
+                    JdCode.FAILURE,
+                    f"this idempotency key was used for task {created.id} {' and '.join(said)}: use a new key for "
+                    "this call",
+                )
         return created
 
     async def _other_request(self, task: Task, items: tuple[NewItem, ...]) -> str | None:

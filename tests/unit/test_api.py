@@ -1043,7 +1043,7 @@ async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_th
     ):
         refused = await api.call("/api/prefetch", {**body, **other})
         assert_code(refused, 1)
-        said = f"this idempotency key was used for task {first['taskid']} {how}: use a new key for these"
+        said = f"this idempotency key was used for task {first['taskid']} {how}: use a new key for this call"
         assert refused["msg"] == said, other
     assert len(await api.store.list_tasks(USER, TaskFilter())) == 1
     # The same key for a refresh: refused naming the first task and its kind.
@@ -1061,7 +1061,7 @@ async def test_an_idempotency_key_used_again_for_a_directory_after_a_file_says_s
     refused = await api.call("/api/refresh", {**body, "type": "dir"})
     assert_code(refused, 1)
     said = f"this idempotency key was used for task {first['taskid']} of another type (file or dir): use a new key"
-    assert refused["msg"] == f"{said} for these"
+    assert refused["msg"] == f"{said} for this call"
 
 
 async def test_an_idempotency_key_used_again_with_another_callback_url_is_refused() -> None:
@@ -1080,8 +1080,14 @@ async def test_an_idempotency_key_used_again_with_another_callback_url_is_refuse
             assert_code(refused, 1)
             assert refused["msg"] == (
                 f"this idempotency key was used for task {first['taskid']} with another callback_url (or none): use "
-                "a new key for this one"
+                "a new key for this call"
             ), other
+        # Other URLs as well: both said (the callback's alone was, an upgrade tester's).
+        refused = await api.call("/api/prefetch", {**body, "publish_urls": urls(3)})
+        assert refused["msg"] == (
+            f"this idempotency key was used for task {first['taskid']} with other URLs and with another callback_url "
+            "(or none): use a new key for this call"
+        )
         response = await api.client.post(
             "/api/prefetch",
             json={**creds(), "publish_urls": urls(1), "idempotency_key": "k1"},
