@@ -115,16 +115,63 @@ def _jd(response: httpx.Response) -> dict[str, Any]:
     data = _json(response)
     if response.status_code != 200:
         raise ClientError(JdCode.INTERNAL, str(data.get("error") or response.text), response.status_code)
-    if data.get("status") != 0:
-        raise ClientError(int(data.get("status", -1)), str(data.get("msg", "")), response.status_code)
+    status = data.get("status")
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise _garbled(response, f"its status is {status!r}, no JD code")
+    if status != 0:
+        raise ClientError(status, str(data.get("msg", "")), response.status_code)
     return data
 
 
 def _native(response: httpx.Response) -> dict[str, Any]:
     data = _json(response)
     if response.status_code != 200:
-        raise ClientError(int(data.get("code", -1)), str(data.get("error") or response.text), response.status_code)
+        code = data.get("code", -1)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else JdCode.INTERNAL
+        raise ClientError(code, str(data.get("error") or response.text), response.status_code)
     return data
+
+
+def _field(key: str, kind: type) -> Callable[[httpx.Response], Any]:
+    """A JD answer's field `key` (or "data.key" in its `data`), of `kind`: an answer without it, or with another
+    kind of value, is no edgewarm answer (a tester's fake: KeyError and tracebacks escaped, the CLI's note of what
+    was sent lost)."""
+
+    def read(response: httpx.Response) -> Any:
+        value: Any = _jd(response)
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            raise _garbled(response, f"it has no {key} ({kind.__name__})")
+        return value
+
+    return read
+
+
+def _view(*keys: str) -> Callable[[httpx.Response], dict[str, Any]]:
+    """A native answer that must hold `keys` (a task's view: its status and counts; a list: its tasks)."""
+
+    def read(response: httpx.Response) -> dict[str, Any]:
+        data = _native(response)
+        if missing := [key for key in keys if key not in data]:
+            raise _garbled(response, f"it has no {', '.join(missing)}")
+        return data
+
+    return read
+
+
+def _garbled(response: httpx.Response, why: str) -> ClientError:
+    """An answer of HTTP 200 in JSON that is still none of edgewarm's: a call that writes may have been done."""
+    return ClientError(
+        JdCode.INTERNAL,
+        f"HTTP {response.status_code} for {response.request.url.path}, not edgewarm's answer: {why} "
+        f"({NOT_THE_SERVICE})",
+        response.status_code,
+        maybe_done=response.request.method == "POST",
+    )
+
+
+_TASK_VIEW = _view("taskid", "status", "total", "counts", "nodes", "items")
 
 
 class _Calls:
@@ -162,7 +209,7 @@ class _Calls:
         self, urls: Sequence[str], refresh: bool, callback_url: str | None, idempotency_key: str | None
     ) -> _Call:
         body = self._body(publish_urls=_listed(urls), **self._extensions(refresh, callback_url, idempotency_key))
-        return _Call("POST", "/api/prefetch", lambda r: str(_jd(r)["taskid"]), json=body)
+        return _Call("POST", "/api/prefetch", _field("taskid", str), json=body)
 
     def _refresh(
         self, entries: Sequence[str], directories: bool, callback_url: str | None, idempotency_key: str | None
@@ -172,24 +219,26 @@ class _Calls:
             type="dir" if directories else "file",
             **self._extensions(False, callback_url, idempotency_key),
         )
-        return _Call("POST", "/api/refresh", lambda r: str(_jd(r)["taskid"]), json=body)
+        return _Call("POST", "/api/refresh", _field("taskid", str), json=body)
 
     def _query(self, taskid: str, refresh: bool) -> _Call:
         path = "/api/refreshQuery" if refresh else "/api/prefetchQuery"
-        return _Call("POST", path, lambda r: dict(_jd(r)["data"]), json=self._body(taskid=taskid))
+        return _Call("POST", path, _field("data", dict), json=self._body(taskid=taskid))
 
     def _task(self, taskid: str, offset: int, limit: int, state: str | None = None) -> _Call:
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if state is not None:
             params["state"] = state
-        return _Call("GET", _task_path(taskid), _native, params=params, headers=self._auth())
+        return _Call("GET", _task_path(taskid), _TASK_VIEW, params=params, headers=self._auth())
 
     def _tasks(self, filters: dict[str, Any]) -> _Call:
         params = {k: v for k, v in filters.items() if v is not None}
-        return _Call("GET", "/v1/tasks", _native, params=params, headers=self._auth())
+        return _Call("GET", "/v1/tasks", _view("tasks"), params=params, headers=self._auth())
 
     def _lookup(self, taskids: Sequence[str]) -> _Call:
-        return _Call("POST", "/v1/tasks/lookup", _native, json={"taskids": _listed(taskids)}, headers=self._auth())
+        return _Call(
+            "POST", "/v1/tasks/lookup", _view("tasks"), json={"taskids": _listed(taskids)}, headers=self._auth()
+        )
 
     def _cancel(self, taskid: str) -> _Call:
         return _Call("POST", _task_path(taskid, "/cancel"), _native, headers=self._auth())
@@ -200,7 +249,7 @@ class _Calls:
     def _wait_once(self, taskid: str, seconds: float) -> _Call:
         params = {"timeout": seconds}
         return _Call(
-            "GET", _task_path(taskid, "/wait"), _native, params=params, headers=self._auth(), timeout=seconds + 10
+            "GET", _task_path(taskid, "/wait"), _TASK_VIEW, params=params, headers=self._auth(), timeout=seconds + 10
         )
 
 

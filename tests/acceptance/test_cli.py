@@ -719,11 +719,16 @@ def test_a_submit_stopped_by_sigterm_has_printed_every_task_it_made_and_says_whe
         with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
             made = client.tasks(url="/cli-term/", limit=1000)["tasks"]
     assert code == 143 and len(printed[0]) == 36, (code, printed, err)
-    assert set(printed) <= {t["taskid"] for t in made} and len(made) - len(printed) in (0, 1), (printed, made)
     n = len(printed)
-    made = "stdin line 1" if n == 1 else f"stdin lines 1-{n}"
-    said = f"interrupted: {n} of 300 calls made tasks (ids above): {made}; call {n + 1} (stdin line {n + 1}) may have"
-    assert said in err and f"not sent: stdin lines {n + 2}-300, from {urls[n + 1]} on" in err, err
+    spans = "stdin line 1" if n == 1 else f"stdin lines 1-{n}"
+    if "may have made one" in err:  # the call cut had not reached the server whole: no task of it to find
+        assert set(printed) <= {t["taskid"] for t in made} and len(made) - n in (0, 1), (printed, made)
+        said = f"interrupted: {n} of 300 calls made tasks (ids above): {spans}; call {n + 1} (stdin line {n + 1}) may"
+        assert said in err and f"not sent: stdin lines {n + 2}-300, from {urls[n + 1]} on" in err, err
+    else:  # the task of the call cut, looked for, is printed too (4 times of 4 a tester's had none printed)
+        assert set(printed) == {t["taskid"] for t in made}, (printed, made)
+        said = f"interrupted: {n} of 300 calls made tasks (ids above): {spans}; not sent: stdin lines {n + 1}-300"
+        assert said in err and f"from {urls[n]} on" in err, err
 
 
 def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_path: Path) -> None:
@@ -832,7 +837,9 @@ def test_ctrl_c_or_sigterm_while_following_exits_130_or_143(tmp_path: Path, stop
                 _out, err = watcher.communicate(timeout=30)
             finally:
                 watcher.kill()
-    assert watcher.returncode == code and err.strip().endswith("interrupted"), (watcher.returncode, err)
+    # Saying the task goes on (a tester's user took "interrupted" alone for it cancelled).
+    said = f"interrupted: the tasks go on in the service (`edgewarm watch {taskid}` follows them again"
+    assert watcher.returncode == code and said in err, (watcher.returncode, err)
 
 
 def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: ServiceProcess, lab: Lab) -> None:

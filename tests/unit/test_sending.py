@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, checked, read_entries
-from edgewarm.cli.tools import _where, plan_calls
-from edgewarm.client import ClientError, _json, _transport_error
+from edgewarm.cli.tools import Stop, _where, plan_calls
+from edgewarm.client import Client, ClientError, _json, _transport_error
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
 CALLS = [
@@ -21,7 +21,7 @@ CALLS = [
 
 
 def test_a_refused_call_made_no_task_and_the_entries_from_it_on_are_named() -> None:
-    assert _where(CALLS, 1, under_way=False) == (
+    assert _where(CALLS, 1, Stop.REFUSED) == (
         "1 of 3 calls made tasks (ids above): arguments 1-2; call 2 was refused; no task made: urls.txt lines 1-4, "
         "from b1 on"
     )
@@ -29,15 +29,22 @@ def test_a_refused_call_made_no_task_and_the_entries_from_it_on_are_named() -> N
 
 def test_a_call_without_an_answer_may_have_made_its_task_and_the_rest_were_not_sent() -> None:
     """Before: "call 2 was refused: the entries from #3 on were not sent", though the server had made its task."""
-    assert _where(CALLS, 1, under_way=True) == (
+    assert _where(CALLS, 1, Stop.UNDER_WAY) == (
         "1 of 3 calls made tasks (ids above): arguments 1-2; call 2 (urls.txt lines 1-3) may have made one: "
         "`edgewarm tasks` lists it; not sent: urls.txt line 4, from c1 on"
     )
-    assert _where(CALLS, 0, under_way=True).startswith("no call made a task; call 1 (arguments 1-2) may have made")
-    assert _where(CALLS, 2, under_way=True).endswith(
+    assert _where(CALLS, 0, Stop.UNDER_WAY).startswith("no call made a task; call 1 (arguments 1-2) may have made")
+    assert _where(CALLS, 2, Stop.UNDER_WAY).endswith(
         "call 3 (urls.txt line 4) may have made one: `edgewarm tasks` lists it"
     )
-    assert _where(CALLS, 3, under_way=True) == "3 of 3 calls made tasks (ids above): argument 1 to urls.txt line 4"
+    assert _where(CALLS, 3, Stop.UNDER_WAY) == "3 of 3 calls made tasks (ids above): argument 1 to urls.txt line 4"
+
+
+def test_an_interrupt_whose_call_made_its_task_names_the_rest_as_not_sent() -> None:
+    """The call cut by Ctrl-C found to have made its task (its id printed): no call "may have made one"."""
+    assert _where(CALLS, 2, Stop.CUT) == (
+        "2 of 3 calls made tasks (ids above): argument 1 to urls.txt line 3; not sent: urls.txt line 4, from c1 on"
+    )
 
 
 def test_entries_are_named_by_the_line_they_were_given_on(tmp_path: Path) -> None:
@@ -155,3 +162,33 @@ def test_a_certificate_refused_says_so_and_what_to_do() -> None:
         "https://proxy.test/cdn refused: its certificate did not verify (self-signed certificate (_ssl.c:1006)): "
         "signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE"
     ), said
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "why"),
+    [
+        ("POST", "/api/prefetch", {"status": 0, "msg": "ok"}, "it has no taskid (str)"),
+        ("POST", "/api/prefetch", {"status": "abc"}, "its status is 'abc', no JD code"),
+        ("POST", "/api/prefetchQuery", {"status": 0, "msg": "ok"}, "it has no data (dict)"),
+        ("GET", "/v1/tasks/x/wait", {"status": 0, "msg": "ok"}, "it has no taskid, total, counts, nodes, items"),
+        ("GET", "/v1/tasks", {"ok": True}, "it has no tasks"),
+    ],
+)
+def test_an_answer_in_json_without_what_edgewarm_answers_is_a_client_error(
+    method: str, path: str, body: dict[str, object], why: str
+) -> None:
+    """A fake's `{"status":0,"msg":"ok"}`: KeyError 'taskid' (a traceback from the CLI, its note of what was
+    sent lost), ValueError for a status that is no number, and `wait()` returned it as a task's view (a
+    tester's). A ClientError; a submission's "may have been done"."""
+    with Client("http://edgewarm.test", "u", "s") as client:
+        calls = {
+            "/api/prefetch": client._prefetch(["http://a.test/1"], False, None, None),
+            "/api/prefetchQuery": client._query("x", False),
+            "/v1/tasks/x/wait": client._wait_once("x", 1),
+            "/v1/tasks": client._tasks({}),
+        }
+    response = httpx.Response(200, json=body, request=httpx.Request(method, f"http://edgewarm.test{path}"))
+    with pytest.raises(ClientError) as refused:
+        calls[path].parse(response)
+    assert refused.value.message.startswith(f"HTTP 200 for {path}, not edgewarm's answer: {why} ("), refused.value
+    assert refused.value.maybe_done is (method == "POST")

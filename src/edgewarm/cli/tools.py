@@ -7,8 +7,10 @@ EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_
 
 from __future__ import annotations
 
+import enum
 import json
 import shlex
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,23 +190,70 @@ def send_in_calls(
     made tasks, which may have (the call under way), and from which on none was sent. With `wait`, follow the
     tasks and exit 1 if any failed."""
     taskids: list[str] = []
+    started = time.time()
     try:
         for chunk in calls:
+            started = time.time()
             taskids.append(send([entry.text for entry in chunk]))
             click.echo(taskids[-1])
     except ClientError as exc:
         if len(calls) == 1 and not exc.maybe_done:
             raise fail(exc) from None
-        raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), exc.maybe_done)})") from None
+        if not exc.maybe_done:
+            stop = Stop.REFUSED
+        else:
+            stop = Stop.CUT if _found_made(client, calls[len(taskids)], started, taskids) else Stop.UNDER_WAY
+        raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), stop)})") from None
     except (KeyboardInterrupt, Terminated) as stop:  # SIGTERM is Terminated while a command runs (main.py)
-        click.echo(f"interrupted: {_where(calls, len(taskids), True)}", err=True)
+        # The call cut had most likely made its task (the calls are nearly all of a submit's time): looked for.
+        cut = len(taskids) == len(calls) or _found_made(client, calls[len(taskids)], started, taskids)
+        click.echo(f"interrupted: {_where(calls, len(taskids), Stop.CUT if cut else Stop.UNDER_WAY)}", err=True)
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
     if wait:  # the task ids alone on stdout (for `watch $(…)`, say): the progress and the summary on stderr
         follow_to_the_end(client, taskids, patience=patience, console=output_console(stderr=True))
 
 
-def _where(calls: list[list[Entry]], made: int, under_way: bool) -> str:
-    """Where a sending stopped: the calls that made tasks, the one that may have (`under_way`: no answer came)
+FIND_SECONDS = 5.0  # the task a call cut by an interrupt may have made is looked for this long (_found_made)
+CLOCK_SLACK_SECONDS = 5.0  # a task of the call is one created at most this long before it began (clocks differ)
+
+
+def _found_made(client: Client, chunk: list[Entry], started: float, taskids: list[str]) -> bool:
+    """Whether the task the call of `chunk` (begun at `started`, time.time()) made after all was found among
+    the user's newest ones (its first URL the call's): its id then printed and added to `taskids`. Looked for
+    for FIND_SECONDS at most (the server may still be writing it); another interrupt ends the look. The ids
+    printed before held every task made but this one's (a tester's Ctrl-C left 4 times of 4 a task no id named)."""
+    deadline = time.monotonic() + FIND_SECONDS
+    try:
+        while True:
+            try:
+                listed = client.tasks(since=f"{started - CLOCK_SLACK_SECONDS:.3f}", limit=20)["tasks"]
+                for summary in listed:
+                    if summary["taskid"] in taskids:
+                        continue
+                    items = client.task(summary["taskid"], limit=1)["items"]
+                    if items and items[0]["url"] == chunk[0].text:
+                        taskids.append(summary["taskid"])
+                        click.echo(summary["taskid"])
+                        return True
+            except (ClientError, KeyError, TypeError):
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+    except (KeyboardInterrupt, Terminated):
+        return False
+
+
+class Stop(enum.Enum):
+    """How a sending of calls stopped after the calls that made tasks."""
+
+    REFUSED = "refused"  # the next call was answered with a refusal
+    UNDER_WAY = "under way"  # the next call had no answer: it may have made a task
+    CUT = "cut"  # an interrupt between calls (or the call cut was found to have made its task): the next not sent
+
+
+def _where(calls: list[list[Entry]], made: int, stop: Stop) -> str:
+    """Where a sending stopped: the calls that made tasks, the one that may have (UNDER_WAY: no answer came)
     or was refused, and the first entry that made none (where it was given, and itself). Entries are named by
     where they were given (entries.span): with duplicates left out, a call's span may hold lines it did not send."""
     flat = [entry for chunk in calls for entry in chunk]
@@ -213,14 +262,14 @@ def _where(calls: list[list[Entry]], made: int, under_way: bool) -> str:
             else "no call made a task"]  # fmt: skip
     if made == len(calls):
         return told[0]
-    if under_way:
+    if stop is Stop.UNDER_WAY:
         end = done + len(calls[made])
         told.append(f"call {made + 1} ({span(flat[done], flat[end - 1])}) may have made one: `edgewarm tasks` lists it")
         done = end
-    else:
+    elif stop is Stop.REFUSED:
         told.append(f"call {made + 1} was refused")
     if done < len(flat):
-        fate = "not sent" if under_way else "no task made"
+        fate = "no task made" if stop is Stop.REFUSED else "not sent"
         told.append(f"{fate}: {span(flat[done], flat[-1])}, from {flat[done].text} on")
     return "; ".join(told)
 
@@ -228,11 +277,20 @@ def _where(calls: list[list[Entry]], made: int, under_way: bool) -> str:
 def follow_to_the_end(
     client: Client, taskids: list[str], *, interval: float = 0.5, patience: float, console: Console | None = None
 ) -> NoReturn:
-    """Follow the tasks until they end; exit 0 if all succeeded, 1 if not; a failed call is one error line."""
+    """Follow the tasks until they end; exit 0 if all succeeded, 1 if not; a failed call is one error line. An
+    interrupt says the tasks go on (a tester's user took "interrupted" for them cancelled)."""
     try:
         raise SystemExit(follow(client, taskids, interval=interval, patience=patience, console=console))
     except ClientError as exc:
         raise fail(exc) from None
+    except (KeyboardInterrupt, Terminated) as stop:
+        again = " ".join(taskids) if len(taskids) <= 3 else f"{' '.join(taskids[:3])} …"
+        click.echo(
+            f"interrupted: the tasks go on in the service (`edgewarm watch {again}` follows them again, `edgewarm "
+            "cancel TASKID` stops one)",
+            err=True,
+        )
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
 
 
 def fail(exc: ClientError) -> click.ClickException:
