@@ -192,3 +192,14 @@ def test_an_answer_in_json_without_what_edgewarm_answers_is_a_client_error(
         calls[path].parse(response)
     assert refused.value.message.startswith(f"HTTP 200 for {path}, not edgewarm's answer: {why} ("), refused.value
     assert refused.value.maybe_done is (method == "POST")
+
+
+def test_many_entries_that_cannot_be_sent_are_counted_once() -> None:
+    """ "250 of the entries cannot be sent (and 247 more)" read as 497 entries (a tester's)."""
+    entries = [Entry(f"http://a.test/%zz{n}", "urls.txt", n + 1) for n in range(250)]
+    with pytest.raises(click.ClickException) as refused:
+        checked(entries)
+    assert refused.value.message.startswith(
+        "250 of the entries cannot be sent, nothing was, the first 3: urls.txt line 1"
+    )
+    assert "more" not in refused.value.message
