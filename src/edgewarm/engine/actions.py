@@ -249,7 +249,7 @@ async def _purge_dir(
     )
     if any(len(urls) >= KNOWN_URLS_LIMIT for urls in found):  # there may be more: not all purged, not a success
         raise purge.Unsupported(
-            f"{summary}, the first {KNOWN_URLS_LIMIT:,} in one spelling, and more are known under it: refresh its "
+            f"{summary}, the first {KNOWN_URLS_LIMIT:,} in one spelling (more may be under it): refresh its "
             'subdirectories, or its files by their URLs (or give this node a prefix purge: dir_purge = "ban" on '
             "Varnish)"
         )
