@@ -28,8 +28,8 @@ T = TypeVar("T")
 
 class BodyReads:
     """The requests whose bodies are still arriving: a stop (`stop`) answers them at once (503; a JD call with JD's
-    code -1). They would hold the
-    stop for its grace and end in a traceback (a body trickling in through a proxy that does not buffer it)."""
+    code -1). They would hold the stop for its grace and end in a traceback (a body trickling in through a proxy
+    that does not buffer it)."""
 
     def __init__(self) -> None:
         self._open: set[asyncio.Timeout] = set()
