@@ -350,7 +350,8 @@ class Engine:
             self._wake.clear()
             await self._clock_stepped()
             self._fall_due()
-            limit = min(self._room() - self._counted(self._part()), self._unwritten_room(), s.batch_size)
+            room = self._room()
+            limit = min(room - self._counted(self._part(room)), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             self._rewarm_returned()
             for name in resting:
@@ -468,14 +469,14 @@ class Engine:
         not recorded, sent again when this process dies and their leases expire, and counted late."""
         return self._room() + OUTCOMES_AHEAD * self.settings.batch_size - len(self._leased)
 
-    def _part(self) -> int:
-        """A node's part of the room among the configured nodes (every task has items on each)."""
-        return self._room() // max(1, len(self.config.nodes))
+    def _part(self, room: int) -> int:
+        """A node's part of the `room` (`_room()`) among the configured nodes (every task has items on each)."""
+        return room // max(1, len(self.config.nodes))
 
     def _share(self, lane: _NodeLane) -> int:
         """How many claimed items a node's lane may hold: enough to keep its workers busy, or its part of the
         room if that is more."""
-        return max(lane.width * CLAIM_AHEAD, self._part())
+        return max(lane.width * CLAIM_AHEAD, self._part(self._room()))
 
     def _counted(self, part: int) -> int:
         """The items in hand that count against the room: each lane's up to its `part` of it (`_part`). What a
@@ -946,7 +947,7 @@ class Engine:
         # of the room would else let the others claim only at each poll (a tester's 4 slow nodes: the live
         # node warmed ~70 items a second).
         room = self._room()
-        part = room // max(1, len(self.config.nodes))  # _part()
+        part = self._part(room)
         if room - self._counted(part) >= min(room // 4, part // 2):
             self._wake.set()
 
