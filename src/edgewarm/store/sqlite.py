@@ -924,17 +924,32 @@ def _not_without_its_wal(path: str) -> None:
         time.sleep(0.05)
 
 
-def _without_its_wal(path: str) -> StoreError | None:
+def _header(path: str) -> tuple[bytes, int] | None:
+    """The 100-byte header of the SQLite database file at `path`, and the file's size; None when it is absent (a
+    new store) or unreadable (the open says so), or no SQLite database."""
     try:
         with open(path, "rb") as f:
             header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
-        return None  # absent (a new store), or unreadable: the open says so
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[18:20] != b"\x02\x02":
+        return None
+    return (header, size) if len(header) == 100 and header.startswith(b"SQLite format 3\x00") else None
+
+
+def _wal_bytes(path: str) -> int:
+    """The size of the `-wal` beside the database file at `path` (0 when there is none): the writes it holds."""
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
+def _without_its_wal(path: str) -> StoreError | None:
+    found = _header(path)
+    if found is None or found[0][18:20] != b"\x02\x02":
         return None  # not a database in WAL mode
-    with contextlib.suppress(OSError):
-        if os.path.getsize(path + "-wal") > 0:
-            return None
+    if _wal_bytes(path) > 0:
+        return None
     # immutable: the file alone, no -wal or -shm looked for (nor made: a read-only open would leave them).
     with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)) as db:
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -962,10 +977,7 @@ def _not_a_wal_alone(path: str) -> None:
     """Refuse to make a new store where a `-wal` with writes is left without its database file (removed or moved
     under a running service, or not copied back with it): it holds the last writes of that file, which a new
     store beside it would never show (a tester's start made a new, empty store without a word)."""
-    try:
-        wal = os.path.getsize(path + "-wal")
-    except OSError:
-        return
+    wal = _wal_bytes(path)
     if wal > 0 and (not os.path.exists(path) or os.path.getsize(path) == 0):
         raise StoreError(
             f"the SQLite database {path} is missing (or empty) but its {path}-wal of {wal} bytes is there: the last "
@@ -980,17 +992,12 @@ def _not_cut_short(path: str) -> None:
     "damaged" mid-run. Looked at only without a `-wal` holding writes (a checkpoint cut by a crash may leave the
     file short; its -wal has the pages and SQLite finishes it) and when the header's size is valid (SQLite 3.7+
     writes it; the version numbers at 92 and 24 agree)."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return  # absent (a new store), or unreadable: the open says so
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[92:96] != header[24:28]:
-        return  # not a database, or a size SQLite itself would not trust
-    with contextlib.suppress(OSError):
-        if os.path.getsize(path + "-wal") > 0:
-            return
+    found = _header(path)
+    if found is None or _wal_bytes(path) > 0:
+        return
+    header, size = found
+    if header[92:96] != header[24:28]:
+        return  # a size SQLite itself would not trust
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
