@@ -16,7 +16,7 @@ from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.models import TaskFilter
 from edgewarm.runtime import run
-from edgewarm.store import existing_store, moved_database, open_store, redacted, sqlite_path, store_cautions
+from edgewarm.store import database_refusal, existing_store, open_store, redacted, sqlite_path, store_cautions
 from edgewarm.testing.service import free_port
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +71,7 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
     assert not wanted.exists()
     # check-config and an operator's command say it in the same words (`admin cancel` said "does not exist: no
     # service has run on it", a re-tester's)
-    assert str(moved_database(url)) == message
+    assert str(database_refusal(url)) == message
     with pytest.raises(StoreError) as refused:
         async with existing_store(url):
             pass
@@ -311,10 +311,10 @@ async def test_check_config_says_what_a_start_would_refuse_the_sqlite_file_for(t
     path = tmp_path / "e.db"
     async with open_store(f"sqlite:///{path}") as store:
         assert await store.schema_version() > 0
-    assert moved_database(f"sqlite:///{path}") is None
+    assert database_refusal(f"sqlite:///{path}") is None
     data = path.read_bytes()
     path.write_bytes(data[:-100])
-    assert str(moved_database(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is cut short: ")
+    assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is cut short: ")
     path.unlink()
     (tmp_path / "e.db-wal").write_bytes(b"x" * 1000)
-    assert str(moved_database(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")
+    assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")

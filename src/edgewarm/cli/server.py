@@ -108,13 +108,13 @@ def check_config(ctx: click.Context, path: str | None, config_paths: tuple[str, 
     if not chosen:
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
     config = load_or_fail(chosen)
-    from ..store import moved_database, store_cautions
+    from ..store import database_refusal, store_cautions
 
-    moved = moved_database(config.store)
+    refused = database_refusal(config.store)
     warnings = [
         *file_cautions(chosen),
         *config.cautions(),
-        *([f"the store: {moved}"] if moved else []),
+        *([f"the store: {refused}"] if refused else []),
         *store_cautions(config.store),
     ]
     counts = (

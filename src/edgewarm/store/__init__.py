@@ -21,9 +21,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "Opening",
     "TaskStore",
+    "database_refusal",
     "existing_store",
     "make_folder_of",
-    "moved_database",
     "open_store",
     "redacted",
     "sqlite_path",
@@ -112,7 +112,7 @@ def make_folder_of(path: str) -> None:
         raise StoreError(f"cannot use {folder} for {path}: not a folder")
 
 
-def moved_database(url: str) -> StoreError | None:
+def database_refusal(url: str) -> StoreError | None:
     """The refusal a service's start on `url` meets for its SQLite file's state, read without opening it: an
     older edgewarm left the database elsewhere (see _moved_database), the file is cut short, or its -wal is
     there without it (sqlite.file_refusal); or None: `check-config` warns of it."""
