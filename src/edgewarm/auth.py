@@ -30,11 +30,12 @@ def sign(username: str, secret: str, day: date, encoding: str = "utf-8") -> str:
     return hashlib.md5(material, usedforsecurity=False).hexdigest()
 
 
-def _encodings(username: str, secret: str) -> tuple[str, ...]:
-    """The encodings a caller may have hashed a name or secret of non-ASCII letters in: UTF-8, or GBK (GB18030,
-    which it is part of), the default of a Java or .NET client on a Chinese system and of GBK forms. The same
-    bytes either way when both are ASCII."""
-    return ("utf-8",) if username.isascii() and secret.isascii() else ("utf-8", "gb18030")
+def _signatures(username: str, secret: str, day: date) -> list[bytes]:
+    """The signatures a caller may send on `day`: the text hashed in UTF-8, or for a name or secret of non-ASCII
+    letters in GBK too (GB18030, which it is part of), the default of a Java or .NET client on a Chinese system
+    and of GBK forms. The same bytes either way when both are ASCII."""
+    encodings = ("utf-8",) if username.isascii() and secret.isascii() else ("utf-8", "gb18030")
+    return [sign(username, secret, day, encoding).encode() for encoding in encodings]
 
 
 def today(now: datetime, timezone: str = DEFAULT_TIMEZONE) -> date:
@@ -60,9 +61,9 @@ def verify(
     given = signature.strip().lower().encode()
     matched = False
     for day in accepted_days(now, timezone, window_days):
-        for encoding in _encodings(username, secret):
+        for candidate in _signatures(username, secret, day):
             # No short-circuit: the time taken does not tell which day (if any) matched.
-            matched |= hmac.compare_digest(given, sign(username, secret, day, encoding).encode())
+            matched |= hmac.compare_digest(given, candidate)
     return matched
 
 
@@ -76,8 +77,6 @@ def signed_day(
     (a caller whose clock or time zone is off by days), or None: the refusal can then say which day it was."""
     given = signature.strip().lower().encode()
     for day in accepted_days(now, timezone, window_days + SIGNED_DAY_SEARCH):
-        if any(
-            hmac.compare_digest(given, sign(username, secret, day, e).encode()) for e in _encodings(username, secret)
-        ):
+        if any(hmac.compare_digest(given, candidate) for candidate in _signatures(username, secret, day)):
             return day
     return None

@@ -33,6 +33,7 @@ def repeated(name: str, times: int) -> RequestRefused:
 
 _FORM = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 10_000  # parse_qs's bound: a bulk user's 10,000 URLs come as JSON, or as one field (a `,` string)
+_LONG_LIST = "a long URL list: send it as JSON, or as one field separated by ','"  # said past MAX_FORM_FIELDS
 _BOM = b"\xef\xbb\xbf"
 # Python's own codecs, which no HTTP client means by a charset ("undefined" is what JavaScript writes for a
 # variable never set).
@@ -122,25 +123,24 @@ async def read_params(request: Request) -> dict[str, Any]:
         except ValueError:
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
-                f"the form has more than {MAX_FORM_FIELDS} fields (a long URL list: send it as JSON, or as one field "
-                "separated by ',')",
+                f"the form has more than {MAX_FORM_FIELDS} fields ({_LONG_LIST})",
             ) from None
         if not form:
             raise _no_params(request)
         return _fields(form)
     if media == "multipart/form-data":  # PHP's curl with an array of fields (CURLOPT_POSTFIELDS) sends this
-        return _fields(await _multipart(request))
+        return _fields(await _multipart(request, raw))
     raise UnsupportedMediaType(
         f"unsupported content type {media!r}: send application/json or a form (application/x-www-form-urlencoded)"
     )
 
 
-async def _multipart(request: Request) -> dict[str, list[str]]:
+async def _multipart(request: Request, raw: bytes) -> dict[str, list[str]]:
     """A multipart/form-data body's fields, as a form's (`parse_qs`'s shape); a file among them is refused, and
     a body without its closing boundary (cut short: python-multipart read it, its last part dropped, and a
     re-tester's idempotency key with it: two tasks for one call)."""
     boundary = request.headers.get("content-type", "").partition("boundary=")[2].partition(";")[0].strip().strip('"')
-    if boundary and not (await request.body()).rstrip().endswith(f"--{boundary}--".encode("latin-1", "replace")):
+    if boundary and not raw.rstrip().endswith(f"--{boundary}--".encode("latin-1", "replace")):
         raise RequestRefused(
             JdCode.PARAMS_EMPTY, f"the multipart body cannot be read: it does not end with its closing --{boundary}--"
         )
@@ -155,7 +155,7 @@ async def _multipart(request: Request) -> dict[str, list[str]]:
         if "files" in why:
             why = "a part is a file: give the parameters as fields"
         elif "fields" in why:
-            why += " (a long URL list: send it as JSON, or as one field separated by ',')"
+            why += f" ({_LONG_LIST})"
         raise RequestRefused(JdCode.PARAMS_EMPTY, f"the multipart body cannot be read: {why}") from None
     if not fields:
         raise _no_params(request)
