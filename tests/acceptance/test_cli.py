@@ -73,6 +73,41 @@ def test_watch_exits_1_when_a_url_failed(service: ServiceProcess, lab: Lab, tmp_
     watched = run(["watch", taskid], credentials_env(service, tmp_path))
     assert watched.returncode == 1
     assert "missing.bin" in watched.stdout and "404" in watched.stdout
+    assert f"every failed URL, to send again: edgewarm failed {taskid}" in watched.stdout, watched.stdout
+
+
+def test_failed_lists_every_failed_url_once_to_send_again(service: ServiceProcess, lab: Lab, tmp_path: Path) -> None:
+    """`watch` shows the first 5 failures; `failed` lists them all: each failed URL once on stdout (a URL failed
+    in two tasks and on every node too), in the tasks' order, ready for `submit -f -`; `--why` a line per
+    failed item (task, node, URL, status, attempts, error); the count on stderr; an unknown task named, exit 1,
+    the others listed."""
+    env = credentials_env(service, tmp_path)
+    good = lab.make_files(2, 100, prefix="/cli-failed/")
+    missing = [f"http://{DEFAULT_HOST}/cli-failed/missing-{i}.bin" for i in range(7)]
+    first = run(["submit"], env, stdin="".join(f"http://{DEFAULT_HOST}{p}\n" for p in good) + "\n".join(missing))
+    second = run(["submit", missing[6], f"http://{DEFAULT_HOST}/cli-failed/other.bin"], env)
+    taskids = first.stdout.split() + second.stdout.split()
+    assert len(taskids) == 2, first.stderr + second.stderr
+    assert run(["watch", *taskids], env).returncode == 1  # to their end
+    listed = run(["failed", *taskids], env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [*missing, f"http://{DEFAULT_HOST}/cli-failed/other.bin"], listed.stdout
+    assert "8 failed URLs in 2 tasks" in listed.stderr, listed.stderr
+    nodes = len(lab.cache_nodes())
+    why = run(["failed", "--why", taskids[1]], env)
+    rows = [line.split("\t") for line in why.stdout.splitlines()]
+    assert len(rows) == 2 * nodes and all(len(row) == 6 for row in rows), why.stdout
+    assert {row[0] for row in rows} == {taskids[1]}, rows
+    shield = [row for row in rows if row[1] == "shield-1"]  # the edges' items not attempted after it
+    assert [(row[3], row[4]) for row in shield] == [("404", "1"), ("404", "1")], rows
+    assert {row[1] for row in rows} == {node.name for node in lab.cache_nodes()}, rows
+    assert f"{2 * nodes} failed items (2 URLs) in 1 task" in why.stderr, why.stderr
+    unknown = "00000000-0000-4000-8000-000000000000"
+    partly = run(["failed", unknown, taskids[1]], env)
+    assert partly.returncode == 1 and f"task {unknown}: not found" in partly.stderr, partly.stderr
+    assert partly.stdout.splitlines() == [missing[6], f"http://{DEFAULT_HOST}/cli-failed/other.bin"], partly.stdout
+    again = run(["submit", "-f", "-"], env, stdin=listed.stdout)  # what it is for
+    assert again.returncode == 0 and len(again.stdout.split()) == 1, again.stderr
 
 
 def test_watch_names_a_task_it_cannot_find_and_follows_the_others(
@@ -252,6 +287,28 @@ def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:
             table = run(["tasks"], {**env, "COLUMNS": "200"}).stdout
     (row,) = [line for line in table.splitlines() if taskid in line]
     assert "2 Failed (cancelled)" in row, table
+
+
+def test_cancel_takes_several_tasks_and_says_which_it_could_not_cancel(tmp_path: Path) -> None:
+    """`cancel A B C`: a line per task; the running ones cancelled, one ended already and one unknown said on
+    their lines, exit 1 (the others cancelled all the same)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # connections refused: the tasks stay open until cancelled
+        nodes = '[[nodes]]\nname = "dead"\nurl = "http://{}:{}"\n'.format(*sock.getsockname())
+        with start_service(tmp_path, nodes) as service:
+            env = credentials_env(service, tmp_path)
+            first, second = (run(["submit", f"http://{DEFAULT_HOST}/cancel-{i}"], env).stdout.strip() for i in "ab")
+            assert run(["cancel", first], env).returncode == 0
+            unknown = "00000000-0000-4000-8000-000000000000"
+            both = run(["cancel", first, unknown, second], env)
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                ended = [client.task(t, limit=0) for t in (first, second)]
+    lines = both.stdout.splitlines()
+    assert both.returncode == 1 and len(lines) == 3, both.stdout + both.stderr
+    assert lines[0].startswith(f"{first}: not cancelled: ") and "ended" in lines[0], lines
+    assert lines[1].startswith(f"{unknown}: not cancelled: ") and "not found" in lines[1], lines
+    assert lines[2] == f"{second}: Failed (cancelled)", lines
+    assert [(v["status"], v["reason"]) for v in ended] == [(2, "cancelled"), (2, "cancelled")], ended
 
 
 def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+import edgewarm.cli.failures
 import edgewarm.cli.watch
 from edgewarm.cli.watch import (
     FAILURES_SHOWN,
@@ -255,3 +256,43 @@ def test_into_a_pipe_or_a_file_progress_comes_as_lines(monkeypatch: pytest.Monke
     assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines] == [
         f"task 00000000: {done} of 10 items done; edge-1 {done // 2}/5, edge-2 {done // 2}/5" for done in (2, 4, 6, 8)
     ], lines
+
+
+class PagedFailures:
+    """A task's failed items as /v1/tasks/{taskid}?state=failed pages them; `fail_meanwhile` items fail between
+    the first and the second page, ahead of the first page's place (as items of a running task do)."""
+
+    def __init__(self, failed: int, fail_meanwhile: int = 0) -> None:
+        self.items = [{"url": f"http://a.test/{i}", "node": "edge-1"} for i in range(failed)]
+        self.meanwhile = [{"url": f"http://a.test/new-{i}", "node": "edge-1"} for i in range(fail_meanwhile)]
+        self.calls: list[tuple[int, int]] = []
+
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000, state: str | None = None) -> dict[str, Any]:
+        assert state == "failed"
+        self.calls.append((offset, limit))
+        if len(self.calls) == 2:
+            self.items[:0] = self.meanwhile
+        return {"items": self.items[offset : offset + limit]}
+
+
+@pytest.mark.parametrize(("failed", "calls"), [(0, 1), (3, 2), (4, 3), (5, 3)])
+def test_failed_items_reads_every_page_and_stops(monkeypatch: pytest.MonkeyPatch, failed: int, calls: int) -> None:
+    """Pages of PAGE items until one comes short (a full last page: one more call, empty), never past the
+    task's items."""
+    monkeypatch.setattr(edgewarm.cli.failures, "PAGE", 2)
+    client = PagedFailures(failed)
+    got = list(edgewarm.cli.failures.failed_items(client, TASK, total=failed))  # type: ignore[arg-type]
+    assert [i["url"] for i in got] == [i["url"] for i in client.items]
+    assert len(client.calls) == calls and [c[0] for c in client.calls] == [2 * n for n in range(calls)]
+
+
+def test_failed_items_of_a_running_task_lists_every_item_failed_before_it_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Items that fail between two pages come in ahead of the place read: the ones failed before are all
+    listed (one read twice, which `list_failures` keeps once), the new one is not (its failures so far)."""
+    monkeypatch.setattr(edgewarm.cli.failures, "PAGE", 2)
+    client = PagedFailures(4, fail_meanwhile=1)
+    before = [i["url"] for i in client.items]
+    got = [i["url"] for i in edgewarm.cli.failures.failed_items(client, TASK, total=10)]  # type: ignore[arg-type]
+    assert set(got) == set(before) and len(got) == len(before) + 1, got

@@ -1,6 +1,6 @@
 """The `edgewarm` command: server commands (serve, api, worker, db, check-config, demo), operator commands
 (admin cancel) and user tools
-(submit, refresh, watch, query, tasks, cancel, quota, sign)."""
+(submit, refresh, watch, query, tasks, cancel, failed, quota, sign)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""User tools: submit, refresh, watch, query, tasks, cancel, quota, sign.
+"""User tools: submit, refresh, watch, query, tasks, cancel, failed, quota, sign.
 
 The server address and credentials come from flags, else environment variables (EDGEWARM_SERVER,
 EDGEWARM_USERNAME, EDGEWARM_SECRET), else a client config file (EDGEWARM_CLIENT_CONFIG, default
@@ -28,6 +28,7 @@ from ..config import file_cautions
 from ..errors import JdCode
 from ..urls import password_masked
 from .entries import Entry, checked, read_entries, span
+from .failures import list_failures
 from .main import Terminated, main
 from .watch import PATIENCE, follow, output_console, status_text
 
@@ -475,16 +476,49 @@ def tasks(
 
 
 @main.command()
-@click.argument("taskid")
+@click.argument("taskids", nargs=-1, required=True)
 @connection_options
-def cancel(taskid: str, server: str | None, username: str | None, secret: str | None, client_config: str) -> None:
-    """Cancel a task: its pending items stop and it ends as failed ("cancelled")."""
+def cancel(
+    taskids: tuple[str, ...], server: str | None, username: str | None, secret: str | None, client_config: str
+) -> None:
+    """Cancel tasks: their pending items stop and each ends as failed ("cancelled"). A line per task; exit 1 when
+    one was not cancelled (not found, ended already: said on its line), the others cancelled all the same."""
+    missed = 0
+    with make_client(server, username, secret, client_config) as client:
+        for taskid in dict.fromkeys(taskids):
+            try:
+                view = client.cancel(taskid)
+            except ClientError as exc:
+                if exc.http_status not in (404, 409):  # the call itself failed: the next ones would too
+                    raise fail(exc) from None
+                missed += 1
+                click.echo(f"{taskid}: not cancelled: {exc.message}")
+                continue
+            click.echo(f"{view['taskid']}: {view['msg']} ({view['reason']})")
+    raise SystemExit(1 if missed else 0)
+
+
+@main.command()
+@click.argument("taskids", nargs=-1, required=True)
+@click.option(
+    "--why", is_flag=True, help="a line per failed item: task, node, URL, HTTP status, attempts, error (tab-separated)"
+)
+@connection_options
+def failed(
+    taskids: tuple[str, ...],
+    why: bool,
+    server: str | None,
+    username: str | None,
+    secret: str | None,
+    client_config: str,
+) -> None:
+    """Every failed URL of the tasks, one a line, each once, to send again (`edgewarm failed TASKID | edgewarm
+    submit -f -`); the count on stderr. Exit 1 when a task was not found (said; the others listed)."""
     with make_client(server, username, secret, client_config) as client:
         try:
-            view = client.cancel(taskid)
+            raise SystemExit(list_failures(client, taskids, why))
         except ClientError as exc:
             raise fail(exc) from None
-    click.echo(f"{view['taskid']}: {view['msg']} ({view['reason']})")
 
 
 @main.command()

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..client import Client, ClientError
+from .failures import failures_hint
 
 FAILURES_SHOWN = 5
 TASK_BARS = 8  # more tasks than this are followed in one bar: the nodes' bars stay in view below it
@@ -250,6 +251,9 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
                 item["error"] or "",
             )
         out.print(shown)
+    if failures:
+        failed = [taskid for taskid, view in views.items() if view["counts"]["failed"]]
+        out.print(failures_hint(failed), markup=False, highlight=False, soft_wrap=True)
     ok = all(v["status"] == 0 for v in views.values())
     if unknown:
         out.print(f"[red]{len(unknown)} of the tasks not found[/]" + ("; the others all succeeded" if ok else ""))
