@@ -124,8 +124,10 @@ def _flocked(path: str, what: str, store: str) -> Generator[None, None, None]:
         os.close(fd)
 
 
-async def run(config: Config, *, api: bool = True, engine: bool = True, config_path: str | None = None) -> None:
-    """Run until a signal; `api` and `engine` choose the parts (`serve` runs both).
+async def run(config: Config, *, api: bool = True, engine: bool = True, config_path: str | None = None) -> bool:
+    """Run until a signal; `api` and `engine` choose the parts (`serve` runs both). True when the stop was clean;
+    False when it left outcomes unwritten or items not handed back (its last line says so): the command exits 1,
+    for a supervisor to tell it from a clean stop.
 
     SIGHUP reloads `config_path`: users, limits, nodes and engine settings change without dropping work
     (the fetcher's own settings, config.FETCHER_KEYS, through a new fetcher: the old one finishes the requests
@@ -199,7 +201,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             sole_engine_lock(config.store) if engine else contextlib.nullcontext(False) as sole,
         ):
             async with unopened as store:
-                await _run_parts(
+                return await _run_parts(
                     live,
                     store,
                     api=api,
@@ -373,7 +375,8 @@ async def _run_parts(
     stopping: asyncio.Event,
     listening: socket.socket | None,
     config_path: str | None,
-) -> None:
+) -> bool:
+    """The service's parts, from their start to their stop: whether the stop was clean (run's answer)."""
     config = live.config
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -402,7 +405,7 @@ async def _run_parts(
             # go on with a store closing under them ("retention round failed: the store is not open").
             if sole and not await _take_back(store, metrics, config.store, stopping):
                 log.info("edgewarm stopped before its engine started: the store took no writes meanwhile")
-                return
+                return True
             if not sole and config.engine.dedupe_seconds:
                 log.info("dedupe_seconds is not applied: other engines on this store may purge what this one warmed")
             metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
@@ -495,8 +498,9 @@ async def _run_parts(
                 counted(lost.outcomes, "outcome"),
                 item_count(lost.items),
             )
-        else:
-            log.info("edgewarm stopped cleanly")
+            return False
+        log.info("edgewarm stopped cleanly")
+        return True
 
 
 async def _stop_parts(worker: Engine, tasks: list[asyncio.Task[None]], stopping: asyncio.Event) -> None:

@@ -1405,6 +1405,7 @@ async def test_a_stop_with_the_store_locked_is_bounded_and_says_what_it_left(
                 await asyncio.wait_for(service, 20)
     messages = _messages(caplog)
     assert "edgewarm stopped cleanly" not in messages, messages
+    assert service.result() is False  # `worker` and `serve` exit 1 (they exited 0: a tester's supervisor saw it clean)
     last = messages[-1]
     assert last.startswith("edgewarm stopped; ") and "outcomes not written and " in last, messages
     assert last.endswith("not handed back: they run again when their leases end, or at the next start"), last

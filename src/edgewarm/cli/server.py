@@ -31,12 +31,15 @@ def load_or_fail(path: str) -> Config:
         raise click.ClickException(f"config {path}: {exc}") from None
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _run(coro: Coroutine[Any, Any, bool]) -> None:
+    """Run a service to its stop; exit 1 when the stop was not clean (its last log line said what it left)."""
     tune_runtime()
     try:
-        asyncio.run(coro)
+        clean = asyncio.run(coro)
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
+    if not clean:
+        raise SystemExit(1)
 
 
 config_option = click.option(
