@@ -74,6 +74,8 @@ def _check_domain(pattern: str) -> str:
 class User(_Model):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     secret: Annotated[str, Field(min_length=1, repr=False)]
+    # The key of the user's webhooks' signatures; unset, the API secret (which a receiver could call the API with).
+    webhook_secret: Annotated[str | None, Field(min_length=1, repr=False)] = None
     domains: tuple[str, ...] = ()
     urls_per_call: PositiveInt | None = None
     dirs_per_call: PositiveInt | None = None
@@ -97,6 +99,10 @@ class User(_Model):
         if isinstance(value, list):
             return tuple(_check_domain(v) if isinstance(v, str) else v for v in value)
         return value
+
+    def webhook_key(self) -> str:
+        """What the user's webhooks are signed with: `webhook_secret`, else the API secret."""
+        return self.webhook_secret or self.secret
 
     def limits(self, defaults: Limits) -> Limits:
         """The defaults with this user's own overrides applied."""
@@ -480,6 +486,19 @@ class Config(_Model):
             for names in by_secret.values()
             if len(names) > 1
         ]
+        for user in self.users:
+            if user.webhook_secret is None:
+                continue
+            if len(user.webhook_secret) < SECRET_LENGTH:
+                found.append(
+                    f"user {user.name!r} has a webhook_secret of {len(user.webhook_secret)} characters: one that "
+                    f"short can be guessed, and webhooks forged; use {SECRET_LENGTH} or more (openssl rand -hex 16)"
+                )
+            if owners := by_secret.get(user.webhook_secret):
+                found.append(
+                    f"user {user.name!r} has a webhook_secret that is the API secret of {' and '.join(owners)}: "
+                    "its webhooks' receivers could call the API with it"
+                )
         return found
 
     def shields(self) -> tuple[Node, ...]:

@@ -1,7 +1,7 @@
 """Webhooks: when a task that carries a callback URL ends, POST its summary there, signed.
 
 The signature is `X-Edgewarm-Signature: sha256=<hex HMAC-SHA256 of the exact body, keyed with the user's
-secret>`; receivers check it with `verify_webhook`. The body's `sent_at` (the POST's time, signed with the rest)
+webhook_secret, else their API secret>`; receivers check it with `verify_webhook`. The body's `sent_at` (the POST's time, signed with the rest)
 lets them refuse an old one replayed (`max_age`). Only hosts listed in `[webhooks] allowed_hosts` may be
 called back, checked when the task is submitted.
 """
@@ -542,7 +542,7 @@ class WebhookDeliverer:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: sign_webhook(body, user.secret),
+            SIGNATURE_HEADER: sign_webhook(body, user.webhook_key()),
         }
         timeout = aiohttp.ClientTimeout(total=settings.timeout)
         try:

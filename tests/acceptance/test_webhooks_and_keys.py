@@ -61,6 +61,27 @@ def test_a_webhook_arrives_signed_after_a_retry(client: Client, lab: Lab, receiv
     assert summary["username"] == DEMO_USER
 
 
+def test_a_webhook_is_signed_with_the_users_webhook_secret_when_given(lab: Lab, tmp_path: Path) -> None:
+    """A user with `webhook_secret` has webhooks signed with it, not with the API secret (a receiver had to hold
+    the key that calls the API as the user); a user without one, with the API secret, as before."""
+    hook_secret = "receivers-only-0123456789abcdef"
+    hooked = f'[[users]]\nname = "hooked"\nsecret = "hooked-api-secret-0123456789"\nwebhook_secret = "{hook_secret}"\n'
+    hooked += 'domains = ["www.example.test"]\n\n'
+    (path,) = lab.make_files(1, 32, prefix="/hook-key/")
+    extra = '[webhooks]\nallowed_hosts = ["127.0.0.1"]\n'
+    with Receiver() as receiver, start_service(tmp_path, hooked + lab.nodes_toml(), extra=extra) as service:
+        for name, secret in (("hooked", "hooked-api-secret-0123456789"), (DEMO_USER, DEMO_SECRET)):
+            with Client(service.url, name, secret) as client:
+                client.prefetch([f"http://{DEFAULT_HOST}{path}"], callback_url=receiver.url)
+        receiver.wait_for(2)
+        log = service.log_text()
+    signed = {json.loads(body)["username"]: (body, headers[SIGNATURE_HEADER]) for body, headers in receiver.calls}
+    assert verify_webhook(signed["hooked"][0], hook_secret, signed["hooked"][1])
+    assert not verify_webhook(signed["hooked"][0], "hooked-api-secret-0123456789", signed["hooked"][1])
+    assert verify_webhook(signed[DEMO_USER][0], DEMO_SECRET, signed[DEMO_USER][1])
+    assert hook_secret not in log
+
+
 def test_a_callback_to_a_host_not_allowed_is_refused(client: Client, lab: Lab) -> None:
     """callback_url on a host not listed in [webhooks] allowed_hosts: code 17, and no task."""
     with pytest.raises(ClientError) as refused:

@@ -643,6 +643,28 @@ def test_short_and_shared_secrets_are_cautioned() -> None:
     ]
 
 
+def test_a_short_webhook_secret_or_one_that_is_an_api_secret_is_cautioned() -> None:
+    """A webhook_secret is a key of its own: short, it is guessed (webhooks forged); another user's API secret (or
+    the user's own), its receivers could call the API as that user. Not in any repr."""
+    domains = ["example.test"]
+    users = [
+        {"name": "a", "secret": "0123456789abcdef", "webhook_secret": "short", "domains": domains},
+        {"name": "b", "secret": "fedcba9876543210", "webhook_secret": "0123456789abcdef", "domains": domains},
+        {"name": "c", "secret": "aaaabbbbccccdddd", "webhook_secret": "a-key-of-its-own-0123", "domains": domains},
+    ]
+    config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
+    assert config.cautions() == [
+        "user 'a' has a webhook_secret of 5 characters: one that short can be guessed, and webhooks forged; use 16 "
+        "or more (openssl rand -hex 16)",
+        "user 'b' has a webhook_secret that is the API secret of 'a': its webhooks' receivers could call the API "
+        "with it",
+    ]
+    assert [u.webhook_key() for u in config.users] == ["short", "0123456789abcdef", "a-key-of-its-own-0123"]
+    assert "a-key-of-its-own" not in repr(config)
+    without = {k: v for k, v in users[2].items() if k != "webhook_secret"}
+    assert parse_config({"users": [without]}).users[0].webhook_key() == "aaaabbbbccccdddd"
+
+
 def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) -> None:
     """It holds the users' secrets: check-config said OK to one of mode 666."""
     path = tmp_path / "edgewarm.toml"
