@@ -382,4 +382,5 @@ class Service:
             "dirs": {"used": dirs, "limit": limits.dirs_per_day, "left": max(0, limits.dirs_per_day - dirs)},
             "urls_per_call": limits.urls_per_call,
             "dirs_per_call": limits.dirs_per_call,
+            "max_body_bytes": self.config.api.max_body_bytes,
         }

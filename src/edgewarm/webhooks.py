@@ -1,9 +1,9 @@
 """Webhooks: when a task that carries a callback URL ends, POST its summary there, signed.
 
 The signature is `X-Edgewarm-Signature: sha256=<hex HMAC-SHA256 of the exact body, keyed with the user's
-webhook_secret, else their API secret>`; receivers check it with `verify_webhook`. The body's `sent_at` (the POST's time, signed with the rest)
-lets them refuse an old one replayed (`max_age`). Only hosts listed in `[webhooks] allowed_hosts` may be
-called back, checked when the task is submitted.
+webhook_secret, else their API secret>`; receivers check it with `verify_webhook`. The body's `sent_at` (the
+POST's time, signed with the rest) lets them refuse an old one replayed (`max_age`). Only hosts listed in
+`[webhooks] allowed_hosts` may be called back, checked when the task is submitted.
 """
 
 from __future__ import annotations

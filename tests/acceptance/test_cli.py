@@ -323,17 +323,37 @@ def test_submit_splits_by_the_limit_the_server_states(lab: Lab, tmp_path: Path) 
     assert len(result.stdout.split()) == 3
 
 
-def test_a_call_larger_than_the_server_takes_says_what_to_do(lab: Lab, tmp_path: Path) -> None:
-    """`urls_per_call = 5000` with the default body limit: a call of 5,000 long URLs is over 1 MB. Before:
-    "JD code -1: request body too large" (a 413 told as JD's internal error, nothing to do about it)."""
+def test_submit_splits_a_list_of_long_urls_by_the_body_size_the_server_takes(lab: Lab, tmp_path: Path) -> None:
+    """`urls_per_call = 5000` with the default body limit (1 MiB): 5,000 URLs of 230 characters are 1.2 MB. The
+    calls are split by size too (before: the first call refused with 413, mid-run in a longer list)."""
     from edgewarm.testing.service import start_service
 
     urls = "".join(f"http://{DEFAULT_HOST}/{'x' * 200}/{n}\n" for n in range(5000))
     with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 5000\n") as service:
         result = run(["submit"], credentials_env(service, tmp_path), stdin=urls)
+        with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+            sizes = [client.task(t, limit=0)["total"] for t in result.stdout.split()]
+    assert result.returncode == 0, result.stderr
+    nodes = len(lab.cache_nodes())
+    assert len(sizes) == 2 and sum(sizes) == 5000 * nodes and max(sizes) < 4600 * nodes, sizes
+
+
+def test_a_call_larger_than_a_proxy_takes_says_what_to_do(tmp_path: Path) -> None:
+    """A proxy in front with a smaller body limit answers 413 (to the quota's call too: JD's limits then). Before:
+    "JD code -1: request body too large" (a 413 told as JD's internal error, nothing to do about it)."""
+    client_config = tmp_path / "empty.toml"
+    client_config.touch()
+    with FaultServer(always(Respond(413, body=b"request body too large"))) as proxy:
+        env = {
+            "EDGEWARM_SERVER": f"http://127.0.0.1:{proxy.port}",
+            "EDGEWARM_USERNAME": DEMO_USER,
+            "EDGEWARM_SECRET": DEMO_SECRET,
+            "EDGEWARM_CLIENT_CONFIG": str(client_config),
+        }
+        result = run(["submit", f"http://{DEFAULT_HOST}/a"], env)
     assert result.returncode == 1, result.stdout
-    said = "request body too large: over [api] max_body_bytes (1048576 bytes) (HTTP 413): send fewer URLs per call"
-    assert said in result.stderr and "JD code" not in result.stderr, result.stderr
+    assert "(HTTP 413): send fewer URLs per call (--per-call)" in result.stderr, result.stderr
+    assert "JD code" not in result.stderr, result.stderr
 
 
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:

@@ -203,3 +203,25 @@ def test_many_entries_that_cannot_be_sent_are_counted_once() -> None:
         "250 of the entries cannot be sent, nothing was, the first 3: urls.txt line 1"
     )
     assert "more" not in refused.value.message
+
+
+def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> None:
+    """Each call within `size` entries and, given, `max_body_bytes` less BODY_ROOM, counting an entry as JSON
+    escapes it to ASCII (a non-ASCII letter as 6 bytes); an entry too long for any call goes alone."""
+    from edgewarm.cli.tools import BODY_ROOM, in_calls
+
+    def entries(*texts: str) -> list[Entry]:
+        return [Entry(text, ARGUMENT, n) for n, text in enumerate(texts, 1)]
+
+    def shape(calls: list[list[Entry]]) -> list[int]:
+        return [len(call) for call in calls]
+
+    ten = entries(*(f"http://a.test/{n:06}" for n in range(10)))  # 20 characters: 23 bytes with quotes and comma
+    assert shape(in_calls(ten, 4, None)) == [4, 4, 2]
+    assert shape(in_calls(ten, 100, BODY_ROOM + 3 * 23)) == [3, 3, 3, 1]
+    assert shape(in_calls(ten, 2, BODY_ROOM + 3 * 23)) == [2, 2, 2, 2, 2]
+    escaped = entries(*("http://a.test/ü" for _ in range(3)))  # 15 characters, the ü as \u00fc: 23 bytes
+    assert shape(in_calls(escaped, 100, BODY_ROOM + 2 * 23)) == [2, 1]
+    long = entries("http://a.test/" + "x" * 100, "http://a.test/b")
+    assert shape(in_calls(long, 100, BODY_ROOM + 30)) == [1, 1]
+    assert in_calls([], 100, 1000) == []

@@ -158,6 +158,7 @@ class QuotaView(BaseModel):
     dirs: Usage
     urls_per_call: int
     dirs_per_call: int
+    max_body_bytes: int = Field(description="the largest body a call may send (413 over it): long URLs, fewer a call")
 
 
 class NativeError(BaseModel):

@@ -158,9 +158,10 @@ def plan_calls(
     client: Client, entries: list[Entry], per_call: int | None, directories: bool = False
 ) -> list[list[Entry]]:
     """The calls that send `entries` (checked and made distinct first: entries.py), in the user's per-call limit
-    as the server states it (JD's default when it cannot say); a --per-call over that limit, or more entries
-    than the day's quota has left, is refused before any call. A server that does not answer the quota's call
-    at all ends it there (the first call would wait as long again for nothing)."""
+    as the server states it (JD's default when it cannot say), and each within the body size it takes (long
+    URLs: fewer a call); a --per-call over that limit, or more entries than the day's quota has left, is refused
+    before any call. A server that does not answer the quota's call at all ends it there (the first call would
+    wait as long again for nothing)."""
     entries = checked(entries, directories)
     kind, what = ("dirs", "directories") if directories else ("urls", "URLs")
     try:
@@ -179,8 +180,29 @@ def plan_calls(
             f"{asked}, but {left} of today's {day} are left (the day {quota.get('day')} in "
             f"{quota.get('timezone')}): nothing was sent"
         )
-    size = per_call or limit
-    return [entries[i : i + size] for i in range(0, len(entries), size)]
+    most = quota.get("max_body_bytes") if quota else None  # an older server's answer has none
+    return in_calls(entries, per_call or limit, most if isinstance(most, int) else None)
+
+
+BODY_ROOM = 8192  # bytes of a call's body kept for its other fields (credentials, a callback URL of 4,096 at most)
+
+
+def in_calls(entries: list[Entry], size: int, max_body_bytes: int | None) -> list[list[Entry]]:
+    """`entries` in calls of `size` at most, each list's JSON within `max_body_bytes` (less BODY_ROOM) when given:
+    a call of 5,000 URLs of 230 characters was over 1 MB, refused mid-run (413). Each entry's length as JSON
+    escapes it to ASCII, the most the client sends for it. An entry too long for a call of its own goes alone:
+    the server refuses it, saying why."""
+    calls: list[list[Entry]] = []
+    room = None if max_body_bytes is None else max(max_body_bytes - BODY_ROOM, 1)
+    used = 0
+    for entry in entries:
+        cost = len(json.dumps(entry.text)) + 1  # and its comma
+        if not calls or len(calls[-1]) >= size or (room is not None and used + cost > room):
+            calls.append([])
+            used = 0
+        calls[-1].append(entry)
+        used += cost
+    return calls
 
 
 def send_in_calls(
