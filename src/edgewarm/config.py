@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,13 +115,19 @@ class User(_Model):
 
     def owns(self, host: str) -> bool:
         """True when `host` (lower-case, no port) is one of the user's domains or under a `*.` wildcard."""
-        for pattern in self.domains:
-            if pattern.startswith("*."):
-                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                    return True
-            elif host == pattern:
+        return domain_owned(host, self.domains)
+
+
+def domain_owned(host: str, domains: Iterable[str]) -> bool:
+    """True when `host` (lower-case, no port) is one of `domains` or under one's `*.` wildcard (the API's check,
+    and `submit`'s before its first call, with the domains /v1/quota states)."""
+    for pattern in domains:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
                 return True
-        return False
+        elif host == pattern:
+            return True
+    return False
 
 
 class NodeKind(enum.StrEnum):

@@ -383,4 +383,5 @@ class Service:
             "urls_per_call": limits.urls_per_call,
             "dirs_per_call": limits.dirs_per_call,
             "max_body_bytes": self.config.api.max_body_bytes,
+            "domains": list(user.domains),
         }

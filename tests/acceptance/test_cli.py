@@ -357,12 +357,13 @@ def test_a_call_larger_than_a_proxy_takes_says_what_to_do(tmp_path: Path) -> Non
 
 
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:
-    """100 URLs in calls of 40, the 70th a foreign domain: the first call's task id is printed, and the error
-    says call 2 of 3 was refused and no task was made from line 41 (named) on (before: only the refusal)."""
+    """100 URLs in calls of 40, the 70th longer than the server's max_url_length (its check, at its call): the
+    first call's task id is printed, and the error says call 2 of 3 was refused and no task was made from line
+    41 (named) on (before: only the refusal)."""
     from edgewarm.testing.service import start_service
 
     urls = [f"http://{DEFAULT_HOST}/cli-mid/{n}" for n in range(100)]
-    urls[69] = "http://www.not-yours.test/x"
+    urls[69] = f"http://{DEFAULT_HOST}/{'x' * 5000}"
     with start_service(tmp_path, lab.nodes_toml(), extra="[limits]\nurls_per_call = 40\n") as service:
         result = run(["submit"], credentials_env(service, tmp_path), stdin="\n".join(urls) + "\n")
     assert result.returncode == 1 and len(result.stdout.split()) == 1, result.stdout
@@ -810,7 +811,8 @@ def test_a_submit_stopped_by_sigterm_has_printed_every_task_it_made_and_says_whe
 
 def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_path: Path) -> None:
     """Refused whole, nothing sent: a line that is not UTF-8 (it was a traceback, after calls were made), a URL
-    the server cannot take (it was refused at its call, the calls before it made), more URLs than the day's
+    the server cannot take, or of a domain not the user's (each was refused at its call, the calls before it
+    made; the domains as /v1/quota states them), more URLs than the day's
     quota has left (its call was refused half way), --per-call over the user's limit (sent, then refused).
     Taken: a file in UTF-8 with a byte order mark and CRLF lines (its first URL was refused), the same URL
     twice, in one spelling or two (its calls were refused, or it was warmed and charged twice). Refused whole
@@ -833,6 +835,7 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
             ),
             "quota": run(["submit"], env, stdin="\n".join(good + [u + "?more" for u in good[:11]])),
             "per-call": run(["submit", "--per-call", "11", *good[:3]], env),
+            "not yours": run(["submit"], env, stdin="\n".join([*good[:25], "http://www.not-yours.test/x", *good[25:]])),
             "not a dir": run(["refresh", "--dir", f"http://{DEFAULT_HOST}/d1/", f"http://{DEFAULT_HOST}/d2"], env),
         }
         with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
@@ -853,6 +856,10 @@ def test_a_list_that_cannot_go_whole_is_refused_before_any_call(lab: Lab, tmp_pa
     assert refusals["not a dir"].returncode == 1
     said = f"argument 2: a directory must end with '/' (and have no query): http://{DEFAULT_HOST}/d2"
     assert said in refusals["not a dir"].stderr, refusals["not a dir"].stderr
+    assert refusals["not yours"].returncode == 1
+    said = "1 of the entries is not in your domains (www.example.test, *.example.test), nothing was sent: stdin "
+    said += "line 26: the domain www.not-yours.test is not yours"
+    assert said in refusals["not yours"].stderr, refusals["not yours"].stderr
     assert refusals["per-call"].returncode == 2
     assert "--per-call 11 is over your limit of 10 URLs per call" in refusals["per-call"].stderr
     assert taken.returncode == 0 and "4 duplicate entries left out" in taken.stderr, taken.stderr

@@ -159,6 +159,7 @@ class QuotaView(BaseModel):
     urls_per_call: int
     dirs_per_call: int
     max_body_bytes: int = Field(description="the largest body a call may send (413 over it): long URLs, fewer a call")
+    domains: list[str] = Field(description="the user's domains ('*.x': every name under x), as the calls check them")
 
 
 class NativeError(BaseModel):

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import click
 
+from ..config import domain_owned
 from ..errors import RequestRefused
 from ..urls import parse_url
 
@@ -85,8 +86,8 @@ def _lines(stream: BinaryIO, name: str) -> list[Entry]:
 def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
     """`entries`, each object once, in its first place; the whole list refused when an entry is not a URL (its
     syntax: the server's own check, done here first) or, with `directories`, not a directory: nothing is sent.
-    The first few refused are named with where they were given; the domains and the length are the server's
-    to check, at its call. An object given twice, in any spelling the server takes for one (a host's case, a
+    The first few refused are named with where they were given; the domains are checked by `owned`, the length
+    is the server's to check, at its call. An object given twice, in any spelling the server takes for one (a host's case, a
     default port), is left out (said, with a count): it would be warmed and charged twice, or, in one call,
     refuse it."""
     bad: list[str] = []
@@ -110,3 +111,22 @@ def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
         left = len(entries) - len(seen)
         click.echo(f"{left} duplicate entr{'y' if left == 1 else 'ies'} left out", err=True)
     return list(seen.values())
+
+
+def owned(entries: Sequence[Entry], domains: Sequence[str]) -> None:
+    """The whole list refused when an entry's domain is not one of the user's `domains` (as the server states
+    them): nothing is sent (the server refused the call holding it, mid-run in a long list, by its domain alone).
+    The first few are named with where they were given, as `checked` names its."""
+    bad = [
+        f"{entry}: the domain {host} is not yours"
+        for entry in entries
+        if not domain_owned(host := parse_url(entry.text, _ANY_LENGTH).host, domains)
+    ]
+    if bad:
+        first = f", the first {SHOWN}" if len(bad) > SHOWN else ""
+        yours = ", ".join(domains) or "none"
+        raise click.ClickException(
+            f"{len(bad)} of the entries {'is' if len(bad) == 1 else 'are'} not in your domains ({yours}), nothing "
+            f"was sent{first}: "
+            + "; ".join(bad[:SHOWN])
+        )

@@ -27,7 +27,7 @@ from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
 from ..urls import password_masked
-from .entries import Entry, checked, read_entries, span
+from .entries import Entry, checked, owned, read_entries, span
 from .failures import list_failures
 from .main import Terminated, main
 from .watch import PATIENCE, follow, output_console, status_text
@@ -180,7 +180,10 @@ def plan_calls(
             f"{asked}, but {left} of today's {day} are left (the day {quota.get('day')} in "
             f"{quota.get('timezone')}): nothing was sent"
         )
-    most = quota.get("max_body_bytes") if quota else None  # an older server's answer has none
+    domains = quota.get("domains") if quota else None  # an older server's answer has none
+    if isinstance(domains, list):
+        owned(entries, [str(d) for d in domains])
+    most = quota.get("max_body_bytes") if quota else None
     return in_calls(entries, per_call or limit, most if isinstance(most, int) else None)
 
 
