@@ -87,9 +87,9 @@ def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
     """`entries`, each object once, in its first place; the whole list refused when an entry is not a URL (its
     syntax: the server's own check, done here first) or, with `directories`, not a directory: nothing is sent.
     The first few refused are named with where they were given; the domains are checked by `owned`, the length
-    is the server's to check, at its call. An object given twice, in any spelling the server takes for one (a host's case, a
-    default port), is left out (said, with a count): it would be warmed and charged twice, or, in one call,
-    refuse it."""
+    is the server's to check, at its call. An object given twice, in any spelling the server takes for one (a
+    host's case, a default port), is left out (said, with a count): it would be warmed and charged twice, or, in
+    one call, refuse it."""
     bad: list[str] = []
     seen: dict[str, Entry] = {}
     for entry in entries:
