@@ -482,3 +482,29 @@ def test_a_prefetch_submitted_just_after_a_dir_refresh_leaves_every_node_warm_wi
         if (answer := lab.fetch(node, path)).cache_status != "HIT" or answer.body != f"{path} v2\n".encode()
     }
     assert not cold, sorted(cold)[:5]
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_prefetch_right_after_a_refresh_in_another_escape_case_waits_for_its_purges(
+    service: ServiceProcess, lab: Lab, kind: str
+) -> None:
+    """A refresh that writes an object's escapes in lower case (`%c3%a9`, .NET's), at once a prefetch in upper
+    case (`%C3%A9`, browsers'): the purge reaches both cases, so the warm waits for it (PURGE_FIRST). Before, the
+    warm went first and the purge then removed what it had warmed: both tasks succeeded, the edges left cold (a
+    tester's, 4 runs of 4, and its directory's HITs of the old object). Every node now holds the new object."""
+    fillers = [f"/esc-order/{kind}/fill-{n}.txt" for n in range(99)]  # the purge of the object not done at once
+    path = f"/esc-order/{kind}/%C3%A9/x.txt?k=%C3%A9"
+    for name in fillers:
+        lab.write_file(name, b"filler")
+    lab.write_file(f"/esc-order/{kind}/é/x.txt", b"v1")
+    warm(service, [path, *fillers])
+    lab.write_file(f"/esc-order/{kind}/é/x.txt", b"v2")
+    lower = f"/esc-order/{kind}/%c3%a9/" if kind == "dir" else path.replace("%C3%A9", "%c3%a9")
+    entries = [url_of(lower)] if kind == "dir" else [url_of(p) for p in (*fillers, lower)]
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        purging = refresh(service, entries, kind)
+        warming = client.prefetch([url_of(path)])
+        assert client.wait(purging, timeout=60)["status"] == 0
+        assert client.wait(warming, timeout=60)["status"] == 0
+    answers = {node.name: lab.fetch(node, path) for node in lab.cache_nodes()}
+    assert {name: (a.cache_status, a.body) for name, a in answers.items()} == dict.fromkeys(answers, ("HIT", b"v2"))

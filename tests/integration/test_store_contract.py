@@ -1212,6 +1212,24 @@ class TestPurgeFirst:
         await store.create_task(warm_task(*((url, "edge-1") for url in spelled)))
         assert [c[0] for c in await claimed(store, NOW) if c[2] is ItemAction.WARM] == [spelled[3]]
 
+    async def test_a_url_with_its_escapes_in_another_case_waits_too(self, store: TaskStore) -> None:
+        """A purge reaches each case of its escapes: a warm of `%C3%A9` waits for a purge of `%c3%a9` (it went
+        first, then the purge removed what it warmed: a tester's), and a warm of `%c3%a9` for a purge of
+        `%C3%A9`. Another escape is another object."""
+        await store.create_task(
+            refresh_task(
+                ("http://www.example.test/e/%c3%a9.bin?k=%c3%a9", "edge-1", ItemAction.PURGE),
+                ("http://www.example.test/E/%C3%A9.bin", "edge-1", ItemAction.PURGE),
+            )
+        )
+        spelled = [
+            "http://www.example.test/e/%C3%A9.bin?k=%C3%A9",
+            "http://www.example.test/E/%c3%a9.bin",
+            "http://www.example.test/e/%C3%A8.bin?k=%C3%A9",
+        ]
+        await store.create_task(warm_task(*((url, "edge-1") for url in spelled)))
+        assert [c[0] for c in await claimed(store, NOW) if c[2] is ItemAction.WARM] == [spelled[2]]
+
     async def test_a_directory_purge_holds_back_the_warms_at_or_under_it_on_its_node(self, store: TaskStore) -> None:
         """A directory's purge (its URL a prefix, the host in any case, the path's case counting) holds back the
         warms at or under it on its node only."""

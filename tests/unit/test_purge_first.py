@@ -44,3 +44,24 @@ def test_a_url_written_into_the_store_past_the_api_holds_back_nothing_and_raises
     purges = [purge(3, f"{HOST}/a/"), purge(4, f"{HOST}/a\r\nX: y", ItemAction.PURGE)]
     assert {item: found.item_id for item, found in blocking_purges(claims, purges).items()} == {101: 3}
     assert purge_keys(claims) == [("edge-1", "www.example.test/a/x")]
+
+
+def test_a_purge_holds_back_a_warm_of_its_object_with_the_escapes_in_another_case() -> None:
+    """A purge reaches each case of its escapes (`%c3%a9` and `%C3%A9`), so a warm in another case waits for it
+    (a tester's warm went first, then was purged); purge_keys looks a lower-case warm up by its key as written
+    too (an open purge an earlier edgewarm stored keeps that key)."""
+    purges = [
+        purge(3, f"{HOST}/q/%c3%a9.txt?k=%c3%a9", ItemAction.PURGE),
+        purge(4, f"{HOST}/d/%C3%a9/"),
+    ]
+    claims = [
+        warm(100, f"{HOST}/q/%C3%A9.txt?k=%C3%A9"),
+        warm(101, f"{HOST}/d/%c3%a9/x.txt"),
+        warm(102, f"{HOST}/q/%C3%A9.txt?k=%C3%A8"),  # another object
+    ]
+    assert {item: found.item_id for item, found in blocking_purges(claims, purges).items()} == {100: 3, 101: 4}
+    assert purge_keys([warm(105, f"{HOST}/q/%c3%a9?x=%2f")]) == [
+        ("edge-1", "www.example.test/q/%C3%A9?x=%2F"),
+        ("edge-1", "www.example.test/q/%c3%a9?x=%2f"),
+    ]
+    assert purge_keys([warm(106, f"{HOST}/q/%C3%A9")]) == [("edge-1", "www.example.test/q/%C3%A9")]

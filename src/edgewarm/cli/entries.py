@@ -127,6 +127,5 @@ def owned(entries: Sequence[Entry], domains: Sequence[str]) -> None:
         yours = ", ".join(domains) or "none"
         raise click.ClickException(
             f"{len(bad)} of the entries {'is' if len(bad) == 1 else 'are'} not in your domains ({yours}), nothing "
-            f"was sent{first}: "
-            + "; ".join(bad[:SHOWN])
+            f"was sent{first}: " + "; ".join(bad[:SHOWN])
         )

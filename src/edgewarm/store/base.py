@@ -26,7 +26,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
-from ..urls import escape_cases, stored_target
+from ..urls import escape_cases, escapes_upper, stored_target
 
 SCHEMA_VERSION = 8
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
@@ -97,18 +97,23 @@ class OpenPurge:
 
 def purge_key(url: str, action: ItemAction) -> str | None:
     """What a purge item is found by (the stores keep it with a purge, None with a warm): the object it purges as
-    its node holds it, whatever its URL's spelling (`TargetUrl.node_key`: the host's case, a final dot, a default
-    port and the scheme do not count), its first PURGE_KEY_CHARS characters (an index key holds that much; the
-    purges found are checked whole, `blocking_purges`)."""
+    its node holds it, whatever its URL's spelling (`_object_of`: the host's case, a final dot, a default port,
+    the scheme and the escapes' case do not count), its first PURGE_KEY_CHARS characters (an index key holds that
+    much; the purges found are checked whole, `blocking_purges`)."""
     key = None if action is ItemAction.WARM else _object_of(url)
     return None if key is None else key[:PURGE_KEY_CHARS]
 
 
 def purge_keys(claims: Sequence[Claim]) -> list[tuple[str, str]]:
     """(node, purge key) of the claimed warms: where the stores look for open file purges of them (their index
-    holds the open purges by action, node and purge key)."""
-    keys = {(c.node, purge_key(c.url, ItemAction.PURGE)) for c in claims if c.action is ItemAction.WARM}
-    return sorted((node, key) for node, key in keys if key is not None)
+    holds the open purges by action, node and purge key). A warm whose escapes hold lower-case letters is looked
+    for by its key as written too: an open purge an earlier edgewarm stored keeps its key as written."""
+    keys: set[tuple[str, str]] = set()
+    for claim in claims:
+        if claim.action is ItemAction.WARM and (written := _node_key(claim.url)) is not None:
+            keys.add((claim.node, escapes_upper(written)[:PURGE_KEY_CHARS]))
+            keys.add((claim.node, written[:PURGE_KEY_CHARS]))
+    return sorted(keys)
 
 
 def warm_nodes(claims: Sequence[Claim]) -> list[str]:
@@ -156,9 +161,17 @@ def blocking_purges(claims: Sequence[Claim], purges: Sequence[OpenPurge]) -> dic
 
 
 def _object_of(url: str) -> str | None:
-    """What a node holds `url`'s object under (TargetUrl.node_key); None for a URL the API would refuse, written
-    into the store past it: its item fails without a request (engine), and holds nothing back (a planted CRLF
-    URL stopped the engine's claims here)."""
+    """The object `url`'s warms and purges are ordered by: what a node holds it under (TargetUrl.node_key) with
+    its escapes in upper case, as a purge reaches each case of them (`urls.escape_cases`: a purge of `%c3%a9`
+    held back no warm of `%C3%A9`, then removed what it had warmed: a tester's); None for a URL the API would
+    refuse, written into the store past it: its item fails without a request (engine), and holds nothing back (a
+    planted CRLF URL stopped the engine's claims here)."""
+    key = _node_key(url)
+    return None if key is None else escapes_upper(key)
+
+
+def _node_key(url: str) -> str | None:
+    """TargetUrl.node_key of `url`; None for a URL the API would refuse (`_object_of`)."""
     try:
         return stored_target(url).node_key
     except RequestRefused:
