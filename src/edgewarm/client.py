@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -174,10 +174,24 @@ def _garbled(response: httpx.Response, why: str) -> ClientError:
 _TASK_VIEW = _view("taskid", "status", "total", "counts", "nodes", "items")
 
 
+def check_server(address: str) -> None:
+    """ValueError, saying what to give, when `address` is no http(s) URL of a host and port (`127.0.0.1:8080`
+    without its scheme was "no answer from 127.0.0.1:8080", as if the server were down); its password masked."""
+    shown = password_masked(address)
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:  # a port that is no number, a bracket left open
+        raise ValueError(f"the server address {shown} is not a URL: give http(s)://host[:port]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ValueError(f"the server address {shown} is not an http(s) URL: give http(s)://host[:port]")
+
+
 class _Calls:
     """What each method sends; the sync and async clients only differ in how they send it."""
 
     def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
+        check_server(base_url)
         self.base_url = base_url.rstrip("/")
         self.username = username
         self._secret = secret

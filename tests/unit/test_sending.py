@@ -225,3 +225,24 @@ def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> Non
     long = entries("http://a.test/" + "x" * 100, "http://a.test/b")
     assert shape(in_calls(long, 100, BODY_ROOM + 30)) == [1, 1]
     assert in_calls([], 100, 1000) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        ("127.0.0.1:8080", "the server address 127.0.0.1:8080 is not an http(s) URL"),
+        ("localhost:8080", "the server address localhost:8080 is not an http(s) URL"),
+        ("http://u:pw@127.0.0.1:x/", "the server address http://u:***@127.0.0.1:x/ is not a URL"),
+        ("ftp://127.0.0.1/", "the server address ftp://127.0.0.1/ is not an http(s) URL"),
+    ],
+)
+def test_the_client_refuses_a_server_address_that_is_no_http_url_when_made(address: str, said: str) -> None:
+    """A newcomer's `Client("127.0.0.1:8080", …)` raised at its first call "no answer from 127.0.0.1:8080:
+    UnsupportedProtocol", as if the server were down; now a ValueError at once, saying what to give (the CLI's
+    words, from the one check)."""
+    from edgewarm.client import AsyncClient
+
+    for kind in (Client, AsyncClient):
+        with pytest.raises(ValueError) as refused:
+            kind(address, "u", "s")
+        assert str(refused.value) == f"{said}: give http(s)://host[:port]"
