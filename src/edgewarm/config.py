@@ -23,7 +23,7 @@ from . import __version__
 from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
-from .store import pool_size_of, redacted, sqlite_path
+from .store import STORE_URL_FORMS, pool_size_of, redacted, sqlite_path
 from .urls import password_masked
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -421,7 +421,7 @@ class Config(_Model):
     def _store(cls, value: str) -> str:
         scheme = value.split(":", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres", "memory"):
-            raise ValueError(f"{redacted(value)!r}: use sqlite:///PATH, postgresql://… or memory://")
+            raise ValueError(f"{redacted(value)!r}: use {STORE_URL_FORMS}")
         try:
             sqlite_path(value)  # a sqlite URL names a file: refused here as `serve` would refuse it
         except StoreError as exc:

@@ -303,9 +303,11 @@ def _split_any(raw: str) -> TargetUrl:
         if not (parts.hostname or "").isascii():
             raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
         _port(parts, illegal)  # a port of non-ASCII digits
+        if parts.scheme.lower() not in ("http", "https") or not raw[len(parts.scheme) :].startswith("://"):
+            raise illegal("a URL begins with http:// or https://")  # `not a url` was told of its spaces alone
         raise illegal(
-            "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (a form body is "
-            "decoded once before: there, write '%' as '%25', as curl --data-urlencode does)"
+            "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (sent in a form "
+            "body, which is decoded once before the URLs are read, write '%' as '%25', as curl --data-urlencode does)"
         )
     if "\\" in raw.partition("://")[2].partition("/")[0].partition("?")[0]:
         # In the authority (`http://a.test:80\\x`): browsers end it there, as at a '/'; urlsplit reads on.

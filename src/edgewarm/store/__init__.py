@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 
+STORE_URL_FORMS = "sqlite:///ABSOLUTE/PATH (or sqlite:relative/path), postgresql://… or memory://"
+
+
 def redacted(url: str) -> str:
     """The store URL (or whatever was given as one: a libpq `host=… password=…` string, say) without its
     passwords, for logs and messages: the user information's (`user:PASSWORD@`, read up to the last `@`, so
@@ -178,7 +181,7 @@ def open_store(url: str, *, opening: Opening = Opening.SERVICE) -> TaskStore:
             raise StoreError(f"the PostgreSQL back-end is unavailable: {exc}") from exc
         store: TaskStore = PostgresStore(url, opening=opening)
         return store
-    raise StoreError(f"unknown store URL {redacted(url)!r}: use sqlite:///PATH, postgresql://… or memory://")
+    raise StoreError(f"unknown store URL {redacted(url)!r}: use {STORE_URL_FORMS}")
 
 
 POOL_SIZE = "pool_size"  # the store URL's own parameter (not the server's): connections each process opens at most

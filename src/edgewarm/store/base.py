@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
-from ..errors import RequestRefused, SchemaVersionError
+from ..errors import LIST_SECONDS, ListTooLong, RequestRefused, SchemaVersionError
 from ..models import (
     Cancel,
     Claim,
@@ -81,6 +83,34 @@ DEFER_SECONDS = 60.0
 DEFER_ROUNDS = 4
 OPEN_STATES = "('waiting', 'pending', 'running')"
 PURGE_KEY_CHARS = 1024  # of a purge's key (purge_key): PostgreSQL's index holds at most 2,704 bytes a key
+
+
+class ListTurns:
+    """Task lists (a `url` keyword is looked for in every URL of the tasks read: up to LIST_SECONDS) read one of a
+    user's at a time in this process, and at most `slots` at once of all users': a user's many lists at once held
+    every other user's call (on PostgreSQL each took one of the pool's connections: a tester's 300 lists kept
+    another user's quota waiting 36 s; on SQLite, the list threads). Each within its `seconds` (LIST_SECONDS) of
+    its call, the wait for its turn counted: one whose turn did not come in time is refused unread (ListTooLong,
+    waited)."""
+
+    def __init__(self, slots: int | None = None) -> None:
+        self._users: dict[str, asyncio.Lock] = {}  # the configured users who listed: bounded
+        self._slots = None if slots is None else asyncio.Semaphore(slots)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, username: str, seconds: float = LIST_SECONDS) -> AsyncIterator[float]:
+        """Hold a turn of `username`'s; yields its deadline (time.monotonic()) for the list's read."""
+        deadline = time.monotonic() + seconds
+        mine = self._users.setdefault(username, asyncio.Lock())
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(seconds):
+                    await held.enter_async_context(mine)
+                    if self._slots is not None:
+                        await held.enter_async_context(self._slots)
+            except TimeoutError:
+                raise ListTooLong(seconds, waited=True) from None
+            yield deadline
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeAlias
@@ -58,6 +59,7 @@ from .base import (
     ClaimShares,
     FairClaims,
     HandBack,
+    ListTurns,
     Opening,
     OpenPurge,
     ScanPoint,
@@ -672,6 +674,8 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._refusing: StoreError | None = None  # a write refused (a full disk): until a probe write works
+        # Lists one of a user's at a time, half the pool at most for all: the other calls keep connections.
+        self._list_turns = ListTurns(slots=max(1, self._max_connections // 2))
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -897,10 +901,11 @@ class PostgresStore:
             sql.append(f'AND created_at <= ${at} AND (created_at < ${at} OR id COLLATE "C" > ${task_id})')
         # Ids compare byte by byte, as in SQLite, whatever the database's collation.
         sql.append(f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}')
-        async with self._connection() as conn:
+        async with self._list_turns.turn(username, LIST_SECONDS) as deadline, self._connection() as conn:
+            left = deadline - time.monotonic()  # the wait for a turn and a connection counted
             try:
                 async with conn.transaction():
-                    await conn.execute(f"SET LOCAL statement_timeout = {int(LIST_SECONDS * 1000)}")
+                    await conn.execute(f"SET LOCAL statement_timeout = {max(int(left * 1000), 1)}")
                     rows = await conn.fetch(" ".join(sql), *args, where.limit, where.offset)
             except asyncpg.QueryCanceledError:
                 raise ListTooLong(LIST_SECONDS) from None

@@ -53,6 +53,7 @@ from .base import (
     ClaimShares,
     FairClaims,
     HandBack,
+    ListTurns,
     Opening,
     OpenPurge,
     ScanPoint,
@@ -190,7 +191,7 @@ class SQLiteStore:
         # of their own, one user's one at a time: a user's lists held every task view of the others (a tester's six
         # lists at once: another user's view of a task took 1.5-1.9 s, not 5 ms).
         self._lists = _ReadThreads("edgewarm-sqlite-list", 2)
-        self._listing: dict[str, asyncio.Lock] = {}  # by user: one list of each at a time
+        self._list_turns = ListTurns()  # one list of each user's at a time
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         # Waiting for the writer (group commit), and since when (time.monotonic()).
@@ -502,11 +503,9 @@ class SQLiteStore:
         return await self._read(detail)
 
     async def list_tasks(self, username: str, where: TaskFilter) -> list[Task]:
-        # From the call, not from the read's start: lists that wait for the reads' one thread behind another
-        # count that wait (five slow lists at once were answered after 2, 4, 6, 8 and 10 s, a task view behind
-        # them after 10 s: a re-tester's).
-        deadline = time.monotonic() + LIST_SECONDS
-
+        # The deadline from the call, not from the read's start: lists that wait for the reads' threads behind
+        # others count that wait (five slow lists at once were answered after 2, 4, 6, 8 and 10 s, a task view
+        # behind them after 10 s: a re-tester's).
         def tasks(db: sqlite3.Connection) -> list[Task]:
             sql = [f"SELECT {TASK_COLUMNS} FROM tasks WHERE username = ?"]
             args: list[object] = [username]
@@ -543,8 +542,7 @@ class SQLiteStore:
             finally:
                 db.set_progress_handler(None, 0)
 
-        listing = self._listing.setdefault(username, asyncio.Lock())
-        async with listing:
+        async with self._list_turns.turn(username, LIST_SECONDS) as deadline:
             return await self._read(tasks, self._lists)
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:

@@ -1,0 +1,54 @@
+"""store/base.py's ListTurns: one list of a user's at a time, `slots` of all users' at once, each within its time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edgewarm.errors import ListTooLong
+from edgewarm.store.base import ListTurns
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_users_lists_take_turns_while_another_users_go_on() -> None:
+    turns = ListTurns()
+    held = asyncio.Event()
+    order: list[str] = []
+
+    async def list_of(user: str, hold: bool) -> None:
+        async with turns.turn(user, 5.0):
+            order.append(f"{user} in")
+            if hold:
+                await held.wait()
+            order.append(f"{user} out")
+
+    first = asyncio.create_task(list_of("alice", hold=True))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(list_of("alice", hold=False))
+    await list_of("bob", hold=False)  # not behind alice's
+    assert order == ["alice in", "bob in", "bob out"]
+    held.set()
+    await asyncio.gather(first, second)
+    assert order[3:] == ["alice out", "alice in", "alice out"]
+
+
+async def test_slots_bound_the_lists_of_all_users_and_a_turn_not_come_in_time_is_refused_unread() -> None:
+    turns = ListTurns(slots=1)
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with turns.turn("alice", 5.0):
+            await held.wait()
+
+    holding = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    with pytest.raises(ListTooLong) as refused:
+        async with turns.turn("bob", 0.05):
+            pytest.fail("bob's list read while alice's held the one slot")
+    assert refused.value.message.startswith("the list waited 0.05 s for its turn"), refused.value.message
+    held.set()
+    await holding
+    async with turns.turn("bob", 0.05) as deadline:  # the slot free again; the deadline counts from the call
+        assert deadline > asyncio.get_running_loop().time() - 1
