@@ -510,3 +510,20 @@ def test_a_host_that_is_no_domain_name_is_refused_saying_why(raw: str, why: str)
     with pytest.raises(RequestRefused) as refused:
         parse_url(raw)
     assert refused.value.message.endswith(why), refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("not a url", "a URL begins with http:// or https://"),
+        ("www.example.test/a b", "a URL begins with http:// or https://"),
+        ("http:/www.example.test/a b", "a URL begins with http:// or https://"),
+        ("HTTP://www.example.test/a b", "must be percent-encoded"),
+        ("http://www.example.test/é", "must be percent-encoded"),
+    ],
+)
+def test_text_that_is_no_url_says_so_before_its_spaces(raw: str, said: str) -> None:
+    """`not a url` was told that its spaces must be percent-encoded, as in a form body (a newcomer's)."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(raw)
+    assert refused.value.code is JdCode.ILLEGAL_URL and said in refused.value.message, refused.value.message
