@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from . import auth
 from .config import Config, User
-from .errors import CREDENTIAL_REFUSALS, JdCode, RequestRefused, TaskNotFound, submission_refusal
+from .errors import CREDENTIAL_REFUSALS, JdCode, QuotaExceeded, RequestRefused, TaskNotFound, submission_refusal
 from .logs import RefusalDigest, item_count
 from .metrics import Metrics
 from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
@@ -97,6 +99,14 @@ class Service:
     def today(self) -> str:
         now = datetime.fromtimestamp(self._clock(), UTC)
         return f"{auth.today(now, self.config.api.timezone):%Y%m%d}"
+
+    def _quota_renews(self) -> str:
+        """When the day's quota renews: `it renews at 00:00 in Asia/Shanghai (in 5 h 12 min)`."""
+        zone = ZoneInfo(self.config.api.timezone)
+        now = datetime.fromtimestamp(self._clock(), zone)
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), zone)
+        minutes = max(1, math.ceil((midnight - now).total_seconds() / 60))
+        return f"it renews at 00:00 in {self.config.api.timezone} (in {minutes // 60} h {minutes % 60} min)"
 
     def authenticate(self, credentials: Credentials) -> User:
         """The user whose signature this is (codes 3, 4, 20, 7); a refusal is counted (metrics) and told in the
@@ -243,7 +253,10 @@ class Service:
         task = NewTask(
             str(uuid.uuid4()), user.name, kind, self._clock(), items, quota, options.idempotency_key, callback
         )
-        created = await self.store.create_task(task)
+        try:
+            created = await self.store.create_task(task)
+        except QuotaExceeded as exc:  # when it renews: the day is the service's, not the caller's
+            raise QuotaExceeded(f"{exc.message}; {self._quota_renews()}") from None
         if created.id == task.id:
             self.metrics.tasks_submitted.labels(kind.value).inc()
             log.info(

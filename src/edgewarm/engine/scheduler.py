@@ -633,7 +633,7 @@ class Engine:
             log.error("bringing back the items of node %s failed: %s", name, exc, extra={"node": name})
             return
         if count:
-            log.info("%s of node %s due later are due now (a reload)", item_count(count), name, extra={"node": name})
+            log.info("node %s: %s due later made due now (a reload)", name, item_count(count), extra={"node": name})
             self.wake()
 
     def _is_dry(self, skip: _Skipped) -> bool:
