@@ -271,6 +271,15 @@ def test_tasks_says_how_to_list_the_next_page_and_lists_it_after_its_cursor(
     assert made[2] in last.stdout and "more: " not in last.stderr, last.stderr
     bad = run(["tasks", "--after", "not-a-cursor"], env)
     assert bad.returncode != 0 and "after: not a task list's cursor" in bad.stderr, bad.stderr
+    # Whom it was asked of, when given by flags, is in the command (a newcomer's copy without its
+    # --client-config read the default one); never the secret.
+    config = tmp_path / "my client.toml"
+    config.write_text(f'server = "{service.url}"\nusername = "{DEMO_USER}"\nsecret = "{DEMO_SECRET}"\n')
+    config.chmod(0o600)
+    flagged = run(["tasks", "--client-config", str(config), "--url", "pageme-unique", "--limit", "2"], {})
+    (hint,) = [line for line in flagged.stderr.splitlines() if line.startswith("more: ")]
+    assert hint.startswith(f"more: edgewarm tasks --url pageme-unique --client-config '{config}' --limit 2 "), hint
+    assert DEMO_SECRET not in hint
 
 
 def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:

@@ -489,6 +489,15 @@ def tasks(
     output_console().print(table)
     if found.get("next"):  # an older server's answer has none
         given = {"--status": status, "--kind": kind, "--since": since, "--until": until, "--url": url}
+        # Whom it was asked of, when said by flags (the variables hold for the next command too): a newcomer's
+        # copy of it without its --client-config read the default one. Never the secret.
+        source = click.get_current_context().get_parameter_source
+        asked = {"--server": server, "-u": username, "--client-config": client_config}
+        given |= {
+            flag: value
+            for (flag, value), name in zip(asked.items(), ("server", "username", "client_config"), strict=True)
+            if source(name) is click.core.ParameterSource.COMMANDLINE
+        }
         again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
         click.echo(f"more: edgewarm tasks{again} --limit {limit} --after {found['next']}", err=True)
 
