@@ -93,3 +93,32 @@ async def test_failures_held_are_told_when_the_client_ends(caplog: pytest.LogCap
         "node slow-1: 1 disconnection before an answer",
         "node slow-1 in the last 5 s: 2 disconnections before an answer",
     ]
+
+
+async def test_a_node_that_tells_no_cache_state_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A newcomer's node was the origin itself: every warm there succeeded, telling no state, and nothing said
+    so. At STATELESS_ANSWERS 200s in a row without a state, a warning, once; a node that tells a MISS (then an
+    answer without a state is one that did not come through its cache), or a state between, is not told."""
+    from edgewarm.engine.fetcher import STATELESS_ANSWERS
+
+    clock = Clock()
+    client = Scripted(clock)
+    with caplog.at_level(logging.WARNING, logger="edgewarm.engine"):
+        client.answer = FetchResult(200, 10, None)
+        for _ in range(STATELESS_ANSWERS - 1):
+            await client.request("GET", SLOW, TARGET)
+        client.answer = FetchResult(200, 10, CacheState.HIT)
+        await client.request("GET", SLOW, TARGET)  # a state between: counted from 0 again
+        client.answer = FetchResult(200, 10, None)
+        for _ in range(STATELESS_ANSWERS - 1):
+            await client.request("GET", SLOW, TARGET)
+        assert warnings(caplog) == []
+        for _ in range(STATELESS_ANSWERS + 5):
+            await client.request("GET", SLOW, TARGET)
+        client.answer = FetchResult(200, 10, CacheState.MISS)
+        await client.request("GET", FINE, TARGET)
+        client.answer = FetchResult(200, 10, None)
+        for _ in range(2 * STATELESS_ANSWERS):
+            await client.request("GET", FINE, TARGET)
+    (said,) = warnings(caplog)
+    assert said.startswith(f"node slow-1 told no cache state in {STATELESS_ANSWERS} answers in a row"), said

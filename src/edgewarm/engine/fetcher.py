@@ -46,6 +46,7 @@ from .tls_routes import UNRESOLVED, Route, TlsRoutes
 
 _CHUNK = 1 << 16
 log = logging.getLogger("edgewarm.engine")
+STATELESS_ANSWERS = 100  # a node's 200s in a row without a cache state, before it is said to tell none
 
 # What pyreqwest's URL parser (WHATWG) would rewrite: dot segments, and characters it percent-encodes in the
 # path (or turns into "/") and in the query. Such URLs go through aiohttp, which sends them as they are.
@@ -240,6 +241,7 @@ class GuardedClient:
     def __init__(self, health: NodeHealth | None) -> None:
         self.health = health
         self._telling: set[tuple[str, str]] = set()  # (name, url) of the nodes that told a MISS (or the like)
+        self._stateless: dict[tuple[str, str], int] = {}  # (name, url) -> answers in a row that told no state
         self._out_of_files = RepeatedFailure(log, "connecting to nodes")  # the process's own limit: said in its log
         self.failures = FailureDigests(time.monotonic if health is None else health.now)
 
@@ -251,9 +253,30 @@ class GuardedClient:
 
     def _heard(self, node: Node, result: FetchResult) -> FetchResult:
         state = result.cache_state
-        if state is not None and not state.cached and state is not CacheState.BYPASS:
+        if state is None:
+            if result.status == 200 and self.health is not None:  # the engine's client (a child's parent tells)
+                self._no_state(node)
+        elif not state.cached and state is not CacheState.BYPASS:
             self._telling.add((node.name, node.url))
+        elif self._stateless:
+            self._stateless.pop((node.name, node.url), None)
         return result
+
+    def _no_state(self, node: Node) -> None:
+        """Count an answer of `node` that told no cache state; at STATELESS_ANSWERS in a row, say once that its
+        warms cannot be checked (a newcomer's node was the origin itself: every warm there "succeeded")."""
+        key = (node.name, node.url)
+        if key in self._telling:
+            return
+        seen = self._stateless[key] = self._stateless.get(key, 0) + 1
+        if seen == STATELESS_ANSWERS:
+            log.warning(
+                "node %s told no cache state in %d answers in a row (no X-Cache-Status or X-Cache): its warms "
+                "succeed unchecked; is it a cache, and does it say its state? (README: How each cache purges)",
+                node.name,
+                seen,
+                extra={"node": node.name},
+            )
 
     async def request(
         self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None = None
