@@ -2142,6 +2142,28 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    async def test_a_dead_workers_items_are_taken_again_in_their_tasks_place(self, postgres_db_url: str) -> None:
+        """A worker killed with its leases: its items are taken again, when the leases end, before the items its
+        user submitted after their task (due at its lease's end, they went behind the user's whole backlog: a
+        tester's killed worker's items waited 78 s, the oldest task ended last). Once retaken, they are not put
+        back again; a lease still renewed is not touched. (SQLite's one engine takes its leases back at its
+        start, in their tasks' places: release_all_leases.)"""
+        async with PostgresStore(postgres_db_url) as store:
+            first = make_task(3, created_at=NOW)
+            await store.create_task(first)
+            assert len(await store.claim_due_items("dead", 3, NOW, LEASE)) == 3
+            alive = make_task(1, user="bob", created_at=NOW)
+            await store.create_task(alive)
+            (bobs,) = await store.claim_due_items("alive", 10, NOW, LEASE)
+            backlog = [make_task(5, created_at=NOW + 1 + n) for n in range(4)]
+            for task in backlog:
+                await store.create_task(task)
+            assert await store.renew_leases("alive", [bobs.item_id], NOW + 2 * LEASE) == {bobs.item_id}
+            retaken = await store.claim_due_items("w2", 3, NOW + LEASE + 1, LEASE)
+            assert [(c.task_id, c.retaken) for c in retaken] == [(first.id, True)] * 3, retaken
+            rest = await store.claim_due_items("w2", 100, NOW + LEASE + 2, LEASE)
+            assert {c.task_id for c in rest} == {t.id for t in backlog} and len(rest) == 20, rest
+
     async def test_the_urls_pool_size_bounds_the_connections_and_is_not_sent_to_the_server(
         self, postgres_db_url: str
     ) -> None:

@@ -30,7 +30,7 @@ from ..models import (
 )
 from ..urls import escape_cases, escapes_upper, stored_target
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Beyond the longest retry, hold or lease: only a wall clock stepped back puts work there (bring_forward).
 DUE_SLACK_SECONDS = 60.0
 # The tables the first migration creates. Found in a database without edgewarm's schema version, they are

@@ -196,6 +196,10 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE action <> 'warm' AND state IN ('waiting', 'pending', 'running');
     CREATE INDEX items_waits_for ON items (waits_for) WHERE state = 'pending' AND waits_for IS NOT NULL;
     """,
+    # version 9: the leased items by the end of their lease (a handful: up to 2 x concurrency a worker), so that a
+    # claim finds those a dead worker left in one small step, and puts them back in their task's place
+    # (_REORDER_EXPIRED)
+    "CREATE INDEX items_leased ON items (due_at) WHERE state = 'running';",
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -444,6 +448,15 @@ _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - $1 WHERE id = $2"
 def _handed_back_due(now: str) -> str:
     return f"LEAST({now}, (SELECT created_at FROM tasks WHERE tasks.id = items.task_id))"
 
+
+# A lease that ended unrenewed (its worker killed, or frozen) is due again at its task's creation, as a hand-back
+# is: due at its lease's end, its items went behind every item its user had due by then (a tester's killed
+# worker's items waited 78 s, the user's oldest task ended last). Each such item once: it is then due no later
+# than its task's creation. A step of the index items_leased, finding nothing when no worker died.
+_REORDER_EXPIRED = f"""
+UPDATE items SET due_at = {_handed_back_due("$1")}
+WHERE state = 'running' AND due_at <= $1 AND due_at > (SELECT created_at FROM tasks WHERE tasks.id = items.task_id)
+"""
 
 _RELEASE = (
     f"WITH mine AS ({_MINE}) UPDATE items SET state = 'pending', due_at = {_handed_back_due('$3')}, "
@@ -997,6 +1010,7 @@ class PostgresStore:
                 handed.update(claim.item_id for claim in held)
                 return held
             async with self._connection() as conn:
+                await conn.execute(_REORDER_EXPIRED, now)
                 users = await conn.fetchval(_DUE_USERS, now)
             return await run_plan_async(self._fair.plan(users, ask.want), take)
 
