@@ -253,11 +253,23 @@ def test_requests_that_are_not_http_are_logged_a_line_a_minute(tmp_path: Path) -
         with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
             conn.sendall(b"\x16\x03\x01 junk \r\n\r\n")
             assert conn.recv(4096).startswith(b"HTTP/1.1 400 ")
+    # Upgrade requests (WebSocket, h2c): answered as plain requests, and each made two warnings, the second
+    # advising to install a WebSocket library (a tester's 500 requests: 1,000 lines in 0.1 s).
+    for upgrade in (b"websocket", b"h2c", b"websocket"):
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+            conn.sendall(
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n\r\n"
+            )
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
     assert service.stop() == 0
     text = service.log_text()
     assert "Invalid HTTP request received" not in text, text
+    assert "upgrade request" not in text.lower().replace("upgrade requests answered", ""), text
+    assert "WebSocket library" not in text, text
     told = [line for line in text.splitlines() if "requests answered 400 as not HTTP" in line]
     assert len(told) == 2 and "1 invalid_request" in told[0] and "3 invalid_request" in told[1], told
+    upgrades = [line for line in text.splitlines() if "upgrade requests answered as plain HTTP" in line]
+    assert len(upgrades) == 2 and "1 upgrade" in upgrades[0] and "2 upgrade" in upgrades[1], upgrades
 
 
 @pytest.mark.parametrize("path", ["/api/prefetch", "/v1/tasks/lookup"])

@@ -223,6 +223,7 @@ class FailureDigests:
                 f"node {node.name}",
                 clock=self._clock,
                 say=lambda n, kind: counted(n, kind, _PLURALS.get(kind, kind)),
+                fields={"node": node.name},
             )
         digest.refused(kind)
 
