@@ -485,6 +485,8 @@ async def _run_parts(
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s failed: %r", task.get_name(), result)
                 raise result
+        if live.fetcher is not None:  # before the last line: a supervisor reads that one as the stop's word
+            live.fetcher.flush_failures()
         if live.service is not None:
             live.service.flush_logs()
             for digest in HTTP_DIGESTS:

@@ -1365,6 +1365,37 @@ def one_node_at(url: str) -> list[dict[str, object]]:
     return [{"name": "node-1", "url": url}]
 
 
+async def test_a_stop_writes_its_nodes_failures_before_its_last_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failures of a node held for their minute were written after "edgewarm stopped cleanly" (an SRE's
+    supervisor read the last line as the stop's word): now before it."""
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    url = f"sqlite://{tmp_path / 'ew.db'}"
+    await _with_a_task(url, 20)
+    engine = {**FAST_ENGINE, "max_attempts": 50, "per_node_concurrency": 2}
+    with FaultServer(always(Respond(503, body=b"busy"))) as server:
+        config = parse_config(base_config(one_node(server), store=url, engine=engine))
+        service = asyncio.create_task(run(config, api=False, engine=True))
+        try:
+            deadline = time.monotonic() + 10
+            while len(server.requests) < 6:  # the first failure told, the next ones held for their minute
+                assert time.monotonic() < deadline and not service.done()
+                await asyncio.sleep(0.05)
+            signal.raise_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(service, 20) is True
+        finally:
+            if not service.done():
+                signal.raise_signal(signal.SIGTERM)
+                await asyncio.wait_for(service, 20)
+    messages = _messages(caplog)
+    told = [n for n, m in enumerate(messages) if m.startswith("node node-1")]
+    assert len(told) == 2 and "HTTP 503" in messages[told[1]], messages
+    assert messages[-1] == "edgewarm stopped cleanly" and told[1] < len(messages) - 1, messages[-5:]
+
+
 async def test_a_stop_with_the_store_locked_is_bounded_and_says_what_it_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
