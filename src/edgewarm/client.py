@@ -51,6 +51,12 @@ class ClientError(EdgewarmError):
         self.maybe_done = maybe_done
         self.lasting = lasting
 
+    @property
+    def task_not_found(self) -> bool:
+        """The service's word that the task is not found (404, JD code 1): not a route missing (a wrong server
+        address, or a proxy's path: told as it is, not as every task unknown)."""
+        return self.http_status == 404 and self.code == JdCode.FAILURE
+
 
 @dataclass(frozen=True)
 class _Call:
@@ -191,6 +197,7 @@ class _Calls:
     """What each method sends; the sync and async clients only differ in how they send it."""
 
     def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
+        base_url = base_url.strip()  # a space or tab pasted around it (urlsplit takes it, httpx does not)
         check_server(base_url)
         self.base_url = base_url.rstrip("/")
         self.username = username

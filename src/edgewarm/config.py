@@ -505,6 +505,16 @@ class Config(_Model):
                     f"user {user.name!r} has a webhook_secret that is the API secret of {' and '.join(owners)}: "
                     "its webhooks' receivers could call the API with it"
                 )
+        by_hook_secret: dict[str, list[str]] = {}
+        for user in self.users:
+            if user.webhook_secret is not None:
+                by_hook_secret.setdefault(user.webhook_secret, []).append(repr(user.name))
+        found += [
+            f"users {' and '.join(names)} have one webhook_secret: each one's receivers could forge the other's "
+            "webhooks"
+            for names in by_hook_secret.values()
+            if len(names) > 1
+        ]
         return found
 
     def shields(self) -> tuple[Node, ...]:

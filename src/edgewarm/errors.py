@@ -123,17 +123,23 @@ class ListTooLong(RequestRefused):
     """A task list read longer than LIST_SECONDS (a `url` keyword over a user's many tasks): refused, not
     read on, so that the other users' views, which wait behind it, are not held for seconds."""
 
-    def __init__(self, seconds: float, *, waited: bool = False) -> None:
-        if waited:  # its time went waiting for its turn: the caller's own lists are read one at a time (SQLite)
+    def __init__(self, seconds: float, *, waited: bool = False, waiting: float = 0.0) -> None:
+        narrow = (
+            "narrow it (since and until, kind, status), the url keyword most: it is looked for in every URL of the "
+            "tasks it reads"
+        )
+        if waited:  # its time went waiting for its turn: the caller's own lists are read one at a time
             said = (
                 f"the list waited {seconds:g} s for its turn (your lists are read one at a time) and was not read: "
                 "ask for fewer at once, or ask again"
             )
-        else:
+        elif waiting >= seconds / 2:  # stopped, most of its time gone waiting for its turn (a re-tester's)
             said = (
-                f"the list took over {seconds:g} s to read and was stopped: narrow it (since and until, kind, status), "
-                "the url keyword most: it is looked for in every URL of the tasks it reads"
+                f"the list waited {waiting:.1f} s of its {seconds:g} s for its turn (your lists are read one at a "
+                f"time) and its read did not end in the rest: ask for fewer at once, or {narrow}"
             )
+        else:
+            said = f"the list took over {seconds:g} s to read and was stopped: {narrow}"
         super().__init__(JdCode.PARAMS_EMPTY, said)
 
 

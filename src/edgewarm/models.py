@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 
 
@@ -268,3 +269,14 @@ CANCELLED = "cancelled"
 # How the error of a warm made pending again after it had succeeded begins (its node back after a hold, or moved
 # by a reload: engine/scheduler.py): its claim says `rewarm`.
 WARMED_AGAIN = "warmed again:"
+
+
+def normalize_task_id(raw: str) -> str | None:
+    """The 36-character form of a task id given in 36- or 32-character form; None when it is not one."""
+    text = raw.strip()
+    if len(text) not in (32, 36):
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None

@@ -21,7 +21,19 @@ from .config import Config, User
 from .errors import CREDENTIAL_REFUSALS, JdCode, QuotaExceeded, RequestRefused, TaskNotFound, submission_refusal
 from .logs import RefusalDigest, item_count
 from .metrics import Metrics
-from .models import CANCELLED, Item, ItemAction, NewItem, NewTask, QuotaCharge, Task, TaskKind, TaskStatus, Tier
+from .models import (
+    CANCELLED,
+    Item,
+    ItemAction,
+    NewItem,
+    NewTask,
+    QuotaCharge,
+    Task,
+    TaskKind,
+    TaskStatus,
+    Tier,
+    normalize_task_id,
+)
 from .store import TaskStore
 from .urls import TargetUrl, find_duplicate, has_controls, parse_url, stored_target
 from .views import STATUS_TEXT, task_summary
@@ -34,17 +46,6 @@ MAX_IDEMPOTENCY_KEY = 200
 # every half second: thousands, from clients that hung up or never read, slowed everyone's warms (a tester: a
 # 2,000-URL task of another user took 21 s instead of 1-1.5 s behind 10,000 abandoned waits).
 WAITS_PER_USER = 50
-
-
-def normalize_task_id(raw: str) -> str | None:
-    """The 36-character form of a task id given in 36- or 32-character form; None when it is not one."""
-    text = raw.strip()
-    if len(text) not in (32, 36):
-        return None
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,8 @@ class Service:
         zone = ZoneInfo(self.config.api.timezone)
         now = datetime.fromtimestamp(self._clock(), zone)
         midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), zone)
-        minutes = max(1, math.ceil((midnight - now).total_seconds() / 60))
+        # As timestamps: two times of one zone subtract as wall clocks (an hour off on a daylight-saving day).
+        minutes = max(1, math.ceil((midnight.timestamp() - now.timestamp()) / 60))
         return f"it renews at 00:00 in {self.config.api.timezone} (in {minutes // 60} h {minutes % 60} min)"
 
     def authenticate(self, credentials: Credentials) -> User:

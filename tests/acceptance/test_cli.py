@@ -96,18 +96,27 @@ def test_failed_lists_every_failed_url_once_to_send_again(service: ServiceProces
     nodes = len(lab.cache_nodes())
     why = run(["failed", "--why", taskids[1]], env)
     rows = [line.split("\t") for line in why.stdout.splitlines()]
-    assert len(rows) == 2 * nodes and all(len(row) == 6 for row in rows), why.stdout
-    assert {row[0] for row in rows} == {taskids[1]}, rows
+    assert len(rows) == 2 * nodes and all(len(row) == 7 for row in rows), why.stdout
+    assert {(row[0], row[2]) for row in rows} == {(taskids[1], "warm")}, rows
     shield = [row for row in rows if row[1] == "shield-1"]  # the edges' items not attempted after it
-    assert [(row[3], row[4]) for row in shield] == [("404", "1"), ("404", "1")], rows
+    assert [(row[4], row[5]) for row in shield] == [("404", "1"), ("404", "1")], rows
     assert {row[1] for row in rows} == {node.name for node in lab.cache_nodes()}, rows
     assert f"{2 * nodes} failed items (2 URLs) in 1 task" in why.stderr, why.stderr
     unknown = "00000000-0000-4000-8000-000000000000"
-    partly = run(["failed", unknown, taskids[1]], env)
+    partly = run(["failed", unknown, ".", taskids[1]], env)  # `.` was another route's path: it ended the command
     assert partly.returncode == 1 and f"task {unknown}: not found" in partly.stderr, partly.stderr
+    assert "task .: not found" in partly.stderr, partly.stderr
     assert partly.stdout.splitlines() == [missing[6], f"http://{DEFAULT_HOST}/cli-failed/other.bin"], partly.stdout
     again = run(["submit", "-f", "-"], env, stdin=listed.stdout)  # what it is for
     assert again.returncode == 0 and len(again.stdout.split()) == 1, again.stderr
+    # A purge and a warm of one URL on one node are two items (`--refresh-first`): a line each (one was lost).
+    both = run(["submit", "--refresh-first", missing[0]], env).stdout.split()
+    assert run(["watch", *both], env).returncode == 1
+    actions = sorted(line.split("\t")[2] for line in run(["failed", "--why", *both], env).stdout.splitlines())
+    assert "purge" in actions and "warm" in actions, actions
+    # A wrong server address (a path no route has) is said as such, not as every task unknown.
+    wrong = run(["failed", taskids[0]], {**env, "EDGEWARM_SERVER": service.url + "/edgewarm/"})
+    assert wrong.returncode == 1 and "no such route here" in wrong.stderr and "not found" not in wrong.stderr, wrong
 
 
 def test_watch_names_a_task_it_cannot_find_and_follows_the_others(
@@ -309,14 +318,15 @@ def test_cancel_takes_several_tasks_and_says_which_it_could_not_cancel(tmp_path:
             first, second = (run(["submit", f"http://{DEFAULT_HOST}/cancel-{i}"], env).stdout.strip() for i in "ab")
             assert run(["cancel", first], env).returncode == 0
             unknown = "00000000-0000-4000-8000-000000000000"
-            both = run(["cancel", first, unknown, second], env)
+            both = run(["cancel", first, unknown, ".", second], env)  # `.`: another route's path, it ended all
             with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
                 ended = [client.task(t, limit=0) for t in (first, second)]
     lines = both.stdout.splitlines()
-    assert both.returncode == 1 and len(lines) == 3, both.stdout + both.stderr
+    assert both.returncode == 1 and len(lines) == 4, both.stdout + both.stderr
     assert lines[0].startswith(f"{first}: not cancelled: ") and "ended" in lines[0], lines
     assert lines[1].startswith(f"{unknown}: not cancelled: ") and "not found" in lines[1], lines
-    assert lines[2] == f"{second}: Failed (cancelled)", lines
+    assert lines[2] == ".: not cancelled: task not found", lines
+    assert lines[3] == f"{second}: Failed (cancelled)", lines
     assert [(v["status"], v["reason"]) for v in ended] == [(2, "cancelled"), (2, "cancelled")], ended
 
 

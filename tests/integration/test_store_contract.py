@@ -1230,6 +1230,19 @@ class TestPurgeFirst:
         await store.create_task(warm_task(*((url, "edge-1") for url in spelled)))
         assert [c[0] for c in await claimed(store, NOW) if c[2] is ItemAction.WARM] == [spelled[2]]
 
+    async def test_a_purge_an_earlier_edgewarm_keyed_as_written_holds_back_a_warm_in_another_case(
+        self, store: TaskStore, store_url: str
+    ) -> None:
+        """An open purge stored before keys folded the escapes' case keeps its key as its URL was written
+        (`%c3%a9`): a warm of `%C3%A9` after the upgrade went first (a re-tester's edge left cold)."""
+        needs_shared_database(store_url)
+        lower = "http://www.example.test/u/d%c3%a9/x.txt"
+        await store.create_task(refresh_task((lower, "edge-1", ItemAction.PURGE)))
+        await raw_sql(store_url, "UPDATE items SET purge_key = 'www.example.test/u/d%c3%a9/x.txt'")  # as written
+        upper = lower.replace("%c3%a9", "%C3%A9")
+        await store.create_task(warm_task((upper, "edge-1")))
+        assert [c[0] for c in await claimed(store, NOW) if c[2] is ItemAction.WARM] == []
+
     async def test_a_directory_purge_holds_back_the_warms_at_or_under_it_on_its_node(self, store: TaskStore) -> None:
         """A directory's purge (its URL a prefix, the host in any case, the path's case counting) holds back the
         warms at or under it on its node only."""
@@ -1395,11 +1408,13 @@ class TestTaskViews:
     async def test_a_users_many_lists_at_once_hold_no_other_users_call(self, store: TaskStore, store_url: str) -> None:
         """A user's lists are read one at a time in a process: on PostgreSQL, 300 lists at once took the pool's
         connections, and another user's quota (any call) waited behind them for 36 s (a tester's). Here 30 of
-        alice's lists, then bob's quota: it is answered before the third of them (before: after the tenth)."""
+        alice's lists, then bob's quota: it is answered before the tenth of them, however long its connection
+        takes to open (before: after the 29th)."""
         if store_url.startswith("memory:"):
             pytest.skip("memory:// reads nothing apart: each list ends at once")
         for user in ("alice", "bob"):
             await store.create_task(make_task(3, user=user))
+        await asyncio.gather(*(store.usage("bob", "20261201") for _ in range(5)))  # connections open, idle
         ended: list[str] = []
 
         async def alices() -> None:
@@ -1414,7 +1429,7 @@ class TestTaskViews:
         lists = [asyncio.create_task(alices()) for _ in range(30)]
         await asyncio.sleep(0)  # they ask first
         await asyncio.gather(bobs(), *lists)
-        assert ended.index("bob") < 3, ended
+        assert ended.index("bob") < 10, ended
 
     async def test_list_tasks_after_a_place_goes_on_from_there_with_the_same_filters(self, store: TaskStore) -> None:
         """`after` lists the tasks that follow a place (a time and an id) in the list's order: those of its time

@@ -1854,3 +1854,17 @@ async def test_a_submission_on_a_full_disk_is_told_the_stores_disk_is_full_and_l
     ], logged
     native = responses.native_error(StoreFull("sqlite: database or disk is full"), writes=True)
     assert native.status_code == 503 and json.loads(native.body) == {"code": -1, "error": said}
+
+
+@pytest.mark.parametrize(
+    ("utc", "said"),
+    [
+        (datetime(2026, 3, 8, 5, 30, tzinfo=UTC), "in 22 h 30 min"),  # 00:30 EST; the day is 23 hours long
+        (datetime(2026, 11, 1, 4, 30, tzinfo=UTC), "in 24 h 30 min"),  # 00:30 EDT; the day is 25 hours long
+        (datetime(2026, 6, 1, 4, 30, tzinfo=UTC), "in 23 h 30 min"),
+    ],
+)
+def test_when_the_quota_renews_counts_a_daylight_saving_days_hours(utc: datetime, said: str) -> None:
+    """A re-tester's New York: both days said "in 23 h 30 min" (two times of one zone subtract as wall clocks)."""
+    service = Service(make_config(timezone="America/New_York"), None, clock=utc.timestamp)  # type: ignore[arg-type]
+    assert service._quota_renews() == f"it renews at 00:00 in America/New_York ({said})"

@@ -661,6 +661,10 @@ def test_a_short_webhook_secret_or_one_that_is_an_api_secret_is_cautioned() -> N
     ]
     assert [u.webhook_key() for u in config.users] == ["short", "0123456789abcdef", "a-key-of-its-own-0123"]
     assert "a-key-of-its-own" not in repr(config)
+    shared = [users[2], {**users[2], "name": "d", "secret": "ddddeeeeffff0000"}]
+    assert parse_config({"users": shared}).cautions()[-1:] == [
+        "users 'c' and 'd' have one webhook_secret: each one's receivers could forge the other's webhooks"
+    ]
     without = {k: v for k, v in users[2].items() if k != "webhook_secret"}
     assert parse_config({"users": [without]}).users[0].webhook_key() == "aaaabbbbccccdddd"
 

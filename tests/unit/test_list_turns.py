@@ -52,3 +52,15 @@ async def test_slots_bound_the_lists_of_all_users_and_a_turn_not_come_in_time_is
     await holding
     async with turns.turn("bob", 0.05) as deadline:  # the slot free again; the deadline counts from the call
         assert deadline > asyncio.get_running_loop().time() - 1
+
+
+def test_a_list_stopped_after_waiting_most_of_its_time_says_so() -> None:
+    """A re-tester's lists of 0.05 s each, stopped after waiting 1.9 s of their 2 for their turn, were told only
+    to narrow themselves."""
+    from edgewarm.store.base import list_stopped
+
+    late = list_stopped(deadline=102.0, read_from=101.9, seconds=2.0).message
+    assert late.startswith("the list waited 1.9 s of its 2 s for its turn (your lists are read one at a time)"), late
+    assert "ask for fewer at once, or narrow it" in late
+    slow = list_stopped(deadline=102.0, read_from=100.1, seconds=2.0).message
+    assert slow.startswith("the list took over 2 s to read and was stopped: narrow it"), slow

@@ -48,8 +48,8 @@ def test_a_url_written_into_the_store_past_the_api_holds_back_nothing_and_raises
 
 def test_a_purge_holds_back_a_warm_of_its_object_with_the_escapes_in_another_case() -> None:
     """A purge reaches each case of its escapes (`%c3%a9` and `%C3%A9`), so a warm in another case waits for it
-    (a tester's warm went first, then was purged); purge_keys looks a lower-case warm up by its key as written
-    too (an open purge an earlier edgewarm stored keeps that key)."""
+    (a tester's warm went first, then was purged); purge_keys looks a warm up by its key in each case (an open
+    purge an earlier edgewarm stored keeps its key as its URL was written)."""
     purges = [
         purge(3, f"{HOST}/q/%c3%a9.txt?k=%c3%a9", ItemAction.PURGE),
         purge(4, f"{HOST}/d/%C3%a9/"),
@@ -64,4 +64,8 @@ def test_a_purge_holds_back_a_warm_of_its_object_with_the_escapes_in_another_cas
         ("edge-1", "www.example.test/q/%C3%A9?x=%2F"),
         ("edge-1", "www.example.test/q/%c3%a9?x=%2f"),
     ]
-    assert purge_keys([warm(106, f"{HOST}/q/%C3%A9")]) == [("edge-1", "www.example.test/q/%C3%A9")]
+    assert purge_keys([warm(106, f"{HOST}/q/%C3%A9")]) == [
+        ("edge-1", "www.example.test/q/%C3%A9"),
+        ("edge-1", "www.example.test/q/%c3%a9"),  # a re-tester's upgrade: an open purge keyed as written
+    ]
+    assert purge_keys([warm(107, f"{HOST}/q/a.bin")]) == [("edge-1", "www.example.test/q/a.bin")]

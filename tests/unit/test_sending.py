@@ -206,8 +206,9 @@ def test_many_entries_that_cannot_be_sent_are_counted_once() -> None:
 
 
 def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> None:
-    """Each call within `size` entries and, given, `max_body_bytes` less BODY_ROOM, counting an entry as JSON
-    escapes it to ASCII (a non-ASCII letter as 6 bytes); an entry too long for any call goes alone."""
+    """Each call within `size` entries and, given, `max_body_bytes` less BODY_ROOM (a quarter of a small limit),
+    counting an entry as JSON escapes it to ASCII (a non-ASCII letter as 6 bytes) and its ", "; an entry too long
+    for any call goes alone."""
     from edgewarm.cli.tools import BODY_ROOM, in_calls
 
     def entries(*texts: str) -> list[Entry]:
@@ -216,14 +217,17 @@ def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> Non
     def shape(calls: list[list[Entry]]) -> list[int]:
         return [len(call) for call in calls]
 
-    ten = entries(*(f"http://a.test/{n:06}" for n in range(10)))  # 20 characters: 23 bytes with quotes and comma
+    ten = entries(*(f"http://a.test/{n:06}" for n in range(10)))  # 20 characters: 24 bytes, quotes and ", "
     assert shape(in_calls(ten, 4, None)) == [4, 4, 2]
-    assert shape(in_calls(ten, 100, BODY_ROOM + 3 * 23)) == [3, 3, 3, 1]
-    assert shape(in_calls(ten, 2, BODY_ROOM + 3 * 23)) == [2, 2, 2, 2, 2]
-    escaped = entries(*("http://a.test/ü" for _ in range(3)))  # 15 characters, the ü as \u00fc: 23 bytes
-    assert shape(in_calls(escaped, 100, BODY_ROOM + 2 * 23)) == [2, 1]
+    assert shape(in_calls(ten, 100, 96)) == [3, 3, 3, 1]  # 72 bytes for the list, 24 for the rest
+    assert shape(in_calls(ten, 2, 96)) == [2, 2, 2, 2, 2]
+    assert shape(in_calls(ten, 100, 8192)) == [10]  # a tester's 8,192: a URL a call, before
+    assert shape(in_calls(ten, 100, BODY_ROOM * 4 + 3 * 24)) == [10]
+    assert shape(in_calls(ten * 200, 5000, 40_000)) == [(40_000 - BODY_ROOM) // 24, 2000 - (40_000 - BODY_ROOM) // 24]
+    escaped = entries(*("http://a.test/ü" for _ in range(3)))  # 15 characters, the ü as \u00fc: 24 bytes
+    assert shape(in_calls(escaped, 100, 64)) == [2, 1]
     long = entries("http://a.test/" + "x" * 100, "http://a.test/b")
-    assert shape(in_calls(long, 100, BODY_ROOM + 30)) == [1, 1]
+    assert shape(in_calls(long, 100, 64)) == [1, 1]
     assert in_calls([], 100, 1000) == []
 
 
@@ -246,3 +250,10 @@ def test_the_client_refuses_a_server_address_that_is_no_http_url_when_made(addre
         with pytest.raises(ValueError) as refused:
             kind(address, "u", "s")
         assert str(refused.value) == f"{said}: give http(s)://host[:port]"
+
+
+def test_a_space_or_tab_around_the_server_address_is_left_out() -> None:
+    """A re-tester's " http://…" passed the check (urlsplit strips it), then every call was "no answer"; a tab
+    in EDGEWARM_SERVER was httpx's InvalidURL traceback."""
+    with Client(" \thttp://127.0.0.1:8080/ \n", "u", "s") as client:
+        assert client.base_url == "http://127.0.0.1:8080"

@@ -15,8 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import JdCode, RequestRefused, TaskNotFound
-from ..models import Item, ItemState, Task, TaskCounts, TaskDetail, TaskFilter, TaskKind, TaskPlace, TaskStatus
-from ..service import Credentials, Service, normalize_task_id
+from ..models import (
+    Item,
+    ItemState,
+    Task,
+    TaskCounts,
+    TaskDetail,
+    TaskFilter,
+    TaskKind,
+    TaskPlace,
+    TaskStatus,
+    normalize_task_id,
+)
+from ..service import Credentials, Service
 from ..urls import has_controls, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url

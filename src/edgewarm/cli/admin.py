@@ -73,7 +73,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], usernames: tuple[str, ...
     does: their items waiting in the store end failed ("cancelled"), those under way finish, and each task
     ends failed, reason "cancelled", cancelled_by "operator". Services learn it within a second. Exits 1 when
     a task id is not found."""
-    from ..service import normalize_task_id  # here: the service's imports are not every command's
+    from ..models import normalize_task_id
     from ..store import existing_store
 
     if not taskids and not usernames:

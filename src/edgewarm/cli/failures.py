@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from ..client import Client, ClientError
+from ..errors import JdCode
+from ..models import normalize_task_id
 
 PAGE = 10_000  # the most items /v1/tasks/{taskid} answers in one call
 
@@ -32,7 +34,7 @@ def failures_hint(taskids: Sequence[str]) -> str:
 
 def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     """Print each failed URL of the tasks once, in the tasks' order (or, with `why`, each failed item: task,
-    node, URL, HTTP status, attempts, error, tab-separated); say the count on stderr, and which tasks run yet
+    node, action, URL, HTTP status, attempts, error, tab-separated); say the count on stderr, and which tasks run yet
     (their failures so far) or were not found. 0, or 1 when a task was not found."""
     seen: set[tuple[str, ...]] = set()
     items = 0
@@ -40,9 +42,11 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     asked = list(dict.fromkeys(taskids))
     for taskid in asked:
         try:
+            if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's
+                raise ClientError(JdCode.FAILURE, "not a task id", 404)
             view = client.task(taskid, limit=0)
         except ClientError as exc:
-            if exc.http_status != 404:
+            if not exc.task_not_found:
                 raise
             unknown.append(taskid)
             click.echo(f"task {taskid}: not found", err=True)
@@ -50,7 +54,7 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
         if view["status"] == 1:
             click.echo(f"task {taskid}: still in progress; its failures so far", err=True)
         for item in failed_items(client, view["taskid"], view["total"]):
-            key = (view["taskid"], item["node"], item["url"]) if why else (item["url"],)
+            key = (view["taskid"], item["node"], item["action"], item["url"]) if why else (item["url"],)
             if key in seen:
                 continue
             seen.add(key)
@@ -60,7 +64,8 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
                 continue
             status = str(item["http_status"] or "-")
             error = " ".join((item["error"] or "").split())  # one line, one field: no tab or line break in it
-            click.echo("\t".join((view["taskid"], item["node"], item["url"], status, str(item["attempts"]), error)))
+            fields = (view["taskid"], item["node"], item["action"], item["url"], status, str(item["attempts"]), error)
+            click.echo("\t".join(fields))
     urls = len({key[-1] for key in seen})
     found = len(asked) - len(unknown)
     what = f"{items} failed items ({urls} URLs)" if why else f"{urls} failed URLs"

@@ -25,6 +25,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
+from ..models import normalize_task_id
 from .entries import Entry, checked, owned, read_entries, span
 from .failures import list_failures
 from .main import Terminated, main
@@ -184,15 +185,17 @@ BODY_ROOM = 8192  # bytes of a call's body kept for its other fields (credential
 
 
 def in_calls(entries: list[Entry], size: int, max_body_bytes: int | None) -> list[list[Entry]]:
-    """`entries` in calls of `size` at most, each list's JSON within `max_body_bytes` (less BODY_ROOM) when given:
+    """`entries` in calls of `size` at most, each list's JSON within `max_body_bytes` (less BODY_ROOM, or a quarter
+    of a smaller limit) when given:
     a call of 5,000 URLs of 230 characters was over 1 MB, refused mid-run (413). Each entry's length as JSON
     escapes it to ASCII, the most the client sends for it. An entry too long for a call of its own goes alone:
     the server refuses it, saying why."""
     calls: list[list[Entry]] = []
-    room = None if max_body_bytes is None else max(max_body_bytes - BODY_ROOM, 1)
+    # A quarter of a small limit for the other fields (8,192 bytes of a limit of 8,192 sent a URL a call).
+    room = None if max_body_bytes is None else max(max_body_bytes - min(BODY_ROOM, max_body_bytes // 4), 1)
     used = 0
     for entry in entries:
-        cost = len(json.dumps(entry.text)) + 1  # and its comma
+        cost = len(json.dumps(entry.text)) + 2  # and its ", " (httpx before 0.28 writes the space)
         if not calls or len(calls[-1]) >= size or (room is not None and used + cost > room):
             calls.append([])
             used = 0
@@ -514,9 +517,11 @@ def cancel(
     with make_client(server, username, secret, client_config) as client:
         for taskid in dict.fromkeys(taskids):
             try:
+                if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's
+                    raise ClientError(JdCode.FAILURE, "task not found", 404)
                 view = client.cancel(taskid)
             except ClientError as exc:
-                if exc.http_status not in (404, 409):  # the call itself failed: the next ones would too
+                if not (exc.task_not_found or exc.http_status == 409):  # the call failed: the next would too
                     raise fail(exc) from None
                 missed += 1
                 click.echo(f"{taskid}: not cancelled: {exc.message}")
@@ -528,7 +533,9 @@ def cancel(
 @main.command()
 @click.argument("taskids", nargs=-1, required=True)
 @click.option(
-    "--why", is_flag=True, help="a line per failed item: task, node, URL, HTTP status, attempts, error (tab-separated)"
+    "--why",
+    is_flag=True,
+    help="a line per failed item: task, node, action, URL, HTTP status, attempts, error (tab-separated)",
 )
 @connection_options
 def failed(

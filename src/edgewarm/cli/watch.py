@@ -101,7 +101,7 @@ def follow(
         try:  # the first look rides out a restart too (`watch` run just after one: it ended at once)
             views[taskid] = riding_out(functools.partial(client.task, taskid, limit=0), interval, patience)
         except ClientError as exc:
-            if exc.http_status != 404:
+            if not exc.task_not_found:
                 raise
             unknown.append(taskid)
             Console(stderr=True).print(f"task {taskid}: not found", markup=False, highlight=False)

@@ -113,6 +113,13 @@ class ListTurns:
             yield deadline
 
 
+def list_stopped(deadline: float, read_from: float, seconds: float = LIST_SECONDS) -> ListTooLong:
+    """The refusal of a list whose read, begun at `read_from`, was stopped at its `deadline`: it says how long it
+    waited for its turn when that took half its time or more (a re-tester's lists of 0.05 s each were told only
+    to narrow themselves)."""
+    return ListTooLong(seconds, waiting=read_from - (deadline - seconds))
+
+
 @dataclass(frozen=True, slots=True)
 class OpenPurge:
     """An open purge item that may hold back later tasks' warms (PURGE_FIRST)."""
@@ -136,13 +143,14 @@ def purge_key(url: str, action: ItemAction) -> str | None:
 
 def purge_keys(claims: Sequence[Claim]) -> list[tuple[str, str]]:
     """(node, purge key) of the claimed warms: where the stores look for open file purges of them (their index
-    holds the open purges by action, node and purge key). A warm whose escapes hold lower-case letters is looked
-    for by its key as written too: an open purge an earlier edgewarm stored keeps its key as written."""
+    holds the open purges by action, node and purge key). A warm whose escapes hold letters is looked for by its
+    key in each case of them (upper: the key now; lower, and as written): an open purge an earlier edgewarm
+    stored keeps its key as its URL was written (a re-tester's `%c3%a9`, open across the upgrade, held back no
+    warm of `%C3%A9`). (One written in mixed case is found by a warm written so.)"""
     keys: set[tuple[str, str]] = set()
     for claim in claims:
         if claim.action is ItemAction.WARM and (written := _node_key(claim.url)) is not None:
-            keys.add((claim.node, escapes_upper(written)[:PURGE_KEY_CHARS]))
-            keys.add((claim.node, written[:PURGE_KEY_CHARS]))
+            keys.update((claim.node, key[:PURGE_KEY_CHARS]) for key in escape_cases(written))
     return sorted(keys)
 
 

@@ -28,7 +28,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import LIST_SECONDS, ListTooLong, QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
+from ..errors import LIST_SECONDS, QuotaExceeded, StoreError, StoreFull, StoreOutcomeUnknown, described
 from ..models import (
     CANCELLED,
     WARMED_AGAIN,
@@ -70,6 +70,7 @@ from .base import (
     claim_scan,
     hand_backs,
     known_search,
+    list_stopped,
     purge_first_plan,
     purge_key,
     purge_keys,
@@ -915,13 +916,14 @@ class PostgresStore:
         # Ids compare byte by byte, as in SQLite, whatever the database's collation.
         sql.append(f'ORDER BY created_at DESC, id COLLATE "C" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}')
         async with self._list_turns.turn(username, LIST_SECONDS) as deadline, self._connection() as conn:
-            left = deadline - time.monotonic()  # the wait for a turn and a connection counted
+            read_from = time.monotonic()
+            left = deadline - read_from  # the wait for a turn and a connection counted
             try:
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL statement_timeout = {max(int(left * 1000), 1)}")
                     rows = await conn.fetch(" ".join(sql), *args, where.limit, where.offset)
             except asyncpg.QueryCanceledError:
-                raise ListTooLong(LIST_SECONDS) from None
+                raise list_stopped(deadline, read_from, LIST_SECONDS) from None
         return [task_from_row(r) for r in rows]
 
     async def get_tasks(self, username: str, task_ids: Sequence[str]) -> list[Task]:

@@ -64,6 +64,7 @@ from .base import (
     claim_scan,
     hand_backs,
     known_search,
+    list_stopped,
     purge_first_plan,
     purge_key,
     purge_keys,
@@ -533,7 +534,8 @@ class SQLiteStore:
                 args += [where.after.created_at, where.after.created_at, where.after.task_id]
             sql.append("ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
             args += [where.limit, where.offset]
-            if time.monotonic() > deadline:
+            read_from = time.monotonic()
+            if read_from > deadline:
                 raise ListTooLong(LIST_SECONDS, waited=True)
             db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
             try:
@@ -541,7 +543,7 @@ class SQLiteStore:
             except sqlite3.OperationalError as exc:
                 if str(exc) != "interrupted":
                     raise
-                raise ListTooLong(LIST_SECONDS) from None
+                raise list_stopped(deadline, read_from, LIST_SECONDS) from None
             finally:
                 db.set_progress_handler(None, 0)
 
