@@ -178,6 +178,7 @@ def _garbled(response: httpx.Response, why: str) -> ClientError:
 
 
 _TASK_VIEW = _view("taskid", "status", "total", "counts", "nodes", "items")
+_QUOTA_VIEW = _view("day", "timezone", "urls", "dirs", "urls_per_call", "dirs_per_call")  # (an older one: no more)
 
 
 def check_server(address: str) -> None:
@@ -199,6 +200,8 @@ class _Calls:
     def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
         base_url = base_url.strip()  # a space or tab pasted around it (urlsplit takes it, httpx does not)
         check_server(base_url)
+        if not auth.known_timezone(timezone):  # else every call raised ZoneInfoNotFoundError (a KeyError)
+            raise ValueError(f"unknown time zone {timezone!r}: give an IANA name, as Asia/Shanghai")
         self.base_url = base_url.rstrip("/")
         self.username = username
         self._secret = secret
@@ -262,10 +265,10 @@ class _Calls:
         )
 
     def _cancel(self, taskid: str) -> _Call:
-        return _Call("POST", _task_path(taskid, "/cancel"), _native, headers=self._auth())
+        return _Call("POST", _task_path(taskid, "/cancel"), _TASK_VIEW, headers=self._auth())
 
     def _quota(self) -> _Call:
-        return _Call("GET", "/v1/quota", _native, headers=self._auth())
+        return _Call("GET", "/v1/quota", _QUOTA_VIEW, headers=self._auth())
 
     def _wait_once(self, taskid: str, seconds: float) -> _Call:
         params = {"timeout": seconds}

@@ -339,6 +339,10 @@ class Service:
         if cancelled.reason != CANCELLED or (not found.first and cancelled.finished_at is not None):
             # It ended between the look above and the cancel: on its own, or by another cancel at the same time.
             raise RequestRefused(JdCode.FAILURE, f"task {task.id} has already ended")
+        if not found.first:  # another cancel's, its items under way not all back: 200 told no caller it was theirs
+            raise RequestRefused(
+                JdCode.FAILURE, f"task {task.id} was cancelled already: it ends when its items under way come back"
+            )
         if found.first and cancelled.finished_at is not None:  # a cancel after the first (items under way): told then
             self.metrics.task_ended(cancelled, log)
         elif found.first:

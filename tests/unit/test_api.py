@@ -783,6 +783,17 @@ async def test_an_idempotency_key_with_a_c1_control_character_is_refused(api: Ap
     assert answer["status"] == 2 and "control character" in answer["msg"], answer
 
 
+async def test_an_idempotency_key_of_spaces_alone_is_refused(api: Api) -> None:
+    """A key of " " was dropped: each retry made a task and was charged (a developer's). Refused, code 2; a
+    key is taken without the spaces around it (as README says)."""
+    for field in ({"idempotency_key": " "}, {"idempotency_key": "\t \t"}):
+        answer = await api.call("/api/prefetch", {**creds(), "publish_urls": urls(1), **field})
+        assert answer["status"] == 2 and "idempotency_key: only spaces" in answer["msg"], answer
+    first = await api.call("/api/prefetch", {**creds(), "publish_urls": urls(1), "idempotency_key": " k "})
+    again = await api.call("/api/prefetch", {**creds(), "publish_urls": urls(1), "idempotency_key": "k"})
+    assert first["status"] == 0 and again["taskid"] == first["taskid"], (first, again)
+
+
 async def test_a_native_body_too_deep_to_parse_has_its_code(api: Api) -> None:
     """Before: 400 {"error": "There was an error parsing the body"}, without the JD code the README promises."""
     headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature(), "content-type": "application/json"}
@@ -1868,3 +1879,17 @@ def test_when_the_quota_renews_counts_a_daylight_saving_days_hours(utc: datetime
     """A re-tester's New York: both days said "in 23 h 30 min" (two times of one zone subtract as wall clocks)."""
     service = Service(make_config(timezone="America/New_York"), None, clock=utc.timestamp)  # type: ignore[arg-type]
     assert service._quota_renews() == f"it renews at 00:00 in America/New_York ({said})"
+
+
+async def test_a_second_cancel_while_the_first_ones_items_come_back_is_refused(api: Api) -> None:
+    """A cancel after another, the task's items under way not all back (it has not ended): 200, as if it were
+    the caller's (a developer's 10 cancels at once: several 200s). 409, saying it was cancelled already."""
+    taskid = await api.submitted(2)
+    assert await api.store.claim_due_items("w1", 100, NOW + 1, 60)  # under way
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    first = await api.client.post(f"/v1/tasks/{taskid}/cancel", headers=headers)
+    assert first.status_code == 200 and first.json()["status"] == 1, first.text
+    again = await api.client.post(f"/v1/tasks/{taskid}/cancel", headers=headers)
+    assert again.status_code == 409, again.text
+    said = f"task {taskid} was cancelled already: it ends when its items under way come back"
+    assert again.json() == {"code": 1, "error": said}

@@ -252,8 +252,28 @@ def test_the_client_refuses_a_server_address_that_is_no_http_url_when_made(addre
         assert str(refused.value) == f"{said}: give http(s)://host[:port]"
 
 
+def test_an_unknown_time_zone_is_refused_when_the_client_is_made() -> None:
+    """Every call raised ZoneInfoNotFoundError, a KeyError (a developer's `timezone="Nope/Zone"`)."""
+    with pytest.raises(ValueError) as refused:
+        Client("http://127.0.0.1:8080", "u", "s", timezone="Nope/Zone")
+    assert str(refused.value) == "unknown time zone 'Nope/Zone': give an IANA name, as Asia/Shanghai"
+
+
 def test_a_space_or_tab_around_the_server_address_is_left_out() -> None:
     """A re-tester's " http://…" passed the check (urlsplit strips it), then every call was "no answer"; a tab
     in EDGEWARM_SERVER was httpx's InvalidURL traceback."""
     with Client(" \thttp://127.0.0.1:8080/ \n", "u", "s") as client:
         assert client.base_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("method", ["quota", "cancel"])
+def test_quota_and_cancel_take_no_json_that_is_not_edgewarms_answer(method: str) -> None:
+    """A proxy's `200 {"ok": true}`: quota returned it (KeyError later), `edgewarm cancel` died with a KeyError
+    traceback (a developer's); the other calls raised ClientError already."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+    with Client("http://127.0.0.1:8080", "u", "s") as client:
+        client._http = httpx.Client(base_url=client.base_url, transport=transport)
+        with pytest.raises(ClientError) as refused:
+            client.quota() if method == "quota" else client.cancel("00000000-0000-4000-8000-000000000000")
+    assert "not edgewarm's answer" in refused.value.message, refused.value.message
+    assert refused.value.maybe_done is (method == "cancel")

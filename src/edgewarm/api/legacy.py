@@ -48,6 +48,9 @@ def flag(params: dict[str, Any], name: str) -> bool:
 def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:
     """The extension fields: `idempotency_key` (or the `Idempotency-Key` header) and `callback_url`."""
     key = text_field(params, "idempotency_key", JdCode.PARAMS_EMPTY)
+    given = params.get("idempotency_key")
+    if isinstance(given, str) and given and not key:  # dropped, it made a second task of a retry (a developer's " ")
+        raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key: only spaces; give a key, or none")
     header = request.headers.get("idempotency-key", "")
     if key and header and key.strip() != header.strip():
         raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key and the Idempotency-Key header differ: send one")

@@ -110,7 +110,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 CANCEL_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    409: {"model": NativeError, "description": "The task has already ended"},
+    409: {"model": NativeError, "description": "The task has already ended, or was cancelled already"},
 }
 
 
