@@ -14,6 +14,7 @@ carrying the JD code (`.code`); a transport failure raises `ClientError` with co
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +281,13 @@ class _Calls:
 WAIT_PAUSE = 1.0  # seconds before asking again after a wait that came back early, the task still running
 
 
+def _waited(timeout: float) -> float:
+    """`wait`'s timeout, a number of seconds from 0, or infinity (NaN waited for ever, unsaid: a developer's)."""
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout: {timeout!r} is no number of seconds from 0")
+    return timeout
+
+
 def _pause_after(view: dict[str, Any], asked: float, took: float, left: float) -> float:
     """Seconds to pause before asking again after a wait that answered `view` in `took` of the `asked` seconds:
     one that came back early with the task still running (the service stopping, or this user's waits at their
@@ -397,7 +405,7 @@ class Client(_Calls):
 
     def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
         """Long-poll until the task has ended; return its native view (without items)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + _waited(timeout)
         while True:
             asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
             view = dict(self._send(self._wait_once(taskid, asked)))
@@ -479,7 +487,7 @@ class AsyncClient(_Calls):
         return dict(await self._send(self._quota()))
 
     async def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + _waited(timeout)
         while True:
             asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
             view = dict(await self._send(self._wait_once(taskid, asked)))

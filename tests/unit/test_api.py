@@ -1003,6 +1003,16 @@ async def test_openapi_lists_the_routes(api: Api) -> None:
     assert {"application/json", "application/x-www-form-urlencoded", "multipart/form-data"} <= set(body)
     for path in ("/api/prefetch", "/api/refresh", "/api/prefetchQuery", "/api/refreshQuery"):  # (they had the 200 only)
         assert set(paths[path]["post"]["responses"]) == {"200", "405", "413", "415"}, path
+    # As the answers are (a developer's check): no 422 (a parameter refused is a 400 with its JD code), a 405
+    # and a 503 on the native routes, the lookup's 413, /metrics in text.
+    document = response.json()
+    assert not [p for p, ops in paths.items() for op in ops.values() if "422" in op["responses"]]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert {"400", "401", "404", "405", "503"} <= set(paths["/v1/tasks/{taskid}"]["get"]["responses"])
+    assert "413" in paths["/v1/tasks/lookup"]["post"]["responses"]
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+    refused = await api.native("x", limit=-1)
+    assert refused.status_code == 400 and refused.json()["code"] == 2, refused.text
 
 
 async def test_healthz(api: Api) -> None:

@@ -277,3 +277,10 @@ def test_quota_and_cancel_take_no_json_that_is_not_edgewarms_answer(method: str)
             client.quota() if method == "quota" else client.cancel("00000000-0000-4000-8000-000000000000")
     assert "not edgewarm's answer" in refused.value.message, refused.value.message
     assert refused.value.maybe_done is (method == "cancel")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0])
+def test_wait_takes_a_number_of_seconds_from_0(timeout: float) -> None:
+    """`wait(timeout=nan)` waited for ever (every comparison with NaN is false: a developer's)."""
+    with Client("http://127.0.0.1:8080", "u", "s") as client, pytest.raises(ValueError):
+        client.wait("00000000-0000-4000-8000-000000000000", timeout=timeout)

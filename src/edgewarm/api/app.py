@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from .. import __version__
 from ..errors import EdgewarmError, StoreError
@@ -54,7 +56,12 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": True, "queue_depth": depth})
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics of this process",
+        response_class=PlainTextResponse,  # what OpenAPI says of it: Prometheus's text, not JSON
+    )
     async def metrics() -> Response:
         # The other metrics are still worth scraping when the store is down; /readyz tells that.
         try:
@@ -83,9 +90,24 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"code": 2, "error": f"{where}: {first.get('msg')}"}, status_code=400)
 
+    app.openapi = functools.partial(_openapi_without_422, app, app.openapi)  # type: ignore[method-assign]
     app.add_middleware(DirectRoutes, routes=app.router.routes)  # inside the body limit (added last: outermost)
     app.add_middleware(BodySizeLimit, max_bytes=lambda: service.config.api.max_body_bytes, reads=body_reads)
     return app
+
+
+def _openapi_without_422(app: FastAPI, made: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """FastAPI's document less the 422 it lists on every route with parameters: a parameter refused is a 400
+    with its JD code here (`invalid` above), never a 422 (a developer's check of the document against the
+    answers)."""
+    if app.openapi_schema is None:
+        schema = made()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return app.openapi_schema or made()
 
 
 def head_of(endpoint: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:

@@ -107,6 +107,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": NativeError},
     401: {"model": NativeError},
     404: {"model": NativeError},
+    405: {
+        "description": "Another method (`Allow` names this route's)",
+        "content": {"application/json": {"example": {"error": "method POST not allowed here: use GET"}}},
+    },
+    503: {"model": NativeError, "description": "The store does not answer, or the service is stopping: ask again"},
 }
 CANCEL_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -327,7 +332,11 @@ def native_router(service: Service) -> APIRouter:
     @router.post(
         "/tasks/lookup",
         response_model=TaskList,
-        responses={**ERRORS, 415: {"description": "A body neither JSON nor a form, or compressed"}},
+        responses={
+            **ERRORS,
+            413: {"description": "A body over [api] max_body_bytes"},
+            415: {"description": "A body neither JSON nor a form, or compressed"},
+        },
         summary="Several tasks in one call",
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": Lookup.model_json_schema()}}}
