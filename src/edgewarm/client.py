@@ -323,6 +323,12 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
             "): signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE",
             lasting=True,
         )
+    if isinstance(exc, httpx.ConnectError) and "WRONG_VERSION_NUMBER" in str(exc):  # asked again, the same
+        return ClientError(
+            JdCode.INTERNAL,
+            f"{server} answered no TLS: it serves plain HTTP? Give http:// (or the port of its TLS proxy)",
+            lasting=True,
+        )
     return ClientError(
         JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}", maybe_done=not isinstance(exc, unsent)
     )

@@ -45,12 +45,13 @@ async def purge_old_usage(store: TaskStore, settings: Retention, now: float, tim
 
 
 async def _in_batches(delete: Callable[[int], Awaitable[int]], batch: int) -> int:
-    """`delete(batch)` until it removes fewer than `batch` rows, MAX_BATCHES_A_ROUND times at most; the total."""
+    """`delete(batch)` until it removes none (a batch of tasks is bounded by their items too: fewer than `batch`
+    is not the end), MAX_BATCHES_A_ROUND times at most; the total."""
     removed = 0
     for _ in range(MAX_BATCHES_A_ROUND):
         deleted = await delete(batch)
         removed += deleted
-        if deleted < batch:
+        if not deleted:
             break
         await asyncio.sleep(0)  # one transaction per batch: let others in between
     return removed

@@ -1763,6 +1763,21 @@ class TestRetention:
         assert await store.delete_finished_before(NOW + 2, 2) == 2
         assert await store.delete_finished_before(NOW + 2, 2) == 1
 
+    async def test_delete_finished_before_is_bounded_by_the_items_too(
+        self, store: TaskStore, monkeypatch: pytest.MonkeyPatch, store_url: str
+    ) -> None:
+        """Beyond its first task, a call removes RETENTION_ITEMS items at most: 200 tasks of 30,000 items were one
+        transaction, and submissions waited 10 s behind it on SQLite (a tester's); a task bigger than that alone
+        still goes."""
+        monkeypatch.setattr(backend_module(store_url), "RETENTION_ITEMS", 5)
+        tasks = [make_task(n) for n in (6, 2, 2, 2)]  # 12 items
+        for task in tasks:
+            await store.create_task(task)
+        await store.record_outcomes("w1", [ok(i) for i in await claim_all(store)], NOW + 1)
+        removed = [await store.delete_finished_before(NOW + 2, 10) for _ in range(4)]
+        assert sum(removed) == 4 and removed[-1] == 0 and max(removed) <= 2, removed
+        assert all([await store.get_task(t.id) is None for t in tasks])
+
     async def test_delete_usage_before_removes_the_quota_counters_of_earlier_days_only(self, store: TaskStore) -> None:
         """The daily quota counters (usage) of days before the day given go, every user's, `limit` rows at most per
         call; that day's and later ones stay (retention never removed any: one row per user per day, for ever)."""

@@ -284,3 +284,29 @@ def test_wait_takes_a_number_of_seconds_from_0(timeout: float) -> None:
     """`wait(timeout=nan)` waited for ever (every comparison with NaN is false: a developer's)."""
     with Client("http://127.0.0.1:8080", "u", "s") as client, pytest.raises(ValueError):
         client.wait("00000000-0000-4000-8000-000000000000", timeout=timeout)
+
+
+def test_an_https_address_of_a_plain_http_server_is_lasting_and_says_so() -> None:
+    """`https://` given for a plain HTTP server: -1 with `lasting` false, so a retry loop keyed on it spun for
+    ever (a developer's)."""
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+        server = threading.Thread(target=answer, daemon=True)
+        server.start()
+        with Client(f"https://127.0.0.1:{port}", "u", "s", timeout=5) as client, pytest.raises(ClientError) as refused:
+            client.quota()
+        server.join(5)
+    assert refused.value.lasting and not refused.value.maybe_done, refused.value.message
+    assert "answered no TLS: it serves plain HTTP? Give http://" in refused.value.message

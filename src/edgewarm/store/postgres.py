@@ -52,6 +52,7 @@ from .base import (
     NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
     OPEN_STATES,
+    RETENTION_ITEMS,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
@@ -608,10 +609,14 @@ WHERE id = $1 AND webhook_state = 'pending'
 """
 
 # Items go with their task (ON DELETE CASCADE); SKIP LOCKED keeps the job off rows a writer holds.
+# Up to $2 tasks, and beyond the first no more than $3 items in all (RETENTION_ITEMS).
 _DELETE_FINISHED = f"""
-WITH old AS (
-    SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 AND {NO_WEBHOOK_DUE}
+WITH found AS (
+    SELECT id, total FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 AND {NO_WEBHOOK_DUE}
     LIMIT $2 FOR UPDATE SKIP LOCKED
+), old AS (
+    SELECT id FROM (SELECT id, total, sum(total) OVER (ORDER BY id) AS upto FROM found) AS counted
+    WHERE upto - total = 0 OR upto <= $3
 )
 DELETE FROM tasks USING old WHERE tasks.id = old.id
 """
@@ -1214,7 +1219,7 @@ class PostgresStore:
 
     async def delete_finished_before(self, cutoff: float, limit: int) -> int:
         async with self._connection() as conn:
-            return _rowcount(await conn.execute(_DELETE_FINISHED, cutoff, limit))
+            return _rowcount(await conn.execute(_DELETE_FINISHED, cutoff, limit, RETENTION_ITEMS))
 
     async def delete_usage_before(self, day: str, limit: int) -> int:
         async with self._connection() as conn:

@@ -46,6 +46,7 @@ from .base import (
     NO_WEBHOOK_DUE,
     NOT_ATTEMPTED,
     OPEN_STATES,
+    RETENTION_ITEMS,
     SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
@@ -823,14 +824,18 @@ class SQLiteStore:
         def delete() -> int:
             db = self.db
             with _write_transaction(db):
-                ids = [
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? AND {NO_WEBHOOK_DUE} "
-                        "LIMIT ?",
-                        (cutoff, limit),
-                    ).fetchall()
-                ]
+                found = db.execute(
+                    "SELECT id, total FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? "
+                    f"AND {NO_WEBHOOK_DUE} LIMIT ?",
+                    (cutoff, limit),
+                ).fetchall()
+                ids: list[str] = []
+                items = 0
+                for task_id, total in found:
+                    if ids and items + total > RETENTION_ITEMS:
+                        break
+                    ids.append(task_id)
+                    items += total
                 db.executemany("DELETE FROM items WHERE task_id = ?", [(i,) for i in ids])
                 db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
             return len(ids)
