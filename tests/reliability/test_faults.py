@@ -90,6 +90,17 @@ async def test_500_then_200_succeeds_on_the_second_attempt() -> None:
     assert [r.method for r in node.requests] == ["GET", "GET"]
 
 
+async def test_a_retrys_backoff_runs_from_the_failed_answer_not_from_its_request() -> None:
+    """A 503 after 0.6 s with a backoff of 0.2-0.4 s: the retry was sent at once after the answer (the backoff
+    counted from the request's start: a tester's 503s after 3 s were retried 0.01 s after each). It waits its
+    backoff after the answer."""
+    with FaultServer(sequence(Respond(503, delay=0.6), Respond(200, body=BODY))) as node:
+        task, item, _ = await warm_one(node, {"max_attempts": 2, "backoff_base": 0.4, "backoff_max": 0.4})
+    assert (task.status, item.attempts) == (TaskStatus.SUCCEEDED, 2)
+    first, second = node.requests
+    assert second.time - (first.time + 0.6) >= 0.15, second.time - first.time
+
+
 async def test_503_429_408_are_each_retried() -> None:
     """503, 429 and 408 are retried in turn; the fourth attempt's 200 succeeds."""
     with FaultServer(sequence(Respond(503), Respond(429), Respond(408), Respond(200, body=BODY))) as node:

@@ -809,7 +809,10 @@ class Engine:
             await self._after_warms(claim, node)
             coalescer.changed(node.name)  # warms of this node from before the purge are not shared from now on,
             try:  # nor those that overlapped it
-                done = await perform(claim, node, attempt, fetcher, self.store, self.settings, self._clock())
+                judged = self._clock()
+                done = self._retry_after(
+                    await perform(claim, node, attempt, fetcher, self.store, self.settings, judged), judged
+                )
             finally:
                 coalescer.changed(node.name)
             if done.succeeded and claim.action is ItemAction.PURGE and self._varnish:
@@ -835,6 +838,7 @@ class Engine:
             outcome = await perform(
                 claim, node, attempt, fetcher, self.store, self.settings, now, upstream=upstream, purged=purged_at
             )
+            outcome = self._retry_after(outcome, now)
         finally:
             del warming[claim.item_id]
             if (ended := self._warm_ended.pop(node.name, None)) is not None:
@@ -843,6 +847,14 @@ class Engine:
             if outcome is not None and outcome.http_status is None and not outcome.succeeded:
                 coalescer.changed(node.name)  # no answer: it may come back empty (a restart), its warms with it
         return outcome, False
+
+    def _retry_after(self, outcome: ItemOutcome, judged: float) -> ItemOutcome:
+        """`outcome`, its retry's backoff counted from the end of its requests, not from `judged` (when they began,
+        the time `perform` judged by): a failure slower than its backoff, a timeout or a slow 503, was retried at
+        once (a tester's 503s after 3 s: retried 0.01 s after each)."""
+        if outcome.retry_at is None:
+            return outcome
+        return replace(outcome, retry_at=outcome.retry_at + max(0.0, self._clock() - judged))
 
     def _purged_at(self, key: tuple[str, str], node: Node) -> float | None:
         """For the first warm after this engine's purge of the URL on a Varnish `node` (a refresh's, its next
