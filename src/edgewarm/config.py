@@ -479,6 +479,12 @@ class Config(_Model):
             if n.dir_purge == "ban" and n.kind not in (NodeKind.VARNISH, NodeKind.GENERIC)
         ]
         found += [
+            f'node {n.name!r}: purge_method = "GET" without purge_headers is a plain GET, answered from the cache: '
+            "every purge there fails; give the header its proxy_cache_bypass honours"
+            for n in self.nodes
+            if n.purge_method == "GET" and not n.purge_headers
+        ]
+        found += [
             f"user {u.name!r} has a secret of {len(u.secret)} characters: one that short can be guessed; use "
             f"{SECRET_LENGTH} or more (openssl rand -hex 16)"
             for u in self.users

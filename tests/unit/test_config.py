@@ -699,3 +699,17 @@ def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) ->
     if os.getuid() == 0:  # root may give it away
         os.chown(path, 65534, -1)  # another user's (nobody)
         assert file_cautions(path) == [f"{path} is owned by another user (uid 65534), who can change it"]
+
+
+def test_a_get_purge_without_its_bypass_header_is_cautioned() -> None:
+    """check-config said OK to `purge_method = "GET"` without `purge_headers`, and every purge on the node then
+    failed "answered the refetch from its cache" (a tester's)."""
+    nodes = [
+        {"name": "bare", "url": "http://127.0.0.1:8081", "purge_method": "GET"},
+        {"name": "ok", "url": "http://127.0.0.1:8082", "purge_method": "GET", "purge_headers": {"X-Refetch": "1"}},
+    ]
+    users = [{"name": "a", "secret": "0123456789abcdef", "domains": ["example.test"]}]
+    assert parse_config({"users": users, "nodes": nodes}).cautions() == [
+        "node 'bare': purge_method = \"GET\" without purge_headers is a plain GET, answered from the cache: every "
+        "purge there fails; give the header its proxy_cache_bypass honours"
+    ]
