@@ -14,9 +14,10 @@ carrying the JD code (`.code`); a transport failure raises `ClientError` with co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -349,6 +350,15 @@ class Client(_Calls):
 
     def close(self) -> None:
         self._http.close()
+
+    @contextlib.contextmanager
+    def timeout_of(self, seconds: float) -> Iterator[None]:
+        """Within it, each call waits `seconds` at most (not the client's `timeout`)."""
+        before, self._http.timeout = self._http.timeout, httpx.Timeout(seconds)
+        try:
+            yield
+        finally:
+            self._http.timeout = before
 
     def _send(self, call: _Call) -> Any:
         try:

@@ -102,6 +102,8 @@ def test_failed_lists_every_failed_url_once_to_send_again(service: ServiceProces
     assert [(row[4], row[5]) for row in shield] == [("404", "1"), ("404", "1")], rows
     assert {row[1] for row in rows} == {node.name for node in lab.cache_nodes()}, rows
     assert f"{2 * nodes} failed items (2 URLs) in 1 task" in why.stderr, why.stderr
+    spelled = run(["failed", taskids[1], taskids[1].upper(), taskids[1].replace("-", "")], env)  # one task
+    assert "2 failed URLs in 1 task" in spelled.stderr and len(spelled.stdout.split()) == 2, spelled
     unknown = "00000000-0000-4000-8000-000000000000"
     partly = run(["failed", unknown, ".", taskids[1]], env)  # `.` was another route's path: it ended the command
     assert partly.returncode == 1 and f"task {unknown}: not found" in partly.stderr, partly.stderr
@@ -355,6 +357,26 @@ def test_submit_splits_a_list_of_long_urls_by_the_body_size_the_server_takes(lab
     assert result.returncode == 0, result.stderr
     nodes = len(lab.cache_nodes())
     assert len(sizes) == 2 and sum(sizes) == 5000 * nodes and max(sizes) < 4600 * nodes, sizes
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_quota_answered_by_a_proxys_gateway_error_sends_nothing(tmp_path: Path, status: int) -> None:
+    """The quota's call answered 502 (a proxy with no backend): taken for an older server's answer, every check
+    before the calls was skipped, and the calls went (a tester's: 3 tasks made, then a foreign domain refused).
+    Nothing is sent, saying so."""
+    client_config = tmp_path / "empty.toml"
+    client_config.touch()
+    with FaultServer(always(Respond(status, body=b"<html>bad gateway</html>"))) as proxy:
+        env = {
+            "EDGEWARM_SERVER": f"http://127.0.0.1:{proxy.port}",
+            "EDGEWARM_USERNAME": DEMO_USER,
+            "EDGEWARM_SECRET": DEMO_SECRET,
+            "EDGEWARM_CLIENT_CONFIG": str(client_config),
+        }
+        result = run(["submit", f"http://{DEFAULT_HOST}/a"], env)
+        methods = [r.method for r in proxy.requests]
+    assert result.returncode == 1 and "(nothing was sent)" in result.stderr, result.stderr
+    assert methods == ["GET"], methods  # the quota's call alone
 
 
 def test_a_call_larger_than_a_proxy_takes_says_what_to_do(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -310,3 +311,19 @@ def test_an_https_address_of_a_plain_http_server_is_lasting_and_says_so() -> Non
         server.join(5)
     assert refused.value.lasting and not refused.value.maybe_done, refused.value.message
     assert "answered no TLS: it serves plain HTTP? Give http://" in refused.value.message
+
+
+def test_a_look_for_the_call_cut_waits_its_own_bound_not_the_clients_timeout() -> None:
+    """After Ctrl-C, `submit` looked for the task of the call cut "for 5 s", each of its calls waiting the
+    client's 30 s on a frozen server: silent for 34 s (a tester's). Within `timeout_of`, a call waits that."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections taken, never answered
+        with Client(f"http://127.0.0.1:{silent.getsockname()[1]}", "u", "s", timeout=30) as client:
+            began = time.monotonic()
+            with client.timeout_of(0.3), pytest.raises(ClientError):
+                client.tasks(limit=1)
+            assert time.monotonic() - began < 10
+            assert client._http.timeout.read == 30  # as it was, after

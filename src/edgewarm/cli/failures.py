@@ -39,7 +39,7 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     seen: set[tuple[str, ...]] = set()
     items = 0
     unknown: list[str] = []
-    asked = list(dict.fromkeys(taskids))
+    asked = list(dict.fromkeys(normalize_task_id(t) or t for t in taskids))  # each task once, however spelled
     for taskid in asked:
         try:
             if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's

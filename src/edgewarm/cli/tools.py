@@ -29,7 +29,7 @@ from ..models import normalize_task_id
 from .entries import Entry, checked, owned, read_entries, span
 from .failures import list_failures
 from .main import Terminated, main
-from .watch import PATIENCE, follow, output_console, status_text
+from .watch import GONE, PATIENCE, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -162,7 +162,8 @@ def plan_calls(
         quota = client.quota()
         limit, left, day = int(quota[f"{kind}_per_call"]), int(quota[kind]["left"]), int(quota[kind]["limit"])
     except (ClientError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status is None:  # no answer: not reached, or silent (frozen)
+        if isinstance(exc, ClientError) and exc.http_status in GONE:  # no answer (not reached, silent: frozen), or
+            # a proxy's 502-504 or the service's 503: the checks before any call cannot be made (they were skipped)
             raise click.ClickException(f"{exc.message} (nothing was sent)") from None
         # An answer without the quota (a proxy's, an older server's): JD's limits; the calls say why, if they fail.
         quota, limit, left, day = None, (5 if directories else 100), len(entries), 0
@@ -228,6 +229,11 @@ def send_in_calls(
         raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), stop)})") from None
     except (KeyboardInterrupt, Terminated) as stop:  # SIGTERM is Terminated while a command runs (main.py)
         # The call cut had most likely made its task (the calls are nearly all of a submit's time): looked for.
+        if len(taskids) < len(calls):
+            click.echo(
+                f"interrupted: looking for the task of the call cut ({FIND_SECONDS:g} s at most; again to stop)",
+                err=True,
+            )
         cut = len(taskids) == len(calls) or _found_made(client, calls[len(taskids)], started, taskids)
         click.echo(f"interrupted: {_where(calls, len(taskids), Stop.CUT if cut else Stop.UNDER_WAY)}", err=True)
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
@@ -246,24 +252,30 @@ def _found_made(client: Client, chunk: list[Entry], started: float, taskids: lis
     printed before held every task made but this one's (a tester's Ctrl-C left 4 times of 4 a task no id named)."""
     deadline = time.monotonic() + FIND_SECONDS
     try:
-        while True:
-            try:
-                listed = client.tasks(since=f"{started - CLOCK_SLACK_SECONDS:.3f}", limit=20)["tasks"]
-                for summary in listed:
-                    if summary["taskid"] in taskids:
-                        continue
-                    items = client.task(summary["taskid"], limit=1)["items"]
-                    if items and items[0]["url"] == chunk[0].text:
-                        taskids.append(summary["taskid"])
-                        click.echo(summary["taskid"])
-                        return True
-            except (ClientError, KeyError, TypeError):
-                pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.5)
+        with client.timeout_of(FIND_SECONDS):  # each call too: 30 s of a frozen server's made the look 34 s
+            return _look_for_it(client, chunk, started, taskids, deadline)
     except (KeyboardInterrupt, Terminated):
         return False
+
+
+def _look_for_it(client: Client, chunk: list[Entry], started: float, taskids: list[str], deadline: float) -> bool:
+    """_found_made's look, until `deadline` (time.monotonic())."""
+    while True:
+        try:
+            listed = client.tasks(since=f"{started - CLOCK_SLACK_SECONDS:.3f}", limit=20)["tasks"]
+            for summary in listed:
+                if summary["taskid"] in taskids:
+                    continue
+                items = client.task(summary["taskid"], limit=1)["items"]
+                if items and items[0]["url"] == chunk[0].text:
+                    taskids.append(summary["taskid"])
+                    click.echo(summary["taskid"])
+                    return True
+        except (ClientError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 class Stop(enum.Enum):
@@ -515,7 +527,7 @@ def cancel(
     one was not cancelled (not found, ended already: said on its line), the others cancelled all the same."""
     missed = 0
     with make_client(server, username, secret, client_config) as client:
-        for taskid in dict.fromkeys(taskids):
+        for taskid in dict.fromkeys(normalize_task_id(t) or t for t in taskids):  # each once, however spelled
             try:
                 if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's
                     raise ClientError(JdCode.FAILURE, "task not found", 404)

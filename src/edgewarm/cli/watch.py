@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..client import Client, ClientError
+from ..models import normalize_task_id
 from .failures import failures_hint
 
 FAILURES_SHOWN = 5
@@ -94,7 +95,8 @@ def follow(
     """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1 (also when
     one of them is not found: it is named, and the others are followed)."""
     out = console or output_console()
-    taskids = list(dict.fromkeys(taskids))  # one bar a task, and its counts once in the nodes' (`watch A A`)
+    # One bar a task, and its counts once in the nodes' (`watch A A`, or A in upper case, or its 32 characters).
+    taskids = list(dict.fromkeys(normalize_task_id(t) or t for t in taskids))
     views: dict[str, dict[str, Any]] = {}
     unknown = []
     for taskid in taskids:
