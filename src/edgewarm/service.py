@@ -61,6 +61,7 @@ class Credentials:
     username: str
     signature: str
     caller: str | None = None  # the address the call came from (a proxy's, unless it is trusted to say: README)
+    repeated: str | None = None  # a credential header given more than once: which (refused, as a JD field twice is)
 
 
 class Service:
@@ -112,7 +113,9 @@ class Service:
 
     def authenticate(self, credentials: Credentials) -> User:
         """The user whose signature this is (codes 3, 4, 20, 7); a refusal is counted (metrics) and told in the
-        log (a line a minute at most: RefusalDigest)."""
+        log (a line a minute at most: RefusalDigest). A credential given twice is refused first (code 2)."""
+        if credentials.repeated is not None:  # the first was taken: two names, one call (a hostile tenant's probe)
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"{credentials.repeated}: given more than once; give it once")
         try:
             return self._authenticate(credentials)
         except RequestRefused as exc:

@@ -1903,3 +1903,16 @@ async def test_a_second_cancel_while_the_first_ones_items_come_back_is_refused(a
     assert again.status_code == 409, again.text
     said = f"task {taskid} was cancelled already: it ends when its items under way come back"
     assert again.json() == {"code": 1, "error": said}
+
+
+async def test_a_credential_header_given_twice_is_refused(api: Api) -> None:
+    """Two `X-Edgewarm-Username` headers: the first was taken (a hostile tenant's probe); a JD field given twice
+    is refused. Refused too, code 2, naming the header."""
+    taskid = await api.submitted(1)
+    for twice in ("X-Edgewarm-Username", "X-Edgewarm-Signature"):
+        headers = [("X-Edgewarm-Username", USER), ("X-Edgewarm-Signature", signature()), (twice, "other")]
+        answer = await api.client.get(f"/v1/tasks/{taskid}", headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {"code": 2, "error": f"{twice}: given more than once; give it once"}
+    once = [("X-Edgewarm-Username", USER), ("X-Edgewarm-Signature", signature())]
+    assert (await api.client.get(f"/v1/tasks/{taskid}", headers=once)).status_code == 200

@@ -99,7 +99,11 @@ Signature = Annotated[str, Header(alias="X-Edgewarm-Signature", description="md5
 
 def caller_credentials(request: Request, username: Username = "", signature: Signature = "") -> Credentials:
     """A native call's credentials (its headers) and where it came from."""
-    return Credentials(header_text(username).strip(), signature.strip(), caller_address(request))
+    repeated = next((n for n in _CREDENTIAL_HEADERS if len(request.headers.getlist(n)) > 1), None)
+    return Credentials(header_text(username).strip(), signature.strip(), caller_address(request), repeated)
+
+
+_CREDENTIAL_HEADERS = ("X-Edgewarm-Username", "X-Edgewarm-Signature")
 
 
 Caller = Annotated[Credentials, Depends(caller_credentials)]
