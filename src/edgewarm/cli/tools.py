@@ -318,10 +318,14 @@ def follow_to_the_end(
     except ClientError as exc:
         raise fail(exc) from None
     except (KeyboardInterrupt, Terminated) as stop:
-        again = " ".join(taskids) if len(taskids) <= 3 else f"{' '.join(taskids[:3])} …"
+        again = (
+            f"`edgewarm watch {' '.join(taskids)}`"
+            if len(taskids) <= 3
+            else f"`edgewarm watch` with the {len(taskids)} ids"
+        )
         click.echo(
-            f"interrupted: the tasks go on in the service (`edgewarm watch {again}` follows them again, `edgewarm "
-            "cancel TASKID` stops one)",
+            f"interrupted: the tasks go on in the service ({again} follows them again, `edgewarm cancel TASKID...` "
+            "stops them)",
             err=True,
         )
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
