@@ -465,9 +465,7 @@ class Config(_Model):
         found += [
             f"user {u.name!r} has no domains: every URL it submits is refused" for u in self.users if not u.domains
         ]
-        by_url: dict[str, list[str]] = {}
-        for node in self.nodes:
-            by_url.setdefault(node.url.rstrip("/").lower(), []).append(node.name)
+        by_url = _holders((node.url.rstrip("/").lower(), node.name) for node in self.nodes)
         found += [
             f"nodes {' and '.join(names)} have one URL: each warm and purge goes to it {len(names)} times"
             for names in by_url.values()
@@ -490,9 +488,7 @@ class Config(_Model):
             for u in self.users
             if len(u.secret) < SECRET_LENGTH
         ]
-        by_secret: dict[str, list[str]] = {}
-        for user in self.users:
-            by_secret.setdefault(user.secret, []).append(repr(user.name))
+        by_secret = _holders((user.secret, repr(user.name)) for user in self.users)
         found += [
             f"users {' and '.join(names)} have one secret: each can act as the other"
             for names in by_secret.values()
@@ -511,10 +507,7 @@ class Config(_Model):
                     f"user {user.name!r} has a webhook_secret that is the API secret of {' and '.join(owners)}: "
                     "its webhooks' receivers could call the API with it"
                 )
-        by_hook_secret: dict[str, list[str]] = {}
-        for user in self.users:
-            if user.webhook_secret is not None:
-                by_hook_secret.setdefault(user.webhook_secret, []).append(repr(user.name))
+        by_hook_secret = _holders((u.webhook_secret, repr(u.name)) for u in self.users if u.webhook_secret is not None)
         found += [
             f"users {' and '.join(names)} have one webhook_secret: each one's receivers could forge the other's "
             "webhooks"
@@ -531,6 +524,15 @@ class Config(_Model):
             if node.name == name:
                 return node
         return None
+
+
+def _holders(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each value of (value, name) `pairs` with the names that hold it, in their order: two nodes of one URL, two
+    users of one secret."""
+    held: dict[str, list[str]] = {}
+    for value, name in pairs:
+        held.setdefault(value, []).append(name)
+    return held
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
