@@ -100,14 +100,15 @@ def _openapi_without_422(app: FastAPI, made: Callable[[], dict[str, Any]]) -> di
     """FastAPI's document less the 422 it lists on every route with parameters: a parameter refused is a 400
     with its JD code here (`invalid` above), never a 422 (a developer's check of the document against the
     answers)."""
-    if app.openapi_schema is None:
+    schema = app.openapi_schema
+    if schema is None:  # made once: FastAPI keeps it as app.openapi_schema
         schema = made()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
                 operation.get("responses", {}).pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
-    return app.openapi_schema or made()
+    return schema
 
 
 def head_of(endpoint: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:

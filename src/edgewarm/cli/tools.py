@@ -187,10 +187,9 @@ BODY_ROOM = 8192  # bytes of a call's body kept for its other fields (credential
 
 def in_calls(entries: list[Entry], size: int, max_body_bytes: int | None) -> list[list[Entry]]:
     """`entries` in calls of `size` at most, each list's JSON within `max_body_bytes` (less BODY_ROOM, or a quarter
-    of a smaller limit) when given:
-    a call of 5,000 URLs of 230 characters was over 1 MB, refused mid-run (413). Each entry's length as JSON
-    escapes it to ASCII, the most the client sends for it. An entry too long for a call of its own goes alone:
-    the server refuses it, saying why."""
+    of a smaller limit) when given: a call of 5,000 URLs of 230 characters was over 1 MB, refused mid-run (413).
+    Each entry's length as JSON escapes it to ASCII, the most the client sends for it. An entry too long for a
+    call of its own goes alone: the server refuses it, saying why."""
     calls: list[list[Entry]] = []
     # A quarter of a small limit for the other fields (8,192 bytes of a limit of 8,192 sent a URL a call).
     room = None if max_body_bytes is None else max(max_body_bytes - min(BODY_ROOM, max_body_bytes // 4), 1)
@@ -511,12 +510,12 @@ def tasks(
         # Whom it was asked of, when said by flags (the variables hold for the next command too): a newcomer's
         # copy of it without its --client-config read the default one. Never the secret.
         source = click.get_current_context().get_parameter_source
-        asked = {"--server": server, "-u": username, "--client-config": client_config}
-        given |= {
-            flag: value
-            for (flag, value), name in zip(asked.items(), ("server", "username", "client_config"), strict=True)
-            if source(name) is click.core.ParameterSource.COMMANDLINE
-        }
+        asked = (
+            ("--server", "server", server),
+            ("-u", "username", username),
+            ("--client-config", "client_config", client_config),
+        )
+        given |= {flag: value for flag, name, value in asked if source(name) is click.core.ParameterSource.COMMANDLINE}
         again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
         click.echo(f"more: edgewarm tasks{again} --limit {limit} --after {found['next']}", err=True)
 
