@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -280,3 +281,9 @@ def normalize_task_id(raw: str) -> str | None:
         return str(uuid.UUID(text))
     except ValueError:
         return None
+
+
+def distinct_task_ids(given: Iterable[str]) -> list[str]:
+    """Each task of `given` once, however its id is spelled (its 36-character form: in upper case, or its 32
+    characters, it was followed or counted twice), in their order; text that is no task id as it came."""
+    return list(dict.fromkeys(normalize_task_id(text) or text for text in given))

@@ -45,10 +45,15 @@ def client(service: ServiceProcess) -> Iterator[Client]:
 
 def credentials_env(service: ServiceProcess, tmp: Path) -> dict[str, str]:
     """The environment a CLI user would set (and an empty client config, so that the user's own is not read)."""
+    return server_env(service.url, tmp)
+
+
+def server_env(server: str, tmp: Path) -> dict[str, str]:
+    """credentials_env for the server at `server` (a proxy in front, say, or a fake)."""
     empty = tmp / "empty-client.toml"
     empty.touch()
     return {
-        "EDGEWARM_SERVER": service.url,
+        "EDGEWARM_SERVER": server,
         "EDGEWARM_USERNAME": DEMO_USER,
         "EDGEWARM_SECRET": DEMO_SECRET,
         "EDGEWARM_CLIENT_CONFIG": str(empty),

@@ -28,7 +28,7 @@ from edgewarm.testing.faults import FaultServer, Respond, always
 from edgewarm.testing.lab import SLOW_RATE
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, start_service, write_config
 
-from .conftest import credentials_env
+from .conftest import credentials_env, server_env
 
 pytestmark = pytest.mark.integration
 EDGEWARM = str(Path(sys.executable).with_name("edgewarm"))
@@ -364,16 +364,8 @@ def test_a_quota_answered_by_a_proxys_gateway_error_sends_nothing(tmp_path: Path
     """The quota's call answered 502 (a proxy with no backend): taken for an older server's answer, every check
     before the calls was skipped, and the calls went (a tester's: 3 tasks made, then a foreign domain refused).
     Nothing is sent, saying so."""
-    client_config = tmp_path / "empty.toml"
-    client_config.touch()
     with FaultServer(always(Respond(status, body=b"<html>bad gateway</html>"))) as proxy:
-        env = {
-            "EDGEWARM_SERVER": f"http://127.0.0.1:{proxy.port}",
-            "EDGEWARM_USERNAME": DEMO_USER,
-            "EDGEWARM_SECRET": DEMO_SECRET,
-            "EDGEWARM_CLIENT_CONFIG": str(client_config),
-        }
-        result = run(["submit", f"http://{DEFAULT_HOST}/a"], env)
+        result = run(["submit", f"http://{DEFAULT_HOST}/a"], server_env(f"http://127.0.0.1:{proxy.port}", tmp_path))
         methods = [r.method for r in proxy.requests]
     assert result.returncode == 1 and "(nothing was sent)" in result.stderr, result.stderr
     assert methods == ["GET"], methods  # the quota's call alone
@@ -382,16 +374,8 @@ def test_a_quota_answered_by_a_proxys_gateway_error_sends_nothing(tmp_path: Path
 def test_a_call_larger_than_a_proxy_takes_says_what_to_do(tmp_path: Path) -> None:
     """A proxy in front with a smaller body limit answers 413 (to the quota's call too: JD's limits then). Before:
     "JD code -1: request body too large" (a 413 told as JD's internal error, nothing to do about it)."""
-    client_config = tmp_path / "empty.toml"
-    client_config.touch()
     with FaultServer(always(Respond(413, body=b"request body too large"))) as proxy:
-        env = {
-            "EDGEWARM_SERVER": f"http://127.0.0.1:{proxy.port}",
-            "EDGEWARM_USERNAME": DEMO_USER,
-            "EDGEWARM_SECRET": DEMO_SECRET,
-            "EDGEWARM_CLIENT_CONFIG": str(client_config),
-        }
-        result = run(["submit", f"http://{DEFAULT_HOST}/a"], env)
+        result = run(["submit", f"http://{DEFAULT_HOST}/a"], server_env(f"http://127.0.0.1:{proxy.port}", tmp_path))
     assert result.returncode == 1, result.stdout
     assert "(HTTP 413): send fewer URLs per call (--per-call)" in result.stderr, result.stderr
     assert "JD code" not in result.stderr, result.stderr

@@ -9,7 +9,7 @@ import click
 
 from ..client import Client, ClientError
 from ..errors import JdCode
-from ..models import normalize_task_id
+from ..models import distinct_task_ids, normalize_task_id
 
 PAGE = 10_000  # the most items /v1/tasks/{taskid} answers in one call
 
@@ -39,7 +39,7 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     seen: set[tuple[str, ...]] = set()
     items = 0
     unknown: list[str] = []
-    asked = list(dict.fromkeys(normalize_task_id(t) or t for t in taskids))  # each task once, however spelled
+    asked = distinct_task_ids(taskids)
     for taskid in asked:
         try:
             if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's

@@ -25,7 +25,7 @@ from .. import auth
 from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
-from ..models import normalize_task_id
+from ..models import distinct_task_ids, normalize_task_id
 from .entries import Entry, checked, owned, read_entries, span
 from .failures import list_failures
 from .main import Terminated, main
@@ -530,7 +530,7 @@ def cancel(
     one was not cancelled (not found, ended already: said on its line), the others cancelled all the same."""
     missed = 0
     with make_client(server, username, secret, client_config) as client:
-        for taskid in dict.fromkeys(normalize_task_id(t) or t for t in taskids):  # each once, however spelled
+        for taskid in distinct_task_ids(taskids):
             try:
                 if normalize_task_id(taskid) is None:  # `.` or `` is no id: its path was another route's
                     raise ClientError(JdCode.FAILURE, "task not found", 404)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..client import Client, ClientError
-from ..models import normalize_task_id
+from ..models import distinct_task_ids
 from .failures import failures_hint
 
 FAILURES_SHOWN = 5
@@ -95,8 +95,7 @@ def follow(
     """Follow `taskids` until all have ended; print a summary; return 0 if all succeeded, else 1 (also when
     one of them is not found: it is named, and the others are followed)."""
     out = console or output_console()
-    # One bar a task, and its counts once in the nodes' (`watch A A`, or A in upper case, or its 32 characters).
-    taskids = list(dict.fromkeys(normalize_task_id(t) or t for t in taskids))
+    taskids = distinct_task_ids(taskids)  # one bar a task, and its counts once in the nodes' (`watch A A`)
     views: dict[str, dict[str, Any]] = {}
     unknown = []
     for taskid in taskids:
