@@ -1,7 +1,7 @@
 """S1's workload for edgewarm configured several ways, beside the bare loop, in turns (rotating order).
 
-    .venv/bin/python bench/ab.py --rounds 3 'child=[engine]\\nfetch_process = "on"' \\
-        'inproc=[engine]\\nfetch_process = "off"'
+    .venv/bin/python bench/ab.py --rounds 3 'child=[engine]\\nfetch_process = true' \\
+        'inproc=[engine]\\nfetch_process = false'
 
 Each argument is NAME=TOML (added to edgewarm's config; `\\n` for a new line); `--src NAME=DIR` runs that
 variant's service from another source folder (another commit: `git archive REV src | tar -x -C DIR`).

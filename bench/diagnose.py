@@ -3,6 +3,7 @@
     .venv/bin/python bench/diagnose.py                   # 20,000 x 4 KiB on 2 edges, each part once
     .venv/bin/python bench/diagnose.py --urls 5000 --gc-threshold 100000,50,1000
     .venv/bin/python bench/diagnose.py --urls 200 --size 8388608   # S2's workload
+    .venv/bin/python bench/diagnose.py --engine 'fetch_process = true'   # [engine] settings of `serve`
 
 - fetcher: edgewarm's own `Fetcher.request` in a bare loop (64 per node), no store, no engine.
 - submit: `edgewarm api` (no engine) accepts the URLs in calls of 100; CPU of the service process.
@@ -10,7 +11,7 @@
   of its main thread, and the cyclic GC's collections and time (a `gc.callbacks` hook in the child, which
   runs `edgewarm serve` through this file with `--child`). `--gc-threshold` sets gc.set_threshold there.
   Then each thread of it: its CPU per warm, and (schedstat) the share of the run it spent on a CPU and
-  runnable but waiting for one.
+  runnable but waiting for one; the threads of its fetch process (`[engine] fetch_process`) named "child ...".
 
 Each part runs on a fresh lab (cold caches) and is checked (all HIT, origin counts; exit status 1 when a URL
 is not a HIT). CPU comes from /proc, so the figures mean something on a loaded machine too. Everything is
@@ -31,7 +32,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.common import ThreadTimes
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=4096, help="bytes per object (S2: 8388608)")
     parser.add_argument("--gc-threshold", default="", help="e.g. 100000,50,1000 (default: Python's)")
+    parser.add_argument("--engine", default="", help="[engine] lines for `serve` (\\n for a new line)")
     args = parser.parse_args(argv)
 
     import uvloop
@@ -82,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         start_service,
         stop_pid,
         submit_all,
-        thread_times,
         url_of,
         wait_healthy,
         wait_tasks,
@@ -140,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submit: {t1 - t0:.2f}s, {args.urls / (t1 - t0):,.0f} URLs/s, CPU {cpu / args.urls * 1e6:.0f} us/URL")
 
         port = free_port()
+        engine = "[engine]\n" + args.engine.replace("\\n", "\n") if args.engine else ""
         config = write_config(
-            folder / "serve.toml", store=f"sqlite:///{folder}/edgewarm.db", nodes_toml=lab.nodes_toml(), port=port
+            folder / "serve.toml",
+            store=f"sqlite:///{folder}/edgewarm.db",
+            nodes_toml=lab.nodes_toml(),
+            port=port,
+            extra=engine,
         )
         env = dict(os.environ, EDGEWARM_GC_STATS=str(folder / "gc.json"), EDGEWARM_GC_THRESHOLD=args.gc_threshold)
         argv_child = [sys.executable, str(Path(__file__).resolve()), "--child", "serve", "--config", str(config)]
@@ -151,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, proc, 30)
             before = cpu_seconds(proc.pid)
-            threads_before = thread_times(proc.pid)
+            threads_before = tree_thread_times(proc.pid)
             started = time.time()
             service = ServiceProcess(config, port=port)  # only its url is used
             views = asyncio.run(wait_tasks(service, taskids, deadline))
             after = cpu_seconds(proc.pid)
-            threads = {n: t - threads_before.get(n, ThreadTimes()) for n, t in thread_times(proc.pid).items()}
+            threads = {n: t - threads_before.get(n, ThreadTimes()) for n, t in tree_thread_times(proc.pid).items()}
         finally:
             stop_pid(proc, 30)
             log.close()
@@ -182,6 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {checks[-1].text()}")
         shutil.rmtree(folder, ignore_errors=True)
     return 0 if all(c.all_hit for c in checks) else 1
+
+
+def tree_thread_times(pid: int) -> dict[str, ThreadTimes]:
+    """`thread_times` of `pid`, and of its descendants (the fetch process) named "child NAME"."""
+    from bench.common import process_tree, thread_times
+
+    times = thread_times(pid)
+    for member in process_tree(pid)[1:]:
+        times |= {f"child {name}": t for name, t in thread_times(member).items()}
+    return times
 
 
 def _epoch(iso: str) -> float:

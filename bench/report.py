@@ -59,6 +59,8 @@ def main() -> int:
             print(f"\n#### {name}: {s[name]['workload']}\n")
             print("\n".join(compare_table(s[name], name == "S2")))
             print(f"\nedgewarm ÷ bare loop = {s[name]['edgewarm_vs_bare']:.2f} (target {s[name]['target']})")
+            if "fetch_process_vs_bare" in s[name]:  # since session 31
+                print(f"edgewarm with `fetch_process = true` ÷ bare loop = {s[name]['fetch_process_vs_bare']:.2f}")
             for row in s[name]["rows"]:
                 if row["notes"]:
                     print(f"- {row['contender']}: {'; '.join(row['notes'])}")

@@ -181,7 +181,10 @@ def summary_line(r: dict[str, Any]) -> str:
     met = "target met" if r.get("met") else "TARGET MISSED"
     checks = "checks ok" if r.get("checks_pass") else "CHECKS FAILED"
     if name in ("S1", "S2"):
-        return f"{name}: edgewarm / bare loop = {r['edgewarm_vs_bare']:.2f} (target {r['target']}): {met}; {checks}"
+        return (
+            f"{name}: edgewarm / bare loop = {r['edgewarm_vs_bare']:.2f} (target {r['target']}): {met}; {checks}; "
+            f"with fetch_process = true {r['fetch_process_vs_bare']:.2f}"
+        )
     if name == "S3":
         return f"{name}: origin requests per URL {r['origin_per_url']}: {met}; {checks}"
     if name == "S4":

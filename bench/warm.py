@@ -73,6 +73,9 @@ class Contender:
 
 
 EDGEWARM_ENGINE = ""  # the defaults: concurrency 256, per_node_concurrency 64, SQLite synchronous=FULL
+# S1's and S2's second edgewarm: the same, its HTTP requests made by a child process (a second core).
+FETCH_PROCESS = "edgewarm, fetch process"
+FETCH_PROCESS_ENGINE = "[engine]\nfetch_process = true"
 
 
 @dataclass
@@ -89,10 +92,18 @@ class EdgewarmRun:
 
 
 def run_edgewarm(
-    lab: Lab, nodes_toml: str, urls: Sequence[str], folder: Path, deadline: Deadline, *, profile: Path | None = None
+    lab: Lab,
+    nodes_toml: str,
+    urls: Sequence[str],
+    folder: Path,
+    deadline: Deadline,
+    *,
+    profile: Path | None = None,
+    engine: str | None = None,
 ) -> EdgewarmRun:
-    """Start `edgewarm serve`, submit every URL in calls of 100, wait for all tasks; stop it by PID."""
-    service = start_service(folder, nodes_toml, extra=EDGEWARM_ENGINE)
+    """Start `edgewarm serve` (`engine`: its config's extra lines, default EDGEWARM_ENGINE), submit every URL in
+    calls of 100, wait for all tasks; stop it by PID."""
+    service = start_service(folder, nodes_toml, extra=EDGEWARM_ENGINE if engine is None else engine)
     profiler: Profiler | None = None
     try:
         assert service.proc is not None
@@ -139,7 +150,7 @@ def compare(
     name: str, count: int, size: int, opts: Options, deadline: Deadline, *, edges: int = 2, wrk: bool = True
 ) -> dict[str, Contender]:
     """S1/S2: every contender warms `count` files of `size` bytes through `edges` edges, each round cold."""
-    names = ["edgewarm", "bare loop", "xargs -P 64 curl"] + (["wrk"] if wrk else [])
+    names = ["edgewarm", FETCH_PROCESS, "bare loop", "xargs -P 64 curl"] + (["wrk"] if wrk else [])
     contenders = {n: Contender(n) for n in names}
     order = list(contenders)
     for round_no in range(opts.rounds):
@@ -152,13 +163,13 @@ def compare(
                 folder = Path(tempfile.mkdtemp(prefix=f"{name}-{round_no}-", dir=opts.workdir))
                 items = count * len(nodes)
                 body = items * size
-                if who == "edgewarm":
+                if who in ("edgewarm", FETCH_PROCESS):
                     profile = None
-                    if opts.profile_dir is not None and round_no == 0:
+                    if opts.profile_dir is not None and round_no == 0 and who == "edgewarm":
                         profile = opts.profile_dir / f"{name}-edgewarm.raw"
-                    run = run_edgewarm(
-                        lab, lab.nodes_toml(), [url_of(p) for p in paths], folder, deadline, profile=profile
-                    )
+                    engine = FETCH_PROCESS_ENGINE if who == FETCH_PROCESS else None
+                    urls = [url_of(p) for p in paths]
+                    run = run_edgewarm(lab, lab.nodes_toml(), urls, folder, deadline, profile=profile, engine=engine)
                     result = LoadResult(run.seconds, items, body, run.failed_tasks, run.rss_peak_mb, run.cpu_seconds)
                     c.notes.append(f"main thread {run.cpu_main_seconds:.2f} of {run.cpu_seconds:.2f} CPU s")
                     c.rss_start.add(run.rss_start_mb)
@@ -228,11 +239,13 @@ def _compare_report(
             }
         )
     vs_bare = ratio(ew.warms.median, bare.warms.median)
+    child = contenders[FETCH_PROCESS]
     return {
         "scenario": name,
         "workload": f"{count} URLs x {size} bytes on 2 edges (no shield), cold",
         "rows": rows,
         "edgewarm_vs_bare": vs_bare,
+        "fetch_process_vs_bare": ratio(child.warms.median, bare.warms.median),
         "target": target,
         "met": vs_bare >= target,
         "checks_pass": all(c.all_checks_pass for c in contenders.values()),

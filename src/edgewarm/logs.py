@@ -290,7 +290,16 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{' '.join(fields)}]{newline}{rest}"
 
 
+_SETUP: list[tuple[str, str]] = []  # this process's setup_logging (level, format), for a child to log alike
+
+
+def logging_setup() -> tuple[str, str] | None:
+    """The (level, format) this process's log was set up with (None: not set up: a script, a test)."""
+    return _SETUP[-1] if _SETUP else None
+
+
 def setup_logging(level: str, fmt: str = "json") -> None:
+    _SETUP[:] = [(level, fmt)]
     for name in RETRYING_LOGGERS:
         retrying = logging.getLogger(name)
         if not any(isinstance(f, WithoutTraceback) for f in retrying.filters):

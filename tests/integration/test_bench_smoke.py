@@ -51,7 +51,7 @@ def test_quick_bench_runs_and_every_url_is_a_hit_with_the_origin_asked_once_per_
     scenarios = quick_bench(tmp_path, {"S1", "S3", "S4"})
 
     s1 = {row["contender"]: row for row in scenarios["S1"]["rows"]}
-    assert set(s1) == {"edgewarm", "bare loop", "xargs -P 64 curl", "wrk"}
+    assert set(s1) == {"edgewarm", "edgewarm, fetch process", "bare loop", "xargs -P 64 curl", "wrk"}
     for row in s1.values():
         assert row["all_hit"], row
         # 2 edges straight to the origin: each edge fills itself once, so the origin sees each URL twice.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgewarm.client import Client
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node, NodeKind
 from edgewarm.engine import Fetcher, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
@@ -20,7 +22,7 @@ from edgewarm.engine.node_health import COOLDOWN, FAILURES_IN_A_ROW
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond
-from edgewarm.testing.service import free_port
+from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, free_port, start_service
 from edgewarm.urls import parse_url
 
 pytestmark = pytest.mark.integration
@@ -290,3 +292,26 @@ def test_a_child_that_dies_with_the_probe_out_tells_nothing_of_the_node() -> Non
 
         assert asyncio.run(go()) is True
         assert health.held_down(node) is None  # the next request is the probe
+
+
+@pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
+def test_the_fetchers_log_lines_are_the_services_json_lines_from_the_child_too(
+    tmp_path: Path, certificate: tuple[Path, Path], fetch_process: bool
+) -> None:
+    """A node's certificate refused is said by the fetcher that made the request; with `fetch_process` that is
+    the child, whose lines must be the service's JSON lines (they were Python's bare fallback text: no time,
+    no level, no logger, unreadable to a log shipper reading JSON)."""
+    with FaultServer(Respond(200, body=b"ok"), tls=certificate) as server:
+        nodes = f'[[nodes]]\nname = "tls"\nurl = "{server.url}"\n'
+        extra = f"[engine]\nfetch_process = {str(fetch_process).lower()}\n"
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                task = client.prefetch([f"http://{DEFAULT_HOST}/cert.bin"])
+                assert client.wait(task, timeout=30)["status"] == 2
+            service.wait_for_log("certificate failed", 15)
+            lines = service.log_text().splitlines()
+    said = [line for line in lines if "verifying tls's certificate failed" in line]
+    assert len(said) == 1, lines
+    entry = json.loads(said[0])
+    assert (entry["level"], entry["logger"]) == ("error", "edgewarm.engine"), entry
+    assert "self-signed certificate" in entry["message"], entry

@@ -7,7 +7,9 @@ child process running the same `Fetcher`; the engine keeps the scheduling, limit
 default (`[engine] fetch_process`): on the 2-core machine it was measured on, it did not pay.
 
 The child (`main()` below, in a new interpreter) speaks over its stdin/stdout: frames of a 4-byte length
-and a `marshal`-ed list (requests one way, results the other; many per frame, one frame per loop turn).
+and a `marshal`-ed list (requests one way, results the other; many per frame, one frame per loop turn); the
+first frame gives it the settings and the parent's log setup (its lines, a certificate refused say, are
+written as the parent's are: JSON or text, same level).
 Nothing but plain values crosses. It exits when its stdin closes (the engine stopped or died). When the
 child dies, every request it held answers a network error (the engine retries those items as for any
 node failure) and the next request starts a new child, at most once a second.
@@ -31,6 +33,7 @@ from typing import Any, Self
 
 from ..config import Engine as Settings
 from ..config import Node, NodeKind
+from ..logs import logging_setup, setup_logging
 from ..nodes import CacheState
 from ..tuning import tune_runtime
 from ..urls import TargetUrl
@@ -219,7 +222,7 @@ class ProcessFetcher(GuardedClient):
         self._link = link
         stdin = self._stdin()
         assert stdin is not None
-        stdin.write(_frame(self._settings.model_dump(mode="json")))
+        stdin.write(_frame({"engine": self._settings.model_dump(mode="json"), "logging": logging_setup()}))
         self._watcher = asyncio.create_task(self._watch(link), name="edgewarm-fetch-process-watcher")
         log.info("fetching from a child process (pid %d)", transport.get_pid())
 
@@ -372,7 +375,10 @@ async def _child_main(requests: int, results: int) -> None:
     done, _ = await asyncio.wait([link.settings, link.closed], return_when=asyncio.FIRST_COMPLETED)
     if link.settings not in done:
         return  # closed before it began
-    async with Fetcher(Settings(**link.settings.result())) as fetcher:
+    first = link.settings.result()
+    if first["logging"] is not None:
+        setup_logging(*first["logging"])
+    async with Fetcher(Settings(**first["engine"])) as fetcher:
         child = _Child(fetcher, out)
         link.attach(child)
         await link.closed  # stdin closed: the engine is done with us
