@@ -773,7 +773,9 @@ def test_check_config_names_every_problem_at_once_and_warns_of_no_users(tmp_path
 
 def test_db_upgrade_says_what_it_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`db upgrade` says whether it created the schema, upgraded it from an older version or found nothing to
-    do (before: "schema at version 3" whatever it did)."""
+    do (before: "schema at version 3" whatever it did). Before it, on an older store, `check-config` warns
+    of the upgrade to run and `serve` refuses to start, both naming the config file (they said `--config
+    FILE`; check-config said nothing)."""
 
     def upgrade(config: Path) -> str:
         result = subprocess.run([EDGEWARM, "db", "upgrade", "--config", str(config)], capture_output=True, text=True)
@@ -797,6 +799,13 @@ def test_db_upgrade_says_what_it_did(tmp_path: Path, monkeypatch: pytest.MonkeyP
     old = write_config(
         tmp_path / "old.toml", store=f"sqlite:///{tmp_path}/old.db", nodes_toml=NOWHERE_NODES, port=free_port()
     )
+    needs = f"this edgewarm needs {SCHEMA_VERSION}: run `edgewarm db upgrade --config {old}`"
+    checked = subprocess.run([EDGEWARM, "check-config", str(old)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and needs in checked.stderr, checked.stderr
+    assert checked.stderr.startswith("warning: the store: database "), checked.stderr
+    started = subprocess.run([EDGEWARM, "serve", "--config", str(old)], capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1 and needs in started.stderr, started.stderr
+    assert "FILE" not in started.stderr and not list(tmp_path.glob("old.db-*")), started.stderr
     assert upgrade(old) == f"upgraded the schema from version {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}"
 
 

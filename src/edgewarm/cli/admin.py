@@ -14,7 +14,7 @@ from ..errors import EdgewarmError
 from ..logs import item_count
 from ..models import Canceller, Task, TaskFilter, TaskPlace, TaskStatus
 from .main import main
-from .server import config_option, load_or_fail
+from .server import config_option, load_or_fail, said
 
 if TYPE_CHECKING:
     from ..store import TaskStore
@@ -99,7 +99,7 @@ def cancel(config_path: str, taskids: tuple[str, ...], usernames: tuple[str, ...
     try:
         idle, done = asyncio.run(go())
     except EdgewarmError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(said(exc, config_path)) from None
     for username in idle:
         # A typo reads as an idle user otherwise (a user removed from the config is still theirs to cancel).
         unknown = "" if config.user(username) is not None else " (no such user in the config)"

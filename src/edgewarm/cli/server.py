@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from collections.abc import Coroutine
 from typing import Any
 
@@ -31,13 +32,20 @@ def load_or_fail(path: str) -> Config:
         raise click.ClickException(f"config {path}: {exc}") from None
 
 
-def _run(coro: Coroutine[Any, Any, bool]) -> None:
+def said(exc: EdgewarmError, config_path: str) -> str:
+    """An error's words for the operator: the upgrade command they may give names the config file used."""
+    from ..store import UPGRADE_COMMAND
+
+    return str(exc).replace(UPGRADE_COMMAND, f"edgewarm db upgrade --config {shlex.quote(config_path)}")
+
+
+def _run(coro: Coroutine[Any, Any, bool], config_path: str) -> None:
     """Run a service to its stop; exit 1 when the stop was not clean (its last log line said what it left)."""
     tune_runtime()
     try:
         clean = asyncio.run(coro)
     except EdgewarmError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(said(exc, config_path)) from None
     if not clean:
         raise SystemExit(1)
 
@@ -58,7 +66,7 @@ def _serve(config_path: str, *, api: bool, engine: bool) -> None:
 
     config = load_or_fail(config_path)
     _setup_logging(config)
-    _run(run(config, api=api, engine=engine, config_path=config_path))
+    _run(run(config, api=api, engine=engine, config_path=config_path), config_path)
 
 
 @main.command()
@@ -117,7 +125,7 @@ def check_config(ctx: click.Context, path: str | None, config_paths: tuple[str, 
     warnings = [
         *file_cautions(chosen),
         *config.cautions(),
-        *([f"the store: {refused}"] if refused else []),
+        *([f"the store: {said(refused, chosen)}"] if refused else []),
         *store_cautions(config.store),
     ]
     counts = (

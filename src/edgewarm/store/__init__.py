@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from ..errors import StoreError
-from .base import SCHEMA_VERSION, Opening, TaskStore, no_schema
+from .base import SCHEMA_VERSION, UPGRADE_COMMAND, Opening, TaskStore, no_schema
 
 __all__ = [
     "SCHEMA_VERSION",
+    "UPGRADE_COMMAND",
     "Opening",
     "TaskStore",
     "database_refusal",
@@ -118,7 +119,7 @@ def make_folder_of(path: str) -> None:
 def database_refusal(url: str) -> StoreError | None:
     """The refusal a service's start on `url` meets for its SQLite file's state, read without opening it: an
     older edgewarm left the database elsewhere (see _moved_database), the file is cut short, or its -wal is
-    there without it (sqlite.file_refusal); or None: `check-config` warns of it."""
+    there without it, its schema is another version's (sqlite.file_refusal); or None: `check-config` warns of it."""
     path = sqlite_path(url)
     if path is None or path == ":memory:":
         return None

@@ -481,6 +481,10 @@ def schema_to_make(opening: Opening, version: int, database: str) -> bool:
     return False
 
 
+# What to run, as the store's errors say it; the CLI puts the config file it was given in FILE's place.
+UPGRADE_COMMAND = "edgewarm db upgrade --config FILE"
+
+
 def wrong_version(database: str, version: int) -> SchemaVersionError:
     """The refusal to work on a database of another schema version, with what to do about it."""
     if version > SCHEMA_VERSION:
@@ -490,14 +494,14 @@ def wrong_version(database: str, version: int) -> SchemaVersionError:
         )
     return SchemaVersionError(
         f"database {database} has schema version {version}, this edgewarm needs {SCHEMA_VERSION}: "
-        "run `edgewarm db upgrade --config FILE`"
+        f"run `{UPGRADE_COMMAND}`"
     )
 
 
 def no_schema(database: str) -> SchemaVersionError:
     """The refusal to work on a database without edgewarm's schema (where it is not to be made)."""
     return SchemaVersionError(
-        f"database {database} has no edgewarm schema: run `edgewarm db upgrade --config FILE` (which says so if the "
+        f"database {database} has no edgewarm schema: run `{UPGRADE_COMMAND}` (which says so if the "
         "database is another application's)"
     )
 

@@ -971,14 +971,29 @@ def _without_its_wal(path: str) -> StoreError | None:
 
 
 def file_refusal(path: str) -> StoreError | None:
-    """What a start would refuse the SQLite file at `path` for, read without opening it (check-config says it):
-    cut short, or its -wal there without it; or None."""
-    for check in (_not_cut_short, _not_a_wal_alone):
+    """What a start would refuse the SQLite file at `path` for, read without writing to it (check-config says it):
+    cut short, its -wal there without it, or a schema of another version; or None."""
+    for check in (_not_cut_short, _not_a_wal_alone, _schema_of_this_version):
         try:
             check(path)
         except StoreError as exc:
             return exc
     return None
+
+
+def _schema_of_this_version(path: str) -> None:
+    """Refuse a database whose schema is of another edgewarm's version (an older one's: `db upgrade` first), as
+    a start would. Read-only: the file alone when no -wal holds writes (nothing made beside it), else with its
+    -wal (a running service's; `db upgrade`'s version may be there still)."""
+    if _header(path) is None:
+        return  # none yet (a new store), or not a database: the start says which
+    options = "mode=ro" if _wal_bytes(path) > 0 else "mode=ro&immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_uri(path, options), uri=True)) as db:
+            version = _version_of(db, path)
+    except sqlite3.Error:
+        return  # unreadable now: the start says why
+    schema_to_make(Opening.SERVICE, version, path)
 
 
 def _not_a_wal_alone(path: str) -> None:
