@@ -272,14 +272,19 @@ class _Calls:
     def _quota(self) -> _Call:
         return _Call("GET", "/v1/quota", _QUOTA_VIEW, headers=self._auth())
 
-    def _wait_once(self, taskid: str, seconds: float) -> _Call:
+    def _wait_once(self, taskid: str, seconds: float, left: float) -> _Call:
+        """One long poll of `seconds`; `left`: seconds to the caller's deadline, which a slow or frozen server's
+        silence may pass by WAIT_GRACE at most (it was 10 s: the server's answer may be late by that much
+        under load when more polls follow; the last one has no time for it)."""
         params = {"timeout": seconds}
+        timeout = seconds + min(10.0, max(0.0, left - seconds) + WAIT_GRACE)
         return _Call(
-            "GET", _task_path(taskid, "/wait"), _TASK_VIEW, params=params, headers=self._auth(), timeout=seconds + 10
+            "GET", _task_path(taskid, "/wait"), _TASK_VIEW, params=params, headers=self._auth(), timeout=timeout
         )
 
 
 WAIT_PAUSE = 1.0  # seconds before asking again after a wait that came back early, the task still running
+WAIT_GRACE = 1.0  # seconds past `wait`'s timeout a silent server may keep its last poll's answer
 
 
 def _waited(timeout: float) -> float:
@@ -330,9 +335,17 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
             f"{server} answered no TLS: it serves plain HTTP? Give http:// (or the port of its TLS proxy)",
             lasting=True,
         )
-    return ClientError(
-        JdCode.INTERNAL, f"no answer from {server}: {type(exc).__name__}: {exc}", maybe_done=not isinstance(exc, unsent)
-    )
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else _UNSAID.get(type(exc), type(exc).__name__)
+    return ClientError(JdCode.INTERNAL, f"no answer from {server}: {said}", maybe_done=not isinstance(exc, unsent))
+
+
+# httpx's timeouts may carry no words (a read's, a write's): what each means.
+_UNSAID: dict[type[Exception], str] = {
+    httpx.ReadTimeout: "ReadTimeout: it kept silent past the call's timeout",
+    httpx.WriteTimeout: "WriteTimeout: it took no more of the request within the call's timeout",
+    httpx.ConnectTimeout: "ConnectTimeout: no connection within the call's timeout",
+    httpx.PoolTimeout: "PoolTimeout: no connection free within the call's timeout",
+}
 
 
 class Client(_Calls):
@@ -423,8 +436,9 @@ class Client(_Calls):
         """Long-poll until the task has ended; return its native view (without items)."""
         deadline = time.monotonic() + _waited(timeout)
         while True:
-            asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
-            view = dict(self._send(self._wait_once(taskid, asked)))
+            left, began = max(0.0, deadline - time.monotonic()), time.monotonic()
+            asked = min(30.0, left)
+            view = dict(self._send(self._wait_once(taskid, asked, left)))
             if view["status"] != 1:
                 return view
             if time.monotonic() >= deadline:
@@ -505,8 +519,9 @@ class AsyncClient(_Calls):
     async def wait(self, taskid: str, *, timeout: float = 600.0) -> dict[str, Any]:
         deadline = time.monotonic() + _waited(timeout)
         while True:
-            asked, began = max(0.0, min(30.0, deadline - time.monotonic())), time.monotonic()
-            view = dict(await self._send(self._wait_once(taskid, asked)))
+            left, began = max(0.0, deadline - time.monotonic()), time.monotonic()
+            asked = min(30.0, left)
+            view = dict(await self._send(self._wait_once(taskid, asked, left)))
             if view["status"] != 1:
                 return view
             if time.monotonic() >= deadline:

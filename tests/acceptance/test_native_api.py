@@ -304,3 +304,28 @@ def test_an_idle_connection_is_kept_as_long_as_a_silent_one_may_wait(service: Se
         time.sleep(6.0)
         s.sendall(request)
         assert answer(s).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_wait_on_a_silent_server_ends_about_its_timeout_not_10_s_after(flavour: str) -> None:
+    """A server that keeps silent past the long poll it was asked (frozen, or swamped): `wait(timeout=1)` gives
+    up about a second after its timeout (it waited 10 s more: the poll's own margin, meant for polls that
+    others follow), with a clear error."""
+    taskid = "0" * 32
+    with FaultServer(always(Respond(200, delay=30))) as frozen:
+        began = time.monotonic()
+        with pytest.raises(ClientError) as raised:
+            if flavour == "sync":
+                with Client(frozen.url, DEMO_USER, DEMO_SECRET) as client:
+                    client.wait(taskid, timeout=1)
+            else:
+
+                async def go() -> None:
+                    async with AsyncClient(frozen.url, DEMO_USER, DEMO_SECRET) as client:
+                        await client.wait(taskid, timeout=1)
+
+                asyncio.run(go())
+        took = time.monotonic() - began
+    assert 1.5 < took < 5, took
+    said = str(raised.value)  # httpx's words ("timed out"; none from its async client: they are ours then)
+    assert said.endswith(("ReadTimeout: timed out", "ReadTimeout: it kept silent past the call's timeout")), said
