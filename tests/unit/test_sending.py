@@ -185,7 +185,7 @@ def test_an_answer_in_json_without_what_edgewarm_answers_is_a_client_error(
         calls = {
             "/api/prefetch": client._prefetch(["http://a.test/1"], False, None, None),
             "/api/prefetchQuery": client._query("x", False),
-            "/v1/tasks/x/wait": client._wait_once("x", 1),
+            "/v1/tasks/x/wait": client._wait_once("x", 1, 1),
             "/v1/tasks": client._tasks({}),
         }
     response = httpx.Response(200, json=body, request=httpx.Request(method, f"http://edgewarm.test{path}"))
