@@ -41,7 +41,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     a head, or hold a body's end and the next request's head) and whatever is answered meanwhile (an answer
     given before the body arrives). A chunked body's end is not known ahead: a head behind it in the same read
     goes to the parser with it, so each head is also counted as the parser gives its parts (a 100,000-byte
-    head behind a chunked body was answered 200: a tester's), and one over the bound is not answered."""
+    head behind a chunked body was answered 200: a tester's), and one over the bound is not answered.
+
+    The requests before an oversized head on the connection (pipelined: sent before their answers came) are
+    answered first, then the 431: it closed the connection at once, and a request already taken in (a submit,
+    say) was done but its answer lost. Nothing more is read meanwhile."""
 
     request_seconds = 60.0
 
@@ -53,6 +57,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_left: int | None = None  # of a body of a known length
         self._head_parts = 0  # bytes of the head's parts the parser gave (its URL, its fields)
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
+        self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -61,6 +66,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            return  # read before the pause took: nothing after the oversized head is taken in
         if self._deadline is None:
             self._arm()  # bytes of a next request (or of none: a client sending blank lines) are on the clock
         while data and not self.transport.is_closing():
@@ -118,6 +125,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _too_large(self) -> None:
         UNREAD.refused(f"head over {MAX_HEAD_BYTES} bytes (431)", _peer(self))
+        self._refusing = True
+        self._disarm()  # the answers before it take what they take (a long poll, say)
+        self.flow.pause_reading()
+        self._refuse_when_answered()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next request taken in, if any; resumes reading
+        if self._refusing:
+            self.flow.pause_reading()
+            self._refuse_when_answered()
+
+    def _refuse_when_answered(self) -> None:
+        """The 431, once every request taken in before the oversized head is answered."""
+        if self.transport.is_closing() or self.pipeline or not (self.cycle is None or self.cycle.response_complete):
+            return
         self.transport.write(_TOO_LARGE)
         self.transport.close()
 
