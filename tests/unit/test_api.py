@@ -1189,6 +1189,29 @@ async def test_a_task_list_filter_of_eight_digits_is_a_date(api: Api) -> None:
     assert response.json()["tasks"] == []
 
 
+async def test_a_date_alone_in_a_task_list_filter_is_the_services_day(api: Api) -> None:
+    """A date without a time (`20240310`, `2024-03-10`) starts at midnight in `[api] timezone`, the day the
+    quotas and signatures count in (it was UTC's: on Shanghai's time `since=TODAY` left out the tasks of the
+    day's first 8 hours, a tester's); a time without a zone is still UTC."""
+    await api.submitted()  # at NOW: 2024-03-10 04:00 UTC, 2024-03-09 23:00 in New York
+    config = api.service.config
+    api.service.config = config.model_copy(
+        update={"api": config.api.model_copy(update={"timezone": "America/New_York"})}
+    )
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    for params, listed in (
+        ({"since": "20240310"}, 0),  # New York's 10 March starts at 05:00 UTC
+        ({"since": "2024-03-10"}, 0),
+        ({"since": "20240309"}, 1),
+        ({"until": "2024-03-10"}, 1),
+        ({"since": "2024-03-10T00:00:00"}, 1),  # a time: UTC's
+        ({"since": "2024-03-10T04:00:01"}, 0),
+    ):
+        response = await api.client.get("/v1/tasks", headers=headers, params=params)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["tasks"]) == listed, params
+
+
 async def test_a_time_whose_plus_came_as_a_space_is_refused_saying_to_write_it_2b(api: Api) -> None:
     """`until=2026-12-01T16:29:00+08:00` written in a URL by hand: its '+' is a space to a query string, and the
     refusal said only "not a time"; written %2B, it is read."""

@@ -8,6 +8,7 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, Field
@@ -142,10 +143,12 @@ def plain_filter(url: str | None) -> str | None:
 LAST_EPOCH_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: a larger number is no time in seconds (milliseconds?)
 
 
-def epoch(value: str | None, name: str) -> float | None:
-    """A time given as epoch seconds or ISO 8601 (UTC when it names no zone). Eight digits are a date (ISO 8601's
-    basic form, 20261202; as seconds, a day of 1970), a number past the year 9999 is refused (milliseconds, most
-    likely: read as seconds it matched no task, and said nothing)."""
+def epoch(value: str | None, name: str, timezone: str) -> float | None:
+    """A time given as epoch seconds or ISO 8601 (UTC when it names no zone). A date alone (20261202, ISO 8601's
+    basic form: as seconds, a day of 1970; or 2026-12-02) is that day's start in `timezone`, the service's day
+    (`[api] timezone`: the quotas' and the signatures'; it was UTC's, 8 hours off Shanghai's day). A number
+    past the year 9999 is refused (milliseconds, most likely: read as seconds it matched no task, and said
+    nothing)."""
     if value is None or value == "":
         return None
     try:
@@ -170,9 +173,12 @@ def epoch(value: str | None, name: str) -> float | None:
             head, _, offset = value.rstrip().rpartition(" ")
             hint = f": a '+' in a query string is read as a space; write it %2B ({head}%2B{offset})"
         raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601){hint}") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(timezone) if _DATE.fullmatch(value) else UTC)
+    return moment.timestamp()
 
 
+_DATE = re.compile(r"\d{4}-?\d{2}-?\d{2}")
 _PLUS_AS_SPACE = re.compile(r"\d \d{2}:?\d{2}\s*\Z")
 
 
@@ -313,8 +319,8 @@ def native_router(service: Service) -> APIRouter:
             where = TaskFilter(
                 status=None if status is None else TaskStatus(status),
                 kind=kind,
-                since=epoch(since, "since"),
-                until=epoch(until, "until"),
+                since=epoch(since, "since", service.config.api.timezone),
+                until=epoch(until, "until", service.config.api.timezone),
                 url_contains=plain_filter(url),
                 after=cursor_filter(after, offset),
                 offset=offset,
