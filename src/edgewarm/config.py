@@ -24,7 +24,7 @@ from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import STORE_URL_FORMS, pool_size_of, redacted, sqlite_path
-from .urls import password_masked
+from .urls import password_masked, reads_as_ip
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -66,7 +66,7 @@ def _check_domain(pattern: str) -> str:
     labels = bare.split(".")
     if "*" in bare or len(labels) < 1 or not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise ValueError(f"{pattern!r} is not a domain name or a '*.domain' wildcard{_ascii_form(pattern)}")
-    if bare.replace(".", "").isdigit():
+    if reads_as_ip(bare):
         raise ValueError(f"{pattern!r} is an IP address: URLs must name a domain (the API refuses IP hosts)")
     return pattern
 

@@ -226,7 +226,19 @@ def _split_plain(raw: str) -> TargetUrl | None:
 def _is_domain_name(host: str) -> bool:
     """Whether `host` (lower case, no final dot) is a domain name, not an IP address. Cached: the hosts of a
     call are mostly one or a few, and the match cost more than the rest of a plain URL's split."""
-    return _HOST.match(host) is not None and not host.replace(".", "").isdigit()
+    return _HOST.match(host) is not None and not reads_as_ip(host)
+
+
+IP_HOST = "not an IP address (a last label of digits, or of 0x and hex digits, makes the host one)"
+_NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.IGNORECASE)
+
+
+def reads_as_ip(host: str) -> bool:
+    """Whether URL parsers read `host` (no final dot) as an IPv4 address: when its last label is a number, in
+    decimal, octal or hex (the WHATWG URL standard's rule, which the HTTP client follows): `2130706433`,
+    `127.1`, `0x7f000001`, `1.1.0x7f`. Such a host is no domain name: a warm of one through an https node
+    connected to that address, not the node's (a security tester's `0x7f000001`)."""
+    return _NUMBER_LABEL.fullmatch(host.rpartition(".")[2]) is not None
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -327,8 +339,8 @@ def _split_any(raw: str) -> TargetUrl:
     host = (parts.hostname or "").rstrip(".")
     if not _HOST.match(host):
         raise illegal(f"the host must be a domain name{_not_a_domain(host, parts.netloc)}")
-    if host.replace(".", "").isdigit():
-        raise illegal("the host must be a domain name, not an IP address")
+    if reads_as_ip(host):
+        raise illegal(f"the host must be a domain name, {IP_HOST}")
     authority = _authority(scheme, host, port)
     path = parts.path or "/"
     if not path.startswith("/"):

@@ -241,6 +241,9 @@ def test_user_with_empty_secret_is_refused() -> None:
         "*.",
         "1.2.3.4",  # the API refuses every URL of an IP host: such an entry could never be used
         "*.0.10",
+        "0x7f000001",  # IPv4 in hex (URL parsers read it so): a security tester's
+        "*.0x7f",
+        "a.test.1",
     ],
 )
 def test_bad_domain_is_refused(domain: str) -> None:

@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.urls import TargetUrl, escape_cases, find_duplicate, masked_query, parse_url, spellings, split_list
+from edgewarm.urls import (
+    IP_HOST,
+    TargetUrl,
+    escape_cases,
+    find_duplicate,
+    masked_query,
+    parse_url,
+    spellings,
+    split_list,
+)
 
 # --- split_list -----------------------------------------------------------------------------------
 
@@ -501,6 +510,12 @@ def test_a_url_in_a_query_value_is_no_list() -> None:
         ("http://a_b.www.a.test/x", "the host must be a domain name: '_' in it (letters, digits, '-' and '.' only)"),
         (f"http://{'a' * 64}.a.test/x", f"a label of 64 characters ({'a' * 20}…), over 63"),
         ("http://[::1]/x", "the host must be a domain name, not an IP address"),
+        # What URL parsers (the HTTP client's among them) read as IPv4: a last label of digits or of 0x and hex
+        # digits. A warm of https://0x7f000001/x through an https node connected to 127.0.0.1: a security tester's.
+        *(
+            (f"http://{host}/x", f"the host must be a domain name, {IP_HOST}")
+            for host in ("0x7f000001", "1.1.0x7f", "0X7F.1", "www.a.0x", "127.1", "2130706433", "www.a.test.1", "a.017")
+        ),
         ("http://-a.test/x", "the host must be a domain name: '-a' begins or ends with '-'"),
         (f"http://{'ab.' * 90}test/x", "the host must be a domain name: 274 characters, over 253"),
     ],
@@ -510,6 +525,11 @@ def test_a_host_that_is_no_domain_name_is_refused_saying_why(raw: str, why: str)
     with pytest.raises(RequestRefused) as refused:
         parse_url(raw)
     assert refused.value.message.endswith(why), refused.value.message
+
+
+@pytest.mark.parametrize("host", ["www.0x7f.test", "0x.a.test", "a1.b2", "www.a.x1", "www.a.0xg", "1.2.3.test"])
+def test_a_host_with_numbers_in_it_but_not_last_is_a_domain_name(host: str) -> None:
+    assert parse_url(f"http://{host}/x").host == host
 
 
 @pytest.mark.parametrize(
