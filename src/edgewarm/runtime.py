@@ -43,7 +43,7 @@ from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
 from .service import Service
 from .store import TaskStore, make_folder_of, open_store, redacted, sqlite_path, store_cautions
-from .tuning import open_files_room
+from .tuning import api_connections_room, open_files_room
 from .urls import TargetUrl
 from .webhooks import WebhookDeliverer
 
@@ -450,7 +450,10 @@ async def _run_parts(
                     port=config.listen_port,
                     log_level="warning",
                     log_config=None,  # its records go to the root logger: one JSON object per line, as ours
-                    http=bounded_protocol(config.api.request_timeout),  # a head's size and a request's time bounded
+                    # A head's size, a request's time and the connections open bounded.
+                    http=bounded_protocol(
+                        config.api.request_timeout, api_connections_room(config.engine.concurrency if engine else 0)
+                    ),
                     # An idle connection kept as long as a silent one may wait (uvicorn's 5 s made pooled clients
                     # post on connections it had just closed).
                     timeout_keep_alive=math.ceil(config.api.request_timeout),

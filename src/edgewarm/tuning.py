@@ -7,9 +7,11 @@ import gc
 import os
 import resource
 
-# Open files a process needs besides one socket per request in flight: the API's connections, the store's files,
-# webhook deliveries, the fetch process's pipes, the runtime's own.
-FILES_BESIDE_REQUESTS = 256
+# Open files a process needs besides one socket per request in flight and the API's connections: the store's files
+# (a PostgreSQL pool's connections), webhook deliveries (100 at most), the fetch process's pipes, the runtime's own.
+FILES_OF_THE_PROCESS = 192
+API_CONNECTIONS_AT_LEAST = 64  # the API's room when the limit is tight (open_files_room cautions of it)
+FILES_BESIDE_REQUESTS = FILES_OF_THE_PROCESS + API_CONNECTIONS_AT_LEAST
 
 
 def tune_runtime() -> None:
@@ -35,14 +37,7 @@ def open_files_room(concurrency: int) -> str | None:
     """Raise this process's soft limit of open files to its hard limit; a caution when even that is below what
     `concurrency` requests at once need (each holds a socket), else None. Past the limit, connections fail with
     "Too many open files" and so do the store's files."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):  # the kernel's own ceiling (fs.nr_open) may be lower: keep what there is
-            pass
+    soft = _raised_open_files()
     needed = concurrency + FILES_BESIDE_REQUESTS
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return None
@@ -51,6 +46,31 @@ def open_files_room(concurrency: int) -> str | None:
         f"(about {needed}): requests and the store will fail with 'Too many open files'; raise it (ulimit -n, "
         "systemd's LimitNOFILE) or lower concurrency"
     )
+
+
+def api_connections_room(concurrency: int) -> int | None:
+    """How many connections the API may hold open at once and leave the engine's `concurrency` requests (0: no
+    engine in this process) and the process's own files their room, by this process's open-files limit (raised
+    to its hard limit first); None: no limit. Past it, a client's idle connections took every
+    file: the engine's requests and the store failed with "Too many open files", and nothing was logged (a
+    security tester's 1,100 connections under a limit of 1,024)."""
+    soft = _raised_open_files()
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(API_CONNECTIONS_AT_LEAST, soft - concurrency - FILES_OF_THE_PROCESS)
+
+
+def _raised_open_files() -> int:
+    """This process's soft limit of open files, raised to its hard limit first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # the kernel's own ceiling (fs.nr_open) may be lower: keep what there is
+            pass
+    return soft
 
 
 def out_of_open_files() -> str | None:

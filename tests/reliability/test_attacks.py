@@ -748,3 +748,47 @@ def _raw_exchange_after(port: int, request: bytes, wait: float) -> tuple[bytes, 
             while chunk := sock.recv(65536):
                 data += chunk
     return data, time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_path: Path) -> None:
+    """Under an open-files limit of 600 with `[engine] concurrency = 64`, the API has room for 600 - 64 - 192 =
+    344 connections: a client opening 400 idle ones gets 503 on those past it, at once, each closed, and the log
+    says so; the rest of the process keeps its files (before: every connection was taken until the process ran
+    out of files, the engine's requests and the store then failing "Too many open files", nothing logged: a
+    security tester's). Once they close, the service works as before."""
+    extra = "[engine]\nconcurrency = 64\nper_node_concurrency = 8\n"
+    with (
+        FaultServer(Respond(200, body=b"ok")) as node,
+        start_service(tmp_path, node_toml("n", node.url), extra=extra, open_files=600) as service,
+    ):
+        assert service.port is not None
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(400):
+                idle.append(socket.create_connection(("127.0.0.1", service.port), timeout=5))
+            deadline = time.monotonic() + 10
+            answers: dict[int, bytes] = {}
+            while time.monotonic() < deadline and len(answers) < 400 - 344:
+                for number, sock in enumerate(idle):
+                    if number in answers:
+                        continue
+                    sock.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        answers[number] = sock.recv(1024)
+                time.sleep(0.1)
+            refused = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers.values())
+            assert refused == len(answers) >= 400 - 344 - 2, answers  # (the start's health checks have closed)
+        finally:
+            for sock in idle:
+                sock.close()
+        sig = real_signature(DEMO_USER, DEMO_SECRET)
+        body = {"username": DEMO_USER, "signature": sig, "publish_urls": ["http://www.example.test/after-flood"]}
+        answer = httpx.post(f"{service.url}/api/prefetch", json=body, timeout=10).json()
+        assert answer["status"] == 0, answer
+        done = f"{service.url}/api/prefetchQuery"
+        query = {"username": DEMO_USER, "signature": sig, "taskid": answer["taskid"]}
+        wait_until(lambda: httpx.post(done, json=query, timeout=10).json()["data"]["status"] == 0, 15, "warmed")
+    log = service.log.read_text()
+    assert "over 344 connections open (503, closed); from 127.0.0.1" in log, log[-3000:]
+    assert "Too many open files" not in log

@@ -1,11 +1,11 @@
-"""uvicorn's httptools protocol with the two bounds it lacks: the size of a request's head, and the time a
-request may take to arrive.
+"""uvicorn's httptools protocol with the bounds it lacks: the size of a request's head, the time a request may
+take to arrive, and the connections open at once.
 
 Without them one client could stall every other (a head of 100 MB took the event loop tens of seconds to
 take in) or hold connections open for ever (a silent connection, or one sending a byte now and then: only a
 connection that has finished a request was ever closed, by the keep-alive timeout), until the process ran out
 of file descriptors. nginx's own defaults are of this kind (`large_client_header_buffers`,
-`client_header_timeout`, `client_body_timeout`).
+`client_header_timeout`, `client_body_timeout`, `worker_connections`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
 
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
-def bounded_protocol(request_seconds: float) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn, with `[api] request_timeout`."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"request_seconds": request_seconds})
+def bounded_protocol(request_seconds: float, max_connections: int | None) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn, with `[api] request_timeout` and the connections this process has room
+    for (tuning.api_connections_room; None: no bound)."""
+    bounds = {"request_seconds": request_seconds, "max_connections": max_connections}
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), bounds)
 
 
 _IDLE, _HEAD, _BODY = range(3)  # where the parser is: between messages, in a head, in a body
@@ -34,7 +37,8 @@ _IDLE, _HEAD, _BODY = range(3)  # where the parser is: between messages, in a he
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A head over MAX_HEAD_BYTES is answered 431, a request not whole within `request_seconds` (from the
     connection's start, or its first byte after the last answer) 408; a connection that sends nothing is
-    closed after as long; each closes the connection.
+    closed after as long; each closes the connection. A connection beyond `max_connections` open is answered
+    503 at once and closed (each is an open file: the engine's requests and the store need theirs).
 
     The parser is fed a read's bytes in pieces: up to the end of a head (its blank line), and a body's bytes
     by its Content-Length, so that every head is counted, however the reads cut the bytes (one read may end
@@ -48,9 +52,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     say) was done but its answer lost. Nothing more is read meanwhile."""
 
     request_seconds = 60.0
+    max_connections: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # counted in server_state.connections
         self._state = _IDLE
         self._head_bytes = 0  # of the head being received
         self._tail = b""  # its last bytes: its end may span two reads
@@ -59,6 +64,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
         self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
         self._deadline: asyncio.TimerHandle | None = None
+        if self.max_connections is not None and len(self.server_state.connections) > self.max_connections:
+            UNREAD.refused(f"over {self.max_connections} connections open (503, closed)", _peer(self))
+            self._refusing = True  # nothing it sends is read
+            transport.write(_TOO_MANY)
+            transport.close()
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

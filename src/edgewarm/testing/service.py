@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -48,11 +49,20 @@ def write_config(
 class ServiceProcess:
     """`edgewarm <command> --config FILE` in a child process; stopped by PID on exit."""
 
-    def __init__(self, config: Path, *, command: str = "serve", port: int | None = None, log: Path | None = None):
+    def __init__(
+        self,
+        config: Path,
+        *,
+        command: str = "serve",
+        port: int | None = None,
+        log: Path | None = None,
+        open_files: int | None = None,
+    ):
         self.config = config
         self.command = command
         self.port = port
         self.log = log or config.with_suffix(f".{command}.log")
+        self.open_files = open_files  # the process's limit of open files (soft and hard); None: this one's
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,11 +74,18 @@ class ServiceProcess:
         argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgewarm"]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [*argv, self.command, "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+                [*argv, self.command, "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         if self.port is not None:
             self._wait_healthy(timeout)
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -137,6 +154,7 @@ def start_service(
     store: str | None = None,
     command: str = "serve",
     timeout: float = 30.0,
+    open_files: int | None = None,
 ) -> ServiceProcess:
     """`edgewarm serve` (or `api`) on a free port for DEMO_USER, on a SQLite file in `folder` unless `store`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,4 +167,4 @@ def start_service(
         domains=domains,
         extra=extra,
     )
-    return ServiceProcess(config, command=command, port=port).start(timeout)
+    return ServiceProcess(config, command=command, port=port, open_files=open_files).start(timeout)
