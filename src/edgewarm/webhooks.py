@@ -276,15 +276,16 @@ def _bounded(text: str) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
-_CARET = " ^\n"  # under the excerpt of aiohttp's parse errors, pointing at the fault: nothing said without it
-
-
 def _malformed(message: str) -> str:
-    """What aiohttp said of an answer whose head did not parse: a server that is no HTTP one (an SSH banner,
-    an echo of the request) is told as such, without what it sent."""
+    """What aiohttp said of an answer whose head did not parse, without the excerpt of it that aiohttp quotes
+    (`b'…'`: a receiver on an allowed host is not a tenant's to read through its tasks' errors, a security
+    tester's internal tokens in a status line and a header): "Bad status line: Invalid status code". A server
+    that is no HTTP one (an SSH banner, an echo of the request) is told as such."""
     if "Expected HTTP/" in message:
         return "not an HTTP answer"
-    return "malformed answer from the receiver: " + message.rstrip(_CARET)
+    said = " ".join(line.strip() for line in message.split("\n\n", 1)[0].split("\n"))
+    said = said.split(" b'", 1)[0].split(' b"', 1)[0].strip(" :")
+    return "malformed answer from the receiver: " + (said or "its head did not parse")
 
 
 def _retry_delay(settings: WebhookSettings, attempts: int) -> float:

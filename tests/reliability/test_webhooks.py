@@ -247,8 +247,7 @@ async def test_a_malformed_answer_is_not_told_as_a_status_the_receiver_never_sen
         async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
             task = await delivered(store, task_id, 2.0)
     assert task is not None and task.webhook_error is not None
-    assert task.webhook_error.startswith("malformed answer from the receiver: "), task.webhook_error
-    assert "400" not in task.webhook_error
+    assert task.webhook_error == "malformed answer from the receiver: Bad status line: Invalid status code"
 
 
 async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
@@ -433,17 +432,32 @@ async def test_an_error_from_a_server_that_is_not_http_shows_neither_what_it_sen
 
 
 async def test_an_error_text_is_bounded_printable_and_masks_the_querys_values_wherever_they_are() -> None:
-    """A malformed answer that echoes the token inside what aiohttp quotes back: masked there too (the URL
-    itself was masked, its values elsewhere were not), on one line of at most 200 printable characters."""
+    """A malformed answer that echoes the token inside what aiohttp quotes back: it was masked there (the URL
+    itself was masked, its values elsewhere were not); now what aiohttp quotes is left out altogether."""
     answer = b"HTTP/1.1 2OO token=LEAKME%20x " + b"\x01z" * 300 + b"\r\n\r\n"
     async with raw_receiver(answer) as url, open_store("memory://") as store:
         task_id = await ended_task(store, f"{url}?token=LEAKME%20x&n=1")
         async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
             task = await delivered(store, task_id, 2.0)
     error = task.webhook_error if task is not None else None
-    assert error is not None and error.startswith("malformed answer from the receiver: "), error
-    assert "LEAKME" not in error and len(error) <= 200 and error.isprintable() and "\x01" not in error, error
-    assert "token=***" in error, error
+    assert error == "malformed answer from the receiver: Bad status line: Invalid status code", error
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"HTTP/1.1 200 OK\r\nBad Header Name: internal-token-ABCDEF\r\n\r\n", "Invalid header token"),
+        (b"HTTP/1.1 999999 internal-token-STATUSLINE\r\n\r\n", "Bad status line: Invalid response status"),
+    ],
+)
+async def test_a_malformed_answer_is_told_by_its_fault_without_what_the_receiver_sent(answer: bytes, said: str) -> None:
+    """aiohttp quotes the line it could not parse; the task's error (the tenant's to read) kept it: a receiver on
+    an allowed host told its internal tokens through a callback pointed at it (a security tester's)."""
+    async with raw_receiver(answer) as url, open_store("memory://") as store:
+        task_id = await ended_task(store, url)
+        async with delivering(WebhookDeliverer(webhook_config(timeout=3.0), store, Metrics())):
+            task = await delivered(store, task_id, 2.0)
+    assert task is not None and task.webhook_error == f"malformed answer from the receiver: {said}", task
 
 
 async def test_a_callback_spelled_otherwise_than_allowed_hosts_lists_its_host_is_delivered() -> None:
