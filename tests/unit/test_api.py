@@ -1641,6 +1641,18 @@ async def test_a_form_in_a_charset_that_is_none_is_refused_as_unknown(api: Api, 
     )
 
 
+@pytest.mark.parametrize("charset", ["utf-16", "UTF-32-LE", "utf_16_be"])
+async def test_a_form_in_a_charset_not_written_in_ascii_is_refused_saying_so(api: Api, charset: str) -> None:
+    """An ASCII form labelled `charset=utf-16` read as other characters: "username must not be empty" (a JD
+    wire tester's); a form is ASCII's bytes (names, '=', '&', %-escapes) in every charset forms are sent in."""
+    body = urlencode({**creds(), "publish_urls": urls(1)[0]}).encode()
+    response = await api.client.post(
+        "/api/prefetch", content=body, headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}"}
+    )
+    said = f"charset {charset!r} does not write a form's names, '=' and '&' in ASCII: send the form in UTF-8"
+    assert (response.status_code, response.json()) == (415, {"error": said})
+
+
 async def test_json_in_another_charset_is_refused_saying_json_is_read_as_utf8(api: Api) -> None:
     """It said "str is not valid UTF-8: surrogates not allowed: line 1 column 1" (orjson's words)."""
     body = orjson.dumps({**creds(), "publish_urls": urls(1)}).replace(b"jcloud_00", "用户".encode("gbk"))

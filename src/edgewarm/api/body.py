@@ -109,6 +109,10 @@ async def read_params(request: Request) -> dict[str, Any]:
         try:
             if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
                 raise LookupError(encoding)
+            if b"a=b&".decode(encoding, errors="replace") != "a=b&":  # UTF-16, UTF-32: it read as other
+                raise UnsupportedMediaType(  # characters, and was answered "username must not be empty"
+                    f"charset {charset!r} does not write a form's names, '=' and '&' in ASCII: send the form in UTF-8"
+                )
             text = raw.decode(encoding)  # the bytes as they are, then the %-escapes of the fields: both in it
             form = parse_qs(
                 text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, encoding=encoding, errors="strict"
