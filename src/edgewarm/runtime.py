@@ -488,8 +488,9 @@ async def _run_parts(
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s failed: %r", task.get_name(), result)
                 raise result
-        if live.fetcher is not None:  # before the last line: a supervisor reads that one as the stop's word
-            live.fetcher.flush_failures()
+        # Before the last line (a supervisor reads that one as the stop's word): the fetchers' held failures,
+        # and their fetch processes' ends (one stopped was killed 5 s later, after "stopped cleanly": a tester's).
+        await _close_fetchers(live)
         if live.service is not None:
             live.service.flush_logs()
             for digest in HTTP_DIGESTS:
@@ -524,4 +525,5 @@ async def _close_fetchers(live: _Live) -> None:
         for swap in late:
             swap.cancel()
     if live.fetcher is not None:
-        await live.fetcher.__aexit__(None, None, None)
+        fetcher, live.fetcher = live.fetcher, None  # closed once (at the stop's end, or the exit's)
+        await fetcher.__aexit__(None, None, None)

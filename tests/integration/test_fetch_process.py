@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 from edgewarm.client import Client
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node, NodeKind
-from edgewarm.engine import Fetcher, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
+from edgewarm.engine import Fetcher, FetchResult, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
 from edgewarm.engine.node_health import COOLDOWN, FAILURES_IN_A_ROW
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
@@ -36,6 +37,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def nodes_of(lab: Lab) -> list[Node]:
     return [Node(name=n.name, url=n.url, kind=NodeKind(n.kind)) for n in lab.cache_nodes()]
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
 
 
 def alive(pid: int) -> bool:
@@ -57,6 +62,8 @@ def test_the_child_answers_as_the_fetcher_does(lab: Lab) -> None:
     async def go() -> None:
         async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
             assert remote.pid is not None and remote.pid != os.getpid()
+            # `ps` tells whose it is (it showed `python3 -c from edgewarm…` alone: a tester's)
+            assert f"--fetch-process-of={os.getpid()}" in command_line(remote.pid)
             for node in nodes_of(lab):
                 first = await remote.request("GET", node, target)
                 assert (first.status, first.bytes, first.cache_state) == (200, 5000, CacheState.MISS), node
@@ -315,3 +322,87 @@ def test_the_fetchers_log_lines_are_the_services_json_lines_from_the_child_too(
     entry = json.loads(said[0])
     assert (entry["level"], entry["logger"]) == ("error", "edgewarm.engine"), entry
     assert "self-signed certificate" in entry["message"], entry
+
+
+def test_a_stopped_child_is_killed_and_its_requests_come_back_for_a_retry(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child stopped (SIGSTOP) or hung held its requests, and so every lane, for ever: the service looked
+    healthy and said nothing (a tester's: 115 s, until SIGCONT). Silent for SILENT_LIMIT (its heartbeat
+    missing) while requests wait on it, it is killed, said in the log; its requests answer untold (retried,
+    the node not blamed); the next request gets a new child."""
+    monkeypatch.setattr(fetch_process, "SILENT_LIMIT", 2.0)
+    lab.write_file("/fp/stop.bin", b"s" * 100)
+    target = parse_url(f"http://{DEFAULT_HOST}/fp/stop.bin")
+    node = nodes_of(lab)[0]
+
+    async def go() -> tuple[int, float]:
+        async with ProcessFetcher(Settings(), NodeHealth()) as remote:
+            assert (await remote.request("GET", node, target)).status == 200
+            stopped = remote.pid
+            assert stopped is not None
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                began = asyncio.get_running_loop().time()
+                held = await asyncio.wait_for(remote.request("GET", node, target), 15)
+                took = asyncio.get_running_loop().time() - began
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGCONT)
+            assert held.status is None and held.untold, held
+            again = await remote.request("GET", node, target)
+            assert again.status == 200 and remote.pid not in (None, stopped)
+            assert remote.health is not None and not remote.health.is_down(node)
+            return stopped, took
+
+    with caplog.at_level(logging.ERROR, logger="edgewarm.engine"):
+        stopped, took = asyncio.run(go())
+    assert 2.0 <= took < 6, took
+    assert not alive(stopped)
+    said = [r.getMessage() for r in caplog.records if "has written nothing in" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"the fetch process (pid {stopped}) has written nothing in "), said
+    assert not [r for r in caplog.records if "exited with code" in r.getMessage()]  # one line of it, not two
+
+
+def test_requests_made_while_the_child_restarts_wait_for_it(lab: Lab) -> None:
+    """A child that died within RESTART_INTERVAL of its start is started again when that has passed; requests
+    made meanwhile failed at once, "not running (restarting)", each spending an attempt and counted as the
+    node's network error (a tester's crash loop: a task of 6,000 items failed in 5 s): they wait for it."""
+    lab.write_file("/fp/restart.bin", b"r" * 10)
+    target = parse_url(f"http://{DEFAULT_HOST}/fp/restart.bin")
+    node = nodes_of(lab)[0]
+
+    async def go() -> list[FetchResult]:
+        async with ProcessFetcher(Settings(), NodeHealth()) as remote:
+            first = remote.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)  # at once: within RESTART_INTERVAL of its start
+            for _ in range(500):  # its end seen by the parent (5 s at most)
+                if remote.pid is None:
+                    break
+                await asyncio.sleep(0.01)
+            return await asyncio.gather(*(remote.request("GET", node, target) for _ in range(5)))
+
+    results = asyncio.run(go())
+    assert [(r.status, r.bytes, r.error) for r in results] == [(200, 10, None)] * 5, results
+
+
+def test_a_stop_ends_a_stopped_child_before_its_last_line(tmp_path: Path) -> None:
+    """SIGTERM while the child is stopped: it was killed 5 s after "edgewarm stopped cleanly", unsaid (a
+    supervisor reading the last line took the process for gone). The kill is said, before the last line."""
+    with FaultServer(Respond(200, body=b"ok")) as node:
+        nodes = f'[[nodes]]\nname = "n"\nurl = "{node.url}"\n'
+        service = start_service(tmp_path, nodes, extra="[engine]\nfetch_process = true\n")
+        try:
+            assert service.proc is not None
+            children = Path(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children").read_text().split()
+            (child,) = (int(pid) for pid in children)
+            os.kill(child, signal.SIGSTOP)
+            assert service.stop(timeout=30) == 0
+        finally:
+            service.kill()
+    lines = [json.loads(line)["message"] for line in service.log.read_text().splitlines() if line.startswith("{")]
+    killed = f"the fetch process (pid {child}) did not end within 5 s of its stop (stopped, or hung?): killed"
+    assert killed in lines and lines[-1] == "edgewarm stopped cleanly", lines[-5:]
+    assert lines.index(killed) < len(lines) - 1
+    assert not alive(child)

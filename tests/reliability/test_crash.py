@@ -322,7 +322,7 @@ def test_a_long_poll_open_at_a_stop_is_answered_at_once_with_the_task_as_it_is(t
         with service, Client(service.url, DEMO_USER, DEMO_SECRET) as client:
             taskid = client.prefetch(["http://www.example.test/polled"])
             with ThreadPoolExecutor(1) as pool:
-                polling = pool.submit(client._send, client._wait_once(taskid, 30))
+                polling = pool.submit(client._send, client._wait_once(taskid, 30, 30))
                 time.sleep(1.0)  # the poll is in
                 started = time.monotonic()
                 code = service.stop(timeout=25)

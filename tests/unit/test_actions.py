@@ -214,3 +214,25 @@ def test_a_directory_purge_whose_known_urls_the_store_did_not_answer_is_retried_
     assert first.retry_at is not None and 100.0 < first.retry_at <= 100.0 + 2.0
     last = asyncio.run(perform(claim, node, 3, fleet, _StoreDown(), settings, 100.0))  # type: ignore[arg-type]
     assert last.retry_at is None and last.error is not None and last.error.endswith("gave up after 3 attempts")
+
+
+class _Known:
+    """A store that knows two URLs under /dir/."""
+
+    async def known_urls(self, prefix: str, limit: int) -> list[str]:
+        found = ["http://www.example.test/dir/a", "http://www.example.test/dir/b"]
+        return [url for url in found if url.startswith(prefix)]
+
+
+def test_a_directory_purges_note_after_an_attempt_cut_short_says_an_earlier_one_may_have_purged() -> None:
+    """A retry's purges find nothing (the attempt cut short had purged it all) and said "purged 0 of the 1500
+    URLs known … (1500 not cached there)" (a tester's child killed mid-refresh); a first attempt says it as before."""
+    claim = Claim(1, "t", "http://www.example.test/dir/", "edge-1", ItemAction.PURGE_DIR, 0)
+    node = Node(name="edge-1", url="http://127.0.0.1:1")  # nginx: the directory's URLs purged one by one
+    gone = _Answers(FetchResult(404))
+    notes = [
+        asyncio.run(perform(claim, node, attempt, gone, _Known(), Engine(), 100.0)).error  # type: ignore[arg-type]
+        for attempt in (1, 2)
+    ]
+    said = "purged 0 of the 2 URLs known at or under the directory (2 not cached there"
+    assert notes == [f"{said})", f"{said} or purged by an earlier attempt)"], notes

@@ -125,3 +125,40 @@ async def test_a_node_that_tells_no_cache_state_is_said_once(caplog: pytest.LogC
             await client.request("GET", FINE, TARGET)
     (said,) = warnings(caplog)
     assert said.startswith(f"node slow-1 told no cache state in {STATELESS_ANSWERS} answers in a row"), said
+
+
+async def test_purge_answers_without_a_cache_state_do_not_make_a_node_stateless(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nginx's purge module answers PURGE 200 with its own page, no cache state: a refresh's 100 purges said of
+    nginx nodes that they were maybe no caches (a tester's, at every start and fetcher swap). Warms alone count."""
+    from edgewarm.engine.fetcher import STATELESS_ANSWERS
+
+    client = Scripted(Clock())
+    client.answer = FetchResult(200, 10, None)
+    with caplog.at_level(logging.WARNING, logger="edgewarm.engine"):
+        for method in ("PURGE", "BAN", "HEAD"):
+            for _ in range(2 * STATELESS_ANSWERS):
+                await client.request(method, SLOW, TARGET)
+    assert warnings(caplog) == []
+
+
+async def test_a_connection_failed_at_the_process_files_limit_holds_no_node_down(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At its open-files limit a node given by name fails its lookup ("Name or service not known"), a failed
+    connection: 4 of them held a live node down (a tester's, at `ulimit -n 150`). Said as the limit instead,
+    which holds no node down; a refused connection with files to spare still counts toward the node's hold."""
+    from edgewarm.engine import fetcher as fetcher_module
+
+    monkeypatch.setattr(fetcher_module, "out_of_open_files", lambda: "this process has run out of open files (150)")
+    client = Scripted(Clock())
+    client.answer = FetchResult(None, error="cannot connect to slow-1: Name or service not known", unreachable=True)
+    with caplog.at_level(logging.WARNING, logger="edgewarm.engine"):
+        results = [await client.request("GET", SLOW, TARGET) for _ in range(10)]
+    assert client.health is not None and not client.health.is_down(SLOW)
+    assert all(r.hold is None and "Too many open files: at this process's limit" in (r.error or "") for r in results)
+    monkeypatch.setattr(fetcher_module, "out_of_open_files", lambda: None)
+    for _ in range(10):
+        await client.request("GET", SLOW, TARGET)
+    assert client.health.is_down(SLOW)

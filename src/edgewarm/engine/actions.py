@@ -73,7 +73,7 @@ async def _purge(
             verdict, result = await _purge_url(node, target, request, fetcher, await _spellings_known(target, store))
             detail = None
         else:
-            verdict, result, detail = await _purge_dir(node, target, fetcher, store, settings)
+            verdict, result, detail = await _purge_dir(node, target, fetcher, store, settings, attempt)
     except purge.Unsupported as exc:
         return ItemOutcome(claim.item_id, False, attempt, error=str(exc))
     except StoreError as exc:  # the directory's known URLs not read: tried again as a request that failed is
@@ -203,7 +203,7 @@ async def _purge_url(
 
 
 async def _purge_dir(
-    node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore, settings: Settings
+    node: Node, target: TargetUrl, fetcher: NodeClient, store: TaskStore, settings: Settings, attempt: int = 1
 ) -> tuple[purge.Verdict, FetchResult, str | None]:
     directory = target.path_query
     if purge.prefix_purge(node, directory) is not None:
@@ -240,9 +240,12 @@ async def _purge_dir(
     if unreadable and len(unreadable) < len(known):
         failures = [f for f in failures if f[1].status not in purge.UNREADABLE]
     not_cached = len(known) - len(failures) - purged  # the node held no copy (or could not have: unreadable)
+    # After an attempt cut short (a network error, the fetch process killed), what it purged is not cached now:
+    # "purged 0 … (1500 not cached there)" of a directory the first attempt had purged whole (a tester's).
+    earlier = " or purged by an earlier attempt" if attempt > 1 else ""
     summary = (
         f"purged {purged} of the {len(known)} URLs known at or under the directory"
-        + (f" ({not_cached} not cached there)" if not_cached else "")
+        + (f" ({not_cached} not cached there{earlier})" if not_cached else "")
         if known
         else "no URL at or under the directory is known to edgewarm (this node has no prefix purge: the URLs "
         "edgewarm warmed or refreshed are purged one by one)"

@@ -11,8 +11,12 @@ and a `marshal`-ed list (requests one way, results the other; many per frame, on
 first frame gives it the settings and the parent's log setup (its lines, a certificate refused say, are
 written as the parent's are: JSON or text, same level).
 Nothing but plain values crosses. It exits when its stdin closes (the engine stopped or died). When the
-child dies, every request it held answers a network error (the engine retries those items as for any
-node failure) and the next request starts a new child, at most once a second.
+child dies, every request it held answers a network error untold by its node (the engine retries those items;
+the node is not blamed) and the next request starts a new child, at most once a second: requests made
+meanwhile wait for it (they failed at once, each spending an attempt: a tester's crash loop failed a task in
+5 s). The child writes an empty frame every HEARTBEAT seconds; one silent for SILENT_LIMIT (stopped, hung)
+while requests wait on it is killed, and so started anew (a stopped child held every lane for ever, the
+service looking healthy, nothing logged: a tester's SIGSTOP).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Self
 
 from ..config import Engine as Settings
 from ..config import Node, NodeKind
-from ..logs import logging_setup, setup_logging
+from ..logs import counted, logging_setup, setup_logging
 from ..nodes import CacheState
 from ..tuning import tune_runtime
 from ..urls import TargetUrl
@@ -45,6 +49,8 @@ log = logging.getLogger("edgewarm.engine")
 _HEADER = struct.Struct(">I")
 RESTART_INTERVAL = 1.0  # seconds between starts of a child that keeps dying
 STOP_TIMEOUT = 5.0
+HEARTBEAT = 1.0  # seconds between the child's empty frames
+SILENT_LIMIT = 10.0  # a child silent this long while requests wait on it is killed (and started anew)
 
 # A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
 Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
@@ -93,6 +99,8 @@ class _ChildLink(asyncio.SubprocessProtocol):
         self.frames = _Frames(self._results)
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.SubprocessTransport | None = None
+        self.heard_at = time.monotonic()  # the child's last frame (its heartbeat, or results)
+        self.killed = False  # by the parent, which said why
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -107,6 +115,7 @@ class _ChildLink(asyncio.SubprocessProtocol):
             self.exited.set_result(self.transport.get_returncode() or 0)
 
     def _results(self, results: list[Result]) -> None:
+        self.heard_at = time.monotonic()
         pending = self.pending
         for request_id, status, size_read, state, error, final, unreachable, not_stored, age, fresh, varies in results:
             future = pending.get(request_id)
@@ -131,11 +140,15 @@ class ProcessFetcher(GuardedClient):
     """The `Fetcher` interface, served by a child process; use as `async with ProcessFetcher(settings):`. Nodes
     are held down here, by `health` (the child sends every request it is given)."""
 
+    sends = False  # the child does
+    sender = "the fetch process"
+
     def __init__(self, settings: Settings, health: NodeHealth | None = None) -> None:
         super().__init__(health)
         self._settings = settings
         self._link: _ChildLink | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[FetchResult]] = {}
         self._outbox: list[Request] = []
         self._next_id = 0
@@ -146,14 +159,24 @@ class ProcessFetcher(GuardedClient):
     async def __aenter__(self) -> Self:
         self._starting = asyncio.Lock()
         await self._start()
+        self._guard = asyncio.create_task(self._kill_silent(), name="edgewarm-fetch-process-guard")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
+        if self._guard is not None:
+            self._guard.cancel()
+            await asyncio.gather(self._guard, return_exceptions=True)
         self.flush_failures()
         await self._stop()
+
+    def _files_said(self) -> str:
+        return (
+            "the fetch process has run out of open files: raise the limit (ulimit -n, systemd's LimitNOFILE) or "
+            "lower [engine] concurrency"
+        )
 
     @property
     def pid(self) -> int | None:
@@ -163,7 +186,7 @@ class ProcessFetcher(GuardedClient):
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._running_transport() is None and not await self._restart():
-            return FetchResult(None, error="the fetch process is not running (restarting)")
+            return FetchResult(None, error="the fetch process is not running (the engine is stopping)", untold=True)
         self._next_id += 1
         request_id = self._next_id
         future: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
@@ -214,6 +237,7 @@ class ProcessFetcher(GuardedClient):
             sys.executable,
             "-c",
             "from edgewarm.engine.fetch_process import main; main()",
+            f"--fetch-process-of={os.getpid()}",  # what `ps` shows of it: whose it is
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             # Its own log lines (rare: it has nothing to say unless something breaks) go where ours go.
@@ -227,11 +251,15 @@ class ProcessFetcher(GuardedClient):
         log.info("fetching from a child process (pid %d)", transport.get_pid())
 
     async def _restart(self) -> bool:
+        """Start a new child (a request found none running), once RESTART_INTERVAL has passed since the last
+        start; False once the engine is stopping."""
         assert self._starting is not None
-        async with self._starting:
+        async with self._starting:  # the requests meanwhile wait here, then find it running
             if self._running_transport() is not None:
                 return True  # another request started it meanwhile
-            if self._closed or time.monotonic() - self._started_at < RESTART_INTERVAL:
+            if not self._closed and (wait := self._started_at + RESTART_INTERVAL - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self._closed:
                 return False
             await self._stop()
             await self._start()
@@ -239,11 +267,32 @@ class ProcessFetcher(GuardedClient):
 
     async def _watch(self, link: _ChildLink) -> None:
         code = await link.exited
-        if not self._closed:
+        if not self._closed and not link.killed:
             assert link.transport is not None
             pid = link.transport.get_pid()
             log.error("the fetch process (pid %d) exited with code %s; its requests are retried", pid, code)
         self._fail(list(self._pending), f"the fetch process exited (code {code})")
+
+    async def _kill_silent(self) -> None:
+        """Kill a child that has written nothing for SILENT_LIMIT while requests wait on it: stopped (SIGSTOP) or
+        hung, it would hold them, and every lane, for ever. Its requests are retried; the next starts another."""
+        while not self._closed:
+            await asyncio.sleep(HEARTBEAT)
+            link, transport = self._link, self._running_transport()
+            if link is None or transport is None or not self._pending:
+                continue
+            silent = time.monotonic() - link.heard_at
+            if silent > SILENT_LIMIT:
+                log.error(
+                    "the fetch process (pid %d) has written nothing in %.0f s, %s waiting on it (stopped, or "
+                    "hung?): killed; its requests are retried",
+                    transport.get_pid(),
+                    silent,
+                    counted(len(self._pending), "request"),
+                )
+                link.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    transport.kill()
 
     def _fail(self, request_ids: list[int], why: str) -> None:
         for request_id in request_ids:
@@ -261,6 +310,13 @@ class ProcessFetcher(GuardedClient):
         try:
             await asyncio.wait_for(asyncio.shield(link.exited), STOP_TIMEOUT)
         except TimeoutError:
+            if not link.killed:
+                log.warning(
+                    "the fetch process (pid %d) did not end within %g s of its stop (stopped, or hung?): killed",
+                    link.transport.get_pid(),
+                    STOP_TIMEOUT,
+                )
+            link.killed = True
             with contextlib.suppress(ProcessLookupError):
                 link.transport.kill()
             await link.exited
@@ -381,10 +437,19 @@ async def _child_main(requests: int, results: int) -> None:
     async with Fetcher(Settings(**first["engine"])) as fetcher:
         child = _Child(fetcher, out)
         link.attach(child)
+        beating = asyncio.create_task(_heartbeat(out))
         await link.closed  # stdin closed: the engine is done with us
+        beating.cancel()
         for task in list(child.running):
             task.cancel()
-        await asyncio.gather(*child.running, return_exceptions=True)
+        await asyncio.gather(beating, *child.running, return_exceptions=True)
+
+
+async def _heartbeat(out: asyncio.WriteTransport) -> None:
+    """An empty frame every HEARTBEAT seconds: the parent takes a child silent for long for one stopped."""
+    while not out.is_closing():
+        await asyncio.sleep(HEARTBEAT)
+        out.write(_frame([]))
 
 
 def main() -> None:

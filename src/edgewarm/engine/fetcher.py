@@ -252,10 +252,12 @@ class GuardedClient:
     def tells_misses(self, node: Node) -> bool:
         return (node.name, node.url) in self._telling
 
-    def _heard(self, node: Node, result: FetchResult) -> FetchResult:
+    def _heard(self, node: Node, method: str, result: FetchResult) -> FetchResult:
         state = result.cache_state
         if state is None:
-            if result.status == 200 and self.health is not None:  # the engine's client (a child's parent tells)
+            # A warm's answer, by the engine's client (a child's parent tells): a purge's tells no state on nginx
+            # (its purge module's page), and 100 of them said the node was maybe no cache (a tester's).
+            if result.status == 200 and method == "GET" and self.health is not None:
                 self._no_state(node)
         elif not state.cached and state is not CacheState.BYPASS:
             self._telling.add((node.name, node.url))
@@ -291,7 +293,12 @@ class GuardedClient:
         if (sent := SENT.get(None)) is not None:
             sent[0] += 1
         asked_at = None if health is None else health.now()
-        result = self._heard(node, await self._request(method, node, target, headers))
+        result = self._heard(node, method, await self._request(method, node, target, headers))
+        if result.unreachable and self.sends and OUT_OF_FILES not in (result.error or "") and out_of_open_files():
+            # No connection, at this process's limit: a name's lookup failed for it ("Name or service not known")
+            # and held a live node down (a tester's). Said as the limit, here where it is (a child's parent
+            # cannot see it).
+            result = replace(result, error=f"{result.error} ({OUT_OF_FILES}: at this process's limit)")
         if health is None:
             return result
         self.failures.observe(node, result)
@@ -299,11 +306,18 @@ class GuardedClient:
             health.lost(node)  # if it was the request let through after a cooldown, the next one is
             return result
         if result.error is not None and OUT_OF_FILES in result.error:
-            # This process's own limit (EMFILE, ENFILE), not the node's fault: it is not held down for it.
-            self._out_of_files.failed(out_of_open_files() or "this process has run out of open files")
-            return replace(result, error=f"{result.error}: this process has run out of open files (see its log)")
+            # The sending process's own limit (EMFILE, ENFILE), not the node's fault: it is not held down for it.
+            self._out_of_files.failed(self._files_said())
+            return replace(result, error=f"{result.error}: {self.sender} has run out of open files (see the log)")
         hold = health.observe(node, not result.unreachable, result.error, asked_at)
         return result if hold is None else replace(result, hold=hold)
+
+    sends = True  # the requests are made in this process (not: a fetch process's parent)
+    sender = "this process"
+
+    def _files_said(self) -> str:
+        """The log's words when the sending process ran out of open files."""
+        return out_of_open_files() or "this process has run out of open files"
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         raise NotImplementedError
