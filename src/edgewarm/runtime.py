@@ -379,6 +379,7 @@ async def _run_parts(
     """The service's parts, from their start to their stop: whether the stop was clean (run's answer)."""
     config = live.config
     metrics = Metrics()
+    metrics.fetch_process_pid = lambda: live.fetcher.pid if isinstance(live.fetcher, ProcessFetcher) else None
     async with contextlib.AsyncExitStack() as stack:
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []

@@ -223,6 +223,17 @@ def test_a_node_held_down_is_in_metrics_and_stays_held_across_a_fetcher_swap(
                 assert client.wait(second, timeout=30)["status"] == 2
                 items = {i["node"]: i for i in client.task(second)["items"]}
             assert held_down_gauge(service.url)["dead"] == 1.0
+            # The fetch process's own figures beside the service's (the new child's, after the swap).
+            text = httpx.get(f"{service.url}/metrics", timeout=10).text
+            found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            assert found["process_open_fds"] > 0
+            if fetch_process:
+                assert (
+                    found["edgewarm_fetch_process_open_fds"] > 0
+                    and found["edgewarm_fetch_process_cpu_seconds_total"] > 0
+                )
+            else:
+                assert not [name for name in found if name.startswith("edgewarm_fetch_process_")], found
     assert items["live"]["state"] == "succeeded"
     assert items["dead"]["error"].startswith("not tried: dead is held down after "), items["dead"]
 
