@@ -244,8 +244,9 @@ class Engine(_Model):
     user_agent: str = f"edgewarm/{__version__}"
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br, zstd"
-    # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on
-    # 2 cores it made small objects no faster and large ones slower (docs/benchmarks.md, "Session 2").
+    # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on 2
+    # cores shared with the caches it made many small objects about 40 % faster but large ones 15 % slower
+    # (docs/benchmarks.md, "Session 31"; before, on another machine, small ones no faster: "Session 2").
     fetch_process: bool = False
 
     @field_validator("user_agent", "accept_encoding")
