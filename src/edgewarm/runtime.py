@@ -37,7 +37,7 @@ from .config import (
     restart_only_changes,
 )
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
-from .errors import ConfigError, EdgewarmError, StoreError, described
+from .errors import ConfigError, EdgewarmError, StoreDamaged, StoreError, described
 from .logs import HTTP_DIGESTS, RepeatedFailure, counted, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
@@ -118,7 +118,10 @@ def _flocked(path: str, what: str, store: str) -> Generator[None, None, None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another edgewarm engine is already working on {store}") from None
+            raise StoreError(
+                f"another edgewarm engine is already working on {store}: stop it first (SQLite takes one engine; "
+                "`edgewarm api` may run beside it, or use PostgreSQL for several workers)"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -341,6 +344,8 @@ async def _take_back(store: TaskStore, metrics: Metrics, store_url: str, stoppin
         try:
             released = await store.release_all_leases(time.time())
             break
+        except StoreDamaged:
+            raise  # waiting mends no damaged file (it was tried again for 60 s, the API not listening)
         except StoreError as exc:
             if stopping.is_set():
                 return False

@@ -1372,6 +1372,24 @@ async def test_a_start_beside_another_process_s_write_lock_waits_for_it(
     assert not [m for m in _messages(caplog) if "retention round failed" in m or "is not open" in m], _messages(caplog)
 
 
+async def test_a_start_on_a_damaged_file_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking back a previous process's items from a damaged file was tried again for TAKE_BACK_SECONDS (60 s,
+    the API not listening, the same warning again and again: an operator's): waiting mends no damaged file."""
+    from edgewarm.errors import StoreDamaged
+    from edgewarm.runtime import run
+
+    async def damaged(self: object, now: float) -> None:
+        raise StoreDamaged("sqlite: the database e.db is damaged (database disk image is malformed)")
+
+    monkeypatch.setattr(edgewarm.store.sqlite.SQLiteStore, "release_all_leases", damaged)
+    url = f"sqlite://{tmp_path}/ew.db"
+    config = parse_config(base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE))
+    began = time.monotonic()
+    with pytest.raises(StoreDamaged):
+        await asyncio.wait_for(run(config, api=False, engine=True), 30)
+    assert time.monotonic() - began < 5
+
+
 def one_node_at(url: str) -> list[dict[str, object]]:
     return [{"name": "node-1", "url": url}]
 

@@ -241,3 +241,32 @@ async def test_a_submission_refused_before_its_group_ran_is_never_made(
         made = await store.create_task(task("later"))
         listed = await store.list_tasks("u", TaskFilter())
     assert [t.id for t in listed] == [made.id]
+
+
+def test_store_errors_say_what_to_do_of_a_stale_wal_a_full_disk_and_a_file_made_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's: a damaged file beside a -wal written before it (a backup restored over a store killed, its
+    old -wal replayed into it) was told to restore the backup, which did the same again; a full disk was told
+    to free space, and freeing less than the -wal took let the start fill it again; a file made unreadable
+    under the service was "unable to open database file", naming neither."""
+    import os
+
+    from edgewarm.store.sqlite import _store_error
+
+    path = tmp_path / "e.db"
+    path.write_bytes(b"x" * 4096)
+    wal = tmp_path / "e.db-wal"
+    wal.write_bytes(b"w" * 2_500_000)
+    os.utime(wal, (1_000_000_000, 1_000_000_000))  # before the file's last write
+    damaged = str(_store_error(sqlite3.DatabaseError("database disk image is malformed"), str(path)))
+    assert "its -wal (2,500,000 bytes) was last written before the file was" in damaged, damaged
+    assert "move them away, then restore the file again" in damaged
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    assert str(_store_error(full, str(path))).endswith("space is freed there (more than its -wal's 2.5 MB)")
+    os.utime(wal)  # written after the file: a -wal of its own, nothing said of it
+    assert "-wal" not in str(_store_error(sqlite3.DatabaseError("database disk image is malformed"), str(path)))
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # (root reads any file: its mode cannot show it)
+    unreadable = str(_store_error(sqlite3.OperationalError("unable to open database file"), str(path)))
+    assert f"the database {path} cannot be read by this user (uid {os.getuid()}): its mode or owner" in unreadable

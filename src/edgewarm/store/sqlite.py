@@ -1037,13 +1037,20 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
         return StoreDamaged(
             f"sqlite: the database {path} is damaged ({exc}): check it with sqlite3 {path} "
-            "'PRAGMA integrity_check', and restore it from a backup (or try sqlite3's .recover)"
+            f"'PRAGMA integrity_check', and restore it from a backup (or try sqlite3's .recover){_stale_wal(path)}"
         )
-    if "unable to open" in str(exc) and (why := out_of_open_files()) is not None:
-        return StoreError(f"sqlite: {exc}: {why}")
+    if "unable to open" in str(exc):
+        if (why := out_of_open_files()) is not None:
+            return StoreError(f"sqlite: {exc}: {why}")
+        if os.path.exists(path) and not os.access(path, os.R_OK):  # its mode or owner changed under the service
+            return StoreError(
+                f"sqlite: {exc}: the database {path} cannot be read by this user (uid {os.getuid()}): its mode or "
+                "owner was changed? (a running service's reads open their connections as they need them)"
+            )
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
         return StoreFull(
-            f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed there"
+            f"sqlite: {exc}: the disk of the database {path} is full: nothing is written until space is freed "
+            f"there{_wal_room(path)}"
         )
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
         return StoreError(
@@ -1051,6 +1058,30 @@ def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
             f"a write waited {LOCK_WAIT_SECONDS:g} s for it"
         )
     return StoreError(f"sqlite: {exc}")
+
+
+def _wal_room(path: str) -> str:
+    """How much to free on a full disk: the -wal's size and then some (its checkpoint writes its pages into the
+    file before it is emptied; freeing less let a start take its items back, then filled the disk again)."""
+    wal = _wal_bytes(path)
+    return f" (more than its -wal's {wal / 1e6:,.1f} MB)" if wal >= 1_000_000 else ""
+
+
+def _stale_wal(path: str) -> str:
+    """What to say of a damaged database when the -wal beside it was last written before the file was: a file
+    restored or copied in over a store that was not stopped cleanly, whose -wal SQLite then replayed into it
+    (restoring the same file again did the same: an operator's)."""
+    try:
+        wal, written = os.stat(path + "-wal"), os.stat(path).st_mtime
+    except OSError:
+        return ""
+    if not wal.st_size or wal.st_mtime >= written:
+        return ""
+    return (
+        f"; its -wal ({wal.st_size:,} bytes) was last written before the file was: if the file was restored or "
+        "copied in over a store not stopped cleanly, that -wal and the -shm are the old file's: stop edgewarm, "
+        "move them away, then restore the file again"
+    )
 
 
 WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store that refused writes takes them again
