@@ -31,7 +31,7 @@ from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.errors import StoreError
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.service import Service
-from edgewarm.store import TaskStore, open_store
+from edgewarm.store import SCHEMA_VERSION, TaskStore, open_store
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import (
     Action,
@@ -1388,6 +1388,26 @@ async def test_a_start_on_a_damaged_file_fails_at_once(tmp_path: Path, monkeypat
     with pytest.raises(StoreDamaged):
         await asyncio.wait_for(run(config, api=False, engine=True), 30)
     assert time.monotonic() - began < 5
+
+
+async def test_a_new_empty_store_is_said_once_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A `store` mistyped started on a new, empty database without a word (every task id then "not found": an
+    operator's): the first start says it made one; the next, on the same file, does not."""
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    path = tmp_path / "typo" / "ew.db"
+    config = parse_config(base_config(one_node_at("http://127.0.0.1:9"), store=f"sqlite://{path}", engine=FAST_ENGINE))
+    said = []
+    for _ in range(2):
+        caplog.clear()
+        service = asyncio.create_task(run(config, api=False, engine=True))
+        await _until_logged(caplog, "edgewarm running", service, 10)
+        said.append([m for m in _messages(caplog) if "new, empty store" in m])
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.wait_for(service, 20)
+    made = f"made a new, empty store in {path} (schema version {SCHEMA_VERSION}): no task of before is in it"
+    assert len(said[0]) == 1 and said[0][0].startswith(made) and said[1] == [], said
 
 
 def one_node_at(url: str) -> list[dict[str, object]]:

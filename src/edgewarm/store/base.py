@@ -481,6 +481,15 @@ def schema_to_make(opening: Opening, version: int, database: str) -> bool:
     return False
 
 
+def new_store(database: str) -> str:
+    """The log's line when a service made the schema in an empty database: a `store` mistyped starts empty, and
+    every task id was then "not found" without a word of why (an operator's)."""
+    return (
+        f"made a new, empty store in {database} (schema version {SCHEMA_VERSION}): no task of before is in it; "
+        "if one was meant to be, check `store`"
+    )
+
+
 # What to run, as the store's errors say it; the CLI puts the config file it was given in FILE's place.
 UPGRADE_COMMAND = "edgewarm db upgrade --config FILE"
 

@@ -72,6 +72,7 @@ from .base import (
     hand_backs,
     known_search,
     list_stopped,
+    new_store,
     purge_first_plan,
     purge_key,
     purge_keys,
@@ -716,6 +717,7 @@ class PostgresStore:
         try:
             if schema_to_make(self._opening, await self.schema_version(), self.safe_url):
                 await self.upgrade()
+                log.info("%s", new_store(self.safe_url))
         except BaseException:
             await self._close()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -66,6 +67,7 @@ from .base import (
     hand_backs,
     known_search,
     list_stopped,
+    new_store,
     purge_first_plan,
     purge_key,
     purge_keys,
@@ -291,6 +293,8 @@ class SQLiteStore:
             self._identity = (found.st_dev, found.st_ino)
         if to_make:
             self._upgrade()
+            if self.path != ":memory:":
+                log.info("%s", new_store(self.path))
 
     def _close(self) -> None:
         if self._db is not None:
@@ -1090,6 +1094,7 @@ _SQLITE_BUSY = 5  # "database is locked": another connection's write lock, held 
 _SQLITE_FULL = 13
 _WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
+log = logging.getLogger("edgewarm.store")
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
