@@ -108,7 +108,8 @@ class Service:
         now = datetime.fromtimestamp(self._clock(), zone)
         midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), zone)
         # As timestamps: two times of one zone subtract as wall clocks (an hour off on a daylight-saving day).
-        minutes = max(1, math.ceil((midnight.timestamp() - now.timestamp()) / 60))
+        # Whole minutes left (3 s after midnight is "23 h 59 min", not "24 h 0 min"), 1 at least.
+        minutes = max(1, math.floor((midnight.timestamp() - now.timestamp()) / 60))
         return f"it renews at 00:00 in {self.config.api.timezone} (in {minutes // 60} h {minutes % 60} min)"
 
     def authenticate(self, credentials: Credentials) -> User:

@@ -509,9 +509,12 @@ class WebhookDeliverer:
         level = logging.WARNING if outcome == "failed" else logging.INFO
         log.log(
             level,
-            "webhook %s (attempt %d, to %s): %s",
+            "webhook %s (attempt %d%s, to %s): %s",
             outcome,
             attempts,
+            # Given up at once (its user gone, its host no longer allowed): "attempt 1" alone read as one of
+            # several (an operator's, who added the user back and waited for it).
+            ", not retried: no attempt can deliver it" if given_up and error is not None else "",
             shown_callback_url(task.callback_url or ""),
             error or "ok",
             extra={"task_id": task.id, "user": task.username, "attempt": attempts},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -151,6 +152,25 @@ async def test_a_host_taken_off_allowed_hosts_gets_no_more_webhooks_queued_befor
     assert task.webhook_error == (
         "callback_url host '127.0.0.1' is no longer allowed ([webhooks] allowed_hosts in the config)"
     )
+    assert receiver.requests == []
+
+
+async def test_a_webhook_given_up_at_once_says_it_is_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """Its user gone (a reload): "webhook failed (attempt 1, …)" read as the first of several attempts (an
+    operator's, who added the user back and waited): the line says none follows."""
+    with FaultServer(always(Respond(200))) as receiver:
+        async with open_store("memory://") as store:
+            task_id = await ended_task(store, f"{receiver.url}/hook")
+            deliverer = WebhookDeliverer(webhook_config(), store, Metrics())
+            deliverer.config = deliverer.config.model_copy(update={"users": []})  # a SIGHUP without the user
+            with caplog.at_level(logging.INFO, logger="edgewarm"):
+                async with delivering(deliverer):
+                    await delivered(store, task_id, 3)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
+    assert said == [
+        f"webhook failed (attempt 1, not retried: no attempt can deliver it, to {receiver.url}/hook): the task's "
+        "user is no longer configured"
+    ], said
     assert receiver.requests == []
 
 

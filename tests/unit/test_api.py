@@ -359,7 +359,7 @@ async def test_code_1_when_the_daily_quota_is_exceeded(api: Api) -> None:
     refused = await api.prefetch(urls(3), SMALL, SMALL_SECRET)
     assert_code(refused, 1)
     # When it renews, in the service's day (a newcomer's quota refusal did not say).
-    hours, minutes = divmod(math.ceil((86400 - (NOW + 8 * 3600) % 86400) / 60), 60)
+    hours, minutes = divmod(math.floor((86400 - (NOW + 8 * 3600) % 86400) / 60), 60)
     said = "daily quota exceeded: 3 of 5 URLs used today, 3 asked; it renews at 00:00 in Asia/Shanghai "
     assert refused["msg"] == said + f"(in {hours} h {minutes} min)", refused["msg"]
     assert await api.store.usage(SMALL, day) == (3, 0)
@@ -1918,6 +1918,8 @@ async def test_a_submission_on_a_full_disk_is_told_the_stores_disk_is_full_and_l
         (datetime(2026, 3, 8, 5, 30, tzinfo=UTC), "in 22 h 30 min"),  # 00:30 EST; the day is 23 hours long
         (datetime(2026, 11, 1, 4, 30, tzinfo=UTC), "in 24 h 30 min"),  # 00:30 EDT; the day is 25 hours long
         (datetime(2026, 6, 1, 4, 30, tzinfo=UTC), "in 23 h 30 min"),
+        (datetime(2026, 6, 1, 4, 0, 3, tzinfo=UTC), "in 23 h 59 min"),  # 3 s after midnight: not "24 h 0 min"
+        (datetime(2026, 6, 2, 3, 59, 30, tzinfo=UTC), "in 0 h 1 min"),
     ],
 )
 def test_when_the_quota_renews_counts_a_daylight_saving_days_hours(utc: datetime, said: str) -> None:
