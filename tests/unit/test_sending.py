@@ -327,3 +327,19 @@ def test_a_look_for_the_call_cut_waits_its_own_bound_not_the_clients_timeout() -
                 client.tasks(limit=1)
             assert time.monotonic() - began < 10
             assert client._http.timeout.read == 30  # as it was, after
+
+
+def test_a_signature_of_another_day_than_the_servers_says_where_the_clients_day_comes_from() -> None:
+    """A server in UTC, the CLI on its default day (Asia/Shanghai's): "signature incorrect: … (days in UTC)"
+    did not say that the client config's `timezone` is what to set (an operator's)."""
+    from edgewarm.cli.tools import fail
+    from edgewarm.errors import JdCode
+
+    said = "signature incorrect: it is the signature of 20261202; this server takes those of 20261201 (days in UTC)"
+    refused = fail(ClientError(JdCode.SIGNATURE_INCORRECT, said))
+    assert refused.message == (
+        f'JD code 7: {said} (this client signs the day in its client config\'s `timezone`: set timezone = "UTC")'
+    )
+    assert (
+        fail(ClientError(JdCode.SIGNATURE_INCORRECT, "signature incorrect")).message == "JD code 7: signature incorrect"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import shlex
 import time
 import tomllib
@@ -335,7 +336,15 @@ def fail(exc: ClientError) -> click.ClickException:
         return click.ClickException(f"{exc.message} (HTTP 413): send fewer URLs per call (--per-call)")
     if exc.code == JdCode.INTERNAL:  # no answer, none of edgewarm's, or its internal error: said as it is
         return click.ClickException(exc.message)
+    if exc.code == JdCode.SIGNATURE_INCORRECT and (zone := _SERVER_DAYS.search(exc.message)) is not None:
+        # The server signs another day than this client: said, but not where this client's day comes from (an
+        # operator's server in UTC, the client on its default, Asia/Shanghai).
+        hint = f' (this client signs the day in its client config\'s `timezone`: set timezone = "{zone.group(1)}")'
+        return click.ClickException(f"JD code {exc.code}: {exc.message}{hint}")
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
+
+
+_SERVER_DAYS = re.compile(r"\(days in ([^)]+)\)")
 
 
 @main.command()
