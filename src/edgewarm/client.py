@@ -335,11 +335,13 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
             f"{server} answered no TLS: it serves plain HTTP? Give http:// (or the port of its TLS proxy)",
             lasting=True,
         )
-    said = f"{type(exc).__name__}: {exc}" if str(exc) else _UNSAID.get(type(exc), type(exc).__name__)
+    # httpx's own words, unless it has none beyond "timed out" (its sync client's, for any timeout)
+    unsaid = str(exc) in ("", "timed out") and type(exc) in _UNSAID
+    said = _UNSAID[type(exc)] if unsaid else f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return ClientError(JdCode.INTERNAL, f"no answer from {server}: {said}", maybe_done=not isinstance(exc, unsent))
 
 
-# httpx's timeouts may carry no words (a read's, a write's): what each means.
+# httpx's timeouts carry no words of their own (none, or "timed out"): what each means.
 _UNSAID: dict[type[Exception], str] = {
     httpx.ReadTimeout: "ReadTimeout: it kept silent past the call's timeout",
     httpx.WriteTimeout: "WriteTimeout: it took no more of the request within the call's timeout",

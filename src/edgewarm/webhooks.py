@@ -276,6 +276,10 @@ def _bounded(text: str) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
+_QUOTED = re.compile(r"""\s*(?:bytearray\()?b['"]""")  # where aiohttp's quote of the bytes begins (a long line's
+# is a bytearray's: "Got more than 8190 bytes when reading: bytearray(b'…')", a re-tester's)
+
+
 def _malformed(message: str) -> str:
     """What aiohttp said of an answer whose head did not parse, without the excerpt of it that aiohttp quotes
     (`b'…'`: a receiver on an allowed host is not a tenant's to read through its tasks' errors, a security
@@ -284,7 +288,7 @@ def _malformed(message: str) -> str:
     if "Expected HTTP/" in message:
         return "not an HTTP answer"
     said = " ".join(line.strip() for line in message.split("\n\n", 1)[0].split("\n"))
-    said = said.split(" b'", 1)[0].split(' b"', 1)[0].strip(" :")
+    said = _QUOTED.split(said, 1)[0].strip(" :")
     return "malformed answer from the receiver: " + (said or "its head did not parse")
 
 

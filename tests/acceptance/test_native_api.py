@@ -327,5 +327,5 @@ def test_wait_on_a_silent_server_ends_about_its_timeout_not_10_s_after(flavour: 
                 asyncio.run(go())
         took = time.monotonic() - began
     assert 1.5 < took < 5, took
-    said = str(raised.value)  # httpx's words ("timed out"; none from its async client: they are ours then)
-    assert said.endswith(("ReadTimeout: timed out", "ReadTimeout: it kept silent past the call's timeout")), said
+    # httpx's words were "timed out" (the sync client's) or none (the async one's): both say what it means
+    assert str(raised.value).endswith("ReadTimeout: it kept silent past the call's timeout"), raised.value

@@ -468,6 +468,7 @@ async def test_an_error_text_is_bounded_printable_and_masks_the_querys_values_wh
     [
         (b"HTTP/1.1 200 OK\r\nBad Header Name: internal-token-ABCDEF\r\n\r\n", "Invalid header token"),
         (b"HTTP/1.1 999999 internal-token-STATUSLINE\r\n\r\n", "Bad status line: Invalid response status"),
+        (b"HTTP/1.1 200 internal-token-LONG" + b"z" * 10_000 + b"\r\n\r\n", "Got more than 8190 bytes when reading"),
     ],
 )
 async def test_a_malformed_answer_is_told_by_its_fault_without_what_the_receiver_sent(answer: bytes, said: str) -> None:

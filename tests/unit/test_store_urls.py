@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,9 @@ async def test_a_sqlite_file_that_is_not_a_database_is_named(tmp_path: Path) -> 
     with pytest.raises(StoreError) as refused:
         async with open_store(f"sqlite:///{path}"):
             pass
-    assert str(refused.value) == f"the SQLite database {path}: file is not a database"
+    said = f"the file {path} is no SQLite database (it does not begin as one): is `store` that file?"
+    assert str(refused.value) == said
+    assert str(database_refusal(f"sqlite:///{path}")) == said  # check-config's warning (it said OK)
 
 
 async def test_a_schema_version_that_is_not_a_number_is_named(tmp_path: Path) -> None:
@@ -318,3 +321,74 @@ async def test_check_config_says_what_a_start_would_refuse_the_sqlite_file_for(t
     path.unlink()
     (tmp_path / "e.db-wal").write_bytes(b"x" * 1000)
     assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")
+
+
+async def test_a_database_of_another_applications_tables_is_refused_and_check_config_says_so(tmp_path: Path) -> None:
+    """A SQLite file holding a table of another application: edgewarm's tables were added beside it (the README
+    says a store is made only in an empty database), and check-config said OK (a re-tester's)."""
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE foo (x)")
+        db.commit()
+    said = f"database {path} has no edgewarm schema but already has tables named foo: give edgewarm a database"
+    assert str(database_refusal(f"sqlite:///{path}")).startswith(said)
+    with pytest.raises(StoreError, match="already has tables named foo"):
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    with closing(sqlite3.connect(path)) as db:
+        assert [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["foo"]
+
+
+def test_a_backup_restored_over_a_killed_store_is_refused_not_replayed_into(tmp_path: Path) -> None:
+    """A store killed (its -wal left with writes), a backup copied over its file, then a start: SQLite replayed the
+    old -wal into the restored file, which started without a word, damaged (a re-tester's). Refused, the file
+    and the -wal left as they were, saying what to do."""
+    import shutil
+    import sys
+
+    path = tmp_path / "e.db"
+    url = f"sqlite:///{path}"
+
+    async def made() -> None:
+        async with open_store(url):
+            pass
+
+    asyncio.run(made())
+
+    def writes(code: str) -> None:  # by a process of its own, as a service's
+        head = f"import os, sqlite3\ndb = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        subprocess.run([sys.executable, "-c", head + code], check=True, timeout=60)
+
+    writes(
+        'db.execute("CREATE TABLE filler (x)")\n'
+        'db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(200),) for _ in range(3000)])\n'
+        'db.execute("PRAGMA wal_checkpoint(TRUNCATE)")\n'
+        "db.close()"
+    )
+    shutil.copy(path, tmp_path / "backup.db")
+    # More writes checkpointed into the file, then a few left in its -wal by a process that dies (SIGKILL's way:
+    # no checkpoint at its end).
+    writes(
+        'db.execute("DELETE FROM filler")\n'
+        'db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(350),) for _ in range(3000)])\n'
+        'db.execute("PRAGMA wal_checkpoint(TRUNCATE)")\n'
+        'db.execute("PRAGMA wal_autocheckpoint=0")\n'
+        'db.executemany("UPDATE filler SET x=? WHERE rowid=?", [(os.urandom(350), r) for r in range(1, 3001, 60)])'
+        "\n"
+        "os._exit(0)"
+    )
+    wal = tmp_path / "e.db-wal"
+    os.utime(wal, (1_000_000_000, 1_000_000_000))  # as a -wal left before the restore is
+    left = wal.read_bytes()
+    shutil.copy(tmp_path / "backup.db", path)  # restored over it
+    said = str(database_refusal(url))
+    assert said.startswith(f"sqlite: the database {path} reads damaged with its -wal"), said
+    assert "its -wal (" in said and "move them away, then restore the file again" in said
+
+    async def started() -> None:
+        async with open_store(url):
+            pass
+
+    with pytest.raises(StoreError, match="reads damaged with its -wal"):
+        asyncio.run(started())
+    assert wal.read_bytes() == left and path.read_bytes() == (tmp_path / "backup.db").read_bytes()  # as they were

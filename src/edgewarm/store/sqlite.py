@@ -48,7 +48,6 @@ from .base import (
     NOT_ATTEMPTED,
     OPEN_STATES,
     RETENTION_ITEMS,
-    SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
@@ -242,8 +241,10 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.path != ":memory:":
+            _a_sqlite_file(self.path)
             _not_cut_short(self.path)  # first: the next one reads the file's tables
             _not_a_wal_alone(self.path)
+            _not_replaying_a_stale_wal(self.path)
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
@@ -977,7 +978,8 @@ def _without_its_wal(path: str) -> StoreError | None:
 def file_refusal(path: str) -> StoreError | None:
     """What a start would refuse the SQLite file at `path` for, read without writing to it (check-config says it):
     cut short, its -wal there without it, or a schema of another version; or None."""
-    for check in (_not_cut_short, _not_a_wal_alone, _schema_of_this_version):
+    checks = (_a_sqlite_file, _not_cut_short, _not_a_wal_alone, _not_replaying_a_stale_wal, _schema_of_this_version)
+    for check in checks:
         try:
             check(path)
         except StoreError as exc:
@@ -985,18 +987,52 @@ def file_refusal(path: str) -> StoreError | None:
     return None
 
 
+def _not_replaying_a_stale_wal(path: str) -> None:
+    """Refuse a database whose -wal was last written before the file was and which reads damaged with it: a
+    file restored or copied in over a store that was not stopped cleanly, whose -wal SQLite would replay into
+    it (a re-tester's backup, restored over a killed store: it started without a word, damaged). Checked
+    read-only (`quick_check`, a read of every page: only in this case), so the file stays as it was; a -wal of
+    its own, older than a checkpoint's write of the file, reads whole and is let be."""
+    stale = _stale_wal(path)
+    if not stale:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro"), uri=True)) as db:
+            found = [row[0] for row in db.execute("PRAGMA quick_check(1)")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found != ["ok"]:
+        said = " ".join(found[0].replace("*** in database main ***", "").split())  # one line
+        raise StoreDamaged(f"sqlite: the database {path} reads damaged with its -wal ({said}){stale}")
+
+
+def _a_sqlite_file(path: str) -> None:
+    """Refuse a file that is there, not empty, and no SQLite database, before SQLite reads it ("file is not a
+    database"), for check-config too (it said OK: a re-tester's text file)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return  # none yet: a new store (or unreadable: the open says why)
+    if size and _header(path) is None and os.access(path, os.R_OK):
+        raise StoreError(f"the file {path} is no SQLite database (it does not begin as one): is `store` that file?")
+
+
 def _schema_of_this_version(path: str) -> None:
-    """Refuse a database whose schema is of another edgewarm's version (an older one's: `db upgrade` first), as
-    a start would. Read-only: the file alone when no -wal holds writes (nothing made beside it), else with its
-    -wal (a running service's; `db upgrade`'s version may be there still)."""
+    """Refuse a database whose schema is of another edgewarm's version (an older one's: `db upgrade` first), or
+    another application's (tables, no edgewarm schema), as a start would. Read-only: the file alone when no
+    -wal holds writes (nothing made beside it), else with its -wal (a running service's; `db upgrade`'s
+    version may be there still)."""
     if _header(path) is None:
-        return  # none yet (a new store), or not a database: the start says which
+        return  # none yet (a new store), or not a database: _a_sqlite_file says it
     options = "mode=ro" if _wal_bytes(path) > 0 else "mode=ro&immutable=1"
     try:
         with contextlib.closing(sqlite3.connect(sqlite_uri(path, options), uri=True)) as db:
             version = _version_of(db, path)
+            in_the_way = _in_the_way(db, version)
     except sqlite3.Error:
         return  # unreadable now: the start says why
+    if in_the_way:
+        raise tables_in_the_way(path, in_the_way)
     schema_to_make(Opening.SERVICE, version, path)
 
 
@@ -1332,12 +1368,12 @@ def _version_of(db: sqlite3.Connection, path: str) -> int:
 
 
 def _in_the_way(db: sqlite3.Connection, version: int) -> list[str]:
-    """The tables of edgewarm's names in a database without its schema (`version` 0): another application's."""
+    """The tables of a database without edgewarm's schema (`version` 0): another application's, which edgewarm's
+    are not added to (they were, beside a table of its own: a re-tester's). SQLite's own (sqlite_…) aside."""
     if version:
         return []
-    marks = ", ".join("?" * len(SCHEMA_TABLES))
-    sql = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
-    return [name for (name,) in db.execute(sql, SCHEMA_TABLES)]
+    sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    return [name for (name,) in db.execute(sql)]
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
