@@ -187,6 +187,9 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             stopping.set()
         else:
             log.warning("second signal: exiting now; unfinished items run again after restart")
+            if isinstance(live.fetcher, ProcessFetcher) and (child := live.fetcher.pid) is not None:
+                with contextlib.suppress(ProcessLookupError):  # one stopped would outlive us (it ends at its
+                    os.kill(child, signal.SIGKILL)  # stdin's end, which it cannot see stopped: a tester's)
             os._exit(1)
 
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -406,3 +406,43 @@ def test_a_stop_ends_a_stopped_child_before_its_last_line(tmp_path: Path) -> Non
     assert killed in lines and lines[-1] == "edgewarm stopped cleanly", lines[-5:]
     assert lines.index(killed) < len(lines) - 1
     assert not alive(child)
+
+
+def test_a_child_that_cannot_be_started_answers_its_requests_and_says_why_once(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart refused by the engine's own open-files limit (no pipe to be had) raised out of each request:
+    an "unexpected error" traceback an item, "internal error: OSError" on it (a tester's). The request answers
+    that the fetch process could not be started, untold (its node not blamed); the log says it once, and that
+    it works again."""
+    lab.write_file("/fp/nostart.bin", b"n" * 10)
+    target = parse_url(f"http://{DEFAULT_HOST}/fp/nostart.bin")
+    node = nodes_of(lab)[0]
+
+    async def go() -> tuple[list[FetchResult], FetchResult]:
+        async with ProcessFetcher(Settings(), NodeHealth()) as remote:
+            started = remote._start
+            first = remote.pid
+            assert first is not None
+
+            async def refused() -> None:
+                raise OSError(-1, "Unknown error -1")
+
+            remote._start = refused  # type: ignore[method-assign]
+            os.kill(first, signal.SIGKILL)
+            for _ in range(500):  # its end seen by the parent (5 s at most)
+                if remote.pid is None:
+                    break
+                await asyncio.sleep(0.01)
+            failed = [await remote.request("GET", node, target) for _ in range(3)]
+            remote._start = started  # type: ignore[method-assign]
+            return failed, await remote.request("GET", node, target)
+
+    with caplog.at_level(logging.INFO, logger="edgewarm.engine"):
+        failed, again = asyncio.run(go())
+    assert all(r.status is None and r.untold for r in failed), failed
+    assert all((r.error or "").startswith("the fetch process could not be started") for r in failed), failed
+    assert again.status == 200, again
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting the fetch process")]
+    assert said[0] == "starting the fetch process failed: [Errno -1] Unknown error -1", said
+    assert said[-1].startswith("starting the fetch process works again, after 3 failures"), said

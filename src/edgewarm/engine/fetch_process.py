@@ -38,11 +38,12 @@ from typing import Any, Self
 
 from ..config import Engine as Settings
 from ..config import Node, NodeKind
-from ..logs import counted, logging_setup, setup_logging
+from ..errors import reason_of
+from ..logs import RepeatedFailure, counted, logging_setup, setup_logging
 from ..nodes import CacheState
-from ..tuning import tune_runtime
+from ..tuning import out_of_open_files, tune_runtime
 from ..urls import TargetUrl
-from .fetcher import Fetcher, FetchResult, GuardedClient
+from .fetcher import OUT_OF_FILES, Fetcher, FetchResult, GuardedClient
 from .node_health import NodeHealth
 
 log = logging.getLogger("edgewarm.engine")
@@ -150,6 +151,7 @@ class ProcessFetcher(GuardedClient):
         self._link: _ChildLink | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
+        self._not_started = RepeatedFailure(log, "starting the fetch process")
         self._pending: dict[int, asyncio.Future[FetchResult]] = {}
         self._outbox: list[Request] = []
         self._next_id = 0
@@ -187,7 +189,10 @@ class ProcessFetcher(GuardedClient):
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._running_transport() is None and not await self._restart():
-            return FetchResult(None, error="the fetch process is not running (the engine is stopping)", untold=True)
+            if self._closed:
+                return FetchResult(None, error="the fetch process is not running (the engine is stopping)", untold=True)
+            why = f"{OUT_OF_FILES}: " if out_of_open_files() else ""  # this process's limit, not the node's fault
+            return FetchResult(None, error=f"the fetch process could not be started ({why}see the log)", untold=True)
         self._next_id += 1
         request_id = self._next_id
         future: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
@@ -263,7 +268,13 @@ class ProcessFetcher(GuardedClient):
             if self._closed:
                 return False
             await self._stop()
-            await self._start()
+            try:
+                await self._start()
+            except OSError as exc:  # no pipe nor process to be had (this process's open-files limit): said once a
+                # minute, and the requests answer it (they were "unexpected error" tracebacks: a tester's)
+                self._not_started.failed(out_of_open_files() or reason_of(exc))
+                return False
+            self._not_started.worked()
             return True
 
     async def _watch(self, link: _ChildLink) -> None:
