@@ -347,13 +347,15 @@ def _check_header(name: str, value: str) -> str:
 
 
 def _is_host(text: str) -> bool:
-    """A host name (its labels) or an IP address, as a URL's host reads without brackets."""
+    """A host name (its labels) or an IP address in its usual form, as a URL's host reads without brackets; not
+    a name that URL parsers read as an address (`0x7f000001`, `127.1`: one allowed was posted to 127.0.0.1,
+    and a callback to the other failed at every attempt: a re-tester's)."""
     try:
         ipaddress.ip_address(text)
         return True
     except ValueError:
         labels = text.rstrip(".").split(".")
-        return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels)
+        return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels) and not reads_as_ip(text.rstrip("."))
 
 
 def _bad_postgresql_url(url: str) -> str | None:

@@ -520,6 +520,9 @@ def test_a_toml_date_or_time_is_refused_naming_its_key(document: str, key: str) 
         ("webhooks", "max_attempts", 100, "webhooks.max_attempts"),
         ("webhooks", "allowed_hosts", ["hooks.test:8080"], "webhooks.allowed_hosts"),
         ("webhooks", "allowed_hosts", ["https://hooks.test/"], "webhooks.allowed_hosts"),
+        # What URL parsers read as an address: one was posted to 127.0.0.1, the other failed every attempt
+        ("webhooks", "allowed_hosts", ["0x7f000001"], "webhooks.allowed_hosts"),
+        ("webhooks", "allowed_hosts", ["127.1"], "webhooks.allowed_hosts"),
         ("retention", "days", float("inf"), "retention.days"),
         # A busy loop (a quarter of a core while idle) and an unbounded transaction (a tester's)
         ("retention", "interval_seconds", 0.001, "retention.interval_seconds"),
