@@ -1201,6 +1201,7 @@ async def test_a_date_alone_in_a_task_list_filter_is_the_services_day(api: Api) 
     headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
     for params, listed in (
         ({"since": "20240310"}, 0),  # New York's 10 March starts at 05:00 UTC
+        ({"since": "17100432.0"}, 1),  # seconds (of 1970), written so
         ({"since": "2024-03-10"}, 0),
         ({"since": "20240309"}, 1),
         ({"until": "2024-03-10"}, 1),
@@ -1210,6 +1211,10 @@ async def test_a_date_alone_in_a_task_list_filter_is_the_services_day(api: Api) 
         response = await api.client.get("/v1/tasks", headers=headers, params=params)
         assert response.status_code == 200, response.text
         assert len(response.json()["tasks"]) == listed, params
+    refused = await api.client.get("/v1/tasks", headers=headers, params={"until": "12345678"})
+    assert refused.status_code == 400 and refused.json()["error"] == (
+        "until: eight digits are a date (YYYYMMDD), and 12345678 is none; seconds since 1970 as 12345678.0"
+    ), refused.text
 
 
 async def test_a_time_whose_plus_came_as_a_space_is_refused_saying_to_write_it_2b(api: Api) -> None:

@@ -168,6 +168,11 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
+        if len(value) == 8 and value.isdigit():  # it was "not a time": it is, as seconds (of 1970)
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY,
+                f"{name}: eight digits are a date (YYYYMMDD), and {value} is none; seconds since 1970 as {value}.0",
+            ) from None
         hint = ""
         if _PLUS_AS_SPACE.search(value):  # the query string's '+' is a space: '+08:00' came as ' 08:00'
             head, _, offset = value.rstrip().rpartition(" ")
