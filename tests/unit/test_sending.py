@@ -338,8 +338,26 @@ def test_a_signature_of_another_day_than_the_servers_says_where_the_clients_day_
     said = "signature incorrect: it is the signature of 20261202; this server takes those of 20261201 (days in UTC)"
     refused = fail(ClientError(JdCode.SIGNATURE_INCORRECT, said))
     assert refused.message == (
-        f'JD code 7: {said} (this client signs the day in its client config\'s `timezone`: set timezone = "UTC")'
+        f'JD code 7: {said} (this client signs the day of its time zone: set timezone = "UTC" in its client config, '
+        "or EDGEWARM_TIMEZONE=UTC)"
     )
     assert (
         fail(ClientError(JdCode.SIGNATURE_INCORRECT, "signature incorrect")).message == "JD code 7: signature incorrect"
     )
+
+
+def test_the_cli_takes_its_signatures_time_zone_from_edgewarm_timezone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The time zone of the day a CLI call signs was the client config's alone: a user of EDGEWARM_USERNAME and
+    EDGEWARM_SECRET had to make a file for it (a re-tester's). EDGEWARM_TIMEZONE gives it, before the file's."""
+    from edgewarm.cli.tools import ClientConfigError, read_credentials
+
+    config = tmp_path / "client.toml"
+    config.write_text('timezone = "Asia/Tokyo"\n')
+    assert read_credentials(None, "u", "s", str(config)).timezone == "Asia/Tokyo"
+    monkeypatch.setenv("EDGEWARM_TIMEZONE", "UTC")
+    assert read_credentials(None, "u", "s", str(config)).timezone == "UTC"
+    monkeypatch.setenv("EDGEWARM_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ClientConfigError, match="EDGEWARM_TIMEZONE: unknown time zone 'Mars/Olympus'"):
+        read_credentials(None, "u", "s", str(config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 import shlex
 import time
@@ -139,7 +140,10 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
         )
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
-    timezone = str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
+    given = os.environ.get("EDGEWARM_TIMEZONE")  # the day signed in, without a client config
+    if given and not auth.known_timezone(given):
+        raise ClientConfigError(f"EDGEWARM_TIMEZONE: unknown time zone {given!r}")
+    timezone = given or str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
     if not auth.known_timezone(timezone):
         raise ClientConfigError(f"client config {path}: unknown time zone {timezone!r}")
     if not username or not secret:
@@ -339,7 +343,10 @@ def fail(exc: ClientError) -> click.ClickException:
     if exc.code == JdCode.SIGNATURE_INCORRECT and (zone := _SERVER_DAYS.search(exc.message)) is not None:
         # The server signs another day than this client: said, but not where this client's day comes from (an
         # operator's server in UTC, the client on its default, Asia/Shanghai).
-        hint = f' (this client signs the day in its client config\'s `timezone`: set timezone = "{zone.group(1)}")'
+        hint = (
+            f' (this client signs the day of its time zone: set timezone = "{zone.group(1)}" in its client config, '
+            f"or EDGEWARM_TIMEZONE={zone.group(1)})"
+        )
         return click.ClickException(f"JD code {exc.code}: {exc.message}{hint}")
     return click.ClickException(f"JD code {exc.code}: {exc.message}")
 
