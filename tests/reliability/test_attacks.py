@@ -751,6 +751,40 @@ def _raw_exchange_after(port: int, request: bytes, wait: float) -> tuple[bytes, 
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_pipelined_requests_whose_answers_are_not_read_hold_no_memory_and_are_cut_off(tmp_path: Path) -> None:
+    """A client sending 20,000 pipelined requests and reading no answer: every request of a read was taken in and
+    kept until its turn (a tester's 60,000: past 1 GB, before any credentials), and nothing closed it. Requests
+    are taken one ahead of the answer being sent; answers unread for `request_timeout` close the connection."""
+    extra = "[api]\nrequest_timeout = 1.0\n"
+    with (
+        FaultServer(Respond(200, body=b"ok")) as node,
+        start_service(tmp_path, node_toml("n", node.url), extra=extra) as service,
+    ):
+        assert service.port is not None and service.proc is not None
+
+        def rss_mb() -> float:
+            status = Path(f"/proc/{service.proc.pid}/status").read_text()  # type: ignore[union-attr]
+            return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+        before = rss_mb()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", service.port))
+            sock.settimeout(3)
+            with contextlib.suppress(TimeoutError, OSError):  # the server stops reading: the send blocks
+                sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n" * 20_000)
+            grown = rss_mb() - before
+            said = "requests refused unread: 1 reading none of its answers for 1 s (closed); from 127.0.0.1"
+            service.wait_for_log(said, 10)  # it reads nothing meanwhile: a stalled reader
+            port = f"{sock.getsockname()[1]:04X}"  # this end's, as /proc/net/tcp writes it; 01: ESTABLISHED
+            rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+            assert not [r for r in rows if r[1].endswith(f":{port}") and r[3] == "01"], "not closed by the server"
+        assert grown < 40, f"{grown:.0f} MB more"
+        assert "Traceback" not in service.log.read_text()  # the request being answered learnt it too
+
+
+@pytest.mark.integration
 def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_path: Path) -> None:
     """Under an open-files limit of 600 with `[engine] concurrency = 64`, the API has room for 600 - 64 - 192 =
     344 connections: a client opening 400 idle ones gets 503 on those past it, at once, each closed, and the log
@@ -779,6 +813,12 @@ def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_pa
                 time.sleep(0.1)
             refused = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers.values())
             assert refused == len(answers) >= 400 - 344 - 2, answers  # (the start's health checks have closed)
+            # JSON with a JD code, as edgewarm's other 503s (an empty one was taken by the CLI for a proxy's)
+            head, _, body = next(iter(answers.values())).partition(b"\r\n\r\n")
+            assert b"\r\nretry-after: 1\r\n" in head and orjson.loads(body) == {
+                "code": -1,
+                "error": "the server holds all the connections it has room for (344): try again in a moment",
+            }, answers
         finally:
             for sock in idle:
                 sock.close()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from ..errors import JdCode
 from ..logs import UNREAD
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
@@ -21,7 +23,18 @@ MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
 
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def _too_many(max_connections: int) -> bytes:
+    """The 503 of a connection past the room: JSON with a JD code, as the service's other 503s (an empty one was
+    taken by the CLI for a proxy's: "a proxy in front has no edgewarm to ask", a tester's)."""
+    body = orjson.dumps(
+        {"code": int(JdCode.INTERNAL), "error": f"the server holds all the connections it has room for "
+         f"({max_connections}): try again in a moment"}
+    )  # fmt: skip
+    head = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\n"
+    head += f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    return head.encode() + body
 
 
 def bounded_protocol(request_seconds: float, max_connections: int | None) -> type[BoundedHttpToolsProtocol]:
@@ -49,7 +62,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     The requests before an oversized head on the connection (pipelined: sent before their answers came) are
     answered first, then the 431: it closed the connection at once, and a request already taken in (a submit,
-    say) was done but its answer lost. Nothing more is read meanwhile."""
+    say) was done but its answer lost. Nothing more is read meanwhile.
+
+    Pipelined requests are taken one ahead of the one being answered: the bytes after it wait, unread, until
+    that one is answered (all those of a read were parsed, each request kept until its turn: a client that
+    sent 60,000 and read no answer took the process past 1 GB, a tester's). Answers the client does not read
+    (the transport's buffer full) for `request_seconds` close the connection: nothing else bounded them."""
 
     request_seconds = 60.0
     max_connections: int | None = None
@@ -64,21 +82,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
         self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
         self._deadline: asyncio.TimerHandle | None = None
+        self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
+        self._cycles: list[RequestResponseCycle] = []  # the requests taken in and not answered whole
+        self._stalled: asyncio.TimerHandle | None = None  # the answers' bytes unread by the client since
         if self.max_connections is not None and len(self.server_state.connections) > self.max_connections:
             UNREAD.refused(f"over {self.max_connections} connections open (503, closed)", _peer(self))
             self._refusing = True  # nothing it sends is read
-            transport.write(_TOO_MANY)
+            transport.write(_too_many(self.max_connections))
             transport.close()
             return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stalled is not None:
+            self._stalled.cancel()
+        for cycle in self._cycles:  # each request under way or waiting learns it, as uvicorn tells its last
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.message_event.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refusing:
             return  # read before the pause took: nothing after the oversized head is taken in
+        if self._unparsed:  # read before the pause took: after the bytes waiting, in their order
+            data, self._unparsed = self._unparsed + data, b""
         if self._deadline is None:
             self._arm()  # bytes of a next request (or of none: a client sending blank lines) are on the clock
         while data and not self.transport.is_closing():
@@ -93,6 +122,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(piece)
             if self._oversize:
                 self._too_large()
+                return
+            if self.pipeline and data:  # a request waits for the one before: the rest waits with it, unread
+                self._unparsed = data
+                self.flow.pause_reading()
+                self._disarm()  # on the clock again when it is read (the answer before may take long: a wait)
                 return
             if self._state == _HEAD:  # the head goes on in the next read
                 self._head_bytes += size
@@ -117,6 +151,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._state = _BODY
         if not self._oversize:  # else not answered: data_received answers 431 and closes
             super().on_headers_complete()
+            # uvicorn tells only its last request of a lost connection: the one answered before a pipelined one
+            # wrote on, to a closed transport (a traceback: a tester's stalled reader, cut off).
+            self._cycles = [c for c in self._cycles if not c.response_complete] + [self.cycle]
 
     def on_body(self, body: bytes) -> None:
         if self._body_left:
@@ -146,6 +183,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusing:
             self.flow.pause_reading()
             self._refuse_when_answered()
+        elif self._unparsed and not self.transport.is_closing():
+            waiting, self._unparsed = self._unparsed, b""
+            self.data_received(waiting)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.request_seconds, self._not_read)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _not_read(self) -> None:
+        """The client has read none of its answers' bytes for `request_seconds`: closed, what was left unsent."""
+        self._stalled = None
+        if not self.transport.is_closing():
+            UNREAD.refused(f"reading none of its answers for {self.request_seconds:g} s (closed)", _peer(self))
+            self.transport.abort()
 
     def _refuse_when_answered(self) -> None:
         """The 431, once every request taken in before the oversized head is answered."""
