@@ -245,7 +245,7 @@ class Engine(_Model):
     # What a typical viewer sends, so that the variant they will ask for is the one warmed; "" sends none.
     accept_encoding: str = "gzip, deflate, br, zstd"
     # Make the HTTP requests in a child process, on a second core beside the scheduling. Off by default: on 2
-    # cores shared with the caches it made many small objects about 40 % faster but large ones 15 % slower
+    # cores shared with the caches it made many small objects 35-40 % faster, large ones as fast to 15 % slower
     # (docs/benchmarks.md, "Session 31"; before, on another machine, small ones no faster: "Session 2").
     fetch_process: bool = False
 

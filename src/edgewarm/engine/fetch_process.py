@@ -4,8 +4,8 @@ The engine's event loop does two jobs per item: the bookkeeping (claims, lanes, 
 and the HTTP exchange with the node, which cost most with aiohttp (measured in docs/benchmarks.md). One event
 loop holds the GIL, so on a machine with a core to spare `ProcessFetcher` moves the HTTP exchange to a
 child process running the same `Fetcher`; the engine keeps the scheduling, limits and records. Off by
-default (`[engine] fetch_process`): on 2 cores shared with the caches it made many small objects about 40 %
-faster and large ones 15 % slower (docs/benchmarks.md, "Session 31").
+default (`[engine] fetch_process`): on 2 cores shared with the caches it made many small objects 35-40 %
+faster, and large ones as fast to 15 % slower (docs/benchmarks.md, "Session 31").
 
 The child (`main()` below, in a new interpreter) speaks over its stdin/stdout: frames of a 4-byte length
 and a `marshal`-ed list (requests one way, results the other; many per frame, one frame per loop turn); the
