@@ -13,8 +13,8 @@ first frame gives it the settings and the parent's log setup (its lines, a certi
 written as the parent's are: JSON or text, same level).
 Nothing but plain values crosses. It exits when its stdin closes (the engine stopped or died). When the
 child dies, every request it held answers a network error untold by its node (the engine retries those items;
-the node is not blamed) and the next request starts a new child, at most once a second: requests made
-meanwhile wait for it (they failed at once, each spending an attempt: a tester's crash loop failed a task in
+the node is not blamed) and a new child is started, at most once a second: requests made meanwhile wait for
+it (they failed at once, each spending an attempt: a tester's crash loop failed a task in
 5 s). The child writes an empty frame every HEARTBEAT seconds; one silent for SILENT_LIMIT (stopped, hung)
 while requests wait on it is killed, and so started anew (a stopped child held every lane for ever, the
 service looking healthy, nothing logged: a tester's SIGSTOP).
@@ -151,6 +151,7 @@ class ProcessFetcher(GuardedClient):
         self._link: _ChildLink | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
+        self._respawn: asyncio.Task[bool] | None = None  # the start of another child, after one ended
         self._not_started = RepeatedFailure(log, "starting the fetch process")
         self._pending: dict[int, asyncio.Future[FetchResult]] = {}
         self._outbox: list[Request] = []
@@ -172,6 +173,8 @@ class ProcessFetcher(GuardedClient):
         if self._guard is not None:
             self._guard.cancel()
             await asyncio.gather(self._guard, return_exceptions=True)
+        if self._respawn is not None:  # not cancelled mid-start (a child half made): it sees the close, or _stop
+            await asyncio.gather(self._respawn, return_exceptions=True)  # ends what it started
         self.flush_failures()
         await self._stop()
 
@@ -284,6 +287,9 @@ class ProcessFetcher(GuardedClient):
             pid = link.transport.get_pid()
             log.error("the fetch process (pid %d) exited with code %s; its requests are retried", pid, code)
         self._fail(list(self._pending), f"the fetch process exited (code {code})")
+        if not self._closed:  # another at once (once a second at most), not at the next request: its metrics went
+            # missing till then (a tester's), and that request waited for its start
+            self._respawn = asyncio.create_task(self._restart(), name="edgewarm-fetch-process-restart")
 
     async def _kill_silent(self) -> None:
         """Kill a child that has written nothing for SILENT_LIMIT while requests wait on it: stopped (SIGSTOP) or
