@@ -354,8 +354,8 @@ def _is_host(text: str) -> bool:
         ipaddress.ip_address(text)
         return True
     except ValueError:
-        labels = text.rstrip(".").split(".")
-        return bool(text) and all(_DOMAIN_LABEL.match(label) for label in labels) and not reads_as_ip(text.rstrip("."))
+        name = text.rstrip(".")
+        return bool(text) and all(_DOMAIN_LABEL.match(label) for label in name.split(".")) and not reads_as_ip(name)
 
 
 def _bad_postgresql_url(url: str) -> str | None:

@@ -85,7 +85,7 @@ def out_of_open_files() -> str | None:
         count = soft
     if soft == resource.RLIM_INFINITY or count < soft - 8:  # a few short of it: others may hold the rest
         return None
-    return (
-        f"this process has run out of open files ({count} of its limit {soft}): raise the limit (ulimit -n, "
-        "systemd's LimitNOFILE) or lower [engine] concurrency"
-    )
+    return f"this process has run out of open files ({count} of its limit {soft}): {OPEN_FILES_REMEDY}"
+
+
+OPEN_FILES_REMEDY = "raise the limit (ulimit -n, systemd's LimitNOFILE) or lower [engine] concurrency"

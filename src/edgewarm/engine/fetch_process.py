@@ -14,10 +14,10 @@ written as the parent's are: JSON or text, same level).
 Nothing but plain values crosses. It exits when its stdin closes (the engine stopped or died). When the
 child dies, every request it held answers a network error untold by its node (the engine retries those items;
 the node is not blamed) and a new child is started, at most once a second: requests made meanwhile wait for
-it (they failed at once, each spending an attempt: a tester's crash loop failed a task in
-5 s). The child writes an empty frame every HEARTBEAT seconds; one silent for SILENT_LIMIT (stopped, hung)
-while requests wait on it is killed, and so started anew (a stopped child held every lane for ever, the
-service looking healthy, nothing logged: a tester's SIGSTOP).
+it (they failed at once, each spending an attempt: a tester's crash loop failed a task in 5 s). The child
+writes an empty frame every HEARTBEAT seconds; one silent for SILENT_LIMIT (stopped, hung) while requests wait
+on it is killed, and so started anew (a stopped child held every lane for ever, the service looking healthy,
+nothing logged: a tester's SIGSTOP).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..config import Node, NodeKind
 from ..errors import reason_of
 from ..logs import RepeatedFailure, counted, logging_setup, setup_logging
 from ..nodes import CacheState
-from ..tuning import out_of_open_files, tune_runtime
+from ..tuning import OPEN_FILES_REMEDY, out_of_open_files, tune_runtime
 from ..urls import TargetUrl
 from .fetcher import OUT_OF_FILES, Fetcher, FetchResult, GuardedClient
 from .node_health import NodeHealth
@@ -179,10 +179,7 @@ class ProcessFetcher(GuardedClient):
         await self._stop()
 
     def _files_said(self) -> str:
-        return (
-            "the fetch process has run out of open files: raise the limit (ulimit -n, systemd's LimitNOFILE) or "
-            "lower [engine] concurrency"
-        )
+        return f"the fetch process has run out of open files: {OPEN_FILES_REMEDY}"
 
     @property
     def pid(self) -> int | None:
@@ -260,8 +257,8 @@ class ProcessFetcher(GuardedClient):
         log.info("fetching from a child process (pid %d)", transport.get_pid())
 
     async def _restart(self) -> bool:
-        """Start a new child (a request found none running), once RESTART_INTERVAL has passed since the last
-        start; False once the engine is stopping."""
+        """Start a new child (one ended, or a request found none running), once RESTART_INTERVAL has passed since
+        the last start; False once the engine is stopping, or when none could be started (said in the log)."""
         assert self._starting is not None
         async with self._starting:  # the requests meanwhile wait here, then find it running
             if self._running_transport() is not None:
@@ -293,7 +290,7 @@ class ProcessFetcher(GuardedClient):
 
     async def _kill_silent(self) -> None:
         """Kill a child that has written nothing for SILENT_LIMIT while requests wait on it: stopped (SIGSTOP) or
-        hung, it would hold them, and every lane, for ever. Its requests are retried; the next starts another."""
+        hung, it would hold them, and every lane, for ever. Its requests are retried; another is started (_watch)."""
         while not self._closed:
             await asyncio.sleep(HEARTBEAT)
             link, transport = self._link, self._running_transport()

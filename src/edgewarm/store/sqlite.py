@@ -81,6 +81,7 @@ from .base import (
 from .rows import ITEM_COLUMNS, TASK_COLUMNS, canceller, item_from_row, node_counts_from_rows, task_from_row
 
 T = TypeVar("T")
+log = logging.getLogger("edgewarm.store")
 
 MIGRATIONS: tuple[str, ...] = (
     # version 1
@@ -241,10 +242,8 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            _a_sqlite_file(self.path)
-            _not_cut_short(self.path)  # first: the next one reads the file's tables
-            _not_a_wal_alone(self.path)
-            _not_replaying_a_stale_wal(self.path)
+            for check in _BEFORE_OPENING:
+                check(self.path)
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
             folder = os.path.dirname(os.path.abspath(self.path))
@@ -977,9 +976,8 @@ def _without_its_wal(path: str) -> StoreError | None:
 
 def file_refusal(path: str) -> StoreError | None:
     """What a start would refuse the SQLite file at `path` for, read without writing to it (check-config says it):
-    cut short, its -wal there without it, or a schema of another version; or None."""
-    checks = (_a_sqlite_file, _not_cut_short, _not_a_wal_alone, _not_replaying_a_stale_wal, _schema_of_this_version)
-    for check in checks:
+    no database, cut short, its -wal there without it or a stale one, or a schema of another version; or None."""
+    for check in (*_BEFORE_OPENING, _schema_of_this_version):
         try:
             check(path)
         except StoreError as exc:
@@ -1072,6 +1070,16 @@ def _not_cut_short(path: str) -> None:
         )
 
 
+# What a start refuses the file at a path for before it opens it, in this order (_not_cut_short first: the next
+# ones read the file's tables); file_refusal's too, for check-config.
+_BEFORE_OPENING: tuple[Callable[[str], None], ...] = (
+    _a_sqlite_file,
+    _not_cut_short,
+    _not_a_wal_alone,
+    _not_replaying_a_stale_wal,
+)
+
+
 def _store_error(exc: sqlite3.Error, path: str) -> StoreError:
     """A SQLite error as the store's: a damaged file is named, with what to do (else retried as unavailable)."""
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
@@ -1130,7 +1138,6 @@ _SQLITE_BUSY = 5  # "database is locked": another connection's write lock, held 
 _SQLITE_FULL = 13
 _WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
 _ACTIONS = {a.value: a for a in ItemAction}
-log = logging.getLogger("edgewarm.store")
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
 _NODE_COUNTS = "SELECT node, state, COUNT(*) FROM items WHERE task_id = ? GROUP BY node, state ORDER BY MIN(id)"
