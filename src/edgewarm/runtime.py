@@ -187,7 +187,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             stopping.set()
         else:
             log.warning("second signal: exiting now; unfinished items run again after restart")
-            if isinstance(live.fetcher, ProcessFetcher) and (child := live.fetcher.pid) is not None:
+            if (child := live.fetch_process_pid()) is not None:
                 with contextlib.suppress(ProcessLookupError):  # one stopped would outlive us (it ends at its
                     os.kill(child, signal.SIGKILL)  # stdin's end, which it cannot see stopped: a tester's)
             os._exit(1)
@@ -240,6 +240,10 @@ class _Live:
         self.reloaded = asyncio.Event()  # retention takes its new settings at once
         self.swaps: set[asyncio.Task[None]] = set()
         self._swapping = asyncio.Lock()
+
+    def fetch_process_pid(self) -> int | None:
+        """The PID of the engine's fetch process (`[engine] fetch_process`), while one runs."""
+        return self.fetcher.pid if isinstance(self.fetcher, ProcessFetcher) else None
 
     def apply(self, config: Config) -> None:
         self.config = config
@@ -387,7 +391,7 @@ async def _run_parts(
     """The service's parts, from their start to their stop: whether the stop was clean (run's answer)."""
     config = live.config
     metrics = Metrics()
-    metrics.fetch_process_pid = lambda: live.fetcher.pid if isinstance(live.fetcher, ProcessFetcher) else None
+    metrics.fetch_process_pid = live.fetch_process_pid
     async with contextlib.AsyncExitStack() as stack:
         worker: Engine | None = None
         tasks: list[asyncio.Task[None]] = []

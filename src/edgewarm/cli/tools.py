@@ -141,11 +141,10 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     username = username or stored.get("username")
     secret = secret or stored.get("secret")
     given = os.environ.get("EDGEWARM_TIMEZONE")  # the day signed in, without a client config
-    if given and not auth.known_timezone(given):
-        raise ClientConfigError(f"EDGEWARM_TIMEZONE: unknown time zone {given!r}")
     timezone = given or str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
     if not auth.known_timezone(timezone):
-        raise ClientConfigError(f"client config {path}: unknown time zone {timezone!r}")
+        where = "EDGEWARM_TIMEZONE" if given else f"client config {path}"
+        raise ClientConfigError(f"{where}: unknown time zone {timezone!r}")
     if not username or not secret:
         raise click.UsageError(
             "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
