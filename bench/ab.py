@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                         rate, cpu = result.rps, result.cpu_seconds
                     else:
                         use_source(sources.get(who, own_path))
-                        warm.EDGEWARM_ENGINE = variants[who].replace("\\n", "\n")
+                        engine = variants[who].replace("\\n", "\n")
                         urls = [url_of(p, https=args.https) for p in paths]
                         nodes = lab.nodes_toml(https=args.https)
                         if args.by_name:
                             nodes = nodes.replace("://127.0.0.1:", "://localhost:")
-                        run = warm.run_edgewarm(lab, nodes, urls, folder, deadline)
+                        run = warm.run_edgewarm(lab, nodes, urls, folder, deadline, engine=engine)
                         rate, cpu = items / run.seconds, run.cpu_seconds
                     checked = check_run(lab, lab.edges, paths, deadline, https=args.https)
                 finally:

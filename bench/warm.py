@@ -72,7 +72,6 @@ class Contender:
         return bool(self.checks) and all(c.all_hit for c in self.checks)
 
 
-EDGEWARM_ENGINE = ""  # the defaults: concurrency 256, per_node_concurrency 64, SQLite synchronous=FULL
 # S1's and S2's second edgewarm: the same, its HTTP requests made by a child process (a second core).
 FETCH_PROCESS = "edgewarm, fetch process"
 FETCH_PROCESS_ENGINE = "[engine]\nfetch_process = true"
@@ -99,11 +98,12 @@ def run_edgewarm(
     deadline: Deadline,
     *,
     profile: Path | None = None,
-    engine: str | None = None,
+    engine: str = "",
 ) -> EdgewarmRun:
-    """Start `edgewarm serve` (`engine`: its config's extra lines, default EDGEWARM_ENGINE), submit every URL in
-    calls of 100, wait for all tasks; stop it by PID."""
-    service = start_service(folder, nodes_toml, extra=EDGEWARM_ENGINE if engine is None else engine)
+    """Start `edgewarm serve` (`engine`: its config's extra lines; none: the defaults, concurrency 256,
+    per_node_concurrency 64, SQLite synchronous=FULL), submit every URL in calls of 100, wait for all tasks; stop
+    it by PID."""
+    service = start_service(folder, nodes_toml, extra=engine)
     profiler: Profiler | None = None
     try:
         assert service.proc is not None
@@ -167,7 +167,7 @@ def compare(
                     profile = None
                     if opts.profile_dir is not None and round_no == 0 and who == "edgewarm":
                         profile = opts.profile_dir / f"{name}-edgewarm.raw"
-                    engine = FETCH_PROCESS_ENGINE if who == FETCH_PROCESS else None
+                    engine = FETCH_PROCESS_ENGINE if who == FETCH_PROCESS else ""
                     urls = [url_of(p) for p in paths]
                     run = run_edgewarm(lab, lab.nodes_toml(), urls, folder, deadline, profile=profile, engine=engine)
                     result = LoadResult(run.seconds, items, body, run.failed_tasks, run.rss_peak_mb, run.cpu_seconds)
