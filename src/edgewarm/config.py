@@ -491,6 +491,12 @@ class Config(_Model):
             for u in self.users
             if len(u.secret) < SECRET_LENGTH
         ]
+        found += [
+            f"user {u.name!r} has the secret of README's example, which anyone may read and sign with: make one of "
+            "your own (openssl rand -hex 16)"
+            for u in self.users
+            if EXAMPLE_SECRET in (u.secret, u.webhook_secret)
+        ]
         by_secret = _holders((user.secret, repr(user.name)) for user in self.users)
         found += [
             f"users {' and '.join(names)} have one secret: each can act as the other"
@@ -591,6 +597,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
 
 SECRET_LENGTH = 16  # characters of a user's secret below which it is cautioned
+# The secret of README's example user (and of the demo's): published, so anyone may sign with it (cautioned).
+EXAMPLE_SECRET = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
 
 
 def file_cautions(path: str | Path) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from edgewarm.config import (
+    EXAMPLE_SECRET,
     Config,
     config_path_from,
     file_cautions,
@@ -646,6 +647,27 @@ def test_short_and_shared_secrets_are_cautioned() -> None:
     assert config.cautions() == [
         "user 'a' has a secret of 1 characters: one that short can be guessed; use 16 or more (openssl rand -hex 16)",
         "users 'b' and 'c' have one secret: each can act as the other",
+    ]
+
+
+def test_the_secret_of_readmes_example_is_cautioned() -> None:
+    """README's example user has a secret that anyone may read: a config copied from it said OK (session 31's
+    note), as an API secret or a webhook_secret."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert f'secret = "{EXAMPLE_SECRET}"' in readme.read_text()
+    domains = ["example.test"]
+    users = [
+        {"name": "a", "secret": EXAMPLE_SECRET, "domains": domains},
+        {"name": "b", "secret": "0123456789abcdef", "webhook_secret": EXAMPLE_SECRET, "domains": domains},
+        {"name": "c", "secret": "fedcba9876543210", "domains": domains},
+    ]
+    caution = "has the secret of README's example, which anyone may read and sign with: make one of your own"
+    config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
+    assert config.cautions() == [
+        f"user 'a' {caution} (openssl rand -hex 16)",
+        f"user 'b' {caution} (openssl rand -hex 16)",
+        "user 'b' has a webhook_secret that is the API secret of 'a': its webhooks' receivers could call the API "
+        "with it",
     ]
 
 

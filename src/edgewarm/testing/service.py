@@ -16,8 +16,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from ..config import EXAMPLE_SECRET
+
 DEMO_USER = "jcloud_00"
-DEMO_SECRET = "e7a31b1c5ea0efa9aa2f29c6559f7d61"
+DEMO_SECRET = EXAMPLE_SECRET  # README's example user is the demo's
 
 
 def free_port() -> int:
