@@ -93,6 +93,28 @@ def test_squid_ats_and_varnish_are_read_in_x_cache_before_a_parents_x_cache_stat
     assert cache_state(CIMultiDict({"X-Cache-Status": "HIT"}), kind) is CacheState.HIT  # no X-Cache: as before
 
 
+@pytest.mark.parametrize("kind", [NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH])
+def test_squid_ats_and_varnish_are_read_in_x_cache_before_an_upstreams_cache_status(kind: NodeKind) -> None:
+    """Squid 5.7 and ATS 9.2 pass an upstream's `Cache-Status` on without a member of their own: a tester's
+    9 MB object, over the Squid edge's maximum_object_size, was reported warmed (a HIT, even with verify) while
+    Squid said `X-Cache: MISS from squid-edge` beside the origin's `Cache-Status: upstream-cache; hit`."""
+    headers = CIMultiDict({"Cache-Status": "upstream-cache; hit", "X-Cache": "MISS from squid-edge"})
+    assert cache_state(headers, kind) is CacheState.MISS
+    assert cache_state(CIMultiDict({"Cache-Status": "upstream-cache; hit"}), kind) is CacheState.HIT  # no X-Cache
+    assert cache_state(headers, NodeKind.NGINX) is CacheState.HIT  # nginx writes no X-Cache: Cache-Status first
+
+
+@pytest.mark.parametrize("kind", [NodeKind.NGINX, NodeKind.SQUID, NodeKind.ATS])
+def test_a_varnish_shields_x_varnish_is_not_read_on_nodes_that_never_write_it(kind: NodeKind) -> None:
+    """A tester's ATS edge without X-Cache behind a Varnish shield passed on the shield's `X-Varnish` (two ids):
+    read as the edge's HIT though the edge stored nothing (over its max_doc_size)."""
+    passed_on = CIMultiDict({"X-Varnish": "622621 3080233"})
+    assert cache_state(passed_on, kind) is None  # nothing of its own: not told
+    assert cache_state(passed_on, NodeKind.VARNISH) is CacheState.HIT
+    assert cache_state(passed_on, NodeKind.GENERIC) is CacheState.HIT  # any cache may write it
+    assert cache_state(passed_on) is CacheState.HIT
+
+
 def test_a_varnish_node_is_read_in_its_own_x_varnish_before_an_x_cache_it_passes_on() -> None:
     """A Varnish edge whose VCL writes no X-Cache, behind a shield that does, passes the shield's `X-Cache: HIT`
     on: its own X-Varnish (one id: a MISS) decides (before: recorded a HIT, and not verified)."""

@@ -5,10 +5,13 @@ CDNs: "HIT from host", "TCP_MISS"), Varnish `X-Varnish` (two transaction ids mea
 
 Behind a shield, a header may name several caches, as one comma-separated list or as several field lines
 (each cache appends its own): the first is the cache nearest the origin, the last one is the node we talked to,
-and only that one is read. A header a cache does not write itself is passed on as its parent sent it: a Squid,
-ATS or Varnish node behind an nginx shield hands on the shield's `X-Cache-Status`, so for those kinds their own
-`X-Cache` is read before `X-Cache-Status`; and a Varnish node, which always writes `X-Varnish` itself (its last
-field line) but `X-Cache` only if its VCL does, hands on a shield's `X-Cache`: its `X-Varnish` is read first.
+and only that one is read. A header a cache does not write itself is passed on as its parent (or the origin)
+sent it: a Squid, ATS or Varnish node hands on a shield's `X-Cache-Status` and an upstream's `Cache-Status`
+(Squid 5.7 and ATS 9.2 append no member of their own: a tester's Squid MISS read as the upstream's hit), so
+for those kinds their own `X-Cache` is read before both; a Varnish node, which always writes `X-Varnish` itself
+(its last field line) but `X-Cache` only if its VCL does, hands on a shield's `X-Cache`: its `X-Varnish` is
+read first; and nginx, Squid and ATS never write `X-Varnish`: one in their answer is a Varnish shield's, not
+read.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..config import NodeKind
 
@@ -95,26 +98,33 @@ def _present(headers: Mapping[str, str], name: str) -> bool:
     return name in headers
 
 
-_X_CACHE_FIRST = frozenset({NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH})
+_Reader = tuple[str, Callable[[str], CacheState | None]]
+_CACHE_STATUS: _Reader = ("Cache-Status", _from_rfc9211)
+_X_CACHE: _Reader = ("X-Cache", _from_word)
+_X_CACHE_STATUS: _Reader = ("X-Cache-Status", _from_word)
+# The headers read, in their order, for each kind (see the module's docstring); None: any kind.
+_READERS: dict[NodeKind | None, tuple[_Reader, ...]] = {
+    kind: (_X_CACHE, _CACHE_STATUS, _X_CACHE_STATUS)
+    if kind in (NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH)
+    else (_CACHE_STATUS, _X_CACHE_STATUS, _X_CACHE)
+    for kind in (*NodeKind, None)
+}
+_NO_X_VARNISH = frozenset({NodeKind.NGINX, NodeKind.SQUID, NodeKind.ATS})  # kinds that never write it
 
 
 def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> CacheState | None:
     """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say.
 
     `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first, Varnish its
-    `X-Varnish` before all.
+    `X-Varnish` before all; nginx, Squid and ATS have no `X-Varnish` read.
     """
     if kind is NodeKind.VARNISH and (varnish := _last_x_varnish(headers)):
         return _from_x_varnish(varnish)
-    value = _field(headers, "Cache-Status")
-    if value and (state := _from_rfc9211(value)):
-        return state
-    names = ("X-Cache", "X-Cache-Status") if kind in _X_CACHE_FIRST else ("X-Cache-Status", "X-Cache")
-    for name in names:
+    for name, read in _READERS[kind]:
         value = _field(headers, name)
-        if value and (state := _from_word(value)):
+        if value and (state := read(value)):
             return state
-    if varnish := _last_x_varnish(headers):
+    if kind not in _NO_X_VARNISH and (varnish := _last_x_varnish(headers)):
         return _from_x_varnish(varnish)
     age = age_of(headers)
     return None if age is None or age == 0 else CacheState.HIT
