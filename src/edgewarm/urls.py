@@ -74,20 +74,13 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
         pieces = value
     else:
         raise RequestRefused(code, f"the {entry} list must be an array of strings or a string")
-    listed = [p.strip() for p in pieces if p.strip()]
-    if (
-        code is JdCode.ILLEGAL_URL
-        and (joined := next((p for p in listed if "," in p and _JOINED.search(p)), None)) is not None
-    ):
-        # A URL may hold a comma, but one followed by a scheme is a list written into one entry.
-        raise _illegal(joined, "several URLs in one entry, joined by commas: give each URL as an entry of its own")
-    return listed
+    return [p.strip() for p in pieces if p.strip()]
 
 
-_JOINED = re.compile(r",\s*https?://", re.IGNORECASE)
-# URLs joined by another separator than the list's ',' (a line break, ';', '|', a space): read as one URL.
-# (And the full-width ones of Chinese input methods: '，', '、', '；'.)
-_JOINED_OTHERWISE = re.compile(r"[;|\s，、；]\s*https?://", re.IGNORECASE)
+# URLs joined into one entry (parse_url): by a comma (a URL may hold one, but not followed by a scheme), or by
+# another separator than a list's ',' (a line break, ';', '|', a space; and the full-width ones of Chinese
+# input methods: '，', '、', '；'): read as one URL.
+_JOINED = re.compile(r"[,;|\s，、；]\s*https?://", re.IGNORECASE)
 
 
 def _no_query_cut(pieces: list[str]) -> None:
@@ -113,9 +106,11 @@ def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:
     bounded cache of _is_domain_name."""
     if len(raw) > max_length:
         raise _illegal(raw, f"longer than {max_length} characters")
-    if "://" in raw[8:] and (joined := _JOINED_OTHERWISE.search(raw)) is not None:
+    if "://" in raw[8:] and (joined := _JOINED.search(raw)) is not None:
         # (Else a line break was "control characters must be percent-encoded", and ';' one URL warmed as a 404.)
         mark = joined[0][0]
+        if mark == ",":  # the CLI's check of a file's lines too (it sent the lines before such a one: a tester's)
+            raise _illegal(raw, "several URLs in one entry, joined by commas: give each URL as an entry of its own")
         separator = {"\n": "a line break", "\r": "a line break"}.get(mark, "a space" if mark.isspace() else f"'{mark}'")
         raise _illegal(
             raw,

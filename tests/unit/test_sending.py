@@ -66,6 +66,18 @@ def test_entries_are_named_by_the_line_they_were_given_on(tmp_path: Path) -> Non
     assert refused.value.message.startswith(said), refused.value.message
 
 
+def test_urls_joined_by_a_comma_on_one_line_are_refused_before_any_call(tmp_path: Path) -> None:
+    """The server refuses such an entry, but the CLI's own check let it through: the calls before its line made
+    their tasks, charged to the quota, and the rest was not sent (a tester's 250 lines: 200 sent)."""
+    listed = tmp_path / "urls.txt"
+    listed.write_text("http://a.test/1\nhttp://a.test/x.bin?c=1,http://a.test/y.bin\n")
+    with pytest.raises(click.ClickException) as refused:
+        checked(read_entries([], str(listed)))
+    said = f"1 of the entries cannot be sent, nothing was: {listed} line 2: illegal URL "
+    assert refused.value.message.startswith(said), refused.value.message
+    assert "several URLs in one entry, joined by commas" in refused.value.message
+
+
 @pytest.mark.parametrize(
     ("error", "maybe"),
     [
