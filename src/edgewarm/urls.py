@@ -96,8 +96,12 @@ def _no_query_cut(pieces: list[str]) -> None:
 
 
 def _illegal(raw: str, reason: str) -> RequestRefused:
-    shown = raw if len(raw) <= 200 else raw[:200] + "…"
-    return RequestRefused(JdCode.ILLEGAL_URL, f"illegal URL {shown!r}: {reason}")
+    return RequestRefused(JdCode.ILLEGAL_URL, f"illegal URL {shortened(raw)!r}: {reason}")
+
+
+def shortened(text: str, most: int = 200) -> str:
+    """`text` as an error message quotes it: its first `most` characters, and "…" when it goes on."""
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def parse_url(raw: str, max_length: int = 4096) -> TargetUrl:

@@ -377,8 +377,42 @@ def test_a_call_larger_than_a_proxy_takes_says_what_to_do(tmp_path: Path) -> Non
     with FaultServer(always(Respond(413, body=b"request body too large"))) as proxy:
         result = run(["submit", f"http://{DEFAULT_HOST}/a"], server_env(f"http://127.0.0.1:{proxy.port}", tmp_path))
     assert result.returncode == 1, result.stdout
+    # A call of one URL: fewer per call cannot help (a tester's one URL of 2,000,000 characters was told to).
+    said = "(HTTP 413): the call held one entry alone, of 25 characters: the server, or a proxy in front, takes no"
+    assert said in result.stderr, result.stderr
+    assert "JD code" not in result.stderr and "--per-call" not in result.stderr, result.stderr
+    with FaultServer(always(Respond(413, body=b"request body too large"))) as proxy:
+        two = [f"http://{DEFAULT_HOST}/a", f"http://{DEFAULT_HOST}/b"]
+        result = run(["submit", *two], server_env(f"http://127.0.0.1:{proxy.port}", tmp_path))
     assert "(HTTP 413): send fewer URLs per call (--per-call)" in result.stderr, result.stderr
-    assert "JD code" not in result.stderr, result.stderr
+
+
+def test_a_sending_whose_output_is_closed_stops_and_says_what_it_made(service: ServiceProcess, tmp_path: Path) -> None:
+    """`edgewarm submit … | head -1`: exit 1 and nothing said, the calls after went on, and the task ids not
+    printed were said nowhere (a tester's). The sending stops at the first id it cannot print, saying it. Another
+    command whose reader went away ends quietly, 141 (Python said "Exception ignored … BrokenPipeError")."""
+    urls = [f"http://{DEFAULT_HOST}/closed/{n}" for n in range(3)]
+    env = {**os.environ, "COLUMNS": "250", **credentials_env(service, tmp_path)}
+    submit = subprocess.Popen(
+        [EDGEWARM, "submit", "--per-call", "1", *urls], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert submit.stdout is not None and submit.stderr is not None
+    submit.stdout.close()  # its reader gone before the first id
+    said = submit.stderr.read().decode()
+    assert submit.wait(timeout=60) == 1, said
+    made = re.search(
+        r"the output was closed \(its reader ended\): task (\S+) was made, and not printed; no more calls", said
+    )
+    assert made is not None, said
+    assert "1 of 3 calls made tasks (ids above): argument 1; not sent: arguments 2-3" in said, said
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        assert [t["taskid"] for t in client.tasks(url="/closed/")["tasks"]] == [made.group(1)]
+        assert client.task(made.group(1), limit=10)["items"][0]["url"] == urls[0]
+    tasks = subprocess.Popen([EDGEWARM, "tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert tasks.stdout is not None and tasks.stderr is not None
+    tasks.stdout.close()
+    quiet = tasks.stderr.read().decode()
+    assert tasks.wait(timeout=60) == 141 and quiet == "", quiet
 
 
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:

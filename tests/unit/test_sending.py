@@ -28,6 +28,13 @@ def test_a_refused_call_made_no_task_and_the_entries_from_it_on_are_named() -> N
     )
 
 
+def test_the_first_entry_not_sent_is_named_shortened() -> None:
+    """A URL of 2,000,000 characters refused (413) was quoted whole in the hint: 2 MB of stderr (a tester's)."""
+    huge = "http://a.test/" + "x" * 2_000_000
+    said = _where([[Entry("http://a.test/1", ARGUMENT, 1)], [Entry(huge, ARGUMENT, 2)]], 1, Stop.REFUSED)
+    assert said.endswith(f"no task made: argument 2, from {huge[:200]}… on") and len(said) < 400, said[:300]
+
+
 def test_a_call_without_an_answer_may_have_made_its_task_and_the_rest_were_not_sent() -> None:
     """Before: "call 2 was refused: the entries from #3 on were not sent", though the server had made its task."""
     assert _where(CALLS, 1, Stop.UNDER_WAY) == (

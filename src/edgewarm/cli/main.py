@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 import click
 
@@ -18,10 +20,22 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+STDOUT_CLOSED = 141  # the exit status of a command whose output's reader went away (128 + SIGPIPE, as shells see)
+
+
+def stdout_closed() -> None:
+    """Standard output's reader went away (`edgewarm tasks | head -1`): what is left to print goes nowhere (else
+    Python's exit tried once more and said "Exception ignored … BrokenPipeError")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _Commands(click.Group):
     """Ctrl-C ends any command with status 130 and SIGTERM with 143, as shells expect, saying "interrupted"
     (click said "Aborted!" and exited 1, which a script reads as a task that failed; SIGTERM said nothing).
-    A command that can say more (where a sending stopped) catches them first."""
+    A command that can say more (where a sending stopped) catches them first. Output whose reader went away
+    ends the command quietly, status STDOUT_CLOSED (a sending says what it had made, `send_in_calls`)."""
 
     def invoke(self, ctx: click.Context) -> object:
         before = signal.signal(signal.SIGTERM, _terminate)
@@ -30,6 +44,9 @@ class _Commands(click.Group):
         except (KeyboardInterrupt, Terminated) as stop:
             click.echo("interrupted", err=True)
             raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
+        except BrokenPipeError:
+            stdout_closed()
+            raise SystemExit(STDOUT_CLOSED) from None
         finally:
             signal.signal(signal.SIGTERM, before)
 

@@ -28,9 +28,10 @@ from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
 from ..models import distinct_task_ids, normalize_task_id
+from ..urls import shortened
 from .entries import Entry, checked, owned, read_entries, span
 from .failures import list_failures
-from .main import Terminated, main
+from .main import Terminated, main, stdout_closed
 from .watch import GONE, PATIENCE, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -221,15 +222,24 @@ def send_in_calls(
         for chunk in calls:
             started = time.time()
             taskids.append(send([entry.text for entry in chunk]))
-            click.echo(taskids[-1])
+            try:
+                click.echo(taskids[-1])
+            except BrokenPipeError:  # `edgewarm submit … | head -1`: no more calls, and the id not printed said
+                stdout_closed()
+                said = _where(calls, len(taskids), Stop.CUT)
+                raise click.ClickException(
+                    f"the output was closed (its reader ended): task {taskids[-1]} was made, and not printed; no "
+                    f"more calls were made ({said})"
+                ) from None
     except ClientError as exc:
+        call = calls[len(taskids)]
         if len(calls) == 1 and not exc.maybe_done:
-            raise fail(exc) from None
+            raise fail(exc, call) from None
         if not exc.maybe_done:
             stop = Stop.REFUSED
         else:
             stop = Stop.CUT if _found_made(client, calls[len(taskids)], started, taskids) else Stop.UNDER_WAY
-        raise click.ClickException(f"{fail(exc).message} ({_where(calls, len(taskids), stop)})") from None
+        raise click.ClickException(f"{fail(exc, call).message} ({_where(calls, len(taskids), stop)})") from None
     except (KeyboardInterrupt, Terminated) as stop:  # SIGTERM is Terminated while a command runs (main.py)
         # The call cut had most likely made its task (the calls are nearly all of a submit's time): looked for.
         if len(taskids) < len(calls):
@@ -307,7 +317,7 @@ def _where(calls: list[list[Entry]], made: int, stop: Stop) -> str:
         told.append(f"call {made + 1} was refused")
     if done < len(flat):
         fate = "no task made" if stop is Stop.REFUSED else "not sent"
-        told.append(f"{fate}: {span(flat[done], flat[-1])}, from {flat[done].text} on")
+        told.append(f"{fate}: {span(flat[done], flat[-1])}, from {shortened(flat[done].text)} on")
     return "; ".join(told)
 
 
@@ -334,7 +344,13 @@ def follow_to_the_end(
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
 
 
-def fail(exc: ClientError) -> click.ClickException:
+def fail(exc: ClientError, call: list[Entry] | None = None) -> click.ClickException:
+    """`exc` said as the CLI's error; `call`: the entries of the call refused, when it sent some."""
+    if exc.http_status == 413 and call is not None and len(call) == 1:  # fewer per call cannot help
+        return click.ClickException(
+            f"{exc.message} (HTTP 413): the call held one entry alone, of {len(call[0].text)} characters: the "
+            "server, or a proxy in front, takes no call that large"
+        )
     if exc.http_status == 413:  # not a JD refusal: the call was larger than the server takes
         return click.ClickException(f"{exc.message} (HTTP 413): send fewer URLs per call (--per-call)")
     if exc.code == JdCode.INTERNAL:  # no answer, none of edgewarm's, or its internal error: said as it is

@@ -32,7 +32,13 @@ def output_console(stderr: bool = False) -> Console:
     "led", a URL over three lines that grep then misses): one row per line there, unless COLUMNS says how
     wide."""
     piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+    return _Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Its reader went away: ended as any command's output is (main.py), not with rich's exit 1."""
+        raise BrokenPipeError
 
 
 def riding_out(ask: Callable[[], dict[str, Any]], interval: float, patience: float) -> dict[str, Any]:
