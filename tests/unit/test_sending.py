@@ -9,7 +9,7 @@ import click
 import httpx
 import pytest
 
-from edgewarm.cli.entries import ARGUMENT, Entry, checked, read_entries
+from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
 from edgewarm.cli.tools import Stop, _where, plan_calls
 from edgewarm.client import Client, ClientError, _json, _transport_error
 
@@ -26,6 +26,14 @@ def test_a_refused_call_made_no_task_and_the_entries_from_it_on_are_named() -> N
         "1 of 3 calls made tasks (ids above): arguments 1-2; call 2 was refused; no task made: urls.txt lines 1-4, "
         "from b1 on"
     )
+
+
+def test_a_url_file_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    """Exit status 2, as a client config named but missing (before: 1, the status of a task that failed)."""
+    for named, why in ((tmp_path / "missing.txt", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(FileRefused) as refused:
+            read_entries([], str(named))
+        assert refused.value.exit_code == 2 and refused.value.message == f"cannot read {named}: {why}"
 
 
 def test_the_first_entry_not_sent_is_named_shortened() -> None:
@@ -370,7 +378,7 @@ def test_the_cli_takes_its_signatures_time_zone_from_edgewarm_timezone(
 ) -> None:
     """The time zone of the day a CLI call signs was the client config's alone: a user of EDGEWARM_USERNAME and
     EDGEWARM_SECRET had to make a file for it (a re-tester's). EDGEWARM_TIMEZONE gives it, before the file's."""
-    from edgewarm.cli.tools import ClientConfigError, read_credentials
+    from edgewarm.cli.tools import read_credentials
 
     config = tmp_path / "client.toml"
     config.write_text('timezone = "Asia/Tokyo"\n')
@@ -378,5 +386,5 @@ def test_the_cli_takes_its_signatures_time_zone_from_edgewarm_timezone(
     monkeypatch.setenv("EDGEWARM_TIMEZONE", "UTC")
     assert read_credentials(None, "u", "s", str(config)).timezone == "UTC"
     monkeypatch.setenv("EDGEWARM_TIMEZONE", "Mars/Olympus")
-    with pytest.raises(ClientConfigError, match="EDGEWARM_TIMEZONE: unknown time zone 'Mars/Olympus'"):
+    with pytest.raises(FileRefused, match="EDGEWARM_TIMEZONE: unknown time zone 'Mars/Olympus'"):
         read_credentials(None, "u", "s", str(config))

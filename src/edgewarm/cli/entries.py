@@ -22,6 +22,14 @@ SHOWN = 3  # entries named in a refusal; the others are counted
 ARGUMENT = ""  # Entry.source of the command line's arguments
 
 
+class FileRefused(click.ClickException):
+    """A file named that cannot be used (a URL list, a client config: missing, unreadable or wrong): a usage error
+    (exit status 2), as no credentials are (a tester's script read 1 for a URL file mistyped, 2 for a client
+    config)."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A URL or directory as given, and where: the command line's argument `number`, or line `number` of the
@@ -65,7 +73,7 @@ def read_entries(args: Iterable[str], file: str | None) -> list[Entry]:
             with open(file, "rb") as stream:
                 entries += _lines(stream, file)
         except OSError as exc:
-            raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+            raise FileRefused(f"cannot read {file}: {exc.strerror}") from None
     if not entries:
         raise click.UsageError("no URLs: give them as arguments, with --file, or on stdin")
     return entries

@@ -29,7 +29,7 @@ from ..config import file_cautions
 from ..errors import JdCode
 from ..models import distinct_task_ids, normalize_task_id
 from ..urls import shortened
-from .entries import Entry, checked, owned, read_entries, span
+from .entries import Entry, FileRefused, checked, owned, read_entries, span
 from .failures import list_failures
 from .main import Terminated, main, stdout_closed
 from .watch import GONE, PATIENCE, follow, output_console, status_text
@@ -95,7 +95,7 @@ def make_client(server: str | None, username: str | None, secret: str | None, cl
     try:  # httpx raised InvalidURL with a traceback (a port that is no number, a bracket left open)
         return Client(found.server, found.username, found.secret, timezone=found.timezone)
     except ValueError as exc:
-        raise ClientConfigError(str(exc)) from None
+        raise FileRefused(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -106,29 +106,23 @@ class Credentials:
     timezone: str
 
 
-class ClientConfigError(click.ClickException):
-    """A client config named but missing, or wrong: a usage error (exit status 2), as no credentials are."""
-
-    exit_code = 2
-
-
 def read_credentials(server: str | None, username: str | None, secret: str | None, client_config: str) -> Credentials:
     """The flags (or their variables) first, then the client config file; a usage error without a user."""
     path = Path(client_config).expanduser()
     stored: dict[str, Any] = {}
     if client_config != DEFAULT_CLIENT_CONFIG and not path.exists():  # named, so meant: say it is not there
-        raise ClientConfigError(f"client config {path}: no such file")
+        raise FileRefused(f"client config {path}: no such file")
     if path.exists():
         try:
             stored = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark is no error
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ClientConfigError(f"client config {path}: {exc}") from None
+            raise FileRefused(f"client config {path}: {exc}") from None
         unknown = set(stored) - {"server", "username", "secret", "timezone"}
         if unknown:
-            raise ClientConfigError(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
+            raise FileRefused(f"client config {path}: unknown key {sorted(unknown)[0]!r}")
         for key, value in stored.items():
             if not isinstance(value, str):
-                raise ClientConfigError(f"client config {path}: {key} must be a string")
+                raise FileRefused(f"client config {path}: {key} must be a string")
         if "secret" in stored:
             for caution in file_cautions(path):
                 click.echo(f"warning: client config {caution}", err=True)
@@ -145,7 +139,7 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
     timezone = given or str(stored.get("timezone", auth.DEFAULT_TIMEZONE))
     if not auth.known_timezone(timezone):
         where = "EDGEWARM_TIMEZONE" if given else f"client config {path}"
-        raise ClientConfigError(f"{where}: unknown time zone {timezone!r}")
+        raise FileRefused(f"{where}: unknown time zone {timezone!r}")
     if not username or not secret:
         raise click.UsageError(
             "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
