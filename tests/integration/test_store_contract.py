@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import sqlite3
 import string
+import sys
 import threading
 import time
 import uuid
@@ -2352,6 +2354,59 @@ class TestPostgres:
                     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):  # its session was ended
                         await conn.execute("SELECT 1")
         assert 0.5 < waited < 20, waited
+
+    async def test_a_frozen_processs_waiting_submission_does_not_hold_the_others_back_in_its_turn(
+        self, postgres_db_url: str, tmp_path: Path
+    ) -> None:
+        """A process frozen while one of its sessions held a user's usage row and another waited for it: the waiting
+        one was granted the row when the first was ended, and held it idle for IDLE_IN_TRANSACTION_SECONDS more
+        (each of a pool's waiting sessions in turn: a tester's api processes waited 25 s for a freeze of 25 s,
+        where README says 10 s at most). It gives up waiting by itself now (LOCK_WAIT_SECONDS, the server's
+        lock_timeout), and the others' submissions go through once the first session is ended."""
+        frozen_process = f"""
+import asyncio, sys, time, uuid
+import edgewarm.store.postgres as pg
+from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskKind
+pg.IDLE_IN_TRANSACTION_SECONDS = 4.0
+def task():
+    item = NewItem(0, "http://www.example.test/f/0.bin", "n1", ItemAction.WARM, 0)
+    quota = QuotaCharge("{DAY}", 1, 0, 2000, 50)
+    return NewTask(str(uuid.uuid4()), "alice", TaskKind.PREFETCH, time.time(), (item,), quota)
+async def main():
+    async with pg.PostgresStore(sys.argv[1]) as store:
+        await store.create_task(task())  # the usage row made
+        async with store._connection() as holder, store._connection() as looking:
+            await holder.execute("BEGIN")
+            await holder.execute("UPDATE usage SET urls = urls WHERE username = 'alice'")  # a submission under way
+            waiting = asyncio.create_task(store.create_task(task()))  # another, waiting for the row
+            for _ in range(200):
+                if await looking.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+                    break
+                await asyncio.sleep(0.05)
+            print("waiting", flush=True)
+            await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+        script = tmp_path / "frozen.py"
+        script.write_text(frozen_process)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), postgres_db_url, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 30)
+            assert line == b"waiting\n", line
+            child.send_signal(signal.SIGSTOP)
+            async with PostgresStore(postgres_db_url) as other:
+                started = time.monotonic()
+                await asyncio.wait_for(other.create_task(make_task(1, user="alice")), 60)
+                waited = time.monotonic() - started
+        finally:
+            child.send_signal(signal.SIGCONT)
+            child.kill()
+            await child.wait()
+        # The holder ended after 4 s idle; before, the waiting session's turn took 4 s more (8 s in all).
+        assert waited < 6.0, waited
 
     async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
         """An unreachable server raises StoreError whose message shows the URL with its password masked."""

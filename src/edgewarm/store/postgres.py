@@ -211,6 +211,12 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 # writes and every submission of the same user back for as long (PostgreSQL keeps a silent session for the TCP
 # keepalive time, 2 hours by default). edgewarm's transactions send their statements back to back.
 IDLE_IN_TRANSACTION_SECONDS = 10.0
+# A submission waits this long at most at a time for a row another session holds (its user's usage row, an
+# idempotency key being inserted), then begins again, for as long as a statement may take (command_timeout). A
+# process frozen while its sessions waited for such a row was granted it at their turns, each session then holding
+# it idle for IDLE_IN_TRANSACTION_SECONDS more (a tester's api processes waited 25 s for a freeze of 25 s, where
+# README says 10 s at most): a frozen process's waiting session now gives up by itself (the server's lock_timeout).
+LOCK_WAIT_SECONDS = 2.0
 # SQLSTATEs of a write the server refuses while it still answers: disk full, an I/O error, read only (a standby).
 _WRITES_REFUSED = frozenset({"53100", "58030", "25006"})
 
@@ -814,60 +820,69 @@ class PostgresStore:
             raise StoreOutcomeUnknown(f"{exc}; the store has not answered since: the task may have been made") from exc
 
     async def _create(self, task: NewTask, committing: list[bool]) -> Task:
+        async with self._connection() as conn:
+            deadline = time.monotonic() + (self._command_timeout or IDLE_IN_TRANSACTION_SECONDS)
+            while True:
+                try:
+                    return await self._create_on(conn, task, committing)
+                except asyncpg.LockNotAvailableError:  # waited LOCK_WAIT_SECONDS for a row: begin again
+                    committing[0] = False  # the COMMIT, if it was that, was refused: nothing was made
+                    if time.monotonic() > deadline:
+                        raise
+
+    async def _create_on(self, conn: _Connection, task: NewTask, committing: list[bool]) -> Task:
         q = task.quota
         items = task.items
-        async with self._connection() as conn:
-            if task.idempotency_key is not None:
+        if task.idempotency_key is not None:
+            earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
+            if earlier is not None:
+                return task_from_row(earlier)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {round(LOCK_WAIT_SECONDS * 1000)}")
+                charged = await conn.fetchval(_CHARGE, task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit)
+                if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
+                    raise _OverQuota
+                await conn.execute(
+                    _INSERT_TASK,
+                    task.id,
+                    task.username,
+                    task.kind.value,
+                    task.created_at,
+                    len(items),
+                    task.idempotency_key,
+                    task.callback_url,
+                )
+                if items:
+                    await conn.execute(
+                        _INSERT_ITEMS,
+                        task.id,
+                        task.created_at,
+                        [it.seq for it in items],
+                        [it.stage for it in items],
+                        [it.url for it in items],
+                        [it.node for it in items],
+                        [it.action.value for it in items],
+                        task.username,
+                        [purge_key(it.url, it.action) for it in items],
+                    )
+                    await conn.execute(_NOTIFY)
+                else:
+                    await conn.execute(_FINISH, [task.id], task.created_at)
+                row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
+                committing[0] = True
+        except _OverQuota:
+            if task.idempotency_key is not None:  # another request of the same key may have used the quota
                 earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
                 if earlier is not None:
                     return task_from_row(earlier)
-            try:
-                async with conn.transaction():
-                    charged = await conn.fetchval(
-                        _CHARGE, task.username, q.day, q.urls, q.dirs, q.urls_limit, q.dirs_limit
-                    )
-                    if charged is None or q.urls > q.urls_limit or q.dirs > q.dirs_limit:
-                        raise _OverQuota
-                    await conn.execute(
-                        _INSERT_TASK,
-                        task.id,
-                        task.username,
-                        task.kind.value,
-                        task.created_at,
-                        len(items),
-                        task.idempotency_key,
-                        task.callback_url,
-                    )
-                    if items:
-                        await conn.execute(
-                            _INSERT_ITEMS,
-                            task.id,
-                            task.created_at,
-                            [it.seq for it in items],
-                            [it.stage for it in items],
-                            [it.url for it in items],
-                            [it.node for it in items],
-                            [it.action.value for it in items],
-                            task.username,
-                            [purge_key(it.url, it.action) for it in items],
-                        )
-                        await conn.execute(_NOTIFY)
-                    else:
-                        await conn.execute(_FINISH, [task.id], task.created_at)
-                    row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task.id)
-                    committing[0] = True
-            except _OverQuota:
-                if task.idempotency_key is not None:  # another request of the same key may have used the quota
-                    earlier = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
-                    if earlier is not None:
-                        return task_from_row(earlier)
-                used = await conn.fetchrow(
-                    "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
-                )
-                raise QuotaExceeded(q.refusal(used[0], used[1]) if used else q.refusal(0, 0)) from None
-            except asyncpg.UniqueViolationError:
-                # The same idempotency key, submitted at the same moment by another request: that one won.
-                row = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
+            used = await conn.fetchrow(
+                "SELECT urls, dirs FROM usage WHERE username = $1 AND day = $2", task.username, q.day
+            )
+            raise QuotaExceeded(q.refusal(used[0], used[1]) if used else q.refusal(0, 0)) from None
+        except asyncpg.UniqueViolationError:
+            # The same idempotency key, submitted at the same moment by another request: that one won.
+            row = await conn.fetchrow(_BY_IDEMPOTENCY_KEY, task.username, task.idempotency_key)
         assert row is not None
         return task_from_row(row)
 
