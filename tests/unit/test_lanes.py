@@ -849,6 +849,29 @@ async def test_items_taken_over_from_a_worker_whose_leases_ran_out_are_said(capl
     ]
 
 
+async def test_a_stop_does_not_wait_for_a_claim_the_store_does_not_answer() -> None:
+    """A store whose statements each waited for another process's lock (SQLite's 10 s) held a stop for as long as
+    the claim under way took: a tester's took 24.6 s with grace_seconds = 5. The stop waits STOP_CLAIM_SECONDS
+    for it, then goes on without it."""
+    fetcher = CountingFetcher()
+    async with open_store("memory://") as store:
+        engine = Engine(config(4, poll_interval=0.05, grace_seconds=0.5), store, fetcher)
+        claiming = asyncio.Event()
+
+        async def locked(*args: Any) -> list[Any]:
+            claiming.set()
+            await asyncio.sleep(60)  # the store's answer, a minute away
+            return []
+
+        store.claim_due_items = locked  # type: ignore[method-assign]
+        runner = asyncio.create_task(engine.run())
+        await asyncio.wait_for(claiming.wait(), DEADLINE)
+        started = time.monotonic()
+        engine.stop()
+        await asyncio.wait_for(runner, 10)
+        assert time.monotonic() - started < 5
+
+
 async def test_a_node_removed_by_a_reload_leaves_with_its_lane_and_workers() -> None:
     """The node replaced by reloads, one of another name each time, then the first one added back: only the
     configured node has a lane and workers, and the node added back warms through a new lane. Before, each
