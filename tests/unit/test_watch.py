@@ -256,6 +256,19 @@ def test_into_a_pipe_or_a_file_progress_comes_as_lines(monkeypatch: pytest.Monke
     assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines] == [
         f"task 00000000: {done} of 10 items done; edge-1 {done // 2}/5, edge-2 {done // 2}/5" for done in (2, 4, 6, 8)
     ], lines
+    assert "━" not in out.file.getvalue()  # type: ignore[attr-defined]  # rich's last frame of the bars (a tester's)
+
+
+class NoSuchTask:
+    def task(self, taskid: str, **_: Any) -> dict[str, Any]:
+        raise ClientError(1, f"task not found: {taskid}", 404)
+
+
+def test_tasks_none_of_which_is_found_are_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """`watch UNKNOWN` said "task …: not found", then "Error: JD code 1: task not found: …" (a tester's)."""
+    with pytest.raises(ClientError, match=r"task not found: 0{32}$"):
+        follow(NoSuchTask(), ["0" * 32], interval=0.01, console=Console(file=io.StringIO()))  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
 
 
 class PagedFailures:

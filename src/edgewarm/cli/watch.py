@@ -111,10 +111,11 @@ def follow(
             if not exc.task_not_found:
                 raise
             unknown.append(taskid)
-            Console(stderr=True).print(f"task {taskid}: not found", markup=False, highlight=False)
     taskids = [t for t in taskids if t in views]
-    if not taskids:
+    if not taskids:  # said once, by the error (it was said twice: a line per task, then the error)
         raise ClientError(1, f"task not found: {', '.join(unknown)}", 404)
+    for taskid in unknown:
+        Console(stderr=True).print(f"task {taskid}: not found", markup=False, highlight=False)
     columns = (
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -123,7 +124,8 @@ def follow(
         TextColumn("{task.fields[rate]}/s"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=out, transient=False) as progress:
+    # Into a pipe or a file, lines of counts (below), not the bars: rich drew their last frame there at the end.
+    with Progress(*columns, console=out, transient=False, disable=not out.is_terminal) as progress:
         one_bar = len(taskids) > TASK_BARS
         task_bars: dict[str, TaskID] = (
             {"all": progress.add_task(f"{len(taskids)} tasks", total=None, failed=0, rate="-")}
