@@ -165,11 +165,13 @@ class Node(_Model):
 
     @property
     def rewarms_after_down(self) -> bool:
-        """Whether a restart of this node loses its cache: Varnish (its storage does not outlive the process)
-        and Squid (Debian's default keeps memory only), unless `rewarm_after_down` says otherwise."""
+        """Whether a restart of this node loses its cache: Varnish (its storage does not outlive the process),
+        Squid (Debian's default keeps memory only) and ATS (what it stored in the minute before, its directory
+        written to disk about once a minute: a tester's ATS restarted 11 s after a task held 1 of its 11 warms),
+        unless `rewarm_after_down` says otherwise."""
         if self.rewarm_after_down is not None:
             return self.rewarm_after_down
-        return self.kind in (NodeKind.VARNISH, NodeKind.SQUID)
+        return self.kind in (NodeKind.VARNISH, NodeKind.SQUID, NodeKind.ATS)
 
     @field_validator("purge_headers")
     @classmethod

@@ -285,7 +285,7 @@ def test_a_node_back_after_a_hold_is_told_once_with_when_its_hold_began() -> Non
         ("varnish", None, True),
         ("squid", None, True),
         ("nginx", None, False),
-        ("ats", None, False),
+        ("ats", None, True),
         ("generic", None, False),
         ("nginx", True, True),
         ("varnish", False, False),
@@ -295,7 +295,8 @@ def test_whether_a_node_back_is_warmed_again_goes_by_its_kind_unless_it_says(
     kind: str, setting: bool | None, rewarms: bool
 ) -> None:
     """By default the caches whose restart loses what they stored (Varnish; Squid with memory only, Debian's
-    default) are warmed again when back after a hold; `rewarm_after_down` says otherwise for any node."""
+    default; ATS, its last minute's) are warmed again when back after a hold; `rewarm_after_down` says otherwise
+    for any node."""
     node = Node(name="n", url="http://127.0.0.1:1", kind=NodeKind(kind), rewarm_after_down=setting)
     assert node.rewarms_after_down is rewarms
 
