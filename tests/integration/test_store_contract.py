@@ -60,6 +60,7 @@ from edgewarm.models import (
 from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
 from edgewarm.store.base import UNNAMED, OpenPurge
 from edgewarm.store.postgres import PostgresStore
+from edgewarm.store.postgres import database_refusal as postgres_refusal
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import free_port
 
@@ -2407,6 +2408,31 @@ asyncio.run(main())
             await child.wait()
         # The holder ended after 4 s idle; before, the waiting session's turn took 4 s more (8 s in all).
         assert waited < 6.0, waited
+
+    async def test_check_configs_look_at_a_database_finds_what_the_services_would_refuse(
+        self, postgres_db_url: str
+    ) -> None:
+        """check-config said OK to a wrong password, a database that does not exist, a server not listening, another
+        schema version and another application's tables, all of which the services refused (a tester's deploy hook
+        with --strict passed them). Looked at without changing anything: an empty database is left empty."""
+        assert await postgres_refusal(postgres_db_url) is None  # empty: the first start makes the schema
+        assert await raw_sql(postgres_db_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+        user, rest = postgres_db_url.split("://", 1)[1].split("@", 1)
+        wrong = f"postgresql://{user.split(':')[0]}:not-the-password@{rest}"
+        refused = await postgres_refusal(wrong.replace(rest.rsplit("/", 1)[1], "no_such_database"))
+        assert refused is not None and "cannot connect" in str(refused) and "not-the-password" not in str(refused)
+        unreachable = await postgres_refusal(f"postgresql://edgewarm@127.0.0.1:{free_port()}/edgewarm")
+        assert unreachable is not None and "cannot connect" in str(unreachable)
+        await raw_sql(postgres_db_url, "CREATE TABLE items (id int)")
+        theirs = await postgres_refusal(postgres_db_url)
+        assert theirs is not None and "items" in str(theirs), theirs
+        await raw_sql(postgres_db_url, "DROP TABLE items")
+        async with PostgresStore(postgres_db_url):
+            pass  # the schema made, as a first start does
+        assert await postgres_refusal(postgres_db_url) is None
+        await raw_sql(postgres_db_url, f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'")
+        older = await postgres_refusal(postgres_db_url)
+        assert older is not None and f"this edgewarm needs {SCHEMA_VERSION}" in str(older), older
 
     async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
         """An unreachable server raises StoreError whose message shows the URL with its password masked."""

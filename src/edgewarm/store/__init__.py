@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -119,7 +120,14 @@ def make_folder_of(path: str) -> None:
 def database_refusal(url: str) -> StoreError | None:
     """The refusal a service's start on `url` meets for its SQLite file's state, read without opening it: an
     older edgewarm left the database elsewhere (see _moved_database), the file is cut short, or its -wal is
-    there without it, its schema is another version's (sqlite.file_refusal); or None: `check-config` warns of it."""
+    there without it, its schema is another version's (sqlite.file_refusal); for PostgreSQL, what a connection
+    finds (postgres.database_refusal: it cannot be made, another schema version or another application's
+    tables); or None: `check-config` warns of it."""
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import database_refusal as postgres_refusal  # type: ignore[import-not-found,unused-ignore]
+
+        refusal: StoreError | None = asyncio.run(postgres_refusal(url))
+        return refusal
     path = sqlite_path(url)
     if path is None or path == ":memory:":
         return None

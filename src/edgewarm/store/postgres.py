@@ -777,14 +777,8 @@ class PostgresStore:
                     version = await _schema_version(conn)
                     if version > SCHEMA_VERSION:
                         raise wrong_version(self.safe_url, version)
-                    if version == 0:
-                        found = await conn.fetchval(
-                            "SELECT array_agg(tablename::text) FROM pg_tables "
-                            "WHERE schemaname = current_schema() AND tablename = ANY($1::text[])",
-                            list(SCHEMA_TABLES),
-                        )
-                        if found:
-                            raise tables_in_the_way(self.safe_url, found)
+                    if version == 0 and (found := await _tables_in_the_way(conn)):
+                        raise tables_in_the_way(self.safe_url, found)
                     for number in range(version, SCHEMA_VERSION):
                         await conn.execute(MIGRATIONS[number])
                         await conn.execute(
@@ -1373,6 +1367,38 @@ async def _release_waiting(conn: _Connection, ended: list[int], now: float, *, o
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s crashed; the engine falls back to polling: %r", task.get_name(), task.exception())
+
+
+async def _tables_in_the_way(conn: _Connection) -> list[str]:
+    """The tables of edgewarm's names in a database without its schema: another application's."""
+    found = await conn.fetchval(
+        "SELECT array_agg(tablename::text) FROM pg_tables "
+        "WHERE schemaname = current_schema() AND tablename = ANY($1::text[])",
+        list(SCHEMA_TABLES),
+    )
+    return list(found or [])
+
+
+CHECK_CONNECT_SECONDS = 5.0  # check-config's wait for a connection (database_refusal)
+
+
+async def database_refusal(url: str) -> StoreError | None:
+    """The refusal a service's start on the database at `url` would meet, looked at without changing anything
+    (check-config's: it said OK to a wrong password, a database that does not exist, a server not listening,
+    another schema version and another application's tables, all of which the services refused: a tester's):
+    None when a service would start on it (an empty database too: the first start makes the schema)."""
+    try:
+        opened = PostgresStore(url, opening=Opening.AS_IS, max_connections=1, connect_timeout=CHECK_CONNECT_SECONDS)
+        async with opened as store, store._connection() as conn:
+            version = await _schema_version(conn)
+            found = await _tables_in_the_way(conn) if version == 0 else []
+    except StoreError as exc:
+        return exc
+    if found:
+        return tables_in_the_way(opened.safe_url, found)
+    if version not in (0, SCHEMA_VERSION):
+        return wrong_version(opened.safe_url, version)
+    return None
 
 
 async def _schema_version(conn: _Connection) -> int:
