@@ -55,7 +55,7 @@ USER_OPTIONS = (
         default=DEFAULT_CLIENT_CONFIG,
         show_default=True,
         type=click.Path(dir_okay=False),
-        help="TOML file with server, username, secret (and timezone)",
+        help="TOML file with server, username, secret (and timezone: the day signed in; or EDGEWARM_TIMEZONE)",
     ),
 )
 
