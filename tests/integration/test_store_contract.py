@@ -2434,6 +2434,13 @@ asyncio.run(main())
         older = await postgres_refusal(postgres_db_url)
         assert older is not None and f"this edgewarm needs {SCHEMA_VERSION}" in str(older), older
 
+    async def test_a_session_the_server_ended_is_said_so(self) -> None:
+        """asyncpg's words alone were logged: "cannot call Transaction.__aexit__(): the underlying connection is
+        closed" (a tester's, after a worker's freeze and after a server restart)."""
+        closed = asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed")
+        said = str(edgewarm.store.postgres._store_error(closed))
+        assert said.startswith("postgresql: the session was ended under this call (the server restarted, or ended it")
+
     async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
         """An unreachable server raises StoreError whose message shows the URL with its password masked."""
         url = f"postgresql://edgewarm:s3cret@127.0.0.1:{free_port()}/edgewarm"

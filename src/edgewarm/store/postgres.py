@@ -657,11 +657,18 @@ class _OverQuota(Exception):
 
 
 def _store_error(exc: BaseException) -> StoreError:
-    """A driver's error as the store's; the server's disk full (SQLSTATE 53100) is named as such."""
+    """A driver's error as the store's; the server's disk full (SQLSTATE 53100) is named as such, and so is a
+    session the server ended (asyncpg's own words: "cannot call Transaction.__aexit__(): the underlying
+    connection is closed", a tester's after a freeze and after a restart)."""
     if isinstance(exc, asyncpg.DiskFullError):
         return StoreFull(
             f"postgresql: {described(exc)}: the database server's disk is full: nothing is written until space is "
             "freed there"
+        )
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        return StoreError(
+            "postgresql: the session was ended under this call (the server restarted, or ended it after "
+            f"{IDLE_IN_TRANSACTION_SECONDS:g} s idle in a transaction: this process was frozen): {described(exc)}"
         )
     return StoreError(f"postgresql: {described(exc)}")
 
