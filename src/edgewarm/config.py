@@ -24,7 +24,7 @@ from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import STORE_URL_FORMS, pool_size_of, redacted, sqlite_path
-from .urls import password_masked, reads_as_ip
+from .urls import idna_form, password_masked, reads_as_ip
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -53,11 +53,7 @@ def _ascii_form(pattern: str) -> str:
     """For a name of non-ASCII letters, where to write its ASCII form (IDNA), as URLs give it; else ''."""
     if pattern.isascii():
         return ""
-    try:
-        ascii_form = pattern.encode("idna").decode("ascii")
-    except UnicodeError:
-        return ": write a name of non-ASCII letters in its ASCII form (IDNA: xn--…)"
-    return f": write a name of non-ASCII letters in its ASCII form (IDNA), as URLs give it: {ascii_form!r}"
+    return f": write a name of non-ASCII letters in its ASCII form {idna_form(pattern)}"
 
 
 def _check_domain(pattern: str) -> str:

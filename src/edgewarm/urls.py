@@ -297,6 +297,15 @@ def is_plain(text: str) -> bool:
     return _SAFE.match(text) is not None
 
 
+def idna_form(name: str) -> str:
+    """How a name of non-ASCII letters is written in ASCII, for a message: `(IDNA), as URLs give it:
+    'xn--bcher-kva.example'`, or `(IDNA: xn--…)` when it has none (the CLI's user was told only the latter)."""
+    try:
+        return f"(IDNA), as URLs give it: {name.encode('idna').decode('ascii')!r}"
+    except UnicodeError:
+        return "(IDNA: xn--…)"
+
+
 def has_user_info(parts: SplitResult) -> bool:
     """Whether a split URL carries user information (`user:password@`, `:password@`, a bare `@`)."""
     return parts.username is not None or parts.password is not None or "@" in parts.netloc
@@ -311,8 +320,8 @@ def _split_any(raw: str) -> TargetUrl:
             parts = urlsplit(raw)
         except ValueError as exc:
             raise illegal(str(exc)) from None
-        if not (parts.hostname or "").isascii():
-            raise illegal("a host of non-ASCII letters is written in its ASCII form (IDNA: xn--…)")
+        if not (host := parts.hostname or "").isascii():
+            raise illegal(f"a host of non-ASCII letters is written in its ASCII form {idna_form(host)}")
         _port(parts, illegal)  # a port of non-ASCII digits
         if parts.scheme.lower() not in ("http", "https") or not raw[len(parts.scheme) :].startswith("://"):
             raise illegal("a URL begins with http:// or https://")  # `not a url` was told of its spaces alone
