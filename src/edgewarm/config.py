@@ -501,6 +501,12 @@ class Config(_Model):
             for names in by_secret.values()
             if len(names) > 1
         ]
+        found += [
+            f"users {a!r} and {b!r} both own {shared}: each may warm and refresh the other's URLs there (a "
+            "directory refresh of one purges the other's), and sees the other's refreshes of them wait; give each "
+            "user domains of its own"
+            for (a, b), shared in _shared_domains(self.users).items()
+        ]
         for user in self.users:
             if user.webhook_secret is None:
                 continue
@@ -531,6 +537,28 @@ class Config(_Model):
             if node.name == name:
                 return node
         return None
+
+
+def _shared_domains(users: Iterable[User]) -> dict[tuple[str, str], str]:
+    """Pairs of users whose domains have hosts in common, each with the first such domain (or the two patterns
+    that overlap): a tenant's name or wildcard under another's (a tester's `*.img.example.test` beside
+    `a.img.example.test`) said OK, though each could refresh the other's URLs. Found through each pattern's
+    parent wildcards (a name `a.b.c` is under `*.b.c` and `*.c`), not pair by pair: thousands of users."""
+    owners: dict[str, list[str]] = {}
+    for user in users:
+        for pattern in dict.fromkeys(user.domains):
+            owners.setdefault(pattern, []).append(user.name)
+    shared: dict[tuple[str, str], str] = {}
+    for pattern, names in owners.items():
+        labels = pattern.removeprefix("*.").split(".")
+        parents = [f"*.{'.'.join(labels[i:])}" for i in range(1, len(labels))]
+        for covering in [pattern, *parents]:
+            for other in owners.get(covering, ()):
+                for name in names:
+                    pair = (min(name, other), max(name, other))
+                    if name != other and pair not in shared:
+                        shared[pair] = pattern if covering == pattern else f"{pattern} (by {covering})"
+    return shared
 
 
 def _holders(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

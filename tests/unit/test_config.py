@@ -632,14 +632,13 @@ def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
 
 def test_short_and_shared_secrets_are_cautioned() -> None:
     """check-config said OK to `secret = "x"` and to two users with one secret (a tester, session 17)."""
-    domains = ["example.test"]
     config = parse_config(
         {
             "users": [
-                {"name": "a", "secret": "x", "domains": domains},
-                {"name": "b", "secret": "0123456789abcdef", "domains": domains},
-                {"name": "c", "secret": "0123456789abcdef", "domains": domains},
-                {"name": "d", "secret": "fedcba9876543210", "domains": domains},
+                {"name": "a", "secret": "x", "domains": ["a.test"]},
+                {"name": "b", "secret": "0123456789abcdef", "domains": ["b.test"]},
+                {"name": "c", "secret": "0123456789abcdef", "domains": ["c.test"]},
+                {"name": "d", "secret": "fedcba9876543210", "domains": ["d.test"]},
             ],
             "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}],
         }
@@ -650,16 +649,37 @@ def test_short_and_shared_secrets_are_cautioned() -> None:
     ]
 
 
+def test_users_whose_domains_have_hosts_in_common_are_cautioned() -> None:
+    """A tenant's name under another's wildcard (a tester's `*.img.example.test` beside `a.img.example.test`)
+    said OK: each could warm and refresh the other's URLs, a directory refresh of one purging the other's."""
+    users = [
+        {"name": "a", "secret": "a" * 16, "domains": ["*.img.example.test", "x.test"]},
+        {"name": "b", "secret": "b" * 16, "domains": ["a.img.example.test"]},
+        {"name": "c", "secret": "c" * 16, "domains": ["x.test", "img.example.test"]},  # not under *.img.…
+        {"name": "d", "secret": "d" * 16, "domains": ["*.b.img.example.test"]},
+        {"name": "e", "secret": "e" * 16, "domains": ["other.test", "*.test.other"]},
+    ]
+    config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
+    rest = (
+        ": each may warm and refresh the other's URLs there (a directory refresh of one purges the other's), and sees "
+        "the other's refreshes of them wait; give each user domains of its own"
+    )
+    assert config.cautions() == [
+        f"users 'a' and 'c' both own x.test{rest}",
+        f"users 'a' and 'b' both own a.img.example.test (by *.img.example.test){rest}",
+        f"users 'a' and 'd' both own *.b.img.example.test (by *.img.example.test){rest}",
+    ]
+
+
 def test_the_secret_of_readmes_example_is_cautioned() -> None:
     """README's example user has a secret that anyone may read: a config copied from it said OK (session 31's
     note), as an API secret or a webhook_secret."""
     readme = Path(__file__).resolve().parents[2] / "README.md"
     assert f'secret = "{EXAMPLE_SECRET}"' in readme.read_text()
-    domains = ["example.test"]
     users = [
-        {"name": "a", "secret": EXAMPLE_SECRET, "domains": domains},
-        {"name": "b", "secret": "0123456789abcdef", "webhook_secret": EXAMPLE_SECRET, "domains": domains},
-        {"name": "c", "secret": "fedcba9876543210", "domains": domains},
+        {"name": "a", "secret": EXAMPLE_SECRET, "domains": ["a.test"]},
+        {"name": "b", "secret": "0123456789abcdef", "webhook_secret": EXAMPLE_SECRET, "domains": ["b.test"]},
+        {"name": "c", "secret": "fedcba9876543210", "domains": ["c.test"]},
     ]
     caution = "has the secret of README's example, which anyone may read and sign with: make one of your own"
     config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
@@ -674,11 +694,10 @@ def test_the_secret_of_readmes_example_is_cautioned() -> None:
 def test_a_short_webhook_secret_or_one_that_is_an_api_secret_is_cautioned() -> None:
     """A webhook_secret is a key of its own: short, it is guessed (webhooks forged); another user's API secret (or
     the user's own), its receivers could call the API as that user. Not in any repr."""
-    domains = ["example.test"]
     users = [
-        {"name": "a", "secret": "0123456789abcdef", "webhook_secret": "short", "domains": domains},
-        {"name": "b", "secret": "fedcba9876543210", "webhook_secret": "0123456789abcdef", "domains": domains},
-        {"name": "c", "secret": "aaaabbbbccccdddd", "webhook_secret": "a-key-of-its-own-0123", "domains": domains},
+        {"name": "a", "secret": "0123456789abcdef", "webhook_secret": "short", "domains": ["a.test"]},
+        {"name": "b", "secret": "fedcba9876543210", "webhook_secret": "0123456789abcdef", "domains": ["b.test"]},
+        {"name": "c", "secret": "aaaabbbbccccdddd", "webhook_secret": "a-key-of-its-own-0123", "domains": ["c.test"]},
     ]
     config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
     assert config.cautions() == [
