@@ -173,8 +173,10 @@ SENT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("edgewarm_sent"
 
 # A node's failed requests as its warning counts them (FailureDigests), by what their error says: (words of the
 # error, the kind, its plural). Other network errors are "network errors"; an answer of 5xx "HTTP 503".
+NO_HEAD = "no answer's head within read_timeout"  # (pyreqwest's read_timeout bounds the wait for the head)
 _FAILURE_KINDS = (
     ("silent for read_timeout", "timeout (silent for read_timeout)", "timeouts (silent for read_timeout)"),
+    (NO_HEAD, f"timeout ({NO_HEAD})", f"timeouts ({NO_HEAD})"),
     (
         "not done within fetch_timeout",
         "timeout (not done within fetch_timeout)",
@@ -427,8 +429,10 @@ class Fetcher(GuardedClient):
         # from the body loop below, where the node's status is known, not from opening the response.
         request = client.request(method, url).headers(sent).streamed_read_buffer_limit(0)
         started = time.monotonic()
+        headed = False  # the answer's head came whole
         try:
             async with request.build_streamed() as response:
+                headed = True
                 headers = response.headers  # one object, each property read a call into pyreqwest
                 told = _signals(headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
@@ -452,7 +456,7 @@ class Fetcher(GuardedClient):
             )
             if named and connecting:
                 return _Unread.UNREACHABLE  # this address of the node's name does not answer; another may
-            return self._timed_out(node, started, connecting)
+            return self._timed_out(node, started, connecting, headed=headed)
         except errors.PyreqwestError as exc:
             causes = _causes(exc)
             # The last cause is the OS's or hyper's own words; rustls appends a link to its manual to some.
@@ -481,13 +485,17 @@ class Fetcher(GuardedClient):
                 return FetchResult(None, error=f"{node.name} answered with a malformed HTTP head: {reason}")
             return FetchResult(None, error=f"{type(exc).__name__} from {node.name}: {reason}")
 
-    def _timed_out(self, node: Node, started: float, connecting: bool) -> FetchResult:
-        """A request that ran out of time, saying which limit it reached."""
+    def _timed_out(self, node: Node, started: float, connecting: bool, *, headed: bool = True) -> FetchResult:
+        """A request that ran out of time, saying which limit it reached. `headed`: the answer's head had come
+        (else, through pyreqwest, read_timeout bounds the wait for the whole head, not a silence: a tester's head
+        sent a line every 2 s failed as "silent for read_timeout (3 s)"; aiohttp's is a silence there too)."""
         s = self._settings
         if connecting:
             why = f"no connection within connect_timeout ({s.connect_timeout:g} s)"
         elif time.monotonic() - started >= s.fetch_timeout * 0.99:
             why = f"not done within fetch_timeout ({s.fetch_timeout:g} s)"
+        elif not headed:
+            why = f"{NO_HEAD} ({s.read_timeout:g} s)"
         else:
             why = f"silent for read_timeout ({s.read_timeout:g} s)"
         return FetchResult(None, error=f"timeout talking to {node.name}: {why}", unreachable=connecting)
