@@ -104,6 +104,16 @@ def test_squid_ats_and_varnish_are_read_in_x_cache_before_an_upstreams_cache_sta
     assert cache_state(headers, NodeKind.NGINX) is CacheState.HIT  # nginx writes no X-Cache: Cache-Status first
 
 
+def test_an_nginx_node_is_read_in_its_x_cache_status_before_an_upstreams_cache_status() -> None:
+    """nginx passes an upstream's `Cache-Status` on too (a re-tester's: a MISS reported as the upstream's hit, and
+    with verify every task failed on a real HIT reported as the upstream's `fwd=miss`)."""
+    passed_on = {"Cache-Status": "upstream-cache; hit", "X-Cache-Status": "MISS"}
+    assert cache_state(CIMultiDict(passed_on), NodeKind.NGINX) is CacheState.MISS
+    hit = {"Cache-Status": "upstream-cache; fwd=miss", "X-Cache-Status": "HIT"}
+    assert cache_state(CIMultiDict(hit), NodeKind.NGINX) is CacheState.HIT
+    assert cache_state(CIMultiDict(passed_on), NodeKind.GENERIC) is CacheState.HIT  # RFC 9211's first elsewhere
+
+
 @pytest.mark.parametrize("kind", [NodeKind.NGINX, NodeKind.SQUID, NodeKind.ATS])
 def test_a_varnish_shields_x_varnish_is_not_read_on_nodes_that_never_write_it(kind: NodeKind) -> None:
     """A tester's ATS edge without X-Cache behind a Varnish shield passed on the shield's `X-Varnish` (two ids):

@@ -8,7 +8,8 @@ Behind a shield, a header may name several caches, as one comma-separated list o
 and only that one is read. A header a cache does not write itself is passed on as its parent (or the origin)
 sent it: a Squid, ATS or Varnish node hands on a shield's `X-Cache-Status` and an upstream's `Cache-Status`
 (Squid 5.7 and ATS 9.2 append no member of their own: a tester's Squid MISS read as the upstream's hit), so
-for those kinds their own `X-Cache` is read before both; a Varnish node, which always writes `X-Varnish` itself
+for those kinds their own `X-Cache` is read before both, and for nginx its `X-Cache-Status` (nginx passes an
+upstream's `Cache-Status` on too: a re-tester's); a Varnish node, which always writes `X-Varnish` itself
 (its last field line) but `X-Cache` only if its VCL does, hands on a shield's `X-Cache`: its `X-Varnish` is
 read first; and nginx, Squid and ATS never write `X-Varnish`: one in their answer is a Varnish shield's, not
 read.
@@ -104,10 +105,12 @@ _X_CACHE: _Reader = ("X-Cache", _from_word)
 _X_CACHE_STATUS: _Reader = ("X-Cache-Status", _from_word)
 # The headers read, in their order, for each kind (see the module's docstring); None: any kind.
 _READERS: dict[NodeKind | None, tuple[_Reader, ...]] = {
-    kind: (_X_CACHE, _CACHE_STATUS, _X_CACHE_STATUS)
-    if kind in (NodeKind.SQUID, NodeKind.ATS, NodeKind.VARNISH)
-    else (_CACHE_STATUS, _X_CACHE_STATUS, _X_CACHE)
-    for kind in (*NodeKind, None)
+    NodeKind.SQUID: (_X_CACHE, _CACHE_STATUS, _X_CACHE_STATUS),
+    NodeKind.ATS: (_X_CACHE, _CACHE_STATUS, _X_CACHE_STATUS),
+    NodeKind.VARNISH: (_X_CACHE, _CACHE_STATUS, _X_CACHE_STATUS),
+    NodeKind.NGINX: (_X_CACHE_STATUS, _CACHE_STATUS, _X_CACHE),  # its own, as README's example configures it
+    NodeKind.GENERIC: (_CACHE_STATUS, _X_CACHE_STATUS, _X_CACHE),
+    None: (_CACHE_STATUS, _X_CACHE_STATUS, _X_CACHE),
 }
 _NO_X_VARNISH = frozenset({NodeKind.NGINX, NodeKind.SQUID, NodeKind.ATS})  # kinds that never write it
 
@@ -116,7 +119,7 @@ def cache_state(headers: Mapping[str, str], kind: NodeKind | None = None) -> Cac
     """The node's cache state from `headers` (a case-insensitive mapping), or None when it does not say.
 
     `kind` is the node's kind, when known: Squid, ATS and Varnish have `X-Cache` read first, Varnish its
-    `X-Varnish` before all; nginx, Squid and ATS have no `X-Varnish` read.
+    `X-Varnish` before all, nginx its `X-Cache-Status`; nginx, Squid and ATS have no `X-Varnish` read.
     """
     if kind is NodeKind.VARNISH and (varnish := _last_x_varnish(headers)):
         return _from_x_varnish(varnish)
