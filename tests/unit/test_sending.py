@@ -236,7 +236,7 @@ def test_many_entries_that_cannot_be_sent_are_counted_once() -> None:
 def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> None:
     """Each call within `size` entries and, given, `max_body_bytes` less BODY_ROOM (a quarter of a small limit),
     counting an entry as JSON escapes it to ASCII (a non-ASCII letter as 6 bytes) and its ", "; an entry too long
-    for any call goes alone."""
+    for any call refuses the whole list, nothing sent (it went alone, after the calls before it: a re-tester's)."""
     from edgewarm.cli.tools import BODY_ROOM, in_calls
 
     def entries(*texts: str) -> list[Entry]:
@@ -254,8 +254,13 @@ def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> Non
     assert shape(in_calls(ten * 200, 5000, 40_000)) == [(40_000 - BODY_ROOM) // 24, 2000 - (40_000 - BODY_ROOM) // 24]
     escaped = entries(*("http://a.test/ü" for _ in range(3)))  # 15 characters, the ü as \u00fc: 24 bytes
     assert shape(in_calls(escaped, 100, 64)) == [2, 1]
-    long = entries("http://a.test/" + "x" * 100, "http://a.test/b")
-    assert shape(in_calls(long, 100, 64)) == [1, 1]
+    long = entries("http://a.test/b", "http://a.test/" + "x" * 100)
+    with pytest.raises(click.ClickException) as refused:
+        in_calls(long, 100, 64)
+    assert refused.value.message == (
+        "1 of the entries cannot be sent, nothing was: longer than a call may be (the server takes 64 bytes a call, "
+        "48 of them for the entries): argument 2: 118 bytes"
+    )
     assert in_calls([], 100, 1000) == []
 
 

@@ -110,11 +110,7 @@ def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
             bad.append(f"{entry}: a directory must end with '/' (and have no query): {entry.text}")
         seen.setdefault(target.cache_key, entry)
     if bad:
-        # ("250 of the entries cannot be sent (and 247 more)" read as 497 entries: a tester's.)
-        first = f", the first {SHOWN}" if len(bad) > SHOWN else ""
-        raise click.ClickException(
-            f"{len(bad)} of the entries cannot be sent, nothing was{first}: " + "; ".join(bad[:SHOWN])
-        )
+        raise click.ClickException(f"{len(bad)} of the entries cannot be sent, nothing was{first_few(bad)}")
     if len(seen) < len(entries):
         left = len(entries) - len(seen)
         click.echo(f"{left} duplicate entr{'y' if left == 1 else 'ies'} left out", err=True)
@@ -131,9 +127,15 @@ def owned(entries: Sequence[Entry], domains: Sequence[str]) -> None:
         if not domain_owned(host := parse_url(entry.text, _ANY_LENGTH).host, domains)
     ]
     if bad:
-        first = f", the first {SHOWN}" if len(bad) > SHOWN else ""
         yours = ", ".join(domains) or "none"
         raise click.ClickException(
             f"{len(bad)} of the entries {'is' if len(bad) == 1 else 'are'} not in your domains ({yours}), nothing "
-            f"was sent{first}: " + "; ".join(bad[:SHOWN])
+            f"was sent{first_few(bad)}"
         )
+
+
+def first_few(bad: Sequence[str]) -> str:
+    """The end of a refusal of a whole list: its first SHOWN entries refused, each named where it was given ("250
+    of the entries cannot be sent (and 247 more)" read as 497 entries: a tester's)."""
+    first = f", the first {SHOWN}" if len(bad) > SHOWN else ""
+    return f"{first}: " + "; ".join(bad[:SHOWN])

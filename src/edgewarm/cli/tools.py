@@ -29,9 +29,9 @@ from ..config import file_cautions
 from ..errors import JdCode
 from ..models import distinct_task_ids, normalize_task_id
 from ..urls import shortened
-from .entries import Entry, FileRefused, checked, owned, read_entries, span
+from .entries import Entry, FileRefused, checked, first_few, owned, read_entries, span
 from .failures import list_failures
-from .main import Terminated, main, stdout_closed
+from .main import STDOUT_CLOSED, Terminated, main, stdout_closed
 from .watch import GONE, PATIENCE, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -187,14 +187,20 @@ BODY_ROOM = 8192  # bytes of a call's body kept for its other fields (credential
 def in_calls(entries: list[Entry], size: int, max_body_bytes: int | None) -> list[list[Entry]]:
     """`entries` in calls of `size` at most, each list's JSON within `max_body_bytes` (less BODY_ROOM, or a quarter
     of a smaller limit) when given: a call of 5,000 URLs of 230 characters was over 1 MB, refused mid-run (413).
-    Each entry's length as JSON escapes it to ASCII, the most the client sends for it. An entry too long for a
-    call of its own goes alone: the server refuses it, saying why."""
+    Each entry's length as JSON escapes it to ASCII, the most the client sends for it. The whole list is refused,
+    nothing sent, when an entry is too long for a call of its own (the calls before it were sent, then the 413:
+    a re-tester's)."""
     calls: list[list[Entry]] = []
     # A quarter of a small limit for the other fields (8,192 bytes of a limit of 8,192 sent a URL a call).
     room = None if max_body_bytes is None else max(max_body_bytes - min(BODY_ROOM, max_body_bytes // 4), 1)
+    costs = [len(json.dumps(entry.text)) + 2 for entry in entries]  # and its ", " (httpx before 0.28 writes it)
+    if room is not None and (bad := [f"{e}: {c} bytes" for e, c in zip(entries, costs, strict=True) if c > room]):
+        raise click.ClickException(
+            f"{len(bad)} of the entries cannot be sent, nothing was: longer than a call may be (the server takes "
+            f"{max_body_bytes} bytes a call, {room} of them for the entries){first_few(bad)}"
+        )
     used = 0
-    for entry in entries:
-        cost = len(json.dumps(entry.text)) + 2  # and its ", " (httpx before 0.28 writes the space)
+    for entry, cost in zip(entries, costs, strict=True):
         if not calls or len(calls[-1]) >= size or (room is not None and used + cost > room):
             calls.append([])
             used = 0
@@ -218,13 +224,15 @@ def send_in_calls(
             taskids.append(send([entry.text for entry in chunk]))
             try:
                 click.echo(taskids[-1])
-            except BrokenPipeError:  # `edgewarm submit … | head -1`: no more calls, and the id not printed said
+            except BrokenPipeError:  # `edgewarm submit … | head -1`: no more calls; the ids made said here
                 stdout_closed()
-                said = _where(calls, len(taskids), Stop.CUT)
-                raise click.ClickException(
-                    f"the output was closed (its reader ended): task {taskids[-1]} was made, and not printed; no "
-                    f"more calls were made ({said})"
-                ) from None
+                said = _where(calls, len(taskids), Stop.CUT, printed=False)
+                click.echo(
+                    f"Error: the output was closed (its reader ended), so no more calls were made; the tasks made: "
+                    f"{' '.join(taskids)} (the last not printed) ({said})",
+                    err=True,
+                )
+                raise SystemExit(STDOUT_CLOSED) from None
     except ClientError as exc:
         call = calls[len(taskids)]
         if len(calls) == 1 and not exc.maybe_done:
@@ -293,13 +301,15 @@ class Stop(enum.Enum):
     CUT = "cut"  # an interrupt between calls (or the call cut was found to have made its task): the next not sent
 
 
-def _where(calls: list[list[Entry]], made: int, stop: Stop) -> str:
+def _where(calls: list[list[Entry]], made: int, stop: Stop, *, printed: bool = True) -> str:
     """Where a sending stopped: the calls that made tasks, the one that may have (UNDER_WAY: no answer came)
     or was refused, and the first entry that made none (where it was given, and itself). Entries are named by
-    where they were given (entries.span): with duplicates left out, a call's span may hold lines it did not send."""
+    where they were given (entries.span): with duplicates left out, a call's span may hold lines it did not send.
+    `printed`: the tasks' ids were printed above (not when the output was closed)."""
     flat = [entry for chunk in calls for entry in chunk]
     done = sum(len(chunk) for chunk in calls[:made])
-    told = [f"{made} of {len(calls)} calls made tasks (ids above): {span(flat[0], flat[done - 1])}" if made
+    above = " (ids above)" if printed else ""
+    told = [f"{made} of {len(calls)} calls made tasks{above}: {span(flat[0], flat[done - 1])}" if made
             else "no call made a task"]  # fmt: skip
     if made == len(calls):
         return told[0]
