@@ -490,10 +490,11 @@ class Config(_Model):
             if len(u.secret) < SECRET_LENGTH
         ]
         found += [
-            f"user {u.name!r} has the secret of README's example, which anyone may read and sign with: make one of "
-            "your own (openssl rand -hex 16)"
+            f"user {u.name!r} has README's example secret as its {key}, which anyone may read and sign with: make "
+            "one of your own (openssl rand -hex 16)"
             for u in self.users
-            if EXAMPLE_SECRET in (u.secret, u.webhook_secret)
+            for key, secret in (("secret", u.secret), ("webhook_secret", u.webhook_secret))
+            if secret == EXAMPLE_SECRET
         ]
         by_secret = _holders((user.secret, repr(user.name)) for user in self.users)
         found += [

@@ -2433,13 +2433,18 @@ asyncio.run(main())
         await raw_sql(postgres_db_url, f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'")
         older = await postgres_refusal(postgres_db_url)
         assert older is not None and f"this edgewarm needs {SCHEMA_VERSION}" in str(older), older
+        await raw_sql(postgres_db_url, "UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+        damaged = await postgres_refusal(postgres_db_url)  # a traceback, before (a re-tester's)
+        assert str(damaged) == "postgresql: its schema_version is 'abc', not a number (damaged, or not edgewarm's)"
 
     async def test_a_session_the_server_ended_is_said_so(self) -> None:
         """asyncpg's words alone were logged: "cannot call Transaction.__aexit__(): the underlying connection is
         closed" (a tester's, after a worker's freeze and after a server restart)."""
         closed = asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed")
-        said = str(edgewarm.store.postgres._store_error(closed))
-        assert said.startswith("postgresql: the session was ended under this call (the server restarted, or ended it")
+        midway = asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+        for error in (closed, midway):
+            said = str(edgewarm.store.postgres._store_error(error))
+            assert said.startswith("postgresql: the session was ended under this call (the server restarted, or ")
 
     async def test_driver_errors_become_store_errors_without_the_password(self) -> None:
         """An unreachable server raises StoreError whose message shows the URL with its password masked."""

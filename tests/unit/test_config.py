@@ -681,11 +681,11 @@ def test_the_secret_of_readmes_example_is_cautioned() -> None:
         {"name": "b", "secret": "0123456789abcdef", "webhook_secret": EXAMPLE_SECRET, "domains": ["b.test"]},
         {"name": "c", "secret": "fedcba9876543210", "domains": ["c.test"]},
     ]
-    caution = "has the secret of README's example, which anyone may read and sign with: make one of your own"
+    caution = "which anyone may read and sign with: make one of your own (openssl rand -hex 16)"
     config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
     assert config.cautions() == [
-        f"user 'a' {caution} (openssl rand -hex 16)",
-        f"user 'b' {caution} (openssl rand -hex 16)",
+        f"user 'a' has README's example secret as its secret, {caution}",
+        f"user 'b' has README's example secret as its webhook_secret, {caution}",
         "user 'b' has a webhook_secret that is the API secret of 'a': its webhooks' receivers could call the API "
         "with it",
     ]

@@ -212,7 +212,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 # keepalive time, 2 hours by default). edgewarm's transactions send their statements back to back.
 IDLE_IN_TRANSACTION_SECONDS = 10.0
 # A submission waits this long at most at a time for a row another session holds (its user's usage row, an
-# idempotency key being inserted), then begins again, for as long as a statement may take (command_timeout). A
+# idempotency key being inserted), then begins again, for IDLE_IN_TRANSACTION_SECONDS and two waits more. A
 # process frozen while its sessions waited for such a row was granted it at their turns, each session then holding
 # it idle for IDLE_IN_TRANSACTION_SECONDS more (a tester's api processes waited 25 s for a freeze of 25 s, where
 # README says 10 s at most): a frozen process's waiting session now gives up by itself (the server's lock_timeout).
@@ -659,13 +659,16 @@ class _OverQuota(Exception):
 def _store_error(exc: BaseException) -> StoreError:
     """A driver's error as the store's; the server's disk full (SQLSTATE 53100) is named as such, and so is a
     session the server ended (asyncpg's own words: "cannot call Transaction.__aexit__(): the underlying
-    connection is closed", a tester's after a freeze and after a restart)."""
+    connection is closed", a tester's after a freeze and after a restart; "cannot switch to state 15; another
+    operation (2) is in progress", a re-tester's frozen during a call)."""
     if isinstance(exc, asyncpg.DiskFullError):
         return StoreFull(
             f"postgresql: {described(exc)}: the database server's disk is full: nothing is written until space is "
             "freed there"
         )
-    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+    if (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) or (
+        isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)  # the same, mid-call
+    ):
         return StoreError(
             "postgresql: the session was ended under this call (the server restarted, or ended it after "
             f"{IDLE_IN_TRANSACTION_SECONDS:g} s idle in a transaction: this process was frozen): {described(exc)}"
@@ -822,7 +825,9 @@ class PostgresStore:
 
     async def _create(self, task: NewTask, committing: list[bool]) -> Task:
         async with self._connection() as conn:
-            deadline = time.monotonic() + (self._command_timeout or IDLE_IN_TRANSACTION_SECONDS)
+            # Long enough for a frozen process's session to be ended (and a lock wait more), short of a client's
+            # own timeout (the CLI's 30 s: it said "may have made one" while this went on for a minute).
+            deadline = time.monotonic() + IDLE_IN_TRANSACTION_SECONDS + 2 * LOCK_WAIT_SECONDS
             while True:
                 try:
                     return await self._create_on(conn, task, committing)
@@ -1416,4 +1421,8 @@ async def _schema_version(conn: _Connection) -> int:
     if columns != 2:
         return 0  # no table meta, or another application's: refused by its name (upgrade)
     value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    if value is not None and not str(value).isdigit():  # a traceback, from check-config too (a re-tester's)
+        raise StoreError(
+            f"postgresql: its schema_version is {str(value)[:40]!r}, not a number (damaged, or not edgewarm's)"
+        )
     return int(value) if value is not None else 0
