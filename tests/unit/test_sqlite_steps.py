@@ -270,3 +270,16 @@ def test_store_errors_say_what_to_do_of_a_stale_wal_a_full_disk_and_a_file_made_
     monkeypatch.setattr(os, "access", lambda p, mode: False)  # (root reads any file: its mode cannot show it)
     unreadable = str(_store_error(sqlite3.OperationalError("unable to open database file"), str(path)))
     assert f"the database {path} cannot be read by this user (uid {os.getuid()}): its mode or owner" in unreadable
+
+
+async def test_stores_opening_a_new_file_at_once_never_take_its_new_schema_for_anothers_tables(tmp_path: Path) -> None:
+    """The schema version and the tables were read apart: another opener's schema, committed between the two reads,
+    was refused as another application's tables (the suite's four openers at once: 11 files of 200 here)."""
+
+    async def opened(url: str) -> int:
+        async with open_store(url) as store:
+            return await store.queue_depth()
+
+    for n in range(100):
+        url = f"sqlite:///{tmp_path}/new-{n}.db"
+        assert await asyncio.gather(*(opened(url) for _ in range(4))) == [0, 0, 0, 0]

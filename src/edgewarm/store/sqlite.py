@@ -270,8 +270,8 @@ class SQLiteStore:
             _make_owner_only(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_SECONDS)
         try:  # refused before WAL: another application's file, or another version's, stays as it is
-            version = _version_of(db, self.path)
-            if in_the_way := _in_the_way(db, version):
+            version, in_the_way = _first_look(db, self.path)
+            if in_the_way:
                 raise tables_in_the_way(self.path, in_the_way)
             to_make = schema_to_make(self._opening, version, self.path)
         except BaseException:
@@ -1372,6 +1372,18 @@ def _version_of(db: sqlite3.Connection, path: str) -> int:
         raise StoreError(
             f"the SQLite database {path}: its schema_version is {row[0]!r}, not a number (damaged, or not edgewarm's)"
         ) from None
+
+
+def _first_look(db: sqlite3.Connection, path: str) -> tuple[int, list[str]]:
+    """The schema version and the tables in the way (`_in_the_way`), read in one transaction: read apart, another
+    process's new schema, committed between the two reads, was taken for another application's tables (four
+    processes opening a new file at once: one start in a few hundred refused)."""
+    db.execute("BEGIN")
+    try:
+        version = _version_of(db, path)
+        return version, _in_the_way(db, version)
+    finally:
+        db.execute("ROLLBACK")
 
 
 def _in_the_way(db: sqlite3.Connection, version: int) -> list[str]:
