@@ -25,7 +25,9 @@ edgewarm_credentials_refused_total{reason}    API calls refused for their creden
                                               unknown_user | wrong_signature
 edgewarm_submissions_refused_total{reason}    a known user's prefetches and refreshes refused: quota | bad_url |
                                               domain_not_yours | duplicate_urls | too_many_urls | other
+edgewarm_api_waits_open                       long-polls (/v1/tasks/{id}/wait) open
 process_*                                     the process's CPU, memory, open files and start time
+edgewarm_fetch_process_*                      the same of its fetch process (`[engine] fetch_process = true`)
 
 Every series of a fixed label set (and, in an engine's process, every configured node's) is there from the start,
 at 0: a rate or increase() over the first failure after a start sees it.
