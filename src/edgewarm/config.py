@@ -502,12 +502,16 @@ class Config(_Model):
             for names in by_secret.values()
             if len(names) > 1
         ]
+        shared = _shared_domains(self.users)
         found += [
-            f"users {a!r} and {b!r} both own {shared}: each may warm and refresh the other's URLs there (a "
-            "directory refresh of one purges the other's), and sees the other's refreshes of them wait; give each "
-            "user domains of its own"
-            for (a, b), shared in _shared_domains(self.users).items()
+            f"users {_some(names)} {'both' if len(names) == 2 else 'all'} own {pattern}{by}: each may warm and "
+            "refresh the others' URLs there (a "
+            "directory refresh of one purges the others'), and sees their refreshes of them wait; give each user "
+            "domains of its own"
+            for pattern, names, by in shared[:SHARED_SHOWN]
         ]
+        if len(shared) > SHARED_SHOWN:
+            found.append(f"and {len(shared) - SHARED_SHOWN} more domains with several owners")
         for user in self.users:
             if user.webhook_secret is None:
                 continue
@@ -540,26 +544,38 @@ class Config(_Model):
         return None
 
 
-def _shared_domains(users: Iterable[User]) -> dict[tuple[str, str], str]:
-    """Pairs of users whose domains have hosts in common, each with the first such domain (or the two patterns
-    that overlap): a tenant's name or wildcard under another's (a tester's `*.img.example.test` beside
-    `a.img.example.test`) said OK, though each could refresh the other's URLs. Found through each pattern's
-    parent wildcards (a name `a.b.c` is under `*.b.c` and `*.c`), not pair by pair: thousands of users."""
+SHARED_SHOWN = 10  # domains with several owners cautioned one by one; the others counted in a line
+
+
+def _shared_domains(users: Iterable[User]) -> list[tuple[str, list[str], str]]:
+    """The domains (names or wildcards) that several users own, themselves or by a wildcard above (a tenant's
+    name or wildcard under another's: a tester's `*.img.example.test` beside `a.img.example.test` said OK, though
+    each could refresh the other's URLs): each with its owners and " (by …)" naming the wildcards above that
+    brought some. Found through each pattern's parent wildcards (a name `a.b.c` is under `*.b.c` and `*.c`), one
+    line a domain, not a pair of users (2,000 users of one domain were 2 million lines: a re-tester's)."""
     owners: dict[str, list[str]] = {}
     for user in users:
         for pattern in dict.fromkeys(user.domains):
             owners.setdefault(pattern, []).append(user.name)
-    shared: dict[tuple[str, str], str] = {}
+    shared = []
     for pattern, names in owners.items():
         labels = pattern.removeprefix("*.").split(".")
-        parents = [f"*.{'.'.join(labels[i:])}" for i in range(1, len(labels))]
-        for covering in [pattern, *parents]:
-            for other in owners.get(covering, ()):
-                for name in names:
-                    pair = (min(name, other), max(name, other))
-                    if name != other and pair not in shared:
-                        shared[pair] = pattern if covering == pattern else f"{pattern} (by {covering})"
+        above = [p for i in range(1, len(labels)) if (p := f"*.{'.'.join(labels[i:])}") in owners]
+        holders = list(dict.fromkeys([*names, *(name for p in above for name in owners[p])]))
+        if len(holders) > 1:
+            shared.append((pattern, holders, f" (by {', '.join(above)})" if above else ""))
     return shared
+
+
+def _some(names: list[str]) -> str:
+    """`'a' and 'b'`, `'a', 'b', 'c' and 'd'`, or the first few and how many more."""
+    quoted = [repr(name) for name in names[:SHOWN_NAMES]]
+    if len(names) > SHOWN_NAMES:
+        return f"{', '.join(quoted)} and {len(names) - SHOWN_NAMES} more"
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+SHOWN_NAMES = 5
 
 
 def _holders(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

@@ -406,6 +406,13 @@ def test_a_sending_whose_output_is_closed_stops_and_says_what_it_made(service: S
     with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
         assert [t["taskid"] for t in client.tasks(url="/closed/")["tasks"]] == [made.group(1)]
         assert client.task(made.group(1), limit=10)["items"][0]["url"] == urls[0]
+    with open("/dev/full", "w") as full:  # a failing write: a traceback, the task not named (a re-tester's)
+        failed = subprocess.run(
+            [EDGEWARM, "submit", "--per-call", "1", *urls], stdout=full, capture_output=False, stderr=subprocess.PIPE,
+            env=env, timeout=60, text=True,
+        )  # fmt: skip
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert "the output could not be written (No space left on device), so no more calls" in failed.stderr
     tasks = subprocess.Popen([EDGEWARM, "tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert tasks.stdout is not None and tasks.stderr is not None
     tasks.stdout.close()

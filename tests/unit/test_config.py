@@ -661,14 +661,20 @@ def test_users_whose_domains_have_hosts_in_common_are_cautioned() -> None:
     ]
     config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
     rest = (
-        ": each may warm and refresh the other's URLs there (a directory refresh of one purges the other's), and sees "
-        "the other's refreshes of them wait; give each user domains of its own"
+        ": each may warm and refresh the others' URLs there (a directory refresh of one purges the others'), and sees "
+        "their refreshes of them wait; give each user domains of its own"
     )
     assert config.cautions() == [
         f"users 'a' and 'c' both own x.test{rest}",
-        f"users 'a' and 'b' both own a.img.example.test (by *.img.example.test){rest}",
-        f"users 'a' and 'd' both own *.b.img.example.test (by *.img.example.test){rest}",
+        f"users 'b' and 'a' both own a.img.example.test (by *.img.example.test){rest}",
+        f"users 'd' and 'a' both own *.b.img.example.test (by *.img.example.test){rest}",
     ]
+    # One line a domain, ten at most: 2,000 users of one domain were 2 million lines (a re-tester's).
+    many = [{"name": f"u{n:04}", "secret": f"{n:016}", "domains": ["x.test", f"*.own{n}.test"]} for n in range(2000)]
+    many += [{"name": f"w{n}", "secret": f"w{n:015}", "domains": [f"a.own{n}.test"]} for n in range(12)]
+    cautions = parse_config({"users": many, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]}).cautions()
+    assert len(cautions) == 11 and cautions[-1] == "and 3 more domains with several owners", cautions[-1]
+    assert cautions[0] == f"users 'u0000', 'u0001', 'u0002', 'u0003', 'u0004' and 1995 more all own x.test{rest}"
 
 
 def test_the_secret_of_readmes_example_is_cautioned() -> None:

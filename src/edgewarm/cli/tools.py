@@ -224,15 +224,18 @@ def send_in_calls(
             taskids.append(send([entry.text for entry in chunk]))
             try:
                 click.echo(taskids[-1])
-            except BrokenPipeError:  # `edgewarm submit … | head -1`: no more calls; the ids made said here
-                stdout_closed()
+            except OSError as exc:  # `… | head -1`, `> /dev/full`: no more calls; the ids made said here
+                closed = isinstance(exc, BrokenPipeError)
+                if closed:
+                    stdout_closed()
+                why = "was closed (its reader ended)" if closed else f"could not be written ({exc.strerror})"
                 said = _where(calls, len(taskids), Stop.CUT, printed=False)
                 click.echo(
-                    f"Error: the output was closed (its reader ended), so no more calls were made; the tasks made: "
-                    f"{' '.join(taskids)} (the last not printed) ({said})",
+                    f"Error: the output {why}, so no more calls were made; the tasks made: {' '.join(taskids)} (the "
+                    f"last not printed) ({said})",
                     err=True,
                 )
-                raise SystemExit(STDOUT_CLOSED) from None
+                raise SystemExit(STDOUT_CLOSED if closed else 1) from None
     except ClientError as exc:
         call = calls[len(taskids)]
         if len(calls) == 1 and not exc.maybe_done:

@@ -833,7 +833,7 @@ class PostgresStore:
                     return await self._create_on(conn, task, committing)
                 except asyncpg.LockNotAvailableError:  # waited LOCK_WAIT_SECONDS for a row: begin again
                     committing[0] = False  # the COMMIT, if it was that, was refused: nothing was made
-                    if time.monotonic() > deadline:
+                    if time.monotonic() + LOCK_WAIT_SECONDS > deadline:  # no try begun that would end past it
                         raise
 
     async def _create_on(self, conn: _Connection, task: NewTask, committing: list[bool]) -> Task:
