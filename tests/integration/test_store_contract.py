@@ -2409,6 +2409,31 @@ asyncio.run(main())
         # The holder ended after 4 s idle; before, the waiting session's turn took 4 s more (8 s in all).
         assert waited < 6.0, waited
 
+    async def test_a_submission_waiting_for_its_users_row_gives_up_within_its_bound(
+        self, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Held by another session (a psql `SELECT … FOR UPDATE` left open): the submission waits LOCK_WAIT_SECONDS
+        at a time, and no try begun ends past IDLE_IN_TRANSACTION_SECONDS and two waits (a re-tester's took 16 s of
+        README's 14: the last wait began at 13.9 s); nothing is made."""
+        monkeypatch.setattr(edgewarm.store.postgres, "IDLE_IN_TRANSACTION_SECONDS", 1.0)
+        monkeypatch.setattr(edgewarm.store.postgres, "LOCK_WAIT_SECONDS", 0.4)
+        async with PostgresStore(postgres_db_url) as store:
+            await store.create_task(make_task(1, user="alice"))
+            holder = await asyncpg.connect(postgres_db_url)
+            try:
+                held = holder.transaction()
+                await held.start()
+                await holder.execute("SELECT * FROM usage WHERE username = 'alice' FOR UPDATE")
+                started = time.monotonic()
+                with pytest.raises(StoreError, match="lock timeout"):
+                    await store.create_task(make_task(1, user="alice"))
+                waited = time.monotonic() - started
+                await held.rollback()
+            finally:
+                await holder.close()
+            assert len(await store.list_tasks("alice", TaskFilter())) == 1
+        assert 1.5 <= waited < 1.0 + 2 * 0.4 + 0.15, waited  # tries end by 1.6 s (before: 2.0)
+
     async def test_check_configs_look_at_a_database_finds_what_the_services_would_refuse(
         self, postgres_db_url: str
     ) -> None:
