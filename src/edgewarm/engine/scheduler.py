@@ -379,7 +379,7 @@ class Engine:
                 self._hand_out(claim)
             if claims and len(claims) == limit:
                 continue  # there may be more due right now
-            if claimed and not claims:
+            if claimed and not claims and not self._stopping.is_set():  # (a stop's: no more of the store's time)
                 await self._look_ahead(skipped=bool(skipped))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._until_next_look())
@@ -387,9 +387,9 @@ class Engine:
     async def _claim(self, limit: int, skip: list[str], skip_for: dict[str, list[str]]) -> list[Claim]:
         """The store's claim of due items. A stop waits STOP_CLAIM_SECONDS at most for one under way: the store's
         statements queued behind a write waiting for a lock each waited their own 10 s (a tester's stop with the
-        SQLite file locked by another process took 24.6 s with grace_seconds = 5). One not begun by then is not
-        sent; one the store is still doing is left to it: its items run again when their leases end (or at the
-        next start)."""
+        SQLite file locked by another process took 24.6 s with grace_seconds = 5). One not begun by then is dropped
+        (never run); one the store is still doing is left to it: its items run again when their leases end (or at
+        the next start)."""
         s = self.settings
         claiming = asyncio.ensure_future(
             self.store.claim_due_items(self.worker_id, limit, self._clock(), s.lease_seconds, skip, skip_for)
