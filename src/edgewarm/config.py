@@ -545,6 +545,7 @@ class Config(_Model):
 
 
 SHARED_SHOWN = 10  # domains with several owners cautioned one by one; the others counted in a line
+SHOWN_NAMES = 5  # owners named in such a caution; the others counted
 
 
 def _shared_domains(users: Iterable[User]) -> list[tuple[str, list[str], str]]:
@@ -573,9 +574,6 @@ def _some(names: list[str]) -> str:
     if len(names) > SHOWN_NAMES:
         return f"{', '.join(quoted)} and {len(names) - SHOWN_NAMES} more"
     return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
-
-
-SHOWN_NAMES = 5
 
 
 def _holders(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
