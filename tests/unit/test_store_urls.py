@@ -339,6 +339,22 @@ async def test_a_database_of_another_applications_tables_is_refused_and_check_co
         assert [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["foo"]
 
 
+async def test_a_store_whose_schema_version_row_is_gone_is_said_damaged_not_anothers(tmp_path: Path) -> None:
+    """Its `meta` row removed: "give edgewarm a database of its own", as if the tables were another
+    application's (a tester's); said for what it is, by check-config and at the open alike."""
+    path = tmp_path / "e.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DELETE FROM meta")
+        db.commit()
+    said = f"database {path} has edgewarm's tables (items, meta, tasks, usage) but no schema version in its table meta"
+    assert str(database_refusal(f"sqlite:///{path}")).startswith(said)
+    with pytest.raises(StoreError, match="restore it from a backup"):
+        async with open_store(f"sqlite:///{path}"):
+            pass
+
+
 def test_a_backup_restored_over_a_killed_store_is_refused_not_replayed_into(tmp_path: Path) -> None:
     """A store killed (its -wal left with writes), a backup copied over its file, then a start: SQLite replayed the
     old -wal into the restored file, which started without a word, damaged (a re-tester's). Refused, the file

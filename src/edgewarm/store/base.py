@@ -516,8 +516,15 @@ def no_schema(database: str) -> SchemaVersionError:
 
 
 def tables_in_the_way(database: str, found: Sequence[str]) -> SchemaVersionError:
-    """The refusal to create edgewarm's schema in `database`, which already has tables of those names."""
+    """The refusal to create edgewarm's schema in `database`, which already has tables of those names; all of
+    edgewarm's: its own store, whose version is not told (a tester's `meta` row removed was told to give edgewarm
+    a database of its own, as if another application's)."""
     names = ", ".join(sorted(found))
+    if set(SCHEMA_TABLES) <= set(found):
+        return SchemaVersionError(
+            f"database {database} has edgewarm's tables ({names}) but no schema version in its table meta (the "
+            "row 'schema_version' missing, or the table made anew): damaged; restore it from a backup"
+        )
     return SchemaVersionError(
         f"database {database} has no edgewarm schema but already has tables named {names}: give edgewarm a "
         "database of its own (or, on PostgreSQL, a schema of its own through search_path)"
