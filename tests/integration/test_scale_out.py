@@ -301,7 +301,7 @@ async def test_db_upgrade_creates_the_schema_and_an_outdated_one_stops_the_servi
     config = write_config(tmp_path / "edgewarm.toml", store=postgres_db_url, nodes_toml=node, port=free_port())
     done = edgewarm_cli("db", "upgrade", "--config", str(config))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"created the schema (version {SCHEMA_VERSION})"
+    assert done.stdout.strip().startswith(f"created the schema (version {SCHEMA_VERSION}) in postgresql://")
     again = edgewarm_cli("db", "upgrade", "--config", str(config))
     assert again.stdout.strip() == f"the schema is at version {SCHEMA_VERSION} already: nothing to do", again
     conn = await asyncpg.connect(postgres_db_url)

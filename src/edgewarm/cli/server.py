@@ -149,7 +149,7 @@ def db() -> None:
 @config_option
 def upgrade(config_path: str) -> None:
     """Create or migrate the store's schema."""
-    from ..store import SCHEMA_VERSION, Opening, open_store
+    from ..store import SCHEMA_VERSION, Opening, open_store, redacted
 
     config = load_or_fail(config_path)
 
@@ -161,13 +161,14 @@ def upgrade(config_path: str) -> None:
         found = asyncio.run(go())
     except EdgewarmError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(upgrade_done(found, SCHEMA_VERSION))
+    click.echo(upgrade_done(found, SCHEMA_VERSION, redacted(config.store)))
 
 
-def upgrade_done(found: int, now: int) -> str:
-    """What `db upgrade` did, from the schema version it found."""
+def upgrade_done(found: int, now: int, store: str) -> str:
+    """What `db upgrade` did to `store`, from the schema version it found: a new store is named (a store mistyped
+    was made without a word of where: a tester's in-place upgrade)."""
     if found == 0:
-        return f"created the schema (version {now})"
+        return f"created the schema (version {now}) in {store}: a new, empty store (check `store` if one was meant)"
     if found < now:
         return f"upgraded the schema from version {found} to {now}"
     return f"the schema is at version {now} already: nothing to do"
