@@ -413,6 +413,13 @@ def test_a_sending_whose_output_is_closed_stops_and_says_what_it_made(service: S
         )  # fmt: skip
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert "the output could not be written (No space left on device), so no more calls" in failed.stderr
+    closed = subprocess.run(  # `>&-`: exit 0 and silent, the tasks made and their ids told nowhere (a re-tester's)
+        [EDGEWARM, "submit", f"http://{DEFAULT_HOST}/closed/never"], stderr=subprocess.PIPE, env=env, timeout=60,
+        text=True, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert closed.returncode == 1 and "standard output is closed" in closed.stderr, closed.stderr
+    with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+        assert not client.tasks(url="/closed/never")["tasks"]
     tasks = subprocess.Popen([EDGEWARM, "tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert tasks.stdout is not None and tasks.stderr is not None
     tasks.stdout.close()

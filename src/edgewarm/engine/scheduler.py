@@ -313,9 +313,9 @@ class Engine:
                 # The store took no write for the whole wait: a release would wait behind the one under way (a
                 # tester's stop with the SQLite file locked: 10 s more, 30 s in all with grace_seconds = 5).
                 log.error(
-                    "not handing back %s: the store took none of the last outcomes (not reachable, locked, full "
-                    "or read-only: the lines before say which; they run again when their leases end, or at the "
-                    "next start)",
+                    "not handing back %s: the store took none of the last outcomes (not reachable, locked by "
+                    "another process, full or read-only: a line says which once its write gives up, if it did "
+                    "before; they run again when their leases end, or at the next start)",
                     item_count(len(self._leased)),
                 )
                 self.lost = StopLoss(unwritten, len(self._leased))
