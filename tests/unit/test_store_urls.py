@@ -331,10 +331,7 @@ async def test_a_database_of_another_applications_tables_is_refused_and_check_co
         db.execute("CREATE TABLE foo (x)")
         db.commit()
     said = f"database {path} has no edgewarm schema but already has tables named foo: give edgewarm a database"
-    assert str(database_refusal(f"sqlite:///{path}")).startswith(said)
-    with pytest.raises(StoreError, match="already has tables named foo"):
-        async with open_store(f"sqlite:///{path}"):
-            pass
+    await refused_so(path, said, "already has tables named foo")
     with closing(sqlite3.connect(path)) as db:
         assert [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["foo"]
 
@@ -349,8 +346,13 @@ async def test_a_store_whose_schema_version_row_is_gone_is_said_damaged_not_anot
         db.execute("DELETE FROM meta")
         db.commit()
     said = f"database {path} has edgewarm's tables (items, meta, tasks, usage) but no schema version in its table meta"
+    await refused_so(path, said, "restore it from a backup")
+
+
+async def refused_so(path: Path, said: str, match: str) -> None:
+    """check-config's look at the SQLite file at `path` begins with `said`, and its open is refused (`match`)."""
     assert str(database_refusal(f"sqlite:///{path}")).startswith(said)
-    with pytest.raises(StoreError, match="restore it from a backup"):
+    with pytest.raises(StoreError, match=match):
         async with open_store(f"sqlite:///{path}"):
             pass
 
