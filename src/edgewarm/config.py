@@ -505,9 +505,8 @@ class Config(_Model):
         shared = _shared_domains(self.users)
         found += [
             f"users {_some(names)} {'both' if len(names) == 2 else 'all'} own {pattern}{by}: each may warm and "
-            "refresh the others' URLs there (a "
-            "directory refresh of one purges the others'), and sees their refreshes of them wait; give each user "
-            "domains of its own"
+            "refresh the others' URLs there (a directory refresh of one purges the others'), and sees their "
+            "refreshes of them wait; give each user domains of its own"
             for pattern, names, by in shared[:SHARED_SHOWN]
         ]
         if len(shared) > SHARED_SHOWN:
