@@ -425,6 +425,13 @@ def test_a_sending_whose_output_is_closed_stops_and_says_what_it_made(service: S
     tasks.stdout.close()
     quiet = tasks.stderr.read().decode()
     assert tasks.wait(timeout=60) == 141 and quiet == "", quiet
+    for other in (["tasks"], ["tasks", "--json"], ["--help"]):  # any command's output: a traceback before
+        with open("/dev/full", "w") as full:
+            failed = subprocess.run(
+                [EDGEWARM, *other], stdout=full, stderr=subprocess.PIPE, env=env, timeout=60, text=True
+            )
+        said = "Error: the output could not be written (No space left on device)\n"
+        assert failed.returncode == 1 and failed.stderr == said, (other, failed.stderr)
 
 
 def test_a_call_refused_midway_says_which_urls_were_not_sent(lab: Lab, tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import click
+from rich.console import Console
 
 PREFIX = "EDGEWARM"  # of every option's environment variable
 
@@ -31,11 +33,23 @@ def stdout_closed() -> None:
     os.close(devnull)
 
 
+_OUTPUT_WRITES = (click.utils.echo.__code__, Console._write_buffer.__code__)  # where a command's output is written
+
+
+def _writing_output(exc: OSError) -> bool:
+    """Whether `exc` was raised writing the command's output (click's or rich's write), not reading a file."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code in _OUTPUT_WRITES
+
+
 class _Commands(click.Group):
     """Ctrl-C ends any command with status 130 and SIGTERM with 143, as shells expect, saying "interrupted"
     (click said "Aborted!" and exited 1, which a script reads as a task that failed; SIGTERM said nothing).
     A command that can say more (where a sending stopped) catches them first. Output whose reader went away
-    ends the command quietly, status STDOUT_CLOSED (a sending says what it had made, `send_in_calls`)."""
+    ends the command quietly, status STDOUT_CLOSED (a sending says what it had made, `send_in_calls`); output that
+    cannot be written (`> /dev/full`, a full disk) ends it with status 1, saying so (a traceback before)."""
 
     def invoke(self, ctx: click.Context) -> object:
         before = signal.signal(signal.SIGTERM, _terminate)
@@ -49,6 +63,16 @@ class _Commands(click.Group):
             raise SystemExit(STDOUT_CLOSED) from None
         finally:
             signal.signal(signal.SIGTERM, before)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:  # here, not in invoke(): --help's and --version's output too
+            if not _writing_output(exc):
+                raise
+            stdout_closed()  # what is left in its buffer goes nowhere (else Python's exit says "Exception ignored")
+            click.echo(f"Error: the output could not be written ({exc.strerror})", err=True)
+            raise SystemExit(1) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": PREFIX})
