@@ -11,6 +11,9 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, Query
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -148,8 +151,8 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     basic form: as seconds, a day of 1970; or 2026-12-02) is that day's start in `timezone`, the service's day
     (`[api] timezone`: the quotas' and the signatures'; it was UTC's, 8 hours off Shanghai's day). A number
     past the year 9999 is refused (milliseconds, most likely: read as seconds it matched no task, and said
-    nothing)."""
-    if value is None or value == "":
+    nothing), and so are four or six digits (a year or a month, most likely: as seconds, every task matched)."""
+    if value is None or not (value := value.strip()):
         return None
     try:
         seconds = float(value)
@@ -159,21 +162,28 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
         if not math.isfinite(seconds):
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)")
         if abs(seconds) > LAST_EPOCH_SECOND:
+            when = "past the year 9999" if seconds > 0 else "before the year 1"  # (a tester's: "past" for both)
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY, f"{name}: {value} is {when} in seconds: give epoch seconds, not milliseconds"
+            )
+        if value.isdigit() and len(value) in (4, 6):  # 2026, 202612: read as seconds, every task matched, silently
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
-                f"{name}: {value} is past the year 9999 in seconds: give epoch seconds, not milliseconds",
+                f"{name}: {value} may be a year or a month, or seconds since 1970: give a date ({value[:4]}-"
+                f"{value[4:] or '01'}-01), or seconds as {value}.0",
             )
         if not (len(value) == 8 and value.isdigit()):
             return seconds
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339's 't' and 'z' too
+    except ValueError as exc:
         if len(value) == 8 and value.isdigit():  # it was "not a time": it is, as seconds (of 1970)
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
                 f"{name}: eight digits are a date (YYYYMMDD), and {value} is none; seconds since 1970 as {value}.0",
             ) from None
-        hint = ""
+        why = str(exc)
+        hint = "" if why.startswith("Invalid isoformat") else f": {why}"  # "day is out of range for month"
         if _PLUS_AS_SPACE.search(value):  # the query string's '+' is a space: '+08:00' came as ' 08:00'
             head, _, offset = value.rstrip().rpartition(" ")
             hint = f": a '+' in a query string is read as a space; write it %2B ({head}%2B{offset})"
@@ -248,8 +258,36 @@ def lookup_ids(params: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in (normalize_task_id(raw) for raw in listed) if i is not None))
 
 
+_TAKEN: dict[int, tuple[str, ...]] = {}  # the query parameters a route (its id()) takes
+
+
+async def plain_query(request: Request) -> None:  # async: no thread of the pool for it
+    """Refuse a query parameter the route does not take (`startTime`, a JD habit, or a typo: the answer was
+    the whole list, unfiltered) or one given twice (`status=0&status=2`: the last alone counted, a filter half
+    applied), as a parameter that does not parse is (400, JD code 2)."""
+    params = request.query_params
+    if not params:
+        return
+    route: APIRoute = request.scope["route"]
+    taken = _TAKEN.get(id(route))
+    if taken is None:
+        taken = _TAKEN[id(route)] = _query_names(route.dependant)
+    for name in params:
+        if name not in taken:
+            takes = f"it takes {', '.join(taken)}" if taken else "it takes none"
+            raise RequestValidationError([{"loc": ("query", name), "msg": f"not a parameter of this call ({takes})"}])
+        if len(given := params.getlist(name)) > 1:
+            msg = f"given {len(given)} times: give it once (a list is not a filter here)"
+            raise RequestValidationError([{"loc": ("query", name), "msg": msg}])
+
+
+def _query_names(dependant: Dependant) -> tuple[str, ...]:
+    own = tuple(param.alias for param in dependant.query_params)
+    return own + tuple(name for sub in dependant.dependencies for name in _query_names(sub))
+
+
 def native_router(service: Service) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["native"])
+    router = APIRouter(prefix="/v1", tags=["native"], dependencies=[Depends(plain_query)])
 
     async def full_view(task: Task, offset: int, limit: int, state: ItemState | None = None) -> dict[str, object]:
         """The task as of one moment: its row (counters, progress) read with its items' counts and page."""
@@ -321,11 +359,15 @@ def native_router(service: Service) -> APIRouter:
         deleted meanwhile (stepping `offset`, they move the pages: a task listed twice, another skipped)."""
         try:
             user = service.authenticate(caller)
+            timezone = service.config.api.timezone
+            start, end = epoch(since, "since", timezone), epoch(until, "until", timezone)
+            if start is not None and end is not None and end < start:  # swapped: else "no tasks", as if none were
+                raise RequestRefused(JdCode.PARAMS_EMPTY, f"until ({until}) is before since ({since}): swap them")
             where = TaskFilter(
                 status=None if status is None else TaskStatus(status),
                 kind=kind,
-                since=epoch(since, "since", service.config.api.timezone),
-                until=epoch(until, "until", service.config.api.timezone),
+                since=start,
+                until=end,
                 url_contains=plain_filter(url),
                 after=cursor_filter(after, offset),
                 offset=offset,
