@@ -536,6 +536,30 @@ class TestWork:
         assert sorted(c.node for c in due) == ["dead"] * 3 + ["edge-1"] * 3
         assert leased.item_id not in {c.item_id for c in due}
 
+    async def test_a_node_moved_has_the_purges_of_its_running_refreshes_done_again_with_its_warms(
+        self, store: TaskStore
+    ) -> None:
+        """`rewarm_node(purges=True)` (a node moved by a reload): a running refresh's succeeded purges of the node
+        are pending again, beside the warms; a prefetch's purges (refresh first: its warms may be under way) and
+        any purge without `purges` (a node back after a hold) are left alone."""
+        purge = ItemAction.PURGE
+        refresh_items = tuple(NewItem(seq, url_of(seq), node, purge, 0) for seq in range(2) for node in ("n", "o"))
+        refresh = make_task(2, items=refresh_items, kind=TaskKind.REFRESH)
+        first = (NewItem(0, url_of(0), "n", purge, 0), NewItem(0, url_of(0), "n", ItemAction.WARM, 1))
+        prefetch = make_task(1, items=(*first, NewItem(1, url_of(1), "o", ItemAction.WARM, 0)), created_at=NOW + 1)
+        for task in (refresh, prefetch):
+            await store.create_task(task)
+        claims = await store.claim_due_items("w1", 100, NOW + 5, LEASE)
+        ids = {(c.task_id, c.url, c.node, c.action): c.item_id for c in claims}
+        done = [ids[(refresh.id, url_of(0), "n", purge)], ids[(prefetch.id, url_of(0), "n", purge)]]
+        await store.record_outcomes("w1", [ok(i) for i in done], NOW + 5)  # the other items still under way
+        note = f"{WARMED_AGAIN} moved"
+        assert await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3) == 0
+        assert await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3, purges=True) == 1
+        again = (await items_of(store, refresh.id))[(0, "n")]
+        assert (again.state, again.error, again.attempts) == (ItemState.PENDING, note, 1)
+        assert [i.state for i in await store.list_items(prefetch.id) if i.action is purge] == [ItemState.SUCCEEDED]
+
     @pytest.mark.parametrize("step", [1_000, 2])
     async def test_a_node_back_after_a_hold_has_its_warms_of_running_tasks_done_again(
         self, store: TaskStore, monkeypatch: pytest.MonkeyPatch, step: int

@@ -198,6 +198,12 @@ class Engine:
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
+        self._unwritten: dict[int, tuple[str, int]] = {}  # succeeded, not yet written: item -> node, attempts claimed
+        self._redo: set[int] = set()  # of those, the items of a node moved by a reload meanwhile: done again
+        self._moved_at: dict[str, float] = {}  # node -> when a reload last moved it (time.monotonic())
+        self._moves: list[
+            asyncio.Task[None]
+        ] = []  # moved nodes' warms being made due again: writes wait (_rewarm_moved)
         self._using: dict[NodeClient, int] = {}  # fetcher -> items working through it now
         self._retiring: dict[NodeClient, asyncio.Future[None]] = {}  # replaced fetchers still in use
         self.fetched = 0  # items worked by this engine, for tests
@@ -210,7 +216,7 @@ class Engine:
         A node's items due later (put off while it was held down, or waiting to be retried) are due at once when
         the node is now at another address or gone (what kept them was the old address's), every node's when
         node_down_wait or backoff_max was cut (they would wait past the new one). A node at another address
-        has its warms of the tasks still running done again there (`_rewarm_moved`). Warms are not shared with
+        has what it did for the tasks still running done again there (`_rewarm_moved`). Warms are not shared with
         those of before when the variant they ask for changed (`accept_encoding`, `user_agent`)."""
         new_variant = any(getattr(config.engine, k) != getattr(self.settings, k) for k in VARIANT_KEYS)
         for old in self.config.nodes:  # a node now at another address (or gone) holds none of what it warmed
@@ -607,21 +613,21 @@ class Engine:
 
     def _rewarm_moved(self, nodes: list[Node]) -> None:
         """These nodes are at another address now: another cache, which holds none of what the old one was
-        warmed with. Their warms of the tasks still running are done again there, those that ended up to
-        REWARM_SLACK_SECONDS after now (a request under way went to the old address), once that has passed."""
-        ended_before = self._clock() + REWARM_SLACK_SECONDS
+        warmed with (nor purged of). What they did for the tasks still running is done again there: the warms
+        (and a refresh's purges) written before now, at once (`_rewarm_node`; this engine's outcomes are written
+        after it, so none of its writes ends a task meanwhile), and those under way or not yet written as they
+        are written (`_moved_outcome`, `_redo`), however long their requests take. (It waited 2 s, then did
+        those written up to 2 s after the move: a task that ended meanwhile reported the new cache warmed, a
+        slower request was not done again, and warms already made at the new address were, a tester's.)"""
+        ended_before, now = self._clock(), time.monotonic()
         for moved in nodes:
-            note = f"{WARMED_AGAIN} a reload moved {moved.name} to another address, which holds none of what it warmed"
-
-            async def later(moved: Node = moved, note: str = note) -> None:
-                await asyncio.sleep(REWARM_SLACK_SECONDS)
-                now = self.config.node(moved.name)
-                if now is None or now.url != moved.url:  # removed meanwhile (its succeeded warms stay), moved again
-                    return
-                why = "it was moved to another address by a reload"
-                await self._rewarm_node(moved.name, ended_before, note, why)
-
-            self._after_node_work(moved.name, later)
+            self._moved_at[moved.name] = now
+            self._redo.update(item for item, (node, _) in self._unwritten.items() if node == moved.name)
+            note = moved_note(moved.name)
+            why = "it was moved to another address by a reload"
+            work = functools.partial(self._rewarm_node, moved.name, ended_before, note, why, purges=True)
+            self._after_node_work(moved.name, work)
+            self._moves.append(self._putting_off[moved.name])
 
     def _after_node_work(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Do `work` on node `name`'s items in the background, once the node's work under way (its items put
@@ -635,12 +641,12 @@ class Engine:
 
         self._putting_off[name] = asyncio.create_task(after(), name=f"edgewarm-node-work-{name}")
 
-    async def _rewarm_node(self, name: str, ended_before: float, note: str, why: str) -> None:
-        """Warm again node `name`'s warms of the tasks still running that ended before `ended_before`, saying
-        `note` in their items and `why` in the log."""
+    async def _rewarm_node(self, name: str, ended_before: float, note: str, why: str, *, purges: bool = False) -> None:
+        """Warm again node `name`'s warms of the tasks still running that ended before `ended_before` (and its
+        purges of refresh tasks, with `purges`), saying `note` in their items and `why` in the log."""
         try:
             now, attempts = self._clock(), self.settings.max_attempts
-            count = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts)
+            count = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts, purges=purges)
         except StoreError as exc:
             log.error("warming again what node %s had warmed failed: %s", name, exc, extra={"node": name})
             return
@@ -796,6 +802,10 @@ class Engine:
                 finally:
                     self._release(fetcher)
                 self.fetched += 1
+                if self._moved_at and outcome.succeeded and started < self._moved_at.get(node.name, started):
+                    outcome = self._moved_outcome(claim, outcome)  # sent to the address the node had before
+                elif outcome.succeeded:
+                    self._unwritten[claim.item_id] = (node.name, claim.attempts)
                 if claim.rewarm and outcome.retry_at is not None:  # its next claim is a warm done again too
                     outcome = replace(outcome, error=f"{WARMED_AGAIN} {outcome.error or 'to be retried'}")
                 # No latency for an item that sent no request: shared, or its node held down.
@@ -804,6 +814,11 @@ class Engine:
                 self._done_with(claim, lane)
             finally:
                 lane.queue.finished(claim)
+
+    def _moved_outcome(self, claim: Claim, outcome: ItemOutcome) -> ItemOutcome:
+        """A success at the address a reload has moved `claim`'s node from: to be done again at once, at the
+        new one, its attempt not counted (it did not reach the node as it is now)."""
+        return ItemOutcome(claim.item_id, False, claim.attempts, error=moved_note(claim.node), retry_at=self._clock())
 
     def _end_unsent(self, claim: Claim, why: str | None = None) -> None:
         """End a claim without sending it: its task was cancelled (`why`), or its node is no longer configured
@@ -1047,6 +1062,9 @@ class Engine:
                     await asyncio.wait_for(self._idle.wait(), timeout=s.flush_interval)
             while len(batch) < s.batch_size and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
+            if self._moves:  # no write of ours ends a task before what a move makes due again is (_rewarm_moved)
+                moves, self._moves = self._moves, []
+                await asyncio.gather(*moves, return_exceptions=True)
             self._writing = len(batch)
             await self._flush(batch)
             self._writing = 0
@@ -1054,6 +1072,15 @@ class Engine:
                 self._outcomes.task_done()
 
     async def _flush(self, batch: list[ItemOutcome]) -> None:
+        unwritten, redo = self._unwritten, self._redo
+        for index, outcome in enumerate(batch):
+            claimed = unwritten.pop(outcome.item_id, None)
+            if claimed is not None and outcome.item_id in redo:  # its node moved since it ended (_rewarm_moved)
+                redo.discard(outcome.item_id)
+                node, attempts = claimed
+                batch[index] = ItemOutcome(
+                    outcome.item_id, False, attempts, error=moved_note(node), retry_at=self._clock()
+                )
         delay = 0.1
         tries: set[float] = set()  # each try's time: a try whose answer was lost may have committed the batch
         while True:
@@ -1223,6 +1250,11 @@ class Engine:
         await self._look_for_cancels({claim.task_id for claim in self._in_hand.values()})
         self._renewed = max(self._renewed, started)  # only now: a lane would send a cancelled task's claim
         return held
+
+
+def moved_note(node: str) -> str:
+    """The error of an item done again because a reload moved its node to another address."""
+    return f"{WARMED_AGAIN} a reload moved {node} to another address, which holds none of what it warmed"
 
 
 def _has_varnish(config: Config) -> bool:

@@ -632,13 +632,17 @@ class TaskStore(Protocol):
         retry) due at `now`: a reload moved or removed the node, or cut node_down_wait. Returns how many."""
         ...
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+    async def rewarm_node(
+        self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
+    ) -> int:
         """Make the warms of `node` that succeeded before `ended_before` with fewer than `attempts_below` attempts,
         in tasks still running (not cancelled), pending and due at `now` again, with `note` as their error (why:
-        the node came back after a hold, maybe empty); their tasks' succeeded counters go down by as many. Each
-        warm again is one more attempt of the item's: a node that keeps restarting has each item warmed again
-        a bounded number of times. In steps (REWARM_STEP) between which the store answers other calls; a task
-        that ends meanwhile is left alone from then on. Returns how many."""
+        the node came back after a hold, maybe empty; or was moved to another address); with `purges`, the
+        purges of the refresh tasks too (not a prefetch's: its warm of the URL may be under way); their tasks'
+        succeeded counters go down by as many. Each warm again is one more attempt of the item's: a node that
+        keeps restarting has each item warmed again a bounded number of times. In steps (REWARM_STEP) between
+        which the store answers other calls; a task that ends meanwhile is left alone from then on. Returns how
+        many."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> set[int]:

@@ -445,7 +445,8 @@ _LOCK_RUNNING_TASK = "SELECT 1 FROM tasks WHERE id = $1 AND status = 1 AND coale
 _REWARM = (
     "UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
     "bytes = NULL, error = $4, updated_at = $3 WHERE task_id = $6 AND seq >= $7 AND seq < $8 AND node = $1 "
-    "AND action = 'warm' AND state = 'succeeded' AND updated_at < $2 AND attempts < $5"
+    "AND state = 'succeeded' AND updated_at < $2 AND attempts < $5 "
+    "AND (action = 'warm' OR ($9::boolean AND (SELECT kind FROM tasks WHERE id = $6) = 'refresh'))"  # $9: purges too
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - $1 WHERE id = $2"
 
@@ -1112,7 +1113,9 @@ class PostgresStore:
         async with self._connection() as conn:
             return _rowcount(await conn.execute(_BRING_NODE_FORWARD, node, now))
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+    async def rewarm_node(
+        self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
+    ) -> int:
         async with self._connection() as conn:
             running = [(r[0], r[1]) for r in await conn.fetch(_RUNNING_TASKS, CANCELLED)]
 
@@ -1121,7 +1124,7 @@ class PostgresStore:
             async with self._connection() as conn, conn.transaction():
                 if await conn.fetchval(_LOCK_RUNNING_TASK, task_id, CANCELLED) is None:
                     return None  # it ended (or was cancelled) meanwhile
-                args = (node, ended_before, now, note, attempts_below, task_id, start, end)
+                args = (node, ended_before, now, note, attempts_below, task_id, start, end, purges)
                 count = _rowcount(await conn.execute(_REWARM, *args))
                 if count:
                     await conn.execute(_UNCOUNT, count, task_id)

@@ -721,7 +721,9 @@ class SQLiteStore:
 
         return await self._run(bring)
 
-    async def rewarm_node(self, node: str, ended_before: float, now: float, note: str, attempts_below: int) -> int:
+    async def rewarm_node(
+        self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
+    ) -> int:
         def running() -> list[tuple[str, int | None]]:
             return self.db.execute(_RUNNING_TASKS, (CANCELLED,)).fetchall()
 
@@ -729,7 +731,7 @@ class SQLiteStore:
             with _write_transaction(self.db):
                 if self.db.execute(_STILL_RUNNING, (task_id, CANCELLED)).fetchone() is None:
                     return None  # it ended (or was cancelled) meanwhile
-                args = (node, ended_before, now, note, attempts_below, task_id, start, end)
+                args = (node, ended_before, now, note, attempts_below, task_id, start, end, purges)
                 count = self.db.execute(_REWARM, args).rowcount
                 if count:
                     self.db.execute(_UNCOUNT, (count, task_id))
@@ -1294,7 +1296,8 @@ _STILL_RUNNING = "SELECT 1 FROM tasks WHERE id = ? AND status = 1 AND coalesce(r
 _REWARM = (
     "UPDATE items SET state = 'pending', due_at = ?3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
     "bytes = NULL, error = ?4, updated_at = ?3 WHERE task_id = ?6 AND seq >= ?7 AND seq < ?8 AND node = ?1 "
-    "AND action = 'warm' AND state = 'succeeded' AND updated_at < ?2 AND attempts < ?5"
+    "AND state = 'succeeded' AND updated_at < ?2 AND attempts < ?5 "
+    "AND (action = 'warm' OR (?9 AND (SELECT kind FROM tasks WHERE id = ?6) = 'refresh'))"  # ?9: a refresh's purges too
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - ? WHERE id = ?"
 
