@@ -2716,11 +2716,16 @@ async def test_a_sqlite_submission_on_a_full_disk_is_refused_as_a_full_disk_not_
 
 
 @contextlib.asynccontextmanager
-async def sqlite_locked_by_another(tmp_path: Path) -> AsyncIterator[tuple[TaskStore, sqlite3.Connection]]:
-    """A SQLite store, and another connection to its file holding the write lock (BEGIN IMMEDIATE)."""
+async def sqlite_locked_by_another(
+    tmp_path: Path, before: NewTask | None = None
+) -> AsyncIterator[tuple[TaskStore, sqlite3.Connection]]:
+    """A SQLite store (with `before` made in it), and another connection to its file holding the write lock
+    (BEGIN IMMEDIATE)."""
     path = tmp_path / "edgewarm.db"
     async with open_store(f"sqlite:///{path}") as store:
         assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        if before is not None:
+            await store.create_task(before)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
@@ -2754,6 +2759,33 @@ async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time
         made = await store.create_task(make_task(1))
         assert await store.get_task(locked.id) is None and await store.get_task(late.id) is None
         assert await store.get_task(made.id) is not None and await store.usage("alice", DAY) == (1, 0)
+
+
+async def test_a_sqlite_quota_and_cancel_behind_the_engines_writes_held_by_a_lock_are_answered_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's writes wait out their busy timeout on the writer's thread while another process holds the
+    lock: the quota (a read) was read behind them, a cancel waited behind them and then for the lock (a tester's
+    19-27 s and 29 s, where a submission is answered in 10). The quota is read beside the writer; a cancel that
+    has not begun within LOCK_WAIT_SECONDS (here 0.5 s) is refused, and not made once the lock is free."""
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.5, raising=False)
+    task = make_task(2)
+    async with sqlite_locked_by_another(tmp_path, task) as (store, other):
+        engine_writes = [asyncio.ensure_future(store._run(lambda: time.sleep(0.4))) for _ in range(4)]  # 1.6 s
+        await asyncio.sleep(0.01)  # queued on the writer's thread ahead of the calls
+        assert await store.usage("alice", DAY) == (2, 0)
+        assert not any(write.done() for write in engine_writes)  # answered before the writes ahead of it ended
+        with pytest.raises(StoreError, match=r"the cancel waited over 0\.5 s .*nothing was done"):
+            await store.cancel_task(task.id, "alice", NOW)
+        assert not all(write.done() for write in engine_writes)
+        await asyncio.gather(*engine_writes)
+        other.execute("ROLLBACK")
+        other.close()
+        await asyncio.sleep(0.1)
+        ended = await store.get_task(task.id)
+        assert ended is not None and ended.status is TaskStatus.IN_PROGRESS and ended.reason is None
+        cancelled = await store.cancel_task(task.id, "alice", NOW)  # the lock free: made at once
+        assert cancelled is not None and cancelled.task.reason == "cancelled"
 
 
 async def test_a_sqlite_submission_behind_the_engines_writes_held_by_a_lock_is_answered_in_time(
