@@ -61,6 +61,9 @@ def test_submit_250_urls_from_a_file_makes_3_calls_and_waits_to_the_end(
     assert "all succeeded" in result.stderr
     query = run(["query", taskids[0]], credentials_env(service, tmp_path))
     assert json.loads(query.stdout)["data"] == {"taskid": taskids[0], "status": 0, "msg": "Succeeded"}
+    assert (
+        query.stdout == f'{{"status":0,"data":{{"taskid":"{taskids[0]}","status":0,"msg":"Succeeded"}}}}\n'
+    )  # as sent
 
 
 def test_watch_exits_1_when_a_url_failed(service: ServiceProcess, lab: Lab, tmp_path: Path) -> None:
