@@ -785,6 +785,31 @@ def test_pipelined_requests_whose_answers_are_not_read_hold_no_memory_and_are_cu
 
 
 @pytest.mark.integration
+def test_a_submission_pipelined_ahead_of_a_request_that_does_not_parse_is_answered_before_the_400(
+    tmp_path: Path,
+) -> None:
+    """A prefetch pipelined ahead of a request that does not parse was made, but the only answer was the 400 (its
+    task id lost: a tester's); it is answered first, then the 400 (tests/unit/test_protocol.py, byte by byte)."""
+    extra = "[api]\nrequest_timeout = 5.0\n"
+    with (
+        FaultServer(Respond(200, body=b"ok")) as node,
+        start_service(tmp_path, node_toml("n", node.url), extra=extra) as service,
+    ):
+        assert service.port is not None and service.proc is not None
+        for number, bad in enumerate((b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n", b"get /x HTTP/1.1\r\n\r\n")):
+            url = f"http://www.example.test/pipelined-{number}"
+            submit = orjson.dumps(
+                {"username": DEMO_USER, "signature": real_signature(DEMO_USER, DEMO_SECRET), "publish_urls": url}
+            )
+            prefetch = b"POST /api/prefetch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            prefetch += b"Content-Length: %d\r\n\r\n" % len(submit) + submit
+            answer, _ = _raw_exchange_after(service.port, prefetch + bad, wait=5.0)
+            assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"400"], answer
+            assert b'"taskid":"' in answer, answer
+        assert "Traceback" not in service.log.read_text()
+
+
+@pytest.mark.integration
 def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_path: Path) -> None:
     """Under an open-files limit of 600 with `[engine] concurrency = 64`, the API has room for 600 - 64 - 192 =
     344 connections: a client opening 400 idle ones gets 503 on those past it, at once, each closed, and the log

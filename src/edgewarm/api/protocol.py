@@ -25,6 +25,12 @@ _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+def _bad_request(msg: str) -> bytes:
+    """uvicorn's 400 for a request that does not parse (its send_400_response), written later."""
+    head = "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    return f"{head}content-length: {len(msg)}\r\nconnection: close\r\n\r\n{msg}".encode()
+
+
 def _too_many(max_connections: int) -> bytes:
     """The 503 of a connection past the room: JSON with a JD code, as the service's other 503s (an empty one was
     taken by the CLI for a proxy's: "a proxy in front has no edgewarm to ask", a tester's)."""
@@ -53,16 +59,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     closed after as long; each closes the connection. A connection beyond `max_connections` open is answered
     503 at once and closed (each is an open file: the engine's requests and the store need theirs).
 
-    The parser is fed a read's bytes in pieces: up to the end of a head (its blank line), and a body's bytes
-    by its Content-Length, so that every head is counted, however the reads cut the bytes (one read may end
-    a head, or hold a body's end and the next request's head) and whatever is answered meanwhile (an answer
-    given before the body arrives). A chunked body's end is not known ahead: a head behind it in the same read
-    goes to the parser with it, so each head is also counted as the parser gives its parts (a 100,000-byte
-    head behind a chunked body was answered 200: a tester's), and one over the bound is not answered.
+    The parser is fed a read's bytes in pieces: up to the end of a head (its blank line), a body's bytes by its
+    Content-Length, and a chunked body's up to each blank line (its end is one: the last chunk's, or its
+    trailers'), so that every head is counted, however the reads cut the bytes (one read may end a head, or
+    hold a body's end and the next request's head) and whatever is answered meanwhile (an answer given before
+    the body arrives); the requests behind a chunked body were taken in with it, all of a read's (a tester's
+    7,000: 12 MB a connection), and a small head split across reads behind one counted as over the bound.
+    Each head is also counted as the parser gives its parts, and one over the bound is not answered.
 
     The requests before an oversized head on the connection (pipelined: sent before their answers came) are
     answered first, then the 431: it closed the connection at once, and a request already taken in (a submit,
-    say) was done but its answer lost. Nothing more is read meanwhile.
+    say) was done but its answer lost. So are those before a request that does not parse, then its 400.
+    Nothing more is read meanwhile.
 
     Pipelined requests are taken one ahead of the one being answered: the bytes after it wait, unread, until
     that one is answered (all those of a read were parsed, each request kept until its turn: a client that
@@ -81,6 +89,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_parts = 0  # bytes of the head's parts the parser gave (its URL, its fields)
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
         self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
+        self._refusal = _TOO_LARGE  # (or a request that did not parse: 400, send_400_response)
         self._deadline: asyncio.TimerHandle | None = None
         self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
         self._cycles: list[RequestResponseCycle] = []  # the requests taken in and not answered whole
@@ -111,8 +120,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._deadline is None:
             self._arm()  # bytes of a next request (or of none: a client sending blank lines) are on the clock
         while data and not self.transport.is_closing():
-            if self._state == _BODY:
+            if self._state == _BODY and self._body_left is not None:
                 size = len(data) if not self._body_left else min(self._body_left, len(data))
+            elif self._state == _BODY:  # chunked: its end is a blank line (the last chunk's, or its trailers')
+                size = max(1, _head_part(self._tail, data))  # not beyond: the requests behind it wait their turn
             else:
                 size = max(1, _head_part(self._tail if self._state == _HEAD else b"", data))
                 if self._head_bytes + size > MAX_HEAD_BYTES:
@@ -120,6 +131,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     return
             piece, data = data[:size], data[size:]
             super().data_received(piece)
+            if self._refusing:  # it did not parse, behind a request still to be answered (send_400_response)
+                return
             if self._oversize:
                 self._too_large()
                 return
@@ -130,6 +143,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             if self._state == _HEAD:  # the head goes on in the next read
                 self._head_bytes += size
+            if self._state != _IDLE:
                 self._tail = (self._tail + piece)[-3:]
 
     def on_message_begin(self) -> None:
@@ -148,7 +162,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._body_left = int(value)
 
     def on_headers_complete(self) -> None:
-        self._state = _BODY
+        self._state, self._tail = _BODY, b""
         if not self._oversize:  # else not answered: data_received answers 431 and closes
             super().on_headers_complete()
             # uvicorn tells only its last request of a lost connection: the one answered before a pipelined one
@@ -205,11 +219,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             UNREAD.refused(f"reading none of its answers for {self.request_seconds:g} s (closed)", _peer(self))
             self.transport.abort()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request that does not parse: 400 and closed (uvicorn's), once the requests taken in before it are
+        answered: it wrote the 400 and closed at once, and a submission pipelined ahead of it was made but its
+        answer lost (a tester's 7 kinds of bad request behind a prefetch). One whose own body does not parse
+        (a bad chunk) is answered at once: nothing more of it will come."""
+        ahead = self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
+        if not (ahead or self.pipeline):
+            super().send_400_response(msg)
+            return
+        self.logger.warning(msg)
+        self._refusal = _bad_request(msg)
+        self._refusing = True
+        self._disarm()  # the answers before it take what they take (a long poll, say)
+        self.flow.pause_reading()
+
     def _refuse_when_answered(self) -> None:
-        """The 431, once every request taken in before the oversized head is answered."""
+        """The 431 (or 400), once every request taken in before the refused one is answered."""
         if self.transport.is_closing() or self.pipeline or not (self.cycle is None or self.cycle.response_complete):
             return
-        self.transport.write(_TOO_LARGE)
+        self.transport.write(self._refusal)
         self.transport.close()
 
     def _arm(self) -> None:
@@ -236,7 +265,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def _head_part(tail: bytes, data: bytes) -> int:
     """How many bytes of `data` belong to the head being received (`tail`: its last bytes so far): up to the
     blank line that ends it (CRLF or LF line ends), or all of them. A bare LF one is looked for before a CRLF
-    one only: not through the body behind it."""
+    one only: not through the body behind it. (A chunked body's pieces are cut the same way.)"""
     joined = tail + data
     crlf = joined.find(b"\r\n\r\n")
     lf = joined.find(b"\n\n", 0, len(joined) if crlf < 0 else crlf)
