@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import os
 import resource
@@ -12,6 +13,7 @@ import resource
 FILES_OF_THE_PROCESS = 192
 API_CONNECTIONS_AT_LEAST = 64  # the API's room when the limit is tight (open_files_room cautions of it)
 FILES_BESIDE_REQUESTS = FILES_OF_THE_PROCESS + API_CONNECTIONS_AT_LEAST
+TIGHT_RESERVE = 16  # under a limit too low for concurrency: requests get half of it less this (requests_room)
 
 
 def tune_runtime() -> None:
@@ -43,9 +45,23 @@ def open_files_room(concurrency: int) -> str | None:
         return None
     return (
         f"the open-files limit of this process ({soft}) is below what [engine] concurrency = {concurrency} needs "
-        f"(about {needed}): requests and the store will fail with 'Too many open files'; raise it (ulimit -n, "
-        "systemd's LimitNOFILE) or lower concurrency"
+        f"(about {needed}): it sends {requests_room(concurrency)} requests at once at most, and takes "
+        f"{api_connections_room(concurrency)} API connections; raise it (ulimit -n, systemd's LimitNOFILE) or "
+        "lower concurrency"
     )
+
+
+@functools.cache
+def requests_room(concurrency: int) -> int:
+    """How many requests this process sends at once: `concurrency`, or fewer when its open-files limit (raised
+    to its hard limit first) has no room for them beside the API's connections and its own files: half of it,
+    less TIGHT_RESERVE. (Under a limit of 64-256 and the default 256, the requests' sockets took every file:
+    the API's connections were dropped unanswered, the store failed to open its file, and the warms crawled
+    and failed, a tester's.) Cached: the engine asks it for every item."""
+    soft = _raised_open_files()
+    if soft == resource.RLIM_INFINITY or soft >= concurrency + FILES_BESIDE_REQUESTS:
+        return concurrency
+    return max(1, min(concurrency, soft // 2 - TIGHT_RESERVE))
 
 
 def api_connections_room(concurrency: int) -> int | None:
@@ -57,6 +73,8 @@ def api_connections_room(concurrency: int) -> int | None:
     soft = _raised_open_files()
     if soft == resource.RLIM_INFINITY:
         return None
+    if soft < concurrency + FILES_BESIDE_REQUESTS and concurrency:  # tight: beside requests_room's half
+        return max(8, soft // 4)
     return max(API_CONNECTIONS_AT_LEAST, soft - concurrency - FILES_OF_THE_PROCESS)
 
 

@@ -810,6 +810,43 @@ def test_a_submission_pipelined_ahead_of_a_request_that_does_not_parse_is_answer
 
 
 @pytest.mark.integration
+def test_an_open_files_limit_below_concurrency_leaves_the_api_and_the_store_their_files(tmp_path: Path) -> None:
+    """Under an open-files limit of 256 with the default `[engine] concurrency = 256` and 4 nodes: the requests'
+    sockets took every file, the API's connections were dropped unanswered (a tester's /healthz failed 169 of
+    180 probes), the store could not open its file and the warms crawled. The engine sends what the limit
+    leaves room for (requests_room), says so at start, and the API answers throughout."""
+    with contextlib.ExitStack() as stack:
+        nodes = [stack.enter_context(FaultServer(Respond(200, body=b"x" * 4096, delay=0.05))) for _ in range(4)]
+        toml = "".join(node_toml(f"n{i}", node.url) for i, node in enumerate(nodes))
+        extra = "[limits]\nurls_per_call = 1500\n"
+        service = stack.enter_context(start_service(tmp_path, toml, extra=extra, open_files=256))
+        assert service.port is not None
+        service.wait_for_log("it sends 112 requests at once at most, and takes 64 API connections", 10)
+        signature = real_signature(DEMO_USER, DEMO_SECRET)
+        urls = [f"http://www.example.test/tight/{i}" for i in range(1500)]
+        answer = httpx.post(
+            f"{service.url}/api/prefetch",
+            json={"username": DEMO_USER, "signature": signature, "publish_urls": urls},
+            timeout=30,
+        ).json()
+        assert answer["status"] == 0, answer
+        headers = {"X-Edgewarm-Username": DEMO_USER, "X-Edgewarm-Signature": signature}
+        probes, answered, status = 0, 0, 1
+        deadline = time.monotonic() + 120
+        while status == 1 and time.monotonic() < deadline:  # bounded: 120 s
+            probes += 1
+            with contextlib.suppress(httpx.HTTPError):
+                view = httpx.get(f"{service.url}/v1/tasks/{answer['taskid']}?limit=0", headers=headers, timeout=2)
+                if view.status_code == 200:
+                    answered += 1
+                    status = view.json()["status"]
+            time.sleep(0.2)
+        assert status == 0, view.text
+        assert answered == probes, f"{probes - answered} of {probes} probes unanswered"
+        assert "Too many open files" not in service.log.read_text()
+
+
+@pytest.mark.integration
 def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_path: Path) -> None:
     """Under an open-files limit of 600 with `[engine] concurrency = 64`, the API has room for 600 - 64 - 192 =
     344 connections: a client opening 400 idle ones gets 503 on those past it, at once, each closed, and the log

@@ -39,7 +39,7 @@ from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RefusalDigest, RepeatedFailure, counted
 from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for, vary_of
-from ..tuning import out_of_open_files
+from ..tuning import out_of_open_files, requests_room
 from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
 from .tls_routes import UNRESOLVED, Route, TlsRoutes
@@ -134,7 +134,7 @@ def pyreqwest_client(settings: Engine) -> pyreqwest.client.Client:
 def _pyreqwest_builder(settings: Engine) -> pyreqwest.client.ClientBuilder:
     return (
         pyreqwest.client.ClientBuilder()
-        .max_connections(settings.concurrency)
+        .max_connections(requests_room(settings.concurrency))
         .connect_timeout(timedelta(seconds=settings.connect_timeout))
         .read_timeout(timedelta(seconds=settings.read_timeout))
         .timeout(timedelta(seconds=settings.fetch_timeout))
@@ -352,7 +352,8 @@ class Fetcher(GuardedClient):
 
     async def __aenter__(self) -> Self:
         s = self._settings
-        connector = aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=0, enable_cleanup_closed=True)
+        limit = requests_room(s.concurrency)  # the process's open files may not hold `concurrency` sockets
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(

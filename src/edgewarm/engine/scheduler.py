@@ -31,6 +31,7 @@ from ..metrics import Metrics
 from ..models import CANCELLED, WARMED_AGAIN, Claim, ItemAction, ItemOutcome, Task, Tier
 from ..store import TaskStore
 from ..store.base import DUE_SLACK_SECONDS
+from ..tuning import requests_room
 from ..urls import stored_target
 from .actions import perform
 from .coalesce import SHARED_NOTE, Coalescer
@@ -252,7 +253,7 @@ class Engine:
         the other nodes' wait for one (a tester's 4 slow nodes of the default 64 beside a live one, 256 in all:
         the live node warmed at the slow nodes' pace)."""
         asked = {n.name: self._asked(n) for n in self.config.nodes}
-        left, widths = self.settings.concurrency, {}
+        left, widths = requests_room(self.settings.concurrency), {}  # (the process's open files' room)
         for i, name in enumerate(sorted(asked, key=lambda name: asked[name])):
             widths[name] = min(asked[name], max(1, left // (len(asked) - i)))
             left -= widths[name]
@@ -500,7 +501,7 @@ class Engine:
 
     def _room(self) -> int:
         """How many claimed items this engine may hold (a reload may change `concurrency`)."""
-        return self.settings.concurrency * CLAIM_AHEAD
+        return requests_room(self.settings.concurrency) * CLAIM_AHEAD
 
     def _unwritten_room(self) -> int:
         """How many more items may be claimed before their outcomes are written: the items worked but not yet
