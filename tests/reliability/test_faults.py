@@ -968,6 +968,37 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
     assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
 
 
+async def test_attempts_of_items_taken_over_that_the_store_cannot_record_are_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start whose store takes no writes (a full disk) logged "recording attempt 1 of item N failed" for each
+    item taken back, 275 lines in 0.2 s (a tester's): once now, then as a step failing again and again is."""
+    with FaultServer(always(Respond(200, body=BODY))) as server:
+        config = parse_config(base_config(one_node(server), engine=FAST_ENGINE))
+        async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
+            service = Service(config, store)
+            user = config.user(USER)
+            assert user is not None
+            task = await service.submit_prefetch(user, [f"http://www.example.test/full/{i}" for i in range(30)])
+            assert len(await store.claim_due_items("dead", 100, time.time(), 0.3)) == 30
+            await asyncio.sleep(0.4)  # the dead worker's leases end: the items are taken over
+
+            async def full(worker: str, item_id: int, attempt: int) -> bool:
+                raise StoreError("sqlite: database or disk is full")
+
+            monkeypatch.setattr(store, "begin_attempt", full)
+            engine = Engine(config, store, fetcher)
+            rig = Rig(config, store, service, engine, asyncio.create_task(engine.run()))
+            with caplog.at_level(logging.ERROR, logger="edgewarm.engine"):
+                try:
+                    ended, _items = await rig.wait(task.id, 20)
+                finally:
+                    await rig.stop()
+    said = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert ended.status is TaskStatus.SUCCEEDED and len(server.requests) == 30
+    assert len(said) == 1 and said[0].startswith("recording the attempt an item taken over begins"), said
+
+
 async def cancelled_under_way(rig: Rig, server: FaultServer, urls: list[str]) -> str:
     """A task of `urls` submitted, then cancelled once its first request reached `server`."""
     taskid = await rig.submit(urls)

@@ -182,6 +182,8 @@ class Engine:
         self._cancels_log = RepeatedFailure(log, "looking for cancelled tasks")
         self._renewals_log = RepeatedFailure(log, "renewing leases")
         self._writes_log = RepeatedFailure(log, "writing outcomes (kept, and tried again)")
+        # Once, then a line a minute: a start on a store taking no writes logged it for each item taken back.
+        self._attempts_log = RepeatedFailure(log, "recording the attempt an item taken over begins (sent anyway)")
         # A line a minute, not each question (a tester's PostgreSQL without free connections: 2,800 lines in 3.5 min).
         self._others_log = RepeatedFailure(log, "asking for other workers' warms")
         self.on_task_finished: Callable[[Task], None] | None = None
@@ -843,10 +845,12 @@ class Engine:
         not: only attempts begun are counted, so that one that kills its worker still ends). False when the
         item is no longer this worker's."""
         try:
-            return await self.store.begin_attempt(self.worker_id, claim.item_id, attempt)
+            begun = await self.store.begin_attempt(self.worker_id, claim.item_id, attempt)
         except StoreError as exc:  # sent anyway: at worst, an attempt is not counted if this worker dies too
-            log.error("recording attempt %d of item %d failed: %s", attempt, claim.item_id, exc)
+            self._attempts_log.failed(f"item {claim.item_id}, attempt {attempt}: {exc}")
             return True
+        self._attempts_log.worked()
+        return begun
 
     async def _perform(
         self, claim: Claim, node: Node, attempt: int, fetcher: NodeClient, me: asyncio.Task[Any] | None
