@@ -236,6 +236,7 @@ async def test_a_sqlite_file_of_two_names_is_refused_by_either(tmp_path: Path) -
             async with open_store(f"sqlite:///{name}"):
                 pass
         assert str(refused.value).startswith(f"the SQLite database {name} has 2 names (hard links): "), refused.value
+        assert str(database_refusal(f"sqlite:///{name}")) == str(refused.value)  # check-config's: it said OK
     os.unlink(tmp_path / "other.db")
     async with open_store(f"sqlite:///{path}"):
         pass
@@ -304,6 +305,7 @@ def test_a_store_on_a_read_only_file_system_is_told_so(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as refused:
             asyncio.run(opening())
         assert str(refused.value) == f"the SQLite database {folder}/e.db is on a read-only file system (mounted ro?)"
+        assert str(database_refusal(f"sqlite:///{folder}/e.db")) == str(refused.value)  # check-config said OK
     finally:
         subprocess.run(["umount", str(folder)], check=True)
 

@@ -246,27 +246,7 @@ class SQLiteStore:
                 check(self.path)
             _not_without_its_wal(self.path)
             make_folder_of(self.path)
-            folder = os.path.dirname(os.path.abspath(self.path))
-            if os.statvfs(folder).f_flag & os.ST_RDONLY:  # not the user's rights: chmod would not help
-                raise StoreError(f"the SQLite database {self.path} is on a read-only file system (mounted ro?)")
-            # Its -wal and -shm too: left by a process of another user (root's, killed), they made every write
-            # fail with "attempt to write a readonly database", naming neither the file nor the cause.
-            for what, path in (
-                ("file", self.path),
-                ("folder", folder),
-                ("-wal file", self.path + "-wal"),
-                ("-shm file", self.path + "-shm"),
-            ):
-                if os.path.exists(path) and not os.access(path, os.W_OK):
-                    raise StoreError(
-                        f"the SQLite database {self.path}: its {what} is not writable by this user (uid {os.getuid()})"
-                    )
-            if os.path.exists(self.path) and (links := os.stat(self.path).st_nlink) > 1:
-                raise StoreError(
-                    f"the SQLite database {self.path} has {links} names (hard links): SQLite keeps a -wal beside "
-                    f"each name, so processes that open it by different names lose each other's writes; keep one "
-                    f"(find / -xdev -samefile {os.path.realpath(self.path)})"
-                )
+            _writable(self.path)
             _make_owner_only(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_SECONDS)
         try:  # refused before WAL: another application's file, or another version's, stays as it is
@@ -1008,10 +988,36 @@ def _without_its_wal(path: str) -> StoreError | None:
     )
 
 
+def _writable(path: str) -> None:
+    """Refuse a database this process cannot write (its folder made): on a read-only file system; its file,
+    folder, -wal or -shm not writable by this user (left by a process of another user, root's, killed, they made
+    every write fail with "attempt to write a readonly database", naming neither the file nor the cause); or
+    with several names."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:  # not the user's rights: chmod would not help
+        raise StoreError(f"the SQLite database {path} is on a read-only file system (mounted ro?)")
+    for what, named in (("file", path), ("folder", folder), ("-wal file", path + "-wal"), ("-shm file", path + "-shm")):
+        if os.path.exists(named) and not os.access(named, os.W_OK):
+            raise StoreError(f"the SQLite database {path}: its {what} is not writable by this user (uid {os.getuid()})")
+    if os.path.exists(path) and (links := os.stat(path).st_nlink) > 1:
+        raise StoreError(
+            f"the SQLite database {path} has {links} names (hard links): SQLite keeps a -wal beside each name, so "
+            f"processes that open it by different names lose each other's writes; keep one (find / -xdev "
+            f"-samefile {os.path.realpath(path)})"
+        )
+
+
+def _writable_if_there(path: str) -> None:
+    """_writable, once its folder is there (a start makes it): check-config's."""
+    if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        _writable(path)
+
+
 def file_refusal(path: str) -> StoreError | None:
     """What a start would refuse the SQLite file at `path` for, read without writing to it (check-config says it):
-    no database, cut short, its -wal there without it or a stale one, or a schema of another version; or None."""
-    for check in (*_BEFORE_OPENING, _schema_of_this_version):
+    no database, cut short, its -wal there without it or a stale one, a schema of another version, or a file
+    this process cannot write (a read-only mount passed the check, a tester's); or None."""
+    for check in (*_BEFORE_OPENING, _schema_of_this_version, _writable_if_there):
         try:
             check(path)
         except StoreError as exc:
