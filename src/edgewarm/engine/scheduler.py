@@ -809,8 +809,9 @@ class Engine:
                     outcome = self._moved_outcome(claim, outcome)  # sent to the address the node had before
                 elif outcome.succeeded:
                     self._unwritten[claim.item_id] = (node.name, claim.attempts)
-                if claim.rewarm and outcome.retry_at is not None:  # its next claim is a warm done again too
-                    outcome = replace(outcome, error=f"{WARMED_AGAIN} {outcome.error or 'to be retried'}")
+                if claim.rewarm and outcome.retry_at is not None and not (outcome.error or "").startswith(WARMED_AGAIN):
+                    outcome = replace(outcome, error=f"{WARMED_AGAIN} {outcome.error or 'to be retried'}")  # its next
+                    # claim is a warm done again too (a move's says so already: _moved_outcome)
                 # No latency for an item that sent no request: shared, or its node held down.
                 self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
                 self._outcomes.put_nowait(outcome)
