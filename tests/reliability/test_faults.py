@@ -656,6 +656,46 @@ async def test_a_warm_under_way_when_its_node_is_moved_is_done_again_at_the_new_
             await asyncio.sleep(0.5)
             rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=engine)))
             task, items = await rig.wait(task_id, 30)
+            sample = rig.engine.metrics.registry.get_sample_value
+            finished = sample("edgewarm_items_finished_total", {"state": "succeeded"})
+            retried = sample("edgewarm_fetches_total", {"node": "node-1", "action": "warm", "outcome": "retried"})
+    assert task.status is TaskStatus.SUCCEEDED, items
+    assert (len(first.requests), len(second.requests)) == (5, 5)
+    assert [(i.attempts, i.error) for i in items] == [(1, None)] * 5, items
+    # Each finished once, at the new address (they had ended "waiting", then "rewarmed": never counted, a re-tester's)
+    assert (finished, retried) == (5, 5)
+
+
+async def test_successes_the_store_has_not_taken_when_their_node_is_moved_are_done_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store refuses writes (a locked file) while node-1's warms succeed; a reload moves node-1; then the
+    store takes writes again: the batch kept and tried again had been taken out of those to do again before its
+    first try, so its successes at the old address were written as they were (a re-tester's 36 of 3,000 cold)."""
+    urls = [f"http://www.example.test/stalled/{i}" for i in range(5)]
+    with (
+        FaultServer(always(Respond(200, body=BODY))) as first,
+        FaultServer(always(Respond(200, body=BODY))) as second,
+    ):
+        async with engine_rig(one_node(first), FAST_ENGINE) as rig:
+            write, refusing = rig.store.record_outcomes, [True]
+
+            async def locked(worker: str, outcomes: Any, now: float) -> int:
+                if refusing[0]:
+                    raise StoreError("sqlite: database is locked")
+                return await write(worker, outcomes, now)
+
+            monkeypatch.setattr(rig.store, "record_outcomes", locked)
+            task_id = await rig.submit(urls)
+            for _ in range(100):  # bounded: 10 s
+                if len(first.requests) == 5:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # the batch tried and refused
+            rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=FAST_ENGINE)))
+            await asyncio.sleep(0.3)
+            refusing[0] = False
+            task, items = await rig.wait(task_id, 30)
     assert task.status is TaskStatus.SUCCEEDED, items
     assert (len(first.requests), len(second.requests)) == (5, 5)
     assert [(i.attempts, i.error) for i in items] == [(1, None)] * 5, items

@@ -201,7 +201,8 @@ class Engine:
         self._idle = asyncio.Event()  # set when nothing is in hand
         self._idle.set()
         self._outcomes: asyncio.Queue[ItemOutcome] = asyncio.Queue()
-        self._unwritten: dict[int, tuple[str, int]] = {}  # succeeded, not yet written: item -> node, attempts claimed
+        # Succeeded, not yet written: item -> its claim (its node, attempts and `rewarm`: _before_writing)
+        self._unwritten: dict[int, Claim] = {}
         self._redo: set[int] = set()  # of those, the items of a node moved by a reload meanwhile: done again
         self._moved_at: dict[str, float] = {}  # node -> when a reload last moved it (time.monotonic())
         self._moves: list[
@@ -625,7 +626,7 @@ class Engine:
         ended_before, now = self._clock(), time.monotonic()
         for moved in nodes:
             self._moved_at[moved.name] = now
-            self._redo.update(item for item, (node, _) in self._unwritten.items() if node == moved.name)
+            self._redo.update(item for item, claim in self._unwritten.items() if claim.node == moved.name)
             note = moved_note(moved.name)
             why = "it was moved to another address by a reload"
             work = functools.partial(self._rewarm_node, moved.name, ended_before, note, why, purges=True)
@@ -657,7 +658,7 @@ class Engine:
             log.warning(
                 "node %s: %s done again: %s",
                 name,
-                counted(count, "warm of the tasks still running is", "warms of the tasks still running are"),
+                counted(count, *_REDONE[purges]),
                 why,
                 extra={"node": name},
             )
@@ -805,24 +806,27 @@ class Engine:
                 finally:
                     self._release(fetcher)
                 self.fetched += 1
-                if self._moved_at and outcome.succeeded and started < self._moved_at.get(node.name, started):
-                    outcome = self._moved_outcome(claim, outcome)  # sent to the address the node had before
+                moved = self._moved_at and outcome.succeeded and started < self._moved_at.get(node.name, started)
+                if moved:
+                    outcome = self._moved_outcome(claim)  # sent to the address the node had before
                 elif outcome.succeeded:
-                    self._unwritten[claim.item_id] = (node.name, claim.attempts)
+                    self._unwritten[claim.item_id] = claim
                 if claim.rewarm and outcome.retry_at is not None and not (outcome.error or "").startswith(WARMED_AGAIN):
                     outcome = replace(outcome, error=f"{WARMED_AGAIN} {outcome.error or 'to be retried'}")  # its next
                     # claim is a warm done again too (a move's says so already: _moved_outcome)
                 # No latency for an item that sent no request: shared, or its node held down.
-                self._observe(claim, node, outcome, time.monotonic() - started if sent[0] and not shared else None)
+                seconds = time.monotonic() - started if sent[0] and not shared else None
+                self._observe(claim, node, outcome, seconds, moved=bool(moved))
                 self._outcomes.put_nowait(outcome)
                 self._done_with(claim, lane)
             finally:
                 lane.queue.finished(claim)
 
-    def _moved_outcome(self, claim: Claim, outcome: ItemOutcome) -> ItemOutcome:
+    def _moved_outcome(self, claim: Claim) -> ItemOutcome:
         """A success at the address a reload has moved `claim`'s node from: to be done again at once, at the
-        new one, its attempt not counted (it did not reach the node as it is now)."""
-        return ItemOutcome(claim.item_id, False, claim.attempts, error=moved_note(claim.node), retry_at=self._clock())
+        new one, its attempt not counted (it did not reach the node as it is now); a warm done again stays one."""
+        said = moved_note(claim.node) if claim.rewarm else sent_again(claim.node)
+        return ItemOutcome(claim.item_id, False, claim.attempts, error=said, retry_at=self._clock())
 
     def _end_unsent(self, claim: Claim, why: str | None = None) -> None:
         """End a claim without sending it: its task was cancelled (`why`), or its node is no longer configured
@@ -1018,7 +1022,9 @@ class Engine:
         if room - self._counted(part) >= min(room // 4, part // 2):
             self._wake.set()
 
-    def _observe(self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None) -> None:
+    def _observe(
+        self, claim: Claim, node: Node, outcome: ItemOutcome, seconds: float | None, *, moved: bool = False
+    ) -> None:
         """The item in the metrics; `seconds` its requests took, None when it made none (shared, node held down).
         A warm done again ends as `rewarmed` or `rewarm_failed`: its item had ended once already (a tester's
         items_finished_total counted 170 items succeeded of 140)."""
@@ -1026,8 +1032,8 @@ class Engine:
             verdict = "rewarmed" if claim.rewarm else "succeeded"
         elif outcome.retry_at is None:
             verdict = "rewarm_failed" if claim.rewarm else "failed"
-        else:  # an item that waits for its node (held down) spent no attempt
-            verdict = "retried" if outcome.attempts > claim.attempts else "waiting"
+        else:  # an item that waits for its node (held down) spent no attempt; one sent again after a move did
+            verdict = "retried" if outcome.attempts > claim.attempts or moved else "waiting"
         size = 0 if seconds is None else outcome.bytes or 0
         self.metrics.items.observe(node.name, claim.action, verdict, seconds, size)
 
@@ -1068,28 +1074,32 @@ class Engine:
                     await asyncio.wait_for(self._idle.wait(), timeout=s.flush_interval)
             while len(batch) < s.batch_size and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
-            if self._moves:  # no write of ours ends a task before what a move makes due again is (_rewarm_moved)
-                moves, self._moves = self._moves, []
-                await asyncio.gather(*moves, return_exceptions=True)
             self._writing = len(batch)
             await self._flush(batch)
             self._writing = 0
             for _ in batch:
                 self._outcomes.task_done()
 
-    async def _flush(self, batch: list[ItemOutcome]) -> None:
-        unwritten, redo = self._unwritten, self._redo
+    async def _before_writing(self, batch: list[ItemOutcome]) -> None:
+        """Before each try of a batch: what a move makes due again is first (no write of ours ends a task before
+        it), and the batch's successes at a node moved since they ended are to be done again (_rewarm_moved; at
+        each try: a move while the store keeps refusing the batch, a tester's locked file, let them through)."""
+        if self._moves:
+            moves, self._moves = self._moves, []
+            await asyncio.gather(*moves, return_exceptions=True)
+        redo = self._redo
+        if not redo:
+            return
         for index, outcome in enumerate(batch):
-            claimed = unwritten.pop(outcome.item_id, None)
-            if claimed is not None and outcome.item_id in redo:  # its node moved since it ended (_rewarm_moved)
+            if outcome.item_id in redo and (claim := self._unwritten.get(outcome.item_id)) is not None:
                 redo.discard(outcome.item_id)
-                node, attempts = claimed
-                batch[index] = ItemOutcome(
-                    outcome.item_id, False, attempts, error=moved_note(node), retry_at=self._clock()
-                )
+                batch[index] = self._moved_outcome(claim)
+
+    async def _flush(self, batch: list[ItemOutcome]) -> None:
         delay = 0.1
         tries: set[float] = set()  # each try's time: a try whose answer was lost may have committed the batch
         while True:
+            await self._before_writing(batch)
             now = self._clock()
             tries.add(now)
             try:
@@ -1102,6 +1112,9 @@ class Engine:
                 self._writes_log.failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        for outcome in batch:
+            self._unwritten.pop(outcome.item_id, None)
+            self._redo.discard(outcome.item_id)  # (a move during the try that wrote it: the store's pass has it)
         touched = {t for o in batch if (t := self._leased.pop(o.item_id, None)) is not None}
         for outcome in batch:
             if (early := self._claimed_early.pop(outcome.item_id, None)) is not None:
@@ -1258,9 +1271,22 @@ class Engine:
         return held
 
 
+_REDONE = {  # what _rewarm_node's count is of (a tester's log called a move's purges "warms")
+    False: ("warm of the tasks still running is", "warms of the tasks still running are"),
+    True: ("warm or purge of the tasks still running is", "warms and purges of the tasks still running are"),
+}
+
+
 def moved_note(node: str) -> str:
-    """The error of an item done again because a reload moved its node to another address."""
+    """The error of an item done again because a reload moved its node to another address after it had ended
+    (its claim is a warm done again: `rewarm`, not counted as finished twice)."""
     return f"{WARMED_AGAIN} a reload moved {node} to another address, which holds none of what it warmed"
+
+
+def sent_again(node: str) -> str:
+    """The error of an item sent again because a reload moved its node while it was under way or its outcome
+    unwritten: not yet ended, so not `warmed again:` (its success at the new address is its first, counted)."""
+    return f"to be sent again: a reload moved {node} to another address while this was under way"
 
 
 def _has_varnish(config: Config) -> bool:
