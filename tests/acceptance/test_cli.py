@@ -421,6 +421,12 @@ def test_a_sending_whose_output_is_closed_stops_and_says_what_it_made(service: S
         text=True, preexec_fn=lambda: os.close(1),
     )  # fmt: skip
     assert closed.returncode == 1 and "standard output is closed" in closed.stderr, closed.stderr
+    for other in (["tasks"], ["quota"], ["watch", made.group(1)]):  # a traceback, or exit 0 and nothing said
+        closed = subprocess.run(
+            [EDGEWARM, *other], stderr=subprocess.PIPE, env=env, timeout=60, text=True, preexec_fn=lambda: os.close(1)
+        )
+        said = "Error: standard output is closed (>&-): what the command says would go nowhere; nothing was done\n"
+        assert (closed.returncode, closed.stderr) == (1, said), (other, closed.stderr)
     with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
         assert not client.tasks(url="/closed/never")["tasks"]
     tasks = subprocess.Popen([EDGEWARM, "tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

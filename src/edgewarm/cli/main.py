@@ -22,6 +22,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+_SERVICES = ("serve", "api", "worker")  # they log to stderr: they run with standard output closed
 STDOUT_CLOSED = 141  # the exit status of a command whose output's reader went away (128 + SIGPIPE, as shells see)
 
 
@@ -63,6 +64,18 @@ class _Commands(click.Group):
             raise SystemExit(STDOUT_CLOSED) from None
         finally:
             signal.signal(signal.SIGTERM, before)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """The command, refused when standard output is closed (`>&-`) and it is not a service (which logs to
+        stderr): its output would go nowhere (a traceback, or exit 0 and nothing said: a re-tester's)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if sys.stdout is None and name not in _SERVICES:
+            raise click.ClickException(
+                "standard output is closed (>&-): what the command says would go nowhere; nothing was done"
+            )
+        return name, command, rest
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
