@@ -1190,6 +1190,14 @@ async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
          "or seconds as 202612.0"),
         ("since=-253402300800", "since: -253402300800 is before the year 1 in seconds: give epoch seconds, not "
          "milliseconds"),  # it said "past the year 9999"
+        ("since=-62135596801", "since: -62135596801 is before the year 1 in seconds: give epoch seconds, not "
+         "milliseconds"),  # it was read
+        ("since=002026", "since: 002026 may be a year or a month, or seconds since 1970: give a date (YYYY-MM-DD), "
+         "or seconds as 002026.0"),  # it suggested 0020-26-01
+        ("until=20260230", "until: eight digits are a date (YYYYMMDD), and 20260230 is none (day is out of range "
+         "for month); seconds since 1970 as 20260230.0"),
+        ("x" * 300 + "=1", "query." + "x" * 100 + "…: not a parameter of this call (it takes status, kind, since, "
+         "until, url, after, offset, limit)"),  # its name was said whole (60,000 characters)
         ("since=2026-02-29", "since: not a time (epoch seconds or ISO 8601): day is out of range for month"),
         ("since=2026-12-03&until=2026-12-01", "until (2026-12-01) is before since (2026-12-03): swap them"),
         ("startTime=1", "query.startTime: not a parameter of this call (it takes status, kind, since, until, url, "
@@ -1296,7 +1304,8 @@ async def test_a_date_alone_in_a_task_list_filter_is_the_services_day(api: Api) 
         assert len(response.json()["tasks"]) == listed, params
     refused = await api.client.get("/v1/tasks", headers=headers, params={"until": "12345678"})
     assert refused.status_code == 400 and refused.json()["error"] == (
-        "until: eight digits are a date (YYYYMMDD), and 12345678 is none; seconds since 1970 as 12345678.0"
+        "until: eight digits are a date (YYYYMMDD), and 12345678 is none (month must be in 1..12); seconds since "
+        "1970 as 12345678.0"
     ), refused.text
 
 

@@ -32,7 +32,7 @@ from ..models import (
     normalize_task_id,
 )
 from ..service import Credentials, Service
-from ..urls import has_controls, split_list
+from ..urls import has_controls, shortened, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url
 from .body import caller_address, read_params
@@ -144,6 +144,7 @@ def plain_filter(url: str | None) -> str | None:
 
 
 LAST_EPOCH_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: a larger number is no time in seconds (milliseconds?)
+FIRST_EPOCH_SECOND = -62_135_596_800  # 0001-01-01T00:00:00Z: the first a time can be
 
 
 def epoch(value: str | None, name: str, timezone: str) -> float | None:
@@ -161,16 +162,17 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     else:
         if not math.isfinite(seconds):
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)")
-        if abs(seconds) > LAST_EPOCH_SECOND:
+        if seconds > LAST_EPOCH_SECOND or seconds < FIRST_EPOCH_SECOND:
             when = "past the year 9999" if seconds > 0 else "before the year 1"  # (a tester's: "past" for both)
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY, f"{name}: {value} is {when} in seconds: give epoch seconds, not milliseconds"
             )
         if value.isdigit() and len(value) in (4, 6):  # 2026, 202612: read as seconds, every task matched, silently
+            date = f"{value[:4]}-{value[4:] or '01'}-01"
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
-                f"{name}: {value} may be a year or a month, or seconds since 1970: give a date ({value[:4]}-"
-                f"{value[4:] or '01'}-01), or seconds as {value}.0",
+                f"{name}: {value} may be a year or a month, or seconds since 1970: give a date "
+                f"({date if _is_date(date) else 'YYYY-MM-DD'}), or seconds as {value}.0",
             )
         if not (len(value) == 8 and value.isdigit()):
             return seconds
@@ -180,7 +182,8 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
         if len(value) == 8 and value.isdigit():  # it was "not a time": it is, as seconds (of 1970)
             raise RequestRefused(
                 JdCode.PARAMS_EMPTY,
-                f"{name}: eight digits are a date (YYYYMMDD), and {value} is none; seconds since 1970 as {value}.0",
+                f"{name}: eight digits are a date (YYYYMMDD), and {value} is none ({exc}); seconds since 1970 as "
+                f"{value}.0",
             ) from None
         why = str(exc)
         hint = "" if why.startswith("Invalid isoformat") else f": {why}"  # "day is out of range for month"
@@ -191,6 +194,14 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(timezone) if _DATE.fullmatch(value) else UTC)
     return moment.timestamp()
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 _DATE = re.compile(r"\d{4}-?\d{2}-?\d{2}")
@@ -275,7 +286,8 @@ async def plain_query(request: Request) -> None:  # async: no thread of the pool
     for name in params:
         if name not in taken:
             takes = f"it takes {', '.join(taken)}" if taken else "it takes none"
-            raise RequestValidationError([{"loc": ("query", name), "msg": f"not a parameter of this call ({takes})"}])
+            said = f"not a parameter of this call ({takes})"  # its name shortened: one of 60,000 came back whole
+            raise RequestValidationError([{"loc": ("query", shortened(name, 100)), "msg": said}])
         if len(given := params.getlist(name)) > 1:
             msg = f"given {len(given)} times: give it once (a list is not a filter here)"
             raise RequestValidationError([{"loc": ("query", name), "msg": msg}])

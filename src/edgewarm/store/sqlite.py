@@ -1153,6 +1153,8 @@ def _wal_room(path: str) -> str:
     """How much to free on a full disk: the -wal's size (its checkpoint writes its pages into the file before
     it is emptied) and WAL_KEPT_BYTES (the -wal grows again to that under load): freeing just more than the
     -wal's size filled the disk again at once, the figure said then doubled (a tester's 2.1 MB, then 4.2)."""
+    if path == ":memory:":
+        return ""
     wanted = _wal_bytes(path) + WAL_KEPT_BYTES
     return f" ({wanted / 1e6:,.0f} MB or more: the -wal's pages go into the file, and the -wal grows again)"
 
