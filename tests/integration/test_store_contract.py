@@ -58,7 +58,7 @@ from edgewarm.models import (
     TaskStatus,
 )
 from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
-from edgewarm.store.base import UNNAMED, OpenPurge
+from edgewarm.store.base import UNNAMED, OpenPurge, Redone
 from edgewarm.store.postgres import PostgresStore
 from edgewarm.store.postgres import database_refusal as postgres_refusal
 from edgewarm.testing.postgres import PostgresCluster
@@ -554,8 +554,10 @@ class TestWork:
         done = [ids[(refresh.id, url_of(0), "n", purge)], ids[(prefetch.id, url_of(0), "n", purge)]]
         await store.record_outcomes("w1", [ok(i) for i in done], NOW + 5)  # the other items still under way
         note = f"{WARMED_AGAIN} moved"
-        assert await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3) == 0
-        assert await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3, purges=True) == 1
+        assert (await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3)).count == 0
+        assert await store.rewarm_node("n", NOW + 10, NOW + 30, note, 3, purges=True) == Redone(
+            1, frozenset({url_of(0)})
+        )
         again = (await items_of(store, refresh.id))[(0, "n")]
         assert (again.state, again.error, again.attempts) == (ItemState.PENDING, note, 1)
         assert [i.state for i in await store.list_items(prefetch.id) if i.action is purge] == [ItemState.SUCCEEDED]
@@ -591,8 +593,8 @@ class TestWork:
         assert (await store.task_counts(running.id)).succeeded == 8
 
         note = f"{WARMED_AGAIN} the node is back"
-        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, note, 3) == 1
-        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, note, 3) == 0
+        assert await store.rewarm_node("varnish", NOW + 10, NOW + 30, note, 3) == Redone(1)
+        assert (await store.rewarm_node("varnish", NOW + 10, NOW + 30, note, 3)).count == 0
         again = (await items_of(store, running.id))[(0, "varnish")]
         assert (again.state, again.error, again.attempts, again.http_status) == (
             ItemState.PENDING,
@@ -629,7 +631,7 @@ class TestWork:
         await store.create_task(task)
         claim, _ = await store.claim_due_items("w1", 100, NOW, LEASE)
         await store.record_outcomes("w1", [ok(claim.item_id)], NOW + 1)
-        assert await store.rewarm_node("varnish", NOW + 2, NOW + 3, f"{WARMED_AGAIN} it is back", 3) == 1
+        assert (await store.rewarm_node("varnish", NOW + 2, NOW + 3, f"{WARMED_AGAIN} it is back", 3)).count == 1
         assert await store.put_off_node("varnish", NOW + 40, "waits for varnish") == 1
         item = (await items_of(store, task.id))[(0, "varnish")]
         assert (item.state, item.error) == (ItemState.PENDING, f"{WARMED_AGAIN} waits for varnish")

@@ -728,6 +728,42 @@ async def test_warms_made_at_the_new_address_after_a_move_are_not_done_again() -
     )
 
 
+async def test_a_moved_nodes_warms_done_again_wait_for_the_purges_of_their_urls_done_again() -> None:
+    """A prefetch of 20 URLs and a refresh of them, both done on node-1 (node-2, slow, keeps them running);
+    node-1 moved: both are made due again at once, and at the new address each URL is purged, then warmed, so
+    that it ends warm with what the origin has now (a warm that went before the purge of its URL left it cold,
+    the prefetch reported warmed: a re-tester's 36 of 2,000, a refresh and a later prefetch by two users; here
+    the prefetch is the older task, so that its warms are claimed first every time)."""
+    urls = [f"http://www.example.test/order/{i}" for i in range(20)]
+    with (
+        FaultServer(always(Respond(200, body=BODY))) as first,
+        FaultServer(always(Respond(200, body=BODY))) as second,
+        FaultServer(always(Respond(200, body=BODY, delay=3.0))) as slow,
+    ):
+        engine = {**FAST_ENGINE, "read_timeout": 15.0, "dedupe_seconds": 0.0}
+        others = [{"name": "node-2", "url": slow.url}]
+        async with engine_rig([*one_node(first), *others], engine) as rig:
+            prefetch = await rig.submit(urls)
+            await rig.items_when(
+                prefetch, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 20
+            )
+            refresh = await rig.service.submit_refresh(rig.user, urls, "file")
+            rig.engine.wake()
+            for task_id in (refresh.id, prefetch):
+                await rig.items_when(
+                    task_id,
+                    lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 20,
+                )
+            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
+            for task_id in (refresh.id, prefetch):
+                ended, items = await rig.wait(task_id, 30)
+                assert ended.status is TaskStatus.SUCCEEDED, items
+    order: dict[str, list[str]] = {}
+    for request in second.requests:
+        order.setdefault(request.path, []).append(request.method)
+    assert order == {u.removeprefix("http://www.example.test"): ["PURGE", "GET"] for u in urls}, order
+
+
 async def test_a_refresh_whose_node_is_moved_purges_again_at_the_new_address() -> None:
     """A refresh of 5 files; node-1 moved after it purged them (node-2, slow, keeps the task running): the
     purges are made again at the new address (only warms were: the new cache kept its old copies, a tester's

@@ -64,6 +64,9 @@ PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), a
 PURGES_KEPT_SECONDS = 300.0  # and for this long
 LOCKED_PAUSE_SECONDS = 1.0  # until a due item left unclaimed (its row locked by another session) is sought again
 DUE_TOGETHER_SECONDS = 0.1  # items put off that fall due this close together are claimed together (_until_next_look)
+PURGE_FIRST_SECONDS = 60.0  # a warm waits this long at most for its URL's purge done again first (_purge_first)
+PURGE_FIRST_PAUSE = 0.2  # and is put off this long at a time meanwhile
+PURGE_FIRST_NOTE = "waits for the purge of this URL before it, done again at the node's new address"
 REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
 
@@ -205,9 +208,11 @@ class Engine:
         self._unwritten: dict[int, Claim] = {}
         self._redo: set[int] = set()  # of those, the items of a node moved by a reload meanwhile: done again
         self._moved_at: dict[str, float] = {}  # node -> when a reload last moved it (time.monotonic())
-        self._moves: list[
-            asyncio.Task[None]
-        ] = []  # moved nodes' warms being made due again: writes wait (_rewarm_moved)
+        # Moved nodes' work being made due again (_rewarm_moved): writes wait for it; so do the node's requests
+        self._moves: list[asyncio.Task[None]] = []
+        self._moving: dict[str, asyncio.Task[None]] = {}  # (the same, by node: _node_worker)
+        # node -> URL -> until when (time.monotonic()) its warms wait for a purge of it done again (_purge_first)
+        self._purges_first: dict[str, dict[str, float]] = {}
         self._using: dict[NodeClient, int] = {}  # fetcher -> items working through it now
         self._retiring: dict[NodeClient, asyncio.Future[None]] = {}  # replaced fetchers still in use
         self.fetched = 0  # items worked by this engine, for tests
@@ -632,6 +637,7 @@ class Engine:
             work = functools.partial(self._rewarm_node, moved.name, ended_before, note, why, purges=True)
             self._after_node_work(moved.name, work)
             self._moves.append(self._putting_off[moved.name])
+            self._moving[moved.name] = self._putting_off[moved.name]
 
     def _after_node_work(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Do `work` on node `name`'s items in the background, once the node's work under way (its items put
@@ -650,11 +656,12 @@ class Engine:
         purges of refresh tasks, with `purges`), saying `note` in their items and `why` in the log."""
         try:
             now, attempts = self._clock(), self.settings.max_attempts
-            count = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts, purges=purges)
+            done = await self.store.rewarm_node(name, min(ended_before, now), now, note, attempts, purges=purges)
         except StoreError as exc:
             log.error("warming again what node %s had warmed failed: %s", name, exc, extra={"node": name})
             return
-        if count:
+        self._purge_first(name, done.purged)
+        if count := done.count:
             log.warning(
                 "node %s: %s done again: %s",
                 name,
@@ -787,6 +794,10 @@ class Engine:
                     self._leased.pop(claim.item_id, None)  # another worker holds it now: no outcome of ours
                     self._done_with(claim, lane)
                     continue
+                if (moving := self._moving.get(node.name)) is not None:  # nothing to its new address before what
+                    await asyncio.wait([moving])  # the move makes due again is known (_purge_first)
+                    if self._moving.get(node.name) is moving:
+                        del self._moving[node.name]
                 fetcher = self.fetcher
                 self._using[fetcher] = self._using.get(fetcher, 0) + 1
                 started = time.monotonic()
@@ -826,7 +837,33 @@ class Engine:
         """A success at the address a reload has moved `claim`'s node from: to be done again at once, at the
         new one, its attempt not counted (it did not reach the node as it is now); a warm done again stays one."""
         said = moved_note(claim.node) if claim.rewarm else sent_again(claim.node)
+        if claim.action is not ItemAction.WARM:
+            self._purge_first(claim.node, (claim.url,))
         return ItemOutcome(claim.item_id, False, claim.attempts, error=said, retry_at=self._clock())
+
+    def _purge_first(self, node: str, urls: Iterable[str]) -> None:
+        """These URLs' purges are done again at `node`'s new address (a reload moved it): its warms of them wait
+        for one (PURGE_FIRST_SECONDS at most), as they came after them at the old address. Else a refresh's purge
+        done again after a later prefetch's warm, done again too, left the URL cold there (a re-tester's 36 of
+        2,000, the prefetch reported warmed)."""
+        if urls:
+            now = time.monotonic()
+            first = {url: until for url, until in self._purges_first.get(node, {}).items() if until > now}
+            self._purges_first[node] = first | dict.fromkeys(urls, now + PURGE_FIRST_SECONDS)
+
+    def _waits_for_a_purge(self, claim: Claim, node: str) -> ItemOutcome | None:
+        """For a warm of a URL whose purge is to be done again at its node first (_purge_first): put off a moment,
+        its attempt not counted; else None."""
+        first = self._purges_first.get(node)
+        if not first or (until := first.get(claim.url)) is None:
+            return None
+        if time.monotonic() > until:
+            del first[claim.url]
+            if not first:
+                del self._purges_first[node]
+            return None
+        retry = self._clock() + PURGE_FIRST_PAUSE
+        return ItemOutcome(claim.item_id, False, claim.attempts, error=PURGE_FIRST_NOTE, retry_at=retry)
 
     def _end_unsent(self, claim: Claim, why: str | None = None) -> None:
         """End a claim without sending it: its task was cancelled (`why`), or its node is no longer configured
@@ -874,9 +911,15 @@ class Engine:
                 )
             finally:
                 coalescer.changed(node.name)
+                if (first := self._purges_first.get(node.name)) is not None:
+                    first.pop(claim.url, None)  # its warms go now (_purge_first)
+                    if not first:
+                        del self._purges_first[node.name]
             if done.succeeded and claim.action is ItemAction.PURGE and self._varnish:
                 self._note_purge(key)
             return done, False
+        if self._purges_first and (later := self._waits_for_a_purge(claim, node.name)) is not None:
+            return later, True  # no request made
         # share() only when the key is recent or being fetched: a warm of a key nobody else asks for awaits nothing.
         found = coalescer.begin(key, me)
         shared = None if found is None else await coalescer.share(key, found)

@@ -302,20 +302,34 @@ SkipFor = Mapping[str, Sequence[str]]  # user -> nodes a claim leaves out for th
 REWARM_STEP = 1_000
 
 
+@dataclass(frozen=True, slots=True)
+class Redone:
+    """What `rewarm_node` made due again: how many items, and the URLs of the purges among them."""
+
+    count: int
+    purged: frozenset[str] = frozenset()
+
+
+def redone(rows: Sequence[tuple[str, str]]) -> Redone:
+    """A step's Redone from the (url, action) of the items it made due again."""
+    return Redone(len(rows), frozenset(url for url, action in rows if action != ItemAction.WARM))
+
+
 async def rewarm_in_steps(
-    running: Sequence[tuple[str, int | None]], step: Callable[[str, int, int], Awaitable[int | None]]
-) -> int:
+    running: Sequence[tuple[str, int | None]], step: Callable[[str, int, int], Awaitable[Redone | None]]
+) -> Redone:
     """`rewarm_node` over the running tasks (id, largest URL position): `step(task, first position, position
-    after the last)` for each REWARM_STEP positions of each, its count added up; None, the task ended (or was
-    cancelled) meanwhile: its other steps are left out. Returns the total."""
-    total = 0
+    after the last)` for each REWARM_STEP positions of each, added up; None, the task ended (or was cancelled)
+    meanwhile: its other steps are left out."""
+    count, purged = 0, set[str]()
     for task_id, last in running:
         for start in range(0, (last or 0) + 1, REWARM_STEP):
-            count = await step(task_id, start, start + REWARM_STEP)
-            if count is None:
+            done = await step(task_id, start, start + REWARM_STEP)
+            if done is None:
                 break
-            total += count
-    return total
+            count += done.count
+            purged |= done.purged
+    return Redone(count, frozenset(purged))
 
 
 def skipped_for(user: str, skip_nodes: Sequence[str], skip_for: SkipFor | None) -> list[str]:
@@ -634,7 +648,7 @@ class TaskStore(Protocol):
 
     async def rewarm_node(
         self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
-    ) -> int:
+    ) -> Redone:
         """Make the warms of `node` that succeeded before `ended_before` with fewer than `attempts_below` attempts,
         in tasks still running (not cancelled), pending and due at `now` again, with `note` as their error (why:
         the node came back after a hold, maybe empty; or was moved to another address); with `purges`, the
@@ -642,7 +656,7 @@ class TaskStore(Protocol):
         succeeded counters go down by as many. Each warm again is one more attempt of the item's: a node that
         keeps restarting has each item warmed again a bounded number of times. In steps (REWARM_STEP) between
         which the store answers other calls; a task that ends meanwhile is left alone from then on. Returns how
-        many."""
+        many, and the URLs of the purges among them."""
         ...
 
     async def renew_leases(self, worker: str, item_ids: Sequence[int], until: float) -> set[int]:

@@ -63,6 +63,7 @@ from .base import (
     ListTurns,
     Opening,
     OpenPurge,
+    Redone,
     ScanPoint,
     SkipFor,
     UserAsk,
@@ -76,6 +77,7 @@ from .base import (
     purge_first_plan,
     purge_key,
     purge_keys,
+    redone,
     rewarm_in_steps,
     run_plan_async,
     schema_to_make,
@@ -446,7 +448,8 @@ _REWARM = (
     "UPDATE items SET state = 'pending', due_at = $3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
     "bytes = NULL, error = $4, updated_at = $3 WHERE task_id = $6 AND seq >= $7 AND seq < $8 AND node = $1 "
     "AND state = 'succeeded' AND updated_at < $2 AND attempts < $5 "
-    "AND (action = 'warm' OR ($9::boolean AND (SELECT kind FROM tasks WHERE id = $6) = 'refresh'))"  # $9: purges too
+    "AND (action = 'warm' OR ($9::boolean AND (SELECT kind FROM tasks WHERE id = $6) = 'refresh')) "  # $9: purges
+    "RETURNING url, action"
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - $1 WHERE id = $2"
 
@@ -1115,21 +1118,21 @@ class PostgresStore:
 
     async def rewarm_node(
         self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
-    ) -> int:
+    ) -> Redone:
         async with self._connection() as conn:
             running = [(r[0], r[1]) for r in await conn.fetch(_RUNNING_TASKS, CANCELLED)]
 
-        async def step(task_id: str, start: int, end: int) -> int | None:
+        async def step(task_id: str, start: int, end: int) -> Redone | None:
             # Each step its own transaction: the task's row locked first, as outcomes lock it, for a step only.
             async with self._connection() as conn, conn.transaction():
                 if await conn.fetchval(_LOCK_RUNNING_TASK, task_id, CANCELLED) is None:
                     return None  # it ended (or was cancelled) meanwhile
                 args = (node, ended_before, now, note, attempts_below, task_id, start, end, purges)
-                count = _rowcount(await conn.execute(_REWARM, *args))
-                if count:
-                    await conn.execute(_UNCOUNT, count, task_id)
+                done = redone([(row[0], row[1]) for row in await conn.fetch(_REWARM, *args)])
+                if done.count:
+                    await conn.execute(_UNCOUNT, done.count, task_id)
                     await conn.execute(_NOTIFY)  # due now: any worker may take them
-                return count
+                return done
 
         return await rewarm_in_steps(running, step)
 

@@ -57,6 +57,7 @@ from .base import (
     ListTurns,
     Opening,
     OpenPurge,
+    Redone,
     ScanPoint,
     SkipFor,
     UserAsk,
@@ -70,6 +71,7 @@ from .base import (
     purge_first_plan,
     purge_key,
     purge_keys,
+    redone,
     rewarm_in_steps,
     run_plan,
     schema_to_make,
@@ -727,21 +729,21 @@ class SQLiteStore:
 
     async def rewarm_node(
         self, node: str, ended_before: float, now: float, note: str, attempts_below: int, *, purges: bool = False
-    ) -> int:
+    ) -> Redone:
         def running() -> list[tuple[str, int | None]]:
             return self.db.execute(_RUNNING_TASKS, (CANCELLED,)).fetchall()
 
-        def step(task_id: str, start: int, end: int) -> int | None:
+        def step(task_id: str, start: int, end: int) -> Redone | None:
             with _write_transaction(self.db):
                 if self.db.execute(_STILL_RUNNING, (task_id, CANCELLED)).fetchone() is None:
                     return None  # it ended (or was cancelled) meanwhile
                 args = (node, ended_before, now, note, attempts_below, task_id, start, end, purges)
-                count = self.db.execute(_REWARM, args).rowcount
-                if count:
-                    self.db.execute(_UNCOUNT, (count, task_id))
-                return count
+                done = redone(self.db.execute(_REWARM, args).fetchall())
+                if done.count:
+                    self.db.execute(_UNCOUNT, (done.count, task_id))
+                return done
 
-        async def each(task_id: str, start: int, end: int) -> int | None:
+        async def each(task_id: str, start: int, end: int) -> Redone | None:
             # Each step its own call: the store's other calls are answered in between.
             return await self._run(functools.partial(step, task_id, start, end))
 
@@ -1340,7 +1342,8 @@ _REWARM = (
     "UPDATE items SET state = 'pending', due_at = ?3, lease_owner = NULL, http_status = NULL, cache_state = NULL, "
     "bytes = NULL, error = ?4, updated_at = ?3 WHERE task_id = ?6 AND seq >= ?7 AND seq < ?8 AND node = ?1 "
     "AND state = 'succeeded' AND updated_at < ?2 AND attempts < ?5 "
-    "AND (action = 'warm' OR (?9 AND (SELECT kind FROM tasks WHERE id = ?6) = 'refresh'))"  # ?9: a refresh's purges too
+    "AND (action = 'warm' OR (?9 AND (SELECT kind FROM tasks WHERE id = ?6) = 'refresh')) "  # ?9: a refresh's purges
+    "RETURNING url, action"
 )
 _UNCOUNT = "UPDATE tasks SET succeeded = succeeded - ? WHERE id = ?"
 
