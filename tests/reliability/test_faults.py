@@ -16,6 +16,8 @@ import socket
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import edgewarm.engine.scheduler
 import edgewarm.runtime
 import edgewarm.store.base
 import edgewarm.store.sqlite
-from edgewarm.config import Config, parse_config
+from edgewarm.config import Config, User, parse_config
 from edgewarm.engine import Engine, Fetcher, NodeHealth
 from edgewarm.errors import StoreError
 from edgewarm.models import Item, ItemState, Task, TaskStatus
@@ -59,6 +61,11 @@ BODY = b"x" * 4096
 
 def one_node(server: FaultServer, **extra: object) -> list[dict[str, object]]:
     return [{"name": "node-1", "url": server.url, **extra}]
+
+
+def node_1_done(count: int) -> Callable[[list[Item]], bool]:
+    """Whether `count` of a task's items on node-1 have succeeded (for Rig.items_when)."""
+    return lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == count
 
 
 async def warm_one(
@@ -555,30 +562,54 @@ async def test_a_node_given_another_address_by_a_reload_is_warmed_again() -> Non
     assert (len(first.requests), len(second.requests)) == (1, 1)
 
 
+@dataclass
+class Moving:
+    """A rig whose node-1 (at `first`) a reload may point at `second`; node-2 (at `slow`) keeps its tasks running."""
+
+    rig: Rig
+    first: FaultServer
+    second: FaultServer
+    slow: FaultServer
+    engine: dict[str, object]
+
+    def move(self) -> None:
+        """The reload pointing node-1 at `second`."""
+        node_2 = {"name": "node-2", "url": self.slow.url}
+        self.rig.engine.reconfigure(parse_config(base_config([*one_node(self.second), node_2], engine=self.engine)))
+
+    def remove(self) -> None:
+        """A reload leaving node-1 out."""
+        node_2 = {"name": "node-2", "url": self.slow.url}
+        self.rig.engine.reconfigure(parse_config(base_config([node_2], engine=self.engine)))
+
+
+@contextlib.asynccontextmanager
+async def moving_rig(slow_seconds: float, **engine: object) -> AsyncIterator[Moving]:
+    """A Moving rig, node-2 answering after `slow_seconds`; `engine`: more [engine] settings."""
+    with (
+        FaultServer(always(Respond(200, body=BODY))) as first,
+        FaultServer(always(Respond(200, body=BODY))) as second,
+        FaultServer(always(Respond(200, body=BODY, delay=slow_seconds))) as slow,
+    ):
+        settings = {**FAST_ENGINE, "read_timeout": 15.0, **engine}
+        async with engine_rig([*one_node(first), {"name": "node-2", "url": slow.url}], settings) as rig:
+            yield Moving(rig, first, second, slow, settings)
+
+
 async def test_a_node_moved_by_a_reload_mid_task_has_what_it_had_warmed_warmed_again_at_the_new_address() -> None:
     """A reload points node-1 at another server while its task still runs (a slow node-2 keeps it running):
     what node-1 had warmed is warmed again there (before, the task succeeded with the new server cold for every
     URL warmed at the old address: a QA tester's 891 of 3,000); node-2, not moved, is not sent anything twice."""
     urls = [f"http://www.example.test/moved/{i}" for i in range(10)]
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=5.0))) as slow,
-    ):
-        engine = {"read_timeout": 15.0}
-        nodes = [*one_node(first), {"name": "node-2", "url": slow.url}]
-        async with engine_rig(nodes, engine) as rig:
-            task_id = await rig.submit(urls)
-            done = await rig.items_when(
-                task_id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
-            )
-            assert len(first.requests) == 10, done
-            moved = [*one_node(second), {"name": "node-2", "url": slow.url}]
-            rig.engine.reconfigure(parse_config(base_config(moved, engine={**FAST_ENGINE, **engine})))
-            task, items = await rig.wait(task_id, 30)
+    async with moving_rig(5.0) as m:
+        task_id = await m.rig.submit(urls)
+        done = await m.rig.items_when(task_id, node_1_done(10))
+        assert len(m.first.requests) == 10, done
+        m.move()
+        task, items = await m.rig.wait(task_id, 30)
     assert task.status is TaskStatus.SUCCEEDED, items
-    assert sorted(r.path for r in second.requests) == sorted(u.removeprefix("http://www.example.test") for u in urls)
-    assert (len(first.requests), len(slow.requests)) == (10, 10)
+    assert sorted(r.path for r in m.second.requests) == sorted(u.removeprefix("http://www.example.test") for u in urls)
+    assert (len(m.first.requests), len(m.slow.requests)) == (10, 10)
     assert all(i.attempts == 2 for i in items if i.node == "node-1"), items
 
 
@@ -587,30 +618,15 @@ async def test_a_node_moved_then_removed_keeps_what_it_warmed_at_the_new_address
     succeeded (the warms again of the move once ran 2 s after it, on a node removed meanwhile: its succeeded
     items made pending failed "not configured", a re-tester's 54 of 120; now they are done at once)."""
     urls = [f"http://www.example.test/gone/{i}" for i in range(10)]
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=5.0))) as slow,
-    ):
-        engine = {**FAST_ENGINE, "read_timeout": 15.0}
-        others = [{"name": "node-2", "url": slow.url}]
-        async with engine_rig([*one_node(first), *others], engine) as rig:
-            task_id = await rig.submit(urls)
-            await rig.items_when(
-                task_id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
-            )
-            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
-            await rig.items_when(
-                task_id,
-                lambda items: (
-                    sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
-                    and len(second.requests) == 10
-                ),
-            )
-            rig.engine.reconfigure(parse_config(base_config(others, engine=engine)))
-            task, items = await rig.wait(task_id, 30)
+    async with moving_rig(5.0) as m:
+        task_id = await m.rig.submit(urls)
+        await m.rig.items_when(task_id, node_1_done(10))
+        m.move()
+        await m.rig.items_when(task_id, lambda items: node_1_done(10)(items) and len(m.second.requests) == 10)
+        m.remove()
+        task, items = await m.rig.wait(task_id, 30)
     assert [i.state for i in items if i.node == "node-1"] == [ItemState.SUCCEEDED] * 10, items
-    assert (task.succeeded, task.failed, len(second.requests)) == (20, 0, 10), task
+    assert (task.succeeded, task.failed, len(m.second.requests)) == (20, 0, 10), task
 
 
 async def test_a_node_moved_as_its_task_ends_has_its_warms_done_again_before_the_task_ends() -> None:
@@ -618,23 +634,23 @@ async def test_a_node_moved_as_its_task_ends_has_its_warms_done_again_before_the
     again at the new address before the task ends (the warms again waited 2 s after the move, the task had
     ended successful meanwhile, and the new address got nothing: a tester's 3 tries of 3)."""
     urls = [f"http://www.example.test/late/{i}" for i in range(10)]
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=1.0))) as slow,
-    ):
-        engine = {**FAST_ENGINE, "read_timeout": 15.0}
-        others = [{"name": "node-2", "url": slow.url}]
-        async with engine_rig([*one_node(first), *others], engine) as rig:
-            task_id = await rig.submit(urls)
-            await rig.items_when(
-                task_id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 10
-            )
-            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
-            task, items = await rig.wait(task_id, 30)
+    async with moving_rig(1.0) as m:
+        task_id = await m.rig.submit(urls)
+        await m.rig.items_when(task_id, node_1_done(10))
+        m.move()
+        task, items = await m.rig.wait(task_id, 30)
     assert task.status is TaskStatus.SUCCEEDED, items
-    assert (len(first.requests), len(second.requests), len(slow.requests)) == (10, 10, 10)
+    assert (len(m.first.requests), len(m.second.requests), len(m.slow.requests)) == (10, 10, 10)
     assert all(i.attempts == 2 for i in items if i.node == "node-1"), items
+
+
+async def sent_to(server: FaultServer, count: int) -> None:
+    """Once `server` has had `count` requests (10 s at most)."""
+    for _ in range(100):  # bounded: 10 s
+        if len(server.requests) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{len(server.requests)} requests of {count}")
 
 
 async def test_a_warm_under_way_when_its_node_is_moved_is_done_again_at_the_new_address_however_long_it_takes() -> None:
@@ -649,10 +665,7 @@ async def test_a_warm_under_way_when_its_node_is_moved_is_done_again_at_the_new_
         engine = {**FAST_ENGINE, "read_timeout": 15.0}
         async with engine_rig(one_node(first), engine) as rig:
             task_id = await rig.submit(urls)
-            for _ in range(100):  # bounded: 10 s
-                if len(first.requests) == 5:
-                    break
-                await asyncio.sleep(0.1)
+            await sent_to(first, 5)
             await asyncio.sleep(0.5)
             rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=engine)))
             task, items = await rig.wait(task_id, 30)
@@ -687,10 +700,7 @@ async def test_successes_the_store_has_not_taken_when_their_node_is_moved_are_do
 
             monkeypatch.setattr(rig.store, "record_outcomes", locked)
             task_id = await rig.submit(urls)
-            for _ in range(100):  # bounded: 10 s
-                if len(first.requests) == 5:
-                    break
-                await asyncio.sleep(0.1)
+            await sent_to(first, 5)
             await asyncio.sleep(0.3)  # the batch tried and refused
             rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=FAST_ENGINE)))
             await asyncio.sleep(0.3)
@@ -705,25 +715,16 @@ async def test_warms_made_at_the_new_address_after_a_move_are_not_done_again() -
     """A task submitted just after node-1 was moved warms it at the new address once: the move's warms again
     took what ended within 2 s after it too, so these were made pending again, then "shared" from themselves
     (a tester's 856 warms announced done again, none sent, each noted as another item's)."""
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=3.0))) as slow,
-    ):
-        engine = {**FAST_ENGINE, "read_timeout": 15.0}
-        others = [{"name": "node-2", "url": slow.url}]
-        async with engine_rig([*one_node(first), *others], engine) as rig:
-            before = await rig.submit([f"http://www.example.test/before/{i}" for i in range(5)])
-            await rig.items_when(
-                before, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 5
-            )
-            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
-            after = await rig.submit([f"http://www.example.test/after/{i}" for i in range(5)])
-            task, items = await rig.wait(after, 30)
-            await rig.wait(before, 30)
+    async with moving_rig(3.0) as m:
+        before = await m.rig.submit([f"http://www.example.test/before/{i}" for i in range(5)])
+        await m.rig.items_when(before, node_1_done(5))
+        m.move()
+        after = await m.rig.submit([f"http://www.example.test/after/{i}" for i in range(5)])
+        task, items = await m.rig.wait(after, 30)
+        await m.rig.wait(before, 30)
     assert task.status is TaskStatus.SUCCEEDED, items
     assert [(i.attempts, i.error) for i in items if i.node == "node-1"] == [(1, None)] * 5, items
-    assert sorted(r.path for r in second.requests) == sorted(
+    assert sorted(r.path for r in m.second.requests) == sorted(
         [f"/before/{i}" for i in range(5)] + [f"/after/{i}" for i in range(5)]
     )
 
@@ -735,31 +736,18 @@ async def test_a_moved_nodes_warms_done_again_wait_for_the_purges_of_their_urls_
     the prefetch reported warmed: a re-tester's 36 of 2,000, a refresh and a later prefetch by two users; here
     the prefetch is the older task, so that its warms are claimed first every time)."""
     urls = [f"http://www.example.test/order/{i}" for i in range(20)]
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=3.0))) as slow,
-    ):
-        engine = {**FAST_ENGINE, "read_timeout": 15.0, "dedupe_seconds": 0.0}
-        others = [{"name": "node-2", "url": slow.url}]
-        async with engine_rig([*one_node(first), *others], engine) as rig:
-            prefetch = await rig.submit(urls)
-            await rig.items_when(
-                prefetch, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 20
-            )
-            refresh = await rig.service.submit_refresh(rig.user, urls, "file")
-            rig.engine.wake()
-            for task_id in (refresh.id, prefetch):
-                await rig.items_when(
-                    task_id,
-                    lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 20,
-                )
-            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
-            for task_id in (refresh.id, prefetch):
-                ended, items = await rig.wait(task_id, 30)
-                assert ended.status is TaskStatus.SUCCEEDED, items
+    async with moving_rig(3.0, dedupe_seconds=0.0) as m:
+        prefetch = await m.rig.submit(urls)
+        await m.rig.items_when(prefetch, node_1_done(20))
+        refresh = await m.rig.service.submit_refresh(m.rig.user, urls, "file")
+        m.rig.engine.wake()
+        await m.rig.items_when(refresh.id, node_1_done(20))
+        m.move()
+        for task_id in (refresh.id, prefetch):
+            ended, items = await m.rig.wait(task_id, 30)
+            assert ended.status is TaskStatus.SUCCEEDED, items
     order: dict[str, list[str]] = {}
-    for request in second.requests:
+    for request in m.second.requests:
         order.setdefault(request.path, []).append(request.method)
     assert order == {u.removeprefix("http://www.example.test"): ["PURGE", "GET"] for u in urls}, order
 
@@ -769,24 +757,16 @@ async def test_a_refresh_whose_node_is_moved_purges_again_at_the_new_address() -
     purges are made again at the new address (only warms were: the new cache kept its old copies, a tester's
     83 of 150 still HIT, the refresh reported succeeded)."""
     urls = [f"http://www.example.test/purged/{i}" for i in range(5)]
-    with (
-        FaultServer(always(Respond(200, body=BODY))) as first,
-        FaultServer(always(Respond(200, body=BODY))) as second,
-        FaultServer(always(Respond(200, body=BODY, delay=2.0))) as slow,
-    ):
-        engine = {**FAST_ENGINE, "read_timeout": 15.0}
-        others = [{"name": "node-2", "url": slow.url}]
-        async with engine_rig([*one_node(first), *others], engine) as rig:
-            task = await rig.service.submit_refresh(rig.user, urls, "file")
-            rig.engine.wake()
-            await rig.items_when(
-                task.id, lambda items: sum(i.node == "node-1" and i.state is ItemState.SUCCEEDED for i in items) == 5
-            )
-            rig.engine.reconfigure(parse_config(base_config([*one_node(second), *others], engine=engine)))
-            ended, items = await rig.wait(task.id, 30)
+    async with moving_rig(2.0) as m:
+        task = await m.rig.service.submit_refresh(m.rig.user, urls, "file")
+        m.rig.engine.wake()
+        await m.rig.items_when(task.id, node_1_done(5))
+        m.move()
+        ended, items = await m.rig.wait(task.id, 30)
     assert ended.status is TaskStatus.SUCCEEDED, items
-    assert [r.method for r in first.requests] == [r.method for r in second.requests] == ["PURGE"] * 5
-    assert sorted(r.path for r in second.requests) == sorted(u.removeprefix("http://www.example.test") for u in urls)
+    assert [r.method for r in m.first.requests] == [r.method for r in m.second.requests] == ["PURGE"] * 5
+    paths = sorted(u.removeprefix("http://www.example.test") for u in urls)
+    assert sorted(r.path for r in m.second.requests) == paths
 
 
 async def test_max_attempts_lowered_by_a_reload_gives_a_waiting_retry_its_last_attempt() -> None:
@@ -1044,6 +1024,15 @@ async def test_a_dead_workers_items_are_counted_by_the_attempts_begun_not_by_its
     assert len(server.requests) == 9 and ended.status is TaskStatus.FAILED
 
 
+async def left_by_a_dead_worker(service: Service, urls: list[str]) -> tuple[User, Task]:
+    """USER's task of `urls`, its items claimed by a worker "dead" whose leases end 0.3 s from now."""
+    user = service.config.user(USER)
+    assert user is not None
+    task = await service.submit_prefetch(user, urls)
+    assert len(await service.store.claim_due_items("dead", 100, time.time(), 0.3)) == len(urls)
+    return user, task
+
+
 async def test_attempts_of_items_taken_over_that_the_store_cannot_record_are_logged_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1053,10 +1042,7 @@ async def test_attempts_of_items_taken_over_that_the_store_cannot_record_are_log
         config = parse_config(base_config(one_node(server), engine=FAST_ENGINE))
         async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
             service = Service(config, store)
-            user = config.user(USER)
-            assert user is not None
-            task = await service.submit_prefetch(user, [f"http://www.example.test/full/{i}" for i in range(30)])
-            assert len(await store.claim_due_items("dead", 100, time.time(), 0.3)) == 30
+            _user, task = await left_by_a_dead_worker(service, [f"http://www.example.test/full/{i}" for i in range(30)])
             await asyncio.sleep(0.4)  # the dead worker's leases end: the items are taken over
 
             async def full(worker: str, item_id: int, attempt: int) -> bool:
@@ -1142,10 +1128,7 @@ async def test_a_dead_workers_items_of_a_task_cancelled_meanwhile_are_not_sent()
         config = parse_config(base_config(one_node(server), engine=FAST_ENGINE))
         async with open_store("memory://") as store, Fetcher(config.engine, NodeHealth()) as fetcher:
             service = Service(config, store)
-            user = config.user(USER)
-            assert user is not None
-            task = await service.submit_prefetch(user, [f"http://www.example.test/gone/{i}" for i in range(5)])
-            assert len(await store.claim_due_items("dead", 100, time.time(), 0.3)) == 5
+            user, task = await left_by_a_dead_worker(service, [f"http://www.example.test/gone/{i}" for i in range(5)])
             await service.cancel(user, task.id)
             await asyncio.sleep(0.4)  # the dead worker's leases run out
             ended, items = await taken_over(config, store, service, fetcher, task.id)
