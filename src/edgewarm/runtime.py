@@ -465,7 +465,8 @@ async def _run_parts(
                     log_config=None,  # its records go to the root logger: one JSON object per line, as ours
                     # A head's size, a request's time and the connections open bounded.
                     http=bounded_protocol(
-                        config.api.request_timeout, api_connections_room(config.engine.concurrency if engine else 0)
+                        config.api.request_timeout,
+                        lambda: api_connections_room(live.config.engine.concurrency if engine else 0),
                     ),
                     # An idle connection kept as long as a silent one may wait (uvicorn's 5 s made pooled clients
                     # post on connections it had just closed).

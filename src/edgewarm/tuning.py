@@ -12,7 +12,6 @@ import resource
 # (a PostgreSQL pool's connections), webhook deliveries (100 at most), the fetch process's pipes, the runtime's own.
 FILES_OF_THE_PROCESS = 192
 API_CONNECTIONS_AT_LEAST = 64  # the API's room when the limit is tight (open_files_room cautions of it)
-FILES_BESIDE_REQUESTS = FILES_OF_THE_PROCESS + API_CONNECTIONS_AT_LEAST
 TIGHT_RESERVE = 16  # under a limit too low for concurrency: requests get half of it less this (requests_room)
 
 
@@ -36,44 +35,56 @@ def tune_runtime() -> None:
 
 
 def open_files_room(concurrency: int) -> str | None:
-    """Raise this process's soft limit of open files to its hard limit; a caution when even that is below what
-    `concurrency` requests at once need (each holds a socket), else None. Past the limit, connections fail with
-    "Too many open files" and so do the store's files."""
+    """Raise this process's soft limit of open files to its hard limit; a caution when even that has no room
+    for `concurrency` requests at once (each holds a socket) beside the API's connections and the process's
+    own files, saying what the process does then (requests_room, api_connections_room), else None."""
     soft = _raised_open_files()
-    needed = concurrency + FILES_BESIDE_REQUESTS
-    if soft == resource.RLIM_INFINITY or soft >= needed:
+    if not _tight(soft, concurrency):
         return None
     return (
         f"the open-files limit of this process ({soft}) is below what [engine] concurrency = {concurrency} needs "
-        f"(about {needed}): it sends {requests_room(concurrency)} requests at once at most, and takes "
-        f"{api_connections_room(concurrency)} API connections; raise it (ulimit -n, systemd's LimitNOFILE) or "
-        "lower concurrency"
+        f"(about {_needed(soft, concurrency)}): it sends {requests_room(concurrency)} requests at once at most, "
+        f"and takes {api_connections_room(concurrency)} API connections; raise it (ulimit -n, systemd's "
+        "LimitNOFILE) or lower concurrency"
     )
+
+
+def _needed(soft: int, concurrency: int) -> int:
+    """The open files `concurrency` requests, the API's connections (a quarter of the limit, 64 at least) and
+    the process's own files need."""
+    return concurrency + FILES_OF_THE_PROCESS + max(API_CONNECTIONS_AT_LEAST, soft // 4)
+
+
+def _tight(soft: int, concurrency: int) -> bool:
+    """Whether a limit of `soft` open files is too low for `concurrency` requests and the rest (_needed)."""
+    return soft != resource.RLIM_INFINITY and concurrency > 0 and soft < _needed(soft, concurrency)
 
 
 @functools.cache
 def requests_room(concurrency: int) -> int:
     """How many requests this process sends at once: `concurrency`, or fewer when its open-files limit (raised
-    to its hard limit first) has no room for them beside the API's connections and its own files: half of it,
-    less TIGHT_RESERVE. (Under a limit of 64-256 and the default 256, the requests' sockets took every file:
-    the API's connections were dropped unanswered, the store failed to open its file, and the warms crawled
-    and failed, a tester's.) Cached: the engine asks it for every item."""
+    to its hard limit first) is tight (_tight): half of it, less TIGHT_RESERVE. (Under a limit of 64-256 and
+    the default 256, the requests' sockets took every file: the API's connections were dropped unanswered, the
+    store failed to open its file, and the warms crawled and failed, a tester's.) Cached: the engine asks it
+    for every item."""
     soft = _raised_open_files()
-    if soft == resource.RLIM_INFINITY or soft >= concurrency + FILES_BESIDE_REQUESTS:
+    if not _tight(soft, concurrency):
         return concurrency
     return max(1, min(concurrency, soft // 2 - TIGHT_RESERVE))
 
 
+@functools.cache
 def api_connections_room(concurrency: int) -> int | None:
     """How many connections the API may hold open at once and leave the engine's `concurrency` requests (0: no
     engine in this process) and the process's own files their room, by this process's open-files limit (raised
-    to its hard limit first); None: no limit. Past it, a client's idle connections took every
+    to its hard limit first): what the rest leaves, a quarter of the limit when it is tight (and as much at
+    least: the room grows with the limit); None: no limit. Past it, a client's idle connections took every
     file: the engine's requests and the store failed with "Too many open files", and nothing was logged (a
-    security tester's 1,100 connections under a limit of 1,024)."""
+    security tester's 1,100 connections under a limit of 1,024). Cached: asked at each connection."""
     soft = _raised_open_files()
     if soft == resource.RLIM_INFINITY:
         return None
-    if soft < concurrency + FILES_BESIDE_REQUESTS and concurrency:  # tight: beside requests_room's half
+    if _tight(soft, concurrency):  # beside requests_room's half
         return max(8, soft // 4)
     return max(API_CONNECTIONS_AT_LEAST, soft - concurrency - FILES_OF_THE_PROCESS)
 

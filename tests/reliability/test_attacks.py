@@ -846,6 +846,51 @@ def test_an_open_files_limit_below_concurrency_leaves_the_api_and_the_store_thei
         assert "Too many open files" not in service.log.read_text()
 
 
+def _past_the_room(port: int, opened: int, room: int) -> list[bytes]:
+    """Open `opened` idle connections to `port` and read what those past the API's `room` are answered: each a
+    503, and about as many as past the room (the start's health checks have closed theirs)."""
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(opened):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        deadline = time.monotonic() + 10
+        answers: dict[int, bytes] = {}
+        while time.monotonic() < deadline and len(answers) < opened - room:
+            for number, sock in enumerate(idle):
+                if number in answers:
+                    continue
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    answers[number] = sock.recv(1024)
+            time.sleep(0.1)
+    finally:
+        for sock in idle:
+            sock.close()
+    refused = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers.values())
+    assert refused == len(answers) >= opened - room - 2, answers
+    return list(answers.values())
+
+
+@pytest.mark.integration
+def test_a_reload_that_raises_concurrency_past_the_open_files_room_narrows_the_apis(tmp_path: Path) -> None:
+    """Under a limit of 1,024 a reload raises `concurrency` from 64 to 1,000: the warning said the API takes 256
+    connections, and it took 576 still, the start's (a re-tester's 506 answered, then 190 reset, the store out of
+    files). The room is asked at each connection, by the running config's concurrency."""
+    with (
+        FaultServer(Respond(200, body=b"ok")) as node,
+        start_service(
+            tmp_path, node_toml("n", node.url), extra="[engine]\nconcurrency = 64\n", open_files=1024
+        ) as service,
+    ):
+        assert service.port is not None and service.proc is not None
+        config = tmp_path / "edgewarm.toml"
+        config.write_text(config.read_text().replace("concurrency = 64", "concurrency = 1000"))
+        service.proc.send_signal(signal.SIGHUP)
+        service.wait_for_log("it sends 496 requests at once at most, and takes 256 API connections", 10)
+        _past_the_room(service.port, 300, 256)
+        assert "over 256 connections open (503, closed)" in service.log.read_text()
+
+
 @pytest.mark.integration
 def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_path: Path) -> None:
     """Under an open-files limit of 600 with `[engine] concurrency = 64`, the API has room for 600 - 64 - 192 =
@@ -859,31 +904,13 @@ def test_connections_past_the_open_files_room_are_answered_503_and_logged(tmp_pa
         start_service(tmp_path, node_toml("n", node.url), extra=extra, open_files=600) as service,
     ):
         assert service.port is not None
-        idle: list[socket.socket] = []
-        try:
-            for _ in range(400):
-                idle.append(socket.create_connection(("127.0.0.1", service.port), timeout=5))
-            deadline = time.monotonic() + 10
-            answers: dict[int, bytes] = {}
-            while time.monotonic() < deadline and len(answers) < 400 - 344:
-                for number, sock in enumerate(idle):
-                    if number in answers:
-                        continue
-                    sock.setblocking(False)
-                    with contextlib.suppress(BlockingIOError):
-                        answers[number] = sock.recv(1024)
-                time.sleep(0.1)
-            refused = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers.values())
-            assert refused == len(answers) >= 400 - 344 - 2, answers  # (the start's health checks have closed)
-            # JSON with a JD code, as edgewarm's other 503s (an empty one was taken by the CLI for a proxy's)
-            head, _, body = next(iter(answers.values())).partition(b"\r\n\r\n")
-            assert b"\r\nretry-after: 1\r\n" in head and orjson.loads(body) == {
-                "code": -1,
-                "error": "the server holds all the connections it has room for (344): try again in a moment",
-            }, answers
-        finally:
-            for sock in idle:
-                sock.close()
+        answers = _past_the_room(service.port, 400, 344)
+        # JSON with a JD code, as edgewarm's other 503s (an empty one was taken by the CLI for a proxy's)
+        head, _, body = answers[0].partition(b"\r\n\r\n")
+        assert b"\r\nretry-after: 1\r\n" in head and orjson.loads(body) == {
+            "code": -1,
+            "error": "the server holds all the connections it has room for (344): try again in a moment",
+        }, answers
         sig = real_signature(DEMO_USER, DEMO_SECRET)
         body = {"username": DEMO_USER, "signature": sig, "publish_urls": ["http://www.example.test/after-flood"]}
         answer = httpx.post(f"{service.url}/api/prefetch", json=body, timeout=10).json()

@@ -56,7 +56,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def _connection() -> tuple[Any, _Transport]:
     config = Config(app=_app, log_level="critical", lifespan="off")
-    protocol = bounded_protocol(5.0, None)(config=config, server_state=ServerState(), app_state={})
+    protocol = bounded_protocol(5.0, lambda: None)(config=config, server_state=ServerState(), app_state={})
     transport = _Transport()
     protocol.connection_made(transport)
     return protocol, transport

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -44,10 +45,13 @@ def _too_many(max_connections: int) -> bytes:
     return head.encode() + body
 
 
-def bounded_protocol(request_seconds: float, max_connections: int | None) -> type[BoundedHttpToolsProtocol]:
+def bounded_protocol(
+    request_seconds: float, max_connections: Callable[[], int | None]
+) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn, with `[api] request_timeout` and the connections this process has room
-    for (tuning.api_connections_room; None: no bound)."""
-    bounds = {"request_seconds": request_seconds, "max_connections": max_connections}
+    for, asked at each connection (tuning.api_connections_room by the running config's concurrency: a reload
+    changing it kept the start's room, past the files left, a re-tester's; None: no bound)."""
+    bounds = {"request_seconds": request_seconds, "max_connections": staticmethod(max_connections)}
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), bounds)
 
 
@@ -79,7 +83,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     (the transport's buffer full) for `request_seconds` close the connection: nothing else bounded them."""
 
     request_seconds = 60.0
-    max_connections: int | None = None
+    max_connections: Callable[[], int | None] = staticmethod(lambda: None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # counted in server_state.connections
@@ -95,10 +99,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
         self._cycles: list[RequestResponseCycle] = []  # the requests taken in and not answered whole
         self._stalled: asyncio.TimerHandle | None = None  # the answers' bytes unread by the client since
-        if self.max_connections is not None and len(self.server_state.connections) > self.max_connections:
-            UNREAD.refused(f"over {self.max_connections} connections open (503, closed)", _peer(self))
+        most = self.max_connections()
+        if most is not None and len(self.server_state.connections) > most:
+            UNREAD.refused(f"over {most} connections open (503, closed)", _peer(self))
             self._refusing = True  # nothing it sends is read
-            transport.write(_too_many(self.max_connections))
+            transport.write(_too_many(most))
             transport.close()
             return
         self._arm()
