@@ -50,13 +50,15 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         pass
     if scope["path"] == "/slow":
         await asyncio.sleep(0.05)
+    if scope["path"] == "/wait":  # a long poll
+        await asyncio.sleep(0.6)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def _connection() -> tuple[Any, _Transport]:
+async def _connection(request_seconds: float = 5.0) -> tuple[Any, _Transport]:
     config = Config(app=_app, log_level="critical", lifespan="off")
-    protocol = bounded_protocol(5.0, lambda: None)(config=config, server_state=ServerState(), app_state={})
+    protocol = bounded_protocol(request_seconds, lambda: None)(config=config, server_state=ServerState(), app_state={})
     transport = _Transport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -144,4 +146,18 @@ async def test_a_chunked_body_and_the_request_behind_it_are_read_whatever_the_re
         protocol.data_received(stream[:cut])
         protocol.data_received(stream[cut:])
         assert await _answered(transport, 2) == [b"200", b"200"], (cut, transport.written)
+        protocol.connection_lost(None)
+
+
+async def test_a_request_not_whole_in_time_behind_a_long_poll_is_refused_after_its_answer() -> None:
+    """A long poll, then the head of a request whose body does not come (a client waiting for 100 Continue, which
+    comes only once the request's turn does), or only part of a head: the 408 was the connection's first and only
+    answer, the long poll's lost (a re-tester's). The long poll is answered first, then the 408."""
+    for behind in (b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n", b"POST /x HTTP/1.1\r\nHo"):
+        protocol, transport = await _connection(request_seconds=0.2)
+        protocol.data_received(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.05)
+        protocol.data_received(behind)
+        assert await _answered(transport, 2) == [b"200", b"408"], transport.written
+        assert transport.closed
         protocol.connection_lost(None)

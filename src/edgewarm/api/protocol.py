@@ -94,7 +94,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_parts = 0  # bytes of the head's parts the parser gave (its URL, its fields)
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
         self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
-        self._refusal = _TOO_LARGE  # (or a request that did not parse: 400, send_400_response)
+        self._refusal = _TOO_LARGE  # (or a request that did not parse: 400, send_400_response; or 408, _too_slow)
+        self._dropped: RequestResponseCycle | None = None  # the request refused 408, taken in and never to run
         self._deadline: asyncio.TimerHandle | None = None
         self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
         self._cycles: list[RequestResponseCycle] = []  # the requests taken in and not answered whole
@@ -248,8 +249,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.flow.pause_reading()
 
     def _refuse_when_answered(self) -> None:
-        """The 431 (or 400), once every request taken in before the refused one is answered."""
-        if self.transport.is_closing() or self.pipeline or not (self.cycle is None or self.cycle.response_complete):
+        """The 431 (or 400, 408), once every request taken in before the refused one is answered."""
+        if self.transport.is_closing() or self.pipeline:
+            return
+        if any(not c.response_complete for c in self._cycles if c is not self._dropped):
             return
         self.transport.write(self._refusal)
         self.transport.close()
@@ -265,6 +268,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._deadline = None
         if self.transport.is_closing():
+            return
+        # The request not whole: the last one taken in, when its body is arriving; else one whose head is.
+        slow = self.cycle if self._state == _BODY else None
+        if slow is not None and self.pipeline and self.pipeline[0][0] is slow:
+            self.pipeline.popleft()  # queued behind one being answered: it never runs
+        if any(not c.response_complete for c in self._cycles if c is not slow):
+            # Requests before it are still being answered (a long poll): they are first, then the 408 (it was
+            # written at once, closing: a re-tester's long poll, answered 408 for the request behind it).
+            UNREAD.refused(f"not whole within {self.request_seconds:g} s (408, closed)", _peer(self))
+            self._refusal, self._refusing, self._dropped = _TOO_SLOW, True, slow
+            self.flow.pause_reading()
             return
         if self.cycle is None or self.cycle.response_complete:  # nothing being answered: 408 is ours to say
             self.transport.write(_TOO_SLOW)
