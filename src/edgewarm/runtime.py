@@ -347,6 +347,7 @@ async def _take_back(store: TaskStore, metrics: Metrics, store_url: str, stoppin
     a start ended at once on "sqlite: database is locked"), for TAKE_BACK_SECONDS; then StoreError. False when
     a stop came first."""
     deadline, delay = time.monotonic() + TAKE_BACK_SECONDS, 0.5
+    said: str | None = None  # the failure last logged: a line when it changes, not one each try (a tester's 15)
     while True:
         try:
             released = await store.release_all_leases(time.time())
@@ -361,11 +362,13 @@ async def _take_back(store: TaskStore, metrics: Metrics, store_url: str, stoppin
                     f"taking back the items left running by a previous process failed for {TAKE_BACK_SECONDS:g} s "
                     f"on {redacted(store_url)}: {exc}"
                 ) from exc
-            log.warning(
-                "taking back the items left running by a previous process failed, tried again for up to %g s: %s",
-                TAKE_BACK_SECONDS,
-                exc,
-            )
+            if str(exc) != said:
+                said = str(exc)
+                log.warning(
+                    "taking back the items left running by a previous process failed, tried again for up to %g s: %s",
+                    TAKE_BACK_SECONDS,
+                    exc,
+                )
             await first_of(delay, stopping)
             delay = min(delay * 2, 5.0)
             if stopping.is_set():
