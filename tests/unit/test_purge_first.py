@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgewarm.models import Claim, ItemAction
-from edgewarm.store.base import OpenPurge, blocking_purges, purge_keys
+from edgewarm.models import WARMED_AGAIN, Claim, ItemAction
+from edgewarm.store.base import OpenPurge, blocking_purges, hand_backs, purge_keys, waits_note
 
 HOST = "http://www.example.test"
 
@@ -69,3 +69,15 @@ def test_a_purge_holds_back_a_warm_of_its_object_with_the_escapes_in_another_cas
         ("edge-1", "www.example.test/q/%c3%a9"),  # a re-tester's upgrade: an open purge keyed as written
     ]
     assert purge_keys([warm(107, f"{HOST}/q/a.bin")]) == [("edge-1", "www.example.test/q/a.bin")]
+
+
+def test_a_warm_done_again_held_back_by_a_purge_keeps_saying_so() -> None:
+    """A warm done again (after a node's move, say) held back for an earlier task's purge was handed back with
+    the purge's note alone: its claim's `rewarm` is read from `warmed again:`, so its success was counted as
+    another item finished (a re-tester's 500 for 400 items). The note keeps it; a first warm's does not get it."""
+    purge = OpenPurge(9, "t-1", "n", "http://www.example.test/a", ItemAction.PURGE, "alice")
+    again = Claim(1, "t-2", purge.url, "n", ItemAction.WARM, 1, user="alice", rewarm=True)
+    first = Claim(2, "t-3", purge.url, "n", ItemAction.WARM, 0, user="alice")
+    notes = {item: note for item, note, _ in hand_backs([again, first], {1: purge, 2: purge})}
+    assert notes[1] == f"{WARMED_AGAIN} {waits_note(purge, 'alice')}"
+    assert notes[2] == waits_note(purge, "alice") and not notes[2].startswith(WARMED_AGAIN)

@@ -833,10 +833,12 @@ class Engine:
             finally:
                 lane.queue.finished(claim)
 
-    def _moved_outcome(self, claim: Claim) -> ItemOutcome:
+    def _moved_outcome(self, claim: Claim, *, counted: bool = False) -> ItemOutcome:
         """A success at the address a reload has moved `claim`'s node from: to be done again at once, at the
-        new one, its attempt not counted (it did not reach the node as it is now); a warm done again stays one."""
-        said = moved_note(claim.node) if claim.rewarm else sent_again(claim.node)
+        new one, its attempt not counted (it did not reach the node as it is now). `counted`: the success is in
+        the metrics as an item finished already (it ended before the move, unwritten): its next is a warm done
+        again (`warmed again:`), as is a warm done again's (a re-tester's items finished counted twice)."""
+        said = moved_note(claim.node) if claim.rewarm or counted else sent_again(claim.node)
         if claim.action is not ItemAction.WARM:
             self._purge_first(claim.node, (claim.url,))
         return ItemOutcome(claim.item_id, False, claim.attempts, error=said, retry_at=self._clock())
@@ -1136,7 +1138,7 @@ class Engine:
         for index, outcome in enumerate(batch):
             if outcome.item_id in redo and (claim := self._unwritten.get(outcome.item_id)) is not None:
                 redo.discard(outcome.item_id)
-                batch[index] = self._moved_outcome(claim)
+                batch[index] = self._moved_outcome(claim, counted=True)
 
     async def _flush(self, batch: list[ItemOutcome]) -> None:
         delay = 0.1

@@ -15,6 +15,7 @@ from typing import Protocol, Self, TypeVar
 
 from ..errors import LIST_SECONDS, ListTooLong, RequestRefused, SchemaVersionError
 from ..models import (
+    WARMED_AGAIN,
     Cancel,
     Claim,
     Item,
@@ -222,9 +223,15 @@ def _node_key(url: str) -> str | None:
 
 def hand_backs(claims: Sequence[Claim], blocked: dict[int, OpenPurge]) -> list[tuple[int, str, int]]:
     """The warms `blocked` holds back (blocking_purges) as the stores hand them back: (warm, its note, the purge it
-    waits for)."""
-    users = {claim.item_id: claim.user for claim in claims}
-    return [(item, waits_note(purge, users[item]), purge.item_id) for item, purge in blocked.items()]
+    waits for). A warm done again keeps saying so (its claim's `rewarm` is read from it: a re-tester's warms done
+    again after a move, held back, were counted as items finished twice)."""
+    by_id = {claim.item_id: claim for claim in claims}
+
+    def note(item: int, purge: OpenPurge) -> str:
+        said = waits_note(purge, by_id[item].user)
+        return f"{WARMED_AGAIN} {said}" if by_id[item].rewarm else said
+
+    return [(item, note(item, purge), purge.item_id) for item, purge in blocked.items()]
 
 
 @dataclass(frozen=True, slots=True)
