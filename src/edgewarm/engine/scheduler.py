@@ -64,8 +64,11 @@ PURGES_KEPT = 50_000  # purges whose next warm checks they took (_note_purge), a
 PURGES_KEPT_SECONDS = 300.0  # and for this long
 LOCKED_PAUSE_SECONDS = 1.0  # until a due item left unclaimed (its row locked by another session) is sought again
 DUE_TOGETHER_SECONDS = 0.1  # items put off that fall due this close together are claimed together (_until_next_look)
-PURGE_FIRST_SECONDS = 60.0  # a warm waits this long at most for its URL's purge done again first (_purge_first)
-PURGE_FIRST_PAUSE = 0.2  # and is put off this long at a time meanwhile
+# A warm waits this long at most for its URL's purge done again first (_purge_first; 60 s let slow purges, or
+# purges queued behind them, go after the warms they were to precede: a re-tester's 19 URLs of 50 cold), and is
+# put off this long at a time meanwhile (each time an outcome written and a claim).
+PURGE_FIRST_SECONDS = 300.0
+PURGE_FIRST_PAUSE = 1.0
 PURGE_FIRST_NOTE = "waits for the purge of this URL before it, done again at the node's new address"
 REWARM_SLACK_SECONDS = 2.0  # warms written this long after their node's hold began: done again (_rewarm_returned)
 
