@@ -644,6 +644,15 @@ async def test_a_node_moved_as_its_task_ends_has_its_warms_done_again_before_the
     assert all(i.attempts == 2 for i in items if i.node == "node-1"), items
 
 
+def finished_and(rig: Rig, outcome: str) -> tuple[float | None, float | None]:
+    """The items finished succeeded, and node-1's warms of `outcome`, as the metrics count them."""
+    sample = rig.engine.metrics.registry.get_sample_value
+    return (
+        sample("edgewarm_items_finished_total", {"state": "succeeded"}),
+        sample("edgewarm_fetches_total", {"node": "node-1", "action": "warm", "outcome": outcome}),
+    )
+
+
 async def sent_to(server: FaultServer, count: int) -> None:
     """Once `server` has had `count` requests (10 s at most)."""
     for _ in range(100):  # bounded: 10 s
@@ -669,9 +678,7 @@ async def test_a_warm_under_way_when_its_node_is_moved_is_done_again_at_the_new_
             await asyncio.sleep(0.5)
             rig.engine.reconfigure(parse_config(base_config(one_node(second), engine=engine)))
             task, items = await rig.wait(task_id, 30)
-            sample = rig.engine.metrics.registry.get_sample_value
-            finished = sample("edgewarm_items_finished_total", {"state": "succeeded"})
-            retried = sample("edgewarm_fetches_total", {"node": "node-1", "action": "warm", "outcome": "retried"})
+            finished, retried = finished_and(rig, "retried")
     assert task.status is TaskStatus.SUCCEEDED, items
     assert (len(first.requests), len(second.requests)) == (5, 5)
     assert [(i.attempts, i.error) for i in items] == [(1, None)] * 5, items
@@ -706,9 +713,7 @@ async def test_successes_the_store_has_not_taken_when_their_node_is_moved_are_do
             await asyncio.sleep(0.3)
             refusing[0] = False
             task, items = await rig.wait(task_id, 30)
-            sample = rig.engine.metrics.registry.get_sample_value
-            finished = sample("edgewarm_items_finished_total", {"state": "succeeded"})
-            again = sample("edgewarm_fetches_total", {"node": "node-1", "action": "warm", "outcome": "rewarmed"})
+            finished, again = finished_and(rig, "rewarmed")
     assert task.status is TaskStatus.SUCCEEDED, items
     assert (len(first.requests), len(second.requests)) == (5, 5)
     assert [(i.attempts, i.error) for i in items] == [(1, None)] * 5, items
