@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from edgewarm import tuning
+
+
+@pytest.fixture(autouse=True)
+def _rooms_computed_afresh() -> Iterator[None]:
+    """The rooms are cached: none of this test's limits is left for the tests after it."""
+    yield
+    tuning.requests_room.cache_clear()
+    tuning.api_connections_room.cache_clear()
 
 
 @pytest.mark.parametrize("concurrency", [64, 256, 1000])
@@ -25,5 +35,3 @@ def test_the_rooms_grow_with_the_open_files_limit_and_stay_within_it(
         if tuning.open_files_room(concurrency) is None:  # a caution whenever either room is cut
             assert requests == concurrency and api == soft - concurrency - tuning.FILES_OF_THE_PROCESS, soft
         before = (requests, api)
-    tuning.requests_room.cache_clear()
-    tuning.api_connections_room.cache_clear()
