@@ -366,6 +366,12 @@ class Client(_Calls):
     def close(self) -> None:
         self._http.close()
 
+    def after_an_interrupt(self) -> None:
+        """A new connection pool for the calls and the close() after an interrupt (Ctrl-C, SIGTERM), the old one
+        left unclosed: raised inside httpx, an interrupt may leave its pool's lock taken, and a call or close()
+        through it waited for ever (a CI run's `submit`, stopped by SIGTERM, hung 300 s)."""
+        self._http = httpx.Client(base_url=self.base_url, timeout=self._http.timeout)
+
     @contextlib.contextmanager
     def timeout_of(self, seconds: float) -> Iterator[None]:
         """Within it, each call waits `seconds` at most (not the client's `timeout`)."""

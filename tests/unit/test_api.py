@@ -2050,3 +2050,22 @@ async def test_a_credential_header_given_twice_is_refused(api: Api) -> None:
         assert answer.json() == {"code": 2, "error": f"{twice}: given more than once; give it once"}
     once = [("X-Edgewarm-Username", USER), ("X-Edgewarm-Signature", signature())]
     assert (await api.client.get(f"/v1/tasks/{taskid}", headers=once)).status_code == 200
+
+
+def test_a_client_whose_pool_an_interrupt_left_locked_is_closed_after_it() -> None:
+    """Ctrl-C or SIGTERM raised inside httpx may leave its connection pool's lock taken (a CI run's `submit`,
+    SIGTERM'd, then waited for ever to look up a task and close): after_an_interrupt gives the client a new pool,
+    so that its calls and close() go on."""
+    import threading
+
+    from edgewarm.client import Client
+
+    client = Client("http://127.0.0.1:9", USER, SECRET)
+    lock = client._http._transport._pool._optional_thread_lock._lock  # type: ignore[attr-defined]
+    lock.acquire()  # as an interrupt between its acquire and its `with` block leaves it
+    client.after_an_interrupt()
+    closed = threading.Thread(target=client.close, daemon=True)
+    closed.start()
+    closed.join(timeout=10)
+    assert not closed.is_alive()
+    lock.release()

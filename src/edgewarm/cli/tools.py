@@ -246,6 +246,7 @@ def send_in_calls(
             stop = Stop.CUT if _found_made(client, calls[len(taskids)], started, taskids) else Stop.UNDER_WAY
         raise click.ClickException(f"{fail(exc, call).message} ({_where(calls, len(taskids), stop)})") from None
     except (KeyboardInterrupt, Terminated) as stop:  # SIGTERM is Terminated while a command runs (main.py)
+        client.after_an_interrupt()
         # The call cut had most likely made its task (the calls are nearly all of a submit's time): looked for.
         if len(taskids) < len(calls):
             click.echo(
@@ -273,6 +274,7 @@ def _found_made(client: Client, chunk: list[Entry], started: float, taskids: lis
         with client.timeout_of(FIND_SECONDS):  # each call too: 30 s of a frozen server's made the look 34 s
             return _look_for_it(client, chunk, started, taskids, deadline)
     except (KeyboardInterrupt, Terminated):
+        client.after_an_interrupt()
         return False
 
 
@@ -338,6 +340,7 @@ def follow_to_the_end(
     except ClientError as exc:
         raise fail(exc) from None
     except (KeyboardInterrupt, Terminated) as stop:
+        client.after_an_interrupt()
         again = (
             f"`edgewarm watch {' '.join(taskids)}`"
             if len(taskids) <= 3
