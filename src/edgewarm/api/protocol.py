@@ -94,7 +94,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_parts = 0  # bytes of the head's parts the parser gave (its URL, its fields)
         self._oversize = False  # a head's parts went over MAX_HEAD_BYTES: nothing more is answered (431, closed)
         self._refusing = False  # a head over the bound came: 431 once the requests before it are answered
-        self._refusal = _TOO_LARGE  # (or a request that did not parse: 400, send_400_response; or 408, _too_slow)
+        self._refusal = _TOO_LARGE  # what _refuse_after_the_answers writes: 431, 400 or 408
         self._dropped: RequestResponseCycle | None = None  # the request refused 408, taken in and never to run
         self._deadline: asyncio.TimerHandle | None = None
         self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
@@ -201,7 +201,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _too_large(self) -> None:
         UNREAD.refused(f"head over {MAX_HEAD_BYTES} bytes (431)", _peer(self))
-        self._refusing = True
+        self._refuse_after_the_answers(_TOO_LARGE)
+
+    def _refuse_after_the_answers(self, refusal: bytes, dropped: RequestResponseCycle | None = None) -> None:
+        """Read nothing more; write `refusal` and close once the requests taken in before the refused one (not
+        `dropped`, the refused one itself if it was taken in) are answered: at once if none waits."""
+        self._refusal, self._refusing, self._dropped = refusal, True, dropped
         self._disarm()  # the answers before it take what they take (a long poll, say)
         self.flow.pause_reading()
         self._refuse_when_answered()
@@ -243,10 +248,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         self.logger.warning(msg)
-        self._refusal = _bad_request(msg)
-        self._refusing = True
-        self._disarm()  # the answers before it take what they take (a long poll, say)
-        self.flow.pause_reading()
+        self._refuse_after_the_answers(_bad_request(msg))
 
     def _refuse_when_answered(self) -> None:
         """The 431 (or 400, 408), once every request taken in before the refused one is answered."""
@@ -277,8 +279,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Requests before it are still being answered (a long poll): they are first, then the 408 (it was
             # written at once, closing: a re-tester's long poll, answered 408 for the request behind it).
             UNREAD.refused(f"not whole within {self.request_seconds:g} s (408, closed)", _peer(self))
-            self._refusal, self._refusing, self._dropped = _TOO_SLOW, True, slow
-            self.flow.pause_reading()
+            self._refuse_after_the_answers(_TOO_SLOW, slow)
             return
         if self.cycle is None or self.cycle.response_complete:  # nothing being answered: 408 is ours to say
             self.transport.write(_TOO_SLOW)
