@@ -24,7 +24,7 @@ from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import STORE_URL_FORMS, pool_size_of, redacted, sqlite_path
-from .urls import idna_form, password_masked, reads_as_ip
+from .urls import has_user_info, idna_form, password_masked, reads_as_ip
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -201,7 +201,7 @@ class Node(_Model):
             _ = parts.port
         except ValueError as exc:
             raise ValueError(f"{shown}: bad port") from exc
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        if parts.path not in ("", "/") or parts.query or parts.fragment or has_user_info(parts):
             raise ValueError(f"{shown}: give only scheme, host and port (no path, query or user)")
         return f"{parts.scheme}://{parts.netloc}"
 

@@ -162,6 +162,8 @@ def test_a_user_name_with_inner_spaces_or_any_script_is_taken(name: str) -> None
         "http://127.0.0.1:18081/cache",
         "http://127.0.0.1:18081/?x=1",
         "http://user@127.0.0.1:18081",
+        "http://:password@127.0.0.1:18081",
+        "http://@127.0.0.1:18081",
         "http://127.0.0.1:99999",
         "http://",
         "https://" + "a" * 64 + ".example.net",
@@ -182,6 +184,7 @@ def test_bad_node_url_is_named(url: str) -> None:
         ("http://admin:NODEPASSWORD@127.0.0.1:8081", "'http://admin:***@127.0.0.1:8081'"),
         ("http://127.0.0.1:8081/?token=NODEPASSWORD", "'http://127.0.0.1:8081/?***'"),
         ("ftp://admin:NODEPASSWORD@127.0.0.1", "'ftp://admin:***@127.0.0.1'"),
+        ("http://:NODEPASSWORD@127.0.0.1:8081", "'http://:***@127.0.0.1:8081'"),
     ],
 )
 def test_a_refused_node_url_is_shown_without_its_credential(url: str, shown: str) -> None:

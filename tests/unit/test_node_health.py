@@ -321,3 +321,26 @@ def test_a_late_answer_to_a_request_sent_before_the_hold_does_not_end_it() -> No
     fail(health, NODE, FAILURES_IN_A_ROW)
     health.observe(NODE, True, None)
     assert not health.is_down(NODE)
+
+
+def test_a_late_failure_of_a_request_sent_before_the_probe_is_not_the_probe_s() -> None:
+    """A request sent before the probe that fails while the probe is out (a connect timeout of 5 s outlasts the
+    first cooldown of 2 s) says nothing of the node now: the probe stays out, no second one goes, the cooldown
+    does not double; the failure finds the node held down (its item waits). The probe's own failure doubles it
+    (a reviewer: the late failure was taken for the probe's, and a second probe let through beside the first)."""
+    clock = Clock()
+    health = NodeHealth(clock, patience=LONG)
+    asked_before = health.now()
+    fail(health, NODE, FAILURES_IN_A_ROW)
+    clock.now += COOLDOWN
+    assert health.held_down(NODE) is None  # the probe
+    probe_asked = health.now()
+    clock.now += 1.0
+    hold = health.observe(NODE, False, "connect timeout", asked_before)
+    assert hold is not None and hold.probe_out
+    clock.now += PROBE_WAIT + COOLDOWN * 2
+    hold = health.held_down(NODE)
+    assert hold is not None and hold.probe_out  # no second probe while the first is out
+    health.observe(NODE, False, "connect timeout", probe_asked)
+    hold = health.held_down(NODE)
+    assert hold is not None and not hold.probe_out and hold.retry_in == COOLDOWN * 2

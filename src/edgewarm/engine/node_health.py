@@ -163,7 +163,7 @@ class NodeHealth:
         state.failures += 1
         state.last_error = error or "cannot connect"
         now = self._clock()
-        if state.probing:  # the probe failed: down again, for longer
+        if state.probing and (asked_at is None or asked_at >= state.probing):  # the probe failed: down again, longer
             state.probing = 0.0
             state.cooldown = min(state.cooldown * 2, COOLDOWN_MAX)
         elif state.down_until:
