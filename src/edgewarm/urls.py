@@ -67,7 +67,7 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
     if isinstance(value, str):
         pieces = value.split(",")
         if code is JdCode.ILLEGAL_URL and len(pieces) > 1:
-            _no_query_cut(pieces)
+            _no_comma_cut(pieces)
     elif isinstance(value, list):
         if not all(isinstance(v, str) for v in value):
             raise RequestRefused(code, f"every {entry} must be a string")
@@ -83,15 +83,18 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
 _JOINED = re.compile(r"[,;|\s，、；]\s*https?://", re.IGNORECASE)
 
 
-def _no_query_cut(pieces: list[str]) -> None:
-    """Refuse a list of URLs separated by commas where a comma cut a URL's query (`…?a=1,2`): its piece after the
-    comma is no URL (it was refused as "illegal URL '2'", the URL not named)."""
+def _no_comma_cut(pieces: list[str]) -> None:
+    """Refuse a list of URLs separated by commas where a comma cut a URL (`…?a=1,2`, `/w_100,h_200/x.jpg`): its
+    piece after the comma is no URL (it was refused as "illegal URL '2'" or "'h_200/x.jpg'", the URL not named).
+    A piece after a URL that is no URL may also be a URL written without its scheme: the message says both."""
     for before, piece in itertools.pairwise(pieces):
-        if "?" in before and piece.strip() and "://" not in piece:
+        if piece.strip() and "://" not in piece and ("?" in before or "://" in before):
+            where = "query" if "?" in before else "path"
             raise _illegal(
                 f"{before.strip()},{piece.rstrip()}",
-                "a comma in a URL's query, in a list separated by commas (the list is cut at every comma): give "
-                'the list as a JSON array (in a form field, its JSON text: ["http://…"])',
+                f"a comma in a URL's {where}, in a list separated by commas (the list is cut at every comma): give "
+                'the list as a JSON array (in a form field, its JSON text: ["http://…"])'
+                + ("" if where == "query" else "; or, if a URL begins after the comma, its scheme (http://)"),
             )
 
 

@@ -323,6 +323,19 @@ def test_a_comma_in_a_query_in_a_list_separated_by_commas_is_refused_naming_the_
     assert split_list('["http://a.test/d?a=1,2"]') == ["http://a.test/d?a=1,2"]
 
 
+@pytest.mark.parametrize("value", ["http://a.test/img/w_100,h_200/x.jpg", "http://a.test/x, b.test/y"])
+def test_a_comma_in_a_path_in_a_list_separated_by_commas_is_refused_naming_the_url(value: str) -> None:
+    """As a query's: "illegal URL 'h_200/x.jpg': the scheme must be http or https" named only the piece after
+    the comma (a tester's image-resizing path). The piece may also be a URL written without its scheme: the
+    message names both readings."""
+    with pytest.raises(RequestRefused) as refused:
+        split_list(value)
+    assert refused.value.code == JdCode.ILLEGAL_URL
+    assert refused.value.message.startswith(f"illegal URL {value!r}: a comma in a URL's path, in a list separated")
+    assert "give the list as a JSON array" in refused.value.message and "its scheme (http://)" in refused.value.message
+    assert split_list([value]) == [value]
+
+
 def test_a_comma_not_followed_by_a_scheme_stays_in_its_url() -> None:
     assert split_list(["http://a.test/1,2", "http://a.test/x?l=a,b"]) == ["http://a.test/1,2", "http://a.test/x?l=a,b"]
 
