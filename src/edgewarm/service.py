@@ -153,8 +153,8 @@ class Service:
     def check_urls(
         self, user: User, urls: list[str], *, too_many: JdCode, not_yours: JdCode, dirs: bool = False
     ) -> list[TargetUrl]:
-        """The JD checks on a URL list: count (`dirs`: directories, by `dirs_per_call`), duplicates, legality,
-        ownership."""
+        """The JD checks on a URL list, in this order: count (`dirs`: directories, by `dirs_per_call`), legality
+        (`dirs`: each ends with '/'), duplicates, ownership."""
         if not urls:
             raise RequestRefused(JdCode.LIST_EMPTY, "the URL list must not be empty")
         limits = user.limits(self.config.limits)
@@ -162,6 +162,8 @@ class Service:
         if len(urls) > limit:
             raise RequestRefused(too_many, f"{len(urls)} {what} in one call; the limit is {limit}")
         targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
+        if dirs:
+            targets = [target.as_dir() for target in targets]
         # Two spellings of one object (host case, an empty path) are one URL to a cache.
         duplicate = find_duplicate(targets)
         if duplicate is not None:
@@ -207,11 +209,6 @@ class Service:
         if not dirs:
             items = self._items(targets, (ItemAction.PURGE,))
             return await self._create(user, TaskKind.REFRESH, items, urls=len(targets), dirs=0, options=options)
-        for target in targets:
-            if not target.is_dir:
-                raise RequestRefused(
-                    JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {target.url}"
-                )
         items = self._items(targets, (ItemAction.PURGE_DIR,))
         return await self._create(user, TaskKind.REFRESH, items, urls=0, dirs=len(targets), options=options)
 

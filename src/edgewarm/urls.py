@@ -42,6 +42,12 @@ class TargetUrl:
     def is_dir(self) -> bool:
         return self.path_query.endswith("/") and "?" not in self.path_query
 
+    def as_dir(self) -> TargetUrl:
+        """This URL as a directory to refresh; RequestRefused(ILLEGAL_URL) unless it is one."""
+        if not self.is_dir:
+            raise RequestRefused(JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {self.url}")
+        return self
+
     @property
     def node_key(self) -> str:
         """What a node holds this URL's object under: its authority, path and query, whatever its scheme (a node

@@ -1052,6 +1052,22 @@ async def test_a_dir_refresh_is_counted_against_dirs_per_call_not_urls_per_call(
     assert files["msg"] == "4 URLs in one call; the limit is 3"
 
 
+async def test_a_directory_without_its_slash_is_refused_as_illegal_before_ownership(api: Api) -> None:
+    """A dir refresh's entry not ending with '/' is an illegal URL (17), found where a file refresh finds one:
+    before the domains are checked (a tester: a foreign domain before it answered 15, while a prefetch's illegal
+    URL after a foreign one answers 17)."""
+    body = {**creds(), "type": "dir"}
+    refused = await api.call(
+        "/api/refresh", {**body, "instances": ["http://www.other.test/x/", "http://www.example.test/x"]}
+    )
+    assert_code(refused, 17)
+    assert refused["msg"] == "a directory must end with '/' (and have no query): http://www.example.test/x"
+    refused = await api.call(
+        "/api/refresh", {**body, "instances": ["http://www.other.test/x/", "http://www.example.test/x/"]}
+    )
+    assert_code(refused, 15)
+
+
 async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_the_first_task(api: Api) -> None:
     """The same key with the same URLs returns the first task; with other URLs, or the same URLs refreshed
     first, the call is refused naming the first task (before, the first task came back and the other URLs were

@@ -103,11 +103,11 @@ def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
     for entry in entries:
         try:
             target = parse_url(entry.text, _ANY_LENGTH)
+            if directories:
+                target.as_dir()
         except RequestRefused as exc:
             bad.append(f"{entry}: {exc.message}")
             continue
-        if directories and not target.is_dir:
-            bad.append(f"{entry}: a directory must end with '/' (and have no query): {entry.text}")
         seen.setdefault(target.cache_key, entry)
     if bad:
         raise click.ClickException(f"{len(bad)} of the entries cannot be sent, nothing was{first_few(bad)}")
