@@ -69,7 +69,9 @@ def split_list(value: Any, entry: str = "URL", code: JdCode = JdCode.ILLEGAL_URL
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise RequestRefused(code, f"the {entry} list starts with '[' but is no JSON array") from None
+            quoted = "'" in value and '"' not in value  # Python's str(list): urlencode without doseq=True
+            hint = ': JSON quotes strings with " (a Python list given as its text?)' if quoted else ""
+            raise RequestRefused(code, f"the {entry} list starts with '[' but is no JSON array{hint}") from None
     if isinstance(value, str):
         pieces = value.split(",")
         if code is JdCode.ILLEGAL_URL and len(pieces) > 1:

@@ -336,6 +336,20 @@ def test_a_comma_in_a_path_in_a_list_separated_by_commas_is_refused_naming_the_u
     assert split_list([value]) == [value]
 
 
+def test_a_python_list_given_as_its_text_is_refused_saying_so() -> None:
+    """`urlencode({"publish_urls": [...]})` without doseq=True sends `['http://…']`: the refusal says JSON quotes
+    with double quotes (a tester: it said only that it was no JSON array)."""
+    with pytest.raises(RequestRefused) as refused:
+        split_list("['http://a.test/1', 'http://a.test/2']")
+    assert refused.value.message == (
+        "the URL list starts with '[' but is no JSON array: "
+        'JSON quotes strings with " (a Python list given as its text?)'
+    )
+    with pytest.raises(RequestRefused) as refused:
+        split_list('["http://a.test/1",')
+    assert refused.value.message == "the URL list starts with '[' but is no JSON array"
+
+
 def test_a_comma_not_followed_by_a_scheme_stays_in_its_url() -> None:
     assert split_list(["http://a.test/1,2", "http://a.test/x?l=a,b"]) == ["http://a.test/1,2", "http://a.test/x?l=a,b"]
 
