@@ -628,6 +628,16 @@ async def test_the_caller_is_checked_before_the_values_of_the_fields(api: Api, p
     assert (await api.call(path, {**fields, **creds()}))["status"] in (2, 16, 17)
 
 
+@pytest.mark.parametrize("taskid", [123, ["x"], {"id": "x"}])
+async def test_a_query_checks_the_credentials_before_the_task_id_s_type(api: Api, taskid: Any) -> None:
+    """As the submissions do: a caller without a username, or with a wrong signature, is told so, not that the
+    task id is no string (a reviewer's: code 11 before code 3 or 7)."""
+    assert_code(await api.call("/api/prefetchQuery", {"taskid": taskid}), 3)
+    assert_code(await api.call("/api/refreshQuery", {"username": USER, "signature": "0" * 32, "taskid": taskid}), 7)
+    assert_code(await api.call("/api/prefetchQuery", {**creds(), "taskid": taskid}), 11)
+    assert_code(await api.call("/api/prefetchQuery", {**creds(), "taskid": " "}), 11)
+
+
 async def test_parameters_in_the_query_string_or_a_form_labelled_json_are_told_where_they_go(api: Api) -> None:
     """Before: "parameters must not be empty" to a POST whose parameters were in its URL's query string (as
     HTTP helpers' "params" put them), and a bare parse error to a form labelled application/json."""
@@ -639,6 +649,14 @@ async def test_parameters_in_the_query_string_or_a_form_labelled_json_are_told_w
         "or a form)",
     }
     assert (await api.raw("/api/prefetchQuery", b"", None))["msg"] == "parameters must not be empty"
+    response = await api.client.post(f"/api/prefetch?{urlencode({'username': USER})}", json={"signature": "x"})
+    assert response.json() == {
+        "status": 3,
+        "msg": "username must not be empty (the URL's query string is not read: send them in the body, as JSON or "
+        "a form)",
+    }  # some in the query, the rest in the body: said too (a tester's: a bare "username must not be empty")
+    response = await api.client.post("/api/prefetch", json={"signature": "x"})
+    assert response.json() == {"status": 3, "msg": "username must not be empty"}
     answer = await api.raw("/api/prefetchQuery", query.encode(), "application/json")
     assert answer["status"] == 2 and answer["msg"].startswith("the body is not valid JSON: "), answer
     assert answer["msg"].endswith(" (it looks like a form: label it application/x-www-form-urlencoded)"), answer

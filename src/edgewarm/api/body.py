@@ -46,13 +46,17 @@ _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dr
 _FORMLIKE = re.compile(rb"[A-Za-z_][A-Za-z0-9_%\[\]]*=[^{}]*\Z")  # name=value&…, sent labelled JSON
 
 
-def _no_params(request: Request) -> RequestRefused:
-    """The refusal of a call whose body holds no parameters; one that gave them in the URL's query string (as
-    some HTTP helpers do with "params") is told where they go."""
-    where = (
+def where_params_go(request: Request) -> str:
+    """What a refusal of missing parameters adds for a call that gave some in the URL's query string (as some
+    HTTP helpers do with "params"): where they go."""
+    return (
         " (the URL's query string is not read: send them in the body, as JSON or a form)" if request.url.query else ""
     )
-    return RequestRefused(JdCode.PARAMS_EMPTY, f"parameters must not be empty{where}")
+
+
+def _no_params(request: Request) -> RequestRefused:
+    """The refusal of a call whose body holds no parameters."""
+    return RequestRefused(JdCode.PARAMS_EMPTY, f"parameters must not be empty{where_params_go(request)}")
 
 
 def caller_address(request: Request) -> str | None:

@@ -12,7 +12,7 @@ from ..errors import JdCode, RequestRefused
 from ..models import TaskKind
 from ..service import Credentials, Service, SubmitOptions
 from ..urls import split_list
-from .body import Repeated, caller_address, read_params, repeated, text_field
+from .body import Repeated, caller_address, read_params, repeated, text_field, where_params_go
 from .responses import answered, jd_error, jd_ok
 from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
@@ -29,6 +29,19 @@ def require(credentials: Credentials, present: bool, code: JdCode, message: str)
     """JD reports a missing list or task id only once username and signature are there."""
     if credentials.username and credentials.signature and not present:
         raise RequestRefused(code, message)
+
+
+_MISSING = frozenset(
+    {JdCode.USERNAME_EMPTY, JdCode.SIGNATURE_EMPTY, JdCode.TYPE_EMPTY, JdCode.LIST_EMPTY, JdCode.TASKID_EMPTY}
+)
+
+
+def refused(exc: Exception, request: Request, *, writes: bool = False) -> Response:
+    """`jd_error`, a missing field's refusal told where the parameters go when some came in the URL's query
+    string (a tester's `?username=…` beside a body holding the rest had a bare "username must not be empty")."""
+    if isinstance(exc, RequestRefused) and exc.code in _MISSING:
+        exc = RequestRefused(exc.code, exc.message + where_params_go(request))
+    return jd_error(exc, writes=writes)
 
 
 def flag(params: dict[str, Any], name: str) -> bool:
@@ -111,7 +124,7 @@ def legacy_router(service: Service) -> APIRouter:
                 )
             return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
-            return jd_error(exc, writes=True)
+            return refused(exc, request, writes=True)
 
     @router.post(
         "/api/refresh",
@@ -142,7 +155,7 @@ def legacy_router(service: Service) -> APIRouter:
                 task = await service.submit_refresh(user, split_list(raw), kind, options=options)
             return jd_ok(taskid=task.id, writes=True)
         except Exception as exc:
-            return jd_error(exc, writes=True)
+            return refused(exc, request, writes=True)
 
     @router.post(
         "/api/refreshQuery",
@@ -168,13 +181,16 @@ def legacy_router(service: Service) -> APIRouter:
         try:
             params = await read_params(request)
             credentials = credentials_of(params, request)
+            given = params.get("taskid")
+            require(credentials, given not in (None, ""), JdCode.TASKID_EMPTY, "taskid must not be empty")
+            user = service.authenticate(credentials)  # the credentials before the task id's type (a reviewer's)
             raw_id = text_field(params, "taskid", JdCode.TASKID_EMPTY)
-            require(credentials, bool(raw_id), JdCode.TASKID_EMPTY, "taskid must not be empty")
-            user = service.authenticate(credentials)
+            if not raw_id:
+                raise RequestRefused(JdCode.TASKID_EMPTY, "taskid must not be empty")
             task = await service.get_task(user, raw_id, kind)
             data = {"taskid": task.id, "status": int(task.status), "msg": service.status_text(task.status)}
             return answered({"status": 0, "data": data})
         except Exception as exc:
-            return jd_error(exc)
+            return refused(exc, request)
 
     return router
