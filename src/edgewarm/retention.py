@@ -22,8 +22,9 @@ BACKLOG_PAUSE = 1.0  # seconds between rounds while a round ends with tasks left
 USAGE_BATCH = 10_000  # quota counters (one user's day each, a few dozen bytes) a transaction
 
 
-async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> int:
-    """One round: delete up to MAX_BATCHES_A_ROUND batches of tasks that ended before the cutoff."""
+async def purge_old_tasks(store: TaskStore, settings: Retention, now: float) -> tuple[int, bool]:
+    """One round: delete up to MAX_BATCHES_A_ROUND batches of tasks that ended before the cutoff; how many, and
+    whether some may be left (the round ended at its last batch)."""
     cutoff = now - settings.days * 86_400
     return await _in_batches(lambda limit: store.delete_finished_before(cutoff, limit), settings.batch)
 
@@ -37,24 +38,25 @@ def first_day_kept(now: float, days: float, timezone: str) -> str:
     return f"{min(window, yesterday):%Y%m%d}"
 
 
-async def purge_old_usage(store: TaskStore, settings: Retention, now: float, timezone: str) -> int:
+async def purge_old_usage(store: TaskStore, settings: Retention, now: float, timezone: str) -> tuple[int, bool]:
     """One round: delete up to MAX_BATCHES_A_ROUND batches of the daily quota counters of the days before
-    `first_day_kept` (days that can no longer be charged)."""
+    `first_day_kept` (days that can no longer be charged); how many, and whether some may be left."""
     day = first_day_kept(now, settings.days, timezone)
     return await _in_batches(lambda limit: store.delete_usage_before(day, limit), USAGE_BATCH)
 
 
-async def _in_batches(delete: Callable[[int], Awaitable[int]], batch: int) -> int:
+async def _in_batches(delete: Callable[[int], Awaitable[int]], batch: int) -> tuple[int, bool]:
     """`delete(batch)` until it removes none (a batch of tasks is bounded by their items too: fewer than `batch`
-    is not the end), MAX_BATCHES_A_ROUND times at most; the total."""
+    is not the end), MAX_BATCHES_A_ROUND times at most; the total, and whether the last removed some (more may be
+    left: told by that, not by the total, which batches bounded by their items keep under `batch` a batch)."""
     removed = 0
     for _ in range(MAX_BATCHES_A_ROUND):
         deleted = await delete(batch)
         removed += deleted
         if not deleted:
-            break
+            return removed, False
         await asyncio.sleep(0)  # one transaction per batch: let others in between
-    return removed
+    return removed, True
 
 
 async def run_retention(
@@ -66,9 +68,11 @@ async def run_retention(
     timezone: Callable[[], str] = lambda: auth.DEFAULT_TIMEZONE,
 ) -> None:
     """Every `interval_seconds` until `stopping` is set; at once when `reloaded` is set (new settings); after
-    BACKLOG_PAUSE while a round left tasks or quota counters to remove (a round removes at most
+    BACKLOG_PAUSE while a round may have left tasks or quota counters to remove (a round removes at most
     MAX_BATCHES_A_ROUND batches: a service that ends more tasks than that in an interval never caught up, and
-    its store grew without bound). `timezone`: the quotas' (`[api] timezone`), whose days the counters are."""
+    its store grew without bound; and a reviewer's: tasks of over RETENTION_ITEMS / batch items each, 250 by
+    default, made batches under `batch`, taken for the end: 10,000 tasks of 500 items an hour at most).
+    `timezone`: the quotas' (`[api] timezone`), whose days the counters are."""
     reloaded = reloaded or asyncio.Event()
     while not stopping.is_set():
         reloaded.clear()
@@ -76,15 +80,15 @@ async def run_retention(
         left = False
         try:
             now = clock()
-            removed = await purge_old_tasks(store, current, now)
+            removed, tasks_left = await purge_old_tasks(store, current, now)
             if removed:
                 log.info("retention: removed %s older than %s days", counted(removed, "finished task"), current.days)
-            counters = await purge_old_usage(store, current, now, timezone())
+            counters, counters_left = await purge_old_usage(store, current, now, timezone())
             if counters:
                 log.info(
                     "retention: removed %d daily quota counters of days older than %s days", counters, current.days
                 )
-            left = removed >= MAX_BATCHES_A_ROUND * current.batch or counters >= MAX_BATCHES_A_ROUND * USAGE_BATCH
+            left = tasks_left or counters_left
         except StoreError as exc:
             log.error("retention round failed: %s", exc)
         await first_of(BACKLOG_PAUSE if left else current.interval_seconds, stopping, reloaded)

@@ -12,6 +12,7 @@ from edgewarm.config import Retention
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.retention import first_day_kept, purge_old_tasks, run_retention
 from edgewarm.store import TaskStore, open_store
+from edgewarm.store import sqlite as store_sqlite
 
 DAY = 86_400.0
 
@@ -51,7 +52,8 @@ def test_a_round_removes_old_finished_tasks_in_batches_and_keeps_the_rest() -> N
             for task_id in ids[:5]:
                 await store.record_outcomes("w", [ItemOutcome(by_id[task_id], True, 1)], now - 8 * DAY)
             await store.record_outcomes("w", [ItemOutcome(by_id[ids[5]], True, 1)], now - 1 * DAY)
-            removed = await purge_old_tasks(store, Retention(days=7, batch=2), now)
+            removed, more = await purge_old_tasks(store, Retention(days=7, batch=2), now)
+            assert not more
             left = [await store.get_task(t) is not None for t in ids]
             return removed, left
 
@@ -126,6 +128,32 @@ def test_a_backlog_larger_than_a_round_is_removed_round_after_round_not_an_inter
             settings = Retention(days=7, batch=2, interval_seconds=3600)
             job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
             gone = [await removed_soon(store, c.task_id) for c in claims]  # 9 tasks: 3 rounds of 4 at most
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return gone
+
+    assert asyncio.run(go()) == [True] * 9
+
+
+def test_a_backlog_of_tasks_of_many_items_is_removed_round_after_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch stops at RETENTION_ITEMS items: tasks of many items make batches under `batch`, and a round's total
+    under MAX_BATCHES_A_ROUND * batch was taken for the end: the next round came interval_seconds later (a
+    reviewer's: 30,000 tasks of 500 items, 10,000 removed, the rest left for an hour)."""
+    monkeypatch.setattr(retention, "MAX_BATCHES_A_ROUND", 2)
+    monkeypatch.setattr(retention, "BACKLOG_PAUSE", 0.05)
+    monkeypatch.setattr(store_sqlite, "RETENTION_ITEMS", 1)  # (the PostgreSQL store's: tests/integration)
+
+    async def go() -> list[bool]:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            for n in range(9):
+                await store.create_task(task(n, now - 9 * DAY))
+            claims = await store.claim_due_items("w", 100, now, 60)
+            await store.record_outcomes("w", [ItemOutcome(c.item_id, True, 1) for c in claims], now - 8 * DAY)
+            stopping = asyncio.Event()
+            settings = Retention(days=7, batch=200, interval_seconds=3600)
+            job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
+            gone = [await removed_soon(store, c.task_id) for c in claims]  # 1 task a batch, 2 batches a round
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return gone
