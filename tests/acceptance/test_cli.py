@@ -294,6 +294,12 @@ def test_tasks_says_how_to_list_the_next_page_and_lists_it_after_its_cursor(
     (hint,) = [line for line in flagged.stderr.splitlines() if line.startswith("more: ")]
     assert hint.startswith(f"more: edgewarm tasks --url pageme-unique --client-config '{config}' --limit 2 "), hint
     assert DEMO_SECRET not in hint
+    # A proxy's password in the server's address is shown as *** there too (a reviewer's: it was printed).
+    proxied = service.url.replace("http://", "http://proxyuser:s3cretpass@")
+    flagged = run(["tasks", "--server", proxied, "--url", "pageme-unique", "--limit", "2"], env)
+    (hint,) = [line for line in flagged.stderr.splitlines() if line.startswith("more: ")]
+    masked = service.url.replace("http://", "http://proxyuser:***@")
+    assert hint.startswith(f"more: edgewarm tasks --url pageme-unique --server '{masked}' --limit 2 "), hint
 
 
 def test_tasks_says_a_task_was_cancelled(tmp_path: Path) -> None:

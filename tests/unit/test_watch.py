@@ -113,6 +113,26 @@ def test_failures_after_the_first_page_are_shown() -> None:
     assert line == "148555aa  edge-1  http://a.test/29999  404  1  HTTP 404 (not retried: the origin refused it)"
 
 
+class MarkupClient(PagedClient):
+    """Failed items whose URL and error hold what rich reads as its markup."""
+
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000, state: str | None = None) -> dict[str, Any]:
+        items = super().task(taskid, offset=offset, limit=limit, state=state)["items"]
+        urls = ["http://a.test/a[/]b", "http://a.test/[bold]x.js"]
+        return {"items": [{**i, "url": u, "error": f"[red]{u}"} for i, u in zip(items, urls, strict=False)]}
+
+
+def test_a_terminal_s_summary_shows_urls_and_errors_as_written() -> None:
+    """rich reads a table cell's str as markup: a failed URL with `[/]` ended the summary with a traceback, and
+    one with `[bold]` was shown without it, another URL (a reviewer's). The task table's cells too."""
+    view = {**VIEW, "status": 2, "msg": "Failed", "reason": "[/]", "total": 2, "counts": {"succeeded": 0, "failed": 2}}
+    out = Console(width=200, file=io.StringIO(), force_terminal=True, color_system=None)
+    assert summarize(MarkupClient(2, 0), {TASK: view}, out) == 1  # type: ignore[arg-type]
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "http://a.test/a[/]b" in text and "[red]http://a.test/[bold]x.js" in text, text
+    assert "2 Failed ([/])" in text, text
+
+
 def test_an_unknown_task_is_not_summed_up_as_all_succeeded() -> None:
     out = Console(width=200, file=io.StringIO())
     assert summarize(None, {TASK: VIEW}, out, unknown=["0" * 32]) == 1  # type: ignore[arg-type]

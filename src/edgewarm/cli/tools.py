@@ -28,11 +28,11 @@ from ..client import Client, ClientError
 from ..config import file_cautions
 from ..errors import JdCode
 from ..models import distinct_task_ids, normalize_task_id
-from ..urls import shortened
+from ..urls import password_masked, shortened
 from .entries import Entry, FileRefused, checked, first_few, owned, read_entries, span
 from .failures import list_failures
 from .main import STDOUT_CLOSED, Terminated, main, stdout_closed
-from .watch import GONE, PATIENCE, follow, output_console, status_text
+from .watch import GONE, PATIENCE, cells, follow, output_console, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -541,14 +541,16 @@ def tasks(
         table.add_column(name, overflow="fold")
     for t in found["tasks"]:
         table.add_row(
-            t["taskid"],
-            t["kind"],
-            status_text(t),
-            t["created_at"],
-            str(t["total"]),
-            str(t["succeeded"]),
-            str(t["failed"]),
-            "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
+            *cells(
+                t["taskid"],
+                t["kind"],
+                status_text(t),
+                t["created_at"],
+                str(t["total"]),
+                str(t["succeeded"]),
+                str(t["failed"]),
+                "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
+            )
         )
     output_console().print(table)
     if found.get("next"):  # an older server's answer has none
@@ -562,6 +564,8 @@ def tasks(
             ("--client-config", "client_config", client_config),
         )
         given |= {flag: value for flag, name, value in asked if source(name) is click.core.ParameterSource.COMMANDLINE}
+        if (address := given.get("--server")) is not None:  # its password shown (a reviewer's)
+            given["--server"] = password_masked(address)
         again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
         click.echo(f"more: edgewarm tasks{again} --limit {limit} --after {found['next']}", err=True)
 

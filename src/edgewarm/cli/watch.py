@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..client import Client, ClientError
 from ..models import distinct_task_ids
@@ -230,7 +231,7 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
             f"{view['duration_seconds']}s",
         )
         if table is not None:
-            table.add_row(*row)
+            table.add_row(*cells(*row))
         else:
             out.print(f"{row[0]}  {row[1]}  {row[2]}", markup=False, highlight=False)
             out.print(f"  {row[3]} items: {row[4]} succeeded, {row[5]} failed, {row[6]}", markup=False, highlight=False)
@@ -252,12 +253,14 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
             shown.add_column(name, overflow="fold")
         for taskid, item in failures:
             shown.add_row(
-                taskid[:8],
-                item["node"],
-                item["url"],
-                str(item["http_status"] or "-"),
-                str(item["attempts"]),
-                item["error"] or "",
+                *cells(
+                    taskid[:8],
+                    item["node"],
+                    item["url"],
+                    str(item["http_status"] or "-"),
+                    str(item["attempts"]),
+                    item["error"] or "",
+                )
             )
         out.print(shown)
     if failures:
@@ -269,6 +272,12 @@ def summarize(client: Client, views: dict[str, dict[str, Any]], out: Console, un
         return 1
     out.print("[green]all succeeded[/]" if ok else "[red]some items failed[/]")
     return 0 if ok else 1
+
+
+def cells(*texts: str) -> list[Text]:
+    """A table row's cells as written: rich reads a str cell as its markup (a URL with `[/]` in it ended the
+    summary with a traceback, and one with `[bold]` was shown without it: a reviewer's)."""
+    return [Text(text) for text in texts]
 
 
 def status_text(view: Mapping[str, Any]) -> str:
