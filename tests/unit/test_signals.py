@@ -6,7 +6,8 @@ import pytest
 from multidict import CIMultiDict
 
 from edgewarm.config import NodeKind
-from edgewarm.nodes import CacheState, asks_not_to_store, cache_state, fresh_for
+from edgewarm.nodes import NUMBER_MOST, CacheState, age_of, asks_not_to_store, cache_state, fresh_for, header_number
+from edgewarm.nodes.signals import DELTA_MOST
 
 
 def state(**headers: str) -> CacheState | None:
@@ -299,3 +300,22 @@ def test_fresh_for_reads_the_lifetime_an_answer_gives_its_copy(
 ) -> None:
     """How long the node's copy stays fresh, as the answer tells it (the engine shares a warm no longer)."""
     assert fresh_for(CIMultiDict(headers), cached, now=1_000_000.0) == expected
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "²", "\u0661\u0662"])
+def test_a_number_that_int_refuses_is_read_as_http_reads_it(number: str) -> None:
+    """`Age`, `X-Accel-Expires` and a `max-age` of 5,000 digits, or of digits str.isdigit takes and int does not
+    (`²`): an item failed as "internal error: ValueError" with a traceback a try (a reviewer's). Such a number of
+    ASCII digits is 2^31 (RFC 9111 1.2.2); other digits are no number."""
+    huge = number.isascii()
+    headers = CIMultiDict({"X-Cache-Status": "MISS", "Age": number, "Cache-Control": f"max-age={number}"})
+    assert age_of(headers) == (DELTA_MOST if huge else None)
+    assert asks_not_to_store(headers, now=0) == (
+        None if huge else f"Cache-Control: max-age={number[:40]} (not a number of seconds)"
+    )
+    assert fresh_for(headers, now=0) == (0.0 if huge else None)  # its age, 2^31, is its lifetime's
+    accel = CIMultiDict({"X-Accel-Expires": number})
+    assert fresh_for(accel, now=0) == (float(DELTA_MOST) if huge else None)
+    assert fresh_for(CIMultiDict({"X-Accel-Expires": "@" + number}), now=0) == (float(NUMBER_MOST) if huge else None)
+    assert asks_not_to_store(accel, now=0) is None
+    assert header_number("60") == 60 and header_number("3000000000") == DELTA_MOST and header_number("-1") is None

@@ -38,7 +38,7 @@ from yarl import URL
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RefusalDigest, RepeatedFailure, counted
-from ..nodes import CacheState, age_of, asks_not_to_store, cache_state, fresh_for, vary_of
+from ..nodes import NUMBER_MOST, CacheState, age_of, asks_not_to_store, cache_state, fresh_for, header_number, vary_of
 from ..tuning import out_of_open_files, requests_room
 from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
@@ -438,7 +438,7 @@ class Fetcher(GuardedClient):
                 told = _signals(headers, node)
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
                 length = None if "Transfer-Encoding" in headers else headers.get("Content-Length")
-                expected = int(length) if length is not None and length.isdigit() else None
+                expected = None if length is None else header_number(length, NUMBER_MOST)
                 received = 0
                 reader = response.body_reader
                 try:

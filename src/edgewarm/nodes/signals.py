@@ -143,10 +143,22 @@ def _from_x_varnish(value: str) -> CacheState:
     return CacheState.HIT if len(value.split()) >= 2 else CacheState.MISS
 
 
+DELTA_MOST = 2**31  # RFC 9111 1.2.2: delta-seconds beyond what a cache can count are read as this
+NUMBER_MOST = 2**62  # a time (`@` seconds since the epoch) or a length beyond any
+
+
+def header_number(text: str, most: int = DELTA_MOST) -> int | None:
+    """A header's number of ASCII digits, `most` when it is larger; None when it is none. (str.isdigit takes `²`
+    and the Arabic-Indic digits, which int refuses, as it refuses more than 4,300 digits: an item failed as an
+    internal error, a traceback a try: a reviewer's.)"""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return most if len(text) > len(str(most)) else min(int(text), most)
+
+
 def age_of(headers: Mapping[str, str]) -> int | None:
     """The answer's `Age` (seconds it spent in caches), the last field line's (the node we talked to), or None."""
-    age = (_field(headers, "Age") or "").split(",")[-1].strip()
-    return int(age) if age.isdigit() else None
+    return header_number((_field(headers, "Age") or "").split(",")[-1].strip())
 
 
 def vary_of(headers: Mapping[str, str]) -> str | None:
@@ -177,10 +189,10 @@ def asks_not_to_store(headers: Mapping[str, str], now: float | None = None) -> s
         return None  # the usual answer: none of the fields read below (a quick way out: 1 µs against 5)
     now = time.time() if now is None else now
     accel = (_field(headers, "X-Accel-Expires") or "").strip()
-    at = accel.removeprefix("@")
-    if accel == "0" or (accel.startswith("@") and at.isdigit() and int(at) <= now):
+    at = header_number(accel.removeprefix("@"), NUMBER_MOST)
+    if accel == "0" or (accel.startswith("@") and at is not None and at <= now):
         return f"X-Accel-Expires: {accel[:40]}"
-    if not at.isdigit() and (why := _lifetime_refused(headers, now)) is not None:
+    if at is None and (why := _lifetime_refused(headers, now)) is not None:
         return why
     if _present(headers, "Set-Cookie"):
         return "Set-Cookie"
@@ -206,9 +218,9 @@ def _lifetime_refused(headers: Mapping[str, str], now: float) -> str | None:
     which = "s-maxage" if "s-maxage" in lifetimes else "max-age"
     lifetime = lifetimes.get(which)
     if lifetime is not None:
-        if not lifetime.isdigit():
+        if (seconds := header_number(lifetime)) is None:
             return f"Cache-Control: {which}={lifetime[:40]} (not a number of seconds)"
-        if int(lifetime) == 0:
+        if seconds == 0:
             return f"Cache-Control: {which}=0"
     elif (expires := _field(headers, "Expires")) is not None:
         when = _http_date(expires)
@@ -236,21 +248,20 @@ def fresh_for(headers: Mapping[str, str], cached: bool = False, now: float | Non
         return None  # the usual answer of a static file: its cache's settings decide
     now = time.time() if now is None else now
     accel = (_field(headers, "X-Accel-Expires") or "").strip()
-    seconds: int | None = None  # a lifetime counted from the copy's storing
-    if accel.isdigit():
-        seconds = int(accel)
-    elif accel.startswith("@") and accel[1:].isdigit():
-        return max(0.0, int(accel[1:]) - now)
-    else:
+    seconds = header_number(accel)  # a lifetime counted from the copy's storing
+    if seconds is None and accel.startswith("@") and (at := header_number(accel[1:], NUMBER_MOST)) is not None:
+        return max(0.0, at - now)
+    if seconds is None:
         found: dict[str, list[str]] = {}
         for name, value in _cache_control(headers):
             if name in ("s-maxage", "max-age"):
                 found.setdefault(name, []).append(value.strip('"'))
         told = found.get("s-maxage", found.get("max-age"))
         if told is not None:  # told twice (two field lines: nginx takes the last, Squid the first): the shorter
-            if not all(t.isdigit() for t in told):
+            numbers = [n for t in told if (n := header_number(t)) is not None]
+            if len(numbers) < len(told):
                 return None
-            seconds = min(int(t) for t in told)
+            seconds = min(numbers)
         elif (expires := _field(headers, "Expires")) is not None and (when := _http_date(expires)) is not None:
             return max(0.0, when - now)
     if seconds is None:
