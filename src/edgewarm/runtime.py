@@ -209,6 +209,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             async with unopened as store:
                 return await _run_parts(
                     live,
+                    config,
                     store,
                     api=api,
                     engine=engine,
@@ -304,7 +305,9 @@ async def _ask_rested_nodes(live: _Live, stopping: asyncio.Event) -> None:
         fetcher, health = live.fetcher, live.health
         rested = [n for n in live.config.nodes if health.is_down(n) and health.resting(n) is None]
         if fetcher is not None and rested:
-            asking: asyncio.Future[Any] = asyncio.gather(*(fetcher.request("HEAD", n, _node_root(n)) for n in rested))
+            asking: asyncio.Future[Any] = asyncio.gather(  # (a fetcher replaced by a reload may refuse: no matter)
+                *(fetcher.request("HEAD", n, _node_root(n)) for n in rested), return_exceptions=True
+            )
             stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
             await asyncio.wait([asking, stop], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -382,6 +385,7 @@ async def _take_back(store: TaskStore, metrics: Metrics, store_url: str, stoppin
 
 async def _run_parts(
     live: _Live,
+    config: Config,
     store: TaskStore,
     *,
     api: bool,
@@ -391,8 +395,9 @@ async def _run_parts(
     listening: socket.socket | None,
     config_path: str | None,
 ) -> bool:
-    """The service's parts, from their start to their stop: whether the stop was clean (run's answer)."""
-    config = live.config
+    """The service's parts, from their start to their stop: whether the stop was clean (run's answer). `config`:
+    the file as read at start, whose start-only settings are used (not a reload's before this: a reviewer's), the
+    reloadable ones given to the parts once made (below)."""
     metrics = Metrics()
     metrics.fetch_process_pid = live.fetch_process_pid
     async with contextlib.AsyncExitStack() as stack:

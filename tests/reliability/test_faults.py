@@ -1730,3 +1730,41 @@ async def test_a_sighup_during_a_stop_is_ignored(
     messages = _messages(caplog)
     assert "SIGHUP ignored: the service is stopping" in messages, messages
     assert not [m for m in messages if "config reloaded" in m or "no longer configured" in m], messages
+
+
+async def test_a_sighup_held_from_before_the_start_keeps_the_start_s_start_only_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload asked while the process started (held until its handler is there) runs first: its file's
+    start-only settings (here `metrics_listen`) were put to use, while its line said the start's stayed (a
+    reviewer's). Now the start's are, as said; the reloadable ones (a node renamed) are the file's."""
+    from edgewarm.config import load_config
+    from edgewarm.runtime import run
+    from edgewarm.testing.service import write_config
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    first, second = free_port(), free_port()
+    nodes = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
+    path = write_config(
+        tmp_path / "edgewarm.toml",
+        store=f"sqlite:///{tmp_path}/e.db",
+        nodes_toml=nodes,
+        port=free_port(),
+        extra=f'metrics_listen = "127.0.0.1:{first}"',
+    )
+    config = load_config(str(path))
+    path.write_text(path.read_text().replace(str(first), str(second)).replace('"edge-1"', '"edge-2"'))
+    monkeypatch.setattr(edgewarm.runtime.hangups, "take", lambda: True)
+    service = asyncio.create_task(run(config, api=False, config_path=str(path)))
+    try:
+        await _until_logged(caplog, "edgewarm running", service, 20)
+        with socket.create_connection(("127.0.0.1", first), timeout=5):
+            pass  # the start's
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", second), timeout=5):
+            pass
+    finally:
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.wait_for(service, 20)
+    messages = _messages(caplog)
+    assert "SIGHUP: metrics_listen change only on restart (the values at start stay in use)" in messages, messages
+    assert [m for m in messages if "SIGHUP: config reloaded" in m and "nodes added: edge-2" in m], messages
