@@ -383,6 +383,18 @@ def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status:
     )
 
 
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_an_error_of_age_0_from_the_nodes_cache_is_retried(status: int) -> None:
+    """Varnish hands a fetch's failure (its 503) to the requests that waited for it, with both X-Varnish ids
+    (read as a HIT) and Age 0, and keeps nothing: a tester's warm failed at once, "it keeps this answer of the
+    origin's", while the next request went to the origin. Retried; a kept one is older then, and fails at once."""
+    outcome = warm_outcome(7, 1, FetchResult(status, cache_state=CacheState.HIT, age=0), SETTINGS, NOW)
+    assert not outcome.succeeded and outcome.retry_at is not None
+    kept = warm_outcome(7, 2, FetchResult(status, cache_state=CacheState.HIT, age=1), SETTINGS, NOW)
+    assert (kept.succeeded, kept.retry_at) == (False, None) and "it keeps this answer" in (kept.error or "")
+    assert not warm_outcome(7, 1, FetchResult(404, cache_state=CacheState.HIT, age=0), SETTINGS, NOW).retry_at
+
+
 @pytest.mark.parametrize(
     ("status", "error"),
     [

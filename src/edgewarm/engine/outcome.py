@@ -67,8 +67,11 @@ def is_retryable(result: FetchResult) -> bool:
     if result.network_error:
         return True
     assert result.status is not None
-    if result.cache_state is not None and result.cache_state.cached:
+    if result.cache_state is not None and result.cache_state.cached and result.age != 0:
         return False  # an error the node keeps in its cache: it answers the same until it expires or is purged
+    # One of age 0 may be a fetch's failure handed to the requests that waited for it (Varnish's two X-Varnish
+    # ids: a tester's shield 503 "kept", the origin's hiccup passed, nothing kept): asked again, a kept one is
+    # older then.
     return 500 <= result.status < 600 or result.status in RETRYABLE_STATUS
 
 
