@@ -8,7 +8,7 @@ import asyncio
 from edgewarm.config import Engine, Node, NodeKind
 from edgewarm.engine.actions import NO_STATE_NOTE, _under, perform
 from edgewarm.engine.fetcher import FetchResult
-from edgewarm.engine.node_health import Hold
+from edgewarm.engine.node_health import FAILURES_IN_A_ROW, Hold, NodeHealth
 from edgewarm.engine.outcome import GATEWAY_ERRORS
 from edgewarm.errors import StoreError
 from edgewarm.models import Claim, ItemAction, ItemOutcome, Tier
@@ -97,6 +97,25 @@ def test_an_edges_gateway_error_with_its_shield_up_is_the_edges_own_and_spends_a
     assert (outcome.attempts, outcome.error) == (1, "HTTP 502" + GATEWAY_ERRORS[502])
     without = _Fleet(shield_held=True)
     assert _warm_on_the_edge(without, ()).attempts == 1 and without.asked == [("GET", "edge-1")]  # no shields
+
+
+def test_an_edges_item_is_not_sent_while_its_shield_is_held_down() -> None:
+    """While the shield is held down, the edge's item asks the shield first (held: not sent; after its cooldown,
+    the probe) and is not sent to the edge: a tester's 220 waiting edge items were each sent to the edge at
+    every end of the shield's cooldown, each a 502 and a request of the edge to the dead shield."""
+    fleet = _Fleet(shield_held=True)
+    fleet.health = NodeHealth(lambda: 100.0)  # type: ignore[assignment]
+    for _ in range(FAILURES_IN_A_ROW):
+        fleet.health.observe(SHIELD, False, "Connection refused")  # type: ignore[attr-defined]
+    outcome = _warm_on_the_edge(fleet, (SHIELD,))
+    assert fleet.asked == [("HEAD", "shield-1")]
+    assert outcome.attempts == 0 and outcome.retry_at is not None  # waits, its attempt not spent
+    assert outcome.error is not None and outcome.error.startswith(
+        "not sent to edge-1, which fetches through shield-1: not tried: shield-1 is held down"
+    )
+    up = _Fleet(shield_held=False)
+    up.health = NodeHealth(lambda: 100.0)  # type: ignore[assignment]
+    assert _warm_on_the_edge(up, (SHIELD,)).attempts == 1 and up.asked == [("GET", "edge-1"), ("HEAD", "shield-1")]
 
 
 def test_an_ats_edges_502_with_its_shield_up_says_ats_may_still_count_its_parent_down() -> None:

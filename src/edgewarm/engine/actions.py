@@ -93,6 +93,8 @@ async def _warm(
     upstream: Sequence[Node],
     purged: float | None,
 ) -> ItemOutcome:
+    if upstream and (held := await _upstream_down(node, target, upstream, fetcher)) is not None:
+        return warm_outcome(claim.item_id, attempt, held, settings, now)
     result = await fetcher.request("GET", node, target)
     if result.status in GATEWAY_ERRORS and upstream:
         result = await _upstream_held(node, target, result, upstream, fetcher)
@@ -129,6 +131,22 @@ async def _warm(
         told = NO_STATE_NOTE
         note = told if note is None else f"{note}; {told}"
     return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified, note=note)
+
+
+async def _upstream_down(
+    node: Node, target: TargetUrl, upstream: Sequence[Node], fetcher: NodeClient
+) -> FetchResult | None:
+    """The hold of a node `node` fetches through while it is held down (asked first, `HEAD`: after its cooldown,
+    that is the probe), or None: then `node` is asked. An edge's items waiting for a shield were each sent to the
+    edge at every end of the shield's cooldown, for a 502 and a request to the dead shield each (a tester's:
+    220 a time, 882 in a minute)."""
+    health = fetcher.health
+    if health is None:
+        return None
+    for shield in upstream:
+        if health.is_down(shield) and (asked := await fetcher.request("HEAD", shield, target)).hold is not None:
+            return replace(asked, error=f"not sent to {node.name}, which fetches through {shield.name}: {asked.error}")
+    return None
 
 
 async def _upstream_held(
