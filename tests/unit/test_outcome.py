@@ -159,15 +159,17 @@ def test_an_item_waits_for_a_node_held_down_without_spending_an_attempt() -> Non
             assert outcome.attempts == attempt - 1 and not outcome.succeeded
             assert outcome.retry_at is not None and NOW + 4.0 <= outcome.retry_at <= NOW + 4.0 + HOLD_JITTER
             assert outcome.error == f"{reason}; its items wait for it (node_down_wait: 120 s)"
-    too_long = FetchResult(
-        None, error=reason, unreachable=True, hold=Hold(reason, 120.0, 4.0, asked_at=5.0, probe_out=False)
-    )
+    hold = Hold(reason, 120.0, 4.0, asked_at=5.0, probe_out=False, wait=" (asked again in 4 s)")
+    too_long = FetchResult(None, error=reason, unreachable=True, hold=hold)
     counted = warm_outcome(7, 1, too_long, settings, NOW)
     assert counted.attempts == 1 and counted.retry_at is not None
     assert NOW + 4.0 <= counted.retry_at <= NOW + 4.0 + HOLD_JITTER
     assert counted.error == f"{reason}; down for longer than node_down_wait (120 s)"
     last = warm_outcome(7, 3, too_long, settings, NOW)
-    assert last.retry_at is None and last.error is not None and last.error.endswith("; gave up after 3 attempts")
+    assert last.retry_at is None and last.error == (  # not "asked again in 4 s" once given up (a tester's)
+        "not tried: e1 is held down after 5 connections in a row failed; the last: x; down for longer than "
+        "node_down_wait (120 s); gave up after 3 attempts"
+    )
     impatient = warm_outcome(7, 3, waiting, Engine(max_attempts=3, node_down_wait=0), NOW)
     assert impatient.retry_at is None and impatient.error == f"{reason}; gave up after 3 attempts"
 

@@ -46,6 +46,7 @@ class Hold:
     retry_in: float  # seconds until it is asked again (PROBE_WAIT while the probe is out)
     asked_at: float  # monotonic: when this cooldown ends (the same for every Hold of one cooldown)
     probe_out: bool  # the cooldown is over and the one request let through has not answered yet
+    wait: str = ""  # what `reason` says of when it is asked again, " (asked again in 2 s)": not said once given up
 
 
 @dataclass(slots=True)
@@ -203,9 +204,9 @@ def _probe_out(state: _State, now: float) -> bool:
 
 def _hold(node: Node, state: _State, now: float) -> Hold:
     left = state.down_until - now
-    wait = f"asked again in {left:.0f} s" if left > 0 else "being asked again now"
+    wait = f" (asked again in {left:.0f} s)" if left > 0 else " (being asked again now)"
     reason = (
-        f"not tried: {node.name} is held down after {state.failures} connections in a row failed "
-        f"({wait}); the last: {state.last_error}"
+        f"not tried: {node.name} is held down after {state.failures} connections in a row failed"
+        f"{wait}; the last: {state.last_error}"
     )
-    return Hold(reason, now - state.since, max(left, PROBE_WAIT), state.down_until, left <= 0)
+    return Hold(reason, now - state.since, max(left, PROBE_WAIT), state.down_until, left <= 0, wait)

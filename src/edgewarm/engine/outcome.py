@@ -154,7 +154,10 @@ def retry_or_give_up(
         if patience:
             failed = replace(failed, error=f"{failed.error}; down for longer than node_down_wait ({patience:g} s)")
     if failed.attempts >= settings.max_attempts:
-        return replace(failed, error=f"{failed.error}; gave up after {failed.attempts} attempts")
+        said = failed.error or ""
+        if hold is not None and hold.wait:  # (a tester's final error said the node was "asked again in 1 s")
+            said = said.replace(hold.wait, "", 1)
+        return replace(failed, error=f"{said}; gave up after {failed.attempts} attempts")
     delay = backoff_delay(failed.attempts, settings, rng)
     if hold is not None and settings.node_down_wait:  # past it: not before the node is asked again (an attempt
         # each time it is, not several unsent); without it (0), the items are to end at once
