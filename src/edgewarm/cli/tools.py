@@ -447,7 +447,7 @@ def refresh(
     default=0.5,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="seconds between updates",
+    help="seconds between updates of the bars (into a pipe or a file: a line every 10 s, or this if longer)",
 )
 @PATIENCE_OPTION
 @connection_options
