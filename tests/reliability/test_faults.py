@@ -1170,6 +1170,30 @@ async def test_a_stop_while_the_store_is_down_ends_within_its_bound(
     assert "stopping with 20 outcomes unwritten" in caplog.text
 
 
+async def test_a_store_back_during_a_stop_takes_the_last_outcomes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store goes away as the stop begins and is back 3.5 s later, within the stop's wait for the last
+    outcomes (5 s): they are written then, and the items handed back (a tester's PostgreSQL restart: the writes'
+    backoff, grown to 3.2 s, tried again after the wait had ended: outcomes lost, warms made again)."""
+    with FaultServer(always(Respond(200, body=b"ok", delay=0.3))) as node:
+        async with engine_rig(one_node(node), {"grace_seconds": 0.5}, stop_within=15) as rig:
+            record = rig.store.record_outcomes
+            back_at: list[float] = []
+
+            async def down_then_back(*args: Any, **kwargs: Any) -> int:
+                if not back_at or time.monotonic() < back_at[0]:
+                    raise StoreError("postgresql: ConnectionRefusedError: the store is down")
+                return await record(*args, **kwargs)
+
+            await rig.submit([f"http://www.example.test/back/{i}" for i in range(4)])
+            await rig.items_when(rig.created[0], lambda _: len(node.requests) >= 4)
+            monkeypatch.setattr(rig.store, "record_outcomes", down_then_back)
+            back_at.append(time.monotonic() + 3.5)
+            await rig.stop(15)
+            assert not rig.engine.lost, rig.engine.lost
+            items = await rig.store.list_items(rig.created[0])
+    assert [(i.state, i.attempts) for i in items] == [(ItemState.SUCCEEDED, 1)] * 4
+
+
 async def test_after_a_failed_lease_renewal_the_engine_renews_before_it_claims(monkeypatch: pytest.MonkeyPatch) -> None:
     """A store outage longer than the leases: this engine renews its own before it claims again, so that it
     does not take other workers' expired leases first (before: claims went on whatever the renewals did, and

@@ -57,6 +57,7 @@ RENEW_RETRY_SECONDS = 1.0  # a lease renewal that failed is tried again this soo
 LEASE_DOUBT = 2 / 3
 LAST_WRITES_SECONDS = 5.0  # a stop waits at least this long (else grace_seconds) for the last outcomes' writes
 STOP_CLAIM_SECONDS = 1.0  # and this long at most for a claim under way (_claim)
+STOP_WRITE_RETRY_SECONDS = 0.5  # and a write the store refused is tried again this often at least meanwhile
 WARMS_WAIT_SECONDS = 300.0  # a purge waits this long at most for the warms it must follow (_after_warms)
 CLOCK_STEP_SECONDS = 2.0  # the wall clock moved this much more than the monotonic one: a step (_clock_stepped)
 OTHERS_WARMS_POLL_SECONDS = (0.05, 1.0)  # how often, first and at most, it asks the store of other engines' warms
@@ -1158,7 +1159,7 @@ class Engine:
                 # Keep the outcomes and try again: if this process dies meanwhile, the leases expire and the
                 # items run again, so nothing is lost either way.
                 self._writes_log.failed(exc)
-                await asyncio.sleep(delay)
+                await self._pause_before_writing_again(delay)
                 delay = min(delay * 2, 5.0)
         for outcome in batch:
             self._unwritten.pop(outcome.item_id, None)
@@ -1174,6 +1175,16 @@ class Engine:
             self._due_at(when)
         self.wake()  # later stages may be due now
         await self._note_finished(touched, tries)
+
+    async def _pause_before_writing_again(self, delay: float) -> None:
+        """`delay`, or while stopping STOP_WRITE_RETRY_SECONDS at most: a store back during the stop's wait for
+        the last outcomes is written to then (a tester's PostgreSQL was back 2.4 s before the wait ended, the next
+        try 1.3 s after it: 24 items not handed back, 4 warms made again)."""
+        if self._stopping.is_set():
+            await asyncio.sleep(min(delay, STOP_WRITE_RETRY_SECONDS))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     async def _note_finished(self, task_ids: set[str], tries: set[float]) -> None:
         """Tasks this batch ended (their finished_at is the time of one of its tries: the one that committed
