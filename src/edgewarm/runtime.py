@@ -169,7 +169,13 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             f": {changes}" if changes else "",
         )
         if gone:  # a node renamed is one removed and one added
-            log.warning("SIGHUP: nodes no longer configured, their open items fail: %s", ", ".join(gone))
+            shared = (  # (a tester's worker failed new tasks' items of the node the API processes still gave them)
+                "; on a shared store, those this process claims, of tasks submitted later too while other "
+                "processes still have the node: give every process the same nodes"
+                if config.store.startswith("postgresql")
+                else ""
+            )
+            log.warning("SIGHUP: nodes no longer configured, their open items fail%s: %s", shared, ", ".join(gone))
         if left:
             log.warning(
                 "SIGHUP: users no longer configured (their open tasks keep running, their webhooks are not sent): %s",
