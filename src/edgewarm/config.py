@@ -484,6 +484,12 @@ class Config(_Model):
             if n.purge_method == "GET" and not n.purge_headers
         ]
         found += [
+            f'node {n.name!r}: purge_method = "GET" on ATS: it answers from its cache a request with no-cache '
+            "(proxy.config.http.cache.ignore_client_no_cache is 1 by default), and such a purge fails: use PURGE"
+            for n in self.nodes
+            if n.purge_method == "GET" and n.purge_headers and n.kind is NodeKind.ATS
+        ]
+        found += [
             f"user {u.name!r} has a secret of {len(u.secret)} characters: one that short can be guessed; use "
             f"{SECRET_LENGTH} or more (openssl rand -hex 16)"
             for u in self.users

@@ -204,11 +204,14 @@ def _refetch(kind: NodeKind, answer: FetchResult) -> ItemOutcome:
 def test_a_refetch_answered_with_an_age_is_judged_only_by_a_state_the_node_tells_as_its_own() -> None:
     """A refetch answered HIT fails (its header was not taken), but a HIT told with an `Age` may be another
     cache's: a node that tells only `Age`, or passes on its shield's just refetched (a re-tester's false failures
-    behind a shield), is not judged by it. Varnish's own X-Varnish is."""
+    behind a shield), is not judged by it. Varnish's own X-Varnish is, and ATS's and Squid's X-Cache (a tester's
+    ATS answered a GET purge from its cache, with an Age: said purged)."""
     assert not _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.HIT)).succeeded
     assert _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
     assert _refetch(NodeKind.GENERIC, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
     assert not _refetch(NodeKind.VARNISH, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
+    assert not _refetch(NodeKind.ATS, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
+    assert not _refetch(NodeKind.SQUID, FetchResult(200, 10, CacheState.HIT, age=3)).succeeded
     assert _refetch(NodeKind.NGINX, FetchResult(200, 10, CacheState.BYPASS)).succeeded
 
 

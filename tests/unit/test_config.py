@@ -769,3 +769,9 @@ def test_a_get_purge_without_its_bypass_header_is_cautioned() -> None:
         "node 'bare': purge_method = \"GET\" without purge_headers is a plain GET, answered from the cache: every "
         "purge there fails; give the header its proxy_cache_bypass honours"
     ]
+    # ATS answers a no-cache GET from its cache by default (a tester's): said, whatever the header.
+    ats = {**nodes[1], "name": "ats", "kind": "ats", "purge_headers": {"Cache-Control": "no-cache"}}
+    assert parse_config({"users": users, "nodes": [ats]}).cautions() == [
+        "node 'ats': purge_method = \"GET\" on ATS: it answers from its cache a request with no-cache "
+        "(proxy.config.http.cache.ignore_client_no_cache is 1 by default), and such a purge fails: use PURGE"
+    ]

@@ -177,10 +177,15 @@ async def _upstream_held(
 def _own_state(node: Node, answer: FetchResult) -> CacheState | None:
     """The cache state a purge's answer is judged by: the node's own. One told with an `Age` may be another
     cache's (an upstream's Age passed on, or read alone: a node that tells nothing else), but on Varnish, whose
-    X-Varnish is its own (a re-tester's refetches failed behind a shield that had just refetched)."""
-    if answer.age is None or node.kind is NodeKind.VARNISH:
+    X-Varnish is its own (a re-tester's refetches failed behind a shield that had just refetched), and on ATS and
+    Squid, whose X-Cache, read first, is (README's ATS rule sets it; Squid adds its own last): a tester's ATS
+    answered a GET purge from its cache (it ignores a client's no-cache), with an Age, said purged."""
+    if answer.age is None or node.kind in _OWN_STATE_WITH_AGE:
         return answer.cache_state
     return None
+
+
+_OWN_STATE_WITH_AGE = frozenset({NodeKind.VARNISH, NodeKind.ATS, NodeKind.SQUID})
 
 
 async def _spellings_known(target: TargetUrl, store: TaskStore) -> list[str]:
