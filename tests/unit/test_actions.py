@@ -172,6 +172,9 @@ def test_an_nginx_shields_purge_also_asks_with_what_a_varnish_edge_asks_it_with(
     assert purge.url_purge(node(Tier.SHIELD, NodeKind.NGINX), "gzip").encodings == ()
     assert purge.url_purge(node(Tier.EDGE, NodeKind.NGINX), "gzip, deflate, br").encodings == ()
     assert purge.url_purge(node(Tier.SHIELD, NodeKind.VARNISH), "gzip, deflate, br").encodings == ()
+    assert purge.url_purge(node(Tier.SHIELD, NodeKind.ATS), "gzip, deflate, br").encodings == ()
+    # Squid keeps a copy per value too, and an ATS edge asks with "gzip" (a tester's refilled the old object)
+    assert purge.url_purge(node(Tier.SHIELD, NodeKind.SQUID), "gzip, deflate, br").encodings == ("gzip",)
     chosen = node(Tier.SHIELD, NodeKind.NGINX, purge_headers={"accept-encoding": "br"})
     assert purge.url_purge(chosen, "gzip, deflate, br").encodings == ()
 

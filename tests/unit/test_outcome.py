@@ -424,6 +424,7 @@ def test_a_gateway_error_says_it_is_one(status: int) -> None:
         (None, NodeKind.NGINX, None),
         ("*", NodeKind.NGINX, None),  # not stored at all: asks_not_to_store's
         ("Accept-Encoding", NodeKind.VARNISH, None),  # one gzipped copy serves every viewer
+        ("Accept-Encoding", NodeKind.ATS, None),  # normalize_ae: one copy for every viewer accepting gzip
         ("Accept-Encoding", NodeKind.NGINX, "Accept-Encoding 'gzip'"),
         ("accept-encoding, User-Agent", NodeKind.SQUID, "Accept-Encoding 'gzip', User-Agent 'ua/1'"),
         ("Cookie, Accept-Encoding", NodeKind.VARNISH, "no Cookie"),
@@ -435,7 +436,7 @@ def test_a_warm_of_an_answer_that_varies_tells_the_copy_it_filled(
     varies: str | None, kind: NodeKind, said: str
 ) -> None:
     """The note names edgewarm's own values of what the answer varies on: viewers sending others do not share
-    that copy on nginx, Squid or ATS."""
+    that copy on nginx or Squid."""
     settings = Engine(accept_encoding="gzip", user_agent="ua/1")
     note = variant_note(varies, kind, settings)
     if said is None:

@@ -24,21 +24,21 @@ NO_STATE_TOLD = (
 HOLD_JITTER = 1.0  # seconds spread over the items that wait for a node held down, so they do not come back at once
 
 
+_ONE_GZIP_COPY = frozenset({NodeKind.VARNISH, NodeKind.ATS})
+
+
 def variant_note(varies: str | None, kind: NodeKind, settings: Engine) -> str | None:
     """What a warm whose answer varies on request headers (`Vary`) filled: the copy for edgewarm's own values of
     them, which other viewers may not share; None when nothing varies (or only what the node reads as one copy:
-    Varnish keeps one gzipped copy for every Accept-Encoding, and unzips it for those without gzip)."""
+    Varnish keeps one gzipped copy for every Accept-Encoding, and unzips it for those without gzip; ATS, its
+    `normalize_ae` 1 by default, one for every viewer that accepts gzip: a tester's Safari and curl --compressed
+    were HITs of the copy warmed, which the note said they would not share)."""
     if not varies:
         return None
     names = []
     for member in varies.split(","):
         name = member.strip().lower()
-        if (
-            not name
-            or name in ("*", "host")
-            or (name == "accept-encoding" and kind is NodeKind.VARNISH)
-            or name in names
-        ):
+        if not name or name in ("*", "host") or (name == "accept-encoding" and kind in _ONE_GZIP_COPY) or name in names:
             continue  # (Host: the URL's own, as its viewers send it)
         names.append(name)
     if not names:

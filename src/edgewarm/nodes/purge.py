@@ -29,10 +29,12 @@ class PurgeRequest:
 
 
 # What edgewarm's own edges ask their shield with, besides [engine] accept_encoding (which nginx edges pass on):
-# Varnish asks its backend with "gzip". An nginx shield keeps one copy per value when the origin's answer varies on
-# it (Vary: Accept-Encoding), and its purge module removes the copy of the purge's own header only: a Varnish
-# edge refilled the old object from the copy its own warm had left there, every item "purged".
+# Varnish asks its backend with "gzip", and so does ATS (normalize_ae, on in Debian). An nginx or Squid shield keeps
+# one copy per value when the origin's answer varies on it (Vary: Accept-Encoding), and its purge removes the copy
+# of the purge's own header only: a Varnish edge refilled the old object from the copy its own warm had left on an
+# nginx shield, an ATS edge from a Squid shield's (testers'), every item "purged". (Varnish and ATS purge them all.)
 EDGES_ASK_WITH = ("gzip",)
+_COPY_PER_ENCODING = frozenset({NodeKind.NGINX, NodeKind.SQUID})
 
 
 class Unsupported(Exception):
@@ -40,13 +42,13 @@ class Unsupported(Exception):
 
 
 def url_purge(node: Node, accept_encoding: str = "") -> PurgeRequest:
-    """The purge of a URL on `node`; on an nginx shield, also of the copies edgewarm's edges' requests made
+    """The purge of a URL on `node`; on an nginx or Squid shield, also of the copies edgewarm's edges' requests made
     (EDGES_ASK_WITH), besides the one of `accept_encoding` (the Fetcher's header, [engine] accept_encoding)."""
     if not node.purge_method:
         raise Unsupported(f"node {node.name} has no purge method (purge_method is empty in its config)")
     encodings: tuple[str, ...] = ()
     chosen = any(name.lower() == "accept-encoding" for name in node.purge_headers)  # the operator's, kept
-    if node.kind is NodeKind.NGINX and node.tier is Tier.SHIELD and node.purge_method == "PURGE" and not chosen:
+    if node.kind in _COPY_PER_ENCODING and node.tier is Tier.SHIELD and node.purge_method == "PURGE" and not chosen:
         encodings = tuple(e for e in EDGES_ASK_WITH if e != accept_encoding)
     return PurgeRequest(node.purge_method, dict(node.purge_headers), encodings=encodings)
 
