@@ -280,7 +280,8 @@ async def _purge_dir(
             "Varnish)"
         )
     if not failures:  # no single answer stands for them all: no HTTP status
-        return (purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED), FetchResult(None), summary
+        done = purge.Verdict.PURGED if purged else purge.Verdict.NOT_CACHED if known else purge.Verdict.NONE_KNOWN
+        return done, FetchResult(None), summary
     retry = [f for f in failures if f[0] is purge.Verdict.RETRY]
     verdict, result = (retry or failures)[0]
     return verdict, result, f"{summary}; the first failure: {result.error or f'HTTP {result.status}'}"

@@ -185,6 +185,8 @@ def purge_outcome(
     item's note when it succeeded, the error's start when not)."""
     if verdict in (Verdict.PURGED, Verdict.NOT_CACHED):
         return ItemOutcome(item_id, True, attempt, result.status, verdict.value, result.bytes, detail)
+    if verdict is Verdict.NONE_KNOWN:  # no cache state: the node was not asked (a tester read NOT_CACHED as its word)
+        return ItemOutcome(item_id, True, attempt, None, None, 0, detail)
     error = detail or result.error or f"HTTP {result.status}"
     if verdict in (Verdict.REFUSED, Verdict.UNREADABLE):
         why = (

@@ -13,6 +13,7 @@ from .signals import CacheState
 class Verdict(enum.Enum):
     PURGED = "PURGED"
     NOT_CACHED = "NOT_CACHED"  # nothing to purge: as good as purged
+    NONE_KNOWN = "NONE_KNOWN"  # a directory purged URL by URL of which edgewarm knows none: nothing was asked
     RETRY = "RETRY"
     REFUSED = "REFUSED"
     UNREADABLE = "UNREADABLE"  # the node cannot read a request for the URL (400, 414): it cannot have cached it
