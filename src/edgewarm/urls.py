@@ -425,12 +425,13 @@ def masked_query(query: str, secret: Callable[[str], bool] = lambda name: True) 
 
 def password_masked(url: str) -> str:
     """`url` with the password of its user information as `***` (for a message or a log line), with a scheme
-    or without one (`user:password@host:port`, as a server address may be mistyped), however it parses."""
+    or without one (`user:password@host:port`, as a server address may be mistyped), however it parses: read up
+    to the last `@`, so that a password with an unencoded `/`, `?` or `#` is hidden too (a re-tester's node URL
+    was shown whole: "bad port"); more is hidden when a later `@` follows, never less."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    userinfo, at, host = rest[:end].rpartition("@")
-    if not at or ":" not in userinfo:
+    at = rest.rfind("@")
+    if at <= 0 or rest.startswith("/") or ":" not in rest[:at]:
         return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"
+    return f"{scheme}{sep}{rest[:at].partition(':')[0]}:***{rest[at:]}"

@@ -185,6 +185,10 @@ def test_bad_node_url_is_named(url: str) -> None:
         ("http://127.0.0.1:8081/?token=NODEPASSWORD", "'http://127.0.0.1:8081/?***'"),
         ("ftp://admin:NODEPASSWORD@127.0.0.1", "'ftp://admin:***@127.0.0.1'"),
         ("http://:NODEPASSWORD@127.0.0.1:8081", "'http://:***@127.0.0.1:8081'"),
+        # a password with an unencoded / # ? (a re-tester's was shown whole: "bad port")
+        ("http://u:NODE/PASSWORD@127.0.0.1:9", "'http://u:***@127.0.0.1:9'"),
+        ("http://u:NODE#PASSWORD@127.0.0.1:9", "'http://u:***@127.0.0.1:9'"),
+        ("http://u:NODE?PASSWORD@127.0.0.1:9", "'http://u:***@127.0.0.1:9'"),
     ],
 )
 def test_a_refused_node_url_is_shown_without_its_credential(url: str, shown: str) -> None:

@@ -270,6 +270,7 @@ def test_calls_are_split_by_count_and_by_the_body_size_the_server_takes() -> Non
         ("127.0.0.1:8080", "the server address 127.0.0.1:8080 is not an http(s) URL"),
         ("localhost:8080", "the server address localhost:8080 is not an http(s) URL"),
         ("http://u:pw@127.0.0.1:x/", "the server address http://u:***@127.0.0.1:x/ is not a URL"),
+        ("http://u:p/w@127.0.0.1:1", "the server address http://u:***@127.0.0.1:1 is not a URL"),
         ("ftp://127.0.0.1/", "the server address ftp://127.0.0.1/ is not an http(s) URL"),
     ],
 )

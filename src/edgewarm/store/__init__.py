@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from ..errors import StoreError
+from ..urls import password_masked
 from .base import SCHEMA_VERSION, UPGRADE_COMMAND, Opening, TaskStore, no_schema
 
 __all__ = [
@@ -39,15 +40,11 @@ STORE_URL_FORMS = "sqlite:///ABSOLUTE/PATH (or sqlite:relative/path), postgresql
 
 def redacted(url: str) -> str:
     """The store URL (or whatever was given as one: a libpq `host=… password=…` string, say) without its
-    passwords, for logs and messages: the user information's (`user:PASSWORD@`, read up to the last `@`, so
-    that a password with an unencoded `/`, `?` or `#` is hidden too; more is hidden when a later `@` follows,
-    never less) and the value of any setting whose name holds "pass" (`?password=`, `sslpassword=`)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    passwords, for logs and messages: the user information's (`user:PASSWORD@`, password_masked: read up to the
+    last `@`) and the value of any setting whose name holds "pass" (`?password=`, `sslpassword=`)."""
+    if "://" not in url:
         return _PASSWORD_KEYWORD.sub(r"\1***", url)
-    if not rest.startswith("/") and (at := rest.rfind("@")) > 0 and ":" in rest[:at]:
-        url = f"{scheme}://{rest[:at].partition(':')[0]}:***{rest[at:]}"
-    return _PASSWORD_PARAMETER.sub(r"\1***", url)
+    return _PASSWORD_PARAMETER.sub(r"\1***", password_masked(url))
 
 
 # A setting named like a password: in a URL's query, its value up to the next `&` that starts another parameter
