@@ -24,7 +24,7 @@ from .auth import DEFAULT_TIMEZONE, known_timezone
 from .errors import ConfigError, StoreError
 from .models import Tier
 from .store import STORE_URL_FORMS, pool_size_of, redacted, sqlite_path
-from .urls import has_user_info, idna_form, password_masked, reads_as_ip
+from .urls import ascii_digits, has_user_info, idna_form, password_masked, reads_as_ip
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -374,7 +374,7 @@ def _bad_postgresql_url(url: str) -> str | None:
     hosts = parts.netloc.rpartition("@")[2]
     ports = [host.rpartition("]")[2].partition(":")[2] for host in hosts.split(",")]
     ports += [p for value in parse_qs(parts.query).get("port", []) for p in value.split(",")]
-    if any(port and not (port.isdigit() and 0 < int(port) < 65536) for port in ports):
+    if any(port and not (ascii_digits(port) and 0 < int(port) < 65536) for port in ports):
         # Not the port shown: a password with an unencoded / ends the user information early, and what follows
         # its first : reads as the port.
         return (
@@ -386,7 +386,7 @@ def _bad_postgresql_url(url: str) -> str | None:
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not ascii_digits(port) or not host:
         raise ValueError(f"{value!r} is not HOST:PORT")
     if not 0 < int(port) < 65536:
         raise ValueError(f"{value!r}: port {int(port)} is out of range (1-65535)")

@@ -19,6 +19,7 @@ log = logging.getLogger("edgewarm.retention")
 
 MAX_BATCHES_A_ROUND = 100  # then a pause, so that writers always get their turn
 BACKLOG_PAUSE = 1.0  # seconds between rounds while a round ends with tasks left to remove (else interval_seconds)
+FAILED_PAUSE = 60.0  # seconds after a round the store refused (interval_seconds if shorter)
 USAGE_BATCH = 10_000  # quota counters (one user's day each, a few dozen bytes) a transaction
 
 
@@ -77,7 +78,7 @@ async def run_retention(
     while not stopping.is_set():
         reloaded.clear()
         current = settings()
-        left = False
+        pause = current.interval_seconds
         try:
             now = clock()
             removed, tasks_left = await purge_old_tasks(store, current, now)
@@ -88,10 +89,14 @@ async def run_retention(
                 log.info(
                     "retention: removed %d daily quota counters of days older than %s days", counters, current.days
                 )
-            left = tasks_left or counters_left
+            if tasks_left or counters_left:
+                pause = BACKLOG_PAUSE
         except StoreError as exc:
-            log.error("retention round failed: %s", exc)
-        await first_of(BACKLOG_PAUSE if left else current.interval_seconds, stopping, reloaded)
+            # Tried again in a minute: a store locked or busy a while kept its backlog for the interval (an hour)
+            # (a re-tester's).
+            log.error("retention round failed: %s; tried again in %g s", exc, min(FAILED_PAUSE, pause))
+            pause = min(FAILED_PAUSE, pause)
+        await first_of(pause, stopping, reloaded)
 
 
 async def first_of(timeout: float, *events: asyncio.Event) -> None:

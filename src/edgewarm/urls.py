@@ -423,6 +423,12 @@ def masked_query(query: str, secret: Callable[[str], bool] = lambda name: True) 
     return "&".join(shown(pair) for pair in query.split("&")) if query else ""
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is a number of ASCII digits: str.isdigit takes `²` and other scripts' digits too, which
+    int refuses or reads (a re-tester's `listen = "127.0.0.1:٤٥٨٤٠"` listened on 45840, said OK)."""
+    return text.isascii() and text.isdigit()
+
+
 def password_masked(url: str) -> str:
     """`url` with the password of its user information as `***` (for a message or a log line), with a scheme
     or without one (`user:password@host:port`, as a server address may be mistyped), however it parses: read up

@@ -271,12 +271,19 @@ def test_a_domain_of_non_ascii_letters_is_refused_giving_its_ascii_form() -> Non
     assert "ASCII form (IDNA), as URLs give it: '*.xn--fiqs8s.example.test'" in str(refused.value)
 
 
-@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":8080", "bad host:80", "h:x"])
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":8080", "bad host:80", "h:x", "h:\u0664\u0665\u0668", "h:\u00b2"],
+)
 def test_bad_listen_is_refused(listen: str) -> None:
-    """listen must be HOST:PORT with a port in 1..65535."""
+    """listen must be HOST:PORT with a port in 1..65535, of ASCII digits (a re-tester's Arabic-Indic digits were
+    said OK and listened on; `²` refused with int's own words)."""
     data = example()
     data["listen"] = listen
     assert refused_key(data) == "listen"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert "invalid literal" not in str(refused.value)
 
 
 def test_ipv6_listen_is_accepted() -> None:
@@ -587,6 +594,8 @@ def test_hosts_and_ip_addresses_are_allowed_webhook_hosts() -> None:
         ("postgresql://edgewarm:hunter2@h1/edgewarm?pool_size=1", "pool_size must be given once, a number from 2"),
         ("postgresql://edgewarm@h1/edgewarm?sslmode=require&pool_size=x", "pool_size must be given once"),
         ("postgresql://edgewarm@h1/edgewarm?pool_size=4&pool_size=5", "pool_size must be given once"),
+        ("postgresql://edgewarm@h1/edgewarm?pool_size=\u00b2", "pool_size must be given once"),
+        ("postgresql://edgewarm:hunter2pw@127.0.0.1:\u00b2/edgewarm", "a port is not a number from 1 to 65535"),
     ],
 )
 def test_a_postgresql_url_whose_port_is_no_port_is_refused_without_its_password(store: str, said: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from edgewarm import retention
 from edgewarm.config import Retention
+from edgewarm.errors import StoreError
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.retention import first_day_kept, purge_old_tasks, run_retention
 from edgewarm.store import TaskStore, open_store
@@ -203,3 +204,40 @@ def test_a_round_removes_the_quota_counters_of_the_days_before_the_window_in_the
             return [await store.usage(f"user-{n % 2}", day) for n, day in enumerate(days)]
 
     assert asyncio.run(go()) == [(0, 0), (0, 0), (1, 0), (1, 0)]
+
+
+def test_a_round_the_store_refused_is_tried_again_soon_not_an_interval_later(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that failed (the store locked by another process for a while) waited interval_seconds (an hour)
+    with its backlog (a re-tester's): tried again after FAILED_PAUSE."""
+    monkeypatch.setattr(retention, "FAILED_PAUSE", 0.05)
+
+    async def go() -> bool:
+        async with open_store("memory://") as store:
+            now = 100 * DAY
+            await store.create_task(task(1, now - 9 * DAY))
+            (claim,) = await store.claim_due_items("w", 100, now, 60)
+            await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
+            delete = store.delete_finished_before
+            refusals = [1]
+
+            async def locked(cutoff: float, limit: int) -> int:
+                if refusals:
+                    refusals.pop()
+                    raise StoreError("sqlite: the database is locked by another process")
+                return await delete(cutoff, limit)
+
+            monkeypatch.setattr(store, "delete_finished_before", locked)
+            stopping = asyncio.Event()
+            settings = Retention(days=7, interval_seconds=3600)
+            job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
+            gone = await removed_soon(store, claim.task_id)
+            stopping.set()
+            await asyncio.wait_for(job, timeout=5)
+            return gone
+
+    assert asyncio.run(go())
+    assert "retention round failed: sqlite: the database is locked by another process; tried again in 0.05 s" in (
+        caplog.text
+    )

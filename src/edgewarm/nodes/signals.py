@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from ..config import NodeKind
+from ..urls import ascii_digits
 
 
 class CacheState(enum.StrEnum):
@@ -151,7 +152,7 @@ def header_number(text: str, most: int = DELTA_MOST) -> int | None:
     """A header's number of ASCII digits, `most` when it is larger; None when it is none. (str.isdigit takes `²`
     and the Arabic-Indic digits, which int refuses, as it refuses more than 4,300 digits: an item failed as an
     internal error, a traceback a try: a reviewer's.)"""
-    if not (text.isascii() and text.isdigit()):
+    if not ascii_digits(text):
         return None
     return most if len(text) > len(str(most)) else min(int(text), most)
 

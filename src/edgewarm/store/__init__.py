@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from ..errors import StoreError
-from ..urls import password_masked
+from ..urls import ascii_digits, password_masked
 from .base import SCHEMA_VERSION, UPGRADE_COMMAND, Opening, TaskStore, no_schema
 
 __all__ = [
@@ -202,7 +202,7 @@ def pool_size_of(url: str) -> tuple[str, int | None]:
     given = [pair.partition("=")[2] for pair in pairs if pair.partition("=")[0] == POOL_SIZE]
     if not given:
         return url, None
-    if len(given) > 1 or not given[0].isdigit() or int(given[0]) not in POOL_SIZES:
+    if len(given) > 1 or not ascii_digits(given[0]) or int(given[0]) not in POOL_SIZES:
         raise StoreError(
             f"the store URL's {POOL_SIZE} must be given once, a number from {POOL_SIZES.start} to "
             f"{POOL_SIZES.stop - 1} (the connections each edgewarm process opens at most)"

@@ -45,6 +45,7 @@ from ..models import (
     TaskDetail,
     TaskFilter,
 )
+from ..urls import ascii_digits
 from . import pool_size_of, redacted
 from .base import (
     DEFER_SECONDS,
@@ -1427,7 +1428,7 @@ async def _schema_version(conn: _Connection) -> int:
     if columns != 2:
         return 0  # no table meta, or another application's: refused by its name (upgrade)
     value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-    if value is not None and not str(value).isdigit():  # a traceback, from check-config too (a re-tester's)
+    if value is not None and not ascii_digits(str(value)):  # a traceback, from check-config too (a re-tester's)
         raise StoreError(
             f"postgresql: its schema_version is {str(value)[:40]!r}, not a number (damaged, or not edgewarm's)"
         )
