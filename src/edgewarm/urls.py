@@ -95,11 +95,12 @@ def _no_comma_cut(pieces: list[str]) -> None:
     """Refuse a list of URLs separated by commas where a comma cut a URL (`…?a=1,2`, `/w_100,h_200/x.jpg`): its
     piece after the comma is no URL (it was refused as "illegal URL '2'" or "'h_200/x.jpg'", the URL not named).
     A piece after a URL that is no URL may also be a URL written without its scheme: the message says both."""
-    for before, piece in itertools.pairwise(pieces):
+    for at, (before, piece) in enumerate(itertools.pairwise(pieces), 1):
         if piece.strip() and "://" not in piece and ("?" in before or "://" in before):
-            where = "query" if "?" in before else "path"
+            where = "query" if "?" in before else "path"  # (where its first comma is)
+            cut = itertools.takewhile(lambda p: "://" not in p, pieces[at:])  # the URL whole, each comma of it
             raise _illegal(
-                f"{before.strip()},{piece.rstrip()}",
+                ",".join([before.strip(), *cut]).rstrip(),
                 f"a comma in a URL's {where}, in a list separated by commas (the list is cut at every comma): give "
                 'the list as a JSON array (in a form field, its JSON text: ["http://…"])'
                 + ("" if where == "query" else "; or, if a URL begins after the comma, its scheme (http://)"),

@@ -323,7 +323,9 @@ def test_a_comma_in_a_query_in_a_list_separated_by_commas_is_refused_naming_the_
     assert split_list('["http://a.test/d?a=1,2"]') == ["http://a.test/d?a=1,2"]
 
 
-@pytest.mark.parametrize("value", ["http://a.test/img/w_100,h_200/x.jpg", "http://a.test/x, b.test/y"])
+@pytest.mark.parametrize(
+    "value", ["http://a.test/img/w_100,h_200/x.jpg", "http://a.test/x, b.test/y", "http://a.test/w_1,h_2,q_8/x.jpg"]
+)
 def test_a_comma_in_a_path_in_a_list_separated_by_commas_is_refused_naming_the_url(value: str) -> None:
     """As a query's: "illegal URL 'h_200/x.jpg': the scheme must be http or https" named only the piece after
     the comma (a tester's image-resizing path). The piece may also be a URL written without its scheme: the
@@ -334,6 +336,9 @@ def test_a_comma_in_a_path_in_a_list_separated_by_commas_is_refused_naming_the_u
     assert refused.value.message.startswith(f"illegal URL {value!r}: a comma in a URL's path, in a list separated")
     assert "give the list as a JSON array" in refused.value.message and "its scheme (http://)" in refused.value.message
     assert split_list([value]) == [value]
+    with pytest.raises(RequestRefused) as refused:  # every comma of it (a re-tester's named the first two pieces)
+        split_list("http://a.test/d?a=1,2,3, http://a.test/e")
+    assert refused.value.message.startswith("illegal URL 'http://a.test/d?a=1,2,3': a comma in a URL's query")
 
 
 def test_a_python_list_given_as_its_text_is_refused_saying_so() -> None:
