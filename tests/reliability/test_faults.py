@@ -34,7 +34,7 @@ from edgewarm.errors import StoreError
 from edgewarm.models import Item, ItemState, Task, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import SCHEMA_VERSION, TaskStore, open_store
-from edgewarm.testing import Lab
+from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import (
     Action,
     Close,
@@ -1798,3 +1798,26 @@ async def test_a_sighup_held_from_before_the_start_keeps_the_start_s_start_only_
     messages = _messages(caplog)
     assert "SIGHUP: metrics_listen change only on restart (the values at start stay in use)" in messages, messages
     assert [m for m in messages if "SIGHUP: config reloaded" in m and "nodes added: edge-2" in m], messages
+
+
+@pytest.mark.integration
+async def test_a_varnish_fetch_failure_handed_to_a_warm_that_waited_for_it_is_asked_again(tmp_path: Path) -> None:
+    """A viewer's request makes a real Varnish fetch from an origin that fails (1.5 s, then a reset); the warm sent
+    meanwhile waits for that fetch and gets its 503 as a HIT (two X-Varnish ids), which Varnish keeps a few
+    seconds for such requests: a tester's warm failed at once "it keeps this answer of the origin's", then, Age 0
+    retried, at Age 1 (a re-tester's). It is asked again once Varnish has dropped it, and warms."""
+    failing = sequence(Reset(delay=1.5), Respond(200, body=b"x" * 1000, headers=()))
+    with (
+        FaultServer(failing) as origin,
+        Lab(tmp_path / "lab", edges=0, shield=False, varnish=1, varnish_backend=origin.port) as lab,
+    ):
+        varnish = lab.varnishes[0]
+        nodes = [{"name": "varnish-1", "url": varnish.url, "kind": "varnish"}]
+        async with engine_rig(nodes, {"read_timeout": 5.0, "max_attempts": 2}) as rig:
+            viewer = asyncio.create_task(asyncio.to_thread(lab.fetch, varnish, "/flaky/a"))
+            await asyncio.sleep(0.3)  # the viewer's fetch under way
+            task, items = await rig.wait(await rig.submit([f"http://{DEFAULT_HOST}/flaky/a"]), timeout=30)
+            assert (await viewer).status == 503
+    (item,) = items
+    assert task.status is TaskStatus.SUCCEEDED, item.error
+    assert item.attempts == 2 and len(origin.requests) == 2

@@ -11,6 +11,7 @@ from edgewarm.engine.fetcher import FetchResult, certificate_refusal
 from edgewarm.engine.node_health import Hold
 from edgewarm.engine.outcome import (
     HOLD_JITTER,
+    VARNISH_ERROR_KEPT,
     backoff_delay,
     is_retryable,
     purge_outcome,
@@ -385,15 +386,25 @@ def test_an_error_answer_from_the_nodes_cache_is_told_so_and_not_retried(status:
     )
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
-def test_an_error_of_age_0_from_the_nodes_cache_is_retried(status: int) -> None:
-    """Varnish hands a fetch's failure (its 503) to the requests that waited for it, with both X-Varnish ids
-    (read as a HIT) and Age 0, and keeps nothing: a tester's warm failed at once, "it keeps this answer of the
-    origin's", while the next request went to the origin. Retried; a kept one is older then, and fails at once."""
-    outcome = warm_outcome(7, 1, FetchResult(status, cache_state=CacheState.HIT, age=0), SETTINGS, NOW)
-    assert not outcome.succeeded and outcome.retry_at is not None
-    kept = warm_outcome(7, 2, FetchResult(status, cache_state=CacheState.HIT, age=1), SETTINGS, NOW)
-    assert (kept.succeeded, kept.retry_at) == (False, None) and "it keeps this answer" in (kept.error or "")
+@pytest.mark.parametrize("age", [0, 1, 5])
+def test_a_young_5xx_from_a_varnish_nodes_cache_is_asked_again_once_varnish_has_dropped_it(age: int) -> None:
+    """Varnish keeps a failed fetch's 503 for the requests that waited for it (1 s, and 5 s of grace), a HIT to
+    them and to those that follow: a tester's warm raced by a viewer failed at once "it keeps this answer", then,
+    with Age 0 retried, at Age 1 (a re-tester's). Asked again once VARNISH_ERROR_KEPT old; older, it is kept (its
+    VCL's), and fails at once; on other kinds (nginx passes an upstream's Age on) it fails at once."""
+    young = FetchResult(503, cache_state=CacheState.HIT, age=age)
+    outcome = warm_outcome(7, 1, young, SETTINGS, NOW, varnish=True)
+    assert not outcome.succeeded and outcome.retry_at is not None and outcome.attempts == 1
+    assert outcome.retry_at >= NOW + VARNISH_ERROR_KEPT - age
+    assert outcome.error == (
+        f"HTTP 503 from the node's cache (HIT, {age} s old): Varnish keeps a failed fetch's error a few seconds for "
+        "the requests that waited for it"
+    )
+    last = warm_outcome(7, SETTINGS.max_attempts, young, SETTINGS, NOW, varnish=True)
+    assert last.retry_at is None and (last.error or "").endswith(f"; gave up after {SETTINGS.max_attempts} attempts")
+    old = FetchResult(503, cache_state=CacheState.HIT, age=int(VARNISH_ERROR_KEPT))
+    for kept in (warm_outcome(7, 2, old, SETTINGS, NOW, varnish=True), warm_outcome(7, 1, young, SETTINGS, NOW)):
+        assert (kept.succeeded, kept.retry_at) == (False, None) and "it keeps this answer" in (kept.error or "")
     assert not warm_outcome(7, 1, FetchResult(404, cache_state=CacheState.HIT, age=0), SETTINGS, NOW).retry_at
 
 

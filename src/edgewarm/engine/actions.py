@@ -130,7 +130,8 @@ async def _warm(
     if state is None and verified is None and result.status == 200 and fetcher.tells_misses(node):
         told = NO_STATE_NOTE
         note = told if note is None else f"{note}; {told}"
-    return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified, note=note)
+    varnish = node.kind is NodeKind.VARNISH
+    return warm_outcome(claim.item_id, attempt, result, settings, now, verified=verified, note=note, varnish=varnish)
 
 
 async def _upstream_down(

@@ -63,15 +63,27 @@ def backoff_delay(attempt: int, settings: Engine, rng: random.Random | None = No
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
+# Varnish (7) keeps a failed fetch's 503 for the requests that waited for it (1 s, and 5 s of grace), served as a
+# HIT (two X-Varnish ids) to them and to those that follow: a tester's shield warm, raced by a viewer's request
+# during an origin hiccup, failed at once "it keeps this answer", then (Age 0 retried) at Age 1. Such a HIT younger
+# than this is asked again once this old: a 5xx its VCL keeps longer is then older, and fails as kept.
+VARNISH_ERROR_KEPT = 8.0
+
+
+def _young_error_kept(result: FetchResult) -> int | None:
+    """The age of a 5xx answered from the cache younger than VARNISH_ERROR_KEPT, or None."""
+    if result.network_error or result.status is None or result.status < 500 or result.age is None:
+        return None
+    cached = result.cache_state is not None and result.cache_state.cached
+    return result.age if cached and result.age < VARNISH_ERROR_KEPT else None
+
+
 def is_retryable(result: FetchResult) -> bool:
     if result.network_error:
         return True
     assert result.status is not None
-    if result.cache_state is not None and result.cache_state.cached and result.age != 0:
+    if result.cache_state is not None and result.cache_state.cached:
         return False  # an error the node keeps in its cache: it answers the same until it expires or is purged
-    # One of age 0 may be a fetch's failure handed to the requests that waited for it (Varnish's two X-Varnish
-    # ids: a tester's shield 503 "kept", the origin's hiccup passed, nothing kept): asked again, a kept one is
-    # older then.
     return 500 <= result.status < 600 or result.status in RETRYABLE_STATUS
 
 
@@ -85,9 +97,10 @@ def warm_outcome(
     verified: FetchResult | None = None,
     note: str | None = None,
     rng: random.Random | None = None,
+    varnish: bool = False,
 ) -> ItemOutcome:
     """Judge a warm. `verified` is the second fetch made when verification is on and the first was not a HIT;
-    `note` is a success's (variant_note)."""
+    `note` is a success's (variant_note); `varnish`: the node is Varnish (VARNISH_ERROR_KEPT)."""
     final = verified or result
     # `_value_`: the member's value, as `.value` gives it without its descriptor (on the path of every warm).
     state: str | None = final.cache_state._value_ if final.cache_state else None
@@ -112,6 +125,16 @@ def warm_outcome(
                 told = f" ({NO_STATE_TOLD})"
             return done(False, f"not cached after the warm: {why}{told}")
         return done(True, note)
+    if varnish and (age := _young_error_kept(result)) is not None:
+        failed = done(
+            False,
+            f"HTTP {result.status} from the node's cache ({result.cache_state}, {age} s old): Varnish keeps a "
+            "failed fetch's error a few seconds for the requests that waited for it",
+        )
+        again = retry_or_give_up(failed, result, settings, now, rng)
+        if again.retry_at is None:
+            return again
+        return replace(again, retry_at=max(again.retry_at, now + VARNISH_ERROR_KEPT - age))
     if result.status is not None and not result.network_error and not is_retryable(result):
         if result.cache_state is not None and result.cache_state.cached:
             return done(

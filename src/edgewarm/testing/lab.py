@@ -220,6 +220,8 @@ class Lab:
     own cache folders there on stop), else under ``root``. ``workers`` is nginx's ``worker_processes``.
     ``tls``: the nginx caches (shield and edges) listen for https too, on a port of their own, with a
     self-signed certificate for ``DEFAULT_HOST`` (openssl makes it); the cache key holds the scheme.
+    ``varnish_backend``: a loopback port the Varnish nodes fetch from instead of the shield or the origin (a
+    ``FaultServer``, say).
     """
 
     def __init__(
@@ -238,6 +240,7 @@ class Lab:
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
         tls: bool = False,
+        varnish_backend: int | None = None,
     ) -> None:
         if min(edges, varnish, squid, trafficserver) < 0 or workers < 1:
             raise ValueError("edges, varnish, squid and trafficserver must be >= 0 and workers >= 1")
@@ -253,6 +256,7 @@ class Lab:
         self._stop_timeout = stop_timeout
         self._cache_root = cache_root
         self._tls = tls
+        self._varnish_backend = varnish_backend
         root.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="lab-", dir=root))
         self.docroot = self.root / "docroot"
@@ -359,7 +363,7 @@ class Lab:
             with node.access_log.with_name(f"{node.access_log.name}.before").open("ab") as before:
                 before.write(node.access_log.read_bytes())
             node.access_log.unlink()
-        self._spawn_varnish(node, self.shield or self.origin)
+        self._spawn_varnish(node, self._varnish_backend or (self.shield or self.origin).port)
         self._wait_ready(node, deadline)
         self._spawn_varnishncsa(node, deadline)
 
@@ -500,7 +504,7 @@ class Lab:
         for edge in self.edges:
             self._spawn_nginx(edge, self._cache_conf(edge, parent))
         for node in self.varnishes:
-            self._spawn_varnish(node, parent)
+            self._spawn_varnish(node, self._varnish_backend or parent.port)
         for node in self.squids:
             self._spawn_squid(node, parent)
         for node in self.trafficservers:
@@ -555,9 +559,9 @@ class Lab:
             node.folder,
         )
 
-    def _spawn_varnish(self, node: LabNode, backend: LabNode) -> None:
+    def _spawn_varnish(self, node: LabNode, backend_port: int) -> None:
         vcl = node.folder / "lab.vcl"
-        vcl.write_text(_VCL.replace("@BACKEND_PORT@", str(backend.port)).replace("@NAME@", node.name))
+        vcl.write_text(_VCL.replace("@BACKEND_PORT@", str(backend_port)).replace("@NAME@", node.name))
         workdir = node.folder / "varnishd"
         argv = [VARNISHD, "-F", "-n", str(workdir), "-a", f"127.0.0.1:{node.port}", "-f", str(vcl)]
         # -j none: no jail, so the unprivileged Varnish users need no access to our private temp folder.
