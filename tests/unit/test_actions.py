@@ -116,6 +116,14 @@ def test_an_edges_item_is_not_sent_while_its_shield_is_held_down() -> None:
     up = _Fleet(shield_held=False)
     up.health = NodeHealth(lambda: 100.0)  # type: ignore[assignment]
     assert _warm_on_the_edge(up, (SHIELD,)).attempts == 1 and up.asked == [("GET", "edge-1"), ("HEAD", "shield-1")]
+    # Held down past node_down_wait (3 s here): the edge is asked, an attempt spent (it may hold the object: a
+    # re-tester's 2,292 edge items failed unsent that were HITs there).
+    fleet.asked.clear()
+    claim = Claim(1, "t", "http://www.example.test/a", "edge-1", ItemAction.WARM, 0)
+    edge = Node(name="edge-1", url="http://127.0.0.1:1")
+    impatient = Engine(node_down_wait=2.0)
+    outcome = asyncio.run(perform(claim, edge, 1, fleet, None, impatient, 100.0, upstream=(SHIELD,)))  # type: ignore[arg-type]
+    assert fleet.asked == [("HEAD", "shield-1"), ("GET", "edge-1"), ("HEAD", "shield-1")] and outcome.attempts == 1
 
 
 def test_an_ats_edges_502_with_its_shield_up_says_ats_may_still_count_its_parent_down() -> None:

@@ -93,7 +93,7 @@ async def _warm(
     upstream: Sequence[Node],
     purged: float | None,
 ) -> ItemOutcome:
-    if upstream and (held := await _upstream_down(node, target, upstream, fetcher)) is not None:
+    if upstream and (held := await _upstream_down(node, target, upstream, fetcher, settings)) is not None:
         return warm_outcome(claim.item_id, attempt, held, settings, now)
     result = await fetcher.request("GET", node, target)
     if result.status in GATEWAY_ERRORS and upstream:
@@ -135,17 +135,20 @@ async def _warm(
 
 
 async def _upstream_down(
-    node: Node, target: TargetUrl, upstream: Sequence[Node], fetcher: NodeClient
+    node: Node, target: TargetUrl, upstream: Sequence[Node], fetcher: NodeClient, settings: Settings
 ) -> FetchResult | None:
     """The hold of a node `node` fetches through while it is held down (asked first, `HEAD`: after its cooldown,
-    that is the probe), or None: then `node` is asked. An edge's items waiting for a shield were each sent to the
-    edge at every end of the shield's cooldown, for a 502 and a request to the dead shield each (a tester's:
-    220 a time, 882 in a minute)."""
+    that is the probe) and its items wait for it (node_down_wait), or None: then `node` is asked. An edge's items
+    waiting for a shield were each sent to the edge at every end of the shield's cooldown, for a 502 and a request
+    to the dead shield each (a tester's: 220 a time, 882 in a minute). Past node_down_wait the edge is asked (an
+    attempt each): it may hold the object (a re-tester's 2,292 edge items failed unsent that were HITs there)."""
     health = fetcher.health
     if health is None:
         return None
     for shield in upstream:
         if health.is_down(shield) and (asked := await fetcher.request("HEAD", shield, target)).hold is not None:
+            if asked.hold.down_for >= settings.node_down_wait:
+                return None
             return replace(asked, error=f"not sent to {node.name}, which fetches through {shield.name}: {asked.error}")
     return None
 
