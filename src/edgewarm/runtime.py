@@ -428,11 +428,56 @@ async def _run_parts(
                 stack.callback(metrics_server.server_close)
                 stack.callback(metrics_server.shutdown)
                 log.info("metrics on http://%s/metrics", config.metrics_listen)
+        # The API serves from here, while the engine takes back a previous process's items (up to a minute
+        # behind another process's SQLite lock: /healthz and /readyz went unanswered, an ops tester's).
+        server: _Server | None = None
+        body_reads = BodyReads()  # the requests whose bodies are still arriving: answered 503 at a stop
+        if api:
+            service = live.service = Service(
+                config,
+                store,
+                on_submit=worker.wake if worker else None,
+                on_cancel=worker.cancelled if worker else None,
+                metrics=metrics,
+                stopping=stopping,
+            )
+            if engine and sole:
+                service.starting = "starting: taking back the items a previous process left running"
+            server = _Server(
+                uvicorn.Config(
+                    create_app(service, body_reads),
+                    host=config.listen_host,
+                    port=config.listen_port,
+                    log_level="warning",
+                    log_config=None,  # its records go to the root logger: one JSON object per line, as ours
+                    # A head's size, a request's time and the connections open bounded.
+                    http=bounded_protocol(
+                        config.api.request_timeout,
+                        lambda: api_connections_room(live.config.engine.concurrency if engine else 0),
+                    ),
+                    # An idle connection kept as long as a silent one may wait (uvicorn's 5 s made pooled clients
+                    # post on connections it had just closed).
+                    timeout_keep_alive=math.ceil(config.api.request_timeout),
+                    access_log=False,
+                    lifespan="off",
+                    # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).
+                    timeout_graceful_shutdown=math.ceil(config.engine.grace_seconds),
+                )
+            )
+            tasks.append(
+                asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
+            )
+            # Its end asked for before the parts' stop awaits it (a start that fails, or a stop, below).
+            stack.callback(setattr, server, "should_exit", True)
+        if engine:
+            assert worker is not None
             # Before the tasks that use the store start: a take-back that fails ends the start, and they would
             # go on with a store closing under them ("retention round failed: the store is not open").
             if sole and not await _take_back(store, metrics, config.store, stopping):
                 log.info("edgewarm stopped before its engine started: the store took no writes meanwhile")
                 return True
+            if live.service is not None:
+                live.service.starting = None
             if not sole and config.engine.dedupe_seconds:
                 log.info("dedupe_seconds is not applied: other engines on this store may purge what this one warmed")
             metrics.watch_nodes(lambda: {node.name: live.health.is_down(node) for node in live.config.nodes})
@@ -459,41 +504,6 @@ async def _run_parts(
                     asyncio.create_task(_count_the_queue(store, metrics, stopping), name="edgewarm-queue-depth")
                 )
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
-        server: _Server | None = None
-        body_reads = BodyReads()  # the requests whose bodies are still arriving: answered 503 at a stop
-        if api:
-            service = live.service = Service(
-                config,
-                store,
-                on_submit=worker.wake if worker else None,
-                on_cancel=worker.cancelled if worker else None,
-                metrics=metrics,
-                stopping=stopping,
-            )
-            server = _Server(
-                uvicorn.Config(
-                    create_app(service, body_reads),
-                    host=config.listen_host,
-                    port=config.listen_port,
-                    log_level="warning",
-                    log_config=None,  # its records go to the root logger: one JSON object per line, as ours
-                    # A head's size, a request's time and the connections open bounded.
-                    http=bounded_protocol(
-                        config.api.request_timeout,
-                        lambda: api_connections_room(live.config.engine.concurrency if engine else 0),
-                    ),
-                    # An idle connection kept as long as a silent one may wait (uvicorn's 5 s made pooled clients
-                    # post on connections it had just closed).
-                    timeout_keep_alive=math.ceil(config.api.request_timeout),
-                    access_log=False,
-                    lifespan="off",
-                    # Open requests (a long poll) get the grace too; 0 is none (`or None` made it unlimited).
-                    timeout_graceful_shutdown=math.ceil(config.engine.grace_seconds),
-                )
-            )
-            tasks.append(
-                asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
-            )
         if live.config is not config:  # reloaded while the parts above were made: give them what they missed
             live.apply(live.config)
         parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)

@@ -84,6 +84,7 @@ class Service:
         self._on_cancel = on_cancel  # this process's engine, told at once (others learn it from the store)
         self._stopping = stopping or asyncio.Event()  # set when the process stops: long polls answer at once
         self.waits_open: dict[str, int] = {}  # long-polls open, by user
+        self.starting: str | None = None  # why this process is not ready yet, for /readyz (its engine's start)
         self._refusals = RefusalDigest(log, "calls refused for their credentials")
         self._submissions_refused = RefusalDigest(log, "submissions refused")
 

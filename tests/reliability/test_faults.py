@@ -1821,3 +1821,47 @@ async def test_a_varnish_fetch_failure_handed_to_a_warm_that_waited_for_it_is_as
     (item,) = items
     assert task.status is TaskStatus.SUCCEEDED, item.error
     assert item.attempts == 2 and len(origin.requests) == 2
+
+
+async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While `serve` waits to take back a previous process's items (up to a minute behind another process's
+    lock), /healthz answers 200 and /readyz 503 at once (an ops tester's: the port took connections and answered
+    nothing until the lock was let go, a liveness probe's 1 s timed out); once it is let go, /readyz is 200."""
+    import httpx
+
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(edgewarm.runtime, "TAKE_BACK_SECONDS", 30.0, raising=False)
+    path = tmp_path / "ew.db"
+    url = f"sqlite://{path}"
+    await _with_a_task(url, 1)
+    locker = _locked(path)
+    port = free_port()
+    config = parse_config(
+        base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, listen=f"127.0.0.1:{port}")
+    )
+    service = asyncio.create_task(run(config))
+    try:
+        await _until_logged(caplog, f"the database {path} is locked by another process", service, 10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            health = None
+            for _ in range(10):  # (the server starts serving beside the take-back: each try 1 s at most)
+                with contextlib.suppress(httpx.TransportError):
+                    health = await http.get("/healthz", timeout=1)
+                    break
+                await asyncio.sleep(0.1)
+            assert health is not None and health.status_code == 200, "no answer to /healthz"
+            assert (await http.get("/readyz")).status_code == 503
+            assert "edgewarm running" not in caplog.text
+            locker.rollback()
+            await _until_logged(caplog, "edgewarm running", service, 10)
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        locker.close()
+        if not service.done():
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)

@@ -50,6 +50,8 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
 
     @app.get("/readyz", tags=["operations"], summary="The store answers: this process can take work")
     async def readyz() -> Response:
+        if service.starting is not None:
+            return JSONResponse({"ok": False, "error": service.starting}, status_code=503)
         try:
             depth = await queue_depth()
         except EdgewarmError as exc:
