@@ -154,7 +154,7 @@ def header_number(text: str, most: int = DELTA_MOST) -> int | None:
     internal error, a traceback a try: a reviewer's.)"""
     if not ascii_digits(text):
         return None
-    return most if len(text) > len(str(most)) else min(int(text), most)
+    return most if len(text) > 18 else min(int(text), most)  # (19 digits or more: past any length or time)
 
 
 def age_of(headers: Mapping[str, str]) -> int | None:
