@@ -72,6 +72,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Self:
+        """Start the process; with a port, return once it answers /healthz and says "edgewarm running" (its
+        API answers while its engine takes back a previous process's items: what follows may need the engine)."""
+        started = self._running_said()
         exe = Path(sys.executable).with_name("edgewarm")
         argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgewarm"]
         with open(self.log, "ab") as out:
@@ -82,8 +85,20 @@ class ServiceProcess:
                 preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         if self.port is not None:
+            deadline = time.monotonic() + timeout
             self._wait_healthy(timeout)
+            while self._running_said() == started:  # (the log is appended to: a restart's line is the next one)
+                assert self.proc is not None
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"edgewarm {self.command} did not say it runs: {self.log_text()}")
+                time.sleep(0.05)
         return self
+
+    def _running_said(self) -> int:
+        try:
+            return self.log.read_text(errors="replace").count("edgewarm running")
+        except OSError:
+            return 0
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None
