@@ -326,6 +326,11 @@ def test_a_bypass_refetch_refused_by_the_origin_says_so() -> None:
     )
     assert verdict(get, 405, False) is Verdict.REFUSED
     assert verdict(PurgeRequest("PURGE", {}), 404, False) is Verdict.NOT_CACHED
+    # 501 to PURGE or BAN: the node does not implement the method (a tester's directory purged 4 times over, for
+    # "HTTP 501; gave up after 4 attempts"); to a refetch GET, the origin's 501 passed on: tried again
+    for method in ("PURGE", "BAN"):
+        assert verdict(PurgeRequest(method, {}), 501, False) is Verdict.REFUSED
+    assert verdict(get, 501, False) is Verdict.RETRY
 
 
 @pytest.mark.parametrize("state", [CacheState.HIT, CacheState.STALE, CacheState.UPDATING])

@@ -78,6 +78,9 @@ def verdict(
     request: PurgeRequest, status: int | None, network_error: bool, cache_state: CacheState | None = None
 ) -> Verdict:
     """How the answer (`status`, and the `cache_state` the node told) to a purge `request` reads."""
+    if status == 501 and not network_error and request.method not in ("GET", "HEAD"):
+        return Verdict.REFUSED  # the node does not implement the method: asking again cannot help (a tester's
+        # directory of 310 URLs purged 4 times over, 90 s, for "HTTP 501; gave up after 4 attempts")
     if network_error or status is None or status >= 500 or status in (408, 429):
         return Verdict.RETRY
     if 200 <= status < 300:
