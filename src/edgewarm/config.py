@@ -206,6 +206,16 @@ class Node(_Model):
         return f"{parts.scheme}://{parts.netloc}"
 
 
+def _cache_address(url: str) -> str:
+    """A node URL as the cache it reaches: its scheme, host (lower case, no final dot, `localhost` as
+    127.0.0.1) and port (the scheme's default when none): `http://127.0.0.1` and `http://localhost:80` are one
+    (check-config said nothing of them: a newcomer's)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{'127.0.0.1' if host == 'localhost' else host}:{port}"
+
+
 def _shown_node_url(value: str) -> str:
     """A node URL for a message, quoted, its password and its query masked."""
     try:
@@ -466,7 +476,7 @@ class Config(_Model):
         found += [
             f"user {u.name!r} has no domains: every URL it submits is refused" for u in self.users if not u.domains
         ]
-        by_url = _holders((node.url.rstrip("/").lower(), node.name) for node in self.nodes)
+        by_url = _holders((_cache_address(node.url), node.name) for node in self.nodes)
         found += [
             f"nodes {' and '.join(names)} have one URL: each warm and purge goes to it {len(names)} times"
             for names in by_url.values()

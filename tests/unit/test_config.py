@@ -630,6 +630,9 @@ def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
                 {"name": "b", "url": "http://127.0.0.1:8080/"},
                 {"name": "c", "url": "http://127.0.0.1:8081", "dir_purge": "ban"},
                 {"name": "v", "url": "http://127.0.0.1:8082", "kind": "varnish", "dir_purge": "ban"},
+                {"name": "d", "url": "http://127.0.0.1"},  # one cache spelled two ways (a newcomer's)
+                {"name": "e", "url": "HTTP://LOCALHOST.:80"},
+                {"name": "f", "url": "https://127.0.0.1"},  # another port
             ],
             "engine": {"fetch_timeout": 30.0},
         }
@@ -638,6 +641,7 @@ def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
         "[engine] fetch_timeout (30 s) is not above read_timeout (30 s): a request is cut before a silence of "
         "read_timeout could end it",
         "nodes a and b have one URL: each warm and purge goes to it 2 times",
+        "nodes d and e have one URL: each warm and purge goes to it 2 times",
         "node 'c': dir_purge = \"ban\" sends BAN, which only Varnish takes (its kind is nginx)",
     ]
     assert parse_config({"users": [], "nodes": []}).cautions()[-2:] == [
