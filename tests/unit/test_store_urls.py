@@ -282,6 +282,7 @@ async def test_a_sqlite_store_edgewarm_makes_is_for_its_owner_only(tmp_path: Pat
     finally:
         os.umask(old_umask)
     assert store_cautions(f"sqlite://{made}") == []
+    assert store_cautions("memory://")[0].startswith("store = 'memory://' keeps nothing on disk: every task")
     assert store_cautions(f"sqlite://{theirs}") == [
         f"the SQLite database {theirs} can be read by every user of this machine (mode 644), every user's URLs "
         "and callback URLs with their tokens: chmod o-r (and its -wal and -shm)"

@@ -86,10 +86,16 @@ def sqlite_uri(path: str, query: str) -> str:
 
 def store_cautions(url: str) -> list[str]:
     """What is unsafe about who may read the SQLite database at `url` (it holds every user's URLs, and callback
-    URLs with their tokens): each in a sentence, as config.file_cautions. edgewarm makes the file 0600; one an
-    operator made keeps its mode, and is warned about."""
+    URLs with their tokens), or that it keeps nothing (`memory://`): each in a sentence, as
+    config.file_cautions. edgewarm makes the file 0600; one an operator made keeps its mode, and is warned
+    about."""
     path = sqlite_path(url)
-    if path is None or path == ":memory:":
+    if path == ":memory:":  # (README listed it beside the others: a newcomer's tasks were gone after a restart)
+        return [
+            f"store = {url!r} keeps nothing on disk: every task and today's quota counts are lost when the process "
+            "stops (for tests; use sqlite:///PATH)"
+        ]
+    if path is None:
         return []
     try:
         mode = os.stat(path).st_mode
