@@ -326,6 +326,28 @@ async def test_check_config_says_what_a_start_would_refuse_the_sqlite_file_for(t
     assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")
 
 
+async def test_check_config_says_a_start_could_not_make_the_store_s_folder(tmp_path: Path) -> None:
+    """A store under a file, or under a folder this user may not write: check-config said OK, `serve` exited
+    "cannot make the folder" (a newcomer's). A folder to make under one that may be written to is fine."""
+    (tmp_path / "file").write_text("x")
+    under_a_file = tmp_path / "file" / "sub" / "e.db"
+
+    async def opening(path: Path) -> None:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+
+    with pytest.raises(StoreError) as refused:
+        await opening(under_a_file)
+    said = str(database_refusal(f"sqlite:///{under_a_file}"))
+    assert said.startswith(f"cannot make the folder {under_a_file.parent} for {under_a_file}: Not a directory"), said
+    assert str(refused.value).startswith(f"cannot make the folder {under_a_file.parent} for {under_a_file}: ")
+    assert database_refusal(f"sqlite:///{tmp_path}/new/deeper/e.db") is None
+    if os.getuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "Permission denied" in str(database_refusal(f"sqlite:///{locked}/sub/e.db"))
+
+
 async def test_a_database_of_another_applications_tables_is_refused_and_check_config_says_so(tmp_path: Path) -> None:
     """A SQLite file holding a table of another application: edgewarm's tables were added beside it (the README
     says a store is made only in an empty database), and check-config said OK (a re-tester's)."""

@@ -1012,9 +1012,21 @@ def _writable(path: str) -> None:
 
 
 def _writable_if_there(path: str) -> None:
-    """_writable, once its folder is there (a start makes it): check-config's."""
-    if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    """_writable, once its folder is there; else whether a start can make it (check-config said OK to a folder
+    under a file, or under one this user may not write, and `serve` then exited "cannot make the folder": a
+    newcomer's): check-config's."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
         _writable(path)
+        return
+    above = folder
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    reason = "Not a directory" if not os.path.isdir(above) else None
+    if reason is None and not os.access(above, os.W_OK | os.X_OK):
+        reason = f"Permission denied ({above} is not writable by this user, uid {os.getuid()})"
+    if reason is not None:
+        raise StoreError(f"cannot make the folder {folder} for {path}: {reason}")
 
 
 def file_refusal(path: str) -> StoreError | None:
