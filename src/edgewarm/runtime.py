@@ -467,8 +467,12 @@ async def _run_parts(
             tasks.append(
                 asyncio.create_task(server.serve(sockets=[listening] if listening else None), name="edgewarm-api")
             )
-            # Its end asked for before the parts' stop awaits it (a start that fails, or a stop, below).
+            # Its end asked for before the parts' stop awaits it (a start that fails, or a stop, below), and at
+            # once at a signal during the start (it answered "starting" while a take-back's write waited: a
+            # re-tester's).
             stack.callback(setattr, server, "should_exit", True)
+            ending = asyncio.create_task(_serving_ends(stopping, server, body_reads), name="edgewarm-api-stop")
+            stack.callback(ending.cancel)
         if engine:
             assert worker is not None
             # Before the tasks that use the store start: a take-back that fails ends the start, and they would
@@ -545,6 +549,13 @@ async def _run_parts(
             return False
         log.info("edgewarm stopped cleanly")
         return True
+
+
+async def _serving_ends(stopping: asyncio.Event, server: _Server, body_reads: BodyReads) -> None:
+    """The API stops serving when the process stops, whatever part of its start or run it is in."""
+    await stopping.wait()
+    server.should_exit = True
+    body_reads.stop()
 
 
 async def _stop_parts(worker: Engine, tasks: list[asyncio.Task[None]], stopping: asyncio.Event) -> None:

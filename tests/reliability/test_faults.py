@@ -1865,3 +1865,41 @@ async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
         if not service.done():
             signal.raise_signal(signal.SIGTERM)
             await asyncio.wait_for(service, 20)
+
+
+async def test_a_stop_during_a_start_behind_a_lock_stops_the_api_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while the start's take-back waits for another process's lock: the API stops answering at once,
+    as at any stop (a re-tester's answered /readyz "starting" for the 7.6 s the write under way still waited)."""
+    import httpx
+
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 4.0)
+    path = tmp_path / "ew.db"
+    url = f"sqlite://{path}"
+    await _with_a_task(url, 1)
+    locker = _locked(path)
+    port = free_port()
+    config = parse_config(
+        base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, listen=f"127.0.0.1:{port}")
+    )
+    service = asyncio.create_task(run(config))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=1) as http:
+            for _ in range(30):  # until it serves (bounded: 3 s)
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/readyz")).status_code == 503:
+                        break
+                await asyncio.sleep(0.1)
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert not service.done()  # the take-back's write still waits for the lock
+            with pytest.raises(httpx.TransportError):
+                await http.get("/healthz")
+    finally:
+        locker.close()
+        if not service.done():
+            await asyncio.wait_for(service, 20)
