@@ -343,7 +343,8 @@ def test_a_bypass_refetch_answered_from_the_nodes_cache_fails(state: CacheState)
     assert (outcome.succeeded, outcome.retry_at, outcome.cache_state) == (False, None, state)
     assert outcome.error == (
         f"HTTP 200: the node answered the refetch from its cache ({state}): it did not take the purge's headers as a "
-        "bypass (nginx: proxy_cache_bypass on that header), so its old copy stays"
+        "bypass (nginx: proxy_cache_bypass on that header; ATS takes none unless its "
+        "proxy.config.http.cache.ignore_client_no_cache is 0: use PURGE), so its old copy stays"
     )
     # A refetch that went upstream, one the origin confirmed, a node that tells no state, a PURGE: purged.
     for other in (CacheState.BYPASS, CacheState.MISS, CacheState.EXPIRED, CacheState.REVALIDATED, None):

@@ -225,7 +225,8 @@ def purge_outcome(
         state = result.cache_state
         why = (
             f"the node answered the refetch from its cache ({state}): it did not take the purge's headers as a bypass "
-            "(nginx: proxy_cache_bypass on that header), so its old copy stays"
+            "(nginx: proxy_cache_bypass on that header; ATS takes none unless its "
+            "proxy.config.http.cache.ignore_client_no_cache is 0: use PURGE), so its old copy stays"
         )
         return ItemOutcome(item_id, False, attempt, result.status, state, result.bytes, f"{error}: {why}")
     failed = ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, error)
