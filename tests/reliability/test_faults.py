@@ -1823,18 +1823,16 @@ async def test_a_varnish_fetch_failure_handed_to_a_warm_that_waited_for_it_is_as
     assert item.attempts == 2 and len(origin.requests) == 2
 
 
-async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """While `serve` waits to take back a previous process's items (up to a minute behind another process's
-    lock), /healthz answers 200 and /readyz 503 at once (an ops tester's: the port took connections and answered
-    nothing until the lock was let go, a liveness probe's 1 s timed out); once it is let go, /readyz is 200."""
-    import httpx
-
+@contextlib.asynccontextmanager
+async def _a_start_behind_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_wait: float
+) -> AsyncIterator[tuple[asyncio.Task[bool], sqlite3.Connection, str]]:
+    """`serve` (API and engine) started on a store with an item left running, while another process holds its
+    write lock: the service's task, the lock's connection (rollback lets it go), the API's address. Stopped at
+    the end."""
     from edgewarm.runtime import run
 
-    caplog.set_level(logging.INFO, logger="edgewarm")
-    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", lock_wait)
     monkeypatch.setattr(edgewarm.runtime, "TAKE_BACK_SECONDS", 30.0, raising=False)
     path = tmp_path / "ew.db"
     url = f"sqlite://{path}"
@@ -1846,8 +1844,26 @@ async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
     )
     service = asyncio.create_task(run(config))
     try:
-        await _until_logged(caplog, f"the database {path} is locked by another process", service, 10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        yield service, locker, f"http://127.0.0.1:{port}"
+    finally:
+        locker.close()
+        if not service.done():
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)
+
+
+async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While `serve` waits to take back a previous process's items (up to a minute behind another process's
+    lock), /healthz answers 200 and /readyz 503 at once (an ops tester's: the port took connections and answered
+    nothing until the lock was let go, a liveness probe's 1 s timed out); once it is let go, /readyz is 200."""
+    import httpx
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    async with _a_start_behind_a_lock(tmp_path, monkeypatch, 0.3) as (service, locker, address):
+        await _until_logged(caplog, "is locked by another process", service, 10)
+        async with httpx.AsyncClient(base_url=address, timeout=5) as http:
             health = None
             for _ in range(10):  # (the server starts serving beside the take-back: each try 1 s at most)
                 with contextlib.suppress(httpx.TransportError):
@@ -1860,46 +1876,24 @@ async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
             locker.rollback()
             await _until_logged(caplog, "edgewarm running", service, 10)
             assert (await http.get("/readyz")).status_code == 200
-    finally:
-        locker.close()
-        if not service.done():
-            signal.raise_signal(signal.SIGTERM)
-            await asyncio.wait_for(service, 20)
 
 
 async def test_a_stop_during_a_start_behind_a_lock_stops_the_api_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGTERM while the start's take-back waits for another process's lock: the API stops answering at once,
     as at any stop (a re-tester's answered /readyz "starting" for the 7.6 s the write under way still waited)."""
     import httpx
 
-    from edgewarm.runtime import run
-
-    caplog.set_level(logging.INFO, logger="edgewarm")
-    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 4.0)
-    path = tmp_path / "ew.db"
-    url = f"sqlite://{path}"
-    await _with_a_task(url, 1)
-    locker = _locked(path)
-    port = free_port()
-    config = parse_config(
-        base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, listen=f"127.0.0.1:{port}")
-    )
-    service = asyncio.create_task(run(config))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=1) as http:
-            for _ in range(30):  # until it serves (bounded: 3 s)
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 503:
-                        break
-                await asyncio.sleep(0.1)
-            signal.raise_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
-            assert not service.done()  # the take-back's write still waits for the lock
-            with pytest.raises(httpx.TransportError):
-                await http.get("/healthz")
-    finally:
-        locker.close()
-        if not service.done():
-            await asyncio.wait_for(service, 20)
+    starting = _a_start_behind_a_lock(tmp_path, monkeypatch, 4.0)
+    async with starting as (service, _, address), httpx.AsyncClient(base_url=address, timeout=1) as http:
+        for _ in range(30):  # until it serves (bounded: 3 s)
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/readyz")).status_code == 503:
+                    break
+            await asyncio.sleep(0.1)
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert not service.done()  # the take-back's write still waits for the lock
+        with pytest.raises(httpx.TransportError):
+            await http.get("/healthz")

@@ -39,6 +39,14 @@ async def removed_soon(store: TaskStore, task_id: str) -> bool:
     return False
 
 
+async def an_old_finished_task(store: TaskStore, now: float) -> str:
+    """One task that ended 8 days before `now`: its id."""
+    await store.create_task(task(1, now - 9 * DAY))
+    (claim,) = await store.claim_due_items("w", 10, now, 60)
+    await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
+    return claim.task_id
+
+
 def test_a_round_removes_old_finished_tasks_in_batches_and_keeps_the_rest() -> None:
     """7 days: 5 tasks ended 8 days ago go (batches of 2), one ended yesterday and one still open stay."""
 
@@ -69,12 +77,10 @@ def test_the_job_runs_a_round_at_once_and_ends_when_told() -> None:
     async def go() -> bool:
         async with open_store("memory://") as store:
             now = 100 * DAY
-            await store.create_task(task(1, now - 9 * DAY))
-            (claim,) = await store.claim_due_items("w", 10, now, 60)
-            await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
+            task_id = await an_old_finished_task(store, now)
             stopping = asyncio.Event()
             job = asyncio.create_task(run_retention(store, lambda: Retention(days=7), stopping, clock=lambda: now))
-            gone = await removed_soon(store, claim.task_id)
+            gone = await removed_soon(store, task_id)
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return gone
@@ -109,14 +115,17 @@ def test_a_reload_runs_a_round_with_the_new_settings_at_once() -> None:
     assert asyncio.run(go()) == (True, True)
 
 
+@pytest.mark.parametrize(("batch", "items_a_batch"), [(2, 50_000), (200, 1)], ids=["by-tasks", "by-items"])
 def test_a_backlog_larger_than_a_round_is_removed_round_after_round_not_an_interval_apart(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batch: int, items_a_batch: int
 ) -> None:
     """A round removes at most MAX_BATCHES_A_ROUND batches; the next came interval_seconds (an hour) later, so a
     service ending more tasks than that an hour never caught up. Rounds now follow each other after
-    BACKLOG_PAUSE while one ends with tasks left."""
+    BACKLOG_PAUSE while one ends at its last batch; so too when a batch stops at RETENTION_ITEMS items, under
+    `batch` tasks (a reviewer's: 30,000 tasks of 500 items, 10,000 removed, the rest left for an hour)."""
     monkeypatch.setattr(retention, "MAX_BATCHES_A_ROUND", 2)
     monkeypatch.setattr(retention, "BACKLOG_PAUSE", 0.05)
+    monkeypatch.setattr(store_sqlite, "RETENTION_ITEMS", items_a_batch)  # (the PostgreSQL store's: integration)
 
     async def go() -> list[bool]:
         async with open_store("memory://") as store:
@@ -126,35 +135,9 @@ def test_a_backlog_larger_than_a_round_is_removed_round_after_round_not_an_inter
             claims = await store.claim_due_items("w", 100, now, 60)
             await store.record_outcomes("w", [ItemOutcome(c.item_id, True, 1) for c in claims], now - 8 * DAY)
             stopping = asyncio.Event()
-            settings = Retention(days=7, batch=2, interval_seconds=3600)
+            settings = Retention(days=7, batch=batch, interval_seconds=3600)
             job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
-            gone = [await removed_soon(store, c.task_id) for c in claims]  # 9 tasks: 3 rounds of 4 at most
-            stopping.set()
-            await asyncio.wait_for(job, timeout=5)
-            return gone
-
-    assert asyncio.run(go()) == [True] * 9
-
-
-def test_a_backlog_of_tasks_of_many_items_is_removed_round_after_round(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch stops at RETENTION_ITEMS items: tasks of many items make batches under `batch`, and a round's total
-    under MAX_BATCHES_A_ROUND * batch was taken for the end: the next round came interval_seconds later (a
-    reviewer's: 30,000 tasks of 500 items, 10,000 removed, the rest left for an hour)."""
-    monkeypatch.setattr(retention, "MAX_BATCHES_A_ROUND", 2)
-    monkeypatch.setattr(retention, "BACKLOG_PAUSE", 0.05)
-    monkeypatch.setattr(store_sqlite, "RETENTION_ITEMS", 1)  # (the PostgreSQL store's: tests/integration)
-
-    async def go() -> list[bool]:
-        async with open_store("memory://") as store:
-            now = 100 * DAY
-            for n in range(9):
-                await store.create_task(task(n, now - 9 * DAY))
-            claims = await store.claim_due_items("w", 100, now, 60)
-            await store.record_outcomes("w", [ItemOutcome(c.item_id, True, 1) for c in claims], now - 8 * DAY)
-            stopping = asyncio.Event()
-            settings = Retention(days=7, batch=200, interval_seconds=3600)
-            job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
-            gone = [await removed_soon(store, c.task_id) for c in claims]  # 1 task a batch, 2 batches a round
+            gone = [await removed_soon(store, c.task_id) for c in claims]  # 9 tasks: rounds of 4, or of 2
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return gone
@@ -216,9 +199,7 @@ def test_a_round_the_store_refused_is_tried_again_soon_not_an_interval_later(
     async def go() -> bool:
         async with open_store("memory://") as store:
             now = 100 * DAY
-            await store.create_task(task(1, now - 9 * DAY))
-            (claim,) = await store.claim_due_items("w", 100, now, 60)
-            await store.record_outcomes("w", [ItemOutcome(claim.item_id, True, 1)], now - 8 * DAY)
+            task_id = await an_old_finished_task(store, now)
             delete = store.delete_finished_before
             refusals = [1]
 
@@ -232,7 +213,7 @@ def test_a_round_the_store_refused_is_tried_again_soon_not_an_interval_later(
             stopping = asyncio.Event()
             settings = Retention(days=7, interval_seconds=3600)
             job = asyncio.create_task(run_retention(store, lambda: settings, stopping, clock=lambda: now))
-            gone = await removed_soon(store, claim.task_id)
+            gone = await removed_soon(store, task_id)
             stopping.set()
             await asyncio.wait_for(job, timeout=5)
             return gone
