@@ -1826,10 +1826,10 @@ async def test_a_varnish_fetch_failure_handed_to_a_warm_that_waited_for_it_is_as
 @contextlib.asynccontextmanager
 async def _a_start_behind_a_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_wait: float
-) -> AsyncIterator[tuple[asyncio.Task[bool], sqlite3.Connection, str]]:
+) -> AsyncIterator[tuple[asyncio.Task[bool], sqlite3.Connection, str, Callable[[], None]]]:
     """`serve` (API and engine) started on a store with an item left running, while another process holds its
-    write lock: the service's task, the lock's connection (rollback lets it go), the API's address. Stopped at
-    the end."""
+    write lock: the service's task, the lock's connection (rollback lets it go), the API's address, and its stop
+    (SIGTERM, once: a second would end the process, pytest with it). Stopped at the end."""
     from edgewarm.runtime import run
 
     monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", lock_wait)
@@ -1843,12 +1843,19 @@ async def _a_start_behind_a_lock(
         base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, listen=f"127.0.0.1:{port}")
     )
     service = asyncio.create_task(run(config))
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGTERM)
+
     try:
-        yield service, locker, f"http://127.0.0.1:{port}"
+        yield service, locker, f"http://127.0.0.1:{port}", stop
     finally:
         locker.close()
         if not service.done():
-            signal.raise_signal(signal.SIGTERM)
+            stop()
             await asyncio.wait_for(service, 20)
 
 
@@ -1861,7 +1868,7 @@ async def test_a_start_beside_another_process_s_write_lock_answers_its_probes(
     import httpx
 
     caplog.set_level(logging.INFO, logger="edgewarm")
-    async with _a_start_behind_a_lock(tmp_path, monkeypatch, 0.3) as (service, locker, address):
+    async with _a_start_behind_a_lock(tmp_path, monkeypatch, 0.3) as (service, locker, address, _):
         await _until_logged(caplog, "is locked by another process", service, 10)
         async with httpx.AsyncClient(base_url=address, timeout=5) as http:
             health = None
@@ -1886,13 +1893,13 @@ async def test_a_stop_during_a_start_behind_a_lock_stops_the_api_at_once(
     import httpx
 
     starting = _a_start_behind_a_lock(tmp_path, monkeypatch, 4.0)
-    async with starting as (service, _, address), httpx.AsyncClient(base_url=address, timeout=1) as http:
+    async with starting as (service, _, address, stop), httpx.AsyncClient(base_url=address, timeout=1) as http:
         for _ in range(30):  # until it serves (bounded: 3 s)
             with contextlib.suppress(httpx.TransportError):
                 if (await http.get("/readyz")).status_code == 503:
                     break
             await asyncio.sleep(0.1)
-        signal.raise_signal(signal.SIGTERM)
+        stop()
         await asyncio.sleep(0.5)
         assert not service.done()  # the take-back's write still waits for the lock
         with pytest.raises(httpx.TransportError):
