@@ -2750,6 +2750,8 @@ async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time
         with pytest.raises(StoreError, match="locked"):
             await store.create_task(locked)
         assert time.monotonic() - started < 3
+        with pytest.raises(StoreError, match=r"^the store takes no writes: .*locked"):  # /readyz: 503 (it said 200)
+            await store.queue_depth()
         busy = asyncio.ensure_future(store._run(lambda: time.sleep(0.7)))  # the writer busy past the bound
         await asyncio.sleep(0.05)
         other.execute("ROLLBACK")  # the lock is free before the writer takes the waiting call
@@ -2758,6 +2760,7 @@ async def test_a_sqlite_submission_waits_for_another_process_lock_a_bounded_time
             await store.create_task(late)
         await busy
         other.close()
+        assert await store.queue_depth() == 0  # the probe write taken: ready again
         made = await store.create_task(make_task(1))
         assert await store.get_task(locked.id) is None and await store.get_task(late.id) is None
         assert await store.get_task(made.id) is not None and await store.usage("alice", DAY) == (1, 0)

@@ -1194,7 +1194,9 @@ WRITE_PROBE_BYTES = 256 * 1024  # written (and removed) to learn whether a store
 # SQLite's primary result codes of a write the file or its disk refuses: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL.
 _SQLITE_BUSY = 5  # "database is locked": another connection's write lock, held past the busy timeout
 _SQLITE_FULL = 13
-_WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL})
+# And SQLITE_BUSY: another process's lock; then /readyz answered 200 to an `api` whose every submission waited
+# 10 s and failed (a re-tester's). Each probes with a write until one is taken (queue_depth).
+_WRITES_REFUSED = frozenset({8, 10, _SQLITE_FULL, _SQLITE_BUSY})
 _ACTIONS = {a.value: a for a in ItemAction}
 _BRING_WEBHOOKS_FORWARD = "UPDATE tasks SET webhook_due_at = ? WHERE webhook_state = 'pending' AND webhook_due_at > ?"
 _AT_STAGE = "SELECT DISTINCT node, action FROM items WHERE task_id = ? AND seq = ? AND stage = ?"
