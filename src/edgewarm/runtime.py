@@ -428,6 +428,7 @@ async def _run_parts(
                 stack.callback(metrics_server.server_close)
                 stack.callback(metrics_server.shutdown)
                 log.info("metrics on http://%s/metrics", config.metrics_listen)
+                metrics.queue_counted(None)  # not counted until the take-back is done (it said 0: a re-tester's)
         # The API serves from here, while the engine takes back a previous process's items (up to a minute
         # behind another process's SQLite lock: /healthz and /readyz went unanswered, an ops tester's).
         server: _Server | None = None

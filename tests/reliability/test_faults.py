@@ -1904,3 +1904,37 @@ async def test_a_stop_during_a_start_behind_a_lock_stops_the_api_at_once(
         assert not service.done()  # the take-back's write still waits for the lock
         with pytest.raises(httpx.TransportError):
             await http.get("/healthz")
+
+
+async def test_a_worker_s_queue_depth_is_unknown_until_its_take_back_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's /metrics during its start's take-back behind another process's lock said
+    `edgewarm_queue_depth 0.0`, though items waited (a re-tester's): NaN, `edgewarm_store_up` 0, until counted."""
+    import httpx
+
+    from edgewarm.runtime import run
+
+    caplog.set_level(logging.INFO, logger="edgewarm")
+    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.3)
+    path = tmp_path / "ew.db"
+    url = f"sqlite://{path}"
+    await _with_a_task(url, 1)
+    locker = _locked(path)
+    port = free_port()
+    config = parse_config(
+        base_config(
+            one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, metrics_listen=f"127.0.0.1:{port}"
+        )
+    )
+    service = asyncio.create_task(run(config, api=False))
+    try:
+        await _until_logged(caplog, "is locked by another process", service, 10)
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert "edgewarm_queue_depth NaN" in text and "edgewarm_store_up 0.0" in text, text
+    finally:
+        locker.close()
+        if not service.done():
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(service, 20)
