@@ -330,6 +330,8 @@ def test_a_bypass_refetch_refused_by_the_origin_says_so() -> None:
     # "HTTP 501; gave up after 4 attempts"); to a refetch GET, the origin's 501 passed on: tried again
     for method in ("PURGE", "BAN"):
         assert verdict(PurgeRequest(method, {}), 501, False) is Verdict.REFUSED
+    said = purge_outcome(1, 1, Verdict.REFUSED, FetchResult(501), SETTINGS, NOW).error
+    assert said == "HTTP 501: the node does not implement the purge's method (its kind and purge_method in the config?)"
     assert verdict(get, 501, False) is Verdict.RETRY
 
 

@@ -215,6 +215,8 @@ def purge_outcome(
         why = (
             "the node cannot read a request for this URL (nor could it cache it)"
             if verdict is Verdict.UNREADABLE
+            else "the node does not implement the purge's method (its kind and purge_method in the config?)"
+            if result.status == 501
             else "the node refused the purge (is purging enabled there, and allowed from this host?)"
         )
         return ItemOutcome(item_id, False, attempt, result.status, None, result.bytes, f"{error}: {why}")
