@@ -1243,7 +1243,8 @@ async def test_a_directory_with_more_known_urls_than_purged_one_by_one_fails_say
             ended, (item,) = await rig.wait(await rig.refresh_dir("http://www.example.test/d/"), 20)
     assert ended.status is TaskStatus.FAILED
     assert item.error is not None and item.error.startswith(
-        "purged 3 of the 3 URLs known at or under the directory, the first 3 in one spelling (more may be under it)"
+        "purged 3 of the first 3 URLs known at or under the directory: a directory refresh reaches 3 in one spelling, "
+        "and more may be known there"
     ), item.error
     assert sum(r.method == "PURGE" for r in node.requests) == 3
 
