@@ -94,8 +94,8 @@ async def run_retention(
         except StoreError as exc:
             # Tried again in a minute: a store locked or busy a while kept its backlog for the interval (an hour)
             # (a re-tester's).
-            log.error("retention round failed: %s; tried again in %g s", exc, min(FAILED_PAUSE, pause))
             pause = min(FAILED_PAUSE, pause)
+            log.error("retention round failed: %s; tried again in %g s", exc, pause)
         await first_of(pause, stopping, reloaded)
 
 

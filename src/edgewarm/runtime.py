@@ -172,7 +172,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             shared = (  # (a tester's worker failed new tasks' items of the node the API processes still gave them)
                 "; on a shared store, those this process claims, of tasks submitted later too while other "
                 "processes still have the node: give every process the same nodes"
-                if config.store.startswith("postgresql")
+                if sqlite_path(config.store) is None
                 else ""
             )
             log.warning("SIGHUP: nodes no longer configured, their open items fail%s: %s", shared, ", ".join(gone))
@@ -519,10 +519,7 @@ async def _run_parts(
             log.warning("%s", caution)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopping.set()  # whatever ended first, everything stops
-        if server is not None:
-            server.should_exit = True
-            body_reads.stop()
+        stopping.set()  # whatever ended first, everything stops (the API by _serving_ends)
         if worker is not None:
             worker.stop()
         stop_wait.cancel()

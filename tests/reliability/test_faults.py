@@ -1826,11 +1826,12 @@ async def test_a_varnish_fetch_failure_handed_to_a_warm_that_waited_for_it_is_as
 
 @contextlib.asynccontextmanager
 async def _a_start_behind_a_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_wait: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_wait: float, *, worker: bool = False
 ) -> AsyncIterator[tuple[asyncio.Task[bool], sqlite3.Connection, str, Callable[[], None]]]:
-    """`serve` (API and engine) started on a store with an item left running, while another process holds its
-    write lock: the service's task, the lock's connection (rollback lets it go), the API's address, and its stop
-    (SIGTERM, once: a second would end the process, pytest with it). Stopped at the end."""
+    """`serve` (API and engine; with `worker`, the engine alone and its `metrics_listen`) started on a store with
+    an item left running, while another process holds its write lock: the service's task, the lock's connection
+    (rollback lets it go), the address it serves on, and its stop (SIGTERM, once: a second would end the
+    process, pytest with it). Stopped at the end."""
     from edgewarm.runtime import run
 
     monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", lock_wait)
@@ -1839,11 +1840,10 @@ async def _a_start_behind_a_lock(
     url = f"sqlite://{path}"
     await _with_a_task(url, 1)
     locker = _locked(path)
-    port = free_port()
-    config = parse_config(
-        base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, listen=f"127.0.0.1:{port}")
-    )
-    service = asyncio.create_task(run(config))
+    address = f"127.0.0.1:{free_port()}"
+    served = {"metrics_listen": address} if worker else {"listen": address}
+    config = parse_config(base_config(one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, **served))
+    service = asyncio.create_task(run(config, api=not worker))
     stopped: list[bool] = []
 
     def stop() -> None:
@@ -1852,7 +1852,7 @@ async def _a_start_behind_a_lock(
             signal.raise_signal(signal.SIGTERM)
 
     try:
-        yield service, locker, f"http://127.0.0.1:{port}", stop
+        yield service, locker, f"http://{address}", stop
     finally:
         locker.close()
         if not service.done():
@@ -1914,28 +1914,9 @@ async def test_a_worker_s_queue_depth_is_unknown_until_its_take_back_is_done(
     `edgewarm_queue_depth 0.0`, though items waited (a re-tester's): NaN, `edgewarm_store_up` 0, until counted."""
     import httpx
 
-    from edgewarm.runtime import run
-
     caplog.set_level(logging.INFO, logger="edgewarm")
-    monkeypatch.setattr(edgewarm.store.sqlite, "LOCK_WAIT_SECONDS", 0.3)
-    path = tmp_path / "ew.db"
-    url = f"sqlite://{path}"
-    await _with_a_task(url, 1)
-    locker = _locked(path)
-    port = free_port()
-    config = parse_config(
-        base_config(
-            one_node_at("http://127.0.0.1:9"), store=url, engine=FAST_ENGINE, metrics_listen=f"127.0.0.1:{port}"
-        )
-    )
-    service = asyncio.create_task(run(config, api=False))
-    try:
+    starting = _a_start_behind_a_lock(tmp_path, monkeypatch, 0.3, worker=True)
+    async with starting as (service, _, address, _), httpx.AsyncClient(timeout=5) as http:
         await _until_logged(caplog, "is locked by another process", service, 10)
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-        assert "edgewarm_queue_depth NaN" in text and "edgewarm_store_up 0.0" in text, text
-    finally:
-        locker.close()
-        if not service.done():
-            signal.raise_signal(signal.SIGTERM)
-            await asyncio.wait_for(service, 20)
+        text = (await http.get(f"{address}/metrics")).text
+    assert "edgewarm_queue_depth NaN" in text and "edgewarm_store_up 0.0" in text, text
