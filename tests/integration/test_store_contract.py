@@ -2696,6 +2696,26 @@ async def test_a_sqlite_group_answers_none_of_its_submissions_before_its_commit(
         assert await store.get_task(call.id) is None and await store.usage("alice", DAY) == (0, 0)
 
 
+async def test_a_sqlite_submission_sqlite_cannot_take_fails_alone_not_its_group(tmp_path: Path) -> None:
+    """A security tester's '\\ud800' in one user's idempotency key (the API let it through then): sqlite3 refused
+    to bind it, and every other call written in the same group failed with it ("internal error"). It fails alone
+    now: the others of its group are made, and its own charge is undone."""
+    async with open_store(f"sqlite:///{tmp_path}/edgewarm.db") as store:
+        assert isinstance(store, edgewarm.store.sqlite.SQLiteStore)
+        busy = asyncio.ensure_future(store._run(lambda: time.sleep(0.3)))  # the calls below queue: one group
+        await asyncio.sleep(0.05)
+        before, after = make_task(2, user="bob"), make_task(3, user="bob")
+        bad = replace(make_task(1), idempotency_key="k\ud800")
+        answers = await asyncio.gather(
+            store.create_task(before), store.create_task(bad), store.create_task(after), return_exceptions=True
+        )
+        await busy
+        assert isinstance(answers[1], UnicodeEncodeError), answers
+        assert [a.id for a in (answers[0], answers[2]) if isinstance(a, Task)] == [before.id, after.id], answers
+        assert await store.usage("bob", DAY) == (5, 0) and await store.usage("alice", DAY) == (0, 0)
+        assert await store.get_task(bad.id) is None
+
+
 async def test_a_sqlite_submission_on_a_full_disk_is_refused_as_a_full_disk_not_an_unavailable_store(
     tmp_path: Path,
 ) -> None:

@@ -1785,6 +1785,43 @@ async def test_a_form_in_a_charset_not_written_in_ascii_is_refused_saying_so(api
     assert (response.status_code, response.json()) == (415, {"error": said})
 
 
+async def test_a_form_in_utf7_is_refused_as_a_form_or_as_multipart(api: Api) -> None:
+    """A security tester's: UTF-7 writes lone surrogates ('+2AA-' in an idempotency key: other users' calls of its
+    SQLite group failed, "internal error") and hides characters from filters in front ('+ADw-' is '<'); no HTTP
+    client sends it. Refused, nothing made; the same form in UTF-8 is taken."""
+    fields = {**creds(), "publish_urls": urls(1)[0], "idempotency_key": "k+2AA-"}
+    said = (
+        "charset 'utf-7' is not read (no HTTP client sends it; it hides characters from filters): send the form in "
+        "UTF-8"
+    )
+    form = urlencode(fields).encode()
+    answer = await api.client.post(
+        "/api/prefetch", content=form, headers={"content-type": "application/x-www-form-urlencoded; charset=UTF-7"}
+    )
+    assert (answer.status_code, answer.json()) == (415, {"error": said.replace("'utf-7'", "'UTF-7'")})
+    parts = b"".join(
+        f'--XX\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    )
+    multipart = await api.client.post(
+        "/api/prefetch",
+        content=parts + b"--XX--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=XX; charset=utf-7"},
+    )
+    assert (multipart.status_code, multipart.json()) == (415, {"error": said})
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+    assert_submitted(await api.raw("/api/prefetch", form, "application/x-www-form-urlencoded"))
+
+
+def test_a_form_field_that_is_no_text_is_refused() -> None:
+    """A lone surrogate (half of a UTF-16 pair) in a form's name or value, from a charset that writes one (UTF-7
+    did), is refused with code 2 before any store is asked (sqlite3 raised UnicodeEncodeError: "internal error")."""
+    for form in ({"idempotency_key": ["k\ud800"]}, {"publish_urls": ["http://a.test/x", "http://a.test/\udc80"]}):
+        with pytest.raises(RequestRefused, match="is not text: it holds a lone surrogate") as refused:
+            form_fields(form)
+        assert refused.value.code == 2
+    assert form_fields({"idempotency_key": ["k\u00e9\U0001f600"]}) == {"idempotency_key": "k\u00e9\U0001f600"}
+
+
 async def test_json_in_another_charset_is_refused_saying_json_is_read_as_utf8(api: Api) -> None:
     """It said "str is not valid UTF-8: surrogates not allowed: line 1 column 1" (orjson's words)."""
     body = orjson.dumps({**creds(), "publish_urls": urls(1)}).replace(b"jcloud_00", "用户".encode("gbk"))

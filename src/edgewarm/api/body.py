@@ -4,6 +4,7 @@ address it came from."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
 from typing import Any
@@ -38,6 +39,10 @@ _BOM = b"\xef\xbb\xbf"
 # Python's own codecs, which no HTTP client means by a charset ("undefined" is what JavaScript writes for a
 # variable never set).
 _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
+# UTF-7 is a charset, but no browser or HTTP client sends it (the WHATWG Encoding Standard drops it): it hides
+# characters from filters in front ('<' is '+ADw-') and writes lone surrogates, which no store can hold (a
+# tester's '+2AA-' in one user's idempotency key failed the calls of other users written with it).
+_HIDING_CHARSETS = frozenset({"utf-7"})
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
 _LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
 _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
@@ -113,6 +118,7 @@ async def read_params(request: Request) -> dict[str, Any]:
         try:
             if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
                 raise LookupError(encoding)
+            _refuse_hiding(encoding)
             if b"a=b&".decode(encoding, errors="replace") != "a=b&":  # UTF-16, UTF-32: it read as other
                 raise UnsupportedMediaType(  # characters, and was answered "username must not be empty"
                     f"charset {charset!r} does not write a form's names, '=' and '&' in ASCII: send the form in UTF-8"
@@ -137,6 +143,8 @@ async def read_params(request: Request) -> dict[str, Any]:
             raise _no_params(request)
         return _fields(form)
     if media == "multipart/form-data":  # PHP's curl with an array of fields (CURLOPT_POSTFIELDS) sends this
+        with contextlib.suppress(LookupError):  # an unknown one is read as Latin-1 (Starlette's parser)
+            _refuse_hiding(charset or "utf-8")
         return _fields(await _multipart(request, raw))
     raise UnsupportedMediaType(
         f"unsupported content type {media!r}: send application/json or a form (application/x-www-form-urlencoded)"
@@ -196,11 +204,38 @@ def _repeated_key(raw: bytes, data: dict[str, Any]) -> tuple[str, int] | None:
     return next(((key, times) for key, times in seen.items() if times > 1), None)
 
 
+def _refuse_hiding(charset: str) -> None:
+    """Refuses a form in a charset of _HIDING_CHARSETS (LookupError: no charset at all)."""
+    if codecs.lookup(charset).name in _HIDING_CHARSETS:
+        raise UnsupportedMediaType(
+            f"charset {charset!r} is not read (no HTTP client sends it; it hides characters from filters): "
+            "send the form in UTF-8"
+        )
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` is Unicode text that UTF-8 writes (no lone surrogate: a store refuses one)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     """A form's fields: a repeated one (publish_urls=a&publish_urls=b) is a list (Repeated), a single one a
     string; entries named as PHP and jQuery name a list's (publish_urls[]=a, publish_urls[0]=a) are that list, in
     their order, also when there is one (a list of one URL, not a string that `split_list` would cut at its
     commas)."""
+    for key, values in form.items():
+        if not all(_is_text(value) for value in (key, *values)):
+            raise RequestRefused(
+                JdCode.PARAMS_EMPTY,
+                f"the form's field {key.encode('utf-8', 'replace').decode()[:80]!r} is not text: it holds a lone "
+                "surrogate (half of a UTF-16 pair), which no URL, name or key can hold: send the form in UTF-8",
+            )
     fields: dict[str, Any] = {}
     # In the index's order, read as a number of any length without making it one (int() refuses 4,300 digits);
     # an entry without one comes after the highest before it, as PHP puts it: (digits' length, digits, turn).

@@ -442,13 +442,21 @@ class SQLiteStore:
         db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
         # Every answer waits for the COMMIT: one may rest on another's rows (the same idempotency key twice in the
         # group, or a quota another filled), and a failed COMMIT undoes them all.
-        answers: list[tuple[Future[Task], str | Task | QuotaExceeded]] = []
+        answers: list[tuple[Future[Task], str | Task | Exception]] = []
         try:
             db.execute("PRAGMA synchronous=FULL")  # durable before any of these task ids is returned
             db.execute("BEGIN IMMEDIATE")
             for task, created in group:
                 db.execute("SAVEPOINT submission")
-                result = _create(db, task)
+                try:
+                    result = _create(db, task)
+                except (ValueError, TypeError, OverflowError) as exc:  # its values, refused before SQLite ran
+                    # them (a lone surrogate, say): this submission fails, not the others of its group (other
+                    # users' calls failed with a tester's '\ud800' in one user's idempotency key).
+                    db.execute("ROLLBACK TO submission")
+                    db.execute("RELEASE submission")
+                    answers.append((created, exc))
+                    continue
                 if result is None:
                     db.execute("ROLLBACK TO submission")  # first: the message tells the usage before this call
                     answers.append((created, QuotaExceeded(_quota_message(db, task))))
@@ -457,7 +465,7 @@ class SQLiteStore:
                 db.execute("RELEASE submission")
             db.execute("COMMIT")
             for created, answer in answers:
-                if isinstance(answer, QuotaExceeded):
+                if isinstance(answer, Exception):
                     created.set_exception(answer)
                 elif isinstance(answer, Task):
                     created.set_result(answer)
