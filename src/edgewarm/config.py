@@ -662,7 +662,6 @@ def file_cautions(path: str | Path) -> list[str]:
     each in a sentence, as Config.cautions."""
     try:
         found_stat = Path(path).stat()
-        folder = Path(path).absolute().parent.stat()
     except OSError:
         return []
     mode, found = found_stat.st_mode, []
@@ -670,15 +669,32 @@ def file_cautions(path: str | Path) -> list[str]:
         found.append(f"{path} can be changed by other users of this machine (mode {mode & 0o777:o}): chmod go-w")
     if found_stat.st_uid not in (0, os.getuid()):
         found.append(f"{path} is owned by another user (uid {found_stat.st_uid}), who can change it")
-    if folder.st_mode & 0o002 and not folder.st_mode & 0o1000:
+    for folder, folder_mode in _open_folders(Path(path)):
         found.append(
-            f"{path} is in a folder every user of this machine can write to (mode {folder.st_mode & 0o777:o}), "
-            "where the file can be replaced: move it, or chmod o-w the folder"
+            f"{path} is in a folder every user of this machine can write to ({folder}, mode {folder_mode & 0o777:o}),"
+            " where the file can be replaced: move it, or chmod o-w the folder"
         )
     if mode & 0o004:
         found.append(
             f"{path} can be read by every user of this machine (mode {mode & 0o777:o}), secrets and all: chmod o-r"
         )
+    return found
+
+
+def _open_folders(path: Path) -> list[tuple[Path, int]]:
+    """The folders every user can write to (without the sticky bit, as /tmp has) on the way to `path`: its own,
+    the ones above it (a folder under one can be renamed away and another put in its place), and those of the
+    file a symbolic link leads to; with their modes."""
+    start = path.absolute()
+    folders = dict.fromkeys([*start.parents, *path.resolve().parents])
+    found = []
+    for folder in folders:
+        try:
+            folder_mode = folder.stat().st_mode
+        except OSError:
+            continue
+        if folder_mode & 0o002 and not folder_mode & 0o1000:
+            found.append((folder, folder_mode))
     return found
 
 

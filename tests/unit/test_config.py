@@ -763,12 +763,39 @@ def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) ->
     path.chmod(0o600)
     tmp_path.chmod(0o777)  # anyone may replace it: a tester's finding
     assert file_cautions(path) == [
-        f"{path} is in a folder every user of this machine can write to (mode 777), where the file can be "
-        "replaced: move it, or chmod o-w the folder"
+        f"{path} is in a folder every user of this machine can write to ({tmp_path}, mode 777), where the file can "
+        "be replaced: move it, or chmod o-w the folder"
     ]
     tmp_path.chmod(0o1777)  # sticky, as /tmp: only its owner may replace it
     assert file_cautions(path) == []
+    # A folder above (a security tester's): ww/safe (700) can be renamed away and another put in its place; and a
+    # symbolic link in a safe folder to a file in ww: only the link's folder was looked at.
+    tmp_path.chmod(0o777)
+    (safe := tmp_path / "safe").mkdir(mode=0o700)
+    (inner := safe / "edgewarm.toml").write_text("")
+    inner.chmod(0o600)
+    (elsewhere := tmp_path / "elsewhere").mkdir(mode=0o700)
+    (link := elsewhere / "linked.toml").symlink_to(path)
+    for config in (inner, link):
+        assert file_cautions(config) == [
+            f"{config} is in a folder every user of this machine can write to ({tmp_path}, mode 777), where the file "
+            "can be replaced: move it, or chmod o-w the folder"
+        ]
     tmp_path.chmod(0o700)
+    assert file_cautions(inner) == file_cautions(link) == []
+    path.rename(tmp_path / "moved.toml")
+    (open_folder := tmp_path / "open").mkdir()
+    open_folder.chmod(0o777)
+    (open_folder / "real.toml").write_text("")
+    (open_folder / "real.toml").chmod(0o600)
+    link.unlink()
+    link.symlink_to(open_folder / "real.toml")
+    assert file_cautions(link) == [
+        f"{link} is in a folder every user of this machine can write to ({open_folder}, mode 777), where the file "
+        "can be replaced: move it, or chmod o-w the folder"
+    ]
+    open_folder.chmod(0o700)
+    (tmp_path / "moved.toml").rename(path)
     if os.getuid() == 0:  # root may give it away
         os.chown(path, 65534, -1)  # another user's (nobody)
         assert file_cautions(path) == [f"{path} is owned by another user (uid 65534), who can change it"]
