@@ -66,10 +66,16 @@ MAX_HELD = 1000
 RETRY_DELAY_MAX = 86_400.0  # seconds: the longest wait before a delivery is tried again
 
 
-def shown_callback_url(url: str) -> str:
-    """A callback URL fit to show (the native view, logs, a delivery's error): its password (as
-    `store.redacted` hides it), query values and fragment as `***`, since a receiver may take its token there."""
-    parts = urlsplit(redacted(url))
+def shown_callback_url(url: str, *, accepted: bool = True) -> str:
+    """A callback URL fit to show (the native view, logs, a delivery's error): a task's (`accepted`) as the
+    webhook client reads it, its host the one posted to; query values and fragment as `***`, since a receiver may
+    take its token there. One refused, or with user information, has it masked as `store.redacted` hides it (read
+    up to the last `@`: a password with an unencoded '/', '?' or '#' too), which for an accepted
+    `http://127.0.0.1:8080#@evil.test/` named a host never called ("http://127.0.0.1:***@evil.test/", a security
+    tester's)."""
+    parts = urlsplit(url)
+    if not accepted or "@" in parts.netloc:
+        parts = urlsplit(redacted(url))
     return urlunsplit(parts._replace(query=masked_query(parts.query), fragment="***" if parts.fragment else ""))
 
 
@@ -109,7 +115,7 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         raise RequestRefused(JdCode.ILLEGAL_URL, f"callback_url is longer than {MAX_CALLBACK_URL} characters")
     # A password or a token in it is not said back (a proxy may log answers): shown masked, or not at all.
     try:
-        shown = repr(shown_callback_url(url))
+        shown = repr(shown_callback_url(url, accepted=False))
     except ValueError:
         shown = "(not shown)"
     if not is_plain(url):

@@ -6,7 +6,14 @@ import pytest
 
 from edgewarm.config import Webhooks as WebhookSettings
 from edgewarm.errors import JdCode, RequestRefused
-from edgewarm.webhooks import RETRY_DELAY_MAX, _retry_delay, _without_the_url, check_callback_url, verify_webhook
+from edgewarm.webhooks import (
+    RETRY_DELAY_MAX,
+    _retry_delay,
+    _without_the_url,
+    check_callback_url,
+    shown_callback_url,
+    verify_webhook,
+)
 
 ALLOWED = ("hooks.example.test",)
 
@@ -149,3 +156,22 @@ def test_a_query_the_receiver_echoes_in_another_spelling_is_masked(written: str,
     url = f"http://127.0.0.1:9/echo?{written}"
     told = _without_the_url(f"Invalid header token: b'POST /echo?{echoed} HTTP/1.1'", url)
     assert "SeCrEt" not in told and told.startswith("Invalid header token: b'POST /echo?"), told
+
+
+def test_an_accepted_callback_url_is_shown_with_the_host_it_is_posted_to() -> None:
+    """A security tester's: `http://127.0.0.1:8080#@evil.test/` is accepted and posted to 127.0.0.1:8080, and
+    the log said "delivered (… to http://127.0.0.1:***@evil.test/)", naming a host never called (the password
+    mask read up to the last '@'). A task's URL is shown as the client reads it; a refused one keeps the mask."""
+    allowed = ("127.0.0.1",)
+    for url, shown in (
+        ("http://127.0.0.1:8080#@evil.test/", "http://127.0.0.1:8080#***"),
+        ("http://127.0.0.1:8080?@evil.test/", "http://127.0.0.1:8080?***"),
+        ("http://127.0.0.1:8080/h?token=t1&n=2", "http://127.0.0.1:8080/h?token=***&n=***"),
+    ):
+        assert check_callback_url(url, allowed) == url
+        assert shown_callback_url(url) == shown
+    assert shown_callback_url("http://u:pw@r.test/x") == "http://u:***@r.test/x"  # a stored one of before
+    # Refused (its host not allowed): a password typed with an unencoded '/' is hidden whole, as before.
+    with pytest.raises(RequestRefused) as refused:
+        check_callback_url("ftp://bob:12/pw@127.0.0.1/", allowed)
+    assert refused.value.message == "callback_url 'ftp://bob:***@127.0.0.1/' must be an http or https URL"
