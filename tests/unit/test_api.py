@@ -24,10 +24,12 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 import pytest
+from starlette.requests import Request
 
 import edgewarm.api.middleware
 from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
+from edgewarm.api.body import NOT_AN_ADDRESS, caller_address
 from edgewarm.api.body import _fields as form_fields
 from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.api.native import epoch
@@ -2141,3 +2143,15 @@ def test_a_client_whose_pool_an_interrupt_left_locked_is_closed_after_it() -> No
     closed.join(timeout=10)
     assert not closed.is_alive()
     lock.release()
+
+
+def test_the_caller_is_an_address_or_said_to_be_none() -> None:
+    """A security tester's: uvicorn takes a trusted proxy's X-Forwarded-For as the client's host, whatever its
+    text, and the log's list of refused callers read "from 203.0.113.9, evil text (user 'bob'); from 10.0.0.1"."""
+
+    def caller(host: str) -> str | None:
+        return caller_address(Request({"type": "http", "client": (host, 0), "headers": []}))
+
+    assert caller("203.0.113.9") == "203.0.113.9" and caller("::1") == "::1"
+    assert caller("evil text (user 'bob'); from 10.0.0.1") == caller("unknown") == NOT_AN_ADDRESS
+    assert caller_address(Request({"type": "http", "headers": []})) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ipaddress
 import json
 import re
 from typing import Any
@@ -64,10 +65,20 @@ def _no_params(request: Request) -> RequestRefused:
     return RequestRefused(JdCode.PARAMS_EMPTY, f"parameters must not be empty{where_params_go(request)}")
 
 
+NOT_AN_ADDRESS = "(no address: a proxy's X-Forwarded-For)"
+
+
 def caller_address(request: Request) -> str | None:
     """The address the call came from: the peer's, or what a trusted proxy said of it (uvicorn's proxy headers,
-    from 127.0.0.1 by default: FORWARDED_ALLOW_IPS)."""
-    return request.client.host if request.client is not None else None
+    from 127.0.0.1 by default: FORWARDED_ALLOW_IPS): NOT_AN_ADDRESS when that is no address (any text in
+    X-Forwarded-For was put in the log's list of callers, a security tester's "(user 'bob'); from 10.0.0.1")."""
+    if request.client is None:
+        return None
+    try:
+        ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return NOT_AN_ADDRESS
+    return request.client.host
 
 
 async def read_params(request: Request) -> dict[str, Any]:
