@@ -62,6 +62,8 @@ class Credentials:
     signature: str
     caller: str | None = None  # the address the call came from (a proxy's, unless it is trusted to say: README)
     repeated: str | None = None  # a credential header given more than once: which (refused, as a JD field twice is)
+    # The username as given, when it had spaces around it (they are not read): its caller may have signed it so.
+    signed_as: str | None = None
 
 
 class Service:
@@ -138,7 +140,10 @@ class Service:
         api = self.config.api
         now = datetime.fromtimestamp(self._clock(), UTC)
         window = api.signature_window_days
-        if not auth.verify(user.name, user.secret, credentials.signature, now, api.timezone, window):
+        # A name given with spaces around it is read without them; its signature may be of either (a tenant's
+        # client signed " bob", as it sent it, and was told "signature incorrect").
+        names = (user.name,) if credentials.signed_as is None else (user.name, credentials.signed_as)
+        if not any(auth.verify(name, user.secret, credentials.signature, now, api.timezone, window) for name in names):
             day = auth.signed_day(user.name, user.secret, credentials.signature, now, api.timezone, window)
             if day is None:
                 raise RequestRefused(JdCode.SIGNATURE_INCORRECT, "signature incorrect")

@@ -2155,3 +2155,18 @@ def test_the_caller_is_an_address_or_said_to_be_none() -> None:
     assert caller("203.0.113.9") == "203.0.113.9" and caller("::1") == "::1"
     assert caller("evil text (user 'bob'); from 10.0.0.1") == caller("unknown") == NOT_AN_ADDRESS
     assert caller_address(Request({"type": "http", "headers": []})) is None
+
+
+async def test_a_username_with_spaces_around_it_may_be_signed_as_given(api: Api) -> None:
+    """A tenant's: " jcloud_00" is read as jcloud_00 (spaces around a name are not read), and its client's
+    signature of the name as it sent it was "signature incorrect" (code 7). Either is taken; another is not."""
+    for name in (f" {USER}", f"{USER} \t"):
+        for signed in (name, USER):
+            answer = await api.call(
+                "/api/prefetch", {"username": name, "signature": signature(signed), "publish_urls": urls(1)}
+            )
+            assert_submitted(answer)
+        wrong = await api.call(
+            "/api/prefetch", {"username": name, "signature": signature(f"x{USER}"), "publish_urls": urls(1)}
+        )
+        assert_code(wrong, 7)
