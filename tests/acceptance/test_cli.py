@@ -1076,3 +1076,20 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
     # a tester's observation; a user's cancel through the API has its line).
     seen = [line for line in service.log_text().splitlines() if "cancelled (seen in the store)" in line]
     assert any(first in line for line in seen), seen
+    # `admin tasks` lists them from the store (a tenant tester's: no command showed a removed user's tasks).
+    listing = [EDGEWARM, "admin", "tasks", "--config", str(service.config), "--user"]
+    listed = subprocess.run(
+        [*listing, DEMO_USER, "--status", "2", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed
+    summaries = json.loads(listed.stdout)["tasks"]
+    assert [t["taskid"] for t in summaries] == [third, second, first], summaries  # newest first
+    assert all(t["cancelled_by"] == "operator" for t in summaries), summaries
+    table = subprocess.run([*listing, DEMO_USER, "--limit", "1"], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and third in table.stdout and first not in table.stdout, table
+    none = subprocess.run([*listing, "nobody"], capture_output=True, text=True, timeout=60)
+    assert (none.returncode, none.stdout, none.stderr) == (
+        0,
+        "",
+        "user nobody has no tasks (no such user in the config)\n",
+    ), none

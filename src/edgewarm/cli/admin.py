@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -108,6 +109,40 @@ def cancel(config_path: str, taskids: tuple[str, ...], usernames: tuple[str, ...
         click.echo(str(result))
     if any(result.after is None for result in done):
         raise SystemExit(1)
+
+
+@admin.command("tasks")
+@config_option
+@click.option("--user", "username", required=True, help="whose tasks (a user removed from the config too)")
+@click.option("--status", type=click.Choice(["0", "1", "2"]), help="0 succeeded, 1 in progress, 2 failed")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="at most this many tasks")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def tasks(config_path: str, username: str, status: str | None, limit: int, as_json: bool) -> None:
+    """List a user's tasks, newest first, as the user's own `edgewarm tasks` does: read from the store, also
+    those of a user removed from the config (whose tasks run on, while their calls are refused)."""
+    from ..store import existing_store
+    from ..views import task_summary
+    from .tools import tasks_table
+    from .watch import output_console
+
+    config = load_or_fail(config_path)
+    where = TaskFilter(status=None if status is None else TaskStatus(int(status)), limit=limit)
+
+    async def go() -> list[Task]:
+        async with existing_store(config.store) as store:
+            return await store.list_tasks(username, where)
+
+    try:
+        found = [task_summary(task, config.api.language) for task in asyncio.run(go())]
+    except EdgewarmError as exc:
+        raise click.ClickException(said(exc, config_path)) from None
+    if as_json:
+        click.echo(json.dumps({"tasks": found}, ensure_ascii=False))
+    elif not found:
+        unknown = "" if config.user(username) is not None else " (no such user in the config)"
+        click.echo(f"user {username} has no tasks{' of this status' if status else ''}{unknown}", err=True)
+    else:
+        output_console().print(tasks_table(found))
 
 
 async def _running(store: TaskStore, username: str) -> list[str]:

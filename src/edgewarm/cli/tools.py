@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -33,6 +33,9 @@ from .entries import Entry, FileRefused, checked, first_few, owned, read_entries
 from .failures import list_failures
 from .main import STDOUT_CLOSED, Terminated, main, stdout_closed
 from .watch import GONE, PATIENCE, cells, follow, output_console, status_text
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -519,8 +522,6 @@ def tasks(
     """List your tasks, newest first. A page with more after it ends by saying how to list them (`--after CURSOR`:
     each task once while tasks are submitted or deleted between the calls, where --offset would list one twice
     or skip one)."""
-    from rich.table import Column, Table
-
     with make_client(server, username, secret, client_config) as client:
         try:
             found = client.tasks(
@@ -535,24 +536,7 @@ def tasks(
         where = " after this cursor" if after else " from this offset" if offset else " match"
         click.echo(f"no tasks{where} (edgewarm tasks --help)", err=True)
         return
-    # The id whole on any width (it is what `watch` and `cancel` take); the other columns fold.
-    table = Table(Column("taskid", min_width=36, no_wrap=True))
-    for name in ("kind", "status", "created", "total", "succeeded", "failed", "duration"):
-        table.add_column(name, overflow="fold")
-    for t in found["tasks"]:
-        table.add_row(
-            *cells(
-                t["taskid"],
-                t["kind"],
-                status_text(t),
-                t["created_at"],
-                str(t["total"]),
-                str(t["succeeded"]),
-                str(t["failed"]),
-                "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
-            )
-        )
-    output_console().print(table)
+    output_console().print(tasks_table(found["tasks"]))
     if found.get("next"):  # an older server's answer has none
         given = {"--status": status, "--kind": kind, "--since": since, "--until": until, "--url": url}
         # Whom it was asked of, when said by flags (the variables hold for the next command too): a newcomer's
@@ -568,6 +552,30 @@ def tasks(
             given["--server"] = password_masked(address)
         again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
         click.echo(f"more: edgewarm tasks{again} --limit {limit} --after {found['next']}", err=True)
+
+
+def tasks_table(summaries: list[dict[str, Any]]) -> Table:
+    """Tasks' summaries (as `GET /v1/tasks` lists them) as a table: the id whole on any width (it is what `watch`
+    and `cancel` take); the other columns fold."""
+    from rich.table import Column, Table
+
+    table = Table(Column("taskid", min_width=36, no_wrap=True))
+    for name in ("kind", "status", "created", "total", "succeeded", "failed", "duration"):
+        table.add_column(name, overflow="fold")
+    for t in summaries:
+        table.add_row(
+            *cells(
+                t["taskid"],
+                t["kind"],
+                status_text(t),
+                t["created_at"],
+                str(t["total"]),
+                str(t["succeeded"]),
+                str(t["failed"]),
+                "" if t["duration_seconds"] is None else f"{t['duration_seconds']}s",
+            )
+        )
+    return table
 
 
 @main.command()
