@@ -476,6 +476,13 @@ class Config(_Model):
         found += [
             f"user {u.name!r} has no domains: every URL it submits is refused" for u in self.users if not u.domains
         ]
+        found += [
+            f"user {u.name!r}: domain {domain!r} is every site under the top-level domain {domain[2:]!r} (a typo for "
+            f"*.example.{domain[2:]}?)"
+            for u in self.users
+            for domain in u.domains
+            if domain.startswith("*.") and "." not in domain[2:]
+        ]
         by_url = _holders((_cache_address(node.url), node.name) for node in self.nodes)
         found += [
             f"nodes {' and '.join(names)} have one URL: each warm and purge goes to it {len(names)} times"

@@ -697,6 +697,20 @@ def test_users_whose_domains_have_hosts_in_common_are_cautioned() -> None:
     assert cautions[0] == f"users 'u0000', 'u0001', 'u0002', 'u0003', 'u0004' and 1995 more all own x.test{rest}"
 
 
+def test_a_wildcard_over_a_top_level_domain_is_cautioned() -> None:
+    """A tenant tester's `*.test` (or `*.com`) said OK: the user may warm and purge every site under it."""
+    users = [
+        {"name": "a", "secret": "a" * 16, "domains": ["*.COM", "*.example.com", "test"]},
+        {"name": "b", "secret": "b" * 16, "domains": ["*.xn--fiqs8s"]},  # *.中国, as the config holds it
+    ]
+    config = parse_config({"users": users, "nodes": [{"name": "n", "url": "http://127.0.0.1:8080"}]})
+    assert config.cautions() == [
+        "user 'a': domain '*.com' is every site under the top-level domain 'com' (a typo for *.example.com?)",
+        "user 'b': domain '*.xn--fiqs8s' is every site under the top-level domain 'xn--fiqs8s' (a typo for "
+        "*.example.xn--fiqs8s?)",
+    ]
+
+
 def test_the_secret_of_readmes_example_is_cautioned() -> None:
     """README's example user has a secret that anyone may read: a config copied from it said OK (session 31's
     note), as an API secret or a webhook_secret."""
