@@ -31,6 +31,7 @@ from edgewarm import service as service_module
 from edgewarm.api import create_app, responses
 from edgewarm.api.body import NOT_AN_ADDRESS, caller_address
 from edgewarm.api.body import _fields as form_fields
+from edgewarm.api.docs import SWAGGER_CSS, SWAGGER_JS, SWAGGER_UI_VERSION
 from edgewarm.api.middleware import BodyReads, BodySizeLimit, direct_endpoints
 from edgewarm.api.native import epoch
 from edgewarm.auth import sign
@@ -2170,3 +2171,16 @@ async def test_a_username_with_spaces_around_it_may_be_signed_as_given(api: Api)
             "/api/prefetch", {"username": name, "signature": signature(f"x{USER}"), "publish_urls": urls(1)}
         )
         assert_code(wrong, 7)
+
+
+async def test_the_docs_page_loads_swagger_ui_of_one_version_checked_by_its_hashes(api: Api) -> None:
+    """A security tester's: /docs loaded `swagger-ui-dist@5` from a CDN without Subresource Integrity (another
+    script served there would run on the API's origin, where a signature is typed into "Try it out")."""
+    page = await api.client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for url, integrity in (SWAGGER_JS, SWAGGER_CSS):
+        assert f"swagger-ui-dist@{SWAGGER_UI_VERSION}/" in url and integrity.startswith("sha384-")
+        assert page.text.count(url) == 1 and f'"{url}" integrity="{integrity}" crossorigin="anonymous"' in page.text
+    assert "url: '/openapi.json'" in page.text and "tiangolo" not in page.text
+    assert (await api.client.get("/redoc")).status_code == 404  # its script had no integrity either
+    assert (await api.client.get("/openapi.json")).json()["info"]["title"] == "edgewarm"

@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from .. import __version__
 from ..errors import EdgewarmError, StoreError
 from ..service import Service
+from .docs import docs_page
 from .legacy import legacy_router
 from .middleware import BodyReads, BodySizeLimit, DirectRoutes
 from .native import native_router
@@ -32,7 +33,15 @@ def create_app(service: Service, body_reads: BodyReads | None = None) -> FastAPI
         title="edgewarm",
         version=__version__,
         description="CDN cache prewarm and refresh, wire-compatible with JD Cloud CDN's OpenAPI.",
+        docs_url=None,  # ours below: Swagger UI's files checked against their hashes
+        redoc_url=None,
     )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")  # as FastAPI's own page has it
+        return docs_page(f"{root}{app.openapi_url}", f"{app.title} - Swagger UI")
+
     for router in (legacy_router(service), native_router(service)):
         app.router.routes.extend(router.routes)  # flat: no per-request walk through included routers
 
