@@ -217,6 +217,7 @@ class Engine:
         self._moving: dict[str, asyncio.Task[None]] = {}  # (the same, by node: _node_worker)
         # node -> URL -> until when (time.monotonic()) its warms wait for a purge of it done again (_purge_first)
         self._purges_first: dict[str, dict[str, float]] = {}
+        self._unconfigured_told: set[str] = set()  # nodes not configured whose items failed: said once each
         self._using: dict[NodeClient, int] = {}  # fetcher -> items working through it now
         self._retiring: dict[NodeClient, asyncio.Future[None]] = {}  # replaced fetchers still in use
         self.fetched = 0  # items worked by this engine, for tests
@@ -236,6 +237,8 @@ class Engine:
             if config.node(old.name) != old or new_variant:
                 self._coalescer.changed(old.name)
         moved = {old.name for old in self.config.nodes if (new := config.node(old.name)) is None or new.url != old.url}
+        # A node the reload removes is told by the reload's line; one added again is told anew if it goes again.
+        self._unconfigured_told = {name for name in self._unconfigured_told | moved if config.node(name) is None}
         if config.engine.lease_seconds != self.settings.lease_seconds:
             self._lease_changed.set()
         waits_less = (
@@ -713,6 +716,14 @@ class Engine:
         self._leased[claim.item_id] = claim.task_id
         node = self.config.node(claim.node)
         if node is None:
+            if claim.node not in self._unconfigured_told:  # once a node: a restart on a config without it said
+                self._unconfigured_told.add(claim.node)  # nothing while its open items failed (a tester's 240)
+                log.warning(
+                    "node %s is not configured: its open items in the store fail, unsent (the first: task %s)",
+                    claim.node,
+                    claim.task_id,
+                    extra={"node": claim.node, "task_id": claim.task_id},
+                )
             self._end_unsent(claim)
             return
         if claim.retaken and claim.attempts >= self.settings.max_attempts:
