@@ -470,9 +470,15 @@ class Config(_Model):
         them; a service logs them at start and on a reload)."""
         found = self.engine.cautions()
         if not self.nodes:
-            found.append("no [[nodes]]: submissions will be refused until nodes are configured")
+            found.append(
+                "no [[nodes]]: submissions will be refused until nodes are configured (a running service's reload "
+                "refuses such a file: a file cut off looks like it)"
+            )
         if not self.users:
-            found.append("no [[users]]: every call will be refused (JD code 20) until users are configured")
+            found.append(
+                "no [[users]]: every call will be refused (JD code 20) until users are configured (a running "
+                "service's reload refuses such a file: a file cut off looks like it)"
+            )
         found += [
             f"user {u.name!r} has no domains: every URL it submits is refused" for u in self.users if not u.domains
         ]

@@ -645,8 +645,10 @@ def test_settings_that_keep_a_feature_from_working_are_cautioned() -> None:
         "node 'c': dir_purge = \"ban\" sends BAN, which only Varnish takes (its kind is nginx)",
     ]
     assert parse_config({"users": [], "nodes": []}).cautions()[-2:] == [
-        "no [[nodes]]: submissions will be refused until nodes are configured",
-        "no [[users]]: every call will be refused (JD code 20) until users are configured",
+        "no [[nodes]]: submissions will be refused until nodes are configured (a running service's reload refuses "
+        "such a file: a file cut off looks like it)",
+        "no [[users]]: every call will be refused (JD code 20) until users are configured (a running service's reload "
+        "refuses such a file: a file cut off looks like it)",
     ]
 
 
