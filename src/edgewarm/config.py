@@ -631,7 +631,20 @@ def _first_date_or_time(value: Any, loc: tuple[int | str, ...] = ()) -> tuple[in
     return None
 
 
-def _problem(error: Any) -> tuple[str, str]:
+def _table_named(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
+    """Which [[nodes]] or [[users]] table an error's `loc` is in, counted from 1 and by its name, as an operator
+    finds it in the file (`nodes[3]` counts from 0: a reload tester's count landed on the wrong node); or ""."""
+    if len(loc) < 2 or not isinstance(loc[0], str) or not isinstance(loc[1], int):
+        return ""
+    tables = data.get(loc[0])
+    if not isinstance(tables, list) or not 0 <= loc[1] < len(tables):
+        return ""
+    name = tables[loc[1]].get("name") if isinstance(tables[loc[1]], Mapping) else None
+    named = f", name {name!r}" if isinstance(name, str) else ""
+    return f" (the [[{loc[0]}]] table number {loc[1] + 1}{named})"
+
+
+def _problem(error: Any, data: Mapping[str, Any]) -> tuple[str, str]:
     """One validation error as (key path, message in the config's words)."""
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     message = str(error["msg"])
@@ -642,7 +655,7 @@ def _problem(error: Any) -> tuple[str, str]:
     elif error["type"] in ("list_type", "tuple_type") and isinstance(error.get("input"), dict):
         name = _key_path(loc)
         message = f"must be an array of tables: write each entry as [[{name}]], not [{name}]"
-    return _key_path(loc), message.removeprefix("Value error, ")
+    return _key_path(loc), message.removeprefix("Value error, ") + _table_named(data, loc)
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
@@ -657,7 +670,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     except ConfigError:
         raise
     except ValidationError as exc:
-        (key, message), *more = (_problem(error) for error in exc.errors())
+        (key, message), *more = (_problem(error, data) for error in exc.errors())
         # Every problem at once, the first in `key`: fixing one to find the next is a slow loop.
         message += "".join(f"\n{k}: {m}" if k else f"\n{m}" for k, m in more)
         raise ConfigError(key, message) from None

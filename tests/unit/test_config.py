@@ -125,10 +125,18 @@ def test_unknown_top_level_key_is_named() -> None:
 
 
 def test_unknown_key_in_a_node_is_named_with_its_index() -> None:
-    """A misspelt key in the second node is named nodes[1].tierr."""
+    """A misspelt key in the second node is named nodes[1].tierr, and its table by its number counted from 1 and
+    its name (a reload tester counted nodes[3] from 1 and landed on the wrong node)."""
     data = example()
     data["nodes"][1]["tierr"] = "shield"
     assert refused_key(data) == "nodes[1].tierr"
+    name = data["nodes"][1]["name"]
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert str(refused.value) == f"nodes[1].tierr: unknown key (the [[nodes]] table number 2, name {name!r})"
+    del data["nodes"][1]["name"]  # no name to give: its number alone
+    with pytest.raises(ConfigError, match=r"the \[\[nodes\]\] table number 2\)$"):
+        parse_config(data)
 
 
 def test_unknown_key_in_limits_is_named() -> None:
