@@ -91,6 +91,19 @@ class Metrics:
         self.submissions_refused = Counter(
             "edgewarm_submissions_refused", "A known user's submissions refused", ["reason"], registry=r
         )
+        # As Prometheus's own config_last_reload_successful: a refused reload is seen without reading the log (a
+        # reload tester's mistyped file left /readyz and /metrics as they were).
+        self.config_reload_ok = Gauge(
+            "edgewarm_config_last_reload_successful",
+            "0 when the last reload (SIGHUP) of the config file was refused (the running config kept), else 1",
+            registry=r,
+        )
+        self.config_loaded_at = Gauge(
+            "edgewarm_config_last_reload_success_timestamp_seconds",
+            "When the config in use was taken: at the start, or by the last reload taken",
+            registry=r,
+        )
+        self.config_taken(True)
         ProcessCollector(registry=r)
         # The fetch process's own (`[engine] fetch_process`), as `edgewarm_fetch_process_…`: its PID while it
         # runs (the runtime tells), none otherwise. /metrics told of the parent alone: 33 open files while the
@@ -106,6 +119,12 @@ class Metrics:
         ):
             for value in values:
                 counter.labels(value)
+
+    def config_taken(self, taken: bool) -> None:
+        """A reload of the config file was taken (or the config read at the start), or refused."""
+        self.config_reload_ok.set(1 if taken else 0)
+        if taken:
+            self.config_loaded_at.set_to_current_time()
 
     def queue_counted(self, depth: int | None) -> None:
         """The store's queue depth, or None when the store did not answer: then the depth is unknown (NaN),

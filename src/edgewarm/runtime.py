@@ -152,9 +152,11 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
             fresh = load_config(config_path)
         except ConfigError as exc:
             log.error("SIGHUP: keeping the running config: %s", exc)
+            live.metrics.config_taken(False)
             return
         if (refusal := reload_refusal(live.config, fresh)) is not None:
             log.error("SIGHUP: keeping the running config: %s", refusal)
+            live.metrics.config_taken(False)
             return
         if changed := restart_only_changes(config, fresh):  # against the start's: those are still in use
             log.warning("SIGHUP: %s change only on restart (the values at start stay in use)", ", ".join(changed))
@@ -162,6 +164,7 @@ async def run(config: Config, *, api: bool = True, engine: bool = True, config_p
         left = [user.name for user in live.config.users if fresh.user(user.name) is None]
         changes = reload_changes(live.config, fresh)
         live.apply(fresh)
+        live.metrics.config_taken(True)
         log.info(
             "SIGHUP: config reloaded (%s, %s)%s",
             counted(len(fresh.users), "user"),
@@ -244,6 +247,7 @@ class _Live:
             patience=lambda: self.config.engine.node_down_wait, attempts=lambda: self.config.engine.max_attempts
         )
         self.deliverer: WebhookDeliverer | None = None
+        self.metrics = Metrics()  # this process's, served by the API or on metrics_listen
         self.reloaded = asyncio.Event()  # retention takes its new settings at once
         self.swaps: set[asyncio.Task[None]] = set()
         self._swapping = asyncio.Lock()
@@ -404,7 +408,7 @@ async def _run_parts(
     """The service's parts, from their start to their stop: whether the stop was clean (run's answer). `config`:
     the file as read at start, whose start-only settings are used (not a reload's before this: a reviewer's), the
     reloadable ones given to the parts once made (below)."""
-    metrics = Metrics()
+    metrics = live.metrics
     metrics.fetch_process_pid = live.fetch_process_pid
     async with contextlib.AsyncExitStack() as stack:
         worker: Engine | None = None

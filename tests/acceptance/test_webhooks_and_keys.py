@@ -127,6 +127,8 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                 except ClientError:
                     time.sleep(0.1)
             assert newcomer.quota()["urls"]["limit"] == 2000
+            taken_at = reload_metrics(service)["edgewarm_config_last_reload_success_timestamp_seconds"]
+            assert reload_metrics(service)["edgewarm_config_last_reload_successful"] == 1
             service.config.write_text("this is = not [valid toml")
             os.kill(service.proc.pid, signal.SIGHUP)
             deadline = time.monotonic() + 10
@@ -147,6 +149,11 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                     time.sleep(0.05)
                 assert said in service.log_text()
                 assert newcomer.quota()["urls"]["limit"] == 2000
+                # Seen in /metrics too (a reload tester's: only the log told a refused reload).
+                assert reload_metrics(service) == {
+                    "edgewarm_config_last_reload_successful": 0,
+                    "edgewarm_config_last_reload_success_timestamp_seconds": taken_at,
+                }
             # Settings taken at start: said when they differ from the start's, and no longer once put back
             # (before: compared with the last reload's, so the warning came for the file put back, not twice).
             moved = original.replace(f'listen = "127.0.0.1:{service.port}"', 'listen = "127.0.0.1:1"', 1)
@@ -162,10 +169,24 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                     time.sleep(0.05)
                 counts.append(service.log.read_text().count(warned))
             assert counts == [1, 2, 2], service.log_text()
+            taken_again = reload_metrics(service)
+            assert taken_again["edgewarm_config_last_reload_successful"] == 1
+            assert taken_again["edgewarm_config_last_reload_success_timestamp_seconds"] > taken_at
     finally:
         service.config.write_text(original)
         if service.proc is not None:
             os.kill(service.proc.pid, signal.SIGHUP)
+
+
+def reload_metrics(service: ServiceProcess) -> dict[str, float]:
+    """The service's /metrics of its config's reloads."""
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("edgewarm_config_last_reload")
+    }
 
 
 @pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
