@@ -780,6 +780,11 @@ _RESTART_ONLY_FIELDS = (("api", "request_timeout"),)
 _NODE_VALUES_SHOWN = ("tier", "kind", "tls_verify", "purge_method", "dir_purge", "ban_header", "rewarm_after_down")
 
 
+def _shown_value(value: object) -> str:
+    """A setting's value in a reload's line: an empty string as '' (`purge_method PURGE -> ` read as cut off)."""
+    return "''" if value == "" else str(value)
+
+
 def reload_changes(running: Config, fresh: Config) -> str:
     """What a reload from `running` to `fresh` adds and changes, in a line (nodes and users removed have lines
     of their own): `nodes added: edge-2b; users added: robert; changed: user alice (secret), node edge-1
@@ -806,13 +811,14 @@ def reload_changes(running: Config, fresh: Config) -> str:
         for field in _changed_fields(old_node, node):
             if field != "concurrency":
                 shown = field in _NODE_VALUES_SHOWN
-                notes.append(f"{field} {getattr(old_node, field)} -> {getattr(node, field)}" if shown else field)
+                old_value, new_value = (_shown_value(getattr(n, field)) for n in (old_node, node))
+                notes.append(f"{field} {old_value} -> {new_value}" if shown else field)
         if notes:
             changed.append(f"node {node.name} ({', '.join(notes)})")
     for section in _SECTIONS:  # no secret in them: their values are shown
         old_section, new_section = getattr(running, section), getattr(fresh, section)
         notes = [
-            f"{field} {getattr(old_section, field)} -> {getattr(new_section, field)}"
+            f"{field} {_shown_value(getattr(old_section, field))} -> {_shown_value(getattr(new_section, field))}"
             for field in _changed_fields(old_section, new_section)
             if (section, field) not in _RESTART_ONLY_FIELDS
         ]

@@ -398,6 +398,10 @@ def test_a_reloads_line_names_what_it_adds_and_changes_but_no_secret() -> None:
     )
     assert "a-new-secret" not in line and "t0ken" not in line and "other.example" not in line
     assert reload_changes(running, parse_config(example())) == ""
+    # An emptied value said as '' (a reload tester read "purge_method PURGE -> " as a line cut off).
+    no_purge = example()
+    no_purge["nodes"][0]["purge_method"] = ""
+    assert reload_changes(running, parse_config(no_purge)) == "changed: node shield-1 (purge_method PURGE -> '')"
     wider = example() | {"engine": {"per_node_concurrency": 8}}
     assert reload_changes(running, parse_config(wider)) == (
         "changed: node shield-1 (concurrency 64 -> 8), node edge-1 (concurrency 64 -> 8), "
