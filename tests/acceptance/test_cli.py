@@ -1093,3 +1093,22 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
         "",
         "user nobody has no tasks (no such user in the config)\n",
     ), none
+
+
+def test_an_empty_argument_is_refused_and_an_empty_pipe_is_nothing_to_send(tmp_path: Path) -> None:
+    """A CLI tester's: `edgewarm submit "$url"` with `$url` empty read stdin (no argument left), and in a
+    `while read` loop sent the loop's other lines as one task; `edgewarm failed … | edgewarm submit -f -` exited
+    2 when nothing had failed. Refused before any call (no server here: none is asked); an empty pipe is exit 0."""
+    env = server_env(f"http://127.0.0.1:{free_port()}", tmp_path)  # nothing listens: a call would fail (exit 1)
+    lines = "http://www.example.test/a\nhttp://www.example.test/b\n"
+    for command in ("submit", "refresh"):
+        for args in ([""], ["http://www.example.test/x", "  "]):
+            empty = run([command, *args], env, stdin=lines)
+            number = len(args)
+            assert (empty.returncode, empty.stdout) == (2, ""), empty
+            assert f"argument {number} is empty (an unset variable?): nothing was sent" in empty.stderr, empty
+        piped = run([command, "-f", "-"], env, stdin="# nothing failed\n\n")
+        assert (piped.returncode, piped.stdout, piped.stderr) == (0, "", "no URLs on stdin: nothing was sent\n")
+        (blank := tmp_path / "blank.txt").write_text("# only a comment\n\n")
+        named = run([command, "-f", str(blank)], env)
+        assert named.returncode == 2 and f"no URLs in {blank} (blank lines and comments only)" in named.stderr, named

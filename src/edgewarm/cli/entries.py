@@ -54,26 +54,39 @@ def span(first: Entry, last: Entry) -> str:
     return f"{first.source} lines {first.number}-{last.number}"
 
 
+class NothingToSend(Exception):
+    """`--file -` read no URL: the command before it in a pipe had none to give (`edgewarm failed … | edgewarm
+    submit -f -` when nothing failed exited 2, a deploy's `set -o pipefail` step failing): said, exit 0."""
+
+
 def read_entries(args: Iterable[str], file: str | None) -> list[Entry]:
     """URLs from the arguments, then from --file (- for stdin), or from stdin when neither is given: one per
     line, blank lines and lines starting with '#' left out, a UTF-8 byte order mark too. Text that is not
-    UTF-8 is refused, naming its line."""
+    UTF-8 is refused, naming its line; so is an empty argument (an unset variable in quotes: it read stdin, and
+    in a `while read` loop took the loop's other lines, a tester's). NothingToSend when `--file -` read none."""
+    given = list(args)
     entries = []
-    for number, arg in enumerate(args, 1):
+    for number, arg in enumerate(given, 1):
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (the OS's surrogate escapes)
             raise click.UsageError(f"argument {number} is not UTF-8 text") from None
-        if arg.strip():
-            entries.append(Entry(arg.strip(), ARGUMENT, number))
-    if file == "-" or (file is None and not entries and not sys.stdin.isatty()):
-        entries += _lines(sys.stdin.buffer, "stdin")
+        if not arg.strip():
+            raise click.UsageError(f"argument {number} is empty (an unset variable?): nothing was sent")
+        entries.append(Entry(arg.strip(), ARGUMENT, number))
+    if file == "-" or (file is None and not given and not sys.stdin.isatty()):
+        read = _lines(sys.stdin.buffer, "stdin")
+        if file == "-" and not read and not entries:
+            raise NothingToSend("no URLs on stdin: nothing was sent")
+        entries += read
     elif file is not None:
         try:
             with open(file, "rb") as stream:
                 entries += _lines(stream, file)
         except OSError as exc:
             raise FileRefused(f"cannot read {file}: {exc.strerror}") from None
+        if not entries:
+            raise FileRefused(f"no URLs in {file} (blank lines and comments only): nothing was sent")
     if not entries:
         raise click.UsageError("no URLs: give them as arguments, with --file, or on stdin")
     return entries

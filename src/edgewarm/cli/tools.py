@@ -29,7 +29,7 @@ from ..config import file_cautions
 from ..errors import JdCode
 from ..models import distinct_task_ids, normalize_task_id
 from ..urls import password_masked, shortened
-from .entries import Entry, FileRefused, checked, first_few, owned, read_entries, span
+from .entries import Entry, FileRefused, NothingToSend, checked, first_few, owned, read_entries, span
 from .failures import list_failures
 from .main import STDOUT_CLOSED, Terminated, main, stdout_closed
 from .watch import GONE, PATIENCE, cells, follow, output_console, status_text
@@ -382,6 +382,15 @@ def fail(exc: ClientError, call: list[Entry] | None = None) -> click.ClickExcept
 _SERVER_DAYS = re.compile(r"\(days in ([^)]+)\)")
 
 
+def _entries_to_send(args: tuple[str, ...], file: str | None) -> list[Entry]:
+    """`read_entries`; the command ends there, exit 0, when `--file -` read none (said on stderr)."""
+    try:
+        return read_entries(args, file)
+    except NothingToSend as nothing:
+        click.echo(str(nothing), err=True)
+        raise SystemExit(0) from None
+
+
 @main.command()
 @click.argument("urls", nargs=-1)
 @click.option("--file", "-f", type=str, help="read URLs from this file, one per line (- for stdin)")
@@ -405,7 +414,7 @@ def submit(
     client_config: str,
 ) -> None:
     """Prefetch (warm) URLs: split into calls of --per-call, print one task id per line."""
-    entries = read_entries(urls, file)
+    entries = _entries_to_send(urls, file)
     with make_client(server, username, secret, client_config) as client:
         send_in_calls(
             client,
@@ -437,7 +446,7 @@ def refresh(
     client_config: str,
 ) -> None:
     """Refresh (purge) files or directories on every node; print one task id per line."""
-    items = read_entries(entries, file)
+    items = _entries_to_send(entries, file)
     with make_client(server, username, secret, client_config) as client:
         calls = plan_calls(client, items, per_call, directories)
         send_in_calls(client, calls, lambda chunk: client.refresh(chunk, directories=directories), wait_, patience)
