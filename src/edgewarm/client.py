@@ -287,6 +287,14 @@ WAIT_PAUSE = 1.0  # seconds before asking again after a wait that came back earl
 WAIT_GRACE = 1.0  # seconds past `wait`'s timeout a silent server may keep its last poll's answer
 
 
+def _call_timeout(timeout: float) -> float:
+    """A client's `timeout`: seconds over 0 (0 failed every call "Operation now in progress" as if the server
+    were down, -1 at the first call with httpx's words: a tester's); refused when the client is made."""
+    if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout: {timeout!r} is no number of seconds over 0")
+    return float(timeout)
+
+
 def _waited(timeout: float) -> float:
     """`wait`'s timeout, a number of seconds from 0, or infinity (NaN waited for ever, unsaid: a developer's)."""
     if math.isnan(timeout) or timeout < 0:
@@ -357,7 +365,7 @@ class Client(_Calls):
 
     def __init__(self, base_url: str, username: str, secret: str, *, timeout: float = 30.0, **kw: Any) -> None:
         super().__init__(base_url, username, secret, **kw)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=_call_timeout(timeout))
 
     def __enter__(self) -> Self:
         return self
@@ -461,7 +469,7 @@ class AsyncClient(_Calls):
 
     def __init__(self, base_url: str, username: str, secret: str, *, timeout: float = 30.0, **kw: Any) -> None:
         super().__init__(base_url, username, secret, **kw)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=_call_timeout(timeout))
 
     async def __aenter__(self) -> Self:
         return self

@@ -11,7 +11,7 @@ import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
 from edgewarm.cli.tools import Stop, _where, plan_calls
-from edgewarm.client import Client, ClientError, _json, _transport_error
+from edgewarm.client import AsyncClient, Client, ClientError, _json, _transport_error
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
 CALLS = [
@@ -291,6 +291,17 @@ def test_an_unknown_time_zone_is_refused_when_the_client_is_made() -> None:
     with pytest.raises(ValueError) as refused:
         Client("http://127.0.0.1:8080", "u", "s", timezone="Nope/Zone")
     assert str(refused.value) == "unknown time zone 'Nope/Zone': give an IANA name, as Asia/Shanghai"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "30"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused_when_the_client_is_made(timeout: object) -> None:
+    """A CLI tester's `Client(…, timeout=0)`: every call failed as if the server were down ("Operation now in
+    progress"); -1 failed at the first call with httpx's ValueError."""
+    for make in (Client, AsyncClient):
+        with pytest.raises(ValueError, match=r"^timeout: .* is no number of seconds over 0$"):
+            make("http://127.0.0.1:8080", "u", "s", timeout=timeout)
+    with Client("http://127.0.0.1:8080", "u", "s", timeout=0.5) as client:
+        assert client._http.timeout == httpx.Timeout(0.5)
 
 
 def test_a_space_or_tab_around_the_server_address_is_left_out() -> None:
