@@ -93,6 +93,25 @@ def test_urls_joined_by_a_comma_on_one_line_are_refused_before_any_call(tmp_path
     assert "several URLs in one entry, joined by commas" in refused.value.message
 
 
+def test_a_space_or_a_cr_in_a_line_is_told_for_a_line_not_for_an_api_call(tmp_path: Path) -> None:
+    """A CLI tester's: a tab in a line, or a file of CR-only line ends, said "separate a list's URLs by ','" (then
+    refused as "joined by commas"), a comment after a URL "write '%' as '%25', as curl --data-urlencode does"."""
+    listed = tmp_path / "urls.txt"
+    listed.write_bytes(
+        b"http://a.test/1\thttp://a.test/2\nhttp://a.test/3 # warm it\nhttp://a.test/4\rhttp://a.test/5\n"
+    )
+    with pytest.raises(click.ClickException) as refused:
+        checked(read_entries([], str(listed)))
+    spaced = "a space or tab inside it: one URL an entry, a space in a URL written %20 (a comment is a line of its own"
+    for line, text, why in (
+        (1, "http://a.test/1\thttp://a.test/2", spaced),
+        (2, "http://a.test/3 # warm it", spaced),
+        (3, "http://a.test/4\rhttp://a.test/5", "a CR inside the line (a file of CR-only line ends"),
+    ):
+        assert f"{listed} line {line}: illegal URL {text!r}: {why}" in refused.value.message, refused.value.message
+    assert "form" not in refused.value.message and "','" not in refused.value.message
+
+
 @pytest.mark.parametrize(
     ("error", "maybe"),
     [

@@ -14,7 +14,7 @@ import click
 
 from ..config import domain_owned
 from ..errors import RequestRefused
-from ..urls import parse_url
+from ..urls import parse_url, shortened
 
 _BOM = b"\xef\xbb\xbf"  # what Windows editors put before UTF-8 text
 _ANY_LENGTH = 1 << 30  # the server checks the length against its own [api] max_url_length
@@ -104,6 +104,23 @@ def _lines(stream: BinaryIO, name: str) -> list[Entry]:
     return found
 
 
+def _in_a_line(entry: Entry, refusal: str) -> str:
+    """The server's refusal of an entry, told for a line or an argument: a CR or a space inside one had the API's
+    advice, a form body's or a list's (a tester followed "separate a list's URLs by ','" and was refused again)."""
+    said = f"illegal URL {shortened(entry.text)!r}"
+    if "\r" in entry.text:
+        return (
+            f"{said}: a CR inside the {'argument' if entry.source == ARGUMENT else 'line'} (a file of CR-only line "
+            "ends, as old Mac editors write? give it LF or CRLF line ends)"
+        )
+    if any(c.isspace() for c in entry.text):
+        return (
+            f"{said}: a space or tab inside it: one URL an entry, a space in a URL written %20 (a comment is a line "
+            "of its own, starting with #)"
+        )
+    return refusal
+
+
 def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
     """`entries`, each object once, in its first place; the whole list refused when an entry is not a URL (its
     syntax: the server's own check, done here first) or, with `directories`, not a directory: nothing is sent.
@@ -119,7 +136,7 @@ def checked(entries: Sequence[Entry], directories: bool = False) -> list[Entry]:
             if directories:
                 target.as_dir()
         except RequestRefused as exc:
-            bad.append(f"{entry}: {exc.message}")
+            bad.append(f"{entry}: {_in_a_line(entry, exc.message)}")
             continue
         seen.setdefault(target.cache_key, entry)
     if bad:
