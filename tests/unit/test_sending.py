@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
-from edgewarm.cli.tools import Stop, _where, plan_calls
+from edgewarm.cli.tools import Stop, _where, plan_calls, read_credentials
 from edgewarm.client import AsyncClient, Client, ClientError, _json, _transport_error
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
@@ -424,3 +424,19 @@ def test_the_cli_takes_its_signatures_time_zone_from_edgewarm_timezone(
     monkeypatch.setenv("EDGEWARM_TIMEZONE", "Mars/Olympus")
     with pytest.raises(FileRefused, match="EDGEWARM_TIMEZONE: unknown time zone 'Mars/Olympus'"):
         read_credentials(None, "u", "s", str(config))
+
+
+def test_missing_credentials_name_the_client_config_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI tester's `quota --client-config empty.toml`: "give --username and --secret (…, or a client config)",
+    though one was named and read."""
+    monkeypatch.delenv("EDGEWARM_TIMEZONE", raising=False)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    with pytest.raises(click.UsageError) as refused:
+        read_credentials(None, None, None, str(empty))
+    assert refused.value.message == (
+        f"give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET; client config {empty} has no username "
+        "and secret)"
+    )
+    with pytest.raises(click.UsageError, match=f"client config {empty} has no secret\\)$"):
+        read_credentials(None, "u", None, str(empty))

@@ -144,9 +144,10 @@ def read_credentials(server: str | None, username: str | None, secret: str | Non
         where = "EDGEWARM_TIMEZONE" if given else f"client config {path}"
         raise FileRefused(f"{where}: unknown time zone {timezone!r}")
     if not username or not secret:
-        raise click.UsageError(
-            "give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET, or a client config)"
-        )
+        lacking = " and ".join(key for key, value in (("username", username), ("secret", secret)) if not value)
+        # One named (or the default one there) was read: said, not "or a client config" (a CLI tester's).
+        read = f"; client config {path} has no {lacking}" if path.exists() else ", or a client config"
+        raise click.UsageError(f"give --username and --secret (or EDGEWARM_USERNAME/EDGEWARM_SECRET{read})")
     return Credentials(str(server), str(username), str(secret), timezone)
 
 
