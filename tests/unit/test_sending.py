@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
 import pytest
 
 from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
+from edgewarm.cli.failures import list_failures
 from edgewarm.cli.tools import Stop, _where, plan_calls, read_credentials
 from edgewarm.client import AsyncClient, Client, ClientError, _json, _transport_error
 
@@ -440,3 +442,32 @@ def test_missing_credentials_name_the_client_config_read(tmp_path: Path, monkeyp
     )
     with pytest.raises(click.UsageError, match=f"client config {empty} has no secret\\)$"):
         read_credentials(None, "u", None, str(empty))
+
+
+class _Tasks:
+    """A client's task views, as the server answers them (`failed` reads nothing else)."""
+
+    def __init__(self, failed: dict[str, list[tuple[str, str]]]) -> None:
+        self.failed = failed
+
+    def task(self, taskid: str, *, offset: int = 0, limit: int = 1000, state: str | None = None) -> dict[str, Any]:
+        items = [{"url": url, "node": "edge-1", "action": action} for url, action in self.failed[taskid]]
+        view = {"taskid": taskid, "status": 2, "total": len(items)}
+        return {**view, "items": items[offset : offset + limit] if state == "failed" else []}
+
+
+def test_failed_says_which_urls_are_directories_when_both_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLI tester's: a directory refresh's task beside a prefetch's put the directory among the URLs, and
+    `| edgewarm submit -f -` warmed its index page. Said on stderr when both kinds are listed."""
+    a, b = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+    client = _Tasks({a: [("http://a.test/x.js", "warm")], b: [("http://a.test/img/", "purge_dir")]})
+    assert list_failures(client, [a, b], why=False) == 0  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["http://a.test/x.js", "http://a.test/img/"]
+    assert err.splitlines() == [
+        "2 failed URLs in 2 tasks",
+        "1 of them directories, of directory refreshes: `edgewarm refresh --dir -f -` sends those (list those tasks "
+        "apart)",
+    ]
+    assert list_failures(client, [b], why=False) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().err == "1 failed URLs in 1 task\n"  # directories alone: what refresh --dir takes

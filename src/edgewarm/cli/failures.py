@@ -37,6 +37,7 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     node, action, URL, HTTP status, attempts, error, tab-separated); say the count on stderr, and which tasks run yet
     (their failures so far) or were not found. 0, or 1 when a task was not found."""
     seen: set[tuple[str, ...]] = set()
+    directories: set[str] = set()  # printed URLs that are directories (of directory refreshes)
     items = 0
     unknown: list[str] = []
     asked = distinct_task_ids(taskids)
@@ -59,6 +60,8 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
                 continue
             seen.add(key)
             items += 1
+            if item["action"] == "purge_dir":
+                directories.add(item["url"])
             if not why:
                 click.echo(item["url"])
                 continue
@@ -70,4 +73,10 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
     found = len(asked) - len(unknown)
     what = f"{items} failed items ({urls} URLs)" if why else f"{urls} failed URLs"
     click.echo(f"{what} in {found} task{'s' * (found != 1)}", err=True)
+    if directories and len(directories) < urls:  # piped to `submit`, a directory's index page would be warmed
+        click.echo(
+            f"{len(directories)} of them directories, of directory refreshes: `edgewarm refresh --dir -f -` sends "
+            "those (list those tasks apart)",
+            err=True,
+        )
     return 1 if unknown else 0
