@@ -1788,30 +1788,47 @@ async def test_a_form_in_a_charset_not_written_in_ascii_is_refused_saying_so(api
     assert (response.status_code, response.json()) == (415, {"error": said})
 
 
-async def test_a_form_in_utf7_is_refused_as_a_form_or_as_multipart(api: Api) -> None:
+def hides(charset: str) -> str:
+    return (
+        f"charset {charset!r} is not read: it reads some ASCII as other text (as UTF-7's '+ADw-' is '<', or an escape "
+        "sequence of ISO-2022 or HZ nothing), hiding characters from filters: send the form in UTF-8"
+    )
+
+
+async def test_a_form_in_a_charset_that_hides_characters_is_refused_as_a_form_or_as_multipart(api: Api) -> None:
     """A security tester's: UTF-7 writes lone surrogates ('+2AA-' in an idempotency key: other users' calls of its
     SQLite group failed, "internal error") and hides characters from filters in front ('+ADw-' is '<'); no HTTP
-    client sends it. Refused, nothing made; the same form in UTF-8 is taken."""
+    client sends it; nor HZ or ISO-2022, whose escape sequences read as nothing (a re-tester's `publish\x1b(B_urls`),
+    also named with spaces around '=' or twice (the multipart parser took the last, the check the first).
+    Refused, nothing made; the same form in UTF-8 is taken."""
     fields = {**creds(), "publish_urls": urls(1)[0], "idempotency_key": "k+2AA-"}
-    said = (
-        "charset 'utf-7' is not read (no HTTP client sends it; it hides characters from filters): send the form in "
-        "UTF-8"
-    )
     form = urlencode(fields).encode()
-    answer = await api.client.post(
-        "/api/prefetch", content=form, headers={"content-type": "application/x-www-form-urlencoded; charset=UTF-7"}
-    )
-    assert (answer.status_code, answer.json()) == (415, {"error": said.replace("'utf-7'", "'UTF-7'")})
+    for charset in ("UTF-7", "hz", "iso-2022-jp", "ISO-2022-KR"):
+        answer = await api.client.post(
+            "/api/prefetch",
+            content=form,
+            headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}"},
+        )
+        assert (answer.status_code, answer.json()) == (415, {"error": hides(charset)})
     parts = b"".join(
         f'--XX\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
     )
-    multipart = await api.client.post(
-        "/api/prefetch",
-        content=parts + b"--XX--\r\n",
-        headers={"content-type": "multipart/form-data; boundary=XX; charset=utf-7"},
-    )
-    assert (multipart.status_code, multipart.json()) == (415, {"error": said})
+    for params, said in (
+        ("charset=utf-7", hides("utf-7")),
+        ("charset = utf-7", hides("utf-7")),
+        ('Charset="hz"', hides("hz")),
+        ("charset=utf-8; charset=utf-7", "the charset is named 2 times (utf-8, utf-7): name it once"),
+    ):
+        multipart = await api.client.post(
+            "/api/prefetch",
+            content=parts + b"--XX--\r\n",
+            headers={"content-type": f"multipart/form-data; boundary=XX; {params}"},
+        )
+        assert (multipart.status_code, multipart.json()) == (415, {"error": said}), params
     assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+    for charset in ("shift_jis", "gbk", "latin-1", "cp1252", "euc-kr"):  # ASCII as ASCII: read
+        answer = await api.raw("/api/prefetch", form, f"application/x-www-form-urlencoded; charset={charset}")
+        assert answer["status"] == 0, (charset, answer)
     assert_submitted(await api.raw("/api/prefetch", form, "application/x-www-form-urlencoded"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import ipaddress
 import json
 import re
@@ -40,10 +41,12 @@ _BOM = b"\xef\xbb\xbf"
 # Python's own codecs, which no HTTP client means by a charset ("undefined" is what JavaScript writes for a
 # variable never set).
 _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"})
-# UTF-7 is a charset, but no browser or HTTP client sends it (the WHATWG Encoding Standard drops it): it hides
-# characters from filters in front ('<' is '+ADw-') and writes lone surrogates, which no store can hold (a
-# tester's '+2AA-' in one user's idempotency key failed the calls of other users written with it).
-_HIDING_CHARSETS = frozenset({"utf-7"})
+# ASCII, and what makes a charset read ASCII bytes as other text: UTF-7's '+' ('+ADw-' is '<', '+2AA-' a lone
+# surrogate, which no store can hold: a tester's in one user's idempotency key failed other users' calls written
+# with it), the escape sequences of ISO-2022 and HZ (`publish\x1b(B_urls` is publish_urls): a charset that
+# reads them otherwise than ASCII does hides characters from filters in front and is refused (no HTTP client
+# sends one: the WHATWG Encoding Standard drops UTF-7 and HZ).
+_ASCII_PROBE = bytes(range(0x80)) + b"+AF8-+2AA-~{~}\x1b(B\x1b$B\x1b$)C"
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
 _LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
 _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
@@ -88,7 +91,7 @@ async def read_params(request: Request) -> dict[str, Any]:
     raw = (await request.body()).removeprefix(_BOM)  # some clients start UTF-8 with its byte order mark
     media, *options = (part.strip() for part in request.headers.get("content-type", "").split(";"))
     media = media.lower()
-    charset = next((o.partition("=")[2].strip().strip('"') for o in options if o.lower().startswith("charset=")), "")
+    charset = _charset(options)
     if raw.lstrip()[:1] == b"{":
         # JSON whatever its type says: old scripts post it unlabelled, as curl -d does labelled a form (which
         # cannot start so), or as text/json, application/x-json, application/octet-stream.
@@ -129,11 +132,11 @@ async def read_params(request: Request) -> dict[str, Any]:
         try:
             if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
                 raise LookupError(encoding)
-            _refuse_hiding(encoding)
             if b"a=b&".decode(encoding, errors="replace") != "a=b&":  # UTF-16, UTF-32: it read as other
                 raise UnsupportedMediaType(  # characters, and was answered "username must not be empty"
                     f"charset {charset!r} does not write a form's names, '=' and '&' in ASCII: send the form in UTF-8"
                 )
+            _refuse_hiding(encoding)
             text = raw.decode(encoding)  # the bytes as they are, then the %-escapes of the fields: both in it
             form = parse_qs(
                 text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, encoding=encoding, errors="strict"
@@ -215,13 +218,36 @@ def _repeated_key(raw: bytes, data: dict[str, Any]) -> tuple[str, int] | None:
     return next(((key, times) for key, times in seen.items() if times > 1), None)
 
 
+def _charset(options: list[str]) -> str:
+    """The charset a Content-Type's parameters name ("" for none), spaces around '=' allowed (as the multipart
+    parser reads them: `charset = utf-7` passed the check, and the parser read UTF-7); named twice, otherwise
+    the second time, refused (the parser takes the last, this the first: a re-tester's)."""
+    named = [
+        value.strip().strip('"')
+        for name, _, value in (o.partition("=") for o in options)
+        if name.strip().lower() == "charset"
+    ]
+    if len({name.lower() for name in named}) > 1:
+        raise UnsupportedMediaType(f"the charset is named {len(named)} times ({', '.join(named)}): name it once")
+    return named[0] if named else ""
+
+
 def _refuse_hiding(charset: str) -> None:
-    """Refuses a form in a charset of _HIDING_CHARSETS (LookupError: no charset at all)."""
-    if codecs.lookup(charset).name in _HIDING_CHARSETS:
+    """Refuses a form in a charset that reads ASCII otherwise (_ASCII_PROBE; LookupError: no charset at all)."""
+    if _hides(codecs.lookup(charset).name):
         raise UnsupportedMediaType(
-            f"charset {charset!r} is not read (no HTTP client sends it; it hides characters from filters): "
-            "send the form in UTF-8"
+            f"charset {charset!r} is not read: it reads some ASCII as other text (as UTF-7's '+ADw-' is '<', or an "
+            "escape sequence of ISO-2022 or HZ nothing), hiding characters from filters: send the form in UTF-8"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _hides(codec: str) -> bool:
+    """Whether the codec reads _ASCII_PROBE otherwise than ASCII does."""
+    try:
+        return _ASCII_PROBE.decode(codec, errors="replace") != _ASCII_PROBE.decode("ascii")
+    except (LookupError, TypeError, ValueError):  # a codec that takes no error handler, say: not one to read
+        return True
 
 
 def _is_text(value: str) -> bool:
