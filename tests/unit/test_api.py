@@ -38,7 +38,7 @@ from edgewarm.auth import sign
 from edgewarm.client import AsyncClient, ClientError
 from edgewarm.config import Config, parse_config
 from edgewarm.errors import JdCode, RequestRefused, StoreError, StoreFull, StoreOutcomeUnknown
-from edgewarm.logs import RepeatedFailure
+from edgewarm.logs import RepeatedFailure, _address
 from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskStatus
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
@@ -2172,6 +2172,8 @@ def test_the_caller_is_an_address_or_said_to_be_none() -> None:
 
     assert caller("203.0.113.9") == "203.0.113.9" and caller("::1") == "::1"
     assert caller("evil text (user 'bob'); from 10.0.0.1") == caller("unknown") == NOT_AN_ADDRESS
+    assert caller("fe80::1%(user'mallory');from10.9.9.9") == "fe80::1"  # a zone id may be any text: left out
+    assert _address(NOT_AN_ADDRESS) == NOT_AN_ADDRESS  # as the log line shows a caller (spaces were '?')
     assert caller_address(Request({"type": "http", "headers": []})) is None
 
 
@@ -2188,6 +2190,11 @@ async def test_a_username_with_spaces_around_it_may_be_signed_as_given(api: Api)
             "/api/prefetch", {"username": name, "signature": signature(f"x{USER}"), "publish_urls": urls(1)}
         )
         assert_code(wrong, 7)
+    # A native header keeps a space HTTP does not take out (U+3000, sent as UTF-8): signed either way (a re-tester's).
+    name = f"{USER}\u3000"
+    for signed in (name, USER):
+        headers = {"X-Edgewarm-Username": name.encode(), "X-Edgewarm-Signature": signature(signed).encode()}
+        assert (await api.client.get("/v1/quota", headers=headers)).status_code == 200, signed
 
 
 async def test_the_docs_page_loads_swagger_ui_of_one_version_checked_by_its_hashes(api: Api) -> None:

@@ -68,7 +68,7 @@ def _no_params(request: Request) -> RequestRefused:
     return RequestRefused(JdCode.PARAMS_EMPTY, f"parameters must not be empty{where_params_go(request)}")
 
 
-NOT_AN_ADDRESS = "(no address: a proxy's X-Forwarded-For)"
+NOT_AN_ADDRESS = "(X-Forwarded-For-no-address)"  # no space: a log line shows spaces in a caller as '?'
 
 
 def caller_address(request: Request) -> str | None:
@@ -77,11 +77,10 @@ def caller_address(request: Request) -> str | None:
     X-Forwarded-For was put in the log's list of callers, a security tester's "(user 'bob'); from 10.0.0.1")."""
     if request.client is None:
         return None
-    try:
-        ipaddress.ip_address(request.client.host)
+    try:  # without an IPv6 zone id, which may be any text (a re-tester's "fe80::1%(user'mallory')")
+        return str(ipaddress.ip_address(request.client.host.partition("%")[0]))
     except ValueError:
         return NOT_AN_ADDRESS
-    return request.client.host
 
 
 async def read_params(request: Request) -> dict[str, Any]:
