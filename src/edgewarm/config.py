@@ -707,14 +707,40 @@ def file_cautions(path: str | Path) -> list[str]:
     return found
 
 
+def _folders_read(path: Path) -> list[Path]:
+    """The folders whose entries opening `path` reads, as the kernel walks it: each holding a name of the path
+    (a folder under one anyone can write to can be renamed away and another put in its place) or of a symbolic
+    link on the way, the links' own (a re-tester's chain through a link in an open folder); real paths, once
+    each. Bounded as the kernel bounds links (40)."""
+    folders: dict[Path, None] = {}
+    current = Path("/")
+    names = list(path.absolute().parts[1:])
+    links = 0
+    while names:
+        name = names.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":  # the real parent: `open/../safe` reads no name of `open`
+            current = current.parent
+            continue
+        folders[current] = None
+        entry = current / name
+        if entry.is_symlink() and links < 40:
+            links += 1
+            target = Path(os.readlink(entry))
+            if target.is_absolute():
+                current = Path("/")
+            names[:0] = [part for part in target.parts if part != "/"]
+        else:
+            current = entry
+    return list(folders)
+
+
 def _open_folders(path: Path) -> list[tuple[Path, int]]:
-    """The folders every user can write to (without the sticky bit, as /tmp has) on the way to `path`: its own,
-    the ones above it (a folder under one can be renamed away and another put in its place), and those of the
-    file a symbolic link leads to; with their modes."""
-    start = path.absolute()
-    folders = dict.fromkeys([*start.parents, *path.resolve().parents])
+    """The folders every user can write to (without the sticky bit, as /tmp has) that opening `path` reads
+    (_folders_read), with their modes."""
     found = []
-    for folder in folders:
+    for folder in _folders_read(path):
         try:
             folder_mode = folder.stat().st_mode
         except OSError:

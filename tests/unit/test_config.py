@@ -822,6 +822,22 @@ def test_a_config_file_others_can_change_or_read_is_cautioned(tmp_path: Path) ->
         f"{link} is in a folder every user of this machine can write to ({open_folder}, mode 777), where the file "
         "can be replaced: move it, or chmod o-w the folder"
     ]
+    # A chain through a link in an open folder (a re-tester's): safe/chain.toml -> ../open/hop.toml -> real.
+    (open_folder / "hop.toml").symlink_to(tmp_path / "moved.toml")
+    (tmp_path / "moved.toml").chmod(0o600)
+    (chain := elsewhere / "chain.toml").symlink_to("../open/hop.toml")
+    said = f"is in a folder every user of this machine can write to ({open_folder}, mode 777)"
+    assert [c for c in file_cautions(chain) if "folder" in c] == [
+        f"{chain} {said}, where the file can be replaced: move it, or chmod o-w the folder"
+    ]
+    # A folder linked to the open one is named once, by its real path; `open/../elsewhere` reads no name of open.
+    (through := elsewhere / "opendir").symlink_to("../open")
+    assert [c for c in file_cautions(through / "real.toml") if "folder" in c] == [
+        f"{through / 'real.toml'} {said}, where the file can be replaced: move it, or chmod o-w the folder"
+    ]
+    (plain := elsewhere / "plain.toml").write_text("")
+    plain.chmod(0o600)
+    assert file_cautions(open_folder / ".." / "elsewhere" / "plain.toml") == []
     open_folder.chmod(0o700)
     (tmp_path / "moved.toml").rename(path)
     if os.getuid() == 0:  # root may give it away
