@@ -807,8 +807,9 @@ _NODE_VALUES_SHOWN = ("tier", "kind", "tls_verify", "purge_method", "dir_purge",
 
 
 def _shown_value(value: object) -> str:
-    """A setting's value in a reload's line: an empty string as '' (`purge_method PURGE -> ` read as cut off)."""
-    return "''" if value == "" else str(value)
+    """A setting's value in a reload's line: an empty string as '' (`purge_method PURGE -> ` read as cut off), one
+    with spaces around it quoted too (`user_agent ' '`)."""
+    return f"'{value}'" if isinstance(value, str) and (value == "" or value.strip() != value) else str(value)
 
 
 def reload_changes(running: Config, fresh: Config) -> str:

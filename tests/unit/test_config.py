@@ -402,6 +402,10 @@ def test_a_reloads_line_names_what_it_adds_and_changes_but_no_secret() -> None:
     no_purge = example()
     no_purge["nodes"][0]["purge_method"] = ""
     assert reload_changes(running, parse_config(no_purge)) == "changed: node shield-1 (purge_method PURGE -> '')"
+    spaced = example()
+    spaced.setdefault("engine", {})["user_agent"] = " "
+    assert "(user_agent edgewarm/" in reload_changes(running, parse_config(spaced))
+    assert reload_changes(running, parse_config(spaced)).endswith(" -> ' ')")
     wider = example() | {"engine": {"per_node_concurrency": 8}}
     assert reload_changes(running, parse_config(wider)) == (
         "changed: node shield-1 (concurrency 64 -> 8), node edge-1 (concurrency 64 -> 8), "
