@@ -1085,8 +1085,9 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
     summaries = [t for t in json.loads(listed.stdout)["tasks"] if t["taskid"] in (first, second, third)]
     assert [t["taskid"] for t in summaries] == [third, second, first], summaries  # newest first (of this test's)
     assert all(t["cancelled_by"] == "operator" for t in summaries), summaries
-    table = subprocess.run([*listing, DEMO_USER, "--limit", "1"], capture_output=True, text=True, timeout=60)
+    table = subprocess.run([*listing, f" {DEMO_USER}", "--limit", "1"], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and third in table.stdout and first not in table.stdout, table
+    assert table.stderr == "the newest 1: more may be there (--limit up to 1000, --status to narrow)\n", table
     none = subprocess.run([*listing, "nobody"], capture_output=True, text=True, timeout=60)
     assert (none.returncode, none.stdout, none.stderr) == (
         0,

@@ -126,6 +126,7 @@ def tasks(config_path: str, username: str, status: str | None, limit: int, as_js
     from .watch import output_console
 
     config = load_or_fail(config_path)
+    username = username.strip()  # as the API reads a name
     where = TaskFilter(status=None if status is None else TaskStatus(int(status)), limit=limit)
 
     async def go() -> list[Task]:
@@ -143,6 +144,8 @@ def tasks(config_path: str, username: str, status: str | None, limit: int, as_js
         click.echo(f"user {username} has no tasks{' of this status' if status else ''}{unknown}", err=True)
     else:
         output_console().print(tasks_table(found))
+        if len(found) == limit:  # no cursor here: the newest ones only (a re-tester's --limit 3 said nothing more)
+            click.echo(f"the newest {limit}: more may be there (--limit up to 1000, --status to narrow)", err=True)
 
 
 async def _running(store: TaskStore, username: str) -> list[str]:
