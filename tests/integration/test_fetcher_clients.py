@@ -24,6 +24,7 @@ from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab
 from edgewarm.testing.faults import FaultServer, Respond, always, unanswered
+from edgewarm.testing.lab import self_signed
 from edgewarm.testing.service import free_port
 from edgewarm.urls import stored_target
 
@@ -189,6 +190,26 @@ async def test_a_trusted_self_signed_ca_certificate_is_taken_whatever_the_urls_s
             timeout=60,
         )
     assert done.stdout.splitlines() == ["200 None"] * 3, done.stdout + done.stderr
+
+
+async def test_a_new_fetcher_reads_the_cas_of_ssl_cert_file_again_for_aiohttp_too(
+    certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS tester's: the node's CA added to SSL_CERT_FILE, then a reload's new fetcher: pyreqwest's new client
+    trusted it, aiohttp (a dot segment's URL) did not until a restart (its context was made once, at import)."""
+    cas = tmp_path / "cas.pem"
+    cas.write_bytes(self_signed(tmp_path / "other", "other.test")[0].read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(cas))
+    target = stored_target("https://www.example.test/x/../a")  # sent unchanged: through aiohttp
+    async with tls_node(certificate) as server:
+        node = Node(name="tls", url=server.url)
+        async with Fetcher(Settings()) as fetcher:
+            refused = await fetcher.request("GET", node, target)
+        assert refused.error is not None and "certificate verify failed" in refused.error, refused
+        cas.write_bytes(certificate[0].read_bytes())
+        async with Fetcher(Settings()) as fetcher:
+            warmed = await fetcher.request("GET", node, target)
+    assert (warmed.status, warmed.error) == (200, None)
 
 
 async def test_an_https_node_speaking_only_tls_that_rustls_lacks_is_warmed_through_aiohttp(

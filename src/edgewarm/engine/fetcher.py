@@ -334,6 +334,9 @@ class Fetcher(GuardedClient):
         self._session: aiohttp.ClientSession | None = None
         self._client: pyreqwest.client.Client | None = None
         self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
+        # The CAs as SSL_CERT_FILE names them now: pyreqwest's client reads them when made, and so does this (aiohttp's
+        # own context, made once at import, kept the start's after a reload's new fetcher: a TLS tester's).
+        self._verified = ssl.create_default_context()
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
@@ -505,7 +508,7 @@ class Fetcher(GuardedClient):
         self, session: aiohttp.ClientSession, method: str, node: Node, target: TargetUrl, sent: dict[str, str]
     ) -> FetchResult:
         url = URL(node.url + target.path_query, encoded=True)
-        tls: ssl.SSLContext | bool = True if node.tls_verify else self._insecure
+        tls = self._verified if node.tls_verify else self._insecure
         started = time.monotonic()
         try:
             async with session.request(
@@ -514,7 +517,7 @@ class Fetcher(GuardedClient):
                 headers=sent,
                 allow_redirects=False,
                 server_hostname=target.host if url.scheme == "https" else None,
-                ssl=tls if url.scheme == "https" else True,
+                ssl=tls if url.scheme == "https" else True,  # (plain HTTP: no context at all)
             ) as response:
                 received = 0
                 told = _signals(response.headers, node)
