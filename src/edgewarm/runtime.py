@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Generator
 from typing import Any
@@ -242,6 +243,7 @@ class _Live:
         self.engine: Engine | None = None
         self.fetcher: Fetcher | ProcessFetcher | None = None  # the engine's, open
         self.fetcher_settings = config.engine  # what `fetcher` was opened with
+        self.fetcher_cas = ca_files()  # the CA files as they were when `fetcher` was opened
         # The nodes held down, whichever fetcher asks them; a cooldown ends by node_down_wait's end.
         self.health = NodeHealth(
             patience=lambda: self.config.engine.node_down_wait, attempts=lambda: self.config.engine.max_attempts
@@ -272,28 +274,58 @@ class _Live:
         self.reloaded.set()
 
     def _fetcher_changes(self) -> list[str]:
-        return [k for k in FETCHER_KEYS if getattr(self.config.engine, k) != getattr(self.fetcher_settings, k)]
+        """What a new fetcher would take that the one open lacks: [engine] settings, and the CA files (a TLS
+        tester's CA added to SSL_CERT_FILE was read only at a restart, or by a reload changing a setting)."""
+        changed = [k for k in FETCHER_KEYS if getattr(self.config.engine, k) != getattr(self.fetcher_settings, k)]
+        return changed + ([CA_FILES] if ca_files() != self.fetcher_cas else [])
 
     async def _swap_fetcher(self) -> None:
         """A fetcher with the latest settings takes the next requests; the old one closes once it has none."""
         assert self.engine is not None
         async with self._swapping:  # one at a time, each to the latest config
-            changed, settings = self._fetcher_changes(), self.config.engine
+            changed, settings, cas = self._fetcher_changes(), self.config.engine, ca_files()
             if not changed:
                 return
             fresh = open_fetcher(settings, self.health)
             try:
                 await fresh.__aenter__()
             except Exception as exc:
-                log.error("SIGHUP: the fetcher for [engine] %s did not start; the old one stays: %s", changed, exc)
+                log.error("SIGHUP: the fetcher for %s did not start; the old one stays: %s", _said(changed), exc)
                 return
-            old, self.fetcher, self.fetcher_settings = self.fetcher, fresh, settings
+            old, self.fetcher, self.fetcher_settings, self.fetcher_cas = self.fetcher, fresh, settings, cas
             released = self.engine.replace_fetcher(fresh)
         verb = "apply" if len(changed) > 1 else "applies"
-        log.info("SIGHUP: [engine] %s %s to new requests; the old fetcher finishes its own", ", ".join(changed), verb)
+        log.info("SIGHUP: %s %s to new requests; the old fetcher finishes its own", _said(changed), verb)
         await released
         if old is not None:
             await old.__aexit__(None, None, None)
+
+
+CA_FILES = "the CA files"  # what _fetcher_changes names for SSL_CERT_FILE's (or the system's) CAs changed
+
+
+def ca_files() -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+    """The CA file and folder a TLS client made now reads (SSL_CERT_FILE and SSL_CERT_DIR, or the system's), with
+    their inode, size and change time: what tells that they changed since a fetcher was made."""
+    paths = ssl.get_default_verify_paths()
+    found: list[tuple[str, tuple[int, int, int] | None]] = []
+    for path in (paths.cafile, paths.capath):
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                found.append((path, None))
+            else:
+                found.append((path, (st.st_ino, st.st_size, st.st_mtime_ns)))
+    return tuple(found)
+
+
+def _said(changed: list[str]) -> str:
+    """The fetcher's changes as a reload's line names them: `[engine] user_agent, the CA files`."""
+    settings = [k for k in changed if k != CA_FILES]
+    return ", ".join(
+        [*([f"[engine] {', '.join(settings)}"] if settings else []), *([CA_FILES] if CA_FILES in changed else [])]
+    )
 
 
 def _log_cautions(config: Config, engine: bool, config_path: str | None) -> None:
@@ -418,6 +450,7 @@ async def _run_parts(
         if engine:
             fetcher = live.fetcher = open_fetcher(config.engine, live.health)
             live.fetcher_settings = config.engine  # a reload before this one may have changed them
+            live.fetcher_cas = ca_files()
             await fetcher.__aenter__()
             stack.push_async_callback(_close_fetchers, live)
             worker = live.engine = Engine(config, store, fetcher, metrics=metrics, sole=sole)

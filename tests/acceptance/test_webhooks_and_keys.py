@@ -22,6 +22,7 @@ from edgewarm import __version__
 from edgewarm.client import Client, ClientError
 from edgewarm.testing import DEFAULT_HOST, Lab
 from edgewarm.testing.faults import FaultServer, Respond, always
+from edgewarm.testing.lab import self_signed
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, start_service
 from edgewarm.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook
 
@@ -214,6 +215,37 @@ def test_sighup_gives_the_fetcher_its_new_settings_without_a_restart(tmp_path: P
             assert service.proc.pid == pid and service.proc.poll() is None
         agents = {r.target: r.header("User-Agent") for r in node.requests}
     assert agents == {"/before": f"edgewarm/{__version__}", "/after": "reloaded/1"}
+
+
+@pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
+def test_sighup_after_the_ca_file_changed_gives_the_fetcher_the_new_cas(
+    tmp_path: Path, fetch_process: bool, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS tester's: the node's CA added to SSL_CERT_FILE and SIGHUP, the config unchanged: nothing was read
+    again until a restart (or a reload changing a fetcher's setting). A new fetcher (or fetch process) takes it."""
+    cas = tmp_path / "cas.pem"
+    cas.write_bytes(self_signed(tmp_path / "other", "other.test")[0].read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(cas))
+    with FaultServer(always(Respond(200, body=b"x" * 100)), tls=certificate) as node:
+        extra = f"[engine]\nfetch_process = {str(fetch_process).lower()}\n"
+        nodes = f'[[nodes]]\nname = "tls"\nurl = "{node.url}"\n'
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            assert service.proc is not None
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                first = client.wait(client.prefetch(["https://www.example.test/before"]), timeout=30)
+                assert first["status"] == 2, first
+                cas.write_bytes(certificate[0].read_bytes())
+                os.kill(service.proc.pid, signal.SIGHUP)
+                service.wait_for_log("SIGHUP: the CA files applies to new requests", 15)
+                second = client.wait(client.prefetch(["https://www.example.test/after"]), timeout=30)
+                assert second["status"] == 0, second
+                reloads = service.log_text().count("config reloaded")
+                os.kill(service.proc.pid, signal.SIGHUP)  # nothing changed since: no new fetcher
+                deadline = time.monotonic() + 15
+                while service.log_text().count("config reloaded") == reloads and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert service.log_text().count("config reloaded") == reloads + 1
+            assert service.log_text().count("the CA files applies") == 1
 
 
 @pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
