@@ -333,6 +333,37 @@ def test_a_node_held_down_that_comes_back_is_shown_up_again_without_new_work(tmp
                 thread.join(10)
 
 
+def test_an_https_node_held_down_is_asked_again_without_its_certificate_refused(
+    tmp_path: Path, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS tester's: the node's certificate names the sites (www.example.test), not its address; the HEAD / of
+    a node held down, checked against its address, logged "verifying back's certificate failed" at each return
+    (and started its minute of certificate lines, which then hid a real refusal)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        port = sock.getsockname()[1]
+        nodes = f'[[nodes]]\nname = "back"\nurl = "https://127.0.0.1:{port}"\n'
+        extra = "[engine]\nmax_attempts = 1\nnode_down_wait = 0\n"
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # the sites' certificate trusted
+        with start_service(tmp_path, nodes, extra=extra) as service:
+            with Client(service.url, DEMO_USER, DEMO_SECRET) as client:
+                taskid = client.prefetch([f"https://www.example.test/back/{i}" for i in range(10)])
+                assert client.wait(taskid, timeout=30)["status"] == 2
+            assert held_down_gauge(service.url) == {"back": 1.0}
+            sock.close()
+            with FaultServer(always(Respond(404)), tls=certificate, port=port):
+                deadline = time.monotonic() + 20
+                while held_down_gauge(service.url) != {"back": 0.0} and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert held_down_gauge(service.url) == {"back": 0.0}
+                with Client(service.url, DEMO_USER, DEMO_SECRET) as client:  # the sites' certificate: taken
+                    ended = client.wait(client.prefetch(["https://www.example.test/back/ok"]), timeout=30)
+                    warmed = client.task(ended["taskid"])
+    assert "node back answers again: no longer held down" in service.log_text()
+    assert "certificate" not in service.log_text(), service.log_text()
+    assert warmed["status"] == 2 and warmed["items"][0]["http_status"] == 404, warmed  # answered, through TLS
+
+
 def held_down_gauge(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return {

@@ -203,7 +203,7 @@ class FaultServer:
     ``behaviour`` is an :data:`Action` (used for every request) or a :data:`Behaviour`. ``idle_timeout``
     closes a keep-alive connection that sends nothing for that long (or takes that long over its TLS
     handshake). ``tls``: a certificate and its key (PEM files): https; ``cbc_only``: TLS 1.2 with CBC ciphers
-    only. Use as a context manager.
+    only; ``port``: listen there (0: a free one). Use as a context manager.
     """
 
     def __init__(
@@ -213,6 +213,7 @@ class FaultServer:
         idle_timeout: float = 60.0,
         tls: tuple[Path, Path] | None = None,
         cbc_only: bool = False,
+        port: int = 0,
     ) -> None:
         self._behaviour = self._as_behaviour(behaviour)
         self._idle_timeout = idle_timeout
@@ -228,7 +229,7 @@ class FaultServer:
         self._shared = _Shared()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
-        self.port = 0
+        self.port = port  # 0: any free one (a port given: a node's address that comes back, say)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class FaultServer:
             raise RuntimeError("FaultServer already started")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
+        listener.bind(("127.0.0.1", self.port))
         listener.listen(512)
         listener.settimeout(_TICK)
         self._listener = listener
