@@ -496,6 +496,14 @@ class Config(_Model):
             if len(names) > 1
         ]
         found += [
+            f"node {n.name!r}: tls_verify = false: its certificate is not checked, so anyone on the way can answer "
+            "as the node (and be taken for it)"
+            if n.url.lower().startswith("https:")
+            else f"node {n.name!r}: tls_verify = false does nothing on an http:// node"
+            for n in self.nodes
+            if not n.tls_verify
+        ]
+        found += [
             f'node {n.name!r}: dir_purge = "ban" sends BAN, which only Varnish takes (its kind is {n.kind.value})'
             for n in self.nodes
             if n.dir_purge == "ban" and n.kind not in (NodeKind.VARNISH, NodeKind.GENERIC)
@@ -734,6 +742,28 @@ def _folders_read(path: Path) -> list[Path]:
         else:
             current = entry
     return list(folders)
+
+
+def ca_file_cautions() -> list[str]:
+    """What is wrong with the CA file or folder edgewarm's environment names (SSL_CERT_FILE, SSL_CERT_DIR): one
+    missing, a folder, or holding no certificate was read as no CA at all, said nowhere, and every https node
+    failed "unable to get local issuer certificate" (a TLS tester's)."""
+    found = []
+    if file := os.environ.get("SSL_CERT_FILE"):
+        try:
+            with open(file, "rb") as opened:
+                holds = b"-----BEGIN CERTIFICATE-----" in opened.read(16 * 1024 * 1024)
+            problem = None if holds else "which holds no certificate (PEM)"
+        except OSError as exc:
+            problem = f"which cannot be read ({exc.strerror})"
+        if problem is not None:
+            found.append(
+                f"SSL_CERT_FILE names {file}, {problem}: https nodes' and receivers' certificates are checked against "
+                "none of its CAs"
+            )
+    if (folder := os.environ.get("SSL_CERT_DIR")) and not os.path.isdir(folder):
+        found.append(f"SSL_CERT_DIR names {folder}, which is no folder: none of its CAs are read")
+    return found
 
 
 def _open_folders(path: Path) -> list[tuple[Path, int]]:

@@ -31,6 +31,7 @@ from .config import (
     FETCHER_KEYS,
     Config,
     Node,
+    ca_file_cautions,
     file_cautions,
     load_config,
     reload_changes,
@@ -330,7 +331,7 @@ def _said(changed: list[str]) -> str:
 
 def _log_cautions(config: Config, engine: bool, config_path: str | None) -> None:
     """The settings that are valid but keep a feature from working or are unsafe (at start and on a reload)."""
-    for caution in [*(file_cautions(config_path) if config_path else []), *config.cautions()]:
+    for caution in [*(file_cautions(config_path) if config_path else []), *config.cautions(), *ca_file_cautions()]:
         log.warning("%s", caution)
     if engine and (room := open_files_room(config.engine.concurrency)) is not None:
         log.warning("%s", room)

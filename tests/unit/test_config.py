@@ -12,6 +12,7 @@ import pytest
 from edgewarm.config import (
     EXAMPLE_SECRET,
     Config,
+    ca_file_cautions,
     config_path_from,
     file_cautions,
     load_config,
@@ -866,4 +867,42 @@ def test_a_get_purge_without_its_bypass_header_is_cautioned() -> None:
     assert parse_config({"users": users, "nodes": [ats]}).cautions() == [
         "node 'ats': purge_method = \"GET\" on ATS: it answers from its cache a request with no-cache "
         "(proxy.config.http.cache.ignore_client_no_cache is 1 by default), and such a purge fails: use PURGE"
+    ]
+
+
+def test_tls_verify_off_and_a_ca_file_that_holds_no_ca_are_cautioned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS tester's: `tls_verify = false` passed unsaid (on an http:// node too, where it does nothing), and
+    SSL_CERT_FILE naming a missing file, a folder or a key was read as no CA at all, unsaid: every https node
+    then failed "unable to get local issuer certificate"."""
+    nodes = [
+        {"name": "open", "url": "https://127.0.0.1:8443", "tls_verify": False},
+        {"name": "plain", "url": "http://127.0.0.1:8080", "tls_verify": False},
+        {"name": "checked", "url": "https://127.0.0.1:8444"},
+    ]
+    users = [{"name": "a", "secret": "0123456789abcdef", "domains": ["a.test"]}]
+    assert parse_config({"users": users, "nodes": nodes}).cautions() == [
+        "node 'open': tls_verify = false: its certificate is not checked, so anyone on the way can answer as the node "
+        "(and be taken for it)",
+        "node 'plain': tls_verify = false does nothing on an http:// node",
+    ]
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    assert ca_file_cautions() == []
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
+    rest = ": https nodes' and receivers' certificates are checked against none of its CAs"
+    for named, problem in (
+        (tmp_path / "missing.pem", "which cannot be read (No such file or directory)"),
+        (tmp_path, "which cannot be read (Is a directory)"),
+        (key, "which holds no certificate (PEM)"),
+    ):
+        monkeypatch.setenv("SSL_CERT_FILE", str(named))
+        assert ca_file_cautions() == [f"SSL_CERT_FILE names {named}, {problem}{rest}"]
+    key.write_text("-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(key))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "none"))
+    assert ca_file_cautions() == [
+        f"SSL_CERT_DIR names {tmp_path / 'none'}, which is no folder: none of its CAs are read"
     ]

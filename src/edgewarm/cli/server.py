@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import Config, file_cautions, load_config
+from ..config import Config, ca_file_cautions, file_cautions, load_config
 from ..errors import ConfigError, EdgewarmError
 from ..logs import counted, setup_logging
 from ..tuning import tune_runtime
@@ -125,6 +125,7 @@ def check_config(ctx: click.Context, path: str | None, config_paths: tuple[str, 
     warnings = [
         *file_cautions(chosen),
         *config.cautions(),
+        *ca_file_cautions(),
         *([f"the store: {said(refused, chosen)}"] if refused else []),
         *store_cautions(config.store),
     ]
