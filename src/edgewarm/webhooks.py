@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -576,7 +577,10 @@ class WebhookDeliverer:
         except aiohttp.ClientSSLError as exc:  # the certificate's or the handshake's own words
             return f"{type(exc).__name__}: {exc}", False
         except aiohttp.ClientConnectorError as exc:  # said "… ssl:default [Connect call failed …]" for http too
-            why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
+            if isinstance(exc.os_error, socket.gaierror):  # os.strerror(-2) is "Unknown error -2" (a re-tester's)
+                why = f"its name does not resolve ({exc.os_error.strerror or exc.os_error})"
+            else:
+                why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
             return f"cannot connect to the receiver {exc.host}:{exc.port}: {why}", False
         except aiohttp.ServerDisconnectedError:
             return "the receiver closed the connection without an answer", False

@@ -288,6 +288,21 @@ async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
             assert told == [(level, f"webhook {verdict} (attempt 1, to {broken.url}/hook): HTTP 500")], told
 
 
+async def test_a_receiver_whose_name_does_not_resolve_is_said_so() -> None:
+    """A re-tester's: "cannot connect to the receiver hooks.example.test:40959: Unknown error -2" (the resolver's
+    code read as an OS error's)."""
+    config = parse_config(base_config(webhooks={"allowed_hosts": ["nothing.invalid"], "backoff_base": 30.0}))
+    async with open_store("memory://") as store:
+        task_id = await ended_task(store, "http://nothing.invalid:40959/hook")  # .invalid never resolves (RFC 2606)
+        async with delivering(WebhookDeliverer(config, store, Metrics())):
+            task = await delivered(store, task_id, 10)
+    assert task.webhook_error is not None
+    assert task.webhook_error.startswith(
+        "cannot connect to the receiver nothing.invalid:40959: its name does not resolve ("
+    ), task.webhook_error
+    assert "Unknown error" not in task.webhook_error
+
+
 async def test_a_receiver_that_refuses_connections_is_named_with_the_cause(caplog: pytest.LogCaptureFixture) -> None:
     """A receiver down was "ClientConnectorError: Cannot connect to host 127.0.0.1:9 ssl:default [Connect call
     failed …]" (ssl for an http URL), and the line named neither the receiver nor the user (an ops tester's):
