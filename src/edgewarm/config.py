@@ -444,11 +444,14 @@ class Config(_Model):
     @model_validator(mode="after")
     def _unique(self) -> Config:
         for what, names in (("users", [u.name for u in self.users]), ("nodes", [n.name for n in self.nodes])):
-            seen: set[str] = set()
+            seen: dict[str, int] = {}
             for index, name in enumerate(names):
-                if name in seen:
-                    raise ConfigError(f"{what}[{index}].name", f"duplicate name {name!r}")
-                seen.add(name)
+                if name in seen:  # counted from 1, as an operator finds them in the file (a re-tester's)
+                    raise ConfigError(
+                        f"{what}[{index}].name",
+                        f"duplicate name {name!r} (the [[{what}]] tables number {seen[name] + 1} and {index + 1})",
+                    )
+                seen[name] = index
         return self
 
     @property

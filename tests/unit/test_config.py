@@ -223,6 +223,9 @@ def test_duplicate_node_names_are_refused() -> None:
     data = example()
     data["nodes"][1]["name"] = "shield-1"
     assert refused_key(data) == "nodes[1].name"
+    with pytest.raises(ConfigError) as refused:  # the tables counted from 1, as in the file (a re-tester's)
+        parse_config(data)
+    assert str(refused.value) == "nodes[1].name: duplicate name 'shield-1' (the [[nodes]] tables number 1 and 2)"
 
 
 def test_duplicate_user_names_are_refused() -> None:
