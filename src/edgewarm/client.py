@@ -333,11 +333,16 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, server: str) -> Cl
     server = password_masked(server)
     unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        why = str(exc).rpartition("certificate verify failed: ")[2]
+        # A name the certificate lacks is no CA's matter (a TLS tester was told of SSL_CERT_FILE for one).
+        mismatch = "mismatch" in why.lower() or "not valid for" in why
+        hint = (
+            "give the server address by a name its certificate has"
+            if mismatch
+            else "signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE"
+        )
         return ClientError(
-            JdCode.INTERNAL,
-            f"{server} refused: its certificate did not verify ({str(exc).rpartition('certificate verify failed: ')[2]}"
-            "): signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE",
-            lasting=True,
+            JdCode.INTERNAL, f"{server} refused: its certificate did not verify ({why}): {hint}", lasting=True
         )
     if isinstance(exc, httpx.ConnectError) and "WRONG_VERSION_NUMBER" in str(exc):  # asked again, the same
         return ClientError(

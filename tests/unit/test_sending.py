@@ -211,6 +211,15 @@ def test_a_certificate_refused_says_so_and_what_to_do() -> None:
         "https://proxy.test/cdn refused: its certificate did not verify (self-signed certificate (_ssl.c:1006)): "
         "signed by a CA of your own? Name its certificate (PEM) in SSL_CERT_FILE"
     ), said
+    # A name the certificate lacks: no CA would help (a TLS tester was told of SSL_CERT_FILE).
+    mismatch = httpx.ConnectError(
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, certificate is not valid for "
+        "'vm'. (_ssl.c:1006)"
+    )
+    assert _transport_error(mismatch, "https://vm:8443/cdn").message == (
+        "https://vm:8443/cdn refused: its certificate did not verify (Hostname mismatch, certificate is not valid for "
+        "'vm'. (_ssl.c:1006)): give the server address by a name its certificate has"
+    )
 
 
 @pytest.mark.parametrize(
