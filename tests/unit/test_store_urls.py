@@ -435,3 +435,59 @@ def test_a_backup_restored_over_a_killed_store_is_refused_not_replayed_into(tmp_
     with pytest.raises(StoreError, match="reads damaged with its -wal"):
         asyncio.run(started())
     assert wal.read_bytes() == left and path.read_bytes() == (tmp_path / "backup.db").read_bytes()  # as they were
+
+
+_TASKS_THEN_KILLED = """
+import asyncio, os, sys, uuid
+from edgewarm.models import ItemAction, NewItem, NewTask, QuotaCharge, TaskKind
+from edgewarm.store import open_store
+
+async def main(url, count, kill):
+    opened = open_store(url)
+    store = await opened.__aenter__()
+    for n in range(count):
+        item = NewItem(0, f"http://a.test/{n}", "edge-1", ItemAction.WARM, 0)
+        task = NewTask(str(uuid.uuid4()), "u", TaskKind.PREFETCH, 1000.0 + n, (item,), QuotaCharge("d", 1, 0, 99, 9))
+        await store.create_task(task)
+        print(task.id)
+    if kill:
+        os._exit(0)  # SIGKILL's way: its writes left in the -wal
+    await opened.__aexit__(None, None, None)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "kill"))
+"""
+
+
+def test_a_backup_restored_over_a_killed_store_whose_wal_reads_whole_is_refused(tmp_path: Path) -> None:
+    """An upgrade tester's: a backup copied over a store killed young (its -wal holding every page it wrote) read
+    whole with that -wal, as the killed store: the backup's tasks gone, served without a word (an idempotency
+    key's retry made a second task). Refused: the file's newest task is not there with the -wal. A -wal of the
+    file's own, older than the file's last write (a checkpoint's, then a kill), is let be."""
+    import shutil
+    import sys
+
+    def tasks(path: Path, count: int, kill: bool) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _TASKS_THEN_KILLED, f"sqlite:///{path}", str(count), "kill" if kill else "close"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return done.stdout.split()
+
+    backup = tmp_path / "backup" / "e.db"
+    backup.parent.mkdir()
+    kept = tasks(backup, 3, kill=False)
+    path = tmp_path / "e.db"
+    tasks(path, 2, kill=True)
+    wal = path.with_name("e.db-wal")
+    assert wal.stat().st_size > 0
+    os.utime(wal, (1_000_000_000, 1_000_000_000))  # written before the file: a checkpoint's write, then a kill
+    assert database_refusal(f"sqlite:///{path}") is None  # its own -wal: let be
+    shutil.copy(backup, path)  # restored over it, the killed store's -wal left beside it
+    said = str(database_refusal(f"sqlite:///{path}"))
+    assert said.startswith(
+        f"sqlite: the database {path} read with its -wal lacks the newest task the file alone holds ({kept[-1]}): "
+        "that -wal is another file's; its -wal ("
+    ), said

@@ -1061,11 +1061,30 @@ def _not_replaying_a_stale_wal(path: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro"), uri=True)) as db:
             found = [row[0] for row in db.execute("PRAGMA quick_check(1)")]
+            newest = _newest_task(path)
+            lost = newest is not None and db.execute("SELECT 1 FROM tasks WHERE id = ?", (newest,)).fetchone() is None
     except sqlite3.DatabaseError as exc:
-        found = [str(exc)]
+        found, lost = [str(exc)], False
     if found != ["ok"]:
         said = " ".join(found[0].replace("*** in database main ***", "").split())  # one line
         raise StoreDamaged(f"sqlite: the database {path} reads damaged with its -wal ({said}){stale}")
+    if lost:  # its own -wal holds the file's writes and later ones: never one that loses the file's newest task
+        raise StoreDamaged(
+            f"sqlite: the database {path} read with its -wal lacks the newest task the file alone holds ({newest}): "
+            f"that -wal is another file's{stale}"
+        )
+
+
+def _newest_task(path: str) -> str | None:
+    """The id of the newest task in the database file alone (its -wal not read), or None (none, or no tasks
+    table): what a -wal of the file's own cannot lose, written before the file's last write (a tester's backup
+    restored over a killed store read whole with the old store's -wal, its tasks gone, and was served)."""
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)) as alone:
+            row = alone.execute("SELECT id FROM tasks ORDER BY rowid DESC LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else str(row[0])
 
 
 def _a_sqlite_file(path: str) -> None:
