@@ -2129,14 +2129,15 @@ class TestSchema:
                 with contextlib.closing(sqlite3.connect(path)) as db:
                     assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",), opening
 
-    @pytest.mark.parametrize("table", ["tasks", "meta"])
+    @pytest.mark.parametrize("table", ["tasks", "meta", "orders"])
     async def test_another_applications_tables_of_the_same_names_are_refused_and_left_alone(
         self, store_url: str, table: str
     ) -> None:
         """A database without edgewarm's schema but with a `tasks` table (another application's) is refused on
         open and by upgrade(), naming the table; that table keeps its rows and no edgewarm table appears. So is
         one with a `meta` table without edgewarm's columns (key, value): it was read for the schema version,
-        "no such column: value" (SQLite), UndefinedColumnError (PostgreSQL)."""
+        "no such column: value" (SQLite), UndefinedColumnError (PostgreSQL); and one with tables of other names
+        (PostgreSQL added edgewarm's beside an `orders`: an upgrade tester's)."""
         needs_shared_database(store_url)
         await raw_sql(
             store_url, f"CREATE TABLE {table} (id integer, title text)", f"INSERT INTO {table} VALUES (1, 'x')"
