@@ -491,3 +491,16 @@ def test_a_backup_restored_over_a_killed_store_whose_wal_reads_whole_is_refused(
         f"sqlite: the database {path} read with its -wal lacks the newest task the file alone holds ({kept[-1]}): "
         "that -wal is another file's; its -wal ("
     ), said
+
+
+def test_a_file_copied_without_its_wal_is_refused_by_check_config_as_at_a_start(tmp_path: Path) -> None:
+    """An upgrade tester's: the file of a young store copied without its -wal (a bare header in WAL mode, its
+    content all in the -wal) was OK to `check-config --strict`, and refused by the start."""
+    path = tmp_path / "e.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=wal")
+    assert not path.with_name("e.db-wal").exists()
+    refused = database_refusal(f"sqlite:///{path}")
+    assert refused is not None and str(refused).startswith(
+        f"the SQLite database {path} is in WAL mode but holds no table"
+    ), refused

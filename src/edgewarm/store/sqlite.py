@@ -1039,9 +1039,10 @@ def _writable_if_there(path: str) -> None:
 
 def file_refusal(path: str) -> StoreError | None:
     """What a start would refuse the SQLite file at `path` for, read without writing to it (check-config says it):
-    no database, cut short, its -wal there without it or a stale one, a schema of another version, or a file
-    this process cannot write (a read-only mount passed the check, a tester's); or None."""
-    for check in (*_BEFORE_OPENING, _schema_of_this_version, _writable_if_there):
+    no database, cut short, its -wal there without it or a stale one, or without its -wal (copied alone: an
+    upgrade tester's, said OK), a schema of another version, or a file this process cannot write (a read-only
+    mount passed the check, a tester's); or None."""
+    for check in (*_BEFORE_OPENING, _not_without_its_wal, _schema_of_this_version, _writable_if_there):
         try:
             check(path)
         except StoreError as exc:
