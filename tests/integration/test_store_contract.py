@@ -2836,3 +2836,27 @@ async def test_a_sqlite_submission_behind_the_engines_writes_held_by_a_lock_is_a
         await asyncio.sleep(0.1)
         assert answered < 1.2, answered
         assert await store.get_task(task.id) is None and await store.usage("alice", DAY) == (0, 0)
+
+
+async def test_a_sqlite_upgrade_on_a_full_disk_says_the_room_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade tester's: `db upgrade` of a 62.6 MB store on a full disk said a running service's -wal room ("21
+    MB or more"), then 44, where it took 51. Said now: undone, and the room the store takes; its version kept."""
+    url = f"sqlite:///{tmp_path}/edgewarm.db"
+    async with open_store(url):
+        pass
+    pretend_newer_code(monkeypatch, url)
+    module = edgewarm.store.sqlite
+    growth = "PRAGMA max_page_count = 1; CREATE TABLE contract_growth AS SELECT randomblob(200000) AS x;"
+    monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS[:-1], growth))  # the disk full as it grows
+    async with open_store(url, opening=Opening.AS_IS) as store:
+        with pytest.raises(StoreFull) as full:
+            await store.upgrade()
+        assert await store.schema_version() == SCHEMA_VERSION
+    said = str(full.value)
+    assert said.startswith("sqlite: database or disk is full: the disk of the database "), said
+    assert (
+        "the upgrade was undone, the store left at its version; it needs about as much room as the store takes ("
+        in said
+    )

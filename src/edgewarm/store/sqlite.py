@@ -399,7 +399,25 @@ class SQLiteStore:
         return await self._run(self._version)
 
     async def upgrade(self) -> int:
-        return await self._run(self._upgrade)
+        return await self._run(self._upgrade_in_room)
+
+    def _upgrade_in_room(self) -> int:
+        """`_upgrade`; on a full disk, the room it needs (it said a running service's -wal room: 21 MB, then 44,
+        where it took 51: an upgrade tester's)."""
+        try:
+            return self._upgrade()
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_FULL:
+                raise
+            try:
+                size = os.path.getsize(self.path) + _wal_bytes(self.path)
+            except OSError:
+                size = 0
+            raise StoreFull(
+                f"sqlite: {exc}: the disk of the database {self.path} is full: the upgrade was undone, the store left "
+                f"at its version; it needs about as much room as the store takes ({size / 1e6:,.0f} MB) free on that "
+                "disk (its new tables and indexes are written beside the old ones, into the -wal first)"
+            ) from None
 
     # -- tasks ------------------------------------------------------------------------------------
 
