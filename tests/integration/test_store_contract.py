@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import signal
 import sqlite3
 import string
@@ -2202,6 +2203,24 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    async def test_a_role_without_rights_on_the_tables_is_told_what_to_do(self, postgres_db_url: str) -> None:
+        """An upgrade tester's pg_restore --no-owner as another role: check-config, serve and db upgrade said only
+        "InsufficientPrivilegeError: permission denied for table meta"."""
+        async with PostgresStore(postgres_db_url):
+            pass  # the schema made, by the URL's role
+        role = f"stranger_{uuid.uuid4().hex[:8]}"
+        await raw_sql(postgres_db_url, f"CREATE ROLE {role} LOGIN")
+        try:
+            stranger = re.sub(r"//[^@/]+@", f"//{role}@", postgres_db_url, count=1)
+            refused = await postgres_refusal(stranger)
+            assert refused is not None and "permission denied for table meta" in str(refused), refused
+            assert str(refused).endswith(
+                "the store's role may not use edgewarm's tables (restored or made by another role?): make them its "
+                "own (ALTER TABLE … OWNER TO it, for meta, tasks, items, usage), or GRANT it their use"
+            ), refused
+        finally:
+            await raw_sql(postgres_db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
     async def test_a_dead_workers_items_are_taken_again_in_their_tasks_place(self, postgres_db_url: str) -> None:
         """A worker killed with its leases: its items are taken again, when the leases end, before the items its
         user submitted after their task (due at its lease's end, they went behind the user's whole backlog: a

@@ -54,6 +54,7 @@ from .base import (
     NOT_ATTEMPTED,
     OPEN_STATES,
     RETENTION_ITEMS,
+    SCHEMA_TABLES,
     SCHEMA_VERSION,
     UNNAMED,
     ClaimScans,
@@ -676,6 +677,12 @@ def _store_error(exc: BaseException) -> StoreError:
         return StoreError(
             "postgresql: the session was ended under this call (the server restarted, or ended it after "
             f"{IDLE_IN_TRANSACTION_SECONDS:g} s idle in a transaction: this process was frozen): {described(exc)}"
+        )
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):  # said bare (an upgrade tester's pg_restore --no-owner)
+        return StoreError(
+            f"postgresql: {described(exc)}: the store's role may not use edgewarm's tables (restored or made by "
+            f"another role?): make them its own (ALTER TABLE … OWNER TO it, for {', '.join(SCHEMA_TABLES)}), or "
+            "GRANT it their use"
         )
     return StoreError(f"postgresql: {described(exc)}")
 
