@@ -226,7 +226,7 @@ def _charset(options: list[str]) -> str:
         for name, _, value in (o.partition("=") for o in options)
         if name.strip().lower() == "charset"
     ]
-    if len({name.lower() for name in named}) > 1:
+    if len({value.lower() for value in named}) > 1:
         raise UnsupportedMediaType(f"the charset is named {len(named)} times ({', '.join(named)}): name it once")
     return named[0] if named else ""
 
