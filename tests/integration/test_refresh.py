@@ -101,6 +101,21 @@ def test_an_answer_varnish_will_not_store_is_not_reported_warmed_there(service: 
     assert outcomes == {("nginx", "succeeded", None), ("varnish", "failed", why)}, items
 
 
+def test_a_refresh_of_the_root_purges_the_urls_written_without_its_slash(service: ServiceProcess, lab: Lab) -> None:
+    """A tester's `http://www.example.test?noslash=1`: one object with `/?noslash=1` to every node, warmed, and
+    left cached on the nginx nodes by a refresh of `http://www.example.test/` (edgewarm looked for the URLs it
+    knows by the text `http://www.example.test/`); so was `http://www.example.test` itself."""
+    lab.write_file("/index.html", b"i" * 100)
+    lab.write_file("/root-a.txt", b"a" * 100)
+    warm(service, ["?noslash=1", "", "/root-a.txt"])
+    for path in ("/?noslash=1", "/", "/root-a.txt"):
+        assert set(states(lab, path).values()) == {"HIT"}, path
+    view = finish(service, refresh(service, [url_of("/")], "dir"))
+    assert view["status"] == 0, view
+    for path in ("/?noslash=1", "/", "/root-a.txt"):
+        assert set(states(lab, path).values()) == {"MISS"}, path
+
+
 def test_dir_refresh_empties_the_prefix_and_nothing_outside_it(service: ServiceProcess, lab: Lab) -> None:
     """A dir refresh of /d/ purges /d/a, /d/sub/b on every node (Varnish ban, nginx one by one); /other stays.
     Each nginx item notes how many URLs it purged (before: nothing, so a directory edgewarm knew no URL under,

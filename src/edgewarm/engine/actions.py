@@ -295,8 +295,14 @@ async def _purge_dir(
 async def _known_under(
     directory: TargetUrl, store: TaskStore
 ) -> tuple[list[tuple[TargetUrl, list[str]]], list[list[str]]]:
-    """The objects edgewarm knows at or under `directory` (_under), and the URLs found for each of its spellings."""
-    found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in spellings(directory)]
+    """The objects edgewarm knows at or under `directory` (_under), and the URLs found for each of its spellings.
+    Of the site's root, also those written without the `/` (`http://a.test?x`, `http://a.test`): one object with
+    `http://a.test/?x` to a node, which a root's refresh left cached (a tester's); the host's prefix reads URLs of
+    longer hosts too (`a.test.b`), which _under leaves out."""
+    prefixes = spellings(directory)
+    if directory.path_query == "/":
+        prefixes = [prefix.removesuffix("/") for prefix in prefixes]
+    found = [await store.known_urls(prefix, KNOWN_URLS_LIMIT) for prefix in prefixes]
     return _under(directory, [url for urls in found for url in urls]), found
 
 
