@@ -43,9 +43,14 @@ class TargetUrl:
         return self.path_query.endswith("/") and "?" not in self.path_query
 
     def as_dir(self) -> TargetUrl:
-        """This URL as a directory to refresh; RequestRefused(ILLEGAL_URL) unless it is one."""
-        if not self.is_dir:
-            raise RequestRefused(JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {self.url}")
+        """This URL as a directory to refresh; RequestRefused(ILLEGAL_URL) unless it is one, written so: a host
+        alone (`http://a.test`, the path empty) is refused as `http://a.test/a` is, not taken for the whole site
+        (a tester's one-character typo purged a site, another user's URLs on it too)."""
+        if not self.is_dir or not self.url.endswith("/"):
+            whole = f" (the whole site: {self.url}/)" if self.is_dir else ""
+            raise RequestRefused(
+                JdCode.ILLEGAL_URL, f"a directory must end with '/' (and have no query): {self.url}{whole}"
+            )
         return self
 
     @property

@@ -1087,6 +1087,13 @@ async def test_a_directory_without_its_slash_is_refused_as_illegal_before_owners
         "/api/refresh", {**body, "instances": ["http://www.other.test/x/", "http://www.example.test/x/"]}
     )
     assert_code(refused, 15)
+    # A host alone (a directory tester's one-character typo): refused, not taken for the whole site.
+    for host_alone in ("http://www.example.test", "http://www.example.test:80"):
+        refused = await api.call("/api/refresh", {**body, "instances": [host_alone]})
+        assert_code(refused, 17)
+        said = f"a directory must end with '/' (and have no query): {host_alone} (the whole site: {host_alone}/)"
+        assert refused["msg"] == said, refused
+    assert_submitted(await api.call("/api/refresh", {**body, "instances": ["http://www.example.test/"]}))
 
 
 async def test_an_idempotency_key_used_again_for_other_urls_is_refused_naming_the_first_task(api: Api) -> None:
