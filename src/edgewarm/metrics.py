@@ -26,6 +26,8 @@ edgewarm_credentials_refused_total{reason}    API calls refused for their creden
 edgewarm_submissions_refused_total{reason}    a known user's prefetches and refreshes refused: quota | bad_url |
                                               domain_not_yours | duplicate_urls | too_many_urls | other
 edgewarm_api_waits_open                       long-polls (/v1/tasks/{id}/wait) open
+edgewarm_config_last_reload_successful        0 after a SIGHUP whose config file was refused (the running one kept)
+edgewarm_config_last_reload_success_timestamp_seconds   when the config in use was taken (start, or a reload)
 process_*                                     the process's CPU, memory, open files and start time
 edgewarm_fetch_process_*                      the same of its fetch process (`[engine] fetch_process = true`)
 
