@@ -1825,6 +1825,9 @@ async def test_a_form_in_a_charset_that_hides_characters_is_refused_as_a_form_or
         ("charset = utf-7", hides("utf-7")),
         ('Charset="hz"', hides("hz")),
         ("charset=utf-8; charset=utf-7", "the charset is named 2 times (utf-8, utf-7): name it once"),
+        ('charset=";utf-7"', hides(";utf-7")),  # read as UTF-7 by the multipart parser (a re-tester's)
+        ("charset=unicode-escape", "unknown charset 'unicode-escape': send the form in UTF-8"),
+        ("charset=raw_unicode_escape", "unknown charset 'raw_unicode_escape': send the form in UTF-8"),
     ):
         multipart = await api.client.post(
             "/api/prefetch",
@@ -2180,6 +2183,8 @@ def test_the_caller_is_an_address_or_said_to_be_none() -> None:
     assert caller("203.0.113.9") == "203.0.113.9" and caller("::1") == "::1"
     assert caller("evil text (user 'bob'); from 10.0.0.1") == caller("unknown") == NOT_AN_ADDRESS
     assert caller("fe80::1%(user'mallory');from10.9.9.9") == "fe80::1"  # a zone id may be any text: left out
+    assert caller("10.1.1.1%(user 'mallory')") == NOT_AN_ADDRESS  # IPv4 has none
+    assert caller("::ffff:10.1.2.3") == "::ffff:10.1.2.3"
     assert _address(NOT_AN_ADDRESS) == NOT_AN_ADDRESS  # as the log line shows a caller (spaces were '?')
     assert caller_address(Request({"type": "http", "headers": []})) is None
 

@@ -4,7 +4,6 @@ address it came from."""
 from __future__ import annotations
 
 import codecs
-import contextlib
 import functools
 import ipaddress
 import json
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -77,10 +77,14 @@ def caller_address(request: Request) -> str | None:
     X-Forwarded-For was put in the log's list of callers, a security tester's "(user 'bob'); from 10.0.0.1")."""
     if request.client is None:
         return None
-    try:  # without an IPv6 zone id, which may be any text (a re-tester's "fe80::1%(user'mallory')")
-        return str(ipaddress.ip_address(request.client.host.partition("%")[0]))
+    host = request.client.host
+    if ":" in host:  # without an IPv6 zone id, which may be any text (a re-tester's "fe80::1%(user'mallory')")
+        host = host.partition("%")[0]
+    try:
+        ipaddress.ip_address(host)
     except ValueError:
         return NOT_AN_ADDRESS
+    return host  # as written (`::ffff:10.1.2.3`, not `::ffff:a01:203`)
 
 
 async def read_params(request: Request) -> dict[str, Any]:
@@ -129,8 +133,7 @@ async def read_params(request: Request) -> dict[str, Any]:
     if media == _FORM:
         encoding = charset or "utf-8"
         try:
-            if not codecs.lookup(encoding)._is_text_encoding or codecs.lookup(encoding).name in _NOT_CHARSETS:
-                raise LookupError(encoding)
+            _a_charset(encoding)
             if b"a=b&".decode(encoding, errors="replace") != "a=b&":  # UTF-16, UTF-32: it read as other
                 raise UnsupportedMediaType(  # characters, and was answered "username must not be empty"
                     f"charset {charset!r} does not write a form's names, '=' and '&' in ASCII: send the form in UTF-8"
@@ -156,8 +159,14 @@ async def read_params(request: Request) -> dict[str, Any]:
             raise _no_params(request)
         return _fields(form)
     if media == "multipart/form-data":  # PHP's curl with an array of fields (CURLOPT_POSTFIELDS) sends this
-        with contextlib.suppress(LookupError):  # an unknown one is read as Latin-1 (Starlette's parser)
-            _refuse_hiding(charset or "utf-8")
+        # The charset as the multipart parser reads it (`charset=";utf-7"` was "" here, UTF-7 to it: a re-tester's).
+        _, params = parse_options_header(request.headers.get("content-type", ""))
+        read_as = params.get(b"charset", b"utf-8").decode("latin-1")
+        try:
+            _a_charset(read_as)
+        except LookupError:
+            raise UnsupportedMediaType(f"unknown charset {read_as!r}: send the form in UTF-8") from None
+        _refuse_hiding(read_as)
         return _fields(await _multipart(request, raw))
     raise UnsupportedMediaType(
         f"unsupported content type {media!r}: send application/json or a form (application/x-www-form-urlencoded)"
@@ -229,6 +238,14 @@ def _charset(options: list[str]) -> str:
     if len({value.lower() for value in named}) > 1:
         raise UnsupportedMediaType(f"the charset is named {len(named)} times ({', '.join(named)}): name it once")
     return named[0] if named else ""
+
+
+def _a_charset(charset: str) -> None:
+    """LookupError unless `charset` names a text encoding a client may mean (not one of _NOT_CHARSETS: Python's
+    `unicode-escape` read `\\x61` as `a` in a multipart form, a re-tester's)."""
+    codec = codecs.lookup(charset)
+    if not codec._is_text_encoding or codec.name in _NOT_CHARSETS:
+        raise LookupError(charset)
 
 
 def _refuse_hiding(charset: str) -> None:
