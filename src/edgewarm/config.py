@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
 from datetime import date, time
@@ -747,6 +748,23 @@ def _folders_read(path: Path) -> list[Path]:
     return list(folders)
 
 
+def ca_files() -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+    """The CA file and folder a TLS client made now reads (SSL_CERT_FILE and SSL_CERT_DIR, or the system's), with
+    their inode, size and change time: what tells that they changed since a client was made (the fetcher's, the
+    webhooks')."""
+    paths = ssl.get_default_verify_paths()
+    found: list[tuple[str, tuple[int, int, int] | None]] = []
+    for path in (paths.cafile, paths.capath):
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                found.append((path, None))
+            else:
+                found.append((path, (st.st_ino, st.st_size, st.st_mtime_ns)))
+    return tuple(found)
+
+
 def ca_file_cautions() -> list[str]:
     """What is wrong with the CA file or folder edgewarm's environment names (SSL_CERT_FILE, SSL_CERT_DIR): one
     missing, a folder, or holding no certificate was read as no CA at all, said nowhere, and every https node
@@ -754,9 +772,12 @@ def ca_file_cautions() -> list[str]:
     found = []
     if file := os.environ.get("SSL_CERT_FILE"):
         try:
-            with open(file, "rb") as opened:
-                holds = b"-----BEGIN CERTIFICATE-----" in opened.read(16 * 1024 * 1024)
-            problem = None if holds else "which holds no certificate (PEM)"
+            with open(file, "rb"):
+                pass
+            ssl.create_default_context(cafile=file)  # as a client reads it (markers around no certificate: refused)
+            problem = None
+        except ssl.SSLError:
+            problem = "which holds no certificate (PEM) a TLS client can read"
         except OSError as exc:
             problem = f"which cannot be read ({exc.strerror})"
         if problem is not None:

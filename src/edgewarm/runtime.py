@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Generator
 from typing import Any
@@ -32,6 +31,7 @@ from .config import (
     Config,
     Node,
     ca_file_cautions,
+    ca_files,
     file_cautions,
     load_config,
     reload_changes,
@@ -295,7 +295,7 @@ class _Live:
                 return
             old, self.fetcher, self.fetcher_settings, self.fetcher_cas = self.fetcher, fresh, settings, cas
             released = self.engine.replace_fetcher(fresh)
-        verb = "apply" if len(changed) > 1 else "applies"
+        verb = "apply" if len(changed) > 1 or changed == [CA_FILES] else "applies"
         log.info("SIGHUP: %s %s to new requests; the old fetcher finishes its own", _said(changed), verb)
         await released
         if old is not None:
@@ -303,22 +303,6 @@ class _Live:
 
 
 CA_FILES = "the CA files"  # what _fetcher_changes names for SSL_CERT_FILE's (or the system's) CAs changed
-
-
-def ca_files() -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
-    """The CA file and folder a TLS client made now reads (SSL_CERT_FILE and SSL_CERT_DIR, or the system's), with
-    their inode, size and change time: what tells that they changed since a fetcher was made."""
-    paths = ssl.get_default_verify_paths()
-    found: list[tuple[str, tuple[int, int, int] | None]] = []
-    for path in (paths.cafile, paths.capath):
-        if path:
-            try:
-                st = os.stat(path)
-            except OSError:
-                found.append((path, None))
-            else:
-                found.append((path, (st.st_ino, st.st_size, st.st_mtime_ns)))
-    return tuple(found)
 
 
 def _said(changed: list[str]) -> str:

@@ -19,6 +19,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import orjson
 import yarl
 
 from . import __version__
+from .config import ca_files
 from .errors import JdCode, RequestRefused, StoreError
 from .logs import RepeatedFailure, counted
 from .models import Task
@@ -329,6 +331,7 @@ class WebhookDeliverer:
         self._held: dict[_Queue, deque[_Held]] = {}  # (user, receiver) -> webhooks claimed, waiting for room
         self._held_ids: set[str] = set()
         self._due_now: list[tuple[str, float]] = []  # leases to hand back due at once (held too long)
+        self._tls: tuple[object, ssl.SSLContext] | None = None  # the CA files' state, and a context made of them
         self._put_off: list[tuple[str, float]] = []  # and due a timeout later (no room to hold them)
 
     def wake(self) -> None:
@@ -537,6 +540,14 @@ class WebhookDeliverer:
         except StoreError as exc:  # the lease runs out and the delivery is tried again
             log.error("recording a webhook failed: %s", exc, extra={"task_id": task.id})
 
+    def _verified(self) -> ssl.SSLContext:
+        """The TLS context of https receivers, made again once the CA files changed (SSL_CERT_FILE's: aiohttp's
+        own, made at import, kept the start's CAs after a reload, a re-tester's)."""
+        state = ca_files()
+        if self._tls is None or self._tls[0] != state:
+            self._tls = (state, ssl.create_default_context())
+        return self._tls[1]
+
     async def _attempt(self, session: aiohttp.ClientSession, task: Task) -> tuple[str | None, bool]:
         """POST the task's summary once: the error (None when delivered) and whether it is given up (not to
         be retried)."""
@@ -562,7 +573,12 @@ class WebhookDeliverer:
         timeout = aiohttp.ClientTimeout(total=settings.timeout)
         try:
             async with session.post(
-                task.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                task.callback_url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+                ssl=self._verified(),
             ) as answer:
                 await answer.content.read(ANSWER_READ_BYTES)  # its body means nothing: a little, then closed
                 if answer.status in REDIRECTS:

@@ -236,7 +236,7 @@ def test_sighup_after_the_ca_file_changed_gives_the_fetcher_the_new_cas(
                 assert first["status"] == 2, first
                 cas.write_bytes(certificate[0].read_bytes())
                 os.kill(service.proc.pid, signal.SIGHUP)
-                service.wait_for_log("SIGHUP: the CA files applies to new requests", 15)
+                service.wait_for_log("SIGHUP: the CA files apply to new requests", 15)
                 second = client.wait(client.prefetch(["https://www.example.test/after"]), timeout=30)
                 assert second["status"] == 0, second
                 reloads = service.log_text().count("config reloaded")
@@ -245,7 +245,7 @@ def test_sighup_after_the_ca_file_changed_gives_the_fetcher_the_new_cas(
                 while service.log_text().count("config reloaded") == reloads and time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert service.log_text().count("config reloaded") == reloads + 1
-            assert service.log_text().count("the CA files applies") == 1
+            assert service.log_text().count("the CA files apply") == 1
 
 
 @pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])

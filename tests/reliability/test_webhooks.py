@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from edgewarm.metrics import Metrics
 from edgewarm.models import ItemAction, ItemOutcome, NewItem, NewTask, QuotaCharge, TaskKind
 from edgewarm.store import TaskStore, open_store
 from edgewarm.testing.faults import Close, FaultServer, Reset, Respond, always
+from edgewarm.testing.lab import self_signed
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, free_port
 from edgewarm.webhooks import PER_RECEIVER, PER_USER, WebhookDeliverer, _without_the_url
 
@@ -286,6 +288,32 @@ async def test_a_delivery_given_up_is_a_warning_and_one_retried_is_information(
                         assert (await delivered(store, task_id, 5)).webhook_attempts == 1
             told = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("webhook ")]
             assert told == [(level, f"webhook {verdict} (attempt 1, to {broken.url}/hook): HTTP 500")], told
+
+
+async def test_a_receivers_ca_added_to_ssl_cert_file_is_trusted_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-tester's: the receiver's CA added to SSL_CERT_FILE (and SIGHUP): nodes trusted it, webhooks not until
+    a restart (aiohttp's context, made at import). The deliverer makes its context again once the file changed."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cas = tmp_path / "cas.pem"
+    cas.write_bytes(self_signed(tmp_path / "other", "other.test")[0].read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(cas))
+    with FaultServer(always(Respond(200, body=b"ok")), tls=(cert, key)) as receiver:
+        async with open_store("memory://") as store:
+            deliverer = WebhookDeliverer(webhook_config(max_attempts=1), store, Metrics())
+            async with delivering(deliverer):
+                refused = await delivered(store, await ended_task(store, f"{receiver.url}/hook"), 10)
+                cas.write_bytes(cert.read_bytes())
+                taken = await delivered(store, await ended_task(store, f"{receiver.url}/hook"), 10)
+    assert refused.webhook_error is not None and "CERTIFICATE_VERIFY_FAILED" in refused.webhook_error, refused
+    assert (taken.webhook_state, taken.webhook_error) == ("delivered", None), taken
 
 
 async def test_a_receiver_whose_name_does_not_resolve_is_said_so() -> None:

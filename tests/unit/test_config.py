@@ -23,6 +23,7 @@ from edgewarm.config import (
 )
 from edgewarm.errors import ConfigError
 from edgewarm.models import Tier
+from edgewarm.testing.lab import self_signed
 
 # Verbatim from PRODUCT.md, "Configuration contract".
 PRODUCT_EXAMPLE = """\
@@ -899,11 +900,15 @@ def test_tls_verify_off_and_a_ca_file_that_holds_no_ca_are_cautioned(
     for named, problem in (
         (tmp_path / "missing.pem", "which cannot be read (No such file or directory)"),
         (tmp_path, "which cannot be read (Is a directory)"),
-        (key, "which holds no certificate (PEM)"),
+        (key, "which holds no certificate (PEM) a TLS client can read"),
     ):
         monkeypatch.setenv("SSL_CERT_FILE", str(named))
         assert ca_file_cautions() == [f"SSL_CERT_FILE names {named}, {problem}{rest}"]
-    key.write_text("-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n")  # its markers only
+    assert ca_file_cautions() == [
+        f"SSL_CERT_FILE names {key}, which holds no certificate (PEM) a TLS client can read{rest}"
+    ]
+    key.write_bytes(self_signed(tmp_path / "ca", "ca.test")[0].read_bytes())
     monkeypatch.setenv("SSL_CERT_FILE", str(key))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "none"))
     assert ca_file_cautions() == [
