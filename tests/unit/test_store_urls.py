@@ -485,7 +485,9 @@ def test_a_backup_restored_over_a_killed_store_whose_wal_reads_whole_is_refused(
     assert wal.stat().st_size > 0
     os.utime(wal, (1_000_000_000, 1_000_000_000))  # written before the file: a checkpoint's write, then a kill
     assert database_refusal(f"sqlite:///{path}") is None  # its own -wal: let be
-    shutil.copy(backup, path)  # restored over it, the killed store's -wal left beside it
+    os.utime(backup, (900_000_000, 900_000_000))  # the backup older than the -wal, as it is when taken before
+    shutil.copy2(backup, tmp_path / "restored.db")  # its times kept, as `mv` and `cp -p` keep them
+    os.replace(tmp_path / "restored.db", path)  # restored over it, the killed store's -wal left beside it
     said = str(database_refusal(f"sqlite:///{path}"))
     assert said.startswith(
         f"sqlite: the database {path} read with its -wal lacks the newest task the file alone holds ({kept[-1]}): "

@@ -1224,15 +1224,16 @@ def _stale_wal(path: str) -> str:
     restored or copied in over a store that was not stopped cleanly, whose -wal SQLite then replayed into it
     (restoring the same file again did the same: an operator's)."""
     try:
-        wal, written = os.stat(path + "-wal"), os.stat(path).st_mtime
+        wal, file = os.stat(path + "-wal"), os.stat(path)
     except OSError:
         return ""
-    if not wal.st_size or wal.st_mtime >= written:
+    # Its change time too: a restore by `mv` or `cp -p` keeps the backup's older write time (a re-tester's).
+    if not wal.st_size or wal.st_mtime >= max(file.st_mtime, file.st_ctime):
         return ""
     return (
-        f"; its -wal ({wal.st_size:,} bytes) was last written before the file was: if the file was restored or "
-        "copied in over a store not stopped cleanly, that -wal and the -shm are the old file's: stop edgewarm, "
-        "move them away, then restore the file again"
+        f"; its -wal ({wal.st_size:,} bytes) was last written before the file was (or put in place): if the file was "
+        "restored or copied in over a store not stopped cleanly, that -wal and the -shm are the old file's: stop "
+        "edgewarm, move them away, then restore the file again"
     )
 
 
