@@ -405,7 +405,11 @@ class SQLiteStore:
         """`_upgrade`; on a full disk, the room it needs (it said a running service's -wal room: 21 MB, then 44,
         where it took 51: an upgrade tester's)."""
         try:
-            return self._upgrade()
+            version = self._upgrade()
+            if version < SCHEMA_VERSION:  # its writes out of the -wal (31 MB left beside a 70 MB file filled the
+                with contextlib.suppress(sqlite3.Error):  # disk the service then needed: a re-tester's)
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return version
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_FULL:
                 raise
@@ -415,8 +419,8 @@ class SQLiteStore:
                 size = 0
             raise StoreFull(
                 f"sqlite: {exc}: the disk of the database {self.path} is full: the upgrade was undone, the store left "
-                f"at its version; it needs about as much room as the store takes ({size / 1e6:,.0f} MB) free on that "
-                "disk (its new tables and indexes are written beside the old ones, into the -wal first)"
+                f"at its version; it needs about twice the room the store takes ({2 * size / 1e6:,.0f} MB) free on "
+                "that disk (its new tables and indexes are written beside the old ones, into the -wal first)"
             ) from None
 
     # -- tasks ------------------------------------------------------------------------------------
