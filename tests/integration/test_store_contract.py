@@ -2203,6 +2203,25 @@ async def wait_for_listener(url: str, timeout: float = 10.0) -> None:
 
 
 class TestPostgres:
+    @pytest.mark.parametrize(
+        ("made", "named"),
+        [("CREATE VIEW tasks AS SELECT 1 AS id", "tasks"), ("CREATE SEQUENCE orders_seq", "orders_seq")],
+    )
+    async def test_another_applications_views_and_sequences_are_refused(
+        self, postgres_db_url: str, made: str, named: str
+    ) -> None:
+        """A re-tester's: a database of another application's views and sequences got edgewarm's tables beside
+        them; a view named `tasks` failed the schema's creation with "relation already exists". Refused as tables
+        are, naming them, nothing made."""
+        await raw_sql(postgres_db_url, made)
+        with pytest.raises(SchemaVersionError, match=f"already has tables named {named}: give edgewarm a database"):
+            async with open_store(postgres_db_url):
+                pass
+        refused = await postgres_refusal(postgres_db_url)
+        assert refused is not None and f"tables named {named}" in str(refused), refused
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await raw_sql(postgres_db_url, "SELECT * FROM usage")
+
     async def test_a_role_without_rights_on_the_tables_is_told_what_to_do(self, postgres_db_url: str) -> None:
         """An upgrade tester's pg_restore --no-owner as another role: check-config, serve and db upgrade said only
         "InsufficientPrivilegeError: permission denied for table meta"."""

@@ -1398,8 +1398,12 @@ async def _tables_in_the_way(conn: _Connection) -> list[str]:
     """The tables of a schema without edgewarm's: another application's, which edgewarm's are not added to (they
     were, beside an `orders` of another application's: an upgrade tester's; only tables of edgewarm's names were
     refused), as on SQLite."""
+    # Views, sequences and the like too (a re-tester's database of views got edgewarm's tables; a view named `tasks`
+    # failed the schema's creation with "relation already exists"): every relation of the schema.
     found = await conn.fetchval(
-        "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = current_schema()"
+        "SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
     )
     return list(found or [])
 
