@@ -475,8 +475,8 @@ def test_failed_says_which_urls_are_directories_when_both_are_listed(capsys: pyt
     assert out.splitlines() == ["http://a.test/x.js", "http://a.test/img/"]
     assert err.splitlines() == [
         "2 failed URLs in 2 tasks",
-        "1 of them directories, of directory refreshes: `edgewarm refresh --dir -f -` sends those (list those tasks "
-        "apart)",
+        "1 of them is a directory, of directory refreshes (http://a.test/img/): `edgewarm refresh --dir -f -` sends "
+        "those (list those tasks apart)",
     ]
     assert list_failures(client, [b], why=False) == 0  # type: ignore[arg-type]
-    assert capsys.readouterr().err == "1 failed URLs in 1 task\n"  # directories alone: what refresh --dir takes
+    assert capsys.readouterr().err == "1 failed URL in 1 task\n"  # directories alone: what refresh --dir takes

@@ -9,6 +9,7 @@ import click
 
 from ..client import Client, ClientError
 from ..errors import JdCode
+from ..logs import counted
 from ..models import distinct_task_ids, normalize_task_id
 
 PAGE = 10_000  # the most items /v1/tasks/{taskid} answers in one call
@@ -71,12 +72,13 @@ def list_failures(client: Client, taskids: Sequence[str], why: bool) -> int:
             click.echo("\t".join(fields))
     urls = len({key[-1] for key in seen})
     found = len(asked) - len(unknown)
-    what = f"{items} failed items ({urls} URLs)" if why else f"{urls} failed URLs"
-    click.echo(f"{what} in {found} task{'s' * (found != 1)}", err=True)
+    what = f"{counted(items, 'failed item')} ({counted(urls, 'URL')})" if why else counted(urls, "failed URL")
+    click.echo(f"{what} in {counted(found, 'task')}", err=True)
     if directories and len(directories) < urls:  # piped to `submit`, a directory's index page would be warmed
+        shown = ", ".join(sorted(directories)[:5]) + (", …" if len(directories) > 5 else "")
         click.echo(
-            f"{len(directories)} of them directories, of directory refreshes: `edgewarm refresh --dir -f -` sends "
-            "those (list those tasks apart)",
+            f"{counted(len(directories), 'of them is a directory', 'of them are directories')}, of directory "
+            f"refreshes ({shown}): `edgewarm refresh --dir -f -` sends those (list those tasks apart)",
             err=True,
         )
     return 1 if unknown else 0
