@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ import pytest
 from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
 from edgewarm.cli.failures import list_failures
 from edgewarm.cli.tools import Stop, _where, plan_calls, read_credentials
-from edgewarm.client import AsyncClient, Client, ClientError, _json, _transport_error
+from edgewarm.client import IN_FLIGHT, AsyncClient, Client, ClientError, _json, _transport_error
+from edgewarm.testing.faults import FaultServer, Respond, always
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
 CALLS = [
@@ -480,3 +483,23 @@ def test_failed_says_which_urls_are_directories_when_both_are_listed(capsys: pyt
     ]
     assert list_failures(client, [b], why=False) == 0  # type: ignore[arg-type]
     assert capsys.readouterr().err == "1 failed URL in 1 task\n"  # directories alone: what refresh --dir takes
+
+
+@pytest.mark.anyio
+async def test_an_async_clients_calls_past_its_room_wait_their_turn_and_do_not_fail() -> None:
+    """A tester's 3,000 calls of one AsyncClient at once: most failed "PoolTimeout: no connection free within
+    the call's timeout" while the server idled (httpx's pool made each waiting call's turn dearer, the client at
+    98 % CPU). They wait outside it now, at most IN_FLIGHT sent at once, each call timed from its sending."""
+    quota = {
+        "day": "20260101",
+        "timezone": "Asia/Shanghai",
+        "urls": {},
+        "dirs": {},
+        "urls_per_call": 1,
+        "dirs_per_call": 1,
+    }
+    answer = Respond(200, body=json.dumps(quota).encode(), headers=(("Content-Type", "application/json"),), delay=0.3)
+    with FaultServer(always(answer)) as server:
+        async with AsyncClient(server.url, "u", "s", timeout=1.0) as client:  # 4 turns of 0.3 s: past 1 s
+            answers = await asyncio.gather(*(client.quota() for _ in range(4 * IN_FLIGHT)))
+    assert answers == [quota] * (4 * IN_FLIGHT)
