@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from . import auth
-from .errors import EdgewarmError, JdCode
+from .errors import OUTCOME_UNKNOWN_SAID, EdgewarmError, JdCode
 from .urls import password_masked
 
 
@@ -127,8 +127,14 @@ def _jd(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(status, int) or isinstance(status, bool):
         raise _garbled(response, f"its status is {status!r}, no JD code")
     if status != 0:
-        raise ClientError(status, str(data.get("msg", "")), response.status_code)
+        said = str(data.get("msg", ""))
+        raise ClientError(status, said, response.status_code, maybe_done=_outcome_unknown(status, said))
     return data
+
+
+def _outcome_unknown(code: int, said: str) -> bool:
+    """Whether an answer of `code` says the store did not confirm the submission, which may have been made."""
+    return code == JdCode.INTERNAL and OUTCOME_UNKNOWN_SAID in said
 
 
 def _native(response: httpx.Response) -> dict[str, Any]:
@@ -136,7 +142,8 @@ def _native(response: httpx.Response) -> dict[str, Any]:
     if response.status_code != 200:
         code = data.get("code", -1)
         code = code if isinstance(code, int) and not isinstance(code, bool) else JdCode.INTERNAL
-        raise ClientError(code, str(data.get("error") or response.text), response.status_code)
+        said = str(data.get("error") or response.text)
+        raise ClientError(code, said, response.status_code, maybe_done=_outcome_unknown(code, said))
     return data
 
 

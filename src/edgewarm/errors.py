@@ -107,6 +107,11 @@ class RequestRefused(EdgewarmError):
         self.message = message
 
 
+# How an answer says the store did not confirm a submission that may have been made (StoreOutcomeUnknown): the
+# client reads it as `maybe_done` (it said False, and a retry with a new key made a second task: an integrator's).
+OUTCOME_UNKNOWN_SAID = "the store did not confirm the task, which may have been made"
+
+
 class QuotaExceeded(RequestRefused):
     def __init__(self, message: str) -> None:
         super().__init__(JdCode.FAILURE, message)

@@ -15,7 +15,8 @@ import pytest
 from edgewarm.cli.entries import ARGUMENT, Entry, FileRefused, checked, read_entries
 from edgewarm.cli.failures import list_failures
 from edgewarm.cli.tools import Stop, _where, plan_calls, read_credentials
-from edgewarm.client import IN_FLIGHT, AsyncClient, Client, ClientError, _json, _transport_error
+from edgewarm.client import IN_FLIGHT, AsyncClient, Client, ClientError, _jd, _json, _native, _transport_error
+from edgewarm.errors import OUTCOME_UNKNOWN_SAID
 from edgewarm.testing.faults import FaultServer, Respond, always
 
 # Two arguments, then lines 1, 3 and 4 of urls.txt (line 2 a comment, say).
@@ -503,3 +504,26 @@ async def test_an_async_clients_calls_past_its_room_wait_their_turn_and_do_not_f
         async with AsyncClient(server.url, "u", "s", timeout=1.0) as client:  # 4 turns of 0.3 s: past 1 s
             answers = await asyncio.gather(*(client.quota() for _ in range(4 * IN_FLIGHT)))
     assert answers == [quota] * (4 * IN_FLIGHT)
+
+
+def test_the_servers_answer_that_a_task_may_have_been_made_is_maybe_done() -> None:
+    """An integrator's PostgreSQL stopped under a submission: the server answered "the store did not confirm the
+    task, which may have been made" (JD: HTTP 200, status -1; native: 503, code -1), the client said maybe_done
+    False, and the task existed: a retry with a new key (as README says for False) makes a second one."""
+    said = f"internal error: {OUTCOME_UNKNOWN_SAID}: send the call again with the same idempotency key"
+    for path, status, body in (
+        ("/api/prefetch", 200, {"status": -1, "msg": said}),
+        ("/v1/tasks/x/cancel", 503, {"code": -1, "error": said}),
+    ):
+        response = httpx.Response(status, json=body, request=httpx.Request("POST", f"http://e.test{path}"))
+        with pytest.raises(ClientError) as refused:
+            (_jd if path.startswith("/api") else _native)(response)
+        assert (refused.value.code, refused.value.maybe_done) == (-1, True), path
+    unavailable = httpx.Response(
+        200,
+        json={"status": -1, "msg": "internal error: the store is unavailable"},
+        request=httpx.Request("POST", "http://e.test/api/prefetch"),
+    )
+    with pytest.raises(ClientError) as refused:
+        _jd(unavailable)
+    assert refused.value.maybe_done is False  # nothing was done

@@ -8,7 +8,16 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import JdCode, QuotaExceeded, RequestRefused, StoreError, StoreFull, StoreOutcomeUnknown, TaskNotFound
+from ..errors import (
+    OUTCOME_UNKNOWN_SAID,
+    JdCode,
+    QuotaExceeded,
+    RequestRefused,
+    StoreError,
+    StoreFull,
+    StoreOutcomeUnknown,
+    TaskNotFound,
+)
 from ..logs import RepeatedFailure
 from .body import UnsupportedMediaType
 
@@ -65,8 +74,8 @@ def _unavailable(exc: StoreError) -> str:
     (its answer lost) maybe."""
     if isinstance(exc, StoreOutcomeUnknown):
         return (
-            "the store did not confirm the task, which may have been made: send the call again with the same "
-            "idempotency key (a new one may make a second task)"
+            f"{OUTCOME_UNKNOWN_SAID}: send the call again with the same idempotency key (a new one may make a second "
+            "task)"
         )
     if isinstance(exc, StoreFull):
         return "the store's disk is full: nothing was done; send the call again once space has been freed"
