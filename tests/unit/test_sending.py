@@ -527,3 +527,12 @@ def test_the_servers_answer_that_a_task_may_have_been_made_is_maybe_done() -> No
     with pytest.raises(ClientError) as refused:
         _jd(unavailable)
     assert refused.value.maybe_done is False  # nothing was done
+
+
+def test_an_answer_nested_beyond_the_parsers_depth_is_no_edgewarm_answer() -> None:
+    """An integrator's fake proxy: 100,000 `[` then 100,000 `]` raised a bare RecursionError."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    response = httpx.Response(200, content=nested, request=httpx.Request("POST", "http://e.test/api/prefetch"))
+    with pytest.raises(ClientError, match="not edgewarm's answer") as refused:
+        _json(response)
+    assert refused.value.maybe_done is False  # HTTP 200: not one of the statuses a proxy answers for a call done
