@@ -206,7 +206,15 @@ def check_server(address: str) -> None:
 class _Calls:
     """What each method sends; the sync and async clients only differ in how they send it."""
 
-    def __init__(self, base_url: str, username: str, secret: str, *, timezone: str = auth.DEFAULT_TIMEZONE) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        secret: str,
+        *,
+        timeout: float = 30.0,
+        timezone: str = auth.DEFAULT_TIMEZONE,
+    ) -> None:
         base_url = base_url.strip()  # a space or tab pasted around it (urlsplit takes it, httpx does not)
         check_server(base_url)
         if not auth.known_timezone(timezone):  # else every call raised ZoneInfoNotFoundError (a KeyError)
@@ -215,6 +223,11 @@ class _Calls:
         self.username = username
         self._secret = secret
         self._timezone = timezone
+        self._open(_call_timeout(timeout))
+
+    def _open(self, timeout: float) -> None:
+        """Make the HTTP client the calls are sent through (each client its own kind)."""
+        raise NotImplementedError
 
     def signature(self, now: datetime | None = None) -> str:
         """Today's signature (in the service's time zone)."""
@@ -375,17 +388,8 @@ _UNSAID: dict[type[Exception], str] = {
 class Client(_Calls):
     """Synchronous client."""
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        secret: str,
-        *,
-        timeout: float = 30.0,
-        timezone: str = auth.DEFAULT_TIMEZONE,
-    ) -> None:
-        super().__init__(base_url, username, secret, timezone=timezone)
-        self._http = httpx.Client(base_url=self.base_url, timeout=_call_timeout(timeout))
+    def _open(self, timeout: float) -> None:
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -490,18 +494,9 @@ IN_FLIGHT = 100  # an AsyncClient's calls in flight at once (its connections); m
 class AsyncClient(_Calls):
     """Asynchronous client, the same methods as `Client`, awaited."""
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        secret: str,
-        *,
-        timeout: float = 30.0,
-        timezone: str = auth.DEFAULT_TIMEZONE,
-    ) -> None:
-        super().__init__(base_url, username, secret, timezone=timezone)
+    def _open(self, timeout: float) -> None:
         limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=_call_timeout(timeout), limits=limits)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits)
         self._room: asyncio.Semaphore | None = None  # made in the loop of the first call
 
     async def __aenter__(self) -> Self:
