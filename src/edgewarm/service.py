@@ -65,6 +65,13 @@ class Credentials:
     # The username as given, when it had spaces around it (they are not read): its caller may have signed it so.
     signed_as: str | None = None
 
+    @classmethod
+    def as_sent(cls, username: str, signature: str, caller: str | None, repeated: str | None = None) -> Credentials:
+        """A call's credentials from its fields as sent: spaces around them are not read, and a name sent with
+        some is kept as `signed_as` (the JD routes' and the native routes' one rule)."""
+        name = username.strip()
+        return cls(name, signature.strip(), caller, repeated, username if username != name else None)
+
 
 class Service:
     def __init__(

@@ -323,9 +323,9 @@ def _fields(form: dict[str, list[str]]) -> dict[str, Any]:
     return fields
 
 
-def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
-    """A string field; absent or empty gives "", given more than once is refused (`repeated`), any other type is
-    refused with `code`."""
+def text_field(params: dict[str, Any], name: str, code: JdCode, *, strip: bool = True) -> str:
+    """A string field (without spaces around it, unless not `strip`); absent or empty gives "", given more than
+    once is refused (`repeated`), any other type is refused with `code`."""
     value = params.get(name)
     if value is None:
         return ""
@@ -333,4 +333,4 @@ def text_field(params: dict[str, Any], name: str, code: JdCode) -> str:
         raise repeated(name, len(value))
     if not isinstance(value, str):
         raise RequestRefused(code, f"{name} must be a string")
-    return value.strip()
+    return value.strip() if strip else value

@@ -18,13 +18,10 @@ from .schemas import EXTENSIONS, URL_LIST, QueryAnswer, SubmitAnswer, jd_body
 
 
 def credentials_of(params: dict[str, Any], request: Request) -> Credentials:
-    username = text_field(params, "username", JdCode.USERNAME_EMPTY)
-    given = params.get("username")
-    return Credentials(
-        username,
+    return Credentials.as_sent(
+        text_field(params, "username", JdCode.USERNAME_EMPTY, strip=False),
         text_field(params, "signature", JdCode.SIGNATURE_EMPTY),
         caller_address(request),
-        signed_as=given if isinstance(given, str) and given != username else None,
     )
 
 

@@ -104,9 +104,8 @@ Signature = Annotated[str, Header(alias="X-Edgewarm-Signature", description="md5
 def caller_credentials(request: Request, username: Username = "", signature: Signature = "") -> Credentials:
     """A native call's credentials (its headers) and where it came from."""
     repeated = next((n for n in _CREDENTIAL_HEADERS if len(request.headers.getlist(n)) > 1), None)
-    given = header_text(username)
-    name = given.strip()  # a space HTTP does not take out of a header (U+3000, NBSP): signed either way, as JD's
-    return Credentials(name, signature.strip(), caller_address(request), repeated, given if given != name else None)
+    # (A space HTTP does not take out of a header, U+3000 or NBSP, is read as a JD field's: signed either way.)
+    return Credentials.as_sent(header_text(username), signature, caller_address(request), repeated)
 
 
 _CREDENTIAL_HEADERS = ("X-Edgewarm-Username", "X-Edgewarm-Signature")
