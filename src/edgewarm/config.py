@@ -748,7 +748,10 @@ def _folders_read(path: Path) -> list[Path]:
     return list(folders)
 
 
-def ca_files() -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+CaFiles = tuple[tuple[str, tuple[int, int, int] | None], ...]  # ca_files(): each path, its inode, size, time
+
+
+def ca_files() -> CaFiles:
     """The CA file and folder a TLS client made now reads (SSL_CERT_FILE and SSL_CERT_DIR, or the system's), with
     their inode, size and change time: what tells that they changed since a client was made (the fetcher's, the
     webhooks')."""

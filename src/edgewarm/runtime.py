@@ -28,6 +28,7 @@ from .api.middleware import BodyReads
 from .api.protocol import bounded_protocol
 from .config import (
     FETCHER_KEYS,
+    CaFiles,
     Config,
     Node,
     ca_file_cautions,
@@ -266,7 +267,7 @@ class _Live:
             self.service.config = config
         if self.engine is not None:
             self.engine.reconfigure(config)
-            if self._fetcher_changes():
+            if self._fetcher_changes(ca_files()):
                 swap = asyncio.create_task(self._swap_fetcher(), name="edgewarm-fetcher-swap")
                 self.swaps.add(swap)
                 swap.add_done_callback(self.swaps.discard)
@@ -274,17 +275,19 @@ class _Live:
             self.deliverer.config = config
         self.reloaded.set()
 
-    def _fetcher_changes(self) -> list[str]:
-        """What a new fetcher would take that the one open lacks: [engine] settings, and the CA files (a TLS
-        tester's CA added to SSL_CERT_FILE was read only at a restart, or by a reload changing a setting)."""
+    def _fetcher_changes(self, cas: CaFiles) -> list[str]:
+        """What a new fetcher would take that the one open lacks: [engine] settings, and the CA files (`cas`, as
+        they are now: a TLS tester's CA added to SSL_CERT_FILE was read only at a restart, or by a reload changing
+        a setting)."""
         changed = [k for k in FETCHER_KEYS if getattr(self.config.engine, k) != getattr(self.fetcher_settings, k)]
-        return changed + ([CA_FILES] if ca_files() != self.fetcher_cas else [])
+        return changed + ([CA_FILES] if cas != self.fetcher_cas else [])
 
     async def _swap_fetcher(self) -> None:
         """A fetcher with the latest settings takes the next requests; the old one closes once it has none."""
         assert self.engine is not None
         async with self._swapping:  # one at a time, each to the latest config
-            changed, settings, cas = self._fetcher_changes(), self.config.engine, ca_files()
+            cas, settings = ca_files(), self.config.engine  # looked at once: what the new fetcher is said to take
+            changed = self._fetcher_changes(cas)
             if not changed:
                 return
             fresh = open_fetcher(settings, self.health)

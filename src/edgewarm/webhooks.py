@@ -33,7 +33,7 @@ import orjson
 import yarl
 
 from . import __version__
-from .config import ca_files
+from .config import CaFiles, ca_files
 from .errors import JdCode, RequestRefused, StoreError
 from .logs import RepeatedFailure, counted
 from .models import Task
@@ -331,7 +331,7 @@ class WebhookDeliverer:
         self._held: dict[_Queue, deque[_Held]] = {}  # (user, receiver) -> webhooks claimed, waiting for room
         self._held_ids: set[str] = set()
         self._due_now: list[tuple[str, float]] = []  # leases to hand back due at once (held too long)
-        self._tls: tuple[object, ssl.SSLContext] | None = None  # the CA files' state, and a context made of them
+        self._tls: tuple[CaFiles, ssl.SSLContext] | None = None  # the CA files' state, and a context made of them
         self._put_off: list[tuple[str, float]] = []  # and due a timeout later (no room to hold them)
 
     def wake(self) -> None:
