@@ -539,12 +539,14 @@ async def _run_parts(
             tasks.append(asyncio.create_task(worker.run(), name="edgewarm-engine"))
         if live.config is not config:  # reloaded while the parts above were made: give them what they missed
             live.apply(live.config)
-        parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
-        where = f", listening on {config.listen}" if api else ""
-        log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
+        # The cautions before the line that says it runs: whoever waits for that line (a supervisor, the tests'
+        # ServiceProcess) has them in the log by then (after it, a test read the log between the two: CI's).
         _log_cautions(config, engine, config_path)
         for caution in store_cautions(config.store):  # at start only: the store changes only on a restart
             log.warning("%s", caution)
+        parts = " + ".join(p for p, on in (("api", api), ("engine", engine)) if on)
+        where = f", listening on {config.listen}" if api else ""
+        log.info("edgewarm running: %s on %s%s", parts, redacted(config.store), where)
         stop_wait = asyncio.create_task(stopping.wait(), name="edgewarm-stop-signal")
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()  # whatever ended first, everything stops (the API by _serving_ends)

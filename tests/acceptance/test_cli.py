@@ -489,12 +489,15 @@ def test_demo_warms_every_url_and_stops_all_it_started() -> None:
 
 
 def test_serve_logs_a_caution_for_settings_that_keep_a_feature_from_working(tmp_path: Path) -> None:
-    """`connect_timeout` not below `read_timeout` starts (it is valid) and the log says what it costs."""
+    """`connect_timeout` not below `read_timeout` starts (it is valid) and the log says what it costs, before the
+    line that says it runs (whoever waits for that line has it then: read after it, CI once had it not yet)."""
     extra = "[engine]\nconnect_timeout = 10.0\nread_timeout = 10.0\n"
     nodes = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
     with start_service(tmp_path, nodes, extra=extra) as service:
         log = service.log_text()
-    assert "connect_timeout (10 s) is not below read_timeout (10 s)" in log
+    caution = "connect_timeout (10 s) is not below read_timeout (10 s)"
+    assert caution in log
+    assert log.index(caution) < log.index("edgewarm running")
 
 
 NOWHERE_NODES = '[[nodes]]\nname = "edge-1"\nurl = "http://127.0.0.1:9"\n'
