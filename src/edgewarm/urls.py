@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import orjson
 
@@ -16,6 +16,7 @@ from .errors import JdCode, RequestRefused
 
 # Printable ASCII without space; CR, LF, other controls and non-ASCII never reach a node.
 _SAFE = re.compile(r"^[\x21-\x7e]+$")
+_KEPT_AS_SENT = "".join(map(chr, range(0x21, 0x7F)))  # what `_encoded` leaves as it is
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 # The usual shape, split by one match: scheme://host[:port]/path?query with nothing _split would refuse or
 # rewrite in the scheme, host or port (a port without leading zeros, at most 5 digits, checked <= 65535 after),
@@ -323,6 +324,21 @@ def idna_form(name: str) -> str:
         return "(IDNA: xn--…)"
 
 
+def _encoded(raw: str) -> str:
+    """`raw` with its spaces and non-ASCII characters percent-encoded in UTF-8, as browsers send such a URL, for a
+    message (a tester's `/中文/文件.bin` was told "must be percent-encoded" alone); "" when it holds control
+    characters, which no URL a viewer asks holds."""
+    if any(c < " " or c == "\x7f" for c in raw):
+        return ""
+    return f": as browsers send it, {shortened(as_browsers_send(raw))!r}"
+
+
+def as_browsers_send(text: str) -> str:
+    """`text` with its spaces and non-ASCII characters percent-encoded in UTF-8 (upper-case hex), as browsers
+    send them and as a task's URLs hold them; printable ASCII as it is."""
+    return quote(text, safe=_KEPT_AS_SENT)
+
+
 def has_user_info(parts: SplitResult) -> bool:
     """Whether a split URL carries user information (`user:password@`, `:password@`, a bare `@`)."""
     return parts.username is not None or parts.password is not None or "@" in parts.netloc
@@ -343,8 +359,9 @@ def _split_any(raw: str) -> TargetUrl:
         if parts.scheme.lower() not in ("http", "https") or not raw[len(parts.scheme) :].startswith("://"):
             raise illegal("a URL begins with http:// or https://")  # `not a url` was told of its spaces alone
         raise illegal(
-            "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded (sent in a form "
-            "body, which is decoded once before the URLs are read, write '%' as '%25', as curl --data-urlencode does)"
+            "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded"
+            f"{_encoded(raw)} (sent in a form body, which is decoded once before the URLs are read, write '%' as "
+            "'%25' and '+' as '%2B', as curl --data-urlencode does: a form's '+' is a space)"
         )
     if "\\" in raw.partition("://")[2].partition("/")[0].partition("?")[0]:
         # In the authority (`http://a.test:80\\x`): browsers end it there, as at a '/'; urlsplit reads on.

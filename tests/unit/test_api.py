@@ -489,6 +489,26 @@ async def test_prefetch_with_a_form_body_of_repeated_fields(api: Api) -> None:
     assert task is not None and task.total == 3 * NODES
 
 
+async def test_a_form_url_whose_query_the_forms_ampersand_cut_is_refused(api: Api) -> None:
+    """`instances=http://…/img?w=100&h=200` unencoded reads as the URL `…?w=100` and a field `h`: it purged
+    `img?w=100` and said it succeeded (a tester's): refused, naming the field and `%26`; nothing made. A field
+    that a call reads after a URL with a query, and a URL's `&` written `%26`, are taken."""
+    form = "application/x-www-form-urlencoded"
+    signed = urlencode(creds())
+    cut = f"{signed}&type=file&instances=http://www.example.test/img?w=100&h=200".encode()
+    answer = await api.raw("/api/refresh", cut, form)
+    assert_code(answer, 17)
+    assert "'h'" in answer["msg"] and "%26" in answer["msg"] and "img?w=100" in answer["msg"], answer["msg"]
+    listed = f"publish_urls[]=http://www.example.test/a?x=1&y&publish_urls[]=http://www.example.test/b&{signed}"
+    assert_code(await api.raw("/api/prefetch", listed.encode(), form), 17)
+    assert await api.store.list_tasks(USER, TaskFilter()) == []
+    known = f"publish_urls=http://www.example.test/a?w=100&{signed}&idempotency_key=k1".encode()
+    assert_submitted(await api.raw("/api/prefetch", known, form))
+    escaped = f"{signed}&publish_urls=http://www.example.test/img?w=100%26h=200&refresh=false".encode()
+    taskid = assert_submitted(await api.raw("/api/prefetch", escaped, form))
+    assert {i.url for i in await api.store.list_items(taskid)} == {"http://www.example.test/img?w=100&h=200"}
+
+
 async def test_prefetch_with_json_and_no_content_type(api: Api) -> None:
     """A JSON body sent without a Content-Type is still read as JSON."""
     body = orjson.dumps({**creds(), "publish_urls": urls(1)})
@@ -1262,6 +1282,19 @@ async def test_a_task_list_query_that_would_filter_otherwise_than_asked_is_refus
     headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
     response = await api.client.get(f"/v1/tasks?{query}", headers=headers)
     assert (response.status_code, response.json()) == (400, {"code": 2, "error": said})
+
+
+async def test_a_task_list_url_filter_is_read_as_a_tasks_urls_hold_it(api: Api) -> None:
+    """`?url=%E4%B8%AD` is decoded once to `中`, which no URL holds (they hold `%E4%B8%AD`): it found nothing (a
+    tester's): found now; a space (a '+' not written %2B) is refused, saying how to write it."""
+    wanted = assert_submitted(await api.prefetch(["http://www.example.test/%E4%B8%AD/a+b.bin"]))
+    await api.submitted()
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    for query in ("url=%E4%B8%AD", "url=%25E4%25B8%25AD", "url=a%2Bb"):
+        response = await api.client.get(f"/v1/tasks?{query}", headers=headers)
+        assert [t["taskid"] for t in response.json()["tasks"]] == [wanted], (query, response.text)
+    response = await api.client.get("/v1/tasks?url=a+b", headers=headers)
+    assert response.status_code == 400 and "'+' as %2B" in response.json()["error"], response.text
 
 
 async def test_every_native_call_refuses_a_query_parameter_it_does_not_take(api: Api) -> None:

@@ -582,3 +582,28 @@ def test_text_that_is_no_url_says_so_before_its_spaces(raw: str, said: str) -> N
     with pytest.raises(RequestRefused) as refused:
         parse_url(raw)
     assert refused.value.code is JdCode.ILLEGAL_URL and said in refused.value.message, refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "given"),
+    [
+        (
+            "http://a.test/中文/文件.bin?q=中文",
+            "'http://a.test/%E4%B8%AD%E6%96%87/%E6%96%87%E4%BB%B6.bin?q=%E4%B8%AD%E6%96%87'",
+        ),
+        ("http://a.test/plus sign.bin?a=1&b=%41", "'http://a.test/plus%20sign.bin?a=1&b=%41'"),
+        ("http://a.test/x\ny", None),
+    ],
+)
+def test_a_url_to_percent_encode_is_told_as_browsers_send_it(raw: str, given: str | None) -> None:
+    """`/中文/文件.bin` was told "must be percent-encoded" alone (a tester's): the message gives the URL encoded in
+    UTF-8, what is ASCII left as it is; not for control characters, which no viewer's URL holds. A form's '+' (a
+    space) is named."""
+    with pytest.raises(RequestRefused) as refused:
+        parse_url(raw)
+    message = refused.value.message
+    assert "'+' as '%2B'" in message
+    if given is None:
+        assert "as browsers send it" not in message, message
+    else:
+        assert f"as browsers send it, {given}" in message, message

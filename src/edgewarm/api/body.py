@@ -9,7 +9,7 @@ import ipaddress
 import json
 import re
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 import orjson
 from python_multipart.multipart import parse_options_header
@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from ..errors import JdCode, RequestRefused
+from ..urls import shortened
 
 
 class UnsupportedMediaType(Exception):
@@ -50,6 +51,16 @@ _ASCII_PROBE = bytes(range(0x80)) + b"+AF8-+2AA-~{~}\x1b(B\x1b$B\x1b$)C"
 # A field named as PHP and jQuery write a list's entries: publish_urls[] or publish_urls[0].
 _LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes ١ too)
 _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
+
+
+# The fields the JD calls and /v1/tasks/lookup read; those that hold URLs. A field of no other name right after a
+# URL with a query is that query's rest, cut at its '&' (a tester's refresh of `img?w=100&h=200` purged
+# `img?w=100` and said it succeeded).
+_FIELDS_READ = frozenset(
+    {"username", "signature", "publish_urls", "instances", "type", "taskid", "taskids", "refresh"}
+    | {"idempotency_key", "callback_url"}
+)
+_URL_FIELDS = frozenset({"publish_urls", "instances"})
 
 
 _FORMLIKE = re.compile(rb"[A-Za-z_][A-Za-z0-9_%\[\]]*=[^{}]*\Z")  # name=value&…, sent labelled JSON
@@ -157,6 +168,7 @@ async def read_params(request: Request) -> dict[str, Any]:
             ) from None
         if not form:
             raise _no_params(request)
+        _no_query_cut(text, encoding)
         return _fields(form)
     if media == "multipart/form-data":  # PHP's curl with an array of fields (CURLOPT_POSTFIELDS) sends this
         # The charset as the multipart parser reads it (`charset=";utf-7"` was "" here, UTF-7 to it: a re-tester's).
@@ -275,6 +287,27 @@ def _is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _no_query_cut(text: str, encoding: str) -> None:
+    """Refuse a form whose URL's query was cut by the form's '&': a field that no call reads right after a field
+    of URLs with a '?' (`instances=http://a.com/img?w=100&h=200` reads as `…?w=100` and a field `h`)."""
+    after: tuple[str, str] | None = None  # the field of URLs before, and its value, when that has a query
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        name = unquote_plus(raw_name, encoding=encoding, errors="replace")
+        base = name.partition("[")[0]
+        if after is not None and base not in _FIELDS_READ:
+            raise RequestRefused(
+                JdCode.ILLEGAL_URL,
+                f"{after[0]} {shortened(after[1])!r} is followed by a field {shortened(name, 40)!r} that no call "
+                "reads: the rest of its URL's query, cut at its '&'? In a form, '&' separates the fields: write a "
+                "URL's '&' as '%26' (curl --data-urlencode does), or send JSON",
+            )
+        value = unquote_plus(raw_value, encoding=encoding, errors="replace")
+        after = (name, value) if base in _URL_FIELDS and "?" in value else None
 
 
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:

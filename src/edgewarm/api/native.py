@@ -32,7 +32,7 @@ from ..models import (
     normalize_task_id,
 )
 from ..service import Credentials, Service
-from ..urls import has_controls, shortened, split_list
+from ..urls import as_browsers_send, has_controls, shortened, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url
 from .body import caller_address, read_params
@@ -138,10 +138,18 @@ def header_text(value: str) -> str:
 
 
 def plain_filter(url: str | None) -> str | None:
-    """The `url` filter of a task list, refused when it holds a control character (no URL of a task does)."""
+    """The `url` filter of a task list, refused when it holds a control character or a space (no URL of a task
+    does); its non-ASCII characters percent-encoded, as a task's URLs hold them (`?url=%E4%B8%AD`, decoded once to
+    `中`, found nothing: a tester's)."""
     if url and has_controls(url):
         raise RequestRefused(JdCode.PARAMS_EMPTY, "url: a control character is in no URL")
-    return url or None
+    if url and " " in url:
+        raise RequestRefused(
+            JdCode.PARAMS_EMPTY,
+            "url: a space is in no URL (in a query string a '+' is a space: write a URL's '+' as %2B, and its %20 "
+            "as %2520)",
+        )
+    return as_browsers_send(url) if url else None
 
 
 LAST_EPOCH_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: a larger number is no time in seconds (milliseconds?)
