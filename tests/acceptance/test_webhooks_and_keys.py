@@ -169,7 +169,7 @@ def test_sighup_reloads_users_without_dropping_work(service: ServiceProcess, lab
                 while service.log.read_text().count("config reloaded") == reloads and time.monotonic() < deadline:
                     time.sleep(0.05)
                 counts.append(service.log.read_text().count(warned))
-            assert counts == [1, 2, 2], service.log_text()
+            assert counts == [1, 2, 2], service.log_tail()
             taken_again = reload_metrics(service)
             assert taken_again["edgewarm_config_last_reload_successful"] == 1
             assert taken_again["edgewarm_config_last_reload_success_timestamp_seconds"] > taken_at
@@ -360,7 +360,7 @@ def test_an_https_node_held_down_is_asked_again_without_its_certificate_refused(
                     ended = client.wait(client.prefetch(["https://www.example.test/back/ok"]), timeout=30)
                     warmed = client.task(ended["taskid"])
     assert "node back answers again: no longer held down" in service.log_text()
-    assert "certificate" not in service.log_text(), service.log_text()
+    assert "certificate" not in service.log_text(), service.log_tail()
     assert warmed["status"] == 2 and warmed["items"][0]["http_status"] == 404, warmed  # answered, through TLS
 
 

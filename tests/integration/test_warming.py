@@ -284,7 +284,7 @@ def test_a_stop_answers_a_body_still_arriving_at_once(tmp_path: Path, path: str)
         conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode())
         conn.sendall(b'Content-Length: 100\r\n\r\n{"username": ')
         time.sleep(0.5)  # the head is read and the body awaited
-        assert service.stop(timeout=20) == 0, service.log_text()
+        assert service.stop(timeout=20) == 0, service.log_tail()
         answer = b""
         while chunk := conn.recv(4096):
             answer += chunk
@@ -361,7 +361,12 @@ def test_a_task_submitted_and_ended_is_one_log_line_each(tmp_path: Path, lab: La
         taskid = client.prefetch([url_of(path)])
         assert client.wait(taskid, timeout=60)["status"] == 0
         dirs = client.refresh([url_of("/logged/"), url_of("/other/")], directories=True)
-        time.sleep(0.2)  # the engine logs the end as it writes the last outcome: give it the moment
+        # The engine logs the end after it wrote the last outcome, which `wait` may read first: wait for the line.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            f'"task_id":"{taskid}"' in line and '"task ended: ' in line for line in service.log.read_text().splitlines()
+        ):
+            time.sleep(0.05)
         lines = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
     about = [line["message"] for line in lines if line.get("task_id") == taskid]
     assert about[0] == f"task submitted: prefetch by {DEMO_USER}, 1 URL, 3 items", about

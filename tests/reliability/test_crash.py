@@ -96,7 +96,7 @@ def test_sigkill_again_and_again_then_each_item_is_counted_once(
             took = time.monotonic() - started
         finally:
             stopped = service.stop()
-        assert stopped == 0, service.log_text()
+        assert stopped == 0, service.log_tail()
         assert all(done < total for done in at_kill), f"a kill came after the end: {at_kill}"
         assert len(set(at_kill)) == kills
         assert view["status"] == 0, view
@@ -622,5 +622,5 @@ def test_sighup_while_starting_or_stopping_is_no_crash(tmp_path: Path) -> None:
         code = service.proc.wait(timeout=10)
     finally:
         service.stop()
-    assert code == 0, service.log_text()
+    assert code == 0, service.log_tail()
     assert "Traceback" not in service.log_text()

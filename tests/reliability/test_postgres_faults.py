@@ -24,7 +24,7 @@ from edgewarm.testing import Lab
 from edgewarm.testing.postgres import PostgresCluster, PostgresUnavailable
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, ServiceProcess, free_port, write_config
 
-from .support import LONG, real_signature
+from .support import LONG, real_signature, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +61,8 @@ def wait_running(process: ServiceProcess, times: int, timeout: float = 30.0) -> 
     """Until the process's log says "edgewarm running" `times` times (a worker has no port to probe)."""
     deadline = time.monotonic() + timeout
     while process.log.read_text(errors="replace").count("edgewarm running") < times:
-        assert process.proc is not None and process.proc.poll() is None, process.log_text()
-        assert time.monotonic() < deadline, f"{process.command} not running after {timeout}s: {process.log_text()}"
+        assert process.proc is not None and process.proc.poll() is None, process.log_tail()
+        assert time.monotonic() < deadline, f"{process.command} not running after {timeout}s: {process.log_tail()}"
         time.sleep(0.05)
 
 
@@ -139,6 +139,7 @@ def test_postgresql_restarted_during_a_task(tmp_path: Path, lab: Lab, capsys: py
     urls = 1_000
     total = urls * 2
     paths = lab.make_files(urls, 256)
+    again = r'"message":"listening for work on [^"]* again"'  # the line "… failed" has "listening for work on" too
     with cluster:
         url = asyncio.run(cluster.create_database())
         port = free_port()
@@ -173,11 +174,17 @@ def test_postgresql_restarted_during_a_task(tmp_path: Path, lab: Lab, capsys: py
                 recovered = time.monotonic() - back
                 assert http.get("/readyz").status_code == 200
                 assert http.post("/api/prefetch", json=body).json()["status"] == 0
+                # Its own loop listens again, on a backoff of its own (0.5, 1.5, 3.5, 7.5 s): not by the task's end.
+                wait_until(
+                    lambda: re.search(again, service.log.read_text(errors="replace")) is not None,
+                    40,
+                    "the store's listener to listen again",
+                )
         finally:
             stopped = service.stop()
-        assert stopped == 0, service.log_text()
+        assert stopped == 0, service.log_tail()
         log = service.log.read_text(errors="replace")
-        assert re.search(r'"message":"listening for work on [^"]* again"', log), log  # its recovery is told
+        assert re.search(again, log), log  # its recovery is told
         # asyncpg's pool warns at each retry of its connections: one line each, without a traceback.
         pool_lines = [line for line in log.splitlines() if '"logger":"asyncpg.pool"' in line]
         assert not [line for line in pool_lines if '"exception"' in line], pool_lines

@@ -90,7 +90,7 @@ class ServiceProcess:
             while self._running_said() == started:  # (the log is appended to: a restart's line is the next one)
                 assert self.proc is not None
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"edgewarm {self.command} did not say it runs: {self.log_text()}")
+                    raise RuntimeError(f"edgewarm {self.command} did not say it runs: {self.log_tail()}")
                 time.sleep(0.05)
         return self
 
@@ -109,14 +109,14 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_text()}")
+                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
-        raise RuntimeError(f"edgewarm {self.command} not healthy after {timeout}s: {self.log_text()}")
+        raise RuntimeError(f"edgewarm {self.command} not healthy after {timeout}s: {self.log_tail()}")
 
     def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
         """Wait until the log contains `text` (a worker has no port: it says "edgewarm running" when ready)."""
@@ -127,16 +127,22 @@ class ServiceProcess:
                 if text in self.log.read_text(errors="replace"):
                     return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_text()}")
+                raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"edgewarm {self.command}: no {text!r} in its log after {timeout}s")
             time.sleep(0.05)
 
     def log_text(self) -> str:
+        """The whole log ("" before there is one): its last 4,000 characters were what a test counted lines in,
+        and a count stood still once each new line pushed an old one out (a review's)."""
         try:
-            return self.log.read_text(errors="replace")[-4000:]
+            return self.log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self) -> str:
+        """The log's last 4,000 characters, for a message."""
+        return self.log_text()[-4000:]
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait for a clean exit; SIGKILL after `timeout`. Returns the exit code."""
