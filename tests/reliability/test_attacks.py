@@ -810,6 +810,34 @@ def test_a_submission_pipelined_ahead_of_a_request_that_does_not_parse_is_answer
 
 
 @pytest.mark.integration
+def test_a_submission_whose_client_half_closes_after_it_is_answered(tmp_path: Path) -> None:
+    """A client that sends its request whole and half-closes (FIN: `nc -N`, `socat`) got the connection closed,
+    no answer, and its task was made and charged (a tester's, 11 of 11): it is answered, then closed."""
+    with (
+        FaultServer(Respond(200, body=b"ok")) as node,
+        start_service(tmp_path, node_toml("n", node.url)) as service,
+    ):
+        assert service.port is not None
+        for number, version in enumerate((b"1.1", b"1.0")):
+            submit = orjson.dumps(
+                {
+                    "username": DEMO_USER,
+                    "signature": real_signature(DEMO_USER, DEMO_SECRET),
+                    "publish_urls": f"http://www.example.test/half-closed-{number}",
+                }
+            )
+            request = b"POST /api/prefetch HTTP/%s\r\nHost: t\r\nContent-Type: application/json\r\n" % version
+            request += b"Content-Length: %d\r\n\r\n" % len(submit) + submit
+            with socket.create_connection(("127.0.0.1", service.port), timeout=10.0) as sock:
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := sock.recv(65536):  # to the server's close (the timeout bounds it)
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"taskid":"' in answer, answer
+
+
+@pytest.mark.integration
 def test_an_open_files_limit_below_concurrency_leaves_the_api_and_the_store_their_files(tmp_path: Path) -> None:
     """Under an open-files limit of 256 with the default `[engine] concurrency = 256` and 4 nodes: the requests'
     sockets took every file, the API's connections were dropped unanswered (a tester's /healthz failed 169 of

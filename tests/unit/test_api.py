@@ -569,6 +569,12 @@ async def test_a_compressed_body_is_refused_with_415(api: Api) -> None:
         415,
         {"error": "unsupported content coding 'gzip': send the body uncompressed"},
     )
+    # In two fields, `identity` first: the first alone was read, and the body taken for GBK (a tester's).
+    for fields in ([("content-encoding", "identity"), ("content-encoding", "gzip")], [("content-encoding", "br, ")]):
+        response = await api.client.post(
+            "/api/prefetch", content=body, headers=[("content-type", "application/json"), *fields]
+        )
+        assert response.status_code == 415, (fields, response.text)
 
 
 async def test_a_form_field_given_twice_is_named(api: Api) -> None:
@@ -1193,6 +1199,17 @@ async def test_an_idempotency_key_used_again_with_another_callback_url_is_refuse
             headers={"Idempotency-Key": "k1"},
         )
         assert same.json()["status"] == 0, same.json()
+        assert len(await api.store.list_tasks(USER, TaskFilter())) == 2
+        # Two headers: the first alone was read, the other's task answered (a tester's): refused, nothing made.
+        twice = await api.client.post(
+            "/api/prefetch",
+            json={**creds(), "publish_urls": urls(1)},
+            headers=[("Idempotency-Key", "k1"), ("Idempotency-Key", "k9")],
+        )
+        assert (twice.json()["status"], twice.json()["msg"]) == (
+            2,
+            "the Idempotency-Key header is given 2 times: give it once",
+        )
         assert len(await api.store.list_tasks(USER, TaskFilter())) == 2
 
 

@@ -161,3 +161,28 @@ async def test_a_request_not_whole_in_time_behind_a_long_poll_is_refused_after_i
         assert await _answered(transport, 2) == [b"200", b"408"], transport.written
         assert transport.closed
         protocol.connection_lost(None)
+
+
+async def test_requests_sent_whole_before_a_half_close_are_answered_then_the_connection_closed() -> None:
+    """A client that half-closes after its request (`nc -N`, `socat`): the connection was closed at once and a
+    submission taken in was made, its answer lost (a tester's). The requests sent whole are answered (two
+    pipelined), then it is closed; at once when nothing is due, or when what is left is a request not whole."""
+    protocol, transport = await _connection()
+    protocol.data_received(
+        b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nokGET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    assert protocol.eof_received() is True and not transport.closed
+    assert await _answered(transport, 2) == [b"200", b"200"]
+    for _ in range(100):  # bounded: 1 s
+        if transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.closed
+    idle, idle_transport = await _connection()
+    assert not idle.eof_received() and not idle_transport.closed  # asyncio closes it on a falsy answer
+    partial, _ = await _connection()
+    partial.data_received(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nok")
+    assert not partial.eof_received()  # its body will never come whole
+    head, _ = await _connection()
+    head.data_received(b"GET /x HTTP/1.1\r\nHost:")
+    assert not head.eof_received()

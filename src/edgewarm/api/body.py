@@ -99,9 +99,10 @@ def caller_address(request: Request) -> str | None:
 
 
 async def read_params(request: Request) -> dict[str, Any]:
-    coding = request.headers.get("content-encoding", "").strip().lower()
-    if coding not in ("", "identity"):
-        raise UnsupportedMediaType(f"unsupported content coding {coding!r}: send the body uncompressed")
+    # Every Content-Encoding field, each a list (the first alone was read: `identity` then `gzip` passed, a tester's).
+    codings = [c.strip().lower() for field in request.headers.getlist("content-encoding") for c in field.split(",")]
+    if coded := [c for c in codings if c not in ("", "identity")]:
+        raise UnsupportedMediaType(f"unsupported content coding {', '.join(coded)!r}: send the body uncompressed")
     raw = (await request.body()).removeprefix(_BOM)  # some clients start UTF-8 with its byte order mark
     media, *options = (part.strip() for part in request.headers.get("content-type", "").split(";"))
     media = media.lower()

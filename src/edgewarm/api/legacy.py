@@ -64,7 +64,9 @@ def submit_options(params: dict[str, Any], request: Request) -> SubmitOptions:
     given = params.get("idempotency_key")
     if isinstance(given, str) and given and not key:  # dropped, it made a second task of a retry (a developer's " ")
         raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key: only spaces; give a key, or none")
-    header = request.headers.get("idempotency-key", "")
+    if len(headers := request.headers.getlist("idempotency-key")) > 1:  # the first alone was read (a tester's)
+        raise repeated("the Idempotency-Key header", len(headers))
+    header = headers[0] if headers else ""
     if key and header and key.strip() != header.strip():
         raise RequestRefused(JdCode.PARAMS_EMPTY, "idempotency_key and the Idempotency-Key header differ: send one")
     key = key or header

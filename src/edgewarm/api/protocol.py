@@ -23,8 +23,17 @@ from ..logs import UNREAD
 MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
 
 
-_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+def _refusal(status: str, error: str) -> bytes:
+    """An answer of the protocol's own, closing: JSON with a JD code, as the service's other refusals (the 431
+    and 408 were empty, without a type: a JD client had nothing to read, a tester's)."""
+    body = orjson.dumps({"code": int(JdCode.PARAMS_EMPTY), "error": error})
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
+    return (head + "connection: close\r\n\r\n").encode() + body
+
+
+_TOO_LARGE = _refusal(
+    "431 Request Header Fields Too Large", f"the request's head is over {MAX_HEAD_BYTES} bytes: send less in it"
+)
 
 
 def _bad_request(msg: str) -> bytes:
@@ -100,6 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unparsed = b""  # bytes behind a request pipelined ahead: parsed once the one before is answered
         self._cycles: list[RequestResponseCycle] = []  # the requests taken in and not answered whole
         self._stalled: asyncio.TimerHandle | None = None  # the answers' bytes unread by the client since
+        self._ended = False  # the client half-closed: it sends nothing more, and reads the answers due
         most = self.max_connections()
         if most is not None and len(self.server_state.connections) > most:
             UNREAD.refused(f"over {most} connections open (503, closed)", _peer(self))
@@ -219,6 +229,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif self._unparsed and not self.transport.is_closing():
             waiting, self._unparsed = self._unparsed, b""
             self.data_received(waiting)
+        if self._ended and not self._answers_due() and not self.transport.is_closing():
+            self.transport.close()  # the client sends nothing more: a request not whole never will be
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed (it sends nothing more, as `nc -N` and `socat` do after a request): the
+        requests it sent whole are answered, then the connection is closed; at once when none is due. It was
+        closed at once, and a submission taken in was made, charged and its answer lost (a tester's)."""
+        self._ended = True
+        return True if self._answers_due() and not self.transport.is_closing() else None
+
+    def _answers_due(self) -> bool:
+        """Requests taken in whole and not answered whole, or pipelined bytes waiting behind one (not a request
+        whose body is still arriving: after a half-close it never will)."""
+        arriving = self.cycle if self._state == _BODY else None
+        return bool(self._unparsed) or any(
+            not c.response_complete for c in self._cycles if c is not self._dropped and c is not arriving
+        )
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -259,6 +286,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(self._refusal)
         self.transport.close()
 
+    def _too_slow_answer(self) -> bytes:
+        return _refusal(
+            "408 Request Timeout",
+            f"the request was not whole within {self.request_seconds:g} s ([api] request_timeout)",
+        )
+
     def _arm(self) -> None:
         self._deadline = self.loop.call_later(self.request_seconds, self._too_slow)
 
@@ -279,13 +312,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Requests before it are still being answered (a long poll): they are first, then the 408 (it was
             # written at once, closing: a re-tester's long poll, answered 408 for the request behind it).
             UNREAD.refused(f"not whole within {self.request_seconds:g} s (408, closed)", _peer(self))
-            self._refuse_after_the_answers(_TOO_SLOW, slow)
+            self._refuse_after_the_answers(self._too_slow_answer(), slow)
             return
         if self.cycle is None or self.cycle.response_complete:  # nothing being answered: 408 is ours to say
-            self.transport.write(_TOO_SLOW)
+            self.transport.write(self._too_slow_answer())
         elif not self.cycle.response_started:  # a head, and not all of its body: the app's answer is not sent
             self.cycle.disconnected = True
-            self.transport.write(_TOO_SLOW)
+            self.transport.write(self._too_slow_answer())
         UNREAD.refused(f"not whole within {self.request_seconds:g} s (408, closed)", _peer(self))
         self.transport.close()
 
