@@ -23,6 +23,7 @@ def tune_runtime() -> None:
     (docs/benchmarks.md: 280 -> 241 us of CPU per warm). uvloop was measured faster for the engine's many
     small fetches (docs/benchmarks.md).
     """
+    _standard_files_open()
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
@@ -32,6 +33,20 @@ def tune_runtime() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+
+
+def _standard_files_open() -> None:
+    """/dev/null on each of the standard files (0, 1, 2) that is closed (`<&-`, `>&-`, a supervisor's): else the
+    event loop's own files took their numbers, and uvloop aborted the process at its close (exit 134 after a
+    clean stop; the start's error was lost: a deployer's)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def open_files_room(concurrency: int) -> str | None:

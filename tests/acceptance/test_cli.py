@@ -619,6 +619,45 @@ def test_a_listen_port_in_use_is_one_clear_error_line(tmp_path: Path, command: s
     assert result.returncode not in (0, None), output
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in output.lower(), output
     assert "Traceback" not in output and "edgewarm running" not in output
+    # The log is JSON (the default): the line saying why is a JSON line too, at error (it was click's `Error: …`,
+    # the one line a log shipper could not read: a deployer's).
+    last = json.loads(result.stderr.strip().splitlines()[-1])
+    assert last["level"] == "error" and "cannot listen on" in last["message"], last
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_service_started_with_standard_files_closed_stops_cleanly(tmp_path: Path, closed: str) -> None:
+    """Started under `<&-`, `>&-` or `2>&-`, uvloop's files took those numbers and it aborted at its close (exit
+    134 after "stopped cleanly", and a start's error lost: a deployer's): exit 0, and 1 with the error said."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "edgewarm.toml", store=f"sqlite:///{tmp_path}/edgewarm.db", nodes_toml=NOWHERE_NODES, port=port
+    )
+    log = tmp_path / "serve.log"
+    stderr = "" if "2>&-" in closed else f" 2>{shlex.quote(str(log))}"
+    shell = f"exec {shlex.quote(EDGEWARM)} serve --config {shlex.quote(str(config))} {closed}{stderr}"
+    proc = subprocess.Popen(["sh", "-c", shell])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # (its handlers are in before it listens; nothing else is waited for)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text() if log.exists() else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if "2>&-" not in closed:
+        assert "edgewarm stopped cleanly" in log.read_text()
+        with socket.socket() as taken:  # a start that fails says why, and exits 1
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            failed = subprocess.run(["sh", "-c", shell], timeout=30)
+        assert failed.returncode == 1
+        assert "cannot listen on" in log.read_text().splitlines()[-1]
 
 
 @pytest.mark.parametrize("command", [["serve"], ["api"], ["db", "upgrade"]])

@@ -232,7 +232,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._ended and not self._answers_due() and not self.transport.is_closing():
             self.transport.close()  # the client sends nothing more: a request not whole never will be
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's: keep open
         """The client half-closed (it sends nothing more, as `nc -N` and `socat` do after a request): the
         requests it sent whole are answered, then the connection is closed; at once when none is due. It was
         closed at once, and a submission taken in was made, charged and its answer lost (a tester's)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -39,15 +40,25 @@ def said(exc: EdgewarmError, config_path: str) -> str:
     return str(exc).replace(UPGRADE_COMMAND, f"edgewarm db upgrade --config {shlex.quote(config_path)}")
 
 
-def _run(coro: Coroutine[Any, Any, bool], config_path: str) -> None:
-    """Run a service to its stop; exit 1 when the stop was not clean (its last log line said what it left)."""
+def _run(coro: Coroutine[Any, Any, bool], config: Config, config_path: str) -> None:
+    """Run a service to its stop; exit 1 when the stop was not clean (its last log line said what it left), or
+    when it could not start or run on (`_failed`)."""
     tune_runtime()
     try:
         clean = asyncio.run(coro)
     except EdgewarmError as exc:
-        raise click.ClickException(said(exc, config_path)) from None
+        _failed(said(exc, config_path), config)
     if not clean:
         raise SystemExit(1)
+
+
+def _failed(message: str, config: Config) -> NoReturn:
+    """Why a service could not start or run on, exit 1: in a JSON log, a JSON line at error, as the log says the
+    rest (click's `Error: …` was the one line a log shipper could not read: a deployer's); else click's line."""
+    if config.log_format == "json":
+        logging.getLogger("edgewarm").error("%s", message)
+        raise SystemExit(1)
+    raise click.ClickException(message)
 
 
 config_option = click.option(
@@ -66,7 +77,7 @@ def _serve(config_path: str, *, api: bool, engine: bool) -> None:
 
     config = load_or_fail(config_path)
     _setup_logging(config)
-    _run(run(config, api=api, engine=engine, config_path=config_path), config_path)
+    _run(run(config, api=api, engine=engine, config_path=config_path), config, config_path)
 
 
 @main.command()
