@@ -22,7 +22,7 @@ from edgewarm.engine import Fetcher, FetchResult, NodeHealth, ProcessFetcher, fe
 from edgewarm.engine.node_health import COOLDOWN, FAILURES_IN_A_ROW
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
-from edgewarm.testing.faults import FaultServer, Respond
+from edgewarm.testing.faults import Action, FaultServer, RawRequest, Reset, Respond
 from edgewarm.testing.service import DEMO_SECRET, DEMO_USER, free_port, start_service
 from edgewarm.urls import parse_url
 
@@ -249,6 +249,28 @@ def test_a_certificate_refusal_crosses_from_the_child_as_final(certificate: tupl
                 got = await remote.request("GET", node, target)
                 assert got.final and got.status is None and "certificate verify failed" in (got.error or "")
                 assert got == await local.request("GET", node, target)
+
+    asyncio.run(go())
+
+
+def test_a_request_sent_again_after_its_connection_was_cut_says_so_through_either_client() -> None:
+    """A node that resets the first request: it is sent again at once and answered, and the answer says it was
+    (`resent`: the node may have restarted, and the engine shares none of its warms from before), from the child
+    as from the in-process Fetcher; the parent's NodeHealth names the node once."""
+    target = parse_url(f"http://{DEFAULT_HOST}/cut.bin")
+
+    def first_reset(request: RawRequest, count: int) -> Action:
+        return Reset() if count == 1 else Respond(200, body=b"ok")
+
+    async def go() -> None:
+        for make in (ProcessFetcher, Fetcher):
+            with FaultServer(first_reset) as server:
+                health = NodeHealth()
+                async with make(Settings(), health) as fetcher:
+                    got = await fetcher.request("GET", Node(name="cut", url=server.url), target)
+                assert (got.status, got.error, got.resent) == (200, None, True), (make, got)
+                assert (health.were_cut(), health.were_cut()) == ({"cut"}, set())
+                assert len(server.requests) == 2
 
     asyncio.run(go())
 

@@ -59,7 +59,7 @@ Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, s
 # A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable, not_stored or None,
 # age or None, fresh_for or None, varies or None)
 Result = tuple[
-    int, int | None, int, str | None, str | None, bool, bool, str | None, int | None, float | None, str | None
+    int, int | None, int, str | None, str | None, bool, bool, str | None, int | None, float | None, str | None, bool
 ]
 
 
@@ -119,7 +119,20 @@ class _ChildLink(asyncio.SubprocessProtocol):
     def _results(self, results: list[Result]) -> None:
         self.heard_at = time.monotonic()
         pending = self.pending
-        for request_id, status, size_read, state, error, final, unreachable, not_stored, age, fresh, varies in results:
+        for (
+            request_id,
+            status,
+            size_read,
+            state,
+            error,
+            final,
+            unreachable,
+            not_stored,
+            age,
+            fresh,
+            varies,
+            resent,
+        ) in results:
             future = pending.get(request_id)
             if future is not None and not future.done():
                 cache = CacheState(state) if state is not None else None
@@ -134,6 +147,7 @@ class _ChildLink(asyncio.SubprocessProtocol):
                     age=age,
                     fresh_for=fresh,
                     varies=varies,
+                    resent=resent,
                 )
                 future.set_result(result)
 
@@ -381,6 +395,7 @@ class _Child:
                 result.age,
                 result.fresh_for,
                 result.varies,
+                result.resent,
             )
         except Exception as exc:  # Fetcher.request answers every network failure itself: this is a bug
             answer = (
@@ -395,6 +410,7 @@ class _Child:
                 None,
                 None,
                 None,
+                False,
             )
         if not self.outbox:
             asyncio.get_running_loop().call_soon(self.flush)

@@ -80,6 +80,7 @@ class NodeHealth:
         self._attempts = attempts
         self._nodes: dict[str, _State] = {}
         self._back: deque[tuple[str, float]] = deque(maxlen=BACK_KEPT)  # (node URL, seconds held down): came_back
+        self._cut: set[str] = set()  # names of the nodes a connection to was closed under a request: were_cut
 
     def now(self) -> float:
         """This record's clock: a request's `asked_at` for `observe`."""
@@ -91,6 +92,16 @@ class NodeHealth:
         back = list(self._back)
         self._back.clear()
         return back
+
+    def cut(self, node: Node) -> None:
+        """A connection to `node` was closed or reset under a request, before any answer (the request was sent
+        again, and may have been answered): the node may have restarted, its cache with it."""
+        self._cut.add(node.name)
+
+    def were_cut(self) -> set[str]:
+        """The names of the nodes `cut` since the last call; each told once."""
+        cut, self._cut = self._cut, set()
+        return cut
 
     def held_down(self, node: Node) -> Hold | None:
         """Why `node` is not to be asked now, or None: ask it (the first request after a cooldown is the probe,

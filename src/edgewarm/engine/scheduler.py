@@ -377,8 +377,8 @@ class Engine:
             limit = min(room - self._counted(self._part(room)), self._unwritten_room(), s.batch_size)
             resting = self._resting_nodes()
             self._rewarm_returned()
-            for name in resting:
-                self._coalescer.changed(name)  # held down: it may come back empty (a restart), its warms with it
+            for name in [*resting, *self._cut_nodes()]:
+                self._coalescer.changed(name)  # held down or cut: it may come back empty (a restart), its warms with it
             self._put_off(resting)
             skip, skip_for = self._nodes_to_skip(resting)
             skipped = frozenset([(None, n) for n in skip] + [(u, n) for u, nodes in skip_for.items() for n in nodes])
@@ -571,6 +571,11 @@ class Engine:
                 if held >= even:
                     skip_for.setdefault(user, []).append(lane.node.name)
         return skip, skip_for
+
+    def _cut_nodes(self) -> set[str]:
+        """The nodes a connection to was closed under a request since the last round (NodeHealth.were_cut)."""
+        health = self.fetcher.health
+        return set() if health is None else health.were_cut()
 
     def _resting_nodes(self) -> dict[str, Hold]:
         """The nodes held down whose items wait for them now (node_health.py, `node_down_wait`): no request

@@ -102,7 +102,8 @@ class RawRequest:
 class Respond:
     """Answer ``status`` with ``body``. ``delay`` waits before the head is sent; ``trickle`` sends the body
     in ``trickle_chunk``-byte pieces that far apart. ``content_length`` overrides the true length (a lie);
-    None sends the true one. ``keep_alive`` False closes the connection after the answer."""
+    None sends the true one. ``keep_alive`` False closes the connection after the answer; ``closes_after``
+    closes it that long after the answer though it says keep-alive (a node closing idle connections at once)."""
 
     status: int = 200
     body: bytes = b"ok\n"
@@ -112,6 +113,7 @@ class Respond:
     trickle_chunk: int = 1024
     content_length: int | None = None
     keep_alive: bool = True
+    closes_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +452,9 @@ class FaultServer:
                     if not self._pause(action.trickle):
                         return False
                     self._send(conn, body[start : start + max(1, action.trickle_chunk)])
+            if action.closes_after is not None:
+                self._pause(action.closes_after)
+                return False
             return action.keep_alive
         if isinstance(action, Reset):
             self._pause(action.delay)
