@@ -19,6 +19,7 @@ from edgewarm.client import Client
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node, NodeKind
 from edgewarm.engine import Fetcher, FetchResult, NodeHealth, ProcessFetcher, fetch_process, open_fetcher
+from edgewarm.engine.fetcher import sent_unchanged
 from edgewarm.engine.node_health import COOLDOWN, FAILURES_IN_A_ROW
 from edgewarm.nodes import CacheState
 from edgewarm.testing import DEFAULT_HOST, Lab
@@ -271,6 +272,25 @@ def test_a_request_sent_again_after_its_connection_was_cut_says_so_through_eithe
                 assert (got.status, got.error, got.resent) == (200, None, True), (make, got)
                 assert (health.were_cut(), health.were_cut()) == ({"cut"}, set())
                 assert len(server.requests) == 2
+
+    asyncio.run(go())
+
+
+def test_a_retry_after_crosses_from_either_client_and_the_child() -> None:
+    """A 429 with `Retry-After: 7`: each client (pyreqwest, and aiohttp for a URL pyreqwest would rewrite) and
+    the fetch process answer it alike, `retry_after` 7 s (the retry waits that long, up to backoff_max)."""
+    plain, rewritten = "/wait.bin", "/wait.bin?q='a"
+    assert sent_unchanged(plain) and not sent_unchanged(rewritten)
+
+    async def go() -> None:
+        with FaultServer(Respond(429, body=b"slow down", headers=(("Retry-After", "7"),))) as server:
+            node = Node(name="busy", url=server.url)
+            async with ProcessFetcher(Settings()) as remote, Fetcher(Settings()) as local:
+                for path in (plain, rewritten):
+                    target = parse_url(f"http://{DEFAULT_HOST}{path}")
+                    got = await remote.request("GET", node, target)
+                    assert (got.status, got.retry_after) == (429, 7.0), (path, got)
+                    assert got == await local.request("GET", node, target)
 
     asyncio.run(go())
 

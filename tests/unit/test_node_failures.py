@@ -74,12 +74,17 @@ async def test_a_node_failing_every_request_is_told_once_a_minute_by_kind(caplog
         assert warnings(caplog)[2:] == [
             "node slow-1 in the last 60 s: 1 HTTP 502; 150 HTTP 503; 299 timeouts (silent for read_timeout)"
         ]
+        client.answer = FetchResult(429, 0, None, retry_after=20.0)  # a node limiting its rate was never told
+        await client.request("GET", SLOW, TARGET)
+        clock.now += 60.1
         client.flush_failures()
-        assert len(warnings(caplog)) == 3  # nothing held: nothing more to tell
+        assert warnings(caplog)[3:] == ["node slow-1 in the last 60 s: 1 HTTP 429"]
+        client.flush_failures()
+        assert len(warnings(caplog)) == 4  # nothing held: nothing more to tell
     assert not any("example.test" in line or "s3cret" in line for line in warnings(caplog))
     # The node a field of each line (an SRE's alert keyed on `node` missed them: in the text alone).
     nodes = [r.__dict__.get("node") for r in caplog.records if r.levelno == logging.WARNING]
-    assert nodes == ["slow-1", "fine-1", "slow-1"], nodes
+    assert nodes == ["slow-1", "fine-1", "slow-1", "slow-1"], nodes
 
 
 async def test_failures_held_are_told_when_the_client_ends(caplog: pytest.LogCaptureFixture) -> None:

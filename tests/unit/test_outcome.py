@@ -298,6 +298,18 @@ def test_retry_at_uses_the_backoff() -> None:
     assert NOW + 0.5 <= (outcome.retry_at or 0) <= NOW + 1.0
 
 
+@pytest.mark.parametrize(("status", "asked", "waits"), [(429, 3.0, 3.0), (503, 1.0, None), (429, 3600.0, 4.0)])
+def test_a_retry_waits_as_long_as_the_node_asked_up_to_backoff_max(
+    status: int, asked: float, waits: float | None
+) -> None:
+    """A 429 or 503 with Retry-After was asked again after the backoff alone (0.25-0.5 s against a tester's 20 s):
+    the retry waits as asked, up to backoff_max (4 s here); a shorter one leaves the backoff; the error says it."""
+    outcome = warm_outcome(7, 1, FetchResult(status, retry_after=asked), SETTINGS, NOW, rng=random.Random(9))
+    backoff = backoff_delay(1, SETTINGS, random.Random(9))
+    assert outcome.retry_at == pytest.approx(NOW + (waits if waits is not None else backoff))
+    assert outcome.error is not None and f"(Retry-After: {asked:g} s)" in outcome.error, outcome.error
+
+
 def test_an_item_not_sent_while_the_probe_is_out_waits_for_its_answer_past_node_down_wait() -> None:
     """Past node_down_wait an item not sent to a node held down spends an attempt, but not while the one
     request let through is out: its answer decides (the node may be back); with node_down_wait 0 it does."""

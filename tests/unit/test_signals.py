@@ -6,7 +6,16 @@ import pytest
 from multidict import CIMultiDict
 
 from edgewarm.config import NodeKind
-from edgewarm.nodes import NUMBER_MOST, CacheState, age_of, asks_not_to_store, cache_state, fresh_for, header_number
+from edgewarm.nodes import (
+    NUMBER_MOST,
+    CacheState,
+    age_of,
+    asks_not_to_store,
+    cache_state,
+    fresh_for,
+    header_number,
+    retry_after_of,
+)
 from edgewarm.nodes.signals import DELTA_MOST
 
 
@@ -319,3 +328,21 @@ def test_a_number_that_int_refuses_is_read_as_http_reads_it(number: str) -> None
     assert fresh_for(CIMultiDict({"X-Accel-Expires": "@" + number}), now=0) == (float(NUMBER_MOST) if huge else None)
     assert asks_not_to_store(accel, now=0) is None
     assert header_number("60") == 60 and header_number("3000000000") == DELTA_MOST and header_number("-1") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20", 20.0),
+        (" 0 ", 0.0),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),  # 100 s after the epoch, read at 40
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),  # passed
+        ("soon", None),
+        ("-5", None),
+        ("", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_from_now(value: str, expected: float | None) -> None:
+    """A 429's or 503's Retry-After, delay-seconds or an HTTP date (RFC 9110, 10.2.3): the retry honours it."""
+    assert retry_after_of(CIMultiDict({"Retry-After": value}), now=40.0) == expected
+    assert retry_after_of(CIMultiDict(), now=40.0) is None

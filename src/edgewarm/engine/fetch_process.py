@@ -59,7 +59,19 @@ Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, s
 # A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable, not_stored or None,
 # age or None, fresh_for or None, varies or None)
 Result = tuple[
-    int, int | None, int, str | None, str | None, bool, bool, str | None, int | None, float | None, str | None, bool
+    int,
+    int | None,
+    int,
+    str | None,
+    str | None,
+    bool,
+    bool,
+    str | None,
+    int | None,
+    float | None,
+    str | None,
+    bool,
+    float | None,
 ]
 
 
@@ -132,6 +144,7 @@ class _ChildLink(asyncio.SubprocessProtocol):
             fresh,
             varies,
             resent,
+            retry_after,
         ) in results:
             future = pending.get(request_id)
             if future is not None and not future.done():
@@ -148,6 +161,7 @@ class _ChildLink(asyncio.SubprocessProtocol):
                     fresh_for=fresh,
                     varies=varies,
                     resent=resent,
+                    retry_after=retry_after,
                 )
                 future.set_result(result)
 
@@ -396,6 +410,7 @@ class _Child:
                 result.fresh_for,
                 result.varies,
                 result.resent,
+                result.retry_after,
             )
         except Exception as exc:  # Fetcher.request answers every network failure itself: this is a bug
             answer = (
@@ -411,6 +426,7 @@ class _Child:
                 None,
                 None,
                 False,
+                None,
             )
         if not self.outbox:
             asyncio.get_running_loop().call_soon(self.flush)

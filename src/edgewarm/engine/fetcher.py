@@ -38,7 +38,17 @@ from yarl import URL
 from ..config import Engine, Node
 from ..errors import one_line, reason_of
 from ..logs import RefusalDigest, RepeatedFailure, counted
-from ..nodes import NUMBER_MOST, CacheState, age_of, asks_not_to_store, cache_state, fresh_for, header_number, vary_of
+from ..nodes import (
+    NUMBER_MOST,
+    CacheState,
+    age_of,
+    asks_not_to_store,
+    cache_state,
+    fresh_for,
+    header_number,
+    retry_after_of,
+    vary_of,
+)
 from ..tuning import out_of_open_files, requests_room
 from ..urls import DOT_SEGMENT, TargetUrl
 from .node_health import Hold, NodeHealth
@@ -123,6 +133,7 @@ class FetchResult:
     # Sent again at once after its connection was closed or reset before any answer (Fetcher._with_pyreqwest): the
     # node may have restarted, its cache with it (NodeHealth.cut).
     resent: bool = False
+    retry_after: float | None = None  # a 429's or 503's Retry-After, in seconds: the retry waits as long (capped)
 
     @property
     def network_error(self) -> bool:
@@ -193,6 +204,10 @@ _FAILURE_KINDS = (
 _PLURALS = {kind: plural for _, kind, plural in _FAILURE_KINDS} | {"network error": "network errors"}
 
 
+RETRYABLE_STATUS = frozenset({408, 429})  # retried as 5xx are (outcome.is_retryable), and counted in the log
+ASKS_TO_WAIT = frozenset({429, 503})  # the statuses whose Retry-After the retry honours (RFC 9110, 10.2.3)
+
+
 def failure_kind(result: FetchResult) -> str | None:
     """What a node's failed request counts as in its warning (FailureDigests), or None: it did not fail, or
     another line tells it (a connection that failed, toward the node's hold; a certificate refused; this
@@ -200,7 +215,8 @@ def failure_kind(result: FetchResult) -> str | None:
     if result.unreachable or result.final or result.untold:
         return None
     if result.error is None:
-        return f"HTTP {result.status}" if result.status is not None and result.status >= 500 else None
+        status = result.status
+        return f"HTTP {status}" if status is not None and (status >= 500 or status in RETRYABLE_STATUS) else None
     if OUT_OF_FILES in result.error:
         return None
     return next((kind for words, kind, _ in _FAILURE_KINDS if words in result.error), "network error")
@@ -446,6 +462,8 @@ class Fetcher(GuardedClient):
                 headed = True
                 headers = response.headers  # one object, each property read a call into pyreqwest
                 told = _signals(headers, node)
+                status = response.status
+                wait = retry_after_of(headers) if status in ASKS_TO_WAIT else None
                 # A chunked body's length is its chunks' (RFC 9112: Transfer-Encoding overrides Content-Length).
                 length = None if "Transfer-Encoding" in headers else headers.get("Content-Length")
                 expected = None if length is None else header_number(length, NUMBER_MOST)
@@ -457,8 +475,8 @@ class Fetcher(GuardedClient):
                 except errors.RequestTimeoutError:
                     raise  # silence mid-body: a timeout, like silence before the head
                 except errors.RequestError:
-                    return _read(method, response.status, told, received, expected, cut=True)
-                return _read(method, response.status, told, received, expected, cut=False)
+                    return _read(method, status, told, received, expected, cut=True, wait=wait)
+                return _read(method, status, told, received, expected, cut=False, wait=wait)
         except errors.RequestTimeoutError as exc:
             # pyreqwest calls silence before the answer's head a "connection timeout" too: only one that came
             # before read_timeout could have run out was the connection's (connect_timeout).
@@ -535,12 +553,14 @@ class Fetcher(GuardedClient):
             ) as response:
                 received = 0
                 told = _signals(response.headers, node)
+                status = response.status
+                wait = retry_after_of(response.headers) if status in ASKS_TO_WAIT else None
                 try:
                     while chunk := await response.content.read(_CHUNK):
                         received += len(chunk)
                 except aiohttp.ClientPayloadError:
-                    return _read(method, response.status, told, received, response.content_length, cut=True)
-                return _read(method, response.status, told, received, response.content_length, cut=False)
+                    return _read(method, status, told, received, response.content_length, cut=True, wait=wait)
+                return _read(method, status, told, received, response.content_length, cut=False, wait=wait)
         except TimeoutError as exc:
             return self._timed_out(node, started, isinstance(exc, aiohttp.ConnectionTimeoutError))
         except aiohttp.ClientPayloadError as exc:
@@ -587,13 +607,18 @@ def _signals(headers: Mapping[str, str], node: Node) -> _Told:
     return _Told(state, None, None, fresh_for(headers), varies)
 
 
-def _read(method: str, status: int, told: _Told, received: int, expected: int | None, *, cut: bool) -> FetchResult:
+def _read(
+    method: str, status: int, told: _Told, received: int, expected: int | None, *, cut: bool, wait: float | None
+) -> FetchResult:
     """A node's answer whose body was read: short when it was `cut` (the node closed, or broke off, before the
-    body was whole: its status stands) or when it does not match its Content-Length."""
+    body was whole: its status stands) or when it does not match its Content-Length. `wait`: its Retry-After."""
     if cut and expected is None:
-        return FetchResult(status, received, told.state, f"short body: broken off after {received} bytes")
+        return FetchResult(
+            status, received, told.state, f"short body: broken off after {received} bytes", retry_after=wait
+        )
     if cut or (expected is not None and method != "HEAD" and received != expected):
-        return FetchResult(status, received, told.state, f"short body: {received} of {expected} bytes")
+        short = f"short body: {received} of {expected} bytes"
+        return FetchResult(status, received, told.state, short, retry_after=wait)
     return FetchResult(
         status,
         received,
@@ -602,6 +627,7 @@ def _read(method: str, status: int, told: _Told, received: int, expected: int | 
         age=told.age,
         fresh_for=told.fresh_for,
         varies=told.varies,
+        retry_after=wait,
     )
 
 

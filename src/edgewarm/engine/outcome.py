@@ -8,9 +8,8 @@ from dataclasses import replace
 from ..config import Engine, NodeKind
 from ..models import ItemOutcome
 from ..nodes.purge import Verdict
-from .fetcher import FetchResult
+from .fetcher import RETRYABLE_STATUS, FetchResult
 
-RETRYABLE_STATUS = frozenset({408, 429})
 # Gateway errors: a proxy (the node, its shield, or one before the origin) got no valid or timely answer from
 # its upstream. Said so: the node itself is up.
 GATEWAY_ERRORS = {
@@ -152,7 +151,8 @@ def warm_outcome(
         # (nginx answers 400 or 414 itself to a request line it cannot take).
         who = "the origin" if result.cache_state is not None else "the node or the origin"
         return done(False, f"HTTP {result.status} (not retried: {who} refused it)")
-    failed = done(False, result.error or f"HTTP {result.status}{GATEWAY_ERRORS.get(result.status or 0, '')}")
+    asked = "" if result.retry_after is None else f" (Retry-After: {result.retry_after:g} s)"
+    failed = done(False, result.error or f"HTTP {result.status}{GATEWAY_ERRORS.get(result.status or 0, '')}{asked}")
     return retry_or_give_up(failed, result, settings, now, rng)
 
 
@@ -182,6 +182,8 @@ def retry_or_give_up(
             said = said.replace(hold.wait, "", 1)
         return replace(failed, error=f"{said}; gave up after {failed.attempts} attempts")
     delay = backoff_delay(failed.attempts, settings, rng)
+    if result.retry_after is not None:  # the node's Retry-After (a 429's, a 503's), up to backoff_max
+        delay = max(delay, min(result.retry_after, settings.backoff_max))
     if hold is not None and settings.node_down_wait:  # past it: not before the node is asked again (an attempt
         # each time it is, not several unsent); without it (0), the items are to end at once
         delay = max(delay, hold.retry_in + (rng or random).uniform(0, HOLD_JITTER))

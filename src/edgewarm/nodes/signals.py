@@ -162,6 +162,19 @@ def age_of(headers: Mapping[str, str]) -> int | None:
     return header_number((_field(headers, "Age") or "").split(",")[-1].strip())
 
 
+def retry_after_of(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The answer's `Retry-After` as seconds from now (delay-seconds or an HTTP date; 0 for a date passed), or
+    None: absent or neither."""
+    text = (_field(headers, "Retry-After") or "").split(",")[-1].strip()
+    if not text:
+        return None
+    seconds = header_number(text)
+    if seconds is not None:
+        return float(seconds)
+    when = _http_date(text)
+    return None if when is None else max(0.0, when - (time.time() if now is None else now))
+
+
 def vary_of(headers: Mapping[str, str]) -> str | None:
     """The answer's `Vary` (every field line), or None: the request headers a cache keeps a copy for each value of."""
     return _field(headers, "Vary") if "Vary" in headers else None  # a quick way out: most answers have none
