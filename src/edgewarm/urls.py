@@ -327,10 +327,16 @@ def idna_form(name: str) -> str:
 def _encoded(raw: str) -> str:
     """`raw` with its spaces and non-ASCII characters percent-encoded in UTF-8, as browsers send such a URL, for a
     message (a tester's `/中文/文件.bin` was told "must be percent-encoded" alone); "" when it holds control
-    characters, which no URL a viewer asks holds."""
+    characters, which no URL a viewer asks holds, or when that form would be refused too (`x%zz y`, `#a b`: a
+    re-tester's)."""
     if any(c < " " or c == "\x7f" for c in raw):
         return ""
-    return f": as browsers send it, {shortened(as_browsers_send(raw))!r}"
+    encoded = as_browsers_send(raw)
+    try:
+        parse_url(encoded)
+    except RequestRefused:
+        return ""
+    return f": as browsers send it, {shortened(encoded)!r}"
 
 
 def as_browsers_send(text: str) -> str:
@@ -360,8 +366,8 @@ def _split_any(raw: str) -> TargetUrl:
             raise illegal("a URL begins with http:// or https://")  # `not a url` was told of its spaces alone
         raise illegal(
             "spaces, control characters (CR, LF) and non-ASCII characters must be percent-encoded"
-            f"{_encoded(raw)} (sent in a form body, which is decoded once before the URLs are read, write '%' as "
-            "'%25' and '+' as '%2B', as curl --data-urlencode does: a form's '+' is a space)"
+            f"{_encoded(raw)} (in a form body, decoded once before the URLs are read, a '+' is a space: write a "
+            "URL's '+' as '%2B' and its '%' as '%25', as curl --data-urlencode does)"
         )
     if "\\" in raw.partition("://")[2].partition("/")[0].partition("?")[0]:
         # In the authority (`http://a.test:80\\x`): browsers end it there, as at a '/'; urlsplit reads on.

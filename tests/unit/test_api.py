@@ -491,8 +491,10 @@ async def test_prefetch_with_a_form_body_of_repeated_fields(api: Api) -> None:
 
 async def test_a_form_url_whose_query_the_forms_ampersand_cut_is_refused(api: Api) -> None:
     """`instances=http://…/img?w=100&h=200` unencoded reads as the URL `…?w=100` and a field `h`: it purged
-    `img?w=100` and said it succeeded (a tester's): refused, naming the field and `%26`; nothing made. A field
-    that a call reads after a URL with a query, and a URL's `&` written `%26`, are taken."""
+    `img?w=100` and said it succeeded (a tester's): refused, naming the field and `%26`; nothing made; so is a
+    field the call reads (`…?id=9&type=file`: the refresh's type, or the URL's? a re-tester's). The credentials
+    or more URLs after it, a URL's `&` written `%26`, and a URL encoded whole (its '?' as %3F: a client that
+    encodes cannot have cut it; it was refused before a field of its own, a re-tester's) are taken."""
     form = "application/x-www-form-urlencoded"
     signed = urlencode(creds())
     cut = f"{signed}&type=file&instances=http://www.example.test/img?w=100&h=200".encode()
@@ -502,11 +504,23 @@ async def test_a_form_url_whose_query_the_forms_ampersand_cut_is_refused(api: Ap
     listed = f"publish_urls[]=http://www.example.test/a?x=1&y&publish_urls[]=http://www.example.test/b&{signed}"
     assert_code(await api.raw("/api/prefetch", listed.encode(), form), 17)
     assert await api.store.list_tasks(USER, TaskFilter()) == []
-    known = f"publish_urls=http://www.example.test/a?w=100&{signed}&idempotency_key=k1".encode()
+    for path, cut in (
+        ("/api/refresh", "instances=http://www.example.test/p?id=9&type=file"),
+        ("/api/prefetch", "publish_urls=http://www.example.test/p?id=8&refresh=1"),
+        ("/api/prefetch", "publish_urls=http://www.example.test/p?id=7&idempotency_key=abc"),
+    ):
+        answer = await api.raw(path, f"{signed}&{cut}".encode(), form)
+        assert_code(answer, 17)
+        assert f"'{cut.rsplit('&', 1)[1].split('=')[0]}'" in answer["msg"], answer["msg"]
+    assert await api.store.list_tasks(USER, TaskFilter()) == []
+    known = f"publish_urls=http://www.example.test/a?w=100&{signed}&publish_urls=http://www.example.test/b".encode()
     assert_submitted(await api.raw("/api/prefetch", known, form))
-    escaped = f"{signed}&publish_urls=http://www.example.test/img?w=100%26h=200&refresh=false".encode()
+    escaped = f"{signed}&refresh=false&publish_urls=http://www.example.test/img?w=100%26h=200".encode()
     taskid = assert_submitted(await api.raw("/api/prefetch", escaped, form))
     assert {i.url for i in await api.store.list_items(taskid)} == {"http://www.example.test/img?w=100&h=200"}
+    encoded = urlencode({**creds(), "publish_urls": "http://www.example.test/x?v=1&w=2", "format": "json"})
+    taskid = assert_submitted(await api.raw("/api/prefetch", encoded.encode(), form))
+    assert {i.url for i in await api.store.list_items(taskid)} == {"http://www.example.test/x?v=1&w=2"}
 
 
 async def test_prefetch_with_json_and_no_content_type(api: Api) -> None:

@@ -593,6 +593,8 @@ def test_text_that_is_no_url_says_so_before_its_spaces(raw: str, said: str) -> N
         ),
         ("http://a.test/plus sign.bin?a=1&b=%41", "'http://a.test/plus%20sign.bin?a=1&b=%41'"),
         ("http://a.test/x\ny", None),
+        ("http://a.test/x%zz y", None),  # its encoded form refused too (a re-tester's)
+        ("http://a.test/x#frag ment", None),
     ],
 )
 def test_a_url_to_percent_encode_is_told_as_browsers_send_it(raw: str, given: str | None) -> None:
@@ -602,7 +604,7 @@ def test_a_url_to_percent_encode_is_told_as_browsers_send_it(raw: str, given: st
     with pytest.raises(RequestRefused) as refused:
         parse_url(raw)
     message = refused.value.message
-    assert "'+' as '%2B'" in message
+    assert "'+' as '%2B'" in message and "a '+' is a space" in message
     if given is None:
         assert "as browsers send it" not in message, message
     else:

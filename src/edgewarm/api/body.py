@@ -53,14 +53,9 @@ _LISTED = re.compile(r"([^[\]]+)\[([0-9]*)\]\Z")  # ASCII digits only (\d takes 
 _BRACKETED = re.compile(r"([^\[]+)\[.*\]\Z")  # any other index: refused, not dropped
 
 
-# The fields the JD calls and /v1/tasks/lookup read; those that hold URLs. A field of no other name right after a
-# URL with a query is that query's rest, cut at its '&' (a tester's refresh of `img?w=100&h=200` purged
-# `img?w=100` and said it succeeded).
-_FIELDS_READ = frozenset(
-    {"username", "signature", "publish_urls", "instances", "type", "taskid", "taskids", "refresh"}
-    | {"idempotency_key", "callback_url"}
-)
+# The fields that hold URLs; the fields that may follow one written with its '?' unencoded (_no_query_cut).
 _URL_FIELDS = frozenset({"publish_urls", "instances"})
+_AFTER_A_RAW_QUERY = _URL_FIELDS | {"username", "signature"}  # (one given twice is refused as repeated)
 
 
 _FORMLIKE = re.compile(rb"[A-Za-z_][A-Za-z0-9_%\[\]]*=[^{}]*\Z")  # name=value&…, sent labelled JSON
@@ -291,24 +286,27 @@ def _is_text(value: str) -> bool:
 
 
 def _no_query_cut(text: str, encoding: str) -> None:
-    """Refuse a form whose URL's query was cut by the form's '&': a field that no call reads right after a field
-    of URLs with a '?' (`instances=http://a.com/img?w=100&h=200` reads as `…?w=100` and a field `h`)."""
-    after: tuple[str, str] | None = None  # the field of URLs before, and its value, when that has a query
+    """Refuse a form that may have cut a URL's query at its '&': a field of URLs written with a '?' as it is
+    (not `%3F`: a client that encodes its fields cannot have cut one), followed by a field other than more URLs,
+    `username` or `signature`. `instances=http://a.com/img?w=100&h=200` read as `…?w=100` and a field `h` (a
+    tester's purge of `img?w=100`, said to succeed), `…?id=9&type=file` as the refresh's `type` (a re-tester's):
+    whether such a field is the form's or the URL's cannot be told, so it is asked."""
+    after: tuple[str, str] | None = None  # the field of URLs before, and its value, when it holds a raw '?'
     for pair in text.split("&"):
         if not pair:
             continue
         raw_name, _, raw_value = pair.partition("=")
         name = unquote_plus(raw_name, encoding=encoding, errors="replace")
         base = name.partition("[")[0]
-        if after is not None and base not in _FIELDS_READ:
+        if after is not None and base not in _AFTER_A_RAW_QUERY:
             raise RequestRefused(
                 JdCode.ILLEGAL_URL,
-                f"{after[0]} {shortened(after[1])!r} is followed by a field {shortened(name, 40)!r} that no call "
-                "reads: the rest of its URL's query, cut at its '&'? In a form, '&' separates the fields: write a "
-                "URL's '&' as '%26' (curl --data-urlencode does), or send JSON",
+                f"{after[0]} {shortened(after[1])!r} is followed by the field {shortened(name, 40)!r}: is it the "
+                "rest of the URL's query, cut at its '&'? In a form, '&' separates the fields: write a URL's '&' "
+                "as '%26' (curl --data-urlencode does), or give the URLs' field last, or send JSON",
             )
         value = unquote_plus(raw_value, encoding=encoding, errors="replace")
-        after = (name, value) if base in _URL_FIELDS and "?" in value else None
+        after = (name, value) if base in _URL_FIELDS and "?" in raw_value else None
 
 
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:

@@ -100,11 +100,17 @@ class _Unread(enum.Enum):
     """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads; TLS
     with the https node failed other than for its certificate (TLS that rustls does not speak, say); or the
     address of a node given by name refused the connection or did not answer in time (aiohttp tries every
-    address)."""
+    address); or the connection was closed or reset under the request before any answer (CUT)."""
 
     HEAD_TOO_LARGE = "head too large"
     NO_TLS = "no tls"
     UNREACHABLE = "unreachable"
+    # Most likely a kept-alive connection the node closed (its idle timeout) as the request went out on it: sent
+    # again at once, once, without an attempt spent, as RFC 9112 (9.3.1) allows for GET, HEAD and PURGE, through
+    # aiohttp, on a connection of its own (pyreqwest's pool may hold other connections the node closed at once:
+    # a re-tester's resend there failed 1 in 10 at 8 at a time). A tester's node closing 2 ms after each answer
+    # failed 1 item in 20 after 3 attempts, every one unseen by it.
+    CUT = "cut"
 
 
 def sent_unchanged(path_query: str) -> bool:
@@ -138,6 +144,21 @@ class FetchResult:
     @property
     def network_error(self) -> bool:
         return self.status is None or self.error is not None
+
+
+def _aiohttp_session(settings: Engine, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    """The aiohttp session the Fetcher asks what pyreqwest cannot, over `connector`."""
+    s = settings
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=s.fetch_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        max_line_size=HEAD_LINE_BYTES,
+        max_field_size=HEAD_LINE_BYTES,
+        max_headers=HEAD_LINES,
+    )
 
 
 def pyreqwest_client(settings: Engine) -> pyreqwest.client.Client:
@@ -353,6 +374,7 @@ class Fetcher(GuardedClient):
         super().__init__(health)
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # a connection of its own for each request (_Unread.CUT)
         self._client: pyreqwest.client.Client | None = None
         self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
         # The CAs as SSL_CERT_FILE names them now: pyreqwest's client reads them when made, and so does this (aiohttp's
@@ -377,19 +399,10 @@ class Fetcher(GuardedClient):
     async def __aenter__(self) -> Self:
         s = self._settings
         limit = requests_room(s.concurrency)  # the process's open files may not hold `concurrency` sockets
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=s.fetch_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            max_line_size=HEAD_LINE_BYTES,
-            max_field_size=HEAD_LINE_BYTES,
-            max_headers=HEAD_LINES,
-        )
+        pooled = aiohttp.TCPConnector(limit=limit, limit_per_host=0, enable_cleanup_closed=True)
+        self._session = _aiohttp_session(s, pooled)
+        # (A request sent again takes the place of the one cut: no more sockets at once than requests.)
+        self._fresh = _aiohttp_session(s, aiohttp.TCPConnector(limit=limit, limit_per_host=0, force_close=True))
         self._client = pyreqwest_client(s)
         return self
 
@@ -404,6 +417,9 @@ class Fetcher(GuardedClient):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._fresh is not None:
+            await self._fresh.close()
+            self._fresh = None
 
     async def _request(self, method: str, node: Node, target: TargetUrl, headers: dict[str, str] | None) -> FetchResult:
         if self._session is None or self._client is None:
@@ -432,9 +448,13 @@ class Fetcher(GuardedClient):
             unread = answer  # ask aiohttp
             if unread is _Unread.UNREACHABLE and isinstance(route, Route):
                 self._routes.unreachable(node, route)
-        result = await self._with_aiohttp(self._session, method, node, target, sent)
+        session = self._fresh if unread is _Unread.CUT and self._fresh is not None else self._session
+        result = await self._with_aiohttp(session, method, node, target, sent)
         if unread is _Unread.NO_TLS and result.status is not None:
             self._routes.use_openssl(node)  # its TLS needs OpenSSL: aiohttp alone from now on
+        if unread is _Unread.CUT:
+            cut = None if result.error is None else f"{result.error} (sent twice: again at once after a cut connection)"
+            return replace(result, resent=True, error=cut)
         return result
 
     async def _with_pyreqwest(
@@ -446,11 +466,9 @@ class Fetcher(GuardedClient):
         sent: dict[str, str],
         *,
         named: bool = False,
-        resent: bool = False,
     ) -> FetchResult | _Unread:
         """The node's answer, or why aiohttp should ask again. `named`: the node is given by name, and this
-        request goes to one of its addresses. `resent`: this is the request sent again after its connection was
-        closed under it (below)."""
+        request goes to one of its addresses."""
         errors = pyreqwest.exceptions
         # No body read ahead (pyreqwest's default reads some before answering): an error in the body must come
         # from the body loop below, where the node's status is known, not from opening the response.
@@ -507,14 +525,7 @@ class Fetcher(GuardedClient):
                     None, error=f"cannot connect to {node.name} ({node.url}): {reason}", unreachable=True
                 )
             if isinstance(exc, errors.NetworkError):
-                if not resent:
-                    # Before any answer: most likely a kept-alive connection the node closed (its idle timeout)
-                    # as the request went out on it. Sent again at once, once, without an attempt spent, as
-                    # RFC 9112 (9.3.1) allows for GET, HEAD and PURGE and aiohttp does (a tester's node closing
-                    # 2 ms after each answer failed 1 item in 20 after 3 attempts, every one unseen by it).
-                    again = await self._with_pyreqwest(client, method, url, node, sent, named=named, resent=True)
-                    return replace(again, resent=True) if isinstance(again, FetchResult) else again
-                return FetchResult(None, error=f"{node.name} disconnected before answering: {reason}")
+                return _Unread.CUT
             if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
                 if _HEAD_TOO_LARGE in causes:
                     return _Unread.HEAD_TOO_LARGE
