@@ -193,6 +193,8 @@ class Node(_Model):
             raise ValueError(f"{shown}: the scheme must be http or https")
         if not parts.hostname:
             raise ValueError(f"{shown}: no host")
+        if "[" in parts.netloc or "]" in parts.netloc:
+            _bracketed(parts.netloc, shown)
         try:
             parts.hostname.encode("idna")  # what resolving the name asks of it
         except UnicodeError as exc:
@@ -205,6 +207,25 @@ class Node(_Model):
         if parts.path not in ("", "/") or parts.query or parts.fragment or has_user_info(parts):
             raise ValueError(f"{shown}: give only scheme, host and port (no path, query or user)")
         return f"{parts.scheme}://{parts.netloc}"
+
+
+_BRACKETED_HOST = re.compile(r"\[([^\[\]]*)\](?::[0-9]*)?")  # [address] or [address]:port, the whole netloc
+
+
+def _bracketed(netloc: str, shown: str) -> None:
+    """Refuse a node's host in brackets that is not an IPv6 address alone: a zone id (`[fe80::1%25eth0]`), text
+    after the bracket (`[::1]x`), an IPv4 address: taken by the config, each failed every request as "internal
+    error: ValueError" (the HTTP client's), retried 90 s (an IPv6 tester's)."""
+    shape = _BRACKETED_HOST.fullmatch(netloc)
+    inside = shape.group(1) if shape else ""
+    if "%" in inside:
+        raise ValueError(f"{shown}: an IPv6 zone id (%25…) is not taken: give the node a global address or a name")
+    try:
+        ipaddress.IPv6Address(inside)
+    except ValueError:
+        shape = None
+    if shape is None:
+        raise ValueError(f"{shown}: an IPv6 address goes alone in brackets, its port after them: http://[::1]:8080")
 
 
 def _cache_address(url: str) -> str:
@@ -396,16 +417,31 @@ def _bad_postgresql_url(url: str) -> str | None:
 
 
 def _check_listen(value: str) -> str:
+    """HOST:PORT, an IPv6 address in brackets (`::1:8080` was taken and logged as such, `[::1:8080` and
+    `[127.0.0.1]:8080` too; `[::ffff:127.0.0.1]` passed and then could not be listened on: an IPv6 tester's)."""
     host, sep, port = value.rpartition(":")
     if not sep or not ascii_digits(port) or not host:
         raise ValueError(f"{value!r} is not HOST:PORT")
     if not 0 < int(port) < 65536:
         raise ValueError(f"{value!r}: port {int(port)} is out of range (1-65535)")
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
-        if not re.match(r"^[A-Za-z0-9.-]+$", host):
-            raise ValueError(f"{value!r}: bad host") from None
+        if bracketed or not re.match(r"^[A-Za-z0-9.-]+$", host):
+            raise ValueError(f"{value!r}: bad host (an IPv6 address goes in brackets: [::1]:8080)") from None
+        return value
+    if isinstance(address, ipaddress.IPv4Address):
+        if bracketed:
+            raise ValueError(f"{value!r}: an IPv4 address goes without brackets: {address}:{port}")
+    elif not bracketed:
+        raise ValueError(f"{value!r}: an IPv6 address goes in brackets: [{host}]:{port}")
+    elif address.scope_id:
+        raise ValueError(f"{value!r}: an IPv6 zone id is not taken: give the address alone")
+    elif address.ipv4_mapped is not None:
+        raise ValueError(
+            f"{value!r}: an IPv4 address in IPv6 form is not listened on: give {address.ipv4_mapped}:{port}"
+        )
     return value
 
 

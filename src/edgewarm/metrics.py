@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -59,6 +58,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from .errors import CREDENTIAL_REFUSALS, SUBMISSION_REFUSAL_REASONS
+from .listening import family_of, ipv6_alone
 from .logs import log_task_ended
 from .models import ItemAction, Task, TaskKind, TaskStatus
 
@@ -262,7 +262,11 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServ
         return []
 
     class Server(ThreadingWSGIServer):
-        address_family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        address_family = family_of(host)
+
+        def server_bind(self) -> None:
+            ipv6_alone(self.socket)
+            super().server_bind()
 
     server: WSGIServer = make_server(host, port, metrics_only, Server, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="edgewarm-metrics", daemon=True).start()

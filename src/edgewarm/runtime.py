@@ -41,6 +41,7 @@ from .config import (
 )
 from .engine import Engine, Fetcher, NodeHealth, ProcessFetcher, open_fetcher
 from .errors import ConfigError, EdgewarmError, StoreDamaged, StoreError, described
+from .listening import family_of
 from .logs import HTTP_DIGESTS, RepeatedFailure, counted, item_count
 from .metrics import Metrics, serve_metrics
 from .retention import first_of, run_retention
@@ -68,11 +69,8 @@ def listen_on(config: Config) -> socket.socket:
     """A socket listening on the API's address (SO_REUSEADDR, as uvicorn binds), or ListenError saying why not."""
     host = config.listen_host
     try:
-        return socket.create_server(
-            (host, config.listen_port),
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-            backlog=LISTEN_BACKLOG,
-        )
+        # (create_server makes an IPv6 socket IPv6 alone, as listening.ipv6_alone)
+        return socket.create_server((host, config.listen_port), family=family_of(host), backlog=LISTEN_BACKLOG)
     except OSError as exc:
         raise _cannot_listen(config.listen, exc) from None
 

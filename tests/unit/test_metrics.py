@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgewarm.listening import family_of
 from edgewarm.metrics import Metrics, serve_metrics
 
 
@@ -131,6 +134,8 @@ def test_a_workers_metrics_server_answers_metrics_only_at_its_path(host: str) ->
         for path in ("/", "/metricsx", "/other/metrics", "/favicon.ico"):
             answer = httpx.get(base + path, timeout=5)
             assert (answer.status_code, answer.text) == (404, "not found: the metrics are at /metrics\n"), path
+        if ":" in host:  # IPv6 alone, as the API's `listen` (it was both here, the API IPv6 alone: a tester's)
+            assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     finally:
         server.shutdown()
         server.server_close()
@@ -148,3 +153,14 @@ def test_the_modules_docstring_lists_every_metric_served() -> None:
             continue  # listed by their prefix
         base = name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum").removesuffix("_created")
         assert base in listed, name
+
+
+def test_the_family_listened_on_is_the_addresses_and_a_names_ipv4_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`listen` and `metrics_listen` share one rule (listening.py): an address's family; a name's IPv4 when it has
+    one, else its IPv6 (the API listened on a name of IPv6 alone as IPv4, and the metrics on its first)."""
+    assert (family_of("::1"), family_of("127.0.0.1")) == (socket.AF_INET6, socket.AF_INET)
+    both = [(socket.AF_INET6, 1, 6, "", ("::1", 0, 0, 0)), (socket.AF_INET, 1, 6, "", ("127.0.0.1", 0))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kw: both)
+    assert family_of("dual.test") == socket.AF_INET
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kw: both[:1])
+    assert family_of("six.test") == socket.AF_INET6
