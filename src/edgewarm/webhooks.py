@@ -597,7 +597,8 @@ class WebhookDeliverer:
                 why = f"its name does not resolve ({exc.os_error.strerror or exc.os_error})"
             else:
                 why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
-            return f"cannot connect to the receiver {exc.host}:{exc.port}: {why}", False
+            host = f"[{exc.host}]" if ":" in exc.host else exc.host  # (an IPv6 tester's `::1:80`)
+            return f"cannot connect to the receiver {host}:{exc.port}: {why}", False
         except aiohttp.ServerDisconnectedError:
             return "the receiver closed the connection without an answer", False
         except aiohttp.ClientOSError as exc:  # "[Errno 104] Connection reset by peer", "[Errno None] Can not write…"

@@ -331,6 +331,18 @@ async def test_a_receiver_whose_name_does_not_resolve_is_said_so() -> None:
     assert "Unknown error" not in task.webhook_error
 
 
+async def test_a_receiver_of_an_ipv6_address_is_named_in_brackets() -> None:
+    """`cannot connect to the receiver ::1:80` (an IPv6 tester's): `[::1]:80`, as a URL writes it."""
+    port = free_port()
+    async with open_store("memory://") as store:
+        task_id = await ended_task(store, f"http://[::1]:{port}/hook")
+        deliverer = WebhookDeliverer(webhook_config(max_attempts=3, allowed_hosts=["::1"]), store, Metrics())
+        async with delivering(deliverer):
+            task = await delivered(store, task_id, 5)
+    assert task.webhook_error is not None
+    assert task.webhook_error.startswith(f"cannot connect to the receiver [::1]:{port}: "), task.webhook_error
+
+
 async def test_a_receiver_that_refuses_connections_is_named_with_the_cause(caplog: pytest.LogCaptureFixture) -> None:
     """A receiver down was "ClientConnectorError: Cannot connect to host 127.0.0.1:9 ssl:default [Connect call
     failed …]" (ssl for an http URL), and the line named neither the receiver nor the user (an ops tester's):
