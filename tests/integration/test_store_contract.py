@@ -2240,6 +2240,22 @@ class TestPostgres:
         finally:
             await raw_sql(postgres_db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
+    async def test_a_search_path_of_no_schema_is_refused_saying_what_to_change(self, postgres_db_url: str) -> None:
+        """A PostgreSQL tester's role whose search_path named no schema: check-config said OK, and the services
+        failed "InvalidSchemaNameError: no schema has been selected to create in". Both name the search_path."""
+        role = f"pathless_{uuid.uuid4().hex[:8]}"
+        await raw_sql(postgres_db_url, f"CREATE ROLE {role} LOGIN", f"ALTER ROLE {role} SET search_path = nosuchschema")
+        try:
+            pathless = re.sub(r"//[^@/]+@", f"//{role}@", postgres_db_url, count=1)
+            said = "the role's search_path (nosuchschema) names no schema of this database"
+            refused = await postgres_refusal(pathless)
+            assert refused is not None and said in str(refused), refused
+            with pytest.raises(StoreError, match=re.escape(said)):
+                async with PostgresStore(pathless):
+                    pass
+        finally:
+            await raw_sql(postgres_db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
     async def test_a_dead_workers_items_are_taken_again_in_their_tasks_place(self, postgres_db_url: str) -> None:
         """A worker killed with its leases: its items are taken again, when the leases end, before the items its
         user submitted after their task (due at its lease's end, they went behind the user's whole backlog: a
@@ -2908,3 +2924,27 @@ async def test_a_sqlite_upgrade_leaves_no_writes_in_the_wal(tmp_path: Path, monk
         assert await store.upgrade() == SCHEMA_VERSION - 1
         assert (tmp_path / "edgewarm.db-wal").stat().st_size == 0
         assert await store.schema_version() == SCHEMA_VERSION
+
+
+async def test_a_databases_low_timeouts_and_its_encoding(
+    postgres_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database set to `statement_timeout = 1ms` and `lock_timeout = 1ms` failed large submissions and cancels
+    now and then (a PostgreSQL tester's): edgewarm's sessions set their own (its statements bounded by its command
+    timeout). A LATIN1 database is said at the start: a user name it cannot hold failed each call "the store is
+    unavailable", the store healthy all the while."""
+    name = f"t_latin_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres_cluster.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'")
+        await admin.execute(f"ALTER DATABASE {name} SET statement_timeout = '1ms'")
+        await admin.execute(f"ALTER DATABASE {name} SET lock_timeout = '1ms'")
+        with caplog.at_level("WARNING", logger="edgewarm"):
+            async with PostgresStore(postgres_cluster.url(name)) as store, store._connection() as conn:
+                await conn.execute("SELECT pg_sleep(0.05)")
+                assert await conn.fetchval("SHOW lock_timeout") == "0"
+        said = [r.getMessage() for r in caplog.records if "is encoded LATIN1" in r.getMessage()]
+        assert len(said) == 1 and "ENCODING 'UTF8'" in said[0], said
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

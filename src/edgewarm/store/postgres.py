@@ -737,6 +737,10 @@ class PostgresStore:
                 server_settings={
                     "application_name": "edgewarm",
                     "idle_in_transaction_session_timeout": str(round(IDLE_IN_TRANSACTION_SECONDS * 1000)),
+                    # Its statements are bounded by command_timeout: a role's or database's lower statement_timeout
+                    # or lock_timeout failed large submissions and cancels now and then (a PostgreSQL tester's).
+                    "statement_timeout": str(round((self._command_timeout or 0) * 1000)),  # (0: none)
+                    "lock_timeout": "0",
                 },
             )
         except _OPEN_ERRORS as exc:
@@ -745,6 +749,18 @@ class PostgresStore:
             if schema_to_make(self._opening, await self.schema_version(), self.safe_url):
                 await self.upgrade()
                 log.info("%s", new_store(self.safe_url))
+            async with self._connection() as conn:
+                encoding = await conn.fetchval("SHOW server_encoding")
+            if encoding not in ("UTF8", "SQL_ASCII") and self._opening is not Opening.AS_IS:
+                # A user name of letters it cannot hold failed each of its calls "the store is unavailable", the
+                # store healthy all the while (a PostgreSQL tester's on LATIN1).
+                log.warning(
+                    "%s is encoded %s: a user name or key of characters %s cannot hold fails each call that names "
+                    "it (give edgewarm a database created with ENCODING 'UTF8')",
+                    self.safe_url,
+                    encoding,
+                    encoding,
+                )
         except BaseException:
             await self._close()
             raise
@@ -1397,7 +1413,15 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 async def _tables_in_the_way(conn: _Connection) -> list[str]:
     """The tables of a schema without edgewarm's: another application's, which edgewarm's are not added to (they
     were, beside an `orders` of another application's: an upgrade tester's; only tables of edgewarm's names were
-    refused), as on SQLite."""
+    refused), as on SQLite. StoreError when the role's search_path names no schema there is: edgewarm's could
+    not be made (check-config said OK, the services "InvalidSchemaNameError: no schema has been selected to
+    create in": a PostgreSQL tester's)."""
+    if await conn.fetchval("SELECT current_schema()") is None:
+        path = await conn.fetchval("SHOW search_path")
+        raise StoreError(
+            f"postgresql: the role's search_path ({path}) names no schema of this database, so edgewarm's tables "
+            "have nowhere to go: CREATE SCHEMA one it names, or ALTER ROLE … SET search_path to one that exists"
+        )
     # Views, sequences and the like too (a re-tester's database of views got edgewarm's tables; a view named `tasks`
     # failed the schema's creation with "relation already exists"): every relation of the schema.
     found = await conn.fetchval(
