@@ -2256,6 +2256,19 @@ class TestPostgres:
         finally:
             await raw_sql(postgres_db_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
+    async def test_connection_slots_all_taken_say_what_to_change(self, postgres_db_url: str) -> None:
+        """`TooManyConnectionsError` was said bare at the start and at each call, minutes on end (a PostgreSQL
+        tester's): it names pool_size and max_connections (here a role allowed no connection)."""
+        role = f"slotless_{uuid.uuid4().hex[:8]}"
+        await raw_sql(postgres_db_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+        try:
+            slotless = re.sub(r"//[^@/]+@", f"//{role}@", postgres_db_url, count=1)
+            with pytest.raises(StoreError, match=re.escape("lower each process's ?pool_size= in the store URL")):
+                async with PostgresStore(slotless):
+                    pass
+        finally:
+            await raw_sql(postgres_db_url, f"DROP ROLE {role}")
+
     async def test_a_dead_workers_items_are_taken_again_in_their_tasks_place(self, postgres_db_url: str) -> None:
         """A worker killed with its leases: its items are taken again, when the leases end, before the items its
         user submitted after their task (due at its lease's end, they went behind the user's whole backlog: a

@@ -684,7 +684,16 @@ def _store_error(exc: BaseException) -> StoreError:
             f"another role?): make them its own (ALTER TABLE … OWNER TO it, for {', '.join(SCHEMA_TABLES)}), or "
             "GRANT it their use"
         )
+    if isinstance(exc, asyncpg.TooManyConnectionsError):  # said bare (a PostgreSQL tester's, minutes on end)
+        return StoreError(f"postgresql: {described(exc)}: {FEWER_CONNECTIONS}")
     return StoreError(f"postgresql: {described(exc)}")
+
+
+# What to do when the server's connection slots are all taken (each process holds its pool's).
+FEWER_CONNECTIONS = (
+    "the server's connection slots are all taken: lower each process's ?pool_size= in the store URL, or raise the "
+    "server's max_connections"
+)
 
 
 def _claims(rows: Sequence[asyncpg.Record], user: str) -> list[Claim]:
@@ -744,7 +753,8 @@ class PostgresStore:
                 },
             )
         except _OPEN_ERRORS as exc:
-            raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}") from exc
+            more = f": {FEWER_CONNECTIONS}" if isinstance(exc, asyncpg.TooManyConnectionsError) else ""
+            raise StoreError(f"postgresql: cannot connect to {self.safe_url}: {described(exc)}{more}") from exc
         try:
             if schema_to_make(self._opening, await self.schema_version(), self.safe_url):
                 await self.upgrade()
