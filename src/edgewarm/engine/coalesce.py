@@ -28,10 +28,11 @@ from ..models import ItemOutcome
 Key = tuple[str, str]  # (url, node)
 Found = ItemOutcome | asyncio.Future[ItemOutcome] | None  # Coalescer.begin's answer
 MAX_RECENT = 100_000  # successes remembered at most, whatever the window: memory stays bounded
-# The note of an item that shared another's warm.
+# The note of an item that shared another's warm: one begun after any purge of the URL on the node (it told a
+# `"refresh": true` task's items to use the flag they had used: a tester's).
 SHARED_NOTE = (
-    'not fetched again: another item warmed this URL on this node just before (dedupe_seconds; "refresh": true '
-    "fetches anew)"
+    "not fetched again: another item warmed this URL on this node just before, after any purge of it there "
+    "(dedupe_seconds)"
 )
 
 
