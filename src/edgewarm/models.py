@@ -275,7 +275,7 @@ WARMED_AGAIN = "warmed again:"
 def normalize_task_id(raw: str) -> str | None:
     """The 36-character form of a task id given in 36- or 32-character form; None when it is not one."""
     text = raw.strip()
-    if len(text) not in (32, 36):
+    if len(text) not in (32, 36) or not text.isascii():  # (uuid reads `١` as 1: a wire tester's found the task)
         return None
     try:
         return str(uuid.UUID(text))

@@ -720,6 +720,10 @@ async def test_prefetch_query_answers_in_progress(api: Api) -> None:
         response = await api.query(given)
         assert response.status_code == 200
         assert response.json() == {"status": 0, "data": {"taskid": taskid, "status": 1, "msg": "In Progress"}}
+    # A digit of another script is no digit of a task id (uuid read `١` as 1, and the task was found: a tester's).
+    assert taskid[14] == "4"  # a version 4 UUID's
+    other_script = taskid[:14] + "\u0664" + taskid[15:]
+    assert (await api.query(other_script)).json()["status"] == 1  # JD's "task not found"
 
 
 async def test_prefetch_query_with_a_form_body(api: Api) -> None:
