@@ -812,9 +812,10 @@ def test_a_submission_pipelined_ahead_of_a_request_that_does_not_parse_is_answer
 @pytest.mark.integration
 def test_a_submission_whose_client_half_closes_after_it_is_answered(tmp_path: Path) -> None:
     """A client that sends its request whole and half-closes (FIN: `nc -N`, `socat`) got the connection closed,
-    no answer, and its task was made and charged (a tester's, 11 of 11): it is answered, then closed."""
+    no answer, and its task was made and charged (a tester's, 11 of 11): it is answered, then closed. A long poll
+    so sent is answered at once, the task as it is (a FIN is also what a caller that hung up sends)."""
     with (
-        FaultServer(Respond(200, body=b"ok")) as node,
+        FaultServer(Respond(200, body=b"ok", delay=5.0)) as node,
         start_service(tmp_path, node_toml("n", node.url)) as service,
     ):
         assert service.port is not None
@@ -835,6 +836,21 @@ def test_a_submission_whose_client_half_closes_after_it_is_answered(tmp_path: Pa
                 while chunk := sock.recv(65536):  # to the server's close (the timeout bounds it)
                     answer += chunk
             assert answer.startswith(b"HTTP/1.1 200 ") and b'"taskid":"' in answer, answer
+        taskid = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["taskid"]
+        poll = (
+            f"GET /v1/tasks/{taskid}/wait?timeout=30 HTTP/1.1\r\nHost: t\r\nX-Edgewarm-Username: {DEMO_USER}\r\n"
+            f"X-Edgewarm-Signature: {real_signature(DEMO_USER, DEMO_SECRET)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10.0) as sock:
+            sock.sendall(poll)
+            sock.shutdown(socket.SHUT_WR)
+            asked = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            took = time.monotonic() - asked
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"status":1' in answer, answer
+        assert took < 5.0, took  # at once, not at the poll's 30 s (a wait looks at its caller each half second)
 
 
 @pytest.mark.integration

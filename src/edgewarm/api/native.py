@@ -36,6 +36,7 @@ from ..urls import as_browsers_send, has_controls, shortened, split_list
 from ..views import iso
 from ..webhooks import shown_callback_url
 from .body import caller_address, read_params
+from .protocol import client_ended
 from .responses import answered, native_error
 from .schemas import NativeError, QuotaView, TaskList, TaskView
 
@@ -341,7 +342,11 @@ def native_router(service: Service) -> APIRouter:
     ) -> Response:
         """Long-poll: answers when the task has ended, or after `timeout` seconds with its state then (no items)."""
         try:
-            task = await service.wait(service.authenticate(caller), taskid, timeout, request.is_disconnected)
+
+            async def gone() -> bool:  # closed, or half-closed: its answer then is the task as it is
+                return client_ended(request.scope) or await request.is_disconnected()
+
+            task = await service.wait(service.authenticate(caller), taskid, timeout, gone)
             if await request.is_disconnected():
                 return Response(status_code=499)  # nobody to read it (499: nginx's word for it, in the access log)
             return answered(await full_view(task, 0, 0))

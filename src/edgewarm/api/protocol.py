@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -21,6 +21,13 @@ from ..errors import JdCode
 from ..logs import UNREAD
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and its header fields, together
+CLIENT_ENDED = "edgewarm.client_ended"  # in a request's scope: its client sends nothing more (eof_received)
+
+
+def client_ended(scope: Mapping[str, object]) -> bool:
+    """Whether the client of the request of `scope` half-closed or closed its connection (a FIN: which, cannot be
+    told until an answer is written)."""
+    return bool(scope.get(CLIENT_ENDED))
 
 
 def _refusal(status: str, error: str) -> bytes:
@@ -235,8 +242,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's: keep open
         """The client half-closed (it sends nothing more, as `nc -N` and `socat` do after a request): the
         requests it sent whole are answered, then the connection is closed; at once when none is due. It was
-        closed at once, and a submission taken in was made, charged and its answer lost (a tester's)."""
+        closed at once, and a submission taken in was made, charged and its answer lost (a tester's). Each request
+        under way is marked (`client_ended`): a long poll answers at once, as it is (a client that closed its
+        socket sends the same FIN: its wait went on to its timeout, holding one of the user's 50)."""
         self._ended = True
+        for cycle in self._cycles:
+            cycle.scope[CLIENT_ENDED] = True  # type: ignore[literal-required]
         return True if self._answers_due() and not self.transport.is_closing() else None
 
     def _answers_due(self) -> bool:
