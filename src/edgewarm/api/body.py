@@ -305,8 +305,8 @@ def _no_query_cut(text: str, encoding: str) -> None:
                 "rest of the URL's query, cut at its '&'? In a form, '&' separates the fields: write a URL's '&' "
                 "as '%26' (curl --data-urlencode does), or give the URLs' field last, or send JSON",
             )
-        value = unquote_plus(raw_value, encoding=encoding, errors="replace")
-        after = (name, value) if base in _URL_FIELDS and "?" in raw_value else None
+        raw_query = base in _URL_FIELDS and "?" in raw_value
+        after = (name, unquote_plus(raw_value, encoding=encoding, errors="replace")) if raw_query else None
 
 
 def _fields(form: dict[str, list[str]]) -> dict[str, Any]:

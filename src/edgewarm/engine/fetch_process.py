@@ -57,7 +57,7 @@ SILENT_LIMIT = 10.0  # a child silent this long while requests wait on it is kil
 # A request: (id, method, node name, node url, tls_verify, node kind, path+query, authority, host, headers or None)
 Request = tuple[int, str, str, str, bool, str, str, str, str, tuple[tuple[str, str], ...] | None]
 # A result: (id, status or None, bytes, cache state or None, error or None, final, unreachable, not_stored or None,
-# age or None, fresh_for or None, varies or None)
+# age or None, fresh_for or None, varies or None, resent, retry_after or None)
 Result = tuple[
     int,
     int | None,

@@ -136,7 +136,7 @@ class FetchResult:
     # Seconds the node's copy stays fresh as the answer tells (signals.fresh_for); None: it does not tell.
     fresh_for: float | None = None
     varies: str | None = None  # the answer's Vary (the request headers the node keeps a copy for each value of)
-    # Sent again at once after its connection was closed or reset before any answer (Fetcher._with_pyreqwest): the
+    # Sent again at once after its connection was closed or reset before any answer (Fetcher._request): the
     # node may have restarted, its cache with it (NodeHealth.cut).
     resent: bool = False
     retry_after: float | None = None  # a 429's or 503's Retry-After, in seconds: the retry waits as long (capped)

@@ -759,18 +759,8 @@ class PostgresStore:
             if schema_to_make(self._opening, await self.schema_version(), self.safe_url):
                 await self.upgrade()
                 log.info("%s", new_store(self.safe_url))
-            async with self._connection() as conn:
-                encoding = await conn.fetchval("SHOW server_encoding")
-            if encoding not in ("UTF8", "SQL_ASCII") and self._opening is not Opening.AS_IS:
-                # A user name of letters it cannot hold failed each of its calls "the store is unavailable", the
-                # store healthy all the while (a PostgreSQL tester's on LATIN1).
-                log.warning(
-                    "%s is encoded %s: a user name or key of characters %s cannot hold fails each call that names "
-                    "it (give edgewarm a database created with ENCODING 'UTF8')",
-                    self.safe_url,
-                    encoding,
-                    encoding,
-                )
+            if self._opening is not Opening.AS_IS:  # a service's start (not check-config's look)
+                await self._warn_of_the_encoding()
         except BaseException:
             await self._close()
             raise
@@ -780,6 +770,21 @@ class PostgresStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._close()
+
+    async def _warn_of_the_encoding(self) -> None:
+        """A warning when the database is encoded other than UTF8 (or SQL_ASCII, which keeps bytes as given): a
+        user name of letters it cannot hold failed each of its calls "the store is unavailable", the store healthy
+        all the while (a PostgreSQL tester's on LATIN1)."""
+        async with self._connection() as conn:
+            encoding = await conn.fetchval("SHOW server_encoding")
+        if encoding not in ("UTF8", "SQL_ASCII"):
+            log.warning(
+                "%s is encoded %s: a user name or key of characters %s cannot hold fails each call that names it "
+                "(give edgewarm a database created with ENCODING 'UTF8')",
+                self.safe_url,
+                encoding,
+                encoding,
+            )
 
     async def _close(self) -> None:
         pool, self._pool = self._pool, None

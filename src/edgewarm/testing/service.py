@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
@@ -95,10 +94,7 @@ class ServiceProcess:
         return self
 
     def _running_said(self) -> int:
-        try:
-            return self.log.read_text(errors="replace").count("edgewarm running")
-        except OSError:
-            return 0
+        return self.log_text().count("edgewarm running")
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None
@@ -123,9 +119,8 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc is not None
-            with contextlib.suppress(OSError):
-                if text in self.log.read_text(errors="replace"):
-                    return
+            if text in self.log_text():
+                return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"edgewarm {self.command} exited with {self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
