@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from . import auth
@@ -42,6 +43,11 @@ from .webhooks import check_callback_url
 log = logging.getLogger("edgewarm.service")
 
 MAX_IDEMPOTENCY_KEY = 200
+# How many of a call's bad URLs (or foreign domains) a refusal names: a caller fixes them in one go, and a call of
+# thousands of bad URLs is not told back whole.
+NAMED_IN_A_REFUSAL = 5
+_Entry = TypeVar("_Entry")
+_Checked = TypeVar("_Checked")
 # Long-polls one user may have open in one process; more answer at once with the task as it is. Each asks the store
 # every half second: thousands, from clients that hung up or never read, slowed everyone's warms (a tester: a
 # 2,000-URL task of another user took 21 s instead of 1-1.5 s behind 10,000 abandoned waits).
@@ -174,18 +180,21 @@ class Service:
         limit, what = (limits.dirs_per_call, "directories") if dirs else (limits.urls_per_call, "URLs")
         if len(urls) > limit:
             raise RequestRefused(too_many, f"{len(urls)} {what} in one call; the limit is {limit}")
-        targets = [parse_url(url, self.config.api.max_url_length) for url in urls]
+        max_length = self.config.api.max_url_length
+        targets = _every_one_checked(urls, lambda url: parse_url(url, max_length))
         if dirs:
-            targets = [target.as_dir() for target in targets]
+            targets = _every_one_checked(targets, TargetUrl.as_dir)
         # Two spellings of one object (host case, an empty path) are one URL to a cache.
         duplicate = find_duplicate(targets)
         if duplicate is not None:
             first, again = duplicate
             same = "" if first.url == again.url else f" (the same object as {first.url})"
             raise RequestRefused(JdCode.DUPLICATE_URLS, f"duplicate URL in the request: {again.url}{same}")
-        for target in targets:
-            if not user.owns(target.host):
-                raise RequestRefused(not_yours, f"the domain {target.host} is not yours")
+        foreign = list(dict.fromkeys(target.host for target in targets if not user.owns(target.host)))
+        if len(foreign) == 1:
+            raise RequestRefused(not_yours, f"the domain {foreign[0]} is not yours")
+        if foreign:
+            raise RequestRefused(not_yours, f"the domains {_some(foreign, 'more')} are not yours")
         return targets
 
     @contextlib.contextmanager
@@ -418,3 +427,28 @@ class Service:
             "max_body_bytes": self.config.api.max_body_bytes,
             "domains": list(user.domains),
         }
+
+
+def _every_one_checked(entries: Sequence[_Entry], check: Callable[[_Entry], _Checked]) -> list[_Checked]:
+    """`check` of each entry; if it refused some, one refusal naming the first few (each with its reason) and
+    how many more: a caller is not sent back once for each bad URL of a call."""
+    checked: list[_Checked] = []
+    refusals: list[RequestRefused] = []
+    for entry in entries:
+        try:
+            checked.append(check(entry))
+        except RequestRefused as exc:
+            refusals.append(exc)
+    if not refusals:
+        return checked
+    if len(refusals) == 1:
+        raise refusals[0]
+    messages = [exc.message for exc in refusals]
+    raise RequestRefused(refusals[0].code, f"{len(refusals)} entries refused: {_some(messages, 'more', sep='; ')}")
+
+
+def _some(names: list[str], more: str, sep: str = ", ") -> str:
+    """The first NAMED_IN_A_REFUSAL of `names`, and how many more."""
+    told = sep.join(names[:NAMED_IN_A_REFUSAL])
+    rest = len(names) - NAMED_IN_A_REFUSAL
+    return told if rest <= 0 else f"{told}{sep}and {rest} {more}"

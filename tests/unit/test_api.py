@@ -43,6 +43,7 @@ from edgewarm.models import ItemOutcome, ItemState, TaskFilter, TaskKind, TaskSt
 from edgewarm.service import Service
 from edgewarm.store import TaskStore, open_store
 from edgewarm.store.sqlite import SQLiteStore
+from edgewarm.urls import parse_url
 from edgewarm.views import iso
 
 pytestmark = pytest.mark.anyio
@@ -303,6 +304,37 @@ async def test_code_10_for_a_comma_string_too(api: Api) -> None:
 async def test_code_17_for_an_illegal_url(api: Api, bad: str) -> None:
     """An illegal URL anywhere in the list is code 17, and nothing is created."""
     assert_code(await api.prefetch([urls(1)[0], bad]), 17)
+    assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
+
+
+async def test_a_refusal_names_every_bad_url_of_the_call_up_to_five(api: Api) -> None:
+    """A call of several bad URLs is told of the first five, each with its reason, and how many more (it was
+    told of the first alone: a caller fixed a call one URL at a time); several foreign domains are named too."""
+    good = urls(1)[0]
+    bad = ["ftp://www.example.test/a", "http://www.example.test/a b", "http://127.0.0.1/a"]
+    refused = await api.prefetch([good, *bad])
+    assert_code(refused, 17)
+    reasons = []
+    for url in bad:
+        with pytest.raises(RequestRefused) as told:
+            parse_url(url)
+        reasons.append(told.value.message)
+    assert refused["msg"] == "3 entries refused: " + "; ".join(reasons)
+    assert reasons[0] == "illegal URL 'ftp://www.example.test/a': the scheme must be http or https"
+    many = await api.prefetch([f"http://www.example.test/{n}#x" for n in range(8)])
+    assert_code(many, 17)
+    assert many["msg"].startswith("8 entries refused: illegal URL 'http://www.example.test/0#x': a fragment")
+    assert many["msg"].count("illegal URL") == 5 and many["msg"].endswith("; and 3 more"), many["msg"]
+    foreign = [f"http://www.other{n}.test/a" for n in (1, 2, 1, 3)]
+    refused = await api.prefetch([good, *foreign[:2], f"{foreign[2]}?again", foreign[3]])
+    assert_code(refused, 18)
+    assert refused["msg"] == "the domains www.other1.test, www.other2.test, www.other3.test are not yours"
+    dirs = await api.call(
+        "/api/refresh",
+        {**creds(), "type": "dir", "instances": ["http://www.example.test/x", "http://www.example.test/y?q"]},
+    )
+    assert_code(dirs, 17)
+    assert dirs["msg"].startswith("2 entries refused: a directory must end with '/'"), dirs["msg"]
     assert await api.store.usage(USER, f"{DAY:%Y%m%d}") == (0, 0)
 
 
