@@ -6,6 +6,7 @@ import asyncio
 import re
 from typing import Any
 
+import orjson
 import pytest
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -85,6 +86,30 @@ async def test_a_request_that_does_not_parse_behind_one_under_way_is_refused_aft
     protocol, transport = await _connection()  # its own body does not parse: at once
     protocol.data_received(b"POST /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert await _answered(transport, 1) == [b"400"] and transport.closed, transport.written
+    protocol.connection_lost(None)
+
+
+async def test_a_request_that_does_not_parse_is_told_why_in_json() -> None:
+    """The 400 of a request that does not parse is JSON with a JD code and the parser's reason (uvicorn's was a
+    plain "Invalid HTTP request received.": raw UTF-8 in a URL, a tester's, was not told), alone or behind a
+    request under way; a URL's raw non-ASCII is told how to send it."""
+    for ahead in (b"", b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"):
+        protocol, transport = await _connection()
+        protocol.data_received(ahead + "GET /v1/tasks?url=中 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert (await _answered(transport, 2 if ahead else 1))[-1] == b"400", transport.written
+        head, body = transport.written.rsplit(b"\r\n\r\n", 1)
+        assert b"content-type: application/json" in head and transport.closed, transport.written
+        told = orjson.loads(body)
+        assert told["code"] == 2, told
+        assert told["error"].startswith("the request does not parse as HTTP/1.1: Invalid char in url query"), told
+        assert "'%E4%B8%AD' for '中'" in told["error"], told
+        protocol.connection_lost(None)
+    protocol, transport = await _connection()
+    protocol.data_received(b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n")
+    assert await _answered(transport, 1) == [b"400"] and transport.closed, transport.written
+    told = orjson.loads(transport.written.rsplit(b"\r\n\r\n", 1)[1])
+    assert told["error"].startswith("the request does not parse as HTTP/1.1: Invalid header"), told
+    assert "percent-encoded" not in told["error"], told
     protocol.connection_lost(None)
 
 

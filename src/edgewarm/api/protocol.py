@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -43,10 +45,26 @@ _TOO_LARGE = _refusal(
 )
 
 
-def _bad_request(msg: str) -> bytes:
-    """uvicorn's 400 for a request that does not parse (its send_400_response), written later."""
-    head = "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    return f"{head}content-length: {len(msg)}\r\nconnection: close\r\n\r\n{msg}".encode()
+def _bad_request(error: httptools.HttpParserError | None) -> bytes:
+    """The 400 of a request that does not parse, saying why as the parser does (uvicorn's was a plain-text
+    "Invalid HTTP request received.": a JD client had nothing to read, and a URL's raw UTF-8 was not told)."""
+    why = f": {error}" if error is not None and str(error) else ""
+    if isinstance(error, httptools.HttpParserInvalidURLError):
+        why += " (a URL's spaces, controls and non-ASCII characters are sent percent-encoded: '%E4%B8%AD' for '中')"
+    return _refusal("400 Bad Request", f"the request does not parse as HTTP/1.1{why}")
+
+
+class _TellingParser(httptools.HttpRequestParser):
+    """httptools' parser, keeping the error it raised: uvicorn's protocol drops it."""
+
+    error: httptools.HttpParserError | None = None
+
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        try:
+            super().feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = exc
+            raise
 
 
 def _too_many(max_connections: int) -> bytes:
@@ -100,6 +118,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     request_seconds = 60.0
     max_connections: Callable[[], int | None] = staticmethod(lambda: None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _TellingParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # counted in server_state.connections
@@ -277,16 +300,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.abort()
 
     def send_400_response(self, msg: str) -> None:
-        """A request that does not parse: 400 and closed (uvicorn's), once the requests taken in before it are
-        answered: it wrote the 400 and closed at once, and a submission pipelined ahead of it was made but its
-        answer lost (a tester's 7 kinds of bad request behind a prefetch). One whose own body does not parse
-        (a bad chunk) is answered at once: nothing more of it will come."""
+        """A request that does not parse (uvicorn has logged `msg`): 400 in JSON, saying why, and closed, once
+        the requests taken in before it are answered: uvicorn wrote its 400 and closed at once, and a submission
+        pipelined ahead of it was made but its answer lost (a tester's 7 kinds of bad request behind a
+        prefetch). One whose own body does not parse (a bad chunk) is answered at once: nothing more of it will
+        come."""
+        refusal = _bad_request(self.parser.error if isinstance(self.parser, _TellingParser) else None)
         ahead = self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
         if not (ahead or self.pipeline):
-            super().send_400_response(msg)
+            self.transport.write(refusal)
+            self.transport.close()
             return
-        self.logger.warning(msg)
-        self._refuse_after_the_answers(_bad_request(msg))
+        self._refuse_after_the_answers(refusal)
 
     def _refuse_when_answered(self) -> None:
         """The 431 (or 400, 408), once every request taken in before the refused one is answered."""
