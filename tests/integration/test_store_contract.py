@@ -61,7 +61,7 @@ from edgewarm.models import (
 from edgewarm.store import SCHEMA_VERSION, Opening, TaskStore, existing_store, open_store, sqlite_path
 from edgewarm.store.base import UNNAMED, OpenPurge, Redone
 from edgewarm.store.postgres import PostgresStore
-from edgewarm.store.postgres import database_refusal as postgres_refusal
+from edgewarm.store.postgres import database_check as postgres_check
 from edgewarm.testing.postgres import PostgresCluster
 from edgewarm.testing.service import free_port
 
@@ -2217,7 +2217,7 @@ class TestPostgres:
         with pytest.raises(SchemaVersionError, match=f"already has tables named {named}: give edgewarm a database"):
             async with open_store(postgres_db_url):
                 pass
-        refused = await postgres_refusal(postgres_db_url)
+        refused = (await postgres_check(postgres_db_url))[0]
         assert refused is not None and f"tables named {named}" in str(refused), refused
         with pytest.raises(asyncpg.UndefinedTableError):
             await raw_sql(postgres_db_url, "SELECT * FROM usage")
@@ -2231,7 +2231,7 @@ class TestPostgres:
         await raw_sql(postgres_db_url, f"CREATE ROLE {role} LOGIN")
         try:
             stranger = re.sub(r"//[^@/]+@", f"//{role}@", postgres_db_url, count=1)
-            refused = await postgres_refusal(stranger)
+            refused = (await postgres_check(stranger))[0]
             assert refused is not None and "permission denied for table meta" in str(refused), refused
             assert str(refused).endswith(
                 "the store's role may not use edgewarm's tables (restored or made by another role?): make them its "
@@ -2248,7 +2248,7 @@ class TestPostgres:
         try:
             pathless = re.sub(r"//[^@/]+@", f"//{role}@", postgres_db_url, count=1)
             said = "the role's search_path (nosuchschema) names no schema of this database"
-            refused = await postgres_refusal(pathless)
+            refused = (await postgres_check(pathless))[0]
             assert refused is not None and said in str(refused), refused
             with pytest.raises(StoreError, match=re.escape(said)):
                 async with PostgresStore(pathless):
@@ -2534,26 +2534,26 @@ asyncio.run(main())
         """check-config said OK to a wrong password, a database that does not exist, a server not listening, another
         schema version and another application's tables, all of which the services refused (a tester's deploy hook
         with --strict passed them). Looked at without changing anything: an empty database is left empty."""
-        assert await postgres_refusal(postgres_db_url) is None  # empty: the first start makes the schema
+        assert (await postgres_check(postgres_db_url))[0] is None  # empty: the first start makes the schema
         assert await raw_sql(postgres_db_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
         user, rest = postgres_db_url.split("://", 1)[1].split("@", 1)
         wrong = f"postgresql://{user.split(':')[0]}:not-the-password@{rest}"
-        refused = await postgres_refusal(wrong.replace(rest.rsplit("/", 1)[1], "no_such_database"))
+        refused = (await postgres_check(wrong.replace(rest.rsplit("/", 1)[1], "no_such_database")))[0]
         assert refused is not None and "cannot connect" in str(refused) and "not-the-password" not in str(refused)
-        unreachable = await postgres_refusal(f"postgresql://edgewarm@127.0.0.1:{free_port()}/edgewarm")
+        unreachable = (await postgres_check(f"postgresql://edgewarm@127.0.0.1:{free_port()}/edgewarm"))[0]
         assert unreachable is not None and "cannot connect" in str(unreachable)
         await raw_sql(postgres_db_url, "CREATE TABLE items (id int)")
-        theirs = await postgres_refusal(postgres_db_url)
+        theirs = (await postgres_check(postgres_db_url))[0]
         assert theirs is not None and "items" in str(theirs), theirs
         await raw_sql(postgres_db_url, "DROP TABLE items")
         async with PostgresStore(postgres_db_url):
             pass  # the schema made, as a first start does
-        assert await postgres_refusal(postgres_db_url) is None
+        assert (await postgres_check(postgres_db_url))[0] is None
         await raw_sql(postgres_db_url, f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'")
-        older = await postgres_refusal(postgres_db_url)
+        older = (await postgres_check(postgres_db_url))[0]
         assert older is not None and f"this edgewarm needs {SCHEMA_VERSION}" in str(older), older
         await raw_sql(postgres_db_url, "UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
-        damaged = await postgres_refusal(postgres_db_url)  # a traceback, before (a re-tester's)
+        damaged = (await postgres_check(postgres_db_url))[0]  # a traceback, before (a re-tester's)
         assert str(damaged) == "postgresql: its schema_version is 'abc', not a number (damaged, or not edgewarm's)"
 
     async def test_a_session_the_server_ended_is_said_so(self) -> None:
@@ -2944,8 +2944,8 @@ async def test_a_databases_low_timeouts_and_its_encoding(
 ) -> None:
     """A database set to `statement_timeout = 1ms` and `lock_timeout = 1ms` failed large submissions and cancels
     now and then (a PostgreSQL tester's): edgewarm's sessions set their own (its statements bounded by its command
-    timeout). A LATIN1 database is said at the start: a user name it cannot hold failed each call "the store is
-    unavailable", the store healthy all the while."""
+    timeout). A LATIN1 database is said at the start and by check-config: a user name it cannot hold failed each
+    call "the store is unavailable", the store healthy all the while."""
     name = f"t_latin_{uuid.uuid4().hex}"
     admin = await asyncpg.connect(postgres_cluster.url())
     try:
@@ -2958,6 +2958,9 @@ async def test_a_databases_low_timeouts_and_its_encoding(
                 assert await conn.fetchval("SHOW lock_timeout") == "0"
         said = [r.getMessage() for r in caplog.records if "is encoded LATIN1" in r.getMessage()]
         assert len(said) == 1 and "ENCODING 'UTF8'" in said[0], said
+        # check-config's look says it too (it said OK, the start alone warned: a session's note).
+        assert await postgres_check(postgres_cluster.url(name)) == (None, said)
+        assert await postgres_check(postgres_cluster.url()) == (None, [])
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()

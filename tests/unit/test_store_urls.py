@@ -17,7 +17,7 @@ from edgewarm.config import parse_config
 from edgewarm.errors import ConfigError, StoreError, described, reason_of
 from edgewarm.models import TaskFilter
 from edgewarm.runtime import run
-from edgewarm.store import database_refusal, existing_store, open_store, redacted, sqlite_path, store_cautions
+from edgewarm.store import database_check, existing_store, open_store, redacted, sqlite_path, store_cautions
 from edgewarm.testing.service import free_port
 
 pytestmark = pytest.mark.anyio
@@ -72,7 +72,7 @@ async def test_a_database_left_where_an_older_edgewarm_put_it_is_named_not_repla
     assert not wanted.exists()
     # check-config and an operator's command say it in the same words (`admin cancel` said "does not exist: no
     # service has run on it", a re-tester's)
-    assert str(database_refusal(url)) == message
+    assert str(database_check(url)[0]) == message
     with pytest.raises(StoreError) as refused:
         async with existing_store(url):
             pass
@@ -171,7 +171,7 @@ async def test_a_sqlite_file_that_is_not_a_database_is_named(tmp_path: Path) -> 
             pass
     said = f"the file {path} is no SQLite database (it does not begin as one): is `store` that file?"
     assert str(refused.value) == said
-    assert str(database_refusal(f"sqlite:///{path}")) == said  # check-config's warning (it said OK)
+    assert str(database_check(f"sqlite:///{path}")[0]) == said  # check-config's warning (it said OK)
 
 
 async def test_a_schema_version_that_is_not_a_number_is_named(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ async def test_a_sqlite_file_of_two_names_is_refused_by_either(tmp_path: Path) -
             async with open_store(f"sqlite:///{name}"):
                 pass
         assert str(refused.value).startswith(f"the SQLite database {name} has 2 names (hard links): "), refused.value
-        assert str(database_refusal(f"sqlite:///{name}")) == str(refused.value)  # check-config's: it said OK
+        assert str(database_check(f"sqlite:///{name}")[0]) == str(refused.value)  # check-config's: it said OK
     os.unlink(tmp_path / "other.db")
     async with open_store(f"sqlite:///{path}"):
         pass
@@ -306,7 +306,7 @@ def test_a_store_on_a_read_only_file_system_is_told_so(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as refused:
             asyncio.run(opening())
         assert str(refused.value) == f"the SQLite database {folder}/e.db is on a read-only file system (mounted ro?)"
-        assert str(database_refusal(f"sqlite:///{folder}/e.db")) == str(refused.value)  # check-config said OK
+        assert str(database_check(f"sqlite:///{folder}/e.db")[0]) == str(refused.value)  # check-config said OK
     finally:
         subprocess.run(["umount", str(folder)], check=True)
 
@@ -317,13 +317,13 @@ async def test_check_config_says_what_a_start_would_refuse_the_sqlite_file_for(t
     path = tmp_path / "e.db"
     async with open_store(f"sqlite:///{path}") as store:
         assert await store.schema_version() > 0
-    assert database_refusal(f"sqlite:///{path}") is None
+    assert database_check(f"sqlite:///{path}")[0] is None
     data = path.read_bytes()
     path.write_bytes(data[:-100])
-    assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is cut short: ")
+    assert str(database_check(f"sqlite:///{path}")[0]).startswith(f"the SQLite database {path} is cut short: ")
     path.unlink()
     (tmp_path / "e.db-wal").write_bytes(b"x" * 1000)
-    assert str(database_refusal(f"sqlite:///{path}")).startswith(f"the SQLite database {path} is missing (or empty)")
+    assert str(database_check(f"sqlite:///{path}")[0]).startswith(f"the SQLite database {path} is missing (or empty)")
 
 
 async def test_check_config_says_a_start_could_not_make_the_store_s_folder(tmp_path: Path) -> None:
@@ -338,14 +338,14 @@ async def test_check_config_says_a_start_could_not_make_the_store_s_folder(tmp_p
 
     with pytest.raises(StoreError) as refused:
         await opening(under_a_file)
-    said = str(database_refusal(f"sqlite:///{under_a_file}"))
+    said = str(database_check(f"sqlite:///{under_a_file}")[0])
     assert said.startswith(f"cannot make the folder {under_a_file.parent} for {under_a_file}: Not a directory"), said
     assert str(refused.value).startswith(f"cannot make the folder {under_a_file.parent} for {under_a_file}: ")
-    assert database_refusal(f"sqlite:///{tmp_path}/new/deeper/e.db") is None
+    assert database_check(f"sqlite:///{tmp_path}/new/deeper/e.db")[0] is None
     if os.getuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert "Permission denied" in str(database_refusal(f"sqlite:///{locked}/sub/e.db"))
+        assert "Permission denied" in str(database_check(f"sqlite:///{locked}/sub/e.db")[0])
 
 
 async def test_a_database_of_another_applications_tables_is_refused_and_check_config_says_so(tmp_path: Path) -> None:
@@ -376,7 +376,7 @@ async def test_a_store_whose_schema_version_row_is_gone_is_said_damaged_not_anot
 
 async def refused_so(path: Path, said: str, match: str) -> None:
     """check-config's look at the SQLite file at `path` begins with `said`, and its open is refused (`match`)."""
-    assert str(database_refusal(f"sqlite:///{path}")).startswith(said)
+    assert str(database_check(f"sqlite:///{path}")[0]).startswith(said)
     with pytest.raises(StoreError, match=match):
         async with open_store(f"sqlite:///{path}"):
             pass
@@ -424,7 +424,7 @@ def test_a_backup_restored_over_a_killed_store_is_refused_not_replayed_into(tmp_
     os.utime(wal, (1_000_000_000, 1_000_000_000))  # as a -wal left before the restore is
     left = wal.read_bytes()
     shutil.copy(tmp_path / "backup.db", path)  # restored over it
-    said = str(database_refusal(url))
+    said = str(database_check(url)[0])
     assert said.startswith(f"sqlite: the database {path} reads damaged with its -wal"), said
     assert "its -wal (" in said and "move them away, then restore the file again" in said
 
@@ -484,11 +484,11 @@ def test_a_backup_restored_over_a_killed_store_whose_wal_reads_whole_is_refused(
     wal = path.with_name("e.db-wal")
     assert wal.stat().st_size > 0
     os.utime(wal, (1_000_000_000, 1_000_000_000))  # written before the file: a checkpoint's write, then a kill
-    assert database_refusal(f"sqlite:///{path}") is None  # its own -wal: let be
+    assert database_check(f"sqlite:///{path}")[0] is None  # its own -wal: let be
     os.utime(backup, (900_000_000, 900_000_000))  # the backup older than the -wal, as it is when taken before
     shutil.copy2(backup, tmp_path / "restored.db")  # its times kept, as `mv` and `cp -p` keep them
     os.replace(tmp_path / "restored.db", path)  # restored over it, the killed store's -wal left beside it
-    said = str(database_refusal(f"sqlite:///{path}"))
+    said = str(database_check(f"sqlite:///{path}")[0])
     assert said.startswith(
         f"sqlite: the database {path} read with its -wal lacks the newest task the file alone holds ({kept[-1]}): "
         "that -wal is another file's; its -wal ("
@@ -502,7 +502,7 @@ def test_a_file_copied_without_its_wal_is_refused_by_check_config_as_at_a_start(
     with closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA journal_mode=wal")
     assert not path.with_name("e.db-wal").exists()
-    refused = database_refusal(f"sqlite:///{path}")
+    refused = database_check(f"sqlite:///{path}")[0]
     assert refused is not None and str(refused).startswith(
         f"the SQLite database {path} is in WAL mode but holds no table"
     ), refused

@@ -130,15 +130,16 @@ def check_config(ctx: click.Context, path: str | None, config_paths: tuple[str, 
     if not chosen:
         raise click.UsageError("give the config file: check-config PATH, --config PATH or EDGEWARM_CONFIG")
     config = load_or_fail(chosen)
-    from ..store import database_refusal, store_cautions
+    from ..store import database_check, store_cautions
 
-    refused = database_refusal(config.store)
+    refused, database_cautions = database_check(config.store)
     warnings = [
         *file_cautions(chosen),
         *config.cautions(),
         *ca_file_cautions(),
         *([f"the store: {said(refused, chosen)}"] if refused else []),
         *store_cautions(config.store),
+        *database_cautions,
     ]
     counts = (
         f"{counted(len(config.users), 'user')}, {counted(len(config.nodes), 'node')}, "

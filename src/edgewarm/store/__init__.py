@@ -24,7 +24,7 @@ __all__ = [
     "UPGRADE_COMMAND",
     "Opening",
     "TaskStore",
-    "database_refusal",
+    "database_check",
     "existing_store",
     "make_folder_of",
     "open_store",
@@ -120,23 +120,24 @@ def make_folder_of(path: str) -> None:
         raise StoreError(f"cannot use {folder} for {path}: not a folder")
 
 
-def database_refusal(url: str) -> StoreError | None:
+def database_check(url: str) -> tuple[StoreError | None, list[str]]:
     """The refusal a service's start on `url` meets for its SQLite file's state, read without opening it: an
     older edgewarm left the database elsewhere (see _moved_database), the file is cut short, or its -wal is
     there without it, its schema is another version's (sqlite.file_refusal); for PostgreSQL, what a connection
-    finds (postgres.database_refusal: it cannot be made, another schema version or another application's
-    tables); or None: `check-config` warns of it."""
+    finds (postgres.database_check: it cannot be made, another schema version or another application's
+    tables); or None: `check-config` warns of it. And what the start warns of in the database (a PostgreSQL
+    database's encoding); store_cautions has the rest."""
     if url.startswith(("postgresql:", "postgres:")):
-        from .postgres import database_refusal as postgres_refusal  # type: ignore[import-not-found,unused-ignore]
+        from .postgres import database_check as postgres_check  # type: ignore[import-not-found,unused-ignore]
 
-        refusal: StoreError | None = asyncio.run(postgres_refusal(url))
-        return refusal
+        found: tuple[StoreError | None, list[str]] = asyncio.run(postgres_check(url))
+        return found
     path = sqlite_path(url)
     if path is None or path == ":memory:":
-        return None
+        return None, []
     from .sqlite import file_refusal  # here: sqlite's module imports this one
 
-    return _moved_database(url, path) or file_refusal(path)
+    return _moved_database(url, path) or file_refusal(path), []
 
 
 def _moved_database(url: str, path: str) -> StoreError | None:

@@ -776,15 +776,9 @@ class PostgresStore:
         user name of letters it cannot hold failed each of its calls "the store is unavailable", the store healthy
         all the while (a PostgreSQL tester's on LATIN1)."""
         async with self._connection() as conn:
-            encoding = await conn.fetchval("SHOW server_encoding")
-        if encoding not in ("UTF8", "SQL_ASCII"):
-            log.warning(
-                "%s is encoded %s: a user name or key of characters %s cannot hold fails each call that names it "
-                "(give edgewarm a database created with ENCODING 'UTF8')",
-                self.safe_url,
-                encoding,
-                encoding,
-            )
+            caution = encoding_caution(self.safe_url, await conn.fetchval("SHOW server_encoding"))
+        if caution is not None:
+            log.warning("%s", caution)
 
     async def _close(self) -> None:
         pool, self._pool = self._pool, None
@@ -1447,26 +1441,41 @@ async def _tables_in_the_way(conn: _Connection) -> list[str]:
     return list(found or [])
 
 
-CHECK_CONNECT_SECONDS = 5.0  # check-config's wait for a connection (database_refusal)
+CHECK_CONNECT_SECONDS = 5.0  # check-config's wait for a connection (database_check)
 
 
-async def database_refusal(url: str) -> StoreError | None:
+def encoding_caution(safe_url: str, encoding: str) -> str | None:
+    """What a database encoded `encoding` costs, said at a service's start and by check-config: a user name of
+    letters it cannot hold failed each of its calls "the store is unavailable", the store healthy all the while
+    (a PostgreSQL tester's on LATIN1); None for UTF8 (or SQL_ASCII, which keeps bytes as given)."""
+    if encoding in ("UTF8", "SQL_ASCII"):
+        return None
+    return (
+        f"{safe_url} is encoded {encoding}: a user name or key of characters {encoding} cannot hold fails each call "
+        "that names it (give edgewarm a database created with ENCODING 'UTF8')"
+    )
+
+
+async def database_check(url: str) -> tuple[StoreError | None, list[str]]:
     """The refusal a service's start on the database at `url` would meet, looked at without changing anything
     (check-config's: it said OK to a wrong password, a database that does not exist, a server not listening,
     another schema version and another application's tables, all of which the services refused: a tester's):
-    None when a service would start on it (an empty database too: the first start makes the schema)."""
+    None when a service would start on it (an empty database too: the first start makes the schema); and what the
+    start would warn of (its encoding)."""
     try:
         opened = PostgresStore(url, opening=Opening.AS_IS, max_connections=1, connect_timeout=CHECK_CONNECT_SECONDS)
         async with opened as store, store._connection() as conn:
             version = await _schema_version(conn)
             found = await _tables_in_the_way(conn) if version == 0 else []
+            caution = encoding_caution(opened.safe_url, await conn.fetchval("SHOW server_encoding"))
     except StoreError as exc:
-        return exc
+        return exc, []
+    cautions = [caution] if caution is not None else []
     if found:
-        return tables_in_the_way(opened.safe_url, found)
+        return tables_in_the_way(opened.safe_url, found), cautions
     if version not in (0, SCHEMA_VERSION):
-        return wrong_version(opened.safe_url, version)
-    return None
+        return wrong_version(opened.safe_url, version), cautions
+    return None, cautions
 
 
 async def _schema_version(conn: _Connection) -> int:
