@@ -20,10 +20,10 @@ import pytest
 from edgewarm.config import Engine as Settings
 from edgewarm.config import Node
 from edgewarm.engine import Fetcher, FetchResult, tls_routes
-from edgewarm.engine.fetcher import HEAD_LINES, sent_unchanged
+from edgewarm.engine.fetcher import CUT_AGAIN, HEAD_LINES, sent_unchanged
 from edgewarm.nodes import CacheState
 from edgewarm.testing import Lab
-from edgewarm.testing.faults import FaultServer, Respond, always, unanswered
+from edgewarm.testing.faults import FaultServer, Reset, Respond, always, unanswered
 from edgewarm.testing.lab import self_signed
 from edgewarm.testing.service import free_port
 from edgewarm.urls import stored_target
@@ -90,6 +90,34 @@ async def test_a_kept_alive_connection_the_node_closes_as_a_request_goes_out_is_
         answered = [r.target for r in server.requests]
     assert [r.error for r in results if r.status != 200] == []
     assert sorted(answered) == sorted(f"/{i}" for i in range(150))
+
+
+async def test_a_node_that_resets_every_request_gets_each_request_once_after_the_first_sent_again() -> None:
+    """A node that resets every request got each one twice, the second on a connection of its own (a session's
+    note): once a request sent again after a cut fails too, the node's cuts are failures at once, until it
+    answers again."""
+    with FaultServer(always(Reset())) as server:
+        node = Node(name="resetter", url=server.url)
+        async with Fetcher(Settings()) as fetcher:
+
+            async def get(path: str) -> FetchResult:
+                return await fetcher.request("GET", node, stored_target(f"http://www.example.test/{path}"))
+
+            first = [await get(str(i)) for i in range(10)]
+            seen = [r.target for r in server.requests]
+            server.set_behaviour(Respond(200))
+            answered = await get("ok")
+            server.set_behaviour(Reset())
+            again = await get("again")
+        after = [r.target for r in server.requests][len(seen) :]
+    assert seen == ["/0", "/0", *(f"/{i}" for i in range(1, 10))]
+    assert first[0].resent and "(sent twice: again at once after a cut connection)" in (first[0].error or "")
+    assert [(r.status, r.resent) for r in first[1:]] == [(None, False)] * 9
+    for result in first[1:]:  # in pyreqwest's words, the OS's reason kept
+        assert result.error is not None and result.error.endswith(f"({CUT_AGAIN})"), result.error
+        assert result.error.startswith("resetter disconnected before answering: Connection reset by peer"), result
+    assert (answered.status, after[0]) == (200, "/ok")
+    assert again.resent and after[1:] == ["/again", "/again"]  # an answer came between: sent again once more
 
 
 async def test_a_proxy_in_the_environment_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:

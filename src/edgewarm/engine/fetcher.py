@@ -96,6 +96,10 @@ _CERTIFICATE_SENTENCES = {
 }
 
 
+# Why a cut request is not sent again: the node's last one sent again after a cut was cut (or failed) too.
+CUT_AGAIN = "not sent again: its last request sent again after a cut failed too"
+
+
 class _Unread(enum.Enum):
     """Why pyreqwest gave no answer that aiohttp may get: the answer's head is more than hyper reads; TLS
     with the https node failed other than for its certificate (TLS that rustls does not speak, say); or the
@@ -375,6 +379,9 @@ class Fetcher(GuardedClient):
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None  # a connection of its own for each request (_Unread.CUT)
+        # Nodes whose last request sent again after a cut failed too, with no answer since: a node that resets
+        # every request got each attempt twice (a session's note); their cuts are failures at once.
+        self._cut_again: set[str] = set()
         self._client: pyreqwest.client.Client | None = None
         self._routes = TlsRoutes(lambda: _pyreqwest_builder(settings))
         # The CAs as SSL_CERT_FILE names them now: pyreqwest's client reads them when made, and so does this (aiohttp's
@@ -403,6 +410,11 @@ class Fetcher(GuardedClient):
         self._session = _aiohttp_session(s, pooled)
         # (A request sent again takes the place of the one cut: no more sockets at once than requests.)
         self._fresh = _aiohttp_session(s, aiohttp.TCPConnector(limit=limit, limit_per_host=0, force_close=True))
+        # aiohttp sends a GET or HEAD cut under it once more, on a new connection: what `_fresh` is for already
+        # (a node that reset every request got each one three times, "sent twice" said). No public switch:
+        # its test client's (aiohttp.test_utils) private one, where it is.
+        if hasattr(self._fresh, "_retry_connection"):
+            self._fresh._retry_connection = False
         self._client = pyreqwest_client(s)
         return self
 
@@ -444,6 +456,8 @@ class Fetcher(GuardedClient):
                     path = route.prefix + target.path_query
                     answer = await self._with_pyreqwest(route.client, method, path, node, sent, named=route.named)
             if isinstance(answer, FetchResult):
+                if self._cut_again and answer.status is not None:
+                    self._cut_again.discard(node.name)
                 return answer
             unread = answer  # ask aiohttp
             if unread is _Unread.UNREACHABLE and isinstance(route, Route):
@@ -452,6 +466,11 @@ class Fetcher(GuardedClient):
         result = await self._with_aiohttp(session, method, node, target, sent)
         if unread is _Unread.NO_TLS and result.status is not None:
             self._routes.use_openssl(node)  # its TLS needs OpenSSL: aiohttp alone from now on
+        if result.status is None:
+            if unread is _Unread.CUT:
+                self._cut_again.add(node.name)
+        elif self._cut_again:
+            self._cut_again.discard(node.name)
         if unread is _Unread.CUT:
             cut = None if result.error is None else f"{result.error} (sent twice: again at once after a cut connection)"
             return replace(result, resent=True, error=cut)
@@ -525,6 +544,8 @@ class Fetcher(GuardedClient):
                     None, error=f"cannot connect to {node.name} ({node.url}): {reason}", unreachable=True
                 )
             if isinstance(exc, errors.NetworkError):
+                if node.name in self._cut_again:
+                    return FetchResult(None, error=f"{node.name} disconnected before answering: {reason} ({CUT_AGAIN})")
                 return _Unread.CUT
             if isinstance(exc, errors.DecodeError):  # the body's errors are read above: this is the head's
                 if _HEAD_TOO_LARGE in causes:
