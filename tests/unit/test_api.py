@@ -902,6 +902,18 @@ async def test_a_native_body_too_deep_to_parse_has_its_code(api: Api) -> None:
     assert response.status_code == 400 and response.json()["code"] == 2, response.text
 
 
+async def test_a_get_of_the_lookups_path_is_told_to_post(api: Api) -> None:
+    """GET /v1/tasks/lookup was read as the task "lookup": 404 "task not found" (a session's note). It is 405,
+    saying to POST, with or without credentials; a task's own id is still read."""
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    for sent in (headers, {}):
+        response = await api.client.get("/v1/tasks/lookup", headers=sent)
+        assert response.status_code == 405 and response.headers["allow"] == "POST", response.text
+        assert response.json() == {"error": "method GET not allowed here: use POST"}
+    taskid = await api.submitted()
+    assert (await api.client.get(f"/v1/tasks/{taskid}", headers=headers)).status_code == 200
+
+
 async def test_an_unknown_route_answers_404_in_the_errors_shape(api: Api) -> None:
     response = await api.client.get("/api/nothing")
     assert (response.status_code, response.json()) == (404, {"error": "Not Found"})

@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -308,6 +309,9 @@ def _query_names(dependant: Dependant) -> tuple[str, ...]:
     return own + tuple(name for sub in dependant.dependencies for name in _query_names(sub))
 
 
+LOOKUP = "lookup"  # /v1/tasks/lookup: beside /v1/tasks/{taskid}
+
+
 def native_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["native"], dependencies=[Depends(plain_query)])
 
@@ -327,6 +331,8 @@ def native_router(service: Service) -> APIRouter:
         state: Annotated[ItemState | None, Query(description="only the items in this state (failed, say)")] = None,
     ) -> Response:
         """Counts (overall and per node), progress, timestamps and each item's outcome, paged."""
+        if taskid == LOOKUP:  # no task id: a GET of the lookup's path (it was "task not found", 404)
+            raise HTTPException(405, headers={"Allow": "POST"})
         try:
             task = await service.get_task(service.authenticate(caller), taskid)
             return answered(await full_view(task, offset, limit, state))
@@ -413,7 +419,7 @@ def native_router(service: Service) -> APIRouter:
             return native_error(exc)
 
     @router.post(
-        "/tasks/lookup",
+        f"/tasks/{LOOKUP}",
         response_model=TaskList,
         responses={
             **ERRORS,
