@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
-from .models import Task, TaskStatus
+from .errors import JdCode, RequestRefused
+from .models import Task, TaskPlace, TaskStatus, normalize_task_id
 
 STATUS_TEXT = {
     "en": {TaskStatus.SUCCEEDED: "Succeeded", TaskStatus.IN_PROGRESS: "In Progress", TaskStatus.FAILED: "Failed"},
@@ -51,3 +55,33 @@ def task_summary(task: Task, language: str) -> dict[str, object]:
 def progress(done: int, total: int) -> float:
     """The share done, to 4 decimals, rounded down: 1.0 only when all is done (19,999 of 20,000 is 0.9999)."""
     return math.floor(done * 10_000 / total) / 10_000
+
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url, without its padding
+
+
+def place_token(place: TaskPlace) -> str:
+    """A place in a task list as a page's `next`: opaque to clients (its layout may change), it holds the
+    task's time with every digit (a time shown to the millisecond would skip the tasks of that millisecond) and
+    its id, not an offset (tasks submitted or deleted between two pages would move it)."""
+    text = f"{place.created_at!r} {place.task_id}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def read_place(token: str) -> TaskPlace:
+    """The place of a page's `next` given back as `after`; RequestRefused (400) for anything else."""
+    refused = RequestRefused(JdCode.PARAMS_EMPTY, "after: not a task list's cursor (give a page's `next` as it came)")
+    if not TOKEN.fullmatch(token):
+        raise refused
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise refused from None
+    at, _, task_id = text.partition(" ")
+    try:
+        created_at = float(at)
+    except ValueError:
+        raise refused from None
+    if not math.isfinite(created_at) or normalize_task_id(task_id) != task_id:
+        raise refused
+    return TaskPlace(created_at, task_id)

@@ -1134,7 +1134,25 @@ def test_the_operator_cancels_a_users_running_tasks_from_the_store(service: Serv
     assert all(t["cancelled_by"] == "operator" for t in summaries), summaries
     table = subprocess.run([*listing, f" {DEMO_USER}", "--limit", "1"], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and third in table.stdout and first not in table.stdout, table
-    assert table.stderr == "the newest 1: more may be there (--limit up to 1000, --status to narrow)\n", table
+    # A page with more after it says how to list them (the newest 1,000 were all it could list: a session's note).
+    more = table.stderr.strip().split()
+    assert more[:-1] == ["more:", "edgewarm", *listing[1:], DEMO_USER, "--limit", "1", "--after"], table.stderr
+    following = subprocess.run([EDGEWARM, *more[2:]], capture_output=True, text=True, timeout=60)
+    assert following.returncode == 0 and second in following.stdout and third not in following.stdout, following
+    walked: list[str] = []  # every page in JSON, by its `next`: each task once, newest first
+    after: list[str] = []
+    for _ in range(100):  # bounded: this test's user has fewer tasks
+        page = subprocess.run([*listing, DEMO_USER, "--limit", "2", "--json", *after], capture_output=True, timeout=60)
+        answer = json.loads(page.stdout)
+        walked += [t["taskid"] for t in answer["tasks"]]
+        if answer["next"] is None:
+            break
+        after = ["--after", answer["next"]]
+    whole = json.loads(subprocess.run([*listing, DEMO_USER, "--json"], capture_output=True, timeout=60).stdout)
+    assert walked == [t["taskid"] for t in whole["tasks"]] and whole["next"] is None, (walked, whole)
+    assert walked.index(third) < walked.index(second) < walked.index(first), walked
+    bad = subprocess.run([*listing, DEMO_USER, "--after", "not-a-cursor"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a task list's cursor" in bad.stderr, bad
     none = subprocess.run([*listing, "nobody"], capture_output=True, text=True, timeout=60)
     assert (none.returncode, none.stdout, none.stderr) == (
         0,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from datetime import UTC, datetime
@@ -34,7 +32,7 @@ from ..models import (
 )
 from ..service import Credentials, Service
 from ..urls import as_browsers_send, has_controls, shortened, split_list
-from ..views import iso
+from ..views import iso, place_token, read_place
 from ..webhooks import shown_callback_url
 from .body import caller_address, read_params
 from .protocol import client_ended
@@ -217,36 +215,6 @@ def _is_date(text: str) -> bool:
 
 _DATE = re.compile(r"\d{4}-?\d{2}-?\d{2}")
 _PLUS_AS_SPACE = re.compile(r"\d \d{2}:?\d{2}\s*\Z")
-
-
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url, without its padding
-
-
-def place_token(place: TaskPlace) -> str:
-    """A place in a task list as a page's `next`: opaque to clients (its layout may change), it holds the
-    task's time with every digit (a time shown to the millisecond would skip the tasks of that millisecond) and
-    its id, not an offset (tasks submitted or deleted between two pages would move it)."""
-    text = f"{place.created_at!r} {place.task_id}"
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
-
-
-def read_place(token: str) -> TaskPlace:
-    """The place of a page's `next` given back as `after`; RequestRefused (400) for anything else."""
-    refused = RequestRefused(JdCode.PARAMS_EMPTY, "after: not a task list's cursor (give a page's `next` as it came)")
-    if not TOKEN.fullmatch(token):
-        raise refused
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError):
-        raise refused from None
-    at, _, task_id = text.partition(" ")
-    try:
-        created_at = float(at)
-    except ValueError:
-        raise refused from None
-    if not math.isfinite(created_at) or normalize_task_id(task_id) != task_id:
-        raise refused
-    return TaskPlace(created_at, task_id)
 
 
 def cursor_filter(after: str | None, offset: int) -> TaskPlace | None:

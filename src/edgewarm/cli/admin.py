@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
-from ..errors import EdgewarmError
+from ..errors import EdgewarmError, RequestRefused
 from ..logs import item_count
 from ..models import Canceller, Task, TaskFilter, TaskPlace, TaskStatus
 from .main import main
@@ -116,36 +118,49 @@ def cancel(config_path: str, taskids: tuple[str, ...], usernames: tuple[str, ...
 @click.option("--user", "username", required=True, help="whose tasks (a user removed from the config too)")
 @click.option("--status", type=click.Choice(["0", "1", "2"]), help="0 succeeded, 1 in progress, 2 failed")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="at most this many tasks")
-@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def tasks(config_path: str, username: str, status: str | None, limit: int, as_json: bool) -> None:
+@click.option("--after", help="the tasks after a page: its cursor, as the last listing printed it (stable)")
+@click.option("--json", "as_json", is_flag=True, help='print JSON instead of a table ({"tasks": [...], "next": ...})')
+def tasks(config_path: str, username: str, status: str | None, limit: int, after: str | None, as_json: bool) -> None:
     """List a user's tasks, newest first, as the user's own `edgewarm tasks` does: read from the store, also
-    those of a user removed from the config (whose tasks run on, while their calls are refused)."""
+    those of a user removed from the config (whose tasks run on, while their calls are refused). A page with more
+    after it ends by saying how to list them (`--after CURSOR`; in JSON, `next`)."""
     from ..store import existing_store
-    from ..views import task_summary
+    from ..views import place_token, read_place, task_summary
     from .tools import tasks_table
     from .watch import output_console
 
     config = load_or_fail(config_path)
     username = username.strip()  # as the API reads a name
-    where = TaskFilter(status=None if status is None else TaskStatus(int(status)), limit=limit)
+    try:
+        place = read_place(after) if after else None
+    except RequestRefused as exc:
+        raise click.BadParameter(exc.message.removeprefix("after: "), param_hint="--after") from None
+    # One more than asked: whether a next page has any (the newest 1,000 were all it could list: a session's note).
+    where = TaskFilter(status=None if status is None else TaskStatus(int(status)), after=place, limit=limit + 1)
 
     async def go() -> list[Task]:
         async with existing_store(config.store) as store:
             return await store.list_tasks(username, where)
 
     try:
-        found = [task_summary(task, config.api.language) for task in asyncio.run(go())]
+        listed = asyncio.run(go())
     except EdgewarmError as exc:
         raise click.ClickException(said(exc, config_path)) from None
+    found = [task_summary(task, config.api.language) for task in listed[:limit]]
+    cursor = place_token(TaskPlace.of(listed[limit - 1])) if len(listed) > limit else None
     if as_json:
-        click.echo(json.dumps({"tasks": found}, ensure_ascii=False))
+        click.echo(json.dumps({"tasks": found, "next": cursor}, ensure_ascii=False))
     elif not found:
         unknown = "" if config.user(username) is not None else " (no such user in the config)"
-        click.echo(f"user {username} has no tasks{' of this status' if status else ''}{unknown}", err=True)
+        where_said = " after this cursor" if after else f"{' of this status' if status else ''}{unknown}"
+        click.echo(f"user {username} has no tasks{where_said}", err=True)
     else:
         output_console().print(tasks_table(found))
-        if len(found) == limit:  # no cursor here: the newest ones only (a re-tester's --limit 3 said nothing more)
-            click.echo(f"the newest {limit}: more may be there (--limit up to 1000, --status to narrow)", err=True)
+        if cursor is not None:
+            by_flag = click.get_current_context().get_parameter_source("config_path") is ParameterSource.COMMANDLINE
+            given = {"--config": config_path if by_flag else None, "--user": username, "--status": status}
+            again = "".join(f" {flag} {shlex.quote(value)}" for flag, value in given.items() if value is not None)
+            click.echo(f"more: edgewarm admin tasks{again} --limit {limit} --after {cursor}", err=True)
 
 
 async def _running(store: TaskStore, username: str) -> list[str]:
