@@ -129,6 +129,7 @@ class ListTooLong(RequestRefused):
     read on, so that the other users' views, which wait behind it, are not held for seconds."""
 
     def __init__(self, seconds: float, *, waited: bool = False, waiting: float = 0.0) -> None:
+        self.unread = waited  # its turn never came: the caller's other lists were the cause (HTTP 429, not 400)
         narrow = (
             "narrow it (since and until, kind, status), the url keyword most: it is looked for in every URL of the "
             "tasks it reads"

@@ -1331,10 +1331,10 @@ async def test_a_task_list_filter_that_is_no_text_or_no_time_is_refused(
          "seconds as 2026.0"),
         ("until=202612", "until: 202612 may be a year or a month, or seconds since 1970: give a date (2026-12-01), "
          "or seconds as 202612.0"),
-        ("since=-253402300800", "since: -253402300800 is before the year 1 in seconds: give epoch seconds, not "
-         "milliseconds"),  # it said "past the year 9999"
-        ("since=-62135596801", "since: -62135596801 is before the year 1 in seconds: give epoch seconds, not "
-         "milliseconds"),  # it was read
+        ("since=-253402300800", "since: -253402300800 is before the year 1"),  # it said "past the year 9999"
+        ("since=-62135596801", "since: -62135596801 is before the year 1"),  # it was read; then told "milliseconds"
+        ("until=9999-12-31T23:59:59-01:00", "until: 9999-12-31T23:59:59-01:00 is past the year 9999"),  # was read
+        ("since=%D9%A1%D9%A7%D9%A9", "since: not a time (epoch seconds or ISO 8601, in ASCII)"),  # read as 179
         ("since=002026", "since: 002026 may be a year or a month, or seconds since 1970: give a date (YYYY-MM-DD), "
          "or seconds as 002026.0"),  # it suggested 0020-26-01
         ("until=20260230", "until: eight digits are a date (YYYYMMDD), and 20260230 is none (day is out of range "
@@ -1361,6 +1361,54 @@ async def test_a_task_list_query_that_would_filter_otherwise_than_asked_is_refus
     headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
     response = await api.client.get(f"/v1/tasks?{query}", headers=headers)
     assert (response.status_code, response.json()) == (400, {"code": 2, "error": said})
+
+
+async def test_a_parameter_given_empty_is_one_not_given(api: Api) -> None:
+    """README's template `/v1/tasks?status=&kind=&…` was refused ("query.status: Input should be a valid
+    integer") while an empty `since` was no filter (a dashboard tester's): every empty one is none, on every route."""
+    taskid = await api.submitted()
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    listed = await api.client.get("/v1/tasks?status=&kind=&since=&until=&url=&after=&offset=&limit=", headers=headers)
+    assert listed.status_code == 200 and [t["taskid"] for t in listed.json()["tasks"]] == [taskid], listed.text
+    assert (await api.client.get("/v1/tasks?limit&status=0&kind=", headers=headers)).status_code == 200
+    view = await api.client.get(f"/v1/tasks/{taskid}?offset=&limit=&state=", headers=headers)
+    assert view.status_code == 200 and view.json()["taskid"] == taskid, view.text
+    assert (await api.client.post(f"/v1/tasks/{taskid}/cancel?", headers=headers)).status_code == 200
+    waited = await api.client.get(f"/v1/tasks/{taskid}/wait?timeout=", headers=headers)  # ended: at once
+    assert waited.status_code == 200 and waited.json()["status"] == 2, waited.text
+    refused = await api.client.get("/v1/tasks?status=&limit=x", headers=headers)  # a value is still read
+    assert refused.status_code == 400 and refused.json()["error"].startswith("query.limit"), refused.text
+
+
+async def test_a_task_list_finds_a_url_by_the_whole_of_it_up_to_the_longest_taken(api: Api) -> None:
+    """A URL of 2,990 characters was taken, but the list's `url` keyword stopped at 2,048 (a tester's: pasting it
+    failed); the bound is `[api] max_url_length`'s."""
+    long_url = "http://www.example.test/" + "a" * 2966
+    wanted = assert_submitted(await api.prefetch([long_url]))
+    headers = {"X-Edgewarm-Username": USER, "X-Edgewarm-Signature": signature()}
+    found = await api.client.get("/v1/tasks", params={"url": long_url}, headers=headers)
+    assert found.status_code == 200 and [t["taskid"] for t in found.json()["tasks"]] == [wanted], found.text
+    longest = api.service.config.api.max_url_length
+    refused = await api.client.get("/v1/tasks", params={"url": "a" * (longest + 1)}, headers=headers)
+    assert (refused.status_code, refused.json()["error"]) == (
+        400,
+        f"url: longer than the longest URL taken ({longest} characters, max_url_length)",
+    )
+
+
+def test_a_week_date_is_a_day_of_the_services_timezone_and_the_year_9999_is_whole() -> None:
+    """`2026-W49-4` was read as midnight UTC while `2026-12-03`, the same day, as midnight in `[api] timezone`
+    (a tester's: 8 hours apart in Shanghai); the last second of 9999 was refused as seconds (a tester's)."""
+    shanghai = "Asia/Shanghai"
+    assert epoch("2026-W49-4", "since", shanghai) == epoch("2026-12-03", "since", shanghai)
+    assert epoch("2026w494", "since", shanghai) == epoch("20261203", "since", shanghai)
+    assert epoch("2026-W49", "since", shanghai) == epoch("2026-11-30", "since", shanghai)  # its Monday
+    assert epoch("2026-W49-4T00:00", "since", shanghai) == epoch("2026-12-03T00:00Z", "since", shanghai)  # a time: UTC
+    assert epoch("253402300799.999", "until", "UTC") == 253402300799.999
+    assert (
+        epoch("9999-12-31T23:59:59.999999Z", "until", "UTC")
+        == datetime(9999, 12, 31, 23, 59, 59, 999999, UTC).timestamp()
+    )
 
 
 async def test_a_task_list_url_filter_is_read_as_a_tasks_urls_hold_it(api: Api) -> None:

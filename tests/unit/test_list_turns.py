@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from edgewarm.errors import ListTooLong
@@ -64,3 +65,17 @@ def test_a_list_stopped_after_waiting_most_of_its_time_says_so() -> None:
     assert "ask for fewer at once, or narrow it" in late
     slow = list_stopped(deadline=102.0, read_from=100.1, seconds=2.0).message
     assert slow.startswith("the list took over 2 s to read and was stopped: narrow it"), slow
+
+
+def test_a_list_refused_unread_is_429_to_ask_again_and_a_list_too_long_400() -> None:
+    """A list whose turn never came (the caller's other lists at once) was 400 code 2, as a bad parameter: a
+    dashboard could not tell it to ask again (a tester's 300 lists at once). 429 with Retry-After now; a list
+    that read too long is still 400 (narrow it)."""
+    from edgewarm.api.responses import native_error
+
+    unread = native_error(ListTooLong(2.0, waited=True))
+    assert (unread.status_code, unread.headers.get("retry-after")) == (429, "1")
+    assert orjson.loads(unread.body)["code"] == 2
+    for read in (ListTooLong(2.0), ListTooLong(2.0, waiting=1.9)):
+        answer = native_error(read)
+        assert (answer.status_code, answer.headers.get("retry-after")) == (400, None)

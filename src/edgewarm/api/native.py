@@ -137,10 +137,14 @@ def header_text(value: str) -> str:
         return value
 
 
-def plain_filter(url: str | None) -> str | None:
-    """The `url` filter of a task list, refused when it holds a control character or a space (no URL of a task
-    does); its non-ASCII characters percent-encoded, as a task's URLs hold them (`?url=%E4%B8%AD`, decoded once to
-    `中`, found nothing: a tester's)."""
+def plain_filter(url: str | None, longest: int) -> str | None:
+    """The `url` filter of a task list, refused when it holds a control character or a space, or is longer than
+    `longest` (`[api] max_url_length`), as no URL of a task does; its non-ASCII characters percent-encoded, as a
+    task's URLs hold them (`?url=%E4%B8%AD`, decoded once to `中`, found nothing: a tester's)."""
+    if url and len(url) > longest:  # (it was 2,048 whatever the setting: a URL taken could not be looked for whole)
+        raise RequestRefused(
+            JdCode.PARAMS_EMPTY, f"url: longer than the longest URL taken ({longest} characters, max_url_length)"
+        )
     if url and has_controls(url):
         raise RequestRefused(JdCode.PARAMS_EMPTY, "url: a control character is in no URL")
     if url and " " in url:
@@ -152,7 +156,7 @@ def plain_filter(url: str | None) -> str | None:
     return as_browsers_send(url) if url else None
 
 
-LAST_EPOCH_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: a larger number is no time in seconds (milliseconds?)
+LAST_EPOCH_SECOND = 253_402_300_800  # 10000-01-01T00:00:00Z: from it, a number is no time in seconds (milliseconds?)
 FIRST_EPOCH_SECOND = -62_135_596_800  # 0001-01-01T00:00:00Z: the first a time can be
 
 
@@ -164,6 +168,8 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     nothing), and so are four or six digits (a year or a month, most likely: as seconds, every task matched)."""
     if value is None or not (value := value.strip()):
         return None
+    if not value.isascii():  # (Arabic-Indic digits were read as seconds, a tester's; limit and offset refuse them)
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601, in ASCII)")
     try:
         seconds = float(value)
     except ValueError:
@@ -171,11 +177,11 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
     else:
         if not math.isfinite(seconds):
             raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601)")
-        if seconds > LAST_EPOCH_SECOND or seconds < FIRST_EPOCH_SECOND:
-            when = "past the year 9999" if seconds > 0 else "before the year 1"  # (a tester's: "past" for both)
-            raise RequestRefused(
-                JdCode.PARAMS_EMPTY, f"{name}: {value} is {when} in seconds: give epoch seconds, not milliseconds"
-            )
+        if seconds < FIRST_EPOCH_SECOND:  # (a tester's: told to give seconds, not milliseconds, for this)
+            raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: {value} is before the year 1")
+        if seconds >= LAST_EPOCH_SECOND:  # (seconds of 9999's last one were refused too: a tester's)
+            said = f"{name}: {value} is past the year 9999 in seconds: give epoch seconds, not milliseconds"
+            raise RequestRefused(JdCode.PARAMS_EMPTY, said)
         if value.isdigit() and len(value) in (4, 6):  # 2026, 202612: read as seconds, every task matched, silently
             date = f"{value[:4]}-{value[4:] or '01'}-01"
             raise RequestRefused(
@@ -201,7 +207,12 @@ def epoch(value: str | None, name: str, timezone: str) -> float | None:
             hint = f": a '+' in a query string is read as a space; write it %2B ({head}%2B{offset})"
         raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: not a time (epoch seconds or ISO 8601){hint}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(timezone) if _DATE.fullmatch(value) else UTC)
+        moment = moment.replace(tzinfo=ZoneInfo(timezone) if _DATE.fullmatch(value.upper()) else UTC)
+    try:
+        moment.astimezone(UTC)  # a time of the years 1 to 9999 in UTC (9999-12-31T23:59:59-01:00, of 10000, was taken)
+    except OverflowError:
+        when = "before the year 1" if moment.year == 1 else "past the year 9999"
+        raise RequestRefused(JdCode.PARAMS_EMPTY, f"{name}: {value} is {when}") from None
     return moment.timestamp()
 
 
@@ -213,7 +224,9 @@ def _is_date(text: str) -> bool:
     return True
 
 
-_DATE = re.compile(r"\d{4}-?\d{2}-?\d{2}")
+# A date alone: a calendar date, or a week's (2026-W49-4; a week alone is its Monday), read in `[api] timezone` (a
+# week's was read in UTC: 8 hours from its calendar date's in Shanghai, a tester's).
+_DATE = re.compile(r"\d{4}-?\d{2}-?\d{2}|\d{4}-?W\d{2}(-?\d)?")
 _PLUS_AS_SPACE = re.compile(r"\d \d{2}:?\d{2}\s*\Z")
 
 
@@ -344,7 +357,7 @@ def native_router(service: Service) -> APIRouter:
         kind: Annotated[TaskKind | None, Query()] = None,
         since: Annotated[str | None, Query(description="created at or after (epoch or ISO 8601)")] = None,
         until: Annotated[str | None, Query(description="created before (epoch or ISO 8601)")] = None,
-        url: Annotated[str | None, Query(max_length=2048, description="a URL of the task contains this")] = None,
+        url: Annotated[str | None, Query(description="a URL of the task contains this")] = None,
         after: Annotated[
             str | None,
             Query(max_length=200, description="a page's `next`: the tasks after that page (with the same filters)"),
@@ -368,7 +381,7 @@ def native_router(service: Service) -> APIRouter:
                 kind=kind,
                 since=start,
                 until=end,
-                url_contains=plain_filter(url),
+                url_contains=plain_filter(url, service.config.api.max_url_length),
                 after=cursor_filter(after, offset),
                 offset=offset,
                 limit=limit + 1,  # one more: whether a next page has any

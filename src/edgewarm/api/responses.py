@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ..errors import (
     OUTCOME_UNKNOWN_SAID,
     JdCode,
+    ListTooLong,
     QuotaExceeded,
     RequestRefused,
     StoreError,
@@ -99,6 +100,8 @@ def native_status(exc: RequestRefused) -> int:
         return 404
     if isinstance(exc, QuotaExceeded):
         return 429  # the daily quota: comes back with the next day
+    if isinstance(exc, ListTooLong) and exc.unread:
+        return 429  # the caller's own lists at once: ask again (it was 400, as a bad parameter: a dashboard tester's)
     return _NATIVE_HTTP_STATUS.get(exc.code, 400)
 
 
@@ -107,7 +110,9 @@ def native_error(exc: BaseException, *, writes: bool = False) -> JSONResponse:
     if isinstance(exc, UnsupportedMediaType):
         return unsupported_media(exc)
     if isinstance(exc, RequestRefused):
-        return JSONResponse({"code": int(exc.code), "error": exc.message}, status_code=native_status(exc))
+        again = {"Retry-After": "1"} if isinstance(exc, ListTooLong) and exc.unread else None
+        said = {"code": int(exc.code), "error": exc.message}
+        return JSONResponse(said, status_code=native_status(exc), headers=again)
     if isinstance(exc, StoreError):
         _store_log(writes).failed(exc)
         return JSONResponse({"code": int(JdCode.INTERNAL), "error": _unavailable(exc)}, status_code=503)
