@@ -128,13 +128,20 @@ class ListTooLong(RequestRefused):
     """A task list read longer than LIST_SECONDS (a `url` keyword over a user's many tasks): refused, not
     read on, so that the other users' views, which wait behind it, are not held for seconds."""
 
-    def __init__(self, seconds: float, *, waited: bool = False, waiting: float = 0.0) -> None:
-        self.unread = waited  # its turn never came: the caller's other lists were the cause (HTTP 429, not 400)
+    def __init__(
+        self, seconds: float, *, waited: bool = False, waiting: float = 0.0, behind_others: bool = False
+    ) -> None:
+        self.unread = waited  # its turn never came: lists at once were the cause (HTTP 429, not 400)
         narrow = (
             "narrow it (since and until, kind, status), the url keyword most: it is looked for in every URL of the "
             "tasks it reads"
         )
-        if waited:  # its time went waiting for its turn: the caller's own lists are read one at a time
+        if waited and behind_others:  # its own lists read, it waited for a slot of all users' (it said "your lists")
+            said = (
+                f"the list waited {seconds:g} s for its turn among all users' lists (a few are read at once) and was "
+                "not read: ask again"
+            )
+        elif waited:  # its time went waiting for its turn: the caller's own lists are read one at a time
             said = (
                 f"the list waited {seconds:g} s for its turn (your lists are read one at a time) and was not read: "
                 "ask for fewer at once, or ask again"

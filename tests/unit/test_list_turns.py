@@ -48,7 +48,15 @@ async def test_slots_bound_the_lists_of_all_users_and_a_turn_not_come_in_time_is
     with pytest.raises(ListTooLong) as refused:
         async with turns.turn("bob", 0.05):
             pytest.fail("bob's list read while alice's held the one slot")
-    assert refused.value.message.startswith("the list waited 0.05 s for its turn"), refused.value.message
+    # bob has no other list: he waited behind alice's (he was told "your lists are read one at a time": a tester's)
+    assert refused.value.message == (
+        "the list waited 0.05 s for its turn among all users' lists (a few are read at once) and was not read: "
+        "ask again"
+    ), refused.value.message
+    with pytest.raises(ListTooLong) as own:  # alice's second waits behind her first
+        async with turns.turn("alice", 0.05):
+            pytest.fail("alice's second list read beside her first")
+    assert own.value.message.startswith("the list waited 0.05 s for its turn (your lists are read one at a time)")
     held.set()
     await holding
     async with turns.turn("bob", 0.05) as deadline:  # the slot free again; the deadline counts from the call

@@ -108,13 +108,15 @@ class ListTurns:
         deadline = time.monotonic() + seconds
         mine = self._users.setdefault(username, asyncio.Lock())
         async with contextlib.AsyncExitStack() as held:
+            others = False  # whether it waits behind the other users' lists (its own before it are read)
             try:
                 async with asyncio.timeout(seconds):
                     await held.enter_async_context(mine)
                     if self._slots is not None:
+                        others = True
                         await held.enter_async_context(self._slots)
             except TimeoutError:
-                raise ListTooLong(seconds, waited=True) from None
+                raise ListTooLong(seconds, waited=True, behind_others=others) from None
             yield deadline
 
 
