@@ -204,7 +204,9 @@ class DirectRoutes:
         self.endpoints = direct_endpoints(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (query := scope["query_string"]) and _EMPTY_VALUE.search(query):
+        # (GET and HEAD: the routes that read a query; a JD call's is told it is not read, each of its fields)
+        reads_query = scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+        if reads_query and (query := scope["query_string"]) and _EMPTY_VALUE.search(query):
             scope = {**scope, "query_string": without_empty_values(query)}
         if scope["type"] == "http" and not scope.get("root_path"):
             # As written, or with a slash doubled or added (a base URL ending in "/"): answered, not redirected. A
